@@ -1,0 +1,1 @@
+//! The control plane: tenants, domains, keys, credentials, limits, audit log, snapshot push.

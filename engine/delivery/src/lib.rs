@@ -1,0 +1,1 @@
+//! Per-destination queues, global limits, MX resolution, outbound SMTP client and DSNs.

@@ -1,0 +1,1 @@
+//! MX resolution and the outbound SMTP client.

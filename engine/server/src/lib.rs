@@ -1,0 +1,1 @@
+//! The sharded engine: glommio executors, SMTP listeners, sessions, TLS, config, metrics, admin.

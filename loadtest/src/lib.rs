@@ -1,0 +1,1 @@
+//! Load-test harness: SMTP injector, smart sink and scenario runner.
