@@ -1,1 +1,251 @@
-//! The control plane: tenants, domains, keys, credentials, limits, audit log, snapshot push.
+//! The control plane: tenants, sending domains and their DKIM keys, credentials, limits, the
+//! audit log, and the snapshot push to engines.
+//!
+//! It owns the SQL store (sqlx over SQLite by default, PostgreSQL when several nodes share one
+//! database; one code path through the `Any` driver, see [`store`]), the admin API (axum, JSON
+//! under `/v1`, see [`api`]), and the push listener (TLS, [`push`]) that streams
+//! `petrel_policy::PolicySnapshot`s to engines. Engines never read the database: what they know
+//! is exactly the last snapshot they acknowledged, so the control plane can be down without
+//! stopping mail.
+//!
+//! Trade-offs. Every mutation bumps one version row first, which serialises writers (fine for
+//! an admin API; it is what makes the audit hash chain and the snapshot version exact). Each
+//! snapshot is the full policy, not a diff: simple and self-healing, at the cost of bytes per
+//! change (thousands of tenants fit in a few MB). Tenancy is enforced in SQL: every tenant-data
+//! query names the caller's tenant, so another tenant's id is indistinguishable from a missing
+//! one (404). Secrets are argon2id hashes; a verified key is cached under a keyed hash only.
+
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod audit;
+pub mod auth;
+mod bootstrap;
+mod cli;
+pub mod dns;
+mod error;
+pub mod push;
+pub mod snapshot;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub use auth::{HashCost, Permission, Role, PERMISSIONS};
+pub use bootstrap::{bootstrap_dev, DevBootstrap};
+pub use cli::{run, ControlCommand, ServeArgs};
+pub use error::{ApiError, ControlError};
+
+/// Default period a rotated-out DKIM key stays listed: 7 days.
+pub const DKIM_ROTATION_GRACE_SECS_DEFAULT: u64 = 7 * 24 * 3600;
+/// The SPF domain tenants include unless configured otherwise.
+pub const SPF_INCLUDE_DEFAULT: &str = "_spf.petrel.invalid";
+/// How often each node re-reads the stored version (changes made by other nodes).
+pub const VERSION_POLL_MS_DEFAULT: u64 = 1_000;
+
+/// What the `petrel` binary configures.
+#[derive(Debug, Clone)]
+pub struct ControlConfig {
+    /// The control plane's own directory (`<data>/control`): `petrel.db`, push TLS files.
+    pub data_dir: PathBuf,
+    /// None: SQLite at `<data_dir>/petrel.db`. Else `sqlite:...` or `postgres://...`.
+    pub database_url: Option<String>,
+    /// Admin API (default 127.0.0.1:8080).
+    pub api_listen: SocketAddr,
+    /// Engine push (default 127.0.0.1:8081).
+    pub push_listen: SocketAddr,
+    /// Shared secret engines present in `Hello`. Must not be empty.
+    pub push_token: String,
+    /// Nameservers for domain verification; empty: the system's.
+    pub dns_nameservers: Vec<SocketAddr>,
+}
+
+/// Knobs with good defaults, kept out of [`ControlConfig`] so its literal stays short.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// PEM files for the push listener; None: self-signed under `data_dir`.
+    pub push_tls_cert: Option<PathBuf>,
+    pub push_tls_key: Option<PathBuf>,
+    pub spf_include: String,
+    pub dkim_rotation_grace_secs: u64,
+    /// argon2id cost for new secrets.
+    pub hash_cost: HashCost,
+    pub version_poll_ms: u64,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            push_tls_cert: None,
+            push_tls_key: None,
+            spf_include: SPF_INCLUDE_DEFAULT.to_string(),
+            dkim_rotation_grace_secs: DKIM_ROTATION_GRACE_SECS_DEFAULT,
+            hash_cost: HashCost::default(),
+            version_poll_ms: VERSION_POLL_MS_DEFAULT,
+        }
+    }
+}
+
+/// What [`serve`] reports once it listens.
+#[derive(Clone)]
+pub struct ServeInfo {
+    pub api_addr: SocketAddr,
+    pub push_addr: SocketAddr,
+    /// The push listener's certificate (PEM), for engines to trust.
+    pub push_cert_pem: String,
+    /// The operator's owner key, when this start created it (shown once).
+    pub bootstrap_key: Option<String>,
+    /// The running service, for [`bootstrap_dev`].
+    pub app: api::App,
+}
+
+impl std::fmt::Debug for ServeInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeInfo")
+            .field("api_addr", &self.api_addr)
+            .field("push_addr", &self.push_addr)
+            .field("bootstrap_key", &self.bootstrap_key.as_ref().map(|_| "<secret>"))
+            .finish()
+    }
+}
+
+/// Wall-clock time, behind a trait so tests can pin it.
+pub trait Clock: Send + Sync {
+    fn now_unix_ms(&self) -> i64;
+}
+
+/// The system clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_unix_ms(&self) -> i64 {
+        now_unix_ms()
+    }
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Runs the control plane with default options until a listener fails.
+pub async fn serve(
+    cfg: ControlConfig,
+    ready: Option<tokio::sync::oneshot::Sender<ServeInfo>>,
+) -> Result<(), ControlError> {
+    serve_with(cfg, ServeOptions::default(), ready).await
+}
+
+/// Opens the store, creates the operator's owner key at first start (printed once), binds both
+/// listeners, reports [`ServeInfo`], then serves until a listener fails.
+pub async fn serve_with(
+    cfg: ControlConfig,
+    opts: ServeOptions,
+    ready: Option<tokio::sync::oneshot::Sender<ServeInfo>>,
+) -> Result<(), ControlError> {
+    if cfg.push_token.trim().is_empty() {
+        return Err(ControlError::Config("push_token must not be empty".into()));
+    }
+    let db = store::Db::open(&cfg.data_dir, cfg.database_url.as_deref()).await?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let bootstrap_key = bootstrap::ensure_operator(&db, opts.hash_cost, clock.as_ref()).await?;
+    if let Some(key) = &bootstrap_key {
+        println!("petrel control: operator owner API key (shown once, keep it): {key}");
+    }
+    let version = db.policy_version().await?;
+    let (version_tx, _) = tokio::sync::watch::channel(version);
+    let app = api::App(Arc::new(api::AppState {
+        db,
+        clock,
+        throttle: auth::Throttle::default(),
+        verify_cache: auth::VerifyCache::default(),
+        dns: dns::DnsChecker::new(&cfg.dns_nameservers)?,
+        settings: api::Settings {
+            spf_include: opts.spf_include.clone(),
+            dkim_rotation_grace_ms: i64::try_from(opts.dkim_rotation_grace_secs.saturating_mul(1000))
+                .unwrap_or(i64::MAX),
+            hash_cost: opts.hash_cost,
+        },
+        version_tx,
+    }));
+    let api_listener = bind(cfg.api_listen).await?;
+    let push_listener = bind(cfg.push_listen).await?;
+    let api_addr = local_addr(&api_listener, cfg.api_listen)?;
+    let push_addr = local_addr(&push_listener, cfg.push_listen)?;
+    let tls = push::load_or_create_tls(
+        &cfg.data_dir,
+        opts.push_tls_cert.as_deref(),
+        opts.push_tls_key.as_deref(),
+        push_addr,
+    )?;
+    tracing::info!(%api_addr, %push_addr, "control plane listening");
+    if let Some(tx) = ready {
+        let _ = tx.send(ServeInfo {
+            api_addr,
+            push_addr,
+            push_cert_pem: tls.cert_pem.clone(),
+            bootstrap_key,
+            app: app.clone(),
+        });
+    }
+    let router = api::router(app.clone());
+    let http = async move {
+        axum::serve(
+            api_listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .map_err(|source| ControlError::Listen {
+            addr: api_addr,
+            source,
+        })
+    };
+    let token: Arc<str> = Arc::from(cfg.push_token.as_str());
+    let pushing = push::serve_push(push_listener, tls.acceptor, app.clone(), token);
+    let poller = tokio::spawn(push::poll_version(app, opts.version_poll_ms));
+    let result = tokio::try_join!(http, pushing).map(|_| ());
+    poller.abort();
+    result
+}
+
+async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, ControlError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ControlError::Listen { addr, source })
+}
+
+fn local_addr(l: &tokio::net::TcpListener, addr: SocketAddr) -> Result<SocketAddr, ControlError> {
+    l.local_addr()
+        .map_err(|source| ControlError::Listen { addr, source })
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Compile-time check: the entry points can be spawned on a multi-threaded runtime.
+    #[allow(dead_code)]
+    fn futures_are_send(cfg: ControlConfig, db: store::Db, c: &'static dyn Clock) {
+        fn is_send<T: Send>(_: T) {}
+        is_send(store::Db::open(std::path::Path::new("x"), None));
+        is_send(bootstrap::ensure_operator(&db, HashCost::default(), c));
+        is_send(serve_with(cfg, ServeOptions::default(), None));
+    }
+
+    #[test]
+    fn permission_table_is_cumulative() {
+        use Permission as P;
+        assert!(auth::role_allows(Role::Viewer, P::DomainsRead));
+        assert!(!auth::role_allows(Role::Viewer, P::DomainsWrite));
+        assert!(auth::role_allows(Role::Developer, P::CredentialsWrite));
+        assert!(!auth::role_allows(Role::Developer, P::AuditRead));
+        assert!(auth::role_allows(Role::Admin, P::AuditRead));
+        assert!(!auth::role_allows(Role::Admin, P::TenantsManage));
+        assert!(auth::role_allows(Role::Owner, P::TenantsManage));
+        assert!(auth::role_allows(Role::Owner, P::DomainsRead));
+    }
+}

@@ -1,1 +1,50 @@
-//! Per-destination queues, global limits, MX resolution, outbound SMTP client and DSNs.
+//! Petrel's outbound delivery: per-destination queues, global limits, retries, DSNs and events.
+//!
+//! # What this crate owns
+//!
+//! Every recipient of an accepted message is routed to the queue of its destination domain on the
+//! shard that accepted the message. The body and the envelope stay in the spool (one body for
+//! all recipients); in memory a queued recipient is a 24-byte [`queue::Entry`] plus a small
+//! per-message record (sender, arrival time and the recipient addresses, which the driver needs
+//! to talk SMTP). When the last recipient of a message is final (delivered, bounced or expired)
+//! the message is removed from the spool.
+//!
+//! The crate is split into pure cores and one adapter:
+//!
+//! * [`queue`]: per-domain schedule (a min-heap by due time) plus a bounded ready set, with
+//!   suspend/resume, retry-now, bounce-all and statistics. No I/O, no glommio.
+//! * [`backoff`]: the retry schedule (exponential with jitter) and the maximum age.
+//! * [`limits`]: [`GlobalLimits`], the cross-shard connection and rate registry (atomics only).
+//! * [`dsn`]: RFC 3464 delivery status notifications, built from values passed in (time too).
+//! * [`events`]: JSON-lines delivery records, written by a thread off the shards.
+//! * [`shard`]: [`DeliveryShard`], the glommio driver that ties them to the spool
+//!   ([`SpoolAccess`]), the resolver and the SMTP client of `petrel-outbound`.
+//!
+//! # Trade-offs
+//!
+//! A message never leaves the shard that spooled it: its queues, retries and DSNs are all local,
+//! so no cross-shard hand-off is needed and recovery is per shard. The price is that limits per
+//! destination must be shared between shards; [`limits`] argues why atomics beat an owner shard
+//! per domain. Backoff is per recipient (not per message), so one greylisting domain never
+//! holds back the other recipients of the same message. The DSN for a null sender or for a DSN
+//! is never generated, and DSNs are sent with the null sender, so bounces never loop.
+#![forbid(unsafe_code)]
+
+pub mod backoff;
+pub mod config;
+pub mod dsn;
+pub mod error;
+pub mod events;
+pub mod limits;
+pub mod queue;
+pub mod shard;
+
+pub use backoff::RetrySchedule;
+pub use config::{ClientTimeouts, DeliveryConfig, DomainLimits, TlsPolicy};
+pub use error::DeliveryError;
+pub use events::{EventSink, EventWriter, EventsConfig, Outcome};
+pub use limits::{ConnectionPermit, GlobalLimits};
+pub use shard::{
+    AdminCommand, AdminReply, DeliveryShard, DomainState, DomainStatus, QueuedMessage, QueuedRcpt,
+    RcptState, RcptUpdate, SpoolAccess,
+};

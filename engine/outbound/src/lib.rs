@@ -1,1 +1,52 @@
-//! MX resolution and the outbound SMTP client.
+//! Outbound mail: where to deliver (MX resolution) and how (the SMTP client).
+//!
+//! This crate owns the two halves of getting a message off a shard and into a remote server.
+//!
+//! **Resolution** ([`Resolver`]) runs on one dedicated helper thread with a small tokio runtime
+//! and hickory's resolver. Shards are glommio executors on other threads, so the handle they
+//! hold is runtime-agnostic: a request goes through a bounded `async-channel` and the answer
+//! comes back through a `futures` oneshot. The routing logic (static routes, MX preference,
+//! ties shuffled, implicit MX, RFC 7505 null MX) and our own TTL-respecting cache sit above a
+//! narrow [`Dns`] trait, so a unit test can drive them with a fake clock and canned answers
+//! while production and the loopback tests use the hickory-backed implementation. We cache
+//! whole routes rather than leaning on hickory's record cache because one route is several
+//! lookups (MX then A/AAAA per host) and a shard wants one answer, one TTL (the smallest).
+//!
+//! **Delivery** ([`SmtpConnection`]) is an ESMTP client over glommio's `TcpStream`, upgraded
+//! with STARTTLS through futures-rustls. It pipelines MAIL/RCPT/DATA when the peer offers
+//! PIPELINING, honours SIZE, reuses a connection with RSET, dot-stuffs the body and bounds
+//! every step with the RFC 5321 §4.5.3.2 timeouts. Replies are parsed by a pure, bounded
+//! parser ([`client::reply`]) that never panics on peer input. Opportunistic TLS does not
+//! verify the certificate (as nearly every MTA does, since MX names are not authenticated
+//! without DANE or MTA-STS); `Required` demands a certificate valid for the MX name.
+//!
+//! Every error here is temporary from the caller's point of view except the DNS answers that
+//! say a domain cannot receive mail (`ResolveError::is_permanent`); SMTP replies themselves
+//! are data ([`Reply`]), classified by the caller.
+
+pub mod client;
+pub mod resolver;
+
+pub use client::{
+    ClientConfig, ClientError, RcptOutcome, Reply, SmtpConnection, TlsInfo, TlsMode,
+    TransactionOutcome,
+};
+pub use resolver::{
+    Clock, Dns, DnsError, IpAnswer, MxAnswer, MxRecord, ResolveError, Resolver, ResolverConfig,
+    Route, RouteHost, RouteLogic, StaticRoute, SystemClock,
+};
+
+/// The crate's one error enum; the two halves' errors nest inside it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OutboundError {
+    /// The resolver thread or its DNS configuration could not be set up.
+    #[error("resolver setup failed: {0}")]
+    ResolverSetup(String),
+    /// A domain could not be resolved to a route.
+    #[error(transparent)]
+    Resolve(#[from] ResolveError),
+    /// An SMTP client failure.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+}

@@ -1,1 +1,34 @@
-//! The sharded engine: glommio executors, SMTP listeners, sessions, TLS, config, metrics, admin.
+//! # petrel-engine: the sharded data plane
+//!
+//! One glommio executor per core (a *shard*) owns an SMTP listener on the shared port
+//! (SO_REUSEPORT), a spool and its delivery queues. The path of a message:
+//!
+//! SMTP in ([`session`], driving the pure `petrel_smtp::Session`) → checks and backpressure
+//! ([`pressure`]) → policy (AUTH, sender rules, rates: `petrel_policy`) → DKIM signing and the
+//! durable spool commit ([`accept`]; the 250 follows the fsync) → per-domain queues and SMTP out
+//! (`petrel_delivery`) → events.
+//!
+//! Slow-path services run on one tokio thread: metrics HTTP ([`metrics`]), the admin endpoint
+//! ([`admin`]), DNS (`petrel_outbound::Resolver`) and the control-plane link. They talk to the
+//! shards through bounded channels only.
+//!
+//! Trade-off: a message stays on the shard that accepted it (no cross-core copies, no
+//! cross-shard spool references); engine-wide limits are shared atomics instead.
+
+pub mod accept;
+pub mod admin;
+pub mod auth;
+pub mod config;
+pub mod delivery_setup;
+pub mod engine;
+pub mod error;
+pub mod metrics;
+pub mod pressure;
+pub mod session;
+pub mod shard;
+pub mod spool_access;
+pub mod tls;
+
+pub use config::{EngineConfig, Overrides};
+pub use engine::{run, ReadyInfo, StopHandle};
+pub use error::EngineError;

@@ -1,0 +1,304 @@
+use std::net::SocketAddr;
+use std::sync::Mutex;
+
+use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio::net::TcpListener;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+
+use super::*;
+use crate::snapshot::{PolicySnapshot, Tenant};
+
+const TOKEN: &str = "s3cret-token";
+/// Upper bound on any one test.
+const TEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+struct TestTls {
+    ca_pem: Vec<u8>,
+    leaf_der: Vec<u8>,
+    acceptor: TlsAcceptor,
+}
+
+/// A CA and a "localhost" certificate it signed, served by a rustls acceptor.
+fn test_tls() -> TestTls {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca, &ca_key)
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der())),
+        )
+        .unwrap();
+    TestTls {
+        ca_pem: ca.pem().into_bytes(),
+        leaf_der: leaf.der().to_vec(),
+        acceptor: TlsAcceptor::from(Arc::new(config)),
+    }
+}
+
+fn cfg(addr: SocketAddr, trust: LinkTrust) -> LinkConfig {
+    let mut c = LinkConfig::new(&addr.to_string(), "localhost", trust, TOKEN, "engine-1");
+    c.shards = 2;
+    c.reconnect_delay_ms_min = 20;
+    c.reconnect_delay_ms_max = 200;
+    c.ping_interval_ms = 100;
+    c
+}
+
+fn snapshot_bytes(version: u64) -> Vec<u8> {
+    let s = PolicySnapshot {
+        version,
+        tenants: vec![Tenant {
+            id: format!("tenant-{version}"),
+            name: "T".into(),
+            suspended: false,
+            messages_per_second_max: None,
+            messages_per_day_max: None,
+            allow_unverified_domains: false,
+        }],
+        ..Default::default()
+    };
+    crate::snapshot::encode(&s).unwrap()
+}
+
+/// The control plane side of one connection, built on the crate's own codec.
+struct Peer {
+    stream: TlsStream<tokio::net::TcpStream>,
+}
+
+impl Peer {
+    async fn accept(listener: &TcpListener, acceptor: &TlsAcceptor) -> Peer {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            // Handshakes that fail (e.g. a reconnect racing a test step) are retried.
+            if let Ok(stream) = acceptor.accept(tcp).await {
+                return Peer { stream };
+            }
+        }
+    }
+
+    /// The next frame that is not a Ping (Pings are answered).
+    async fn next(&mut self) -> Option<Frame> {
+        loop {
+            match read_frame(&mut self.stream).await.ok()? {
+                Some(Frame::Ping) => write_frame(&mut self.stream, &Frame::Pong).await.ok()?,
+                other => return other,
+            }
+        }
+    }
+
+    async fn hello(&mut self) -> Hello {
+        match self.next().await {
+            Some(Frame::Hello(h)) => h,
+            other => panic!("expected Hello, got {other:?}"),
+        }
+    }
+
+    async fn push(&mut self, version: u64, bytes: Vec<u8>) {
+        write_frame(&mut self.stream, &Frame::Snapshot { version, bytes })
+            .await
+            .unwrap();
+    }
+
+    async fn expect_ack(&mut self) -> u64 {
+        match self.next().await {
+            Some(Frame::Ack { version }) => version,
+            other => panic!("expected Ack, got {other:?}"),
+        }
+    }
+}
+
+fn start_link(
+    c: LinkConfig,
+    dir: &std::path::Path,
+) -> (
+    Arc<PolicyStore>,
+    Arc<Mutex<Vec<u64>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let store = Arc::new(PolicyStore::load_or_empty(dir));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen2 = seen.clone();
+    let task = tokio::spawn(run_link(c, store.clone(), move |v| {
+        seen2.lock().unwrap().push(v)
+    }));
+    (store, seen, task)
+}
+
+#[tokio::test]
+async fn pushes_two_snapshots_then_reconnects_after_restart() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let tls = test_tls();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (store, seen, task) =
+            start_link(cfg(addr, LinkTrust::CaPem(tls.ca_pem.clone())), dir.path());
+
+        let mut peer = Peer::accept(&listener, &tls.acceptor).await;
+        let hello = peer.hello().await;
+        assert_eq!(hello.token, TOKEN);
+        assert_eq!(hello.engine_id, "engine-1");
+        assert_eq!(hello.applied_version, 0);
+        assert_eq!(hello.shards, 2);
+        peer.push(1, snapshot_bytes(1)).await;
+        assert_eq!(peer.expect_ack().await, 1);
+        peer.push(2, snapshot_bytes(2)).await;
+        assert_eq!(peer.expect_ack().await, 2);
+        assert_eq!(store.version(), 2);
+        assert!(store.current().tenant("tenant-2").is_some());
+        assert_eq!(*seen.lock().unwrap(), vec![1, 2]);
+
+        // The control plane restarts: connection and listener gone, then back on the same port.
+        drop(peer);
+        drop(listener);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            store.version(),
+            2,
+            "the engine keeps its policy while the CP is away"
+        );
+        let listener = TcpListener::bind(addr).await.unwrap();
+        let mut peer = Peer::accept(&listener, &tls.acceptor).await;
+        assert_eq!(peer.hello().await.applied_version, 2);
+        // The CP re-sends what the engine has (no-op, acked), then something new.
+        peer.push(2, snapshot_bytes(2)).await;
+        assert_eq!(peer.expect_ack().await, 2);
+        peer.push(3, snapshot_bytes(3)).await;
+        assert_eq!(peer.expect_ack().await, 3);
+        assert_eq!(store.version(), 3);
+        task.abort();
+
+        // And the applied policy survives an engine restart.
+        assert_eq!(PolicyStore::load_or_empty(dir.path()).version(), 3);
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn bad_snapshots_are_not_acked_and_stale_ones_keep_ours() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let tls = test_tls();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _seen, task) =
+            start_link(cfg(addr, LinkTrust::CaPem(tls.ca_pem.clone())), dir.path());
+        let mut peer = Peer::accept(&listener, &tls.acceptor).await;
+        peer.hello().await;
+
+        let mut corrupt = snapshot_bytes(5);
+        let n = corrupt.len();
+        corrupt[n - 3] ^= 0xff;
+        peer.push(5, corrupt).await;
+        peer.push(6, snapshot_bytes(6)).await;
+        assert_eq!(peer.expect_ack().await, 6, "the corrupt one got no ack");
+        peer.push(4, snapshot_bytes(4)).await;
+        assert_eq!(
+            peer.expect_ack().await,
+            6,
+            "stale: the engine reports what it runs"
+        );
+        assert_eq!(store.version(), 6);
+        task.abort();
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn pinned_fingerprint_accepts_the_right_cert_only() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let tls = test_tls();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+
+        let good = LinkTrust::PinnedSha256(cert_fingerprint_sha256(&tls.leaf_der));
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _seen, task) = start_link(cfg(addr, good), dir.path());
+        let mut peer = Peer::accept(&listener, &tls.acceptor).await;
+        peer.hello().await;
+        peer.push(1, snapshot_bytes(1)).await;
+        assert_eq!(peer.expect_ack().await, 1);
+        assert_eq!(store.version(), 1);
+        task.abort();
+        drop(peer);
+
+        let wrong = LinkTrust::PinnedSha256([7u8; 32]);
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _seen, task) = start_link(cfg(addr, wrong), dir.path());
+        // The engine keeps trying (bounded backoff) and every handshake fails.
+        for _ in 0..3 {
+            let (tcp, _) = listener.accept().await.unwrap();
+            assert!(tls.acceptor.accept(tcp).await.is_err());
+        }
+        assert_eq!(store.version(), 0);
+        task.abort();
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn refused_token_retries_with_backoff() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let tls = test_tls();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = cfg(addr, LinkTrust::CaPem(tls.ca_pem.clone()));
+        c.token = "wrong".into();
+        let (store, _seen, task) = start_link(c, dir.path());
+        for _ in 0..3 {
+            let mut peer = Peer::accept(&listener, &tls.acceptor).await;
+            assert_eq!(peer.hello().await.token, "wrong");
+            write_frame(
+                &mut peer.stream,
+                &Frame::Error {
+                    message: "bad token".into(),
+                },
+            )
+            .await
+            .unwrap();
+        }
+        assert_eq!(store.version(), 0);
+        task.abort();
+    })
+    .await
+    .unwrap();
+}
+
+#[test]
+fn backoff_grows_and_is_capped() {
+    let mut c = cfg(
+        "127.0.0.1:1".parse().unwrap(),
+        LinkTrust::PinnedSha256([0; 32]),
+    );
+    c.reconnect_delay_ms_min = 100;
+    c.reconnect_delay_ms_max = 1_000;
+    let d1 = reconnect_delay_ms(&c, 1);
+    assert!((75..=100).contains(&d1), "{d1}");
+    let d3 = reconnect_delay_ms(&c, 3);
+    assert!((300..=400).contains(&d3), "{d3}");
+    for f in [5, 40, u32::MAX] {
+        let d = reconnect_delay_ms(&c, f);
+        assert!((750..=1_000).contains(&d), "{f}: {d}");
+    }
+}
+
+#[test]
+fn bad_trust_configuration_is_an_error() {
+    assert!(connector(&LinkTrust::CaPem(b"no pem here".to_vec())).is_err());
+}

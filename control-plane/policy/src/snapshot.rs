@@ -1,0 +1,627 @@
+//! The policy snapshot: everything an engine needs to decide on AUTH, MAIL, rates and DKIM,
+//! as one versioned value that the control plane builds and pushes whole.
+//!
+//! Byte format (what [`encode`] writes and [`decode`] accepts):
+//!
+//! ```text
+//! magic "PTRLSNP1" (8) | crc32c(payload) u32 LE | payload length u32 LE | payload (rkyv 0.8)
+//! ```
+//!
+//! The checksum catches corruption that rkyv's structural validation (bytecheck) cannot see
+//! (a flipped bit inside a string); bytecheck catches malformed archives; [`PolicySnapshot::validate`]
+//! catches semantic errors. TLS protects the bytes on the wire; the checksum protects them on disk.
+
+use std::collections::HashSet;
+
+use crate::error::PolicyError;
+
+/// Magic prefix of an encoded snapshot; the trailing digit is the format version.
+pub const SNAPSHOT_MAGIC: &[u8; 8] = b"PTRLSNP1";
+/// Bytes before the rkyv payload: magic, checksum, payload length.
+pub const SNAPSHOT_HEADER_BYTES: usize = 16;
+/// Largest encoded snapshot accepted (fits in one link frame with room to spare).
+pub const SNAPSHOT_SIZE_MAX_BYTES: usize = 60 << 20;
+/// Bounds on the lists a snapshot may hold (validated on both sides).
+pub const TENANTS_MAX: usize = 100_000;
+pub const DOMAINS_MAX: usize = 1_000_000;
+pub const CREDENTIALS_MAX: usize = 1_000_000;
+pub const DESTINATION_LIMITS_MAX: usize = 100_000;
+/// Per sending domain; old keys are retired, then removed.
+pub const DKIM_KEYS_PER_DOMAIN_MAX: usize = 16;
+/// Per credential.
+pub const IP_ALLOWLIST_ENTRIES_MAX: usize = 1_000;
+pub const ALLOWED_SENDER_DOMAINS_MAX: usize = 1_000;
+pub const SCOPES_MAX: usize = 64;
+/// Longest name, id, username or selector, in bytes.
+pub const NAME_LENGTH_MAX_BYTES: usize = 255;
+
+/// One full, versioned policy. Versions only move forward on an engine.
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+pub struct PolicySnapshot {
+    /// Monotonic; 0 is the empty policy an engine starts with before any push.
+    pub version: u64,
+    /// When the control plane built it (Unix ms).
+    pub generated_unix_ms: u64,
+    pub tenants: Vec<Tenant>,
+    pub domains: Vec<SendingDomain>,
+    pub credentials: Vec<Credential>,
+    pub destination_limits: Vec<DestinationLimit>,
+    pub defaults: DefaultLimits,
+}
+
+/// A customer of the ESP.
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+pub struct Tenant {
+    /// Unique, non-empty, at most `NAME_LENGTH_MAX_BYTES`.
+    pub id: String,
+    pub name: String,
+    /// Suspended tenants cannot send (550 5.7.1) nor authenticate.
+    pub suspended: bool,
+    /// None: `DefaultLimits::tenant_messages_per_second_max`.
+    pub messages_per_second_max: Option<u32>,
+    /// None: `DefaultLimits::tenant_messages_per_day_max`.
+    pub messages_per_day_max: Option<u64>,
+    /// Accept MAIL FROM an unverified sending domain of this tenant (development, trials).
+    pub allow_unverified_domains: bool,
+}
+
+/// A domain a tenant sends from (the MAIL FROM / From: domain), with its DKIM keys.
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+pub struct SendingDomain {
+    pub tenant_id: String,
+    /// Lower-case ASCII (A-labels for IDNs), no trailing dot; unique in the snapshot.
+    pub name: String,
+    /// DNS ownership proven (TXT/DKIM check done by the control plane).
+    pub verified: bool,
+    /// None: `DefaultLimits::domain_messages_per_second_max`.
+    pub messages_per_second_max: Option<u32>,
+    /// At most `DKIM_KEYS_PER_DOMAIN_MAX`; the newest active non-retired key signs.
+    pub dkim_keys: Vec<DkimKey>,
+}
+
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+pub enum DkimAlgorithm {
+    Ed25519,
+    Rsa2048,
+}
+
+/// A DKIM private key. The public half is published at `<selector>._domainkey.<domain>`.
+#[derive(
+    Clone,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+pub struct DkimKey {
+    /// DNS label(s): `[a-z0-9-]` separated by dots, non-empty.
+    pub selector: String,
+    pub algorithm: DkimAlgorithm,
+    /// PKCS#8 v1/v2 DER (see `keys::generate`).
+    pub private_key_pkcs8_der: Vec<u8>,
+    /// Not used for signing before this instant (Unix ms): lets DNS propagate first.
+    pub active_from_unix_ms: u64,
+    /// Retired keys never sign; they stay listed while DNS still publishes them.
+    pub retired: bool,
+}
+
+impl std::fmt::Debug for DkimKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DkimKey")
+            .field("selector", &self.selector)
+            .field("algorithm", &self.algorithm)
+            .field("private_key_pkcs8_der", &"<redacted>")
+            .field("active_from_unix_ms", &self.active_from_unix_ms)
+            .field("retired", &self.retired)
+            .finish()
+    }
+}
+
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+pub enum CredentialKind {
+    /// SMTP AUTH (PLAIN/LOGIN) with `username` + password.
+    Smtp,
+    /// HTTP API key (`prefix` identifies it; the control plane checks it, engines ignore it).
+    Api,
+}
+
+/// A secret a tenant uses to submit mail. Only the argon2id hash travels.
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+pub struct Credential {
+    /// Stable id from the control plane (for logs and audit).
+    pub id: String,
+    pub tenant_id: String,
+    pub kind: CredentialKind,
+    /// SMTP username; unique among SMTP credentials; empty for API keys.
+    pub username: String,
+    /// First 8 characters of the secret, shown to people to tell keys apart.
+    pub prefix: String,
+    /// argon2id PHC string (`$argon2id$v=19$m=..,t=..,p=..$salt$hash`).
+    pub argon2_phc: String,
+    pub scopes: Vec<String>,
+    /// MAIL FROM domains this credential may use; empty: any sending domain of its tenant.
+    pub allowed_sender_domains: Vec<String>,
+    /// CIDRs or bare addresses the client must connect from; empty: any address.
+    pub ip_allowlist: Vec<String>,
+    /// Revoked credentials fail at once, cached or not.
+    pub revoked: bool,
+}
+
+/// Per destination domain limits, used by delivery.
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+pub struct DestinationLimit {
+    /// Recipient domain, lower case; unique.
+    pub domain: String,
+    /// None: `DefaultLimits::destination_connections_max`.
+    pub connections_max: Option<u32>,
+    /// None: `DefaultLimits::destination_messages_per_second_max`.
+    pub messages_per_second_max: Option<u32>,
+    /// Deliver only over TLS with a valid certificate.
+    pub tls_required: bool,
+}
+
+/// Limits that apply when a tenant, domain or destination has none of its own. None: unlimited.
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+pub struct DefaultLimits {
+    pub tenant_messages_per_second_max: Option<u32>,
+    pub tenant_messages_per_day_max: Option<u64>,
+    pub domain_messages_per_second_max: Option<u32>,
+    pub destination_connections_max: Option<u32>,
+    pub destination_messages_per_second_max: Option<u32>,
+}
+
+/// Serialize a snapshot into the checksummed byte format. Validates it first, so a control
+/// plane can never push what an engine would refuse.
+pub fn encode(s: &PolicySnapshot) -> Result<Vec<u8>, PolicyError> {
+    s.validate()?;
+    let payload = rkyv::to_bytes::<rkyv::rancor::Error>(s)
+        .map_err(|e| PolicyError::invalid(format!("rkyv serialization: {e}")))?;
+    let size_bytes = SNAPSHOT_HEADER_BYTES + payload.len();
+    if size_bytes > SNAPSHOT_SIZE_MAX_BYTES {
+        return Err(PolicyError::TooLarge {
+            size_bytes,
+            max_bytes: SNAPSHOT_SIZE_MAX_BYTES,
+        });
+    }
+    let payload_len = u32::try_from(payload.len()).map_err(|_| PolicyError::TooLarge {
+        size_bytes,
+        max_bytes: SNAPSHOT_SIZE_MAX_BYTES,
+    })?;
+    let mut out = Vec::with_capacity(size_bytes);
+    out.extend_from_slice(SNAPSHOT_MAGIC);
+    out.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
+    out.extend_from_slice(&payload_len.to_le_bytes());
+    out.extend_from_slice(&payload);
+    Ok(out)
+}
+
+/// Check magic, length and checksum, validate the archive (bytecheck), deserialize, then
+/// check the snapshot's rules. Never panics on any input.
+pub fn decode(bytes: &[u8]) -> Result<PolicySnapshot, PolicyError> {
+    if bytes.len() > SNAPSHOT_SIZE_MAX_BYTES {
+        return Err(PolicyError::TooLarge {
+            size_bytes: bytes.len(),
+            max_bytes: SNAPSHOT_SIZE_MAX_BYTES,
+        });
+    }
+    let (header, payload) = bytes
+        .split_at_checked(SNAPSHOT_HEADER_BYTES)
+        .ok_or_else(|| PolicyError::corrupt("shorter than the header"))?;
+    if &header[0..8] != SNAPSHOT_MAGIC {
+        return Err(PolicyError::corrupt("bad magic"));
+    }
+    let crc = u32::from_le_bytes([header[8], header[9], header[10], header[11]]);
+    let len = u32::from_le_bytes([header[12], header[13], header[14], header[15]]);
+    if usize::try_from(len).ok() != Some(payload.len()) {
+        return Err(PolicyError::corrupt(format!(
+            "payload length {} does not match header {len}",
+            payload.len()
+        )));
+    }
+    if crc32c::crc32c(payload) != crc {
+        return Err(PolicyError::corrupt("checksum mismatch"));
+    }
+    // rkyv needs the archive aligned; the payload sits at an arbitrary address, so copy it.
+    let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(payload.len());
+    aligned.extend_from_slice(payload);
+    let snapshot = rkyv::from_bytes::<PolicySnapshot, rkyv::rancor::Error>(&aligned)
+        .map_err(|e| PolicyError::corrupt(format!("archive validation: {e}")))?;
+    snapshot.validate()?;
+    Ok(snapshot)
+}
+
+impl PolicySnapshot {
+    /// The rules every snapshot obeys: bounded lists, unique keys, references that resolve,
+    /// parseable CIDRs, well-formed names. (Keys and hashes are parsed when compiled.)
+    pub fn validate(&self) -> Result<(), PolicyError> {
+        check_count("tenants", self.tenants.len(), TENANTS_MAX)?;
+        check_count("domains", self.domains.len(), DOMAINS_MAX)?;
+        check_count("credentials", self.credentials.len(), CREDENTIALS_MAX)?;
+        check_count(
+            "destination limits",
+            self.destination_limits.len(),
+            DESTINATION_LIMITS_MAX,
+        )?;
+        let mut tenant_ids = HashSet::with_capacity(self.tenants.len());
+        for t in &self.tenants {
+            check_name("tenant id", &t.id)?;
+            if !tenant_ids.insert(t.id.as_str()) {
+                return Err(PolicyError::invalid(format!("duplicate tenant {}", t.id)));
+            }
+        }
+        let mut domain_names = HashSet::with_capacity(self.domains.len());
+        for d in &self.domains {
+            check_domain(&d.name)?;
+            if !tenant_ids.contains(d.tenant_id.as_str()) {
+                return Err(PolicyError::invalid(format!(
+                    "domain {} names unknown tenant {}",
+                    d.name, d.tenant_id
+                )));
+            }
+            if !domain_names.insert(d.name.as_str()) {
+                return Err(PolicyError::invalid(format!("duplicate domain {}", d.name)));
+            }
+            check_count("dkim keys", d.dkim_keys.len(), DKIM_KEYS_PER_DOMAIN_MAX)?;
+            for k in &d.dkim_keys {
+                check_selector(&k.selector)?;
+                if k.private_key_pkcs8_der.is_empty() {
+                    return Err(PolicyError::invalid(format!(
+                        "empty dkim key {} for {}",
+                        k.selector, d.name
+                    )));
+                }
+            }
+        }
+        let mut usernames = HashSet::with_capacity(self.credentials.len());
+        for c in &self.credentials {
+            validate_credential(c, &tenant_ids, &mut usernames)?;
+        }
+        let mut destinations = HashSet::with_capacity(self.destination_limits.len());
+        for l in &self.destination_limits {
+            check_domain(&l.domain)?;
+            if !destinations.insert(l.domain.as_str()) {
+                return Err(PolicyError::invalid(format!(
+                    "duplicate destination limit {}",
+                    l.domain
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn validate_credential<'a>(
+    c: &'a Credential,
+    tenant_ids: &HashSet<&str>,
+    usernames: &mut HashSet<&'a str>,
+) -> Result<(), PolicyError> {
+    check_name("credential id", &c.id)?;
+    if !tenant_ids.contains(c.tenant_id.as_str()) {
+        return Err(PolicyError::invalid(format!(
+            "credential {} names unknown tenant {}",
+            c.id, c.tenant_id
+        )));
+    }
+    if c.kind == CredentialKind::Smtp {
+        check_name("username", &c.username)?;
+        if !usernames.insert(c.username.as_str()) {
+            return Err(PolicyError::invalid(format!(
+                "duplicate SMTP username {}",
+                c.username
+            )));
+        }
+    }
+    check_count("scopes", c.scopes.len(), SCOPES_MAX)?;
+    check_count(
+        "allowed sender domains",
+        c.allowed_sender_domains.len(),
+        ALLOWED_SENDER_DOMAINS_MAX,
+    )?;
+    for d in &c.allowed_sender_domains {
+        check_domain(d)?;
+    }
+    check_count(
+        "ip allowlist entries",
+        c.ip_allowlist.len(),
+        IP_ALLOWLIST_ENTRIES_MAX,
+    )?;
+    for cidr in &c.ip_allowlist {
+        parse_cidr(cidr)?;
+    }
+    Ok(())
+}
+
+/// A CIDR (`10.0.0.0/8`, `2001:db8::/32`) or a bare address (a /32 or /128).
+pub fn parse_cidr(s: &str) -> Result<ipnet::IpNet, PolicyError> {
+    let s = s.trim();
+    if let Ok(net) = s.parse::<ipnet::IpNet>() {
+        return Ok(net.trunc());
+    }
+    s.parse::<std::net::IpAddr>()
+        .map(ipnet::IpNet::from)
+        .map_err(|_| PolicyError::invalid(format!("bad CIDR or address {s:?}")))
+}
+
+fn check_count(what: &str, n: usize, max: usize) -> Result<(), PolicyError> {
+    if n > max {
+        return Err(PolicyError::invalid(format!("{n} {what} (max {max})")));
+    }
+    Ok(())
+}
+
+fn check_name(what: &str, s: &str) -> Result<(), PolicyError> {
+    if s.is_empty() || s.len() > NAME_LENGTH_MAX_BYTES || s.chars().any(char::is_control) {
+        return Err(PolicyError::invalid(format!("bad {what} {s:?}")));
+    }
+    Ok(())
+}
+
+fn check_domain(s: &str) -> Result<(), PolicyError> {
+    let ok = !s.is_empty()
+        && s.len() <= NAME_LENGTH_MAX_BYTES
+        && !s.starts_with('.')
+        && !s.ends_with('.')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+    if !ok {
+        return Err(PolicyError::invalid(format!(
+            "bad domain {s:?} (lower-case ASCII, no trailing dot)"
+        )));
+    }
+    Ok(())
+}
+
+fn check_selector(s: &str) -> Result<(), PolicyError> {
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        });
+    if !ok {
+        return Err(PolicyError::invalid(format!("bad dkim selector {s:?}")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample() -> PolicySnapshot {
+        PolicySnapshot {
+            version: 7,
+            generated_unix_ms: 1_700_000_000_000,
+            tenants: vec![Tenant {
+                id: "t1".into(),
+                name: "Acme".into(),
+                suspended: false,
+                messages_per_second_max: Some(10),
+                messages_per_day_max: None,
+                allow_unverified_domains: false,
+            }],
+            domains: vec![SendingDomain {
+                tenant_id: "t1".into(),
+                name: "acme.example".into(),
+                verified: true,
+                messages_per_second_max: None,
+                dkim_keys: vec![DkimKey {
+                    selector: "s1".into(),
+                    algorithm: DkimAlgorithm::Ed25519,
+                    private_key_pkcs8_der: vec![1, 2, 3],
+                    active_from_unix_ms: 0,
+                    retired: false,
+                }],
+            }],
+            credentials: vec![Credential {
+                id: "c1".into(),
+                tenant_id: "t1".into(),
+                kind: CredentialKind::Smtp,
+                username: "acme".into(),
+                prefix: "abcdefgh".into(),
+                argon2_phc: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
+                scopes: vec!["send".into()],
+                allowed_sender_domains: vec![],
+                ip_allowlist: vec!["10.0.0.0/8".into(), "::1".into()],
+                revoked: false,
+            }],
+            destination_limits: vec![DestinationLimit {
+                domain: "gmail.com".into(),
+                connections_max: Some(20),
+                messages_per_second_max: None,
+                tls_required: true,
+            }],
+            defaults: DefaultLimits::default(),
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let s = sample();
+        let bytes = encode(&s).unwrap();
+        assert_eq!(&bytes[..8], SNAPSHOT_MAGIC);
+        assert_eq!(decode(&bytes).unwrap(), s);
+        let json = serde_json::to_string(&s).unwrap();
+        assert_eq!(serde_json::from_str::<PolicySnapshot>(&json).unwrap(), s);
+    }
+
+    #[test]
+    fn every_single_byte_corruption_is_rejected() {
+        let bytes = encode(&sample()).unwrap();
+        for i in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x20;
+            assert!(decode(&bad).is_err(), "flip at {i} accepted");
+        }
+        for n in 0..bytes.len() {
+            assert!(decode(&bytes[..n]).is_err(), "truncation to {n} accepted");
+        }
+    }
+
+    #[test]
+    fn garbage_with_valid_checksum_fails_archive_validation() {
+        let payload = vec![0xffu8; 64];
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(SNAPSHOT_MAGIC);
+        bytes.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
+        bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&payload);
+        let err = decode(&bytes).unwrap_err();
+        assert!(matches!(err, PolicyError::Corrupt { .. }), "{err}");
+    }
+
+    #[test]
+    fn random_payloads_with_valid_checksums_never_panic() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let good = encode(&sample()).unwrap();
+        for round in 0..2000 {
+            // Half pure noise, half the real payload with a few random bytes changed.
+            let mut payload = if round % 2 == 0 {
+                (0..rng.gen_range(0..512)).map(|_| rng.gen()).collect::<Vec<u8>>()
+            } else {
+                good[SNAPSHOT_HEADER_BYTES..].to_vec()
+            };
+            for _ in 0..rng.gen_range(1..4) {
+                if !payload.is_empty() {
+                    let i = rng.gen_range(0..payload.len());
+                    payload[i] = rng.gen();
+                }
+            }
+            let mut bytes = Vec::new();
+            bytes.extend_from_slice(SNAPSHOT_MAGIC);
+            bytes.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
+            bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            bytes.extend_from_slice(&payload);
+            if let Ok(s) = decode(&bytes) {
+                s.validate().unwrap(); // whatever decodes is valid
+            }
+        }
+    }
+
+    #[test]
+    fn semantic_rules() {
+        let mut s = sample();
+        s.domains[0].tenant_id = "nobody".into();
+        assert!(matches!(encode(&s), Err(PolicyError::Invalid { .. })));
+
+        let mut s = sample();
+        s.credentials.push(s.credentials[0].clone());
+        assert!(encode(&s).is_err(), "duplicate username");
+
+        let mut s = sample();
+        s.credentials[0].ip_allowlist = vec!["10.0.0.300/8".into()];
+        assert!(encode(&s).is_err(), "bad CIDR");
+
+        let mut s = sample();
+        s.domains[0].name = "Acme.Example".into();
+        assert!(encode(&s).is_err(), "upper case domain");
+
+        let mut s = sample();
+        s.domains[0].dkim_keys[0].selector = "bad selector".into();
+        assert!(encode(&s).is_err(), "bad selector");
+    }
+
+    #[test]
+    fn cidr_forms() {
+        assert!(parse_cidr("192.0.2.7")
+            .unwrap()
+            .contains(&"192.0.2.7".parse::<std::net::IpAddr>().unwrap()));
+        assert!(parse_cidr("192.0.2.7/24")
+            .unwrap()
+            .contains(&"192.0.2.200".parse::<std::net::IpAddr>().unwrap()));
+        assert!(parse_cidr("2001:db8::/32").is_ok());
+        assert!(parse_cidr("nope").is_err());
+    }
+}

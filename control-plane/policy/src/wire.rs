@@ -1,0 +1,400 @@
+//! The push protocol between engines and the control plane.
+//!
+//! Every frame is `length u32 BE | kind u8 | payload`, where `length` counts the kind byte plus
+//! the payload (so it is at least 1) and is at most [`FRAME_SIZE_MAX_BYTES`].
+//!
+//! | kind | direction     | frame                      | payload                                   |
+//! |------|---------------|----------------------------|-------------------------------------------|
+//! | 0x01 | engine -> CP  | `Hello`                    | JSON `{engine_id, token, applied_version, shards}` |
+//! | 0x02 | engine -> CP  | `Ack { version }`          | u64 BE                                    |
+//! | 0x03 | engine -> CP  | `Ping`                     | empty                                     |
+//! | 0x81 | CP -> engine  | `Snapshot { version, bytes }` | u64 BE version, then `snapshot::encode` bytes |
+//! | 0x82 | CP -> engine  | `Pong`                     | empty                                     |
+//! | 0x83 | CP -> engine  | `Error { message }`        | UTF-8 text                                |
+//!
+//! The session: the engine sends `Hello`; the control plane checks the token and answers with
+//! the current `Snapshot` (or `Error` and closes); it sends a new full `Snapshot` on each change.
+//! The engine answers each applied snapshot with `Ack`, and may `Ping` (answered by `Pong`).
+//!
+//! [`Frame::encode`] and [`FrameDecoder`] are pure; [`read_frame`] / [`write_frame`] adapt
+//! them to tokio's `AsyncRead`/`AsyncWrite` for both sides.
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::error::PolicyError;
+
+/// Largest `length` field accepted: kind byte plus payload, in bytes.
+pub const FRAME_SIZE_MAX_BYTES: usize = 64 << 20;
+/// Bytes in the length prefix.
+pub const FRAME_LENGTH_BYTES: usize = 4;
+/// Longest `Error` message sent or kept, in bytes.
+pub const ERROR_MESSAGE_MAX_BYTES: usize = 4096;
+/// Largest `Hello` payload, in bytes (ids and token are short).
+pub const HELLO_SIZE_MAX_BYTES: usize = 4096;
+
+pub const KIND_HELLO: u8 = 0x01;
+pub const KIND_ACK: u8 = 0x02;
+pub const KIND_PING: u8 = 0x03;
+pub const KIND_SNAPSHOT: u8 = 0x81;
+pub const KIND_PONG: u8 = 0x82;
+pub const KIND_ERROR: u8 = 0x83;
+
+/// The engine introduces itself.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Hello {
+    /// Stable name of the engine (host name by default).
+    pub engine_id: String,
+    /// Shared secret configured on both sides.
+    pub token: String,
+    /// Version of the snapshot the engine runs (0: none yet).
+    pub applied_version: u64,
+    /// Number of shards (cores) the engine runs; informational.
+    pub shards: u32,
+}
+
+/// One protocol frame.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Frame {
+    Hello(Hello),
+    Ack {
+        version: u64,
+    },
+    Ping,
+    /// `bytes` is the output of [`crate::snapshot::encode`]; `version` repeats its version so a
+    /// receiver can skip stale ones without decoding.
+    Snapshot {
+        version: u64,
+        bytes: Vec<u8>,
+    },
+    Pong,
+    Error {
+        message: String,
+    },
+}
+
+impl std::fmt::Debug for Frame {
+    // Never print the token or the (key-bearing) snapshot bytes.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Frame::Hello(h) => write!(
+                f,
+                "Hello {{ engine_id: {:?}, applied_version: {}, shards: {} }}",
+                h.engine_id, h.applied_version, h.shards
+            ),
+            Frame::Ack { version } => write!(f, "Ack {{ version: {version} }}"),
+            Frame::Ping => write!(f, "Ping"),
+            Frame::Snapshot { version, bytes } => write!(
+                f,
+                "Snapshot {{ version: {version}, {} bytes }}",
+                bytes.len()
+            ),
+            Frame::Pong => write!(f, "Pong"),
+            Frame::Error { message } => write!(f, "Error {{ message: {message:?} }}"),
+        }
+    }
+}
+
+impl Frame {
+    pub fn kind(&self) -> u8 {
+        match self {
+            Frame::Hello(_) => KIND_HELLO,
+            Frame::Ack { .. } => KIND_ACK,
+            Frame::Ping => KIND_PING,
+            Frame::Snapshot { .. } => KIND_SNAPSHOT,
+            Frame::Pong => KIND_PONG,
+            Frame::Error { .. } => KIND_ERROR,
+        }
+    }
+
+    /// The full frame bytes (length prefix included).
+    pub fn encode(&self) -> Result<Vec<u8>, PolicyError> {
+        let payload: Vec<u8> = match self {
+            Frame::Hello(h) => serde_json::to_vec(h)
+                .map_err(|e| PolicyError::protocol(format!("hello encoding: {e}")))?,
+            Frame::Ack { version } => version.to_be_bytes().to_vec(),
+            Frame::Ping | Frame::Pong => Vec::new(),
+            Frame::Snapshot { version, bytes } => {
+                let mut p = Vec::with_capacity(8 + bytes.len());
+                p.extend_from_slice(&version.to_be_bytes());
+                p.extend_from_slice(bytes);
+                p
+            }
+            Frame::Error { message } => truncate_utf8(message, ERROR_MESSAGE_MAX_BYTES)
+                .as_bytes()
+                .to_vec(),
+        };
+        if matches!(self, Frame::Hello(_)) && payload.len() > HELLO_SIZE_MAX_BYTES {
+            return Err(PolicyError::protocol("hello too large"));
+        }
+        let length = payload.len() + 1;
+        if length > FRAME_SIZE_MAX_BYTES {
+            return Err(PolicyError::protocol(format!(
+                "frame of {length} bytes exceeds {FRAME_SIZE_MAX_BYTES}"
+            )));
+        }
+        let length_u32 = u32::try_from(length)
+            .map_err(|_| PolicyError::protocol("frame length overflows u32"))?;
+        let mut out = Vec::with_capacity(FRAME_LENGTH_BYTES + length);
+        out.extend_from_slice(&length_u32.to_be_bytes());
+        out.push(self.kind());
+        out.extend_from_slice(&payload);
+        Ok(out)
+    }
+
+    /// Parse a frame from its kind and payload (the length prefix already removed).
+    pub fn decode(kind: u8, payload: &[u8]) -> Result<Frame, PolicyError> {
+        match kind {
+            KIND_HELLO => {
+                if payload.len() > HELLO_SIZE_MAX_BYTES {
+                    return Err(PolicyError::protocol("hello too large"));
+                }
+                serde_json::from_slice(payload)
+                    .map(Frame::Hello)
+                    .map_err(|e| PolicyError::protocol(format!("bad hello: {e}")))
+            }
+            KIND_ACK => Ok(Frame::Ack {
+                version: be_u64(payload, "ack")?,
+            }),
+            KIND_PING => empty(payload, "ping").map(|()| Frame::Ping),
+            KIND_PONG => empty(payload, "pong").map(|()| Frame::Pong),
+            KIND_SNAPSHOT => {
+                let (head, rest) = payload
+                    .split_at_checked(8)
+                    .ok_or_else(|| PolicyError::protocol("snapshot frame shorter than 8 bytes"))?;
+                Ok(Frame::Snapshot {
+                    version: be_u64(head, "snapshot")?,
+                    bytes: rest.to_vec(),
+                })
+            }
+            KIND_ERROR => {
+                let text = String::from_utf8_lossy(payload);
+                Ok(Frame::Error {
+                    message: truncate_utf8(&text, ERROR_MESSAGE_MAX_BYTES).to_owned(),
+                })
+            }
+            other => Err(PolicyError::protocol(format!(
+                "unknown frame kind {other:#04x}"
+            ))),
+        }
+    }
+}
+
+/// Incremental decoder for callers that own their buffers (pure; no I/O).
+#[derive(Debug, Default)]
+pub struct FrameDecoder {
+    /// Bytes received and not yet returned as frames; bounded by one frame plus one read.
+    buffer: Vec<u8>,
+}
+
+impl FrameDecoder {
+    pub fn new() -> FrameDecoder {
+        FrameDecoder::default()
+    }
+
+    /// Bytes received but not yet returned as frames.
+    pub fn buffered_bytes(&self) -> usize {
+        self.buffer.len()
+    }
+
+    pub fn feed(&mut self, bytes: &[u8]) {
+        self.buffer.extend_from_slice(bytes);
+    }
+
+    /// The next complete frame, `Ok(None)` if more bytes are needed, or a protocol error
+    /// (after which the connection must be dropped).
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, PolicyError> {
+        let Some(prefix) = self.buffer.first_chunk::<FRAME_LENGTH_BYTES>() else {
+            return Ok(None);
+        };
+        let length = check_length(u32::from_be_bytes(*prefix))?;
+        let total = FRAME_LENGTH_BYTES + length;
+        if self.buffer.len() < total {
+            return Ok(None);
+        }
+        let kind = self.buffer[FRAME_LENGTH_BYTES];
+        let frame = Frame::decode(kind, &self.buffer[FRAME_LENGTH_BYTES + 1..total]);
+        self.buffer.drain(..total);
+        frame.map(Some)
+    }
+}
+
+/// Read one frame. `Ok(None)` on a clean end of stream between frames; an error on a stream
+/// that ends inside a frame, an oversized length, or a malformed payload. Memory grows with
+/// the bytes actually received, not with the announced length.
+///
+/// Not cancel-safe: a frame partly read when the future is dropped is lost. Do not race it in
+/// `select!` against other events; there, read with `AsyncReadExt::read` into a
+/// [`FrameDecoder`] (as `link.rs` does), or read frames in a task of their own.
+pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Frame>, PolicyError> {
+    let mut prefix = [0u8; FRAME_LENGTH_BYTES];
+    let mut got = 0;
+    while got < FRAME_LENGTH_BYTES {
+        let n = r.read(&mut prefix[got..]).await?;
+        if n == 0 {
+            if got == 0 {
+                return Ok(None);
+            }
+            return Err(PolicyError::protocol("stream ended inside a frame length"));
+        }
+        got += n;
+    }
+    let length = check_length(u32::from_be_bytes(prefix))?;
+    let mut body = Vec::with_capacity(length.min(64 << 10));
+    let length_u64 = u64::try_from(length).map_err(|_| PolicyError::protocol("length"))?;
+    let read = r.take(length_u64).read_to_end(&mut body).await?;
+    if read != length {
+        return Err(PolicyError::protocol(format!(
+            "stream ended inside a frame ({read} of {length} bytes)"
+        )));
+    }
+    let (kind, payload) = body
+        .split_first()
+        .ok_or_else(|| PolicyError::protocol("empty frame"))?;
+    Frame::decode(*kind, payload).map(Some)
+}
+
+/// Write one frame and flush.
+pub async fn write_frame<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    frame: &Frame,
+) -> Result<(), PolicyError> {
+    let bytes = frame.encode()?;
+    w.write_all(&bytes).await?;
+    w.flush().await?;
+    Ok(())
+}
+
+fn check_length(length: u32) -> Result<usize, PolicyError> {
+    let length = usize::try_from(length).map_err(|_| PolicyError::protocol("length"))?;
+    if length == 0 {
+        return Err(PolicyError::protocol("frame length 0 (no kind byte)"));
+    }
+    if length > FRAME_SIZE_MAX_BYTES {
+        return Err(PolicyError::protocol(format!(
+            "frame of {length} bytes exceeds {FRAME_SIZE_MAX_BYTES}"
+        )));
+    }
+    Ok(length)
+}
+
+fn be_u64(payload: &[u8], what: &str) -> Result<u64, PolicyError> {
+    let bytes: [u8; 8] = payload
+        .try_into()
+        .map_err(|_| PolicyError::protocol(format!("{what} payload is not 8 bytes")))?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
+fn empty(payload: &[u8], what: &str) -> Result<(), PolicyError> {
+    if payload.is_empty() {
+        Ok(())
+    } else {
+        Err(PolicyError::protocol(format!("{what} with a payload")))
+    }
+}
+
+fn truncate_utf8(s: &str, max_bytes: usize) -> &str {
+    if s.len() <= max_bytes {
+        return s;
+    }
+    let mut end = max_bytes;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all_frames() -> Vec<Frame> {
+        vec![
+            Frame::Hello(Hello {
+                engine_id: "e1".into(),
+                token: "secret".into(),
+                applied_version: 3,
+                shards: 2,
+            }),
+            Frame::Ack { version: 9 },
+            Frame::Ping,
+            Frame::Snapshot {
+                version: 9,
+                bytes: vec![1, 2, 3],
+            },
+            Frame::Pong,
+            Frame::Error {
+                message: "bad token".into(),
+            },
+        ]
+    }
+
+    #[test]
+    fn round_trip_through_decoder_byte_by_byte() {
+        let mut all = Vec::new();
+        for f in all_frames() {
+            all.extend_from_slice(&f.encode().unwrap());
+        }
+        let mut d = FrameDecoder::new();
+        let mut out = Vec::new();
+        for b in all {
+            d.feed(&[b]);
+            while let Some(f) = d.next_frame().unwrap() {
+                out.push(f);
+            }
+        }
+        assert_eq!(out, all_frames());
+    }
+
+    #[test]
+    fn rejects_bad_frames() {
+        let mut d = FrameDecoder::new();
+        d.feed(&[0, 0, 0, 0]);
+        assert!(d.next_frame().is_err(), "zero length");
+
+        let mut d = FrameDecoder::new();
+        d.feed(&((FRAME_SIZE_MAX_BYTES + 1) as u32).to_be_bytes());
+        assert!(d.next_frame().is_err(), "oversized");
+
+        assert!(Frame::decode(0x55, &[]).is_err(), "unknown kind");
+        assert!(Frame::decode(KIND_ACK, &[1, 2]).is_err(), "short ack");
+        assert!(Frame::decode(KIND_PING, &[1]).is_err(), "ping payload");
+        assert!(
+            Frame::decode(KIND_SNAPSHOT, &[1]).is_err(),
+            "short snapshot"
+        );
+        assert!(Frame::decode(KIND_HELLO, b"{").is_err(), "bad json");
+    }
+
+    #[test]
+    fn debug_hides_the_token() {
+        let s = format!("{:?}", all_frames()[0]);
+        assert!(!s.contains("secret"), "{s}");
+    }
+
+    #[tokio::test]
+    async fn async_read_write() {
+        let (mut a, mut b) = tokio::io::duplex(64);
+        let frames = all_frames();
+        let sent = frames.clone();
+        let writer = tokio::spawn(async move {
+            for f in &sent {
+                write_frame(&mut a, f).await.unwrap();
+            }
+        });
+        let mut got = Vec::new();
+        while let Some(f) = read_frame(&mut b).await.unwrap() {
+            got.push(f);
+        }
+        writer.await.unwrap();
+        assert_eq!(got, frames);
+    }
+
+    #[tokio::test]
+    async fn truncated_stream_is_an_error() {
+        let bytes = Frame::Ack { version: 1 }.encode().unwrap();
+        let mut r = &bytes[..bytes.len() - 2];
+        assert!(read_frame(&mut r).await.is_err());
+        let mut r = &bytes[..2];
+        assert!(read_frame(&mut r).await.is_err());
+    }
+}

@@ -1,0 +1,378 @@
+//! Who may call what: roles, the permission table, API key checks, the verification cache and
+//! the failed-authentication throttle.
+//!
+//! A key is 40 characters of `[A-Za-z0-9]`; its first 8 are the *prefix*, stored in clear and
+//! unique, used to find the row; the whole key is checked against the row's argon2id hash. A
+//! successful check is cached in memory under HMAC-SHA256(process secret, key) together with the
+//! PHC string it matched, so a rotated or revoked key misses the cache at once (the row is read
+//! on every call; only the argon2 work is skipped). Plaintext keys are never stored.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Mutex;
+
+use argon2::password_hash::{rand_core::OsRng, PasswordHash, SaltString};
+use argon2::{PasswordHasher, PasswordVerifier};
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::request::Parts;
+use hmac::{Hmac, Mac};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use sqlx::Row;
+
+use crate::api::App;
+use crate::{ApiError, ControlError};
+
+/// Length of a generated key or password, in characters.
+pub const KEY_LENGTH_CHARS: usize = 40;
+/// Length of the lookup prefix (the key's first characters).
+pub const PREFIX_LENGTH_CHARS: usize = 8;
+/// Failed authentications allowed from one address per window before 429.
+pub const AUTH_FAILURES_PER_WINDOW_MAX: u32 = 10;
+/// The throttle window.
+pub const AUTH_FAILURE_WINDOW_SECS: u64 = 60;
+/// Addresses tracked by the throttle; past this, expired windows are dropped first.
+pub const THROTTLE_ADDRESSES_MAX: usize = 100_000;
+/// Successful verifications remembered; past this the cache starts over.
+pub const AUTH_CACHE_ENTRIES_MAX: usize = 10_000;
+
+/// Roles, weakest first; `Ord` follows strength.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Viewer,
+    Developer,
+    Admin,
+    /// Only in the operator tenant: manages tenants and global settings.
+    Owner,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Developer => "developer",
+            Role::Admin => "admin",
+            Role::Owner => "owner",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Role> {
+        serde_json::from_value(serde_json::Value::String(s.to_string())).ok()
+    }
+}
+
+/// What an endpoint needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permission {
+    /// See one's own tenant record.
+    TenantRead,
+    /// Create, list, show and suspend any tenant; set tenant quotas.
+    TenantsManage,
+    DomainsRead,
+    /// Add, verify, rotate, delete sending domains.
+    DomainsWrite,
+    CredentialsRead,
+    /// Create, revoke, rotate API keys and SMTP credentials (never above one's own role).
+    CredentialsWrite,
+    LimitsRead,
+    /// Per sending domain limits of one's tenant.
+    LimitsWrite,
+    /// Destination limits and defaults (shared by all tenants).
+    GlobalLimitsWrite,
+    /// One's tenant's audit rows (owners: all rows).
+    AuditRead,
+    /// Walk the whole audit chain.
+    AuditVerify,
+    /// Connected engines and their applied versions.
+    EnginesRead,
+}
+
+impl Permission {
+    /// Writes need the key's `admin` scope; reads need `read` or `admin`.
+    pub fn is_write(self) -> bool {
+        matches!(
+            self,
+            Permission::TenantsManage
+                | Permission::DomainsWrite
+                | Permission::CredentialsWrite
+                | Permission::LimitsWrite
+                | Permission::GlobalLimitsWrite
+        )
+    }
+}
+
+use Permission as P;
+/// The permission table. Each role has everything the weaker roles have, plus its row.
+pub const PERMISSIONS: &[(Role, &[Permission])] = &[
+    (
+        Role::Viewer,
+        &[P::TenantRead, P::DomainsRead, P::CredentialsRead, P::LimitsRead],
+    ),
+    (Role::Developer, &[P::DomainsWrite, P::CredentialsWrite]),
+    (Role::Admin, &[P::LimitsWrite, P::AuditRead]),
+    (
+        Role::Owner,
+        &[P::TenantsManage, P::GlobalLimitsWrite, P::AuditVerify, P::EnginesRead],
+    ),
+];
+
+/// True when `role` (with its inherited rows) grants `p`.
+pub fn role_allows(role: Role, p: Permission) -> bool {
+    PERMISSIONS
+        .iter()
+        .filter(|(r, _)| *r <= role)
+        .any(|(_, ps)| ps.contains(&p))
+}
+
+/// Scopes a credential may carry.
+pub const SCOPES: &[&str] = &["send", "read", "admin"];
+
+/// The authenticated caller of one request.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub tenant_id: String,
+    pub credential_id: String,
+    pub prefix: String,
+    pub role: Role,
+    pub scopes: Vec<String>,
+    /// The caller's tenant is the operator tenant.
+    pub is_operator: bool,
+    pub remote: IpAddr,
+}
+
+impl Caller {
+    /// 403 unless role and scopes grant `p`.
+    pub fn require(&self, p: Permission) -> Result<(), ApiError> {
+        if !role_allows(self.role, p) {
+            return Err(ApiError::forbidden(format!(
+                "role {} may not do this",
+                self.role.as_str()
+            )));
+        }
+        let scoped = if p.is_write() {
+            self.scopes.iter().any(|s| s == "admin")
+        } else {
+            self.scopes.iter().any(|s| s == "admin" || s == "read")
+        };
+        if !scoped {
+            return Err(ApiError::forbidden("the key lacks the scope for this"));
+        }
+        Ok(())
+    }
+    /// The audit `actor`.
+    pub fn actor(&self) -> String {
+        format!("key:{}", self.prefix)
+    }
+}
+
+/// A new random key: 40 alphanumerics, the first 8 being the prefix.
+pub fn generate_key() -> String {
+    let mut rng = rand::thread_rng();
+    (0..KEY_LENGTH_CHARS)
+        .map(|_| char::from(rng.sample(rand::distributions::Alphanumeric)))
+        .collect()
+}
+
+/// argon2id cost. The default is OWASP's (19 MiB, 2 passes); tests may lower it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HashCost {
+    pub memory_kib: u32,
+    pub iterations: u32,
+}
+
+impl Default for HashCost {
+    fn default() -> Self {
+        HashCost {
+            memory_kib: argon2::Params::DEFAULT_M_COST,
+            iterations: argon2::Params::DEFAULT_T_COST,
+        }
+    }
+}
+
+/// Hashes a secret into an argon2id PHC string (CPU-heavy: call from `spawn_blocking`).
+pub fn hash_secret(secret: &str, cost: HashCost) -> Result<String, ControlError> {
+    let params = argon2::Params::new(cost.memory_kib, cost.iterations, 1, None)
+        .map_err(|e| ControlError::Config(format!("argon2 params: {e}")))?;
+    let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+    let salt = SaltString::generate(&mut OsRng);
+    argon
+        .hash_password(secret.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| ControlError::Config(format!("argon2: {e}")))
+}
+
+/// Async wrapper of [`hash_secret`] off the runtime threads.
+pub async fn hash_secret_async(secret: String, cost: HashCost) -> Result<String, ControlError> {
+    tokio::task::spawn_blocking(move || hash_secret(&secret, cost))
+        .await
+        .map_err(|e| ControlError::Config(format!("hash task: {e}")))?
+}
+
+fn verify_secret(secret: &str, phc: &str) -> bool {
+    match PasswordHash::new(phc) {
+        Ok(h) => argon2::Argon2::default()
+            .verify_password(secret.as_bytes(), &h)
+            .is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// Failed-authentication counts per address, in fixed windows.
+#[derive(Debug, Default)]
+pub struct Throttle {
+    windows: Mutex<HashMap<IpAddr, (u64, u32)>>,
+}
+
+impl Throttle {
+    /// Err(retry-after seconds) while `ip` is over the limit.
+    pub fn check(&self, ip: IpAddr, now_secs: u64) -> Result<(), u64> {
+        let map = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        match map.get(&ip) {
+            Some(&(start, count))
+                if count >= AUTH_FAILURES_PER_WINDOW_MAX
+                    && now_secs < start + AUTH_FAILURE_WINDOW_SECS =>
+            {
+                Err((start + AUTH_FAILURE_WINDOW_SECS - now_secs).max(1))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    pub fn record_failure(&self, ip: IpAddr, now_secs: u64) {
+        let mut map = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= THROTTLE_ADDRESSES_MAX && !map.contains_key(&ip) {
+            map.retain(|_, (start, _)| now_secs < *start + AUTH_FAILURE_WINDOW_SECS);
+            if map.len() >= THROTTLE_ADDRESSES_MAX {
+                map.clear();
+            }
+        }
+        let w = map.entry(ip).or_insert((now_secs, 0));
+        if now_secs >= w.0 + AUTH_FAILURE_WINDOW_SECS {
+            *w = (now_secs, 0);
+        }
+        w.1 = w.1.saturating_add(1);
+    }
+}
+
+/// Successful verifications: keyed hash of the key -> the PHC it matched.
+#[derive(Debug)]
+pub struct VerifyCache {
+    secret: [u8; 32],
+    entries: Mutex<HashMap<[u8; 32], String>>,
+}
+
+impl Default for VerifyCache {
+    fn default() -> Self {
+        VerifyCache {
+            secret: rand::random(),
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl VerifyCache {
+    fn key(&self, token: &str) -> [u8; 32] {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.secret)
+            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+        mac.update(token.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+    fn hit(&self, k: &[u8; 32], phc: &str) -> bool {
+        let map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(k).is_some_and(|cached| cached == phc)
+    }
+    fn insert(&self, k: [u8; 32], phc: String) {
+        let mut map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= AUTH_CACHE_ENTRIES_MAX {
+            map.clear();
+        }
+        map.insert(k, phc);
+    }
+}
+
+/// True when `ip` is inside one of the CIDRs (empty list: any address).
+pub fn ip_allowed(list: &[String], ip: IpAddr) -> bool {
+    list.is_empty()
+        || list.iter().any(|c| {
+            petrel_policy::snapshot::parse_cidr(c)
+                .map(|net| net.contains(&ip))
+                .unwrap_or(false)
+        })
+}
+
+impl FromRequestParts<App> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Caller, ApiError> {
+        let remote = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip())
+            .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        let now_secs = u64::try_from(app.clock.now_unix_ms() / 1000).unwrap_or(0);
+        app.throttle
+            .check(remote, now_secs)
+            .map_err(ApiError::too_many)?;
+        let fail = |msg: &str| {
+            app.throttle.record_failure(remote, now_secs);
+            ApiError::unauthorized(msg)
+        };
+        let token = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .ok_or_else(|| fail("missing bearer key"))?;
+        if token.len() != KEY_LENGTH_CHARS || !token.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(fail("invalid key"));
+        }
+        let prefix = &token[..PREFIX_LENGTH_CHARS];
+        let row = sqlx::query(
+            "SELECT c.id, c.tenant_id, c.phc, c.role, c.scopes, c.ip_allowlist, c.revoked, \
+             t.suspended, t.is_operator FROM credentials c JOIN tenants t ON t.id = c.tenant_id \
+             WHERE c.prefix = $1 AND c.kind = 'api'",
+        )
+        .bind(prefix)
+        .fetch_optional(&app.db.pool)
+        .await?
+        .ok_or_else(|| fail("invalid key"))?;
+        let phc: String = row.try_get("phc")?;
+        let cache_key = app.verify_cache.key(token);
+        if !app.verify_cache.hit(&cache_key, &phc) {
+            let (t, p) = (token.to_string(), phc.clone());
+            let ok = tokio::task::spawn_blocking(move || verify_secret(&t, &p))
+                .await
+                .unwrap_or(false);
+            if !ok {
+                return Err(fail("invalid key"));
+            }
+            app.verify_cache.insert(cache_key, phc);
+        }
+        if crate::store::get_bool(&row, "revoked")? {
+            return Err(fail("key revoked"));
+        }
+        let ip_allowlist = crate::store::get_list(&row, "ip_allowlist")?;
+        if !ip_allowed(&ip_allowlist, remote) {
+            return Err(ApiError::forbidden("this key may not be used from this address"));
+        }
+        if crate::store::get_bool(&row, "suspended")? {
+            return Err(ApiError::forbidden("tenant suspended"));
+        }
+        let role: Option<String> = row.try_get("role")?;
+        let role = role
+            .as_deref()
+            .and_then(Role::parse)
+            .ok_or_else(|| ApiError::internal("key has no valid role"))?;
+        Ok(Caller {
+            tenant_id: row.try_get("tenant_id")?,
+            credential_id: row.try_get("id")?,
+            prefix: prefix.to_string(),
+            role,
+            scopes: crate::store::get_list(&row, "scopes")?,
+            is_operator: crate::store::get_bool(&row, "is_operator")?,
+            remote,
+        })
+    }
+}

@@ -1,0 +1,223 @@
+//! First-start and development bootstrap: the operator tenant with its owner key, and the
+//! `petrel up` development tenant.
+
+use sqlx::Row;
+
+use crate::api::credentials::{insert_credential, NewCredential};
+use crate::api::tenants::{insert_tenant, TenantView};
+use crate::api::{domains, new_id};
+use crate::audit::AuditEntry;
+use crate::auth::{HashCost, Role};
+use crate::store::Db;
+use crate::{Clock, ControlError, ServeInfo};
+
+/// The operator tenant's name.
+pub const OPERATOR_TENANT_NAME: &str = "operator";
+/// The development tenant `petrel up` creates.
+pub const DEV_TENANT_NAME: &str = "dev";
+/// Its sending domain (verified for loopback use without DNS).
+pub const DEV_DOMAIN: &str = "dev.petrel.test";
+/// The label of its SMTP credential.
+pub const DEV_SMTP_NAME: &str = "dev smtp";
+
+fn system_entry(clock: &dyn Clock, tenant: &str, action: &str, after: serde_json::Value) -> AuditEntry {
+    AuditEntry {
+        tenant_id: Some(tenant.to_string()),
+        actor: "system:bootstrap".into(),
+        remote_addr: "local".into(),
+        action: action.into(),
+        target: tenant.into(),
+        at_unix_ms: clock.now_unix_ms(),
+        before: None,
+        after: Some(after),
+    }
+}
+
+/// Creates the operator tenant and its owner key when no operator tenant exists.
+/// Returns the key when it was just created.
+pub async fn ensure_operator(
+    db: &Db,
+    cost: HashCost,
+    clock: &dyn Clock,
+) -> Result<Option<String>, ControlError> {
+    let exists = sqlx::query("SELECT id FROM tenants WHERE is_operator = 1")
+        .fetch_optional(&db.pool)
+        .await?
+        .is_some();
+    if exists {
+        return Ok(None);
+    }
+    let tenant = TenantView {
+        id: new_id("ten"),
+        name: OPERATOR_TENANT_NAME.into(),
+        is_operator: true,
+        suspended: false,
+        messages_per_second_max: None,
+        messages_per_day_max: None,
+        allow_unverified_domains: false,
+        created_unix_ms: clock.now_unix_ms(),
+    };
+    let prepared = NewCredential::api_key(&tenant.id, "bootstrap owner key", Role::Owner)
+        .prepare(cost)
+        .await?;
+    let mut m = db.begin_mutation().await?;
+    insert_tenant(&mut m.tx, &tenant).await?;
+    let created = insert_credential(&mut m.tx, prepared, clock.now_unix_ms()).await?;
+    let after = serde_json::json!({"tenant": tenant, "owner_key_prefix": created.credential.prefix});
+    match m
+        .commit(system_entry(clock, &tenant.id, "tenant.bootstrap", after))
+        .await
+    {
+        Ok(_) => Ok(Some(created.secret)),
+        // Another node won the race: its key was printed there.
+        Err(ControlError::Database(sqlx::Error::Database(e))) if e.is_unique_violation() => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// What `petrel up` prints. Secrets are present only when this call created them.
+#[derive(Debug, Clone)]
+pub struct DevBootstrap {
+    pub tenant_id: String,
+    pub domain: String,
+    pub smtp_username: String,
+    pub smtp_password: Option<String>,
+    /// An `admin` API key of the development tenant.
+    pub api_key: Option<String>,
+}
+
+impl DevBootstrap {
+    /// Human-readable lines for the start-up banner.
+    pub fn lines(&self) -> Vec<String> {
+        let mut out = vec![
+            format!("development tenant: {} ({})", DEV_TENANT_NAME, self.tenant_id),
+            format!("sending domain: {} (verified for loopback)", self.domain),
+        ];
+        match &self.smtp_password {
+            Some(p) => out.push(format!(
+                "SMTP AUTH (shown once): username {} password {p}",
+                self.smtp_username
+            )),
+            None => out.push(format!(
+                "SMTP AUTH username {} (password shown at first start; rotate it with POST /v1/credentials/{{id}}/rotate)",
+                self.smtp_username
+            )),
+        }
+        if let Some(k) = &self.api_key {
+            out.push(format!("development tenant admin API key (shown once): {k}"));
+        }
+        out
+    }
+}
+
+/// Creates, once, the development tenant, its verified-for-loopback domain `dev.petrel.test`
+/// and SMTP credentials; later calls return what exists (without secrets).
+pub async fn bootstrap_dev(info: &ServeInfo) -> Result<DevBootstrap, ControlError> {
+    let app = &info.app;
+    let db = &app.db;
+    let existing = sqlx::query("SELECT id FROM tenants WHERE name = $1")
+        .bind(DEV_TENANT_NAME)
+        .fetch_optional(&db.pool)
+        .await?;
+    if let Some(row) = existing {
+        let tenant_id: String = row.try_get("id")?;
+        let user = sqlx::query(
+            "SELECT username FROM credentials WHERE tenant_id = $1 AND kind = 'smtp' \
+             AND name = $2 AND revoked = 0 ORDER BY created_unix_ms LIMIT 1",
+        )
+        .bind(tenant_id.clone())
+        .bind(DEV_SMTP_NAME)
+        .fetch_optional(&db.pool)
+        .await?;
+        if let Some(u) = user {
+            return Ok(DevBootstrap {
+                tenant_id,
+                domain: DEV_DOMAIN.into(),
+                smtp_username: u.try_get::<Option<String>, _>("username")?.unwrap_or_default(),
+                smtp_password: None,
+                api_key: None,
+            });
+        }
+    }
+    create_dev(info).await
+}
+
+async fn create_dev(info: &ServeInfo) -> Result<DevBootstrap, ControlError> {
+    let app = &info.app;
+    let now = app.now_ms();
+    let cost = app.settings.hash_cost;
+    let tenant_row = sqlx::query("SELECT * FROM tenants WHERE name = $1")
+        .bind(DEV_TENANT_NAME)
+        .fetch_optional(&app.db.pool)
+        .await?;
+    let (tenant, tenant_exists) = match tenant_row {
+        Some(r) => (crate::api::tenants::tenant_from(&r)?, true),
+        None => (
+            TenantView {
+                id: new_id("ten"),
+                name: DEV_TENANT_NAME.into(),
+                is_operator: false,
+                suspended: false,
+                messages_per_second_max: None,
+                messages_per_day_max: None,
+                allow_unverified_domains: true,
+                created_unix_ms: now,
+            },
+            false,
+        ),
+    };
+    let mut smtp = NewCredential::api_key(&tenant.id, DEV_SMTP_NAME, Role::Viewer);
+    smtp.kind = "smtp";
+    smtp.role = None;
+    smtp.scopes = vec!["send".into()];
+    smtp.username = Some(format!("dev@{DEV_DOMAIN}"));
+    let smtp = smtp.prepare(cost).await?;
+    let api = NewCredential::api_key(&tenant.id, "dev admin key", Role::Admin)
+        .prepare(cost)
+        .await?;
+    let key = domains::generate_key(petrel_policy::DkimAlgorithm::Ed25519).await?;
+
+    let mut m = app.db.begin_mutation().await?;
+    if !tenant_exists {
+        insert_tenant(&mut m.tx, &tenant).await?;
+    }
+    let has_domain = sqlx::query("SELECT id FROM domains WHERE name = $1 AND tenant_id = $2")
+        .bind(DEV_DOMAIN)
+        .bind(tenant.id.clone())
+        .fetch_optional(&mut *m.tx)
+        .await?
+        .is_some();
+    if !has_domain {
+        let domain_id = new_id("dom");
+        sqlx::query(
+            "INSERT INTO domains (id, tenant_id, name, verified, verified_loopback, \
+             verified_unix_ms, created_unix_ms) VALUES ($1,$2,$3,1,1,$4,$4)",
+        )
+        .bind(domain_id.clone())
+        .bind(tenant.id.clone())
+        .bind(DEV_DOMAIN)
+        .bind(now)
+        .execute(&mut *m.tx)
+        .await?;
+        let selector = domains::new_selector();
+        domains::insert_key(&mut m.tx, &tenant.id, &domain_id, &selector, &key, now, Some(now))
+            .await?;
+    }
+    let smtp = insert_credential(&mut m.tx, smtp, now).await?;
+    let api = insert_credential(&mut m.tx, api, now).await?;
+    let after = serde_json::json!({
+        "tenant": tenant, "domain": DEV_DOMAIN,
+        "smtp_credential": smtp.credential, "api_key_prefix": api.credential.prefix,
+    });
+    let v = m
+        .commit(system_entry(app.clock.as_ref(), &tenant.id, "dev.bootstrap", after))
+        .await?;
+    app.notify(v);
+    Ok(DevBootstrap {
+        tenant_id: tenant.id,
+        domain: DEV_DOMAIN.into(),
+        smtp_username: smtp.credential.username.unwrap_or_default(),
+        smtp_password: Some(smtp.secret),
+        api_key: Some(api.secret),
+    })
+}

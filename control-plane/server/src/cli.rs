@@ -1,0 +1,119 @@
+//! `petrel control ...`: the subcommands the `petrel` binary mounts.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use crate::{ControlConfig, ServeOptions};
+
+/// `petrel control <command>`.
+#[derive(Debug, clap::Subcommand)]
+pub enum ControlCommand {
+    /// Run the control plane (admin API and engine push).
+    Serve(ServeArgs),
+    /// Walk the audit log's hash chain and report the first broken link (exit status 1 if any).
+    AuditVerify {
+        /// Petrel's data directory; the control plane uses `<data-dir>/control`.
+        #[arg(long, default_value = "./petrel-data")]
+        data_dir: PathBuf,
+        /// `postgres://...` for a shared database; default: SQLite under the data directory.
+        #[arg(long, env = "PETREL_DATABASE_URL")]
+        database_url: Option<String>,
+    },
+}
+
+/// Flags of `petrel control serve`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Petrel's data directory; the control plane uses `<data-dir>/control`.
+    #[arg(long, default_value = "./petrel-data")]
+    pub data_dir: PathBuf,
+    /// `postgres://...` for a shared database; default: SQLite under the data directory.
+    #[arg(long, env = "PETREL_DATABASE_URL")]
+    pub database_url: Option<String>,
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub api_listen: SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    pub push_listen: SocketAddr,
+    /// Shared secret engines present; default: read or create `<data-dir>/control/push.token`.
+    #[arg(long, env = "PETREL_PUSH_TOKEN")]
+    pub push_token: Option<String>,
+    /// Nameserver for domain verification (repeatable); default: the system's.
+    #[arg(long = "dns-nameserver")]
+    pub dns_nameservers: Vec<SocketAddr>,
+    /// PEM certificate for the push listener (with --push-tls-key); default: self-signed.
+    #[arg(long, requires = "push_tls_key")]
+    pub push_tls_cert: Option<PathBuf>,
+    #[arg(long, requires = "push_tls_cert")]
+    pub push_tls_key: Option<PathBuf>,
+    /// The domain tenants include in SPF.
+    #[arg(long, default_value = crate::SPF_INCLUDE_DEFAULT)]
+    pub spf_include: String,
+}
+
+/// Runs one `petrel control` command.
+pub async fn run(cmd: ControlCommand) -> anyhow::Result<()> {
+    match cmd {
+        ControlCommand::Serve(a) => {
+            let dir = a.data_dir.join("control");
+            let push_token = match a.push_token {
+                Some(t) => t,
+                None => read_or_create_token(&dir)?,
+            };
+            let cfg = ControlConfig {
+                data_dir: dir,
+                database_url: a.database_url,
+                api_listen: a.api_listen,
+                push_listen: a.push_listen,
+                push_token,
+                dns_nameservers: a.dns_nameservers,
+            };
+            let opts = ServeOptions {
+                push_tls_cert: a.push_tls_cert,
+                push_tls_key: a.push_tls_key,
+                spf_include: a.spf_include,
+                ..ServeOptions::default()
+            };
+            crate::serve_with(cfg, opts, None).await?;
+            Ok(())
+        }
+        ControlCommand::AuditVerify {
+            data_dir,
+            database_url,
+        } => {
+            let db = crate::store::Db::open(&data_dir.join("control"), database_url.as_deref()).await?;
+            let report = crate::audit::verify(&db.pool).await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            if report.ok {
+                Ok(())
+            } else {
+                anyhow::bail!(
+                    "audit chain broken at seq {}",
+                    report.first_broken_seq.unwrap_or_default()
+                )
+            }
+        }
+    }
+}
+
+/// The push token kept in `<dir>/push.token` (mode 0600), created on first use.
+fn read_or_create_token(dir: &Path) -> anyhow::Result<String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join("push.token");
+    if let Ok(t) = std::fs::read_to_string(&path) {
+        if !t.trim().is_empty() {
+            return Ok(t.trim().to_string());
+        }
+    }
+    std::fs::create_dir_all(dir)?;
+    let token = hex::encode(rand::random::<[u8; 24]>());
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)?;
+    f.write_all(token.as_bytes())?;
+    eprintln!("petrel control: push token written to {}", path.display());
+    Ok(token)
+}

@@ -1,0 +1,146 @@
+//! The crate's one public error enum, and its mapping to HTTP answers (in exactly one place:
+//! [`ApiError`]'s `IntoResponse`).
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+/// Everything that can go wrong in the control plane.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ControlError {
+    /// The database failed or refused a statement. Usually transient (connection, lock).
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// A schema migration failed. Permanent until an operator acts.
+    #[error("migration {version}: {source}")]
+    Migration {
+        version: i64,
+        #[source]
+        source: sqlx::Error,
+    },
+    /// Reading or writing a file under the data directory failed.
+    #[error("{path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Binding a listener failed (address in use, permission).
+    #[error("listen on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The configuration is unusable (empty push token, bad URL...).
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// TLS material could not be generated or loaded.
+    #[error("tls: {0}")]
+    Tls(String),
+    /// A stored row breaks an invariant (bad JSON column, unknown enum name).
+    #[error("corrupt stored data: {0}")]
+    Corrupt(String),
+    /// The policy crate refused our snapshot or key request.
+    #[error("policy: {0}")]
+    Policy(#[from] petrel_policy::PolicyError),
+    /// A request-level failure surfaced outside HTTP (bootstrap, CLI).
+    #[error("{}: {}", .0.code, .0.message)]
+    Api(ApiError),
+}
+
+impl ControlError {
+    /// True when retrying later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            ControlError::Database(_) | ControlError::Io { .. } | ControlError::Listen { .. }
+        )
+    }
+}
+
+/// A JSON error answer: `{"error":{"code":..,"message":..}}` with a 4xx/5xx status.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    /// Stable machine-readable code (`unauthorized`, `forbidden`, `not_found`, ...).
+    pub code: &'static str,
+    pub message: String,
+    /// Seconds, for 429 answers.
+    pub retry_after_secs: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            retry_after_secs: None,
+        }
+    }
+    pub fn unauthorized(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+    pub fn forbidden(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+    pub fn not_found(what: &str) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("{what} not found"))
+    }
+    pub fn conflict(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::CONFLICT, "conflict", message)
+    }
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+    pub fn invalid(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", message)
+    }
+    pub fn too_many(retry_after_secs: u64) -> ApiError {
+        ApiError {
+            retry_after_secs: Some(retry_after_secs),
+            ..ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_requests",
+                "too many failed authentications from this address",
+            )
+        }
+    }
+    pub fn internal(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+}
+
+impl From<ControlError> for ApiError {
+    fn from(e: ControlError) -> ApiError {
+        match e {
+            ControlError::Api(a) => a,
+            ControlError::Database(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+                ApiError::conflict("a resource with that name already exists")
+            }
+            other => {
+                tracing::error!(error = %other, "control plane request failed");
+                ApiError::internal("internal error")
+            }
+        }
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> ApiError {
+        ApiError::from(ControlError::Database(e))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
+        let mut resp = (self.status, axum::Json(body)).into_response();
+        if let Some(secs) = self.retry_after_secs {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        resp
+    }
+}

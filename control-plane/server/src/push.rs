@@ -1,0 +1,401 @@
+//! The snapshot push: engines connect over TLS, introduce themselves with the shared token,
+//! receive the full snapshot, then a new one after every committed mutation.
+//!
+//! Each connection has a reader task (frames from the engine into a bounded channel: reading
+//! a frame is not cancel-safe, so it never sits in a `select!`) and a writer loop that waits on
+//! either that channel or the version watch. Versions coalesce: a slow engine gets the newest
+//! snapshot, not every intermediate one. Snapshots are built once per version and shared.
+//! Engine state (applied version from `Ack`, last contact) lives in the `engines` table so any
+//! control plane node can answer `GET /v1/engines`.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use petrel_policy::{read_frame, write_frame, Frame};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use serde::Serialize;
+use sqlx::Row;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_rustls::TlsAcceptor;
+
+use crate::api::App;
+use crate::store::get_bool;
+use crate::{ApiError, ControlError};
+
+/// Engine connections served at once; more wait in the accept backlog.
+pub const ENGINE_CONNECTIONS_MAX: usize = 1_024;
+/// TLS handshake plus `Hello` must finish within this.
+pub const HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+/// Frames from one engine buffered before its reader waits.
+pub const ENGINE_FRAMES_QUEUED_MAX: usize = 16;
+/// A snapshot write to one engine must finish within this, or the connection is dropped.
+pub const SNAPSHOT_WRITE_TIMEOUT_MS: u64 = 30_000;
+/// Engine ids, in bytes.
+pub const ENGINE_ID_MAX_BYTES: usize = 255;
+/// Engines listed by `GET /v1/engines`.
+pub const ENGINES_LISTED_MAX: i64 = 10_000;
+
+/// One engine as `GET /v1/engines` shows it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct EngineView {
+    pub id: String,
+    pub remote_addr: String,
+    pub connected: bool,
+    pub connected_unix_ms: i64,
+    pub last_contact_unix_ms: i64,
+    /// Newest snapshot version sent.
+    pub sent_version: i64,
+    /// Newest snapshot version the engine acknowledged as applied.
+    pub applied_version: i64,
+}
+
+pub async fn list_engines(pool: &sqlx::AnyPool) -> Result<Vec<EngineView>, ApiError> {
+    let rows = sqlx::query("SELECT * FROM engines ORDER BY id LIMIT $1")
+        .bind(ENGINES_LISTED_MAX)
+        .fetch_all(pool)
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(EngineView {
+                id: r.try_get("id")?,
+                remote_addr: r.try_get("remote_addr")?,
+                connected: get_bool(r, "connected")?,
+                connected_unix_ms: r.try_get("connected_unix_ms")?,
+                last_contact_unix_ms: r.try_get("last_contact_unix_ms")?,
+                sent_version: r.try_get("sent_version")?,
+                applied_version: r.try_get("applied_version")?,
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(ApiError::from)
+}
+
+/// TLS material for the push listener.
+pub struct PushTls {
+    pub acceptor: TlsAcceptor,
+    /// The certificate chain, PEM, for engines to pin.
+    pub cert_pem: String,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ControlError + '_ {
+    move |source| ControlError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Loads `cert`/`key` when given; otherwise loads or creates a self-signed pair under
+/// `<control dir>/push-{cert,key}.pem` naming `localhost` and the listen address.
+pub fn load_or_create_tls(
+    data_dir: &Path,
+    cert: Option<&Path>,
+    key: Option<&Path>,
+    listen: SocketAddr,
+) -> Result<PushTls, ControlError> {
+    let dir = data_dir.to_path_buf();
+    let (cert_path, key_path) = match (cert, key) {
+        (Some(c), Some(k)) => (c.to_path_buf(), k.to_path_buf()),
+        (None, None) => (dir.join("push-cert.pem"), dir.join("push-key.pem")),
+        _ => {
+            return Err(ControlError::Config(
+                "push TLS needs both a certificate and a key".into(),
+            ))
+        }
+    };
+    if !cert_path.exists() {
+        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        let names = vec!["localhost".to_string(), listen.ip().to_string()];
+        let ck = rcgen::generate_simple_self_signed(names)
+            .map_err(|e| ControlError::Tls(format!("generate certificate: {e}")))?;
+        write_private(&key_path, ck.key_pair.serialize_pem().as_bytes())?;
+        std::fs::write(&cert_path, ck.cert.pem()).map_err(io_err(&cert_path))?;
+    }
+    let cert_pem = std::fs::read_to_string(&cert_path).map_err(io_err(&cert_path))?;
+    let certs = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ControlError::Tls(format!("{}: {e}", cert_path.display())))?;
+    let key = PrivateKeyDer::from_pem_file(&key_path)
+        .map_err(|e| ControlError::Tls(format!("{}: {e}", key_path.display())))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ControlError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| ControlError::Tls(e.to_string()))?;
+    Ok(PushTls {
+        acceptor: TlsAcceptor::from(Arc::new(config)),
+        cert_pem,
+    })
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ControlError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_err(path))?;
+    f.write_all(bytes).map_err(io_err(path))
+}
+
+/// The newest built snapshot, shared by every connection.
+#[derive(Default)]
+pub struct SnapshotCache {
+    latest: Mutex<Option<(u64, Arc<Vec<u8>>)>>,
+}
+
+impl SnapshotCache {
+    /// The encoded snapshot at version >= `min_version` (building it when needed).
+    async fn get(&self, app: &App, min_version: u64) -> Result<(u64, Arc<Vec<u8>>), ControlError> {
+        if let Some((v, b)) = self.latest.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            if v >= min_version {
+                return Ok((v, b));
+            }
+        }
+        let snap = crate::snapshot::build(
+            &app.db,
+            app.now_ms(),
+            app.settings.dkim_rotation_grace_ms,
+        )
+        .await?;
+        let version = snap.version;
+        let bytes = Arc::new(petrel_policy::encode(&snap)?);
+        let mut latest = self.latest.lock().unwrap_or_else(|p| p.into_inner());
+        if latest.as_ref().is_none_or(|(v, _)| *v < version) {
+            *latest = Some((version, bytes.clone()));
+        }
+        Ok((version, bytes))
+    }
+}
+
+/// Accepts engine connections until the listener fails.
+pub async fn serve_push(
+    listener: TcpListener,
+    tls: TlsAcceptor,
+    app: App,
+    token: Arc<str>,
+) -> Result<(), ControlError> {
+    let cache = Arc::new(SnapshotCache::default());
+    let slots = Arc::new(Semaphore::new(ENGINE_CONNECTIONS_MAX));
+    loop {
+        let permit = slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ControlError::Config("push semaphore closed".into()))?;
+        let (tcp, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "push accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let (tls, app, token, cache) = (tls.clone(), app.clone(), token.clone(), cache.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Err(e) = engine_session(tcp, peer, tls, &app, &token, &cache).await {
+                tracing::info!(%peer, error = %e, "engine connection ended");
+            }
+        });
+    }
+}
+
+fn token_matches(given: &str, expected: &str) -> bool {
+    use sha2::{Digest, Sha256};
+    // Compare digests so the comparison time does not depend on where the strings differ.
+    let (a, b) = (Sha256::digest(given.as_bytes()), Sha256::digest(expected.as_bytes()));
+    a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn engine_session(
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    tls: TlsAcceptor,
+    app: &App,
+    token: &str,
+    cache: &SnapshotCache,
+) -> Result<(), ControlError> {
+    let _ = tcp.set_nodelay(true);
+    let handshake = async {
+        let mut stream = tls
+            .accept(tcp)
+            .await
+            .map_err(|e| ControlError::Tls(format!("handshake: {e}")))?;
+        let hello = read_frame(&mut stream).await?;
+        Ok::<_, ControlError>((stream, hello))
+    };
+    let (mut stream, hello) =
+        tokio::time::timeout(Duration::from_millis(HANDSHAKE_TIMEOUT_MS), handshake)
+            .await
+            .map_err(|_| ControlError::Tls("handshake timed out".into()))??;
+    let hello = match hello {
+        Some(Frame::Hello(h)) => h,
+        _ => {
+            let msg = "expected Hello".to_string();
+            let _ = write_frame(&mut stream, &Frame::Error { message: msg }).await;
+            return Err(ControlError::Config("engine did not say Hello".into()));
+        }
+    };
+    if !token_matches(&hello.token, token) {
+        let msg = "bad token".to_string();
+        let _ = write_frame(&mut stream, &Frame::Error { message: msg }).await;
+        return Err(ControlError::Config(format!("engine {peer}: bad token")));
+    }
+    if hello.engine_id.is_empty() || hello.engine_id.len() > ENGINE_ID_MAX_BYTES {
+        let msg = "bad engine id".to_string();
+        let _ = write_frame(&mut stream, &Frame::Error { message: msg }).await;
+        return Err(ControlError::Config(format!("engine {peer}: bad id")));
+    }
+    let engine_id = hello.engine_id.clone();
+    register(app, &engine_id, peer, hello.applied_version).await?;
+    let result = run_session(stream, app, &engine_id, cache).await;
+    let _ = sqlx::query("UPDATE engines SET connected = 0 WHERE id = $1")
+        .bind(engine_id.clone())
+        .execute(&app.db.pool)
+        .await;
+    result
+}
+
+async fn register(app: &App, id: &str, peer: SocketAddr, applied: u64) -> Result<(), ControlError> {
+    let now = app.now_ms();
+    sqlx::query(
+        "INSERT INTO engines (id, remote_addr, connected, connected_unix_ms, last_contact_unix_ms, \
+         sent_version, applied_version) VALUES ($1,$2,1,$3,$3,0,$4) ON CONFLICT (id) DO UPDATE \
+         SET remote_addr = excluded.remote_addr, connected = 1, \
+         connected_unix_ms = excluded.connected_unix_ms, \
+         last_contact_unix_ms = excluded.last_contact_unix_ms, \
+         applied_version = excluded.applied_version",
+    )
+    .bind(id.to_string())
+    .bind(peer.to_string())
+    .bind(now)
+    .bind(i64::try_from(applied).unwrap_or(0))
+    .execute(&app.db.pool)
+    .await?;
+    Ok(())
+}
+
+async fn run_session<S>(
+    stream: S,
+    app: &App,
+    engine_id: &str,
+    cache: &SnapshotCache,
+) -> Result<(), ControlError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let (frames_tx, mut frames_rx) = mpsc::channel(ENGINE_FRAMES_QUEUED_MAX);
+    let reader_task = tokio::spawn(async move {
+        loop {
+            let frame = read_frame(&mut reader).await;
+            let end = !matches!(frame, Ok(Some(_)));
+            if frames_tx.send(frame).await.is_err() || end {
+                return;
+            }
+        }
+    });
+    let _abort = AbortOnDrop(reader_task);
+    let mut versions = app.version_tx.subscribe();
+    let mut sent: Option<u64> = None;
+    loop {
+        let current = *versions.borrow_and_update();
+        if sent.is_none_or(|s| current > s) {
+            let (version, bytes) = cache.get(app, current).await?;
+            if sent.is_none_or(|s| version > s) {
+                let frame = Frame::Snapshot {
+                    version,
+                    bytes: bytes.as_ref().clone(),
+                };
+                tokio::time::timeout(
+                    Duration::from_millis(SNAPSHOT_WRITE_TIMEOUT_MS),
+                    write_frame(&mut writer, &frame),
+                )
+                .await
+                .map_err(|_| ControlError::Config("snapshot write timed out".into()))??;
+                sent = Some(version);
+                touch(app, engine_id, Touch::Sent(version)).await?;
+            }
+        }
+        tokio::select! {
+            changed = versions.changed() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+            }
+            frame = frames_rx.recv() => match frame {
+                Some(Ok(Some(Frame::Ack { version }))) => {
+                    touch(app, engine_id, Touch::Applied(version)).await?;
+                }
+                Some(Ok(Some(Frame::Ping))) => {
+                    write_frame(&mut writer, &Frame::Pong).await?;
+                    touch(app, engine_id, Touch::Contact).await?;
+                }
+                Some(Ok(Some(other))) => {
+                    let message = format!("unexpected frame kind {:#04x}", other.kind());
+                    let _ = write_frame(&mut writer, &Frame::Error { message }).await;
+                    return Err(ControlError::Config("engine broke the protocol".into()));
+                }
+                Some(Ok(None)) | None => return Ok(()),
+                Some(Err(e)) => return Err(e.into()),
+            },
+        }
+    }
+}
+
+/// What to record about an engine besides the contact time.
+enum Touch {
+    Contact,
+    Sent(u64),
+    Applied(u64),
+}
+
+async fn touch(app: &App, id: &str, what: Touch) -> Result<(), ControlError> {
+    let v = |x: u64| i64::try_from(x).unwrap_or(i64::MAX);
+    let (sql, version) = match what {
+        Touch::Contact => ("UPDATE engines SET last_contact_unix_ms = $1 WHERE id = $2", None),
+        Touch::Sent(x) => (
+            "UPDATE engines SET last_contact_unix_ms = $1, sent_version = $3 WHERE id = $2",
+            Some(x),
+        ),
+        Touch::Applied(x) => (
+            "UPDATE engines SET last_contact_unix_ms = $1, applied_version = $3 WHERE id = $2",
+            Some(x),
+        ),
+    };
+    let mut q = sqlx::query(sql).bind(app.now_ms()).bind(id.to_string());
+    if let Some(x) = version {
+        q = q.bind(v(x));
+    }
+    q.execute(&app.db.pool).await?;
+    Ok(())
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Polls the stored version so changes made by other control plane nodes (PostgreSQL) reach
+/// this node's engines too.
+pub async fn poll_version(app: App, interval_ms: u64) {
+    let mut tick = tokio::time::interval(Duration::from_millis(interval_ms));
+    loop {
+        tick.tick().await;
+        match app.db.policy_version().await {
+            Ok(v) => app.notify(v),
+            Err(e) => tracing::warn!(error = %e, "policy version poll failed"),
+        }
+    }
+}

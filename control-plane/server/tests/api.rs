@@ -1,0 +1,137 @@
+//! Admin API over real HTTP on loopback, SQLite store in a temp dir.
+
+mod common;
+
+use common::scenarios;
+use serde_json::json;
+
+#[tokio::test]
+async fn domains_lifecycle() {
+    let h = common::start().await;
+    scenarios::domains(&h).await;
+}
+
+#[tokio::test]
+async fn credentials_lifecycle() {
+    let h = common::start().await;
+    scenarios::credentials(&h).await;
+}
+
+#[tokio::test]
+async fn errors_are_json() {
+    let h = common::start().await;
+    scenarios::errors(&h).await;
+}
+
+#[tokio::test]
+async fn limits_and_defaults() {
+    let h = common::start().await;
+    scenarios::limits(&h).await;
+}
+
+#[tokio::test]
+async fn audit_chain_detects_tampering() {
+    let h = common::start().await;
+    let db = h.dir.path().join("control").join("petrel.db");
+    let tamper = async move {
+        // An attacker with database access rewrites history.
+        let url = format!("sqlite://{}", db.display());
+        sqlx::any::install_default_drivers();
+        let pool = sqlx::AnyPool::connect(&url).await.expect("open db");
+        let n = sqlx::query("UPDATE audit_log SET actor = 'someone-else' WHERE seq = 3")
+            .execute(&pool)
+            .await
+            .expect("tamper")
+            .rows_affected();
+        assert_eq!(n, 1);
+    };
+    scenarios::audit(&h, tamper).await;
+}
+
+#[tokio::test]
+async fn failed_auth_is_throttled() {
+    let h = common::start().await;
+    for i in 0..10 {
+        let r = h.call("GET", "/v1/domains", Some(&"x".repeat(40)), None).await;
+        assert_eq!(r.status, 401, "attempt {i}");
+    }
+    let r = h.call("GET", "/v1/domains", Some(&"x".repeat(40)), None).await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.code(), "too_many_requests");
+    let retry: u64 = r.header("retry-after").expect("Retry-After").parse().expect("secs");
+    assert!((1..=60).contains(&retry), "{retry}");
+    // Even the right key waits: the address is blocked, not the key.
+    let r = h.owner("GET", "/v1/tenants", None).await;
+    assert_eq!(r.status, 429);
+}
+
+#[tokio::test]
+async fn openapi_lists_every_route() {
+    let h = common::start().await;
+    let r = h.call("GET", "/v1/openapi.json", None, None).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body["openapi"], "3.1.0");
+    let paths = r.body["paths"].as_object().expect("paths");
+    for route in petrel_control::api::openapi::ROUTES {
+        assert!(
+            paths.get(route.path).and_then(|p| p.get(route.method)).is_some(),
+            "{} {} missing",
+            route.method,
+            route.path
+        );
+        // And the router serves it (never the "route not found" fallback).
+        let path = route.path.replace("{id}", "none").replace("{domain}", "none.test");
+        let resp = h.owner(&route.method.to_uppercase(), &path, Some(json!({}))).await;
+        assert!(
+            !(resp.status == 404 && resp.body["error"]["message"] == "route not found"),
+            "{} {} not routed",
+            route.method,
+            route.path
+        );
+        assert_ne!(resp.status, 405, "{} {}", route.method, route.path);
+    }
+}
+
+#[tokio::test]
+async fn second_start_prints_no_key_and_keeps_data() {
+    let h = common::start().await;
+    let (tenant, _) = scenarios::new_tenant(&h, "persist").await;
+    let cfg = petrel_control::ControlConfig {
+        data_dir: h.dir.path().join("control"),
+        database_url: None,
+        api_listen: "127.0.0.1:0".parse().expect("addr"),
+        push_listen: "127.0.0.1:0".parse().expect("addr"),
+        push_token: "t".into(),
+        dns_nameservers: vec!["127.0.0.1:9".parse().expect("addr")],
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(petrel_control::serve_with(cfg, common::test_options(), Some(tx)));
+    let info = rx.await.expect("second instance ready");
+    assert!(info.bootstrap_key.is_none());
+    let r = common::http(info.api_addr, "GET", &format!("/v1/tenants/{tenant}"), Some(&h.owner_key), None).await;
+    assert_eq!(r.status, 200);
+    task.abort();
+}
+
+#[tokio::test]
+async fn bootstrap_dev_is_idempotent() {
+    let h = common::start().await;
+    let first = petrel_control::bootstrap_dev(&h.info).await.expect("dev bootstrap");
+    assert_eq!(first.domain, "dev.petrel.test");
+    let password = first.smtp_password.clone().expect("password shown at creation");
+    assert_eq!(password.len(), 40);
+    let api_key = first.api_key.clone().expect("api key");
+    assert!(first.lines().iter().any(|l| l.contains(&password)));
+    let second = petrel_control::bootstrap_dev(&h.info).await.expect("again");
+    assert_eq!(second.tenant_id, first.tenant_id);
+    assert_eq!(second.smtp_username, first.smtp_username);
+    assert!(second.smtp_password.is_none());
+    let r = h.call("GET", "/v1/domains", Some(&api_key), None).await;
+    assert_eq!(r.status, 200);
+    let domains = r.body.as_array().expect("list");
+    assert_eq!(domains.len(), 1);
+    assert_eq!(domains[0]["verified_for_loopback"], true);
+    let r = h.call("GET", "/v1/credentials", Some(&api_key), None).await;
+    let smtp: Vec<_> = r.body.as_array().expect("creds").iter().filter(|c| c["kind"] == "smtp").collect();
+    assert_eq!(smtp.len(), 1, "no duplicate credentials");
+}

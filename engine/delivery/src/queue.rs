@@ -1,0 +1,606 @@
+//! Per-destination queues of one shard: a schedule by due time plus a bounded ready set.
+//!
+//! Pure: no I/O, no glommio, time passed in as unix milliseconds.
+//!
+//! Each destination domain has a [`DomainQueue`]: a min-heap of [`Entry`] ordered by due time
+//! (the *schedule*) and a FIFO of entries that are due and wait for a connection (the *ready
+//! set*, bounded by `ready_max`). A full ready set refuses an entry and hands it back
+//! ([`DomainQueue::push_ready`], KumoMTA style), so it simply stays scheduled: memory for
+//! waiting work is the 24-byte entry, whatever the backlog. Heap operations are O(log n), so a
+//! million queued entries cost 24 MB and a few hundred nanoseconds per push or pop.
+//!
+//! [`Queues`] holds every domain of a shard by [`DomainId`] (a reusable slot) and a lazy
+//! min-heap of wake-ups `(due, domain)`, so the driver finds the due domains without scanning
+//! them all: a wake-up is pushed when a domain's earliest due time moves earlier, and stale ones
+//! are skipped when popped.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
+
+/// One queued recipient: which message, which recipient, when it is due.
+///
+/// Invariant: 24 bytes (checked below), so a million queued recipients take 24 MB in the
+/// schedule. Ordered by due time first (the heap order), then message and recipient, so the
+/// recipients of one message due together leave the heap together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Entry {
+    /// When the next attempt is due, unix ms.
+    pub due_unix_ms: u64,
+    /// The spool's message id.
+    pub message_id: u64,
+    /// The recipient's index in the message envelope.
+    pub rcpt_index: u32,
+    /// When the message arrived, unix seconds (u32 lasts until 2106); for oldest-age statistics.
+    pub received_unix_secs: u32,
+}
+
+/// Bytes per queued recipient in the schedule and in the ready set.
+pub const ENTRY_SIZE_BYTES: usize = 24;
+const _: () = assert!(std::mem::size_of::<Entry>() == ENTRY_SIZE_BYTES);
+
+/// The queue of one destination domain.
+#[derive(Debug)]
+pub struct DomainQueue {
+    /// Entries not yet due or not yet admitted to `ready` (min-heap by due time).
+    schedule: BinaryHeap<Reverse<Entry>>,
+    /// Due entries waiting for a delivery session; `ready.len() <= ready_max`.
+    ready: VecDeque<Entry>,
+    /// Bound of `ready`; at least 1.
+    ready_max: usize,
+    /// While true, nothing is promoted to or taken from `ready`.
+    suspended: bool,
+}
+
+impl DomainQueue {
+    /// An empty queue whose ready set holds at most `ready_max` (at least 1) entries.
+    pub fn new(ready_max: usize) -> DomainQueue {
+        DomainQueue {
+            schedule: BinaryHeap::new(),
+            ready: VecDeque::new(),
+            ready_max: ready_max.max(1),
+            suspended: false,
+        }
+    }
+
+    /// Adds an entry to the schedule.
+    pub fn schedule(&mut self, entry: Entry) {
+        self.schedule.push(Reverse(entry));
+    }
+
+    /// Admits an entry to the ready set, or hands it back when the set is full.
+    pub fn push_ready(&mut self, entry: Entry) -> Result<(), Entry> {
+        if self.ready.len() >= self.ready_max {
+            return Err(entry);
+        }
+        self.ready.push_back(entry);
+        Ok(())
+    }
+
+    /// Moves due entries (due <= `now_unix_ms`) from the schedule to the ready set while there
+    /// is room. Returns how many moved; none while suspended.
+    pub fn promote_due(&mut self, now_unix_ms: u64) -> usize {
+        if self.suspended {
+            return 0;
+        }
+        let mut moved = 0;
+        while let Some(Reverse(top)) = self.schedule.peek() {
+            if top.due_unix_ms > now_unix_ms {
+                break;
+            }
+            let entry = *top;
+            match self.push_ready(entry) {
+                Ok(()) => {
+                    self.schedule.pop();
+                    moved += 1;
+                }
+                Err(_) => break, // full: it stays scheduled
+            }
+        }
+        moved
+    }
+
+    /// Takes the next ready entry; none while suspended.
+    pub fn pop_ready(&mut self) -> Option<Entry> {
+        if self.suspended {
+            return None;
+        }
+        self.ready.pop_front()
+    }
+
+    /// Takes up to `max` ready entries of the same message as the first one, into `out`.
+    pub fn pop_batch(&mut self, max: usize, out: &mut Vec<Entry>) {
+        let Some(first) = self.pop_ready() else {
+            return;
+        };
+        out.push(first);
+        while out.len() < max {
+            match self.ready.front() {
+                Some(e) if e.message_id == first.message_id => {
+                    out.push(*e);
+                    self.ready.pop_front();
+                }
+                _ => break,
+            }
+        }
+    }
+
+    /// Moves every ready entry back to the schedule, due at `due_unix_ms`.
+    pub fn unready_all(&mut self, due_unix_ms: u64) {
+        while let Some(mut e) = self.ready.pop_front() {
+            e.due_unix_ms = due_unix_ms;
+            self.schedule.push(Reverse(e));
+        }
+    }
+
+    /// The earliest due time in the schedule.
+    pub fn next_due(&self) -> Option<u64> {
+        self.schedule.peek().map(|Reverse(e)| e.due_unix_ms)
+    }
+
+    pub fn suspend(&mut self) {
+        self.suspended = true;
+    }
+
+    pub fn resume(&mut self) {
+        self.suspended = false;
+    }
+
+    pub fn is_suspended(&self) -> bool {
+        self.suspended
+    }
+
+    /// Makes every scheduled entry due at `now_unix_ms` (O(n)).
+    pub fn retry_now(&mut self, now_unix_ms: u64) {
+        let entries = std::mem::take(&mut self.schedule).into_vec();
+        self.schedule = entries
+            .into_iter()
+            .map(|Reverse(mut e)| {
+                e.due_unix_ms = e.due_unix_ms.min(now_unix_ms);
+                Reverse(e)
+            })
+            .collect();
+    }
+
+    /// Removes and returns every entry, ready ones first.
+    pub fn drain_all(&mut self) -> Vec<Entry> {
+        let mut all: Vec<Entry> = self.ready.drain(..).collect();
+        all.extend(std::mem::take(&mut self.schedule).into_iter().map(|r| r.0));
+        all
+    }
+
+    /// Queued entries, scheduled and ready.
+    pub fn depth(&self) -> usize {
+        self.schedule.len() + self.ready.len()
+    }
+
+    pub fn ready_len(&self) -> usize {
+        self.ready.len()
+    }
+
+    /// The arrival time of the oldest queued message, unix seconds (O(n) scan: for statistics).
+    pub fn oldest_received_unix_secs(&self) -> Option<u32> {
+        let scheduled = self.schedule.iter().map(|r| r.0.received_unix_secs);
+        let ready = self.ready.iter().map(|e| e.received_unix_secs);
+        scheduled.chain(ready).min()
+    }
+}
+
+/// Index of a domain's slot in [`Queues`]; valid until the domain is removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DomainId(pub u32);
+
+/// Statistics of one domain queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainStats {
+    pub domain: String,
+    /// Queued recipients (scheduled + ready).
+    pub depth: u64,
+    /// Ready recipients.
+    pub ready: u64,
+    /// Age of the oldest queued message in seconds, 0 when empty.
+    pub oldest_age_secs: u64,
+    pub suspended: bool,
+}
+
+#[derive(Debug)]
+struct Slot {
+    name: String,
+    queue: DomainQueue,
+}
+
+/// All domain queues of one shard.
+#[derive(Debug)]
+pub struct Queues {
+    /// Domain slots; `None` = free (listed in `free`).
+    slots: Vec<Option<Slot>>,
+    free: Vec<u32>,
+    by_name: HashMap<String, DomainId>,
+    /// Lazy wake-ups `(due unix ms, domain)`; may hold stale or duplicate items, never misses
+    /// a domain's earliest due time.
+    wakeups: BinaryHeap<Reverse<(u64, DomainId)>>,
+    /// Domains with a non-empty ready set and not suspended.
+    ready_domains: BTreeSet<DomainId>,
+    /// Sum of all depths.
+    total: u64,
+    /// Bound of each domain's ready set.
+    ready_max: usize,
+}
+
+impl Queues {
+    pub fn new(ready_max: usize) -> Queues {
+        Queues {
+            slots: Vec::new(),
+            free: Vec::new(),
+            by_name: HashMap::new(),
+            wakeups: BinaryHeap::new(),
+            ready_domains: BTreeSet::new(),
+            total: 0,
+            ready_max,
+        }
+    }
+
+    /// The id of `domain` (lowercase), creating its queue when needed.
+    pub fn domain_id(&mut self, domain: &str) -> DomainId {
+        if let Some(id) = self.by_name.get(domain) {
+            return *id;
+        }
+        let slot = Slot {
+            name: domain.to_string(),
+            queue: DomainQueue::new(self.ready_max),
+        };
+        let id = match self.free.pop() {
+            Some(i) => {
+                self.slots[i as usize] = Some(slot);
+                DomainId(i)
+            }
+            None => {
+                let i = u32::try_from(self.slots.len()).unwrap_or(u32::MAX);
+                self.slots.push(Some(slot));
+                DomainId(i)
+            }
+        };
+        self.by_name.insert(domain.to_string(), id);
+        id
+    }
+
+    /// The id of an existing domain.
+    pub fn lookup(&self, domain: &str) -> Option<DomainId> {
+        self.by_name.get(domain).copied()
+    }
+
+    pub fn name(&self, id: DomainId) -> Option<&str> {
+        self.slot(id).map(|s| s.name.as_str())
+    }
+
+    fn slot(&self, id: DomainId) -> Option<&Slot> {
+        self.slots.get(id.0 as usize).and_then(|s| s.as_ref())
+    }
+
+    fn slot_mut(&mut self, id: DomainId) -> Option<&mut Slot> {
+        self.slots.get_mut(id.0 as usize).and_then(|s| s.as_mut())
+    }
+
+    /// Schedules an entry in a domain's queue. Returns false if the domain does not exist.
+    pub fn schedule(&mut self, id: DomainId, entry: Entry) -> bool {
+        let Some(slot) = self.slot_mut(id) else {
+            return false;
+        };
+        let earlier = slot.queue.next_due().is_none_or(|d| entry.due_unix_ms < d);
+        slot.queue.schedule(entry);
+        if earlier {
+            self.wakeups.push(Reverse((entry.due_unix_ms, id)));
+        }
+        self.total += 1;
+        true
+    }
+
+    /// Promotes the due entries of every domain whose wake-up has come.
+    pub fn promote_due(&mut self, now_unix_ms: u64) {
+        while let Some(Reverse((due, id))) = self.wakeups.peek().copied() {
+            if due > now_unix_ms {
+                break;
+            }
+            self.wakeups.pop();
+            self.promote_domain(id, now_unix_ms);
+        }
+    }
+
+    /// Promotes one domain's due entries and re-arms its wake-up.
+    fn promote_domain(&mut self, id: DomainId, now_unix_ms: u64) {
+        let Some(slot) = self.slot_mut(id) else {
+            return;
+        };
+        slot.queue.promote_due(now_unix_ms);
+        let has_ready = slot.queue.ready_len() > 0 && !slot.queue.is_suspended();
+        let next = slot.queue.next_due();
+        if has_ready {
+            self.ready_domains.insert(id);
+        }
+        // Due entries left behind (ready set full or suspended) are re-promoted on the next
+        // pop or on resume, so only a future due time needs a wake-up.
+        if let Some(next) = next.filter(|n| *n > now_unix_ms) {
+            self.wakeups.push(Reverse((next, id)));
+        }
+    }
+
+    /// The earliest pending wake-up, unix ms.
+    pub fn next_wakeup(&self) -> Option<u64> {
+        self.wakeups.peek().map(|Reverse((due, _))| *due)
+    }
+
+    /// Domains with ready entries (and not suspended).
+    pub fn ready_domains(&self) -> impl Iterator<Item = DomainId> + '_ {
+        self.ready_domains.iter().copied()
+    }
+
+    pub fn ready_len(&self, id: DomainId) -> usize {
+        self.slot(id).map_or(0, |s| s.queue.ready_len())
+    }
+
+    /// Takes a batch (same message, at most `max`) from a domain's ready set, then refills the
+    /// ready set from the domain's due entries.
+    pub fn pop_batch(&mut self, id: DomainId, max: usize, now_unix_ms: u64) -> Vec<Entry> {
+        let mut out = Vec::new();
+        let Some(slot) = self.slot_mut(id) else {
+            return out;
+        };
+        slot.queue.pop_batch(max, &mut out);
+        slot.queue.promote_due(now_unix_ms);
+        let empty = slot.queue.ready_len() == 0 || slot.queue.is_suspended();
+        if empty {
+            self.ready_domains.remove(&id);
+        }
+        self.total = self.total.saturating_sub(out.len() as u64);
+        out
+    }
+
+    /// Moves a domain's ready entries back to the schedule, due at `due_unix_ms`.
+    pub fn unready(&mut self, id: DomainId, due_unix_ms: u64) {
+        if let Some(slot) = self.slot_mut(id) {
+            slot.queue.unready_all(due_unix_ms);
+            self.ready_domains.remove(&id);
+            self.wakeups.push(Reverse((due_unix_ms, id)));
+        }
+    }
+
+    /// Suspends a domain: nothing of it is handed out until [`Queues::resume`].
+    pub fn suspend(&mut self, domain: &str) -> bool {
+        let id = self.domain_id(domain);
+        if let Some(slot) = self.slot_mut(id) {
+            slot.queue.suspend();
+        }
+        self.ready_domains.remove(&id);
+        true
+    }
+
+    pub fn resume(&mut self, domain: &str, now_unix_ms: u64) -> bool {
+        let Some(id) = self.lookup(domain) else {
+            return false;
+        };
+        if let Some(slot) = self.slot_mut(id) {
+            slot.queue.resume();
+        }
+        self.promote_domain(id, now_unix_ms);
+        true
+    }
+
+    /// Makes every queued entry of a domain due now.
+    pub fn retry_now(&mut self, domain: &str, now_unix_ms: u64) -> bool {
+        let Some(id) = self.lookup(domain) else {
+            return false;
+        };
+        if let Some(slot) = self.slot_mut(id) {
+            slot.queue.retry_now(now_unix_ms);
+        }
+        self.promote_domain(id, now_unix_ms);
+        true
+    }
+
+    /// Removes and returns every entry of a domain (to bounce them).
+    pub fn drain(&mut self, domain: &str) -> Vec<Entry> {
+        let Some(id) = self.lookup(domain) else {
+            return Vec::new();
+        };
+        let all = self
+            .slot_mut(id)
+            .map(|s| s.queue.drain_all())
+            .unwrap_or_default();
+        self.ready_domains.remove(&id);
+        self.total = self.total.saturating_sub(all.len() as u64);
+        all
+    }
+
+    /// Removes a domain whose queue is empty and not suspended (the caller knows no session
+    /// uses it). Returns whether it was removed.
+    pub fn remove_if_idle(&mut self, id: DomainId) -> bool {
+        let removable = self
+            .slot(id)
+            .is_some_and(|s| s.queue.depth() == 0 && !s.queue.is_suspended());
+        if removable {
+            if let Some(slot) = self.slots[id.0 as usize].take() {
+                self.by_name.remove(&slot.name);
+            }
+            self.free.push(id.0);
+            self.ready_domains.remove(&id);
+        }
+        removable
+    }
+
+    /// Queued recipients on this shard.
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// Domains currently held.
+    pub fn domains(&self) -> usize {
+        self.by_name.len()
+    }
+
+    /// Statistics of every domain, sorted by name (O(entries): for admin and metrics).
+    pub fn stats(&self, now_unix_ms: u64) -> Vec<DomainStats> {
+        let now_secs = now_unix_ms / 1000;
+        let mut out: Vec<DomainStats> = self
+            .slots
+            .iter()
+            .flatten()
+            .map(|s| DomainStats {
+                domain: s.name.clone(),
+                depth: s.queue.depth() as u64,
+                ready: s.queue.ready_len() as u64,
+                oldest_age_secs: s
+                    .queue
+                    .oldest_received_unix_secs()
+                    .map_or(0, |r| now_secs.saturating_sub(u64::from(r))),
+                suspended: s.queue.is_suspended(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.domain.cmp(&b.domain));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(due: u64, msg: u64, rcpt: u32) -> Entry {
+        Entry {
+            due_unix_ms: due,
+            message_id: msg,
+            rcpt_index: rcpt,
+            received_unix_secs: 100,
+        }
+    }
+
+    #[test]
+    fn full_ready_set_hands_entry_back_and_keeps_it_scheduled() {
+        let mut q = DomainQueue::new(2);
+        assert!(q.push_ready(entry(0, 1, 0)).is_ok());
+        assert!(q.push_ready(entry(0, 1, 1)).is_ok());
+        assert_eq!(q.push_ready(entry(0, 1, 2)), Err(entry(0, 1, 2)));
+        q.schedule(entry(5, 2, 0));
+        assert_eq!(q.promote_due(10), 0, "ready set is full");
+        assert_eq!(q.depth(), 3);
+        assert_eq!(q.pop_ready(), Some(entry(0, 1, 0)));
+        assert_eq!(q.promote_due(10), 1);
+        assert_eq!(q.next_due(), None);
+    }
+
+    #[test]
+    fn promotes_in_due_order_only_when_due() {
+        let mut q = DomainQueue::new(100);
+        q.schedule(entry(30, 3, 0));
+        q.schedule(entry(10, 1, 0));
+        q.schedule(entry(20, 2, 0));
+        assert_eq!(q.promote_due(5), 0);
+        assert_eq!(q.promote_due(20), 2);
+        assert_eq!(q.pop_ready().map(|e| e.message_id), Some(1));
+        assert_eq!(q.pop_ready().map(|e| e.message_id), Some(2));
+        assert_eq!(q.next_due(), Some(30));
+    }
+
+    #[test]
+    fn batches_group_one_message_up_to_max() {
+        let mut q = DomainQueue::new(100);
+        for r in 0..5 {
+            q.schedule(entry(1, 7, r));
+        }
+        q.schedule(entry(1, 8, 0));
+        q.promote_due(1);
+        let mut b = Vec::new();
+        q.pop_batch(3, &mut b);
+        assert_eq!(
+            b.iter().map(|e| e.rcpt_index).collect::<Vec<_>>(),
+            [0, 1, 2]
+        );
+        b.clear();
+        q.pop_batch(3, &mut b);
+        assert_eq!(b.len(), 2);
+        b.clear();
+        q.pop_batch(3, &mut b);
+        assert_eq!(b, [entry(1, 8, 0)]);
+    }
+
+    #[test]
+    fn suspend_resume_retry_and_bounce_all() {
+        let mut qs = Queues::new(10);
+        let d = qs.domain_id("example.com");
+        qs.schedule(d, entry(1_000, 1, 0));
+        qs.schedule(d, entry(9_000_000, 2, 0));
+        qs.suspend("example.com");
+        qs.promote_due(2_000);
+        assert_eq!(qs.ready_domains().count(), 0, "suspended");
+        assert!(qs.resume("example.com", 2_000));
+        assert_eq!(qs.ready_domains().collect::<Vec<_>>(), [d]);
+        assert_eq!(qs.pop_batch(d, 10, 2_000).len(), 1);
+        assert!(qs.retry_now("example.com", 3_000));
+        assert_eq!(qs.ready_len(d), 1, "retry-now made the far entry due");
+        qs.schedule(d, entry(50_000, 3, 0));
+        let all = qs.drain("example.com");
+        assert_eq!(all.len(), 2);
+        assert_eq!(qs.total(), 0);
+        assert!(qs.remove_if_idle(d));
+        assert_eq!(qs.lookup("example.com"), None);
+        let again = qs.domain_id("other.example");
+        assert_eq!(again, d, "slot reused");
+    }
+
+    #[test]
+    fn stats_report_depth_age_and_state() {
+        let mut qs = Queues::new(10);
+        let a = qs.domain_id("a.example");
+        let b = qs.domain_id("b.example");
+        qs.schedule(a, entry(0, 1, 0));
+        qs.schedule(
+            a,
+            Entry {
+                received_unix_secs: 40,
+                ..entry(0, 2, 0)
+            },
+        );
+        qs.schedule(b, entry(0, 3, 0));
+        qs.suspend("b.example");
+        let s = qs.stats(100_000);
+        assert_eq!(s.len(), 2);
+        assert_eq!(
+            (s[0].depth, s[0].oldest_age_secs, s[0].suspended),
+            (2, 60, false)
+        );
+        assert_eq!((s[1].depth, s[1].suspended), (1, true));
+        assert_eq!(qs.total(), 3);
+    }
+
+    #[test]
+    fn wakeups_find_due_domains_among_many() {
+        let mut qs = Queues::new(4);
+        for d in 0..1000u64 {
+            let id = qs.domain_id(&format!("d{d}.example"));
+            qs.schedule(id, entry(d * 10, d, 0));
+        }
+        qs.promote_due(95);
+        assert_eq!(qs.ready_domains().count(), 10);
+        assert_eq!(qs.next_wakeup(), Some(100));
+    }
+
+    #[test]
+    fn million_entries_drain_in_order() {
+        let mut q = DomainQueue::new(1_000);
+        let n = 1_000_000u64;
+        for i in 0..n {
+            // A scrambled but deterministic due order.
+            q.schedule(entry((i * 7_919) % n, i, 0));
+        }
+        assert_eq!(q.depth(), n as usize);
+        let mut last = 0;
+        let mut popped = 0;
+        while popped < n {
+            q.promote_due(u64::MAX);
+            while let Some(e) = q.pop_ready() {
+                assert!(e.due_unix_ms >= last);
+                last = e.due_unix_ms;
+                popped += 1;
+            }
+        }
+        assert_eq!(q.depth(), 0);
+    }
+}

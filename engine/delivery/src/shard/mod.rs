@@ -1,0 +1,479 @@
+//! The delivery driver of one glommio shard: [`DeliveryShard`].
+//!
+//! `enqueue` routes each pending recipient into its destination domain's queue. `run` is the
+//! loop: it sleeps on a glommio timer until the earliest due time (or until woken by `enqueue`,
+//! `admin` or a session ending), promotes due entries into the ready sets and spawns one
+//! delivery session task per domain with ready work ([`session`]), more (up to the domain's
+//! `connections_max`) when a domain's ready set outgrows its sessions, all bounded by the
+//! shard's `shard_connections_max`. Sessions apply each outcome ([`outcome`]) to the in-memory
+//! state and the spool, emit events, generate DSNs and remove finished messages.
+//!
+//! Memory per queued recipient: the 24-byte [`crate::queue::Entry`] in its domain queue plus a
+//! 32-byte [`outcome::RcptSlot`] (and its address) in the message record; per message an
+//! [`outcome::MessageState`] of at most 72 bytes plus its sender. The body never stays in
+//! memory between attempts.
+
+mod outcome;
+mod session;
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+use crate::config::DeliveryConfig;
+use crate::events::EventSink;
+use crate::limits::GlobalLimits;
+use crate::queue::{DomainId, Entry, Queues};
+use outcome::{MessageState, RcptSlot};
+
+/// What a shard's delivery needs from its spool (the engine implements it over petrel-spool).
+// The futures are !Send on purpose: everything here runs on one glommio executor.
+#[allow(async_fn_in_trait)]
+pub trait SpoolAccess {
+    async fn read_body(&self, id: u64) -> Result<Vec<u8>, String>;
+    async fn update(&self, id: u64, updates: &[RcptUpdate]) -> Result<(), String>;
+    async fn remove(&self, id: u64) -> Result<(), String>;
+    /// Durably store a new message (a DSN) and return its id; the caller then enqueues it.
+    async fn store_dsn(&self, mail_from: &str, rcpt: &str, body: &[u8]) -> Result<u64, String>;
+}
+
+/// A change of one recipient's state, written to the spool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RcptUpdate {
+    /// The recipient's index in the envelope.
+    pub index: u32,
+    pub state: RcptState,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// Next attempt, unix ms (0 when final).
+    pub next_attempt_unix_ms: u64,
+    /// The last remote reply or our reason.
+    pub last_reply: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RcptState {
+    Pending,
+    Delivered,
+    Bounced,
+    Expired,
+}
+
+/// What the engine hands to delivery for each accepted (or recovered) message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedMessage {
+    pub id: u64,
+    /// "" for the null reverse-path.
+    pub mail_from: String,
+    pub received_unix_ms: u64,
+    /// A DSN we generated: it never causes another DSN.
+    pub is_dsn: bool,
+    /// The pending recipients only.
+    pub recipients: Vec<QueuedRcpt>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedRcpt {
+    pub index: u32,
+    pub address: String,
+    pub attempts: u32,
+    /// When the recipient is due; 0 or a past time means now.
+    pub next_attempt_unix_ms: u64,
+}
+
+/// Queue administration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminCommand {
+    /// Every domain queue: depth, oldest age, state.
+    Ls,
+    /// Stop delivering to a domain (its queue keeps filling).
+    Suspend(String),
+    Resume(String),
+    /// Make every queued recipient of the domain due now.
+    Retry(String),
+    /// Bounce every queued recipient of the domain (with DSNs).
+    Bounce(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminReply {
+    Domains(Vec<DomainStatus>),
+    /// The command applied to `domain`; `recipients` is the number affected (Bounce) or queued.
+    Done {
+        domain: String,
+        recipients: u64,
+    },
+    UnknownDomain(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainStatus {
+    pub domain: String,
+    /// Queued recipients.
+    pub depth: u64,
+    /// Age of the oldest queued message, seconds.
+    pub oldest_age_secs: u64,
+    pub state: DomainState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DomainState {
+    Active,
+    Suspended,
+}
+
+/// Bound of the per-shard list of recipients waiting to be bounced by the run loop.
+pub const ADMIN_BOUNCES_MAX: usize = 10_000_000;
+/// How often the queue gauges (depth, oldest age) are refreshed, ms.
+pub const GAUGE_INTERVAL_MS: u64 = 5_000;
+
+/// One shard's delivery. `!Send`: create and run it on the shard's glommio executor.
+pub struct DeliveryShard<S: SpoolAccess> {
+    inner: Rc<Inner<S>>,
+}
+
+/// Sessions of one domain on this shard.
+#[derive(Debug, Default, Clone, Copy)]
+struct SessionCount {
+    /// Sessions running; at most the domain's `connections_max`.
+    open: u32,
+    /// Of those, waiting for work (they take new ready entries first).
+    idle: u32,
+}
+
+struct State {
+    queues: Queues,
+    /// Messages with at least one pending recipient, by spool id.
+    messages: HashMap<u64, MessageState>,
+    sessions: HashMap<DomainId, SessionCount>,
+    /// Recipients drained by `admin(Bounce)`, bounced by the run loop.
+    admin_bounces: Vec<Entry>,
+    /// Pending recipients of all messages (queued or in flight).
+    pending_total: u64,
+    /// Last refresh of the queue gauges, unix ms.
+    gauges_unix_ms: u64,
+}
+
+struct Inner<S: SpoolAccess> {
+    shard: u8,
+    cfg: Arc<DeliveryConfig>,
+    resolver: petrel_outbound::Resolver,
+    limits: Arc<GlobalLimits>,
+    spool: Rc<S>,
+    events: EventSink,
+    state: RefCell<State>,
+    rng: RefCell<StdRng>,
+    /// Sessions running on this shard; at most `cfg.shard_connections_max`.
+    sessions_open: Cell<usize>,
+    shutdown: Cell<bool>,
+    wake_tx: async_channel::Sender<()>,
+    wake_rx: async_channel::Receiver<()>,
+}
+
+impl<S: SpoolAccess + 'static> DeliveryShard<S> {
+    pub fn new(
+        shard: u8,
+        cfg: Arc<DeliveryConfig>,
+        resolver: petrel_outbound::Resolver,
+        limits: Arc<GlobalLimits>,
+        spool: Rc<S>,
+        events: EventSink,
+    ) -> Self {
+        let (wake_tx, wake_rx) = async_channel::bounded(1);
+        let state = State {
+            queues: Queues::new(cfg.ready_max),
+            messages: HashMap::new(),
+            sessions: HashMap::new(),
+            admin_bounces: Vec::new(),
+            pending_total: 0,
+            gauges_unix_ms: 0,
+        };
+        let seed = now_unix_ms() ^ (u64::from(shard) << 56);
+        DeliveryShard {
+            inner: Rc::new(Inner {
+                shard,
+                cfg,
+                resolver,
+                limits,
+                spool,
+                events,
+                state: RefCell::new(state),
+                rng: RefCell::new(StdRng::seed_from_u64(seed)),
+                sessions_open: Cell::new(0),
+                shutdown: Cell::new(false),
+                wake_tx,
+                wake_rx,
+            }),
+        }
+    }
+
+    /// Routes the message's pending recipients to their domain queues. Never blocks; a message
+    /// already queued is ignored (recovery and acceptance cannot race on one id).
+    pub fn enqueue(&self, msg: QueuedMessage) {
+        self.inner.enqueue(msg);
+    }
+
+    /// The delivery loop; returns after [`DeliveryShard::shutdown`] once the running sessions
+    /// finished their transaction (each bounded by the client timeouts).
+    pub async fn run(&self) {
+        let inner = &self.inner;
+        while !inner.shutdown.get() {
+            inner.bounce_admin_drained().await;
+            let now = now_unix_ms();
+            let wait_ms = {
+                let mut st = inner.state.borrow_mut();
+                st.queues.promote_due(now);
+                inner.refresh_gauges(&mut st, now);
+                let next = st.queues.next_wakeup().unwrap_or(u64::MAX);
+                next.saturating_sub(now)
+                    .clamp(1, inner.cfg.tick_ms_max.max(1))
+            };
+            inner.spawn_sessions();
+            let sleep = glommio::timer::sleep(Duration::from_millis(wait_ms));
+            let woken = async {
+                let _ = inner.wake_rx.recv().await;
+            };
+            futures_lite::future::or(sleep, woken).await;
+        }
+        while inner.sessions_open.get() > 0 {
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Asks `run` to return; sessions finish their current transaction and QUIT.
+    pub fn shutdown(&self) {
+        self.inner.shutdown.set(true);
+        self.inner.wake();
+    }
+
+    /// Pending recipients on this shard (queued or being delivered), for ingress backpressure.
+    pub fn queued_recipients(&self) -> u64 {
+        self.inner.state.borrow().pending_total
+    }
+
+    pub fn admin(&self, cmd: AdminCommand) -> AdminReply {
+        let now = now_unix_ms();
+        let reply = {
+            let mut st = self.inner.state.borrow_mut();
+            admin_apply(&mut st, cmd, now)
+        };
+        self.inner.wake();
+        reply
+    }
+}
+
+fn admin_apply(st: &mut State, cmd: AdminCommand, now: u64) -> AdminReply {
+    let done = |domain: String, recipients: u64| AdminReply::Done { domain, recipients };
+    let depth = |st: &State, d: &str| {
+        st.queues
+            .stats(now)
+            .into_iter()
+            .find(|s| s.domain == d)
+            .map_or(0, |s| s.depth)
+    };
+    match cmd {
+        AdminCommand::Ls => AdminReply::Domains(
+            st.queues
+                .stats(now)
+                .into_iter()
+                .map(|s| DomainStatus {
+                    domain: s.domain,
+                    depth: s.depth,
+                    oldest_age_secs: s.oldest_age_secs,
+                    state: if s.suspended {
+                        DomainState::Suspended
+                    } else {
+                        DomainState::Active
+                    },
+                })
+                .collect(),
+        ),
+        AdminCommand::Suspend(d) => {
+            let d = d.to_ascii_lowercase();
+            st.queues.suspend(&d);
+            let n = depth(st, &d);
+            done(d, n)
+        }
+        AdminCommand::Resume(d) => {
+            let d = d.to_ascii_lowercase();
+            if !st.queues.resume(&d, now) {
+                return AdminReply::UnknownDomain(d);
+            }
+            let n = depth(st, &d);
+            done(d, n)
+        }
+        AdminCommand::Retry(d) => {
+            let d = d.to_ascii_lowercase();
+            if !st.queues.retry_now(&d, now) {
+                return AdminReply::UnknownDomain(d);
+            }
+            let n = depth(st, &d);
+            done(d, n)
+        }
+        AdminCommand::Bounce(d) => {
+            let d = d.to_ascii_lowercase();
+            if st.queues.lookup(&d).is_none() {
+                return AdminReply::UnknownDomain(d);
+            }
+            let room = ADMIN_BOUNCES_MAX.saturating_sub(st.admin_bounces.len());
+            let mut drained = st.queues.drain(&d);
+            if drained.len() > room {
+                // Over the bound: the rest goes back to the queue for a later Bounce.
+                if let Some(id) = st.queues.lookup(&d) {
+                    for e in drained.split_off(room) {
+                        st.queues.schedule(id, e);
+                    }
+                }
+            }
+            let n = drained.len() as u64;
+            st.admin_bounces.extend(drained);
+            done(d, n)
+        }
+    }
+}
+
+impl<S: SpoolAccess + 'static> Inner<S> {
+    fn wake(&self) {
+        let _ = self.wake_tx.try_send(()); // full: a wake-up is already pending
+    }
+
+    fn enqueue(&self, msg: QueuedMessage) {
+        let mut st = self.state.borrow_mut();
+        if st.messages.contains_key(&msg.id) || msg.recipients.is_empty() {
+            return;
+        }
+        let received_unix_secs = u32::try_from(msg.received_unix_ms / 1000).unwrap_or(u32::MAX);
+        let mut rcpts: Vec<RcptSlot> = Vec::with_capacity(msg.recipients.len());
+        for r in &msg.recipients {
+            let domain = domain_of(&r.address);
+            let id = st.queues.domain_id(&domain);
+            st.queues.schedule(
+                id,
+                Entry {
+                    due_unix_ms: r.next_attempt_unix_ms,
+                    message_id: msg.id,
+                    rcpt_index: r.index,
+                    received_unix_secs,
+                },
+            );
+            rcpts.push(RcptSlot::new(r.index, &r.address, r.attempts));
+        }
+        rcpts.sort_by_key(|r| r.index);
+        st.pending_total += rcpts.len() as u64;
+        let state = MessageState::new(msg.mail_from, msg.received_unix_ms, msg.is_dsn, rcpts);
+        st.messages.insert(msg.id, state);
+        drop(st);
+        self.wake();
+    }
+
+    /// Spawns sessions for domains with ready work, within the per-domain and per-shard bounds.
+    fn spawn_sessions(self: &Rc<Self>) {
+        let mut st = self.state.borrow_mut();
+        let ready: Vec<DomainId> = st.queues.ready_domains().collect();
+        let mut spawn = Vec::new();
+        for id in ready {
+            if self.sessions_open.get() >= self.cfg.shard_connections_max {
+                break;
+            }
+            let Some(name) = st.queues.name(id) else {
+                continue;
+            };
+            let connections_max = self.cfg.limits_for(name).connections_max;
+            let ready_len = st.queues.ready_len(id) as u32;
+            let count = st.sessions.entry(id).or_default();
+            let wanted = count.open == 0 || (count.idle == 0 && ready_len > count.open);
+            if !wanted || count.open >= connections_max {
+                continue;
+            }
+            count.open += 1;
+            self.sessions_open.set(self.sessions_open.get() + 1);
+            spawn.push(id);
+        }
+        drop(st); // sessions borrow the state as soon as they run
+        for id in spawn {
+            glommio::spawn_local(session::run_session(self.clone(), id)).detach();
+        }
+    }
+
+    /// Called by a session when it ends.
+    fn session_ended(&self, id: DomainId) {
+        let mut st = self.state.borrow_mut();
+        let gone = match st.sessions.get_mut(&id) {
+            Some(c) => {
+                c.open = c.open.saturating_sub(1);
+                c.open == 0
+            }
+            None => true,
+        };
+        if gone {
+            st.sessions.remove(&id);
+            st.queues.remove_if_idle(id);
+        }
+        drop(st);
+        self.sessions_open
+            .set(self.sessions_open.get().saturating_sub(1));
+        self.wake();
+    }
+
+    fn refresh_gauges(&self, st: &mut State, now: u64) {
+        if now.saturating_sub(st.gauges_unix_ms) < GAUGE_INTERVAL_MS {
+            return;
+        }
+        st.gauges_unix_ms = now;
+        let shard = self.shard.to_string();
+        let oldest_ms = st.messages.values().map(|m| m.received_unix_ms).min();
+        let age = oldest_ms.map_or(0, |r| now.saturating_sub(r) / 1000);
+        metrics::gauge!("petrel_queue_depth", "shard" => shard.clone())
+            .set(st.pending_total as f64);
+        metrics::gauge!("petrel_queue_oldest_age_seconds", "shard" => shard).set(age as f64);
+    }
+
+    /// Bounces what `admin(Bounce)` drained.
+    async fn bounce_admin_drained(self: &Rc<Self>) {
+        let drained = std::mem::take(&mut self.state.borrow_mut().admin_bounces);
+        if drained.is_empty() {
+            return;
+        }
+        outcome::fail_entries(
+            self,
+            drained,
+            &outcome::Attempt::default(),
+            outcome::RcptResult::Permanent {
+                status: (5, 0, 0),
+                text: "bounced by the administrator".into(),
+            },
+        )
+        .await;
+    }
+}
+
+/// The domain of an address, lowercase ("" when there is no '@').
+fn domain_of(address: &str) -> String {
+    address
+        .rsplit_once('@')
+        .map(|(_, d)| d.trim_end_matches('>').to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
+pub(crate) fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn domain_of_lowercases_and_handles_missing_at() {
+        assert_eq!(domain_of("Bob@Dest.Example"), "dest.example");
+        assert_eq!(domain_of("a@b@c.example"), "c.example");
+        assert_eq!(domain_of("nodomain"), "");
+    }
+}

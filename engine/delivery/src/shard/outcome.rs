@@ -1,0 +1,461 @@
+//! Applying attempt outcomes: per-recipient state, spool updates, events, DSNs, removal.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use petrel_outbound::{RcptOutcome, Reply, TransactionOutcome};
+
+use super::{
+    domain_of, now_unix_ms, Inner, QueuedMessage, QueuedRcpt, RcptState, RcptUpdate, SpoolAccess,
+};
+use crate::backoff::RetryDecision;
+use crate::dsn::{self, DsnInput, FailedRecipient};
+use crate::events::{Event, Outcome};
+use crate::queue::Entry;
+
+/// One recipient of a queued message. Invariant: at most 32 bytes (the address is on the heap).
+#[derive(Debug)]
+pub(super) struct RcptSlot {
+    /// Index in the envelope.
+    pub index: u32,
+    /// Attempts made so far.
+    pub attempts: u32,
+    pub address: Box<str>,
+    pub state: RcptState,
+}
+const _: () = assert!(std::mem::size_of::<RcptSlot>() <= 32);
+
+impl RcptSlot {
+    pub fn new(index: u32, address: &str, attempts: u32) -> RcptSlot {
+        RcptSlot {
+            index,
+            attempts,
+            address: address.into(),
+            state: RcptState::Pending,
+        }
+    }
+}
+
+/// A message with pending recipients. Invariant: at most 72 bytes plus the sender and the
+/// recipient slots; `pending` counts the slots still `Pending`.
+#[derive(Debug)]
+pub(super) struct MessageState {
+    pub mail_from: Box<str>,
+    pub received_unix_ms: u64,
+    /// Sorted by `index`.
+    pub rcpts: Box<[RcptSlot]>,
+    pub pending: u32,
+    pub is_dsn: bool,
+}
+const _: () = assert!(std::mem::size_of::<MessageState>() <= 72);
+
+impl MessageState {
+    pub fn new(
+        mail_from: String,
+        received_unix_ms: u64,
+        is_dsn: bool,
+        rcpts: Vec<RcptSlot>,
+    ) -> Self {
+        MessageState {
+            mail_from: mail_from.into(),
+            received_unix_ms,
+            pending: u32::try_from(rcpts.len()).unwrap_or(u32::MAX),
+            rcpts: rcpts.into(),
+            is_dsn,
+        }
+    }
+
+    pub fn slot(&self, index: u32) -> Option<&RcptSlot> {
+        let i = self.rcpts.binary_search_by_key(&index, |r| r.index).ok()?;
+        self.rcpts.get(i)
+    }
+
+    fn slot_mut(&mut self, index: u32) -> Option<&mut RcptSlot> {
+        let i = self.rcpts.binary_search_by_key(&index, |r| r.index).ok()?;
+        self.rcpts.get_mut(i)
+    }
+}
+
+/// The result of an attempt for one recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum RcptResult {
+    Delivered {
+        text: String,
+    },
+    /// Try again later (4xx, network, TLS, DNS failure).
+    Transient {
+        status: Option<(u8, u16, u16)>,
+        text: String,
+    },
+    /// Give up (5xx, permanent DNS answer, administrator).
+    Permanent {
+        status: (u8, u16, u16),
+        text: String,
+    },
+}
+
+impl RcptResult {
+    fn text(&self) -> &str {
+        match self {
+            RcptResult::Delivered { text }
+            | RcptResult::Transient { text, .. }
+            | RcptResult::Permanent { text, .. } => text,
+        }
+    }
+
+    /// From a remote reply.
+    pub fn from_reply(r: &Reply) -> RcptResult {
+        let text = r.to_string();
+        if r.is_positive() {
+            RcptResult::Delivered { text }
+        } else if r.is_permanent() {
+            RcptResult::Permanent {
+                status: r.enhanced.unwrap_or((5, 0, 0)),
+                text,
+            }
+        } else {
+            RcptResult::Transient {
+                status: r.enhanced,
+                text,
+            }
+        }
+    }
+
+    /// The result for recipient `i` of a transaction.
+    pub fn classify(outcome: &TransactionOutcome, i: usize) -> RcptResult {
+        if let Some(r) = &outcome.mail_rejected {
+            return RcptResult::from_reply(r);
+        }
+        match (outcome.rcpts.get(i), &outcome.data) {
+            (Some(RcptOutcome::Rejected(r)), _) => RcptResult::from_reply(r),
+            (Some(RcptOutcome::Accepted), Some(data)) => RcptResult::from_reply(data),
+            (Some(RcptOutcome::Accepted), None) => RcptResult::Transient {
+                status: None,
+                text: "no reply to DATA".into(),
+            },
+            (None, _) => RcptResult::Transient {
+                status: None,
+                text: "no reply for this recipient".into(),
+            },
+        }
+    }
+}
+
+/// Where an attempt went, for events and DSNs.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Attempt {
+    pub host: Option<String>,
+    pub addr: Option<SocketAddr>,
+    pub tls: Option<String>,
+    /// The texts are remote replies (true) or our own reasons (false).
+    pub remote: bool,
+}
+
+/// Applies one result to every entry (grouped by message), e.g. a failed connection.
+pub(super) async fn fail_entries<S: SpoolAccess + 'static>(
+    inner: &Rc<Inner<S>>,
+    mut entries: Vec<Entry>,
+    attempt: &Attempt,
+    result: RcptResult,
+) {
+    entries.sort_by_key(|e| (e.message_id, e.rcpt_index));
+    for group in entries.chunk_by(|a, b| a.message_id == b.message_id) {
+        let results = vec![result.clone(); group.len()];
+        apply(inner, group[0].message_id, group, &results, attempt, None).await;
+    }
+}
+
+/// Applies `results[i]` to `entries[i]` (all of message `message_id`): state, retry schedule,
+/// spool update, events, DSN, and removal when the message is finished. `body` is the message
+/// when the caller has it (for the DSN's headers); otherwise it is read if a DSN is due.
+pub(super) async fn apply<S: SpoolAccess + 'static>(
+    inner: &Rc<Inner<S>>,
+    message_id: u64,
+    entries: &[Entry],
+    results: &[RcptResult],
+    attempt: &Attempt,
+    body: Option<&[u8]>,
+) {
+    let now = now_unix_ms();
+    let mut updates = Vec::with_capacity(entries.len());
+    let mut failed = Vec::new();
+    let mut events = Vec::with_capacity(entries.len());
+    let (mail_from, received_unix_ms, is_dsn, finished) = {
+        let mut guard = inner.state.borrow_mut();
+        let st = &mut *guard;
+        let Some(msg) = st.messages.get_mut(&message_id) else {
+            return; // already final (bounced by the administrator meanwhile)
+        };
+        let received = msg.received_unix_ms;
+        let mut newly_final = 0u32;
+        for (e, r) in entries.iter().zip(results) {
+            let Some(slot) = msg.slot_mut(e.rcpt_index) else {
+                continue;
+            };
+            if slot.state != RcptState::Pending {
+                continue;
+            }
+            slot.attempts = slot.attempts.saturating_add(1);
+            let (state, next, outcome) = match r {
+                RcptResult::Delivered { .. } => (RcptState::Delivered, 0, Outcome::Delivered),
+                RcptResult::Transient { status, text } => {
+                    let decision = {
+                        let mut rng = inner.rng.borrow_mut();
+                        inner
+                            .cfg
+                            .retry
+                            .decide(received, now, slot.attempts, &mut *rng)
+                    };
+                    match decision {
+                        RetryDecision::RetryAt(t) => {
+                            let d = st.queues.domain_id(&domain_of(&slot.address));
+                            st.queues.schedule(
+                                d,
+                                Entry {
+                                    due_unix_ms: t,
+                                    ..*e
+                                },
+                            );
+                            (RcptState::Pending, t, Outcome::Deferred)
+                        }
+                        RetryDecision::Expire => {
+                            failed.push(failed_rcpt(
+                                slot,
+                                status.unwrap_or((4, 4, 7)),
+                                attempt,
+                                text,
+                                true,
+                            ));
+                            (RcptState::Expired, 0, Outcome::Expired)
+                        }
+                    }
+                }
+                RcptResult::Permanent { status, text } => {
+                    failed.push(failed_rcpt(slot, *status, attempt, text, false));
+                    (RcptState::Bounced, 0, Outcome::Bounced)
+                }
+            };
+            slot.state = state;
+            if state != RcptState::Pending {
+                newly_final += 1;
+            }
+            count(outcome);
+            updates.push(RcptUpdate {
+                index: e.rcpt_index,
+                state,
+                attempts: slot.attempts,
+                next_attempt_unix_ms: next,
+                last_reply: Some(r.text().to_string()),
+            });
+            events.push(event(
+                inner.shard,
+                now,
+                message_id,
+                slot,
+                attempt,
+                r,
+                outcome,
+            ));
+        }
+        msg.pending = msg.pending.saturating_sub(newly_final);
+        st.pending_total = st.pending_total.saturating_sub(u64::from(newly_final));
+        let finished = msg.pending == 0;
+        let info = (msg.mail_from.to_string(), received, msg.is_dsn, finished);
+        if finished {
+            st.messages.remove(&message_id);
+        }
+        info
+    };
+    if !updates.is_empty() {
+        if let Err(e) = inner.spool.update(message_id, &updates).await {
+            tracing::warn!(message_id = %format!("{message_id:016x}"), error = %e, "spool update failed");
+        }
+    }
+    for ev in events {
+        if inner.events.emit(ev).await.is_err() {
+            tracing::warn!("events writer closed; delivery event not recorded");
+        }
+    }
+    if !failed.is_empty() && dsn::should_send(&mail_from, is_dsn) {
+        send_dsn(
+            inner,
+            message_id,
+            &mail_from,
+            received_unix_ms,
+            &failed,
+            body,
+        )
+        .await;
+    }
+    if finished {
+        if let Err(e) = inner.spool.remove(message_id).await {
+            tracing::warn!(message_id = %format!("{message_id:016x}"), error = %e, "spool remove failed");
+        }
+        let secs = now.saturating_sub(received_unix_ms) as f64 / 1000.0;
+        metrics::histogram!("petrel_delivery_end_to_end_seconds").record(secs);
+    }
+}
+
+fn failed_rcpt(
+    slot: &RcptSlot,
+    status: (u8, u16, u16),
+    attempt: &Attempt,
+    text: &str,
+    expired: bool,
+) -> FailedRecipient {
+    FailedRecipient {
+        address: slot.address.to_string(),
+        status,
+        remote_mta: attempt.host.clone(),
+        diagnostic: text.to_string(),
+        expired,
+    }
+}
+
+fn count(outcome: Outcome) {
+    let name = match outcome {
+        Outcome::Delivered => "petrel_delivery_delivered_total",
+        Outcome::Deferred => "petrel_delivery_deferred_total",
+        Outcome::Bounced => "petrel_delivery_bounced_total",
+        Outcome::Expired => "petrel_delivery_expired_total",
+    };
+    metrics::counter!(name).increment(1);
+}
+
+fn event(
+    shard: u8,
+    now: u64,
+    message_id: u64,
+    slot: &RcptSlot,
+    attempt: &Attempt,
+    r: &RcptResult,
+    outcome: Outcome,
+) -> Event {
+    let text = r.text().to_string();
+    let (reply, reason) = if attempt.remote {
+        (Some(text), None)
+    } else {
+        (None, Some(text))
+    };
+    Event {
+        timestamp_unix_ms: now,
+        message_id: format!("{message_id:016x}"),
+        recipient: slot.address.to_string(),
+        domain: domain_of(&slot.address),
+        host: attempt.host.clone(),
+        address: attempt.addr.map(|a| a.to_string()),
+        tls: attempt.tls.clone(),
+        reply,
+        outcome,
+        reason,
+        attempt: slot.attempts,
+        shard,
+    }
+}
+
+/// Builds, stores and enqueues the DSN for `failed` recipients, sent with the null sender.
+async fn send_dsn<S: SpoolAccess + 'static>(
+    inner: &Rc<Inner<S>>,
+    message_id: u64,
+    mail_from: &str,
+    received_unix_ms: u64,
+    failed: &[FailedRecipient],
+    body: Option<&[u8]>,
+) {
+    let read;
+    let original: &[u8] = match body {
+        Some(b) => b,
+        None => {
+            read = inner.spool.read_body(message_id).await.unwrap_or_default();
+            &read
+        }
+    };
+    let now = now_unix_ms();
+    let queue_id = format!("{message_id:016x}");
+    let report = dsn::build(&DsnInput {
+        reporting_mta: &inner.cfg.helo_name,
+        original_sender: mail_from,
+        queue_id: &queue_id,
+        arrival_unix_secs: i64::try_from(received_unix_ms / 1000).unwrap_or(0),
+        now_unix_secs: i64::try_from(now / 1000).unwrap_or(0),
+        recipients: failed,
+        original_message: original,
+    });
+    match inner.spool.store_dsn("", mail_from, &report).await {
+        Ok(id) => inner.enqueue(QueuedMessage {
+            id,
+            mail_from: String::new(),
+            received_unix_ms: now,
+            is_dsn: true,
+            recipients: vec![QueuedRcpt {
+                index: 0,
+                address: mail_from.to_string(),
+                attempts: 0,
+                next_attempt_unix_ms: 0,
+            }],
+        }),
+        Err(e) => tracing::warn!(message_id = %queue_id, error = %e, "storing the DSN failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(code: u16, e: (u8, u16, u16)) -> Reply {
+        Reply::new(code, e, "text")
+    }
+
+    #[test]
+    fn classifies_replies_per_recipient() {
+        let outcome = TransactionOutcome {
+            rcpts: vec![
+                RcptOutcome::Accepted,
+                RcptOutcome::Rejected(reply(450, (4, 2, 0))),
+                RcptOutcome::Rejected(reply(550, (5, 1, 1))),
+            ],
+            data: Some(reply(250, (2, 0, 0))),
+            mail_rejected: None,
+        };
+        assert!(matches!(
+            RcptResult::classify(&outcome, 0),
+            RcptResult::Delivered { .. }
+        ));
+        assert!(matches!(
+            RcptResult::classify(&outcome, 1),
+            RcptResult::Transient { .. }
+        ));
+        assert_eq!(
+            RcptResult::classify(&outcome, 2),
+            RcptResult::Permanent {
+                status: (5, 1, 1),
+                text: "550 5.1.1 text".into()
+            }
+        );
+        assert!(matches!(
+            RcptResult::classify(&outcome, 3),
+            RcptResult::Transient { .. }
+        ));
+        let rejected = TransactionOutcome {
+            rcpts: vec![RcptOutcome::Accepted],
+            data: None,
+            mail_rejected: Some(reply(552, (5, 3, 4))),
+        };
+        assert!(matches!(
+            RcptResult::classify(&rejected, 0),
+            RcptResult::Permanent {
+                status: (5, 3, 4),
+                ..
+            }
+        ));
+        let data_failed = TransactionOutcome {
+            rcpts: vec![RcptOutcome::Accepted],
+            data: Some(reply(451, (4, 3, 0))),
+            mail_rejected: None,
+        };
+        assert!(matches!(
+            RcptResult::classify(&data_failed, 0),
+            RcptResult::Transient { .. }
+        ));
+    }
+}

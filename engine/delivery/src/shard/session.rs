@@ -1,0 +1,380 @@
+//! One delivery session: resolve a destination domain, hold a connection permit, connect
+//! (falling back over MX hosts and addresses), send batches of the domain's ready entries over
+//! the connection (reusing it across messages, reconnecting after `messages_per_connection_max`),
+//! and QUIT once nothing has come for `idle_timeout_ms`.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use petrel_outbound::{ClientConfig, ClientError, Route, SmtpConnection};
+
+use super::outcome::{apply, fail_entries, Attempt, RcptResult};
+use super::{now_unix_ms, Inner, RcptState, SpoolAccess};
+use crate::config::{DeliveryConfig, DomainLimits, TlsPolicy};
+use crate::limits::{rate_burst, ConnectionPermit, DestinationCounters};
+use crate::queue::{DomainId, Entry};
+
+/// How often an idle session looks for new work, ms.
+const IDLE_POLL_MS: u64 = 20;
+
+/// Runs a session for domain `id`, then tells the shard it ended.
+pub(super) async fn run_session<S: SpoolAccess + 'static>(inner: Rc<Inner<S>>, id: DomainId) {
+    session(&inner, id).await;
+    inner.session_ended(id);
+}
+
+/// An open connection and where it goes.
+struct Connected {
+    conn: SmtpConnection,
+    host: String,
+    addr: SocketAddr,
+    /// "TLSv1.3 TLS13_AES_128_GCM_SHA256" when TLS is in use.
+    tls: Option<String>,
+    /// Transactions sent on this connection.
+    sent: u32,
+    _gauge: OpenGauge,
+}
+
+/// Keeps `petrel_delivery_connections_open{domain}` right on every path.
+struct OpenGauge(metrics::Gauge);
+
+impl OpenGauge {
+    fn new(domain: &str) -> OpenGauge {
+        let g = metrics::gauge!("petrel_delivery_connections_open", "domain" => domain.to_string());
+        g.increment(1.0);
+        OpenGauge(g)
+    }
+}
+
+impl Drop for OpenGauge {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
+async fn session<S: SpoolAccess + 'static>(inner: &Rc<Inner<S>>, id: DomainId) {
+    let Some(domain) = inner.state.borrow().queues.name(id).map(str::to_string) else {
+        return;
+    };
+    let limits = inner.cfg.limits_for(&domain).clone();
+    let route = match inner.resolver.route(&domain).await {
+        Ok(route) => route,
+        Err(e) => {
+            let text = e.to_string();
+            let result = if e.is_permanent() {
+                RcptResult::Permanent {
+                    status: e.enhanced(),
+                    text,
+                }
+            } else {
+                RcptResult::Transient {
+                    status: Some(e.enhanced()),
+                    text,
+                }
+            };
+            let entries = take_ready(inner, id, usize::MAX);
+            fail_entries(inner, entries, &Attempt::default(), result).await;
+            return;
+        }
+    };
+    let counters = inner.limits.destination(&domain);
+    let Some(permit) = ConnectionPermit::try_acquire(counters, limits.connections_max) else {
+        // The limit is held by other shards (or sibling sessions): the ready entries wait
+        // `permit_retry_delay_ms` in the schedule, without an attempt counted. (Leaving them
+        // ready would make the run loop respawn a session at once, a busy loop.)
+        let due = now_unix_ms().saturating_add(inner.cfg.permit_retry_delay_ms);
+        inner.state.borrow_mut().queues.unready(id, due);
+        return;
+    };
+    let client = client_config(&inner.cfg, limits.tls);
+    let mut conn: Option<Connected> = None;
+    while !inner.shutdown.get() {
+        let batch = take_batch(inner, id, &limits);
+        if batch.is_empty() {
+            if conn.is_none() || !wait_for_work(inner, id).await {
+                break;
+            }
+            continue;
+        }
+        if !wait_for_rate(inner, permit.counters(), &limits).await {
+            // Shutting down: the batch stays queued in memory for the next run.
+            requeue(inner, id, batch);
+            break;
+        }
+        if conn
+            .as_ref()
+            .is_some_and(|c| c.sent >= limits.messages_per_connection_max)
+        {
+            if let Some(c) = conn.take() {
+                c.conn.quit().await;
+            }
+        }
+        if conn.is_none() {
+            match connect(inner, &route, &client, &domain).await {
+                Ok(c) => conn = Some(c),
+                Err(attempt_err) => {
+                    // The destination is unreachable: defer this batch and all ready work.
+                    let (attempt, text) = attempt_err;
+                    let mut entries = batch;
+                    entries.extend(take_ready(inner, id, usize::MAX));
+                    let result = RcptResult::Transient { status: None, text };
+                    fail_entries(inner, entries, &attempt, result).await;
+                    break;
+                }
+            }
+        }
+        if let Some(c) = conn.as_mut() {
+            if !deliver(inner, id, c, batch).await {
+                conn = None; // broken: dropped without QUIT
+            }
+        }
+    }
+    if let Some(c) = conn.take() {
+        c.conn.quit().await;
+    }
+    drop(permit);
+}
+
+/// Sends one batch (recipients of one message) and applies the outcome. Returns false when the
+/// connection is no longer usable.
+async fn deliver<S: SpoolAccess + 'static>(
+    inner: &Rc<Inner<S>>,
+    id: DomainId,
+    c: &mut Connected,
+    batch: Vec<Entry>,
+) -> bool {
+    let Some((batch, from, rcpts)) = envelope(inner, batch) else {
+        return true; // every recipient went final meanwhile (administrator bounce)
+    };
+    let message_id = batch[0].message_id;
+    let body = match inner.spool.read_body(message_id).await {
+        Ok(b) => b,
+        Err(e) => {
+            let result = RcptResult::Transient {
+                status: None,
+                text: format!("spool read failed: {e}"),
+            };
+            fail_entries(inner, batch, &Attempt::default(), result).await;
+            return true;
+        }
+    };
+    let rcpt_refs: Vec<&str> = rcpts.iter().map(String::as_str).collect();
+    let reused = c.sent > 0;
+    let started = Instant::now();
+    let sent = c.conn.send(&from, &rcpt_refs, &body).await;
+    metrics::histogram!("petrel_delivery_attempt_duration_seconds")
+        .record(started.elapsed().as_secs_f64());
+    c.sent = c.sent.saturating_add(1);
+    let mut attempt = Attempt {
+        host: Some(c.host.clone()),
+        addr: Some(c.addr),
+        tls: c.tls.clone(),
+        remote: true,
+    };
+    match sent {
+        Ok(outcome) => {
+            let results: Vec<RcptResult> = (0..batch.len())
+                .map(|i| RcptResult::classify(&outcome, i))
+                .collect();
+            apply(inner, message_id, &batch, &results, &attempt, Some(&body)).await;
+            true
+        }
+        Err(ClientError::Dropped { stage }) if reused && REUSE_STAGES.contains(&stage) => {
+            // The server closed the idle connection before our transaction began: not an
+            // attempt. The batch goes back, due now, for a fresh connection.
+            requeue(inner, id, batch);
+            false
+        }
+        Err(e) => {
+            attempt.remote = false;
+            let result = RcptResult::Transient {
+                status: None,
+                text: e.to_string(),
+            };
+            let results = vec![result; batch.len()];
+            apply(inner, message_id, &batch, &results, &attempt, Some(&body)).await;
+            false
+        }
+    }
+}
+
+/// Client stages at which a drop on a reused connection means "closed while idle".
+const REUSE_STAGES: [&str; 2] = ["reuse", "rset"];
+
+/// The batch entries whose recipients are still pending, with the sender and their addresses;
+/// `None` when none is left.
+fn envelope<S: SpoolAccess>(
+    inner: &Inner<S>,
+    batch: Vec<Entry>,
+) -> Option<(Vec<Entry>, String, Vec<String>)> {
+    let st = inner.state.borrow();
+    let msg = st.messages.get(&batch.first()?.message_id)?;
+    let mut live = Vec::with_capacity(batch.len());
+    let mut rcpts = Vec::with_capacity(batch.len());
+    for e in batch {
+        if let Some(slot) = msg
+            .slot(e.rcpt_index)
+            .filter(|s| s.state == RcptState::Pending)
+        {
+            rcpts.push(slot.address.to_string());
+            live.push(e);
+        }
+    }
+    if live.is_empty() {
+        return None;
+    }
+    Some((live, msg.mail_from.to_string(), rcpts))
+}
+
+/// Up to `recipients_per_transaction_max` ready entries of one message.
+fn take_batch<S: SpoolAccess>(inner: &Inner<S>, id: DomainId, limits: &DomainLimits) -> Vec<Entry> {
+    let max = limits.recipients_per_transaction_max as usize;
+    inner
+        .state
+        .borrow_mut()
+        .queues
+        .pop_batch(id, max, now_unix_ms())
+}
+
+/// Every ready entry of the domain (refilled from its due entries), at most `max`.
+fn take_ready<S: SpoolAccess>(inner: &Inner<S>, id: DomainId, max: usize) -> Vec<Entry> {
+    let mut st = inner.state.borrow_mut();
+    let now = now_unix_ms();
+    let mut all = Vec::new();
+    while all.len() < max {
+        let batch = st.queues.pop_batch(id, usize::MAX, now);
+        if batch.is_empty() {
+            break;
+        }
+        all.extend(batch);
+    }
+    all
+}
+
+/// Puts entries back into the domain's schedule, due now.
+fn requeue<S: SpoolAccess>(inner: &Inner<S>, id: DomainId, entries: Vec<Entry>) {
+    let mut st = inner.state.borrow_mut();
+    let now = now_unix_ms();
+    for e in entries {
+        st.queues.schedule(
+            id,
+            Entry {
+                due_unix_ms: now,
+                ..e
+            },
+        );
+    }
+}
+
+/// Waits (as an idle session) up to `idle_timeout_ms` for the domain to get ready work.
+async fn wait_for_work<S: SpoolAccess>(inner: &Inner<S>, id: DomainId) -> bool {
+    set_idle(inner, id, true);
+    let deadline = Instant::now() + Duration::from_millis(inner.cfg.idle_timeout_ms);
+    let mut found = false;
+    while Instant::now() < deadline && !inner.shutdown.get() {
+        glommio::timer::sleep(Duration::from_millis(IDLE_POLL_MS)).await;
+        if inner.state.borrow().queues.ready_len(id) > 0 {
+            found = true;
+            break;
+        }
+    }
+    set_idle(inner, id, false);
+    found
+}
+
+fn set_idle<S: SpoolAccess>(inner: &Inner<S>, id: DomainId, idle: bool) {
+    if let Some(c) = inner.state.borrow_mut().sessions.get_mut(&id) {
+        c.idle = if idle {
+            c.idle + 1
+        } else {
+            c.idle.saturating_sub(1)
+        };
+    }
+}
+
+/// Waits for a rate token of the destination; false if shutting down meanwhile.
+async fn wait_for_rate<S: SpoolAccess>(
+    inner: &Inner<S>,
+    counters: &DestinationCounters,
+    limits: &DomainLimits,
+) -> bool {
+    let Some(rate) = limits.messages_per_second_max else {
+        return true;
+    };
+    loop {
+        match inner.limits.try_rate(counters, rate, rate_burst(rate)) {
+            Ok(()) => return true,
+            Err(wait) => {
+                if inner.shutdown.get() {
+                    return false;
+                }
+                glommio::timer::sleep(wait.clamp(Duration::from_millis(1), Duration::from_secs(1)))
+                    .await;
+            }
+        }
+    }
+}
+
+/// Connects to the first address that answers, in route order, trying at most
+/// `connect_addresses_max` addresses. On failure: where it last tried and why.
+async fn connect<S: SpoolAccess>(
+    inner: &Inner<S>,
+    route: &Route,
+    client: &ClientConfig,
+    domain: &str,
+) -> Result<Connected, (Attempt, String)> {
+    let mut tried = 0;
+    let mut last = (
+        Attempt::default(),
+        format!("{domain}: no address to connect to"),
+    );
+    for host in &route.hosts {
+        for addr in &host.addrs {
+            if tried >= inner.cfg.connect_addresses_max {
+                return Err(last);
+            }
+            tried += 1;
+            match SmtpConnection::connect(*addr, &host.name, client).await {
+                Ok(conn) => {
+                    let tls = conn.tls().map(|t| format!("{} {}", t.version, t.cipher));
+                    return Ok(Connected {
+                        conn,
+                        host: host.name.clone(),
+                        addr: *addr,
+                        tls,
+                        sent: 0,
+                        _gauge: OpenGauge::new(domain),
+                    });
+                }
+                Err(e) => {
+                    let attempt = Attempt {
+                        host: Some(host.name.clone()),
+                        addr: Some(*addr),
+                        tls: None,
+                        remote: false,
+                    };
+                    last = (attempt, describe(&e));
+                }
+            }
+        }
+    }
+    Err(last)
+}
+
+fn describe(e: &ClientError) -> String {
+    e.to_string()
+}
+
+fn client_config(cfg: &DeliveryConfig, tls: TlsPolicy) -> ClientConfig {
+    ClientConfig {
+        helo_name: cfg.helo_name.clone(),
+        tls: tls.mode(),
+        extra_root_certs_pem: cfg.extra_root_certs_pem.clone(),
+        connect_timeout_ms: cfg.client.connect_timeout_ms,
+        greeting_timeout_ms: cfg.client.greeting_timeout_ms,
+        command_timeout_ms: cfg.client.command_timeout_ms,
+        data_block_timeout_ms: cfg.client.data_block_timeout_ms,
+        data_done_timeout_ms: cfg.client.data_done_timeout_ms,
+    }
+}

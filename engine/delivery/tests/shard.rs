@@ -1,0 +1,438 @@
+//! `DeliveryShard` on a real glommio executor, a real SMTP client and real SMTP sinks on
+//! loopback (reached through static routes), with an in-memory `SpoolAccess`.
+
+mod support;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use glommio::{LocalExecutorBuilder, Placement};
+use petrel_delivery::{
+    DeliveryConfig, DeliveryShard, DomainLimits, EventSink, EventsConfig, GlobalLimits,
+    QueuedMessage, QueuedRcpt, RcptState, RcptUpdate, RetrySchedule, SpoolAccess, TlsPolicy,
+};
+use petrel_outbound::{Resolver, ResolverConfig, StaticRoute};
+use support::sink::Sink;
+
+/// One spooled message of the in-memory spool.
+struct Stored {
+    rcpts: Vec<String>,
+    body: Vec<u8>,
+    states: HashMap<u32, (RcptState, u32)>,
+}
+
+/// The in-memory spool: what the engine's petrel-spool adapter does, minus the disk.
+#[derive(Default)]
+struct MemSpool {
+    messages: RefCell<HashMap<u64, Stored>>,
+    removed: RefCell<Vec<u64>>,
+    /// Final recipient states of removed messages: (id, index) -> (state, attempts).
+    finals: RefCell<HashMap<(u64, u32), (RcptState, u32)>>,
+    dsns: RefCell<Vec<u64>>,
+    next_id: RefCell<u64>,
+}
+
+impl MemSpool {
+    fn store(&self, mail_from: &str, rcpts: &[&str], body: &[u8]) -> QueuedMessage {
+        let id = {
+            let mut n = self.next_id.borrow_mut();
+            *n += 1;
+            *n
+        };
+        self.messages.borrow_mut().insert(
+            id,
+            Stored {
+                rcpts: rcpts.iter().map(|r| r.to_string()).collect(),
+                body: body.to_vec(),
+                states: HashMap::new(),
+            },
+        );
+        QueuedMessage {
+            id,
+            mail_from: mail_from.into(),
+            received_unix_ms: now_ms(),
+            is_dsn: false,
+            recipients: rcpts
+                .iter()
+                .enumerate()
+                .map(|(i, a)| QueuedRcpt {
+                    index: i as u32,
+                    address: a.to_string(),
+                    attempts: 0,
+                    next_attempt_unix_ms: 0,
+                })
+                .collect(),
+        }
+    }
+}
+
+impl SpoolAccess for MemSpool {
+    async fn read_body(&self, id: u64) -> Result<Vec<u8>, String> {
+        let m = self.messages.borrow();
+        m.get(&id)
+            .map(|s| s.body.clone())
+            .ok_or_else(|| format!("no message {id}"))
+    }
+
+    async fn update(&self, id: u64, updates: &[RcptUpdate]) -> Result<(), String> {
+        let mut m = self.messages.borrow_mut();
+        let s = m.get_mut(&id).ok_or_else(|| format!("no message {id}"))?;
+        for u in updates {
+            if u.index as usize >= s.rcpts.len() {
+                return Err(format!("bad index {}", u.index));
+            }
+            s.states.insert(u.index, (u.state, u.attempts));
+        }
+        Ok(())
+    }
+
+    async fn remove(&self, id: u64) -> Result<(), String> {
+        let s = self
+            .messages
+            .borrow_mut()
+            .remove(&id)
+            .ok_or_else(|| format!("no message {id}"))?;
+        for i in 0..s.rcpts.len() as u32 {
+            let st = s
+                .states
+                .get(&i)
+                .copied()
+                .ok_or("removed with a recipient not final")?;
+            assert_ne!(st.0, RcptState::Pending, "removed with a pending recipient");
+            self.finals.borrow_mut().insert((id, i), st);
+        }
+        self.removed.borrow_mut().push(id);
+        Ok(())
+    }
+
+    async fn store_dsn(&self, mail_from: &str, rcpt: &str, body: &[u8]) -> Result<u64, String> {
+        assert_eq!(mail_from, "", "DSNs use the null sender");
+        let q = self.store(mail_from, &[rcpt], body);
+        self.dsns.borrow_mut().push(q.id);
+        Ok(q.id)
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn config() -> DeliveryConfig {
+    let mut cfg = DeliveryConfig {
+        helo_name: "petrel.test".into(),
+        retry: RetrySchedule {
+            first_retry_delay_ms: 200,
+            retry_delay_ms_max: 400,
+            multiplier: 2,
+            jitter_percent: 10,
+            age_max_ms: 60_000,
+        },
+        default_limits: DomainLimits {
+            connections_max: 2,
+            messages_per_connection_max: 3,
+            messages_per_second_max: None,
+            recipients_per_transaction_max: 2,
+            tls: TlsPolicy::Opportunistic,
+        },
+        idle_timeout_ms: 200,
+        tick_ms_max: 50,
+        permit_retry_delay_ms: 50,
+        ..DeliveryConfig::default()
+    };
+    cfg.client.connect_timeout_ms = 2_000;
+    cfg.client.greeting_timeout_ms = 2_000;
+    cfg.client.command_timeout_ms = 2_000;
+    cfg.client.data_block_timeout_ms = 2_000;
+    cfg.client.data_done_timeout_ms = 2_000;
+    cfg.validate().expect("valid config");
+    cfg
+}
+
+fn resolver(dest: SocketAddr, other: SocketAddr) -> Resolver {
+    Resolver::start(ResolverConfig {
+        // Never the system resolver: static routes answer everything in this test.
+        nameservers: vec!["127.0.0.1:9".parse().expect("addr")],
+        static_routes: vec![
+            StaticRoute {
+                domain: Some("dest.example".into()),
+                target: dest,
+            },
+            StaticRoute {
+                domain: None,
+                target: other,
+            },
+        ],
+        query_timeout_ms: 500,
+        ..ResolverConfig::default()
+    })
+    .expect("resolver")
+}
+
+const BODY: &[u8] =
+    b"From: alice@src.example\r\nSubject: test\r\nMessage-ID: <m1@src.example>\r\n\r\nHello.\r\n";
+const BULK_MESSAGES: usize = 30;
+const TEST_DEADLINE: Duration = Duration::from_secs(20);
+
+#[test]
+fn delivers_retries_bounces_and_respects_connection_limit() {
+    let dest = Sink::start();
+    let other = Sink::start();
+    let events_dir =
+        std::env::temp_dir().join(format!("petrel-delivery-it-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&events_dir);
+    let (events, writer) = EventSink::start(EventsConfig::new(&events_dir)).expect("events");
+    let resolver = resolver(dest.addr, other.addr);
+    let limits = Arc::new(GlobalLimits::default());
+    let cfg = Arc::new(config());
+
+    let ex = LocalExecutorBuilder::new(Placement::Unbound)
+        .io_memory(512 << 10)
+        .make()
+        .expect("executor");
+    let (spool, elapsed) = ex.run(async move {
+        let spool = Rc::new(MemSpool::default());
+        let shard = Rc::new(DeliveryShard::new(
+            0,
+            cfg,
+            resolver,
+            limits,
+            spool.clone(),
+            events,
+        ));
+        let runner = {
+            let shard = shard.clone();
+            glommio::spawn_local(async move { shard.run().await })
+        };
+        let started = Instant::now();
+        let mut ids = vec![
+            spool.store(
+                "alice@src.example",
+                &["ok1@dest.example", "ok2@dest.example", "ok3@other.example"],
+                BODY,
+            ),
+            spool.store("alice@src.example", &["temp1@dest.example"], BODY),
+            spool.store(
+                "bob@src.example",
+                &["perm1@dest.example", "ok4@dest.example"],
+                BODY,
+            ),
+            spool.store("alice@src.example", &["drop1@dest.example"], BODY),
+        ];
+        for i in 0..BULK_MESSAGES {
+            let to = format!("bulk{i}@dest.example");
+            ids.push(spool.store("alice@src.example", &[to.as_str()], BODY));
+        }
+        let expected: Vec<u64> = ids.iter().map(|m| m.id).collect();
+        for m in ids {
+            shard.enqueue(m);
+        }
+        assert!(shard.queued_recipients() >= 35);
+        // Wait until every message (and the DSN) is removed from the spool.
+        while started.elapsed() < TEST_DEADLINE {
+            let removed = spool.removed.borrow().clone();
+            let dsns = spool.dsns.borrow().clone();
+            let all_done = expected.iter().all(|id| removed.contains(id))
+                && !dsns.is_empty()
+                && dsns.iter().all(|id| removed.contains(id));
+            if all_done {
+                break;
+            }
+            glommio::timer::sleep(Duration::from_millis(20)).await;
+        }
+        let elapsed = started.elapsed();
+        assert_eq!(shard.queued_recipients(), 0, "nothing left pending");
+        shard.shutdown();
+        runner.await;
+        drop(shard);
+        (Rc::try_unwrap(spool).ok().expect("spool unshared"), elapsed)
+    });
+    writer.shutdown().expect("events flushed");
+    assert!(elapsed < TEST_DEADLINE, "all messages final in time");
+
+    // Final states in the spool: ids 1..=4 as stored above.
+    let finals = spool.finals.borrow();
+    assert_eq!(finals[&(1, 0)].0, RcptState::Delivered);
+    assert_eq!(finals[&(1, 2)].0, RcptState::Delivered);
+    assert_eq!(
+        finals[&(2, 0)],
+        (RcptState::Delivered, 2),
+        "450 then delivered on retry"
+    );
+    assert_eq!(
+        finals[&(3, 0)],
+        (RcptState::Bounced, 1),
+        "550 bounced at once"
+    );
+    assert_eq!(finals[&(3, 1)].0, RcptState::Delivered);
+    assert_eq!(
+        finals[&(4, 0)],
+        (RcptState::Delivered, 2),
+        "dropped mid-DATA, then delivered"
+    );
+
+    // What the sinks saw.
+    let got = dest.received();
+    let to_dest = |addr: &str| {
+        got.iter()
+            .filter(|m| m.rcpts.iter().any(|r| r == addr))
+            .count()
+    };
+    for addr in [
+        "ok1@dest.example",
+        "ok2@dest.example",
+        "temp1@dest.example",
+        "ok4@dest.example",
+        "drop1@dest.example",
+    ] {
+        assert_eq!(to_dest(addr), 1, "{addr} delivered exactly once");
+    }
+    for i in 0..BULK_MESSAGES {
+        assert_eq!(to_dest(&format!("bulk{i}@dest.example")), 1);
+    }
+    assert!(
+        got.iter().all(|m| m.rcpts.len() <= 2),
+        "recipients_per_transaction_max"
+    );
+    eprintln!(
+        "dest sink: peak {} connections, {} connections in all, {} messages; took {elapsed:?}",
+        dest.peak(),
+        dest.state
+            .connections
+            .load(std::sync::atomic::Ordering::Acquire),
+        got.len()
+    );
+    assert!(
+        dest.peak() <= 2,
+        "connections_max at the sink: peak {}",
+        dest.peak()
+    );
+    let conns = dest
+        .state
+        .connections
+        .load(std::sync::atomic::Ordering::Acquire);
+    assert!(
+        conns < 34,
+        "connections reused across messages ({conns} connections)"
+    );
+
+    let dsn: Vec<_> = other
+        .received()
+        .into_iter()
+        .filter(|m| m.mail_from.is_empty())
+        .collect();
+    assert_eq!(dsn.len(), 1, "one DSN, sent with the null sender");
+    assert_eq!(dsn[0].rcpts, ["bob@src.example"]);
+    assert!(dsn[0].data.contains("report-type=delivery-status"));
+    assert!(dsn[0]
+        .data
+        .contains("Final-Recipient: rfc822; perm1@dest.example"));
+    assert!(dsn[0].data.contains("Status: 5.1.1"));
+    assert!(
+        !dsn[0].data.contains("ok4@dest.example"),
+        "only the failed recipient"
+    );
+    assert!(other
+        .received()
+        .iter()
+        .any(|m| m.rcpts == ["ok3@other.example"]));
+
+    // Events: every outcome recorded as JSON lines.
+    let mut outcomes: HashMap<String, usize> = HashMap::new();
+    for entry in std::fs::read_dir(&events_dir).expect("events dir") {
+        let text = std::fs::read_to_string(entry.expect("entry").path()).expect("read");
+        for line in text.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).expect("json");
+            *outcomes
+                .entry(v["outcome"].as_str().unwrap_or("").to_string())
+                .or_default() += 1;
+        }
+    }
+    assert_eq!(outcomes.get("bounced"), Some(&1));
+    assert_eq!(outcomes.get("deferred"), Some(&2), "{outcomes:?}");
+    assert_eq!(
+        outcomes.get("delivered"),
+        Some(&(6 + BULK_MESSAGES + 1)),
+        "{outcomes:?}"
+    );
+    let _ = std::fs::remove_dir_all(&events_dir);
+}
+
+/// Two shards (two executors on two threads) share one `GlobalLimits`: the destination's
+/// connection limit holds across them, and every message is still delivered.
+#[test]
+fn connection_limit_holds_across_shards() {
+    const PER_SHARD: usize = 20;
+    let dest = Sink::start();
+    let other = Sink::start();
+    let resolver = resolver(dest.addr, other.addr);
+    let limits = Arc::new(GlobalLimits::default());
+    let mut cfg = config();
+    cfg.default_limits.messages_per_connection_max = 2;
+    let cfg = Arc::new(cfg);
+    let threads: Vec<_> = (0..2u8)
+        .map(|shard_no| {
+            let (cfg, resolver, limits) = (cfg.clone(), resolver.clone(), limits.clone());
+            std::thread::spawn(move || {
+                let ex = LocalExecutorBuilder::new(Placement::Unbound)
+                    .io_memory(512 << 10)
+                    .make()
+                    .expect("executor");
+                ex.run(async move {
+                    let spool = Rc::new(MemSpool::default());
+                    let events = EventSink::disabled();
+                    let shard = Rc::new(DeliveryShard::new(
+                        shard_no,
+                        cfg,
+                        resolver,
+                        limits,
+                        spool.clone(),
+                        events,
+                    ));
+                    let runner = {
+                        let shard = shard.clone();
+                        glommio::spawn_local(async move { shard.run().await })
+                    };
+                    for i in 0..PER_SHARD {
+                        let to = format!("s{shard_no}n{i}@dest.example");
+                        shard.enqueue(spool.store("alice@src.example", &[to.as_str()], BODY));
+                    }
+                    let started = Instant::now();
+                    while started.elapsed() < TEST_DEADLINE
+                        && spool.removed.borrow().len() < PER_SHARD
+                    {
+                        glommio::timer::sleep(Duration::from_millis(20)).await;
+                    }
+                    shard.shutdown();
+                    runner.await;
+                    let removed = spool.removed.borrow().len();
+                    removed
+                })
+            })
+        })
+        .collect();
+    for t in threads {
+        assert_eq!(
+            t.join().expect("shard thread"),
+            PER_SHARD,
+            "every message final"
+        );
+    }
+    assert_eq!(dest.received().len(), 2 * PER_SHARD);
+    assert!(
+        dest.peak() <= 2,
+        "connections_max across shards: peak {}",
+        dest.peak()
+    );
+    assert_eq!(
+        limits.connections("dest.example"),
+        0,
+        "every permit released"
+    );
+}

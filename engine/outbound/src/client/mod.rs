@@ -1,0 +1,388 @@
+//! The outbound ESMTP client (RFC 5321) with STARTTLS (RFC 3207), PIPELINING (RFC 2920) and
+//! SIZE (RFC 1870), over glommio sockets.
+
+mod io;
+pub mod reply;
+mod tls;
+mod transaction;
+
+use std::net::SocketAddr;
+
+use glommio::net::TcpStream;
+
+use io::{with_timeout, Io, Transport};
+pub use reply::Reply;
+pub use transaction::{
+    dot_stuff, ADDRESS_MAX_BYTES, DATA_BLOCK_BYTES, PIPELINE_RCPTS_MAX, RCPTS_PER_TRANSACTION_MAX,
+};
+
+/// Longest QUIT wait, in milliseconds, whatever `command_timeout_ms` says: the mail is delivered.
+pub const QUIT_TIMEOUT_MS_MAX: u64 = 10_000;
+
+/// Whether and how to use STARTTLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TlsMode {
+    /// Never use TLS.
+    Disabled,
+    /// Use STARTTLS when offered, without verifying the certificate. A failed handshake leaves
+    /// the connection unusable: `connect` returns [`ClientError::Tls`] and the caller retries
+    /// (a later attempt may choose `Disabled` for that host).
+    #[default]
+    Opportunistic,
+    /// Demand STARTTLS and a certificate valid for the MX name, else [`ClientError::TlsRequired`]
+    /// or [`ClientError::Tls`] (both temporary).
+    Required,
+}
+
+/// Client settings; the timeouts default to RFC 5321 §4.5.3.2.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Our name in EHLO/HELO.
+    pub helo_name: String,
+    pub tls: TlsMode,
+    /// PEM certificates trusted in `Required` mode besides the webpki roots (tests, private CAs).
+    pub extra_root_certs_pem: Vec<Vec<u8>>,
+    /// TCP connect, in milliseconds (default 30 s).
+    pub connect_timeout_ms: u64,
+    /// Waiting for the 220 greeting, in milliseconds (default 5 min).
+    pub greeting_timeout_ms: u64,
+    /// Every other command reply (EHLO, STARTTLS, MAIL, RCPT, RSET, DATA's 354), in milliseconds
+    /// (default 5 min; RFC 5321 suggests 2 min for DATA's 354, we use the larger one).
+    pub command_timeout_ms: u64,
+    /// Writing one block of the message, in milliseconds (default 3 min).
+    pub data_block_timeout_ms: u64,
+    /// Waiting for the reply after the final ".", in milliseconds (default 10 min).
+    pub data_done_timeout_ms: u64,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            helo_name: "localhost".into(),
+            tls: TlsMode::Opportunistic,
+            extra_root_certs_pem: Vec::new(),
+            connect_timeout_ms: 30_000,
+            greeting_timeout_ms: 300_000,
+            command_timeout_ms: 300_000,
+            data_block_timeout_ms: 180_000,
+            data_done_timeout_ms: 600_000,
+        }
+    }
+}
+
+/// The negotiated TLS session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsInfo {
+    /// e.g. "TLSv1.3".
+    pub version: String,
+    /// e.g. "TLS13_AES_128_GCM_SHA256".
+    pub cipher: String,
+}
+
+/// What the server said to one RCPT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RcptOutcome {
+    Accepted,
+    Rejected(Reply),
+}
+
+/// The result of one transaction; SMTP replies are data, classified by the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransactionOutcome {
+    /// One per recipient given, same order. When MAIL was rejected, each holds that reply.
+    pub rcpts: Vec<RcptOutcome>,
+    /// The reply to the message (after "."), or DATA's own rejection; `None` when MAIL failed
+    /// or no recipient was accepted.
+    pub data: Option<Reply>,
+    /// Set when MAIL FROM was rejected (or the message exceeds the peer's SIZE: 552 5.3.4).
+    pub mail_rejected: Option<Reply>,
+}
+
+/// Client failures; all temporary (the connection is unusable afterwards).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    #[error("connect to {addr} failed: {reason}")]
+    Connect { addr: SocketAddr, reason: String },
+    #[error("timeout during {stage}")]
+    Timeout { stage: &'static str },
+    #[error("TLS failure: {reason}")]
+    Tls { reason: String },
+    #[error("TLS required but not possible: {reason}")]
+    TlsRequired { reason: String },
+    #[error("protocol error during {stage}: {reason}")]
+    Protocol { stage: &'static str, reason: String },
+    /// The server refused us at the greeting, EHLO/HELO or STARTTLS (e.g. 554 no service).
+    #[error("rejected during {stage}: {reply}")]
+    Rejected { stage: &'static str, reply: Reply },
+    #[error("connection dropped during {stage}")]
+    Dropped { stage: &'static str },
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl ClientError {
+    /// Always false: a client failure says nothing final about the recipient.
+    pub fn is_permanent(&self) -> bool {
+        false
+    }
+}
+
+/// What the server offered in its EHLO reply.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Capabilities {
+    pipelining: bool,
+    starttls: bool,
+    eightbitmime: bool,
+    /// SIZE parameter in bytes; `None` when not offered or 0 (no limit).
+    size_bytes_max: Option<u64>,
+}
+
+impl Capabilities {
+    /// Parses the EHLO reply's lines after the first (keywords are case-insensitive).
+    fn parse(ehlo: &Reply) -> Capabilities {
+        let mut caps = Capabilities::default();
+        for line in ehlo.lines().skip(1) {
+            let mut words = line.split_ascii_whitespace();
+            let keyword = words.next().unwrap_or("").to_ascii_uppercase();
+            match keyword.as_str() {
+                "PIPELINING" => caps.pipelining = true,
+                "STARTTLS" => caps.starttls = true,
+                "8BITMIME" => caps.eightbitmime = true,
+                "SIZE" => {
+                    caps.size_bytes_max = words
+                        .next()
+                        .and_then(|n| n.parse::<u64>().ok())
+                        .filter(|n| *n > 0);
+                }
+                _ => {}
+            }
+        }
+        caps
+    }
+}
+
+/// One SMTP connection, ready for transactions. `!Send`: lives on one glommio executor.
+pub struct SmtpConnection {
+    io: Io,
+    caps: Capabilities,
+    tls: Option<TlsInfo>,
+    cfg: Timeouts,
+    /// Transactions attempted on this connection; from the second on, RSET goes first.
+    transactions: u64,
+    /// Set after a 421 or an error mid-transaction: the connection must not be reused.
+    broken: bool,
+}
+
+/// The timeouts, copied out of [`ClientConfig`] (milliseconds).
+#[derive(Debug, Clone, Copy)]
+struct Timeouts {
+    command_ms: u64,
+    data_block_ms: u64,
+    data_done_ms: u64,
+}
+
+impl SmtpConnection {
+    /// Connects, reads the greeting, EHLO (HELO on 5xx), STARTTLS per `cfg.tls`.
+    ///
+    /// With `TlsMode::Opportunistic`, a failed TLS handshake returns [`ClientError::Tls`]: the
+    /// connection is dead by then (the server is mid-handshake), so falling back to plaintext
+    /// means a new connection, which is the caller's decision.
+    pub async fn connect(
+        addr: SocketAddr,
+        mx_name: &str,
+        cfg: &ClientConfig,
+    ) -> Result<SmtpConnection, ClientError> {
+        let stream = with_timeout(cfg.connect_timeout_ms, "connect", async {
+            TcpStream::connect(addr)
+                .await
+                .map_err(|e| ClientError::Connect {
+                    addr,
+                    reason: e.to_string(),
+                })
+        })
+        .await?;
+        let mut conn = SmtpConnection {
+            io: Io::new(stream),
+            caps: Capabilities::default(),
+            tls: None,
+            cfg: Timeouts {
+                command_ms: cfg.command_timeout_ms,
+                data_block_ms: cfg.data_block_timeout_ms,
+                data_done_ms: cfg.data_done_timeout_ms,
+            },
+            transactions: 0,
+            broken: false,
+        };
+        match conn.handshake(addr, mx_name, cfg).await {
+            Ok(()) => {
+                let tls = if conn.tls.is_some() { "yes" } else { "no" };
+                metrics::counter!("petrel_outbound_connections_total", "tls" => tls).increment(1);
+                Ok(conn)
+            }
+            Err(e) => {
+                metrics::counter!("petrel_outbound_connect_failures_total").increment(1);
+                conn.io.close().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// The TLS session, if STARTTLS succeeded.
+    pub fn tls(&self) -> Option<&TlsInfo> {
+        self.tls.as_ref()
+    }
+
+    /// The peer's SIZE limit, if it announced one (SIZE 0, "no limit", is `None`).
+    pub fn max_size_bytes(&self) -> Option<u64> {
+        self.caps.size_bytes_max
+    }
+
+    /// Whether the peer offered PIPELINING (after STARTTLS, if any).
+    pub fn pipelining(&self) -> bool {
+        self.caps.pipelining
+    }
+
+    /// False once the connection saw a 421, a protocol error or a failure mid-transaction.
+    pub fn is_reusable(&self) -> bool {
+        !self.broken
+    }
+
+    /// Sends QUIT and closes; errors are ignored (the mail is already delivered).
+    pub async fn quit(mut self) {
+        if !self.broken {
+            let timeout_ms = self.cfg.command_ms.min(QUIT_TIMEOUT_MS_MAX);
+            let io = &mut self.io;
+            let _ = with_timeout(timeout_ms, "quit", async move {
+                io.write_all(b"QUIT\r\n", "quit").await?;
+                io.read_reply("quit").await
+            })
+            .await;
+        }
+        self.io.close().await;
+    }
+
+    async fn handshake(
+        &mut self,
+        addr: SocketAddr,
+        mx_name: &str,
+        cfg: &ClientConfig,
+    ) -> Result<(), ClientError> {
+        let greeting = self
+            .reply_within(cfg.greeting_timeout_ms, "greeting")
+            .await?;
+        if greeting.code != 220 {
+            return Err(ClientError::Rejected {
+                stage: "greeting",
+                reply: greeting,
+            });
+        }
+        self.hello(&cfg.helo_name).await?;
+        let want_tls = cfg.tls != TlsMode::Disabled;
+        if want_tls && self.caps.starttls {
+            self.starttls(addr, mx_name, cfg).await?;
+            self.hello(&cfg.helo_name).await?;
+        } else if cfg.tls == TlsMode::Required {
+            return Err(ClientError::TlsRequired {
+                reason: format!("{mx_name} does not offer STARTTLS"),
+            });
+        }
+        Ok(())
+    }
+
+    /// EHLO, or HELO when EHLO gets a 5xx (RFC 5321 §3.2).
+    async fn hello(&mut self, helo_name: &str) -> Result<(), ClientError> {
+        let ehlo = self
+            .command(&format!("EHLO {helo_name}\r\n"), "ehlo")
+            .await?;
+        if ehlo.code == 250 {
+            self.caps = Capabilities::parse(&ehlo);
+            return Ok(());
+        }
+        if !ehlo.is_permanent() {
+            return Err(ClientError::Rejected {
+                stage: "ehlo",
+                reply: ehlo,
+            });
+        }
+        let helo = self
+            .command(&format!("HELO {helo_name}\r\n"), "helo")
+            .await?;
+        if helo.code != 250 {
+            return Err(ClientError::Rejected {
+                stage: "helo",
+                reply: helo,
+            });
+        }
+        self.caps = Capabilities::default();
+        Ok(())
+    }
+
+    async fn starttls(
+        &mut self,
+        addr: SocketAddr,
+        mx_name: &str,
+        cfg: &ClientConfig,
+    ) -> Result<(), ClientError> {
+        let reply = self.command("STARTTLS\r\n", "starttls").await?;
+        if reply.code != 220 {
+            if cfg.tls == TlsMode::Required {
+                return Err(ClientError::TlsRequired {
+                    reason: format!("STARTTLS refused: {reply}"),
+                });
+            }
+            // Opportunistic: carry on in plaintext on the same connection (RFC 3207 §4.1).
+            return Ok(());
+        }
+        // Bytes after the 220 and before the handshake would be plaintext injected into the
+        // TLS session (CVE-2011-0411 style); refuse.
+        if self.io.has_buffered_input() {
+            return Err(ClientError::Protocol {
+                stage: "starttls",
+                reason: "data pipelined after the STARTTLS reply".into(),
+            });
+        }
+        let config = match cfg.tls {
+            TlsMode::Required => tls::required_config(&cfg.extra_root_certs_pem)?,
+            _ => tls::opportunistic_config()?,
+        };
+        let Transport::Plain(stream) = std::mem::replace(&mut self.io.transport, Transport::Gone)
+        else {
+            return Err(ClientError::Protocol {
+                stage: "starttls",
+                reason: "STARTTLS on a TLS connection".into(),
+            });
+        };
+        let connector = futures_rustls::TlsConnector::from(config);
+        let name = tls::server_name(mx_name, addr);
+        let stream = with_timeout(cfg.command_timeout_ms, "tls handshake", async {
+            connector.connect(name, stream).await.map_err(|e| {
+                let reason = e.to_string();
+                if cfg.tls == TlsMode::Required && e.kind() == std::io::ErrorKind::InvalidData {
+                    ClientError::TlsRequired { reason }
+                } else {
+                    ClientError::Tls { reason }
+                }
+            })
+        })
+        .await?;
+        self.tls = Some(tls::info(stream.get_ref().1));
+        self.io.transport = Transport::Tls(Box::new(stream));
+        Ok(())
+    }
+
+    /// Sends one command line and reads its reply within the command timeout.
+    async fn command(&mut self, line: &str, stage: &'static str) -> Result<Reply, ClientError> {
+        let io = &mut self.io;
+        with_timeout(self.cfg.command_ms, stage, async move {
+            io.write_all(line.as_bytes(), stage).await?;
+            io.read_reply(stage).await
+        })
+        .await
+    }
+
+    async fn reply_within(&mut self, ms: u64, stage: &'static str) -> Result<Reply, ClientError> {
+        let io = &mut self.io;
+        with_timeout(ms, stage, io.read_reply(stage)).await
+    }
+}

@@ -1,0 +1,462 @@
+//! One mail transaction: RSET (on reuse), MAIL, RCPT..., DATA, the dot-stuffed body.
+//! Pipelined (RFC 2920) when the peer offers it: every command up to DATA in one write.
+
+use super::io::with_timeout;
+use super::{ClientError, RcptOutcome, Reply, SmtpConnection, TransactionOutcome};
+
+/// Body bytes dot-stuffed and written per block (each block has `data_block_timeout_ms`).
+pub const DATA_BLOCK_BYTES: usize = 64 * 1024;
+/// Longest address we put on a MAIL or RCPT line (RFC 5321 §4.5.3.1.3 path: 256).
+pub const ADDRESS_MAX_BYTES: usize = 256;
+/// Recipients sent per transaction; the rest get a local 452 4.5.3 (retry them in another
+/// transaction). RFC 5321 §4.5.3.1.8 only obliges servers to take 100; most take 1000.
+pub const RCPTS_PER_TRANSACTION_MAX: usize = 1000;
+/// RCPT commands written in one pipelined batch before reading their replies, so neither side
+/// blocks on a full socket buffer while the other is writing (RFC 2920 §3.1's deadlock).
+pub const PIPELINE_RCPTS_MAX: usize = 100;
+
+/// Per recipient, the outcome so far; `send` lists the recipients still to put on the wire.
+struct Plan {
+    /// One per recipient given; `None` until decided.
+    outcomes: Vec<Option<RcptOutcome>>,
+    /// Indexes into the recipients, ascending; at most `RCPTS_PER_TRANSACTION_MAX`.
+    send: Vec<usize>,
+}
+
+impl Plan {
+    fn new(rcpts: &[&str]) -> Plan {
+        let mut plan = Plan {
+            outcomes: Vec::with_capacity(rcpts.len()),
+            send: Vec::with_capacity(rcpts.len().min(RCPTS_PER_TRANSACTION_MAX)),
+        };
+        for (i, rcpt) in rcpts.iter().enumerate() {
+            let local = if !address_ok(rcpt) {
+                Some(local_rcpt_rejection())
+            } else if plan.send.len() >= RCPTS_PER_TRANSACTION_MAX {
+                Some(RcptOutcome::Rejected(Reply::new(
+                    452,
+                    (4, 5, 3),
+                    "too many recipients for one transaction",
+                )))
+            } else {
+                plan.send.push(i);
+                None
+            };
+            plan.outcomes.push(local);
+        }
+        plan
+    }
+
+    fn set(&mut self, i: usize, outcome: RcptOutcome) {
+        if let Some(slot) = self.outcomes.get_mut(i) {
+            *slot = Some(outcome);
+        }
+    }
+
+    fn fill_pending(&mut self, reply: &Reply) {
+        for slot in self.outcomes.iter_mut().filter(|o| o.is_none()) {
+            *slot = Some(RcptOutcome::Rejected(reply.clone()));
+        }
+    }
+
+    /// Every recipient's outcome; one never decided (cannot happen) reads as a local 501.
+    fn finish(self) -> Vec<RcptOutcome> {
+        self.outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or_else(local_rcpt_rejection))
+            .collect()
+    }
+}
+
+impl SmtpConnection {
+    /// One transaction (RSET first when reused); PIPELINING when offered; dot-stuffs `body`
+    /// (which has CRLF line ends; a missing final CRLF is added).
+    ///
+    /// Replies are returned as data. A message larger than the peer's SIZE is not sent: it gets
+    /// `mail_rejected = 552 5.3.4`. Addresses that cannot be sent safely (CR, LF, angle
+    /// brackets, over [`ADDRESS_MAX_BYTES`]) get a local 501 without touching the wire.
+    /// An `Err` means the connection is unusable; drop it.
+    pub async fn send(
+        &mut self,
+        from: &str,
+        rcpts: &[&str],
+        body: &[u8],
+    ) -> Result<TransactionOutcome, ClientError> {
+        if self.broken {
+            return Err(ClientError::Dropped { stage: "reuse" });
+        }
+        if let Some(local) = self.local_rejection(from, body, rcpts.len()) {
+            return Ok(local);
+        }
+        let plan = Plan::new(rcpts);
+        if plan.send.is_empty() {
+            // Nothing to put on the wire: no transaction at all.
+            return Ok(TransactionOutcome {
+                rcpts: plan.finish(),
+                data: None,
+                mail_rejected: None,
+            });
+        }
+        let reuse = self.transactions > 0;
+        self.transactions += 1;
+        metrics::counter!("petrel_outbound_transactions_total").increment(1);
+        let result = if self.caps.pipelining {
+            self.pipelined(reuse, from, rcpts, plan, body).await
+        } else {
+            self.stepwise(reuse, from, rcpts, plan, body).await
+        };
+        match &result {
+            Err(_) => self.broken = true,
+            Ok(outcome) if closes_connection(outcome) => self.broken = true,
+            Ok(_) => {}
+        }
+        result
+    }
+
+    /// Failures decided before sending anything: an oversized message or a bad sender.
+    fn local_rejection(&self, from: &str, body: &[u8], n: usize) -> Option<TransactionOutcome> {
+        let reply = if self
+            .caps
+            .size_bytes_max
+            .is_some_and(|max| body.len() as u64 > max)
+        {
+            Reply::new(
+                552,
+                (5, 3, 4),
+                "message larger than the server's SIZE limit",
+            )
+        } else if !address_ok(from) {
+            Reply::new(501, (5, 1, 7), "sender address cannot be sent")
+        } else {
+            return None;
+        };
+        Some(TransactionOutcome {
+            rcpts: vec![RcptOutcome::Rejected(reply.clone()); n],
+            data: None,
+            mail_rejected: Some(reply),
+        })
+    }
+
+    fn push_mail(&mut self, from: &str, body: &[u8]) {
+        let w = &mut self.io.wbuf;
+        w.extend_from_slice(b"MAIL FROM:<");
+        w.extend_from_slice(from.as_bytes());
+        w.push(b'>');
+        if self.caps.size_bytes_max.is_some() {
+            w.extend_from_slice(format!(" SIZE={}", body.len()).as_bytes());
+        }
+        if self.caps.eightbitmime && body.iter().any(|b| *b >= 0x80) {
+            w.extend_from_slice(b" BODY=8BITMIME");
+        }
+        w.extend_from_slice(b"\r\n");
+    }
+
+    fn push_rcpt(&mut self, rcpt: &str) {
+        let w = &mut self.io.wbuf;
+        w.extend_from_slice(b"RCPT TO:<");
+        w.extend_from_slice(rcpt.as_bytes());
+        w.extend_from_slice(b">\r\n");
+    }
+
+    async fn read(&mut self, stage: &'static str) -> Result<Reply, ClientError> {
+        let ms = self.cfg.command_ms;
+        let io = &mut self.io;
+        with_timeout(ms, stage, io.read_reply(stage)).await
+    }
+
+    async fn flush(&mut self, stage: &'static str) -> Result<(), ClientError> {
+        let ms = self.cfg.command_ms;
+        let io = &mut self.io;
+        with_timeout(ms, stage, io.flush_wbuf(stage)).await
+    }
+
+    async fn rset_reply(&mut self) -> Result<(), ClientError> {
+        let reply = self.read("rset").await?;
+        if reply.code == 250 {
+            return Ok(());
+        }
+        Err(ClientError::Protocol {
+            stage: "rset",
+            reason: reply.to_string(),
+        })
+    }
+
+    async fn pipelined(
+        &mut self,
+        reuse: bool,
+        from: &str,
+        rcpts: &[&str],
+        mut plan: Plan,
+        body: &[u8],
+    ) -> Result<TransactionOutcome, ClientError> {
+        let to_send = std::mem::take(&mut plan.send);
+        let batches = to_send.len().div_ceil(PIPELINE_RCPTS_MAX);
+        let mut mail = None;
+        for (n, batch) in to_send.chunks(PIPELINE_RCPTS_MAX).enumerate() {
+            self.io.wbuf.clear();
+            if n == 0 {
+                if reuse {
+                    self.io.wbuf.extend_from_slice(b"RSET\r\n");
+                }
+                self.push_mail(from, body);
+            }
+            for &i in batch {
+                self.push_rcpt(rcpts.get(i).copied().unwrap_or(""));
+            }
+            if n + 1 == batches {
+                self.io.wbuf.extend_from_slice(b"DATA\r\n");
+            }
+            self.flush("mail").await?;
+            if n == 0 {
+                if reuse {
+                    self.rset_reply().await?;
+                }
+                let reply = self.read("mail").await?;
+                if reply.code == 421 {
+                    return Ok(failed_before_data(reply, plan.finish(), &to_send));
+                }
+                mail = Some(reply);
+            }
+            for &i in batch {
+                let reply = self.read("rcpt").await?;
+                if reply.code == 421 {
+                    // The server is closing: unanswered recipients get the same reply.
+                    plan.fill_pending(&reply);
+                    return Ok(TransactionOutcome {
+                        rcpts: plan.finish(),
+                        data: None,
+                        mail_rejected: None,
+                    });
+                }
+                plan.set(i, rcpt_outcome(reply));
+            }
+        }
+        let data = self.read("data").await?;
+        let Some(mail) = mail else {
+            return Err(ClientError::Protocol {
+                stage: "mail",
+                reason: "no recipient to send".into(),
+            });
+        };
+        let outcomes = plan.finish();
+        if !mail.is_positive() || !outcomes.contains(&RcptOutcome::Accepted) {
+            if data.code == 354 {
+                // The server wants a message we no longer have a transaction for: end it empty.
+                self.io.wbuf.clear();
+                self.io.wbuf.extend_from_slice(b".\r\n");
+                self.flush("data").await?;
+                self.read("data done").await?;
+            }
+            return Ok(failed_before_data(mail, outcomes, &to_send));
+        }
+        let data = if data.code == 354 {
+            self.body(body).await?
+        } else {
+            data
+        };
+        Ok(TransactionOutcome {
+            rcpts: outcomes,
+            data: Some(data),
+            mail_rejected: None,
+        })
+    }
+
+    async fn stepwise(
+        &mut self,
+        reuse: bool,
+        from: &str,
+        rcpts: &[&str],
+        mut plan: Plan,
+        body: &[u8],
+    ) -> Result<TransactionOutcome, ClientError> {
+        if reuse {
+            self.io.wbuf.clear();
+            self.io.wbuf.extend_from_slice(b"RSET\r\n");
+            self.flush("rset").await?;
+            self.rset_reply().await?;
+        }
+        self.io.wbuf.clear();
+        self.push_mail(from, body);
+        self.flush("mail").await?;
+        let mail = self.read("mail").await?;
+        let to_send = std::mem::take(&mut plan.send);
+        if !mail.is_positive() {
+            return Ok(failed_before_data(mail, plan.finish(), &to_send));
+        }
+        for &i in &to_send {
+            self.io.wbuf.clear();
+            self.push_rcpt(rcpts.get(i).copied().unwrap_or(""));
+            self.flush("rcpt").await?;
+            let reply = self.read("rcpt").await?;
+            if reply.code == 421 {
+                plan.fill_pending(&reply);
+                return Ok(failed_before_data(mail, plan.finish(), &to_send));
+            }
+            plan.set(i, rcpt_outcome(reply));
+        }
+        let outcomes = plan.finish();
+        if !outcomes.contains(&RcptOutcome::Accepted) {
+            return Ok(failed_before_data(mail, outcomes, &to_send));
+        }
+        self.io.wbuf.clear();
+        self.io.wbuf.extend_from_slice(b"DATA\r\n");
+        self.flush("data").await?;
+        let data = self.read("data").await?;
+        let data = if data.code == 354 {
+            self.body(body).await?
+        } else {
+            data
+        };
+        Ok(TransactionOutcome {
+            rcpts: outcomes,
+            data: Some(data),
+            mail_rejected: None,
+        })
+    }
+
+    /// Writes the dot-stuffed body in blocks, then "." and reads the final reply.
+    async fn body(&mut self, body: &[u8]) -> Result<Reply, ClientError> {
+        let mut at_line_start = true;
+        for block in body.chunks(DATA_BLOCK_BYTES) {
+            self.io.wbuf.clear();
+            at_line_start = dot_stuff(block, at_line_start, &mut self.io.wbuf);
+            let io = &mut self.io;
+            with_timeout(
+                self.cfg.data_block_ms,
+                "data block",
+                io.flush_wbuf("data block"),
+            )
+            .await?;
+        }
+        self.io.wbuf.clear();
+        if !body.is_empty() && !body.ends_with(b"\r\n") {
+            self.io.wbuf.extend_from_slice(b"\r\n");
+        }
+        self.io.wbuf.extend_from_slice(b".\r\n");
+        let io = &mut self.io;
+        with_timeout(self.cfg.data_done_ms, "data done", async move {
+            io.flush_wbuf("data done").await?;
+            io.read_reply("data done").await
+        })
+        .await
+    }
+}
+
+/// Appends `input` to `out`, doubling a "." that starts a line (RFC 5321 §4.5.2). A line
+/// starts after LF (bare LF too, in case the peer treats it as a line end). Returns whether
+/// the next byte would start a line, to carry across blocks.
+pub fn dot_stuff(input: &[u8], mut at_line_start: bool, out: &mut Vec<u8>) -> bool {
+    out.reserve(input.len() + input.len() / 64);
+    let mut rest = input;
+    while !rest.is_empty() {
+        if at_line_start && rest[0] == b'.' {
+            out.push(b'.');
+        }
+        match rest.iter().position(|&b| b == b'\n') {
+            Some(nl) => {
+                out.extend_from_slice(&rest[..=nl]);
+                rest = &rest[nl + 1..];
+                at_line_start = true;
+            }
+            None => {
+                out.extend_from_slice(rest);
+                at_line_start = false;
+                rest = &[];
+            }
+        }
+    }
+    at_line_start
+}
+
+/// Safe to put between angle brackets on a command line.
+fn address_ok(addr: &str) -> bool {
+    addr.len() <= ADDRESS_MAX_BYTES
+        && !addr
+            .bytes()
+            .any(|b| matches!(b, b'\r' | b'\n' | b'<' | b'>') || b < 0x20)
+}
+
+fn rcpt_outcome(reply: Reply) -> RcptOutcome {
+    if reply.is_positive() {
+        RcptOutcome::Accepted
+    } else {
+        RcptOutcome::Rejected(reply)
+    }
+}
+
+fn local_rcpt_rejection() -> RcptOutcome {
+    RcptOutcome::Rejected(Reply::new(
+        501,
+        (5, 1, 3),
+        "recipient address cannot be sent",
+    ))
+}
+
+/// MAIL rejected (every recipient sent, or to be sent, gets its reply; local decisions stay)
+/// or no recipient accepted.
+fn failed_before_data(
+    mail: Reply,
+    mut rcpts: Vec<RcptOutcome>,
+    sent: &[usize],
+) -> TransactionOutcome {
+    if mail.is_positive() {
+        return TransactionOutcome {
+            rcpts,
+            data: None,
+            mail_rejected: None,
+        };
+    }
+    for &i in sent {
+        if let Some(slot) = rcpts.get_mut(i) {
+            *slot = RcptOutcome::Rejected(mail.clone());
+        }
+    }
+    TransactionOutcome {
+        rcpts,
+        data: None,
+        mail_rejected: Some(mail),
+    }
+}
+
+/// A 421 anywhere means the server is closing the connection (RFC 5321 §3.8).
+fn closes_connection(outcome: &TransactionOutcome) -> bool {
+    let is_421 = |r: &Reply| r.code == 421;
+    outcome.mail_rejected.as_ref().is_some_and(is_421)
+        || outcome.data.as_ref().is_some_and(is_421)
+        || outcome
+            .rcpts
+            .iter()
+            .any(|o| matches!(o, RcptOutcome::Rejected(r) if r.code == 421))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stuff(parts: &[&[u8]]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut start = true;
+        for p in parts {
+            start = dot_stuff(p, start, &mut out);
+        }
+        out
+    }
+
+    #[test]
+    fn stuffs_leading_dots_across_blocks() {
+        assert_eq!(stuff(&[b".a\r\nb\r\n.\r\n"]), b"..a\r\nb\r\n..\r\n");
+        assert_eq!(stuff(&[b"x\r\n", b".y\r\n"]), b"x\r\n..y\r\n");
+        assert_eq!(stuff(&[b"x\r", b"\n.", b"z"]), b"x\r\n..z");
+        assert_eq!(stuff(&[b"a.b\r\n"]), b"a.b\r\n");
+        assert_eq!(stuff(&[b""]), b"");
+    }
+
+    #[test]
+    fn address_checks() {
+        assert!(address_ok("a@b.example"));
+        assert!(address_ok(""));
+        assert!(!address_ok("a@b\r\nRCPT TO:<x@y>"));
+        assert!(!address_ok("a>@b"));
+        assert!(!address_ok(&"a".repeat(ADDRESS_MAX_BYTES + 1)));
+    }
+}

@@ -1,0 +1,473 @@
+//! The SMTP client against a real SMTP server on loopback, inside glommio executors.
+
+mod support;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use petrel_outbound::{ClientConfig, ClientError, RcptOutcome, SmtpConnection, TlsMode};
+use support::smtp_server::{glommio_run, test_pki, ServerOpts, TestServer};
+
+fn cfg(tls: TlsMode) -> ClientConfig {
+    ClientConfig {
+        helo_name: "client.test.local".into(),
+        tls,
+        connect_timeout_ms: 5_000,
+        greeting_timeout_ms: 5_000,
+        command_timeout_ms: 5_000,
+        data_block_timeout_ms: 5_000,
+        data_done_timeout_ms: 5_000,
+        ..ClientConfig::default()
+    }
+}
+
+/// Connects and sends one message per entry of `messages`, on one connection, then QUITs.
+fn deliver(
+    addr: SocketAddr,
+    mx: &'static str,
+    cfg: ClientConfig,
+    messages: Vec<(&'static str, Vec<&'static str>, Vec<u8>)>,
+) -> Result<Vec<petrel_outbound::TransactionOutcome>, ClientError> {
+    glommio_run(move || async move {
+        let mut conn = SmtpConnection::connect(addr, mx, &cfg).await?;
+        let mut outcomes = Vec::new();
+        for (from, rcpts, body) in &messages {
+            outcomes.push(conn.send(from, rcpts, body).await?);
+        }
+        conn.quit().await;
+        Ok(outcomes)
+    })
+}
+
+#[test]
+fn plain_delivery_without_pipelining() {
+    let server = TestServer::start(ServerOpts::default());
+    let body = b"Subject: hi\r\n\r\nhello\r\n".to_vec();
+    let out = deliver(
+        server.addr,
+        "mx.test.local",
+        cfg(TlsMode::Opportunistic),
+        vec![("a@src.test", vec!["b@dst.test", "c@dst.test"], body.clone())],
+    )
+    .unwrap();
+    assert_eq!(
+        out[0].rcpts,
+        vec![RcptOutcome::Accepted, RcptOutcome::Accepted]
+    );
+    let data = out[0].data.as_ref().unwrap();
+    assert_eq!((data.code, data.enhanced), (250, Some((2, 0, 0))));
+    assert!(out[0].mail_rejected.is_none());
+    let log = server.log();
+    assert_eq!(log.transactions.len(), 1);
+    let t = &log.transactions[0];
+    assert_eq!(t.mail_from, "a@src.test");
+    assert_eq!(t.rcpts, ["b@dst.test", "c@dst.test"]);
+    assert_eq!(t.data, body);
+    assert!(!t.tls);
+    assert_eq!(log.pipelined_mail, [false]);
+    assert_eq!(log.commands.last().map(String::as_str), Some("QUIT"));
+}
+
+#[test]
+fn dot_stuffing_round_trip_and_missing_final_crlf() {
+    let server = TestServer::start(ServerOpts::default());
+    let tricky = b".leading dot\r\n..two dots\r\n.\r\nmid.dle\r\n\r\n. space\r\n".to_vec();
+    let no_crlf = b"Subject: x\r\n\r\nlast line without CRLF".to_vec();
+    let out = deliver(
+        server.addr,
+        "mx.test.local",
+        cfg(TlsMode::Disabled),
+        vec![
+            ("a@src.test", vec!["b@dst.test"], tricky.clone()),
+            ("a@src.test", vec!["b@dst.test"], no_crlf.clone()),
+        ],
+    )
+    .unwrap();
+    assert!(out
+        .iter()
+        .all(|o| o.data.as_ref().is_some_and(|r| r.code == 250)));
+    let log = server.log();
+    assert_eq!(log.transactions[0].data, tricky);
+    let mut expected = no_crlf;
+    expected.extend_from_slice(b"\r\n");
+    assert_eq!(log.transactions[1].data, expected);
+}
+
+#[test]
+fn pipelined_transaction_and_reuse_with_rset() {
+    let server = TestServer::start(ServerOpts {
+        pipelining: true,
+        size: Some(10_000_000),
+        ..ServerOpts::default()
+    });
+    let out = deliver(
+        server.addr,
+        "mx.test.local",
+        cfg(TlsMode::Disabled),
+        vec![
+            (
+                "a@src.test",
+                vec!["b@dst.test", "c@dst.test"],
+                b"one\r\n".to_vec(),
+            ),
+            ("x@src.test", vec!["y@dst.test"], b"two\r\n".to_vec()),
+        ],
+    )
+    .unwrap();
+    assert_eq!(out.len(), 2);
+    assert!(out
+        .iter()
+        .all(|o| o.data.as_ref().is_some_and(|r| r.code == 250)));
+    let log = server.log();
+    assert_eq!(
+        log.pipelined_mail,
+        [true, true],
+        "MAIL..DATA sent in one write"
+    );
+    assert_eq!(log.transactions.len(), 2);
+    assert_eq!(log.transactions[1].mail_from, "x@src.test");
+    assert_eq!(log.transactions[1].data, b"two\r\n");
+    assert!(log.transactions[0].mail_params.contains("SIZE=5"));
+    let cmds: Vec<&str> = log.commands.iter().map(String::as_str).collect();
+    let second_mail = cmds.iter().rposition(|c| c.starts_with("MAIL")).unwrap();
+    assert_eq!(cmds[second_mail - 1], "RSET");
+    assert_eq!(cmds.iter().filter(|c| **c == "RSET").count(), 1);
+}
+
+#[test]
+fn per_recipient_outcomes() {
+    for pipelining in [false, true] {
+        let mut rcpt_replies = HashMap::new();
+        rcpt_replies.insert(
+            "busy@dst.test".to_string(),
+            "450 4.2.1 mailbox busy".to_string(),
+        );
+        rcpt_replies.insert(
+            "nobody@dst.test".to_string(),
+            "550 5.1.1 no such user".to_string(),
+        );
+        let server = TestServer::start(ServerOpts {
+            pipelining,
+            rcpt_replies,
+            ..ServerOpts::default()
+        });
+        let rcpts = vec![
+            "ok@dst.test",
+            "busy@dst.test",
+            "nobody@dst.test",
+            "bad\r\nx@dst.test",
+        ];
+        let out = deliver(
+            server.addr,
+            "mx.test.local",
+            cfg(TlsMode::Disabled),
+            vec![
+                ("a@src.test", rcpts, b"m\r\n".to_vec()),
+                ("a@src.test", vec!["nobody@dst.test"], b"m\r\n".to_vec()),
+            ],
+        )
+        .unwrap();
+        let o = &out[0];
+        assert_eq!(o.rcpts[0], RcptOutcome::Accepted);
+        let code = |i: usize| match &o.rcpts[i] {
+            RcptOutcome::Rejected(r) => (r.code, r.enhanced),
+            RcptOutcome::Accepted => (250, None),
+        };
+        assert_eq!(code(1), (450, Some((4, 2, 1))));
+        assert_eq!(code(2), (550, Some((5, 1, 1))));
+        assert_eq!(code(3).0, 501, "CR/LF in an address is refused locally");
+        assert_eq!(o.data.as_ref().map(|r| r.code), Some(250));
+        // No recipient accepted: no DATA outcome, and the connection stays usable.
+        assert_eq!(out[1].data, None);
+        assert!(out[1].mail_rejected.is_none());
+        let log = server.log();
+        assert_eq!(log.transactions.len(), 1);
+        assert_eq!(log.transactions[0].rcpts, ["ok@dst.test"]);
+        assert!(!log.commands.iter().any(|c| c.contains("bad")));
+    }
+}
+
+#[test]
+fn size_limit_is_honoured_without_sending() {
+    let server = TestServer::start(ServerOpts {
+        size: Some(100),
+        ..ServerOpts::default()
+    });
+    let out = deliver(
+        server.addr,
+        "mx.test.local",
+        cfg(TlsMode::Disabled),
+        vec![("a@src.test", vec!["b@dst.test"], vec![b'x'; 200])],
+    )
+    .unwrap();
+    let rejected = out[0].mail_rejected.as_ref().unwrap();
+    assert_eq!((rejected.code, rejected.enhanced), (552, Some((5, 3, 4))));
+    assert!(matches!(&out[0].rcpts[0], RcptOutcome::Rejected(r) if r.code == 552));
+    assert!(!server.log().commands.iter().any(|c| c.starts_with("MAIL")));
+}
+
+#[test]
+fn helo_fallback_when_ehlo_is_refused() {
+    let server = TestServer::start(ServerOpts {
+        reject_ehlo: true,
+        ..ServerOpts::default()
+    });
+    let out = deliver(
+        server.addr,
+        "mx.test.local",
+        cfg(TlsMode::Opportunistic),
+        vec![("a@src.test", vec!["b@dst.test"], b"m\r\n".to_vec())],
+    )
+    .unwrap();
+    assert_eq!(out[0].data.as_ref().map(|r| r.code), Some(250));
+    let log = server.log();
+    assert!(log.commands.iter().any(|c| c == "HELO client.test.local"));
+}
+
+#[test]
+fn opportunistic_tls_with_self_signed_cert() {
+    let pki = test_pki("mx.test.local");
+    let server = TestServer::start(ServerOpts {
+        tls: Some(pki.server_config.clone()),
+        pipelining: true,
+        ..ServerOpts::default()
+    });
+    let addr = server.addr;
+    let tls = glommio_run(move || async move {
+        let c = cfg(TlsMode::Opportunistic);
+        // The name does not even match: opportunistic TLS does not verify.
+        let mut conn = SmtpConnection::connect(addr, "wrong.name.test", &c)
+            .await
+            .unwrap();
+        let tls = conn.tls().cloned();
+        assert!(conn.pipelining());
+        let out = conn
+            .send("a@src.test", &["b@dst.test"], b"secret\r\n")
+            .await
+            .unwrap();
+        assert_eq!(out.data.map(|r| r.code), Some(250));
+        conn.quit().await;
+        tls
+    });
+    let tls = tls.expect("TLS negotiated");
+    assert!(tls.version.starts_with("TLSv1."), "{tls:?}");
+    assert!(!tls.cipher.is_empty());
+    let log = server.log();
+    assert!(log.transactions[0].tls);
+    assert!(log
+        .commands
+        .iter()
+        .any(|c| c == "tls:EHLO client.test.local"));
+}
+
+#[test]
+fn required_tls_without_starttls_fails() {
+    let server = TestServer::start(ServerOpts::default());
+    let addr = server.addr;
+    let err = glommio_run(move || async move {
+        SmtpConnection::connect(addr, "mx.test.local", &cfg(TlsMode::Required))
+            .await
+            .err()
+    });
+    assert!(
+        matches!(err, Some(ClientError::TlsRequired { .. })),
+        "{err:?}"
+    );
+    assert!(!err.unwrap().is_permanent());
+}
+
+#[test]
+fn required_tls_verifies_against_extra_roots_and_name() {
+    let pki = test_pki("mx.test.local");
+    let server = TestServer::start(ServerOpts {
+        tls: Some(pki.server_config.clone()),
+        ..ServerOpts::default()
+    });
+    let addr = server.addr;
+    let ca = pki.ca_pem.clone().into_bytes();
+    let (good, wrong_name, unknown_root) = glommio_run(move || async move {
+        let mut trusted = cfg(TlsMode::Required);
+        trusted.extra_root_certs_pem = vec![ca];
+        let good = match SmtpConnection::connect(addr, "mx.test.local", &trusted).await {
+            Ok(mut conn) => {
+                let out = conn.send("a@src.test", &["b@dst.test"], b"m\r\n").await;
+                let tls = conn.tls().cloned();
+                conn.quit().await;
+                Ok((out.map(|o| o.data.map(|r| r.code)), tls))
+            }
+            Err(e) => Err(e),
+        };
+        let wrong_name = SmtpConnection::connect(addr, "other.test.local", &trusted)
+            .await
+            .err();
+        let unknown_root = SmtpConnection::connect(addr, "mx.test.local", &cfg(TlsMode::Required))
+            .await
+            .err();
+        (good, wrong_name, unknown_root)
+    });
+    let (sent, tls) = good.expect("verified TLS connection");
+    assert_eq!(sent.unwrap(), Some(250));
+    assert!(tls.is_some());
+    assert!(
+        matches!(wrong_name, Some(ClientError::TlsRequired { .. })),
+        "{wrong_name:?}"
+    );
+    assert!(
+        matches!(unknown_root, Some(ClientError::TlsRequired { .. })),
+        "{unknown_root:?}"
+    );
+}
+
+#[test]
+fn dropped_connection_in_data() {
+    let server = TestServer::start(ServerOpts {
+        drop_in_data_after_bytes: Some(10_000),
+        ..ServerOpts::default()
+    });
+    let body: Vec<u8> = b"0123456789012345678901234567890123456789\r\n".repeat(50_000);
+    let err = deliver(
+        server.addr,
+        "mx.test.local",
+        cfg(TlsMode::Disabled),
+        vec![("a@src.test", vec!["b@dst.test"], body)],
+    )
+    .unwrap_err();
+    assert!(matches!(err, ClientError::Dropped { .. }), "{err:?}");
+    assert!(server.log().transactions.is_empty());
+}
+
+#[test]
+fn silent_server_times_out() {
+    let server = TestServer::start(ServerOpts {
+        silent: true,
+        ..ServerOpts::default()
+    });
+    let addr = server.addr;
+    let started = std::time::Instant::now();
+    let err = glommio_run(move || async move {
+        let mut c = cfg(TlsMode::Opportunistic);
+        c.greeting_timeout_ms = 200;
+        SmtpConnection::connect(addr, "mx.test.local", &c)
+            .await
+            .err()
+    });
+    assert!(
+        matches!(err, Some(ClientError::Timeout { stage: "greeting" })),
+        "{err:?}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+}
+
+#[test]
+fn connect_refused_is_a_connect_error() {
+    // Bind then drop a listener to get a port with nobody behind it.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let err = glommio_run(move || async move {
+        SmtpConnection::connect(addr, "mx.test.local", &cfg(TlsMode::Disabled))
+            .await
+            .err()
+    });
+    assert!(matches!(err, Some(ClientError::Connect { .. })), "{err:?}");
+}
+
+#[test]
+fn many_recipients_are_batched_and_capped() {
+    let server = TestServer::start(ServerOpts {
+        pipelining: true,
+        ..ServerOpts::default()
+    });
+    let addrs: Vec<String> = (0..1005).map(|i| format!("r{i}@dst.test")).collect();
+    let addr = server.addr;
+    let out = glommio_run(move || async move {
+        let mut conn = SmtpConnection::connect(addr, "mx.test.local", &cfg(TlsMode::Disabled))
+            .await
+            .unwrap();
+        let rcpts: Vec<&str> = addrs.iter().map(String::as_str).collect();
+        let out = conn.send("a@src.test", &rcpts, b"m\r\n").await.unwrap();
+        conn.quit().await;
+        out
+    });
+    let max = petrel_outbound::client::RCPTS_PER_TRANSACTION_MAX;
+    assert!(out.rcpts[..max].iter().all(|o| *o == RcptOutcome::Accepted));
+    assert!(out.rcpts[max..]
+        .iter()
+        .all(|o| matches!(o, RcptOutcome::Rejected(r) if r.code == 452)));
+    assert_eq!(out.data.map(|r| r.code), Some(250));
+    let log = server.log();
+    assert_eq!(log.transactions[0].rcpts.len(), max);
+}
+
+#[test]
+fn mail_rejection_applies_to_every_recipient() {
+    for pipelining in [false, true] {
+        let server = TestServer::start(ServerOpts {
+            pipelining,
+            mail_reply: Some("550 5.7.1 sender denied".into()),
+            ..ServerOpts::default()
+        });
+        let out = deliver(
+            server.addr,
+            "mx.test.local",
+            cfg(TlsMode::Disabled),
+            vec![
+                (
+                    "bad@src.test",
+                    vec!["b@dst.test", "c@dst.test"],
+                    b"m\r\n".to_vec(),
+                ),
+                ("bad@src.test", vec!["d@dst.test"], b"m\r\n".to_vec()),
+            ],
+        )
+        .unwrap();
+        let mail = out[0].mail_rejected.clone().expect("MAIL rejected");
+        assert_eq!((mail.code, mail.enhanced), (550, Some((5, 7, 1))));
+        assert_eq!(out[0].rcpts, vec![RcptOutcome::Rejected(mail.clone()); 2]);
+        assert_eq!(out[0].data, None);
+        assert_eq!(
+            out[1].mail_rejected,
+            Some(mail),
+            "connection reusable after a 550"
+        );
+        assert!(server.log().transactions.is_empty());
+    }
+}
+
+#[test]
+fn a_421_marks_the_connection_unusable() {
+    for pipelining in [false, true] {
+        let mut rcpt_replies = HashMap::new();
+        rcpt_replies.insert(
+            "late@dst.test".to_string(),
+            "421 4.3.2 shutting down".to_string(),
+        );
+        let server = TestServer::start(ServerOpts {
+            pipelining,
+            rcpt_replies,
+            ..ServerOpts::default()
+        });
+        let addr = server.addr;
+        let (out, reusable, second) = glommio_run(move || async move {
+            let mut conn = SmtpConnection::connect(addr, "mx.test.local", &cfg(TlsMode::Disabled))
+                .await
+                .unwrap();
+            let rcpts = ["ok@dst.test", "late@dst.test", "never@dst.test"];
+            let out = conn.send("a@src.test", &rcpts, b"m\r\n").await.unwrap();
+            let reusable = conn.is_reusable();
+            let second = conn.send("a@src.test", &["x@dst.test"], b"m\r\n").await;
+            (out, reusable, second.err())
+        });
+        assert_eq!(out.rcpts[0], RcptOutcome::Accepted);
+        assert!(matches!(&out.rcpts[1], RcptOutcome::Rejected(r) if r.code == 421));
+        assert!(matches!(&out.rcpts[2], RcptOutcome::Rejected(r) if r.code == 421));
+        assert_eq!(out.data, None);
+        assert!(!reusable);
+        assert!(
+            matches!(second, Some(ClientError::Dropped { .. })),
+            "{second:?}"
+        );
+        assert!(server.log().transactions.is_empty());
+    }
+}

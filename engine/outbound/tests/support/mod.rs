@@ -1,0 +1,2 @@
+pub mod dns_server;
+pub mod smtp_server;

@@ -1,0 +1,468 @@
+//! The engine's configuration: one TOML file parsed once into typed structs.
+//!
+//! Unknown keys and bad values are rejected with a message that names the key (serde's
+//! `deny_unknown_fields` plus toml's span-aware errors). Every field has a default that works on a
+//! fresh machine, so an empty file (or no file) is a valid configuration. Command-line flags are
+//! applied on top by [`EngineConfig::apply_overrides`], through the same structs.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use crate::error::EngineError;
+
+/// The whole engine configuration.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    pub server: ServerSection,
+    pub smtp: SmtpSection,
+    pub limits: LimitsSection,
+    pub spool: SpoolSection,
+    pub metrics: MetricsSection,
+    pub admin: AdminSection,
+    pub auth: AuthSection,
+    pub delivery: DeliverySection,
+    pub control: ControlSection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    /// Name used in the greeting, EHLO and Received headers.
+    pub hostname: String,
+    /// Where the spool, TLS material, events and policy snapshot live.
+    pub data_dir: PathBuf,
+    /// Number of shards (glommio executors); 0 means one per online CPU.
+    pub shards: usize,
+    /// Pin each shard to its CPU. Off in tests that run several engines at once.
+    pub pin_shards: bool,
+    /// Development mode: AUTH is offered before STARTTLS to loopback clients.
+    pub development: bool,
+    /// How long sessions may take to finish after SIGTERM before they are cut.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection {
+            hostname: "petrel.localhost".into(),
+            data_dir: PathBuf::from("./petrel-data"),
+            shards: 0,
+            pin_shards: true,
+            development: false,
+            shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SmtpSection {
+    pub listen: SocketAddr,
+    /// Clients from these networks may relay without AUTH. Empty by default: nobody relays
+    /// without authenticating.
+    pub trusted_networks: Vec<IpNet>,
+    /// PEM certificate chain and key; when both are empty a self-signed pair is generated in
+    /// `<data_dir>/tls/` so STARTTLS is always offered.
+    pub tls_cert_path: Option<PathBuf>,
+    pub tls_key_path: Option<PathBuf>,
+    pub command_line_max_bytes: usize,
+    pub text_line_max_bytes: usize,
+    pub message_size_max_bytes: usize,
+    pub recipients_max: usize,
+    pub errors_max: usize,
+    pub auth_attempts_max: usize,
+    /// RFC 5321 §4.5.3.2.7: the server waits at least 5 minutes for the next command.
+    pub command_timeout_ms: u64,
+    /// RFC 5321 §4.5.3.2.6 (client side 10 min for "." reply); the server bounds each DATA read.
+    pub data_timeout_ms: u64,
+    /// RFC 5321 §4.5.3.2.1 gives 5 minutes for the greeting on the client; the server bounds TLS
+    /// handshakes the same way, shorter.
+    pub tls_handshake_timeout_ms: u64,
+}
+
+impl Default for SmtpSection {
+    fn default() -> Self {
+        SmtpSection {
+            listen: "127.0.0.1:2525".parse().expect("static address"),
+            trusted_networks: Vec::new(),
+            tls_cert_path: None,
+            tls_key_path: None,
+            command_line_max_bytes: 2048,
+            text_line_max_bytes: 1000,
+            message_size_max_bytes: 36 << 20,
+            recipients_max: 1000,
+            errors_max: 10,
+            auth_attempts_max: 3,
+            command_timeout_ms: 300_000,
+            data_timeout_ms: 180_000,
+            tls_handshake_timeout_ms: 30_000,
+        }
+    }
+}
+
+/// Backpressure bounds. Over a bound the server answers `421 4.3.2` at connect or `452 4.3.1`
+/// at MAIL/DATA, and recovers by itself when the pressure goes away.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    pub connections_max: u64,
+    pub connections_per_ip_max: u64,
+    pub spool_messages_max: u64,
+    pub spool_bytes_max: u64,
+    /// Bytes of message data held in memory by sessions at once, across shards.
+    pub memory_in_flight_max_bytes: u64,
+    /// Recipients queued for delivery, across shards.
+    pub queued_recipients_max: u64,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        LimitsSection {
+            connections_max: 20_000,
+            connections_per_ip_max: 2_000,
+            spool_messages_max: 5_000_000,
+            spool_bytes_max: 64 << 30,
+            memory_in_flight_max_bytes: 2 << 30,
+            queued_recipients_max: 10_000_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpoolSection {
+    /// fdatasync before the 250. Only a benchmark that says so turns it off.
+    pub fsync: bool,
+    pub segment_size_max_bytes: u64,
+}
+
+impl Default for SpoolSection {
+    fn default() -> Self {
+        SpoolSection {
+            fsync: true,
+            segment_size_max_bytes: 64 << 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    pub listen: Option<SocketAddr>,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        MetricsSection {
+            listen: Some("127.0.0.1:9464".parse().expect("static address")),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSection {
+    /// The queue admin endpoint; loopback only.
+    pub listen: Option<SocketAddr>,
+}
+
+impl Default for AdminSection {
+    fn default() -> Self {
+        AdminSection {
+            listen: Some("127.0.0.1:9465".parse().expect("static address")),
+        }
+    }
+}
+
+/// Static SMTP credentials (the control plane's pushed credentials take over when present).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSection {
+    pub users: Vec<AuthUser>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthUser {
+    pub username: String,
+    /// An argon2id PHC string (`$argon2id$v=19$...`). Plaintext is never accepted here.
+    pub password_hash: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliverySection {
+    /// Deliver queued mail. Off: the engine only accepts and spools (injection benchmarks).
+    pub enabled: bool,
+    /// Send everything to this host instead of resolving MX (a smart host).
+    pub relay_to: Option<SocketAddr>,
+    /// Per-domain smart hosts.
+    pub routes: Vec<RouteEntry>,
+    /// DNS servers; empty means the system's resolv.conf.
+    pub nameservers: Vec<SocketAddr>,
+    /// Port used for MX hosts (25 in production).
+    pub smtp_port: u16,
+    pub retry_initial_ms: u64,
+    pub retry_max_ms: u64,
+    pub message_age_max_ms: u64,
+    pub connections_per_domain_max: u32,
+    pub messages_per_connection_max: u32,
+    /// Transactions per second per destination domain across the engine; 0 = unlimited.
+    pub messages_per_second_per_domain_max: u32,
+    pub recipients_per_transaction_max: u32,
+    /// Certificates trusted for `require` TLS besides the web PKI roots (tests).
+    pub extra_root_certs: Vec<PathBuf>,
+    pub domains: Vec<DomainOverride>,
+}
+
+impl Default for DeliverySection {
+    fn default() -> Self {
+        DeliverySection {
+            enabled: true,
+            relay_to: None,
+            routes: Vec::new(),
+            nameservers: Vec::new(),
+            smtp_port: 25,
+            retry_initial_ms: 300_000,
+            retry_max_ms: 4_000_000,
+            message_age_max_ms: 5 * 24 * 3_600_000,
+            connections_per_domain_max: 32,
+            messages_per_connection_max: 1000,
+            messages_per_second_per_domain_max: 0,
+            recipients_per_transaction_max: 100,
+            extra_root_certs: Vec::new(),
+            domains: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteEntry {
+    pub domain: String,
+    pub host: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DomainOverride {
+    pub domain: String,
+    pub connections_max: Option<u32>,
+    pub messages_per_connection_max: Option<u32>,
+    pub messages_per_second_max: Option<u32>,
+    pub recipients_per_transaction_max: Option<u32>,
+    /// "opportunistic" (default), "require" or "disabled".
+    pub tls: Option<String>,
+}
+
+/// The link to the control plane. Without a URL the engine runs on its last persisted snapshot.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlSection {
+    /// `host:port` of the control plane's push listener.
+    pub push_addr: Option<SocketAddr>,
+    pub token: Option<String>,
+    /// PEM of the control plane's push certificate (trusted as a root).
+    pub ca_cert_path: Option<PathBuf>,
+    pub engine_id: Option<String>,
+}
+
+/// Flags that override the file (`petrel engine --data-dir ...`).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub data_dir: Option<PathBuf>,
+    pub smtp_listen: Option<SocketAddr>,
+    pub metrics_listen: Option<SocketAddr>,
+    pub admin_listen: Option<SocketAddr>,
+    pub shards: Option<usize>,
+    pub trust_networks: Vec<IpNet>,
+    pub relay_to: Option<SocketAddr>,
+    pub nameservers: Vec<SocketAddr>,
+    pub no_delivery: bool,
+    pub development: bool,
+    pub no_fsync: bool,
+    pub no_pin: bool,
+}
+
+impl EngineConfig {
+    /// Reads and validates a TOML file. Errors name the offending key.
+    pub fn from_file(path: &Path) -> Result<EngineConfig, EngineError> {
+        let text = std::fs::read_to_string(path).map_err(|e| EngineError::Config {
+            message: format!("cannot read {}: {e}", path.display()),
+        })?;
+        Self::from_toml(&text)
+    }
+
+    pub fn from_toml(text: &str) -> Result<EngineConfig, EngineError> {
+        let cfg: EngineConfig = toml::from_str(text).map_err(|e| EngineError::Config {
+            message: e.to_string(),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn apply_overrides(&mut self, o: &Overrides) -> Result<(), EngineError> {
+        if let Some(d) = &o.data_dir {
+            self.server.data_dir = d.clone();
+        }
+        if let Some(a) = o.smtp_listen {
+            self.smtp.listen = a;
+        }
+        if let Some(a) = o.metrics_listen {
+            self.metrics.listen = Some(a);
+        }
+        if let Some(a) = o.admin_listen {
+            self.admin.listen = Some(a);
+        }
+        if let Some(n) = o.shards {
+            self.server.shards = n;
+        }
+        self.smtp
+            .trusted_networks
+            .extend(o.trust_networks.iter().copied());
+        if o.relay_to.is_some() {
+            self.delivery.relay_to = o.relay_to;
+        }
+        if !o.nameservers.is_empty() {
+            self.delivery.nameservers = o.nameservers.clone();
+        }
+        if o.no_delivery {
+            self.delivery.enabled = false;
+        }
+        if o.development {
+            self.server.development = true;
+        }
+        if o.no_fsync {
+            self.spool.fsync = false;
+        }
+        if o.no_pin {
+            self.server.pin_shards = false;
+        }
+        self.validate()
+    }
+
+    /// Checks values serde cannot: each message names the key.
+    pub fn validate(&self) -> Result<(), EngineError> {
+        let bad = |key: &str, why: &str| {
+            Err(EngineError::Config {
+                message: format!("{key}: {why}"),
+            })
+        };
+        if self.server.hostname.is_empty() || self.server.hostname.contains(char::is_whitespace) {
+            return bad("server.hostname", "must be a non-empty name without spaces");
+        }
+        if self.server.shards > 256 {
+            return bad(
+                "server.shards",
+                "at most 256 shards (the shard id is 8 bits)",
+            );
+        }
+        if self.smtp.command_line_max_bytes < 512 {
+            return bad("smtp.command_line_max_bytes", "RFC 5321 needs at least 512");
+        }
+        if self.smtp.text_line_max_bytes < 1000 {
+            return bad("smtp.text_line_max_bytes", "RFC 5321 needs at least 1000");
+        }
+        if self.smtp.message_size_max_bytes < 1024 {
+            return bad("smtp.message_size_max_bytes", "must be at least 1024");
+        }
+        if self.smtp.recipients_max == 0 {
+            return bad(
+                "smtp.recipients_max",
+                "RFC 5321 needs at least 100; 0 refuses all",
+            );
+        }
+        if self.smtp.tls_cert_path.is_some() != self.smtp.tls_key_path.is_some() {
+            return bad(
+                "smtp.tls_cert_path",
+                "tls_cert_path and tls_key_path go together",
+            );
+        }
+        if self.limits.connections_max == 0 {
+            return bad("limits.connections_max", "must be at least 1");
+        }
+        if self.spool.segment_size_max_bytes < (1 << 20) {
+            return bad("spool.segment_size_max_bytes", "must be at least 1 MiB");
+        }
+        if self.delivery.retry_initial_ms == 0
+            || self.delivery.retry_max_ms < self.delivery.retry_initial_ms
+        {
+            return bad(
+                "delivery.retry_max_ms",
+                "needs 0 < retry_initial_ms <= retry_max_ms",
+            );
+        }
+        if self.delivery.connections_per_domain_max == 0 {
+            return bad("delivery.connections_per_domain_max", "must be at least 1");
+        }
+        for d in &self.delivery.domains {
+            if let Some(t) = &d.tls {
+                if !matches!(t.as_str(), "opportunistic" | "require" | "disabled") {
+                    return bad(
+                        "delivery.domains.tls",
+                        "one of \"opportunistic\", \"require\", \"disabled\"",
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The number of shards to start: the configured count, or one per online CPU.
+    pub fn shard_count(&self) -> usize {
+        if self.server.shards > 0 {
+            self.server.shards
+        } else {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+                .min(256)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = EngineConfig::from_toml("").expect("defaults are valid");
+        assert_eq!(c.smtp.listen.port(), 2525);
+        assert!(c.spool.fsync);
+        assert!(c.smtp.trusted_networks.is_empty());
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = EngineConfig::from_toml("[smtp]\nlisten_port = 25\n").unwrap_err();
+        assert!(e.to_string().contains("listen_port"), "{e}");
+    }
+
+    #[test]
+    fn bad_value_is_named() {
+        let e = EngineConfig::from_toml("[smtp]\nlisten = \"nope\"\n").unwrap_err();
+        assert!(e.to_string().contains("listen"), "{e}");
+        let e = EngineConfig::from_toml("[smtp]\nrecipients_max = 0\n").unwrap_err();
+        assert!(e.to_string().contains("smtp.recipients_max"), "{e}");
+    }
+
+    #[test]
+    fn overrides_apply() {
+        let mut c = EngineConfig::default();
+        c.apply_overrides(&Overrides {
+            shards: Some(3),
+            trust_networks: vec!["10.0.0.0/8".parse().unwrap()],
+            no_delivery: true,
+            ..Overrides::default()
+        })
+        .unwrap();
+        assert_eq!(c.shard_count(), 3);
+        assert_eq!(c.smtp.trusted_networks.len(), 1);
+        assert!(!c.delivery.enabled);
+    }
+}

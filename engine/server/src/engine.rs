@@ -1,0 +1,226 @@
+//! Start-up and shutdown: the slow-path thread (tokio: metrics, admin, DNS, control-plane link)
+//! and one glommio executor per shard.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use glommio::{LocalExecutorBuilder, Placement};
+
+use crate::auth::Authenticator;
+use crate::config::EngineConfig;
+use crate::error::EngineError;
+use crate::pressure::Pressure;
+use crate::shard::{AdminRequest, ShardSetup};
+
+/// Per-shard admin requests waiting, at most.
+const ADMIN_CHANNEL_CAPACITY: usize = 64;
+/// How long start-up waits for every shard to recover its spool and listen.
+const SHARD_READY_TIMEOUT: Duration = Duration::from_secs(300);
+/// io_uring registered buffer memory per shard (RLIMIT_MEMLOCK may be small).
+const SHARD_IO_MEMORY_BYTES: usize = 2 << 20;
+
+/// What every shard's delivery shares (all `Send + Sync`).
+#[derive(Clone)]
+pub struct DeliveryShared {
+    pub config: Arc<petrel_delivery::DeliveryConfig>,
+    pub resolver: petrel_outbound::Resolver,
+    pub limits: Arc<petrel_delivery::GlobalLimits>,
+    pub events: petrel_delivery::EventSink,
+    /// The events writer thread, flushed and joined once the shards have stopped.
+    pub writer: Arc<std::sync::Mutex<Option<petrel_delivery::EventWriter>>>,
+}
+
+/// Where the engine listens, once it is ready.
+#[derive(Debug, Clone)]
+pub struct ReadyInfo {
+    pub smtp: SocketAddr,
+    pub metrics: Option<SocketAddr>,
+    pub admin: Option<SocketAddr>,
+    pub shards: usize,
+    pub tls: crate::tls::CertSource,
+    pub policy_version: u64,
+}
+
+/// A way to stop a running engine from another thread (besides SIGTERM/SIGINT).
+#[derive(Clone)]
+pub struct StopHandle {
+    shutdown: async_channel::Sender<()>,
+}
+
+impl StopHandle {
+    pub fn stop(&self) {
+        self.shutdown.close();
+    }
+}
+
+/// Runs the engine until SIGTERM/SIGINT or `StopHandle::stop`. `on_ready` is called once every
+/// shard listens. `policy` lets a caller (`petrel up`) share the store with its control link.
+pub fn run(
+    cfg: EngineConfig,
+    runtime: &tokio::runtime::Handle,
+    policy: Arc<petrel_policy::PolicyStore>,
+    on_ready: impl FnOnce(&ReadyInfo, StopHandle),
+) -> Result<(), EngineError> {
+    raise_limits();
+    let cfg = Arc::new(cfg);
+    std::fs::create_dir_all(&cfg.server.data_dir)?;
+    crate::metrics::install(runtime, cfg.metrics.listen)?;
+    let (tls, cert_source) = crate::tls::server_config(
+        &cfg.server.data_dir,
+        &cfg.server.hostname,
+        cfg.smtp.tls_cert_path.as_deref(),
+        cfg.smtp.tls_key_path.as_deref(),
+    )?;
+    if let crate::tls::CertSource::GeneratedSelfSigned(p) = &cert_source {
+        tracing::warn!(path = %p.display(), "no TLS certificate configured: generated a self-signed one for STARTTLS");
+    }
+    metrics::gauge!(crate::metrics::POLICY_VERSION).set(policy.version() as f64);
+    let auth = Authenticator::new(&cfg.auth.users, Arc::clone(&policy));
+    let shards = cfg.shard_count();
+    let pressure = Pressure::new(cfg.limits.clone(), shards);
+    let delivery = if cfg.delivery.enabled {
+        Some(crate::delivery_setup::build(&cfg, runtime)?)
+    } else {
+        None
+    };
+
+    // Port 0 (tests): pick the port once so every shard binds the same one.
+    let (listen, reserve) = reserve_port(cfg.smtp.listen)?;
+    let (shutdown_tx, shutdown_rx) = async_channel::bounded::<()>(1);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let mut admin_txs = Vec::with_capacity(shards);
+    let mut handles = Vec::with_capacity(shards);
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    for shard in 0..shards {
+        let (admin_tx, admin_rx) = async_channel::bounded::<AdminRequest>(ADMIN_CHANNEL_CAPACITY);
+        admin_txs.push(admin_tx);
+        let setup = ShardSetup {
+            shard,
+            cfg: Arc::clone(&cfg),
+            listen,
+            tls: Arc::clone(&tls),
+            pressure: Arc::clone(&pressure),
+            auth: Arc::clone(&auth),
+            policy: Arc::clone(&policy),
+            delivery: delivery.clone(),
+            shutdown: shutdown_rx.clone(),
+            admin: admin_rx,
+            ready: ready_tx.clone(),
+        };
+        let placement = if cfg.server.pin_shards {
+            Placement::Fixed(shard % cpus)
+        } else {
+            Placement::Unbound
+        };
+        let handle = LocalExecutorBuilder::new(placement)
+            .name(&format!("petrel-shard-{shard}"))
+            .io_memory(SHARD_IO_MEMORY_BYTES)
+            .spawn(move || async move {
+                if let Err(e) = crate::shard::run(setup).await {
+                    tracing::error!(shard, error = %e, "shard failed");
+                }
+            })
+            .map_err(|e| EngineError::Shard {
+                shard,
+                message: e.to_string(),
+            })?;
+        handles.push(handle);
+    }
+    drop(ready_tx);
+    let mut bound = None;
+    for _ in 0..shards {
+        match ready_rx.recv_timeout(SHARD_READY_TIMEOUT) {
+            Ok(Ok(addr)) => bound = Some(addr),
+            Ok(Err(message)) => {
+                shutdown_tx.close();
+                return Err(EngineError::Other(message));
+            }
+            Err(_) => {
+                shutdown_tx.close();
+                return Err(EngineError::Other("a shard did not start in time".into()));
+            }
+        }
+    }
+    drop(reserve);
+    let smtp = bound.unwrap_or(listen);
+    let admin = match cfg.admin.listen {
+        Some(addr) => Some(crate::admin::start(runtime, addr, admin_txs)?),
+        None => None,
+    };
+    let stop = StopHandle {
+        shutdown: shutdown_tx.clone(),
+    };
+    spawn_signal_thread(stop.clone());
+    on_ready(
+        &ReadyInfo {
+            smtp,
+            metrics: cfg.metrics.listen,
+            admin,
+            shards,
+            tls: cert_source,
+            policy_version: policy.version(),
+        },
+        stop,
+    );
+    for h in handles {
+        if h.join().is_err() {
+            tracing::error!("a shard thread ended abnormally");
+        }
+    }
+    if let Some(d) = delivery {
+        let writer = d.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        drop(d);
+        if let Some(w) = writer {
+            if let Err(e) = w.shutdown() {
+                tracing::warn!(error = %e, "events writer did not flush cleanly");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// glommio needs locked memory for io_uring; many connections need file descriptors.
+fn raise_limits() {
+    use rlimit::Resource;
+    let _ = rlimit::setrlimit(Resource::MEMLOCK, rlimit::INFINITY, rlimit::INFINITY);
+    let _ = rlimit::increase_nofile_limit(1 << 20);
+}
+
+/// Binds port 0 once (SO_REUSEPORT) so every shard can bind the same chosen port; the socket is
+/// dropped once the shards listen.
+fn reserve_port(addr: SocketAddr) -> Result<(SocketAddr, Option<socket2::Socket>), EngineError> {
+    if addr.port() != 0 {
+        return Ok((addr, None));
+    }
+    let domain = socket2::Domain::for_address(addr);
+    let s = socket2::Socket::new(domain, socket2::Type::STREAM, None)?;
+    s.set_reuse_port(true)?;
+    s.bind(&addr.into())?;
+    let local = s
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| EngineError::Other("reserved socket has no address".into()))?;
+    Ok((local, Some(s)))
+}
+
+fn spawn_signal_thread(stop: StopHandle) {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGTERM, SIGINT]) else {
+        tracing::warn!("cannot install signal handlers; stop with the StopHandle");
+        return;
+    };
+    let _ = std::thread::Builder::new()
+        .name("petrel-signals".into())
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                tracing::info!(
+                    signal = sig,
+                    "shutting down: no new connections, draining sessions"
+                );
+                stop.stop();
+            }
+        });
+}

@@ -1,0 +1,90 @@
+//! Prometheus metrics: the recorder and its HTTP listener, run on the slow-path tokio thread.
+//!
+//! Every crate records through the `metrics` facade; this module installs the one recorder and
+//! describes the engine's own series. Names: `petrel_` prefix, unit suffix, `_total` counters.
+
+use std::net::SocketAddr;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+
+use crate::error::EngineError;
+
+pub const CONNECTIONS_TOTAL: &str = "petrel_smtp_connections_total";
+pub const CONNECTIONS_OPEN: &str = "petrel_smtp_connections_open";
+pub const SESSIONS_TOTAL: &str = "petrel_smtp_sessions_total";
+pub const MESSAGES_ACCEPTED_TOTAL: &str = "petrel_smtp_messages_accepted_total";
+pub const ACCEPTED_BYTES_TOTAL: &str = "petrel_smtp_accepted_bytes_total";
+pub const REJECTIONS_TOTAL: &str = "petrel_smtp_rejections_total";
+pub const SESSION_PANICS_TOTAL: &str = "petrel_smtp_session_panics_total";
+pub const SPOOL_COMMIT_SECONDS: &str = "petrel_spool_commit_duration_seconds";
+pub const SPOOL_MESSAGES: &str = "petrel_spool_messages";
+pub const SPOOL_BYTES: &str = "petrel_spool_bytes";
+pub const SPOOL_RECOVERY_SKIPPED_TOTAL: &str = "petrel_spool_recovery_skipped_records_total";
+pub const AUTH_TOTAL: &str = "petrel_smtp_auth_total";
+pub const DKIM_SIGNED_TOTAL: &str = "petrel_dkim_signed_total";
+pub const POLICY_VERSION: &str = "petrel_policy_version";
+
+/// Latency buckets in seconds, 50 µs to 10 s.
+const LATENCY_BUCKETS_SECONDS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0,
+];
+
+/// Installs the global recorder and spawns its HTTP listener on the given runtime.
+/// A second engine in the same process (tests) keeps the first recorder.
+pub fn install(rt: &tokio::runtime::Handle, listen: Option<SocketAddr>) -> Result<(), EngineError> {
+    let _guard = rt.enter();
+    let mut builder = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS_SECONDS)
+        .map_err(|e| EngineError::Other(format!("metrics buckets: {e}")))?;
+    if let Some(addr) = listen {
+        builder = builder.with_http_listener(addr);
+    }
+    let (recorder, exporter) = builder
+        .build()
+        .map_err(|e| EngineError::Other(format!("metrics listener {listen:?}: {e}")))?;
+    if metrics::set_global_recorder(recorder).is_ok() {
+        rt.spawn(async move {
+            if let Err(e) = exporter.await {
+                tracing::error!(error = ?e, "metrics exporter stopped");
+            }
+        });
+        describe();
+    }
+    Ok(())
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(CONNECTIONS_TOTAL, "SMTP connections accepted or refused");
+    describe_gauge!(CONNECTIONS_OPEN, "SMTP connections open now");
+    describe_counter!(SESSIONS_TOTAL, "SMTP sessions ended, by how they ended");
+    describe_counter!(
+        MESSAGES_ACCEPTED_TOTAL,
+        "Messages acknowledged with 250 after the spool commit"
+    );
+    describe_counter!(
+        ACCEPTED_BYTES_TOTAL,
+        Unit::Bytes,
+        "Bytes of accepted messages"
+    );
+    describe_counter!(REJECTIONS_TOTAL, "Commands or messages refused, by reason");
+    describe_counter!(
+        SESSION_PANICS_TOTAL,
+        "Sessions that panicked (the shard survived)"
+    );
+    describe_histogram!(
+        SPOOL_COMMIT_SECONDS,
+        Unit::Seconds,
+        "Time from end of data to durable spool commit"
+    );
+    describe_gauge!(SPOOL_MESSAGES, "Messages in the spool");
+    describe_gauge!(SPOOL_BYTES, Unit::Bytes, "Bytes in the spool");
+    describe_counter!(
+        SPOOL_RECOVERY_SKIPPED_TOTAL,
+        "Spool records skipped at recovery (torn or corrupt)"
+    );
+    describe_counter!(AUTH_TOTAL, "SMTP AUTH attempts by result");
+    describe_counter!(DKIM_SIGNED_TOTAL, "Messages DKIM-signed before spooling");
+    describe_gauge!(POLICY_VERSION, "Applied control-plane policy version");
+}

@@ -1,0 +1,398 @@
+//! The SMTP session driver: a glommio socket on one side, `petrel_smtp::Session` on the other.
+//!
+//! The protocol core decides everything about SMTP; this file only moves bytes, enforces time
+//! bounds, and answers the core's events with the engine's decisions (relay, AUTH, backpressure,
+//! policy, DKIM, spool). Pipelined commands are processed as one batch and their replies leave
+//! in one write.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::FutureExt;
+use glommio::net::TcpStream;
+use petrel_smtp::{DataVerdict, Event, PeerInfo, Reply, Session, Transaction, Verdict};
+
+use crate::auth::Identity;
+use crate::metrics as m;
+use crate::shard::ShardCtx;
+
+/// Bytes read from the socket at once.
+const READ_BUFFER_BYTES: usize = 16 << 10;
+/// Input that extends the reply deadline while a client streams message data.
+const DATA_PROGRESS_BYTES: u64 = 64 << 10;
+
+enum Io {
+    Plain(TcpStream),
+    Tls(Box<futures_rustls::server::TlsStream<TcpStream>>),
+    Gone,
+}
+
+impl Io {
+    async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Io::Plain(s) => s.read(buf).await,
+            Io::Tls(s) => s.read(buf).await,
+            Io::Gone => Ok(0),
+        }
+    }
+
+    async fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        match self {
+            Io::Plain(s) => s.write_all(buf).await,
+            Io::Tls(s) => {
+                s.write_all(buf).await?;
+                s.flush().await
+            }
+            Io::Gone => Err(std::io::ErrorKind::NotConnected.into()),
+        }
+    }
+
+    async fn close(&mut self) {
+        match self {
+            Io::Plain(s) => {
+                let _ = s.close().await;
+            }
+            Io::Tls(s) => {
+                let _ = s.close().await;
+            }
+            Io::Gone => {}
+        }
+    }
+}
+
+/// How a session ended, for the metrics label.
+#[derive(Debug, Clone, Copy)]
+enum End {
+    Quit,
+    ClientGone,
+    Timeout,
+    IoError,
+    TlsFailed,
+    Shutdown,
+}
+
+impl End {
+    fn label(self) -> &'static str {
+        match self {
+            End::Quit => "quit",
+            End::ClientGone => "client_gone",
+            End::Timeout => "timeout",
+            End::IoError => "io_error",
+            End::TlsFailed => "tls_failed",
+            End::Shutdown => "shutdown",
+        }
+    }
+}
+
+struct Driver {
+    ctx: Rc<ShardCtx>,
+    peer: SocketAddr,
+    io: Io,
+    session: Session,
+    identity: Option<Identity>,
+    tls_desc: Option<String>,
+    helo: String,
+}
+
+/// Runs one connection to its end. Never panics on peer input; a panic in here is caught by the
+/// caller and counted, and the shard goes on.
+pub async fn run(ctx: Rc<ShardCtx>, stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let config = ctx.session_config(peer.ip());
+    let session = Session::new(
+        config,
+        PeerInfo {
+            addr: peer,
+            tls: false,
+        },
+    );
+    let mut d = Driver {
+        ctx,
+        peer,
+        io: Io::Plain(stream),
+        session,
+        identity: None,
+        tls_desc: None,
+        helo: String::new(),
+    };
+    let end = d.drive().await;
+    d.io.close().await;
+    metrics::counter!(m::SESSIONS_TOTAL, "end" => end.label()).increment(1);
+}
+
+impl Driver {
+    async fn drive(&mut self) -> End {
+        let mut buf = vec![0u8; READ_BUFFER_BYTES];
+        let command_timeout = Duration::from_millis(self.ctx.cfg.smtp.command_timeout_ms);
+        let data_timeout = Duration::from_millis(self.ctx.cfg.smtp.data_timeout_ms);
+        let mut deadline = Instant::now() + command_timeout;
+        let mut since_reply_bytes: u64 = 0;
+        loop {
+            while let Some(event) = self.session.next_event() {
+                if let Err(end) = self.handle(event).await {
+                    return end;
+                }
+            }
+            if !self.session.output().is_empty() {
+                if let Err(end) = self.flush().await {
+                    return end;
+                }
+                deadline = Instant::now() + command_timeout;
+                since_reply_bytes = 0;
+            }
+            if self.session.is_closed() {
+                return End::Quit;
+            }
+            if self.ctx.is_shutting_down() {
+                self.session.feed(b"");
+                return End::Shutdown;
+            }
+            if !self.session.wants_input() {
+                // The core holds more than its pipelining bound and needs no answer from us: it
+                // is waiting for output to drain, which just happened; let it process.
+                self.session.feed(b"");
+                continue;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return self.time_out().await;
+            }
+            let wait = deadline - now;
+            let read = self.io.read(&mut buf).or(async {
+                glommio::timer::sleep(wait).await;
+                Err(std::io::ErrorKind::TimedOut.into())
+            });
+            match read.await {
+                Ok(0) => return End::ClientGone,
+                Ok(n) => {
+                    since_reply_bytes += n as u64;
+                    if since_reply_bytes >= DATA_PROGRESS_BYTES {
+                        since_reply_bytes = 0;
+                        deadline = Instant::now() + data_timeout.max(command_timeout);
+                    }
+                    self.session.feed(&buf[..n]);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                    return self.time_out().await;
+                }
+                Err(_) => return End::IoError,
+            }
+        }
+    }
+
+    async fn time_out(&mut self) -> End {
+        self.session.timeout();
+        let _ = self.flush().await;
+        metrics::counter!(m::REJECTIONS_TOTAL, "reason" => "timeout").increment(1);
+        End::Timeout
+    }
+
+    async fn flush(&mut self) -> Result<(), End> {
+        while !self.session.output().is_empty() {
+            let n = self.session.output().len();
+            if self.io.write_all(self.session.output()).await.is_err() {
+                return Err(End::IoError);
+            }
+            self.session.consume_output(n);
+        }
+        Ok(())
+    }
+
+    async fn handle(&mut self, event: Event) -> Result<(), End> {
+        match event {
+            Event::StartTls => self.start_tls().await,
+            Event::Auth { username, password } => {
+                self.auth(username, password).await;
+                Ok(())
+            }
+            Event::Mail { from, params, .. } => {
+                let v = self.on_mail(&from, params.size);
+                self.session.mail_verdict(v);
+                Ok(())
+            }
+            Event::Rcpt { to } => {
+                let v = self.on_rcpt(&to);
+                self.session.rcpt_verdict(v);
+                Ok(())
+            }
+            Event::Message(tx) => {
+                let v = self.on_message(tx).await;
+                self.session.data_verdict(v);
+                Ok(())
+            }
+            Event::Close => {
+                let _ = self.flush().await;
+                Err(End::Quit)
+            }
+        }
+    }
+
+    async fn start_tls(&mut self) -> Result<(), End> {
+        self.flush().await?;
+        let Io::Plain(stream) = std::mem::replace(&mut self.io, Io::Gone) else {
+            return Err(End::TlsFailed);
+        };
+        let acceptor = self.ctx.tls.clone();
+        let limit = Duration::from_millis(self.ctx.cfg.smtp.tls_handshake_timeout_ms);
+        let handshake = async { acceptor.accept(stream).await.map(Some) }.or(async {
+            glommio::timer::sleep(limit).await;
+            Ok(None)
+        });
+        match handshake.await {
+            Ok(Some(tls)) => {
+                let (_, conn) = tls.get_ref();
+                self.tls_desc = Some(format!(
+                    "{} {}",
+                    conn.protocol_version()
+                        .map(|v| format!("{v:?}"))
+                        .unwrap_or_default(),
+                    conn.negotiated_cipher_suite()
+                        .map(|s| format!("{:?}", s.suite()))
+                        .unwrap_or_default()
+                ));
+                self.io = Io::Tls(Box::new(tls));
+                self.session.tls_established();
+                Ok(())
+            }
+            Ok(None) => {
+                metrics::counter!(m::REJECTIONS_TOTAL, "reason" => "tls_timeout").increment(1);
+                Err(End::Timeout)
+            }
+            Err(_) => {
+                metrics::counter!(m::REJECTIONS_TOTAL, "reason" => "tls_handshake").increment(1);
+                Err(End::TlsFailed)
+            }
+        }
+    }
+
+    async fn auth(&mut self, username: String, password: String) {
+        let auth = Arc::clone(&self.ctx.auth);
+        let ip = self.peer.ip();
+        let result = match auth.verify_cached(&username, &password, ip) {
+            Some(decided) => decided,
+            None => {
+                glommio::executor()
+                    .spawn_blocking(move || auth.verify_blocking(&username, &password, ip))
+                    .await
+            }
+        };
+        let label = if result.is_some() { "ok" } else { "failed" };
+        metrics::counter!(m::AUTH_TOTAL, "result" => label).increment(1);
+        self.session
+            .auth_result(result.as_ref().map(|i| i.username.clone()));
+        self.identity = result;
+    }
+
+    fn on_mail(&mut self, from: &str, size: Option<u64>) -> Verdict {
+        if let Err(r) = self.ctx.pressure.admit_transaction() {
+            return self.reject(r.reason(), r.reply());
+        }
+        if let Some(reason) = self.ctx.spool.unhealthy_reason() {
+            tracing::warn!(reason, "spool unhealthy; refusing MAIL");
+            let r = crate::pressure::Refusal::SpoolUnhealthy;
+            return self.reject(r.reason(), r.reply());
+        }
+        if let Some(size) = size {
+            if size > self.ctx.cfg.smtp.message_size_max_bytes as u64 {
+                return self.reject(
+                    "size",
+                    Reply::new(552, (5, 3, 4), "Message size exceeds fixed limit"),
+                );
+            }
+        }
+        if let Some(pid) = self.identity.as_ref().and_then(|i| i.policy.as_ref()) {
+            let policy = self.ctx.policy.current();
+            let sender_domain = from.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
+            let checked = policy
+                .check_sender(pid, from)
+                .and_then(|()| policy.rate_check(&pid.tenant_id, sender_domain, now_ms()));
+            if let Err(denial) = checked {
+                let (code, enhanced, text) = denial.reply();
+                return self.reject("policy", Reply::new(code, enhanced, text));
+            }
+        }
+        Verdict::Accept
+    }
+
+    fn on_rcpt(&mut self, _to: &str) -> Verdict {
+        // Petrel hosts no mailboxes: every recipient is remote, so relaying needs AUTH or a
+        // trusted network. No open relay, ever.
+        let trusted = self
+            .ctx
+            .cfg
+            .smtp
+            .trusted_networks
+            .iter()
+            .any(|n| n.contains(&self.peer.ip()));
+        if self.identity.is_some() || trusted {
+            Verdict::Accept
+        } else {
+            self.reject(
+                "relay_denied",
+                Reply::new(550, (5, 7, 1), "Relay access denied: authenticate first"),
+            )
+        }
+    }
+
+    fn reject(&self, reason: &'static str, reply: Reply) -> Verdict {
+        metrics::counter!(m::REJECTIONS_TOTAL, "reason" => reason).increment(1);
+        Verdict::Reject(reply)
+    }
+
+    async fn on_message(&mut self, tx: Transaction) -> DataVerdict {
+        let started = Instant::now();
+        if let Err(r) = self.ctx.pressure.admit_transaction() {
+            metrics::counter!(m::REJECTIONS_TOTAL, "reason" => r.reason()).increment(1);
+            return DataVerdict::Reject(r.reply());
+        }
+        let _held = self.ctx.pressure.hold_memory(tx.data.len() as u64);
+        self.helo.clone_from(&tx.helo);
+        let trace_id = self.ctx.next_trace_id();
+        let prepared = crate::accept::prepare(
+            &self.ctx,
+            &tx,
+            self.peer,
+            self.tls_desc.as_deref(),
+            self.identity.as_ref(),
+            &trace_id,
+        );
+        let body = match prepared {
+            Ok(b) => b,
+            Err(reply) => {
+                metrics::counter!(m::REJECTIONS_TOTAL, "reason" => "message_check").increment(1);
+                return DataVerdict::Reject(reply);
+            }
+        };
+        match crate::accept::spool_and_queue(
+            &self.ctx,
+            &tx,
+            self.peer,
+            self.identity.as_ref(),
+            body,
+        )
+        .await
+        {
+            Ok(id) => {
+                metrics::histogram!(m::SPOOL_COMMIT_SECONDS)
+                    .record(started.elapsed().as_secs_f64());
+                metrics::counter!(m::MESSAGES_ACCEPTED_TOTAL).increment(1);
+                metrics::counter!(m::ACCEPTED_BYTES_TOTAL).increment(tx.data.len() as u64);
+                DataVerdict::Accept { queue_id: id }
+            }
+            Err(reply) => {
+                metrics::counter!(m::REJECTIONS_TOTAL, "reason" => "spool").increment(1);
+                DataVerdict::Reject(reply)
+            }
+        }
+    }
+}
+
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,351 @@
+//! One shard: a glommio executor that owns a listener (SO_REUSEPORT), a spool and its queues.
+//!
+//! A message never crosses shards: the shard that accepted it spools it, queues it and delivers
+//! it. Engine-wide limits (connections, per-destination rates) are shared atomics, not messages
+//! between shards, so one huge destination is delivered by every core at once.
+
+use std::cell::Cell;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_lite::FutureExt;
+use glommio::net::TcpStream;
+use glommio::{Latency, Shares};
+use petrel_delivery::{DeliveryShard, QueuedMessage, QueuedRcpt};
+use petrel_smtp::ServerConfig;
+use petrel_spool::{Envelope, RecipientState, Spool, SpoolConfig};
+
+use crate::auth::Authenticator;
+use crate::config::EngineConfig;
+use crate::error::EngineError;
+use crate::metrics as m;
+use crate::pressure::Pressure;
+use crate::spool_access::SpoolAccessor;
+
+/// A request from the admin endpoint to one shard, answered on `reply`.
+pub struct AdminRequest {
+    pub command: petrel_delivery::AdminCommand,
+    /// `None` when delivery is off.
+    pub reply: async_channel::Sender<Option<petrel_delivery::AdminReply>>,
+}
+
+/// Everything a shard thread needs, built on the main thread (all `Send`).
+pub struct ShardSetup {
+    pub shard: usize,
+    pub cfg: Arc<EngineConfig>,
+    pub listen: SocketAddr,
+    pub tls: Arc<rustls::ServerConfig>,
+    pub pressure: Arc<Pressure>,
+    pub auth: Arc<Authenticator>,
+    pub policy: Arc<petrel_policy::PolicyStore>,
+    pub delivery: Option<crate::engine::DeliveryShared>,
+    pub shutdown: async_channel::Receiver<()>,
+    pub admin: async_channel::Receiver<AdminRequest>,
+    pub ready: std::sync::mpsc::Sender<Result<SocketAddr, String>>,
+}
+
+/// Per-shard state shared by its tasks (`Rc`: one thread).
+pub struct ShardCtx {
+    pub shard: usize,
+    pub cfg: Arc<EngineConfig>,
+    session_config: Arc<ServerConfig>,
+    /// Development mode only: AUTH before STARTTLS for loopback clients.
+    session_config_loopback_dev: Arc<ServerConfig>,
+    pub tls: futures_rustls::TlsAcceptor,
+    pub spool: Rc<Spool>,
+    pub delivery: Option<Rc<DeliveryShard<SpoolAccessor>>>,
+    pub pressure: Arc<Pressure>,
+    pub auth: Arc<Authenticator>,
+    pub policy: Arc<petrel_policy::PolicyStore>,
+    shutting_down: Cell<bool>,
+    trace_seq: Cell<u64>,
+    sessions_open: Cell<usize>,
+}
+
+impl ShardCtx {
+    pub fn session_config(&self, ip: IpAddr) -> Arc<ServerConfig> {
+        if self.cfg.server.development && ip.is_loopback() {
+            Arc::clone(&self.session_config_loopback_dev)
+        } else {
+            Arc::clone(&self.session_config)
+        }
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.get()
+    }
+
+    /// A short id for the Received header, unique per engine run.
+    pub fn next_trace_id(&self) -> String {
+        let n = self.trace_seq.get().wrapping_add(1);
+        self.trace_seq.set(n);
+        format!("{:02x}{:012x}", self.shard, n)
+    }
+
+    /// Hands a freshly spooled message to delivery.
+    pub fn enqueue(&self, id: u64, env: &Envelope) {
+        if let Some(d) = &self.delivery {
+            d.enqueue(queued(id, env));
+        }
+    }
+
+    /// Publishes spool and queue figures for backpressure and metrics.
+    pub fn publish_figures(&self) {
+        let s = self.spool.stats();
+        let queued = self
+            .delivery
+            .as_ref()
+            .map(|d| d.queued_recipients())
+            .unwrap_or(0);
+        self.pressure
+            .publish(self.shard, s.messages, s.bytes, queued);
+    }
+}
+
+fn queued(id: u64, env: &Envelope) -> QueuedMessage {
+    QueuedMessage {
+        id,
+        mail_from: env.mail_from.clone(),
+        received_unix_ms: env.received_unix_ms,
+        is_dsn: env.is_dsn,
+        recipients: env
+            .recipients
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.state == RecipientState::Pending)
+            .map(|(i, r)| QueuedRcpt {
+                index: i as u32,
+                address: r.address.clone(),
+                attempts: r.attempts,
+                next_attempt_unix_ms: r.next_attempt_unix_ms,
+            })
+            .collect(),
+    }
+}
+
+fn server_config(cfg: &EngineConfig, auth_without_tls: bool) -> Arc<ServerConfig> {
+    let s = &cfg.smtp;
+    Arc::new(ServerConfig {
+        hostname: cfg.server.hostname.clone(),
+        limits: petrel_smtp::Limits {
+            command_line_max_bytes: s.command_line_max_bytes,
+            text_line_max_bytes: s.text_line_max_bytes,
+            message_size_max_bytes: s.message_size_max_bytes,
+            recipients_max: s.recipients_max,
+            errors_max: s.errors_max,
+            auth_attempts_max: s.auth_attempts_max,
+            ..petrel_smtp::Limits::default()
+        },
+        starttls_available: true,
+        auth_without_tls,
+        auth_enabled: true,
+    })
+}
+
+/// The shard's life: recover, listen, serve, drain.
+pub async fn run(setup: ShardSetup) -> Result<(), EngineError> {
+    let shard = setup.shard;
+    let cfg = Arc::clone(&setup.cfg);
+    let (spool, recovery) = Spool::open(SpoolConfig {
+        root: cfg.server.data_dir.join("spool"),
+        shard: shard as u8,
+        segment_size_max_bytes: cfg.spool.segment_size_max_bytes,
+        fsync: cfg.spool.fsync,
+    })
+    .await?;
+    if recovery.records_skipped > 0 {
+        tracing::warn!(
+            shard,
+            records = recovery.records_skipped,
+            bytes = recovery.bytes_skipped,
+            "spool recovery skipped torn or corrupt records"
+        );
+        metrics::counter!(m::SPOOL_RECOVERY_SKIPPED_TOTAL).increment(recovery.records_skipped);
+    }
+    let spool = Rc::new(spool);
+    let delivery = setup.delivery.as_ref().map(|d| {
+        Rc::new(DeliveryShard::new(
+            shard as u8,
+            Arc::clone(&d.config),
+            d.resolver.clone(),
+            Arc::clone(&d.limits),
+            Rc::new(SpoolAccessor::new(Rc::clone(&spool))),
+            d.events.clone(),
+        ))
+    });
+    let ctx = Rc::new(ShardCtx {
+        shard,
+        session_config: server_config(&cfg, false),
+        session_config_loopback_dev: server_config(&cfg, true),
+        cfg: Arc::clone(&cfg),
+        tls: futures_rustls::TlsAcceptor::from(Arc::clone(&setup.tls)),
+        spool: Rc::clone(&spool),
+        delivery: delivery.clone(),
+        pressure: Arc::clone(&setup.pressure),
+        auth: Arc::clone(&setup.auth),
+        policy: Arc::clone(&setup.policy),
+        shutting_down: Cell::new(false),
+        trace_seq: Cell::new(0),
+        sessions_open: Cell::new(0),
+    });
+    let recovered = recovery.messages.len();
+    for msg in &recovery.messages {
+        ctx.enqueue(msg.id.0, &msg.envelope);
+    }
+    ctx.publish_figures();
+    tracing::info!(shard, recovered, "spool recovered");
+
+    let ingress_tq = glommio::executor().create_task_queue(
+        Shares::Static(1000),
+        Latency::Matters(Duration::from_millis(1)),
+        "ingress",
+    );
+    let delivery_tq = glommio::executor().create_task_queue(
+        Shares::Static(500),
+        Latency::NotImportant,
+        "delivery",
+    );
+    let delivery_task = delivery.clone().map(|d| {
+        glommio::spawn_local_into(async move { d.run().await }, delivery_tq).map(|t| t.detach())
+    });
+    let figures = glommio::spawn_local(publish_loop(Rc::clone(&ctx))).detach();
+    let admin = glommio::spawn_local(admin_loop(Rc::clone(&ctx), setup.admin.clone())).detach();
+
+    let listener = match glommio::net::TcpListener::bind(setup.listen) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = setup.ready.send(Err(format!("bind {}: {e}", setup.listen)));
+            return Err(EngineError::Shard {
+                shard,
+                message: format!("bind {}: {e}", setup.listen),
+            });
+        }
+    };
+    let local = listener.local_addr().unwrap_or(setup.listen);
+    let _ = setup.ready.send(Ok(local));
+
+    loop {
+        let accepted = async { Some(listener.accept().await) }
+            .or(async {
+                let _ = setup.shutdown.recv().await;
+                None
+            })
+            .await;
+        let Some(accepted) = accepted else { break };
+        let stream = match accepted {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(shard, error = %e, "accept failed");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let Ok(peer) = stream.peer_addr() else {
+            continue;
+        };
+        match ctx.pressure.admit_connection(peer.ip()) {
+            Ok(permit) => {
+                metrics::counter!(m::CONNECTIONS_TOTAL, "result" => "accepted").increment(1);
+                let c = Rc::clone(&ctx);
+                let spawned = glommio::spawn_local_into(
+                    async move {
+                        c.sessions_open.set(c.sessions_open.get() + 1);
+                        metrics::gauge!(m::CONNECTIONS_OPEN).increment(1.0);
+                        let r = std::panic::AssertUnwindSafe(crate::session::run(
+                            Rc::clone(&c),
+                            stream,
+                            peer,
+                        ))
+                        .catch_unwind()
+                        .await;
+                        if r.is_err() {
+                            metrics::counter!(m::SESSION_PANICS_TOTAL).increment(1);
+                            tracing::error!(shard = c.shard, %peer, "session panicked; shard continues");
+                        }
+                        metrics::gauge!(m::CONNECTIONS_OPEN).decrement(1.0);
+                        c.sessions_open.set(c.sessions_open.get() - 1);
+                        drop(permit);
+                    },
+                    ingress_tq,
+                );
+                if let Ok(t) = spawned {
+                    t.detach();
+                }
+            }
+            Err(refusal) => {
+                metrics::counter!(m::CONNECTIONS_TOTAL, "result" => refusal.reason()).increment(1);
+                glommio::spawn_local(refuse(stream, refusal)).detach();
+            }
+        }
+    }
+
+    // Drain: stop accepting, let sessions finish within the grace period, flush the spool.
+    drop(listener);
+    ctx.shutting_down.set(true);
+    let grace = Instant::now() + Duration::from_millis(cfg.server.shutdown_grace_ms);
+    while ctx.sessions_open.get() > 0 && Instant::now() < grace {
+        glommio::timer::sleep(Duration::from_millis(20)).await;
+    }
+    if let Some(d) = &delivery {
+        d.shutdown();
+    }
+    if let Some(Ok(t)) = delivery_task {
+        let bound = Duration::from_millis(cfg.server.shutdown_grace_ms);
+        let _ = async { t.await }
+            .or(async {
+                glommio::timer::sleep(bound).await;
+                None
+            })
+            .await;
+    }
+    drop(figures);
+    drop(admin);
+    drop(delivery);
+    let open = ctx.sessions_open.get();
+    drop(ctx);
+    match Rc::try_unwrap(spool) {
+        Ok(s) => s.close().await?,
+        Err(_) => tracing::warn!(
+            shard,
+            open,
+            "spool still referenced at shutdown; synced by its last commit"
+        ),
+    }
+    tracing::info!(shard, "shard stopped");
+    Ok(())
+}
+
+async fn refuse(mut stream: TcpStream, refusal: crate::pressure::Refusal) {
+    use futures_lite::io::AsyncWriteExt;
+    let r = refusal.reply();
+    let line = format!(
+        "{} {}.{}.{} {}\r\n",
+        r.code,
+        r.enhanced.map(|e| e.0).unwrap_or(4),
+        r.enhanced.map(|e| e.1).unwrap_or(3),
+        r.enhanced.map(|e| e.2).unwrap_or(2),
+        r.text
+    );
+    let _ = stream.write_all(line.as_bytes()).await;
+    let _ = stream.close().await;
+}
+
+/// Keeps the backpressure figures and gauges fresh even when nothing is being accepted.
+async fn publish_loop(ctx: Rc<ShardCtx>) {
+    loop {
+        ctx.publish_figures();
+        let s = ctx.spool.stats();
+        metrics::gauge!(m::SPOOL_MESSAGES, "shard" => ctx.shard.to_string()).set(s.messages as f64);
+        metrics::gauge!(m::SPOOL_BYTES, "shard" => ctx.shard.to_string()).set(s.bytes as f64);
+        glommio::timer::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn admin_loop(ctx: Rc<ShardCtx>, rx: async_channel::Receiver<AdminRequest>) {
+    while let Ok(req) = rx.recv().await {
+        let reply = ctx.delivery.as_ref().map(|d| d.admin(req.command));
+        let _ = req.reply.send(reply).await;
+    }
+}

@@ -1,0 +1,348 @@
+//! The on-disk record format (pure: no I/O).
+//!
+//! Every record, in data segments and journals alike, is framed the same way:
+//!
+//! ```text
+//! offset  size  field
+//!      0     4  magic  "PSPL" (0x4c505350 little endian)
+//!      4     1  kind   (1 segment header, 2 store, 3 update, 4 remove)
+//!      5     3  zero
+//!      8     4  payload_len_bytes
+//!     12     4  record_len_bytes   (header + payload + zero padding; a multiple of 8)
+//!     16     4  crc32c(payload)
+//!     20     4  crc32c(bytes 0..20)
+//!     24     -  payload, then padding up to record_len_bytes
+//! ```
+//!
+//! Records start at multiples of [`RECORD_ALIGN_BYTES`]; direct-I/O files pad further (to the
+//! device block), which the reader follows through `record_len_bytes`. The header has its own
+//! checksum so that a damaged payload can be skipped by length, while a damaged header makes the
+//! scanner look for the next valid header at the following aligned offsets.
+
+use rkyv::rancor;
+use rkyv::util::AlignedVec;
+
+use crate::types::{Envelope, RecipientUpdate};
+
+/// "PSPL" read as a little-endian u32.
+pub const RECORD_MAGIC: u32 = u32::from_le_bytes(*b"PSPL");
+/// Size of the record header.
+pub const RECORD_HEADER_BYTES: usize = 24;
+/// Records start at multiples of this, and their length is a multiple of it.
+pub const RECORD_ALIGN_BYTES: usize = 8;
+/// Largest message body the spool takes.
+pub const BODY_SIZE_MAX_BYTES: usize = 64 << 20;
+/// Largest archived envelope (1000 recipients with long replies fit easily).
+pub const ENVELOPE_SIZE_MAX_BYTES: usize = 4 << 20;
+/// Largest journal record (an update of every recipient of a large message).
+pub const UPDATE_SIZE_MAX_BYTES: usize = 4 << 20;
+/// Largest record of any kind: a frame around the largest envelope and body, plus padding to a
+/// 4 KiB device block. A header claiming more is treated as damaged.
+pub const RECORD_SIZE_MAX_BYTES: usize =
+    RECORD_HEADER_BYTES + 16 + ENVELOPE_SIZE_MAX_BYTES + BODY_SIZE_MAX_BYTES + 4096;
+/// Size of the fixed part of a store record's payload: id (8), envelope length (4), zero (4).
+pub const STORE_PREFIX_BYTES: usize = 16;
+/// Version written in segment headers.
+pub const SEGMENT_FORMAT_VERSION: u8 = 1;
+
+const _: () = assert!(RECORD_SIZE_MAX_BYTES < u32::MAX as usize);
+const _: () = assert!(RECORD_HEADER_BYTES % RECORD_ALIGN_BYTES == 0);
+
+/// What a record holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// First record of a data segment: format, shard, segment sequence, next id sequence.
+    SegmentHeader = 1,
+    /// A message: id, archived envelope, body.
+    Store = 2,
+    /// Journal: recipient updates for a message.
+    Update = 3,
+    /// Journal: the message is done.
+    Remove = 4,
+}
+
+impl Kind {
+    fn from_u8(v: u8) -> Option<Kind> {
+        match v {
+            1 => Some(Kind::SegmentHeader),
+            2 => Some(Kind::Store),
+            3 => Some(Kind::Update),
+            4 => Some(Kind::Remove),
+            _ => None,
+        }
+    }
+}
+
+/// Rounds `len` up to a multiple of `align` (a power of two).
+pub fn align_up(len: usize, align: usize) -> usize {
+    debug_assert!(align.is_power_of_two());
+    (len + align - 1) & !(align - 1)
+}
+
+/// Frames `payload` as a record of `kind`, padded to a multiple of `align` (a power of two, at
+/// least [`RECORD_ALIGN_BYTES`]). Appends to `out`.
+pub fn encode_record(out: &mut Vec<u8>, kind: Kind, payload: &[&[u8]], align: usize) {
+    let payload_len: usize = payload.iter().map(|p| p.len()).sum();
+    let record_len = align_up(RECORD_HEADER_BYTES + payload_len, align.max(RECORD_ALIGN_BYTES));
+    let start = out.len();
+    out.reserve(record_len);
+    out.extend_from_slice(&RECORD_MAGIC.to_le_bytes());
+    out.extend_from_slice(&[kind as u8, 0, 0, 0]);
+    out.extend_from_slice(&(payload_len as u32).to_le_bytes());
+    out.extend_from_slice(&(record_len as u32).to_le_bytes());
+    let mut crc = 0;
+    for p in payload {
+        crc = crc32c::crc32c_append(crc, p);
+    }
+    out.extend_from_slice(&crc.to_le_bytes());
+    let header_crc = crc32c::crc32c(&out[start..start + 20]);
+    out.extend_from_slice(&header_crc.to_le_bytes());
+    for p in payload {
+        out.extend_from_slice(p);
+    }
+    out.resize(start + record_len, 0);
+}
+
+/// A record read back from a buffer.
+#[derive(Debug, Clone, Copy)]
+pub struct RawRecord<'a> {
+    /// Offset of the record in the scanned buffer.
+    pub offset: u64,
+    /// Its kind.
+    pub kind: Kind,
+    /// Its payload (checksum verified).
+    pub payload: &'a [u8],
+    /// Its full length including padding.
+    pub record_len: u64,
+}
+
+/// Why a record at some offset was not usable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameError {
+    /// Magic, header checksum, kind or lengths are wrong: not the start of a record.
+    BadHeader,
+    /// The header is valid but the record runs past the end of the data.
+    Truncated {
+        /// Length the header claims.
+        record_len: u64,
+    },
+    /// The header is valid but the payload's checksum does not match.
+    BadPayload {
+        /// Length the header claims.
+        record_len: u64,
+    },
+}
+
+/// Decodes the record starting at `buf[offset..]`.
+pub fn decode_at(buf: &[u8], offset: usize) -> Result<RawRecord<'_>, FrameError> {
+    let header = buf.get(offset..offset + RECORD_HEADER_BYTES).ok_or(FrameError::BadHeader)?;
+    let u32_at = |i: usize| u32::from_le_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
+    if u32_at(0) != RECORD_MAGIC || crc32c::crc32c(&header[..20]) != u32_at(20) {
+        return Err(FrameError::BadHeader);
+    }
+    let kind = Kind::from_u8(header[4]).ok_or(FrameError::BadHeader)?;
+    let payload_len = u32_at(8) as usize;
+    let record_len = u32_at(12) as usize;
+    if record_len > RECORD_SIZE_MAX_BYTES
+        || record_len % RECORD_ALIGN_BYTES != 0
+        || RECORD_HEADER_BYTES + payload_len > record_len
+    {
+        return Err(FrameError::BadHeader);
+    }
+    let Some(record) = buf.get(offset..offset + record_len) else {
+        return Err(FrameError::Truncated { record_len: record_len as u64 });
+    };
+    let payload = &record[RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + payload_len];
+    if crc32c::crc32c(payload) != u32_at(16) {
+        return Err(FrameError::BadPayload { record_len: record_len as u64 });
+    }
+    Ok(RawRecord { offset: offset as u64, kind, payload, record_len: record_len as u64 })
+}
+
+/// A stretch of a buffer that held no usable record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Skipped {
+    /// Where it starts.
+    pub offset: u64,
+    /// How long it is.
+    pub len_bytes: u64,
+}
+
+/// Result of scanning a whole file's bytes.
+#[derive(Debug, Default)]
+pub struct Scan<'a> {
+    /// Every valid record, in file order.
+    pub records: Vec<RawRecord<'a>>,
+    /// Damaged stretches (each counts as one skipped record).
+    pub skipped: Vec<Skipped>,
+    /// End of the last valid record (appending is safe from here after truncating).
+    pub valid_end: u64,
+}
+
+/// Scans `buf` (a whole file). Trailing zero bytes (preallocation or padding) are not counted
+/// as damage; anything else that is not a valid record is, and scanning resumes at the next
+/// aligned offset holding a valid record header.
+pub fn scan(buf: &[u8]) -> Scan<'_> {
+    let mut out = Scan::default();
+    let mut pos = 0usize;
+    let mut bad_start: Option<usize> = None;
+    while pos + RECORD_HEADER_BYTES <= buf.len() {
+        match decode_at(buf, pos) {
+            Ok(rec) => {
+                close_bad(&mut out, &mut bad_start, pos);
+                pos += rec.record_len as usize;
+                out.valid_end = pos as u64;
+                out.records.push(rec);
+            }
+            Err(FrameError::BadPayload { record_len }) => {
+                // The header is trustworthy (its own checksum passed): skip the whole record.
+                close_bad(&mut out, &mut bad_start, pos);
+                out.skipped.push(Skipped { offset: pos as u64, len_bytes: record_len });
+                pos += record_len as usize;
+            }
+            Err(FrameError::Truncated { .. }) => {
+                // A torn tail: the record was being written when the writer stopped. Nothing
+                // after it can be trusted to be a record (it is this record's payload).
+                close_bad(&mut out, &mut bad_start, pos);
+                out.skipped.push(Skipped { offset: pos as u64, len_bytes: (buf.len() - pos) as u64 });
+                return out;
+            }
+            Err(FrameError::BadHeader) => {
+                if bad_start.is_none() && !all_zero(&buf[pos..pos + RECORD_ALIGN_BYTES]) {
+                    bad_start = Some(pos);
+                }
+                pos += RECORD_ALIGN_BYTES;
+            }
+        }
+    }
+    let end = buf.len();
+    if bad_start.is_none() && pos < end && !all_zero(&buf[pos..]) {
+        bad_start = Some(pos);
+    }
+    close_bad(&mut out, &mut bad_start, end);
+    out
+}
+
+fn close_bad(out: &mut Scan<'_>, bad_start: &mut Option<usize>, end: usize) {
+    if let Some(start) = bad_start.take() {
+        out.skipped.push(Skipped { offset: start as u64, len_bytes: (end - start) as u64 });
+    }
+}
+
+fn all_zero(b: &[u8]) -> bool {
+    b.iter().all(|&x| x == 0)
+}
+
+/// Payload of a segment header record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentHeader {
+    /// Shard that owns the segment.
+    pub shard: u8,
+    /// The segment's sequence (its file name).
+    pub segment_seq: u64,
+    /// The shard's next message sequence when the segment was created (ids survive even when
+    /// every older segment has been reclaimed).
+    pub next_id_seq: u64,
+}
+
+impl SegmentHeader {
+    /// Fixed-size payload.
+    pub fn to_bytes(self) -> [u8; 24] {
+        let mut b = [0u8; 24];
+        b[0] = SEGMENT_FORMAT_VERSION;
+        b[1] = self.shard;
+        b[8..16].copy_from_slice(&self.segment_seq.to_le_bytes());
+        b[16..24].copy_from_slice(&self.next_id_seq.to_le_bytes());
+        b
+    }
+    /// Parses a payload; None when the size or version is wrong.
+    pub fn from_bytes(p: &[u8]) -> Option<SegmentHeader> {
+        if p.len() != 24 || p[0] != SEGMENT_FORMAT_VERSION {
+            return None;
+        }
+        Some(SegmentHeader { shard: p[1], segment_seq: u64_at(p, 8)?, next_id_seq: u64_at(p, 16)? })
+    }
+}
+
+fn u64_at(p: &[u8], i: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(p.get(i..i + 8)?.try_into().ok()?))
+}
+
+fn u32_at(p: &[u8], i: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(p.get(i..i + 4)?.try_into().ok()?))
+}
+
+/// Archives an envelope (rkyv).
+pub fn encode_envelope(e: &Envelope) -> Result<AlignedVec, rancor::Error> {
+    rkyv::to_bytes::<rancor::Error>(e)
+}
+
+/// Archives recipient updates (rkyv).
+pub fn encode_updates(u: &[RecipientUpdate]) -> Result<AlignedVec, rancor::Error> {
+    rkyv::to_bytes::<rancor::Error>(&u.to_vec())
+}
+
+/// Copies `bytes` into an aligned buffer, validates them (bytecheck), and deserialises.
+fn decode_archived<T>(bytes: &[u8]) -> Option<T>
+where
+    T: rkyv::Archive,
+    T::Archived: for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rancor::Error>>
+        + rkyv::Deserialize<T, rkyv::api::high::HighDeserializer<rancor::Error>>,
+{
+    let mut aligned = AlignedVec::<16>::with_capacity(bytes.len());
+    aligned.extend_from_slice(bytes);
+    rkyv::from_bytes::<T, rancor::Error>(&aligned).ok()
+}
+
+/// A decoded store record.
+#[derive(Debug)]
+pub struct StoreRecord<'a> {
+    /// Message id.
+    pub id: u64,
+    /// Its envelope as stored.
+    pub envelope: Envelope,
+    /// Its body.
+    pub body: &'a [u8],
+}
+
+/// Builds the two leading parts of a store payload (prefix, envelope); the body follows.
+pub fn store_prefix(id: u64, envelope_len: usize) -> [u8; STORE_PREFIX_BYTES] {
+    let mut b = [0u8; STORE_PREFIX_BYTES];
+    b[..8].copy_from_slice(&id.to_le_bytes());
+    b[8..12].copy_from_slice(&(envelope_len as u32).to_le_bytes());
+    b
+}
+
+/// Splits a store payload into id, archived envelope bytes and body (no validation of the archive).
+pub fn split_store(p: &[u8]) -> Option<(u64, &[u8], &[u8])> {
+    let id = u64_at(p, 0)?;
+    let env_len = u32_at(p, 8)? as usize;
+    let env = p.get(STORE_PREFIX_BYTES..STORE_PREFIX_BYTES + env_len)?;
+    let body = p.get(STORE_PREFIX_BYTES + env_len..)?;
+    Some((id, env, body))
+}
+
+/// Decodes a store payload, validating the archived envelope.
+pub fn decode_store(p: &[u8]) -> Option<StoreRecord<'_>> {
+    let (id, env, body) = split_store(p)?;
+    Some(StoreRecord { id, envelope: decode_archived::<Envelope>(env)?, body })
+}
+
+/// Payload of an update record: id then archived updates.
+pub fn update_prefix(id: u64) -> [u8; 8] {
+    id.to_le_bytes()
+}
+
+/// Decodes an update payload.
+pub fn decode_update(p: &[u8]) -> Option<(u64, Vec<RecipientUpdate>)> {
+    let id = u64_at(p, 0)?;
+    Some((id, decode_archived::<Vec<RecipientUpdate>>(p.get(8..)?)?))
+}
+
+/// Decodes a remove payload (just the id).
+pub fn decode_remove(p: &[u8]) -> Option<u64> {
+    if p.len() != 8 {
+        return None;
+    }
+    u64_at(p, 0)
+}

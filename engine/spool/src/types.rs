@@ -1,0 +1,166 @@
+//! The values the spool stores and hands back (the contract of INTERFACES.md §2).
+
+use std::path::PathBuf;
+
+use rkyv::{Archive, Deserialize, Serialize};
+
+/// A message's id: the shard in the top 8 bits, a per-shard sequence in the low 56.
+///
+/// Displayed as 16 lowercase hex digits (the SMTP "queued as" id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MessageId(pub u64);
+
+/// Bits of a [`MessageId`] that hold the sequence; the shard sits above them.
+pub const MESSAGE_ID_SEQUENCE_BITS: u32 = 56;
+
+impl MessageId {
+    /// Builds an id from a shard and a sequence (the sequence is masked to 56 bits).
+    pub fn new(shard: u8, sequence: u64) -> MessageId {
+        MessageId((u64::from(shard) << MESSAGE_ID_SEQUENCE_BITS) | (sequence & Self::SEQUENCE_MASK))
+    }
+    const SEQUENCE_MASK: u64 = (1 << MESSAGE_ID_SEQUENCE_BITS) - 1;
+    /// The shard that stored the message.
+    pub fn shard(self) -> u8 {
+        (self.0 >> MESSAGE_ID_SEQUENCE_BITS) as u8
+    }
+    /// The per-shard sequence.
+    pub fn sequence(self) -> u64 {
+        self.0 & Self::SEQUENCE_MASK
+    }
+}
+
+impl std::fmt::Display for MessageId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+/// Where a recipient stands. Everything but `Pending` is final.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub enum RecipientState {
+    /// Not yet delivered; will be tried at `next_attempt_unix_ms`.
+    Pending,
+    /// Accepted by the destination.
+    Delivered,
+    /// Permanently refused (a DSN was or will be generated).
+    Bounced,
+    /// Gave up after the maximum queue age.
+    Expired,
+}
+
+/// One recipient of a spooled message and its delivery state.
+#[derive(Debug, Clone, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct Recipient {
+    /// "local@domain" as accepted in RCPT TO.
+    pub address: String,
+    /// Current state.
+    pub state: RecipientState,
+    /// Delivery attempts made so far.
+    pub attempts: u32,
+    /// When to try next (Unix ms); meaningful while `Pending`.
+    pub next_attempt_unix_ms: u64,
+    /// The last reply from the destination, if any (for DSNs and `petrel queue ls`).
+    pub last_reply: Option<String>,
+}
+
+/// The metadata of a spooled message (the body is stored next to it, once).
+#[derive(Debug, Clone, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct Envelope {
+    /// MAIL FROM; "" for the null reverse-path.
+    pub mail_from: String,
+    /// Recipients in RCPT order; an update's `index` points into this list.
+    pub recipients: Vec<Recipient>,
+    /// The tenant that sent it, when authenticated.
+    pub tenant: Option<String>,
+    /// When the message was accepted (Unix ms).
+    pub received_unix_ms: u64,
+    /// The client's address ("ip:port").
+    pub client_addr: String,
+    /// The client's HELO/EHLO name.
+    pub helo: String,
+    /// The AUTH identity, if any.
+    pub authenticated_as: Option<String>,
+    /// SMTPUTF8 was requested.
+    pub smtputf8: bool,
+    /// BODY=8BITMIME (or BINARYMIME) was requested.
+    pub body_8bit: bool,
+    /// A bounce we generated; never bounce a bounce.
+    pub is_dsn: bool,
+}
+
+/// A message found in the spool (by recovery or `inspect`), with its latest recipient states.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpooledMessage {
+    /// Its id.
+    pub id: MessageId,
+    /// Envelope with every journaled update applied.
+    pub envelope: Envelope,
+    /// Length of the body in bytes.
+    pub body_len_bytes: u64,
+}
+
+/// A change to one recipient's state.
+#[derive(Debug, Clone, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct RecipientUpdate {
+    /// Index into `Envelope::recipients`.
+    pub index: u32,
+    /// New state.
+    pub state: RecipientState,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// Next attempt (Unix ms).
+    pub next_attempt_unix_ms: u64,
+    /// Last reply from the destination.
+    pub last_reply: Option<String>,
+}
+
+/// How to open a shard's spool.
+#[derive(Debug, Clone)]
+pub struct SpoolConfig {
+    /// `<data>/spool`; this shard uses `<root>/shard-<shard>/`.
+    pub root: PathBuf,
+    /// The shard number; it becomes the top 8 bits of every message id.
+    pub shard: u8,
+    /// Roll over to a new segment once the active one is past this many bytes (default 64 MiB).
+    /// A single record larger than this gets a segment of its own.
+    pub segment_size_max_bytes: u64,
+    /// fdatasync before `store` returns (default true; false only for benchmarks that say so).
+    pub fsync: bool,
+}
+
+/// Default of [`SpoolConfig::segment_size_max_bytes`].
+pub const SEGMENT_SIZE_MAX_BYTES_DEFAULT: u64 = 64 << 20;
+
+impl SpoolConfig {
+    /// A configuration with the defaults (64 MiB segments, fsync on).
+    pub fn new(root: impl Into<PathBuf>, shard: u8) -> SpoolConfig {
+        SpoolConfig {
+            root: root.into(),
+            shard,
+            segment_size_max_bytes: SEGMENT_SIZE_MAX_BYTES_DEFAULT,
+            fsync: true,
+        }
+    }
+}
+
+/// Live counts, cheap to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SpoolStats {
+    /// Live (not removed) messages.
+    pub messages: u64,
+    /// Bytes of live records (header, envelope, body) in the data segments.
+    pub bytes: u64,
+    /// Segment files (data) currently on disk for this shard.
+    pub segments: u64,
+}
+
+/// What `open` found on disk.
+#[derive(Debug, Default)]
+pub struct Recovery {
+    /// Every live message with its latest state, in id order.
+    pub messages: Vec<SpooledMessage>,
+    /// Records skipped: torn tails, bad checksums, unreadable archives.
+    pub records_skipped: u64,
+    /// Bytes skipped with them.
+    pub bytes_skipped: u64,
+}

@@ -1,0 +1,75 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::path::Path;
+
+use glommio::{LocalExecutorBuilder, Placement};
+use petrel_spool::{Envelope, Recipient, RecipientState, SpoolConfig};
+
+/// Runs `f` on a fresh glommio executor with a small io_memory (RLIMIT_MEMLOCK is 8 MiB here).
+pub fn run<F, Fut, T>(f: F) -> T
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = T> + 'static,
+    T: Send + 'static,
+{
+    LocalExecutorBuilder::new(Placement::Unbound)
+        .io_memory(512 << 10)
+        .spawn(f)
+        .expect("executor starts")
+        .join()
+        .expect("executor joins")
+}
+
+pub fn config(root: &Path, shard: u8) -> SpoolConfig {
+    SpoolConfig::new(root, shard)
+}
+
+pub fn envelope(n: u64, recipients: usize) -> Envelope {
+    Envelope {
+        mail_from: format!("sender{n}@example.com"),
+        recipients: (0..recipients)
+            .map(|i| Recipient {
+                address: format!("rcpt{i}@dest{n}.example"),
+                state: RecipientState::Pending,
+                attempts: 0,
+                next_attempt_unix_ms: 1_700_000_000_000 + n,
+                last_reply: None,
+            })
+            .collect(),
+        tenant: Some("tenant-a".into()),
+        received_unix_ms: 1_700_000_000_000 + n,
+        client_addr: "127.0.0.1:40000".into(),
+        helo: "client.example".into(),
+        authenticated_as: None,
+        smtputf8: false,
+        body_8bit: n % 2 == 0,
+        is_dsn: false,
+    }
+}
+
+/// A body whose content is derived from `n` (so a reader can check it).
+pub fn body(n: u64, len: usize) -> Vec<u8> {
+    let seed = format!("Subject: message {n}\r\n\r\n");
+    seed.bytes().chain((0..).map(|i: u64| b'a' + ((i + n) % 26) as u8)).take(len.max(seed.len())).collect()
+}
+
+/// Data files of shard `shard` under `root`, sorted.
+pub fn data_files(root: &Path, shard: u8) -> Vec<std::path::PathBuf> {
+    files_with(root, shard, ".data")
+}
+
+pub fn journal_files(root: &Path, shard: u8) -> Vec<std::path::PathBuf> {
+    files_with(root, shard, ".journal")
+}
+
+fn files_with(root: &Path, shard: u8, suffix: &str) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(root.join(format!("shard-{shard}")))
+        .expect("shard dir exists")
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.to_string_lossy().ends_with(suffix))
+        .collect();
+    v.sort();
+    v
+}

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: installs what the tests need, starts a private
+# PostgreSQL on loopback for the control plane's tests, runs every test with nextest, and stops
+# what it started (by PID). Used by the README and by .ci/run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+
+log() { printf '\n== %s\n' "$*" >&2; }
+
+# --- what the tests need -----------------------------------------------------------------------
+need_apt=()
+command -v pg_ctlcluster >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
+command -v swaks >/dev/null 2>&1 || need_apt+=(swaks)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  log "installing Debian packages: ${need_apt[*]}"
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -q >/dev/null 2>&1 || true
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need_apt[@]}" >/dev/null 2>&1 \
+      || echo "WARNING: could not install ${need_apt[*]}; the tests that need them say SKIPPED" >&2
+  else
+    echo "WARNING: not root; cannot install ${need_apt[*]}" >&2
+  fi
+fi
+if ! python3 -c 'import dkim, nacl' >/dev/null 2>&1; then
+  log "installing dkimpy and PyNaCl (independent DKIM verifier)"
+  python3 -m pip install -q dkimpy pynacl >/dev/null 2>&1 \
+    || echo "WARNING: could not install dkimpy; DKIM verification tests say SKIPPED" >&2
+fi
+command -v cargo-nextest >/dev/null 2>&1 || cargo install --locked cargo-nextest
+
+# --- a private PostgreSQL on loopback -------------------------------------------------------------
+PG_PID=""
+PG_DIR=""
+cleanup() {
+  if [ -n "$PG_PID" ] && kill -0 "$PG_PID" 2>/dev/null; then
+    kill "$PG_PID" 2>/dev/null || true
+    for _ in $(seq 1 50); do kill -0 "$PG_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$PG_PID" 2>/dev/null || true
+  fi
+  [ -n "$PG_DIR" ] && rm -rf "$PG_DIR"
+}
+trap cleanup EXIT
+INITDB=$(ls /usr/lib/postgresql/*/bin/initdb 2>/dev/null | sort -V | tail -n 1 || true)
+if [ -n "$INITDB" ] && [ -z "${PETREL_TEST_PG_URL:-}" ]; then
+  PGBIN=$(dirname "$INITDB")
+  PG_DIR=$(mktemp -d /tmp/petrel-pg.XXXXXX)
+  chown postgres "$PG_DIR" 2>/dev/null || true
+  PG_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  RUN="runuser -u postgres --"; [ "$(id -u)" = 0 ] || RUN=""
+  if $RUN "$PGBIN/initdb" -D "$PG_DIR/data" -U petrel --auth=trust >/dev/null 2>&1; then
+    $RUN "$PGBIN/postgres" -D "$PG_DIR/data" -h 127.0.0.1 -p "$PG_PORT" -k "$PG_DIR" \
+      -c fsync=off -c max_connections=200 >"$PG_DIR/log" 2>&1 &
+    PG_PID=$!
+    for _ in $(seq 1 100); do
+      "$PGBIN/pg_isready" -h 127.0.0.1 -p "$PG_PORT" >/dev/null 2>&1 && break; sleep 0.1
+    done
+    export PETREL_TEST_PG_URL="postgres://petrel@127.0.0.1:$PG_PORT/postgres"
+    log "PostgreSQL for tests: $PETREL_TEST_PG_URL (pid $PG_PID)"
+  else
+    echo "WARNING: initdb failed; PostgreSQL tests say SKIPPED" >&2
+  fi
+fi
+
+# --- the tests ------------------------------------------------------------------------------------
+log "building"
+cargo build --release --bin petrel
+export PETREL_BIN="$ROOT/target/release/petrel"
+log "running the test suite"
+cargo nextest run --workspace --no-fail-fast "$@"

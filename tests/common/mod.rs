@@ -1,0 +1,263 @@
+//! Shared helpers for the end-to-end tests: start a real `petrel` process, talk SMTP to it over
+//! loopback, stop it by PID.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// How long an engine may take to print its ready line.
+pub const ENGINE_READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub fn petrel_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_petrel"))
+}
+
+/// A free loopback port (bound then released; good enough for tests).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+pub struct Engine {
+    pub child: Child,
+    pub smtp: SocketAddr,
+    pub metrics: SocketAddr,
+    pub admin: SocketAddr,
+    pub data_dir: PathBuf,
+    pub stdout_lines: mpsc::Receiver<String>,
+}
+
+impl Engine {
+    /// Starts `petrel engine` with loopback ports and the given extra arguments.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Engine {
+        Self::start_with(data_dir, extra, None)
+    }
+
+    pub fn start_with(data_dir: &Path, extra: &[&str], config: Option<&str>) -> Engine {
+        let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut cmd = Command::new(petrel_bin());
+        cmd.arg("engine")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--smtp-listen", "127.0.0.1:0"])
+            .arg("--metrics-listen")
+            .arg(metrics.to_string())
+            .arg("--admin-listen")
+            .arg(admin.to_string())
+            .arg("--no-pin")
+            .args(extra);
+        if let Some(text) = config {
+            let path = data_dir.join("petrel-test.toml");
+            std::fs::create_dir_all(data_dir).unwrap();
+            std::fs::write(&path, text).unwrap();
+            cmd.arg("--config").arg(path);
+        }
+        cmd.env("PETREL_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = cmd.spawn().expect("spawn petrel engine");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + ENGINE_READY_TIMEOUT;
+        let smtp = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(rest) = line.strip_prefix("petrel engine ready: smtp=") {
+                        let addr = rest.split_whitespace().next().unwrap();
+                        break addr.parse().unwrap();
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!("engine did not become ready in {ENGINE_READY_TIMEOUT:?}");
+                }
+            }
+        };
+        Engine {
+            child,
+            smtp,
+            metrics,
+            admin,
+            data_dir: data_dir.to_path_buf(),
+            stdout_lines: rx,
+        }
+    }
+
+    /// SIGTERM, then wait (bounded); returns the exit status success.
+    pub fn stop(mut self) -> bool {
+        let pid = self.child.id() as i32;
+        let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.success();
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// kill -9.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn scrape(&self) -> String {
+        http_get(self.metrics, "/metrics").1
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A minimal HTTP GET over loopback.
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http(addr, "GET", path)
+}
+
+pub fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("http connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    let _ = s.read_to_string(&mut raw);
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, body.to_string())
+}
+
+/// A raw SMTP client for dialogue checks (replies are read whole, multi-line aware).
+pub struct Smtp {
+    reader: BufReader<TcpStream>,
+}
+
+impl Smtp {
+    pub fn connect(addr: SocketAddr) -> Smtp {
+        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("smtp connect");
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        Smtp {
+            reader: BufReader::new(s),
+        }
+    }
+
+    /// Reads one (possibly multi-line) reply; returns (code, full text).
+    pub fn reply(&mut self) -> (u16, String) {
+        let mut all = String::new();
+        loop {
+            let mut line = String::new();
+            let n = self.reader.read_line(&mut line).unwrap_or(0);
+            if n == 0 {
+                return (0, all);
+            }
+            all.push_str(&line);
+            if line.len() < 4 || line.as_bytes()[3] != b'-' {
+                let code = line.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0);
+                return (code, all);
+            }
+        }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.reader.get_mut().write_all(bytes).expect("smtp write");
+    }
+
+    pub fn cmd(&mut self, line: &str) -> (u16, String) {
+        self.send(format!("{line}\r\n").as_bytes());
+        self.reply()
+    }
+}
+
+/// Sends one message over a fresh connection; returns the DATA reply (code, text).
+pub fn send_one(addr: SocketAddr, from: &str, to: &str, body: &str) -> (u16, String) {
+    let mut c = Smtp::connect(addr);
+    assert_eq!(c.reply().0, 220);
+    assert_eq!(c.cmd("EHLO client.test").0, 250);
+    let r = c.cmd(&format!("MAIL FROM:<{from}>"));
+    if r.0 != 250 {
+        return r;
+    }
+    let r = c.cmd(&format!("RCPT TO:<{to}>"));
+    if r.0 != 250 {
+        return r;
+    }
+    assert_eq!(c.cmd("DATA").0, 354);
+    c.send(body.as_bytes());
+    c.send(b".\r\n");
+    let r = c.reply();
+    let _ = c.cmd("QUIT");
+    r
+}
+
+/// A small RFC 5322 message with CRLF line ends.
+pub fn message(from: &str, to: &str, subject: &str) -> String {
+    format!(
+        "From: <{from}>\r\nTo: <{to}>\r\nSubject: {subject}\r\nMessage-ID: <{subject}@client.test>\r\nDate: Mon, 23 Nov 2026 10:00:00 +0000\r\n\r\nHello.\r\n"
+    )
+}
+
+/// `petrel spool ls --json --data-dir DIR`: the ids in the spool.
+pub fn spool_ids(data_dir: &Path) -> Vec<String> {
+    let out = Command::new(petrel_bin())
+        .args(["spool", "ls", "--json", "--data-dir"])
+        .arg(data_dir)
+        .output()
+        .expect("petrel spool ls");
+    assert!(out.status.success(), "spool ls failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("spool ls --json line");
+            v["id"].as_str().unwrap().to_string()
+        })
+        .collect()
+}
+
+pub fn spool_count(data_dir: &Path) -> u64 {
+    let out = Command::new(petrel_bin())
+        .args(["spool", "count", "--data-dir"])
+        .arg(data_dir)
+        .output()
+        .expect("petrel spool count");
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .expect("count prints the number first")
+}
