@@ -14,9 +14,12 @@
 # Env knobs: N (20000) SIZE (1024) SESS (20) RUNS (3) PORT (2640) TIMEOUT (120 s per command)
 #            BIN (petrel-load binary; default: build with cargo --release into CARGO_TARGET_DIR)
 #            EXTRA="--no-pipelining" adds petrel injector flags (e.g. lockstep like smtp-source)
+#            THREADS (0 = one per core) core threads of the petrel injector and sink; THREADS=1
+#            matches smtp-source/smtp-sink, which are single-threaded (on a loaded machine
+#            more threads also means a larger share of the CPU, which flatters petrel)
 set -u
 N=${N:-20000}; SIZE=${SIZE:-1024}; SESS=${SESS:-20}; RUNS=${RUNS:-3}; PORT=${PORT:-2640}
-TIMEOUT=${TIMEOUT:-120}; EXTRA=${EXTRA:-}
+TIMEOUT=${TIMEOUT:-120}; EXTRA=${EXTRA:-}; THREADS=${THREADS:-0}
 HERE=$(cd "$(dirname "$0")" && pwd)
 WORK=$(mktemp -d /tmp/petrel-bench.XXXXXX)
 PIDS=()
@@ -53,14 +56,14 @@ print(d)' "$1" "$2"; }
 
 # one petrel run; prints "rate inj_cpu_per_1k sink_cpu_per_1k ok"
 petrel_run() { # $1=port $2=per-connection
-  "$BIN" sink --listen "127.0.0.1:$1" --expect "$N" --duration "${TIMEOUT}s" --json \
+  "$BIN" sink --listen "127.0.0.1:$1" --expect "$N" --duration "${TIMEOUT}s" --threads "$THREADS" --json \
     > "$WORK/sink.json" 2>/dev/null &
   local sp=$!; PIDS+=("$sp")
   wait_listen "$1" || die "petrel sink not listening on $1"
   local t0 t1
   t0=$(now)
   timeout "$TIMEOUT" "$BIN" inject --target "127.0.0.1:$1" --messages "$N" --connections "$SESS" \
-    --size "$SIZE" --per-connection "$2" $EXTRA --json > "$WORK/inj.json" 2>/dev/null
+    --size "$SIZE" --per-connection "$2" --threads "$THREADS" $EXTRA --json > "$WORK/inj.json" 2>/dev/null
   t1=$(now)
   local i; for i in $(seq 1 $((TIMEOUT * 10))); do kill -0 "$sp" 2>/dev/null || break; sleep 0.1; done
   stop_pid "$sp"
@@ -94,7 +97,7 @@ postfix_run() { # $1=port $2=smtp-source opts
 median() { sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 
 echo "# harness ceiling: N=$N SIZE=$SIZE SESS=$SESS RUNS=$RUNS $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "# petrel-load extra flags: '${EXTRA}'"
+echo "# petrel-load threads=${THREADS} (0 = one per core), extra flags: '${EXTRA}'"
 port=$PORT
 for mode in new reuse; do
   if [ $mode = new ]; then pc=1; so=""; else pc=0; so="-d"; fi

@@ -272,6 +272,9 @@ impl Client {
                     let more = per_conn == 0 || sent < per_conn;
                     match more.then(|| self.sh.claim()).flatten() {
                         Some(n) => {
+                            if let Some(due) = self.sh.due(n) {
+                                tokio::time::sleep_until(due.into()).await;
+                            }
                             cur = n;
                             continue;
                         }
@@ -315,6 +318,11 @@ impl Client {
                         .data
                         .saturating_record(t_data.elapsed().as_micros() as u64);
                     self.finish(class(code));
+                    if code == 421 {
+                        // The server is closing: the pipelined next ticket goes to a new connection.
+                        self.carry = next;
+                        return;
+                    }
                 }
                 Err(f) => {
                     self.fail(f);

@@ -569,7 +569,9 @@ mod tests {
         for round in 0..2000 {
             // Half pure noise, half the real payload with a few random bytes changed.
             let mut payload = if round % 2 == 0 {
-                (0..rng.gen_range(0..512)).map(|_| rng.gen()).collect::<Vec<u8>>()
+                (0..rng.gen_range(0..512))
+                    .map(|_| rng.gen())
+                    .collect::<Vec<u8>>()
             } else {
                 good[SNAPSHOT_HEADER_BYTES..].to_vec()
             };

@@ -4,6 +4,8 @@
 //! row's hash (64 zeros for the first row) and `canonical(row)` is the JSON of the row's fields
 //! in a fixed order, with `before`/`after` as their stored text. Changing, deleting or inserting a
 //! row breaks the chain at that row; [`verify`] walks the chain and reports the first broken link.
+//! The head (last seq and hash) is also kept in `petrel_meta`, so cutting rows off the end is
+//! caught too.
 //! Rows are appended only inside a [`crate::store::Mutation`], which holds the write lock.
 
 use serde::Serialize;
@@ -87,7 +89,10 @@ pub async fn append(
         .fetch_optional(&mut **tx)
         .await?;
     let (seq, prev_hash) = match last {
-        Some(r) => (r.try_get::<i64, _>("seq")? + 1, r.try_get::<String, _>("hash")?),
+        Some(r) => (
+            r.try_get::<i64, _>("seq")? + 1,
+            r.try_get::<String, _>("hash")?,
+        ),
         None => (1, GENESIS_HASH.to_string()),
     };
     let before = e.before.as_ref().map(|v| v.to_string());
@@ -120,9 +125,14 @@ pub async fn append(
     .bind(before)
     .bind(after)
     .bind(prev_hash)
-    .bind(hash)
+    .bind(hash.clone())
     .execute(&mut **tx)
     .await?;
+    sqlx::query("UPDATE petrel_meta SET audit_head_seq = $1, audit_head_hash = $2 WHERE id = 1")
+        .bind(seq)
+        .bind(hash)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
 
@@ -190,7 +200,38 @@ pub struct VerifyReport {
     pub reason: Option<String>,
 }
 
-/// Walks the whole chain in `seq` order.
+/// The chain ended at `last_seq`/`last_hash`: it must be the head recorded in `petrel_meta`.
+async fn verify_head(
+    pool: &sqlx::AnyPool,
+    last_seq: i64,
+    last_hash: &str,
+    checked: u64,
+) -> Result<VerifyReport, ControlError> {
+    let meta = sqlx::query("SELECT audit_head_seq, audit_head_hash FROM petrel_meta WHERE id = 1")
+        .fetch_one(pool)
+        .await?;
+    let head_seq: i64 = meta.try_get("audit_head_seq")?;
+    let head_hash: String = meta.try_get("audit_head_hash")?;
+    if head_seq == last_seq && head_hash == last_hash {
+        return Ok(VerifyReport {
+            ok: true,
+            rows_checked: checked,
+            first_broken_seq: None,
+            reason: None,
+        });
+    }
+    Ok(VerifyReport {
+        ok: false,
+        rows_checked: checked,
+        first_broken_seq: Some(last_seq + 1),
+        reason: Some(format!(
+            "the chain ends at seq {last_seq} but the recorded head is seq {head_seq} \
+             (rows were removed from the end, or the head was altered)"
+        )),
+    })
+}
+
+/// Walks the whole chain in `seq` order, then checks it ends at the recorded head.
 pub async fn verify(pool: &sqlx::AnyPool) -> Result<VerifyReport, ControlError> {
     let mut prev_hash = GENESIS_HASH.to_string();
     let mut expected_seq = 1i64;
@@ -205,12 +246,7 @@ pub async fn verify(pool: &sqlx::AnyPool) -> Result<VerifyReport, ControlError> 
         .fetch_all(pool)
         .await?;
         if rows.is_empty() {
-            return Ok(VerifyReport {
-                ok: true,
-                rows_checked: checked,
-                first_broken_seq: None,
-                reason: None,
-            });
+            return verify_head(pool, expected_seq - 1, &prev_hash, checked).await;
         }
         for r in &rows {
             let seq: i64 = r.try_get("seq")?;

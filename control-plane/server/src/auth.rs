@@ -107,13 +107,23 @@ use Permission as P;
 pub const PERMISSIONS: &[(Role, &[Permission])] = &[
     (
         Role::Viewer,
-        &[P::TenantRead, P::DomainsRead, P::CredentialsRead, P::LimitsRead],
+        &[
+            P::TenantRead,
+            P::DomainsRead,
+            P::CredentialsRead,
+            P::LimitsRead,
+        ],
     ),
     (Role::Developer, &[P::DomainsWrite, P::CredentialsWrite]),
     (Role::Admin, &[P::LimitsWrite, P::AuditRead]),
     (
         Role::Owner,
-        &[P::TenantsManage, P::GlobalLimitsWrite, P::AuditVerify, P::EnginesRead],
+        &[
+            P::TenantsManage,
+            P::GlobalLimitsWrite,
+            P::AuditVerify,
+            P::EnginesRead,
+        ],
     ),
 ];
 
@@ -324,7 +334,8 @@ impl FromRequestParts<App> for Caller {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim)
-            .ok_or_else(|| fail("missing bearer key"))?;
+            // No key is not a guess at one: it does not count towards the throttle.
+            .ok_or_else(|| ApiError::unauthorized("missing bearer key"))?;
         if token.len() != KEY_LENGTH_CHARS || !token.bytes().all(|b| b.is_ascii_alphanumeric()) {
             return Err(fail("invalid key"));
         }
@@ -355,7 +366,9 @@ impl FromRequestParts<App> for Caller {
         }
         let ip_allowlist = crate::store::get_list(&row, "ip_allowlist")?;
         if !ip_allowed(&ip_allowlist, remote) {
-            return Err(ApiError::forbidden("this key may not be used from this address"));
+            return Err(ApiError::forbidden(
+                "this key may not be used from this address",
+            ));
         }
         if crate::store::get_bool(&row, "suspended")? {
             return Err(ApiError::forbidden("tenant suspended"));
@@ -374,5 +387,70 @@ impl FromRequestParts<App> for Caller {
             is_operator: crate::store::get_bool(&row, "is_operator")?,
             remote,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throttle_blocks_after_ten_failures_until_the_window_ends() {
+        let t = Throttle::default();
+        let ip: IpAddr = "192.0.2.1".parse().expect("ip");
+        let other: IpAddr = "192.0.2.2".parse().expect("ip");
+        for _ in 0..AUTH_FAILURES_PER_WINDOW_MAX {
+            assert!(t.check(ip, 1_000).is_ok());
+            t.record_failure(ip, 1_000);
+        }
+        assert_eq!(t.check(ip, 1_000), Err(60));
+        assert_eq!(t.check(ip, 1_045), Err(15));
+        assert!(t.check(other, 1_000).is_ok(), "per address");
+        assert!(t.check(ip, 1_060).is_ok(), "window over");
+        t.record_failure(ip, 1_060);
+        assert!(
+            t.check(ip, 1_060).is_ok(),
+            "a new window starts from one failure"
+        );
+    }
+
+    #[test]
+    fn keys_hash_and_verify() {
+        let key = generate_key();
+        assert_eq!(key.len(), KEY_LENGTH_CHARS);
+        assert!(key.bytes().all(|b| b.is_ascii_alphanumeric()));
+        let cheap = HashCost {
+            memory_kib: 64,
+            iterations: 1,
+        };
+        let phc = hash_secret(&key, cheap).expect("hash");
+        assert!(phc.starts_with("$argon2id$v=19$m=64,t=1,p=1$"));
+        assert!(verify_secret(&key, &phc));
+        assert!(!verify_secret("wrong", &phc));
+        assert!(!verify_secret(&key, "not a phc"));
+    }
+
+    #[test]
+    fn cache_is_keyed_and_bound_to_the_hash() {
+        let c = VerifyCache::default();
+        let k = c.key("secret-a");
+        assert_ne!(k, c.key("secret-b"));
+        assert_ne!(
+            k,
+            VerifyCache::default().key("secret-a"),
+            "keyed per process"
+        );
+        c.insert(k, "phc-1".into());
+        assert!(c.hit(&k, "phc-1"));
+        assert!(!c.hit(&k, "phc-2"), "a rotated hash misses");
+    }
+
+    #[test]
+    fn ip_allowlist_matches_cidrs() {
+        let ip: IpAddr = "10.1.2.3".parse().expect("ip");
+        assert!(ip_allowed(&[], ip));
+        assert!(ip_allowed(&["10.0.0.0/8".into()], ip));
+        assert!(!ip_allowed(&["192.168.0.0/16".into()], ip));
+        assert!(ip_allowed(&["10.1.2.3".into()], ip));
     }
 }

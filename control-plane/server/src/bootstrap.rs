@@ -20,7 +20,12 @@ pub const DEV_DOMAIN: &str = "dev.petrel.test";
 /// The label of its SMTP credential.
 pub const DEV_SMTP_NAME: &str = "dev smtp";
 
-fn system_entry(clock: &dyn Clock, tenant: &str, action: &str, after: serde_json::Value) -> AuditEntry {
+fn system_entry(
+    clock: &dyn Clock,
+    tenant: &str,
+    action: &str,
+    after: serde_json::Value,
+) -> AuditEntry {
     AuditEntry {
         tenant_id: Some(tenant.to_string()),
         actor: "system:bootstrap".into(),
@@ -63,14 +68,17 @@ pub async fn ensure_operator(
     let mut m = db.begin_mutation().await?;
     insert_tenant(&mut m.tx, &tenant).await?;
     let created = insert_credential(&mut m.tx, prepared, clock.now_unix_ms()).await?;
-    let after = serde_json::json!({"tenant": tenant, "owner_key_prefix": created.credential.prefix});
+    let after =
+        serde_json::json!({"tenant": tenant, "owner_key_prefix": created.credential.prefix});
     match m
         .commit(system_entry(clock, &tenant.id, "tenant.bootstrap", after))
         .await
     {
         Ok(_) => Ok(Some(created.secret)),
         // Another node won the race: its key was printed there.
-        Err(ControlError::Database(sqlx::Error::Database(e))) if e.is_unique_violation() => Ok(None),
+        Err(ControlError::Database(sqlx::Error::Database(e))) if e.is_unique_violation() => {
+            Ok(None)
+        }
         Err(e) => Err(e),
     }
 }
@@ -90,7 +98,10 @@ impl DevBootstrap {
     /// Human-readable lines for the start-up banner.
     pub fn lines(&self) -> Vec<String> {
         let mut out = vec![
-            format!("development tenant: {} ({})", DEV_TENANT_NAME, self.tenant_id),
+            format!(
+                "development tenant: {} ({})",
+                DEV_TENANT_NAME, self.tenant_id
+            ),
             format!("sending domain: {} (verified for loopback)", self.domain),
         ];
         match &self.smtp_password {
@@ -104,7 +115,9 @@ impl DevBootstrap {
             )),
         }
         if let Some(k) = &self.api_key {
-            out.push(format!("development tenant admin API key (shown once): {k}"));
+            out.push(format!(
+                "development tenant admin API key (shown once): {k}"
+            ));
         }
         out
     }
@@ -133,7 +146,9 @@ pub async fn bootstrap_dev(info: &ServeInfo) -> Result<DevBootstrap, ControlErro
             return Ok(DevBootstrap {
                 tenant_id,
                 domain: DEV_DOMAIN.into(),
-                smtp_username: u.try_get::<Option<String>, _>("username")?.unwrap_or_default(),
+                smtp_username: u
+                    .try_get::<Option<String>, _>("username")?
+                    .unwrap_or_default(),
                 smtp_password: None,
                 api_key: None,
             });
@@ -200,8 +215,16 @@ async fn create_dev(info: &ServeInfo) -> Result<DevBootstrap, ControlError> {
         .execute(&mut *m.tx)
         .await?;
         let selector = domains::new_selector();
-        domains::insert_key(&mut m.tx, &tenant.id, &domain_id, &selector, &key, now, Some(now))
-            .await?;
+        domains::insert_key(
+            &mut m.tx,
+            &tenant.id,
+            &domain_id,
+            &selector,
+            &key,
+            now,
+            Some(now),
+        )
+        .await?;
     }
     let smtp = insert_credential(&mut m.tx, smtp, now).await?;
     let api = insert_credential(&mut m.tx, api, now).await?;
@@ -210,7 +233,12 @@ async fn create_dev(info: &ServeInfo) -> Result<DevBootstrap, ControlError> {
         "smtp_credential": smtp.credential, "api_key_prefix": api.credential.prefix,
     });
     let v = m
-        .commit(system_entry(app.clock.as_ref(), &tenant.id, "dev.bootstrap", after))
+        .commit(system_entry(
+            app.clock.as_ref(),
+            &tenant.id,
+            "dev.bootstrap",
+            after,
+        ))
         .await?;
     app.notify(v);
     Ok(DevBootstrap {

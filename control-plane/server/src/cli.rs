@@ -80,7 +80,8 @@ pub async fn run(cmd: ControlCommand) -> anyhow::Result<()> {
             data_dir,
             database_url,
         } => {
-            let db = crate::store::Db::open(&data_dir.join("control"), database_url.as_deref()).await?;
+            let db =
+                crate::store::Db::open(&data_dir.join("control"), database_url.as_deref()).await?;
             let report = crate::audit::verify(&db.pool).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             if report.ok {

@@ -119,10 +119,7 @@ impl DnsChecker {
                     ns
                 })
                 .collect();
-            TokioResolver::builder_with_config(
-                ResolverConfig::from_name_servers(servers),
-                provider,
-            )
+            TokioResolver::builder_with_config(ResolverConfig::from_name_servers(servers), provider)
         };
         let opts: &mut ResolverOpts = builder.options_mut();
         opts.timeout = Duration::from_millis(DNS_QUERY_TIMEOUT_MS);
@@ -220,7 +217,12 @@ mod tests {
 
     #[test]
     fn judge_reads_dkim_spf_dmarc() {
-        let recs = records_for("ex.test", "s1", "v=DKIM1; k=ed25519; p=QUJD", "spf.petrel.test");
+        let recs = records_for(
+            "ex.test",
+            "s1",
+            "v=DKIM1; k=ed25519; p=QUJD",
+            "spf.petrel.test",
+        );
         let dkim = &recs[0];
         assert_eq!(judge(dkim, &[], "x"), RecordState::Missing);
         assert_eq!(

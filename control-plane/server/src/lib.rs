@@ -105,7 +105,10 @@ impl std::fmt::Debug for ServeInfo {
         f.debug_struct("ServeInfo")
             .field("api_addr", &self.api_addr)
             .field("push_addr", &self.push_addr)
-            .field("bootstrap_key", &self.bootstrap_key.as_ref().map(|_| "<secret>"))
+            .field(
+                "bootstrap_key",
+                &self.bootstrap_key.as_ref().map(|_| "<secret>"),
+            )
             .finish()
     }
 }
@@ -141,8 +144,9 @@ pub async fn serve(
     serve_with(cfg, ServeOptions::default(), ready).await
 }
 
-/// Opens the store, creates the operator's owner key at first start (printed once), binds both
-/// listeners, reports [`ServeInfo`], then serves until a listener fails.
+/// Opens the store, creates the operator's owner key at first start, binds both listeners,
+/// reports [`ServeInfo`], then serves until a listener fails. The new owner key is printed to
+/// stdout when there is no `ready` channel; otherwise it is in `ServeInfo::bootstrap_key` only.
 pub async fn serve_with(
     cfg: ControlConfig,
     opts: ServeOptions,
@@ -154,7 +158,8 @@ pub async fn serve_with(
     let db = store::Db::open(&cfg.data_dir, cfg.database_url.as_deref()).await?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let bootstrap_key = bootstrap::ensure_operator(&db, opts.hash_cost, clock.as_ref()).await?;
-    if let Some(key) = &bootstrap_key {
+    if let (Some(key), None) = (&bootstrap_key, &ready) {
+        // With a `ready` channel the caller receives the key and prints it (once).
         println!("petrel control: operator owner API key (shown once, keep it): {key}");
     }
     let version = db.policy_version().await?;
@@ -167,8 +172,10 @@ pub async fn serve_with(
         dns: dns::DnsChecker::new(&cfg.dns_nameservers)?,
         settings: api::Settings {
             spf_include: opts.spf_include.clone(),
-            dkim_rotation_grace_ms: i64::try_from(opts.dkim_rotation_grace_secs.saturating_mul(1000))
-                .unwrap_or(i64::MAX),
+            dkim_rotation_grace_ms: i64::try_from(
+                opts.dkim_rotation_grace_secs.saturating_mul(1000),
+            )
+            .unwrap_or(i64::MAX),
             hash_cost: opts.hash_cost,
         },
         version_tx,

@@ -154,17 +154,19 @@ pub struct SnapshotCache {
 impl SnapshotCache {
     /// The encoded snapshot at version >= `min_version` (building it when needed).
     async fn get(&self, app: &App, min_version: u64) -> Result<(u64, Arc<Vec<u8>>), ControlError> {
-        if let Some((v, b)) = self.latest.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+        if let Some((v, b)) = self
+            .latest
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
             if v >= min_version {
                 return Ok((v, b));
             }
         }
-        let snap = crate::snapshot::build(
-            &app.db,
-            app.now_ms(),
-            app.settings.dkim_rotation_grace_ms,
-        )
-        .await?;
+        let snap =
+            crate::snapshot::build(&app.db, app.now_ms(), app.settings.dkim_rotation_grace_ms)
+                .await?;
         let version = snap.version;
         let bytes = Arc::new(petrel_policy::encode(&snap)?);
         let mut latest = self.latest.lock().unwrap_or_else(|p| p.into_inner());
@@ -184,7 +186,10 @@ pub async fn serve_push(
 ) -> Result<(), ControlError> {
     let cache = Arc::new(SnapshotCache::default());
     let slots = Arc::new(Semaphore::new(ENGINE_CONNECTIONS_MAX));
+    // Sessions live in a JoinSet: dropping this future (shutdown) ends every session.
+    let mut sessions = tokio::task::JoinSet::new();
     loop {
+        while sessions.try_join_next().is_some() {}
         let permit = slots
             .clone()
             .acquire_owned()
@@ -199,7 +204,7 @@ pub async fn serve_push(
             }
         };
         let (tls, app, token, cache) = (tls.clone(), app.clone(), token.clone(), cache.clone());
-        tokio::spawn(async move {
+        sessions.spawn(async move {
             let _permit = permit;
             if let Err(e) = engine_session(tcp, peer, tls, &app, &token, &cache).await {
                 tracing::info!(%peer, error = %e, "engine connection ended");
@@ -211,8 +216,14 @@ pub async fn serve_push(
 fn token_matches(given: &str, expected: &str) -> bool {
     use sha2::{Digest, Sha256};
     // Compare digests so the comparison time does not depend on where the strings differ.
-    let (a, b) = (Sha256::digest(given.as_bytes()), Sha256::digest(expected.as_bytes()));
-    a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    let (a, b) = (
+        Sha256::digest(given.as_bytes()),
+        Sha256::digest(expected.as_bytes()),
+    );
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
 }
 
 async fn engine_session(
@@ -361,7 +372,10 @@ enum Touch {
 async fn touch(app: &App, id: &str, what: Touch) -> Result<(), ControlError> {
     let v = |x: u64| i64::try_from(x).unwrap_or(i64::MAX);
     let (sql, version) = match what {
-        Touch::Contact => ("UPDATE engines SET last_contact_unix_ms = $1 WHERE id = $2", None),
+        Touch::Contact => (
+            "UPDATE engines SET last_contact_unix_ms = $1 WHERE id = $2",
+            None,
+        ),
         Touch::Sent(x) => (
             "UPDATE engines SET last_contact_unix_ms = $1, sent_version = $3 WHERE id = $2",
             Some(x),

@@ -20,7 +20,11 @@ fn corrupt(what: &str) -> ControlError {
 }
 
 /// Reads the snapshot. `dkim_grace_ms`: how long retired keys stay in it.
-pub async fn build(db: &Db, now_ms: i64, dkim_grace_ms: i64) -> Result<PolicySnapshot, ControlError> {
+pub async fn build(
+    db: &Db,
+    now_ms: i64,
+    dkim_grace_ms: i64,
+) -> Result<PolicySnapshot, ControlError> {
     let mut tx = db.pool.begin().await?;
     if db.dialect == Dialect::Postgres {
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
@@ -64,16 +68,18 @@ pub async fn build(db: &Db, now_ms: i64, dkim_grace_ms: i64) -> Result<PolicySna
         let alg: String = r.try_get("algorithm")?;
         let activated: Option<i64> = r.try_get("activated_unix_ms")?;
         let retired: Option<i64> = r.try_get("retired_unix_ms")?;
-        keys.entry(r.try_get("domain_id")?).or_default().push(DkimKey {
-            selector: r.try_get("selector")?,
-            algorithm: parse_algorithm(&alg).ok_or_else(|| corrupt("dkim algorithm"))?,
-            private_key_pkcs8_der: r.try_get("private_key")?,
-            // Pending keys (record not yet seen) never sign.
-            active_from_unix_ms: activated
-                .and_then(|t| u64::try_from(t).ok())
-                .unwrap_or(u64::MAX),
-            retired: retired.is_some(),
-        });
+        keys.entry(r.try_get("domain_id")?)
+            .or_default()
+            .push(DkimKey {
+                selector: r.try_get("selector")?,
+                algorithm: parse_algorithm(&alg).ok_or_else(|| corrupt("dkim algorithm"))?,
+                private_key_pkcs8_der: r.try_get("private_key")?,
+                // Pending keys (record not yet seen) never sign.
+                active_from_unix_ms: activated
+                    .and_then(|t| u64::try_from(t).ok())
+                    .unwrap_or(u64::MAX),
+                retired: retired.is_some(),
+            });
     }
     let domains = sqlx::query("SELECT * FROM domains ORDER BY name")
         .fetch_all(&mut *tx)

@@ -43,10 +43,7 @@ pub struct Db {
 
 /// The embedded default: `<control dir>/petrel.db`.
 pub fn default_sqlite_url(data_dir: &Path) -> String {
-    format!(
-        "sqlite://{}?mode=rwc",
-        data_dir.join("petrel.db").display()
-    )
+    format!("sqlite://{}?mode=rwc", data_dir.join("petrel.db").display())
 }
 
 impl Db {
@@ -57,10 +54,19 @@ impl Db {
             Some(u) => u.to_string(),
             None => {
                 let dir = data_dir.to_path_buf();
-                std::fs::create_dir_all(&dir).map_err(|source| ControlError::Io {
+                // The database holds DKIM private keys: owner-only directory.
+                let io = |source| ControlError::Io {
                     path: dir.clone(),
                     source,
-                })?;
+                };
+                std::fs::create_dir_all(&dir).map_err(io)?;
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(
+                    |source| ControlError::Io {
+                        path: dir.clone(),
+                        source,
+                    },
+                )?;
                 default_sqlite_url(data_dir)
             }
         };
@@ -84,7 +90,9 @@ impl Db {
             .await?;
         if dialect == Dialect::Sqlite {
             // Persistent in the file: readers never block the writer.
-            sqlx::query("PRAGMA journal_mode=WAL").fetch_all(&pool).await?;
+            sqlx::query("PRAGMA journal_mode=WAL")
+                .fetch_all(&pool)
+                .await?;
         }
         let db = Db { pool, dialect };
         db.migrate().await?;
@@ -200,9 +208,12 @@ const MIGRATIONS: &[(i64, &str)] = &[(
 CREATE TABLE petrel_meta (
     id BIGINT PRIMARY KEY,
     policy_version BIGINT NOT NULL,
-    defaults_json TEXT NOT NULL
+    defaults_json TEXT NOT NULL,
+    audit_head_seq BIGINT NOT NULL,
+    audit_head_hash TEXT NOT NULL
 );
-INSERT INTO petrel_meta (id, policy_version, defaults_json) VALUES (1, 0, '{}');
+INSERT INTO petrel_meta (id, policy_version, defaults_json, audit_head_seq, audit_head_hash)
+VALUES (1, 0, '{}', 0, '0000000000000000000000000000000000000000000000000000000000000000');
 CREATE TABLE tenants (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,

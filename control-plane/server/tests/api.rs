@@ -52,13 +52,21 @@ async fn audit_chain_detects_tampering() {
 async fn failed_auth_is_throttled() {
     let h = common::start().await;
     for i in 0..10 {
-        let r = h.call("GET", "/v1/domains", Some(&"x".repeat(40)), None).await;
+        let r = h
+            .call("GET", "/v1/domains", Some(&"x".repeat(40)), None)
+            .await;
         assert_eq!(r.status, 401, "attempt {i}");
     }
-    let r = h.call("GET", "/v1/domains", Some(&"x".repeat(40)), None).await;
+    let r = h
+        .call("GET", "/v1/domains", Some(&"x".repeat(40)), None)
+        .await;
     assert_eq!(r.status, 429);
     assert_eq!(r.code(), "too_many_requests");
-    let retry: u64 = r.header("retry-after").expect("Retry-After").parse().expect("secs");
+    let retry: u64 = r
+        .header("retry-after")
+        .expect("Retry-After")
+        .parse()
+        .expect("secs");
     assert!((1..=60).contains(&retry), "{retry}");
     // Even the right key waits: the address is blocked, not the key.
     let r = h.owner("GET", "/v1/tenants", None).await;
@@ -74,14 +82,22 @@ async fn openapi_lists_every_route() {
     let paths = r.body["paths"].as_object().expect("paths");
     for route in petrel_control::api::openapi::ROUTES {
         assert!(
-            paths.get(route.path).and_then(|p| p.get(route.method)).is_some(),
+            paths
+                .get(route.path)
+                .and_then(|p| p.get(route.method))
+                .is_some(),
             "{} {} missing",
             route.method,
             route.path
         );
         // And the router serves it (never the "route not found" fallback).
-        let path = route.path.replace("{id}", "none").replace("{domain}", "none.test");
-        let resp = h.owner(&route.method.to_uppercase(), &path, Some(json!({}))).await;
+        let path = route
+            .path
+            .replace("{id}", "none")
+            .replace("{domain}", "none.test");
+        let resp = h
+            .owner(&route.method.to_uppercase(), &path, Some(json!({})))
+            .await;
         assert!(
             !(resp.status == 404 && resp.body["error"]["message"] == "route not found"),
             "{} {} not routed",
@@ -105,10 +121,21 @@ async fn second_start_prints_no_key_and_keeps_data() {
         dns_nameservers: vec!["127.0.0.1:9".parse().expect("addr")],
     };
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let task = tokio::spawn(petrel_control::serve_with(cfg, common::test_options(), Some(tx)));
+    let task = tokio::spawn(petrel_control::serve_with(
+        cfg,
+        common::test_options(),
+        Some(tx),
+    ));
     let info = rx.await.expect("second instance ready");
     assert!(info.bootstrap_key.is_none());
-    let r = common::http(info.api_addr, "GET", &format!("/v1/tenants/{tenant}"), Some(&h.owner_key), None).await;
+    let r = common::http(
+        info.api_addr,
+        "GET",
+        &format!("/v1/tenants/{tenant}"),
+        Some(&h.owner_key),
+        None,
+    )
+    .await;
     assert_eq!(r.status, 200);
     task.abort();
 }
@@ -116,9 +143,14 @@ async fn second_start_prints_no_key_and_keeps_data() {
 #[tokio::test]
 async fn bootstrap_dev_is_idempotent() {
     let h = common::start().await;
-    let first = petrel_control::bootstrap_dev(&h.info).await.expect("dev bootstrap");
+    let first = petrel_control::bootstrap_dev(&h.info)
+        .await
+        .expect("dev bootstrap");
     assert_eq!(first.domain, "dev.petrel.test");
-    let password = first.smtp_password.clone().expect("password shown at creation");
+    let password = first
+        .smtp_password
+        .clone()
+        .expect("password shown at creation");
     assert_eq!(password.len(), 40);
     let api_key = first.api_key.clone().expect("api key");
     assert!(first.lines().iter().any(|l| l.contains(&password)));
@@ -132,6 +164,51 @@ async fn bootstrap_dev_is_idempotent() {
     assert_eq!(domains.len(), 1);
     assert_eq!(domains[0]["verified_for_loopback"], true);
     let r = h.call("GET", "/v1/credentials", Some(&api_key), None).await;
-    let smtp: Vec<_> = r.body.as_array().expect("creds").iter().filter(|c| c["kind"] == "smtp").collect();
+    let smtp: Vec<_> = r
+        .body
+        .as_array()
+        .expect("creds")
+        .iter()
+        .filter(|c| c["kind"] == "smtp")
+        .collect();
     assert_eq!(smtp.len(), 1, "no duplicate credentials");
+}
+
+#[tokio::test]
+async fn audit_chain_detects_removed_rows() {
+    let h = common::start().await;
+    for i in 0..3 {
+        scenarios::new_tenant(&h, &format!("t{i}")).await;
+    }
+    let url = format!(
+        "sqlite://{}",
+        h.dir.path().join("control").join("petrel.db").display()
+    );
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&url).await.expect("open db");
+    let r = h.owner("GET", "/v1/audit-log/verify", None).await;
+    assert_eq!(r.body["ok"], true);
+    let rows = r.body["rows_checked"].as_i64().expect("rows");
+    assert_eq!(rows, 4, "bootstrap + 3 tenants");
+    // Cut the newest row off the end.
+    sqlx::query("DELETE FROM audit_log WHERE seq = 4")
+        .execute(&pool)
+        .await
+        .expect("delete");
+    let r = h.owner("GET", "/v1/audit-log/verify", None).await;
+    assert_eq!(r.body["ok"], false, "{:?}", r.body);
+    assert_eq!(r.body["first_broken_seq"], 4);
+    // Remove one from the middle.
+    sqlx::query("DELETE FROM audit_log WHERE seq = 2")
+        .execute(&pool)
+        .await
+        .expect("delete");
+    let r = h.owner("GET", "/v1/audit-log/verify", None).await;
+    assert_eq!(r.body["first_broken_seq"], 3, "{:?}", r.body);
+    // The CLI reports it too.
+    let cmd = petrel_control::ControlCommand::AuditVerify {
+        data_dir: h.dir.path().to_path_buf(),
+        database_url: None,
+    };
+    assert!(petrel_control::run(cmd).await.is_err());
 }

@@ -37,43 +37,137 @@ fn none(_: usize) -> Option<Value> {
 
 fn cases(b_tenant: &str, b_domain: &str, b_cred: &str) -> Vec<Case> {
     use Target::*;
-    let c = |method, route: &'static str, permission, target, body: fn(usize) -> Option<Value>| Case {
-        method,
-        route,
-        path: route
-            .replace("{id}", match route {
-                r if r.starts_with("/v1/tenants/") => b_tenant,
-                r if r.starts_with("/v1/domains/") => b_domain,
-                _ => b_cred,
-            })
-            .replace("{domain}", "roles.test"),
-        permission,
-        target,
-        body,
-    };
+    let c =
+        |method, route: &'static str, permission, target, body: fn(usize) -> Option<Value>| Case {
+            method,
+            route,
+            path: route
+                .replace(
+                    "{id}",
+                    match route {
+                        r if r.starts_with("/v1/tenants/") => b_tenant,
+                        r if r.starts_with("/v1/domains/") => b_domain,
+                        _ => b_cred,
+                    },
+                )
+                .replace("{domain}", "roles.test"),
+            permission,
+            target,
+            body,
+        };
     vec![
-        c("POST", "/v1/tenants", P::TenantsManage, Own, |n| Some(json!({"name": format!("t-{n}")}))),
+        c("POST", "/v1/tenants", P::TenantsManage, Own, |n| {
+            Some(json!({"name": format!("t-{n}")}))
+        }),
         c("GET", "/v1/tenants", P::TenantsManage, Own, none),
         c("GET", "/v1/tenants/{id}", P::TenantRead, OtherTenant, none),
-        c("POST", "/v1/tenants/{id}/suspend", P::TenantsManage, OtherTenant, none),
-        c("POST", "/v1/tenants/{id}/unsuspend", P::TenantsManage, OtherTenant, none),
-        c("PUT", "/v1/tenants/{id}/limits", P::TenantsManage, OtherTenant, |_| Some(json!({"messages_per_second_max": 9, "messages_per_day_max": null}))),
-        c("POST", "/v1/domains", P::DomainsWrite, Own, |n| Some(json!({"name": format!("r{n}.example.test")}))),
+        c(
+            "POST",
+            "/v1/tenants/{id}/suspend",
+            P::TenantsManage,
+            OtherTenant,
+            none,
+        ),
+        c(
+            "POST",
+            "/v1/tenants/{id}/unsuspend",
+            P::TenantsManage,
+            OtherTenant,
+            none,
+        ),
+        c(
+            "PUT",
+            "/v1/tenants/{id}/limits",
+            P::TenantsManage,
+            OtherTenant,
+            |_| Some(json!({"messages_per_second_max": 9, "messages_per_day_max": null})),
+        ),
+        c("POST", "/v1/domains", P::DomainsWrite, Own, |n| {
+            Some(json!({"name": format!("r{n}.example.test")}))
+        }),
         c("GET", "/v1/domains", P::DomainsRead, Own, none),
-        c("GET", "/v1/domains/{id}", P::DomainsRead, OtherTenantsObject, none),
-        c("POST", "/v1/domains/{id}/verify", P::DomainsWrite, OtherTenantsObject, none),
-        c("POST", "/v1/domains/{id}/rotate", P::DomainsWrite, OtherTenantsObject, none),
-        c("PUT", "/v1/domains/{id}/limits", P::LimitsWrite, OtherTenantsObject, |_| Some(json!({"messages_per_second_max": 1}))),
-        c("DELETE", "/v1/domains/{id}", P::DomainsWrite, OtherTenantsObject, none),
-        c("POST", "/v1/credentials", P::CredentialsWrite, Own, |n| Some(json!({"kind": "api", "name": format!("k{n}"), "role": "viewer"}))),
+        c(
+            "GET",
+            "/v1/domains/{id}",
+            P::DomainsRead,
+            OtherTenantsObject,
+            none,
+        ),
+        c(
+            "POST",
+            "/v1/domains/{id}/verify",
+            P::DomainsWrite,
+            OtherTenantsObject,
+            none,
+        ),
+        c(
+            "POST",
+            "/v1/domains/{id}/rotate",
+            P::DomainsWrite,
+            OtherTenantsObject,
+            none,
+        ),
+        c(
+            "PUT",
+            "/v1/domains/{id}/limits",
+            P::LimitsWrite,
+            OtherTenantsObject,
+            |_| Some(json!({"messages_per_second_max": 1})),
+        ),
+        c(
+            "DELETE",
+            "/v1/domains/{id}",
+            P::DomainsWrite,
+            OtherTenantsObject,
+            none,
+        ),
+        c("POST", "/v1/credentials", P::CredentialsWrite, Own, |n| {
+            Some(json!({"kind": "api", "name": format!("k{n}"), "role": "viewer"}))
+        }),
         c("GET", "/v1/credentials", P::CredentialsRead, Own, none),
-        c("GET", "/v1/credentials/{id}", P::CredentialsRead, OtherTenantsObject, none),
-        c("POST", "/v1/credentials/{id}/rotate", P::CredentialsWrite, OtherTenantsObject, none),
-        c("POST", "/v1/credentials/{id}/revoke", P::CredentialsWrite, OtherTenantsObject, none),
+        c(
+            "GET",
+            "/v1/credentials/{id}",
+            P::CredentialsRead,
+            OtherTenantsObject,
+            none,
+        ),
+        c(
+            "POST",
+            "/v1/credentials/{id}/rotate",
+            P::CredentialsWrite,
+            OtherTenantsObject,
+            none,
+        ),
+        c(
+            "POST",
+            "/v1/credentials/{id}/revoke",
+            P::CredentialsWrite,
+            OtherTenantsObject,
+            none,
+        ),
         c("GET", "/v1/limits", P::LimitsRead, Own, none),
-        c("PUT", "/v1/limits/defaults", P::GlobalLimitsWrite, Own, |_| Some(json!({"destination_connections_max": 10}))),
-        c("PUT", "/v1/limits/destinations/{domain}", P::GlobalLimitsWrite, Own, |_| Some(json!({"connections_max": 2}))),
-        c("DELETE", "/v1/limits/destinations/{domain}", P::GlobalLimitsWrite, Own, none),
+        c(
+            "PUT",
+            "/v1/limits/defaults",
+            P::GlobalLimitsWrite,
+            Own,
+            |_| Some(json!({"destination_connections_max": 10})),
+        ),
+        c(
+            "PUT",
+            "/v1/limits/destinations/{domain}",
+            P::GlobalLimitsWrite,
+            Own,
+            |_| Some(json!({"connections_max": 2})),
+        ),
+        c(
+            "DELETE",
+            "/v1/limits/destinations/{domain}",
+            P::GlobalLimitsWrite,
+            Own,
+            none,
+        ),
         c("GET", "/v1/audit-log", P::AuditRead, Own, none),
         c("GET", "/v1/audit-log/verify", P::AuditVerify, Own, none),
         c("GET", "/v1/engines", P::EnginesRead, Own, none),
@@ -100,7 +194,14 @@ async fn every_endpoint_every_role_and_tenant_isolation() {
         let h = &h;
         let a_admin = a_admin.clone();
         async move {
-            let r = h.call("POST", "/v1/credentials", Some(&a_admin), Some(json!({"kind": "api", "name": role, "role": role}))).await;
+            let r = h
+                .call(
+                    "POST",
+                    "/v1/credentials",
+                    Some(&a_admin),
+                    Some(json!({"kind": "api", "name": role, "role": role})),
+                )
+                .await;
             assert_eq!(r.status, 201, "{:?}", r.body);
             r.body["secret"].as_str().expect("secret").to_string()
         }
@@ -108,10 +209,27 @@ async fn every_endpoint_every_role_and_tenant_isolation() {
     let a_viewer = mk("viewer").await;
     let a_dev = mk("developer").await;
     let (b, b_admin) = new_tenant(&h, "tenant-b").await;
-    let r = h.call("POST", "/v1/domains", Some(&b_admin), Some(json!({"name": "b.example.test"}))).await;
+    let r = h
+        .call(
+            "POST",
+            "/v1/domains",
+            Some(&b_admin),
+            Some(json!({"name": "b.example.test"})),
+        )
+        .await;
     let b_domain = r.body["id"].as_str().expect("b domain").to_string();
-    let r = h.call("POST", "/v1/credentials", Some(&b_admin), Some(json!({"kind": "smtp", "name": "b smtp"}))).await;
-    let b_cred = r.body["credential"]["id"].as_str().expect("b cred").to_string();
+    let r = h
+        .call(
+            "POST",
+            "/v1/credentials",
+            Some(&b_admin),
+            Some(json!({"kind": "smtp", "name": "b smtp"})),
+        )
+        .await;
+    let b_cred = r.body["credential"]["id"]
+        .as_str()
+        .expect("b cred")
+        .to_string();
 
     let table = cases(&b, &b_domain, &b_cred);
     // The table covers every documented route.
@@ -120,45 +238,91 @@ async fn every_endpoint_every_role_and_tenant_isolation() {
         .filter(|r| r.permission.is_some())
         .map(|r| (r.method.to_uppercase(), r.path.to_string()))
         .collect();
-    let tested: BTreeSet<(String, String)> = table.iter().map(|c| (c.method.to_string(), c.route.to_string())).collect();
+    let tested: BTreeSet<(String, String)> = table
+        .iter()
+        .map(|c| (c.method.to_string(), c.route.to_string()))
+        .collect();
     assert_eq!(documented, tested);
 
-    let keys = [(Role::Viewer, a_viewer), (Role::Developer, a_dev), (Role::Admin, a_admin.clone()), (Role::Owner, h.owner_key.clone())];
+    let keys = [
+        (Role::Viewer, a_viewer),
+        (Role::Developer, a_dev),
+        (Role::Admin, a_admin.clone()),
+        (Role::Owner, h.owner_key.clone()),
+    ];
     let mut n = 0;
     let mut failures = Vec::new();
     for case in &table {
         n += 1;
         let r = h.call(case.method, &case.path, None, (case.body)(n)).await;
         if r.status != 401 || r.code() != "unauthorized" {
-            failures.push(format!("no key: {} {} -> {} {:?}", case.method, case.path, r.status, r.body));
+            failures.push(format!(
+                "no key: {} {} -> {} {:?}",
+                case.method, case.path, r.status, r.body
+            ));
         }
     }
     for (role, key) in &keys {
         for case in &table {
             n += 1;
-            let r = h.call(case.method, &case.path, Some(key), (case.body)(n)).await;
+            let r = h
+                .call(case.method, &case.path, Some(key), (case.body)(n))
+                .await;
             let want = expected(*role, case);
-            let good = if want == 200 { (200..=204).contains(&r.status) } else { r.status == want };
+            let good = if want == 200 {
+                (200..=204).contains(&r.status)
+            } else {
+                r.status == want
+            };
             let body_ok = r.status < 400 || r.body["error"]["code"].is_string();
             if !good || !body_ok {
-                failures.push(format!("{role:?}: {} {} -> {} (want {want}) {:?}", case.method, case.path, r.status, r.body));
+                failures.push(format!(
+                    "{role:?}: {} {} -> {} (want {want}) {:?}",
+                    case.method, case.path, r.status, r.body
+                ));
             }
         }
     }
-    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 
     // Nothing of tenant B changed through A's keys (the owner only suspended and restored it).
-    let r = h.call("GET", &format!("/v1/domains/{b_domain}"), Some(&b_admin), None).await;
+    let r = h
+        .call(
+            "GET",
+            &format!("/v1/domains/{b_domain}"),
+            Some(&b_admin),
+            None,
+        )
+        .await;
     assert_eq!(r.status, 200, "B's domain intact: {:?}", r.body);
-    assert_eq!(r.body["keys"].as_array().map(Vec::len), Some(1), "no rotation through A");
-    let r = h.call("GET", &format!("/v1/credentials/{b_cred}"), Some(&b_admin), None).await;
+    assert_eq!(
+        r.body["keys"].as_array().map(Vec::len),
+        Some(1),
+        "no rotation through A"
+    );
+    let r = h
+        .call(
+            "GET",
+            &format!("/v1/credentials/{b_cred}"),
+            Some(&b_admin),
+            None,
+        )
+        .await;
     assert_eq!(r.body["revoked"], false);
     assert!(r.body["rotated_unix_ms"].is_null());
     // And A's admin sees none of B in listings or the audit log.
     for path in ["/v1/domains", "/v1/credentials", "/v1/audit-log"] {
         let r = h.call("GET", path, Some(&a_admin), None).await;
         let text = r.body.to_string();
-        assert!(!text.contains(&b) && !text.contains("b.example.test"), "{path} leaks B: {text}");
+        assert!(
+            !text.contains(&b) && !text.contains("b.example.test"),
+            "{path} leaks B: {text}"
+        );
     }
 }
 
@@ -167,27 +331,55 @@ async fn own_objects_answer_where_foreign_ones_404() {
     // Positive control for the table above: the same routes with the caller's own ids work.
     let h = common::start().await;
     let (_a, admin) = new_tenant(&h, "tenant-own").await;
-    let r = h.call("POST", "/v1/domains", Some(&admin), Some(json!({"name": "own.example.test"}))).await;
+    let r = h
+        .call(
+            "POST",
+            "/v1/domains",
+            Some(&admin),
+            Some(json!({"name": "own.example.test"})),
+        )
+        .await;
     let d = r.body["id"].as_str().expect("domain").to_string();
-    let r = h.call("POST", "/v1/credentials", Some(&admin), Some(json!({"kind": "smtp", "name": "own"}))).await;
-    let c = r.body["credential"]["id"].as_str().expect("cred").to_string();
+    let r = h
+        .call(
+            "POST",
+            "/v1/credentials",
+            Some(&admin),
+            Some(json!({"kind": "smtp", "name": "own"})),
+        )
+        .await;
+    let c = r.body["credential"]["id"]
+        .as_str()
+        .expect("cred")
+        .to_string();
     for (method, path, body) in [
         ("GET", format!("/v1/domains/{d}"), None),
         ("POST", format!("/v1/domains/{d}/verify"), None),
         ("POST", format!("/v1/domains/{d}/rotate"), None),
-        ("PUT", format!("/v1/domains/{d}/limits"), Some(json!({"messages_per_second_max": 3}))),
+        (
+            "PUT",
+            format!("/v1/domains/{d}/limits"),
+            Some(json!({"messages_per_second_max": 3})),
+        ),
         ("GET", format!("/v1/credentials/{c}"), None),
         ("POST", format!("/v1/credentials/{c}/rotate"), None),
         ("POST", format!("/v1/credentials/{c}/revoke"), None),
         ("DELETE", format!("/v1/domains/{d}"), None),
     ] {
         let r = h.call(method, &path, Some(&admin), body).await;
-        assert!((200..=204).contains(&r.status), "{method} {path} -> {} {:?}", r.status, r.body);
+        assert!(
+            (200..=204).contains(&r.status),
+            "{method} {path} -> {} {:?}",
+            r.status,
+            r.body
+        );
     }
     // A non-owner sees its own tenant record, and only that.
     let r = h.call("GET", "/v1/credentials", Some(&admin), None).await;
     let tenant = r.body[0]["tenant_id"].as_str().expect("tenant").to_string();
-    let r = h.call("GET", &format!("/v1/tenants/{tenant}"), Some(&admin), None).await;
+    let r = h
+        .call("GET", &format!("/v1/tenants/{tenant}"), Some(&admin), None)
+        .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.body["name"], "tenant-own");
 }

@@ -277,11 +277,17 @@ mod tests {
         // second's worth, so any window of a second or more stays within 10 %.
         let bound = f64::from(rate) * elapsed + f64::from(rate_burst(rate));
         assert!(got <= bound, "sent {got}, bound {bound}");
-        assert!(rate_burst(rate) * 20 <= rate, "burst within 5 % of the rate");
+        assert!(
+            rate_burst(rate) * 20 <= rate,
+            "burst within 5 % of the rate"
+        );
         // Not far below either. Shared CI cores can starve the threads, so this bound is loose;
         // the exact spacing is checked on a pinned clock in `gcra_allows_burst_then_spaces_messages`.
         let expected = f64::from(rate) * window.as_secs_f64();
-        assert!(got >= expected * 0.5, "sent {got}, expected about {expected}");
+        assert!(
+            got >= expected * 0.5,
+            "sent {got}, expected about {expected}"
+        );
     }
 
     #[test]

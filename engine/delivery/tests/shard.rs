@@ -436,3 +436,155 @@ fn connection_limit_holds_across_shards() {
         "every permit released"
     );
 }
+
+/// Admin commands (suspend, ls, resume, retry, bounce) and expiry with a DSN.
+#[test]
+fn admin_commands_and_expiry() {
+    use petrel_delivery::{AdminCommand, AdminReply, DomainState};
+    let dest = Sink::start();
+    let other = Sink::start();
+    let resolver = resolver(dest.addr, other.addr);
+    let mut cfg = config();
+    cfg.retry.first_retry_delay_ms = 5_000; // only an admin Retry brings it back in time
+    cfg.retry.retry_delay_ms_max = 5_000;
+    cfg.retry.age_max_ms = 300;
+    // The sinks offer no STARTTLS: TLS Required towards this domain must defer, never send.
+    let secure = DomainLimits {
+        tls: TlsPolicy::Required,
+        ..cfg.default_limits.clone()
+    };
+    cfg.domain_limits.insert("secure.example".into(), secure);
+    let cfg = Arc::new(cfg);
+    let other_sink = &other;
+    let ex = LocalExecutorBuilder::new(Placement::Unbound)
+        .io_memory(512 << 10)
+        .make()
+        .expect("executor");
+    let spool = ex.run(async move {
+        let spool = Rc::new(MemSpool::default());
+        let limits = Arc::new(GlobalLimits::default());
+        let events = EventSink::disabled();
+        let shard = Rc::new(DeliveryShard::new(
+            0,
+            cfg,
+            resolver,
+            limits,
+            spool.clone(),
+            events,
+        ));
+        let runner = {
+            let shard = shard.clone();
+            glommio::spawn_local(async move { shard.run().await })
+        };
+        let sleep = |ms| glommio::timer::sleep(Duration::from_millis(ms));
+        shard.admin(AdminCommand::Suspend("Held.Example".into()));
+        shard.admin(AdminCommand::Suspend("gone.example".into()));
+        let held = spool.store("alice@src.example", &["ok@held.example"], BODY);
+        let gone = spool.store("carol@src.example", &["x@gone.example"], BODY);
+        let deferred = spool.store("dave@src.example", &["defer1@dest.example"], BODY);
+        let secure = spool.store("erin@src.example", &["u@secure.example"], BODY);
+        let (held_id, gone_id, deferred_id, secure_id) = (held.id, gone.id, deferred.id, secure.id);
+        for m in [held, gone, deferred, secure] {
+            shard.enqueue(m);
+        }
+        // First attempt of defer1: 450, retry in 5 s.
+        let started = Instant::now();
+        while started.elapsed() < TEST_DEADLINE
+            && spool
+                .messages
+                .borrow()
+                .get(&deferred_id)
+                .is_none_or(|m| m.states.is_empty())
+        {
+            sleep(20).await;
+        }
+        let AdminReply::Domains(ls) = shard.admin(AdminCommand::Ls) else {
+            panic!("ls answers with domains");
+        };
+        let held_status = ls
+            .iter()
+            .find(|d| d.domain == "held.example")
+            .expect("listed");
+        assert_eq!(
+            (held_status.depth, held_status.state),
+            (1, DomainState::Suspended)
+        );
+        assert!(
+            other_sink.received().is_empty(),
+            "nothing delivered while suspended"
+        );
+
+        let reply = shard.admin(AdminCommand::Bounce("gone.example".into()));
+        assert_eq!(
+            reply,
+            AdminReply::Done {
+                domain: "gone.example".into(),
+                recipients: 1
+            }
+        );
+        assert_eq!(
+            shard.admin(AdminCommand::Resume("nowhere.example".into())),
+            AdminReply::UnknownDomain("nowhere.example".into())
+        );
+        shard.admin(AdminCommand::Resume("held.example".into()));
+        sleep(350).await; // past age_max_ms: the next failure expires the recipient
+        let retry_at = Instant::now();
+        shard.admin(AdminCommand::Retry("dest.example".into()));
+        let secure_tried = || {
+            spool
+                .messages
+                .borrow()
+                .get(&secure_id)
+                .is_some_and(|m| !m.states.is_empty())
+        };
+        while started.elapsed() < TEST_DEADLINE
+            && (spool.removed.borrow().len() < 3 + 2 || !secure_tried())
+        {
+            sleep(20).await;
+        }
+        assert!(
+            retry_at.elapsed() < Duration::from_secs(4),
+            "Retry made it due now"
+        );
+        shard.shutdown();
+        runner.await;
+        drop(shard);
+        let spool = Rc::try_unwrap(spool).ok().expect("spool unshared");
+        let finals = spool.finals.borrow().clone();
+        assert_eq!(finals[&(held_id, 0)].0, RcptState::Delivered);
+        assert_eq!(finals[&(gone_id, 0)], (RcptState::Bounced, 1));
+        assert_eq!(finals[&(deferred_id, 0)], (RcptState::Expired, 2));
+        let tls_state = spool.messages.borrow()[&secure_id].states.get(&0).copied();
+        assert_eq!(
+            tls_state,
+            Some((RcptState::Pending, 1)),
+            "TLS Required failure deferred"
+        );
+        spool
+    });
+    assert_eq!(
+        spool.dsns.borrow().len(),
+        2,
+        "one DSN for the bounce, one for the expiry"
+    );
+    let got = other.received();
+    let dsn_to = |who: &str| {
+        got.iter()
+            .find(|m| m.mail_from.is_empty() && m.rcpts == [who])
+            .map(|m| m.data.clone())
+            .unwrap_or_else(|| panic!("DSN to {who}"))
+    };
+    let carol = dsn_to("carol@src.example");
+    assert!(carol.contains("Final-Recipient: rfc822; x@gone.example"));
+    assert!(carol.contains("Status: 5.0.0"));
+    let dave = dsn_to("dave@src.example");
+    assert!(dave.contains("Final-Recipient: rfc822; defer1@dest.example"));
+    assert!(dave.contains("delivery time expired"));
+    assert!(dave.contains("Status: 4.2.0"));
+    assert!(dave.contains("Remote-MTA: dns; "));
+    assert!(got.iter().any(|m| m.rcpts == ["ok@held.example"]));
+    assert!(
+        !got.iter().any(|m| m.rcpts == ["u@secure.example"]),
+        "never sent in plain text"
+    );
+}

@@ -225,7 +225,11 @@ fn concurrent_requests_for_one_domain_share_one_answer() {
     let lookups = (0..200).map(|i| {
         let r = r.clone();
         async move {
-            let domain = if i % 2 == 0 { "mx.test" } else { "implicit.test" };
+            let domain = if i % 2 == 0 {
+                "mx.test"
+            } else {
+                "implicit.test"
+            };
             r.route(domain).await
         }
     });
@@ -234,9 +238,39 @@ fn concurrent_requests_for_one_domain_share_one_answer() {
     for (i, a) in answers.iter().enumerate() {
         let a = a.as_ref().unwrap();
         if i % 2 == 0 {
-            assert!(std::sync::Arc::ptr_eq(a, first_mx), "one computation, one route");
+            assert!(
+                std::sync::Arc::ptr_eq(a, first_mx),
+                "one computation, one route"
+            );
         } else {
             assert_eq!(a.hosts[0].name, "implicit.test");
         }
     }
+}
+
+#[test]
+fn domain_literals_and_invalid_names() {
+    let dns = zone();
+    let r = resolver(&dns, vec![]);
+    assert_eq!(
+        route(&r, "[127.0.0.7]").unwrap().hosts[0].addrs,
+        [sa("127.0.0.7:2525")]
+    );
+    assert_eq!(
+        route(&r, "[IPv6:::1]").unwrap().hosts[0].addrs,
+        [sa("[::1]:2525")]
+    );
+    assert!(matches!(
+        route(&r, "[not-an-ip]"),
+        Err(ResolveError::NoSuchDomain { .. })
+    ));
+    assert!(matches!(
+        route(&r, ""),
+        Err(ResolveError::NoSuchDomain { .. })
+    ));
+    let long = format!("{}.test", "a".repeat(300));
+    assert!(matches!(
+        route(&r, &long),
+        Err(ResolveError::NoSuchDomain { .. })
+    ));
 }

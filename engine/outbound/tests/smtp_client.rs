@@ -471,3 +471,34 @@ fn a_421_marks_the_connection_unusable() {
         assert!(server.log().transactions.is_empty());
     }
 }
+
+#[test]
+fn idle_close_on_reuse_is_dropped_at_rset() {
+    for pipelining in [false, true] {
+        let server = TestServer::start(ServerOpts {
+            pipelining,
+            close_after_first_message: true,
+            ..ServerOpts::default()
+        });
+        let addr = server.addr;
+        let second = glommio_run(move || async move {
+            let mut conn = SmtpConnection::connect(addr, "mx.test.local", &cfg(TlsMode::Disabled))
+                .await
+                .unwrap();
+            let first = conn
+                .send("a@src.test", &["b@dst.test"], b"m\r\n")
+                .await
+                .unwrap();
+            assert_eq!(first.data.map(|r| r.code), Some(250));
+            glommio::timer::sleep(std::time::Duration::from_millis(50)).await;
+            conn.send("a@src.test", &["c@dst.test"], b"m\r\n")
+                .await
+                .err()
+        });
+        assert!(
+            matches!(second, Some(ClientError::Dropped { stage: "rset" })),
+            "{second:?}"
+        );
+        assert_eq!(server.log().transactions.len(), 1);
+    }
+}

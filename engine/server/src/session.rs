@@ -146,10 +146,6 @@ impl Driver {
             if self.session.is_closed() {
                 return End::Quit;
             }
-            if self.ctx.is_shutting_down() {
-                self.session.feed(b"");
-                return End::Shutdown;
-            }
             if !self.session.wants_input() {
                 // The core holds more than its pipelining bound and needs no answer from us: it
                 // is waiting for output to drain, which just happened; let it process.
@@ -161,10 +157,18 @@ impl Driver {
                 return self.time_out().await;
             }
             let wait = deadline - now;
-            let read = self.io.read(&mut buf).or(async {
-                glommio::timer::sleep(wait).await;
-                Err(std::io::ErrorKind::TimedOut.into())
-            });
+            let ctx = Rc::clone(&self.ctx);
+            let read = self
+                .io
+                .read(&mut buf)
+                .or(async {
+                    glommio::timer::sleep(wait).await;
+                    Err(std::io::ErrorKind::TimedOut.into())
+                })
+                .or(async move {
+                    ctx.cut().await;
+                    Err(std::io::ErrorKind::Interrupted.into())
+                });
             match read.await {
                 Ok(0) => return End::ClientGone,
                 Ok(n) => {
@@ -177,6 +181,11 @@ impl Driver {
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
                     return self.time_out().await;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+                    let bye = b"421 4.3.2 Service shutting down, closing connection\r\n";
+                    let _ = self.io.write_all(bye).await;
+                    return End::Shutdown;
                 }
                 Err(_) => return End::IoError,
             }

@@ -60,6 +60,8 @@ pub struct ShardCtx {
     pub auth: Arc<Authenticator>,
     pub policy: Arc<petrel_policy::PolicyStore>,
     shutting_down: Cell<bool>,
+    /// Closed when the shutdown grace period ends: every session still open is cut.
+    cut: (async_channel::Sender<()>, async_channel::Receiver<()>),
     trace_seq: Cell<u64>,
     sessions_open: Cell<usize>,
 }
@@ -75,6 +77,11 @@ impl ShardCtx {
 
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down.get()
+    }
+
+    /// Resolves when the grace period after SIGTERM is over.
+    pub async fn cut(&self) {
+        let _ = self.cut.1.recv().await;
     }
 
     /// A short id for the Received header, unique per engine run.
@@ -187,6 +194,7 @@ pub async fn run(setup: ShardSetup) -> Result<(), EngineError> {
         auth: Arc::clone(&setup.auth),
         policy: Arc::clone(&setup.policy),
         shutting_down: Cell::new(false),
+        cut: async_channel::bounded(1),
         trace_seq: Cell::new(0),
         sessions_open: Cell::new(0),
     });
@@ -210,8 +218,9 @@ pub async fn run(setup: ShardSetup) -> Result<(), EngineError> {
     let delivery_task = delivery.clone().map(|d| {
         glommio::spawn_local_into(async move { d.run().await }, delivery_tq).map(|t| t.detach())
     });
-    let figures = glommio::spawn_local(publish_loop(Rc::clone(&ctx))).detach();
-    let admin = glommio::spawn_local(admin_loop(Rc::clone(&ctx), setup.admin.clone())).detach();
+    // Not detached: dropping these tasks at shutdown cancels them.
+    let figures = glommio::spawn_local(publish_loop(Rc::clone(&ctx)));
+    let admin = glommio::spawn_local(admin_loop(Rc::clone(&ctx), setup.admin.clone()));
 
     let listener = match glommio::net::TcpListener::bind(setup.listen) {
         Ok(l) => l,
@@ -287,6 +296,11 @@ pub async fn run(setup: ShardSetup) -> Result<(), EngineError> {
     let grace = Instant::now() + Duration::from_millis(cfg.server.shutdown_grace_ms);
     while ctx.sessions_open.get() > 0 && Instant::now() < grace {
         glommio::timer::sleep(Duration::from_millis(20)).await;
+    }
+    ctx.cut.0.close();
+    let cut_bound = Instant::now() + Duration::from_secs(2);
+    while ctx.sessions_open.get() > 0 && Instant::now() < cut_bound {
+        glommio::timer::sleep(Duration::from_millis(10)).await;
     }
     if let Some(d) = &delivery {
         d.shutdown();

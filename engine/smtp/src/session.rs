@@ -6,7 +6,6 @@
 //! When nothing is buffered, `feed` parses straight from the caller's slice and copies only an
 //! incomplete trailing line.
 
-use crate::auth::{self, Mechanism, SaslError};
 use crate::command::{self, Command, ParamError, PathError};
 use crate::receive::BodyReceiver;
 use crate::types::{
@@ -16,6 +15,10 @@ use std::sync::Arc;
 
 /// Capacity reserved for a message body when MAIL gave no SIZE= (bounded by the size limit).
 const BODY_RESERVE_DEFAULT_BYTES: usize = 16 << 10;
+/// Most capacity reserved up front from a declared SIZE=: a client declaring the maximum and
+/// then trickling bytes must not pin `message_size_max_bytes` per connection. Larger messages
+/// grow the buffer by doubling (a handful of reallocations, never one per line).
+const BODY_RESERVE_MAX_BYTES: usize = 1 << 20;
 /// Unprocessed input allowed, as a multiple of `pipeline_input_max_bytes` (plus one command
 /// line), before a driver that ignores `wants_input()` gets 421 and a close.
 const PIPELINE_INPUT_HARD_FACTOR: usize = 2;
@@ -661,74 +664,6 @@ impl Session {
         self.emit(Event::StartTls, Awaiting::Tls);
     }
 
-    fn on_auth(&mut self, mechanism: &[u8], initial: Option<&[u8]>) {
-        if !self.config.auth_enabled {
-            return self.error("503 5.5.1 Error: authentication not enabled\r\n");
-        }
-        if self.helo.is_none() {
-            return self.error(NEED_HELO);
-        }
-        if !self.peer.tls && !self.config.auth_without_tls {
-            return self.error("530 5.7.0 Must issue a STARTTLS command first\r\n");
-        }
-        if self.authenticated_as.is_some() {
-            return self.error("503 5.5.1 Error: already authenticated\r\n");
-        }
-        if self.txn.is_some() {
-            return self.error("503 5.5.1 Error: MAIL transaction in progress\r\n");
-        }
-        let Some(mechanism) = Mechanism::parse(mechanism) else {
-            return self.error("504 5.5.4 Error: unsupported authentication mechanism\r\n");
-        };
-        match (mechanism, initial) {
-            (Mechanism::Plain, None) => {
-                self.mode = Mode::AuthPlain;
-                self.reply("334 \r\n");
-            }
-            (Mechanism::Plain, Some(response)) => self.on_plain_response(response),
-            (Mechanism::Login, None) => {
-                self.mode = Mode::AuthLoginUser;
-                self.reply("334 VXNlcm5hbWU6\r\n");
-            }
-            (Mechanism::Login, Some(response)) => self.on_login_user(response),
-        }
-    }
-
-    fn on_plain_response(&mut self, line: &[u8]) {
-        match auth::decode_response(line).and_then(|decoded| auth::plain_credentials(&decoded)) {
-            Ok((username, password)) => {
-                self.emit(Event::Auth { username, password }, Awaiting::Auth)
-            }
-            Err(SaslError::AuthzidMismatch) => self.auth_failed(),
-            Err(e) => self.error(e.reply()),
-        }
-    }
-
-    fn on_login_user(&mut self, line: &[u8]) {
-        match auth::decode_response(line).and_then(|decoded| auth::utf8(&decoded)) {
-            Ok(username) => {
-                self.mode = Mode::AuthLoginPassword { username };
-                self.reply("334 UGFzc3dvcmQ6\r\n");
-            }
-            Err(e) => self.error(e.reply()),
-        }
-    }
-
-    fn on_login_password(&mut self, username: String, line: &[u8]) {
-        match auth::decode_response(line).and_then(|decoded| auth::utf8(&decoded)) {
-            Ok(password) => self.emit(Event::Auth { username, password }, Awaiting::Auth),
-            Err(e) => self.error(e.reply()),
-        }
-    }
-
-    fn auth_failed(&mut self) {
-        self.auth_failures += 1;
-        self.reply("535 5.7.8 Error: authentication failed\r\n");
-        if self.auth_failures >= self.config.limits.auth_attempts_max {
-            self.close_421("4.7.0", "too many failed authentication attempts");
-        }
-    }
-
     // ---- helpers ----------------------------------------------------------------------------
 
     fn emit(&mut self, event: Event, awaiting: Awaiting) {
@@ -788,9 +723,14 @@ const NON_ASCII: &str = "553 5.6.7 Error: non-ASCII address requires SMTPUTF8\r\
 fn reserve_bytes(params: &MailParams) -> usize {
     params
         .size
-        .and_then(|size| usize::try_from(size).ok())
-        .unwrap_or(BODY_RESERVE_DEFAULT_BYTES)
+        .map(|size| usize::try_from(size).unwrap_or(usize::MAX))
+        .map_or(BODY_RESERVE_DEFAULT_BYTES, |size| {
+            size.min(BODY_RESERVE_MAX_BYTES)
+        })
 }
+
+#[path = "session_auth.rs"]
+mod session_auth;
 
 #[cfg(test)]
 #[path = "session_tests.rs"]

@@ -41,7 +41,9 @@ fn run(mode: FileMode, storers: u64, iters: u64) -> (Duration, u64) {
         .io_memory(512 << 10)
         .spawn(move || async move {
             let dir = tempfile::tempdir().expect("tempdir");
-            let (spool, _) = Spool::open_with_mode(SpoolConfig::new(dir.path(), 0), mode).await.expect("open");
+            let (spool, _) = Spool::open_with_mode(SpoolConfig::new(dir.path(), 0), mode)
+                .await
+                .expect("open");
             let spool = Rc::new(spool);
             let env = Rc::new(envelope());
             let body = Rc::new(vec![b'x'; BODY_BYTES]);
@@ -50,7 +52,8 @@ fn run(mode: FileMode, storers: u64, iters: u64) -> (Duration, u64) {
             let start = Instant::now();
             let tasks: Vec<_> = (0..storers)
                 .map(|_| {
-                    let (spool, env, body, left) = (spool.clone(), env.clone(), body.clone(), left.clone());
+                    let (spool, env, body, left) =
+                        (spool.clone(), env.clone(), body.clone(), left.clone());
                     glommio::spawn_local(async move {
                         while left.get() > 0 {
                             left.set(left.get() - 1);
@@ -64,7 +67,11 @@ fn run(mode: FileMode, storers: u64, iters: u64) -> (Duration, u64) {
             }
             let elapsed = start.elapsed();
             let commits = spool.commits() - commits_before;
-            Rc::try_unwrap(spool).expect("tasks done").close().await.expect("close");
+            Rc::try_unwrap(spool)
+                .expect("tasks done")
+                .close()
+                .await
+                .expect("close");
             (elapsed, commits)
         })
         .expect("executor")
@@ -82,9 +89,11 @@ fn store_1k_fsync(c: &mut Criterion) {
         for storers in [1u64, 64] {
             let (_, commits) = run(mode, storers, 2000);
             eprintln!("{mode:?} storers={storers}: 2000 stores took {commits} fdatasync rounds");
-            group.bench_with_input(BenchmarkId::new(format!("{mode:?}"), storers), &storers, |b, &storers| {
-                b.iter_custom(|iters| run(mode, storers, iters).0)
-            });
+            group.bench_with_input(
+                BenchmarkId::new(format!("{mode:?}"), storers),
+                &storers,
+                |b, &storers| b.iter_custom(|iters| run(mode, storers, iters).0),
+            );
         }
     }
     group.finish();

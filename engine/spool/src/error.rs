@@ -86,7 +86,15 @@ impl SpoolError {
         }
     }
 
-    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: impl Into<std::io::Error>) -> Self {
-        SpoolError::Io { op, path: path.into(), source: source.into() }
+    pub(crate) fn io(
+        op: &'static str,
+        path: impl Into<PathBuf>,
+        source: impl Into<std::io::Error>,
+    ) -> Self {
+        SpoolError::Io {
+            op,
+            path: path.into(),
+            source: source.into(),
+        }
     }
 }

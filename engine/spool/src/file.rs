@@ -61,11 +61,16 @@ impl SegFile {
         let p = path.to_path_buf();
         Ok(match mode {
             FileMode::Buffered => SegFile::Buffered(
-                opts.buffered_open(path).await.map_err(|e| SpoolError::io(op, path, e))?,
+                opts.buffered_open(path)
+                    .await
+                    .map_err(|e| SpoolError::io(op, path, e))?,
                 p,
             ),
             FileMode::Direct => {
-                let dma = opts.dma_open(path).await.map_err(|e| SpoolError::io(op, path, e))?;
+                let dma = opts
+                    .dma_open(path)
+                    .await
+                    .map_err(|e| SpoolError::io(op, path, e))?;
                 let reader = OpenOptions::new()
                     .read(true)
                     .buffered_open(path)
@@ -107,7 +112,10 @@ impl SegFile {
             return Err(SpoolError::io(
                 "write",
                 self.path(),
-                std::io::Error::new(std::io::ErrorKind::WriteZero, format!("short write: {n} of {len} bytes")),
+                std::io::Error::new(
+                    std::io::ErrorKind::WriteZero,
+                    format!("short write: {n} of {len} bytes"),
+                ),
             ));
         }
         Ok(())
@@ -127,7 +135,10 @@ impl SegFile {
                 return Err(SpoolError::io(
                     "read",
                     self.path(),
-                    std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "file shorter than expected"),
+                    std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "file shorter than expected",
+                    ),
                 ));
             }
             out.extend_from_slice(&r);

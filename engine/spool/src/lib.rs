@@ -1,6 +1,54 @@
 //! Petrel's per-shard durable spool.
 //!
-//! TODO essay.
+//! Every accepted message lands here before the client hears "250": one [`Spool`] per shard,
+//! living on that shard's glommio executor, owning `<root>/shard-<N>/`. It is the only copy of
+//! the message until delivery is final for every recipient, so its one promise is: when
+//! [`Spool::store`] returns `Ok`, the message survives a crash (kill -9 or power loss).
+//!
+//! **Layout.** The shard directory holds segments. Segment `seg-<16hex>.data` is append-only: a
+//! header record, then one store record per message (id, rkyv-archived [`Envelope`], body; the
+//! body is stored once whatever the number of recipients). Its sidecar `seg-<16hex>.journal`
+//! holds the update and remove records of the messages stored in that data file, and nothing
+//! else: no record points across segments, so once every message of a sealed segment is
+//! removed, both files are deleted and the space is back. Every record is framed with a magic,
+//! its length and crc32c checksums of header and payload ([`record`]).
+//!
+//! **Durability and group commit.** A store reserves its offset, writes its record with
+//! glommio's io_uring file API, then waits for an fdatasync that started after its write ended.
+//! Whoever finds no sync running leads one; the stores that arrive meanwhile queue behind it
+//! and share the next one. The fsync rate thus follows the disk's latency, not the message
+//! rate: 64 concurrent storers on one core need a small fraction of the syncs of 64 sequential
+//! ones (see `benches/spool_append.rs` and `Spool::commits`). Updates and removes do not wait
+//! for a sync (at-least-once delivery tolerates a redelivery after a crash); they ride on the
+//! next group commit, or a sync within [`JOURNAL_SYNC_DELAY_MS`].
+//!
+//! **File type.** Data segments can be written through the page cache (`BufferedFile`, the
+//! default) or with `O_DIRECT` (`DmaFile`), see [`FileMode`]. Direct writes must cover whole
+//! device blocks, so a 1 KiB message takes a 1.5 KiB (512 B blocks) or 4 KiB record, and each
+//! write goes to the device before the fdatasync that follows it, instead of being flushed with
+//! its neighbours by that one fdatasync. Measured here (`cargo bench -p petrel-spool`, 1 KiB
+//! bodies, fsync on, one executor, a shared 2-core VM under load): buffered 456 msg/s with one
+//! storer and 3,300 msg/s with 64 (about 31 stores per fdatasync); direct 66 msg/s with one
+//! storer and about 9 stores per fdatasync with 64. Buffered is the default.
+//!
+//! **Recovery.** [`Spool::open`] scans every segment, replays its journal over its data and
+//! returns the live messages with their latest recipient states. A torn tail or a record with a
+//! bad checksum is skipped, counted in [`Recovery`] and logged, never fatal; appending resumes
+//! in a fresh segment, never after a torn tail (journals are cut back to their last good
+//! record). Message ids are `shard << 56 | sequence`; the sequence restarts above every one seen,
+//! and each segment header records the next sequence, so ids are not reused after reclamation.
+//!
+//! **Memory.** The index maps id to (segment, offset, record length, recipient count): 32 bytes
+//! of key and entry per live message, about 37 bytes with the hash table's control byte at full
+//! load (up to twice that just after it grows). Envelopes stay on disk.
+//!
+//! **Offline.** [`inspect`] reads the same files with std::fs only, for `petrel spool ls|count`
+//! while the engine is stopped (or running: it sees written, not necessarily synced, state).
+//!
+//! Trade-offs: a single damaged header makes the scanner resynchronise on the next aligned valid
+//! header, which in theory could be found inside a message body; bodies are not scrambled.
+//! A failed fdatasync makes the spool refuse writes for good (the page cache can no longer be
+//! trusted after one); a failed write only marks it unhealthy until a write succeeds.
 
 mod commit;
 mod error;
@@ -11,7 +59,7 @@ mod spool;
 mod types;
 
 pub use error::SpoolError;
-pub use file::FileMode;
+pub use file::{FileMode, READ_CHUNK_MAX_BYTES};
 pub use recovery::inspect;
 pub use spool::{Spool, JOURNAL_SYNC_DELAY_MS, SEGMENT_SIZE_MIN_BYTES};
 pub use types::*;

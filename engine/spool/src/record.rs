@@ -46,7 +46,7 @@ pub const STORE_PREFIX_BYTES: usize = 16;
 pub const SEGMENT_FORMAT_VERSION: u8 = 1;
 
 const _: () = assert!(RECORD_SIZE_MAX_BYTES < u32::MAX as usize);
-const _: () = assert!(RECORD_HEADER_BYTES % RECORD_ALIGN_BYTES == 0);
+const _: () = assert!(RECORD_HEADER_BYTES.is_multiple_of(RECORD_ALIGN_BYTES));
 
 /// What a record holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,7 +83,10 @@ pub fn align_up(len: usize, align: usize) -> usize {
 /// least [`RECORD_ALIGN_BYTES`]). Appends to `out`.
 pub fn encode_record(out: &mut Vec<u8>, kind: Kind, payload: &[&[u8]], align: usize) {
     let payload_len: usize = payload.iter().map(|p| p.len()).sum();
-    let record_len = align_up(RECORD_HEADER_BYTES + payload_len, align.max(RECORD_ALIGN_BYTES));
+    let record_len = align_up(
+        RECORD_HEADER_BYTES + payload_len,
+        align.max(RECORD_ALIGN_BYTES),
+    );
     let start = out.len();
     out.reserve(record_len);
     out.extend_from_slice(&RECORD_MAGIC.to_le_bytes());
@@ -135,8 +138,11 @@ pub enum FrameError {
 
 /// Decodes the record starting at `buf[offset..]`.
 pub fn decode_at(buf: &[u8], offset: usize) -> Result<RawRecord<'_>, FrameError> {
-    let header = buf.get(offset..offset + RECORD_HEADER_BYTES).ok_or(FrameError::BadHeader)?;
-    let u32_at = |i: usize| u32::from_le_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
+    let header = buf
+        .get(offset..offset + RECORD_HEADER_BYTES)
+        .ok_or(FrameError::BadHeader)?;
+    let u32_at =
+        |i: usize| u32::from_le_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
     if u32_at(0) != RECORD_MAGIC || crc32c::crc32c(&header[..20]) != u32_at(20) {
         return Err(FrameError::BadHeader);
     }
@@ -144,19 +150,28 @@ pub fn decode_at(buf: &[u8], offset: usize) -> Result<RawRecord<'_>, FrameError>
     let payload_len = u32_at(8) as usize;
     let record_len = u32_at(12) as usize;
     if record_len > RECORD_SIZE_MAX_BYTES
-        || record_len % RECORD_ALIGN_BYTES != 0
+        || !record_len.is_multiple_of(RECORD_ALIGN_BYTES)
         || RECORD_HEADER_BYTES + payload_len > record_len
     {
         return Err(FrameError::BadHeader);
     }
     let Some(record) = buf.get(offset..offset + record_len) else {
-        return Err(FrameError::Truncated { record_len: record_len as u64 });
+        return Err(FrameError::Truncated {
+            record_len: record_len as u64,
+        });
     };
     let payload = &record[RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + payload_len];
     if crc32c::crc32c(payload) != u32_at(16) {
-        return Err(FrameError::BadPayload { record_len: record_len as u64 });
+        return Err(FrameError::BadPayload {
+            record_len: record_len as u64,
+        });
     }
-    Ok(RawRecord { offset: offset as u64, kind, payload, record_len: record_len as u64 })
+    Ok(RawRecord {
+        offset: offset as u64,
+        kind,
+        payload,
+        record_len: record_len as u64,
+    })
 }
 
 /// A stretch of a buffer that held no usable record.
@@ -197,14 +212,20 @@ pub fn scan(buf: &[u8]) -> Scan<'_> {
             Err(FrameError::BadPayload { record_len }) => {
                 // The header is trustworthy (its own checksum passed): skip the whole record.
                 close_bad(&mut out, &mut bad_start, pos);
-                out.skipped.push(Skipped { offset: pos as u64, len_bytes: record_len });
+                out.skipped.push(Skipped {
+                    offset: pos as u64,
+                    len_bytes: record_len,
+                });
                 pos += record_len as usize;
             }
             Err(FrameError::Truncated { .. }) => {
                 // A torn tail: the record was being written when the writer stopped. Nothing
                 // after it can be trusted to be a record (it is this record's payload).
                 close_bad(&mut out, &mut bad_start, pos);
-                out.skipped.push(Skipped { offset: pos as u64, len_bytes: (buf.len() - pos) as u64 });
+                out.skipped.push(Skipped {
+                    offset: pos as u64,
+                    len_bytes: (buf.len() - pos) as u64,
+                });
                 return out;
             }
             Err(FrameError::BadHeader) => {
@@ -225,7 +246,10 @@ pub fn scan(buf: &[u8]) -> Scan<'_> {
 
 fn close_bad(out: &mut Scan<'_>, bad_start: &mut Option<usize>, end: usize) {
     if let Some(start) = bad_start.take() {
-        out.skipped.push(Skipped { offset: start as u64, len_bytes: (end - start) as u64 });
+        out.skipped.push(Skipped {
+            offset: start as u64,
+            len_bytes: (end - start) as u64,
+        });
     }
 }
 
@@ -260,7 +284,11 @@ impl SegmentHeader {
         if p.len() != 24 || p[0] != SEGMENT_FORMAT_VERSION {
             return None;
         }
-        Some(SegmentHeader { shard: p[1], segment_seq: u64_at(p, 8)?, next_id_seq: u64_at(p, 16)? })
+        Some(SegmentHeader {
+            shard: p[1],
+            segment_seq: u64_at(p, 8)?,
+            next_id_seq: u64_at(p, 16)?,
+        })
     }
 }
 
@@ -325,7 +353,11 @@ pub fn split_store(p: &[u8]) -> Option<(u64, &[u8], &[u8])> {
 /// Decodes a store payload, validating the archived envelope.
 pub fn decode_store(p: &[u8]) -> Option<StoreRecord<'_>> {
     let (id, env, body) = split_store(p)?;
-    Some(StoreRecord { id, envelope: decode_archived::<Envelope>(env)?, body })
+    Some(StoreRecord {
+        id,
+        envelope: decode_archived::<Envelope>(env)?,
+        body,
+    })
 }
 
 /// Payload of an update record: id then archived updates.
@@ -345,4 +377,100 @@ pub fn decode_remove(p: &[u8]) -> Option<u64> {
         return None;
     }
     u64_at(p, 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(kind: Kind, payload: &[u8], align: usize) -> Vec<u8> {
+        let mut v = Vec::new();
+        encode_record(&mut v, kind, &[payload], align);
+        v
+    }
+
+    #[test]
+    fn encode_decode_round_trip_and_padding() {
+        let v = frame(Kind::Remove, &7u64.to_le_bytes(), 8);
+        assert_eq!(v.len(), 32);
+        let r = decode_at(&v, 0).unwrap();
+        assert_eq!((r.kind, r.record_len), (Kind::Remove, 32));
+        assert_eq!(decode_remove(r.payload), Some(7));
+        let v = frame(Kind::Remove, &7u64.to_le_bytes(), 512);
+        assert_eq!(v.len(), 512);
+        assert_eq!(decode_at(&v, 0).unwrap().record_len, 512);
+    }
+
+    #[test]
+    fn scan_skips_damage_and_ignores_zero_tail() {
+        let mut buf = Vec::new();
+        for i in 0..4u64 {
+            encode_record(&mut buf, Kind::Remove, &[&i.to_le_bytes()], 8);
+        }
+        buf.extend_from_slice(&[0; 64]);
+        let clean = scan(&buf);
+        assert_eq!(
+            (clean.records.len(), clean.skipped.len(), clean.valid_end),
+            (4, 0, 128)
+        );
+        // Payload damage: skipped by length. Header damage: resync at the next record.
+        buf[24] ^= 1;
+        buf[32 + 2] ^= 1;
+        let s = scan(&buf);
+        let ids: Vec<_> = s
+            .records
+            .iter()
+            .map(|r| decode_remove(r.payload).unwrap())
+            .collect();
+        assert_eq!(ids, vec![2, 3]);
+        assert_eq!(
+            s.skipped,
+            vec![
+                Skipped {
+                    offset: 0,
+                    len_bytes: 32
+                },
+                Skipped {
+                    offset: 32,
+                    len_bytes: 32
+                }
+            ]
+        );
+        // A torn tail runs to the end of the buffer.
+        let s = scan(&buf[..128 - 5]);
+        assert_eq!(s.records.len(), 1);
+        assert_eq!(
+            s.skipped.last(),
+            Some(&Skipped {
+                offset: 96,
+                len_bytes: 27
+            })
+        );
+        assert_eq!(s.valid_end, 96);
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        let mut state = 0x1234_5678u32;
+        let mut buf = vec![0u8; 4096];
+        for round in 0..64 {
+            for b in buf.iter_mut() {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                *b = state as u8;
+            }
+            if round % 2 == 0 {
+                // Plant a valid header whose lengths are garbage.
+                buf[..4].copy_from_slice(&RECORD_MAGIC.to_le_bytes());
+            }
+            let s = scan(&buf);
+            assert!(s.records.is_empty());
+            for r in s.records {
+                let _ = decode_store(r.payload);
+            }
+            let _ = decode_update(&buf);
+            let _ = decode_store(&buf);
+        }
+    }
 }

@@ -47,7 +47,9 @@ pub(crate) fn list_segments(dir: &Path) -> Result<Listing, SpoolError> {
         let entry = entry.map_err(|e| SpoolError::io("read_dir", dir, e))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        let Some(rest) = name.strip_prefix(SEGMENT_PREFIX) else { continue };
+        let Some(rest) = name.strip_prefix(SEGMENT_PREFIX) else {
+            continue;
+        };
         if let Some(hex) = rest.strip_suffix(DATA_SUFFIX) {
             if let Some(seq) = parse_seq(hex) {
                 data.push(seq);
@@ -60,8 +62,14 @@ pub(crate) fn list_segments(dir: &Path) -> Result<Listing, SpoolError> {
     }
     data.sort_unstable();
     journals.sort_unstable();
-    let orphan_journals = journals.into_iter().filter(|s| data.binary_search(s).is_err()).collect();
-    Ok(Listing { data, orphan_journals })
+    let orphan_journals = journals
+        .into_iter()
+        .filter(|s| data.binary_search(s).is_err())
+        .collect();
+    Ok(Listing {
+        data,
+        orphan_journals,
+    })
 }
 
 fn parse_seq(hex: &str) -> Option<u64> {
@@ -106,7 +114,13 @@ pub(crate) fn rebuild(data: &[u8], journal: &[u8], name: &Path) -> SegmentState 
             Kind::SegmentHeader if rec.offset == 0 => {
                 st.header = SegmentHeader::from_bytes(rec.payload);
                 if st.header.is_none() {
-                    skip_record(&mut st, name, rec.offset, rec.record_len, "unreadable segment header");
+                    skip_record(
+                        &mut st,
+                        name,
+                        rec.offset,
+                        rec.record_len,
+                        "unreadable segment header",
+                    );
                 }
             }
             Kind::Store => match record::decode_store(rec.payload) {
@@ -121,9 +135,21 @@ pub(crate) fn rebuild(data: &[u8], journal: &[u8], name: &Path) -> SegmentState 
                     };
                     st.live.insert(s.id, found);
                 }
-                None => skip_record(&mut st, name, rec.offset, rec.record_len, "envelope failed validation"),
+                None => skip_record(
+                    &mut st,
+                    name,
+                    rec.offset,
+                    rec.record_len,
+                    "envelope failed validation",
+                ),
             },
-            _ => skip_record(&mut st, name, rec.offset, rec.record_len, "unexpected record kind in data file"),
+            _ => skip_record(
+                &mut st,
+                name,
+                rec.offset,
+                rec.record_len,
+                "unexpected record kind in data file",
+            ),
         }
     }
     let jscan = record::scan(journal);
@@ -151,7 +177,13 @@ fn apply_journal_record(st: &mut SegmentState, rec: &record::RawRecord<'_>, name
                     }
                 }
             }
-            None => skip_record(st, name, rec.offset, rec.record_len, "update failed validation"),
+            None => skip_record(
+                st,
+                name,
+                rec.offset,
+                rec.record_len,
+                "update failed validation",
+            ),
         },
         Kind::Remove => match record::decode_remove(rec.payload) {
             Some(id) => {
@@ -159,7 +191,13 @@ fn apply_journal_record(st: &mut SegmentState, rec: &record::RawRecord<'_>, name
             }
             None => skip_record(st, name, rec.offset, rec.record_len, "bad remove record"),
         },
-        _ => skip_record(st, name, rec.offset, rec.record_len, "unexpected record kind in journal"),
+        _ => skip_record(
+            st,
+            name,
+            rec.offset,
+            rec.record_len,
+            "unexpected record kind in journal",
+        ),
     }
 }
 
@@ -201,7 +239,10 @@ pub fn inspect(spool_root: &Path) -> Result<Vec<SpooledMessage>, SpoolError> {
     };
     for entry in entries {
         let entry = entry.map_err(|e| SpoolError::io("read_dir", spool_root, e))?;
-        let is_shard = entry.file_name().to_str().is_some_and(|n| n.starts_with(SHARD_DIR_PREFIX));
+        let is_shard = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(SHARD_DIR_PREFIX));
         if !is_shard || !entry.path().is_dir() {
             continue;
         }

@@ -110,13 +110,20 @@ impl Spool {
     }
 
     /// [`Spool::open`] with an explicit file type for the new data segments (benchmarks).
-    pub async fn open_with_mode(cfg: SpoolConfig, mode: FileMode) -> Result<(Spool, Recovery), SpoolError> {
+    pub async fn open_with_mode(
+        cfg: SpoolConfig,
+        mode: FileMode,
+    ) -> Result<(Spool, Recovery), SpoolError> {
         if cfg.segment_size_max_bytes < SEGMENT_SIZE_MIN_BYTES {
-            return Err(SpoolError::Config("segment_size_max_bytes is below SEGMENT_SIZE_MIN_BYTES"));
+            return Err(SpoolError::Config(
+                "segment_size_max_bytes is below SEGMENT_SIZE_MIN_BYTES",
+            ));
         }
         let dir = cfg.root.join(format!("{SHARD_DIR_PREFIX}{}", cfg.shard));
         std::fs::create_dir_all(&dir).map_err(|e| SpoolError::io("create_dir", &dir, e))?;
-        let dir_handle = Directory::open(&dir).await.map_err(|e| SpoolError::io("open_dir", &dir, e))?;
+        let dir_handle = Directory::open(&dir)
+            .await
+            .map_err(|e| SpoolError::io("open_dir", &dir, e))?;
         let mut state = State {
             next_id_seq: 0,
             index: HashMap::new(),
@@ -152,14 +159,21 @@ impl Spool {
         inner.check_healthy()?;
         check_len("body", body.len(), record::BODY_SIZE_MAX_BYTES)?;
         check_len("recipients", envelope.recipients.len(), u32::MAX as usize)?;
-        let meta = record::encode_envelope(envelope)
-            .map_err(|e| SpoolError::Encode { what: "envelope", reason: e.to_string() })?;
+        let meta = record::encode_envelope(envelope).map_err(|e| SpoolError::Encode {
+            what: "envelope",
+            reason: e.to_string(),
+        })?;
         check_len("envelope", meta.len(), record::ENVELOPE_SIZE_MAX_BYTES)?;
         let payload_len = record::STORE_PREFIX_BYTES + meta.len() + body.len();
         let (id, seg, offset, data, bytes) = {
-            let _permit = inner.reserve.acquire_permit(1).await.map_err(|_| SpoolError::Unhealthy("spool closed"))?;
-            let align = inner.active_segment_file().align();
-            let record_len = record::align_up(record::RECORD_HEADER_BYTES + payload_len, align) as u64;
+            let _permit = inner
+                .reserve
+                .acquire_permit(1)
+                .await
+                .map_err(|_| SpoolError::Unhealthy("spool closed"))?;
+            let align = inner.active_segment_file()?.align();
+            let record_len =
+                record::align_up(record::RECORD_HEADER_BYTES + payload_len, align) as u64;
             if inner.needs_rollover(record_len) {
                 inner.rollover().await?;
             }
@@ -170,7 +184,10 @@ impl Spool {
             let id = MessageId::new(inner.cfg.shard, st.next_id_seq);
             st.next_id_seq += 1;
             let active = st.active;
-            let seg = st.segments.get_mut(&active).ok_or(SpoolError::Unhealthy("no active segment"))?;
+            let seg = st
+                .segments
+                .get_mut(&active)
+                .ok_or(SpoolError::Unhealthy("no active segment"))?;
             let offset = seg.data_len;
             seg.data_len += record_len;
             seg.inflight += 1;
@@ -182,7 +199,10 @@ impl Spool {
             (id, active, offset, data, bytes)
         };
         let record_len = bytes.len() as u64;
-        let guard = InflightGuard { inner, segment: seg };
+        let guard = InflightGuard {
+            inner,
+            segment: seg,
+        };
         let written = data.write_all_at(bytes, offset).await;
         inner.write_failed.set(written.is_err());
         written?;
@@ -214,10 +234,17 @@ impl Spool {
     /// Reads a live message's body back (checksum verified).
     pub async fn read_body(&self, id: MessageId) -> Result<Vec<u8>, SpoolError> {
         let (entry, data) = self.inner.locate(id)?;
-        let buf = data.read_exact_at(entry.offset, entry.record_len as usize).await?;
-        let corrupt = |reason| SpoolError::Corrupt { path: data.path().to_path_buf(), offset: entry.offset, reason };
+        let buf = data
+            .read_exact_at(entry.offset, entry.record_len as usize)
+            .await?;
+        let corrupt = |reason| SpoolError::Corrupt {
+            path: data.path().to_path_buf(),
+            offset: entry.offset,
+            reason,
+        };
         let rec = record::decode_at(&buf, 0).map_err(|_| corrupt("bad frame or checksum"))?;
-        let (stored_id, _, body) = record::split_store(rec.payload).ok_or(corrupt("bad store payload"))?;
+        let (stored_id, _, body) =
+            record::split_store(rec.payload).ok_or(corrupt("bad store payload"))?;
         if rec.kind != Kind::Store || stored_id != id.0 {
             return Err(corrupt("record is not this message"));
         }
@@ -226,19 +253,34 @@ impl Spool {
 
     /// Journals recipient state changes. Returns once written (not synced): the next group
     /// commit or the periodic journal sync (within `JOURNAL_SYNC_DELAY_MS`) makes it durable.
-    pub async fn update(&self, id: MessageId, updates: &[RecipientUpdate]) -> Result<(), SpoolError> {
+    pub async fn update(
+        &self,
+        id: MessageId,
+        updates: &[RecipientUpdate],
+    ) -> Result<(), SpoolError> {
         let inner = &self.inner;
         inner.check_healthy()?;
         let (entry, _) = inner.locate(id)?;
         if let Some(u) = updates.iter().find(|u| u.index >= entry.recipients) {
-            return Err(SpoolError::RecipientIndex { id, index: u.index, recipients: entry.recipients });
+            return Err(SpoolError::RecipientIndex {
+                id,
+                index: u.index,
+                recipients: entry.recipients,
+            });
         }
-        let archived = record::encode_updates(updates)
-            .map_err(|e| SpoolError::Encode { what: "updates", reason: e.to_string() })?;
+        let archived = record::encode_updates(updates).map_err(|e| SpoolError::Encode {
+            what: "updates",
+            reason: e.to_string(),
+        })?;
         check_len("update", archived.len(), record::UPDATE_SIZE_MAX_BYTES)?;
         let mut bytes = Vec::new();
         let prefix = record::update_prefix(id.0);
-        record::encode_record(&mut bytes, Kind::Update, &[&prefix, &archived], record::RECORD_ALIGN_BYTES);
+        record::encode_record(
+            &mut bytes,
+            Kind::Update,
+            &[&prefix, &archived],
+            record::RECORD_ALIGN_BYTES,
+        );
         inner.append_journal(entry.segment, bytes).await
     }
 
@@ -250,9 +292,12 @@ impl Spool {
         let (segment, reclaim) = {
             let mut st = inner.state.borrow_mut();
             let entry = st.index.remove(&id.0).ok_or(SpoolError::NotFound(id))?;
-            st.live_bytes -= u64::from(entry.record_len);
-            let seg = st.segments.get_mut(&entry.segment).ok_or(SpoolError::NotFound(id))?;
-            seg.live -= 1;
+            st.live_bytes = st.live_bytes.saturating_sub(u64::from(entry.record_len));
+            let seg = st
+                .segments
+                .get_mut(&entry.segment)
+                .ok_or(SpoolError::NotFound(id))?;
+            seg.live = seg.live.saturating_sub(1);
             (entry.segment, seg.reclaimable())
         };
         if reclaim {
@@ -260,14 +305,23 @@ impl Spool {
             return inner.reclaim(segment).await;
         }
         let mut bytes = Vec::new();
-        record::encode_record(&mut bytes, Kind::Remove, &[&id.0.to_le_bytes()], record::RECORD_ALIGN_BYTES);
+        record::encode_record(
+            &mut bytes,
+            Kind::Remove,
+            &[&id.0.to_le_bytes()],
+            record::RECORD_ALIGN_BYTES,
+        );
         inner.append_journal(segment, bytes).await
     }
 
     /// Live counts.
     pub fn stats(&self) -> SpoolStats {
         let st = self.inner.state.borrow();
-        SpoolStats { messages: st.index.len() as u64, bytes: st.live_bytes, segments: st.segments.len() as u64 }
+        SpoolStats {
+            messages: st.index.len() as u64,
+            bytes: st.live_bytes,
+            segments: st.segments.len() as u64,
+        }
     }
 
     /// Number of fdatasync rounds (group commits) so far; compare with the number of stores.
@@ -277,7 +331,10 @@ impl Spool {
 
     /// Why the spool should not take new messages right now, if it should not. Cheap.
     pub fn unhealthy_reason(&self) -> Option<&'static str> {
-        self.inner.fatal.get().or(self.inner.write_failed.get().then_some("disk write failed"))
+        self.inner
+            .fatal
+            .get()
+            .or(self.inner.write_failed.get().then_some("disk write failed"))
     }
 
     /// Syncs everything written and closes the files.
@@ -302,10 +359,13 @@ impl Inner {
         }
     }
 
-    fn active_segment_file(&self) -> Rc<SegFile> {
+    fn active_segment_file(&self) -> Result<Rc<SegFile>, SpoolError> {
         let st = self.state.borrow();
-        let seg = st.segments.get(&st.active).expect("the active segment is always in the map (set by new_active_segment)");
-        seg.data.clone()
+        let seg = st
+            .segments
+            .get(&st.active)
+            .ok_or(SpoolError::Unhealthy("no active segment"))?;
+        Ok(seg.data.clone())
     }
 
     fn needs_rollover(&self, record_len: u64) -> bool {
@@ -318,16 +378,19 @@ impl Inner {
     fn locate(&self, id: MessageId) -> Result<(IndexEntry, Rc<SegFile>), SpoolError> {
         let st = self.state.borrow();
         let entry = *st.index.get(&id.0).ok_or(SpoolError::NotFound(id))?;
-        let seg = st.segments.get(&entry.segment).ok_or(SpoolError::NotFound(id))?;
+        let seg = st
+            .segments
+            .get(&entry.segment)
+            .ok_or(SpoolError::NotFound(id))?;
         Ok((entry, seg.data.clone()))
     }
 
     fn forget(&self, id: MessageId) {
         let mut st = self.state.borrow_mut();
         if let Some(entry) = st.index.remove(&id.0) {
-            st.live_bytes -= u64::from(entry.record_len);
+            st.live_bytes = st.live_bytes.saturating_sub(u64::from(entry.record_len));
             if let Some(seg) = st.segments.get_mut(&entry.segment) {
-                seg.live -= 1;
+                seg.live = seg.live.saturating_sub(1);
             }
         }
     }
@@ -337,7 +400,10 @@ impl Inner {
         let old = {
             let mut st = self.state.borrow_mut();
             let active = st.active;
-            let seg = st.segments.get_mut(&active).ok_or(SpoolError::Unhealthy("no active segment"))?;
+            let seg = st
+                .segments
+                .get_mut(&active)
+                .ok_or(SpoolError::Unhealthy("no active segment"))?;
             seg.sealed = true;
             seg.reclaimable().then_some(active)
         };
@@ -352,17 +418,31 @@ impl Inner {
     async fn new_active_segment(&self) -> Result<(), SpoolError> {
         let (seq, next_id_seq) = {
             let st = self.state.borrow();
-            (st.segments.keys().next_back().map_or(0, |s| s + 1), st.next_id_seq)
+            (
+                st.segments.keys().next_back().map_or(0, |s| s + 1),
+                st.next_id_seq,
+            )
         };
         let data = SegFile::create(&recovery::data_path(&self.dir, seq), self.mode).await?;
-        let journal = SegFile::create(&recovery::journal_path(&self.dir, seq), FileMode::Buffered).await?;
-        let header = SegmentHeader { shard: self.cfg.shard, segment_seq: seq, next_id_seq };
+        let journal =
+            SegFile::create(&recovery::journal_path(&self.dir, seq), FileMode::Buffered).await?;
+        let header = SegmentHeader {
+            shard: self.cfg.shard,
+            segment_seq: seq,
+            next_id_seq,
+        };
         let mut bytes = Vec::new();
-        record::encode_record(&mut bytes, Kind::SegmentHeader, &[&header.to_bytes()], data.align());
+        record::encode_record(
+            &mut bytes,
+            Kind::SegmentHeader,
+            &[&header.to_bytes()],
+            data.align(),
+        );
         let data_len = bytes.len() as u64;
         data.write_all_at(bytes, 0).await?;
         let mut st = self.state.borrow_mut();
-        st.segments.insert(seq, Segment::new(data, journal, data_len, 0, false));
+        st.segments
+            .insert(seq, Segment::new(data, journal, data_len, 0, false));
         st.active = seq;
         st.mark_dirty(seq);
         st.dir_dirty = true;
@@ -385,7 +465,11 @@ impl Inner {
         Ok(())
     }
 
-    async fn append_journal(self: &Rc<Self>, segment: u64, bytes: Vec<u8>) -> Result<(), SpoolError> {
+    async fn append_journal(
+        self: &Rc<Self>,
+        segment: u64,
+        bytes: Vec<u8>,
+    ) -> Result<(), SpoolError> {
         let (journal, offset) = {
             let mut st = self.state.borrow_mut();
             let Some(seg) = st.segments.get_mut(&segment) else {
@@ -413,6 +497,14 @@ impl Inner {
             glommio::timer::sleep(Duration::from_millis(JOURNAL_SYNC_DELAY_MS)).await;
             if let Some(inner) = weak.upgrade() {
                 inner.sync_timer_armed.set(false);
+                let idle = {
+                    let st = inner.state.borrow();
+                    st.dirty.is_empty() && !st.dir_dirty
+                };
+                if idle {
+                    // A group commit already covered the journal writes.
+                    return;
+                }
                 if let Err(e) = inner.commit_now().await {
                     tracing::error!(error = %e, "spool journal sync failed");
                 }
@@ -427,7 +519,9 @@ impl Inner {
         match self.commit.wait(ticket, || self.sync_dirty()).await {
             Ok(()) => Ok(()),
             Err(CommitError::Sync(e)) => Err(e),
-            Err(CommitError::Failed) => Err(SpoolError::Unhealthy(self.fatal.get().unwrap_or("fdatasync failed"))),
+            Err(CommitError::Failed) => Err(SpoolError::Unhealthy(
+                self.fatal.get().unwrap_or("fdatasync failed"),
+            )),
         }
     }
 
@@ -475,7 +569,13 @@ impl State {
 }
 
 impl Segment {
-    fn new(data: SegFile, journal: SegFile, data_len: u64, journal_len: u64, sealed: bool) -> Segment {
+    fn new(
+        data: SegFile,
+        journal: SegFile,
+        data_len: u64,
+        journal_len: u64,
+        sealed: bool,
+    ) -> Segment {
         Segment {
             data: Rc::new(data),
             journal: Rc::new(journal),
@@ -506,7 +606,7 @@ impl Drop for InflightGuard<'_> {
             let mut st = self.inner.state.borrow_mut();
             match st.segments.get_mut(&self.segment) {
                 Some(seg) => {
-                    seg.inflight -= 1;
+                    seg.inflight = seg.inflight.saturating_sub(1);
                     seg.reclaimable()
                 }
                 None => false,
@@ -527,7 +627,11 @@ impl Drop for InflightGuard<'_> {
 
 fn check_len(what: &'static str, len: usize, max: usize) -> Result<(), SpoolError> {
     if len > max {
-        return Err(SpoolError::TooLarge { what, len_bytes: len as u64, max_bytes: max as u64 });
+        return Err(SpoolError::TooLarge {
+            what,
+            len_bytes: len as u64,
+            max_bytes: max as u64,
+        });
     }
     Ok(())
 }
@@ -589,7 +693,13 @@ async fn recover(dir: &Path, shard: u8, state: &mut State) -> Result<Recovery, S
             // Never append after a torn tail: cut it (its bytes are already counted as skipped).
             journal.truncate(seg.journal_valid_end).await?;
         }
-        let mut segment = Segment::new(data, journal, data_bytes.len() as u64, seg.journal_valid_end, true);
+        let mut segment = Segment::new(
+            data,
+            journal,
+            data_bytes.len() as u64,
+            seg.journal_valid_end,
+            true,
+        );
         segment.live = seg.live.len() as u64;
         if truncated {
             // Make the cut durable with the first commit.

@@ -33,10 +33,14 @@ fn body_len(seq: u64) -> usize {
 /// Child mode: does nothing unless started by `kill_9_never_loses_an_acknowledged_message`.
 #[test]
 fn crash_child() {
-    let Some(root) = std::env::var_os(CHILD_ENV) else { return };
+    let Some(root) = std::env::var_os(CHILD_ENV) else {
+        return;
+    };
     let root = PathBuf::from(root);
     run(move || async move {
-        let (spool, _) = Spool::open(config(&root, 7)).await.expect("child opens the spool");
+        let (spool, _) = Spool::open(config(&root, 7))
+            .await
+            .expect("child opens the spool");
         let spool = std::rc::Rc::new(spool);
         let started = Instant::now();
         // A few concurrent storers so that group commits cover several messages.
@@ -50,7 +54,10 @@ fn crash_child() {
                             break;
                         }
                         let n = u64::from(rand::thread_rng().gen::<u32>());
-                        let id = spool.store(&envelope(n, 2), &body(n, body_len(n))).await.expect("store");
+                        let id = spool
+                            .store(&envelope(n, 2), &body(n, body_len(n)))
+                            .await
+                            .expect("store");
                         // The envelope carries n; print both so the parent can check the body.
                         writeln!(out, "ID {} {}", id.0, n).expect("stdout");
                         out.flush().expect("stdout");
@@ -72,9 +79,17 @@ fn kill_9_never_loses_an_acknowledged_message() {
     let mut rng = rand::thread_rng();
     for round in 0..ROUNDS {
         let printed = run_child_and_kill(&root, rng.gen_range(10..ROUND_KILL_MAX_MS));
-        assert!(!printed.is_empty(), "round {round}: the child acknowledged nothing");
+        assert!(
+            !printed.is_empty(),
+            "round {round}: the child acknowledged nothing"
+        );
+        let this_round = printed.len();
         acked.extend(printed);
-        check(&root, &acked);
+        let skipped = check(&root, &acked);
+        eprintln!(
+            "round {round}: {this_round} acknowledged, {} in total, {skipped} records skipped",
+            acked.len()
+        );
     }
 }
 
@@ -117,7 +132,7 @@ fn run_child_and_kill(root: &Path, kill_after_ms: u64) -> Vec<(u64, u64)> {
 }
 
 /// Every acknowledged id is present exactly once with its envelope and body; offline inspect agrees.
-fn check(root: &Path, acked: &[(u64, u64)]) {
+fn check(root: &Path, acked: &[(u64, u64)]) -> u64 {
     let root_owned = root.to_path_buf();
     let acked_owned = acked.to_vec();
     let skipped = run(move || async move {
@@ -142,4 +157,5 @@ fn check(root: &Path, acked: &[(u64, u64)]) {
     for (id, _) in acked {
         assert_eq!(offline.iter().filter(|m| m.id.0 == *id).count(), 1);
     }
+    skipped
 }

@@ -6,7 +6,9 @@ mod common;
 use std::rc::Rc;
 
 use common::{body, config, data_files, envelope, journal_files, run};
-use petrel_spool::{inspect, FileMode, MessageId, RecipientState, RecipientUpdate, Spool, SpoolError};
+use petrel_spool::{
+    inspect, FileMode, MessageId, RecipientState, RecipientUpdate, Spool, SpoolError,
+};
 
 fn delivered(index: u32) -> RecipientUpdate {
     RecipientUpdate {
@@ -34,12 +36,25 @@ fn store_read_update_remove_round_trip() {
         assert_eq!(spool.read_body(b).await.unwrap(), body(2, 10));
         spool.update(a, &[delivered(2)]).await.unwrap();
         let bad = spool.update(a, &[delivered(3)]).await.unwrap_err();
-        assert!(matches!(bad, SpoolError::RecipientIndex { index: 3, recipients: 3, .. }), "{bad}");
+        assert!(
+            matches!(
+                bad,
+                SpoolError::RecipientIndex {
+                    index: 3,
+                    recipients: 3,
+                    ..
+                }
+            ),
+            "{bad}"
+        );
         assert!(!bad.is_transient());
         assert_eq!(spool.stats().messages, 2);
         spool.remove(b).await.unwrap();
         assert!(matches!(spool.read_body(b).await, Err(SpoolError::NotFound(id)) if id == b));
-        assert!(matches!(spool.remove(b).await, Err(SpoolError::NotFound(_))));
+        assert!(matches!(
+            spool.remove(b).await,
+            Err(SpoolError::NotFound(_))
+        ));
         let stats = spool.stats();
         assert_eq!((stats.messages, stats.segments), (1, 1));
         assert!(stats.bytes >= 1024);
@@ -52,7 +67,10 @@ fn store_read_update_remove_round_trip() {
         assert_eq!(m.id, a);
         assert_eq!(m.body_len_bytes, 1024);
         assert_eq!(m.envelope.recipients[2].state, RecipientState::Delivered);
-        assert_eq!(m.envelope.recipients[2].last_reply.as_deref(), Some("250 2.0.0 ok"));
+        assert_eq!(
+            m.envelope.recipients[2].last_reply.as_deref(),
+            Some("250 2.0.0 ok")
+        );
         assert_eq!(m.envelope.recipients[0].state, RecipientState::Pending);
         assert_eq!((rec.records_skipped, rec.bytes_skipped), (0, 0));
         assert_eq!(spool.read_body(a).await.unwrap(), body(1, 1024));
@@ -73,7 +91,10 @@ fn ids_survive_reclamation_of_every_segment() {
             let (spool, rec) = Spool::open(config(&root, 0)).await.unwrap();
             assert!(rec.messages.is_empty());
             let id = spool.store(&envelope(round, 1), b"body").await.unwrap();
-            assert!(round == 0 || id.sequence() > last.sequence(), "{id} after {last}");
+            assert!(
+                round == 0 || id.sequence() > last.sequence(),
+                "{id} after {last}"
+            );
             last = id;
             spool.remove(id).await.unwrap();
             spool.close().await.unwrap();
@@ -95,7 +116,9 @@ fn concurrent_stores_share_fsyncs() {
         let tasks: Vec<_> = (0..stores)
             .map(|n| {
                 let spool = spool.clone();
-                glommio::spawn_local(async move { spool.store(&envelope(n, 2), &body(n, 1024)).await.unwrap() })
+                glommio::spawn_local(async move {
+                    spool.store(&envelope(n, 2), &body(n, 1024)).await.unwrap()
+                })
             })
             .collect();
         let mut ids = Vec::new();
@@ -104,7 +127,10 @@ fn concurrent_stores_share_fsyncs() {
         }
         let commits = spool.commits() - base;
         assert!(commits >= 1);
-        assert!(commits * 4 <= stores, "{commits} commits for {stores} concurrent stores");
+        assert!(
+            commits * 4 <= stores,
+            "{commits} commits for {stores} concurrent stores"
+        );
         ids.sort();
         ids.dedup();
         assert_eq!(ids.len() as u64, stores);
@@ -132,14 +158,23 @@ fn torn_tail_is_skipped_counted_and_never_appended_to() {
     let files = data_files(&root, 0);
     let last = files.last().unwrap();
     let len = std::fs::metadata(last).unwrap().len();
-    std::fs::OpenOptions::new().write(true).open(last).unwrap().set_len(len - 300).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(last)
+        .unwrap()
+        .set_len(len - 300)
+        .unwrap();
     let r = root.clone();
     run(move || async move {
         let (spool, rec) = Spool::open(config(&r, 0)).await.unwrap();
         let got: Vec<_> = rec.messages.iter().map(|m| m.id).collect();
         assert_eq!(got, ids[..4].to_vec());
         assert_eq!(rec.records_skipped, 1);
-        assert!(rec.bytes_skipped > 700 && rec.bytes_skipped < 1100, "{}", rec.bytes_skipped);
+        assert!(
+            rec.bytes_skipped > 700 && rec.bytes_skipped < 1100,
+            "{}",
+            rec.bytes_skipped
+        );
         let new = spool.store(&envelope(9, 1), b"after").await.unwrap();
         assert!(new.sequence() > ids[3].sequence());
         spool.close().await.unwrap();
@@ -170,11 +205,19 @@ fn flipped_bytes_are_skipped_and_counted() {
     let file = data_files(&root, 0).pop().unwrap();
     let mut bytes = std::fs::read(&file).unwrap();
     // Message 1's body (payload checksum) and message 3's magic (header, forces a resync).
-    let find = |bytes: &[u8], needle: &[u8]| bytes.windows(needle.len()).position(|w| w == needle).unwrap();
+    let find = |bytes: &[u8], needle: &[u8]| {
+        bytes
+            .windows(needle.len())
+            .position(|w| w == needle)
+            .unwrap()
+    };
     let body1 = find(&bytes, b"Subject: message 1\r\n");
     bytes[body1 + 30] ^= 0x01;
     let env3 = find(&bytes, b"sender3@example.com");
-    let header3 = bytes[..env3].windows(4).rposition(|w| w == b"PSPL").unwrap();
+    let header3 = bytes[..env3]
+        .windows(4)
+        .rposition(|w| w == b"PSPL")
+        .unwrap();
     bytes[header3] ^= 0x80;
     std::fs::write(&file, &bytes).unwrap();
     let r = root.clone();
@@ -228,7 +271,10 @@ fn rollover_and_reclamation_delete_files() {
         spool.close().await.unwrap();
         let (spool, rec) = Spool::open(cfg).await.unwrap();
         assert_eq!(rec.messages.len(), 1);
-        assert_eq!(rec.messages[0].envelope.recipients[0].state, RecipientState::Delivered);
+        assert_eq!(
+            rec.messages[0].envelope.recipients[0].state,
+            RecipientState::Delivered
+        );
         spool.remove(ids[11]).await.unwrap();
         spool.close().await.unwrap();
     });
@@ -273,13 +319,23 @@ fn direct_io_mode_round_trip_and_recovery() {
     run(move || async move {
         let mut cfg = config(&root, 0);
         cfg.segment_size_max_bytes = 8192;
-        let (spool, _) = Spool::open_with_mode(cfg.clone(), FileMode::Direct).await.unwrap();
+        let (spool, _) = Spool::open_with_mode(cfg.clone(), FileMode::Direct)
+            .await
+            .unwrap();
         let mut ids = Vec::new();
         for n in 0..10 {
-            ids.push(spool.store(&envelope(n, 1), &body(n, 1024 + n as usize * 37)).await.unwrap());
+            ids.push(
+                spool
+                    .store(&envelope(n, 1), &body(n, 1024 + n as usize * 37))
+                    .await
+                    .unwrap(),
+            );
         }
         for (n, id) in ids.iter().enumerate() {
-            assert_eq!(spool.read_body(*id).await.unwrap(), body(n as u64, 1024 + n * 37));
+            assert_eq!(
+                spool.read_body(*id).await.unwrap(),
+                body(n as u64, 1024 + n * 37)
+            );
         }
         spool.close().await.unwrap();
         let (spool, rec) = Spool::open_with_mode(cfg, FileMode::Direct).await.unwrap();
@@ -303,8 +359,36 @@ fn limits_are_enforced() {
         let (spool, _) = Spool::open(config(&root, 0)).await.unwrap();
         let huge = vec![b'x'; petrel_spool::record::BODY_SIZE_MAX_BYTES + 1];
         let err = spool.store(&envelope(0, 1), &huge).await.unwrap_err();
-        assert!(matches!(err, SpoolError::TooLarge { what: "body", .. }), "{err}");
+        assert!(
+            matches!(err, SpoolError::TooLarge { what: "body", .. }),
+            "{err}"
+        );
         assert!(!err.is_transient());
+        spool.close().await.unwrap();
+    });
+}
+
+#[test]
+fn journal_writes_are_synced_soon_without_a_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    run(move || async move {
+        let (spool, _) = Spool::open(config(&root, 0)).await.unwrap();
+        let id = spool.store(&envelope(0, 2), b"body").await.unwrap();
+        let before = spool.commits();
+        spool.update(id, &[delivered(0)]).await.unwrap();
+        // The update returns before any sync; the periodic journal sync follows shortly.
+        assert_eq!(spool.commits(), before);
+        let delay = std::time::Duration::from_millis(petrel_spool::JOURNAL_SYNC_DELAY_MS * 3);
+        glommio::timer::sleep(delay).await;
+        assert_eq!(spool.commits(), before + 1);
+        // A store right after an update covers the journal in its own commit.
+        spool.update(id, &[delivered(1)]).await.unwrap();
+        spool.store(&envelope(1, 1), b"x").await.unwrap();
+        assert_eq!(spool.commits(), before + 2);
+        glommio::timer::sleep(delay).await;
+        // The armed timer found nothing left to sync.
+        assert_eq!(spool.commits(), before + 2);
         spool.close().await.unwrap();
     });
 }

@@ -8,6 +8,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::*;
 use crate::snapshot::{PolicySnapshot, Tenant};
+use crate::wire::read_frame;
 
 const TOKEN: &str = "s3cret-token";
 /// Upper bound on any one test.

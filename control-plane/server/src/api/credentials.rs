@@ -244,7 +244,9 @@ fn validate(caller: &Caller, req: CreateCredential) -> Result<NewCredential, Api
                 return Err(ApiError::forbidden("cannot grant a role above your own"));
             }
             if role == Role::Owner && !caller.is_operator {
-                return Err(ApiError::invalid("the owner role exists only in the operator tenant"));
+                return Err(ApiError::invalid(
+                    "the owner role exists only in the operator tenant",
+                ));
             }
             Some(role)
         }
@@ -263,12 +265,16 @@ fn validate(caller: &Caller, req: CreateCredential) -> Result<NewCredential, Api
         .scopes
         .unwrap_or_else(|| default_scopes(kind, role.unwrap_or(Role::Viewer)));
     if scopes.len() > SCOPES_MAX || scopes.iter().any(|s| !SCOPES.contains(&s.as_str())) {
-        return Err(ApiError::invalid(format!("scopes must be among {SCOPES:?}")));
+        return Err(ApiError::invalid(format!(
+            "scopes must be among {SCOPES:?}"
+        )));
     }
     if req.allowed_sender_domains.len() > ALLOWED_SENDER_DOMAINS_MAX
         || req.ip_allowlist.len() > IP_ALLOWLIST_ENTRIES_MAX
     {
-        return Err(ApiError::invalid("too many allowed sender domains or addresses"));
+        return Err(ApiError::invalid(
+            "too many allowed sender domains or addresses",
+        ));
     }
     let allowed_sender_domains = req
         .allowed_sender_domains
@@ -276,7 +282,8 @@ fn validate(caller: &Caller, req: CreateCredential) -> Result<NewCredential, Api
         .map(|d| normalize_domain(d))
         .collect::<Result<Vec<_>, _>>()?;
     for c in &req.ip_allowlist {
-        petrel_policy::snapshot::parse_cidr(c).map_err(|_| ApiError::invalid(format!("not a CIDR: {c:?}")))?;
+        petrel_policy::snapshot::parse_cidr(c)
+            .map_err(|_| ApiError::invalid(format!("not a CIDR: {c:?}")))?;
     }
     Ok(NewCredential {
         tenant_id: caller.tenant_id.clone(),
@@ -319,14 +326,12 @@ pub async fn list(
     caller: Caller,
 ) -> Result<Json<Vec<CredentialView>>, ApiError> {
     caller.require(Permission::CredentialsRead)?;
-    let rows = sqlx::query("SELECT * FROM credentials WHERE tenant_id = $1 ORDER BY created_unix_ms, id")
-        .bind(caller.tenant_id.clone())
-        .fetch_all(&app.db.pool)
-        .await?;
-    let list = rows
-        .iter()
-        .map(credential_from)
-        .collect::<Result<_, _>>()?;
+    let rows =
+        sqlx::query("SELECT * FROM credentials WHERE tenant_id = $1 ORDER BY created_unix_ms, id")
+            .bind(caller.tenant_id.clone())
+            .fetch_all(&app.db.pool)
+            .await?;
+    let list = rows.iter().map(credential_from).collect::<Result<_, _>>()?;
     Ok(Json(list))
 }
 
@@ -336,7 +341,9 @@ pub async fn show(
     Path(id): Path<String>,
 ) -> Result<Json<CredentialView>, ApiError> {
     caller.require(Permission::CredentialsRead)?;
-    Ok(Json(fetch_credential(&app.db.pool, &caller.tenant_id, &id).await?))
+    Ok(Json(
+        fetch_credential(&app.db.pool, &caller.tenant_id, &id).await?,
+    ))
 }
 
 /// A caller may only act on credentials whose role is not above its own.

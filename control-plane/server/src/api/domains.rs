@@ -179,7 +179,9 @@ fn check_selector(s: &str) -> Result<(), ApiError> {
     let ok = !s.is_empty()
         && s.len() <= 63
         && s.split('.').all(|l| {
-            !l.is_empty() && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            !l.is_empty()
+                && l.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         });
     if ok {
         Ok(())
@@ -235,7 +237,16 @@ pub async fn create(
     .bind(now)
     .execute(&mut *m.tx)
     .await?;
-    insert_key(&mut m.tx, &caller.tenant_id, &id, &selector, &key, now, Some(now)).await?;
+    insert_key(
+        &mut m.tx,
+        &caller.tenant_id,
+        &id,
+        &selector,
+        &key,
+        now,
+        Some(now),
+    )
+    .await?;
     let view = fetch_domain(&mut m.tx, &app, &caller.tenant_id, &id).await?;
     let entry = app.entry(
         &caller,
@@ -256,14 +267,13 @@ pub async fn list(
 ) -> Result<Json<Vec<DomainView>>, ApiError> {
     caller.require(Permission::DomainsRead)?;
     let mut conn = app.db.pool.acquire().await?;
-    let ids: Vec<String> =
-        sqlx::query("SELECT id FROM domains WHERE tenant_id = $1 ORDER BY name")
-            .bind(caller.tenant_id.clone())
-            .fetch_all(&mut *conn)
-            .await?
-            .iter()
-            .map(|r| r.try_get("id"))
-            .collect::<Result<_, _>>()?;
+    let ids: Vec<String> = sqlx::query("SELECT id FROM domains WHERE tenant_id = $1 ORDER BY name")
+        .bind(caller.tenant_id.clone())
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(|r| r.try_get("id"))
+        .collect::<Result<_, _>>()?;
     let mut out = Vec::with_capacity(ids.len());
     for id in ids {
         out.push(fetch_domain(&mut conn, &app, &caller.tenant_id, &id).await?);
@@ -278,7 +288,9 @@ pub async fn show(
 ) -> Result<Json<DomainView>, ApiError> {
     caller.require(Permission::DomainsRead)?;
     let mut conn = app.db.pool.acquire().await?;
-    Ok(Json(fetch_domain(&mut conn, &app, &caller.tenant_id, &id).await?))
+    Ok(Json(
+        fetch_domain(&mut conn, &app, &caller.tenant_id, &id).await?,
+    ))
 }
 
 pub async fn delete(
@@ -348,7 +360,8 @@ pub async fn verify(
         (true, true) => before.verified_unix_ms,
         _ => None,
     };
-    let checks_json = serde_json::to_string(&checks).map_err(|e| ApiError::internal(e.to_string()))?;
+    let checks_json =
+        serde_json::to_string(&checks).map_err(|e| ApiError::internal(e.to_string()))?;
     sqlx::query(
         "UPDATE domains SET verified = $1, verified_unix_ms = $2, last_check_json = $3 \
          WHERE id = $4 AND tenant_id = $5",
@@ -444,12 +457,23 @@ pub async fn rotate(
     let mut m = app.db.begin_mutation().await?;
     let before = fetch_domain(&mut m.tx, &app, &caller.tenant_id, &id).await?;
     if before.keys.len() >= DKIM_KEYS_PER_DOMAIN_MAX {
-        return Err(ApiError::conflict("too many DKIM keys listed for this domain"));
+        return Err(ApiError::conflict(
+            "too many DKIM keys listed for this domain",
+        ));
     }
     if before.keys.iter().any(|k| k.selector == selector) {
         return Err(ApiError::conflict("selector already used for this domain"));
     }
-    insert_key(&mut m.tx, &caller.tenant_id, &id, &selector, &key, now, None).await?;
+    insert_key(
+        &mut m.tx,
+        &caller.tenant_id,
+        &id,
+        &selector,
+        &key,
+        now,
+        None,
+    )
+    .await?;
     let after = fetch_domain(&mut m.tx, &app, &caller.tenant_id, &id).await?;
     let entry = app.entry(
         &caller,
@@ -479,14 +503,12 @@ pub async fn set_limits(
     caller.require(Permission::LimitsWrite)?;
     let mut m = app.db.begin_mutation().await?;
     let before = fetch_domain(&mut m.tx, &app, &caller.tenant_id, &id).await?;
-    sqlx::query(
-        "UPDATE domains SET messages_per_second_max = $1 WHERE id = $2 AND tenant_id = $3",
-    )
-    .bind(req.messages_per_second_max.map(super::tenants::clamp_i64))
-    .bind(id.clone())
-    .bind(caller.tenant_id.clone())
-    .execute(&mut *m.tx)
-    .await?;
+    sqlx::query("UPDATE domains SET messages_per_second_max = $1 WHERE id = $2 AND tenant_id = $3")
+        .bind(req.messages_per_second_max.map(super::tenants::clamp_i64))
+        .bind(id.clone())
+        .bind(caller.tenant_id.clone())
+        .execute(&mut *m.tx)
+        .await?;
     let after = DomainView {
         messages_per_second_max: req.messages_per_second_max,
         ..before.clone()

@@ -31,6 +31,9 @@ use crate::{ApiError, Clock};
 
 /// Largest request body accepted.
 pub const REQUEST_BODY_MAX_BYTES: usize = 64 << 10;
+/// Requests handled at once; more wait for a slot (each may hold a database connection or an
+/// argon2 computation).
+pub const REQUESTS_IN_FLIGHT_MAX: usize = 256;
 
 /// Settings the handlers need (from [`crate::ControlConfig`]).
 #[derive(Debug, Clone)]
@@ -119,7 +122,10 @@ pub fn router(app: App) -> Router {
         .route("/domains/{id}/verify", post(domains::verify))
         .route("/domains/{id}/rotate", post(domains::rotate))
         .route("/domains/{id}/limits", put(domains::set_limits))
-        .route("/credentials", post(credentials::create).get(credentials::list))
+        .route(
+            "/credentials",
+            post(credentials::create).get(credentials::list),
+        )
         .route("/credentials/{id}", get(credentials::show))
         .route("/credentials/{id}/revoke", post(credentials::revoke))
         .route("/credentials/{id}/rotate", post(credentials::rotate))
@@ -143,6 +149,7 @@ pub fn router(app: App) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(REQUEST_BODY_MAX_BYTES))
+        .layer(tower::limit::ConcurrencyLimitLayer::new(REQUESTS_IN_FLIGHT_MAX))
         .with_state(app)
 }
 

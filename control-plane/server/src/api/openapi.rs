@@ -89,7 +89,8 @@ fn operation(route: &RouteDoc) -> Value {
         op["parameters"] = Value::Array(params);
     }
     if route.body {
-        op["requestBody"] = json!({"content": {"application/json": {"schema": {"type": "object"}}}});
+        op["requestBody"] =
+            json!({"content": {"application/json": {"schema": {"type": "object"}}}});
     }
     op
 }

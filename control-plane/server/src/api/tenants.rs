@@ -148,7 +148,10 @@ pub async fn create(
     );
     let v = m.commit(entry).await?;
     app.notify(v);
-    Ok((StatusCode::CREATED, Json(TenantCreated { tenant, admin_key })))
+    Ok((
+        StatusCode::CREATED,
+        Json(TenantCreated { tenant, admin_key }),
+    ))
 }
 
 pub async fn list(
@@ -215,7 +218,9 @@ async fn set_suspended(
         .await?
         .ok_or_else(|| ApiError::not_found("tenant"))?;
     if before.is_operator && suspended {
-        return Err(ApiError::conflict("the operator tenant cannot be suspended"));
+        return Err(ApiError::conflict(
+            "the operator tenant cannot be suspended",
+        ));
     }
     sqlx::query("UPDATE tenants SET suspended = $1 WHERE id = $2")
         .bind(i64::from(suspended))

@@ -78,7 +78,10 @@ pub async fn start_with(database_url: Option<String>) -> Harness {
         .await
         .expect("control plane ready in time")
         .expect("control plane started");
-    let owner_key = info.bootstrap_key.clone().expect("first start prints a key");
+    let owner_key = info
+        .bootstrap_key
+        .clone()
+        .expect("first start prints a key");
     Harness {
         dir,
         info,
@@ -110,12 +113,19 @@ impl Resp {
 }
 
 impl Harness {
-    pub async fn call(&self, method: &str, path: &str, key: Option<&str>, body: Option<Value>) -> Resp {
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        body: Option<Value>,
+    ) -> Resp {
         let body = body.map(|b| b.to_string());
         http(self.info.api_addr, method, path, key, body.as_deref()).await
     }
     pub async fn owner(&self, method: &str, path: &str, body: Option<Value>) -> Resp {
-        self.call(method, path, Some(&self.owner_key.clone()), body).await
+        self.call(method, path, Some(&self.owner_key.clone()), body)
+            .await
     }
     pub fn set_txt(&self, name: &str, values: &[&str]) {
         self.zone.lock().expect("zone").insert(
@@ -126,8 +136,16 @@ impl Harness {
 }
 
 /// A raw HTTP/1.1 exchange (`Connection: close`), body sent as JSON when given.
-pub async fn http(addr: SocketAddr, method: &str, path: &str, key: Option<&str>, body: Option<&str>) -> Resp {
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect api");
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: Option<&str>,
+) -> Resp {
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect api");
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     if let Some(k) = key {
         req.push_str(&format!("Authorization: Bearer {k}\r\n"));
@@ -139,10 +157,15 @@ pub async fn http(addr: SocketAddr, method: &str, path: &str, key: Option<&str>,
     req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
     s.write_all(req.as_bytes()).await.expect("write request");
     let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(30), (&mut s).take(RESPONSE_MAX_BYTES as u64).read_to_end(&mut buf))
-        .await
-        .expect("response in time")
-        .expect("read response");
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        (&mut s)
+            .take(RESPONSE_MAX_BYTES as u64)
+            .read_to_end(&mut buf),
+    )
+    .await
+    .expect("response in time")
+    .expect("read response");
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut resp = httparse::Response::new(&mut headers);
     let head_len = match resp.parse(&buf).expect("parse response") {
@@ -152,15 +175,23 @@ pub async fn http(addr: SocketAddr, method: &str, path: &str, key: Option<&str>,
     let hs: Vec<(String, String)> = resp
         .headers
         .iter()
-        .map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into_owned()))
+        .map(|h| {
+            (
+                h.name.to_string(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
         .collect();
-    let chunked = hs.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    let chunked = hs
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
     let raw = &buf[head_len..];
     let body_bytes = if chunked { dechunk(raw) } else { raw.to_vec() };
     let body = if body_bytes.is_empty() {
         Value::Null
     } else {
-        serde_json::from_slice(&body_bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body_bytes).into_owned()))
+        serde_json::from_slice(&body_bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body_bytes).into_owned()))
     };
     Resp {
         status: resp.code.expect("status"),
@@ -172,8 +203,12 @@ pub async fn http(addr: SocketAddr, method: &str, path: &str, key: Option<&str>,
 fn dechunk(mut raw: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     loop {
-        let Some(pos) = raw.windows(2).position(|w| w == b"\r\n") else { return out };
-        let size = usize::from_str_radix(std::str::from_utf8(&raw[..pos]).unwrap_or("0").trim(), 16).unwrap_or(0);
+        let Some(pos) = raw.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&raw[..pos]).unwrap_or("0").trim(), 16)
+                .unwrap_or(0);
         if size == 0 {
             return out;
         }
@@ -185,14 +220,20 @@ fn dechunk(mut raw: &[u8]) -> Vec<u8> {
 /// A UDP DNS server answering TXT queries from the zone (NXDOMAIN otherwise).
 pub async fn start_dns() -> (Zone, SocketAddr, tokio::task::JoinHandle<()>) {
     let zone: Zone = Arc::default();
-    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("bind dns");
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind dns");
     let addr = sock.local_addr().expect("dns addr");
     let z = zone.clone();
     let task = tokio::spawn(async move {
         let mut buf = vec![0u8; 4096];
         loop {
-            let Ok((n, peer)) = sock.recv_from(&mut buf).await else { return };
-            let Ok(q) = Message::from_vec(&buf[..n]) else { continue };
+            let Ok((n, peer)) = sock.recv_from(&mut buf).await else {
+                return;
+            };
+            let Ok(q) = Message::from_vec(&buf[..n]) else {
+                continue;
+            };
             let mut resp = Message::new(q.metadata.id, MessageType::Response, OpCode::Query);
             resp.metadata.recursion_desired = q.metadata.recursion_desired;
             resp.metadata.recursion_available = true;
@@ -200,13 +241,25 @@ pub async fn start_dns() -> (Zone, SocketAddr, tokio::task::JoinHandle<()>) {
             resp.queries = q.queries.clone();
             let mut found = false;
             if let Some(query) = q.queries.first() {
-                let name = query.name().to_ascii().trim_end_matches('.').to_ascii_lowercase();
+                let name = query
+                    .name()
+                    .to_ascii()
+                    .trim_end_matches('.')
+                    .to_ascii_lowercase();
                 if let Some(values) = z.lock().expect("zone").get(&name) {
                     found = true;
                     if query.query_type() == RecordType::TXT {
                         for v in values {
-                            let strings: Vec<String> = v.as_bytes().chunks(255).map(|c| String::from_utf8_lossy(c).into_owned()).collect();
-                            resp.answers.push(Record::from_rdata(query.name().clone(), 60, RData::TXT(TXT::new(strings))));
+                            let strings: Vec<String> = v
+                                .as_bytes()
+                                .chunks(255)
+                                .map(|c| String::from_utf8_lossy(c).into_owned())
+                                .collect();
+                            resp.answers.push(Record::from_rdata(
+                                query.name().clone(),
+                                60,
+                                RData::TXT(TXT::new(strings)),
+                            ));
                         }
                     }
                 }

@@ -128,7 +128,7 @@ pub enum DomainState {
 }
 
 /// Bound of the per-shard list of recipients waiting to be bounced by the run loop.
-pub const ADMIN_BOUNCES_MAX: usize = 10_000_000;
+pub const ADMIN_BOUNCES_MAX: usize = 1_000_000;
 /// How often the queue gauges (depth, oldest age) are refreshed, ms.
 pub const GAUGE_INTERVAL_MS: u64 = 5_000;
 

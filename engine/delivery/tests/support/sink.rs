@@ -1,6 +1,7 @@
 //! A small SMTP sink on loopback (std::net, one thread per connection) whose answers depend on
 //! the recipient's local part:
 //! - `temp*`: 450 4.2.0 on the first RCPT for that address, 250 afterwards;
+//! - `defer*`: always 450 4.2.0;
 //! - `perm*`: 550 5.1.1;
 //! - `drop*`: the first DATA carrying it is cut off mid-message (the sink closes the socket);
 //! - anything else: 250.
@@ -130,7 +131,7 @@ fn session(stream: TcpStream, st: &SinkState) -> std::io::Result<()> {
             };
             if to.starts_with("perm") {
                 out.write_all(b"550 5.1.1 no such user\r\n")?;
-            } else if to.starts_with("temp") && seen == 1 {
+            } else if to.starts_with("defer") || (to.starts_with("temp") && seen == 1) {
                 out.write_all(b"450 4.2.0 greylisted, try later\r\n")?;
             } else {
                 rcpts.push(to);

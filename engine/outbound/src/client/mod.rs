@@ -99,6 +99,11 @@ pub struct TransactionOutcome {
 }
 
 /// Client failures; all temporary (the connection is unusable afterwards).
+///
+/// `stage` is one of "connect", "greeting", "ehlo", "helo", "starttls", "tls handshake",
+/// "reuse" (the connection was already unusable), "rset", "mail", "rcpt", "data",
+/// "data block", "data done", "quit". On a reused connection, `Dropped` at "reuse" or "rset"
+/// means the peer closed it while idle: nothing of this transaction was accepted.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientError {

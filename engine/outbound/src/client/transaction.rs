@@ -206,7 +206,9 @@ impl SmtpConnection {
             if n + 1 == batches {
                 self.io.wbuf.extend_from_slice(b"DATA\r\n");
             }
-            self.flush("mail").await?;
+            // On a reused connection a write failure here means the peer closed it while idle.
+            self.flush(if n == 0 && reuse { "rset" } else { "mail" })
+                .await?;
             if n == 0 {
                 if reuse {
                     self.rset_reply().await?;
@@ -352,7 +354,7 @@ pub fn dot_stuff(input: &[u8], mut at_line_start: bool, out: &mut Vec<u8>) -> bo
         if at_line_start && rest[0] == b'.' {
             out.push(b'.');
         }
-        match rest.iter().position(|&b| b == b'\n') {
+        match memchr::memchr(b'\n', rest) {
             Some(nl) => {
                 out.extend_from_slice(&rest[..=nl]);
                 rest = &rest[nl + 1..];

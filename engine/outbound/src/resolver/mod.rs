@@ -24,6 +24,8 @@ use crate::OutboundError;
 pub const REQUEST_QUEUE_MAX: usize = 4096;
 /// Route computations the DNS thread runs at once; further requests wait in the queue.
 pub const REQUESTS_IN_FLIGHT_MAX: usize = 1024;
+/// Longest domain name (RFC 1035 §2.3.4: 255 octets on the wire, 253 as text).
+pub const DOMAIN_MAX_BYTES: usize = 253;
 
 /// How the resolver finds next hops.
 #[derive(Debug, Clone)]
@@ -151,6 +153,8 @@ struct Request {
 pub struct Resolver {
     requests: async_channel::Sender<Request>,
     statics: Arc<StaticRoutes>,
+    /// Port for domain literals (`[192.0.2.1]`), as for DNS answers.
+    smtp_port: u16,
 }
 
 impl std::fmt::Debug for Resolver {
@@ -186,17 +190,22 @@ impl Resolver {
         Ok(Resolver {
             requests: tx,
             statics,
+            smtp_port: cfg.smtp_port,
         })
     }
 
-    /// Where to deliver mail for `domain`. Runtime-agnostic: works inside glommio.
+    /// Where to deliver mail for `domain` (case-insensitive, trailing dot optional; a domain
+    /// literal such as `[192.0.2.1]` routes to itself). Runtime-agnostic: works inside glommio.
     pub async fn route(&self, domain: &str) -> Result<Arc<Route>, ResolveError> {
         let domain = normalise(domain);
         if let Some(route) = self.statics.lookup(&domain) {
             return Ok(route);
         }
-        if let Some(route) = literal_route(&domain, 0) {
+        if let Some(route) = literal_route(&domain, self.smtp_port) {
             return route;
+        }
+        if domain.is_empty() || domain.len() > DOMAIN_MAX_BYTES {
+            return Err(ResolveError::NoSuchDomain { domain });
         }
         let (reply, answer) = futures::channel::oneshot::channel();
         let request = Request {
@@ -264,12 +273,11 @@ pub(crate) fn normalise(domain: &str) -> String {
     domain.trim().trim_end_matches('.').to_ascii_lowercase()
 }
 
-/// A domain literal (`[192.0.2.1]`, `[IPv6:2001:db8::1]`) routes to itself, on `port` or, when
-/// `port` is 0, on 25. Returns `None` for ordinary domains.
+/// A domain literal (`[192.0.2.1]`, `[IPv6:2001:db8::1]`) routes to itself on `port`.
+/// Returns `None` for ordinary domains.
 fn literal_route(domain: &str, port: u16) -> Option<Answer> {
     let inner = domain.strip_prefix('[')?.strip_suffix(']')?;
     let text = inner.strip_prefix("ipv6:").unwrap_or(inner);
-    let port = if port == 0 { 25 } else { port };
     Some(match text.parse::<IpAddr>() {
         Ok(ip) => Ok(Arc::new(Route {
             hosts: vec![RouteHost {

@@ -32,6 +32,9 @@ pub struct ServerOpts {
     pub reject_ehlo: bool,
     /// Reply to every MAIL with this line instead of 250 (no transaction starts).
     pub mail_reply: Option<String>,
+    /// Close the connection, without a word, right after the first message is accepted (an
+    /// idle timeout on the server side).
+    pub close_after_first_message: bool,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -197,6 +200,11 @@ impl Session {
                 "RCPT" => self.rcpt(&line)?,
                 "DATA" => {
                     if !self.data()? {
+                        return Ok(());
+                    }
+                    if self.opts.close_after_first_message
+                        && !self.log.lock().unwrap().transactions.is_empty()
+                    {
                         return Ok(());
                     }
                 }

@@ -44,7 +44,7 @@ pub fn envelope(n: u64, recipients: usize) -> Envelope {
         helo: "client.example".into(),
         authenticated_as: None,
         smtputf8: false,
-        body_8bit: n % 2 == 0,
+        body_8bit: n.is_multiple_of(2),
         is_dsn: false,
     }
 }
@@ -52,7 +52,10 @@ pub fn envelope(n: u64, recipients: usize) -> Envelope {
 /// A body whose content is derived from `n` (so a reader can check it).
 pub fn body(n: u64, len: usize) -> Vec<u8> {
     let seed = format!("Subject: message {n}\r\n\r\n");
-    seed.bytes().chain((0..).map(|i: u64| b'a' + ((i + n) % 26) as u8)).take(len.max(seed.len())).collect()
+    seed.bytes()
+        .chain((0..).map(|i: u64| b'a' + ((i + n) % 26) as u8))
+        .take(len.max(seed.len()))
+        .collect()
 }
 
 /// Data files of shard `shard` under `root`, sorted.

@@ -1,0 +1,270 @@
+//! End to end delivery: a real `petrel engine`, a real DNS server on loopback serving MX records
+//! (hickory-server), and the project's smart sink (`petrel load sink`, in-process) as every MX.
+//! Each test injects, then compares a delivery summary.
+
+mod common;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::dns::{a, mx, DnsServer};
+use common::*;
+use petrel_loadtest::{start_sink, DomainFault, SinkConfig, SinkHandle};
+
+/// The longest any delivery test waits for mail to arrive.
+const ARRIVAL_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn dns() -> DnsServer {
+    DnsServer::start(vec![
+        mx("a.test.", 60, 10, "mx.a.test."),
+        a("mx.a.test.", 60, "127.0.0.1"),
+        mx("b.test.", 60, 10, "mx.b.test."),
+        a("mx.b.test.", 60, "127.0.0.1"),
+        mx("c.test.", 60, 10, "mx.c.test."),
+        a("mx.c.test.", 60, "127.0.0.1"),
+        mx("e.test.", 60, 10, "mx.e.test."),
+        a("mx.e.test.", 60, "127.0.0.1"),
+        mx("t.test.", 60, 10, "mx.t.test."),
+        a("mx.t.test.", 60, "127.0.0.1"),
+        // Null MX (RFC 7505): this domain accepts no mail.
+        mx("n.test.", 60, 0, "."),
+        // No MX: the implicit MX is the domain's own address.
+        a("i.test.", 60, "127.0.0.1"),
+    ])
+}
+
+fn sink(mut cfg: SinkConfig) -> SinkHandle {
+    cfg.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.threads = 1;
+    cfg.keep_messages_max = 10_000;
+    start_sink(cfg).expect("start the sink")
+}
+
+fn engine_config(dns: SocketAddr, sink: SocketAddr, extra: &str) -> String {
+    format!(
+        "[delivery]\nnameservers = [\"{dns}\"]\nsmtp_port = {}\nretry_initial_ms = 300\nretry_max_ms = 1000\n{extra}\n",
+        sink.port()
+    )
+}
+
+fn start_engine(dir: &std::path::Path, config: &str) -> Engine {
+    Engine::start_with(
+        dir,
+        &["--shards", "2", "--trust-network", "127.0.0.0/8"],
+        Some(config),
+    )
+}
+
+/// Injects one message per (recipient, subject) over one connection; asserts each 250.
+fn inject(addr: SocketAddr, from: &str, items: &[(String, String)]) {
+    let mut c = Smtp::connect(addr);
+    assert_eq!(c.reply().0, 220);
+    assert_eq!(c.cmd("EHLO injector.test").0, 250);
+    for (rcpt, subject) in items {
+        assert_eq!(c.cmd(&format!("MAIL FROM:<{from}>")).0, 250);
+        let (code, text) = c.cmd(&format!("RCPT TO:<{rcpt}>"));
+        assert_eq!(code, 250, "{text}");
+        assert_eq!(c.cmd("DATA").0, 354);
+        c.send(message(from, rcpt, subject).as_bytes());
+        c.send(b".\r\n");
+        let (code, text) = c.reply();
+        assert_eq!(code, 250, "{text}");
+    }
+    assert_eq!(c.cmd("QUIT").0, 221);
+}
+
+fn items(domain: &str, prefix: &str, n: usize) -> Vec<(String, String)> {
+    (0..n)
+        .map(|i| (format!("user{i}@{domain}"), format!("{prefix}-{i}")))
+        .collect()
+}
+
+fn subject_of(data: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(data);
+    text.lines()
+        .find_map(|l| l.strip_prefix("Subject: ").map(|s| s.trim().to_string()))
+}
+
+/// Waits until `pred` holds for the sink's received messages, bounded.
+fn wait_until(sink: &SinkHandle, what: &str, pred: impl Fn(&[petrel_loadtest::ReceivedMessage]) -> bool) {
+    let deadline = Instant::now() + ARRIVAL_TIMEOUT;
+    loop {
+        let got = sink.received();
+        if pred(&got) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; sink has {} messages: {:?}",
+            got.len(),
+            sink.stats()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn dsns(got: &[petrel_loadtest::ReceivedMessage]) -> Vec<String> {
+    got.iter()
+        .filter(|m| m.mail_from.is_empty())
+        .map(|m| String::from_utf8_lossy(&m.data).into_owned())
+        .collect()
+}
+
+#[test]
+fn delivered_deferred_bounced_null_mx_and_implicit_mx() {
+    let dns = dns();
+    let sink = sink(SinkConfig {
+        rcpt_tempfail: vec![DomainFault { domain: "b.test".into(), probability: 0.5 }],
+        rcpt_permfail: vec![DomainFault { domain: "c.test".into(), probability: 1.0 }],
+        starttls: true,
+        ..SinkConfig::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let engine = start_engine(dir.path(), &engine_config(dns.addr, sink.addr(), ""));
+    let from = "sender@a.test";
+    let mut all = items("a.test", "a", 20);
+    all.extend(items("b.test", "b", 10));
+    all.extend(items("c.test", "c", 1));
+    all.extend(items("n.test", "n", 1));
+    all.extend(items("i.test", "i", 1));
+    inject(engine.smtp, from, &all);
+    // 20 + 10 + 1 delivered, and two DSNs (5xx at c.test, null MX at n.test) back to the sender.
+    wait_until(&sink, "31 deliveries and 2 DSNs", |got| {
+        let subjects: HashSet<String> = got.iter().filter(|m| !m.mail_from.is_empty()).filter_map(|m| subject_of(&m.data)).collect();
+        subjects.len() == 31 && dsns(got).len() >= 2
+    });
+    let got = sink.received();
+    let subjects: HashSet<String> = got.iter().filter(|m| !m.mail_from.is_empty()).filter_map(|m| subject_of(&m.data)).collect();
+    for s in ["a-0", "a-19", "b-9", "i-0"] {
+        assert!(subjects.contains(s), "{s} not delivered");
+    }
+    assert!(!subjects.contains("c-0") && !subjects.contains("n-0"));
+    let reports = dsns(&got);
+    assert_eq!(reports.len(), 2, "exactly one DSN per bounced message");
+    for r in &reports {
+        assert!(r.contains("multipart/report"), "{r}");
+        assert!(r.contains("report-type=delivery-status") || r.contains("report-type=\"delivery-status\""), "{r}");
+        assert!(r.contains("Action: failed"), "{r}");
+    }
+    assert!(reports.iter().any(|r| r.contains("user0@c.test")));
+    assert!(reports.iter().any(|r| r.contains("user0@n.test") && r.contains("5.1.10")));
+    assert!(got.iter().filter(|m| m.mail_from.is_empty()).all(|m| m.rcpts == vec![from.to_string()]));
+    assert!(sink.stats().rcpts_tempfailed > 0, "b.test was deferred at least once");
+    assert!(sink.stats().tls_sessions > 0, "opportunistic TLS was used");
+    // Everything final: the spool drains.
+    let deadline = Instant::now() + ARRIVAL_TIMEOUT;
+    while spool_count(dir.path()) > 0 {
+        assert!(Instant::now() < deadline, "spool never drained");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let events = std::fs::read_dir(dir.path().join("events")).unwrap().count();
+    assert!(events > 0, "events were written");
+    assert!(engine.stop());
+    let log = read_events(dir.path());
+    assert!(log.contains("\"delivered\""), "events name outcomes");
+    assert!(log.contains("\"deferred\"") && log.contains("\"bounced\""));
+}
+
+fn read_events(dir: &std::path::Path) -> String {
+    let mut all = String::new();
+    for e in std::fs::read_dir(dir.join("events")).unwrap() {
+        all.push_str(&std::fs::read_to_string(e.unwrap().path()).unwrap_or_default());
+    }
+    all
+}
+
+#[test]
+fn require_tls_to_a_host_without_tls_is_deferred() {
+    let dns = dns();
+    let sink = sink(SinkConfig { starttls: false, ..SinkConfig::default() });
+    let dir = tempfile::tempdir().unwrap();
+    let extra = "[[delivery.domains]]\ndomain = \"t.test\"\ntls = \"require\"\n";
+    let engine = start_engine(dir.path(), &engine_config(dns.addr, sink.addr(), extra));
+    inject(engine.smtp, "sender@a.test", &[("x@t.test".into(), "t-0".into()), ("y@a.test".into(), "a-0".into())]);
+    wait_until(&sink, "the opportunistic message", |got| got.len() == 1);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(sink.received().len(), 1, "require-TLS mail must not go out in plaintext");
+    let (code, body) = http_get(engine.admin, "/v1/queue");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("t.test"), "t.test is still queued: {body}");
+    assert_eq!(spool_count(dir.path()), 1);
+    assert!(engine.stop());
+    assert!(read_events(dir.path()).contains("\"deferred\""));
+}
+
+#[test]
+fn dropped_connections_in_data_are_retried_until_delivered() {
+    let dns = dns();
+    let sink = sink(SinkConfig { drop_in_data: 0.3, ..SinkConfig::default() });
+    let dir = tempfile::tempdir().unwrap();
+    let engine = start_engine(dir.path(), &engine_config(dns.addr, sink.addr(), ""));
+    inject(engine.smtp, "sender@a.test", &items("a.test", "d", 30));
+    wait_until(&sink, "30 deliveries despite drops", |got| {
+        got.iter().filter_map(|m| subject_of(&m.data)).collect::<HashSet<_>>().len() == 30
+    });
+    assert!(sink.stats().drops_in_data > 0, "the sink did drop connections");
+    assert!(engine.stop());
+}
+
+#[test]
+fn expired_mail_bounces_with_a_dsn() {
+    let dns = dns();
+    let sink = sink(SinkConfig {
+        rcpt_tempfail: vec![DomainFault { domain: "e.test".into(), probability: 1.0 }],
+        ..SinkConfig::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let engine = start_engine(
+        dir.path(),
+        &engine_config(dns.addr, sink.addr(), "message_age_max_ms = 2000"),
+    );
+    inject(engine.smtp, "sender@a.test", &[("late@e.test".into(), "e-0".into())]);
+    wait_until(&sink, "an expiry DSN", |got| !dsns(got).is_empty());
+    let r = &dsns(&sink.received())[0];
+    assert!(r.contains("late@e.test") && r.contains("Action: failed"), "{r}");
+    assert!(engine.stop());
+    assert!(read_events(dir.path()).contains("\"expired\""));
+}
+
+#[test]
+fn per_domain_connection_limit_holds_across_shards() {
+    let dns = dns();
+    let sink = sink(SinkConfig { reply_delay_ms: 20, ..SinkConfig::default() });
+    let dir = tempfile::tempdir().unwrap();
+    let extra = "[[delivery.domains]]\ndomain = \"a.test\"\nconnections_max = 2\nmessages_per_connection_max = 5\n";
+    let engine = start_engine(dir.path(), &engine_config(dns.addr, sink.addr(), extra));
+    let batches: Vec<_> = (0..4)
+        .map(|b| {
+            let addr = engine.smtp;
+            std::thread::spawn(move || inject(addr, "sender@a.test", &items("a.test", &format!("l{b}"), 25)))
+        })
+        .collect();
+    for b in batches {
+        b.join().unwrap();
+    }
+    wait_until(&sink, "100 deliveries", |got| got.len() >= 100);
+    let stats = sink.stats();
+    assert!(stats.connections_max_seen <= 2, "the sink saw {} concurrent connections", stats.connections_max_seen);
+    assert!(stats.connections_total >= 100 / 5, "messages_per_connection_max forces new connections");
+    assert!(engine.stop());
+}
+
+#[test]
+fn kill9_during_delivery_loses_nothing() {
+    let dns = dns();
+    let sink = sink(SinkConfig { data_reply_delay_ms: 30, ..SinkConfig::default() });
+    let dir = tempfile::tempdir().unwrap();
+    let config = engine_config(dns.addr, sink.addr(), "connections_per_domain_max = 2");
+    let engine = start_engine(dir.path(), &config);
+    inject(engine.smtp, "sender@a.test", &items("a.test", "k", 150));
+    wait_until(&sink, "part of the run", |got| got.len() >= 20);
+    engine.kill9();
+    let delivered_before = sink.received().len();
+    assert!(delivered_before < 150, "the kill came too late to mean anything");
+    let engine = start_engine(dir.path(), &config);
+    wait_until(&sink, "every message after the restart", |got| {
+        got.iter().filter_map(|m| subject_of(&m.data)).collect::<HashSet<_>>().len() == 150
+    });
+    assert!(engine.stop());
+}
