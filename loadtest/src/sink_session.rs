@@ -5,7 +5,9 @@
 //! Replies are batched: they are written only when the buffered input is used up, so a
 //! pipelining client gets one write per batch.
 
+use std::cell::RefCell;
 use std::io::Write;
+use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,6 +42,7 @@ pub(crate) fn run_core(
         return;
     };
     let local = tokio::task::LocalSet::new();
+    let pool: Pool = Rc::new(RefCell::new(Vec::new()));
     local.block_on(&rt, async move {
         let Ok(listener) = tokio::net::TcpListener::from_std(listener) else { return };
         loop {
@@ -70,7 +73,7 @@ pub(crate) fn run_core(
             };
             let seq = sh.conn_seq.fetch_add(1, Ordering::Relaxed);
             let rng = StdRng::seed_from_u64(sh.cfg.seed ^ seq.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            tokio::task::spawn_local(serve(sh.clone(), tcp, thread, rng, permit));
+            tokio::task::spawn_local(serve(sh.clone(), tcp, thread, rng, permit, pool.clone()));
         }
     });
 }
@@ -108,6 +111,7 @@ async fn serve(
     thread: usize,
     rng: StdRng,
     _permit: OwnedSemaphorePermit,
+    pool: Pool,
 ) {
     let c = &sh.counters;
     c.connections_total.fetch_add(1, Ordering::Relaxed);
@@ -116,7 +120,7 @@ async fn serve(
     let _guard = ConnGuard(&sh);
     let _ = tcp.set_nodelay(true);
     let idle = Duration::from_millis(sh.cfg.idle_timeout_ms);
-    let mut s = Session::new(&sh, thread, rng);
+    let mut s = Session::new(&sh, thread, rng, Some(pool));
     s.out.extend_from_slice(b"220 petrel-sink ESMTP ready\r\n");
     let mut stream: ServerStream = Stream::Plain(tcp);
     loop {
@@ -176,8 +180,18 @@ async fn serve(
     }
 }
 
+/// Buffer sets of finished connections kept per core thread for the next connections.
+const BUFFER_POOL_MAX: usize = 256;
+/// A buffer whose capacity grew beyond this is freed rather than pooled, in bytes.
+const POOLED_BUFFER_BYTES_MAX: usize = 1 << 20;
+
+/// Per-core-thread pool of connection buffers (so a new connection per message allocates none).
+type Pool = Rc<RefCell<Vec<[Vec<u8>; 3]>>>;
+
 /// Protocol state of one connection (no I/O).
 struct Session<'a> {
+    /// Where the buffers go back when the connection ends (`None` in unit tests).
+    pool: Option<Pool>,
     sh: &'a SinkShared,
     thread: usize,
     rng: StdRng,
@@ -205,15 +219,24 @@ struct Session<'a> {
 }
 
 impl<'a> Session<'a> {
-    fn new(sh: &'a SinkShared, thread: usize, rng: StdRng) -> Self {
+    fn new(sh: &'a SinkShared, thread: usize, rng: StdRng, pool: Option<Pool>) -> Self {
+        let pooled = pool.as_ref().and_then(|p| p.borrow_mut().pop());
+        let [inbuf, out, msg] = pooled.unwrap_or_else(|| {
+            [
+                Vec::with_capacity(READ_CHUNK_BYTES),
+                Vec::with_capacity(1024),
+                Vec::with_capacity(4096),
+            ]
+        });
         Self {
+            pool,
             sh,
             thread,
             rng,
-            inbuf: Vec::with_capacity(READ_CHUNK_BYTES),
+            inbuf,
             rpos: 0,
-            out: Vec::with_capacity(1024),
-            msg: Vec::with_capacity(4096),
+            out,
+            msg,
             in_data: false,
             drop_this: false,
             data_reply_pending: false,
@@ -530,6 +553,25 @@ impl<'a> Session<'a> {
     }
 }
 
+impl Drop for Session<'_> {
+    fn drop(&mut self) {
+        let Some(pool) = self.pool.take() else { return };
+        let mut bufs = [
+            std::mem::take(&mut self.inbuf),
+            std::mem::take(&mut self.out),
+            std::mem::take(&mut self.msg),
+        ];
+        if bufs.iter().any(|b| b.capacity() > POOLED_BUFFER_BYTES_MAX) {
+            return;
+        }
+        bufs.iter_mut().for_each(Vec::clear);
+        let mut pool = pool.borrow_mut();
+        if pool.len() < BUFFER_POOL_MAX {
+            pool.push(bufs);
+        }
+    }
+}
+
 /// True with the probability configured for `domain` (exact or parent-domain match).
 fn roll_domain(faults: &[DomainFault], domain: &[u8], rng: &mut StdRng) -> bool {
     let Some(f) = faults
@@ -605,7 +647,7 @@ mod tests {
             keep_messages_max: 1,
             ..SinkConfig::default()
         });
-        let mut s = Session::new(&sh, 0, StdRng::seed_from_u64(1));
+        let mut s = Session::new(&sh, 0, StdRng::seed_from_u64(1), None);
         let (out, a) = feed(
             &mut s,
             b"EHLO x\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<c@example.test>\r\nDATA\r\n",
@@ -639,7 +681,7 @@ mod tests {
     #[test]
     fn protocol_errors_get_replies_not_panics() {
         let sh = shared(SinkConfig::default());
-        let mut s = Session::new(&sh, 0, StdRng::seed_from_u64(1));
+        let mut s = Session::new(&sh, 0, StdRng::seed_from_u64(1), None);
         let (out, _) = feed(
             &mut s,
             b"DATA\r\nRCPT TO:<a@b>\r\nBOGUS\r\nAUTH LOGIN\r\nSTARTTLS\r\n\r\n",
@@ -663,7 +705,7 @@ mod tests {
             drop_in_data: 1.0,
             ..SinkConfig::default()
         });
-        let mut s = Session::new(&sh, 0, StdRng::seed_from_u64(1));
+        let mut s = Session::new(&sh, 0, StdRng::seed_from_u64(1), None);
         let (out, _) = feed(
             &mut s,
             b"HELO x\r\nMAIL FROM:<>\r\nRCPT TO:<a@b>\r\nDATA\r\n",

@@ -118,3 +118,66 @@ fn read_or_create_token(dir: &Path) -> anyhow::Result<String> {
     eprintln!("petrel control: push token written to {}", path.display());
     Ok(token)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        command: ControlCommand,
+    }
+
+    #[test]
+    fn serve_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "petrel",
+            "serve",
+            "--data-dir",
+            "/tmp/d",
+            "--dns-nameserver",
+            "127.0.0.1:5353",
+            "--dns-nameserver",
+            "[::1]:53",
+            "--push-token",
+            "t",
+        ])
+        .expect("parses");
+        let ControlCommand::Serve(a) = cli.command else {
+            panic!("serve expected")
+        };
+        assert_eq!(a.data_dir, PathBuf::from("/tmp/d"));
+        assert_eq!(a.dns_nameservers.len(), 2);
+        assert_eq!(
+            a.api_listen,
+            "127.0.0.1:8080".parse::<SocketAddr>().expect("addr")
+        );
+        assert_eq!(
+            a.push_listen,
+            "127.0.0.1:8081".parse::<SocketAddr>().expect("addr")
+        );
+        assert!(Cli::try_parse_from(["petrel", "serve", "--push-tls-cert", "c.pem"]).is_err());
+        let cli =
+            Cli::try_parse_from(["petrel", "audit-verify", "--data-dir", "/x"]).expect("parses");
+        assert!(matches!(cli.command, ControlCommand::AuditVerify { .. }));
+    }
+
+    #[test]
+    fn push_token_is_created_once() {
+        let dir = tempfile_dir();
+        let a = read_or_create_token(&dir).expect("create");
+        let b = read_or_create_token(&dir).expect("read");
+        assert_eq!(a, b);
+        assert_eq!(a.len(), 48);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        std::env::temp_dir().join(format!(
+            "petrel-cli-{}",
+            hex::encode(rand::random::<[u8; 6]>())
+        ))
+    }
+}

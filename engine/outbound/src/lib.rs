@@ -10,12 +10,16 @@
 //! narrow [`Dns`] trait, so a unit test can drive them with a fake clock and canned answers
 //! while production and the loopback tests use the hickory-backed implementation. We cache
 //! whole routes rather than leaning on hickory's record cache because one route is several
-//! lookups (MX then A/AAAA per host) and a shard wants one answer, one TTL (the smallest).
+//! lookups (MX then A/AAAA per host) and a shard wants one answer, one TTL (the smallest);
+//! hickory's own cache is therefore off. Concurrent requests for one domain share one lookup.
+//! The trade-off: ties between equal-preference MX hosts are shuffled once per lookup, not per
+//! call, so one cached route keeps its order until it expires.
 //!
 //! **Delivery** ([`SmtpConnection`]) is an ESMTP client over glommio's `TcpStream`, upgraded
 //! with STARTTLS through futures-rustls. It pipelines MAIL/RCPT/DATA when the peer offers
 //! PIPELINING, honours SIZE, reuses a connection with RSET, dot-stuffs the body and bounds
-//! every step with the RFC 5321 §4.5.3.2 timeouts. Replies are parsed by a pure, bounded
+//! every step with the RFC 5321 §4.5.3.2 timeouts (glommio timers: `connect` and `send` must
+//! run inside a glommio executor). Replies are parsed by a pure, bounded
 //! parser ([`client::reply`]) that never panics on peer input. Opportunistic TLS does not
 //! verify the certificate (as nearly every MTA does, since MX names are not authenticated
 //! without DANE or MTA-STS); `Required` demands a certificate valid for the MX name.

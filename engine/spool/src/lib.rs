@@ -27,9 +27,10 @@
 //! device blocks, so a 1 KiB message takes a 1.5 KiB (512 B blocks) or 4 KiB record, and each
 //! write goes to the device before the fdatasync that follows it, instead of being flushed with
 //! its neighbours by that one fdatasync. Measured here (`cargo bench -p petrel-spool`, 1 KiB
-//! bodies, fsync on, one executor, a shared 2-core VM under load): buffered 456 msg/s with one
-//! storer and 3,300 msg/s with 64 (about 31 stores per fdatasync); direct 66 msg/s with one
-//! storer and about 9 stores per fdatasync with 64. Buffered is the default.
+//! bodies, fsync on, one executor, a shared 2-core VM under heavy load, two runs): buffered
+//! 340-460 msg/s with one storer and 3,300-4,900 msg/s with 64 concurrent storers (about 31
+//! stores per fdatasync); direct 66-73 msg/s with one storer and about 1,900 msg/s with 64
+//! (about 12 stores per fdatasync). Buffered is the default.
 //!
 //! **Recovery.** [`Spool::open`] scans every segment, replays its journal over its data and
 //! returns the live messages with their latest recipient states. A torn tail or a record with a

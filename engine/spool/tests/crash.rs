@@ -25,6 +25,8 @@ const CHILD_STORES_MAX: u64 = 200_000;
 const CHILD_RUN_MAX: Duration = Duration::from_secs(10);
 /// The parent waits at most this long for the child's first id.
 const CHILD_START_MAX: Duration = Duration::from_secs(20);
+/// Segment size in the child (small, so segments roll over and get reclaimed).
+const SEGMENT_BYTES: u64 = 64 << 10;
 
 fn body_len(seq: u64) -> usize {
     200 + (seq % 3000) as usize
@@ -38,9 +40,10 @@ fn crash_child() {
     };
     let root = PathBuf::from(root);
     run(move || async move {
-        let (spool, _) = Spool::open(config(&root, 7))
-            .await
-            .expect("child opens the spool");
+        let mut cfg = config(&root, 7);
+        // Small segments: rollover and reclamation happen while the child is being killed.
+        cfg.segment_size_max_bytes = SEGMENT_BYTES;
+        let (spool, _) = Spool::open(cfg).await.expect("child opens the spool");
         let spool = std::rc::Rc::new(spool);
         let started = Instant::now();
         // A few concurrent storers so that group commits cover several messages.
@@ -61,6 +64,11 @@ fn crash_child() {
                         // The envelope carries n; print both so the parent can check the body.
                         writeln!(out, "ID {} {}", id.0, n).expect("stdout");
                         out.flush().expect("stdout");
+                        if n % 3 == 0 {
+                            spool.remove(id).await.expect("remove");
+                            writeln!(out, "DEL {}", id.0).expect("stdout");
+                            out.flush().expect("stdout");
+                        }
                     }
                 })
             })
@@ -75,7 +83,7 @@ fn crash_child() {
 fn kill_9_never_loses_an_acknowledged_message() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_path_buf();
-    let mut acked: Vec<(u64, u64)> = Vec::new();
+    let mut acked: Vec<Acked> = Vec::new();
     let mut rng = rand::thread_rng();
     for round in 0..ROUNDS {
         let printed = run_child_and_kill(&root, rng.gen_range(10..ROUND_KILL_MAX_MS));
@@ -93,8 +101,16 @@ fn kill_9_never_loses_an_acknowledged_message() {
     }
 }
 
+/// An id the child printed after `store` returned; `removed` once `remove` returned too.
+#[derive(Debug, Clone, Copy)]
+struct Acked {
+    id: u64,
+    n: u64,
+    removed: bool,
+}
+
 /// Starts the child, kills it `kill_after_ms` after its first id, returns the ids it printed.
-fn run_child_and_kill(root: &Path, kill_after_ms: u64) -> Vec<(u64, u64)> {
+fn run_child_and_kill(root: &Path, kill_after_ms: u64) -> Vec<Acked> {
     let exe = std::env::current_exe().unwrap();
     let mut child = Command::new(exe)
         .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
@@ -109,16 +125,32 @@ fn run_child_and_kill(root: &Path, kill_after_ms: u64) -> Vec<(u64, u64)> {
         let mut ids = Vec::new();
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
-            let mut parts = line.split(' ');
-            if parts.next() != Some("ID") {
-                continue;
+            // libtest may print "test crash_child ... " without a newline before the first id.
+            let mut parts = line.split(' ').skip_while(|t| *t != "ID" && *t != "DEL");
+            match parts.next() {
+                Some("ID") => {
+                    let id: u64 = parts.next().unwrap().parse().unwrap();
+                    let n: u64 = parts.next().unwrap().parse().unwrap();
+                    if ids.is_empty() {
+                        let _ = tx.try_send(());
+                    }
+                    ids.push(Acked {
+                        id,
+                        n,
+                        removed: false,
+                    });
+                }
+                Some("DEL") => {
+                    let id: u64 = parts.next().unwrap().parse().unwrap();
+                    let acked = ids
+                        .iter_mut()
+                        .rev()
+                        .find(|a| a.id == id)
+                        .expect("DEL after ID");
+                    acked.removed = true;
+                }
+                _ => {}
             }
-            let id: u64 = parts.next().unwrap().parse().unwrap();
-            let n: u64 = parts.next().unwrap().parse().unwrap();
-            if ids.is_empty() {
-                let _ = tx.try_send(());
-            }
-            ids.push((id, n));
         }
         ids
     });
@@ -131,22 +163,27 @@ fn run_child_and_kill(root: &Path, kill_after_ms: u64) -> Vec<(u64, u64)> {
     reader.join().unwrap()
 }
 
-/// Every acknowledged id is present exactly once with its envelope and body; offline inspect agrees.
-fn check(root: &Path, acked: &[(u64, u64)]) -> u64 {
+/// Every acknowledged id is present exactly once with its envelope and body (removed ones may
+/// come back: removals are not synced before `remove` returns); offline inspect agrees.
+fn check(root: &Path, acked: &[Acked]) -> u64 {
     let root_owned = root.to_path_buf();
     let acked_owned = acked.to_vec();
     let skipped = run(move || async move {
-        let (spool, rec) = Spool::open(config(&root_owned, 7)).await.unwrap();
+        let mut cfg = config(&root_owned, 7);
+        cfg.segment_size_max_bytes = SEGMENT_BYTES;
+        let (spool, rec) = Spool::open(cfg).await.unwrap();
         let mut seen = HashSet::new();
         for m in &rec.messages {
             assert!(seen.insert(m.id.0), "id {} recovered twice", m.id);
         }
-        for (id, n) in &acked_owned {
-            let m = rec.messages.iter().find(|m| m.id.0 == *id);
-            let m = m.unwrap_or_else(|| panic!("acknowledged id {id:016x} lost"));
-            assert_eq!(m.envelope, envelope(*n, 2));
+        for a in &acked_owned {
+            let Some(m) = rec.messages.iter().find(|m| m.id.0 == a.id) else {
+                assert!(a.removed, "acknowledged id {:016x} lost", a.id);
+                continue;
+            };
+            assert_eq!(m.envelope, envelope(a.n, 2));
             let got = spool.read_body(m.id).await.unwrap();
-            assert_eq!(got, body(*n, body_len(*n)), "body of {id:016x}");
+            assert_eq!(got, body(a.n, body_len(a.n)), "body of {:016x}", a.id);
         }
         spool.close().await.unwrap();
         rec.records_skipped
@@ -154,8 +191,8 @@ fn check(root: &Path, acked: &[(u64, u64)]) -> u64 {
     // A kill can tear at most the records in flight; each open counts the old torn tails again.
     assert!(skipped <= (ROUNDS * 8) as u64, "{skipped} records skipped");
     let offline = inspect(root).unwrap();
-    for (id, _) in acked {
-        assert_eq!(offline.iter().filter(|m| m.id.0 == *id).count(), 1);
+    for a in acked.iter().filter(|a| !a.removed) {
+        assert_eq!(offline.iter().filter(|m| m.id.0 == a.id).count(), 1);
     }
     skipped
 }

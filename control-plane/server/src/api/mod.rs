@@ -149,7 +149,9 @@ pub fn router(app: App) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(REQUEST_BODY_MAX_BYTES))
-        .layer(tower::limit::ConcurrencyLimitLayer::new(REQUESTS_IN_FLIGHT_MAX))
+        .layer(tower::limit::ConcurrencyLimitLayer::new(
+            REQUESTS_IN_FLIGHT_MAX,
+        ))
         .with_state(app)
 }
 
