@@ -210,3 +210,51 @@ fn bad_config_names_the_key() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("listen_port"), "{err}");
 }
+
+#[test]
+fn idle_client_is_timed_out_with_421() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = "[smtp]\ncommand_timeout_ms = 700\n";
+    let engine = Engine::start_with(dir.path(), &["--no-delivery", "--shards", "1"], Some(cfg));
+    let mut c = Smtp::connect(engine.smtp);
+    assert_eq!(c.reply().0, 220);
+    let started = Instant::now();
+    // A trickling client: a byte at a time, never finishing the line, still times out.
+    for _ in 0..5 {
+        c.send(b"E");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (code, text) = c.reply();
+    assert_eq!(code, 421, "{text}");
+    assert!(text.contains("4.4.2"), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(engine.stop());
+}
+
+#[test]
+fn starttls_offers_only_tls12_and_tls13() {
+    if Command::new("openssl").arg("version").output().is_err() {
+        println!("SKIPPED: openssl is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::start(dir.path(), &["--no-delivery", "--shards", "1"]);
+    let port = engine.smtp.port().to_string();
+    let probe = |flag: &str| {
+        let out = Command::new("timeout")
+            .args(["10", "openssl", "s_client", "-starttls", "smtp", "-connect"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg(flag)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let v13 = probe("-tls1_3");
+    assert!(v13.contains("TLSv1.3"), "TLS 1.3 handshake: {v13}");
+    let v12 = probe("-tls1_2");
+    assert!(v12.contains("TLSv1.2"), "TLS 1.2 handshake: {v12}");
+    let v11 = probe("-tls1_1");
+    assert!(v11.contains("Cipher is (NONE)"), "TLS 1.1 must fail: {v11}");
+    assert!(engine.stop());
+}

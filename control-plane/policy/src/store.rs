@@ -7,6 +7,7 @@
 //! swap. Versions only move forward; re-applying the current version is a no-op.
 
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -123,7 +124,14 @@ impl PolicyStore {
         std::fs::create_dir_all(&self.dir).map_err(err(&self.dir))?;
         let temp = self.dir.join(SNAPSHOT_TEMP_FILE);
         let path = self.dir.join(SNAPSHOT_FILE);
-        let mut file = std::fs::File::create(&temp).map_err(err(&temp))?;
+        // The snapshot holds DKIM private keys and password hashes: owner-only.
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&temp)
+            .map_err(err(&temp))?;
         file.write_all(bytes).map_err(err(&temp))?;
         file.sync_all().map_err(err(&temp))?;
         drop(file);
@@ -188,6 +196,12 @@ mod tests {
         assert_eq!(store.version(), 3);
         assert!(pdir.join(SNAPSHOT_FILE).exists());
         assert!(!pdir.join(SNAPSHOT_TEMP_FILE).exists());
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(pdir.join(SNAPSHOT_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "snapshot readable by others: {mode:o}");
 
         let reloaded = PolicyStore::load_or_empty(&pdir);
         assert_eq!(reloaded.version(), 3);

@@ -106,8 +106,17 @@ impl DnsChecker {
     pub fn new(nameservers: &[SocketAddr]) -> Result<DnsChecker, ControlError> {
         let provider = TokioRuntimeProvider::default();
         let mut builder = if nameservers.is_empty() {
-            TokioResolver::builder(provider)
-                .map_err(|e| ControlError::Config(format!("system DNS configuration: {e}")))?
+            match TokioResolver::builder(provider.clone()) {
+                Ok(b) => b,
+                Err(e) => {
+                    // Start anyway: verification then reports `error` until DNS is configured.
+                    tracing::warn!(error = %e, "no usable system DNS configuration");
+                    TokioResolver::builder_with_config(
+                        ResolverConfig::from_name_servers(Vec::new()),
+                        provider,
+                    )
+                }
+            }
         } else {
             let servers = nameservers
                 .iter()

@@ -28,6 +28,19 @@
 //! per domain. Backoff is per recipient (not per message), so one greylisting domain never
 //! holds back the other recipients of the same message. The DSN for a null sender or for a DSN
 //! is never generated, and DSNs are sent with the null sender, so bounces never loop.
+//!
+//! # Wiring (what the engine does)
+//!
+//! ```text
+//! let limits = Arc::new(GlobalLimits::default());                 // one per engine
+//! let (events, writer) = EventSink::start(EventsConfig::new(data.join("events")))?;
+//! // on each shard's executor:
+//! let delivery = Rc::new(DeliveryShard::new(shard, cfg.clone(), resolver.clone(),
+//!                                           limits.clone(), spool_adapter, events.clone()));
+//! glommio::spawn_local({ let d = delivery.clone(); async move { d.run().await } }).detach();
+//! delivery.enqueue(queued_message);    // after each accepted message, and for each recovered one
+//! // at shutdown: delivery.shutdown(), await run(), then writer.shutdown() flushes the events.
+//! ```
 #![forbid(unsafe_code)]
 
 pub mod backoff;
@@ -48,3 +61,15 @@ pub use shard::{
     AdminCommand, AdminReply, DeliveryShard, DomainState, DomainStatus, QueuedMessage, QueuedRcpt,
     RcptState, RcptUpdate, SpoolAccess,
 };
+
+#[cfg(test)]
+mod tests {
+    fn send_sync<T: Send + Sync>() {}
+    fn clone_send<T: Clone + Send>() {}
+
+    #[test]
+    fn shared_handles_cross_threads() {
+        send_sync::<crate::GlobalLimits>();
+        clone_send::<crate::EventSink>();
+    }
+}

@@ -502,3 +502,63 @@ fn idle_close_on_reuse_is_dropped_at_rset() {
         assert_eq!(server.log().transactions.len(), 1);
     }
 }
+
+#[test]
+fn failed_opportunistic_handshake_is_a_tls_error() {
+    let server = TestServer::start(ServerOpts {
+        broken_tls: true,
+        ..ServerOpts::default()
+    });
+    let addr = server.addr;
+    let err = glommio_run(move || async move {
+        SmtpConnection::connect(addr, "mx.test.local", &cfg(TlsMode::Opportunistic))
+            .await
+            .err()
+    });
+    assert!(matches!(err, Some(ClientError::Tls { .. })), "{err:?}");
+}
+
+#[test]
+fn rejected_greeting() {
+    let server = TestServer::start(ServerOpts {
+        greeting: Some("554 5.7.1 no service for you".into()),
+        ..ServerOpts::default()
+    });
+    let addr = server.addr;
+    let err = glommio_run(move || async move {
+        SmtpConnection::connect(addr, "mx.test.local", &cfg(TlsMode::Opportunistic))
+            .await
+            .err()
+    });
+    match err {
+        Some(ClientError::Rejected { stage, reply }) => {
+            assert_eq!(stage, "greeting");
+            assert_eq!((reply.code, reply.enhanced), (554, Some((5, 7, 1))));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn plaintext_after_starttls_reply_is_refused() {
+    let server = TestServer::start(ServerOpts {
+        starttls_injection: true,
+        ..ServerOpts::default()
+    });
+    let addr = server.addr;
+    let err = glommio_run(move || async move {
+        SmtpConnection::connect(addr, "mx.test.local", &cfg(TlsMode::Opportunistic))
+            .await
+            .err()
+    });
+    assert!(
+        matches!(
+            err,
+            Some(ClientError::Protocol {
+                stage: "starttls",
+                ..
+            })
+        ),
+        "{err:?}"
+    );
+}

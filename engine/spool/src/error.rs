@@ -77,8 +77,10 @@ impl SpoolError {
     /// 4xx. False for errors about the request itself (too large, unknown id): answer 5xx.
     pub fn is_transient(&self) -> bool {
         match self {
-            SpoolError::Io { .. } | SpoolError::Unhealthy(_) | SpoolError::Corrupt { .. } => true,
-            SpoolError::NotFound(_)
+            SpoolError::Io { .. } | SpoolError::Unhealthy(_) => true,
+            // A record that fails its checksum will fail it again.
+            SpoolError::Corrupt { .. }
+            | SpoolError::NotFound(_)
             | SpoolError::TooLarge { .. }
             | SpoolError::RecipientIndex { .. }
             | SpoolError::Encode { .. }

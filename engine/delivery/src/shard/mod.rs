@@ -3,14 +3,14 @@
 //! `enqueue` routes each pending recipient into its destination domain's queue. `run` is the
 //! loop: it sleeps on a glommio timer until the earliest due time (or until woken by `enqueue`,
 //! `admin` or a session ending), promotes due entries into the ready sets and spawns one
-//! delivery session task per domain with ready work ([`session`]), more (up to the domain's
+//! delivery session task per domain with ready work (`session`), more (up to the domain's
 //! `connections_max`) when a domain's ready set outgrows its sessions, all bounded by the
-//! shard's `shard_connections_max`. Sessions apply each outcome ([`outcome`]) to the in-memory
+//! shard's `shard_connections_max`. Sessions apply each outcome (`outcome`) to the in-memory
 //! state and the spool, emit events, generate DSNs and remove finished messages.
 //!
 //! Memory per queued recipient: the 24-byte [`crate::queue::Entry`] in its domain queue plus a
-//! 32-byte [`outcome::RcptSlot`] (and its address) in the message record; per message an
-//! [`outcome::MessageState`] of at most 72 bytes plus its sender. The body never stays in
+//! 32-byte `RcptSlot` (and its address) in the message record; per message an
+//! `MessageState` of at most 72 bytes plus its sender. The body never stays in
 //! memory between attempts.
 
 mod outcome;

@@ -76,7 +76,7 @@ pub fn parse_reply(buf: &[u8]) -> Result<Option<(Reply, usize)>, ReplyError> {
     let mut text = String::new();
     for line_no in 0..REPLY_LINES_MAX {
         let rest = &buf[pos..];
-        let Some(nl) = rest.iter().position(|&b| b == b'\n') else {
+        let Some(nl) = memchr::memchr(b'\n', rest) else {
             if rest.len() >= REPLY_LINE_MAX_BYTES {
                 return Err(ReplyError::LineTooLong);
             }

@@ -251,7 +251,14 @@ async fn serve<D: Dns + 'static, C: Clock + 'static>(
         }
         let (logic, followers) = (logic.clone(), followers.clone());
         tokio::spawn(async move {
+            // Should the lookup panic, the guard still clears the followers' entry: they get a
+            // cancelled oneshot (a Temporary error) and later requests start a fresh lookup.
+            let mut guard = LeaderGuard {
+                domain: Some(request.domain.clone()),
+                followers: followers.clone(),
+            };
             let answer = logic.route(&request.domain).await;
+            guard.domain = None; // removed here, so a newer leader's entry is left alone
             let waiting = lock(&followers).remove(&request.domain).unwrap_or_default();
             for (reply, _permit) in waiting {
                 let _ = reply.send(answer.clone());
@@ -260,6 +267,21 @@ async fn serve<D: Dns + 'static, C: Clock + 'static>(
             let _ = request.reply.send(answer);
             drop(permit);
         });
+    }
+}
+
+/// Removes a domain's followers entry when its leader task ends, however it ends.
+struct LeaderGuard {
+    /// `None` once the leader removed the entry itself.
+    domain: Option<String>,
+    followers: Arc<Mutex<Followers>>,
+}
+
+impl Drop for LeaderGuard {
+    fn drop(&mut self) {
+        if let Some(domain) = self.domain.take() {
+            lock(&self.followers).remove(&domain);
+        }
     }
 }
 

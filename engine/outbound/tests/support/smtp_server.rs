@@ -35,6 +35,13 @@ pub struct ServerOpts {
     /// Close the connection, without a word, right after the first message is accepted (an
     /// idle timeout on the server side).
     pub close_after_first_message: bool,
+    /// Greeting line instead of "220 ..." (e.g. "554 5.7.1 no service").
+    pub greeting: Option<String>,
+    /// Answer STARTTLS with 220, then send plaintext garbage instead of a TLS handshake.
+    pub broken_tls: bool,
+    /// Answer STARTTLS with 220 and, in the same write, a plaintext line that would be
+    /// injected into the TLS session (CVE-2011-0411 style).
+    pub starttls_injection: bool,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -180,7 +187,12 @@ impl Session {
             while self.conn.read(&mut sink)? > 0 {}
             return Ok(());
         }
-        self.reply("220 mx.test.local ESMTP test server")?;
+        let greeting = self.opts.greeting.clone();
+        self.reply(
+            greeting
+                .as_deref()
+                .unwrap_or("220 mx.test.local ESMTP test server"),
+        )?;
         while let Some(line) = self.line()? {
             let line = String::from_utf8_lossy(&line).into_owned();
             let prefix = if self.tls { "tls:" } else { "" };
@@ -195,6 +207,17 @@ impl Session {
                 "EHLO" if self.opts.reject_ehlo => self.reply("502 5.5.2 EHLO not supported")?,
                 "EHLO" => self.ehlo()?,
                 "HELO" => self.reply("250 mx.test.local")?,
+                "STARTTLS" if self.opts.starttls_injection => {
+                    self.conn.write(b"220 2.0.0 Ready\r\n250 injected\r\n")?;
+                    return Ok(());
+                }
+                "STARTTLS" if self.opts.broken_tls => {
+                    self.reply("220 2.0.0 Ready to start TLS")?;
+                    let mut client_hello = [0u8; 512];
+                    let _ = self.conn.read(&mut client_hello)?;
+                    self.reply("this is not a TLS server hello")?;
+                    return Ok(());
+                }
                 "STARTTLS" if self.opts.tls.is_some() && !self.tls => self.starttls()?,
                 "MAIL" => self.mail(&line)?,
                 "RCPT" => self.rcpt(&line)?,
@@ -231,7 +254,8 @@ impl Session {
             lines.push(format!("SIZE {size}"));
         }
         lines.push("8BITMIME".into());
-        if self.opts.tls.is_some() && !self.tls {
+        let offers_tls = self.opts.tls.is_some() || self.opts.broken_tls;
+        if (offers_tls || self.opts.starttls_injection) && !self.tls {
             lines.push("STARTTLS".into());
         }
         lines.push("HELP".into());
