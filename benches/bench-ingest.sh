@@ -12,6 +12,8 @@ set -u
 cd "$(dirname "$0")/.."
 N=${N:-20000}; SIZE=${SIZE:-1024}; SESS_LIST=${SESS:-"20 200"}; RUNS=${RUNS:-3}
 CLIENT=${CLIENT:-smtp-source}   # or "petrel" for `petrel load inject`
+REUSE=${REUSE:-0}                # 1: reuse connections (smtp-source -d, --per-connection 0)
+SRC_OPTS=""; PER_CONN=1; [ "$REUSE" = 1 ] && { SRC_OPTS="-d"; PER_CONN=0; }
 PORT=${PORT:-2625}; TIMEOUT=${TIMEOUT:-180}
 PEERS=${PEERS:-../shared/peers}
 BIN=target/release/petrel
@@ -28,7 +30,7 @@ cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 median() { sort -g | awk '{a[NR]=$1} END{ if(NR==0){print "nan"} else if(NR%2){print a[(NR+1)/2]} else {print (a[NR/2]+a[NR/2+1])/2} }'; }
 
 echo "# $(date -u +%FT%TZ) $(nproc) cores, $(awk '/model name/{$1=$2=$3="";print;exit}' /proc/cpuinfo)"
-echo "# N=$N SIZE=$SIZE RUNS=$RUNS client=$CLIENT fsync=on delivery=off"
+echo "# N=$N SIZE=$SIZE RUNS=$RUNS client=$CLIENT reuse=$REUSE fsync=on delivery=off"
 for SESS in $SESS_LIST; do
   rates=(); cpus=()
   for run in $(seq 1 "$RUNS"); do
@@ -41,9 +43,9 @@ for SESS in $SESS_LIST; do
     c0=$(cpu_ticks "$ENGINE_PID"); t0=$(date +%s.%N)
     if [ "$CLIENT" = petrel ]; then
       timeout "$TIMEOUT" "$BIN" load inject --target "127.0.0.1:$PORT" --messages "$N" --connections "$SESS" \
-        --size "$SIZE" --messages-per-connection 1 > "$DATA/client.out" 2>&1
+        --size "$SIZE" --per-connection "$PER_CONN" > "$DATA/client.out" 2>&1
     else
-      timeout "$TIMEOUT" smtp-source -l "$SIZE" -m "$N" -s "$SESS" -f from@bench.test -t to@remote.test \
+      timeout "$TIMEOUT" smtp-source $SRC_OPTS -l "$SIZE" -m "$N" -s "$SESS" -f from@bench.test -t to@remote.test \
         "127.0.0.1:$PORT" > "$DATA/client.out" 2>&1
     fi
     t1=$(date +%s.%N); c1=$(cpu_ticks "$ENGINE_PID")
@@ -59,7 +61,7 @@ for SESS in $SESS_LIST; do
   prates=()
   if [ -x "$PEERS/postfix-bench.sh" ] && [ "${NO_POSTFIX:-0}" != 1 ]; then
     for run in $(seq 1 "$RUNS"); do
-      out=$(N=$N SIZE=$SIZE SESS=$SESS TIMEOUT=$TIMEOUT "$PEERS/postfix-bench.sh" 2>&1)
+      out=$(N=$N SIZE=$SIZE SESS=$SESS REUSE=$REUSE TIMEOUT=$TIMEOUT "$PEERS/postfix-bench.sh" 2>&1)
       r=$(echo "$out" | awk '/^B1/{for(i=1;i<=NF;i++) if($i=="msg/s,"||$i=="msg/s") print $(i-1)}' | head -1)
       echo "postfix sess=$SESS run=$run: ${r:-?} msg/s (postfix-bench.sh phase B1)"
       [ -n "$r" ] && prates+=("$r")

@@ -4,7 +4,6 @@
 # what it started (by PID). Used by the README and by .ci/run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROOT=$(pwd)
 
 log() { printf '\n== %s\n' "$*" >&2; }
 
@@ -63,8 +62,5 @@ if [ -n "$INITDB" ] && [ -z "${PETREL_TEST_PG_URL:-}" ]; then
 fi
 
 # --- the tests ------------------------------------------------------------------------------------
-log "building"
-cargo build --release --bin petrel
-export PETREL_BIN="$ROOT/target/release/petrel"
 log "running the test suite"
 cargo nextest run --workspace --no-fail-fast "$@"

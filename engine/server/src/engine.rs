@@ -63,8 +63,11 @@ pub fn run(
     on_ready: impl FnOnce(&ReadyInfo, StopHandle),
 ) -> Result<(), EngineError> {
     raise_limits();
-    let cfg = Arc::new(cfg);
+    let mut cfg = cfg;
     std::fs::create_dir_all(&cfg.server.data_dir)?;
+    // Absolute from here on: io_uring opens paths relative to nothing useful.
+    cfg.server.data_dir = std::fs::canonicalize(&cfg.server.data_dir)?;
+    let cfg = Arc::new(cfg);
     crate::metrics::install(runtime, cfg.metrics.listen)?;
     let (tls, cert_source) = crate::tls::server_config(
         &cfg.server.data_dir,
@@ -115,12 +118,14 @@ pub fn run(
         } else {
             Placement::Unbound
         };
+        let failed = ready_tx.clone();
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("petrel-shard-{shard}"))
             .io_memory(SHARD_IO_MEMORY_BYTES)
             .spawn(move || async move {
                 if let Err(e) = crate::shard::run(setup).await {
                     tracing::error!(shard, error = %e, "shard failed");
+                    let _ = failed.send(Err(format!("shard {shard}: {e}")));
                 }
             })
             .map_err(|e| EngineError::Shard {

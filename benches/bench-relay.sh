@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# End-to-end relay benchmark: smtp-source -> Petrel -> sink, fsync on, no DKIM, 1 KiB messages.
+#
+#   benches/bench-relay.sh            # N=20000 SIZE=1024 SESS=20 RUNS=3
+#
+# Petrel relays everything to `petrel load sink --expect N` (--relay-to); the clock runs from the
+# first injected message to the sink's N-th arrival. The same smtp-source settings then drive
+# ../shared/peers/postfix-bench.sh, whose phase B2 is Postfix's end-to-end rate. The 1,000-domain
+# run uses `petrel load run loadtest/scenarios/relay-1000-domains.toml` (the petrel injector: one
+# recipient domain per message, zipf weights). Loopback only; every process stopped by PID.
+set -u
+cd "$(dirname "$0")/.."
+N=${N:-20000}; SIZE=${SIZE:-1024}; SESS=${SESS:-20}; RUNS=${RUNS:-3}
+PORT=${PORT:-2725}; SINK_PORT=${SINK_PORT:-2726}; TIMEOUT=${TIMEOUT:-240}
+PEERS=${PEERS:-../shared/peers}
+BIN=target/release/petrel
+[ -x "$BIN" ] || cargo build --release --bin petrel >&2 || exit 1
+TCK=$(getconf CLK_TCK)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done; }
+trap cleanup EXIT
+cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+median() { sort -g | awk '{a[NR]=$1} END{ if(NR==0){print "nan"} else if(NR%2){print a[(NR+1)/2]} else {print (a[NR/2]+a[NR/2+1])/2} }'; }
+
+echo "# $(date -u +%FT%TZ) $(nproc) cores; N=$N SIZE=$SIZE SESS=$SESS RUNS=$RUNS fsync=on dkim=off"
+rates=(); cpus=()
+for run in $(seq 1 "$RUNS"); do
+  DATA=$(mktemp -d /tmp/petrel-relay.XXXXXX)
+  "$BIN" load sink --listen "127.0.0.1:$SINK_PORT" --expect "$N" --duration "${TIMEOUT}s" --json > "$DATA/sink.json" 2>/dev/null &
+  SINK=$!; PIDS+=("$SINK")
+  "$BIN" engine --data-dir "$DATA" --smtp-listen "127.0.0.1:$PORT" --metrics-listen 127.0.0.1:0 \
+    --admin-listen 127.0.0.1:0 --relay-to "127.0.0.1:$SINK_PORT" --trust-network 127.0.0.0/8 \
+    > "$DATA/engine.out" 2> "$DATA/engine.err" &
+  ENGINE=$!; PIDS+=("$ENGINE")
+  for _ in $(seq 1 300); do grep -q "engine ready" "$DATA/engine.out" 2>/dev/null && break; sleep 0.1; done
+  c0=$(cpu_ticks "$ENGINE"); t0=$(date +%s.%N)
+  timeout "$TIMEOUT" smtp-source -l "$SIZE" -m "$N" -s "$SESS" -f from@bench.test -t to@remote.test \
+    "127.0.0.1:$PORT" > "$DATA/client.out" 2>&1
+  t1=$(date +%s.%N)
+  wait "$SINK"; t2=$(date +%s.%N); c1=$(cpu_ticks "$ENGINE")
+  got=$(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d.get("messages_accepted", 0))' "$DATA/sink.json" 2>/dev/null || echo 0)
+  kill "$ENGINE"; wait "$ENGINE" 2>/dev/null
+  rate=$(awk -v n="$got" -v a="$t0" -v b="$t2" 'BEGIN{printf "%.0f", n/(b-a)}')
+  cpu=$(awk -v t="$((c1-c0))" -v k="$TCK" -v n="$got" 'BEGIN{ if(n>0) printf "%.3f", (t/k)/n*1000; else print "nan"}')
+  inj=$(awk -v n="$N" -v a="$t0" -v b="$t1" 'BEGIN{printf "%.0f", n/(b-a)}')
+  echo "petrel run=$run: $got/$N delivered, end-to-end $rate msg/s (injection $inj msg/s), $cpu CPU s/1000 msgs"
+  rates+=("$rate"); cpus+=("$cpu"); rm -rf "$DATA"
+done
+pm=$(printf '%s\n' "${rates[@]}" | median); pc=$(printf '%s\n' "${cpus[@]}" | median)
+prates=()
+if [ -x "$PEERS/postfix-bench.sh" ] && [ "${NO_POSTFIX:-0}" != 1 ]; then
+  for run in $(seq 1 "$RUNS"); do
+    out=$(N=$N SIZE=$SIZE SESS=$SESS TIMEOUT=$TIMEOUT "$PEERS/postfix-bench.sh" 2>&1)
+    r=$(echo "$out" | awk '/^B2/{for(i=1;i<=NF;i++) if($i=="msg/s,"||$i=="msg/s") print $(i-1)}' | head -1)
+    echo "postfix run=$run: ${r:-?} msg/s end to end (postfix-bench.sh phase B2)"
+    [ -n "$r" ] && prates+=("$r")
+  done
+fi
+fm=$(printf '%s\n' "${prates[@]}" | median)
+ratio=$(awk -v a="$pm" -v b="$fm" 'BEGIN{ if(b>0) printf "%.1f", a/b; else print "n/a"}')
+echo "MEDIAN 1 domain: petrel $pm msg/s ($pc CPU s/1000 msgs), postfix $fm msg/s, ratio ${ratio}x"
+if [ "${SKIP_1000:-0}" != 1 ]; then
+  for run in $(seq 1 "$RUNS"); do
+    "$BIN" load run loadtest/scenarios/relay-1000-domains.toml 2>&1 | grep -iE "rate|msg/s|complete" | head -3 | sed "s/^/1000-domains run=$run: /"
+  done
+fi
