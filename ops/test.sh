@@ -62,5 +62,8 @@ if [ -n "$INITDB" ] && [ -z "${PETREL_TEST_PG_URL:-}" ]; then
 fi
 
 # --- the tests ------------------------------------------------------------------------------------
+log "style: cargo fmt --check and cargo clippy -D warnings"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
 log "running the test suite"
 cargo nextest run --workspace --no-fail-fast "$@"

@@ -65,7 +65,10 @@ pub fn up(args: UpArgs) -> anyhow::Result<i32> {
     std::fs::write(&ca_path, &info.push_cert_pem)?;
     let dev = rt.block_on(petrel_control::bootstrap_dev(&info))?;
 
-    let mut banner = vec![format!("control plane: http://{}/v1 (OpenAPI at /v1/openapi.json)", info.api_addr)];
+    let mut banner = vec![format!(
+        "control plane: http://{}/v1 (OpenAPI at /v1/openapi.json)",
+        info.api_addr
+    )];
     if let Some(key) = &info.bootstrap_key {
         banner.push(format!("owner API key (shown once, keep it): {key}"));
     }

@@ -25,7 +25,11 @@ const CONTROL_SERVER_NAME: &str = "localhost";
 static GLOBAL: MiMalloc = MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "petrel", version, about = "Petrel: a thread-per-core MTA for email service providers")]
+#[command(
+    name = "petrel",
+    version,
+    about = "Petrel: a thread-per-core MTA for email service providers"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -161,7 +165,10 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::HashPassword => {
             let mut line = String::new();
             std::io::stdin().read_line(&mut line)?;
-            println!("{}", petrel_engine::auth::hash_password(line.trim_end_matches(['\r', '\n'])));
+            println!(
+                "{}",
+                petrel_engine::auth::hash_password(line.trim_end_matches(['\r', '\n']))
+            );
             Ok(0)
         }
     }
@@ -224,7 +231,9 @@ pub fn run_engine(
     if let Some(addr) = cfg.control.push_addr {
         let ca = match &cfg.control.ca_cert_path {
             Some(p) => std::fs::read(p).with_context(|| format!("control CA {}", p.display()))?,
-            None => anyhow::bail!("control.ca_cert_path (--control-ca) is needed to trust the control plane"),
+            None => anyhow::bail!(
+                "control.ca_cert_path (--control-ca) is needed to trust the control plane"
+            ),
         };
         let engine_id = cfg
             .control

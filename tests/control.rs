@@ -40,7 +40,11 @@ fn api(addr: SocketAddr, method: &str, path: &str, key: &str, body: Option<Value
     let mut raw = String::new();
     let _ = s.read_to_string(&mut raw);
     let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
     (code, serde_json::from_str(body).unwrap_or(Value::Null))
 }
 
@@ -90,7 +94,10 @@ fn wait_received(sink: &petrel_loadtest::SinkHandle, n: usize) -> bool {
 
 /// dkimpy verifies the message with the TXT record we published; None when dkimpy is missing.
 fn dkimpy_verifies(message: &[u8], selector: &str, txt_value: &str) -> Option<bool> {
-    let probe = Command::new("python3").args(["-c", "import dkim, nacl"]).output().ok()?;
+    let probe = Command::new("python3")
+        .args(["-c", "import dkim, nacl"])
+        .output()
+        .ok()?;
     if !probe.status.success() {
         return None;
     }
@@ -103,7 +110,12 @@ fn dkimpy_verifies(message: &[u8], selector: &str, txt_value: &str) -> Option<bo
          m=open(sys.argv[1],'rb').read()\nprint('OK' if dkim.verify(m, dnsfunc=dns) else 'FAIL')\n",
         txt = txt_value
     );
-    let out = Command::new("python3").arg("-c").arg(script).arg(&msg).output().ok()?;
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(&msg)
+        .output()
+        .ok()?;
     Some(String::from_utf8_lossy(&out.stdout).trim() == "OK")
 }
 
@@ -111,7 +123,11 @@ fn dkimpy_verifies(message: &[u8], selector: &str, txt_value: &str) -> Option<bo
 fn api_changes_reach_the_engine_sign_and_revoke() {
     let dir = tempfile::tempdir().unwrap();
     let dns = DnsServer::start(vec![]);
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
     let start_control = |rt: &tokio::runtime::Runtime| {
         let cfg = petrel_control::ControlConfig {
             data_dir: dir.path().join("control"),
@@ -123,34 +139,69 @@ fn api_changes_reach_the_engine_sign_and_revoke() {
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
         let task = rt.spawn(async move { petrel_control::serve(cfg, Some(tx)).await });
-        let info = rt.block_on(async { tokio::time::timeout(Duration::from_secs(30), rx).await }).unwrap().unwrap();
+        let info = rt
+            .block_on(async { tokio::time::timeout(Duration::from_secs(30), rx).await })
+            .unwrap()
+            .unwrap();
         (info, task)
     };
     let (info, control_task) = start_control(&rt);
-    let owner = info.bootstrap_key.clone().expect("first start prints the owner key");
+    let owner = info
+        .bootstrap_key
+        .clone()
+        .expect("first start prints the owner key");
     let ca = dir.path().join("push.pem");
     std::fs::write(&ca, &info.push_cert_pem).unwrap();
 
-    let sink = start_sink(SinkConfig { threads: 1, keep_messages_max: 100, ..SinkConfig::default() }).unwrap();
+    let sink = start_sink(SinkConfig {
+        threads: 1,
+        keep_messages_max: 100,
+        ..SinkConfig::default()
+    })
+    .unwrap();
     let relay = sink.addr().to_string();
     let push = info.push_addr.to_string();
     let engine_args = [
-        "--shards", "2", "--relay-to", &relay, "--control", &push, "--control-token", TOKEN,
-        "--control-ca", ca.to_str().unwrap(),
+        "--shards",
+        "2",
+        "--relay-to",
+        &relay,
+        "--control",
+        &push,
+        "--control-token",
+        TOKEN,
+        "--control-ca",
+        ca.to_str().unwrap(),
     ];
     let data = dir.path().join("engine");
     let engine = Engine::start(&data, &engine_args);
 
     // Tenant, domain (Ed25519), DNS published, verified, SMTP credential.
-    let (code, tenant) = api(info.api_addr, "POST", "/v1/tenants", &owner, Some(json!({"name": "acme"})));
+    let (code, tenant) = api(
+        info.api_addr,
+        "POST",
+        "/v1/tenants",
+        &owner,
+        Some(json!({"name": "acme"})),
+    );
     assert_eq!(code, 201, "{tenant}");
     let admin = tenant["admin_key"]["secret"].as_str().unwrap().to_string();
-    let (code, domain) = api(info.api_addr, "POST", "/v1/domains", &admin, Some(json!({"name": DOMAIN, "algorithm": "ed25519"})));
+    let (code, domain) = api(
+        info.api_addr,
+        "POST",
+        "/v1/domains",
+        &admin,
+        Some(json!({"name": DOMAIN, "algorithm": "ed25519"})),
+    );
     assert_eq!(code, 201, "{domain}");
     let domain_id = domain["id"].as_str().unwrap().to_string();
     let mut dkim_txt = (String::new(), String::new());
     for r in domain["dns_records"].as_array().unwrap() {
-        let name = r["name"].as_str().unwrap().trim_end_matches('.').to_string();
+        let name = r["name"]
+            .as_str()
+            .unwrap()
+            .trim_end_matches('.')
+            .to_string();
         let value = r["value"].as_str().unwrap().to_string();
         if r["purpose"] == "dkim" {
             dkim_txt = (name.clone(), value.clone());
@@ -158,12 +209,24 @@ fn api_changes_reach_the_engine_sign_and_revoke() {
         dns.upsert(txt(&format!("{name}."), &value));
     }
     let selector = dkim_txt.0.split("._domainkey").next().unwrap().to_string();
-    let (code, verified) = api(info.api_addr, "POST", &format!("/v1/domains/{domain_id}/verify"), &admin, None);
+    let (code, verified) = api(
+        info.api_addr,
+        "POST",
+        &format!("/v1/domains/{domain_id}/verify"),
+        &admin,
+        None,
+    );
     assert_eq!(code, 200, "{verified}");
     assert_eq!(verified["verified"], true, "{verified}");
-    let (code, cred) = api(info.api_addr, "POST", "/v1/credentials", &admin, Some(json!({
-        "kind": "smtp", "name": "mailer", "username": "acme-mailer", "allowed_sender_domains": [DOMAIN]
-    })));
+    let (code, cred) = api(
+        info.api_addr,
+        "POST",
+        "/v1/credentials",
+        &admin,
+        Some(json!({
+            "kind": "smtp", "name": "mailer", "username": "acme-mailer", "allowed_sender_domains": [DOMAIN]
+        })),
+    );
     assert_eq!(code, 201, "{cred}");
     let password = cred["secret"].as_str().unwrap().to_string();
     let cred_id = cred["credential"]["id"].as_str().unwrap().to_string();
@@ -172,45 +235,83 @@ fn api_changes_reach_the_engine_sign_and_revoke() {
     let m = mailer(engine.smtp.port(), "acme-mailer", &password);
     let deadline = Instant::now() + Duration::from_secs(10);
     while m.send(&mail("first")).is_err() {
-        assert!(Instant::now() < deadline, "the pushed credential never worked");
+        assert!(
+            Instant::now() < deadline,
+            "the pushed credential never worked"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(wait_received(&sink, 1), "the message reached the sink");
     let got = sink.received();
     let data0 = &got[0].data;
     let text = String::from_utf8_lossy(data0);
-    assert!(text.starts_with("DKIM-Signature:") || text.contains("\r\nDKIM-Signature:"), "{text}");
-    assert!(text.contains(&format!("d={DOMAIN}")) && text.contains("a=ed25519-sha256"), "{text}");
+    assert!(
+        text.starts_with("DKIM-Signature:") || text.contains("\r\nDKIM-Signature:"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("d={DOMAIN}")) && text.contains("a=ed25519-sha256"),
+        "{text}"
+    );
     match dkimpy_verifies(data0, &selector, &dkim_txt.1) {
         Some(ok) => assert!(ok, "dkimpy rejected the signature:\n{text}"),
-        None => println!("SKIPPED dkimpy check: python3 dkimpy/pynacl not installed (ops/test.sh installs them)"),
+        None => println!(
+            "SKIPPED dkimpy check: python3 dkimpy/pynacl not installed (ops/test.sh installs them)"
+        ),
     }
     let (code, engines) = api(info.api_addr, "GET", "/v1/engines", &owner, None);
     assert_eq!(code, 200, "{engines}");
     assert!(engines.to_string().contains("applied_version"), "{engines}");
 
     // Another tenant's key sees nothing of acme.
-    let (_, other) = api(info.api_addr, "POST", "/v1/tenants", &owner, Some(json!({"name": "other"})));
+    let (_, other) = api(
+        info.api_addr,
+        "POST",
+        "/v1/tenants",
+        &owner,
+        Some(json!({"name": "other"})),
+    );
     let other_key = other["admin_key"]["secret"].as_str().unwrap().to_string();
-    let (code, _) = api(info.api_addr, "GET", &format!("/v1/domains/{domain_id}"), &other_key, None);
+    let (code, _) = api(
+        info.api_addr,
+        "GET",
+        &format!("/v1/domains/{domain_id}"),
+        &other_key,
+        None,
+    );
     assert_eq!(code, 404);
 
     // Revoke: the next AUTH fails within a second.
-    let (code, _) = api(info.api_addr, "POST", &format!("/v1/credentials/{cred_id}/revoke"), &admin, None);
+    let (code, _) = api(
+        info.api_addr,
+        "POST",
+        &format!("/v1/credentials/{cred_id}/revoke"),
+        &admin,
+        None,
+    );
     assert_eq!(code, 200);
     let revoked_at = Instant::now();
     loop {
         if m.send(&mail("after revoke")).is_err() {
             break;
         }
-        assert!(revoked_at.elapsed() < Duration::from_secs(1), "revoked credential still works after 1 s");
+        assert!(
+            revoked_at.elapsed() < Duration::from_secs(1),
+            "revoked credential still works after 1 s"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 
     // A fresh credential, then the control plane goes away: the engine restarts on its snapshot.
-    let (_, cred2) = api(info.api_addr, "POST", "/v1/credentials", &admin, Some(json!({
-        "kind": "smtp", "name": "mailer2", "username": "acme-mailer2", "allowed_sender_domains": [DOMAIN]
-    })));
+    let (_, cred2) = api(
+        info.api_addr,
+        "POST",
+        "/v1/credentials",
+        &admin,
+        Some(json!({
+            "kind": "smtp", "name": "mailer2", "username": "acme-mailer2", "allowed_sender_domains": [DOMAIN]
+        })),
+    );
     let password2 = cred2["secret"].as_str().unwrap().to_string();
     let m2 = mailer(engine.smtp.port(), "acme-mailer2", &password2);
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -223,9 +324,17 @@ fn api_changes_reach_the_engine_sign_and_revoke() {
     assert!(engine.stop());
     let engine = Engine::start(&data, &engine_args);
     let m2 = mailer(engine.smtp.port(), "acme-mailer2", &password2);
-    m2.send(&mail("offline")).expect("the engine accepts on its last snapshot");
+    m2.send(&mail("offline"))
+        .expect("the engine accepts on its last snapshot");
     assert!(wait_received(&sink, 3));
-    let last = sink.received().into_iter().find(|m| String::from_utf8_lossy(&m.data).contains("Subject: offline")).expect("offline message arrived");
-    assert!(String::from_utf8_lossy(&last.data).contains("DKIM-Signature:"), "signed without the control plane");
+    let last = sink
+        .received()
+        .into_iter()
+        .find(|m| String::from_utf8_lossy(&m.data).contains("Subject: offline"))
+        .expect("offline message arrived");
+    assert!(
+        String::from_utf8_lossy(&last.data).contains("DKIM-Signature:"),
+        "signed without the control plane"
+    );
     assert!(engine.stop());
 }

@@ -66,7 +66,13 @@ fn inject(addr: SocketAddr, acked: Arc<Mutex<Vec<String>>>, stop: Arc<AtomicBool
 fn kill9_never_loses_an_acknowledged_message() {
     let dir = tempfile::tempdir().unwrap();
     let acked = Arc::new(Mutex::new(Vec::new()));
-    let args = ["--no-delivery", "--shards", "2", "--trust-network", "127.0.0.0/8"];
+    let args = [
+        "--no-delivery",
+        "--shards",
+        "2",
+        "--trust-network",
+        "127.0.0.0/8",
+    ];
     let mut rng_state: u64 = 0x9e37_79b9_7f4a_7c15 ^ std::process::id() as u64;
     let mut next = || {
         rng_state ^= rng_state << 13;
@@ -98,13 +104,34 @@ fn kill9_never_loses_an_acknowledged_message() {
     let engine = Engine::start(dir.path(), &args);
     assert!(engine.stop());
     let acked = acked.lock().unwrap().clone();
-    assert!(acked.len() > 50, "too few messages acknowledged to mean anything: {}", acked.len());
+    assert!(
+        acked.len() > 50,
+        "too few messages acknowledged to mean anything: {}",
+        acked.len()
+    );
     let spooled = spool_ids(dir.path());
     let unique: HashSet<&String> = spooled.iter().collect();
-    assert_eq!(unique.len(), spooled.len(), "a message is in the spool twice");
+    assert_eq!(
+        unique.len(),
+        spooled.len(),
+        "a message is in the spool twice"
+    );
     let missing: Vec<&String> = acked.iter().filter(|id| !unique.contains(id)).collect();
-    assert!(missing.is_empty(), "{} acknowledged messages lost, e.g. {:?}", missing.len(), &missing[..missing.len().min(5)]);
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged messages lost, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
     let acked_unique: HashSet<&String> = acked.iter().collect();
-    assert_eq!(acked_unique.len(), acked.len(), "two 250s carried the same id");
-    println!("acknowledged {} messages over {ROUNDS} kills; spool holds {}", acked.len(), spooled.len());
+    assert_eq!(
+        acked_unique.len(),
+        acked.len(),
+        "two 250s carried the same id"
+    );
+    println!(
+        "acknowledged {} messages over {ROUNDS} kills; spool holds {}",
+        acked.len(),
+        spooled.len()
+    );
 }

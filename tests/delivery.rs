@@ -87,7 +87,11 @@ fn subject_of(data: &[u8]) -> Option<String> {
 }
 
 /// Waits until `pred` holds for the sink's received messages, bounded.
-fn wait_until(sink: &SinkHandle, what: &str, pred: impl Fn(&[petrel_loadtest::ReceivedMessage]) -> bool) {
+fn wait_until(
+    sink: &SinkHandle,
+    what: &str,
+    pred: impl Fn(&[petrel_loadtest::ReceivedMessage]) -> bool,
+) {
     let deadline = Instant::now() + ARRIVAL_TIMEOUT;
     loop {
         let got = sink.received();
@@ -115,8 +119,14 @@ fn dsns(got: &[petrel_loadtest::ReceivedMessage]) -> Vec<String> {
 fn delivered_deferred_bounced_null_mx_and_implicit_mx() {
     let dns = dns();
     let sink = sink(SinkConfig {
-        rcpt_tempfail: vec![DomainFault { domain: "b.test".into(), probability: 0.5 }],
-        rcpt_permfail: vec![DomainFault { domain: "c.test".into(), probability: 1.0 }],
+        rcpt_tempfail: vec![DomainFault {
+            domain: "b.test".into(),
+            probability: 0.5,
+        }],
+        rcpt_permfail: vec![DomainFault {
+            domain: "c.test".into(),
+            probability: 1.0,
+        }],
         starttls: true,
         ..SinkConfig::default()
     });
@@ -131,11 +141,19 @@ fn delivered_deferred_bounced_null_mx_and_implicit_mx() {
     inject(engine.smtp, from, &all);
     // 20 + 10 + 1 delivered, and two DSNs (5xx at c.test, null MX at n.test) back to the sender.
     wait_until(&sink, "31 deliveries and 2 DSNs", |got| {
-        let subjects: HashSet<String> = got.iter().filter(|m| !m.mail_from.is_empty()).filter_map(|m| subject_of(&m.data)).collect();
+        let subjects: HashSet<String> = got
+            .iter()
+            .filter(|m| !m.mail_from.is_empty())
+            .filter_map(|m| subject_of(&m.data))
+            .collect();
         subjects.len() == 31 && dsns(got).len() >= 2
     });
     let got = sink.received();
-    let subjects: HashSet<String> = got.iter().filter(|m| !m.mail_from.is_empty()).filter_map(|m| subject_of(&m.data)).collect();
+    let subjects: HashSet<String> = got
+        .iter()
+        .filter(|m| !m.mail_from.is_empty())
+        .filter_map(|m| subject_of(&m.data))
+        .collect();
     for s in ["a-0", "a-19", "b-9", "i-0"] {
         assert!(subjects.contains(s), "{s} not delivered");
     }
@@ -144,13 +162,25 @@ fn delivered_deferred_bounced_null_mx_and_implicit_mx() {
     assert_eq!(reports.len(), 2, "exactly one DSN per bounced message");
     for r in &reports {
         assert!(r.contains("multipart/report"), "{r}");
-        assert!(r.contains("report-type=delivery-status") || r.contains("report-type=\"delivery-status\""), "{r}");
+        assert!(
+            r.contains("report-type=delivery-status")
+                || r.contains("report-type=\"delivery-status\""),
+            "{r}"
+        );
         assert!(r.contains("Action: failed"), "{r}");
     }
     assert!(reports.iter().any(|r| r.contains("user0@c.test")));
-    assert!(reports.iter().any(|r| r.contains("user0@n.test") && r.contains("5.1.10")));
-    assert!(got.iter().filter(|m| m.mail_from.is_empty()).all(|m| m.rcpts == vec![from.to_string()]));
-    assert!(sink.stats().rcpts_tempfailed > 0, "b.test was deferred at least once");
+    assert!(reports
+        .iter()
+        .any(|r| r.contains("user0@n.test") && r.contains("5.1.10")));
+    assert!(got
+        .iter()
+        .filter(|m| m.mail_from.is_empty())
+        .all(|m| m.rcpts == vec![from.to_string()]));
+    assert!(
+        sink.stats().rcpts_tempfailed > 0,
+        "b.test was deferred at least once"
+    );
     assert!(sink.stats().tls_sessions > 0, "opportunistic TLS was used");
     // Everything final: the spool drains.
     let deadline = Instant::now() + ARRIVAL_TIMEOUT;
@@ -158,7 +188,9 @@ fn delivered_deferred_bounced_null_mx_and_implicit_mx() {
         assert!(Instant::now() < deadline, "spool never drained");
         std::thread::sleep(Duration::from_millis(200));
     }
-    let events = std::fs::read_dir(dir.path().join("events")).unwrap().count();
+    let events = std::fs::read_dir(dir.path().join("events"))
+        .unwrap()
+        .count();
     assert!(events > 0, "events were written");
     assert!(engine.stop());
     let log = read_events(dir.path());
@@ -177,14 +209,28 @@ fn read_events(dir: &std::path::Path) -> String {
 #[test]
 fn require_tls_to_a_host_without_tls_is_deferred() {
     let dns = dns();
-    let sink = sink(SinkConfig { starttls: false, ..SinkConfig::default() });
+    let sink = sink(SinkConfig {
+        starttls: false,
+        ..SinkConfig::default()
+    });
     let dir = tempfile::tempdir().unwrap();
     let extra = "[[delivery.domains]]\ndomain = \"t.test\"\ntls = \"require\"\n";
     let engine = start_engine(dir.path(), &engine_config(dns.addr, sink.addr(), extra));
-    inject(engine.smtp, "sender@a.test", &[("x@t.test".into(), "t-0".into()), ("y@a.test".into(), "a-0".into())]);
+    inject(
+        engine.smtp,
+        "sender@a.test",
+        &[
+            ("x@t.test".into(), "t-0".into()),
+            ("y@a.test".into(), "a-0".into()),
+        ],
+    );
     wait_until(&sink, "the opportunistic message", |got| got.len() == 1);
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(sink.received().len(), 1, "require-TLS mail must not go out in plaintext");
+    assert_eq!(
+        sink.received().len(),
+        1,
+        "require-TLS mail must not go out in plaintext"
+    );
     let (code, body) = http_get(engine.admin, "/v1/queue");
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("t.test"), "t.test is still queued: {body}");
@@ -196,14 +242,24 @@ fn require_tls_to_a_host_without_tls_is_deferred() {
 #[test]
 fn dropped_connections_in_data_are_retried_until_delivered() {
     let dns = dns();
-    let sink = sink(SinkConfig { drop_in_data: 0.3, ..SinkConfig::default() });
+    let sink = sink(SinkConfig {
+        drop_in_data: 0.3,
+        ..SinkConfig::default()
+    });
     let dir = tempfile::tempdir().unwrap();
     let engine = start_engine(dir.path(), &engine_config(dns.addr, sink.addr(), ""));
     inject(engine.smtp, "sender@a.test", &items("a.test", "d", 30));
     wait_until(&sink, "30 deliveries despite drops", |got| {
-        got.iter().filter_map(|m| subject_of(&m.data)).collect::<HashSet<_>>().len() == 30
+        got.iter()
+            .filter_map(|m| subject_of(&m.data))
+            .collect::<HashSet<_>>()
+            .len()
+            == 30
     });
-    assert!(sink.stats().drops_in_data > 0, "the sink did drop connections");
+    assert!(
+        sink.stats().drops_in_data > 0,
+        "the sink did drop connections"
+    );
     assert!(engine.stop());
 }
 
@@ -211,7 +267,10 @@ fn dropped_connections_in_data_are_retried_until_delivered() {
 fn expired_mail_bounces_with_a_dsn() {
     let dns = dns();
     let sink = sink(SinkConfig {
-        rcpt_tempfail: vec![DomainFault { domain: "e.test".into(), probability: 1.0 }],
+        rcpt_tempfail: vec![DomainFault {
+            domain: "e.test".into(),
+            probability: 1.0,
+        }],
         ..SinkConfig::default()
     });
     let dir = tempfile::tempdir().unwrap();
@@ -219,10 +278,17 @@ fn expired_mail_bounces_with_a_dsn() {
         dir.path(),
         &engine_config(dns.addr, sink.addr(), "message_age_max_ms = 2000"),
     );
-    inject(engine.smtp, "sender@a.test", &[("late@e.test".into(), "e-0".into())]);
+    inject(
+        engine.smtp,
+        "sender@a.test",
+        &[("late@e.test".into(), "e-0".into())],
+    );
     wait_until(&sink, "an expiry DSN", |got| !dsns(got).is_empty());
     let r = &dsns(&sink.received())[0];
-    assert!(r.contains("late@e.test") && r.contains("Action: failed"), "{r}");
+    assert!(
+        r.contains("late@e.test") && r.contains("Action: failed"),
+        "{r}"
+    );
     assert!(engine.stop());
     assert!(read_events(dir.path()).contains("\"expired\""));
 }
@@ -230,14 +296,23 @@ fn expired_mail_bounces_with_a_dsn() {
 #[test]
 fn per_domain_connection_limit_holds_across_shards() {
     let dns = dns();
-    let sink = sink(SinkConfig { reply_delay_ms: 20, ..SinkConfig::default() });
+    let sink = sink(SinkConfig {
+        reply_delay_ms: 20,
+        ..SinkConfig::default()
+    });
     let dir = tempfile::tempdir().unwrap();
     let extra = "[[delivery.domains]]\ndomain = \"a.test\"\nconnections_max = 2\nmessages_per_connection_max = 5\n";
     let engine = start_engine(dir.path(), &engine_config(dns.addr, sink.addr(), extra));
     let batches: Vec<_> = (0..4)
         .map(|b| {
             let addr = engine.smtp;
-            std::thread::spawn(move || inject(addr, "sender@a.test", &items("a.test", &format!("l{b}"), 25)))
+            std::thread::spawn(move || {
+                inject(
+                    addr,
+                    "sender@a.test",
+                    &items("a.test", &format!("l{b}"), 25),
+                )
+            })
         })
         .collect();
     for b in batches {
@@ -245,15 +320,25 @@ fn per_domain_connection_limit_holds_across_shards() {
     }
     wait_until(&sink, "100 deliveries", |got| got.len() >= 100);
     let stats = sink.stats();
-    assert!(stats.connections_max_seen <= 2, "the sink saw {} concurrent connections", stats.connections_max_seen);
-    assert!(stats.connections_total >= 100 / 5, "messages_per_connection_max forces new connections");
+    assert!(
+        stats.connections_max_seen <= 2,
+        "the sink saw {} concurrent connections",
+        stats.connections_max_seen
+    );
+    assert!(
+        stats.connections_total >= 100 / 5,
+        "messages_per_connection_max forces new connections"
+    );
     assert!(engine.stop());
 }
 
 #[test]
 fn kill9_during_delivery_loses_nothing() {
     let dns = dns();
-    let sink = sink(SinkConfig { data_reply_delay_ms: 30, ..SinkConfig::default() });
+    let sink = sink(SinkConfig {
+        data_reply_delay_ms: 30,
+        ..SinkConfig::default()
+    });
     let dir = tempfile::tempdir().unwrap();
     let config = engine_config(dns.addr, sink.addr(), "connections_per_domain_max = 2");
     let engine = start_engine(dir.path(), &config);
@@ -261,10 +346,17 @@ fn kill9_during_delivery_loses_nothing() {
     wait_until(&sink, "part of the run", |got| got.len() >= 20);
     engine.kill9();
     let delivered_before = sink.received().len();
-    assert!(delivered_before < 150, "the kill came too late to mean anything");
+    assert!(
+        delivered_before < 150,
+        "the kill came too late to mean anything"
+    );
     let engine = start_engine(dir.path(), &config);
     wait_until(&sink, "every message after the restart", |got| {
-        got.iter().filter_map(|m| subject_of(&m.data)).collect::<HashSet<_>>().len() == 150
+        got.iter()
+            .filter_map(|m| subject_of(&m.data))
+            .collect::<HashSet<_>>()
+            .len()
+            == 150
     });
     assert!(engine.stop());
 }

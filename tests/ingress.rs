@@ -58,7 +58,9 @@ fn lettre_starttls_and_auth_are_accepted_and_spooled() {
         .timeout(Some(Duration::from_secs(20)))
         .build();
     for i in 0..5 {
-        mailer.send(&lettre_message(i)).expect("lettre send over STARTTLS + AUTH PLAIN");
+        mailer
+            .send(&lettre_message(i))
+            .expect("lettre send over STARTTLS + AUTH PLAIN");
     }
     let login = SmtpTransport::builder_dangerous("127.0.0.1")
         .port(engine.smtp.port())
@@ -96,10 +98,21 @@ fn raw_dialogue_replies_and_relay_rules() {
     assert_eq!(c.reply().0, 220);
     let (code, ehlo) = c.cmd("EHLO client.test");
     assert_eq!(code, 250);
-    for ext in ["PIPELINING", "SIZE", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES", "CHUNKING", "STARTTLS"] {
+    for ext in [
+        "PIPELINING",
+        "SIZE",
+        "8BITMIME",
+        "SMTPUTF8",
+        "ENHANCEDSTATUSCODES",
+        "CHUNKING",
+        "STARTTLS",
+    ] {
         assert!(ehlo.contains(ext), "EHLO lacks {ext}: {ehlo}");
     }
-    assert!(!ehlo.contains("AUTH"), "AUTH must not be offered before TLS: {ehlo}");
+    assert!(
+        !ehlo.contains("AUTH"),
+        "AUTH must not be offered before TLS: {ehlo}"
+    );
     assert_eq!(c.cmd("AUTH PLAIN AGFsaWNlAHg=").0, 530);
     assert_eq!(c.cmd("MAIL FROM:<a@client.test>").0, 250);
     let (code, text) = c.cmd("RCPT TO:<b@remote.test>");
@@ -117,7 +130,13 @@ fn pipelining_smuggling_and_backpressure() {
     let cfg = "[limits]\nspool_messages_max = 3\n";
     let engine = Engine::start_with(
         dir.path(),
-        &["--no-delivery", "--shards", "1", "--trust-network", "127.0.0.0/8"],
+        &[
+            "--no-delivery",
+            "--shards",
+            "1",
+            "--trust-network",
+            "127.0.0.0/8",
+        ],
         Some(cfg),
     );
     // Pipelined: everything in one write, replies in order.
@@ -141,7 +160,10 @@ fn pipelining_smuggling_and_backpressure() {
     assert_eq!(c.cmd("DATA").0, 354);
     c.send(b"Subject: x\r\n\r\nbody\n.\nMAIL FROM:<evil@client.test>\r\n.\r\n");
     let (code, text) = c.reply();
-    assert!((500..600).contains(&code), "smuggled message refused: {code} {text}");
+    assert!(
+        (500..600).contains(&code),
+        "smuggled message refused: {code} {text}"
+    );
     // Fill the spool to its bound: then 452 4.3.1 at MAIL.
     for i in 0..2 {
         assert_eq!(c.cmd("MAIL FROM:<a@client.test>").0, 250);
@@ -160,14 +182,23 @@ fn pipelining_smuggling_and_backpressure() {
         }
         assert_eq!(code, 250);
         assert_eq!(c.cmd("RSET").0, 250);
-        assert!(Instant::now() < deadline, "never refused at the spool bound");
+        assert!(
+            Instant::now() < deadline,
+            "never refused at the spool bound"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(refused.contains("4.3.1"), "{refused}");
     assert_eq!(c.cmd("QUIT").0, 221);
     let metrics = engine.scrape();
-    assert!(metrics.contains("petrel_smtp_messages_accepted_total"), "{metrics}");
-    assert!(metrics.contains("petrel_spool_commit_duration_seconds_bucket"), "{metrics}");
+    assert!(
+        metrics.contains("petrel_smtp_messages_accepted_total"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("petrel_spool_commit_duration_seconds_bucket"),
+        "{metrics}"
+    );
     assert!(metrics.contains("reason=\"spool_messages\""), "{metrics}");
     assert!(engine.stop());
     assert_eq!(spool_count(dir.path()), 3);
@@ -183,9 +214,23 @@ fn swaks_pipelined_starttls_auth() {
     let cfg = config_with_user("bob", "hunter22", "");
     let engine = Engine::start_with(dir.path(), &["--no-delivery", "--shards", "1"], Some(&cfg));
     let out = Command::new("swaks")
-        .args(["--server", "127.0.0.1", "--port", &engine.smtp.port().to_string()])
+        .args([
+            "--server",
+            "127.0.0.1",
+            "--port",
+            &engine.smtp.port().to_string(),
+        ])
         .args(["--from", "bob@client.test", "--to", "x@remote.test"])
-        .args(["--tls", "--pipeline", "--auth", "PLAIN", "--auth-user", "bob", "--auth-password", "hunter22"])
+        .args([
+            "--tls",
+            "--pipeline",
+            "--auth",
+            "PLAIN",
+            "--auth-user",
+            "bob",
+            "--auth-password",
+            "hunter22",
+        ])
         .args(["--timeout", "20"])
         .output()
         .unwrap();

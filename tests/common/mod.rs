@@ -105,7 +105,10 @@ impl Engine {
     /// SIGTERM, then wait (bounded); returns the exit status success.
     pub fn stop(mut self) -> bool {
         let pid = self.child.id() as i32;
-        let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -240,7 +243,11 @@ pub fn spool_ids(data_dir: &Path) -> Vec<String> {
         .arg(data_dir)
         .output()
         .expect("petrel spool ls");
-    assert!(out.status.success(), "spool ls failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "spool ls failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| {

@@ -307,7 +307,7 @@ pub async fn run(setup: ShardSetup) -> Result<(), EngineError> {
     }
     if let Some(Ok(t)) = delivery_task {
         let bound = Duration::from_millis(cfg.server.shutdown_grace_ms);
-        let _ = async { t.await }
+        let _ = t
             .or(async {
                 glommio::timer::sleep(bound).await;
                 None
