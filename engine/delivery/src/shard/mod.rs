@@ -173,6 +173,8 @@ struct Inner<S: SpoolAccess> {
     shutdown: Cell<bool>,
     wake_tx: async_channel::Sender<()>,
     wake_rx: async_channel::Receiver<()>,
+    /// Notified whenever due entries became ready, so idle sessions pick them up at once.
+    work: event_listener::Event,
 }
 
 impl<S: SpoolAccess + 'static> DeliveryShard<S> {
@@ -208,6 +210,7 @@ impl<S: SpoolAccess + 'static> DeliveryShard<S> {
                 shutdown: Cell::new(false),
                 wake_tx,
                 wake_rx,
+                work: event_listener::Event::new(),
             }),
         }
     }
@@ -228,6 +231,7 @@ impl<S: SpoolAccess + 'static> DeliveryShard<S> {
             let wait_ms = {
                 let mut st = inner.state.borrow_mut();
                 st.queues.promote_due(now);
+                inner.work.notify(usize::MAX);
                 inner.refresh_gauges(&mut st, now);
                 let next = st.queues.next_wakeup().unwrap_or(u64::MAX);
                 next.saturating_sub(now)

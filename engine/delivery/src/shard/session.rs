@@ -16,7 +16,8 @@ use crate::limits::{rate_burst, ConnectionPermit, DestinationCounters};
 use crate::queue::{DomainId, Entry};
 
 /// How often an idle session looks for new work, ms.
-const IDLE_POLL_MS: u64 = 20;
+/// Idle sessions are woken by the driver's work notification; this bounds a missed one.
+const IDLE_POLL_MS_MAX: u64 = 200;
 
 /// Runs a session for domain `id`, then tells the shard it ended.
 pub(super) async fn run_session<S: SpoolAccess + 'static>(inner: Rc<Inner<S>>, id: DomainId) {
@@ -273,11 +274,15 @@ async fn wait_for_work<S: SpoolAccess>(inner: &Inner<S>, id: DomainId) -> bool {
     let deadline = Instant::now() + Duration::from_millis(inner.cfg.idle_timeout_ms);
     let mut found = false;
     while Instant::now() < deadline && !inner.shutdown.get() {
-        glommio::timer::sleep(Duration::from_millis(IDLE_POLL_MS)).await;
+        // Listen before looking, so a notification between the look and the wait is not lost.
+        let listener = inner.work.listen();
         if inner.state.borrow().queues.ready_len(id) > 0 {
             found = true;
             break;
         }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let nap = left.min(Duration::from_millis(IDLE_POLL_MS_MAX));
+        futures_lite::future::or(listener, glommio::timer::sleep(nap)).await;
     }
     set_idle(inner, id, false);
     found
