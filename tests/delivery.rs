@@ -336,7 +336,7 @@ fn per_domain_connection_limit_holds_across_shards() {
 fn kill9_during_delivery_loses_nothing() {
     let dns = dns();
     let sink = sink(SinkConfig {
-        data_reply_delay_ms: 30,
+        data_reply_delay_ms: 150,
         ..SinkConfig::default()
     });
     let dir = tempfile::tempdir().unwrap();
