@@ -326,12 +326,23 @@ fn api_changes_reach_the_engine_sign_and_revoke() {
     let m2 = mailer(engine.smtp.port(), "acme-mailer2", &password2);
     m2.send(&mail("offline"))
         .expect("the engine accepts on its last snapshot");
-    assert!(wait_received(&sink, 3));
+    // Earlier sends may have raced the revocation, so look for this message, not a count.
+    let offline = |m: &petrel_loadtest::ReceivedMessage| {
+        String::from_utf8_lossy(&m.data).contains("Subject: offline")
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !sink.received().iter().any(offline) {
+        assert!(
+            Instant::now() < deadline,
+            "the offline message never arrived"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let last = sink
         .received()
         .into_iter()
-        .find(|m| String::from_utf8_lossy(&m.data).contains("Subject: offline"))
-        .expect("offline message arrived");
+        .find(offline)
+        .expect("checked just above");
     assert!(
         String::from_utf8_lossy(&last.data).contains("DKIM-Signature:"),
         "signed without the control plane"
