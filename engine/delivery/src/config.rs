@@ -1,6 +1,7 @@
 //! Delivery configuration: retry schedule, per-destination limits, bounds and client timeouts.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 pub use crate::backoff::RetrySchedule;
 use crate::error::DeliveryError;
@@ -110,6 +111,15 @@ pub struct DeliveryConfig {
     pub extra_root_certs_pem: Vec<Vec<u8>>,
     /// The longest wait of the driver's loop between two looks at the schedule.
     pub tick_ms_max: u64,
+    /// Limits that change at run time (the control plane's pushed destination limits), laid
+    /// over `default_limits`/`domain_limits` at every new delivery session.
+    pub dynamic_limits: Option<Arc<dyn LimitsSource>>,
+}
+
+/// A run-time source of per-destination limits (the engine wires the pushed policy here).
+pub trait LimitsSource: std::fmt::Debug + Send + Sync {
+    /// The limits for `domain`, starting from the configured ones.
+    fn overlay(&self, domain: &str, configured: &DomainLimits) -> DomainLimits;
 }
 
 impl Default for DeliveryConfig {
@@ -128,6 +138,7 @@ impl Default for DeliveryConfig {
             client: ClientTimeouts::default(),
             extra_root_certs_pem: Vec::new(),
             tick_ms_max: 1_000,
+            dynamic_limits: None,
         }
     }
 }
@@ -138,6 +149,15 @@ impl DeliveryConfig {
         self.domain_limits
             .get(domain)
             .unwrap_or(&self.default_limits)
+    }
+
+    /// The configured limits for `domain` with the run-time overlay applied.
+    pub fn effective_limits(&self, domain: &str) -> DomainLimits {
+        let configured = self.limits_for(domain);
+        match &self.dynamic_limits {
+            Some(source) => source.overlay(domain, configured),
+            None => configured.clone(),
+        }
     }
 
     /// Checks the ranges the driver relies on.

@@ -53,7 +53,7 @@ pub mod queue;
 pub mod shard;
 
 pub use backoff::RetrySchedule;
-pub use config::{ClientTimeouts, DeliveryConfig, DomainLimits, TlsPolicy};
+pub use config::{ClientTimeouts, DeliveryConfig, DomainLimits, LimitsSource, TlsPolicy};
 pub use error::DeliveryError;
 pub use events::{EventSink, EventWriter, EventsConfig, Outcome};
 pub use limits::{ConnectionPermit, GlobalLimits};

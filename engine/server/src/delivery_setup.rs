@@ -16,10 +16,12 @@ const DESTINATIONS_MAX: usize = 1_000_000;
 
 pub fn build(
     cfg: &EngineConfig,
-    _rt: &tokio::runtime::Handle,
+    policy: Arc<petrel_policy::PolicyStore>,
 ) -> Result<DeliveryShared, EngineError> {
     let d = &cfg.delivery;
-    let config = Arc::new(delivery_config(cfg)?);
+    let mut config = delivery_config(cfg)?;
+    config.dynamic_limits = Some(Arc::new(PolicyLimits { policy }));
+    let config = Arc::new(config);
     let mut static_routes: Vec<StaticRoute> = d
         .routes
         .iter()
@@ -50,6 +52,30 @@ pub fn build(
         events,
         writer: Arc::new(std::sync::Mutex::new(Some(writer))),
     })
+}
+
+/// The control plane's pushed destination limits, read from the current snapshot at every new
+/// delivery session: a change reaches delivery without a restart.
+#[derive(Debug)]
+pub struct PolicyLimits {
+    pub policy: Arc<petrel_policy::PolicyStore>,
+}
+
+impl petrel_delivery::LimitsSource for PolicyLimits {
+    fn overlay(&self, domain: &str, configured: &DomainLimits) -> DomainLimits {
+        let pushed = self.policy.current().destination_limit(domain);
+        let mut out = configured.clone();
+        if let Some(c) = pushed.connections_max {
+            out.connections_max = c.max(1);
+        }
+        if let Some(r) = pushed.messages_per_second_max {
+            out.messages_per_second_max = Some(r.max(1));
+        }
+        if pushed.tls_required {
+            out.tls = TlsPolicy::Required;
+        }
+        out
+    }
 }
 
 fn tls_policy(s: Option<&str>) -> TlsPolicy {
@@ -110,4 +136,40 @@ pub fn delivery_config(cfg: &EngineConfig) -> Result<DeliveryConfig, EngineError
         message: format!("delivery: {e}"),
     })?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use petrel_delivery::LimitsSource;
+
+    #[test]
+    fn pushed_destination_limits_overlay_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(petrel_policy::PolicyStore::load_or_empty(dir.path()));
+        let snapshot: petrel_policy::PolicySnapshot = serde_json::from_value(serde_json::json!({
+            "version": 1, "generated_unix_ms": 0, "tenants": [], "domains": [], "credentials": [],
+            "destination_limits": [{"domain": "gmail.test", "connections_max": 3,
+                                    "messages_per_second_max": 50, "tls_required": true}],
+            "defaults": {"tenant_messages_per_second_max": null, "tenant_messages_per_day_max": null,
+                         "domain_messages_per_second_max": null, "destination_connections_max": null,
+                         "destination_messages_per_second_max": null}
+        }))
+        .unwrap();
+        let limits = PolicyLimits {
+            policy: Arc::clone(&store),
+        };
+        let configured = DomainLimits::default();
+        assert_eq!(
+            limits.overlay("gmail.test", &configured),
+            configured,
+            "nothing pushed yet"
+        );
+        store.apply(snapshot).unwrap();
+        let got = limits.overlay("gmail.test", &configured);
+        assert_eq!(got.connections_max, 3);
+        assert_eq!(got.messages_per_second_max, Some(50));
+        assert_eq!(got.tls, TlsPolicy::Required);
+        assert_eq!(limits.overlay("other.test", &configured), configured);
+    }
 }

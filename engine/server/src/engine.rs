@@ -83,7 +83,7 @@ pub fn run(
     let shards = cfg.shard_count();
     let pressure = Pressure::new(cfg.limits.clone(), shards);
     let delivery = if cfg.delivery.enabled {
-        Some(crate::delivery_setup::build(&cfg, runtime)?)
+        Some(crate::delivery_setup::build(&cfg, Arc::clone(&policy))?)
     } else {
         None
     };

@@ -387,7 +387,7 @@ impl<S: SpoolAccess + 'static> Inner<S> {
             let Some(name) = st.queues.name(id) else {
                 continue;
             };
-            let connections_max = self.cfg.limits_for(name).connections_max;
+            let connections_max = self.cfg.effective_limits(name).connections_max;
             let ready_len = st.queues.ready_len(id) as u32;
             let count = st.sessions.entry(id).or_default();
             let wanted = count.open == 0 || (count.idle == 0 && ready_len > count.open);

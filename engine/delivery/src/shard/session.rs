@@ -58,7 +58,7 @@ async fn session<S: SpoolAccess + 'static>(inner: &Rc<Inner<S>>, id: DomainId) {
     let Some(domain) = inner.state.borrow().queues.name(id).map(str::to_string) else {
         return;
     };
-    let limits = inner.cfg.limits_for(&domain).clone();
+    let limits = inner.cfg.effective_limits(&domain);
     let route = match inner.resolver.route(&domain).await {
         Ok(route) => route,
         Err(e) => {
