@@ -235,6 +235,30 @@ fn require_tls_to_a_host_without_tls_is_deferred() {
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("t.test"), "t.test is still queued: {body}");
     assert_eq!(spool_count(dir.path()), 1);
+    // The operator's view and action, through the CLI and the admin endpoint.
+    let queue = |args: &[&str]| {
+        let out = std::process::Command::new(petrel_bin())
+            .arg("queue")
+            .args(args)
+            .arg("--admin")
+            .arg(engine.admin.to_string())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "petrel queue {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let ls = queue(&["ls"]);
+    assert!(ls.contains("t.test"), "{ls}");
+    let bounced = queue(&["bounce", "t.test"]);
+    assert!(bounced.contains("recipients"), "{bounced}");
+    wait_until(&sink, "the DSN for the bounced queue", |got| {
+        !dsns(got).is_empty()
+    });
+    assert!(dsns(&sink.received())[0].contains("x@t.test"));
     assert!(engine.stop());
     assert!(read_events(dir.path()).contains("\"deferred\""));
 }
