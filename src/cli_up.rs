@@ -25,6 +25,10 @@ pub struct UpArgs {
     api_listen: SocketAddr,
     #[arg(long, default_value = "127.0.0.1:8081")]
     push_listen: SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    metrics_listen: SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:9465")]
+    admin_listen: SocketAddr,
     /// Deliver everything to this smart host (for example a `petrel load sink`).
     #[arg(long)]
     relay_to: Option<SocketAddr>,
@@ -78,6 +82,8 @@ pub fn up(args: UpArgs) -> anyhow::Result<i32> {
     let engine_args = EngineArgs {
         data_dir: Some(args.data_dir.clone()),
         smtp_listen: Some(args.smtp_listen),
+        metrics_listen: Some(args.metrics_listen),
+        admin_listen: Some(args.admin_listen),
         shards: args.shards,
         trust_network: vec!["127.0.0.0/8".parse().context("static network")?],
         relay_to: args.relay_to,
