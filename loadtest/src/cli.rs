@@ -47,6 +47,9 @@ pub struct InjectArgs {
     /// Suffix of generated domain names.
     #[arg(long, default_value = "example.test")]
     pub domain_suffix: String,
+    /// Envelope sender and From: address (its domain picks the DKIM key on a signing MTA).
+    #[arg(long, default_value = "load@petrel-load.test")]
+    pub mail_from: String,
     /// Domain weights: `uniform`, `zipf`, or a comma list (one weight per domain).
     #[arg(long, default_value = "uniform")]
     pub domain_weights: String,
@@ -102,6 +105,7 @@ impl InjectArgs {
             io_timeout_ms: self.io_timeout_ms,
             allow_non_loopback: self.allow_non_loopback,
             progress: !self.json,
+            mail_from: self.mail_from.clone(),
             ..InjectConfig::default()
         })
     }

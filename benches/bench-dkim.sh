@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# End-to-end throughput with DKIM signing (Ed25519), next to the same path unsigned, in one run:
+# `petrel up --relay-to SINK` (control plane + engine, development domain dev.petrel.test with an
+# Ed25519 key, loopback trusted) and `petrel load inject` with reused connections. Messages whose
+# From is @dev.petrel.test are signed before spooling; @unsigned.test ones are not.
+#
+#   benches/bench-dkim.sh            # N=20000 CONNS=200 RUNS=3
+set -u
+cd "$(dirname "$0")/.."
+N=${N:-20000}; CONNS=${CONNS:-200}; RUNS=${RUNS:-3}; TIMEOUT=${TIMEOUT:-180}
+BIN=$(pwd)/target/release/petrel
+[ -x "$BIN" ] || cargo build --release --bin petrel >&2 || exit 1
+TCK=$(getconf CLK_TCK)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done; }
+trap cleanup EXIT
+median() { sort -g | awk '{a[NR]=$1} END{ if(NR==0){print "nan"} else if(NR%2){print a[(NR+1)/2]} else {print (a[NR/2]+a[NR/2+1])/2} }'; }
+cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+echo "# $(date -u +%FT%TZ) $(nproc) cores; N=$N CONNS=$CONNS RUNS=$RUNS fsync=on, relay to petrel load sink"
+for from in load@unsigned.test load@dev.petrel.test; do
+  rates=(); cpus=()
+  for run in $(seq 1 "$RUNS"); do
+    W=$(mktemp -d /tmp/petrel-dkim.XXXXXX)
+    "$BIN" load sink --listen 127.0.0.1:2926 --duration "${TIMEOUT}s" --stats-file "$W/stats.json" \
+      > /dev/null 2>&1 &
+    SINK=$!; PIDS+=("$SINK")
+    (cd "$W" && exec "$BIN" up --relay-to 127.0.0.1:2926 --smtp-listen 127.0.0.1:2925 --api-listen 127.0.0.1:2980 \
+       --push-listen 127.0.0.1:2981 --metrics-listen 127.0.0.1:2982 --admin-listen 127.0.0.1:2983 > "$W/up.out" 2>/dev/null) &
+    UP=$!; PIDS+=("$UP")
+    for _ in $(seq 1 300); do grep -q "relay: loopback" "$W/up.out" 2>/dev/null && break; sleep 0.1; done
+    sleep 1   # the first snapshot (with the key) reaches the engine
+    c0=$(cpu_ticks "$UP"); t0=$(date +%s.%N)
+    "$BIN" load inject --target 127.0.0.1:2925 --messages "$N" --connections "$CONNS" --size 1024 \
+      --mail-from "$from" --json > "$W/inject.json" 2>/dev/null
+    accepted() { local v; v=$(grep -o '"messages_accepted": *[0-9]*' "$W/stats.json" 2>/dev/null | grep -o '[0-9]*$'); echo "${v:-0}"; }
+    deadline=$(( $(date +%s) + TIMEOUT ))
+    while [ "$(accepted)" -lt "$N" ] && [ "$(date +%s)" -lt "$deadline" ]; do sleep 0.05; done
+    t1=$(date +%s.%N); c1=$(cpu_ticks "$UP"); got=$(accepted)
+    kill "$UP" "$SINK" 2>/dev/null; wait "$UP" "$SINK" 2>/dev/null
+    rate=$(awk -v n="$got" -v a="$t0" -v b="$t1" 'BEGIN{printf "%.0f", n/(b-a)}')
+    cpu=$(awk -v t="$((c1-c0))" -v k="$TCK" -v n="$got" 'BEGIN{ if(n>0) printf "%.3f", (t/k)/n*1000; else print "nan"}')
+    echo "from=$from run=$run: $got/$N arrived, end-to-end $rate msg/s, $cpu CPU s/1000 msgs (control plane + engine)"
+    rates+=("$rate"); cpus+=("$cpu"); rm -rf "$W"
+  done
+  echo "MEDIAN from=$from: $(printf '%s\n' "${rates[@]}" | median) msg/s, $(printf '%s\n' "${cpus[@]}" | median) CPU s/1000 msgs"
+done
+echo "# raw signing ceiling, same machine, same run:"
+cargo bench -q -p petrel-policy --bench dkim_sign -- --warm-up-time 1 --measurement-time 3 2>/dev/null \
+  | grep -iE "ed25519|rsa|per cpu|thrpt|signatures" | head -12
