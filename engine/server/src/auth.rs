@@ -134,14 +134,10 @@ fn identity_of(id: petrel_policy::AuthIdentity) -> Identity {
     }
 }
 
-/// Hashes a password for the config file (`petrel hash-password`).
+/// Hashes a password for the config file (`petrel hash-password`): the same argon2id
+/// parameters as the control plane's credentials.
 pub fn hash_password(password: &str) -> String {
-    use argon2::password_hash::{rand_core::OsRng, PasswordHasher, SaltString};
-    let salt = SaltString::generate(&mut OsRng);
-    Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .unwrap_or_default()
+    petrel_policy::auth::hash_password(password).unwrap_or_default()
 }
 
 #[cfg(test)]

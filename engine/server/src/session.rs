@@ -94,7 +94,6 @@ struct Driver {
     session: Session,
     identity: Option<Identity>,
     tls_desc: Option<String>,
-    helo: String,
 }
 
 /// Runs one connection to its end. Never panics on peer input; a panic in here is caught by the
@@ -116,7 +115,6 @@ pub async fn run(ctx: Rc<ShardCtx>, stream: TcpStream, peer: SocketAddr) {
         session,
         identity: None,
         tls_desc: None,
-        helo: String::new(),
     };
     let end = d.drive().await;
     d.io.close().await;
@@ -358,7 +356,6 @@ impl Driver {
             return DataVerdict::Reject(r.reply());
         }
         let _held = self.ctx.pressure.hold_memory(tx.data.len() as u64);
-        self.helo.clone_from(&tx.helo);
         let trace_id = self.ctx.next_trace_id();
         let prepared = crate::accept::prepare(
             &self.ctx,

@@ -59,7 +59,6 @@ pub struct ShardCtx {
     pub pressure: Arc<Pressure>,
     pub auth: Arc<Authenticator>,
     pub policy: Arc<petrel_policy::PolicyStore>,
-    shutting_down: Cell<bool>,
     /// Closed when the shutdown grace period ends: every session still open is cut.
     cut: (async_channel::Sender<()>, async_channel::Receiver<()>),
     trace_seq: Cell<u64>,
@@ -73,10 +72,6 @@ impl ShardCtx {
         } else {
             Arc::clone(&self.session_config)
         }
-    }
-
-    pub fn is_shutting_down(&self) -> bool {
-        self.shutting_down.get()
     }
 
     /// Resolves when the grace period after SIGTERM is over.
@@ -193,7 +188,6 @@ pub async fn run(setup: ShardSetup) -> Result<(), EngineError> {
         pressure: Arc::clone(&setup.pressure),
         auth: Arc::clone(&setup.auth),
         policy: Arc::clone(&setup.policy),
-        shutting_down: Cell::new(false),
         cut: async_channel::bounded(1),
         trace_seq: Cell::new(0),
         sessions_open: Cell::new(0),
@@ -292,7 +286,6 @@ pub async fn run(setup: ShardSetup) -> Result<(), EngineError> {
 
     // Drain: stop accepting, let sessions finish within the grace period, flush the spool.
     drop(listener);
-    ctx.shutting_down.set(true);
     let grace = Instant::now() + Duration::from_millis(cfg.server.shutdown_grace_ms);
     while ctx.sessions_open.get() > 0 && Instant::now() < grace {
         glommio::timer::sleep(Duration::from_millis(20)).await;
@@ -333,16 +326,9 @@ pub async fn run(setup: ShardSetup) -> Result<(), EngineError> {
 
 async fn refuse(mut stream: TcpStream, refusal: crate::pressure::Refusal) {
     use futures_lite::io::AsyncWriteExt;
-    let r = refusal.reply();
-    let line = format!(
-        "{} {}.{}.{} {}\r\n",
-        r.code,
-        r.enhanced.map(|e| e.0).unwrap_or(4),
-        r.enhanced.map(|e| e.1).unwrap_or(3),
-        r.enhanced.map(|e| e.2).unwrap_or(2),
-        r.text
-    );
-    let _ = stream.write_all(line.as_bytes()).await;
+    let mut line = Vec::with_capacity(64);
+    refusal.reply().write_to(&mut line);
+    let _ = stream.write_all(&line).await;
     let _ = stream.close().await;
 }
 
