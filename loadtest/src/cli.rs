@@ -153,6 +153,9 @@ pub struct SinkArgs {
     /// Do not offer PIPELINING.
     #[arg(long)]
     pub no_pipelining: bool,
+    /// Do not offer CHUNKING (BDAT).
+    #[arg(long)]
+    pub no_chunking: bool,
     /// Accepted AUTH PLAIN credentials USER:PASSWORD (repeatable; none: accept any).
     #[arg(long)]
     pub auth_user: Vec<String>,
@@ -203,6 +206,7 @@ impl SinkArgs {
             data_reply_delay_ms: self.data_reply_delay_ms,
             starttls: !self.no_starttls,
             pipelining: !self.no_pipelining,
+            chunking: !self.no_chunking,
             auth_users,
             connections_max: self.connections_max,
             over_limit: self.over_limit,

@@ -52,6 +52,7 @@ pub struct SinkSection {
     pub reply_delay_ms: u64,
     pub no_starttls: bool,
     pub no_pipelining: bool,
+    pub no_chunking: bool,
     pub connections_max: Option<u32>,
 }
 
@@ -183,6 +184,7 @@ pub fn run_scenario(sc: &Scenario, stop: Option<Arc<AtomicBool>>) -> Result<RunR
         reply_delay_ms: sc.sink.reply_delay_ms,
         starttls: !sc.sink.no_starttls,
         pipelining: !sc.sink.no_pipelining,
+        chunking: !sc.sink.no_chunking,
         ..SinkConfig::default()
     };
     if let Some(m) = sc.sink.connections_max {

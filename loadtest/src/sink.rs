@@ -68,6 +68,8 @@ pub struct SinkConfig {
     pub starttls: bool,
     /// Offer PIPELINING.
     pub pipelining: bool,
+    /// Offer CHUNKING (RFC 3030 BDAT), as Postfix, Gmail and Exchange do.
+    pub chunking: bool,
     /// AUTH PLAIN credentials to accept; empty: any credentials are accepted.
     pub auth_users: Vec<(String, String)>,
     /// Most concurrent connections (>= 1).
@@ -108,6 +110,7 @@ impl Default for SinkConfig {
             data_reply_delay_ms: 0,
             starttls: true,
             pipelining: true,
+            chunking: true,
             auth_users: Vec::new(),
             connections_max: 10_000,
             over_limit: OverLimit::Reply421,

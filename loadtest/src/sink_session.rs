@@ -203,6 +203,14 @@ struct Session<'a> {
     /// Message being received: starts with a CRLF sentinel so the terminator is always CRLF.CRLF.
     msg: Vec<u8>,
     in_data: bool,
+    /// In a BDAT chunk: bytes of it still to read (RFC 3030).
+    bdat_remaining: usize,
+    /// The chunk being read ends the message (`BDAT n LAST`).
+    bdat_last: bool,
+    /// The chunk being read is refused with this reply once read (no MAIL, no recipient).
+    bdat_refusal: Option<&'static [u8]>,
+    /// `msg` holds BDAT content (not dot-stuffed).
+    msg_raw: bool,
     /// This DATA phase ends in a dropped connection.
     drop_this: bool,
     /// An end-of-data reply is in `out` (for the extra delay).
@@ -238,6 +246,10 @@ impl<'a> Session<'a> {
             out,
             msg,
             in_data: false,
+            bdat_remaining: 0,
+            bdat_last: false,
+            bdat_refusal: None,
+            msg_raw: false,
             drop_this: false,
             data_reply_pending: false,
             has_mail: false,
@@ -257,6 +269,12 @@ impl<'a> Session<'a> {
     /// Consumes all complete input, appending replies.
     fn process(&mut self) -> Action {
         loop {
+            if self.bdat_remaining > 0 {
+                match self.bdat_chunk() {
+                    Some(a) => return a,
+                    None => continue,
+                }
+            }
             if self.in_data {
                 match self.data() {
                     Some(a) => return a,
@@ -317,6 +335,105 @@ impl<'a> Session<'a> {
         None
     }
 
+    /// In a BDAT chunk: gathers its bytes. `None`: the chunk is complete, keep processing.
+    fn bdat_chunk(&mut self) -> Option<Action> {
+        if self.rpos >= self.inbuf.len() {
+            return Some(Action::NeedInput);
+        }
+        if self.drop_this {
+            self.sh
+                .counters
+                .drops_in_data
+                .fetch_add(1, Ordering::Relaxed);
+            return Some(Action::Drop);
+        }
+        let take = self.bdat_remaining.min(self.inbuf.len() - self.rpos);
+        if self.bdat_refusal.is_none() {
+            self.msg
+                .extend_from_slice(&self.inbuf[self.rpos..self.rpos + take]);
+        }
+        self.rpos += take;
+        self.bdat_remaining -= take;
+        if self.msg.len() > self.sh.cfg.message_size_max_bytes {
+            self.out.extend_from_slice(b"552 5.3.4 message too big\r\n");
+            return Some(Action::Close);
+        }
+        if self.bdat_remaining > 0 {
+            return Some(Action::NeedInput);
+        }
+        if let Some(reply) = self.bdat_refusal.take() {
+            self.out.extend_from_slice(reply);
+            self.msg.clear();
+            self.reset();
+        } else if self.bdat_last {
+            self.end_of_data();
+            self.msg_raw = false;
+        } else {
+            self.out.extend_from_slice(b"250 2.0.0 chunk ok\r\n");
+        }
+        None
+    }
+
+    /// `BDAT <size> [LAST]`: starts reading a chunk (a zero-size LAST chunk ends at once).
+    fn bdat(&mut self, arg: &[u8]) {
+        let mut parts = arg.split(|b| *b == b' ').filter(|p| !p.is_empty());
+        let size = parts
+            .next()
+            .and_then(|s| std::str::from_utf8(s).ok())
+            .and_then(|s| s.parse::<usize>().ok());
+        let last = match parts.next() {
+            None => Some(false),
+            Some(w) if w.eq_ignore_ascii_case(b"LAST") => Some(true),
+            Some(_) => None,
+        };
+        let (Some(size), Some(last)) = (size, last) else {
+            self.out
+                .extend_from_slice(b"501 5.5.4 syntax: BDAT size [LAST]\r\n");
+            return;
+        };
+        if size > self.sh.cfg.message_size_max_bytes {
+            self.out.extend_from_slice(b"552 5.3.4 message too big\r\n");
+            return;
+        }
+        if !self.msg_raw {
+            // The first chunk of this message (same sentinel as DATA, see `msg`).
+            self.msg.clear();
+            self.msg.extend_from_slice(b"\r\n");
+            self.msg_raw = true;
+            self.drop_this = self.has_mail
+                && self.rcpts > 0
+                && self.sh.cfg.drop_in_data > 0.0
+                && self.rng.gen::<f64>() < self.sh.cfg.drop_in_data;
+        }
+        self.bdat_refusal = if !self.has_mail {
+            Some(b"503 5.5.1 need MAIL\r\n")
+        } else if self.rcpts == 0 {
+            Some(b"554 5.5.1 no valid recipients\r\n")
+        } else {
+            None
+        };
+        if self.bdat_refusal.is_some() {
+            self.msg_raw = false;
+            self.drop_this = false;
+        }
+        self.bdat_last = last;
+        self.bdat_remaining = size;
+        if size == 0 {
+            // Nothing to read: complete the chunk now.
+            self.bdat_remaining = 0;
+            if let Some(reply) = self.bdat_refusal.take() {
+                self.out.extend_from_slice(reply);
+                self.msg.clear();
+                self.reset();
+            } else if last {
+                self.end_of_data();
+                self.msg_raw = false;
+            } else {
+                self.out.extend_from_slice(b"250 2.0.0 chunk ok\r\n");
+            }
+        }
+    }
+
     fn end_of_data(&mut self) {
         let cfg = &self.sh.cfg;
         let c = &self.sh.counters;
@@ -360,7 +477,11 @@ impl<'a> Session<'a> {
     }
 
     fn store(&mut self, id: Option<crate::msgid::LoadId>) {
-        let data = unstuff(&self.msg[2..]);
+        let data = if self.msg_raw {
+            self.msg[2..].to_vec()
+        } else {
+            unstuff(&self.msg[2..])
+        };
         let cfg = &self.sh.cfg;
         if let Some(dir) = &cfg.store_dir {
             let seq = self.sh.store_seq.fetch_add(1, Ordering::Relaxed);
@@ -407,6 +528,9 @@ impl<'a> Session<'a> {
             if cfg.pipelining {
                 self.out.extend_from_slice(b"250-PIPELINING\r\n");
             }
+            if cfg.chunking {
+                self.out.extend_from_slice(b"250-CHUNKING\r\n");
+            }
             if self.sh.tls.is_some() && !self.tls {
                 self.out.extend_from_slice(b"250-STARTTLS\r\n");
             }
@@ -442,6 +566,8 @@ impl<'a> Session<'a> {
                 self.drop_this = self.sh.cfg.drop_in_data > 0.0
                     && self.rng.gen::<f64>() < self.sh.cfg.drop_in_data;
             }
+        } else if is(b"BDAT") && self.sh.cfg.chunking {
+            self.bdat(arg);
         } else if is(b"RSET") {
             self.reset();
             self.out.extend_from_slice(b"250 2.0.0 ok\r\n");
@@ -547,6 +673,7 @@ impl<'a> Session<'a> {
     }
 
     fn reset(&mut self) {
+        self.msg_raw = false;
         self.has_mail = false;
         self.rcpts = 0;
         self.rcpt_list.clear();
@@ -676,6 +803,71 @@ mod tests {
         assert_eq!(got[0].rcpts, vec!["c@example.test".to_string()]);
         assert_eq!(got[0].load_id.map(|i| i.n), Some(2));
         assert_eq!(sh.counters.unique_ids.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn bdat_chunks_split_across_reads_and_refusals_consume_the_chunk() {
+        let sh = shared(SinkConfig {
+            keep_messages_max: 4,
+            ..SinkConfig::default()
+        });
+        let mut s = Session::new(&sh, 0, StdRng::seed_from_u64(1), None);
+        let (out, _) = feed(&mut s, b"EHLO x\r\n");
+        assert!(out.contains("250-CHUNKING\r\n"), "{out}");
+        // Two chunks; the first split over two reads; ".." is content, not stuffing.
+        let (out, a) = feed(
+            &mut s,
+            b"MAIL FROM:<a@b.test>\r\nRCPT TO:<c@example.test>\r\nBDAT 11\r\n..abc",
+        );
+        assert_eq!(out, "250 2.1.0 ok\r\n250 2.1.5 ok\r\n");
+        assert_eq!(a, Action::NeedInput);
+        let (out, _) = feed(&mut s, b"\r\n12\r\nBDAT 4 LAST\r\nend\n");
+        assert_eq!(out, "250 2.0.0 chunk ok\r\n250 2.0.0 ok: queued\r\n");
+        // No recipient: the chunk is read and refused; the session stays in step.
+        let (out, _) = feed(
+            &mut s,
+            b"MAIL FROM:<a@b.test>\r\nBDAT 5 LAST\r\nhelloNOOP\r\n",
+        );
+        assert_eq!(
+            out,
+            "250 2.1.0 ok\r\n554 5.5.1 no valid recipients\r\n250 2.0.0 ok\r\n"
+        );
+        // Bad syntax, and a zero-size LAST chunk ending a one-chunk message.
+        let (out, _) = feed(
+            &mut s,
+            b"BDAT x\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<d@example.test>\r\nBDAT 3\r\nabcBDAT 0 LAST\r\n",
+        );
+        assert_eq!(
+            out,
+            "501 5.5.4 syntax: BDAT size [LAST]\r\n250 2.1.0 ok\r\n250 2.1.5 ok\r\n\
+             250 2.0.0 chunk ok\r\n250 2.0.0 ok: queued\r\n"
+        );
+        // A DATA transaction after BDAT ones is unstuffed as usual.
+        let (out, _) = feed(
+            &mut s,
+            b"MAIL FROM:<a@b.test>\r\nRCPT TO:<e@example.test>\r\nDATA\r\n..x\r\n.\r\n",
+        );
+        assert!(out.ends_with("250 2.0.0 ok: queued\r\n"), "{out}");
+        let got = sh.received.lock().unwrap();
+        assert_eq!(got[0].data, b"..abc\r\n12\r\nend\n");
+        assert_eq!(got[1].data, b"abc");
+        assert_eq!(got[2].data, b".x\r\n");
+        assert_eq!(sh.counters.messages_accepted.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn chunking_is_not_offered_when_off() {
+        let sh = shared(SinkConfig {
+            chunking: false,
+            ..SinkConfig::default()
+        });
+        let mut s = Session::new(&sh, 0, StdRng::seed_from_u64(1), None);
+        let (out, _) = feed(&mut s, b"EHLO x\r\nBDAT 1 LAST\r\n");
+        assert!(!out.contains("CHUNKING"), "{out}");
+        assert!(
+            out.ends_with("500 5.5.2 command not recognized\r\n"),
+            "{out}"
+        );
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! Delivery events: one JSON line per attempt outcome, written off the shards.
 //!
-//! Shards hand [`Event`]s to an [`EventSink`] (a bounded channel; a shard awaits when it is full,
-//! so no record is ever dropped, and a slow disk slows delivery rather than losing the log). A
+//! Shards hand batches of [`Event`]s to an [`EventSink`] (a bounded channel; a shard awaits when
+//! it is full, so no record is ever dropped, and a slow disk slows delivery rather than losing the
+//! log). A shard gathers the events of one scheduler round into one batch (see
+//! `EVENTS_BATCH_MAX`), so the writer thread is woken once per batch, not once per recipient. A
 //! writer thread ([`EventWriter`]) appends them to `events-<n>.jsonl` in the events directory,
 //! opening `events-<n+1>.jsonl` when the current file would pass `file_size_max_bytes` and
 //! deleting the oldest beyond `files_max`. It flushes whenever the channel runs empty and on
@@ -74,7 +76,7 @@ pub struct EventsConfig {
     pub file_size_max_bytes: u64,
     /// Files kept, the current one included (default 10).
     pub files_max: usize,
-    /// Events buffered between the shards and the writer (default 65_536).
+    /// Batches buffered between the shards and the writer (default 1,024).
     pub channel_capacity: usize,
 }
 
@@ -84,7 +86,7 @@ impl EventsConfig {
             dir: dir.into(),
             file_size_max_bytes: 64 << 20,
             files_max: 10,
-            channel_capacity: 65_536,
+            channel_capacity: 1_024,
         }
     }
 }
@@ -93,13 +95,13 @@ impl EventsConfig {
 #[derive(Debug, Clone)]
 pub struct EventSink {
     /// `None`: events are discarded (no events directory configured).
-    tx: Option<async_channel::Sender<Event>>,
+    tx: Option<async_channel::Sender<Vec<Event>>>,
 }
 
 /// The writer thread's handle: [`EventWriter::shutdown`] flushes and joins it.
 #[derive(Debug)]
 pub struct EventWriter {
-    tx: async_channel::Sender<Event>,
+    tx: async_channel::Sender<Vec<Event>>,
     thread: Option<JoinHandle<Result<(), DeliveryError>>>,
 }
 
@@ -126,13 +128,24 @@ impl EventSink {
 
     /// Hands an event to the writer, waiting while the channel is full.
     pub async fn emit(&self, event: Event) -> Result<(), DeliveryError> {
+        self.emit_batch(vec![event]).await
+    }
+
+    /// Hands a batch of events to the writer (in order), waiting while the channel is full.
+    pub async fn emit_batch(&self, batch: Vec<Event>) -> Result<(), DeliveryError> {
         match &self.tx {
-            Some(tx) => tx
-                .send(event)
+            Some(tx) if !batch.is_empty() => tx
+                .send(batch)
                 .await
                 .map_err(|_| DeliveryError::EventsClosed),
-            None => Ok(()),
+            Some(tx) if tx.is_closed() => Err(DeliveryError::EventsClosed),
+            _ => Ok(()),
         }
+    }
+
+    /// False for [`EventSink::disabled`]: events need not be built at all.
+    pub fn is_enabled(&self) -> bool {
+        self.tx.is_some()
     }
 }
 
@@ -158,12 +171,12 @@ impl Drop for EventWriter {
 }
 
 fn write_loop(
-    rx: async_channel::Receiver<Event>,
+    rx: async_channel::Receiver<Vec<Event>>,
     mut files: RotatingFile,
 ) -> Result<(), DeliveryError> {
     let mut line = Vec::with_capacity(512);
     loop {
-        let event = match rx.try_recv() {
+        let batch = match rx.try_recv() {
             Ok(e) => e,
             Err(async_channel::TryRecvError::Empty) => {
                 files.flush()?;
@@ -174,13 +187,15 @@ fn write_loop(
             }
             Err(async_channel::TryRecvError::Closed) => break,
         };
-        line.clear();
-        // Serializing plain strings and numbers cannot fail; skip the record if it ever does.
-        if serde_json::to_writer(&mut line, &event).is_err() {
-            continue;
+        for event in batch {
+            line.clear();
+            // Serializing plain strings and numbers cannot fail; skip the record if it ever does.
+            if serde_json::to_writer(&mut line, &event).is_err() {
+                continue;
+            }
+            line.push(b'\n');
+            files.write(&line)?;
         }
-        line.push(b'\n');
-        files.write(&line)?;
     }
     files.flush()
 }
@@ -325,9 +340,11 @@ mod tests {
         let (sink, writer) = EventSink::start(cfg).expect("start");
         let total = 200u32;
         futures_lite::future::block_on(async {
-            for i in 0..total {
+            for i in 0..total / 2 {
                 sink.emit(event(i)).await.expect("emit");
             }
+            let batch: Vec<Event> = (total / 2..total).map(event).collect();
+            sink.emit_batch(batch).await.expect("emit batch");
         });
         writer.shutdown().expect("shutdown");
         let mut names: Vec<u64> = std::fs::read_dir(&dir)

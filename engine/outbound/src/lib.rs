@@ -33,7 +33,7 @@ pub mod resolver;
 
 pub use client::{
     ClientConfig, ClientError, RcptOutcome, Reply, SmtpConnection, TlsInfo, TlsMode,
-    TransactionOutcome,
+    TransactionOutcome, BDAT_INLINE_BYTES_MAX,
 };
 pub use resolver::{
     Clock, Dns, DnsError, IpAnswer, MxAnswer, MxRecord, ResolveError, Resolver, ResolverConfig,

@@ -562,3 +562,61 @@ fn plaintext_after_starttls_reply_is_refused() {
         "{err:?}"
     );
 }
+
+#[test]
+fn chunking_sends_the_whole_transaction_in_one_write() {
+    let mut rcpt_replies = HashMap::new();
+    rcpt_replies.insert(
+        "nobody@dst.test".to_string(),
+        "550 5.1.1 no such user".to_string(),
+    );
+    let server = TestServer::start(ServerOpts {
+        pipelining: true,
+        chunking: true,
+        size: Some(10_000_000),
+        rcpt_replies,
+        ..ServerOpts::default()
+    });
+    let big = vec![b'x'; petrel_outbound::BDAT_INLINE_BYTES_MAX + 10];
+    let out = deliver(
+        server.addr,
+        "mx.test.local",
+        cfg(TlsMode::Disabled),
+        vec![
+            // Leading dots are content under BDAT (no stuffing); the final CRLF is added.
+            (
+                "a@src.test",
+                vec!["b@dst.test", "nobody@dst.test"],
+                b".dot\r\n..two\r\nend".to_vec(),
+            ),
+            // Every recipient refused: the chunk is still read, the connection stays in step.
+            ("a@src.test", vec!["nobody@dst.test"], b"m\r\n".to_vec()),
+            ("c@src.test", vec!["d@dst.test"], b"three\r\n".to_vec()),
+            // Too large for one inline chunk: DATA.
+            ("e@src.test", vec!["f@dst.test"], big.clone()),
+        ],
+    )
+    .unwrap();
+    assert_eq!(out.len(), 4);
+    assert_eq!(out[0].rcpts[0], RcptOutcome::Accepted);
+    assert!(matches!(&out[0].rcpts[1], RcptOutcome::Rejected(r) if r.code == 550));
+    assert_eq!(out[0].data.as_ref().map(|r| r.code), Some(250));
+    assert_eq!(out[1].data, None);
+    assert!(out[1].mail_rejected.is_none());
+    assert_eq!(out[2].data.as_ref().map(|r| r.code), Some(250));
+    assert_eq!(out[3].data.as_ref().map(|r| r.code), Some(250));
+    let log = server.log();
+    assert_eq!(log.transactions.len(), 3);
+    assert_eq!(log.transactions[0].data, b".dot\r\n..two\r\nend\r\n");
+    assert_eq!(log.transactions[1].data, b"three\r\n");
+    assert_eq!(log.transactions[2].data.len(), big.len() + 2);
+    let bdats = log
+        .commands
+        .iter()
+        .filter(|c| c.starts_with("BDAT"))
+        .count();
+    let datas = log.commands.iter().filter(|c| *c == "DATA").count();
+    assert_eq!((bdats, datas), (3, 1));
+    assert!(log.commands.iter().any(|c| c == "BDAT 18 LAST"));
+    assert_eq!(log.pipelined_mail, [true, true, true, true]);
+}

@@ -138,6 +138,8 @@ pub struct SpoolSection {
     /// fdatasync before the 250. Only a benchmark that says so turns it off.
     pub fsync: bool,
     pub segment_size_max_bytes: u64,
+    /// Recently stored bodies kept in memory per shard for their first delivery attempt.
+    pub body_cache_bytes_max: usize,
 }
 
 impl Default for SpoolSection {
@@ -145,6 +147,7 @@ impl Default for SpoolSection {
         SpoolSection {
             fsync: true,
             segment_size_max_bytes: 64 << 20,
+            body_cache_bytes_max: petrel_spool::BODY_CACHE_BYTES_MAX_DEFAULT,
         }
     }
 }

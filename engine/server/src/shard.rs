@@ -155,6 +155,7 @@ pub async fn run(setup: ShardSetup) -> Result<(), EngineError> {
         shard: shard as u8,
         segment_size_max_bytes: cfg.spool.segment_size_max_bytes,
         fsync: cfg.spool.fsync,
+        body_cache_bytes_max: cfg.spool.body_cache_bytes_max,
     })
     .await?;
     if recovery.records_skipped > 0 {

@@ -51,6 +51,7 @@
 //! A failed fdatasync makes the spool refuse writes for good (the page cache can no longer be
 //! trusted after one); a failed write only marks it unhealthy until a write succeeds.
 
+mod cache;
 mod commit;
 mod error;
 mod file;

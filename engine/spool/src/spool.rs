@@ -9,6 +9,7 @@ use std::time::Duration;
 use glommio::io::Directory;
 use glommio::sync::Semaphore;
 
+use crate::cache::BodyCache;
 use crate::commit::{CommitError, GroupCommit};
 use crate::error::SpoolError;
 use crate::file::{FileMode, SegFile};
@@ -24,6 +25,8 @@ pub const SEGMENT_SIZE_MIN_BYTES: u64 = 4096;
 /// Journal updates and removes are synced at most this long after they were written, unless a
 /// group commit covers them first.
 pub const JOURNAL_SYNC_DELAY_MS: u64 = 100;
+/// A segment's buffered journal records are written by their appender once they reach this.
+pub const JOURNAL_BUFFER_BYTES_MAX: usize = 256 * 1024;
 /// Largest message sequence; the shard takes the 8 bits above it.
 const ID_SEQUENCE_MAX: u64 = (1 << MESSAGE_ID_SEQUENCE_BITS) - 1;
 
@@ -51,6 +54,8 @@ struct Inner {
     write_failed: Cell<bool>,
     /// A periodic journal sync is scheduled.
     sync_timer_armed: Cell<bool>,
+    /// A task that writes the buffered journal records is scheduled.
+    journal_flush_armed: Cell<bool>,
 }
 
 #[derive(Debug)]
@@ -69,6 +74,10 @@ struct State {
     dirty: Vec<u64>,
     /// A segment file was created or deleted since the last directory sync.
     dir_dirty: bool,
+    /// Segments with journal records buffered in `Segment::journal_buf` (each listed once).
+    journal_pending: Vec<u64>,
+    /// Recently stored bodies (see `cache.rs`).
+    bodies: BodyCache,
 }
 
 /// Where a live message is. 24 bytes.
@@ -90,8 +99,11 @@ struct Segment {
     journal: Rc<SegFile>,
     /// Next append offset in the data file (only the active segment grows).
     data_len: u64,
-    /// Next append offset in the journal.
+    /// Next append offset in the journal (buffered records included).
     journal_len: u64,
+    /// Journal records appended but not yet written: they end at `journal_len`. Records of
+    /// many deliveries are written together by one write (see `Inner::append_journal`).
+    journal_buf: Vec<u8>,
     /// Live messages stored here.
     live: u64,
     /// Stores reserved here whose write has not finished yet.
@@ -132,6 +144,8 @@ impl Spool {
             live_bytes: 0,
             dirty: Vec::new(),
             dir_dirty: false,
+            journal_pending: Vec::new(),
+            bodies: BodyCache::new(cfg.body_cache_bytes_max),
         };
         let recovery = recover(&dir, cfg.shard, &mut state).await?;
         let inner = Rc::new(Inner {
@@ -145,6 +159,7 @@ impl Spool {
             fatal: Cell::new(None),
             write_failed: Cell::new(false),
             sync_timer_armed: Cell::new(false),
+            journal_flush_armed: Cell::new(false),
         });
         inner.new_active_segment().await?;
         // Make the new segment (and any truncation or deletion done by recovery) durable now.
@@ -215,6 +230,7 @@ impl Spool {
                 recipients: envelope.recipients.len() as u32,
             };
             st.index.insert(id.0, entry);
+            st.bodies.insert(id.0, body);
             st.live_bytes += record_len;
             if let Some(s) = st.segments.get_mut(&seg) {
                 s.live += 1;
@@ -234,6 +250,9 @@ impl Spool {
     /// Reads a live message's body back (checksum verified).
     pub async fn read_body(&self, id: MessageId) -> Result<Vec<u8>, SpoolError> {
         let (entry, data) = self.inner.locate(id)?;
+        if let Some(body) = self.inner.state.borrow().bodies.get(id.0) {
+            return Ok(body);
+        }
         let buf = data
             .read_exact_at(entry.offset, entry.record_len as usize)
             .await?;
@@ -251,8 +270,9 @@ impl Spool {
         Ok(body.to_vec())
     }
 
-    /// Journals recipient state changes. Returns once written (not synced): the next group
-    /// commit or the periodic journal sync (within `JOURNAL_SYNC_DELAY_MS`) makes it durable.
+    /// Journals recipient state changes. Returns once buffered (not written or synced): the
+    /// next group commit or the periodic journal sync (within `JOURNAL_SYNC_DELAY_MS`) writes
+    /// and syncs it. A crash before then means the recipients are tried again.
     pub async fn update(
         &self,
         id: MessageId,
@@ -292,6 +312,7 @@ impl Spool {
         let (segment, reclaim) = {
             let mut st = inner.state.borrow_mut();
             let entry = st.index.remove(&id.0).ok_or(SpoolError::NotFound(id))?;
+            st.bodies.remove(id.0);
             st.live_bytes = st.live_bytes.saturating_sub(u64::from(entry.record_len));
             let seg = st
                 .segments
@@ -341,6 +362,7 @@ impl Spool {
     pub async fn close(self) -> Result<(), SpoolError> {
         let inner = self.inner;
         inner.reserve.close();
+        inner.flush_journals().await?;
         inner.commit_now().await?;
         let segments = std::mem::take(&mut inner.state.borrow_mut().segments);
         for (_, seg) in segments {
@@ -388,6 +410,7 @@ impl Inner {
     fn forget(&self, id: MessageId) {
         let mut st = self.state.borrow_mut();
         if let Some(entry) = st.index.remove(&id.0) {
+            st.bodies.remove(id.0);
             st.live_bytes = st.live_bytes.saturating_sub(u64::from(entry.record_len));
             if let Some(seg) = st.segments.get_mut(&entry.segment) {
                 seg.live = seg.live.saturating_sub(1);
@@ -465,26 +488,82 @@ impl Inner {
         Ok(())
     }
 
+    /// Appends a journal record to its segment's buffer. Records appended while the shard is
+    /// busy are written together by one write (a task scheduled behind the current ones), or
+    /// at once by the appender when the buffer passes `JOURNAL_BUFFER_BYTES_MAX`. Either way
+    /// the periodic sync or the next group commit makes them durable, as before: a crash can
+    /// lose a recent update or removal, which means a recipient tried again (at-least-once),
+    /// never a message lost.
     async fn append_journal(
         self: &Rc<Self>,
         segment: u64,
         bytes: Vec<u8>,
     ) -> Result<(), SpoolError> {
-        let (journal, offset) = {
+        let full = {
             let mut st = self.state.borrow_mut();
             let Some(seg) = st.segments.get_mut(&segment) else {
                 // Reclaimed meanwhile: nothing left to journal.
                 return Ok(());
             };
-            let offset = seg.journal_len;
             seg.journal_len += bytes.len() as u64;
-            let journal = seg.journal.clone();
+            let was_empty = seg.journal_buf.is_empty();
+            seg.journal_buf.extend_from_slice(&bytes);
+            let full = seg.journal_buf.len() >= JOURNAL_BUFFER_BYTES_MAX;
+            if was_empty {
+                st.journal_pending.push(segment);
+            }
             st.mark_dirty(segment);
-            (journal, offset)
+            full
         };
-        journal.write_all_at(bytes, offset).await?;
-        self.arm_sync_timer();
+        if full {
+            self.flush_journals().await?;
+            self.arm_sync_timer();
+        } else {
+            self.arm_journal_flush();
+        }
         Ok(())
+    }
+
+    /// Schedules one write of every buffered journal record, behind the tasks ready now.
+    fn arm_journal_flush(self: &Rc<Self>) {
+        if self.journal_flush_armed.replace(true) {
+            return;
+        }
+        let weak: Weak<Inner> = Rc::downgrade(self);
+        glommio::spawn_local(async move {
+            if let Some(inner) = weak.upgrade() {
+                inner.journal_flush_armed.set(false);
+                if let Err(e) = inner.flush_journals().await {
+                    tracing::error!(error = %e, "spool journal write failed");
+                }
+                inner.arm_sync_timer();
+            }
+        })
+        .detach();
+    }
+
+    /// Writes every segment's buffered journal records (one positional write per segment).
+    async fn flush_journals(&self) -> Result<(), SpoolError> {
+        let writes: Vec<(Rc<SegFile>, u64, Vec<u8>)> = {
+            let mut st = self.state.borrow_mut();
+            let pending = std::mem::take(&mut st.journal_pending);
+            pending
+                .into_iter()
+                .filter_map(|seq| {
+                    let seg = st.segments.get_mut(&seq)?;
+                    let buf = std::mem::take(&mut seg.journal_buf);
+                    let offset = seg.journal_len - buf.len() as u64;
+                    (!buf.is_empty()).then(|| (seg.journal.clone(), offset, buf))
+                })
+                .collect()
+        };
+        let mut result = Ok(());
+        for (journal, offset, buf) in writes {
+            if let Err(e) = journal.write_all_at(buf, offset).await {
+                result = Err(e);
+            }
+        }
+        result
     }
 
     /// Schedules one sync of whatever is dirty within `JOURNAL_SYNC_DELAY_MS`.
@@ -527,6 +606,10 @@ impl Inner {
 
     /// fdatasyncs every dirty file (and the directory when files came or went).
     async fn sync_dirty(&self) -> Result<(), SpoolError> {
+        // Buffered journal records ride along with this commit.
+        if let Err(e) = self.flush_journals().await {
+            tracing::error!(error = %e, "spool journal write failed");
+        }
         let (files, dir_dirty) = {
             let mut st = self.state.borrow_mut();
             let dirty = std::mem::take(&mut st.dirty);
@@ -581,6 +664,7 @@ impl Segment {
             journal: Rc::new(journal),
             data_len,
             journal_len,
+            journal_buf: Vec::new(),
             live: 0,
             inflight: 0,
             sealed,

@@ -126,7 +126,13 @@ pub struct SpoolConfig {
     pub segment_size_max_bytes: u64,
     /// fdatasync before `store` returns (default true; false only for benchmarks that say so).
     pub fsync: bool,
+    /// Bodies of recently stored messages kept in memory, so a prompt first delivery attempt
+    /// does not read them back from disk (default 32 MiB per shard; 0 turns the cache off).
+    pub body_cache_bytes_max: usize,
 }
+
+/// Default of [`SpoolConfig::body_cache_bytes_max`].
+pub const BODY_CACHE_BYTES_MAX_DEFAULT: usize = 32 << 20;
 
 /// Default of [`SpoolConfig::segment_size_max_bytes`].
 pub const SEGMENT_SIZE_MAX_BYTES_DEFAULT: u64 = 64 << 20;
@@ -139,6 +145,7 @@ impl SpoolConfig {
             shard,
             segment_size_max_bytes: SEGMENT_SIZE_MAX_BYTES_DEFAULT,
             fsync: true,
+            body_cache_bytes_max: BODY_CACHE_BYTES_MAX_DEFAULT,
         }
     }
 }

@@ -26,7 +26,7 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 
 use crate::config::DeliveryConfig;
-use crate::events::EventSink;
+use crate::events::{Event, EventSink};
 use crate::limits::GlobalLimits;
 use crate::queue::{DomainId, Entry, Queues};
 use outcome::{MessageState, RcptSlot};
@@ -175,6 +175,9 @@ struct Inner<S: SpoolAccess> {
     wake_rx: async_channel::Receiver<()>,
     /// Notified whenever due entries became ready, so idle sessions pick them up at once.
     work: event_listener::Event,
+    /// Events of this scheduler round, handed to the writer as one batch.
+    events_buf: RefCell<Vec<Event>>,
+    events_flush_armed: Cell<bool>,
 }
 
 impl<S: SpoolAccess + 'static> DeliveryShard<S> {
@@ -211,6 +214,8 @@ impl<S: SpoolAccess + 'static> DeliveryShard<S> {
                 wake_tx,
                 wake_rx,
                 work: event_listener::Event::new(),
+                events_buf: RefCell::new(Vec::new()),
+                events_flush_armed: Cell::new(false),
             }),
         }
     }
@@ -247,6 +252,7 @@ impl<S: SpoolAccess + 'static> DeliveryShard<S> {
         while inner.sessions_open.get() > 0 {
             glommio::timer::sleep(Duration::from_millis(10)).await;
         }
+        inner.flush_events().await;
     }
 
     /// Asks `run` to return; sessions finish their current transaction and QUIT.
@@ -341,7 +347,41 @@ fn admin_apply(st: &mut State, cmd: AdminCommand, now: u64) -> AdminReply {
     }
 }
 
+/// A shard hands its buffered events to the writer at once when this many have gathered;
+/// otherwise at the end of the scheduler round.
+pub const EVENTS_BATCH_MAX: usize = 1_024;
+
 impl<S: SpoolAccess + 'static> Inner<S> {
+    /// Queues events for the writer: one batch per scheduler round, or at once when
+    /// `EVENTS_BATCH_MAX` have gathered (waiting, never dropping, while the writer is behind).
+    async fn record_events(self: &Rc<Self>, events: Vec<Event>) {
+        if events.is_empty() || !self.events.is_enabled() {
+            return;
+        }
+        let full = {
+            let mut buf = self.events_buf.borrow_mut();
+            buf.extend(events);
+            buf.len() >= EVENTS_BATCH_MAX
+        };
+        if full {
+            self.flush_events().await;
+        } else if !self.events_flush_armed.replace(true) {
+            let inner = Rc::clone(self);
+            glommio::spawn_local(async move {
+                inner.events_flush_armed.set(false);
+                inner.flush_events().await;
+            })
+            .detach();
+        }
+    }
+
+    async fn flush_events(&self) {
+        let batch = std::mem::take(&mut *self.events_buf.borrow_mut());
+        if self.events.emit_batch(batch).await.is_err() {
+            tracing::warn!("events writer closed; delivery events not recorded");
+        }
+    }
+
     fn wake(&self) {
         let _ = self.wake_tx.try_send(()); // full: a wake-up is already pending
     }
@@ -388,9 +428,13 @@ impl<S: SpoolAccess + 'static> Inner<S> {
                 continue;
             };
             let connections_max = self.cfg.effective_limits(name).connections_max;
+            // Sessions of other shards count too: when the engine-wide limit is reached, an
+            // extra session here could only fail to get its permit.
+            let engine_full = self.limits.connections(name) >= connections_max;
             let ready_len = st.queues.ready_len(id) as u32;
             let count = st.sessions.entry(id).or_default();
-            let wanted = count.open == 0 || (count.idle == 0 && ready_len > count.open);
+            let wanted =
+                count.open == 0 || (count.idle == 0 && ready_len > count.open && !engine_full);
             if !wanted || count.open >= connections_max {
                 continue;
             }

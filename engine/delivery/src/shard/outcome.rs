@@ -271,11 +271,7 @@ pub(super) async fn apply<S: SpoolAccess + 'static>(
             tracing::warn!(message_id = %format!("{message_id:016x}"), error = %e, "spool update failed");
         }
     }
-    for ev in events {
-        if inner.events.emit(ev).await.is_err() {
-            tracing::warn!("events writer closed; delivery event not recorded");
-        }
-    }
+    inner.record_events(events).await;
     if !failed.is_empty() && dsn::should_send(&mail_from, is_dsn) {
         send_dsn(
             inner,

@@ -81,11 +81,14 @@ async fn session<S: SpoolAccess + 'static>(inner: &Rc<Inner<S>>, id: DomainId) {
     };
     let counters = inner.limits.destination(&domain);
     let Some(permit) = ConnectionPermit::try_acquire(counters, limits.connections_max) else {
-        // The limit is held by other shards (or sibling sessions): the ready entries wait
+        // The limit is held by other shards or sibling sessions. With a sibling open on this
+        // shard, it takes the ready entries: nothing to do. Otherwise they wait
         // `permit_retry_delay_ms` in the schedule, without an attempt counted. (Leaving them
         // ready would make the run loop respawn a session at once, a busy loop.)
-        let due = now_unix_ms().saturating_add(inner.cfg.permit_retry_delay_ms);
-        inner.state.borrow_mut().queues.unready(id, due);
+        if siblings_open(inner, id) == 0 {
+            let due = now_unix_ms().saturating_add(inner.cfg.permit_retry_delay_ms);
+            inner.state.borrow_mut().queues.unready(id, due);
+        }
         return;
     };
     let client = client_config(&inner.cfg, limits.tls);
@@ -226,6 +229,14 @@ fn envelope<S: SpoolAccess>(
         return None;
     }
     Some((live, msg.mail_from.to_string(), rcpts))
+}
+
+/// Other sessions of domain `id` open on this shard (this one excluded).
+fn siblings_open<S: SpoolAccess>(inner: &Inner<S>, id: DomainId) -> u32 {
+    let st = inner.state.borrow();
+    st.sessions
+        .get(&id)
+        .map_or(0, |c| c.open.saturating_sub(1))
 }
 
 /// Up to `recipients_per_transaction_max` ready entries of one message.

@@ -13,7 +13,8 @@ use glommio::net::TcpStream;
 use io::{with_timeout, Io, Transport};
 pub use reply::Reply;
 pub use transaction::{
-    dot_stuff, ADDRESS_MAX_BYTES, DATA_BLOCK_BYTES, PIPELINE_RCPTS_MAX, RCPTS_PER_TRANSACTION_MAX,
+    dot_stuff, ADDRESS_MAX_BYTES, BDAT_INLINE_BYTES_MAX, DATA_BLOCK_BYTES, PIPELINE_RCPTS_MAX,
+    RCPTS_PER_TRANSACTION_MAX,
 };
 
 /// Longest QUIT wait, in milliseconds, whatever `command_timeout_ms` says: the mail is delivered.
@@ -137,6 +138,8 @@ impl ClientError {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Capabilities {
     pipelining: bool,
+    /// CHUNKING (RFC 3030): BDAT instead of DATA.
+    chunking: bool,
     starttls: bool,
     eightbitmime: bool,
     /// SIZE parameter in bytes; `None` when not offered or 0 (no limit).
@@ -152,6 +155,7 @@ impl Capabilities {
             let keyword = words.next().unwrap_or("").to_ascii_uppercase();
             match keyword.as_str() {
                 "PIPELINING" => caps.pipelining = true,
+                "CHUNKING" => caps.chunking = true,
                 "STARTTLS" => caps.starttls = true,
                 "8BITMIME" => caps.eightbitmime = true,
                 "SIZE" => {
@@ -249,6 +253,11 @@ impl SmtpConnection {
     /// Whether the peer offered PIPELINING (after STARTTLS, if any).
     pub fn pipelining(&self) -> bool {
         self.caps.pipelining
+    }
+
+    /// Whether the peer offered CHUNKING (after STARTTLS, if any).
+    pub fn chunking(&self) -> bool {
+        self.caps.chunking
     }
 
     /// False once the connection saw a 421, a protocol error or a failure mid-transaction.

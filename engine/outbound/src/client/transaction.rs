@@ -1,5 +1,8 @@
 //! One mail transaction: RSET (on reuse), MAIL, RCPT..., DATA, the dot-stuffed body.
 //! Pipelined (RFC 2920) when the peer offers it: every command up to DATA in one write.
+//! With PIPELINING and CHUNKING (RFC 3030) and a body up to `BDAT_INLINE_BYTES_MAX`, the whole
+//! transaction (RSET, MAIL, RCPT..., `BDAT n LAST` and the body) is one write and its replies
+//! one read: a single round trip per message instead of two.
 
 use super::io::with_timeout;
 use super::{ClientError, RcptOutcome, Reply, SmtpConnection, TransactionOutcome};
@@ -14,6 +17,10 @@ pub const RCPTS_PER_TRANSACTION_MAX: usize = 1000;
 /// RCPT commands written in one pipelined batch before reading their replies, so neither side
 /// blocks on a full socket buffer while the other is writing (RFC 2920 §3.1's deadlock).
 pub const PIPELINE_RCPTS_MAX: usize = 100;
+/// Largest body sent as one BDAT chunk in the same write as the envelope. The body goes out
+/// before the envelope's replies are known, so a refused transaction wastes at most this much;
+/// larger bodies use DATA, which waits for the 354.
+pub const BDAT_INLINE_BYTES_MAX: usize = 256 * 1024;
 
 /// Per recipient, the outcome so far; `send` lists the recipients still to put on the wire.
 struct Plan {
@@ -100,7 +107,13 @@ impl SmtpConnection {
         let reuse = self.transactions > 0;
         self.transactions += 1;
         metrics::counter!("petrel_outbound_transactions_total").increment(1);
-        let result = if self.caps.pipelining {
+        let chunked = self.caps.pipelining
+            && self.caps.chunking
+            && body.len() <= BDAT_INLINE_BYTES_MAX
+            && plan.send.len() <= PIPELINE_RCPTS_MAX;
+        let result = if chunked {
+            self.chunked(reuse, from, rcpts, plan, body).await
+        } else if self.caps.pipelining {
             self.pipelined(reuse, from, rcpts, plan, body).await
         } else {
             self.stepwise(reuse, from, rcpts, plan, body).await
@@ -256,6 +269,78 @@ impl SmtpConnection {
         } else {
             data
         };
+        Ok(TransactionOutcome {
+            rcpts: outcomes,
+            data: Some(data),
+            mail_rejected: None,
+        })
+    }
+
+    /// The whole transaction in one write: RSET (on reuse), MAIL, RCPT..., `BDAT n LAST` and
+    /// the body (not dot-stuffed; a missing final CRLF is added, as with DATA). The server
+    /// reads the chunk whatever it thinks of the envelope (RFC 3030 §2), so the replies come
+    /// back in order and the connection stays in step even when every recipient is refused.
+    async fn chunked(
+        &mut self,
+        reuse: bool,
+        from: &str,
+        rcpts: &[&str],
+        mut plan: Plan,
+        body: &[u8],
+    ) -> Result<TransactionOutcome, ClientError> {
+        let to_send = std::mem::take(&mut plan.send);
+        let crlf = !body.is_empty() && !body.ends_with(b"\r\n");
+        let chunk_len = body.len() + if crlf { 2 } else { 0 };
+        self.io.wbuf.clear();
+        if reuse {
+            self.io.wbuf.extend_from_slice(b"RSET\r\n");
+        }
+        self.push_mail(from, body);
+        for &i in &to_send {
+            self.push_rcpt(rcpts.get(i).copied().unwrap_or(""));
+        }
+        let w = &mut self.io.wbuf;
+        w.extend_from_slice(b"BDAT ");
+        w.extend_from_slice(chunk_len.to_string().as_bytes());
+        w.extend_from_slice(b" LAST\r\n");
+        w.extend_from_slice(body);
+        if crlf {
+            w.extend_from_slice(b"\r\n");
+        }
+        let stage = if reuse { "rset" } else { "mail" };
+        let io = &mut self.io;
+        with_timeout(self.cfg.data_block_ms, stage, io.flush_wbuf(stage)).await?;
+        if reuse {
+            self.rset_reply().await?;
+        }
+        let mail = self.read("mail").await?;
+        if mail.code == 421 {
+            return Ok(failed_before_data(mail, plan.finish(), &to_send));
+        }
+        for &i in &to_send {
+            let reply = self.read("rcpt").await?;
+            if reply.code == 421 {
+                plan.fill_pending(&reply);
+                return Ok(TransactionOutcome {
+                    rcpts: plan.finish(),
+                    data: None,
+                    mail_rejected: None,
+                });
+            }
+            plan.set(i, rcpt_outcome(reply));
+        }
+        let io = &mut self.io;
+        let data = with_timeout(
+            self.cfg.data_done_ms,
+            "data done",
+            io.read_reply("data done"),
+        )
+        .await?;
+        let outcomes = plan.finish();
+        if !mail.is_positive() || !outcomes.contains(&RcptOutcome::Accepted) {
+            // The BDAT reply (503 or 554) only restates that there was no transaction.
+            return Ok(failed_before_data(mail, outcomes, &to_send));
+        }
         Ok(TransactionOutcome {
             rcpts: outcomes,
             data: Some(data),

@@ -21,6 +21,8 @@ const CONNECTIONS_MAX: usize = 64;
 pub struct ServerOpts {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub pipelining: bool,
+    /// Offer CHUNKING and take BDAT (RFC 3030).
+    pub chunking: bool,
     pub size: Option<u64>,
     /// Recipient -> full reply line (without CRLF), e.g. "550 5.1.1 no such user".
     pub rcpt_replies: HashMap<String, String>,
@@ -59,7 +61,7 @@ pub struct Log {
     /// Every command line received, in order, prefixed "tls:" after STARTTLS.
     pub commands: Vec<String>,
     pub transactions: Vec<Txn>,
-    /// For each MAIL: whether the DATA command had already arrived in the same read.
+    /// For each MAIL: whether the DATA (or BDAT) command had already arrived in the same read.
     pub pipelined_mail: Vec<bool>,
     pub connections: usize,
 }
@@ -221,6 +223,11 @@ impl Session {
                 "STARTTLS" if self.opts.tls.is_some() && !self.tls => self.starttls()?,
                 "MAIL" => self.mail(&line)?,
                 "RCPT" => self.rcpt(&line)?,
+                "BDAT" if self.opts.chunking => {
+                    if !self.bdat(&upper)? {
+                        return Ok(());
+                    }
+                }
                 "DATA" => {
                     if !self.data()? {
                         return Ok(());
@@ -249,6 +256,9 @@ impl Session {
         let mut lines = vec!["mx.test.local".to_string()];
         if self.opts.pipelining {
             lines.push("PIPELINING".into());
+        }
+        if self.opts.chunking {
+            lines.push("CHUNKING".into());
         }
         if let Some(size) = self.opts.size {
             lines.push(format!("SIZE {size}"));
@@ -291,8 +301,8 @@ impl Session {
     fn mail(&mut self, line: &str) -> R {
         let pipelined = self
             .buf
-            .windows(6)
-            .any(|w| w.eq_ignore_ascii_case(b"DATA\r\n"));
+            .windows(5)
+            .any(|w| w.eq_ignore_ascii_case(b"DATA\r") || w.eq_ignore_ascii_case(b"BDAT "));
         self.log.lock().unwrap().pipelined_mail.push(pipelined);
         if let Some(reply) = self.opts.mail_reply.clone() {
             return self.reply(&reply);
@@ -327,6 +337,53 @@ impl Session {
             txn.rcpts.push(addr);
         }
         self.reply("250 2.1.5 Ok")
+    }
+
+    /// `BDAT n [LAST]`: reads exactly n bytes (always, as RFC 3030 requires), then answers.
+    /// Returns false when the connection ended.
+    fn bdat(&mut self, upper: &str) -> std::io::Result<bool> {
+        let mut words = upper.split_ascii_whitespace().skip(1);
+        let Some(n) = words.next().and_then(|n| n.parse::<usize>().ok()) else {
+            self.reply("501 5.5.4 Syntax: BDAT size [LAST]")?;
+            return Ok(true);
+        };
+        let last = words.next() == Some("LAST");
+        while self.buf.len() < n {
+            let mut chunk = [0u8; 16 * 1024];
+            let got = self.conn.read(&mut chunk)?;
+            if got == 0 {
+                return Ok(false);
+            }
+            self.buf.extend_from_slice(&chunk[..got]);
+            if let Some(limit) = self.opts.drop_in_data_after_bytes {
+                if self.buf.len() > limit {
+                    if let Conn::Plain(s) = &self.conn {
+                        let _ = s.shutdown(std::net::Shutdown::Both);
+                    }
+                    self.conn = Conn::Closed;
+                    return Ok(false);
+                }
+            }
+        }
+        let content: Vec<u8> = self.buf.drain(..n).collect();
+        let Some(txn) = self.txn.as_mut() else {
+            self.reply("503 5.5.1 Error: need MAIL command")?;
+            return Ok(true);
+        };
+        if txn.rcpts.is_empty() {
+            self.txn = None;
+            self.reply("554 5.5.1 Error: no valid recipients")?;
+            return Ok(true);
+        }
+        txn.data.extend_from_slice(&content);
+        if !last {
+            self.reply("250 2.0.0 Ok: chunk")?;
+            return Ok(true);
+        }
+        let txn = self.txn.take().unwrap();
+        self.log.lock().unwrap().transactions.push(txn);
+        self.reply("250 2.0.0 Ok: queued as TEST")?;
+        Ok(true)
     }
 
     /// Returns false when the connection was dropped on purpose.
