@@ -234,9 +234,7 @@ fn envelope<S: SpoolAccess>(
 /// Other sessions of domain `id` open on this shard (this one excluded).
 fn siblings_open<S: SpoolAccess>(inner: &Inner<S>, id: DomainId) -> u32 {
     let st = inner.state.borrow();
-    st.sessions
-        .get(&id)
-        .map_or(0, |c| c.open.saturating_sub(1))
+    st.sessions.get(&id).map_or(0, |c| c.open.saturating_sub(1))
 }
 
 /// Up to `recipients_per_transaction_max` ready entries of one message.
