@@ -180,9 +180,9 @@ fn write_loop(
             Ok(e) => e,
             Err(async_channel::TryRecvError::Empty) => {
                 files.flush()?;
-                match rx.recv_blocking() {
-                    Ok(e) => e,
-                    Err(_) => break,
+                match poll_then_block(&rx) {
+                    Some(b) => b,
+                    None => break,
                 }
             }
             Err(async_channel::TryRecvError::Closed) => break,
@@ -198,6 +198,26 @@ fn write_loop(
         }
     }
     files.flush()
+}
+
+/// While events keep coming, the writer looks for the next batch every `EVENTS_POLL_MS`
+/// instead of sleeping on the channel: the shards then hand over batches without waking a
+/// thread (no futex call per batch). After `EVENTS_POLL_IDLE_ROUNDS` empty looks it blocks.
+pub const EVENTS_POLL_MS: u64 = 5;
+/// Empty polls before the writer blocks on the channel (200 × 5 ms: one idle second).
+pub const EVENTS_POLL_IDLE_ROUNDS: u32 = 200;
+
+/// The next batch, polling first and then blocking; `None` once the channel is closed and empty.
+fn poll_then_block(rx: &async_channel::Receiver<Vec<Event>>) -> Option<Vec<Event>> {
+    for _ in 0..EVENTS_POLL_IDLE_ROUNDS {
+        std::thread::sleep(std::time::Duration::from_millis(EVENTS_POLL_MS));
+        match rx.try_recv() {
+            Ok(b) => return Some(b),
+            Err(async_channel::TryRecvError::Closed) => return None,
+            Err(async_channel::TryRecvError::Empty) => {}
+        }
+    }
+    rx.recv_blocking().ok()
 }
 
 /// `events-<n>.jsonl` files, rotated by size.

@@ -90,7 +90,8 @@ impl SpoolAccess for MemSpool {
         Ok(())
     }
 
-    async fn remove(&self, id: u64) -> Result<(), String> {
+    async fn remove(&self, id: u64, last: &[RcptUpdate]) -> Result<(), String> {
+        self.update(id, last).await?;
         let s = self
             .messages
             .borrow_mut()

@@ -49,7 +49,7 @@ impl SpoolAccess for SpoolAccessor {
             .map_err(|e| e.to_string())
     }
 
-    async fn remove(&self, id: u64) -> Result<(), String> {
+    async fn remove(&self, id: u64, _last: &[RcptUpdate]) -> Result<(), String> {
         self.spool
             .remove(MessageId(id))
             .await

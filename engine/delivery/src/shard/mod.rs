@@ -37,7 +37,10 @@ use outcome::{MessageState, RcptSlot};
 pub trait SpoolAccess {
     async fn read_body(&self, id: u64) -> Result<Vec<u8>, String>;
     async fn update(&self, id: u64, updates: &[RcptUpdate]) -> Result<(), String>;
-    async fn remove(&self, id: u64) -> Result<(), String>;
+    /// The message is final for every recipient: remove it. `last` are the updates of the
+    /// attempt that finished it; a durable removal implies them, so a spool need not journal
+    /// them separately.
+    async fn remove(&self, id: u64, last: &[RcptUpdate]) -> Result<(), String>;
     /// Durably store a new message (a DSN) and return its id; the caller then enqueues it.
     async fn store_dsn(&self, mail_from: &str, rcpt: &str, body: &[u8]) -> Result<u64, String>;
 }

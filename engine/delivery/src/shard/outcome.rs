@@ -266,7 +266,8 @@ pub(super) async fn apply<S: SpoolAccess + 'static>(
         }
         info
     };
-    if !updates.is_empty() {
+    // A finished message needs no update record: its removal (below) implies it.
+    if !updates.is_empty() && !finished {
         if let Err(e) = inner.spool.update(message_id, &updates).await {
             tracing::warn!(message_id = %format!("{message_id:016x}"), error = %e, "spool update failed");
         }
@@ -284,7 +285,7 @@ pub(super) async fn apply<S: SpoolAccess + 'static>(
         .await;
     }
     if finished {
-        if let Err(e) = inner.spool.remove(message_id).await {
+        if let Err(e) = inner.spool.remove(message_id, &updates).await {
             tracing::warn!(message_id = %format!("{message_id:016x}"), error = %e, "spool remove failed");
         }
         let secs = now.saturating_sub(received_unix_ms) as f64 / 1000.0;
