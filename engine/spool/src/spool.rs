@@ -27,6 +27,9 @@ pub const SEGMENT_SIZE_MIN_BYTES: u64 = 4096;
 pub const JOURNAL_SYNC_DELAY_MS: u64 = 100;
 /// A segment's buffered journal records are written by their appender once they reach this.
 pub const JOURNAL_BUFFER_BYTES_MAX: usize = 256 * 1024;
+/// A segment's batch of store records is written as soon as it reaches this, without waiting
+/// for the end of the scheduler round.
+pub const DATA_BATCH_BYTES_MAX: usize = 1 << 20;
 /// Largest message sequence; the shard takes the 8 bits above it.
 const ID_SEQUENCE_MAX: u64 = (1 << MESSAGE_ID_SEQUENCE_BITS) - 1;
 
@@ -56,6 +59,8 @@ struct Inner {
     sync_timer_armed: Cell<bool>,
     /// A task that writes the buffered journal records is scheduled.
     journal_flush_armed: Cell<bool>,
+    /// A task that writes the batched store records is scheduled.
+    data_flush_armed: Cell<bool>,
 }
 
 #[derive(Debug)]
@@ -76,8 +81,39 @@ struct State {
     dir_dirty: bool,
     /// Segments with journal records buffered in `Segment::journal_buf` (each listed once).
     journal_pending: Vec<u64>,
+    /// Segments with store records batched in `Segment::data_buf` (each listed once).
+    data_pending: Vec<u64>,
     /// Recently stored bodies (see `cache.rs`).
     bodies: BodyCache,
+}
+
+/// One write of several store records, and the stores waiting for it.
+#[derive(Debug, Default)]
+struct Batch {
+    /// `None` until written; then whether the write succeeded.
+    done: Cell<Option<bool>>,
+    waiters: RefCell<Vec<std::task::Waker>>,
+}
+
+impl Batch {
+    fn finish(&self, ok: bool) {
+        self.done.set(Some(ok));
+        for w in std::mem::take(&mut *self.waiters.borrow_mut()) {
+            w.wake();
+        }
+    }
+
+    /// Waits until the batch is written: true if the write succeeded.
+    async fn written(&self) -> bool {
+        std::future::poll_fn(|cx| match self.done.get() {
+            Some(ok) => std::task::Poll::Ready(ok),
+            None => {
+                self.waiters.borrow_mut().push(cx.waker().clone());
+                std::task::Poll::Pending
+            }
+        })
+        .await
+    }
 }
 
 /// Where a live message is. 24 bytes.
@@ -104,6 +140,11 @@ struct Segment {
     /// Journal records appended but not yet written: they end at `journal_len`. Records of
     /// many deliveries are written together by one write (see `Inner::append_journal`).
     journal_buf: Vec<u8>,
+    /// Store records reserved in this scheduler round, not yet written; they end at
+    /// `data_len`. One write covers them all (see `Spool::store`).
+    data_buf: Vec<u8>,
+    /// The outcome of writing what is now in `data_buf`, awaited by its stores.
+    data_batch: Rc<Batch>,
     /// Live messages stored here.
     live: u64,
     /// Stores reserved here whose write has not finished yet.
@@ -145,6 +186,7 @@ impl Spool {
             dirty: Vec::new(),
             dir_dirty: false,
             journal_pending: Vec::new(),
+            data_pending: Vec::new(),
             bodies: BodyCache::new(cfg.body_cache_bytes_max),
         };
         let recovery = recover(&dir, cfg.shard, &mut state).await?;
@@ -160,6 +202,7 @@ impl Spool {
             write_failed: Cell::new(false),
             sync_timer_armed: Cell::new(false),
             journal_flush_armed: Cell::new(false),
+            data_flush_armed: Cell::new(false),
         });
         inner.new_active_segment().await?;
         // Make the new segment (and any truncation or deletion done by recovery) durable now.
@@ -180,7 +223,7 @@ impl Spool {
         })?;
         check_len("envelope", meta.len(), record::ENVELOPE_SIZE_MAX_BYTES)?;
         let payload_len = record::STORE_PREFIX_BYTES + meta.len() + body.len();
-        let (id, seg, offset, data, bytes) = {
+        let (id, seg, offset, record_len, batch) = {
             let _permit = inner
                 .reserve
                 .acquire_permit(1)
@@ -206,21 +249,48 @@ impl Spool {
             let offset = seg.data_len;
             seg.data_len += record_len;
             seg.inflight += 1;
-            let data = seg.data.clone();
-            st.mark_dirty(active);
-            let mut bytes = Vec::with_capacity(record_len as usize);
+            // The record joins this round's batch for the segment: the stores of one scheduler
+            // round share one write, done by a task queued behind them (`flush_data`).
+            let first = seg.data_buf.is_empty();
+            if first {
+                seg.data_batch = Rc::new(Batch::default());
+                st.data_pending.push(active);
+            }
+            let seg = st
+                .segments
+                .get_mut(&active)
+                .ok_or(SpoolError::Unhealthy("no active segment"))?;
             let prefix = record::store_prefix(id.0, meta.len());
-            record::encode_record(&mut bytes, Kind::Store, &[&prefix, &meta, body], align);
-            (id, active, offset, data, bytes)
+            record::encode_record(
+                &mut seg.data_buf,
+                Kind::Store,
+                &[&prefix, &meta, body],
+                align,
+            );
+            let batch = seg.data_batch.clone();
+            let full = seg.data_buf.len() >= DATA_BATCH_BYTES_MAX;
+            st.mark_dirty(active);
+            drop(st);
+            if full {
+                inner.flush_data_soon(true);
+            } else if first {
+                inner.flush_data_soon(false);
+            }
+            (id, active, offset, record_len, batch)
         };
-        let record_len = bytes.len() as u64;
         let guard = InflightGuard {
             inner,
             segment: seg,
         };
-        let written = data.write_all_at(bytes, offset).await;
-        inner.write_failed.set(written.is_err());
-        written?;
+        let written = batch.written().await;
+        inner.write_failed.set(!written);
+        if !written {
+            return Err(SpoolError::io(
+                "write",
+                &inner.dir,
+                std::io::Error::other("writing this record's batch failed (see the log)"),
+            ));
+        }
         {
             let mut st = inner.state.borrow_mut();
             let entry = IndexEntry {
@@ -362,6 +432,7 @@ impl Spool {
     pub async fn close(self) -> Result<(), SpoolError> {
         let inner = self.inner;
         inner.reserve.close();
+        inner.flush_data().await;
         inner.flush_journals().await?;
         inner.commit_now().await?;
         let segments = std::mem::take(&mut inner.state.borrow_mut().segments);
@@ -524,6 +595,51 @@ impl Inner {
         Ok(())
     }
 
+    /// Writes the batched store records: behind the tasks ready now, or (`now`) in a task of
+    /// its own at once because a batch is full.
+    fn flush_data_soon(self: &Rc<Self>, now: bool) {
+        if !now && self.data_flush_armed.replace(true) {
+            return;
+        }
+        let weak: Weak<Inner> = Rc::downgrade(self);
+        glommio::spawn_local(async move {
+            if let Some(inner) = weak.upgrade() {
+                if !now {
+                    inner.data_flush_armed.set(false);
+                }
+                inner.flush_data().await;
+            }
+        })
+        .detach();
+    }
+
+    /// One positional write per segment with batched store records; each batch learns its fate.
+    async fn flush_data(&self) {
+        let writes: Vec<(Rc<SegFile>, u64, Vec<u8>, Rc<Batch>)> = {
+            let mut st = self.state.borrow_mut();
+            let pending = std::mem::take(&mut st.data_pending);
+            pending
+                .into_iter()
+                .filter_map(|seq| {
+                    let seg = st.segments.get_mut(&seq)?;
+                    let buf = std::mem::take(&mut seg.data_buf);
+                    let offset = seg.data_len - buf.len() as u64;
+                    (!buf.is_empty())
+                        .then(|| (seg.data.clone(), offset, buf, seg.data_batch.clone()))
+                })
+                .collect()
+        };
+        for (data, offset, buf, batch) in writes {
+            match data.write_all_at(buf, offset).await {
+                Ok(()) => batch.finish(true),
+                Err(e) => {
+                    tracing::error!(error = %e, "spool write failed");
+                    batch.finish(false);
+                }
+            }
+        }
+    }
+
     /// Schedules one write of every buffered journal record, behind the tasks ready now.
     fn arm_journal_flush(self: &Rc<Self>) {
         if self.journal_flush_armed.replace(true) {
@@ -665,6 +781,8 @@ impl Segment {
             data_len,
             journal_len,
             journal_buf: Vec::new(),
+            data_buf: Vec::new(),
+            data_batch: Rc::new(Batch::default()),
             live: 0,
             inflight: 0,
             sealed,
