@@ -87,6 +87,9 @@ struct State {
     bodies: BodyCache,
 }
 
+/// A batch taken for writing: the file, the offset, the bytes and who waits for them.
+type BatchWriteJob = (Rc<SegFile>, u64, Vec<u8>, Rc<Batch>);
+
 /// One write of several store records, and the stores waiting for it.
 #[derive(Debug, Default)]
 struct Batch {
@@ -615,7 +618,7 @@ impl Inner {
 
     /// One positional write per segment with batched store records; each batch learns its fate.
     async fn flush_data(&self) {
-        let writes: Vec<(Rc<SegFile>, u64, Vec<u8>, Rc<Batch>)> = {
+        let writes: Vec<BatchWriteJob> = {
             let mut st = self.state.borrow_mut();
             let pending = std::mem::take(&mut st.data_pending);
             pending
