@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# End-to-end throughput with DKIM signing (Ed25519), next to the same path unsigned, in one run:
-# `petrel up --relay-to SINK` (control plane + engine, development domain dev.petrel.test with an
-# Ed25519 key, loopback trusted) and `petrel load inject` with reused connections. Messages whose
-# From is @dev.petrel.test are signed before spooling; @unsigned.test ones are not.
+# End-to-end throughput with DKIM signing (Ed25519 and RSA-2048), next to the same path unsigned,
+# in one run: `petrel up --relay-to SINK` (control plane + engine, development domain
+# dev.petrel.test with an Ed25519 key, loopback trusted) and `petrel load inject` with reused
+# connections. Messages whose From is @dev.petrel.test are signed with Ed25519; for
+# @rsa.bench.test each run first creates, through the admin API with the owner key, a tenant that
+# may send from unverified domains and its domain rsa.bench.test with an RSA-2048 key;
+# @unsigned.test messages are not signed.
 #
 #   benches/bench-dkim.sh            # N=20000 CONNS=200 RUNS=3
 set -u
@@ -17,7 +20,8 @@ trap cleanup EXIT
 median() { sort -g | awk '{a[NR]=$1} END{ if(NR==0){print "nan"} else if(NR%2){print a[(NR+1)/2]} else {print (a[NR/2]+a[NR/2+1])/2} }'; }
 cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 echo "# $(date -u +%FT%TZ) $(nproc) cores; N=$N CONNS=$CONNS RUNS=$RUNS fsync=on, relay to petrel load sink"
-for from in load@unsigned.test load@dev.petrel.test; do
+FROMS=${FROMS:-"load@unsigned.test load@dev.petrel.test load@rsa.bench.test"}
+for from in $FROMS; do
   rates=(); cpus=()
   for run in $(seq 1 "$RUNS"); do
     W=$(mktemp -d /tmp/petrel-dkim.XXXXXX)
@@ -28,7 +32,16 @@ for from in load@unsigned.test load@dev.petrel.test; do
        --push-listen 127.0.0.1:2981 --metrics-listen 127.0.0.1:2982 --admin-listen 127.0.0.1:2983 > "$W/up.out" 2>/dev/null) &
     UP=$!; PIDS+=("$UP")
     for _ in $(seq 1 300); do grep -q "relay: loopback" "$W/up.out" 2>/dev/null && break; sleep 0.1; done
-    sleep 1   # the first snapshot (with the key) reaches the engine
+    if [ "$from" = load@rsa.bench.test ]; then
+      KEY=$(grep -o 'owner API key (shown once, keep it): [^ ]*' "$W/up.out" | awk '{print $NF}')
+      ADMIN=$(curl -s -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \
+        -d '{"name":"rsa-bench","allow_unverified_domains":true}' http://127.0.0.1:2980/v1/tenants \
+        | python3 -c 'import json,sys; print(json.load(sys.stdin)["admin_key"]["secret"])')
+      curl -s -o /dev/null -w "rsa.bench.test domain: HTTP %{http_code}\n" -H "Authorization: Bearer $ADMIN" \
+        -H 'Content-Type: application/json' -d '{"name":"rsa.bench.test","algorithm":"rsa2048"}' \
+        http://127.0.0.1:2980/v1/domains
+    fi
+    sleep 1   # the snapshot (with the key) reaches the engine
     c0=$(cpu_ticks "$UP"); t0=$(date +%s.%N)
     "$BIN" load inject --target 127.0.0.1:2925 --messages "$N" --connections "$CONNS" --size 1024 \
       --mail-from "$from" --json > "$W/inject.json" 2>/dev/null
@@ -36,10 +49,11 @@ for from in load@unsigned.test load@dev.petrel.test; do
     deadline=$(( $(date +%s) + TIMEOUT ))
     while [ "$(accepted)" -lt "$N" ] && [ "$(date +%s)" -lt "$deadline" ]; do sleep 0.05; done
     t1=$(date +%s.%N); c1=$(cpu_ticks "$UP"); got=$(accepted)
-    kill "$UP" "$SINK" 2>/dev/null; wait "$UP" "$SINK" 2>/dev/null
+    signed=$(curl -s http://127.0.0.1:2982/metrics | awk '/^petrel_dkim_signed_total/{s+=$2} END{print s+0}')
     rate=$(awk -v n="$got" -v a="$t0" -v b="$t1" 'BEGIN{printf "%.0f", n/(b-a)}')
     cpu=$(awk -v t="$((c1-c0))" -v k="$TCK" -v n="$got" 'BEGIN{ if(n>0) printf "%.3f", (t/k)/n*1000; else print "nan"}')
-    echo "from=$from run=$run: $got/$N arrived, end-to-end $rate msg/s, $cpu CPU s/1000 msgs (control plane + engine)"
+    kill "$UP" "$SINK" 2>/dev/null; wait "$UP" "$SINK" 2>/dev/null
+    echo "from=$from run=$run: $got/$N arrived ($signed signed), end-to-end $rate msg/s, $cpu CPU s/1000 msgs (control plane + engine)"
     rates+=("$rate"); cpus+=("$cpu"); rm -rf "$W"
   done
   echo "MEDIAN from=$from: $(printf '%s\n' "${rates[@]}" | median) msg/s, $(printf '%s\n' "${cpus[@]}" | median) CPU s/1000 msgs"

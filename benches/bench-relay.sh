@@ -64,6 +64,40 @@ fi
 fm=$(printf '%s\n' "${prates[@]}" | median)
 ratio=$(awk -v a="$pm" -v b="$fm" 'BEGIN{ if(b>0) printf "%.1f", a/b; else print "n/a"}')
 echo "MEDIAN 1 domain: petrel $pm msg/s ($pc CPU s/1000 msgs), postfix $fm msg/s, ratio ${ratio}x"
+# The same relay path driven by `petrel load inject` (CONNS reused connections, PIPELINING):
+# engine, sink and injector CPU per message are reported separately (all three share the cores).
+if [ "${SKIP_INJECTOR:-0}" != 1 ]; then
+  IN=${IN:-40000}; CONNS=${CONNS:-200}
+  erates=(); ecpus=()
+  for run in $(seq 1 "$RUNS"); do
+    DATA=$(mktemp -d /tmp/petrel-relay.XXXXXX)
+    "$BIN" load sink --listen "127.0.0.1:$SINK_PORT" --duration "${TIMEOUT}s" --stats-file "$DATA/stats.json" \
+      > /dev/null 2>&1 &
+    SINK=$!; PIDS+=("$SINK")
+    "$BIN" engine --data-dir "$DATA" --smtp-listen "127.0.0.1:$PORT" --metrics-listen 127.0.0.1:0 \
+      --admin-listen 127.0.0.1:0 --relay-to "127.0.0.1:$SINK_PORT" --trust-network 127.0.0.0/8 \
+      > "$DATA/engine.out" 2> "$DATA/engine.err" &
+    ENGINE=$!; PIDS+=("$ENGINE")
+    for _ in $(seq 1 300); do grep -q "engine ready" "$DATA/engine.out" 2>/dev/null && break; sleep 0.1; done
+    accepted() { local v; v=$(grep -o '"messages_accepted": *[0-9]*' "$DATA/stats.json" 2>/dev/null | grep -o '[0-9]*$'); echo "${v:-0}"; }
+    c0=$(cpu_ticks "$ENGINE"); s0=$(cpu_ticks "$SINK"); t0=$(date +%s.%N)
+    timeout "$TIMEOUT" "$BIN" load inject --target "127.0.0.1:$PORT" --messages "$IN" --connections "$CONNS" \
+      --size "$SIZE" --json > "$DATA/inject.json" 2>/dev/null
+    t1=$(date +%s.%N)
+    deadline=$(( $(date +%s) + TIMEOUT ))
+    while [ "$(accepted)" -lt "$IN" ] && [ "$(date +%s)" -lt "$deadline" ]; do sleep 0.02; done
+    t2=$(date +%s.%N); c1=$(cpu_ticks "$ENGINE"); s1=$(cpu_ticks "$SINK"); got=$(accepted)
+    kill "$SINK" "$ENGINE"; wait "$SINK" "$ENGINE" 2>/dev/null
+    icpu=$(grep -o '"cpu_s_per_1000_msgs": *[0-9.]*' "$DATA/inject.json" | grep -o '[0-9.]*$')
+    rate=$(awk -v n="$got" -v a="$t0" -v b="$t2" 'BEGIN{printf "%.0f", n/(b-a)}')
+    inj=$(awk -v n="$IN" -v a="$t0" -v b="$t1" 'BEGIN{printf "%.0f", n/(b-a)}')
+    cpu=$(awk -v t="$((c1-c0))" -v k="$TCK" -v n="$got" 'BEGIN{ if(n>0) printf "%.3f", (t/k)/n*1000; else print "nan"}')
+    scpu=$(awk -v t="$((s1-s0))" -v k="$TCK" -v n="$got" 'BEGIN{ if(n>0) printf "%.3f", (t/k)/n*1000; else print "nan"}')
+    echo "petrel-injector conns=$CONNS run=$run: $got/$IN delivered, end-to-end $rate msg/s (injection $inj msg/s), CPU s/1000 msgs: engine $cpu, sink $scpu, injector ${icpu:-?}"
+    erates+=("$rate"); ecpus+=("$cpu"); rm -rf "$DATA"
+  done
+  echo "MEDIAN petrel-injector conns=$CONNS: $(printf '%s\n' "${erates[@]}" | median) msg/s end to end, engine $(printf '%s\n' "${ecpus[@]}" | median) CPU s/1000 msgs"
+fi
 if [ "${SKIP_1000:-0}" != 1 ]; then
   for run in $(seq 1 "$RUNS"); do
     "$BIN" load run loadtest/scenarios/relay-1000-domains.toml 2>&1 | grep -iE "rate|msg/s|complete" | head -3 | sed "s/^/1000-domains run=$run: /"

@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Time from an admin API change to its application on every shard of a running engine, with
+# TENANTS tenants configured (issue 5).
+#
+#   benches/bench-propagation.sh          # TENANTS=10000 CHANGES=7
+#
+# Starts `petrel up` (control plane + engine, SQLite) on loopback ports of its own, seeds TENANTS
+# tenants straight into the control plane's SQLite database (creating each through the API would
+# spend TENANTS argon2id hashes on their admin keys, minutes of setup for nothing this benchmark
+# measures), then makes CHANGES quota changes through `PUT /v1/tenants/{id}/limits` with the
+# owner key. For each change: the clock starts before the request and stops when the engine's
+# `petrel_policy_version` gauge shows the new version (set once the snapshot is decoded,
+# validated, persisted and swapped in for all shards at once), polled every millisecond; the
+# control plane's `GET /v1/engines` acknowledgement is read too. Every process is stopped by PID.
+set -u
+cd "$(dirname "$0")/.."
+TENANTS=${TENANTS:-10000}; CHANGES=${CHANGES:-7}
+BIN=$(pwd)/target/release/petrel
+[ -x "$BIN" ] || cargo build --release --bin petrel >&2 || exit 1
+W=$(mktemp -d /tmp/petrel-prop.XXXXXX)
+UP=""
+cleanup() { [ -n "$UP" ] && kill "$UP" 2>/dev/null && wait "$UP" 2>/dev/null; rm -rf "$W"; }
+trap cleanup EXIT
+(cd "$W" && exec "$BIN" up --data-dir "$W/data" --smtp-listen 127.0.0.1:3025 --api-listen 127.0.0.1:3080 \
+   --push-listen 127.0.0.1:3081 --metrics-listen 127.0.0.1:3082 --admin-listen 127.0.0.1:3083 \
+   > "$W/up.out" 2> "$W/up.err") &
+UP=$!
+for _ in $(seq 1 300); do grep -q "owner API key" "$W/up.out" 2>/dev/null && break; sleep 0.1; done
+KEY=$(grep -o 'owner API key (shown once, keep it): [^ ]*' "$W/up.out" | awk '{print $NF}')
+[ -n "$KEY" ] || { echo "petrel up did not print an owner key"; cat "$W/up.err" | tail -5; exit 1; }
+echo "# $(date -u +%FT%TZ) $(nproc) cores; TENANTS=$TENANTS CHANGES=$CHANGES (SQLite, one engine, $(grep -c ^processor /proc/cpuinfo) shards)"
+python3 - "$W/data/control/petrel.db" "$KEY" "$TENANTS" "$CHANGES" <<'PY'
+import http.client, json, sqlite3, sys, time
+db_path, key, tenants, changes = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+db = sqlite3.connect(db_path, timeout=30)
+now = int(time.time() * 1000)
+t0 = time.monotonic()
+with db:
+    db.executemany(
+        "INSERT INTO tenants (id, name, is_operator, suspended, messages_per_second_max,"
+        " messages_per_day_max, allow_unverified_domains, created_unix_ms)"
+        " VALUES (?, ?, 0, 0, ?, ?, 0, ?)",
+        [(f"ten_bench{i:06d}", f"bench-{i:06d}", 100 + i % 50, 1_000_000, now) for i in range(tenants)],
+    )
+print(f"seeded {tenants} tenants in {time.monotonic() - t0:.2f}s")
+
+def metric_version():
+    c = http.client.HTTPConnection("127.0.0.1", 3082, timeout=5)
+    c.request("GET", "/metrics")
+    for line in c.getresponse().read().decode().splitlines():
+        if line.startswith("petrel_policy_version "):
+            return int(float(line.split()[1]))
+    return -1
+
+api = http.client.HTTPConnection("127.0.0.1", 3080, timeout=30)
+def call(method, path, body=None):
+    api.request(method, path, body=json.dumps(body) if body is not None else None,
+                headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+    r = api.getresponse()
+    return r.status, json.loads(r.read() or b"null")
+
+times, acks = [], []
+for n in range(changes):
+    target = f"ten_bench{(n * 7919) % tenants:06d}"
+    before = db.execute("SELECT policy_version FROM petrel_meta WHERE id = 1").fetchone()[0]
+    start = time.monotonic()
+    status, _ = call("PUT", f"/v1/tenants/{target}/limits",
+                     {"messages_per_second_max": 1000 + n, "messages_per_day_max": 5_000_000})
+    if status != 200:
+        sys.exit(f"PUT limits answered {status}")
+    want = db.execute("SELECT policy_version FROM petrel_meta WHERE id = 1").fetchone()[0]
+    assert want > before, (want, before)
+    applied = None
+    deadline = start + 30
+    while time.monotonic() < deadline:
+        if metric_version() >= want:
+            applied = time.monotonic() - start
+            break
+        time.sleep(0.001)
+    ack = None
+    while time.monotonic() < deadline:
+        _, engines = call("GET", "/v1/engines")
+        if engines and all(e["applied_version"] >= want for e in engines):
+            ack = time.monotonic() - start
+            break
+        time.sleep(0.002)
+    print(f"change {n + 1}: version {want}: applied on all shards after "
+          f"{applied * 1000:.0f} ms, acknowledged to the control plane after {ack * 1000:.0f} ms"
+          if applied is not None and ack is not None else f"change {n + 1}: not applied within 30 s")
+    if applied is not None:
+        times.append(applied * 1000)
+    if ack is not None:
+        acks.append(ack * 1000)
+    time.sleep(0.2)
+times.sort(); acks.sort()
+if times:
+    print(f"MEDIAN applied {times[len(times) // 2]:.0f} ms (max {times[-1]:.0f} ms), "
+          f"acknowledged {acks[len(acks) // 2]:.0f} ms, with {tenants} tenants")
+PY
