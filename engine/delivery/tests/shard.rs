@@ -589,3 +589,148 @@ fn admin_commands_and_expiry() {
         "never sent in plain text"
     );
 }
+
+/// With every session slot of the shard taken by an idle session, a domain that gets work must
+/// not wait for that session's idle timeout: the idle one closes and gives up its slot.
+#[test]
+fn an_idle_session_yields_its_slot_to_a_domain_without_one() {
+    let dest = Sink::start();
+    let other = Sink::start();
+    let resolver = resolver(dest.addr, other.addr);
+    let mut cfg = config();
+    cfg.shard_connections_max = 1;
+    // Far beyond the deadline below: only yielding the slot can deliver the second message.
+    cfg.idle_timeout_ms = 120_000;
+    let cfg = Arc::new(cfg);
+    let ex = LocalExecutorBuilder::new(Placement::Unbound)
+        .io_memory(512 << 10)
+        .make()
+        .expect("executor");
+    let (first_done, second_done) = ex.run(async move {
+        let spool = Rc::new(MemSpool::default());
+        let shard = Rc::new(DeliveryShard::new(
+            0,
+            cfg,
+            resolver,
+            Arc::new(GlobalLimits::default()),
+            spool.clone(),
+            EventSink::disabled(),
+        ));
+        let runner = {
+            let shard = shard.clone();
+            glommio::spawn_local(async move { shard.run().await })
+        };
+        let sleep = |ms| glommio::timer::sleep(Duration::from_millis(ms));
+        let wait_removed = |n: usize| {
+            let spool = spool.clone();
+            async move {
+                let started = Instant::now();
+                while started.elapsed() < TEST_DEADLINE && spool.removed.borrow().len() < n {
+                    sleep(10).await;
+                }
+                spool.removed.borrow().len() >= n
+            }
+        };
+        shard.enqueue(spool.store("alice@src.example", &["a@dest.example"], BODY));
+        let first_done = wait_removed(1).await;
+        // The dest.example session now idles (for up to 120 s) on the shard's only slot.
+        sleep(100).await;
+        shard.enqueue(spool.store("alice@src.example", &["b@elsewhere.example"], BODY));
+        let second_done = wait_removed(2).await;
+        shard.shutdown();
+        runner.await;
+        (first_done, second_done)
+    });
+    assert!(first_done, "the first message is delivered");
+    assert!(
+        second_done,
+        "the second domain got the slot before the idle session's timeout"
+    );
+    assert_eq!(dest.received().len(), 1);
+    assert_eq!(other.received().len(), 1);
+}
+
+/// A shard whose domain is at the engine-wide connection limit keeps delivering on the session
+/// it has: it neither starts an extra session that cannot get a permit nor pushes its ready
+/// work back by `permit_retry_delay_ms`.
+#[test]
+fn a_full_engine_wide_limit_does_not_delay_a_shards_ready_work() {
+    // Enough that delivering them takes several driver ticks, during which the shard would
+    // like a second session.
+    const MESSAGES: usize = 400;
+    let dest = Sink::start();
+    let other = Sink::start();
+    let resolver = resolver(dest.addr, other.addr);
+    let limits = Arc::new(GlobalLimits::default());
+    let mut cfg = config();
+    cfg.default_limits.messages_per_connection_max = 1_000;
+    cfg.default_limits.recipients_per_transaction_max = 1;
+    // Far beyond the deadline: any push-back would make the test fail.
+    cfg.permit_retry_delay_ms = 120_000;
+    cfg.idle_timeout_ms = 60_000;
+    let cfg = Arc::new(cfg);
+    let spawn_shard = |shard_no: u8, messages: usize, start_after: Option<u32>| {
+        let (cfg, resolver, limits) = (cfg.clone(), resolver.clone(), limits.clone());
+        std::thread::spawn(move || {
+            let ex = LocalExecutorBuilder::new(Placement::Unbound)
+                .io_memory(512 << 10)
+                .make()
+                .expect("executor");
+            ex.run(async move {
+                let spool = Rc::new(MemSpool::default());
+                let shard = Rc::new(DeliveryShard::new(
+                    shard_no,
+                    cfg,
+                    resolver,
+                    limits.clone(),
+                    spool.clone(),
+                    EventSink::disabled(),
+                ));
+                let runner = {
+                    let shard = shard.clone();
+                    glommio::spawn_local(async move { shard.run().await })
+                };
+                let started = Instant::now();
+                if let Some(n) = start_after {
+                    // Enqueue once the other shard holds `n` connections to the domain.
+                    while started.elapsed() < TEST_DEADLINE
+                        && limits.connections("dest.example") < n
+                    {
+                        glommio::timer::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+                let begun = Instant::now();
+                for i in 0..messages {
+                    let to = format!("s{shard_no}n{i}@dest.example");
+                    shard.enqueue(spool.store("alice@src.example", &[to.as_str()], BODY));
+                }
+                while begun.elapsed() < TEST_DEADLINE && spool.removed.borrow().len() < messages {
+                    glommio::timer::sleep(Duration::from_millis(10)).await;
+                }
+                let done = spool.removed.borrow().len();
+                // Keep the idle session (and its permit) until the other shard is done.
+                if start_after.is_none() {
+                    while begun.elapsed() < TEST_DEADLINE && limits.connections("dest.example") < 2
+                    {
+                        glommio::timer::sleep(Duration::from_millis(5)).await;
+                    }
+                    glommio::timer::sleep(Duration::from_millis(500)).await;
+                }
+                shard.shutdown();
+                runner.await;
+                done
+            })
+        })
+    };
+    // Shard 0 sends one message and keeps its session (one of the two permits) idle.
+    let first = spawn_shard(0, 1, None);
+    // Shard 1 gets the other permit and must deliver all its messages over that one session.
+    let second = spawn_shard(1, MESSAGES, Some(1));
+    assert_eq!(
+        second.join().expect("shard 1"),
+        MESSAGES,
+        "shard 1 delivered everything"
+    );
+    assert_eq!(first.join().expect("shard 0"), 1);
+    assert!(dest.state.peak.load(std::sync::atomic::Ordering::Acquire) <= 2);
+}

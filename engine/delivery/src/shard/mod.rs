@@ -181,6 +181,9 @@ struct Inner<S: SpoolAccess> {
     /// Events of this scheduler round, handed to the writer as one batch.
     events_buf: RefCell<Vec<Event>>,
     events_flush_armed: Cell<bool>,
+    /// Ready domains the last `spawn_sessions` left without a session because the shard's
+    /// sessions were all taken: that many idle sessions close and give up their slots.
+    slots_wanted: Cell<usize>,
 }
 
 impl<S: SpoolAccess + 'static> DeliveryShard<S> {
@@ -219,6 +222,7 @@ impl<S: SpoolAccess + 'static> DeliveryShard<S> {
                 work: event_listener::Event::new(),
                 events_buf: RefCell::new(Vec::new()),
                 events_flush_armed: Cell::new(false),
+                slots_wanted: Cell::new(0),
             }),
         }
     }
@@ -423,9 +427,14 @@ impl<S: SpoolAccess + 'static> Inner<S> {
         let mut st = self.state.borrow_mut();
         let ready: Vec<DomainId> = st.queues.ready_domains().collect();
         let mut spawn = Vec::new();
+        let mut wanted_slots = 0usize;
         for id in ready {
             if self.sessions_open.get() >= self.cfg.shard_connections_max {
-                break;
+                // Out of session slots: only a domain with no session at all needs one.
+                if !st.sessions.get(&id).is_some_and(|c| c.open > 0) {
+                    wanted_slots += 1;
+                }
+                continue;
             }
             let Some(name) = st.queues.name(id) else {
                 continue;
@@ -445,6 +454,7 @@ impl<S: SpoolAccess + 'static> Inner<S> {
             self.sessions_open.set(self.sessions_open.get() + 1);
             spawn.push(id);
         }
+        self.slots_wanted.set(wanted_slots);
         drop(st); // sessions borrow the state as soon as they run
         for id in spawn {
             glommio::spawn_local(session::run_session(self.clone(), id)).detach();

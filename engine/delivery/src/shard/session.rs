@@ -289,6 +289,13 @@ async fn wait_for_work<S: SpoolAccess>(inner: &Inner<S>, id: DomainId) -> bool {
             found = true;
             break;
         }
+        let wanted = inner.slots_wanted.get();
+        if wanted > 0 {
+            inner.slots_wanted.set(wanted - 1);
+            // Another domain waits for a session slot of this shard: give ours up now rather
+            // than after the idle timeout (the connection is closed with QUIT).
+            break;
+        }
         let left = deadline.saturating_duration_since(Instant::now());
         let nap = left.min(Duration::from_millis(IDLE_POLL_MS_MAX));
         futures_lite::future::or(listener, glommio::timer::sleep(nap)).await;
