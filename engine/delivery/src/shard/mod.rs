@@ -431,7 +431,7 @@ impl<S: SpoolAccess + 'static> Inner<S> {
         for id in ready {
             if self.sessions_open.get() >= self.cfg.shard_connections_max {
                 // Out of session slots: only a domain with no session at all needs one.
-                if !st.sessions.get(&id).is_some_and(|c| c.open > 0) {
+                if st.sessions.get(&id).is_none_or(|c| c.open == 0) {
                     wanted_slots += 1;
                 }
                 continue;
