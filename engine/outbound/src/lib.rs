@@ -32,8 +32,8 @@ pub mod client;
 pub mod resolver;
 
 pub use client::{
-    ClientConfig, ClientError, RcptOutcome, Reply, SmtpConnection, TlsInfo, TlsMode,
-    TransactionOutcome, BDAT_INLINE_BYTES_MAX,
+    ClientConfig, ClientError, OutgoingMessage, RcptOutcome, Reply, SmtpConnection, TlsInfo,
+    TlsMode, TransactionOutcome, BDAT_INLINE_BYTES_MAX, PIPELINE_TRANSACTIONS_MAX,
 };
 pub use resolver::{
     Clock, Dns, DnsError, IpAnswer, MxAnswer, MxRecord, ResolveError, Resolver, ResolverConfig,

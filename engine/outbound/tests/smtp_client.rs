@@ -620,3 +620,74 @@ fn chunking_sends_the_whole_transaction_in_one_write() {
     assert!(log.commands.iter().any(|c| c == "BDAT 18 LAST"));
     assert_eq!(log.pipelined_mail, [true, true, true, true]);
 }
+
+#[test]
+fn send_many_pipelines_whole_transactions_and_stops_cleanly_at_a_421() {
+    let mut rcpt_replies = HashMap::new();
+    rcpt_replies.insert(
+        "nobody@dst.test".to_string(),
+        "550 5.1.1 no such user".to_string(),
+    );
+    rcpt_replies.insert(
+        "closing@dst.test".to_string(),
+        "421 4.3.2 shutting down".to_string(),
+    );
+    let server = TestServer::start(ServerOpts {
+        pipelining: true,
+        chunking: true,
+        rcpt_replies,
+        ..ServerOpts::default()
+    });
+    let addr = server.addr;
+    let (first, second) = glommio_run(move || async move {
+        let cfg = cfg(TlsMode::Disabled);
+        let mut conn = SmtpConnection::connect(addr, "mx.test.local", &cfg)
+            .await
+            .expect("connect");
+        assert!(conn.can_send_many());
+        let msg = |from, rcpts, body| petrel_outbound::OutgoingMessage { from, rcpts, body };
+        let first = conn
+            .send_many(&[
+                msg("a@src.test", &["b@dst.test"], b"one\r\n"),
+                msg("a@src.test", &["nobody@dst.test"], b"refused\r\n"),
+                msg("c@src.test", &["d@dst.test", "e@dst.test"], b".three"),
+            ])
+            .await;
+        let second = conn
+            .send_many(&[
+                msg("a@src.test", &["f@dst.test"], b"four\r\n"),
+                msg("a@src.test", &["closing@dst.test"], b"five\r\n"),
+                msg("a@src.test", &["g@dst.test"], b"six\r\n"),
+            ])
+            .await;
+        assert!(!conn.is_reusable(), "a 421 ends the connection");
+        (first, second)
+    });
+    let code = |r: &Result<petrel_outbound::TransactionOutcome, ClientError>| {
+        r.as_ref()
+            .ok()
+            .and_then(|o| o.data.as_ref())
+            .map(|d| d.code)
+    };
+    assert_eq!(first.len(), 3);
+    assert_eq!(code(&first[0]), Some(250));
+    let refused = first[1].as_ref().expect("answered");
+    assert_eq!(refused.data, None);
+    assert!(matches!(&refused.rcpts[0], RcptOutcome::Rejected(r) if r.code == 550));
+    assert_eq!(code(&first[2]), Some(250));
+    assert_eq!(second.len(), 3);
+    assert_eq!(code(&second[0]), Some(250));
+    let closing = second[1].as_ref().expect("answered");
+    assert!(matches!(&closing.rcpts[0], RcptOutcome::Rejected(r) if r.code == 421));
+    assert!(
+        matches!(second[2], Err(ClientError::Dropped { stage: "rset" })),
+        "after the 421 the rest is for another connection: {:?}",
+        second[2]
+    );
+    let log = server.log();
+    let bodies: Vec<&[u8]> = log.transactions.iter().map(|t| t.data.as_slice()).collect();
+    assert_eq!(bodies, [&b"one\r\n"[..], b".three\r\n", b"four\r\n"]);
+    assert_eq!(log.transactions[1].rcpts, ["d@dst.test", "e@dst.test"]);
+    // One write per send_many: the first MAIL of each batch saw the rest of it in the buffer.
+    assert!(log.pipelined_mail[0]);
+}

@@ -7,7 +7,9 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use petrel_outbound::{ClientConfig, ClientError, Route, SmtpConnection};
+use petrel_outbound::{
+    ClientConfig, ClientError, OutgoingMessage, Route, SmtpConnection, PIPELINE_TRANSACTIONS_MAX,
+};
 
 use super::outcome::{apply, fail_entries, Attempt, RcptResult};
 use super::{now_unix_ms, Inner, RcptState, SpoolAccess};
@@ -129,7 +131,8 @@ async fn session<S: SpoolAccess + 'static>(inner: &Rc<Inner<S>>, id: DomainId) {
             }
         }
         if let Some(c) = conn.as_mut() {
-            if !deliver(inner, id, c, batch).await {
+            let batches = take_more(inner, id, &limits, c, batch);
+            if !deliver(inner, id, c, batches).await {
                 conn = None; // broken: dropped without QUIT
             }
         }
@@ -140,67 +143,158 @@ async fn session<S: SpoolAccess + 'static>(inner: &Rc<Inner<S>>, id: DomainId) {
     drop(permit);
 }
 
-/// Sends one batch (recipients of one message) and applies the outcome. Returns false when the
-/// connection is no longer usable.
+/// One message ready to go: its pending entries, sender, recipients and body.
+struct Prepared {
+    batch: Vec<Entry>,
+    from: String,
+    rcpts: Vec<String>,
+    body: Vec<u8>,
+}
+
+/// The envelope and body of each batch (a batch is the recipients of one message); a batch
+/// with nothing pending is dropped, one whose body cannot be read is deferred.
+async fn prepare<S: SpoolAccess + 'static>(
+    inner: &Rc<Inner<S>>,
+    batches: Vec<Vec<Entry>>,
+) -> Vec<Prepared> {
+    let mut out = Vec::with_capacity(batches.len());
+    for batch in batches {
+        let Some((batch, from, rcpts)) = envelope(inner, batch) else {
+            continue; // every recipient went final meanwhile (administrator bounce)
+        };
+        match inner.spool.read_body(batch[0].message_id).await {
+            Ok(body) => out.push(Prepared {
+                batch,
+                from,
+                rcpts,
+                body,
+            }),
+            Err(e) => {
+                let result = RcptResult::Transient {
+                    status: None,
+                    text: format!("spool read failed: {e}"),
+                };
+                fail_entries(inner, batch, &Attempt::default(), result).await;
+            }
+        }
+    }
+    out
+}
+
+/// Sends the batches over the connection (several transactions in one write when the peer
+/// offers PIPELINING and CHUNKING) and applies each outcome. Returns false when the connection
+/// is no longer usable.
 async fn deliver<S: SpoolAccess + 'static>(
     inner: &Rc<Inner<S>>,
     id: DomainId,
     c: &mut Connected,
-    batch: Vec<Entry>,
+    batches: Vec<Vec<Entry>>,
 ) -> bool {
-    let Some((batch, from, rcpts)) = envelope(inner, batch) else {
-        return true; // every recipient went final meanwhile (administrator bounce)
-    };
-    let message_id = batch[0].message_id;
-    let body = match inner.spool.read_body(message_id).await {
-        Ok(b) => b,
-        Err(e) => {
-            let result = RcptResult::Transient {
-                status: None,
-                text: format!("spool read failed: {e}"),
-            };
-            fail_entries(inner, batch, &Attempt::default(), result).await;
-            return true;
-        }
-    };
-    let rcpt_refs: Vec<&str> = rcpts.iter().map(String::as_str).collect();
+    let prepared = prepare(inner, batches).await;
+    if prepared.is_empty() {
+        return true;
+    }
+    let rcpt_refs: Vec<Vec<&str>> = prepared
+        .iter()
+        .map(|p| p.rcpts.iter().map(String::as_str).collect())
+        .collect();
+    let messages: Vec<OutgoingMessage<'_>> = prepared
+        .iter()
+        .zip(&rcpt_refs)
+        .map(|(p, r)| OutgoingMessage {
+            from: &p.from,
+            rcpts: r,
+            body: &p.body,
+        })
+        .collect();
     let reused = c.sent > 0;
     let started = Instant::now();
-    let sent = c.conn.send(&from, &rcpt_refs, &body).await;
-    metrics::histogram!("petrel_delivery_attempt_duration_seconds")
-        .record(started.elapsed().as_secs_f64());
-    c.sent = c.sent.saturating_add(1);
-    let mut attempt = Attempt {
-        host: Some(c.host.clone()),
-        addr: Some(c.addr),
-        tls: c.tls.clone(),
-        remote: true,
-    };
-    match sent {
-        Ok(outcome) => {
-            let results: Vec<RcptResult> = (0..batch.len())
-                .map(|i| RcptResult::classify(&outcome, i))
-                .collect();
-            apply(inner, message_id, &batch, &results, &attempt, Some(&body)).await;
-            true
-        }
-        Err(ClientError::Dropped { stage }) if reused && REUSE_STAGES.contains(&stage) => {
-            // The server closed the idle connection before our transaction began: not an
-            // attempt. The batch goes back, due now, for a fresh connection.
-            requeue(inner, id, batch);
-            false
-        }
-        Err(e) => {
-            attempt.remote = false;
-            let result = RcptResult::Transient {
-                status: None,
-                text: e.to_string(),
-            };
-            let results = vec![result; batch.len()];
-            apply(inner, message_id, &batch, &results, &attempt, Some(&body)).await;
-            false
+    let results = c.conn.send_many(&messages).await;
+    let per_message = started.elapsed().as_secs_f64() / prepared.len() as f64;
+    let attempt_seconds = metrics::histogram!("petrel_delivery_attempt_duration_seconds");
+    c.sent = c
+        .sent
+        .saturating_add(u32::try_from(prepared.len()).unwrap_or(u32::MAX));
+    let mut usable = true;
+    for (n, (p, sent)) in prepared.into_iter().zip(results).enumerate() {
+        attempt_seconds.record(per_message);
+        let mut attempt = Attempt {
+            host: Some(c.host.clone()),
+            addr: Some(c.addr),
+            tls: c.tls.clone(),
+            remote: true,
+        };
+        let message_id = p.batch[0].message_id;
+        match sent {
+            Ok(outcome) => {
+                let results: Vec<RcptResult> = (0..p.batch.len())
+                    .map(|i| RcptResult::classify(&outcome, i))
+                    .collect();
+                apply(
+                    inner,
+                    message_id,
+                    &p.batch,
+                    &results,
+                    &attempt,
+                    Some(&p.body),
+                )
+                .await;
+            }
+            Err(ClientError::Dropped { stage })
+                if (reused || n > 0) && REUSE_STAGES.contains(&stage) =>
+            {
+                // The server closed the connection before this transaction began (idle, or an
+                // earlier one in the same write failed): not an attempt. The batch goes back,
+                // due now, for a fresh connection.
+                requeue(inner, id, p.batch);
+                usable = false;
+            }
+            Err(e) => {
+                attempt.remote = false;
+                let result = RcptResult::Transient {
+                    status: None,
+                    text: e.to_string(),
+                };
+                let results = vec![result; p.batch.len()];
+                apply(
+                    inner,
+                    message_id,
+                    &p.batch,
+                    &results,
+                    &attempt,
+                    Some(&p.body),
+                )
+                .await;
+                usable = false;
+            }
         }
     }
+    usable
+}
+
+/// More batches to send with `first` in one write: while the peer takes several transactions
+/// at once, the domain has no rate limit, and the connection has room left.
+fn take_more<S: SpoolAccess>(
+    inner: &Inner<S>,
+    id: DomainId,
+    limits: &DomainLimits,
+    c: &Connected,
+    first: Vec<Entry>,
+) -> Vec<Vec<Entry>> {
+    let mut batches = vec![first];
+    if !c.conn.can_send_many() || limits.messages_per_second_max.is_some() {
+        return batches;
+    }
+    let room = limits.messages_per_connection_max.saturating_sub(c.sent) as usize;
+    let want = PIPELINE_TRANSACTIONS_MAX.min(room.max(1));
+    while batches.len() < want {
+        let b = take_batch(inner, id, limits);
+        if b.is_empty() {
+            break;
+        }
+        batches.push(b);
+    }
+    batches
 }
 
 /// Client stages at which a drop on a reused connection means "closed while idle".

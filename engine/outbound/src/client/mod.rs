@@ -13,8 +13,8 @@ use glommio::net::TcpStream;
 use io::{with_timeout, Io, Transport};
 pub use reply::Reply;
 pub use transaction::{
-    dot_stuff, ADDRESS_MAX_BYTES, BDAT_INLINE_BYTES_MAX, DATA_BLOCK_BYTES, PIPELINE_RCPTS_MAX,
-    RCPTS_PER_TRANSACTION_MAX,
+    dot_stuff, OutgoingMessage, ADDRESS_MAX_BYTES, BDAT_INLINE_BYTES_MAX, DATA_BLOCK_BYTES,
+    PIPELINE_RCPTS_MAX, PIPELINE_TRANSACTIONS_MAX, RCPTS_PER_TRANSACTION_MAX,
 };
 
 /// Longest QUIT wait, in milliseconds, whatever `command_timeout_ms` says: the mail is delivered.

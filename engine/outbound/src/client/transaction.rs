@@ -21,6 +21,16 @@ pub const PIPELINE_RCPTS_MAX: usize = 100;
 /// before the envelope's replies are known, so a refused transaction wastes at most this much;
 /// larger bodies use DATA, which waits for the 354.
 pub const BDAT_INLINE_BYTES_MAX: usize = 256 * 1024;
+/// Most transactions `send_many` puts in one write.
+pub const PIPELINE_TRANSACTIONS_MAX: usize = 16;
+
+/// One message for [`SmtpConnection::send_many`].
+#[derive(Debug, Clone, Copy)]
+pub struct OutgoingMessage<'a> {
+    pub from: &'a str,
+    pub rcpts: &'a [&'a str],
+    pub body: &'a [u8],
+}
 
 /// Per recipient, the outcome so far; `send` lists the recipients still to put on the wire.
 struct Plan {
@@ -289,14 +299,30 @@ impl SmtpConnection {
         body: &[u8],
     ) -> Result<TransactionOutcome, ClientError> {
         let to_send = std::mem::take(&mut plan.send);
+        self.io.wbuf.clear();
+        self.push_chunked(reuse, from, rcpts, &to_send, body);
+        let stage = if reuse { "rset" } else { "mail" };
+        let io = &mut self.io;
+        with_timeout(self.cfg.data_block_ms, stage, io.flush_wbuf(stage)).await?;
+        self.chunked_replies(reuse, plan, &to_send).await
+    }
+
+    /// Appends one whole CHUNKING transaction to the write buffer.
+    fn push_chunked(
+        &mut self,
+        rset: bool,
+        from: &str,
+        rcpts: &[&str],
+        to_send: &[usize],
+        body: &[u8],
+    ) {
         let crlf = !body.is_empty() && !body.ends_with(b"\r\n");
         let chunk_len = body.len() + if crlf { 2 } else { 0 };
-        self.io.wbuf.clear();
-        if reuse {
+        if rset {
             self.io.wbuf.extend_from_slice(b"RSET\r\n");
         }
         self.push_mail(from, body);
-        for &i in &to_send {
+        for &i in to_send {
             self.push_rcpt(rcpts.get(i).copied().unwrap_or(""));
         }
         let w = &mut self.io.wbuf;
@@ -307,17 +333,24 @@ impl SmtpConnection {
         if crlf {
             w.extend_from_slice(b"\r\n");
         }
-        let stage = if reuse { "rset" } else { "mail" };
-        let io = &mut self.io;
-        with_timeout(self.cfg.data_block_ms, stage, io.flush_wbuf(stage)).await?;
-        if reuse {
+    }
+
+    /// Reads the replies of one transaction written by `push_chunked`. `Ok` with a 421 in it
+    /// means the server is closing.
+    async fn chunked_replies(
+        &mut self,
+        rset: bool,
+        mut plan: Plan,
+        to_send: &[usize],
+    ) -> Result<TransactionOutcome, ClientError> {
+        if rset {
             self.rset_reply().await?;
         }
         let mail = self.read("mail").await?;
         if mail.code == 421 {
-            return Ok(failed_before_data(mail, plan.finish(), &to_send));
+            return Ok(failed_before_data(mail, plan.finish(), to_send));
         }
-        for &i in &to_send {
+        for &i in to_send {
             let reply = self.read("rcpt").await?;
             if reply.code == 421 {
                 plan.fill_pending(&reply);
@@ -339,13 +372,110 @@ impl SmtpConnection {
         let outcomes = plan.finish();
         if !mail.is_positive() || !outcomes.contains(&RcptOutcome::Accepted) {
             // The BDAT reply (503 or 554) only restates that there was no transaction.
-            return Ok(failed_before_data(mail, outcomes, &to_send));
+            return Ok(failed_before_data(mail, outcomes, to_send));
         }
         Ok(TransactionOutcome {
             rcpts: outcomes,
             data: Some(data),
             mail_rejected: None,
         })
+    }
+
+    /// Whether [`SmtpConnection::send_many`] can put several transactions in one write here.
+    pub fn can_send_many(&self) -> bool {
+        self.caps.pipelining && self.caps.chunking && !self.broken
+    }
+
+    /// Several transactions in one write, their replies read in order: RFC 2920 lets a client
+    /// pipeline the next RSET and MAIL after a `BDAT LAST` (RFC 3030). Needs PIPELINING and
+    /// CHUNKING ([`SmtpConnection::can_send_many`]) and bodies up to `BDAT_INLINE_BYTES_MAX`;
+    /// otherwise (or for one message) it is [`SmtpConnection::send`] once per message.
+    ///
+    /// One result per message, in order. When the connection fails or the server closes it
+    /// (421) partway, the message being read gets that result and every later one
+    /// `Err(Dropped { stage: "rset" })`: sent, perhaps unread by the server, to be tried again.
+    pub async fn send_many(
+        &mut self,
+        messages: &[OutgoingMessage<'_>],
+    ) -> Vec<Result<TransactionOutcome, ClientError>> {
+        let batchable = messages.len() > 1
+            && self.can_send_many()
+            && messages.len() <= PIPELINE_TRANSACTIONS_MAX
+            && messages.iter().all(|m| {
+                m.body.len() <= BDAT_INLINE_BYTES_MAX && m.rcpts.len() <= PIPELINE_RCPTS_MAX
+            });
+        if !batchable {
+            let mut results = Vec::with_capacity(messages.len());
+            for m in messages {
+                results.push(self.send(m.from, m.rcpts, m.body).await);
+            }
+            return results;
+        }
+        let mut results: Vec<Option<Result<TransactionOutcome, ClientError>>> =
+            Vec::with_capacity(messages.len());
+        // Decide locally what needs no wire at all, then write every other transaction.
+        let mut planned: Vec<Option<(Plan, Vec<usize>, bool)>> = Vec::with_capacity(messages.len());
+        self.io.wbuf.clear();
+        for m in messages {
+            if let Some(local) = self.local_rejection(m.from, m.body, m.rcpts.len()) {
+                results.push(Some(Ok(local)));
+                planned.push(None);
+                continue;
+            }
+            let mut plan = Plan::new(m.rcpts);
+            if plan.send.is_empty() {
+                results.push(Some(Ok(TransactionOutcome {
+                    rcpts: plan.finish(),
+                    data: None,
+                    mail_rejected: None,
+                })));
+                planned.push(None);
+                continue;
+            }
+            let to_send = std::mem::take(&mut plan.send);
+            let rset = self.transactions > 0;
+            self.transactions += 1;
+            metrics::counter!("petrel_outbound_transactions_total").increment(1);
+            self.push_chunked(rset, m.from, m.rcpts, &to_send, m.body);
+            results.push(None);
+            planned.push(Some((plan, to_send, rset)));
+        }
+        let first_stage = if planned.iter().flatten().next().is_some_and(|p| p.2) {
+            "rset"
+        } else {
+            "mail"
+        };
+        let io = &mut self.io;
+        let written = with_timeout(
+            self.cfg.data_block_ms,
+            first_stage,
+            io.flush_wbuf(first_stage),
+        )
+        .await;
+        let mut failed = written.err();
+        for (slot, plan) in results.iter_mut().zip(planned) {
+            let Some((plan, to_send, rset)) = plan else {
+                continue;
+            };
+            if self.broken || failed.is_some() {
+                *slot = Some(Err(failed
+                    .take()
+                    .unwrap_or(ClientError::Dropped { stage: "rset" })));
+                self.broken = true;
+                continue;
+            }
+            let outcome = self.chunked_replies(rset, plan, &to_send).await;
+            match &outcome {
+                Err(_) => self.broken = true,
+                Ok(o) if closes_connection(o) => self.broken = true,
+                Ok(_) => {}
+            }
+            *slot = Some(outcome);
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or(Err(ClientError::Dropped { stage: "rset" })))
+            .collect()
     }
 
     async fn stepwise(
