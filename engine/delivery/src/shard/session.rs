@@ -225,21 +225,10 @@ async fn deliver<S: SpoolAccess + 'static>(
             remote: true,
         };
         let message_id = p.batch[0].message_id;
-        match sent {
-            Ok(outcome) => {
-                let results: Vec<RcptResult> = (0..p.batch.len())
-                    .map(|i| RcptResult::classify(&outcome, i))
-                    .collect();
-                apply(
-                    inner,
-                    message_id,
-                    &p.batch,
-                    &results,
-                    &attempt,
-                    Some(&p.body),
-                )
-                .await;
-            }
+        let results: Vec<RcptResult> = match sent {
+            Ok(outcome) => (0..p.batch.len())
+                .map(|i| RcptResult::classify(&outcome, i))
+                .collect(),
             Err(ClientError::Dropped { stage })
                 if (reused || n > 0) && REUSE_STAGES.contains(&stage) =>
             {
@@ -248,26 +237,27 @@ async fn deliver<S: SpoolAccess + 'static>(
                 // due now, for a fresh connection.
                 requeue(inner, id, p.batch);
                 usable = false;
+                continue;
             }
             Err(e) => {
                 attempt.remote = false;
+                usable = false;
                 let result = RcptResult::Transient {
                     status: None,
                     text: e.to_string(),
                 };
-                let results = vec![result; p.batch.len()];
-                apply(
-                    inner,
-                    message_id,
-                    &p.batch,
-                    &results,
-                    &attempt,
-                    Some(&p.body),
-                )
-                .await;
-                usable = false;
+                vec![result; p.batch.len()]
             }
-        }
+        };
+        apply(
+            inner,
+            message_id,
+            &p.batch,
+            &results,
+            &attempt,
+            Some(&p.body),
+        )
+        .await;
     }
     usable
 }

@@ -242,18 +242,8 @@ impl SmtpConnection {
                 }
                 mail = Some(reply);
             }
-            for &i in batch {
-                let reply = self.read("rcpt").await?;
-                if reply.code == 421 {
-                    // The server is closing: unanswered recipients get the same reply.
-                    plan.fill_pending(&reply);
-                    return Ok(TransactionOutcome {
-                        rcpts: plan.finish(),
-                        data: None,
-                        mail_rejected: None,
-                    });
-                }
-                plan.set(i, rcpt_outcome(reply));
+            if self.rcpt_replies(&mut plan, batch).await? {
+                return Ok(closing(plan));
             }
         }
         let data = self.read("data").await?;
@@ -350,17 +340,8 @@ impl SmtpConnection {
         if mail.code == 421 {
             return Ok(failed_before_data(mail, plan.finish(), to_send));
         }
-        for &i in to_send {
-            let reply = self.read("rcpt").await?;
-            if reply.code == 421 {
-                plan.fill_pending(&reply);
-                return Ok(TransactionOutcome {
-                    rcpts: plan.finish(),
-                    data: None,
-                    mail_rejected: None,
-                });
-            }
-            plan.set(i, rcpt_outcome(reply));
+        if self.rcpt_replies(&mut plan, to_send).await? {
+            return Ok(closing(plan));
         }
         let io = &mut self.io;
         let data = with_timeout(
@@ -379,6 +360,24 @@ impl SmtpConnection {
             data: Some(data),
             mail_rejected: None,
         })
+    }
+
+    /// Reads one RCPT reply per index into `plan`. True when the server is closing (421):
+    /// every unanswered recipient then holds that reply.
+    async fn rcpt_replies(
+        &mut self,
+        plan: &mut Plan,
+        indices: &[usize],
+    ) -> Result<bool, ClientError> {
+        for &i in indices {
+            let reply = self.read("rcpt").await?;
+            if reply.code == 421 {
+                plan.fill_pending(&reply);
+                return Ok(true);
+            }
+            plan.set(i, rcpt_outcome(reply));
+        }
+        Ok(false)
     }
 
     /// Whether [`SmtpConnection::send_many`] can put several transactions in one write here.
@@ -632,6 +631,15 @@ fn failed_before_data(
         rcpts,
         data: None,
         mail_rejected: Some(mail),
+    }
+}
+
+/// The outcome of a transaction the server ended with a 421 during RCPT.
+fn closing(plan: Plan) -> TransactionOutcome {
+    TransactionOutcome {
+        rcpts: plan.finish(),
+        data: None,
+        mail_rejected: None,
     }
 }
 
