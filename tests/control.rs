@@ -319,6 +319,43 @@ fn api_changes_reach_the_engine_sign_and_revoke() {
         assert!(Instant::now() < deadline, "second credential never worked");
         std::thread::sleep(Duration::from_millis(100));
     }
+    // A tenant quota of 1 message per second, pushed: a burst of sends meets `451 4.7.1`.
+    let tenant_id = tenant["tenant"]["id"].as_str().unwrap().to_string();
+    let limits_path = format!("/v1/tenants/{tenant_id}/limits");
+    let (code, body) = api(
+        info.api_addr,
+        "PUT",
+        &limits_path,
+        &owner,
+        Some(json!({"messages_per_second_max": 1, "messages_per_day_max": null})),
+    );
+    assert_eq!(code, 200, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let refusal = loop {
+        let refused = (0..5).find_map(|i| m2.send(&mail(&format!("burst {i}"))).err());
+        if let Some(e) = refused {
+            break e.to_string();
+        }
+        assert!(Instant::now() < deadline, "the quota never applied");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        refusal.contains("451") && refusal.contains("4.7.1"),
+        "over the tenant's rate: {refusal}"
+    );
+    let (code, body) = api(
+        info.api_addr,
+        "PUT",
+        &limits_path,
+        &owner,
+        Some(json!({"messages_per_second_max": null, "messages_per_day_max": null})),
+    );
+    assert_eq!(code, 200, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while (0..5).any(|i| m2.send(&mail(&format!("unlimited {i}"))).is_err()) {
+        assert!(Instant::now() < deadline, "the quota was never lifted");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     control_task.abort();
     rt.shutdown_timeout(Duration::from_secs(2));
     assert!(engine.stop());
