@@ -88,7 +88,7 @@ struct State {
 }
 
 /// A batch taken for writing: the file, the offset, the bytes and who waits for them.
-type BatchWriteJob = (Rc<SegFile>, u64, Vec<u8>, Rc<Batch>);
+type BatchWriteJob = (u64, Rc<SegFile>, u64, Vec<u8>, Rc<Batch>);
 
 /// One write of several store records, and the stores waiting for it.
 #[derive(Debug, Default)]
@@ -117,6 +117,13 @@ impl Batch {
         })
         .await
     }
+}
+
+/// Which file of a segment a write went to.
+#[derive(Debug, Clone, Copy)]
+enum File {
+    Data,
+    Journal,
 }
 
 /// Where a live message is. 24 bytes.
@@ -156,6 +163,10 @@ struct Segment {
     sealed: bool,
     /// Listed in `State::dirty`.
     dirty: bool,
+    /// The data file has writes the next sync must cover.
+    data_unsynced: bool,
+    /// The journal has (or is about to have) writes the next sync must cover.
+    journal_unsynced: bool,
 }
 
 impl Spool {
@@ -272,7 +283,8 @@ impl Spool {
             );
             let batch = seg.data_batch.clone();
             let full = seg.data_buf.len() >= DATA_BATCH_BYTES_MAX;
-            st.mark_dirty(active);
+            // Marked dirty once written (`flush_data`), not now: a sync that ran before the
+            // write finished must not consume the mark and leave this record unsynced.
             drop(st);
             if full {
                 inner.flush_data_soon(true);
@@ -541,7 +553,7 @@ impl Inner {
         st.segments
             .insert(seq, Segment::new(data, journal, data_len, 0, false));
         st.active = seq;
-        st.mark_dirty(seq);
+        st.mark_dirty(seq, File::Data);
         st.dir_dirty = true;
         Ok(())
     }
@@ -586,7 +598,7 @@ impl Inner {
             if was_empty {
                 st.journal_pending.push(segment);
             }
-            st.mark_dirty(segment);
+            st.mark_dirty(segment, File::Journal);
             full
         };
         if full {
@@ -628,13 +640,17 @@ impl Inner {
                     let buf = std::mem::take(&mut seg.data_buf);
                     let offset = seg.data_len - buf.len() as u64;
                     (!buf.is_empty())
-                        .then(|| (seg.data.clone(), offset, buf, seg.data_batch.clone()))
+                        .then(|| (seq, seg.data.clone(), offset, buf, seg.data_batch.clone()))
                 })
                 .collect()
         };
-        for (data, offset, buf, batch) in writes {
+        for (seq, data, offset, buf, batch) in writes {
             match data.write_all_at(buf, offset).await {
-                Ok(()) => batch.finish(true),
+                Ok(()) => {
+                    // Before the stores take their commit tickets: the next sync covers it.
+                    self.state.borrow_mut().mark_dirty(seq, File::Data);
+                    batch.finish(true);
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "spool write failed");
                     batch.finish(false);
@@ -663,7 +679,7 @@ impl Inner {
 
     /// Writes every segment's buffered journal records (one positional write per segment).
     async fn flush_journals(&self) -> Result<(), SpoolError> {
-        let writes: Vec<(Rc<SegFile>, u64, Vec<u8>)> = {
+        let writes: Vec<(u64, Rc<SegFile>, u64, Vec<u8>)> = {
             let mut st = self.state.borrow_mut();
             let pending = std::mem::take(&mut st.journal_pending);
             pending
@@ -672,14 +688,16 @@ impl Inner {
                     let seg = st.segments.get_mut(&seq)?;
                     let buf = std::mem::take(&mut seg.journal_buf);
                     let offset = seg.journal_len - buf.len() as u64;
-                    (!buf.is_empty()).then(|| (seg.journal.clone(), offset, buf))
+                    (!buf.is_empty()).then(|| (seq, seg.journal.clone(), offset, buf))
                 })
                 .collect()
         };
         let mut result = Ok(());
-        for (journal, offset, buf) in writes {
-            if let Err(e) = journal.write_all_at(buf, offset).await {
-                result = Err(e);
+        for (seq, journal, offset, buf) in writes {
+            match journal.write_all_at(buf, offset).await {
+                // A sync that ran while this write was in flight did not cover it.
+                Ok(()) => self.state.borrow_mut().mark_dirty(seq, File::Journal),
+                Err(e) => result = Err(e),
             }
         }
         result
@@ -736,8 +754,14 @@ impl Inner {
             for seq in dirty {
                 if let Some(seg) = st.segments.get_mut(&seq) {
                     seg.dirty = false;
-                    files.push(seg.data.clone());
-                    files.push(seg.journal.clone());
+                    // Only the files written since the last sync: while only messages arrive,
+                    // the journals stay clean and cost no fdatasync.
+                    if std::mem::take(&mut seg.data_unsynced) {
+                        files.push(seg.data.clone());
+                    }
+                    if std::mem::take(&mut seg.journal_unsynced) {
+                        files.push(seg.journal.clone());
+                    }
                 }
             }
             (files, std::mem::take(&mut st.dir_dirty))
@@ -760,8 +784,12 @@ impl Inner {
 }
 
 impl State {
-    fn mark_dirty(&mut self, seq: u64) {
+    fn mark_dirty(&mut self, seq: u64, file: File) {
         if let Some(seg) = self.segments.get_mut(&seq) {
+            match file {
+                File::Data => seg.data_unsynced = true,
+                File::Journal => seg.journal_unsynced = true,
+            }
             if !seg.dirty {
                 seg.dirty = true;
                 self.dirty.push(seq);
@@ -790,6 +818,8 @@ impl Segment {
             inflight: 0,
             sealed,
             dirty: false,
+            data_unsynced: false,
+            journal_unsynced: false,
         }
     }
 
@@ -909,6 +939,7 @@ async fn recover(dir: &Path, shard: u8, state: &mut State) -> Result<Recovery, S
         if truncated {
             // Make the cut durable with the first commit.
             segment.dirty = true;
+            segment.journal_unsynced = true;
             state.dirty.push(seq);
         }
         for (&id, found) in &seg.live {
