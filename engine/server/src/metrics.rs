@@ -87,4 +87,8 @@ fn describe() {
     describe_counter!(AUTH_TOTAL, "SMTP AUTH attempts by result");
     describe_counter!(DKIM_SIGNED_TOTAL, "Messages DKIM-signed before spooling");
     describe_gauge!(POLICY_VERSION, "Applied control-plane policy version");
+    describe_gauge!(
+        "petrel_delivery_connections_open",
+        "Outbound connections open now, by destination: the domain for destinations with limits of their own (configured or pushed), `other` for the rest"
+    );
 }

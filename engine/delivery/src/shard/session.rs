@@ -42,9 +42,27 @@ struct Connected {
 /// Keeps `petrel_delivery_connections_open{domain}` right on every path.
 struct OpenGauge(metrics::Gauge);
 
+/// The `domain` label of a destination's gauges: its name when the operator configured limits
+/// for it (in the file or pushed), else `other`, so the number of series stays bounded by the
+/// configuration however many domains mail goes to.
+pub(super) fn metric_domain<'a>(
+    cfg: &DeliveryConfig,
+    domain: &'a str,
+    limits: &DomainLimits,
+) -> &'a str {
+    if cfg.domain_limits.contains_key(domain) || *limits != cfg.default_limits {
+        domain
+    } else {
+        OTHER_DOMAINS_LABEL
+    }
+}
+
+/// The `domain` label shared by destinations without limits of their own.
+const OTHER_DOMAINS_LABEL: &str = "other";
+
 impl OpenGauge {
-    fn new(domain: &str) -> OpenGauge {
-        let g = metrics::gauge!("petrel_delivery_connections_open", "domain" => domain.to_string());
+    fn new(label: &str) -> OpenGauge {
+        let g = metrics::gauge!("petrel_delivery_connections_open", "domain" => label.to_string());
         g.increment(1.0);
         OpenGauge(g)
     }
@@ -117,7 +135,8 @@ async fn session<S: SpoolAccess + 'static>(inner: &Rc<Inner<S>>, id: DomainId) {
             }
         }
         if conn.is_none() {
-            match connect(inner, &route, &client, &domain).await {
+            let label = metric_domain(&inner.cfg, &domain, &limits);
+            match connect(inner, &route, &client, &domain, label).await {
                 Ok(c) => conn = Some(c),
                 Err(attempt_err) => {
                     // The destination is unreachable: defer this batch and all ready work.
@@ -428,6 +447,7 @@ async fn connect<S: SpoolAccess>(
     route: &Route,
     client: &ClientConfig,
     domain: &str,
+    label: &str,
 ) -> Result<Connected, (Attempt, String)> {
     let mut tried = 0;
     let mut last = (
@@ -449,7 +469,7 @@ async fn connect<S: SpoolAccess>(
                         addr: *addr,
                         tls,
                         sent: 0,
-                        _gauge: OpenGauge::new(domain),
+                        _gauge: OpenGauge::new(label),
                     });
                 }
                 Err(e) => {
@@ -481,5 +501,28 @@ fn client_config(cfg: &DeliveryConfig, tls: TlsPolicy) -> ClientConfig {
         command_timeout_ms: cfg.client.command_timeout_ms,
         data_block_timeout_ms: cfg.client.data_block_timeout_ms,
         data_done_timeout_ms: cfg.client.data_done_timeout_ms,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_destinations_with_their_own_limits_get_their_own_label() {
+        let mut cfg = DeliveryConfig::default();
+        let mut gmail = cfg.default_limits.clone();
+        gmail.connections_max = 50;
+        cfg.domain_limits.insert("gmail.com".into(), gmail.clone());
+        assert_eq!(metric_domain(&cfg, "gmail.com", &gmail), "gmail.com");
+        let defaults = cfg.default_limits.clone();
+        assert_eq!(metric_domain(&cfg, "tiny.example", &defaults), "other");
+        // Limits pushed by the control plane (different from the defaults) count too.
+        let mut pushed = defaults.clone();
+        pushed.connections_max = 3;
+        assert_eq!(
+            metric_domain(&cfg, "pushed.example", &pushed),
+            "pushed.example"
+        );
     }
 }
