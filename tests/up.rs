@@ -13,55 +13,88 @@ use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{Tls, TlsParameters};
 use lettre::{Message, SmtpTransport, Transport};
 
+/// Starts of `petrel up` tried before the test gives up (see the port note in the test).
+const UP_START_ATTEMPTS_MAX: u32 = 3;
+
 #[test]
+#[allow(
+    clippy::zombie_processes,
+    reason = "the started child leaves the retry loop in a tuple; it is stopped and reaped at the end"
+)]
 fn up_prints_working_development_credentials() {
     let dir = tempfile::tempdir().unwrap();
-    let port = |_: ()| format!("127.0.0.1:{}", free_port());
-    let mut child = Command::new(petrel_bin())
-        .current_dir(dir.path())
-        .arg("up")
-        .args(["--smtp-listen", "127.0.0.1:0", "--shards", "1"])
-        .args(["--api-listen", &port(()), "--push-listen", &port(())])
-        .args(["--metrics-listen", &port(()), "--admin-listen", &port(())])
-        .env("PETREL_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
+    // The ports are picked free, then bound by the child: another test may take one in between,
+    // and then `petrel up` exits at once. Such a start is retried with fresh ports (bounded).
+    let mut started = None;
+    for attempt in 1..=UP_START_ATTEMPTS_MAX {
+        let port = |_: ()| format!("127.0.0.1:{}", free_port());
+        let mut child = Command::new(petrel_bin())
+            .current_dir(dir.path())
+            .arg("up")
+            .args(["--smtp-listen", "127.0.0.1:0", "--shards", "1"])
+            .args(["--api-listen", &port(()), "--push-listen", &port(())])
+            .args(["--metrics-listen", &port(()), "--admin-listen", &port(())])
+            .env("PETREL_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + ENGINE_READY_TIMEOUT;
+        let (mut smtp, mut user, mut pass) = (None, None, None);
+        let mut banner = String::new();
+        let mut exited = false;
+        while user.is_none() || smtp.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    banner.push_str(&line);
+                    banner.push('\n');
+                    if let Some(rest) = line.strip_prefix("petrel engine ready: smtp=") {
+                        smtp = rest
+                            .split_whitespace()
+                            .next()
+                            .map(|a| a.parse::<std::net::SocketAddr>().unwrap());
+                    }
+                    if let Some(rest) = line
+                        .trim()
+                        .strip_prefix("SMTP AUTH (shown once): username ")
+                    {
+                        let mut it = rest.split_whitespace();
+                        user = it.next().map(str::to_string);
+                        assert_eq!(it.next(), Some("password"), "{line}");
+                        pass = it.next().map(str::to_string);
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected)
+                    if attempt < UP_START_ATTEMPTS_MAX =>
+                {
+                    // The child closed its output: it exited (a port taken meanwhile).
+                    let _ = child.wait();
+                    exited = true;
+                    break;
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("petrel up printed no credentials:\n{banner}");
+                }
+            }
         }
-    });
-    let deadline = Instant::now() + ENGINE_READY_TIMEOUT;
-    let (mut smtp, mut user, mut pass) = (None, None, None);
-    let mut banner = String::new();
-    while user.is_none() || smtp.is_none() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let Ok(line) = rx.recv_timeout(left) else {
-            let _ = child.kill();
-            panic!("petrel up printed no credentials:\n{banner}");
-        };
-        banner.push_str(&line);
-        banner.push('\n');
-        if let Some(rest) = line.strip_prefix("petrel engine ready: smtp=") {
-            smtp = rest
-                .split_whitespace()
-                .next()
-                .map(|a| a.parse::<std::net::SocketAddr>().unwrap());
+        if !exited {
+            started = Some((child, smtp, user, pass, banner));
+            break;
         }
-        if let Some(rest) = line
-            .trim()
-            .strip_prefix("SMTP AUTH (shown once): username ")
-        {
-            let mut it = rest.split_whitespace();
-            user = it.next().map(str::to_string);
-            assert_eq!(it.next(), Some("password"), "{line}");
-            pass = it.next().map(str::to_string);
-        }
+        // A fresh data directory for the next attempt: the first start's keys are shown once.
+        let _ = std::fs::remove_dir_all(dir.path().join("petrel-data"));
     }
+    let (mut child, smtp, user, pass, banner) = started.expect("petrel up started");
     assert!(banner.contains("owner API key"), "{banner}");
     assert!(banner.contains("control plane: http://"), "{banner}");
     let tls = TlsParameters::builder("localhost".into())
