@@ -6,8 +6,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::process::Command;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
@@ -29,23 +28,9 @@ const TOKEN: &str = "e2e-push-token-0123456789";
 /// One JSON request to the admin API.
 fn api(addr: SocketAddr, method: &str, path: &str, key: &str, body: Option<Value>) -> (u16, Value) {
     let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut raw = String::new();
-    let _ = s.read_to_string(&mut raw);
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (code, serde_json::from_str(body).unwrap_or(Value::Null))
+    let headers = format!("Authorization: Bearer {key}\r\nContent-Type: application/json\r\n");
+    let (code, answer) = common::http_request(addr, method, path, &headers, &body);
+    (code, serde_json::from_str(&answer).unwrap_or(Value::Null))
 }
 
 fn txt(owner: &str, value: &str) -> hickory_proto::rr::Record {

@@ -151,11 +151,24 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 }
 
 pub fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    http_request(addr, method, path, "", "")
+}
+
+/// One HTTP/1.1 request with extra header lines (each ending in CRLF) and a body; the status
+/// code (0 if none) and the body of the answer.
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &str,
+) -> (u16, String) {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("http connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: x\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
     )
     .unwrap();
     let mut raw = String::new();

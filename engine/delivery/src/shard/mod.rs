@@ -440,17 +440,19 @@ impl<S: SpoolAccess + 'static> Inner<S> {
                 continue;
             };
             let connections_max = self.cfg.effective_limits(name).connections_max;
-            // Sessions of other shards count too: when the engine-wide limit is reached, an
-            // extra session here could only fail to get its permit.
-            let engine_full = self.limits.connections(name) >= connections_max;
             let ready_len = st.queues.ready_len(id) as u32;
-            let count = st.sessions.entry(id).or_default();
-            let wanted =
-                count.open == 0 || (count.idle == 0 && ready_len > count.open && !engine_full);
-            if !wanted || count.open >= connections_max {
+            let (open, idle) = st.sessions.get(&id).map_or((0, 0), |c| (c.open, c.idle));
+            // An extra session also needs room under the engine-wide limit (sessions of other
+            // shards count): without it, it could only fail to get its permit. Asked only then,
+            // since it takes the shared registry's lock.
+            let wanted = open == 0
+                || (idle == 0
+                    && ready_len > open
+                    && self.limits.connections(name) < connections_max);
+            if !wanted || open >= connections_max {
                 continue;
             }
-            count.open += 1;
+            st.sessions.entry(id).or_default().open += 1;
             self.sessions_open.set(self.sessions_open.get() + 1);
             spawn.push(id);
         }

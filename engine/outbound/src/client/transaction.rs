@@ -4,6 +4,8 @@
 //! transaction (RSET, MAIL, RCPT..., `BDAT n LAST` and the body) is one write and its replies
 //! one read: a single round trip per message instead of two.
 
+use std::io::Write as _;
+
 use super::io::with_timeout;
 use super::{ClientError, RcptOutcome, Reply, SmtpConnection, TransactionOutcome};
 
@@ -166,7 +168,7 @@ impl SmtpConnection {
         w.extend_from_slice(from.as_bytes());
         w.push(b'>');
         if self.caps.size_bytes_max.is_some() {
-            w.extend_from_slice(format!(" SIZE={}", body.len()).as_bytes());
+            let _ = write!(w, " SIZE={}", body.len());
         }
         if self.caps.eightbitmime && body.iter().any(|b| *b >= 0x80) {
             w.extend_from_slice(b" BODY=8BITMIME");
@@ -316,9 +318,8 @@ impl SmtpConnection {
             self.push_rcpt(rcpts.get(i).copied().unwrap_or(""));
         }
         let w = &mut self.io.wbuf;
-        w.extend_from_slice(b"BDAT ");
-        w.extend_from_slice(chunk_len.to_string().as_bytes());
-        w.extend_from_slice(b" LAST\r\n");
+        // Writing into a Vec cannot fail.
+        let _ = write!(w, "BDAT {chunk_len} LAST\r\n");
         w.extend_from_slice(body);
         if crlf {
             w.extend_from_slice(b"\r\n");
