@@ -70,8 +70,8 @@ pub fn up(args: UpArgs) -> anyhow::Result<i32> {
     let dev = rt.block_on(petrel_control::bootstrap_dev(&info))?;
 
     let mut banner = vec![format!(
-        "control plane: http://{}/v1 (OpenAPI at /v1/openapi.json)",
-        info.api_addr
+        "control plane: {}://{}/v1 (OpenAPI at /v1/openapi.json)",
+        info.api_scheme, info.api_addr
     )];
     if let Some(key) = &info.bootstrap_key {
         banner.push(format!("owner API key (shown once, keep it): {key}"));

@@ -91,6 +91,48 @@ fn lettre_starttls_and_auth_are_accepted_and_spooled() {
 }
 
 #[test]
+fn an_address_that_keeps_failing_auth_is_locked_out_across_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config_with_user(
+        "alice",
+        "correct horse",
+        "[auth]\nfailures_per_address_max = 2\nfailure_window_secs = 600\n",
+    );
+    let engine = Engine::start_with(dir.path(), &["--no-delivery", "--shards", "2"], Some(&cfg));
+    let tls = TlsParameters::builder("localhost".into())
+        .dangerous_accept_invalid_certs(true)
+        .build()
+        .unwrap();
+    let mailer = |password: &str| {
+        SmtpTransport::builder_dangerous("127.0.0.1")
+            .port(engine.smtp.port())
+            .tls(Tls::Required(tls.clone()))
+            .credentials(Credentials::new("alice".into(), password.into()))
+            .authentication(vec![Mechanism::Plain])
+            .timeout(Some(Duration::from_secs(20)))
+            .build()
+    };
+    // Each attempt on its own connection, so only the engine-wide count can stop them.
+    for guess in ["guess-1", "guess-2"] {
+        let e = mailer(guess).send(&lettre_message(0)).unwrap_err();
+        assert!(e.to_string().contains("5.7.8"), "{e}");
+    }
+    // Locked out now: even the right password gets a temporary failure, and nothing is spooled.
+    let e = mailer("correct horse")
+        .send(&lettre_message(1))
+        .unwrap_err();
+    assert!(e.is_transient(), "{e}");
+    assert!(e.to_string().contains("4.7.0"), "{e}");
+    let metrics = engine.scrape();
+    assert!(
+        metrics.contains("petrel_smtp_auth_total{result=\"locked_out\"} 1"),
+        "{metrics}"
+    );
+    assert!(engine.stop(), "graceful stop exits 0");
+    assert_eq!(spool_count(dir.path()), 0);
+}
+
+#[test]
 fn raw_dialogue_replies_and_relay_rules() {
     let dir = tempfile::tempdir().unwrap();
     let engine = Engine::start(dir.path(), &["--no-delivery", "--shards", "1"]);

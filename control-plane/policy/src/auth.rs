@@ -11,8 +11,9 @@
 //! previous set and the old previous set is dropped. Hits in the previous set are promoted.
 //! At most `entries_max` tags are held; the recently used survive.
 
-use std::collections::HashSet;
-use std::sync::Mutex;
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::{Mutex, OnceLock};
 
 use argon2::password_hash::{PasswordHash, PasswordVerifier};
 use hmac::{Hmac, Mac};
@@ -144,6 +145,94 @@ pub fn verify_argon2id(phc: &str, password: &str) -> Result<(), AuthError> {
         })
 }
 
+/// Spends one argon2id verification (the default parameters, as every stored credential has)
+/// against a hash of a random password, and returns nothing. A refusal that needed no hashing
+/// (unknown username, revoked credential, address not allowed, unknown key prefix) calls this
+/// before answering, so a refusal takes as long whatever its reason and the time of an answer
+/// does not tell which usernames or keys exist.
+pub fn equalize_refusal_time(password: &str) {
+    static DUMMY: OnceLock<Option<String>> = OnceLock::new();
+    let dummy = DUMMY.get_or_init(|| {
+        let mut random = [0u8; 24];
+        rand::rngs::OsRng.fill_bytes(&mut random);
+        hash_password(&hex::encode(random)).ok()
+    });
+    if let Some(phc) = dummy {
+        let clipped = &password.as_bytes()[..password.len().min(PASSWORD_LENGTH_MAX_BYTES)];
+        let _ = verify_argon2id(phc, &String::from_utf8_lossy(clipped));
+    }
+}
+
+/// Failed authentications per client address in fixed windows, shared by every shard (SMTP
+/// AUTH) or every request handler (the admin API): past `failures_max` in one window the address
+/// is locked out until the window ends. Bounded: at most `addresses_max` addresses are tracked;
+/// past that, ended windows are dropped first, then everything (a flood of addresses must not
+/// grow memory).
+#[derive(Debug)]
+pub struct FailureThrottle {
+    failures_max: u32,
+    window_secs: u64,
+    addresses_max: usize,
+    /// address -> (window start, failures in it).
+    windows: Mutex<HashMap<IpAddr, (u64, u32)>>,
+}
+
+/// Default bound on the addresses a [`FailureThrottle`] tracks.
+pub const THROTTLE_ADDRESSES_MAX: usize = 100_000;
+
+impl FailureThrottle {
+    pub fn new(failures_max: u32, window_secs: u64) -> FailureThrottle {
+        FailureThrottle {
+            failures_max: failures_max.max(1),
+            window_secs: window_secs.max(1),
+            addresses_max: THROTTLE_ADDRESSES_MAX,
+            windows: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// `Err(seconds until the lockout ends)` while `ip` is locked out.
+    pub fn check(&self, ip: IpAddr, now_secs: u64) -> Result<(), u64> {
+        let ip = ip.to_canonical();
+        let map = self.lock();
+        match map.get(&ip) {
+            Some(&(start, count))
+                if count >= self.failures_max && now_secs < start + self.window_secs =>
+            {
+                Err((start + self.window_secs - now_secs).max(1))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    pub fn record_failure(&self, ip: IpAddr, now_secs: u64) {
+        let ip = ip.to_canonical();
+        let window = self.window_secs;
+        let mut map = self.lock();
+        if map.len() >= self.addresses_max && !map.contains_key(&ip) {
+            map.retain(|_, (start, _)| now_secs < *start + window);
+            if map.len() >= self.addresses_max {
+                map.clear();
+            }
+        }
+        let w = map.entry(ip).or_insert((now_secs, 0));
+        if now_secs >= w.0 + window {
+            *w = (now_secs, 0);
+        }
+        w.1 = w.1.saturating_add(1);
+    }
+
+    /// Addresses currently tracked (for tests and the status page).
+    pub fn tracked(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, (u64, u32)>> {
+        self.windows
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 /// Hash a password as the control plane stores it (argon2id, default parameters, random salt).
 /// Here so both sides agree on the format; tests use it too.
 pub fn hash_password(password: &str) -> Result<String, AuthError> {
@@ -158,6 +247,47 @@ pub fn hash_password(password: &str) -> Result<String, AuthError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn throttle_locks_an_address_out_after_its_failures_until_the_window_ends() {
+        let t = FailureThrottle::new(10, 60);
+        let ip: IpAddr = "192.0.2.1".parse().expect("ip");
+        let other: IpAddr = "192.0.2.2".parse().expect("ip");
+        for _ in 0..10 {
+            assert!(t.check(ip, 1_000).is_ok());
+            t.record_failure(ip, 1_000);
+        }
+        assert_eq!(t.check(ip, 1_000), Err(60));
+        assert_eq!(t.check(ip, 1_045), Err(15));
+        let mapped: IpAddr = "::ffff:192.0.2.1".parse().expect("ip");
+        assert_eq!(t.check(mapped, 1_045), Err(15), "IPv4-mapped is the same");
+        assert!(t.check(other, 1_000).is_ok(), "per address");
+        assert!(t.check(ip, 1_060).is_ok(), "window over");
+        t.record_failure(ip, 1_060);
+        assert!(
+            t.check(ip, 1_060).is_ok(),
+            "a new window starts from one failure"
+        );
+    }
+
+    #[test]
+    fn throttle_tracks_a_bounded_number_of_addresses() {
+        let mut t = FailureThrottle::new(3, 60);
+        t.addresses_max = 4;
+        for i in 0..4u8 {
+            t.record_failure(IpAddr::from([198, 51, 100, i]), 1_000);
+        }
+        assert_eq!(t.tracked(), 4);
+        // All windows live: the map starts over rather than grow.
+        t.record_failure(IpAddr::from([198, 51, 100, 9]), 1_000);
+        assert_eq!(t.tracked(), 1);
+        // Ended windows go first.
+        for i in 0..3u8 {
+            t.record_failure(IpAddr::from([198, 51, 100, i]), 1_000);
+        }
+        t.record_failure(IpAddr::from([198, 51, 100, 20]), 1_100);
+        assert_eq!(t.tracked(), 1);
+    }
 
     #[test]
     fn argon2id_verify() {

@@ -305,6 +305,12 @@ impl CompiledPolicy {
         self.shared.rates.check_and_take(&checks, now_unix_ms)
     }
 
+    /// True when at least one sending domain has a usable key (else no message needs its From
+    /// header looked at for signing).
+    pub fn has_signers(&self) -> bool {
+        !self.signers.is_empty()
+    }
+
     /// The signer for a From: (or MAIL FROM) domain: its own, else its closest registered parent.
     pub fn signer_for(&self, from_domain: &str) -> Option<&DkimSigner> {
         let domain = normalize_domain(from_domain);

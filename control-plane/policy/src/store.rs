@@ -81,6 +81,13 @@ impl PolicyStore {
         self.current.load_full()
     }
 
+    /// The current policy for a short look on a hot path: no reference count is touched (an
+    /// arc-swap guard), so shards reading it at once do not contend on one cache line. Do not
+    /// hold it across an await.
+    pub fn peek(&self) -> arc_swap::Guard<Arc<CompiledPolicy>> {
+        self.current.load()
+    }
+
     pub fn version(&self) -> u64 {
         self.current.load().version()
     }

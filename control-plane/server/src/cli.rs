@@ -9,7 +9,7 @@ use crate::{ControlConfig, ServeOptions};
 #[derive(Debug, clap::Subcommand)]
 pub enum ControlCommand {
     /// Run the control plane (admin API and engine push).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Walk the audit log's hash chain and report the first broken link (exit status 1 if any).
     AuditVerify {
         /// Petrel's data directory; the control plane uses `<data-dir>/control`.
@@ -45,6 +45,15 @@ pub struct ServeArgs {
     pub push_tls_cert: Option<PathBuf>,
     #[arg(long, requires = "push_tls_cert")]
     pub push_tls_key: Option<PathBuf>,
+    /// PEM certificate for the admin API (with --api-tls-key): HTTPS. Without it the API is
+    /// plain HTTP, which only a loopback --api-listen gets.
+    #[arg(long, requires = "api_tls_key")]
+    pub api_tls_cert: Option<PathBuf>,
+    #[arg(long, requires = "api_tls_cert")]
+    pub api_tls_key: Option<PathBuf>,
+    /// Serve the admin API in plain HTTP on a non-loopback address (only behind a TLS proxy).
+    #[arg(long)]
+    pub api_allow_plaintext: bool,
     /// The domain tenants include in SPF.
     #[arg(long, default_value = crate::SPF_INCLUDE_DEFAULT)]
     pub spf_include: String,
@@ -54,6 +63,7 @@ pub struct ServeArgs {
 pub async fn run(cmd: ControlCommand) -> anyhow::Result<()> {
     match cmd {
         ControlCommand::Serve(a) => {
+            let a = *a;
             let dir = a.data_dir.join("control");
             let push_token = match a.push_token {
                 Some(t) => t,
@@ -70,6 +80,9 @@ pub async fn run(cmd: ControlCommand) -> anyhow::Result<()> {
             let opts = ServeOptions {
                 push_tls_cert: a.push_tls_cert,
                 push_tls_key: a.push_tls_key,
+                api_tls_cert: a.api_tls_cert,
+                api_tls_key: a.api_tls_key,
+                api_allow_plaintext: a.api_allow_plaintext,
                 spf_include: a.spf_include,
                 ..ServeOptions::default()
             };

@@ -18,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod api_tls;
 pub mod audit;
 pub mod auth;
 mod bootstrap;
@@ -67,6 +68,12 @@ pub struct ServeOptions {
     /// PEM files for the push listener; None: self-signed under `data_dir`.
     pub push_tls_cert: Option<PathBuf>,
     pub push_tls_key: Option<PathBuf>,
+    /// PEM files for the admin API; None: plain HTTP, which only a loopback `api_listen` gets
+    /// unless `api_allow_plaintext` is set.
+    pub api_tls_cert: Option<PathBuf>,
+    pub api_tls_key: Option<PathBuf>,
+    /// Serve the admin API without TLS on a non-loopback address (a TLS proxy in front of it).
+    pub api_allow_plaintext: bool,
     pub spf_include: String,
     pub dkim_rotation_grace_secs: u64,
     /// argon2id cost for new secrets.
@@ -79,6 +86,9 @@ impl Default for ServeOptions {
         ServeOptions {
             push_tls_cert: None,
             push_tls_key: None,
+            api_tls_cert: None,
+            api_tls_key: None,
+            api_allow_plaintext: false,
             spf_include: SPF_INCLUDE_DEFAULT.to_string(),
             dkim_rotation_grace_secs: DKIM_ROTATION_GRACE_SECS_DEFAULT,
             hash_cost: HashCost::default(),
@@ -91,6 +101,8 @@ impl Default for ServeOptions {
 #[derive(Clone)]
 pub struct ServeInfo {
     pub api_addr: SocketAddr,
+    /// `https` when the admin API speaks TLS, else `http`.
+    pub api_scheme: &'static str,
     pub push_addr: SocketAddr,
     /// The push listener's certificate (PEM), for engines to trust.
     pub push_cert_pem: String,
@@ -155,6 +167,22 @@ pub async fn serve_with(
     if cfg.push_token.trim().is_empty() {
         return Err(ControlError::Config("push_token must not be empty".into()));
     }
+    let api_tls = match (&opts.api_tls_cert, &opts.api_tls_key) {
+        (Some(cert), Some(key)) => Some(push::tls_acceptor(cert, key)?.0),
+        (None, None) => None,
+        _ => {
+            return Err(ControlError::Config(
+                "api TLS needs both a certificate and a key".into(),
+            ))
+        }
+    };
+    if api_tls.is_none() && !api_tls::plaintext_allowed(cfg.api_listen, opts.api_allow_plaintext) {
+        return Err(ControlError::Config(format!(
+            "api_listen {}: the admin API carries bearer keys, so off loopback it needs TLS \
+             (--api-tls-cert and --api-tls-key) or --api-allow-plaintext behind a TLS proxy",
+            cfg.api_listen
+        )));
+    }
     let db = store::Db::open(&cfg.data_dir, cfg.database_url.as_deref()).await?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let bootstrap_key = bootstrap::ensure_operator(&db, opts.hash_cost, clock.as_ref()).await?;
@@ -167,7 +195,7 @@ pub async fn serve_with(
     let app = api::App(Arc::new(api::AppState {
         db,
         clock,
-        throttle: auth::Throttle::default(),
+        throttle: auth::api_throttle(),
         verify_cache: auth::VerifyCache::default(),
         dns: dns::DnsChecker::new(&cfg.dns_nameservers)?,
         settings: api::Settings {
@@ -194,6 +222,7 @@ pub async fn serve_with(
     if let Some(tx) = ready {
         let _ = tx.send(ServeInfo {
             api_addr,
+            api_scheme: if api_tls.is_some() { "https" } else { "http" },
             push_addr,
             push_cert_pem: tls.cert_pem.clone(),
             bootstrap_key,
@@ -201,12 +230,23 @@ pub async fn serve_with(
         });
     }
     let router = api::router(app.clone());
+    let service = router.into_make_service_with_connect_info::<SocketAddr>();
     let http = async move {
-        axum::serve(
-            api_listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
+        match api_tls {
+            Some(acceptor) => {
+                let listener =
+                    api_tls::TlsListener::new(api_listener, acceptor).map_err(|source| {
+                        ControlError::Listen {
+                            addr: api_addr,
+                            source,
+                        }
+                    })?;
+                // `tap_io` only so axum hands the peer address to ConnectInfo<SocketAddr>.
+                use axum::serve::ListenerExt;
+                axum::serve(listener.tap_io(|_| {}), service).await
+            }
+            None => axum::serve(api_listener, service).await,
+        }
         .map_err(|source| ControlError::Listen {
             addr: api_addr,
             source,

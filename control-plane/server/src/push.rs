@@ -88,6 +88,28 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ControlError + '_ {
     }
 }
 
+/// A TLS 1.2/1.3 server (rustls' safe defaults, aws-lc-rs) from a PEM certificate chain and key;
+/// also returns the chain's PEM.
+pub fn tls_acceptor(
+    cert_path: &Path,
+    key_path: &Path,
+) -> Result<(TlsAcceptor, String), ControlError> {
+    let cert_pem = std::fs::read_to_string(cert_path).map_err(io_err(cert_path))?;
+    let certs = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ControlError::Tls(format!("{}: {e}", cert_path.display())))?;
+    let key = PrivateKeyDer::from_pem_file(key_path)
+        .map_err(|e| ControlError::Tls(format!("{}: {e}", key_path.display())))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ControlError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| ControlError::Tls(e.to_string()))?;
+    Ok((TlsAcceptor::from(Arc::new(config)), cert_pem))
+}
+
 /// Loads `cert`/`key` when given; otherwise loads or creates a self-signed pair under
 /// `<control dir>/push-{cert,key}.pem` naming `localhost` and the listen address.
 pub fn load_or_create_tls(
@@ -114,23 +136,8 @@ pub fn load_or_create_tls(
         write_private(&key_path, ck.key_pair.serialize_pem().as_bytes())?;
         std::fs::write(&cert_path, ck.cert.pem()).map_err(io_err(&cert_path))?;
     }
-    let cert_pem = std::fs::read_to_string(&cert_path).map_err(io_err(&cert_path))?;
-    let certs = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| ControlError::Tls(format!("{}: {e}", cert_path.display())))?;
-    let key = PrivateKeyDer::from_pem_file(&key_path)
-        .map_err(|e| ControlError::Tls(format!("{}: {e}", key_path.display())))?;
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ControlError::Tls(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| ControlError::Tls(e.to_string()))?;
-    Ok(PushTls {
-        acceptor: TlsAcceptor::from(Arc::new(config)),
-        cert_pem,
-    })
+    let (acceptor, cert_pem) = tls_acceptor(&cert_path, &key_path)?;
+    Ok(PushTls { acceptor, cert_pem })
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), ControlError> {

@@ -212,3 +212,98 @@ async fn audit_chain_detects_removed_rows() {
     };
     assert!(petrel_control::run(cmd).await.is_err());
 }
+
+/// The admin API over HTTPS with the operator's certificate; plain HTTP off loopback refused.
+#[tokio::test]
+async fn admin_api_speaks_tls_when_given_a_certificate() {
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("cert");
+    let (cert_path, key_path) = (dir.path().join("api.pem"), dir.path().join("api.key"));
+    std::fs::write(&cert_path, ck.cert.pem()).expect("write cert");
+    std::fs::write(&key_path, ck.key_pair.serialize_pem()).expect("write key");
+    let config = |api_listen: &str| petrel_control::ControlConfig {
+        data_dir: dir.path().join("control"),
+        database_url: None,
+        api_listen: api_listen.parse().expect("addr"),
+        push_listen: "127.0.0.1:0".parse().expect("addr"),
+        push_token: "t".into(),
+        dns_nameservers: vec!["127.0.0.1:9".parse().expect("addr")],
+    };
+
+    // Off loopback without TLS: refused at start, naming what to do.
+    let err = petrel_control::serve_with(config("0.0.0.0:0"), common::test_options(), None)
+        .await
+        .expect_err("plain HTTP on a public address");
+    assert!(err.to_string().contains("--api-tls-cert"), "{err}");
+
+    let opts = petrel_control::ServeOptions {
+        api_tls_cert: Some(cert_path),
+        api_tls_key: Some(key_path),
+        ..common::test_options()
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(petrel_control::serve_with(
+        config("127.0.0.1:0"),
+        opts,
+        Some(tx),
+    ));
+    let info = rx.await.expect("ready");
+    assert_eq!(info.api_scheme, "https");
+    let owner = info.bootstrap_key.clone().expect("first start");
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ck.cert.der().clone()).expect("root");
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+    let https = |key: Option<String>| {
+        let connector = connector.clone();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(info.api_addr)
+                .await
+                .expect("connect");
+            let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+            let tls = connector.connect(name, tcp).await.expect("TLS handshake");
+            common::http_over(
+                tls,
+                info.api_addr,
+                "GET",
+                "/v1/tenants",
+                key.as_deref(),
+                None,
+            )
+            .await
+        }
+    };
+    assert_eq!(https(Some(owner.clone())).await.status, 200);
+    let r = https(None).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.code(), "unauthorized");
+
+    // Plain HTTP to the TLS port gets no HTTP answer.
+    let mut tcp = tokio::net::TcpStream::connect(info.api_addr)
+        .await
+        .expect("connect");
+    tcp.write_all(b"GET /v1/tenants HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(15),
+        tcp.read_to_end(&mut buf),
+    )
+    .await;
+    assert!(
+        !buf.starts_with(b"HTTP/"),
+        "{:?}",
+        String::from_utf8_lossy(&buf)
+    );
+    task.abort();
+}

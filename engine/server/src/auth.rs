@@ -3,6 +3,12 @@
 //! argon2id verification costs milliseconds, so it runs on glommio's blocking pool, never on the
 //! shard, and successful verifications are cached in memory keyed by a keyed SHA-256 of the
 //! username and password (never the plaintext). The cache is bounded and dropped whole when full.
+//!
+//! Only a cached success answers on the shard. Every refusal goes through the blocking pool and
+//! costs one argon2id verification, whether or not the username exists, so the time of an answer
+//! does not tell which usernames exist. An address that fails `auth.failures_per_address_max`
+//! times within `auth.failure_window_secs` (across connections and shards) is locked out of AUTH
+//! until the window ends.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -11,7 +17,9 @@ use std::sync::{Arc, Mutex};
 use argon2::{Argon2, PasswordHash, PasswordVerifier};
 use sha2::{Digest, Sha256};
 
-use crate::config::AuthUser;
+use petrel_policy::auth::FailureThrottle;
+
+use crate::config::AuthSection;
 
 /// Cached successful verifications of static users, at most.
 pub const AUTH_CACHE_ENTRIES_MAX: usize = 100_000;
@@ -32,10 +40,12 @@ pub struct Authenticator {
     cache_key: [u8; 32],
     cache: Mutex<HashMap<[u8; 32], Identity>>,
     policy: Arc<petrel_policy::PolicyStore>,
+    throttle: FailureThrottle,
 }
 
 impl Authenticator {
-    pub fn new(users: &[AuthUser], policy: Arc<petrel_policy::PolicyStore>) -> Arc<Self> {
+    pub fn new(section: &AuthSection, policy: Arc<petrel_policy::PolicyStore>) -> Arc<Self> {
+        let users = &section.users;
         let mut cache_key = [0u8; 32];
         rand::Rng::fill(&mut rand::thread_rng(), &mut cache_key[..]);
         Arc::new(Authenticator {
@@ -46,29 +56,40 @@ impl Authenticator {
             cache_key,
             cache: Mutex::new(HashMap::new()),
             policy,
+            throttle: FailureThrottle::new(
+                section.failures_per_address_max,
+                section.failure_window_secs,
+            ),
         })
+    }
+
+    /// `Err(seconds left)` while `peer` is locked out of AUTH.
+    pub fn locked_out(&self, peer: IpAddr, now_secs: u64) -> Result<(), u64> {
+        self.throttle.check(peer, now_secs)
+    }
+
+    /// Counts a failed AUTH of `peer` towards its lockout.
+    pub fn record_failure(&self, peer: IpAddr, now_secs: u64) {
+        self.throttle.record_failure(peer, now_secs);
     }
 
     pub fn has_credentials(&self) -> bool {
         !self.static_users.is_empty() || self.policy.current().auth_enabled()
     }
 
-    /// The fast path, on the shard: a cached control-plane verification, or None when the
-    /// answer needs argon2 (then call [`Authenticator::verify_blocking`] off the shard).
-    pub fn verify_cached(
-        &self,
-        username: &str,
-        password: &str,
-        peer: IpAddr,
-    ) -> Option<Option<Identity>> {
+    /// The fast path, on the shard: a cached success, or None when the answer needs argon2
+    /// (then call [`Authenticator::verify_blocking`] off the shard). A refusal is never
+    /// answered here, however cheap to decide: see the module's note on timing.
+    pub fn verify_cached(&self, username: &str, password: &str, peer: IpAddr) -> Option<Identity> {
         if self.static_users.contains_key(username) {
             let key = self.cache_key(username, password);
-            return self.cache_lock().get(&key).cloned().map(Some);
+            return self.cache_lock().get(&key).cloned();
         }
         let policy = self.policy.current();
-        policy
-            .verify_smtp_cached(username, password, peer)
-            .map(|r| r.ok().map(identity_of))
+        match policy.verify_smtp_cached(username, password, peer) {
+            Some(Ok(id)) => Some(identity_of(id)),
+            _ => None,
+        }
     }
 
     /// Verifies; blocking (argon2). Call from a blocking pool.
@@ -106,10 +127,15 @@ impl Authenticator {
             return Some(id);
         }
         let policy = self.policy.current();
-        policy
-            .verify_smtp(username, password, peer)
-            .ok()
-            .map(identity_of)
+        match policy.verify_smtp(username, password, peer) {
+            Ok(id) => Some(identity_of(id)),
+            // argon2 ran and refused: the answer already took a verification's time.
+            Err(petrel_policy::AuthError::WrongPassword) => None,
+            Err(_) => {
+                petrel_policy::auth::equalize_refusal_time(password);
+                None
+            }
+        }
     }
 
     fn cache_key(&self, username: &str, password: &str) -> [u8; 32] {
@@ -148,11 +174,14 @@ mod tests {
     fn static_user_verifies_and_caches() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(petrel_policy::PolicyStore::load_or_empty(dir.path()));
-        let users = vec![AuthUser {
-            username: "alice".into(),
-            password_hash: hash_password("s3cret"),
-        }];
-        let a = Authenticator::new(&users, store);
+        let section = AuthSection {
+            users: vec![crate::config::AuthUser {
+                username: "alice".into(),
+                password_hash: hash_password("s3cret"),
+            }],
+            ..AuthSection::default()
+        };
+        let a = Authenticator::new(&section, store);
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
         assert!(a.verify_blocking("alice", "nope", ip).is_none());
         assert_eq!(
@@ -163,5 +192,50 @@ mod tests {
         assert!(a.verify_blocking("alice", "s3cret", ip).is_some());
         assert!(a.verify_blocking("bob", "s3cret", ip).is_none());
         assert!(a.has_credentials());
+    }
+
+    #[test]
+    fn only_a_cached_success_is_answered_on_the_shard() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(petrel_policy::PolicyStore::load_or_empty(dir.path()));
+        let section = AuthSection {
+            users: vec![crate::config::AuthUser {
+                username: "alice".into(),
+                password_hash: hash_password("s3cret"),
+            }],
+            ..AuthSection::default()
+        };
+        let a = Authenticator::new(&section, store);
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        // An unknown username is not refused at once: it goes where a wrong password goes.
+        assert_eq!(a.verify_cached("mallory", "x", ip), None);
+        assert_eq!(
+            a.verify_cached("alice", "s3cret", ip),
+            None,
+            "not cached yet"
+        );
+        assert!(a.verify_blocking("alice", "s3cret", ip).is_some());
+        assert!(a.verify_cached("alice", "s3cret", ip).is_some());
+        assert_eq!(a.verify_cached("alice", "wrong", ip), None);
+    }
+
+    #[test]
+    fn an_address_is_locked_out_after_its_failures() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(petrel_policy::PolicyStore::load_or_empty(dir.path()));
+        let section = AuthSection {
+            failures_per_address_max: 2,
+            failure_window_secs: 30,
+            ..AuthSection::default()
+        };
+        let a = Authenticator::new(&section, store);
+        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        assert!(a.locked_out(ip, 100).is_ok());
+        a.record_failure(ip, 100);
+        assert!(a.locked_out(ip, 100).is_ok());
+        a.record_failure(ip, 101);
+        assert_eq!(a.locked_out(ip, 110), Err(20));
+        assert!(a.locked_out("192.0.2.8".parse().unwrap(), 110).is_ok());
+        assert!(a.locked_out(ip, 130).is_ok());
     }
 }

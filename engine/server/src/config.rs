@@ -181,11 +181,27 @@ impl Default for AdminSection {
     }
 }
 
-/// Static SMTP credentials (the control plane's pushed credentials take over when present).
-#[derive(Debug, Clone, Deserialize, Default)]
+/// Static SMTP credentials (the control plane's pushed credentials take over when present), and
+/// the lockout of addresses that keep failing AUTH.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthSection {
     pub users: Vec<AuthUser>,
+    /// Failed AUTH attempts one client address may make per window, across all its connections
+    /// and all shards; past it, AUTH answers `454 4.7.0` until the window ends.
+    pub failures_per_address_max: u32,
+    /// The lockout window, in seconds.
+    pub failure_window_secs: u64,
+}
+
+impl Default for AuthSection {
+    fn default() -> Self {
+        AuthSection {
+            users: Vec::new(),
+            failures_per_address_max: 10,
+            failure_window_secs: 300,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -384,6 +400,12 @@ impl EngineConfig {
                 "smtp.tls_cert_path",
                 "tls_cert_path and tls_key_path go together",
             );
+        }
+        if self.auth.failures_per_address_max == 0 {
+            return bad("auth.failures_per_address_max", "must be at least 1");
+        }
+        if self.auth.failure_window_secs == 0 {
+            return bad("auth.failure_window_secs", "must be at least 1");
         }
         if self.limits.connections_max == 0 {
             return bad("limits.connections_max", "must be at least 1");

@@ -79,7 +79,7 @@ pub fn run(
         tracing::warn!(path = %p.display(), "no TLS certificate configured: generated a self-signed one for STARTTLS");
     }
     metrics::gauge!(crate::metrics::POLICY_VERSION).set(policy.version() as f64);
-    let auth = Authenticator::new(&cfg.auth.users, Arc::clone(&policy));
+    let auth = Authenticator::new(&cfg.auth, Arc::clone(&policy));
     let shards = cfg.shard_count();
     let pressure = Pressure::new(cfg.limits.clone(), shards);
     let delivery = if cfg.delivery.enabled {

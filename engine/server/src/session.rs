@@ -278,14 +278,26 @@ impl Driver {
     async fn auth(&mut self, username: String, password: String) {
         let auth = Arc::clone(&self.ctx.auth);
         let ip = self.peer.ip();
+        let now_secs = now_ms() / 1000;
+        if let Err(retry_secs) = auth.locked_out(ip, now_secs) {
+            tracing::info!(%ip, retry_secs, "AUTH refused: address locked out after failures");
+            metrics::counter!(m::AUTH_TOTAL, "result" => "locked_out").increment(1);
+            self.session.auth_locked_out();
+            self.identity = None;
+            return;
+        }
         let result = match auth.verify_cached(&username, &password, ip) {
-            Some(decided) => decided,
+            Some(hit) => Some(hit),
             None => {
+                let verifier = Arc::clone(&auth);
                 glommio::executor()
-                    .spawn_blocking(move || auth.verify_blocking(&username, &password, ip))
+                    .spawn_blocking(move || verifier.verify_blocking(&username, &password, ip))
                     .await
             }
         };
+        if result.is_none() {
+            auth.record_failure(ip, now_secs);
+        }
         let label = if result.is_some() { "ok" } else { "failed" };
         metrics::counter!(m::AUTH_TOTAL, "result" => label).increment(1);
         self.session

@@ -242,6 +242,18 @@ impl Session {
         self.resume();
     }
 
+    /// The answer to [`Event::Auth`] when the client's address is locked out after repeated
+    /// failures (RFC 4954 §6: `454 4.7.0`, temporary). Counts as a failed attempt.
+    pub fn auth_locked_out(&mut self) {
+        if !self.answer(Awaiting::Auth) {
+            return;
+        }
+        self.auth_refused(
+            "454 4.7.0 Temporary authentication failure: too many failures from this address\r\n",
+        );
+        self.resume();
+    }
+
     /// The TLS handshake after STARTTLS succeeded: back to the initial state (RFC 3207 §4.2:
     /// a new EHLO is required), `peer.tls = true`, no greeting.
     pub fn tls_established(&mut self) {

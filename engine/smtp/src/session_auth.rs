@@ -67,8 +67,13 @@ impl Session {
     }
 
     pub(super) fn auth_failed(&mut self) {
+        self.auth_refused("535 5.7.8 Error: authentication failed\r\n");
+    }
+
+    /// A refused attempt: `reply`, and it counts towards `auth_attempts_max`.
+    pub(super) fn auth_refused(&mut self, reply: &'static str) {
         self.auth_failures += 1;
-        self.reply("535 5.7.8 Error: authentication failed\r\n");
+        self.reply(reply);
         if self.auth_failures >= self.config.limits.auth_attempts_max {
             self.close_421("4.7.0", "too many failed authentication attempts");
         }

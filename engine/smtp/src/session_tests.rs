@@ -75,6 +75,9 @@ impl Harness {
                     self.session.rcpt_verdict(Verdict::Reject(refuse()))
                 }
                 Event::Rcpt { .. } => self.session.rcpt_verdict(Verdict::Accept),
+                Event::Auth { username, .. } if username == "locked" => {
+                    self.session.auth_locked_out()
+                }
                 Event::Auth { username, password } => self
                     .session
                     .auth_result((password == "secret").then_some(username)),
@@ -636,6 +639,26 @@ fn auth_failures_close_the_session() {
             (
                 "AUTH PLAIN AGFsaWNlAHdyb25n",
                 "535 5.7.8;421 4.7.0 mx.test Error: too many failed",
+            ),
+        ],
+    );
+    assert!(h.session.is_closed());
+}
+
+#[test]
+fn a_locked_out_address_gets_a_temporary_failure_that_counts_as_an_attempt() {
+    let h = dialogue_with(
+        config(),
+        true,
+        &[
+            ("EHLO c", "250"),
+            ("AUTH PLAIN AGxvY2tlZABzZWNyZXQ=", "454 4.7.0"),
+            ("MAIL FROM:<a@b.test>", "250"),
+            ("RSET", "250"),
+            ("AUTH PLAIN AGFsaWNlAHdyb25n", "535 5.7.8"),
+            (
+                "AUTH PLAIN AGxvY2tlZABzZWNyZXQ=",
+                "454 4.7.0;421 4.7.0 mx.test Error: too many failed",
             ),
         ],
     );
