@@ -140,6 +140,9 @@ pub struct SpoolSection {
     pub segment_size_max_bytes: u64,
     /// Recently stored bodies kept in memory per shard for their first delivery attempt.
     pub body_cache_bytes_max: usize,
+    /// Under load a group commit waits this long for more messages before its fdatasync
+    /// (PostgreSQL's `commit_delay`); 0 never waits. A lone client never waits for it.
+    pub commit_window_us: u64,
 }
 
 impl Default for SpoolSection {
@@ -148,6 +151,7 @@ impl Default for SpoolSection {
             fsync: true,
             segment_size_max_bytes: 64 << 20,
             body_cache_bytes_max: petrel_spool::BODY_CACHE_BYTES_MAX_DEFAULT,
+            commit_window_us: petrel_spool::COMMIT_WINDOW_US_DEFAULT,
         }
     }
 }
@@ -409,6 +413,12 @@ impl EngineConfig {
         }
         if self.limits.connections_max == 0 {
             return bad("limits.connections_max", "must be at least 1");
+        }
+        if self.spool.commit_window_us > 10_000 {
+            return bad(
+                "spool.commit_window_us",
+                "at most 10000 (every acknowledgement under load waits for it)",
+            );
         }
         if self.spool.segment_size_max_bytes < (1 << 20) {
             return bad("spool.segment_size_max_bytes", "must be at least 1 MiB");

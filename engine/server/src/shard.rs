@@ -156,6 +156,7 @@ pub async fn run(setup: ShardSetup) -> Result<(), EngineError> {
         segment_size_max_bytes: cfg.spool.segment_size_max_bytes,
         fsync: cfg.spool.fsync,
         body_cache_bytes_max: cfg.spool.body_cache_bytes_max,
+        commit_window_us: cfg.spool.commit_window_us,
     })
     .await?;
     if recovery.records_skipped > 0 {

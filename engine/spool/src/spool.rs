@@ -57,9 +57,9 @@ struct Inner {
     write_failed: Cell<bool>,
     /// A periodic journal sync is scheduled.
     sync_timer_armed: Cell<bool>,
-    /// A task that writes the buffered journal records is scheduled.
+    /// The task that writes the buffered journal records is scheduled or writing.
     journal_flush_armed: Cell<bool>,
-    /// A task that writes the batched store records is scheduled.
+    /// The task that writes the batched store records is scheduled or writing.
     data_flush_armed: Cell<bool>,
 }
 
@@ -611,19 +611,30 @@ impl Inner {
     }
 
     /// Writes the batched store records: behind the tasks ready now, or (`now`) in a task of
-    /// its own at once because a batch is full.
+    /// its own at once because a batch is full. One writer at a time: records stored while its
+    /// write is in flight wait for it and go out together in its next write, so under load a
+    /// write (an io-wq hop for buffered files) covers every store of its write's duration, not
+    /// only those of one scheduler round.
     fn flush_data_soon(self: &Rc<Self>, now: bool) {
         if !now && self.data_flush_armed.replace(true) {
             return;
         }
         let weak: Weak<Inner> = Rc::downgrade(self);
         glommio::spawn_local(async move {
-            if let Some(inner) = weak.upgrade() {
-                if !now {
-                    inner.data_flush_armed.set(false);
-                }
+            let Some(inner) = weak.upgrade() else {
+                return;
+            };
+            if now {
                 inner.flush_data().await;
+                return;
             }
+            loop {
+                inner.flush_data().await;
+                if inner.state.borrow().data_pending.is_empty() {
+                    break;
+                }
+            }
+            inner.data_flush_armed.set(false);
         })
         .detach();
     }
@@ -659,20 +670,29 @@ impl Inner {
         }
     }
 
-    /// Schedules one write of every buffered journal record, behind the tasks ready now.
+    /// Schedules a write of every buffered journal record, behind the tasks ready now; while
+    /// that write is in flight, newly buffered records wait for the next one.
     fn arm_journal_flush(self: &Rc<Self>) {
         if self.journal_flush_armed.replace(true) {
             return;
         }
         let weak: Weak<Inner> = Rc::downgrade(self);
         glommio::spawn_local(async move {
-            if let Some(inner) = weak.upgrade() {
-                inner.journal_flush_armed.set(false);
+            let Some(inner) = weak.upgrade() else {
+                return;
+            };
+            // One writer at a time, as for data: records buffered while a write is in flight
+            // go out together in the next one.
+            loop {
                 if let Err(e) = inner.flush_journals().await {
                     tracing::error!(error = %e, "spool journal write failed");
                 }
-                inner.arm_sync_timer();
+                if inner.state.borrow().journal_pending.is_empty() {
+                    break;
+                }
             }
+            inner.journal_flush_armed.set(false);
+            inner.arm_sync_timer();
         })
         .detach();
     }
@@ -732,7 +752,12 @@ impl Inner {
     /// Waits until everything written so far is durable (joining or leading a group commit).
     async fn commit_now(&self) -> Result<(), SpoolError> {
         let ticket = self.commit.ticket();
-        match self.commit.wait(ticket, || self.sync_dirty()).await {
+        let pause = std::time::Duration::from_micros(self.cfg.commit_window_us);
+        let window = |last_group: u64| {
+            (self.cfg.commit_window_us > 0 && crate::commit::window_applies(last_group))
+                .then(|| glommio::timer::sleep(pause))
+        };
+        match self.commit.wait(ticket, || self.sync_dirty(), window).await {
             Ok(()) => Ok(()),
             Err(CommitError::Sync(e)) => Err(e),
             Err(CommitError::Failed) => Err(SpoolError::Unhealthy(

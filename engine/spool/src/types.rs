@@ -129,7 +129,14 @@ pub struct SpoolConfig {
     /// Bodies of recently stored messages kept in memory, so a prompt first delivery attempt
     /// does not read them back from disk (default 32 MiB per shard; 0 turns the cache off).
     pub body_cache_bytes_max: usize,
+    /// Under load (the previous group had at least `COMMIT_WINDOW_GROUP_MIN` writers) a group
+    /// commit waits this long before its fdatasync so later writers join it (default 300 µs;
+    /// 0 never waits). A lone client never waits for it.
+    pub commit_window_us: u64,
 }
+
+/// Default of [`SpoolConfig::commit_window_us`].
+pub const COMMIT_WINDOW_US_DEFAULT: u64 = 300;
 
 /// Default of [`SpoolConfig::body_cache_bytes_max`].
 pub const BODY_CACHE_BYTES_MAX_DEFAULT: usize = 32 << 20;
@@ -146,6 +153,7 @@ impl SpoolConfig {
             segment_size_max_bytes: SEGMENT_SIZE_MAX_BYTES_DEFAULT,
             fsync: true,
             body_cache_bytes_max: BODY_CACHE_BYTES_MAX_DEFAULT,
+            commit_window_us: COMMIT_WINDOW_US_DEFAULT,
         }
     }
 }
