@@ -99,7 +99,17 @@ if [ "${SKIP_INJECTOR:-0}" != 1 ]; then
   echo "MEDIAN petrel-injector conns=$CONNS: $(printf '%s\n' "${erates[@]}" | median) msg/s end to end, engine $(printf '%s\n' "${ecpus[@]}" | median) CPU s/1000 msgs"
 fi
 if [ "${SKIP_1000:-0}" != 1 ]; then
-  for run in $(seq 1 "$RUNS"); do
-    "$BIN" load run loadtest/scenarios/relay-1000-domains.toml 2>&1 | grep -iE "rate|msg/s|complete" | head -3 | sed "s/^/1000-domains run=$run: /"
+  # As shipped (20 injector connections, 20,000 messages), then with CONNS_1000 connections and
+  # twice the messages (a copy of the scenario in a temp file).
+  SCEN=loadtest/scenarios/relay-1000-domains.toml
+  SCEN_WIDE=$(mktemp --suffix=.toml /tmp/petrel-relay-1000.XXXXXX)
+  CONNS_1000=${CONNS_1000:-200}
+  sed "s/^connections = 20\$/connections = $CONNS_1000/; s/^messages = 20000\$/messages = 40000/" "$SCEN" > "$SCEN_WIDE"
+  for scen in "$SCEN" "$SCEN_WIDE"; do
+    conns=$(awk -F' = ' '/^connections/{print $2}' "$scen")
+    for run in $(seq 1 "$RUNS"); do
+      "$BIN" load run "$scen" 2>&1 | grep -iE "rate|msg/s|complete" | head -3 | sed "s/^/1000-domains conns=$conns run=$run: /"
+    done
   done
+  rm -f "$SCEN_WIDE"
 fi

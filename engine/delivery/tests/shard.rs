@@ -734,3 +734,121 @@ fn a_full_engine_wide_limit_does_not_delay_a_shards_ready_work() {
     assert_eq!(first.join().expect("shard 0"), 1);
     assert!(dest.state.peak.load(std::sync::atomic::Ordering::Acquire) <= 2);
 }
+
+/// Runs a shard with one session slot: delivers a first message (its session then idles), then
+/// enqueues `then` and waits until `expect_removed` messages are done or `within` passes.
+/// Returns how many messages were removed (delivered) in all.
+fn one_slot_shard(
+    resolver: Resolver,
+    mut cfg: DeliveryConfig,
+    first: &'static str,
+    then: Vec<String>,
+    expect_removed: usize,
+    within: Duration,
+) -> usize {
+    cfg.shard_connections_max = 1;
+    // Far beyond the test: a session ends only by giving its slot up or carrying others.
+    cfg.idle_timeout_ms = 120_000;
+    let cfg = Arc::new(cfg);
+    let ex = LocalExecutorBuilder::new(Placement::Unbound)
+        .io_memory(512 << 10)
+        .make()
+        .expect("executor");
+    ex.run(async move {
+        let spool = Rc::new(MemSpool::default());
+        let shard = Rc::new(DeliveryShard::new(
+            0,
+            cfg,
+            resolver,
+            Arc::new(GlobalLimits::default()),
+            spool.clone(),
+            EventSink::disabled(),
+        ));
+        let runner = {
+            let shard = shard.clone();
+            glommio::spawn_local(async move { shard.run().await })
+        };
+        let sleep = |ms| glommio::timer::sleep(Duration::from_millis(ms));
+        let wait_removed = |n: usize, within: Duration| {
+            let spool = spool.clone();
+            async move {
+                let started = Instant::now();
+                while started.elapsed() < within && spool.removed.borrow().len() < n {
+                    sleep(10).await;
+                }
+                spool.removed.borrow().len()
+            }
+        };
+        shard.enqueue(spool.store("alice@src.example", &[first], BODY));
+        assert_eq!(wait_removed(1, TEST_DEADLINE).await, 1, "first delivered");
+        sleep(100).await; // the first session is idle now
+        for rcpt in &then {
+            shard.enqueue(spool.store("alice@src.example", &[rcpt.as_str()], BODY));
+        }
+        let removed = wait_removed(expect_removed, within).await;
+        shard.shutdown();
+        runner.await;
+        removed
+    })
+}
+
+/// Domains with the same next hop share one connection: the idle session carries each newly
+/// ready domain instead of giving up its slot and a new connection being made for it.
+#[test]
+fn a_connection_carries_other_domains_with_the_same_next_hop() {
+    let dest = Sink::start();
+    let other = Sink::start();
+    let then: Vec<String> = (1..10).map(|i| format!("r{i}@d{i}.example")).collect();
+    let mut cfg = config();
+    cfg.default_limits.messages_per_connection_max = 100;
+    let removed = one_slot_shard(
+        resolver(dest.addr, other.addr),
+        cfg,
+        "r0@d0.example",
+        then,
+        10,
+        TEST_DEADLINE,
+    );
+    assert_eq!(removed, 10, "all delivered");
+    assert_eq!(other.received().len(), 10);
+    assert_eq!(
+        other
+            .state
+            .connections
+            .load(std::sync::atomic::Ordering::Acquire),
+        1,
+        "one connection carried all ten domains"
+    );
+}
+
+/// A connection made under opportunistic TLS never carries a domain that requires TLS: that
+/// domain gets a session of its own, whose STARTTLS demand the sink cannot meet.
+#[test]
+fn a_connection_never_carries_a_domain_with_another_tls_policy() {
+    let dest = Sink::start();
+    let other = Sink::start();
+    let mut cfg = config();
+    cfg.domain_limits.insert(
+        "secure.example".into(),
+        DomainLimits {
+            tls: TlsPolicy::Required,
+            ..cfg.default_limits.clone()
+        },
+    );
+    let removed = one_slot_shard(
+        resolver(dest.addr, other.addr),
+        cfg,
+        "r0@d0.example",
+        vec!["s@secure.example".into(), "r1@d1.example".into()],
+        3,
+        // Long enough for several retries of the require-TLS message (first retry 200 ms).
+        Duration::from_millis(1_500),
+    );
+    assert_eq!(removed, 2, "the require-TLS message stays queued");
+    let rcpts: Vec<String> = other.received().into_iter().flat_map(|r| r.rcpts).collect();
+    assert!(
+        !rcpts.iter().any(|r| r.contains("secure.example")),
+        "{rcpts:?}"
+    );
+    assert!(rcpts.iter().any(|r| r.contains("d1.example")), "{rcpts:?}");
+}

@@ -463,9 +463,20 @@ impl<S: SpoolAccess + 'static> Inner<S> {
         }
     }
 
-    /// Called by a session when it ends.
-    fn session_ended(&self, id: DomainId) {
+    /// Moves a running session from domain `from` to domain `to` (same next hop), if `to` is
+    /// still ready and without a session. The shard's session count does not change.
+    fn adopt_session(&self, from: DomainId, to: DomainId) -> bool {
         let mut st = self.state.borrow_mut();
+        if st.sessions.get(&to).is_some_and(|c| c.open > 0) || st.queues.ready_len(to) == 0 {
+            return false;
+        }
+        st.sessions.entry(to).or_default().open += 1;
+        Self::release_session(&mut st, from);
+        true
+    }
+
+    /// One session of `id` fewer; the domain is forgotten once it has none and nothing queued.
+    fn release_session(st: &mut State, id: DomainId) {
         let gone = match st.sessions.get_mut(&id) {
             Some(c) => {
                 c.open = c.open.saturating_sub(1);
@@ -477,7 +488,11 @@ impl<S: SpoolAccess + 'static> Inner<S> {
             st.sessions.remove(&id);
             st.queues.remove_if_idle(id);
         }
-        drop(st);
+    }
+
+    /// Called by a session when it ends.
+    fn session_ended(&self, id: DomainId) {
+        Self::release_session(&mut self.state.borrow_mut(), id);
         self.sessions_open
             .set(self.sessions_open.get().saturating_sub(1));
         self.wake();

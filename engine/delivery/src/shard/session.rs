@@ -2,6 +2,13 @@
 //! (falling back over MX hosts and addresses), send batches of the domain's ready entries over
 //! the connection (reusing it across messages, reconnecting after `messages_per_connection_max`),
 //! and QUIT once nothing has come for `idle_timeout_ms`.
+//!
+//! A connection is shared across domains that go to the same place: when its domain has no
+//! ready work left, the session looks (at most [`ADOPT_CANDIDATES_MAX`] at a time) for a ready
+//! domain of this shard that has no session, the same next hops (the same smart host, or the
+//! same set of MX hosts, as for the thousands of domains hosted by one provider) and the same
+//! TLS policy, takes that domain's connection permit, gives up its own, and carries on with it
+//! over the open connection. Postfix does the same per next hop, KumoMTA per "site".
 
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -21,10 +28,22 @@ use crate::queue::{DomainId, Entry};
 /// Idle sessions are woken by the driver's work notification; this bounds a missed one.
 const IDLE_POLL_MS_MAX: u64 = 200;
 
-/// Runs a session for domain `id`, then tells the shard it ended.
+/// Ready domains examined at most each time a session looks for one to carry on with.
+const ADOPT_CANDIDATES_MAX: usize = 8;
+
+/// Runs a session for domain `id`, then tells the shard it ended (for the domain it served
+/// last: a session may have moved on to other domains of the same next hop).
 pub(super) async fn run_session<S: SpoolAccess + 'static>(inner: Rc<Inner<S>>, id: DomainId) {
-    session(&inner, id).await;
-    inner.session_ended(id);
+    let last = session(&inner, id).await;
+    inner.session_ended(last);
+}
+
+/// The domain a session serves now, with its limits and connection permit.
+struct Serving {
+    id: DomainId,
+    domain: String,
+    limits: DomainLimits,
+    permit: ConnectionPermit,
 }
 
 /// An open connection and where it goes.
@@ -74,9 +93,10 @@ impl Drop for OpenGauge {
     }
 }
 
-async fn session<S: SpoolAccess + 'static>(inner: &Rc<Inner<S>>, id: DomainId) {
+/// Serves domain `id` (and maybe others of the same next hop); returns the last one served.
+async fn session<S: SpoolAccess + 'static>(inner: &Rc<Inner<S>>, id: DomainId) -> DomainId {
     let Some(domain) = inner.state.borrow().queues.name(id).map(str::to_string) else {
-        return;
+        return id;
     };
     let limits = inner.cfg.effective_limits(&domain);
     let route = match inner.resolver.route(&domain).await {
@@ -96,7 +116,7 @@ async fn session<S: SpoolAccess + 'static>(inner: &Rc<Inner<S>>, id: DomainId) {
             };
             let entries = take_ready(inner, id, usize::MAX);
             fail_entries(inner, entries, &Attempt::default(), result).await;
-            return;
+            return id;
         }
     };
     let counters = inner.limits.destination(&domain);
@@ -109,19 +129,45 @@ async fn session<S: SpoolAccess + 'static>(inner: &Rc<Inner<S>>, id: DomainId) {
             let due = now_unix_ms().saturating_add(inner.cfg.permit_retry_delay_ms);
             inner.state.borrow_mut().queues.unready(id, due);
         }
-        return;
+        return id;
     };
     let client = client_config(&inner.cfg, limits.tls);
+    let mut cur = Serving {
+        id,
+        domain,
+        limits,
+        permit,
+    };
     let mut conn: Option<Connected> = None;
     while !inner.shutdown.get() {
-        let batch = take_batch(inner, id, &limits);
+        let batch = take_batch(inner, cur.id, &cur.limits);
         if batch.is_empty() {
-            if conn.is_none() || !wait_for_work(inner, id).await {
+            let Some(c) = conn.as_mut() else {
                 break;
+            };
+            if let Some(next) = adopt(inner, &cur, &route).await {
+                c._gauge = OpenGauge::new(metric_domain(&inner.cfg, &next.domain, &next.limits));
+                cur = next; // the previous permit is released here
+                continue;
+            }
+            match wait_for_work(inner, cur.id).await {
+                Wake::Work => {}
+                Wake::Done => break,
+                // Another domain of this shard needs a session slot: carry it on this
+                // connection when it goes to the same place, else give the slot up.
+                Wake::SlotWanted => match adopt(inner, &cur, &route).await {
+                    Some(next) => {
+                        c._gauge =
+                            OpenGauge::new(metric_domain(&inner.cfg, &next.domain, &next.limits));
+                        cur = next;
+                    }
+                    None => break,
+                },
             }
             continue;
         }
-        if !wait_for_rate(inner, permit.counters(), &limits).await {
+        let (id, domain, limits) = (cur.id, cur.domain.as_str(), &cur.limits);
+        if !wait_for_rate(inner, cur.permit.counters(), limits).await {
             // Shutting down: the batch stays queued in memory for the next run.
             requeue(inner, id, batch);
             break;
@@ -135,8 +181,8 @@ async fn session<S: SpoolAccess + 'static>(inner: &Rc<Inner<S>>, id: DomainId) {
             }
         }
         if conn.is_none() {
-            let label = metric_domain(&inner.cfg, &domain, &limits);
-            match connect(inner, &route, &client, &domain, label).await {
+            let label = metric_domain(&inner.cfg, domain, limits);
+            match connect(inner, &route, &client, domain, label).await {
                 Ok(c) => conn = Some(c),
                 Err(attempt_err) => {
                     // The destination is unreachable: defer this batch and all ready work.
@@ -150,7 +196,7 @@ async fn session<S: SpoolAccess + 'static>(inner: &Rc<Inner<S>>, id: DomainId) {
             }
         }
         if let Some(c) = conn.as_mut() {
-            let batches = take_more(inner, id, &limits, c, batch);
+            let batches = take_more(inner, id, limits, c, batch);
             if !deliver(inner, id, c, batches).await {
                 conn = None; // broken: dropped without QUIT
             }
@@ -159,7 +205,74 @@ async fn session<S: SpoolAccess + 'static>(inner: &Rc<Inner<S>>, id: DomainId) {
     if let Some(c) = conn.take() {
         c.conn.quit().await;
     }
-    drop(permit);
+    cur.id
+}
+
+/// A ready domain of this shard without a session that the open connection can carry: the
+/// same next hops and TLS policy, and a connection permit of its own. The shard's bookkeeping
+/// moves the session over to it; `None` when there is none.
+async fn adopt<S: SpoolAccess + 'static>(
+    inner: &Rc<Inner<S>>,
+    cur: &Serving,
+    route: &Route,
+) -> Option<Serving> {
+    let candidates: Vec<(DomainId, String)> = {
+        let st = inner.state.borrow();
+        st.queues
+            .ready_domains()
+            .filter(|&d| d != cur.id && st.sessions.get(&d).is_none_or(|c| c.open == 0))
+            .filter_map(|d| Some((d, st.queues.name(d)?.to_string())))
+            .take(ADOPT_CANDIDATES_MAX)
+            .collect()
+    };
+    for (id, domain) in candidates {
+        let limits = inner.cfg.effective_limits(&domain);
+        if limits.tls != cur.limits.tls {
+            continue; // a connection made under one TLS policy never serves another
+        }
+        // Cached by the resolver (static routes answer at once), so this is cheap.
+        let Ok(theirs) = inner.resolver.route(&domain).await else {
+            continue;
+        };
+        if !same_next_hops(route, &theirs) {
+            continue;
+        }
+        let counters = inner.limits.destination(&domain);
+        let Some(permit) = ConnectionPermit::try_acquire(counters, limits.connections_max) else {
+            continue;
+        };
+        if inner.adopt_session(cur.id, id) {
+            return Some(Serving {
+                id,
+                domain,
+                limits,
+                permit,
+            });
+        }
+    }
+    None
+}
+
+/// Two routes lead to the same place: the same host names with the same addresses, in any
+/// order (equal MX preferences are shuffled per lookup).
+fn same_next_hops(a: &Route, b: &Route) -> bool {
+    if a.hosts.len() != b.hosts.len() {
+        return false;
+    }
+    let key = |r: &Route| {
+        let mut hosts: Vec<(String, Vec<SocketAddr>)> = r
+            .hosts
+            .iter()
+            .map(|h| {
+                let mut addrs = h.addrs.clone();
+                addrs.sort();
+                (h.name.clone(), addrs)
+            })
+            .collect();
+        hosts.sort();
+        hosts
+    };
+    key(a) == key(b)
 }
 
 /// One message ready to go: its pending entries, sender, recipients and body.
@@ -380,23 +493,35 @@ fn requeue<S: SpoolAccess>(inner: &Inner<S>, id: DomainId, entries: Vec<Entry>) 
     }
 }
 
+/// Why an idle session stopped waiting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wake {
+    /// Its domain has ready work.
+    Work,
+    /// Another domain of the shard waits for a session slot.
+    SlotWanted,
+    /// Nothing came within `idle_timeout_ms`, or the shard is shutting down.
+    Done,
+}
+
 /// Waits (as an idle session) up to `idle_timeout_ms` for the domain to get ready work.
-async fn wait_for_work<S: SpoolAccess>(inner: &Inner<S>, id: DomainId) -> bool {
+async fn wait_for_work<S: SpoolAccess>(inner: &Inner<S>, id: DomainId) -> Wake {
     set_idle(inner, id, true);
     let deadline = Instant::now() + Duration::from_millis(inner.cfg.idle_timeout_ms);
-    let mut found = false;
+    let mut wake = Wake::Done;
     while Instant::now() < deadline && !inner.shutdown.get() {
         // Listen before looking, so a notification between the look and the wait is not lost.
         let listener = inner.work.listen();
         if inner.state.borrow().queues.ready_len(id) > 0 {
-            found = true;
+            wake = Wake::Work;
             break;
         }
         let wanted = inner.slots_wanted.get();
         if wanted > 0 {
             inner.slots_wanted.set(wanted - 1);
-            // Another domain waits for a session slot of this shard: give ours up now rather
-            // than after the idle timeout (the connection is closed with QUIT).
+            // Another domain waits for a session slot of this shard: the session carries it
+            // or gives its slot up now rather than after the idle timeout.
+            wake = Wake::SlotWanted;
             break;
         }
         let left = deadline.saturating_duration_since(Instant::now());
@@ -404,7 +529,7 @@ async fn wait_for_work<S: SpoolAccess>(inner: &Inner<S>, id: DomainId) -> bool {
         futures_lite::future::or(listener, glommio::timer::sleep(nap)).await;
     }
     set_idle(inner, id, false);
-    found
+    wake
 }
 
 fn set_idle<S: SpoolAccess>(inner: &Inner<S>, id: DomainId, idle: bool) {
