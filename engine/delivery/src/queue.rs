@@ -224,9 +224,17 @@ pub struct Queues {
     total: u64,
     /// Bound of each domain's ready set.
     ready_max: usize,
+    /// Entries entered a ready set since the last [`Queues::take_ready_grew`].
+    ready_grew: bool,
 }
 
 impl Queues {
+    /// True when entries entered a ready set since the last call (then idle sessions need a
+    /// nudge); resets the mark.
+    pub fn take_ready_grew(&mut self) -> bool {
+        std::mem::take(&mut self.ready_grew)
+    }
+
     pub fn new(ready_max: usize) -> Queues {
         Queues {
             slots: Vec::new(),
@@ -234,6 +242,7 @@ impl Queues {
             by_name: HashMap::new(),
             wakeups: BinaryHeap::new(),
             ready_domains: BTreeSet::new(),
+            ready_grew: false,
             total: 0,
             ready_max,
         }
@@ -294,25 +303,29 @@ impl Queues {
         true
     }
 
-    /// Promotes the due entries of every domain whose wake-up has come.
-    pub fn promote_due(&mut self, now_unix_ms: u64) {
+    /// Promotes the due entries of every domain whose wake-up has come; returns how many
+    /// entries entered a ready set.
+    pub fn promote_due(&mut self, now_unix_ms: u64) -> usize {
+        let mut moved = 0;
         while let Some(Reverse((due, id))) = self.wakeups.peek().copied() {
             if due > now_unix_ms {
                 break;
             }
             self.wakeups.pop();
-            self.promote_domain(id, now_unix_ms);
+            moved += self.promote_domain(id, now_unix_ms);
         }
+        moved
     }
 
-    /// Promotes one domain's due entries and re-arms its wake-up.
-    fn promote_domain(&mut self, id: DomainId, now_unix_ms: u64) {
+    /// Promotes one domain's due entries and re-arms its wake-up; returns how many moved.
+    fn promote_domain(&mut self, id: DomainId, now_unix_ms: u64) -> usize {
         let Some(slot) = self.slot_mut(id) else {
-            return;
+            return 0;
         };
-        slot.queue.promote_due(now_unix_ms);
+        let moved = slot.queue.promote_due(now_unix_ms);
         let has_ready = slot.queue.ready_len() > 0 && !slot.queue.is_suspended();
         let next = slot.queue.next_due();
+        self.ready_grew |= moved > 0;
         if has_ready {
             self.ready_domains.insert(id);
         }
@@ -321,6 +334,7 @@ impl Queues {
         if let Some(next) = next.filter(|n| *n > now_unix_ms) {
             self.wakeups.push(Reverse((next, id)));
         }
+        moved
     }
 
     /// The earliest pending wake-up, unix ms.

@@ -735,10 +735,11 @@ fn a_full_engine_wide_limit_does_not_delay_a_shards_ready_work() {
     assert!(dest.state.peak.load(std::sync::atomic::Ordering::Acquire) <= 2);
 }
 
-/// Runs a shard with one session slot: delivers a first message (its session then idles), then
+/// Runs a shard (give it `shard_connections_max`): delivers a first message (its session then
+/// idles), then
 /// enqueues `then` and waits until `expect_removed` messages are done or `within` passes.
 /// Returns how many messages were removed (delivered) in all.
-fn one_slot_shard(
+fn run_idle_then(
     resolver: Resolver,
     mut cfg: DeliveryConfig,
     first: &'static str,
@@ -746,7 +747,6 @@ fn one_slot_shard(
     expect_removed: usize,
     within: Duration,
 ) -> usize {
-    cfg.shard_connections_max = 1;
     // Far beyond the test: a session ends only by giving its slot up or carrying others.
     cfg.idle_timeout_ms = 120_000;
     let cfg = Arc::new(cfg);
@@ -800,8 +800,9 @@ fn a_connection_carries_other_domains_with_the_same_next_hop() {
     let other = Sink::start();
     let then: Vec<String> = (1..10).map(|i| format!("r{i}@d{i}.example")).collect();
     let mut cfg = config();
+    cfg.shard_connections_max = 1;
     cfg.default_limits.messages_per_connection_max = 100;
-    let removed = one_slot_shard(
+    let removed = run_idle_then(
         resolver(dest.addr, other.addr),
         cfg,
         "r0@d0.example",
@@ -828,6 +829,7 @@ fn a_connection_never_carries_a_domain_with_another_tls_policy() {
     let dest = Sink::start();
     let other = Sink::start();
     let mut cfg = config();
+    cfg.shard_connections_max = 1;
     cfg.domain_limits.insert(
         "secure.example".into(),
         DomainLimits {
@@ -835,7 +837,7 @@ fn a_connection_never_carries_a_domain_with_another_tls_policy() {
             ..cfg.default_limits.clone()
         },
     );
-    let removed = one_slot_shard(
+    let removed = run_idle_then(
         resolver(dest.addr, other.addr),
         cfg,
         "r0@d0.example",
@@ -851,4 +853,32 @@ fn a_connection_never_carries_a_domain_with_another_tls_policy() {
         "{rcpts:?}"
     );
     assert!(rcpts.iter().any(|r| r.contains("d1.example")), "{rcpts:?}");
+}
+
+/// With free session slots, a new domain that goes to the same smart host is still offered to
+/// the idle session first, which carries it: no second connection.
+#[test]
+fn an_idle_session_is_offered_a_new_domain_before_a_new_connection_is_made() {
+    let dest = Sink::start();
+    let other = Sink::start();
+    let mut cfg = config();
+    cfg.shard_connections_max = 8;
+    cfg.default_limits.messages_per_connection_max = 100;
+    let removed = run_idle_then(
+        resolver(dest.addr, other.addr),
+        cfg,
+        "r0@d0.example",
+        vec!["r1@d1.example".into()],
+        2,
+        TEST_DEADLINE,
+    );
+    assert_eq!(removed, 2);
+    assert_eq!(
+        other
+            .state
+            .connections
+            .load(std::sync::atomic::Ordering::Acquire),
+        1,
+        "the idle session carried d1.example"
+    );
 }

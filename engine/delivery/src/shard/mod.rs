@@ -17,7 +17,7 @@ mod outcome;
 mod session;
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -154,6 +154,9 @@ struct State {
     /// Messages with at least one pending recipient, by spool id.
     messages: HashMap<u64, MessageState>,
     sessions: HashMap<DomainId, SessionCount>,
+    /// Ready domains without a session that the last `spawn_sessions` left for idle sessions to
+    /// take over (same smart host) before it starts new ones for them.
+    offered: HashSet<DomainId>,
     /// Recipients drained by `admin(Bounce)`, bounced by the run loop.
     admin_bounces: Vec<Entry>,
     /// Pending recipients of all messages (queued or in flight).
@@ -173,6 +176,11 @@ struct Inner<S: SpoolAccess> {
     rng: RefCell<StdRng>,
     /// Sessions running on this shard; at most `cfg.shard_connections_max`.
     sessions_open: Cell<usize>,
+    /// Of those, waiting for work.
+    sessions_idle: Cell<usize>,
+    /// Incremented each time `spawn_sessions` offers domains to idle sessions; a session looks
+    /// once per offer.
+    offer_round: Cell<u64>,
     shutdown: Cell<bool>,
     wake_tx: async_channel::Sender<()>,
     wake_rx: async_channel::Receiver<()>,
@@ -200,6 +208,7 @@ impl<S: SpoolAccess + 'static> DeliveryShard<S> {
             queues: Queues::new(cfg.ready_max),
             messages: HashMap::new(),
             sessions: HashMap::new(),
+            offered: HashSet::new(),
             admin_bounces: Vec::new(),
             pending_total: 0,
             gauges_unix_ms: 0,
@@ -216,6 +225,8 @@ impl<S: SpoolAccess + 'static> DeliveryShard<S> {
                 state: RefCell::new(state),
                 rng: RefCell::new(StdRng::seed_from_u64(seed)),
                 sessions_open: Cell::new(0),
+                sessions_idle: Cell::new(0),
+                offer_round: Cell::new(0),
                 shutdown: Cell::new(false),
                 wake_tx,
                 wake_rx,
@@ -243,13 +254,22 @@ impl<S: SpoolAccess + 'static> DeliveryShard<S> {
             let wait_ms = {
                 let mut st = inner.state.borrow_mut();
                 st.queues.promote_due(now);
-                inner.work.notify(usize::MAX);
+                // Idle sessions look again only when some ready set grew (not on every tick:
+                // with hundreds of idle sessions that would be a thundering herd).
+                if st.queues.take_ready_grew() {
+                    inner.work.notify(usize::MAX);
+                }
                 inner.refresh_gauges(&mut st, now);
                 let next = st.queues.next_wakeup().unwrap_or(u64::MAX);
                 next.saturating_sub(now)
                     .clamp(1, inner.cfg.tick_ms_max.max(1))
             };
-            inner.spawn_sessions();
+            if inner.spawn_sessions() {
+                // Idle sessions were offered new domains: let them run first, then start
+                // sessions for what they did not take.
+                futures_lite::future::yield_now().await;
+                continue;
+            }
             let sleep = glommio::timer::sleep(Duration::from_millis(wait_ms));
             let woken = async {
                 let _ = inner.wake_rx.recv().await;
@@ -423,9 +443,13 @@ impl<S: SpoolAccess + 'static> Inner<S> {
     }
 
     /// Spawns sessions for domains with ready work, within the per-domain and per-shard bounds.
-    fn spawn_sessions(self: &Rc<Self>) {
+    /// A ready domain without a session that goes to a smart host is first offered to the idle
+    /// sessions for one round (one of them may carry it over its open connection); returns true
+    /// when it offered any.
+    fn spawn_sessions(self: &Rc<Self>) -> bool {
         let mut st = self.state.borrow_mut();
         let ready: Vec<DomainId> = st.queues.ready_domains().collect();
+        let was_offered = std::mem::take(&mut st.offered);
         let mut spawn = Vec::new();
         let mut wanted_slots = 0usize;
         for id in ready {
@@ -442,6 +466,14 @@ impl<S: SpoolAccess + 'static> Inner<S> {
             let connections_max = self.cfg.effective_limits(name).connections_max;
             let ready_len = st.queues.ready_len(id) as u32;
             let (open, idle) = st.sessions.get(&id).map_or((0, 0), |c| (c.open, c.idle));
+            if open == 0
+                && self.sessions_idle.get() > 0
+                && !was_offered.contains(&id)
+                && self.resolver.static_route(name).is_some()
+            {
+                st.offered.insert(id);
+                continue;
+            }
             // An extra session also needs room under the engine-wide limit (sessions of other
             // shards count): without it, it could only fail to get its permit. Asked only then,
             // since it takes the shared registry's lock.
@@ -457,10 +489,19 @@ impl<S: SpoolAccess + 'static> Inner<S> {
             spawn.push(id);
         }
         self.slots_wanted.set(wanted_slots);
+        if wanted_slots > 0 {
+            self.work.notify(usize::MAX); // idle sessions give up or lend their slots
+        }
+        let offered = !st.offered.is_empty();
         drop(st); // sessions borrow the state as soon as they run
         for id in spawn {
             glommio::spawn_local(session::run_session(self.clone(), id)).detach();
         }
+        if offered {
+            self.offer_round.set(self.offer_round.get() + 1);
+            self.work.notify(usize::MAX);
+        }
+        offered
     }
 
     /// Moves a running session from domain `from` to domain `to` (same next hop), if `to` is
@@ -471,6 +512,7 @@ impl<S: SpoolAccess + 'static> Inner<S> {
             return false;
         }
         st.sessions.entry(to).or_default().open += 1;
+        st.offered.remove(&to);
         Self::release_session(&mut st, from);
         true
     }

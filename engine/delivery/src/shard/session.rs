@@ -139,6 +139,7 @@ async fn session<S: SpoolAccess + 'static>(inner: &Rc<Inner<S>>, id: DomainId) -
         permit,
     };
     let mut conn: Option<Connected> = None;
+    let mut offers_seen = inner.offer_round.get();
     while !inner.shutdown.get() {
         let batch = take_batch(inner, cur.id, &cur.limits);
         if batch.is_empty() {
@@ -150,9 +151,18 @@ async fn session<S: SpoolAccess + 'static>(inner: &Rc<Inner<S>>, id: DomainId) -
                 cur = next; // the previous permit is released here
                 continue;
             }
-            match wait_for_work(inner, cur.id).await {
+            match wait_for_work(inner, cur.id, &mut offers_seen).await {
                 Wake::Work => {}
                 Wake::Done => break,
+                // New domains were offered to idle sessions: carry one if it fits, else go
+                // on waiting.
+                Wake::Offered => {
+                    if let Some(next) = adopt(inner, &cur, &route).await {
+                        c._gauge =
+                            OpenGauge::new(metric_domain(&inner.cfg, &next.domain, &next.limits));
+                        cur = next;
+                    }
+                }
                 // Another domain of this shard needs a session slot: carry it on this
                 // connection when it goes to the same place, else give the slot up.
                 Wake::SlotWanted => match adopt(inner, &cur, &route).await {
@@ -500,12 +510,18 @@ enum Wake {
     Work,
     /// Another domain of the shard waits for a session slot.
     SlotWanted,
+    /// The shard offered ready domains to its idle sessions (a new offer since `offers_seen`).
+    Offered,
     /// Nothing came within `idle_timeout_ms`, or the shard is shutting down.
     Done,
 }
 
 /// Waits (as an idle session) up to `idle_timeout_ms` for the domain to get ready work.
-async fn wait_for_work<S: SpoolAccess>(inner: &Inner<S>, id: DomainId) -> Wake {
+async fn wait_for_work<S: SpoolAccess>(
+    inner: &Inner<S>,
+    id: DomainId,
+    offers_seen: &mut u64,
+) -> Wake {
     set_idle(inner, id, true);
     let deadline = Instant::now() + Duration::from_millis(inner.cfg.idle_timeout_ms);
     let mut wake = Wake::Done;
@@ -524,6 +540,12 @@ async fn wait_for_work<S: SpoolAccess>(inner: &Inner<S>, id: DomainId) -> Wake {
             wake = Wake::SlotWanted;
             break;
         }
+        let round = inner.offer_round.get();
+        if round != *offers_seen {
+            *offers_seen = round;
+            wake = Wake::Offered;
+            break;
+        }
         let left = deadline.saturating_duration_since(Instant::now());
         let nap = left.min(Duration::from_millis(IDLE_POLL_MS_MAX));
         futures_lite::future::or(listener, glommio::timer::sleep(nap)).await;
@@ -533,6 +555,10 @@ async fn wait_for_work<S: SpoolAccess>(inner: &Inner<S>, id: DomainId) -> Wake {
 }
 
 fn set_idle<S: SpoolAccess>(inner: &Inner<S>, id: DomainId, idle: bool) {
+    let n = inner.sessions_idle.get();
+    inner
+        .sessions_idle
+        .set(if idle { n + 1 } else { n.saturating_sub(1) });
     if let Some(c) = inner.state.borrow_mut().sessions.get_mut(&id) {
         c.idle = if idle {
             c.idle + 1

@@ -194,6 +194,12 @@ impl Resolver {
         })
     }
 
+    /// The configured static route (smart host) for `domain`, without waiting: `None` when the
+    /// domain goes by DNS.
+    pub fn static_route(&self, domain: &str) -> Option<Arc<Route>> {
+        self.statics.lookup(&normalise(domain))
+    }
+
     /// Where to deliver mail for `domain` (case-insensitive, trailing dot optional; a domain
     /// literal such as `[192.0.2.1]` routes to itself). Runtime-agnostic: works inside glommio.
     pub async fn route(&self, domain: &str) -> Result<Arc<Route>, ResolveError> {
