@@ -34,6 +34,10 @@ pub struct UpArgs {
     relay_to: Option<SocketAddr>,
     #[arg(long)]
     shards: Option<usize>,
+    /// The control plane's database: `postgres://...` (default: SQLite under the data
+    /// directory).
+    #[arg(long, env = "PETREL_DATABASE_URL")]
+    database_url: Option<String>,
 }
 
 pub fn up(args: UpArgs) -> anyhow::Result<i32> {
@@ -43,7 +47,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<i32> {
     let token = dev_push_token(&args.data_dir)?;
     let control = petrel_control::ControlConfig {
         data_dir: args.data_dir.join("control"),
-        database_url: None,
+        database_url: args.database_url.clone(),
         api_listen: args.api_listen,
         push_listen: args.push_listen,
         push_token: token.clone(),

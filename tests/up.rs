@@ -17,11 +17,66 @@ use lettre::{Message, SmtpTransport, Transport};
 const UP_START_ATTEMPTS_MAX: u32 = 3;
 
 #[test]
+fn up_prints_working_development_credentials() {
+    up_and_send(&|| Vec::new());
+}
+
+/// The same with the control plane on PostgreSQL (`--database-url`), in a fresh database of the
+/// server `PETREL_TEST_PG_URL` names (ops/test.sh starts one); skipped with a visible line
+/// without it.
+#[test]
+fn up_runs_on_postgresql_with_a_database_url() {
+    let Some(base) = std::env::var("PETREL_TEST_PG_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+    else {
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "SKIPPED: PETREL_TEST_PG_URL not set");
+        return;
+    };
+    // A fresh database per start: a start retried after a port race must show its keys again.
+    let last_url = std::cell::RefCell::new(String::new());
+    let fresh_database = || {
+        let db = format!("up_{}_{}", std::process::id(), free_port());
+        let created = Command::new("psql")
+            .args([base.as_str(), "-q", "-c", &format!("CREATE DATABASE {db}")])
+            .status()
+            .expect("psql runs");
+        assert!(created.success(), "CREATE DATABASE {db}");
+        let (root, query) = match base.split_once('?') {
+            Some((m, q)) => (m, format!("?{q}")),
+            None => (base.as_str(), String::new()),
+        };
+        let authority = root.find("://").map_or(0, |i| i + 3);
+        let server = match root[authority..].find('/') {
+            Some(i) => &root[..authority + i],
+            None => root,
+        };
+        let url = format!("{server}/{db}{query}");
+        *last_url.borrow_mut() = url.clone();
+        vec!["--database-url".to_string(), url]
+    };
+    up_and_send(&fresh_database);
+    let url = last_url.borrow().clone();
+    // The control plane's tables are in that database, not in a SQLite file.
+    let tenants = Command::new("psql")
+        .args([url.as_str(), "-tA", "-c", "SELECT count(*) FROM tenants"])
+        .output()
+        .expect("psql runs");
+    let n: u32 = String::from_utf8_lossy(&tenants.stdout)
+        .trim()
+        .parse()
+        .expect("a count");
+    assert!(n >= 2, "operator and development tenants: {n}");
+}
+
+/// Starts `petrel up` with the arguments `extra` gives for each start, sends one message with the printed development
+/// credentials, stops it with SIGTERM and checks the message was spooled.
 #[allow(
     clippy::zombie_processes,
     reason = "the started child leaves the retry loop in a tuple; it is stopped and reaped at the end"
 )]
-fn up_prints_working_development_credentials() {
+fn up_and_send(extra: &dyn Fn() -> Vec<String>) {
     let dir = tempfile::tempdir().unwrap();
     // The ports are picked free, then bound by the child: another test may take one in between,
     // and then `petrel up` exits at once. Such a start is retried with fresh ports (bounded).
@@ -34,6 +89,7 @@ fn up_prints_working_development_credentials() {
             .args(["--smtp-listen", "127.0.0.1:0", "--shards", "1"])
             .args(["--api-listen", &port(()), "--push-listen", &port(())])
             .args(["--metrics-listen", &port(()), "--admin-listen", &port(())])
+            .args(extra())
             .env("PETREL_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
