@@ -687,12 +687,15 @@ impl Inner {
                 if let Err(e) = inner.flush_journals().await {
                     tracing::error!(error = %e, "spool journal write failed");
                 }
+                // After every write, not once at the end: under a steady stream of updates the
+                // loop may run for long, and what it wrote must still be synced within
+                // `JOURNAL_SYNC_DELAY_MS`.
+                inner.arm_sync_timer();
                 if inner.state.borrow().journal_pending.is_empty() {
                     break;
                 }
             }
             inner.journal_flush_armed.set(false);
-            inner.arm_sync_timer();
         })
         .detach();
     }
