@@ -303,24 +303,22 @@ impl Queues {
         true
     }
 
-    /// Promotes the due entries of every domain whose wake-up has come; returns how many
-    /// entries entered a ready set.
-    pub fn promote_due(&mut self, now_unix_ms: u64) -> usize {
-        let mut moved = 0;
+    /// Promotes the due entries of every domain whose wake-up has come.
+    pub fn promote_due(&mut self, now_unix_ms: u64) {
         while let Some(Reverse((due, id))) = self.wakeups.peek().copied() {
             if due > now_unix_ms {
                 break;
             }
             self.wakeups.pop();
-            moved += self.promote_domain(id, now_unix_ms);
+            self.promote_domain(id, now_unix_ms);
         }
-        moved
     }
 
-    /// Promotes one domain's due entries and re-arms its wake-up; returns how many moved.
-    fn promote_domain(&mut self, id: DomainId, now_unix_ms: u64) -> usize {
+    /// Promotes one domain's due entries (marking `ready_grew` when any moved) and re-arms
+    /// its wake-up.
+    fn promote_domain(&mut self, id: DomainId, now_unix_ms: u64) {
         let Some(slot) = self.slot_mut(id) else {
-            return 0;
+            return;
         };
         let moved = slot.queue.promote_due(now_unix_ms);
         let has_ready = slot.queue.ready_len() > 0 && !slot.queue.is_suspended();
@@ -334,7 +332,6 @@ impl Queues {
         if let Some(next) = next.filter(|n| *n > now_unix_ms) {
             self.wakeups.push(Reverse((next, id)));
         }
-        moved
     }
 
     /// The earliest pending wake-up, unix ms.

@@ -170,9 +170,8 @@ pub fn hash_password(password: &str) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn static_user_verifies_and_caches() {
-        let dir = tempfile::tempdir().unwrap();
+    /// An authenticator with one static user, alice / s3cret, and an empty policy in `dir`.
+    fn alice(dir: &tempfile::TempDir) -> Arc<Authenticator> {
         let store = Arc::new(petrel_policy::PolicyStore::load_or_empty(dir.path()));
         let section = AuthSection {
             users: vec![crate::config::AuthUser {
@@ -181,7 +180,13 @@ mod tests {
             }],
             ..AuthSection::default()
         };
-        let a = Authenticator::new(&section, store);
+        Authenticator::new(&section, store)
+    }
+
+    #[test]
+    fn static_user_verifies_and_caches() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = alice(&dir);
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
         assert!(a.verify_blocking("alice", "nope", ip).is_none());
         assert_eq!(
@@ -197,15 +202,7 @@ mod tests {
     #[test]
     fn only_a_cached_success_is_answered_on_the_shard() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(petrel_policy::PolicyStore::load_or_empty(dir.path()));
-        let section = AuthSection {
-            users: vec![crate::config::AuthUser {
-                username: "alice".into(),
-                password_hash: hash_password("s3cret"),
-            }],
-            ..AuthSection::default()
-        };
-        let a = Authenticator::new(&section, store);
+        let a = alice(&dir);
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
         // An unknown username is not refused at once: it goes where a wrong password goes.
         assert_eq!(a.verify_cached("mallory", "x", ip), None);

@@ -146,33 +146,27 @@ async fn session<S: SpoolAccess + 'static>(inner: &Rc<Inner<S>>, id: DomainId) -
             let Some(c) = conn.as_mut() else {
                 break;
             };
-            if let Some(next) = adopt(inner, &cur, &route).await {
+            let mut next = adopt(inner, &cur, &route).await;
+            if next.is_none() {
+                match wait_for_work(inner, cur.id, &mut offers_seen).await {
+                    Wake::Work => continue,
+                    Wake::Done => break,
+                    // Another domain of this shard needs a session slot: carry it on this
+                    // connection when it goes to the same place, else give the slot up.
+                    Wake::SlotWanted => {
+                        next = adopt(inner, &cur, &route).await;
+                        if next.is_none() {
+                            break;
+                        }
+                    }
+                    // New domains were offered to idle sessions: carry one if it fits, else
+                    // go on waiting.
+                    Wake::Offered => next = adopt(inner, &cur, &route).await,
+                }
+            }
+            if let Some(next) = next {
                 c._gauge = OpenGauge::new(metric_domain(&inner.cfg, &next.domain, &next.limits));
                 cur = next; // the previous permit is released here
-                continue;
-            }
-            match wait_for_work(inner, cur.id, &mut offers_seen).await {
-                Wake::Work => {}
-                Wake::Done => break,
-                // New domains were offered to idle sessions: carry one if it fits, else go
-                // on waiting.
-                Wake::Offered => {
-                    if let Some(next) = adopt(inner, &cur, &route).await {
-                        c._gauge =
-                            OpenGauge::new(metric_domain(&inner.cfg, &next.domain, &next.limits));
-                        cur = next;
-                    }
-                }
-                // Another domain of this shard needs a session slot: carry it on this
-                // connection when it goes to the same place, else give the slot up.
-                Wake::SlotWanted => match adopt(inner, &cur, &route).await {
-                    Some(next) => {
-                        c._gauge =
-                            OpenGauge::new(metric_domain(&inner.cfg, &next.domain, &next.limits));
-                        cur = next;
-                    }
-                    None => break,
-                },
             }
             continue;
         }
@@ -266,6 +260,9 @@ async fn adopt<S: SpoolAccess + 'static>(
 /// Two routes lead to the same place: the same host names with the same addresses, in any
 /// order (equal MX preferences are shuffled per lookup).
 fn same_next_hops(a: &Route, b: &Route) -> bool {
+    if a == b {
+        return true;
+    }
     if a.hosts.len() != b.hosts.len() {
         return false;
     }
