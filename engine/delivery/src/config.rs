@@ -98,6 +98,12 @@ pub struct DeliveryConfig {
     pub queued_recipients_max: u64,
     /// Simultaneous outbound connections (delivery sessions) of one shard, all domains together.
     pub shard_connections_max: usize,
+    /// Sessions of one shard to one static next hop (a smart host), all the domains routed
+    /// there together. Past it, a new domain waits for a session of that hop to carry it (they
+    /// take ready domains of the same hop into their writes), as Postfix's
+    /// `default_destination_concurrency_limit` holds per relayhost and KumoMTA's
+    /// `connection_limit` per site. The per-domain `connections_max` still applies.
+    pub next_hop_sessions_max: usize,
     /// An open connection with nothing to send is closed (QUIT) after this long.
     pub idle_timeout_ms: u64,
     /// When the destination's connection limit is reached elsewhere, ready entries wait this
@@ -116,6 +122,10 @@ pub struct DeliveryConfig {
     pub dynamic_limits: Option<Arc<dyn LimitsSource>>,
 }
 
+/// Default of [`DeliveryConfig::next_hop_sessions_max`]: 16 per shard, so 32 connections to a
+/// smart host on two cores (KumoMTA's default `connection_limit` per site is 32).
+pub const NEXT_HOP_SESSIONS_MAX_DEFAULT: usize = 16;
+
 /// A run-time source of per-destination limits (the engine wires the pushed policy here).
 pub trait LimitsSource: std::fmt::Debug + Send + Sync {
     /// The limits for `domain`, starting from the configured ones.
@@ -132,6 +142,7 @@ impl Default for DeliveryConfig {
             ready_max: 10_000,
             queued_recipients_max: 2_000_000,
             shard_connections_max: 256,
+            next_hop_sessions_max: NEXT_HOP_SESSIONS_MAX_DEFAULT,
             idle_timeout_ms: 5_000,
             permit_retry_delay_ms: 1_000,
             connect_addresses_max: 5,
@@ -178,10 +189,13 @@ impl DeliveryConfig {
                 ));
             }
         }
-        if self.ready_max == 0 || self.shard_connections_max == 0 || self.connect_addresses_max == 0
+        if self.ready_max == 0
+            || self.shard_connections_max == 0
+            || self.next_hop_sessions_max == 0
+            || self.connect_addresses_max == 0
         {
             return Err(DeliveryError::Config(
-                "ready_max, shard_connections_max and connect_addresses_max must be at least 1",
+                "ready_max, shard_connections_max, next_hop_sessions_max and connect_addresses_max must be at least 1",
             ));
         }
         self.retry.validate()

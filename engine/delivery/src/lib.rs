@@ -53,7 +53,10 @@ pub mod queue;
 pub mod shard;
 
 pub use backoff::RetrySchedule;
-pub use config::{ClientTimeouts, DeliveryConfig, DomainLimits, LimitsSource, TlsPolicy};
+pub use config::{
+    ClientTimeouts, DeliveryConfig, DomainLimits, LimitsSource, TlsPolicy,
+    NEXT_HOP_SESSIONS_MAX_DEFAULT,
+};
 pub use error::DeliveryError;
 pub use events::{EventSink, EventWriter, EventsConfig, Outcome};
 pub use limits::{ConnectionPermit, GlobalLimits};

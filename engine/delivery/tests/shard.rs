@@ -848,3 +848,58 @@ fn an_idle_session_is_offered_a_new_domain_before_a_new_connection_is_made() {
         "the idle session carried d1.example"
     );
 }
+
+/// Thirty domains behind one smart host become ready at once: the shard opens no more than
+/// `next_hop_sessions_max` connections to it, and those carry every domain.
+#[test]
+fn sessions_to_one_smart_host_stay_within_the_next_hop_limit() {
+    let dest = Sink::start();
+    let other = Sink::start();
+    let then: Vec<String> = (1..=30).map(|i| format!("r{i}@d{i}.example")).collect();
+    let mut cfg = config();
+    cfg.shard_connections_max = 64;
+    cfg.next_hop_sessions_max = 2;
+    cfg.default_limits.messages_per_connection_max = 100;
+    let removed = run_idle_then(
+        resolver(dest.addr, other.addr),
+        cfg,
+        "r0@d0.example",
+        then,
+        31,
+        TEST_DEADLINE,
+    );
+    assert_eq!(removed, 31, "all delivered");
+    assert_eq!(other.received().len(), 31);
+    assert!(other.peak() <= 2, "peak {} connections", other.peak());
+}
+
+/// With PIPELINING and CHUNKING, a session to a smart host fills its write with the ready
+/// domains of that host that have no session: several domains' transactions in one burst.
+#[test]
+fn a_write_to_a_smart_host_carries_transactions_of_several_domains() {
+    let dest = Sink::start();
+    let other = Sink::start_chunking();
+    let then: Vec<String> = (1..=20).map(|i| format!("r{i}@d{i}.example")).collect();
+    let mut cfg = config();
+    cfg.shard_connections_max = 64;
+    cfg.next_hop_sessions_max = 1;
+    cfg.default_limits.messages_per_connection_max = 100;
+    let removed = run_idle_then(
+        resolver(dest.addr, other.addr),
+        cfg,
+        "r0@d0.example",
+        then,
+        21,
+        TEST_DEADLINE,
+    );
+    assert_eq!(removed, 21, "all delivered");
+    let received = other.received();
+    assert_eq!(received.len(), 21);
+    assert!(received.iter().all(|r| r.data.contains("Subject: test")));
+    assert_eq!(other.peak(), 1, "one connection");
+    let burst = other
+        .state
+        .mails_per_burst_max
+        .load(std::sync::atomic::Ordering::Acquire);
+    assert!(burst >= 2, "at most {burst} transaction per write");
+}

@@ -237,6 +237,9 @@ pub struct DeliverySection {
     /// Transactions per second per destination domain across the engine; 0 = unlimited.
     pub messages_per_second_per_domain_max: u32,
     pub recipients_per_transaction_max: u32,
+    /// Sessions of one shard to one smart host (`relay_to` or a route), all its domains
+    /// together; the domains beyond share their writes.
+    pub next_hop_sessions_per_shard_max: usize,
     /// Certificates trusted for `require` TLS besides the web PKI roots (tests).
     pub extra_root_certs: Vec<PathBuf>,
     pub domains: Vec<DomainOverride>,
@@ -257,6 +260,7 @@ impl Default for DeliverySection {
             messages_per_connection_max: 1000,
             messages_per_second_per_domain_max: 0,
             recipients_per_transaction_max: 100,
+            next_hop_sessions_per_shard_max: petrel_delivery::NEXT_HOP_SESSIONS_MAX_DEFAULT,
             extra_root_certs: Vec::new(),
             domains: Vec::new(),
         }
@@ -434,6 +438,12 @@ impl EngineConfig {
         if self.delivery.connections_per_domain_max == 0 {
             return bad("delivery.connections_per_domain_max", "must be at least 1");
         }
+        if self.delivery.next_hop_sessions_per_shard_max == 0 {
+            return bad(
+                "delivery.next_hop_sessions_per_shard_max",
+                "must be at least 1",
+            );
+        }
         for d in &self.delivery.domains {
             if let Some(t) = &d.tls {
                 if !matches!(t.as_str(), "opportunistic" | "require" | "disabled") {
@@ -484,6 +494,13 @@ mod tests {
         assert!(e.to_string().contains("listen"), "{e}");
         let e = EngineConfig::from_toml("[smtp]\nrecipients_max = 0\n").unwrap_err();
         assert!(e.to_string().contains("smtp.recipients_max"), "{e}");
+        let e = EngineConfig::from_toml("[delivery]\nnext_hop_sessions_per_shard_max = 0\n")
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("delivery.next_hop_sessions_per_shard_max"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -105,6 +105,7 @@ pub fn delivery_config(cfg: &EngineConfig) -> Result<DeliveryConfig, EngineError
         helo_name: cfg.server.hostname.clone(),
         default_limits: defaults.clone(),
         queued_recipients_max: cfg.limits.queued_recipients_max,
+        next_hop_sessions_max: d.next_hop_sessions_per_shard_max,
         ..DeliveryConfig::default()
     };
     out.retry.first_retry_delay_ms = d.retry_initial_ms;

@@ -30,6 +30,7 @@ use crate::events::{Event, EventSink};
 use crate::limits::GlobalLimits;
 use crate::queue::{DomainId, Entry, Queues};
 use outcome::{MessageState, RcptSlot};
+use petrel_outbound::Route;
 
 /// What a shard's delivery needs from its spool (the engine implements it over petrel-spool).
 // The futures are !Send on purpose: everything here runs on one glommio executor.
@@ -157,6 +158,9 @@ struct State {
     /// Ready domains without a session that the last `spawn_sessions` left for idle sessions to
     /// take over (same smart host) before it starts new ones for them.
     offered: HashSet<DomainId>,
+    /// Sessions of this shard per static next hop (smart host); at most
+    /// `cfg.next_hop_sessions_max` each.
+    hop_sessions: HashMap<Arc<Route>, usize>,
     /// Recipients drained by `admin(Bounce)`, bounced by the run loop.
     admin_bounces: Vec<Entry>,
     /// Pending recipients of all messages (queued or in flight).
@@ -209,6 +213,7 @@ impl<S: SpoolAccess + 'static> DeliveryShard<S> {
             messages: HashMap::new(),
             sessions: HashMap::new(),
             offered: HashSet::new(),
+            hop_sessions: HashMap::new(),
             admin_bounces: Vec::new(),
             pending_total: 0,
             gauges_unix_ms: 0,
@@ -452,6 +457,7 @@ impl<S: SpoolAccess + 'static> Inner<S> {
         let was_offered = std::mem::take(&mut st.offered);
         let mut spawn = Vec::new();
         let mut wanted_slots = 0usize;
+        let mut hop_full = false;
         for id in ready {
             if self.sessions_open.get() >= self.cfg.shard_connections_max {
                 // Out of session slots: only a domain with no session at all needs one.
@@ -466,13 +472,22 @@ impl<S: SpoolAccess + 'static> Inner<S> {
             let connections_max = self.cfg.effective_limits(name).connections_max;
             let ready_len = st.queues.ready_len(id) as u32;
             let (open, idle) = st.sessions.get(&id).map_or((0, 0), |c| (c.open, c.idle));
+            let hop = self.resolver.static_route(name);
             if open == 0
                 && self.sessions_idle.get() > 0
                 && !was_offered.contains(&id)
-                && self.resolver.static_route(name).is_some()
+                && hop.is_some()
             {
                 st.offered.insert(id);
                 continue;
+            }
+            if let Some(h) = &hop {
+                if st.hop_sessions.get(h).copied().unwrap_or(0) >= self.cfg.next_hop_sessions_max {
+                    // The smart host has all the sessions it may have from this shard: one of
+                    // them takes this domain into its next write, or adopts it when idle.
+                    hop_full |= open == 0;
+                    continue;
+                }
             }
             // An extra session also needs room under the engine-wide limit (sessions of other
             // shards count): without it, it could only fail to get its permit. Asked only then,
@@ -486,7 +501,10 @@ impl<S: SpoolAccess + 'static> Inner<S> {
             }
             st.sessions.entry(id).or_default().open += 1;
             self.sessions_open.set(self.sessions_open.get() + 1);
-            spawn.push(id);
+            if let Some(h) = &hop {
+                *st.hop_sessions.entry(h.clone()).or_default() += 1;
+            }
+            spawn.push((id, hop));
         }
         self.slots_wanted.set(wanted_slots);
         if wanted_slots > 0 {
@@ -494,10 +512,11 @@ impl<S: SpoolAccess + 'static> Inner<S> {
         }
         let offered = !st.offered.is_empty();
         drop(st); // sessions borrow the state as soon as they run
-        for id in spawn {
-            glommio::spawn_local(session::run_session(self.clone(), id)).detach();
+        for (id, hop) in spawn {
+            glommio::spawn_local(session::run_session(self.clone(), id, hop)).detach();
         }
-        if offered {
+        if offered || hop_full {
+            // Idle sessions look at the ready domains they could carry.
             self.offer_round.set(self.offer_round.get() + 1);
             self.work.notify(usize::MAX);
         }
@@ -532,9 +551,43 @@ impl<S: SpoolAccess + 'static> Inner<S> {
         }
     }
 
-    /// Called by a session when it ends.
-    fn session_ended(&self, id: DomainId) {
-        Self::release_session(&mut self.state.borrow_mut(), id);
+    /// Marks ready domain `id` as served by a session that carries it in its next write
+    /// (same next hop), so no session is started for it meanwhile; false when it already has a
+    /// session or nothing ready. Undo with [`Inner::return_borrowed`].
+    fn borrow_domain(&self, id: DomainId) -> bool {
+        let mut st = self.state.borrow_mut();
+        if st.sessions.get(&id).is_some_and(|c| c.open > 0) || st.queues.ready_len(id) == 0 {
+            return false;
+        }
+        st.sessions.entry(id).or_default().open += 1;
+        st.offered.remove(&id);
+        true
+    }
+
+    /// Ends the borrowing of [`Inner::borrow_domain`]; wakes the driver when the domain still
+    /// has ready work (a session of its own may be started, or it is borrowed again).
+    fn return_borrowed(&self, id: DomainId) {
+        let mut st = self.state.borrow_mut();
+        Self::release_session(&mut st, id);
+        if st.queues.ready_len(id) > 0 {
+            drop(st);
+            self.wake();
+        }
+    }
+
+    /// Called by a session when it ends; `hop` is its static next hop, if any.
+    fn session_ended(&self, id: DomainId, hop: Option<Arc<Route>>) {
+        let mut st = self.state.borrow_mut();
+        Self::release_session(&mut st, id);
+        if let Some(h) = hop {
+            if let Some(n) = st.hop_sessions.get_mut(&h) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    st.hop_sessions.remove(&h);
+                }
+            }
+        }
+        drop(st);
         self.sessions_open
             .set(self.sessions_open.get().saturating_sub(1));
         self.wake();

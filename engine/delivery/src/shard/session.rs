@@ -12,6 +12,7 @@
 
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use petrel_outbound::{
@@ -31,11 +32,19 @@ const IDLE_POLL_MS_MAX: u64 = 200;
 /// Ready domains examined at most each time a session looks for one to carry on with.
 const ADOPT_CANDIDATES_MAX: usize = 8;
 
+/// Ready domains examined at most each time a write to a smart host has room for the
+/// transactions of other domains routed there.
+const BORROW_CANDIDATES_MAX: usize = 32;
+
 /// Runs a session for domain `id`, then tells the shard it ended (for the domain it served
 /// last: a session may have moved on to other domains of the same next hop).
-pub(super) async fn run_session<S: SpoolAccess + 'static>(inner: Rc<Inner<S>>, id: DomainId) {
+pub(super) async fn run_session<S: SpoolAccess + 'static>(
+    inner: Rc<Inner<S>>,
+    id: DomainId,
+    hop: Option<Arc<Route>>,
+) {
     let last = session(&inner, id).await;
-    inner.session_ended(last);
+    inner.session_ended(last, hop);
 }
 
 /// The domain a session serves now, with its limits and connection permit.
@@ -200,8 +209,12 @@ async fn session<S: SpoolAccess + 'static>(inner: &Rc<Inner<S>>, id: DomainId) -
             }
         }
         if let Some(c) = conn.as_mut() {
-            let batches = take_more(inner, id, limits, c, batch);
-            if !deliver(inner, id, c, batches).await {
+            let (batches, borrowed) = take_more(inner, &cur, &route, c, batch);
+            let usable = deliver(inner, c, batches).await;
+            for b in borrowed {
+                inner.return_borrowed(b.id); // its permit is released here
+            }
+            if !usable {
                 conn = None; // broken: dropped without QUIT
             }
         }
@@ -284,6 +297,7 @@ fn same_next_hops(a: &Route, b: &Route) -> bool {
 
 /// One message ready to go: its pending entries, sender, recipients and body.
 struct Prepared {
+    domain: DomainId,
     batch: Vec<Entry>,
     from: String,
     rcpts: Vec<String>,
@@ -294,15 +308,16 @@ struct Prepared {
 /// with nothing pending is dropped, one whose body cannot be read is deferred.
 async fn prepare<S: SpoolAccess + 'static>(
     inner: &Rc<Inner<S>>,
-    batches: Vec<Vec<Entry>>,
+    batches: Vec<(DomainId, Vec<Entry>)>,
 ) -> Vec<Prepared> {
     let mut out = Vec::with_capacity(batches.len());
-    for batch in batches {
+    for (domain, batch) in batches {
         let Some((batch, from, rcpts)) = envelope(inner, batch) else {
             continue; // every recipient went final meanwhile (administrator bounce)
         };
         match inner.spool.read_body(batch[0].message_id).await {
             Ok(body) => out.push(Prepared {
+                domain,
                 batch,
                 from,
                 rcpts,
@@ -325,9 +340,8 @@ async fn prepare<S: SpoolAccess + 'static>(
 /// is no longer usable.
 async fn deliver<S: SpoolAccess + 'static>(
     inner: &Rc<Inner<S>>,
-    id: DomainId,
     c: &mut Connected,
-    batches: Vec<Vec<Entry>>,
+    batches: Vec<(DomainId, Vec<Entry>)>,
 ) -> bool {
     let prepared = prepare(inner, batches).await;
     if prepared.is_empty() {
@@ -364,6 +378,7 @@ async fn deliver<S: SpoolAccess + 'static>(
             remote: true,
         };
         let message_id = p.batch[0].message_id;
+        let id = p.domain;
         let results: Vec<RcptResult> = match sent {
             Ok(outcome) => (0..p.batch.len())
                 .map(|i| RcptResult::classify(&outcome, i))
@@ -401,18 +416,30 @@ async fn deliver<S: SpoolAccess + 'static>(
     usable
 }
 
-/// More batches to send with `first` in one write: while the peer takes several transactions
-/// at once, the domain has no rate limit, and the connection has room left.
-fn take_more<S: SpoolAccess>(
-    inner: &Inner<S>,
+/// A ready domain whose transactions ride in a write of another domain's session (same static
+/// next hop and TLS policy); it holds the domain's connection permit until the write is done.
+struct Borrowed {
     id: DomainId,
-    limits: &DomainLimits,
+    _permit: ConnectionPermit,
+}
+
+/// More batches to send with `first` in one write: while the peer takes several transactions
+/// at once, the domain has no rate limit, and the connection has room left. When the domain
+/// has fewer ready than that and the connection goes to a smart host, the write is filled with
+/// ready domains of the same smart host that have no session (each under its own connection
+/// permit), so a thousand small domains behind one relay share a few full writes.
+fn take_more<S: SpoolAccess + 'static>(
+    inner: &Inner<S>,
+    cur: &Serving,
+    route: &Route,
     c: &Connected,
     first: Vec<Entry>,
-) -> Vec<Vec<Entry>> {
-    let mut batches = vec![first];
+) -> (Vec<(DomainId, Vec<Entry>)>, Vec<Borrowed>) {
+    let (id, limits) = (cur.id, &cur.limits);
+    let mut batches = vec![(id, first)];
+    let mut borrowed = Vec::new();
     if !c.conn.can_send_many() || limits.messages_per_second_max.is_some() {
-        return batches;
+        return (batches, borrowed);
     }
     let room = limits.messages_per_connection_max.saturating_sub(c.sent) as usize;
     let want = PIPELINE_TRANSACTIONS_MAX.min(room.max(1));
@@ -421,9 +448,58 @@ fn take_more<S: SpoolAccess>(
         if b.is_empty() {
             break;
         }
-        batches.push(b);
+        batches.push((id, b));
     }
-    batches
+    if batches.len() >= want || inner.resolver.static_route(&cur.domain).is_none() {
+        return (batches, borrowed);
+    }
+    let candidates: Vec<(DomainId, String)> = {
+        let st = inner.state.borrow();
+        st.queues
+            .ready_domains()
+            .filter(|&d| d != id && st.sessions.get(&d).is_none_or(|s| s.open == 0))
+            .filter_map(|d| Some((d, st.queues.name(d)?.to_string())))
+            .take(BORROW_CANDIDATES_MAX)
+            .collect()
+    };
+    for (other, domain) in candidates {
+        if batches.len() >= want {
+            break;
+        }
+        let theirs = inner.cfg.effective_limits(&domain);
+        if theirs.tls != limits.tls || theirs.messages_per_second_max.is_some() {
+            continue;
+        }
+        let same_hop = inner
+            .resolver
+            .static_route(&domain)
+            .is_some_and(|r| same_next_hops(route, &r));
+        if !same_hop {
+            continue;
+        }
+        let counters = inner.limits.destination(&domain);
+        let Some(permit) = ConnectionPermit::try_acquire(counters, theirs.connections_max) else {
+            continue;
+        };
+        if !inner.borrow_domain(other) {
+            continue;
+        }
+        borrowed.push(Borrowed {
+            id: other,
+            _permit: permit,
+        });
+        let quota = theirs.messages_per_connection_max as usize;
+        let mut taken = 0;
+        while batches.len() < want && taken < quota {
+            let b = take_batch(inner, other, &theirs);
+            if b.is_empty() {
+                break;
+            }
+            batches.push((other, b));
+            taken += 1;
+        }
+    }
+    (batches, borrowed)
 }
 
 /// Client stages at which a drop on a reused connection means "closed while idle".

@@ -7,6 +7,8 @@
 //! - anything else: 250.
 //!
 //! It records every accepted message and the peak number of simultaneous connections.
+//! [`Sink::start_chunking`] also offers PIPELINING and CHUNKING (BDAT) and records the most
+//! transactions (MAIL commands) that arrived in one burst, read without waiting for the client.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
@@ -34,6 +36,10 @@ pub struct SinkState {
     pub peak: AtomicUsize,
     pub connections: AtomicUsize,
     pub stop: AtomicBool,
+    /// Offer PIPELINING and CHUNKING.
+    pub chunking: AtomicBool,
+    /// Most MAIL commands read in one burst (the client wrote them before reading a reply).
+    pub mails_per_burst_max: AtomicUsize,
 }
 
 pub struct Sink {
@@ -49,10 +55,20 @@ const CONNECTIONS_MAX: usize = 500;
 
 impl Sink {
     pub fn start() -> Sink {
+        Sink::start_with(false)
+    }
+
+    /// A sink that offers PIPELINING and CHUNKING.
+    pub fn start_chunking() -> Sink {
+        Sink::start_with(true)
+    }
+
+    fn start_with(chunking: bool) -> Sink {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind sink");
         listener.set_nonblocking(true).expect("nonblocking");
         let addr = listener.local_addr().expect("addr");
         let state = Arc::new(SinkState::default());
+        state.chunking.store(chunking, Ordering::Release);
         let st = state.clone();
         let thread = std::thread::spawn(move || {
             while !st.stop.load(Ordering::Acquire)
@@ -103,21 +119,47 @@ fn serve(stream: TcpStream, st: &SinkState) {
 fn session(stream: TcpStream, st: &SinkState) -> std::io::Result<()> {
     stream.set_read_timeout(Some(READ_TIMEOUT))?;
     let mut out = stream.try_clone()?;
-    let mut lines = BufReader::new(stream);
+    let mut lines = BufReader::with_capacity(1 << 16, stream);
+    let mut burst = 0usize;
     out.write_all(b"220 sink.test ESMTP\r\n")?;
     let mut from = String::new();
     let mut rcpts: Vec<String> = Vec::new();
+    let mut data_chunks: Vec<u8> = Vec::new();
     let mut line = String::new();
     loop {
         line.clear();
+        if lines.buffer().is_empty() {
+            burst = 0; // the next read waits for the client: a new burst
+        }
         if lines.read_line(&mut line)? == 0 {
             return Ok(());
         }
         let cmd = line.trim_end().to_string();
         let upper = cmd.to_ascii_uppercase();
-        if upper.starts_with("EHLO") || upper.starts_with("HELO") {
+        if upper.starts_with("EHLO") && st.chunking.load(Ordering::Acquire) {
+            out.write_all(b"250-sink.test\r\n250-PIPELINING\r\n250 CHUNKING\r\n")?;
+        } else if upper.starts_with("EHLO") || upper.starts_with("HELO") {
             out.write_all(b"250 sink.test\r\n")?;
+        } else if let Some(args) = upper.strip_prefix("BDAT ") {
+            let mut words = args.split_whitespace();
+            let size: usize = words.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+            let last = words.next() == Some("LAST");
+            let mut chunk = vec![0u8; size];
+            std::io::Read::read_exact(&mut lines, &mut chunk)?;
+            data_chunks.extend_from_slice(&chunk);
+            if last {
+                st.received.lock().expect("lock").push(Received {
+                    mail_from: from.clone(),
+                    rcpts: std::mem::take(&mut rcpts),
+                    data: String::from_utf8_lossy(&std::mem::take(&mut data_chunks)).into(),
+                });
+                out.write_all(b"250 2.0.0 ok: queued\r\n")?;
+            } else {
+                out.write_all(b"250 2.0.0 chunk ok\r\n")?;
+            }
         } else if upper.starts_with("MAIL FROM:") {
+            burst += 1;
+            st.mails_per_burst_max.fetch_max(burst, Ordering::AcqRel);
             from = angle(&cmd[10..]);
             rcpts.clear();
             out.write_all(b"250 2.1.0 ok\r\n")?;
@@ -174,6 +216,7 @@ fn session(stream: TcpStream, st: &SinkState) -> std::io::Result<()> {
             out.write_all(b"250 2.0.0 ok: queued\r\n")?;
         } else if upper == "RSET" || upper == "NOOP" {
             rcpts.clear();
+            data_chunks.clear();
             out.write_all(b"250 2.0.0 ok\r\n")?;
         } else if upper == "QUIT" {
             out.write_all(b"221 2.0.0 bye\r\n")?;

@@ -68,14 +68,14 @@ pub struct StaticRoute {
 }
 
 /// Where to deliver mail for one domain.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Route {
     /// Hosts in the order to try them: MX preference ascending, ties shuffled. Never empty.
     pub hosts: Vec<RouteHost>,
 }
 
 /// One next-hop host.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct RouteHost {
     /// The MX name (lowercase, no trailing dot), used for TLS verification; for static routes,
     /// the target address as text.
