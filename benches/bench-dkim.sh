@@ -7,10 +7,10 @@
 # may send from unverified domains and its domain rsa.bench.test with an RSA-2048 key;
 # @unsigned.test messages are not signed.
 #
-#   benches/bench-dkim.sh            # N=20000 CONNS=200 RUNS=3
+#   benches/bench-dkim.sh            # N=100000 CONNS=200 RUNS=3 (long enough for steady state)
 set -u
 cd "$(dirname "$0")/.."
-N=${N:-20000}; CONNS=${CONNS:-200}; RUNS=${RUNS:-3}; TIMEOUT=${TIMEOUT:-180}
+N=${N:-100000}; CONNS=${CONNS:-200}; RUNS=${RUNS:-3}; TIMEOUT=${TIMEOUT:-180}
 BIN=$(pwd)/target/release/petrel
 [ -x "$BIN" ] || cargo build --release --bin petrel >&2 || exit 1
 TCK=$(getconf CLK_TCK)

@@ -7,7 +7,8 @@
 # first injected message to the sink's N-th arrival. The same smtp-source settings then drive
 # ../shared/peers/postfix-bench.sh, whose phase B2 is Postfix's end-to-end rate. The 1,000-domain
 # run uses `petrel load run loadtest/scenarios/relay-1000-domains.toml` (the petrel injector: one
-# recipient domain per message, zipf weights). Loopback only; every process stopped by PID.
+# recipient domain per message, zipf weights), then drives a private Postfix (postfix-bench.sh
+# KEEP=1) with the same 1,000-domain load. Loopback only; every process stopped by PID.
 set -u
 cd "$(dirname "$0")/.."
 N=${N:-20000}; SIZE=${SIZE:-1024}; SESS=${SESS:-20}; RUNS=${RUNS:-3}
@@ -112,4 +113,26 @@ if [ "${SKIP_1000:-0}" != 1 ]; then
     done
   done
   rm -f "$SCEN_WIDE"
+  # Postfix with the same 1,000-domain zipf load from the same injector (CONNS_1000 connections,
+  # PF_N messages): a private instance left running by postfix-bench.sh KEEP=1, relaying to its
+  # smtp-sink; end to end = from the first injected message to the sink's count reaching PF_N.
+  if [ -x "$PEERS/postfix-bench.sh" ] && [ "${NO_POSTFIX:-0}" != 1 ]; then
+    PF_N=${PF_N:-20000}; PF_BASE=/var/tmp/pfbench-1000
+    BASE=$PF_BASE KEEP=1 "$PEERS/postfix-bench.sh" > /dev/null 2>&1
+    pf_count() { tr '\r' '\n' < "$PF_BASE/sink_2526.log" 2>/dev/null | grep -o 'mesg=[0-9]*' | tail -1 | cut -d= -f2; }
+    pfrates=()
+    for run in $(seq 1 "$RUNS"); do
+      before=$(pf_count); before=${before:-0}; t0=$(date +%s.%N)
+      timeout "$TIMEOUT" "$BIN" load inject --target 127.0.0.1:10025 --messages "$PF_N" --connections "$CONNS_1000" \
+        --size "$SIZE" --domains 1000 --domain-weights zipf --mail-from from@pfbench.test --json > /dev/null 2>&1
+      deadline=$(( $(date +%s) + TIMEOUT ))
+      while [ "$(( $(pf_count || echo 0) - before ))" -lt "$PF_N" ] && [ "$(date +%s)" -lt "$deadline" ]; do sleep 0.05; done
+      t2=$(date +%s.%N); got=$(( $(pf_count || echo 0) - before ))
+      r=$(awk -v n="$got" -v a="$t0" -v b="$t2" 'BEGIN{printf "%.0f", n/(b-a)}')
+      echo "postfix 1000-domains conns=$CONNS_1000 run=$run: $got/$PF_N delivered, end-to-end $r msg/s"
+      pfrates+=("$r")
+    done
+    BASE=$PF_BASE STOP=1 "$PEERS/postfix-bench.sh" > /dev/null 2>&1
+    echo "MEDIAN postfix 1000-domains: $(printf '%s\n' "${pfrates[@]}" | median) msg/s end to end"
+  fi
 fi
