@@ -467,7 +467,11 @@ fn take_more<S: SpoolAccess + 'static>(
             break;
         }
         let theirs = inner.cfg.effective_limits(&domain);
-        if theirs.tls != limits.tls || theirs.messages_per_second_max.is_some() {
+        // Its messages-per-connection limit counts this connection's transactions so far, as
+        // for a domain a session adopts.
+        let sent = (c.sent as usize).saturating_add(batches.len());
+        let quota = (theirs.messages_per_connection_max as usize).saturating_sub(sent);
+        if theirs.tls != limits.tls || theirs.messages_per_second_max.is_some() || quota == 0 {
             continue;
         }
         let same_hop = inner
@@ -488,7 +492,6 @@ fn take_more<S: SpoolAccess + 'static>(
             id: other,
             _permit: permit,
         });
-        let quota = theirs.messages_per_connection_max as usize;
         let mut taken = 0;
         while batches.len() < want && taken < quota {
             let b = take_batch(inner, other, &theirs);
