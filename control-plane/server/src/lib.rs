@@ -254,9 +254,18 @@ pub async fn serve_with(
     };
     let token: Arc<str> = Arc::from(cfg.push_token.as_str());
     let pushing = push::serve_push(push_listener, tls.acceptor, app.clone(), token);
+    let listener = match (&cfg.database_url, app.db.dialect) {
+        (Some(url), store::Dialect::Postgres) => {
+            Some(tokio::spawn(push::listen_version(app.clone(), url.clone())))
+        }
+        _ => None,
+    };
     let poller = tokio::spawn(push::poll_version(app, opts.version_poll_ms));
     let result = tokio::try_join!(http, pushing).map(|_| ());
     poller.abort();
+    if let Some(l) = listener {
+        l.abort();
+    }
     result
 }
 

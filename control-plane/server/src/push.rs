@@ -408,8 +408,42 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// Retry delay of the PostgreSQL version listener after its connection fails, ms.
+pub const VERSION_LISTEN_RETRY_MS: u64 = 1_000;
+
+/// Listens (PostgreSQL LISTEN) for the versions that mutations on any node announce, so a change
+/// made through another control plane node reaches this node's engines at once rather than at
+/// the next poll. Reconnects after `VERSION_LISTEN_RETRY_MS` when the connection fails.
+pub async fn listen_version(app: App, database_url: String) {
+    loop {
+        match sqlx::postgres::PgListener::connect(&database_url).await {
+            Ok(mut listener) => {
+                if let Err(e) = listener.listen(crate::store::POLICY_CHANNEL).await {
+                    tracing::warn!(error = %e, "policy version listen failed");
+                } else {
+                    // The poll covers what was missed while no listener was connected.
+                    loop {
+                        match listener.recv().await {
+                            Ok(n) => match n.payload().parse::<u64>() {
+                                Ok(v) => app.notify(v),
+                                Err(_) => tracing::warn!("unexpected policy version payload"),
+                            },
+                            Err(e) => {
+                                tracing::warn!(error = %e, "policy version listener lost");
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "policy version listener cannot connect"),
+        }
+        tokio::time::sleep(Duration::from_millis(VERSION_LISTEN_RETRY_MS)).await;
+    }
+}
+
 /// Polls the stored version so changes made by other control plane nodes (PostgreSQL) reach
-/// this node's engines too.
+/// this node's engines too, also when the listener is down.
 pub async fn poll_version(app: App, interval_ms: u64) {
     let mut tick = tokio::time::interval(Duration::from_millis(interval_ms));
     loop {

@@ -161,7 +161,11 @@ impl Db {
         .fetch_one(&mut *tx)
         .await?
         .try_get("policy_version")?;
-        Ok(Mutation { tx, version })
+        Ok(Mutation {
+            tx,
+            version,
+            dialect: self.dialect,
+        })
     }
 }
 
@@ -171,12 +175,25 @@ pub struct Mutation {
     pub tx: sqlx::Transaction<'static, sqlx::Any>,
     /// The policy version this mutation produces.
     pub version: i64,
+    dialect: Dialect,
 }
+
+/// The PostgreSQL channel on which a committed mutation announces its policy version, so every
+/// control plane node pushes it at once (the version poll stays as the fallback).
+pub const POLICY_CHANNEL: &str = "petrel_policy";
 
 impl Mutation {
     /// Appends the audit row and commits. Returns the new policy version.
     pub async fn commit(mut self, entry: AuditEntry) -> Result<u64, ControlError> {
         audit::append(&mut self.tx, &entry).await?;
+        if self.dialect == Dialect::Postgres {
+            // Delivered to the listeners when (and only if) the transaction commits.
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(POLICY_CHANNEL)
+                .bind(self.version.to_string())
+                .execute(&mut *self.tx)
+                .await?;
+        }
         self.tx.commit().await?;
         Ok(u64::try_from(self.version).unwrap_or(0))
     }

@@ -1,7 +1,7 @@
 //! The same scenarios on PostgreSQL, against a server the caller runs (`PETREL_TEST_PG_URL`,
 //! e.g. `postgres://postgres@127.0.0.1:5433/postgres`). Each test creates its own database.
 //! Without the variable every test prints "SKIPPED: PETREL_TEST_PG_URL not set" and passes.
-//! `tests/pg.sh` starts a throwaway cluster and runs these.
+//! `ops/test.sh` starts a throwaway cluster and runs these.
 
 mod common;
 
@@ -131,15 +131,17 @@ async fn pg_two_nodes_share_one_database() {
             dns_nameservers: vec!["127.0.0.1:9".parse().expect("addr")],
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let node2_task = tokio::spawn(petrel_control::serve_with(
-            cfg,
-            common::test_options(),
-            Some(tx),
-        ));
+        // Node 2 polls the stored version only every ten minutes: a change made through node 1
+        // can reach node 2's engine within the test only through PostgreSQL's NOTIFY.
+        let options = petrel_control::ServeOptions {
+            version_poll_ms: 600_000,
+            ..common::test_options()
+        };
+        let node2_task = tokio::spawn(petrel_control::serve_with(cfg, options, Some(tx)));
         let node2 = rx.await.expect("node 2 ready");
         assert!(node2.bootstrap_key.is_none());
 
-        // An engine on node 2 sees a change made through node 1 (version poll).
+        // An engine on node 2 sees a change made through node 1 (LISTEN/NOTIFY).
         let store_dir = tempfile::tempdir().expect("tempdir");
         let store =
             std::sync::Arc::new(petrel_policy::PolicyStore::load_or_empty(store_dir.path()));
