@@ -903,3 +903,43 @@ fn a_write_to_a_smart_host_carries_transactions_of_several_domains() {
         .load(std::sync::atomic::Ordering::Acquire);
     assert!(burst >= 2, "at most {burst} transaction per write");
 }
+
+/// A rate-limited domain with a backlog never holds every session to its smart host: the last
+/// one stays for domains without a session, so their mail does not wait for the backlog.
+#[test]
+fn a_rate_limited_backlog_leaves_a_smart_host_session_for_other_domains() {
+    let dest = Sink::start();
+    let other = Sink::start();
+    let mut cfg = config();
+    cfg.shard_connections_max = 64;
+    cfg.next_hop_sessions_max = 2;
+    cfg.default_limits.messages_per_connection_max = 100;
+    let mut slow = cfg.default_limits.clone();
+    slow.messages_per_second_max = Some(4);
+    cfg.domain_limits.insert("slow.example".into(), slow);
+    let mut then: Vec<String> = (0..12).map(|i| format!("s{i}@slow.example")).collect();
+    then.extend((1..=4).map(|i| format!("r{i}@d{i}.example")));
+    let removed = run_idle_then(
+        resolver(dest.addr, other.addr),
+        cfg,
+        "r0@d0.example",
+        then,
+        17,
+        TEST_DEADLINE,
+    );
+    assert_eq!(removed, 17, "all delivered");
+    let order: Vec<bool> = other
+        .received()
+        .iter()
+        .map(|r| r.rcpts.iter().any(|a| a.ends_with("@slow.example")))
+        .collect();
+    let last_other = order
+        .iter()
+        .rposition(|slow| !slow)
+        .expect("others arrived");
+    let slow_before = order[..last_other].iter().filter(|s| **s).count();
+    assert!(
+        slow_before < 8,
+        "the other domains waited for {slow_before} of the 12 rate-limited messages: {order:?}"
+    );
+}

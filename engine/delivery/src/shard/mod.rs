@@ -133,6 +133,9 @@ pub enum DomainState {
 
 /// Bound of the per-shard list of recipients waiting to be bounced by the run loop.
 pub const ADMIN_BOUNCES_MAX: usize = 1_000_000;
+/// Sessions to a smart host that an extra session of an already served domain may not take:
+/// they stay free for domains that have no session yet.
+pub const NEXT_HOP_SESSIONS_KEPT_FOR_NEW_DOMAINS: usize = 1;
 /// How often the queue gauges (depth, oldest age) are refreshed, ms.
 pub const GAUGE_INTERVAL_MS: u64 = 5_000;
 
@@ -482,7 +485,15 @@ impl<S: SpoolAccess + 'static> Inner<S> {
                 continue;
             }
             if let Some(h) = &hop {
-                if st.hop_sessions.get(h).copied().unwrap_or(0) >= self.cfg.next_hop_sessions_max {
+                // The last slots are kept for domains without a session, so one busy domain (a
+                // rate-limited one, say) never holds every connection to the smart host.
+                let max = self.cfg.next_hop_sessions_max;
+                let cap = if open == 0 {
+                    max
+                } else {
+                    max.saturating_sub(NEXT_HOP_SESSIONS_KEPT_FOR_NEW_DOMAINS)
+                };
+                if st.hop_sessions.get(h).copied().unwrap_or(0) >= cap {
                     // The smart host has all the sessions it may have from this shard: one of
                     // them takes this domain into its next write, or adopts it when idle.
                     hop_full |= open == 0;

@@ -423,11 +423,11 @@ struct Borrowed {
     _permit: ConnectionPermit,
 }
 
-/// More batches to send with `first` in one write: while the peer takes several transactions
-/// at once, the domain has no rate limit, and the connection has room left. When the domain
-/// has fewer ready than that and the connection goes to a smart host, the write is filled with
-/// ready domains of the same smart host that have no session (each under its own connection
-/// permit), so a thousand small domains behind one relay share a few full writes.
+/// More batches to send with `first` in one write, while the peer takes several transactions
+/// at once and the connection has room left: first more of the domain's own (none when it has
+/// a rate limit), then, when the connection goes to a smart host, ready domains of the same
+/// smart host that have no session (each under its own connection permit, none rate-limited),
+/// so a thousand small domains behind one relay share a few full writes.
 fn take_more<S: SpoolAccess + 'static>(
     inner: &Inner<S>,
     cur: &Serving,
@@ -438,12 +438,13 @@ fn take_more<S: SpoolAccess + 'static>(
     let (id, limits) = (cur.id, &cur.limits);
     let mut batches = vec![(id, first)];
     let mut borrowed = Vec::new();
-    if !c.conn.can_send_many() || limits.messages_per_second_max.is_some() {
+    if !c.conn.can_send_many() {
         return (batches, borrowed);
     }
     let room = limits.messages_per_connection_max.saturating_sub(c.sent) as usize;
     let want = PIPELINE_TRANSACTIONS_MAX.min(room.max(1));
-    while batches.len() < want {
+    // A rate-limited domain sends one message per token; the write may still carry others.
+    while batches.len() < want && limits.messages_per_second_max.is_none() {
         let b = take_batch(inner, id, limits);
         if b.is_empty() {
             break;
