@@ -4,6 +4,9 @@
 #
 #   benches/bench-propagation.sh          # TENANTS=10000 CHANGES=7
 #   PG=1 benches/bench-propagation.sh     # the control plane on a private PostgreSQL instead
+#   PG=1 NODE2=1 benches/bench-propagation.sh  # changes made through a second control plane
+#                                         # node on the same database (the engine stays on the
+#                                         # first): the cross-node path, PostgreSQL NOTIFY
 #
 # Starts `petrel up` (control plane + engine, SQLite) on loopback ports of its own, seeds TENANTS
 # tenants straight into the control plane's SQLite database (creating each through the API would
@@ -20,8 +23,9 @@ BIN=$(pwd)/target/release/petrel
 [ -x "$BIN" ] || cargo build --release --bin petrel >&2 || exit 1
 W=$(mktemp -d /tmp/petrel-prop.XXXXXX)
 chmod 755 "$W"
-UP=""; PG_PID=""; DB_URL=""; STORE=SQLite
+UP=""; PG_PID=""; DB_URL=""; STORE=SQLite; NODE2_PID=""; API_PORT=3080
 cleanup() {
+  [ -n "$NODE2_PID" ] && kill "$NODE2_PID" 2>/dev/null && wait "$NODE2_PID" 2>/dev/null
   [ -n "$UP" ] && kill "$UP" 2>/dev/null && wait "$UP" 2>/dev/null
   if [ -n "$PG_PID" ]; then
     kill "$PG_PID" 2>/dev/null
@@ -49,10 +53,18 @@ UP=$!
 for _ in $(seq 1 300); do grep -q "owner API key" "$W/up.out" 2>/dev/null && break; sleep 0.1; done
 KEY=$(grep -o 'owner API key (shown once, keep it): [^ ]*' "$W/up.out" | awk '{print $NF}')
 [ -n "$KEY" ] || { echo "petrel up did not print an owner key"; cat "$W/up.err" | tail -5; exit 1; }
+if [ "${NODE2:-0}" = 1 ]; then
+  [ -n "$DB_URL" ] || { echo "NODE2=1 needs PG=1"; exit 1; }
+  "$BIN" control serve --data-dir "$W/node2" --database-url "$DB_URL" --api-listen 127.0.0.1:3090 \
+    --push-listen 127.0.0.1:3091 --push-token node2-unused > "$W/node2.out" 2>&1 &
+  NODE2_PID=$!; API_PORT=3090; STORE="PostgreSQL, changes through a second node"
+  for _ in $(seq 1 100); do curl -s -o /dev/null http://127.0.0.1:3090/v1/openapi.json && break; sleep 0.1; done
+fi
 echo "# $(date -u +%FT%TZ) $(nproc) cores; TENANTS=$TENANTS CHANGES=$CHANGES ($STORE, one engine, $(grep -c ^processor /proc/cpuinfo) shards)"
-python3 - "$W/data/control/petrel.db" "$KEY" "$TENANTS" "$CHANGES" "$DB_URL" <<'PY'
+python3 - "$W/data/control/petrel.db" "$KEY" "$TENANTS" "$CHANGES" "$DB_URL" "$API_PORT" <<'PY'
 import http.client, json, sqlite3, subprocess, sys, time
 db_path, key, tenants, changes, db_url = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+api_port = int(sys.argv[6])
 now = int(time.time() * 1000)
 rows = [(f"ten_bench{i:06d}", f"bench-{i:06d}", 100 + i % 50, 1_000_000, now) for i in range(tenants)]
 t0 = time.monotonic()
@@ -87,7 +99,7 @@ def metric_version():
             return int(float(line.split()[1]))
     return -1
 
-api = http.client.HTTPConnection("127.0.0.1", 3080, timeout=30)
+api = http.client.HTTPConnection("127.0.0.1", api_port, timeout=30)
 def call(method, path, body=None):
     api.request(method, path, body=json.dumps(body) if body is not None else None,
                 headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
