@@ -27,6 +27,23 @@ if ! python3 -c 'import dkim, nacl' >/dev/null 2>&1; then
     || echo "WARNING: could not install dkimpy; DKIM verification tests say SKIPPED" >&2
 fi
 command -v cargo-nextest >/dev/null 2>&1 || cargo install --locked cargo-nextest
+# promtool checks the metrics exposition and ops/monitoring/petrel-alerts.yml. Debian ships it in
+# the prometheus package, whose install would start a Prometheus server: take only the binary.
+if [ -z "${PETREL_PROMTOOL:-}" ]; then
+  if command -v promtool >/dev/null 2>&1; then
+    PETREL_PROMTOOL=$(command -v promtool)
+  else
+    TOOLS="$(pwd)/target/tools"
+    if [ ! -x "$TOOLS/prometheus/usr/bin/promtool" ]; then
+      log "fetching promtool (Debian's prometheus package, unpacked under target/tools)"
+      mkdir -p "$TOOLS" && (cd "$TOOLS" && rm -f prometheus_*.deb && apt-get download prometheus >/dev/null 2>&1 \
+        && dpkg-deb -x prometheus_*.deb prometheus) \
+        || echo "WARNING: could not fetch promtool; its checks say SKIPPED" >&2
+    fi
+    [ -x "$TOOLS/prometheus/usr/bin/promtool" ] && PETREL_PROMTOOL="$TOOLS/prometheus/usr/bin/promtool"
+  fi
+fi
+[ -n "${PETREL_PROMTOOL:-}" ] && export PETREL_PROMTOOL
 
 # --- a private PostgreSQL on loopback -------------------------------------------------------------
 PG_PID=""

@@ -192,6 +192,25 @@ fn delivered_deferred_bounced_null_mx_and_implicit_mx() {
         .unwrap()
         .count();
     assert!(events > 0, "events were written");
+    // Every series the run produced is named and described the way Prometheus expects.
+    let exposition = engine.scrape();
+    for name in [
+        "petrel_delivery_delivered_total",
+        "petrel_delivery_deferred_total",
+        "petrel_delivery_bounced_total",
+        "petrel_queue_depth",
+        "petrel_delivery_end_to_end_seconds",
+    ] {
+        assert!(exposition.contains(name), "{name} missing");
+    }
+    match common::promtool() {
+        Some(promtool) => {
+            if let Err(problems) = common::promtool_check_metrics(&promtool, &exposition) {
+                panic!("promtool check metrics: {problems}");
+            }
+        }
+        None => println!("SKIPPED promtool check: promtool not found (ops/test.sh fetches it)"),
+    }
     assert!(engine.stop());
     let log = read_events(dir.path());
     assert!(log.contains("\"delivered\""), "events name outcomes");
@@ -383,4 +402,28 @@ fn kill9_during_delivery_loses_nothing() {
             == 150
     });
     assert!(engine.stop());
+}
+
+/// The alert rules shipped in ops/ load in Prometheus (promtool's own check).
+#[test]
+fn the_shipped_alert_rules_pass_promtool() {
+    let Some(promtool) = common::promtool() else {
+        println!("SKIPPED: promtool not found (ops/test.sh fetches it)");
+        return;
+    };
+    let rules =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("ops/monitoring/petrel-alerts.yml");
+    let out = std::process::Command::new(promtool)
+        .arg("check")
+        .arg("rules")
+        .arg(&rules)
+        .output()
+        .expect("run promtool");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("SUCCESS"), "{text}");
 }

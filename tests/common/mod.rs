@@ -285,3 +285,46 @@ pub fn spool_count(data_dir: &Path) -> u64 {
         .and_then(|l| l.trim().parse().ok())
         .expect("count prints the number first")
 }
+
+/// Prometheus's promtool, if the test script fetched it (`PETREL_PROMTOOL`) or it is on PATH.
+pub fn promtool() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("PETREL_PROMTOOL") {
+        return Some(PathBuf::from(p));
+    }
+    let found = Command::new("promtool")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    found.then(|| PathBuf::from("promtool"))
+}
+
+/// Runs `promtool check metrics` on an exposition text; returns what it printed on failure.
+pub fn promtool_check_metrics(promtool: &Path, exposition: &str) -> Result<(), String> {
+    let mut child = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("promtool: {e}"))?;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(exposition.as_bytes())
+        .map_err(|e| format!("promtool stdin: {e}"))?;
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("promtool: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}

@@ -91,4 +91,67 @@ fn describe() {
         "petrel_delivery_connections_open",
         "Outbound connections open now, by destination: the domain for destinations with limits of their own (configured or pushed), `other` for the rest"
     );
+    describe_counter!(
+        "petrel_delivery_delivered_total",
+        "Recipients delivered (2xx from the remote server)"
+    );
+    describe_counter!(
+        "petrel_delivery_deferred_total",
+        "Delivery attempts deferred (4xx, timeouts, refused or dropped connections)"
+    );
+    describe_counter!(
+        "petrel_delivery_bounced_total",
+        "Recipients bounced (5xx or an administrator's bounce)"
+    );
+    describe_counter!(
+        "petrel_delivery_expired_total",
+        "Recipients that reached the maximum queue age"
+    );
+    describe_counter!(
+        "petrel_delivery_spool_errors_total",
+        "Spool writes of delivery outcomes that failed, by operation (update, remove): the outcome holds in memory, a restart may deliver again"
+    );
+    describe_histogram!(
+        "petrel_delivery_attempt_duration_seconds",
+        Unit::Seconds,
+        "Time of one delivery attempt per message (a write of several transactions is shared)"
+    );
+    describe_histogram!(
+        "petrel_delivery_end_to_end_seconds",
+        Unit::Seconds,
+        "Time from acceptance to the last recipient's final outcome"
+    );
+    describe_gauge!(
+        "petrel_queue_depth",
+        "Recipients queued for delivery, by shard"
+    );
+    describe_gauge!(
+        "petrel_queue_oldest_age_seconds",
+        Unit::Seconds,
+        "Age of the oldest queued message, by shard"
+    );
+    describe_counter!(
+        "petrel_outbound_connections_total",
+        "Outbound SMTP connections made"
+    );
+    describe_counter!(
+        "petrel_outbound_connect_failures_total",
+        "Outbound connection attempts that failed"
+    );
+    describe_counter!(
+        "petrel_outbound_transactions_total",
+        "Outbound SMTP transactions sent"
+    );
+    describe_counter!(
+        "petrel_outbound_route_cache_hits_total",
+        "Destination routes answered from the resolver's cache"
+    );
+    describe_counter!(
+        "petrel_outbound_route_cache_misses_total",
+        "Destination routes that needed DNS lookups"
+    );
+    describe_counter!(
+        "petrel_outbound_route_failures_total",
+        "Destination routes that could not be resolved"
+    );
 }

@@ -270,6 +270,7 @@ pub(super) async fn apply<S: SpoolAccess + 'static>(
     if !updates.is_empty() && !finished {
         if let Err(e) = inner.spool.update(message_id, &updates).await {
             tracing::warn!(message_id = %format!("{message_id:016x}"), error = %e, "spool update failed");
+            metrics::counter!("petrel_delivery_spool_errors_total", "op" => "update").increment(1);
         }
     }
     inner.record_events(events).await;
@@ -287,6 +288,7 @@ pub(super) async fn apply<S: SpoolAccess + 'static>(
     if finished {
         if let Err(e) = inner.spool.remove(message_id, &updates).await {
             tracing::warn!(message_id = %format!("{message_id:016x}"), error = %e, "spool remove failed");
+            metrics::counter!("petrel_delivery_spool_errors_total", "op" => "remove").increment(1);
         }
         let secs = now.saturating_sub(received_unix_ms) as f64 / 1000.0;
         metrics::histogram!("petrel_delivery_end_to_end_seconds").record(secs);
