@@ -19,7 +19,7 @@ cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/nu
 trap cleanup EXIT
 median() { sort -g | awk '{a[NR]=$1} END{ if(NR==0){print "nan"} else if(NR%2){print a[(NR+1)/2]} else {print (a[NR/2]+a[NR/2+1])/2} }'; }
 cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
-echo "# $(date -u +%FT%TZ) $(nproc) cores; N=$N CONNS=$CONNS RUNS=$RUNS fsync=on, relay to petrel load sink"
+echo "# $(date -u +%FT%TZ) $(nproc) cores; shards=${SHARDS:-$(nproc)} N=$N CONNS=$CONNS RUNS=$RUNS fsync=on, relay to petrel load sink"
 FROMS=${FROMS:-"load@unsigned.test load@dev.petrel.test load@rsa.bench.test"}
 for from in $FROMS; do
   rates=(); cpus=()
@@ -28,7 +28,7 @@ for from in $FROMS; do
     "$BIN" load sink --listen 127.0.0.1:2926 --duration "${TIMEOUT}s" --stats-file "$W/stats.json" \
       > /dev/null 2>&1 &
     SINK=$!; PIDS+=("$SINK")
-    (cd "$W" && exec "$BIN" up --relay-to 127.0.0.1:2926 --smtp-listen 127.0.0.1:2925 --api-listen 127.0.0.1:2980 \
+    (cd "$W" && exec "$BIN" up ${SHARDS:+--shards "$SHARDS"} --relay-to 127.0.0.1:2926 --smtp-listen 127.0.0.1:2925 --api-listen 127.0.0.1:2980 \
        --push-listen 127.0.0.1:2981 --metrics-listen 127.0.0.1:2982 --admin-listen 127.0.0.1:2983 > "$W/up.out" 2>/dev/null) &
     UP=$!; PIDS+=("$UP")
     for _ in $(seq 1 300); do grep -q "relay: loopback" "$W/up.out" 2>/dev/null && break; sleep 0.1; done
