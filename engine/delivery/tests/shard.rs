@@ -849,55 +849,56 @@ fn an_idle_session_is_offered_a_new_domain_before_a_new_connection_is_made() {
     );
 }
 
+/// The smart-host tests' config: room for many sessions, `next_hop_sessions_max` to the smart
+/// host, connections that last.
+fn smart_host_config(next_hop_sessions_max: usize) -> DeliveryConfig {
+    let mut cfg = config();
+    cfg.shard_connections_max = 64;
+    cfg.next_hop_sessions_max = next_hop_sessions_max;
+    cfg.default_limits.messages_per_connection_max = 100;
+    cfg
+}
+
+/// Delivers `r0@d0.example`, then `then`, through the smart host `host` (the catch-all route);
+/// returns how many messages were delivered.
+fn deliver_via_smart_host(host: &Sink, cfg: DeliveryConfig, then: Vec<String>) -> usize {
+    let dest = Sink::start();
+    let expect = then.len() + 1;
+    run_idle_then(
+        resolver(dest.addr, host.addr),
+        cfg,
+        "r0@d0.example",
+        then,
+        expect,
+        TEST_DEADLINE,
+    )
+}
+
 /// Thirty domains behind one smart host become ready at once: the shard opens no more than
 /// `next_hop_sessions_max` connections to it, and those carry every domain.
 #[test]
 fn sessions_to_one_smart_host_stay_within_the_next_hop_limit() {
-    let dest = Sink::start();
-    let other = Sink::start();
+    let host = Sink::start();
     let then: Vec<String> = (1..=30).map(|i| format!("r{i}@d{i}.example")).collect();
-    let mut cfg = config();
-    cfg.shard_connections_max = 64;
-    cfg.next_hop_sessions_max = 2;
-    cfg.default_limits.messages_per_connection_max = 100;
-    let removed = run_idle_then(
-        resolver(dest.addr, other.addr),
-        cfg,
-        "r0@d0.example",
-        then,
-        31,
-        TEST_DEADLINE,
-    );
+    let removed = deliver_via_smart_host(&host, smart_host_config(2), then);
     assert_eq!(removed, 31, "all delivered");
-    assert_eq!(other.received().len(), 31);
-    assert!(other.peak() <= 2, "peak {} connections", other.peak());
+    assert_eq!(host.received().len(), 31);
+    assert!(host.peak() <= 2, "peak {} connections", host.peak());
 }
 
 /// With PIPELINING and CHUNKING, a session to a smart host fills its write with the ready
 /// domains of that host that have no session: several domains' transactions in one burst.
 #[test]
 fn a_write_to_a_smart_host_carries_transactions_of_several_domains() {
-    let dest = Sink::start();
-    let other = Sink::start_chunking();
+    let host = Sink::start_chunking();
     let then: Vec<String> = (1..=20).map(|i| format!("r{i}@d{i}.example")).collect();
-    let mut cfg = config();
-    cfg.shard_connections_max = 64;
-    cfg.next_hop_sessions_max = 1;
-    cfg.default_limits.messages_per_connection_max = 100;
-    let removed = run_idle_then(
-        resolver(dest.addr, other.addr),
-        cfg,
-        "r0@d0.example",
-        then,
-        21,
-        TEST_DEADLINE,
-    );
+    let removed = deliver_via_smart_host(&host, smart_host_config(1), then);
     assert_eq!(removed, 21, "all delivered");
-    let received = other.received();
+    let received = host.received();
     assert_eq!(received.len(), 21);
     assert!(received.iter().all(|r| r.data.contains("Subject: test")));
-    assert_eq!(other.peak(), 1, "one connection");
-    let burst = other
+    assert_eq!(host.peak(), 1, "one connection");
+    let burst = host
         .state
         .mails_per_burst_max
         .load(std::sync::atomic::Ordering::Acquire);
@@ -908,27 +909,16 @@ fn a_write_to_a_smart_host_carries_transactions_of_several_domains() {
 /// one stays for domains without a session, so their mail does not wait for the backlog.
 #[test]
 fn a_rate_limited_backlog_leaves_a_smart_host_session_for_other_domains() {
-    let dest = Sink::start();
-    let other = Sink::start();
-    let mut cfg = config();
-    cfg.shard_connections_max = 64;
-    cfg.next_hop_sessions_max = 2;
-    cfg.default_limits.messages_per_connection_max = 100;
+    let host = Sink::start();
+    let mut cfg = smart_host_config(2);
     let mut slow = cfg.default_limits.clone();
     slow.messages_per_second_max = Some(4);
     cfg.domain_limits.insert("slow.example".into(), slow);
     let mut then: Vec<String> = (0..12).map(|i| format!("s{i}@slow.example")).collect();
     then.extend((1..=4).map(|i| format!("r{i}@d{i}.example")));
-    let removed = run_idle_then(
-        resolver(dest.addr, other.addr),
-        cfg,
-        "r0@d0.example",
-        then,
-        17,
-        TEST_DEADLINE,
-    );
+    let removed = deliver_via_smart_host(&host, cfg, then);
     assert_eq!(removed, 17, "all delivered");
-    let order: Vec<bool> = other
+    let order: Vec<bool> = host
         .received()
         .iter()
         .map(|r| r.rcpts.iter().any(|a| a.ends_with("@slow.example")))
