@@ -794,8 +794,15 @@ impl Inner {
             }
             (files, std::mem::take(&mut st.dir_dirty))
         };
-        for f in files {
-            if let Err(e) = f.fdatasync().await {
+        // All at once: io_uring hands each fdatasync to an io-wq worker, and on one filesystem
+        // they share the journal commit, so a commit covering a segment's data and its journal
+        // waits about one sync, not two in a row.
+        let syncs: Vec<_> = files
+            .into_iter()
+            .map(|f| glommio::spawn_local(async move { f.fdatasync().await }))
+            .collect();
+        for sync in syncs {
+            if let Err(e) = sync.await {
                 self.fatal.set(Some("fdatasync failed"));
                 tracing::error!(error = %e, "spool fdatasync failed; refusing new messages");
                 return Err(e);
