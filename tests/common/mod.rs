@@ -44,17 +44,14 @@ impl Engine {
     }
 
     pub fn start_with(data_dir: &Path, extra: &[&str], config: Option<&str>) -> Engine {
-        let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mut cmd = Command::new(petrel_bin());
         cmd.arg("engine")
             .arg("--data-dir")
             .arg(data_dir)
             .args(["--smtp-listen", "127.0.0.1:0"])
-            .arg("--metrics-listen")
-            .arg(metrics.to_string())
-            .arg("--admin-listen")
-            .arg(admin.to_string())
+            // Port 0 everywhere: the engine prints what it bound, so no two tests race for a port.
+            .args(["--metrics-listen", "127.0.0.1:0"])
+            .args(["--admin-listen", "127.0.0.1:0"])
             .arg("--no-pin")
             .args(extra);
         if let Some(text) = config {
@@ -79,21 +76,26 @@ impl Engine {
             }
         });
         let deadline = Instant::now() + ENGINE_READY_TIMEOUT;
-        let smtp = loop {
+        let (mut smtp, mut metrics, mut admin) = (None, None, None);
+        while smtp.is_none() || metrics.is_none() || admin.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(rest) = line.strip_prefix("petrel engine ready: smtp=") {
-                        let addr = rest.split_whitespace().next().unwrap();
-                        break addr.parse().unwrap();
-                    }
-                }
-                Err(_) => {
-                    let _ = child.kill();
-                    panic!("engine did not become ready in {ENGINE_READY_TIMEOUT:?}");
-                }
+            let Ok(line) = rx.recv_timeout(left) else {
+                let _ = child.kill();
+                panic!("engine did not become ready in {ENGINE_READY_TIMEOUT:?}");
+            };
+            let addr = |rest: &str, suffix: &str| -> SocketAddr {
+                let rest = rest.split_whitespace().next().unwrap();
+                rest.strip_suffix(suffix).unwrap_or(rest).parse().unwrap()
+            };
+            if let Some(rest) = line.strip_prefix("petrel engine ready: smtp=") {
+                smtp = Some(addr(rest, ""));
+            } else if let Some(rest) = line.trim_start().strip_prefix("metrics: http://") {
+                metrics = Some(addr(rest, "/metrics"));
+            } else if let Some(rest) = line.trim_start().strip_prefix("admin:   http://") {
+                admin = Some(addr(rest, "/v1/queue"));
             }
-        };
+        }
+        let (smtp, metrics, admin) = (smtp.unwrap(), metrics.unwrap(), admin.unwrap());
         Engine {
             child,
             smtp,

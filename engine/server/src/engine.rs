@@ -68,7 +68,7 @@ pub fn run(
     // Absolute from here on: io_uring opens paths relative to nothing useful.
     cfg.server.data_dir = std::fs::canonicalize(&cfg.server.data_dir)?;
     let cfg = Arc::new(cfg);
-    crate::metrics::install(runtime, cfg.metrics.listen)?;
+    let metrics_addr = crate::metrics::install(runtime, cfg.metrics.listen)?;
     let (tls, cert_source) = crate::tls::server_config(
         &cfg.server.data_dir,
         &cfg.server.hostname,
@@ -162,7 +162,7 @@ pub fn run(
     on_ready(
         &ReadyInfo {
             smtp,
-            metrics: cfg.metrics.listen,
+            metrics: metrics_addr,
             admin,
             shards,
             tls: cert_source,

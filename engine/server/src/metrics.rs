@@ -30,28 +30,63 @@ const LATENCY_BUCKETS_SECONDS: &[f64] = &[
     2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0,
 ];
 
-/// Installs the global recorder and spawns its HTTP listener on the given runtime.
-/// A second engine in the same process (tests) keeps the first recorder.
-pub fn install(rt: &tokio::runtime::Handle, listen: Option<SocketAddr>) -> Result<(), EngineError> {
+/// How often histograms are drained into their summaries when nobody scrapes (the exporter's
+/// own listener did this every 5 s).
+pub const METRICS_UPKEEP_MS: u64 = 5_000;
+
+/// Installs the global recorder and serves `GET /metrics` on `listen` (port 0 picks one) from the
+/// given runtime. Returns the bound address. A second engine in the same process (tests) keeps
+/// the first recorder and serves nothing.
+pub fn install(
+    rt: &tokio::runtime::Handle,
+    listen: Option<SocketAddr>,
+) -> Result<Option<SocketAddr>, EngineError> {
     let _guard = rt.enter();
-    let mut builder = PrometheusBuilder::new()
+    let recorder = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS_SECONDS)
-        .map_err(|e| EngineError::Other(format!("metrics buckets: {e}")))?;
-    if let Some(addr) = listen {
-        builder = builder.with_http_listener(addr);
+        .map_err(|e| EngineError::Other(format!("metrics buckets: {e}")))?
+        .build_recorder();
+    let handle = recorder.handle();
+    if metrics::set_global_recorder(recorder).is_err() {
+        return Ok(None);
     }
-    let (recorder, exporter) = builder
-        .build()
-        .map_err(|e| EngineError::Other(format!("metrics listener {listen:?}: {e}")))?;
-    if metrics::set_global_recorder(recorder).is_ok() {
-        rt.spawn(async move {
-            if let Err(e) = exporter.await {
-                tracing::error!(error = ?e, "metrics exporter stopped");
-            }
+    describe();
+    let upkeep = handle.clone();
+    rt.spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(METRICS_UPKEEP_MS));
+        loop {
+            tick.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    let Some(addr) = listen else {
+        return Ok(None);
+    };
+    let std_listener =
+        std::net::TcpListener::bind(addr).map_err(|source| EngineError::Listen { addr, source })?;
+    std_listener.set_nonblocking(true)?;
+    let local = std_listener.local_addr()?;
+    let listener = tokio::net::TcpListener::from_std(std_listener)?;
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let handle = handle.clone();
+                async move { handle.render() }
+            }),
+        )
+        .fallback(|| async {
+            (
+                axum::http::StatusCode::NOT_FOUND,
+                axum::Json(serde_json::json!({"error": {"code": "not_found", "message": "the metrics are at /metrics"}})),
+            )
         });
-        describe();
-    }
-    Ok(())
+    rt.spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "metrics listener stopped");
+        }
+    });
+    Ok(Some(local))
 }
 
 fn describe() {
