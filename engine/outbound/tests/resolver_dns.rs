@@ -274,3 +274,36 @@ fn domain_literals_and_invalid_names() {
         Err(ResolveError::NoSuchDomain { .. })
     ));
 }
+
+/// `known_route` answers without a lookup: static routes and domain literals at once, a DNS
+/// domain only once a lookup has cached its route (never a failure), and nothing after expiry.
+#[test]
+fn known_route_answers_only_from_static_routes_literals_and_the_cache() {
+    let dns = zone();
+    let one = sa("127.0.0.8:2727");
+    let r = resolver(
+        &dns,
+        vec![StaticRoute {
+            domain: Some("special.test".into()),
+            target: one,
+        }],
+    );
+    assert_eq!(r.known_route("Special.Test").unwrap().hosts[0].addrs, [one]);
+    assert_eq!(
+        r.known_route("[127.0.0.5]").unwrap().hosts[0].addrs,
+        [sa("127.0.0.5:2525")]
+    );
+    assert!(r.known_route("mx.test").is_none(), "not looked up yet");
+    let looked_up = route(&r, "mx.test").unwrap();
+    let known = r.known_route("MX.test.").expect("cached by the lookup");
+    assert!(std::sync::Arc::ptr_eq(&looked_up, &known));
+    assert!(route(&r, "null.test").is_err());
+    assert!(
+        r.known_route("null.test").is_none(),
+        "a failure is never a known route"
+    );
+    route(&r, "short.test").unwrap();
+    assert!(r.known_route("short.test").is_some());
+    std::thread::sleep(Duration::from_millis(1_100)); // its TTL is 1 s
+    assert!(r.known_route("short.test").is_none(), "expired");
+}

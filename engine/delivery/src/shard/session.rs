@@ -155,7 +155,7 @@ async fn session<S: SpoolAccess + 'static>(inner: &Rc<Inner<S>>, id: DomainId) -
             let Some(c) = conn.as_mut() else {
                 break;
             };
-            let mut next = adopt(inner, &cur, &route).await;
+            let mut next = adopt(inner, &cur, &route);
             if next.is_none() {
                 match wait_for_work(inner, cur.id, &mut offers_seen).await {
                     Wake::Work => continue,
@@ -163,14 +163,14 @@ async fn session<S: SpoolAccess + 'static>(inner: &Rc<Inner<S>>, id: DomainId) -
                     // Another domain of this shard needs a session slot: carry it on this
                     // connection when it goes to the same place, else give the slot up.
                     Wake::SlotWanted => {
-                        next = adopt(inner, &cur, &route).await;
+                        next = adopt(inner, &cur, &route);
                         if next.is_none() {
                             break;
                         }
                     }
                     // New domains were offered to idle sessions: carry one if it fits, else
                     // go on waiting.
-                    Wake::Offered => next = adopt(inner, &cur, &route).await,
+                    Wake::Offered => next = adopt(inner, &cur, &route),
                 }
             }
             if let Some(next) = next {
@@ -228,7 +228,7 @@ async fn session<S: SpoolAccess + 'static>(inner: &Rc<Inner<S>>, id: DomainId) -
 /// A ready domain of this shard without a session that the open connection can carry: the
 /// same next hops and TLS policy, and a connection permit of its own. The shard's bookkeeping
 /// moves the session over to it; `None` when there is none.
-async fn adopt<S: SpoolAccess + 'static>(
+fn adopt<S: SpoolAccess + 'static>(
     inner: &Rc<Inner<S>>,
     cur: &Serving,
     route: &Route,
@@ -247,8 +247,9 @@ async fn adopt<S: SpoolAccess + 'static>(
         if limits.tls != cur.limits.tls {
             continue; // a connection made under one TLS policy never serves another
         }
-        // Cached by the resolver (static routes answer at once), so this is cheap.
-        let Ok(theirs) = inner.resolver.route(&domain).await else {
+        // Only a route known without a lookup (static, or fresh in the DNS cache): a domain
+        // not resolved yet gets a session of its own, which resolves it.
+        let Some(theirs) = inner.resolver.known_route(&domain) else {
             continue;
         };
         if !same_next_hops(route, &theirs) {
@@ -425,9 +426,10 @@ struct Borrowed {
 
 /// More batches to send with `first` in one write, while the peer takes several transactions
 /// at once and the connection has room left: first more of the domain's own (none when it has
-/// a rate limit), then, when the connection goes to a smart host, ready domains of the same
-/// smart host that have no session (each under its own connection permit, none rate-limited),
-/// so a thousand small domains behind one relay share a few full writes.
+/// a rate limit), then ready domains without a session whose known route (static, or fresh in
+/// the DNS cache) has the same next hops and whose TLS policy is the same (each under its own
+/// connection permit, none rate-limited), so a thousand small domains behind one relay or one
+/// provider's MX hosts share a few full writes.
 fn take_more<S: SpoolAccess + 'static>(
     inner: &Inner<S>,
     cur: &Serving,
@@ -451,7 +453,7 @@ fn take_more<S: SpoolAccess + 'static>(
         }
         batches.push((id, b));
     }
-    if batches.len() >= want || inner.resolver.static_route(&cur.domain).is_none() {
+    if batches.len() >= want {
         return (batches, borrowed);
     }
     let candidates: Vec<(DomainId, String)> = {
@@ -477,7 +479,7 @@ fn take_more<S: SpoolAccess + 'static>(
         }
         let same_hop = inner
             .resolver
-            .static_route(&domain)
+            .known_route(&domain)
             .is_some_and(|r| same_next_hops(route, &r));
         if !same_hop {
             continue;

@@ -153,6 +153,8 @@ struct Request {
 pub struct Resolver {
     requests: async_channel::Sender<Request>,
     statics: Arc<StaticRoutes>,
+    /// The DNS thread's route logic, for synchronous peeks at its cache.
+    logic: Arc<RouteLogic<hickory::HickoryDns, SystemClock>>,
     /// Port for domain literals (`[192.0.2.1]`), as for DNS answers.
     smtp_port: u16,
 }
@@ -183,13 +185,15 @@ impl Resolver {
         };
         let logic = Arc::new(RouteLogic::new(dns, SystemClock::new(), &cfg));
         let (tx, rx) = async_channel::bounded(REQUEST_QUEUE_MAX);
+        let served = Arc::clone(&logic);
         std::thread::Builder::new()
             .name("petrel-dns".into())
-            .spawn(move || runtime.block_on(serve(logic, rx)))
+            .spawn(move || runtime.block_on(serve(served, rx)))
             .map_err(|e| OutboundError::ResolverSetup(format!("spawn DNS thread: {e}")))?;
         Ok(Resolver {
             requests: tx,
             statics,
+            logic,
             smtp_port: cfg.smtp_port,
         })
     }
@@ -198,6 +202,19 @@ impl Resolver {
     /// domain goes by DNS.
     pub fn static_route(&self, domain: &str) -> Option<Arc<Route>> {
         self.statics.lookup(&normalise(domain))
+    }
+
+    /// The route of `domain` when it is known without waiting: a static route, a domain
+    /// literal, or a fresh answer in the DNS cache. `None` means "ask [`Resolver::route`]".
+    pub fn known_route(&self, domain: &str) -> Option<Arc<Route>> {
+        let domain = normalise(domain);
+        if let Some(route) = self.statics.lookup(&domain) {
+            return Some(route);
+        }
+        if let Some(answer) = literal_route(&domain, self.smtp_port) {
+            return answer.ok();
+        }
+        self.logic.peek(&domain)
     }
 
     /// Where to deliver mail for `domain` (case-insensitive, trailing dot optional; a domain

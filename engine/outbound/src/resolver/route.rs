@@ -135,6 +135,13 @@ impl<D: Dns, C: Clock> RouteLogic<D, C> {
         answer
     }
 
+    /// The cached route of a normalised domain, if fresh, without a lookup (and without
+    /// counting a hit or a miss).
+    pub fn peek(&self, domain: &str) -> Option<Arc<Route>> {
+        let now_ms = self.clock.now_ms();
+        self.lock_cache().get(domain, now_ms)?.ok()
+    }
+
     /// Number of cached domains (fresh or not yet swept).
     pub fn cached_entries(&self) -> usize {
         self.lock_cache().len()
