@@ -31,6 +31,20 @@ fn dns() -> DnsServer {
         mx("n.test.", 60, 0, "."),
         // No MX: the implicit MX is the domain's own address.
         a("i.test.", 60, "127.0.0.1"),
+        // Twelve domains hosted by one provider: the same MX host.
+        mx("s1.test.", 60, 10, "mx.shared.test."),
+        mx("s2.test.", 60, 10, "mx.shared.test."),
+        mx("s3.test.", 60, 10, "mx.shared.test."),
+        mx("s4.test.", 60, 10, "mx.shared.test."),
+        mx("s5.test.", 60, 10, "mx.shared.test."),
+        mx("s6.test.", 60, 10, "mx.shared.test."),
+        mx("s7.test.", 60, 10, "mx.shared.test."),
+        mx("s8.test.", 60, 10, "mx.shared.test."),
+        mx("s9.test.", 60, 10, "mx.shared.test."),
+        mx("s10.test.", 60, 10, "mx.shared.test."),
+        mx("s11.test.", 60, 10, "mx.shared.test."),
+        mx("s12.test.", 60, 10, "mx.shared.test."),
+        a("mx.shared.test.", 60, "127.0.0.1"),
     ])
 }
 
@@ -426,4 +440,28 @@ fn the_shipped_alert_rules_pass_promtool() {
     );
     assert!(out.status.success(), "{text}");
     assert!(text.contains("SUCCESS"), "{text}");
+}
+
+/// Twelve domains with one MX host become ready at once: each one's first session resolves it,
+/// and past `next_hop_sessions_per_shard_max` (1 here) the sessions hand their domains to the
+/// one connected to that host instead of connecting, so the host sees one connection per shard.
+#[test]
+fn domains_sharing_an_mx_host_stay_within_the_next_hop_limit() {
+    let dns = dns();
+    let sink = sink(SinkConfig::default());
+    let dir = tempfile::tempdir().unwrap();
+    let extra = "next_hop_sessions_per_shard_max = 1";
+    let engine = start_engine(dir.path(), &engine_config(dns.addr, sink.addr(), extra));
+    let all: Vec<(String, String)> = (1..=12)
+        .flat_map(|d| items(&format!("s{d}.test"), &format!("s{d}"), 2))
+        .collect();
+    inject(engine.smtp, "sender@a.test", &all);
+    wait_until(&sink, "24 deliveries", |got| got.len() >= 24);
+    let stats = sink.stats();
+    assert!(
+        stats.connections_max_seen <= 2,
+        "the shared MX host saw {} concurrent connections",
+        stats.connections_max_seen
+    );
+    assert!(engine.stop());
 }

@@ -98,11 +98,12 @@ pub struct DeliveryConfig {
     pub queued_recipients_max: u64,
     /// Simultaneous outbound connections (delivery sessions) of one shard, all domains together.
     pub shard_connections_max: usize,
-    /// Sessions of one shard to one static next hop (a smart host), all the domains routed
-    /// there together. Past it, a new domain waits for a session of that hop to carry it (they
-    /// take ready domains of the same hop into their writes), as Postfix's
+    /// Sessions of one shard to one next hop (a smart host, or one set of MX hosts), all the
+    /// domains routed there together. Past it, a new domain waits for a session of that hop to
+    /// carry it (they take ready domains of the same hop into their writes), as Postfix's
     /// `default_destination_concurrency_limit` holds per relayhost and KumoMTA's
-    /// `connection_limit` per site. The per-domain `connections_max` still applies.
+    /// `connection_limit` per site. The per-domain `connections_max` still applies, and a
+    /// domain with limits of its own (configured or pushed) is not counted under the cap.
     pub next_hop_sessions_max: usize,
     /// An open connection with nothing to send is closed (QUIT) after this long.
     pub idle_timeout_ms: u64,

@@ -933,3 +933,19 @@ fn a_rate_limited_backlog_leaves_a_smart_host_session_for_other_domains() {
         "the other domains waited for {slow_before} of the 12 rate-limited messages: {order:?}"
     );
 }
+
+/// A destination the operator gave limits of its own keeps them: its sessions are not counted
+/// under the smart host's cap (here 1, held by the idle session of another domain).
+#[test]
+fn a_domain_with_its_own_limits_is_not_held_to_the_next_hop_cap() {
+    let host = Sink::start();
+    let mut cfg = smart_host_config(1);
+    let mut big = cfg.default_limits.clone();
+    big.connections_max = 3;
+    cfg.domain_limits.insert("big.example".into(), big);
+    let then: Vec<String> = (0..60).map(|i| format!("b{i}@big.example")).collect();
+    let removed = deliver_via_smart_host(&host, cfg, then);
+    assert_eq!(removed, 61, "all delivered");
+    assert!(host.peak() >= 2, "peak {} connections", host.peak());
+    assert!(host.peak() <= 4, "peak {} connections", host.peak());
+}

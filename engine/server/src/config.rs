@@ -237,8 +237,9 @@ pub struct DeliverySection {
     /// Transactions per second per destination domain across the engine; 0 = unlimited.
     pub messages_per_second_per_domain_max: u32,
     pub recipients_per_transaction_max: u32,
-    /// Sessions of one shard to one smart host (`relay_to` or a route), all its domains
-    /// together; the domains beyond share their writes.
+    /// Sessions of one shard to one next hop (a smart host, or one set of MX hosts), all its
+    /// domains together; the domains beyond share their writes. Domains listed under
+    /// `[[delivery.domains]]` keep their own `connections_max` instead.
     pub next_hop_sessions_per_shard_max: usize,
     /// Certificates trusted for `require` TLS besides the web PKI roots (tests).
     pub extra_root_certs: Vec<PathBuf>,

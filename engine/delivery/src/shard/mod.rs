@@ -30,7 +30,7 @@ use crate::events::{Event, EventSink};
 use crate::limits::GlobalLimits;
 use crate::queue::{DomainId, Entry, Queues};
 use outcome::{MessageState, RcptSlot};
-use petrel_outbound::Route;
+use session::HopKey;
 
 /// What a shard's delivery needs from its spool (the engine implements it over petrel-spool).
 // The futures are !Send on purpose: everything here runs on one glommio executor.
@@ -161,9 +161,9 @@ struct State {
     /// Ready domains without a session that the last `spawn_sessions` left for idle sessions to
     /// take over (same smart host) before it starts new ones for them.
     offered: HashSet<DomainId>,
-    /// Sessions of this shard per static next hop (smart host); at most
-    /// `cfg.next_hop_sessions_max` each.
-    hop_sessions: HashMap<Arc<Route>, usize>,
+    /// Sessions of this shard per next hop (a smart host, or one set of MX hosts), by
+    /// [`session::hop_key`]; at most `cfg.next_hop_sessions_max` each.
+    hop_sessions: HashMap<HopKey, usize>,
     /// Recipients drained by `admin(Bounce)`, bounced by the run loop.
     admin_bounces: Vec<Entry>,
     /// Pending recipients of all messages (queued or in flight).
@@ -472,10 +472,19 @@ impl<S: SpoolAccess + 'static> Inner<S> {
             let Some(name) = st.queues.name(id) else {
                 continue;
             };
-            let connections_max = self.cfg.effective_limits(name).connections_max;
+            let limits = self.cfg.effective_limits(name);
+            let connections_max = limits.connections_max;
             let ready_len = st.queues.ready_len(id) as u32;
             let (open, idle) = st.sessions.get(&id).map_or((0, 0), |c| (c.open, c.idle));
-            let hop = self.resolver.static_route(name);
+            // Known without a lookup (static, or fresh in the DNS cache); a domain not resolved
+            // yet is counted by its session once it has resolved (`Inner::hop_enter`).
+            let hop = if session::has_own_limits(&self.cfg, name, &limits) {
+                None
+            } else {
+                self.resolver
+                    .known_route(name)
+                    .map(|r| session::hop_key(&r))
+            };
             if open == 0
                 && self.sessions_idle.get() > 0
                 && !was_offered.contains(&id)
@@ -512,8 +521,8 @@ impl<S: SpoolAccess + 'static> Inner<S> {
             }
             st.sessions.entry(id).or_default().open += 1;
             self.sessions_open.set(self.sessions_open.get() + 1);
-            if let Some(h) = &hop {
-                *st.hop_sessions.entry(h.clone()).or_default() += 1;
+            if let Some(h) = hop {
+                *st.hop_sessions.entry(h).or_default() += 1;
             }
             spawn.push((id, hop));
         }
@@ -586,8 +595,32 @@ impl<S: SpoolAccess + 'static> Inner<S> {
         }
     }
 
-    /// Called by a session when it ends; `hop` is its static next hop, if any.
-    fn session_ended(&self, id: DomainId, hop: Option<Arc<Route>>) {
+    /// Counts a session that has just resolved its domain's route to `hop` (it was started
+    /// before the route was known). False when the hop has all the sessions it may have from
+    /// this shard (`extra`: the domain already has another session, so the slots kept for new
+    /// domains are not its to take); the session then ends without connecting, leaves its
+    /// domain ready, and the idle sessions of the hop are told to look.
+    fn hop_enter(&self, hop: HopKey, extra: bool) -> bool {
+        let mut st = self.state.borrow_mut();
+        let max = self.cfg.next_hop_sessions_max;
+        let cap = if extra {
+            max.saturating_sub(NEXT_HOP_SESSIONS_KEPT_FOR_NEW_DOMAINS)
+        } else {
+            max
+        };
+        let n = st.hop_sessions.entry(hop).or_default();
+        if *n < cap {
+            *n += 1;
+            return true;
+        }
+        drop(st);
+        self.offer_round.set(self.offer_round.get() + 1);
+        self.work.notify(usize::MAX);
+        false
+    }
+
+    /// Called by a session when it ends; `hop` is its counted next hop, if any.
+    fn session_ended(&self, id: DomainId, hop: Option<HopKey>) {
         let mut st = self.state.borrow_mut();
         Self::release_session(&mut st, id);
         if let Some(h) = hop {

@@ -12,7 +12,6 @@
 
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use petrel_outbound::{
@@ -41,10 +40,30 @@ const BORROW_CANDIDATES_MAX: usize = 32;
 pub(super) async fn run_session<S: SpoolAccess + 'static>(
     inner: Rc<Inner<S>>,
     id: DomainId,
-    hop: Option<Arc<Route>>,
+    hop: Option<HopKey>,
 ) {
-    let last = session(&inner, id).await;
+    let mut hop = hop;
+    let last = session(&inner, id, &mut hop).await;
     inner.session_ended(last, hop);
+}
+
+/// Identifies a next hop: the same host names with the same addresses, in any order (equal MX
+/// preferences are shuffled per lookup). A hash, not the list: it is computed for ready domains
+/// on every driver round. Two hops that collide only share one cap, a stricter bound.
+pub(super) type HopKey = u64;
+
+/// The [`HopKey`] of a route.
+pub(super) fn hop_key(route: &Route) -> HopKey {
+    use std::hash::{Hash, Hasher};
+    // Order-independent: a sum of per-host hashes, each over the name and its sorted addresses.
+    route.hosts.iter().fold(0u64, |sum, h| {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        h.name.hash(&mut hasher);
+        let mut addrs = h.addrs.clone();
+        addrs.sort_unstable();
+        addrs.hash(&mut hasher);
+        sum.wrapping_add(hasher.finish())
+    })
 }
 
 /// The domain a session serves now, with its limits and connection permit.
@@ -78,11 +97,18 @@ pub(super) fn metric_domain<'a>(
     domain: &'a str,
     limits: &DomainLimits,
 ) -> &'a str {
-    if cfg.domain_limits.contains_key(domain) || *limits != cfg.default_limits {
+    if has_own_limits(cfg, domain, limits) {
         domain
     } else {
         OTHER_DOMAINS_LABEL
     }
+}
+
+/// The operator gave this destination limits of its own (in the file or pushed). Such a domain
+/// keeps exactly those: it is not counted under its next hop's session cap, which bounds the
+/// long tail of domains that share a smart host or an MX set.
+pub(super) fn has_own_limits(cfg: &DeliveryConfig, domain: &str, limits: &DomainLimits) -> bool {
+    cfg.domain_limits.contains_key(domain) || *limits != cfg.default_limits
 }
 
 /// The `domain` label shared by destinations without limits of their own.
@@ -103,7 +129,13 @@ impl Drop for OpenGauge {
 }
 
 /// Serves domain `id` (and maybe others of the same next hop); returns the last one served.
-async fn session<S: SpoolAccess + 'static>(inner: &Rc<Inner<S>>, id: DomainId) -> DomainId {
+/// `hop` is the next hop this session is counted under; set here once the route is resolved
+/// when the driver could not know it.
+async fn session<S: SpoolAccess + 'static>(
+    inner: &Rc<Inner<S>>,
+    id: DomainId,
+    hop: &mut Option<HopKey>,
+) -> DomainId {
     let Some(domain) = inner.state.borrow().queues.name(id).map(str::to_string) else {
         return id;
     };
@@ -128,6 +160,15 @@ async fn session<S: SpoolAccess + 'static>(inner: &Rc<Inner<S>>, id: DomainId) -
             return id;
         }
     };
+    if hop.is_none() && !has_own_limits(&inner.cfg, &domain, &limits) {
+        let key = hop_key(&route);
+        if !inner.hop_enter(key, siblings_open(inner, id) > 0) {
+            // The next hop is full: a session of it carries this domain (its route is cached
+            // now, so the driver does not start another session for it).
+            return id;
+        }
+        *hop = Some(key);
+    }
     let counters = inner.limits.destination(&domain);
     let Some(permit) = ConnectionPermit::try_acquire(counters, limits.connections_max) else {
         // The limit is held by other shards or sibling sessions. With a sibling open on this
