@@ -16,7 +16,7 @@ use petrel_loadtest::{start_sink, DomainFault, SinkConfig, SinkHandle};
 const ARRIVAL_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn dns() -> DnsServer {
-    DnsServer::start(vec![
+    let mut records = vec![
         mx("a.test.", 60, 10, "mx.a.test."),
         a("mx.a.test.", 60, "127.0.0.1"),
         mx("b.test.", 60, 10, "mx.b.test."),
@@ -31,21 +31,11 @@ fn dns() -> DnsServer {
         mx("n.test.", 60, 0, "."),
         // No MX: the implicit MX is the domain's own address.
         a("i.test.", 60, "127.0.0.1"),
-        // Twelve domains hosted by one provider: the same MX host.
-        mx("s1.test.", 60, 10, "mx.shared.test."),
-        mx("s2.test.", 60, 10, "mx.shared.test."),
-        mx("s3.test.", 60, 10, "mx.shared.test."),
-        mx("s4.test.", 60, 10, "mx.shared.test."),
-        mx("s5.test.", 60, 10, "mx.shared.test."),
-        mx("s6.test.", 60, 10, "mx.shared.test."),
-        mx("s7.test.", 60, 10, "mx.shared.test."),
-        mx("s8.test.", 60, 10, "mx.shared.test."),
-        mx("s9.test.", 60, 10, "mx.shared.test."),
-        mx("s10.test.", 60, 10, "mx.shared.test."),
-        mx("s11.test.", 60, 10, "mx.shared.test."),
-        mx("s12.test.", 60, 10, "mx.shared.test."),
+        // The host of twelve domains (s1.test to s12.test): one provider's MX.
         a("mx.shared.test.", 60, "127.0.0.1"),
-    ])
+    ];
+    records.extend((1..=12).map(|i| mx(&format!("s{i}.test."), 60, 10, "mx.shared.test.")));
+    DnsServer::start(records)
 }
 
 fn sink(mut cfg: SinkConfig) -> SinkHandle {
