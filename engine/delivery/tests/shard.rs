@@ -949,3 +949,27 @@ fn a_domain_with_its_own_limits_is_not_held_to_the_next_hop_cap() {
     assert!(host.peak() >= 2, "peak {} connections", host.peak());
     assert!(host.peak() <= 4, "peak {} connections", host.peak());
 }
+
+/// When the smart host has all its sessions, they take turns among the waiting domains after
+/// each write: one domain's backlog does not keep another's mail waiting until it drains.
+#[test]
+fn sessions_of_a_full_next_hop_take_turns_among_its_domains() {
+    let host = Sink::start();
+    let mut then: Vec<String> = (0..40).map(|i| format!("a{i}@busy.example")).collect();
+    then.push("b0@quiet.example".into());
+    let removed = deliver_via_smart_host(&host, smart_host_config(1), then);
+    assert_eq!(removed, 42, "all delivered");
+    let order: Vec<bool> = host
+        .received()
+        .iter()
+        .map(|r| r.rcpts.iter().any(|a| a.ends_with("@quiet.example")))
+        .collect();
+    let quiet_at = order
+        .iter()
+        .position(|q| *q)
+        .expect("quiet.example arrived");
+    assert!(
+        quiet_at < 20,
+        "quiet.example waited behind {quiet_at} messages of busy.example"
+    );
+}

@@ -608,15 +608,20 @@ impl<S: SpoolAccess + 'static> Inner<S> {
         } else {
             max
         };
-        let n = st.hop_sessions.entry(hop).or_default();
-        if *n < cap {
-            *n += 1;
+        if st.hop_sessions.get(&hop).copied().unwrap_or(0) < cap {
+            *st.hop_sessions.entry(hop).or_default() += 1;
             return true;
         }
         drop(st);
         self.offer_round.set(self.offer_round.get() + 1);
         self.work.notify(usize::MAX);
         false
+    }
+
+    /// The next hop has all the sessions it may have from this shard.
+    fn hop_is_full(&self, hop: HopKey) -> bool {
+        let st = self.state.borrow();
+        st.hop_sessions.get(&hop).copied().unwrap_or(0) >= self.cfg.next_hop_sessions_max
     }
 
     /// Called by a session when it ends; `hop` is its counted next hop, if any.

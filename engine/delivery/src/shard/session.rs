@@ -257,6 +257,18 @@ async fn session<S: SpoolAccess + 'static>(
             }
             if !usable {
                 conn = None; // broken: dropped without QUIT
+                continue;
+            }
+            // Take turns: while the next hop has all its sessions and another of its domains
+            // waits without one, this session moves on to that domain after each write (its
+            // own keeps its ready messages for the next turn), so a steady backlog of a few
+            // domains never starves the rest.
+            if hop.is_some_and(|h| inner.hop_is_full(h)) {
+                if let (Some(c), Some(next)) = (conn.as_mut(), adopt(inner, &cur, &route)) {
+                    c._gauge =
+                        OpenGauge::new(metric_domain(&inner.cfg, &next.domain, &next.limits));
+                    cur = next; // the previous permit is released here
+                }
             }
         }
     }
