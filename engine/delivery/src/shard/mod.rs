@@ -472,10 +472,13 @@ impl<S: SpoolAccess + 'static> Inner<S> {
             let Some(name) = st.queues.name(id) else {
                 continue;
             };
-            let limits = self.cfg.effective_limits(name);
-            let connections_max = limits.connections_max;
             let ready_len = st.queues.ready_len(id) as u32;
             let (open, idle) = st.sessions.get(&id).map_or((0, 0), |c| (c.open, c.idle));
+            if open > 0 && (idle > 0 || ready_len <= open) {
+                continue; // served: its sessions take the ready entries
+            }
+            let limits = self.cfg.effective_limits(name);
+            let connections_max = limits.connections_max;
             // Known without a lookup (static, or fresh in the DNS cache); a domain not resolved
             // yet is counted by its session once it has resolved (`Inner::hop_enter`).
             let hop = if session::has_own_limits(&self.cfg, name, &limits) {
@@ -512,10 +515,9 @@ impl<S: SpoolAccess + 'static> Inner<S> {
             // An extra session also needs room under the engine-wide limit (sessions of other
             // shards count): without it, it could only fail to get its permit. Asked only then,
             // since it takes the shared registry's lock.
-            let wanted = open == 0
-                || (idle == 0
-                    && ready_len > open
-                    && self.limits.connections(name) < connections_max);
+            // (A domain with sessions gets here only when none is idle and it has more ready
+            // than sessions.)
+            let wanted = open == 0 || self.limits.connections(name) < connections_max;
             if !wanted || open >= connections_max {
                 continue;
             }
@@ -546,13 +548,10 @@ impl<S: SpoolAccess + 'static> Inner<S> {
     /// Moves a running session from domain `from` to domain `to` (same next hop), if `to` is
     /// still ready and without a session. The shard's session count does not change.
     fn adopt_session(&self, from: DomainId, to: DomainId) -> bool {
-        let mut st = self.state.borrow_mut();
-        if st.sessions.get(&to).is_some_and(|c| c.open > 0) || st.queues.ready_len(to) == 0 {
+        if !self.borrow_domain(to) {
             return false;
         }
-        st.sessions.entry(to).or_default().open += 1;
-        st.offered.remove(&to);
-        Self::release_session(&mut st, from);
+        Self::release_session(&mut self.state.borrow_mut(), from);
         true
     }
 

@@ -52,17 +52,21 @@ pub(super) async fn run_session<S: SpoolAccess + 'static>(
 /// on every driver round. Two hops that collide only share one cap, a stricter bound.
 pub(super) type HopKey = u64;
 
-/// The [`HopKey`] of a route.
+/// The [`HopKey`] of a route. Order-independent without sorting (no allocation): per host, the
+/// hash of its name and of the sum of its addresses' hashes; then the sum over hosts.
 pub(super) fn hop_key(route: &Route) -> HopKey {
-    use std::hash::{Hash, Hasher};
-    // Order-independent: a sum of per-host hashes, each over the name and its sorted addresses.
-    route.hosts.iter().fold(0u64, |sum, h| {
+    fn hash_one(v: impl std::hash::Hash) -> u64 {
+        use std::hash::Hasher;
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        h.name.hash(&mut hasher);
-        let mut addrs = h.addrs.clone();
-        addrs.sort_unstable();
-        addrs.hash(&mut hasher);
-        sum.wrapping_add(hasher.finish())
+        v.hash(&mut hasher);
+        hasher.finish()
+    }
+    route.hosts.iter().fold(0u64, |sum, h| {
+        let addrs = h
+            .addrs
+            .iter()
+            .fold(0u64, |acc, a| acc.wrapping_add(hash_one(a)));
+        sum.wrapping_add(hash_one((&h.name, addrs)))
     })
 }
 
@@ -215,8 +219,7 @@ async fn session<S: SpoolAccess + 'static>(
                 }
             }
             if let Some(next) = next {
-                c._gauge = OpenGauge::new(metric_domain(&inner.cfg, &next.domain, &next.limits));
-                cur = next; // the previous permit is released here
+                move_on(inner, c, &mut cur, next);
             }
             continue;
         }
@@ -265,9 +268,7 @@ async fn session<S: SpoolAccess + 'static>(
             // domains never starves the rest.
             if hop.is_some_and(|h| inner.hop_is_full(h)) {
                 if let (Some(c), Some(next)) = (conn.as_mut(), adopt(inner, &cur, &route)) {
-                    c._gauge =
-                        OpenGauge::new(metric_domain(&inner.cfg, &next.domain, &next.limits));
-                    cur = next; // the previous permit is released here
+                    move_on(inner, c, &mut cur, next);
                 }
             }
         }
@@ -286,30 +287,8 @@ fn adopt<S: SpoolAccess + 'static>(
     cur: &Serving,
     route: &Route,
 ) -> Option<Serving> {
-    let candidates: Vec<(DomainId, String)> = {
-        let st = inner.state.borrow();
-        st.queues
-            .ready_domains()
-            .filter(|&d| d != cur.id && st.sessions.get(&d).is_none_or(|c| c.open == 0))
-            .filter_map(|d| Some((d, st.queues.name(d)?.to_string())))
-            .take(ADOPT_CANDIDATES_MAX)
-            .collect()
-    };
-    for (id, domain) in candidates {
-        let limits = inner.cfg.effective_limits(&domain);
-        if limits.tls != cur.limits.tls {
-            continue; // a connection made under one TLS policy never serves another
-        }
-        // Only a route known without a lookup (static, or fresh in the DNS cache): a domain
-        // not resolved yet gets a session of its own, which resolves it.
-        let Some(theirs) = inner.resolver.known_route(&domain) else {
-            continue;
-        };
-        if !same_next_hops(route, &theirs) {
-            continue;
-        }
-        let counters = inner.limits.destination(&domain);
-        let Some(permit) = ConnectionPermit::try_acquire(counters, limits.connections_max) else {
+    for (id, domain) in ready_without_session(inner, cur.id, ADOPT_CANDIDATES_MAX) {
+        let Some((limits, permit)) = carriable(inner, cur, route, &domain, |_| true) else {
             continue;
         };
         if inner.adopt_session(cur.id, id) {
@@ -324,13 +303,61 @@ fn adopt<S: SpoolAccess + 'static>(
     None
 }
 
+/// Up to `max` ready domains of this shard, other than `except`, that no session serves.
+fn ready_without_session<S: SpoolAccess>(
+    inner: &Inner<S>,
+    except: DomainId,
+    max: usize,
+) -> Vec<(DomainId, String)> {
+    let st = inner.state.borrow();
+    st.queues
+        .ready_domains()
+        .filter(|&d| d != except && st.sessions.get(&d).is_none_or(|c| c.open == 0))
+        .filter_map(|d| Some((d, st.queues.name(d)?.to_string())))
+        .take(max)
+        .collect()
+}
+
+/// `domain`'s limits and a connection permit of its own, when the connection of `cur` may carry
+/// it: the same TLS policy (a connection made under one policy never serves another), limits
+/// that `accept` takes, and the same next hops by a route known without a lookup (static, or
+/// fresh in the DNS cache; a domain not resolved yet gets a session of its own, which resolves
+/// it).
+fn carriable<S: SpoolAccess>(
+    inner: &Inner<S>,
+    cur: &Serving,
+    route: &Route,
+    domain: &str,
+    accept: impl Fn(&DomainLimits) -> bool,
+) -> Option<(DomainLimits, ConnectionPermit)> {
+    let limits = inner.cfg.effective_limits(domain);
+    if limits.tls != cur.limits.tls || !accept(&limits) {
+        return None;
+    }
+    let theirs = inner.resolver.known_route(domain)?;
+    if !same_next_hops(route, &theirs) {
+        return None;
+    }
+    let counters = inner.limits.destination(domain);
+    let permit = ConnectionPermit::try_acquire(counters, limits.connections_max)?;
+    Some((limits, permit))
+}
+
+/// The session carries on with `next` over its open connection (the previous domain's permit
+/// is released when `cur` is replaced).
+fn move_on<S: SpoolAccess>(inner: &Inner<S>, c: &mut Connected, cur: &mut Serving, next: Serving) {
+    c._gauge = OpenGauge::new(metric_domain(&inner.cfg, &next.domain, &next.limits));
+    *cur = next;
+}
+
 /// Two routes lead to the same place: the same host names with the same addresses, in any
 /// order (equal MX preferences are shuffled per lookup).
 fn same_next_hops(a: &Route, b: &Route) -> bool {
     if a == b {
         return true;
     }
-    if a.hosts.len() != b.hosts.len() {
+    // Different keys: different places, without building the sorted lists below.
+    if a.hosts.len() != b.hosts.len() || hop_key(a) != hop_key(b) {
         return false;
     }
     let key = |r: &Route| {
@@ -509,38 +536,21 @@ fn take_more<S: SpoolAccess + 'static>(
     if batches.len() >= want {
         return (batches, borrowed);
     }
-    let candidates: Vec<(DomainId, String)> = {
-        let st = inner.state.borrow();
-        st.queues
-            .ready_domains()
-            .filter(|&d| d != id && st.sessions.get(&d).is_none_or(|s| s.open == 0))
-            .filter_map(|d| Some((d, st.queues.name(d)?.to_string())))
-            .take(BORROW_CANDIDATES_MAX)
-            .collect()
-    };
-    for (other, domain) in candidates {
+    for (other, domain) in ready_without_session(inner, id, BORROW_CANDIDATES_MAX) {
         if batches.len() >= want {
             break;
         }
-        let theirs = inner.cfg.effective_limits(&domain);
         // Its messages-per-connection limit counts this connection's transactions so far, as
         // for a domain a session adopts.
         let sent = (c.sent as usize).saturating_add(batches.len());
-        let quota = (theirs.messages_per_connection_max as usize).saturating_sub(sent);
-        if theirs.tls != limits.tls || theirs.messages_per_second_max.is_some() || quota == 0 {
-            continue;
-        }
-        let same_hop = inner
-            .resolver
-            .known_route(&domain)
-            .is_some_and(|r| same_next_hops(route, &r));
-        if !same_hop {
-            continue;
-        }
-        let counters = inner.limits.destination(&domain);
-        let Some(permit) = ConnectionPermit::try_acquire(counters, theirs.connections_max) else {
+        let quota =
+            |l: &DomainLimits| (l.messages_per_connection_max as usize).saturating_sub(sent);
+        let Some((theirs, permit)) = carriable(inner, cur, route, &domain, |l| {
+            l.messages_per_second_max.is_none() && quota(l) > 0
+        }) else {
             continue;
         };
+        let quota = quota(&theirs);
         if !inner.borrow_domain(other) {
             continue;
         }
