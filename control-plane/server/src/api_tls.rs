@@ -8,11 +8,10 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
@@ -60,25 +59,9 @@ async fn accept_loop(
     acceptor: TlsAcceptor,
     tx: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
 ) {
-    let slots = Arc::new(Semaphore::new(API_HANDSHAKES_MAX));
-    let mut handshakes = tokio::task::JoinSet::new();
-    loop {
-        while handshakes.try_join_next().is_some() {}
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let (stream, peer) = match tcp.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                // Out of descriptors and the like: back off rather than spin.
-                tracing::warn!(error = %e, "admin API accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+    crate::accept::accept_bounded(&tcp, API_HANDSHAKES_MAX, "admin API", |stream, peer| {
         let (acceptor, tx) = (acceptor.clone(), tx.clone());
-        handshakes.spawn(async move {
-            let _permit = permit;
+        async move {
             let timeout = Duration::from_millis(API_HANDSHAKE_TIMEOUT_MS);
             match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => {
@@ -87,8 +70,9 @@ async fn accept_loop(
                 Ok(Err(e)) => tracing::info!(%peer, error = %e, "admin API TLS handshake failed"),
                 Err(_) => tracing::info!(%peer, "admin API TLS handshake timed out"),
             }
-        });
-    }
+        }
+    })
+    .await;
 }
 
 impl axum::serve::Listener for TlsListener {

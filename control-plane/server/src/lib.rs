@@ -17,6 +17,7 @@
 
 #![forbid(unsafe_code)]
 
+mod accept;
 pub mod api;
 pub mod api_tls;
 pub mod audit;

@@ -19,7 +19,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Serialize;
 use sqlx::Row;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 
 use crate::api::App;
@@ -184,7 +184,7 @@ impl SnapshotCache {
     }
 }
 
-/// Accepts engine connections until the listener fails.
+/// Accepts engine connections (at most `ENGINE_CONNECTIONS_MAX` at once) until dropped.
 pub async fn serve_push(
     listener: TcpListener,
     tls: TlsAcceptor,
@@ -192,32 +192,17 @@ pub async fn serve_push(
     token: Arc<str>,
 ) -> Result<(), ControlError> {
     let cache = Arc::new(SnapshotCache::default());
-    let slots = Arc::new(Semaphore::new(ENGINE_CONNECTIONS_MAX));
-    // Sessions live in a JoinSet: dropping this future (shutdown) ends every session.
-    let mut sessions = tokio::task::JoinSet::new();
-    loop {
-        while sessions.try_join_next().is_some() {}
-        let permit = slots
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| ControlError::Config("push semaphore closed".into()))?;
-        let (tcp, peer) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!(error = %e, "push accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+    // Sessions are tasks of the accept loop: dropping this future (shutdown) ends them all.
+    crate::accept::accept_bounded(&listener, ENGINE_CONNECTIONS_MAX, "push", |tcp, peer| {
         let (tls, app, token, cache) = (tls.clone(), app.clone(), token.clone(), cache.clone());
-        sessions.spawn(async move {
-            let _permit = permit;
+        async move {
             if let Err(e) = engine_session(tcp, peer, tls, &app, &token, &cache).await {
                 tracing::info!(%peer, error = %e, "engine connection ended");
             }
-        });
-    }
+        }
+    })
+    .await;
+    Ok(())
 }
 
 fn token_matches(given: &str, expected: &str) -> bool {
@@ -416,29 +401,24 @@ pub const VERSION_LISTEN_RETRY_MS: u64 = 1_000;
 /// the next poll. Reconnects after `VERSION_LISTEN_RETRY_MS` when the connection fails.
 pub async fn listen_version(app: App, database_url: String) {
     loop {
-        match sqlx::postgres::PgListener::connect(&database_url).await {
-            Ok(mut listener) => {
-                if let Err(e) = listener.listen(crate::store::POLICY_CHANNEL).await {
-                    tracing::warn!(error = %e, "policy version listen failed");
-                } else {
-                    // The poll covers what was missed while no listener was connected.
-                    loop {
-                        match listener.recv().await {
-                            Ok(n) => match n.payload().parse::<u64>() {
-                                Ok(v) => app.notify(v),
-                                Err(_) => tracing::warn!("unexpected policy version payload"),
-                            },
-                            Err(e) => {
-                                tracing::warn!(error = %e, "policy version listener lost");
-                                break;
-                            }
-                        }
-                    }
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "policy version listener cannot connect"),
+        // The poll covers what was missed while no listener was connected.
+        if let Err(e) = listen_once(&app, &database_url).await {
+            tracing::warn!(error = %e, "policy version listener lost");
         }
         tokio::time::sleep(Duration::from_millis(VERSION_LISTEN_RETRY_MS)).await;
+    }
+}
+
+/// One listener connection: announces every version it hears until the connection fails.
+async fn listen_once(app: &App, database_url: &str) -> Result<(), sqlx::Error> {
+    let mut listener = sqlx::postgres::PgListener::connect(database_url).await?;
+    listener.listen(crate::store::POLICY_CHANNEL).await?;
+    loop {
+        let notification = listener.recv().await?;
+        match notification.payload().parse::<u64>() {
+            Ok(v) => app.notify(v),
+            Err(_) => tracing::warn!("unexpected policy version payload"),
+        }
     }
 }
 
