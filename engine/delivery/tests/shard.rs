@@ -14,6 +14,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 use petrel_delivery::{
     DeliveryConfig, DeliveryShard, DomainLimits, EventSink, EventsConfig, GlobalLimits,
     QueuedMessage, QueuedRcpt, RcptState, RcptUpdate, RetrySchedule, SpoolAccess, TlsPolicy,
+    NEXT_HOP_SESSIONS_MAX_DEFAULT,
 };
 use petrel_outbound::{Resolver, ResolverConfig, StaticRoute};
 use support::sink::Sink;
@@ -698,7 +699,7 @@ fn a_full_engine_wide_limit_does_not_delay_a_shards_ready_work() {
         "shard 1 delivered everything"
     );
     assert_eq!(first.join().expect("shard 0"), 1);
-    assert!(dest.state.peak.load(std::sync::atomic::Ordering::Acquire) <= 2);
+    assert!(dest.peak() <= 2);
 }
 
 /// Runs a shard (give it `shard_connections_max`): delivers a first message (its session then
@@ -762,27 +763,15 @@ fn run_idle_then(
 /// ready domain instead of giving up its slot and a new connection being made for it.
 #[test]
 fn a_connection_carries_other_domains_with_the_same_next_hop() {
-    let dest = Sink::start();
-    let other = Sink::start();
+    let host = Sink::start();
     let then: Vec<String> = (1..10).map(|i| format!("r{i}@d{i}.example")).collect();
-    let mut cfg = config();
+    let mut cfg = smart_host_config(NEXT_HOP_SESSIONS_MAX_DEFAULT);
     cfg.shard_connections_max = 1;
-    cfg.default_limits.messages_per_connection_max = 100;
-    let removed = run_idle_then(
-        resolver(dest.addr, other.addr),
-        cfg,
-        "r0@d0.example",
-        then,
-        10,
-        TEST_DEADLINE,
-    );
+    let removed = deliver_via_smart_host(&host, cfg, then);
     assert_eq!(removed, 10, "all delivered");
-    assert_eq!(other.received().len(), 10);
+    assert_eq!(host.received().len(), 10);
     assert_eq!(
-        other
-            .state
-            .connections
-            .load(std::sync::atomic::Ordering::Acquire),
+        host.connections(),
         1,
         "one connection carried all ten domains"
     );
@@ -825,28 +814,12 @@ fn a_connection_never_carries_a_domain_with_another_tls_policy() {
 /// the idle session first, which carries it: no second connection.
 #[test]
 fn an_idle_session_is_offered_a_new_domain_before_a_new_connection_is_made() {
-    let dest = Sink::start();
-    let other = Sink::start();
-    let mut cfg = config();
+    let host = Sink::start();
+    let mut cfg = smart_host_config(NEXT_HOP_SESSIONS_MAX_DEFAULT);
     cfg.shard_connections_max = 8;
-    cfg.default_limits.messages_per_connection_max = 100;
-    let removed = run_idle_then(
-        resolver(dest.addr, other.addr),
-        cfg,
-        "r0@d0.example",
-        vec!["r1@d1.example".into()],
-        2,
-        TEST_DEADLINE,
-    );
+    let removed = deliver_via_smart_host(&host, cfg, vec!["r1@d1.example".into()]);
     assert_eq!(removed, 2);
-    assert_eq!(
-        other
-            .state
-            .connections
-            .load(std::sync::atomic::Ordering::Acquire),
-        1,
-        "the idle session carried d1.example"
-    );
+    assert_eq!(host.connections(), 1, "the idle session carried d1.example");
 }
 
 /// The smart-host tests' config: room for many sessions, `next_hop_sessions_max` to the smart

@@ -98,6 +98,11 @@ impl Sink {
     pub fn peak(&self) -> usize {
         self.state.peak.load(Ordering::Acquire)
     }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.state.connections.load(Ordering::Acquire)
+    }
 }
 
 impl Drop for Sink {
