@@ -16,12 +16,19 @@ N=${N:-100000}; CONNS=${CONNS:-200}; RUNS=${RUNS:-3}; TIMEOUT=${TIMEOUT:-180}
 BIN=${BIN:-$(pwd)/target/release/petrel}
 [ -x "$BIN" ] || cargo build --release --bin petrel >&2 || exit 1
 TCK=$(getconf CLK_TCK)
+# LOAD_SCHED=batch runs the injector and the sink as SCHED_BATCH: on a machine where they share
+# the cores with the engine, their wakeups then no longer preempt a shard in the middle of its work.
+LOAD=""; [ "${LOAD_SCHED:-}" = batch ] && LOAD="chrt --batch 0"
+# With fewer shards than cores (shard i is pinned to CPU i), the injector and the sink are pinned to
+# the cores no shard uses, as a separate load machine would be: LOAD_CPUS overrides, "" disables.
+if [ -n "${SHARDS:-}" ] && [ "$SHARDS" -lt "$(nproc)" ]; then LOAD_CPUS=${LOAD_CPUS-$SHARDS-$(( $(nproc) - 1 ))}; fi
+[ -n "${LOAD_CPUS:-}" ] && LOAD="$LOAD taskset -c $LOAD_CPUS"
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done; }
 trap cleanup EXIT
 median() { sort -g | awk '{a[NR]=$1} END{ if(NR==0){print "nan"} else if(NR%2){print a[(NR+1)/2]} else {print (a[NR/2]+a[NR/2+1])/2} }'; }
 cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
-echo "# $(date -u +%FT%TZ) $(nproc) cores; shards=${SHARDS:-$(nproc)} N=$N CONNS=$CONNS RUNS=$RUNS fsync=on, $([ "${NO_RELAY:-0}" = 1 ] && echo "delivery off" || echo "relay to petrel load sink")"
+echo "# $(date -u +%FT%TZ) $(nproc) cores; shards=${SHARDS:-$(nproc)} load tools on CPUs ${LOAD_CPUS:-any}${LOAD_SCHED:+ ($LOAD_SCHED)} N=$N CONNS=$CONNS RUNS=$RUNS fsync=on, $([ "${NO_RELAY:-0}" = 1 ] && echo "delivery off" || echo "relay to petrel load sink")"
 FROMS=${FROMS:-"load@unsigned.test load@dev.petrel.test load@rsa.bench.test"}
 for from in $FROMS; do
   rates=(); cpus=()
@@ -31,7 +38,7 @@ for from in $FROMS; do
     if [ "${NO_RELAY:-0}" = 1 ]; then
       RELAY=(); READY="owner API key"
     else
-      "$BIN" load sink --listen 127.0.0.1:2926 --duration "${TIMEOUT}s" --stats-file "$W/stats.json" \
+      $LOAD "$BIN" load sink --listen 127.0.0.1:2926 --duration "${TIMEOUT}s" --stats-file "$W/stats.json" \
         > /dev/null 2>&1 &
       SINK=$!; PIDS+=("$SINK")
     fi
@@ -50,7 +57,7 @@ for from in $FROMS; do
     fi
     sleep 1   # the snapshot (with the key) reaches the engine
     c0=$(cpu_ticks "$UP"); t0=$(date +%s.%N)
-    "$BIN" load inject --target 127.0.0.1:2925 --messages "$N" --connections "$CONNS" --size 1024 \
+    $LOAD "$BIN" load inject --target 127.0.0.1:2925 --messages "$N" --connections "$CONNS" --size 1024 \
       --mail-from "$from" --json > "$W/inject.json" 2>/dev/null
     accepted() {
       local v

@@ -13,12 +13,9 @@ use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{Tls, TlsParameters};
 use lettre::{Message, SmtpTransport, Transport};
 
-/// Starts of `petrel up` tried before the test gives up (see the port note in the test).
-const UP_START_ATTEMPTS_MAX: u32 = 3;
-
 #[test]
 fn up_prints_working_development_credentials() {
-    up_and_send(&|| Vec::new());
+    up_and_send(&[]);
 }
 
 /// The same with the control plane on PostgreSQL (`--database-url`), in a fresh database of the
@@ -34,10 +31,14 @@ fn up_runs_on_postgresql_with_a_database_url() {
         let _ = writeln!(std::io::stderr(), "SKIPPED: PETREL_TEST_PG_URL not set");
         return;
     };
-    // A fresh database per start: a start retried after a port race must show its keys again.
-    let last_url = std::cell::RefCell::new(String::new());
-    let fresh_database = || {
-        let db = format!("up_{}_{}", std::process::id(), free_port());
+    let db = format!(
+        "up_{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    );
+    let url = {
         let created = Command::new("psql")
             .args([base.as_str(), "-q", "-c", &format!("CREATE DATABASE {db}")])
             .status()
@@ -52,12 +53,9 @@ fn up_runs_on_postgresql_with_a_database_url() {
             Some(i) => &root[..authority + i],
             None => root,
         };
-        let url = format!("{server}/{db}{query}");
-        *last_url.borrow_mut() = url.clone();
-        vec!["--database-url".to_string(), url]
+        format!("{server}/{db}{query}")
     };
-    up_and_send(&fresh_database);
-    let url = last_url.borrow().clone();
+    up_and_send(&["--database-url".to_string(), url.clone()]);
     // The control plane's tables are in that database, not in a SQLite file.
     let tenants = Command::new("psql")
         .args([url.as_str(), "-tA", "-c", "SELECT count(*) FROM tenants"])
@@ -70,87 +68,64 @@ fn up_runs_on_postgresql_with_a_database_url() {
     assert!(n >= 2, "operator and development tenants: {n}");
 }
 
-/// Starts `petrel up` with the arguments `extra` gives for each start, sends one message with the printed development
-/// credentials, stops it with SIGTERM and checks the message was spooled.
+/// Starts `petrel up` with `extra` arguments, sends one message with the printed development
+/// credentials, stops it with SIGTERM and checks the message was spooled. Every listener binds
+/// port 0 and the test reads the SMTP address from the ready line, so no other test can take a
+/// port from under it.
 #[allow(
     clippy::zombie_processes,
-    reason = "the started child leaves the retry loop in a tuple; it is stopped and reaped at the end"
+    reason = "the child is stopped and reaped at the end, or killed where the test fails"
 )]
-fn up_and_send(extra: &dyn Fn() -> Vec<String>) {
+fn up_and_send(extra: &[String]) {
     let dir = tempfile::tempdir().unwrap();
-    // The ports are picked free, then bound by the child: another test may take one in between,
-    // and then `petrel up` exits at once. Such a start is retried with fresh ports (bounded).
-    let mut started = None;
-    for attempt in 1..=UP_START_ATTEMPTS_MAX {
-        let port = |_: ()| format!("127.0.0.1:{}", free_port());
-        let mut child = Command::new(petrel_bin())
-            .current_dir(dir.path())
-            .arg("up")
-            .args(["--smtp-listen", "127.0.0.1:0", "--shards", "1"])
-            .args(["--api-listen", &port(()), "--push-listen", &port(())])
-            .args(["--metrics-listen", &port(()), "--admin-listen", &port(())])
-            .args(extra())
-            .env("PETREL_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let deadline = Instant::now() + ENGINE_READY_TIMEOUT;
-        let (mut smtp, mut user, mut pass) = (None, None, None);
-        let mut banner = String::new();
-        let mut exited = false;
-        while user.is_none() || smtp.is_none() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) => {
-                    banner.push_str(&line);
-                    banner.push('\n');
-                    if let Some(rest) = line.strip_prefix("petrel engine ready: smtp=") {
-                        smtp = rest
-                            .split_whitespace()
-                            .next()
-                            .map(|a| a.parse::<std::net::SocketAddr>().unwrap());
-                    }
-                    if let Some(rest) = line
-                        .trim()
-                        .strip_prefix("SMTP AUTH (shown once): username ")
-                    {
-                        let mut it = rest.split_whitespace();
-                        user = it.next().map(str::to_string);
-                        assert_eq!(it.next(), Some("password"), "{line}");
-                        pass = it.next().map(str::to_string);
-                    }
-                }
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected)
-                    if attempt < UP_START_ATTEMPTS_MAX =>
-                {
-                    // The child closed its output: it exited (a port taken meanwhile).
-                    let _ = child.wait();
-                    exited = true;
-                    break;
-                }
-                Err(_) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!("petrel up printed no credentials:\n{banner}");
-                }
-            }
+    let any = "127.0.0.1:0";
+    let mut child = Command::new(petrel_bin())
+        .current_dir(dir.path())
+        .arg("up")
+        .args(["--smtp-listen", any, "--shards", "1"])
+        .args(["--api-listen", any, "--push-listen", any])
+        .args(["--metrics-listen", any, "--admin-listen", any])
+        .args(extra)
+        .env("PETREL_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
         }
-        if !exited {
-            started = Some((child, smtp, user, pass, banner));
-            break;
+    });
+    let deadline = Instant::now() + ENGINE_READY_TIMEOUT;
+    let (mut smtp, mut user, mut pass) = (None, None, None);
+    let mut banner = String::new();
+    while user.is_none() || smtp.is_none() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(line) = rx.recv_timeout(left) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("petrel up printed no credentials:\n{banner}");
+        };
+        banner.push_str(&line);
+        banner.push('\n');
+        if let Some(rest) = line.strip_prefix("petrel engine ready: smtp=") {
+            smtp = rest
+                .split_whitespace()
+                .next()
+                .map(|a| a.parse::<std::net::SocketAddr>().unwrap());
         }
-        // A fresh data directory for the next attempt: the first start's keys are shown once.
-        let _ = std::fs::remove_dir_all(dir.path().join("petrel-data"));
+        if let Some(rest) = line
+            .trim()
+            .strip_prefix("SMTP AUTH (shown once): username ")
+        {
+            let mut it = rest.split_whitespace();
+            user = it.next().map(str::to_string);
+            assert_eq!(it.next(), Some("password"), "{line}");
+            pass = it.next().map(str::to_string);
+        }
     }
-    let (mut child, smtp, user, pass, banner) = started.expect("petrel up started");
     assert!(banner.contains("owner API key"), "{banner}");
     assert!(banner.contains("control plane: http://"), "{banner}");
     let tls = TlsParameters::builder("localhost".into())

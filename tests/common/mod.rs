@@ -7,7 +7,7 @@
 pub mod dns;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -18,14 +18,6 @@ pub const ENGINE_READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub fn petrel_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_petrel"))
-}
-
-/// A free loopback port (bound then released; good enough for tests).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
 }
 
 pub struct Engine {
