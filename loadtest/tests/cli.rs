@@ -8,12 +8,47 @@ use petrel_loadtest::{inject, start_sink, InjectConfig, SinkConfig};
 
 const BIN: &str = env!("CARGO_BIN_EXE_petrel-load");
 
+/// A free loopback port, bound and released: only for the scenario whose engine command must be
+/// told its address in advance (a scenario's `target` is fixed before the engine starts).
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// Starts `petrel-load sink --listen 127.0.0.1:0 ARGS` and returns it with the address it bound,
+/// read from its "listening on" line: no port is picked before the sink binds it.
+fn spawn_sink(args: &[&str]) -> (std::process::Child, std::net::SocketAddr) {
+    use std::io::BufRead;
+    let mut child = Command::new(BIN)
+        .args(["sink", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some(addr) = line.strip_prefix("petrel load sink listening on ") {
+                let _ = tx.send(addr.trim().parse::<std::net::SocketAddr>().unwrap());
+            }
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(10)) {
+        Ok(addr) => (child, addr),
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the sink printed no listening line");
+        }
+    }
 }
 
 /// Waits for a child with a bound; kills it (by PID) if the bound passes.
@@ -28,14 +63,6 @@ fn wait_bounded(child: &mut std::process::Child, bound: Duration) -> Option<i32>
     let _ = child.kill();
     let _ = child.wait();
     None
-}
-
-fn wait_listening(port: u16) {
-    let end = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < end, "nothing listening on {port}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]
@@ -89,25 +116,17 @@ fn inject_json_report_parses() {
 
 #[test]
 fn sink_expect_exits_with_json_report() {
-    let port = free_port();
-    let mut child = Command::new(BIN)
-        .args([
-            "sink",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--expect",
-            "75",
-            "--duration",
-            "30s",
-        ])
-        .args(["--threads", "1", "--json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_listening(port);
+    let (mut child, addr) = spawn_sink(&[
+        "--expect",
+        "75",
+        "--duration",
+        "30s",
+        "--threads",
+        "1",
+        "--json",
+    ]);
     let cfg = InjectConfig {
-        target: format!("127.0.0.1:{port}").parse().unwrap(),
+        target: addr,
         messages: 75,
         connections: 3,
         threads: 1,
@@ -125,43 +144,15 @@ fn sink_expect_exits_with_json_report() {
 
 #[test]
 fn sink_duration_bounds_an_unmet_expectation() {
-    let port = free_port();
-    let mut child = Command::new(BIN)
-        .args([
-            "sink",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--expect",
-            "10",
-            "--duration",
-            "500ms",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let (mut child, _) = spawn_sink(&["--expect", "10", "--duration", "500ms"]);
     assert_eq!(wait_bounded(&mut child, Duration::from_secs(10)), Some(1));
 }
 
 #[test]
 fn sink_reports_on_sigterm() {
-    let port = free_port();
-    let mut child = Command::new(BIN)
-        .args([
-            "sink",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--duration",
-            "60s",
-            "--json",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_listening(port);
+    let (mut child, addr) = spawn_sink(&["--duration", "60s", "--json"]);
     let cfg = InjectConfig {
-        target: format!("127.0.0.1:{port}").parse().unwrap(),
+        target: addr,
         messages: 10,
         connections: 1,
         threads: 1,
