@@ -496,16 +496,8 @@ impl<S: SpoolAccess + 'static> Inner<S> {
                 st.offered.insert(id);
                 continue;
             }
-            if let Some(h) = &hop {
-                // The last slots are kept for domains without a session, so one busy domain (a
-                // rate-limited one, say) never holds every connection to the smart host.
-                let max = self.cfg.next_hop_sessions_max;
-                let cap = if open == 0 {
-                    max
-                } else {
-                    max.saturating_sub(NEXT_HOP_SESSIONS_KEPT_FOR_NEW_DOMAINS)
-                };
-                if st.hop_sessions.get(h).copied().unwrap_or(0) >= cap {
+            if let Some(h) = hop {
+                if Self::hop_sessions(&st, h) >= self.hop_cap(open > 0) {
                     // The smart host has all the sessions it may have from this shard: one of
                     // them takes this domain into its next write, or adopts it when idle.
                     hop_full |= open == 0;
@@ -601,13 +593,7 @@ impl<S: SpoolAccess + 'static> Inner<S> {
     /// domain ready, and the idle sessions of the hop are told to look.
     fn hop_enter(&self, hop: HopKey, extra: bool) -> bool {
         let mut st = self.state.borrow_mut();
-        let max = self.cfg.next_hop_sessions_max;
-        let cap = if extra {
-            max.saturating_sub(NEXT_HOP_SESSIONS_KEPT_FOR_NEW_DOMAINS)
-        } else {
-            max
-        };
-        if st.hop_sessions.get(&hop).copied().unwrap_or(0) < cap {
+        if Self::hop_sessions(&st, hop) < self.hop_cap(extra) {
             *st.hop_sessions.entry(hop).or_default() += 1;
             return true;
         }
@@ -619,8 +605,25 @@ impl<S: SpoolAccess + 'static> Inner<S> {
 
     /// The next hop has all the sessions it may have from this shard.
     fn hop_is_full(&self, hop: HopKey) -> bool {
-        let st = self.state.borrow();
-        st.hop_sessions.get(&hop).copied().unwrap_or(0) >= self.cfg.next_hop_sessions_max
+        Self::hop_sessions(&self.state.borrow(), hop) >= self.hop_cap(false)
+    }
+
+    /// Sessions of this shard counted under next hop `hop`.
+    fn hop_sessions(st: &State, hop: HopKey) -> usize {
+        st.hop_sessions.get(&hop).copied().unwrap_or(0)
+    }
+
+    /// How many sessions a next hop may have from this shard when one more is wanted. An extra
+    /// session of a domain that already has one (`extra`) may not take the last
+    /// `NEXT_HOP_SESSIONS_KEPT_FOR_NEW_DOMAINS`: they stay for domains without a session, so one
+    /// busy domain (a rate-limited one, say) never holds every connection to the next hop.
+    fn hop_cap(&self, extra: bool) -> usize {
+        let max = self.cfg.next_hop_sessions_max;
+        if extra {
+            max.saturating_sub(NEXT_HOP_SESSIONS_KEPT_FOR_NEW_DOMAINS)
+        } else {
+            max
+        }
     }
 
     /// Called by a session when it ends; `hop` is its counted next hop, if any.
