@@ -94,8 +94,6 @@ bitflags::bitflags! {
         const ATTACH_WQ = 1 << 5;
         /// Run completion task work at the next kernel entry instead of interrupting the task.
         const COOP_TASKRUN = 1 << 8;
-        /// Only one task submits (Linux 6.0).
-        const SINGLE_ISSUER = 1 << 12;
     }
 }
 
