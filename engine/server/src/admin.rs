@@ -18,7 +18,13 @@ use petrel_delivery::{AdminCommand, AdminReply, DomainState};
 use serde_json::json;
 
 use crate::error::EngineError;
-use crate::shard::AdminRequest;
+
+/// A request from the admin endpoint to one shard, answered on `reply`.
+pub struct AdminRequest {
+    pub command: petrel_delivery::AdminCommand,
+    /// `None` when delivery is off.
+    pub reply: async_channel::Sender<Option<petrel_delivery::AdminReply>>,
+}
 
 /// How long one shard may take to answer an admin request.
 const SHARD_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);

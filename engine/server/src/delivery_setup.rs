@@ -1,4 +1,5 @@
-//! Builds what every shard's delivery shares from the engine configuration.
+//! The delivery wiring: what every shard's delivery shares ([`DeliveryShared`]), built from the
+//! engine configuration.
 
 use std::sync::Arc;
 
@@ -8,11 +9,21 @@ use petrel_delivery::{
 use petrel_outbound::{Resolver, ResolverConfig, StaticRoute};
 
 use crate::config::{DeliverySection, EngineConfig};
-use crate::engine::DeliveryShared;
 use crate::error::EngineError;
 
 /// Destination domains tracked by the engine-wide limiter, at most.
 const DESTINATIONS_MAX: usize = 1_000_000;
+
+/// What every shard's delivery shares (all `Send + Sync`).
+#[derive(Clone)]
+pub struct DeliveryShared {
+    pub config: Arc<DeliveryConfig>,
+    pub resolver: Resolver,
+    pub limits: Arc<GlobalLimits>,
+    pub events: EventSink,
+    /// The events writer thread, flushed and joined once the shards have stopped.
+    pub writer: Arc<std::sync::Mutex<Option<petrel_delivery::EventWriter>>>,
+}
 
 pub fn build(
     cfg: &EngineConfig,

@@ -7,11 +7,12 @@ use std::time::Duration;
 
 use glommio::{LocalExecutorBuilder, Placement};
 
+use crate::admin::AdminRequest;
 use crate::auth::Authenticator;
 use crate::config::EngineConfig;
+use crate::ctx::ShardSetup;
 use crate::error::EngineError;
 use crate::pressure::Pressure;
-use crate::shard::{AdminRequest, ShardSetup};
 
 /// Per-shard admin requests waiting, at most.
 const ADMIN_CHANNEL_CAPACITY: usize = 64;
@@ -19,17 +20,6 @@ const ADMIN_CHANNEL_CAPACITY: usize = 64;
 const SHARD_READY_TIMEOUT: Duration = Duration::from_secs(300);
 /// io_uring registered buffer memory per shard (RLIMIT_MEMLOCK may be small).
 const SHARD_IO_MEMORY_BYTES: usize = 2 << 20;
-
-/// What every shard's delivery shares (all `Send + Sync`).
-#[derive(Clone)]
-pub struct DeliveryShared {
-    pub config: Arc<petrel_delivery::DeliveryConfig>,
-    pub resolver: petrel_outbound::Resolver,
-    pub limits: Arc<petrel_delivery::GlobalLimits>,
-    pub events: petrel_delivery::EventSink,
-    /// The events writer thread, flushed and joined once the shards have stopped.
-    pub writer: Arc<std::sync::Mutex<Option<petrel_delivery::EventWriter>>>,
-}
 
 /// Where the engine listens, once it is ready.
 #[derive(Debug, Clone)]

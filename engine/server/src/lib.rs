@@ -5,7 +5,7 @@
 //!
 //! SMTP in ([`session`], driving the pure `petrel_smtp::Session`) → checks and backpressure
 //! ([`pressure`]) → policy (AUTH, sender rules, rates: `petrel_policy`) → DKIM signing and the
-//! durable spool commit ([`accept`]; the 250 follows the fsync) → per-domain queues and SMTP out
+//! durable spool commit ([`sign_and_spool`]; the 250 follows the fsync) → per-domain queues and SMTP out
 //! (`petrel_delivery`) → events.
 //!
 //! Slow-path services run on one tokio thread: metrics HTTP ([`metrics`]), the admin endpoint
@@ -15,10 +15,11 @@
 //! Trade-off: a message stays on the shard that accepted it (no cross-core copies, no
 //! cross-shard spool references); engine-wide limits are shared atomics instead.
 
-pub mod accept;
 pub mod admin;
 pub mod auth;
+pub mod clock;
 pub mod config;
+pub mod ctx;
 pub mod delivery_setup;
 pub mod engine;
 pub mod error;
@@ -26,6 +27,7 @@ pub mod metrics;
 pub mod pressure;
 pub mod session;
 pub mod shard;
+pub mod sign_and_spool;
 pub mod spool_access;
 pub mod tls;
 

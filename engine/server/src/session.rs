@@ -16,8 +16,9 @@ use glommio::net::TcpStream;
 use petrel_smtp::{DataVerdict, Event, PeerInfo, Reply, Session, Transaction, Verdict};
 
 use crate::auth::Identity;
+use crate::clock::now_ms;
+use crate::ctx::ShardCtx;
 use crate::metrics as m;
-use crate::shard::ShardCtx;
 
 /// Bytes read from the socket at once.
 const READ_BUFFER_BYTES: usize = 16 << 10;
@@ -369,7 +370,7 @@ impl Driver {
         }
         let _held = self.ctx.pressure.hold_memory(tx.data.len() as u64);
         let trace_id = self.ctx.next_trace_id();
-        let prepared = crate::accept::prepare(
+        let prepared = crate::sign_and_spool::prepare(
             &self.ctx,
             &tx,
             self.peer,
@@ -384,7 +385,7 @@ impl Driver {
                 return DataVerdict::Reject(reply);
             }
         };
-        match crate::accept::spool_and_queue(
+        match crate::sign_and_spool::spool_and_queue(
             &self.ctx,
             &tx,
             self.peer,
@@ -406,11 +407,4 @@ impl Driver {
             }
         }
     }
-}
-
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }

@@ -4,8 +4,6 @@
 //! it. Engine-wide limits (connections, per-destination rates) are shared atomics, not messages
 //! between shards, so one huge destination is delivered by every core at once.
 
-use std::cell::Cell;
-use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,138 +11,14 @@ use std::time::{Duration, Instant};
 use futures_lite::FutureExt;
 use glommio::net::TcpStream;
 use glommio::{Latency, Shares};
-use petrel_delivery::{DeliveryShard, QueuedMessage, QueuedRcpt};
-use petrel_smtp::ServerConfig;
-use petrel_spool::{Envelope, RecipientState, Spool, SpoolConfig};
+use petrel_delivery::DeliveryShard;
+use petrel_spool::{Spool, SpoolConfig};
 
-use crate::auth::Authenticator;
-use crate::config::EngineConfig;
+use crate::admin::AdminRequest;
+use crate::ctx::{ShardCtx, ShardSetup};
 use crate::error::EngineError;
 use crate::metrics as m;
-use crate::pressure::Pressure;
 use crate::spool_access::SpoolAccessor;
-
-/// A request from the admin endpoint to one shard, answered on `reply`.
-pub struct AdminRequest {
-    pub command: petrel_delivery::AdminCommand,
-    /// `None` when delivery is off.
-    pub reply: async_channel::Sender<Option<petrel_delivery::AdminReply>>,
-}
-
-/// Everything a shard thread needs, built on the main thread (all `Send`).
-pub struct ShardSetup {
-    pub shard: usize,
-    pub cfg: Arc<EngineConfig>,
-    pub listen: SocketAddr,
-    pub tls: Arc<rustls::ServerConfig>,
-    pub pressure: Arc<Pressure>,
-    pub auth: Arc<Authenticator>,
-    pub policy: Arc<petrel_policy::PolicyStore>,
-    pub delivery: Option<crate::engine::DeliveryShared>,
-    pub shutdown: async_channel::Receiver<()>,
-    pub admin: async_channel::Receiver<AdminRequest>,
-    pub ready: std::sync::mpsc::Sender<Result<SocketAddr, String>>,
-}
-
-/// Per-shard state shared by its tasks (`Rc`: one thread).
-pub struct ShardCtx {
-    pub shard: usize,
-    pub cfg: Arc<EngineConfig>,
-    session_config: Arc<ServerConfig>,
-    /// Development mode only: AUTH before STARTTLS for loopback clients.
-    session_config_loopback_dev: Arc<ServerConfig>,
-    pub tls: futures_rustls::TlsAcceptor,
-    pub spool: Rc<Spool>,
-    pub delivery: Option<Rc<DeliveryShard<SpoolAccessor>>>,
-    pub pressure: Arc<Pressure>,
-    pub auth: Arc<Authenticator>,
-    pub policy: Arc<petrel_policy::PolicyStore>,
-    /// Closed when the shutdown grace period ends: every session still open is cut.
-    cut: (async_channel::Sender<()>, async_channel::Receiver<()>),
-    trace_seq: Cell<u64>,
-    sessions_open: Cell<usize>,
-}
-
-impl ShardCtx {
-    pub fn session_config(&self, ip: IpAddr) -> Arc<ServerConfig> {
-        if self.cfg.server.development && ip.is_loopback() {
-            Arc::clone(&self.session_config_loopback_dev)
-        } else {
-            Arc::clone(&self.session_config)
-        }
-    }
-
-    /// Resolves when the grace period after SIGTERM is over.
-    pub async fn cut(&self) {
-        let _ = self.cut.1.recv().await;
-    }
-
-    /// A short id for the Received header, unique per engine run.
-    pub fn next_trace_id(&self) -> String {
-        let n = self.trace_seq.get().wrapping_add(1);
-        self.trace_seq.set(n);
-        format!("{:02x}{:012x}", self.shard, n)
-    }
-
-    /// Hands a freshly spooled message to delivery.
-    pub fn enqueue(&self, id: u64, env: &Envelope) {
-        if let Some(d) = &self.delivery {
-            d.enqueue(queued(id, env));
-        }
-    }
-
-    /// Publishes spool and queue figures for backpressure and metrics.
-    pub fn publish_figures(&self) {
-        let s = self.spool.stats();
-        let queued = self
-            .delivery
-            .as_ref()
-            .map(|d| d.queued_recipients())
-            .unwrap_or(0);
-        self.pressure
-            .publish(self.shard, s.messages, s.bytes, queued);
-    }
-}
-
-fn queued(id: u64, env: &Envelope) -> QueuedMessage {
-    QueuedMessage {
-        id,
-        mail_from: env.mail_from.clone(),
-        received_unix_ms: env.received_unix_ms,
-        is_dsn: env.is_dsn,
-        recipients: env
-            .recipients
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| r.state == RecipientState::Pending)
-            .map(|(i, r)| QueuedRcpt {
-                index: i as u32,
-                address: r.address.clone(),
-                attempts: r.attempts,
-                next_attempt_unix_ms: r.next_attempt_unix_ms,
-            })
-            .collect(),
-    }
-}
-
-fn server_config(cfg: &EngineConfig, auth_without_tls: bool) -> Arc<ServerConfig> {
-    let s = &cfg.smtp;
-    Arc::new(ServerConfig {
-        hostname: cfg.server.hostname.clone(),
-        limits: petrel_smtp::Limits {
-            command_line_max_bytes: s.command_line_max_bytes,
-            text_line_max_bytes: s.text_line_max_bytes,
-            message_size_max_bytes: s.message_size_max_bytes,
-            recipients_max: s.recipients_max,
-            errors_max: s.errors_max,
-            auth_attempts_max: s.auth_attempts_max,
-            ..petrel_smtp::Limits::default()
-        },
-        starttls_available: true,
-        auth_without_tls,
-        auth_enabled: true,
-    })
-}
 
 /// The shard's life: recover, listen, serve, drain.
 pub async fn run(setup: ShardSetup) -> Result<(), EngineError> {
@@ -179,21 +53,7 @@ pub async fn run(setup: ShardSetup) -> Result<(), EngineError> {
             d.events.clone(),
         ))
     });
-    let ctx = Rc::new(ShardCtx {
-        shard,
-        session_config: server_config(&cfg, false),
-        session_config_loopback_dev: server_config(&cfg, true),
-        cfg: Arc::clone(&cfg),
-        tls: futures_rustls::TlsAcceptor::from(Arc::clone(&setup.tls)),
-        spool: Rc::clone(&spool),
-        delivery: delivery.clone(),
-        pressure: Arc::clone(&setup.pressure),
-        auth: Arc::clone(&setup.auth),
-        policy: Arc::clone(&setup.policy),
-        cut: async_channel::bounded(1),
-        trace_seq: Cell::new(0),
-        sessions_open: Cell::new(0),
-    });
+    let ctx = Rc::new(ShardCtx::new(&setup, Rc::clone(&spool), delivery.clone()));
     let recovered = recovery.messages.len();
     for msg in &recovery.messages {
         ctx.enqueue(msg.id.0, &msg.envelope);
@@ -256,7 +116,7 @@ pub async fn run(setup: ShardSetup) -> Result<(), EngineError> {
                 let c = Rc::clone(&ctx);
                 let spawned = glommio::spawn_local_into(
                     async move {
-                        c.sessions_open.set(c.sessions_open.get() + 1);
+                        c.session_started();
                         metrics::gauge!(m::CONNECTIONS_OPEN).increment(1.0);
                         let r = std::panic::AssertUnwindSafe(crate::session::run(
                             Rc::clone(&c),
@@ -270,7 +130,7 @@ pub async fn run(setup: ShardSetup) -> Result<(), EngineError> {
                             tracing::error!(shard = c.shard, %peer, "session panicked; shard continues");
                         }
                         metrics::gauge!(m::CONNECTIONS_OPEN).decrement(1.0);
-                        c.sessions_open.set(c.sessions_open.get() - 1);
+                        c.session_ended();
                         drop(permit);
                     },
                     ingress_tq,
@@ -289,12 +149,12 @@ pub async fn run(setup: ShardSetup) -> Result<(), EngineError> {
     // Drain: stop accepting, let sessions finish within the grace period, flush the spool.
     drop(listener);
     let grace = Instant::now() + Duration::from_millis(cfg.server.shutdown_grace_ms);
-    while ctx.sessions_open.get() > 0 && Instant::now() < grace {
+    while ctx.sessions_open() > 0 && Instant::now() < grace {
         glommio::timer::sleep(Duration::from_millis(20)).await;
     }
-    ctx.cut.0.close();
+    ctx.cut_sessions();
     let cut_bound = Instant::now() + Duration::from_secs(2);
-    while ctx.sessions_open.get() > 0 && Instant::now() < cut_bound {
+    while ctx.sessions_open() > 0 && Instant::now() < cut_bound {
         glommio::timer::sleep(Duration::from_millis(10)).await;
     }
     if let Some(d) = &delivery {
@@ -312,7 +172,7 @@ pub async fn run(setup: ShardSetup) -> Result<(), EngineError> {
     drop(figures);
     drop(admin);
     drop(delivery);
-    let open = ctx.sessions_open.get();
+    let open = ctx.sessions_open();
     drop(ctx);
     match Rc::try_unwrap(spool) {
         Ok(s) => s.close().await?,

@@ -57,7 +57,7 @@ impl SpoolAccess for SpoolAccessor {
     }
 
     async fn store_dsn(&self, mail_from: &str, rcpt: &str, body: &[u8]) -> Result<u64, String> {
-        let now = crate::session::now_ms();
+        let now = crate::clock::now_ms();
         let env = Envelope {
             mail_from: mail_from.to_string(),
             recipients: vec![Recipient {

@@ -10,9 +10,9 @@ use petrel_smtp::{Reply, TraceInfo, Transaction};
 use petrel_spool::{Envelope, Recipient, RecipientState};
 
 use crate::auth::Identity;
+use crate::clock::now_ms;
+use crate::ctx::ShardCtx;
 use crate::metrics as m;
-use crate::session::now_ms;
-use crate::shard::ShardCtx;
 
 /// Runs the message checks, adds Received (and Message-ID/Date for submissions), signs.
 pub fn prepare(

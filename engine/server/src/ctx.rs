@@ -1,0 +1,180 @@
+//! A shard's context: what the main thread hands a shard ([`ShardSetup`], all `Send`) and what
+//! the shard's tasks share once it runs ([`ShardCtx`], `Rc`: one thread).
+//!
+//! It has a file of its own so that the shard loop, the session driver and the sign-and-spool
+//! step can all depend on it without depending on each other.
+
+use std::cell::Cell;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use petrel_delivery::{DeliveryShard, QueuedMessage, QueuedRcpt};
+use petrel_smtp::ServerConfig;
+use petrel_spool::{Envelope, RecipientState, Spool};
+
+use crate::admin::AdminRequest;
+use crate::auth::Authenticator;
+use crate::config::EngineConfig;
+use crate::delivery_setup::DeliveryShared;
+use crate::pressure::Pressure;
+use crate::spool_access::SpoolAccessor;
+
+/// Everything a shard thread needs, built on the main thread (all `Send`).
+pub struct ShardSetup {
+    pub shard: usize,
+    pub cfg: Arc<EngineConfig>,
+    pub listen: SocketAddr,
+    pub tls: Arc<rustls::ServerConfig>,
+    pub pressure: Arc<Pressure>,
+    pub auth: Arc<Authenticator>,
+    pub policy: Arc<petrel_policy::PolicyStore>,
+    pub delivery: Option<DeliveryShared>,
+    pub shutdown: async_channel::Receiver<()>,
+    pub admin: async_channel::Receiver<AdminRequest>,
+    pub ready: std::sync::mpsc::Sender<Result<SocketAddr, String>>,
+}
+
+/// Per-shard state shared by its tasks (`Rc`: one thread).
+pub struct ShardCtx {
+    pub shard: usize,
+    pub cfg: Arc<EngineConfig>,
+    session_config: Arc<ServerConfig>,
+    /// Development mode only: AUTH before STARTTLS for loopback clients.
+    session_config_loopback_dev: Arc<ServerConfig>,
+    pub tls: futures_rustls::TlsAcceptor,
+    pub spool: Rc<Spool>,
+    pub delivery: Option<Rc<DeliveryShard<SpoolAccessor>>>,
+    pub pressure: Arc<Pressure>,
+    pub auth: Arc<Authenticator>,
+    pub policy: Arc<petrel_policy::PolicyStore>,
+    /// Closed when the shutdown grace period ends: every session still open is cut.
+    cut: (async_channel::Sender<()>, async_channel::Receiver<()>),
+    trace_seq: Cell<u64>,
+    /// Sessions running on this shard: +1 when one starts, -1 when it ends.
+    sessions_open: Cell<usize>,
+}
+
+impl ShardCtx {
+    /// The context of the shard `setup` describes, over its opened spool and delivery.
+    pub fn new(
+        setup: &ShardSetup,
+        spool: Rc<Spool>,
+        delivery: Option<Rc<DeliveryShard<SpoolAccessor>>>,
+    ) -> Self {
+        ShardCtx {
+            shard: setup.shard,
+            session_config: server_config(&setup.cfg, false),
+            session_config_loopback_dev: server_config(&setup.cfg, true),
+            cfg: Arc::clone(&setup.cfg),
+            tls: futures_rustls::TlsAcceptor::from(Arc::clone(&setup.tls)),
+            spool,
+            delivery,
+            pressure: Arc::clone(&setup.pressure),
+            auth: Arc::clone(&setup.auth),
+            policy: Arc::clone(&setup.policy),
+            cut: async_channel::bounded(1),
+            trace_seq: Cell::new(0),
+            sessions_open: Cell::new(0),
+        }
+    }
+
+    pub fn session_config(&self, ip: IpAddr) -> Arc<ServerConfig> {
+        if self.cfg.server.development && ip.is_loopback() {
+            Arc::clone(&self.session_config_loopback_dev)
+        } else {
+            Arc::clone(&self.session_config)
+        }
+    }
+
+    /// Resolves when the grace period after SIGTERM is over.
+    pub async fn cut(&self) {
+        let _ = self.cut.1.recv().await;
+    }
+
+    /// Ends the grace period: every open session's [`ShardCtx::cut`] resolves.
+    pub fn cut_sessions(&self) {
+        self.cut.0.close();
+    }
+
+    /// Counts a session in; pair with [`ShardCtx::session_ended`].
+    pub fn session_started(&self) {
+        self.sessions_open.set(self.sessions_open.get() + 1);
+    }
+
+    /// Counts a session out.
+    pub fn session_ended(&self) {
+        self.sessions_open.set(self.sessions_open.get() - 1);
+    }
+
+    /// Sessions running on this shard now.
+    pub fn sessions_open(&self) -> usize {
+        self.sessions_open.get()
+    }
+
+    /// A short id for the Received header, unique per engine run.
+    pub fn next_trace_id(&self) -> String {
+        let n = self.trace_seq.get().wrapping_add(1);
+        self.trace_seq.set(n);
+        format!("{:02x}{:012x}", self.shard, n)
+    }
+
+    /// Hands a freshly spooled message to delivery.
+    pub fn enqueue(&self, id: u64, env: &Envelope) {
+        if let Some(d) = &self.delivery {
+            d.enqueue(queued(id, env));
+        }
+    }
+
+    /// Publishes spool and queue figures for backpressure and metrics.
+    pub fn publish_figures(&self) {
+        let s = self.spool.stats();
+        let queued = self
+            .delivery
+            .as_ref()
+            .map(|d| d.queued_recipients())
+            .unwrap_or(0);
+        self.pressure
+            .publish(self.shard, s.messages, s.bytes, queued);
+    }
+}
+
+fn queued(id: u64, env: &Envelope) -> QueuedMessage {
+    QueuedMessage {
+        id,
+        mail_from: env.mail_from.clone(),
+        received_unix_ms: env.received_unix_ms,
+        is_dsn: env.is_dsn,
+        recipients: env
+            .recipients
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.state == RecipientState::Pending)
+            .map(|(i, r)| QueuedRcpt {
+                index: i as u32,
+                address: r.address.clone(),
+                attempts: r.attempts,
+                next_attempt_unix_ms: r.next_attempt_unix_ms,
+            })
+            .collect(),
+    }
+}
+
+fn server_config(cfg: &EngineConfig, auth_without_tls: bool) -> Arc<ServerConfig> {
+    let s = &cfg.smtp;
+    Arc::new(ServerConfig {
+        hostname: cfg.server.hostname.clone(),
+        limits: petrel_smtp::Limits {
+            command_line_max_bytes: s.command_line_max_bytes,
+            text_line_max_bytes: s.text_line_max_bytes,
+            message_size_max_bytes: s.message_size_max_bytes,
+            recipients_max: s.recipients_max,
+            errors_max: s.errors_max,
+            auth_attempts_max: s.auth_attempts_max,
+            ..petrel_smtp::Limits::default()
+        },
+        starttls_available: true,
+        auth_without_tls,
+        auth_enabled: true,
+    })
+}
