@@ -22,3 +22,30 @@ pub enum DeliveryError {
     #[error("invalid delivery config: {0}")]
     Config(&'static str),
 }
+
+/// Why a [`SpoolAccess`](crate::SpoolAccess) call failed. The spool's own error type stays in
+/// the spool's crate: this crate sees it as a boxed source, so it need not depend on it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpoolAccessError {
+    /// No live message has this id (it was removed meanwhile, or never stored).
+    #[error("message {id:016x} is not in the spool")]
+    NotFound {
+        /// The message id.
+        id: u64,
+    },
+    /// A recipient update names an index the message does not have.
+    #[error("message {id:016x} has {recipients} recipients, update names index {index}")]
+    RecipientIndex {
+        /// The message id.
+        id: u64,
+        /// The bad index.
+        index: u32,
+        /// How many recipients the message has.
+        recipients: u32,
+    },
+    /// The spool failed (I/O, a corrupt record, an unhealthy spool, a limit): its own error,
+    /// shown as it is.
+    #[error(transparent)]
+    Spool(Box<dyn std::error::Error + Send + Sync + 'static>),
+}

@@ -57,7 +57,7 @@ pub use config::{
     ClientTimeouts, DeliveryConfig, DomainLimits, LimitsSource, TlsPolicy,
     NEXT_HOP_SESSIONS_MAX_DEFAULT,
 };
-pub use error::DeliveryError;
+pub use error::{DeliveryError, SpoolAccessError};
 pub use events::{EventSink, EventWriter, EventsConfig, Outcome};
 pub use limits::{ConnectionPermit, GlobalLimits};
 pub use shard::{

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use glommio::{LocalExecutorBuilder, Placement};
 use petrel_delivery::{
     DeliveryConfig, DeliveryShard, DomainLimits, EventSink, EventsConfig, GlobalLimits,
-    QueuedMessage, QueuedRcpt, RcptState, RcptUpdate, RetrySchedule, SpoolAccess, TlsPolicy,
-    NEXT_HOP_SESSIONS_MAX_DEFAULT,
+    QueuedMessage, QueuedRcpt, RcptState, RcptUpdate, RetrySchedule, SpoolAccess, SpoolAccessError,
+    TlsPolicy, NEXT_HOP_SESSIONS_MAX_DEFAULT,
 };
 use petrel_outbound::{Resolver, ResolverConfig, StaticRoute};
 use support::sink::Sink;
@@ -72,38 +72,40 @@ impl MemSpool {
 }
 
 impl SpoolAccess for MemSpool {
-    async fn read_body(&self, id: u64) -> Result<Vec<u8>, String> {
+    async fn read_body(&self, id: u64) -> Result<Vec<u8>, SpoolAccessError> {
         let m = self.messages.borrow();
         m.get(&id)
             .map(|s| s.body.clone())
-            .ok_or_else(|| format!("no message {id}"))
+            .ok_or(SpoolAccessError::NotFound { id })
     }
 
-    async fn update(&self, id: u64, updates: &[RcptUpdate]) -> Result<(), String> {
+    async fn update(&self, id: u64, updates: &[RcptUpdate]) -> Result<(), SpoolAccessError> {
         let mut m = self.messages.borrow_mut();
-        let s = m.get_mut(&id).ok_or_else(|| format!("no message {id}"))?;
+        let s = m.get_mut(&id).ok_or(SpoolAccessError::NotFound { id })?;
         for u in updates {
             if u.index as usize >= s.rcpts.len() {
-                return Err(format!("bad index {}", u.index));
+                return Err(SpoolAccessError::RecipientIndex {
+                    id,
+                    index: u.index,
+                    recipients: s.rcpts.len() as u32,
+                });
             }
             s.states.insert(u.index, (u.state, u.attempts));
         }
         Ok(())
     }
 
-    async fn remove(&self, id: u64, last: &[RcptUpdate]) -> Result<(), String> {
+    async fn remove(&self, id: u64, last: &[RcptUpdate]) -> Result<(), SpoolAccessError> {
         self.update(id, last).await?;
         let s = self
             .messages
             .borrow_mut()
             .remove(&id)
-            .ok_or_else(|| format!("no message {id}"))?;
+            .ok_or(SpoolAccessError::NotFound { id })?;
         for i in 0..s.rcpts.len() as u32 {
-            let st = s
-                .states
-                .get(&i)
-                .copied()
-                .ok_or("removed with a recipient not final")?;
+            let st = s.states.get(&i).copied().ok_or_else(|| {
+                SpoolAccessError::Spool("removed with a recipient not final".into())
+            })?;
             assert_ne!(st.0, RcptState::Pending, "removed with a pending recipient");
             self.finals.borrow_mut().insert((id, i), st);
         }
@@ -111,7 +113,12 @@ impl SpoolAccess for MemSpool {
         Ok(())
     }
 
-    async fn store_dsn(&self, mail_from: &str, rcpt: &str, body: &[u8]) -> Result<u64, String> {
+    async fn store_dsn(
+        &self,
+        mail_from: &str,
+        rcpt: &str,
+        body: &[u8],
+    ) -> Result<u64, SpoolAccessError> {
         assert_eq!(mail_from, "", "DSNs use the null sender");
         let q = self.store(mail_from, &[rcpt], body);
         self.dsns.borrow_mut().push(q.id);

@@ -32,7 +32,7 @@ pub mod client;
 pub mod resolver;
 
 pub use client::{
-    ClientConfig, ClientError, OutgoingMessage, RcptOutcome, Reply, SmtpConnection, TlsInfo,
+    ClientConfig, ClientError, OutgoingMessage, RcptOutcome, Reply, SmtpConnection, Stage, TlsInfo,
     TlsMode, TransactionOutcome, BDAT_INLINE_BYTES_MAX, PIPELINE_TRANSACTIONS_MAX,
 };
 pub use resolver::{

@@ -5,7 +5,7 @@ mod support;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
-use petrel_outbound::{ClientConfig, ClientError, RcptOutcome, SmtpConnection, TlsMode};
+use petrel_outbound::{ClientConfig, ClientError, RcptOutcome, SmtpConnection, Stage, TlsMode};
 use support::smtp_server::{glommio_run, test_pki, ServerOpts, TestServer};
 
 fn cfg(tls: TlsMode) -> ClientConfig {
@@ -352,7 +352,12 @@ fn silent_server_times_out() {
             .err()
     });
     assert!(
-        matches!(err, Some(ClientError::Timeout { stage: "greeting" })),
+        matches!(
+            err,
+            Some(ClientError::Timeout {
+                stage: Stage::Greeting
+            })
+        ),
         "{err:?}"
     );
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
@@ -496,7 +501,7 @@ fn idle_close_on_reuse_is_dropped_at_rset() {
                 .err()
         });
         assert!(
-            matches!(second, Some(ClientError::Dropped { stage: "rset" })),
+            matches!(second, Some(ClientError::Dropped { stage: Stage::Rset })),
             "{second:?}"
         );
         assert_eq!(server.log().transactions.len(), 1);
@@ -532,7 +537,7 @@ fn rejected_greeting() {
     });
     match err {
         Some(ClientError::Rejected { stage, reply }) => {
-            assert_eq!(stage, "greeting");
+            assert_eq!(stage, Stage::Greeting);
             assert_eq!((reply.code, reply.enhanced), (554, Some((5, 7, 1))));
         }
         other => panic!("{other:?}"),
@@ -555,7 +560,7 @@ fn plaintext_after_starttls_reply_is_refused() {
         matches!(
             err,
             Some(ClientError::Protocol {
-                stage: "starttls",
+                stage: Stage::StartTls,
                 ..
             })
         ),
@@ -680,7 +685,7 @@ fn send_many_pipelines_whole_transactions_and_stops_cleanly_at_a_421() {
     let closing = second[1].as_ref().expect("answered");
     assert!(matches!(&closing.rcpts[0], RcptOutcome::Rejected(r) if r.code == 421));
     assert!(
-        matches!(second[2], Err(ClientError::Dropped { stage: "rset" })),
+        matches!(second[2], Err(ClientError::Dropped { stage: Stage::Rset })),
         "after the 421 the rest is for another connection: {:?}",
         second[2]
     );

@@ -32,7 +32,8 @@ pub struct ShardSetup {
     pub delivery: Option<DeliveryShared>,
     pub shutdown: async_channel::Receiver<()>,
     pub admin: async_channel::Receiver<AdminRequest>,
-    pub ready: std::sync::mpsc::Sender<Result<SocketAddr, String>>,
+    /// Told once the shard listens (its bound address); a shard that fails reports through it too.
+    pub ready: std::sync::mpsc::Sender<Result<SocketAddr, crate::error::EngineError>>,
 }
 
 /// Per-shard state shared by its tasks (`Rc`: one thread).

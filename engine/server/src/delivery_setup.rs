@@ -53,9 +53,9 @@ pub fn build(
         smtp_port: d.smtp_port,
         ..ResolverConfig::default()
     })
-    .map_err(|e| EngineError::Other(format!("resolver: {e}")))?;
+    .map_err(EngineError::Resolver)?;
     let (events, writer) = EventSink::start(EventsConfig::new(cfg.server.data_dir.join("events")))
-        .map_err(|e| EngineError::Other(format!("events: {e}")))?;
+        .map_err(EngineError::Events)?;
     Ok(DeliveryShared {
         config,
         resolver,

@@ -115,7 +115,10 @@ pub fn run(
             .spawn(move || async move {
                 if let Err(e) = crate::shard::run(setup).await {
                     tracing::error!(shard, error = %e, "shard failed");
-                    let _ = failed.send(Err(format!("shard {shard}: {e}")));
+                    let _ = failed.send(Err(EngineError::ShardFailed {
+                        shard,
+                        source: Box::new(e),
+                    }));
                 }
             })
             .map_err(|e| EngineError::Shard {
@@ -129,13 +132,15 @@ pub fn run(
     for _ in 0..shards {
         match ready_rx.recv_timeout(SHARD_READY_TIMEOUT) {
             Ok(Ok(addr)) => bound = Some(addr),
-            Ok(Err(message)) => {
+            Ok(Err(e)) => {
                 shutdown_tx.close();
-                return Err(EngineError::Other(message));
+                return Err(e);
             }
             Err(_) => {
                 shutdown_tx.close();
-                return Err(EngineError::Other("a shard did not start in time".into()));
+                return Err(EngineError::ShardStartTimeout {
+                    timeout_secs: SHARD_READY_TIMEOUT.as_secs(),
+                });
             }
         }
     }
@@ -197,7 +202,7 @@ fn reserve_port(addr: SocketAddr) -> Result<(SocketAddr, Option<socket2::Socket>
     let local = s
         .local_addr()?
         .as_socket()
-        .ok_or_else(|| EngineError::Other("reserved socket has no address".into()))?;
+        .ok_or(EngineError::ReservedPortNoAddress { addr })?;
     Ok((local, Some(s)))
 }
 

@@ -1,5 +1,6 @@
 //! The engine's one error enum. Each variant carries what an operator needs to act.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
@@ -11,15 +12,36 @@ pub enum EngineError {
     Tls { path: PathBuf, message: String },
     #[error("cannot listen on {addr}: {source}")]
     Listen {
-        addr: std::net::SocketAddr,
+        addr: SocketAddr,
         source: std::io::Error,
     },
+    /// The shard's executor thread could not be started.
     #[error("shard {shard}: {message}")]
     Shard { shard: usize, message: String },
+    /// A shard stopped with an error before it was ready (it could not open its spool or bind).
+    #[error("shard {shard}: {source}")]
+    ShardFailed {
+        shard: usize,
+        #[source]
+        source: Box<EngineError>,
+    },
+    /// A shard neither became ready nor failed within the start-up bound.
+    #[error("a shard did not start within {timeout_secs} s")]
+    ShardStartTimeout { timeout_secs: u64 },
+    /// The port-0 reservation socket reports no internet address (the OS answered oddly).
+    #[error("the socket reserving a port for {addr} has no internet address")]
+    ReservedPortNoAddress { addr: SocketAddr },
+    /// The metrics exporter refused the histogram buckets.
+    #[error("metrics buckets: {0}")]
+    MetricsBuckets(#[source] metrics_exporter_prometheus::BuildError),
+    /// The DNS resolver for delivery could not be started.
+    #[error("resolver: {0}")]
+    Resolver(#[source] petrel_outbound::OutboundError),
+    /// The delivery events writer could not be started.
+    #[error("events: {0}")]
+    Events(#[source] petrel_delivery::DeliveryError),
     #[error("spool: {0}")]
     Spool(#[from] petrel_spool::SpoolError),
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
-    #[error("{0}")]
-    Other(String),
 }

@@ -44,7 +44,7 @@ pub fn install(
     let _guard = rt.enter();
     let recorder = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS_SECONDS)
-        .map_err(|e| EngineError::Other(format!("metrics buckets: {e}")))?
+        .map_err(EngineError::MetricsBuckets)?
         .build_recorder();
     let handle = recorder.handle();
     if metrics::set_global_recorder(recorder).is_err() {

@@ -78,16 +78,12 @@ pub async fn run(setup: ShardSetup) -> Result<(), EngineError> {
     let figures = glommio::spawn_local(publish_loop(Rc::clone(&ctx)));
     let admin = glommio::spawn_local(admin_loop(Rc::clone(&ctx), setup.admin.clone()));
 
-    let listener = match glommio::net::TcpListener::bind(setup.listen) {
-        Ok(l) => l,
-        Err(e) => {
-            let _ = setup.ready.send(Err(format!("bind {}: {e}", setup.listen)));
-            return Err(EngineError::Shard {
-                shard,
-                message: format!("bind {}: {e}", setup.listen),
-            });
-        }
-    };
+    // A failure here reaches start-up through the shard thread's error report (engine.rs).
+    let listener =
+        glommio::net::TcpListener::bind(setup.listen).map_err(|e| EngineError::Listen {
+            addr: setup.listen,
+            source: e.into(),
+        })?;
     let local = listener.local_addr().unwrap_or(setup.listen);
     let _ = setup.ready.send(Ok(local));
 

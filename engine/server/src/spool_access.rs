@@ -2,8 +2,10 @@
 
 use std::rc::Rc;
 
-use petrel_delivery::{RcptState, RcptUpdate, SpoolAccess};
-use petrel_spool::{Envelope, MessageId, Recipient, RecipientState, RecipientUpdate, Spool};
+use petrel_delivery::{RcptState, RcptUpdate, SpoolAccess, SpoolAccessError};
+use petrel_spool::{
+    Envelope, MessageId, Recipient, RecipientState, RecipientUpdate, Spool, SpoolError,
+};
 
 pub struct SpoolAccessor {
     spool: Rc<Spool>,
@@ -24,15 +26,33 @@ fn state(s: &RcptState) -> RecipientState {
     }
 }
 
+/// The spool's error as delivery sees it: the two cases delivery can name (an unknown id, a bad
+/// recipient index) become typed variants; everything else travels as the spool's own error.
+fn access_error(e: SpoolError) -> SpoolAccessError {
+    match e {
+        SpoolError::NotFound(id) => SpoolAccessError::NotFound { id: id.0 },
+        SpoolError::RecipientIndex {
+            id,
+            index,
+            recipients,
+        } => SpoolAccessError::RecipientIndex {
+            id: id.0,
+            index,
+            recipients,
+        },
+        other => SpoolAccessError::Spool(Box::new(other)),
+    }
+}
+
 impl SpoolAccess for SpoolAccessor {
-    async fn read_body(&self, id: u64) -> Result<Vec<u8>, String> {
+    async fn read_body(&self, id: u64) -> Result<Vec<u8>, SpoolAccessError> {
         self.spool
             .read_body(MessageId(id))
             .await
-            .map_err(|e| e.to_string())
+            .map_err(access_error)
     }
 
-    async fn update(&self, id: u64, updates: &[RcptUpdate]) -> Result<(), String> {
+    async fn update(&self, id: u64, updates: &[RcptUpdate]) -> Result<(), SpoolAccessError> {
         let updates: Vec<RecipientUpdate> = updates
             .iter()
             .map(|u| RecipientUpdate {
@@ -46,17 +66,19 @@ impl SpoolAccess for SpoolAccessor {
         self.spool
             .update(MessageId(id), &updates)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(access_error)
     }
 
-    async fn remove(&self, id: u64, _last: &[RcptUpdate]) -> Result<(), String> {
-        self.spool
-            .remove(MessageId(id))
-            .await
-            .map_err(|e| e.to_string())
+    async fn remove(&self, id: u64, _last: &[RcptUpdate]) -> Result<(), SpoolAccessError> {
+        self.spool.remove(MessageId(id)).await.map_err(access_error)
     }
 
-    async fn store_dsn(&self, mail_from: &str, rcpt: &str, body: &[u8]) -> Result<u64, String> {
+    async fn store_dsn(
+        &self,
+        mail_from: &str,
+        rcpt: &str,
+        body: &[u8],
+    ) -> Result<u64, SpoolAccessError> {
         let now = crate::clock::now_ms();
         let env = Envelope {
             mail_from: mail_from.to_string(),
@@ -80,6 +102,6 @@ impl SpoolAccess for SpoolAccessor {
             .store(&env, body)
             .await
             .map(|id| id.0)
-            .map_err(|e| e.to_string())
+            .map_err(access_error)
     }
 }

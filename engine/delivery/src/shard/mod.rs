@@ -26,6 +26,7 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 
 use crate::config::DeliveryConfig;
+use crate::error::SpoolAccessError;
 use crate::events::{Event, EventSink};
 use crate::limits::GlobalLimits;
 use crate::queue::{DomainId, Entry, Queues};
@@ -36,14 +37,19 @@ use session::HopKey;
 // The futures are !Send on purpose: everything here runs on one glommio executor.
 #[allow(async_fn_in_trait)]
 pub trait SpoolAccess {
-    async fn read_body(&self, id: u64) -> Result<Vec<u8>, String>;
-    async fn update(&self, id: u64, updates: &[RcptUpdate]) -> Result<(), String>;
+    async fn read_body(&self, id: u64) -> Result<Vec<u8>, SpoolAccessError>;
+    async fn update(&self, id: u64, updates: &[RcptUpdate]) -> Result<(), SpoolAccessError>;
     /// The message is final for every recipient: remove it. `last` are the updates of the
     /// attempt that finished it; a durable removal implies them, so a spool need not journal
     /// them separately.
-    async fn remove(&self, id: u64, last: &[RcptUpdate]) -> Result<(), String>;
+    async fn remove(&self, id: u64, last: &[RcptUpdate]) -> Result<(), SpoolAccessError>;
     /// Durably store a new message (a DSN) and return its id; the caller then enqueues it.
-    async fn store_dsn(&self, mail_from: &str, rcpt: &str, body: &[u8]) -> Result<u64, String>;
+    async fn store_dsn(
+        &self,
+        mail_from: &str,
+        rcpt: &str,
+        body: &[u8],
+    ) -> Result<u64, SpoolAccessError>;
 }
 
 /// A change of one recipient's state, written to the spool.

@@ -465,7 +465,7 @@ async fn deliver<S: SpoolAccess + 'static>(
                 .map(|i| RcptResult::classify(&outcome, i))
                 .collect(),
             Err(ClientError::Dropped { stage })
-                if (reused || n > 0) && REUSE_STAGES.contains(&stage) =>
+                if (reused || n > 0) && stage.is_before_transaction() =>
             {
                 // The server closed the connection before this transaction began (idle, or an
                 // earlier one in the same write failed): not an attempt. The batch goes back,
@@ -570,9 +570,6 @@ fn take_more<S: SpoolAccess + 'static>(
     }
     (batches, borrowed)
 }
-
-/// Client stages at which a drop on a reused connection means "closed while idle".
-const REUSE_STAGES: [&str; 2] = ["reuse", "rset"];
 
 /// The batch entries whose recipients are still pending, with the sender and their addresses;
 /// `None` when none is left.

@@ -8,7 +8,7 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 
 use super::reply::{parse_reply, Reply};
-use super::ClientError;
+use super::{ClientError, Stage};
 
 /// Reply bytes buffered but not yet parsed (several pipelined replies fit easily).
 pub const READ_BUFFER_MAX_BYTES: usize = 64 * 1024;
@@ -36,7 +36,7 @@ pub(super) struct Io {
 /// Runs `fut`, or fails with `Timeout { stage }` after `ms` milliseconds.
 pub(super) async fn with_timeout<T>(
     ms: u64,
-    stage: &'static str,
+    stage: Stage,
     fut: impl Future<Output = Result<T, ClientError>>,
 ) -> Result<T, ClientError> {
     let timer = async move {
@@ -55,7 +55,7 @@ fn is_disconnect(e: &std::io::Error) -> bool {
     )
 }
 
-fn io_error(e: std::io::Error, stage: &'static str) -> ClientError {
+fn io_error(e: std::io::Error, stage: Stage) -> ClientError {
     if is_disconnect(&e) {
         ClientError::Dropped { stage }
     } else {
@@ -78,7 +78,7 @@ impl Io {
     }
 
     /// Writes `wbuf` entirely and flushes; `wbuf` is cleared afterwards (capacity kept).
-    pub(super) async fn flush_wbuf(&mut self, stage: &'static str) -> Result<(), ClientError> {
+    pub(super) async fn flush_wbuf(&mut self, stage: Stage) -> Result<(), ClientError> {
         let data = std::mem::take(&mut self.wbuf);
         let result = self.write_all(&data, stage).await;
         self.wbuf = data;
@@ -86,11 +86,7 @@ impl Io {
         result
     }
 
-    pub(super) async fn write_all(
-        &mut self,
-        data: &[u8],
-        stage: &'static str,
-    ) -> Result<(), ClientError> {
+    pub(super) async fn write_all(&mut self, data: &[u8], stage: Stage) -> Result<(), ClientError> {
         let result = match &mut self.transport {
             Transport::Plain(s) => match s.write_all(data).await {
                 Ok(()) => s.flush().await,
@@ -106,7 +102,7 @@ impl Io {
     }
 
     /// The next complete reply, reading as needed (no timeout here; callers wrap it).
-    pub(super) async fn read_reply(&mut self, stage: &'static str) -> Result<Reply, ClientError> {
+    pub(super) async fn read_reply(&mut self, stage: Stage) -> Result<Reply, ClientError> {
         loop {
             match parse_reply(&self.rbuf) {
                 Ok(Some((reply, used))) => {
@@ -132,7 +128,7 @@ impl Io {
     }
 
     /// Reads once into `rbuf`; end of stream is `Dropped`.
-    async fn fill(&mut self, stage: &'static str) -> Result<(), ClientError> {
+    async fn fill(&mut self, stage: Stage) -> Result<(), ClientError> {
         let old = self.rbuf.len();
         let room = READ_CHUNK_BYTES.min(READ_BUFFER_MAX_BYTES - old);
         self.rbuf.resize(old + room, 0);

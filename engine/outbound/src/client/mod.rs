@@ -3,6 +3,7 @@
 
 mod io;
 pub mod reply;
+mod stage;
 mod tls;
 mod transaction;
 
@@ -12,6 +13,7 @@ use glommio::net::TcpStream;
 
 use io::{with_timeout, Io, Transport};
 pub use reply::Reply;
+pub use stage::Stage;
 pub use transaction::{
     dot_stuff, OutgoingMessage, ADDRESS_MAX_BYTES, BDAT_INLINE_BYTES_MAX, DATA_BLOCK_BYTES,
     PIPELINE_RCPTS_MAX, PIPELINE_TRANSACTIONS_MAX, RCPTS_PER_TRANSACTION_MAX,
@@ -101,28 +103,27 @@ pub struct TransactionOutcome {
 
 /// Client failures; all temporary (the connection is unusable afterwards).
 ///
-/// `stage` is one of "connect", "greeting", "ehlo", "helo", "starttls", "tls handshake",
-/// "reuse" (the connection was already unusable), "rset", "mail", "rcpt", "data",
-/// "data block", "data done", "quit". On a reused connection, `Dropped` at "reuse" or "rset"
-/// means the peer closed it while idle: nothing of this transaction was accepted.
+/// `stage` says where in the dialogue it happened ([`Stage`]). On a reused connection, `Dropped`
+/// at [`Stage::Reuse`] or [`Stage::Rset`] ([`Stage::is_before_transaction`]) means the peer
+/// closed it while idle: nothing of this transaction was accepted.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientError {
     #[error("connect to {addr} failed: {reason}")]
     Connect { addr: SocketAddr, reason: String },
     #[error("timeout during {stage}")]
-    Timeout { stage: &'static str },
+    Timeout { stage: Stage },
     #[error("TLS failure: {reason}")]
     Tls { reason: String },
     #[error("TLS required but not possible: {reason}")]
     TlsRequired { reason: String },
     #[error("protocol error during {stage}: {reason}")]
-    Protocol { stage: &'static str, reason: String },
+    Protocol { stage: Stage, reason: String },
     /// The server refused us at the greeting, EHLO/HELO or STARTTLS (e.g. 554 no service).
     #[error("rejected during {stage}: {reply}")]
-    Rejected { stage: &'static str, reply: Reply },
+    Rejected { stage: Stage, reply: Reply },
     #[error("connection dropped during {stage}")]
-    Dropped { stage: &'static str },
+    Dropped { stage: Stage },
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -202,7 +203,7 @@ impl SmtpConnection {
         mx_name: &str,
         cfg: &ClientConfig,
     ) -> Result<SmtpConnection, ClientError> {
-        let stream = with_timeout(cfg.connect_timeout_ms, "connect", async {
+        let stream = with_timeout(cfg.connect_timeout_ms, Stage::Connect, async {
             TcpStream::connect(addr)
                 .await
                 .map_err(|e| ClientError::Connect {
@@ -270,9 +271,9 @@ impl SmtpConnection {
         if !self.broken {
             let timeout_ms = self.cfg.command_ms.min(QUIT_TIMEOUT_MS_MAX);
             let io = &mut self.io;
-            let _ = with_timeout(timeout_ms, "quit", async move {
-                io.write_all(b"QUIT\r\n", "quit").await?;
-                io.read_reply("quit").await
+            let _ = with_timeout(timeout_ms, Stage::Quit, async move {
+                io.write_all(b"QUIT\r\n", Stage::Quit).await?;
+                io.read_reply(Stage::Quit).await
             })
             .await;
         }
@@ -286,11 +287,11 @@ impl SmtpConnection {
         cfg: &ClientConfig,
     ) -> Result<(), ClientError> {
         let greeting = self
-            .reply_within(cfg.greeting_timeout_ms, "greeting")
+            .reply_within(cfg.greeting_timeout_ms, Stage::Greeting)
             .await?;
         if greeting.code != 220 {
             return Err(ClientError::Rejected {
-                stage: "greeting",
+                stage: Stage::Greeting,
                 reply: greeting,
             });
         }
@@ -310,7 +311,7 @@ impl SmtpConnection {
     /// EHLO, or HELO when EHLO gets a 5xx (RFC 5321 §3.2).
     async fn hello(&mut self, helo_name: &str) -> Result<(), ClientError> {
         let ehlo = self
-            .command(&format!("EHLO {helo_name}\r\n"), "ehlo")
+            .command(&format!("EHLO {helo_name}\r\n"), Stage::Ehlo)
             .await?;
         if ehlo.code == 250 {
             self.caps = Capabilities::parse(&ehlo);
@@ -318,16 +319,16 @@ impl SmtpConnection {
         }
         if !ehlo.is_permanent() {
             return Err(ClientError::Rejected {
-                stage: "ehlo",
+                stage: Stage::Ehlo,
                 reply: ehlo,
             });
         }
         let helo = self
-            .command(&format!("HELO {helo_name}\r\n"), "helo")
+            .command(&format!("HELO {helo_name}\r\n"), Stage::Helo)
             .await?;
         if helo.code != 250 {
             return Err(ClientError::Rejected {
-                stage: "helo",
+                stage: Stage::Helo,
                 reply: helo,
             });
         }
@@ -341,7 +342,7 @@ impl SmtpConnection {
         mx_name: &str,
         cfg: &ClientConfig,
     ) -> Result<(), ClientError> {
-        let reply = self.command("STARTTLS\r\n", "starttls").await?;
+        let reply = self.command("STARTTLS\r\n", Stage::StartTls).await?;
         if reply.code != 220 {
             if cfg.tls == TlsMode::Required {
                 return Err(ClientError::TlsRequired {
@@ -355,7 +356,7 @@ impl SmtpConnection {
         // TLS session (CVE-2011-0411 style); refuse.
         if self.io.has_buffered_input() {
             return Err(ClientError::Protocol {
-                stage: "starttls",
+                stage: Stage::StartTls,
                 reason: "data pipelined after the STARTTLS reply".into(),
             });
         }
@@ -366,13 +367,13 @@ impl SmtpConnection {
         let Transport::Plain(stream) = std::mem::replace(&mut self.io.transport, Transport::Gone)
         else {
             return Err(ClientError::Protocol {
-                stage: "starttls",
+                stage: Stage::StartTls,
                 reason: "STARTTLS on a TLS connection".into(),
             });
         };
         let connector = futures_rustls::TlsConnector::from(config);
         let name = tls::server_name(mx_name, addr);
-        let stream = with_timeout(cfg.command_timeout_ms, "tls handshake", async {
+        let stream = with_timeout(cfg.command_timeout_ms, Stage::TlsHandshake, async {
             connector.connect(name, stream).await.map_err(|e| {
                 let reason = e.to_string();
                 if cfg.tls == TlsMode::Required && e.kind() == std::io::ErrorKind::InvalidData {
@@ -389,7 +390,7 @@ impl SmtpConnection {
     }
 
     /// Sends one command line and reads its reply within the command timeout.
-    async fn command(&mut self, line: &str, stage: &'static str) -> Result<Reply, ClientError> {
+    async fn command(&mut self, line: &str, stage: Stage) -> Result<Reply, ClientError> {
         let io = &mut self.io;
         with_timeout(self.cfg.command_ms, stage, async move {
             io.write_all(line.as_bytes(), stage).await?;
@@ -398,7 +399,7 @@ impl SmtpConnection {
         .await
     }
 
-    async fn reply_within(&mut self, ms: u64, stage: &'static str) -> Result<Reply, ClientError> {
+    async fn reply_within(&mut self, ms: u64, stage: Stage) -> Result<Reply, ClientError> {
         let io = &mut self.io;
         with_timeout(ms, stage, io.read_reply(stage)).await
     }

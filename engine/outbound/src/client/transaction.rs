@@ -7,7 +7,7 @@
 use std::io::Write as _;
 
 use super::io::with_timeout;
-use super::{ClientError, RcptOutcome, Reply, SmtpConnection, TransactionOutcome};
+use super::{ClientError, RcptOutcome, Reply, SmtpConnection, Stage, TransactionOutcome};
 
 /// Body bytes dot-stuffed and written per block (each block has `data_block_timeout_ms`).
 pub const DATA_BLOCK_BYTES: usize = 64 * 1024;
@@ -102,7 +102,9 @@ impl SmtpConnection {
         body: &[u8],
     ) -> Result<TransactionOutcome, ClientError> {
         if self.broken {
-            return Err(ClientError::Dropped { stage: "reuse" });
+            return Err(ClientError::Dropped {
+                stage: Stage::Reuse,
+            });
         }
         if let Some(local) = self.local_rejection(from, body, rcpts.len()) {
             return Ok(local);
@@ -183,25 +185,25 @@ impl SmtpConnection {
         w.extend_from_slice(b">\r\n");
     }
 
-    async fn read(&mut self, stage: &'static str) -> Result<Reply, ClientError> {
+    async fn read(&mut self, stage: Stage) -> Result<Reply, ClientError> {
         let ms = self.cfg.command_ms;
         let io = &mut self.io;
         with_timeout(ms, stage, io.read_reply(stage)).await
     }
 
-    async fn flush(&mut self, stage: &'static str) -> Result<(), ClientError> {
+    async fn flush(&mut self, stage: Stage) -> Result<(), ClientError> {
         let ms = self.cfg.command_ms;
         let io = &mut self.io;
         with_timeout(ms, stage, io.flush_wbuf(stage)).await
     }
 
     async fn rset_reply(&mut self) -> Result<(), ClientError> {
-        let reply = self.read("rset").await?;
+        let reply = self.read(Stage::Rset).await?;
         if reply.code == 250 {
             return Ok(());
         }
         Err(ClientError::Protocol {
-            stage: "rset",
+            stage: Stage::Rset,
             reason: reply.to_string(),
         })
     }
@@ -232,13 +234,17 @@ impl SmtpConnection {
                 self.io.wbuf.extend_from_slice(b"DATA\r\n");
             }
             // On a reused connection a write failure here means the peer closed it while idle.
-            self.flush(if n == 0 && reuse { "rset" } else { "mail" })
-                .await?;
+            self.flush(if n == 0 && reuse {
+                Stage::Rset
+            } else {
+                Stage::Mail
+            })
+            .await?;
             if n == 0 {
                 if reuse {
                     self.rset_reply().await?;
                 }
-                let reply = self.read("mail").await?;
+                let reply = self.read(Stage::Mail).await?;
                 if reply.code == 421 {
                     return Ok(failed_before_data(reply, plan.finish(), &to_send));
                 }
@@ -248,10 +254,10 @@ impl SmtpConnection {
                 return Ok(closing(plan));
             }
         }
-        let data = self.read("data").await?;
+        let data = self.read(Stage::Data).await?;
         let Some(mail) = mail else {
             return Err(ClientError::Protocol {
-                stage: "mail",
+                stage: Stage::Mail,
                 reason: "no recipient to send".into(),
             });
         };
@@ -261,8 +267,8 @@ impl SmtpConnection {
                 // The server wants a message we no longer have a transaction for: end it empty.
                 self.io.wbuf.clear();
                 self.io.wbuf.extend_from_slice(b".\r\n");
-                self.flush("data").await?;
-                self.read("data done").await?;
+                self.flush(Stage::Data).await?;
+                self.read(Stage::DataDone).await?;
             }
             return Ok(failed_before_data(mail, outcomes, &to_send));
         }
@@ -293,7 +299,7 @@ impl SmtpConnection {
         let to_send = std::mem::take(&mut plan.send);
         self.io.wbuf.clear();
         self.push_chunked(reuse, from, rcpts, &to_send, body);
-        let stage = if reuse { "rset" } else { "mail" };
+        let stage = if reuse { Stage::Rset } else { Stage::Mail };
         let io = &mut self.io;
         with_timeout(self.cfg.data_block_ms, stage, io.flush_wbuf(stage)).await?;
         self.chunked_replies(reuse, plan, &to_send).await
@@ -337,7 +343,7 @@ impl SmtpConnection {
         if rset {
             self.rset_reply().await?;
         }
-        let mail = self.read("mail").await?;
+        let mail = self.read(Stage::Mail).await?;
         if mail.code == 421 {
             return Ok(failed_before_data(mail, plan.finish(), to_send));
         }
@@ -347,8 +353,8 @@ impl SmtpConnection {
         let io = &mut self.io;
         let data = with_timeout(
             self.cfg.data_done_ms,
-            "data done",
-            io.read_reply("data done"),
+            Stage::DataDone,
+            io.read_reply(Stage::DataDone),
         )
         .await?;
         let outcomes = plan.finish();
@@ -371,7 +377,7 @@ impl SmtpConnection {
         indices: &[usize],
     ) -> Result<bool, ClientError> {
         for &i in indices {
-            let reply = self.read("rcpt").await?;
+            let reply = self.read(Stage::Rcpt).await?;
             if reply.code == 421 {
                 plan.fill_pending(&reply);
                 return Ok(true);
@@ -393,7 +399,7 @@ impl SmtpConnection {
     ///
     /// One result per message, in order. When the connection fails or the server closes it
     /// (421) partway, the message being read gets that result and every later one
-    /// `Err(Dropped { stage: "rset" })`: sent, perhaps unread by the server, to be tried again.
+    /// `Err(Dropped { stage: Stage::Rset })`: sent, perhaps unread by the server, to be tried again.
     pub async fn send_many(
         &mut self,
         messages: &[OutgoingMessage<'_>],
@@ -441,9 +447,9 @@ impl SmtpConnection {
             planned.push(Some((plan, to_send, rset)));
         }
         let first_stage = if planned.iter().flatten().next().is_some_and(|p| p.2) {
-            "rset"
+            Stage::Rset
         } else {
-            "mail"
+            Stage::Mail
         };
         let io = &mut self.io;
         let written = with_timeout(
@@ -460,7 +466,7 @@ impl SmtpConnection {
             if self.broken || failed.is_some() {
                 *slot = Some(Err(failed
                     .take()
-                    .unwrap_or(ClientError::Dropped { stage: "rset" })));
+                    .unwrap_or(ClientError::Dropped { stage: Stage::Rset })));
                 self.broken = true;
                 continue;
             }
@@ -474,7 +480,7 @@ impl SmtpConnection {
         }
         results
             .into_iter()
-            .map(|r| r.unwrap_or(Err(ClientError::Dropped { stage: "rset" })))
+            .map(|r| r.unwrap_or(Err(ClientError::Dropped { stage: Stage::Rset })))
             .collect()
     }
 
@@ -489,13 +495,13 @@ impl SmtpConnection {
         if reuse {
             self.io.wbuf.clear();
             self.io.wbuf.extend_from_slice(b"RSET\r\n");
-            self.flush("rset").await?;
+            self.flush(Stage::Rset).await?;
             self.rset_reply().await?;
         }
         self.io.wbuf.clear();
         self.push_mail(from, body);
-        self.flush("mail").await?;
-        let mail = self.read("mail").await?;
+        self.flush(Stage::Mail).await?;
+        let mail = self.read(Stage::Mail).await?;
         let to_send = std::mem::take(&mut plan.send);
         if !mail.is_positive() {
             return Ok(failed_before_data(mail, plan.finish(), &to_send));
@@ -503,8 +509,8 @@ impl SmtpConnection {
         for &i in &to_send {
             self.io.wbuf.clear();
             self.push_rcpt(rcpts.get(i).copied().unwrap_or(""));
-            self.flush("rcpt").await?;
-            let reply = self.read("rcpt").await?;
+            self.flush(Stage::Rcpt).await?;
+            let reply = self.read(Stage::Rcpt).await?;
             if reply.code == 421 {
                 plan.fill_pending(&reply);
                 return Ok(failed_before_data(mail, plan.finish(), &to_send));
@@ -517,8 +523,8 @@ impl SmtpConnection {
         }
         self.io.wbuf.clear();
         self.io.wbuf.extend_from_slice(b"DATA\r\n");
-        self.flush("data").await?;
-        let data = self.read("data").await?;
+        self.flush(Stage::Data).await?;
+        let data = self.read(Stage::Data).await?;
         let data = if data.code == 354 {
             self.body(body).await?
         } else {
@@ -540,8 +546,8 @@ impl SmtpConnection {
             let io = &mut self.io;
             with_timeout(
                 self.cfg.data_block_ms,
-                "data block",
-                io.flush_wbuf("data block"),
+                Stage::DataBlock,
+                io.flush_wbuf(Stage::DataBlock),
             )
             .await?;
         }
@@ -551,9 +557,9 @@ impl SmtpConnection {
         }
         self.io.wbuf.extend_from_slice(b".\r\n");
         let io = &mut self.io;
-        with_timeout(self.cfg.data_done_ms, "data done", async move {
-            io.flush_wbuf("data done").await?;
-            io.read_reply("data done").await
+        with_timeout(self.cfg.data_done_ms, Stage::DataDone, async move {
+            io.flush_wbuf(Stage::DataDone).await?;
+            io.read_reply(Stage::DataDone).await
         })
         .await
     }
