@@ -20,6 +20,29 @@ use crate::error::EngineError;
 use crate::metrics as m;
 use crate::spool_access::SpoolAccessor;
 
+/// CPU shares of the ingress task queue (SMTP sessions). Twice delivery's: a client waits on
+/// every reply, and the 250 after DATA is what senders measure us by, while delivery is
+/// throughput-bound and loses nothing by running a little later.
+const INGRESS_SHARES: usize = 1000;
+/// How soon glommio must preempt other queues for ingress: SMTP replies are small and frequent,
+/// so a millisecond keeps a pipelined dialogue from waiting behind a delivery batch.
+const INGRESS_LATENCY_MS: u64 = 1;
+/// CPU shares of the delivery task queue: half of ingress's (see [`INGRESS_SHARES`]), enough to
+/// keep outbound sessions busy when ingress is idle, since shares only bite under contention.
+const DELIVERY_SHARES: usize = 500;
+/// Pause after a failed `accept` (e.g. out of file descriptors), so the loop does not spin
+/// while the condition lasts.
+const ACCEPT_RETRY_MS: u64 = 10;
+/// How often the drain checks whether every session has ended during the grace period.
+const DRAIN_POLL_MS: u64 = 20;
+/// How long sessions get to notice the cut (reply 421 and close) after the grace period.
+const CUT_BOUND_MS: u64 = 2_000;
+/// How often the drain checks for sessions still open after the cut.
+const CUT_POLL_MS: u64 = 10;
+/// How often the backpressure figures and spool gauges are refreshed when nothing else does:
+/// fresh enough for admission decisions, cheap enough to ignore.
+const FIGURES_PUBLISH_MS: u64 = 100;
+
 /// The shard's life: recover, listen, serve, drain.
 pub async fn run(setup: ShardSetup) -> Result<(), EngineError> {
     let shard = setup.shard;
@@ -62,12 +85,12 @@ pub async fn run(setup: ShardSetup) -> Result<(), EngineError> {
     tracing::info!(shard, recovered, "spool recovered");
 
     let ingress_tq = glommio::executor().create_task_queue(
-        Shares::Static(1000),
-        Latency::Matters(Duration::from_millis(1)),
+        Shares::Static(INGRESS_SHARES),
+        Latency::Matters(Duration::from_millis(INGRESS_LATENCY_MS)),
         "ingress",
     );
     let delivery_tq = glommio::executor().create_task_queue(
-        Shares::Static(500),
+        Shares::Static(DELIVERY_SHARES),
         Latency::NotImportant,
         "delivery",
     );
@@ -99,7 +122,7 @@ pub async fn run(setup: ShardSetup) -> Result<(), EngineError> {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(shard, error = %e, "accept failed");
-                glommio::timer::sleep(Duration::from_millis(10)).await;
+                glommio::timer::sleep(Duration::from_millis(ACCEPT_RETRY_MS)).await;
                 continue;
             }
         };
@@ -146,12 +169,12 @@ pub async fn run(setup: ShardSetup) -> Result<(), EngineError> {
     drop(listener);
     let grace = Instant::now() + Duration::from_millis(cfg.server.shutdown_grace_ms);
     while ctx.sessions_open() > 0 && Instant::now() < grace {
-        glommio::timer::sleep(Duration::from_millis(20)).await;
+        glommio::timer::sleep(Duration::from_millis(DRAIN_POLL_MS)).await;
     }
     ctx.cut_sessions();
-    let cut_bound = Instant::now() + Duration::from_secs(2);
+    let cut_bound = Instant::now() + Duration::from_millis(CUT_BOUND_MS);
     while ctx.sessions_open() > 0 && Instant::now() < cut_bound {
-        glommio::timer::sleep(Duration::from_millis(10)).await;
+        glommio::timer::sleep(Duration::from_millis(CUT_POLL_MS)).await;
     }
     if let Some(d) = &delivery {
         d.shutdown();
@@ -197,7 +220,7 @@ async fn publish_loop(ctx: Rc<ShardCtx>) {
         let s = ctx.spool.stats();
         metrics::gauge!(m::SPOOL_MESSAGES, "shard" => ctx.shard.to_string()).set(s.messages as f64);
         metrics::gauge!(m::SPOOL_BYTES, "shard" => ctx.shard.to_string()).set(s.bytes as f64);
-        glommio::timer::sleep(Duration::from_millis(100)).await;
+        glommio::timer::sleep(Duration::from_millis(FIGURES_PUBLISH_MS)).await;
     }
 }
 
