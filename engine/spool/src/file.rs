@@ -178,4 +178,21 @@ impl SegFile {
         }
         .map_err(|e| SpoolError::io("remove", self.path(), e))
     }
+
+    /// Closes the file, logging (not failing) on error: used where the data is already synced
+    /// or deleted.
+    pub(crate) async fn close(self) {
+        let r = match self {
+            SegFile::Buffered(f, _) => f.close().await,
+            SegFile::Direct(f, reader, _) => {
+                if let Err(e) = reader.close().await {
+                    tracing::warn!(error = %e, "closing a spool file failed");
+                }
+                f.close().await
+            }
+        };
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "closing a spool file failed");
+        }
+    }
 }

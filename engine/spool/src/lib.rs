@@ -51,17 +51,21 @@
 //! A failed fdatasync makes the spool refuse writes for good (the page cache can no longer be
 //! trusted after one); a failed write only marks it unhealthy until a write succeeds.
 
+mod batch;
 mod cache;
 mod commit;
 mod error;
 mod file;
 pub mod record;
 mod recovery;
+mod segments;
 mod spool;
+mod state;
 mod types;
 
+pub use batch::JOURNAL_SYNC_DELAY_MS;
 pub use error::SpoolError;
 pub use file::{FileMode, READ_CHUNK_MAX_BYTES};
 pub use recovery::inspect;
-pub use spool::{Spool, JOURNAL_SYNC_DELAY_MS, SEGMENT_SIZE_MIN_BYTES};
+pub use spool::{Spool, SEGMENT_SIZE_MIN_BYTES};
 pub use types::*;

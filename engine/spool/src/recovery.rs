@@ -1,4 +1,6 @@
-//! Rebuilding a segment's state from its bytes (pure), and the offline `inspect`.
+//! Recovery: rebuilding a segment's state from its bytes (pure), loading every segment into a
+//! shard's in-memory state at open (`recover`, glommio files), and the offline `inspect`
+//! (std::fs only).
 //!
 //! A segment is a data file (`seg-<16hex>.data`: a header record, then store records) and its
 //! journal (`seg-<16hex>.journal`: update and remove records for messages of that data file
@@ -10,8 +12,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::error::SpoolError;
+use crate::file::{FileMode, SegFile};
 use crate::record::{self, Kind, SegmentHeader};
-use crate::types::{Envelope, MessageId, SpooledMessage};
+use crate::state::{IndexEntry, Segment, State};
+use crate::types::{Envelope, MessageId, Recovery, SpooledMessage};
 
 /// Prefix and suffixes of segment file names.
 const SEGMENT_PREFIX: &str = "seg-";
@@ -265,5 +269,91 @@ pub fn inspect(spool_root: &Path) -> Result<Vec<SpooledMessage>, SpoolError> {
         }
     }
     out.sort_by_key(|m| m.id);
+    Ok(out)
+}
+
+/// Scans every segment of `dir` into `state`; returns what the engine must requeue.
+pub(crate) async fn recover(
+    dir: &Path,
+    shard: u8,
+    state: &mut State,
+) -> Result<Recovery, SpoolError> {
+    let listing = list_segments(dir)?;
+    for seq in &listing.orphan_journals {
+        let path = journal_path(dir, *seq);
+        tracing::info!(path = %path.display(), "spool recovery deleting an orphan journal");
+        std::fs::remove_file(&path).map_err(|e| SpoolError::io("remove", &path, e))?;
+        state.dir_dirty = true;
+    }
+    let mut out = Recovery::default();
+    let mut messages: Vec<SpooledMessage> = Vec::new();
+    let highest = listing.data.last().copied();
+    for &seq in &listing.data {
+        let dpath = data_path(dir, seq);
+        let jpath = journal_path(dir, seq);
+        let data = SegFile::open(&dpath, FileMode::Buffered).await?;
+        let journal = match SegFile::open(&jpath, FileMode::Buffered).await {
+            Ok(j) => j,
+            Err(_) if !jpath.exists() => SegFile::create(&jpath, FileMode::Buffered).await?,
+            Err(e) => return Err(e),
+        };
+        let data_bytes = data.read_exact_at(0, data.size().await? as usize).await?;
+        let journal_size = journal.size().await?;
+        let journal_bytes = journal.read_exact_at(0, journal_size as usize).await?;
+        let seg = rebuild(&data_bytes, &journal_bytes, &dpath);
+        out.records_skipped += seg.records_skipped;
+        out.bytes_skipped += seg.bytes_skipped;
+        if let Some(max) = seg.max_id_seq {
+            state.next_id_seq = state.next_id_seq.max(max + 1);
+        }
+        if let Some(h) = seg.header {
+            if h.shard != shard {
+                tracing::warn!(segment = %dpath.display(), header_shard = h.shard, shard, "segment header names another shard");
+            }
+            state.next_id_seq = state.next_id_seq.max(h.next_id_seq);
+        }
+        // An empty segment is deleted, except the newest: its header carries the next id.
+        if seg.live.is_empty() && Some(seq) != highest {
+            data.remove().await?;
+            journal.remove().await?;
+            data.close().await;
+            journal.close().await;
+            state.dir_dirty = true;
+            continue;
+        }
+        let truncated = journal_size > seg.journal_valid_end;
+        if truncated {
+            // Never append after a torn tail: cut it (its bytes are already counted as skipped).
+            journal.truncate(seg.journal_valid_end).await?;
+        }
+        let mut segment = Segment::new(
+            data,
+            journal,
+            data_bytes.len() as u64,
+            seg.journal_valid_end,
+            true,
+        );
+        segment.live = seg.live.len() as u64;
+        if truncated {
+            // Make the cut durable with the first commit.
+            segment.dirty = true;
+            segment.journal_unsynced = true;
+            state.dirty.push(seq);
+        }
+        for (&id, found) in &seg.live {
+            let entry = IndexEntry {
+                segment: seq,
+                offset: found.offset,
+                record_len: found.record_len as u32,
+                recipients: found.envelope.recipients.len() as u32,
+            };
+            state.index.insert(id, entry);
+            state.live_bytes += found.record_len;
+        }
+        messages.extend(spooled(&seg));
+        state.segments.insert(seq, segment);
+    }
+    messages.sort_by_key(|m| m.id);
+    out.messages = messages;
     Ok(out)
 }

@@ -1,0 +1,269 @@
+//! Write and sync batching (group commit): store records of one scheduler round go out in one
+//! write per segment, journal records are buffered and written together, and one fdatasync
+//! round covers every write that finished before it started.
+
+use std::rc::{Rc, Weak};
+use std::time::Duration;
+
+use crate::commit::CommitError;
+use crate::error::SpoolError;
+use crate::file::SegFile;
+use crate::segments::Inner;
+use crate::state::{Batch, File};
+
+/// Journal updates and removes are synced at most this long after they were written, unless a
+/// group commit covers them first.
+pub const JOURNAL_SYNC_DELAY_MS: u64 = 100;
+/// A segment's buffered journal records are written by their appender once they reach this.
+pub const JOURNAL_BUFFER_BYTES_MAX: usize = 256 * 1024;
+/// A segment's batch of store records is written as soon as it reaches this, without waiting
+/// for the end of the scheduler round.
+pub const DATA_BATCH_BYTES_MAX: usize = 1 << 20;
+
+/// A batch taken for writing: the file, the offset, the bytes and who waits for them.
+type BatchWriteJob = (u64, Rc<SegFile>, u64, Vec<u8>, Rc<Batch>);
+
+impl Inner {
+    /// Appends a journal record to its segment's buffer. Records appended while the shard is
+    /// busy are written together by one write (a task scheduled behind the current ones), or
+    /// at once by the appender when the buffer passes `JOURNAL_BUFFER_BYTES_MAX`. Either way
+    /// the periodic sync or the next group commit makes them durable, as before: a crash can
+    /// lose a recent update or removal, which means a recipient tried again (at-least-once),
+    /// never a message lost.
+    pub(crate) async fn append_journal(
+        self: &Rc<Self>,
+        segment: u64,
+        bytes: Vec<u8>,
+    ) -> Result<(), SpoolError> {
+        let full = {
+            let mut st = self.state.borrow_mut();
+            let Some(seg) = st.segments.get_mut(&segment) else {
+                // Reclaimed meanwhile: nothing left to journal.
+                return Ok(());
+            };
+            seg.journal_len += bytes.len() as u64;
+            let was_empty = seg.journal_buf.is_empty();
+            seg.journal_buf.extend_from_slice(&bytes);
+            let full = seg.journal_buf.len() >= JOURNAL_BUFFER_BYTES_MAX;
+            if was_empty {
+                st.journal_pending.push(segment);
+            }
+            st.mark_dirty(segment, File::Journal);
+            full
+        };
+        if full {
+            self.flush_journals().await?;
+            self.arm_sync_timer();
+        } else {
+            self.arm_journal_flush();
+        }
+        Ok(())
+    }
+
+    /// Writes the batched store records: behind the tasks ready now, or (`now`) in a task of
+    /// its own at once because a batch is full. One writer at a time: records stored while its
+    /// write is in flight wait for it and go out together in its next write, so under load a
+    /// write (an io-wq hop for buffered files) covers every store of its write's duration, not
+    /// only those of one scheduler round.
+    pub(crate) fn flush_data_soon(self: &Rc<Self>, now: bool) {
+        if !now && self.data_flush_armed.replace(true) {
+            return;
+        }
+        let weak: Weak<Inner> = Rc::downgrade(self);
+        glommio::spawn_local(async move {
+            let Some(inner) = weak.upgrade() else {
+                return;
+            };
+            if now {
+                inner.flush_data().await;
+                return;
+            }
+            loop {
+                inner.flush_data().await;
+                if inner.state.borrow().data_pending.is_empty() {
+                    break;
+                }
+            }
+            inner.data_flush_armed.set(false);
+        })
+        .detach();
+    }
+
+    /// One positional write per segment with batched store records; each batch learns its fate.
+    pub(crate) async fn flush_data(&self) {
+        let writes: Vec<BatchWriteJob> = {
+            let mut st = self.state.borrow_mut();
+            let pending = std::mem::take(&mut st.data_pending);
+            pending
+                .into_iter()
+                .filter_map(|seq| {
+                    let seg = st.segments.get_mut(&seq)?;
+                    let buf = std::mem::take(&mut seg.data_buf);
+                    let offset = seg.data_len - buf.len() as u64;
+                    (!buf.is_empty())
+                        .then(|| (seq, seg.data.clone(), offset, buf, seg.data_batch.clone()))
+                })
+                .collect()
+        };
+        for (seq, data, offset, buf, batch) in writes {
+            match data.write_all_at(buf, offset).await {
+                Ok(()) => {
+                    // Before the stores take their commit tickets: the next sync covers it.
+                    self.state.borrow_mut().mark_dirty(seq, File::Data);
+                    batch.finish(true);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "spool write failed");
+                    batch.finish(false);
+                }
+            }
+        }
+    }
+
+    /// Schedules a write of every buffered journal record, behind the tasks ready now; while
+    /// that write is in flight, newly buffered records wait for the next one.
+    pub(crate) fn arm_journal_flush(self: &Rc<Self>) {
+        if self.journal_flush_armed.replace(true) {
+            return;
+        }
+        let weak: Weak<Inner> = Rc::downgrade(self);
+        glommio::spawn_local(async move {
+            let Some(inner) = weak.upgrade() else {
+                return;
+            };
+            // One writer at a time, as for data: records buffered while a write is in flight
+            // go out together in the next one.
+            loop {
+                if let Err(e) = inner.flush_journals().await {
+                    tracing::error!(error = %e, "spool journal write failed");
+                }
+                // After every write, not once at the end: under a steady stream of updates the
+                // loop may run for long, and what it wrote must still be synced within
+                // `JOURNAL_SYNC_DELAY_MS`.
+                inner.arm_sync_timer();
+                if inner.state.borrow().journal_pending.is_empty() {
+                    break;
+                }
+            }
+            inner.journal_flush_armed.set(false);
+        })
+        .detach();
+    }
+
+    /// Writes every segment's buffered journal records (one positional write per segment).
+    pub(crate) async fn flush_journals(&self) -> Result<(), SpoolError> {
+        let writes: Vec<(u64, Rc<SegFile>, u64, Vec<u8>)> = {
+            let mut st = self.state.borrow_mut();
+            let pending = std::mem::take(&mut st.journal_pending);
+            pending
+                .into_iter()
+                .filter_map(|seq| {
+                    let seg = st.segments.get_mut(&seq)?;
+                    let buf = std::mem::take(&mut seg.journal_buf);
+                    let offset = seg.journal_len - buf.len() as u64;
+                    (!buf.is_empty()).then(|| (seq, seg.journal.clone(), offset, buf))
+                })
+                .collect()
+        };
+        let mut result = Ok(());
+        for (seq, journal, offset, buf) in writes {
+            match journal.write_all_at(buf, offset).await {
+                // A sync that ran while this write was in flight did not cover it.
+                Ok(()) => self.state.borrow_mut().mark_dirty(seq, File::Journal),
+                Err(e) => result = Err(e),
+            }
+        }
+        result
+    }
+
+    /// Schedules one sync of whatever is dirty within `JOURNAL_SYNC_DELAY_MS`.
+    pub(crate) fn arm_sync_timer(self: &Rc<Self>) {
+        if !self.cfg.fsync || self.sync_timer_armed.replace(true) {
+            return;
+        }
+        let weak: Weak<Inner> = Rc::downgrade(self);
+        glommio::spawn_local(async move {
+            glommio::timer::sleep(Duration::from_millis(JOURNAL_SYNC_DELAY_MS)).await;
+            if let Some(inner) = weak.upgrade() {
+                inner.sync_timer_armed.set(false);
+                let idle = {
+                    let st = inner.state.borrow();
+                    st.dirty.is_empty() && !st.dir_dirty
+                };
+                if idle {
+                    // A group commit already covered the journal writes.
+                    return;
+                }
+                if let Err(e) = inner.commit_now().await {
+                    tracing::error!(error = %e, "spool journal sync failed");
+                }
+            }
+        })
+        .detach();
+    }
+
+    /// Waits until everything written so far is durable (joining or leading a group commit).
+    pub(crate) async fn commit_now(&self) -> Result<(), SpoolError> {
+        let ticket = self.commit.ticket();
+        let pause = std::time::Duration::from_micros(self.cfg.commit_window_us);
+        let window = |last_group: u64| {
+            (self.cfg.commit_window_us > 0 && crate::commit::window_applies(last_group))
+                .then(|| glommio::timer::sleep(pause))
+        };
+        match self.commit.wait(ticket, || self.sync_dirty(), window).await {
+            Ok(()) => Ok(()),
+            Err(CommitError::Sync(e)) => Err(e),
+            Err(CommitError::Failed) => Err(SpoolError::Unhealthy(
+                self.fatal.get().unwrap_or("fdatasync failed"),
+            )),
+        }
+    }
+
+    /// fdatasyncs every dirty file (and the directory when files came or went).
+    pub(crate) async fn sync_dirty(&self) -> Result<(), SpoolError> {
+        // Buffered journal records ride along with this commit.
+        if let Err(e) = self.flush_journals().await {
+            tracing::error!(error = %e, "spool journal write failed");
+        }
+        let (files, dir_dirty) = {
+            let mut st = self.state.borrow_mut();
+            let dirty = std::mem::take(&mut st.dirty);
+            let mut files = Vec::with_capacity(dirty.len() * 2);
+            for seq in dirty {
+                if let Some(seg) = st.segments.get_mut(&seq) {
+                    seg.dirty = false;
+                    // Only the files written since the last sync: while only messages arrive,
+                    // the journals stay clean and cost no fdatasync.
+                    if std::mem::take(&mut seg.data_unsynced) {
+                        files.push(seg.data.clone());
+                    }
+                    if std::mem::take(&mut seg.journal_unsynced) {
+                        files.push(seg.journal.clone());
+                    }
+                }
+            }
+            (files, std::mem::take(&mut st.dir_dirty))
+        };
+        // All at once: io_uring hands each fdatasync to an io-wq worker, and on one filesystem
+        // they share the journal commit, so a commit covering a segment's data and its journal
+        // waits about one sync, not two in a row.
+        let syncs: Vec<_> = files
+            .into_iter()
+            .map(|f| glommio::spawn_local(async move { f.fdatasync().await }))
+            .collect();
+        for sync in syncs {
+            if let Err(e) = sync.await {
+                self.fatal.set(Some("fdatasync failed"));
+                tracing::error!(error = %e, "spool fdatasync failed; refusing new messages");
+                return Err(e);
+            }
+        }
+        if dir_dirty {
+            if let Err(e) = self.dir_handle.sync().await {
+                self.fatal.set(Some("directory sync failed"));
+                return Err(SpoolError::io("fsync_dir", &self.dir, e));
+            }
+        }
+        Ok(())
+    }
+}
