@@ -6,6 +6,8 @@
 //! - `petrel queue ls|suspend|resume|retry|bounce`: a running engine's queues.
 //! - `petrel control ...`: the control plane.
 //! - `petrel load ...`: the load-test harness.
+// No unwrap outside tests: propagate a typed error, or `expect` an invariant checked right there.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

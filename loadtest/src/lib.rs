@@ -22,6 +22,8 @@
 //!
 //! Entry points: [`run`] for the `petrel load` command line ([`LoadCommand`]), and for
 //! in-process tests [`start_sink`] / [`SinkHandle`] and [`inject`].
+// No unwrap outside tests: propagate a typed error, or `expect` an invariant checked right there.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 mod cli;
 mod error;

@@ -41,6 +41,8 @@
 //! delivery.enqueue(queued_message);    // after each accepted message, and for each recovered one
 //! // at shutdown: delivery.shutdown(), await run(), then writer.shutdown() flushes the events.
 //! ```
+// No unwrap outside tests: propagate a typed error, or `expect` an invariant checked right there.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
 #![forbid(unsafe_code)]
 
 pub mod backoff;

@@ -27,6 +27,8 @@
 //! Every error here is temporary from the caller's point of view except the DNS answers that
 //! say a domain cannot receive mail (`ResolveError::is_permanent`); SMTP replies themselves
 //! are data ([`Reply`]), classified by the caller.
+// No unwrap outside tests: propagate a typed error, or `expect` an invariant checked right there.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod client;
 pub mod resolver;

@@ -14,6 +14,8 @@
 //!
 //! Trade-off: a message stays on the shard that accepted it (no cross-core copies, no
 //! cross-shard spool references); engine-wide limits are shared atomics instead.
+// No unwrap outside tests: propagate a typed error, or `expect` an invariant checked right there.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod admin;
 pub mod auth;

@@ -50,6 +50,8 @@
 //!   parts (local part 64, domain 255 bytes).
 //! - 3xx replies (354, 334) carry no enhanced code (RFC 2034 defines them for 2xx/4xx/5xx), nor do
 //!   the greeting and the EHLO/HELO reply.
+// No unwrap outside tests: propagate a typed error, or `expect` an invariant checked right there.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 mod auth;
 mod command;

@@ -50,6 +50,8 @@
 //! header, which in theory could be found inside a message body; bodies are not scrambled.
 //! A failed fdatasync makes the spool refuse writes for good (the page cache can no longer be
 //! trusted after one); a failed write only marks it unhealthy until a write succeeds.
+// No unwrap outside tests: propagate a typed error, or `expect` an invariant checked right there.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 mod batch;
 mod cache;

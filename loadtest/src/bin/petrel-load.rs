@@ -1,4 +1,6 @@
 //! `petrel-load`: the `petrel load` subcommands as a standalone binary (same code path).
+// No unwrap outside tests: propagate a typed error, or `expect` an invariant checked right there.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 use clap::Parser;
 
