@@ -121,9 +121,9 @@ pub fn run(
                     }));
                 }
             })
-            .map_err(|e| EngineError::Shard {
+            .map_err(|e| EngineError::ShardSpawn {
                 shard,
-                message: e.to_string(),
+                source: e.into(),
             })?;
         handles.push(handle);
     }

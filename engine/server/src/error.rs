@@ -16,8 +16,11 @@ pub enum EngineError {
         source: std::io::Error,
     },
     /// The shard's executor thread could not be started.
-    #[error("shard {shard}: {message}")]
-    Shard { shard: usize, message: String },
+    #[error("shard {shard}: cannot start its executor: {source}")]
+    ShardSpawn {
+        shard: usize,
+        source: std::io::Error,
+    },
     /// A shard stopped with an error before it was ready (it could not open its spool or bind).
     #[error("shard {shard}: {source}")]
     ShardFailed {
