@@ -5,12 +5,17 @@
 //!
 //! SMTP in ([`session`], driving the pure `petrel_smtp::Session`) → checks and backpressure
 //! ([`pressure`]) → policy (AUTH, sender rules, rates: `petrel_policy`) → DKIM signing and the
-//! durable spool commit ([`sign_and_spool`]; the 250 follows the fsync) → per-domain queues and SMTP out
-//! (`petrel_delivery`) → events.
+//! durable spool commit ([`sign_and_spool`]; the 250 follows the fsync) → per-domain queues and
+//! SMTP out (`petrel_delivery`) → events.
 //!
 //! Slow-path services run on one tokio thread: metrics HTTP ([`metrics`]), the admin endpoint
 //! ([`admin`]), DNS (`petrel_outbound::Resolver`) and the control-plane link. They talk to the
 //! shards through bounded channels only.
+//!
+//! What the shard's files share lives in modules of its own, so the files' imports form no cycle:
+//! [`ctx`] (what a shard is given and what its tasks share), [`clock`] (the wall clock) and
+//! [`delivery_setup`] (what every shard's delivery shares). [`shard`] runs a shard, [`engine`]
+//! starts them all.
 //!
 //! Trade-off: a message stays on the shard that accepted it (no cross-core copies, no
 //! cross-shard spool references); engine-wide limits are shared atomics instead.
