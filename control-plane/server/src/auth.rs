@@ -19,7 +19,6 @@ use hmac::{Hmac, Mac};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
-use sqlx::Row;
 
 use crate::api::App;
 use crate::{ApiError, ControlError};
@@ -310,14 +309,10 @@ impl FromRequestParts<App> for Caller {
             return Err(fail("invalid key"));
         }
         let prefix = &token[..PREFIX_LENGTH_CHARS];
-        let row = sqlx::query(
-            "SELECT c.id, c.tenant_id, c.phc, c.role, c.scopes, c.ip_allowlist, c.revoked, \
-             t.suspended, t.is_operator FROM credentials c JOIN tenants t ON t.id = c.tenant_id \
-             WHERE c.prefix = $1 AND c.kind = 'api'",
-        )
-        .bind(prefix)
-        .fetch_optional(&app.db.pool)
-        .await?;
+        let row = {
+            let mut conn = app.db.conn().await?;
+            crate::store::credentials::api_key_by_prefix(&mut conn, prefix).await?
+        };
         let Some(row) = row else {
             // As long as a wrong key with a known prefix takes: the time of a refusal does not
             // tell which prefixes exist.
@@ -327,7 +322,7 @@ impl FromRequestParts<App> for Caller {
                     .await;
             return Err(fail("invalid key"));
         };
-        let phc: String = row.try_get("phc")?;
+        let phc = row.phc.clone();
         let cache_key = app.verify_cache.key(token);
         if !app.verify_cache.hit(&cache_key, &phc) {
             let (t, p) = (token.to_string(), phc.clone());
@@ -339,30 +334,29 @@ impl FromRequestParts<App> for Caller {
             }
             app.verify_cache.insert(cache_key, phc);
         }
-        if crate::store::get_bool(&row, "revoked")? {
+        if row.revoked {
             return Err(fail("key revoked"));
         }
-        let ip_allowlist = crate::store::get_list(&row, "ip_allowlist")?;
-        if !ip_allowed(&ip_allowlist, remote) {
+        if !ip_allowed(&row.ip_allowlist, remote) {
             return Err(ApiError::forbidden(
                 "this key may not be used from this address",
             ));
         }
-        if crate::store::get_bool(&row, "suspended")? {
+        if row.tenant_suspended {
             return Err(ApiError::forbidden("tenant suspended"));
         }
-        let role: Option<String> = row.try_get("role")?;
-        let role = role
+        let role = row
+            .role
             .as_deref()
             .and_then(Role::parse)
             .ok_or_else(|| ApiError::internal("key has no valid role"))?;
         Ok(Caller {
-            tenant_id: row.try_get("tenant_id")?,
-            credential_id: row.try_get("id")?,
+            tenant_id: row.tenant_id,
+            credential_id: row.id,
             prefix: prefix.to_string(),
             role,
-            scopes: crate::store::get_list(&row, "scopes")?,
-            is_operator: crate::store::get_bool(&row, "is_operator")?,
+            scopes: row.scopes,
+            is_operator: row.tenant_is_operator,
             remote,
         })
     }

@@ -4,13 +4,13 @@
 //! [`crate::auth::Permission`], and scopes every query to the caller's tenant, so an id from
 //! another tenant answers 404 exactly like an id that does not exist.
 
+pub mod audit;
 pub mod credentials;
 pub mod domains;
+pub mod engines;
 pub mod limits;
 pub mod openapi;
 pub mod tenants;
-
-pub(crate) use domains::parse_algorithm;
 
 use std::ops::Deref;
 use std::sync::Arc;
@@ -116,12 +116,12 @@ pub fn router(app: App) -> Router {
         .route("/tenants/{id}", get(tenants::show))
         .route("/tenants/{id}/suspend", post(tenants::suspend))
         .route("/tenants/{id}/unsuspend", post(tenants::unsuspend))
-        .route("/tenants/{id}/limits", put(tenants::set_limits))
+        .route("/tenants/{id}/limits", put(limits::set_tenant))
         .route("/domains", post(domains::create).get(domains::list))
         .route("/domains/{id}", get(domains::show).delete(domains::delete))
         .route("/domains/{id}/verify", post(domains::verify))
         .route("/domains/{id}/rotate", post(domains::rotate))
-        .route("/domains/{id}/limits", put(domains::set_limits))
+        .route("/domains/{id}/limits", put(limits::set_domain))
         .route(
             "/credentials",
             post(credentials::create).get(credentials::list),
@@ -135,9 +135,9 @@ pub fn router(app: App) -> Router {
             "/limits/destinations/{domain}",
             put(limits::set_destination).delete(limits::delete_destination),
         )
-        .route("/audit-log", get(limits::audit_list))
-        .route("/audit-log/verify", get(limits::audit_verify))
-        .route("/engines", get(limits::engines));
+        .route("/audit-log", get(audit::list))
+        .route("/audit-log/verify", get(audit::verify))
+        .route("/engines", get(engines::list));
     Router::new()
         .nest("/v1", v1)
         .fallback(|| async { ApiError::not_found("route") })
