@@ -35,7 +35,9 @@ pub const AUTH_FAILURE_WINDOW_SECS: u64 = 60;
 pub const AUTH_CACHE_ENTRIES_MAX: usize = 10_000;
 
 /// Roles, weakest first; `Ord` follows strength.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Viewer,
@@ -86,6 +88,45 @@ pub enum Permission {
 }
 
 impl Permission {
+    /// Every permission, in declaration order.
+    pub const ALL: [Permission; 12] = [
+        Permission::TenantRead,
+        Permission::TenantsManage,
+        Permission::DomainsRead,
+        Permission::DomainsWrite,
+        Permission::CredentialsRead,
+        Permission::CredentialsWrite,
+        Permission::LimitsRead,
+        Permission::LimitsWrite,
+        Permission::GlobalLimitsWrite,
+        Permission::AuditRead,
+        Permission::AuditVerify,
+        Permission::EnginesRead,
+    ];
+
+    /// The variant's name, as routes declare it (`x-permission` in the OpenAPI document).
+    pub fn name(self) -> &'static str {
+        match self {
+            Permission::TenantRead => "TenantRead",
+            Permission::TenantsManage => "TenantsManage",
+            Permission::DomainsRead => "DomainsRead",
+            Permission::DomainsWrite => "DomainsWrite",
+            Permission::CredentialsRead => "CredentialsRead",
+            Permission::CredentialsWrite => "CredentialsWrite",
+            Permission::LimitsRead => "LimitsRead",
+            Permission::LimitsWrite => "LimitsWrite",
+            Permission::GlobalLimitsWrite => "GlobalLimitsWrite",
+            Permission::AuditRead => "AuditRead",
+            Permission::AuditVerify => "AuditVerify",
+            Permission::EnginesRead => "EnginesRead",
+        }
+    }
+
+    /// The permission named `name` (see [`Permission::name`]).
+    pub fn from_name(name: &str) -> Option<Permission> {
+        Permission::ALL.into_iter().find(|p| p.name() == name)
+    }
+
     /// Writes need the key's `admin` scope; reads need `read` or `admin`.
     pub fn is_write(self) -> bool {
         matches!(
@@ -280,10 +321,29 @@ pub fn ip_allowed(list: &[String], ip: IpAddr) -> bool {
         })
 }
 
+/// A caller the route gate ([`crate::api::routes`]) authenticated and found to hold the route's
+/// declared permission; handlers receive it as their [`Caller`].
+#[derive(Debug, Clone)]
+pub(crate) struct Authorized(pub(crate) Caller);
+
+/// Handlers take a `Caller` only from the route gate: a route without a declared permission
+/// cannot obtain one, so it cannot act for anybody (fails closed with 500).
 impl FromRequestParts<App> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Caller, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, _app: &App) -> Result<Caller, ApiError> {
+        parts
+            .extensions
+            .get::<Authorized>()
+            .map(|a| a.0.clone())
+            .ok_or_else(|| ApiError::internal("route declares no permission"))
+    }
+}
+
+impl Caller {
+    /// Authenticates the bearer key of a request (401, or 429 when the address failed too
+    /// often). The permission check is [`Caller::require`], made by the route gate.
+    pub(crate) async fn authenticate(parts: &Parts, app: &App) -> Result<Caller, ApiError> {
         let remote = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()

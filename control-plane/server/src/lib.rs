@@ -230,7 +230,7 @@ pub async fn serve_with(
             app: app.clone(),
         });
     }
-    let router = api::router(app.clone());
+    let router = api::router(app.clone()).map_err(|e| ControlError::Config(e.to_string()))?;
     let service = router.into_make_service_with_connect_info::<SocketAddr>();
     let http = async move {
         match api_tls {

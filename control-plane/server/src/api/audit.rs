@@ -9,7 +9,8 @@ use crate::audit::{AuditFilter, AuditRow, VerifyReport};
 use crate::auth::{role_allows, Caller, Permission};
 use crate::ApiError;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AuditQuery {
     pub action: Option<String>,
@@ -21,13 +22,22 @@ pub struct AuditQuery {
     pub limit: Option<i64>,
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "audit_list",
+    path = "/v1/audit-log",
+    summary = "Audit rows, newest first (filters: action, actor, since, until, limit)",
+    params(AuditQuery),
+    responses((status = 200, body = Vec<AuditRow>)),
+    security(("bearer" = [])),
+    extensions(("x-permission" = json!("AuditRead")))
+)]
 /// Admins see their tenant's rows; operator owners see every row.
 pub async fn list(
     State(app): State<App>,
     caller: Caller,
     ApiQuery(q): ApiQuery<AuditQuery>,
 ) -> Result<Json<Vec<AuditRow>>, ApiError> {
-    caller.require(Permission::AuditRead)?;
     let all = caller.is_operator && role_allows(caller.role, Permission::AuditVerify);
     let filter = AuditFilter {
         tenant_id: if all {
@@ -44,12 +54,20 @@ pub async fn list(
     Ok(Json(crate::audit::list(&mut conn, &filter, q.limit).await?))
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "audit_verify",
+    path = "/v1/audit-log/verify",
+    summary = "Walk the hash chain; reports the first broken link",
+    responses((status = 200, body = VerifyReport)),
+    security(("bearer" = [])),
+    extensions(("x-permission" = json!("AuditVerify")))
+)]
 /// Walks the whole chain; reports the first broken link.
 pub async fn verify(
     State(app): State<App>,
-    caller: Caller,
+    _caller: Caller,
 ) -> Result<Json<VerifyReport>, ApiError> {
-    caller.require(Permission::AuditVerify)?;
     let mut conn = app.db.conn().await?;
     Ok(Json(crate::audit::verify(&mut conn).await?))
 }

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::AnyConnection;
 
 use super::{audit_json, new_id, normalize_domain, ApiJson, App};
-use crate::auth::{generate_key, hash_secret_async, Caller, HashCost, Permission, Role, SCOPES};
+use crate::auth::{generate_key, hash_secret_async, Caller, HashCost, Role, SCOPES};
 use crate::store::credentials::CredentialRow;
 use crate::store::{self, StoreResult};
 use crate::{ApiError, ControlError};
@@ -17,7 +17,7 @@ use crate::{ApiError, ControlError};
 pub const CREDENTIAL_NAME_MAX_BYTES: usize = 128;
 
 /// A credential as the API shows it (never the secret or its hash).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct CredentialView {
     pub id: String,
     pub tenant_id: String,
@@ -40,7 +40,7 @@ pub struct CredentialView {
 }
 
 /// A credential and its secret, returned once.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CredentialCreated {
     pub credential: CredentialView,
     /// The API key, or the SMTP password. Not retrievable later.
@@ -161,7 +161,7 @@ pub(crate) async fn insert_credential(
     })
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateCredential {
     /// `api` or `smtp`.
@@ -262,12 +262,21 @@ fn validate(caller: &Caller, req: CreateCredential) -> Result<NewCredential, Api
     })
 }
 
+#[utoipa::path(
+    post,
+    operation_id = "credentials_create",
+    path = "/v1/credentials",
+    summary = "Create an API key or SMTP credential (secret shown once)",
+    request_body = CreateCredential,
+    responses((status = 201, body = CredentialCreated)),
+    security(("bearer" = [])),
+    extensions(("x-permission" = json!("CredentialsWrite")))
+)]
 pub async fn create(
     State(app): State<App>,
     caller: Caller,
     ApiJson(req): ApiJson<CreateCredential>,
 ) -> Result<(StatusCode, Json<CredentialCreated>), ApiError> {
-    caller.require(Permission::CredentialsWrite)?;
     let prepared = validate(&caller, req)?
         .prepare(app.settings.hash_cost)
         .await?;
@@ -286,21 +295,38 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(created)))
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "credentials_list",
+    path = "/v1/credentials",
+    summary = "List credentials",
+    responses((status = 200, body = Vec<CredentialView>)),
+    security(("bearer" = [])),
+    extensions(("x-permission" = json!("CredentialsRead")))
+)]
 pub async fn list(
     State(app): State<App>,
     caller: Caller,
 ) -> Result<Json<Vec<CredentialView>>, ApiError> {
-    caller.require(Permission::CredentialsRead)?;
     let rows = store::credentials::list(&mut *app.db.conn().await?, &caller.tenant_id).await?;
     Ok(Json(rows.into_iter().map(CredentialView::from).collect()))
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "credentials_show",
+    path = "/v1/credentials/{id}",
+    summary = "Show a credential",
+    params(("id" = String, Path, description = "The object's id")),
+    responses((status = 200, body = CredentialView)),
+    security(("bearer" = [])),
+    extensions(("x-permission" = json!("CredentialsRead")))
+)]
 pub async fn show(
     State(app): State<App>,
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<CredentialView>, ApiError> {
-    caller.require(Permission::CredentialsRead)?;
     let row = store::credentials::get(&mut *app.db.conn().await?, &caller.tenant_id, &id).await?;
     Ok(Json(row.into()))
 }
@@ -315,12 +341,21 @@ fn check_rank(caller: &Caller, c: &CredentialView) -> Result<(), ApiError> {
     }
 }
 
+#[utoipa::path(
+    post,
+    operation_id = "credentials_revoke",
+    path = "/v1/credentials/{id}/revoke",
+    summary = "Revoke a credential",
+    params(("id" = String, Path, description = "The object's id")),
+    responses((status = 200, body = CredentialView)),
+    security(("bearer" = [])),
+    extensions(("x-permission" = json!("CredentialsWrite")))
+)]
 pub async fn revoke(
     State(app): State<App>,
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<CredentialView>, ApiError> {
-    caller.require(Permission::CredentialsWrite)?;
     let now = app.now_ms();
     let mut m = app.db.begin_mutation().await?;
     let before: CredentialView = store::credentials::get(m.conn(), &caller.tenant_id, &id)
@@ -346,13 +381,22 @@ pub async fn revoke(
     Ok(Json(after))
 }
 
+#[utoipa::path(
+    post,
+    operation_id = "credentials_rotate",
+    path = "/v1/credentials/{id}/rotate",
+    summary = "Replace a credential's secret (new secret shown once)",
+    params(("id" = String, Path, description = "The object's id")),
+    responses((status = 200, body = CredentialCreated)),
+    security(("bearer" = [])),
+    extensions(("x-permission" = json!("CredentialsWrite")))
+)]
 /// Replaces the secret (new prefix, new hash); the old secret stops working at once.
 pub async fn rotate(
     State(app): State<App>,
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<CredentialCreated>, ApiError> {
-    caller.require(Permission::CredentialsWrite)?;
     let secret = generate_key();
     let phc = hash_secret_async(secret.clone(), app.settings.hash_cost).await?;
     let prefix = secret[..crate::auth::PREFIX_LENGTH_CHARS].to_string();

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::AnyConnection;
 
 use super::{audit_json, new_id, normalize_domain, ApiJson, App};
-use crate::auth::{Caller, Permission};
+use crate::auth::Caller;
 use crate::dns::{records_for, DnsRecord, RecordCheck, RecordState};
 use crate::store;
 use crate::store::domains::{algorithm_name, parse_algorithm, DkimKeyRow, Domain};
@@ -23,7 +23,7 @@ use crate::{ApiError, ControlError};
 pub const DKIM_KEYS_PER_DOMAIN_MAX: usize = petrel_policy::snapshot::DKIM_KEYS_PER_DOMAIN_MAX;
 
 /// A DKIM key as the API shows it (never the private half).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct KeyView {
     pub selector: String,
     /// `ed25519` or `rsa2048`.
@@ -39,7 +39,7 @@ pub struct KeyView {
 }
 
 /// A sending domain as the API shows it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct DomainView {
     pub id: String,
     pub tenant_id: String,
@@ -172,7 +172,7 @@ fn check_selector(s: &str) -> Result<(), ApiError> {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateDomain {
     pub name: String,
@@ -197,12 +197,21 @@ fn pick_key_params(
     Ok((alg, selector))
 }
 
+#[utoipa::path(
+    post,
+    operation_id = "domains_create",
+    path = "/v1/domains",
+    summary = "Add a sending domain; generates a DKIM key (ed25519 or rsa2048) and returns the DNS records",
+    request_body = CreateDomain,
+    responses((status = 201, body = DomainView)),
+    security(("bearer" = [])),
+    extensions(("x-permission" = json!("DomainsWrite")))
+)]
 pub async fn create(
     State(app): State<App>,
     caller: Caller,
     ApiJson(req): ApiJson<CreateDomain>,
 ) -> Result<(StatusCode, Json<DomainView>), ApiError> {
-    caller.require(Permission::DomainsWrite)?;
     let name = normalize_domain(&req.name)?;
     let (alg, selector) = pick_key_params(req.algorithm.as_deref(), req.selector)?;
     let key = generate_key(alg).await?;
@@ -237,11 +246,19 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(view)))
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "domains_list",
+    path = "/v1/domains",
+    summary = "List sending domains",
+    responses((status = 200, body = Vec<DomainView>)),
+    security(("bearer" = [])),
+    extensions(("x-permission" = json!("DomainsRead")))
+)]
 pub async fn list(
     State(app): State<App>,
     caller: Caller,
 ) -> Result<Json<Vec<DomainView>>, ApiError> {
-    caller.require(Permission::DomainsRead)?;
     let mut conn = app.db.conn().await?;
     let rows = store::domains::list(&mut conn, &caller.tenant_id).await?;
     let mut out = Vec::with_capacity(rows.len());
@@ -251,24 +268,42 @@ pub async fn list(
     Ok(Json(out))
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "domains_show",
+    path = "/v1/domains/{id}",
+    summary = "Show a sending domain with its keys and DNS records",
+    params(("id" = String, Path, description = "The object's id")),
+    responses((status = 200, body = DomainView)),
+    security(("bearer" = [])),
+    extensions(("x-permission" = json!("DomainsRead")))
+)]
 pub async fn show(
     State(app): State<App>,
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<DomainView>, ApiError> {
-    caller.require(Permission::DomainsRead)?;
     let mut conn = app.db.conn().await?;
     Ok(Json(
         fetch_domain(&mut conn, &app, &caller.tenant_id, &id).await?,
     ))
 }
 
+#[utoipa::path(
+    delete,
+    operation_id = "domains_delete",
+    path = "/v1/domains/{id}",
+    summary = "Delete a sending domain and its keys",
+    params(("id" = String, Path, description = "The object's id")),
+    responses((status = 204, description = "Done")),
+    security(("bearer" = [])),
+    extensions(("x-permission" = json!("DomainsWrite")))
+)]
 pub async fn delete(
     State(app): State<App>,
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    caller.require(Permission::DomainsWrite)?;
     let mut m = app.db.begin_mutation().await?;
     let before = fetch_domain(m.conn(), &app, &caller.tenant_id, &id).await?;
     store::domains::delete(m.conn(), &caller.tenant_id, &id).await?;
@@ -285,6 +320,16 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    post,
+    operation_id = "domains_verify",
+    path = "/v1/domains/{id}/verify",
+    summary = "Look the DNS records up; marks the domain verified when DKIM and SPF are found",
+    params(("id" = String, Path, description = "The object's id")),
+    responses((status = 200, body = DomainView)),
+    security(("bearer" = [])),
+    extensions(("x-permission" = json!("DomainsWrite")))
+)]
 /// Looks the records up; marks the domain verified when DKIM (newest key) and SPF are found,
 /// and activates a pending key whose record is found.
 pub async fn verify(
@@ -292,7 +337,6 @@ pub async fn verify(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<DomainView>, ApiError> {
-    caller.require(Permission::DomainsWrite)?;
     let expected = {
         let mut conn = app.db.conn().await?;
         fetch_domain(&mut conn, &app, &caller.tenant_id, &id).await?
@@ -352,7 +396,7 @@ pub async fn verify(
     Ok(Json(after))
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RotateDomain {
     #[serde(default)]
@@ -361,6 +405,17 @@ pub struct RotateDomain {
     pub selector: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    operation_id = "domains_rotate",
+    path = "/v1/domains/{id}/rotate",
+    summary = "Add a pending DKIM key under a new selector (activated by the next successful verify)",
+    params(("id" = String, Path, description = "The object's id")),
+    request_body(content = Option<RotateDomain>, description = "Optional: an empty body picks the defaults", content_type = "application/json"),
+    responses((status = 200, body = DomainView)),
+    security(("bearer" = [])),
+    extensions(("x-permission" = json!("DomainsWrite")))
+)]
 /// Adds a pending key under a new selector (see the module doc).
 pub async fn rotate(
     State(app): State<App>,
@@ -368,7 +423,6 @@ pub async fn rotate(
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Json<DomainView>, ApiError> {
-    caller.require(Permission::DomainsWrite)?;
     let req: RotateDomain = if body.iter().all(u8::is_ascii_whitespace) {
         RotateDomain::default()
     } else {

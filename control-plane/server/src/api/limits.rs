@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::domains::{fetch_domain, DomainView};
 use super::tenants::TenantView;
 use super::{audit_json, normalize_domain, ApiJson, App};
-use crate::auth::{Caller, Permission};
+use crate::auth::Caller;
 use crate::store::limits::DestinationRow;
 use crate::store::{self, StoreError};
 use crate::ApiError;
@@ -20,7 +20,7 @@ use crate::ApiError;
 pub const DESTINATION_LIMITS_LISTED_MAX: i64 = 10_000;
 
 /// One destination domain's limits.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct DestinationView {
     pub domain: String,
     pub connections_max: Option<u64>,
@@ -40,24 +40,75 @@ impl From<DestinationRow> for DestinationView {
 }
 
 /// One sending domain's limits.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct DomainLimitView {
     pub id: String,
     pub name: String,
     pub messages_per_second_max: Option<u64>,
 }
 
+/// The defaults as the API reads and writes them: [`DefaultLimits`] (the policy crate's
+/// snapshot type, which knows nothing of OpenAPI) field for field. None: unlimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Defaults {
+    pub tenant_messages_per_second_max: Option<u32>,
+    pub tenant_messages_per_day_max: Option<u64>,
+    pub domain_messages_per_second_max: Option<u32>,
+    pub destination_connections_max: Option<u32>,
+    pub destination_messages_per_second_max: Option<u32>,
+}
+
+impl From<DefaultLimits> for Defaults {
+    fn from(d: DefaultLimits) -> Defaults {
+        // Destructured so a field added to the policy type fails to compile here.
+        let DefaultLimits {
+            tenant_messages_per_second_max,
+            tenant_messages_per_day_max,
+            domain_messages_per_second_max,
+            destination_connections_max,
+            destination_messages_per_second_max,
+        } = d;
+        Defaults {
+            tenant_messages_per_second_max,
+            tenant_messages_per_day_max,
+            domain_messages_per_second_max,
+            destination_connections_max,
+            destination_messages_per_second_max,
+        }
+    }
+}
+
+impl From<Defaults> for DefaultLimits {
+    fn from(d: Defaults) -> DefaultLimits {
+        DefaultLimits {
+            tenant_messages_per_second_max: d.tenant_messages_per_second_max,
+            tenant_messages_per_day_max: d.tenant_messages_per_day_max,
+            domain_messages_per_second_max: d.domain_messages_per_second_max,
+            destination_connections_max: d.destination_connections_max,
+            destination_messages_per_second_max: d.destination_messages_per_second_max,
+        }
+    }
+}
+
 /// Everything that limits the caller's tenant.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LimitsView {
     pub tenant: TenantView,
     pub domains: Vec<DomainLimitView>,
     pub destinations: Vec<DestinationView>,
-    pub defaults: DefaultLimits,
+    pub defaults: Defaults,
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "limits_show",
+    path = "/v1/limits",
+    summary = "Tenant, domain and destination limits and defaults",
+    responses((status = 200, body = LimitsView)),
+    security(("bearer" = [])),
+    extensions(("x-permission" = json!("LimitsRead")))
+)]
 pub async fn show(State(app): State<App>, caller: Caller) -> Result<Json<LimitsView>, ApiError> {
-    caller.require(Permission::LimitsRead)?;
     let mut conn = app.db.conn().await?;
     let tenant = store::tenants::get(&mut conn, &caller.tenant_id)
         .await?
@@ -80,17 +131,28 @@ pub async fn show(State(app): State<App>, caller: Caller) -> Result<Json<LimitsV
         tenant,
         domains,
         destinations,
-        defaults: store::limits::defaults(&mut conn).await?,
+        defaults: store::limits::defaults(&mut conn).await?.into(),
     }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TenantLimits {
     pub messages_per_second_max: Option<u64>,
     pub messages_per_day_max: Option<u64>,
 }
 
+#[utoipa::path(
+    put,
+    operation_id = "limits_set_tenant",
+    path = "/v1/tenants/{id}/limits",
+    summary = "Set a tenant's quota (messages per second / per day)",
+    params(("id" = String, Path, description = "The object's id")),
+    request_body = TenantLimits,
+    responses((status = 200, body = TenantView)),
+    security(("bearer" = [])),
+    extensions(("x-permission" = json!("TenantsManage")))
+)]
 /// Sets a tenant's quota (owners only: a tenant does not raise its own quota).
 pub async fn set_tenant(
     State(app): State<App>,
@@ -98,7 +160,6 @@ pub async fn set_tenant(
     Path(id): Path<String>,
     ApiJson(req): ApiJson<TenantLimits>,
 ) -> Result<Json<TenantView>, ApiError> {
-    caller.require(Permission::TenantsManage)?;
     let mut m = app.db.begin_mutation().await?;
     let before = store::tenants::get(m.conn(), &id)
         .await?
@@ -128,12 +189,23 @@ pub async fn set_tenant(
     Ok(Json(after))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DomainLimits {
     pub messages_per_second_max: Option<u64>,
 }
 
+#[utoipa::path(
+    put,
+    operation_id = "limits_set_domain",
+    path = "/v1/domains/{id}/limits",
+    summary = "Set a sending domain's messages per second",
+    params(("id" = String, Path, description = "The object's id")),
+    request_body = DomainLimits,
+    responses((status = 200, body = DomainView)),
+    security(("bearer" = [])),
+    extensions(("x-permission" = json!("LimitsWrite")))
+)]
 /// Sets one of the caller's sending domains' messages per second.
 pub async fn set_domain(
     State(app): State<App>,
@@ -141,7 +213,6 @@ pub async fn set_domain(
     Path(id): Path<String>,
     ApiJson(req): ApiJson<DomainLimits>,
 ) -> Result<Json<DomainView>, ApiError> {
-    caller.require(Permission::LimitsWrite)?;
     let mut m = app.db.begin_mutation().await?;
     let before = fetch_domain(m.conn(), &app, &caller.tenant_id, &id).await?;
     store::domains::set_rate(
@@ -168,15 +239,24 @@ pub async fn set_domain(
     Ok(Json(after))
 }
 
+#[utoipa::path(
+    put,
+    operation_id = "limits_set_defaults",
+    path = "/v1/limits/defaults",
+    summary = "Set default limits",
+    request_body = Defaults,
+    responses((status = 200, body = Defaults)),
+    security(("bearer" = [])),
+    extensions(("x-permission" = json!("GlobalLimitsWrite")))
+)]
 pub async fn set_defaults(
     State(app): State<App>,
     caller: Caller,
-    ApiJson(req): ApiJson<DefaultLimits>,
-) -> Result<Json<DefaultLimits>, ApiError> {
-    caller.require(Permission::GlobalLimitsWrite)?;
+    ApiJson(req): ApiJson<Defaults>,
+) -> Result<Json<Defaults>, ApiError> {
     let mut m = app.db.begin_mutation().await?;
     let before = store::limits::defaults(m.conn()).await?;
-    store::limits::set_defaults(m.conn(), &req).await?;
+    store::limits::set_defaults(m.conn(), &req.into()).await?;
     let entry = app.entry(
         &caller,
         None,
@@ -190,7 +270,7 @@ pub async fn set_defaults(
     Ok(Json(req))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DestinationLimits {
     #[serde(default)]
@@ -201,13 +281,23 @@ pub struct DestinationLimits {
     pub tls_required: bool,
 }
 
+#[utoipa::path(
+    put,
+    operation_id = "limits_set_destination",
+    path = "/v1/limits/destinations/{domain}",
+    summary = "Set a destination domain's limits",
+    params(("domain" = String, Path, description = "The destination domain name")),
+    request_body = DestinationLimits,
+    responses((status = 200, body = DestinationView)),
+    security(("bearer" = [])),
+    extensions(("x-permission" = json!("GlobalLimitsWrite")))
+)]
 pub async fn set_destination(
     State(app): State<App>,
     caller: Caller,
     Path(domain): Path<String>,
     ApiJson(req): ApiJson<DestinationLimits>,
 ) -> Result<Json<DestinationView>, ApiError> {
-    caller.require(Permission::GlobalLimitsWrite)?;
     let domain = normalize_domain(&domain)?;
     let row = DestinationRow {
         domain: domain.clone(),
@@ -234,12 +324,21 @@ pub async fn set_destination(
     Ok(Json(after))
 }
 
+#[utoipa::path(
+    delete,
+    operation_id = "limits_delete_destination",
+    path = "/v1/limits/destinations/{domain}",
+    summary = "Remove a destination domain's limits",
+    params(("domain" = String, Path, description = "The destination domain name")),
+    responses((status = 204, description = "Done")),
+    security(("bearer" = [])),
+    extensions(("x-permission" = json!("GlobalLimitsWrite")))
+)]
 pub async fn delete_destination(
     State(app): State<App>,
     caller: Caller,
     Path(domain): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    caller.require(Permission::GlobalLimitsWrite)?;
     let domain = normalize_domain(&domain)?;
     let mut m = app.db.begin_mutation().await?;
     let before = store::limits::destination(m.conn(), &domain)
