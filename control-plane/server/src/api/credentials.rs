@@ -165,7 +165,10 @@ pub(crate) async fn insert_credential(
 #[serde(deny_unknown_fields)]
 pub struct CreateCredential {
     /// `api` or `smtp`.
+    #[schema(pattern = "^(api|smtp)$")]
     pub kind: String,
+    /// 1 to 128 printable ASCII characters.
+    #[schema(pattern = "^[ -~]{1,128}$")]
     pub name: String,
     #[serde(default)]
     pub username: Option<String>,

@@ -175,11 +175,16 @@ fn check_selector(s: &str) -> Result<(), ApiError> {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateDomain {
+    /// A DNS name.
+    #[schema(max_length = 253)]
     pub name: String,
     /// `ed25519` (default) or `rsa2048`.
     #[serde(default)]
+    #[schema(pattern = "^(ed25519|rsa2048|rsa)$")]
     pub algorithm: Option<String>,
+    /// `[a-z0-9-]` labels; default: a fresh `ptl-<8 hex>`.
     #[serde(default)]
+    #[schema(pattern = r"^[a-z0-9-]+(\.[a-z0-9-]+)*$", max_length = 63)]
     pub selector: Option<String>,
 }
 
@@ -399,9 +404,13 @@ pub async fn verify(
 #[derive(Debug, Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RotateDomain {
+    /// `ed25519` (default) or `rsa2048`.
     #[serde(default)]
+    #[schema(pattern = "^(ed25519|rsa2048|rsa)$")]
     pub algorithm: Option<String>,
+    /// `[a-z0-9-]` labels, unused for this domain; default: a fresh `ptl-<8 hex>`.
     #[serde(default)]
+    #[schema(pattern = r"^[a-z0-9-]+(\.[a-z0-9-]+)*$", max_length = 63)]
     pub selector: Option<String>,
 }
 

@@ -21,6 +21,8 @@ pub use crate::store::tenants::Tenant as TenantView;
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTenant {
+    /// 1 to 64 of `[A-Za-z0-9-_. ]`.
+    #[schema(pattern = r"^[A-Za-z0-9._ -]{1,64}$")]
     pub name: String,
     #[serde(default)]
     pub messages_per_second_max: Option<u64>,
