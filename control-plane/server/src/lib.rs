@@ -16,6 +16,7 @@
 //! one (404). Secrets are argon2id hashes; a verified key is cached under a keyed hash only.
 
 #![forbid(unsafe_code)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 mod accept;
 pub mod api;
