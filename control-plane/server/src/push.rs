@@ -337,14 +337,12 @@ pub async fn listen_version(app: App, database_url: String) {
 }
 
 /// One listener connection: announces every version it hears until the connection fails.
-async fn listen_once(app: &App, database_url: &str) -> Result<(), sqlx::Error> {
-    let mut listener = sqlx::postgres::PgListener::connect(database_url).await?;
-    listener.listen(crate::store::POLICY_CHANNEL).await?;
+async fn listen_once(app: &App, database_url: &str) -> Result<(), crate::store::StoreError> {
+    let mut listener = crate::store::VersionListener::connect(database_url).await?;
     loop {
-        let notification = listener.recv().await?;
-        match notification.payload().parse::<u64>() {
-            Ok(v) => app.notify(v),
-            Err(_) => tracing::warn!("unexpected policy version payload"),
+        match listener.recv().await? {
+            Some(v) => app.notify(v),
+            None => tracing::warn!("unexpected policy version payload"),
         }
     }
 }

@@ -3,7 +3,7 @@
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
-use super::{get_bool, get_list, list_json, StoreError, StoreResult};
+use super::{conflict_on_unique, get_bool, get_list, list_json, StoreError, StoreResult};
 use crate::auth::Role;
 
 /// One `credentials` row.
@@ -74,7 +74,8 @@ pub async fn insert(conn: &mut AnyConnection, c: &CredentialRow) -> StoreResult<
     .bind(c.revoked_unix_ms)
     .bind(c.rotated_unix_ms)
     .execute(conn)
-    .await?;
+    .await
+    .map_err(conflict_on_unique)?;
     Ok(())
 }
 

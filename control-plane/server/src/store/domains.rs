@@ -5,7 +5,7 @@ use petrel_policy::DkimAlgorithm;
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
-use super::{clamp_i64, get_bool, get_opt_u64, StoreError, StoreResult};
+use super::{clamp_i64, conflict_on_unique, get_bool, get_opt_u64, StoreError, StoreResult};
 
 /// The stored (and API) name of a DKIM algorithm.
 pub fn algorithm_name(a: DkimAlgorithm) -> &'static str {
@@ -154,7 +154,8 @@ pub async fn insert(conn: &mut AnyConnection, d: &Domain) -> StoreResult<()> {
     .bind(d.messages_per_second_max.map(clamp_i64))
     .bind(d.created_unix_ms)
     .execute(conn)
-    .await?;
+    .await
+    .map_err(conflict_on_unique)?;
     Ok(())
 }
 
@@ -269,7 +270,8 @@ pub async fn insert_key(conn: &mut AnyConnection, k: &DkimKeyRow) -> StoreResult
     .bind(k.created_unix_ms)
     .bind(k.retired_unix_ms)
     .execute(conn)
-    .await?;
+    .await
+    .map_err(conflict_on_unique)?;
     Ok(())
 }
 

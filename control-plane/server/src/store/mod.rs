@@ -39,7 +39,8 @@ pub enum StoreError {
     /// The field names the kind of object (`tenant`, `domain`...).
     #[error("{0} not found")]
     NotFound(&'static str),
-    /// The change conflicts with stored state (a name or selector already taken).
+    /// The change conflicts with stored state (a name, prefix or selector already taken). The
+    /// field is the message the API answers.
     #[error("conflict: {0}")]
     Conflict(&'static str),
     /// The database failed or refused a statement. Usually transient (connection, lock); a
@@ -82,7 +83,8 @@ pub enum Dialect {
 /// A handle to the store. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Db {
-    pub pool: AnyPool,
+    /// Private: every statement goes through this module's functions.
+    pool: AnyPool,
     pub dialect: Dialect,
 }
 
@@ -269,6 +271,35 @@ impl Mutation {
         }
         self.tx.commit().await?;
         Ok(u64::try_from(self.version).unwrap_or(0))
+    }
+}
+
+/// A PostgreSQL connection that hears the versions committed mutations announce on
+/// [`POLICY_CHANNEL`] (by any control plane node).
+pub struct VersionListener(sqlx::postgres::PgListener);
+
+impl VersionListener {
+    pub async fn connect(database_url: &str) -> StoreResult<VersionListener> {
+        let mut listener = sqlx::postgres::PgListener::connect(database_url).await?;
+        listener.listen(POLICY_CHANNEL).await?;
+        Ok(VersionListener(listener))
+    }
+
+    /// The next announced version; None for a payload that is not one (logged by the caller).
+    pub async fn recv(&mut self) -> StoreResult<Option<u64>> {
+        let notification = self.0.recv().await?;
+        Ok(notification.payload().parse::<u64>().ok())
+    }
+}
+
+/// A UNIQUE violation as [`StoreError::Conflict`] (a name, prefix or selector already taken);
+/// other failures unchanged.
+fn conflict_on_unique(e: sqlx::Error) -> StoreError {
+    let e = StoreError::Database(e);
+    if e.is_unique_violation() {
+        StoreError::Conflict("a resource with that name already exists")
+    } else {
+        e
     }
 }
 

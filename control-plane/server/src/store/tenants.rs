@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
-use super::{clamp_i64, get_bool, get_opt_u64, StoreResult};
+use super::{clamp_i64, conflict_on_unique, get_bool, get_opt_u64, StoreResult};
 
 /// One `tenants` row (also the API's view of a tenant: nothing in it is secret).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
@@ -86,7 +86,8 @@ pub async fn insert(conn: &mut AnyConnection, t: &Tenant) -> StoreResult<()> {
     .bind(i64::from(t.allow_unverified_domains))
     .bind(t.created_unix_ms)
     .execute(conn)
-    .await?;
+    .await
+    .map_err(conflict_on_unique)?;
     Ok(())
 }
 
