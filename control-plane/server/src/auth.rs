@@ -427,6 +427,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn permission_names_round_trip() {
+        for p in Permission::ALL {
+            assert_eq!(Permission::from_name(p.name()), Some(p));
+            assert_eq!(p.name(), format!("{p:?}"), "the name is the variant's");
+        }
+        assert_eq!(Permission::from_name("domainswrite"), None);
+    }
+
+    #[test]
     fn api_throttle_blocks_after_ten_failures_for_a_minute() {
         let t = api_throttle();
         let ip: IpAddr = "192.0.2.1".parse().expect("ip");

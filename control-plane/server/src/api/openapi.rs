@@ -226,3 +226,59 @@ impl AccessTable {
 pub fn build() -> Result<Value, RouteError> {
     finish(super::routes().into_openapi())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc_with(op: Value) -> Value {
+        json!({"openapi": "3.1.0", "paths": {"/v1/x/{id}": {"post": op}}})
+    }
+
+    #[test]
+    fn the_table_reads_permissions_and_public_routes() {
+        let t = AccessTable::from_document(&doc_with(json!({"x-permission": "DomainsWrite"})))
+            .expect("table");
+        assert_eq!(
+            t.get(&Method::POST, "/v1/x/{id}"),
+            Some(Access::Requires(Permission::DomainsWrite))
+        );
+        assert_eq!(t.get(&Method::GET, "/v1/x/{id}"), None);
+        let t = AccessTable::from_document(&doc_with(json!({"security": [{}]}))).expect("table");
+        assert_eq!(t.get(&Method::POST, "/v1/x/{id}"), Some(Access::Public));
+    }
+
+    #[test]
+    fn an_undeclared_or_unknown_permission_stops_the_router() {
+        let undeclared = doc_with(json!({"security": [{"bearer": []}]}));
+        assert!(matches!(
+            AccessTable::from_document(&undeclared),
+            Err(RouteError::Undeclared { .. })
+        ));
+        let unknown = doc_with(json!({"x-permission": "DomainsWrites"}));
+        assert!(matches!(
+            AccessTable::from_document(&unknown),
+            Err(RouteError::UnknownPermission { .. })
+        ));
+    }
+
+    #[test]
+    fn head_is_answered_by_get() {
+        let doc = json!({"paths": {"/v1/y": {"get": {"x-permission": "AuditRead"}}}});
+        let t = AccessTable::from_document(&doc).expect("table");
+        assert_eq!(
+            t.get(&Method::HEAD, "/v1/y"),
+            Some(Access::Requires(Permission::AuditRead))
+        );
+    }
+
+    #[test]
+    fn the_built_document_declares_every_route() {
+        let doc = build().expect("document");
+        let t = AccessTable::from_document(&doc).expect("table");
+        assert_eq!(t.entries().len(), 26);
+        for (status, _) in ERRORS_WITH_KEY {
+            assert!(doc["paths"]["/v1/engines"]["get"]["responses"][status].is_object());
+        }
+    }
+}
