@@ -26,6 +26,14 @@ if ! python3 -c 'import dkim, nacl' >/dev/null 2>&1; then
   python3 -m pip install -q dkimpy pynacl >/dev/null 2>&1 \
     || echo "WARNING: could not install dkimpy; DKIM verification tests say SKIPPED" >&2
 fi
+# The control plane's OpenAPI test (control-plane/server/tests/openapi.rs) runs both; it fails
+# without them, so a failed install shows there.
+if ! python3 -c 'import openapi_spec_validator' >/dev/null 2>&1 \
+  || [ "$(schemathesis --version 2>/dev/null)" != "schemathesis, version 4.32.5" ]; then
+  log "installing openapi-spec-validator and schemathesis (OpenAPI document checks)"
+  python3 -m pip install -q openapi-spec-validator==0.9.0 schemathesis==4.32.5 >/dev/null 2>&1 \
+    || echo "WARNING: could not install schemathesis; the control plane's OpenAPI test fails" >&2
+fi
 command -v cargo-nextest >/dev/null 2>&1 || cargo install --locked cargo-nextest
 # promtool checks the metrics exposition and ops/monitoring/petrel-alerts.yml. Debian ships it in
 # the prometheus package, whose install would start a Prometheus server: take only the binary.

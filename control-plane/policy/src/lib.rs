@@ -34,6 +34,7 @@
 //! two answers that map to SMTP replies in one place each: [`AuthError::reply`] (535 5.7.8) and
 //! [`PolicyDenial::reply`] (550 5.7.1 or 451 4.7.1).
 #![forbid(unsafe_code)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod auth;
 pub mod compiled;

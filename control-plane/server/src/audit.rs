@@ -10,10 +10,11 @@
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use sqlx::any::AnyRow;
-use sqlx::Row;
+use sqlx::AnyConnection;
 
-use crate::ControlError;
+pub use crate::store::audit::AuditFilter;
+use crate::store::audit::AuditRecord;
+use crate::store::{StoreError, StoreResult};
 
 /// The `prev_hash` of the first row.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -43,7 +44,7 @@ pub struct AuditEntry {
 }
 
 /// One stored row, as the API shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AuditRow {
     pub seq: i64,
     pub tenant_id: Option<String>,
@@ -52,7 +53,11 @@ pub struct AuditRow {
     pub action: String,
     pub target: String,
     pub at_unix_ms: i64,
+    /// The object before the change (any JSON value).
+    #[schema(value_type = Option<Object>)]
     pub before: Option<serde_json::Value>,
+    /// The object after the change (any JSON value).
+    #[schema(value_type = Option<Object>)]
     pub after: Option<serde_json::Value>,
     pub prev_hash: String,
     pub hash: String,
@@ -72,8 +77,27 @@ struct Canonical<'a> {
     after: Option<&'a str>,
 }
 
-fn chain_hash(prev_hash: &str, c: &Canonical<'_>) -> Result<String, ControlError> {
-    let body = serde_json::to_vec(c).map_err(|e| ControlError::Corrupt(e.to_string()))?;
+impl<'a> Canonical<'a> {
+    fn of(r: &'a AuditRecord) -> Canonical<'a> {
+        Canonical {
+            seq: r.seq,
+            tenant_id: r.tenant_id.as_deref(),
+            actor: &r.actor,
+            remote_addr: &r.remote_addr,
+            action: &r.action,
+            target: &r.target,
+            at_unix_ms: r.at_unix_ms,
+            before: r.before_json.as_deref(),
+            after: r.after_json.as_deref(),
+        }
+    }
+}
+
+fn chain_hash(prev_hash: &str, c: &Canonical<'_>) -> StoreResult<String> {
+    let body = serde_json::to_vec(c).map_err(|e| StoreError::Corrupt {
+        column: "audit_log",
+        reason: e.to_string(),
+    })?;
     let mut h = Sha256::new();
     h.update(prev_hash.as_bytes());
     h.update(&body);
@@ -81,117 +105,61 @@ fn chain_hash(prev_hash: &str, c: &Canonical<'_>) -> Result<String, ControlError
 }
 
 /// Appends one row. The caller holds the mutation lock (see the module doc).
-pub async fn append(
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
-    e: &AuditEntry,
-) -> Result<(), ControlError> {
-    let last = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
-        .fetch_optional(&mut **tx)
-        .await?;
-    let (seq, prev_hash) = match last {
-        Some(r) => (
-            r.try_get::<i64, _>("seq")? + 1,
-            r.try_get::<String, _>("hash")?,
-        ),
+pub async fn append(conn: &mut AnyConnection, e: &AuditEntry) -> StoreResult<()> {
+    let (seq, prev_hash) = match crate::store::audit::last(&mut *conn).await? {
+        Some((seq, hash)) => (seq + 1, hash),
         None => (1, GENESIS_HASH.to_string()),
     };
-    let before = e.before.as_ref().map(|v| v.to_string());
-    let after = e.after.as_ref().map(|v| v.to_string());
-    let hash = chain_hash(
-        &prev_hash,
-        &Canonical {
-            seq,
-            tenant_id: e.tenant_id.as_deref(),
-            actor: &e.actor,
-            remote_addr: &e.remote_addr,
-            action: &e.action,
-            target: &e.target,
-            at_unix_ms: e.at_unix_ms,
-            before: before.as_deref(),
-            after: after.as_deref(),
-        },
-    )?;
-    sqlx::query(
-        "INSERT INTO audit_log (seq, tenant_id, actor, remote_addr, action, target, at_unix_ms, \
-         before_json, after_json, prev_hash, hash) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11)",
-    )
-    .bind(seq)
-    .bind(e.tenant_id.clone())
-    .bind(e.actor.clone())
-    .bind(e.remote_addr.clone())
-    .bind(e.action.clone())
-    .bind(e.target.clone())
-    .bind(e.at_unix_ms)
-    .bind(before)
-    .bind(after)
-    .bind(prev_hash)
-    .bind(hash.clone())
-    .execute(&mut **tx)
-    .await?;
-    sqlx::query("UPDATE petrel_meta SET audit_head_seq = $1, audit_head_hash = $2 WHERE id = 1")
-        .bind(seq)
-        .bind(hash)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
+    let mut record = AuditRecord {
+        seq,
+        tenant_id: e.tenant_id.clone(),
+        actor: e.actor.clone(),
+        remote_addr: e.remote_addr.clone(),
+        action: e.action.clone(),
+        target: e.target.clone(),
+        at_unix_ms: e.at_unix_ms,
+        before_json: e.before.as_ref().map(|v| v.to_string()),
+        after_json: e.after.as_ref().map(|v| v.to_string()),
+        prev_hash,
+        hash: String::new(),
+    };
+    record.hash = chain_hash(&record.prev_hash, &Canonical::of(&record))?;
+    crate::store::audit::insert(conn, &record).await
 }
 
-/// Filters for [`list`]. `tenant_id: None` lists every tenant's rows (operator owners only).
-#[derive(Debug, Clone, Default)]
-pub struct AuditFilter {
-    pub tenant_id: Option<String>,
-    pub action: Option<String>,
-    pub actor: Option<String>,
-    pub since_unix_ms: Option<i64>,
-    pub until_unix_ms: Option<i64>,
-    pub limit: Option<i64>,
-}
-
-/// Newest first.
-pub async fn list(pool: &sqlx::AnyPool, f: &AuditFilter) -> Result<Vec<AuditRow>, ControlError> {
-    // Fixed SQL with "no filter" sentinels keeps the query prepared and injection-free.
-    let limit = f
-        .limit
-        .unwrap_or(LIST_LIMIT_DEFAULT)
-        .clamp(1, LIST_LIMIT_MAX);
-    let rows = sqlx::query(
-        "SELECT * FROM audit_log WHERE ($1 = '' OR tenant_id = $1) AND ($2 = '' OR action = $2) \
-         AND ($3 = '' OR actor = $3) AND at_unix_ms >= $4 AND at_unix_ms <= $5 \
-         ORDER BY seq DESC LIMIT $6",
-    )
-    .bind(f.tenant_id.clone().unwrap_or_default())
-    .bind(f.action.clone().unwrap_or_default())
-    .bind(f.actor.clone().unwrap_or_default())
-    .bind(f.since_unix_ms.unwrap_or(0))
-    .bind(f.until_unix_ms.unwrap_or(i64::MAX))
-    .bind(limit)
-    .fetch_all(pool)
-    .await?;
-    rows.iter().map(row_from).collect()
+/// Newest first; `limit` defaults to [`LIST_LIMIT_DEFAULT`], clamped to 1..=[`LIST_LIMIT_MAX`].
+pub async fn list(
+    conn: &mut AnyConnection,
+    f: &AuditFilter,
+    limit: Option<i64>,
+) -> StoreResult<Vec<AuditRow>> {
+    let limit = limit.unwrap_or(LIST_LIMIT_DEFAULT).clamp(1, LIST_LIMIT_MAX);
+    let rows = crate::store::audit::list(conn, f, limit).await?;
+    Ok(rows.into_iter().map(view).collect())
 }
 
 fn parse_json(text: Option<String>) -> Option<serde_json::Value> {
     text.map(|t| serde_json::from_str(&t).unwrap_or(serde_json::Value::String(t)))
 }
 
-fn row_from(r: &AnyRow) -> Result<AuditRow, ControlError> {
-    Ok(AuditRow {
-        seq: r.try_get("seq")?,
-        tenant_id: r.try_get("tenant_id")?,
-        actor: r.try_get("actor")?,
-        remote_addr: r.try_get("remote_addr")?,
-        action: r.try_get("action")?,
-        target: r.try_get("target")?,
-        at_unix_ms: r.try_get("at_unix_ms")?,
-        before: parse_json(r.try_get("before_json")?),
-        after: parse_json(r.try_get("after_json")?),
-        prev_hash: r.try_get("prev_hash")?,
-        hash: r.try_get("hash")?,
-    })
+fn view(r: AuditRecord) -> AuditRow {
+    AuditRow {
+        seq: r.seq,
+        tenant_id: r.tenant_id,
+        actor: r.actor,
+        remote_addr: r.remote_addr,
+        action: r.action,
+        target: r.target,
+        at_unix_ms: r.at_unix_ms,
+        before: parse_json(r.before_json),
+        after: parse_json(r.after_json),
+        prev_hash: r.prev_hash,
+        hash: r.hash,
+    }
 }
 
 /// The outcome of a chain walk.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct VerifyReport {
     pub ok: bool,
     pub rows_checked: u64,
@@ -202,16 +170,12 @@ pub struct VerifyReport {
 
 /// The chain ended at `last_seq`/`last_hash`: it must be the head recorded in `petrel_meta`.
 async fn verify_head(
-    pool: &sqlx::AnyPool,
+    conn: &mut AnyConnection,
     last_seq: i64,
     last_hash: &str,
     checked: u64,
-) -> Result<VerifyReport, ControlError> {
-    let meta = sqlx::query("SELECT audit_head_seq, audit_head_hash FROM petrel_meta WHERE id = 1")
-        .fetch_one(pool)
-        .await?;
-    let head_seq: i64 = meta.try_get("audit_head_seq")?;
-    let head_hash: String = meta.try_get("audit_head_hash")?;
+) -> StoreResult<VerifyReport> {
+    let (head_seq, head_hash) = crate::store::audit::head(conn).await?;
     if head_seq == last_seq && head_hash == last_hash {
         return Ok(VerifyReport {
             ok: true,
@@ -232,63 +196,32 @@ async fn verify_head(
 }
 
 /// Walks the whole chain in `seq` order, then checks it ends at the recorded head.
-pub async fn verify(pool: &sqlx::AnyPool) -> Result<VerifyReport, ControlError> {
+pub async fn verify(conn: &mut AnyConnection) -> StoreResult<VerifyReport> {
     let mut prev_hash = GENESIS_HASH.to_string();
     let mut expected_seq = 1i64;
     let mut checked = 0u64;
     loop {
-        let rows = sqlx::query(
-            "SELECT seq, tenant_id, actor, remote_addr, action, target, at_unix_ms, before_json, \
-             after_json, prev_hash, hash FROM audit_log WHERE seq >= $1 ORDER BY seq LIMIT $2",
-        )
-        .bind(expected_seq)
-        .bind(VERIFY_PAGE_ROWS)
-        .fetch_all(pool)
-        .await?;
+        let rows = crate::store::audit::page(&mut *conn, expected_seq, VERIFY_PAGE_ROWS).await?;
         if rows.is_empty() {
-            return verify_head(pool, expected_seq - 1, &prev_hash, checked).await;
+            return verify_head(conn, expected_seq - 1, &prev_hash, checked).await;
         }
         for r in &rows {
-            let seq: i64 = r.try_get("seq")?;
             let broken = |reason: &str| VerifyReport {
                 ok: false,
                 rows_checked: checked,
-                first_broken_seq: Some(seq),
+                first_broken_seq: Some(r.seq),
                 reason: Some(reason.to_string()),
             };
-            if seq != expected_seq {
+            if r.seq != expected_seq {
                 return Ok(broken("sequence gap (a row was deleted)"));
             }
-            let stored_prev: String = r.try_get("prev_hash")?;
-            if stored_prev != prev_hash {
+            if r.prev_hash != prev_hash {
                 return Ok(broken("prev_hash does not match the previous row's hash"));
             }
-            let tenant_id: Option<String> = r.try_get("tenant_id")?;
-            let before: Option<String> = r.try_get("before_json")?;
-            let after: Option<String> = r.try_get("after_json")?;
-            let actor: String = r.try_get("actor")?;
-            let remote_addr: String = r.try_get("remote_addr")?;
-            let action: String = r.try_get("action")?;
-            let target: String = r.try_get("target")?;
-            let computed = chain_hash(
-                &prev_hash,
-                &Canonical {
-                    seq,
-                    tenant_id: tenant_id.as_deref(),
-                    actor: &actor,
-                    remote_addr: &remote_addr,
-                    action: &action,
-                    target: &target,
-                    at_unix_ms: r.try_get("at_unix_ms")?,
-                    before: before.as_deref(),
-                    after: after.as_deref(),
-                },
-            )?;
-            let stored: String = r.try_get("hash")?;
-            if computed != stored {
+            if chain_hash(&prev_hash, &Canonical::of(r))? != r.hash {
                 return Ok(broken("row content does not match its hash"));
             }
-            prev_hash = stored;
+            prev_hash = r.hash.clone();
             expected_seq += 1;
             checked += 1;
         }

@@ -19,7 +19,6 @@ use hmac::{Hmac, Mac};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
-use sqlx::Row;
 
 use crate::api::App;
 use crate::{ApiError, ControlError};
@@ -36,7 +35,9 @@ pub const AUTH_FAILURE_WINDOW_SECS: u64 = 60;
 pub const AUTH_CACHE_ENTRIES_MAX: usize = 10_000;
 
 /// Roles, weakest first; `Ord` follows strength.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Viewer,
@@ -87,6 +88,45 @@ pub enum Permission {
 }
 
 impl Permission {
+    /// Every permission, in declaration order.
+    pub const ALL: [Permission; 12] = [
+        Permission::TenantRead,
+        Permission::TenantsManage,
+        Permission::DomainsRead,
+        Permission::DomainsWrite,
+        Permission::CredentialsRead,
+        Permission::CredentialsWrite,
+        Permission::LimitsRead,
+        Permission::LimitsWrite,
+        Permission::GlobalLimitsWrite,
+        Permission::AuditRead,
+        Permission::AuditVerify,
+        Permission::EnginesRead,
+    ];
+
+    /// The variant's name, as routes declare it (`x-permission` in the OpenAPI document).
+    pub fn name(self) -> &'static str {
+        match self {
+            Permission::TenantRead => "TenantRead",
+            Permission::TenantsManage => "TenantsManage",
+            Permission::DomainsRead => "DomainsRead",
+            Permission::DomainsWrite => "DomainsWrite",
+            Permission::CredentialsRead => "CredentialsRead",
+            Permission::CredentialsWrite => "CredentialsWrite",
+            Permission::LimitsRead => "LimitsRead",
+            Permission::LimitsWrite => "LimitsWrite",
+            Permission::GlobalLimitsWrite => "GlobalLimitsWrite",
+            Permission::AuditRead => "AuditRead",
+            Permission::AuditVerify => "AuditVerify",
+            Permission::EnginesRead => "EnginesRead",
+        }
+    }
+
+    /// The permission named `name` (see [`Permission::name`]).
+    pub fn from_name(name: &str) -> Option<Permission> {
+        Permission::ALL.into_iter().find(|p| p.name() == name)
+    }
+
     /// Writes need the key's `admin` scope; reads need `read` or `admin`.
     pub fn is_write(self) -> bool {
         matches!(
@@ -281,10 +321,29 @@ pub fn ip_allowed(list: &[String], ip: IpAddr) -> bool {
         })
 }
 
+/// A caller the route gate ([`crate::api::routes`]) authenticated and found to hold the route's
+/// declared permission; handlers receive it as their [`Caller`].
+#[derive(Debug, Clone)]
+pub(crate) struct Authorized(pub(crate) Caller);
+
+/// Handlers take a `Caller` only from the route gate: a route without a declared permission
+/// cannot obtain one, so it cannot act for anybody (fails closed with 500).
 impl FromRequestParts<App> for Caller {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Caller, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, _app: &App) -> Result<Caller, ApiError> {
+        parts
+            .extensions
+            .get::<Authorized>()
+            .map(|a| a.0.clone())
+            .ok_or_else(|| ApiError::internal("route declares no permission"))
+    }
+}
+
+impl Caller {
+    /// Authenticates the bearer key of a request (401, or 429 when the address failed too
+    /// often). The permission check is [`Caller::require`], made by the route gate.
+    pub(crate) async fn authenticate(parts: &Parts, app: &App) -> Result<Caller, ApiError> {
         let remote = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
@@ -310,14 +369,10 @@ impl FromRequestParts<App> for Caller {
             return Err(fail("invalid key"));
         }
         let prefix = &token[..PREFIX_LENGTH_CHARS];
-        let row = sqlx::query(
-            "SELECT c.id, c.tenant_id, c.phc, c.role, c.scopes, c.ip_allowlist, c.revoked, \
-             t.suspended, t.is_operator FROM credentials c JOIN tenants t ON t.id = c.tenant_id \
-             WHERE c.prefix = $1 AND c.kind = 'api'",
-        )
-        .bind(prefix)
-        .fetch_optional(&app.db.pool)
-        .await?;
+        let row = {
+            let mut conn = app.db.conn().await?;
+            crate::store::credentials::api_key_by_prefix(&mut conn, prefix).await?
+        };
         let Some(row) = row else {
             // As long as a wrong key with a known prefix takes: the time of a refusal does not
             // tell which prefixes exist.
@@ -327,7 +382,7 @@ impl FromRequestParts<App> for Caller {
                     .await;
             return Err(fail("invalid key"));
         };
-        let phc: String = row.try_get("phc")?;
+        let phc = row.phc.clone();
         let cache_key = app.verify_cache.key(token);
         if !app.verify_cache.hit(&cache_key, &phc) {
             let (t, p) = (token.to_string(), phc.clone());
@@ -339,30 +394,29 @@ impl FromRequestParts<App> for Caller {
             }
             app.verify_cache.insert(cache_key, phc);
         }
-        if crate::store::get_bool(&row, "revoked")? {
+        if row.revoked {
             return Err(fail("key revoked"));
         }
-        let ip_allowlist = crate::store::get_list(&row, "ip_allowlist")?;
-        if !ip_allowed(&ip_allowlist, remote) {
+        if !ip_allowed(&row.ip_allowlist, remote) {
             return Err(ApiError::forbidden(
                 "this key may not be used from this address",
             ));
         }
-        if crate::store::get_bool(&row, "suspended")? {
+        if row.tenant_suspended {
             return Err(ApiError::forbidden("tenant suspended"));
         }
-        let role: Option<String> = row.try_get("role")?;
-        let role = role
+        let role = row
+            .role
             .as_deref()
             .and_then(Role::parse)
             .ok_or_else(|| ApiError::internal("key has no valid role"))?;
         Ok(Caller {
-            tenant_id: row.try_get("tenant_id")?,
-            credential_id: row.try_get("id")?,
+            tenant_id: row.tenant_id,
+            credential_id: row.id,
             prefix: prefix.to_string(),
             role,
-            scopes: crate::store::get_list(&row, "scopes")?,
-            is_operator: crate::store::get_bool(&row, "is_operator")?,
+            scopes: row.scopes,
+            is_operator: row.tenant_is_operator,
             remote,
         })
     }
@@ -371,6 +425,15 @@ impl FromRequestParts<App> for Caller {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn permission_names_round_trip() {
+        for p in Permission::ALL {
+            assert_eq!(Permission::from_name(p.name()), Some(p));
+            assert_eq!(p.name(), format!("{p:?}"), "the name is the variant's");
+        }
+        assert_eq!(Permission::from_name("domainswrite"), None);
+    }
 
     #[test]
     fn api_throttle_blocks_after_ten_failures_for_a_minute() {

@@ -1,14 +1,11 @@
 //! First-start and development bootstrap: the operator tenant with its owner key, and the
 //! `petrel up` development tenant.
 
-use sqlx::Row;
-
 use crate::api::credentials::{insert_credential, NewCredential};
-use crate::api::tenants::{insert_tenant, TenantView};
 use crate::api::{domains, new_id};
 use crate::audit::AuditEntry;
 use crate::auth::{HashCost, Role};
-use crate::store::Db;
+use crate::store::{self, tenants::Tenant, Db};
 use crate::{Clock, ControlError, ServeInfo};
 
 /// The operator tenant's name.
@@ -45,14 +42,10 @@ pub async fn ensure_operator(
     cost: HashCost,
     clock: &dyn Clock,
 ) -> Result<Option<String>, ControlError> {
-    let exists = sqlx::query("SELECT id FROM tenants WHERE is_operator = 1")
-        .fetch_optional(&db.pool)
-        .await?
-        .is_some();
-    if exists {
+    if store::tenants::operator_exists(&mut *db.conn().await?).await? {
         return Ok(None);
     }
-    let tenant = TenantView {
+    let tenant = Tenant {
         id: new_id("ten"),
         name: OPERATOR_TENANT_NAME.into(),
         is_operator: true,
@@ -66,8 +59,8 @@ pub async fn ensure_operator(
         .prepare(cost)
         .await?;
     let mut m = db.begin_mutation().await?;
-    insert_tenant(&mut m.tx, &tenant).await?;
-    let created = insert_credential(&mut m.tx, prepared, clock.now_unix_ms()).await?;
+    store::tenants::insert(m.conn(), &tenant).await?;
+    let created = insert_credential(m.conn(), prepared, clock.now_unix_ms()).await?;
     let after =
         serde_json::json!({"tenant": tenant, "owner_key_prefix": created.credential.prefix});
     match m
@@ -76,10 +69,8 @@ pub async fn ensure_operator(
     {
         Ok(_) => Ok(Some(created.secret)),
         // Another node won the race: its key was printed there.
-        Err(ControlError::Database(sqlx::Error::Database(e))) if e.is_unique_violation() => {
-            Ok(None)
-        }
-        Err(e) => Err(e),
+        Err(e) if e.is_unique_violation() => Ok(None),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -128,32 +119,21 @@ impl DevBootstrap {
 pub async fn bootstrap_dev(info: &ServeInfo) -> Result<DevBootstrap, ControlError> {
     let app = &info.app;
     let db = &app.db;
-    let existing = sqlx::query("SELECT id FROM tenants WHERE name = $1")
-        .bind(DEV_TENANT_NAME)
-        .fetch_optional(&db.pool)
-        .await?;
-    if let Some(row) = existing {
-        let tenant_id: String = row.try_get("id")?;
-        let user = sqlx::query(
-            "SELECT username FROM credentials WHERE tenant_id = $1 AND kind = 'smtp' \
-             AND name = $2 AND revoked = 0 ORDER BY created_unix_ms LIMIT 1",
-        )
-        .bind(tenant_id.clone())
-        .bind(DEV_SMTP_NAME)
-        .fetch_optional(&db.pool)
-        .await?;
-        if let Some(u) = user {
+    let mut conn = db.conn().await?;
+    if let Some(tenant) = store::tenants::get_by_name(&mut conn, DEV_TENANT_NAME).await? {
+        let user =
+            store::credentials::smtp_username_by_name(&mut conn, &tenant.id, DEV_SMTP_NAME).await?;
+        if let Some(username) = user {
             return Ok(DevBootstrap {
-                tenant_id,
+                tenant_id: tenant.id,
                 domain: DEV_DOMAIN.into(),
-                smtp_username: u
-                    .try_get::<Option<String>, _>("username")?
-                    .unwrap_or_default(),
+                smtp_username: username.unwrap_or_default(),
                 smtp_password: None,
                 api_key: None,
             });
         }
     }
+    drop(conn);
     create_dev(info).await
 }
 
@@ -161,14 +141,11 @@ async fn create_dev(info: &ServeInfo) -> Result<DevBootstrap, ControlError> {
     let app = &info.app;
     let now = app.now_ms();
     let cost = app.settings.hash_cost;
-    let tenant_row = sqlx::query("SELECT * FROM tenants WHERE name = $1")
-        .bind(DEV_TENANT_NAME)
-        .fetch_optional(&app.db.pool)
-        .await?;
-    let (tenant, tenant_exists) = match tenant_row {
-        Some(r) => (crate::api::tenants::tenant_from(&r)?, true),
+    let existing = store::tenants::get_by_name(&mut *app.db.conn().await?, DEV_TENANT_NAME).await?;
+    let (tenant, tenant_exists) = match existing {
+        Some(t) => (t, true),
         None => (
-            TenantView {
+            Tenant {
                 id: new_id("ten"),
                 name: DEV_TENANT_NAME.into(),
                 is_operator: false,
@@ -194,40 +171,27 @@ async fn create_dev(info: &ServeInfo) -> Result<DevBootstrap, ControlError> {
 
     let mut m = app.db.begin_mutation().await?;
     if !tenant_exists {
-        insert_tenant(&mut m.tx, &tenant).await?;
+        store::tenants::insert(m.conn(), &tenant).await?;
     }
-    let has_domain = sqlx::query("SELECT id FROM domains WHERE name = $1 AND tenant_id = $2")
-        .bind(DEV_DOMAIN)
-        .bind(tenant.id.clone())
-        .fetch_optional(&mut *m.tx)
-        .await?
-        .is_some();
-    if !has_domain {
-        let domain_id = new_id("dom");
-        sqlx::query(
-            "INSERT INTO domains (id, tenant_id, name, verified, verified_loopback, \
-             verified_unix_ms, created_unix_ms) VALUES ($1,$2,$3,1,1,$4,$4)",
-        )
-        .bind(domain_id.clone())
-        .bind(tenant.id.clone())
-        .bind(DEV_DOMAIN)
-        .bind(now)
-        .execute(&mut *m.tx)
-        .await?;
+    if !store::domains::exists_by_name(m.conn(), &tenant.id, DEV_DOMAIN).await? {
+        let domain = store::domains::Domain {
+            id: new_id("dom"),
+            tenant_id: tenant.id.clone(),
+            name: DEV_DOMAIN.into(),
+            verified: true,
+            verified_loopback: true,
+            verified_unix_ms: Some(now),
+            messages_per_second_max: None,
+            last_check_json: None,
+            created_unix_ms: now,
+        };
+        store::domains::insert(m.conn(), &domain).await?;
         let selector = domains::new_selector();
-        domains::insert_key(
-            &mut m.tx,
-            &tenant.id,
-            &domain_id,
-            &selector,
-            &key,
-            now,
-            Some(now),
-        )
-        .await?;
+        let row = domains::key_row(&domain, &selector, key, now, Some(now));
+        store::domains::insert_key(m.conn(), &row).await?;
     }
-    let smtp = insert_credential(&mut m.tx, smtp, now).await?;
-    let api = insert_credential(&mut m.tx, api, now).await?;
+    let smtp = insert_credential(m.conn(), smtp, now).await?;
+    let api = insert_credential(m.conn(), api, now).await?;
     let after = serde_json::json!({
         "tenant": tenant, "domain": DEV_DOMAIN,
         "smtp_credential": smtp.credential, "api_key_prefix": api.credential.prefix,

@@ -95,7 +95,7 @@ pub async fn run(cmd: ControlCommand) -> anyhow::Result<()> {
         } => {
             let db =
                 crate::store::Db::open(&data_dir.join("control"), database_url.as_deref()).await?;
-            let report = crate::audit::verify(&db.pool).await?;
+            let report = crate::audit::verify(&mut *db.conn().await?).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             if report.ok {
                 Ok(())

@@ -22,7 +22,7 @@ pub const DNS_QUERY_TIMEOUT_MS: u64 = 3_000;
 pub const TXT_RECORDS_PER_NAME_MAX: usize = 64;
 
 /// A record the tenant should publish.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct DnsRecord {
     /// `dkim`, `spf` or `dmarc`.
     pub purpose: String,
@@ -35,7 +35,7 @@ pub struct DnsRecord {
 }
 
 /// The state of one record after a lookup.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RecordState {
     /// Published as expected.
@@ -49,7 +49,7 @@ pub enum RecordState {
 }
 
 /// One record's check.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct RecordCheck {
     pub purpose: String,
     pub name: String,

@@ -4,13 +4,15 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
+use crate::store::StoreError;
+
 /// Everything that can go wrong in the control plane.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ControlError {
-    /// The database failed or refused a statement. Usually transient (connection, lock).
-    #[error("database: {0}")]
-    Database(#[from] sqlx::Error),
+    /// A store call failed (database, missing row, corrupt row).
+    #[error("store: {0}")]
+    Store(#[from] crate::store::StoreError),
     /// A schema migration failed. Permanent until an operator acts.
     #[error("migration {version}: {source}")]
     Migration {
@@ -38,9 +40,6 @@ pub enum ControlError {
     /// TLS material could not be generated or loaded.
     #[error("tls: {0}")]
     Tls(String),
-    /// A stored row breaks an invariant (bad JSON column, unknown enum name).
-    #[error("corrupt stored data: {0}")]
-    Corrupt(String),
     /// The policy crate refused our snapshot or key request.
     #[error("policy: {0}")]
     Policy(#[from] petrel_policy::PolicyError),
@@ -54,8 +53,16 @@ impl ControlError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            ControlError::Database(_) | ControlError::Io { .. } | ControlError::Listen { .. }
+            ControlError::Store(StoreError::Database(_))
+                | ControlError::Io { .. }
+                | ControlError::Listen { .. }
         )
+    }
+}
+
+impl From<sqlx::Error> for ControlError {
+    fn from(e: sqlx::Error) -> ControlError {
+        ControlError::Store(StoreError::Database(e))
     }
 }
 
@@ -116,11 +123,13 @@ impl ApiError {
     }
 }
 
-impl From<ControlError> for ApiError {
-    fn from(e: ControlError) -> ApiError {
+/// The one place a store failure becomes an HTTP answer.
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
         match e {
-            ControlError::Api(a) => a,
-            ControlError::Database(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+            StoreError::NotFound(what) => ApiError::not_found(what),
+            StoreError::Conflict(message) => ApiError::conflict(message),
+            e if e.is_unique_violation() => {
                 ApiError::conflict("a resource with that name already exists")
             }
             other => {
@@ -131,9 +140,16 @@ impl From<ControlError> for ApiError {
     }
 }
 
-impl From<sqlx::Error> for ApiError {
-    fn from(e: sqlx::Error) -> ApiError {
-        ApiError::from(ControlError::Database(e))
+impl From<ControlError> for ApiError {
+    fn from(e: ControlError) -> ApiError {
+        match e {
+            ControlError::Api(a) => a,
+            ControlError::Store(s) => ApiError::from(s),
+            other => {
+                tracing::error!(error = %other, "control plane request failed");
+                ApiError::internal("internal error")
+            }
+        }
     }
 }
 

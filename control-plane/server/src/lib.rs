@@ -16,6 +16,7 @@
 //! one (404). Secrets are argon2id hashes; a verified key is cached under a keyed hash only.
 
 #![forbid(unsafe_code)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 mod accept;
 pub mod api;
@@ -230,7 +231,7 @@ pub async fn serve_with(
             app: app.clone(),
         });
     }
-    let router = api::router(app.clone());
+    let router = api::router(app.clone()).map_err(|e| ControlError::Config(e.to_string()))?;
     let service = router.into_make_service_with_connect_info::<SocketAddr>();
     let http = async move {
         match api_tls {

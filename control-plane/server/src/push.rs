@@ -16,15 +16,13 @@ use std::time::Duration;
 use petrel_policy::{read_frame, write_frame, Frame};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use serde::Serialize;
-use sqlx::Row;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 
 use crate::api::App;
-use crate::store::get_bool;
-use crate::{ApiError, ControlError};
+use crate::store::engines::{self, Touch};
+use crate::ControlError;
 
 /// Engine connections served at once; more wait in the accept backlog.
 pub const ENGINE_CONNECTIONS_MAX: usize = 1_024;
@@ -36,44 +34,6 @@ pub const ENGINE_FRAMES_QUEUED_MAX: usize = 16;
 pub const SNAPSHOT_WRITE_TIMEOUT_MS: u64 = 30_000;
 /// Engine ids, in bytes.
 pub const ENGINE_ID_MAX_BYTES: usize = 255;
-/// Engines listed by `GET /v1/engines`.
-pub const ENGINES_LISTED_MAX: i64 = 10_000;
-
-/// One engine as `GET /v1/engines` shows it.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
-pub struct EngineView {
-    pub id: String,
-    pub remote_addr: String,
-    pub connected: bool,
-    pub connected_unix_ms: i64,
-    pub last_contact_unix_ms: i64,
-    /// Newest snapshot version sent.
-    pub sent_version: i64,
-    /// Newest snapshot version the engine acknowledged as applied.
-    pub applied_version: i64,
-}
-
-pub async fn list_engines(pool: &sqlx::AnyPool) -> Result<Vec<EngineView>, ApiError> {
-    let rows = sqlx::query("SELECT * FROM engines ORDER BY id LIMIT $1")
-        .bind(ENGINES_LISTED_MAX)
-        .fetch_all(pool)
-        .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(EngineView {
-                id: r.try_get("id")?,
-                remote_addr: r.try_get("remote_addr")?,
-                connected: get_bool(r, "connected")?,
-                connected_unix_ms: r.try_get("connected_unix_ms")?,
-                last_contact_unix_ms: r.try_get("last_contact_unix_ms")?,
-                sent_version: r.try_get("sent_version")?,
-                applied_version: r.try_get("applied_version")?,
-            })
-        })
-        .collect::<Result<_, sqlx::Error>>()
-        .map_err(ApiError::from)
-}
-
 /// TLS material for the push listener.
 pub struct PushTls {
     pub acceptor: TlsAcceptor,
@@ -260,29 +220,16 @@ async fn engine_session(
     let engine_id = hello.engine_id.clone();
     register(app, &engine_id, peer, hello.applied_version).await?;
     let result = run_session(stream, app, &engine_id, cache).await;
-    let _ = sqlx::query("UPDATE engines SET connected = 0 WHERE id = $1")
-        .bind(engine_id.clone())
-        .execute(&app.db.pool)
-        .await;
+    if let Ok(mut conn) = app.db.conn().await {
+        let _ = engines::disconnect(&mut conn, &engine_id).await;
+    }
     result
 }
 
 async fn register(app: &App, id: &str, peer: SocketAddr, applied: u64) -> Result<(), ControlError> {
-    let now = app.now_ms();
-    sqlx::query(
-        "INSERT INTO engines (id, remote_addr, connected, connected_unix_ms, last_contact_unix_ms, \
-         sent_version, applied_version) VALUES ($1,$2,1,$3,$3,0,$4) ON CONFLICT (id) DO UPDATE \
-         SET remote_addr = excluded.remote_addr, connected = 1, \
-         connected_unix_ms = excluded.connected_unix_ms, \
-         last_contact_unix_ms = excluded.last_contact_unix_ms, \
-         applied_version = excluded.applied_version",
-    )
-    .bind(id.to_string())
-    .bind(peer.to_string())
-    .bind(now)
-    .bind(i64::try_from(applied).unwrap_or(0))
-    .execute(&app.db.pool)
-    .await?;
+    let applied = i64::try_from(applied).unwrap_or(0);
+    let mut conn = app.db.conn().await?;
+    engines::register(&mut conn, id, &peer.to_string(), applied, app.now_ms()).await?;
     Ok(())
 }
 
@@ -325,7 +272,7 @@ where
                 .await
                 .map_err(|_| ControlError::Config("snapshot write timed out".into()))??;
                 sent = Some(version);
-                touch(app, engine_id, Touch::Sent(version)).await?;
+                touch(app, engine_id, Touch::Sent(version_i64(version))).await?;
             }
         }
         tokio::select! {
@@ -336,7 +283,7 @@ where
             }
             frame = frames_rx.recv() => match frame {
                 Some(Ok(Some(Frame::Ack { version }))) => {
-                    touch(app, engine_id, Touch::Applied(version)).await?;
+                    touch(app, engine_id, Touch::Applied(version_i64(version))).await?;
                 }
                 Some(Ok(Some(Frame::Ping))) => {
                     write_frame(&mut writer, &Frame::Pong).await?;
@@ -354,35 +301,15 @@ where
     }
 }
 
-/// What to record about an engine besides the contact time.
-enum Touch {
-    Contact,
-    Sent(u64),
-    Applied(u64),
+async fn touch(app: &App, id: &str, what: Touch) -> Result<(), ControlError> {
+    let mut conn = app.db.conn().await?;
+    engines::touch(&mut conn, id, what, app.now_ms()).await?;
+    Ok(())
 }
 
-async fn touch(app: &App, id: &str, what: Touch) -> Result<(), ControlError> {
-    let v = |x: u64| i64::try_from(x).unwrap_or(i64::MAX);
-    let (sql, version) = match what {
-        Touch::Contact => (
-            "UPDATE engines SET last_contact_unix_ms = $1 WHERE id = $2",
-            None,
-        ),
-        Touch::Sent(x) => (
-            "UPDATE engines SET last_contact_unix_ms = $1, sent_version = $3 WHERE id = $2",
-            Some(x),
-        ),
-        Touch::Applied(x) => (
-            "UPDATE engines SET last_contact_unix_ms = $1, applied_version = $3 WHERE id = $2",
-            Some(x),
-        ),
-    };
-    let mut q = sqlx::query(sql).bind(app.now_ms()).bind(id.to_string());
-    if let Some(x) = version {
-        q = q.bind(v(x));
-    }
-    q.execute(&app.db.pool).await?;
-    Ok(())
+/// A snapshot version as its `BIGINT` column.
+fn version_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -410,14 +337,12 @@ pub async fn listen_version(app: App, database_url: String) {
 }
 
 /// One listener connection: announces every version it hears until the connection fails.
-async fn listen_once(app: &App, database_url: &str) -> Result<(), sqlx::Error> {
-    let mut listener = sqlx::postgres::PgListener::connect(database_url).await?;
-    listener.listen(crate::store::POLICY_CHANNEL).await?;
+async fn listen_once(app: &App, database_url: &str) -> Result<(), crate::store::StoreError> {
+    let mut listener = crate::store::VersionListener::connect(database_url).await?;
     loop {
-        let notification = listener.recv().await?;
-        match notification.payload().parse::<u64>() {
-            Ok(v) => app.notify(v),
-            Err(_) => tracing::warn!("unexpected policy version payload"),
+        match listener.recv().await? {
+            Some(v) => app.notify(v),
+            None => tracing::warn!("unexpected policy version payload"),
         }
     }
 }

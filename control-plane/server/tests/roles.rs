@@ -7,6 +7,7 @@ mod common;
 use std::collections::BTreeSet;
 
 use common::scenarios::new_tenant;
+use petrel_control::api::openapi::{Access, AccessTable};
 use petrel_control::auth::{role_allows, Permission as P};
 use petrel_control::Role;
 use serde_json::{json, Value};
@@ -232,15 +233,26 @@ async fn every_endpoint_every_role_and_tenant_isolation() {
         .to_string();
 
     let table = cases(&b, &b_domain, &b_cred);
-    // The table covers every documented route.
-    let documented: BTreeSet<(String, String)> = petrel_control::api::openapi::ROUTES
-        .iter()
-        .filter(|r| r.permission.is_some())
-        .map(|r| (r.method.to_uppercase(), r.path.to_string()))
+    // The table covers every documented route, with the permission the document declares.
+    let doc = h.call("GET", "/v1/openapi.json", None, None).await.body;
+    let documented: BTreeSet<(String, String, &str)> = AccessTable::from_document(&doc)
+        .expect("access table")
+        .entries()
+        .into_iter()
+        .filter_map(|(m, p, a)| match a {
+            Access::Requires(perm) => Some((m.to_string(), p, perm.name())),
+            Access::Public => None,
+        })
         .collect();
-    let tested: BTreeSet<(String, String)> = table
+    let tested: BTreeSet<(String, String, &str)> = table
         .iter()
-        .map(|c| (c.method.to_string(), c.route.to_string()))
+        .map(|c| {
+            (
+                c.method.to_string(),
+                c.route.to_string(),
+                c.permission.name(),
+            )
+        })
         .collect();
     assert_eq!(documented, tested);
 

@@ -5,19 +5,19 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use sqlx::any::AnyRow;
-use sqlx::Row;
+use sqlx::AnyConnection;
 
 use super::{audit_json, new_id, normalize_domain, ApiJson, App};
-use crate::auth::{generate_key, hash_secret_async, Caller, HashCost, Permission, Role, SCOPES};
-use crate::store::{get_bool, get_list};
+use crate::auth::{generate_key, hash_secret_async, Caller, HashCost, Role, SCOPES};
+use crate::store::credentials::CredentialRow;
+use crate::store::{self, StoreResult};
 use crate::{ApiError, ControlError};
 
 /// Longest credential label or SMTP username, in bytes.
 pub const CREDENTIAL_NAME_MAX_BYTES: usize = 128;
 
 /// A credential as the API shows it (never the secret or its hash).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct CredentialView {
     pub id: String,
     pub tenant_id: String,
@@ -40,31 +40,33 @@ pub struct CredentialView {
 }
 
 /// A credential and its secret, returned once.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CredentialCreated {
     pub credential: CredentialView,
     /// The API key, or the SMTP password. Not retrievable later.
     pub secret: String,
 }
 
-pub(crate) fn credential_from(r: &AnyRow) -> Result<CredentialView, ControlError> {
-    let role: Option<String> = r.try_get("role")?;
-    Ok(CredentialView {
-        id: r.try_get("id")?,
-        tenant_id: r.try_get("tenant_id")?,
-        kind: r.try_get("kind")?,
-        name: r.try_get("name")?,
-        username: r.try_get("username")?,
-        prefix: r.try_get("prefix")?,
-        role: role.as_deref().and_then(Role::parse),
-        scopes: get_list(r, "scopes")?,
-        allowed_sender_domains: get_list(r, "allowed_sender_domains")?,
-        ip_allowlist: get_list(r, "ip_allowlist")?,
-        revoked: get_bool(r, "revoked")?,
-        created_unix_ms: r.try_get("created_unix_ms")?,
-        revoked_unix_ms: r.try_get("revoked_unix_ms")?,
-        rotated_unix_ms: r.try_get("rotated_unix_ms")?,
-    })
+impl From<CredentialRow> for CredentialView {
+    /// Everything but the hash.
+    fn from(c: CredentialRow) -> CredentialView {
+        CredentialView {
+            id: c.id,
+            tenant_id: c.tenant_id,
+            kind: c.kind,
+            name: c.name,
+            username: c.username,
+            prefix: c.prefix,
+            role: c.role,
+            scopes: c.scopes,
+            allowed_sender_domains: c.allowed_sender_domains,
+            ip_allowlist: c.ip_allowlist,
+            revoked: c.revoked,
+            created_unix_ms: c.created_unix_ms,
+            revoked_unix_ms: c.revoked_unix_ms,
+            rotated_unix_ms: c.rotated_unix_ms,
+        }
+    }
 }
 
 /// What to create; [`NewCredential::prepare`] draws the secret and hashes it.
@@ -123,84 +125,50 @@ fn default_scopes(kind: &str, role: Role) -> Vec<String> {
     s.iter().map(|x| x.to_string()).collect()
 }
 
-fn json_list(v: &[String]) -> String {
-    serde_json::Value::from(v.to_vec()).to_string()
-}
-
-/// Inserts a prepared credential (inside a mutation).
+/// Inserts a prepared credential (inside a mutation); returns it with its secret.
 pub(crate) async fn insert_credential(
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    conn: &mut AnyConnection,
     p: Prepared,
     now_ms: i64,
-) -> Result<CredentialCreated, ControlError> {
+) -> StoreResult<CredentialCreated> {
     let prefix = p.secret[..crate::auth::PREFIX_LENGTH_CHARS].to_string();
     let username = match (p.new.kind, &p.new.username) {
         ("smtp", Some(u)) => Some(u.clone()),
         ("smtp", None) => Some(format!("smtp-{}", prefix.to_ascii_lowercase())),
         _ => None,
     };
-    sqlx::query(
-        "INSERT INTO credentials (id, tenant_id, kind, name, username, prefix, phc, role, scopes, \
-         allowed_sender_domains, ip_allowlist, revoked, created_unix_ms) \
-         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,0,$12)",
-    )
-    .bind(p.id.clone())
-    .bind(p.new.tenant_id.clone())
-    .bind(p.new.kind)
-    .bind(p.new.name.clone())
-    .bind(username.clone())
-    .bind(prefix.clone())
-    .bind(p.phc)
-    .bind(p.new.role.map(|r| r.as_str().to_string()))
-    .bind(json_list(&p.new.scopes))
-    .bind(json_list(&p.new.allowed_sender_domains))
-    .bind(json_list(&p.new.ip_allowlist))
-    .bind(now_ms)
-    .execute(&mut **tx)
-    .await?;
+    let row = CredentialRow {
+        id: p.id,
+        tenant_id: p.new.tenant_id,
+        kind: p.new.kind.to_string(),
+        name: p.new.name,
+        username,
+        prefix,
+        phc: p.phc,
+        role: p.new.role,
+        scopes: p.new.scopes,
+        allowed_sender_domains: p.new.allowed_sender_domains,
+        ip_allowlist: p.new.ip_allowlist,
+        revoked: false,
+        created_unix_ms: now_ms,
+        revoked_unix_ms: None,
+        rotated_unix_ms: None,
+    };
+    store::credentials::insert(conn, &row).await?;
     Ok(CredentialCreated {
-        credential: CredentialView {
-            id: p.id,
-            tenant_id: p.new.tenant_id,
-            kind: p.new.kind.to_string(),
-            name: p.new.name,
-            username,
-            prefix,
-            role: p.new.role,
-            scopes: p.new.scopes,
-            allowed_sender_domains: p.new.allowed_sender_domains,
-            ip_allowlist: p.new.ip_allowlist,
-            revoked: false,
-            created_unix_ms: now_ms,
-            revoked_unix_ms: None,
-            rotated_unix_ms: None,
-        },
+        credential: row.into(),
         secret: p.secret,
     })
 }
 
-pub(crate) async fn fetch_credential<'e, E>(
-    ex: E,
-    tenant_id: &str,
-    id: &str,
-) -> Result<CredentialView, ApiError>
-where
-    E: sqlx::Executor<'e, Database = sqlx::Any>,
-{
-    let row = sqlx::query("SELECT * FROM credentials WHERE id = $1 AND tenant_id = $2")
-        .bind(id.to_string())
-        .bind(tenant_id.to_string())
-        .fetch_optional(ex)
-        .await?
-        .ok_or_else(|| ApiError::not_found("credential"))?;
-    Ok(credential_from(&row)?)
-}
-
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateCredential {
     /// `api` or `smtp`.
+    #[schema(pattern = "^(api|smtp)$")]
     pub kind: String,
+    /// 1 to 128 printable ASCII characters.
+    #[schema(pattern = "^[ -~]{1,128}$")]
     pub name: String,
     #[serde(default)]
     pub username: Option<String>,
@@ -297,17 +265,26 @@ fn validate(caller: &Caller, req: CreateCredential) -> Result<NewCredential, Api
     })
 }
 
+#[utoipa::path(
+    post,
+    operation_id = "credentials_create",
+    path = "/v1/credentials",
+    summary = "Create an API key or SMTP credential (secret shown once)",
+    request_body = CreateCredential,
+    responses((status = 201, body = CredentialCreated)),
+    security(("bearer" = [])),
+    extensions(("x-permission" = json!("CredentialsWrite")))
+)]
 pub async fn create(
     State(app): State<App>,
     caller: Caller,
     ApiJson(req): ApiJson<CreateCredential>,
 ) -> Result<(StatusCode, Json<CredentialCreated>), ApiError> {
-    caller.require(Permission::CredentialsWrite)?;
     let prepared = validate(&caller, req)?
         .prepare(app.settings.hash_cost)
         .await?;
     let mut m = app.db.begin_mutation().await?;
-    let created = insert_credential(&mut m.tx, prepared, app.now_ms()).await?;
+    let created = insert_credential(m.conn(), prepared, app.now_ms()).await?;
     let entry = app.entry(
         &caller,
         Some(&caller.tenant_id),
@@ -321,29 +298,40 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(created)))
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "credentials_list",
+    path = "/v1/credentials",
+    summary = "List credentials",
+    responses((status = 200, body = Vec<CredentialView>)),
+    security(("bearer" = [])),
+    extensions(("x-permission" = json!("CredentialsRead")))
+)]
 pub async fn list(
     State(app): State<App>,
     caller: Caller,
 ) -> Result<Json<Vec<CredentialView>>, ApiError> {
-    caller.require(Permission::CredentialsRead)?;
-    let rows =
-        sqlx::query("SELECT * FROM credentials WHERE tenant_id = $1 ORDER BY created_unix_ms, id")
-            .bind(caller.tenant_id.clone())
-            .fetch_all(&app.db.pool)
-            .await?;
-    let list = rows.iter().map(credential_from).collect::<Result<_, _>>()?;
-    Ok(Json(list))
+    let rows = store::credentials::list(&mut *app.db.conn().await?, &caller.tenant_id).await?;
+    Ok(Json(rows.into_iter().map(CredentialView::from).collect()))
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "credentials_show",
+    path = "/v1/credentials/{id}",
+    summary = "Show a credential",
+    params(("id" = String, Path, description = "The object's id")),
+    responses((status = 200, body = CredentialView)),
+    security(("bearer" = [])),
+    extensions(("x-permission" = json!("CredentialsRead")))
+)]
 pub async fn show(
     State(app): State<App>,
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<CredentialView>, ApiError> {
-    caller.require(Permission::CredentialsRead)?;
-    Ok(Json(
-        fetch_credential(&app.db.pool, &caller.tenant_id, &id).await?,
-    ))
+    let row = store::credentials::get(&mut *app.db.conn().await?, &caller.tenant_id, &id).await?;
+    Ok(Json(row.into()))
 }
 
 /// A caller may only act on credentials whose role is not above its own.
@@ -356,24 +344,28 @@ fn check_rank(caller: &Caller, c: &CredentialView) -> Result<(), ApiError> {
     }
 }
 
+#[utoipa::path(
+    post,
+    operation_id = "credentials_revoke",
+    path = "/v1/credentials/{id}/revoke",
+    summary = "Revoke a credential",
+    params(("id" = String, Path, description = "The object's id")),
+    responses((status = 200, body = CredentialView)),
+    security(("bearer" = [])),
+    extensions(("x-permission" = json!("CredentialsWrite")))
+)]
 pub async fn revoke(
     State(app): State<App>,
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<CredentialView>, ApiError> {
-    caller.require(Permission::CredentialsWrite)?;
     let now = app.now_ms();
     let mut m = app.db.begin_mutation().await?;
-    let before = fetch_credential(&mut *m.tx, &caller.tenant_id, &id).await?;
+    let before: CredentialView = store::credentials::get(m.conn(), &caller.tenant_id, &id)
+        .await?
+        .into();
     check_rank(&caller, &before)?;
-    sqlx::query(
-        "UPDATE credentials SET revoked = 1, revoked_unix_ms = $1 WHERE id = $2 AND tenant_id = $3",
-    )
-    .bind(now)
-    .bind(id.clone())
-    .bind(caller.tenant_id.clone())
-    .execute(&mut *m.tx)
-    .await?;
+    store::credentials::revoke(m.conn(), &caller.tenant_id, &id, now).await?;
     let after = CredentialView {
         revoked: true,
         revoked_unix_ms: Some(now),
@@ -392,34 +384,35 @@ pub async fn revoke(
     Ok(Json(after))
 }
 
+#[utoipa::path(
+    post,
+    operation_id = "credentials_rotate",
+    path = "/v1/credentials/{id}/rotate",
+    summary = "Replace a credential's secret (new secret shown once)",
+    params(("id" = String, Path, description = "The object's id")),
+    responses((status = 200, body = CredentialCreated)),
+    security(("bearer" = [])),
+    extensions(("x-permission" = json!("CredentialsWrite")))
+)]
 /// Replaces the secret (new prefix, new hash); the old secret stops working at once.
 pub async fn rotate(
     State(app): State<App>,
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<CredentialCreated>, ApiError> {
-    caller.require(Permission::CredentialsWrite)?;
     let secret = generate_key();
     let phc = hash_secret_async(secret.clone(), app.settings.hash_cost).await?;
     let prefix = secret[..crate::auth::PREFIX_LENGTH_CHARS].to_string();
     let now = app.now_ms();
     let mut m = app.db.begin_mutation().await?;
-    let before = fetch_credential(&mut *m.tx, &caller.tenant_id, &id).await?;
+    let before: CredentialView = store::credentials::get(m.conn(), &caller.tenant_id, &id)
+        .await?
+        .into();
     check_rank(&caller, &before)?;
     if before.revoked {
         return Err(ApiError::conflict("credential is revoked"));
     }
-    sqlx::query(
-        "UPDATE credentials SET prefix = $1, phc = $2, rotated_unix_ms = $3 \
-         WHERE id = $4 AND tenant_id = $5",
-    )
-    .bind(prefix.clone())
-    .bind(phc)
-    .bind(now)
-    .bind(id.clone())
-    .bind(caller.tenant_id.clone())
-    .execute(&mut *m.tx)
-    .await?;
+    store::credentials::set_secret(m.conn(), &caller.tenant_id, &id, &prefix, &phc, now).await?;
     let after = CredentialView {
         prefix,
         rotated_unix_ms: Some(now),

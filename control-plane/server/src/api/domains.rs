@@ -10,20 +10,20 @@ use axum::http::StatusCode;
 use axum::Json;
 use petrel_policy::DkimAlgorithm;
 use serde::{Deserialize, Serialize};
-use sqlx::any::AnyRow;
-use sqlx::Row;
+use sqlx::AnyConnection;
 
 use super::{audit_json, new_id, normalize_domain, ApiJson, App};
-use crate::auth::{Caller, Permission};
+use crate::auth::Caller;
 use crate::dns::{records_for, DnsRecord, RecordCheck, RecordState};
-use crate::store::{get_bool, get_opt_u64};
+use crate::store;
+use crate::store::domains::{algorithm_name, parse_algorithm, DkimKeyRow, Domain};
 use crate::{ApiError, ControlError};
 
 /// DKIM keys listed per domain (active, pending and retired within grace).
 pub const DKIM_KEYS_PER_DOMAIN_MAX: usize = petrel_policy::snapshot::DKIM_KEYS_PER_DOMAIN_MAX;
 
 /// A DKIM key as the API shows it (never the private half).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct KeyView {
     pub selector: String,
     /// `ed25519` or `rsa2048`.
@@ -39,7 +39,7 @@ pub struct KeyView {
 }
 
 /// A sending domain as the API shows it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct DomainView {
     pub id: String,
     pub tenant_id: String,
@@ -57,78 +57,66 @@ pub struct DomainView {
     pub last_check: Option<Vec<RecordCheck>>,
 }
 
-pub(crate) fn algorithm_name(a: DkimAlgorithm) -> &'static str {
-    match a {
-        DkimAlgorithm::Ed25519 => "ed25519",
-        DkimAlgorithm::Rsa2048 => "rsa2048",
+impl KeyView {
+    fn of(k: &DkimKeyRow, grace_ms: i64) -> KeyView {
+        KeyView {
+            selector: k.selector.clone(),
+            algorithm: algorithm_name(k.algorithm).to_string(),
+            dns_txt: k.dns_txt.clone(),
+            created_unix_ms: k.created_unix_ms,
+            activated_unix_ms: k.activated_unix_ms,
+            retired_unix_ms: k.retired_unix_ms,
+            listed_until_unix_ms: k.retired_unix_ms.map(|t| t.saturating_add(grace_ms)),
+        }
     }
-}
-
-pub(crate) fn parse_algorithm(s: &str) -> Option<DkimAlgorithm> {
-    match s {
-        "ed25519" => Some(DkimAlgorithm::Ed25519),
-        "rsa2048" | "rsa" => Some(DkimAlgorithm::Rsa2048),
-        _ => None,
-    }
-}
-
-fn key_from(r: &AnyRow, grace_ms: i64) -> Result<KeyView, sqlx::Error> {
-    let retired: Option<i64> = r.try_get("retired_unix_ms")?;
-    Ok(KeyView {
-        selector: r.try_get("selector")?,
-        algorithm: r.try_get("algorithm")?,
-        dns_txt: r.try_get("dns_txt")?,
-        created_unix_ms: r.try_get("created_unix_ms")?,
-        activated_unix_ms: r.try_get("activated_unix_ms")?,
-        retired_unix_ms: retired,
-        listed_until_unix_ms: retired.map(|t| t.saturating_add(grace_ms)),
-    })
 }
 
 /// Loads one domain of `tenant_id` with its listed keys (oldest first).
 pub(crate) async fn fetch_domain(
-    conn: &mut sqlx::AnyConnection,
+    conn: &mut AnyConnection,
     app: &App,
     tenant_id: &str,
     id: &str,
 ) -> Result<DomainView, ApiError> {
-    let row = sqlx::query("SELECT * FROM domains WHERE id = $1 AND tenant_id = $2")
-        .bind(id.to_string())
-        .bind(tenant_id.to_string())
-        .fetch_optional(&mut *conn)
-        .await?
-        .ok_or_else(|| ApiError::not_found("domain"))?;
+    let row = store::domains::get(&mut *conn, tenant_id, id).await?;
+    view(conn, app, row).await
+}
+
+/// The API view of a stored domain: its listed keys and the records to publish.
+async fn view(conn: &mut AnyConnection, app: &App, row: Domain) -> Result<DomainView, ApiError> {
     let grace = app.settings.dkim_rotation_grace_ms;
-    let keys = sqlx::query(
-        "SELECT * FROM dkim_keys WHERE domain_id = $1 AND tenant_id = $2 \
-         AND (retired_unix_ms IS NULL OR retired_unix_ms > $3) ORDER BY created_unix_ms, id",
-    )
-    .bind(id.to_string())
-    .bind(tenant_id.to_string())
-    .bind(app.now_ms().saturating_sub(grace))
-    .fetch_all(&mut *conn)
-    .await?
-    .iter()
-    .map(|r| key_from(r, grace))
-    .collect::<Result<Vec<_>, _>>()?;
-    let name: String = row.try_get("name")?;
+    let listed_after = app.now_ms().saturating_sub(grace);
+    let keys: Vec<KeyView> =
+        store::domains::listed_keys(conn, &row.tenant_id, &row.id, listed_after)
+            .await?
+            .iter()
+            .map(|k| KeyView::of(k, grace))
+            .collect();
     let dns_records = keys
         .last()
-        .map(|k| records_for(&name, &k.selector, &k.dns_txt, &app.settings.spf_include))
+        .map(|k| {
+            records_for(
+                &row.name,
+                &k.selector,
+                &k.dns_txt,
+                &app.settings.spf_include,
+            )
+        })
         .unwrap_or_default();
-    let last_check: Option<String> = row.try_get("last_check_json")?;
     Ok(DomainView {
-        id: row.try_get("id")?,
-        tenant_id: row.try_get("tenant_id")?,
-        name,
-        verified: get_bool(&row, "verified")?,
-        verified_for_loopback: get_bool(&row, "verified_loopback")?,
-        verified_unix_ms: row.try_get("verified_unix_ms")?,
-        messages_per_second_max: get_opt_u64(&row, "messages_per_second_max")?,
-        created_unix_ms: row.try_get("created_unix_ms")?,
+        id: row.id,
+        tenant_id: row.tenant_id,
+        name: row.name,
+        verified: row.verified,
+        verified_for_loopback: row.verified_loopback,
+        verified_unix_ms: row.verified_unix_ms,
+        messages_per_second_max: row.messages_per_second_max,
+        created_unix_ms: row.created_unix_ms,
         keys,
         dns_records,
-        last_check: last_check.and_then(|t| serde_json::from_str(&t).ok()),
+        last_check: row
+            .last_check_json
+            .and_then(|t| serde_json::from_str(&t).ok()),
     })
 }
 
@@ -142,32 +130,26 @@ pub(crate) async fn generate_key(
         .map_err(ControlError::from)
 }
 
-/// Inserts a key row (inside a mutation). `activated`: None for a pending key.
-pub(crate) async fn insert_key(
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
-    tenant_id: &str,
-    domain_id: &str,
+/// The row of a new key of `domain`. `activated`: None for a pending key.
+pub(crate) fn key_row(
+    domain: &Domain,
     selector: &str,
-    key: &petrel_policy::keys::GeneratedKey,
+    key: petrel_policy::keys::GeneratedKey,
     now_ms: i64,
     activated: Option<i64>,
-) -> Result<(), ControlError> {
-    sqlx::query(
-        "INSERT INTO dkim_keys (id, tenant_id, domain_id, selector, algorithm, private_key, \
-         dns_txt, activated_unix_ms, created_unix_ms) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)",
-    )
-    .bind(new_id("key"))
-    .bind(tenant_id.to_string())
-    .bind(domain_id.to_string())
-    .bind(selector.to_string())
-    .bind(algorithm_name(key.algorithm))
-    .bind(key.private_key_pkcs8_der.clone())
-    .bind(key.dns_txt.clone())
-    .bind(activated)
-    .bind(now_ms)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
+) -> DkimKeyRow {
+    DkimKeyRow {
+        id: new_id("key"),
+        tenant_id: domain.tenant_id.clone(),
+        domain_id: domain.id.clone(),
+        selector: selector.to_string(),
+        algorithm: key.algorithm,
+        private_key_pkcs8_der: key.private_key_pkcs8_der,
+        dns_txt: key.dns_txt,
+        activated_unix_ms: activated,
+        created_unix_ms: now_ms,
+        retired_unix_ms: None,
+    }
 }
 
 /// `ptl-<8 hex>`, a fresh DKIM selector.
@@ -190,14 +172,19 @@ fn check_selector(s: &str) -> Result<(), ApiError> {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateDomain {
+    /// A DNS name.
+    #[schema(max_length = 253)]
     pub name: String,
     /// `ed25519` (default) or `rsa2048`.
     #[serde(default)]
+    #[schema(pattern = "^(ed25519|rsa2048|rsa)$")]
     pub algorithm: Option<String>,
+    /// `[a-z0-9-]` labels; default: a fresh `ptl-<8 hex>`.
     #[serde(default)]
+    #[schema(pattern = r"^[a-z0-9-]+(\.[a-z0-9-]+)*$", max_length = 63)]
     pub selector: Option<String>,
 }
 
@@ -215,39 +202,42 @@ fn pick_key_params(
     Ok((alg, selector))
 }
 
+#[utoipa::path(
+    post,
+    operation_id = "domains_create",
+    path = "/v1/domains",
+    summary = "Add a sending domain; generates a DKIM key (ed25519 or rsa2048) and returns the DNS records",
+    request_body = CreateDomain,
+    responses((status = 201, body = DomainView)),
+    security(("bearer" = [])),
+    extensions(("x-permission" = json!("DomainsWrite")))
+)]
 pub async fn create(
     State(app): State<App>,
     caller: Caller,
     ApiJson(req): ApiJson<CreateDomain>,
 ) -> Result<(StatusCode, Json<DomainView>), ApiError> {
-    caller.require(Permission::DomainsWrite)?;
     let name = normalize_domain(&req.name)?;
     let (alg, selector) = pick_key_params(req.algorithm.as_deref(), req.selector)?;
     let key = generate_key(alg).await?;
-    let id = new_id("dom");
     let now = app.now_ms();
+    let domain = Domain {
+        id: new_id("dom"),
+        tenant_id: caller.tenant_id.clone(),
+        name,
+        verified: false,
+        verified_loopback: false,
+        verified_unix_ms: None,
+        messages_per_second_max: None,
+        last_check_json: None,
+        created_unix_ms: now,
+    };
+    let id = domain.id.clone();
     let mut m = app.db.begin_mutation().await?;
-    sqlx::query(
-        "INSERT INTO domains (id, tenant_id, name, verified, verified_loopback, created_unix_ms) \
-         VALUES ($1,$2,$3,0,0,$4)",
-    )
-    .bind(id.clone())
-    .bind(caller.tenant_id.clone())
-    .bind(name.clone())
-    .bind(now)
-    .execute(&mut *m.tx)
-    .await?;
-    insert_key(
-        &mut m.tx,
-        &caller.tenant_id,
-        &id,
-        &selector,
-        &key,
-        now,
-        Some(now),
-    )
-    .await?;
-    let view = fetch_domain(&mut m.tx, &app, &caller.tenant_id, &id).await?;
+    store::domains::insert(m.conn(), &domain).await?;
+    let key = key_row(&domain, &selector, key, now, Some(now));
+    store::domains::insert_key(m.conn(), &key).await?;
+    let view = fetch_domain(m.conn(), &app, &caller.tenant_id, &id).await?;
     let entry = app.entry(
         &caller,
         Some(&caller.tenant_id),
@@ -261,56 +251,67 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(view)))
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "domains_list",
+    path = "/v1/domains",
+    summary = "List sending domains",
+    responses((status = 200, body = Vec<DomainView>)),
+    security(("bearer" = [])),
+    extensions(("x-permission" = json!("DomainsRead")))
+)]
 pub async fn list(
     State(app): State<App>,
     caller: Caller,
 ) -> Result<Json<Vec<DomainView>>, ApiError> {
-    caller.require(Permission::DomainsRead)?;
-    let mut conn = app.db.pool.acquire().await?;
-    let ids: Vec<String> = sqlx::query("SELECT id FROM domains WHERE tenant_id = $1 ORDER BY name")
-        .bind(caller.tenant_id.clone())
-        .fetch_all(&mut *conn)
-        .await?
-        .iter()
-        .map(|r| r.try_get("id"))
-        .collect::<Result<_, _>>()?;
-    let mut out = Vec::with_capacity(ids.len());
-    for id in ids {
-        out.push(fetch_domain(&mut conn, &app, &caller.tenant_id, &id).await?);
+    let mut conn = app.db.conn().await?;
+    let rows = store::domains::list(&mut conn, &caller.tenant_id).await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        out.push(view(&mut conn, &app, row).await?);
     }
     Ok(Json(out))
 }
 
+#[utoipa::path(
+    get,
+    operation_id = "domains_show",
+    path = "/v1/domains/{id}",
+    summary = "Show a sending domain with its keys and DNS records",
+    params(("id" = String, Path, description = "The object's id")),
+    responses((status = 200, body = DomainView)),
+    security(("bearer" = [])),
+    extensions(("x-permission" = json!("DomainsRead")))
+)]
 pub async fn show(
     State(app): State<App>,
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<DomainView>, ApiError> {
-    caller.require(Permission::DomainsRead)?;
-    let mut conn = app.db.pool.acquire().await?;
+    let mut conn = app.db.conn().await?;
     Ok(Json(
         fetch_domain(&mut conn, &app, &caller.tenant_id, &id).await?,
     ))
 }
 
+#[utoipa::path(
+    delete,
+    operation_id = "domains_delete",
+    path = "/v1/domains/{id}",
+    summary = "Delete a sending domain and its keys",
+    params(("id" = String, Path, description = "The object's id")),
+    responses((status = 204, description = "Done")),
+    security(("bearer" = [])),
+    extensions(("x-permission" = json!("DomainsWrite")))
+)]
 pub async fn delete(
     State(app): State<App>,
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    caller.require(Permission::DomainsWrite)?;
     let mut m = app.db.begin_mutation().await?;
-    let before = fetch_domain(&mut m.tx, &app, &caller.tenant_id, &id).await?;
-    sqlx::query("DELETE FROM dkim_keys WHERE domain_id = $1 AND tenant_id = $2")
-        .bind(id.clone())
-        .bind(caller.tenant_id.clone())
-        .execute(&mut *m.tx)
-        .await?;
-    sqlx::query("DELETE FROM domains WHERE id = $1 AND tenant_id = $2")
-        .bind(id.clone())
-        .bind(caller.tenant_id.clone())
-        .execute(&mut *m.tx)
-        .await?;
+    let before = fetch_domain(m.conn(), &app, &caller.tenant_id, &id).await?;
+    store::domains::delete(m.conn(), &caller.tenant_id, &id).await?;
     let entry = app.entry(
         &caller,
         Some(&caller.tenant_id),
@@ -324,6 +325,16 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    post,
+    operation_id = "domains_verify",
+    path = "/v1/domains/{id}/verify",
+    summary = "Look the DNS records up; marks the domain verified when DKIM and SPF are found",
+    params(("id" = String, Path, description = "The object's id")),
+    responses((status = 200, body = DomainView)),
+    security(("bearer" = [])),
+    extensions(("x-permission" = json!("DomainsWrite")))
+)]
 /// Looks the records up; marks the domain verified when DKIM (newest key) and SPF are found,
 /// and activates a pending key whose record is found.
 pub async fn verify(
@@ -331,9 +342,8 @@ pub async fn verify(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<DomainView>, ApiError> {
-    caller.require(Permission::DomainsWrite)?;
     let expected = {
-        let mut conn = app.db.pool.acquire().await?;
+        let mut conn = app.db.conn().await?;
         fetch_domain(&mut conn, &app, &caller.tenant_id, &id).await?
     };
     let checks = app
@@ -347,7 +357,7 @@ pub async fn verify(
     let now = app.now_ms();
 
     let mut m = app.db.begin_mutation().await?;
-    let before = fetch_domain(&mut m.tx, &app, &caller.tenant_id, &id).await?;
+    let before = fetch_domain(m.conn(), &app, &caller.tenant_id, &id).await?;
     let verified = if dkim_found && spf_found {
         true
     } else if any_error {
@@ -362,23 +372,22 @@ pub async fn verify(
     };
     let checks_json =
         serde_json::to_string(&checks).map_err(|e| ApiError::internal(e.to_string()))?;
-    sqlx::query(
-        "UPDATE domains SET verified = $1, verified_unix_ms = $2, last_check_json = $3 \
-         WHERE id = $4 AND tenant_id = $5",
+    store::domains::set_verification(
+        m.conn(),
+        &caller.tenant_id,
+        &id,
+        verified,
+        verified_at,
+        checks_json,
     )
-    .bind(i64::from(verified))
-    .bind(verified_at)
-    .bind(checks_json)
-    .bind(id.clone())
-    .bind(caller.tenant_id.clone())
-    .execute(&mut *m.tx)
     .await?;
     if let (true, Some(newest)) = (dkim_found, before.keys.last()) {
         if newest.activated_unix_ms.is_none() {
-            activate(&mut m.tx, &caller.tenant_id, &id, &newest.selector, now).await?;
+            store::domains::activate_key(m.conn(), &caller.tenant_id, &id, &newest.selector, now)
+                .await?;
         }
     }
-    let after = fetch_domain(&mut m.tx, &app, &caller.tenant_id, &id).await?;
+    let after = fetch_domain(m.conn(), &app, &caller.tenant_id, &id).await?;
     let entry = app.entry(
         &caller,
         Some(&caller.tenant_id),
@@ -392,46 +401,30 @@ pub async fn verify(
     Ok(Json(after))
 }
 
-/// Activates `selector` and retires every other key of the domain.
-async fn activate(
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
-    tenant_id: &str,
-    domain_id: &str,
-    selector: &str,
-    now: i64,
-) -> Result<(), ApiError> {
-    sqlx::query(
-        "UPDATE dkim_keys SET retired_unix_ms = $1 WHERE domain_id = $2 AND tenant_id = $3 \
-         AND selector <> $4 AND retired_unix_ms IS NULL",
-    )
-    .bind(now)
-    .bind(domain_id.to_string())
-    .bind(tenant_id.to_string())
-    .bind(selector.to_string())
-    .execute(&mut **tx)
-    .await?;
-    sqlx::query(
-        "UPDATE dkim_keys SET activated_unix_ms = $1 WHERE domain_id = $2 AND tenant_id = $3 \
-         AND selector = $4",
-    )
-    .bind(now)
-    .bind(domain_id.to_string())
-    .bind(tenant_id.to_string())
-    .bind(selector.to_string())
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RotateDomain {
+    /// `ed25519` (default) or `rsa2048`.
     #[serde(default)]
+    #[schema(pattern = "^(ed25519|rsa2048|rsa)$")]
     pub algorithm: Option<String>,
+    /// `[a-z0-9-]` labels, unused for this domain; default: a fresh `ptl-<8 hex>`.
     #[serde(default)]
+    #[schema(pattern = r"^[a-z0-9-]+(\.[a-z0-9-]+)*$", max_length = 63)]
     pub selector: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    operation_id = "domains_rotate",
+    path = "/v1/domains/{id}/rotate",
+    summary = "Add a pending DKIM key under a new selector (activated by the next successful verify)",
+    params(("id" = String, Path, description = "The object's id")),
+    request_body(content = Option<RotateDomain>, description = "Optional: an empty body picks the defaults", content_type = "application/json"),
+    responses((status = 200, body = DomainView)),
+    security(("bearer" = [])),
+    extensions(("x-permission" = json!("DomainsWrite")))
+)]
 /// Adds a pending key under a new selector (see the module doc).
 pub async fn rotate(
     State(app): State<App>,
@@ -439,7 +432,6 @@ pub async fn rotate(
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Json<DomainView>, ApiError> {
-    caller.require(Permission::DomainsWrite)?;
     let req: RotateDomain = if body.iter().all(u8::is_ascii_whitespace) {
         RotateDomain::default()
     } else {
@@ -455,7 +447,8 @@ pub async fn rotate(
     let key = generate_key(alg).await?;
     let now = app.now_ms();
     let mut m = app.db.begin_mutation().await?;
-    let before = fetch_domain(&mut m.tx, &app, &caller.tenant_id, &id).await?;
+    let row = store::domains::get(m.conn(), &caller.tenant_id, &id).await?;
+    let before = view(m.conn(), &app, row.clone()).await?;
     if before.keys.len() >= DKIM_KEYS_PER_DOMAIN_MAX {
         return Err(ApiError::conflict(
             "too many DKIM keys listed for this domain",
@@ -464,59 +457,12 @@ pub async fn rotate(
     if before.keys.iter().any(|k| k.selector == selector) {
         return Err(ApiError::conflict("selector already used for this domain"));
     }
-    insert_key(
-        &mut m.tx,
-        &caller.tenant_id,
-        &id,
-        &selector,
-        &key,
-        now,
-        None,
-    )
-    .await?;
-    let after = fetch_domain(&mut m.tx, &app, &caller.tenant_id, &id).await?;
+    store::domains::insert_key(m.conn(), &key_row(&row, &selector, key, now, None)).await?;
+    let after = fetch_domain(m.conn(), &app, &caller.tenant_id, &id).await?;
     let entry = app.entry(
         &caller,
         Some(&caller.tenant_id),
         "domain.rotate",
-        &id,
-        audit_json(&before),
-        audit_json(&after),
-    );
-    let v = m.commit(entry).await?;
-    app.notify(v);
-    Ok(Json(after))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DomainLimits {
-    pub messages_per_second_max: Option<u64>,
-}
-
-pub async fn set_limits(
-    State(app): State<App>,
-    caller: Caller,
-    Path(id): Path<String>,
-    ApiJson(req): ApiJson<DomainLimits>,
-) -> Result<Json<DomainView>, ApiError> {
-    caller.require(Permission::LimitsWrite)?;
-    let mut m = app.db.begin_mutation().await?;
-    let before = fetch_domain(&mut m.tx, &app, &caller.tenant_id, &id).await?;
-    sqlx::query("UPDATE domains SET messages_per_second_max = $1 WHERE id = $2 AND tenant_id = $3")
-        .bind(req.messages_per_second_max.map(super::tenants::clamp_i64))
-        .bind(id.clone())
-        .bind(caller.tenant_id.clone())
-        .execute(&mut *m.tx)
-        .await?;
-    let after = DomainView {
-        messages_per_second_max: req.messages_per_second_max,
-        ..before.clone()
-    };
-    let entry = app.entry(
-        &caller,
-        Some(&caller.tenant_id),
-        "domain.limits",
         &id,
         audit_json(&before),
         audit_json(&after),

@@ -1,25 +1,26 @@
-//! `/v1/limits` (tenant, domain, destination limits and defaults), `/v1/audit-log` and
-//! `/v1/engines`: the read-mostly operator views.
+//! Every limit in one place: a tenant's quota (`PUT /v1/tenants/{id}/limits`), a sending
+//! domain's rate (`PUT /v1/domains/{id}/limits`), the defaults and destination limits shared by
+//! every tenant, and `GET /v1/limits`, which shows what limits the caller's tenant.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use petrel_policy::DefaultLimits;
 use serde::{Deserialize, Serialize};
-use sqlx::Row;
 
-use super::tenants::{clamp_i64, fetch_tenant, TenantView};
-use super::{audit_json, normalize_domain, ApiJson, ApiQuery, App};
-use crate::audit::{AuditFilter, AuditRow, VerifyReport};
-use crate::auth::{role_allows, Caller, Permission};
-use crate::store::{get_bool, get_opt_u64};
+use super::domains::{fetch_domain, DomainView};
+use super::tenants::TenantView;
+use super::{audit_json, normalize_domain, ApiJson, App};
+use crate::auth::Caller;
+use crate::store::limits::DestinationRow;
+use crate::store::{self, StoreError};
 use crate::ApiError;
 
 /// Destination limits answered by one `GET /v1/limits`.
 pub const DESTINATION_LIMITS_LISTED_MAX: i64 = 10_000;
 
 /// One destination domain's limits.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct DestinationView {
     pub domain: String,
     pub connections_max: Option<u64>,
@@ -27,96 +28,235 @@ pub struct DestinationView {
     pub tls_required: bool,
 }
 
+impl From<DestinationRow> for DestinationView {
+    fn from(d: DestinationRow) -> DestinationView {
+        DestinationView {
+            domain: d.domain,
+            connections_max: d.connections_max,
+            messages_per_second_max: d.messages_per_second_max,
+            tls_required: d.tls_required,
+        }
+    }
+}
+
 /// One sending domain's limits.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct DomainLimitView {
     pub id: String,
     pub name: String,
     pub messages_per_second_max: Option<u64>,
 }
 
+/// The defaults as the API reads and writes them: [`DefaultLimits`] (the policy crate's
+/// snapshot type, which knows nothing of OpenAPI) field for field. None: unlimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Defaults {
+    pub tenant_messages_per_second_max: Option<u32>,
+    pub tenant_messages_per_day_max: Option<u64>,
+    pub domain_messages_per_second_max: Option<u32>,
+    pub destination_connections_max: Option<u32>,
+    pub destination_messages_per_second_max: Option<u32>,
+}
+
+impl From<DefaultLimits> for Defaults {
+    fn from(d: DefaultLimits) -> Defaults {
+        // Destructured so a field added to the policy type fails to compile here.
+        let DefaultLimits {
+            tenant_messages_per_second_max,
+            tenant_messages_per_day_max,
+            domain_messages_per_second_max,
+            destination_connections_max,
+            destination_messages_per_second_max,
+        } = d;
+        Defaults {
+            tenant_messages_per_second_max,
+            tenant_messages_per_day_max,
+            domain_messages_per_second_max,
+            destination_connections_max,
+            destination_messages_per_second_max,
+        }
+    }
+}
+
+impl From<Defaults> for DefaultLimits {
+    fn from(d: Defaults) -> DefaultLimits {
+        DefaultLimits {
+            tenant_messages_per_second_max: d.tenant_messages_per_second_max,
+            tenant_messages_per_day_max: d.tenant_messages_per_day_max,
+            domain_messages_per_second_max: d.domain_messages_per_second_max,
+            destination_connections_max: d.destination_connections_max,
+            destination_messages_per_second_max: d.destination_messages_per_second_max,
+        }
+    }
+}
+
 /// Everything that limits the caller's tenant.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LimitsView {
     pub tenant: TenantView,
     pub domains: Vec<DomainLimitView>,
     pub destinations: Vec<DestinationView>,
-    pub defaults: DefaultLimits,
+    pub defaults: Defaults,
 }
 
-pub(crate) async fn read_defaults<'e, E>(ex: E) -> Result<DefaultLimits, ApiError>
-where
-    E: sqlx::Executor<'e, Database = sqlx::Any>,
-{
-    let text: String = sqlx::query("SELECT defaults_json FROM petrel_meta WHERE id = 1")
-        .fetch_one(ex)
-        .await?
-        .try_get("defaults_json")?;
-    serde_json::from_str(&text).map_err(|e| ApiError::internal(format!("stored defaults: {e}")))
-}
-
-pub(crate) async fn read_destinations<'e, E>(ex: E) -> Result<Vec<DestinationView>, ApiError>
-where
-    E: sqlx::Executor<'e, Database = sqlx::Any>,
-{
-    let rows = sqlx::query("SELECT * FROM destination_limits ORDER BY domain LIMIT $1")
-        .bind(DESTINATION_LIMITS_LISTED_MAX)
-        .fetch_all(ex)
-        .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(DestinationView {
-                domain: r.try_get("domain")?,
-                connections_max: get_opt_u64(r, "connections_max")?,
-                messages_per_second_max: get_opt_u64(r, "messages_per_second_max")?,
-                tls_required: get_bool(r, "tls_required")?,
-            })
-        })
-        .collect::<Result<_, sqlx::Error>>()
-        .map_err(ApiError::from)
-}
-
+#[utoipa::path(
+    get,
+    operation_id = "limits_show",
+    path = "/v1/limits",
+    summary = "Tenant, domain and destination limits and defaults",
+    responses((status = 200, body = LimitsView)),
+    security(("bearer" = [])),
+    extensions(("x-permission" = json!("LimitsRead")))
+)]
 pub async fn show(State(app): State<App>, caller: Caller) -> Result<Json<LimitsView>, ApiError> {
-    caller.require(Permission::LimitsRead)?;
-    let tenant = fetch_tenant(&app.db.pool, &caller.tenant_id)
+    let mut conn = app.db.conn().await?;
+    let tenant = store::tenants::get(&mut conn, &caller.tenant_id)
         .await?
-        .ok_or_else(|| ApiError::not_found("tenant"))?;
-    let domains = sqlx::query(
-        "SELECT id, name, messages_per_second_max FROM domains WHERE tenant_id = $1 ORDER BY name",
-    )
-    .bind(caller.tenant_id.clone())
-    .fetch_all(&app.db.pool)
-    .await?
-    .iter()
-    .map(|r| {
-        Ok(DomainLimitView {
-            id: r.try_get("id")?,
-            name: r.try_get("name")?,
-            messages_per_second_max: get_opt_u64(r, "messages_per_second_max")?,
+        .ok_or(StoreError::NotFound("tenant"))?;
+    let domains = store::domains::list(&mut conn, &caller.tenant_id)
+        .await?
+        .into_iter()
+        .map(|d| DomainLimitView {
+            id: d.id,
+            name: d.name,
+            messages_per_second_max: d.messages_per_second_max,
         })
-    })
-    .collect::<Result<_, sqlx::Error>>()?;
+        .collect();
+    let destinations = store::limits::destinations(&mut conn, Some(DESTINATION_LIMITS_LISTED_MAX))
+        .await?
+        .into_iter()
+        .map(DestinationView::from)
+        .collect();
     Ok(Json(LimitsView {
         tenant,
         domains,
-        destinations: read_destinations(&app.db.pool).await?,
-        defaults: read_defaults(&app.db.pool).await?,
+        destinations,
+        defaults: store::limits::defaults(&mut conn).await?.into(),
     }))
 }
 
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TenantLimits {
+    pub messages_per_second_max: Option<u64>,
+    pub messages_per_day_max: Option<u64>,
+}
+
+#[utoipa::path(
+    put,
+    operation_id = "limits_set_tenant",
+    path = "/v1/tenants/{id}/limits",
+    summary = "Set a tenant's quota (messages per second / per day)",
+    params(("id" = String, Path, description = "The object's id")),
+    request_body = TenantLimits,
+    responses((status = 200, body = TenantView)),
+    security(("bearer" = [])),
+    extensions(("x-permission" = json!("TenantsManage")))
+)]
+/// Sets a tenant's quota (owners only: a tenant does not raise its own quota).
+pub async fn set_tenant(
+    State(app): State<App>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<TenantLimits>,
+) -> Result<Json<TenantView>, ApiError> {
+    let mut m = app.db.begin_mutation().await?;
+    let before = store::tenants::get(m.conn(), &id)
+        .await?
+        .ok_or(StoreError::NotFound("tenant"))?;
+    store::tenants::set_limits(
+        m.conn(),
+        &id,
+        req.messages_per_second_max,
+        req.messages_per_day_max,
+    )
+    .await?;
+    let after = TenantView {
+        messages_per_second_max: req.messages_per_second_max,
+        messages_per_day_max: req.messages_per_day_max,
+        ..before.clone()
+    };
+    let entry = app.entry(
+        &caller,
+        Some(&id),
+        "tenant.limits",
+        &id,
+        audit_json(&before),
+        audit_json(&after),
+    );
+    let v = m.commit(entry).await?;
+    app.notify(v);
+    Ok(Json(after))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DomainLimits {
+    pub messages_per_second_max: Option<u64>,
+}
+
+#[utoipa::path(
+    put,
+    operation_id = "limits_set_domain",
+    path = "/v1/domains/{id}/limits",
+    summary = "Set a sending domain's messages per second",
+    params(("id" = String, Path, description = "The object's id")),
+    request_body = DomainLimits,
+    responses((status = 200, body = DomainView)),
+    security(("bearer" = [])),
+    extensions(("x-permission" = json!("LimitsWrite")))
+)]
+/// Sets one of the caller's sending domains' messages per second.
+pub async fn set_domain(
+    State(app): State<App>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<DomainLimits>,
+) -> Result<Json<DomainView>, ApiError> {
+    let mut m = app.db.begin_mutation().await?;
+    let before = fetch_domain(m.conn(), &app, &caller.tenant_id, &id).await?;
+    store::domains::set_rate(
+        m.conn(),
+        &caller.tenant_id,
+        &id,
+        req.messages_per_second_max,
+    )
+    .await?;
+    let after = DomainView {
+        messages_per_second_max: req.messages_per_second_max,
+        ..before.clone()
+    };
+    let entry = app.entry(
+        &caller,
+        Some(&caller.tenant_id),
+        "domain.limits",
+        &id,
+        audit_json(&before),
+        audit_json(&after),
+    );
+    let v = m.commit(entry).await?;
+    app.notify(v);
+    Ok(Json(after))
+}
+
+#[utoipa::path(
+    put,
+    operation_id = "limits_set_defaults",
+    path = "/v1/limits/defaults",
+    summary = "Set default limits",
+    request_body = Defaults,
+    responses((status = 200, body = Defaults)),
+    security(("bearer" = [])),
+    extensions(("x-permission" = json!("GlobalLimitsWrite")))
+)]
 pub async fn set_defaults(
     State(app): State<App>,
     caller: Caller,
-    ApiJson(req): ApiJson<DefaultLimits>,
-) -> Result<Json<DefaultLimits>, ApiError> {
-    caller.require(Permission::GlobalLimitsWrite)?;
-    let text = serde_json::to_string(&req).map_err(|e| ApiError::internal(e.to_string()))?;
+    ApiJson(req): ApiJson<Defaults>,
+) -> Result<Json<Defaults>, ApiError> {
     let mut m = app.db.begin_mutation().await?;
-    let before = read_defaults(&mut *m.tx).await?;
-    sqlx::query("UPDATE petrel_meta SET defaults_json = $1 WHERE id = 1")
-        .bind(text)
-        .execute(&mut *m.tx)
-        .await?;
+    let before = store::limits::defaults(m.conn()).await?;
+    store::limits::set_defaults(m.conn(), &req.into()).await?;
     let entry = app.entry(
         &caller,
         None,
@@ -130,7 +270,7 @@ pub async fn set_defaults(
     Ok(Json(req))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DestinationLimits {
     #[serde(default)]
@@ -141,56 +281,36 @@ pub struct DestinationLimits {
     pub tls_required: bool,
 }
 
-async fn fetch_destination(
-    conn: &mut sqlx::AnyConnection,
-    domain: &str,
-) -> Result<Option<DestinationView>, ApiError> {
-    let row = sqlx::query("SELECT * FROM destination_limits WHERE domain = $1")
-        .bind(domain.to_string())
-        .fetch_optional(conn)
-        .await?;
-    row.map(|r| {
-        Ok(DestinationView {
-            domain: r.try_get("domain")?,
-            connections_max: get_opt_u64(&r, "connections_max")?,
-            messages_per_second_max: get_opt_u64(&r, "messages_per_second_max")?,
-            tls_required: get_bool(&r, "tls_required")?,
-        })
-    })
-    .transpose()
-    .map_err(|e: sqlx::Error| ApiError::from(e))
-}
-
+#[utoipa::path(
+    put,
+    operation_id = "limits_set_destination",
+    path = "/v1/limits/destinations/{domain}",
+    summary = "Set a destination domain's limits",
+    params(("domain" = String, Path, description = "The destination domain name")),
+    request_body = DestinationLimits,
+    responses((status = 200, body = DestinationView)),
+    security(("bearer" = [])),
+    extensions(("x-permission" = json!("GlobalLimitsWrite")))
+)]
 pub async fn set_destination(
     State(app): State<App>,
     caller: Caller,
     Path(domain): Path<String>,
     ApiJson(req): ApiJson<DestinationLimits>,
 ) -> Result<Json<DestinationView>, ApiError> {
-    caller.require(Permission::GlobalLimitsWrite)?;
     let domain = normalize_domain(&domain)?;
-    let after = DestinationView {
+    let row = DestinationRow {
         domain: domain.clone(),
         connections_max: req.connections_max,
         messages_per_second_max: req.messages_per_second_max,
         tls_required: req.tls_required,
     };
     let mut m = app.db.begin_mutation().await?;
-    let before = fetch_destination(&mut m.tx, &domain).await?;
-    sqlx::query(
-        "INSERT INTO destination_limits (domain, connections_max, messages_per_second_max, \
-         tls_required, updated_unix_ms) VALUES ($1,$2,$3,$4,$5) ON CONFLICT (domain) DO UPDATE \
-         SET connections_max = excluded.connections_max, \
-         messages_per_second_max = excluded.messages_per_second_max, \
-         tls_required = excluded.tls_required, updated_unix_ms = excluded.updated_unix_ms",
-    )
-    .bind(domain.clone())
-    .bind(req.connections_max.map(clamp_i64))
-    .bind(req.messages_per_second_max.map(clamp_i64))
-    .bind(i64::from(req.tls_required))
-    .bind(app.now_ms())
-    .execute(&mut *m.tx)
-    .await?;
+    let before = store::limits::destination(m.conn(), &domain)
+        .await?
+        .map(DestinationView::from);
+    store::limits::upsert_destination(m.conn(), &row, app.now_ms()).await?;
+    let after = DestinationView::from(row);
     let entry = app.entry(
         &caller,
         None,
@@ -204,21 +324,28 @@ pub async fn set_destination(
     Ok(Json(after))
 }
 
+#[utoipa::path(
+    delete,
+    operation_id = "limits_delete_destination",
+    path = "/v1/limits/destinations/{domain}",
+    summary = "Remove a destination domain's limits",
+    params(("domain" = String, Path, description = "The destination domain name")),
+    responses((status = 204, description = "Done")),
+    security(("bearer" = [])),
+    extensions(("x-permission" = json!("GlobalLimitsWrite")))
+)]
 pub async fn delete_destination(
     State(app): State<App>,
     caller: Caller,
     Path(domain): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    caller.require(Permission::GlobalLimitsWrite)?;
     let domain = normalize_domain(&domain)?;
     let mut m = app.db.begin_mutation().await?;
-    let before = fetch_destination(&mut m.tx, &domain)
+    let before = store::limits::destination(m.conn(), &domain)
         .await?
-        .ok_or_else(|| ApiError::not_found("destination limit"))?;
-    sqlx::query("DELETE FROM destination_limits WHERE domain = $1")
-        .bind(domain.clone())
-        .execute(&mut *m.tx)
-        .await?;
+        .map(DestinationView::from)
+        .ok_or(StoreError::NotFound("destination limit"))?;
+    store::limits::delete_destination(m.conn(), &domain).await?;
     let entry = app.entry(
         &caller,
         None,
@@ -230,55 +357,4 @@ pub async fn delete_destination(
     let v = m.commit(entry).await?;
     app.notify(v);
     Ok(StatusCode::NO_CONTENT)
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AuditQuery {
-    pub action: Option<String>,
-    pub actor: Option<String>,
-    /// Unix ms, inclusive.
-    pub since: Option<i64>,
-    /// Unix ms, inclusive.
-    pub until: Option<i64>,
-    pub limit: Option<i64>,
-}
-
-/// Admins see their tenant's rows; operator owners see every row.
-pub async fn audit_list(
-    State(app): State<App>,
-    caller: Caller,
-    ApiQuery(q): ApiQuery<AuditQuery>,
-) -> Result<Json<Vec<AuditRow>>, ApiError> {
-    caller.require(Permission::AuditRead)?;
-    let all = caller.is_operator && role_allows(caller.role, Permission::AuditVerify);
-    let filter = AuditFilter {
-        tenant_id: if all {
-            None
-        } else {
-            Some(caller.tenant_id.clone())
-        },
-        action: q.action,
-        actor: q.actor,
-        since_unix_ms: q.since,
-        until_unix_ms: q.until,
-        limit: q.limit,
-    };
-    Ok(Json(crate::audit::list(&app.db.pool, &filter).await?))
-}
-
-pub async fn audit_verify(
-    State(app): State<App>,
-    caller: Caller,
-) -> Result<Json<VerifyReport>, ApiError> {
-    caller.require(Permission::AuditVerify)?;
-    Ok(Json(crate::audit::verify(&app.db.pool).await?))
-}
-
-pub async fn engines(
-    State(app): State<App>,
-    caller: Caller,
-) -> Result<Json<Vec<crate::push::EngineView>>, ApiError> {
-    caller.require(Permission::EnginesRead)?;
-    Ok(Json(crate::push::list_engines(&app.db.pool).await?))
 }

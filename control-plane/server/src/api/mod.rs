@@ -1,30 +1,39 @@
-//! The admin API: axum router, shared state, JSON extractors whose rejections are JSON errors.
+//! The admin API: the route list, the route gate, shared state, JSON extractors whose
+//! rejections are JSON errors.
 //!
-//! Every route except `GET /v1/openapi.json` takes a [`Caller`] (the bearer key), checks one
-//! [`crate::auth::Permission`], and scopes every query to the caller's tenant, so an id from
+//! Every route declares, in its `#[utoipa::path]`, the [`crate::auth::Permission`] it needs
+//! (`x-permission`) or that it is public (`security(())`). [`router`] builds the axum router
+//! and the OpenAPI document from [`routes`] together, reads the access table back out of the
+//! document (see [`openapi`]), and puts one gate in front of every route: it authenticates the
+//! bearer key and checks the declared permission before the handler runs. Handlers get the
+//! [`Caller`] from the gate only, and scope every query to the caller's tenant, so an id from
 //! another tenant answers 404 exactly like an id that does not exist.
 
+pub mod audit;
 pub mod credentials;
 pub mod domains;
+pub mod engines;
 pub mod limits;
 pub mod openapi;
 pub mod tenants;
-
-pub(crate) use domains::parse_algorithm;
 
 use std::ops::Deref;
 use std::sync::Arc;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Request, State};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
-use axum::routing::{get, post, put};
-use axum::Router;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Router};
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use crate::auth::{Caller, HashCost, Throttle, VerifyCache};
+use crate::auth::{Authorized, Caller, HashCost, Throttle, VerifyCache};
 use crate::dns::DnsChecker;
 use crate::store::Db;
 use crate::{ApiError, Clock};
@@ -108,39 +117,75 @@ impl App {
     }
 }
 
-/// The `/v1` router.
-pub fn router(app: App) -> Router {
-    let v1 = Router::new()
-        .route("/openapi.json", get(openapi::document))
-        .route("/tenants", post(tenants::create).get(tenants::list))
-        .route("/tenants/{id}", get(tenants::show))
-        .route("/tenants/{id}/suspend", post(tenants::suspend))
-        .route("/tenants/{id}/unsuspend", post(tenants::unsuspend))
-        .route("/tenants/{id}/limits", put(tenants::set_limits))
-        .route("/domains", post(domains::create).get(domains::list))
-        .route("/domains/{id}", get(domains::show).delete(domains::delete))
-        .route("/domains/{id}/verify", post(domains::verify))
-        .route("/domains/{id}/rotate", post(domains::rotate))
-        .route("/domains/{id}/limits", put(domains::set_limits))
-        .route(
-            "/credentials",
-            post(credentials::create).get(credentials::list),
-        )
-        .route("/credentials/{id}", get(credentials::show))
-        .route("/credentials/{id}/revoke", post(credentials::revoke))
-        .route("/credentials/{id}/rotate", post(credentials::rotate))
-        .route("/limits", get(limits::show))
-        .route("/limits/defaults", put(limits::set_defaults))
-        .route(
-            "/limits/destinations/{domain}",
-            put(limits::set_destination).delete(limits::delete_destination),
-        )
-        .route("/audit-log", get(limits::audit_list))
-        .route("/audit-log/verify", get(limits::audit_verify))
-        .route("/engines", get(limits::engines));
-    Router::new()
-        .nest("/v1", v1)
-        .fallback(|| async { ApiError::not_found("route") })
+/// The one route list: every handler with its `#[utoipa::path]` declaration (method, path,
+/// schemas, permission). Handlers that share a path are listed together.
+pub fn routes() -> OpenApiRouter<App> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(openapi::document))
+        .routes(routes!(tenants::create, tenants::list))
+        .routes(routes!(tenants::show))
+        .routes(routes!(tenants::suspend))
+        .routes(routes!(tenants::unsuspend))
+        .routes(routes!(limits::set_tenant))
+        .routes(routes!(domains::create, domains::list))
+        .routes(routes!(domains::show, domains::delete))
+        .routes(routes!(domains::verify))
+        .routes(routes!(domains::rotate))
+        .routes(routes!(limits::set_domain))
+        .routes(routes!(credentials::create, credentials::list))
+        .routes(routes!(credentials::show))
+        .routes(routes!(credentials::revoke))
+        .routes(routes!(credentials::rotate))
+        .routes(routes!(limits::show))
+        .routes(routes!(limits::set_defaults))
+        .routes(routes!(limits::set_destination, limits::delete_destination))
+        .routes(routes!(audit::list))
+        .routes(routes!(audit::verify))
+        .routes(routes!(engines::list))
+}
+
+/// What the route gate needs: the app (to authenticate) and the access table.
+#[derive(Clone)]
+struct Gate {
+    app: App,
+    table: Arc<openapi::AccessTable>,
+}
+
+/// The one permission check: authenticates the key and requires the permission the matched
+/// route declares, then hands the [`Caller`] to the handler.
+async fn gate(State(gate): State<Gate>, req: Request, next: Next) -> Response {
+    let access = req
+        .extensions()
+        .get::<MatchedPath>()
+        .and_then(|p| gate.table.get(req.method(), p.as_str()));
+    let permission = match access {
+        Some(openapi::Access::Requires(p)) => p,
+        // Public, or a method the path does not serve (the 405 fallback answers it).
+        Some(openapi::Access::Public) | None => return next.run(req).await,
+    };
+    let (mut parts, body) = req.into_parts();
+    let caller = match Caller::authenticate(&parts, &gate.app).await {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    if let Err(e) = caller.require(permission) {
+        return e.into_response();
+    }
+    parts.extensions.insert(Authorized(caller));
+    next.run(Request::from_parts(parts, body)).await
+}
+
+/// The `/v1` router with its document and gate. Fails when a route's declaration is
+/// inconsistent (a programming error the tests catch).
+pub fn router(app: App) -> Result<Router, openapi::RouteError> {
+    let (routes, doc) = routes().split_for_parts();
+    let doc = openapi::finish(doc)?;
+    let table = Arc::new(openapi::AccessTable::from_document(&doc)?);
+    let gate_state = Gate {
+        app: app.clone(),
+        table,
+    };
+    Ok(routes
         .method_not_allowed_fallback(|| async {
             ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -148,11 +193,14 @@ pub fn router(app: App) -> Router {
                 "method not allowed on this route",
             )
         })
+        .route_layer(axum::middleware::from_fn_with_state(gate_state, gate))
+        .layer(Extension(Arc::new(doc)))
+        .fallback(|| async { ApiError::not_found("route") })
         .layer(DefaultBodyLimit::max(REQUEST_BODY_MAX_BYTES))
         .layer(tower::limit::ConcurrencyLimitLayer::new(
             REQUESTS_IN_FLIGHT_MAX,
         ))
-        .with_state(app)
+        .with_state(app))
 }
 
 /// `axum::Json` whose rejections are JSON errors: bad syntax 400, wrong shape 422.

@@ -11,14 +11,60 @@
 //! processes, so the audit chain's "read the last hash, append the next row" is race-free, and
 //! the version moves in the same transaction as the change it announces.
 
+pub mod audit;
+pub mod credentials;
+pub mod domains;
+pub mod engines;
+pub mod limits;
+mod migrations;
+pub mod tenants;
+
 use std::path::Path;
 use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{AnyPool, Row};
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, AnyConnection, AnyPool, Row};
 
-use crate::audit::{self, AuditEntry};
+use crate::audit::AuditEntry;
 use crate::ControlError;
+use migrations::MIGRATIONS;
+
+/// What a store call can fail with. Mapped to an HTTP answer in exactly one place
+/// (`From<StoreError> for ApiError`), so handlers only `?` it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The row does not exist, or belongs to another tenant (indistinguishable on purpose).
+    /// The field names the kind of object (`tenant`, `domain`...).
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// The change conflicts with stored state (a name, prefix or selector already taken). The
+    /// field is the message the API answers.
+    #[error("conflict: {0}")]
+    Conflict(&'static str),
+    /// The database failed or refused a statement. Usually transient (connection, lock); a
+    /// unique violation is a conflict (see [`StoreError::is_unique_violation`]).
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// A stored value breaks an invariant (bad JSON column, unknown enum name).
+    #[error("corrupt stored data in {column}: {reason}")]
+    Corrupt {
+        column: &'static str,
+        reason: String,
+    },
+}
+
+impl StoreError {
+    /// True when a UNIQUE constraint refused the statement (a name already taken, or another
+    /// node won a race).
+    pub fn is_unique_violation(&self) -> bool {
+        matches!(self, StoreError::Database(sqlx::Error::Database(db)) if db.is_unique_violation())
+    }
+}
+
+/// Every store call returns this.
+pub type StoreResult<T> = Result<T, StoreError>;
 
 /// Pool size for SQLite: one writer at a time anyway; a few readers.
 pub const SQLITE_CONNECTIONS_MAX: u32 = 4;
@@ -37,7 +83,8 @@ pub enum Dialect {
 /// A handle to the store. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Db {
-    pub pool: AnyPool,
+    /// Private: every statement goes through this module's functions.
+    pool: AnyPool,
     pub dialect: Dialect,
 }
 
@@ -142,17 +189,31 @@ impl Db {
         Ok(())
     }
 
+    /// A pooled connection for reads outside a mutation.
+    pub async fn conn(&self) -> StoreResult<PoolConnection<Any>> {
+        Ok(self.pool.acquire().await?)
+    }
+
     /// The current policy version (0 before the first mutation).
-    pub async fn policy_version(&self) -> Result<u64, ControlError> {
-        let v: i64 = sqlx::query("SELECT policy_version FROM petrel_meta WHERE id = 1")
-            .fetch_one(&self.pool)
-            .await?
-            .try_get("policy_version")?;
-        Ok(u64::try_from(v).unwrap_or(0))
+    pub async fn policy_version(&self) -> StoreResult<u64> {
+        policy_version(&mut *self.conn().await?).await
+    }
+
+    /// A read-only transaction that sees one consistent state (the snapshot reads every table
+    /// in it, so its version matches its content). SQLite transactions are serialisable
+    /// already; PostgreSQL needs REPEATABLE READ for that.
+    pub async fn begin_consistent_read(&self) -> StoreResult<sqlx::Transaction<'static, Any>> {
+        let mut tx = self.pool.begin().await?;
+        if self.dialect == Dialect::Postgres {
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                .execute(&mut *tx)
+                .await?;
+        }
+        Ok(tx)
     }
 
     /// Starts a mutation: bumps the version (taking the write lock) inside a new transaction.
-    pub async fn begin_mutation(&self) -> Result<Mutation, ControlError> {
+    pub async fn begin_mutation(&self) -> StoreResult<Mutation> {
         let mut tx = self.pool.begin().await?;
         let version: i64 = sqlx::query(
             "UPDATE petrel_meta SET policy_version = policy_version + 1 WHERE id = 1 \
@@ -169,10 +230,19 @@ impl Db {
     }
 }
 
+/// The policy version stored in `petrel_meta` (0 before the first mutation).
+pub async fn policy_version(conn: &mut AnyConnection) -> StoreResult<u64> {
+    let v: i64 = sqlx::query("SELECT policy_version FROM petrel_meta WHERE id = 1")
+        .fetch_one(conn)
+        .await?
+        .try_get("policy_version")?;
+    Ok(u64::try_from(v).unwrap_or(0))
+}
+
 /// An open mutation transaction. Finish it with [`Mutation::commit`], which appends the audit
 /// row: there is no way to commit a change without its audit entry.
 pub struct Mutation {
-    pub tx: sqlx::Transaction<'static, sqlx::Any>,
+    tx: sqlx::Transaction<'static, sqlx::Any>,
     /// The policy version this mutation produces.
     pub version: i64,
     dialect: Dialect,
@@ -183,9 +253,14 @@ pub struct Mutation {
 pub const POLICY_CHANNEL: &str = "petrel_policy";
 
 impl Mutation {
+    /// The transaction's connection, for the store calls that make up the change.
+    pub fn conn(&mut self) -> &mut AnyConnection {
+        &mut self.tx
+    }
+
     /// Appends the audit row and commits. Returns the new policy version.
-    pub async fn commit(mut self, entry: AuditEntry) -> Result<u64, ControlError> {
-        audit::append(&mut self.tx, &entry).await?;
+    pub async fn commit(mut self, entry: AuditEntry) -> StoreResult<u64> {
+        crate::audit::append(&mut self.tx, &entry).await?;
         if self.dialect == Dialect::Postgres {
             // Delivered to the listeners when (and only if) the transaction commits.
             sqlx::query("SELECT pg_notify($1, $2)")
@@ -199,121 +274,62 @@ impl Mutation {
     }
 }
 
+/// A PostgreSQL connection that hears the versions committed mutations announce on
+/// [`POLICY_CHANNEL`] (by any control plane node).
+pub struct VersionListener(sqlx::postgres::PgListener);
+
+impl VersionListener {
+    pub async fn connect(database_url: &str) -> StoreResult<VersionListener> {
+        let mut listener = sqlx::postgres::PgListener::connect(database_url).await?;
+        listener.listen(POLICY_CHANNEL).await?;
+        Ok(VersionListener(listener))
+    }
+
+    /// The next announced version; None for a payload that is not one (logged by the caller).
+    pub async fn recv(&mut self) -> StoreResult<Option<u64>> {
+        let notification = self.0.recv().await?;
+        Ok(notification.payload().parse::<u64>().ok())
+    }
+}
+
+/// A UNIQUE violation as [`StoreError::Conflict`] (a name, prefix or selector already taken);
+/// other failures unchanged.
+fn conflict_on_unique(e: sqlx::Error) -> StoreError {
+    let e = StoreError::Database(e);
+    if e.is_unique_violation() {
+        StoreError::Conflict("a resource with that name already exists")
+    } else {
+        e
+    }
+}
+
 /// Reads a 0/1 column as a bool.
-pub fn get_bool(row: &AnyRow, col: &str) -> Result<bool, sqlx::Error> {
+fn get_bool(row: &AnyRow, col: &str) -> Result<bool, sqlx::Error> {
     Ok(row.try_get::<i64, _>(col)? != 0)
 }
 
 /// Reads a JSON text column holding a list of strings.
-pub fn get_list(row: &AnyRow, col: &str) -> Result<Vec<String>, ControlError> {
+fn get_list(row: &AnyRow, col: &'static str) -> StoreResult<Vec<String>> {
     let text: String = row.try_get(col)?;
-    serde_json::from_str(&text).map_err(|e| ControlError::Corrupt(format!("{col}: {e}")))
+    serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
+        column: col,
+        reason: e.to_string(),
+    })
+}
+
+/// A list of strings as its JSON text column.
+fn list_json(v: &[String]) -> String {
+    serde_json::Value::from(v.to_vec()).to_string()
 }
 
 /// Reads an optional non-negative integer column.
-pub fn get_opt_u64(row: &AnyRow, col: &str) -> Result<Option<u64>, sqlx::Error> {
+fn get_opt_u64(row: &AnyRow, col: &str) -> Result<Option<u64>, sqlx::Error> {
     Ok(row
         .try_get::<Option<i64>, _>(col)?
         .and_then(|v| u64::try_from(v).ok()))
 }
 
-/// Schema versions, applied in order, each in its own transaction. `{blob}` is the dialect's
-/// binary type. Never edit a released entry: append a new one.
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    r#"
-CREATE TABLE petrel_meta (
-    id BIGINT PRIMARY KEY,
-    policy_version BIGINT NOT NULL,
-    defaults_json TEXT NOT NULL,
-    audit_head_seq BIGINT NOT NULL,
-    audit_head_hash TEXT NOT NULL
-);
-INSERT INTO petrel_meta (id, policy_version, defaults_json, audit_head_seq, audit_head_hash)
-VALUES (1, 0, '{}', 0, '0000000000000000000000000000000000000000000000000000000000000000');
-CREATE TABLE tenants (
-    id TEXT PRIMARY KEY,
-    name TEXT NOT NULL UNIQUE,
-    is_operator BIGINT NOT NULL,
-    suspended BIGINT NOT NULL,
-    messages_per_second_max BIGINT,
-    messages_per_day_max BIGINT,
-    allow_unverified_domains BIGINT NOT NULL,
-    created_unix_ms BIGINT NOT NULL
-);
-CREATE TABLE domains (
-    id TEXT PRIMARY KEY,
-    tenant_id TEXT NOT NULL REFERENCES tenants(id),
-    name TEXT NOT NULL UNIQUE,
-    verified BIGINT NOT NULL,
-    verified_loopback BIGINT NOT NULL,
-    verified_unix_ms BIGINT,
-    messages_per_second_max BIGINT,
-    last_check_json TEXT,
-    created_unix_ms BIGINT NOT NULL
-);
-CREATE INDEX domains_tenant ON domains (tenant_id);
-CREATE TABLE dkim_keys (
-    id TEXT PRIMARY KEY,
-    tenant_id TEXT NOT NULL REFERENCES tenants(id),
-    domain_id TEXT NOT NULL REFERENCES domains(id),
-    selector TEXT NOT NULL,
-    algorithm TEXT NOT NULL,
-    private_key {blob} NOT NULL,
-    dns_txt TEXT NOT NULL,
-    activated_unix_ms BIGINT,
-    created_unix_ms BIGINT NOT NULL,
-    retired_unix_ms BIGINT,
-    UNIQUE (domain_id, selector)
-);
-CREATE INDEX dkim_keys_tenant ON dkim_keys (tenant_id, domain_id);
-CREATE TABLE credentials (
-    id TEXT PRIMARY KEY,
-    tenant_id TEXT NOT NULL REFERENCES tenants(id),
-    kind TEXT NOT NULL,
-    name TEXT NOT NULL,
-    username TEXT UNIQUE,
-    prefix TEXT NOT NULL UNIQUE,
-    phc TEXT NOT NULL,
-    role TEXT,
-    scopes TEXT NOT NULL,
-    allowed_sender_domains TEXT NOT NULL,
-    ip_allowlist TEXT NOT NULL,
-    revoked BIGINT NOT NULL,
-    created_unix_ms BIGINT NOT NULL,
-    revoked_unix_ms BIGINT,
-    rotated_unix_ms BIGINT
-);
-CREATE INDEX credentials_tenant ON credentials (tenant_id);
-CREATE TABLE destination_limits (
-    domain TEXT PRIMARY KEY,
-    connections_max BIGINT,
-    messages_per_second_max BIGINT,
-    tls_required BIGINT NOT NULL,
-    updated_unix_ms BIGINT NOT NULL
-);
-CREATE TABLE audit_log (
-    seq BIGINT PRIMARY KEY,
-    tenant_id TEXT,
-    actor TEXT NOT NULL,
-    remote_addr TEXT NOT NULL,
-    action TEXT NOT NULL,
-    target TEXT NOT NULL,
-    at_unix_ms BIGINT NOT NULL,
-    before_json TEXT,
-    after_json TEXT,
-    prev_hash TEXT NOT NULL,
-    hash TEXT NOT NULL
-);
-CREATE INDEX audit_log_tenant ON audit_log (tenant_id, seq);
-CREATE TABLE engines (
-    id TEXT PRIMARY KEY,
-    remote_addr TEXT NOT NULL,
-    connected BIGINT NOT NULL,
-    connected_unix_ms BIGINT NOT NULL,
-    last_contact_unix_ms BIGINT NOT NULL,
-    sent_version BIGINT NOT NULL,
-    applied_version BIGINT NOT NULL
-);
-"#,
-)];
+/// A non-negative integer as a `BIGINT` (saturating: limits above `i64::MAX` mean "no limit").
+fn clamp_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}

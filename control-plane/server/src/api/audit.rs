@@ -1,0 +1,73 @@
+//! `/v1/audit-log`: the audit rows a caller may see, and the chain walk.
+
+use axum::extract::State;
+use axum::Json;
+use serde::Deserialize;
+
+use super::{ApiQuery, App};
+use crate::audit::{AuditFilter, AuditRow, VerifyReport};
+use crate::auth::{role_allows, Caller, Permission};
+use crate::ApiError;
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    pub action: Option<String>,
+    pub actor: Option<String>,
+    /// Unix ms, inclusive.
+    pub since: Option<i64>,
+    /// Unix ms, inclusive.
+    pub until: Option<i64>,
+    pub limit: Option<i64>,
+}
+
+#[utoipa::path(
+    get,
+    operation_id = "audit_list",
+    path = "/v1/audit-log",
+    summary = "Audit rows, newest first (filters: action, actor, since, until, limit)",
+    params(AuditQuery),
+    responses((status = 200, body = Vec<AuditRow>)),
+    security(("bearer" = [])),
+    extensions(("x-permission" = json!("AuditRead")))
+)]
+/// Admins see their tenant's rows; operator owners see every row.
+pub async fn list(
+    State(app): State<App>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<AuditQuery>,
+) -> Result<Json<Vec<AuditRow>>, ApiError> {
+    let all = caller.is_operator && role_allows(caller.role, Permission::AuditVerify);
+    let filter = AuditFilter {
+        tenant_id: if all {
+            None
+        } else {
+            Some(caller.tenant_id.clone())
+        },
+        action: q.action,
+        actor: q.actor,
+        since_unix_ms: q.since,
+        until_unix_ms: q.until,
+    };
+    let mut conn = app.db.conn().await?;
+    Ok(Json(crate::audit::list(&mut conn, &filter, q.limit).await?))
+}
+
+#[utoipa::path(
+    get,
+    operation_id = "audit_verify",
+    path = "/v1/audit-log/verify",
+    summary = "Walk the hash chain; reports the first broken link",
+    responses((status = 200, body = VerifyReport)),
+    security(("bearer" = [])),
+    extensions(("x-permission" = json!("AuditVerify")))
+)]
+/// Walks the whole chain; reports the first broken link.
+pub async fn verify(
+    State(app): State<App>,
+    _caller: Caller,
+) -> Result<Json<VerifyReport>, ApiError> {
+    let mut conn = app.db.conn().await?;
+    Ok(Json(crate::audit::verify(&mut conn).await?))
+}

@@ -1,0 +1,139 @@
+//! The `audit_log` table and the chain head in `petrel_meta`. The hash chain itself (what is
+//! hashed, how a walk decides) is [`crate::audit`]'s; this module only reads and writes rows.
+
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row};
+
+use super::StoreResult;
+
+/// One `audit_log` row, `before`/`after` as their stored JSON text (which is what is hashed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRecord {
+    pub seq: i64,
+    pub tenant_id: Option<String>,
+    pub actor: String,
+    pub remote_addr: String,
+    pub action: String,
+    pub target: String,
+    pub at_unix_ms: i64,
+    pub before_json: Option<String>,
+    pub after_json: Option<String>,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+fn decode(r: &AnyRow) -> StoreResult<AuditRecord> {
+    Ok(AuditRecord {
+        seq: r.try_get("seq")?,
+        tenant_id: r.try_get("tenant_id")?,
+        actor: r.try_get("actor")?,
+        remote_addr: r.try_get("remote_addr")?,
+        action: r.try_get("action")?,
+        target: r.try_get("target")?,
+        at_unix_ms: r.try_get("at_unix_ms")?,
+        before_json: r.try_get("before_json")?,
+        after_json: r.try_get("after_json")?,
+        prev_hash: r.try_get("prev_hash")?,
+        hash: r.try_get("hash")?,
+    })
+}
+
+/// The newest row's seq and hash, if any.
+pub async fn last(conn: &mut AnyConnection) -> StoreResult<Option<(i64, String)>> {
+    let row = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+        .fetch_optional(conn)
+        .await?;
+    Ok(match row {
+        Some(r) => Some((r.try_get("seq")?, r.try_get("hash")?)),
+        None => None,
+    })
+}
+
+/// Appends a row and moves the recorded head to it. The caller holds the mutation lock.
+pub async fn insert(conn: &mut AnyConnection, r: &AuditRecord) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO audit_log (seq, tenant_id, actor, remote_addr, action, target, at_unix_ms, \
+         before_json, after_json, prev_hash, hash) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11)",
+    )
+    .bind(r.seq)
+    .bind(r.tenant_id.clone())
+    .bind(r.actor.clone())
+    .bind(r.remote_addr.clone())
+    .bind(r.action.clone())
+    .bind(r.target.clone())
+    .bind(r.at_unix_ms)
+    .bind(r.before_json.clone())
+    .bind(r.after_json.clone())
+    .bind(r.prev_hash.clone())
+    .bind(r.hash.clone())
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("UPDATE petrel_meta SET audit_head_seq = $1, audit_head_hash = $2 WHERE id = 1")
+        .bind(r.seq)
+        .bind(r.hash.clone())
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The recorded head: last seq and hash.
+pub async fn head(conn: &mut AnyConnection) -> StoreResult<(i64, String)> {
+    let meta = sqlx::query("SELECT audit_head_seq, audit_head_hash FROM petrel_meta WHERE id = 1")
+        .fetch_one(conn)
+        .await?;
+    Ok((
+        meta.try_get("audit_head_seq")?,
+        meta.try_get("audit_head_hash")?,
+    ))
+}
+
+/// Up to `rows_max` rows from `from_seq` on, in seq order.
+pub async fn page(
+    conn: &mut AnyConnection,
+    from_seq: i64,
+    rows_max: i64,
+) -> StoreResult<Vec<AuditRecord>> {
+    sqlx::query("SELECT * FROM audit_log WHERE seq >= $1 ORDER BY seq LIMIT $2")
+        .bind(from_seq)
+        .bind(rows_max)
+        .fetch_all(conn)
+        .await?
+        .iter()
+        .map(decode)
+        .collect()
+}
+
+/// Row filters; `None` means "any". `tenant_id: None` lists every tenant's rows.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub tenant_id: Option<String>,
+    pub action: Option<String>,
+    pub actor: Option<String>,
+    pub since_unix_ms: Option<i64>,
+    pub until_unix_ms: Option<i64>,
+}
+
+/// Matching rows, newest first, at most `rows_max`.
+pub async fn list(
+    conn: &mut AnyConnection,
+    f: &AuditFilter,
+    rows_max: i64,
+) -> StoreResult<Vec<AuditRecord>> {
+    // Fixed SQL with "no filter" sentinels keeps the query prepared and injection-free.
+    sqlx::query(
+        "SELECT * FROM audit_log WHERE ($1 = '' OR tenant_id = $1) AND ($2 = '' OR action = $2) \
+         AND ($3 = '' OR actor = $3) AND at_unix_ms >= $4 AND at_unix_ms <= $5 \
+         ORDER BY seq DESC LIMIT $6",
+    )
+    .bind(f.tenant_id.clone().unwrap_or_default())
+    .bind(f.action.clone().unwrap_or_default())
+    .bind(f.actor.clone().unwrap_or_default())
+    .bind(f.since_unix_ms.unwrap_or(0))
+    .bind(f.until_unix_ms.unwrap_or(i64::MAX))
+    .bind(rows_max)
+    .fetch_all(conn)
+    .await?
+    .iter()
+    .map(decode)
+    .collect()
+}

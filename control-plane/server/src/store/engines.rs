@@ -1,0 +1,116 @@
+//! The `engines` table: which engines connected, what they were sent and applied. Kept in the
+//! database so any control plane node can answer `GET /v1/engines`.
+
+use serde::{Deserialize, Serialize};
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row};
+
+use super::{get_bool, StoreResult};
+
+/// One `engines` row (also the API's view).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
+pub struct EngineRow {
+    pub id: String,
+    pub remote_addr: String,
+    pub connected: bool,
+    pub connected_unix_ms: i64,
+    pub last_contact_unix_ms: i64,
+    /// Newest snapshot version sent.
+    pub sent_version: i64,
+    /// Newest snapshot version the engine acknowledged as applied.
+    pub applied_version: i64,
+}
+
+fn decode(r: &AnyRow) -> StoreResult<EngineRow> {
+    Ok(EngineRow {
+        id: r.try_get("id")?,
+        remote_addr: r.try_get("remote_addr")?,
+        connected: get_bool(r, "connected")?,
+        connected_unix_ms: r.try_get("connected_unix_ms")?,
+        last_contact_unix_ms: r.try_get("last_contact_unix_ms")?,
+        sent_version: r.try_get("sent_version")?,
+        applied_version: r.try_get("applied_version")?,
+    })
+}
+
+/// Engines by id, at most `rows_max`.
+pub async fn list(conn: &mut AnyConnection, rows_max: i64) -> StoreResult<Vec<EngineRow>> {
+    sqlx::query("SELECT * FROM engines ORDER BY id LIMIT $1")
+        .bind(rows_max)
+        .fetch_all(conn)
+        .await?
+        .iter()
+        .map(decode)
+        .collect()
+}
+
+/// Records a (re)connected engine and the version it says it applied.
+pub async fn register(
+    conn: &mut AnyConnection,
+    id: &str,
+    remote_addr: &str,
+    applied_version: i64,
+    now_unix_ms: i64,
+) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO engines (id, remote_addr, connected, connected_unix_ms, last_contact_unix_ms, \
+         sent_version, applied_version) VALUES ($1,$2,1,$3,$3,0,$4) ON CONFLICT (id) DO UPDATE \
+         SET remote_addr = excluded.remote_addr, connected = 1, \
+         connected_unix_ms = excluded.connected_unix_ms, \
+         last_contact_unix_ms = excluded.last_contact_unix_ms, \
+         applied_version = excluded.applied_version",
+    )
+    .bind(id.to_string())
+    .bind(remote_addr.to_string())
+    .bind(now_unix_ms)
+    .bind(applied_version)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Marks an engine disconnected.
+pub async fn disconnect(conn: &mut AnyConnection, id: &str) -> StoreResult<()> {
+    sqlx::query("UPDATE engines SET connected = 0 WHERE id = $1")
+        .bind(id.to_string())
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// What to record about an engine besides the contact time.
+#[derive(Debug, Clone, Copy)]
+pub enum Touch {
+    Contact,
+    Sent(i64),
+    Applied(i64),
+}
+
+/// Records contact with an engine (and a version sent or applied).
+pub async fn touch(
+    conn: &mut AnyConnection,
+    id: &str,
+    what: Touch,
+    now_unix_ms: i64,
+) -> StoreResult<()> {
+    let (sql, version) = match what {
+        Touch::Contact => (
+            "UPDATE engines SET last_contact_unix_ms = $1 WHERE id = $2",
+            None,
+        ),
+        Touch::Sent(x) => (
+            "UPDATE engines SET last_contact_unix_ms = $1, sent_version = $3 WHERE id = $2",
+            Some(x),
+        ),
+        Touch::Applied(x) => (
+            "UPDATE engines SET last_contact_unix_ms = $1, applied_version = $3 WHERE id = $2",
+            Some(x),
+        ),
+    };
+    let mut q = sqlx::query(sql).bind(now_unix_ms).bind(id.to_string());
+    if let Some(x) = version {
+        q = q.bind(x);
+    }
+    q.execute(conn).await?;
+    Ok(())
+}

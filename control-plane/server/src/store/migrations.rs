@@ -1,0 +1,102 @@
+//! The schema, as numbered migrations (see [`super::Db`]).
+
+/// Schema versions, applied in order, each in its own transaction. `{blob}` is the dialect's
+/// binary type. Never edit a released entry: append a new one.
+pub(super) const MIGRATIONS: &[(i64, &str)] = &[(
+    1,
+    r#"
+CREATE TABLE petrel_meta (
+    id BIGINT PRIMARY KEY,
+    policy_version BIGINT NOT NULL,
+    defaults_json TEXT NOT NULL,
+    audit_head_seq BIGINT NOT NULL,
+    audit_head_hash TEXT NOT NULL
+);
+INSERT INTO petrel_meta (id, policy_version, defaults_json, audit_head_seq, audit_head_hash)
+VALUES (1, 0, '{}', 0, '0000000000000000000000000000000000000000000000000000000000000000');
+CREATE TABLE tenants (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    is_operator BIGINT NOT NULL,
+    suspended BIGINT NOT NULL,
+    messages_per_second_max BIGINT,
+    messages_per_day_max BIGINT,
+    allow_unverified_domains BIGINT NOT NULL,
+    created_unix_ms BIGINT NOT NULL
+);
+CREATE TABLE domains (
+    id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL REFERENCES tenants(id),
+    name TEXT NOT NULL UNIQUE,
+    verified BIGINT NOT NULL,
+    verified_loopback BIGINT NOT NULL,
+    verified_unix_ms BIGINT,
+    messages_per_second_max BIGINT,
+    last_check_json TEXT,
+    created_unix_ms BIGINT NOT NULL
+);
+CREATE INDEX domains_tenant ON domains (tenant_id);
+CREATE TABLE dkim_keys (
+    id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL REFERENCES tenants(id),
+    domain_id TEXT NOT NULL REFERENCES domains(id),
+    selector TEXT NOT NULL,
+    algorithm TEXT NOT NULL,
+    private_key {blob} NOT NULL,
+    dns_txt TEXT NOT NULL,
+    activated_unix_ms BIGINT,
+    created_unix_ms BIGINT NOT NULL,
+    retired_unix_ms BIGINT,
+    UNIQUE (domain_id, selector)
+);
+CREATE INDEX dkim_keys_tenant ON dkim_keys (tenant_id, domain_id);
+CREATE TABLE credentials (
+    id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL REFERENCES tenants(id),
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    username TEXT UNIQUE,
+    prefix TEXT NOT NULL UNIQUE,
+    phc TEXT NOT NULL,
+    role TEXT,
+    scopes TEXT NOT NULL,
+    allowed_sender_domains TEXT NOT NULL,
+    ip_allowlist TEXT NOT NULL,
+    revoked BIGINT NOT NULL,
+    created_unix_ms BIGINT NOT NULL,
+    revoked_unix_ms BIGINT,
+    rotated_unix_ms BIGINT
+);
+CREATE INDEX credentials_tenant ON credentials (tenant_id);
+CREATE TABLE destination_limits (
+    domain TEXT PRIMARY KEY,
+    connections_max BIGINT,
+    messages_per_second_max BIGINT,
+    tls_required BIGINT NOT NULL,
+    updated_unix_ms BIGINT NOT NULL
+);
+CREATE TABLE audit_log (
+    seq BIGINT PRIMARY KEY,
+    tenant_id TEXT,
+    actor TEXT NOT NULL,
+    remote_addr TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL,
+    at_unix_ms BIGINT NOT NULL,
+    before_json TEXT,
+    after_json TEXT,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE INDEX audit_log_tenant ON audit_log (tenant_id, seq);
+CREATE TABLE engines (
+    id TEXT PRIMARY KEY,
+    remote_addr TEXT NOT NULL,
+    connected BIGINT NOT NULL,
+    connected_unix_ms BIGINT NOT NULL,
+    last_contact_unix_ms BIGINT NOT NULL,
+    sent_version BIGINT NOT NULL,
+    applied_version BIGINT NOT NULL
+);
+"#,
+)];
