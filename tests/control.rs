@@ -11,7 +11,6 @@ use std::process::Command;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use common::dns::{record, DnsServer};
 use common::*;
 use hickory_proto::rr::rdata::TXT;
 use hickory_proto::rr::RData;
@@ -20,6 +19,7 @@ use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{Tls, TlsParameters};
 use lettre::{Message, SmtpTransport, Transport};
 use petrel_loadtest::{start_sink, SinkConfig};
+use petrel_testkit::dns::{record, DnsServer};
 use serde_json::{json, Value};
 
 const DOMAIN: &str = "e2e.test";

@@ -8,9 +8,9 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::dns::{a, mx, DnsServer};
 use common::*;
 use petrel_loadtest::{start_sink, DomainFault, SinkConfig, SinkHandle};
+use petrel_testkit::dns::{a, mx, DnsServer};
 
 /// The longest any delivery test waits for mail to arrive.
 const ARRIVAL_TIMEOUT: Duration = Duration::from_secs(60);

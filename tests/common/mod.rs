@@ -2,10 +2,6 @@
 //! loopback, stop it by PID.
 #![allow(dead_code)]
 
-/// The loopback DNS server (hickory-server) shared with engine/outbound's tests.
-#[path = "../../engine/outbound/tests/support/dns_server.rs"]
-pub mod dns;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};

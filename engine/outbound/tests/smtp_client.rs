@@ -1,12 +1,11 @@
 //! The SMTP client against a real SMTP server on loopback, inside glommio executors.
 
-mod support;
-
-use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use petrel_outbound::{ClientConfig, ClientError, RcptOutcome, SmtpConnection, TlsMode};
-use support::smtp_server::{glommio_run, test_pki, ServerOpts, TestServer};
+use petrel_testkit::glommio::run as glommio_run;
+use petrel_testkit::smtp_server::{Script, SmtpServer};
+use petrel_testkit::tls::test_pki;
 
 fn cfg(tls: TlsMode) -> ClientConfig {
     ClientConfig {
@@ -41,7 +40,7 @@ fn deliver(
 
 #[test]
 fn plain_delivery_without_pipelining() {
-    let server = TestServer::start(ServerOpts::default());
+    let server = SmtpServer::start(Script::default());
     let body = b"Subject: hi\r\n\r\nhello\r\n".to_vec();
     let out = deliver(
         server.addr,
@@ -70,7 +69,7 @@ fn plain_delivery_without_pipelining() {
 
 #[test]
 fn dot_stuffing_round_trip_and_missing_final_crlf() {
-    let server = TestServer::start(ServerOpts::default());
+    let server = SmtpServer::start(Script::default());
     let tricky = b".leading dot\r\n..two dots\r\n.\r\nmid.dle\r\n\r\n. space\r\n".to_vec();
     let no_crlf = b"Subject: x\r\n\r\nlast line without CRLF".to_vec();
     let out = deliver(
@@ -95,10 +94,10 @@ fn dot_stuffing_round_trip_and_missing_final_crlf() {
 
 #[test]
 fn pipelined_transaction_and_reuse_with_rset() {
-    let server = TestServer::start(ServerOpts {
+    let server = SmtpServer::start(Script {
         pipelining: true,
         size: Some(10_000_000),
-        ..ServerOpts::default()
+        ..Script::default()
     });
     let out = deliver(
         server.addr,
@@ -137,20 +136,13 @@ fn pipelined_transaction_and_reuse_with_rset() {
 #[test]
 fn per_recipient_outcomes() {
     for pipelining in [false, true] {
-        let mut rcpt_replies = HashMap::new();
-        rcpt_replies.insert(
-            "busy@dst.test".to_string(),
-            "450 4.2.1 mailbox busy".to_string(),
-        );
-        rcpt_replies.insert(
-            "nobody@dst.test".to_string(),
-            "550 5.1.1 no such user".to_string(),
-        );
-        let server = TestServer::start(ServerOpts {
+        let script = Script {
             pipelining,
-            rcpt_replies,
-            ..ServerOpts::default()
-        });
+            ..Script::default()
+        }
+        .rcpt_reply("busy@dst.test", "450 4.2.1 mailbox busy")
+        .rcpt_reply("nobody@dst.test", "550 5.1.1 no such user");
+        let server = SmtpServer::start(script);
         let rcpts = vec![
             "ok@dst.test",
             "busy@dst.test",
@@ -189,9 +181,9 @@ fn per_recipient_outcomes() {
 
 #[test]
 fn size_limit_is_honoured_without_sending() {
-    let server = TestServer::start(ServerOpts {
+    let server = SmtpServer::start(Script {
         size: Some(100),
-        ..ServerOpts::default()
+        ..Script::default()
     });
     let out = deliver(
         server.addr,
@@ -208,9 +200,9 @@ fn size_limit_is_honoured_without_sending() {
 
 #[test]
 fn helo_fallback_when_ehlo_is_refused() {
-    let server = TestServer::start(ServerOpts {
+    let server = SmtpServer::start(Script {
         reject_ehlo: true,
-        ..ServerOpts::default()
+        ..Script::default()
     });
     let out = deliver(
         server.addr,
@@ -227,10 +219,10 @@ fn helo_fallback_when_ehlo_is_refused() {
 #[test]
 fn opportunistic_tls_with_self_signed_cert() {
     let pki = test_pki("mx.test.local");
-    let server = TestServer::start(ServerOpts {
+    let server = SmtpServer::start(Script {
         tls: Some(pki.server_config.clone()),
         pipelining: true,
-        ..ServerOpts::default()
+        ..Script::default()
     });
     let addr = server.addr;
     let tls = glommio_run(move || async move {
@@ -262,7 +254,7 @@ fn opportunistic_tls_with_self_signed_cert() {
 
 #[test]
 fn required_tls_without_starttls_fails() {
-    let server = TestServer::start(ServerOpts::default());
+    let server = SmtpServer::start(Script::default());
     let addr = server.addr;
     let err = glommio_run(move || async move {
         SmtpConnection::connect(addr, "mx.test.local", &cfg(TlsMode::Required))
@@ -279,9 +271,9 @@ fn required_tls_without_starttls_fails() {
 #[test]
 fn required_tls_verifies_against_extra_roots_and_name() {
     let pki = test_pki("mx.test.local");
-    let server = TestServer::start(ServerOpts {
+    let server = SmtpServer::start(Script {
         tls: Some(pki.server_config.clone()),
-        ..ServerOpts::default()
+        ..Script::default()
     });
     let addr = server.addr;
     let ca = pki.ca_pem.clone().into_bytes();
@@ -320,9 +312,9 @@ fn required_tls_verifies_against_extra_roots_and_name() {
 
 #[test]
 fn dropped_connection_in_data() {
-    let server = TestServer::start(ServerOpts {
+    let server = SmtpServer::start(Script {
         drop_in_data_after_bytes: Some(10_000),
-        ..ServerOpts::default()
+        ..Script::default()
     });
     let body: Vec<u8> = b"0123456789012345678901234567890123456789\r\n".repeat(50_000);
     let err = deliver(
@@ -338,9 +330,9 @@ fn dropped_connection_in_data() {
 
 #[test]
 fn silent_server_times_out() {
-    let server = TestServer::start(ServerOpts {
+    let server = SmtpServer::start(Script {
         silent: true,
-        ..ServerOpts::default()
+        ..Script::default()
     });
     let addr = server.addr;
     let started = std::time::Instant::now();
@@ -375,9 +367,9 @@ fn connect_refused_is_a_connect_error() {
 
 #[test]
 fn many_recipients_are_batched_and_capped() {
-    let server = TestServer::start(ServerOpts {
+    let server = SmtpServer::start(Script {
         pipelining: true,
-        ..ServerOpts::default()
+        ..Script::default()
     });
     let addrs: Vec<String> = (0..1005).map(|i| format!("r{i}@dst.test")).collect();
     let addr = server.addr;
@@ -403,10 +395,10 @@ fn many_recipients_are_batched_and_capped() {
 #[test]
 fn mail_rejection_applies_to_every_recipient() {
     for pipelining in [false, true] {
-        let server = TestServer::start(ServerOpts {
+        let server = SmtpServer::start(Script {
             pipelining,
             mail_reply: Some("550 5.7.1 sender denied".into()),
-            ..ServerOpts::default()
+            ..Script::default()
         });
         let out = deliver(
             server.addr,
@@ -438,16 +430,12 @@ fn mail_rejection_applies_to_every_recipient() {
 #[test]
 fn a_421_marks_the_connection_unusable() {
     for pipelining in [false, true] {
-        let mut rcpt_replies = HashMap::new();
-        rcpt_replies.insert(
-            "late@dst.test".to_string(),
-            "421 4.3.2 shutting down".to_string(),
-        );
-        let server = TestServer::start(ServerOpts {
+        let script = Script {
             pipelining,
-            rcpt_replies,
-            ..ServerOpts::default()
-        });
+            ..Script::default()
+        }
+        .rcpt_reply("late@dst.test", "421 4.3.2 shutting down");
+        let server = SmtpServer::start(script);
         let addr = server.addr;
         let (out, reusable, second) = glommio_run(move || async move {
             let mut conn = SmtpConnection::connect(addr, "mx.test.local", &cfg(TlsMode::Disabled))
@@ -475,10 +463,10 @@ fn a_421_marks_the_connection_unusable() {
 #[test]
 fn idle_close_on_reuse_is_dropped_at_rset() {
     for pipelining in [false, true] {
-        let server = TestServer::start(ServerOpts {
+        let server = SmtpServer::start(Script {
             pipelining,
             close_after_first_message: true,
-            ..ServerOpts::default()
+            ..Script::default()
         });
         let addr = server.addr;
         let second = glommio_run(move || async move {
@@ -505,9 +493,9 @@ fn idle_close_on_reuse_is_dropped_at_rset() {
 
 #[test]
 fn failed_opportunistic_handshake_is_a_tls_error() {
-    let server = TestServer::start(ServerOpts {
+    let server = SmtpServer::start(Script {
         broken_tls: true,
-        ..ServerOpts::default()
+        ..Script::default()
     });
     let addr = server.addr;
     let err = glommio_run(move || async move {
@@ -520,9 +508,9 @@ fn failed_opportunistic_handshake_is_a_tls_error() {
 
 #[test]
 fn rejected_greeting() {
-    let server = TestServer::start(ServerOpts {
+    let server = SmtpServer::start(Script {
         greeting: Some("554 5.7.1 no service for you".into()),
-        ..ServerOpts::default()
+        ..Script::default()
     });
     let addr = server.addr;
     let err = glommio_run(move || async move {
@@ -541,9 +529,9 @@ fn rejected_greeting() {
 
 #[test]
 fn plaintext_after_starttls_reply_is_refused() {
-    let server = TestServer::start(ServerOpts {
+    let server = SmtpServer::start(Script {
         starttls_injection: true,
-        ..ServerOpts::default()
+        ..Script::default()
     });
     let addr = server.addr;
     let err = glommio_run(move || async move {
@@ -565,18 +553,14 @@ fn plaintext_after_starttls_reply_is_refused() {
 
 #[test]
 fn chunking_sends_the_whole_transaction_in_one_write() {
-    let mut rcpt_replies = HashMap::new();
-    rcpt_replies.insert(
-        "nobody@dst.test".to_string(),
-        "550 5.1.1 no such user".to_string(),
-    );
-    let server = TestServer::start(ServerOpts {
+    let script = Script {
         pipelining: true,
         chunking: true,
         size: Some(10_000_000),
-        rcpt_replies,
-        ..ServerOpts::default()
-    });
+        ..Script::default()
+    }
+    .rcpt_reply("nobody@dst.test", "550 5.1.1 no such user");
+    let server = SmtpServer::start(script);
     let big = vec![b'x'; petrel_outbound::BDAT_INLINE_BYTES_MAX + 10];
     let out = deliver(
         server.addr,
@@ -623,21 +607,14 @@ fn chunking_sends_the_whole_transaction_in_one_write() {
 
 #[test]
 fn send_many_pipelines_whole_transactions_and_stops_cleanly_at_a_421() {
-    let mut rcpt_replies = HashMap::new();
-    rcpt_replies.insert(
-        "nobody@dst.test".to_string(),
-        "550 5.1.1 no such user".to_string(),
-    );
-    rcpt_replies.insert(
-        "closing@dst.test".to_string(),
-        "421 4.3.2 shutting down".to_string(),
-    );
-    let server = TestServer::start(ServerOpts {
+    let script = Script {
         pipelining: true,
         chunking: true,
-        rcpt_replies,
-        ..ServerOpts::default()
-    });
+        ..Script::default()
+    }
+    .rcpt_reply("nobody@dst.test", "550 5.1.1 no such user")
+    .rcpt_reply("closing@dst.test", "421 4.3.2 shutting down");
+    let server = SmtpServer::start(script);
     let addr = server.addr;
     let (first, second) = glommio_run(move || async move {
         let cfg = cfg(TlsMode::Disabled);

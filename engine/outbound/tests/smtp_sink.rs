@@ -1,15 +1,13 @@
 //! The client against Postfix's `smtp-sink`, an independent server implementation, when it is
 //! installed (Debian: postfix). Skipped, with a note, when it is not.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use petrel_outbound::{ClientConfig, RcptOutcome, SmtpConnection, TlsMode};
-use support::smtp_server::glommio_run;
+use petrel_testkit::glommio::run as glommio_run;
 
 const SMTP_SINK: &str = "/usr/sbin/smtp-sink";
 /// How long smtp-sink may take to start listening.
