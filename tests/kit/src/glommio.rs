@@ -1,7 +1,8 @@
 //! Running test code on glommio: a fresh executor per call, on its own thread.
 //!
-//! [`run`] is what most tests need; [`Runner`] adds pinning, a name and a time bound. Inside an
-//! executor, [`wait_until`] polls a condition with a bound instead of a hand-written loop.
+//! [`run`] is what most tests need; [`Runner`] adds pinning, a name, a time bound and
+//! [`Runner::run_here`] (the calling thread, so the future may borrow). Inside an executor,
+//! [`wait_until`] polls a condition with a bound instead of a hand-written loop.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -61,22 +62,9 @@ impl Runner {
         T: Send + 'static,
     {
         let timeout = self.timeout;
-        let handle = LocalExecutorBuilder::new(self.placement)
-            .io_memory(IO_MEMORY_BYTES)
-            .name(&self.name)
-            .spawn(move || async move {
-                let fut = make();
-                match timeout {
-                    None => fut.await,
-                    Some(bound) => async { Some(fut.await) }
-                        .or(async {
-                            ::glommio::timer::sleep(bound).await;
-                            None
-                        })
-                        .await
-                        .unwrap_or_else(|| panic!("test future still running after {bound:?}")),
-                }
-            })
+        let handle = self
+            .builder()
+            .spawn(move || bounded(make(), timeout))
             .expect("a glommio executor thread");
         match handle.join() {
             Ok(out) => out,
@@ -86,6 +74,36 @@ impl Runner {
             Err(e) => panic!("glommio executor failed: {e}"),
         }
     }
+
+    /// Runs `fut` on a new executor on the calling thread, so it may borrow from the caller
+    /// (a test's servers, say). The thread must not be inside another executor.
+    pub fn run_here<T>(self, fut: impl Future<Output = T>) -> T {
+        let timeout = self.timeout;
+        self.builder()
+            .make()
+            .expect("a glommio executor on this thread")
+            .run(bounded(fut, timeout))
+    }
+
+    fn builder(&self) -> LocalExecutorBuilder {
+        LocalExecutorBuilder::new(self.placement.clone())
+            .io_memory(IO_MEMORY_BYTES)
+            .name(&self.name)
+    }
+}
+
+/// `fut`, failing the test if it runs longer than `timeout`.
+async fn bounded<T>(fut: impl Future<Output = T>, timeout: Option<Duration>) -> T {
+    let Some(bound) = timeout else {
+        return fut.await;
+    };
+    async { Some(fut.await) }
+        .or(async {
+            ::glommio::timer::sleep(bound).await;
+            None
+        })
+        .await
+        .unwrap_or_else(|| panic!("test future still running after {bound:?}"))
 }
 
 /// Runs the future made by `make` on a fresh, unpinned executor thread.

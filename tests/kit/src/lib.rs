@@ -25,6 +25,8 @@
 pub mod dns;
 pub mod glommio;
 pub mod http;
+pub mod mem_spool;
+pub mod shard;
 pub mod smtp_server;
 mod smtp_session;
 pub mod tls;
