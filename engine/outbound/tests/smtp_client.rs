@@ -38,6 +38,15 @@ fn deliver(
     })
 }
 
+/// Connects to "mx.test.local" at `addr`; the error, if connecting fails.
+fn connect_error(addr: SocketAddr, cfg: ClientConfig) -> Option<ClientError> {
+    glommio_run(move || async move {
+        SmtpConnection::connect(addr, "mx.test.local", &cfg)
+            .await
+            .err()
+    })
+}
+
 #[test]
 fn plain_delivery_without_pipelining() {
     let server = SmtpServer::start(Script::default());
@@ -255,12 +264,7 @@ fn opportunistic_tls_with_self_signed_cert() {
 #[test]
 fn required_tls_without_starttls_fails() {
     let server = SmtpServer::start(Script::default());
-    let addr = server.addr;
-    let err = glommio_run(move || async move {
-        SmtpConnection::connect(addr, "mx.test.local", &cfg(TlsMode::Required))
-            .await
-            .err()
-    });
+    let err = connect_error(server.addr, cfg(TlsMode::Required));
     assert!(
         matches!(err, Some(ClientError::TlsRequired { .. })),
         "{err:?}"
@@ -336,13 +340,9 @@ fn silent_server_times_out() {
     });
     let addr = server.addr;
     let started = std::time::Instant::now();
-    let err = glommio_run(move || async move {
-        let mut c = cfg(TlsMode::Opportunistic);
-        c.greeting_timeout_ms = 200;
-        SmtpConnection::connect(addr, "mx.test.local", &c)
-            .await
-            .err()
-    });
+    let mut c = cfg(TlsMode::Opportunistic);
+    c.greeting_timeout_ms = 200;
+    let err = connect_error(addr, c);
     assert!(
         matches!(err, Some(ClientError::Timeout { stage: "greeting" })),
         "{err:?}"
@@ -357,11 +357,7 @@ fn connect_refused_is_a_connect_error() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let err = glommio_run(move || async move {
-        SmtpConnection::connect(addr, "mx.test.local", &cfg(TlsMode::Disabled))
-            .await
-            .err()
-    });
+    let err = connect_error(addr, cfg(TlsMode::Disabled));
     assert!(matches!(err, Some(ClientError::Connect { .. })), "{err:?}");
 }
 
@@ -497,12 +493,7 @@ fn failed_opportunistic_handshake_is_a_tls_error() {
         broken_tls: true,
         ..Script::default()
     });
-    let addr = server.addr;
-    let err = glommio_run(move || async move {
-        SmtpConnection::connect(addr, "mx.test.local", &cfg(TlsMode::Opportunistic))
-            .await
-            .err()
-    });
+    let err = connect_error(server.addr, cfg(TlsMode::Opportunistic));
     assert!(matches!(err, Some(ClientError::Tls { .. })), "{err:?}");
 }
 
@@ -512,12 +503,7 @@ fn rejected_greeting() {
         greeting: Some("554 5.7.1 no service for you".into()),
         ..Script::default()
     });
-    let addr = server.addr;
-    let err = glommio_run(move || async move {
-        SmtpConnection::connect(addr, "mx.test.local", &cfg(TlsMode::Opportunistic))
-            .await
-            .err()
-    });
+    let err = connect_error(server.addr, cfg(TlsMode::Opportunistic));
     match err {
         Some(ClientError::Rejected { stage, reply }) => {
             assert_eq!(stage, "greeting");
@@ -533,12 +519,7 @@ fn plaintext_after_starttls_reply_is_refused() {
         starttls_injection: true,
         ..Script::default()
     });
-    let addr = server.addr;
-    let err = glommio_run(move || async move {
-        SmtpConnection::connect(addr, "mx.test.local", &cfg(TlsMode::Opportunistic))
-            .await
-            .err()
-    });
+    let err = connect_error(server.addr, cfg(TlsMode::Opportunistic));
     assert!(
         matches!(
             err,

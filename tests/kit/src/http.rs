@@ -108,14 +108,6 @@ impl Request {
         Response::parse(&raw)
     }
 
-    /// Sends over a new tokio TCP connection to `addr`.
-    pub async fn send_async(&self, addr: SocketAddr) -> Result<Response, HttpError> {
-        let s = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr))
-            .await
-            .map_err(|_| HttpError::Timeout)??;
-        self.send_over(s, &addr.to_string()).await
-    }
-
     /// Sends over a stream already open (plain TCP or TLS); `host` fills the Host header.
     pub async fn send_over<S>(&self, mut stream: S, host: &str) -> Result<Response, HttpError>
     where

@@ -114,11 +114,10 @@ pub async fn http(
     key: Option<&str>,
     body: Option<&str>,
 ) -> Resp {
-    request(method, path, key, body)
-        .send_async(addr)
+    let tcp = tokio::net::TcpStream::connect(addr)
         .await
-        .expect("API answers")
-        .into()
+        .expect("connect api");
+    http_over(tcp, addr, method, path, key, body).await
 }
 
 /// [`http`] over a stream already open (plain TCP or TLS).
@@ -130,14 +129,6 @@ pub async fn http_over<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     key: Option<&str>,
     body: Option<&str>,
 ) -> Resp {
-    request(method, path, key, body)
-        .send_over(s, &addr.to_string())
-        .await
-        .expect("API answers")
-        .into()
-}
-
-fn request(method: &str, path: &str, key: Option<&str>, body: Option<&str>) -> Request {
     let mut req = Request::new(method, path);
     if let Some(k) = key {
         req = req.bearer(k);
@@ -146,5 +137,8 @@ fn request(method: &str, path: &str, key: Option<&str>, body: Option<&str>) -> R
     if !body.is_empty() || method == "POST" || method == "PUT" {
         req = req.json_text(body);
     }
-    req
+    req.send_over(s, &addr.to_string())
+        .await
+        .expect("API answers")
+        .into()
 }
