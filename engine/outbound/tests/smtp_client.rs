@@ -4,21 +4,9 @@ use std::net::SocketAddr;
 
 use petrel_outbound::{ClientConfig, ClientError, RcptOutcome, SmtpConnection, TlsMode};
 use petrel_testkit::glommio::run as glommio_run;
+use petrel_testkit::outbound::client_config as cfg;
 use petrel_testkit::smtp_server::{Script, SmtpServer};
 use petrel_testkit::tls::test_pki;
-
-fn cfg(tls: TlsMode) -> ClientConfig {
-    ClientConfig {
-        helo_name: "client.test.local".into(),
-        tls,
-        connect_timeout_ms: 5_000,
-        greeting_timeout_ms: 5_000,
-        command_timeout_ms: 5_000,
-        data_block_timeout_ms: 5_000,
-        data_done_timeout_ms: 5_000,
-        ..ClientConfig::default()
-    }
-}
 
 /// Connects and sends one message per entry of `messages`, on one connection, then QUITs.
 fn deliver(

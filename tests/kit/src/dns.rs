@@ -26,6 +26,12 @@ pub const ORIGIN: &str = "test.";
 pub const SERIAL: u32 = 1;
 /// SOA minimum, which bounds the negative TTL.
 pub const NEGATIVE_TTL_SECS: u32 = 2;
+/// TTL of the TXT records [`DnsServer::set_txt`] publishes.
+pub const SET_TXT_TTL_SECS: u32 = 60;
+/// SOA refresh, retry and expire: secondaries' timers, unused on loopback but required.
+const SOA_REFRESH_SECS: i32 = 3600;
+const SOA_RETRY_SECS: i32 = 600;
+const SOA_EXPIRE_SECS: i32 = 86400;
 /// Attempts at finding a port free for both UDP and TCP.
 const PORT_ATTEMPTS_MAX: usize = 20;
 /// How long the TCP side waits for a client's query.
@@ -156,7 +162,7 @@ impl DnsServer {
     /// Replaces every TXT record at `owner` with one record per value (none: the name has no
     /// TXT records any more).
     pub fn set_txt(&self, owner: &str, values: &[&str]) {
-        let records: Vec<Record> = values.iter().map(|v| txt(owner, 60, v)).collect();
+        let records: Vec<Record> = values.iter().map(|v| txt(owner, SET_TXT_TTL_SECS, v)).collect();
         let key = RrKey::new(LowerName::new(&name(owner)), RecordType::TXT);
         let zone = self.zone.clone();
         wait_for(self.runtime(), async move {
@@ -188,9 +194,9 @@ fn zone_with(records: Vec<Record>) -> Zone {
         name("ns.test."),
         name("hostmaster.test."),
         SERIAL,
-        3600,
-        600,
-        86400,
+        SOA_REFRESH_SECS,
+        SOA_RETRY_SECS,
+        SOA_EXPIRE_SECS,
         NEGATIVE_TTL_SECS,
     );
     zone.upsert_mut(record(ORIGIN, NEGATIVE_TTL_SECS, RData::SOA(soa)), SERIAL);
@@ -212,5 +218,5 @@ fn wait_for<T: Send + 'static>(
     runtime.spawn(async move {
         let _ = tx.send(fut.await);
     });
-    rx.recv().expect("the DNS server runtime finished the task")
+    rx.recv().expect("the task on the DNS server runtime finished (it panicked otherwise)")
 }

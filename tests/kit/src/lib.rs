@@ -7,6 +7,7 @@
 //!   EHLO, MAIL and per-recipient replies, 421, cut-off DATA, silence, broken TLS); its
 //!   [`smtp_server::Log`] records commands, transactions and connection counts.
 //! - [`tls`]: a throw-away CA and a server certificate signed by it (rustls + rcgen).
+//! - [`outbound`]: the SMTP client settings tests use against those servers.
 //! - [`dns`]: a real DNS server on loopback (hickory-server, UDP and TCP) serving A, AAAA, MX,
 //!   TXT and TLSA records of zone `test.`, changeable while it runs.
 //! - [`http`]: one small HTTP/1.1 client (Content-Length and chunked bodies, JSON helpers) with a
@@ -26,6 +27,7 @@ pub mod dns;
 pub mod glommio;
 pub mod http;
 pub mod mem_spool;
+pub mod outbound;
 pub mod shard;
 pub mod smtp_server;
 mod smtp_session;

@@ -4,22 +4,11 @@ use std::time::Duration;
 
 use petrel_outbound::{ClientConfig, ClientError, RcptOutcome, SmtpConnection, TlsMode};
 use petrel_testkit::glommio::run;
+use petrel_testkit::outbound::client_config;
 use petrel_testkit::smtp_server::{Script, SmtpServer};
 
-/// Client timeouts: bounds only.
-const CLIENT_TIMEOUT_MS: u64 = 5_000;
-
 fn cfg() -> ClientConfig {
-    ClientConfig {
-        helo_name: "client.test.local".into(),
-        tls: TlsMode::Disabled,
-        connect_timeout_ms: CLIENT_TIMEOUT_MS,
-        greeting_timeout_ms: CLIENT_TIMEOUT_MS,
-        command_timeout_ms: CLIENT_TIMEOUT_MS,
-        data_block_timeout_ms: CLIENT_TIMEOUT_MS,
-        data_done_timeout_ms: CLIENT_TIMEOUT_MS,
-        ..ClientConfig::default()
-    }
+    client_config(TlsMode::Disabled)
 }
 
 /// The reply code of each recipient of one transaction on a new connection, or the error.
