@@ -162,7 +162,10 @@ impl DnsServer {
     /// Replaces every TXT record at `owner` with one record per value (none: the name has no
     /// TXT records any more).
     pub fn set_txt(&self, owner: &str, values: &[&str]) {
-        let records: Vec<Record> = values.iter().map(|v| txt(owner, SET_TXT_TTL_SECS, v)).collect();
+        let records: Vec<Record> = values
+            .iter()
+            .map(|v| txt(owner, SET_TXT_TTL_SECS, v))
+            .collect();
         let key = RrKey::new(LowerName::new(&name(owner)), RecordType::TXT);
         let zone = self.zone.clone();
         wait_for(self.runtime(), async move {
@@ -218,5 +221,6 @@ fn wait_for<T: Send + 'static>(
     runtime.spawn(async move {
         let _ = tx.send(fut.await);
     });
-    rx.recv().expect("the task on the DNS server runtime finished (it panicked otherwise)")
+    rx.recv()
+        .expect("the task on the DNS server runtime finished (it panicked otherwise)")
 }
