@@ -8,15 +8,17 @@ use petrel_testkit::outbound::client_config as cfg;
 use petrel_testkit::smtp_server::{Script, SmtpServer};
 use petrel_testkit::tls::test_pki;
 
+/// The name the tests connect to (the scripted server's own name).
+const MX: &str = "mx.test.local";
+
 /// Connects and sends one message per entry of `messages`, on one connection, then QUITs.
 fn deliver(
     addr: SocketAddr,
-    mx: &'static str,
     cfg: ClientConfig,
     messages: Vec<(&'static str, Vec<&'static str>, Vec<u8>)>,
 ) -> Result<Vec<petrel_outbound::TransactionOutcome>, ClientError> {
     glommio_run(move || async move {
-        let mut conn = SmtpConnection::connect(addr, mx, &cfg).await?;
+        let mut conn = SmtpConnection::connect(addr, MX, &cfg).await?;
         let mut outcomes = Vec::new();
         for (from, rcpts, body) in &messages {
             outcomes.push(conn.send(from, rcpts, body).await?);
@@ -26,13 +28,9 @@ fn deliver(
     })
 }
 
-/// Connects to "mx.test.local" at `addr`; the error, if connecting fails.
+/// Connects to [`MX`] at `addr`; the error, if connecting fails.
 fn connect_error(addr: SocketAddr, cfg: ClientConfig) -> Option<ClientError> {
-    glommio_run(move || async move {
-        SmtpConnection::connect(addr, "mx.test.local", &cfg)
-            .await
-            .err()
-    })
+    glommio_run(move || async move { SmtpConnection::connect(addr, MX, &cfg).await.err() })
 }
 
 #[test]
@@ -41,7 +39,6 @@ fn plain_delivery_without_pipelining() {
     let body = b"Subject: hi\r\n\r\nhello\r\n".to_vec();
     let out = deliver(
         server.addr,
-        "mx.test.local",
         cfg(TlsMode::Opportunistic),
         vec![("a@src.test", vec!["b@dst.test", "c@dst.test"], body.clone())],
     )
@@ -71,7 +68,6 @@ fn dot_stuffing_round_trip_and_missing_final_crlf() {
     let no_crlf = b"Subject: x\r\n\r\nlast line without CRLF".to_vec();
     let out = deliver(
         server.addr,
-        "mx.test.local",
         cfg(TlsMode::Disabled),
         vec![
             ("a@src.test", vec!["b@dst.test"], tricky.clone()),
@@ -98,7 +94,6 @@ fn pipelined_transaction_and_reuse_with_rset() {
     });
     let out = deliver(
         server.addr,
-        "mx.test.local",
         cfg(TlsMode::Disabled),
         vec![
             (
@@ -148,7 +143,6 @@ fn per_recipient_outcomes() {
         ];
         let out = deliver(
             server.addr,
-            "mx.test.local",
             cfg(TlsMode::Disabled),
             vec![
                 ("a@src.test", rcpts, b"m\r\n".to_vec()),
@@ -184,7 +178,6 @@ fn size_limit_is_honoured_without_sending() {
     });
     let out = deliver(
         server.addr,
-        "mx.test.local",
         cfg(TlsMode::Disabled),
         vec![("a@src.test", vec!["b@dst.test"], vec![b'x'; 200])],
     )
@@ -203,7 +196,6 @@ fn helo_fallback_when_ehlo_is_refused() {
     });
     let out = deliver(
         server.addr,
-        "mx.test.local",
         cfg(TlsMode::Opportunistic),
         vec![("a@src.test", vec!["b@dst.test"], b"m\r\n".to_vec())],
     )
@@ -311,7 +303,6 @@ fn dropped_connection_in_data() {
     let body: Vec<u8> = b"0123456789012345678901234567890123456789\r\n".repeat(50_000);
     let err = deliver(
         server.addr,
-        "mx.test.local",
         cfg(TlsMode::Disabled),
         vec![("a@src.test", vec!["b@dst.test"], body)],
     )
@@ -386,7 +377,6 @@ fn mail_rejection_applies_to_every_recipient() {
         });
         let out = deliver(
             server.addr,
-            "mx.test.local",
             cfg(TlsMode::Disabled),
             vec![
                 (
@@ -533,7 +523,6 @@ fn chunking_sends_the_whole_transaction_in_one_write() {
     let big = vec![b'x'; petrel_outbound::BDAT_INLINE_BYTES_MAX + 10];
     let out = deliver(
         server.addr,
-        "mx.test.local",
         cfg(TlsMode::Disabled),
         vec![
             // Leading dots are content under BDAT (no stuffing); the final CRLF is added.
