@@ -4,7 +4,7 @@
 //!
 //! - [`smtp_server`]: one scripted SMTP server on loopback (std threads). A [`smtp_server::Script`]
 //!   says what it offers (PIPELINING, CHUNKING, SIZE, STARTTLS) and how it misbehaves (greeting,
-//!   EHLO, MAIL and per-recipient replies, 421, cut-off DATA, silence, broken TLS); its
+//!   EHLO, MAIL, per-recipient and DATA replies, 421, cut-off DATA, silence, broken TLS); its
 //!   [`smtp_server::Log`] records commands, transactions and connection counts.
 //! - [`tls`]: a throw-away CA and a server certificate signed by it (rustls + rcgen).
 //! - [`outbound`]: the SMTP client settings tests use against those servers.

@@ -43,6 +43,9 @@ pub struct Script {
     pub reject_ehlo: bool,
     /// Reply to every MAIL with this line instead of 250 (no transaction starts).
     pub mail_reply: Option<String>,
+    /// Reply to the end of the message (DATA's final dot or BDAT LAST) with this line instead
+    /// of 250; the message is not accepted (not logged as a transaction).
+    pub data_reply: Option<String>,
     /// Per-recipient behaviour, first match wins; recipients without a match are accepted.
     pub rcpt_rules: Vec<RcptRule>,
     /// Close the connection after this many DATA (or BDAT) bytes.

@@ -379,9 +379,13 @@ impl<'a> Session<'a> {
         self.accept_message()
     }
 
-    /// Logs the finished transaction and answers 250.
+    /// Logs the finished transaction and answers 250, or answers the script's DATA reply.
     fn accept_message(&mut self) -> R {
         let txn = self.txn.take().expect("a transaction with recipients");
+        if let Some(reply) = self.script.data_reply.clone() {
+            self.reply(&reply)?;
+            return Ok(Next::Continue);
+        }
         self.log().transactions.push(txn);
         self.reply("250 2.0.0 Ok: queued as TEST")?;
         if self.script.close_after_first_message {

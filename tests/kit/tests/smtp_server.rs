@@ -81,6 +81,25 @@ fn pipelined_transactions_count_as_one_burst() {
 }
 
 #[test]
+fn a_scripted_data_reply_refuses_the_message() {
+    let server = SmtpServer::start(Script {
+        data_reply: Some("452 4.3.1 insufficient storage".into()),
+        ..Script::default()
+    });
+    let addr = server.addr;
+    let data = run(move || async move {
+        let mut conn = SmtpConnection::connect(addr, "mx.test.local", &cfg())
+            .await
+            .expect("connect");
+        let out = conn.send("a@src.test", &["b@d.test"], b"m\r\n").await;
+        conn.quit().await;
+        out.expect("answered").data.map(|r| (r.code, r.enhanced))
+    });
+    assert_eq!(data, Some((452, Some((4, 3, 1)))));
+    assert!(server.received().is_empty(), "not accepted");
+}
+
+#[test]
 fn a_stopped_server_refuses_connections() {
     let server = SmtpServer::start(Script::default());
     let addr = server.addr;
