@@ -11,15 +11,14 @@ use std::process::Command;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use common::dns::{record, DnsServer};
 use common::*;
-use hickory_proto::rr::rdata::TXT;
-use hickory_proto::rr::RData;
 use lettre::message::Mailbox;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{Tls, TlsParameters};
 use lettre::{Message, SmtpTransport, Transport};
 use petrel_loadtest::{start_sink, SinkConfig};
+use petrel_testkit::dns::{txt, DnsServer};
+use petrel_testkit::http::Request;
 use serde_json::{json, Value};
 
 const DOMAIN: &str = "e2e.test";
@@ -28,18 +27,15 @@ const TOKEN: &str = "e2e-push-token-0123456789";
 /// One JSON request to the admin API.
 fn api(addr: SocketAddr, method: &str, path: &str, key: &str, body: Option<Value>) -> (u16, Value) {
     let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let headers = format!("Authorization: Bearer {key}\r\nContent-Type: application/json\r\n");
-    let (code, answer) = common::http_request(addr, method, path, &headers, &body);
-    (code, serde_json::from_str(&answer).unwrap_or(Value::Null))
-}
-
-fn txt(owner: &str, value: &str) -> hickory_proto::rr::Record {
-    let chunks: Vec<String> = value
-        .as_bytes()
-        .chunks(255)
-        .map(|c| String::from_utf8_lossy(c).into_owned())
-        .collect();
-    record(owner, 60, RData::TXT(TXT::new(chunks)))
+    let answer = Request::new(method, path)
+        .bearer(key)
+        .json_text(&body)
+        .send(addr)
+        .expect("admin API answers");
+    (
+        answer.status,
+        serde_json::from_slice(&answer.body).unwrap_or(Value::Null),
+    )
 }
 
 fn mailer(port: u16, user: &str, pass: &str) -> SmtpTransport {
@@ -191,7 +187,7 @@ fn api_changes_reach_the_engine_sign_and_revoke() {
         if r["purpose"] == "dkim" {
             dkim_txt = (name.clone(), value.clone());
         }
-        dns.upsert(txt(&format!("{name}."), &value));
+        dns.upsert(txt(&format!("{name}."), 60, &value));
     }
     let selector = dkim_txt.0.split("._domainkey").next().unwrap().to_string();
     let (code, verified) = api(

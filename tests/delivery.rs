@@ -8,9 +8,10 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::dns::{a, mx, DnsServer};
 use common::*;
 use petrel_loadtest::{start_sink, DomainFault, SinkConfig, SinkHandle};
+use petrel_testkit::dns::{a, mx, DnsServer};
+use petrel_testkit::http::Request;
 
 /// The longest any delivery test waits for mail to arrive.
 const ARRIVAL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -254,7 +255,10 @@ fn require_tls_to_a_host_without_tls_is_deferred() {
         1,
         "require-TLS mail must not go out in plaintext"
     );
-    let (code, body) = http_get(engine.admin, "/v1/queue");
+    let queued = Request::get("/v1/queue")
+        .send(engine.admin)
+        .expect("admin endpoint answers");
+    let (code, body) = (queued.status, queued.text());
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("t.test"), "t.test is still queued: {body}");
     assert_eq!(spool_count(dir.path()), 1);

@@ -2,16 +2,14 @@
 //! loopback, stop it by PID.
 #![allow(dead_code)]
 
-/// The loopback DNS server (hickory-server) shared with engine/outbound's tests.
-#[path = "../../engine/outbound/tests/support/dns_server.rs"]
-pub mod dns;
-
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+use petrel_testkit::http::Request;
 
 /// How long an engine may take to print its ready line.
 pub const ENGINE_READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -125,8 +123,12 @@ impl Engine {
         let _ = self.child.wait();
     }
 
+    /// The metrics exposition (Prometheus text).
     pub fn scrape(&self) -> String {
-        http_get(self.metrics, "/metrics").1
+        Request::get("/metrics")
+            .send(self.metrics)
+            .expect("metrics endpoint answers")
+            .text()
     }
 }
 
@@ -137,43 +139,6 @@ impl Drop for Engine {
             let _ = self.child.wait();
         }
     }
-}
-
-/// A minimal HTTP GET over loopback.
-pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    http(addr, "GET", path)
-}
-
-pub fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
-    http_request(addr, method, path, "", "")
-}
-
-/// One HTTP/1.1 request with extra header lines (each ending in CRLF) and a body; the status
-/// code (0 if none) and the body of the answer.
-pub fn http_request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &str,
-    body: &str,
-) -> (u16, String) {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("http connect");
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: x\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut raw = String::new();
-    let _ = s.read_to_string(&mut raw);
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (code, body.to_string())
 }
 
 /// A raw SMTP client for dialogue checks (replies are read whole, multi-line aware).

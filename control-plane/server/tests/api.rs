@@ -250,7 +250,6 @@ async fn audit_chain_detects_removed_rows() {
 /// The admin API over HTTPS with the operator's certificate; plain HTTP off loopback refused.
 #[tokio::test]
 async fn admin_api_speaks_tls_when_given_a_certificate() {
-    use std::sync::Arc;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let dir = tempfile::tempdir().expect("tempdir");
@@ -288,23 +287,13 @@ async fn admin_api_speaks_tls_when_given_a_certificate() {
     assert_eq!(info.api_scheme, "https");
     let owner = info.bootstrap_key.clone().expect("first start");
 
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ck.cert.der().clone()).expect("root");
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let client = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+    let root = ck.cert.der().clone();
     let https = |key: Option<String>| {
-        let connector = connector.clone();
+        let root = root.clone();
         async move {
-            let tcp = tokio::net::TcpStream::connect(info.api_addr)
+            let tls = petrel_testkit::http::connect_tls(info.api_addr, "localhost", root)
                 .await
-                .expect("connect");
-            let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
-            let tls = connector.connect(name, tcp).await.expect("TLS handshake");
+                .expect("TLS handshake");
             common::http_over(
                 tls,
                 info.api_addr,

@@ -1,136 +1,28 @@
 //! `DeliveryShard` on a real glommio executor, a real SMTP client and real SMTP sinks on
-//! loopback (reached through static routes), with an in-memory `SpoolAccess`.
+//! loopback (reached through static routes), with an in-memory `SpoolAccess`: each test is a
+//! scenario on the test kit's shard harness.
 
-mod support;
-
-use std::cell::RefCell;
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use glommio::{LocalExecutorBuilder, Placement};
 use petrel_delivery::{
-    DeliveryConfig, DeliveryShard, DomainLimits, EventSink, EventsConfig, GlobalLimits,
-    QueuedMessage, QueuedRcpt, RcptState, RcptUpdate, RetrySchedule, SpoolAccess, SpoolAccessError,
+    DeliveryConfig, DomainLimits, EventSink, EventsConfig, GlobalLimits, RcptState, RetrySchedule,
     TlsPolicy, NEXT_HOP_SESSIONS_MAX_DEFAULT,
 };
-use petrel_outbound::{Resolver, ResolverConfig, StaticRoute};
-use support::sink::Sink;
+use petrel_outbound::Resolver;
+use petrel_testkit::glommio::wait_until;
+use petrel_testkit::shard::{routes, run_shard, ShardSetup};
+use petrel_testkit::smtp_server::{Script, SmtpServer};
 
-/// One spooled message of the in-memory spool.
-struct Stored {
-    rcpts: Vec<String>,
-    body: Vec<u8>,
-    states: HashMap<u32, (RcptState, u32)>,
-}
+/// The bound on every wait of a scenario.
+const TEST_DEADLINE: Duration = Duration::from_secs(20);
+const BULK_MESSAGES: usize = 30;
 
-/// The in-memory spool: what the engine's petrel-spool adapter does, minus the disk.
-#[derive(Default)]
-struct MemSpool {
-    messages: RefCell<HashMap<u64, Stored>>,
-    removed: RefCell<Vec<u64>>,
-    /// Final recipient states of removed messages: (id, index) -> (state, attempts).
-    finals: RefCell<HashMap<(u64, u32), (RcptState, u32)>>,
-    dsns: RefCell<Vec<u64>>,
-    next_id: RefCell<u64>,
-}
-
-impl MemSpool {
-    fn store(&self, mail_from: &str, rcpts: &[&str], body: &[u8]) -> QueuedMessage {
-        let id = {
-            let mut n = self.next_id.borrow_mut();
-            *n += 1;
-            *n
-        };
-        self.messages.borrow_mut().insert(
-            id,
-            Stored {
-                rcpts: rcpts.iter().map(|r| r.to_string()).collect(),
-                body: body.to_vec(),
-                states: HashMap::new(),
-            },
-        );
-        QueuedMessage {
-            id,
-            mail_from: mail_from.into(),
-            received_unix_ms: now_ms(),
-            is_dsn: false,
-            recipients: rcpts
-                .iter()
-                .enumerate()
-                .map(|(i, a)| QueuedRcpt {
-                    index: i as u32,
-                    address: a.to_string(),
-                    attempts: 0,
-                    next_attempt_unix_ms: 0,
-                })
-                .collect(),
-        }
-    }
-}
-
-impl SpoolAccess for MemSpool {
-    async fn read_body(&self, id: u64) -> Result<Vec<u8>, SpoolAccessError> {
-        let m = self.messages.borrow();
-        m.get(&id)
-            .map(|s| s.body.clone())
-            .ok_or(SpoolAccessError::NotFound { id })
-    }
-
-    async fn update(&self, id: u64, updates: &[RcptUpdate]) -> Result<(), SpoolAccessError> {
-        let mut m = self.messages.borrow_mut();
-        let s = m.get_mut(&id).ok_or(SpoolAccessError::NotFound { id })?;
-        for u in updates {
-            if u.index as usize >= s.rcpts.len() {
-                return Err(SpoolAccessError::RecipientIndex {
-                    id,
-                    index: u.index,
-                    recipients: s.rcpts.len() as u32,
-                });
-            }
-            s.states.insert(u.index, (u.state, u.attempts));
-        }
-        Ok(())
-    }
-
-    async fn remove(&self, id: u64, last: &[RcptUpdate]) -> Result<(), SpoolAccessError> {
-        self.update(id, last).await?;
-        let s = self
-            .messages
-            .borrow_mut()
-            .remove(&id)
-            .ok_or(SpoolAccessError::NotFound { id })?;
-        for i in 0..s.rcpts.len() as u32 {
-            let st = s.states.get(&i).copied().ok_or_else(|| {
-                SpoolAccessError::Spool("removed with a recipient not final".into())
-            })?;
-            assert_ne!(st.0, RcptState::Pending, "removed with a pending recipient");
-            self.finals.borrow_mut().insert((id, i), st);
-        }
-        self.removed.borrow_mut().push(id);
-        Ok(())
-    }
-
-    async fn store_dsn(
-        &self,
-        mail_from: &str,
-        rcpt: &str,
-        body: &[u8],
-    ) -> Result<u64, SpoolAccessError> {
-        assert_eq!(mail_from, "", "DSNs use the null sender");
-        let q = self.store(mail_from, &[rcpt], body);
-        self.dsns.borrow_mut().push(q.id);
-        Ok(q.id)
-    }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+/// A sink that answers by local part (`temp*`, `defer*`, `perm*`, `drop*`; see
+/// [`Script::by_local_part`]).
+fn sink() -> SmtpServer {
+    SmtpServer::start(Script::by_local_part())
 }
 
 fn config() -> DeliveryConfig {
@@ -164,109 +56,54 @@ fn config() -> DeliveryConfig {
     cfg
 }
 
-fn resolver(dest: SocketAddr, other: SocketAddr) -> Resolver {
-    Resolver::start(ResolverConfig {
-        // Never the system resolver: static routes answer everything in this test.
-        nameservers: vec!["127.0.0.1:9".parse().expect("addr")],
-        static_routes: vec![
-            StaticRoute {
-                domain: Some("dest.example".into()),
-                target: dest,
-            },
-            StaticRoute {
-                domain: None,
-                target: other,
-            },
-        ],
-        query_timeout_ms: 500,
-        ..ResolverConfig::default()
-    })
-    .expect("resolver")
-}
-
-const BODY: &[u8] =
-    b"From: alice@src.example\r\nSubject: test\r\nMessage-ID: <m1@src.example>\r\n\r\nHello.\r\n";
-const BULK_MESSAGES: usize = 30;
-const TEST_DEADLINE: Duration = Duration::from_secs(20);
-
 #[test]
 fn delivers_retries_bounces_and_respects_connection_limit() {
-    let dest = Sink::start();
-    let other = Sink::start();
+    let dest = sink();
+    let other = sink();
     let events_dir =
         std::env::temp_dir().join(format!("petrel-delivery-it-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&events_dir);
     let (events, writer) = EventSink::start(EventsConfig::new(&events_dir)).expect("events");
-    let resolver = resolver(dest.addr, other.addr);
-    let limits = Arc::new(GlobalLimits::default());
-    let cfg = Arc::new(config());
-
-    let ex = LocalExecutorBuilder::new(Placement::Unbound)
-        .io_memory(512 << 10)
-        .make()
-        .expect("executor");
-    let (spool, elapsed) = ex.run(async move {
-        let spool = Rc::new(MemSpool::default());
-        let shard = Rc::new(DeliveryShard::new(
-            0,
-            cfg,
-            resolver,
-            limits,
-            spool.clone(),
-            events,
-        ));
-        let runner = {
-            let shard = shard.clone();
-            glommio::spawn_local(async move { shard.run().await })
-        };
+    let setup = ShardSetup {
+        events,
+        ..ShardSetup::new(config(), routes(dest.addr, other.addr))
+    };
+    let ((all_final, elapsed), spool) = run_shard(setup, |h| async move {
         let started = Instant::now();
-        let mut ids = vec![
-            spool.store(
+        let mut expected = vec![
+            h.enqueue(
                 "alice@src.example",
                 &["ok1@dest.example", "ok2@dest.example", "ok3@other.example"],
-                BODY,
             ),
-            spool.store("alice@src.example", &["temp1@dest.example"], BODY),
-            spool.store(
+            h.enqueue("alice@src.example", &["temp1@dest.example"]),
+            h.enqueue(
                 "bob@src.example",
                 &["perm1@dest.example", "ok4@dest.example"],
-                BODY,
             ),
-            spool.store("alice@src.example", &["drop1@dest.example"], BODY),
+            h.enqueue("alice@src.example", &["drop1@dest.example"]),
         ];
         for i in 0..BULK_MESSAGES {
             let to = format!("bulk{i}@dest.example");
-            ids.push(spool.store("alice@src.example", &[to.as_str()], BODY));
+            expected.push(h.enqueue("alice@src.example", &[to.as_str()]));
         }
-        let expected: Vec<u64> = ids.iter().map(|m| m.id).collect();
-        for m in ids {
-            shard.enqueue(m);
-        }
-        assert!(shard.queued_recipients() >= 35);
-        // Wait until every message (and the DSN) is removed from the spool.
-        while started.elapsed() < TEST_DEADLINE {
-            let removed = spool.removed.borrow().clone();
-            let dsns = spool.dsns.borrow().clone();
-            let all_done = expected.iter().all(|id| removed.contains(id))
-                && !dsns.is_empty()
-                && dsns.iter().all(|id| removed.contains(id));
-            if all_done {
-                break;
-            }
-            glommio::timer::sleep(Duration::from_millis(20)).await;
-        }
-        let elapsed = started.elapsed();
-        assert_eq!(shard.queued_recipients(), 0, "nothing left pending");
-        shard.shutdown();
-        runner.await;
-        drop(shard);
-        (Rc::try_unwrap(spool).ok().expect("spool unshared"), elapsed)
+        assert!(h.shard().queued_recipients() >= 35);
+        // Every message (and the DSN) removed from the spool.
+        let all_final = h
+            .await_spool(TEST_DEADLINE, |spool| {
+                let (removed, dsns) = (spool.removed(), spool.dsns());
+                expected.iter().all(|id| removed.contains(id))
+                    && !dsns.is_empty()
+                    && dsns.iter().all(|id| removed.contains(id))
+            })
+            .await;
+        assert_eq!(h.shard().queued_recipients(), 0, "nothing left pending");
+        (all_final, started.elapsed())
     });
     writer.shutdown().expect("events flushed");
-    assert!(elapsed < TEST_DEADLINE, "all messages final in time");
+    assert!(all_final, "all messages final in time");
 
     // Final states in the spool: ids 1..=4 as stored above.
-    let finals = spool.finals.borrow();
+    let finals = spool.finals();
     assert_eq!(finals[&(1, 0)].0, RcptState::Delivered);
     assert_eq!(finals[&(1, 2)].0, RcptState::Delivered);
     assert_eq!(
@@ -287,12 +124,6 @@ fn delivers_retries_bounces_and_respects_connection_limit() {
     );
 
     // What the sinks saw.
-    let got = dest.received();
-    let to_dest = |addr: &str| {
-        got.iter()
-            .filter(|m| m.rcpts.iter().any(|r| r == addr))
-            .count()
-    };
     for addr in [
         "ok1@dest.example",
         "ok2@dest.example",
@@ -300,21 +131,20 @@ fn delivers_retries_bounces_and_respects_connection_limit() {
         "ok4@dest.example",
         "drop1@dest.example",
     ] {
-        assert_eq!(to_dest(addr), 1, "{addr} delivered exactly once");
+        assert_eq!(dest.deliveries_to(addr), 1, "{addr} delivered exactly once");
     }
     for i in 0..BULK_MESSAGES {
-        assert_eq!(to_dest(&format!("bulk{i}@dest.example")), 1);
+        assert_eq!(dest.deliveries_to(&format!("bulk{i}@dest.example")), 1);
     }
+    let got = dest.received();
     assert!(
         got.iter().all(|m| m.rcpts.len() <= 2),
         "recipients_per_transaction_max"
     );
+    let conns = dest.connections();
     eprintln!(
-        "dest sink: peak {} connections, {} connections in all, {} messages; took {elapsed:?}",
+        "dest sink: peak {} connections, {conns} connections in all, {} messages; took {elapsed:?}",
         dest.peak(),
-        dest.state
-            .connections
-            .load(std::sync::atomic::Ordering::Acquire),
         got.len()
     );
     assert!(
@@ -322,10 +152,6 @@ fn delivers_retries_bounces_and_respects_connection_limit() {
         "connections_max at the sink: peak {}",
         dest.peak()
     );
-    let conns = dest
-        .state
-        .connections
-        .load(std::sync::atomic::Ordering::Acquire);
     assert!(
         conns < 34,
         "connections reused across messages ({conns} connections)"
@@ -338,13 +164,12 @@ fn delivers_retries_bounces_and_respects_connection_limit() {
         .collect();
     assert_eq!(dsn.len(), 1, "one DSN, sent with the null sender");
     assert_eq!(dsn[0].rcpts, ["bob@src.example"]);
-    assert!(dsn[0].data.contains("report-type=delivery-status"));
-    assert!(dsn[0]
-        .data
-        .contains("Final-Recipient: rfc822; perm1@dest.example"));
-    assert!(dsn[0].data.contains("Status: 5.1.1"));
+    let report = dsn[0].text();
+    assert!(report.contains("report-type=delivery-status"));
+    assert!(report.contains("Final-Recipient: rfc822; perm1@dest.example"));
+    assert!(report.contains("Status: 5.1.1"));
     assert!(
-        !dsn[0].data.contains("ok4@dest.example"),
+        !report.contains("ok4@dest.example"),
         "only the failed recipient"
     );
     assert!(other
@@ -378,51 +203,28 @@ fn delivers_retries_bounces_and_respects_connection_limit() {
 #[test]
 fn connection_limit_holds_across_shards() {
     const PER_SHARD: usize = 20;
-    let dest = Sink::start();
-    let other = Sink::start();
-    let resolver = resolver(dest.addr, other.addr);
+    let dest = sink();
+    let other = sink();
+    let resolver = routes(dest.addr, other.addr);
     let limits = Arc::new(GlobalLimits::default());
     let mut cfg = config();
     cfg.default_limits.messages_per_connection_max = 2;
-    let cfg = Arc::new(cfg);
     let threads: Vec<_> = (0..2u8)
         .map(|shard_no| {
-            let (cfg, resolver, limits) = (cfg.clone(), resolver.clone(), limits.clone());
+            let setup = ShardSetup {
+                shard: shard_no,
+                limits: limits.clone(),
+                ..ShardSetup::new(cfg.clone(), resolver.clone())
+            };
             std::thread::spawn(move || {
-                let ex = LocalExecutorBuilder::new(Placement::Unbound)
-                    .io_memory(512 << 10)
-                    .make()
-                    .expect("executor");
-                ex.run(async move {
-                    let spool = Rc::new(MemSpool::default());
-                    let events = EventSink::disabled();
-                    let shard = Rc::new(DeliveryShard::new(
-                        shard_no,
-                        cfg,
-                        resolver,
-                        limits,
-                        spool.clone(),
-                        events,
-                    ));
-                    let runner = {
-                        let shard = shard.clone();
-                        glommio::spawn_local(async move { shard.run().await })
-                    };
+                let (_, spool) = run_shard(setup, |h| async move {
                     for i in 0..PER_SHARD {
                         let to = format!("s{shard_no}n{i}@dest.example");
-                        shard.enqueue(spool.store("alice@src.example", &[to.as_str()], BODY));
+                        h.enqueue("alice@src.example", &[to.as_str()]);
                     }
-                    let started = Instant::now();
-                    while started.elapsed() < TEST_DEADLINE
-                        && spool.removed.borrow().len() < PER_SHARD
-                    {
-                        glommio::timer::sleep(Duration::from_millis(20)).await;
-                    }
-                    shard.shutdown();
-                    runner.await;
-                    let removed = spool.removed.borrow().len();
-                    removed
-                })
+                    h.await_removed(PER_SHARD, TEST_DEADLINE).await
+                });
+                spool.removed_count()
             })
         })
         .collect();
@@ -450,9 +252,8 @@ fn connection_limit_holds_across_shards() {
 #[test]
 fn admin_commands_and_expiry() {
     use petrel_delivery::{AdminCommand, AdminReply, DomainState};
-    let dest = Sink::start();
-    let other = Sink::start();
-    let resolver = resolver(dest.addr, other.addr);
+    let dest = sink();
+    let other = sink();
     let mut cfg = config();
     cfg.retry.first_retry_delay_ms = 5_000; // only an admin Retry brings it back in time
     cfg.retry.retry_delay_ms_max = 5_000;
@@ -463,50 +264,18 @@ fn admin_commands_and_expiry() {
         ..cfg.default_limits.clone()
     };
     cfg.domain_limits.insert("secure.example".into(), secure);
-    let cfg = Arc::new(cfg);
+    let setup = ShardSetup::new(cfg, routes(dest.addr, other.addr));
     let other_sink = &other;
-    let ex = LocalExecutorBuilder::new(Placement::Unbound)
-        .io_memory(512 << 10)
-        .make()
-        .expect("executor");
-    let spool = ex.run(async move {
-        let spool = Rc::new(MemSpool::default());
-        let limits = Arc::new(GlobalLimits::default());
-        let events = EventSink::disabled();
-        let shard = Rc::new(DeliveryShard::new(
-            0,
-            cfg,
-            resolver,
-            limits,
-            spool.clone(),
-            events,
-        ));
-        let runner = {
-            let shard = shard.clone();
-            glommio::spawn_local(async move { shard.run().await })
-        };
-        let sleep = |ms| glommio::timer::sleep(Duration::from_millis(ms));
+    let ((held_id, gone_id, deferred_id, secure_id), spool) = run_shard(setup, |h| async move {
+        let shard = h.shard();
         shard.admin(AdminCommand::Suspend("Held.Example".into()));
         shard.admin(AdminCommand::Suspend("gone.example".into()));
-        let held = spool.store("alice@src.example", &["ok@held.example"], BODY);
-        let gone = spool.store("carol@src.example", &["x@gone.example"], BODY);
-        let deferred = spool.store("dave@src.example", &["defer1@dest.example"], BODY);
-        let secure = spool.store("erin@src.example", &["u@secure.example"], BODY);
-        let (held_id, gone_id, deferred_id, secure_id) = (held.id, gone.id, deferred.id, secure.id);
-        for m in [held, gone, deferred, secure] {
-            shard.enqueue(m);
-        }
+        let held = h.enqueue("alice@src.example", &["ok@held.example"]);
+        let gone = h.enqueue("carol@src.example", &["x@gone.example"]);
+        let deferred = h.enqueue("dave@src.example", &["defer1@dest.example"]);
+        let secure = h.enqueue("erin@src.example", &["u@secure.example"]);
         // First attempt of defer1: 450, retry in 5 s.
-        let started = Instant::now();
-        while started.elapsed() < TEST_DEADLINE
-            && spool
-                .messages
-                .borrow()
-                .get(&deferred_id)
-                .is_none_or(|m| m.states.is_empty())
-        {
-            sleep(20).await;
-        }
+        h.await_outcome(deferred, 0, TEST_DEADLINE).await;
         let AdminReply::Domains(ls) = shard.admin(AdminCommand::Ls) else {
             panic!("ls answers with domains");
         };
@@ -536,43 +305,31 @@ fn admin_commands_and_expiry() {
             AdminReply::UnknownDomain("nowhere.example".into())
         );
         shard.admin(AdminCommand::Resume("held.example".into()));
-        sleep(350).await; // past age_max_ms: the next failure expires the recipient
+        // Past age_max_ms: the next failure expires the recipient.
+        glommio::timer::sleep(Duration::from_millis(350)).await;
         let retry_at = Instant::now();
         shard.admin(AdminCommand::Retry("dest.example".into()));
-        let secure_tried = || {
-            spool
-                .messages
-                .borrow()
-                .get(&secure_id)
-                .is_some_and(|m| !m.states.is_empty())
-        };
-        while started.elapsed() < TEST_DEADLINE
-            && (spool.removed.borrow().len() < 3 + 2 || !secure_tried())
-        {
-            sleep(20).await;
-        }
+        h.await_spool(TEST_DEADLINE, |spool| {
+            spool.removed_count() >= 3 + 2 && spool.outcome(secure, 0).is_some()
+        })
+        .await;
         assert!(
             retry_at.elapsed() < Duration::from_secs(4),
             "Retry made it due now"
         );
-        shard.shutdown();
-        runner.await;
-        drop(shard);
-        let spool = Rc::try_unwrap(spool).ok().expect("spool unshared");
-        let finals = spool.finals.borrow().clone();
-        assert_eq!(finals[&(held_id, 0)].0, RcptState::Delivered);
-        assert_eq!(finals[&(gone_id, 0)], (RcptState::Bounced, 1));
-        assert_eq!(finals[&(deferred_id, 0)], (RcptState::Expired, 2));
-        let tls_state = spool.messages.borrow()[&secure_id].states.get(&0).copied();
-        assert_eq!(
-            tls_state,
-            Some((RcptState::Pending, 1)),
-            "TLS Required failure deferred"
-        );
-        spool
+        (held, gone, deferred, secure)
     });
+    let finals = spool.finals();
+    assert_eq!(finals[&(held_id, 0)].0, RcptState::Delivered);
+    assert_eq!(finals[&(gone_id, 0)], (RcptState::Bounced, 1));
+    assert_eq!(finals[&(deferred_id, 0)], (RcptState::Expired, 2));
     assert_eq!(
-        spool.dsns.borrow().len(),
+        spool.outcome(secure_id, 0),
+        Some((RcptState::Pending, 1)),
+        "TLS Required failure deferred"
+    );
+    assert_eq!(
+        spool.dsns().len(),
         2,
         "one DSN for the bounce, one for the expiry"
     );
@@ -580,7 +337,7 @@ fn admin_commands_and_expiry() {
     let dsn_to = |who: &str| {
         got.iter()
             .find(|m| m.mail_from.is_empty() && m.rcpts == [who])
-            .map(|m| m.data.clone())
+            .map(|m| m.text())
             .unwrap_or_else(|| panic!("DSN to {who}"))
     };
     let carol = dsn_to("carol@src.example");
@@ -602,14 +359,14 @@ fn admin_commands_and_expiry() {
 /// not wait for that session's idle timeout: the idle one closes and gives up its slot.
 #[test]
 fn an_idle_session_yields_its_slot_to_a_domain_without_one() {
-    let dest = Sink::start();
-    let other = Sink::start();
+    let dest = sink();
+    let other = sink();
     let mut cfg = config();
     cfg.shard_connections_max = 1;
     // The idle timeout (120 s, set by the helper) is far beyond the deadline: only yielding
     // the slot can deliver the second message.
     let removed = run_idle_then(
-        resolver(dest.addr, other.addr),
+        routes(dest.addr, other.addr),
         cfg,
         "a@dest.example",
         vec!["b@elsewhere.example".into()],
@@ -632,9 +389,9 @@ fn a_full_engine_wide_limit_does_not_delay_a_shards_ready_work() {
     // Enough that delivering them takes several driver ticks, during which the shard would
     // like a second session.
     const MESSAGES: usize = 400;
-    let dest = Sink::start();
-    let other = Sink::start();
-    let resolver = resolver(dest.addr, other.addr);
+    let dest = sink();
+    let other = sink();
+    let resolver = routes(dest.addr, other.addr);
     let limits = Arc::new(GlobalLimits::default());
     let mut cfg = config();
     cfg.default_limits.messages_per_connection_max = 1_000;
@@ -642,58 +399,33 @@ fn a_full_engine_wide_limit_does_not_delay_a_shards_ready_work() {
     // Far beyond the deadline: any push-back would make the test fail.
     cfg.permit_retry_delay_ms = 120_000;
     cfg.idle_timeout_ms = 60_000;
-    let cfg = Arc::new(cfg);
     let spawn_shard = |shard_no: u8, messages: usize, start_after: Option<u32>| {
-        let (cfg, resolver, limits) = (cfg.clone(), resolver.clone(), limits.clone());
+        let setup = ShardSetup {
+            shard: shard_no,
+            limits: limits.clone(),
+            ..ShardSetup::new(cfg.clone(), resolver.clone())
+        };
+        let limits = limits.clone();
+        let dest_connections = move || limits.connections("dest.example");
         std::thread::spawn(move || {
-            let ex = LocalExecutorBuilder::new(Placement::Unbound)
-                .io_memory(512 << 10)
-                .make()
-                .expect("executor");
-            ex.run(async move {
-                let spool = Rc::new(MemSpool::default());
-                let shard = Rc::new(DeliveryShard::new(
-                    shard_no,
-                    cfg,
-                    resolver,
-                    limits.clone(),
-                    spool.clone(),
-                    EventSink::disabled(),
-                ));
-                let runner = {
-                    let shard = shard.clone();
-                    glommio::spawn_local(async move { shard.run().await })
-                };
-                let started = Instant::now();
+            let (done, _) = run_shard(setup, |h| async move {
                 if let Some(n) = start_after {
                     // Enqueue once the other shard holds `n` connections to the domain.
-                    while started.elapsed() < TEST_DEADLINE
-                        && limits.connections("dest.example") < n
-                    {
-                        glommio::timer::sleep(Duration::from_millis(5)).await;
-                    }
+                    wait_until(TEST_DEADLINE, || dest_connections() >= n).await;
                 }
-                let begun = Instant::now();
                 for i in 0..messages {
                     let to = format!("s{shard_no}n{i}@dest.example");
-                    shard.enqueue(spool.store("alice@src.example", &[to.as_str()], BODY));
+                    h.enqueue("alice@src.example", &[to.as_str()]);
                 }
-                while begun.elapsed() < TEST_DEADLINE && spool.removed.borrow().len() < messages {
-                    glommio::timer::sleep(Duration::from_millis(10)).await;
-                }
-                let done = spool.removed.borrow().len();
+                let done = h.await_removed(messages, TEST_DEADLINE).await;
                 // Keep the idle session (and its permit) until the other shard is done.
                 if start_after.is_none() {
-                    while begun.elapsed() < TEST_DEADLINE && limits.connections("dest.example") < 2
-                    {
-                        glommio::timer::sleep(Duration::from_millis(5)).await;
-                    }
+                    wait_until(TEST_DEADLINE, || dest_connections() >= 2).await;
                     glommio::timer::sleep(Duration::from_millis(500)).await;
                 }
-                shard.shutdown();
-                runner.await;
                 done
-            })
+            });
+            done
         })
     };
     // Shard 0 sends one message and keeps its session (one of the two permits) idle.
@@ -710,9 +442,8 @@ fn a_full_engine_wide_limit_does_not_delay_a_shards_ready_work() {
 }
 
 /// Runs a shard (give it `shard_connections_max`): delivers a first message (its session then
-/// idles), then
-/// enqueues `then` and waits until `expect_removed` messages are done or `within` passes.
-/// Returns how many messages were removed (delivered) in all.
+/// idles), then enqueues `then` and waits until `expect_removed` messages are done or `within`
+/// passes. Returns how many messages were removed (delivered) in all.
 fn run_idle_then(
     resolver: Resolver,
     mut cfg: DeliveryConfig,
@@ -723,54 +454,28 @@ fn run_idle_then(
 ) -> usize {
     // Far beyond the test: a session ends only by giving its slot up or carrying others.
     cfg.idle_timeout_ms = 120_000;
-    let cfg = Arc::new(cfg);
-    let ex = LocalExecutorBuilder::new(Placement::Unbound)
-        .io_memory(512 << 10)
-        .make()
-        .expect("executor");
-    ex.run(async move {
-        let spool = Rc::new(MemSpool::default());
-        let shard = Rc::new(DeliveryShard::new(
-            0,
-            cfg,
-            resolver,
-            Arc::new(GlobalLimits::default()),
-            spool.clone(),
-            EventSink::disabled(),
-        ));
-        let runner = {
-            let shard = shard.clone();
-            glommio::spawn_local(async move { shard.run().await })
-        };
-        let sleep = |ms| glommio::timer::sleep(Duration::from_millis(ms));
-        let wait_removed = |n: usize, within: Duration| {
-            let spool = spool.clone();
-            async move {
-                let started = Instant::now();
-                while started.elapsed() < within && spool.removed.borrow().len() < n {
-                    sleep(10).await;
-                }
-                spool.removed.borrow().len()
-            }
-        };
-        shard.enqueue(spool.store("alice@src.example", &[first], BODY));
-        assert_eq!(wait_removed(1, TEST_DEADLINE).await, 1, "first delivered");
-        sleep(100).await; // the first session is idle now
+    let (removed, _) = run_shard(ShardSetup::new(cfg, resolver), |h| async move {
+        h.enqueue("alice@src.example", &[first]);
+        assert_eq!(
+            h.await_removed(1, TEST_DEADLINE).await,
+            1,
+            "first delivered"
+        );
+        // The first session is idle now.
+        glommio::timer::sleep(Duration::from_millis(100)).await;
         for rcpt in &then {
-            shard.enqueue(spool.store("alice@src.example", &[rcpt.as_str()], BODY));
+            h.enqueue("alice@src.example", &[rcpt.as_str()]);
         }
-        let removed = wait_removed(expect_removed, within).await;
-        shard.shutdown();
-        runner.await;
-        removed
-    })
+        h.await_removed(expect_removed, within).await
+    });
+    removed
 }
 
 /// Domains with the same next hop share one connection: the idle session carries each newly
 /// ready domain instead of giving up its slot and a new connection being made for it.
 #[test]
 fn a_connection_carries_other_domains_with_the_same_next_hop() {
-    let host = Sink::start();
+    let host = sink();
     let then: Vec<String> = (1..10).map(|i| format!("r{i}@d{i}.example")).collect();
     let mut cfg = smart_host_config(NEXT_HOP_SESSIONS_MAX_DEFAULT);
     cfg.shard_connections_max = 1;
@@ -788,8 +493,8 @@ fn a_connection_carries_other_domains_with_the_same_next_hop() {
 /// domain gets a session of its own, whose STARTTLS demand the sink cannot meet.
 #[test]
 fn a_connection_never_carries_a_domain_with_another_tls_policy() {
-    let dest = Sink::start();
-    let other = Sink::start();
+    let dest = sink();
+    let other = sink();
     let mut cfg = config();
     cfg.shard_connections_max = 1;
     cfg.domain_limits.insert(
@@ -800,7 +505,7 @@ fn a_connection_never_carries_a_domain_with_another_tls_policy() {
         },
     );
     let removed = run_idle_then(
-        resolver(dest.addr, other.addr),
+        routes(dest.addr, other.addr),
         cfg,
         "r0@d0.example",
         vec!["s@secure.example".into(), "r1@d1.example".into()],
@@ -821,7 +526,7 @@ fn a_connection_never_carries_a_domain_with_another_tls_policy() {
 /// the idle session first, which carries it: no second connection.
 #[test]
 fn an_idle_session_is_offered_a_new_domain_before_a_new_connection_is_made() {
-    let host = Sink::start();
+    let host = sink();
     let mut cfg = smart_host_config(NEXT_HOP_SESSIONS_MAX_DEFAULT);
     cfg.shard_connections_max = 8;
     let removed = deliver_via_smart_host(&host, cfg, vec!["r1@d1.example".into()]);
@@ -841,11 +546,11 @@ fn smart_host_config(next_hop_sessions_max: usize) -> DeliveryConfig {
 
 /// Delivers `r0@d0.example`, then `then`, through the smart host `host` (the catch-all route);
 /// returns how many messages were delivered.
-fn deliver_via_smart_host(host: &Sink, cfg: DeliveryConfig, then: Vec<String>) -> usize {
-    let dest = Sink::start();
+fn deliver_via_smart_host(host: &SmtpServer, cfg: DeliveryConfig, then: Vec<String>) -> usize {
+    let dest = sink();
     let expect = then.len() + 1;
     run_idle_then(
-        resolver(dest.addr, host.addr),
+        routes(dest.addr, host.addr),
         cfg,
         "r0@d0.example",
         then,
@@ -858,7 +563,7 @@ fn deliver_via_smart_host(host: &Sink, cfg: DeliveryConfig, then: Vec<String>) -
 /// `next_hop_sessions_max` connections to it, and those carry every domain.
 #[test]
 fn sessions_to_one_smart_host_stay_within_the_next_hop_limit() {
-    let host = Sink::start();
+    let host = sink();
     let then: Vec<String> = (1..=30).map(|i| format!("r{i}@d{i}.example")).collect();
     let removed = deliver_via_smart_host(&host, smart_host_config(2), then);
     assert_eq!(removed, 31, "all delivered");
@@ -870,18 +575,15 @@ fn sessions_to_one_smart_host_stay_within_the_next_hop_limit() {
 /// domains of that host that have no session: several domains' transactions in one burst.
 #[test]
 fn a_write_to_a_smart_host_carries_transactions_of_several_domains() {
-    let host = Sink::start_chunking();
+    let host = SmtpServer::start(Script::by_local_part_chunking());
     let then: Vec<String> = (1..=20).map(|i| format!("r{i}@d{i}.example")).collect();
     let removed = deliver_via_smart_host(&host, smart_host_config(1), then);
     assert_eq!(removed, 21, "all delivered");
     let received = host.received();
     assert_eq!(received.len(), 21);
-    assert!(received.iter().all(|r| r.data.contains("Subject: test")));
+    assert!(received.iter().all(|r| r.text().contains("Subject: test")));
     assert_eq!(host.peak(), 1, "one connection");
-    let burst = host
-        .state
-        .mails_per_burst_max
-        .load(std::sync::atomic::Ordering::Acquire);
+    let burst = host.mails_per_burst_max();
     assert!(burst >= 2, "at most {burst} transaction per write");
 }
 
@@ -889,7 +591,7 @@ fn a_write_to_a_smart_host_carries_transactions_of_several_domains() {
 /// one stays for domains without a session, so their mail does not wait for the backlog.
 #[test]
 fn a_rate_limited_backlog_leaves_a_smart_host_session_for_other_domains() {
-    let host = Sink::start();
+    let host = sink();
     let mut cfg = smart_host_config(2);
     let mut slow = cfg.default_limits.clone();
     slow.messages_per_second_max = Some(4);
@@ -918,7 +620,7 @@ fn a_rate_limited_backlog_leaves_a_smart_host_session_for_other_domains() {
 /// under the smart host's cap (here 1, held by the idle session of another domain).
 #[test]
 fn a_domain_with_its_own_limits_is_not_held_to_the_next_hop_cap() {
-    let host = Sink::start();
+    let host = sink();
     let mut cfg = smart_host_config(1);
     let mut big = cfg.default_limits.clone();
     big.connections_max = 3;
@@ -934,7 +636,7 @@ fn a_domain_with_its_own_limits_is_not_held_to_the_next_hop_cap() {
 /// each write: one domain's backlog does not keep another's mail waiting until it drains.
 #[test]
 fn sessions_of_a_full_next_hop_take_turns_among_its_domains() {
-    let host = Sink::start();
+    let host = sink();
     let mut then: Vec<String> = (0..40).map(|i| format!("a{i}@busy.example")).collect();
     then.push("b0@quiet.example".into());
     let removed = deliver_via_smart_host(&host, smart_host_config(1), then);

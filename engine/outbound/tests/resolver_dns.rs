@@ -1,14 +1,12 @@
 //! The resolver against a real DNS server on loopback (hickory-server over UDP and TCP).
 
-mod support;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use hickory_proto::rr::rdata::MX;
 use hickory_proto::rr::{Name, RData};
 use petrel_outbound::{ResolveError, Resolver, ResolverConfig, StaticRoute};
-use support::dns_server::{a, mx, record, DnsServer};
+use petrel_testkit::dns::{a, mx, record, DnsServer};
 
 const PORT: u16 = 2525;
 
@@ -207,7 +205,7 @@ fn static_routes_bypass_dns() {
 fn route_future_runs_inside_glommio() {
     let dns = zone();
     let r = resolver(&dns, vec![]);
-    let names = support::smtp_server::glommio_run(move || async move {
+    let names = petrel_testkit::glommio::run(move || async move {
         let route = r.route("mx.test").await.unwrap();
         route
             .hosts

@@ -1,35 +1,24 @@
 //! The SMTP client against a real SMTP server on loopback, inside glommio executors.
 
-mod support;
-
-use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use petrel_outbound::{ClientConfig, ClientError, RcptOutcome, SmtpConnection, Stage, TlsMode};
-use support::smtp_server::{glommio_run, test_pki, ServerOpts, TestServer};
+use petrel_testkit::glommio::run as glommio_run;
+use petrel_testkit::outbound::client_config as cfg;
+use petrel_testkit::smtp_server::{Script, SmtpServer};
+use petrel_testkit::tls::test_pki;
 
-fn cfg(tls: TlsMode) -> ClientConfig {
-    ClientConfig {
-        helo_name: "client.test.local".into(),
-        tls,
-        connect_timeout_ms: 5_000,
-        greeting_timeout_ms: 5_000,
-        command_timeout_ms: 5_000,
-        data_block_timeout_ms: 5_000,
-        data_done_timeout_ms: 5_000,
-        ..ClientConfig::default()
-    }
-}
+/// The name the tests connect to (the scripted server's own name).
+const MX: &str = "mx.test.local";
 
 /// Connects and sends one message per entry of `messages`, on one connection, then QUITs.
 fn deliver(
     addr: SocketAddr,
-    mx: &'static str,
     cfg: ClientConfig,
     messages: Vec<(&'static str, Vec<&'static str>, Vec<u8>)>,
 ) -> Result<Vec<petrel_outbound::TransactionOutcome>, ClientError> {
     glommio_run(move || async move {
-        let mut conn = SmtpConnection::connect(addr, mx, &cfg).await?;
+        let mut conn = SmtpConnection::connect(addr, MX, &cfg).await?;
         let mut outcomes = Vec::new();
         for (from, rcpts, body) in &messages {
             outcomes.push(conn.send(from, rcpts, body).await?);
@@ -39,13 +28,17 @@ fn deliver(
     })
 }
 
+/// Connects to [`MX`] at `addr`; the error, if connecting fails.
+fn connect_error(addr: SocketAddr, cfg: ClientConfig) -> Option<ClientError> {
+    glommio_run(move || async move { SmtpConnection::connect(addr, MX, &cfg).await.err() })
+}
+
 #[test]
 fn plain_delivery_without_pipelining() {
-    let server = TestServer::start(ServerOpts::default());
+    let server = SmtpServer::start(Script::default());
     let body = b"Subject: hi\r\n\r\nhello\r\n".to_vec();
     let out = deliver(
         server.addr,
-        "mx.test.local",
         cfg(TlsMode::Opportunistic),
         vec![("a@src.test", vec!["b@dst.test", "c@dst.test"], body.clone())],
     )
@@ -70,12 +63,11 @@ fn plain_delivery_without_pipelining() {
 
 #[test]
 fn dot_stuffing_round_trip_and_missing_final_crlf() {
-    let server = TestServer::start(ServerOpts::default());
+    let server = SmtpServer::start(Script::default());
     let tricky = b".leading dot\r\n..two dots\r\n.\r\nmid.dle\r\n\r\n. space\r\n".to_vec();
     let no_crlf = b"Subject: x\r\n\r\nlast line without CRLF".to_vec();
     let out = deliver(
         server.addr,
-        "mx.test.local",
         cfg(TlsMode::Disabled),
         vec![
             ("a@src.test", vec!["b@dst.test"], tricky.clone()),
@@ -95,14 +87,13 @@ fn dot_stuffing_round_trip_and_missing_final_crlf() {
 
 #[test]
 fn pipelined_transaction_and_reuse_with_rset() {
-    let server = TestServer::start(ServerOpts {
+    let server = SmtpServer::start(Script {
         pipelining: true,
         size: Some(10_000_000),
-        ..ServerOpts::default()
+        ..Script::default()
     });
     let out = deliver(
         server.addr,
-        "mx.test.local",
         cfg(TlsMode::Disabled),
         vec![
             (
@@ -137,20 +128,13 @@ fn pipelined_transaction_and_reuse_with_rset() {
 #[test]
 fn per_recipient_outcomes() {
     for pipelining in [false, true] {
-        let mut rcpt_replies = HashMap::new();
-        rcpt_replies.insert(
-            "busy@dst.test".to_string(),
-            "450 4.2.1 mailbox busy".to_string(),
-        );
-        rcpt_replies.insert(
-            "nobody@dst.test".to_string(),
-            "550 5.1.1 no such user".to_string(),
-        );
-        let server = TestServer::start(ServerOpts {
+        let script = Script {
             pipelining,
-            rcpt_replies,
-            ..ServerOpts::default()
-        });
+            ..Script::default()
+        }
+        .rcpt_reply("busy@dst.test", "450 4.2.1 mailbox busy")
+        .rcpt_reply("nobody@dst.test", "550 5.1.1 no such user");
+        let server = SmtpServer::start(script);
         let rcpts = vec![
             "ok@dst.test",
             "busy@dst.test",
@@ -159,7 +143,6 @@ fn per_recipient_outcomes() {
         ];
         let out = deliver(
             server.addr,
-            "mx.test.local",
             cfg(TlsMode::Disabled),
             vec![
                 ("a@src.test", rcpts, b"m\r\n".to_vec()),
@@ -189,13 +172,12 @@ fn per_recipient_outcomes() {
 
 #[test]
 fn size_limit_is_honoured_without_sending() {
-    let server = TestServer::start(ServerOpts {
+    let server = SmtpServer::start(Script {
         size: Some(100),
-        ..ServerOpts::default()
+        ..Script::default()
     });
     let out = deliver(
         server.addr,
-        "mx.test.local",
         cfg(TlsMode::Disabled),
         vec![("a@src.test", vec!["b@dst.test"], vec![b'x'; 200])],
     )
@@ -208,13 +190,12 @@ fn size_limit_is_honoured_without_sending() {
 
 #[test]
 fn helo_fallback_when_ehlo_is_refused() {
-    let server = TestServer::start(ServerOpts {
+    let server = SmtpServer::start(Script {
         reject_ehlo: true,
-        ..ServerOpts::default()
+        ..Script::default()
     });
     let out = deliver(
         server.addr,
-        "mx.test.local",
         cfg(TlsMode::Opportunistic),
         vec![("a@src.test", vec!["b@dst.test"], b"m\r\n".to_vec())],
     )
@@ -227,10 +208,10 @@ fn helo_fallback_when_ehlo_is_refused() {
 #[test]
 fn opportunistic_tls_with_self_signed_cert() {
     let pki = test_pki("mx.test.local");
-    let server = TestServer::start(ServerOpts {
+    let server = SmtpServer::start(Script {
         tls: Some(pki.server_config.clone()),
         pipelining: true,
-        ..ServerOpts::default()
+        ..Script::default()
     });
     let addr = server.addr;
     let tls = glommio_run(move || async move {
@@ -262,13 +243,8 @@ fn opportunistic_tls_with_self_signed_cert() {
 
 #[test]
 fn required_tls_without_starttls_fails() {
-    let server = TestServer::start(ServerOpts::default());
-    let addr = server.addr;
-    let err = glommio_run(move || async move {
-        SmtpConnection::connect(addr, "mx.test.local", &cfg(TlsMode::Required))
-            .await
-            .err()
-    });
+    let server = SmtpServer::start(Script::default());
+    let err = connect_error(server.addr, cfg(TlsMode::Required));
     assert!(
         matches!(err, Some(ClientError::TlsRequired { .. })),
         "{err:?}"
@@ -279,9 +255,9 @@ fn required_tls_without_starttls_fails() {
 #[test]
 fn required_tls_verifies_against_extra_roots_and_name() {
     let pki = test_pki("mx.test.local");
-    let server = TestServer::start(ServerOpts {
+    let server = SmtpServer::start(Script {
         tls: Some(pki.server_config.clone()),
-        ..ServerOpts::default()
+        ..Script::default()
     });
     let addr = server.addr;
     let ca = pki.ca_pem.clone().into_bytes();
@@ -320,14 +296,13 @@ fn required_tls_verifies_against_extra_roots_and_name() {
 
 #[test]
 fn dropped_connection_in_data() {
-    let server = TestServer::start(ServerOpts {
+    let server = SmtpServer::start(Script {
         drop_in_data_after_bytes: Some(10_000),
-        ..ServerOpts::default()
+        ..Script::default()
     });
     let body: Vec<u8> = b"0123456789012345678901234567890123456789\r\n".repeat(50_000);
     let err = deliver(
         server.addr,
-        "mx.test.local",
         cfg(TlsMode::Disabled),
         vec![("a@src.test", vec!["b@dst.test"], body)],
     )
@@ -338,19 +313,15 @@ fn dropped_connection_in_data() {
 
 #[test]
 fn silent_server_times_out() {
-    let server = TestServer::start(ServerOpts {
+    let server = SmtpServer::start(Script {
         silent: true,
-        ..ServerOpts::default()
+        ..Script::default()
     });
     let addr = server.addr;
     let started = std::time::Instant::now();
-    let err = glommio_run(move || async move {
-        let mut c = cfg(TlsMode::Opportunistic);
-        c.greeting_timeout_ms = 200;
-        SmtpConnection::connect(addr, "mx.test.local", &c)
-            .await
-            .err()
-    });
+    let mut c = cfg(TlsMode::Opportunistic);
+    c.greeting_timeout_ms = 200;
+    let err = connect_error(addr, c);
     assert!(
         matches!(
             err,
@@ -370,19 +341,15 @@ fn connect_refused_is_a_connect_error() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let err = glommio_run(move || async move {
-        SmtpConnection::connect(addr, "mx.test.local", &cfg(TlsMode::Disabled))
-            .await
-            .err()
-    });
+    let err = connect_error(addr, cfg(TlsMode::Disabled));
     assert!(matches!(err, Some(ClientError::Connect { .. })), "{err:?}");
 }
 
 #[test]
 fn many_recipients_are_batched_and_capped() {
-    let server = TestServer::start(ServerOpts {
+    let server = SmtpServer::start(Script {
         pipelining: true,
-        ..ServerOpts::default()
+        ..Script::default()
     });
     let addrs: Vec<String> = (0..1005).map(|i| format!("r{i}@dst.test")).collect();
     let addr = server.addr;
@@ -408,14 +375,13 @@ fn many_recipients_are_batched_and_capped() {
 #[test]
 fn mail_rejection_applies_to_every_recipient() {
     for pipelining in [false, true] {
-        let server = TestServer::start(ServerOpts {
+        let server = SmtpServer::start(Script {
             pipelining,
             mail_reply: Some("550 5.7.1 sender denied".into()),
-            ..ServerOpts::default()
+            ..Script::default()
         });
         let out = deliver(
             server.addr,
-            "mx.test.local",
             cfg(TlsMode::Disabled),
             vec![
                 (
@@ -443,16 +409,12 @@ fn mail_rejection_applies_to_every_recipient() {
 #[test]
 fn a_421_marks_the_connection_unusable() {
     for pipelining in [false, true] {
-        let mut rcpt_replies = HashMap::new();
-        rcpt_replies.insert(
-            "late@dst.test".to_string(),
-            "421 4.3.2 shutting down".to_string(),
-        );
-        let server = TestServer::start(ServerOpts {
+        let script = Script {
             pipelining,
-            rcpt_replies,
-            ..ServerOpts::default()
-        });
+            ..Script::default()
+        }
+        .rcpt_reply("late@dst.test", "421 4.3.2 shutting down");
+        let server = SmtpServer::start(script);
         let addr = server.addr;
         let (out, reusable, second) = glommio_run(move || async move {
             let mut conn = SmtpConnection::connect(addr, "mx.test.local", &cfg(TlsMode::Disabled))
@@ -480,10 +442,10 @@ fn a_421_marks_the_connection_unusable() {
 #[test]
 fn idle_close_on_reuse_is_dropped_at_rset() {
     for pipelining in [false, true] {
-        let server = TestServer::start(ServerOpts {
+        let server = SmtpServer::start(Script {
             pipelining,
             close_after_first_message: true,
-            ..ServerOpts::default()
+            ..Script::default()
         });
         let addr = server.addr;
         let second = glommio_run(move || async move {
@@ -510,31 +472,21 @@ fn idle_close_on_reuse_is_dropped_at_rset() {
 
 #[test]
 fn failed_opportunistic_handshake_is_a_tls_error() {
-    let server = TestServer::start(ServerOpts {
+    let server = SmtpServer::start(Script {
         broken_tls: true,
-        ..ServerOpts::default()
+        ..Script::default()
     });
-    let addr = server.addr;
-    let err = glommio_run(move || async move {
-        SmtpConnection::connect(addr, "mx.test.local", &cfg(TlsMode::Opportunistic))
-            .await
-            .err()
-    });
+    let err = connect_error(server.addr, cfg(TlsMode::Opportunistic));
     assert!(matches!(err, Some(ClientError::Tls { .. })), "{err:?}");
 }
 
 #[test]
 fn rejected_greeting() {
-    let server = TestServer::start(ServerOpts {
+    let server = SmtpServer::start(Script {
         greeting: Some("554 5.7.1 no service for you".into()),
-        ..ServerOpts::default()
+        ..Script::default()
     });
-    let addr = server.addr;
-    let err = glommio_run(move || async move {
-        SmtpConnection::connect(addr, "mx.test.local", &cfg(TlsMode::Opportunistic))
-            .await
-            .err()
-    });
+    let err = connect_error(server.addr, cfg(TlsMode::Opportunistic));
     match err {
         Some(ClientError::Rejected { stage, reply }) => {
             assert_eq!(stage, Stage::Greeting);
@@ -546,16 +498,11 @@ fn rejected_greeting() {
 
 #[test]
 fn plaintext_after_starttls_reply_is_refused() {
-    let server = TestServer::start(ServerOpts {
+    let server = SmtpServer::start(Script {
         starttls_injection: true,
-        ..ServerOpts::default()
+        ..Script::default()
     });
-    let addr = server.addr;
-    let err = glommio_run(move || async move {
-        SmtpConnection::connect(addr, "mx.test.local", &cfg(TlsMode::Opportunistic))
-            .await
-            .err()
-    });
+    let err = connect_error(server.addr, cfg(TlsMode::Opportunistic));
     assert!(
         matches!(
             err,
@@ -570,22 +517,17 @@ fn plaintext_after_starttls_reply_is_refused() {
 
 #[test]
 fn chunking_sends_the_whole_transaction_in_one_write() {
-    let mut rcpt_replies = HashMap::new();
-    rcpt_replies.insert(
-        "nobody@dst.test".to_string(),
-        "550 5.1.1 no such user".to_string(),
-    );
-    let server = TestServer::start(ServerOpts {
+    let script = Script {
         pipelining: true,
         chunking: true,
         size: Some(10_000_000),
-        rcpt_replies,
-        ..ServerOpts::default()
-    });
+        ..Script::default()
+    }
+    .rcpt_reply("nobody@dst.test", "550 5.1.1 no such user");
+    let server = SmtpServer::start(script);
     let big = vec![b'x'; petrel_outbound::BDAT_INLINE_BYTES_MAX + 10];
     let out = deliver(
         server.addr,
-        "mx.test.local",
         cfg(TlsMode::Disabled),
         vec![
             // Leading dots are content under BDAT (no stuffing); the final CRLF is added.
@@ -628,21 +570,14 @@ fn chunking_sends_the_whole_transaction_in_one_write() {
 
 #[test]
 fn send_many_pipelines_whole_transactions_and_stops_cleanly_at_a_421() {
-    let mut rcpt_replies = HashMap::new();
-    rcpt_replies.insert(
-        "nobody@dst.test".to_string(),
-        "550 5.1.1 no such user".to_string(),
-    );
-    rcpt_replies.insert(
-        "closing@dst.test".to_string(),
-        "421 4.3.2 shutting down".to_string(),
-    );
-    let server = TestServer::start(ServerOpts {
+    let script = Script {
         pipelining: true,
         chunking: true,
-        rcpt_replies,
-        ..ServerOpts::default()
-    });
+        ..Script::default()
+    }
+    .rcpt_reply("nobody@dst.test", "550 5.1.1 no such user")
+    .rcpt_reply("closing@dst.test", "421 4.3.2 shutting down");
+    let server = SmtpServer::start(script);
     let addr = server.addr;
     let (first, second) = glommio_run(move || async move {
         let cfg = cfg(TlsMode::Disabled);

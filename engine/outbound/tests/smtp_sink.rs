@@ -1,15 +1,14 @@
 //! The client against Postfix's `smtp-sink`, an independent server implementation, when it is
 //! installed (Debian: postfix). Skipped, with a note, when it is not.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use petrel_outbound::{ClientConfig, RcptOutcome, SmtpConnection, TlsMode};
-use support::smtp_server::glommio_run;
+use petrel_testkit::glommio::run as glommio_run;
+use petrel_testkit::outbound::client_config;
 
 const SMTP_SINK: &str = "/usr/sbin/smtp-sink";
 /// How long smtp-sink may take to start listening.
@@ -76,16 +75,7 @@ fn nix_is_root() -> bool {
 }
 
 fn cfg() -> ClientConfig {
-    ClientConfig {
-        helo_name: "client.test.local".into(),
-        tls: TlsMode::Opportunistic,
-        command_timeout_ms: 5_000,
-        greeting_timeout_ms: 5_000,
-        data_block_timeout_ms: 5_000,
-        data_done_timeout_ms: 5_000,
-        connect_timeout_ms: 5_000,
-        ..ClientConfig::default()
-    }
+    client_config(TlsMode::Opportunistic)
 }
 
 #[test]

@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{body, config, envelope, run};
+use common::{body, config, envelope};
 use petrel_spool::{inspect, Spool};
+use petrel_testkit::glommio::run;
 use rand::Rng;
 
 /// Set in the child's environment: the spool root to write to.

@@ -5,10 +5,11 @@ mod common;
 
 use std::rc::Rc;
 
-use common::{body, config, data_files, envelope, journal_files, run};
+use common::{body, config, data_files, envelope, journal_files};
 use petrel_spool::{
     inspect, FileMode, MessageId, RecipientState, RecipientUpdate, Spool, SpoolError,
 };
+use petrel_testkit::glommio::run;
 
 fn delivered(index: u32) -> RecipientUpdate {
     RecipientUpdate {

@@ -1,26 +1,9 @@
-//! Helpers shared by the integration tests.
+//! Helpers shared by the integration tests (the glommio runner is the test kit's).
 #![allow(dead_code)]
 
-use std::future::Future;
 use std::path::Path;
 
-use glommio::{LocalExecutorBuilder, Placement};
 use petrel_spool::{Envelope, Recipient, RecipientState, SpoolConfig};
-
-/// Runs `f` on a fresh glommio executor with a small io_memory (RLIMIT_MEMLOCK is 8 MiB here).
-pub fn run<F, Fut, T>(f: F) -> T
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: Future<Output = T> + 'static,
-    T: Send + 'static,
-{
-    LocalExecutorBuilder::new(Placement::Unbound)
-        .io_memory(512 << 10)
-        .spawn(f)
-        .expect("executor starts")
-        .join()
-        .expect("executor joins")
-}
 
 pub fn config(root: &Path, shard: u8) -> SpoolConfig {
     SpoolConfig::new(root, shard)

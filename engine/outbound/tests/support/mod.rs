@@ -1,2 +1,0 @@
-pub mod dns_server;
-pub mod smtp_server;
