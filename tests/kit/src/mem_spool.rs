@@ -6,7 +6,9 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-use petrel_delivery::{QueuedMessage, QueuedRcpt, RcptState, RcptUpdate, SpoolAccess};
+use petrel_delivery::{
+    QueuedMessage, QueuedRcpt, RcptState, RcptUpdate, SpoolAccess, SpoolAccessError,
+};
 
 /// A recipient's recorded state: (state, attempts so far).
 pub type Outcome = (RcptState, u32);
@@ -98,44 +100,41 @@ impl MemSpool {
     }
 }
 
-/// The error text of a missing message (one place, so the error type is easy to change).
-fn no_message(id: u64) -> String {
-    format!("no message {id}")
-}
-
 impl SpoolAccess for MemSpool {
-    async fn read_body(&self, id: u64) -> Result<Vec<u8>, String> {
+    async fn read_body(&self, id: u64) -> Result<Vec<u8>, SpoolAccessError> {
         let m = self.messages.borrow();
         m.get(&id)
             .map(|s| s.body.clone())
-            .ok_or_else(|| no_message(id))
+            .ok_or(SpoolAccessError::NotFound { id })
     }
 
-    async fn update(&self, id: u64, updates: &[RcptUpdate]) -> Result<(), String> {
+    async fn update(&self, id: u64, updates: &[RcptUpdate]) -> Result<(), SpoolAccessError> {
         let mut m = self.messages.borrow_mut();
-        let s = m.get_mut(&id).ok_or_else(|| no_message(id))?;
+        let s = m.get_mut(&id).ok_or(SpoolAccessError::NotFound { id })?;
         for u in updates {
             if u.index as usize >= s.rcpts.len() {
-                return Err(format!("bad index {}", u.index));
+                return Err(SpoolAccessError::RecipientIndex {
+                    id,
+                    index: u.index,
+                    recipients: s.rcpts.len() as u32,
+                });
             }
             s.states.insert(u.index, (u.state, u.attempts));
         }
         Ok(())
     }
 
-    async fn remove(&self, id: u64, last: &[RcptUpdate]) -> Result<(), String> {
+    async fn remove(&self, id: u64, last: &[RcptUpdate]) -> Result<(), SpoolAccessError> {
         self.update(id, last).await?;
         let s = self
             .messages
             .borrow_mut()
             .remove(&id)
-            .ok_or_else(|| no_message(id))?;
+            .ok_or(SpoolAccessError::NotFound { id })?;
         for i in 0..s.rcpts.len() as u32 {
-            let st = s
-                .states
-                .get(&i)
-                .copied()
-                .ok_or("removed with a recipient not final")?;
+            let st = s.states.get(&i).copied().ok_or_else(|| {
+                SpoolAccessError::Spool("removed with a recipient not final".into())
+            })?;
             assert_ne!(st.0, RcptState::Pending, "removed with a pending recipient");
             self.finals.borrow_mut().insert((id, i), st);
         }
@@ -143,7 +142,12 @@ impl SpoolAccess for MemSpool {
         Ok(())
     }
 
-    async fn store_dsn(&self, mail_from: &str, rcpt: &str, body: &[u8]) -> Result<u64, String> {
+    async fn store_dsn(
+        &self,
+        mail_from: &str,
+        rcpt: &str,
+        body: &[u8],
+    ) -> Result<u64, SpoolAccessError> {
         assert_eq!(mail_from, "", "DSNs use the null sender");
         let q = self.store(mail_from, &[rcpt], body);
         self.dsns.borrow_mut().push(q.id);
