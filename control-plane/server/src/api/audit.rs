@@ -30,7 +30,7 @@ pub struct AuditQuery {
     params(AuditQuery),
     responses((status = 200, body = Vec<AuditRow>)),
     security(("bearer" = [])),
-    extensions(("x-permission" = json!("AuditRead")))
+    extensions(("x-permission" = json!(Permission::AuditRead.name())))
 )]
 /// Admins see their tenant's rows; operator owners see every row.
 pub async fn list(
@@ -61,7 +61,7 @@ pub async fn list(
     summary = "Walk the hash chain; reports the first broken link",
     responses((status = 200, body = VerifyReport)),
     security(("bearer" = [])),
-    extensions(("x-permission" = json!("AuditVerify")))
+    extensions(("x-permission" = json!(Permission::AuditVerify.name())))
 )]
 /// Walks the whole chain; reports the first broken link.
 pub async fn verify(

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::AnyConnection;
 
 use super::{audit_json, new_id, normalize_domain, ApiJson, App};
-use crate::auth::{generate_key, hash_secret_async, Caller, HashCost, Role, SCOPES};
+use crate::auth::{generate_key, hash_secret_async, Caller, HashCost, Permission, Role, SCOPES};
 use crate::store::credentials::CredentialRow;
 use crate::store::{self, StoreResult};
 use crate::{ApiError, ControlError};
@@ -273,7 +273,7 @@ fn validate(caller: &Caller, req: CreateCredential) -> Result<NewCredential, Api
     request_body = CreateCredential,
     responses((status = 201, body = CredentialCreated)),
     security(("bearer" = [])),
-    extensions(("x-permission" = json!("CredentialsWrite")))
+    extensions(("x-permission" = json!(Permission::CredentialsWrite.name())))
 )]
 pub async fn create(
     State(app): State<App>,
@@ -305,7 +305,7 @@ pub async fn create(
     summary = "List credentials",
     responses((status = 200, body = Vec<CredentialView>)),
     security(("bearer" = [])),
-    extensions(("x-permission" = json!("CredentialsRead")))
+    extensions(("x-permission" = json!(Permission::CredentialsRead.name())))
 )]
 pub async fn list(
     State(app): State<App>,
@@ -323,7 +323,7 @@ pub async fn list(
     params(("id" = String, Path, description = "The object's id")),
     responses((status = 200, body = CredentialView)),
     security(("bearer" = [])),
-    extensions(("x-permission" = json!("CredentialsRead")))
+    extensions(("x-permission" = json!(Permission::CredentialsRead.name())))
 )]
 pub async fn show(
     State(app): State<App>,
@@ -352,7 +352,7 @@ fn check_rank(caller: &Caller, c: &CredentialView) -> Result<(), ApiError> {
     params(("id" = String, Path, description = "The object's id")),
     responses((status = 200, body = CredentialView)),
     security(("bearer" = [])),
-    extensions(("x-permission" = json!("CredentialsWrite")))
+    extensions(("x-permission" = json!(Permission::CredentialsWrite.name())))
 )]
 pub async fn revoke(
     State(app): State<App>,
@@ -392,7 +392,7 @@ pub async fn revoke(
     params(("id" = String, Path, description = "The object's id")),
     responses((status = 200, body = CredentialCreated)),
     security(("bearer" = [])),
-    extensions(("x-permission" = json!("CredentialsWrite")))
+    extensions(("x-permission" = json!(Permission::CredentialsWrite.name())))
 )]
 /// Replaces the secret (new prefix, new hash); the old secret stops working at once.
 pub async fn rotate(

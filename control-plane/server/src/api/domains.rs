@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::AnyConnection;
 
 use super::{audit_json, new_id, normalize_domain, ApiJson, App};
-use crate::auth::Caller;
+use crate::auth::{Caller, Permission};
 use crate::dns::{records_for, DnsRecord, RecordCheck, RecordState};
 use crate::store;
 use crate::store::domains::{algorithm_name, parse_algorithm, DkimKeyRow, Domain};
@@ -210,7 +210,7 @@ fn pick_key_params(
     request_body = CreateDomain,
     responses((status = 201, body = DomainView)),
     security(("bearer" = [])),
-    extensions(("x-permission" = json!("DomainsWrite")))
+    extensions(("x-permission" = json!(Permission::DomainsWrite.name())))
 )]
 pub async fn create(
     State(app): State<App>,
@@ -258,7 +258,7 @@ pub async fn create(
     summary = "List sending domains",
     responses((status = 200, body = Vec<DomainView>)),
     security(("bearer" = [])),
-    extensions(("x-permission" = json!("DomainsRead")))
+    extensions(("x-permission" = json!(Permission::DomainsRead.name())))
 )]
 pub async fn list(
     State(app): State<App>,
@@ -281,7 +281,7 @@ pub async fn list(
     params(("id" = String, Path, description = "The object's id")),
     responses((status = 200, body = DomainView)),
     security(("bearer" = [])),
-    extensions(("x-permission" = json!("DomainsRead")))
+    extensions(("x-permission" = json!(Permission::DomainsRead.name())))
 )]
 pub async fn show(
     State(app): State<App>,
@@ -302,7 +302,7 @@ pub async fn show(
     params(("id" = String, Path, description = "The object's id")),
     responses((status = 204, description = "Done")),
     security(("bearer" = [])),
-    extensions(("x-permission" = json!("DomainsWrite")))
+    extensions(("x-permission" = json!(Permission::DomainsWrite.name())))
 )]
 pub async fn delete(
     State(app): State<App>,
@@ -333,7 +333,7 @@ pub async fn delete(
     params(("id" = String, Path, description = "The object's id")),
     responses((status = 200, body = DomainView)),
     security(("bearer" = [])),
-    extensions(("x-permission" = json!("DomainsWrite")))
+    extensions(("x-permission" = json!(Permission::DomainsWrite.name())))
 )]
 /// Looks the records up; marks the domain verified when DKIM (newest key) and SPF are found,
 /// and activates a pending key whose record is found.
@@ -423,7 +423,7 @@ pub struct RotateDomain {
     request_body(content = Option<RotateDomain>, description = "Optional: an empty body picks the defaults", content_type = "application/json"),
     responses((status = 200, body = DomainView)),
     security(("bearer" = [])),
-    extensions(("x-permission" = json!("DomainsWrite")))
+    extensions(("x-permission" = json!(Permission::DomainsWrite.name())))
 )]
 /// Adds a pending key under a new selector (see the module doc).
 pub async fn rotate(

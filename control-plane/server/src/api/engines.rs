@@ -4,7 +4,7 @@ use axum::extract::State;
 use axum::Json;
 
 use super::App;
-use crate::auth::Caller;
+use crate::auth::{Caller, Permission};
 use crate::ApiError;
 
 /// Engines listed by `GET /v1/engines`.
@@ -20,7 +20,7 @@ pub use crate::store::engines::EngineRow as EngineView;
     summary = "Engines, their applied snapshot version and last contact",
     responses((status = 200, body = Vec<EngineView>)),
     security(("bearer" = [])),
-    extensions(("x-permission" = json!("EnginesRead")))
+    extensions(("x-permission" = json!(Permission::EnginesRead.name())))
 )]
 pub async fn list(
     State(app): State<App>,

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::domains::{fetch_domain, DomainView};
 use super::tenants::TenantView;
 use super::{audit_json, normalize_domain, ApiJson, App};
-use crate::auth::Caller;
+use crate::auth::{Caller, Permission};
 use crate::store::limits::DestinationRow;
 use crate::store::{self, StoreError};
 use crate::ApiError;
@@ -106,7 +106,7 @@ pub struct LimitsView {
     summary = "Tenant, domain and destination limits and defaults",
     responses((status = 200, body = LimitsView)),
     security(("bearer" = [])),
-    extensions(("x-permission" = json!("LimitsRead")))
+    extensions(("x-permission" = json!(Permission::LimitsRead.name())))
 )]
 pub async fn show(State(app): State<App>, caller: Caller) -> Result<Json<LimitsView>, ApiError> {
     let mut conn = app.db.conn().await?;
@@ -151,7 +151,7 @@ pub struct TenantLimits {
     request_body = TenantLimits,
     responses((status = 200, body = TenantView)),
     security(("bearer" = [])),
-    extensions(("x-permission" = json!("TenantsManage")))
+    extensions(("x-permission" = json!(Permission::TenantsManage.name())))
 )]
 /// Sets a tenant's quota (owners only: a tenant does not raise its own quota).
 pub async fn set_tenant(
@@ -204,7 +204,7 @@ pub struct DomainLimits {
     request_body = DomainLimits,
     responses((status = 200, body = DomainView)),
     security(("bearer" = [])),
-    extensions(("x-permission" = json!("LimitsWrite")))
+    extensions(("x-permission" = json!(Permission::LimitsWrite.name())))
 )]
 /// Sets one of the caller's sending domains' messages per second.
 pub async fn set_domain(
@@ -247,7 +247,7 @@ pub async fn set_domain(
     request_body = Defaults,
     responses((status = 200, body = Defaults)),
     security(("bearer" = [])),
-    extensions(("x-permission" = json!("GlobalLimitsWrite")))
+    extensions(("x-permission" = json!(Permission::GlobalLimitsWrite.name())))
 )]
 pub async fn set_defaults(
     State(app): State<App>,
@@ -290,7 +290,7 @@ pub struct DestinationLimits {
     request_body = DestinationLimits,
     responses((status = 200, body = DestinationView)),
     security(("bearer" = [])),
-    extensions(("x-permission" = json!("GlobalLimitsWrite")))
+    extensions(("x-permission" = json!(Permission::GlobalLimitsWrite.name())))
 )]
 pub async fn set_destination(
     State(app): State<App>,
@@ -332,7 +332,7 @@ pub async fn set_destination(
     params(("domain" = String, Path, description = "The destination domain name")),
     responses((status = 204, description = "Done")),
     security(("bearer" = [])),
-    extensions(("x-permission" = json!("GlobalLimitsWrite")))
+    extensions(("x-permission" = json!(Permission::GlobalLimitsWrite.name())))
 )]
 pub async fn delete_destination(
     State(app): State<App>,

@@ -62,7 +62,7 @@ fn check_tenant_name(name: &str) -> Result<(), ApiError> {
     request_body = CreateTenant,
     responses((status = 201, body = TenantCreated)),
     security(("bearer" = [])),
-    extensions(("x-permission" = json!("TenantsManage")))
+    extensions(("x-permission" = json!(Permission::TenantsManage.name())))
 )]
 pub async fn create(
     State(app): State<App>,
@@ -108,7 +108,7 @@ pub async fn create(
     summary = "List tenants",
     responses((status = 200, body = Vec<TenantView>)),
     security(("bearer" = [])),
-    extensions(("x-permission" = json!("TenantsManage")))
+    extensions(("x-permission" = json!(Permission::TenantsManage.name())))
 )]
 pub async fn list(
     State(app): State<App>,
@@ -138,7 +138,7 @@ async fn visible_tenant(app: &App, caller: &Caller, id: &str) -> Result<TenantVi
     params(("id" = String, Path, description = "The object's id")),
     responses((status = 200, body = TenantView)),
     security(("bearer" = [])),
-    extensions(("x-permission" = json!("TenantRead")))
+    extensions(("x-permission" = json!(Permission::TenantRead.name())))
 )]
 pub async fn show(
     State(app): State<App>,
@@ -156,7 +156,7 @@ pub async fn show(
     params(("id" = String, Path, description = "The object's id")),
     responses((status = 200, body = TenantView)),
     security(("bearer" = [])),
-    extensions(("x-permission" = json!("TenantsManage")))
+    extensions(("x-permission" = json!(Permission::TenantsManage.name())))
 )]
 pub async fn suspend(
     State(app): State<App>,
@@ -174,7 +174,7 @@ pub async fn suspend(
     params(("id" = String, Path, description = "The object's id")),
     responses((status = 200, body = TenantView)),
     security(("bearer" = [])),
-    extensions(("x-permission" = json!("TenantsManage")))
+    extensions(("x-permission" = json!(Permission::TenantsManage.name())))
 )]
 pub async fn unsuspend(
     State(app): State<App>,
