@@ -2,13 +2,13 @@
 //!
 //! Classification runs per failed recipient per attempt, tens of thousands of times a second
 //! across shards, so everything is decided at build time: the enhanced rules are one short list
-//! scanned in order (the first match is the reply's enhanced rule), and the patterns are two
-//! `RegexSet`s (overriding, ordinary) that each scan the text once; the lowest matching index is
-//! the first rule in priority order. The classifier is immutable and `Send + Sync`: build it once and share it.
+//! scanned in order (the first match is the reply's enhanced rule), and the patterns are one
+//! `RegexSet` (overriding patterns first, then ordinary ones) that scans the text once; in each
+//! tier the lowest matching index is the first rule in priority order. The classifier is immutable and `Send + Sync`: build it once and share it.
 
 use std::path::Path;
 
-use regex::{RegexSet, RegexSetBuilder};
+use regex::bytes::{RegexSet, RegexSetBuilder};
 
 use crate::rules::{
     load_rules_file, EnhancedRule, PatternRule, RuleSet, RulesError, Verdict, REGEX_SIZE_BYTES_MAX,
@@ -22,26 +22,29 @@ pub struct BounceClassifier {
     /// Enhanced rules, highest priority first. The first one whose code matches is the reply's
     /// enhanced rule: it decides at once unless it is `generic`, then only after the patterns.
     enhanced: Vec<EnhancedRule>,
-    /// Patterns with `overrides_enhanced = true`.
-    overriding: PatternTier,
-    /// The other patterns.
-    ordinary: PatternTier,
+    patterns: Patterns,
     rule_count: usize,
 }
 
-/// Patterns of one tier; `verdicts[i]` belongs to the set's pattern `i`.
+/// Every pattern in one set, the overriding ones first in priority order, then the ordinary
+/// ones: a single scan of the text answers both tiers.
 #[derive(Debug, Clone)]
-struct PatternTier {
+struct Patterns {
     set: RegexSet,
+    /// `verdicts[i]` belongs to the set's pattern `i`.
     verdicts: Vec<Verdict>,
+    /// Patterns `0..overriding` have `overrides_enhanced = true`.
+    overriding: usize,
 }
 
-impl PatternTier {
-    fn build<'a>(rules: impl Iterator<Item = &'a PatternRule>) -> Result<PatternTier, RulesError> {
+impl Patterns {
+    fn build(rules: &[&PatternRule]) -> Result<Patterns, RulesError> {
+        let overriding = rules.iter().take_while(|r| r.overrides_enhanced).count();
         let (patterns, verdicts): (Vec<&str>, Vec<Verdict>) =
-            rules.map(|r| (r.regex.as_str(), r.verdict)).unzip();
+            rules.iter().map(|r| (r.regex.as_str(), r.verdict)).unzip();
         let set = RegexSetBuilder::new(patterns)
             .case_insensitive(true)
+            .unicode(false)
             .size_limit(REGEX_SIZE_BYTES_MAX)
             .dfa_size_limit(REGEX_SIZE_BYTES_MAX)
             .build()
@@ -49,16 +52,30 @@ impl PatternTier {
                 max_bytes: REGEX_SIZE_BYTES_MAX,
                 source: Box::new(e),
             })?;
-        Ok(PatternTier { set, verdicts })
+        Ok(Patterns {
+            set,
+            verdicts,
+            overriding,
+        })
     }
 
-    /// The verdict of the first pattern (in priority order) that matches `text`.
-    fn first_match(&self, text: &str) -> Option<Verdict> {
+    /// The verdicts of the first overriding and the first ordinary pattern that match `text`.
+    fn first_matches(&self, text: &str) -> (Option<Verdict>, Option<Verdict>) {
         if self.verdicts.is_empty() {
-            return None;
+            return (None, None);
         }
-        let first = self.set.matches(text).into_iter().next()?;
-        self.verdicts.get(first).copied()
+        let matches = self.set.matches(text.as_bytes());
+        // Ascending indices: the first is the highest-priority match of its tier.
+        let mut indices = matches.iter();
+        let Some(first) = indices.next() else {
+            return (None, None);
+        };
+        let verdict = |i: usize| self.verdicts.get(i).copied();
+        if first >= self.overriding {
+            return (None, verdict(first));
+        }
+        let ordinary = indices.find(|&i| i >= self.overriding).and_then(verdict);
+        (verdict(first), ordinary)
     }
 }
 
@@ -84,10 +101,13 @@ impl BounceClassifier {
     pub fn from_rule_sets(sets: &[RuleSet]) -> Result<BounceClassifier, RulesError> {
         let enhanced = || sets.iter().flat_map(|s| s.enhanced.iter());
         let patterns = || sets.iter().flat_map(|s| s.patterns.iter());
+        let ordered: Vec<&PatternRule> = patterns()
+            .filter(|r| r.overrides_enhanced)
+            .chain(patterns().filter(|r| !r.overrides_enhanced))
+            .collect();
         Ok(BounceClassifier {
             enhanced: enhanced().cloned().collect(),
-            overriding: PatternTier::build(patterns().filter(|r| r.overrides_enhanced))?,
-            ordinary: PatternTier::build(patterns().filter(|r| !r.overrides_enhanced))?,
+            patterns: Patterns::build(&ordered)?,
             rule_count: sets.iter().map(RuleSet::rule_count).sum(),
         })
     }
@@ -105,12 +125,8 @@ impl BounceClassifier {
             .and_then(|code| self.enhanced.iter().find(|r| r.code.matches(code)));
         let specific = enhanced.filter(|r| !r.generic).map(|r| r.verdict);
         let generic = enhanced.filter(|r| r.generic).map(|r| r.verdict);
-        let verdict = self
-            .overriding
-            .first_match(reply.text)
-            .or(specific)
-            .or_else(|| self.ordinary.first_match(reply.text))
-            .or(generic);
+        let (overriding, ordinary) = self.patterns.first_matches(reply.text);
+        let verdict = overriding.or(specific).or(ordinary).or(generic);
         let code_class = BounceClass::from_reply_code(reply.code);
         match verdict {
             Some(v) => Classification {
