@@ -281,6 +281,48 @@ class = "soft"
     }
 
     #[test]
+    fn an_operator_pattern_beats_a_specific_code_only_when_overriding() {
+        let ops = rules(
+            r#"
+[[pattern]]
+regex = "mailbox is frozen"
+category = "inactive_mailbox"
+[[pattern]]
+regex = "moved away"
+category = "inactive_mailbox"
+class = "soft"
+overrides_enhanced = true
+"#,
+        );
+        let c = BounceClassifier::from_rule_sets(&[ops, rules(TOY)]).unwrap();
+        // Ordinary: the shipped specific 5.1.1 still decides.
+        assert_eq!(
+            classify(&c, "550 5.1.1 mailbox is frozen"),
+            (Category::InvalidRecipient, BounceClass::Hard)
+        );
+        // Without a specific code, the ordinary operator pattern decides.
+        assert_eq!(
+            classify(&c, "550 5.7.1 mailbox is frozen"),
+            (Category::InactiveMailbox, BounceClass::Hard)
+        );
+        // Overriding: beats the code, and the operator's overriding rule comes before the
+        // shipped one when both match.
+        assert_eq!(
+            classify(&c, "550 5.1.1 moved away"),
+            (Category::InactiveMailbox, BounceClass::Soft)
+        );
+        assert_eq!(
+            classify(&c, "550 5.1.1 moved away, too many recipients this hour"),
+            (Category::InactiveMailbox, BounceClass::Soft)
+        );
+        // An overriding match does not hide the ordinary tier from a reply it does not match.
+        assert_eq!(
+            classify(&c, "554 Spamhaus"),
+            (Category::SpamBlock, BounceClass::Hard)
+        );
+    }
+
+    #[test]
     fn operator_file_overrides_the_shipped_rules() {
         let shipped = BounceClassifier::shipped();
         let line = "550 5.7.1 Service unavailable; client [192.0.2.1] blocked using Spamhaus";
