@@ -376,6 +376,24 @@ overrides_enhanced = true
     }
 
     #[test]
+    fn shipped_rules_tell_a_missing_domain_from_a_missing_user() {
+        let c = BounceClassifier::shipped();
+        assert_eq!(
+            classify(&c, "550 Domain does not exist").0,
+            Category::BadDomain
+        );
+        assert_eq!(
+            classify(&c, "550 User does not exist").0,
+            Category::InvalidRecipient
+        );
+        // The sender's domain is an authentication matter, not the recipient's.
+        assert_eq!(
+            classify(&c, "450 4.1.8 Sender address rejected: Domain not found").0,
+            Category::AuthFailure
+        );
+    }
+
+    #[test]
     fn is_shareable_across_threads() {
         fn assert_send_sync<T: Send + Sync>() {}
         assert_send_sync::<BounceClassifier>();
