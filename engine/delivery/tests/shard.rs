@@ -67,6 +67,7 @@ impl MemSpool {
                     next_attempt_unix_ms: 0,
                 })
                 .collect(),
+            attribution: None,
         }
     }
 }
