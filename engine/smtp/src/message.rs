@@ -229,11 +229,17 @@ pub fn prepare(
 /// A Message-ID field value unfolded, trimmed and without its angle brackets; None when it is
 /// empty, too long or not text.
 fn clean_message_id(value: &[u8]) -> Option<String> {
-    let unfolded: Vec<u8> = value
-        .iter()
-        .copied()
-        .filter(|&b| b != b'\r' && b != b'\n')
-        .collect();
+    // Folded Message-IDs are rare: copy only when there is a line break to take out.
+    let unfolded: std::borrow::Cow<[u8]> = if memchr::memchr(b'\n', value).is_some() {
+        value
+            .iter()
+            .copied()
+            .filter(|&b| b != b'\r' && b != b'\n')
+            .collect::<Vec<u8>>()
+            .into()
+    } else {
+        value.into()
+    };
     let v = unfolded.trim_ascii();
     let v = match (v.first(), v.last()) {
         (Some(b'<'), Some(b'>')) if v.len() >= 2 => v[1..v.len() - 1].trim_ascii(),
