@@ -6,51 +6,19 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::process::Command;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
+use common::control::{api, dkimpy_verifies, mailer};
 use common::*;
 use lettre::message::Mailbox;
-use lettre::transport::smtp::authentication::{Credentials, Mechanism};
-use lettre::transport::smtp::client::{Tls, TlsParameters};
-use lettre::{Message, SmtpTransport, Transport};
+use lettre::{Message, Transport};
 use petrel_loadtest::{start_sink, SinkConfig};
 use petrel_testkit::dns::{txt, DnsServer};
-use petrel_testkit::http::Request;
-use serde_json::{json, Value};
+use serde_json::json;
 
 const DOMAIN: &str = "e2e.test";
 const TOKEN: &str = "e2e-push-token-0123456789";
-
-/// One JSON request to the admin API.
-fn api(addr: SocketAddr, method: &str, path: &str, key: &str, body: Option<Value>) -> (u16, Value) {
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let answer = Request::new(method, path)
-        .bearer(key)
-        .json_text(&body)
-        .send(addr)
-        .expect("admin API answers");
-    (
-        answer.status,
-        serde_json::from_slice(&answer.body).unwrap_or(Value::Null),
-    )
-}
-
-fn mailer(port: u16, user: &str, pass: &str) -> SmtpTransport {
-    let tls = TlsParameters::builder("localhost".into())
-        .dangerous_accept_invalid_certs(true)
-        .build()
-        .unwrap();
-    SmtpTransport::builder_dangerous("127.0.0.1")
-        .port(port)
-        .tls(Tls::Required(tls))
-        .credentials(Credentials::new(user.into(), pass.into()))
-        .authentication(vec![Mechanism::Plain])
-        .timeout(Some(Duration::from_secs(20)))
-        .build()
-}
 
 fn mail(subject: &str) -> Message {
     Message::builder()
@@ -71,33 +39,6 @@ fn wait_received(sink: &petrel_loadtest::SinkHandle, n: usize) -> bool {
         std::thread::sleep(Duration::from_millis(50));
     }
     true
-}
-
-/// dkimpy verifies the message with the TXT record we published; None when dkimpy is missing.
-fn dkimpy_verifies(message: &[u8], selector: &str, txt_value: &str) -> Option<bool> {
-    let probe = Command::new("python3")
-        .args(["-c", "import dkim, nacl"])
-        .output()
-        .ok()?;
-    if !probe.status.success() {
-        return None;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let msg = dir.path().join("m.eml");
-    std::fs::write(&msg, message).unwrap();
-    let script = format!(
-        "import dkim,sys\nrec={txt:?}.encode()\nname=b'{selector}._domainkey.{DOMAIN}.'\n\
-         def dns(n, timeout=5):\n    return rec if n.rstrip(b'.')==name.rstrip(b'.') else None\n\
-         m=open(sys.argv[1],'rb').read()\nprint('OK' if dkim.verify(m, dnsfunc=dns) else 'FAIL')\n",
-        txt = txt_value
-    );
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .arg(&msg)
-        .output()
-        .ok()?;
-    Some(String::from_utf8_lossy(&out.stdout).trim() == "OK")
 }
 
 #[test]
@@ -234,7 +175,7 @@ fn api_changes_reach_the_engine_sign_and_revoke() {
         text.contains(&format!("d={DOMAIN}")) && text.contains("a=ed25519-sha256"),
         "{text}"
     );
-    match dkimpy_verifies(data0, &selector, &dkim_txt.1) {
+    match dkimpy_verifies(data0, DOMAIN, &selector, &dkim_txt.1) {
         Some(ok) => assert!(ok, "dkimpy rejected the signature:\n{text}"),
         None => println!(
             "SKIPPED dkimpy check: python3 dkimpy/pynacl not installed (ops/test.sh installs them)"

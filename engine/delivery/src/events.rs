@@ -17,6 +17,8 @@ use std::thread::JoinHandle;
 
 use serde::Serialize;
 
+use crate::attribution::EventAttribution;
+
 use crate::error::DeliveryError;
 
 /// The outcome of one attempt for one recipient.
@@ -65,6 +67,11 @@ pub struct Event {
     pub attempt: u32,
     /// The shard that delivered.
     pub shard: u8,
+    /// The message's tenant, credential, From domain, Message-ID, tags and metadata
+    /// (`tenant_id`, `credential_id`, `from_domain`, `rfc822_message_id`, `tags`, `metadata`
+    /// at the top level of the line; null or empty when unknown).
+    #[serde(flatten)]
+    pub attribution: EventAttribution,
 }
 
 /// Where and how events are written.
@@ -344,6 +351,14 @@ mod tests {
             reason: None,
             attempt: 1,
             shard: 0,
+            attribution: EventAttribution(Some(std::sync::Arc::new(
+                crate::attribution::Attribution {
+                    tenant_id: Some("tenant-a".into()),
+                    tags: vec![format!("t{}", i % 3)],
+                    metadata: Some(format!("{{\"i\":{i}}}")),
+                    ..Default::default()
+                },
+            ))),
         }
     }
 
@@ -381,6 +396,13 @@ mod tests {
                 let v: serde_json::Value = serde_json::from_str(line).expect("json line");
                 assert_eq!(v["outcome"], "delivered");
                 assert_eq!(v["domain"], "dest.example");
+                assert_eq!(v["tenant_id"], "tenant-a");
+                assert_eq!(v["tags"].as_array().map(Vec::len), Some(1));
+                assert!(
+                    v["metadata"]["i"].is_u64(),
+                    "metadata is a JSON object: {line}"
+                );
+                assert!(v["credential_id"].is_null());
                 last_seen = v["timestamp_unix_ms"].as_u64();
             }
         }

@@ -45,6 +45,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 #![forbid(unsafe_code)]
 
+pub mod attribution;
 pub mod backoff;
 pub mod config;
 pub mod dsn;
@@ -54,6 +55,7 @@ pub mod limits;
 pub mod queue;
 pub mod shard;
 
+pub use attribution::Attribution;
 pub use backoff::RetrySchedule;
 pub use config::{
     ClientTimeouts, DeliveryConfig, DomainLimits, LimitsSource, TlsPolicy,

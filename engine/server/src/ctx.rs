@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use petrel_delivery::{DeliveryShard, QueuedMessage, QueuedRcpt};
 use petrel_smtp::ServerConfig;
-use petrel_spool::{Envelope, RecipientState, Spool};
+use petrel_spool::{Attribution, Envelope, RecipientState, Spool};
 
 use crate::admin::AdminRequest;
 use crate::auth::Authenticator;
@@ -120,11 +120,20 @@ impl ShardCtx {
         format!("{:02x}{:012x}", self.shard, n)
     }
 
-    /// Hands a freshly spooled message to delivery.
-    pub fn enqueue(&self, id: u64, env: &Envelope) {
+    /// Hands a spooled (fresh or recovered) message and its attribution to delivery.
+    pub fn enqueue(&self, id: u64, env: &Envelope, attribution: Attribution) {
         if let Some(d) = &self.delivery {
-            d.enqueue(queued(id, env));
+            d.enqueue(queued(id, env, attribution));
         }
+    }
+
+    /// The client is on a trusted network (may relay without AUTH).
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
+        self.cfg
+            .smtp
+            .trusted_networks
+            .iter()
+            .any(|n| n.contains(&ip))
     }
 
     /// Publishes spool and queue figures for backpressure and metrics.
@@ -140,8 +149,9 @@ impl ShardCtx {
     }
 }
 
-fn queued(id: u64, env: &Envelope) -> QueuedMessage {
+fn queued(id: u64, env: &Envelope, attribution: Attribution) -> QueuedMessage {
     QueuedMessage {
+        attribution: for_delivery(attribution),
         id,
         mail_from: env.mail_from.clone(),
         received_unix_ms: env.received_unix_ms,
@@ -159,6 +169,21 @@ fn queued(id: u64, env: &Envelope) -> QueuedMessage {
             })
             .collect(),
     }
+}
+
+/// The spool's attribution as delivery shares it (moved, not copied); None when empty.
+fn for_delivery(a: Attribution) -> Option<Arc<petrel_delivery::Attribution>> {
+    if a.is_empty() {
+        return None;
+    }
+    Some(Arc::new(petrel_delivery::Attribution {
+        tenant_id: a.tenant_id,
+        credential_id: a.credential_id,
+        from_domain: a.from_domain,
+        rfc822_message_id: a.rfc822_message_id,
+        tags: a.tags,
+        metadata: a.metadata,
+    }))
 }
 
 fn server_config(cfg: &EngineConfig, auth_without_tls: bool) -> Arc<ServerConfig> {

@@ -340,14 +340,7 @@ impl Driver {
     fn on_rcpt(&mut self, _to: &str) -> Verdict {
         // Petrel hosts no mailboxes: every recipient is remote, so relaying needs AUTH or a
         // trusted network. No open relay, ever.
-        let trusted = self
-            .ctx
-            .cfg
-            .smtp
-            .trusted_networks
-            .iter()
-            .any(|n| n.contains(&self.peer.ip()));
-        if self.identity.is_some() || trusted {
+        if self.identity.is_some() || self.ctx.is_trusted(self.peer.ip()) {
             Verdict::Accept
         } else {
             self.reject(
@@ -378,8 +371,8 @@ impl Driver {
             self.identity.as_ref(),
             &trace_id,
         );
-        let body = match prepared {
-            Ok(b) => b,
+        let (body, attribution) = match prepared {
+            Ok(p) => p,
             Err(reply) => {
                 metrics::counter!(m::REJECTIONS_TOTAL, "reason" => "message_check").increment(1);
                 return DataVerdict::Reject(reply);
@@ -391,6 +384,7 @@ impl Driver {
             self.peer,
             self.identity.as_ref(),
             body,
+            attribution,
         )
         .await
         {

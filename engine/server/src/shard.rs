@@ -78,8 +78,8 @@ pub async fn run(setup: ShardSetup) -> Result<(), EngineError> {
     });
     let ctx = Rc::new(ShardCtx::new(&setup, Rc::clone(&spool), delivery.clone()));
     let recovered = recovery.messages.len();
-    for msg in &recovery.messages {
-        ctx.enqueue(msg.id.0, &msg.envelope);
+    for msg in recovery.messages {
+        ctx.enqueue(msg.id.0, &msg.envelope, msg.attribution);
     }
     ctx.publish_figures();
     tracing::info!(shard, recovered, "spool recovered");

@@ -6,15 +6,17 @@
 
 use std::net::SocketAddr;
 
-use petrel_smtp::{Reply, TraceInfo, Transaction};
-use petrel_spool::{Envelope, Recipient, RecipientState};
+use petrel_smtp::{Prepared, Reply, TraceInfo, Transaction, HEADER_SECTION_MAX_BYTES_DEFAULT};
+use petrel_spool::{Attribution, Envelope, Recipient, RecipientState};
 
 use crate::auth::Identity;
 use crate::clock::now_ms;
 use crate::ctx::ShardCtx;
 use crate::metrics as m;
 
-/// Runs the message checks, adds Received (and Message-ID/Date for submissions), signs.
+/// Runs the message checks, adds Received (and Message-ID/Date for submissions), removes the
+/// X-Petrel headers, signs. Returns the message to spool and its attribution; a malformed
+/// X-Petrel header is refused here (`550 5.6.0 <reason>`), before anything is stored.
 pub fn prepare(
     ctx: &ShardCtx,
     tx: &Transaction,
@@ -22,7 +24,7 @@ pub fn prepare(
     tls: Option<&str>,
     identity: Option<&Identity>,
     trace_id: &str,
-) -> Result<Vec<u8>, Reply> {
+) -> Result<(Vec<u8>, Attribution), Reply> {
     let now_ms = now_ms();
     let trace = TraceInfo {
         hostname: &ctx.cfg.server.hostname,
@@ -38,40 +40,81 @@ pub fn prepare(
         now_unix_secs: (now_ms / 1000) as i64,
         submission: identity.is_some(),
     };
-    let message = petrel_smtp::prepare_message(&tx.data, &trace).map_err(|e| e.reply())?;
-    Ok(sign(ctx, identity, peer, message, now_ms))
+    let prepared = petrel_smtp::prepare(&tx.data, &trace, HEADER_SECTION_MAX_BYTES_DEFAULT)
+        .map_err(|e| e.reply())?;
+    let trusted = ctx.is_trusted(peer.ip());
+    let policy = ctx.policy.peek();
+    // The tenant that owns the From domain, when the policy knows one.
+    let domain_tenant = prepared
+        .from_domain
+        .as_deref()
+        .and_then(|d| policy.find_domain(d))
+        .map(|d| d.tenant_id.as_str());
+    let Prepared {
+        message,
+        tags,
+        metadata,
+        rfc822_message_id,
+        from_domain,
+    } = prepared;
+    let identity_tenant = identity.map(|i| i.tenant.as_deref());
+    let message = match from_domain.as_deref() {
+        Some(domain) if policy.has_signers() => {
+            let allowed = may_sign(identity_tenant, trusted, domain_tenant);
+            sign(&policy, domain, allowed, message, now_ms)
+        }
+        _ => message,
+    };
+    let attribution = Attribution {
+        tenant_id: tenant_of(identity_tenant, trusted, domain_tenant).map(str::to_string),
+        credential_id: identity
+            .and_then(|i| i.policy.as_ref())
+            .map(|p| p.credential_id.clone()),
+        from_domain,
+        rfc822_message_id,
+        tags,
+        metadata,
+    };
+    Ok((message, attribution))
+}
+
+/// The tenant a message is attributed to: the authenticated identity's (none for a config-file
+/// user), else, for a trusted network, the tenant owning the From domain. `identity_tenant` is
+/// None without AUTH and `Some(tenant)` with it.
+fn tenant_of<'a>(
+    identity_tenant: Option<Option<&'a str>>,
+    trusted: bool,
+    domain_tenant: Option<&'a str>,
+) -> Option<&'a str> {
+    match identity_tenant {
+        Some(tenant) => tenant,
+        None if trusted => domain_tenant,
+        None => None,
+    }
+}
+
+/// Whether the client may have the From domain signed: a trusted network, or an identity of
+/// the tenant that owns the domain.
+fn may_sign(
+    identity_tenant: Option<Option<&str>>,
+    trusted: bool,
+    domain_tenant: Option<&str>,
+) -> bool {
+    trusted || (domain_tenant.is_some() && identity_tenant.flatten() == domain_tenant)
 }
 
 /// DKIM-signs with the From domain's current key when the policy has one and the client may
-/// speak for that domain (its tenant authenticated, or a trusted network).
+/// speak for that domain (`allowed`: its tenant authenticated, or a trusted network).
 fn sign(
-    ctx: &ShardCtx,
-    identity: Option<&Identity>,
-    peer: SocketAddr,
+    policy: &petrel_policy::CompiledPolicy,
+    domain: &str,
+    allowed: bool,
     message: Vec<u8>,
     now_ms: u64,
 ) -> Vec<u8> {
-    let policy = ctx.policy.peek();
-    if !policy.has_signers() {
-        return message;
-    }
-    let Some(domain) = from_domain(&message) else {
+    let Some(signer) = policy.signer_for(domain) else {
         return message;
     };
-    let Some(signer) = policy.signer_for(&domain) else {
-        return message;
-    };
-    let tenant = policy
-        .find_domain(&domain)
-        .map(|d| d.tenant_id.as_str())
-        .unwrap_or("");
-    let trusted = ctx
-        .cfg
-        .smtp
-        .trusted_networks
-        .iter()
-        .any(|n| n.contains(&peer.ip()));
-    let allowed = trusted || identity.and_then(|i| i.tenant.as_deref()) == Some(tenant);
     if !allowed {
         return message;
     }
@@ -90,21 +133,6 @@ fn sign(
     }
 }
 
-/// The domain of the first address in the From header, lowercased.
-fn from_domain(message: &[u8]) -> Option<String> {
-    let headers = petrel_smtp::parse_headers(message).ok()?;
-    let (_, value) = headers
-        .iter()
-        .find(|(name, _)| name.eq_ignore_ascii_case("from"))?;
-    let value = std::str::from_utf8(value).ok()?;
-    let addr = match (value.rfind('<'), value.rfind('>')) {
-        (Some(a), Some(b)) if a < b => &value[a + 1..b],
-        _ => value.trim(),
-    };
-    let domain = addr.rsplit_once('@')?.1.trim();
-    (!domain.is_empty()).then(|| domain.to_ascii_lowercase())
-}
-
 /// Stores durably (the 250 follows this) and queues for delivery. Returns the queue id.
 pub async fn spool_and_queue(
     ctx: &ShardCtx,
@@ -112,6 +140,7 @@ pub async fn spool_and_queue(
     peer: SocketAddr,
     identity: Option<&Identity>,
     body: Vec<u8>,
+    attribution: Attribution,
 ) -> Result<String, Reply> {
     let received_unix_ms = now_ms();
     let envelope = Envelope {
@@ -136,7 +165,11 @@ pub async fn spool_and_queue(
         body_8bit: !matches!(tx.params.body, petrel_smtp::Body::SevenBit),
         is_dsn: false,
     };
-    let id = match ctx.spool.store(&envelope, &body).await {
+    let id = match ctx
+        .spool
+        .store_attributed(&envelope, &attribution, &body)
+        .await
+    {
         Ok(id) => id,
         Err(e) => {
             tracing::error!(error = %e, "spool store failed");
@@ -147,7 +180,7 @@ pub async fn spool_and_queue(
             ));
         }
     };
-    ctx.enqueue(id.0, &envelope);
+    ctx.enqueue(id.0, &envelope, attribution);
     ctx.publish_figures();
     Ok(id.to_string())
 }
@@ -157,12 +190,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn from_domain_variants() {
-        let m = b"From: Alice <alice@Example.COM>\r\nTo: b@x\r\n\r\nhi\r\n";
-        assert_eq!(from_domain(m).as_deref(), Some("example.com"));
-        let m = b"From: bob@dev.petrel.test\r\n\r\nhi\r\n";
-        assert_eq!(from_domain(m).as_deref(), Some("dev.petrel.test"));
-        let m = b"To: b@x\r\n\r\nhi\r\n";
-        assert_eq!(from_domain(m), None);
+    fn tenant_comes_from_the_identity_or_a_trusted_from_domain() {
+        // AUTH with a control-plane credential: its tenant, whatever the From domain says.
+        assert_eq!(tenant_of(Some(Some("t1")), false, Some("t2")), Some("t1"));
+        // AUTH as a config-file user: no tenant, even from a trusted network.
+        assert_eq!(tenant_of(Some(None), true, Some("t2")), None);
+        // Trusted-network relay: the From domain's tenant, if the policy has the domain.
+        assert_eq!(tenant_of(None, true, Some("t2")), Some("t2"));
+        assert_eq!(tenant_of(None, true, None), None);
+        // Neither (cannot relay anyway): nothing.
+        assert_eq!(tenant_of(None, false, Some("t2")), None);
+    }
+
+    #[test]
+    fn signing_needs_a_trusted_network_or_the_owning_tenant() {
+        assert!(may_sign(None, true, None));
+        assert!(may_sign(Some(Some("t1")), false, Some("t1")));
+        assert!(!may_sign(Some(Some("t1")), false, Some("t2")));
+        assert!(!may_sign(Some(None), false, None));
+        assert!(!may_sign(Some(Some("t1")), false, None));
     }
 }

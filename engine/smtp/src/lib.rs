@@ -31,7 +31,9 @@
 //! ```
 //!
 //! The message checks ([`prepare_message`], [`parse_headers`]) validate the RFC 5322 header
-//! section and add the trace header (and, for submissions, Message-ID and Date).
+//! section and add the trace header (and, for submissions, Message-ID and Date); [`prepare`]
+//! also returns the tenant's labels ([`petrel_headers`]: `X-Petrel-Tag`, `X-Petrel-Metadata`,
+//! removed from the message), its Message-ID and its From domain.
 //!
 //! # Trade-offs
 //!
@@ -57,6 +59,7 @@ mod auth;
 mod command;
 mod fuzz_driver;
 mod message;
+pub mod petrel_headers;
 mod receive;
 mod session;
 mod types;
@@ -64,9 +67,10 @@ mod types;
 #[doc(hidden)]
 pub use fuzz_driver::{check_replies, drive_session};
 pub use message::{
-    parse_headers, parse_headers_bounded, prepare_message, prepare_message_bounded, CheckError,
-    TraceInfo,
+    address_domain, parse_headers, parse_headers_bounded, prepare, prepare_message,
+    prepare_message_bounded, CheckError, Prepared, TraceInfo, RFC822_MESSAGE_ID_BYTES_MAX,
 };
+pub use petrel_headers::{PetrelHeaderError, PetrelHeaders};
 pub use session::Session;
 pub use types::{
     Body, DataVerdict, Event, Limits, MailParams, PeerInfo, Reply, ServerConfig, Transaction,

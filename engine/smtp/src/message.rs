@@ -2,8 +2,14 @@
 //! and Message-ID / Date for submissions. Time is passed in; dates are computed without a date
 //! crate (civil-from-days, proleptic Gregorian, UTC).
 
+use crate::petrel_headers::{self, PetrelHeaderError};
 use crate::types::{push_u64, Reply, HEADER_SECTION_MAX_BYTES_DEFAULT};
 use std::net::{IpAddr, SocketAddr};
+
+/// Longest RFC 5322 Message-ID kept for attribution, in bytes (without the angle brackets):
+/// the line length limit of RFC 5322 §2.1.1. A longer one is not recorded (the message is still
+/// accepted: the id is only a label for events).
+pub const RFC822_MESSAGE_ID_BYTES_MAX: usize = 998;
 
 /// What the Received header and the submission fix-ups need to know.
 #[derive(Clone, Copy, Debug)]
@@ -47,6 +53,9 @@ pub enum CheckError {
     /// The header section is larger than allowed.
     #[error("header section larger than {max_bytes} bytes")]
     HeaderSectionTooLarge { max_bytes: usize },
+    /// A malformed `X-Petrel-Tag` or `X-Petrel-Metadata` header.
+    #[error(transparent)]
+    PetrelHeader(#[from] PetrelHeaderError),
 }
 
 impl CheckError {
@@ -56,6 +65,8 @@ impl CheckError {
             CheckError::HeaderSectionTooLarge { .. } => {
                 Reply::new(552, (5, 3, 4), format!("Message rejected: {self}"))
             }
+            // 550 like a policy refusal: the message is well formed, its labels are not.
+            CheckError::PetrelHeader(e) => Reply::new(550, (5, 6, 0), e.to_string()),
             _ => Reply::new(554, (5, 6, 0), format!("Message rejected: {self}")),
         }
     }
@@ -128,9 +139,26 @@ pub fn parse_headers_bounded(
     Ok(fields)
 }
 
+/// A message that passed the checks, ready to sign and spool, and what they learnt about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prepared {
+    /// The final message: trace headers prepended, X-Petrel headers removed.
+    pub message: Vec<u8>,
+    /// `X-Petrel-Tag` values, in header order.
+    pub tags: Vec<String>,
+    /// The `X-Petrel-Metadata` JSON object as sent.
+    pub metadata: Option<String>,
+    /// The Message-ID without its angle brackets: the message's own, or the one added for a
+    /// submission. None when absent (relay) or unusable (over [`RFC822_MESSAGE_ID_BYTES_MAX`],
+    /// not UTF-8 text).
+    pub rfc822_message_id: Option<String>,
+    /// The domain of the first From address, lowercased.
+    pub from_domain: Option<String>,
+}
+
 /// Parses the header section, rejects malformed headers (typed error -> Reply via
 /// `CheckError::reply()`), returns the final message: Received prepended; for submissions
-/// (`submission == true`) Message-ID and Date added when missing.
+/// (`submission == true`) Message-ID and Date added when missing; X-Petrel headers removed.
 pub fn prepare_message(data: &[u8], trace: &TraceInfo) -> Result<Vec<u8>, CheckError> {
     prepare_message_bounded(data, trace, HEADER_SECTION_MAX_BYTES_DEFAULT)
 }
@@ -141,30 +169,99 @@ pub fn prepare_message_bounded(
     trace: &TraceInfo,
     header_section_max_bytes: usize,
 ) -> Result<Vec<u8>, CheckError> {
+    prepare(data, trace, header_section_max_bytes).map(|p| p.message)
+}
+
+/// [`prepare_message_bounded`], also returning the attribution the headers carry. The message
+/// is copied once, as before: the X-Petrel fields are left out during that copy, and only a
+/// message that has a field named `X-Petrel-*` is scanned for them at all.
+pub fn prepare(
+    data: &[u8],
+    trace: &TraceInfo,
+    header_section_max_bytes: usize,
+) -> Result<Prepared, CheckError> {
     let fields = parse_headers_bounded(data, header_section_max_bytes)?;
-    let (mut has_message_id, mut has_date) = (false, false);
-    for (name, _) in &fields {
-        has_message_id |= name.eq_ignore_ascii_case("Message-ID");
+    let petrel = if petrel_headers::has_petrel_field(&fields) {
+        petrel_headers::parse_petrel_headers(data)?
+    } else {
+        petrel_headers::PetrelHeaders::default()
+    };
+    let (mut message_id, mut has_date) = (None, false);
+    let mut from_domain = None;
+    for (name, value) in &fields {
+        if name.eq_ignore_ascii_case("Message-ID") && message_id.is_none() {
+            message_id = Some(clean_message_id(value));
+        } else if name.eq_ignore_ascii_case("From") && from_domain.is_none() {
+            from_domain = Some(address_domain(value));
+        }
         has_date |= name.eq_ignore_ascii_case("Date");
     }
     let mut out = Vec::with_capacity(data.len() + 512);
     write_received(&mut out, trace);
-    if trace.submission && !has_message_id {
+    if trace.submission && message_id.is_none() {
+        let mut id = Vec::with_capacity(64);
+        push_clean(&mut id, trace.queue_id);
+        id.push(b'.');
+        push_i64(&mut id, trace.now_unix_secs);
+        id.push(b'@');
+        push_clean(&mut id, trace.hostname);
         out.extend_from_slice(b"Message-ID: <");
-        push_clean(&mut out, trace.queue_id);
-        out.push(b'.');
-        push_i64(&mut out, trace.now_unix_secs);
-        out.push(b'@');
-        push_clean(&mut out, trace.hostname);
+        out.extend_from_slice(&id);
         out.extend_from_slice(b">\r\n");
+        // push_clean keeps printable ASCII only, so this is UTF-8.
+        message_id = Some(String::from_utf8(id).ok());
     }
     if trace.submission && !has_date {
         out.extend_from_slice(b"Date: ");
         write_rfc5322_date(&mut out, trace.now_unix_secs);
         out.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(data);
-    Ok(out)
+    petrel_headers::copy_without(data, &petrel.remove, &mut out);
+    Ok(Prepared {
+        message: out,
+        tags: petrel.tags,
+        metadata: petrel.metadata,
+        rfc822_message_id: message_id.flatten(),
+        from_domain: from_domain.flatten(),
+    })
+}
+
+/// A Message-ID field value unfolded, trimmed and without its angle brackets; None when it is
+/// empty, too long or not text.
+fn clean_message_id(value: &[u8]) -> Option<String> {
+    // Folded Message-IDs are rare: copy only when there is a line break to take out.
+    let unfolded: std::borrow::Cow<[u8]> = if memchr::memchr(b'\n', value).is_some() {
+        value
+            .iter()
+            .copied()
+            .filter(|&b| b != b'\r' && b != b'\n')
+            .collect::<Vec<u8>>()
+            .into()
+    } else {
+        value.into()
+    };
+    let v = unfolded.trim_ascii();
+    let v = match (v.first(), v.last()) {
+        (Some(b'<'), Some(b'>')) if v.len() >= 2 => v[1..v.len() - 1].trim_ascii(),
+        _ => v,
+    };
+    if v.is_empty() || v.len() > RFC822_MESSAGE_ID_BYTES_MAX {
+        return None;
+    }
+    let s = std::str::from_utf8(v).ok()?;
+    (!s.chars().any(char::is_control)).then(|| s.to_string())
+}
+
+/// The domain of the first address in a From value (the last `<...>` if any, else the whole
+/// value), lowercased. None when there is no `@` or the domain is empty.
+pub fn address_domain(value: &[u8]) -> Option<String> {
+    let value = std::str::from_utf8(value).ok()?;
+    let addr = match (value.rfind('<'), value.rfind('>')) {
+        (Some(a), Some(b)) if a < b => &value[a + 1..b],
+        _ => value.trim(),
+    };
+    let domain = addr.rsplit_once('@')?.1.trim();
+    (!domain.is_empty()).then(|| domain.to_ascii_lowercase())
 }
 
 /// "Received: from helo ([ip]) by host (Petrel) with ESMTPSA id Q (tls) for <rcpt>; date".

@@ -5,7 +5,7 @@
 //! ```text
 //! offset  size  field
 //!      0     4  magic  "PSPL" (0x4c505350 little endian)
-//!      4     1  kind   (1 segment header, 2 store, 3 update, 4 remove)
+//!      4     1  kind   (1 segment header, 2 store, 3 update, 4 remove, 5 attributed store)
 //!      5     3  zero
 //!      8     4  payload_len_bytes
 //!     12     4  record_len_bytes   (header + payload + zero padding; a multiple of 8)
@@ -18,11 +18,29 @@
 //! device block), which the reader follows through `record_len_bytes`. The header has its own
 //! checksum so that a damaged payload can be skipped by length, while a damaged header makes the
 //! scanner look for the next valid header at the following aligned offsets.
+//!
+//! A store payload is
+//!
+//! ```text
+//! offset  size  field
+//!      0     8  message id
+//!      8     4  envelope_len_bytes
+//!     12     4  attribution_len_bytes   (always 0 in kind 2)
+//!     16     -  archived envelope, then archived attribution, then the body
+//! ```
+//!
+//! **Compatibility.** The first format wrote kind 2 with bytes 12..16 zero, so every record it
+//! wrote reads today as a message with an empty [`Attribution`]. A message with attribution is
+//! written as kind 5 ([`Kind::StoreAttributed`]) rather than kind 2 with a length in the spare
+//! bytes, so that an older binary, should one ever open this spool, skips it as an unknown
+//! record instead of delivering the attribution bytes as the start of the body. The attribution
+//! is its own archive (not a new envelope field) so that the envelope's archived layout, and
+//! with it every old record's validation, stays exactly as it was.
 
 use rkyv::rancor;
 use rkyv::util::AlignedVec;
 
-use crate::types::{Envelope, RecipientUpdate};
+use crate::types::{Attribution, Envelope, RecipientUpdate};
 
 /// "PSPL" read as a little-endian u32.
 pub const RECORD_MAGIC: u32 = u32::from_le_bytes(*b"PSPL");
@@ -34,13 +52,22 @@ pub const RECORD_ALIGN_BYTES: usize = 8;
 pub const BODY_SIZE_MAX_BYTES: usize = 64 << 20;
 /// Largest archived envelope (1000 recipients with long replies fit easily).
 pub const ENVELOPE_SIZE_MAX_BYTES: usize = 4 << 20;
+/// Largest archived attribution. Its parts are bounded at DATA time (tags 5 × 128 bytes,
+/// metadata 1 KiB, Message-ID 998 bytes, a domain 255 bytes) and the tenant and credential ids
+/// come from the policy; 4 KiB leaves room for all of them and rkyv's framing.
+pub const ATTRIBUTION_SIZE_MAX_BYTES: usize = 4 << 10;
 /// Largest journal record (an update of every recipient of a large message).
 pub const UPDATE_SIZE_MAX_BYTES: usize = 4 << 20;
 /// Largest record of any kind: a frame around the largest envelope and body, plus padding to a
 /// 4 KiB device block. A header claiming more is treated as damaged.
-pub const RECORD_SIZE_MAX_BYTES: usize =
-    RECORD_HEADER_BYTES + 16 + ENVELOPE_SIZE_MAX_BYTES + BODY_SIZE_MAX_BYTES + 4096;
-/// Size of the fixed part of a store record's payload: id (8), envelope length (4), zero (4).
+pub const RECORD_SIZE_MAX_BYTES: usize = RECORD_HEADER_BYTES
+    + STORE_PREFIX_BYTES
+    + ENVELOPE_SIZE_MAX_BYTES
+    + ATTRIBUTION_SIZE_MAX_BYTES
+    + BODY_SIZE_MAX_BYTES
+    + 4096;
+/// Size of the fixed part of a store record's payload: id (8), envelope length (4),
+/// attribution length (4, zero in [`Kind::Store`]).
 pub const STORE_PREFIX_BYTES: usize = 16;
 /// Version written in segment headers.
 pub const SEGMENT_FORMAT_VERSION: u8 = 1;
@@ -53,12 +80,14 @@ const _: () = assert!(RECORD_HEADER_BYTES.is_multiple_of(RECORD_ALIGN_BYTES));
 pub enum Kind {
     /// First record of a data segment: format, shard, segment sequence, next id sequence.
     SegmentHeader = 1,
-    /// A message: id, archived envelope, body.
+    /// A message: id, archived envelope, body (its attribution is empty).
     Store = 2,
     /// Journal: recipient updates for a message.
     Update = 3,
     /// Journal: the message is done.
     Remove = 4,
+    /// A message with attribution: id, archived envelope, archived attribution, body.
+    StoreAttributed = 5,
 }
 
 impl Kind {
@@ -68,7 +97,22 @@ impl Kind {
             2 => Some(Kind::Store),
             3 => Some(Kind::Update),
             4 => Some(Kind::Remove),
+            5 => Some(Kind::StoreAttributed),
             _ => None,
+        }
+    }
+
+    /// Store records of either version.
+    pub fn is_store(self) -> bool {
+        matches!(self, Kind::Store | Kind::StoreAttributed)
+    }
+
+    /// The kind a store record with this attribution is written as.
+    pub fn store_for(attribution: &Attribution) -> Kind {
+        if attribution.is_empty() {
+            Kind::Store
+        } else {
+            Kind::StoreAttributed
         }
     }
 }
@@ -305,6 +349,14 @@ pub fn encode_envelope(e: &Envelope) -> Result<AlignedVec, rancor::Error> {
     rkyv::to_bytes::<rancor::Error>(e)
 }
 
+/// Archives an attribution (rkyv); an empty one is stored as nothing at all.
+pub fn encode_attribution(a: &Attribution) -> Result<AlignedVec, rancor::Error> {
+    if a.is_empty() {
+        return Ok(AlignedVec::new());
+    }
+    rkyv::to_bytes::<rancor::Error>(a)
+}
+
 /// Archives recipient updates (rkyv).
 pub fn encode_updates(u: &[RecipientUpdate]) -> Result<AlignedVec, rancor::Error> {
     rkyv::to_bytes::<rancor::Error>(&u.to_vec())
@@ -329,34 +381,66 @@ pub struct StoreRecord<'a> {
     pub id: u64,
     /// Its envelope as stored.
     pub envelope: Envelope,
+    /// Its attribution (empty for a [`Kind::Store`] record).
+    pub attribution: Attribution,
     /// Its body.
     pub body: &'a [u8],
 }
 
-/// Builds the two leading parts of a store payload (prefix, envelope); the body follows.
-pub fn store_prefix(id: u64, envelope_len: usize) -> [u8; STORE_PREFIX_BYTES] {
+/// The parts of a store payload, archives not yet validated.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreParts<'a> {
+    /// Message id.
+    pub id: u64,
+    /// Archived envelope.
+    pub envelope: &'a [u8],
+    /// Archived attribution; empty when there is none.
+    pub attribution: &'a [u8],
+    /// The body.
+    pub body: &'a [u8],
+}
+
+/// Builds the fixed leading part of a store payload; envelope, attribution and body follow.
+pub fn store_prefix(
+    id: u64,
+    envelope_len: usize,
+    attribution_len: usize,
+) -> [u8; STORE_PREFIX_BYTES] {
     let mut b = [0u8; STORE_PREFIX_BYTES];
     b[..8].copy_from_slice(&id.to_le_bytes());
     b[8..12].copy_from_slice(&(envelope_len as u32).to_le_bytes());
+    b[12..16].copy_from_slice(&(attribution_len as u32).to_le_bytes());
     b
 }
 
-/// Splits a store payload into id, archived envelope bytes and body (no validation of the archive).
-pub fn split_store(p: &[u8]) -> Option<(u64, &[u8], &[u8])> {
+/// Splits a store payload of either kind (no validation of the archives).
+pub fn split_store(p: &[u8]) -> Option<StoreParts<'_>> {
     let id = u64_at(p, 0)?;
     let env_len = u32_at(p, 8)? as usize;
-    let env = p.get(STORE_PREFIX_BYTES..STORE_PREFIX_BYTES + env_len)?;
-    let body = p.get(STORE_PREFIX_BYTES + env_len..)?;
-    Some((id, env, body))
+    let attr_len = u32_at(p, 12)? as usize;
+    let env_end = STORE_PREFIX_BYTES.checked_add(env_len)?;
+    let attr_end = env_end.checked_add(attr_len)?;
+    Some(StoreParts {
+        id,
+        envelope: p.get(STORE_PREFIX_BYTES..env_end)?,
+        attribution: p.get(env_end..attr_end)?,
+        body: p.get(attr_end..)?,
+    })
 }
 
-/// Decodes a store payload, validating the archived envelope.
+/// Decodes a store payload of either kind, validating the archives.
 pub fn decode_store(p: &[u8]) -> Option<StoreRecord<'_>> {
-    let (id, env, body) = split_store(p)?;
+    let parts = split_store(p)?;
+    let attribution = if parts.attribution.is_empty() {
+        Attribution::default()
+    } else {
+        decode_archived::<Attribution>(parts.attribution)?
+    };
     Some(StoreRecord {
-        id,
-        envelope: decode_archived::<Envelope>(env)?,
-        body,
+        id: parts.id,
+        envelope: decode_archived::<Envelope>(parts.envelope)?,
+        attribution,
+        body: parts.body,
     })
 }
 
@@ -447,6 +531,85 @@ mod tests {
             })
         );
         assert_eq!(s.valid_end, 96);
+    }
+
+    fn envelope() -> Envelope {
+        Envelope {
+            mail_from: "a@example.com".into(),
+            recipients: vec![],
+            tenant: Some("t1".into()),
+            received_unix_ms: 1_700_000_000_000,
+            client_addr: "127.0.0.1:40000".into(),
+            helo: "client.example".into(),
+            authenticated_as: None,
+            smtputf8: false,
+            body_8bit: false,
+            is_dsn: false,
+        }
+    }
+
+    /// The first format's store record, byte for byte as its encoder built it: kind 2 and a
+    /// 16-byte prefix of id, envelope length and four zero bytes.
+    #[test]
+    fn a_first_format_store_record_decodes_with_empty_attribution() {
+        let env = envelope();
+        let meta = encode_envelope(&env).unwrap();
+        let mut prefix = [0u8; 16];
+        prefix[..8].copy_from_slice(&42u64.to_le_bytes());
+        prefix[8..12].copy_from_slice(&(meta.len() as u32).to_le_bytes());
+        let v = frame_parts(Kind::Store, &[&prefix, &meta, b"body"]);
+        let r = decode_at(&v, 0).unwrap();
+        assert_eq!(r.kind, Kind::Store);
+        let s = decode_store(r.payload).unwrap();
+        assert_eq!((s.id, &s.envelope, s.body), (42, &env, &b"body"[..]));
+        assert!(s.attribution.is_empty());
+        // The current encoder writes exactly those bytes for a message without attribution.
+        let empty = Attribution::default();
+        let attr = encode_attribution(&empty).unwrap();
+        assert_eq!(Kind::store_for(&empty), Kind::Store);
+        let p = store_prefix(42, meta.len(), attr.len());
+        assert_eq!(frame_parts(Kind::Store, &[&p, &meta, &attr, b"body"]), v);
+    }
+
+    #[test]
+    fn an_attributed_store_record_round_trips() {
+        let env = envelope();
+        let a = Attribution {
+            tenant_id: Some("t1".into()),
+            credential_id: Some("c1".into()),
+            from_domain: Some("example.com".into()),
+            rfc822_message_id: Some("m1@example.com".into()),
+            tags: vec!["welcome".into(), "q4".into()],
+            metadata: Some("{\"user\":\"42\"}".into()),
+        };
+        let meta = encode_envelope(&env).unwrap();
+        let attr = encode_attribution(&a).unwrap();
+        assert!(!attr.is_empty() && attr.len() <= ATTRIBUTION_SIZE_MAX_BYTES);
+        let kind = Kind::store_for(&a);
+        assert_eq!(kind, Kind::StoreAttributed);
+        let p = store_prefix(7, meta.len(), attr.len());
+        let v = frame_parts(kind, &[&p, &meta, &attr, b"hello"]);
+        let r = decode_at(&v, 0).unwrap();
+        assert!(r.kind.is_store());
+        let s = decode_store(r.payload).unwrap();
+        assert_eq!((s.id, s.envelope, s.attribution), (7, env, a));
+        assert_eq!(split_store(r.payload).unwrap().body, b"hello");
+        // A damaged attribution archive (checksums fixed up) is refused, not misread.
+        let mut bad = attr.to_vec();
+        let n = bad.len();
+        bad[n - 4..].copy_from_slice(&u32::MAX.to_le_bytes());
+        let v = frame_parts(kind, &[&p, &meta, &bad, b"hello"]);
+        assert!(decode_store(decode_at(&v, 0).unwrap().payload).is_none());
+        // Lengths that run past the payload are refused.
+        let p = store_prefix(7, meta.len(), usize::MAX >> 33);
+        let v = frame_parts(kind, &[&p, &meta, &attr, b"hello"]);
+        assert!(split_store(decode_at(&v, 0).unwrap().payload).is_none());
+    }
+
+    fn frame_parts(kind: Kind, parts: &[&[u8]]) -> Vec<u8> {
+        let mut v = Vec::new();
+        encode_record(&mut v, kind, parts, 8);
+        v
     }
 
     #[test]

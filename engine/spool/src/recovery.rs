@@ -15,7 +15,7 @@ use crate::error::SpoolError;
 use crate::file::{FileMode, SegFile};
 use crate::record::{self, Kind, SegmentHeader};
 use crate::state::{IndexEntry, Segment, State};
-use crate::types::{Envelope, MessageId, Recovery, SpooledMessage};
+use crate::types::{Attribution, Envelope, MessageId, Recovery, SpooledMessage};
 
 /// Prefix and suffixes of segment file names.
 const SEGMENT_PREFIX: &str = "seg-";
@@ -87,6 +87,7 @@ fn parse_seq(hex: &str) -> Option<u64> {
 #[derive(Debug)]
 pub(crate) struct Found {
     pub(crate) envelope: Envelope,
+    pub(crate) attribution: Attribution,
     pub(crate) body_len_bytes: u64,
     /// Offset of its store record in the data file.
     pub(crate) offset: u64,
@@ -127,12 +128,13 @@ pub(crate) fn rebuild(data: &[u8], journal: &[u8], name: &Path) -> SegmentState 
                     );
                 }
             }
-            Kind::Store => match record::decode_store(rec.payload) {
+            Kind::Store | Kind::StoreAttributed => match record::decode_store(rec.payload) {
                 Some(s) => {
                     let seq = MessageId(s.id).sequence();
                     st.max_id_seq = Some(st.max_id_seq.map_or(seq, |m| m.max(seq)));
                     let found = Found {
                         envelope: s.envelope,
+                        attribution: s.attribution,
                         body_len_bytes: s.body.len() as u64,
                         offset: rec.offset,
                         record_len: rec.record_len,
@@ -144,7 +146,7 @@ pub(crate) fn rebuild(data: &[u8], journal: &[u8], name: &Path) -> SegmentState 
                     name,
                     rec.offset,
                     rec.record_len,
-                    "envelope failed validation",
+                    "envelope or attribution failed validation",
                 ),
             },
             _ => skip_record(
@@ -227,6 +229,7 @@ pub(crate) fn spooled(st: &SegmentState) -> impl Iterator<Item = SpooledMessage>
     st.live.iter().map(|(id, f)| SpooledMessage {
         id: MessageId(*id),
         envelope: f.envelope.clone(),
+        attribution: f.attribution.clone(),
         body_len_bytes: f.body_len_bytes,
     })
 }

@@ -19,7 +19,7 @@ use crate::recovery::{self, SHARD_DIR_PREFIX};
 use crate::segments::{close_file, Inner};
 use crate::state::{Batch, IndexEntry, State};
 use crate::types::{
-    Envelope, MessageId, RecipientUpdate, Recovery, SpoolConfig, SpoolStats,
+    Attribution, Envelope, MessageId, RecipientUpdate, Recovery, SpoolConfig, SpoolStats,
     MESSAGE_ID_SEQUENCE_BITS,
 };
 
@@ -93,6 +93,18 @@ impl Spool {
     /// Stores a message; durable before it returns (with `fsync`): one fdatasync covers every
     /// store that arrived while the previous commit ran. The body is stored once.
     pub async fn store(&self, envelope: &Envelope, body: &[u8]) -> Result<MessageId, SpoolError> {
+        self.store_attributed(envelope, &Attribution::default(), body)
+            .await
+    }
+
+    /// [`Spool::store`] with the message's attribution, stored in the same record (so it is
+    /// exactly as durable as the message) and handed back by recovery and `inspect`.
+    pub async fn store_attributed(
+        &self,
+        envelope: &Envelope,
+        attribution: &Attribution,
+        body: &[u8],
+    ) -> Result<MessageId, SpoolError> {
         let inner = &self.inner;
         inner.check_healthy()?;
         check_len("body", body.len(), record::BODY_SIZE_MAX_BYTES)?;
@@ -102,7 +114,16 @@ impl Spool {
             reason: e.to_string(),
         })?;
         check_len("envelope", meta.len(), record::ENVELOPE_SIZE_MAX_BYTES)?;
-        let payload_len = record::STORE_PREFIX_BYTES + meta.len() + body.len();
+        let attr = record::encode_attribution(attribution).map_err(|e| SpoolError::Encode {
+            what: "attribution",
+            reason: e.to_string(),
+        })?;
+        check_len(
+            "attribution",
+            attr.len(),
+            record::ATTRIBUTION_SIZE_MAX_BYTES,
+        )?;
+        let payload_len = record::STORE_PREFIX_BYTES + meta.len() + attr.len() + body.len();
         let (id, seg, offset, record_len, batch) = {
             let _permit = inner
                 .reserve
@@ -140,11 +161,11 @@ impl Spool {
                 .segments
                 .get_mut(&active)
                 .ok_or(SpoolError::Unhealthy("no active segment"))?;
-            let prefix = record::store_prefix(id.0, meta.len());
+            let prefix = record::store_prefix(id.0, meta.len(), attr.len());
             record::encode_record(
                 &mut seg.data_buf,
-                Kind::Store,
-                &[&prefix, &meta, body],
+                Kind::store_for(attribution),
+                &[&prefix, &meta, &attr, body],
                 align,
             );
             let batch = seg.data_batch.clone();
@@ -213,12 +234,11 @@ impl Spool {
             reason,
         };
         let rec = record::decode_at(&buf, 0).map_err(|_| corrupt("bad frame or checksum"))?;
-        let (stored_id, _, body) =
-            record::split_store(rec.payload).ok_or(corrupt("bad store payload"))?;
-        if rec.kind != Kind::Store || stored_id != id.0 {
+        let parts = record::split_store(rec.payload).ok_or(corrupt("bad store payload"))?;
+        if !rec.kind.is_store() || parts.id != id.0 {
             return Err(corrupt("record is not this message"));
         }
-        Ok(body.to_vec())
+        Ok(parts.body.to_vec())
     }
 
     /// Journals recipient state changes. Returns once buffered (not written or synced): the

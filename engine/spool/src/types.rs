@@ -88,6 +88,35 @@ pub struct Envelope {
     pub is_dsn: bool,
 }
 
+/// Who a message belongs to and the tenant's labels for it: what delivery events report.
+/// Stored next to the envelope, in its own archive (see `record`), and never changed after the
+/// message is accepted. Every part is bounded before it gets here (`ATTRIBUTION_SIZE_MAX_BYTES`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct Attribution {
+    /// The tenant: the authenticated credential's, or for a trusted-network relay the tenant
+    /// whose domain the From address is in.
+    pub tenant_id: Option<String>,
+    /// The control-plane credential that authenticated; None for config-file users and
+    /// trusted networks.
+    pub credential_id: Option<String>,
+    /// The From address's domain, lowercased.
+    pub from_domain: Option<String>,
+    /// The RFC 5322 Message-ID without angle brackets (the message's own, or Petrel's for a
+    /// submission that had none).
+    pub rfc822_message_id: Option<String>,
+    /// `X-Petrel-Tag` values, in header order.
+    pub tags: Vec<String>,
+    /// The `X-Petrel-Metadata` JSON object, as validated text.
+    pub metadata: Option<String>,
+}
+
+impl Attribution {
+    /// Nothing is known: stored as a version-1 record.
+    pub fn is_empty(&self) -> bool {
+        self == &Attribution::default()
+    }
+}
+
 /// A message found in the spool (by recovery or `inspect`), with its latest recipient states.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpooledMessage {
@@ -95,6 +124,8 @@ pub struct SpooledMessage {
     pub id: MessageId,
     /// Envelope with every journaled update applied.
     pub envelope: Envelope,
+    /// Its attribution (empty for messages stored without one, or by the first format).
+    pub attribution: Attribution,
     /// Length of the body in bytes.
     pub body_len_bytes: u64,
 }

@@ -66,6 +66,7 @@ impl MemSpool {
                     next_attempt_unix_ms: 0,
                 })
                 .collect(),
+            attribution: None,
         }
     }
 

@@ -25,6 +25,7 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
+use crate::attribution::Attribution;
 use crate::config::DeliveryConfig;
 use crate::error::SpoolAccessError;
 use crate::events::{Event, EventSink};
@@ -85,6 +86,9 @@ pub struct QueuedMessage {
     pub is_dsn: bool,
     /// The pending recipients only.
     pub recipients: Vec<QueuedRcpt>,
+    /// Who it belongs to, shared by its recipients and events; None when nothing is known
+    /// (and for the DSNs Petrel generates: see `crate::attribution`).
+    pub attribution: Option<Arc<Attribution>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -450,7 +454,13 @@ impl<S: SpoolAccess + 'static> Inner<S> {
         }
         rcpts.sort_by_key(|r| r.index);
         st.pending_total += rcpts.len() as u64;
-        let state = MessageState::new(msg.mail_from, msg.received_unix_ms, msg.is_dsn, rcpts);
+        let state = MessageState::new(
+            msg.mail_from,
+            msg.received_unix_ms,
+            msg.is_dsn,
+            rcpts,
+            msg.attribution,
+        );
         st.messages.insert(msg.id, state);
         drop(st);
         self.wake();

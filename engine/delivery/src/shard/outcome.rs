@@ -2,12 +2,14 @@
 
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use petrel_outbound::{RcptOutcome, Reply, TransactionOutcome};
 
 use super::{
     domain_of, now_unix_ms, Inner, QueuedMessage, QueuedRcpt, RcptState, RcptUpdate, SpoolAccess,
 };
+use crate::attribution::{Attribution, EventAttribution};
 use crate::backoff::RetryDecision;
 use crate::dsn::{self, DsnInput, FailedRecipient};
 use crate::events::{Event, Outcome};
@@ -36,8 +38,9 @@ impl RcptSlot {
     }
 }
 
-/// A message with pending recipients. Invariant: at most 72 bytes plus the sender and the
-/// recipient slots; `pending` counts the slots still `Pending`.
+/// A message with pending recipients. Invariant: at most 72 bytes plus the sender, the
+/// recipient slots and its share of the attribution (bounded, shared with its events);
+/// `pending` counts the slots still `Pending`.
 #[derive(Debug)]
 pub(super) struct MessageState {
     pub mail_from: Box<str>,
@@ -46,6 +49,8 @@ pub(super) struct MessageState {
     pub rcpts: Box<[RcptSlot]>,
     pub pending: u32,
     pub is_dsn: bool,
+    /// Shared by every event of the message (see `crate::attribution`).
+    pub attribution: Option<Arc<Attribution>>,
 }
 const _: () = assert!(std::mem::size_of::<MessageState>() <= 72);
 
@@ -55,6 +60,7 @@ impl MessageState {
         received_unix_ms: u64,
         is_dsn: bool,
         rcpts: Vec<RcptSlot>,
+        attribution: Option<Arc<Attribution>>,
     ) -> Self {
         MessageState {
             mail_from: mail_from.into(),
@@ -62,6 +68,7 @@ impl MessageState {
             pending: u32::try_from(rcpts.len()).unwrap_or(u32::MAX),
             rcpts: rcpts.into(),
             is_dsn,
+            attribution,
         }
     }
 
@@ -187,6 +194,8 @@ pub(super) async fn apply<S: SpoolAccess + 'static>(
             return; // already final (bounced by the administrator meanwhile)
         };
         let received = msg.received_unix_ms;
+        // One reference for the loop (the slots borrow `msg` mutably); each event adds one.
+        let attribution = msg.attribution.clone();
         let mut newly_final = 0u32;
         for (e, r) in entries.iter().zip(results) {
             let Some(slot) = msg.slot_mut(e.rcpt_index) else {
@@ -250,7 +259,7 @@ pub(super) async fn apply<S: SpoolAccess + 'static>(
             events.push(event(
                 inner.shard,
                 now,
-                message_id,
+                (message_id, &attribution),
                 slot,
                 attempt,
                 r,
@@ -324,7 +333,7 @@ fn count(outcome: Outcome) {
 fn event(
     shard: u8,
     now: u64,
-    message_id: u64,
+    (message_id, attribution): (u64, &Option<Arc<Attribution>>),
     slot: &RcptSlot,
     attempt: &Attempt,
     r: &RcptResult,
@@ -349,6 +358,7 @@ fn event(
         reason,
         attempt: slot.attempts,
         shard,
+        attribution: EventAttribution(attribution.clone()),
     }
 }
 
@@ -392,6 +402,7 @@ async fn send_dsn<S: SpoolAccess + 'static>(
                 attempts: 0,
                 next_attempt_unix_ms: 0,
             }],
+            attribution: None,
         }),
         Err(e) => tracing::warn!(message_id = %queue_id, error = %e, "storing the DSN failed"),
     }
