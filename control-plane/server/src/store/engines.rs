@@ -114,3 +114,34 @@ pub async fn touch(
     q.execute(conn).await?;
     Ok(())
 }
+
+/// The newest events batch committed for engine `id` (0: none yet, or no such engine).
+pub async fn events_acked_seq(conn: &mut AnyConnection, id: &str) -> StoreResult<u64> {
+    let row = sqlx::query("SELECT events_acked_seq FROM engines WHERE id = $1")
+        .bind(id.to_string())
+        .fetch_optional(conn)
+        .await?;
+    let seq = row
+        .map(|r| r.try_get::<i64, _>("events_acked_seq"))
+        .transpose()?
+        .unwrap_or(0);
+    Ok(u64::try_from(seq).unwrap_or(0))
+}
+
+/// Records that engine `id`'s batches up to `seq` are committed (in the batch's transaction).
+pub async fn set_events_acked_seq(
+    conn: &mut AnyConnection,
+    id: &str,
+    seq: u64,
+    now_unix_ms: i64,
+) -> StoreResult<()> {
+    sqlx::query(
+        "UPDATE engines SET events_acked_seq = $1, last_contact_unix_ms = $2 WHERE id = $3",
+    )
+    .bind(i64::try_from(seq).unwrap_or(i64::MAX))
+    .bind(now_unix_ms)
+    .bind(id.to_string())
+    .execute(conn)
+    .await?;
+    Ok(())
+}

@@ -15,6 +15,7 @@ pub mod audit;
 pub mod credentials;
 pub mod domains;
 pub mod engines;
+pub mod events;
 pub mod limits;
 mod migrations;
 pub mod tenants;
@@ -210,6 +211,12 @@ impl Db {
                 .await?;
         }
         Ok(tx)
+    }
+
+    /// A plain transaction for writes that are not policy (delivery events): no version bump,
+    /// no audit entry.
+    pub async fn begin(&self) -> StoreResult<sqlx::Transaction<'static, Any>> {
+        Ok(self.pool.begin().await?)
     }
 
     /// Starts a mutation: bumps the version (taking the write lock) inside a new transaction.
