@@ -67,7 +67,7 @@ pub async fn ingest(
         return Err(IngestError::BadSeq(batch_seq));
     }
     validate_batch(batch).map_err(|source| IngestError::Invalid { batch_seq, source })?;
-    let mut tx = app.db.begin().await?;
+    let mut tx = app.db.begin_write().await?;
     let acked = engines::events_acked_seq(&mut tx, engine_id).await?;
     if batch_seq <= acked {
         return Ok(Ingested {
@@ -90,7 +90,7 @@ pub async fn ingest(
 pub async fn purge(app: &App, now_unix_ms: i64) -> Result<u64, StoreError> {
     let mut total = 0;
     loop {
-        let mut tx = app.db.begin().await?;
+        let mut tx = app.db.begin_write().await?;
         let n = events::purge_chunk(&mut tx, now_unix_ms, EVENTS_PURGE_CHUNK_ROWS).await?;
         tx.commit().await?;
         total += n;

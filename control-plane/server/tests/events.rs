@@ -75,3 +75,36 @@ async fn recipient_and_tag_queries_use_their_indexes() {
     );
     pool.close().await;
 }
+
+/// The document names the query parameters as the API reads them (`type`, not `kind`).
+#[test]
+fn the_document_names_the_event_filters() {
+    let doc = petrel_control::api::openapi::build().expect("document");
+    let names: Vec<&str> = doc["paths"]["/v1/events"]["get"]["parameters"]
+        .as_array()
+        .expect("parameters")
+        .iter()
+        .map(|p| p["name"].as_str().expect("name"))
+        .collect();
+    for want in [
+        "type",
+        "recipient",
+        "message_id",
+        "tag",
+        "since",
+        "until",
+        "limit",
+        "cursor",
+        "tenant",
+    ] {
+        assert!(names.contains(&want), "{want} missing in {names:?}");
+    }
+    assert!(!names.contains(&"kind"));
+    for path in [
+        "/v1/messages/{id}",
+        "/v1/stats",
+        "/v1/tenants/{id}/retention",
+    ] {
+        assert!(doc["paths"][path].is_object(), "{path} documented");
+    }
+}

@@ -19,6 +19,8 @@ pub struct EngineRow {
     pub sent_version: i64,
     /// Newest snapshot version the engine acknowledged as applied.
     pub applied_version: i64,
+    /// Newest events batch (`batch_seq`) committed and acknowledged.
+    pub events_acked_seq: i64,
 }
 
 fn decode(r: &AnyRow) -> StoreResult<EngineRow> {
@@ -30,6 +32,7 @@ fn decode(r: &AnyRow) -> StoreResult<EngineRow> {
         last_contact_unix_ms: r.try_get("last_contact_unix_ms")?,
         sent_version: r.try_get("sent_version")?,
         applied_version: r.try_get("applied_version")?,
+        events_acked_seq: r.try_get("events_acked_seq")?,
     })
 }
 
@@ -136,7 +139,9 @@ pub async fn set_events_acked_seq(
     now_unix_ms: i64,
 ) -> StoreResult<()> {
     sqlx::query(
-        "UPDATE engines SET events_acked_seq = $1, last_contact_unix_ms = $2 WHERE id = $3",
+        // Never backwards, even if two sessions of one engine race.
+        "UPDATE engines SET events_acked_seq = $1, last_contact_unix_ms = $2 \
+         WHERE id = $3 AND events_acked_seq < $1",
     )
     .bind(i64::try_from(seq).unwrap_or(i64::MAX))
     .bind(now_unix_ms)

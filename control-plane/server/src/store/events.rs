@@ -530,3 +530,63 @@ pub async fn purge_chunk(
 
 /// Sequence numbers bound in one purge `DELETE` (SQLite allows 32766 parameters).
 pub const PURGE_ARGS_PER_STATEMENT: usize = 500;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_schema_default_is_the_named_retention() {
+        let (_, sql) = super::super::migrations::MIGRATIONS
+            .iter()
+            .find(|(v, _)| *v == 2)
+            .expect("migration 2");
+        let column = format!(
+            "events_retention_days BIGINT NOT NULL DEFAULT {EVENTS_RETENTION_DAYS_DEFAULT};"
+        );
+        assert!(sql.contains(&column), "{sql}");
+    }
+
+    #[test]
+    fn buckets_are_hours_and_saturate() {
+        assert_eq!(bucket_start(0), 0);
+        assert_eq!(bucket_start(STATS_BUCKET_MS - 1), 0);
+        assert_eq!(bucket_start(STATS_BUCKET_MS), STATS_BUCKET_MS);
+        assert_eq!(bucket_start(-1), -STATS_BUCKET_MS);
+        assert!(bucket_start(i64::MIN) <= i64::MIN + STATS_BUCKET_MS);
+        assert_eq!(bucket_start(i64::MAX) % STATS_BUCKET_MS, 0);
+    }
+
+    #[test]
+    fn the_where_clause_numbers_its_arguments() {
+        let f = EventFilter {
+            scope: Scope::Tenant("t".into()),
+            kind: Some("bounced".into()),
+            recipient: None,
+            message_id: None,
+            tag: Some("x".into()),
+            since_ms: Some(1),
+            until_ms: None,
+            before_seq: Some(9),
+        };
+        let (sql, args) = list_query(&f, 10);
+        assert_eq!(
+            sql,
+            "SELECT * FROM events WHERE tenant_id = $1 AND type = $2 AND seq IN \
+             (SELECT event_seq FROM event_tags WHERE tenant_id = $3 AND tag = $4) AND \
+             timestamp_ms >= $5 AND seq < $6 ORDER BY seq DESC LIMIT $7"
+        );
+        assert_eq!(args.len(), 7);
+        let all = EventFilter {
+            scope: Scope::All,
+            tag: None,
+            kind: None,
+            since_ms: None,
+            before_seq: None,
+            ..f
+        };
+        let (sql, args) = list_query(&all, 10);
+        assert_eq!(sql, "SELECT * FROM events ORDER BY seq DESC LIMIT $1");
+        assert_eq!(args.len(), 1);
+    }
+}
