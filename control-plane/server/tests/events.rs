@@ -14,8 +14,8 @@ async fn events_ingest_query_stats_retention() {
 }
 
 /// `GET /v1/events?recipient=..` must stay an index search at 10 million events: SQLite's
-/// plan for the query the store runs names `events_tenant_recipient`, and the tag filter uses
-/// `event_tags_lookup`.
+/// plan for the query the store runs names `events_tenant_recipient`, and the tag, type and
+/// message filters use theirs.
 #[tokio::test]
 async fn recipient_and_tag_queries_use_their_indexes() {
     let h = common::start().await;
@@ -64,6 +64,12 @@ async fn recipient_and_tag_queries_use_their_indexes() {
     })
     .await;
     assert!(tag.contains("event_tags_lookup"), "tag plan: {tag}");
+    let kind = plan(EventFilter {
+        kind: Some("bounced".into()),
+        ..base.clone()
+    })
+    .await;
+    assert!(kind.contains("events_tenant_type"), "type plan: {kind}");
     let message = plan(EventFilter {
         message_id: Some("m1".into()),
         ..base

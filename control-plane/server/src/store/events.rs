@@ -12,6 +12,12 @@
 //! only operator owners, who may name any tenant id, can read it. Such rows expire with the
 //! default retention.
 //!
+//! Indexes (migration 2) all lead with the tenant and end with `seq`, so each filter is one
+//! index range read in page order: `(tenant_id, recipient, seq)`, `(tenant_id, message_id,
+//! seq)`, `(tenant_id, type, seq)`, `(tenant_id, seq)`, tags through `event_tags (tenant_id,
+//! tag, event_seq)`, and `(tenant_id, timestamp_ms)` for the purge. Measured ad hoc on SQLite
+//! with 2 million rows: the recipient page takes under 1 ms (`tests/events.rs` checks the plan).
+//!
 //! Cursors are the insertion `seq`: listing is newest first by `seq` (the order the control
 //! plane received them), and `since`/`until` filter on the event's own `timestamp_ms`.
 

@@ -136,6 +136,7 @@ CREATE INDEX events_tenant_seq ON events (tenant_id, seq);
 CREATE INDEX events_tenant_time ON events (tenant_id, timestamp_ms);
 CREATE INDEX events_tenant_recipient ON events (tenant_id, recipient, seq);
 CREATE INDEX events_tenant_message ON events (tenant_id, message_id, seq);
+CREATE INDEX events_tenant_type ON events (tenant_id, type, seq);
 CREATE TABLE event_tags (
     event_seq BIGINT NOT NULL,
     tenant_id TEXT,

@@ -5,7 +5,9 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use petrel_policy::event::{Bounce, BounceClass, Event, EventType, Remote, Reply, TAGS_MAX};
+use petrel_policy::event::{
+    Bounce, BounceClass, Event, EventType, Remote, Reply, EVENTS_PER_BATCH_MAX, TAGS_MAX,
+};
 use petrel_policy::link::{connector, LinkTrust};
 use petrel_policy::{read_frame, write_frame, Frame, Hello};
 use rustls::pki_types::ServerName;
@@ -374,6 +376,33 @@ async fn refused_batches(h: &Harness, a: &str) {
         .expect("write");
     match next_reply(&mut conn).await {
         Some(Frame::Error { message }) => assert!(message.contains("events"), "{message}"),
+        other => panic!("expected Error, got {other:?}"),
+    }
+    // More events than a batch may hold (our encoder refuses to build it, so build it by hand).
+    let mut conn = connect(h, "engine-bad").await;
+    let many: Vec<Event> = (0..=EVENTS_PER_BATCH_MAX)
+        .map(|i| {
+            event(
+                a,
+                "r1",
+                u32::try_from(i).expect("small"),
+                0,
+                EventType::Accepted,
+                now,
+            )
+        })
+        .collect();
+    let mut payload = 1u64.to_be_bytes().to_vec();
+    payload.extend_from_slice(&serde_json::to_vec(&many).expect("json"));
+    let length = u32::try_from(payload.len() + 1).expect("fits");
+    let mut raw = length.to_be_bytes().to_vec();
+    raw.push(petrel_policy::wire::KIND_EVENTS);
+    raw.extend_from_slice(&payload);
+    tokio::io::AsyncWriteExt::write_all(&mut conn, &raw)
+        .await
+        .expect("write");
+    match next_reply(&mut conn).await {
+        Some(Frame::Error { message }) => assert!(message.contains("exceeds"), "{message}"),
         other => panic!("expected Error, got {other:?}"),
     }
     // Nothing of the refused batches was stored.
