@@ -10,7 +10,8 @@
 //!
 //! - **Format** ([`snapshot`], [`wire`]): the snapshot types (rkyv 0.8 + serde), a checksummed
 //!   byte format validated three ways (crc32c, bytecheck, semantic rules) and the framed push
-//!   protocol (`length | kind | payload`) with pure and tokio codecs.
+//!   protocol (`length | kind | payload`) with pure and tokio codecs; the delivery [`event`]s
+//!   engines send back on the same link.
 //! - **Control plane side** ([`keys`]): DKIM key generation and the DNS TXT records to publish.
 //! - **Engine side** ([`store`], [`compiled`], [`auth`], [`rate`], [`dkim`]): a [`PolicyStore`]
 //!   holding an `Arc<CompiledPolicy>` behind an arc-swap, so shards read it without locks and a
@@ -40,6 +41,7 @@ pub mod auth;
 pub mod compiled;
 pub mod dkim;
 pub mod error;
+pub mod event;
 pub mod keys;
 pub mod link;
 pub mod rate;
@@ -50,6 +52,7 @@ pub mod wire;
 pub use compiled::{AuthIdentity, CompiledPolicy, DestinationPolicy};
 pub use dkim::DkimSigner;
 pub use error::{AuthError, PolicyDenial, PolicyError};
+pub use event::{Bounce, BounceClass, Event, EventError, EventType, Remote, Reply};
 pub use link::{run_link, LinkConfig, LinkTrust};
 pub use snapshot::{
     decode, encode, Credential, CredentialKind, DefaultLimits, DestinationLimit, DkimAlgorithm,

@@ -8,13 +8,29 @@
 //! | 0x01 | engine -> CP  | `Hello`                    | JSON `{engine_id, token, applied_version, shards}` |
 //! | 0x02 | engine -> CP  | `Ack { version }`          | u64 BE                                    |
 //! | 0x03 | engine -> CP  | `Ping`                     | empty                                     |
+//! | 0x04 | engine -> CP  | `Events { batch_seq, events }` | u64 BE batch_seq, then a JSON array of [`Event`] |
 //! | 0x81 | CP -> engine  | `Snapshot { version, bytes }` | u64 BE version, then `snapshot::encode` bytes |
 //! | 0x82 | CP -> engine  | `Pong`                     | empty                                     |
 //! | 0x83 | CP -> engine  | `Error { message }`        | UTF-8 text                                |
+//! | 0x84 | CP -> engine  | `EventsAck { batch_seq }`  | u64 BE                                    |
 //!
 //! The session: the engine sends `Hello`; the control plane checks the token and answers with
 //! the current `Snapshot` (or `Error` and closes); it sends a new full `Snapshot` on each change.
 //! The engine answers each applied snapshot with `Ack`, and may `Ping` (answered by `Pong`).
+//!
+//! Events flow the other way on the same session (after `Hello`). The engine numbers its
+//! batches with `batch_seq`, strictly increasing per engine id (gaps allowed) and persisted
+//! with its backlog, and sends them in order; at most [`crate::event::EVENTS_PER_BATCH_MAX`]
+//! events and [`crate::event::EVENTS_BATCH_MAX_BYTES`] of JSON per frame. The control plane
+//! answers `EventsAck { batch_seq }` only after the batch is committed to its store. Acks are
+//! cumulative: an ack for N covers every batch <= N, so the engine drops all of them from its
+//! backlog. A batch with `batch_seq` <= the last one acknowledged for that engine is
+//! acknowledged again (with the last acknowledged seq) without being stored; events are also
+//! idempotent by `id`, so a batch rebuilt with other seq and the same events stores nothing
+//! twice. An invalid batch (bad JSON, a bound broken) gets `Error` and no ack, and the control
+//! plane closes the connection: the engine must set such a batch aside (log it, do not resend
+//! it unchanged) and carry on with the next seq. Unacknowledged batches are re-sent after a
+//! reconnect.
 //!
 //! [`Frame::encode`] and [`FrameDecoder`] are pure; [`read_frame`] / [`write_frame`] adapt
 //! them to tokio's `AsyncRead`/`AsyncWrite` for both sides.
@@ -22,6 +38,7 @@
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::error::PolicyError;
+use crate::event::{Event, EVENTS_BATCH_MAX_BYTES, EVENTS_PER_BATCH_MAX};
 
 /// Largest `length` field accepted: kind byte plus payload, in bytes.
 pub const FRAME_SIZE_MAX_BYTES: usize = 64 << 20;
@@ -35,9 +52,11 @@ pub const HELLO_SIZE_MAX_BYTES: usize = 4096;
 pub const KIND_HELLO: u8 = 0x01;
 pub const KIND_ACK: u8 = 0x02;
 pub const KIND_PING: u8 = 0x03;
+pub const KIND_EVENTS: u8 = 0x04;
 pub const KIND_SNAPSHOT: u8 = 0x81;
 pub const KIND_PONG: u8 = 0x82;
 pub const KIND_ERROR: u8 = 0x83;
+pub const KIND_EVENTS_ACK: u8 = 0x84;
 
 /// The engine introduces itself.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -70,6 +89,17 @@ pub enum Frame {
     Error {
         message: String,
     },
+    /// A batch of events, numbered per engine (see the module doc for the ordering rules).
+    /// Decoding checks the batch's bounds and JSON shape; [`crate::event::validate_batch`]
+    /// checks the events themselves.
+    Events {
+        batch_seq: u64,
+        events: Vec<Event>,
+    },
+    /// Every batch with a seq <= `batch_seq` is committed on the control plane.
+    EventsAck {
+        batch_seq: u64,
+    },
 }
 
 impl std::fmt::Debug for Frame {
@@ -90,6 +120,12 @@ impl std::fmt::Debug for Frame {
             ),
             Frame::Pong => write!(f, "Pong"),
             Frame::Error { message } => write!(f, "Error {{ message: {message:?} }}"),
+            Frame::Events { batch_seq, events } => write!(
+                f,
+                "Events {{ batch_seq: {batch_seq}, {} events }}",
+                events.len()
+            ),
+            Frame::EventsAck { batch_seq } => write!(f, "EventsAck {{ batch_seq: {batch_seq} }}"),
         }
     }
 }
@@ -103,6 +139,8 @@ impl Frame {
             Frame::Snapshot { .. } => KIND_SNAPSHOT,
             Frame::Pong => KIND_PONG,
             Frame::Error { .. } => KIND_ERROR,
+            Frame::Events { .. } => KIND_EVENTS,
+            Frame::EventsAck { .. } => KIND_EVENTS_ACK,
         }
     }
 
@@ -122,6 +160,17 @@ impl Frame {
             Frame::Error { message } => truncate_utf8(message, ERROR_MESSAGE_MAX_BYTES)
                 .as_bytes()
                 .to_vec(),
+            Frame::Events { batch_seq, events } => {
+                check_batch_count(events.len())?;
+                let json = serde_json::to_vec(events)
+                    .map_err(|e| PolicyError::protocol(format!("events encoding: {e}")))?;
+                check_batch_bytes(json.len())?;
+                let mut p = Vec::with_capacity(8 + json.len());
+                p.extend_from_slice(&batch_seq.to_be_bytes());
+                p.extend_from_slice(&json);
+                p
+            }
+            Frame::EventsAck { batch_seq } => batch_seq.to_be_bytes().to_vec(),
         };
         if matches!(self, Frame::Hello(_)) && payload.len() > HELLO_SIZE_MAX_BYTES {
             return Err(PolicyError::protocol("hello too large"));
@@ -166,6 +215,22 @@ impl Frame {
                     bytes: rest.to_vec(),
                 })
             }
+            KIND_EVENTS => {
+                let (head, json) = payload
+                    .split_at_checked(8)
+                    .ok_or_else(|| PolicyError::protocol("events frame shorter than 8 bytes"))?;
+                check_batch_bytes(json.len())?;
+                let events: Vec<Event> = serde_json::from_slice(json)
+                    .map_err(|e| PolicyError::protocol(format!("bad events batch: {e}")))?;
+                check_batch_count(events.len())?;
+                Ok(Frame::Events {
+                    batch_seq: be_u64(head, "events")?,
+                    events,
+                })
+            }
+            KIND_EVENTS_ACK => Ok(Frame::EventsAck {
+                batch_seq: be_u64(payload, "events ack")?,
+            }),
             KIND_ERROR => {
                 let text = String::from_utf8_lossy(payload);
                 Ok(Frame::Error {
@@ -277,6 +342,24 @@ fn check_length(length: u32) -> Result<usize, PolicyError> {
     Ok(length)
 }
 
+fn check_batch_count(count: usize) -> Result<(), PolicyError> {
+    if count > EVENTS_PER_BATCH_MAX {
+        return Err(PolicyError::protocol(format!(
+            "events batch of {count} events exceeds {EVENTS_PER_BATCH_MAX}"
+        )));
+    }
+    Ok(())
+}
+
+fn check_batch_bytes(len: usize) -> Result<(), PolicyError> {
+    if len > EVENTS_BATCH_MAX_BYTES {
+        return Err(PolicyError::protocol(format!(
+            "events batch of {len} bytes exceeds {EVENTS_BATCH_MAX_BYTES}"
+        )));
+    }
+    Ok(())
+}
+
 fn be_u64(payload: &[u8], what: &str) -> Result<u64, PolicyError> {
     let bytes: [u8; 8] = payload
         .try_into()
@@ -306,6 +389,8 @@ fn truncate_utf8(s: &str, max_bytes: usize) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::tests::sample;
+    use crate::event::EventType;
 
     fn all_frames() -> Vec<Frame> {
         vec![
@@ -325,6 +410,19 @@ mod tests {
             Frame::Error {
                 message: "bad token".into(),
             },
+            Frame::Events {
+                batch_seq: 7,
+                events: vec![
+                    sample(EventType::Delivered),
+                    sample(EventType::Bounced),
+                    sample(EventType::Other("complained".into())),
+                ],
+            },
+            Frame::Events {
+                batch_seq: u64::MAX,
+                events: Vec::new(),
+            },
+            Frame::EventsAck { batch_seq: 7 },
         ]
     }
 
@@ -363,6 +461,52 @@ mod tests {
             "short snapshot"
         );
         assert!(Frame::decode(KIND_HELLO, b"{").is_err(), "bad json");
+    }
+
+    #[test]
+    fn events_frames_are_bounded() {
+        let seq = 3u64.to_be_bytes();
+        assert!(Frame::decode(KIND_EVENTS, &[1, 2]).is_err(), "short events");
+        let mut p = seq.to_vec();
+        p.extend_from_slice(b"[{\"id\":1}]");
+        assert!(Frame::decode(KIND_EVENTS, &p).is_err(), "bad event shape");
+        let mut p = seq.to_vec();
+        p.extend_from_slice(b"{}");
+        assert!(Frame::decode(KIND_EVENTS, &p).is_err(), "not an array");
+        assert!(
+            Frame::decode(KIND_EVENTS_ACK, &[0; 7]).is_err(),
+            "short ack"
+        );
+
+        let one = sample(EventType::Delivered);
+        let too_many = Frame::Events {
+            batch_seq: 1,
+            events: vec![one.clone(); EVENTS_PER_BATCH_MAX + 1],
+        };
+        assert!(too_many.encode().is_err(), "encode refuses too many events");
+        let mut p = seq.to_vec();
+        p.extend_from_slice(
+            &serde_json::to_vec(&vec![one.clone(); EVENTS_PER_BATCH_MAX + 1]).unwrap(),
+        );
+        assert!(
+            Frame::decode(KIND_EVENTS, &p).is_err(),
+            "decode refuses too many events"
+        );
+        let mut p = seq.to_vec();
+        p.extend_from_slice(&vec![b' '; EVENTS_BATCH_MAX_BYTES + 1]);
+        assert!(
+            Frame::decode(KIND_EVENTS, &p).is_err(),
+            "decode refuses too many bytes"
+        );
+        let mut fat = one;
+        fat.sender = "s".repeat(EVENTS_BATCH_MAX_BYTES / EVENTS_PER_BATCH_MAX + 1);
+        let fat = Frame::Events {
+            batch_seq: 1,
+            events: vec![fat; EVENTS_PER_BATCH_MAX],
+        };
+        assert!(fat.encode().is_err(), "encode refuses too many bytes");
+        // The largest valid batch fits in one frame.
+        const _: () = assert!(EVENTS_BATCH_MAX_BYTES + 9 <= FRAME_SIZE_MAX_BYTES);
     }
 
     #[test]

@@ -85,11 +85,15 @@ pub enum Permission {
     AuditVerify,
     /// Connected engines and their applied versions.
     EnginesRead,
+    /// Delivery events and message timelines of one's tenant (owners: any tenant).
+    EventsRead,
+    /// Delivery counts and rates of one's tenant.
+    StatsRead,
 }
 
 impl Permission {
     /// Every permission, in declaration order.
-    pub const ALL: [Permission; 12] = [
+    pub const ALL: [Permission; 14] = [
         Permission::TenantRead,
         Permission::TenantsManage,
         Permission::DomainsRead,
@@ -102,6 +106,8 @@ impl Permission {
         Permission::AuditRead,
         Permission::AuditVerify,
         Permission::EnginesRead,
+        Permission::EventsRead,
+        Permission::StatsRead,
     ];
 
     /// The variant's name, as routes declare it (`x-permission` in the OpenAPI document).
@@ -119,6 +125,8 @@ impl Permission {
             Permission::AuditRead => "AuditRead",
             Permission::AuditVerify => "AuditVerify",
             Permission::EnginesRead => "EnginesRead",
+            Permission::EventsRead => "EventsRead",
+            Permission::StatsRead => "StatsRead",
         }
     }
 
@@ -150,6 +158,8 @@ pub const PERMISSIONS: &[(Role, &[Permission])] = &[
             P::DomainsRead,
             P::CredentialsRead,
             P::LimitsRead,
+            P::EventsRead,
+            P::StatsRead,
         ],
     ),
     (Role::Developer, &[P::DomainsWrite, P::CredentialsWrite]),

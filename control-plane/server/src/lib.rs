@@ -1,5 +1,5 @@
 //! The control plane: tenants, sending domains and their DKIM keys, credentials, limits, the
-//! audit log, and the snapshot push to engines.
+//! audit log, the snapshot push to engines, and the delivery events engines send back.
 //!
 //! It owns the SQL store (sqlx over SQLite by default, PostgreSQL when several nodes share one
 //! database; one code path through the `Any` driver, see [`store`]), the admin API (axum, JSON
@@ -27,6 +27,7 @@ mod bootstrap;
 mod cli;
 pub mod dns;
 mod error;
+pub mod events;
 pub mod push;
 pub mod snapshot;
 pub mod store;
@@ -262,9 +263,11 @@ pub async fn serve_with(
         }
         _ => None,
     };
+    let purger = tokio::spawn(events::purge_task(app.clone()));
     let poller = tokio::spawn(push::poll_version(app, opts.version_poll_ms));
     let result = tokio::try_join!(http, pushing).map(|_| ());
     poller.abort();
+    purger.abort();
     if let Some(l) = listener {
         l.abort();
     }

@@ -6,7 +6,8 @@
 //! either that channel or the version watch. Versions coalesce: a slow engine gets the newest
 //! snapshot, not every intermediate one. Snapshots are built once per version and shared.
 //! Engine state (applied version from `Ack`, last contact) lives in the `engines` table so any
-//! control plane node can answer `GET /v1/engines`.
+//! control plane node can answer `GET /v1/engines`. `Events` batches on the same session are
+//! stored by [`crate::events::ingest`] and answered `EventsAck` once committed.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -21,6 +22,7 @@ use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 
 use crate::api::App;
+use crate::events::IngestError;
 use crate::store::engines::{self, Touch};
 use crate::ControlError;
 
@@ -285,6 +287,22 @@ where
                 Some(Ok(Some(Frame::Ack { version }))) => {
                     touch(app, engine_id, Touch::Applied(version_i64(version))).await?;
                 }
+                Some(Ok(Some(Frame::Events { batch_seq, events }))) => {
+                    match crate::events::ingest(app, engine_id, batch_seq, &events).await {
+                        Ok(done) => {
+                            let ack = Frame::EventsAck { batch_seq: done.ack_seq };
+                            write_frame(&mut writer, &ack).await?;
+                        }
+                        Err(IngestError::Store(e)) => return Err(e.into()),
+                        Err(refused) => {
+                            let message = refused.to_string();
+                            let _ = write_frame(&mut writer, &Frame::Error { message }).await;
+                            return Err(ControlError::Config(format!(
+                                "engine {engine_id}: {refused}"
+                            )));
+                        }
+                    }
+                }
                 Some(Ok(Some(Frame::Ping))) => {
                     write_frame(&mut writer, &Frame::Pong).await?;
                     touch(app, engine_id, Touch::Contact).await?;
@@ -295,7 +313,12 @@ where
                     return Err(ControlError::Config("engine broke the protocol".into()));
                 }
                 Some(Ok(None)) | None => return Ok(()),
-                Some(Err(e)) => return Err(e.into()),
+                Some(Err(e)) => {
+                    // A malformed frame (an events batch over its bounds, bad JSON): say why.
+                    let message = e.to_string();
+                    let _ = write_frame(&mut writer, &Frame::Error { message }).await;
+                    return Err(e.into());
+                }
             },
         }
     }

@@ -116,6 +116,17 @@ async fn pg_api_scenarios() {
 }
 
 #[tokio::test]
+async fn pg_events() {
+    let Some(base) = pg_url() else { return };
+    let db = TestDb::create(&base).await;
+    {
+        let h = common::start_with(Some(db.url.clone())).await;
+        common::events::events(&h).await;
+    }
+    db.drop_db().await;
+}
+
+#[tokio::test]
 async fn pg_two_nodes_share_one_database() {
     let Some(base) = pg_url() else { return };
     let db = TestDb::create(&base).await;

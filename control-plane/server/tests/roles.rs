@@ -172,6 +172,22 @@ fn cases(b_tenant: &str, b_domain: &str, b_cred: &str) -> Vec<Case> {
         c("GET", "/v1/audit-log", P::AuditRead, Own, none),
         c("GET", "/v1/audit-log/verify", P::AuditVerify, Own, none),
         c("GET", "/v1/engines", P::EnginesRead, Own, none),
+        c("GET", "/v1/events", P::EventsRead, Own, none),
+        c(
+            "GET",
+            "/v1/messages/{id}",
+            P::EventsRead,
+            OtherTenantsObject,
+            none,
+        ),
+        c("GET", "/v1/stats", P::StatsRead, Own, none),
+        c(
+            "PUT",
+            "/v1/tenants/{id}/retention",
+            P::TenantsManage,
+            OtherTenant,
+            |_| Some(json!({"events_days": 45})),
+        ),
     ]
 }
 

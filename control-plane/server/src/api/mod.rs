@@ -13,8 +13,10 @@ pub mod audit;
 pub mod credentials;
 pub mod domains;
 pub mod engines;
+pub mod events;
 pub mod limits;
 pub mod openapi;
+pub mod stats;
 pub mod tenants;
 
 use std::ops::Deref;
@@ -142,6 +144,10 @@ pub fn routes() -> OpenApiRouter<App> {
         .routes(routes!(audit::list))
         .routes(routes!(audit::verify))
         .routes(routes!(engines::list))
+        .routes(routes!(events::list))
+        .routes(routes!(events::message))
+        .routes(routes!(stats::show))
+        .routes(routes!(events::set_retention))
 }
 
 /// What the route gate needs: the app (to authenticate) and the access table.

@@ -19,6 +19,8 @@ pub struct EngineRow {
     pub sent_version: i64,
     /// Newest snapshot version the engine acknowledged as applied.
     pub applied_version: i64,
+    /// Newest events batch (`batch_seq`) committed and acknowledged.
+    pub events_acked_seq: i64,
 }
 
 fn decode(r: &AnyRow) -> StoreResult<EngineRow> {
@@ -30,6 +32,7 @@ fn decode(r: &AnyRow) -> StoreResult<EngineRow> {
         last_contact_unix_ms: r.try_get("last_contact_unix_ms")?,
         sent_version: r.try_get("sent_version")?,
         applied_version: r.try_get("applied_version")?,
+        events_acked_seq: r.try_get("events_acked_seq")?,
     })
 }
 
@@ -112,5 +115,38 @@ pub async fn touch(
         q = q.bind(x);
     }
     q.execute(conn).await?;
+    Ok(())
+}
+
+/// The newest events batch committed for engine `id` (0: none yet, or no such engine).
+pub async fn events_acked_seq(conn: &mut AnyConnection, id: &str) -> StoreResult<u64> {
+    let row = sqlx::query("SELECT events_acked_seq FROM engines WHERE id = $1")
+        .bind(id.to_string())
+        .fetch_optional(conn)
+        .await?;
+    let seq = row
+        .map(|r| r.try_get::<i64, _>("events_acked_seq"))
+        .transpose()?
+        .unwrap_or(0);
+    Ok(u64::try_from(seq).unwrap_or(0))
+}
+
+/// Records that engine `id`'s batches up to `seq` are committed (in the batch's transaction).
+pub async fn set_events_acked_seq(
+    conn: &mut AnyConnection,
+    id: &str,
+    seq: u64,
+    now_unix_ms: i64,
+) -> StoreResult<()> {
+    sqlx::query(
+        // Never backwards, even if two sessions of one engine race.
+        "UPDATE engines SET events_acked_seq = $1, last_contact_unix_ms = $2 \
+         WHERE id = $3 AND events_acked_seq < $1",
+    )
+    .bind(i64::try_from(seq).unwrap_or(i64::MAX))
+    .bind(now_unix_ms)
+    .bind(id.to_string())
+    .execute(conn)
+    .await?;
     Ok(())
 }

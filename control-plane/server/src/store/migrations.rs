@@ -2,9 +2,10 @@
 
 /// Schema versions, applied in order, each in its own transaction. `{blob}` is the dialect's
 /// binary type. Never edit a released entry: append a new one.
-pub(super) const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    r#"
+pub(super) const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        r#"
 CREATE TABLE petrel_meta (
     id BIGINT PRIMARY KEY,
     policy_version BIGINT NOT NULL,
@@ -99,4 +100,65 @@ CREATE TABLE engines (
     applied_version BIGINT NOT NULL
 );
 "#,
-)];
+    ),
+    (
+        2,
+        r#"
+ALTER TABLE tenants ADD COLUMN events_retention_days BIGINT NOT NULL DEFAULT 30;
+ALTER TABLE engines ADD COLUMN events_acked_seq BIGINT NOT NULL DEFAULT 0;
+CREATE TABLE event_seq (
+    id BIGINT PRIMARY KEY,
+    last_seq BIGINT NOT NULL
+);
+INSERT INTO event_seq (id, last_seq) VALUES (1, 0);
+CREATE TABLE events (
+    id TEXT PRIMARY KEY,
+    seq BIGINT NOT NULL UNIQUE,
+    tenant_id TEXT,
+    type TEXT NOT NULL,
+    timestamp_ms BIGINT NOT NULL,
+    message_id TEXT,
+    rfc822_message_id TEXT,
+    sender TEXT NOT NULL,
+    from_domain TEXT,
+    recipient TEXT,
+    tags TEXT NOT NULL,
+    metadata TEXT,
+    attempt BIGINT NOT NULL,
+    remote TEXT,
+    reply TEXT,
+    bounce_class TEXT,
+    bounce_category TEXT,
+    engine_id TEXT NOT NULL,
+    received_unix_ms BIGINT NOT NULL
+);
+CREATE INDEX events_tenant_seq ON events (tenant_id, seq);
+CREATE INDEX events_tenant_time ON events (tenant_id, timestamp_ms);
+CREATE INDEX events_tenant_recipient ON events (tenant_id, recipient, seq);
+CREATE INDEX events_tenant_message ON events (tenant_id, message_id, seq);
+CREATE INDEX events_tenant_type ON events (tenant_id, type, seq);
+CREATE TABLE event_tags (
+    event_seq BIGINT NOT NULL,
+    tenant_id TEXT,
+    tag TEXT NOT NULL
+);
+CREATE INDEX event_tags_lookup ON event_tags (tenant_id, tag, event_seq);
+CREATE INDEX event_tags_event ON event_tags (event_seq);
+CREATE TABLE event_stats (
+    tenant_id TEXT NOT NULL,
+    from_domain TEXT NOT NULL,
+    bucket_start_ms BIGINT NOT NULL,
+    sent BIGINT NOT NULL,
+    delivered BIGINT NOT NULL,
+    bounced_hard BIGINT NOT NULL,
+    bounced_soft BIGINT NOT NULL,
+    deferred BIGINT NOT NULL,
+    expired BIGINT NOT NULL,
+    rejected BIGINT NOT NULL,
+    complained BIGINT NOT NULL,
+    PRIMARY KEY (tenant_id, from_domain, bucket_start_ms)
+);
+CREATE INDEX event_stats_time ON event_stats (bucket_start_ms);
+"#,
+    ),
+];

@@ -15,6 +15,7 @@ pub mod audit;
 pub mod credentials;
 pub mod domains;
 pub mod engines;
+pub mod events;
 pub mod limits;
 mod migrations;
 pub mod tenants;
@@ -210,6 +211,17 @@ impl Db {
                 .await?;
         }
         Ok(tx)
+    }
+
+    /// A plain write transaction for data that is not policy (delivery events): no version
+    /// bump, no audit entry. On SQLite it takes the write lock at `BEGIN` (`IMMEDIATE`, waiting
+    /// up to the busy timeout): a transaction that reads first and writes later fails with
+    /// "database is locked", without waiting, when another writer committed in between.
+    pub async fn begin_write(&self) -> StoreResult<sqlx::Transaction<'static, Any>> {
+        Ok(match self.dialect {
+            Dialect::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Dialect::Postgres => self.pool.begin().await?,
+        })
     }
 
     /// Starts a mutation: bumps the version (taking the write lock) inside a new transaction.

@@ -129,3 +129,28 @@ pub async fn get_scoped(
     let own = get(conn, scope).await?;
     Ok(own.filter(|t| t.id == id))
 }
+
+/// A tenant's event retention window, days (None: no such tenant).
+pub async fn events_retention_days(conn: &mut AnyConnection, id: &str) -> StoreResult<Option<i64>> {
+    let row = sqlx::query("SELECT events_retention_days FROM tenants WHERE id = $1")
+        .bind(id.to_string())
+        .fetch_optional(conn)
+        .await?;
+    Ok(row
+        .map(|r| r.try_get::<i64, _>("events_retention_days"))
+        .transpose()?)
+}
+
+/// Sets a tenant's event retention window, days.
+pub async fn set_events_retention_days(
+    conn: &mut AnyConnection,
+    id: &str,
+    days: i64,
+) -> StoreResult<()> {
+    sqlx::query("UPDATE tenants SET events_retention_days = $1 WHERE id = $2")
+        .bind(days)
+        .bind(id.to_string())
+        .execute(conn)
+        .await?;
+    Ok(())
+}

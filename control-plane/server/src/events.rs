@@ -1,0 +1,114 @@
+//! Delivery events from engines: the ingest behind the push link's `Events` frame, and the
+//! retention purge.
+//!
+//! Ingest follows the wire contract (`petrel_policy::wire`): a batch is validated whole, then
+//! stored in one transaction together with the engine's new acknowledged `batch_seq`, and only
+//! then acknowledged. A batch at or below the acknowledged seq is acknowledged again without
+//! touching the store; an event id stored before is skipped (and not counted twice in the
+//! aggregates), so a re-sent batch under a new seq is harmless too.
+
+use std::time::Duration;
+
+use petrel_policy::event::{validate_batch, EventError};
+use petrel_policy::Event;
+
+use crate::api::App;
+use crate::store::{engines, events, StoreError};
+
+/// How often the purge task runs, ms.
+pub const EVENTS_PURGE_INTERVAL_MS: u64 = 600_000;
+/// Events deleted per purge transaction (so a purge never holds the write lock for long).
+pub const EVENTS_PURGE_CHUNK_ROWS: i64 = 5_000;
+/// Largest `batch_seq` accepted (it is stored as a `BIGINT`).
+pub const BATCH_SEQ_MAX: u64 = i64::MAX as u64;
+
+/// Why a batch was not stored.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IngestError {
+    /// The batch breaks the contract; the engine gets an `Error` frame and no ack.
+    #[error("events batch {batch_seq} refused: {source}")]
+    Invalid {
+        batch_seq: u64,
+        #[source]
+        source: EventError,
+    },
+    /// `batch_seq` is 0 or above [`BATCH_SEQ_MAX`].
+    #[error("events batch seq {0} out of range 1..={BATCH_SEQ_MAX}")]
+    BadSeq(u64),
+    /// The store failed; the engine re-sends after reconnecting.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+}
+
+impl From<sqlx::Error> for IngestError {
+    fn from(e: sqlx::Error) -> IngestError {
+        IngestError::Store(StoreError::Database(e))
+    }
+}
+
+/// What an accepted batch did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ingested {
+    /// The seq to acknowledge (cumulative).
+    pub ack_seq: u64,
+    /// Events new to the store.
+    pub inserted: usize,
+}
+
+/// Validates and stores one batch from `engine_id`; returns the seq to acknowledge.
+pub async fn ingest(
+    app: &App,
+    engine_id: &str,
+    batch_seq: u64,
+    batch: &[Event],
+) -> Result<Ingested, IngestError> {
+    if batch_seq == 0 || batch_seq > BATCH_SEQ_MAX {
+        return Err(IngestError::BadSeq(batch_seq));
+    }
+    validate_batch(batch).map_err(|source| IngestError::Invalid { batch_seq, source })?;
+    let mut tx = app.db.begin_write().await?;
+    let acked = engines::events_acked_seq(&mut tx, engine_id).await?;
+    if batch_seq <= acked {
+        return Ok(Ingested {
+            ack_seq: acked,
+            inserted: 0,
+        });
+    }
+    let now = app.now_ms();
+    let inserted = events::insert_batch(&mut tx, engine_id, batch, now).await?;
+    engines::set_events_acked_seq(&mut tx, engine_id, batch_seq, now).await?;
+    tx.commit().await?;
+    Ok(Ingested {
+        ack_seq: batch_seq,
+        inserted,
+    })
+}
+
+/// Deletes every event past its tenant's retention window, one chunk per transaction.
+/// Returns the number deleted.
+pub async fn purge(app: &App, now_unix_ms: i64) -> Result<u64, StoreError> {
+    let mut total = 0;
+    loop {
+        let mut tx = app.db.begin_write().await?;
+        let n = events::purge_chunk(&mut tx, now_unix_ms, EVENTS_PURGE_CHUNK_ROWS).await?;
+        tx.commit().await?;
+        total += n;
+        if n < u64::try_from(EVENTS_PURGE_CHUNK_ROWS).unwrap_or(0) {
+            return Ok(total);
+        }
+    }
+}
+
+/// Runs [`purge`] every [`EVENTS_PURGE_INTERVAL_MS`] until dropped.
+pub async fn purge_task(app: App) {
+    let mut tick = tokio::time::interval(Duration::from_millis(EVENTS_PURGE_INTERVAL_MS));
+    loop {
+        tick.tick().await;
+        match purge(&app, app.now_ms()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "purged expired events"),
+            Err(e) => tracing::warn!(error = %e, "event purge failed"),
+        }
+    }
+}

@@ -1,0 +1,598 @@
+//! `events`, `event_tags`, `event_stats`: the delivery events engines send, their tags, and
+//! hourly aggregates per tenant and sending domain.
+//!
+//! Ingest ([`insert_batch`]) runs in one transaction: it reserves insertion sequence numbers
+//! from the `event_seq` row (which also serialises concurrent batches, so a higher `seq` is
+//! never committed before a lower one and cursors never skip a row), inserts each event with
+//! `ON CONFLICT (id) DO NOTHING` (the same statement on SQLite and PostgreSQL), and counts only
+//! the rows it really inserted into the aggregates, so a re-sent event changes nothing.
+//!
+//! Events keep the `tenant_id` the engine gave (NULL when it had none). A tenant's key sees
+//! only rows with its own id; an event naming a tenant that does not exist is still kept and
+//! only operator owners, who may name any tenant id, can read it. Such rows expire with the
+//! default retention.
+//!
+//! Indexes (migration 2) all lead with the tenant and end with `seq`, so each filter is one
+//! index range read in page order: `(tenant_id, recipient, seq)`, `(tenant_id, message_id,
+//! seq)`, `(tenant_id, type, seq)`, `(tenant_id, seq)`, tags through `event_tags (tenant_id,
+//! tag, event_seq)`, and `(tenant_id, timestamp_ms)` for the purge. Measured ad hoc on SQLite
+//! with 2 million rows: the recipient page takes under 1 ms (`tests/events.rs` checks the plan).
+//!
+//! Cursors are the insertion `seq`: listing is newest first by `seq` (the order the control
+//! plane received them), and `since`/`until` filter on the event's own `timestamp_ms`.
+
+use std::collections::BTreeMap;
+
+use petrel_policy::{BounceClass, Event, EventType};
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row};
+
+use super::{StoreError, StoreResult};
+
+/// Width of one aggregate bucket, ms (one hour).
+pub const STATS_BUCKET_MS: i64 = 3_600_000;
+/// A tenant's event retention when it set none, days.
+pub const EVENTS_RETENTION_DAYS_DEFAULT: i64 = 30;
+/// Aggregate buckets are kept this long (they are small: one row per tenant, domain and hour).
+pub const STATS_RETENTION_DAYS: i64 = 400;
+/// One day, ms.
+pub const DAY_MS: i64 = 86_400_000;
+/// Events of one message listed by `GET /v1/messages/{id}`.
+pub const MESSAGE_EVENTS_MAX: i64 = 1_000;
+
+/// The counter columns of `event_stats`, in [`Counts`] order.
+const COUNT_COLUMNS: [&str; 8] = [
+    "sent",
+    "delivered",
+    "bounced_hard",
+    "bounced_soft",
+    "deferred",
+    "expired",
+    "rejected",
+    "complained",
+];
+
+/// Counters of one bucket (or of a sum of buckets).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct Counts {
+    /// `accepted` events: recipients taken for delivery.
+    pub sent: i64,
+    pub delivered: i64,
+    pub bounced_hard: i64,
+    pub bounced_soft: i64,
+    /// `deferred` events (one per failed attempt, so it can exceed `sent`).
+    pub deferred: i64,
+    pub expired: i64,
+    pub rejected: i64,
+    /// Always 0 until complaints are received (next issue).
+    pub complained: i64,
+}
+
+impl Counts {
+    /// Adds one event; false for types the aggregates do not count.
+    fn add(&mut self, e: &Event) -> bool {
+        let hard = e
+            .bounce
+            .as_ref()
+            .is_none_or(|b| b.class == BounceClass::Hard);
+        match e.kind {
+            EventType::Accepted => self.sent += 1,
+            EventType::Delivered => self.delivered += 1,
+            EventType::Bounced if hard => self.bounced_hard += 1,
+            EventType::Bounced => self.bounced_soft += 1,
+            EventType::Deferred => self.deferred += 1,
+            EventType::Expired => self.expired += 1,
+            EventType::Rejected => self.rejected += 1,
+            EventType::Other(_) => return false,
+        }
+        true
+    }
+
+    fn decode(r: &AnyRow) -> StoreResult<Counts> {
+        Ok(Counts {
+            sent: r.try_get("sent")?,
+            delivered: r.try_get("delivered")?,
+            bounced_hard: r.try_get("bounced_hard")?,
+            bounced_soft: r.try_get("bounced_soft")?,
+            deferred: r.try_get("deferred")?,
+            expired: r.try_get("expired")?,
+            rejected: r.try_get("rejected")?,
+            complained: r.try_get("complained")?,
+        })
+    }
+}
+
+/// The start of the bucket holding `ms` (saturating at the ends of the range: a query may
+/// name any instant).
+pub fn bucket_start(ms: i64) -> i64 {
+    ms.saturating_sub(ms.rem_euclid(STATS_BUCKET_MS))
+}
+
+fn json_text<T: serde::Serialize>(v: &T) -> StoreResult<String> {
+    serde_json::to_string(v).map_err(|e| StoreError::Corrupt {
+        column: "events",
+        reason: e.to_string(),
+    })
+}
+
+/// Stores a validated batch in the caller's transaction. Returns how many events were new
+/// (the others were stored before: same id).
+pub async fn insert_batch(
+    conn: &mut AnyConnection,
+    engine_id: &str,
+    events: &[Event],
+    now_unix_ms: i64,
+) -> StoreResult<usize> {
+    let count = i64::try_from(events.len()).unwrap_or(i64::MAX);
+    let last: i64 = sqlx::query(
+        "UPDATE event_seq SET last_seq = last_seq + $1 WHERE id = 1 RETURNING last_seq",
+    )
+    .bind(count)
+    .fetch_one(&mut *conn)
+    .await?
+    .try_get("last_seq")?;
+    let mut seq = last - count;
+    let mut stats: BTreeMap<(String, String, i64), Counts> = BTreeMap::new();
+    let mut inserted = 0;
+    for e in events {
+        seq += 1;
+        let done = sqlx::query(
+            "INSERT INTO events (id, seq, tenant_id, type, timestamp_ms, message_id, \
+             rfc822_message_id, sender, from_domain, recipient, tags, metadata, attempt, remote, \
+             reply, bounce_class, bounce_category, engine_id, received_unix_ms) VALUES \
+             ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19) \
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(e.id.clone())
+        .bind(seq)
+        .bind(e.tenant_id.clone())
+        .bind(e.kind.as_str().to_string())
+        .bind(e.timestamp_ms)
+        .bind(e.message_id.clone())
+        .bind(e.rfc822_message_id.clone())
+        .bind(e.sender.clone())
+        .bind(e.from_domain.clone())
+        .bind(e.recipient.clone())
+        .bind(json_text(&e.tags)?)
+        .bind(e.metadata.as_ref().map(json_text).transpose()?)
+        .bind(i64::from(e.attempt))
+        .bind(e.remote.as_ref().map(json_text).transpose()?)
+        .bind(e.reply.as_ref().map(json_text).transpose()?)
+        .bind(e.bounce.as_ref().map(|b| b.class.as_str().to_string()))
+        .bind(e.bounce.as_ref().map(|b| b.category.clone()))
+        .bind(engine_id.to_string())
+        .bind(now_unix_ms)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+        if done == 0 {
+            continue;
+        }
+        inserted += 1;
+        for tag in &e.tags {
+            sqlx::query("INSERT INTO event_tags (event_seq, tenant_id, tag) VALUES ($1,$2,$3)")
+                .bind(seq)
+                .bind(e.tenant_id.clone())
+                .bind(tag.clone())
+                .execute(&mut *conn)
+                .await?;
+        }
+        let key = (
+            e.tenant_id.clone().unwrap_or_default(),
+            e.from_domain.clone().unwrap_or_default(),
+            bucket_start(e.timestamp_ms),
+        );
+        let mut c = stats.get(&key).copied().unwrap_or_default();
+        if c.add(e) {
+            stats.insert(key, c);
+        }
+    }
+    for ((tenant, domain, bucket), c) in stats {
+        sqlx::query(
+            "INSERT INTO event_stats (tenant_id, from_domain, bucket_start_ms, sent, delivered, \
+             bounced_hard, bounced_soft, deferred, expired, rejected, complained) VALUES \
+             ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11) ON CONFLICT (tenant_id, from_domain, \
+             bucket_start_ms) DO UPDATE SET sent = event_stats.sent + excluded.sent, \
+             delivered = event_stats.delivered + excluded.delivered, \
+             bounced_hard = event_stats.bounced_hard + excluded.bounced_hard, \
+             bounced_soft = event_stats.bounced_soft + excluded.bounced_soft, \
+             deferred = event_stats.deferred + excluded.deferred, \
+             expired = event_stats.expired + excluded.expired, \
+             rejected = event_stats.rejected + excluded.rejected, \
+             complained = event_stats.complained + excluded.complained",
+        )
+        .bind(tenant)
+        .bind(domain)
+        .bind(bucket)
+        .bind(c.sent)
+        .bind(c.delivered)
+        .bind(c.bounced_hard)
+        .bind(c.bounced_soft)
+        .bind(c.deferred)
+        .bind(c.expired)
+        .bind(c.rejected)
+        .bind(c.complained)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(inserted)
+}
+
+/// One stored event with its insertion sequence (the cursor).
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    pub seq: i64,
+    pub event: Event,
+}
+
+fn json_col<T: serde::de::DeserializeOwned>(
+    r: &AnyRow,
+    col: &'static str,
+) -> StoreResult<Option<T>> {
+    let text: Option<String> = r.try_get(col)?;
+    text.map(|t| {
+        serde_json::from_str(&t).map_err(|e| StoreError::Corrupt {
+            column: col,
+            reason: e.to_string(),
+        })
+    })
+    .transpose()
+}
+
+fn decode(r: &AnyRow) -> StoreResult<StoredEvent> {
+    let class: Option<String> = r.try_get("bounce_class")?;
+    let category: Option<String> = r.try_get("bounce_category")?;
+    let bounce = match (class.as_deref(), category) {
+        (Some(c), Some(category)) => Some(petrel_policy::Bounce {
+            class: match c {
+                "hard" => BounceClass::Hard,
+                "soft" => BounceClass::Soft,
+                other => {
+                    return Err(StoreError::Corrupt {
+                        column: "bounce_class",
+                        reason: other.to_string(),
+                    })
+                }
+            },
+            category,
+        }),
+        _ => None,
+    };
+    let kind: String = r.try_get("type")?;
+    let attempt: i64 = r.try_get("attempt")?;
+    Ok(StoredEvent {
+        seq: r.try_get("seq")?,
+        event: Event {
+            id: r.try_get("id")?,
+            kind: EventType::parse(&kind),
+            timestamp_ms: r.try_get("timestamp_ms")?,
+            tenant_id: r.try_get("tenant_id")?,
+            message_id: r.try_get("message_id")?,
+            rfc822_message_id: r.try_get("rfc822_message_id")?,
+            sender: r.try_get("sender")?,
+            from_domain: r.try_get("from_domain")?,
+            recipient: r.try_get("recipient")?,
+            tags: json_col(r, "tags")?.unwrap_or_default(),
+            metadata: json_col(r, "metadata")?,
+            attempt: u32::try_from(attempt).unwrap_or(0),
+            remote: json_col(r, "remote")?,
+            reply: json_col(r, "reply")?,
+            bounce,
+        },
+    })
+}
+
+/// Which tenant's rows a read sees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Rows with this tenant id.
+    Tenant(String),
+    /// Every row (operator owners only).
+    All,
+}
+
+/// `GET /v1/events` filters; None: no filter.
+#[derive(Debug, Clone)]
+pub struct EventFilter {
+    pub scope: Scope,
+    pub kind: Option<String>,
+    pub recipient: Option<String>,
+    pub message_id: Option<String>,
+    pub tag: Option<String>,
+    /// Inclusive, on `timestamp_ms`.
+    pub since_ms: Option<i64>,
+    /// Inclusive, on `timestamp_ms`.
+    pub until_ms: Option<i64>,
+    /// Only rows with a smaller `seq` (the cursor).
+    pub before_seq: Option<i64>,
+}
+
+enum Arg {
+    Text(String),
+    Int(i64),
+}
+
+/// The `WHERE` clause and its arguments for `f` (numbered from `$1`).
+fn where_clause(f: &EventFilter) -> (String, Vec<Arg>) {
+    let mut clauses: Vec<String> = Vec::new();
+    let mut args: Vec<Arg> = Vec::new();
+    let mut push = |clause: &str, arg: Arg, args: &mut Vec<Arg>| {
+        args.push(arg);
+        clauses.push(clause.replace('?', &format!("${}", args.len())));
+    };
+    if let Scope::Tenant(t) = &f.scope {
+        push("tenant_id = ?", Arg::Text(t.clone()), &mut args);
+    }
+    if let Some(v) = &f.kind {
+        push("type = ?", Arg::Text(v.clone()), &mut args);
+    }
+    if let Some(v) = &f.recipient {
+        push("recipient = ?", Arg::Text(v.clone()), &mut args);
+    }
+    if let Some(v) = &f.message_id {
+        push("message_id = ?", Arg::Text(v.clone()), &mut args);
+    }
+    if let Some(tag) = &f.tag {
+        // The tag table leads with the tenant, like the events indexes.
+        match &f.scope {
+            Scope::Tenant(t) => {
+                args.push(Arg::Text(t.clone()));
+                let n = args.len();
+                push(
+                    &format!(
+                        "seq IN (SELECT event_seq FROM event_tags WHERE tenant_id = ${n} AND tag = ?)"
+                    ),
+                    Arg::Text(tag.clone()),
+                    &mut args,
+                );
+            }
+            Scope::All => push(
+                "seq IN (SELECT event_seq FROM event_tags WHERE tag = ?)",
+                Arg::Text(tag.clone()),
+                &mut args,
+            ),
+        }
+    }
+    if let Some(v) = f.since_ms {
+        push("timestamp_ms >= ?", Arg::Int(v), &mut args);
+    }
+    if let Some(v) = f.until_ms {
+        push("timestamp_ms <= ?", Arg::Int(v), &mut args);
+    }
+    if let Some(v) = f.before_seq {
+        push("seq < ?", Arg::Int(v), &mut args);
+    }
+    let sql = if clauses.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", clauses.join(" AND "))
+    };
+    (sql, args)
+}
+
+/// The `SELECT` for [`list`] with its arguments (also what the index check explains).
+pub fn list_query(f: &EventFilter, limit: i64) -> (String, Vec<ArgValue>) {
+    let (w, args) = where_clause(f);
+    let n = args.len() + 1;
+    let sql = format!("SELECT * FROM events{w} ORDER BY seq DESC LIMIT ${n}");
+    let mut args: Vec<ArgValue> = args.into_iter().map(ArgValue).collect();
+    args.push(ArgValue(Arg::Int(limit)));
+    (sql, args)
+}
+
+/// An argument of [`list_query`] (opaque: bind it with [`bind_all`]).
+pub struct ArgValue(Arg);
+
+/// Binds [`list_query`]'s arguments in order.
+pub fn bind_all<'q>(
+    mut q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    args: Vec<ArgValue>,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    for ArgValue(a) in args {
+        q = match a {
+            Arg::Text(t) => q.bind(t),
+            Arg::Int(i) => q.bind(i),
+        };
+    }
+    q
+}
+
+/// At most `limit` events matching `f`, newest (highest `seq`) first.
+pub async fn list(
+    conn: &mut AnyConnection,
+    f: &EventFilter,
+    limit: i64,
+) -> StoreResult<Vec<StoredEvent>> {
+    let (sql, args) = list_query(f, limit);
+    bind_all(sqlx::query(&sql), args)
+        .fetch_all(conn)
+        .await?
+        .iter()
+        .map(decode)
+        .collect()
+}
+
+/// The events of one message in time order (at most [`MESSAGE_EVENTS_MAX`]).
+pub async fn message(
+    conn: &mut AnyConnection,
+    scope: &Scope,
+    message_id: &str,
+) -> StoreResult<Vec<StoredEvent>> {
+    let (sql, q) = match scope {
+        Scope::Tenant(t) => (
+            "SELECT * FROM events WHERE tenant_id = $1 AND message_id = $2 \
+             ORDER BY timestamp_ms, seq LIMIT $3",
+            Some(t.clone()),
+        ),
+        Scope::All => (
+            "SELECT * FROM events WHERE message_id = $1 ORDER BY timestamp_ms, seq LIMIT $2",
+            None,
+        ),
+    };
+    let mut query = sqlx::query(sql);
+    if let Some(t) = q {
+        query = query.bind(t);
+    }
+    query
+        .bind(message_id.to_string())
+        .bind(MESSAGE_EVENTS_MAX)
+        .fetch_all(conn)
+        .await?
+        .iter()
+        .map(decode)
+        .collect()
+}
+
+/// Sums of the buckets of one tenant in `[since_ms, until_ms]` (bucket starts), per sending
+/// domain ("" for events without one), by domain name.
+pub async fn stats(
+    conn: &mut AnyConnection,
+    tenant_id: &str,
+    from_domain: Option<&str>,
+    since_ms: i64,
+    until_ms: i64,
+) -> StoreResult<Vec<(String, Counts)>> {
+    // SUM of BIGINT is NUMERIC on PostgreSQL: cast back so both dialects decode an i64.
+    let sums = COUNT_COLUMNS
+        .iter()
+        .map(|c| format!("CAST(SUM({c}) AS BIGINT) AS {c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut sql = format!(
+        "SELECT from_domain, {sums} FROM event_stats WHERE tenant_id = $1 \
+         AND bucket_start_ms >= $2 AND bucket_start_ms <= $3"
+    );
+    if from_domain.is_some() {
+        sql.push_str(" AND from_domain = $4");
+    }
+    sql.push_str(" GROUP BY from_domain ORDER BY from_domain");
+    let mut q = sqlx::query(&sql)
+        .bind(tenant_id.to_string())
+        .bind(bucket_start(since_ms))
+        .bind(until_ms);
+    if let Some(d) = from_domain {
+        q = q.bind(d.to_string());
+    }
+    q.fetch_all(conn)
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get("from_domain")?, Counts::decode(r)?)))
+        .collect()
+}
+
+/// Deletes at most `rows_max` events (with their tags) older than their tenant's retention
+/// window (the default one for events of no or an unknown tenant), oldest first. Returns the
+/// number deleted: the purge task calls it again while it returns `rows_max`.
+pub async fn purge_chunk(
+    conn: &mut AnyConnection,
+    now_unix_ms: i64,
+    rows_max: i64,
+) -> StoreResult<u64> {
+    // The seqs to delete, chosen once so tags and events go together.
+    let pick = "SELECT e.seq FROM events e LEFT JOIN tenants t ON t.id = e.tenant_id \
+         WHERE e.timestamp_ms < $1 - COALESCE(t.events_retention_days, $2) * $3 \
+         ORDER BY e.seq LIMIT $4";
+    let seqs: Vec<i64> = sqlx::query(pick)
+        .bind(now_unix_ms)
+        .bind(EVENTS_RETENTION_DAYS_DEFAULT)
+        .bind(DAY_MS)
+        .bind(rows_max)
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(|r| r.try_get::<i64, _>("seq"))
+        .collect::<Result<_, _>>()?;
+    let (Some(first), Some(last)) = (seqs.first(), seqs.last()) else {
+        return Ok(0);
+    };
+    let mut deleted = 0;
+    // Bounded by rows_max; seqs are few enough to list as arguments in chunks.
+    for chunk in seqs.chunks(PURGE_ARGS_PER_STATEMENT) {
+        let list = (1..=chunk.len())
+            .map(|i| format!("${i}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        for table_sql in [
+            format!("DELETE FROM event_tags WHERE event_seq IN ({list})"),
+            format!("DELETE FROM events WHERE seq IN ({list})"),
+        ] {
+            let mut q = sqlx::query(&table_sql);
+            for s in chunk {
+                q = q.bind(*s);
+            }
+            let n = q.execute(&mut *conn).await?.rows_affected();
+            if table_sql.starts_with("DELETE FROM events") {
+                deleted += n;
+            }
+        }
+    }
+    tracing::debug!(first, last, deleted, "purged events");
+    sqlx::query("DELETE FROM event_stats WHERE bucket_start_ms < $1")
+        .bind(now_unix_ms - STATS_RETENTION_DAYS * DAY_MS)
+        .execute(&mut *conn)
+        .await?;
+    Ok(deleted)
+}
+
+/// Sequence numbers bound in one purge `DELETE` (SQLite allows 32766 parameters).
+pub const PURGE_ARGS_PER_STATEMENT: usize = 500;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_schema_default_is_the_named_retention() {
+        let (_, sql) = super::super::migrations::MIGRATIONS
+            .iter()
+            .find(|(v, _)| *v == 2)
+            .expect("migration 2");
+        let column = format!(
+            "events_retention_days BIGINT NOT NULL DEFAULT {EVENTS_RETENTION_DAYS_DEFAULT};"
+        );
+        assert!(sql.contains(&column), "{sql}");
+    }
+
+    #[test]
+    fn buckets_are_hours_and_saturate() {
+        assert_eq!(bucket_start(0), 0);
+        assert_eq!(bucket_start(STATS_BUCKET_MS - 1), 0);
+        assert_eq!(bucket_start(STATS_BUCKET_MS), STATS_BUCKET_MS);
+        assert_eq!(bucket_start(-1), -STATS_BUCKET_MS);
+        assert!(bucket_start(i64::MIN) <= i64::MIN + STATS_BUCKET_MS);
+        assert_eq!(bucket_start(i64::MAX) % STATS_BUCKET_MS, 0);
+    }
+
+    #[test]
+    fn the_where_clause_numbers_its_arguments() {
+        let f = EventFilter {
+            scope: Scope::Tenant("t".into()),
+            kind: Some("bounced".into()),
+            recipient: None,
+            message_id: None,
+            tag: Some("x".into()),
+            since_ms: Some(1),
+            until_ms: None,
+            before_seq: Some(9),
+        };
+        let (sql, args) = list_query(&f, 10);
+        assert_eq!(
+            sql,
+            "SELECT * FROM events WHERE tenant_id = $1 AND type = $2 AND seq IN \
+             (SELECT event_seq FROM event_tags WHERE tenant_id = $3 AND tag = $4) AND \
+             timestamp_ms >= $5 AND seq < $6 ORDER BY seq DESC LIMIT $7"
+        );
+        assert_eq!(args.len(), 7);
+        let all = EventFilter {
+            scope: Scope::All,
+            tag: None,
+            kind: None,
+            since_ms: None,
+            before_seq: None,
+            ..f
+        };
+        let (sql, args) = list_query(&all, 10);
+        assert_eq!(sql, "SELECT * FROM events ORDER BY seq DESC LIMIT $1");
+        assert_eq!(args.len(), 1);
+    }
+}
