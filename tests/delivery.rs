@@ -220,6 +220,32 @@ fn delivered_deferred_bounced_null_mx_and_implicit_mx() {
     let log = read_events(dir.path());
     assert!(log.contains("\"delivered\""), "events name outcomes");
     assert!(log.contains("\"deferred\"") && log.contains("\"bounced\""));
+    // Every bounce and deferral carries its classification; deliveries carry none.
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("an event line is JSON"))
+        .collect();
+    let of = |rcpt: &str, outcome: &str| {
+        lines
+            .iter()
+            .find(|v| v["recipient"] == rcpt && v["outcome"] == outcome)
+            .unwrap_or_else(|| panic!("no {outcome} event for {rcpt}"))
+    };
+    let rejected = &of("user0@c.test", "bounced")["bounce"];
+    assert_eq!(rejected["class"], "hard", "{rejected}");
+    assert!(rejected["category"].as_str().is_some_and(|c| !c.is_empty()));
+    let null_mx = &of("user0@n.test", "bounced")["bounce"];
+    assert_eq!(
+        *null_mx,
+        serde_json::json!({"class": "hard", "category": "bad_domain"})
+    );
+    for v in lines.iter().filter(|v| v["outcome"] == "deferred") {
+        assert_eq!(v["bounce"]["class"], "soft", "{v}");
+    }
+    assert!(lines
+        .iter()
+        .filter(|v| v["outcome"] == "delivered")
+        .all(|v| v["bounce"].is_null()));
 }
 
 fn read_events(dir: &std::path::Path) -> String {

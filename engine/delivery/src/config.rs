@@ -3,6 +3,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use petrel_bounce::BounceClassifier;
+
 pub use crate::backoff::RetrySchedule;
 use crate::error::DeliveryError;
 
@@ -121,6 +123,10 @@ pub struct DeliveryConfig {
     /// Limits that change at run time (the control plane's pushed destination limits), laid
     /// over `default_limits`/`domain_limits` at every new delivery session.
     pub dynamic_limits: Option<Arc<dyn LimitsSource>>,
+    /// Classifies every deferral and bounce for its event. Built once at engine start (the
+    /// shipped rules, plus the operator's `delivery.bounce_rules_file`) and shared by all
+    /// shards: classifying reads it, never changes it.
+    pub bounce_classifier: Arc<BounceClassifier>,
 }
 
 /// Default of [`DeliveryConfig::next_hop_sessions_max`]: 16 per shard, so 32 connections to a
@@ -151,6 +157,7 @@ impl Default for DeliveryConfig {
             extra_root_certs_pem: Vec::new(),
             tick_ms_max: 1_000,
             dynamic_limits: None,
+            bounce_classifier: Arc::new(BounceClassifier::shipped()),
         }
     }
 }

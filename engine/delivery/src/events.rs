@@ -17,6 +17,8 @@ use std::thread::JoinHandle;
 
 use serde::Serialize;
 
+use petrel_bounce::Classification;
+
 use crate::attribution::EventAttribution;
 
 use crate::error::DeliveryError;
@@ -63,6 +65,10 @@ pub struct Event {
     pub outcome: Outcome,
     /// Our reason when there is no remote reply (timeout, refused, DNS, expired...).
     pub reason: Option<String>,
+    /// The bounce classification (`{"class": "hard"|"soft", "category": ...}`) of a
+    /// `deferred` or `bounced` outcome, and of an `expired` one (its last attempt); null for
+    /// `delivered`. See [`crate::classify`].
+    pub bounce: Option<Classification>,
     /// Attempt number for this recipient, from 1.
     pub attempt: u32,
     /// The shard that delivered.
@@ -349,6 +355,7 @@ mod tests {
             reply: Some("250 2.0.0 ok".into()),
             outcome: Outcome::Delivered,
             reason: None,
+            bounce: None,
             attempt: 1,
             shard: 0,
             attribution: EventAttribution(Some(std::sync::Arc::new(
@@ -360,6 +367,25 @@ mod tests {
                 },
             ))),
         }
+    }
+
+    #[test]
+    fn the_bounce_object_has_the_published_names() {
+        let mut e = event(7);
+        e.outcome = Outcome::Bounced;
+        e.reply = Some("550 5.1.1 user unknown".into());
+        e.bounce = Some(Classification {
+            category: petrel_bounce::Category::InvalidRecipient,
+            class: petrel_bounce::BounceClass::Hard,
+        });
+        let v = serde_json::to_value(&e).expect("json");
+        assert_eq!(v["outcome"], "bounced");
+        assert_eq!(
+            v["bounce"],
+            serde_json::json!({"category": "invalid_recipient", "class": "hard"})
+        );
+        let delivered = serde_json::to_value(event(8)).expect("json");
+        assert!(delivered["bounce"].is_null());
     }
 
     #[test]

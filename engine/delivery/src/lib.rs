@@ -17,6 +17,8 @@
 //! * [`limits`]: [`GlobalLimits`], the cross-shard connection and rate registry (atomics only).
 //! * [`dsn`]: RFC 3464 delivery status notifications, built from values passed in (time too).
 //! * [`events`]: JSON-lines delivery records, written by a thread off the shards.
+//! * [`classify`]: the bounce classification (`petrel-bounce`) of replies and of the outbound
+//!   client's and resolver's errors, carried by `deferred`, `bounced` and `expired` events.
 //! * [`shard`]: [`DeliveryShard`], the glommio driver that ties them to the spool
 //!   ([`SpoolAccess`]), the resolver and the SMTP client of `petrel-outbound`.
 //!
@@ -47,6 +49,7 @@
 
 pub mod attribution;
 pub mod backoff;
+pub mod classify;
 pub mod config;
 pub mod dsn;
 pub mod error;
@@ -64,6 +67,7 @@ pub use config::{
 pub use error::{DeliveryError, SpoolAccessError};
 pub use events::{EventSink, EventWriter, EventsConfig, Outcome};
 pub use limits::{ConnectionPermit, GlobalLimits};
+pub use petrel_bounce::{BounceClass, BounceClassifier, Category, Classification};
 pub use shard::{
     AdminCommand, AdminReply, DeliveryShard, DomainState, DomainStatus, QueuedMessage, QueuedRcpt,
     RcptState, RcptUpdate, SpoolAccess,

@@ -243,6 +243,10 @@ pub struct DeliverySection {
     pub next_hop_sessions_per_shard_max: usize,
     /// Certificates trusted for `require` TLS besides the web PKI roots (tests).
     pub extra_root_certs: Vec<PathBuf>,
+    /// The operator's bounce classification rules (the schema of the shipped
+    /// `engine/bounce/rules/bounce-rules.toml`), consulted before the shipped ones. A file that
+    /// cannot be read or has a bad rule stops the start.
+    pub bounce_rules_file: Option<PathBuf>,
     pub domains: Vec<DomainOverride>,
 }
 
@@ -263,6 +267,7 @@ impl Default for DeliverySection {
             recipients_per_transaction_max: 100,
             next_hop_sessions_per_shard_max: petrel_delivery::NEXT_HOP_SESSIONS_MAX_DEFAULT,
             extra_root_certs: Vec::new(),
+            bounce_rules_file: None,
             domains: Vec::new(),
         }
     }

@@ -144,6 +144,11 @@ pub fn delivery_config(cfg: &EngineConfig) -> Result<DeliveryConfig, EngineError
         })?;
         out.extra_root_certs_pem.push(pem);
     }
+    if let Some(path) = &d.bounce_rules_file {
+        let classifier = petrel_delivery::BounceClassifier::with_operator_rules(path)
+            .map_err(EngineError::BounceRules)?;
+        out.bounce_classifier = Arc::new(classifier);
+    }
     out.validate().map_err(|e| EngineError::Config {
         message: format!("delivery: {e}"),
     })?;
@@ -154,6 +159,59 @@ pub fn delivery_config(cfg: &EngineConfig) -> Result<DeliveryConfig, EngineError
 mod tests {
     use super::*;
     use petrel_delivery::LimitsSource;
+
+    #[test]
+    fn operator_bounce_rules_load_and_a_bad_file_is_a_typed_error() {
+        use petrel_delivery::{BounceClass, Category};
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("ops-rules.toml");
+        std::fs::write(
+            &good,
+            "[[pattern]]\nregex = 'acme mailbox retired'\ncategory = \"inactive_mailbox\"\n",
+        )
+        .unwrap();
+        let mut cfg = EngineConfig::default();
+        cfg.delivery.bounce_rules_file = Some(good);
+        let d = delivery_config(&cfg).unwrap();
+        let reply = petrel_bounce::Reply::new(550, None, "Acme mailbox retired in 2024");
+        let c = d.bounce_classifier.classify_reply(&reply);
+        assert_eq!(
+            (c.category, c.class),
+            (Category::InactiveMailbox, BounceClass::Hard)
+        );
+        // Without the file the shipped rules alone decide: a bare 550 is `other`.
+        let shipped = delivery_config(&EngineConfig::default()).unwrap();
+        let c = shipped.bounce_classifier.classify_reply(&reply);
+        assert_eq!(c.category, Category::Other);
+
+        let bad = dir.path().join("bad-rules.toml");
+        std::fs::write(
+            &bad,
+            "[[enhanced]]\ncode = \"5.1.1\"\ncategory = \"user_unknown\"\n",
+        )
+        .unwrap();
+        cfg.delivery.bounce_rules_file = Some(bad);
+        let e = delivery_config(&cfg).unwrap_err();
+        assert!(matches!(
+            &e,
+            EngineError::BounceRules(petrel_bounce::RulesError::UnknownName { .. })
+        ));
+        let text = e.to_string();
+        assert!(text.contains("bad-rules.toml"), "{text}");
+        assert!(text.contains("enhanced rule 0"), "{text}");
+        assert!(text.contains("user_unknown"), "{text}");
+
+        cfg.delivery.bounce_rules_file = Some(dir.path().join("missing.toml"));
+        let e = delivery_config(&cfg).unwrap_err();
+        assert!(
+            matches!(
+                &e,
+                EngineError::BounceRules(petrel_bounce::RulesError::Read { .. })
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("missing.toml"), "{e}");
+    }
 
     #[test]
     fn pushed_destination_limits_overlay_the_config() {

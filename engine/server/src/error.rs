@@ -47,4 +47,8 @@ pub enum EngineError {
     Spool(#[from] petrel_spool::SpoolError),
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
+    /// The operator's bounce rules (`delivery.bounce_rules_file`) could not be loaded; the
+    /// source names the file and, for a bad rule, its section and index.
+    #[error("delivery.bounce_rules_file: {0}")]
+    BounceRules(#[source] petrel_bounce::RulesError),
 }

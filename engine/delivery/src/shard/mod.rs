@@ -683,10 +683,7 @@ impl<S: SpoolAccess + 'static> Inner<S> {
             self,
             drained,
             &outcome::Attempt::default(),
-            outcome::RcptResult::Permanent {
-                status: (5, 0, 0),
-                text: "bounced by the administrator".into(),
-            },
+            outcome::RcptResult::administrator(),
         )
         .await;
     }

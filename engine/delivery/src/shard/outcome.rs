@@ -4,13 +4,15 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use petrel_outbound::{RcptOutcome, Reply, TransactionOutcome};
+use petrel_bounce::{BounceClassifier, Classification};
+use petrel_outbound::{ClientError, RcptOutcome, Reply, ResolveError, TransactionOutcome};
 
 use super::{
     domain_of, now_unix_ms, Inner, QueuedMessage, QueuedRcpt, RcptState, RcptUpdate, SpoolAccess,
 };
 use crate::attribution::{Attribution, EventAttribution};
 use crate::backoff::RetryDecision;
+use crate::classify::{self, LocalFailure};
 use crate::dsn::{self, DsnInput, FailedRecipient};
 use crate::events::{Event, Outcome};
 use crate::queue::Entry;
@@ -93,11 +95,13 @@ pub(super) enum RcptResult {
     Transient {
         status: Option<(u8, u16, u16)>,
         text: String,
+        bounce: Classification,
     },
     /// Give up (5xx, permanent DNS answer, administrator).
     Permanent {
         status: (u8, u16, u16),
         text: String,
+        bounce: Classification,
     },
 }
 
@@ -110,40 +114,102 @@ impl RcptResult {
         }
     }
 
-    /// From a remote reply.
-    pub fn from_reply(r: &Reply) -> RcptResult {
+    /// The bounce classification of a deferral or bounce (none for a delivery).
+    fn bounce(&self) -> Option<Classification> {
+        match self {
+            RcptResult::Delivered { .. } => None,
+            RcptResult::Transient { bounce, .. } | RcptResult::Permanent { bounce, .. } => {
+                Some(*bounce)
+            }
+        }
+    }
+
+    /// From a remote reply, classified by its parsed parts.
+    pub fn from_reply(r: &Reply, classifier: &BounceClassifier) -> RcptResult {
         let text = r.to_string();
         if r.is_positive() {
-            RcptResult::Delivered { text }
-        } else if r.is_permanent() {
+            return RcptResult::Delivered { text };
+        }
+        let bounce = classify::classify_reply(classifier, r);
+        if r.is_permanent() {
             RcptResult::Permanent {
                 status: r.enhanced.unwrap_or((5, 0, 0)),
                 text,
+                bounce,
             }
         } else {
             RcptResult::Transient {
                 status: r.enhanced,
                 text,
+                bounce,
             }
         }
     }
 
+    /// A deferral for a failure of our own, with no reply.
+    pub fn local(text: String, failure: LocalFailure) -> RcptResult {
+        RcptResult::Transient {
+            status: None,
+            text,
+            bounce: failure.classification(),
+        }
+    }
+
+    /// A deferral for a failed connection or dialogue (client errors are never final).
+    pub fn client_error(e: &ClientError, classifier: &BounceClassifier) -> RcptResult {
+        RcptResult::Transient {
+            status: None,
+            text: e.to_string(),
+            bounce: classify::classify_client_error(classifier, e),
+        }
+    }
+
+    /// A bounce or deferral for a destination that could not be resolved.
+    pub fn resolve_error(e: &ResolveError) -> RcptResult {
+        let text = e.to_string();
+        let bounce = classify::local_failure_of_resolve(e).classification();
+        if e.is_permanent() {
+            RcptResult::Permanent {
+                status: e.enhanced(),
+                text,
+                bounce,
+            }
+        } else {
+            RcptResult::Transient {
+                status: Some(e.enhanced()),
+                text,
+                bounce,
+            }
+        }
+    }
+
+    /// A bounce by the administrator.
+    pub fn administrator() -> RcptResult {
+        RcptResult::Permanent {
+            status: (5, 0, 0),
+            text: "bounced by the administrator".into(),
+            bounce: classify::ADMINISTRATOR_BOUNCE,
+        }
+    }
+
     /// The result for recipient `i` of a transaction.
-    pub fn classify(outcome: &TransactionOutcome, i: usize) -> RcptResult {
+    pub fn classify(
+        outcome: &TransactionOutcome,
+        i: usize,
+        classifier: &BounceClassifier,
+    ) -> RcptResult {
         if let Some(r) = &outcome.mail_rejected {
-            return RcptResult::from_reply(r);
+            return RcptResult::from_reply(r, classifier);
         }
         match (outcome.rcpts.get(i), &outcome.data) {
-            (Some(RcptOutcome::Rejected(r)), _) => RcptResult::from_reply(r),
-            (Some(RcptOutcome::Accepted), Some(data)) => RcptResult::from_reply(data),
-            (Some(RcptOutcome::Accepted), None) => RcptResult::Transient {
-                status: None,
-                text: "no reply to DATA".into(),
-            },
-            (None, _) => RcptResult::Transient {
-                status: None,
-                text: "no reply for this recipient".into(),
-            },
+            (Some(RcptOutcome::Rejected(r)), _) => RcptResult::from_reply(r, classifier),
+            (Some(RcptOutcome::Accepted), Some(data)) => RcptResult::from_reply(data, classifier),
+            (Some(RcptOutcome::Accepted), None) => {
+                RcptResult::local("no reply to DATA".into(), LocalFailure::Protocol)
+            }
+            (None, _) => {
+                RcptResult::local("no reply for this recipient".into(), LocalFailure::Protocol)
+            }
         }
     }
 }
@@ -207,7 +273,7 @@ pub(super) async fn apply<S: SpoolAccess + 'static>(
             slot.attempts = slot.attempts.saturating_add(1);
             let (state, next, outcome) = match r {
                 RcptResult::Delivered { .. } => (RcptState::Delivered, 0, Outcome::Delivered),
-                RcptResult::Transient { status, text } => {
+                RcptResult::Transient { status, text, .. } => {
                     let decision = {
                         let mut rng = inner.rng.borrow_mut();
                         inner
@@ -239,7 +305,7 @@ pub(super) async fn apply<S: SpoolAccess + 'static>(
                         }
                     }
                 }
-                RcptResult::Permanent { status, text } => {
+                RcptResult::Permanent { status, text, .. } => {
                     failed.push(failed_rcpt(slot, *status, attempt, text, false));
                     (RcptState::Bounced, 0, Outcome::Bounced)
                 }
@@ -356,6 +422,7 @@ fn event(
         reply,
         outcome,
         reason,
+        bounce: r.bounce(),
         attempt: slot.attempts,
         shard,
         attribution: EventAttribution(attribution.clone()),
@@ -418,6 +485,7 @@ mod tests {
 
     #[test]
     fn classifies_replies_per_recipient() {
+        let c = BounceClassifier::shipped();
         let outcome = TransactionOutcome {
             rcpts: vec![
                 RcptOutcome::Accepted,
@@ -428,22 +496,26 @@ mod tests {
             mail_rejected: None,
         };
         assert!(matches!(
-            RcptResult::classify(&outcome, 0),
+            RcptResult::classify(&outcome, 0, &c),
             RcptResult::Delivered { .. }
         ));
         assert!(matches!(
-            RcptResult::classify(&outcome, 1),
+            RcptResult::classify(&outcome, 1, &c),
             RcptResult::Transient { .. }
         ));
         assert_eq!(
-            RcptResult::classify(&outcome, 2),
+            RcptResult::classify(&outcome, 2, &c),
             RcptResult::Permanent {
                 status: (5, 1, 1),
-                text: "550 5.1.1 text".into()
+                text: "550 5.1.1 text".into(),
+                bounce: Classification {
+                    category: petrel_bounce::Category::InvalidRecipient,
+                    class: petrel_bounce::BounceClass::Hard,
+                },
             }
         );
         assert!(matches!(
-            RcptResult::classify(&outcome, 3),
+            RcptResult::classify(&outcome, 3, &c),
             RcptResult::Transient { .. }
         ));
         let rejected = TransactionOutcome {
@@ -452,7 +524,7 @@ mod tests {
             mail_rejected: Some(reply(552, (5, 3, 4))),
         };
         assert!(matches!(
-            RcptResult::classify(&rejected, 0),
+            RcptResult::classify(&rejected, 0, &c),
             RcptResult::Permanent {
                 status: (5, 3, 4),
                 ..
@@ -464,7 +536,7 @@ mod tests {
             mail_rejected: None,
         };
         assert!(matches!(
-            RcptResult::classify(&data_failed, 0),
+            RcptResult::classify(&data_failed, 0, &c),
             RcptResult::Transient { .. }
         ));
     }

@@ -20,6 +20,7 @@ use petrel_outbound::{
 
 use super::outcome::{apply, fail_entries, Attempt, RcptResult};
 use super::{now_unix_ms, Inner, RcptState, SpoolAccess};
+use crate::classify::LocalFailure;
 use crate::config::{DeliveryConfig, DomainLimits, TlsPolicy};
 use crate::limits::{rate_burst, ConnectionPermit, DestinationCounters};
 use crate::queue::{DomainId, Entry};
@@ -147,18 +148,7 @@ async fn session<S: SpoolAccess + 'static>(
     let route = match inner.resolver.route(&domain).await {
         Ok(route) => route,
         Err(e) => {
-            let text = e.to_string();
-            let result = if e.is_permanent() {
-                RcptResult::Permanent {
-                    status: e.enhanced(),
-                    text,
-                }
-            } else {
-                RcptResult::Transient {
-                    status: Some(e.enhanced()),
-                    text,
-                }
-            };
+            let result = RcptResult::resolve_error(&e);
             let entries = take_ready(inner, id, usize::MAX);
             fail_entries(inner, entries, &Attempt::default(), result).await;
             return id;
@@ -241,12 +231,10 @@ async fn session<S: SpoolAccess + 'static>(
             let label = metric_domain(&inner.cfg, domain, limits);
             match connect(inner, &route, &client, domain, label).await {
                 Ok(c) => conn = Some(c),
-                Err(attempt_err) => {
+                Err((attempt, result)) => {
                     // The destination is unreachable: defer this batch and all ready work.
-                    let (attempt, text) = attempt_err;
                     let mut entries = batch;
                     entries.extend(take_ready(inner, id, usize::MAX));
-                    let result = RcptResult::Transient { status: None, text };
                     fail_entries(inner, entries, &attempt, result).await;
                     break;
                 }
@@ -405,10 +393,8 @@ async fn prepare<S: SpoolAccess + 'static>(
                 body,
             }),
             Err(e) => {
-                let result = RcptResult::Transient {
-                    status: None,
-                    text: format!("spool read failed: {e}"),
-                };
+                let text = format!("spool read failed: {e}");
+                let result = RcptResult::local(text, LocalFailure::Io);
                 fail_entries(inner, batch, &Attempt::default(), result).await;
             }
         }
@@ -462,7 +448,7 @@ async fn deliver<S: SpoolAccess + 'static>(
         let id = p.domain;
         let results: Vec<RcptResult> = match sent {
             Ok(outcome) => (0..p.batch.len())
-                .map(|i| RcptResult::classify(&outcome, i))
+                .map(|i| RcptResult::classify(&outcome, i, &inner.cfg.bounce_classifier))
                 .collect(),
             Err(ClientError::Dropped { stage })
                 if (reused || n > 0) && stage.is_before_transaction() =>
@@ -477,10 +463,7 @@ async fn deliver<S: SpoolAccess + 'static>(
             Err(e) => {
                 attempt.remote = false;
                 usable = false;
-                let result = RcptResult::Transient {
-                    status: None,
-                    text: e.to_string(),
-                };
+                let result = RcptResult::client_error(&e, &inner.cfg.bounce_classifier);
                 vec![result; p.batch.len()]
             }
         };
@@ -738,11 +721,12 @@ async fn connect<S: SpoolAccess>(
     client: &ClientConfig,
     domain: &str,
     label: &str,
-) -> Result<Connected, (Attempt, String)> {
+) -> Result<Connected, (Attempt, RcptResult)> {
     let mut tried = 0;
+    let text = format!("{domain}: no address to connect to");
     let mut last = (
         Attempt::default(),
-        format!("{domain}: no address to connect to"),
+        RcptResult::local(text, LocalFailure::ConnectFailed),
     );
     for host in &route.hosts {
         for addr in &host.addrs {
@@ -769,16 +753,13 @@ async fn connect<S: SpoolAccess>(
                         tls: None,
                         remote: false,
                     };
-                    last = (attempt, describe(&e));
+                    let result = RcptResult::client_error(&e, &inner.cfg.bounce_classifier);
+                    last = (attempt, result);
                 }
             }
         }
     }
     Err(last)
-}
-
-fn describe(e: &ClientError) -> String {
-    e.to_string()
 }
 
 fn client_config(cfg: &DeliveryConfig, tls: TlsPolicy) -> ClientConfig {

@@ -109,8 +109,14 @@ pub struct TransactionOutcome {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClientError {
+    /// `kind` is the socket error's kind: a refused connect (RST) and an unreachable host are
+    /// classified differently (see `petrel-bounce`'s local failures).
     #[error("connect to {addr} failed: {reason}")]
-    Connect { addr: SocketAddr, reason: String },
+    Connect {
+        addr: SocketAddr,
+        kind: std::io::ErrorKind,
+        reason: String,
+    },
     #[error("timeout during {stage}")]
     Timeout { stage: Stage },
     #[error("TLS failure: {reason}")]
@@ -204,12 +210,14 @@ impl SmtpConnection {
         cfg: &ClientConfig,
     ) -> Result<SmtpConnection, ClientError> {
         let stream = with_timeout(cfg.connect_timeout_ms, Stage::Connect, async {
-            TcpStream::connect(addr)
-                .await
-                .map_err(|e| ClientError::Connect {
+            TcpStream::connect(addr).await.map_err(|e| {
+                let reason = e.to_string();
+                ClientError::Connect {
                     addr,
-                    reason: e.to_string(),
-                })
+                    kind: std::io::Error::from(e).kind(),
+                    reason,
+                }
+            })
         })
         .await?;
         // Replies are small and the body's last block is followed by a wait for the reply:
