@@ -12,12 +12,12 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::control::{api, dkimpy_verifies, mailer};
+use common::control::{dkimpy_verifies, mailer, provision, start_control};
 use common::*;
 use lettre::address::Envelope;
 use lettre::Transport;
 use petrel_loadtest::{start_sink, DomainFault, SinkConfig};
-use petrel_testkit::dns::{txt, DnsServer};
+use petrel_testkit::dns::DnsServer;
 use serde_json::{json, Value};
 
 const DOMAIN: &str = "attr.test";
@@ -112,20 +112,7 @@ fn messages_are_attributed_stripped_signed_and_recovered_with_their_attribution(
         .enable_all()
         .build()
         .unwrap();
-    let cfg = petrel_control::ControlConfig {
-        data_dir: dir.path().join("control"),
-        database_url: None,
-        api_listen: "127.0.0.1:0".parse().unwrap(),
-        push_listen: "127.0.0.1:0".parse().unwrap(),
-        push_token: TOKEN.into(),
-        dns_nameservers: vec![dns.addr],
-    };
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let _control = rt.spawn(async move { petrel_control::serve(cfg, Some(tx)).await });
-    let info = rt
-        .block_on(async { tokio::time::timeout(WAIT_MAX, rx).await })
-        .unwrap()
-        .unwrap();
+    let (info, _control) = start_control(&rt, &dir.path().join("control"), TOKEN, dns.addr);
     let owner = info.bootstrap_key.clone().expect("the owner key");
     let ca = dir.path().join("push.pem");
     std::fs::write(&ca, &info.push_cert_pem).unwrap();
@@ -160,57 +147,13 @@ fn messages_are_attributed_stripped_signed_and_recovered_with_their_attribution(
     let engine = Engine::start_with(&data, &args, Some(config));
 
     // Tenant, verified Ed25519 domain, SMTP credential.
-    let (code, tenant) = api(
-        info.api_addr,
-        "POST",
-        "/v1/tenants",
-        &owner,
-        Some(json!({"name": "acme"})),
+    let acme = provision(info.api_addr, &owner, &dns, "acme", DOMAIN, "acme-mailer");
+    let (tenant_id, selector, password, cred_id) = (
+        &acme.tenant_id,
+        &acme.selector,
+        &acme.password,
+        &acme.credential_id,
     );
-    assert_eq!(code, 201, "{tenant}");
-    let tenant_id = tenant["tenant"]["id"].as_str().unwrap().to_string();
-    let admin = tenant["admin_key"]["secret"].as_str().unwrap().to_string();
-    let (code, domain) = api(
-        info.api_addr,
-        "POST",
-        "/v1/domains",
-        &admin,
-        Some(json!({"name": DOMAIN, "algorithm": "ed25519"})),
-    );
-    assert_eq!(code, 201, "{domain}");
-    let mut dkim_txt = (String::new(), String::new());
-    for r in domain["dns_records"].as_array().unwrap() {
-        let name = r["name"]
-            .as_str()
-            .unwrap()
-            .trim_end_matches('.')
-            .to_string();
-        let value = r["value"].as_str().unwrap().to_string();
-        if r["purpose"] == "dkim" {
-            dkim_txt = (name.clone(), value.clone());
-        }
-        dns.upsert(txt(&format!("{name}."), 60, &value));
-    }
-    let selector = dkim_txt.0.split("._domainkey").next().unwrap().to_string();
-    let verify = format!("/v1/domains/{}/verify", domain["id"].as_str().unwrap());
-    let (code, verified) = api(info.api_addr, "POST", &verify, &admin, None);
-    assert_eq!(
-        (code, &verified["verified"]),
-        (200, &json!(true)),
-        "{verified}"
-    );
-    let (code, cred) = api(
-        info.api_addr,
-        "POST",
-        "/v1/credentials",
-        &admin,
-        Some(json!({
-            "kind": "smtp", "name": "mailer", "username": "acme-mailer", "allowed_sender_domains": [DOMAIN]
-        })),
-    );
-    assert_eq!(code, 201, "{cred}");
-    let password = cred["secret"].as_str().unwrap().to_string();
-    let cred_id = cred["credential"]["id"].as_str().unwrap().to_string();
 
     // 1. A submission with two tags (names in any case) and folded metadata.
     let submission = format!(
@@ -223,7 +166,7 @@ fn messages_are_attributed_stripped_signed_and_recovered_with_their_attribution(
         vec!["reader@example.test".parse().unwrap()],
     )
     .unwrap();
-    let m = mailer(engine.smtp.port(), "acme-mailer", &password);
+    let m = mailer(engine.smtp.port(), "acme-mailer", password);
     let deadline = Instant::now() + Duration::from_secs(10);
     while let Err(e) = m.send_raw(&envelope, submission.as_bytes()) {
         assert!(
@@ -238,7 +181,7 @@ fn messages_are_attributed_stripped_signed_and_recovered_with_their_attribution(
     assert!(!text.to_ascii_lowercase().contains("x-petrel"), "{text}");
     assert!(text.contains("\r\nSubject: tagged\r\n"), "{text}");
     assert!(text.starts_with("DKIM-Signature:"), "{text}");
-    match dkimpy_verifies(delivered, DOMAIN, &selector, &dkim_txt.1) {
+    match dkimpy_verifies(delivered, DOMAIN, selector, &acme.dkim_txt) {
         Some(ok) => assert!(ok, "dkimpy rejected the signature:\n{text}"),
         None => println!("SKIPPED dkimpy check: python3 dkimpy/pynacl not installed"),
     }

@@ -9,12 +9,12 @@ mod common;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
-use common::control::{api, dkimpy_verifies, mailer};
+use common::control::{api, dkimpy_verifies, mailer, provision, start_control};
 use common::*;
 use lettre::message::Mailbox;
 use lettre::{Message, Transport};
 use petrel_loadtest::{start_sink, SinkConfig};
-use petrel_testkit::dns::{txt, DnsServer};
+use petrel_testkit::dns::DnsServer;
 use serde_json::json;
 
 const DOMAIN: &str = "e2e.test";
@@ -50,24 +50,8 @@ fn api_changes_reach_the_engine_sign_and_revoke() {
         .enable_all()
         .build()
         .unwrap();
-    let start_control = |rt: &tokio::runtime::Runtime| {
-        let cfg = petrel_control::ControlConfig {
-            data_dir: dir.path().join("control"),
-            database_url: None,
-            api_listen: "127.0.0.1:0".parse().unwrap(),
-            push_listen: "127.0.0.1:0".parse().unwrap(),
-            push_token: TOKEN.into(),
-            dns_nameservers: vec![dns.addr],
-        };
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let task = rt.spawn(async move { petrel_control::serve(cfg, Some(tx)).await });
-        let info = rt
-            .block_on(async { tokio::time::timeout(Duration::from_secs(30), rx).await })
-            .unwrap()
-            .unwrap();
-        (info, task)
-    };
-    let (info, control_task) = start_control(&rt);
+    let control_dir = dir.path().join("control");
+    let (info, control_task) = start_control(&rt, &control_dir, TOKEN, dns.addr);
     let owner = info
         .bootstrap_key
         .clone()
@@ -99,62 +83,17 @@ fn api_changes_reach_the_engine_sign_and_revoke() {
     let engine = Engine::start(&data, &engine_args);
 
     // Tenant, domain (Ed25519), DNS published, verified, SMTP credential.
-    let (code, tenant) = api(
-        info.api_addr,
-        "POST",
-        "/v1/tenants",
-        &owner,
-        Some(json!({"name": "acme"})),
+    let acme = provision(info.api_addr, &owner, &dns, "acme", DOMAIN, "acme-mailer");
+    let (admin, domain_id, selector, password, cred_id) = (
+        &acme.admin,
+        &acme.domain_id,
+        &acme.selector,
+        &acme.password,
+        &acme.credential_id,
     );
-    assert_eq!(code, 201, "{tenant}");
-    let admin = tenant["admin_key"]["secret"].as_str().unwrap().to_string();
-    let (code, domain) = api(
-        info.api_addr,
-        "POST",
-        "/v1/domains",
-        &admin,
-        Some(json!({"name": DOMAIN, "algorithm": "ed25519"})),
-    );
-    assert_eq!(code, 201, "{domain}");
-    let domain_id = domain["id"].as_str().unwrap().to_string();
-    let mut dkim_txt = (String::new(), String::new());
-    for r in domain["dns_records"].as_array().unwrap() {
-        let name = r["name"]
-            .as_str()
-            .unwrap()
-            .trim_end_matches('.')
-            .to_string();
-        let value = r["value"].as_str().unwrap().to_string();
-        if r["purpose"] == "dkim" {
-            dkim_txt = (name.clone(), value.clone());
-        }
-        dns.upsert(txt(&format!("{name}."), 60, &value));
-    }
-    let selector = dkim_txt.0.split("._domainkey").next().unwrap().to_string();
-    let (code, verified) = api(
-        info.api_addr,
-        "POST",
-        &format!("/v1/domains/{domain_id}/verify"),
-        &admin,
-        None,
-    );
-    assert_eq!(code, 200, "{verified}");
-    assert_eq!(verified["verified"], true, "{verified}");
-    let (code, cred) = api(
-        info.api_addr,
-        "POST",
-        "/v1/credentials",
-        &admin,
-        Some(json!({
-            "kind": "smtp", "name": "mailer", "username": "acme-mailer", "allowed_sender_domains": [DOMAIN]
-        })),
-    );
-    assert_eq!(code, 201, "{cred}");
-    let password = cred["secret"].as_str().unwrap().to_string();
-    let cred_id = cred["credential"]["id"].as_str().unwrap().to_string();
 
     // The engine picks the credential up (within a second, normally); bounded wait.
-    let m = mailer(engine.smtp.port(), "acme-mailer", &password);
+    let m = mailer(engine.smtp.port(), "acme-mailer", password);
     let deadline = Instant::now() + Duration::from_secs(10);
     while m.send(&mail("first")).is_err() {
         assert!(
@@ -175,7 +114,7 @@ fn api_changes_reach_the_engine_sign_and_revoke() {
         text.contains(&format!("d={DOMAIN}")) && text.contains("a=ed25519-sha256"),
         "{text}"
     );
-    match dkimpy_verifies(data0, DOMAIN, &selector, &dkim_txt.1) {
+    match dkimpy_verifies(data0, DOMAIN, selector, &acme.dkim_txt) {
         Some(ok) => assert!(ok, "dkimpy rejected the signature:\n{text}"),
         None => println!(
             "SKIPPED dkimpy check: python3 dkimpy/pynacl not installed (ops/test.sh installs them)"
@@ -208,7 +147,7 @@ fn api_changes_reach_the_engine_sign_and_revoke() {
         info.api_addr,
         "POST",
         &format!("/v1/credentials/{cred_id}/revoke"),
-        &admin,
+        admin,
         None,
     );
     assert_eq!(code, 200);
@@ -229,7 +168,7 @@ fn api_changes_reach_the_engine_sign_and_revoke() {
         info.api_addr,
         "POST",
         "/v1/credentials",
-        &admin,
+        admin,
         Some(json!({
             "kind": "smtp", "name": "mailer2", "username": "acme-mailer2", "allowed_sender_domains": [DOMAIN]
         })),
@@ -242,7 +181,7 @@ fn api_changes_reach_the_engine_sign_and_revoke() {
         std::thread::sleep(Duration::from_millis(100));
     }
     // A tenant quota of 1 message per second, pushed: a burst of sends meets `451 4.7.1`.
-    let tenant_id = tenant["tenant"]["id"].as_str().unwrap().to_string();
+    let tenant_id = &acme.tenant_id;
     let limits_path = format!("/v1/tenants/{tenant_id}/limits");
     let (code, body) = api(
         info.api_addr,

@@ -82,3 +82,145 @@ pub fn dkimpy_verifies(
         .ok()?;
     Some(String::from_utf8_lossy(&out.stdout).trim() == "OK")
 }
+
+/// How long a control plane may take to say it is ready.
+const CONTROL_READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// TTL of the DNS records a test publishes for a sending domain.
+const DNS_RECORD_TTL_SECS: u32 = 60;
+
+/// Starts a control plane on loopback (SQLite under `data_dir`, admin API and push link on port
+/// 0, DKIM and SPF looked up at `nameserver`) on `rt`, and waits for it to be ready. The task is
+/// returned so a test can stop it (`abort`) and start another on the same data.
+pub fn start_control(
+    rt: &tokio::runtime::Runtime,
+    data_dir: &std::path::Path,
+    push_token: &str,
+    nameserver: SocketAddr,
+) -> (
+    petrel_control::ServeInfo,
+    tokio::task::JoinHandle<Result<(), petrel_control::ControlError>>,
+) {
+    let cfg = petrel_control::ControlConfig {
+        data_dir: data_dir.to_path_buf(),
+        database_url: None,
+        api_listen: "127.0.0.1:0".parse().expect("loopback address"),
+        push_listen: "127.0.0.1:0".parse().expect("loopback address"),
+        push_token: push_token.into(),
+        dns_nameservers: vec![nameserver],
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let task = rt.spawn(async move { petrel_control::serve(cfg, Some(tx)).await });
+    let info = rt
+        .block_on(async { tokio::time::timeout(CONTROL_READY_TIMEOUT, rx).await })
+        .expect("the control plane is ready in time")
+        .expect("the control plane reports its addresses");
+    (info, task)
+}
+
+/// What [`provision`] made: a tenant with a verified Ed25519 sending domain and an SMTP
+/// credential.
+pub struct Provisioned {
+    pub tenant_id: String,
+    /// The tenant's first admin key.
+    pub admin: String,
+    pub domain_id: String,
+    /// The DKIM selector and the TXT value published for it.
+    pub selector: String,
+    pub dkim_txt: String,
+    pub username: String,
+    pub password: String,
+    pub credential_id: String,
+}
+
+/// Through the admin API at `api` with the owner key: creates tenant `tenant`, adds `domain`
+/// with an Ed25519 key, publishes its DNS records on `dns`, verifies it, and creates the SMTP
+/// credential `username` allowed to send for it. Asserts every step.
+pub fn provision(
+    api_addr: SocketAddr,
+    owner: &str,
+    dns: &petrel_testkit::dns::DnsServer,
+    tenant: &str,
+    domain: &str,
+    username: &str,
+) -> Provisioned {
+    let (code, t) = api(
+        api_addr,
+        "POST",
+        "/v1/tenants",
+        owner,
+        Some(serde_json::json!({"name": tenant})),
+    );
+    assert_eq!(code, 201, "{t}");
+    let tenant_id = t["tenant"]["id"].as_str().expect("tenant id").to_string();
+    let admin = t["admin_key"]["secret"]
+        .as_str()
+        .expect("admin key")
+        .to_string();
+    let (code, d) = api(
+        api_addr,
+        "POST",
+        "/v1/domains",
+        &admin,
+        Some(serde_json::json!({"name": domain, "algorithm": "ed25519"})),
+    );
+    assert_eq!(code, 201, "{d}");
+    let domain_id = d["id"].as_str().expect("domain id").to_string();
+    let mut dkim = (String::new(), String::new());
+    for r in d["dns_records"].as_array().expect("dns records") {
+        let name = r["name"]
+            .as_str()
+            .expect("record name")
+            .trim_end_matches('.')
+            .to_string();
+        let value = r["value"].as_str().expect("record value").to_string();
+        if r["purpose"] == "dkim" {
+            dkim = (name.clone(), value.clone());
+        }
+        dns.upsert(petrel_testkit::dns::txt(
+            &format!("{name}."),
+            DNS_RECORD_TTL_SECS,
+            &value,
+        ));
+    }
+    let selector = dkim
+        .0
+        .split("._domainkey")
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let (code, verified) = api(
+        api_addr,
+        "POST",
+        &format!("/v1/domains/{domain_id}/verify"),
+        &admin,
+        None,
+    );
+    assert_eq!(
+        (code, &verified["verified"]),
+        (200, &serde_json::json!(true)),
+        "{verified}"
+    );
+    let (code, cred) = api(
+        api_addr,
+        "POST",
+        "/v1/credentials",
+        &admin,
+        Some(serde_json::json!({
+            "kind": "smtp", "name": "mailer", "username": username, "allowed_sender_domains": [domain]
+        })),
+    );
+    assert_eq!(code, 201, "{cred}");
+    Provisioned {
+        tenant_id,
+        admin,
+        domain_id,
+        selector,
+        dkim_txt: dkim.1,
+        username: username.to_string(),
+        password: cred["secret"].as_str().expect("secret").to_string(),
+        credential_id: cred["credential"]["id"]
+            .as_str()
+            .expect("credential id")
+            .to_string(),
+    }
+}
