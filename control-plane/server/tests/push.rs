@@ -7,32 +7,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::scenarios::{self, eventually};
-use petrel_policy::link::{connector, LinkConfig, LinkTrust};
-use petrel_policy::{read_frame, write_frame, Frame, Hello, PolicySnapshot, PolicyStore};
-use rustls::pki_types::ServerName;
+use petrel_policy::link::{LinkConfig, LinkTrust};
+use petrel_policy::{read_frame, write_frame, Frame, PolicySnapshot, PolicyStore};
 use serde_json::json;
-use tokio_rustls::client::TlsStream;
 
-type Conn = TlsStream<tokio::net::TcpStream>;
+use common::events::{connect_as, Conn};
 
 async fn connect(h: &common::Harness, token: &str, engine_id: &str) -> Conn {
-    let tls =
-        connector(&LinkTrust::CaPem(h.info.push_cert_pem.as_bytes().to_vec())).expect("connector");
-    let tcp = tokio::net::TcpStream::connect(h.info.push_addr)
-        .await
-        .expect("connect push");
-    let name = ServerName::try_from("localhost").expect("name");
-    let mut conn = tls.connect(name, tcp).await.expect("tls handshake");
-    let hello = Hello {
-        engine_id: engine_id.into(),
-        token: token.into(),
-        applied_version: 0,
-        shards: 2,
-    };
-    write_frame(&mut conn, &Frame::Hello(hello))
-        .await
-        .expect("hello");
-    conn
+    connect_as(h, token, engine_id, 2).await
 }
 
 async fn next_snapshot(conn: &mut Conn, within: Duration) -> PolicySnapshot {

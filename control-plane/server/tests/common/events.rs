@@ -23,8 +23,13 @@ pub type Conn = TlsStream<tokio::net::TcpStream>;
 /// How long a test waits for one frame.
 const FRAME_WAIT: Duration = Duration::from_secs(10);
 
-/// Connects as `engine_id` over the real push link and says Hello.
+/// Connects as `engine_id` over the real push link and says Hello with the harness's token.
 pub async fn connect(h: &Harness, engine_id: &str) -> Conn {
+    connect_as(h, PUSH_TOKEN, engine_id, 1).await
+}
+
+/// Connects over the real push link and says Hello as `engine_id` with `token` and `shards`.
+pub async fn connect_as(h: &Harness, token: &str, engine_id: &str, shards: u32) -> Conn {
     let tls =
         connector(&LinkTrust::CaPem(h.info.push_cert_pem.as_bytes().to_vec())).expect("connector");
     let tcp = tokio::net::TcpStream::connect(h.info.push_addr)
@@ -34,9 +39,9 @@ pub async fn connect(h: &Harness, engine_id: &str) -> Conn {
     let mut conn = tls.connect(name, tcp).await.expect("tls handshake");
     let hello = Hello {
         engine_id: engine_id.into(),
-        token: PUSH_TOKEN.into(),
+        token: token.into(),
         applied_version: 0,
-        shards: 1,
+        shards,
     };
     write_frame(&mut conn, &Frame::Hello(hello))
         .await
