@@ -142,6 +142,7 @@ pub fn is_token(s: &str, max: usize) -> bool {
 
 /// `hard`: do not retry this address; `soft`: it may work later.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum BounceClass {
     Hard,
@@ -159,6 +160,7 @@ impl BounceClass {
 
 /// The classifier's verdict on a failure.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Bounce {
     pub class: BounceClass,
     /// One of the classifier crate's category names (a token; the set is the classifier's).
@@ -167,6 +169,7 @@ pub struct Bounce {
 
 /// The server the engine talked to. Every field is optional: a DNS failure has no host.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Remote {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mx_host: Option<String>,
@@ -184,6 +187,7 @@ pub struct Remote {
 /// The SMTP reply that decided the outcome (ours for `accepted`/`rejected`, the remote's
 /// otherwise).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Reply {
     /// 200..=599.
     pub code: u16,

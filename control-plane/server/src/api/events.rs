@@ -15,7 +15,8 @@ use axum::extract::{Path, State};
 use axum::Json;
 use base64::Engine as _;
 use petrel_policy::event::{
-    ADDRESS_MAX_BYTES, EVENT_ID_FIELD_MAX_BYTES, EVENT_TYPE_MAX_BYTES, TAG_MAX_BYTES,
+    Bounce, Remote, Reply, ADDRESS_MAX_BYTES, EVENT_ID_FIELD_MAX_BYTES, EVENT_TYPE_MAX_BYTES,
+    TAG_MAX_BYTES,
 };
 use petrel_policy::Event;
 use serde::{Deserialize, Serialize};
@@ -34,37 +35,6 @@ pub const EVENTS_PAGE_MAX: i64 = 1_000;
 pub const EVENTS_RETENTION_DAYS_MAX: i64 = 3_650;
 /// `tenant` value with which operator owners read every tenant's events.
 pub const ALL_TENANTS: &str = "*";
-
-/// The server the engine talked to.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
-pub struct RemoteView {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mx_host: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub address: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls_version: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls_cipher: Option<String>,
-}
-
-/// The SMTP reply that decided the outcome.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
-pub struct ReplyView {
-    pub code: u16,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub enhanced_code: Option<String>,
-    pub text: String,
-}
-
-/// The bounce classifier's verdict.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
-pub struct BounceView {
-    /// `hard` or `soft`.
-    #[schema(pattern = "^(hard|soft)$")]
-    pub class: String,
-    pub category: String,
-}
 
 /// One event, as engines send it (`petrel_policy::Event`, field for field).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
@@ -92,11 +62,11 @@ pub struct EventView {
     pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
     pub attempt: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub remote: Option<RemoteView>,
+    pub remote: Option<Remote>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reply: Option<ReplyView>,
+    pub reply: Option<Reply>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bounce: Option<BounceView>,
+    pub bounce: Option<Bounce>,
 }
 
 impl From<Event> for EventView {
@@ -132,21 +102,9 @@ impl From<Event> for EventView {
             tags,
             metadata,
             attempt,
-            remote: remote.map(|r| RemoteView {
-                mx_host: r.mx_host,
-                address: r.address,
-                tls_version: r.tls_version,
-                tls_cipher: r.tls_cipher,
-            }),
-            reply: reply.map(|r| ReplyView {
-                code: r.code,
-                enhanced_code: r.enhanced_code,
-                text: r.text,
-            }),
-            bounce: bounce.map(|b| BounceView {
-                class: b.class.as_str().to_string(),
-                category: b.category,
-            }),
+            remote,
+            reply,
+            bounce,
         }
     }
 }
