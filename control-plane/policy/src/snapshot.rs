@@ -251,6 +251,7 @@ pub struct DestinationLimit {
     rkyv::Serialize,
     rkyv::Deserialize,
 )]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DefaultLimits {
     pub tenant_messages_per_second_max: Option<u32>,
     pub tenant_messages_per_day_max: Option<u64>,

@@ -47,56 +47,13 @@ pub struct DomainLimitView {
     pub messages_per_second_max: Option<u64>,
 }
 
-/// The defaults as the API reads and writes them: [`DefaultLimits`] (the policy crate's
-/// snapshot type, which knows nothing of OpenAPI) field for field. None: unlimited.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Defaults {
-    pub tenant_messages_per_second_max: Option<u32>,
-    pub tenant_messages_per_day_max: Option<u64>,
-    pub domain_messages_per_second_max: Option<u32>,
-    pub destination_connections_max: Option<u32>,
-    pub destination_messages_per_second_max: Option<u32>,
-}
-
-impl From<DefaultLimits> for Defaults {
-    fn from(d: DefaultLimits) -> Defaults {
-        // Destructured so a field added to the policy type fails to compile here.
-        let DefaultLimits {
-            tenant_messages_per_second_max,
-            tenant_messages_per_day_max,
-            domain_messages_per_second_max,
-            destination_connections_max,
-            destination_messages_per_second_max,
-        } = d;
-        Defaults {
-            tenant_messages_per_second_max,
-            tenant_messages_per_day_max,
-            domain_messages_per_second_max,
-            destination_connections_max,
-            destination_messages_per_second_max,
-        }
-    }
-}
-
-impl From<Defaults> for DefaultLimits {
-    fn from(d: Defaults) -> DefaultLimits {
-        DefaultLimits {
-            tenant_messages_per_second_max: d.tenant_messages_per_second_max,
-            tenant_messages_per_day_max: d.tenant_messages_per_day_max,
-            domain_messages_per_second_max: d.domain_messages_per_second_max,
-            destination_connections_max: d.destination_connections_max,
-            destination_messages_per_second_max: d.destination_messages_per_second_max,
-        }
-    }
-}
-
 /// Everything that limits the caller's tenant.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LimitsView {
     pub tenant: TenantView,
     pub domains: Vec<DomainLimitView>,
     pub destinations: Vec<DestinationView>,
-    pub defaults: Defaults,
+    pub defaults: DefaultLimits,
 }
 
 #[utoipa::path(
@@ -131,7 +88,7 @@ pub async fn show(State(app): State<App>, caller: Caller) -> Result<Json<LimitsV
         tenant,
         domains,
         destinations,
-        defaults: store::limits::defaults(&mut conn).await?.into(),
+        defaults: store::limits::defaults(&mut conn).await?,
     }))
 }
 
@@ -244,19 +201,19 @@ pub async fn set_domain(
     operation_id = "limits_set_defaults",
     path = "/v1/limits/defaults",
     summary = "Set default limits",
-    request_body = Defaults,
-    responses((status = 200, body = Defaults)),
+    request_body = DefaultLimits,
+    responses((status = 200, body = DefaultLimits)),
     security(("bearer" = [])),
     extensions(("x-permission" = json!(Permission::GlobalLimitsWrite.name())))
 )]
 pub async fn set_defaults(
     State(app): State<App>,
     caller: Caller,
-    ApiJson(req): ApiJson<Defaults>,
-) -> Result<Json<Defaults>, ApiError> {
+    ApiJson(req): ApiJson<DefaultLimits>,
+) -> Result<Json<DefaultLimits>, ApiError> {
     let mut m = app.db.begin_mutation().await?;
     let before = store::limits::defaults(m.conn()).await?;
-    store::limits::set_defaults(m.conn(), &req.into()).await?;
+    store::limits::set_defaults(m.conn(), &req).await?;
     let entry = app.entry(
         &caller,
         None,
