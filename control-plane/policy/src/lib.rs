@@ -44,6 +44,7 @@ pub mod error;
 pub mod event;
 pub mod keys;
 pub mod link;
+pub mod outbox;
 pub mod rate;
 pub mod snapshot;
 pub mod store;
@@ -54,6 +55,7 @@ pub use dkim::DkimSigner;
 pub use error::{AuthError, PolicyDenial, PolicyError};
 pub use event::{Bounce, BounceClass, Event, EventError, EventType, Remote, Reply};
 pub use link::{run_link, LinkConfig, LinkTrust};
+pub use outbox::{Outbox, OutboxError};
 pub use snapshot::{
     decode, encode, Credential, CredentialKind, DefaultLimits, DestinationLimit, DkimAlgorithm,
     DkimKey, PolicySnapshot, SendingDomain, Tenant,

@@ -25,6 +25,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::error::PolicyError;
+use crate::outbox::Outbox;
 use crate::snapshot;
 use crate::store::PolicyStore;
 use crate::wire::{write_frame, Frame, FrameDecoder, Hello};
@@ -74,6 +75,9 @@ pub struct LinkConfig {
     pub reconnect_delay_ms_min: u64,
     /// Cap on the reconnect delay, default 30 000.
     pub reconnect_delay_ms_max: u64,
+    /// The engine's event backlog, sent to the control plane on the same session; `None`: no
+    /// events are sent.
+    pub outbox: Option<Arc<Outbox>>,
 }
 
 impl std::fmt::Debug for LinkConfig {
@@ -111,6 +115,7 @@ impl LinkConfig {
             idle_timeout_ms: 45_000,
             reconnect_delay_ms_min: 200,
             reconnect_delay_ms_max: 30_000,
+            outbox: None,
         }
     }
 }
@@ -203,11 +208,31 @@ async fn session(
     let mut decoder = FrameDecoder::new();
     let mut chunk = vec![0u8; READ_CHUNK_BYTES];
     let mut last_heard = tokio::time::Instant::now();
+    let mut events = EventsSender::new(cfg.outbox.clone());
+    events.send_more(&mut writer).await?;
     loop {
         while let Some(frame) = decoder.next_frame()? {
-            handle(frame, store, applied, &mut writer, got_snapshot).await?;
+            match frame {
+                Frame::EventsAck { batch_seq } => {
+                    events.acked(batch_seq)?;
+                    events.send_more(&mut writer).await?;
+                }
+                Frame::Error { message } => {
+                    events.refused(&message);
+                    return Err(PolicyError::Refused { message });
+                }
+                frame => handle(frame, store, applied, &mut writer, got_snapshot).await?,
+            }
         }
+        let outbox = events.wants_more().cloned();
+        let published = async {
+            match &outbox {
+                Some(o) => o.published().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
+            () = published => events.send_more(&mut writer).await?,
             n = reader.read(&mut chunk) => {
                 let n = n?;
                 if n == 0 {
@@ -402,6 +427,9 @@ impl ServerCertVerifier for PinnedCert {
             .supported_schemes()
     }
 }
+
+mod events;
+use events::EventsSender;
 
 #[cfg(test)]
 mod tests;

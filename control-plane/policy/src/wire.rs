@@ -318,6 +318,21 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Frame>
     Frame::decode(*kind, payload).map(Some)
 }
 
+/// The bytes of an `Events` frame whose JSON array is already serialized (the engine's backlog
+/// keeps batches as JSON): the same bytes [`Frame::encode`] makes for the decoded events.
+pub fn encode_events_raw(batch_seq: u64, json: &[u8]) -> Result<Vec<u8>, PolicyError> {
+    check_batch_bytes(json.len())?;
+    let length = 1 + 8 + json.len();
+    let length_u32 =
+        u32::try_from(length).map_err(|_| PolicyError::protocol("frame length overflows u32"))?;
+    let mut out = Vec::with_capacity(FRAME_LENGTH_BYTES + length);
+    out.extend_from_slice(&length_u32.to_be_bytes());
+    out.push(KIND_EVENTS);
+    out.extend_from_slice(&batch_seq.to_be_bytes());
+    out.extend_from_slice(json);
+    Ok(out)
+}
+
 /// Write one frame and flush.
 pub async fn write_frame<W: AsyncWrite + Unpin>(
     w: &mut W,
@@ -507,6 +522,20 @@ mod tests {
         assert!(fat.encode().is_err(), "encode refuses too many bytes");
         // The largest valid batch fits in one frame.
         const _: () = assert!(EVENTS_BATCH_MAX_BYTES + 9 <= FRAME_SIZE_MAX_BYTES);
+    }
+
+    #[test]
+    fn raw_events_frames_equal_encoded_ones() {
+        for f in all_frames() {
+            if let Frame::Events { batch_seq, events } = &f {
+                let json = serde_json::to_vec(events).expect("json");
+                assert_eq!(
+                    encode_events_raw(*batch_seq, &json).expect("raw"),
+                    f.encode().expect("encode")
+                );
+            }
+        }
+        assert!(encode_events_raw(1, &vec![b' '; EVENTS_BATCH_MAX_BYTES + 1]).is_err());
     }
 
     #[test]

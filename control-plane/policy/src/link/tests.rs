@@ -303,3 +303,90 @@ fn backoff_grows_and_is_capped() {
 fn bad_trust_configuration_is_an_error() {
     assert!(connector(&LinkTrust::CaPem(b"no pem here".to_vec())).is_err());
 }
+
+/// `Events` frames of a test peer, as (seq, number of events).
+async fn expect_events(peer: &mut Peer) -> (u64, usize) {
+    match peer.next().await {
+        Some(Frame::Events { batch_seq, events }) => (batch_seq, events.len()),
+        other => panic!("expected Events, got {other:?}"),
+    }
+}
+
+fn batch_json(n: usize, tag: &str) -> Vec<u8> {
+    let events: Vec<crate::Event> = (0..n)
+        .map(|i| {
+            let mut e = crate::event::tests::sample(crate::EventType::Delivered);
+            e.id = format!("ev_{tag}_{i}");
+            e
+        })
+        .collect();
+    serde_json::to_vec(&events).unwrap()
+}
+
+#[tokio::test]
+async fn sends_the_backlog_in_order_frees_it_on_ack_and_resends_the_rest_after_a_reconnect() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let tls = test_tls();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Arc::new(Outbox::open(&dir.path().join("backlog"), u64::MAX, 1).unwrap());
+        let first = outbox.append(&batch_json(3, "a")).unwrap();
+        outbox.sync().unwrap();
+        let mut c = cfg(addr, LinkTrust::CaPem(tls.ca_pem.clone()));
+        c.outbox = Some(outbox.clone());
+        let (_store, _seen, task) = start_link(c, dir.path());
+
+        let mut peer = Peer::accept(&listener, &tls.acceptor).await;
+        peer.hello().await;
+        assert_eq!(expect_events(&mut peer).await, (first, 3));
+        // A batch synced while connected goes out at once.
+        let second = outbox.append(&batch_json(2, "b")).unwrap();
+        outbox.sync().unwrap();
+        assert_eq!(expect_events(&mut peer).await, (second, 2));
+        // Cumulative ack of the first only; then the CP goes away.
+        write_frame(&mut peer.stream, &Frame::EventsAck { batch_seq: first })
+            .await
+            .unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while outbox.unacked_batches() != 1 {
+            assert!(tokio::time::Instant::now() < deadline, "ack not applied");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        drop(peer);
+        // The next connection starts again from the oldest unacknowledged batch.
+        let mut peer = Peer::accept(&listener, &tls.acceptor).await;
+        peer.hello().await;
+        assert_eq!(expect_events(&mut peer).await, (second, 2));
+        // A refused batch is set aside and not sent again.
+        write_frame(
+            &mut peer.stream,
+            &Frame::Error {
+                message: format!("events batch {second} refused: event \"x\": bad"),
+            },
+        )
+        .await
+        .unwrap();
+        let mut peer = Peer::accept(&listener, &tls.acceptor).await;
+        peer.hello().await;
+        let third = outbox.append(&batch_json(1, "c")).unwrap();
+        outbox.sync().unwrap();
+        assert_eq!(expect_events(&mut peer).await, (third, 1));
+        assert!(dir
+            .path()
+            .join("backlog/refused")
+            .join(format!("batch-{second}.json"))
+            .exists());
+        write_frame(&mut peer.stream, &Frame::EventsAck { batch_seq: third })
+            .await
+            .unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while outbox.unacked_batches() != 0 {
+            assert!(tokio::time::Instant::now() < deadline, "ack not applied");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        task.abort();
+    })
+    .await
+    .unwrap();
+}
