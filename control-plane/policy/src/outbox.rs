@@ -242,9 +242,11 @@ impl Outbox {
             None => (seq, 0),
         };
         let path = segment_path(&self.dir, first);
-        st.current
-            .write_all(&rec)
-            .map_err(|source| OutboxError::Io { path, source })?;
+        if let Err(source) = st.current.write_all(&rec) {
+            // Cut a partial record off, so that the records appended after a retry are read.
+            let _ = st.current.set_len(offset);
+            return Err(OutboxError::Io { path, source });
+        }
         if let Some(s) = st.segments.back_mut() {
             s.bytes += rec.len() as u64;
             s.last_seq = Some(seq);

@@ -205,6 +205,11 @@ struct Inner<S: SpoolAccess> {
     work: event_listener::Event,
     /// Events of this scheduler round, handed to the writer as one batch.
     events_buf: RefCell<Vec<Event>>,
+    /// Spool updates and removals of this round's outcomes, applied once their events are
+    /// durable (only with a durable backlog; see `crate::events`).
+    spool_ops_buf: RefCell<Vec<outcome::SpoolOp>>,
+    /// Rounds whose spool operations wait for their events' sync.
+    spool_ops_waiting: Cell<usize>,
     events_flush_armed: Cell<bool>,
     /// Ready domains the last `spawn_sessions` left without a session because the shard's
     /// sessions were all taken: that many idle sessions close and give up their slots.
@@ -250,6 +255,8 @@ impl<S: SpoolAccess + 'static> DeliveryShard<S> {
                 wake_rx,
                 work: event_listener::Event::new(),
                 events_buf: RefCell::new(Vec::new()),
+                spool_ops_buf: RefCell::new(Vec::new()),
+                spool_ops_waiting: Cell::new(0),
                 events_flush_armed: Cell::new(false),
                 slots_wanted: Cell::new(0),
             }),
@@ -259,6 +266,7 @@ impl<S: SpoolAccess + 'static> DeliveryShard<S> {
     /// Routes the message's pending recipients to their domain queues. Never blocks; a message
     /// already queued is ignored (recovery and acceptance cannot race on one id).
     pub fn enqueue(&self, msg: QueuedMessage) {
+        self.inner.record_accepted(&msg);
         self.inner.enqueue(msg);
     }
 
@@ -298,6 +306,10 @@ impl<S: SpoolAccess + 'static> DeliveryShard<S> {
             glommio::timer::sleep(Duration::from_millis(10)).await;
         }
         inner.flush_events().await;
+        // Outcomes whose events are being synced: let them reach the spool before it closes.
+        while inner.spool_ops_waiting.get() > 0 {
+            glommio::timer::sleep(Duration::from_millis(1)).await;
+        }
     }
 
     /// Asks `run` to return; sessions finish their current transaction and QUIT.
@@ -399,9 +411,18 @@ pub const EVENTS_BATCH_MAX: usize = 1_024;
 impl<S: SpoolAccess + 'static> Inner<S> {
     /// Queues events for the writer: one batch per scheduler round, or at once when
     /// `EVENTS_BATCH_MAX` have gathered (waiting, never dropping, while the writer is behind).
-    async fn record_events(self: &Rc<Self>, events: Vec<Event>) {
-        if events.is_empty() || !self.events.is_enabled() {
-            return;
+    /// `op` is this outcome's spool update or removal: with a durable backlog it is applied
+    /// once the events are synced, otherwise at once.
+    async fn record_events(self: &Rc<Self>, events: Vec<Event>, op: Option<outcome::SpoolOp>) {
+        if !self.events.is_durable() {
+            if let Some(op) = op {
+                op.apply(self).await;
+            }
+            if events.is_empty() || !self.events.is_enabled() {
+                return;
+            }
+        } else if let Some(op) = op {
+            self.spool_ops_buf.borrow_mut().push(op);
         }
         let full = {
             let mut buf = self.events_buf.borrow_mut();
@@ -410,7 +431,51 @@ impl<S: SpoolAccess + 'static> Inner<S> {
         };
         if full {
             self.flush_events().await;
-        } else if !self.events_flush_armed.replace(true) {
+        } else {
+            self.arm_flush();
+        }
+    }
+
+    /// `accepted` events for a newly queued (or recovered) message's pending recipients. A
+    /// recovered message's are sent again: same ids, so the control plane keeps one of each.
+    fn record_accepted(self: &Rc<Self>, msg: &QueuedMessage) {
+        if !self.events.is_enabled() || msg.is_dsn || msg.recipients.is_empty() {
+            return;
+        }
+        if self.state.borrow().messages.contains_key(&msg.id) {
+            return;
+        }
+        let id = format!("{:016x}", msg.id);
+        let reply = format!("250 2.0.0 Ok: queued as {id}");
+        let mut buf = self.events_buf.borrow_mut();
+        for r in &msg.recipients {
+            buf.push(Event {
+                timestamp_unix_ms: msg.received_unix_ms,
+                message_id: Some(id.clone()),
+                session_id: None,
+                rcpt_index: r.index,
+                sender: msg.mail_from.clone(),
+                recipient: r.address.clone(),
+                domain: domain_of(&r.address),
+                host: None,
+                address: None,
+                tls: None,
+                reply: Some(reply.clone()),
+                outcome: crate::events::Outcome::Accepted,
+                reason: None,
+                bounce: None,
+                attempt: 0,
+                shard: self.shard,
+                attribution: crate::attribution::EventAttribution(msg.attribution.clone()),
+            });
+        }
+        drop(buf);
+        self.arm_flush();
+    }
+
+    /// Flushes the buffered events at the end of this scheduler round (one task per round).
+    fn arm_flush(self: &Rc<Self>) {
+        if !self.events_flush_armed.replace(true) {
             let inner = Rc::clone(self);
             glommio::spawn_local(async move {
                 inner.events_flush_armed.set(false);
@@ -420,11 +485,33 @@ impl<S: SpoolAccess + 'static> Inner<S> {
         }
     }
 
-    async fn flush_events(&self) {
+    async fn flush_events(self: &Rc<Self>) {
         let batch = std::mem::take(&mut *self.events_buf.borrow_mut());
-        if self.events.emit_batch(batch).await.is_err() {
-            tracing::warn!("events writer closed; delivery events not recorded");
+        let ops = std::mem::take(&mut *self.spool_ops_buf.borrow_mut());
+        let durable = match self.events.emit_durable(batch).await {
+            Ok(d) => d,
+            Err(_) => {
+                // Shutting down: the outcomes stay in the spool and are tried again later.
+                tracing::warn!("events writer closed; delivery events not recorded");
+                return;
+            }
+        };
+        if ops.is_empty() {
+            return;
         }
+        self.spool_ops_waiting.set(self.spool_ops_waiting.get() + 1);
+        let inner = Rc::clone(self);
+        glommio::spawn_local(async move {
+            if durable.wait().await {
+                for op in ops {
+                    op.apply(&inner).await;
+                }
+            }
+            inner
+                .spool_ops_waiting
+                .set(inner.spool_ops_waiting.get().saturating_sub(1));
+        })
+        .detach();
     }
 
     fn wake(&self) {

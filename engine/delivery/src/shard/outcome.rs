@@ -262,6 +262,11 @@ pub(super) async fn apply<S: SpoolAccess + 'static>(
         let received = msg.received_unix_ms;
         // One reference for the loop (the slots borrow `msg` mutably); each event adds one.
         let attribution = msg.attribution.clone();
+        let sender: String = if inner.events.is_enabled() {
+            msg.mail_from.to_string()
+        } else {
+            String::new()
+        };
         let mut newly_final = 0u32;
         for (e, r) in entries.iter().zip(results) {
             let Some(slot) = msg.slot_mut(e.rcpt_index) else {
@@ -325,7 +330,7 @@ pub(super) async fn apply<S: SpoolAccess + 'static>(
             events.push(event(
                 inner.shard,
                 now,
-                (message_id, &attribution),
+                (message_id, &sender, &attribution),
                 slot,
                 attempt,
                 r,
@@ -341,14 +346,23 @@ pub(super) async fn apply<S: SpoolAccess + 'static>(
         }
         info
     };
-    // A finished message needs no update record: its removal (below) implies it.
-    if !updates.is_empty() && !finished {
-        if let Err(e) = inner.spool.update(message_id, &updates).await {
-            tracing::warn!(message_id = %format!("{message_id:016x}"), error = %e, "spool update failed");
-            metrics::counter!("petrel_delivery_spool_errors_total", "op" => "update").increment(1);
-        }
-    }
-    inner.record_events(events).await;
+    // A finished message needs no update record: its removal implies it. Either is applied
+    // once the events are durable (see `Inner::record_events`).
+    let op = if finished {
+        Some(SpoolOp::Remove {
+            message_id,
+            updates,
+            received_unix_ms,
+        })
+    } else if !updates.is_empty() {
+        Some(SpoolOp::Update {
+            message_id,
+            updates,
+        })
+    } else {
+        None
+    };
+    inner.record_events(events, op).await;
     if !failed.is_empty() && dsn::should_send(&mail_from, is_dsn) {
         send_dsn(
             inner,
@@ -360,13 +374,49 @@ pub(super) async fn apply<S: SpoolAccess + 'static>(
         )
         .await;
     }
-    if finished {
-        if let Err(e) = inner.spool.remove(message_id, &updates).await {
-            tracing::warn!(message_id = %format!("{message_id:016x}"), error = %e, "spool remove failed");
-            metrics::counter!("petrel_delivery_spool_errors_total", "op" => "remove").increment(1);
+}
+
+/// What the spool must learn of an outcome, applied after its events are durable.
+pub(super) enum SpoolOp {
+    Update {
+        message_id: u64,
+        updates: Vec<RcptUpdate>,
+    },
+    /// The message's last recipient is final.
+    Remove {
+        message_id: u64,
+        updates: Vec<RcptUpdate>,
+        received_unix_ms: u64,
+    },
+}
+
+impl SpoolOp {
+    pub(super) async fn apply<S: SpoolAccess + 'static>(self, inner: &Inner<S>) {
+        match self {
+            SpoolOp::Update {
+                message_id,
+                updates,
+            } => {
+                if let Err(e) = inner.spool.update(message_id, &updates).await {
+                    tracing::warn!(message_id = %format!("{message_id:016x}"), error = %e, "spool update failed");
+                    metrics::counter!("petrel_delivery_spool_errors_total", "op" => "update")
+                        .increment(1);
+                }
+            }
+            SpoolOp::Remove {
+                message_id,
+                updates,
+                received_unix_ms,
+            } => {
+                if let Err(e) = inner.spool.remove(message_id, &updates).await {
+                    tracing::warn!(message_id = %format!("{message_id:016x}"), error = %e, "spool remove failed");
+                    metrics::counter!("petrel_delivery_spool_errors_total", "op" => "remove")
+                        .increment(1);
+                }
+                let secs = now_unix_ms().saturating_sub(received_unix_ms) as f64 / 1000.0;
+                metrics::histogram!("petrel_delivery_end_to_end_seconds").record(secs);
+            }
         }
-        let secs = now.saturating_sub(received_unix_ms) as f64 / 1000.0;
-        metrics::histogram!("petrel_delivery_end_to_end_seconds").record(secs);
     }
 }
 
@@ -392,6 +442,7 @@ fn count(outcome: Outcome) {
         Outcome::Deferred => "petrel_delivery_deferred_total",
         Outcome::Bounced => "petrel_delivery_bounced_total",
         Outcome::Expired => "petrel_delivery_expired_total",
+        Outcome::Accepted | Outcome::Rejected => return,
     };
     metrics::counter!(name).increment(1);
 }
@@ -399,7 +450,7 @@ fn count(outcome: Outcome) {
 fn event(
     shard: u8,
     now: u64,
-    (message_id, attribution): (u64, &Option<Arc<Attribution>>),
+    (message_id, sender, attribution): (u64, &str, &Option<Arc<Attribution>>),
     slot: &RcptSlot,
     attempt: &Attempt,
     r: &RcptResult,
@@ -413,7 +464,10 @@ fn event(
     };
     Event {
         timestamp_unix_ms: now,
-        message_id: format!("{message_id:016x}"),
+        message_id: Some(format!("{message_id:016x}")),
+        session_id: None,
+        rcpt_index: slot.index,
+        sender: sender.to_string(),
         recipient: slot.address.to_string(),
         domain: domain_of(&slot.address),
         host: attempt.host.clone(),

@@ -1,32 +1,50 @@
-//! Delivery events: one JSON line per attempt outcome, written off the shards.
+//! Delivery events: every outcome of every recipient (and every refusal at SMTP), written off
+//! the shards to the JSON-lines files and to the durable backlog the control plane reads.
 //!
 //! Shards hand batches of [`Event`]s to an [`EventSink`] (a bounded channel; a shard awaits when
-//! it is full, so no record is ever dropped, and a slow disk slows delivery rather than losing the
-//! log). A shard gathers the events of one scheduler round into one batch (see
-//! `EVENTS_BATCH_MAX`), so the writer thread is woken once per batch, not once per recipient. A
-//! writer thread ([`EventWriter`]) appends them to `events-<n>.jsonl` in the events directory,
-//! opening `events-<n+1>.jsonl` when the current file would pass `file_size_max_bytes` and
-//! deleting the oldest beyond `files_max`. It flushes whenever the channel runs empty and on
-//! shutdown, so a clean stop loses nothing and a crash loses at most the unflushed buffer.
+//! it is full, so no record is ever dropped, and a slow disk slows delivery rather than losing
+//! events). A shard gathers the events of one scheduler round into one batch (see
+//! `EVENTS_BATCH_MAX`), so the writer thread is woken once per batch, not once per recipient.
+//!
+//! The writer thread ([`EventWriter`]) takes every batch waiting, then:
+//! - appends them as JSON lines to `events-<n>.jsonl` ([`jsonl`], when `jsonl` is on; flushed
+//!   whenever the channel runs empty and on shutdown), and
+//! - with a backlog ([`petrel_policy::Outbox`], when the engine has a control plane), converts
+//!   them to the control plane's event format ([`wire`]: stable ids, bounded fields), appends
+//!   them in wire batches and makes them durable with one `fdatasync`; then it completes the
+//!   batches' [`Durable`] tickets. Delivery removes or updates a recipient in the spool only
+//!   after its event's ticket completed, so after a crash at any instant an outcome is either
+//!   in the backlog or its recipient is still in the spool (and tried again, with the same
+//!   event id: the control plane drops the duplicate).
 
-use std::collections::VecDeque;
-use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use serde::Serialize;
 
 use petrel_bounce::Classification;
+use petrel_policy::Outbox;
 
 use crate::attribution::EventAttribution;
 
 use crate::error::DeliveryError;
 
-/// The outcome of one attempt for one recipient.
+mod jsonl;
+pub mod wire;
+
+use jsonl::RotatingFile;
+#[cfg(test)]
+use jsonl::{file_number, file_path};
+
+/// What happened to one recipient (or one refused SMTP command).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Outcome {
+    /// Spooled after the 250 (one per recipient).
+    Accepted,
+    /// Refused at SMTP (MAIL, RCPT or end of data).
+    Rejected,
     Delivered,
     Deferred,
     Bounced,
@@ -36,6 +54,8 @@ pub enum Outcome {
 impl Outcome {
     pub fn as_str(self) -> &'static str {
         match self {
+            Outcome::Accepted => "accepted",
+            Outcome::Rejected => "rejected",
             Outcome::Delivered => "delivered",
             Outcome::Deferred => "deferred",
             Outcome::Bounced => "bounced",
@@ -49,8 +69,17 @@ impl Outcome {
 pub struct Event {
     /// When the outcome was known, unix ms.
     pub timestamp_unix_ms: u64,
-    /// Spool message id, 16 lowercase hex digits.
-    pub message_id: String,
+    /// Spool message id, 16 lowercase hex digits; null for a refusal (nothing was spooled).
+    pub message_id: Option<String>,
+    /// The SMTP session of a refusal (16 hex digits); absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    /// The recipient's index in the message's envelope; for a refusal, the refusal's index in
+    /// its session. With the message (or session) id and the attempt it makes the event's id.
+    pub rcpt_index: u32,
+    /// The envelope sender ("" for the null sender).
+    pub sender: String,
+    /// "" for a refusal before RCPT.
     pub recipient: String,
     /// Destination domain (lowercase).
     pub domain: String,
@@ -60,7 +89,7 @@ pub struct Event {
     pub address: Option<String>,
     /// TLS version and cipher, when the connection used TLS.
     pub tls: Option<String>,
-    /// The remote reply, when there was one.
+    /// The remote reply (ours for `accepted` and `rejected`), when there was one.
     pub reply: Option<String>,
     pub outcome: Outcome,
     /// Our reason when there is no remote reply (timeout, refused, DNS, expired...).
@@ -69,7 +98,7 @@ pub struct Event {
     /// `deferred` or `bounced` outcome, and of an `expired` one (its last attempt); null for
     /// `delivered`. See [`crate::classify`].
     pub bounce: Option<Classification>,
-    /// Attempt number for this recipient, from 1.
+    /// Attempt number for this recipient, from 1 (0 for `accepted` and `rejected`).
     pub attempt: u32,
     /// The shard that delivered.
     pub shard: u8,
@@ -83,60 +112,113 @@ pub struct Event {
 /// Where and how events are written.
 #[derive(Debug, Clone)]
 pub struct EventsConfig {
-    /// `<data>/events`; created if missing.
+    /// `<data>/events`; created if missing (when `jsonl` is on).
     pub dir: PathBuf,
+    /// Write the JSON-lines files (default on).
+    pub jsonl: bool,
     /// A file is rotated before it would pass this size (default 64 MiB).
     pub file_size_max_bytes: u64,
     /// Files kept, the current one included (default 10).
     pub files_max: usize,
     /// Batches buffered between the shards and the writer (default 1,024).
     pub channel_capacity: usize,
+    /// The durable backlog for the control plane; `None`: no control plane.
+    pub outbox: Option<Arc<Outbox>>,
+    /// This engine's id, part of every event id (see `petrel_policy::Event::stable_id`).
+    pub engine_id: String,
 }
 
 impl EventsConfig {
     pub fn new(dir: impl Into<PathBuf>) -> EventsConfig {
         EventsConfig {
             dir: dir.into(),
+            jsonl: true,
             file_size_max_bytes: 64 << 20,
             files_max: 10,
             channel_capacity: 1_024,
+            outbox: None,
+            engine_id: String::new(),
         }
     }
+}
+
+/// A batch on its way to the writer; `done` is completed once it is durable.
+struct Batch {
+    events: Vec<Event>,
+    done: Option<async_channel::Sender<()>>,
 }
 
 /// The shards' side: cheap to clone, Send.
 #[derive(Debug, Clone)]
 pub struct EventSink {
     /// `None`: events are discarded (no events directory configured).
-    tx: Option<async_channel::Sender<Vec<Event>>>,
+    tx: Option<async_channel::Sender<Batch>>,
+    /// Events go to a durable backlog: callers wait for [`Durable`] before forgetting an outcome.
+    durable: bool,
+}
+
+impl std::fmt::Debug for Batch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Batch({} events)", self.events.len())
+    }
+}
+
+/// Completes once the batch it was issued for is in the durable backlog (at once without one).
+#[derive(Debug)]
+pub struct Durable(Option<async_channel::Receiver<()>>);
+
+impl Durable {
+    /// Waits for the batch's `fdatasync`. Returns false if the writer stopped first (shutdown):
+    /// the caller must then not forget the outcome.
+    pub async fn wait(self) -> bool {
+        match self.0 {
+            None => true,
+            Some(rx) => rx.recv().await.is_ok(),
+        }
+    }
 }
 
 /// The writer thread's handle: [`EventWriter::shutdown`] flushes and joins it.
 #[derive(Debug)]
 pub struct EventWriter {
-    tx: async_channel::Sender<Vec<Event>>,
+    tx: async_channel::Sender<Batch>,
     thread: Option<JoinHandle<Result<(), DeliveryError>>>,
 }
 
 impl EventSink {
     /// Starts the writer thread.
     pub fn start(cfg: EventsConfig) -> Result<(EventSink, EventWriter), DeliveryError> {
-        let files = RotatingFile::open(&cfg)?;
+        let files = if cfg.jsonl {
+            Some(RotatingFile::open(&cfg)?)
+        } else {
+            None
+        };
+        let durable = cfg.outbox.is_some();
         let (tx, rx) = async_channel::bounded(cfg.channel_capacity.max(1));
+        let out = wire::WireWriter::new(cfg.outbox.clone(), cfg.engine_id.clone());
         let thread = std::thread::Builder::new()
             .name("petrel-events".into())
-            .spawn(move || write_loop(rx, files))
+            .spawn(move || write_loop(rx, files, out))
             .map_err(DeliveryError::EventsThread)?;
         let writer = EventWriter {
             tx: tx.clone(),
             thread: Some(thread),
         };
-        Ok((EventSink { tx: Some(tx) }, writer))
+        Ok((
+            EventSink {
+                tx: Some(tx),
+                durable,
+            },
+            writer,
+        ))
     }
 
     /// A sink that discards everything.
     pub fn disabled() -> EventSink {
-        EventSink { tx: None }
+        EventSink {
+            tx: None,
+            durable: false,
+        }
     }
 
     /// Hands an event to the writer, waiting while the channel is full.
@@ -145,10 +227,30 @@ impl EventSink {
     }
 
     /// Hands a batch of events to the writer (in order), waiting while the channel is full.
-    pub async fn emit_batch(&self, batch: Vec<Event>) -> Result<(), DeliveryError> {
+    pub async fn emit_batch(&self, events: Vec<Event>) -> Result<(), DeliveryError> {
+        self.send(events, None).await
+    }
+
+    /// Like [`EventSink::emit_batch`], and returns the ticket that completes once the batch is
+    /// durable (at once when there is no backlog).
+    pub async fn emit_durable(&self, events: Vec<Event>) -> Result<Durable, DeliveryError> {
+        if !self.durable || events.is_empty() {
+            self.send(events, None).await?;
+            return Ok(Durable(None));
+        }
+        let (done, rx) = async_channel::bounded(1);
+        self.send(events, Some(done)).await?;
+        Ok(Durable(Some(rx)))
+    }
+
+    async fn send(
+        &self,
+        events: Vec<Event>,
+        done: Option<async_channel::Sender<()>>,
+    ) -> Result<(), DeliveryError> {
         match &self.tx {
-            Some(tx) if !batch.is_empty() => tx
-                .send(batch)
+            Some(tx) if !events.is_empty() => tx
+                .send(Batch { events, done })
                 .await
                 .map_err(|_| DeliveryError::EventsClosed),
             Some(tx) if tx.is_closed() => Err(DeliveryError::EventsClosed),
@@ -159,6 +261,12 @@ impl EventSink {
     /// False for [`EventSink::disabled`]: events need not be built at all.
     pub fn is_enabled(&self) -> bool {
         self.tx.is_some()
+    }
+
+    /// True when outcomes must wait for their events to be durable before the spool forgets
+    /// them (a control plane backlog is configured).
+    pub fn is_durable(&self) -> bool {
+        self.durable
     }
 }
 
@@ -183,16 +291,23 @@ impl Drop for EventWriter {
     }
 }
 
+/// Batches taken from the channel before one backlog sync, at most.
+pub const EVENTS_SYNC_BATCHES_MAX: usize = 256;
+
 fn write_loop(
-    rx: async_channel::Receiver<Vec<Event>>,
-    mut files: RotatingFile,
+    rx: async_channel::Receiver<Batch>,
+    mut files: Option<RotatingFile>,
+    mut out: wire::WireWriter,
 ) -> Result<(), DeliveryError> {
     let mut line = Vec::with_capacity(512);
+    let mut done = Vec::new();
     loop {
-        let batch = match rx.try_recv() {
-            Ok(e) => e,
+        let first = match rx.try_recv() {
+            Ok(b) => b,
             Err(async_channel::TryRecvError::Empty) => {
-                files.flush()?;
+                if let Some(f) = files.as_mut() {
+                    f.flush()?;
+                }
                 match poll_then_block(&rx) {
                     Some(b) => b,
                     None => break,
@@ -200,17 +315,40 @@ fn write_loop(
             }
             Err(async_channel::TryRecvError::Closed) => break,
         };
-        for event in batch {
-            line.clear();
-            // Serializing plain strings and numbers cannot fail; skip the record if it ever does.
-            if serde_json::to_writer(&mut line, &event).is_err() {
-                continue;
+        let mut next = Some(first);
+        let mut taken = 0;
+        while let Some(batch) = next.take() {
+            for event in &batch.events {
+                if let Some(f) = files.as_mut() {
+                    line.clear();
+                    // Serializing plain strings and numbers cannot fail; skip the line if it does.
+                    if serde_json::to_writer(&mut line, event).is_ok() {
+                        line.push(b'\n');
+                        f.write(&line)?;
+                    }
+                }
+                out.push(event);
             }
-            line.push(b'\n');
-            files.write(&line)?;
+            done.extend(batch.done);
+            taken += 1;
+            if taken < EVENTS_SYNC_BATCHES_MAX {
+                next = rx.try_recv().ok();
+            }
+        }
+        out.commit();
+        // Durable now (or there is no backlog): release the outcomes waiting for it.
+        for d in done.drain(..) {
+            let _ = d.try_send(());
         }
     }
-    files.flush()
+    out.commit();
+    for d in done.drain(..) {
+        let _ = d.try_send(());
+    }
+    match files.as_mut() {
+        Some(f) => f.flush(),
+        None => Ok(()),
+    }
 }
 
 /// While events keep coming, the writer looks for the next batch every `EVENTS_POLL_MS`
@@ -221,7 +359,7 @@ pub const EVENTS_POLL_MS: u64 = 5;
 pub const EVENTS_POLL_IDLE_ROUNDS: u32 = 200;
 
 /// The next batch, polling first and then blocking; `None` once the channel is closed and empty.
-fn poll_then_block(rx: &async_channel::Receiver<Vec<Event>>) -> Option<Vec<Event>> {
+fn poll_then_block(rx: &async_channel::Receiver<Batch>) -> Option<Batch> {
     for _ in 0..EVENTS_POLL_IDLE_ROUNDS {
         std::thread::sleep(std::time::Duration::from_millis(EVENTS_POLL_MS));
         match rx.try_recv() {
@@ -233,120 +371,17 @@ fn poll_then_block(rx: &async_channel::Receiver<Vec<Event>>) -> Option<Vec<Event
     rx.recv_blocking().ok()
 }
 
-/// `events-<n>.jsonl` files, rotated by size.
-struct RotatingFile {
-    cfg: EventsConfig,
-    /// Numbers of the files on disk, oldest first; the last is the current one.
-    numbers: VecDeque<u64>,
-    current: BufWriter<File>,
-    /// Bytes in the current file.
-    current_bytes: u64,
-}
-
-impl RotatingFile {
-    fn open(cfg: &EventsConfig) -> Result<RotatingFile, DeliveryError> {
-        let err = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| DeliveryError::Events { path, source }
-        };
-        std::fs::create_dir_all(&cfg.dir).map_err(err(&cfg.dir))?;
-        let mut numbers: Vec<u64> = std::fs::read_dir(&cfg.dir)
-            .map_err(err(&cfg.dir))?
-            .filter_map(|e| e.ok())
-            .filter_map(|e| file_number(&e.file_name().to_string_lossy()))
-            .collect();
-        numbers.sort_unstable();
-        let next = numbers.last().map_or(0, |n| n + 1);
-        let mut numbers: VecDeque<u64> = numbers.into();
-        let (current, path) = create(&cfg.dir, next)?;
-        numbers.push_back(next);
-        let mut files = RotatingFile {
-            cfg: cfg.clone(),
-            numbers,
-            current,
-            current_bytes: 0,
-        };
-        files.prune().map_err(err(&path))?;
-        Ok(files)
-    }
-
-    fn write(&mut self, line: &[u8]) -> Result<(), DeliveryError> {
-        let len = line.len() as u64;
-        if self.current_bytes > 0 && self.current_bytes + len > self.cfg.file_size_max_bytes {
-            self.rotate()?;
-        }
-        let path = self.current_path();
-        self.current
-            .write_all(line)
-            .map_err(|source| DeliveryError::Events { path, source })?;
-        self.current_bytes += len;
-        Ok(())
-    }
-
-    fn rotate(&mut self) -> Result<(), DeliveryError> {
-        self.flush()?;
-        let next = self.numbers.back().map_or(0, |n| n + 1);
-        let (file, path) = create(&self.cfg.dir, next)?;
-        self.current = file;
-        self.current_bytes = 0;
-        self.numbers.push_back(next);
-        self.prune()
-            .map_err(|source| DeliveryError::Events { path, source })
-    }
-
-    fn prune(&mut self) -> std::io::Result<()> {
-        while self.numbers.len() > self.cfg.files_max.max(1) {
-            if let Some(old) = self.numbers.pop_front() {
-                std::fs::remove_file(file_path(&self.cfg.dir, old))?;
-            }
-        }
-        Ok(())
-    }
-
-    fn flush(&mut self) -> Result<(), DeliveryError> {
-        let path = self.current_path();
-        self.current
-            .flush()
-            .map_err(|source| DeliveryError::Events { path, source })
-    }
-
-    fn current_path(&self) -> PathBuf {
-        file_path(&self.cfg.dir, self.numbers.back().copied().unwrap_or(0))
-    }
-}
-
-fn create(dir: &Path, n: u64) -> Result<(BufWriter<File>, PathBuf), DeliveryError> {
-    let path = file_path(dir, n);
-    let file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .map_err(|source| DeliveryError::Events {
-            path: path.clone(),
-            source,
-        })?;
-    Ok((BufWriter::with_capacity(64 << 10, file), path))
-}
-
-fn file_path(dir: &Path, n: u64) -> PathBuf {
-    dir.join(format!("events-{n}.jsonl"))
-}
-
-fn file_number(name: &str) -> Option<u64> {
-    name.strip_prefix("events-")?
-        .strip_suffix(".jsonl")?
-        .parse()
-        .ok()
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn event(i: u32) -> Event {
+    pub(crate) fn event(i: u32) -> Event {
         Event {
             timestamp_unix_ms: 1_700_000_000_000 + u64::from(i),
-            message_id: format!("{:016x}", i),
+            message_id: Some(format!("{:016x}", i)),
+            session_id: None,
+            rcpt_index: i % 4,
+            sender: "sender@src.example".into(),
             recipient: format!("user{i}@dest.example"),
             domain: "dest.example".into(),
             host: Some("mx.dest.example".into()),
@@ -397,6 +432,7 @@ mod tests {
             file_size_max_bytes: 2_000,
             files_max: 3,
             channel_capacity: 4, // small: the sender must wait, never drop
+            ..EventsConfig::new(&dir)
         };
         let (sink, writer) = EventSink::start(cfg).expect("start");
         let total = 200u32;
