@@ -230,6 +230,7 @@ pub fn run_engine(
     let policy = Arc::new(petrel_policy::PolicyStore::load_or_empty(
         &cfg.server.data_dir.join("policy"),
     ));
+    let mut outbox = None;
     if let Some(addr) = cfg.control.push_addr {
         let ca = match &cfg.control.ca_cert_path {
             Some(p) => std::fs::read(p).with_context(|| format!("control CA {}", p.display()))?,
@@ -237,11 +238,16 @@ pub fn run_engine(
                 "control.ca_cert_path (--control-ca) is needed to trust the control plane"
             ),
         };
-        let engine_id = cfg
-            .control
-            .engine_id
-            .clone()
-            .unwrap_or_else(|| cfg.server.hostname.clone());
+        let engine_id = cfg.engine_id();
+        let backlog = std::sync::Arc::new(
+            petrel_policy::Outbox::open(
+                &cfg.server.data_dir.join("events-backlog"),
+                cfg.events.backlog_bytes_max,
+                petrel_engine::clock::now_ms(),
+            )
+            .context("event backlog")?,
+        );
+        outbox = Some(std::sync::Arc::clone(&backlog));
         let mut link = petrel_policy::LinkConfig::new(
             &addr.to_string(),
             CONTROL_SERVER_NAME,
@@ -250,6 +256,7 @@ pub fn run_engine(
             &engine_id,
         );
         link.shards = cfg.shard_count() as u32;
+        link.outbox = Some(backlog);
         let store = Arc::clone(&policy);
         rt.spawn(petrel_policy::run_link(link, store, |v| {
             metrics::gauge!(petrel_engine::metrics::POLICY_VERSION).set(v as f64);
@@ -265,7 +272,7 @@ pub fn run_engine(
         "delivery: off (accept and spool only)".to_string()
     };
     let data_dir = cfg.server.data_dir.clone();
-    petrel_engine::run(cfg, rt.handle(), policy, |info, _stop| {
+    petrel_engine::run(cfg, rt.handle(), policy, outbox, |info, _stop| {
         println!(
             "petrel engine ready: smtp={} shards={} data={}",
             info.smtp,

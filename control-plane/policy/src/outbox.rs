@@ -18,7 +18,7 @@
 //! crash every batch still on disk is sent again: the control plane acknowledges the ones it
 //! already has without storing them twice (by seq, and by event id).
 //!
-//! **Bound.** [`Outbox::is_full`] once the segments hold `bytes_max` (`events.backlog_bytes_max`,
+//! **Bound.** [`Outbox::is_full`] once the unacknowledged batches hold `bytes_max` (`events.backlog_bytes_max`,
 //! 1 GiB by default): the engine then refuses new mail (`452 4.3.1`) rather than lose events.
 //! Appends still succeed past it (the outcomes of mail already accepted must be kept), so the
 //! overshoot is bounded by what the spool already holds.
@@ -105,7 +105,8 @@ pub struct Outbox {
     dir: PathBuf,
     bytes_max: u64,
     state: Mutex<State>,
-    /// Bytes of all segments on disk.
+    /// Bytes of the records not acknowledged yet (what the bound counts; wholly acknowledged
+    /// segments are deleted, the current one once it holds `OUTBOX_ROLL_ACKED_BYTES_MIN`).
     bytes: AtomicU64,
     full: AtomicBool,
     /// Woken after each sync that made batches visible.
@@ -187,7 +188,7 @@ impl Outbox {
         let current_first = segments.back().map_or(next_seq, |s| s.first_seq);
         let current = open_append(dir, current_first)?;
         sync_dir(dir)?;
-        let bytes = segments.iter().map(|s| s.bytes).sum();
+        let bytes = unacked.iter().map(record_bytes).sum();
         let outbox = Outbox {
             dir: dir.to_path_buf(),
             bytes_max,
@@ -349,8 +350,10 @@ impl Outbox {
     /// acknowledged segments (rolling the current one over first when it is one of them).
     pub fn ack(&self, seq: u64) -> Result<(), OutboxError> {
         let mut st = self.lock();
+        let mut acked = 0u64;
         while st.unacked.front().is_some_and(|b| b.seq <= seq) {
             if let Some(b) = st.unacked.pop_front() {
+                acked += record_bytes(&b);
                 if b.body.is_some() {
                     st.cache_bytes = st.cache_bytes.saturating_sub(b.len as usize);
                 }
@@ -364,7 +367,6 @@ impl Outbox {
         if current_done {
             self.roll(&mut st)?;
         }
-        let mut freed = 0u64;
         while st.segments.len() > 1
             && st
                 .segments
@@ -374,11 +376,10 @@ impl Outbox {
             if let Some(s) = st.segments.pop_front() {
                 let path = segment_path(&self.dir, s.first_seq);
                 std::fs::remove_file(&path).map_err(|source| OutboxError::Io { path, source })?;
-                freed += s.bytes;
             }
         }
         drop(st);
-        self.bytes.fetch_sub(freed, Ordering::AcqRel);
+        self.bytes.fetch_sub(acked, Ordering::AcqRel);
         self.update_full();
         Ok(())
     }
@@ -406,8 +407,11 @@ impl Outbox {
                 if x.body.is_some() {
                     st.cache_bytes = st.cache_bytes.saturating_sub(x.len as usize);
                 }
+                self.bytes.fetch_sub(record_bytes(&x), Ordering::AcqRel);
             }
         }
+        drop(st);
+        self.update_full();
         Ok(())
     }
 
@@ -417,7 +421,7 @@ impl Outbox {
         self.published.notified().await;
     }
 
-    /// Bytes of all segments on disk.
+    /// Bytes of the batches not acknowledged yet.
     pub fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::Acquire)
     }
@@ -446,6 +450,11 @@ impl Outbox {
             }
         }
     }
+}
+
+/// A batch's bytes on disk, header included.
+fn record_bytes(b: &Batch) -> u64 {
+    OUTBOX_RECORD_HEADER_BYTES as u64 + u64::from(b.len)
 }
 
 /// Reads the records of one segment; returns them and the length of the good prefix.

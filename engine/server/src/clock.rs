@@ -2,7 +2,7 @@
 //! side's spool view all stamp times with it, and none of them needs the others for it.
 
 /// Milliseconds since the Unix epoch; 0 if the system clock is set before 1970.
-pub(crate) fn now_ms() -> u64 {
+pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)

@@ -26,6 +26,31 @@ pub struct EngineConfig {
     pub auth: AuthSection,
     pub delivery: DeliverySection,
     pub control: ControlSection,
+    pub events: EventsSection,
+}
+
+/// Delivery events: the JSON-lines files operators may ship themselves, and the durable backlog
+/// that carries them to the control plane (when `control.push_addr` is set).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsSection {
+    /// Write `<data>/events/events-<n>.jsonl` (default true).
+    pub jsonl: bool,
+    /// Bytes of events the control plane has not acknowledged yet, at most; past it the engine
+    /// refuses new mail with `452 4.3.1` rather than lose events (default 1 GiB).
+    pub backlog_bytes_max: u64,
+}
+
+/// The smallest `events.backlog_bytes_max` accepted.
+pub const EVENTS_BACKLOG_BYTES_MIN: u64 = 64 << 10;
+
+impl Default for EventsSection {
+    fn default() -> Self {
+        EventsSection {
+            jsonl: true,
+            backlog_bytes_max: petrel_policy::outbox::OUTBOX_BYTES_MAX_DEFAULT,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -322,6 +347,14 @@ pub struct Overrides {
 }
 
 impl EngineConfig {
+    /// This engine's id towards the control plane: `control.engine_id`, or the host name.
+    pub fn engine_id(&self) -> String {
+        self.control
+            .engine_id
+            .clone()
+            .unwrap_or_else(|| self.server.hostname.clone())
+    }
+
     /// Reads and validates a TOML file. Errors name the offending key.
     pub fn from_file(path: &Path) -> Result<EngineConfig, EngineError> {
         let text = std::fs::read_to_string(path).map_err(|e| EngineError::Config {
@@ -392,6 +425,12 @@ impl EngineConfig {
             return bad(
                 "server.shards",
                 "at most 256 shards (the shard id is 8 bits)",
+            );
+        }
+        if self.events.backlog_bytes_max < EVENTS_BACKLOG_BYTES_MIN {
+            return bad(
+                "events.backlog_bytes_max",
+                &format!("must be at least {EVENTS_BACKLOG_BYTES_MIN}"),
             );
         }
         if self.smtp.command_line_max_bytes < 512 {

@@ -49,6 +49,8 @@ pub struct ShardCtx {
     pub pressure: Arc<Pressure>,
     pub auth: Arc<Authenticator>,
     pub policy: Arc<petrel_policy::PolicyStore>,
+    /// Where sessions report `rejected` events (disabled without delivery).
+    pub events: petrel_delivery::EventSink,
     /// Closed when the shutdown grace period ends: every session still open is cut.
     cut: (async_channel::Sender<()>, async_channel::Receiver<()>),
     trace_seq: Cell<u64>,
@@ -74,6 +76,10 @@ impl ShardCtx {
             pressure: Arc::clone(&setup.pressure),
             auth: Arc::clone(&setup.auth),
             policy: Arc::clone(&setup.policy),
+            events: setup
+                .delivery
+                .as_ref()
+                .map_or_else(petrel_delivery::EventSink::disabled, |d| d.events.clone()),
             cut: async_channel::bounded(1),
             trace_seq: Cell::new(0),
             sessions_open: Cell::new(0),

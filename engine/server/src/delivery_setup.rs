@@ -28,6 +28,7 @@ pub struct DeliveryShared {
 pub fn build(
     cfg: &EngineConfig,
     policy: Arc<petrel_policy::PolicyStore>,
+    outbox: Option<Arc<petrel_policy::Outbox>>,
 ) -> Result<DeliveryShared, EngineError> {
     let d = &cfg.delivery;
     let mut config = delivery_config(cfg)?;
@@ -54,8 +55,13 @@ pub fn build(
         ..ResolverConfig::default()
     })
     .map_err(EngineError::Resolver)?;
-    let (events, writer) = EventSink::start(EventsConfig::new(cfg.server.data_dir.join("events")))
-        .map_err(EngineError::Events)?;
+    let events = EventsConfig {
+        jsonl: cfg.events.jsonl,
+        outbox,
+        engine_id: cfg.engine_id(),
+        ..EventsConfig::new(cfg.server.data_dir.join("events"))
+    };
+    let (events, writer) = EventSink::start(events).map_err(EngineError::Events)?;
     Ok(DeliveryShared {
         config,
         resolver,

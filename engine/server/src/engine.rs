@@ -45,11 +45,14 @@ impl StopHandle {
 }
 
 /// Runs the engine until SIGTERM/SIGINT or `StopHandle::stop`. `on_ready` is called once every
-/// shard listens. `policy` lets a caller (`petrel up`) share the store with its control link.
+/// shard listens. `policy` lets a caller (`petrel up`) share the store with its control link;
+/// `events` is the durable event backlog that link sends (with a control plane), which the
+/// engine fills and whose bound it enforces at MAIL and DATA.
 pub fn run(
     cfg: EngineConfig,
     runtime: &tokio::runtime::Handle,
     policy: Arc<petrel_policy::PolicyStore>,
+    events: Option<Arc<petrel_policy::Outbox>>,
     on_ready: impl FnOnce(&ReadyInfo, StopHandle),
 ) -> Result<(), EngineError> {
     raise_limits();
@@ -71,9 +74,13 @@ pub fn run(
     metrics::gauge!(crate::metrics::POLICY_VERSION).set(policy.version() as f64);
     let auth = Authenticator::new(&cfg.auth, Arc::clone(&policy));
     let shards = cfg.shard_count();
-    let pressure = Pressure::new(cfg.limits.clone(), shards);
+    let pressure = Pressure::new(cfg.limits.clone(), shards, events.clone());
     let delivery = if cfg.delivery.enabled {
-        Some(crate::delivery_setup::build(&cfg, Arc::clone(&policy))?)
+        Some(crate::delivery_setup::build(
+            &cfg,
+            Arc::clone(&policy),
+            events,
+        )?)
     } else {
         None
     };

@@ -32,6 +32,7 @@ pub mod engine;
 pub mod error;
 pub mod metrics;
 pub mod pressure;
+pub mod rejections;
 pub mod session;
 pub mod shard;
 pub mod sign_and_spool;

@@ -21,6 +21,8 @@ pub enum Refusal {
     Memory,
     Queue,
     SpoolUnhealthy,
+    /// The control plane has not acknowledged `events.backlog_bytes_max` of events.
+    EventBacklogFull,
 }
 
 impl Refusal {
@@ -34,6 +36,7 @@ impl Refusal {
             Refusal::Memory => "memory",
             Refusal::Queue => "queue",
             Refusal::SpoolUnhealthy => "spool_unhealthy",
+            Refusal::EventBacklogFull => "event_backlog_full",
         }
     }
 
@@ -45,6 +48,9 @@ impl Refusal {
             }
             Refusal::SpoolUnhealthy => {
                 petrel_smtp::Reply::new(452, (4, 3, 1), "Spool unavailable, try again later")
+            }
+            Refusal::EventBacklogFull => {
+                petrel_smtp::Reply::new(452, (4, 3, 1), "Event backlog full, try again later")
             }
             _ => petrel_smtp::Reply::new(
                 452,
@@ -72,16 +78,23 @@ pub struct Pressure {
     /// Bytes of message data held by sessions between end-of-data and the spool's answer.
     memory_in_flight_bytes: AtomicU64,
     shards: Vec<ShardSlot>,
+    /// The durable event backlog, when the engine has a control plane.
+    events: Option<Arc<petrel_policy::Outbox>>,
 }
 
 impl Pressure {
-    pub fn new(limits: LimitsSection, shard_count: usize) -> Arc<Pressure> {
+    pub fn new(
+        limits: LimitsSection,
+        shard_count: usize,
+        events: Option<Arc<petrel_policy::Outbox>>,
+    ) -> Arc<Pressure> {
         Arc::new(Pressure {
             limits,
             connections: AtomicU64::new(0),
             per_ip: Mutex::new(HashMap::new()),
             memory_in_flight_bytes: AtomicU64::new(0),
             shards: (0..shard_count).map(|_| ShardSlot::default()).collect(),
+            events,
         })
     }
 
@@ -122,6 +135,9 @@ impl Pressure {
             >= self.limits.memory_in_flight_max_bytes
         {
             return Err(Refusal::Memory);
+        }
+        if self.events.as_ref().is_some_and(|o| o.is_full()) {
+            return Err(Refusal::EventBacklogFull);
         }
         Ok(())
     }
@@ -214,7 +230,7 @@ mod tests {
 
     #[test]
     fn connection_limits_hold_and_recover() {
-        let p = Pressure::new(limits(), 2);
+        let p = Pressure::new(limits(), 2, None);
         let a: IpAddr = "127.0.0.1".parse().unwrap();
         let b: IpAddr = "127.0.0.2".parse().unwrap();
         let p1 = p.admit_connection(a).unwrap();
@@ -229,7 +245,7 @@ mod tests {
 
     #[test]
     fn transaction_limits_sum_shards_and_recover() {
-        let p = Pressure::new(limits(), 2);
+        let p = Pressure::new(limits(), 2, None);
         assert!(p.admit_transaction().is_ok());
         p.publish(0, 6, 10, 0);
         p.publish(1, 4, 10, 0);
@@ -244,5 +260,22 @@ mod tests {
         assert!(p.admit_transaction().is_ok());
         assert_eq!(Refusal::Memory.reply().code, 452);
         assert_eq!(Refusal::ConnectionsTotal.reply().code, 421);
+    }
+
+    #[test]
+    fn a_full_event_backlog_refuses_transactions_until_acknowledged() {
+        let dir = std::env::temp_dir().join(format!("petrel-pressure-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let outbox = Arc::new(petrel_policy::Outbox::open(&dir, 4096, 1).unwrap());
+        let p = Pressure::new(limits(), 2, Some(Arc::clone(&outbox)));
+        assert!(p.admit_transaction().is_ok());
+        let seq = outbox.append(&vec![b' '; 5000]).unwrap();
+        outbox.sync().unwrap();
+        assert_eq!(p.admit_transaction(), Err(Refusal::EventBacklogFull));
+        let r = Refusal::EventBacklogFull.reply();
+        assert_eq!((r.code, r.enhanced), (452, Some((4, 3, 1))));
+        outbox.ack(seq).unwrap();
+        assert!(p.admit_transaction().is_ok());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

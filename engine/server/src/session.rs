@@ -19,6 +19,7 @@ use crate::auth::Identity;
 use crate::clock::now_ms;
 use crate::ctx::ShardCtx;
 use crate::metrics as m;
+use crate::rejections::Rejections;
 
 /// Bytes read from the socket at once.
 const READ_BUFFER_BYTES: usize = 16 << 10;
@@ -95,6 +96,7 @@ struct Driver {
     session: Session,
     identity: Option<Identity>,
     tls_desc: Option<String>,
+    rejections: Rejections,
 }
 
 /// Runs one connection to its end. Never panics on peer input; a panic in here is caught by the
@@ -109,6 +111,7 @@ pub async fn run(ctx: Rc<ShardCtx>, stream: TcpStream, peer: SocketAddr) {
             tls: false,
         },
     );
+    let rejections = Rejections::new(ctx.events.clone(), ctx.shard);
     let mut d = Driver {
         ctx,
         peer,
@@ -116,6 +119,7 @@ pub async fn run(ctx: Rc<ShardCtx>, stream: TcpStream, peer: SocketAddr) {
         session,
         identity: None,
         tls_desc: None,
+        rejections,
     };
     let end = d.drive().await;
     d.io.close().await;
@@ -214,21 +218,38 @@ impl Driver {
             Event::StartTls => self.start_tls().await,
             Event::Auth { username, password } => {
                 self.auth(username, password).await;
+                self.rejections.identity(self.identity.as_ref());
                 Ok(())
             }
             Event::Mail { from, params, .. } => {
                 let v = self.on_mail(&from, params.size);
+                match &v {
+                    Verdict::Reject(r) => self.rejections.refused(Some(&from), "", r),
+                    _ => self.rejections.mail_from(Some(&from)),
+                }
                 self.session.mail_verdict(v);
+                self.rejections.flush().await;
                 Ok(())
             }
             Event::Rcpt { to } => {
                 let v = self.on_rcpt(&to);
+                if let Verdict::Reject(r) = &v {
+                    self.rejections.refused(None, &to, r);
+                }
                 self.session.rcpt_verdict(v);
+                self.rejections.flush().await;
                 Ok(())
             }
             Event::Message(tx) => {
-                let v = self.on_message(tx).await;
+                let v = self.on_message(&tx).await;
+                if let DataVerdict::Reject(r) = &v {
+                    for rcpt in &tx.recipients {
+                        self.rejections.refused(Some(&tx.mail_from), rcpt, r);
+                    }
+                }
+                self.rejections.mail_from(None);
                 self.session.data_verdict(v);
+                self.rejections.flush().await;
                 Ok(())
             }
             Event::Close => {
@@ -355,7 +376,7 @@ impl Driver {
         Verdict::Reject(reply)
     }
 
-    async fn on_message(&mut self, tx: Transaction) -> DataVerdict {
+    async fn on_message(&mut self, tx: &Transaction) -> DataVerdict {
         let started = Instant::now();
         if let Err(r) = self.ctx.pressure.admit_transaction() {
             metrics::counter!(m::REJECTIONS_TOTAL, "reason" => r.reason()).increment(1);

@@ -115,4 +115,3 @@ pub(super) fn file_number(name: &str) -> Option<u64> {
         .parse()
         .ok()
 }
-

@@ -4,10 +4,7 @@ use crate::events::tests::event;
 fn outbox(name: &str) -> (Arc<Outbox>, std::path::PathBuf) {
     let d = std::env::temp_dir().join(format!("petrel-wire-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
-    (
-        Arc::new(Outbox::open(&d, u64::MAX, 1).expect("outbox")),
-        d,
-    )
+    (Arc::new(Outbox::open(&d, u64::MAX, 1).expect("outbox")), d)
 }
 
 fn written(o: &Outbox) -> Vec<Vec<petrel_policy::Event>> {
@@ -80,7 +77,10 @@ fn every_outcome_becomes_a_valid_control_plane_event_with_a_stable_id() {
         assert_eq!(g.recipient.as_deref(), Some(e.recipient.as_str()));
         let i = e.timestamp_unix_ms - 1_700_000_000_000;
         assert_eq!(
-            g.metadata.as_ref().and_then(|m| m.get("i")).and_then(|v| v.as_u64()),
+            g.metadata
+                .as_ref()
+                .and_then(|m| m.get("i"))
+                .and_then(|v| v.as_u64()),
             Some(i),
             "metadata is the JSON object"
         );
@@ -91,16 +91,41 @@ fn every_outcome_becomes_a_valid_control_plane_event_with_a_stable_id() {
     let remote = delivered.remote.as_ref().expect("remote");
     assert_eq!(remote.mx_host.as_deref(), Some("mx.dest.example"));
     assert_eq!(remote.tls_version.as_deref(), Some("TLSv1.3"));
-    assert_eq!(remote.tls_cipher.as_deref(), Some("TLS13_AES_256_GCM_SHA384"));
+    assert_eq!(
+        remote.tls_cipher.as_deref(),
+        Some("TLS13_AES_256_GCM_SHA384")
+    );
     let reply = delivered.reply.as_ref().expect("reply");
-    assert_eq!((reply.code, reply.enhanced_code.as_deref(), reply.text.as_str()), (250, Some("2.0.0"), "ok"));
+    assert_eq!(
+        (
+            reply.code,
+            reply.enhanced_code.as_deref(),
+            reply.text.as_str()
+        ),
+        (250, Some("2.0.0"), "ok")
+    );
     let deferred = &got[2];
     let reply = deferred.reply.as_ref().expect("local reply");
-    assert_eq!((reply.code, reply.text.as_str()), (451, "connection refused"));
-    assert_eq!(deferred.bounce.as_ref().map(|b| b.category.as_str()), Some("routing_error"));
+    assert_eq!(
+        (reply.code, reply.text.as_str()),
+        (451, "connection refused")
+    );
+    assert_eq!(
+        deferred.bounce.as_ref().map(|b| b.category.as_str()),
+        Some("routing_error")
+    );
     let bounced = &got[3];
-    assert_eq!(bounced.bounce.as_ref().map(|b| b.class.as_str()), Some("hard"));
-    assert_eq!(bounced.reply.as_ref().and_then(|r| r.enhanced_code.as_deref()), Some("5.1.1"));
+    assert_eq!(
+        bounced.bounce.as_ref().map(|b| b.class.as_str()),
+        Some("hard")
+    );
+    assert_eq!(
+        bounced
+            .reply
+            .as_ref()
+            .and_then(|r| r.enhanced_code.as_deref()),
+        Some("5.1.1")
+    );
     let rejected = &got[5];
     assert!(rejected.message_id.is_none());
     assert!(rejected.remote.is_none());
@@ -129,13 +154,22 @@ fn oversized_fields_are_clipped_and_batches_split_at_the_bounds() {
     }
     w.commit();
     let batches = written(&o);
-    assert_eq!(batches.iter().map(Vec::len).collect::<Vec<_>>(), vec![EVENTS_PER_BATCH_MAX, 10]);
+    assert_eq!(
+        batches.iter().map(Vec::len).collect::<Vec<_>>(),
+        vec![EVENTS_PER_BATCH_MAX, 10]
+    );
     for b in &batches {
         petrel_policy::event::validate_batch(b).expect("within every bound");
     }
     let e = &batches[0][0];
-    assert_eq!(e.recipient.as_deref().map(str::len), Some(ADDRESS_MAX_BYTES));
-    assert!(e.reply.as_ref().is_some_and(|r| r.text.len() <= REPLY_TEXT_MAX_BYTES));
+    assert_eq!(
+        e.recipient.as_deref().map(str::len),
+        Some(ADDRESS_MAX_BYTES)
+    );
+    assert!(e
+        .reply
+        .as_ref()
+        .is_some_and(|r| r.text.len() <= REPLY_TEXT_MAX_BYTES));
     // Large events close a batch by bytes before the count.
     let mut w = WireWriter::new(Some(o.clone()), "e2".into());
     for i in 0..3_000u32 {
@@ -153,9 +187,18 @@ fn oversized_fields_are_clipped_and_batches_split_at_the_bounds() {
 
 #[test]
 fn reply_lines_are_parsed() {
-    assert_eq!(parse_reply("250 2.0.0 Ok: queued"), Some((250, Some("2.0.0"), "Ok: queued")));
-    assert_eq!(parse_reply("421-4.7.0 try later"), Some((421, Some("4.7.0"), "try later")));
-    assert_eq!(parse_reply("550 no such user"), Some((550, None, "no such user")));
+    assert_eq!(
+        parse_reply("250 2.0.0 Ok: queued"),
+        Some((250, Some("2.0.0"), "Ok: queued"))
+    );
+    assert_eq!(
+        parse_reply("421-4.7.0 try later"),
+        Some((421, Some("4.7.0"), "try later"))
+    );
+    assert_eq!(
+        parse_reply("550 no such user"),
+        Some((550, None, "no such user"))
+    );
     assert_eq!(parse_reply("550 5.1 short"), Some((550, None, "5.1 short")));
     assert_eq!(parse_reply("999 x"), None);
     assert_eq!(parse_reply("ok"), None);
