@@ -386,7 +386,7 @@ impl Driver {
         let trace_id = self.ctx.next_trace_id();
         let prepared = crate::sign_and_spool::prepare(
             &self.ctx,
-            &tx,
+            tx,
             self.peer,
             self.tls_desc.as_deref(),
             self.identity.as_ref(),
@@ -401,7 +401,7 @@ impl Driver {
         };
         match crate::sign_and_spool::spool_and_queue(
             &self.ctx,
-            &tx,
+            tx,
             self.peer,
             self.identity.as_ref(),
             body,
