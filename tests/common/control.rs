@@ -100,11 +100,27 @@ pub fn start_control(
     petrel_control::ServeInfo,
     tokio::task::JoinHandle<Result<(), petrel_control::ControlError>>,
 ) {
+    let any = "127.0.0.1:0".parse().expect("loopback address");
+    start_control_at(rt, data_dir, push_token, nameserver, any)
+}
+
+/// [`start_control`] with the push link on `push_listen` (a restarted control plane keeps the
+/// address its engines dial).
+pub fn start_control_at(
+    rt: &tokio::runtime::Runtime,
+    data_dir: &std::path::Path,
+    push_token: &str,
+    nameserver: SocketAddr,
+    push_listen: SocketAddr,
+) -> (
+    petrel_control::ServeInfo,
+    tokio::task::JoinHandle<Result<(), petrel_control::ControlError>>,
+) {
     let cfg = petrel_control::ControlConfig {
         data_dir: data_dir.to_path_buf(),
         database_url: None,
         api_listen: "127.0.0.1:0".parse().expect("loopback address"),
-        push_listen: "127.0.0.1:0".parse().expect("loopback address"),
+        push_listen,
         push_token: push_token.into(),
         dns_nameservers: vec![nameserver],
     };
