@@ -239,15 +239,16 @@ pub fn run_engine(
             ),
         };
         let engine_id = cfg.engine_id();
-        let backlog = std::sync::Arc::new(
-            petrel_policy::Outbox::open(
-                &cfg.server.data_dir.join("events-backlog"),
-                cfg.events.backlog_bytes_max,
-                petrel_engine::clock::now_ms(),
-            )
-            .context("event backlog")?,
-        );
-        outbox = Some(std::sync::Arc::clone(&backlog));
+        if cfg.events.to_control_plane {
+            outbox = Some(std::sync::Arc::new(
+                petrel_policy::Outbox::open(
+                    &cfg.server.data_dir.join("events-backlog"),
+                    cfg.events.backlog_bytes_max,
+                    petrel_engine::clock::now_ms(),
+                )
+                .context("event backlog")?,
+            ));
+        }
         let mut link = petrel_policy::LinkConfig::new(
             &addr.to_string(),
             CONTROL_SERVER_NAME,
@@ -256,7 +257,7 @@ pub fn run_engine(
             &engine_id,
         );
         link.shards = cfg.shard_count() as u32;
-        link.outbox = Some(backlog);
+        link.outbox = outbox.clone();
         let store = Arc::clone(&policy);
         rt.spawn(petrel_policy::run_link(link, store, |v| {
             metrics::gauge!(petrel_engine::metrics::POLICY_VERSION).set(v as f64);

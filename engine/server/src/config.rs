@@ -36,6 +36,9 @@ pub struct EngineConfig {
 pub struct EventsSection {
     /// Write `<data>/events/events-<n>.jsonl` (default true).
     pub jsonl: bool,
+    /// Send events to the control plane through the durable backlog when `control.push_addr`
+    /// is set (default true); false keeps only the JSON-lines files.
+    pub to_control_plane: bool,
     /// Bytes of events the control plane has not acknowledged yet, at most; past it the engine
     /// refuses new mail with `452 4.3.1` rather than lose events (default 1 GiB).
     pub backlog_bytes_max: u64,
@@ -48,6 +51,7 @@ impl Default for EventsSection {
     fn default() -> Self {
         EventsSection {
             jsonl: true,
+            to_control_plane: true,
             backlog_bytes_max: petrel_policy::outbox::OUTBOX_BYTES_MAX_DEFAULT,
         }
     }
