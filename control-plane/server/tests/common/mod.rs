@@ -4,6 +4,7 @@
 
 pub mod events;
 pub mod scenarios;
+pub mod webhooks;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -52,8 +53,27 @@ pub async fn start() -> Harness {
 
 /// Starts a control plane; `database_url` None: SQLite in a temp dir.
 pub async fn start_with(database_url: Option<String>) -> Harness {
+    start_custom(database_url, Tweaks::default()).await
+}
+
+/// What some tests change in the harness's configuration.
+#[derive(Default)]
+pub struct Tweaks {
+    pub webhooks_allow_loopback: bool,
+    /// Written to a file and passed as `webhooks_ca_file`.
+    pub webhooks_ca_pem: Option<String>,
+    pub clock: Option<std::sync::Arc<dyn petrel_control::Clock>>,
+}
+
+/// [`start_with`] with [`Tweaks`].
+pub async fn start_custom(database_url: Option<String>, tweaks: Tweaks) -> Harness {
     let dir = tempfile::tempdir().expect("tempdir");
     let dns = DnsServer::start(Vec::new());
+    let webhooks_ca_file = tweaks.webhooks_ca_pem.map(|pem| {
+        let path = dir.path().join("webhooks-ca.pem");
+        std::fs::write(&path, pem).expect("write CA file");
+        path
+    });
     let cfg = ControlConfig {
         data_dir: dir.path().join("control"),
         database_url,
@@ -61,10 +81,16 @@ pub async fn start_with(database_url: Option<String>) -> Harness {
         push_listen: "127.0.0.1:0".parse().expect("addr"),
         push_token: PUSH_TOKEN.into(),
         dns_nameservers: vec![dns.addr],
+        webhooks_allow_loopback: tweaks.webhooks_allow_loopback,
+        webhooks_ca_file,
+    };
+    let opts = ServeOptions {
+        clock: tweaks.clock,
+        ..test_options()
     };
     let (tx, rx) = tokio::sync::oneshot::channel();
     let task = tokio::spawn(async move {
-        if let Err(e) = petrel_control::serve_with(cfg, test_options(), Some(tx)).await {
+        if let Err(e) = petrel_control::serve_with(cfg, opts, Some(tx)).await {
             eprintln!("control plane stopped: {e}");
         }
     });
