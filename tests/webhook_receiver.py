@@ -13,7 +13,9 @@ answered to --out:
 status is 401 (and body null) when no signature matches or the timestamp is out of tolerance.
 A valid request is answered 200, unless the --mode-file says otherwise (read on every request):
 "ok" (or no file) 200, "500" answers 500 (still logged, with status 500), "close" closes the
-connection without an answer (not logged).
+connection without an answer (not logged), "hold" logs the request with status 0, then keeps
+the connection open without answering for HOLD_SECS and closes it (a sender that dies
+meanwhile never learns the outcome).
 
 Secrets come from files (one secret per file, re-read on every request, so a test can add the
 new secret after a rotation), never from argv or the environment. TLS when --cert and --key are
@@ -35,6 +37,7 @@ import threading
 import time
 
 BODY_MAX_BYTES = 16 << 20
+HOLD_SECS = 20
 TOLERANCE_SECS_DEFAULT = 300
 
 
@@ -96,7 +99,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
         matched = verify(
             secrets, self.headers.get("X-Petrel-Timestamp", ""), body, header, cfg.tolerance_secs
         )
-        status = 401 if not matched else (500 if mode == "500" else 200)
+        if not matched:
+            status = 401
+        else:
+            status = {"500": 500, "hold": 0}.get(mode, 200)
         record = {
             "status": status,
             "webhook_id": self.headers.get("X-Petrel-Webhook-Id"),
@@ -110,6 +116,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
         with self.server.lock:
             with open(cfg.out, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
+        if status == 0:
+            time.sleep(HOLD_SECS)
+            self.close_connection = True
+            return
         self.answer(status)
 
     def answer(self, status):
@@ -132,7 +142,7 @@ def main():
     p.add_argument("--key", help="PEM private key (TLS)")
     p.add_argument("--secret-file", action="append", required=True)
     p.add_argument("--out", required=True, help="JSON lines, one per answered request")
-    p.add_argument("--mode-file", help='"ok", "500" or "close", read on every request')
+    p.add_argument("--mode-file", help='"ok", "500", "close" or "hold", read on every request')
     p.add_argument("--tolerance-secs", type=int, default=TOLERANCE_SECS_DEFAULT)
     cfg = p.parse_args()
     server = http.server.ThreadingHTTPServer((cfg.host, cfg.port), Handler)

@@ -204,6 +204,9 @@ pub async fn serve_with(
         // With a `ready` channel the caller receives the key and prints it (once).
         println!("petrel control: operator owner API key (shown once, keep it): {key}");
     }
+    if db.dialect == store::Dialect::Sqlite {
+        store::webhooks::release_all(&mut *db.conn().await?).await?;
+    }
     let version = db.policy_version().await?;
     let (version_tx, _) = tokio::sync::watch::channel(version);
     let dns = dns::DnsChecker::new(&cfg.dns_nameservers)?;

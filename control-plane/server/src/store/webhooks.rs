@@ -281,6 +281,16 @@ pub async fn release(conn: &mut AnyConnection, id: &str, node: &str) -> StoreRes
     Ok(())
 }
 
+/// Drops every lease. Only for SQLite at start: one SQLite database has one control plane
+/// node, so a lease in it was left by this node's previous process (killed mid-delivery), and
+/// waiting for it to lapse would only delay the re-send.
+pub async fn release_all(conn: &mut AnyConnection) -> StoreResult<()> {
+    sqlx::query("UPDATE webhooks SET lease_owner = NULL, lease_until_unix_ms = NULL")
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 /// The tenant's events of `types` with `after_seq < seq <= upto_seq` (no upper bound: None),
 /// oldest first, at most `limit`.
 pub async fn events_after(
