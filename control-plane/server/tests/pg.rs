@@ -139,6 +139,20 @@ async fn pg_webhooks() {
     db.drop_db().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_two_nodes_share_webhook_dispatch() {
+    let Some(base) = pg_url() else { return };
+    let db = TestDb::create(&base).await;
+    {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (node1, clock, pki) =
+            common::webhooks::loopback_harness(Some(db.url.clone()), dir.path()).await;
+        let node2 = common::webhooks::loopback_node(Some(db.url.clone()), &pki, clock, true).await;
+        common::webhooks::two_nodes(&node1, &node2, &pki, dir.path()).await;
+    }
+    db.drop_db().await;
+}
+
 #[tokio::test]
 async fn pg_two_nodes_share_one_database() {
     let Some(base) = pg_url() else { return };

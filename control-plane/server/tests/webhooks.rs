@@ -44,6 +44,9 @@ async fn private_and_loopback_targets_are_refused_at_creation_and_at_connect() {
     };
     for url in [
         "https://127.0.0.1/",
+        "https://2130706433/",
+        "https://0x7f.1/",
+        "https://loop.test./",
         "https://127.1.2.3:8443/x",
         "https://10.1.2.3/",
         "https://172.16.0.1/",

@@ -530,6 +530,38 @@ pub async fn failed(
     Ok(())
 }
 
+/// Deletes at most `limit` finished deliveries (delivered, or failed tests) created before
+/// `before_unix_ms`, with their attempts; returns how many. Pending ones stay: they are the
+/// webhooks' unacknowledged batches.
+pub async fn purge_history(
+    conn: &mut AnyConnection,
+    before_unix_ms: i64,
+    limit: i64,
+) -> StoreResult<u64> {
+    let ids: Vec<String> = sqlx::query(
+        "SELECT id FROM webhook_deliveries WHERE created_unix_ms < $1 AND state <> 'pending' \
+         ORDER BY seq LIMIT $2",
+    )
+    .bind(before_unix_ms)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?
+    .iter()
+    .map(|r| r.try_get::<String, _>("id"))
+    .collect::<Result<_, _>>()?;
+    for id in &ids {
+        sqlx::query("DELETE FROM webhook_attempts WHERE delivery_id = $1")
+            .bind(id.clone())
+            .execute(&mut *conn)
+            .await?;
+        sqlx::query("DELETE FROM webhook_deliveries WHERE id = $1")
+            .bind(id.clone())
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(u64::try_from(ids.len()).unwrap_or(0))
+}
+
 /// A page of the webhook's deliveries, newest first, with their attempts (oldest first).
 pub async fn deliveries(
     conn: &mut AnyConnection,

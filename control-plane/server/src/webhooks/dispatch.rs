@@ -15,7 +15,8 @@ use serde_json::json;
 use tokio::sync::Semaphore;
 
 use super::{
-    backoff_ms, sign, DISABLE_AFTER_FAILING_MS, DISPATCH_BATCHES_PER_RUN_MAX,
+    backoff_ms, sign, DELIVERY_HISTORY_PURGE_CHUNK, DELIVERY_HISTORY_PURGE_INTERVAL_MS,
+    DELIVERY_HISTORY_RETENTION_MS, DISABLE_AFTER_FAILING_MS, DISPATCH_BATCHES_PER_RUN_MAX,
     DISPATCH_CONCURRENCY_MAX, DISPATCH_DUE_PER_PASS_MAX, DISPATCH_LEASE_MS, DISPATCH_POLL_MS,
     WEBHOOK_BATCH_EVENTS_MAX,
 };
@@ -27,13 +28,41 @@ use crate::store::StoreError;
 /// Runs until aborted (started by `serve`).
 pub async fn run(app: App) {
     let permits = Arc::new(Semaphore::new(DISPATCH_CONCURRENCY_MAX));
+    let mut last_purge: Option<std::time::Instant> = None;
     loop {
         if let Err(e) = pass(&app, &permits).await {
             tracing::warn!(error = %e, "webhook dispatch pass failed");
         }
+        let purge_due = last_purge.is_none_or(|t| {
+            t.elapsed() >= Duration::from_millis(DELIVERY_HISTORY_PURGE_INTERVAL_MS)
+        });
+        if purge_due {
+            last_purge = Some(std::time::Instant::now());
+            match purge_history(&app, app.now_ms()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(deleted = n, "purged old webhook deliveries"),
+                Err(e) => tracing::warn!(error = %e, "webhook history purge failed"),
+            }
+        }
         tokio::select! {
             _ = app.webhooks.wake.notified() => {}
             _ = tokio::time::sleep(Duration::from_millis(DISPATCH_POLL_MS)) => {}
+        }
+    }
+}
+
+/// Deletes finished deliveries older than [`DELIVERY_HISTORY_RETENTION_MS`] at `now`, one
+/// chunk per transaction; returns how many.
+pub async fn purge_history(app: &App, now: i64) -> Result<u64, StoreError> {
+    let before = now.saturating_sub(DELIVERY_HISTORY_RETENTION_MS);
+    let mut total = 0;
+    loop {
+        let mut tx = app.db.begin_write().await?;
+        let n = ws::purge_history(&mut tx, before, DELIVERY_HISTORY_PURGE_CHUNK).await?;
+        tx.commit().await?;
+        total += n;
+        if n < u64::try_from(DELIVERY_HISTORY_PURGE_CHUNK).unwrap_or(0) {
+            return Ok(total);
         }
     }
 }

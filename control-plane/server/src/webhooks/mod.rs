@@ -47,6 +47,14 @@ pub const DISPATCH_LEASE_MS: i64 = 60_000;
 pub const DISPATCH_CONCURRENCY_MAX: usize = 16;
 /// Due webhooks read per dispatcher pass.
 pub const DISPATCH_DUE_PER_PASS_MAX: i64 = 256;
+/// How long finished deliveries stay in the history, ms (30 days; pending ones stay until
+/// acknowledged).
+pub const DELIVERY_HISTORY_RETENTION_MS: i64 = 30 * 24 * 3_600_000;
+/// How often the dispatcher purges the history, ms.
+pub const DELIVERY_HISTORY_PURGE_INTERVAL_MS: u64 = 600_000;
+/// Deliveries deleted per purge transaction.
+pub const DELIVERY_HISTORY_PURGE_CHUNK: i64 = 1_000;
+
 /// Batches one webhook sends in a row before yielding to the next pass.
 pub const DISPATCH_BATCHES_PER_RUN_MAX: usize = 50;
 

@@ -63,12 +63,15 @@ pub struct Tweaks {
     /// Written to a file and passed as `webhooks_ca_file`.
     pub webhooks_ca_pem: Option<String>,
     pub clock: Option<std::sync::Arc<dyn petrel_control::Clock>>,
+    /// Another node on a database a first node set up (no owner key is created).
+    pub second_node: bool,
 }
 
 /// [`start_with`] with [`Tweaks`].
 pub async fn start_custom(database_url: Option<String>, tweaks: Tweaks) -> Harness {
     let dir = tempfile::tempdir().expect("tempdir");
     let dns = DnsServer::start(Vec::new());
+    let tweaks_second_node = tweaks.second_node;
     let webhooks_ca_file = tweaks.webhooks_ca_pem.map(|pem| {
         let path = dir.path().join("webhooks-ca.pem");
         std::fs::write(&path, pem).expect("write CA file");
@@ -98,10 +101,15 @@ pub async fn start_custom(database_url: Option<String>, tweaks: Tweaks) -> Harne
         .await
         .expect("control plane ready in time")
         .expect("control plane started");
-    let owner_key = info
-        .bootstrap_key
-        .clone()
-        .expect("first start prints a key");
+    // A further node on a shared database finds the operator made already: no key.
+    let owner_key = match (info.bootstrap_key.clone(), tweaks_second_node) {
+        (Some(k), false) => k,
+        (None, true) => String::new(),
+        (k, _) => panic!(
+            "first start prints a key, later nodes none: {:?}",
+            k.is_some()
+        ),
+    };
     Harness {
         dir,
         info,

@@ -40,6 +40,10 @@ impl petrel_control::Clock for TestClock {
     }
 }
 
+fn clock_now(c: &TestClock) -> i64 {
+    petrel_control::Clock::now_unix_ms(c)
+}
+
 /// A test CA and a certificate for the receiver's names, as PEM files.
 pub struct Pki {
     pub ca_pem: String,
@@ -202,18 +206,69 @@ pub async fn loopback_harness(
 ) -> (Harness, Arc<TestClock>, Pki) {
     let pki = pki(dir, &["hooks.test", "rebind.test"]);
     let clock = Arc::new(TestClock::default());
+    let h = loopback_node(database_url, &pki, clock.clone(), false).await;
+    (h, clock, pki)
+}
+
+/// One node of [`loopback_harness`]'s kind; `second_node`: on a database another node set up.
+pub async fn loopback_node(
+    database_url: Option<String>,
+    pki: &Pki,
+    clock: Arc<TestClock>,
+    second_node: bool,
+) -> Harness {
     let h = start_custom(
         database_url,
         Tweaks {
             webhooks_allow_loopback: true,
             webhooks_ca_pem: Some(pki.ca_pem.clone()),
-            clock: Some(clock.clone()),
+            clock: Some(clock),
+            second_node,
         },
     )
     .await;
     h.dns
         .upsert(petrel_testkit::dns::a("hooks.test", 60, "127.0.0.1"));
-    (h, clock, pki)
+    h
+}
+
+/// Two nodes on one database: each webhook batch is sent by one node only (the lease), in
+/// order, while events are ingested on both.
+pub async fn two_nodes(node1: &Harness, node2: &Harness, pki: &Pki, dir: &Path) {
+    let rx = Receiver::start(dir, pki, 1, 300).await;
+    let (tenant, key) = new_tenant(node1, "two-nodes-co").await;
+    let r = node1
+        .call(
+            "POST",
+            "/v1/webhooks",
+            Some(&key),
+            Some(json!({"url": format!("https://hooks.test:{}/", rx.port), "events": ["delivered", "bounced"]})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    rx.set_secret(0, r.body["secret"].as_str().expect("secret"));
+    let mut c1 = connect(node1, "engine-n1").await;
+    let mut c2 = connect(node2, "engine-n2").await;
+    let (mut s1, mut s2) = (0, 0);
+    let mut want = Vec::new();
+    for round in 0..6 {
+        let events = batch(&tenant, &format!("r{round}"), 60);
+        want.extend(matching(&events, &["delivered", "bounced"]));
+        if round % 2 == 0 {
+            push(&mut c1, &mut s1, &events).await;
+        } else {
+            push(&mut c2, &mut s2, &events).await;
+        }
+    }
+    wait_for("every event", || rx.delivered_ids().len() >= want.len()).await;
+    assert_eq!(rx.delivered_ids(), want, "once each, in order");
+    let lines = rx.lines();
+    assert!(lines.iter().all(|l| l["status"] == 200));
+    let ids: std::collections::BTreeSet<&str> = lines
+        .iter()
+        .map(|l| l["delivery_id"].as_str().expect("id"))
+        .collect();
+    assert_eq!(ids.len(), lines.len(), "no batch sent twice");
 }
 
 /// `n` events of `tenant`, cycling accepted, delivered, bounced, deferred.
@@ -532,6 +587,16 @@ pub async fn delivery(h: &Harness, clock: &TestClock, pki: &Pki, dir: &Path) {
         .map(|d| d["id"].as_str().expect("id").to_string())
         .collect();
     assert_eq!(seen, all_ids);
+
+    // 31 days on, the finished deliveries leave the history; the webhook stays.
+    let before = all_ids.len();
+    clock.advance(31 * 24 * HOUR_MS);
+    let purged = petrel_control::webhooks::dispatch::purge_history(&h.info.app, clock_now(clock))
+        .await
+        .expect("purge");
+    assert_eq!(usize::try_from(purged).expect("count"), before);
+    let left = deliveries(h, &key, &id).await;
+    assert_eq!(left["deliveries"], json!([]));
 
     // Deleted: gone, audited.
     let r = h
