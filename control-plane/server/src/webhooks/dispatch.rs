@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
+use sqlx::AnyConnection;
 use tokio::sync::Semaphore;
 
 use super::{
@@ -203,43 +204,64 @@ async fn one_batch(app: &App, id: &str, node: &str, now: i64) -> Result<bool, St
     let views: Vec<EventView> = events.into_iter().map(|e| e.event.into()).collect();
     let body = serde_json::to_vec(&json!({ "events": views })).unwrap_or_default();
     let outcome = post(app, &w, &delivery, body, now).await;
-    let mut tx = app.db.begin_write().await?;
     let at = app.now_ms();
-    if !ws::claim(&mut tx, id, node, at, DISPATCH_LEASE_MS).await? {
+    let attempt = attempt_row(delivery.attempts + 1, now, &outcome);
+    let since = w.failing_since_unix_ms.unwrap_or(now);
+    let disable =
+        (!outcome.ok() && at.saturating_sub(since) >= DISABLE_AFTER_FAILING_MS).then(|| {
+            format!(
+                "failing since {since} (Unix ms) for over {} h; last error: {}",
+                DISABLE_AFTER_FAILING_MS / 3_600_000,
+                attempt.error.as_deref().unwrap_or("unknown")
+            )
+        });
+    // Disabling is a change an operator must be able to trace: a mutation with its audit
+    // entry. Every other result is delivery state only.
+    let mut mutation = None;
+    let mut plain = None;
+    let conn: &mut AnyConnection = if disable.is_some() {
+        mutation.insert(app.db.begin_mutation().await?).conn()
+    } else {
+        &mut *plain.insert(app.db.begin_write().await?)
+    };
+    if !ws::claim(conn, id, node, at, DISPATCH_LEASE_MS).await? {
         // Another node took over (this one stalled past its lease): it sends the batch again.
         return Ok(false);
     }
-    let attempt = attempt_row(delivery.attempts + 1, now, &outcome);
-    ws::record_attempt(&mut tx, &delivery.id, &attempt, false).await?;
+    ws::record_attempt(conn, &delivery.id, &attempt, false).await?;
     if outcome.ok() {
-        ws::acknowledge(&mut tx, &w.id, last_seq, at).await?;
-        tx.commit().await?;
-        return Ok(true);
-    }
-    let since = w.failing_since_unix_ms.unwrap_or(now);
-    let disable = (at.saturating_sub(since) >= DISABLE_AFTER_FAILING_MS).then(|| {
-        format!(
-            "failing since {since} (Unix ms) for over {} h; last error: {}",
-            DISABLE_AFTER_FAILING_MS / 3_600_000,
-            attempt.error.as_deref().unwrap_or("unknown")
+        ws::acknowledge(conn, &w.id, last_seq, at).await?;
+    } else {
+        let next = at.saturating_add(backoff_ms(attempt.attempt));
+        ws::failed(
+            conn,
+            &w.id,
+            since,
+            next,
+            disable.as_deref().map(|r| (r, at)),
         )
-    });
-    let next = at.saturating_add(backoff_ms(attempt.attempt));
-    ws::failed(
-        &mut tx,
-        &w.id,
-        since,
-        next,
-        disable.as_deref().map(|r| (r, at)),
-    )
-    .await?;
-    tx.commit().await?;
-    if disable.is_some() {
+        .await?;
+    }
+    if let Some(tx) = plain {
+        tx.commit().await?;
+    }
+    if let (Some(m), Some(reason)) = (mutation, &disable) {
+        let entry = crate::audit::AuditEntry {
+            tenant_id: Some(w.tenant_id.clone()),
+            actor: "system:webhooks".into(),
+            remote_addr: "-".into(),
+            action: "webhook.disable".into(),
+            target: w.id.clone(),
+            at_unix_ms: at,
+            before: Some(json!({"disabled": false})),
+            after: Some(json!({"disabled": true, "disabled_reason": reason})),
+        };
+        let v = m.commit(entry).await?;
+        app.notify(v);
         tracing::warn!(webhook = %w.id, tenant = %w.tenant_id, "webhook disabled after failing for 24 h");
     }
-    Ok(false)
+    Ok(outcome.ok())
 }
-
 fn attempt_row(n: i64, at: i64, o: &super::client::Outcome) -> AttemptRow {
     AttemptRow {
         attempt: n,

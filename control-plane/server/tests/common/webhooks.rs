@@ -611,6 +611,7 @@ pub async fn delivery(h: &Harness, clock: &TestClock, pki: &Pki, dir: &Path) {
     let text = audit.body.to_string();
     for action in [
         "webhook.create",
+        "webhook.disable",
         "webhook.rotate_secret",
         "webhook.enable",
         "webhook.delete",
