@@ -94,6 +94,21 @@ pub struct ServeOptions {
     pub clock: Option<Arc<dyn Clock>>,
 }
 
+impl std::fmt::Debug for ServeOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeOptions")
+            .field("push_tls_cert", &self.push_tls_cert)
+            .field("api_tls_cert", &self.api_tls_cert)
+            .field("api_allow_plaintext", &self.api_allow_plaintext)
+            .field("spf_include", &self.spf_include)
+            .field("dkim_rotation_grace_secs", &self.dkim_rotation_grace_secs)
+            .field("hash_cost", &self.hash_cost)
+            .field("version_poll_ms", &self.version_poll_ms)
+            .field("clock", &self.clock.as_ref().map(|_| "<clock>"))
+            .finish_non_exhaustive()
+    }
+}
+
 impl Default for ServeOptions {
     fn default() -> Self {
         ServeOptions {

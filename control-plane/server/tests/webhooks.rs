@@ -185,6 +185,24 @@ async fn loopback_allowed_still_refuses_private_addresses() {
             .await;
         assert_eq!(r.status, want, "{url}: {:?}", r.body);
     }
+    // Development: a plain-http receiver on loopback gets signed deliveries.
+    let rx = Receiver::start_with(dir.path(), None, 1, 300).await;
+    let r = h
+        .call(
+            "POST",
+            "/v1/webhooks",
+            Some(&key),
+            Some(json!({"url": format!("http://127.0.0.1:{}/dev", rx.port), "events": ["delivered"]})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let id = r.body["id"].as_str().expect("id").to_string();
+    rx.set_secret(0, r.body["secret"].as_str().expect("secret"));
+    let r = h
+        .call("POST", &format!("/v1/webhooks/{id}/test"), Some(&key), None)
+        .await;
+    assert_eq!(r.body["state"], "delivered", "{:?}", r.body);
+    assert_eq!(rx.lines()[0]["status"], 200);
 }
 
 /// The receiver's check is the one docs/webhooks.md describes: a bad signature, an unknown

@@ -106,6 +106,16 @@ impl Receiver {
         secret_slots: usize,
         tolerance_secs: i64,
     ) -> Receiver {
+        Receiver::start_with(dir, Some(pki), secret_slots, tolerance_secs).await
+    }
+
+    /// [`Receiver::start`]; without `pki` it speaks plain HTTP.
+    pub async fn start_with(
+        dir: &Path,
+        pki: Option<&Pki>,
+        secret_slots: usize,
+        tolerance_secs: i64,
+    ) -> Receiver {
         let port_file = dir.join("receiver.port");
         let out = dir.join("receiver.jsonl");
         let mode = dir.join("receiver.mode");
@@ -116,10 +126,6 @@ impl Receiver {
         cmd.arg(receiver_script())
             .arg("--port-file")
             .arg(&port_file)
-            .arg("--cert")
-            .arg(&pki.cert)
-            .arg("--key")
-            .arg(&pki.key)
             .arg("--out")
             .arg(&out)
             .arg("--mode-file")
@@ -128,6 +134,9 @@ impl Receiver {
             .arg(tolerance_secs.to_string());
         for s in &secrets {
             cmd.arg("--secret-file").arg(s);
+        }
+        if let Some(pki) = pki {
+            cmd.arg("--cert").arg(&pki.cert).arg("--key").arg(&pki.key);
         }
         let child = cmd
             .stdin(Stdio::null())
@@ -391,6 +400,18 @@ pub async fn delivery(h: &Harness, clock: &TestClock, pki: &Pki, dir: &Path) {
         "webhook: {} events delivered {lag:?} after the push began",
         want.len()
     );
+    // Lag of one event: from the engine's ack to the receiver.
+    let mut want = want;
+    let one = batch(&tenant, "lag", 2);
+    let before = rx.delivered_ids().len();
+    let started = std::time::Instant::now();
+    push(&mut conn, &mut seq, &one).await;
+    wait_for("one event", || rx.delivered_ids().len() > before).await;
+    let lag = started.elapsed();
+    eprintln!("webhook: one event delivered {lag:?} after its push");
+    assert!(lag < Duration::from_secs(2), "webhook lag {lag:?}");
+    want.extend(matching(&one, &types));
+    assert_eq!(rx.delivered_ids(), want);
 
     // Outage: the receiver answers 500; the batch is retried with the same delivery id.
     rx.set_mode("500");
