@@ -205,6 +205,7 @@ CREATE TABLE webhook_deliveries (
     delivered_unix_ms BIGINT
 );
 CREATE INDEX webhook_deliveries_hook ON webhook_deliveries (webhook_id, seq);
+CREATE INDEX webhook_deliveries_created ON webhook_deliveries (created_unix_ms);
 CREATE TABLE webhook_attempts (
     delivery_id TEXT NOT NULL,
     attempt BIGINT NOT NULL,
