@@ -11,6 +11,8 @@ log() { printf '\n== %s\n' "$*" >&2; }
 need_apt=()
 command -v pg_ctlcluster >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 command -v swaks >/dev/null 2>&1 || need_apt+=(swaks)
+# Runs the Node.js receiver example of docs/webhooks.md (control-plane/server/tests/webhooks.rs).
+command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing Debian packages: ${need_apt[*]}"
   if [ "$(id -u)" = 0 ]; then

@@ -52,6 +52,9 @@ pub fn up(args: UpArgs) -> anyhow::Result<i32> {
         push_listen: args.push_listen,
         push_token: token.clone(),
         dns_nameservers: Vec::new(),
+        // Development: webhooks may go to a receiver on this machine.
+        webhooks_allow_loopback: true,
+        webhooks_ca_file: None,
     };
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     rt.spawn(async move {

@@ -123,6 +123,9 @@ pub fn start_control_at(
         push_listen,
         push_token: push_token.into(),
         dns_nameservers: vec![nameserver],
+        // Webhook receivers of the end-to-end tests listen on loopback.
+        webhooks_allow_loopback: true,
+        webhooks_ca_file: None,
     };
     let (tx, rx) = tokio::sync::oneshot::channel();
     let task = rt.spawn(async move { petrel_control::serve(cfg, Some(tx)).await });

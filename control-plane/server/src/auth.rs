@@ -89,11 +89,15 @@ pub enum Permission {
     EventsRead,
     /// Delivery counts and rates of one's tenant.
     StatsRead,
+    /// One's tenant's webhooks and their delivery history.
+    WebhooksRead,
+    /// Create, delete, rotate, enable and test one's tenant's webhooks.
+    WebhooksWrite,
 }
 
 impl Permission {
     /// Every permission, in declaration order.
-    pub const ALL: [Permission; 14] = [
+    pub const ALL: [Permission; 16] = [
         Permission::TenantRead,
         Permission::TenantsManage,
         Permission::DomainsRead,
@@ -108,6 +112,8 @@ impl Permission {
         Permission::EnginesRead,
         Permission::EventsRead,
         Permission::StatsRead,
+        Permission::WebhooksRead,
+        Permission::WebhooksWrite,
     ];
 
     /// The variant's name, as routes declare it (`x-permission` in the OpenAPI document).
@@ -127,6 +133,8 @@ impl Permission {
             Permission::EnginesRead => "EnginesRead",
             Permission::EventsRead => "EventsRead",
             Permission::StatsRead => "StatsRead",
+            Permission::WebhooksRead => "WebhooksRead",
+            Permission::WebhooksWrite => "WebhooksWrite",
         }
     }
 
@@ -144,6 +152,7 @@ impl Permission {
                 | Permission::CredentialsWrite
                 | Permission::LimitsWrite
                 | Permission::GlobalLimitsWrite
+                | Permission::WebhooksWrite
         )
     }
 }
@@ -160,9 +169,13 @@ pub const PERMISSIONS: &[(Role, &[Permission])] = &[
             P::LimitsRead,
             P::EventsRead,
             P::StatsRead,
+            P::WebhooksRead,
         ],
     ),
-    (Role::Developer, &[P::DomainsWrite, P::CredentialsWrite]),
+    (
+        Role::Developer,
+        &[P::DomainsWrite, P::CredentialsWrite, P::WebhooksWrite],
+    ),
     (Role::Admin, &[P::LimitsWrite, P::AuditRead]),
     (
         Role::Owner,

@@ -57,6 +57,13 @@ pub struct ServeArgs {
     /// The domain tenants include in SPF.
     #[arg(long, default_value = crate::SPF_INCLUDE_DEFAULT)]
     pub spf_include: String,
+    /// Let webhooks reach loopback addresses, also over plain http (development only; private
+    /// addresses stay refused).
+    #[arg(long)]
+    pub webhooks_allow_loopback: bool,
+    /// PEM file of extra CA certificates webhook receivers may use (a private CA).
+    #[arg(long)]
+    pub webhooks_ca_file: Option<PathBuf>,
 }
 
 /// Runs one `petrel control` command.
@@ -76,6 +83,8 @@ pub async fn run(cmd: ControlCommand) -> anyhow::Result<()> {
                 push_listen: a.push_listen,
                 push_token,
                 dns_nameservers: a.dns_nameservers,
+                webhooks_allow_loopback: a.webhooks_allow_loopback,
+                webhooks_ca_file: a.webhooks_ca_file,
             };
             let opts = ServeOptions {
                 push_tls_cert: a.push_tls_cert,
@@ -171,6 +180,20 @@ mod tests {
             a.push_listen,
             "127.0.0.1:8081".parse::<SocketAddr>().expect("addr")
         );
+        assert!(!a.webhooks_allow_loopback);
+        let cli = Cli::try_parse_from([
+            "petrel",
+            "serve",
+            "--webhooks-allow-loopback",
+            "--webhooks-ca-file",
+            "/ca.pem",
+        ])
+        .expect("parses");
+        let ControlCommand::Serve(a) = cli.command else {
+            panic!("serve expected")
+        };
+        assert!(a.webhooks_allow_loopback);
+        assert_eq!(a.webhooks_ca_file, Some(PathBuf::from("/ca.pem")));
         assert!(Cli::try_parse_from(["petrel", "serve", "--push-tls-cert", "c.pem"]).is_err());
         let cli =
             Cli::try_parse_from(["petrel", "audit-verify", "--data-dir", "/x"]).expect("parses");

@@ -134,6 +134,8 @@ impl DnsChecker {
         opts.timeout = Duration::from_millis(DNS_QUERY_TIMEOUT_MS);
         opts.attempts = 1;
         opts.cache_size = 0;
+        // Webhook targets: every address of a name is checked, so ask for both families.
+        opts.ip_strategy = hickory_resolver::config::LookupIpStrategy::Ipv4AndIpv6;
         let resolver = builder
             .build()
             .map_err(|e| ControlError::Config(format!("DNS resolver: {e}")))?;
@@ -160,6 +162,17 @@ impl DnsChecker {
                 })
                 .take(TXT_RECORDS_PER_NAME_MAX)
                 .collect()),
+            Err(e) if e.is_no_records_found() || e.is_nx_domain() => Ok(Vec::new()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// The addresses of `name` (A and AAAA), never cached, so a changed answer shows at once
+    /// (webhook delivery re-checks them at every connect). Ok(empty): the name has none.
+    pub async fn lookup_ip(&self, name: &str) -> Result<Vec<std::net::IpAddr>, String> {
+        let fqdn = format!("{}.", name.trim_end_matches('.'));
+        match self.resolver.lookup_ip(fqdn.as_str()).await {
+            Ok(lookup) => Ok(lookup.iter().collect()),
             Err(e) if e.is_no_records_found() || e.is_nx_domain() => Ok(Vec::new()),
             Err(e) => Err(e.to_string()),
         }

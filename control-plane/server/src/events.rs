@@ -79,6 +79,10 @@ pub async fn ingest(
     let inserted = events::insert_batch(&mut tx, engine_id, batch, now).await?;
     engines::set_events_acked_seq(&mut tx, engine_id, batch_seq, now).await?;
     tx.commit().await?;
+    if inserted > 0 {
+        // Webhooks see new events at once (other nodes' ingests: the dispatcher's poll).
+        app.webhooks.wake();
+    }
     Ok(Ingested {
         ack_seq: batch_seq,
         inserted,

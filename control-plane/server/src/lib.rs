@@ -31,6 +31,7 @@ pub mod events;
 pub mod push;
 pub mod snapshot;
 pub mod store;
+pub mod webhooks;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -61,12 +62,18 @@ pub struct ControlConfig {
     pub push_listen: SocketAddr,
     /// Shared secret engines present in `Hello`. Must not be empty.
     pub push_token: String,
-    /// Nameservers for domain verification; empty: the system's.
+    /// Nameservers for domain verification and webhook targets; empty: the system's.
     pub dns_nameservers: Vec<SocketAddr>,
+    /// Let webhooks reach loopback addresses, also over plain http (development only: `petrel
+    /// up` sets it; `petrel control serve` needs `--webhooks-allow-loopback`). Private and other
+    /// special addresses stay refused.
+    pub webhooks_allow_loopback: bool,
+    /// Extra CA certificates (PEM) webhook receivers may chain to, besides the web PKI roots.
+    pub webhooks_ca_file: Option<PathBuf>,
 }
 
 /// Knobs with good defaults, kept out of [`ControlConfig`] so its literal stays short.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ServeOptions {
     /// PEM files for the push listener; None: self-signed under `data_dir`.
     pub push_tls_cert: Option<PathBuf>,
@@ -82,6 +89,24 @@ pub struct ServeOptions {
     /// argon2id cost for new secrets.
     pub hash_cost: HashCost,
     pub version_poll_ms: u64,
+    /// The clock; None: the system clock. Tests pin or move it (webhook retries, secret
+    /// overlap).
+    pub clock: Option<Arc<dyn Clock>>,
+}
+
+impl std::fmt::Debug for ServeOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeOptions")
+            .field("push_tls_cert", &self.push_tls_cert)
+            .field("api_tls_cert", &self.api_tls_cert)
+            .field("api_allow_plaintext", &self.api_allow_plaintext)
+            .field("spf_include", &self.spf_include)
+            .field("dkim_rotation_grace_secs", &self.dkim_rotation_grace_secs)
+            .field("hash_cost", &self.hash_cost)
+            .field("version_poll_ms", &self.version_poll_ms)
+            .field("clock", &self.clock.as_ref().map(|_| "<clock>"))
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for ServeOptions {
@@ -96,6 +121,7 @@ impl Default for ServeOptions {
             dkim_rotation_grace_secs: DKIM_ROTATION_GRACE_SECS_DEFAULT,
             hash_cost: HashCost::default(),
             version_poll_ms: VERSION_POLL_MS_DEFAULT,
+            clock: None,
         }
     }
 }
@@ -187,20 +213,29 @@ pub async fn serve_with(
         )));
     }
     let db = store::Db::open(&cfg.data_dir, cfg.database_url.as_deref()).await?;
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let clock: Arc<dyn Clock> = opts.clock.clone().unwrap_or_else(|| Arc::new(SystemClock));
     let bootstrap_key = bootstrap::ensure_operator(&db, opts.hash_cost, clock.as_ref()).await?;
     if let (Some(key), None) = (&bootstrap_key, &ready) {
         // With a `ready` channel the caller receives the key and prints it (once).
         println!("petrel control: operator owner API key (shown once, keep it): {key}");
     }
+    if db.dialect == store::Dialect::Sqlite {
+        store::webhooks::release_all(&mut *db.conn().await?).await?;
+    }
     let version = db.policy_version().await?;
     let (version_tx, _) = tokio::sync::watch::channel(version);
+    let dns = dns::DnsChecker::new(&cfg.dns_nameservers)?;
+    let webhooks = webhooks::Webhooks::new(
+        dns.clone(),
+        cfg.webhooks_allow_loopback,
+        cfg.webhooks_ca_file.as_deref(),
+    )?;
     let app = api::App(Arc::new(api::AppState {
         db,
         clock,
         throttle: auth::api_throttle(),
         verify_cache: auth::VerifyCache::default(),
-        dns: dns::DnsChecker::new(&cfg.dns_nameservers)?,
+        dns,
         settings: api::Settings {
             spf_include: opts.spf_include.clone(),
             dkim_rotation_grace_ms: i64::try_from(
@@ -210,6 +245,7 @@ pub async fn serve_with(
             hash_cost: opts.hash_cost,
         },
         version_tx,
+        webhooks,
     }));
     let api_listener = bind(cfg.api_listen).await?;
     let push_listener = bind(cfg.push_listen).await?;
@@ -264,10 +300,12 @@ pub async fn serve_with(
         _ => None,
     };
     let purger = tokio::spawn(events::purge_task(app.clone()));
+    let dispatcher = tokio::spawn(webhooks::dispatch::run(app.clone()));
     let poller = tokio::spawn(push::poll_version(app, opts.version_poll_ms));
     let result = tokio::try_join!(http, pushing).map(|_| ());
     poller.abort();
     purger.abort();
+    dispatcher.abort();
     if let Some(l) = listener {
         l.abort();
     }

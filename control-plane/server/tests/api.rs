@@ -89,7 +89,7 @@ async fn openapi_lists_every_route() {
     );
     let table = AccessTable::from_document(&r.body).expect("every route declares its access");
     let entries = table.entries();
-    assert_eq!(entries.len(), 30, "{entries:?}");
+    assert_eq!(entries.len(), 38, "{entries:?}");
     let public: Vec<_> = entries
         .iter()
         .filter(|(_, _, a)| *a == Access::Public)
@@ -153,6 +153,8 @@ async fn second_start_prints_no_key_and_keeps_data() {
         push_listen: "127.0.0.1:0".parse().expect("addr"),
         push_token: "t".into(),
         dns_nameservers: vec!["127.0.0.1:9".parse().expect("addr")],
+        webhooks_allow_loopback: false,
+        webhooks_ca_file: None,
     };
     let (tx, rx) = tokio::sync::oneshot::channel();
     let task = tokio::spawn(petrel_control::serve_with(
@@ -264,6 +266,8 @@ async fn admin_api_speaks_tls_when_given_a_certificate() {
         push_listen: "127.0.0.1:0".parse().expect("addr"),
         push_token: "t".into(),
         dns_nameservers: vec!["127.0.0.1:9".parse().expect("addr")],
+        webhooks_allow_loopback: false,
+        webhooks_ca_file: None,
     };
 
     // Off loopback without TLS: refused at start, naming what to do.

@@ -126,6 +126,33 @@ async fn pg_events() {
     db.drop_db().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_webhooks() {
+    let Some(base) = pg_url() else { return };
+    let db = TestDb::create(&base).await;
+    {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (h, clock, pki) =
+            common::webhooks::loopback_harness(Some(db.url.clone()), dir.path()).await;
+        common::webhooks::delivery(&h, &clock, &pki, dir.path()).await;
+    }
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_two_nodes_share_webhook_dispatch() {
+    let Some(base) = pg_url() else { return };
+    let db = TestDb::create(&base).await;
+    {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (node1, clock, pki) =
+            common::webhooks::loopback_harness(Some(db.url.clone()), dir.path()).await;
+        let node2 = common::webhooks::loopback_node(Some(db.url.clone()), &pki, clock, true).await;
+        common::webhooks::two_nodes(&node1, &node2, &pki, dir.path()).await;
+    }
+    db.drop_db().await;
+}
+
 #[tokio::test]
 async fn pg_two_nodes_share_one_database() {
     let Some(base) = pg_url() else { return };
@@ -140,6 +167,8 @@ async fn pg_two_nodes_share_one_database() {
             push_listen: "127.0.0.1:0".parse().expect("addr"),
             push_token: common::PUSH_TOKEN.into(),
             dns_nameservers: vec!["127.0.0.1:9".parse().expect("addr")],
+            webhooks_allow_loopback: false,
+            webhooks_ca_file: None,
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
         // Node 2 polls the stored version only every ten minutes: a change made through node 1

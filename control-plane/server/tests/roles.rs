@@ -36,7 +36,7 @@ fn none(_: usize) -> Option<Value> {
     None
 }
 
-fn cases(b_tenant: &str, b_domain: &str, b_cred: &str) -> Vec<Case> {
+fn cases(b_tenant: &str, b_domain: &str, b_cred: &str, b_hook: &str) -> Vec<Case> {
     use Target::*;
     let c =
         |method, route: &'static str, permission, target, body: fn(usize) -> Option<Value>| Case {
@@ -48,6 +48,7 @@ fn cases(b_tenant: &str, b_domain: &str, b_cred: &str) -> Vec<Case> {
                     match route {
                         r if r.starts_with("/v1/tenants/") => b_tenant,
                         r if r.starts_with("/v1/domains/") => b_domain,
+                        r if r.starts_with("/v1/webhooks/") => b_hook,
                         _ => b_cred,
                     },
                 )
@@ -188,6 +189,52 @@ fn cases(b_tenant: &str, b_domain: &str, b_cred: &str) -> Vec<Case> {
             OtherTenant,
             |_| Some(json!({"events_days": 45})),
         ),
+        c("POST", "/v1/webhooks", P::WebhooksWrite, Own, |_| {
+            Some(json!({"url": "https://93.184.216.34/in", "events": ["delivered"]}))
+        }),
+        c("GET", "/v1/webhooks", P::WebhooksRead, Own, none),
+        c(
+            "GET",
+            "/v1/webhooks/{id}",
+            P::WebhooksRead,
+            OtherTenantsObject,
+            none,
+        ),
+        c(
+            "POST",
+            "/v1/webhooks/{id}/rotate-secret",
+            P::WebhooksWrite,
+            OtherTenantsObject,
+            none,
+        ),
+        c(
+            "POST",
+            "/v1/webhooks/{id}/enable",
+            P::WebhooksWrite,
+            OtherTenantsObject,
+            none,
+        ),
+        c(
+            "POST",
+            "/v1/webhooks/{id}/test",
+            P::WebhooksWrite,
+            OtherTenantsObject,
+            none,
+        ),
+        c(
+            "GET",
+            "/v1/webhooks/{id}/deliveries",
+            P::WebhooksRead,
+            OtherTenantsObject,
+            none,
+        ),
+        c(
+            "DELETE",
+            "/v1/webhooks/{id}",
+            P::WebhooksWrite,
+            OtherTenantsObject,
+            none,
+        ),
     ]
 }
 
@@ -248,7 +295,17 @@ async fn every_endpoint_every_role_and_tenant_isolation() {
         .expect("b cred")
         .to_string();
 
-    let table = cases(&b, &b_domain, &b_cred);
+    let r = h
+        .call(
+            "POST",
+            "/v1/webhooks",
+            Some(&b_admin),
+            Some(json!({"url": "https://93.184.216.34/b", "events": ["bounced"]})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let b_hook = r.body["id"].as_str().expect("b webhook").to_string();
+    let table = cases(&b, &b_domain, &b_cred, &b_hook);
     // The table covers every documented route, with the permission the document declares.
     let doc = h.call("GET", "/v1/openapi.json", None, None).await.body;
     let documented: BTreeSet<(String, String, &str)> = AccessTable::from_document(&doc)
@@ -342,9 +399,27 @@ async fn every_endpoint_every_role_and_tenant_isolation() {
         )
         .await;
     assert_eq!(r.body["revoked"], false);
+    let r = h
+        .call(
+            "GET",
+            &format!("/v1/webhooks/{b_hook}"),
+            Some(&b_admin),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "B's webhook intact: {:?}", r.body);
+    assert!(
+        r.body["previous_secret_valid_until_unix_ms"].is_null(),
+        "no rotation through A"
+    );
     assert!(r.body["rotated_unix_ms"].is_null());
     // And A's admin sees none of B in listings or the audit log.
-    for path in ["/v1/domains", "/v1/credentials", "/v1/audit-log"] {
+    for path in [
+        "/v1/domains",
+        "/v1/credentials",
+        "/v1/audit-log",
+        "/v1/webhooks",
+    ] {
         let r = h.call("GET", path, Some(&a_admin), None).await;
         let text = r.body.to_string();
         assert!(

@@ -18,6 +18,7 @@ pub mod limits;
 pub mod openapi;
 pub mod stats;
 pub mod tenants;
+pub mod webhooks;
 
 use std::ops::Deref;
 use std::sync::Arc;
@@ -66,6 +67,8 @@ pub struct AppState {
     pub settings: Settings,
     /// The newest committed policy version; push connections watch it.
     pub version_tx: watch::Sender<u64>,
+    /// Webhook delivery: client, dispatcher wake-up.
+    pub webhooks: crate::webhooks::Webhooks,
 }
 
 /// Cheap handle to [`AppState`].
@@ -148,6 +151,12 @@ pub fn routes() -> OpenApiRouter<App> {
         .routes(routes!(events::message))
         .routes(routes!(stats::show))
         .routes(routes!(events::set_retention))
+        .routes(routes!(webhooks::create, webhooks::list))
+        .routes(routes!(webhooks::show, webhooks::delete))
+        .routes(routes!(webhooks::rotate_secret))
+        .routes(routes!(webhooks::enable))
+        .routes(routes!(webhooks::test))
+        .routes(routes!(webhooks::deliveries))
 }
 
 /// What the route gate needs: the app (to authenticate) and the access table.

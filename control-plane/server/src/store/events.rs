@@ -239,7 +239,7 @@ fn json_col<T: serde::de::DeserializeOwned>(
     .transpose()
 }
 
-fn decode(r: &AnyRow) -> StoreResult<StoredEvent> {
+pub(crate) fn decode(r: &AnyRow) -> StoreResult<StoredEvent> {
     let class: Option<String> = r.try_get("bounce_class")?;
     let category: Option<String> = r.try_get("bounce_category")?;
     let bounce = match (class.as_deref(), category) {

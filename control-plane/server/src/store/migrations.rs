@@ -161,4 +161,61 @@ CREATE TABLE event_stats (
 CREATE INDEX event_stats_time ON event_stats (bucket_start_ms);
 "#,
     ),
+    (
+        3,
+        r#"
+CREATE TABLE webhooks (
+    id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL REFERENCES tenants(id),
+    url TEXT NOT NULL,
+    event_types TEXT NOT NULL,
+    secret TEXT NOT NULL,
+    previous_secret TEXT,
+    previous_secret_until_unix_ms BIGINT,
+    cursor_seq BIGINT NOT NULL,
+    pending_delivery_id TEXT,
+    disabled BIGINT NOT NULL,
+    disabled_reason TEXT,
+    disabled_unix_ms BIGINT,
+    failing_since_unix_ms BIGINT,
+    next_attempt_unix_ms BIGINT NOT NULL,
+    lease_owner TEXT,
+    lease_until_unix_ms BIGINT,
+    created_unix_ms BIGINT NOT NULL
+);
+CREATE INDEX webhooks_tenant ON webhooks (tenant_id);
+CREATE INDEX webhooks_due ON webhooks (disabled, next_attempt_unix_ms);
+CREATE TABLE webhook_delivery_seq (
+    id BIGINT PRIMARY KEY,
+    last_seq BIGINT NOT NULL
+);
+INSERT INTO webhook_delivery_seq (id, last_seq) VALUES (1, 0);
+CREATE TABLE webhook_deliveries (
+    id TEXT PRIMARY KEY,
+    seq BIGINT NOT NULL UNIQUE,
+    webhook_id TEXT NOT NULL,
+    tenant_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    state TEXT NOT NULL,
+    first_seq BIGINT,
+    last_seq BIGINT,
+    event_count BIGINT NOT NULL,
+    attempts BIGINT NOT NULL,
+    created_unix_ms BIGINT NOT NULL,
+    delivered_unix_ms BIGINT
+);
+CREATE INDEX webhook_deliveries_hook ON webhook_deliveries (webhook_id, seq);
+CREATE INDEX webhook_deliveries_created ON webhook_deliveries (created_unix_ms);
+CREATE TABLE webhook_attempts (
+    delivery_id TEXT NOT NULL,
+    attempt BIGINT NOT NULL,
+    at_unix_ms BIGINT NOT NULL,
+    ok BIGINT NOT NULL,
+    status_code BIGINT,
+    error TEXT,
+    duration_ms BIGINT NOT NULL,
+    PRIMARY KEY (delivery_id, attempt)
+);
+"#,
+    ),
 ];

@@ -19,6 +19,7 @@ pub mod events;
 pub mod limits;
 mod migrations;
 pub mod tenants;
+pub mod webhooks;
 
 use std::path::Path;
 use std::time::Duration;

@@ -4,6 +4,7 @@
 
 pub mod events;
 pub mod scenarios;
+pub mod webhooks;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -52,8 +53,30 @@ pub async fn start() -> Harness {
 
 /// Starts a control plane; `database_url` None: SQLite in a temp dir.
 pub async fn start_with(database_url: Option<String>) -> Harness {
+    start_custom(database_url, Tweaks::default()).await
+}
+
+/// What some tests change in the harness's configuration.
+#[derive(Default)]
+pub struct Tweaks {
+    pub webhooks_allow_loopback: bool,
+    /// Written to a file and passed as `webhooks_ca_file`.
+    pub webhooks_ca_pem: Option<String>,
+    pub clock: Option<std::sync::Arc<dyn petrel_control::Clock>>,
+    /// Another node on a database a first node set up (no owner key is created).
+    pub second_node: bool,
+}
+
+/// [`start_with`] with [`Tweaks`].
+pub async fn start_custom(database_url: Option<String>, tweaks: Tweaks) -> Harness {
     let dir = tempfile::tempdir().expect("tempdir");
     let dns = DnsServer::start(Vec::new());
+    let tweaks_second_node = tweaks.second_node;
+    let webhooks_ca_file = tweaks.webhooks_ca_pem.map(|pem| {
+        let path = dir.path().join("webhooks-ca.pem");
+        std::fs::write(&path, pem).expect("write CA file");
+        path
+    });
     let cfg = ControlConfig {
         data_dir: dir.path().join("control"),
         database_url,
@@ -61,10 +84,16 @@ pub async fn start_with(database_url: Option<String>) -> Harness {
         push_listen: "127.0.0.1:0".parse().expect("addr"),
         push_token: PUSH_TOKEN.into(),
         dns_nameservers: vec![dns.addr],
+        webhooks_allow_loopback: tweaks.webhooks_allow_loopback,
+        webhooks_ca_file,
+    };
+    let opts = ServeOptions {
+        clock: tweaks.clock,
+        ..test_options()
     };
     let (tx, rx) = tokio::sync::oneshot::channel();
     let task = tokio::spawn(async move {
-        if let Err(e) = petrel_control::serve_with(cfg, test_options(), Some(tx)).await {
+        if let Err(e) = petrel_control::serve_with(cfg, opts, Some(tx)).await {
             eprintln!("control plane stopped: {e}");
         }
     });
@@ -72,10 +101,15 @@ pub async fn start_with(database_url: Option<String>) -> Harness {
         .await
         .expect("control plane ready in time")
         .expect("control plane started");
-    let owner_key = info
-        .bootstrap_key
-        .clone()
-        .expect("first start prints a key");
+    // A further node on a shared database finds the operator made already: no key.
+    let owner_key = match (info.bootstrap_key.clone(), tweaks_second_node) {
+        (Some(k), false) => k,
+        (None, true) => String::new(),
+        (k, _) => panic!(
+            "first start prints a key, later nodes none: {:?}",
+            k.is_some()
+        ),
+    };
     Harness {
         dir,
         info,
