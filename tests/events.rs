@@ -2,7 +2,8 @@
 //! delivered, deferred, bounced, expired) through its durable backlog and the push link to a
 //! real control plane, where `GET /v1/events` and `GET /v1/messages/{id}` serve them; nothing
 //! is lost across a kill -9 of the engine or a restart of the control plane; and a full backlog
-//! refuses new mail with `452 4.3.1` until the control plane is back.
+//! refuses new mail with `452 4.3.1` until the control plane is back. A webhook receiver with its
+//! own signature check (Python's hmac) gets every event of the tenant.
 
 mod common;
 
@@ -128,6 +129,21 @@ fn every_outcome_reaches_the_control_plane_attributed_and_classified() {
         "[delivery]\nretry_initial_ms = 300\nretry_max_ms = 600\nmessage_age_max_ms = 4000\n";
     let engine = Engine::start_with(&dir.path().join("engine"), &args, Some(config));
     let acme = provision(info.api_addr, &owner, &dns, "acme", DOMAIN, "acme-mailer");
+    // A webhook receiver on loopback, subscribed to every type; it checks each signature with
+    // Python's hmac, independently of Petrel's code.
+    let hook = Hook::start(&dir.path().join("webhook"));
+    let (code, created) = api(
+        info.api_addr,
+        "POST",
+        "/v1/webhooks",
+        &acme.admin,
+        Some(json!({
+            "url": format!("http://127.0.0.1:{}/hook", hook.port),
+            "events": ["accepted", "rejected", "delivered", "deferred", "bounced", "expired"],
+        })),
+    );
+    assert_eq!(code, 201, "{created}");
+    std::fs::write(&hook.secret, created["secret"].as_str().unwrap()).unwrap();
 
     let rcpts = [
         "ok1@dest.test",
@@ -227,6 +243,38 @@ fn every_outcome_reaches_the_control_plane_attributed_and_classified() {
         assert!(kinds.contains(&k), "{k} in {kinds:?}");
     }
 
+    // Every one of the tenant's events reaches the webhook, signed.
+    let want: HashSet<String> = events
+        .iter()
+        .filter_map(|e| e["id"].as_str().map(str::to_string))
+        .collect();
+    let deadline = Instant::now() + WAIT_MAX;
+    loop {
+        let lines = hook.lines();
+        assert!(
+            lines.iter().all(|l| l["status"] == 200),
+            "every delivery passes the receiver's own signature check: {lines:?}"
+        );
+        let got: HashSet<String> = lines
+            .iter()
+            .flat_map(|l| l["body"]["events"].as_array().cloned().unwrap_or_default())
+            .filter_map(|e| e["id"].as_str().map(str::to_string))
+            .collect();
+        if want.is_subset(&got) {
+            assert!(lines
+                .iter()
+                .all(|l| l["body"]["events"].as_array().unwrap().len() <= 100));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "webhook has {} of {} events",
+            got.len(),
+            want.len()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
     // The relay refusal has no tenant: operators see it across tenants, with the reply.
     let rejected = wait_events(
         info.api_addr,
@@ -247,6 +295,68 @@ fn every_outcome_reaches_the_control_plane_attributed_and_classified() {
         "victim@dest.test"
     ));
     assert!(engine.stop());
+}
+
+/// `tests/webhook_receiver.py` on loopback (plain HTTP), killed on drop.
+struct Hook {
+    child: std::process::Child,
+    port: u16,
+    secret: std::path::PathBuf,
+    out: std::path::PathBuf,
+}
+
+impl Hook {
+    fn start(dir: &std::path::Path) -> Hook {
+        std::fs::create_dir_all(dir).unwrap();
+        let port_file = dir.join("port");
+        let secret = dir.join("secret");
+        let out = dir.join("out.jsonl");
+        let child = std::process::Command::new("python3")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/webhook_receiver.py"
+            ))
+            .args(["--port", "0", "--port-file"])
+            .arg(&port_file)
+            .arg("--secret-file")
+            .arg(&secret)
+            .arg("--out")
+            .arg(&out)
+            .spawn()
+            .expect("python3 runs the webhook receiver");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let port = loop {
+            if let Some(p) = std::fs::read_to_string(&port_file)
+                .ok()
+                .and_then(|t| t.trim().parse().ok())
+            {
+                break p;
+            }
+            assert!(Instant::now() < deadline, "the receiver wrote its port");
+            std::thread::sleep(Duration::from_millis(25));
+        };
+        Hook {
+            child,
+            port,
+            secret,
+            out,
+        }
+    }
+
+    fn lines(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.out)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .collect()
+    }
+}
+
+impl Drop for Hook {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// Sends one message from the trusted network to `rcpts`; returns the DATA reply code.

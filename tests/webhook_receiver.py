@@ -6,7 +6,7 @@ tolerance, then `v1=<hex HMAC-SHA256(secret, timestamp + "." + raw body)>` compa
 time (hmac.compare_digest) against each secret it knows. It appends one JSON line per request it
 answered to --out:
 
-  {"status": 200, "webhook_id": .., "delivery_id": .., "timestamp": .., "signatures": n,
+  {"status": 200, "received_unix_ms": .., "webhook_id": .., "delivery_id": .., "timestamp": .., "signatures": n,
    "matched": [indexes of the --secret-file arguments whose signature is present],
    "body": <the parsed JSON body>}
 
@@ -77,6 +77,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         pass
 
     def do_POST(self):
+        received_unix_ms = int(time.time() * 1000)
         cfg = self.server.cfg
         length = int(self.headers.get("Content-Length", "0"))
         if length < 0 or length > BODY_MAX_BYTES:
@@ -105,6 +106,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             status = {"500": 500, "hold": 0}.get(mode, 200)
         record = {
             "status": status,
+            "received_unix_ms": received_unix_ms,
             "webhook_id": self.headers.get("X-Petrel-Webhook-Id"),
             "delivery_id": self.headers.get("X-Petrel-Delivery-Id"),
             "timestamp": self.headers.get("X-Petrel-Timestamp"),
