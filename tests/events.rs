@@ -401,12 +401,21 @@ impl ControlProcess {
         let child = std::process::Command::new(petrel_bin())
             .args(["control", "serve", "--data-dir"])
             .arg(data)
-            .args(["--api-listen", &api.to_string(), "--push-listen", &push.to_string()])
+            .args([
+                "--api-listen",
+                &api.to_string(),
+                "--push-listen",
+                &push.to_string(),
+            ])
             .arg("--push-tls-cert")
             .arg(data.join("push.pem"))
             .arg("--push-tls-key")
             .arg(data.join("push.key"))
-            .args(["--dns-nameserver", &dns.to_string(), "--webhooks-allow-loopback"])
+            .args([
+                "--dns-nameserver",
+                &dns.to_string(),
+                "--webhooks-allow-loopback",
+            ])
             .env("PETREL_PUSH_TOKEN", TOKEN)
             .env("PETREL_LOG", "warn")
             .stdout(std::process::Stdio::piped())
@@ -420,7 +429,10 @@ impl ControlProcess {
         let stdout = me.child.stdout.take().expect("piped stdout");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
                 if let Some(key) = line.split("keep it): ").nth(1) {
                     let _ = tx.send(key.trim().to_string());
                 }
@@ -428,7 +440,10 @@ impl ControlProcess {
         });
         let deadline = Instant::now() + CONTROL_START_MAX;
         while std::net::TcpStream::connect(api).is_err() {
-            assert!(Instant::now() < deadline, "the control plane never listened");
+            assert!(
+                Instant::now() < deadline,
+                "the control plane never listened"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         me.owner = rx.recv_timeout(Duration::from_millis(500)).ok();
