@@ -89,19 +89,29 @@ pub async fn ingest(
     })
 }
 
-/// Deletes every event past its tenant's retention window, one chunk per transaction.
-/// Returns the number deleted.
+/// Deletes every event past its tenant's retention window, and the aggregate buckets past
+/// theirs. The plan is one read outside any write transaction; each chunk of one tenant's
+/// expired events is then its own short write transaction, so ingest never waits long.
+/// Returns the number of events deleted.
 pub async fn purge(app: &App, now_unix_ms: i64) -> Result<u64, StoreError> {
+    let plan = events::purge_plan(&mut *app.db.conn().await?, now_unix_ms).await?;
+    let chunk_rows = u64::try_from(EVENTS_PURGE_CHUNK_ROWS).unwrap_or(0);
     let mut total = 0;
-    loop {
-        let mut tx = app.db.begin_write().await?;
-        let n = events::purge_chunk(&mut tx, now_unix_ms, EVENTS_PURGE_CHUNK_ROWS).await?;
-        tx.commit().await?;
-        total += n;
-        if n < u64::try_from(EVENTS_PURGE_CHUNK_ROWS).unwrap_or(0) {
-            return Ok(total);
+    for target in &plan {
+        loop {
+            let mut tx = app.db.begin_write().await?;
+            let n = events::purge_tenant_chunk(&mut tx, target, EVENTS_PURGE_CHUNK_ROWS).await?;
+            tx.commit().await?;
+            total += n;
+            if n < chunk_rows {
+                break;
+            }
         }
     }
+    let mut tx = app.db.begin_write().await?;
+    events::purge_stats(&mut tx, now_unix_ms).await?;
+    tx.commit().await?;
+    Ok(total)
 }
 
 /// Runs [`purge`] every [`EVENTS_PURGE_INTERVAL_MS`] until dropped.

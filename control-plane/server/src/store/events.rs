@@ -1,11 +1,12 @@
 //! `events`, `event_tags`, `event_stats`: the delivery events engines send, their tags, and
 //! hourly aggregates per tenant and sending domain.
 //!
-//! Ingest ([`insert_batch`]) runs in one transaction: it reserves insertion sequence numbers
-//! from the `event_seq` row (which also serialises concurrent batches, so a higher `seq` is
-//! never committed before a lower one and cursors never skip a row), inserts each event with
-//! `ON CONFLICT (id) DO NOTHING` (the same statement on SQLite and PostgreSQL), and counts only
-//! the rows it really inserted into the aggregates, so a re-sent event changes nothing.
+//! Ingest ([`insert_batch`], in `events/insert.rs`) runs in one transaction: it reserves
+//! insertion sequence numbers from the `event_seq` row (which also serialises concurrent
+//! batches, so a higher `seq` is never committed before a lower one and cursors never skip a
+//! row), skips the ids stored before (one `SELECT .. IN` per batch), and writes the new events,
+//! their tags and the batch's summed aggregates with multi-row `INSERT`s, so a re-sent event
+//! changes nothing and a batch costs a handful of statements, not three per event.
 //!
 //! Events keep the `tenant_id` the engine gave (NULL when it had none). A tenant's key sees
 //! only rows with its own id; an event naming a tenant that does not exist is still kept and
@@ -14,14 +15,26 @@
 //!
 //! Indexes (migration 2) all lead with the tenant and end with `seq`, so each filter is one
 //! index range read in page order: `(tenant_id, recipient, seq)`, `(tenant_id, message_id,
-//! seq)`, `(tenant_id, type, seq)`, `(tenant_id, seq)`, tags through `event_tags (tenant_id,
-//! tag, event_seq)`, and `(tenant_id, timestamp_ms)` for the purge. Measured ad hoc on SQLite
-//! with 2 million rows: the recipient page takes under 1 ms (`tests/events.rs` checks the plan).
+//! seq)` (also `GET /v1/messages/{id}`), `(tenant_id, type, seq)`, `(tenant_id, seq)` (no
+//! filter), tags through `event_tags (tenant_id, tag, event_seq)` read backwards and joined
+//! by `seq` (the `UNIQUE` on `seq`), and `(tenant_id, timestamp_ms)` for the purge (and
+//! `since`/`until`); `event_tags (event_seq)` and `event_stats (bucket_start_ms)` serve the
+//! purge too. `tests/events.rs` (SQLite) and `tests/pg.rs` (PostgreSQL) check each filter's
+//! plan; `benches/bench-events-store.sh` times them at 10 million events.
 //!
 //! Cursors are the insertion `seq`: listing is newest first by `seq` (the order the control
 //! plane received them), and `since`/`until` filter on the event's own `timestamp_ms`.
 
-use std::collections::BTreeMap;
+mod insert;
+mod purge;
+
+pub use insert::{
+    insert_batch, BIND_PARAMS_MAX, IDS_PER_CHECK_MAX, PARAMS_PER_STATEMENT,
+    POSTGRES_BIND_PARAMS_MAX, SQLITE_BIND_PARAMS_MAX,
+};
+pub use purge::{
+    purge_plan, purge_stats, purge_tenant_chunk, PurgeTarget, PURGE_ARGS_PER_STATEMENT,
+};
 
 use petrel_policy::{BounceClass, Event, EventType};
 use sqlx::any::AnyRow;
@@ -88,6 +101,20 @@ impl Counts {
         true
     }
 
+    /// The counters in [`COUNT_COLUMNS`] order.
+    fn values(&self) -> [i64; 8] {
+        [
+            self.sent,
+            self.delivered,
+            self.bounced_hard,
+            self.bounced_soft,
+            self.deferred,
+            self.expired,
+            self.rejected,
+            self.complained,
+        ]
+    }
+
     fn decode(r: &AnyRow) -> StoreResult<Counts> {
         Ok(Counts {
             sent: r.try_get("sent")?,
@@ -113,109 +140,6 @@ fn json_text<T: serde::Serialize>(v: &T) -> StoreResult<String> {
         column: "events",
         reason: e.to_string(),
     })
-}
-
-/// Stores a validated batch in the caller's transaction. Returns how many events were new
-/// (the others were stored before: same id).
-pub async fn insert_batch(
-    conn: &mut AnyConnection,
-    engine_id: &str,
-    events: &[Event],
-    now_unix_ms: i64,
-) -> StoreResult<usize> {
-    let count = i64::try_from(events.len()).unwrap_or(i64::MAX);
-    let last: i64 = sqlx::query(
-        "UPDATE event_seq SET last_seq = last_seq + $1 WHERE id = 1 RETURNING last_seq",
-    )
-    .bind(count)
-    .fetch_one(&mut *conn)
-    .await?
-    .try_get("last_seq")?;
-    let mut seq = last - count;
-    let mut stats: BTreeMap<(String, String, i64), Counts> = BTreeMap::new();
-    let mut inserted = 0;
-    for e in events {
-        seq += 1;
-        let done = sqlx::query(
-            "INSERT INTO events (id, seq, tenant_id, type, timestamp_ms, message_id, \
-             rfc822_message_id, sender, from_domain, recipient, tags, metadata, attempt, remote, \
-             reply, bounce_class, bounce_category, engine_id, received_unix_ms) VALUES \
-             ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19) \
-             ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(e.id.clone())
-        .bind(seq)
-        .bind(e.tenant_id.clone())
-        .bind(e.kind.as_str().to_string())
-        .bind(e.timestamp_ms)
-        .bind(e.message_id.clone())
-        .bind(e.rfc822_message_id.clone())
-        .bind(e.sender.clone())
-        .bind(e.from_domain.clone())
-        .bind(e.recipient.clone())
-        .bind(json_text(&e.tags)?)
-        .bind(e.metadata.as_ref().map(json_text).transpose()?)
-        .bind(i64::from(e.attempt))
-        .bind(e.remote.as_ref().map(json_text).transpose()?)
-        .bind(e.reply.as_ref().map(json_text).transpose()?)
-        .bind(e.bounce.as_ref().map(|b| b.class.as_str().to_string()))
-        .bind(e.bounce.as_ref().map(|b| b.category.clone()))
-        .bind(engine_id.to_string())
-        .bind(now_unix_ms)
-        .execute(&mut *conn)
-        .await?
-        .rows_affected();
-        if done == 0 {
-            continue;
-        }
-        inserted += 1;
-        for tag in &e.tags {
-            sqlx::query("INSERT INTO event_tags (event_seq, tenant_id, tag) VALUES ($1,$2,$3)")
-                .bind(seq)
-                .bind(e.tenant_id.clone())
-                .bind(tag.clone())
-                .execute(&mut *conn)
-                .await?;
-        }
-        let key = (
-            e.tenant_id.clone().unwrap_or_default(),
-            e.from_domain.clone().unwrap_or_default(),
-            bucket_start(e.timestamp_ms),
-        );
-        let mut c = stats.get(&key).copied().unwrap_or_default();
-        if c.add(e) {
-            stats.insert(key, c);
-        }
-    }
-    for ((tenant, domain, bucket), c) in stats {
-        sqlx::query(
-            "INSERT INTO event_stats (tenant_id, from_domain, bucket_start_ms, sent, delivered, \
-             bounced_hard, bounced_soft, deferred, expired, rejected, complained) VALUES \
-             ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11) ON CONFLICT (tenant_id, from_domain, \
-             bucket_start_ms) DO UPDATE SET sent = event_stats.sent + excluded.sent, \
-             delivered = event_stats.delivered + excluded.delivered, \
-             bounced_hard = event_stats.bounced_hard + excluded.bounced_hard, \
-             bounced_soft = event_stats.bounced_soft + excluded.bounced_soft, \
-             deferred = event_stats.deferred + excluded.deferred, \
-             expired = event_stats.expired + excluded.expired, \
-             rejected = event_stats.rejected + excluded.rejected, \
-             complained = event_stats.complained + excluded.complained",
-        )
-        .bind(tenant)
-        .bind(domain)
-        .bind(bucket)
-        .bind(c.sent)
-        .bind(c.delivered)
-        .bind(c.bounced_hard)
-        .bind(c.bounced_soft)
-        .bind(c.deferred)
-        .bind(c.expired)
-        .bind(c.rejected)
-        .bind(c.complained)
-        .execute(&mut *conn)
-        .await?;
-    }
-    Ok(inserted)
 }
 
 /// One stored event with its insertion sequence (the cursor).
@@ -312,55 +236,41 @@ enum Arg {
     Int(i64),
 }
 
-/// The `WHERE` clause and its arguments for `f` (numbered from `$1`).
+/// The `WHERE` clause and its arguments for `f` (numbered from `$1`), on `events e` joined,
+/// when `f` names a tag, to `event_tags t` (see [`list_query`]).
 fn where_clause(f: &EventFilter) -> (String, Vec<Arg>) {
     let mut clauses: Vec<String> = Vec::new();
     let mut args: Vec<Arg> = Vec::new();
-    let mut push = |clause: &str, arg: Arg, args: &mut Vec<Arg>| {
+    let mut push = |clause: &str, arg: Arg| {
         args.push(arg);
         clauses.push(clause.replace('?', &format!("${}", args.len())));
     };
-    if let Scope::Tenant(t) = &f.scope {
-        push("tenant_id = ?", Arg::Text(t.clone()), &mut args);
-    }
-    if let Some(v) = &f.kind {
-        push("type = ?", Arg::Text(v.clone()), &mut args);
-    }
-    if let Some(v) = &f.recipient {
-        push("recipient = ?", Arg::Text(v.clone()), &mut args);
-    }
-    if let Some(v) = &f.message_id {
-        push("message_id = ?", Arg::Text(v.clone()), &mut args);
+    match (&f.scope, &f.tag) {
+        // The tag rows carry their event's tenant: the tag index's range is the tenant's.
+        (Scope::Tenant(t), Some(_)) => push("t.tenant_id = ?", Arg::Text(t.clone())),
+        (Scope::Tenant(t), None) => push("e.tenant_id = ?", Arg::Text(t.clone())),
+        (Scope::All, _) => {}
     }
     if let Some(tag) = &f.tag {
-        // The tag table leads with the tenant, like the events indexes.
-        match &f.scope {
-            Scope::Tenant(t) => {
-                args.push(Arg::Text(t.clone()));
-                let n = args.len();
-                push(
-                    &format!(
-                        "seq IN (SELECT event_seq FROM event_tags WHERE tenant_id = ${n} AND tag = ?)"
-                    ),
-                    Arg::Text(tag.clone()),
-                    &mut args,
-                );
-            }
-            Scope::All => push(
-                "seq IN (SELECT event_seq FROM event_tags WHERE tag = ?)",
-                Arg::Text(tag.clone()),
-                &mut args,
-            ),
-        }
+        push("t.tag = ?", Arg::Text(tag.clone()));
+    }
+    if let Some(v) = &f.kind {
+        push("e.type = ?", Arg::Text(v.clone()));
+    }
+    if let Some(v) = &f.recipient {
+        push("e.recipient = ?", Arg::Text(v.clone()));
+    }
+    if let Some(v) = &f.message_id {
+        push("e.message_id = ?", Arg::Text(v.clone()));
     }
     if let Some(v) = f.since_ms {
-        push("timestamp_ms >= ?", Arg::Int(v), &mut args);
+        push("e.timestamp_ms >= ?", Arg::Int(v));
     }
     if let Some(v) = f.until_ms {
-        push("timestamp_ms <= ?", Arg::Int(v), &mut args);
+        push("e.timestamp_ms <= ?", Arg::Int(v));
     }
     if let Some(v) = f.before_seq {
-        push("seq < ?", Arg::Int(v), &mut args);
+        push(&format!("{} < ?", order_column(f)), Arg::Int(v));
     }
     let sql = if clauses.is_empty() {
         String::new()
@@ -370,11 +280,30 @@ fn where_clause(f: &EventFilter) -> (String, Vec<Arg>) {
     (sql, args)
 }
 
-/// The `SELECT` for [`list`] with its arguments (also what the index check explains).
+/// The column pages are ordered by: the event's `seq`, or with a tag the same value as the
+/// tag index holds it, so both backends read that index backwards and stop after one page
+/// instead of collecting every event of a common tag first.
+fn order_column(f: &EventFilter) -> &'static str {
+    if f.tag.is_some() {
+        "t.event_seq"
+    } else {
+        "e.seq"
+    }
+}
+
+/// The `SELECT` for [`list`] with its arguments (also what the index checks explain). Each
+/// filter is answered from one index in page order (see the module doc); with a tag the read
+/// starts at `event_tags (tenant_id, tag, event_seq)` and joins each row to its event by `seq`.
 pub fn list_query(f: &EventFilter, limit: i64) -> (String, Vec<ArgValue>) {
     let (w, args) = where_clause(f);
     let n = args.len() + 1;
-    let sql = format!("SELECT * FROM events{w} ORDER BY seq DESC LIMIT ${n}");
+    let from = if f.tag.is_some() {
+        "event_tags t JOIN events e ON e.seq = t.event_seq"
+    } else {
+        "events e"
+    };
+    let order = order_column(f);
+    let sql = format!("SELECT e.* FROM {from}{w} ORDER BY {order} DESC LIMIT ${n}");
     let mut args: Vec<ArgValue> = args.into_iter().map(ArgValue).collect();
     args.push(ArgValue(Arg::Int(limit)));
     (sql, args)
@@ -480,63 +409,6 @@ pub async fn stats(
         .collect()
 }
 
-/// Deletes at most `rows_max` events (with their tags) older than their tenant's retention
-/// window (the default one for events of no or an unknown tenant), oldest first. Returns the
-/// number deleted: the purge task calls it again while it returns `rows_max`.
-pub async fn purge_chunk(
-    conn: &mut AnyConnection,
-    now_unix_ms: i64,
-    rows_max: i64,
-) -> StoreResult<u64> {
-    // The seqs to delete, chosen once so tags and events go together.
-    let pick = "SELECT e.seq FROM events e LEFT JOIN tenants t ON t.id = e.tenant_id \
-         WHERE e.timestamp_ms < $1 - COALESCE(t.events_retention_days, $2) * $3 \
-         ORDER BY e.seq LIMIT $4";
-    let seqs: Vec<i64> = sqlx::query(pick)
-        .bind(now_unix_ms)
-        .bind(EVENTS_RETENTION_DAYS_DEFAULT)
-        .bind(DAY_MS)
-        .bind(rows_max)
-        .fetch_all(&mut *conn)
-        .await?
-        .iter()
-        .map(|r| r.try_get::<i64, _>("seq"))
-        .collect::<Result<_, _>>()?;
-    let (Some(first), Some(last)) = (seqs.first(), seqs.last()) else {
-        return Ok(0);
-    };
-    let mut deleted = 0;
-    // Bounded by rows_max; seqs are few enough to list as arguments in chunks.
-    for chunk in seqs.chunks(PURGE_ARGS_PER_STATEMENT) {
-        let list = (1..=chunk.len())
-            .map(|i| format!("${i}"))
-            .collect::<Vec<_>>()
-            .join(",");
-        for table_sql in [
-            format!("DELETE FROM event_tags WHERE event_seq IN ({list})"),
-            format!("DELETE FROM events WHERE seq IN ({list})"),
-        ] {
-            let mut q = sqlx::query(&table_sql);
-            for s in chunk {
-                q = q.bind(*s);
-            }
-            let n = q.execute(&mut *conn).await?.rows_affected();
-            if table_sql.starts_with("DELETE FROM events") {
-                deleted += n;
-            }
-        }
-    }
-    tracing::debug!(first, last, deleted, "purged events");
-    sqlx::query("DELETE FROM event_stats WHERE bucket_start_ms < $1")
-        .bind(now_unix_ms - STATS_RETENTION_DAYS * DAY_MS)
-        .execute(&mut *conn)
-        .await?;
-    Ok(deleted)
-}
-
-/// Sequence numbers bound in one purge `DELETE` (SQLite allows 32766 parameters).
-pub const PURGE_ARGS_PER_STATEMENT: usize = 500;
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -578,11 +450,11 @@ mod tests {
         let (sql, args) = list_query(&f, 10);
         assert_eq!(
             sql,
-            "SELECT * FROM events WHERE tenant_id = $1 AND type = $2 AND seq IN \
-             (SELECT event_seq FROM event_tags WHERE tenant_id = $3 AND tag = $4) AND \
-             timestamp_ms >= $5 AND seq < $6 ORDER BY seq DESC LIMIT $7"
+            "SELECT e.* FROM event_tags t JOIN events e ON e.seq = t.event_seq WHERE \
+             t.tenant_id = $1 AND t.tag = $2 AND e.type = $3 AND e.timestamp_ms >= $4 AND \
+             t.event_seq < $5 ORDER BY t.event_seq DESC LIMIT $6"
         );
-        assert_eq!(args.len(), 7);
+        assert_eq!(args.len(), 6);
         let all = EventFilter {
             scope: Scope::All,
             tag: None,
@@ -592,7 +464,7 @@ mod tests {
             ..f
         };
         let (sql, args) = list_query(&all, 10);
-        assert_eq!(sql, "SELECT * FROM events ORDER BY seq DESC LIMIT $1");
+        assert_eq!(sql, "SELECT e.* FROM events e ORDER BY e.seq DESC LIMIT $1");
         assert_eq!(args.len(), 1);
     }
 }
