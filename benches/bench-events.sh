@@ -40,7 +40,7 @@ for run in $(seq 1 "$RUNS"); do
   for mode in off on; do
     DATA=$(mktemp -d /tmp/petrel-events.XXXXXX)
     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=localhost \
-      -addext subjectAltName=DNS:localhost -keyout "$DATA/push.key" -out "$DATA/push.pem" >/dev/null 2>&1
+      -addext subjectAltName=DNS:localhost -addext basicConstraints=critical,CA:FALSE -keyout "$DATA/push.key" -out "$DATA/push.pem" >/dev/null 2>&1
     if [ -n "$DATABASE_URL" ]; then
       # A fresh database per run: drop every table of the previous one.
       psql "$DATABASE_URL" -q -c 'DROP SCHEMA public CASCADE; CREATE SCHEMA public;' >/dev/null 2>&1
@@ -54,14 +54,15 @@ for run in $(seq 1 "$RUNS"); do
     OWNER=$(grep -o 'keep it): .*' "$DATA/cp.out" | awk '{print $NF}')
     ADMIN=$(api POST /v1/tenants "$OWNER" '{"name":"bench","allow_unverified_domains":true}' \
       | python3 -c 'import json,sys; print(json.load(sys.stdin)["admin_key"]["secret"])')
-    api POST /v1/domains "$ADMIN" '{"name":"petrel-load.test","algorithm":"ed25519"}' > /dev/null
+    api POST /v1/domains "$ADMIN" '{"name":"petrel-load.test","algorithm":"ed25519"}' > "$DATA/domain.json"
     if [ "$mode" = on ]; then
       python3 tests/webhook_receiver.py --port 0 --port-file "$DATA/wh.port" --secret-file "$DATA/wh.secret" \
         --out "$DATA/wh.jsonl" > /dev/null 2>&1 &
       WH=$!; PIDS+=("$WH")
       for _ in $(seq 1 100); do [ -s "$DATA/wh.port" ] && break; sleep 0.1; done
       api POST /v1/webhooks "$ADMIN" "{\"url\":\"http://127.0.0.1:$(cat "$DATA/wh.port")/hook\",\"events\":[\"accepted\",\"rejected\",\"delivered\",\"deferred\",\"bounced\",\"expired\"]}" \
-        | python3 -c 'import json,sys; print(json.load(sys.stdin)["secret"])' > "$DATA/wh.secret"
+        > "$DATA/webhook.json"
+      python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["secret"])' "$DATA/webhook.json" > "$DATA/wh.secret"
     fi
     printf '[events]\nto_control_plane = %s\n' "$([ "$mode" = on ] && echo true || echo false)" > "$DATA/engine.toml"
     "$BIN" load sink --listen "127.0.0.1:$SINK_PORT" --duration "${TIMEOUT}s" --stats-file "$DATA/stats.json" \
@@ -114,7 +115,7 @@ print("%d %.0f %.0f %.0f" % (len(lags), q(0.5), q(0.99), lags[-1] if lags else f
     rates[$mode.$run]=$rate; cpus[$mode.$run]=$cpu
     kill "$ENGINE" "$SINK" "$CP" ${WH:+"$WH"} 2>/dev/null; wait "$ENGINE" "$SINK" "$CP" ${WH:+"$WH"} 2>/dev/null
     unset WH
-    rm -rf "$DATA"
+    [ "${KEEP:-0}" = 1 ] && echo "kept $DATA" || rm -rf "$DATA"
   done
 done
 for mode in off on; do

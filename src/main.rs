@@ -239,7 +239,7 @@ pub fn run_engine(
             ),
         };
         let engine_id = cfg.engine_id();
-        if cfg.events.to_control_plane {
+        if cfg.events_to_control_plane() {
             outbox = Some(std::sync::Arc::new(
                 petrel_policy::Outbox::open(
                     &cfg.server.data_dir.join("events-backlog"),

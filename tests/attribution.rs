@@ -142,7 +142,8 @@ fn messages_are_attributed_stripped_signed_and_recovered_with_their_attribution(
         "--control-ca",
         ca.to_str().unwrap(),
     ];
-    let config = "[delivery]\nretry_initial_ms = 300\nretry_max_ms = 600\n";
+    // Linked to a control plane, the engine writes JSON lines only when asked to.
+    let config = "[delivery]\nretry_initial_ms = 300\nretry_max_ms = 600\n[events]\njsonl = true\n";
     let data = dir.path().join("engine");
     let engine = Engine::start_with(&data, &args, Some(config));
 

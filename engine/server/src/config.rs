@@ -34,8 +34,10 @@ pub struct EngineConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EventsSection {
-    /// Write `<data>/events/events-<n>.jsonl` (default true).
-    pub jsonl: bool,
+    /// Write `<data>/events/events-<n>.jsonl`. Default: only when the engine does not send its
+    /// events to a control plane (the files are for operators who ship logs their own way;
+    /// writing both costs a second serialization of every event).
+    pub jsonl: Option<bool>,
     /// Send events to the control plane through the durable backlog when `control.push_addr`
     /// is set (default true); false keeps only the JSON-lines files.
     pub to_control_plane: bool,
@@ -50,7 +52,7 @@ pub const EVENTS_BACKLOG_BYTES_MIN: u64 = 64 << 10;
 impl Default for EventsSection {
     fn default() -> Self {
         EventsSection {
-            jsonl: true,
+            jsonl: None,
             to_control_plane: true,
             backlog_bytes_max: petrel_policy::outbox::OUTBOX_BYTES_MAX_DEFAULT,
         }
@@ -351,6 +353,18 @@ pub struct Overrides {
 }
 
 impl EngineConfig {
+    /// True when events go to a control plane (a push address and `events.to_control_plane`).
+    pub fn events_to_control_plane(&self) -> bool {
+        self.control.push_addr.is_some() && self.events.to_control_plane
+    }
+
+    /// Whether the JSON-lines event files are written (see [`EventsSection::jsonl`]).
+    pub fn events_jsonl(&self) -> bool {
+        self.events
+            .jsonl
+            .unwrap_or_else(|| !self.events_to_control_plane())
+    }
+
     /// This engine's id towards the control plane: `control.engine_id`, or the host name.
     pub fn engine_id(&self) -> String {
         self.control

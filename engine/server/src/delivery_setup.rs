@@ -56,7 +56,7 @@ pub fn build(
     })
     .map_err(EngineError::Resolver)?;
     let events = EventsConfig {
-        jsonl: cfg.events.jsonl,
+        jsonl: cfg.events_jsonl(),
         outbox,
         engine_id: cfg.engine_id(),
         ..EventsConfig::new(cfg.server.data_dir.join("events"))

@@ -189,4 +189,21 @@ fn describe() {
         "petrel_outbound_route_failures_total",
         "Destination routes that could not be resolved"
     );
+    describe_gauge!(
+        petrel_delivery::events::wire::EVENTS_BACKLOG_BYTES,
+        Unit::Bytes,
+        "Bytes of events the control plane has not acknowledged yet (new mail gets 452 4.3.1 past events.backlog_bytes_max)"
+    );
+    describe_counter!(
+        petrel_delivery::events::wire::EVENTS_BACKLOGGED_TOTAL,
+        "Events written to the durable backlog for the control plane"
+    );
+    describe_counter!(
+        petrel_delivery::events::wire::EVENTS_DROPPED_TOTAL,
+        "Events not kept, by reason (backlog_full: rejected events while the backlog is full)"
+    );
+    describe_counter!(
+        petrel_delivery::events::wire::EVENTS_BACKLOG_ERRORS_TOTAL,
+        "Failed writes or syncs of the event backlog (each retried; outcomes wait meanwhile)"
+    );
 }

@@ -38,6 +38,8 @@ pub const EVENTS_DROPPED_TOTAL: &str = "petrel_events_dropped_total";
 pub const EVENTS_BACKLOG_BYTES: &str = "petrel_events_backlog_bytes";
 /// Events written to the backlog.
 pub const EVENTS_BACKLOGGED_TOTAL: &str = "petrel_events_backlogged_total";
+/// Failed backlog writes or syncs (each retried).
+pub const EVENTS_BACKLOG_ERRORS_TOTAL: &str = "petrel_events_backlog_errors_total";
 
 /// The writer thread's side of the backlog: the batch being built.
 pub(super) struct WireWriter {
@@ -123,7 +125,7 @@ fn retry(what: &str, mut op: impl FnMut() -> Result<(), petrel_policy::OutboxErr
             Ok(()) => return,
             Err(e) => {
                 tracing::error!(error = %e, op = what, "event backlog write failed; retrying");
-                metrics::counter!("petrel_events_backlog_errors_total").increment(1);
+                metrics::counter!(EVENTS_BACKLOG_ERRORS_TOTAL).increment(1);
                 std::thread::sleep(Duration::from_millis(BACKLOG_RETRY_DELAY_MS));
             }
         }
