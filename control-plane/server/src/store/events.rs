@@ -34,6 +34,7 @@ pub use insert::{
 };
 pub use purge::{
     purge_plan, purge_stats, purge_tenant_chunk, PurgeTarget, PURGE_ARGS_PER_STATEMENT,
+    PURGE_PICK_SQL, PURGE_PICK_UNTENANTED_SQL, PURGE_PLAN_SQL,
 };
 
 use petrel_policy::{BounceClass, Event, EventType};

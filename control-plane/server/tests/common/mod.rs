@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod events;
+pub mod plans;
 pub mod scenarios;
 pub mod webhooks;
 

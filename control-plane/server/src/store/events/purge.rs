@@ -18,6 +18,27 @@ use crate::store::StoreResult;
 /// Sequence numbers bound in one purge `DELETE` (far below either backend's bind limit).
 pub const PURGE_ARGS_PER_STATEMENT: usize = 500;
 
+/// [`purge_plan`]'s read of the tenants: `$1` now, `$2` the default retention in days, `$3` a
+/// day in ms. Public for the index checks in the tests.
+pub const PURGE_PLAN_SQL: &str = "WITH RECURSIVE present(id) AS ( \
+         SELECT MIN(tenant_id) FROM events \
+         UNION ALL \
+         SELECT (SELECT MIN(e.tenant_id) FROM events e WHERE e.tenant_id > present.id) \
+         FROM present WHERE present.id IS NOT NULL) \
+     SELECT present.id AS tenant_id, \
+         (SELECT MIN(e.timestamp_ms) FROM events e WHERE e.tenant_id = present.id) AS oldest_ms, \
+         $1 - COALESCE(tn.events_retention_days, $2) * $3 AS cutoff_ms \
+     FROM present LEFT JOIN tenants tn ON tn.id = present.id \
+     WHERE present.id IS NOT NULL";
+
+/// [`purge_tenant_chunk`]'s pick of one tenant's oldest expired events: `$1` the tenant, `$2`
+/// the cutoff, `$3` the chunk size.
+pub const PURGE_PICK_SQL: &str = "SELECT seq FROM events WHERE tenant_id = $1 \
+     AND timestamp_ms < $2 ORDER BY timestamp_ms LIMIT $3";
+/// The same for events without a tenant: `$1` the cutoff, `$2` the chunk size.
+pub const PURGE_PICK_UNTENANTED_SQL: &str = "SELECT seq FROM events WHERE tenant_id IS NULL \
+     AND timestamp_ms < $1 ORDER BY timestamp_ms LIMIT $2";
+
 /// Events of one tenant (None: events without a tenant) older than `cutoff_ms`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PurgeTarget {
@@ -44,24 +65,12 @@ pub async fn purge_plan(
             cutoff_ms: default_cutoff,
         });
     }
-    let rows = sqlx::query(
-        "WITH RECURSIVE present(id) AS ( \
-             SELECT MIN(tenant_id) FROM events \
-             UNION ALL \
-             SELECT (SELECT MIN(e.tenant_id) FROM events e WHERE e.tenant_id > present.id) \
-             FROM present WHERE present.id IS NOT NULL) \
-         SELECT present.id AS tenant_id, \
-             (SELECT MIN(e.timestamp_ms) FROM events e WHERE e.tenant_id = present.id) \
-                 AS oldest_ms, \
-             $1 - COALESCE(t.events_retention_days, $2) * $3 AS cutoff_ms \
-         FROM present LEFT JOIN tenants t ON t.id = present.id \
-         WHERE present.id IS NOT NULL",
-    )
-    .bind(now_unix_ms)
-    .bind(EVENTS_RETENTION_DAYS_DEFAULT)
-    .bind(DAY_MS)
-    .fetch_all(&mut *conn)
-    .await?;
+    let rows = sqlx::query(PURGE_PLAN_SQL)
+        .bind(now_unix_ms)
+        .bind(EVENTS_RETENTION_DAYS_DEFAULT)
+        .bind(DAY_MS)
+        .fetch_all(&mut *conn)
+        .await?;
     for r in rows {
         let oldest: Option<i64> = r.try_get("oldest_ms")?;
         let cutoff_ms: i64 = r.try_get("cutoff_ms")?;
@@ -83,14 +92,8 @@ pub async fn purge_tenant_chunk(
     rows_max: i64,
 ) -> StoreResult<u64> {
     let pick = match &target.tenant_id {
-        Some(_) => {
-            "SELECT seq FROM events WHERE tenant_id = $1 AND timestamp_ms < $2 \
-             ORDER BY timestamp_ms LIMIT $3"
-        }
-        None => {
-            "SELECT seq FROM events WHERE tenant_id IS NULL AND timestamp_ms < $1 \
-             ORDER BY timestamp_ms LIMIT $2"
-        }
+        Some(_) => PURGE_PICK_SQL,
+        None => PURGE_PICK_UNTENANTED_SQL,
     };
     let mut q = sqlx::query(pick);
     if let Some(t) = &target.tenant_id {
