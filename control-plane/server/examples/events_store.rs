@@ -282,12 +282,14 @@ async fn operator_tenant(db: &Db) -> anyhow::Result<String> {
 
 fn app(db: Db) -> anyhow::Result<App> {
     let nameserver = "127.0.0.1:9".parse()?;
+    let dns = dns::DnsChecker::new(&[nameserver])?;
     Ok(App(Arc::new(AppState {
         db,
         clock: Arc::new(SystemClock),
         throttle: auth::api_throttle(),
         verify_cache: auth::VerifyCache::default(),
-        dns: dns::DnsChecker::new(&[nameserver])?,
+        webhooks: petrel_control::webhooks::Webhooks::new(dns.clone(), false, None)?,
+        dns,
         settings: Settings {
             spf_include: "spf.bench.invalid".into(),
             dkim_rotation_grace_ms: 0,
