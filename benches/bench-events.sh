@@ -5,6 +5,8 @@
 # tenant and DKIM signing, only the JSON-lines files).
 #
 #   benches/bench-events.sh          # N=100000 CONNS=200 RUNS=3, alternating off/on
+#   RATE=4000 N=60000 benches/bench-events.sh   # injected at a steady rate: the webhook lag at a
+#                                               # load the control plane's store keeps up with
 #
 # Both runs: `petrel control serve` (SQLite, or DATABASE_URL=postgres://...), a tenant whose
 # sending domain petrel-load.test is used unverified (so mail is attributed and Ed25519-signed),
@@ -33,7 +35,7 @@ api() { # method path key [json]
 }
 wait_for() { for _ in $(seq 1 300); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 
-echo "# $(date -u +%FT%TZ) $(nproc) cores; N=$N CONNS=$CONNS RUNS=$RUNS SIZE=$SIZE store=${DATABASE_URL:+postgres}${DATABASE_URL:-sqlite}"
+echo "# $(date -u +%FT%TZ) $(nproc) cores; N=$N CONNS=$CONNS RUNS=$RUNS SIZE=$SIZE RATE=${RATE:-max} store=${DATABASE_URL:+postgres}${DATABASE_URL:-sqlite}"
 declare -A rates cpus cpcpus
 lags=()
 for run in $(seq 1 "$RUNS"); do
@@ -79,7 +81,7 @@ for run in $(seq 1 "$RUNS"); do
     accepted() { local v; v=$(grep -o '"messages_accepted": *[0-9]*' "$DATA/stats.json" 2>/dev/null | grep -o '[0-9]*$'); echo "${v:-0}"; }
     c0=$(cpu_ticks "$ENGINE"); p0=$(cpu_ticks "$CP"); t0=$(date +%s.%N)
     timeout "$TIMEOUT" "$BIN" load inject --target "127.0.0.1:$PORT" --messages "$N" --connections "$CONNS" \
-      --size "$SIZE" --domains 1000 --domain-weights zipf --json > "$DATA/inject.json" 2>/dev/null
+      --size "$SIZE" --domains 1000 --domain-weights zipf ${RATE:+--rate "$RATE"} --json > "$DATA/inject.json" 2>/dev/null
     deadline=$(( $(date +%s) + TIMEOUT ))
     while [ "$(accepted)" -lt "$N" ] && [ "$(date +%s)" -lt "$deadline" ]; do sleep 0.02; done
     t2=$(date +%s.%N); c1=$(cpu_ticks "$ENGINE"); got=$(accepted)
