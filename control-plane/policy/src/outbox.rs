@@ -2,8 +2,8 @@
 //! control plane acknowledges them (the link's `Events`/`EventsAck` frames, [`crate::wire`]).
 //!
 //! **Shape.** `<data>/events-backlog/batches-<first seq, 20 digits>.log` segment files, each a
-//! run of records `len u32 BE | crc32c u32 BE | batch_seq u64 BE | JSON array` (the crc covers
-//! seq and JSON). One writer (the engine's events thread) [`Outbox::append`]s batches and then
+//! run of records `len u32 BE | crc32c u32 BE | batch_seq u64 BE | events u32 BE | JSON array`
+//! (the crc covers seq, count and JSON). One writer (the engine's events thread) [`Outbox::append`]s batches and then
 //! [`Outbox::sync`]s: one `fdatasync` covers every batch appended since the last one, and only
 //! synced batches become visible to the sender (the link, [`Outbox::unsent_after`]). So a batch
 //! the control plane acknowledged is always on our disk, and `batch_seq` never goes back after
@@ -42,8 +42,8 @@ pub const OUTBOX_SEGMENT_BYTES: u64 = 8 << 20;
 pub const OUTBOX_ROLL_ACKED_BYTES_MIN: u64 = 1 << 20;
 /// Bodies of recent batches kept in memory for the sender, at most (older ones are read back).
 pub const OUTBOX_CACHE_BYTES_MAX: usize = 64 << 20;
-/// `len u32 | crc32c u32 | batch_seq u64`.
-pub const OUTBOX_RECORD_HEADER_BYTES: usize = 16;
+/// `len u32 | crc32c u32 | batch_seq u64 | events u32`.
+pub const OUTBOX_RECORD_HEADER_BYTES: usize = 20;
 /// Largest JSON body of one record (a wire batch is at most this).
 pub const OUTBOX_RECORD_BODY_MAX_BYTES: usize = crate::event::EVENTS_BATCH_MAX_BYTES;
 /// The default of `events.backlog_bytes_max`.
@@ -74,6 +74,8 @@ struct Batch {
     /// Offset of the JSON body in the segment.
     offset: u64,
     len: u32,
+    /// Events in the JSON array.
+    events: u32,
     /// Kept while the cache has room; read back from disk otherwise.
     body: Option<Arc<[u8]>>,
 }
@@ -115,8 +117,13 @@ pub struct Outbox {
     pub recovered_torn: u64,
 }
 
-/// What a sender gets: the seq and the JSON array, ready for an `Events` frame.
-pub type OutboxBatch = (u64, Arc<[u8]>);
+/// What a sender gets: a batch's seq, its JSON array and how many events it holds.
+#[derive(Debug, Clone)]
+pub struct OutboxBatch {
+    pub seq: u64,
+    pub json: Arc<[u8]>,
+    pub events: u32,
+}
 
 impl Outbox {
     /// Opens (or creates) the backlog in `dir`, reading back every batch still on disk.
@@ -215,7 +222,7 @@ impl Outbox {
 
     /// Appends one batch (a JSON array of events); visible to the sender after the next
     /// [`Outbox::sync`]. Returns its seq.
-    pub fn append(&self, json: &[u8]) -> Result<u64, OutboxError> {
+    pub fn append(&self, json: &[u8], events: u32) -> Result<u64, OutboxError> {
         if json.len() > OUTBOX_RECORD_BODY_MAX_BYTES {
             return Err(OutboxError::TooLarge {
                 len: json.len(),
@@ -234,9 +241,12 @@ impl Outbox {
         let len = u32::try_from(json.len()).unwrap_or(u32::MAX);
         let mut rec = Vec::with_capacity(OUTBOX_RECORD_HEADER_BYTES + json.len());
         rec.extend_from_slice(&len.to_be_bytes());
-        let crc = crc32c::crc32c_append(crc32c::crc32c(&seq.to_be_bytes()), json);
+        let mut tail = [0u8; 12];
+        tail[..8].copy_from_slice(&seq.to_be_bytes());
+        tail[8..].copy_from_slice(&events.to_be_bytes());
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&tail), json);
         rec.extend_from_slice(&crc.to_be_bytes());
-        rec.extend_from_slice(&seq.to_be_bytes());
+        rec.extend_from_slice(&tail);
         rec.extend_from_slice(json);
         let (first, offset) = match st.segments.back() {
             Some(s) => (s.first_seq, s.bytes),
@@ -262,6 +272,7 @@ impl Outbox {
             segment: first,
             offset: offset + OUTBOX_RECORD_HEADER_BYTES as u64,
             len,
+            events,
             body: cache.then(|| Arc::<[u8]>::from(json)),
         });
         drop(st);
@@ -332,7 +343,11 @@ impl Outbox {
                 Some(body) => body,
                 None => self.read_body(&b)?,
             };
-            out.push((b.seq, body));
+            out.push(OutboxBatch {
+                seq: b.seq,
+                json: body,
+                events: b.events,
+            });
         }
         Ok(out)
     }
@@ -384,33 +399,45 @@ impl Outbox {
         Ok(())
     }
 
-    /// The control plane refused batch `seq` as invalid: keep a copy under `refused/` for the
-    /// operator and stop offering it (a later cumulative ack covers its seq).
-    pub fn set_aside(&self, seq: u64) -> Result<(), OutboxError> {
-        let batch = {
+    /// The control plane refused the frame holding batches `first..=last` as invalid: keep a
+    /// copy of each under `refused/` for the operator and stop offering them (a later cumulative
+    /// ack covers their seqs).
+    pub fn set_aside(&self, first: u64, last: u64) -> Result<(), OutboxError> {
+        let batches: Vec<Batch> = {
             let st = self.lock();
-            st.unacked.iter().find(|b| b.seq == seq).cloned()
-        };
-        let Some(b) = batch else { return Ok(()) };
-        let body = match &b.body {
-            Some(body) => Arc::clone(body),
-            None => self.read_body(&b)?,
+            st.unacked
+                .iter()
+                .filter(|b| (first..=last).contains(&b.seq))
+                .cloned()
+                .collect()
         };
         let dir = self.dir.join(OUTBOX_REFUSED_DIR);
-        let path = dir.join(format!("batch-{seq}.json"));
-        std::fs::create_dir_all(&dir)
-            .and_then(|()| std::fs::write(&path, &body))
-            .map_err(|source| OutboxError::Io { path, source })?;
-        let mut st = self.lock();
-        if let Some(i) = st.unacked.iter().position(|x| x.seq == seq) {
-            if let Some(x) = st.unacked.remove(i) {
-                if x.body.is_some() {
-                    st.cache_bytes = st.cache_bytes.saturating_sub(x.len as usize);
-                }
-                self.bytes.fetch_sub(record_bytes(&x), Ordering::AcqRel);
-            }
+        for b in &batches {
+            let body = match &b.body {
+                Some(body) => Arc::clone(body),
+                None => self.read_body(b)?,
+            };
+            let path = dir.join(format!("batch-{}.json", b.seq));
+            std::fs::create_dir_all(&dir)
+                .and_then(|()| std::fs::write(&path, &body))
+                .map_err(|source| OutboxError::Io { path, source })?;
         }
+        let mut st = self.lock();
+        let mut freed = 0u64;
+        let mut uncached = 0usize;
+        st.unacked.retain(|x| {
+            let gone = (first..=last).contains(&x.seq);
+            if gone {
+                freed += record_bytes(x);
+                if x.body.is_some() {
+                    uncached += x.len as usize;
+                }
+            }
+            !gone
+        });
+        st.cache_bytes = st.cache_bytes.saturating_sub(uncached);
         drop(st);
+        self.bytes.fetch_sub(freed, Ordering::AcqRel);
         self.update_full();
         Ok(())
     }
@@ -465,9 +492,12 @@ fn scan(data: &[u8], segment: u64) -> (Vec<Batch>, usize) {
         let word = |i: usize| u32::from_be_bytes([head[i], head[i + 1], head[i + 2], head[i + 3]]);
         let len = word(0) as usize;
         let crc = word(4);
+        let mut tail = [0u8; 12];
+        tail.copy_from_slice(&head[8..20]);
         let mut seq_bytes = [0u8; 8];
-        seq_bytes.copy_from_slice(&head[8..16]);
+        seq_bytes.copy_from_slice(&tail[..8]);
         let seq = u64::from_be_bytes(seq_bytes);
+        let events = word(16);
         let start = at + OUTBOX_RECORD_HEADER_BYTES;
         let Some(body) = (len <= OUTBOX_RECORD_BODY_MAX_BYTES)
             .then(|| data.get(start..start + len))
@@ -475,7 +505,7 @@ fn scan(data: &[u8], segment: u64) -> (Vec<Batch>, usize) {
         else {
             break;
         };
-        let ok = crc32c::crc32c_append(crc32c::crc32c(&seq_bytes), body) == crc
+        let ok = crc32c::crc32c_append(crc32c::crc32c(&tail), body) == crc
             && out.last().is_none_or(|b| b.seq < seq);
         if !ok {
             break;
@@ -485,6 +515,7 @@ fn scan(data: &[u8], segment: u64) -> (Vec<Batch>, usize) {
             segment,
             offset: start as u64,
             len: len as u32,
+            events,
             body: None,
         });
         at = start + len;

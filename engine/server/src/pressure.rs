@@ -269,7 +269,7 @@ mod tests {
         let outbox = Arc::new(petrel_policy::Outbox::open(&dir, 4096, 1).unwrap());
         let p = Pressure::new(limits(), 2, Some(Arc::clone(&outbox)));
         assert!(p.admit_transaction().is_ok());
-        let seq = outbox.append(&vec![b' '; 5000]).unwrap();
+        let seq = outbox.append(&vec![b' '; 5000], 1).unwrap();
         outbox.sync().unwrap();
         assert_eq!(p.admit_transaction(), Err(Refusal::EventBacklogFull));
         let r = Refusal::EventBacklogFull.reply();

@@ -331,7 +331,7 @@ async fn sends_the_backlog_in_order_frees_it_on_ack_and_resends_the_rest_after_a
         let addr = listener.local_addr().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let outbox = Arc::new(Outbox::open(&dir.path().join("backlog"), u64::MAX, 1).unwrap());
-        let first = outbox.append(&batch_json(3, "a")).unwrap();
+        let first = outbox.append(&batch_json(3, "a"), 3).unwrap();
         outbox.sync().unwrap();
         let mut c = cfg(addr, LinkTrust::CaPem(tls.ca_pem.clone()));
         c.outbox = Some(outbox.clone());
@@ -341,7 +341,7 @@ async fn sends_the_backlog_in_order_frees_it_on_ack_and_resends_the_rest_after_a
         peer.hello().await;
         assert_eq!(expect_events(&mut peer).await, (first, 3));
         // A batch synced while connected goes out at once.
-        let second = outbox.append(&batch_json(2, "b")).unwrap();
+        let second = outbox.append(&batch_json(2, "b"), 2).unwrap();
         outbox.sync().unwrap();
         assert_eq!(expect_events(&mut peer).await, (second, 2));
         // Cumulative ack of the first only; then the CP goes away.
@@ -369,7 +369,7 @@ async fn sends_the_backlog_in_order_frees_it_on_ack_and_resends_the_rest_after_a
         .unwrap();
         let mut peer = Peer::accept(&listener, &tls.acceptor).await;
         peer.hello().await;
-        let third = outbox.append(&batch_json(1, "c")).unwrap();
+        let third = outbox.append(&batch_json(1, "c"), 1).unwrap();
         outbox.sync().unwrap();
         assert_eq!(expect_events(&mut peer).await, (third, 1));
         assert!(dir

@@ -17,18 +17,18 @@ fn body(i: u64, size: usize) -> Vec<u8> {
 fn synced_batches_are_offered_in_order_and_acks_free_them() {
     let d = dir("order");
     let o = Outbox::open(&d, OUTBOX_BYTES_MAX_DEFAULT, 1_000).expect("open");
-    let a = o.append(&body(1, 100)).expect("append");
+    let a = o.append(&body(1, 100), 1).expect("append");
     assert_eq!(a, 1_000_000, "a fresh backlog starts at now_ms * 1000");
     assert!(
         o.unsent_after(0, 10).expect("read").is_empty(),
         "unsynced is invisible"
     );
     o.sync().expect("sync");
-    let b = o.append(&body(2, 100)).expect("append");
+    let b = o.append(&body(2, 100), 1).expect("append");
     o.sync().expect("sync");
     let got = o.unsent_after(0, 10).expect("read");
-    assert_eq!(got.iter().map(|g| g.0).collect::<Vec<_>>(), vec![a, b]);
-    assert_eq!(&*got[1].1, &body(2, 100)[..]);
+    assert_eq!(got.iter().map(|g| g.seq).collect::<Vec<_>>(), vec![a, b]);
+    assert_eq!(&*got[1].json, &body(2, 100)[..]);
     assert_eq!(o.unsent_after(a, 10).expect("read").len(), 1);
     o.ack(a).expect("ack");
     assert_eq!(o.unacked_batches(), 1);
@@ -43,25 +43,26 @@ fn reopening_offers_every_unacked_batch_again_and_never_reuses_a_seq() {
     let seqs: Vec<u64> = {
         let o = Outbox::open(&d, OUTBOX_BYTES_MAX_DEFAULT, 5).expect("open");
         let s = (0..5)
-            .map(|i| o.append(&body(i, 200)).expect("append"))
+            .map(|i| o.append(&body(i, 200), 1).expect("append"))
             .collect();
         o.sync().expect("sync");
         s
     };
     let o = Outbox::open(&d, OUTBOX_BYTES_MAX_DEFAULT, 1).expect("reopen");
     let got = o.unsent_after(0, 100).expect("read");
-    assert_eq!(got.iter().map(|g| g.0).collect::<Vec<_>>(), seqs);
-    for (i, (_, b)) in got.iter().enumerate() {
-        assert_eq!(&**b, &body(i as u64, 200)[..]);
+    assert_eq!(got.iter().map(|g| g.seq).collect::<Vec<_>>(), seqs);
+    for (i, b) in got.iter().enumerate() {
+        assert_eq!(&*b.json, &body(i as u64, 200)[..]);
+        assert_eq!(b.events, 1);
     }
     o.ack(seqs[4]).expect("ack all");
-    let next = o.append(&body(9, 50)).expect("append");
+    let next = o.append(&body(9, 50), 1).expect("append");
     assert!(next > seqs[4], "seq moves on after a restart: {next}");
     o.sync().expect("sync");
     drop(o);
     // Everything acknowledged and the process restarts with an earlier clock: seqs still grow.
     let o = Outbox::open(&d, OUTBOX_BYTES_MAX_DEFAULT, 1).expect("reopen");
-    let again = o.append(&body(10, 50)).expect("append");
+    let again = o.append(&body(10, 50), 1).expect("append");
     assert!(again > next);
     let _ = std::fs::remove_dir_all(&d);
 }
@@ -72,7 +73,7 @@ fn a_torn_tail_is_cut_off_and_the_rest_survives() {
     {
         let o = Outbox::open(&d, OUTBOX_BYTES_MAX_DEFAULT, 7).expect("open");
         for i in 0..3 {
-            o.append(&body(i, 300)).expect("append");
+            o.append(&body(i, 300), 1).expect("append");
         }
         o.sync().expect("sync");
     }
@@ -90,14 +91,14 @@ fn a_torn_tail_is_cut_off_and_the_rest_survives() {
     assert_eq!(o.recovered_torn, 1);
     assert_eq!(o.unsent_after(0, 10).expect("read").len(), 2);
     // Appends continue after the cut, and a later open sees them.
-    let s = o.append(&body(5, 100)).expect("append");
+    let s = o.append(&body(5, 100), 1).expect("append");
     o.sync().expect("sync");
     drop(o);
     let o = Outbox::open(&d, OUTBOX_BYTES_MAX_DEFAULT, 7).expect("reopen");
     assert_eq!(o.recovered_torn, 0);
     let got = o.unsent_after(0, 10).expect("read");
     assert_eq!(got.len(), 3);
-    assert_eq!(got[2].0, s);
+    assert_eq!(got[2].seq, s);
     let _ = std::fs::remove_dir_all(&d);
 }
 
@@ -109,7 +110,7 @@ fn the_bound_says_full_and_acks_make_room_across_segments() {
     let chunk = 1 << 20;
     let mut last = 0;
     while !o.is_full() {
-        last = o.append(&body(last, chunk)).expect("append");
+        last = o.append(&body(last, chunk), 1).expect("append");
         o.sync().expect("sync");
     }
     assert!(o.bytes() >= max);
@@ -124,7 +125,7 @@ fn the_bound_says_full_and_acks_make_room_across_segments() {
     };
     assert!(files() >= 3, "rolled into segments");
     // Still appends past the bound (outcomes of accepted mail are never lost).
-    let extra = o.append(&body(0, 100)).expect("append past the bound");
+    let extra = o.append(&body(0, 100), 1).expect("append past the bound");
     o.sync().expect("sync");
     o.ack(extra).expect("ack");
     assert!(!o.is_full());
@@ -142,20 +143,20 @@ fn bodies_beyond_the_cache_are_read_back_and_a_refused_batch_is_set_aside() {
     let size = 3 << 20;
     let n = OUTBOX_CACHE_BYTES_MAX / size + 3;
     let seqs: Vec<u64> = (0..n as u64)
-        .map(|i| o.append(&body(i, size)).expect("append"))
+        .map(|i| o.append(&body(i, size), 1).expect("append"))
         .collect();
     o.sync().expect("sync");
     let got = o.unsent_after(0, n).expect("read");
     assert_eq!(got.len(), n);
-    for (i, (_, b)) in got.iter().enumerate() {
-        assert_eq!(&**b, &body(i as u64, size)[..], "batch {i}");
+    for (i, b) in got.iter().enumerate() {
+        assert_eq!(&*b.json, &body(i as u64, size)[..], "batch {i}");
     }
-    o.set_aside(seqs[1]).expect("set aside");
+    o.set_aside(seqs[1], seqs[1]).expect("set aside");
     let left: Vec<u64> = o
         .unsent_after(0, n)
         .expect("read")
         .iter()
-        .map(|g| g.0)
+        .map(|g| g.seq)
         .collect();
     assert!(!left.contains(&seqs[1]));
     assert_eq!(left.len(), n - 1);
@@ -166,7 +167,7 @@ fn bodies_beyond_the_cache_are_read_back_and_a_refused_batch_is_set_aside() {
     .expect("refused copy");
     assert_eq!(kept, body(1, size));
     assert!(matches!(
-        o.append(&vec![b'x'; OUTBOX_RECORD_BODY_MAX_BYTES + 1]),
+        o.append(&vec![b'x'; OUTBOX_RECORD_BODY_MAX_BYTES + 1], 1),
         Err(OutboxError::TooLarge { .. })
     ));
     let _ = std::fs::remove_dir_all(&d);

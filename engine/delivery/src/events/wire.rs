@@ -109,7 +109,8 @@ impl WireWriter {
             return;
         }
         self.buf.push(b']');
-        retry("append", || outbox.append(&self.buf).map(|_| ()));
+        let count = u32::try_from(self.count).unwrap_or(u32::MAX);
+        retry("append", || outbox.append(&self.buf, count).map(|_| ()));
         metrics::counter!(EVENTS_BACKLOGGED_TOTAL).increment(self.count as u64);
         self.buf.clear();
         self.count = 0;

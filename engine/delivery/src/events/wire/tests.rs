@@ -11,7 +11,12 @@ fn written(o: &Outbox) -> Vec<Vec<petrel_policy::Event>> {
     o.unsent_after(0, usize::MAX)
         .expect("read")
         .iter()
-        .map(|(_, json)| serde_json::from_slice(json).expect("a JSON array of events"))
+        .map(|b| {
+            let events: Vec<petrel_policy::Event> =
+                serde_json::from_slice(&b.json).expect("a JSON array of events");
+            assert_eq!(events.len() as u32, b.events, "the record's count");
+            events
+        })
         .collect()
 }
 
