@@ -8,16 +8,19 @@ set -u
 cd "$(dirname "$0")/.."
 N=${N:-100000}; ROUNDS=${ROUNDS:-3}; PORT=2735; SINK_PORT=2736
 TCK=$(getconf CLK_TCK)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done; }
+trap cleanup EXIT
 cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 for round in $(seq 1 "$ROUNDS"); do
   for BIN in "$@"; do
     DATA=$(mktemp -d /tmp/petrel-ab.XXXXXX)
     "$BIN" load sink --listen "127.0.0.1:$SINK_PORT" --duration 200s --stats-file "$DATA/stats.json" >/dev/null 2>&1 &
-    SINK=$!
+    SINK=$!; PIDS+=("$SINK")
     "$BIN" engine --data-dir "$DATA" --smtp-listen "127.0.0.1:$PORT" --metrics-listen 127.0.0.1:0 \
       --admin-listen 127.0.0.1:0 --relay-to "127.0.0.1:$SINK_PORT" --trust-network 127.0.0.0/8 \
       > "$DATA/engine.out" 2> "$DATA/engine.err" &
-    ENGINE=$!
+    ENGINE=$!; PIDS+=("$ENGINE")
     for _ in $(seq 1 300); do grep -q "engine ready" "$DATA/engine.out" 2>/dev/null && break; sleep 0.1; done
     accepted() { local v; v=$(grep -o '"messages_accepted": *[0-9]*' "$DATA/stats.json" 2>/dev/null | grep -o '[0-9]*$'); echo "${v:-0}"; }
     c0=$(cpu_ticks "$ENGINE"); t0=$(date +%s.%N)
