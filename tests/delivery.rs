@@ -136,7 +136,9 @@ fn delivered_deferred_bounced_null_mx_and_implicit_mx() {
         ..SinkConfig::default()
     });
     let dir = tempfile::tempdir().unwrap();
-    let engine = start_engine(dir.path(), &engine_config(dns.addr, sink.addr(), ""));
+    // Without a control plane, accepted lines are written only when asked for.
+    let extra = "[events]\njsonl_accepted = true";
+    let engine = start_engine(dir.path(), &engine_config(dns.addr, sink.addr(), extra));
     let from = "sender@a.test";
     let mut all = items("a.test", "a", 20);
     all.extend(items("b.test", "b", 10));
@@ -231,6 +233,14 @@ fn delivered_deferred_bounced_null_mx_and_implicit_mx() {
             .find(|v| v["recipient"] == rcpt && v["outcome"] == outcome)
             .unwrap_or_else(|| panic!("no {outcome} event for {rcpt}"))
     };
+    let accepted = of("user0@c.test", "accepted");
+    assert_eq!(accepted["attempt"], 0, "{accepted}");
+    assert_eq!(accepted["sender"], from, "{accepted}");
+    assert_eq!(
+        accepted["message_id"],
+        of("user0@c.test", "bounced")["message_id"],
+        "{accepted}"
+    );
     let rejected = &of("user0@c.test", "bounced")["bounce"];
     assert_eq!(rejected["class"], "hard", "{rejected}");
     assert!(rejected["category"].as_str().is_some_and(|c| !c.is_empty()));

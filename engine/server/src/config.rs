@@ -38,6 +38,10 @@ pub struct EventsSection {
     /// events to a control plane (the files are for operators who ship logs their own way;
     /// writing both costs a second serialization of every event).
     pub jsonl: Option<bool>,
+    /// Also write an `accepted` line per recipient to the JSON-lines files of an engine without
+    /// a control plane (default false: they carry outcomes and refusals; a linked engine sends
+    /// `accepted` events to the control plane always).
+    pub jsonl_accepted: bool,
     /// Send events to the control plane through the durable backlog when `control.push_addr`
     /// is set (default true); false keeps only the JSON-lines files.
     pub to_control_plane: bool,
@@ -53,6 +57,7 @@ impl Default for EventsSection {
     fn default() -> Self {
         EventsSection {
             jsonl: None,
+            jsonl_accepted: false,
             to_control_plane: true,
             backlog_bytes_max: petrel_policy::outbox::OUTBOX_BYTES_MAX_DEFAULT,
         }

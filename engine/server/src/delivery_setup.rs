@@ -57,6 +57,7 @@ pub fn build(
     .map_err(EngineError::Resolver)?;
     let events = EventsConfig {
         jsonl: cfg.events_jsonl(),
+        accepted: cfg.events.jsonl_accepted,
         outbox,
         engine_id: cfg.engine_id(),
         ..EventsConfig::new(cfg.server.data_dir.join("events"))

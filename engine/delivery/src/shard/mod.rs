@@ -439,7 +439,7 @@ impl<S: SpoolAccess + 'static> Inner<S> {
     /// `accepted` events for a newly queued (or recovered) message's pending recipients. A
     /// recovered message's are sent again: same ids, so the control plane keeps one of each.
     fn record_accepted(self: &Rc<Self>, msg: &QueuedMessage) {
-        if !self.events.is_enabled() || msg.is_dsn || msg.recipients.is_empty() {
+        if !self.events.wants_accepted() || msg.is_dsn || msg.recipients.is_empty() {
             return;
         }
         if self.state.borrow().messages.contains_key(&msg.id) {
