@@ -422,8 +422,12 @@ fn per_domain_connection_limit_holds_across_shards() {
 #[test]
 fn kill9_during_delivery_loses_nothing() {
     let dns = dns();
+    // One message per write (no PIPELINING or CHUNKING to batch transactions under one delayed
+    // reply), so the run lasts long enough for the kill to land in its middle.
     let sink = sink(SinkConfig {
         data_reply_delay_ms: 150,
+        pipelining: false,
+        chunking: false,
         ..SinkConfig::default()
     });
     let dir = tempfile::tempdir().unwrap();
