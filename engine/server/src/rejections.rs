@@ -59,9 +59,18 @@ impl Rejections {
         });
     }
 
-    /// A MAIL was accepted (`Some`) or the transaction ended.
+    /// A MAIL was accepted (`Some`) or the transaction ended. The buffer is reused, so a
+    /// session's messages do not allocate for it.
     pub fn mail_from(&mut self, from: Option<&str>) {
-        self.mail_from = from.map(str::to_string);
+        match (from, &mut self.mail_from) {
+            (Some(f), Some(buf)) => {
+                buf.clear();
+                buf.push_str(f);
+            }
+            (Some(f), slot) => *slot = Some(f.to_string()),
+            (None, Some(buf)) => buf.clear(),
+            (None, None) => {}
+        }
     }
 
     /// Notes a refusal of `recipient` ("" for MAIL) with `sender` (the open transaction's when
@@ -73,7 +82,7 @@ impl Rejections {
         let sender = sender
             .or(self.mail_from.as_deref())
             .unwrap_or("")
-            .to_string();
+            .to_string(); // "" after the transaction ended
         let domain = recipient
             .rsplit_once('@')
             .map(|(_, d)| d.to_ascii_lowercase())

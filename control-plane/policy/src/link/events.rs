@@ -82,7 +82,12 @@ impl EventsSender {
         while self.in_flight.front().is_some_and(|f| f.1 <= seq) {
             self.in_flight.pop_front();
         }
-        metrics_ack(outbox);
+        tracing::trace!(
+            batch_seq = seq,
+            bytes = outbox.bytes(),
+            unacked = outbox.unacked_batches(),
+            "events acknowledged"
+        );
         outbox
             .ack(seq)
             .map_err(|e| PolicyError::Io(std::io::Error::other(e.to_string())))
@@ -155,14 +160,6 @@ fn join_batches(batches: &[OutboxBatch]) -> Vec<Frame> {
         }
     }
     frames
-}
-
-fn metrics_ack(outbox: &Outbox) {
-    tracing::trace!(
-        bytes = outbox.bytes(),
-        unacked = outbox.unacked_batches(),
-        "events acknowledged"
-    );
 }
 
 /// The seq in the control plane's `events batch N refused: ...` message.
