@@ -330,12 +330,9 @@ impl Outbox {
     pub fn unsent_after(&self, after: u64, max: usize) -> Result<Vec<OutboxBatch>, OutboxError> {
         let wanted: Vec<Batch> = {
             let st = self.lock();
-            st.unacked
-                .iter()
-                .filter(|b| b.seq > after)
-                .take(max)
-                .cloned()
-                .collect()
+            // Seqs are in order: find the first one above `after` without walking the backlog.
+            let start = st.unacked.partition_point(|b| b.seq <= after);
+            st.unacked.range(start..).take(max).cloned().collect()
         };
         let mut out = Vec::with_capacity(wanted.len());
         for b in wanted {

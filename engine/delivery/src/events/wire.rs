@@ -72,7 +72,7 @@ impl WireWriter {
             return;
         }
         let id = event_id(&self.engine_id, event);
-        if !self.ids.insert(id.clone()) {
+        if self.ids.contains(&id) {
             return; // the same outcome twice in one batch (e.g. recovery racing acceptance)
         }
         self.scratch.clear();
@@ -84,8 +84,8 @@ impl WireWriter {
             || self.buf.len() + self.scratch.len() + 2 > EVENTS_BATCH_MAX_BYTES
         {
             self.close_batch();
-            self.ids.insert(id);
         }
+        self.ids.insert(id);
         self.buf.push(if self.count == 0 { b'[' } else { b',' });
         self.buf.extend_from_slice(&self.scratch);
         self.count += 1;
