@@ -131,7 +131,8 @@ pub struct DeliveryView {
     pub id: String,
     /// `events` or `test`.
     pub kind: String,
-    /// `pending` (being retried), `delivered`, or `failed` (a test that failed).
+    /// `pending` (sent, or being retried), `delivered`, `failed` (a test that failed), or
+    /// `expired` (its events passed the retention window before it was acknowledged).
     pub state: String,
     pub event_count: i64,
     pub created_unix_ms: i64,

@@ -22,6 +22,7 @@ pub mod tenants;
 pub mod webhooks;
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -91,6 +92,13 @@ pub struct Db {
     /// Private: every statement goes through this module's functions.
     pool: AnyPool,
     pub dialect: Dialect,
+    /// SQLite only: whose turn it is to write. SQLite has one writer at a time, and a writer
+    /// that finds the lock taken sleeps in its busy handler (1 ms, then longer steps up to
+    /// 100 ms) and checks again: under a steady ingest a waiting writer (the webhook
+    /// dispatcher) kept missing the lock between two ingest batches and waited seconds. Every
+    /// writer of this process queues here first (first come, first served), so the database
+    /// lock is free when its turn comes.
+    write_turn: Option<Arc<tokio::sync::Mutex<()>>>,
 }
 
 /// The embedded default: `<control dir>/petrel.db`.
@@ -158,7 +166,11 @@ impl Db {
                 .fetch_all(&pool)
                 .await?;
         }
-        let db = Db { pool, dialect };
+        let db = Db {
+            pool,
+            dialect,
+            write_turn: sqlite.then(|| Arc::new(tokio::sync::Mutex::new(()))),
+        };
         db.migrate().await?;
         Ok(db)
     }
@@ -233,15 +245,26 @@ impl Db {
     /// bump, no audit entry. On SQLite it takes the write lock at `BEGIN` (`IMMEDIATE`, waiting
     /// up to the busy timeout): a transaction that reads first and writes later fails with
     /// "database is locked", without waiting, when another writer committed in between.
-    pub async fn begin_write(&self) -> StoreResult<sqlx::Transaction<'static, Any>> {
-        Ok(match self.dialect {
+    pub async fn begin_write(&self) -> StoreResult<WriteTx> {
+        let turn = self.write_turn().await;
+        let tx = match self.dialect {
             Dialect::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
             Dialect::Postgres => self.pool.begin().await?,
-        })
+        };
+        Ok(WriteTx { tx, _turn: turn })
+    }
+
+    /// Waits for this process's write turn (SQLite; nothing to wait for on PostgreSQL).
+    async fn write_turn(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        match &self.write_turn {
+            Some(m) => Some(m.clone().lock_owned().await),
+            None => None,
+        }
     }
 
     /// Starts a mutation: bumps the version (taking the write lock) inside a new transaction.
     pub async fn begin_mutation(&self) -> StoreResult<Mutation> {
+        let turn = self.write_turn().await;
         let mut tx = self.pool.begin().await?;
         let version: i64 = sqlx::query(
             "UPDATE petrel_meta SET policy_version = policy_version + 1 WHERE id = 1 \
@@ -254,6 +277,7 @@ impl Db {
             tx,
             version,
             dialect: self.dialect,
+            _turn: turn,
         })
     }
 }
@@ -274,6 +298,37 @@ pub struct Mutation {
     /// The policy version this mutation produces.
     pub version: i64,
     dialect: Dialect,
+    /// Held until the transaction is dropped (declared after it, so dropped after it).
+    _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+/// A plain write transaction ([`Db::begin_write`]): the connection of the transaction, and on
+/// SQLite this process's write turn, held until it commits or is dropped.
+pub struct WriteTx {
+    tx: sqlx::Transaction<'static, Any>,
+    /// Declared after `tx`: released only once the transaction is gone.
+    _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl std::ops::Deref for WriteTx {
+    type Target = AnyConnection;
+    fn deref(&self) -> &AnyConnection {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        &mut self.tx
+    }
+}
+
+impl WriteTx {
+    pub async fn commit(self) -> StoreResult<()> {
+        let WriteTx { tx, _turn } = self;
+        tx.commit().await?;
+        Ok(())
+    }
 }
 
 /// The PostgreSQL channel on which a committed mutation announces its policy version, so every

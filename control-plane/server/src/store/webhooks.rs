@@ -2,12 +2,15 @@
 //! them, and every attempt at sending one.
 //!
 //! Each webhook keeps a cursor over `events.seq` (`cursor_seq`): everything at or below it has
-//! been acknowledged by the receiver. The dispatcher records the next batch as a *pending
-//! delivery* (its id and seq range) before sending it, and advances the cursor only in the
-//! transaction that records a 2xx. After a crash the pending delivery is sent again with the
-//! same id and the same events (the events of the tenant and types in `(cursor_seq, last_seq]`,
-//! which cannot grow: `events.seq` is allocated from the single `event_seq` row inside the
-//! ingest transaction, so a seq is never committed below one already visible).
+//! been acknowledged by the receiver. The dispatcher records the next batches as *pending
+//! deliveries* (each with its id and seq range `[first_seq, last_seq]`, one after the other)
+//! before sending them; `pending_delivery_id` is the oldest one still pending. A 2xx marks a
+//! delivery delivered, and the cursor moves up to just before the oldest delivery still
+//! pending (or to the newest delivery's end when none is), in the transaction that records the
+//! answers. After a crash the pending deliveries are sent again with the same ids and the same
+//! events (the events of the tenant and types in their ranges, which cannot grow:
+//! `events.seq` is allocated from the single `event_seq` row inside the ingest transaction, so
+//! a seq is never committed below one already visible).
 //!
 //! `lease_owner`/`lease_until_unix_ms` let several control plane nodes share one PostgreSQL
 //! database: a node dispatches a webhook only while it holds the lease.
@@ -391,8 +394,9 @@ pub struct NewDelivery<'a> {
     pub now_unix_ms: i64,
 }
 
-/// Records a new pending delivery; for an event batch it becomes the webhook's pending one.
-pub async fn insert_delivery(conn: &mut AnyConnection, d: &NewDelivery<'_>) -> StoreResult<()> {
+/// Records a new pending delivery and returns its `seq`; an event batch becomes the webhook's
+/// oldest pending one when there is none.
+pub async fn insert_delivery(conn: &mut AnyConnection, d: &NewDelivery<'_>) -> StoreResult<i64> {
     let seq: i64 = sqlx::query(
         "UPDATE webhook_delivery_seq SET last_seq = last_seq + 1 WHERE id = 1 RETURNING last_seq",
     )
@@ -416,13 +420,16 @@ pub async fn insert_delivery(conn: &mut AnyConnection, d: &NewDelivery<'_>) -> S
     .execute(&mut *conn)
     .await?;
     if d.kind == "events" {
-        sqlx::query("UPDATE webhooks SET pending_delivery_id = $1 WHERE id = $2")
-            .bind(d.id.to_string())
-            .bind(d.webhook.id.clone())
-            .execute(conn)
-            .await?;
+        sqlx::query(
+            "UPDATE webhooks SET pending_delivery_id = $1 WHERE id = $2 AND \
+             pending_delivery_id IS NULL",
+        )
+        .bind(d.id.to_string())
+        .bind(d.webhook.id.clone())
+        .execute(conn)
+        .await?;
     }
-    Ok(())
+    Ok(seq)
 }
 
 /// Delivery `id` (of any webhook).
@@ -487,22 +494,93 @@ pub async fn record_attempt(
     Ok(())
 }
 
-/// After a 2xx: the cursor moves past the batch, the failure streak ends.
+/// After a round whose every delivery got a 2xx: the failure streak ends, and the webhook is
+/// due again at once.
 pub async fn acknowledge(
     conn: &mut AnyConnection,
     webhook_id: &str,
-    last_seq: i64,
     now_unix_ms: i64,
 ) -> StoreResult<()> {
     sqlx::query(
-        "UPDATE webhooks SET cursor_seq = $1, pending_delivery_id = NULL, \
-         failing_since_unix_ms = NULL, next_attempt_unix_ms = $2 WHERE id = $3",
+        "UPDATE webhooks SET failing_since_unix_ms = NULL, next_attempt_unix_ms = $1 WHERE id = $2",
     )
-    .bind(last_seq)
     .bind(now_unix_ms)
     .bind(webhook_id.to_string())
     .execute(conn)
     .await?;
+    Ok(())
+}
+
+/// Where the webhook's window starts after a round: the cursor (never moved back) and the
+/// oldest delivery still pending (None: every delivery made so far was acknowledged).
+pub async fn set_window(
+    conn: &mut AnyConnection,
+    webhook_id: &str,
+    cursor_seq: i64,
+    oldest_pending: Option<&str>,
+) -> StoreResult<()> {
+    sqlx::query(
+        "UPDATE webhooks SET cursor_seq = CASE WHEN cursor_seq < $1 THEN $1 ELSE cursor_seq END, \
+         pending_delivery_id = $2 WHERE id = $3",
+    )
+    .bind(cursor_seq)
+    .bind(oldest_pending.map(str::to_string))
+    .bind(webhook_id.to_string())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The webhook's event deliveries still pending, oldest first, at most `limit`, from delivery
+/// `from_id` on (the webhook's `pending_delivery_id`, its oldest pending one: the scan starts
+/// there on the `(webhook_id, seq)` index instead of at the webhook's first delivery).
+pub async fn pending_window(
+    conn: &mut AnyConnection,
+    webhook_id: &str,
+    from_id: &str,
+    limit: i64,
+) -> StoreResult<Vec<DeliveryRow>> {
+    sqlx::query(
+        "SELECT * FROM webhook_deliveries WHERE webhook_id = $1 AND seq >= \
+         (SELECT seq FROM webhook_deliveries WHERE id = $2) AND kind = 'events' AND \
+         state = 'pending' ORDER BY seq LIMIT $3",
+    )
+    .bind(webhook_id.to_string())
+    .bind(from_id.to_string())
+    .bind(limit)
+    .fetch_all(conn)
+    .await?
+    .iter()
+    .map(decode_delivery)
+    .collect()
+}
+
+/// The last event seq covered by the webhook's newest event delivery (None before its
+/// first): new deliveries start after it.
+pub async fn newest_delivery_last_seq(
+    conn: &mut AnyConnection,
+    webhook_id: &str,
+) -> StoreResult<Option<i64>> {
+    let row = sqlx::query(
+        "SELECT last_seq FROM webhook_deliveries WHERE webhook_id = $1 AND kind = 'events' \
+         ORDER BY seq DESC LIMIT 1",
+    )
+    .bind(webhook_id.to_string())
+    .fetch_optional(conn)
+    .await?;
+    Ok(match row {
+        Some(r) => r.try_get("last_seq")?,
+        None => None,
+    })
+}
+
+/// A pending delivery whose events all passed their retention before it was acknowledged:
+/// nothing is left to send, so it ends as `expired`.
+pub async fn expire_delivery(conn: &mut AnyConnection, delivery_id: &str) -> StoreResult<()> {
+    sqlx::query("UPDATE webhook_deliveries SET state = 'expired' WHERE id = $1")
+        .bind(delivery_id.to_string())
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
