@@ -15,7 +15,9 @@ event's timestamp_ms, in order) are written instead: the receiver's own cost sta
 
 status is 401 (and body null) when no signature matches or the timestamp is out of tolerance.
 A valid request is answered 200, unless the --mode-file says otherwise (read on every request):
-"ok" (or no file) 200, "500" answers 500 (still logged, with status 500), "close" closes the
+"ok" (or no file) 200, "500" answers 500 (still logged, with status 500), "odd500" answers
+500 to every second valid request it gets in that mode (the 2nd, 4th, ..: some deliveries of a
+window accepted and some refused), "close" closes the
 connection without an answer (not logged), "hold" logs the request with status 0, then keeps
 the connection open without answering for HOLD_SECS and closes it (a sender that dies
 meanwhile never learns the outcome).
@@ -106,6 +108,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
         )
         if not matched:
             status = 401
+        elif mode == "odd500":
+            with self.server.lock:
+                self.server.odd_count += 1
+                status = 500 if self.server.odd_count % 2 == 0 else 200
         else:
             status = {"500": 500, "hold": 0}.get(mode, 200)
         record = {
@@ -165,6 +171,7 @@ def main():
     server.daemon_threads = True
     server.cfg = cfg
     server.lock = threading.Lock()
+    server.odd_count = 0
     if cfg.cert and cfg.key:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(cfg.cert, cfg.key)

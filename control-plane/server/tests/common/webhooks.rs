@@ -492,6 +492,46 @@ pub async fn delivery(h: &Harness, clock: &TestClock, pki: &Pki, dir: &Path) {
     assert_eq!(attempts[3]["ok"], true);
     assert!(show(h, &key, &id).await["failing_since_unix_ms"].is_null());
 
+    // A partial failure: three deliveries in flight at once, the receiver refusing every
+    // second one. The accepted ones are never sent again; the refused one is retried with its
+    // own id and events; nothing is lost and the stream is still tiled in order.
+    let lines_before = rx.lines().len();
+    rx.set_mode("odd500");
+    let partial = batch(&tenant, "partial", 450);
+    push(&mut conn, &mut seq, &partial).await;
+    wait_for("three deliveries answered", || {
+        rx.lines().len() >= lines_before + 3
+    })
+    .await;
+    rx.set_mode("ok");
+    clock.advance(HOUR_MS);
+    h.info.app.webhooks.wake();
+    want_all.extend(matching(&partial, &types));
+    wait_for("the events after the partial failure", || {
+        rx.delivered_ids().len() >= want_all.len()
+    })
+    .await;
+    assert_eq!(rx.delivered_ids_by(&want_all), want_all);
+    let phase: Vec<Value> = rx.lines().split_off(lines_before);
+    let refused: Vec<&Value> = phase.iter().filter(|l| l["status"] == 500).collect();
+    assert_eq!(refused.len(), 1, "{phase:?}");
+    let mut accepted = std::collections::BTreeMap::new();
+    for l in phase.iter().filter(|l| l["status"] == 200) {
+        let n = accepted.entry(l["delivery_id"].to_string()).or_insert(0);
+        *n += 1;
+    }
+    assert_eq!(accepted.len(), 3, "three deliveries, each accepted");
+    assert!(
+        accepted.values().all(|n| *n == 1),
+        "none sent again: {accepted:?}"
+    );
+    let retry = phase
+        .iter()
+        .find(|l| l["status"] == 200 && l["delivery_id"] == refused[0]["delivery_id"])
+        .expect("the refused delivery, retried");
+    assert_eq!(retry["body"], refused[0]["body"], "the same batch again");
+    assert!(show(h, &key, &id).await["failing_since_unix_ms"].is_null());
+
     // Rotation: both signatures for 24 h (the receiver knows both secrets), then the new only.
     let r = h
         .call(
