@@ -282,13 +282,20 @@ pub enum EventError {
     DuplicateId { id: String },
 }
 
+/// Hex digits of an event id taken from its subject (a 64-bit message or session id).
+pub const EVENT_ID_PREFIX_HEX_DIGITS: usize = 16;
+
 impl Event {
-    /// The id the engine gives an event: `ev_` and 32 hex digits of SHA-256 over the
-    /// length-prefixed parts, so the same outcome always gets the same id (a re-sent event is
-    /// recognised) and distinct outcomes never share one. `subject` is the engine-local message
-    /// id (or, for an SMTP rejection, the session id), `index` the recipient's index in the
-    /// envelope (or the transaction's index in the session), `attempt` 0 for
-    /// `accepted`/`rejected`.
+    /// The id the engine gives an event: `ev_`, then the subject when it is 16 hex digits (a
+    /// spool message id or a session id) or else 16 hex digits of the hash, then 16 hex digits
+    /// of SHA-256 over the length-prefixed parts. The same outcome always gets the same id (a
+    /// re-sent event is recognised) and distinct outcomes never share one. Leading with the
+    /// message id (shard, then a sequence that only grows) makes ids sort roughly in spool
+    /// order, so the store's unique index on them grows at a few places instead of at random
+    /// ones (at random, every event of an ingest commit dirtied its own index page).
+    /// `subject` is the engine-local message id (or, for an SMTP rejection, the session id),
+    /// `index` the recipient's index in the envelope (or the transaction's index in the
+    /// session), `attempt` 0 for `accepted`/`rejected`.
     pub fn stable_id(
         engine_id: &str,
         subject: &str,
@@ -307,7 +314,18 @@ impl Event {
         }
         h.update(index.to_be_bytes());
         h.update(attempt.to_be_bytes());
-        format!("ev_{}", hex::encode(&h.finalize()[..16]))
+        let digest = h.finalize();
+        let ordered = subject.len() == EVENT_ID_PREFIX_HEX_DIGITS
+            && subject.bytes().all(|b| b.is_ascii_hexdigit());
+        if ordered {
+            format!(
+                "ev_{}{}",
+                subject.to_ascii_lowercase(),
+                hex::encode(&digest[..8])
+            )
+        } else {
+            format!("ev_{}", hex::encode(&digest[..16]))
+        }
     }
 
     /// Checks every bound and rule: sizes, tokens, a `bounce` where the type needs one.
@@ -543,6 +561,30 @@ pub(crate) mod tests {
         ] {
             assert_ne!(a, other);
         }
+    }
+
+    #[test]
+    fn stable_ids_of_a_message_lead_with_its_id_and_sort_in_spool_order() {
+        let k = EventType::Delivered;
+        let m1 = "01000000000000ff";
+        let m2 = "0100000000000100";
+        let a = Event::stable_id("e", m1, 0, 1, &k);
+        assert!(a.starts_with(&format!("ev_{m1}")), "{a}");
+        assert_eq!(a.len(), 35);
+        assert!(a < Event::stable_id("e", m2, 0, 1, &k));
+        // Still distinct per engine, recipient, attempt and type under the same prefix.
+        let same_prefix = [
+            Event::stable_id("e2", m1, 0, 1, &k),
+            Event::stable_id("e", m1, 1, 1, &k),
+            Event::stable_id("e", m1, 0, 2, &k),
+            Event::stable_id("e", m1, 0, 1, &EventType::Accepted),
+        ];
+        for other in same_prefix {
+            assert!(other.starts_with(&format!("ev_{m1}")));
+            assert_ne!(a, other);
+        }
+        // A subject that is not 16 hex digits is hashed whole.
+        assert!(!Event::stable_id("e", "not-a-message-id", 0, 1, &k).contains("not"));
     }
 
     #[test]

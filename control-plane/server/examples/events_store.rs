@@ -140,7 +140,12 @@ impl Generator {
         } else {
             format!("ten_bench{}", 1 + self.rng.below(OTHER_TENANTS))
         };
-        let message_id = format!("{:012x}{:04x}{:08x}", t0, self.seed, n);
+        // Shaped like a spool message id: 16 hex digits, the shard (of 2) in the top byte,
+        // then a sequence that only grows (here the seed, then the message number).
+        let message_id = format!(
+            "{:016x}",
+            ((n % 2) << 56) | ((self.seed & 0xffff) << 40) | (n & ((1 << 40) - 1))
+        );
         let domain = format!("brand{}.example", self.rng.below(50));
         let mut tags = vec![if self.rng.below(10) < 7 {
             "newsletter".to_string()

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use petrel_policy::{read_frame, write_frame, Frame};
+use petrel_policy::{read_frame, write_frame, Event, Frame};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
@@ -32,6 +32,9 @@ pub const ENGINE_CONNECTIONS_MAX: usize = 1_024;
 pub const HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
 /// Frames from one engine buffered before its reader waits.
 pub const ENGINE_FRAMES_QUEUED_MAX: usize = 16;
+/// `Events` batches stored in one transaction at most (the engine keeps 8 frames of at most
+/// 1,000 events in flight).
+pub const INGEST_GROUP_BATCHES_MAX: usize = 8;
 /// A snapshot write to one engine must finish within this, or the connection is dropped.
 pub const SNAPSHOT_WRITE_TIMEOUT_MS: u64 = 30_000;
 /// Engine ids, in bytes.
@@ -258,6 +261,8 @@ where
     let _abort = AbortOnDrop(reader_task);
     let mut versions = app.version_tx.subscribe();
     let mut sent: Option<u64> = None;
+    // A frame taken off the queue while grouping batches, handled next.
+    let mut held = None;
     loop {
         let current = *versions.borrow_and_update();
         if sent.is_none_or(|s| current > s) {
@@ -277,56 +282,118 @@ where
                 touch(app, engine_id, Touch::Sent(version_i64(version))).await?;
             }
         }
-        tokio::select! {
-            changed = versions.changed() => {
-                if changed.is_err() {
-                    return Ok(());
+        let frame = match held.take() {
+            Some(f) => f,
+            None => tokio::select! {
+                changed = versions.changed() => {
+                    if changed.is_err() {
+                        return Ok(());
+                    }
+                    continue;
                 }
+                frame = frames_rx.recv() => match frame {
+                    Some(f) => f,
+                    None => return Ok(()),
+                },
+            },
+        };
+        match frame {
+            Ok(Some(Frame::Ack { version })) => {
+                touch(app, engine_id, Touch::Applied(version_i64(version))).await?;
             }
-            frame = frames_rx.recv() => match frame {
-                Some(Ok(Some(Frame::Ack { version }))) => {
-                    touch(app, engine_id, Touch::Applied(version_i64(version))).await?;
-                }
-                Some(Ok(Some(Frame::Events { batch_seq, events }))) => {
-                    match crate::events::ingest(app, engine_id, batch_seq, &events).await {
-                        Ok(done) => {
-                            let ack = Frame::EventsAck { batch_seq: done.ack_seq };
-                            write_frame(&mut writer, &ack).await?;
+            Ok(Some(Frame::Events { batch_seq, events })) => {
+                // Group commit: this batch and the ones already queued behind it, up to
+                // the first other frame (handled next).
+                let mut group = vec![(batch_seq, events)];
+                while group.len() < INGEST_GROUP_BATCHES_MAX {
+                    match frames_rx.try_recv() {
+                        Ok(Ok(Some(Frame::Events { batch_seq, events }))) => {
+                            group.push((batch_seq, events));
                         }
-                        Err(IngestError::Store(e)) => return Err(e.into()),
-                        Err(refused) => {
-                            let message = refused.to_string();
-                            let _ = write_frame(&mut writer, &Frame::Error { message }).await;
-                            return Err(ControlError::Config(format!(
-                                "engine {engine_id}: {refused}"
-                            )));
+                        Ok(other) => {
+                            held = Some(other);
+                            break;
                         }
+                        Err(_) => break,
                     }
                 }
-                Some(Ok(Some(Frame::Ping))) => {
-                    write_frame(&mut writer, &Frame::Pong).await?;
-                    touch(app, engine_id, Touch::Contact).await?;
-                }
-                Some(Ok(Some(other))) => {
-                    let message = format!("unexpected frame kind {:#04x}", other.kind());
-                    let _ = write_frame(&mut writer, &Frame::Error { message }).await;
-                    return Err(ControlError::Config("engine broke the protocol".into()));
-                }
-                Some(Ok(None)) | None => return Ok(()),
-                Some(Err(e)) => {
-                    // A malformed frame (an events batch over its bounds, bad JSON): say why.
-                    let message = e.to_string();
-                    let _ = write_frame(&mut writer, &Frame::Error { message }).await;
-                    return Err(e.into());
-                }
-            },
+                ingest_group(app, engine_id, &group, &mut writer).await?;
+            }
+            Ok(Some(Frame::Ping)) => {
+                write_frame(&mut writer, &Frame::Pong).await?;
+                touch(app, engine_id, Touch::Contact).await?;
+            }
+            Ok(Some(other)) => {
+                let message = format!("unexpected frame kind {:#04x}", other.kind());
+                let _ = write_frame(&mut writer, &Frame::Error { message }).await;
+                return Err(ControlError::Config("engine broke the protocol".into()));
+            }
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                // A malformed frame (an events batch over its bounds, bad JSON): say why.
+                let message = e.to_string();
+                let _ = write_frame(&mut writer, &Frame::Error { message }).await;
+                return Err(e.into());
+            }
         }
     }
 }
 
+/// Stores a group of batches in one transaction and acknowledges the last (acks are
+/// cumulative). The batches before the first one that breaks the contract are stored and
+/// acknowledged; that one is refused with an `Error` frame, which ends the session (the
+/// engine sets it aside and sends the rest again).
+async fn ingest_group<W>(
+    app: &App,
+    engine_id: &str,
+    group: &[(u64, Vec<Event>)],
+    writer: &mut W,
+) -> Result<(), ControlError>
+where
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let checked: Vec<Result<(), IngestError>> = group
+        .iter()
+        .map(|(seq, events)| crate::events::check(*seq, events))
+        .collect();
+    let valid = checked.iter().take_while(|c| c.is_ok()).count();
+    if valid > 0 {
+        let batches: Vec<(u64, &[Event])> = group[..valid]
+            .iter()
+            .map(|(seq, events)| (*seq, events.as_slice()))
+            .collect();
+        match crate::events::ingest_checked(app, engine_id, &batches).await {
+            Ok(done) => {
+                let ack = Frame::EventsAck {
+                    batch_seq: done.ack_seq,
+                };
+                write_frame(writer, &ack).await?;
+            }
+            Err(IngestError::Store(e)) => return Err(e.into()),
+            Err(refused) => return Err(refuse(writer, engine_id, refused).await),
+        }
+    }
+    match checked.into_iter().nth(valid) {
+        Some(Err(refused)) => Err(refuse(writer, engine_id, refused).await),
+        _ => Ok(()),
+    }
+}
+
+/// Tells the engine why its batch is refused; the error that ends the session.
+async fn refuse<W>(writer: &mut W, engine_id: &str, refused: IngestError) -> ControlError
+where
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let message = refused.to_string();
+    let _ = write_frame(writer, &Frame::Error { message }).await;
+    ControlError::Config(format!("engine {engine_id}: {refused}"))
+}
+
 async fn touch(app: &App, id: &str, what: Touch) -> Result<(), ControlError> {
-    let mut conn = app.db.conn().await?;
-    engines::touch(&mut conn, id, what, app.now_ms()).await?;
+    // A write: in a write transaction, so it waits for its turn like every writer.
+    let mut tx = app.db.begin_write().await?;
+    engines::touch(&mut tx, id, what, app.now_ms()).await?;
+    tx.commit().await?;
     Ok(())
 }
 

@@ -21,6 +21,7 @@
 //! write parameters ([`Placeholders`]).
 //! Measured on this project's 2-core bench machine (see `benches/bench-events-store.sh`).
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, HashSet};
 
 use petrel_policy::Event;
@@ -89,10 +90,10 @@ type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q
 
 /// Stores a validated batch in the caller's transaction. Returns how many events were new
 /// (the others were stored before: same id).
-pub async fn insert_batch(
+pub async fn insert_batch<E: Borrow<Event>>(
     conn: &mut AnyConnection,
     engine_id: &str,
-    events: &[Event],
+    events: &[E],
     now_unix_ms: i64,
 ) -> StoreResult<usize> {
     if events.is_empty() {
@@ -111,6 +112,7 @@ pub async fn insert_batch(
     let mut seq = last - count;
     let mut new: Vec<(i64, &Event)> = Vec::with_capacity(events.len());
     for e in events {
+        let e = e.borrow();
         if !stored.contains(e.id.as_str()) {
             seq += 1;
             new.push((seq, e));
@@ -123,9 +125,9 @@ pub async fn insert_batch(
 }
 
 /// The ids of `events` already stored, with one statement per [`IDS_PER_CHECK_MAX`] events.
-async fn existing_ids(
+async fn existing_ids<E: Borrow<Event>>(
     conn: &mut AnyConnection,
-    events: &[Event],
+    events: &[E],
     style: Placeholders,
 ) -> StoreResult<HashSet<String>> {
     let mut stored = HashSet::new();
@@ -137,7 +139,7 @@ async fn existing_ids(
         );
         let mut q = sqlx::query(&sql);
         for i in 0..padded {
-            let e = &chunk[i.min(chunk.len() - 1)];
+            let e: &Event = chunk[i.min(chunk.len() - 1)].borrow();
             q = q.bind(e.id.clone());
         }
         for r in q.fetch_all(&mut *conn).await? {
