@@ -69,10 +69,12 @@ static SHAPES: LazyLock<Vec<Shape>> = LazyLock::new(|| {
         Shape {
             format: BounceFormat::Exchange,
             marker: re(
-                r"(?i)Delivery has failed to these recipients|Diagnostic information for administrators|Your message to \S+ couldn't be delivered",
+                r"(?i)Delivery has failed to these recipients|Diagnostic information for administrators|Your message to \S+ couldn't be delivered|did not reach some or all of the intended recipients",
             ),
+            // A bare address line (2007 and later), the 365 headline, or Exchange 2003's
+            // "user@domain on <date>" line.
             recipient: re(
-                r"(?mi)^[ \t]*<?([^\s<>@'\x22():;,]+@[^\s<>'\x22():;,]+?)>?[ \t]*$|Your message to ([^\s<>@]+@[^\s<>]+?) couldn't be delivered",
+                r"(?mi)^[ \t]*<?([^\s<>@'\x22():;,]+@[^\s<>'\x22():;,]+?)>?[ \t]*$|Your message to ([^\s<>@]+@[^\s<>]+?) couldn't be delivered|^[ \t]+([^\s<>@]+@[^\s<>]+) on [0-9]",
             ),
         },
         Shape {
@@ -87,8 +89,9 @@ static SHAPES: LazyLock<Vec<Shape>> = LazyLock::new(|| {
     ]
 });
 
-/// The first SMTP reply code in a block: a 4xx/5xx number followed by a space or a dash.
-static REPLY: LazyLock<Regex> = LazyLock::new(|| re(r"\b[45][0-9]{2}[ -]"));
+/// The first SMTP reply code in a block: a 4xx/5xx number followed by a space, a dash or the
+/// end of a line (Postfix wraps after the code).
+static REPLY: LazyLock<Regex> = LazyLock::new(|| re(r"\b[45][0-9]{2}(?:[ \t-]|\r?\n)"));
 /// An enhanced status on its own (`#5.1.2`, `5.7.1`).
 static ENHANCED: LazyLock<Regex> = LazyLock::new(|| re(r"#?\b[45]\.[0-9]{1,3}\.[0-9]{1,3}\b"));
 /// The line after which the original message is copied.
@@ -131,7 +134,8 @@ pub(crate) fn parse(subject: &str, text: &str) -> Option<TextBounce> {
     })
 }
 
-/// The recipients in order of first mention, each with the first reply found after a mention.
+/// The recipients in order of first mention. Each keeps the strongest reply found after any of
+/// its mentions (Exchange names a recipient twice: in the summary, then with the reply).
 fn recipients(shape: &Shape, text: &str) -> Vec<TextRecipient> {
     let mentions: Vec<(usize, usize, &str)> = shape
         .recipient
@@ -143,44 +147,62 @@ fn recipients(shape: &Shape, text: &str) -> Vec<TextRecipient> {
         })
         .take(DSN_RECIPIENTS_MAX + 1)
         .collect();
-    let mut out: Vec<TextRecipient> = Vec::new();
+    let mut out: Vec<(TextRecipient, Strength)> = Vec::new();
     for (i, &(_, end, address)) in mentions.iter().enumerate() {
         let block_end = mentions.get(i + 1).map_or(text.len(), |m| m.0);
-        let reply = text.get(end..block_end).and_then(reply_in);
+        let found = text.get(end..block_end).and_then(reply_in);
         let address = address.trim_end_matches('.').to_string();
+        let strength = found.as_ref().map_or(Strength::None, |f| f.1);
+        let reply = found.map(|f| f.0);
         match out
             .iter_mut()
-            .find(|r| r.address.eq_ignore_ascii_case(&address))
+            .find(|(r, _)| r.address.eq_ignore_ascii_case(&address))
         {
-            Some(known) => {
-                if known.reply.is_none() {
+            Some((known, known_strength)) => {
+                if strength > *known_strength {
                     known.reply = reply;
+                    *known_strength = strength;
                 }
             }
-            None => out.push(TextRecipient { address, reply }),
+            None => out.push((TextRecipient { address, reply }, strength)),
         }
     }
-    out
+    out.into_iter().map(|(r, _)| r).collect()
 }
 
-/// The reply in a block: from the first reply code (or enhanced status) to the end of its
-/// paragraph, whitespace collapsed, at most [`FIELD_BYTES_MAX`] bytes.
-fn reply_in(block: &str) -> Option<String> {
-    let rest = match REPLY.find(block) {
-        Some(m) => &block[m.start()..],
-        // No reply code, only a status (qmail's "(#5.1.2)"): the paragraph is the explanation.
-        None => {
-            let m = ENHANCED.find(block)?;
-            let start = block[..m.start()].rfind("\n\n").map_or(0, |i| i + 2);
-            block[start..].trim_start()
-        }
+/// How much a reply found in a text says, weakest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Strength {
+    None,
+    /// Only the MTA's words (Exim's "Unrouteable address").
+    Text,
+    /// An enhanced status without a reply code (qmail's "(#5.1.2)").
+    Status,
+    /// An SMTP reply code.
+    Code,
+}
+
+/// The reply in a block: from the first reply code to the end of its paragraph; else the
+/// paragraph holding an enhanced status; else the whole block. Whitespace is collapsed and the
+/// result is at most [`FIELD_BYTES_MAX`] bytes.
+fn reply_in(block: &str) -> Option<(String, Strength)> {
+    let (rest, strength) = if let Some(m) = REPLY.find(block) {
+        (&block[m.start()..], Strength::Code)
+    } else if let Some(m) = ENHANCED.find(block) {
+        let start = block[..m.start()].rfind("\n\n").map_or(0, |i| i + 2);
+        (block[start..].trim_start(), Strength::Status)
+    } else {
+        (block.trim_start(), Strength::Text)
     };
-    let paragraph_end = rest
-        .find("\n\n")
-        .or_else(|| rest.find("\r\n\r\n"))
-        .unwrap_or(rest.len());
+    let end = if strength == Strength::Text {
+        rest.len()
+    } else {
+        rest.find("\n\n")
+            .or_else(|| rest.find("\r\n\r\n"))
+            .unwrap_or(rest.len())
+    };
     let mut reply = String::new();
-    for word in rest[..paragraph_end].split_whitespace() {
+    for word in rest[..end].split_whitespace() {
         if reply.len() + word.len() + 1 > FIELD_BYTES_MAX {
             break;
         }
@@ -190,7 +212,7 @@ fn reply_in(block: &str) -> Option<String> {
         reply.push_str(word);
     }
     let reply = reply.trim_end_matches(['\'', '>', '"']).trim().to_string();
-    Some(reply).filter(|r| !r.is_empty())
+    Some((reply, strength)).filter(|r| !r.0.is_empty())
 }
 
 #[cfg(test)]

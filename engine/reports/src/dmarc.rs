@@ -11,6 +11,7 @@
 
 use std::net::IpAddr;
 
+use mail_parser::{MessagePart, MimeHeaders};
 use quick_xml::events::Event;
 use quick_xml::Reader;
 
@@ -122,10 +123,33 @@ pub fn parse_aggregate_mail(raw: &[u8]) -> Result<AggregateReport, DmarcError> {
     let attachment = message
         .parts
         .iter()
+        .filter(|p| may_hold_report(p))
         .filter_map(mail::part_bytes)
         .find(|bytes| unpack::sniff(bytes).is_some())
         .ok_or(DmarcError::NoReport)?;
     parse_aggregate_attachment(attachment)
+}
+
+/// Content types reporters use for the report (RFC 7489 §7.2.1.1 names gzip and zip; reporters
+/// also send XML and octet-stream), or a report file name. Text and HTML bodies never count,
+/// so a newsletter's `<p>` is not taken for XML.
+fn may_hold_report(part: &MessagePart<'_>) -> bool {
+    const TYPES: [(&str, &str); 8] = [
+        ("application", "gzip"),
+        ("application", "x-gzip"),
+        ("application", "zip"),
+        ("application", "x-zip-compressed"),
+        ("application", "x-zip"),
+        ("application", "octet-stream"),
+        ("application", "xml"),
+        ("text", "xml"),
+    ];
+    let by_type = TYPES.iter().any(|(t, s)| mail::is_type(part, t, s));
+    let by_name = part.attachment_name().is_some_and(|n| {
+        let n = n.to_ascii_lowercase();
+        n.ends_with(".xml") || n.ends_with(".gz") || n.ends_with(".zip")
+    });
+    by_type || by_name
 }
 
 /// Unpacks an attachment (gzip, zip or XML) and parses the report.
