@@ -14,6 +14,8 @@
 
 use std::net::IpAddr;
 
+use mail_parser::Message;
+
 use crate::fields::{self, Field, FieldError};
 use crate::limits::{ORIGINAL_TO_MAX, VALUE_BYTES_MAX};
 use crate::mail::{self, MailError, OriginalMessage};
@@ -110,8 +112,12 @@ pub enum ArfError {
 
 /// Parses an ARF feedback report.
 pub fn parse_arf(raw: &[u8]) -> Result<FeedbackReport, ArfError> {
-    let message = mail::parse_mail(raw)?;
-    if mail::report_type(&message).as_deref() != Some("feedback-report") {
+    feedback_from_message(&mail::parse_mail(raw)?)
+}
+
+/// [`parse_arf`] on a mail already parsed and bounded.
+pub(crate) fn feedback_from_message(message: &Message<'_>) -> Result<FeedbackReport, ArfError> {
+    if mail::report_type(message).as_deref() != Some("feedback-report") {
         return Err(ArfError::NotAFeedbackReport);
     }
     let part = message
@@ -142,7 +148,7 @@ pub fn parse_arf(raw: &[u8]) -> Result<FeedbackReport, ArfError> {
         arrival_date: one(&fields, "arrival-date").or_else(|| one(&fields, "received-date")),
         source_ip: fields::get(&fields, "source-ip").and_then(|v| v.trim().parse().ok()),
         reported_domain: all(&fields, "reported-domain"),
-        original: mail::original_message(&message),
+        original: mail::original_message(message),
     })
 }
 

@@ -11,7 +11,7 @@
 
 use std::net::IpAddr;
 
-use mail_parser::{MessagePart, MimeHeaders};
+use mail_parser::{Message, MessagePart, MimeHeaders};
 use quick_xml::events::Event;
 use quick_xml::Reader;
 
@@ -120,14 +120,18 @@ pub enum DmarcError {
 /// Finds the report attached to a mail (or forming its body), unpacks and parses it.
 pub fn parse_aggregate_mail(raw: &[u8]) -> Result<AggregateReport, DmarcError> {
     let message = mail::parse_mail(raw)?;
-    let attachment = message
+    let attachment = report_attachment(&message).ok_or(DmarcError::NoReport)?;
+    parse_aggregate_attachment(attachment)
+}
+
+/// The first part that may hold a report and whose bytes look like gzip, zip or XML.
+pub(crate) fn report_attachment<'a>(message: &'a Message<'_>) -> Option<&'a [u8]> {
+    message
         .parts
         .iter()
         .filter(|p| may_hold_report(p))
         .filter_map(mail::part_bytes)
         .find(|bytes| unpack::sniff(bytes).is_some())
-        .ok_or(DmarcError::NoReport)?;
-    parse_aggregate_attachment(attachment)
 }
 
 /// Content types reporters use for the report (RFC 7489 §7.2.1.1 names gzip and zip; reporters

@@ -115,16 +115,23 @@ pub enum DsnError {
 
 /// Parses a bounce mail and classifies each recipient's failure.
 pub fn parse_dsn(raw: &[u8], classifier: &BounceClassifier) -> Result<Dsn, DsnError> {
-    let message = mail::parse_mail(raw)?;
-    if let Some(status) = delivery_status_part(&message) {
-        return parse_rfc3464(&message, &status, classifier);
+    dsn_from_message(&mail::parse_mail(raw)?, classifier)
+}
+
+/// [`parse_dsn`] on a mail already parsed and bounded.
+pub(crate) fn dsn_from_message(
+    message: &Message<'_>,
+    classifier: &BounceClassifier,
+) -> Result<Dsn, DsnError> {
+    if let Some(status) = delivery_status_part(message) {
+        return parse_rfc3464(message, &status, classifier);
     }
-    parse_text_bounce(&message, classifier)
+    parse_text_bounce(message, classifier)
 }
 
 /// The delivery-status part's text, when the mail is an RFC 3464 report.
 fn delivery_status_part(m: &Message<'_>) -> Option<String> {
-    mail::report_type(m).filter(|t| t == "delivery-status")?;
+    mail::report_type(m).filter(|t| t == "delivery-status" || t == "global-delivery-status")?;
     let part = m.parts.iter().find(|p| {
         mail::is_type(p, "message", "delivery-status")
             || mail::is_type(p, "message", "global-delivery-status")

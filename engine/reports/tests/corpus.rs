@@ -483,3 +483,41 @@ fn every_sample_has_an_expectation() {
     assert_eq!(listed, on_disk);
     assert!(BOUNCES.len() >= 20 && arf_cases().len() >= 5 && DMARCS.len() >= 4);
 }
+
+#[test]
+fn parse_report_routes_each_sample_to_its_kind() {
+    let classifier = BounceClassifier::shipped();
+    for case in BOUNCES {
+        let r = parse_report(&read("bounces", case.file), &classifier);
+        assert!(matches!(r, Ok(Report::Bounce(_))), "{}: {r:?}", case.file);
+    }
+    for case in arf_cases() {
+        let r = parse_report(&read("arf", case.file), &classifier);
+        match case.expected {
+            Ok(_) => assert!(
+                matches!(r, Ok(Report::Complaint(_))),
+                "{}: {r:?}",
+                case.file
+            ),
+            Err(e) => assert_eq!(r.unwrap_err(), ReportError::Complaint(e), "{}", case.file),
+        }
+    }
+    for case in DMARCS {
+        let r = parse_report(&read("dmarc", case.mail), &classifier);
+        assert!(
+            matches!(r, Ok(Report::DmarcAggregate(_))),
+            "{}: {r:?}",
+            case.mail
+        );
+    }
+    for f in ["auto_reply.eml", "newsletter.eml"] {
+        let r = parse_report(&read("not_reports", f), &classifier);
+        assert_eq!(r.unwrap_err(), ReportError::NotAReport, "{f}");
+    }
+    let mut big = read("dmarc", "google_zip.eml");
+    big.resize(MAIL_BYTES_MAX + 1, b' ');
+    assert!(matches!(
+        parse_report(&big, &classifier),
+        Err(ReportError::Mail(MailError::TooLarge { .. }))
+    ));
+}

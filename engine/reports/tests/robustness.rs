@@ -109,6 +109,7 @@ fn feed(input: &[u8], classifier: &BounceClassifier, keys: &VerpKeys) {
     let _ = parse_arf(input);
     let _ = parse_aggregate_mail(input);
     let _ = parse_aggregate_attachment(input);
+    let _ = parse_report(input, classifier);
     let _ = unsubscribe::from_mail(keys, None, input);
     let head = String::from_utf8_lossy(&input[..input.len().min(300)]);
     for line in head.lines().take(8) {
