@@ -112,7 +112,8 @@ pub enum ArfError {
 
 /// Parses an ARF feedback report.
 pub fn parse_arf(raw: &[u8]) -> Result<FeedbackReport, ArfError> {
-    feedback_from_message(&mail::parse_mail(raw)?)
+    let message = mail::parse_mail(raw)?;
+    feedback_from_message(&message)
 }
 
 /// [`parse_arf`] on a mail already parsed and bounded.

@@ -115,7 +115,8 @@ pub enum DsnError {
 
 /// Parses a bounce mail and classifies each recipient's failure.
 pub fn parse_dsn(raw: &[u8], classifier: &BounceClassifier) -> Result<Dsn, DsnError> {
-    dsn_from_message(&mail::parse_mail(raw)?, classifier)
+    let message = mail::parse_mail(raw)?;
+    dsn_from_message(&message, classifier)
 }
 
 /// [`parse_dsn`] on a mail already parsed and bounded.

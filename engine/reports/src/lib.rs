@@ -16,6 +16,7 @@
 //! | [`dmarc`] | RFC 7489 aggregate report XML |
 //! | [`unpack`] | gzip/zip/XML attachments, bounded against decompression bombs |
 //! | `mail` | the shared front: bound the mail, parse it with `mail-parser`, check its structure, read the original's headers |
+//! | `prescan` | a line scan before MIME parsing, so the parser's own allocations are bounded |
 //! | `fields` | the `Name: value` blocks of delivery-status and feedback-report parts |
 //! | [`limits`] | every size, count and depth bound, named, with its reason |
 //!
@@ -65,6 +66,7 @@ mod fields;
 pub mod intake;
 pub mod limits;
 mod mail;
+mod prescan;
 pub mod unpack;
 pub mod unsubscribe;
 pub mod verp;

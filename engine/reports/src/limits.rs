@@ -10,6 +10,14 @@ pub const MAIL_BYTES_MAX: usize = 5 * 1024 * 1024;
 /// MIME parts in a report mail, counting the parts of nested messages. A DSN has 3 or 4, an ARF
 /// report 3, a DMARC mail 1 or 2; 64 allows a bounce that quotes a rich original.
 pub const PARTS_MAX: usize = 64;
+/// Lines anywhere in a mail that could start a header field (`name:`), counted before MIME
+/// parsing (see `prescan.rs`: the parser allocates 120 bytes per field before the per-part
+/// limits can be checked). 64 parts' worth of [`HEADERS_PER_PART_MAX`]/4; body text with
+/// `Key: value` lines counts too, so this is generous.
+pub const HEADER_LINES_MAX: usize = PARTS_MAX * HEADERS_PER_PART_MAX / 4;
+/// Lines anywhere in a mail that start with `--` (MIME boundaries, and quoted separators or SQL
+/// comments in a returned original), counted before MIME parsing.
+pub const BOUNDARY_LINES_MAX: usize = 1024;
 /// Nesting of message/rfc822 inside each other (a bounce of a bounce of a forward).
 pub const NESTING_DEPTH_MAX: usize = 4;
 /// Header fields in one part. The original's Received chain is the long one (50 hops is a loop).

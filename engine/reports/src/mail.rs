@@ -7,6 +7,7 @@ use crate::limits::{
     HEADERS_PER_PART_MAX, HEADER_BYTES_MAX, MAIL_BYTES_MAX, NESTING_DEPTH_MAX, ORIGINAL_TO_MAX,
     PARTS_MAX, VALUE_BYTES_MAX,
 };
+use crate::prescan::prescan;
 use crate::verp::{DecodedAddress, VerpKeys};
 
 /// Why a report mail was refused before its content was looked at.
@@ -25,6 +26,10 @@ pub enum MailError {
     TooManyHeaders { max: usize },
     #[error("a header field of {bytes} bytes is over the {max} accepted")]
     HeaderTooLarge { bytes: usize, max: usize },
+    #[error("more than {max} {kind} lines")]
+    TooManyLines { kind: &'static str, max: usize },
+    #[error("unsupported MIME structure: {0}")]
+    Unsupported(&'static str),
 }
 
 /// What a report says about the message it is about: the headers that lead back to it.
@@ -74,8 +79,28 @@ impl OriginalMessage {
     }
 
     /// Parses a text/rfc822-headers body (or any header section followed by anything).
-    pub(crate) fn from_header_text(headers: &[u8]) -> Option<OriginalMessage> {
-        let m = MessageParser::default().parse_headers(headers)?;
+    /// The header section may have been decoded from base64, out of the prescan's sight, so it
+    /// is bounded here: only the text up to the first blank line, at most
+    /// [`HEADERS_PER_PART_MAX`] field lines, else `None`.
+    pub(crate) fn from_header_text(text: &[u8]) -> Option<OriginalMessage> {
+        let mut field_lines = 0usize;
+        let mut end = text.len();
+        let mut at = 0usize;
+        for line in text.split(|&b| b == b'\n') {
+            let content = line.strip_suffix(b"\r").unwrap_or(line);
+            if content.is_empty() {
+                end = at;
+                break;
+            }
+            if !content.starts_with(b" ") && !content.starts_with(b"\t") {
+                field_lines += 1;
+                if field_lines > HEADERS_PER_PART_MAX {
+                    return None;
+                }
+            }
+            at += line.len() + 1;
+        }
+        let m = MessageParser::default().parse_headers(&text[..end.min(text.len())])?;
         Some(OriginalMessage::from_message(&m))
     }
 
@@ -92,17 +117,66 @@ impl OriginalMessage {
     }
 }
 
+/// A parsed mail that drops its nested messages one by one.
+///
+/// `mail-parser`'s `Message` holds nested messages inline (`PartType::Message`), so the compiler's
+/// drop recurses once per level: a 5 MiB mail of `Content-Type: message/rfc822` lines nests
+/// 170 000 deep and overflowed the stack when dropped (measured, release build). This wrapper
+/// moves each nested message out onto a heap stack before it is dropped.
+pub(crate) struct ParsedMail<'x>(Message<'x>);
+
+impl std::fmt::Debug for ParsedMail<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Not the derived form: that would recurse through nested messages.
+        f.debug_struct("ParsedMail")
+            .field("parts", &self.0.parts.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'x> std::ops::Deref for ParsedMail<'x> {
+    type Target = Message<'x>;
+
+    fn deref(&self) -> &Message<'x> {
+        &self.0
+    }
+}
+
+impl Drop for ParsedMail<'_> {
+    fn drop(&mut self) {
+        let mut pending = Vec::new();
+        take_nested(&mut self.0, &mut pending);
+        while let Some(mut m) = pending.pop() {
+            take_nested(&mut m, &mut pending);
+        }
+    }
+}
+
+/// Moves the messages nested directly in `m` to `out`, leaving empty multiparts in their place.
+fn take_nested<'x>(m: &mut Message<'x>, out: &mut Vec<Message<'x>>) {
+    for part in &mut m.parts {
+        if matches!(part.body, PartType::Message(_)) {
+            if let PartType::Message(nested) = std::mem::take(&mut part.body) {
+                out.push(nested);
+            }
+        }
+    }
+}
+
 /// Bounds and parses a report mail.
-pub(crate) fn parse_mail(raw: &[u8]) -> Result<Message<'_>, MailError> {
+pub(crate) fn parse_mail(raw: &[u8]) -> Result<ParsedMail<'_>, MailError> {
     if raw.len() > MAIL_BYTES_MAX {
         return Err(MailError::TooLarge {
             bytes: raw.len(),
             max: MAIL_BYTES_MAX,
         });
     }
-    let message = MessageParser::default()
-        .parse(raw)
-        .ok_or(MailError::NotAMessage)?;
+    prescan(raw)?;
+    let message = ParsedMail(
+        MessageParser::default()
+            .parse(raw)
+            .ok_or(MailError::NotAMessage)?,
+    );
     if message.parts.is_empty() {
         return Err(MailError::NotAMessage);
     }
@@ -295,6 +369,41 @@ mod tests {
                 max: NESTING_DEPTH_MAX
             }
         );
+    }
+
+    #[test]
+    fn prescan_refuses_before_the_parser_allocates() {
+        let mut headers = b"Subject: x\r\n".to_vec();
+        while headers.len() < MAIL_BYTES_MAX - 8 {
+            headers.extend_from_slice(b"a:b\n");
+        }
+        assert!(matches!(
+            parse_mail(&headers).unwrap_err(),
+            MailError::TooManyLines { kind: "header", .. }
+        ));
+    }
+
+    #[test]
+    fn a_deeply_nested_message_is_dropped_without_recursion() {
+        // Built without the prescan, which would refuse it: this is the drop's own guarantee.
+        let nested = "Content-Type: message/rfc822\n\n".repeat(100_000) + "Subject: x\n\nbody\n";
+        let parsed = ParsedMail(MessageParser::default().parse(nested.as_bytes()).unwrap());
+        assert_eq!(
+            check_structure(&parsed).unwrap_err(),
+            MailError::TooDeep {
+                max: NESTING_DEPTH_MAX
+            }
+        );
+        drop(parsed);
+    }
+
+    #[test]
+    fn original_headers_are_bounded() {
+        let many = "X-A: b\r\n".repeat(HEADERS_PER_PART_MAX + 1) + "\r\n";
+        assert_eq!(OriginalMessage::from_header_text(many.as_bytes()), None);
+        let body_after = "Message-ID: <a@b>\r\n\r\n".to_string() + &"X: y\r\n".repeat(10_000);
+        let o = OriginalMessage::from_header_text(body_after.as_bytes()).unwrap();
+        assert_eq!(o.message_id.as_deref(), Some("a@b"));
     }
 
     #[test]
