@@ -48,7 +48,7 @@ pub struct PolicyPublished {
 }
 
 /// What the receiver did with the messages (RFC 7489 `DispositionType`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Disposition {
     None,
@@ -91,6 +91,47 @@ pub struct AuthResult {
     pub selector_or_scope: Option<String>,
     /// `pass`, `fail`, `softfail`, `neutral`, `none`, `temperror`, `permerror`, ...
     pub result: String,
+}
+
+impl Record {
+    /// Whether these messages passed DMARC: DKIM or SPF passed and aligned (RFC 7489 §6.6.2).
+    pub fn dmarc_pass(&self) -> bool {
+        self.dkim == Some(AlignedResult::Pass) || self.spf == Some(AlignedResult::Pass)
+    }
+}
+
+/// Messages from one source IP with one disposition, split by the DMARC verdict: a row of
+/// `GET /v1/domains/{id}/dmarc` ("who sends as this domain, and does it pass").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct SourceSummary {
+    pub source_ip: IpAddr,
+    pub disposition: Disposition,
+    /// Messages that passed DMARC (saturating sum of record counts).
+    pub pass: u64,
+    /// Messages that failed DMARC.
+    pub fail: u64,
+}
+
+/// Sums records (of one report or many) by source IP and disposition, in that order.
+pub fn summarise<'a>(records: impl IntoIterator<Item = &'a Record>) -> Vec<SourceSummary> {
+    let mut rows: std::collections::BTreeMap<(IpAddr, Disposition), (u64, u64)> =
+        std::collections::BTreeMap::new();
+    for r in records {
+        let (pass, fail) = rows.entry((r.source_ip, r.disposition)).or_default();
+        if r.dmarc_pass() {
+            *pass = pass.saturating_add(r.count);
+        } else {
+            *fail = fail.saturating_add(r.count);
+        }
+    }
+    rows.into_iter()
+        .map(|((source_ip, disposition), (pass, fail))| SourceSummary {
+            source_ip,
+            disposition,
+            pass,
+            fail,
+        })
+        .collect()
 }
 
 /// Why a DMARC report was refused.

@@ -146,3 +146,46 @@ fn bounds_depth_values_and_records() {
         }
     );
 }
+
+#[test]
+fn summary_by_source_and_disposition() {
+    let a = parse_aggregate_xml(REPORT.as_bytes()).unwrap();
+    let b = parse_aggregate_xml(
+        REPORT
+            .replace(
+                "<dkim>pass</dkim><spf>fail</spf>",
+                "<dkim>fail</dkim><spf>fail</spf>",
+            )
+            .replace("<count>12</count>", "<count>5</count>")
+            .as_bytes(),
+    )
+    .unwrap();
+    let c = parse_aggregate_xml(
+        REPORT
+            .replace("<disposition>none", "<disposition>reject")
+            .replace("192.0.2.10", "2001:db8::1")
+            .as_bytes(),
+    )
+    .unwrap();
+    assert!(a.records[0].dmarc_pass() && !b.records[0].dmarc_pass());
+    let rows = summarise(a.records.iter().chain(&b.records).chain(&c.records));
+    let ip4: IpAddr = "192.0.2.10".parse().unwrap();
+    let ip6: IpAddr = "2001:db8::1".parse().unwrap();
+    assert_eq!(
+        rows,
+        vec![
+            SourceSummary {
+                source_ip: ip4,
+                disposition: Disposition::None,
+                pass: 12,
+                fail: 5
+            },
+            SourceSummary {
+                source_ip: ip6,
+                disposition: Disposition::Reject,
+                pass: 12,
+                fail: 0
+            },
+        ]
+    );
+}

@@ -379,6 +379,37 @@ mod tests {
         assert_eq!(clip("héllo", 2), "h");
     }
 
+    fn dsn_with(recipients: usize) -> String {
+        let mut m = String::from(
+            "Content-Type: multipart/report; report-type=delivery-status; boundary=b\r\n\r\n\
+             --b\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example\r\n",
+        );
+        for i in 0..recipients {
+            m.push_str(&format!(
+                "\r\nFinal-Recipient: rfc822; u{i}@example.org\r\nAction: failed\r\nStatus: 5.1.1\r\n"
+            ));
+        }
+        m.push_str("\r\n--b--\r\n");
+        m
+    }
+
+    #[test]
+    fn recipient_count_is_bounded() {
+        let c = BounceClassifier::shipped();
+        let full = parse_dsn(dsn_with(DSN_RECIPIENTS_MAX).as_bytes(), &c).unwrap();
+        assert_eq!(full.recipients.len(), DSN_RECIPIENTS_MAX);
+        assert_eq!(
+            parse_dsn(dsn_with(DSN_RECIPIENTS_MAX + 1).as_bytes(), &c).unwrap_err(),
+            DsnError::TooManyRecipients {
+                max: DSN_RECIPIENTS_MAX
+            }
+        );
+        assert_eq!(
+            parse_dsn(dsn_with(0).as_bytes(), &c).unwrap_err(),
+            DsnError::NoRecipients
+        );
+    }
+
     #[test]
     fn delayed_is_soft_and_failed_follows_the_reply() {
         let c = BounceClassifier::shipped();

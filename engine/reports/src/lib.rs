@@ -73,8 +73,9 @@ pub mod verp;
 
 pub use arf::{parse_arf, ArfError, FeedbackReport, FeedbackType};
 pub use dmarc::{
-    parse_aggregate_attachment, parse_aggregate_mail, parse_aggregate_xml, AggregateReport,
-    AlignedResult, AuthResult, Disposition, DmarcError, PolicyPublished, Record,
+    parse_aggregate_attachment, parse_aggregate_mail, parse_aggregate_xml, summarise,
+    AggregateReport, AlignedResult, AuthResult, Disposition, DmarcError, PolicyPublished, Record,
+    SourceSummary,
 };
 pub use dsn::{parse_dsn, Action, BounceFormat, BouncedRecipient, Dsn, DsnError};
 pub use fields::FieldError;

@@ -12,9 +12,10 @@ pub const MAIL_BYTES_MAX: usize = 5 * 1024 * 1024;
 pub const PARTS_MAX: usize = 64;
 /// Lines anywhere in a mail that could start a header field (`name:`), counted before MIME
 /// parsing (see `prescan.rs`: the parser allocates 120 bytes per field before the per-part
-/// limits can be checked). 64 parts' worth of [`HEADERS_PER_PART_MAX`]/4; body text with
-/// `Key: value` lines counts too, so this is generous.
-pub const HEADER_LINES_MAX: usize = PARTS_MAX * HEADERS_PER_PART_MAX / 4;
+/// limits can be checked, so this caps that at 1 MiB). Delivery-status fields and body text
+/// with `Key: value` lines count too: a DSN for [`DSN_RECIPIENTS_MAX`] recipients has about
+/// 6 000 such lines.
+pub const HEADER_LINES_MAX: usize = PARTS_MAX * HEADERS_PER_PART_MAX / 2;
 /// Lines anywhere in a mail that start with `--` (MIME boundaries, and quoted separators or SQL
 /// comments in a returned original), counted before MIME parsing.
 pub const BOUNDARY_LINES_MAX: usize = 1024;
@@ -26,8 +27,8 @@ pub const HEADERS_PER_PART_MAX: usize = 256;
 pub const HEADER_BYTES_MAX: usize = 16 * 1024;
 
 /// Field blocks in a message/delivery-status or message/feedback-report body (one per-message
-/// block plus one per recipient).
-pub const FIELD_BLOCKS_MAX: usize = 1 + DSN_RECIPIENTS_MAX;
+/// block plus one per recipient, and one more so that too many recipients is reported as such).
+pub const FIELD_BLOCKS_MAX: usize = 2 + DSN_RECIPIENTS_MAX;
 /// Fields in one block (RFC 3464 defines 14; extensions add a few).
 pub const FIELDS_PER_BLOCK_MAX: usize = 64;
 /// Bytes of one field, folding included (a Diagnostic-Code quotes a multi-line reply).
@@ -60,5 +61,7 @@ pub const ZIP_ENTRIES_MAX: usize = 4;
 pub const DMARC_RECORDS_MAX: usize = 50_000;
 /// Nesting of XML elements accepted (the RFC 7489 schema is 5 deep).
 pub const XML_DEPTH_MAX: usize = 16;
-/// auth_results entries (dkim and spf) kept per record.
-pub const DMARC_AUTH_RESULTS_MAX: usize = 16;
+/// auth_results entries of each kind (dkim, spf) kept per record. Reporters write one to three;
+/// each kept entry costs about 100 bytes, so an XML of empty `<dkim/>` elements amplifies at
+/// most 2 x 8 x 100 bytes per record.
+pub const DMARC_AUTH_RESULTS_MAX: usize = 8;
