@@ -20,6 +20,9 @@ use crate::fields::{self, Field, FieldError};
 use crate::limits::{ORIGINAL_TO_MAX, VALUE_BYTES_MAX};
 use crate::mail::{self, MailError, OriginalMessage};
 
+/// Versions accepted: RFC 5965's `1`, the same written `1.0`, and Microsoft JMRP's `0.1`.
+const ACCEPTED_VERSIONS: [&str; 3] = ["1", "1.0", "0.1"];
+
 /// RFC 5965 §7.3 (and RFC 6591's auth-failure): what the user or the provider reported.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -60,7 +63,7 @@ impl FeedbackType {
 pub struct FeedbackReport {
     pub feedback_type: FeedbackType,
     pub user_agent: String,
-    /// `1` (RFC 5965) or `0.1` (Microsoft JMRP).
+    /// `1` (RFC 5965), `1.0`, or `0.1` (Microsoft JMRP).
     pub version: String,
     /// The original's envelope sender (a VERP return path when Petrel sent it).
     pub original_mail_from: Option<String>,
@@ -137,7 +140,7 @@ pub(crate) fn feedback_from_message(message: &Message<'_>) -> Result<FeedbackRep
     let feedback_type = FeedbackType::parse(required("feedback-type", "Feedback-Type")?);
     let user_agent = required("user-agent", "User-Agent")?.to_string();
     let version = required("version", "Version")?.to_string();
-    if version != "1" && version != "0.1" {
+    if !ACCEPTED_VERSIONS.contains(&version.as_str()) {
         return Err(ArfError::UnsupportedVersion(version));
     }
     Ok(FeedbackReport {

@@ -3,10 +3,8 @@
 //! (RFC 2369 clients send anything or nothing there), so this is a thin layer over
 //! [`crate::verp`] that insists on the unsubscribe purpose.
 
-use mail_parser::MessageParser;
-
-use crate::limits::{HEADERS_PER_PART_MAX, MAIL_BYTES_MAX};
-use crate::mail::OriginalMessage;
+use crate::limits::MAIL_BYTES_MAX;
+use crate::mail::{MailError, OriginalMessage};
 use crate::verp::{Purpose, TokenData, VerpError, VerpKeys};
 
 /// A verified unsubscribe request.
@@ -24,6 +22,8 @@ pub struct UnsubscribeRequest {
 pub enum UnsubscribeError {
     #[error(transparent)]
     Token(#[from] VerpError),
+    #[error(transparent)]
+    Mail(#[from] MailError),
     #[error("the address is a token address of another kind (a return path)")]
     NotAnUnsubscribeAddress,
     #[error("no u- address among the envelope recipient and the To header")]
@@ -65,17 +65,14 @@ pub fn from_mail(
             return Ok(request);
         }
     }
-    // Only the header section is read, and only within the mail bound.
-    let raw = &raw[..raw.len().min(MAIL_BYTES_MAX)];
-    let headers = MessageParser::default()
-        .parse_headers(raw)
-        .filter(|m| {
-            m.parts
-                .first()
-                .is_some_and(|p| p.headers.len() <= HEADERS_PER_PART_MAX)
-        })
-        .map(|m| OriginalMessage::from_message(&m))
-        .unwrap_or_default();
+    if raw.len() > MAIL_BYTES_MAX {
+        return Err(UnsubscribeError::Mail(MailError::TooLarge {
+            bytes: raw.len(),
+            max: MAIL_BYTES_MAX,
+        }));
+    }
+    // Only the header section is read, bounded like an original's headers.
+    let headers = OriginalMessage::from_header_text(raw).unwrap_or_default();
     headers
         .to
         .iter()
@@ -113,6 +110,14 @@ mod tests {
             from_mail(&k, None, mail).unwrap_err(),
             UnsubscribeError::NoUnsubscribeAddress
         );
+        let mut big = to_header.clone().into_bytes();
+        big.resize(MAIL_BYTES_MAX + 1, b'x');
+        assert!(matches!(
+            from_mail(&k, None, &big).unwrap_err(),
+            UnsubscribeError::Mail(MailError::TooLarge { .. })
+        ));
+        // The envelope decides before the mail is looked at.
+        assert_eq!(from_mail(&k, Some(&u), &big).unwrap().data, data());
     }
 
     #[test]
