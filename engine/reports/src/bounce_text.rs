@@ -1,10 +1,15 @@
 //! Plain-text bounces: the shapes of qmail, Exim, Postfix, Microsoft and Gmail explanations.
 //!
 //! Each shape is a marker that names the MTA (a sentence it always writes) and the way it lists
-//! a failed recipient. The reply for a recipient is the first SMTP reply (`550 5.1.1 ...`) or,
-//! failing that, the first enhanced status (`#5.1.2`) in the text between that recipient and
-//! the next; the paragraph it starts is the reply text. The text ends at the MTA's "copy of the
+//! a failed recipient. In the text between one mention of a recipient and the next, the reply
+//! is the paragraph from the first SMTP reply code (`550 5.1.1 ...`); failing that, the
+//! paragraph holding an enhanced status (qmail's `(#5.1.2)`); failing that, the whole text
+//! (Exim's "Unrouteable address"). A recipient mentioned twice (Exchange's summary, then its
+//! diagnostics) keeps the stronger of its replies. The text ends at the MTA's "copy of the
 //! message" marker, whose offset is kept so the caller can read the original's headers.
+//!
+//! The classifier then reads the reply like any other: the patterns of `petrel-bounce` apply
+//! to the text, so a bounce without a code is still classified by its words.
 //!
 //! Every regular expression runs over text bounded by [`crate::limits::BOUNCE_TEXT_BYTES_MAX`];
 //! the `regex` crate matches in linear time, so no input makes this slow.
