@@ -91,6 +91,10 @@ pub struct Dsn {
     pub format: BounceFormat,
     /// The Reporting-MTA (RFC 3464) without its type.
     pub reporting_mta: Option<String>,
+    /// The Original-Envelope-Id (RFC 3461 ENVID) the sender gave at MAIL FROM, returned by the
+    /// reporting MTA: a correlation key that survives when the original's headers are not
+    /// included.
+    pub original_envelope_id: Option<String>,
     /// At least one; at most [`DSN_RECIPIENTS_MAX`].
     pub recipients: Vec<BouncedRecipient>,
     /// The original message's headers, when the bounce includes them.
@@ -166,13 +170,20 @@ fn parse_rfc3464(
     if recipients.is_empty() {
         return Err(DsnError::NoRecipients);
     }
-    let reporting_mta = per_message
-        .and_then(|b| fields::get(b, "reporting-mta"))
-        .map(strip_type)
-        .and_then(bounded);
+    let per_message_field = |name| {
+        per_message
+            .and_then(|b| fields::get(b, name))
+            .map(strip_type)
+            .and_then(bounded)
+    };
     Ok(Dsn {
         format: BounceFormat::Rfc3464,
-        reporting_mta,
+        reporting_mta: per_message_field("reporting-mta"),
+        // xtext, no address type: kept as written.
+        original_envelope_id: per_message
+            .and_then(|b| fields::get(b, "original-envelope-id"))
+            .map(|v| v.to_string())
+            .and_then(bounded),
         recipients,
         original: mail::original_message(m),
     })
@@ -267,6 +278,7 @@ fn parse_text_bounce(m: &Message<'_>, classifier: &BounceClassifier) -> Result<D
     Ok(Dsn {
         format: found.format,
         reporting_mta: None,
+        original_envelope_id: None,
         recipients,
         original,
     })

@@ -9,7 +9,7 @@
 //! |---|---|
 //! | [`verp`] | the token format: `b-<token>@` return paths, `u-<token>@` unsubscribe addresses, one-click `/u/{token}` tokens; HMAC-SHA256 tags, key rotation |
 //! | [`unsubscribe`] | an unsubscribe by mail or one-click: the token decides, the body is ignored |
-//! | [`intake`] | [`parse_report`]: which report a received mail is, parsed |
+//! | [`intake`] | [`classify_recipient`] at RCPT (token, mailbox, or refused); [`parse_report`] after DATA: which report a received mail is, parsed |
 //! | [`dsn`] | RFC 3464 delivery status notifications, classified with `petrel-bounce` |
 //! | `bounce_text` | the shapes of plain-text bounces (qmail, Exim, Postfix, Exchange, Gmail) |
 //! | [`arf`] | RFC 5965 feedback reports (complaints), RFC 6591 auth-failure reports |
@@ -22,8 +22,8 @@
 //!
 //! # What the intake does with it
 //!
-//! At RCPT, [`VerpKeys::decode_address`] refuses a forged or unknown token before any body is
-//! read. After DATA, [`parse_report`] (or the parser for the expected kind) turns the mail into
+//! At RCPT, [`classify_recipient`] (over [`VerpKeys::decode_address`]) refuses a forged or
+//! unknown token, or an unknown mailbox, before any body is read. After DATA, [`parse_report`] (or the parser for the expected kind) turns the mail into
 //! a [`Dsn`] (per recipient: action, status, diagnostic, category and class), a
 //! [`FeedbackReport`] or an [`AggregateReport`]. Each carries the original message's headers
 //! when the reporter included them ([`OriginalMessage`]): [`OriginalMessage::verp`] finds the
@@ -79,7 +79,9 @@ pub use dmarc::{
 };
 pub use dsn::{parse_dsn, Action, BounceFormat, BouncedRecipient, Dsn, DsnError};
 pub use fields::FieldError;
-pub use intake::{parse_report, Report, ReportError};
+pub use intake::{
+    classify_recipient, parse_report, IntakeRecipient, RecipientError, Report, ReportError,
+};
 pub use mail::{MailError, OriginalMessage};
 pub use unpack::{Packing, UnpackError};
 pub use unsubscribe::{UnsubscribeError, UnsubscribeRequest};

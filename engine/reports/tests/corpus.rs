@@ -178,6 +178,10 @@ fn rfc3464_fields_are_kept() {
     )
     .unwrap();
     assert_eq!(dsn.reporting_mta.as_deref(), Some("mx1.receiver.example"));
+    assert_eq!(
+        dsn.original_envelope_id.as_deref(),
+        Some("0100000000000042")
+    );
     let r = &dsn.recipients[0];
     assert_eq!(
         r.original_recipient.as_deref(),
