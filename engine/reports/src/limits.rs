@@ -19,6 +19,9 @@ pub const HEADER_LINES_MAX: usize = PARTS_MAX * HEADERS_PER_PART_MAX / 2;
 /// Lines anywhere in a mail that start with `--` (MIME boundaries, and quoted separators or SQL
 /// comments in a returned original), counted before MIME parsing.
 pub const BOUNDARY_LINES_MAX: usize = 1024;
+/// Bytes of encoded message/* parts (and encoded digest children) in a mail: content that
+/// mail-parser decodes and parses again, out of the line scan's sight (see `prescan.rs`).
+pub const ENCODED_MESSAGE_BYTES_MAX: usize = 256 * 1024;
 /// Nesting of message/rfc822 inside each other (a bounce of a bounce of a forward).
 pub const NESTING_DEPTH_MAX: usize = 4;
 /// Header fields in one part. The original's Received chain is the long one (50 hops is a loop).

@@ -28,8 +28,8 @@ pub enum MailError {
     HeaderTooLarge { bytes: usize, max: usize },
     #[error("more than {max} {kind} lines")]
     TooManyLines { kind: &'static str, max: usize },
-    #[error("unsupported MIME structure: {0}")]
-    Unsupported(&'static str),
+    #[error("encoded message parts of more than {max} bytes")]
+    EncodedMessageTooLarge { max: usize },
 }
 
 /// What a report says about the message it is about: the headers that lead back to it.
