@@ -98,9 +98,13 @@ pub async fn ingest_checked(
     let events: Vec<&Event> = fresh.iter().flat_map(|(_, b)| b.iter()).collect();
     let inserted = events::insert_batch(&mut tx, engine_id, &events, now).await?;
     engines::set_events_acked_seq(&mut tx, engine_id, last, now).await?;
+    if inserted > 0 {
+        // Other nodes' dispatchers hear of them at commit (PostgreSQL).
+        crate::store::announce_events(&mut tx, app.db.dialect).await?;
+    }
     tx.commit().await?;
     if inserted > 0 {
-        // Webhooks see new events at once (other nodes' ingests: the dispatcher's poll).
+        // This node's webhooks see new events at once.
         app.webhooks.wake();
     }
     Ok(Ingested {

@@ -24,6 +24,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::api::App;
 use crate::events::IngestError;
 use crate::store::engines::{self, Touch};
+use crate::store::Notice;
 use crate::ControlError;
 
 /// Engine connections served at once; more wait in the accept backlog.
@@ -415,7 +416,8 @@ pub const VERSION_LISTEN_RETRY_MS: u64 = 1_000;
 
 /// Listens (PostgreSQL LISTEN) for the versions that mutations on any node announce, so a change
 /// made through another control plane node reaches this node's engines at once rather than at
-/// the next poll. Reconnects after `VERSION_LISTEN_RETRY_MS` when the connection fails.
+/// the next poll, and for the events other nodes ingest, so this node's webhook dispatcher
+/// (which may hold the webhook's lease) sends them at once too. Reconnects after `VERSION_LISTEN_RETRY_MS` when the connection fails.
 pub async fn listen_version(app: App, database_url: String) {
     loop {
         // The poll covers what was missed while no listener was connected.
@@ -431,8 +433,9 @@ async fn listen_once(app: &App, database_url: &str) -> Result<(), crate::store::
     let mut listener = crate::store::VersionListener::connect(database_url).await?;
     loop {
         match listener.recv().await? {
-            Some(v) => app.notify(v),
-            None => tracing::warn!("unexpected policy version payload"),
+            Notice::Version(v) => app.notify(v),
+            Notice::Events => app.webhooks.wake(),
+            Notice::Unknown => tracing::warn!("unexpected policy version payload"),
         }
     }
 }

@@ -278,3 +278,47 @@ async fn pg_two_nodes_share_one_database() {
     }
     db.drop_db().await;
 }
+
+/// An ingest that stores new events announces them on PostgreSQL when it commits (every node's
+/// listener wakes its webhook dispatcher with it); a batch that stores nothing new does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_ingest_announces_new_events_to_every_node() {
+    use petrel_control::store::{Notice, VersionListener};
+    let Some(base) = pg_url() else { return };
+    let db = TestDb::create(&base).await;
+    {
+        let h = common::start_with(Some(db.url.clone())).await;
+        let (tenant, _key) = scenarios::new_tenant(&h, "announce-co").await;
+        let mut listener = VersionListener::connect(&db.url).await.expect("listen");
+        let mut conn = common::events::connect(&h, "engine-announce").await;
+        let events = common::webhooks::batch(&tenant, "announce", 5);
+        assert_eq!(common::events::send(&mut conn, 1, events.clone()).await, 1);
+        assert_eq!(next_notice(&mut listener).await, Notice::Events);
+        // The same events again under a new seq: stored before, so no announcement; the
+        // mutation after it is the next notice.
+        assert_eq!(common::events::send(&mut conn, 2, events).await, 2);
+        let r = h
+            .call(
+                "POST",
+                "/v1/tenants",
+                Some(&h.owner_key),
+                Some(json!({"name": "after-co"})),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{:?}", r.body);
+        assert!(matches!(
+            next_notice(&mut listener).await,
+            Notice::Version(_)
+        ));
+    }
+    db.drop_db().await;
+}
+
+async fn next_notice(
+    listener: &mut petrel_control::store::VersionListener,
+) -> petrel_control::store::Notice {
+    tokio::time::timeout(Duration::from_secs(10), listener.recv())
+        .await
+        .expect("a notice in time")
+        .expect("a notice")
+}

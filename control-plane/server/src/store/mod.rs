@@ -361,22 +361,59 @@ impl Mutation {
     }
 }
 
+/// The PostgreSQL channel on which an ingest that stored new events says so when it commits,
+/// so the webhook dispatcher of every node wakes at once (the dispatcher's poll stays as the
+/// fallback).
+pub const EVENTS_CHANNEL: &str = "petrel_events";
+
+/// What a [`VersionListener`] heard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Notice {
+    /// A mutation committed this policy version.
+    Version(u64),
+    /// An ingest committed new events.
+    Events,
+    /// A payload that is not one of ours (logged by the caller).
+    Unknown,
+}
+
 /// A PostgreSQL connection that hears the versions committed mutations announce on
-/// [`POLICY_CHANNEL`] (by any control plane node).
+/// [`POLICY_CHANNEL`], and the new events ingests announce on [`EVENTS_CHANNEL`] (by any
+/// control plane node).
 pub struct VersionListener(sqlx::postgres::PgListener);
 
 impl VersionListener {
     pub async fn connect(database_url: &str) -> StoreResult<VersionListener> {
         let mut listener = sqlx::postgres::PgListener::connect(database_url).await?;
-        listener.listen(POLICY_CHANNEL).await?;
+        listener
+            .listen_all([POLICY_CHANNEL, EVENTS_CHANNEL])
+            .await?;
         Ok(VersionListener(listener))
     }
 
-    /// The next announced version; None for a payload that is not one (logged by the caller).
-    pub async fn recv(&mut self) -> StoreResult<Option<u64>> {
+    /// The next notice.
+    pub async fn recv(&mut self) -> StoreResult<Notice> {
         let notification = self.0.recv().await?;
-        Ok(notification.payload().parse::<u64>().ok())
+        Ok(match notification.channel() {
+            EVENTS_CHANNEL => Notice::Events,
+            _ => match notification.payload().parse::<u64>() {
+                Ok(v) => Notice::Version(v),
+                Err(_) => Notice::Unknown,
+            },
+        })
     }
+}
+
+/// Within a write transaction that stored new events: announces them on [`EVENTS_CHANNEL`]
+/// when (and only if) it commits. Nothing to do on SQLite (one node per database).
+pub async fn announce_events(conn: &mut AnyConnection, dialect: Dialect) -> StoreResult<()> {
+    if dialect == Dialect::Postgres {
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(EVENTS_CHANNEL)
+            .execute(conn)
+            .await?;
+    }
+    Ok(())
 }
 
 /// A UNIQUE violation as [`StoreError::Conflict`] (a name, prefix or selector already taken);
