@@ -48,6 +48,7 @@ pub mod outbox;
 pub mod rate;
 pub mod snapshot;
 pub mod store;
+pub mod suppression;
 pub mod wire;
 
 pub use compiled::{AuthIdentity, CompiledPolicy, DestinationPolicy};
