@@ -109,12 +109,12 @@ pub async fn load_page(
     let limit = limit.clamp(1, CHANGES_PAGE_MAX);
     let live = "(expires_unix_ms IS NULL OR expires_unix_ms > $1)";
     let (sql, after) = match after {
-        // `scope > a OR (scope = a AND address > b)`: one range of the key on both backends.
+        // A row-value comparison: one range of the primary key on both backends (an `OR` of
+        // the two columns' conditions is a scan on SQLite).
         Some((scope, address)) => (
             format!(
                 "SELECT scope, address, reason FROM suppressions WHERE {live} AND \
-                 (scope > $2 OR (scope = $2 AND address > $3)) \
-                 ORDER BY scope, address LIMIT $4"
+                 (scope, address) > ($2, $3) ORDER BY scope, address LIMIT $4"
             ),
             Some((scope.to_string(), address.to_string())),
         ),
@@ -170,7 +170,12 @@ pub async fn purge_expired(conn: &mut AnyConnection, now_unix_ms: i64) -> StoreR
             .map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2))
             .collect::<Vec<_>>()
             .join(",");
-        let sql = format!("DELETE FROM suppressions WHERE (scope, address) IN (VALUES {pairs})");
+        // `IN (SELECT .. FROM (VALUES ..))`, not `IN (VALUES ..)`: SQLite searches the key for
+        // the former and scans the table for the latter.
+        let sql = format!(
+            "DELETE FROM suppressions WHERE (scope, address) IN \
+             (SELECT v.column1, v.column2 FROM (VALUES {pairs}) AS v)"
+        );
         let mut q = sqlx::query(&sql);
         for (s, a) in chunk {
             q = q.bind(s.clone()).bind(a.clone());
@@ -201,12 +206,19 @@ pub async fn purge_changes(
     rows_max: i64,
 ) -> StoreResult<u64> {
     let cutoff = now_unix_ms - CHANGES_RETENTION_DAYS * DAY_MS;
-    let old: Option<i64> =
-        sqlx::query("SELECT MAX(seq) AS s FROM suppression_changes WHERE at_unix_ms < $1")
-            .bind(cutoff)
-            .fetch_one(&mut *conn)
-            .await?
-            .try_get("s")?;
+    // The newest row past the cutoff, by the time index (a `MAX(seq) .. WHERE at_unix_ms <`
+    // walks the key back through every newer row). Seqs and times rise together, so every
+    // older seq is past the cutoff too (give or take a clock step, which only purges a row a
+    // little early).
+    let old: Option<i64> = sqlx::query(
+        "SELECT seq FROM suppression_changes WHERE at_unix_ms < $1 \
+         ORDER BY at_unix_ms DESC LIMIT 1",
+    )
+    .bind(cutoff)
+    .fetch_optional(&mut *conn)
+    .await?
+    .map(|r| r.try_get("seq"))
+    .transpose()?;
     let Some(old) = old else { return Ok(0) };
     let oldest: i64 = sqlx::query("SELECT MIN(seq) AS s FROM suppression_changes")
         .fetch_one(&mut *conn)
