@@ -29,8 +29,9 @@
 mod changes;
 
 pub use changes::{
-    changes_since, current_version, load_page, purge_changes, purge_expired, ChangesSince,
-    CHANGES_PAGE_MAX, CHANGES_RETENTION_DAYS, EXPIRED_PURGE_ROWS_MAX,
+    changes_since, current_version, expired_delete_sql, load_page, purge_changes, purge_expired,
+    ChangesSince, CHANGES_CUTOFF_SQL, CHANGES_PAGE_MAX, CHANGES_RETENTION_DAYS, CHANGES_SINCE_SQL,
+    EXPIRED_PICK_SQL, EXPIRED_PURGE_ROWS_MAX, LOAD_PAGE_AFTER_SQL, LOAD_PAGE_SQL,
 };
 
 use std::collections::HashMap;
@@ -308,17 +309,11 @@ fn prefix_bound(prefix: &str) -> Option<String> {
     None
 }
 
-/// Live (unexpired at `now_unix_ms`) entries of `scope` matching `search`, by address, after
-/// the address `after` (the cursor), at most `limit`. Each search is one range of the primary
-/// key (`scope, address`) or of `suppressions_domain (scope, domain, address)`.
-pub async fn list(
-    conn: &mut AnyConnection,
-    scope: &str,
-    search: &Search,
-    after: Option<&str>,
-    limit: i64,
-    now_unix_ms: i64,
-) -> StoreResult<Vec<SuppressionRow>> {
+/// The `SELECT` of [`list`] and its text arguments: `$1` the scope, `$2` now, then the
+/// arguments in order, then the limit (also what the plan checks explain). Each search is one
+/// range of the primary key (`scope, address`) or of `suppressions_domain (scope, domain,
+/// address)`, read in page order.
+pub fn list_query(search: &Search, after: Option<&str>) -> (String, Vec<String>) {
     let mut sql = String::from(
         "SELECT * FROM suppressions WHERE scope = $1 \
          AND (expires_unix_ms IS NULL OR expires_unix_ms > $2)",
@@ -343,6 +338,20 @@ pub async fn list(
         push(" AND address > ?", a.to_string());
     }
     sql.push_str(&format!(" ORDER BY address LIMIT ${}", args.len() + 3));
+    (sql, args)
+}
+
+/// Live (unexpired at `now_unix_ms`) entries of `scope` matching `search`, by address, after
+/// the address `after` (the cursor), at most `limit` ([`list_query`]).
+pub async fn list(
+    conn: &mut AnyConnection,
+    scope: &str,
+    search: &Search,
+    after: Option<&str>,
+    limit: i64,
+    now_unix_ms: i64,
+) -> StoreResult<Vec<SuppressionRow>> {
+    let (sql, args) = list_query(search, after);
     let mut q = sqlx::query(&sql).bind(scope.to_string()).bind(now_unix_ms);
     for a in args {
         q = q.bind(a);

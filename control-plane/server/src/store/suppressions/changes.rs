@@ -23,6 +23,42 @@ pub const EXPIRED_PURGE_ROWS_MAX: i64 = 5_000;
 /// (scope, address) pairs per purge `DELETE` (two bind parameters each).
 const PURGE_PAIRS_PER_STATEMENT: usize = 500;
 
+/// [`changes_since`]'s read: `$1` the version, `$2` the limit.
+pub const CHANGES_SINCE_SQL: &str = "SELECT seq, scope, address, op, reason \
+     FROM suppression_changes WHERE seq > $1 ORDER BY seq LIMIT $2";
+/// [`load_page`]'s first page: `$1` now, `$2` the limit.
+pub const LOAD_PAGE_SQL: &str = "SELECT scope, address, reason FROM suppressions \
+     WHERE (expires_unix_ms IS NULL OR expires_unix_ms > $1) ORDER BY scope, address LIMIT $2";
+/// [`load_page`]'s next pages: `$1` now, `$2`, `$3` the last (scope, address), `$4` the limit.
+/// A row-value comparison: one range of the primary key on both backends (an `OR` of the two
+/// columns' conditions is a scan on SQLite).
+pub const LOAD_PAGE_AFTER_SQL: &str = "SELECT scope, address, reason FROM suppressions \
+     WHERE (expires_unix_ms IS NULL OR expires_unix_ms > $1) AND (scope, address) > ($2, $3) \
+     ORDER BY scope, address LIMIT $4";
+/// [`purge_expired`]'s pick: `$1` now, `$2` the limit.
+pub const EXPIRED_PICK_SQL: &str = "SELECT scope, address FROM suppressions \
+     WHERE expires_unix_ms IS NOT NULL AND expires_unix_ms <= $1 ORDER BY expires_unix_ms LIMIT $2";
+/// [`purge_changes`]' cutoff: the newest row older than `$1`, by the time index (a `MAX(seq)
+/// .. WHERE at_unix_ms <` walks the key back through every newer row). Seqs and times rise
+/// together, so every older seq is past the cutoff too (give or take a clock step, which only
+/// purges a row a little early).
+pub const CHANGES_CUTOFF_SQL: &str = "SELECT seq FROM suppression_changes \
+     WHERE at_unix_ms < $1 ORDER BY at_unix_ms DESC LIMIT 1";
+
+/// [`purge_expired`]'s delete of `pairs` (scope, address) pairs, `$1`, `$2`, .. in order.
+/// `IN (SELECT .. FROM (VALUES ..))`, not `IN (VALUES ..)`: SQLite searches the key for the
+/// former and scans the table for the latter.
+pub fn expired_delete_sql(pairs: usize) -> String {
+    let values = (0..pairs)
+        .map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2))
+        .collect::<Vec<_>>()
+        .join(",");
+    format!(
+        "DELETE FROM suppressions WHERE (scope, address) IN \
+         (SELECT v.column1, v.column2 FROM (VALUES {values}) AS v)"
+    )
+}
+
 /// What an engine at some version should do next.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChangesSince {
@@ -65,14 +101,11 @@ pub async fn changes_since(
             version: u64::try_from(last).unwrap_or(0),
         });
     }
-    let rows = sqlx::query(
-        "SELECT seq, scope, address, op, reason FROM suppression_changes WHERE seq > $1 \
-         ORDER BY seq LIMIT $2",
-    )
-    .bind(i64::try_from(version).unwrap_or(i64::MAX))
-    .bind(limit.clamp(1, CHANGES_PAGE_MAX))
-    .fetch_all(&mut *conn)
-    .await?;
+    let rows = sqlx::query(CHANGES_SINCE_SQL)
+        .bind(i64::try_from(version).unwrap_or(i64::MAX))
+        .bind(limit.clamp(1, CHANGES_PAGE_MAX))
+        .fetch_all(&mut *conn)
+        .await?;
     let mut changes = Vec::with_capacity(rows.len());
     for r in &rows {
         let op: String = r.try_get("op")?;
@@ -107,26 +140,14 @@ pub async fn load_page(
     now_unix_ms: i64,
 ) -> StoreResult<Vec<(String, String, SuppressionReason)>> {
     let limit = limit.clamp(1, CHANGES_PAGE_MAX);
-    let live = "(expires_unix_ms IS NULL OR expires_unix_ms > $1)";
     let (sql, after) = match after {
-        // A row-value comparison: one range of the primary key on both backends (an `OR` of
-        // the two columns' conditions is a scan on SQLite).
         Some((scope, address)) => (
-            format!(
-                "SELECT scope, address, reason FROM suppressions WHERE {live} AND \
-                 (scope, address) > ($2, $3) ORDER BY scope, address LIMIT $4"
-            ),
+            LOAD_PAGE_AFTER_SQL,
             Some((scope.to_string(), address.to_string())),
         ),
-        None => (
-            format!(
-                "SELECT scope, address, reason FROM suppressions WHERE {live} \
-                 ORDER BY scope, address LIMIT $2"
-            ),
-            None,
-        ),
+        None => (LOAD_PAGE_SQL, None),
     };
-    let mut query = sqlx::query(&sql).bind(now_unix_ms);
+    let mut query = sqlx::query(sql).bind(now_unix_ms);
     if let Some((s, a)) = after {
         query = query.bind(s).bind(a);
     }
@@ -151,31 +172,19 @@ pub async fn load_page(
 pub async fn purge_expired(conn: &mut AnyConnection, now_unix_ms: i64) -> StoreResult<u64> {
     // The log's lock first: a concurrent re-add of a picked entry waits, then sees it gone.
     reserve_seqs(conn, 0).await?;
-    let picked: Vec<(String, String)> = sqlx::query(
-        "SELECT scope, address FROM suppressions WHERE expires_unix_ms IS NOT NULL \
-         AND expires_unix_ms <= $1 ORDER BY expires_unix_ms LIMIT $2",
-    )
-    .bind(now_unix_ms)
-    .bind(EXPIRED_PURGE_ROWS_MAX)
-    .fetch_all(&mut *conn)
-    .await?
-    .iter()
-    .map(|r| Ok((r.try_get("scope")?, r.try_get("address")?)))
-    .collect::<Result<_, sqlx::Error>>()?;
+    let picked: Vec<(String, String)> = sqlx::query(EXPIRED_PICK_SQL)
+        .bind(now_unix_ms)
+        .bind(EXPIRED_PURGE_ROWS_MAX)
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get("scope")?, r.try_get("address")?)))
+        .collect::<Result<_, sqlx::Error>>()?;
     if picked.is_empty() {
         return Ok(0);
     }
     for chunk in picked.chunks(PURGE_PAIRS_PER_STATEMENT) {
-        let pairs = (0..chunk.len())
-            .map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2))
-            .collect::<Vec<_>>()
-            .join(",");
-        // `IN (SELECT .. FROM (VALUES ..))`, not `IN (VALUES ..)`: SQLite searches the key for
-        // the former and scans the table for the latter.
-        let sql = format!(
-            "DELETE FROM suppressions WHERE (scope, address) IN \
-             (SELECT v.column1, v.column2 FROM (VALUES {pairs}) AS v)"
-        );
+        let sql = expired_delete_sql(chunk.len());
         let mut q = sqlx::query(&sql);
         for (s, a) in chunk {
             q = q.bind(s.clone()).bind(a.clone());
@@ -206,19 +215,12 @@ pub async fn purge_changes(
     rows_max: i64,
 ) -> StoreResult<u64> {
     let cutoff = now_unix_ms - CHANGES_RETENTION_DAYS * DAY_MS;
-    // The newest row past the cutoff, by the time index (a `MAX(seq) .. WHERE at_unix_ms <`
-    // walks the key back through every newer row). Seqs and times rise together, so every
-    // older seq is past the cutoff too (give or take a clock step, which only purges a row a
-    // little early).
-    let old: Option<i64> = sqlx::query(
-        "SELECT seq FROM suppression_changes WHERE at_unix_ms < $1 \
-         ORDER BY at_unix_ms DESC LIMIT 1",
-    )
-    .bind(cutoff)
-    .fetch_optional(&mut *conn)
-    .await?
-    .map(|r| r.try_get("seq"))
-    .transpose()?;
+    let old: Option<i64> = sqlx::query(CHANGES_CUTOFF_SQL)
+        .bind(cutoff)
+        .fetch_optional(&mut *conn)
+        .await?
+        .map(|r| r.try_get("seq"))
+        .transpose()?;
     let Some(old) = old else { return Ok(0) };
     let oldest: i64 = sqlx::query("SELECT MIN(seq) AS s FROM suppression_changes")
         .fetch_one(&mut *conn)
