@@ -337,6 +337,36 @@ pub async fn api(h: &Harness) {
     )
     .await;
     assert_eq!(r.status, 400);
+    // The purge task's work: an expired entry becomes a removal, old log rows go.
+    let now = petrel_control::now_unix_ms();
+    let r = h
+        .call(
+            "POST",
+            "/v1/suppressions",
+            Some(&b_key),
+            Some(json!({"address": "brief@x.test", "expires_unix_ms": now + 60_000})),
+        )
+        .await;
+    ok(&r, 200, "add with an expiry");
+    let app = &h.info.app;
+    let p = petrel_control::suppressions::purge(app, now + 120_000)
+        .await
+        .expect("purge");
+    assert_eq!((p.expired, p.changes), (1, 0));
+    let week = petrel_control::store::suppressions::CHANGES_RETENTION_DAYS * 86_400_000;
+    let p = petrel_control::suppressions::purge(app, now + week + 240_000)
+        .await
+        .expect("purge");
+    assert!(p.changes > 0, "{p:?}");
+    let r = h
+        .call(
+            "DELETE",
+            "/v1/suppressions/brief@x.test",
+            Some(&b_key),
+            None,
+        )
+        .await;
+    ok(&r, 404, "purged");
     let _ = b;
 }
 
