@@ -1,6 +1,6 @@
-//! The engine's suppression set: 10 million (tenant, address) entries in about 8.5 bytes each,
-//! answered in one or two cache misses on the RCPT path, following the control plane's change
-//! log without a rebuild per change.
+//! The engine's suppression set: 10 million (tenant, address) entries in about 8.1 bytes each,
+//! answered in about 0.3 us per list on the RCPT path (measured, see below), following the
+//! control plane's change log without a rebuild per change.
 //!
 //! # Layout
 //!
@@ -8,16 +8,19 @@
 //! address ([`SuppressionKeyer`]), the low 2 bits the [`SuppressionReason`]. The set is
 //!
 //! - a **base**: every entry sorted, plus a directory of `u32` offsets indexed by the hash's top
-//!   `b` bits, with `b` chosen so a bucket holds 8 to 16 entries on average
-//!   ([`BASE_ENTRIES_PER_BUCKET_TARGET`]). A lookup reads one directory slot and scans one
-//!   bucket (one or two cache lines): no binary search over 80 MB with a miss per step;
+//!   `b` bits, with `b` chosen so a bucket holds 32 to 64 entries on average
+//!   ([`BASE_ENTRIES_PER_BUCKET_TARGET`]). A lookup reads one directory slot (a 1 MiB
+//!   directory at 10 million entries, mostly cached) and scans one bucket (a few adjacent cache
+//!   lines, prefetched as a run): no binary search over 80 MB with a miss per step. Measured at
+//!   10 million entries (`examples/suppression_set.rs`, idle 2-core VM): 8 entries per bucket
+//!   350 ns per lookup, 32 entries 300 ns, 64 entries 320 ns, SipHash included;
 //! - an **overlay**: a hash map of the changes applied since the base was built (an added or
 //!   re-reasoned entry, or a tombstone hiding a removed base entry), looked at first. When it
 //!   outgrows 1/[`OVERLAY_MERGE_FRACTION_DENOMINATOR`] of the base (and at least
 //!   [`OVERLAY_ENTRIES_MIN`]), it is merged into a new base in one linear pass.
 //!
-//! Memory: 8 bytes per entry, plus 0.25 to 0.5 bytes of directory, plus the overlay (at most
-//! 1/128 of the base, about 20 bytes each): at most 8.7 bytes per entry in steady state, 2x
+//! Memory: 8 bytes per entry, plus 0.06 to 0.125 bytes of directory, plus the overlay (at most
+//! 1/128 of the base, about 20 bytes each): at most 8.3 bytes per entry in steady state, 2x
 //! transiently while a merge builds the new base. Both parts sit behind `Arc`s, so a clone (what
 //! an engine publishes to its shards after each delta) costs two reference counts, and the next
 //! [`SuppressionSet::apply`] copies only the small overlay (copy-on-write), never the base.
@@ -54,7 +57,7 @@ use super::{
 /// More still work (nothing refuses a suppression) until the offsets would overflow at 2^32.
 pub const SET_ENTRIES_MAX: usize = 200_000_000;
 /// Average entries per directory bucket the base aims at (between this and twice this).
-pub const BASE_ENTRIES_PER_BUCKET_TARGET: usize = 8;
+pub const BASE_ENTRIES_PER_BUCKET_TARGET: usize = 32;
 /// The overlay is merged into the base when it holds more than base/this entries.
 pub const OVERLAY_MERGE_FRACTION_DENOMINATOR: usize = 128;
 /// ...and more than this many (so a small set is not rebuilt on every change).
