@@ -19,6 +19,10 @@
 //!   policy while the control plane is away. [`CompiledPolicy`] answers the session's questions:
 //!   SMTP AUTH (argon2id with a keyed-hash cache of successes), may this sender use this domain,
 //!   is the tenant or domain over its rate, and which DKIM key signs.
+//! - **Suppression lists** ([`suppression`]): the one list that is *not* in the snapshot, since
+//!   10 million entries cannot be resent on every change. The control plane keeps a change log
+//!   and engines apply its deltas to a compact set of keyed 62-bit hashes
+//!   ([`suppression::SuppressionSet`], about 8.3 bytes per entry) checked at RCPT.
 //! - **Link** ([`link`]): the engine's TLS client that registers, applies pushed snapshots,
 //!   acks them and reconnects with capped backoff. The only networking (and the only tokio
 //!   runtime use) in the crate.
@@ -48,6 +52,7 @@ pub mod outbox;
 pub mod rate;
 pub mod snapshot;
 pub mod store;
+pub mod suppression;
 pub mod wire;
 
 pub use compiled::{AuthIdentity, CompiledPolicy, DestinationPolicy};

@@ -93,11 +93,15 @@ pub enum Permission {
     WebhooksRead,
     /// Create, delete, rotate, enable and test one's tenant's webhooks.
     WebhooksWrite,
+    /// Search and export one's tenant's suppression list (owners: any, and the operator's).
+    SuppressionsRead,
+    /// Add, import and remove entries of one's tenant's suppression list.
+    SuppressionsWrite,
 }
 
 impl Permission {
     /// Every permission, in declaration order.
-    pub const ALL: [Permission; 16] = [
+    pub const ALL: [Permission; 18] = [
         Permission::TenantRead,
         Permission::TenantsManage,
         Permission::DomainsRead,
@@ -114,6 +118,8 @@ impl Permission {
         Permission::StatsRead,
         Permission::WebhooksRead,
         Permission::WebhooksWrite,
+        Permission::SuppressionsRead,
+        Permission::SuppressionsWrite,
     ];
 
     /// The variant's name, as routes declare it (`x-permission` in the OpenAPI document).
@@ -135,6 +141,8 @@ impl Permission {
             Permission::StatsRead => "StatsRead",
             Permission::WebhooksRead => "WebhooksRead",
             Permission::WebhooksWrite => "WebhooksWrite",
+            Permission::SuppressionsRead => "SuppressionsRead",
+            Permission::SuppressionsWrite => "SuppressionsWrite",
         }
     }
 
@@ -153,6 +161,7 @@ impl Permission {
                 | Permission::LimitsWrite
                 | Permission::GlobalLimitsWrite
                 | Permission::WebhooksWrite
+                | Permission::SuppressionsWrite
         )
     }
 }
@@ -170,11 +179,17 @@ pub const PERMISSIONS: &[(Role, &[Permission])] = &[
             P::EventsRead,
             P::StatsRead,
             P::WebhooksRead,
+            P::SuppressionsRead,
         ],
     ),
     (
         Role::Developer,
-        &[P::DomainsWrite, P::CredentialsWrite, P::WebhooksWrite],
+        &[
+            P::DomainsWrite,
+            P::CredentialsWrite,
+            P::WebhooksWrite,
+            P::SuppressionsWrite,
+        ],
     ),
     (Role::Admin, &[P::LimitsWrite, P::AuditRead]),
     (

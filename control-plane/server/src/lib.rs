@@ -31,6 +31,7 @@ pub mod events;
 pub mod push;
 pub mod snapshot;
 pub mod store;
+pub mod suppressions;
 pub mod webhooks;
 
 use std::net::SocketAddr;
@@ -300,11 +301,13 @@ pub async fn serve_with(
         _ => None,
     };
     let purger = tokio::spawn(events::purge_task(app.clone()));
+    let suppression_purger = tokio::spawn(suppressions::purge_task(app.clone()));
     let dispatcher = tokio::spawn(webhooks::dispatch::run(app.clone()));
     let poller = tokio::spawn(push::poll_version(app, opts.version_poll_ms));
     let result = tokio::try_join!(http, pushing).map(|_| ());
     poller.abort();
     purger.abort();
+    suppression_purger.abort();
     dispatcher.abort();
     if let Some(l) = listener {
         l.abort();

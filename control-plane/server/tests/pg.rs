@@ -322,3 +322,39 @@ async fn next_notice(
         .expect("a notice in time")
         .expect("a notice")
 }
+
+#[tokio::test]
+async fn pg_suppressions() {
+    let Some(base) = pg_url() else { return };
+    let db = TestDb::create(&base).await;
+    {
+        let h = common::start_with(Some(db.url.clone())).await;
+        let store = common::suppressions::db(&h, Some(&db.url)).await;
+        common::suppressions::store(&store).await;
+        common::suppressions_api::api(&h).await;
+    }
+    db.drop_db().await;
+}
+
+/// Bytes of padding per import line: 1,000,000 lines of about 240 bytes, a body of about 230
+/// MiB, against a peak RSS growth bound of [`IMPORT_RSS_GROWTH_MAX_MIB`].
+const IMPORT_LINE_PADDING_BYTES: usize = 200;
+/// What the import may add to this process's peak RSS (client and control plane together;
+/// PostgreSQL's memory is its own process's).
+const IMPORT_RSS_GROWTH_MAX_MIB: u64 = 64;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_a_million_lines_import_in_bounded_memory() {
+    let Some(base) = pg_url() else { return };
+    let db = TestDb::create(&base).await;
+    {
+        let h = common::start_with(Some(db.url.clone())).await;
+        common::suppressions_api::million(
+            &h,
+            IMPORT_LINE_PADDING_BYTES,
+            Some(IMPORT_RSS_GROWTH_MAX_MIB),
+        )
+        .await;
+    }
+    db.drop_db().await;
+}

@@ -30,7 +30,12 @@ struct Case {
     permission: P,
     target: Target,
     body: fn(usize) -> Option<Value>,
+    /// A body that is not JSON (instead of `body`).
+    raw: Option<RawBody>,
 }
+
+/// A content type and a body text made from the call's number.
+type RawBody = (&'static str, fn(usize) -> String);
 
 fn none(_: usize) -> Option<Value> {
     None
@@ -52,10 +57,12 @@ fn cases(b_tenant: &str, b_domain: &str, b_cred: &str, b_hook: &str) -> Vec<Case
                         _ => b_cred,
                     },
                 )
-                .replace("{domain}", "roles.test"),
+                .replace("{domain}", "roles.test")
+                .replace("{address}", B_SUPPRESSED),
             permission,
             target,
             body,
+            raw: None,
         };
     vec![
         c("POST", "/v1/tenants", P::TenantsManage, Own, |n| {
@@ -235,7 +242,60 @@ fn cases(b_tenant: &str, b_domain: &str, b_cred: &str, b_hook: &str) -> Vec<Case
             OtherTenantsObject,
             none,
         ),
+        c("GET", "/v1/suppressions", P::SuppressionsRead, Own, none),
+        c("POST", "/v1/suppressions", P::SuppressionsWrite, Own, |n| {
+            Some(json!({"address": format!("r{n}@roles.test")}))
+        }),
+        c(
+            "DELETE",
+            "/v1/suppressions/{address}",
+            P::SuppressionsWrite,
+            OtherTenantsObject,
+            none,
+        ),
+        Case {
+            raw: Some(("text/csv", |n| format!("address\nr{n}@import.roles.test\n"))),
+            ..c(
+                "POST",
+                "/v1/suppressions/import",
+                P::SuppressionsWrite,
+                Own,
+                none,
+            )
+        },
+        c(
+            "GET",
+            "/v1/suppressions/export",
+            P::SuppressionsRead,
+            Own,
+            none,
+        ),
     ]
+}
+
+/// An address on tenant B's suppression list.
+const B_SUPPRESSED: &str = "b-only@roles.test";
+
+/// One call of a case with `key` (None: no key).
+async fn call(h: &common::Harness, case: &Case, key: Option<&str>, n: usize) -> common::Resp {
+    match case.raw {
+        None => h.call(case.method, &case.path, key, (case.body)(n)).await,
+        Some((content_type, text)) => {
+            let tcp = tokio::net::TcpStream::connect(h.info.api_addr)
+                .await
+                .expect("connect");
+            let mut req = petrel_testkit::http::Request::new(case.method, &case.path)
+                .header("Content-Type", content_type)
+                .body(text(n));
+            if let Some(k) = key {
+                req = req.bearer(k);
+            }
+            req.send_over(tcp, &h.info.api_addr.to_string())
+                .await
+                .expect("API answers")
+                .into()
+        }
+    }
 }
 
 fn expected(role: Role, case: &Case) -> u16 {
@@ -305,6 +365,15 @@ async fn every_endpoint_every_role_and_tenant_isolation() {
         .await;
     assert_eq!(r.status, 201, "{:?}", r.body);
     let b_hook = r.body["id"].as_str().expect("b webhook").to_string();
+    let r = h
+        .call(
+            "POST",
+            "/v1/suppressions",
+            Some(&b_admin),
+            Some(json!({"address": B_SUPPRESSED})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
     let table = cases(&b, &b_domain, &b_cred, &b_hook);
     // The table covers every documented route, with the permission the document declares.
     let doc = h.call("GET", "/v1/openapi.json", None, None).await.body;
@@ -339,7 +408,7 @@ async fn every_endpoint_every_role_and_tenant_isolation() {
     let mut failures = Vec::new();
     for case in &table {
         n += 1;
-        let r = h.call(case.method, &case.path, None, (case.body)(n)).await;
+        let r = call(&h, case, None, n).await;
         if r.status != 401 || r.code() != "unauthorized" {
             failures.push(format!(
                 "no key: {} {} -> {} {:?}",
@@ -350,9 +419,7 @@ async fn every_endpoint_every_role_and_tenant_isolation() {
     for (role, key) in &keys {
         for case in &table {
             n += 1;
-            let r = h
-                .call(case.method, &case.path, Some(key), (case.body)(n))
-                .await;
+            let r = call(&h, case, Some(key), n).await;
             let want = expected(*role, case);
             let good = if want == 200 {
                 (200..=204).contains(&r.status)
@@ -413,12 +480,21 @@ async fn every_endpoint_every_role_and_tenant_isolation() {
         "no rotation through A"
     );
     assert!(r.body["rotated_unix_ms"].is_null());
+    let r = h
+        .call("GET", "/v1/suppressions", Some(&b_admin), None)
+        .await;
+    assert_eq!(
+        r.body["suppressions"][0]["address"], B_SUPPRESSED,
+        "B's suppression intact: {:?}",
+        r.body
+    );
     // And A's admin sees none of B in listings or the audit log.
     for path in [
         "/v1/domains",
         "/v1/credentials",
         "/v1/audit-log",
         "/v1/webhooks",
+        "/v1/suppressions",
     ] {
         let r = h.call("GET", path, Some(&a_admin), None).await;
         let text = r.body.to_string();

@@ -17,6 +17,7 @@ pub mod events;
 pub mod limits;
 pub mod openapi;
 pub mod stats;
+pub mod suppressions;
 pub mod tenants;
 pub mod webhooks;
 
@@ -157,6 +158,10 @@ pub fn routes() -> OpenApiRouter<App> {
         .routes(routes!(webhooks::enable))
         .routes(routes!(webhooks::test))
         .routes(routes!(webhooks::deliveries))
+        .routes(routes!(suppressions::list, suppressions::add))
+        .routes(routes!(suppressions::delete))
+        .routes(routes!(suppressions::bulk::import))
+        .routes(routes!(suppressions::bulk::export))
 }
 
 /// What the route gate needs: the app (to authenticate) and the access table.

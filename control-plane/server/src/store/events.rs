@@ -28,6 +28,7 @@
 mod insert;
 mod purge;
 
+pub(crate) use insert::{by_statement, values_sql, Placeholders};
 pub use insert::{
     insert_batch, BIND_PARAMS_MAX, IDS_PER_CHECK_MAX, PARAMS_PER_STATEMENT,
     POSTGRES_BIND_PARAMS_MAX, SQLITE_BIND_PARAMS_MAX,

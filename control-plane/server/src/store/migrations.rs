@@ -1,7 +1,8 @@
 //! The schema, as numbered migrations (see [`super::Db`]).
 
 /// Schema versions, applied in order, each in its own transaction. `{blob}` is the dialect's
-/// binary type. Never edit a released entry: append a new one.
+/// binary type, `{ctext}` text that compares byte-wise (`COLLATE "C"` on PostgreSQL, SQLite's
+/// default). Never edit a released entry: append a new one.
 pub(super) const MIGRATIONS: &[(i64, &str)] = &[
     (
         1,
@@ -216,6 +217,39 @@ CREATE TABLE webhook_attempts (
     duration_ms BIGINT NOT NULL,
     PRIMARY KEY (delivery_id, attempt)
 );
+"#,
+    ),
+    (
+        4,
+        r#"
+CREATE TABLE suppressions (
+    scope {ctext} NOT NULL,
+    address {ctext} NOT NULL,
+    domain {ctext} NOT NULL,
+    reason TEXT NOT NULL,
+    source_event_id TEXT,
+    created_unix_ms BIGINT NOT NULL,
+    updated_unix_ms BIGINT NOT NULL,
+    expires_unix_ms BIGINT,
+    PRIMARY KEY (scope, address)
+);
+CREATE INDEX suppressions_domain ON suppressions (scope, domain, address);
+CREATE INDEX suppressions_expiry ON suppressions (expires_unix_ms);
+CREATE TABLE suppression_seq (
+    id BIGINT PRIMARY KEY,
+    last_seq BIGINT NOT NULL,
+    purged_through_seq BIGINT NOT NULL
+);
+INSERT INTO suppression_seq (id, last_seq, purged_through_seq) VALUES (1, 0, 0);
+CREATE TABLE suppression_changes (
+    seq BIGINT PRIMARY KEY,
+    scope TEXT NOT NULL,
+    address TEXT NOT NULL,
+    op TEXT NOT NULL,
+    reason TEXT,
+    at_unix_ms BIGINT NOT NULL
+);
+CREATE INDEX suppression_changes_time ON suppression_changes (at_unix_ms);
 "#,
     ),
 ];

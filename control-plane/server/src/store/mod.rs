@@ -18,6 +18,7 @@ pub mod engines;
 pub mod events;
 pub mod limits;
 mod migrations;
+pub mod suppressions;
 pub mod tenants;
 pub mod webhooks;
 
@@ -198,11 +199,11 @@ impl Db {
             if *version <= applied {
                 continue;
             }
-            let blob = match self.dialect {
-                Dialect::Sqlite => "BLOB",
-                Dialect::Postgres => "BYTEA",
+            let (blob, ctext) = match self.dialect {
+                Dialect::Sqlite => ("BLOB", "TEXT"),
+                Dialect::Postgres => ("BYTEA", "TEXT COLLATE \"C\""),
             };
-            let sql = sql.replace("{blob}", blob);
+            let sql = sql.replace("{blob}", blob).replace("{ctext}", ctext);
             let mig = |source| ControlError::Migration {
                 version: *version,
                 source,
@@ -281,7 +282,31 @@ impl Db {
             tx,
             version,
             dialect: self.dialect,
+            announce: true,
             _turn: turn,
+        })
+    }
+
+    /// Starts an audited change of data that is not in the policy snapshot (suppression
+    /// entries): the same lock and audit entry as [`Db::begin_mutation`], but the policy
+    /// version stays as it is, so no engine is sent a new snapshot for it (such data reaches
+    /// engines as deltas of its own). On SQLite the write lock is taken at `BEGIN`.
+    pub async fn begin_data_mutation(&self) -> StoreResult<Mutation> {
+        let WriteTx { mut tx, _turn } = self.begin_write().await?;
+        // A no-op update of the row every mutation locks first: the audit chain's lock.
+        let version: i64 = sqlx::query(
+            "UPDATE petrel_meta SET policy_version = policy_version WHERE id = 1 \
+             RETURNING policy_version",
+        )
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("policy_version")?;
+        Ok(Mutation {
+            tx,
+            version,
+            dialect: self.dialect,
+            announce: false,
+            _turn,
         })
     }
 }
@@ -299,9 +324,11 @@ pub async fn policy_version(conn: &mut AnyConnection) -> StoreResult<u64> {
 /// row: there is no way to commit a change without its audit entry.
 pub struct Mutation {
     tx: sqlx::Transaction<'static, sqlx::Any>,
-    /// The policy version this mutation produces.
+    /// The policy version this mutation produces (a data mutation: the current one).
     pub version: i64,
     dialect: Dialect,
+    /// Whether commit announces the version on [`POLICY_CHANNEL`] (policy mutations only).
+    announce: bool,
     /// Held until the transaction is dropped (declared after it, so dropped after it).
     _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
@@ -348,7 +375,7 @@ impl Mutation {
     /// Appends the audit row and commits. Returns the new policy version.
     pub async fn commit(mut self, entry: AuditEntry) -> StoreResult<u64> {
         crate::audit::append(&mut self.tx, &entry).await?;
-        if self.dialect == Dialect::Postgres {
+        if self.dialect == Dialect::Postgres && self.announce {
             // Delivered to the listeners when (and only if) the transaction commits.
             sqlx::query("SELECT pg_notify($1, $2)")
                 .bind(POLICY_CHANNEL)

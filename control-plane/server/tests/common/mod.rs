@@ -5,6 +5,8 @@
 pub mod events;
 pub mod plans;
 pub mod scenarios;
+pub mod suppressions;
+pub mod suppressions_api;
 pub mod webhooks;
 
 use std::net::SocketAddr;
