@@ -358,3 +358,118 @@ async fn pg_a_million_lines_import_in_bounded_memory() {
     }
     db.drop_db().await;
 }
+
+/// A bind value of a plan check.
+enum Bind {
+    Text(String),
+    Int(i64),
+}
+
+/// PostgreSQL's twin of `suppressions.rs`'s plan test: with sequential scans and sorts priced
+/// out of the planner's reach (`enable_seqscan`, `enable_sort` off), every read and purge of
+/// the lists plans without a `Seq Scan` or a `Sort` of `suppressions` or `suppression_changes`,
+/// and with its condition inside an index (`Index Cond`; or, for a full load's first page, a
+/// walk of an index in its order under a `Limit`): an index range, as it must be at 10 million
+/// entries.
+#[tokio::test]
+async fn pg_each_suppression_query_uses_its_index() {
+    use petrel_control::store::suppressions::{self as ss, Search};
+    use Bind::{Int, Text};
+    let Some(base) = pg_url() else { return };
+    let db = TestDb::create(&base).await;
+    {
+        let _h = common::start_with(Some(db.url.clone())).await;
+        let pool = sqlx::AnyPool::connect(&db.url).await.expect("open db");
+        let mut conn = pool.acquire().await.expect("a connection");
+        for set in ["SET enable_seqscan = off", "SET enable_sort = off"] {
+            sqlx::query(set).execute(&mut *conn).await.expect(set);
+        }
+        let mut checks: Vec<(String, String, Vec<Bind>)> = Vec::new();
+        for search in [
+            Search::All,
+            Search::Exact("a@x.test".into()),
+            Search::Prefix("ab".into()),
+            Search::Domain("x.test".into()),
+        ] {
+            for after in [None, Some("m@x.test")] {
+                let (sql, args) = ss::list_query(&search, after);
+                // In placeholder order: scope, now, the texts, the limit.
+                let mut binds = vec![Text("ten_x".into()), Int(0)];
+                binds.extend(args.into_iter().map(Text));
+                binds.push(Int(10));
+                checks.push((format!("list {search:?} {after:?}"), sql, binds));
+            }
+        }
+        let texts = |v: &[&str]| v.iter().map(|t| Text(t.to_string())).collect::<Vec<_>>();
+        checks.push((
+            "changes".into(),
+            ss::CHANGES_SINCE_SQL.into(),
+            vec![Int(5), Int(10)],
+        ));
+        checks.push((
+            "load".into(),
+            ss::LOAD_PAGE_SQL.into(),
+            vec![Int(0), Int(10)],
+        ));
+        let mut after = vec![Int(0)];
+        after.extend(texts(&["a", "b"]));
+        after.push(Int(10));
+        checks.push(("load after".into(), ss::LOAD_PAGE_AFTER_SQL.into(), after));
+        checks.push((
+            "expired pick".into(),
+            ss::EXPIRED_PICK_SQL.into(),
+            vec![Int(0), Int(10)],
+        ));
+        checks.push(("cutoff".into(), ss::CHANGES_CUTOFF_SQL.into(), vec![Int(0)]));
+        checks.push((
+            "expired delete".into(),
+            ss::expired_delete_sql(2),
+            texts(&["a", "b", "c", "d"]),
+        ));
+        // The control: a filter no index serves must fail the check.
+        checks.push((
+            "control".into(),
+            "SELECT address FROM suppressions WHERE length(address) = $1".into(),
+            vec![Int(7)],
+        ));
+        for (what, sql, binds) in checks {
+            let explain = format!("EXPLAIN {sql}");
+            let mut q = sqlx::query(&explain);
+            for b in binds {
+                q = match b {
+                    Text(t) => q.bind(t),
+                    Int(i) => q.bind(i),
+                };
+            }
+            let plan = q
+                .fetch_all(&mut *conn)
+                .await
+                .unwrap_or_else(|e| panic!("{what}: explain: {e}"))
+                .iter()
+                .map(|r| r.try_get::<String, _>(0).expect("plan line"))
+                .collect::<Vec<_>>()
+                .join("\n");
+            // With sequential scans priced out, a filter no index serves shows up as a whole
+            // index read instead: an index node without an `Index Cond`. Only a walk of an
+            // index in its order under a `Limit` (a full load's first page) may have none.
+            let seq_or_sort = plan.lines().any(|l| {
+                l.contains("Seq Scan on suppression")
+                    || l.trim_start()
+                        .trim_start_matches("->  ")
+                        .starts_with("Sort")
+            });
+            let conditioned = plan.contains("Index Cond");
+            let walk = plan.starts_with("Limit") && !plan.contains("Bitmap");
+            let bad = seq_or_sort || !(conditioned || walk);
+            if what == "control" {
+                assert!(bad, "the check sees a filter no index serves:\n{plan}");
+                continue;
+            }
+            assert!(!bad, "{what}:\n{plan}");
+            assert!(plan.contains("Index"), "{what}:\n{plan}");
+        }
+        drop(conn);
+        pool.close().await;
+    }
+    db.drop_db().await;
+}
