@@ -359,12 +359,6 @@ async fn pg_a_million_lines_import_in_bounded_memory() {
     db.drop_db().await;
 }
 
-/// A bind value of a plan check.
-enum Bind {
-    Text(String),
-    Int(i64),
-}
-
 /// PostgreSQL's twin of `suppressions.rs`'s plan test: with sequential scans and sorts priced
 /// out of the planner's reach (`enable_seqscan`, `enable_sort` off), every read and purge of
 /// the lists plans without a `Seq Scan` or a `Sort` of `suppressions` or `suppression_changes`,
@@ -373,8 +367,8 @@ enum Bind {
 /// entries.
 #[tokio::test]
 async fn pg_each_suppression_query_uses_its_index() {
+    use common::plans::{Arg, Arg::Int, Arg::Text, Args};
     use petrel_control::store::suppressions::{self as ss, Search};
-    use Bind::{Int, Text};
     let Some(base) = pg_url() else { return };
     let db = TestDb::create(&base).await;
     {
@@ -384,7 +378,7 @@ async fn pg_each_suppression_query_uses_its_index() {
         for set in ["SET enable_seqscan = off", "SET enable_sort = off"] {
             sqlx::query(set).execute(&mut *conn).await.expect(set);
         }
-        let mut checks: Vec<(String, String, Vec<Bind>)> = Vec::new();
+        let mut checks: Vec<(String, String, Vec<Arg>)> = Vec::new();
         for search in [
             Search::All,
             Search::Exact("a@x.test".into()),
@@ -434,14 +428,7 @@ async fn pg_each_suppression_query_uses_its_index() {
         ));
         for (what, sql, binds) in checks {
             let explain = format!("EXPLAIN {sql}");
-            let mut q = sqlx::query(&explain);
-            for b in binds {
-                q = match b {
-                    Text(t) => q.bind(t),
-                    Int(i) => q.bind(i),
-                };
-            }
-            let plan = q
+            let plan = common::plans::bind(sqlx::query(&explain), Args::Plain(binds))
                 .fetch_all(&mut *conn)
                 .await
                 .unwrap_or_else(|e| panic!("{what}: explain: {e}"))

@@ -163,7 +163,7 @@ async fn one_round(app: &App, id: &str, node: &str) -> Result<bool, StoreError> 
         .await?;
     }
     drop(conn);
-    let outcomes = post_all(app, &w, &window, now).await;
+    let outcomes = post_all(app, &w, &mut window, now).await;
     let at = app.now_ms();
     let mut attempts = Vec::with_capacity(window.len());
     for (f, outcome) in window.iter().zip(&outcomes) {
@@ -358,16 +358,20 @@ async fn open_window(
 async fn post_all(
     app: &App,
     w: &WebhookRow,
-    window: &[InFlight],
+    window: &mut [InFlight],
     now: i64,
 ) -> Vec<Option<super::client::Outcome>> {
     let mut outcomes = vec![None; window.len()];
+    let mut sent = vec![false; window.len()];
     let mut posts = tokio::task::JoinSet::new();
-    for (i, f) in window.iter().enumerate() {
+    for (i, f) in window.iter_mut().enumerate() {
         if f.events.is_empty() {
             continue;
         }
-        let views: Vec<EventView> = f.events.iter().cloned().map(|e| e.event.into()).collect();
+        sent[i] = true;
+        // The events are not needed after their body is built: moved, not cloned.
+        let events = std::mem::take(&mut f.events);
+        let views: Vec<EventView> = events.into_iter().map(|e| e.event.into()).collect();
         let body = serde_json::to_vec(&json!({ "events": views })).unwrap_or_default();
         let headers = headers(w, &f.delivery, &body, now);
         let client = app.webhooks.client.clone();
@@ -381,8 +385,8 @@ async fn post_all(
         }
     }
     // A POST task that died (it cannot panic by design) counts as a failed attempt.
-    for (o, f) in outcomes.iter_mut().zip(window) {
-        if o.is_none() && !f.events.is_empty() {
+    for (o, sent) in outcomes.iter_mut().zip(sent) {
+        if o.is_none() && sent {
             *o = Some(super::client::Outcome {
                 status: None,
                 error: Some("the request task failed".into()),
