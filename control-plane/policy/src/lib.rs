@@ -63,7 +63,7 @@ pub use link::{run_link, LinkConfig, LinkTrust};
 pub use outbox::{Outbox, OutboxError};
 pub use snapshot::{
     decode, encode, Credential, CredentialKind, DefaultLimits, DestinationLimit, DkimAlgorithm,
-    DkimKey, PolicySnapshot, SendingDomain, Tenant,
+    DkimKey, PolicySnapshot, ReturnPath, SendingDomain, Tenant, TokenKey,
 };
 pub use store::PolicyStore;
 pub use wire::{read_frame, write_frame, Frame, FrameDecoder, Hello};

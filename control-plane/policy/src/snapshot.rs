@@ -16,7 +16,7 @@ use std::collections::HashSet;
 use crate::error::PolicyError;
 
 /// Magic prefix of an encoded snapshot; the trailing digit is the format version.
-pub const SNAPSHOT_MAGIC: &[u8; 8] = b"PTRLSNP1";
+pub const SNAPSHOT_MAGIC: &[u8; 8] = b"PTRLSNP2";
 /// Bytes before the rkyv payload: magic, checksum, payload length.
 pub const SNAPSHOT_HEADER_BYTES: usize = 16;
 /// Largest encoded snapshot accepted (fits in one link frame with room to spare).
@@ -58,6 +58,8 @@ pub struct PolicySnapshot {
     pub credentials: Vec<Credential>,
     pub destination_limits: Vec<DestinationLimit>,
     pub defaults: DefaultLimits,
+    /// VERP return paths, unsubscribe addresses and one-click links (issue 14).
+    pub return_path: ReturnPath,
 }
 
 /// A customer of the ESP.
@@ -366,6 +368,7 @@ impl PolicySnapshot {
         for c in &self.credentials {
             validate_credential(c, &tenant_ids, &mut usernames)?;
         }
+        self.return_path.validate()?;
         let mut destinations = HashSet::with_capacity(self.destination_limits.len());
         for l in &self.destination_limits {
             check_domain(&l.domain)?;
@@ -431,6 +434,12 @@ pub fn parse_cidr(s: &str) -> Result<ipnet::IpNet, PolicyError> {
         .map(ipnet::IpNet::from)
         .map_err(|_| PolicyError::invalid(format!("bad CIDR or address {s:?}")))
 }
+
+#[path = "snapshot/return_path.rs"]
+mod return_path;
+pub use return_path::{
+    ReturnPath, TokenKey, TOKEN_KEYS_MAX, TOKEN_KEY_BYTES_MIN, URL_BASE_MAX_BYTES,
+};
 
 fn check_count(what: &str, n: usize, max: usize) -> Result<(), PolicyError> {
     if n > max {
@@ -524,6 +533,15 @@ mod tests {
                 tls_required: true,
             }],
             defaults: DefaultLimits::default(),
+            return_path: ReturnPath {
+                bounce_domain: "bounces.petrel.test".into(),
+                one_click_url_base: "https://cp.petrel.test".into(),
+                current_key_id: 1,
+                keys: vec![TokenKey {
+                    id: 1,
+                    secret: vec![9; 32],
+                }],
+            },
         }
     }
 

@@ -299,6 +299,8 @@ fn app(db: Db) -> anyhow::Result<App> {
             spf_include: "spf.bench.invalid".into(),
             dkim_rotation_grace_ms: 0,
             hash_cost: auth::HashCost::default(),
+            return_path_domain: String::new(),
+            public_url: String::new(),
         },
         version_tx: tokio::sync::watch::channel(0).0,
     })))

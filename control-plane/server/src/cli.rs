@@ -61,6 +61,13 @@ pub struct ServeArgs {
     /// addresses stay refused).
     #[arg(long)]
     pub webhooks_allow_loopback: bool,
+    /// The bounce domain of VERP return paths (its MX must point at the engines' intake
+    /// listener); default: none (no VERP).
+    #[arg(long, default_value = "")]
+    pub return_path_domain: String,
+    /// The control plane's public origin (https://host[:port]) for one-click unsubscribe links.
+    #[arg(long, default_value = "")]
+    pub public_url: String,
     /// PEM file of extra CA certificates webhook receivers may use (a private CA).
     #[arg(long)]
     pub webhooks_ca_file: Option<PathBuf>,
@@ -93,6 +100,8 @@ pub async fn run(cmd: ControlCommand) -> anyhow::Result<()> {
                 api_tls_key: a.api_tls_key,
                 api_allow_plaintext: a.api_allow_plaintext,
                 spf_include: a.spf_include,
+                return_path_domain: a.return_path_domain,
+                public_url: a.public_url,
                 ..ServeOptions::default()
             };
             crate::serve_with(cfg, opts, None).await?;

@@ -90,6 +90,10 @@ pub struct ServeOptions {
     /// argon2id cost for new secrets.
     pub hash_cost: HashCost,
     pub version_poll_ms: u64,
+    /// `Settings::return_path_domain`: the bounce domain of VERP return paths; empty: off.
+    pub return_path_domain: String,
+    /// `Settings::public_url`: where one-click unsubscribe links point; empty: none.
+    pub public_url: String,
     /// The clock; None: the system clock. Tests pin or move it (webhook retries, secret
     /// overlap).
     pub clock: Option<Arc<dyn Clock>>,
@@ -122,6 +126,8 @@ impl Default for ServeOptions {
             dkim_rotation_grace_secs: DKIM_ROTATION_GRACE_SECS_DEFAULT,
             hash_cost: HashCost::default(),
             version_poll_ms: VERSION_POLL_MS_DEFAULT,
+            return_path_domain: String::new(),
+            public_url: String::new(),
             clock: None,
         }
     }
@@ -223,6 +229,11 @@ pub async fn serve_with(
     if db.dialect == store::Dialect::Sqlite {
         store::webhooks::release_all(&mut *db.conn().await?).await?;
     }
+    {
+        let mut tx = db.begin_write().await?;
+        store::token_keys::ensure(&mut tx, clock.now_unix_ms()).await?;
+        tx.commit().await?;
+    }
     let version = db.policy_version().await?;
     let (version_tx, _) = tokio::sync::watch::channel(version);
     let dns = dns::DnsChecker::new(&cfg.dns_nameservers)?;
@@ -244,6 +255,11 @@ pub async fn serve_with(
             )
             .unwrap_or(i64::MAX),
             hash_cost: opts.hash_cost,
+            return_path_domain: opts
+                .return_path_domain
+                .trim_end_matches('.')
+                .to_ascii_lowercase(),
+            public_url: opts.public_url.trim_end_matches('/').to_string(),
         },
         version_tx,
         webhooks,

@@ -137,9 +137,7 @@ impl SnapshotCache {
                 return Ok((v, b));
             }
         }
-        let snap =
-            crate::snapshot::build(&app.db, app.now_ms(), app.settings.dkim_rotation_grace_ms)
-                .await?;
+        let snap = crate::snapshot::build(&app.db, app.now_ms(), &app.settings).await?;
         let version = snap.version;
         let bytes = Arc::new(petrel_policy::encode(&snap)?);
         let mut latest = self.latest.lock().unwrap_or_else(|p| p.into_inner());

@@ -1,11 +1,14 @@
 //! Builds a [`PolicySnapshot`] from the store: every tenant, every sending domain with its
 //! listed DKIM private keys, every credential (argon2 hashes only), destination limits and
-//! defaults, read in one consistent transaction so the version matches the content.
+//! defaults, the return path (bounce domain, one-click URL base, token keys), read in one
+//! consistent transaction so the version matches the content.
 
 use petrel_policy::{
-    Credential, CredentialKind, DestinationLimit, DkimKey, PolicySnapshot, SendingDomain, Tenant,
+    Credential, CredentialKind, DestinationLimit, DkimKey, PolicySnapshot, ReturnPath,
+    SendingDomain, Tenant, TokenKey,
 };
 
+use crate::api::Settings;
 use crate::store::{self, Db};
 use crate::ControlError;
 
@@ -13,12 +16,13 @@ fn u32_sat(v: Option<u64>) -> Option<u32> {
     v.map(|x| u32::try_from(x).unwrap_or(u32::MAX))
 }
 
-/// Reads the snapshot. `dkim_grace_ms`: how long retired keys stay in it.
+/// Reads the snapshot. `settings.dkim_rotation_grace_ms`: how long retired keys stay in it.
 pub async fn build(
     db: &Db,
     now_ms: i64,
-    dkim_grace_ms: i64,
+    settings: &Settings,
 ) -> Result<PolicySnapshot, ControlError> {
+    let dkim_grace_ms = settings.dkim_rotation_grace_ms;
     let mut tx = db.begin_consistent_read().await?;
     let version = store::policy_version(&mut tx).await?;
     let defaults = store::limits::defaults(&mut tx).await?;
@@ -95,7 +99,20 @@ pub async fn build(
             tls_required: d.tls_required,
         })
         .collect();
+    let token_keys = store::token_keys::active(&mut tx).await?;
     tx.commit().await.map_err(store::StoreError::from)?;
+    let return_path = ReturnPath {
+        bounce_domain: settings.return_path_domain.clone(),
+        one_click_url_base: settings.public_url.clone(),
+        current_key_id: token_keys.last().map_or(0, |k| k.id),
+        keys: token_keys
+            .into_iter()
+            .map(|k| TokenKey {
+                id: k.id,
+                secret: k.secret,
+            })
+            .collect(),
+    };
 
     Ok(PolicySnapshot {
         version,
@@ -105,5 +122,6 @@ pub async fn build(
         credentials,
         destination_limits,
         defaults,
+        return_path,
     })
 }

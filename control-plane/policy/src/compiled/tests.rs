@@ -78,6 +78,7 @@ fn base(version: u64) -> PolicySnapshot {
             destination_messages_per_second_max: Some(100),
             ..Default::default()
         },
+        return_path: Default::default(),
     }
 }
 

@@ -56,6 +56,12 @@ pub struct Settings {
     /// How long a rotated-out DKIM key stays listed (and published in snapshots as retired).
     pub dkim_rotation_grace_ms: i64,
     pub hash_cost: HashCost,
+    /// The bounce domain of VERP return paths (its MX points at the engines' intake); empty:
+    /// no VERP.
+    pub return_path_domain: String,
+    /// The control plane's public origin (`https://host[:port]`, no trailing slash), where
+    /// one-click unsubscribe links point; empty: no https List-Unsubscribe link.
+    pub public_url: String,
 }
 
 /// Shared state of all handlers.

@@ -21,6 +21,8 @@ pub struct EngineRow {
     pub applied_version: i64,
     /// Newest events batch (`batch_seq`) committed and acknowledged.
     pub events_acked_seq: i64,
+    /// The suppression change-log seq the engine says its set reflects.
+    pub suppression_version: i64,
 }
 
 fn decode(r: &AnyRow) -> StoreResult<EngineRow> {
@@ -33,6 +35,7 @@ fn decode(r: &AnyRow) -> StoreResult<EngineRow> {
         sent_version: r.try_get("sent_version")?,
         applied_version: r.try_get("applied_version")?,
         events_acked_seq: r.try_get("events_acked_seq")?,
+        suppression_version: r.try_get("suppression_version")?,
     })
 }
 
@@ -87,6 +90,8 @@ pub enum Touch {
     Contact,
     Sent(i64),
     Applied(i64),
+    /// The engine's suppression set reflects the change log up to this seq.
+    Suppressions(i64),
 }
 
 /// Records contact with an engine (and a version sent or applied).
@@ -107,6 +112,10 @@ pub async fn touch(
         ),
         Touch::Applied(x) => (
             "UPDATE engines SET last_contact_unix_ms = $1, applied_version = $3 WHERE id = $2",
+            Some(x),
+        ),
+        Touch::Suppressions(x) => (
+            "UPDATE engines SET last_contact_unix_ms = $1, suppression_version = $3 WHERE id = $2",
             Some(x),
         ),
     };

@@ -252,4 +252,16 @@ CREATE TABLE suppression_changes (
 CREATE INDEX suppression_changes_time ON suppression_changes (at_unix_ms);
 "#,
     ),
+    (
+        5,
+        r#"
+CREATE TABLE token_keys (
+    id BIGINT PRIMARY KEY,
+    secret {blob} NOT NULL,
+    created_unix_ms BIGINT NOT NULL,
+    retired_unix_ms BIGINT
+);
+ALTER TABLE engines ADD COLUMN suppression_version BIGINT NOT NULL DEFAULT 0;
+"#,
+    ),
 ];

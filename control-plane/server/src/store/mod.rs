@@ -20,6 +20,7 @@ pub mod limits;
 mod migrations;
 pub mod suppressions;
 pub mod tenants;
+pub mod token_keys;
 pub mod webhooks;
 
 use std::path::Path;
