@@ -50,6 +50,8 @@ pub const ENHANCED_CODE_MAX_BYTES: usize = 16;
 pub const REPLY_TEXT_MAX_BYTES: usize = 1024;
 /// Longest bounce category name, in bytes (the classifier's names are short tokens).
 pub const BOUNCE_CATEGORY_MAX_BYTES: usize = 32;
+/// Largest `details` object, in bytes of its compact JSON.
+pub const DETAILS_MAX_BYTES: usize = 4096;
 /// Events in one `Events` frame.
 pub const EVENTS_PER_BATCH_MAX: usize = 1_000;
 /// Largest JSON array of one `Events` frame, in bytes.
@@ -241,6 +243,16 @@ pub struct Event {
     /// Required for `bounced` and `deferred`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bounce: Option<Bounce>,
+    /// Set on a `bounced` event that came back later as a bounce message (a DSN at the
+    /// return-path intake), not as the remote's reply during the SMTP transaction.
+    #[serde(rename = "async", default, skip_serializing_if = "std::ops::Not::not")]
+    pub is_async: bool,
+    /// What Petrel adds about the event beyond the fields above, as a small JSON object (at
+    /// most [`DETAILS_MAX_BYTES`]): a complaint's feedback type, a DMARC report row, the
+    /// failing checks of a refused sending domain, a reputation warning's rates. Unlike
+    /// `metadata` (the sender's own data), Petrel fills it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// Why an event (or a batch) was refused. Carries the field and the numbers.
@@ -407,6 +419,17 @@ impl Event {
                 });
             }
         }
+        if let Some(d) = &self.details {
+            let bytes = serde_json::Value::Object(d.clone()).to_string().len();
+            if bytes > DETAILS_MAX_BYTES {
+                return Err(EventError::TooLong {
+                    id: id(),
+                    field: "details",
+                    len: bytes,
+                    max: DETAILS_MAX_BYTES,
+                });
+            }
+        }
         if let Some(r) = &self.remote {
             opt("remote.mx_host", &r.mx_host, DOMAIN_MAX_BYTES)?;
             opt("remote.address", &r.address, REMOTE_FIELD_MAX_BYTES)?;
@@ -495,7 +518,35 @@ pub(crate) mod tests {
                 enhanced_code: Some("5.1.1".into()),
                 text: "no such user".into(),
             }),
+            is_async: false,
+            details: None,
         }
+    }
+
+    #[test]
+    fn async_and_details_appear_only_when_set() {
+        let mut e = sample(EventType::Bounced);
+        let v = serde_json::to_value(&e).unwrap();
+        assert!(v.get("async").is_none() && v.get("details").is_none());
+        e.is_async = true;
+        let mut d = serde_json::Map::new();
+        d.insert("feedback_type".into(), "abuse".into());
+        e.details = Some(d);
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["async"], true);
+        assert_eq!(v["details"]["feedback_type"], "abuse");
+        let back: Event = serde_json::from_value(v).unwrap();
+        assert_eq!(back, e);
+        let mut big = serde_json::Map::new();
+        big.insert("x".into(), "y".repeat(DETAILS_MAX_BYTES).into());
+        e.details = Some(big);
+        assert!(matches!(
+            e.validate(),
+            Err(EventError::TooLong {
+                field: "details",
+                ..
+            })
+        ));
     }
 
     #[test]

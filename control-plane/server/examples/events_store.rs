@@ -179,6 +179,8 @@ impl Generator {
             remote: None,
             reply: None,
             bounce: None,
+            is_async: false,
+            details: None,
         };
         let sampled = tenant == self.operator && self.rng.below(self.sample_every) == 0;
         for i in 0..rcpts {

@@ -67,6 +67,14 @@ pub struct EventView {
     pub reply: Option<Reply>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bounce: Option<Bounce>,
+    /// A `bounced` event from a bounce message that came back later (the return-path intake).
+    #[serde(rename = "async", default, skip_serializing_if = "std::ops::Not::not")]
+    pub is_async: bool,
+    /// What Petrel adds about the event (a complaint's feedback type, a DMARC report row, the
+    /// failing checks of a refused domain, a warning's rates).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub details: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 impl From<Event> for EventView {
@@ -88,6 +96,8 @@ impl From<Event> for EventView {
             remote,
             reply,
             bounce,
+            is_async,
+            details,
         } = e;
         EventView {
             id,
@@ -105,6 +115,8 @@ impl From<Event> for EventView {
             remote,
             reply,
             bounce,
+            is_async,
+            details,
         }
     }
 }

@@ -204,6 +204,8 @@ pub(crate) fn decode(r: &AnyRow) -> StoreResult<StoredEvent> {
             remote: json_col(r, "remote")?,
             reply: json_col(r, "reply")?,
             bounce,
+            is_async: r.try_get::<i64, _>("is_async")? != 0,
+            details: json_col(r, "details")?,
         },
     })
 }

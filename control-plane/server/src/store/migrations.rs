@@ -262,6 +262,8 @@ CREATE TABLE token_keys (
     retired_unix_ms BIGINT
 );
 ALTER TABLE engines ADD COLUMN suppression_version BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE events ADD COLUMN is_async BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE events ADD COLUMN details TEXT;
 "#,
     ),
 ];

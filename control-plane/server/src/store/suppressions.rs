@@ -450,6 +450,8 @@ mod tests {
                 class: BounceClass::Hard,
                 category: "invalid_recipient".into(),
             }),
+            is_async: false,
+            details: None,
         };
         assert_eq!(reason_of(&e), Some(SuppressionReason::HardBounce));
         e.bounce = Some(petrel_policy::Bounce {

@@ -133,6 +133,8 @@ pub fn event(
             text: "ok".into(),
         }),
         bounce,
+        is_async: false,
+        details: None,
     }
 }
 

@@ -81,6 +81,8 @@ fn bounce(id: &str, tenant: &str, rcpt: &str, category: &str, class: BounceClass
             class,
             category: category.into(),
         }),
+        is_async: false,
+        details: None,
     }
 }
 

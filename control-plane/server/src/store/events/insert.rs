@@ -44,18 +44,19 @@ pub const BIND_PARAMS_MAX: usize = if SQLITE_BIND_PARAMS_MAX < POSTGRES_BIND_PAR
     POSTGRES_BIND_PARAMS_MAX
 };
 /// Parameters bound per multi-row statement, on both backends: a whole 1,000-event batch in
-/// one `events` insert (19,000), since every statement is a round trip (to the SQLite worker
+/// one `events` insert (21,000), since every statement is a round trip (to the SQLite worker
 /// thread, or over the network to PostgreSQL).
-pub const PARAMS_PER_STATEMENT: usize = 19_000;
+pub const PARAMS_PER_STATEMENT: usize = 21_000;
 /// Ids per existing-id check statement (a whole batch). The `IN` list is padded to a power of
 /// two (repeating the last id) so there are few statement texts.
 pub const IDS_PER_CHECK_MAX: usize = 1_024;
 
 /// Columns of one `events` row, in [`EVENT_INSERT`] order.
-const EVENT_COLUMNS: usize = 19;
+const EVENT_COLUMNS: usize = 21;
 const EVENT_INSERT: &str = "INSERT INTO events (id, seq, tenant_id, type, timestamp_ms, \
      message_id, rfc822_message_id, sender, from_domain, recipient, tags, metadata, attempt, \
-     remote, reply, bounce_class, bounce_category, engine_id, received_unix_ms)";
+     remote, reply, bounce_class, bounce_category, engine_id, received_unix_ms, is_async, \
+     details)";
 const TAG_COLUMNS: usize = 3;
 const TAG_INSERT: &str = "INSERT INTO event_tags (event_seq, tenant_id, tag)";
 /// `tenant_id`, `from_domain`, `bucket_start_ms`, then the counters.
@@ -199,7 +200,9 @@ fn bind_event<'q>(
         .bind(e.bounce.as_ref().map(|b| b.class.as_str().to_string()))
         .bind(e.bounce.as_ref().map(|b| b.category.clone()))
         .bind(engine_id.to_string())
-        .bind(now_unix_ms))
+        .bind(now_unix_ms)
+        .bind(i64::from(e.is_async))
+        .bind(e.details.as_ref().map(json_text).transpose()?))
 }
 
 async fn insert_tags(
