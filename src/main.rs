@@ -263,6 +263,9 @@ pub fn run_engine(
             metrics::gauge!(petrel_engine::metrics::POLICY_VERSION).set(v as f64);
             tracing::info!(version = v, "policy snapshot applied on all shards");
         }));
+        rt.spawn(petrel_engine::metrics::publish_suppressions(Arc::clone(
+            &policy,
+        )));
     }
     let delivery_note = if cfg.delivery.enabled {
         match cfg.delivery.relay_to {

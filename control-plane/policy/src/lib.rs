@@ -66,4 +66,7 @@ pub use snapshot::{
     DkimKey, PolicySnapshot, ReturnPath, SendingDomain, Tenant, TokenKey,
 };
 pub use store::PolicyStore;
-pub use wire::{read_frame, write_frame, Frame, FrameDecoder, Hello};
+pub use wire::{
+    read_frame, write_frame, Frame, FrameDecoder, Hello, LoadEntry, LoadPage,
+    SUPPRESSION_FRAME_ENTRIES_MAX,
+};

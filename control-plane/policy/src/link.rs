@@ -1,7 +1,9 @@
 //! The engine's link to the control plane (tokio; the only networking in this crate).
 //!
 //! Connect over TLS, send `Hello` with the shared token and the applied version, then apply
-//! every pushed `Snapshot` (decode, validate, compile, persist, swap) and `Ack` it. When the
+//! every pushed `Snapshot` (decode, validate, compile, persist, swap) and `Ack` it. The same
+//! session carries the engine's events out (`link/events.rs`) and the suppression list in, as
+//! a full load then deltas (`link/suppressions.rs`). When the
 //! connection drops, is refused, or goes silent, reconnect after an exponential, capped,
 //! jittered delay. Meanwhile the engine runs on its last snapshot (also persisted on disk).
 //! Nothing here panics on what the peer sends; every wait has a timeout.
@@ -210,6 +212,8 @@ async fn session(
     let mut last_heard = tokio::time::Instant::now();
     let mut events = EventsSender::new(cfg.outbox.clone());
     events.send_more(&mut writer).await?;
+    let mut suppressions = SuppressionFollower::new();
+    suppressions.start(store, &mut writer).await?;
     loop {
         while let Some(frame) = decoder.next_frame()? {
             match frame {
@@ -220,6 +224,12 @@ async fn session(
                 Frame::Error { message } => {
                     events.refused(&message);
                     return Err(PolicyError::Refused { message });
+                }
+                Frame::SuppressionLoad(page) => {
+                    suppressions.load(store, page, &mut writer).await?;
+                }
+                Frame::SuppressionChanges { changes } => {
+                    suppressions.apply(store, changes, &mut writer).await?;
                 }
                 frame => handle(frame, store, applied, &mut writer, got_snapshot).await?,
             }
@@ -429,7 +439,9 @@ impl ServerCertVerifier for PinnedCert {
 }
 
 mod events;
+mod suppressions;
 use events::EventsSender;
+use suppressions::SuppressionFollower;
 
 #[cfg(test)]
 mod tests;

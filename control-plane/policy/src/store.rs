@@ -16,6 +16,7 @@ use arc_swap::ArcSwap;
 use crate::compiled::{CompiledPolicy, Shared};
 use crate::error::PolicyError;
 use crate::snapshot::{self, PolicySnapshot};
+use crate::suppression::{SuppressionKeyer, SuppressionSet};
 
 /// File name of the persisted snapshot inside the policy directory.
 pub const SNAPSHOT_FILE: &str = "snapshot.rkyv";
@@ -30,6 +31,12 @@ pub struct PolicyStore {
     apply_lock: Mutex<()>,
     /// Rate buckets and AUTH cache, carried from one compiled policy to the next.
     shared: Arc<Shared>,
+    /// The suppression list the link follows (issue 14): swapped whole after each applied
+    /// delta, read by every shard at RCPT. Starts empty at version 0 (the link asks for a full
+    /// load).
+    suppressions: ArcSwap<SuppressionSet>,
+    /// The secret that keys the set's hashes (random per process; see `SuppressionKeyer`).
+    keyer: SuppressionKeyer,
 }
 
 impl std::fmt::Debug for PolicyStore {
@@ -68,12 +75,36 @@ impl PolicyStore {
             }
         };
         let shared = compiled.shared().clone();
+        let keyer = SuppressionKeyer::random();
         PolicyStore {
             dir: dir.to_path_buf(),
             current: ArcSwap::from_pointee(compiled),
             apply_lock: Mutex::new(()),
             shared,
+            suppressions: ArcSwap::from_pointee(SuppressionSet::new(keyer.clone())),
+            keyer,
         }
+    }
+
+    /// The suppression set for one RCPT check (an arc-swap guard: no reference count touched;
+    /// do not hold it across an await).
+    pub fn suppressions(&self) -> arc_swap::Guard<Arc<SuppressionSet>> {
+        self.suppressions.load()
+    }
+
+    /// The suppression set, to build the next version from (a clone shares its parts).
+    pub fn suppressions_full(&self) -> Arc<SuppressionSet> {
+        self.suppressions.load_full()
+    }
+
+    /// The keyer a full load must build with, so lookups hash alike.
+    pub fn suppression_keyer(&self) -> &SuppressionKeyer {
+        &self.keyer
+    }
+
+    /// Puts `set` in force for every shard's next RCPT check.
+    pub fn publish_suppressions(&self, set: SuppressionSet) {
+        self.suppressions.store(Arc::new(set));
     }
 
     /// The policy in force. Hold the `Arc` for one decision, then drop it.

@@ -9,10 +9,14 @@
 //! | 0x02 | engine -> CP  | `Ack { version }`          | u64 BE                                    |
 //! | 0x03 | engine -> CP  | `Ping`                     | empty                                     |
 //! | 0x04 | engine -> CP  | `Events { batch_seq, events }` | u64 BE batch_seq, then a JSON array of [`Event`] |
+//! | 0x05 | engine -> CP  | `SuppressionsSince { version }` | u64 BE                           |
+//! | 0x06 | engine -> CP  | `SuppressionsApplied { version }` | u64 BE                         |
 //! | 0x81 | CP -> engine  | `Snapshot { version, bytes }` | u64 BE version, then `snapshot::encode` bytes |
 //! | 0x82 | CP -> engine  | `Pong`                     | empty                                     |
 //! | 0x83 | CP -> engine  | `Error { message }`        | UTF-8 text                                |
 //! | 0x84 | CP -> engine  | `EventsAck { batch_seq }`  | u64 BE                                    |
+//! | 0x85 | CP -> engine  | `SuppressionLoad(page)`    | binary, see [`suppressions`]              |
+//! | 0x86 | CP -> engine  | `SuppressionChanges { changes }` | binary, see [`suppressions`]        |
 //!
 //! The session: the engine sends `Hello`; the control plane checks the token and answers with
 //! the current `Snapshot` (or `Error` and closes); it sends a new full `Snapshot` on each change.
@@ -32,6 +36,16 @@
 //! it unchanged) and carry on with the next seq. Unacknowledged batches are re-sent after a
 //! reconnect.
 //!
+//! The suppression list follows on the same session, as deltas (issue 14). After `Hello` the
+//! engine sends `SuppressionsSince { version }`: the change-log seq its set reflects (0: it has
+//! none). The control plane answers with the changes after it (`SuppressionChanges`, pages of
+//! at most [`SUPPRESSION_FRAME_ENTRIES_MAX`], in seq order), or, when the engine has nothing or
+//! is older than the log's retention, with a full load (`SuppressionLoad` pages, the first
+//! flagged `first`, the last `last`, each carrying the seq the load reflects) followed by the
+//! changes after that seq. From then on every committed change is pushed as it happens. The
+//! engine answers each applied frame with `SuppressionsApplied { version }`, which the control
+//! plane records (`GET /v1/engines`). An engine that never asks gets no suppression frames.
+//!
 //! [`Frame::encode`] and [`FrameDecoder`] are pure; [`read_frame`] / [`write_frame`] adapt
 //! them to tokio's `AsyncRead`/`AsyncWrite` for both sides.
 
@@ -39,6 +53,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::error::PolicyError;
 use crate::event::{Event, EVENTS_BATCH_MAX_BYTES, EVENTS_PER_BATCH_MAX};
+use crate::suppression::SuppressionChange;
+
+pub mod suppressions;
+pub use suppressions::{LoadEntry, LoadPage, SUPPRESSION_FRAME_ENTRIES_MAX};
 
 /// Largest `length` field accepted: kind byte plus payload, in bytes.
 pub const FRAME_SIZE_MAX_BYTES: usize = 64 << 20;
@@ -53,10 +71,14 @@ pub const KIND_HELLO: u8 = 0x01;
 pub const KIND_ACK: u8 = 0x02;
 pub const KIND_PING: u8 = 0x03;
 pub const KIND_EVENTS: u8 = 0x04;
+pub const KIND_SUPPRESSIONS_SINCE: u8 = 0x05;
+pub const KIND_SUPPRESSIONS_APPLIED: u8 = 0x06;
 pub const KIND_SNAPSHOT: u8 = 0x81;
 pub const KIND_PONG: u8 = 0x82;
 pub const KIND_ERROR: u8 = 0x83;
 pub const KIND_EVENTS_ACK: u8 = 0x84;
+pub const KIND_SUPPRESSION_LOAD: u8 = 0x85;
+pub const KIND_SUPPRESSION_CHANGES: u8 = 0x86;
 
 /// The engine introduces itself.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -100,6 +122,21 @@ pub enum Frame {
     EventsAck {
         batch_seq: u64,
     },
+    /// The engine's suppression set reflects the change log up to `version` (0: empty, never
+    /// loaded): send what comes after.
+    SuppressionsSince {
+        version: u64,
+    },
+    /// The engine applied the suppression frames up to `version`.
+    SuppressionsApplied {
+        version: u64,
+    },
+    /// A page of a full load of the suppression list.
+    SuppressionLoad(LoadPage),
+    /// Changes of the suppression list, in seq order.
+    SuppressionChanges {
+        changes: Vec<SuppressionChange>,
+    },
 }
 
 impl std::fmt::Debug for Frame {
@@ -126,6 +163,24 @@ impl std::fmt::Debug for Frame {
                 events.len()
             ),
             Frame::EventsAck { batch_seq } => write!(f, "EventsAck {{ batch_seq: {batch_seq} }}"),
+            Frame::SuppressionsSince { version } => {
+                write!(f, "SuppressionsSince {{ version: {version} }}")
+            }
+            Frame::SuppressionsApplied { version } => {
+                write!(f, "SuppressionsApplied {{ version: {version} }}")
+            }
+            // Addresses are personal data: counts only.
+            Frame::SuppressionLoad(p) => write!(
+                f,
+                "SuppressionLoad {{ version: {}, first: {}, last: {}, {} entries }}",
+                p.version,
+                p.first,
+                p.last,
+                p.entries.len()
+            ),
+            Frame::SuppressionChanges { changes } => {
+                write!(f, "SuppressionChanges {{ {} changes }}", changes.len())
+            }
         }
     }
 }
@@ -141,6 +196,10 @@ impl Frame {
             Frame::Error { .. } => KIND_ERROR,
             Frame::Events { .. } => KIND_EVENTS,
             Frame::EventsAck { .. } => KIND_EVENTS_ACK,
+            Frame::SuppressionsSince { .. } => KIND_SUPPRESSIONS_SINCE,
+            Frame::SuppressionsApplied { .. } => KIND_SUPPRESSIONS_APPLIED,
+            Frame::SuppressionLoad(_) => KIND_SUPPRESSION_LOAD,
+            Frame::SuppressionChanges { .. } => KIND_SUPPRESSION_CHANGES,
         }
     }
 
@@ -171,6 +230,11 @@ impl Frame {
                 p
             }
             Frame::EventsAck { batch_seq } => batch_seq.to_be_bytes().to_vec(),
+            Frame::SuppressionsSince { version } | Frame::SuppressionsApplied { version } => {
+                version.to_be_bytes().to_vec()
+            }
+            Frame::SuppressionLoad(page) => suppressions::encode_load(page)?,
+            Frame::SuppressionChanges { changes } => suppressions::encode_changes(changes)?,
         };
         if matches!(self, Frame::Hello(_)) && payload.len() > HELLO_SIZE_MAX_BYTES {
             return Err(PolicyError::protocol("hello too large"));
@@ -231,6 +295,15 @@ impl Frame {
             KIND_EVENTS_ACK => Ok(Frame::EventsAck {
                 batch_seq: be_u64(payload, "events ack")?,
             }),
+            KIND_SUPPRESSIONS_SINCE => Ok(Frame::SuppressionsSince {
+                version: be_u64(payload, "suppressions since")?,
+            }),
+            KIND_SUPPRESSIONS_APPLIED => Ok(Frame::SuppressionsApplied {
+                version: be_u64(payload, "suppressions applied")?,
+            }),
+            KIND_SUPPRESSION_LOAD => suppressions::decode_load(payload).map(Frame::SuppressionLoad),
+            KIND_SUPPRESSION_CHANGES => suppressions::decode_changes(payload)
+                .map(|changes| Frame::SuppressionChanges { changes }),
             KIND_ERROR => {
                 let text = String::from_utf8_lossy(payload);
                 Ok(Frame::Error {
@@ -438,6 +511,26 @@ mod tests {
                 events: Vec::new(),
             },
             Frame::EventsAck { batch_seq: 7 },
+            Frame::SuppressionsSince { version: 0 },
+            Frame::SuppressionsApplied { version: 12 },
+            Frame::SuppressionLoad(LoadPage {
+                version: 12,
+                first: true,
+                last: true,
+                entries: vec![LoadEntry {
+                    scope: "t1".into(),
+                    address: "a@b.example".into(),
+                    reason: crate::suppression::SuppressionReason::Complaint,
+                }],
+            }),
+            Frame::SuppressionChanges {
+                changes: vec![crate::suppression::SuppressionChange {
+                    seq: 13,
+                    scope: "*".into(),
+                    address: "c@d.example".into(),
+                    op: crate::suppression::ChangeOp::Remove,
+                }],
+            },
         ]
     }
 

@@ -305,6 +305,7 @@ fn app(db: Db) -> anyhow::Result<App> {
             public_url: String::new(),
         },
         version_tx: tokio::sync::watch::channel(0).0,
+        suppressions: petrel_control::suppressions::SuppressionWatch::new(0),
     })))
 }
 

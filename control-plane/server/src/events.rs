@@ -104,8 +104,10 @@ pub async fn ingest_checked(
     }
     tx.commit().await?;
     if inserted > 0 {
-        // This node's webhooks see new events at once.
+        // This node's webhooks see new events at once, and its engines any suppression the
+        // events added (a hard bounce, a complaint, an unsubscribe).
         app.webhooks.wake();
+        app.suppressions.wake();
     }
     Ok(Ingested {
         ack_seq: last,

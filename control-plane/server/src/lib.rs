@@ -234,6 +234,7 @@ pub async fn serve_with(
         store::token_keys::ensure(&mut tx, clock.now_unix_ms()).await?;
         tx.commit().await?;
     }
+    let suppression_version = store::suppressions::current_version(&mut *db.conn().await?).await?;
     let version = db.policy_version().await?;
     let (version_tx, _) = tokio::sync::watch::channel(version);
     let dns = dns::DnsChecker::new(&cfg.dns_nameservers)?;
@@ -263,6 +264,7 @@ pub async fn serve_with(
         },
         version_tx,
         webhooks,
+        suppressions: suppressions::SuppressionWatch::new(suppression_version),
     }));
     let api_listener = bind(cfg.api_listen).await?;
     let push_listener = bind(cfg.push_listen).await?;
@@ -318,12 +320,14 @@ pub async fn serve_with(
     };
     let purger = tokio::spawn(events::purge_task(app.clone()));
     let suppression_purger = tokio::spawn(suppressions::purge_task(app.clone()));
+    let suppression_watch = tokio::spawn(suppressions::watch_task(app.clone()));
     let dispatcher = tokio::spawn(webhooks::dispatch::run(app.clone()));
     let poller = tokio::spawn(push::poll_version(app, opts.version_poll_ms));
     let result = tokio::try_join!(http, pushing).map(|_| ());
     poller.abort();
     purger.abort();
     suppression_purger.abort();
+    suppression_watch.abort();
     dispatcher.abort();
     if let Some(l) = listener {
         l.abort();

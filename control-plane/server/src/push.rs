@@ -7,7 +7,9 @@
 //! snapshot, not every intermediate one. Snapshots are built once per version and shared.
 //! Engine state (applied version from `Ack`, last contact) lives in the `engines` table so any
 //! control plane node can answer `GET /v1/engines`. `Events` batches on the same session are
-//! stored by [`crate::events::ingest`] and answered `EventsAck` once committed.
+//! stored by [`crate::events::ingest`] and answered `EventsAck` once committed. The suppression
+//! list follows the same session as a full load then deltas (`push/suppressions.rs`), a page
+//! per turn of the session's loop, woken by [`crate::suppressions::SuppressionWatch`].
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -26,6 +28,9 @@ use crate::events::IngestError;
 use crate::store::engines::{self, Touch};
 use crate::store::Notice;
 use crate::ControlError;
+
+mod suppressions;
+use suppressions::Feed;
 
 /// Engine connections served at once; more wait in the accept backlog.
 pub const ENGINE_CONNECTIONS_MAX: usize = 1_024;
@@ -259,6 +264,8 @@ where
     });
     let _abort = AbortOnDrop(reader_task);
     let mut versions = app.version_tx.subscribe();
+    let mut suppression_versions = app.suppressions.subscribe();
+    let mut feed = Feed::Idle;
     let mut sent: Option<u64> = None;
     // A frame taken off the queue while grouping batches, handled next.
     let mut held = None;
@@ -281,10 +288,28 @@ where
                 touch(app, engine_id, Touch::Sent(version_i64(version))).await?;
             }
         }
+        let latest = *suppression_versions.borrow_and_update();
+        if held.is_none() && feed.has_work(latest) {
+            // The engine's frames first, then one suppression page per turn.
+            match frames_rx.try_recv() {
+                Ok(f) => held = Some(f),
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    feed.step(app, latest, &mut writer).await?;
+                    continue;
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => return Ok(()),
+            }
+        }
         let frame = match held.take() {
             Some(f) => f,
             None => tokio::select! {
                 changed = versions.changed() => {
+                    if changed.is_err() {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                changed = suppression_versions.changed() => {
                     if changed.is_err() {
                         return Ok(());
                     }
@@ -317,6 +342,10 @@ where
                     }
                 }
                 ingest_group(app, engine_id, &group, &mut writer).await?;
+            }
+            Ok(Some(Frame::SuppressionsSince { version })) => feed = Feed::since(version),
+            Ok(Some(Frame::SuppressionsApplied { version })) => {
+                touch(app, engine_id, Touch::Suppressions(version_i64(version))).await?;
             }
             Ok(Some(Frame::Ping)) => {
                 write_frame(&mut writer, &Frame::Pong).await?;

@@ -324,6 +324,17 @@ async fn next_notice(
 }
 
 #[tokio::test]
+async fn pg_suppression_push() {
+    let Some(base) = pg_url() else { return };
+    let db = TestDb::create(&base).await;
+    {
+        let h = common::start_with(Some(db.url.clone())).await;
+        common::suppression_push::follow(&h).await;
+    }
+    db.drop_db().await;
+}
+
+#[tokio::test]
 async fn pg_suppressions() {
     let Some(base) = pg_url() else { return };
     let db = TestDb::create(&base).await;

@@ -23,6 +23,12 @@ pub const SPOOL_RECOVERY_SKIPPED_TOTAL: &str = "petrel_spool_recovery_skipped_re
 pub const AUTH_TOTAL: &str = "petrel_smtp_auth_total";
 pub const DKIM_SIGNED_TOTAL: &str = "petrel_dkim_signed_total";
 pub const POLICY_VERSION: &str = "petrel_policy_version";
+/// The suppression set: entries, change-log seq, heap bytes.
+pub const SUPPRESSION_ENTRIES: &str = "petrel_suppression_entries";
+pub const SUPPRESSION_VERSION: &str = "petrel_suppression_version";
+pub const SUPPRESSION_MEMORY_BYTES: &str = "petrel_suppression_memory_bytes";
+/// How often the suppression gauges are refreshed, ms.
+pub const SUPPRESSION_GAUGES_INTERVAL_MS: u64 = 1_000;
 
 /// Latency buckets in seconds, 50 µs to 10 s.
 const LATENCY_BUCKETS_SECONDS: &[f64] = &[
@@ -122,6 +128,15 @@ fn describe() {
     describe_counter!(AUTH_TOTAL, "SMTP AUTH attempts by result");
     describe_counter!(DKIM_SIGNED_TOTAL, "Messages DKIM-signed before spooling");
     describe_gauge!(POLICY_VERSION, "Applied control-plane policy version");
+    describe_gauge!(SUPPRESSION_ENTRIES, "Entries in the suppression set");
+    describe_gauge!(
+        SUPPRESSION_VERSION,
+        "Suppression change-log seq the set reflects"
+    );
+    describe_gauge!(
+        SUPPRESSION_MEMORY_BYTES,
+        "Heap bytes held by the suppression set"
+    );
     describe_gauge!(
         "petrel_delivery_connections_open",
         "Outbound connections open now, by destination: the domain for destinations with limits of their own (configured or pushed), `other` for the rest"
@@ -206,4 +221,19 @@ fn describe() {
         petrel_delivery::events::wire::EVENTS_BACKLOG_ERRORS_TOTAL,
         "Failed writes or syncs of the event backlog (each retried; outcomes wait meanwhile)"
     );
+}
+
+/// Refreshes the suppression gauges every [`SUPPRESSION_GAUGES_INTERVAL_MS`] (tokio; runs until
+/// dropped).
+pub async fn publish_suppressions(policy: std::sync::Arc<petrel_policy::PolicyStore>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(
+        SUPPRESSION_GAUGES_INTERVAL_MS,
+    ));
+    loop {
+        tick.tick().await;
+        let set = policy.suppressions();
+        metrics::gauge!(SUPPRESSION_ENTRIES).set(set.len() as f64);
+        metrics::gauge!(SUPPRESSION_VERSION).set(set.version() as f64);
+        metrics::gauge!(SUPPRESSION_MEMORY_BYTES).set(set.memory_bytes() as f64);
+    }
 }

@@ -1,5 +1,6 @@
 //! `rejected` events: every refusal of a session's MAIL, RCPT or message, with the reply the
-//! client got, as the control plane's event stream reports them.
+//! client got, as the control plane's event stream reports them; and `suppressed` events, the
+//! recipients refused because a suppression list holds them.
 //!
 //! One [`Rejections`] per SMTP session. It gives each refusal an index in the session; with the
 //! session's random id that makes the event's stable id. The events of one command are handed
@@ -76,6 +77,33 @@ impl Rejections {
     /// Notes a refusal of `recipient` ("" for MAIL) with `sender` (the open transaction's when
     /// `None`).
     pub fn refused(&mut self, sender: Option<&str>, recipient: &str, reply: &Reply) {
+        let attribution = self.attribution.clone();
+        self.note(Outcome::Rejected, sender, recipient, reply, attribution);
+    }
+
+    /// Notes a recipient refused because `tenant`'s (or the operator's) suppression list holds
+    /// it: a `suppressed` event of that tenant (known from the AUTH or, on a trusted network,
+    /// from the MAIL FROM domain).
+    pub fn suppressed(&mut self, recipient: &str, reply: &Reply, tenant: Option<&str>) {
+        let attribution = match (&self.attribution, tenant) {
+            (Some(a), _) => Some(Arc::clone(a)),
+            (None, Some(t)) => Some(Arc::new(Attribution {
+                tenant_id: Some(t.to_string()),
+                ..Attribution::default()
+            })),
+            (None, None) => None,
+        };
+        self.note(Outcome::Suppressed, None, recipient, reply, attribution);
+    }
+
+    fn note(
+        &mut self,
+        outcome: Outcome,
+        sender: Option<&str>,
+        recipient: &str,
+        reply: &Reply,
+        attribution: Option<Arc<Attribution>>,
+    ) {
         if !self.sink.is_enabled() {
             return;
         }
@@ -99,12 +127,12 @@ impl Rejections {
             address: None,
             tls: None,
             reply: Some(reply.to_string().trim_end().to_string()),
-            outcome: Outcome::Rejected,
+            outcome,
             reason: None,
             bounce: None,
             attempt: 0,
             shard: self.shard,
-            attribution: EventAttribution(self.attribution.clone()),
+            attribution: EventAttribution(attribution),
         });
         self.count = self.count.saturating_add(1);
     }

@@ -97,6 +97,9 @@ struct Driver {
     identity: Option<Identity>,
     tls_desc: Option<String>,
     rejections: Rejections,
+    /// The tenant of the open transaction, whose suppression list RCPT checks: the
+    /// authenticated credential's, or on a trusted network the MAIL FROM domain's owner.
+    mail_tenant: Option<String>,
 }
 
 /// Runs one connection to its end. Never panics on peer input; a panic in here is caught by the
@@ -120,6 +123,7 @@ pub async fn run(ctx: Rc<ShardCtx>, stream: TcpStream, peer: SocketAddr) {
         identity: None,
         tls_desc: None,
         rejections,
+        mail_tenant: None,
     };
     let end = d.drive().await;
     d.io.close().await;
@@ -232,9 +236,14 @@ impl Driver {
                 Ok(())
             }
             Event::Rcpt { to } => {
-                let v = self.on_rcpt(&to);
-                if let Verdict::Reject(r) = &v {
-                    self.rejections.refused(None, &to, r);
+                let (v, suppressed) = self.on_rcpt(&to);
+                match &v {
+                    Verdict::Reject(r) if suppressed => {
+                        self.rejections
+                            .suppressed(&to, r, self.mail_tenant.as_deref());
+                    }
+                    Verdict::Reject(r) => self.rejections.refused(None, &to, r),
+                    _ => {}
                 }
                 self.session.rcpt_verdict(v);
                 self.rejections.flush().await;
@@ -344,6 +353,7 @@ impl Driver {
                 );
             }
         }
+        self.mail_tenant = self.tenant_of_mail(from);
         if let Some(pid) = self.identity.as_ref().and_then(|i| i.policy.as_ref()) {
             let policy = self.ctx.policy.current();
             let sender_domain = from.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
@@ -358,17 +368,43 @@ impl Driver {
         Verdict::Accept
     }
 
-    fn on_rcpt(&mut self, _to: &str) -> Verdict {
+    /// The verdict, and whether a refusal is a suppression.
+    fn on_rcpt(&mut self, to: &str) -> (Verdict, bool) {
         // Petrel hosts no mailboxes: every recipient is remote, so relaying needs AUTH or a
         // trusted network. No open relay, ever.
-        if self.identity.is_some() || self.ctx.is_trusted(self.peer.ip()) {
-            Verdict::Accept
-        } else {
-            self.reject(
-                "relay_denied",
-                Reply::new(550, (5, 7, 1), "Relay access denied: authenticate first"),
-            )
+        if self.identity.is_none() && !self.ctx.is_trusted(self.peer.ip()) {
+            let reply = Reply::new(550, (5, 7, 1), "Relay access denied: authenticate first");
+            return (self.reject("relay_denied", reply), false);
         }
+        // The tenant's list, then the operator-wide one (an unknown tenant: only the latter;
+        // "" is no tenant's scope). Only this recipient is refused, never the transaction.
+        let hit = {
+            let set = self.ctx.policy.suppressions();
+            set.check(self.mail_tenant.as_deref().unwrap_or(""), to)
+        };
+        match hit {
+            Some(hit) => {
+                let reply = Reply::new(550, (5, 7, 1), hit.reply_text());
+                (self.reject("suppressed", reply), true)
+            }
+            None => (Verdict::Accept, false),
+        }
+    }
+
+    /// The tenant whose lists apply to this transaction: the credential's, or, for a trusted
+    /// network, the owner of the MAIL FROM domain when the policy knows it.
+    fn tenant_of_mail(&self, from: &str) -> Option<String> {
+        if let Some(identity) = &self.identity {
+            return identity.tenant.clone();
+        }
+        if !self.ctx.is_trusted(self.peer.ip()) {
+            return None;
+        }
+        let domain = from.rsplit_once('@').map(|(_, d)| d)?;
+        let policy = self.ctx.policy.peek();
+        policy
+            .find_domain(&domain.to_ascii_lowercase())
+            .map(|d| d.tenant_id.clone())
     }
 
     fn reject(&self, reason: &'static str, reply: Reply) -> Verdict {

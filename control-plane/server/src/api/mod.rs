@@ -76,6 +76,8 @@ pub struct AppState {
     pub version_tx: watch::Sender<u64>,
     /// Webhook delivery: client, dispatcher wake-up.
     pub webhooks: crate::webhooks::Webhooks,
+    /// The suppression change log's newest seq; push connections follow it.
+    pub suppressions: crate::suppressions::SuppressionWatch,
 }
 
 /// Cheap handle to [`AppState`].

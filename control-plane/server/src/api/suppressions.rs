@@ -350,6 +350,7 @@ pub async fn add(
         audit_json(&stored),
     );
     m.commit(entry).await?;
+    app.suppressions.wake();
     Ok(Json(Added {
         suppressions: stored,
     }))
@@ -385,5 +386,6 @@ pub async fn delete(
         None,
     );
     m.commit(entry).await?;
+    app.suppressions.wake();
     Ok(StatusCode::NO_CONTENT)
 }

@@ -5,6 +5,7 @@
 pub mod events;
 pub mod plans;
 pub mod scenarios;
+pub mod suppression_push;
 pub mod suppressions;
 pub mod suppressions_api;
 pub mod webhooks;

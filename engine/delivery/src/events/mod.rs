@@ -49,6 +49,9 @@ pub enum Outcome {
     Deferred,
     Bounced,
     Expired,
+    /// Refused at RCPT because the tenant's (or the operator's) suppression list holds the
+    /// recipient (issue 14).
+    Suppressed,
 }
 
 impl Outcome {
@@ -60,6 +63,7 @@ impl Outcome {
             Outcome::Deferred => "deferred",
             Outcome::Bounced => "bounced",
             Outcome::Expired => "expired",
+            Outcome::Suppressed => "suppressed",
         }
     }
 }

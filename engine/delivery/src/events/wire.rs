@@ -67,7 +67,8 @@ impl WireWriter {
     /// Adds one event to the batch being built (closing it first when it is full).
     pub(super) fn push(&mut self, event: &Event) {
         let Some(outbox) = &self.outbox else { return };
-        if event.outcome == Outcome::Rejected && outbox.is_full() {
+        let refusal = matches!(event.outcome, Outcome::Rejected | Outcome::Suppressed);
+        if refusal && outbox.is_full() {
             metrics::counter!(EVENTS_DROPPED_TOTAL, "reason" => "backlog_full").increment(1);
             return;
         }
@@ -133,6 +134,9 @@ fn retry(what: &str, mut op: impl FnMut() -> Result<(), petrel_policy::OutboxErr
     }
 }
 
+/// The event type of a recipient refused because it is suppressed.
+pub const SUPPRESSED_EVENT: &str = "suppressed";
+
 fn event_type(o: Outcome) -> EventType {
     match o {
         Outcome::Accepted => EventType::Accepted,
@@ -141,6 +145,7 @@ fn event_type(o: Outcome) -> EventType {
         Outcome::Deferred => EventType::Deferred,
         Outcome::Bounced => EventType::Bounced,
         Outcome::Expired => EventType::Expired,
+        Outcome::Suppressed => EventType::Other(SUPPRESSED_EVENT.to_string()),
     }
 }
 
@@ -262,7 +267,7 @@ impl<'a> WireEvent<'a> {
         }
         let text = e.reason.as_deref().or(e.reply.as_deref())?;
         let code = match e.outcome {
-            Outcome::Bounced | Outcome::Expired | Outcome::Rejected => 550,
+            Outcome::Bounced | Outcome::Expired | Outcome::Rejected | Outcome::Suppressed => 550,
             _ => 451,
         };
         Some(WireReply {

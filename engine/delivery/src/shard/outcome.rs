@@ -442,7 +442,7 @@ fn count(outcome: Outcome) {
         Outcome::Deferred => "petrel_delivery_deferred_total",
         Outcome::Bounced => "petrel_delivery_bounced_total",
         Outcome::Expired => "petrel_delivery_expired_total",
-        Outcome::Accepted | Outcome::Rejected => return,
+        Outcome::Accepted | Outcome::Rejected | Outcome::Suppressed => return,
     };
     metrics::counter!(name).increment(1);
 }

@@ -459,6 +459,7 @@ async fn flush(
         audit_json(&serde_json::json!({ "entries": batch.len() })),
     );
     m.commit(entry).await?;
+    app.suppressions.wake();
     batch.clear();
     Ok(())
 }

@@ -1,0 +1,124 @@
+//! The engine's side of the suppression feed on the link (see [`crate::wire`]): ask for what
+//! comes after the set in force, build a full load page by page, apply deltas, and publish
+//! each result to the shards through [`PolicyStore::publish_suppressions`].
+//!
+//! Building and applying are CPU work proportional to the set (a full load of 10 million
+//! entries sorts 80 MB; a delta may trigger an overlay merge of the same size), so they run on
+//! tokio's blocking pool, never on the link's reactor thread, which also serves DNS and
+//! metrics. Pages and deltas are applied one at a time and in order: the session awaits each
+//! before reading the next frame.
+
+use std::sync::Arc;
+
+use tokio::io::AsyncWrite;
+
+use crate::error::PolicyError;
+use crate::store::PolicyStore;
+use crate::suppression::{SuppressionChange, SuppressionSetBuilder, SET_ENTRIES_MAX};
+use crate::wire::{write_frame, Frame, LoadPage};
+
+/// A full load in progress on one connection.
+struct Loading {
+    builder: SuppressionSetBuilder,
+    version: u64,
+    entries: usize,
+}
+
+/// One connection's suppression state.
+pub(super) struct SuppressionFollower {
+    loading: Option<Loading>,
+}
+
+impl SuppressionFollower {
+    pub(super) fn new() -> SuppressionFollower {
+        SuppressionFollower { loading: None }
+    }
+
+    /// Asks for what comes after the set in force (sent once, after `Hello`).
+    pub(super) async fn start<W: AsyncWrite + Unpin>(
+        &self,
+        store: &PolicyStore,
+        writer: &mut W,
+    ) -> Result<(), PolicyError> {
+        let version = store.suppressions().version();
+        write_frame(writer, &Frame::SuppressionsSince { version }).await
+    }
+
+    /// A page of a full load: the last one replaces the set in force.
+    pub(super) async fn load<W: AsyncWrite + Unpin>(
+        &mut self,
+        store: &Arc<PolicyStore>,
+        page: LoadPage,
+        writer: &mut W,
+    ) -> Result<(), PolicyError> {
+        if page.first {
+            self.loading = Some(Loading {
+                builder: SuppressionSetBuilder::new(
+                    store.suppression_keyer().clone(),
+                    page.version,
+                    0,
+                ),
+                version: page.version,
+                entries: 0,
+            });
+        }
+        let Some(loading) = self.loading.as_mut() else {
+            return Err(PolicyError::protocol(
+                "suppression load page without a first page",
+            ));
+        };
+        if page.version != loading.version {
+            return Err(PolicyError::protocol(
+                "suppression load pages disagree on their version",
+            ));
+        }
+        loading.entries = loading.entries.saturating_add(page.entries.len());
+        if loading.entries > SET_ENTRIES_MAX {
+            return Err(PolicyError::protocol(format!(
+                "suppression load beyond {SET_ENTRIES_MAX} entries"
+            )));
+        }
+        for e in &page.entries {
+            loading.builder.push(&e.scope, &e.address, e.reason);
+        }
+        if !page.last {
+            return Ok(());
+        }
+        let Some(done) = self.loading.take() else {
+            return Ok(());
+        };
+        let set = tokio::task::spawn_blocking(move || done.builder.finish())
+            .await
+            .map_err(|e| PolicyError::Io(std::io::Error::other(e.to_string())))?;
+        let version = set.version();
+        let len = set.len();
+        store.publish_suppressions(set);
+        tracing::info!(version, entries = len, "suppression list loaded");
+        write_frame(writer, &Frame::SuppressionsApplied { version }).await
+    }
+
+    /// Changes after the set in force.
+    pub(super) async fn apply<W: AsyncWrite + Unpin>(
+        &mut self,
+        store: &Arc<PolicyStore>,
+        changes: Vec<SuppressionChange>,
+        writer: &mut W,
+    ) -> Result<(), PolicyError> {
+        if self.loading.is_some() {
+            return Err(PolicyError::protocol(
+                "suppression changes in the middle of a full load",
+            ));
+        }
+        let current = store.suppressions_full();
+        let set = tokio::task::spawn_blocking(move || {
+            let mut set = (*current).clone();
+            set.apply(&changes);
+            set
+        })
+        .await
+        .map_err(|e| PolicyError::Io(std::io::Error::other(e.to_string())))?;
+        let version = set.version();
+        store.publish_suppressions(set);
+        write_frame(writer, &Frame::SuppressionsApplied { version }).await
+    }
+}
