@@ -89,8 +89,19 @@ impl Peer {
         }
     }
 
-    /// The next frame that is not a Ping (Pings are answered).
+    /// The next frame that is not a Ping (Pings are answered) nor the engine's suppression
+    /// request (`SuppressionsSince`, sent once per connection; tests of it use `next_any`).
     async fn next(&mut self) -> Option<Frame> {
+        loop {
+            match self.next_any().await? {
+                Frame::SuppressionsSince { .. } => {}
+                other => return Some(other),
+            }
+        }
+    }
+
+    /// The next frame that is not a Ping.
+    async fn next_any(&mut self) -> Option<Frame> {
         loop {
             match read_frame(&mut self.stream).await.ok()? {
                 Some(Frame::Ping) => write_frame(&mut self.stream, &Frame::Pong).await.ok()?,
@@ -389,4 +400,99 @@ async fn sends_the_backlog_in_order_frees_it_on_ack_and_resends_the_rest_after_a
     })
     .await
     .unwrap();
+}
+
+#[tokio::test]
+async fn follows_the_suppression_list_and_refuses_a_broken_feed() {
+    use crate::suppression::{ChangeOp, SuppressionChange, SuppressionReason};
+    use crate::wire::{LoadEntry, LoadPage};
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let tls = test_tls();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = cfg(addr, LinkTrust::CaPem(tls.ca_pem.clone()));
+        c.reconnect_delay_ms_min = 20;
+        let (store, _seen, task) = start_link(c, dir.path());
+        let mut peer = Peer::accept(&listener, &tls.acceptor).await;
+        assert!(matches!(peer.next_any().await, Some(Frame::Hello(_))));
+        match peer.next_any().await {
+            Some(Frame::SuppressionsSince { version: 0 }) => {}
+            other => panic!("expected SuppressionsSince 0, got {other:?}"),
+        }
+        let entry = |scope: &str, address: &str| LoadEntry {
+            scope: scope.into(),
+            address: address.into(),
+            reason: SuppressionReason::HardBounce,
+        };
+        for (first, last, e) in [
+            (true, false, entry("t1", "a@x.example")),
+            (false, true, entry("*", "b@x.example")),
+        ] {
+            let page = LoadPage {
+                version: 5,
+                first,
+                last,
+                entries: vec![e],
+            };
+            write_frame(&mut peer.stream, &Frame::SuppressionLoad(page))
+                .await
+                .unwrap();
+        }
+        match peer.next_any().await {
+            Some(Frame::SuppressionsApplied { version: 5 }) => {}
+            other => panic!("expected SuppressionsApplied 5, got {other:?}"),
+        }
+        assert_eq!(store.suppressions().len(), 2);
+        assert!(store.suppressions().check("t1", "A@x.example").is_some());
+        assert!(store
+            .suppressions()
+            .check("t2", "b@x.example")
+            .is_some_and(|h| h.operator_wide));
+        let changes = vec![
+            SuppressionChange {
+                seq: 6,
+                scope: "t1".into(),
+                address: "a@x.example".into(),
+                op: ChangeOp::Remove,
+            },
+            SuppressionChange {
+                seq: 7,
+                scope: "t2".into(),
+                address: "c@x.example".into(),
+                op: ChangeOp::Add(SuppressionReason::Unsubscribe),
+            },
+        ];
+        write_frame(&mut peer.stream, &Frame::SuppressionChanges { changes })
+            .await
+            .unwrap();
+        match peer.next_any().await {
+            Some(Frame::SuppressionsApplied { version: 7 }) => {}
+            other => panic!("expected SuppressionsApplied 7, got {other:?}"),
+        }
+        assert!(store.suppressions().check("t1", "a@x.example").is_none());
+        assert!(store.suppressions().check("t2", "c@x.example").is_some());
+
+        // A load page without its first page is a broken feed: the link drops the connection,
+        // keeps its set, and asks again from where it stands.
+        let orphan = LoadPage {
+            version: 9,
+            first: false,
+            last: true,
+            entries: vec![],
+        };
+        write_frame(&mut peer.stream, &Frame::SuppressionLoad(orphan))
+            .await
+            .unwrap();
+        let mut peer = Peer::accept(&listener, &tls.acceptor).await;
+        assert!(matches!(peer.next_any().await, Some(Frame::Hello(_))));
+        match peer.next_any().await {
+            Some(Frame::SuppressionsSince { version: 7 }) => {}
+            other => panic!("expected SuppressionsSince 7, got {other:?}"),
+        }
+        assert_eq!(store.suppressions().len(), 2);
+        task.abort();
+    })
+    .await
+    .expect("test finished in time");
 }
