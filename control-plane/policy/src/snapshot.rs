@@ -59,6 +59,7 @@ pub struct PolicySnapshot {
     pub destination_limits: Vec<DestinationLimit>,
     pub defaults: DefaultLimits,
     /// VERP return paths, unsubscribe addresses and one-click links (issue 14).
+    #[serde(default)]
     pub return_path: ReturnPath,
 }
 

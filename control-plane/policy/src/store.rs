@@ -32,10 +32,10 @@ pub struct PolicyStore {
     /// Rate buckets and AUTH cache, carried from one compiled policy to the next.
     shared: Arc<Shared>,
     /// The suppression list the link follows (issue 14): swapped whole after each applied
-    /// delta, read by every shard at RCPT. Starts empty at version 0 (the link asks for a full
-    /// load).
+    /// delta, read by every shard at RCPT. Starts from `<dir>/suppressions.bin` when it is
+    /// there and sound, else empty at version 0 (the link asks for a full load).
     suppressions: ArcSwap<SuppressionSet>,
-    /// The secret that keys the set's hashes (random per process; see `SuppressionKeyer`).
+    /// The secret that keys the set's hashes (random at the first start, then the saved set's).
     keyer: SuppressionKeyer,
 }
 
@@ -75,14 +75,24 @@ impl PolicyStore {
             }
         };
         let shared = compiled.shared().clone();
-        let keyer = SuppressionKeyer::random();
+        let suppressions = match crate::suppression::persist::load(dir) {
+            Ok(Some(set)) => {
+                tracing::info!(version = set.version(), entries = set.len(), "suppression list loaded from disk");
+                set
+            }
+            Ok(None) => SuppressionSet::new(SuppressionKeyer::random()),
+            Err(e) => {
+                tracing::error!(error = %e, "saved suppression list unusable; starting empty");
+                SuppressionSet::new(SuppressionKeyer::random())
+            }
+        };
         PolicyStore {
             dir: dir.to_path_buf(),
             current: ArcSwap::from_pointee(compiled),
             apply_lock: Mutex::new(()),
             shared,
-            suppressions: ArcSwap::from_pointee(SuppressionSet::new(keyer.clone())),
-            keyer,
+            keyer: suppressions.keyer().clone(),
+            suppressions: ArcSwap::from_pointee(suppressions),
         }
     }
 

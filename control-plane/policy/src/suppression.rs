@@ -25,6 +25,7 @@
 //! [`OPERATOR_SCOPE`] (`*`, which no tenant id can be). An engine refuses a recipient when
 //! either the sending tenant's list or the operator-wide list holds it.
 
+pub mod persist;
 mod set;
 
 pub use set::{

@@ -9,6 +9,7 @@
 //! before reading the next frame.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWrite;
 
@@ -16,6 +17,10 @@ use crate::error::PolicyError;
 use crate::store::PolicyStore;
 use crate::suppression::{SuppressionChange, SuppressionSetBuilder, SET_ENTRIES_MAX};
 use crate::wire::{write_frame, Frame, LoadPage};
+
+/// At most one save of the set to disk per this long while deltas flow (a full load is saved
+/// at once): an engine restarted without its control plane is at most this far behind.
+pub const SUPPRESSION_SAVE_INTERVAL_MS: u64 = 30_000;
 
 /// A full load in progress on one connection.
 struct Loading {
@@ -27,11 +32,38 @@ struct Loading {
 /// One connection's suppression state.
 pub(super) struct SuppressionFollower {
     loading: Option<Loading>,
+    /// When the set was last saved (None: not on this connection).
+    saved_at: Option<Instant>,
 }
 
 impl SuppressionFollower {
     pub(super) fn new() -> SuppressionFollower {
-        SuppressionFollower { loading: None }
+        SuppressionFollower {
+            loading: None,
+            saved_at: None,
+        }
+    }
+
+    /// Saves the set in force, after a full load or when the last save is old enough. A failed
+    /// save is logged: the engine runs on, the next save may work.
+    async fn save(&mut self, store: &Arc<PolicyStore>, force: bool) {
+        let due = self
+            .saved_at
+            .is_none_or(|t| t.elapsed() >= Duration::from_millis(SUPPRESSION_SAVE_INTERVAL_MS));
+        if !(force || due) {
+            return;
+        }
+        self.saved_at = Some(Instant::now());
+        let set = store.suppressions_full();
+        let dir = store.dir().to_path_buf();
+        let saved =
+            tokio::task::spawn_blocking(move || crate::suppression::persist::save(&dir, &set))
+                .await;
+        match saved {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "suppression list not saved"),
+            Err(e) => tracing::error!(error = %e, "suppression save task failed"),
+        }
     }
 
     /// Asks for what comes after the set in force (sent once, after `Hello`).
@@ -94,7 +126,9 @@ impl SuppressionFollower {
         let len = set.len();
         store.publish_suppressions(set);
         tracing::info!(version, entries = len, "suppression list loaded");
-        write_frame(writer, &Frame::SuppressionsApplied { version }).await
+        write_frame(writer, &Frame::SuppressionsApplied { version }).await?;
+        self.save(store, true).await;
+        Ok(())
     }
 
     /// Changes after the set in force.
@@ -119,6 +153,8 @@ impl SuppressionFollower {
         .map_err(|e| PolicyError::Io(std::io::Error::other(e.to_string())))?;
         let version = set.version();
         store.publish_suppressions(set);
-        write_frame(writer, &Frame::SuppressionsApplied { version }).await
+        write_frame(writer, &Frame::SuppressionsApplied { version }).await?;
+        self.save(store, false).await;
+        Ok(())
     }
 }

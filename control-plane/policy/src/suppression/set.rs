@@ -104,6 +104,14 @@ impl SuppressionKeyer {
         }
     }
 
+    /// The key's bytes, for the engine's persisted set (never logged).
+    pub(crate) fn secret(&self) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        out[..8].copy_from_slice(&self.k0.to_le_bytes());
+        out[8..].copy_from_slice(&self.k1.to_le_bytes());
+        out
+    }
+
     /// A keyer with a fresh random key (an engine's, per process: the set is rebuilt from a
     /// full load at start-up, so the key never needs to outlive the process).
     pub fn random() -> SuppressionKeyer {
@@ -378,6 +386,42 @@ impl SuppressionSet {
         self.len = out.len();
         self.base = Arc::new(Base::new(out));
         self.overlay = Arc::new(Overlay::default());
+    }
+
+    /// Every entry (hash and reason bits), sorted, the overlay folded in: what the engine
+    /// persists.
+    pub(crate) fn sorted_entries(&self) -> Vec<u64> {
+        let mut merged = self.clone();
+        if !merged.overlay.is_empty() {
+            merged.merge();
+        }
+        merged.base.entries.clone()
+    }
+
+    /// A set from persisted entries: `None` unless they are sorted with each key once.
+    pub(crate) fn from_sorted(
+        keyer: SuppressionKeyer,
+        version: u64,
+        entries: Vec<u64>,
+    ) -> Option<SuppressionSet> {
+        let ordered = entries
+            .windows(2)
+            .all(|w| w[0] & KEY_MASK < w[1] & KEY_MASK);
+        if !ordered || entries.len() > SET_ENTRIES_MAX {
+            return None;
+        }
+        Some(SuppressionSet {
+            keyer,
+            len: entries.len(),
+            base: Arc::new(Base::new(entries)),
+            overlay: Arc::new(Overlay::default()),
+            version,
+        })
+    }
+
+    /// The keyer the set hashes with.
+    pub(crate) fn keyer(&self) -> &SuppressionKeyer {
+        &self.keyer
     }
 
     /// Heap bytes held (base, directory, overlay), for the engine's metrics.

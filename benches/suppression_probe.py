@@ -1,0 +1,51 @@
+#!/usr/bin/env python3
+"""Time from a hard bounce at the sink to the refusal of that address at RCPT (bench-suppression.sh).
+
+For each sample: relay one message from the trusted network to u<i>@bounce.test (the sink answers
+550 5.1.1), wait for the engine's `bounced` event at the control plane, then probe RCPT every
+10 ms until it is refused with 550 5.7.1. Prints "median max" in ms, measured from the event's
+timestamp_ms (the engine's clock, the same machine) to the refusal. Bounded: 60 s per sample.
+"""
+import argparse, json, smtplib, statistics, sys, time, urllib.request
+
+p = argparse.ArgumentParser()
+p.add_argument("--smtp"); p.add_argument("--api"); p.add_argument("--key")
+p.add_argument("--samples", type=int, default=20); p.add_argument("--tag", default="x")
+a = p.parse_args()
+host, port = a.smtp.rsplit(":", 1)
+FROM = "bench@petrel-load.test"
+
+def event_ts(rcpt):
+    q = f"{a.api}/v1/events?type=bounced&recipient={rcpt}&limit=1"
+    req = urllib.request.Request(q, headers={"Authorization": f"Bearer {a.key}"})
+    ev = json.load(urllib.request.urlopen(req, timeout=10))["events"]
+    return ev[0]["timestamp_ms"] if ev else None
+
+def rcpt_code(rcpt):
+    with smtplib.SMTP(host, int(port), timeout=10) as s:
+        s.ehlo("probe.test"); s.mail(FROM)
+        code, _ = s.rcpt(rcpt)
+        return code
+
+out = []
+for i in range(a.samples):
+    rcpt = f"u{a.tag}-{i}@bounce.test"
+    with smtplib.SMTP(host, int(port), timeout=10) as s:
+        s.sendmail(FROM, [rcpt], f"From: <{FROM}>\r\nSubject: probe\r\n\r\nbody\r\n")
+    deadline = time.time() + 60
+    while True:
+        if rcpt_code(rcpt) == 550:
+            refused_ms = time.time() * 1000
+            break
+        if time.time() > deadline:
+            sys.exit(f"{rcpt} never refused")
+        time.sleep(0.01)
+    ts = None
+    while ts is None and time.time() < deadline:
+        ts = event_ts(rcpt)
+        if ts is None:
+            time.sleep(0.05)
+    if ts is None:
+        sys.exit(f"no bounced event for {rcpt}")
+    out.append(refused_ms - ts)
+print("%.0f %.0f" % (statistics.median(out), max(out)))
