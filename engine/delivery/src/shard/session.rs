@@ -12,6 +12,7 @@
 
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use petrel_outbound::{
@@ -20,10 +21,12 @@ use petrel_outbound::{
 
 use super::outcome::{apply, fail_entries, Attempt, RcptResult};
 use super::{now_unix_ms, Inner, RcptState, SpoolAccess};
+use crate::attribution::Attribution;
 use crate::classify::LocalFailure;
 use crate::config::{DeliveryConfig, DomainLimits, TlsPolicy};
 use crate::limits::{rate_burst, ConnectionPermit, DestinationCounters};
 use crate::queue::{DomainId, Entry};
+use crate::return_path::{envelopes, Envelopes};
 
 /// How often an idle session looks for new work, ms.
 /// Idle sessions are woken by the driver's work notification; this bounds a missed one.
@@ -370,7 +373,8 @@ struct Prepared {
     batch: Vec<Entry>,
     from: String,
     rcpts: Vec<String>,
-    body: Vec<u8>,
+    /// Shared by the per-recipient transactions of a VERP'd message.
+    body: Rc<Vec<u8>>,
 }
 
 /// The envelope and body of each batch (a batch is the recipients of one message); a batch
@@ -381,17 +385,47 @@ async fn prepare<S: SpoolAccess + 'static>(
 ) -> Vec<Prepared> {
     let mut out = Vec::with_capacity(batches.len());
     for (domain, batch) in batches {
-        let Some((batch, from, rcpts)) = envelope(inner, batch) else {
+        let Some((batch, from, rcpts, attribution)) = envelope(inner, batch) else {
             continue; // every recipient went final meanwhile (administrator bounce)
         };
-        match inner.spool.read_body(batch[0].message_id).await {
-            Ok(body) => out.push(Prepared {
-                domain,
-                batch,
-                from,
-                rcpts,
-                body,
-            }),
+        let message_id = batch[0].message_id;
+        let verp = {
+            let pairs: Vec<(u32, &str)> = batch
+                .iter()
+                .zip(&rcpts)
+                .map(|(e, r)| (e.rcpt_index, r.as_str()))
+                .collect();
+            envelopes(
+                inner.cfg.return_path.as_deref(),
+                &from,
+                attribution.as_ref(),
+                message_id,
+                &pairs,
+            )
+        };
+        match inner.spool.read_body(message_id).await {
+            Ok(body) => match verp {
+                Envelopes::Shared => out.push(Prepared {
+                    domain,
+                    batch,
+                    from,
+                    rcpts,
+                    body: Rc::new(body),
+                }),
+                Envelopes::PerRecipient(froms) => {
+                    // One transaction per recipient: each VERP return path names one.
+                    let body = Rc::new(body);
+                    for ((entry, rcpt), from) in batch.into_iter().zip(rcpts).zip(froms) {
+                        out.push(Prepared {
+                            domain,
+                            batch: vec![entry],
+                            from,
+                            rcpts: vec![rcpt],
+                            body: Rc::clone(&body),
+                        });
+                    }
+                }
+            },
             Err(e) => {
                 let text = format!("spool read failed: {e}");
                 let result = RcptResult::local(text, LocalFailure::Io);
@@ -473,7 +507,7 @@ async fn deliver<S: SpoolAccess + 'static>(
             &p.batch,
             &results,
             &attempt,
-            Some(&p.body),
+            Some(p.body.as_slice()),
         )
         .await;
     }
@@ -554,12 +588,11 @@ fn take_more<S: SpoolAccess + 'static>(
     (batches, borrowed)
 }
 
-/// The batch entries whose recipients are still pending, with the sender and their addresses;
-/// `None` when none is left.
-fn envelope<S: SpoolAccess>(
-    inner: &Inner<S>,
-    batch: Vec<Entry>,
-) -> Option<(Vec<Entry>, String, Vec<String>)> {
+/// The batch entries whose recipients are still pending, with the sender, their addresses and
+/// the message's attribution; `None` when none is left.
+type Envelope = (Vec<Entry>, String, Vec<String>, Option<Arc<Attribution>>);
+
+fn envelope<S: SpoolAccess>(inner: &Inner<S>, batch: Vec<Entry>) -> Option<Envelope> {
     let st = inner.state.borrow();
     let msg = st.messages.get(&batch.first()?.message_id)?;
     let mut live = Vec::with_capacity(batch.len());
@@ -576,7 +609,12 @@ fn envelope<S: SpoolAccess>(
     if live.is_empty() {
         return None;
     }
-    Some((live, msg.mail_from.to_string(), rcpts))
+    Some((
+        live,
+        msg.mail_from.to_string(),
+        rcpts,
+        msg.attribution.clone(),
+    ))
 }
 
 /// Other sessions of domain `id` open on this shard (this one excluded).
