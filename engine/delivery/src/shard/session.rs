@@ -12,7 +12,6 @@
 
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use petrel_outbound::{
@@ -20,13 +19,12 @@ use petrel_outbound::{
 };
 
 use super::outcome::{apply, fail_entries, Attempt, RcptResult};
-use super::{now_unix_ms, Inner, RcptState, SpoolAccess};
-use crate::attribution::Attribution;
+use super::prepare::prepare;
+use super::{now_unix_ms, Inner, SpoolAccess};
 use crate::classify::LocalFailure;
 use crate::config::{DeliveryConfig, DomainLimits, TlsPolicy};
 use crate::limits::{rate_burst, ConnectionPermit, DestinationCounters};
 use crate::queue::{DomainId, Entry};
-use crate::return_path::{envelopes, Envelopes};
 
 /// How often an idle session looks for new work, ms.
 /// Idle sessions are woken by the driver's work notification; this bounds a missed one.
@@ -367,75 +365,6 @@ fn same_next_hops(a: &Route, b: &Route) -> bool {
     key(a) == key(b)
 }
 
-/// One message ready to go: its pending entries, sender, recipients and body.
-struct Prepared {
-    domain: DomainId,
-    batch: Vec<Entry>,
-    from: String,
-    rcpts: Vec<String>,
-    /// Shared by the per-recipient transactions of a VERP'd message.
-    body: Rc<Vec<u8>>,
-}
-
-/// The envelope and body of each batch (a batch is the recipients of one message); a batch
-/// with nothing pending is dropped, one whose body cannot be read is deferred.
-async fn prepare<S: SpoolAccess + 'static>(
-    inner: &Rc<Inner<S>>,
-    batches: Vec<(DomainId, Vec<Entry>)>,
-) -> Vec<Prepared> {
-    let mut out = Vec::with_capacity(batches.len());
-    for (domain, batch) in batches {
-        let Some((batch, from, rcpts, attribution)) = envelope(inner, batch) else {
-            continue; // every recipient went final meanwhile (administrator bounce)
-        };
-        let message_id = batch[0].message_id;
-        let verp = {
-            let pairs: Vec<(u32, &str)> = batch
-                .iter()
-                .zip(&rcpts)
-                .map(|(e, r)| (e.rcpt_index, r.as_str()))
-                .collect();
-            envelopes(
-                inner.cfg.return_path.as_deref(),
-                &from,
-                attribution.as_ref(),
-                message_id,
-                &pairs,
-            )
-        };
-        match inner.spool.read_body(message_id).await {
-            Ok(body) => match verp {
-                Envelopes::Shared => out.push(Prepared {
-                    domain,
-                    batch,
-                    from,
-                    rcpts,
-                    body: Rc::new(body),
-                }),
-                Envelopes::PerRecipient(froms) => {
-                    // One transaction per recipient: each VERP return path names one.
-                    let body = Rc::new(body);
-                    for ((entry, rcpt), from) in batch.into_iter().zip(rcpts).zip(froms) {
-                        out.push(Prepared {
-                            domain,
-                            batch: vec![entry],
-                            from,
-                            rcpts: vec![rcpt],
-                            body: Rc::clone(&body),
-                        });
-                    }
-                }
-            },
-            Err(e) => {
-                let text = format!("spool read failed: {e}");
-                let result = RcptResult::local(text, LocalFailure::Io);
-                fail_entries(inner, batch, &Attempt::default(), result).await;
-            }
-        }
-    }
-    out
-}
-
 /// Sends the batches over the connection (several transactions in one write when the peer
 /// offers PIPELINING and CHUNKING) and applies each outcome. Returns false when the connection
 /// is no longer usable.
@@ -586,35 +515,6 @@ fn take_more<S: SpoolAccess + 'static>(
         }
     }
     (batches, borrowed)
-}
-
-/// The batch entries whose recipients are still pending, with the sender, their addresses and
-/// the message's attribution; `None` when none is left.
-type Envelope = (Vec<Entry>, String, Vec<String>, Option<Arc<Attribution>>);
-
-fn envelope<S: SpoolAccess>(inner: &Inner<S>, batch: Vec<Entry>) -> Option<Envelope> {
-    let st = inner.state.borrow();
-    let msg = st.messages.get(&batch.first()?.message_id)?;
-    let mut live = Vec::with_capacity(batch.len());
-    let mut rcpts = Vec::with_capacity(batch.len());
-    for e in batch {
-        if let Some(slot) = msg
-            .slot(e.rcpt_index)
-            .filter(|s| s.state == RcptState::Pending)
-        {
-            rcpts.push(slot.address.to_string());
-            live.push(e);
-        }
-    }
-    if live.is_empty() {
-        return None;
-    }
-    Some((
-        live,
-        msg.mail_from.to_string(),
-        rcpts,
-        msg.attribution.clone(),
-    ))
 }
 
 /// Other sessions of domain `id` open on this shard (this one excluded).
