@@ -613,6 +613,29 @@ mod tests {
     }
 
     #[test]
+    fn the_intake_is_off_by_default_and_its_mailboxes_are_checked() {
+        let c = EngineConfig::from_toml("").unwrap();
+        assert_eq!(c.intake.listen, None);
+        let c = EngineConfig::from_toml(
+            "[intake]\nlisten = \"127.0.0.1:2526\"\nmailboxes = [\"dmarc@reports.example\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.intake.listen, Some("127.0.0.1:2526".parse().unwrap()));
+        assert_eq!(c.intake.mailboxes, ["dmarc@reports.example"]);
+        let e =
+            EngineConfig::from_toml("[intake]\nmailboxes = [\"not an address\"]\n").unwrap_err();
+        assert!(e.to_string().contains("intake.mailboxes"), "{e}");
+        let e = EngineConfig::from_toml("[intake]\nlisten = \"127.0.0.1:2525\"\n").unwrap_err();
+        assert!(e.to_string().contains("intake.listen"), "{e}");
+        let many: Vec<String> = (0..=INTAKE_MAILBOXES_MAX)
+            .map(|i| format!("\"m{i}@r.example\""))
+            .collect();
+        let e = EngineConfig::from_toml(&format!("[intake]\nmailboxes = [{}]\n", many.join(",")))
+            .unwrap_err();
+        assert!(e.to_string().contains("at most"), "{e}");
+    }
+
+    #[test]
     fn overrides_apply() {
         let mut c = EngineConfig::default();
         c.apply_overrides(&Overrides {
