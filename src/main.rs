@@ -289,6 +289,9 @@ pub fn run_engine(
         if let Some(a) = info.admin {
             println!("  admin:   http://{a}/v1/queue");
         }
+        if let Some(a) = info.intake {
+            println!("  intake:  smtp={a}");
+        }
         println!("  tls:     {:?}", info.tls);
         println!("  policy:  version {}", info.policy_version);
         println!("  {delivery_note}");

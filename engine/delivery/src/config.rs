@@ -127,6 +127,10 @@ pub struct DeliveryConfig {
     /// shipped rules, plus the operator's `delivery.bounce_rules_file`) and shared by all
     /// shards: classifying reads it, never changes it.
     pub bounce_classifier: Arc<BounceClassifier>,
+    /// Makes the VERP return path of a tenant's recipient (the engine wires the pushed bounce
+    /// domain and token keys here); `None`: every attempt uses the client's envelope sender.
+    /// See [`crate::return_path`].
+    pub return_path: Option<Arc<dyn crate::return_path::ReturnPathSource>>,
 }
 
 /// Default of [`DeliveryConfig::next_hop_sessions_max`]: 16 per shard, so 32 connections to a
@@ -158,6 +162,7 @@ impl Default for DeliveryConfig {
             tick_ms_max: 1_000,
             dynamic_limits: None,
             bounce_classifier: Arc::new(BounceClassifier::shipped()),
+            return_path: None,
         }
     }
 }

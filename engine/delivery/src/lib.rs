@@ -19,6 +19,8 @@
 //! * [`events`]: JSON-lines delivery records, written by a thread off the shards.
 //! * [`classify`]: the bounce classification (`petrel-bounce`) of replies and of the outbound
 //!   client's and resolver's errors, carried by `deferred`, `bounced` and `expired` events.
+//! * [`return_path`]: the envelope sender of an attempt: the client's, or one VERP return path
+//!   per recipient of a tenant's message (then one transaction per recipient).
 //! * [`shard`]: [`DeliveryShard`], the glommio driver that ties them to the spool
 //!   ([`SpoolAccess`]), the resolver and the SMTP client of `petrel-outbound`.
 //!
@@ -56,6 +58,7 @@ pub mod error;
 pub mod events;
 pub mod limits;
 pub mod queue;
+pub mod return_path;
 pub mod shard;
 
 pub use attribution::Attribution;
@@ -68,6 +71,7 @@ pub use error::{DeliveryError, SpoolAccessError};
 pub use events::{EventSink, EventWriter, EventsConfig, Outcome};
 pub use limits::{ConnectionPermit, GlobalLimits};
 pub use petrel_bounce::{BounceClass, BounceClassifier, Category, Classification};
+pub use return_path::{ReturnPathRequest, ReturnPathSource};
 pub use shard::{
     AdminCommand, AdminReply, DeliveryShard, DomainState, DomainStatus, QueuedMessage, QueuedRcpt,
     RcptState, RcptUpdate, SpoolAccess,

@@ -27,7 +27,27 @@ pub struct EngineConfig {
     pub delivery: DeliverySection,
     pub control: ControlSection,
     pub events: EventsSection,
+    pub intake: IntakeSection,
 }
+
+/// The return-path intake (issue 14): the listener that bounce domains' MX records point at. It
+/// takes bounces and feedback-loop reports sent to VERP return paths, unsubscribes sent to
+/// `mailto:` List-Unsubscribe addresses, and reports sent to the configured mailboxes; it
+/// offers STARTTLS and no AUTH, and relays nothing. See `crate::intake`.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct IntakeSection {
+    /// Where it listens (every shard, SO_REUSEPORT, like `smtp.listen`); unset: off (default).
+    pub listen: Option<SocketAddr>,
+    /// Addresses that take reports of any kind on any domain: the DMARC `rua` address, the
+    /// address registered with providers' feedback loops. At most [`INTAKE_MAILBOXES_MAX`].
+    pub mailboxes: Vec<String>,
+}
+
+/// The most `intake.mailboxes` accepted (each RCPT compares against all of them).
+pub const INTAKE_MAILBOXES_MAX: usize = 64;
+/// The longest `intake.mailboxes` entry, in bytes (RFC 5321 path limit).
+pub const INTAKE_MAILBOX_BYTES_MAX: usize = 254;
 
 /// Delivery events: the JSON-lines files operators may ship themselves, and the durable backlog
 /// that carries them to the control plane (when `control.push_addr` is set).
@@ -456,6 +476,27 @@ impl EngineConfig {
                 &format!("must be at least {EVENTS_BACKLOG_BYTES_MIN}"),
             );
         }
+        if self.intake.mailboxes.len() > INTAKE_MAILBOXES_MAX {
+            return bad(
+                "intake.mailboxes",
+                &format!("at most {INTAKE_MAILBOXES_MAX} mailboxes"),
+            );
+        }
+        for m in &self.intake.mailboxes {
+            let well_formed = m.len() <= INTAKE_MAILBOX_BYTES_MAX
+                && m.rsplit_once('@')
+                    .is_some_and(|(l, d)| !l.is_empty() && d.contains('.'))
+                && !m.contains(|c: char| c.is_whitespace() || c == '<' || c == '>');
+            if !well_formed {
+                return bad(
+                    "intake.mailboxes",
+                    &format!("{m:?} is not an address like dmarc@reports.example"),
+                );
+            }
+        }
+        if self.intake.listen == Some(self.smtp.listen) && self.smtp.listen.port() != 0 {
+            return bad("intake.listen", "must differ from smtp.listen");
+        }
         if self.smtp.command_line_max_bytes < 512 {
             return bad("smtp.command_line_max_bytes", "RFC 5321 needs at least 512");
         }
@@ -569,6 +610,29 @@ mod tests {
                 .contains("delivery.next_hop_sessions_per_shard_max"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn the_intake_is_off_by_default_and_its_mailboxes_are_checked() {
+        let c = EngineConfig::from_toml("").unwrap();
+        assert_eq!(c.intake.listen, None);
+        let c = EngineConfig::from_toml(
+            "[intake]\nlisten = \"127.0.0.1:2526\"\nmailboxes = [\"dmarc@reports.example\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.intake.listen, Some("127.0.0.1:2526".parse().unwrap()));
+        assert_eq!(c.intake.mailboxes, ["dmarc@reports.example"]);
+        let e =
+            EngineConfig::from_toml("[intake]\nmailboxes = [\"not an address\"]\n").unwrap_err();
+        assert!(e.to_string().contains("intake.mailboxes"), "{e}");
+        let e = EngineConfig::from_toml("[intake]\nlisten = \"127.0.0.1:2525\"\n").unwrap_err();
+        assert!(e.to_string().contains("intake.listen"), "{e}");
+        let many: Vec<String> = (0..=INTAKE_MAILBOXES_MAX)
+            .map(|i| format!("\"m{i}@r.example\""))
+            .collect();
+        let e = EngineConfig::from_toml(&format!("[intake]\nmailboxes = [{}]\n", many.join(",")))
+            .unwrap_err();
+        assert!(e.to_string().contains("at most"), "{e}");
     }
 
     #[test]

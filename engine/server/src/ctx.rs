@@ -30,6 +30,8 @@ pub struct ShardSetup {
     pub auth: Arc<Authenticator>,
     pub policy: Arc<petrel_policy::PolicyStore>,
     pub delivery: Option<DeliveryShared>,
+    /// The return-path intake's shared setup, when `[intake] listen` is set.
+    pub intake: Option<Arc<crate::intake_keys::IntakeShared>>,
     pub shutdown: async_channel::Receiver<()>,
     pub admin: async_channel::Receiver<AdminRequest>,
     /// Told once the shard listens (its bound address); a shard that fails reports through it too.

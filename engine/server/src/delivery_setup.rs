@@ -32,6 +32,9 @@ pub fn build(
 ) -> Result<DeliveryShared, EngineError> {
     let d = &cfg.delivery;
     let mut config = delivery_config(cfg)?;
+    config.return_path = Some(Arc::new(crate::intake_keys::PolicyReturnPath {
+        keys: Arc::new(crate::intake_keys::KeyCache::new(Arc::clone(&policy))),
+    }));
     config.dynamic_limits = Some(Arc::new(PolicyLimits { policy }));
     let config = Arc::new(config);
     let mut static_routes: Vec<StaticRoute> = d

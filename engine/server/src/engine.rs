@@ -30,6 +30,8 @@ pub struct ReadyInfo {
     pub shards: usize,
     pub tls: crate::tls::CertSource,
     pub policy_version: u64,
+    /// The return-path intake's bound address, when `[intake] listen` is set.
+    pub intake: Option<SocketAddr>,
 }
 
 /// A way to stop a running engine from another thread (besides SIGTERM/SIGINT).
@@ -75,6 +77,7 @@ pub fn run(
     let auth = Authenticator::new(&cfg.auth, Arc::clone(&policy));
     let shards = cfg.shard_count();
     let pressure = Pressure::new(cfg.limits.clone(), shards, events.clone());
+    let intake_outbox = events.clone();
     let delivery = if cfg.delivery.enabled {
         Some(crate::delivery_setup::build(
             &cfg,
@@ -83,6 +86,14 @@ pub fn run(
         )?)
     } else {
         None
+    };
+    let (intake, intake_reserve) = match cfg.intake.listen {
+        Some(addr) => {
+            let (addr, reserve) = reserve_port(addr)?;
+            let shared = intake_shared(&cfg, addr, &policy, intake_outbox, delivery.as_ref())?;
+            (Some(Arc::new(shared)), reserve)
+        }
+        None => (None, None),
     };
 
     // Port 0 (tests): pick the port once so every shard binds the same one.
@@ -106,6 +117,7 @@ pub fn run(
             auth: Arc::clone(&auth),
             policy: Arc::clone(&policy),
             delivery: delivery.clone(),
+            intake: intake.clone(),
             shutdown: shutdown_rx.clone(),
             admin: admin_rx,
             ready: ready_tx.clone(),
@@ -152,6 +164,7 @@ pub fn run(
         }
     }
     drop(reserve);
+    drop(intake_reserve);
     let smtp = bound.unwrap_or(listen);
     let admin = match cfg.admin.listen {
         Some(addr) => Some(crate::admin::start(runtime, addr, admin_txs)?),
@@ -169,6 +182,7 @@ pub fn run(
             shards,
             tls: cert_source,
             policy_version: policy.version(),
+            intake: intake.as_ref().map(|i| i.listen),
         },
         stop,
     );
@@ -187,6 +201,58 @@ pub fn run(
         }
     }
     Ok(())
+}
+
+/// The intake's shared setup. It writes its events to the durable backlog and answers 250
+/// only once they are synced, so it needs a control plane (`control.push_addr`).
+fn intake_shared(
+    cfg: &EngineConfig,
+    listen: SocketAddr,
+    policy: &Arc<petrel_policy::PolicyStore>,
+    outbox: Option<Arc<petrel_policy::Outbox>>,
+    delivery: Option<&crate::delivery_setup::DeliveryShared>,
+) -> Result<crate::intake_keys::IntakeShared, EngineError> {
+    let Some(outbox) = outbox else {
+        return Err(EngineError::Config {
+            message: "intake.listen: the intake needs a control plane to send its events to \
+                      (control.push_addr, events.to_control_plane)"
+                .into(),
+        });
+    };
+    let classifier = match delivery {
+        Some(d) => Arc::clone(&d.config.bounce_classifier),
+        None => Arc::new(petrel_bounce::BounceClassifier::shipped()),
+    };
+    let s = &cfg.smtp;
+    let server_config = Arc::new(petrel_smtp::ServerConfig {
+        hostname: cfg.server.hostname.clone(),
+        limits: petrel_smtp::Limits {
+            command_line_max_bytes: s.command_line_max_bytes,
+            text_line_max_bytes: s.text_line_max_bytes,
+            message_size_max_bytes: petrel_reports::limits::MAIL_BYTES_MAX,
+            recipients_max: crate::intake::INTAKE_RECIPIENTS_MAX,
+            errors_max: s.errors_max,
+            ..petrel_smtp::Limits::default()
+        },
+        starttls_available: true,
+        auth_without_tls: false,
+        auth_enabled: false,
+    });
+    Ok(crate::intake_keys::IntakeShared {
+        listen,
+        keys: Arc::new(crate::intake_keys::KeyCache::new(Arc::clone(policy))),
+        policy: Arc::clone(policy),
+        outbox,
+        classifier,
+        mailboxes: cfg
+            .intake
+            .mailboxes
+            .iter()
+            .map(|m| m.to_ascii_lowercase())
+            .collect(),
+        engine_id: cfg.engine_id(),
+        server_config,
+    })
 }
 
 /// glommio needs locked memory for io_uring; many connections need file descriptors.

@@ -108,6 +108,25 @@ pub async fn run(setup: ShardSetup) -> Result<(), EngineError> {
             source: e.into(),
         })?;
     let local = listener.local_addr().unwrap_or(setup.listen);
+    // The return-path intake, when configured: its own port, the same shards (SO_REUSEPORT).
+    let intake = match &setup.intake {
+        Some(shared) => {
+            let l = glommio::net::TcpListener::bind(shared.listen).map_err(|e| {
+                EngineError::Listen {
+                    addr: shared.listen,
+                    source: e.into(),
+                }
+            })?;
+            let task = crate::intake_session::listen(
+                Rc::clone(&ctx),
+                Arc::clone(shared),
+                l,
+                setup.shutdown.clone(),
+            );
+            glommio::spawn_local_into(task, ingress_tq).ok()
+        }
+        None => None,
+    };
     let _ = setup.ready.send(Ok(local));
 
     loop {
@@ -167,6 +186,9 @@ pub async fn run(setup: ShardSetup) -> Result<(), EngineError> {
 
     // Drain: stop accepting, let sessions finish within the grace period, flush the spool.
     drop(listener);
+    if let Some(t) = intake {
+        t.await; // ends at once: it watches the same shutdown channel
+    }
     let grace = Instant::now() + Duration::from_millis(cfg.server.shutdown_grace_ms);
     while ctx.sessions_open() > 0 && Instant::now() < grace {
         glommio::timer::sleep(Duration::from_millis(DRAIN_POLL_MS)).await;

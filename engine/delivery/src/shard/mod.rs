@@ -15,6 +15,7 @@
 
 mod events;
 mod outcome;
+mod prepare;
 mod session;
 
 use std::cell::{Cell, RefCell};

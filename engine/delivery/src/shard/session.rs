@@ -19,7 +19,8 @@ use petrel_outbound::{
 };
 
 use super::outcome::{apply, fail_entries, Attempt, RcptResult};
-use super::{now_unix_ms, Inner, RcptState, SpoolAccess};
+use super::prepare::prepare;
+use super::{now_unix_ms, Inner, SpoolAccess};
 use crate::classify::LocalFailure;
 use crate::config::{DeliveryConfig, DomainLimits, TlsPolicy};
 use crate::limits::{rate_burst, ConnectionPermit, DestinationCounters};
@@ -364,44 +365,6 @@ fn same_next_hops(a: &Route, b: &Route) -> bool {
     key(a) == key(b)
 }
 
-/// One message ready to go: its pending entries, sender, recipients and body.
-struct Prepared {
-    domain: DomainId,
-    batch: Vec<Entry>,
-    from: String,
-    rcpts: Vec<String>,
-    body: Vec<u8>,
-}
-
-/// The envelope and body of each batch (a batch is the recipients of one message); a batch
-/// with nothing pending is dropped, one whose body cannot be read is deferred.
-async fn prepare<S: SpoolAccess + 'static>(
-    inner: &Rc<Inner<S>>,
-    batches: Vec<(DomainId, Vec<Entry>)>,
-) -> Vec<Prepared> {
-    let mut out = Vec::with_capacity(batches.len());
-    for (domain, batch) in batches {
-        let Some((batch, from, rcpts)) = envelope(inner, batch) else {
-            continue; // every recipient went final meanwhile (administrator bounce)
-        };
-        match inner.spool.read_body(batch[0].message_id).await {
-            Ok(body) => out.push(Prepared {
-                domain,
-                batch,
-                from,
-                rcpts,
-                body,
-            }),
-            Err(e) => {
-                let text = format!("spool read failed: {e}");
-                let result = RcptResult::local(text, LocalFailure::Io);
-                fail_entries(inner, batch, &Attempt::default(), result).await;
-            }
-        }
-    }
-    out
-}
-
 /// Sends the batches over the connection (several transactions in one write when the peer
 /// offers PIPELINING and CHUNKING) and applies each outcome. Returns false when the connection
 /// is no longer usable.
@@ -473,7 +436,7 @@ async fn deliver<S: SpoolAccess + 'static>(
             &p.batch,
             &results,
             &attempt,
-            Some(&p.body),
+            Some(p.body.as_slice()),
         )
         .await;
     }
@@ -552,31 +515,6 @@ fn take_more<S: SpoolAccess + 'static>(
         }
     }
     (batches, borrowed)
-}
-
-/// The batch entries whose recipients are still pending, with the sender and their addresses;
-/// `None` when none is left.
-fn envelope<S: SpoolAccess>(
-    inner: &Inner<S>,
-    batch: Vec<Entry>,
-) -> Option<(Vec<Entry>, String, Vec<String>)> {
-    let st = inner.state.borrow();
-    let msg = st.messages.get(&batch.first()?.message_id)?;
-    let mut live = Vec::with_capacity(batch.len());
-    let mut rcpts = Vec::with_capacity(batch.len());
-    for e in batch {
-        if let Some(slot) = msg
-            .slot(e.rcpt_index)
-            .filter(|s| s.state == RcptState::Pending)
-        {
-            rcpts.push(slot.address.to_string());
-            live.push(e);
-        }
-    }
-    if live.is_empty() {
-        return None;
-    }
-    Some((live, msg.mail_from.to_string(), rcpts))
 }
 
 /// Other sessions of domain `id` open on this shard (this one excluded).

@@ -1,0 +1,112 @@
+//! A delivery write's transactions, before they go out: each batch's live recipients, sender
+//! and body read from the spool, and its envelope senders (the client's, or one VERP return
+//! path per recipient, which splits the batch into one transaction per recipient: see
+//! `crate::return_path`).
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use super::outcome::{fail_entries, Attempt, RcptResult};
+use super::{Inner, RcptState, SpoolAccess};
+use crate::attribution::Attribution;
+use crate::classify::LocalFailure;
+use crate::queue::{DomainId, Entry};
+use crate::return_path::{envelopes, Envelopes};
+
+/// One message ready to go: its pending entries, sender, recipients and body.
+pub(super) struct Prepared {
+    pub domain: DomainId,
+    pub batch: Vec<Entry>,
+    pub from: String,
+    pub rcpts: Vec<String>,
+    /// Shared by the per-recipient transactions of a VERP'd message.
+    pub body: Rc<Vec<u8>>,
+}
+
+/// The envelope and body of each batch (a batch is the recipients of one message); a batch
+/// with nothing pending is dropped, one whose body cannot be read is deferred.
+pub(super) async fn prepare<S: SpoolAccess + 'static>(
+    inner: &Rc<Inner<S>>,
+    batches: Vec<(DomainId, Vec<Entry>)>,
+) -> Vec<Prepared> {
+    let mut out = Vec::with_capacity(batches.len());
+    for (domain, batch) in batches {
+        let Some((batch, from, rcpts, attribution)) = envelope(inner, batch) else {
+            continue; // every recipient went final meanwhile (administrator bounce)
+        };
+        let message_id = batch[0].message_id;
+        let verp = {
+            let pairs: Vec<(u32, &str)> = batch
+                .iter()
+                .zip(&rcpts)
+                .map(|(e, r)| (e.rcpt_index, r.as_str()))
+                .collect();
+            envelopes(
+                inner.cfg.return_path.as_deref(),
+                &from,
+                attribution.as_ref(),
+                message_id,
+                &pairs,
+            )
+        };
+        match inner.spool.read_body(message_id).await {
+            Ok(body) => match verp {
+                Envelopes::Shared => out.push(Prepared {
+                    domain,
+                    batch,
+                    from,
+                    rcpts,
+                    body: Rc::new(body),
+                }),
+                Envelopes::PerRecipient(froms) => {
+                    // One transaction per recipient: each VERP return path names one.
+                    let body = Rc::new(body);
+                    for ((entry, rcpt), from) in batch.into_iter().zip(rcpts).zip(froms) {
+                        out.push(Prepared {
+                            domain,
+                            batch: vec![entry],
+                            from,
+                            rcpts: vec![rcpt],
+                            body: Rc::clone(&body),
+                        });
+                    }
+                }
+            },
+            Err(e) => {
+                let text = format!("spool read failed: {e}");
+                let result = RcptResult::local(text, LocalFailure::Io);
+                fail_entries(inner, batch, &Attempt::default(), result).await;
+            }
+        }
+    }
+    out
+}
+
+/// The batch entries whose recipients are still pending, with the sender, their addresses and
+/// the message's attribution; `None` when none is left.
+type Envelope = (Vec<Entry>, String, Vec<String>, Option<Arc<Attribution>>);
+
+fn envelope<S: SpoolAccess>(inner: &Inner<S>, batch: Vec<Entry>) -> Option<Envelope> {
+    let st = inner.state.borrow();
+    let msg = st.messages.get(&batch.first()?.message_id)?;
+    let mut live = Vec::with_capacity(batch.len());
+    let mut rcpts = Vec::with_capacity(batch.len());
+    for e in batch {
+        if let Some(slot) = msg
+            .slot(e.rcpt_index)
+            .filter(|s| s.state == RcptState::Pending)
+        {
+            rcpts.push(slot.address.to_string());
+            live.push(e);
+        }
+    }
+    if live.is_empty() {
+        return None;
+    }
+    Some((
+        live,
+        msg.mail_from.to_string(),
+        rcpts,
+        msg.attribution.clone(),
+    ))
+}
