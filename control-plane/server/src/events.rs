@@ -106,6 +106,8 @@ pub async fn ingest_checked(
     if inserted > 0 {
         // This node's webhooks see new events at once.
         app.webhooks.wake();
+        // The guardrails re-evaluate these tenants' rates (a set insert per batch here).
+        app.guard.note_ingest(events.iter().copied());
     }
     Ok(Ingested {
         ack_seq: last,
