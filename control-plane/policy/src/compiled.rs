@@ -9,6 +9,7 @@ use std::sync::Arc;
 use crate::auth::{self, AuthCache, AUTH_CACHE_ENTRIES_MAX};
 use crate::dkim::DkimSigner;
 use crate::error::{AuthError, PolicyDenial, PolicyError};
+use crate::new_tenant::{Admission, NewTenantWindows};
 use crate::rate::{RateKey, RateLimiter, RateLimits};
 use crate::snapshot::{
     parse_cidr, Credential, CredentialKind, PolicySnapshot, SendingDomain, Tenant,
@@ -30,10 +31,11 @@ pub struct DestinationPolicy {
     pub tls_required: bool,
 }
 
-/// State that outlives one snapshot: rate buckets and the AUTH cache.
+/// State that outlives one snapshot: rate buckets, new tenants' windows and the AUTH cache.
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) rates: RateLimiter,
+    pub(crate) new_tenants: NewTenantWindows,
     pub(crate) auth_cache: AuthCache,
 }
 
@@ -41,6 +43,7 @@ impl Shared {
     pub(crate) fn new() -> Arc<Shared> {
         Arc::new(Shared {
             rates: RateLimiter::new(),
+            new_tenants: NewTenantWindows::new(),
             auth_cache: AuthCache::new(AUTH_CACHE_ENTRIES_MAX),
         })
     }
@@ -141,6 +144,13 @@ impl CompiledPolicy {
         let live_domains: HashSet<&str> =
             snapshot.domains.iter().map(|d| d.name.as_str()).collect();
         shared.rates.retain(&live_tenants, &live_domains);
+        let capped: HashSet<&str> = snapshot
+            .tenants
+            .iter()
+            .filter(|t| t.new_tenant_cap.is_some())
+            .map(|t| t.id.as_str())
+            .collect();
+        shared.new_tenants.retain(&capped);
         Ok(CompiledPolicy {
             tenants,
             domains,
@@ -239,6 +249,11 @@ impl CompiledPolicy {
                 tenant: tenant.id.clone(),
             });
         }
+        if let Some(reason) = &tenant.sending_disabled {
+            return Err(PolicyDenial::SendingDisabled {
+                reason: reason.clone(),
+            });
+        }
         let cred = self
             .credential_ids
             .get(&id.credential_id)
@@ -262,13 +277,79 @@ impl CompiledPolicy {
                 domain: sending.name.clone(),
             });
         }
+        if let Some(reason) = &sending.sending_disabled {
+            return Err(PolicyDenial::SendingDisabled {
+                reason: reason.clone(),
+            });
+        }
         Ok(())
+    }
+
+    /// The guardrails' check of a message at DATA: refused when its tenant (the attributed
+    /// one) or its From domain's sending domain has sending disabled. Catches what MAIL could
+    /// not see: a trusted network's relay (no AUTH, tenant known only from the From domain) and
+    /// a From header naming another domain than MAIL FROM.
+    pub fn check_message(
+        &self,
+        tenant_id: Option<&str>,
+        from_domain: Option<&str>,
+    ) -> Result<(), PolicyDenial> {
+        let disabled = |reason: &String| PolicyDenial::SendingDisabled {
+            reason: reason.clone(),
+        };
+        if let Some(reason) = tenant_id
+            .and_then(|t| self.tenant(t))
+            .and_then(|t| t.sending_disabled.as_ref())
+        {
+            return Err(disabled(reason));
+        }
+        let domain = from_domain.and_then(|d| self.find_domain(&normalize_domain(d)));
+        match domain.and_then(|d| d.sending_disabled.as_ref()) {
+            Some(reason) => Err(disabled(reason)),
+            None => Ok(()),
+        }
+    }
+
+    /// The reputation warning to append to the 250 after DATA: the From domain's own, else its
+    /// tenant's; None when neither is near a threshold.
+    pub fn reputation_warning(
+        &self,
+        tenant_id: Option<&str>,
+        from_domain: Option<&str>,
+    ) -> Option<&str> {
+        let domain = from_domain
+            .and_then(|d| self.find_domain(&normalize_domain(d)))
+            .filter(|d| tenant_id.is_none_or(|t| t == d.tenant_id));
+        domain
+            .and_then(|d| d.reputation_warning.as_deref())
+            .or_else(|| {
+                tenant_id
+                    .and_then(|t| self.tenant(t))
+                    .and_then(|t| t.reputation_warning.as_deref())
+            })
     }
 
     /// Admit one message for `tenant_id` sending from `sender_domain` (the MAIL FROM domain;
     /// a subdomain counts against its registered sending domain) at `now_unix_ms`. Charges the
-    /// tenant's and the domain's buckets, or neither. Denials answer `451 4.7.1`.
+    /// new tenant's window (when capped), the tenant's and the domain's buckets, or none of
+    /// them. Denials answer `451 4.7.1`.
     pub fn rate_check(
+        &self,
+        tenant_id: &str,
+        sender_domain: &str,
+        now_unix_ms: u64,
+    ) -> Result<(), PolicyDenial> {
+        let cap = self.tenant(tenant_id).and_then(|t| t.new_tenant_cap);
+        let admission = match &cap {
+            Some(cap) => self.shared.new_tenants.check(tenant_id, cap, now_unix_ms)?,
+            None => Admission::free(),
+        };
+        self.rate_buckets(tenant_id, sender_domain, now_unix_ms)?;
+        admission.take();
+        Ok(())
+    }
+
+    fn rate_buckets(
         &self,
         tenant_id: &str,
         sender_domain: &str,

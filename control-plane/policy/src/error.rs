@@ -125,19 +125,42 @@ pub enum PolicyDenial {
     /// A per-day quota is exhausted: `451 4.7.1`.
     #[error("daily quota reached for {scope}")]
     DailyQuota { scope: String },
+    /// The control plane's guardrails disabled the tenant's or the sending domain's sending
+    /// (bounce or complaint rate past its threshold): `550 5.7.1 sending disabled: <reason>`.
+    /// Permanent until an operator re-enables it.
+    #[error("sending disabled: {reason}")]
+    SendingDisabled { reason: String },
+    /// A new tenant's cap is spent for now: `451 4.7.1`. Transient on purpose: the cap is a
+    /// rate, the message may go once a slot opens (as SES answers a spent sending quota with
+    /// `454 Throttling failure`), and a client that queues and retries loses no mail.
+    #[error(
+        "new tenant {tenant} may send {messages_max} messages per {window_hours} hours \
+         (for {cap_ends_in_hours} more hours, unless an operator lifts it); next in \
+         {next_in_minutes} min"
+    )]
+    NewTenantCap {
+        tenant: String,
+        messages_max: u32,
+        window_hours: u64,
+        next_in_minutes: u64,
+        cap_ends_in_hours: u64,
+    },
 }
 
 impl PolicyDenial {
     /// The SMTP reply: (code, enhanced status, text without CRLF).
     pub fn reply(&self) -> (u16, (u8, u16, u16), String) {
         match self {
-            PolicyDenial::RateLimited { .. } | PolicyDenial::DailyQuota { .. } => {
+            PolicyDenial::RateLimited { .. }
+            | PolicyDenial::DailyQuota { .. }
+            | PolicyDenial::NewTenantCap { .. } => {
                 (451, (4, 7, 1), format!("{self}, try again later"))
             }
             PolicyDenial::TenantSuspended { .. }
             | PolicyDenial::SenderNotAllowed { .. }
             | PolicyDenial::DomainUnverified { .. }
-            | PolicyDenial::CredentialRevoked => (550, (5, 7, 1), self.to_string()),
+            | PolicyDenial::CredentialRevoked
+            | PolicyDenial::SendingDisabled { .. } => (550, (5, 7, 1), self.to_string()),
         }
     }
 

@@ -48,6 +48,7 @@ pub mod error;
 pub mod event;
 pub mod keys;
 pub mod link;
+pub mod new_tenant;
 pub mod outbox;
 pub mod rate;
 pub mod snapshot;
@@ -63,7 +64,7 @@ pub use link::{run_link, LinkConfig, LinkTrust};
 pub use outbox::{Outbox, OutboxError};
 pub use snapshot::{
     decode, encode, Credential, CredentialKind, DefaultLimits, DestinationLimit, DkimAlgorithm,
-    DkimKey, PolicySnapshot, ReturnPath, SendingDomain, Tenant, TokenKey,
+    DkimKey, NewTenantCap, PolicySnapshot, ReturnPath, SendingDomain, Tenant, TokenKey,
 };
 pub use store::PolicyStore;
 pub use wire::{

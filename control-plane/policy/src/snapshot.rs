@@ -87,6 +87,17 @@ pub struct Tenant {
     pub messages_per_day_max: Option<u64>,
     /// Accept MAIL FROM an unverified sending domain of this tenant (development, trials).
     pub allow_unverified_domains: bool,
+    /// Guardrails (issue 14): the new-tenant cap while it applies; None: no cap.
+    #[serde(default)]
+    pub new_tenant_cap: Option<NewTenantCap>,
+    /// Guardrails: why the control plane disabled this tenant's sending (`550 5.7.1 sending
+    /// disabled: <reason>` at MAIL); None: enabled. At most `GUARD_NOTE_MAX_BYTES`.
+    #[serde(default)]
+    pub sending_disabled: Option<String>,
+    /// Guardrails: a rate near its threshold (`bounce rate 8.5% nears 10%`), appended to the
+    /// 250 after DATA; None: none.
+    #[serde(default)]
+    pub reputation_warning: Option<String>,
 }
 
 /// A domain a tenant sends from (the MAIL FROM / From: domain), with its DKIM keys.
@@ -111,6 +122,13 @@ pub struct SendingDomain {
     pub messages_per_second_max: Option<u32>,
     /// At most `DKIM_KEYS_PER_DOMAIN_MAX`; the newest active non-retired key signs.
     pub dkim_keys: Vec<DkimKey>,
+    /// Guardrails (issue 14): why sending from this domain is disabled (`550 5.7.1 sending
+    /// disabled: <reason>` at MAIL and DATA); None: enabled.
+    #[serde(default)]
+    pub sending_disabled: Option<String>,
+    /// Guardrails: this domain's rate near its threshold, appended to the 250 after DATA.
+    #[serde(default)]
+    pub reputation_warning: Option<String>,
 }
 
 #[derive(
@@ -338,6 +356,11 @@ impl PolicySnapshot {
         let mut tenant_ids = HashSet::with_capacity(self.tenants.len());
         for t in &self.tenants {
             check_name("tenant id", &t.id)?;
+            if let Some(cap) = &t.new_tenant_cap {
+                cap.validate(&t.id)?;
+            }
+            guard::check_note("disable reason", &t.id, t.sending_disabled.as_deref())?;
+            guard::check_note("warning", &t.id, t.reputation_warning.as_deref())?;
             if !tenant_ids.insert(t.id.as_str()) {
                 return Err(PolicyError::invalid(format!("duplicate tenant {}", t.id)));
             }
@@ -355,6 +378,8 @@ impl PolicySnapshot {
                 return Err(PolicyError::invalid(format!("duplicate domain {}", d.name)));
             }
             check_count("dkim keys", d.dkim_keys.len(), DKIM_KEYS_PER_DOMAIN_MAX)?;
+            guard::check_note("disable reason", &d.name, d.sending_disabled.as_deref())?;
+            guard::check_note("warning", &d.name, d.reputation_warning.as_deref())?;
             for k in &d.dkim_keys {
                 check_selector(&k.selector)?;
                 if k.private_key_pkcs8_der.is_empty() {
@@ -436,6 +461,12 @@ pub fn parse_cidr(s: &str) -> Result<ipnet::IpNet, PolicyError> {
         .map_err(|_| PolicyError::invalid(format!("bad CIDR or address {s:?}")))
 }
 
+#[path = "snapshot/guard.rs"]
+mod guard;
+pub use guard::{
+    NewTenantCap, GUARD_NOTE_MAX_BYTES, NEW_TENANT_CAP_MESSAGES_MAX, NEW_TENANT_CAP_WINDOW_MS_MAX,
+};
+
 #[path = "snapshot/return_path.rs"]
 mod return_path;
 pub use return_path::{
@@ -501,6 +532,13 @@ mod tests {
                 messages_per_second_max: Some(10),
                 messages_per_day_max: None,
                 allow_unverified_domains: false,
+                new_tenant_cap: Some(NewTenantCap {
+                    messages_max: 10,
+                    window_ms: 86_400_000,
+                    until_unix_ms: 1_700_600_000_000,
+                }),
+                sending_disabled: None,
+                reputation_warning: Some("bounce rate 8.5% nears 10%".into()),
             }],
             domains: vec![SendingDomain {
                 tenant_id: "t1".into(),
@@ -514,6 +552,8 @@ mod tests {
                     active_from_unix_ms: 0,
                     retired: false,
                 }],
+                sending_disabled: Some("bounce rate 12.0% over 10%".into()),
+                reputation_warning: None,
             }],
             credentials: vec![Credential {
                 id: "c1".into(),
@@ -633,6 +673,22 @@ mod tests {
         let mut s = sample();
         s.domains[0].dkim_keys[0].selector = "bad selector".into();
         assert!(encode(&s).is_err(), "bad selector");
+
+        let mut s = sample();
+        s.tenants[0].sending_disabled = Some("a\r\n250 forged".into());
+        assert!(encode(&s).is_err(), "control characters in a reason");
+
+        let mut s = sample();
+        s.domains[0].reputation_warning = Some("x".repeat(GUARD_NOTE_MAX_BYTES + 1));
+        assert!(encode(&s).is_err(), "overlong warning");
+
+        let mut s = sample();
+        s.tenants[0].new_tenant_cap = Some(NewTenantCap {
+            messages_max: NEW_TENANT_CAP_MESSAGES_MAX + 1,
+            window_ms: 1,
+            until_unix_ms: 0,
+        });
+        assert!(encode(&s).is_err(), "cap above its bound");
     }
 
     #[test]

@@ -208,6 +208,9 @@ mod tests {
                 messages_per_second_max: None,
                 messages_per_day_max: None,
                 allow_unverified_domains: false,
+                new_tenant_cap: None,
+                sending_disabled: None,
+                reputation_warning: None,
             }],
             domains: vec![SendingDomain {
                 tenant_id: "t1".into(),
@@ -215,6 +218,8 @@ mod tests {
                 verified: true,
                 messages_per_second_max: None,
                 dkim_keys: vec![],
+                sending_disabled: None,
+                reputation_warning: None,
             }],
             credentials: vec![Credential {
                 id: "c1".into(),

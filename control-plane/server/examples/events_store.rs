@@ -303,9 +303,11 @@ fn app(db: Db) -> anyhow::Result<App> {
             hash_cost: auth::HashCost::default(),
             return_path_domain: String::new(),
             public_url: String::new(),
+            guardrails: Default::default(),
         },
         version_tx: tokio::sync::watch::channel(0).0,
         suppressions: petrel_control::suppressions::SuppressionWatch::new(0),
+        guard: petrel_control::guardrails::Guard::new(),
     })))
 }
 

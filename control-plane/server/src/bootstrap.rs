@@ -124,6 +124,8 @@ pub async fn bootstrap_dev(info: &ServeInfo) -> Result<DevBootstrap, ControlErro
         let user =
             store::credentials::smtp_username_by_name(&mut conn, &tenant.id, DEV_SMTP_NAME).await?;
         if let Some(username) = user {
+            drop(conn);
+            lift_dev_cap(info, &tenant.id).await?;
             return Ok(DevBootstrap {
                 tenant_id: tenant.id,
                 domain: DEV_DOMAIN.into(),
@@ -135,6 +137,31 @@ pub async fn bootstrap_dev(info: &ServeInfo) -> Result<DevBootstrap, ControlErro
     }
     drop(conn);
     create_dev(info).await
+}
+
+/// Who lifts the development tenant's new-tenant cap (guardrails, issue 14).
+const DEV_CAP_ACTOR: &str = "system:bootstrap";
+
+/// Lifts the development tenant's new-tenant cap when a data directory made before the
+/// guardrails has none lifted yet (one audited mutation, once).
+async fn lift_dev_cap(info: &ServeInfo, tenant_id: &str) -> Result<(), ControlError> {
+    let app = &info.app;
+    let lifted = store::guardrails::cap_lifts(&mut *app.db.conn().await?).await?;
+    if lifted.contains(tenant_id) {
+        return Ok(());
+    }
+    let mut m = app.db.begin_mutation().await?;
+    let now = app.now_ms();
+    store::guardrails::lift_cap(m.conn(), tenant_id, DEV_CAP_ACTOR, now).await?;
+    let entry = system_entry(
+        app.clock.as_ref(),
+        tenant_id,
+        "guard.cap_lifted",
+        serde_json::json!({"cap_lifted": true}),
+    );
+    let v = m.commit(entry).await?;
+    app.notify(v);
+    Ok(())
 }
 
 async fn create_dev(info: &ServeInfo) -> Result<DevBootstrap, ControlError> {
@@ -192,6 +219,8 @@ async fn create_dev(info: &ServeInfo) -> Result<DevBootstrap, ControlError> {
     }
     let smtp = insert_credential(m.conn(), smtp, now).await?;
     let api = insert_credential(m.conn(), api, now).await?;
+    // The operator's development tenant is not a new customer: no new-tenant cap.
+    store::guardrails::lift_cap(m.conn(), &tenant.id, DEV_CAP_ACTOR, now).await?;
     let after = serde_json::json!({
         "tenant": tenant, "domain": DEV_DOMAIN,
         "smtp_credential": smtp.credential, "api_key_prefix": api.credential.prefix,

@@ -71,6 +71,57 @@ pub struct ServeArgs {
     /// PEM file of extra CA certificates webhook receivers may use (a private CA).
     #[arg(long)]
     pub webhooks_ca_file: Option<PathBuf>,
+    /// Abuse guardrails (`--guard-*`).
+    #[command(flatten)]
+    pub guard: GuardArgs,
+}
+
+/// The abuse guardrails' flags (defaults: the issue's).
+#[derive(Debug, Clone, clap::Args)]
+pub struct GuardArgs {
+    /// Messages a new tenant may send per --guard-new-tenant-window-secs; 0: no cap.
+    #[arg(long, default_value_t = crate::guardrails::NEW_TENANT_MESSAGES_MAX_DEFAULT)]
+    pub guard_new_tenant_messages_max: u32,
+    #[arg(long, default_value_t = crate::guardrails::NEW_TENANT_WINDOW_MS_DEFAULT / 1000)]
+    pub guard_new_tenant_window_secs: u64,
+    /// How long a tenant counts as new after its creation.
+    #[arg(long, default_value_t = crate::guardrails::NEW_TENANT_PERIOD_MS_DEFAULT / 1000)]
+    pub guard_new_tenant_period_secs: u64,
+    /// The rolling window of bounce and complaint rates (whole hours of buckets).
+    #[arg(long, default_value_t = crate::guardrails::WINDOW_MS_DEFAULT / 1000)]
+    pub guard_window_secs: u64,
+    /// Fewest messages sent in the window before a rate counts.
+    #[arg(long, default_value_t = crate::guardrails::MIN_VOLUME_DEFAULT)]
+    pub guard_min_volume: u64,
+    /// Sending is disabled past this hard-bounce rate, percent.
+    #[arg(long, default_value_t = crate::guardrails::BOUNCE_RATE_MAX_PERCENT_DEFAULT)]
+    pub guard_bounce_rate_max_percent: f64,
+    /// Sending is disabled past this complaint rate, percent.
+    #[arg(long, default_value_t = crate::guardrails::COMPLAINT_RATE_MAX_PERCENT_DEFAULT)]
+    pub guard_complaint_rate_max_percent: f64,
+    /// A reputation warning at this share of a threshold, percent.
+    #[arg(long, default_value_t = crate::guardrails::WARNING_PERCENT_DEFAULT)]
+    pub guard_warning_percent: u32,
+    /// The periodic evaluation of every tenant (ingests trigger their tenants' at once).
+    #[arg(long, default_value_t = crate::guardrails::CHECK_INTERVAL_MS_DEFAULT / 1000)]
+    pub guard_check_interval_secs: u64,
+}
+
+impl GuardArgs {
+    pub fn settings(&self) -> crate::guardrails::GuardSettings {
+        let ms = |s: u64| s.saturating_mul(1000);
+        crate::guardrails::GuardSettings {
+            new_tenant_messages_max: self.guard_new_tenant_messages_max,
+            new_tenant_window_ms: ms(self.guard_new_tenant_window_secs),
+            new_tenant_period_ms: ms(self.guard_new_tenant_period_secs),
+            window_ms: ms(self.guard_window_secs),
+            min_volume: self.guard_min_volume,
+            bounce_rate_max_percent: self.guard_bounce_rate_max_percent,
+            complaint_rate_max_percent: self.guard_complaint_rate_max_percent,
+            warning_percent: self.guard_warning_percent,
+            check_interval_ms: ms(self.guard_check_interval_secs),
+        }
+    }
 }
 
 /// Runs one `petrel control` command.
@@ -102,6 +153,7 @@ pub async fn run(cmd: ControlCommand) -> anyhow::Result<()> {
                 spf_include: a.spf_include,
                 return_path_domain: a.return_path_domain,
                 public_url: a.public_url,
+                guardrails: a.guard.settings(),
                 ..ServeOptions::default()
             };
             crate::serve_with(cfg, opts, None).await?;

@@ -108,6 +108,8 @@ pub async fn ingest_checked(
         // events added (a hard bounce, a complaint, an unsubscribe).
         app.webhooks.wake();
         app.suppressions.wake();
+        // The guardrails re-evaluate these tenants' rates (a set insert per batch here).
+        app.guard.note_ingest(events.iter().copied());
     }
     Ok(Ingested {
         ack_seq: last,

@@ -28,6 +28,7 @@ mod cli;
 pub mod dns;
 mod error;
 pub mod events;
+pub mod guardrails;
 pub mod push;
 pub mod snapshot;
 pub mod store;
@@ -97,6 +98,8 @@ pub struct ServeOptions {
     /// The clock; None: the system clock. Tests pin or move it (webhook retries, secret
     /// overlap).
     pub clock: Option<Arc<dyn Clock>>,
+    /// Abuse guardrails: the new-tenant cap, thresholds, window, minimum volume.
+    pub guardrails: guardrails::GuardSettings,
 }
 
 impl std::fmt::Debug for ServeOptions {
@@ -129,6 +132,7 @@ impl Default for ServeOptions {
             return_path_domain: String::new(),
             public_url: String::new(),
             clock: None,
+            guardrails: guardrails::GuardSettings::default(),
         }
     }
 }
@@ -261,10 +265,12 @@ pub async fn serve_with(
                 .trim_end_matches('.')
                 .to_ascii_lowercase(),
             public_url: opts.public_url.trim_end_matches('/').to_string(),
+            guardrails: opts.guardrails,
         },
         version_tx,
         webhooks,
         suppressions: suppressions::SuppressionWatch::new(suppression_version),
+        guard: guardrails::Guard::new(),
     }));
     let api_listener = bind(cfg.api_listen).await?;
     let push_listener = bind(cfg.push_listen).await?;
@@ -322,6 +328,7 @@ pub async fn serve_with(
     let suppression_purger = tokio::spawn(suppressions::purge_task(app.clone()));
     let suppression_watch = tokio::spawn(suppressions::watch_task(app.clone()));
     let dispatcher = tokio::spawn(webhooks::dispatch::run(app.clone()));
+    let guard = tokio::spawn(guardrails::run(app.clone()));
     let poller = tokio::spawn(push::poll_version(app, opts.version_poll_ms));
     let result = tokio::try_join!(http, pushing).map(|_| ());
     poller.abort();
@@ -329,6 +336,7 @@ pub async fn serve_with(
     suppression_purger.abort();
     suppression_watch.abort();
     dispatcher.abort();
+    guard.abort();
     if let Some(l) = listener {
         l.abort();
     }

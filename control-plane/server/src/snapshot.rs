@@ -27,10 +27,18 @@ pub async fn build(
     let version = store::policy_version(&mut tx).await?;
     let defaults = store::limits::defaults(&mut tx).await?;
 
+    let guard = crate::guardrails::snapshot_notes(&mut tx).await?;
     let mut tenants: Vec<Tenant> = store::tenants::list(&mut tx)
         .await?
         .into_iter()
         .map(|t| Tenant {
+            new_tenant_cap: settings.guardrails.cap_for(
+                t.created_unix_ms,
+                t.is_operator,
+                guard.cap_lifts.contains(&t.id),
+            ),
+            sending_disabled: guard.disabled(&t.id, ""),
+            reputation_warning: guard.warning(&t.id, ""),
             id: t.id,
             name: t.name,
             suspended: t.suspended,
@@ -60,6 +68,8 @@ pub async fn build(
         .await?
         .into_iter()
         .map(|d| SendingDomain {
+            sending_disabled: guard.disabled(&d.tenant_id, &d.name),
+            reputation_warning: guard.warning(&d.tenant_id, &d.name),
             dkim_keys: keys.remove(&d.id).unwrap_or_default(),
             tenant_id: d.tenant_id,
             name: d.name,

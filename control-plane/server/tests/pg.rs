@@ -127,6 +127,17 @@ async fn pg_events() {
     db.drop_db().await;
 }
 
+#[tokio::test]
+async fn pg_guardrails() {
+    let Some(base) = pg_url() else { return };
+    let db = TestDb::create(&base).await;
+    {
+        let h = common::guardrails::harness(Some(db.url.clone())).await;
+        common::guardrails::scenario(&h).await;
+    }
+    db.drop_db().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg_webhooks() {
     let Some(base) = pg_url() else { return };

@@ -71,6 +71,27 @@ fn cases(b_tenant: &str, b_domain: &str, b_cred: &str, b_hook: &str) -> Vec<Case
         c("GET", "/v1/tenants", P::TenantsManage, Own, none),
         c("GET", "/v1/tenants/{id}", P::TenantRead, OtherTenant, none),
         c(
+            "GET",
+            "/v1/tenants/{id}/guardrails",
+            P::TenantRead,
+            OtherTenant,
+            none,
+        ),
+        c(
+            "POST",
+            "/v1/tenants/{id}/guardrails/lift-cap",
+            P::TenantsManage,
+            OtherTenant,
+            none,
+        ),
+        c(
+            "POST",
+            "/v1/tenants/{id}/guardrails/enable",
+            P::TenantsManage,
+            OtherTenant,
+            |_| Some(json!({})),
+        ),
+        c(
             "POST",
             "/v1/tenants/{id}/suspend",
             P::TenantsManage,

@@ -435,6 +435,7 @@ impl Driver {
                 return DataVerdict::Reject(reply);
             }
         };
+        let warning = crate::sign_and_spool::reputation_warning(&self.ctx, &attribution);
         match crate::sign_and_spool::spool_and_queue(
             &self.ctx,
             tx,
@@ -450,7 +451,12 @@ impl Driver {
                     .record(started.elapsed().as_secs_f64());
                 metrics::counter!(m::MESSAGES_ACCEPTED_TOTAL).increment(1);
                 metrics::counter!(m::ACCEPTED_BYTES_TOTAL).increment(tx.data.len() as u64);
-                DataVerdict::Accept { queue_id: id }
+                // The 250's text carries a reputation warning (issue 14) after the queue id.
+                let queue_id = match warning {
+                    Some(w) => format!("{id} (warning: {w})"),
+                    None => id,
+                };
+                DataVerdict::Accept { queue_id }
             }
             Err(reply) => {
                 metrics::counter!(m::REJECTIONS_TOTAL, "reason" => "spool").increment(1);

@@ -58,6 +58,13 @@ pub fn prepare(
         from_domain,
     } = prepared;
     let identity_tenant = identity.map(|i| i.tenant.as_deref());
+    let tenant_id = tenant_of(identity_tenant, trusted, domain_tenant).map(str::to_string);
+    // Guardrails (issue 14): a tenant or From domain whose sending the control plane disabled
+    // is refused before signing and storing (`550 5.7.1 sending disabled: <reason>`).
+    if let Err(denial) = policy.check_message(tenant_id.as_deref(), from_domain.as_deref()) {
+        let (code, enhanced, text) = denial.reply();
+        return Err(Reply::new(code, enhanced, text));
+    }
     let message = match from_domain.as_deref() {
         Some(domain) if policy.has_signers() => {
             let allowed = may_sign(identity_tenant, trusted, domain_tenant);
@@ -66,7 +73,7 @@ pub fn prepare(
         _ => message,
     };
     let attribution = Attribution {
-        tenant_id: tenant_of(identity_tenant, trusted, domain_tenant).map(str::to_string),
+        tenant_id,
         credential_id: identity
             .and_then(|i| i.policy.as_ref())
             .map(|p| p.credential_id.clone()),
@@ -131,6 +138,18 @@ fn sign(
             message
         }
     }
+}
+
+/// The guardrails' warning for the 250 after DATA (`queued as X (warning: ...)`): the From
+/// domain's or the tenant's rate near its threshold, as the current snapshot says.
+pub fn reputation_warning(ctx: &ShardCtx, attribution: &Attribution) -> Option<String> {
+    ctx.policy
+        .peek()
+        .reputation_warning(
+            attribution.tenant_id.as_deref(),
+            attribution.from_domain.as_deref(),
+        )
+        .map(str::to_string)
 }
 
 /// Stores durably (the 250 follows this) and queues for delivery. Returns the queue id.

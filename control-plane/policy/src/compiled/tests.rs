@@ -25,6 +25,9 @@ fn tenant(id: &str) -> Tenant {
         messages_per_second_max: None,
         messages_per_day_max: None,
         allow_unverified_domains: false,
+        new_tenant_cap: None,
+        sending_disabled: None,
+        reputation_warning: None,
     }
 }
 
@@ -35,6 +38,8 @@ fn domain(tenant_id: &str, name: &str, verified: bool) -> SendingDomain {
         verified,
         messages_per_second_max: None,
         dkim_keys: vec![],
+        sending_disabled: None,
+        reputation_warning: None,
     }
 }
 
@@ -342,4 +347,114 @@ fn empty_policy_refuses_everything() {
         Err(AuthError::UnknownUser)
     );
     assert!(p.check_sender(&who("c1"), "a@acme.example").is_err());
+}
+
+#[test]
+fn disabled_sending_answers_550_at_mail_and_data() {
+    let mut s = base(1);
+    s.domains[1].sending_disabled = Some("bounce rate 15.0% over 10.0%".into()); // news.acme.example
+    let p = CompiledPolicy::compile(s.clone()).unwrap();
+    let denial = p
+        .check_sender(&who("c1"), "a@news.acme.example")
+        .unwrap_err();
+    let (code, enhanced, text) = denial.reply();
+    assert_eq!((code, enhanced), (550, (5, 7, 1)));
+    assert_eq!(text, "sending disabled: bounce rate 15.0% over 10.0%");
+    // The tenant's other domains still send; the disabled one is refused at DATA too (a
+    // trusted network's relay, or a From header naming it).
+    p.check_sender(&who("c1"), "a@acme.example").unwrap();
+    p.check_message(Some("acme"), Some("acme.example")).unwrap();
+    assert!(p.check_message(None, Some("x.news.acme.example")).is_err());
+
+    s.tenants[0].sending_disabled = Some("complaint rate 0.5% over 0.3%".into());
+    let p = CompiledPolicy::compile(s).unwrap();
+    let text = p
+        .check_sender(&who("c1"), "a@acme.example")
+        .unwrap_err()
+        .reply()
+        .2;
+    assert_eq!(text, "sending disabled: complaint rate 0.5% over 0.3%");
+    assert!(p.check_message(Some("acme"), None).is_err());
+    p.check_message(Some("other"), Some("other.example"))
+        .unwrap();
+}
+
+#[test]
+fn warnings_prefer_the_domain_and_stay_within_the_tenant() {
+    let mut s = base(1);
+    s.tenants[0].reputation_warning = Some("bounce rate 8.5% nears 10.0%".into());
+    s.domains[1].reputation_warning = Some("complaint rate 0.25% nears 0.30%".into());
+    s.domains[3].reputation_warning = Some("other's".into());
+    let p = CompiledPolicy::compile(s).unwrap();
+    assert_eq!(
+        p.reputation_warning(Some("acme"), Some("news.acme.example")),
+        Some("complaint rate 0.25% nears 0.30%")
+    );
+    assert_eq!(
+        p.reputation_warning(Some("acme"), Some("acme.example")),
+        Some("bounce rate 8.5% nears 10.0%")
+    );
+    // Another tenant's domain in the From header does not lend its warning.
+    assert_eq!(
+        p.reputation_warning(Some("acme"), Some("other.example")),
+        Some("bounce rate 8.5% nears 10.0%")
+    );
+    assert_eq!(p.reputation_warning(Some("other"), None), None);
+}
+
+#[test]
+fn a_new_tenant_is_capped_over_a_rolling_window_until_its_probation_ends() {
+    const DAY: u64 = 86_400_000;
+    let t0 = 20_000 * DAY;
+    let mut s = base(1);
+    s.tenants[0].new_tenant_cap = Some(crate::snapshot::NewTenantCap {
+        messages_max: 10,
+        window_ms: DAY,
+        until_unix_ms: t0 + 7 * DAY,
+    });
+    s.tenants[0].messages_per_second_max = Some(1_000);
+    let p = CompiledPolicy::compile(s.clone()).unwrap();
+    for i in 0..10 {
+        p.rate_check("acme", "acme.example", t0 + i).unwrap();
+    }
+    let denial = p.rate_check("acme", "acme.example", t0 + 10).unwrap_err();
+    assert!(
+        matches!(denial, PolicyDenial::NewTenantCap { .. }),
+        "{denial}"
+    );
+    assert_eq!(denial.reply().0, 451);
+    // Another tenant is not capped.
+    for _ in 0..20 {
+        p.rate_check("other", "other.example", t0).unwrap();
+    }
+    // A cap lifted by an operator: the next snapshot has none.
+    s.version = 2;
+    s.tenants[0].new_tenant_cap = None;
+    let lifted = CompiledPolicy::compile_with(s, Arc::clone(p.shared())).unwrap();
+    lifted.rate_check("acme", "acme.example", t0 + 11).unwrap();
+    // Past the probation the cap no longer applies.
+    p.rate_check("acme", "acme.example", t0 + 7 * DAY).unwrap();
+}
+
+#[test]
+fn a_rate_denial_does_not_spend_a_new_tenants_slot() {
+    let mut s = base(1);
+    s.tenants[0].new_tenant_cap = Some(crate::snapshot::NewTenantCap {
+        messages_max: 2,
+        window_ms: 86_400_000,
+        until_unix_ms: u64::MAX,
+    });
+    s.tenants[0].messages_per_second_max = Some(1);
+    let p = CompiledPolicy::compile(s).unwrap();
+    p.rate_check("acme", "acme.example", 1_000).unwrap();
+    // Refused by the per-second rate: the window keeps its second slot.
+    assert!(matches!(
+        p.rate_check("acme", "acme.example", 1_000),
+        Err(PolicyDenial::RateLimited { .. })
+    ));
+    p.rate_check("acme", "acme.example", 2_000).unwrap();
+    assert!(matches!(
+        p.rate_check("acme", "acme.example", 3_000),
+        Err(PolicyDenial::NewTenantCap { .. })
+    ));
 }

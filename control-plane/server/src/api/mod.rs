@@ -14,6 +14,7 @@ pub mod credentials;
 pub mod domains;
 pub mod engines;
 pub mod events;
+pub mod guardrails;
 pub mod limits;
 pub mod openapi;
 pub mod stats;
@@ -62,6 +63,8 @@ pub struct Settings {
     /// The control plane's public origin (`https://host[:port]`, no trailing slash), where
     /// one-click unsubscribe links point; empty: no https List-Unsubscribe link.
     pub public_url: String,
+    /// Abuse guardrails: the new-tenant cap, thresholds, window, minimum volume.
+    pub guardrails: crate::guardrails::GuardSettings,
 }
 
 /// Shared state of all handlers.
@@ -78,6 +81,8 @@ pub struct AppState {
     pub webhooks: crate::webhooks::Webhooks,
     /// The suppression change log's newest seq; push connections follow it.
     pub suppressions: crate::suppressions::SuppressionWatch,
+    /// Abuse guardrails: the tenants to evaluate, the `X-Petrel-Warning` notes.
+    pub guard: crate::guardrails::Guard,
 }
 
 /// Cheap handle to [`AppState`].
@@ -170,6 +175,9 @@ pub fn routes() -> OpenApiRouter<App> {
         .routes(routes!(suppressions::delete))
         .routes(routes!(suppressions::bulk::import))
         .routes(routes!(suppressions::bulk::export))
+        .routes(routes!(guardrails::show))
+        .routes(routes!(guardrails::lift_cap))
+        .routes(routes!(guardrails::enable))
 }
 
 /// What the route gate needs: the app (to authenticate) and the access table.
@@ -199,9 +207,19 @@ async fn gate(State(gate): State<Gate>, req: Request, next: Next) -> Response {
     if let Err(e) = caller.require(permission) {
         return e.into_response();
     }
+    let note = gate.app.guard.note(&caller.tenant_id);
     parts.extensions.insert(Authorized(caller));
-    next.run(Request::from_parts(parts, body)).await
+    let mut response = next.run(Request::from_parts(parts, body)).await;
+    // Guardrails (issue 14): the caller's tenant is near a threshold or disabled (a cached
+    // note, refreshed at each evaluation: no query per request).
+    if let Some(value) = note.and_then(|n| axum::http::HeaderValue::from_str(&n).ok()) {
+        response.headers_mut().insert(WARNING_HEADER, value);
+    }
+    response
 }
+
+/// The response header that carries a tenant's reputation warning or disable reason.
+pub const WARNING_HEADER: &str = "x-petrel-warning";
 
 /// The `/v1` router with its document and gate. Fails when a route's declaration is
 /// inconsistent (a programming error the tests catch).

@@ -55,6 +55,9 @@ pub const DAY_MS: i64 = 86_400_000;
 /// Events of one message listed by `GET /v1/messages/{id}`.
 pub const MESSAGE_EVENTS_MAX: i64 = 1_000;
 
+/// The event type counted in `complained` (an open type: `EventType::Other`).
+pub const COMPLAINED: &str = "complained";
+
 /// The counter columns of `event_stats`, in [`Counts`] order.
 const COUNT_COLUMNS: [&str; 8] = [
     "sent",
@@ -79,7 +82,7 @@ pub struct Counts {
     pub deferred: i64,
     pub expired: i64,
     pub rejected: i64,
-    /// Always 0 until complaints are received (next issue).
+    /// `complained` events (ARF feedback reports at the return-path intake).
     pub complained: i64,
 }
 
@@ -90,7 +93,7 @@ impl Counts {
             .bounce
             .as_ref()
             .is_none_or(|b| b.class == BounceClass::Hard);
-        match e.kind {
+        match &e.kind {
             EventType::Accepted => self.sent += 1,
             EventType::Delivered => self.delivered += 1,
             EventType::Bounced if hard => self.bounced_hard += 1,
@@ -98,6 +101,7 @@ impl Counts {
             EventType::Deferred => self.deferred += 1,
             EventType::Expired => self.expired += 1,
             EventType::Rejected => self.rejected += 1,
+            EventType::Other(t) if t.as_str() == COMPLAINED => self.complained += 1,
             EventType::Other(_) => return false,
         }
         true

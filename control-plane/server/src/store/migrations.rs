@@ -266,4 +266,35 @@ ALTER TABLE events ADD COLUMN is_async BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE events ADD COLUMN details TEXT;
 "#,
     ),
+    (
+        6,
+        r#"
+CREATE TABLE guard_states (
+    tenant_id {ctext} NOT NULL,
+    scope_domain {ctext} NOT NULL,
+    metric TEXT NOT NULL,
+    level TEXT NOT NULL,
+    note TEXT NOT NULL,
+    rate_ppm BIGINT NOT NULL,
+    volume BIGINT NOT NULL,
+    changed_unix_ms BIGINT NOT NULL,
+    PRIMARY KEY (tenant_id, scope_domain, metric)
+);
+CREATE TABLE guard_baselines (
+    tenant_id {ctext} NOT NULL,
+    scope_domain {ctext} NOT NULL,
+    bucket_start_ms BIGINT NOT NULL,
+    sent BIGINT NOT NULL,
+    bounced_hard BIGINT NOT NULL,
+    complained BIGINT NOT NULL,
+    set_unix_ms BIGINT NOT NULL,
+    PRIMARY KEY (tenant_id, scope_domain)
+);
+CREATE TABLE guard_cap_lifts (
+    tenant_id {ctext} PRIMARY KEY,
+    lifted_by TEXT NOT NULL,
+    lifted_unix_ms BIGINT NOT NULL
+);
+"#,
+    ),
 ];

@@ -16,6 +16,7 @@ pub mod credentials;
 pub mod domains;
 pub mod engines;
 pub mod events;
+pub mod guardrails;
 pub mod limits;
 mod migrations;
 pub mod suppressions;

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod events;
+pub mod guardrails;
 pub mod plans;
 pub mod scenarios;
 pub mod suppression_push;
@@ -69,6 +70,8 @@ pub struct Tweaks {
     pub clock: Option<std::sync::Arc<dyn petrel_control::Clock>>,
     /// Another node on a database a first node set up (no owner key is created).
     pub second_node: bool,
+    /// Guardrails settings other than the defaults.
+    pub guardrails: Option<petrel_control::guardrails::GuardSettings>,
 }
 
 /// [`start_with`] with [`Tweaks`].
@@ -93,6 +96,7 @@ pub async fn start_custom(database_url: Option<String>, tweaks: Tweaks) -> Harne
     };
     let opts = ServeOptions {
         clock: tweaks.clock,
+        guardrails: tweaks.guardrails.unwrap_or_default(),
         ..test_options()
     };
     let (tx, rx) = tokio::sync::oneshot::channel();
