@@ -294,3 +294,73 @@ fn same_site(a: &str, b: &str, brands: &Brands) -> bool {
         _ => a.trim_start_matches("www.") == b.trim_start_matches("www."),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Checker, CheckerConfig};
+
+    fn rules(html: &str) -> String {
+        let mail = format!("From: <news@shop.com>\r\nContent-Type: text/html\r\n\r\n{html}\r\n");
+        let checker = Checker::new(&CheckerConfig::default()).unwrap();
+        checker
+            .check(mail.as_bytes(), &Sender::default())
+            .rule_names()
+    }
+
+    #[test]
+    fn link_text_is_compared_only_when_it_shows_a_domain() {
+        assert_eq!(rules(r#"<a href="https://evil.com/x">Sign in</a>"#), "");
+        assert_eq!(
+            rules(r#"<a href="https://evil.com/x">www.bank.com</a>"#),
+            "link_text_mismatch"
+        );
+        assert_eq!(
+            rules(r#"<a href="https://www.bank.com/x">bank.com</a>"#),
+            ""
+        );
+        assert_eq!(
+            rules(r#"<a href="http://192.0.2.8/x">www.bank.com</a>"#),
+            "link_text_mismatch, ip_link"
+        );
+    }
+
+    #[test]
+    fn the_senders_own_links_and_brand_text() {
+        // Through the sender's own tracking subdomain: not a mismatch.
+        assert_eq!(
+            rules(r#"<a href="https://click.shop.com/r/1">www.partner.com</a>"#),
+            ""
+        );
+        // But it does not vouch for a brand's domain.
+        assert_eq!(
+            rules(r#"<a href="https://click.shop.com/r/1">www.paypal.com</a>"#),
+            "brand_text_redirected"
+        );
+    }
+
+    #[test]
+    fn credential_forms() {
+        assert_eq!(
+            rules(r#"<form action="https://shop.com/a"><input type=password></form>"#),
+            "credential_form"
+        );
+        assert_eq!(
+            rules(r#"<form action="https://other.com/a"><input type=password></form>"#),
+            "credential_form_off_domain"
+        );
+        assert_eq!(
+            rules(r#"<form action="https://other.com/a"><input name=q></form>"#),
+            ""
+        );
+    }
+
+    #[test]
+    fn each_rule_scores_once() {
+        let v = Checker::new(&CheckerConfig::default()).unwrap().check(
+            b"Content-Type: text/html\r\n\r\n<a href=javascript:a>x</a><a href=javascript:b>y</a>",
+            &Sender::default(),
+        );
+        assert_eq!(v.score, Rule::ScriptLink.score());
+    }
+}

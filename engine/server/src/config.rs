@@ -27,6 +27,48 @@ pub struct EngineConfig {
     pub delivery: DeliverySection,
     pub control: ControlSection,
     pub events: EventsSection,
+    pub content: ContentSection,
+}
+
+/// Phishing-style content checks on a tenant's submissions (`petrel-content`): a message whose
+/// rules score `phishing_threshold` or more is refused with `550 5.7.1` before it is signed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ContentSection {
+    /// Check submissions (authenticated clients, and trusted-network mail of a tenant's From
+    /// domain) before signing (default true).
+    pub phishing_check: bool,
+    /// The score at which a message is refused (default
+    /// `petrel_content::PHISHING_THRESHOLD_DEFAULT`, 50: one strong rule alone).
+    pub phishing_threshold: u32,
+    /// Registrable domains of shared click-tracking redirects (an ESP's tracking domain, such
+    /// as `sendgrid.net`): a link through them counts as the sender's own, so a newsletter's
+    /// rewritten links are not link-text mismatches. A tenant's own domains count already.
+    pub redirect_domains: Vec<String>,
+}
+
+impl Default for ContentSection {
+    fn default() -> Self {
+        ContentSection {
+            phishing_check: true,
+            phishing_threshold: petrel_content::PHISHING_THRESHOLD_DEFAULT,
+            redirect_domains: Vec::new(),
+        }
+    }
+}
+
+impl ContentSection {
+    /// The checker this section describes; None when `phishing_check` is off.
+    pub fn checker(&self) -> Result<Option<petrel_content::Checker>, petrel_content::ContentError> {
+        if !self.phishing_check {
+            return Ok(None);
+        }
+        petrel_content::Checker::new(&petrel_content::CheckerConfig {
+            threshold: self.phishing_threshold,
+            redirect_domains: self.redirect_domains.clone(),
+        })
+        .map(Some)
+    }
 }
 
 /// Delivery events: the JSON-lines files operators may ship themselves, and the durable backlog
@@ -455,6 +497,9 @@ impl EngineConfig {
                 "events.backlog_bytes_max",
                 &format!("must be at least {EVENTS_BACKLOG_BYTES_MIN}"),
             );
+        }
+        if let Err(e) = self.content.checker() {
+            return bad("content", &e.to_string());
         }
         if self.smtp.command_line_max_bytes < 512 {
             return bad("smtp.command_line_max_bytes", "RFC 5321 needs at least 512");
