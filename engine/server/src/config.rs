@@ -588,6 +588,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn content_section_defaults_on_and_is_validated() {
+        let c = EngineConfig::from_toml("").expect("defaults are valid");
+        assert!(c.content.phishing_check);
+        assert!(c.content.checker().expect("default checker").is_some());
+        let off = EngineConfig::from_toml("[content]\nphishing_check = false\n").unwrap();
+        assert!(off.content.checker().unwrap().is_none());
+        let tuned = EngineConfig::from_toml(
+            "[content]\nphishing_threshold = 80\nredirect_domains = [\"sendgrid.net\"]\n",
+        )
+        .unwrap();
+        assert_eq!(tuned.content.phishing_threshold, 80);
+        for bad in [
+            "[content]\nphishing_threshold = 0\n",
+            "[content]\nredirect_domains = [\"click.sendgrid.net\"]\n",
+        ] {
+            let e = EngineConfig::from_toml(bad).unwrap_err().to_string();
+            assert!(e.contains("content"), "{e}");
+        }
+    }
+
+    #[test]
     fn empty_file_gives_defaults() {
         let c = EngineConfig::from_toml("").expect("defaults are valid");
         assert_eq!(c.smtp.listen.port(), 2525);
