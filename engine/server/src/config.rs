@@ -28,6 +28,48 @@ pub struct EngineConfig {
     pub control: ControlSection,
     pub events: EventsSection,
     pub intake: IntakeSection,
+    pub content: ContentSection,
+}
+
+/// Phishing-style content checks on a tenant's submissions (`petrel-content`): a message whose
+/// rules score `phishing_threshold` or more is refused with `550 5.7.1` before it is signed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ContentSection {
+    /// Check submissions (authenticated clients, and trusted-network mail of a tenant's From
+    /// domain) before signing (default true).
+    pub phishing_check: bool,
+    /// The score at which a message is refused (default
+    /// `petrel_content::PHISHING_THRESHOLD_DEFAULT`, 50: one strong rule alone).
+    pub phishing_threshold: u32,
+    /// Registrable domains of shared click-tracking redirects (an ESP's tracking domain, such
+    /// as `sendgrid.net`): a link through them counts as the sender's own, so a newsletter's
+    /// rewritten links are not link-text mismatches. A tenant's own domains count already.
+    pub redirect_domains: Vec<String>,
+}
+
+impl Default for ContentSection {
+    fn default() -> Self {
+        ContentSection {
+            phishing_check: true,
+            phishing_threshold: petrel_content::PHISHING_THRESHOLD_DEFAULT,
+            redirect_domains: Vec::new(),
+        }
+    }
+}
+
+impl ContentSection {
+    /// The checker this section describes; None when `phishing_check` is off.
+    pub fn checker(&self) -> Result<Option<petrel_content::Checker>, petrel_content::ContentError> {
+        if !self.phishing_check {
+            return Ok(None);
+        }
+        petrel_content::Checker::new(&petrel_content::CheckerConfig {
+            threshold: self.phishing_threshold,
+            redirect_domains: self.redirect_domains.clone(),
+        })
+        .map(Some)
+    }
 }
 
 /// The return-path intake (issue 14): the listener that bounce domains' MX records point at. It
@@ -497,6 +539,9 @@ impl EngineConfig {
         if self.intake.listen == Some(self.smtp.listen) && self.smtp.listen.port() != 0 {
             return bad("intake.listen", "must differ from smtp.listen");
         }
+        if let Err(e) = self.content.checker() {
+            return bad("content", &e.to_string());
+        }
         if self.smtp.command_line_max_bytes < 512 {
             return bad("smtp.command_line_max_bytes", "RFC 5321 needs at least 512");
         }
@@ -582,6 +627,27 @@ impl EngineConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn content_section_defaults_on_and_is_validated() {
+        let c = EngineConfig::from_toml("").expect("defaults are valid");
+        assert!(c.content.phishing_check);
+        assert!(c.content.checker().expect("default checker").is_some());
+        let off = EngineConfig::from_toml("[content]\nphishing_check = false\n").unwrap();
+        assert!(off.content.checker().unwrap().is_none());
+        let tuned = EngineConfig::from_toml(
+            "[content]\nphishing_threshold = 80\nredirect_domains = [\"sendgrid.net\"]\n",
+        )
+        .unwrap();
+        assert_eq!(tuned.content.phishing_threshold, 80);
+        for bad in [
+            "[content]\nphishing_threshold = 0\n",
+            "[content]\nredirect_domains = [\"click.sendgrid.net\"]\n",
+        ] {
+            let e = EngineConfig::from_toml(bad).unwrap_err().to_string();
+            assert!(e.contains("content"), "{e}");
+        }
+    }
 
     #[test]
     fn empty_file_gives_defaults() {

@@ -38,6 +38,16 @@ pub struct ShardSetup {
     pub ready: std::sync::mpsc::Sender<Result<SocketAddr, crate::error::EngineError>>,
 }
 
+/// The `[content]` checker. The configuration was validated at start (`EngineConfig::validate`
+/// builds it too), so an error here cannot happen; were it to, the shipped defaults check
+/// rather than nothing.
+fn content_checker(cfg: &EngineConfig) -> Option<petrel_content::Checker> {
+    cfg.content.checker().unwrap_or_else(|e| {
+        tracing::error!(error = %e, "content checker configuration; using the defaults");
+        petrel_content::Checker::new(&petrel_content::CheckerConfig::default()).ok()
+    })
+}
+
 /// Per-shard state shared by its tasks (`Rc`: one thread).
 pub struct ShardCtx {
     pub shard: usize,
@@ -53,6 +63,8 @@ pub struct ShardCtx {
     pub policy: Arc<petrel_policy::PolicyStore>,
     /// Where sessions report `rejected` events (disabled without delivery).
     pub events: petrel_delivery::EventSink,
+    /// The phishing-content checker of `[content]` (None when `phishing_check` is off).
+    pub content: Option<petrel_content::Checker>,
     /// Closed when the shutdown grace period ends: every session still open is cut.
     cut: (async_channel::Sender<()>, async_channel::Receiver<()>),
     trace_seq: Cell<u64>,
@@ -82,6 +94,7 @@ impl ShardCtx {
                 .delivery
                 .as_ref()
                 .map_or_else(petrel_delivery::EventSink::disabled, |d| d.events.clone()),
+            content: content_checker(&setup.cfg),
             cut: async_channel::bounded(1),
             trace_seq: Cell::new(0),
             sessions_open: Cell::new(0),

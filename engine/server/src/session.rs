@@ -430,9 +430,9 @@ impl Driver {
         );
         let (body, attribution) = match prepared {
             Ok(p) => p,
-            Err(reply) => {
-                metrics::counter!(m::REJECTIONS_TOTAL, "reason" => "message_check").increment(1);
-                return DataVerdict::Reject(reply);
+            Err(refused) => {
+                metrics::counter!(m::REJECTIONS_TOTAL, "reason" => refused.reason).increment(1);
+                return DataVerdict::Reject(refused.reply);
             }
         };
         let warning = crate::sign_and_spool::reputation_warning(&self.ctx, &attribution);

@@ -1,6 +1,9 @@
 //! What happens between end-of-data and the 250: message checks, trace headers, DKIM signing,
 //! the durable spool commit, and the hand-off to the shard's delivery queues.
 //!
+//! Phishing-style content of a tenant's submission is refused before signing (`[content]`,
+//! `petrel-content`): nothing refused is signed or stored.
+//!
 //! Signing happens before spooling, so the signature survives restarts and a message is signed
 //! exactly once however many times it is attempted.
 
@@ -14,9 +17,27 @@ use crate::clock::now_ms;
 use crate::ctx::ShardCtx;
 use crate::metrics as m;
 
+/// A message refused before it was stored: the reply, and the `reason` label the rejections
+/// metric counts it under.
+#[derive(Debug)]
+pub struct Refusal {
+    pub reason: &'static str,
+    pub reply: Reply,
+}
+
+impl Refusal {
+    fn message_check(reply: Reply) -> Refusal {
+        Refusal {
+            reason: "message_check",
+            reply,
+        }
+    }
+}
+
 /// Runs the message checks, adds Received (and Message-ID/Date for submissions), removes the
-/// X-Petrel headers, signs. Returns the message to spool and its attribution; a malformed
-/// X-Petrel header is refused here (`550 5.6.0 <reason>`), before anything is stored.
+/// X-Petrel headers, checks a tenant's submission for phishing-style content, signs. Returns the
+/// message to spool and its attribution; a malformed X-Petrel header (`550 5.6.0 <reason>`) and
+/// phishing-style content (`550 5.7.1`) are refused here, before anything is stored.
 pub fn prepare(
     ctx: &ShardCtx,
     tx: &Transaction,
@@ -24,7 +45,7 @@ pub fn prepare(
     tls: Option<&str>,
     identity: Option<&Identity>,
     trace_id: &str,
-) -> Result<(Vec<u8>, Attribution), Reply> {
+) -> Result<(Vec<u8>, Attribution), Refusal> {
     let now_ms = now_ms();
     let trace = TraceInfo {
         hostname: &ctx.cfg.server.hostname,
@@ -41,7 +62,7 @@ pub fn prepare(
         submission: identity.is_some(),
     };
     let prepared = petrel_smtp::prepare(&tx.data, &trace, HEADER_SECTION_MAX_BYTES_DEFAULT)
-        .map_err(|e| e.reply())?;
+        .map_err(|e| Refusal::message_check(e.reply()))?;
     let trusted = ctx.is_trusted(peer.ip());
     let policy = ctx.policy.peek();
     // The tenant that owns the From domain, when the policy knows one.
@@ -58,12 +79,18 @@ pub fn prepare(
         from_domain,
     } = prepared;
     let identity_tenant = identity.map(|i| i.tenant.as_deref());
-    let tenant_id = tenant_of(identity_tenant, trusted, domain_tenant).map(str::to_string);
+    let tenant = tenant_of(identity_tenant, trusted, domain_tenant);
     // Guardrails (issue 14): a tenant or From domain whose sending the control plane disabled
     // is refused before signing and storing (`550 5.7.1 sending disabled: <reason>`).
-    if let Err(denial) = policy.check_message(tenant_id.as_deref(), from_domain.as_deref()) {
+    if let Err(denial) = policy.check_message(tenant, from_domain.as_deref()) {
         let (code, enhanced, text) = denial.reply();
-        return Err(Reply::new(code, enhanced, text));
+        return Err(Refusal {
+            reason: "sending_disabled",
+            reply: Reply::new(code, enhanced, text),
+        });
+    }
+    if identity.is_some() || tenant.is_some() {
+        check_content(ctx, &policy, &tx.data, from_domain.as_deref(), tenant)?;
     }
     let message = match from_domain.as_deref() {
         Some(domain) if policy.has_signers() => {
@@ -73,7 +100,7 @@ pub fn prepare(
         _ => message,
     };
     let attribution = Attribution {
-        tenant_id,
+        tenant_id: tenant.map(str::to_string),
         credential_id: identity
             .and_then(|i| i.policy.as_ref())
             .map(|p| p.credential_id.clone()),
@@ -83,6 +110,54 @@ pub fn prepare(
         metadata,
     };
     Ok((message, attribution))
+}
+
+/// Refuses phishing-style content (`[content] phishing_check`): `550 5.7.1 message refused:
+/// looks like phishing (<rule names>)`. A link through one of the tenant's own sending domains
+/// (its click-tracking domain) counts as the sender's own.
+fn check_content(
+    ctx: &ShardCtx,
+    policy: &petrel_policy::CompiledPolicy,
+    message: &[u8],
+    from_domain: Option<&str>,
+    tenant: Option<&str>,
+) -> Result<(), Refusal> {
+    let Some(checker) = ctx.content.as_ref() else {
+        return Ok(());
+    };
+    let own = |host: &str| {
+        tenant.is_some()
+            && policy
+                .find_domain(host)
+                .is_some_and(|d| Some(d.tenant_id.as_str()) == tenant)
+    };
+    let verdict = checker.check(
+        message,
+        &petrel_content::Sender {
+            from_domain,
+            own_domain: &own,
+        },
+    );
+    if !verdict.blocked() {
+        return Ok(());
+    }
+    let rules = verdict.rule_names();
+    tracing::info!(
+        tenant,
+        score = verdict.score,
+        rules,
+        "phishing-style content refused"
+    );
+    // What fired it (URLs of the message, possibly with tokens): debug only.
+    tracing::debug!(hits = ?verdict.hits, "phishing-style content hits");
+    Err(Refusal {
+        reason: "content",
+        reply: Reply::new(
+            550,
+            (5, 7, 1),
+            format!("message refused: looks like phishing ({rules})"),
+        ),
+    })
 }
 
 /// The tenant a message is attributed to: the authenticated identity's (none for a config-file
