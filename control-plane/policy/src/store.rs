@@ -167,6 +167,7 @@ mod tests {
                 messages_per_second_max: None,
                 messages_per_day_max: None,
                 allow_unverified_domains: false,
+                list_unsubscribe: false,
             }],
             domains: vec![SendingDomain {
                 tenant_id: "t1".into(),

@@ -25,6 +25,7 @@ fn tenant(id: &str) -> Tenant {
         messages_per_second_max: None,
         messages_per_day_max: None,
         allow_unverified_domains: false,
+        list_unsubscribe: false,
     }
 }
 

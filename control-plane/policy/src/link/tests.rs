@@ -67,6 +67,7 @@ fn snapshot_bytes(version: u64) -> Vec<u8> {
             messages_per_second_max: None,
             messages_per_day_max: None,
             allow_unverified_domains: false,
+            list_unsubscribe: false,
         }],
         ..Default::default()
     };

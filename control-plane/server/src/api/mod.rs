@@ -11,6 +11,7 @@
 
 pub mod audit;
 pub mod credentials;
+pub mod dmarc;
 pub mod domains;
 pub mod engines;
 pub mod events;
@@ -19,6 +20,7 @@ pub mod openapi;
 pub mod stats;
 pub mod suppressions;
 pub mod tenants;
+pub mod unsubscribe;
 pub mod webhooks;
 
 use std::ops::Deref;
@@ -69,6 +71,8 @@ pub struct AppState {
     pub db: Db,
     pub clock: Arc<dyn Clock>,
     pub throttle: Throttle,
+    /// Forged one-click unsubscribe tokens per client address (`unsubscribe`).
+    pub one_click_throttle: Throttle,
     pub verify_cache: VerifyCache,
     pub dns: DnsChecker,
     pub settings: Settings,
@@ -135,7 +139,7 @@ pub fn routes() -> OpenApiRouter<App> {
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(openapi::document))
         .routes(routes!(tenants::create, tenants::list))
-        .routes(routes!(tenants::show))
+        .routes(routes!(tenants::show, tenants::update))
         .routes(routes!(tenants::suspend))
         .routes(routes!(tenants::unsuspend))
         .routes(routes!(limits::set_tenant))
@@ -143,6 +147,7 @@ pub fn routes() -> OpenApiRouter<App> {
         .routes(routes!(domains::show, domains::delete))
         .routes(routes!(domains::verify))
         .routes(routes!(domains::rotate))
+        .routes(routes!(dmarc::show))
         .routes(routes!(limits::set_domain))
         .routes(routes!(credentials::create, credentials::list))
         .routes(routes!(credentials::show))
@@ -168,6 +173,7 @@ pub fn routes() -> OpenApiRouter<App> {
         .routes(routes!(suppressions::delete))
         .routes(routes!(suppressions::bulk::import))
         .routes(routes!(suppressions::bulk::export))
+        .routes(routes!(unsubscribe::page, unsubscribe::post))
 }
 
 /// What the route gate needs: the app (to authenticate) and the access table.

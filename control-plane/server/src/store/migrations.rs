@@ -266,4 +266,11 @@ ALTER TABLE events ADD COLUMN is_async BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE events ADD COLUMN details TEXT;
 "#,
     ),
+    (
+        8,
+        r#"
+ALTER TABLE tenants ADD COLUMN list_unsubscribe BIGINT NOT NULL DEFAULT 0;
+CREATE INDEX events_dmarc ON events (tenant_id, from_domain, timestamp_ms) WHERE type = 'dmarc_report';
+"#,
+    ),
 ];

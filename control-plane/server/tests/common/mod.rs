@@ -7,6 +7,7 @@ pub mod plans;
 pub mod scenarios;
 pub mod suppressions;
 pub mod suppressions_api;
+pub mod unsubscribe;
 pub mod webhooks;
 
 use std::net::SocketAddr;
