@@ -30,6 +30,7 @@ pub mod ctx;
 pub mod delivery_setup;
 pub mod engine;
 pub mod error;
+pub mod list_unsubscribe;
 pub mod metrics;
 pub mod pressure;
 pub mod rejections;

@@ -392,7 +392,7 @@ impl Driver {
             self.identity.as_ref(),
             &trace_id,
         );
-        let (body, attribution) = match prepared {
+        let (body, attribution, reserved_id) = match prepared {
             Ok(p) => p,
             Err(reply) => {
                 metrics::counter!(m::REJECTIONS_TOTAL, "reason" => "message_check").increment(1);
@@ -406,6 +406,7 @@ impl Driver {
             self.identity.as_ref(),
             body,
             attribution,
+            reserved_id,
         )
         .await
         {

@@ -2,21 +2,26 @@
 //! the durable spool commit, and the hand-off to the shard's delivery queues.
 //!
 //! Signing happens before spooling, so the signature survives restarts and a message is signed
-//! exactly once however many times it is attempted.
+//! exactly once however many times it is attempted. The List-Unsubscribe headers
+//! (`list_unsubscribe`) are added just before signing, under a message id reserved from the
+//! spool for the store that follows.
 
 use std::net::SocketAddr;
 
 use petrel_smtp::{Prepared, Reply, TraceInfo, Transaction, HEADER_SECTION_MAX_BYTES_DEFAULT};
-use petrel_spool::{Attribution, Envelope, Recipient, RecipientState};
+use petrel_spool::{Attribution, Envelope, MessageId, Recipient, RecipientState};
 
 use crate::auth::Identity;
 use crate::clock::now_ms;
 use crate::ctx::ShardCtx;
+use crate::list_unsubscribe;
 use crate::metrics as m;
 
 /// Runs the message checks, adds Received (and Message-ID/Date for submissions), removes the
-/// X-Petrel headers, signs. Returns the message to spool and its attribution; a malformed
-/// X-Petrel header is refused here (`550 5.6.0 <reason>`), before anything is stored.
+/// X-Petrel headers, adds List-Unsubscribe when the tenant asked for it, signs. Returns the
+/// message to spool, its attribution, and the message id reserved for it when one was written
+/// into it; a malformed X-Petrel header is refused here (`550 5.6.0 <reason>`), before
+/// anything is stored.
 pub fn prepare(
     ctx: &ShardCtx,
     tx: &Transaction,
@@ -24,7 +29,7 @@ pub fn prepare(
     tls: Option<&str>,
     identity: Option<&Identity>,
     trace_id: &str,
-) -> Result<(Vec<u8>, Attribution), Reply> {
+) -> Result<(Vec<u8>, Attribution, Option<MessageId>), Reply> {
     let now_ms = now_ms();
     let trace = TraceInfo {
         hostname: &ctx.cfg.server.hostname,
@@ -58,6 +63,8 @@ pub fn prepare(
         from_domain,
     } = prepared;
     let identity_tenant = identity.map(|i| i.tenant.as_deref());
+    let tenant = tenant_of(identity_tenant, trusted, domain_tenant);
+    let (message, reserved_id) = add_list_unsubscribe(ctx, &policy, tenant, tx, message);
     let message = match from_domain.as_deref() {
         Some(domain) if policy.has_signers() => {
             let allowed = may_sign(identity_tenant, trusted, domain_tenant);
@@ -66,7 +73,7 @@ pub fn prepare(
         _ => message,
     };
     let attribution = Attribution {
-        tenant_id: tenant_of(identity_tenant, trusted, domain_tenant).map(str::to_string),
+        tenant_id: tenant.map(str::to_string),
         credential_id: identity
             .and_then(|i| i.policy.as_ref())
             .map(|p| p.credential_id.clone()),
@@ -75,7 +82,33 @@ pub fn prepare(
         tags,
         metadata,
     };
-    Ok((message, attribution))
+    Ok((message, attribution, reserved_id))
+}
+
+/// The List-Unsubscribe headers, when the message's tenant turned them on and the message has
+/// one recipient: a message id is reserved from the spool first, since the links name it.
+fn add_list_unsubscribe(
+    ctx: &ShardCtx,
+    policy: &petrel_policy::CompiledPolicy,
+    tenant: Option<&str>,
+    tx: &Transaction,
+    message: Vec<u8>,
+) -> (Vec<u8>, Option<MessageId>) {
+    let Some(tenant_id) = tenant else {
+        return (message, None);
+    };
+    let req = list_unsubscribe::Request {
+        tenant_id,
+        recipients: &tx.recipients,
+    };
+    if !list_unsubscribe::wanted(policy, &req) {
+        return (message, None);
+    }
+    match ctx.spool.reserve_id() {
+        Ok(id) => (list_unsubscribe::add(policy, &req, id.0, message), Some(id)),
+        // The store that follows fails the same way and answers 451.
+        Err(_) => (message, None),
+    }
 }
 
 /// The tenant a message is attributed to: the authenticated identity's (none for a config-file
@@ -141,6 +174,7 @@ pub async fn spool_and_queue(
     identity: Option<&Identity>,
     body: Vec<u8>,
     attribution: Attribution,
+    reserved_id: Option<MessageId>,
 ) -> Result<String, Reply> {
     let received_unix_ms = now_ms();
     let envelope = Envelope {
@@ -167,7 +201,7 @@ pub async fn spool_and_queue(
     };
     let id = match ctx
         .spool
-        .store_attributed(&envelope, &attribution, &body)
+        .store_attributed_as(reserved_id, &envelope, &attribution, &body)
         .await
     {
         Ok(id) => id,
