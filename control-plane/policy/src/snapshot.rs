@@ -98,6 +98,11 @@ pub struct Tenant {
     /// 250 after DATA; None: none.
     #[serde(default)]
     pub reputation_warning: Option<String>,
+    /// Add `List-Unsubscribe` (RFC 2369) and `List-Unsubscribe-Post` (RFC 8058) to this
+    /// tenant's one-recipient messages before DKIM signing (issue 14). Off unless the tenant
+    /// asks: a transactional sender does not want an unsubscribe link on a password reset.
+    #[serde(default)]
+    pub list_unsubscribe: bool,
 }
 
 /// A domain a tenant sends from (the MAIL FROM / From: domain), with its DKIM keys.
@@ -539,6 +544,7 @@ mod tests {
                 }),
                 sending_disabled: None,
                 reputation_warning: Some("bounce rate 8.5% nears 10%".into()),
+                list_unsubscribe: false,
             }],
             domains: vec![SendingDomain {
                 tenant_id: "t1".into(),

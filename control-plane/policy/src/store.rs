@@ -211,6 +211,7 @@ mod tests {
                 new_tenant_cap: None,
                 sending_disabled: None,
                 reputation_warning: None,
+                list_unsubscribe: false,
             }],
             domains: vec![SendingDomain {
                 tenant_id: "t1".into(),

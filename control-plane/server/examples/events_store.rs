@@ -294,6 +294,7 @@ fn app(db: Db) -> anyhow::Result<App> {
         db,
         clock: Arc::new(SystemClock),
         throttle: auth::api_throttle(),
+        one_click_throttle: petrel_control::api::unsubscribe::one_click_throttle(),
         verify_cache: auth::VerifyCache::default(),
         webhooks: petrel_control::webhooks::Webhooks::new(dns.clone(), false, None)?,
         dns,

@@ -54,6 +54,7 @@ pub async fn ensure_operator(
         messages_per_day_max: None,
         allow_unverified_domains: false,
         created_unix_ms: clock.now_unix_ms(),
+        list_unsubscribe: false,
     };
     let prepared = NewCredential::api_key(&tenant.id, "bootstrap owner key", Role::Owner)
         .prepare(cost)
@@ -181,6 +182,7 @@ async fn create_dev(info: &ServeInfo) -> Result<DevBootstrap, ControlError> {
                 messages_per_day_max: None,
                 allow_unverified_domains: true,
                 created_unix_ms: now,
+                list_unsubscribe: false,
             },
             false,
         ),

@@ -251,6 +251,7 @@ pub async fn serve_with(
         db,
         clock,
         throttle: auth::api_throttle(),
+        one_click_throttle: api::unsubscribe::one_click_throttle(),
         verify_cache: auth::VerifyCache::default(),
         dns,
         settings: api::Settings {

@@ -45,6 +45,7 @@ pub async fn build(
             messages_per_second_max: u32_sat(t.messages_per_second_max),
             messages_per_day_max: t.messages_per_day_max,
             allow_unverified_domains: t.allow_unverified_domains,
+            list_unsubscribe: t.list_unsubscribe,
         })
         .collect();
     tenants.sort_by(|a, b| a.id.cmp(&b.id));

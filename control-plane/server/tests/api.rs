@@ -89,13 +89,16 @@ async fn openapi_lists_every_route() {
     );
     let table = AccessTable::from_document(&r.body).expect("every route declares its access");
     let entries = table.entries();
-    assert_eq!(entries.len(), 46, "{entries:?}");
+    assert_eq!(entries.len(), 50, "{entries:?}");
     let public: Vec<_> = entries
         .iter()
         .filter(|(_, _, a)| *a == Access::Public)
         .map(|(m, p, _)| format!("{m} {p}"))
         .collect();
-    assert_eq!(public, ["GET /v1/openapi.json"]);
+    assert_eq!(
+        public,
+        ["GET /u/{token}", "POST /u/{token}", "GET /v1/openapi.json"]
+    );
     let schemas = &r.body["components"]["schemas"];
     for (method, path, access) in &entries {
         let op = &r.body["paths"][path.as_str()][method.as_str().to_ascii_lowercase()];
@@ -111,7 +114,13 @@ async fn openapi_lists_every_route() {
         }
         if let Some(body) = op.get("requestBody") {
             let content = &body["content"];
-            if content.get("application/json").is_none() {
+            if path == "/u/{token}" {
+                // RFC 8058's one-click POST is a form.
+                assert!(
+                    content.get("application/x-www-form-urlencoded").is_some(),
+                    "{method} {path}: body {content}"
+                );
+            } else if content.get("application/json").is_none() {
                 // The suppression import: CSV or JSON lines, streamed.
                 assert!(
                     content.get("text/csv").is_some()
@@ -148,6 +157,8 @@ async fn openapi_lists_every_route() {
                 let content = &resp["content"];
                 assert!(
                     content["application/json"]["schema"].is_object()
+                        // The one-click confirmation page.
+                        || content["text/html"]["schema"].is_object()
                         || (content.get("text/csv").is_some()
                             && content.get("application/x-ndjson").is_some()),
                     "{method} {path} {status}: no schema"

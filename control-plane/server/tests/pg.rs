@@ -482,3 +482,43 @@ async fn pg_each_suppression_query_uses_its_index() {
     }
     db.drop_db().await;
 }
+
+/// Issue 14's control-plane parts on PostgreSQL: the tenant setting, one-click unsubscribe,
+/// the DMARC summary, and its query served by the partial index `events_dmarc`.
+#[tokio::test]
+async fn pg_unsubscribe_and_dmarc() {
+    let Some(base) = pg_url() else { return };
+    let db = TestDb::create(&base).await;
+    {
+        let h = common::start_with(Some(db.url.clone())).await;
+        common::unsubscribe::tenant_setting(&h).await;
+        common::unsubscribe::one_click(&h, Some(&db.url)).await;
+        common::unsubscribe::dmarc(&h, Some(&db.url)).await;
+        let pool = sqlx::AnyPool::connect(&db.url).await.expect("open db");
+        common::plans::load(&pool).await;
+        sqlx::query("ANALYZE")
+            .execute(&pool)
+            .await
+            .expect("analyze");
+        let plan: Vec<String> = sqlx::query(&format!(
+            "EXPLAIN {}",
+            petrel_control::store::dmarc::DMARC_SQL
+        ))
+        .bind(common::plans::PLAN_TENANT)
+        .bind("a.example.test")
+        .bind(0i64)
+        .bind(i64::MAX)
+        .bind(1000i64)
+        .fetch_all(&pool)
+        .await
+        .expect("explain")
+        .iter()
+        .map(|r| r.try_get::<String, _>(0).expect("plan line"))
+        .collect();
+        let plan = plan.join("\n");
+        assert!(plan.contains("events_dmarc"), "{plan}");
+        assert!(!plan.contains("Seq Scan on events"), "{plan}");
+        pool.close().await;
+    }
+    db.drop_db().await;
+}

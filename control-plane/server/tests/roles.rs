@@ -92,6 +92,13 @@ fn cases(b_tenant: &str, b_domain: &str, b_cred: &str, b_hook: &str) -> Vec<Case
             |_| Some(json!({})),
         ),
         c(
+            "PATCH",
+            "/v1/tenants/{id}",
+            P::TenantsManage,
+            OtherTenant,
+            |_| Some(json!({})),
+        ),
+        c(
             "POST",
             "/v1/tenants/{id}/suspend",
             P::TenantsManage,
@@ -116,6 +123,13 @@ fn cases(b_tenant: &str, b_domain: &str, b_cred: &str, b_hook: &str) -> Vec<Case
             Some(json!({"name": format!("r{n}.example.test")}))
         }),
         c("GET", "/v1/domains", P::DomainsRead, Own, none),
+        c(
+            "GET",
+            "/v1/domains/{id}/dmarc",
+            P::DomainsRead,
+            OtherTenantsObject,
+            none,
+        ),
         c(
             "GET",
             "/v1/domains/{id}",

@@ -33,6 +33,7 @@ pub mod error;
 pub mod intake;
 pub mod intake_keys;
 pub mod intake_session;
+pub mod list_unsubscribe;
 pub mod metrics;
 pub mod pressure;
 pub mod rejections;

@@ -428,7 +428,7 @@ impl Driver {
             self.identity.as_ref(),
             &trace_id,
         );
-        let (body, attribution) = match prepared {
+        let (body, attribution, reserved_id) = match prepared {
             Ok(p) => p,
             Err(refused) => {
                 metrics::counter!(m::REJECTIONS_TOTAL, "reason" => refused.reason).increment(1);
@@ -443,6 +443,7 @@ impl Driver {
             self.identity.as_ref(),
             body,
             attribution,
+            reserved_id,
         )
         .await
         {

@@ -5,16 +5,19 @@
 //! `petrel-content`): nothing refused is signed or stored.
 //!
 //! Signing happens before spooling, so the signature survives restarts and a message is signed
-//! exactly once however many times it is attempted.
+//! exactly once however many times it is attempted. The List-Unsubscribe headers
+//! (`list_unsubscribe`) are added just before signing, under a message id reserved from the
+//! spool for the store that follows.
 
 use std::net::SocketAddr;
 
 use petrel_smtp::{Prepared, Reply, TraceInfo, Transaction, HEADER_SECTION_MAX_BYTES_DEFAULT};
-use petrel_spool::{Attribution, Envelope, Recipient, RecipientState};
+use petrel_spool::{Attribution, Envelope, MessageId, Recipient, RecipientState};
 
 use crate::auth::Identity;
 use crate::clock::now_ms;
 use crate::ctx::ShardCtx;
+use crate::list_unsubscribe;
 use crate::metrics as m;
 
 /// A message refused before it was stored: the reply, and the `reason` label the rejections
@@ -35,9 +38,11 @@ impl Refusal {
 }
 
 /// Runs the message checks, adds Received (and Message-ID/Date for submissions), removes the
-/// X-Petrel headers, checks a tenant's submission for phishing-style content, signs. Returns the
-/// message to spool and its attribution; a malformed X-Petrel header (`550 5.6.0 <reason>`) and
-/// phishing-style content (`550 5.7.1`) are refused here, before anything is stored.
+/// X-Petrel headers, checks a tenant's submission (sending not disabled, no phishing-style
+/// content), adds List-Unsubscribe when the tenant asked for it, signs. Returns the message to
+/// spool, its attribution, and the message id reserved for it when one was written into it; a
+/// malformed X-Petrel header (`550 5.6.0 <reason>`), disabled sending and phishing-style
+/// content (`550 5.7.1`) are refused here, before anything is stored.
 pub fn prepare(
     ctx: &ShardCtx,
     tx: &Transaction,
@@ -45,7 +50,7 @@ pub fn prepare(
     tls: Option<&str>,
     identity: Option<&Identity>,
     trace_id: &str,
-) -> Result<(Vec<u8>, Attribution), Refusal> {
+) -> Result<(Vec<u8>, Attribution, Option<MessageId>), Refusal> {
     let now_ms = now_ms();
     let trace = TraceInfo {
         hostname: &ctx.cfg.server.hostname,
@@ -92,6 +97,7 @@ pub fn prepare(
     if identity.is_some() || tenant.is_some() {
         check_content(ctx, &policy, &tx.data, from_domain.as_deref(), tenant)?;
     }
+    let (message, reserved_id) = add_list_unsubscribe(ctx, &policy, tenant, tx, message);
     let message = match from_domain.as_deref() {
         Some(domain) if policy.has_signers() => {
             let allowed = may_sign(identity_tenant, trusted, domain_tenant);
@@ -109,7 +115,33 @@ pub fn prepare(
         tags,
         metadata,
     };
-    Ok((message, attribution))
+    Ok((message, attribution, reserved_id))
+}
+
+/// The List-Unsubscribe headers, when the message's tenant turned them on and the message has
+/// one recipient: a message id is reserved from the spool first, since the links name it.
+fn add_list_unsubscribe(
+    ctx: &ShardCtx,
+    policy: &petrel_policy::CompiledPolicy,
+    tenant: Option<&str>,
+    tx: &Transaction,
+    message: Vec<u8>,
+) -> (Vec<u8>, Option<MessageId>) {
+    let Some(tenant_id) = tenant else {
+        return (message, None);
+    };
+    let req = list_unsubscribe::Request {
+        tenant_id,
+        recipients: &tx.recipients,
+    };
+    if !list_unsubscribe::wanted(policy, &req) {
+        return (message, None);
+    }
+    match ctx.spool.reserve_id() {
+        Ok(id) => (list_unsubscribe::add(policy, &req, id.0, message), Some(id)),
+        // The store that follows fails the same way and answers 451.
+        Err(_) => (message, None),
+    }
 }
 
 /// Refuses phishing-style content (`[content] phishing_check`): `550 5.7.1 message refused:
@@ -235,6 +267,7 @@ pub async fn spool_and_queue(
     identity: Option<&Identity>,
     body: Vec<u8>,
     attribution: Attribution,
+    reserved_id: Option<MessageId>,
 ) -> Result<String, Reply> {
     let received_unix_ms = now_ms();
     let envelope = Envelope {
@@ -261,7 +294,7 @@ pub async fn spool_and_queue(
     };
     let id = match ctx
         .spool
-        .store_attributed(&envelope, &attribution, &body)
+        .store_attributed_as(reserved_id, &envelope, &attribution, &body)
         .await
     {
         Ok(id) => id,

@@ -70,6 +70,9 @@ pub enum SpoolError {
     /// The configuration is unusable.
     #[error("bad spool configuration: {0}")]
     Config(&'static str),
+    /// `store_attributed_as` got an id this spool did not hand out (`reserve_id`).
+    #[error("message id {0:016x} was not reserved by this spool")]
+    NotReserved(u64),
 }
 
 impl SpoolError {
@@ -84,7 +87,8 @@ impl SpoolError {
             | SpoolError::TooLarge { .. }
             | SpoolError::RecipientIndex { .. }
             | SpoolError::Encode { .. }
-            | SpoolError::Config(_) => false,
+            | SpoolError::Config(_)
+            | SpoolError::NotReserved(_) => false,
         }
     }
 

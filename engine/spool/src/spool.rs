@@ -105,7 +105,42 @@ impl Spool {
         attribution: &Attribution,
         body: &[u8],
     ) -> Result<MessageId, SpoolError> {
+        self.store_attributed_as(None, envelope, attribution, body)
+            .await
+    }
+
+    /// Takes the next message id now, for a message stored later with
+    /// [`Spool::store_attributed_as`]: the engine writes it into the message (a one-click
+    /// unsubscribe token) before signing, so before the store. An id reserved and never stored
+    /// is a gap in the sequence, which nothing minds (a restart may hand it out again: no
+    /// message was accepted under it); stored ids stay unique, since recovery restarts the
+    /// sequence above every stored id.
+    pub fn reserve_id(&self) -> Result<MessageId, SpoolError> {
+        let mut st = self.inner.state.borrow_mut();
+        if st.next_id_seq > ID_SEQUENCE_MAX {
+            return Err(SpoolError::Unhealthy("message id sequence exhausted"));
+        }
+        let id = MessageId::new(self.inner.cfg.shard, st.next_id_seq);
+        st.next_id_seq += 1;
+        Ok(id)
+    }
+
+    /// [`Spool::store_attributed`] under an id from [`Spool::reserve_id`] (`None`: a new one).
+    pub async fn store_attributed_as(
+        &self,
+        reserved: Option<MessageId>,
+        envelope: &Envelope,
+        attribution: &Attribution,
+        body: &[u8],
+    ) -> Result<MessageId, SpoolError> {
         let inner = &self.inner;
+        if let Some(id) = reserved {
+            let issued =
+                id.shard() == inner.cfg.shard && id.sequence() < inner.state.borrow().next_id_seq;
+            if !issued {
+                return Err(SpoolError::NotReserved(id.0));
+            }
+        }
         inner.check_healthy()?;
         check_len("body", body.len(), record::BODY_SIZE_MAX_BYTES)?;
         check_len("recipients", envelope.recipients.len(), u32::MAX as usize)?;
@@ -136,12 +171,11 @@ impl Spool {
             if inner.needs_rollover(record_len) {
                 inner.rollover().await?;
             }
+            let id = match reserved {
+                Some(id) => id,
+                None => self.reserve_id()?,
+            };
             let mut st = inner.state.borrow_mut();
-            if st.next_id_seq > ID_SEQUENCE_MAX {
-                return Err(SpoolError::Unhealthy("message id sequence exhausted"));
-            }
-            let id = MessageId::new(inner.cfg.shard, st.next_id_seq);
-            st.next_id_seq += 1;
             let active = st.active;
             let seg = st
                 .segments

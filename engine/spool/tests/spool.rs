@@ -467,3 +467,48 @@ fn many_buffered_journal_records_survive_a_clean_restart() {
         spool.close().await.unwrap();
     });
 }
+
+/// An id reserved before the store (the engine writes it into the message first) is stored
+/// under, recovered, and never handed out again once stored; one from elsewhere is refused.
+#[test]
+fn reserved_ids_are_stored_under_and_never_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    run(move || async move {
+        let (spool, _) = Spool::open(config(&root, 2)).await.unwrap();
+        let reserved = spool.reserve_id().unwrap();
+        assert_eq!(reserved.shard(), 2);
+        // A store in between takes the next id; the reserved one is stored later.
+        let other = spool.store(&envelope(1, 1), b"other").await.unwrap();
+        assert_eq!(other.sequence(), reserved.sequence() + 1);
+        let envelope_r = envelope(2, 1);
+        let attribution = petrel_spool::Attribution::default();
+        let stored = spool
+            .store_attributed_as(Some(reserved), &envelope_r, &attribution, b"reserved")
+            .await
+            .unwrap();
+        assert_eq!(stored, reserved);
+        assert_eq!(spool.read_body(reserved).await.unwrap(), b"reserved");
+        for foreign in [MessageId::new(3, 0), MessageId::new(2, 1_000)] {
+            let e = spool
+                .store_attributed_as(Some(foreign), &envelope_r, &attribution, b"x")
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(e, SpoolError::NotReserved(id) if id == foreign.0),
+                "{e}"
+            );
+        }
+        // Reserved and never stored (the message was refused): nothing was accepted under it.
+        let _unused = spool.reserve_id().unwrap();
+        spool.close().await.unwrap();
+
+        let (spool, rec) = Spool::open(config(&root, 2)).await.unwrap();
+        let mut ids: Vec<MessageId> = rec.messages.iter().map(|m| m.id).collect();
+        ids.sort();
+        assert_eq!(ids, vec![reserved, other]);
+        let next = spool.store(&envelope(3, 1), b"next").await.unwrap();
+        assert!(next.sequence() > other.sequence(), "{next} after {other}");
+        spool.close().await.unwrap();
+    });
+}

@@ -28,6 +28,7 @@ fn tenant(id: &str) -> Tenant {
         new_tenant_cap: None,
         sending_disabled: None,
         reputation_warning: None,
+        list_unsubscribe: false,
     }
 }
 

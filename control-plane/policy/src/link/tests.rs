@@ -70,6 +70,7 @@ fn snapshot_bytes(version: u64) -> Vec<u8> {
             new_tenant_cap: None,
             sending_disabled: None,
             reputation_warning: None,
+            list_unsubscribe: false,
         }],
         ..Default::default()
     };

@@ -11,6 +11,7 @@
 
 pub mod audit;
 pub mod credentials;
+pub mod dmarc;
 pub mod domains;
 pub mod engines;
 pub mod events;
@@ -20,6 +21,7 @@ pub mod openapi;
 pub mod stats;
 pub mod suppressions;
 pub mod tenants;
+pub mod unsubscribe;
 pub mod webhooks;
 
 use std::ops::Deref;
@@ -72,6 +74,8 @@ pub struct AppState {
     pub db: Db,
     pub clock: Arc<dyn Clock>,
     pub throttle: Throttle,
+    /// Forged one-click unsubscribe tokens per client address (`unsubscribe`).
+    pub one_click_throttle: Throttle,
     pub verify_cache: VerifyCache,
     pub dns: DnsChecker,
     pub settings: Settings,
@@ -142,7 +146,7 @@ pub fn routes() -> OpenApiRouter<App> {
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(openapi::document))
         .routes(routes!(tenants::create, tenants::list))
-        .routes(routes!(tenants::show))
+        .routes(routes!(tenants::show, tenants::update))
         .routes(routes!(tenants::suspend))
         .routes(routes!(tenants::unsuspend))
         .routes(routes!(limits::set_tenant))
@@ -150,6 +154,7 @@ pub fn routes() -> OpenApiRouter<App> {
         .routes(routes!(domains::show, domains::delete))
         .routes(routes!(domains::verify))
         .routes(routes!(domains::rotate))
+        .routes(routes!(dmarc::show))
         .routes(routes!(limits::set_domain))
         .routes(routes!(credentials::create, credentials::list))
         .routes(routes!(credentials::show))
@@ -178,6 +183,7 @@ pub fn routes() -> OpenApiRouter<App> {
         .routes(routes!(guardrails::show))
         .routes(routes!(guardrails::lift_cap))
         .routes(routes!(guardrails::enable))
+        .routes(routes!(unsubscribe::page, unsubscribe::post))
 }
 
 /// What the route gate needs: the app (to authenticate) and the access table.

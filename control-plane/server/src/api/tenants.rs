@@ -30,6 +30,22 @@ pub struct CreateTenant {
     pub messages_per_day_max: Option<u64>,
     #[serde(default)]
     pub allow_unverified_domains: bool,
+    /// Add `List-Unsubscribe` and one-click `List-Unsubscribe-Post` headers to the tenant's
+    /// one-recipient messages (default off).
+    #[serde(default)]
+    pub list_unsubscribe: bool,
+}
+
+/// `PATCH /v1/tenants/{id}`: the settings given change, the others stay.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateTenant {
+    /// Add `List-Unsubscribe: <mailto:u-TOKEN@bounce domain>, <https://.../u/TOKEN>` and
+    /// `List-Unsubscribe-Post: List-Unsubscribe=One-Click` (RFC 2369, RFC 8058) to the
+    /// tenant's one-recipient messages, before DKIM signing. A message that has its own
+    /// List-Unsubscribe keeps it.
+    #[serde(default)]
+    pub list_unsubscribe: Option<bool>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -79,6 +95,7 @@ pub async fn create(
         messages_per_day_max: req.messages_per_day_max,
         allow_unverified_domains: req.allow_unverified_domains,
         created_unix_ms: app.now_ms(),
+        list_unsubscribe: req.list_unsubscribe,
     };
     let new_key = NewCredential::api_key(&tenant.id, "initial admin key", Role::Admin);
     let prepared = new_key.prepare(app.settings.hash_cost).await?;
@@ -146,6 +163,45 @@ pub async fn show(
     Path(id): Path<String>,
 ) -> Result<Json<TenantView>, ApiError> {
     Ok(Json(visible_tenant(&app, &caller, &id).await?))
+}
+
+#[utoipa::path(
+    patch,
+    operation_id = "tenants_update",
+    path = "/v1/tenants/{id}",
+    summary = "Change a tenant's settings (list_unsubscribe)",
+    params(("id" = String, Path, description = "The object's id")),
+    request_body = UpdateTenant,
+    responses((status = 200, body = TenantView)),
+    security(("bearer" = [])),
+    extensions(("x-permission" = json!(Permission::TenantsManage.name())))
+)]
+pub async fn update(
+    State(app): State<App>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<UpdateTenant>,
+) -> Result<Json<TenantView>, ApiError> {
+    let mut m = app.db.begin_mutation().await?;
+    let before = store::tenants::get(m.conn(), &id)
+        .await?
+        .ok_or(StoreError::NotFound("tenant"))?;
+    let mut after = before.clone();
+    if let Some(on) = req.list_unsubscribe {
+        store::tenants::set_list_unsubscribe(m.conn(), &id, on).await?;
+        after.list_unsubscribe = on;
+    }
+    let entry = app.entry(
+        &caller,
+        Some(&id),
+        "tenant.update",
+        &id,
+        audit_json(&before),
+        audit_json(&after),
+    );
+    let v = m.commit(entry).await?;
+    app.notify(v);
+    Ok(Json(after))
 }
 
 #[utoipa::path(

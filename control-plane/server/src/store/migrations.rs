@@ -297,4 +297,11 @@ CREATE TABLE guard_cap_lifts (
 );
 "#,
     ),
+    (
+        8,
+        r#"
+ALTER TABLE tenants ADD COLUMN list_unsubscribe BIGINT NOT NULL DEFAULT 0;
+CREATE INDEX events_dmarc ON events (tenant_id, from_domain, timestamp_ms) WHERE type = 'dmarc_report';
+"#,
+    ),
 ];

@@ -13,6 +13,7 @@
 
 pub mod audit;
 pub mod credentials;
+pub mod dmarc;
 pub mod domains;
 pub mod engines;
 pub mod events;

@@ -19,6 +19,10 @@ pub struct Tenant {
     pub messages_per_day_max: Option<u64>,
     pub allow_unverified_domains: bool,
     pub created_unix_ms: i64,
+    /// The engine adds `List-Unsubscribe` and `List-Unsubscribe-Post` to this tenant's
+    /// one-recipient messages (migration 8; off by default).
+    #[serde(default)]
+    pub list_unsubscribe: bool,
 }
 
 fn decode(r: &AnyRow) -> StoreResult<Tenant> {
@@ -31,6 +35,7 @@ fn decode(r: &AnyRow) -> StoreResult<Tenant> {
         messages_per_day_max: get_opt_u64(r, "messages_per_day_max")?,
         allow_unverified_domains: get_bool(r, "allow_unverified_domains")?,
         created_unix_ms: r.try_get("created_unix_ms")?,
+        list_unsubscribe: get_bool(r, "list_unsubscribe")?,
     })
 }
 
@@ -74,8 +79,8 @@ pub async fn list(conn: &mut AnyConnection) -> StoreResult<Vec<Tenant>> {
 pub async fn insert(conn: &mut AnyConnection, t: &Tenant) -> StoreResult<()> {
     sqlx::query(
         "INSERT INTO tenants (id, name, is_operator, suspended, messages_per_second_max, \
-         messages_per_day_max, allow_unverified_domains, created_unix_ms) \
-         VALUES ($1,$2,$3,$4,$5,$6,$7,$8)",
+         messages_per_day_max, allow_unverified_domains, created_unix_ms, list_unsubscribe) \
+         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)",
     )
     .bind(t.id.clone())
     .bind(t.name.clone())
@@ -85,6 +90,7 @@ pub async fn insert(conn: &mut AnyConnection, t: &Tenant) -> StoreResult<()> {
     .bind(t.messages_per_day_max.map(clamp_i64))
     .bind(i64::from(t.allow_unverified_domains))
     .bind(t.created_unix_ms)
+    .bind(i64::from(t.list_unsubscribe))
     .execute(conn)
     .await
     .map_err(conflict_on_unique)?;
@@ -116,6 +122,16 @@ pub async fn set_limits(
     .bind(id.to_string())
     .execute(conn)
     .await?;
+    Ok(())
+}
+
+/// Turns the engine's List-Unsubscribe headers on or off for a tenant.
+pub async fn set_list_unsubscribe(conn: &mut AnyConnection, id: &str, on: bool) -> StoreResult<()> {
+    sqlx::query("UPDATE tenants SET list_unsubscribe = $1 WHERE id = $2")
+        .bind(i64::from(on))
+        .bind(id.to_string())
+        .execute(conn)
+        .await?;
     Ok(())
 }
 

@@ -9,6 +9,7 @@ pub mod scenarios;
 pub mod suppression_push;
 pub mod suppressions;
 pub mod suppressions_api;
+pub mod unsubscribe;
 pub mod webhooks;
 
 use std::net::SocketAddr;
