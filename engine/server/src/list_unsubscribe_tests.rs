@@ -16,6 +16,9 @@ fn tenant(id: &str, on: bool) -> Tenant {
         messages_per_second_max: None,
         messages_per_day_max: None,
         allow_unverified_domains: false,
+        new_tenant_cap: None,
+        sending_disabled: None,
+        reputation_warning: None,
         list_unsubscribe: on,
     }
 }
