@@ -16,7 +16,7 @@ use std::collections::HashSet;
 use crate::error::PolicyError;
 
 /// Magic prefix of an encoded snapshot; the trailing digit is the format version.
-pub const SNAPSHOT_MAGIC: &[u8; 8] = b"PTRLSNP2";
+pub const SNAPSHOT_MAGIC: &[u8; 8] = b"PTRLSNP3";
 /// Bytes before the rkyv payload: magic, checksum, payload length.
 pub const SNAPSHOT_HEADER_BYTES: usize = 16;
 /// Largest encoded snapshot accepted (fits in one link frame with room to spare).
@@ -110,6 +110,10 @@ pub struct SendingDomain {
     pub messages_per_second_max: Option<u32>,
     /// At most `DKIM_KEYS_PER_DOMAIN_MAX`; the newest active non-retired key signs.
     pub dkim_keys: Vec<DkimKey>,
+    /// Some: the domain failed its last DNS authentication check and its mail is refused
+    /// (issue 14, see [`AuthFailure`]).
+    #[serde(default)]
+    pub auth_failure: Option<AuthFailure>,
 }
 
 #[derive(
@@ -354,6 +358,9 @@ impl PolicySnapshot {
                 return Err(PolicyError::invalid(format!("duplicate domain {}", d.name)));
             }
             check_count("dkim keys", d.dkim_keys.len(), DKIM_KEYS_PER_DOMAIN_MAX)?;
+            if let Some(f) = &d.auth_failure {
+                f.validate(&d.name)?;
+            }
             for k in &d.dkim_keys {
                 check_selector(&k.selector)?;
                 if k.private_key_pkcs8_der.is_empty() {
@@ -435,6 +442,9 @@ pub fn parse_cidr(s: &str) -> Result<ipnet::IpNet, PolicyError> {
         .map_err(|_| PolicyError::invalid(format!("bad CIDR or address {s:?}")))
 }
 
+#[path = "snapshot/domain_auth.rs"]
+mod domain_auth;
+pub use domain_auth::{AuthFailure, AUTH_CHECKS, AUTH_FAILURE_DETAIL_MAX_BYTES};
 #[path = "snapshot/return_path.rs"]
 mod return_path;
 pub use return_path::{
@@ -513,6 +523,7 @@ mod tests {
                     active_from_unix_ms: 0,
                     retired: false,
                 }],
+                auth_failure: None,
             }],
             credentials: vec![Credential {
                 id: "c1".into(),

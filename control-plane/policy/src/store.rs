@@ -174,6 +174,7 @@ mod tests {
                 verified: true,
                 messages_per_second_max: None,
                 dkim_keys: vec![],
+                auth_failure: None,
             }],
             credentials: vec![Credential {
                 id: "c1".into(),

@@ -35,6 +35,7 @@ fn domain(tenant_id: &str, name: &str, verified: bool) -> SendingDomain {
         verified,
         messages_per_second_max: None,
         dkim_keys: vec![],
+        auth_failure: None,
     }
 }
 

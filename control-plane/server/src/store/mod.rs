@@ -13,6 +13,7 @@
 
 pub mod audit;
 pub mod credentials;
+pub mod domain_checks;
 pub mod domains;
 pub mod engines;
 pub mod events;

@@ -2,6 +2,7 @@
 //! (JSON answers) and its loopback DNS server for the TXT records the domain checks look up.
 #![allow(dead_code)]
 
+pub mod domain_auth;
 pub mod events;
 pub mod plans;
 pub mod scenarios;
@@ -68,6 +69,8 @@ pub struct Tweaks {
     pub clock: Option<std::sync::Arc<dyn petrel_control::Clock>>,
     /// Another node on a database a first node set up (no owner key is created).
     pub second_node: bool,
+    /// The scheduled domain re-check's period (default: the server's, an hour).
+    pub domain_check_interval_secs: Option<u64>,
 }
 
 /// [`start_with`] with [`Tweaks`].
@@ -90,9 +93,13 @@ pub async fn start_custom(database_url: Option<String>, tweaks: Tweaks) -> Harne
         webhooks_allow_loopback: tweaks.webhooks_allow_loopback,
         webhooks_ca_file,
     };
+    let defaults = test_options();
     let opts = ServeOptions {
         clock: tweaks.clock,
-        ..test_options()
+        domain_check_interval_secs: tweaks
+            .domain_check_interval_secs
+            .unwrap_or(defaults.domain_check_interval_secs),
+        ..defaults
     };
     let (tx, rx) = tokio::sync::oneshot::channel();
     let task = tokio::spawn(async move {
