@@ -94,13 +94,44 @@ impl Default for ServerSection {
     }
 }
 
+/// Entries of `smtp.trusted_network_domains`, at most.
+pub const TRUSTED_NETWORK_DOMAINS_MAX: usize = 1_000;
+/// Domains of one entry, at most.
+pub const TRUSTED_NETWORK_DOMAINS_PER_ENTRY_MAX: usize = 1_000;
+
+/// A trusted network and the sending domains its clients may have signed.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TrustedNetworkDomains {
+    pub cidr: IpNet,
+    /// Registered sending domains (a From subdomain counts as its sending domain); empty:
+    /// the network relays but nothing is signed.
+    pub domains: Vec<String>,
+}
+
+impl TrustedNetworkDomains {
+    /// Whether `sending_domain` (lower case) is mapped to this network.
+    pub fn maps(&self, sending_domain: &str) -> bool {
+        self.domains
+            .iter()
+            .any(|d| d.trim_end_matches('.').eq_ignore_ascii_case(sending_domain))
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SmtpSection {
     pub listen: SocketAddr,
     /// Clients from these networks may relay without AUTH. Empty by default: nobody relays
-    /// without authenticating.
+    /// without authenticating. Deprecated for signing: their clients get any From domain of
+    /// the policy DKIM-signed (as before issue 14, kept so existing relays keep working);
+    /// list networks in `trusted_network_domains` instead to sign only their own domains.
     pub trusted_networks: Vec<IpNet>,
+    /// `[[smtp.trusted_network_domains]] cidr = "...", domains = ["..."]`: trusted networks
+    /// (they relay without AUTH too) whose clients are signed only for these sending domains.
+    /// A client in such a network is held to the mapping even when a plain
+    /// `trusted_networks` entry contains it as well, so a subnet can be narrowed.
+    pub trusted_network_domains: Vec<TrustedNetworkDomains>,
     /// PEM certificate chain and key; when both are empty a self-signed pair is generated in
     /// `<data_dir>/tls/` so STARTTLS is always offered.
     pub tls_cert_path: Option<PathBuf>,
@@ -125,6 +156,7 @@ impl Default for SmtpSection {
         SmtpSection {
             listen: "127.0.0.1:2525".parse().expect("static address"),
             trusted_networks: Vec::new(),
+            trusted_network_domains: Vec::new(),
             tls_cert_path: None,
             tls_key_path: None,
             command_line_max_bytes: 2048,
@@ -465,6 +497,23 @@ impl EngineConfig {
         if self.smtp.message_size_max_bytes < 1024 {
             return bad("smtp.message_size_max_bytes", "must be at least 1024");
         }
+        if self.smtp.trusted_network_domains.len() > TRUSTED_NETWORK_DOMAINS_MAX {
+            return bad(
+                "smtp.trusted_network_domains",
+                &format!("at most {TRUSTED_NETWORK_DOMAINS_MAX} entries"),
+            );
+        }
+        if self
+            .smtp
+            .trusted_network_domains
+            .iter()
+            .any(|t| t.domains.len() > TRUSTED_NETWORK_DOMAINS_PER_ENTRY_MAX)
+        {
+            return bad(
+                "smtp.trusted_network_domains.domains",
+                &format!("at most {TRUSTED_NETWORK_DOMAINS_PER_ENTRY_MAX} per entry"),
+            );
+        }
         if self.smtp.recipients_max == 0 {
             return bad(
                 "smtp.recipients_max",
@@ -569,6 +618,29 @@ mod tests {
                 .contains("delivery.next_hop_sessions_per_shard_max"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn trusted_networks_map_to_domains() {
+        let c = EngineConfig::from_toml(
+            "[smtp]\ntrusted_networks = [\"10.0.0.0/8\"]\n\
+             [[smtp.trusted_network_domains]]\ncidr = \"192.0.2.0/24\"\n\
+             domains = [\"Acme.test\"]\n",
+        )
+        .expect("valid");
+        assert_eq!(
+            c.smtp.trusted_networks.len(),
+            1,
+            "the plain list still parses"
+        );
+        let t = &c.smtp.trusted_network_domains[0];
+        assert_eq!(t.cidr, "192.0.2.0/24".parse::<IpNet>().unwrap());
+        assert!(t.maps("acme.test") && !t.maps("other.test"));
+        let e = EngineConfig::from_toml(
+            "[[smtp.trusted_network_domains]]\ncidr = \"192.0.2.0/24\"\nsigned = []\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("signed"), "{e}");
     }
 
     #[test]

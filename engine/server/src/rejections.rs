@@ -76,6 +76,17 @@ impl Rejections {
     /// Notes a refusal of `recipient` ("" for MAIL) with `sender` (the open transaction's when
     /// `None`).
     pub fn refused(&mut self, sender: Option<&str>, recipient: &str, reply: &Reply) {
+        self.refused_with(sender, recipient, reply, None);
+    }
+
+    /// [`Rejections::refused`] with the event's `details` (a refused sending domain's check).
+    pub fn refused_with(
+        &mut self,
+        sender: Option<&str>,
+        recipient: &str,
+        reply: &Reply,
+        details: Option<serde_json::Map<String, serde_json::Value>>,
+    ) {
         if !self.sink.is_enabled() {
             return;
         }
@@ -104,6 +115,7 @@ impl Rejections {
             bounce: None,
             attempt: 0,
             shard: self.shard,
+            details,
             attribution: EventAttribution(self.attribution.clone()),
         });
         self.count = self.count.saturating_add(1);

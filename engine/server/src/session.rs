@@ -97,6 +97,8 @@ struct Driver {
     identity: Option<Identity>,
     tls_desc: Option<String>,
     rejections: Rejections,
+    /// The `rejected` events' details of the message just refused (a sending domain's check).
+    refusal_details: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// Runs one connection to its end. Never panics on peer input; a panic in here is caught by the
@@ -120,6 +122,7 @@ pub async fn run(ctx: Rc<ShardCtx>, stream: TcpStream, peer: SocketAddr) {
         identity: None,
         tls_desc: None,
         rejections,
+        refusal_details: None,
     };
     let end = d.drive().await;
     d.io.close().await;
@@ -242,9 +245,12 @@ impl Driver {
             }
             Event::Message(tx) => {
                 let v = self.on_message(&tx).await;
+                let details = self.refusal_details.take();
                 if let DataVerdict::Reject(r) = &v {
                     for rcpt in &tx.recipients {
-                        self.rejections.refused(Some(&tx.mail_from), rcpt, r);
+                        let d = details.clone();
+                        self.rejections
+                            .refused_with(Some(&tx.mail_from), rcpt, r, d);
                     }
                 }
                 self.rejections.mail_from(None);
@@ -394,9 +400,10 @@ impl Driver {
         );
         let (body, attribution) = match prepared {
             Ok(p) => p,
-            Err(reply) => {
-                metrics::counter!(m::REJECTIONS_TOTAL, "reason" => "message_check").increment(1);
-                return DataVerdict::Reject(reply);
+            Err(refusal) => {
+                metrics::counter!(m::REJECTIONS_TOTAL, "reason" => refusal.reason).increment(1);
+                self.refusal_details = refusal.details;
+                return DataVerdict::Reject(refusal.reply);
             }
         };
         match crate::sign_and_spool::spool_and_queue(

@@ -14,9 +14,30 @@ use crate::clock::now_ms;
 use crate::ctx::ShardCtx;
 use crate::metrics as m;
 
+/// Why `prepare` refused a message: the reply, the metrics reason, and the `rejected` event's
+/// details when there are any (a refused sending domain's check).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
+    pub reply: Reply,
+    pub reason: &'static str,
+    pub details: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl From<Reply> for Refusal {
+    fn from(reply: Reply) -> Refusal {
+        Refusal {
+            reply,
+            reason: "message_check",
+            details: None,
+        }
+    }
+}
+
 /// Runs the message checks, adds Received (and Message-ID/Date for submissions), removes the
-/// X-Petrel headers, signs. Returns the message to spool and its attribution; a malformed
-/// X-Petrel header is refused here (`550 5.6.0 <reason>`), before anything is stored.
+/// X-Petrel headers, checks the From domain ([`crate::domain_auth`]), signs. Returns the
+/// message to spool and its attribution; a malformed X-Petrel header is refused here
+/// (`550 5.6.0 <reason>`), a From domain that fails authentication with `550 5.7.26`, before
+/// anything is stored.
 pub fn prepare(
     ctx: &ShardCtx,
     tx: &Transaction,
@@ -24,7 +45,7 @@ pub fn prepare(
     tls: Option<&str>,
     identity: Option<&Identity>,
     trace_id: &str,
-) -> Result<(Vec<u8>, Attribution), Reply> {
+) -> Result<(Vec<u8>, Attribution), Refusal> {
     let now_ms = now_ms();
     let trace = TraceInfo {
         hostname: &ctx.cfg.server.hostname,
@@ -42,14 +63,17 @@ pub fn prepare(
     };
     let prepared = petrel_smtp::prepare(&tx.data, &trace, HEADER_SECTION_MAX_BYTES_DEFAULT)
         .map_err(|e| e.reply())?;
-    let trusted = ctx.is_trusted(peer.ip());
     let policy = ctx.policy.peek();
-    // The tenant that owns the From domain, when the policy knows one.
-    let domain_tenant = prepared
+    let sending_domain = prepared
         .from_domain
         .as_deref()
-        .and_then(|d| policy.find_domain(d))
-        .map(|d| d.tenant_id.as_str());
+        .and_then(|d| policy.find_domain(d));
+    // A trusted-network client speaks for the From domain only if its network is mapped to it
+    // (or is on the plain, unmapped list): see `ShardCtx::relay_may_sign`.
+    let trusted = ctx.is_trusted(peer.ip())
+        && ctx.relay_may_sign(peer.ip(), sending_domain.map(|d| d.name.as_str()));
+    // The tenant that owns the From domain, when the policy knows one.
+    let domain_tenant = sending_domain.map(|d| d.tenant_id.as_str());
     let Prepared {
         message,
         tags,
@@ -58,6 +82,13 @@ pub fn prepare(
         from_domain,
     } = prepared;
     let identity_tenant = identity.map(|i| i.tenant.as_deref());
+    crate::domain_auth::check_from(&policy, identity_tenant, from_domain.as_deref()).map_err(
+        |r| Refusal {
+            reply: r.reply,
+            reason: "domain_auth",
+            details: Some(r.details),
+        },
+    )?;
     let message = match from_domain.as_deref() {
         Some(domain) if policy.has_signers() => {
             let allowed = may_sign(identity_tenant, trusted, domain_tenant);
