@@ -151,6 +151,35 @@ pub struct SmtpSection {
     pub tls_handshake_timeout_ms: u64,
 }
 
+impl SmtpSection {
+    /// The client is on a trusted network (may relay without AUTH): a plain one or a network
+    /// mapped to domains.
+    pub fn is_trusted(&self, ip: std::net::IpAddr) -> bool {
+        self.trusted_networks.iter().any(|n| n.contains(&ip))
+            || self
+                .trusted_network_domains
+                .iter()
+                .any(|t| t.cidr.contains(&ip))
+    }
+
+    /// Whether a trusted-network client at `ip` speaks for `sending_domain` (the registered
+    /// sending domain of its From, None when the policy has none): a network mapped to domains
+    /// only for those (every mapped network containing `ip` counts, and the mapping takes
+    /// precedence over the plain list); a plain `trusted_networks` entry for any domain, as
+    /// before the mapping existed.
+    pub fn relay_may_sign(&self, ip: std::net::IpAddr, sending_domain: Option<&str>) -> bool {
+        let mut mapped = self
+            .trusted_network_domains
+            .iter()
+            .filter(|t| t.cidr.contains(&ip))
+            .peekable();
+        if mapped.peek().is_some() {
+            return sending_domain.is_some_and(|d| mapped.any(|t| t.maps(d)));
+        }
+        self.trusted_networks.iter().any(|n| n.contains(&ip))
+    }
+}
+
 impl Default for SmtpSection {
     fn default() -> Self {
         SmtpSection {
@@ -641,6 +670,34 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("signed"), "{e}");
+    }
+
+    #[test]
+    fn a_mapped_network_speaks_only_for_its_domains_and_narrows_a_plain_one() {
+        let c = EngineConfig::from_toml(
+            "[smtp]\ntrusted_networks = [\"10.0.0.0/8\"]\n\
+             [[smtp.trusted_network_domains]]\ncidr = \"10.1.0.0/16\"\ndomains = [\"a.test\"]\n\
+             [[smtp.trusted_network_domains]]\ncidr = \"10.1.2.0/24\"\ndomains = [\"b.test\"]\n\
+             [[smtp.trusted_network_domains]]\ncidr = \"192.0.2.0/24\"\ndomains = []\n",
+        )
+        .expect("valid");
+        let s = &c.smtp;
+        let ip = |a: &str| a.parse::<std::net::IpAddr>().unwrap();
+        // The plain list: any domain, as before.
+        assert!(s.is_trusted(ip("10.9.0.1")));
+        assert!(s.relay_may_sign(ip("10.9.0.1"), Some("z.test")));
+        // A mapped subnet of it: only its domains (both entries containing the client count).
+        assert!(s.relay_may_sign(ip("10.1.0.1"), Some("a.test")));
+        assert!(!s.relay_may_sign(ip("10.1.0.1"), Some("b.test")));
+        assert!(s.relay_may_sign(ip("10.1.2.3"), Some("b.test")));
+        assert!(s.relay_may_sign(ip("10.1.2.3"), Some("a.test")));
+        assert!(!s.relay_may_sign(ip("10.1.0.1"), None));
+        // Mapped to nothing: relays (trusted) but speaks for no domain.
+        assert!(s.is_trusted(ip("192.0.2.7")));
+        assert!(!s.relay_may_sign(ip("192.0.2.7"), Some("a.test")));
+        // Not trusted at all.
+        assert!(!s.is_trusted(ip("203.0.113.1")));
+        assert!(!s.relay_may_sign(ip("203.0.113.1"), Some("a.test")));
     }
 
     #[test]

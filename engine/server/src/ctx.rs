@@ -136,30 +136,13 @@ impl ShardCtx {
     /// The client is on a trusted network (may relay without AUTH): a plain one or a network
     /// mapped to domains.
     pub fn is_trusted(&self, ip: IpAddr) -> bool {
-        let smtp = &self.cfg.smtp;
-        smtp.trusted_networks.iter().any(|n| n.contains(&ip))
-            || smtp
-                .trusted_network_domains
-                .iter()
-                .any(|t| t.cidr.contains(&ip))
+        self.cfg.smtp.is_trusted(ip)
     }
 
-    /// Whether a trusted-network client at `ip` speaks for `sending_domain` (the registered
-    /// sending domain of its From, None when the policy has none): a network mapped to
-    /// domains only for those (every mapped network containing `ip` counts, and takes
-    /// precedence over the plain list); a plain `trusted_networks` entry for any domain, as
-    /// before the mapping existed.
+    /// Whether a trusted-network client speaks for `sending_domain` (see
+    /// [`crate::config::SmtpSection::relay_may_sign`]).
     pub fn relay_may_sign(&self, ip: IpAddr, sending_domain: Option<&str>) -> bool {
-        let smtp = &self.cfg.smtp;
-        let mut mapped = smtp
-            .trusted_network_domains
-            .iter()
-            .filter(|t| t.cidr.contains(&ip))
-            .peekable();
-        if mapped.peek().is_some() {
-            return sending_domain.is_some_and(|d| mapped.any(|t| t.maps(d)));
-        }
-        smtp.trusted_networks.iter().any(|n| n.contains(&ip))
+        self.cfg.smtp.relay_may_sign(ip, sending_domain)
     }
 
     /// Publishes spool and queue figures for backpressure and metrics.
