@@ -63,8 +63,9 @@ pub use event::{Bounce, BounceClass, Event, EventError, EventType, Remote, Reply
 pub use link::{run_link, LinkConfig, LinkTrust};
 pub use outbox::{Outbox, OutboxError};
 pub use snapshot::{
-    decode, encode, Credential, CredentialKind, DefaultLimits, DestinationLimit, DkimAlgorithm,
-    DkimKey, NewTenantCap, PolicySnapshot, ReturnPath, SendingDomain, Tenant, TokenKey,
+    decode, encode, AuthFailure, Credential, CredentialKind, DefaultLimits, DestinationLimit,
+    DkimAlgorithm, DkimKey, NewTenantCap, PolicySnapshot, ReturnPath, SendingDomain, Tenant,
+    TokenKey,
 };
 pub use store::PolicyStore;
 pub use wire::{

@@ -4,7 +4,7 @@
 //! Byte format (what [`encode`] writes and [`decode`] accepts):
 //!
 //! ```text
-//! magic "PTRLSNP1" (8) | crc32c(payload) u32 LE | payload length u32 LE | payload (rkyv 0.8)
+//! magic "PTRLSNP2" (8) | crc32c(payload) u32 LE | payload length u32 LE | payload (rkyv 0.8)
 //! ```
 //!
 //! The checksum catches corruption that rkyv's structural validation (bytecheck) cannot see
@@ -134,6 +134,10 @@ pub struct SendingDomain {
     /// Guardrails: this domain's rate near its threshold, appended to the 250 after DATA.
     #[serde(default)]
     pub reputation_warning: Option<String>,
+    /// Some: the domain failed its last DNS authentication check and its mail is refused
+    /// (issue 14, see [`AuthFailure`]).
+    #[serde(default)]
+    pub auth_failure: Option<AuthFailure>,
 }
 
 #[derive(
@@ -385,6 +389,9 @@ impl PolicySnapshot {
             check_count("dkim keys", d.dkim_keys.len(), DKIM_KEYS_PER_DOMAIN_MAX)?;
             guard::check_note("disable reason", &d.name, d.sending_disabled.as_deref())?;
             guard::check_note("warning", &d.name, d.reputation_warning.as_deref())?;
+            if let Some(f) = &d.auth_failure {
+                f.validate(&d.name)?;
+            }
             for k in &d.dkim_keys {
                 check_selector(&k.selector)?;
                 if k.private_key_pkcs8_der.is_empty() {
@@ -472,6 +479,9 @@ pub use guard::{
     NewTenantCap, GUARD_NOTE_MAX_BYTES, NEW_TENANT_CAP_MESSAGES_MAX, NEW_TENANT_CAP_WINDOW_MS_MAX,
 };
 
+#[path = "snapshot/domain_auth.rs"]
+mod domain_auth;
+pub use domain_auth::{AuthFailure, AUTH_CHECKS, AUTH_FAILURE_DETAIL_MAX_BYTES};
 #[path = "snapshot/return_path.rs"]
 mod return_path;
 pub use return_path::{
@@ -560,6 +570,7 @@ mod tests {
                 }],
                 sending_disabled: Some("bounce rate 12.0% over 10%".into()),
                 reputation_warning: None,
+                auth_failure: None,
             }],
             credentials: vec![Credential {
                 id: "c1".into(),

@@ -77,7 +77,11 @@ impl PolicyStore {
         let shared = compiled.shared().clone();
         let suppressions = match crate::suppression::persist::load(dir) {
             Ok(Some(set)) => {
-                tracing::info!(version = set.version(), entries = set.len(), "suppression list loaded from disk");
+                tracing::info!(
+                    version = set.version(),
+                    entries = set.len(),
+                    "suppression list loaded from disk"
+                );
                 set
             }
             Ok(None) => SuppressionSet::new(SuppressionKeyer::random()),
@@ -221,6 +225,7 @@ mod tests {
                 dkim_keys: vec![],
                 sending_disabled: None,
                 reputation_warning: None,
+                auth_failure: None,
             }],
             credentials: vec![Credential {
                 id: "c1".into(),

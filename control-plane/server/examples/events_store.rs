@@ -300,6 +300,7 @@ fn app(db: Db) -> anyhow::Result<App> {
         dns,
         settings: Settings {
             spf_include: "spf.bench.invalid".into(),
+            spf_addresses: Vec::new(),
             dkim_rotation_grace_ms: 0,
             hash_cost: auth::HashCost::default(),
             return_path_domain: String::new(),

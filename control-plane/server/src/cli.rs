@@ -57,6 +57,13 @@ pub struct ServeArgs {
     /// The domain tenants include in SPF.
     #[arg(long, default_value = crate::SPF_INCLUDE_DEFAULT)]
     pub spf_include: String,
+    /// An outbound address of the engines (repeatable): a domain's SPF record may authorise
+    /// these with ip4:/ip6: mechanisms instead of including --spf-include.
+    #[arg(long = "spf-address")]
+    pub spf_addresses: Vec<std::net::IpAddr>,
+    /// Seconds between two DNS re-checks (DKIM, SPF, DMARC) of every verified sending domain.
+    #[arg(long, default_value_t = crate::domain_auth::DOMAIN_CHECK_INTERVAL_SECS_DEFAULT)]
+    pub domain_check_interval_secs: u64,
     /// Let webhooks reach loopback addresses, also over plain http (development only; private
     /// addresses stay refused).
     #[arg(long)]
@@ -151,6 +158,8 @@ pub async fn run(cmd: ControlCommand) -> anyhow::Result<()> {
                 api_tls_key: a.api_tls_key,
                 api_allow_plaintext: a.api_allow_plaintext,
                 spf_include: a.spf_include,
+                spf_addresses: a.spf_addresses,
+                domain_check_interval_secs: a.domain_check_interval_secs,
                 return_path_domain: a.return_path_domain,
                 public_url: a.public_url,
                 guardrails: a.guard.settings(),

@@ -1,8 +1,10 @@
 //! The DNS side of sending domains: which records to publish, and whether they are published.
 //!
 //! A domain is verified when its DKIM TXT record carries our public key and its SPF record
-//! includes our SPF domain. DMARC is reported but only suggested. Lookups go to the configured
-//! nameservers (tests run one on loopback), never cached, so a fix shows at the next check.
+//! includes our SPF domain. DMARC is reported but only suggested here; the ongoing enforcement
+//! (DKIM, SPF and a required DMARC record, re-checked on a schedule) is `crate::domain_auth`.
+//! Lookups go to the configured nameservers (tests run one on loopback), never cached, so a fix
+//! shows at the next check.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -26,6 +26,7 @@ pub mod auth;
 mod bootstrap;
 mod cli;
 pub mod dns;
+pub mod domain_auth;
 mod error;
 pub mod events;
 pub mod guardrails;
@@ -87,6 +88,11 @@ pub struct ServeOptions {
     /// Serve the admin API without TLS on a non-loopback address (a TLS proxy in front of it).
     pub api_allow_plaintext: bool,
     pub spf_include: String,
+    /// `Settings::spf_addresses`: the engines' outbound addresses an SPF record may list
+    /// instead of the include.
+    pub spf_addresses: Vec<std::net::IpAddr>,
+    /// Period of the scheduled DNS re-check of sending domains ([`domain_auth::check_task`]).
+    pub domain_check_interval_secs: u64,
     pub dkim_rotation_grace_secs: u64,
     /// argon2id cost for new secrets.
     pub hash_cost: HashCost,
@@ -126,6 +132,8 @@ impl Default for ServeOptions {
             api_tls_key: None,
             api_allow_plaintext: false,
             spf_include: SPF_INCLUDE_DEFAULT.to_string(),
+            spf_addresses: Vec::new(),
+            domain_check_interval_secs: domain_auth::DOMAIN_CHECK_INTERVAL_SECS_DEFAULT,
             dkim_rotation_grace_secs: DKIM_ROTATION_GRACE_SECS_DEFAULT,
             hash_cost: HashCost::default(),
             version_poll_ms: VERSION_POLL_MS_DEFAULT,
@@ -256,6 +264,7 @@ pub async fn serve_with(
         dns,
         settings: api::Settings {
             spf_include: opts.spf_include.clone(),
+            spf_addresses: opts.spf_addresses.clone(),
             dkim_rotation_grace_ms: i64::try_from(
                 opts.dkim_rotation_grace_secs.saturating_mul(1000),
             )
@@ -330,6 +339,10 @@ pub async fn serve_with(
     let suppression_watch = tokio::spawn(suppressions::watch_task(app.clone()));
     let dispatcher = tokio::spawn(webhooks::dispatch::run(app.clone()));
     let guard = tokio::spawn(guardrails::run(app.clone()));
+    let domain_checker = tokio::spawn(domain_auth::check_task(
+        app.clone(),
+        std::time::Duration::from_secs(opts.domain_check_interval_secs.max(1)),
+    ));
     let poller = tokio::spawn(push::poll_version(app, opts.version_poll_ms));
     let result = tokio::try_join!(http, pushing).map(|_| ());
     poller.abort();
@@ -338,6 +351,7 @@ pub async fn serve_with(
     suppression_watch.abort();
     dispatcher.abort();
     guard.abort();
+    domain_checker.abort();
     if let Some(l) = listener {
         l.abort();
     }

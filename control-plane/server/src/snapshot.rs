@@ -4,7 +4,7 @@
 //! consistent transaction so the version matches the content.
 
 use petrel_policy::{
-    Credential, CredentialKind, DestinationLimit, DkimKey, PolicySnapshot, ReturnPath,
+    AuthFailure, Credential, CredentialKind, DestinationLimit, DkimKey, PolicySnapshot, ReturnPath,
     SendingDomain, Tenant, TokenKey,
 };
 
@@ -65,12 +65,26 @@ pub async fn build(
             retired: k.retired_unix_ms.is_some(),
         });
     }
+    let mut failures: std::collections::HashMap<String, AuthFailure> = Default::default();
+    for c in store::domain_checks::failing_all(&mut tx).await? {
+        if let Some(check) = c.failing_check {
+            failures.insert(
+                c.domain_id,
+                AuthFailure {
+                    check,
+                    detail: c.failure_detail.unwrap_or_default(),
+                    checked_unix_ms: u64::try_from(c.changed_unix_ms).unwrap_or(0),
+                },
+            );
+        }
+    }
     let domains = store::domains::list_all(&mut tx)
         .await?
         .into_iter()
         .map(|d| SendingDomain {
             sending_disabled: guard.disabled(&d.tenant_id, &d.name),
             reputation_warning: guard.warning(&d.tenant_id, &d.name),
+            auth_failure: failures.remove(&d.id),
             dkim_keys: keys.remove(&d.id).unwrap_or_default(),
             tenant_id: d.tenant_id,
             name: d.name,

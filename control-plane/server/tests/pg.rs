@@ -522,3 +522,15 @@ async fn pg_unsubscribe_and_dmarc() {
     }
     db.drop_db().await;
 }
+
+#[tokio::test]
+async fn pg_domain_auth() {
+    let Some(base) = pg_url() else { return };
+    let db = TestDb::create(&base).await;
+    {
+        let h = common::start_with(Some(db.url.clone())).await;
+        common::domain_auth::domain_checks(&h).await;
+        common::domain_auth::scheduled_round(&h).await;
+    }
+    db.drop_db().await;
+}

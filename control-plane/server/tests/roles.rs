@@ -152,6 +152,13 @@ fn cases(b_tenant: &str, b_domain: &str, b_cred: &str, b_hook: &str) -> Vec<Case
             none,
         ),
         c(
+            "POST",
+            "/v1/domains/{id}/check",
+            P::DomainsWrite,
+            OtherTenantsObject,
+            none,
+        ),
+        c(
             "PUT",
             "/v1/domains/{id}/limits",
             P::LimitsWrite,
@@ -570,6 +577,7 @@ async fn own_objects_answer_where_foreign_ones_404() {
         ("GET", format!("/v1/domains/{d}"), None),
         ("POST", format!("/v1/domains/{d}/verify"), None),
         ("POST", format!("/v1/domains/{d}/rotate"), None),
+        ("POST", format!("/v1/domains/{d}/check"), None),
         (
             "PUT",
             format!("/v1/domains/{d}/limits"),

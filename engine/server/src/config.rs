@@ -156,13 +156,44 @@ impl Default for ServerSection {
     }
 }
 
+/// Entries of `smtp.trusted_network_domains`, at most.
+pub const TRUSTED_NETWORK_DOMAINS_MAX: usize = 1_000;
+/// Domains of one entry, at most.
+pub const TRUSTED_NETWORK_DOMAINS_PER_ENTRY_MAX: usize = 1_000;
+
+/// A trusted network and the sending domains its clients may have signed.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TrustedNetworkDomains {
+    pub cidr: IpNet,
+    /// Registered sending domains (a From subdomain counts as its sending domain); empty:
+    /// the network relays but nothing is signed.
+    pub domains: Vec<String>,
+}
+
+impl TrustedNetworkDomains {
+    /// Whether `sending_domain` (lower case) is mapped to this network.
+    pub fn maps(&self, sending_domain: &str) -> bool {
+        self.domains
+            .iter()
+            .any(|d| d.trim_end_matches('.').eq_ignore_ascii_case(sending_domain))
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SmtpSection {
     pub listen: SocketAddr,
     /// Clients from these networks may relay without AUTH. Empty by default: nobody relays
-    /// without authenticating.
+    /// without authenticating. Deprecated for signing: their clients get any From domain of
+    /// the policy DKIM-signed (as before issue 14, kept so existing relays keep working);
+    /// list networks in `trusted_network_domains` instead to sign only their own domains.
     pub trusted_networks: Vec<IpNet>,
+    /// `[[smtp.trusted_network_domains]] cidr = "...", domains = ["..."]`: trusted networks
+    /// (they relay without AUTH too) whose clients are signed only for these sending domains.
+    /// A client in such a network is held to the mapping even when a plain
+    /// `trusted_networks` entry contains it as well, so a subnet can be narrowed.
+    pub trusted_network_domains: Vec<TrustedNetworkDomains>,
     /// PEM certificate chain and key; when both are empty a self-signed pair is generated in
     /// `<data_dir>/tls/` so STARTTLS is always offered.
     pub tls_cert_path: Option<PathBuf>,
@@ -182,11 +213,41 @@ pub struct SmtpSection {
     pub tls_handshake_timeout_ms: u64,
 }
 
+impl SmtpSection {
+    /// The client is on a trusted network (may relay without AUTH): a plain one or a network
+    /// mapped to domains.
+    pub fn is_trusted(&self, ip: std::net::IpAddr) -> bool {
+        self.trusted_networks.iter().any(|n| n.contains(&ip))
+            || self
+                .trusted_network_domains
+                .iter()
+                .any(|t| t.cidr.contains(&ip))
+    }
+
+    /// Whether a trusted-network client at `ip` speaks for `sending_domain` (the registered
+    /// sending domain of its From, None when the policy has none): a network mapped to domains
+    /// only for those (every mapped network containing `ip` counts, and the mapping takes
+    /// precedence over the plain list); a plain `trusted_networks` entry for any domain, as
+    /// before the mapping existed.
+    pub fn relay_may_sign(&self, ip: std::net::IpAddr, sending_domain: Option<&str>) -> bool {
+        let mut mapped = self
+            .trusted_network_domains
+            .iter()
+            .filter(|t| t.cidr.contains(&ip))
+            .peekable();
+        if mapped.peek().is_some() {
+            return sending_domain.is_some_and(|d| mapped.any(|t| t.maps(d)));
+        }
+        self.trusted_networks.iter().any(|n| n.contains(&ip))
+    }
+}
+
 impl Default for SmtpSection {
     fn default() -> Self {
         SmtpSection {
             listen: "127.0.0.1:2525".parse().expect("static address"),
             trusted_networks: Vec::new(),
+            trusted_network_domains: Vec::new(),
             tls_cert_path: None,
             tls_key_path: None,
             command_line_max_bytes: 2048,
@@ -551,6 +612,23 @@ impl EngineConfig {
         if self.smtp.message_size_max_bytes < 1024 {
             return bad("smtp.message_size_max_bytes", "must be at least 1024");
         }
+        if self.smtp.trusted_network_domains.len() > TRUSTED_NETWORK_DOMAINS_MAX {
+            return bad(
+                "smtp.trusted_network_domains",
+                &format!("at most {TRUSTED_NETWORK_DOMAINS_MAX} entries"),
+            );
+        }
+        if self
+            .smtp
+            .trusted_network_domains
+            .iter()
+            .any(|t| t.domains.len() > TRUSTED_NETWORK_DOMAINS_PER_ENTRY_MAX)
+        {
+            return bad(
+                "smtp.trusted_network_domains.domains",
+                &format!("at most {TRUSTED_NETWORK_DOMAINS_PER_ENTRY_MAX} per entry"),
+            );
+        }
         if self.smtp.recipients_max == 0 {
             return bad(
                 "smtp.recipients_max",
@@ -699,6 +777,57 @@ mod tests {
         let e = EngineConfig::from_toml(&format!("[intake]\nmailboxes = [{}]\n", many.join(",")))
             .unwrap_err();
         assert!(e.to_string().contains("at most"), "{e}");
+    }
+
+    #[test]
+    fn trusted_networks_map_to_domains() {
+        let c = EngineConfig::from_toml(
+            "[smtp]\ntrusted_networks = [\"10.0.0.0/8\"]\n\
+             [[smtp.trusted_network_domains]]\ncidr = \"192.0.2.0/24\"\n\
+             domains = [\"Acme.test\"]\n",
+        )
+        .expect("valid");
+        assert_eq!(
+            c.smtp.trusted_networks.len(),
+            1,
+            "the plain list still parses"
+        );
+        let t = &c.smtp.trusted_network_domains[0];
+        assert_eq!(t.cidr, "192.0.2.0/24".parse::<IpNet>().unwrap());
+        assert!(t.maps("acme.test") && !t.maps("other.test"));
+        let e = EngineConfig::from_toml(
+            "[[smtp.trusted_network_domains]]\ncidr = \"192.0.2.0/24\"\nsigned = []\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("signed"), "{e}");
+    }
+
+    #[test]
+    fn a_mapped_network_speaks_only_for_its_domains_and_narrows_a_plain_one() {
+        let c = EngineConfig::from_toml(
+            "[smtp]\ntrusted_networks = [\"10.0.0.0/8\"]\n\
+             [[smtp.trusted_network_domains]]\ncidr = \"10.1.0.0/16\"\ndomains = [\"a.test\"]\n\
+             [[smtp.trusted_network_domains]]\ncidr = \"10.1.2.0/24\"\ndomains = [\"b.test\"]\n\
+             [[smtp.trusted_network_domains]]\ncidr = \"192.0.2.0/24\"\ndomains = []\n",
+        )
+        .expect("valid");
+        let s = &c.smtp;
+        let ip = |a: &str| a.parse::<std::net::IpAddr>().unwrap();
+        // The plain list: any domain, as before.
+        assert!(s.is_trusted(ip("10.9.0.1")));
+        assert!(s.relay_may_sign(ip("10.9.0.1"), Some("z.test")));
+        // A mapped subnet of it: only its domains (both entries containing the client count).
+        assert!(s.relay_may_sign(ip("10.1.0.1"), Some("a.test")));
+        assert!(!s.relay_may_sign(ip("10.1.0.1"), Some("b.test")));
+        assert!(s.relay_may_sign(ip("10.1.2.3"), Some("b.test")));
+        assert!(s.relay_may_sign(ip("10.1.2.3"), Some("a.test")));
+        assert!(!s.relay_may_sign(ip("10.1.0.1"), None));
+        // Mapped to nothing: relays (trusted) but speaks for no domain.
+        assert!(s.is_trusted(ip("192.0.2.7")));
+        assert!(!s.relay_may_sign(ip("192.0.2.7"), Some("a.test")));
+        // Not trusted at all.
+        assert!(!s.is_trusted(ip("203.0.113.1")));
+        assert!(!s.relay_may_sign(ip("203.0.113.1"), Some("a.test")));
     }
 
     #[test]

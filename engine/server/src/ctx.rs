@@ -148,13 +148,16 @@ impl ShardCtx {
         }
     }
 
-    /// The client is on a trusted network (may relay without AUTH).
+    /// The client is on a trusted network (may relay without AUTH): a plain one or a network
+    /// mapped to domains.
     pub fn is_trusted(&self, ip: IpAddr) -> bool {
-        self.cfg
-            .smtp
-            .trusted_networks
-            .iter()
-            .any(|n| n.contains(&ip))
+        self.cfg.smtp.is_trusted(ip)
+    }
+
+    /// Whether a trusted-network client speaks for `sending_domain` (see
+    /// [`crate::config::SmtpSection::relay_may_sign`]).
+    pub fn relay_may_sign(&self, ip: IpAddr, sending_domain: Option<&str>) -> bool {
+        self.cfg.smtp.relay_may_sign(ip, sending_domain)
     }
 
     /// Publishes spool and queue figures for backpressure and metrics.

@@ -73,6 +73,14 @@ pub fn run(
     if let crate::tls::CertSource::GeneratedSelfSigned(p) = &cert_source {
         tracing::warn!(path = %p.display(), "no TLS certificate configured: generated a self-signed one for STARTTLS");
     }
+    if !cfg.smtp.trusted_networks.is_empty() {
+        // Deprecated for signing (issue 14): kept working so existing relays keep their DKIM.
+        tracing::info!(
+            networks = cfg.smtp.trusted_networks.len(),
+            "smtp.trusted_networks get every policy domain signed; map networks to their \
+             domains with [[smtp.trusted_network_domains]] to sign only those"
+        );
+    }
     metrics::gauge!(crate::metrics::POLICY_VERSION).set(policy.version() as f64);
     let auth = Authenticator::new(&cfg.auth, Arc::clone(&policy));
     let shards = cfg.shard_count();

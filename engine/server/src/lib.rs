@@ -28,6 +28,7 @@ pub mod clock;
 pub mod config;
 pub mod ctx;
 pub mod delivery_setup;
+pub mod domain_auth;
 pub mod engine;
 pub mod error;
 pub mod intake;

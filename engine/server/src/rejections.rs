@@ -78,7 +78,33 @@ impl Rejections {
     /// `None`).
     pub fn refused(&mut self, sender: Option<&str>, recipient: &str, reply: &Reply) {
         let attribution = self.attribution.clone();
-        self.note(Outcome::Rejected, sender, recipient, reply, attribution);
+        self.note(
+            Outcome::Rejected,
+            sender,
+            recipient,
+            reply,
+            attribution,
+            None,
+        );
+    }
+
+    /// [`Rejections::refused`] with the event's `details` (a refused sending domain's check).
+    pub fn refused_with(
+        &mut self,
+        sender: Option<&str>,
+        recipient: &str,
+        reply: &Reply,
+        details: Option<serde_json::Map<String, serde_json::Value>>,
+    ) {
+        let attribution = self.attribution.clone();
+        self.note(
+            Outcome::Rejected,
+            sender,
+            recipient,
+            reply,
+            attribution,
+            details,
+        );
     }
 
     /// Notes a recipient refused because `tenant`'s (or the operator's) suppression list holds
@@ -93,7 +119,14 @@ impl Rejections {
             })),
             (None, None) => None,
         };
-        self.note(Outcome::Suppressed, None, recipient, reply, attribution);
+        self.note(
+            Outcome::Suppressed,
+            None,
+            recipient,
+            reply,
+            attribution,
+            None,
+        );
     }
 
     fn note(
@@ -103,6 +136,7 @@ impl Rejections {
         recipient: &str,
         reply: &Reply,
         attribution: Option<Arc<Attribution>>,
+        details: Option<serde_json::Map<String, serde_json::Value>>,
     ) {
         if !self.sink.is_enabled() {
             return;
@@ -132,6 +166,7 @@ impl Rejections {
             bounce: None,
             attempt: 0,
             shard: self.shard,
+            details,
             attribution: EventAttribution(attribution),
         });
         self.count = self.count.saturating_add(1);

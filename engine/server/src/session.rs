@@ -100,6 +100,8 @@ struct Driver {
     /// The tenant of the open transaction, whose suppression list RCPT checks: the
     /// authenticated credential's, or on a trusted network the MAIL FROM domain's owner.
     mail_tenant: Option<String>,
+    /// The `rejected` events' details of the message just refused (a sending domain's check).
+    refusal_details: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// Runs one connection to its end. Never panics on peer input; a panic in here is caught by the
@@ -124,6 +126,7 @@ pub async fn run(ctx: Rc<ShardCtx>, stream: TcpStream, peer: SocketAddr) {
         tls_desc: None,
         rejections,
         mail_tenant: None,
+        refusal_details: None,
     };
     let end = d.drive().await;
     d.io.close().await;
@@ -251,9 +254,12 @@ impl Driver {
             }
             Event::Message(tx) => {
                 let v = self.on_message(&tx).await;
+                let details = self.refusal_details.take();
                 if let DataVerdict::Reject(r) = &v {
                     for rcpt in &tx.recipients {
-                        self.rejections.refused(Some(&tx.mail_from), rcpt, r);
+                        let d = details.clone();
+                        self.rejections
+                            .refused_with(Some(&tx.mail_from), rcpt, r, d);
                     }
                 }
                 self.rejections.mail_from(None);
@@ -430,9 +436,10 @@ impl Driver {
         );
         let (body, attribution, reserved_id) = match prepared {
             Ok(p) => p,
-            Err(refused) => {
-                metrics::counter!(m::REJECTIONS_TOTAL, "reason" => refused.reason).increment(1);
-                return DataVerdict::Reject(refused.reply);
+            Err(refusal) => {
+                metrics::counter!(m::REJECTIONS_TOTAL, "reason" => refusal.reason).increment(1);
+                self.refusal_details = refusal.details;
+                return DataVerdict::Reject(refusal.reply);
             }
         };
         let warning = crate::sign_and_spool::reputation_warning(&self.ctx, &attribution);

@@ -20,29 +20,42 @@ use crate::ctx::ShardCtx;
 use crate::list_unsubscribe;
 use crate::metrics as m;
 
-/// A message refused before it was stored: the reply, and the `reason` label the rejections
-/// metric counts it under.
-#[derive(Debug)]
+/// Why `prepare` refused a message: the reply, the metrics reason, and the `rejected` event's
+/// details when there are any (a refused sending domain's check).
+#[derive(Debug, Clone, PartialEq)]
 pub struct Refusal {
-    pub reason: &'static str,
     pub reply: Reply,
+    pub reason: &'static str,
+    pub details: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl From<Reply> for Refusal {
+    fn from(reply: Reply) -> Refusal {
+        Refusal {
+            reply,
+            reason: "message_check",
+            details: None,
+        }
+    }
 }
 
 impl Refusal {
     fn message_check(reply: Reply) -> Refusal {
         Refusal {
-            reason: "message_check",
             reply,
+            reason: "message_check",
+            details: None,
         }
     }
 }
 
 /// Runs the message checks, adds Received (and Message-ID/Date for submissions), removes the
-/// X-Petrel headers, checks a tenant's submission (sending not disabled, no phishing-style
-/// content), adds List-Unsubscribe when the tenant asked for it, signs. Returns the message to
-/// spool, its attribution, and the message id reserved for it when one was written into it; a
-/// malformed X-Petrel header (`550 5.6.0 <reason>`), disabled sending and phishing-style
-/// content (`550 5.7.1`) are refused here, before anything is stored.
+/// X-Petrel headers, checks the From domain ([`crate::domain_auth`]) and a tenant's submission
+/// (sending not disabled, no phishing-style content), adds List-Unsubscribe when the tenant
+/// asked for it, signs. Returns the message to spool, its attribution, and the message id
+/// reserved for it when one was written into it; a malformed X-Petrel header (`550 5.6.0
+/// <reason>`), a From domain that fails authentication (`550 5.7.26`), disabled sending and
+/// phishing-style content (`550 5.7.1`) are refused here, before anything is stored.
 pub fn prepare(
     ctx: &ShardCtx,
     tx: &Transaction,
@@ -68,14 +81,17 @@ pub fn prepare(
     };
     let prepared = petrel_smtp::prepare(&tx.data, &trace, HEADER_SECTION_MAX_BYTES_DEFAULT)
         .map_err(|e| Refusal::message_check(e.reply()))?;
-    let trusted = ctx.is_trusted(peer.ip());
     let policy = ctx.policy.peek();
-    // The tenant that owns the From domain, when the policy knows one.
-    let domain_tenant = prepared
+    let sending_domain = prepared
         .from_domain
         .as_deref()
-        .and_then(|d| policy.find_domain(d))
-        .map(|d| d.tenant_id.as_str());
+        .and_then(|d| policy.find_domain(d));
+    // A trusted-network client speaks for the From domain only if its network is mapped to it
+    // (or is on the plain, unmapped list): see `ShardCtx::relay_may_sign`.
+    let trusted = ctx.is_trusted(peer.ip())
+        && ctx.relay_may_sign(peer.ip(), sending_domain.map(|d| d.name.as_str()));
+    // The tenant that owns the From domain, when the policy knows one.
+    let domain_tenant = sending_domain.map(|d| d.tenant_id.as_str());
     let Prepared {
         message,
         tags,
@@ -85,6 +101,13 @@ pub fn prepare(
     } = prepared;
     let identity_tenant = identity.map(|i| i.tenant.as_deref());
     let tenant = tenant_of(identity_tenant, trusted, domain_tenant);
+    crate::domain_auth::check_from(&policy, identity_tenant, from_domain.as_deref()).map_err(
+        |r| Refusal {
+            reply: r.reply,
+            reason: "domain_auth",
+            details: Some(r.details),
+        },
+    )?;
     // Guardrails (issue 14): a tenant or From domain whose sending the control plane disabled
     // is refused before signing and storing (`550 5.7.1 sending disabled: <reason>`).
     if let Err(denial) = policy.check_message(tenant, from_domain.as_deref()) {
@@ -92,6 +115,7 @@ pub fn prepare(
         return Err(Refusal {
             reason: "sending_disabled",
             reply: Reply::new(code, enhanced, text),
+            details: None,
         });
     }
     if identity.is_some() || tenant.is_some() {
@@ -183,6 +207,7 @@ fn check_content(
     // What fired it (URLs of the message, possibly with tokens): debug only.
     tracing::debug!(hits = ?verdict.hits, "phishing-style content hits");
     Err(Refusal {
+        details: None,
         reason: "content",
         reply: Reply::new(
             550,

@@ -41,6 +41,7 @@ fn domain(tenant_id: &str, name: &str, verified: bool) -> SendingDomain {
         dkim_keys: vec![],
         sending_disabled: None,
         reputation_warning: None,
+        auth_failure: None,
     }
 }
 

@@ -160,7 +160,9 @@ pub fn load(dir: &Path) -> Result<Option<SuppressionSet>, LoadError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::suppression::{ChangeOp, SuppressionChange, SuppressionReason, SuppressionSetBuilder};
+    use crate::suppression::{
+        ChangeOp, SuppressionChange, SuppressionReason, SuppressionSetBuilder,
+    };
 
     #[test]
     fn a_saved_set_loads_back_equal_and_a_damaged_one_is_refused() {
@@ -169,7 +171,11 @@ mod tests {
         let keyer = SuppressionKeyer::random();
         let mut b = SuppressionSetBuilder::new(keyer, 7, 100);
         for i in 0..100 {
-            b.push("t1", &format!("u{i}@x.example"), SuppressionReason::HardBounce);
+            b.push(
+                "t1",
+                &format!("u{i}@x.example"),
+                SuppressionReason::HardBounce,
+            );
         }
         let mut set = b.finish();
         set.apply(&[
@@ -192,7 +198,9 @@ mod tests {
         assert_eq!(back.len(), 100);
         assert!(back.check("t1", "U5@x.example").is_some());
         assert!(back.check("t1", "u3@x.example").is_none());
-        assert!(back.check("t9", "new@x.example").is_some_and(|h| h.operator_wide));
+        assert!(back
+            .check("t9", "new@x.example")
+            .is_some_and(|h| h.operator_wide));
 
         let path = dir.path().join(SUPPRESSION_FILE);
         let good = std::fs::read(&path).unwrap();

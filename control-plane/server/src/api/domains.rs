@@ -55,6 +55,8 @@ pub struct DomainView {
     pub dns_records: Vec<DnsRecord>,
     /// The last verify's outcome per record.
     pub last_check: Option<Vec<RecordCheck>>,
+    /// The last DNS authentication check (scheduled or `POST .../check`); None: never checked.
+    pub auth: Option<crate::domain_auth::DomainAuthView>,
 }
 
 impl KeyView {
@@ -103,7 +105,12 @@ async fn view(conn: &mut AnyConnection, app: &App, row: Domain) -> Result<Domain
             )
         })
         .unwrap_or_default();
+    let auth = store::domain_checks::get(conn, &row.tenant_id, &row.id)
+        .await?
+        .as_ref()
+        .map(crate::domain_auth::DomainAuthView::of);
     Ok(DomainView {
+        auth,
         id: row.id,
         tenant_id: row.tenant_id,
         name: row.name,
@@ -312,6 +319,7 @@ pub async fn delete(
     let mut m = app.db.begin_mutation().await?;
     let before = fetch_domain(m.conn(), &app, &caller.tenant_id, &id).await?;
     store::domains::delete(m.conn(), &caller.tenant_id, &id).await?;
+    store::domain_checks::delete(m.conn(), &caller.tenant_id, &id).await?;
     let entry = app.entry(
         &caller,
         Some(&caller.tenant_id),

@@ -12,6 +12,7 @@
 pub mod audit;
 pub mod credentials;
 pub mod dmarc;
+pub mod domain_auth;
 pub mod domains;
 pub mod engines;
 pub mod events;
@@ -56,6 +57,9 @@ pub const REQUESTS_IN_FLIGHT_MAX: usize = 256;
 pub struct Settings {
     /// The domain tenants include in their SPF record.
     pub spf_include: String,
+    /// The engines' outbound addresses: an SPF record whose ip4:/ip6: mechanisms cover all of
+    /// them authorises the platform as well as the include does (empty: the include only).
+    pub spf_addresses: Vec<std::net::IpAddr>,
     /// How long a rotated-out DKIM key stays listed (and published in snapshots as retired).
     pub dkim_rotation_grace_ms: i64,
     pub hash_cost: HashCost,
@@ -155,6 +159,7 @@ pub fn routes() -> OpenApiRouter<App> {
         .routes(routes!(domains::verify))
         .routes(routes!(domains::rotate))
         .routes(routes!(dmarc::show))
+        .routes(routes!(domain_auth::check))
         .routes(routes!(limits::set_domain))
         .routes(routes!(credentials::create, credentials::list))
         .routes(routes!(credentials::show))

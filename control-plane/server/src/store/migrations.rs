@@ -298,6 +298,22 @@ CREATE TABLE guard_cap_lifts (
 "#,
     ),
     (
+        // domauth (issue 14): each sending domain's last DNS authentication check.
+        7,
+        r#"
+CREATE TABLE domain_checks (
+    domain_id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL,
+    checked_unix_ms BIGINT NOT NULL,
+    failing_check TEXT,
+    failure_detail TEXT,
+    changed_unix_ms BIGINT NOT NULL,
+    checks_json TEXT NOT NULL
+);
+CREATE INDEX domain_checks_failing ON domain_checks (failing_check);
+"#,
+    ),
+    (
         8,
         r#"
 ALTER TABLE tenants ADD COLUMN list_unsubscribe BIGINT NOT NULL DEFAULT 0;

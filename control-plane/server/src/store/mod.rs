@@ -14,6 +14,7 @@
 pub mod audit;
 pub mod credentials;
 pub mod dmarc;
+pub mod domain_checks;
 pub mod domains;
 pub mod engines;
 pub mod events;

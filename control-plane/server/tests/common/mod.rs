@@ -2,6 +2,7 @@
 //! (JSON answers) and its loopback DNS server for the TXT records the domain checks look up.
 #![allow(dead_code)]
 
+pub mod domain_auth;
 pub mod events;
 pub mod guardrails;
 pub mod plans;
@@ -73,6 +74,8 @@ pub struct Tweaks {
     pub second_node: bool,
     /// Guardrails settings other than the defaults.
     pub guardrails: Option<petrel_control::guardrails::GuardSettings>,
+    /// The scheduled domain re-check's period (default: the server's, an hour).
+    pub domain_check_interval_secs: Option<u64>,
 }
 
 /// [`start_with`] with [`Tweaks`].
@@ -95,10 +98,14 @@ pub async fn start_custom(database_url: Option<String>, tweaks: Tweaks) -> Harne
         webhooks_allow_loopback: tweaks.webhooks_allow_loopback,
         webhooks_ca_file,
     };
+    let defaults = test_options();
     let opts = ServeOptions {
         clock: tweaks.clock,
         guardrails: tweaks.guardrails.unwrap_or_default(),
-        ..test_options()
+        domain_check_interval_secs: tweaks
+            .domain_check_interval_secs
+            .unwrap_or(defaults.domain_check_interval_secs),
+        ..defaults
     };
     let (tx, rx) = tokio::sync::oneshot::channel();
     let task = tokio::spawn(async move {

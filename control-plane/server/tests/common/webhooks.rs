@@ -251,7 +251,7 @@ pub async fn loopback_node(
             webhooks_ca_pem: Some(pki.ca_pem.clone()),
             clock: Some(clock),
             second_node,
-            guardrails: None,
+            ..Tweaks::default()
         },
     )
     .await;

@@ -106,6 +106,11 @@ pub struct Event {
     pub attempt: u32,
     /// The shard that delivered.
     pub shard: u8,
+    /// Petrel's own facts about the event (`petrel_policy::Event::details`), e.g. the failing
+    /// check of a refused sending domain; at most `DETAILS_MAX_BYTES` once serialised (larger
+    /// is left out of the control plane's copy).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub details: Option<serde_json::Map<String, serde_json::Value>>,
     /// The message's tenant, credential, From domain, Message-ID, tags and metadata
     /// (`tenant_id`, `credential_id`, `from_domain`, `rfc822_message_id`, `tags`, `metadata`
     /// at the top level of the line; null or empty when unknown).
@@ -412,6 +417,7 @@ pub(crate) mod tests {
             bounce: None,
             attempt: 1,
             shard: 0,
+            details: None,
             attribution: EventAttribution(Some(std::sync::Arc::new(
                 crate::attribution::Attribution {
                     tenant_id: Some("tenant-a".into()),

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use petrel_policy::event::{
-    EventType, ADDRESS_MAX_BYTES, DOMAIN_MAX_BYTES, ENHANCED_CODE_MAX_BYTES,
+    EventType, ADDRESS_MAX_BYTES, DETAILS_MAX_BYTES, DOMAIN_MAX_BYTES, ENHANCED_CODE_MAX_BYTES,
     EVENTS_BATCH_MAX_BYTES, EVENTS_PER_BATCH_MAX, EVENT_ID_FIELD_MAX_BYTES, METADATA_MAX_BYTES,
     REMOTE_FIELD_MAX_BYTES, REPLY_TEXT_MAX_BYTES, RFC822_MESSAGE_ID_MAX_BYTES, TAGS_MAX,
     TAG_MAX_BYTES,
@@ -204,6 +204,12 @@ fn parse_reply(line: &str) -> Option<(u16, Option<&str>, &str)> {
     }
 }
 
+/// Whether `details` serialise within `DETAILS_MAX_BYTES` (the control plane refuses a larger
+/// event, and with it its batch, so an oversized object is left out instead).
+fn details_fit(details: &serde_json::Map<String, serde_json::Value>) -> bool {
+    serde_json::to_vec(details).is_ok_and(|v| v.len() <= DETAILS_MAX_BYTES)
+}
+
 /// One event as the control plane reads it (`petrel_policy::Event`'s field names).
 struct WireEvent<'a> {
     id: &'a str,
@@ -332,6 +338,9 @@ impl Serialize for WireEvent<'_> {
         }
         if let Some(r) = self.reply() {
             m.serialize_entry("reply", &r)?;
+        }
+        if let Some(d) = e.details.as_ref().filter(|d| details_fit(d)) {
+            m.serialize_entry("details", d)?;
         }
         let needs_bounce = matches!(e.outcome, Outcome::Deferred | Outcome::Bounced);
         match &e.bounce {

@@ -74,6 +74,7 @@ impl<S: SpoolAccess + 'static> Inner<S> {
                 bounce: None,
                 attempt: 0,
                 shard: self.shard,
+                details: None,
                 attribution: crate::attribution::EventAttribution(msg.attribution.clone()),
             });
         }

@@ -479,6 +479,7 @@ fn event(
         bounce: r.bounce(),
         attempt: slot.attempts,
         shard,
+        details: None,
         attribution: EventAttribution(attribution.clone()),
     }
 }

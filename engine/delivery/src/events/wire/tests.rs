@@ -209,3 +209,30 @@ fn reply_lines_are_parsed() {
     assert_eq!(parse_reply("ok"), None);
     assert_eq!(clip("aé", 2), "a");
 }
+
+#[test]
+fn details_are_carried_and_an_oversized_object_is_left_out() {
+    let (o, d) = outbox("details");
+    let mut w = WireWriter::new(Some(o.clone()), "engine-7".into());
+    let mut refused = event(1);
+    refused.outcome = Outcome::Rejected;
+    refused.reply = Some("550 5.7.26 dmarc check failed for a.test: missing".into());
+    let mut details = serde_json::Map::new();
+    details.insert("check".into(), "dmarc".into());
+    details.insert("domain".into(), "a.test".into());
+    refused.details = Some(details);
+    let mut huge = event(2);
+    let mut big = serde_json::Map::new();
+    big.insert("x".into(), "y".repeat(DETAILS_MAX_BYTES).into());
+    huge.details = Some(big);
+    w.push(&refused);
+    w.push(&huge);
+    w.commit();
+    let got = written(&o).concat();
+    petrel_policy::event::validate_batch(&got).expect("valid for the control plane");
+    let carried = got[0].details.as_ref().expect("details carried");
+    assert_eq!(carried.get("check").and_then(|v| v.as_str()), Some("dmarc"));
+    assert_eq!(got[0].reply.as_ref().map(|r| r.code), Some(550));
+    assert!(got[1].details.is_none(), "too large: left out, event kept");
+    let _ = std::fs::remove_dir_all(&d);
+}
