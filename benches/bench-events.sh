@@ -55,8 +55,11 @@ for run in $(seq 1 "$RUNS"); do
     CP=$!; PIDS+=("$CP")
     wait_for "$DATA/cp.out" "owner API key" || { echo "control plane did not start"; cat "$DATA/cp.err"; exit 1; }
     OWNER=$(grep -o 'keep it): .*' "$DATA/cp.out" | awk '{print $NF}')
-    ADMIN=$(api POST /v1/tenants "$OWNER" '{"name":"bench","allow_unverified_domains":true}' \
-      | python3 -c 'import json,sys; print(json.load(sys.stdin)["admin_key"]["secret"])')
+    TENANT_JSON=$(api POST /v1/tenants "$OWNER" '{"name":"bench","allow_unverified_domains":true}')
+    ADMIN=$(echo "$TENANT_JSON" | python3 -c 'import json,sys; print(json.load(sys.stdin)["admin_key"]["secret"])')
+    TENANT=$(echo "$TENANT_JSON" | python3 -c 'import json,sys; print(json.load(sys.stdin)["tenant"]["id"])')
+    # A new tenant may send 10 messages a day until the operator lifts its cap (guardrails).
+    api POST "/v1/tenants/$TENANT/guardrails/lift-cap" "$OWNER" > /dev/null
     api POST /v1/domains "$ADMIN" '{"name":"petrel-load.test","algorithm":"ed25519"}' > "$DATA/domain.json"
     if [ "$mode" = on ]; then
       python3 tests/webhook_receiver.py --port 0 --port-file "$DATA/wh.port" --secret-file "$DATA/wh.secret" \

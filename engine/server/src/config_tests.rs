@@ -1,0 +1,142 @@
+//! Tests of the engine configuration: parsing, defaults, validation of each section.
+
+use super::*;
+
+#[test]
+fn content_section_defaults_on_and_is_validated() {
+    let c = EngineConfig::from_toml("").expect("defaults are valid");
+    assert!(c.content.phishing_check);
+    assert!(c.content.checker().expect("default checker").is_some());
+    let off = EngineConfig::from_toml("[content]\nphishing_check = false\n").unwrap();
+    assert!(off.content.checker().unwrap().is_none());
+    let tuned = EngineConfig::from_toml(
+        "[content]\nphishing_threshold = 80\nredirect_domains = [\"sendgrid.net\"]\n",
+    )
+    .unwrap();
+    assert_eq!(tuned.content.phishing_threshold, 80);
+    for bad in [
+        "[content]\nphishing_threshold = 0\n",
+        "[content]\nredirect_domains = [\"click.sendgrid.net\"]\n",
+    ] {
+        let e = EngineConfig::from_toml(bad).unwrap_err().to_string();
+        assert!(e.contains("content"), "{e}");
+    }
+}
+
+#[test]
+fn empty_file_gives_defaults() {
+    let c = EngineConfig::from_toml("").expect("defaults are valid");
+    assert_eq!(c.smtp.listen.port(), 2525);
+    assert!(c.spool.fsync);
+    assert!(c.smtp.trusted_networks.is_empty());
+}
+
+#[test]
+fn unknown_key_is_named() {
+    let e = EngineConfig::from_toml("[smtp]\nlisten_port = 25\n").unwrap_err();
+    assert!(e.to_string().contains("listen_port"), "{e}");
+}
+
+#[test]
+fn bad_value_is_named() {
+    let e = EngineConfig::from_toml("[smtp]\nlisten = \"nope\"\n").unwrap_err();
+    assert!(e.to_string().contains("listen"), "{e}");
+    let e = EngineConfig::from_toml("[smtp]\nrecipients_max = 0\n").unwrap_err();
+    assert!(e.to_string().contains("smtp.recipients_max"), "{e}");
+    let e = EngineConfig::from_toml("[delivery]\nnext_hop_sessions_per_shard_max = 0\n")
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("delivery.next_hop_sessions_per_shard_max"),
+        "{e}"
+    );
+}
+
+#[test]
+fn the_intake_is_off_by_default_and_its_mailboxes_are_checked() {
+    let c = EngineConfig::from_toml("").unwrap();
+    assert_eq!(c.intake.listen, None);
+    let c = EngineConfig::from_toml(
+        "[intake]\nlisten = \"127.0.0.1:2526\"\nmailboxes = [\"dmarc@reports.example\"]\n",
+    )
+    .unwrap();
+    assert_eq!(c.intake.listen, Some("127.0.0.1:2526".parse().unwrap()));
+    assert_eq!(c.intake.mailboxes, ["dmarc@reports.example"]);
+    let e =
+        EngineConfig::from_toml("[intake]\nmailboxes = [\"not an address\"]\n").unwrap_err();
+    assert!(e.to_string().contains("intake.mailboxes"), "{e}");
+    let e = EngineConfig::from_toml("[intake]\nlisten = \"127.0.0.1:2525\"\n").unwrap_err();
+    assert!(e.to_string().contains("intake.listen"), "{e}");
+    let many: Vec<String> = (0..=INTAKE_MAILBOXES_MAX)
+        .map(|i| format!("\"m{i}@r.example\""))
+        .collect();
+    let e = EngineConfig::from_toml(&format!("[intake]\nmailboxes = [{}]\n", many.join(",")))
+        .unwrap_err();
+    assert!(e.to_string().contains("at most"), "{e}");
+}
+
+#[test]
+fn trusted_networks_map_to_domains() {
+    let c = EngineConfig::from_toml(
+        "[smtp]\ntrusted_networks = [\"10.0.0.0/8\"]\n\
+         [[smtp.trusted_network_domains]]\ncidr = \"192.0.2.0/24\"\n\
+         domains = [\"Acme.test\"]\n",
+    )
+    .expect("valid");
+    assert_eq!(
+        c.smtp.trusted_networks.len(),
+        1,
+        "the plain list still parses"
+    );
+    let t = &c.smtp.trusted_network_domains[0];
+    assert_eq!(t.cidr, "192.0.2.0/24".parse::<IpNet>().unwrap());
+    assert!(t.maps("acme.test") && !t.maps("other.test"));
+    let e = EngineConfig::from_toml(
+        "[[smtp.trusted_network_domains]]\ncidr = \"192.0.2.0/24\"\nsigned = []\n",
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("signed"), "{e}");
+}
+
+#[test]
+fn a_mapped_network_speaks_only_for_its_domains_and_narrows_a_plain_one() {
+    let c = EngineConfig::from_toml(
+        "[smtp]\ntrusted_networks = [\"10.0.0.0/8\"]\n\
+         [[smtp.trusted_network_domains]]\ncidr = \"10.1.0.0/16\"\ndomains = [\"a.test\"]\n\
+         [[smtp.trusted_network_domains]]\ncidr = \"10.1.2.0/24\"\ndomains = [\"b.test\"]\n\
+         [[smtp.trusted_network_domains]]\ncidr = \"192.0.2.0/24\"\ndomains = []\n",
+    )
+    .expect("valid");
+    let s = &c.smtp;
+    let ip = |a: &str| a.parse::<std::net::IpAddr>().unwrap();
+    // The plain list: any domain, as before.
+    assert!(s.is_trusted(ip("10.9.0.1")));
+    assert!(s.relay_may_sign(ip("10.9.0.1"), Some("z.test")));
+    // A mapped subnet of it: only its domains (both entries containing the client count).
+    assert!(s.relay_may_sign(ip("10.1.0.1"), Some("a.test")));
+    assert!(!s.relay_may_sign(ip("10.1.0.1"), Some("b.test")));
+    assert!(s.relay_may_sign(ip("10.1.2.3"), Some("b.test")));
+    assert!(s.relay_may_sign(ip("10.1.2.3"), Some("a.test")));
+    assert!(!s.relay_may_sign(ip("10.1.0.1"), None));
+    // Mapped to nothing: relays (trusted) but speaks for no domain.
+    assert!(s.is_trusted(ip("192.0.2.7")));
+    assert!(!s.relay_may_sign(ip("192.0.2.7"), Some("a.test")));
+    // Not trusted at all.
+    assert!(!s.is_trusted(ip("203.0.113.1")));
+    assert!(!s.relay_may_sign(ip("203.0.113.1"), Some("a.test")));
+}
+
+#[test]
+fn overrides_apply() {
+    let mut c = EngineConfig::default();
+    c.apply_overrides(&Overrides {
+        shards: Some(3),
+        trust_networks: vec!["10.0.0.0/8".parse().unwrap()],
+        no_delivery: true,
+        ..Overrides::default()
+    })
+    .unwrap();
+    assert_eq!(c.shard_count(), 3);
+    assert_eq!(c.smtp.trusted_networks.len(), 1);
+    assert!(!c.delivery.enabled);
+}
