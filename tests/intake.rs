@@ -124,6 +124,39 @@ fn verp_of(
     })
 }
 
+/// The issue's bound from a suppressing event to its refusal at RCPT on every shard.
+const REFUSAL_BOUND: Duration = Duration::from_secs(5);
+
+/// Once `rcpt` is suppressed at the control plane, the tenant's next message to it is refused
+/// at RCPT (`550 5.7.1`) within [`REFUSAL_BOUND`] (each try opens a new session, so a shard at
+/// random answers).
+fn next_send_refused(engine: &Engine, user: &str, pass: &str, rcpt: &str) {
+    let started = Instant::now();
+    let msg = message(&format!("news@{DOMAIN}"), rcpt, "again");
+    let envelope = lettre::address::Envelope::new(
+        Some(format!("news@{DOMAIN}").parse().unwrap()),
+        vec![rcpt.parse().unwrap()],
+    )
+    .unwrap();
+    let m = mailer(engine.smtp.port(), user, pass);
+    loop {
+        match m.send_raw(&envelope, msg.as_bytes()) {
+            Err(e) if e.to_string().contains("5.7.1") => break,
+            _ => {}
+        }
+        assert!(
+            started.elapsed() <= REFUSAL_BOUND,
+            "{rcpt} still accepted {:?} after its suppression",
+            started.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!(
+        "{rcpt}: refused {:?} after the suppression row",
+        started.elapsed()
+    );
+}
+
 fn dsn(verp: &str, rcpt: &str) -> String {
     format!(
         "From: MAILER-DAEMON@mx.dest.test\r\nTo: {verp}\r\nSubject: Undelivered Mail\r\n\
@@ -271,6 +304,7 @@ fn what_comes_back_to_the_intake_becomes_events_and_suppressions() {
         suppressed(info.api_addr, &acme.admin, gone)
     });
     assert_eq!(row["reason"], "hard_bounce", "{row}");
+    next_send_refused(&engine, &acme.username, &acme.password, gone);
 
     // An ARF report to the feedback-loop mailbox, traced by the original's return path.
     let reader = "reader@dest.test";
@@ -300,6 +334,7 @@ fn what_comes_back_to_the_intake_becomes_events_and_suppressions() {
         suppressed(info.api_addr, &acme.admin, reader)
     });
     assert_eq!(row["reason"], "complaint", "{row}");
+    next_send_refused(&engine, &acme.username, &acme.password, reader);
 
     // A forged token (a character inside the tag changed, the last one only holds padding
     // bits) is refused at RCPT.

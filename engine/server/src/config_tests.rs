@@ -43,8 +43,8 @@ fn bad_value_is_named() {
     assert!(e.to_string().contains("listen"), "{e}");
     let e = EngineConfig::from_toml("[smtp]\nrecipients_max = 0\n").unwrap_err();
     assert!(e.to_string().contains("smtp.recipients_max"), "{e}");
-    let e = EngineConfig::from_toml("[delivery]\nnext_hop_sessions_per_shard_max = 0\n")
-        .unwrap_err();
+    let e =
+        EngineConfig::from_toml("[delivery]\nnext_hop_sessions_per_shard_max = 0\n").unwrap_err();
     assert!(
         e.to_string()
             .contains("delivery.next_hop_sessions_per_shard_max"),
@@ -62,8 +62,7 @@ fn the_intake_is_off_by_default_and_its_mailboxes_are_checked() {
     .unwrap();
     assert_eq!(c.intake.listen, Some("127.0.0.1:2526".parse().unwrap()));
     assert_eq!(c.intake.mailboxes, ["dmarc@reports.example"]);
-    let e =
-        EngineConfig::from_toml("[intake]\nmailboxes = [\"not an address\"]\n").unwrap_err();
+    let e = EngineConfig::from_toml("[intake]\nmailboxes = [\"not an address\"]\n").unwrap_err();
     assert!(e.to_string().contains("intake.mailboxes"), "{e}");
     let e = EngineConfig::from_toml("[intake]\nlisten = \"127.0.0.1:2525\"\n").unwrap_err();
     assert!(e.to_string().contains("intake.listen"), "{e}");

@@ -8,6 +8,7 @@
 //! metrics. Pages and deltas are applied one at a time and in order: the session awaits each
 //! before reading the next frame.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,6 +35,8 @@ pub(super) struct SuppressionFollower {
     loading: Option<Loading>,
     /// When the set was last saved (None: not on this connection).
     saved_at: Option<Instant>,
+    /// A save is running (in the background: the feed never waits for the disk).
+    saving: Arc<AtomicBool>,
 }
 
 impl SuppressionFollower {
@@ -41,29 +44,42 @@ impl SuppressionFollower {
         SuppressionFollower {
             loading: None,
             saved_at: None,
+            saving: Arc::new(AtomicBool::new(false)),
         }
     }
 
-    /// Saves the set in force, after a full load or when the last save is old enough. A failed
-    /// save is logged: the engine runs on, the next save may work.
-    async fn save(&mut self, store: &Arc<PolicyStore>, force: bool) {
+    /// Saves the set in force, after a full load or when the last save is old enough, in the
+    /// background: the next delta never waits for a save (80 MB at 10 million entries). A save
+    /// still running skips this one; the next due one catches up. A failed save is logged: the
+    /// engine runs on, the next save may work.
+    fn save(&mut self, store: &Arc<PolicyStore>, force: bool) {
         let due = self
             .saved_at
             .is_none_or(|t| t.elapsed() >= Duration::from_millis(SUPPRESSION_SAVE_INTERVAL_MS));
         if !(force || due) {
             return;
         }
+        if self.saving.swap(true, Ordering::AcqRel) {
+            if force {
+                self.saved_at = None; // the next delta saves at once
+            }
+            return;
+        }
         self.saved_at = Some(Instant::now());
         let set = store.suppressions_full();
         let dir = store.dir().to_path_buf();
-        let saved =
-            tokio::task::spawn_blocking(move || crate::suppression::persist::save(&dir, &set))
-                .await;
-        match saved {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "suppression list not saved"),
-            Err(e) => tracing::error!(error = %e, "suppression save task failed"),
-        }
+        let saving = Arc::clone(&self.saving);
+        tokio::spawn(async move {
+            let saved =
+                tokio::task::spawn_blocking(move || crate::suppression::persist::save(&dir, &set))
+                    .await;
+            match saved {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "suppression list not saved"),
+                Err(e) => tracing::error!(error = %e, "suppression save task failed"),
+            }
+            saving.store(false, Ordering::Release);
+        });
     }
 
     /// Asks for what comes after the set in force (sent once, after `Hello`).
@@ -127,7 +143,7 @@ impl SuppressionFollower {
         store.publish_suppressions(set);
         tracing::info!(version, entries = len, "suppression list loaded");
         write_frame(writer, &Frame::SuppressionsApplied { version }).await?;
-        self.save(store, true).await;
+        self.save(store, true);
         Ok(())
     }
 
@@ -154,7 +170,7 @@ impl SuppressionFollower {
         let version = set.version();
         store.publish_suppressions(set);
         write_frame(writer, &Frame::SuppressionsApplied { version }).await?;
-        self.save(store, false).await;
+        self.save(store, false);
         Ok(())
     }
 }
