@@ -1,11 +1,13 @@
-//! End to end one-click unsubscribe (issue 14): a tenant with `list_unsubscribe` on submits
+//! End to end one-click and mailto unsubscribe (issue 14): a tenant with `list_unsubscribe` on submits
 //! through a real engine linked to a real control plane; the message reaches the sink with
 //! `List-Unsubscribe` (a `mailto:` on the bounce domain and the control plane's `/u/TOKEN`
 //! link) and `List-Unsubscribe-Post`, both covered by the DKIM signature (dkimpy verifies it,
 //! `h=` names both, and altering the link breaks it); a POST to the link, as a mailbox
 //! provider makes it, gives an `unsubscribed` event of that message and a suppression of the
 //! recipient within seconds. A message with the tenant's own List-Unsubscribe keeps it, and a
-//! message to two recipients gets none.
+//! message to two recipients gets none. A mail to the `mailto:` address, at the engine's
+//! return-path intake, unsubscribes too, and the tenant's next message to that recipient is
+//! refused at RCPT within the bound.
 
 mod common;
 
@@ -181,7 +183,10 @@ fn one_click_links_are_signed_and_a_post_unsubscribes_and_suppresses() {
         "--control-ca",
         ca.to_str().unwrap(),
     ];
-    let engine = Engine::start_with(&dir.path().join("engine"), &args, None);
+    // The return-path intake too: the mailto link's unsubscribes come back to it.
+    let intake_config = "[intake]\nlisten = \"127.0.0.1:0\"\n";
+    let engine = Engine::start_with(&dir.path().join("engine"), &args, Some(intake_config));
+    let intake = intake_addr(&engine);
 
     let acme = provision(info.api_addr, &owner, &dns, "acme", DOMAIN, "acme-mailer");
     let (code, t) = api(
@@ -325,5 +330,98 @@ fn one_click_links_are_signed_and_a_post_unsubscribes_and_suppresses() {
         events_of(info.api_addr, &acme.admin, "unsubscribed").len(),
         1
     );
+
+    // 4. The mailto link: the recipient mails its u- address (at the engine's intake), which
+    // unsubscribes it, and the tenant's next message to it is refused at RCPT.
+    let second = "second@example.test";
+    // (Counted from the sink's messages: with VERP the two-recipient message arrived as two.)
+    let before = sink.received().len();
+    submit(&sink, &m, &[second], &message("mailto", second, ""), before + 1);
+    let text = sink
+        .received()
+        .iter()
+        .map(|t| String::from_utf8_lossy(&t.data).into_owned())
+        .find(|t| t.contains("Subject: mailto\r\n"))
+        .expect("the mailto message at the sink");
+    let lu = headers(&text, "List-Unsubscribe");
+    let address = lu
+        .first()
+        .and_then(|h| h.split(',').next())
+        .and_then(|l| l.trim().strip_prefix("<mailto:"))
+        .and_then(|l| l.strip_suffix('>'))
+        .unwrap_or_else(|| panic!("a mailto link: {text}"))
+        .to_string();
+    let mail =
+        format!("From: <{second}>\r\nTo: <{address}>\r\nSubject: unsubscribe\r\n\r\nPlease.\r\n");
+    let sent = Instant::now();
+    let (code, reply) = send_to_intake(intake, second, &address, mail.as_bytes());
+    assert_eq!(code, 250, "{reply}");
+    let deadline = sent + UNSUBSCRIBE_VISIBLE_MAX;
+    let event = loop {
+        let found = events_of(info.api_addr, &acme.admin, "unsubscribed")
+            .into_iter()
+            .find(|e| e["recipient"] == second);
+        if let Some(e) = found {
+            break e;
+        }
+        assert!(Instant::now() < deadline, "no mailto unsubscribed event");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(event["details"]["method"], "mailto", "{event}");
+    let envelope = Envelope::new(
+        Some(format!("news@{DOMAIN}").parse().expect("sender")),
+        vec![second.parse().expect("rcpt")],
+    )
+    .expect("envelope");
+    loop {
+        match m.send_raw(&envelope, message("again", second, "").as_bytes()) {
+            Err(e) if e.to_string().contains("5.7.1") => break,
+            _ => {}
+        }
+        assert!(
+            sent.elapsed() <= UNSUBSCRIBE_VISIBLE_MAX,
+            "{second} still accepted {:?} after its unsubscribe",
+            sent.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    println!(
+        "mailto unsubscribe to refusal at RCPT: {:?}",
+        sent.elapsed()
+    );
     assert!(engine.stop());
+}
+
+/// The engine's intake listener, from its start-up lines.
+fn intake_addr(engine: &Engine) -> SocketAddr {
+    let deadline = Instant::now() + WAIT_MAX;
+    loop {
+        if let Ok(line) = engine.stdout_lines.recv_timeout(Duration::from_secs(1)) {
+            if let Some(addr) = line.trim_start().strip_prefix("intake:  smtp=") {
+                return addr.trim().parse().expect("the intake's address");
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the engine printed no intake address"
+        );
+    }
+}
+
+/// One message to the intake from `from` to `rcpt`; the final reply.
+fn send_to_intake(intake: SocketAddr, from: &str, rcpt: &str, body: &[u8]) -> (u16, String) {
+    let mut c = Smtp::connect(intake);
+    assert_eq!(c.reply().0, 220);
+    assert_eq!(c.cmd("EHLO provider.test").0, 250);
+    assert_eq!(c.cmd(&format!("MAIL FROM:<{from}>")).0, 250);
+    let r = c.cmd(&format!("RCPT TO:<{rcpt}>"));
+    if r.0 != 250 {
+        return r;
+    }
+    assert_eq!(c.cmd("DATA").0, 354);
+    c.send(body);
+    c.send(b"\r\n.\r\n");
+    let r = c.reply();
+    let _ = c.cmd("QUIT");
+    r
 }
