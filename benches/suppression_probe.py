@@ -48,4 +48,6 @@ for i in range(a.samples):
     if ts is None:
         sys.exit(f"no bounced event for {rcpt}")
     out.append(refused_ms - ts)
+# Every sample, in order, on stderr (the bench log): which one is slow says why.
+print("samples ms: " + " ".join("%.0f" % x for x in out), file=sys.stderr)
 print("%.0f %.0f" % (statistics.median(out), max(out)))
