@@ -336,7 +336,13 @@ fn one_click_links_are_signed_and_a_post_unsubscribes_and_suppresses() {
     let second = "second@example.test";
     // (Counted from the sink's messages: with VERP the two-recipient message arrived as two.)
     let before = sink.received().len();
-    submit(&sink, &m, &[second], &message("mailto", second, ""), before + 1);
+    submit(
+        &sink,
+        &m,
+        &[second],
+        &message("mailto", second, ""),
+        before + 1,
+    );
     let text = sink
         .received()
         .iter()
