@@ -17,7 +17,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::io::AsyncWriteExt;
 use futures_lite::FutureExt;
 use glommio::net::TcpStream;
 use petrel_reports::{IntakeRecipient, TokenData};
@@ -27,6 +27,7 @@ use crate::clock::now_ms;
 use crate::ctx::ShardCtx;
 use crate::intake::{self, IntakeSetup, Outcome, Stamp};
 use crate::intake_keys::IntakeShared;
+use crate::session::Io;
 
 /// Bytes read from the socket at once.
 const READ_BUFFER_BYTES: usize = 16 << 10;
@@ -37,45 +38,6 @@ pub const INTAKE_REPORTS_TOTAL: &str = "petrel_intake_reports_total";
 pub const INTAKE_RCPT_REFUSED_TOTAL: &str = "petrel_intake_rcpt_refused_total";
 /// Pause after a failed `accept`, so the loop does not spin while the condition lasts.
 const ACCEPT_RETRY_MS: u64 = 10;
-
-enum Io {
-    Plain(TcpStream),
-    Tls(Box<futures_rustls::server::TlsStream<TcpStream>>),
-    Gone,
-}
-
-impl Io {
-    async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        match self {
-            Io::Plain(s) => s.read(buf).await,
-            Io::Tls(s) => s.read(buf).await,
-            Io::Gone => Ok(0),
-        }
-    }
-
-    async fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        match self {
-            Io::Plain(s) => s.write_all(buf).await,
-            Io::Tls(s) => {
-                s.write_all(buf).await?;
-                s.flush().await
-            }
-            Io::Gone => Err(std::io::ErrorKind::NotConnected.into()),
-        }
-    }
-
-    async fn close(&mut self) {
-        match self {
-            Io::Plain(s) => {
-                let _ = s.close().await;
-            }
-            Io::Tls(s) => {
-                let _ = s.close().await;
-            }
-            Io::Gone => {}
-        }
-    }
-}
 
 /// Accepts intake connections until `shutdown` closes. Connections count against the same
 /// per-IP and total bounds as the main listener's (`Pressure::admit_connection`).

@@ -26,14 +26,16 @@ const READ_BUFFER_BYTES: usize = 16 << 10;
 /// Input that extends the reply deadline while a client streams message data.
 const DATA_PROGRESS_BYTES: u64 = 64 << 10;
 
-enum Io {
+/// A session's socket: plain, after STARTTLS, or gone (also the return-path intake's,
+/// `intake_session.rs`).
+pub(crate) enum Io {
     Plain(TcpStream),
     Tls(Box<futures_rustls::server::TlsStream<TcpStream>>),
     Gone,
 }
 
 impl Io {
-    async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+    pub(crate) async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         match self {
             Io::Plain(s) => s.read(buf).await,
             Io::Tls(s) => s.read(buf).await,
@@ -41,7 +43,7 @@ impl Io {
         }
     }
 
-    async fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+    pub(crate) async fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
         match self {
             Io::Plain(s) => s.write_all(buf).await,
             Io::Tls(s) => {
@@ -52,7 +54,7 @@ impl Io {
         }
     }
 
-    async fn close(&mut self) {
+    pub(crate) async fn close(&mut self) {
         match self {
             Io::Plain(s) => {
                 let _ = s.close().await;
