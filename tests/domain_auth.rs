@@ -28,30 +28,18 @@ const TOKEN: &str = "domauth-push-token-0123456789";
 const WAIT_MAX: Duration = Duration::from_secs(30);
 
 /// A control plane on loopback that re-checks domains every second.
+/// The control plane, re-checking domains every second.
 fn start_control(
     rt: &tokio::runtime::Runtime,
     data_dir: &std::path::Path,
     nameserver: SocketAddr,
 ) -> petrel_control::ServeInfo {
-    let cfg = petrel_control::ControlConfig {
-        data_dir: data_dir.to_path_buf(),
-        database_url: None,
-        api_listen: "127.0.0.1:0".parse().unwrap(),
-        push_listen: "127.0.0.1:0".parse().unwrap(),
-        push_token: TOKEN.into(),
-        dns_nameservers: vec![nameserver],
-        webhooks_allow_loopback: false,
-        webhooks_ca_file: None,
-    };
     let opts = petrel_control::ServeOptions {
         domain_check_interval_secs: 1,
         ..petrel_control::ServeOptions::default()
     };
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    rt.spawn(async move { petrel_control::serve_with(cfg, opts, Some(tx)).await });
-    rt.block_on(async { tokio::time::timeout(WAIT_MAX, rx).await })
-        .expect("the control plane is ready in time")
-        .expect("the control plane reports its addresses")
+    let any = "127.0.0.1:0".parse().expect("loopback address");
+    common::control::start_control_with(rt, data_dir, TOKEN, nameserver, (any, any), opts).0
 }
 
 fn message(from_domain: &str, to: &str, subject: &str) -> String {

@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use common::control::{api, mailer, provision};
+use common::control::{api, mailer, provision, start_control_with};
 use common::*;
 use lettre::Transport;
 use petrel_testkit::dns::DnsServer;
@@ -27,8 +27,6 @@ const RUA: &str = "dmarc@reports.intake.test";
 const TOKEN: &str = "intake-push-token-0123456789";
 /// Upper bound on any wait (mail at the sink, events at the control plane).
 const WAIT_MAX: Duration = Duration::from_secs(60);
-/// How long the control plane may take to say it is ready.
-const CONTROL_READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -227,26 +225,19 @@ fn what_comes_back_to_the_intake_becomes_events_and_suppressions() {
     let dir = tempfile::tempdir().unwrap();
     let dns = DnsServer::start(vec![]);
     let rt = runtime();
-    let cfg = petrel_control::ControlConfig {
-        data_dir: dir.path().join("control"),
-        database_url: None,
-        api_listen: "127.0.0.1:0".parse().unwrap(),
-        push_listen: "127.0.0.1:0".parse().unwrap(),
-        push_token: TOKEN.into(),
-        dns_nameservers: vec![dns.addr],
-        webhooks_allow_loopback: true,
-        webhooks_ca_file: None,
-    };
     let opts = petrel_control::ServeOptions {
         return_path_domain: BOUNCE_DOMAIN.into(),
         ..petrel_control::ServeOptions::default()
     };
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let _control = rt.spawn(async move { petrel_control::serve_with(cfg, opts, Some(tx)).await });
-    let info = rt
-        .block_on(async { tokio::time::timeout(CONTROL_READY_TIMEOUT, rx).await })
-        .expect("control plane ready in time")
-        .expect("control plane addresses");
+    let any = "127.0.0.1:0".parse().unwrap();
+    let (info, _control) = start_control_with(
+        &rt,
+        &dir.path().join("control"),
+        TOKEN,
+        dns.addr,
+        (any, any),
+        opts,
+    );
     let owner = info.bootstrap_key.clone().expect("the owner key");
     let ca = dir.path().join("push.pem");
     std::fs::write(&ca, &info.push_cert_pem).unwrap();

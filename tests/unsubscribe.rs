@@ -41,32 +41,20 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// The control plane with the bounce domain and its API as the one-click links' origin.
 fn start_control(
     rt: &tokio::runtime::Runtime,
     data_dir: &std::path::Path,
     nameserver: SocketAddr,
     api_listen: SocketAddr,
 ) -> petrel_control::ServeInfo {
-    let cfg = petrel_control::ControlConfig {
-        data_dir: data_dir.to_path_buf(),
-        database_url: None,
-        api_listen,
-        push_listen: "127.0.0.1:0".parse().expect("loopback address"),
-        push_token: TOKEN.into(),
-        dns_nameservers: vec![nameserver],
-        webhooks_allow_loopback: false,
-        webhooks_ca_file: None,
-    };
     let opts = petrel_control::ServeOptions {
         return_path_domain: BOUNCE_DOMAIN.into(),
         public_url: format!("http://{api_listen}"),
         ..petrel_control::ServeOptions::default()
     };
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    rt.spawn(async move { petrel_control::serve_with(cfg, opts, Some(tx)).await });
-    rt.block_on(async { tokio::time::timeout(WAIT_MAX, rx).await })
-        .expect("the control plane is ready in time")
-        .expect("the control plane reports its addresses")
+    let push = "127.0.0.1:0".parse().expect("loopback address");
+    common::control::start_control_with(rt, data_dir, TOKEN, nameserver, (api_listen, push), opts).0
 }
 
 /// The unfolded values of header `name` (any case) in the header section of `text`.

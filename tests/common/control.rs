@@ -116,10 +116,35 @@ pub fn start_control_at(
     petrel_control::ServeInfo,
     tokio::task::JoinHandle<Result<(), petrel_control::ControlError>>,
 ) {
+    let any = "127.0.0.1:0".parse().expect("loopback address");
+    let opts = petrel_control::ServeOptions::default();
+    start_control_with(
+        rt,
+        data_dir,
+        push_token,
+        nameserver,
+        (any, push_listen),
+        opts,
+    )
+}
+
+/// A control plane in this process with `opts` (a return-path domain, a public URL, a short
+/// domain re-check interval...) on `(api_listen, push_listen)`; webhooks may reach loopback.
+pub fn start_control_with(
+    rt: &tokio::runtime::Runtime,
+    data_dir: &std::path::Path,
+    push_token: &str,
+    nameserver: SocketAddr,
+    (api_listen, push_listen): (SocketAddr, SocketAddr),
+    opts: petrel_control::ServeOptions,
+) -> (
+    petrel_control::ServeInfo,
+    tokio::task::JoinHandle<Result<(), petrel_control::ControlError>>,
+) {
     let cfg = petrel_control::ControlConfig {
         data_dir: data_dir.to_path_buf(),
         database_url: None,
-        api_listen: "127.0.0.1:0".parse().expect("loopback address"),
+        api_listen,
         push_listen,
         push_token: push_token.into(),
         dns_nameservers: vec![nameserver],
@@ -128,7 +153,7 @@ pub fn start_control_at(
         webhooks_ca_file: None,
     };
     let (tx, rx) = tokio::sync::oneshot::channel();
-    let task = rt.spawn(async move { petrel_control::serve(cfg, Some(tx)).await });
+    let task = rt.spawn(async move { petrel_control::serve_with(cfg, opts, Some(tx)).await });
     let info = rt
         .block_on(async { tokio::time::timeout(CONTROL_READY_TIMEOUT, rx).await })
         .expect("the control plane is ready in time")
