@@ -275,3 +275,87 @@ fn a_domain_whose_mail_bounces_at_15_percent_is_disabled_until_an_operator_re_en
         .starts_with("key:"));
     assert!(s.engine.stop());
 }
+
+#[test]
+fn a_domain_near_a_threshold_is_warned_in_the_250_reply_the_events_and_the_api() {
+    // perm*: 550 5.1.1 (a hard bounce); others: 250. A warning at half the 10 % threshold.
+    let sink = SmtpServer::start(Script::by_local_part());
+    let guard = GuardSettings {
+        window_ms: 3_600_000,
+        min_volume: 20,
+        warning_percent: 50,
+        check_interval_ms: 1_000,
+        ..Default::default()
+    };
+    let s = start(guard, sink.addr);
+    let t = provision(
+        s.info.api_addr,
+        &s.owner,
+        &s.dns,
+        "nearly",
+        DOMAIN,
+        "nearly-mailer",
+    );
+    let m = mailer(s.engine.smtp.port(), "nearly-mailer", &t.password);
+    first_send(&m, &mail("ok0@dest.test", "0"));
+    // 50 messages, 4 of them (8 %) to refused recipients from the 21st on: the rate passes 5 %
+    // and never 10 %, so the domain is warned, not disabled.
+    for i in 1..50 {
+        let to = if [20, 30, 40, 49].contains(&i) {
+            format!("perm{i}@dest.test")
+        } else {
+            format!("ok{i}@dest.test")
+        };
+        m.send(&mail(&to, &i.to_string()))
+            .unwrap_or_else(|e| panic!("message {i}: {e}"));
+    }
+    let deadline = Instant::now() + WAIT_MAX;
+    let warned = loop {
+        let w = events(&s, &t.admin, "reputation_warning");
+        if !w.is_empty() {
+            break w;
+        }
+        assert!(Instant::now() < deadline, "never warned");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // The tenant's rate and its one domain's are the same here: one warning each.
+    assert!(
+        warned.iter().any(|w| w["from_domain"] == DOMAIN)
+            && warned
+                .iter()
+                .all(|w| w["details"]["metric"] == "bounce_rate"),
+        "{warned:?}"
+    );
+    assert!(events(&s, &t.admin, "sending_disabled").is_empty());
+    // The tenant's API answers carry the warning.
+    let answer = petrel_testkit::http::Request::new("GET", &format!("/v1/tenants/{}", t.tenant_id))
+        .bearer(&t.admin)
+        .send(s.info.api_addr)
+        .unwrap();
+    let header = answer
+        .header("x-petrel-warning")
+        .unwrap_or_else(|| panic!("no X-Petrel-Warning: {:?}", answer.headers));
+    assert!(
+        header.starts_with("bounce rate ") && header.contains("nears 10.0%"),
+        "{header}"
+    );
+    // The 250 after DATA says so once the engine has the warning (the next snapshot). Each
+    // probe lowers the rate; 4 in 80 is still 5 %.
+    let mut text = String::new();
+    for i in 0..30 {
+        let r = m
+            .send(&mail(&format!("ok-probe{i}@dest.test"), "probe"))
+            .unwrap_or_else(|e| panic!("probe {i}: {e}"));
+        assert_eq!(r.code().to_string(), "250");
+        text = r.message().collect::<Vec<_>>().join(" ");
+        if text.contains("warning:") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(
+        text.contains("(warning: bounce rate ") && text.contains("nears 10.0%)"),
+        "{text}"
+    );
+    assert!(s.engine.stop());
+}

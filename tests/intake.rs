@@ -2,7 +2,8 @@
 //! real engine relaying a tenant's mail to a real sink (which sees a VERP return path per
 //! recipient) and listening on its intake port, and a real SMTP client sending what comes back:
 //! an asynchronous DSN and an ARF report become `bounced` (async) and `complained` events at
-//! `GET /v1/events` and rows at `GET /v1/suppressions`; a gzip'd DMARC aggregate report becomes
+//! `GET /v1/events` and rows at `GET /v1/suppressions`, of the recipient the return path (or,
+//! without one, the original's Message-ID) leads to, whatever address the report names; a gzip'd DMARC aggregate report becomes
 //! `dmarc_report` events; a forged token is refused at RCPT; a 10 MB report, a zip bomb and a
 //! malformed ARF report are each refused with their code.
 
@@ -326,6 +327,69 @@ fn what_comes_back_to_the_intake_becomes_events_and_suppressions() {
     });
     assert_eq!(row["reason"], "complaint", "{row}");
     next_send_refused(&engine, &acme.username, &acme.password, reader);
+
+    // A DSN to a return path that names another address: the event and the suppression are
+    // the return path's own recipient's (the control plane reads it from the message's
+    // `accepted` event); the named address is only noted.
+    let third = "third@dest.test";
+    let verp_third = verp_of(
+        &engine,
+        &sink,
+        &acme.username,
+        &acme.password,
+        third,
+        "three",
+    );
+    let victim = "victim@dest.test";
+    let r = send_to_intake(intake, "", &verp_third, dsn(&verp_third, victim).as_bytes());
+    assert_eq!(r.0, 250, "{}", r.1);
+    let bounced = wait_for("the redirected bounce at the control plane", || {
+        events(info.api_addr, &acme.admin, "bounced")
+            .into_iter()
+            .find(|e| e["recipient"] == third)
+    });
+    assert_eq!(bounced["details"]["attribution"], "token", "{bounced}");
+    assert_eq!(
+        bounced["details"]["reported_recipient"], victim,
+        "{bounced}"
+    );
+    wait_for("the return path's recipient suppressed", || {
+        suppressed(info.api_addr, &acme.admin, third)
+    });
+    assert!(suppressed(info.api_addr, &acme.admin, victim).is_none());
+
+    // A feedback loop that strips the return path: the complaint is found by the original's
+    // Message-ID (`<four@client.test>`, set by the tenant's client).
+    let fourth = "fourth@dest.test";
+    verp_of(
+        &engine,
+        &sink,
+        &acme.username,
+        &acme.password,
+        fourth,
+        "four",
+    );
+    let stripped = arf("bounces@elsewhere.test", fourth).replace(
+        "Subject: offers\r\n",
+        "Subject: offers\r\nMessage-ID: <four@client.test>\r\n",
+    );
+    let r = send_to_intake(intake, "fbl@provider.test", FBL, stripped.as_bytes());
+    assert_eq!(r.0, 250, "{}", r.1);
+    let complained = wait_for("the complaint found by Message-ID", || {
+        events(info.api_addr, &acme.admin, "complained")
+            .into_iter()
+            .find(|e| e["recipient"] == fourth)
+    });
+    assert_eq!(
+        complained["details"]["attribution"], "message_id",
+        "{complained}"
+    );
+    assert_eq!(complained["rfc822_message_id"], "four@client.test");
+    let row = wait_for("the Message-ID complaint's suppression", || {
+        suppressed(info.api_addr, &acme.admin, fourth)
+    });
+    assert_eq!(row["reason"], "complaint", "{row}");
+    next_send_refused(&engine, &acme.username, &acme.password, fourth);
 
     // A forged token (a character inside the tag changed, the last one only holds padding
     // bits) is refused at RCPT.

@@ -52,6 +52,17 @@ pub const REPLY_TEXT_MAX_BYTES: usize = 1024;
 pub const BOUNCE_CATEGORY_MAX_BYTES: usize = 32;
 /// Largest `details` object, in bytes of its compact JSON.
 pub const DETAILS_MAX_BYTES: usize = 4096;
+/// `details` key of a report event (a bounce, complaint or unsubscribe received at the
+/// return-path intake) whose VERP token names the recipient by its index in the message's
+/// envelope: the control plane reads the address the message was sent to from the message's
+/// `accepted` event (issue 14).
+pub const DETAIL_RCPT_INDEX: &str = "rcpt_index";
+/// `details` key the control plane sets on a report event at ingest: how its tenant, message
+/// and recipient were found (`token`, `message_id`, `reported`, `unresolved`).
+pub const DETAIL_ATTRIBUTION: &str = "attribution";
+/// `details` key the control plane sets when the address a report named differs from the
+/// recipient its token or Message-ID leads to (the event names the latter).
+pub const DETAIL_REPORTED_RECIPIENT: &str = "reported_recipient";
 /// Events in one `Events` frame.
 pub const EVENTS_PER_BATCH_MAX: usize = 1_000;
 /// Largest JSON array of one `Events` frame, in bytes.

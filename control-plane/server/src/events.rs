@@ -96,6 +96,8 @@ pub async fn ingest_checked(
     };
     let now = app.now_ms();
     let events: Vec<&Event> = fresh.iter().flat_map(|(_, b)| b.iter()).collect();
+    // Reports from the intakes get their tenant, message and recipient (`attribute.rs`).
+    let events = events::attribute::attribute(&mut tx, &events).await?;
     let inserted = events::insert_batch(&mut tx, engine_id, &events, now).await?;
     engines::set_events_acked_seq(&mut tx, engine_id, last, now).await?;
     if inserted > 0 {
@@ -109,7 +111,7 @@ pub async fn ingest_checked(
         app.webhooks.wake();
         app.suppressions.wake();
         // The guardrails re-evaluate these tenants' rates (a set insert per batch here).
-        app.guard.note_ingest(events.iter().copied());
+        app.guard.note_ingest(events.iter().map(|e| e.as_ref()));
     }
     Ok(Ingested {
         ack_seq: last,

@@ -12,6 +12,12 @@ async fn events_ingest_query_stats_retention() {
     common::events::events(&h).await;
 }
 
+#[tokio::test]
+async fn reports_are_attributed_to_the_recipient_their_message_went_to() {
+    let h = common::start().await;
+    common::attribution::reports(&h).await;
+}
+
 /// `GET /v1/events` must stay an index search at 10 million events: SQLite's plan for each
 /// filter query the store runs (and for the purge's reads) names its index and scans no table,
 /// with a few thousand events loaded, before and after `ANALYZE` (the planner without and with

@@ -128,6 +128,17 @@ async fn pg_events() {
 }
 
 #[tokio::test]
+async fn pg_report_attribution() {
+    let Some(base) = pg_url() else { return };
+    let db = TestDb::create(&base).await;
+    {
+        let h = common::start_with(Some(db.url.clone())).await;
+        common::attribution::reports(&h).await;
+    }
+    db.drop_db().await;
+}
+
+#[tokio::test]
 async fn pg_guardrails() {
     let Some(base) = pg_url() else { return };
     let db = TestDb::create(&base).await;

@@ -16,21 +16,26 @@
 //!
 //! The control plane suppresses by address, but a return path has room for 64 bytes of local
 //! part: a token with the compact tenant id and a recipient *index* takes 54, so the recipient's
-//! address fits only when it is at most 7 bytes (`RecipientRef::Address` is used then). For an
-//! index token the address is the one the report names: the DSN's failed recipient
-//! (`Final-Recipient`, else `Original-Recipient`), the ARF report's `Original-Rcpt-To` (else the
-//! original's `To`), the unsubscribe mail's envelope sender. That is sound because a VERP'd
-//! message goes out one recipient per transaction ([`petrel_delivery::return_path`]): a genuine
-//! report about a return path names exactly that one recipient, so a bounce naming several
-//! failed recipients for one token is refused (`550 5.6.0`). The token is what proves the
-//! report is about a real message of the tenant (forged tokens are refused at RCPT); the address
-//! is the reporter's word, as with every ESP's bounce processing. The engine cannot look the
-//! index up instead: an asynchronous bounce arrives after the remote's 250, when the spool has
-//! already forgotten the message.
+//! address fits only when it is at most 7 bytes (`RecipientRef::Address`, authoritative: it is
+//! signed). The engine cannot look an index up: an asynchronous bounce arrives after the
+//! remote's 250, when the spool has already forgotten the message. So an index token's event
+//! carries the index (`details.rcpt_index`) and the address the report names, if any (the
+//! DSN's failed recipient, `Final-Recipient` else `Original-Recipient`; the ARF report's
+//! `Original-Rcpt-To`, else the original's `To`; the unsubscribe mail's envelope sender), and
+//! the control plane names the recipient the message was sent to, from the message's
+//! `accepted` event (`control-plane/server/src/store/events/attribute.rs`). A report cannot
+//! make the control plane suppress another address than the token's recipient; the reported
+//! address is used only when the `accepted` event is gone (past the tenant's retention). A
+//! VERP'd message goes out one recipient per transaction ([`petrel_delivery::return_path`]),
+//! so a bounce naming several failed recipients for one index token is refused (`550 5.6.0`).
 //!
-//! A report that leads to no message of ours (no token in the envelope, none in the original's
-//! headers) is accepted and counted (`petrel_intake_reports_total{result="unattributed"}`), not
-//! refused: a feedback loop that gets 5xx replies may stop sending.
+//! A report with no token of ours but an original with a Message-ID (a feedback loop that
+//! strips the return path, a bounce to one of the mailboxes) goes up without a tenant, with
+//! the Message-ID and the reported address; the control plane finds the tenant, the message
+//! and the recipient among the `accepted` events with that Message-ID (one per failed
+//! recipient of a DSN). A report that leads to no message of ours (neither a token nor a
+//! Message-ID) is accepted and counted (`petrel_intake_reports_total{result="unattributed"}`),
+//! not refused: a feedback loop that gets 5xx replies may stop sending.
 
 use std::net::IpAddr;
 
@@ -51,6 +56,8 @@ pub const EVENTS_PER_REPORT_MAX: usize = 10_000;
 pub const INTAKE_RECIPIENTS_MAX: usize = 10;
 /// The engine id of the event ids' subject for DMARC rows (they have no Petrel message).
 const DMARC_SUBJECT_PREFIX: &str = "dmarc:";
+/// The prefix of the event ids' subject for a report found by the original's Message-ID.
+const RFC822_SUBJECT_PREFIX: &str = "rfc822:";
 
 /// What the session knows of the engine's return-path setup at a given moment.
 pub struct IntakeSetup<'a> {
@@ -92,8 +99,6 @@ pub enum IntakeRefusal {
     Report(#[from] petrel_reports::ReportError),
     #[error("a bounce to a VERP return path names {count} failed recipients; one expected")]
     SeveralRecipients { count: usize },
-    #[error("an unsubscribe by mail needs the subscriber's address as envelope sender")]
-    NoSubscriber,
     #[error("a DMARC report of {rows} rows (at most {max})")]
     TooManyRows { rows: usize, max: usize },
 }
@@ -118,32 +123,26 @@ pub struct Stamp<'a> {
     pub now_ms: i64,
 }
 
-/// The events of an unsubscribe mail (`u-` recipients; the mail itself is not read).
-pub fn unsubscribes(
-    tokens: &[TokenData],
-    mail_from: &str,
-    stamp: &Stamp<'_>,
-) -> Result<Outcome, IntakeRefusal> {
+/// The events of an unsubscribe mail (`u-` recipients; the mail itself is not read). An index
+/// token names the subscriber by the envelope sender when there is one; the control plane
+/// replaces it with the address the message went to (module docs).
+pub fn unsubscribes(tokens: &[TokenData], mail_from: &str, stamp: &Stamp<'_>) -> Outcome {
     let mut events = Vec::with_capacity(tokens.len());
     for t in tokens {
         let recipient = match &t.recipient {
-            RecipientRef::Address(a) => a.clone(),
-            RecipientRef::Index(_) if !mail_from.is_empty() => mail_from.to_ascii_lowercase(),
-            RecipientRef::Index(_) => return Err(IntakeRefusal::NoSubscriber),
+            RecipientRef::Address(a) => Some(a.clone()),
+            RecipientRef::Index(_) if !mail_from.is_empty() => Some(mail_from.to_ascii_lowercase()),
+            RecipientRef::Index(_) => None,
         };
-        let mut e = base_event(
-            stamp,
-            EventType::Other("unsubscribed".into()),
-            t,
-            &recipient,
-        );
-        e.details = Some(object(json!({ "method": "mailto" })));
+        let kind = EventType::Other("unsubscribed".into());
+        let mut e = base_event(stamp, kind, Source::Token(t), recipient.as_deref());
+        add_details(&mut e, json!({ "method": "mailto" }));
         events.push(e);
     }
-    Ok(Outcome {
+    Outcome {
         events,
         result: "unsubscribe",
-    })
+    }
 }
 
 /// The events of a parsed report. `token` is the return path the mail was sent to, if any;
@@ -161,14 +160,20 @@ pub fn report_events(
             .filter(|d| d.purpose == petrel_reports::Purpose::Bounce)
             .map(|d| d.data)
     };
+    let message_id = |o: Option<&petrel_reports::OriginalMessage>| {
+        o?.message_id.clone().filter(|m| {
+            !m.is_empty() && m.len() <= petrel_policy::event::RFC822_MESSAGE_ID_MAX_BYTES
+        })
+    };
     match report {
         Report::Bounce(dsn) => {
             let found = token
                 .cloned()
                 .or_else(|| from_original(dsn.original.as_ref()));
-            match found {
-                Some(t) => bounces(dsn, &t, stamp),
-                None => Ok(unattributed()),
+            match (found, message_id(dsn.original.as_ref())) {
+                (Some(t), _) => bounces(dsn, Source::Token(&t), stamp),
+                (None, Some(m)) => bounces(dsn, Source::MessageId(&m), stamp),
+                (None, None) => Ok(unattributed()),
             }
         }
         Report::Complaint(fr) => {
@@ -183,9 +188,10 @@ pub fn report_events(
                 .cloned()
                 .or_else(from_return_path)
                 .or_else(|| from_original(fr.original.as_ref()));
-            match found {
-                Some(t) => Ok(complaint(fr, &t, stamp)),
-                None => Ok(unattributed()),
+            match (found, message_id(fr.original.as_ref())) {
+                (Some(t), _) => Ok(complaint(fr, Source::Token(&t), stamp)),
+                (None, Some(m)) => Ok(complaint(fr, Source::MessageId(&m), stamp)),
+                (None, None) => Ok(unattributed()),
             }
         }
         Report::DmarcAggregate(r) => dmarc_rows(r, owner, stamp),
@@ -199,7 +205,17 @@ fn unattributed() -> Outcome {
     }
 }
 
-fn bounces(dsn: &Dsn, t: &TokenData, stamp: &Stamp<'_>) -> Result<Outcome, IntakeRefusal> {
+/// What leads a report to the message it is about.
+#[derive(Debug, Clone, Copy)]
+enum Source<'a> {
+    /// A verified VERP token (the envelope recipient, or the original's return path).
+    Token(&'a TokenData),
+    /// No token: the original's Message-ID, which the control plane looks up among the
+    /// `accepted` events (the event goes up without a tenant).
+    MessageId(&'a str),
+}
+
+fn bounces(dsn: &Dsn, source: Source<'_>, stamp: &Stamp<'_>) -> Result<Outcome, IntakeRefusal> {
     // Only failures are bounces; a delay notice (action delayed) is the remote still trying.
     let failed: Vec<_> = dsn
         .recipients
@@ -212,46 +228,63 @@ fn bounces(dsn: &Dsn, t: &TokenData, stamp: &Stamp<'_>) -> Result<Outcome, Intak
             result: "ignored",
         });
     }
-    if failed.len() > 1 && matches!(t.recipient, RecipientRef::Index(_)) {
-        return Err(IntakeRefusal::SeveralRecipients {
-            count: failed.len(),
-        });
-    }
-    let r = failed[0];
-    let recipient = match &t.recipient {
-        RecipientRef::Address(a) => a.clone(),
-        RecipientRef::Index(_) => match r
+    let failed = match source {
+        // A token is about one recipient: an index token's report must name at most one, an
+        // address token's names its own.
+        Source::Token(t) => {
+            if failed.len() > 1 && matches!(t.recipient, RecipientRef::Index(_)) {
+                return Err(IntakeRefusal::SeveralRecipients {
+                    count: failed.len(),
+                });
+            }
+            &failed[..1]
+        }
+        // By Message-ID each failed recipient is its own event, each checked upstream
+        // against the message's recipients.
+        Source::MessageId(_) => &failed[..],
+    };
+    let mut events = Vec::with_capacity(failed.len());
+    for r in failed {
+        let reported = r
             .final_recipient
             .as_deref()
             .or(r.original_recipient.as_deref())
-        {
-            Some(a) => a.to_ascii_lowercase(),
-            None => return Ok(unattributed()),
-        },
-    };
-    let mut e = base_event(stamp, EventType::Bounced, t, &recipient);
-    e.is_async = true;
-    let (class, category) = match r.classification.as_ref() {
-        Some(c) => (
-            match c.class {
-                petrel_bounce::BounceClass::Hard => BounceClass::Hard,
-                petrel_bounce::BounceClass::Soft => BounceClass::Soft,
-            },
-            c.category.as_str().to_string(),
-        ),
-        None => (BounceClass::Hard, "other".to_string()),
-    };
-    e.bounce = Some(Bounce { class, category });
-    e.reply = Some(dsn_reply(r.status, r.diagnostic_code.as_deref()));
-    e.rfc822_message_id = dsn.original.as_ref().and_then(|o| o.message_id.clone());
-    e.from_domain = original_from_domain(dsn.original.as_ref());
-    let format = serde_json::to_value(dsn.format).unwrap_or(Value::Null);
-    e.details = Some(object(json!({
-        "reporting_mta": dsn.reporting_mta,
-        "format": format,
-    })));
+            .map(str::to_ascii_lowercase);
+        let recipient = match source {
+            Source::Token(TokenData {
+                recipient: RecipientRef::Address(a),
+                ..
+            }) => Some(a.clone()),
+            _ => reported,
+        };
+        let mut e = base_event(stamp, EventType::Bounced, source, recipient.as_deref());
+        e.is_async = true;
+        let (class, category) = match r.classification.as_ref() {
+            Some(c) => (
+                match c.class {
+                    petrel_bounce::BounceClass::Hard => BounceClass::Hard,
+                    petrel_bounce::BounceClass::Soft => BounceClass::Soft,
+                },
+                c.category.as_str().to_string(),
+            ),
+            None => (BounceClass::Hard, "other".to_string()),
+        };
+        e.bounce = Some(Bounce { class, category });
+        e.reply = Some(dsn_reply(r.status, r.diagnostic_code.as_deref()));
+        e.rfc822_message_id = dsn.original.as_ref().and_then(|o| o.message_id.clone());
+        e.from_domain = original_from_domain(dsn.original.as_ref());
+        let format = serde_json::to_value(dsn.format).unwrap_or(Value::Null);
+        add_details(
+            &mut e,
+            json!({
+                "reporting_mta": dsn.reporting_mta,
+                "format": format,
+            }),
+        );
+        events.push(e);
+    }
     Ok(Outcome {
-        events: vec![e],
+        events,
         result: "bounce",
     })
 }
@@ -283,29 +316,35 @@ fn dsn_reply(status: Option<(u8, u16, u16)>, diagnostic: Option<&str>) -> EventR
     }
 }
 
-fn complaint(fr: &FeedbackReport, t: &TokenData, stamp: &Stamp<'_>) -> Outcome {
+fn complaint(fr: &FeedbackReport, source: Source<'_>, stamp: &Stamp<'_>) -> Outcome {
     if !fr.feedback_type.is_complaint() {
         return Outcome {
             events: Vec::new(),
             result: "ignored",
         };
     }
-    let recipient: Option<String> = match &t.recipient {
-        RecipientRef::Address(a) => Some(a.clone()),
-        RecipientRef::Index(_) => fr.complainant().map(|a| a.to_ascii_lowercase()),
+    // Providers often redact the complainant: an index token or the Message-ID still leads
+    // the control plane to the recipient.
+    let recipient: Option<String> = match source {
+        Source::Token(TokenData {
+            recipient: RecipientRef::Address(a),
+            ..
+        }) => Some(a.clone()),
+        _ => fr.complainant().map(|a| a.to_ascii_lowercase()),
     };
-    let Some(recipient) = recipient else {
-        return unattributed();
-    };
-    let mut e = base_event(stamp, EventType::Other("complained".into()), t, &recipient);
+    let kind = EventType::Other("complained".into());
+    let mut e = base_event(stamp, kind, source, recipient.as_deref());
     e.rfc822_message_id = fr.original.as_ref().and_then(|o| o.message_id.clone());
     e.from_domain = original_from_domain(fr.original.as_ref());
     let feedback_type = serde_json::to_value(&fr.feedback_type).unwrap_or(Value::Null);
-    e.details = Some(object(json!({
-        "feedback_type": feedback_type,
-        "user_agent": clip(&fr.user_agent, 256),
-        "source": "arf",
-    })));
+    add_details(
+        &mut e,
+        json!({
+            "feedback_type": feedback_type,
+            "user_agent": clip(&fr.user_agent, 256),
+            "source": "arf",
+        }),
+    );
     Outcome {
         events: vec![e],
         result: "complaint",
@@ -392,26 +431,51 @@ fn dmarc_rows(
     })
 }
 
-/// An event about one recipient of a message named by a token. Its id is stable over the
-/// message, the recipient and the type, so a report sent twice (a lost 250, a provider's
-/// duplicate) is one event at the control plane.
-fn base_event(stamp: &Stamp<'_>, kind: EventType, t: &TokenData, recipient: &str) -> Event {
-    let subject = format!("{:016x}", t.message_id);
-    let index = match &t.recipient {
-        RecipientRef::Index(i) => u32::from(*i),
-        // An address token has no index: a hash of the address keeps the id per recipient.
-        RecipientRef::Address(a) => address_index(a),
+/// An event about one recipient of a message named by a token or a Message-ID. Its id is
+/// stable over the message, the recipient and the type, so a report sent twice (a lost 250, a
+/// provider's duplicate) is one event at the control plane. An index token's index goes up in
+/// `details` ([`petrel_policy::event::DETAIL_RCPT_INDEX`]) for the control plane's lookup.
+fn base_event(
+    stamp: &Stamp<'_>,
+    kind: EventType,
+    source: Source<'_>,
+    recipient: Option<&str>,
+) -> Event {
+    let (subject, index, tenant_id, message_id, rcpt_index) = match source {
+        Source::Token(t) => {
+            let subject = format!("{:016x}", t.message_id);
+            let (index, rcpt_index) = match &t.recipient {
+                RecipientRef::Index(i) => (u32::from(*i), Some(*i)),
+                // An address token has no index: a hash of the address keeps the id per
+                // recipient.
+                RecipientRef::Address(a) => (address_index(a), None),
+            };
+            (
+                subject.clone(),
+                index,
+                Some(t.tenant_id.clone()),
+                Some(subject),
+                rcpt_index,
+            )
+        }
+        Source::MessageId(m) => (
+            format!("{RFC822_SUBJECT_PREFIX}{m}"),
+            address_index(recipient.unwrap_or("")),
+            None,
+            None,
+            None,
+        ),
     };
-    Event {
+    let mut e = Event {
         id: Event::stable_id(stamp.engine_id, &subject, index, 0, &kind),
         kind,
         timestamp_ms: stamp.now_ms,
-        tenant_id: Some(t.tenant_id.clone()),
-        message_id: Some(subject),
+        tenant_id,
+        message_id,
         rfc822_message_id: None,
         sender: String::new(),
         from_domain: None,
-        recipient: Some(clip(recipient, petrel_policy::event::ADDRESS_MAX_BYTES).to_string()),
+        recipient: recipient.map(|r| clip(r, petrel_policy::event::ADDRESS_MAX_BYTES).to_string()),
         tags: Vec::new(),
         metadata: None,
         attempt: 0,
@@ -420,7 +484,19 @@ fn base_event(stamp: &Stamp<'_>, kind: EventType, t: &TokenData, recipient: &str
         bounce: None,
         is_async: false,
         details: None,
+    };
+    if let Some(i) = rcpt_index {
+        add_details(
+            &mut e,
+            json!({ petrel_policy::event::DETAIL_RCPT_INDEX: i }),
+        );
     }
+    e
+}
+
+/// Adds the members of the object `v` to the event's `details`.
+fn add_details(e: &mut Event, v: Value) {
+    e.details.get_or_insert_with(Map::new).extend(object(v));
 }
 
 fn address_index(address: &str) -> u32 {

@@ -349,7 +349,7 @@ fn decide(
     let mut outcome = if unsubscribes.is_empty() {
         Outcome::default()
     } else {
-        intake::unsubscribes(&unsubscribes, mail_from, &stamp).map_err(|e| e.reply())?
+        intake::unsubscribes(&unsubscribes, mail_from, &stamp)
     };
     let wants_report = recipients
         .iter()

@@ -137,17 +137,74 @@ fn a_bounce_naming_several_failed_recipients_for_one_token_is_refused() {
 }
 
 #[test]
-fn a_delay_notice_is_no_bounce_and_an_untraceable_report_is_accepted_unattributed() {
+fn a_delay_notice_is_no_bounce_and_a_tokenless_report_goes_up_by_its_message_id() {
     let delayed = include_bytes!("../../reports/testdata/bounces/rfc3464_postfix_delayed.eml");
     let out = report_events(&parse(delayed), Some(&token(0)), None, &no_owner, &stamp()).unwrap();
     assert!(out.events.is_empty());
     assert_eq!(out.result, "ignored");
-    // To a mailbox, with no return path of ours in the original: nothing to attribute.
+    // To a mailbox, with no return path of ours in the original: the control plane finds the
+    // message by its Message-ID, so the event has no tenant yet.
     let raw = include_bytes!("../../reports/testdata/bounces/rfc3464_postfix_user_unknown.eml");
     let keys = keys();
     let out = report_events(&parse(raw), None, Some(&keys), &no_owner, &stamp()).unwrap();
+    assert_eq!(out.result, "bounce");
+    let [e] = out.events.as_slice() else {
+        panic!("one event: {:?}", out.events)
+    };
+    e.validate().unwrap();
+    assert_eq!(e.tenant_id, None);
+    assert_eq!(e.message_id, None);
+    assert!(e.rfc822_message_id.is_some(), "{e:?}");
+    assert_eq!(e.recipient.as_deref(), Some("jane.doe@receiver.example"));
+    assert!(e.details.as_ref().unwrap().get("rcpt_index").is_none());
+    // The same report again is the same event.
+    let again = report_events(&parse(raw), None, Some(&keys), &no_owner, &stamp()).unwrap();
+    assert_eq!(again.events[0].id, e.id);
+}
+
+#[test]
+fn a_report_with_neither_token_nor_message_id_is_accepted_unattributed() {
+    let keys = keys();
+    let raw = arf("someone@elsewhere.test", "reader@example.org")
+        .replace("Message-ID: <m1@shop.test>\r\n", "");
+    let out = report_events(
+        &parse(raw.as_bytes()),
+        None,
+        Some(&keys),
+        &no_owner,
+        &stamp(),
+    )
+    .unwrap();
     assert!(out.events.is_empty());
     assert_eq!(out.result, "unattributed");
+}
+
+#[test]
+fn an_index_tokens_event_carries_the_index_and_goes_up_without_a_redacted_recipient() {
+    let raw = include_bytes!("../../reports/testdata/bounces/rfc3464_postfix_user_unknown.eml");
+    let out = report_events(&parse(raw), Some(&token(3)), None, &no_owner, &stamp()).unwrap();
+    assert_eq!(out.events[0].details.as_ref().unwrap()["rcpt_index"], 3);
+    // A complaint whose provider redacted the recipient: still an event of the tenant's
+    // message, the control plane names the recipient.
+    let keys = keys();
+    let rp = keys.return_path(&token(5), DOMAIN).unwrap();
+    let raw = arf(&rp, "redacted")
+        .replace("Original-Rcpt-To: <redacted>\r\n", "")
+        .replace("To: redacted\r\n", "");
+    let out = report_events(
+        &parse(raw.as_bytes()),
+        None,
+        Some(&keys),
+        &no_owner,
+        &stamp(),
+    )
+    .unwrap();
+    assert_eq!(out.result, "complaint");
+    let e = &out.events[0];
+    e.validate().unwrap();
+    assert_eq!(e.tenant_id.as_deref(), Some(TENANT));
+    assert_eq!(e.recipient, None);
+    assert_eq!(e.details.as_ref().unwrap()["rcpt_index"], 5);
 }
 
 /// An ARF report to a feedback-loop mailbox whose original carries `return_path`.
@@ -202,7 +259,13 @@ fn a_complaint_is_traced_by_the_originals_return_path_to_its_tenant_message_and_
         &stamp(),
     )
     .unwrap();
-    assert_eq!(out.result, "unattributed");
+    // ... but the original's Message-ID still may: the event goes up without a tenant.
+    assert_eq!(out.result, "complaint");
+    assert_eq!(out.events[0].tenant_id, None);
+    assert_eq!(
+        out.events[0].rfc822_message_id.as_deref(),
+        Some("m1@shop.test")
+    );
 }
 
 #[test]
@@ -250,7 +313,7 @@ fn a_dmarc_aggregate_report_becomes_rows_of_its_domains_tenant() {
 
 #[test]
 fn a_mailto_unsubscribe_names_the_subscriber() {
-    let out = unsubscribes(&[token(2)], "Reader@Example.org", &stamp()).unwrap();
+    let out = unsubscribes(&[token(2)], "Reader@Example.org", &stamp());
     let e = &out.events[0];
     e.validate().unwrap();
     assert_eq!(e.kind.as_str(), "unsubscribed");
@@ -260,12 +323,12 @@ fn a_mailto_unsubscribe_names_the_subscriber() {
         recipient: RecipientRef::Address("a@b.io".into()),
         ..token(0)
     };
-    let out = unsubscribes(&[short], "", &stamp()).unwrap();
+    let out = unsubscribes(&[short], "", &stamp());
     assert_eq!(out.events[0].recipient.as_deref(), Some("a@b.io"));
-    assert_eq!(
-        unsubscribes(&[token(2)], "", &stamp()).unwrap_err(),
-        IntakeRefusal::NoSubscriber
-    );
+    // A null sender: the control plane names the subscriber from the index.
+    let out = unsubscribes(&[token(2)], "", &stamp());
+    assert_eq!(out.events[0].recipient, None);
+    assert_eq!(out.events[0].details.as_ref().unwrap()["rcpt_index"], 2);
 }
 
 #[test]

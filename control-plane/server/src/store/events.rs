@@ -25,6 +25,7 @@
 //! Cursors are the insertion `seq`: listing is newest first by `seq` (the order the control
 //! plane received them), and `since`/`until` filter on the event's own `timestamp_ms`.
 
+pub mod attribute;
 mod insert;
 mod purge;
 

@@ -320,4 +320,12 @@ ALTER TABLE tenants ADD COLUMN list_unsubscribe BIGINT NOT NULL DEFAULT 0;
 CREATE INDEX events_dmarc ON events (tenant_id, from_domain, timestamp_ms) WHERE type = 'dmarc_report';
 "#,
     ),
+    (
+        // A report without a VERP token is traced by the original's Message-ID among the
+        // `accepted` events (store/events/attribute.rs).
+        9,
+        r#"
+CREATE INDEX events_rfc822_accepted ON events (rfc822_message_id) WHERE type = 'accepted';
+"#,
+    ),
 ];

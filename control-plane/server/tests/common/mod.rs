@@ -2,6 +2,7 @@
 //! (JSON answers) and its loopback DNS server for the TXT records the domain checks look up.
 #![allow(dead_code)]
 
+pub mod attribution;
 pub mod domain_auth;
 pub mod events;
 pub mod guardrails;

@@ -226,6 +226,12 @@ where
         })
         .collect();
     all.extend(purge_cases());
+    all.push(PlanCase {
+        name: "a report's message by Message-ID",
+        sql: petrel_control::store::events::attribute::MESSAGE_ID_SQL.into(),
+        args: Args::Plain(vec![Arg::Text("m1@mail.test".into()), Arg::Int(1_001)]),
+        index: "events_rfc822_accepted",
+    });
     for case in all {
         let plan = explain(case.sql.clone(), case.args).await;
         assert!(
