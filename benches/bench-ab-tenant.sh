@@ -8,7 +8,7 @@
 # Unsubscribe headers; the guardrails, the sending-domain checks and the content check are on by
 # default in builds that have them). Loopback only; every process is stopped by PID.
 #
-#   ROUNDS=3 CP_ARGS_B="--return-path-domain bounce.bench.test --public-url https://petrel.bench.test" \
+#   ROUNDS=3 TRUST_A="--trust-network 127.0.0.0/8" CP_ARGS_B="--return-path-domain bounce.bench.test --public-url https://petrel.bench.test" \
 #     TENANT_B='{"list_unsubscribe":true}' benches/bench-ab-tenant.sh /path/to/petrel-a /path/to/petrel-b
 set -u
 cd "$(dirname "$0")/.."
@@ -16,6 +16,9 @@ N=${N:-100000}; CONNS=${CONNS:-200}; ROUNDS=${ROUNDS:-3}; SIZE=${SIZE:-1024}; TI
 PORT=${PORT:-2745}; SINK_PORT=${SINK_PORT:-2746}; API_PORT=${API_PORT:-2747}; PUSH_PORT=${PUSH_PORT:-2748}
 METRICS_PORT=${METRICS_PORT:-2749}
 [ $# -eq 2 ] || { echo "usage: $0 BIN_A BIN_B" >&2; exit 2; }
+# How loopback is trusted and signed for the tenant's domain: builds before issue 14 signed any
+# domain for `--trust-network`; later ones only for a mapped network (TRUST_A=... for an old A).
+TRUST_DEFAULT="--trust-network-domains 127.0.0.0/8=petrel-load.test"
 TCK=$(getconf CLK_TCK)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done; }
@@ -27,13 +30,13 @@ api() { curl -s -X "$1" "http://127.0.0.1:$API_PORT$2" -H "Authorization: Bearer
 wait_for() { for _ in $(seq 1 300); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 
 echo "# $(date -u +%FT%TZ) $(nproc) cores; N=$N CONNS=$CONNS ROUNDS=$ROUNDS SIZE=$SIZE"
-echo "# A=$1 ${CP_ARGS_A:-} ${TENANT_A:-}"
-echo "# B=$2 ${CP_ARGS_B:-} ${TENANT_B:-}"
+echo "# A=$1 ${TRUST_A:-$TRUST_DEFAULT} ${CP_ARGS_A:-} ${TENANT_A:-}"
+echo "# B=$2 ${TRUST_B:-$TRUST_DEFAULT} ${CP_ARGS_B:-} ${TENANT_B:-}"
 declare -A rates cpus
 for round in $(seq 1 "$ROUNDS"); do
   for side in A B; do
-    if [ "$side" = A ]; then BIN=$1; CP_ARGS=${CP_ARGS_A:-}; TENANT_PATCH=${TENANT_A:-}
-    else BIN=$2; CP_ARGS=${CP_ARGS_B:-}; TENANT_PATCH=${TENANT_B:-}; fi
+    if [ "$side" = A ]; then BIN=$1; CP_ARGS=${CP_ARGS_A:-}; TENANT_PATCH=${TENANT_A:-}; TRUST=${TRUST_A:-$TRUST_DEFAULT}
+    else BIN=$2; CP_ARGS=${CP_ARGS_B:-}; TENANT_PATCH=${TENANT_B:-}; TRUST=${TRUST_B:-$TRUST_DEFAULT}; fi
     DATA=$(mktemp -d /tmp/petrel-abt.XXXXXX)
     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=localhost \
       -addext subjectAltName=DNS:localhost -addext basicConstraints=critical,CA:FALSE -keyout "$DATA/push.key" -out "$DATA/push.pem" >/dev/null 2>&1
@@ -55,7 +58,7 @@ for round in $(seq 1 "$ROUNDS"); do
     SINK=$!; PIDS+=("$SINK")
     "$BIN" engine --data-dir "$DATA/engine" --smtp-listen "127.0.0.1:$PORT" \
       --metrics-listen "127.0.0.1:$METRICS_PORT" --admin-listen 127.0.0.1:0 --relay-to "127.0.0.1:$SINK_PORT" \
-      --trust-network 127.0.0.0/8 --control "127.0.0.1:$PUSH_PORT" \
+      $TRUST --control "127.0.0.1:$PUSH_PORT" \
       --control-token "$(cat "$DATA/cp/control/push.token")" --control-ca "$DATA/push.pem" \
       > "$DATA/engine.out" 2> "$DATA/engine.err" &
     ENGINE=$!; PIDS+=("$ENGINE")

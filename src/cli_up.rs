@@ -92,7 +92,12 @@ pub fn up(args: UpArgs) -> anyhow::Result<i32> {
         metrics_listen: Some(args.metrics_listen),
         admin_listen: Some(args.admin_listen),
         shards: args.shards,
-        trust_network: vec!["127.0.0.0/8".parse().context("static network")?],
+        trust_network: Vec::new(),
+        // Development: loopback clients have every domain of the policy signed.
+        trust_network_domains: vec![petrel_engine::config::TrustedNetworkDomains {
+            cidr: "127.0.0.0/8".parse().context("static network")?,
+            domains: vec![petrel_engine::config::ANY_SENDING_DOMAIN.to_string()],
+        }],
         relay_to: args.relay_to,
         no_delivery: args.relay_to.is_none(),
         development: true,

@@ -79,9 +79,15 @@ pub struct EngineArgs {
     admin_listen: Option<SocketAddr>,
     #[arg(long)]
     shards: Option<usize>,
-    /// Networks whose clients may relay without AUTH (repeatable).
+    /// Networks whose clients may relay without AUTH, unsigned and counted as no tenant's
+    /// (repeatable).
     #[arg(long = "trust-network")]
     trust_network: Vec<ipnet::IpNet>,
+    /// A network whose clients relay without AUTH and are DKIM-signed (and counted) for these
+    /// sending domains: `CIDR=DOMAIN[,DOMAIN...]`, `CIDR=*` for every domain of the policy
+    /// (repeatable; `[[smtp.trusted_network_domains]]` in the file).
+    #[arg(long = "trust-network-domains", value_parser = parse_trust_network_domains)]
+    trust_network_domains: Vec<petrel_engine::config::TrustedNetworkDomains>,
     /// Send everything to this smart host instead of resolving MX.
     #[arg(long)]
     relay_to: Option<SocketAddr>,
@@ -198,6 +204,7 @@ pub fn engine_config(args: &EngineArgs) -> anyhow::Result<petrel_engine::EngineC
         admin_listen: args.admin_listen,
         shards: args.shards,
         trust_networks: args.trust_network.clone(),
+        trust_network_domains: args.trust_network_domains.clone(),
         relay_to: args.relay_to,
         nameservers: args.nameserver.clone(),
         no_delivery: args.no_delivery,
@@ -360,4 +367,10 @@ fn spool(cmd: SpoolCommand) -> anyhow::Result<i32> {
             Ok(0)
         }
     }
+}
+
+fn parse_trust_network_domains(
+    s: &str,
+) -> Result<petrel_engine::config::TrustedNetworkDomains, String> {
+    petrel_engine::config::TrustedNetworkDomains::parse_flag(s)
 }

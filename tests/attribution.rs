@@ -133,8 +133,9 @@ fn messages_are_attributed_stripped_signed_and_recovered_with_their_attribution(
         "2",
         "--relay-to",
         &relay_to,
-        "--trust-network",
-        "127.0.0.0/8",
+        // Loopback relays without AUTH and is signed for the test's domain (issue 14).
+        "--trust-network-domains",
+        "127.0.0.0/8=attr.test",
         "--control",
         &push,
         "--control-token",

@@ -484,7 +484,10 @@ fn no_event_is_lost_when_the_engine_and_then_the_control_plane_are_killed() {
     let owner = control.owner.clone().expect("the owner key at first start");
     let sink = SmtpServer::start(Script::by_local_part());
     let mut args = engine_args(sink.addr, push, &cp_dir.join("push.pem"));
-    args.extend(["--trust-network".to_string(), "127.0.0.0/8".to_string()]);
+    args.extend([
+        "--trust-network-domains".to_string(),
+        format!("127.0.0.0/8={DOMAIN}"),
+    ]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let config = "[delivery]\nretry_initial_ms = 300\nretry_max_ms = 600\n";
     let data = dir.path().join("engine");
@@ -566,7 +569,10 @@ fn a_full_event_backlog_answers_452_and_the_engine_recovers_when_the_control_pla
     rt.shutdown_background();
     let sink = SmtpServer::start(Script::default());
     let mut args = engine_args(sink.addr, info.push_addr, &ca);
-    args.extend(["--trust-network".to_string(), "127.0.0.0/8".to_string()]);
+    args.extend([
+        "--trust-network-domains".to_string(),
+        format!("127.0.0.0/8={DOMAIN}"),
+    ]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let config = "[events]\nbacklog_bytes_max = 65536\n";
     let engine = Engine::start_with(&dir.path().join("engine"), &args, Some(config));

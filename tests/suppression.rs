@@ -129,8 +129,10 @@ fn suppressed_recipients_are_refused_at_rcpt_within_the_bound() {
         "--control-ca",
         ca_path.as_str(),
     ];
-    let config = "[smtp]\ntrusted_networks = [\"127.0.0.0/8\"]\n";
-    let engine = Engine::start_with(&dir.path().join("engine"), &args, Some(config));
+    let config = format!(
+        "[[smtp.trusted_network_domains]]\ncidr = \"127.0.0.0/8\"\ndomains = [\"{DOMAIN}\"]\n"
+    );
+    let engine = Engine::start_with(&dir.path().join("engine"), &args, Some(&config));
     let acme = provision(info.api_addr, &owner, &dns, "acme", DOMAIN, "acme-mailer");
     // The engine knows the domain's tenant once the snapshot with it is applied.
     let deadline = Instant::now() + WAIT_MAX;

@@ -161,22 +161,49 @@ pub const TRUSTED_NETWORK_DOMAINS_MAX: usize = 1_000;
 /// Domains of one entry, at most.
 pub const TRUSTED_NETWORK_DOMAINS_PER_ENTRY_MAX: usize = 1_000;
 
+/// The `domains` entry that maps a trusted network to every sending domain of the policy (a
+/// single-tenant relay, development): the operator's explicit choice, never a default.
+pub const ANY_SENDING_DOMAIN: &str = "*";
+
 /// A trusted network and the sending domains its clients may have signed.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct TrustedNetworkDomains {
     pub cidr: IpNet,
-    /// Registered sending domains (a From subdomain counts as its sending domain); empty:
-    /// the network relays but nothing is signed.
+    /// Registered sending domains (a From subdomain counts as its sending domain), or
+    /// [`ANY_SENDING_DOMAIN`]; empty: the network relays but nothing is signed.
     pub domains: Vec<String>,
 }
 
 impl TrustedNetworkDomains {
     /// Whether `sending_domain` (lower case) is mapped to this network.
     pub fn maps(&self, sending_domain: &str) -> bool {
-        self.domains
-            .iter()
-            .any(|d| d.trim_end_matches('.').eq_ignore_ascii_case(sending_domain))
+        self.domains.iter().any(|d| {
+            d == ANY_SENDING_DOMAIN || d.trim_end_matches('.').eq_ignore_ascii_case(sending_domain)
+        })
+    }
+
+    /// Parses the `--trust-network-domains` flag: `CIDR=DOMAIN[,DOMAIN...]` (`*`: any domain;
+    /// nothing after `=`: relay only).
+    pub fn parse_flag(flag: &str) -> Result<TrustedNetworkDomains, String> {
+        let (cidr, domains) = flag
+            .split_once('=')
+            .ok_or_else(|| format!("{flag:?}: expected CIDR=DOMAIN[,DOMAIN...]"))?;
+        let cidr: IpNet = cidr
+            .trim()
+            .parse()
+            .map_err(|e| format!("{cidr:?}: not a network: {e}"))?;
+        let domains: Vec<String> = domains
+            .split(',')
+            .map(|d| d.trim().to_ascii_lowercase())
+            .filter(|d| !d.is_empty())
+            .collect();
+        if domains.len() > TRUSTED_NETWORK_DOMAINS_PER_ENTRY_MAX {
+            return Err(format!(
+                "at most {TRUSTED_NETWORK_DOMAINS_PER_ENTRY_MAX} domains per network"
+            ));
+        }
+        Ok(TrustedNetworkDomains { cidr, domains })
     }
 }
 
@@ -185,9 +212,10 @@ impl TrustedNetworkDomains {
 pub struct SmtpSection {
     pub listen: SocketAddr,
     /// Clients from these networks may relay without AUTH. Empty by default: nobody relays
-    /// without authenticating. Deprecated for signing: their clients get any From domain of
-    /// the policy DKIM-signed (as before issue 14, kept so existing relays keep working);
-    /// list networks in `trusted_network_domains` instead to sign only their own domains.
+    /// without authenticating. They relay only: their mail is neither DKIM-signed with a
+    /// tenant's key nor counted as a tenant's (issue 14: a trusted network is signed only for
+    /// the domains the operator maps to it). Map a network in `trusted_network_domains` to
+    /// have its domains signed (`domains = ["*"]` for every domain of the policy).
     pub trusted_networks: Vec<IpNet>,
     /// `[[smtp.trusted_network_domains]] cidr = "...", domains = ["..."]`: trusted networks
     /// (they relay without AUTH too) whose clients are signed only for these sending domains.
@@ -225,20 +253,17 @@ impl SmtpSection {
     }
 
     /// Whether a trusted-network client at `ip` speaks for `sending_domain` (the registered
-    /// sending domain of its From, None when the policy has none): a network mapped to domains
-    /// only for those (every mapped network containing `ip` counts, and the mapping takes
-    /// precedence over the plain list); a plain `trusted_networks` entry for any domain, as
-    /// before the mapping existed.
+    /// sending domain of its From, None when the policy has none): only through a network
+    /// mapped to that domain (every mapped network containing `ip` counts). A plain
+    /// `trusted_networks` entry speaks for no domain: it relays, unsigned and untenanted.
     pub fn relay_may_sign(&self, ip: std::net::IpAddr, sending_domain: Option<&str>) -> bool {
-        let mut mapped = self
-            .trusted_network_domains
+        let Some(domain) = sending_domain else {
+            return false;
+        };
+        self.trusted_network_domains
             .iter()
             .filter(|t| t.cidr.contains(&ip))
-            .peekable();
-        if mapped.peek().is_some() {
-            return sending_domain.is_some_and(|d| mapped.any(|t| t.maps(d)));
-        }
-        self.trusted_networks.iter().any(|n| n.contains(&ip))
+            .any(|t| t.maps(domain))
     }
 }
 
@@ -472,6 +497,8 @@ pub struct Overrides {
     pub admin_listen: Option<SocketAddr>,
     pub shards: Option<usize>,
     pub trust_networks: Vec<IpNet>,
+    /// `--trust-network-domains CIDR=DOMAIN,...`.
+    pub trust_network_domains: Vec<TrustedNetworkDomains>,
     pub relay_to: Option<SocketAddr>,
     pub nameservers: Vec<SocketAddr>,
     pub no_delivery: bool,
@@ -536,6 +563,9 @@ impl EngineConfig {
         self.smtp
             .trusted_networks
             .extend(o.trust_networks.iter().copied());
+        self.smtp
+            .trusted_network_domains
+            .extend(o.trust_network_domains.iter().cloned());
         if o.relay_to.is_some() {
             self.delivery.relay_to = o.relay_to;
         }

@@ -98,19 +98,23 @@ fn trusted_networks_map_to_domains() {
 }
 
 #[test]
-fn a_mapped_network_speaks_only_for_its_domains_and_narrows_a_plain_one() {
+fn a_mapped_network_speaks_only_for_its_domains_and_a_plain_one_for_none() {
     let c = EngineConfig::from_toml(
         "[smtp]\ntrusted_networks = [\"10.0.0.0/8\"]\n\
          [[smtp.trusted_network_domains]]\ncidr = \"10.1.0.0/16\"\ndomains = [\"a.test\"]\n\
          [[smtp.trusted_network_domains]]\ncidr = \"10.1.2.0/24\"\ndomains = [\"b.test\"]\n\
-         [[smtp.trusted_network_domains]]\ncidr = \"192.0.2.0/24\"\ndomains = []\n",
+         [[smtp.trusted_network_domains]]\ncidr = \"192.0.2.0/24\"\ndomains = []\n\
+         [[smtp.trusted_network_domains]]\ncidr = \"198.51.100.0/24\"\ndomains = [\"*\"]\n",
     )
     .expect("valid");
     let s = &c.smtp;
     let ip = |a: &str| a.parse::<std::net::IpAddr>().unwrap();
-    // The plain list: any domain, as before.
+    // The plain list relays and speaks for no domain (issue 14: signed only when mapped).
     assert!(s.is_trusted(ip("10.9.0.1")));
-    assert!(s.relay_may_sign(ip("10.9.0.1"), Some("z.test")));
+    assert!(!s.relay_may_sign(ip("10.9.0.1"), Some("z.test")));
+    // `*`: the operator maps the network to every domain, explicitly.
+    assert!(s.relay_may_sign(ip("198.51.100.9"), Some("z.test")));
+    assert!(!s.relay_may_sign(ip("198.51.100.9"), None));
     // A mapped subnet of it: only its domains (both entries containing the client count).
     assert!(s.relay_may_sign(ip("10.1.0.1"), Some("a.test")));
     assert!(!s.relay_may_sign(ip("10.1.0.1"), Some("b.test")));
@@ -131,11 +135,23 @@ fn overrides_apply() {
     c.apply_overrides(&Overrides {
         shards: Some(3),
         trust_networks: vec!["10.0.0.0/8".parse().unwrap()],
+        trust_network_domains: vec![crate::config::TrustedNetworkDomains::parse_flag(
+            "192.0.2.0/24=A.test, b.test",
+        )
+        .unwrap()],
         no_delivery: true,
         ..Overrides::default()
     })
     .unwrap();
     assert_eq!(c.shard_count(), 3);
     assert_eq!(c.smtp.trusted_networks.len(), 1);
+    assert_eq!(
+        c.smtp.trusted_network_domains[0].domains,
+        ["a.test", "b.test"]
+    );
+    assert!(crate::config::TrustedNetworkDomains::parse_flag("192.0.2.0/24").is_err());
+    assert!(crate::config::TrustedNetworkDomains::parse_flag("nonsense=*").is_err());
+    let relay_only = crate::config::TrustedNetworkDomains::parse_flag("::1/128=").unwrap();
+    assert!(relay_only.domains.is_empty());
     assert!(!c.delivery.enabled);
 }

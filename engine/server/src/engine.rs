@@ -74,11 +74,12 @@ pub fn run(
         tracing::warn!(path = %p.display(), "no TLS certificate configured: generated a self-signed one for STARTTLS");
     }
     if !cfg.smtp.trusted_networks.is_empty() {
-        // Deprecated for signing (issue 14): kept working so existing relays keep their DKIM.
+        // Issue 14: a plain trusted network relays only; its mail is not signed.
         tracing::info!(
             networks = cfg.smtp.trusted_networks.len(),
-            "smtp.trusted_networks get every policy domain signed; map networks to their \
-             domains with [[smtp.trusted_network_domains]] to sign only those"
+            "smtp.trusted_networks relay without signing; map networks to their domains with \
+             [[smtp.trusted_network_domains]] (or --trust-network-domains CIDR=DOMAIN,...) to \
+             have those signed"
         );
     }
     metrics::gauge!(crate::metrics::POLICY_VERSION).set(policy.version() as f64);
