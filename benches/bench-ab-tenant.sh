@@ -73,7 +73,8 @@ for round in $(seq 1 "$ROUNDS"); do
     t2=$(date +%s.%N); c1=$(cpu_ticks "$ENGINE"); got=$(accepted)
     rate=$(awk -v n="$got" -v a="$t0" -v b="$t2" 'BEGIN{printf "%.0f", n/(b-a)}')
     cpu=$(awk -v t="$((c1-c0))" -v k="$TCK" -v n="$got" 'BEGIN{ if(n>0) printf "%.3f", (t/k)/n*1000; else print "nan"}')
-    echo "round=$round side=$side: $got/$N delivered, $rate msg/s, engine $cpu CPU s/1000 msgs"
+    signed=$(curl -s "http://127.0.0.1:$METRICS_PORT/metrics" | awk '/^petrel_dkim_signed_total/{s+=$2} END{printf "%.0f", s}')
+    echo "round=$round side=$side: $got/$N delivered ($signed signed), $rate msg/s, engine $cpu CPU s/1000 msgs"
     rates[$side.$round]=$rate; cpus[$side.$round]=$cpu
     kill "$ENGINE" "$SINK" "$CP" 2>/dev/null; wait "$ENGINE" "$SINK" "$CP" 2>/dev/null
     [ "${KEEP:-0}" = 1 ] && echo "kept $DATA" || rm -rf "$DATA"

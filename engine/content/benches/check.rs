@@ -65,6 +65,21 @@ Hello from the load generator.\r\n";
     g.bench_function("plain_short", |b| {
         b.iter(|| checker.check(black_box(plain), &Sender::default()))
     });
+    // The relay benchmarks' 1 KiB message (`petrel load inject`): headers, then 76-character
+    // filler lines.
+    let mut one_k = b"X-Petrel-Load-Id: 1-2-3\r\nFrom: <load@petrel-load.test>\r\n\
+To: undisclosed-recipients:;\r\nSubject: petrel load 7\r\n\
+Message-ID: <00000000000000ab.7@petrel-load.test>\r\n\r\n"
+        .to_vec();
+    let alphabet = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    for l in 0..11 {
+        one_k.extend((0..76).map(|i| alphabet[(l + i) % alphabet.len()]));
+        one_k.extend_from_slice(b"\r\n");
+    }
+    g.throughput(Throughput::Bytes(one_k.len() as u64));
+    g.bench_function("plain_1k", |b| {
+        b.iter(|| checker.check(black_box(&one_k), &Sender::default()))
+    });
     g.throughput(Throughput::Bytes(phish.len() as u64));
     g.bench_function("phish_sample", |b| {
         b.iter(|| checker.check(black_box(&phish), &Sender::default()))

@@ -115,6 +115,51 @@ const URGENT_PHRASES: &[&str] = &[
 ];
 /// Distinct urgent phrases needed for [`Rule::UrgentWording`].
 const URGENT_PHRASES_MIN: usize = 2;
+const _: () = assert!(
+    URGENT_PHRASES.len() <= 64,
+    "a u64 holds which phrases were seen"
+);
+
+/// All of [`URGENT_PHRASES`] in one searcher (leftmost-first, so a SIMD prefilter scans for
+/// all of them at once): one pass over a text, where a substring search per phrase cost more
+/// than the rest of a short message's check.
+static URGENT: std::sync::LazyLock<Option<aho_corasick::AhoCorasick>> =
+    std::sync::LazyLock::new(|| {
+        aho_corasick::AhoCorasick::builder()
+            .match_kind(aho_corasick::MatchKind::LeftmostFirst)
+            .build(URGENT_PHRASES)
+            .ok()
+    });
+
+/// How many distinct urgent phrases the lowercase texts hold, counted up to
+/// [`URGENT_PHRASES_MIN`]. One non-overlapping pass settles most texts (no match: no phrase is
+/// there; two distinct: enough); after exactly one, each phrase is searched for on its own,
+/// since a phrase may hide inside another's match ("verify your account has been suspended"
+/// holds two).
+fn urgent_phrases(text: &str, html_text: &str) -> usize {
+    let each = || {
+        URGENT_PHRASES
+            .iter()
+            .filter(|p| text.contains(*p) || html_text.contains(*p))
+            .count()
+            .min(URGENT_PHRASES_MIN)
+    };
+    // The searcher of a fixed list always builds; the search per phrase else.
+    let Some(ac) = URGENT.as_ref() else {
+        return each();
+    };
+    let mut seen = 0u64;
+    for t in [text, html_text] {
+        for m in ac.find_iter(t) {
+            seen |= 1 << m.pattern().as_usize();
+        }
+    }
+    match seen.count_ones() {
+        0 => 0,
+        1 => each(),
+        _ => URGENT_PHRASES_MIN,
+    }
+}
 
 /// One fired rule, with the first thing that fired it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -208,10 +253,7 @@ pub fn run(
         }
     }
     check_hosts(hosts, brands, &mut hits);
-    let phrases = URGENT_PHRASES
-        .iter()
-        .filter(|p| content.text.contains(*p) || content.scan.text.contains(*p))
-        .count();
+    let phrases = urgent_phrases(&content.text, &content.scan.text);
     if phrases >= URGENT_PHRASES_MIN {
         hits.add(Rule::UrgentWording, &format!("{phrases} phrases"));
     }

@@ -117,12 +117,9 @@ pub async fn set_tenant(
     Path(id): Path<String>,
     ApiJson(req): ApiJson<TenantLimits>,
 ) -> Result<Json<TenantView>, ApiError> {
-    let mut m = app.db.begin_mutation().await?;
-    let before = store::tenants::get(m.conn(), &id)
-        .await?
-        .ok_or(StoreError::NotFound("tenant"))?;
+    let mut change = super::tenants::TenantChange::begin(&app, &id).await?;
     store::tenants::set_limits(
-        m.conn(),
+        change.conn(),
         &id,
         req.messages_per_second_max,
         req.messages_per_day_max,
@@ -131,19 +128,9 @@ pub async fn set_tenant(
     let after = TenantView {
         messages_per_second_max: req.messages_per_second_max,
         messages_per_day_max: req.messages_per_day_max,
-        ..before.clone()
+        ..change.before.clone()
     };
-    let entry = app.entry(
-        &caller,
-        Some(&id),
-        "tenant.limits",
-        &id,
-        audit_json(&before),
-        audit_json(&after),
-    );
-    let v = m.commit(entry).await?;
-    app.notify(v);
-    Ok(Json(after))
+    change.commit(&app, &caller, "tenant.limits", after).await
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]

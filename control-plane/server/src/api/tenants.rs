@@ -182,26 +182,13 @@ pub async fn update(
     Path(id): Path<String>,
     ApiJson(req): ApiJson<UpdateTenant>,
 ) -> Result<Json<TenantView>, ApiError> {
-    let mut m = app.db.begin_mutation().await?;
-    let before = store::tenants::get(m.conn(), &id)
-        .await?
-        .ok_or(StoreError::NotFound("tenant"))?;
-    let mut after = before.clone();
+    let mut change = TenantChange::begin(&app, &id).await?;
+    let mut after = change.before.clone();
     if let Some(on) = req.list_unsubscribe {
-        store::tenants::set_list_unsubscribe(m.conn(), &id, on).await?;
+        store::tenants::set_list_unsubscribe(change.conn(), &id, on).await?;
         after.list_unsubscribe = on;
     }
-    let entry = app.entry(
-        &caller,
-        Some(&id),
-        "tenant.update",
-        &id,
-        audit_json(&before),
-        audit_json(&after),
-    );
-    let v = m.commit(entry).await?;
-    app.notify(v);
-    Ok(Json(after))
+    change.commit(&app, &caller, "tenant.update", after).await
 }
 
 #[utoipa::path(
@@ -246,34 +233,69 @@ async fn set_suspended(
     id: String,
     suspended: bool,
 ) -> Result<Json<TenantView>, ApiError> {
-    let mut m = app.db.begin_mutation().await?;
-    let before = store::tenants::get(m.conn(), &id)
-        .await?
-        .ok_or(StoreError::NotFound("tenant"))?;
-    if before.is_operator && suspended {
+    let mut change = TenantChange::begin(&app, &id).await?;
+    if change.before.is_operator && suspended {
         return Err(ApiError::conflict(
             "the operator tenant cannot be suspended",
         ));
     }
-    store::tenants::set_suspended(m.conn(), &id, suspended).await?;
+    store::tenants::set_suspended(change.conn(), &id, suspended).await?;
     let after = TenantView {
         suspended,
-        ..before.clone()
+        ..change.before.clone()
     };
     let action = if suspended {
         "tenant.suspend"
     } else {
         "tenant.unsuspend"
     };
-    let entry = app.entry(
-        &caller,
-        Some(&id),
-        action,
-        &id,
-        audit_json(&before),
-        audit_json(&after),
-    );
-    let v = m.commit(entry).await?;
-    app.notify(v);
-    Ok(Json(after))
+    change.commit(&app, &caller, action, after).await
+}
+
+/// A change to one tenant's row: the row as it was, read in the mutation that changes it.
+pub(crate) struct TenantChange {
+    m: store::Mutation,
+    id: String,
+    pub before: TenantView,
+}
+
+impl TenantChange {
+    /// Begins the mutation and reads the tenant (404 when there is none).
+    pub async fn begin(app: &App, id: &str) -> Result<TenantChange, ApiError> {
+        let mut m = app.db.begin_mutation().await?;
+        let before = store::tenants::get(m.conn(), id)
+            .await?
+            .ok_or(StoreError::NotFound("tenant"))?;
+        Ok(TenantChange {
+            m,
+            id: id.to_string(),
+            before,
+        })
+    }
+
+    pub fn conn(&mut self) -> &mut sqlx::AnyConnection {
+        self.m.conn()
+    }
+
+    /// Commits with the audit entry (`action`, the row before and `after`) and pushes the new
+    /// policy version.
+    pub async fn commit(
+        self,
+        app: &App,
+        caller: &Caller,
+        action: &str,
+        after: TenantView,
+    ) -> Result<Json<TenantView>, ApiError> {
+        let entry = app.entry(
+            caller,
+            Some(&self.id),
+            action,
+            &self.id,
+            audit_json(&self.before),
+            audit_json(&after),
+        );
+        let v = self.m.commit(entry).await?;
+        app.notify(v);
+        Ok(Json(after))
+    }
 }
