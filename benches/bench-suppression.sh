@@ -15,7 +15,9 @@
 # its link. The clock starts after the load is complete (gauge petrel_suppression_entries).
 # The bounce-to-refusal samples send to u<i>@bounce.test, which the sink refuses (550 5.1.1);
 # the engine's `bounced` event adds the suppression at the control plane; the time is from that
-# event's timestamp_ms to the first RCPT refused with 550 5.7.1 (probed every 10 ms).
+# event's timestamp_ms to the first RCPT refused with 550 5.7.1 (probed every 10 ms). One sample
+# right after the run (its bounce's event queues behind the run's 200,000 events), then SAMPLES
+# once the control plane has all of the run's events.
 # Loopback only; every process is stopped by PID.
 set -u
 cd "$(dirname "$0")/.."
@@ -39,7 +41,7 @@ gauge() { curl -s "http://127.0.0.1:$METRICS_PORT/metrics" | awk -v g="$1" '$1==
 
 seed() { # db entries tenant: one statement per scope, generated in SQLite itself
   local tenant_n=$(( $2 * 9 / 10 )); local op_n=$(( $2 - tenant_n ))
-  sqlite3 "$1" <<SQL
+  sqlite3 "$1" > /dev/null <<SQL
 PRAGMA busy_timeout = 60000;
 BEGIN;
 WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < $tenant_n)
@@ -111,8 +113,13 @@ for run in $(seq 1 "$RUNS"); do
     rate=$(awk -v n="$got" -v a="$t0" -v b="$t2" 'BEGIN{printf "%.0f", n/(b-a)}')
     cpu=$(awk -v t="$((c1-c0))" -v k="$TCK" -v n="$got" 'BEGIN{ if(n>0) printf "%.3f", (t/k)/n*1000; else print "nan"}')
     if [ "$mode" = loaded ] && [ "$SAMPLES" -gt 0 ]; then
+      # Right after the run (the bounce's event queues behind the run's), then once the run's
+      # events are all in (DRAINED_SAMPLES more).
       r=$(python3 benches/suppression_probe.py --smtp "127.0.0.1:$PORT" --api "http://127.0.0.1:$API_PORT" \
-        --key "$ADMIN" --samples "$SAMPLES" --tag "r$run")
+        --key "$ADMIN" --samples 1 --tag "r$run-hot")
+      extra="$extra first bounce right after the run ${r%% *} ms;"
+      r=$(python3 benches/suppression_probe.py --smtp "127.0.0.1:$PORT" --api "http://127.0.0.1:$API_PORT" \
+        --key "$ADMIN" --samples "$SAMPLES" --tag "r$run" --delivered "$N")
       extra="$extra bounce->refusal ms median/max $r;"
       refusals+=("$r")
     fi

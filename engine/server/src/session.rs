@@ -400,7 +400,10 @@ impl Driver {
     }
 
     /// The tenant whose lists apply to this transaction: the credential's, or, for a trusted
-    /// network, the owner of the MAIL FROM domain when the policy knows it.
+    /// network, the owner of the MAIL FROM domain when the policy knows it. Protective checks
+    /// (suppression lists, a disabled tenant) apply to whoever owns the domain, whether or not
+    /// the network is mapped to it; signing and attribution need the mapping
+    /// (`sign_and_spool::prepare`).
     fn tenant_of_mail(&self, from: &str) -> Option<String> {
         if let Some(identity) = &self.identity {
             return identity.tenant.clone();

@@ -87,7 +87,7 @@ pub fn prepare(
         .as_deref()
         .and_then(|d| policy.find_domain(d));
     // A trusted-network client speaks for the From domain only if its network is mapped to it
-    // (or is on the plain, unmapped list): see `ShardCtx::relay_may_sign`.
+    // (a plain `trusted_networks` entry speaks for none): see `ShardCtx::relay_may_sign`.
     let trusted = ctx.is_trusted(peer.ip())
         && ctx.relay_may_sign(peer.ip(), sending_domain.map(|d| d.name.as_str()));
     // The tenant that owns the From domain, when the policy knows one.
