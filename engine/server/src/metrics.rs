@@ -161,6 +161,10 @@ fn describe() {
         "petrel_delivery_spool_errors_total",
         "Spool writes of delivery outcomes that failed, by operation (update, remove): the outcome holds in memory, a restart may deliver again"
     );
+    describe_counter!(
+        "petrel_delivery_pipeline_pauses_total",
+        "Connections lost mid-transaction: their host gets one transaction per write for a while (lost replies make duplicates)"
+    );
     describe_histogram!(
         "petrel_delivery_attempt_duration_seconds",
         Unit::Seconds,

@@ -15,6 +15,7 @@
 
 mod events;
 mod outcome;
+mod pipelining;
 mod prepare;
 mod session;
 
@@ -217,6 +218,8 @@ struct Inner<S: SpoolAccess> {
     /// Ready domains the last `spawn_sessions` left without a session because the shard's
     /// sessions were all taken: that many idle sessions close and give up their slots.
     slots_wanted: Cell<usize>,
+    /// Hosts that dropped a connection mid-transaction lately: one transaction per write.
+    drops: RefCell<pipelining::DropMemory>,
 }
 
 impl<S: SpoolAccess + 'static> DeliveryShard<S> {
@@ -262,6 +265,7 @@ impl<S: SpoolAccess + 'static> DeliveryShard<S> {
                 spool_ops_waiting: Cell::new(0),
                 events_flush_armed: Cell::new(false),
                 slots_wanted: Cell::new(0),
+                drops: RefCell::new(pipelining::DropMemory::default()),
             }),
         }
     }

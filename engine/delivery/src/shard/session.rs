@@ -399,6 +399,18 @@ async fn deliver<S: SpoolAccess + 'static>(
         .sent
         .saturating_add(u32::try_from(prepared.len()).unwrap_or(u32::MAX));
     let mut usable = true;
+    // A connection lost in the middle of a transaction may have taken the replies of the
+    // write's earlier transactions with it: no more multi-transaction writes to this host for
+    // a while (`pipelining.rs`).
+    if results.iter().any(|r| {
+        matches!(
+            r,
+            Err(ClientError::Dropped { .. } | ClientError::Io(_) | ClientError::Timeout { .. })
+        )
+    }) {
+        inner.drops.borrow_mut().note_drop(c.addr, Instant::now());
+        metrics::counter!("petrel_delivery_pipeline_pauses_total").increment(1);
+    }
     for (n, (p, sent)) in prepared.into_iter().zip(results).enumerate() {
         attempt_seconds.record(per_message);
         let mut attempt = Attempt {
@@ -466,7 +478,7 @@ fn take_more<S: SpoolAccess + 'static>(
     let (id, limits) = (cur.id, &cur.limits);
     let mut batches = vec![(id, first)];
     let mut borrowed = Vec::new();
-    if !c.conn.can_send_many() {
+    if !c.conn.can_send_many() || !inner.drops.borrow().may_pipeline(c.addr, Instant::now()) {
         return (batches, borrowed);
     }
     let room = limits.messages_per_connection_max.saturating_sub(c.sent) as usize;
