@@ -56,10 +56,16 @@ for round in $(seq 1 "$ROUNDS"); do
     "$BIN" load sink --listen "127.0.0.1:$SINK_PORT" --duration "${TIMEOUT}s" --stats-file "$DATA/stats.json" \
       > /dev/null 2>&1 &
     SINK=$!; PIDS+=("$SINK")
+    # Builds before issue 16's first step took the token on the command line.
+    if "$BIN" engine --help 2>/dev/null | grep -q -- --control-token-file; then
+      TOKEN_ARGS=(--control-token-file "$DATA/cp/control/push.token")
+    else
+      TOKEN_ARGS=(--control-token "$(cat "$DATA/cp/control/push.token")")
+    fi
     "$BIN" engine --data-dir "$DATA/engine" --smtp-listen "127.0.0.1:$PORT" \
       --metrics-listen "127.0.0.1:$METRICS_PORT" --admin-listen 127.0.0.1:0 --relay-to "127.0.0.1:$SINK_PORT" \
       $TRUST --control "127.0.0.1:$PUSH_PORT" \
-      --control-token "$(cat "$DATA/cp/control/push.token")" --control-ca "$DATA/push.pem" \
+      "${TOKEN_ARGS[@]}" --control-ca "$DATA/push.pem" \
       > "$DATA/engine.out" 2> "$DATA/engine.err" &
     ENGINE=$!; PIDS+=("$ENGINE")
     wait_for "$DATA/engine.out" "engine ready" || { echo "engine did not start"; cat "$DATA/engine.err"; exit 1; }

@@ -68,7 +68,7 @@ run_store() {
   fi
   local api; api=$(free_port)
   "$BIN" control serve --data-dir "$dir" --api-listen "127.0.0.1:$api" \
-    --push-listen "127.0.0.1:$(free_port)" --push-token bench-unused \
+    --push-listen "127.0.0.1:$(free_port)" \
     ${DB_URL:+--database-url "$DB_URL"} > "$dir/serve.out" 2> "$dir/serve.err" &
   CP=$!
   for _ in $(seq 1 300); do grep -q "owner API key" "$dir/serve.out" 2>/dev/null && break; sleep 0.1; done

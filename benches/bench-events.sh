@@ -77,7 +77,7 @@ for run in $(seq 1 "$RUNS"); do
     "$BIN" engine --config "$DATA/engine.toml" --data-dir "$DATA/engine" --smtp-listen "127.0.0.1:$PORT" \
       --metrics-listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --relay-to "127.0.0.1:$SINK_PORT" \
       --trust-network-domains 127.0.0.0/8=petrel-load.test --control "127.0.0.1:$PUSH_PORT" \
-      --control-token "$(cat "$DATA/cp/control/push.token")" --control-ca "$DATA/push.pem" \
+      --control-token-file "$DATA/cp/control/push.token" --control-ca "$DATA/push.pem" \
       > "$DATA/engine.out" 2> "$DATA/engine.err" &
     ENGINE=$!; PIDS+=("$ENGINE")
     wait_for "$DATA/engine.out" "engine ready" || { echo "engine did not start"; cat "$DATA/engine.err"; exit 1; }

@@ -56,7 +56,7 @@ KEY=$(grep -o 'owner API key (shown once, keep it): [^ ]*' "$W/up.out" | awk '{p
 if [ "${NODE2:-0}" = 1 ]; then
   [ -n "$DB_URL" ] || { echo "NODE2=1 needs PG=1"; exit 1; }
   "$BIN" control serve --data-dir "$W/node2" --database-url "$DB_URL" --api-listen 127.0.0.1:3090 \
-    --push-listen 127.0.0.1:3091 --push-token node2-unused > "$W/node2.out" 2>&1 &
+    --push-listen 127.0.0.1:3091 > "$W/node2.out" 2>&1 &
   NODE2_PID=$!; API_PORT=3090; STORE="PostgreSQL, changes through a second node"
   for _ in $(seq 1 100); do curl -s -o /dev/null http://127.0.0.1:3090/v1/openapi.json && break; sleep 0.1; done
 fi

@@ -38,6 +38,9 @@ pub struct UpArgs {
     /// directory).
     #[arg(long, env = "PETREL_DATABASE_URL")]
     database_url: Option<String>,
+    /// File holding the database password (mode 0600); the URL must not carry one.
+    #[arg(long)]
+    database_password_file: Option<std::path::PathBuf>,
 }
 
 pub fn up(args: UpArgs) -> anyhow::Result<i32> {
@@ -45,9 +48,13 @@ pub fn up(args: UpArgs) -> anyhow::Result<i32> {
         .with_context(|| format!("create {}", args.data_dir.display()))?;
     let rt = slow_runtime()?;
     let token = dev_push_token(&args.data_dir)?;
+    let token_path = args.data_dir.join(DEV_PUSH_TOKEN_FILE);
     let control = petrel_control::ControlConfig {
         data_dir: args.data_dir.join("control"),
-        database_url: args.database_url.clone(),
+        database_url: petrel_control::database_url_with_password(
+            args.database_url.clone(),
+            args.database_password_file.as_deref(),
+        )?,
         api_listen: args.api_listen,
         push_listen: args.push_listen,
         push_token: token.clone(),
@@ -102,7 +109,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<i32> {
         no_delivery: args.relay_to.is_none(),
         development: true,
         control: Some(info.push_addr),
-        control_token: Some(token),
+        control_token_file: Some(token_path),
         control_ca: Some(ca_path),
         ..EngineArgs::default()
     };
@@ -110,10 +117,13 @@ pub fn up(args: UpArgs) -> anyhow::Result<i32> {
     run_engine(cfg, &engine_args, Some((rt, banner)))
 }
 
+/// The development push token's file in the data directory (mode 0600).
+const DEV_PUSH_TOKEN_FILE: &str = "control-push.token";
+
 /// The development push token: random once, kept in the data directory (mode 0600).
 fn dev_push_token(data_dir: &std::path::Path) -> anyhow::Result<String> {
     use std::os::unix::fs::OpenOptionsExt;
-    let path = data_dir.join("control-push.token");
+    let path = data_dir.join(DEV_PUSH_TOKEN_FILE);
     if let Ok(t) = std::fs::read_to_string(&path) {
         if !t.trim().is_empty() {
             return Ok(t.trim().to_string());

@@ -109,8 +109,12 @@ pub struct EngineArgs {
     /// Control plane push address (host:port); the engine keeps its last snapshot without it.
     #[arg(long)]
     control: Option<SocketAddr>,
-    /// Shared token for the control-plane link.
-    #[arg(long, env = "PETREL_CONTROL_TOKEN")]
+    /// File holding the token for the control-plane link (mode 0600; default: the systemd
+    /// credential `petrel-control-token`, if any).
+    #[arg(long)]
+    control_token_file: Option<PathBuf>,
+    /// Refused: a secret on the command line (use --control-token-file).
+    #[arg(long, hide = true)]
     control_token: Option<String>,
     /// PEM certificate of the control plane's push listener.
     #[arg(long)]
@@ -215,8 +219,18 @@ pub fn engine_config(args: &EngineArgs) -> anyhow::Result<petrel_engine::EngineC
     if let Some(addr) = args.control {
         cfg.control.push_addr = Some(addr);
     }
-    if let Some(t) = &args.control_token {
-        cfg.control.token = Some(t.clone());
+    petrel_policy::secret_file::refuse_inline(
+        args.control_token.as_deref(),
+        "PETREL_CONTROL_TOKEN",
+        "the control-plane token",
+        "--control-token-file PATH",
+    )?;
+    let token_file = args
+        .control_token_file
+        .clone()
+        .or_else(|| petrel_policy::secret_file::credential("petrel-control-token"));
+    if let Some(path) = token_file {
+        cfg.control.token = Some(petrel_policy::secret_file::read(&path)?);
     }
     if let Some(p) = &args.control_ca {
         cfg.control.ca_cert_path = Some(p.clone());

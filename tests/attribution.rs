@@ -138,8 +138,8 @@ fn messages_are_attributed_stripped_signed_and_recovered_with_their_attribution(
         "127.0.0.0/8=attr.test",
         "--control",
         &push,
-        "--control-token",
-        TOKEN,
+        "--control-token-file",
+        &token_file(&ca, TOKEN),
         "--control-ca",
         ca.to_str().unwrap(),
     ];

@@ -74,8 +74,8 @@ fn api_changes_reach_the_engine_sign_and_revoke() {
         &relay,
         "--control",
         &push,
-        "--control-token",
-        TOKEN,
+        "--control-token-file",
+        &token_file(&ca, TOKEN),
         "--control-ca",
         ca.to_str().unwrap(),
     ];

@@ -153,8 +153,8 @@ fn a_domain_without_dmarc_is_blocked_at_the_next_check_and_a_foreign_from_always
         &relay_to,
         "--control",
         &push,
-        "--control-token",
-        TOKEN,
+        "--control-token-file",
+        &token_file(&ca, TOKEN),
         "--control-ca",
         ca.to_str().unwrap(),
     ];

@@ -102,8 +102,8 @@ fn engine_args(sink: SocketAddr, push: SocketAddr, ca: &std::path::Path) -> Vec<
         &sink.to_string(),
         "--control",
         &push.to_string(),
-        "--control-token",
-        TOKEN,
+        "--control-token-file",
+        &token_file(ca, TOKEN),
         "--control-ca",
         ca.to_str().unwrap(),
     ]

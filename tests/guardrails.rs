@@ -89,8 +89,8 @@ fn start(guard: GuardSettings, sink: std::net::SocketAddr) -> Stack {
         &sink.to_string(),
         "--control",
         &info.push_addr.to_string(),
-        "--control-token",
-        TOKEN,
+        "--control-token-file",
+        &token_file(&ca, TOKEN),
         "--control-ca",
         ca.to_str().unwrap(),
     ];

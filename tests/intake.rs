@@ -251,8 +251,8 @@ fn what_comes_back_to_the_intake_becomes_events_and_suppressions() {
         &sink_addr,
         "--control",
         &push,
-        "--control-token",
-        TOKEN,
+        "--control-token-file",
+        &token_file(&ca, TOKEN),
         "--control-ca",
         ca.to_str().unwrap(),
     ];

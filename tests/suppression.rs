@@ -124,8 +124,8 @@ fn suppressed_recipients_are_refused_at_rcpt_within_the_bound() {
         sink_addr.as_str(),
         "--control",
         push.as_str(),
-        "--control-token",
-        TOKEN,
+        "--control-token-file",
+        &token_file(&ca, TOKEN),
         "--control-ca",
         ca_path.as_str(),
     ];

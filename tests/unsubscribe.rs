@@ -166,8 +166,8 @@ fn one_click_links_are_signed_and_a_post_unsubscribes_and_suppresses() {
         &relay_to,
         "--control",
         &push,
-        "--control-token",
-        TOKEN,
+        "--control-token-file",
+        &token_file(&ca, TOKEN),
         "--control-ca",
         ca.to_str().unwrap(),
     ];

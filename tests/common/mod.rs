@@ -289,3 +289,15 @@ pub fn promtool_check_metrics(promtool: &Path, exposition: &str) -> Result<(), S
         ))
     }
 }
+
+/// Writes `token` to `control.token` (mode 0600) next to `beside` (a file of the test's
+/// directory) and returns its path for `--control-token-file`: secrets never go on the command
+/// line.
+pub fn token_file(beside: &Path, token: &str) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let path = beside.with_file_name("control.token");
+    std::fs::write(&path, token).expect("write the token file");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .expect("chmod the token file");
+    path.to_str().expect("a UTF-8 path").to_string()
+}

@@ -51,6 +51,7 @@ pub mod link;
 pub mod new_tenant;
 pub mod outbox;
 pub mod rate;
+pub mod secret_file;
 pub mod snapshot;
 pub mod store;
 pub mod suppression;

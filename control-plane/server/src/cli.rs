@@ -18,6 +18,9 @@ pub enum ControlCommand {
         /// `postgres://...` for a shared database; default: SQLite under the data directory.
         #[arg(long, env = "PETREL_DATABASE_URL")]
         database_url: Option<String>,
+        /// File holding the database password (mode 0600).
+        #[arg(long)]
+        database_password_file: Option<PathBuf>,
     },
 }
 
@@ -34,9 +37,17 @@ pub struct ServeArgs {
     pub api_listen: SocketAddr,
     #[arg(long, default_value = "127.0.0.1:8081")]
     pub push_listen: SocketAddr,
-    /// Shared secret engines present; default: read or create `<data-dir>/control/push.token`.
-    #[arg(long, env = "PETREL_PUSH_TOKEN")]
+    /// File holding the secret engines present (mode 0600); default: the systemd credential
+    /// `petrel-push-token`, else `<data-dir>/control/push.token`, created on first start.
+    #[arg(long)]
+    pub push_token_file: Option<PathBuf>,
+    /// Refused: a secret on the command line (use --push-token-file).
+    #[arg(long, hide = true)]
     pub push_token: Option<String>,
+    /// File holding the database password (mode 0600; default: the systemd credential
+    /// `petrel-database-password`, if any); --database-url must not carry one.
+    #[arg(long)]
+    pub database_password_file: Option<PathBuf>,
     /// Nameserver for domain verification (repeatable); default: the system's.
     #[arg(long = "dns-nameserver")]
     pub dns_nameservers: Vec<SocketAddr>,
@@ -137,13 +148,25 @@ pub async fn run(cmd: ControlCommand) -> anyhow::Result<()> {
         ControlCommand::Serve(a) => {
             let a = *a;
             let dir = a.data_dir.join("control");
-            let push_token = match a.push_token {
-                Some(t) => t,
+            petrel_policy::secret_file::refuse_inline(
+                a.push_token.as_deref(),
+                "PETREL_PUSH_TOKEN",
+                "the push token",
+                "--push-token-file PATH",
+            )?;
+            let token_file = a
+                .push_token_file
+                .clone()
+                .or_else(|| petrel_policy::secret_file::credential("petrel-push-token"));
+            let push_token = match token_file {
+                Some(path) => petrel_policy::secret_file::read(&path)?,
                 None => read_or_create_token(&dir)?,
             };
+            let database_url =
+                database_url_with_password(a.database_url, a.database_password_file.as_deref())?;
             let cfg = ControlConfig {
                 data_dir: dir,
-                database_url: a.database_url,
+                database_url,
                 api_listen: a.api_listen,
                 push_listen: a.push_listen,
                 push_token,
@@ -171,7 +194,10 @@ pub async fn run(cmd: ControlCommand) -> anyhow::Result<()> {
         ControlCommand::AuditVerify {
             data_dir,
             database_url,
+            database_password_file,
         } => {
+            let database_url =
+                database_url_with_password(database_url, database_password_file.as_deref())?;
             let db =
                 crate::store::Db::open(&data_dir.join("control"), database_url.as_deref()).await?;
             let report = crate::audit::verify(&mut *db.conn().await?).await?;
@@ -186,6 +212,38 @@ pub async fn run(cmd: ControlCommand) -> anyhow::Result<()> {
             }
         }
     }
+}
+
+/// The database URL with the password from its file (or the systemd credential
+/// `petrel-database-password`) filled in. A URL that carries a password itself is refused: it
+/// would sit on the command line or in the environment.
+pub fn database_url_with_password(
+    url: Option<String>,
+    password_file: Option<&Path>,
+) -> anyhow::Result<Option<String>> {
+    let Some(url) = url else {
+        return Ok(None);
+    };
+    let mut parsed =
+        url::Url::parse(&url).map_err(|e| anyhow::anyhow!("--database-url is not a URL: {e}"))?;
+    if parsed.password().is_some() {
+        return Err(petrel_policy::secret_file::SecretError::NotInFile {
+            what: "a password inside the database URL",
+            instead: "--database-password-file PATH (and a URL without the password)",
+        }
+        .into());
+    }
+    let file = password_file
+        .map(Path::to_path_buf)
+        .or_else(|| petrel_policy::secret_file::credential("petrel-database-password"));
+    let Some(file) = file else {
+        return Ok(Some(url));
+    };
+    let password = petrel_policy::secret_file::read(&file)?;
+    parsed
+        .set_password(Some(&password))
+        .map_err(|()| anyhow::anyhow!("--database-url cannot carry a password (no host)"))?;
+    Ok(Some(parsed.to_string()))
 }
 
 /// The push token kept in `<dir>/push.token` (mode 0600), created on first use.
@@ -233,8 +291,8 @@ mod tests {
             "127.0.0.1:5353",
             "--dns-nameserver",
             "[::1]:53",
-            "--push-token",
-            "t",
+            "--push-token-file",
+            "/tmp/t",
         ])
         .expect("parses");
         let ControlCommand::Serve(a) = cli.command else {

@@ -42,7 +42,7 @@ use std::sync::Arc;
 
 pub use auth::{HashCost, Permission, Role, PERMISSIONS};
 pub use bootstrap::{bootstrap_dev, DevBootstrap};
-pub use cli::{run, ControlCommand, ServeArgs};
+pub use cli::{database_url_with_password, run, ControlCommand, ServeArgs};
 pub use error::{ApiError, ControlError};
 
 /// Default period a rotated-out DKIM key stays listed: 7 days.

@@ -282,6 +282,7 @@ async fn audit_chain_detects_removed_rows() {
     let cmd = petrel_control::ControlCommand::AuditVerify {
         data_dir: h.dir.path().to_path_buf(),
         database_url: None,
+        database_password_file: None,
     };
     assert!(petrel_control::run(cmd).await.is_err());
 }
