@@ -163,6 +163,18 @@ fn api_changes_reach_the_engine_sign_and_revoke() {
         std::thread::sleep(Duration::from_millis(50));
     }
 
+    // An SMTP credential without the `send` scope (issue 16) is refused at AUTH.
+    let (code, reader) = api(
+        info.api_addr,
+        "POST",
+        "/v1/credentials",
+        admin,
+        Some(json!({
+            "kind": "smtp", "name": "reader", "username": "acme-reader", "scopes": ["read"]
+        })),
+    );
+    assert_eq!(code, 201, "{reader}");
+    let reader_password = reader["secret"].as_str().unwrap().to_string();
     // A fresh credential, then the control plane goes away: the engine restarts on its snapshot.
     let (_, cred2) = api(
         info.api_addr,
@@ -180,6 +192,12 @@ fn api_changes_reach_the_engine_sign_and_revoke() {
         assert!(Instant::now() < deadline, "second credential never worked");
         std::thread::sleep(Duration::from_millis(100));
     }
+    // The engine has the snapshot with both (the reader's was made first).
+    let refused = mailer(engine.smtp.port(), "acme-reader", &reader_password)
+        .send(&mail("no send scope"))
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("535"), "{refused}");
     // A tenant quota of 1 message per second, pushed: a burst of sends meets `451 4.7.1`.
     let tenant_id = &acme.tenant_id;
     let limits_path = format!("/v1/tenants/{tenant_id}/limits");

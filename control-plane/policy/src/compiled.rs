@@ -12,7 +12,7 @@ use crate::error::{AuthError, PolicyDenial, PolicyError};
 use crate::new_tenant::{Admission, NewTenantWindows};
 use crate::rate::{RateKey, RateLimiter, RateLimits};
 use crate::snapshot::{
-    parse_cidr, Credential, CredentialKind, PolicySnapshot, SendingDomain, Tenant,
+    parse_cidr, Credential, CredentialKind, PolicySnapshot, SendingDomain, Tenant, SEND_SCOPE,
 };
 
 /// Who authenticated: handed back to the policy at MAIL FROM and recorded on the message.
@@ -444,6 +444,9 @@ impl CompiledPolicy {
         }
         if cred.kind != CredentialKind::Smtp {
             return Err(AuthError::NotSmtp);
+        }
+        if !cred.scopes.iter().any(|s| s == SEND_SCOPE) {
+            return Err(AuthError::NoSendScope);
         }
         if self.tenant(&cred.tenant_id).is_none_or(|t| t.suspended) {
             return Err(AuthError::TenantSuspended);

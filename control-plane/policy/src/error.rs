@@ -92,6 +92,8 @@ pub enum AuthError {
     AddressNotAllowed,
     #[error("credential cannot be used for SMTP")]
     NotSmtp,
+    #[error("credential lacks the send scope")]
+    NoSendScope,
     #[error("stored password hash is unusable")]
     BadHash,
 }

@@ -213,6 +213,10 @@ pub enum CredentialKind {
     Api,
 }
 
+/// The scope a credential needs to submit mail over SMTP AUTH (issue 16: checked, not only
+/// listed).
+pub const SEND_SCOPE: &str = "send";
+
 /// A secret a tenant uses to submit mail. Only the argon2id hash travels.
 #[derive(
     Debug,

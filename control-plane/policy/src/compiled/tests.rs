@@ -53,7 +53,7 @@ fn smtp(id: &str, tenant_id: &str, username: &str) -> Credential {
         username: username.into(),
         prefix: "abcdefgh".into(),
         argon2_phc: phc().to_owned(),
-        scopes: vec!["smtp".into()],
+        scopes: vec![SEND_SCOPE.into()],
         allowed_sender_domains: vec![],
         ip_allowlist: vec![],
         revoked: false,
@@ -133,6 +133,23 @@ fn success_is_cached_without_the_password_and_wrong_passwords_are_not() {
     assert!(p
         .verify_smtp_cached("acme", "correct horse", peer)
         .is_none());
+}
+
+#[test]
+fn a_credential_without_the_send_scope_is_refused_at_smtp_auth() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = PolicyStore::load_or_empty(dir.path());
+    let mut snap = base(1);
+    snap.credentials[0].scopes = vec!["read".into()];
+    store.apply(snap).unwrap();
+    assert_eq!(
+        store
+            .current()
+            .verify_smtp("acme", PASSWORD, ip("203.0.113.9")),
+        Err(AuthError::NoSendScope)
+    );
+    // The same reply as any other failure: no oracle.
+    assert_eq!(AuthError::NoSendScope.reply().0, 535);
 }
 
 #[test]
