@@ -416,7 +416,8 @@ impl ControlProcess {
                 &dns.to_string(),
                 "--webhooks-allow-loopback",
             ])
-            .env("PETREL_PUSH_TOKEN", TOKEN)
+            .arg("--push-token-file")
+            .arg(token_file(&data.join("push.pem"), TOKEN))
             .env("PETREL_LOG", "warn")
             .stdout(std::process::Stdio::piped())
             .spawn()

@@ -435,6 +435,10 @@ impl Caller {
         if row.revoked {
             return Err(fail("key revoked"));
         }
+        // Expired keys fail at once; the expiry task also revokes them (audited).
+        if row.expires_unix_ms.is_some_and(|at| at <= app.now_ms()) {
+            return Err(fail("key expired"));
+        }
         if !ip_allowed(&row.ip_allowlist, remote) {
             return Err(ApiError::forbidden(
                 "this key may not be used from this address",

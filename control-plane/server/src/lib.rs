@@ -25,6 +25,7 @@ pub mod audit;
 pub mod auth;
 mod bootstrap;
 mod cli;
+pub mod credential_expiry;
 pub mod dns;
 pub mod domain_auth;
 mod error;
@@ -339,6 +340,7 @@ pub async fn serve_with(
     let suppression_watch = tokio::spawn(suppressions::watch_task(app.clone()));
     let dispatcher = tokio::spawn(webhooks::dispatch::run(app.clone()));
     let guard = tokio::spawn(guardrails::run(app.clone()));
+    let expiry = tokio::spawn(credential_expiry::task(app.clone()));
     let domain_checker = tokio::spawn(domain_auth::check_task(
         app.clone(),
         std::time::Duration::from_secs(opts.domain_check_interval_secs.max(1)),
@@ -351,6 +353,7 @@ pub async fn serve_with(
     suppression_watch.abort();
     dispatcher.abort();
     guard.abort();
+    expiry.abort();
     domain_checker.abort();
     if let Some(l) = listener {
         l.abort();

@@ -605,3 +605,92 @@ async fn own_objects_answer_where_foreign_ones_404() {
     assert_eq!(r.status, 200);
     assert_eq!(r.body["name"], "tenant-own");
 }
+
+/// Keys may carry an expiry (issue 16): a bad expiry is a 422; past it an API key gets 401 at
+/// once, and the expiry task revokes it and an SMTP credential with it, audited as
+/// `credential.expire` (the revocation is what reaches the engines).
+#[tokio::test]
+async fn credentials_expire_and_are_revoked_with_an_audit_entry() {
+    use common::webhooks::{TestClock, HOUR_MS};
+    use std::sync::Arc;
+    let clock = Arc::new(TestClock::default());
+    let h = common::start_custom(
+        None,
+        common::Tweaks {
+            clock: Some(clock.clone()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let (_t, admin) = new_tenant(&h, "expiring").await;
+    let now = petrel_control::Clock::now_unix_ms(clock.as_ref());
+    for bad in [now - 1, now + 11 * 366 * 86_400_000] {
+        let r = h
+            .call(
+                "POST",
+                "/v1/credentials",
+                Some(&admin),
+                Some(json!({"kind": "api", "name": "x", "expires_unix_ms": bad})),
+            )
+            .await;
+        assert_eq!(r.status, 422, "{}", r.body);
+    }
+    let at = now + HOUR_MS;
+    let r = h
+        .call(
+            "POST",
+            "/v1/credentials",
+            Some(&admin),
+            Some(json!({"kind": "api", "name": "hourly", "role": "viewer", "expires_unix_ms": at})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.body["credential"]["expires_unix_ms"], at);
+    let key = r.body["secret"].as_str().unwrap().to_string();
+    let r = h
+        .call(
+            "POST",
+            "/v1/credentials",
+            Some(&admin),
+            Some(json!({"kind": "smtp", "name": "hourly-smtp", "expires_unix_ms": at})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let smtp_id = r.body["credential"]["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        h.call("GET", "/v1/credentials", Some(&key), None)
+            .await
+            .status,
+        200
+    );
+
+    clock.advance(HOUR_MS);
+    let r = h.call("GET", "/v1/credentials", Some(&key), None).await;
+    assert_eq!(r.status, 401, "an expired key fails at once: {}", r.body);
+    // Within a few of the task's passes both are revoked, and the audit log says why.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let r = h.call("GET", "/v1/credentials", Some(&admin), None).await;
+        let revoked = |name: &str| {
+            r.body
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["name"] == name && c["revoked"] == true)
+        };
+        if revoked("hourly") && revoked("hourly-smtp") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", r.body);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let r = h
+        .owner("GET", "/v1/audit-log?action=credential.expire", None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let text = r.body.to_string();
+    assert!(
+        text.contains(&smtp_id) && text.contains("system:credential-expiry"),
+        "{text}"
+    );
+}

@@ -37,6 +37,10 @@ pub struct CredentialView {
     pub created_unix_ms: i64,
     pub revoked_unix_ms: Option<i64>,
     pub rotated_unix_ms: Option<i64>,
+    /// When it stops working (Unix ms); then it is revoked (`credential.expire` in the audit
+    /// log). Absent: never.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_unix_ms: Option<i64>,
 }
 
 /// A credential and its secret, returned once.
@@ -65,6 +69,7 @@ impl From<CredentialRow> for CredentialView {
             created_unix_ms: c.created_unix_ms,
             revoked_unix_ms: c.revoked_unix_ms,
             rotated_unix_ms: c.rotated_unix_ms,
+            expires_unix_ms: c.expires_unix_ms,
         }
     }
 }
@@ -80,6 +85,7 @@ pub struct NewCredential {
     pub scopes: Vec<String>,
     pub allowed_sender_domains: Vec<String>,
     pub ip_allowlist: Vec<String>,
+    pub expires_unix_ms: Option<i64>,
 }
 
 /// A credential with its secret drawn and hashed, ready to insert.
@@ -101,6 +107,7 @@ impl NewCredential {
             scopes: default_scopes("api", role),
             allowed_sender_domains: Vec::new(),
             ip_allowlist: Vec::new(),
+            expires_unix_ms: None,
         }
     }
 
@@ -153,6 +160,7 @@ pub(crate) async fn insert_credential(
         created_unix_ms: now_ms,
         revoked_unix_ms: None,
         rotated_unix_ms: None,
+        expires_unix_ms: p.new.expires_unix_ms,
     };
     store::credentials::insert(conn, &row).await?;
     Ok(CredentialCreated {
@@ -180,7 +188,14 @@ pub struct CreateCredential {
     pub allowed_sender_domains: Vec<String>,
     #[serde(default)]
     pub ip_allowlist: Vec<String>,
+    /// When it stops working (Unix ms, in the future, at most `CREDENTIAL_EXPIRY_MAX_MS` ahead);
+    /// default: never.
+    #[serde(default)]
+    pub expires_unix_ms: Option<i64>,
 }
+
+/// Farthest expiry a credential may be given: ten years.
+pub const CREDENTIAL_EXPIRY_MAX_MS: i64 = 10 * 366 * 86_400_000;
 
 fn check_name(what: &str, s: &str) -> Result<(), ApiError> {
     let ok = !s.is_empty()
@@ -195,7 +210,11 @@ fn check_name(what: &str, s: &str) -> Result<(), ApiError> {
     }
 }
 
-fn validate(caller: &Caller, req: CreateCredential) -> Result<NewCredential, ApiError> {
+fn validate(
+    caller: &Caller,
+    req: CreateCredential,
+    now_ms: i64,
+) -> Result<NewCredential, ApiError> {
     use petrel_policy::snapshot::{
         ALLOWED_SENDER_DOMAINS_MAX, IP_ALLOWLIST_ENTRIES_MAX, SCOPES_MAX,
     };
@@ -253,6 +272,14 @@ fn validate(caller: &Caller, req: CreateCredential) -> Result<NewCredential, Api
         petrel_policy::snapshot::parse_cidr(c)
             .map_err(|_| ApiError::invalid(format!("not a CIDR: {c:?}")))?;
     }
+    if let Some(at) = req.expires_unix_ms {
+        if at <= now_ms || at - now_ms > CREDENTIAL_EXPIRY_MAX_MS {
+            return Err(ApiError::invalid(format!(
+                "expires_unix_ms must be in the future and at most {} days ahead",
+                CREDENTIAL_EXPIRY_MAX_MS / 86_400_000
+            )));
+        }
+    }
     Ok(NewCredential {
         tenant_id: caller.tenant_id.clone(),
         kind,
@@ -262,6 +289,7 @@ fn validate(caller: &Caller, req: CreateCredential) -> Result<NewCredential, Api
         scopes,
         allowed_sender_domains,
         ip_allowlist: req.ip_allowlist,
+        expires_unix_ms: req.expires_unix_ms,
     })
 }
 
@@ -280,7 +308,7 @@ pub async fn create(
     caller: Caller,
     ApiJson(req): ApiJson<CreateCredential>,
 ) -> Result<(StatusCode, Json<CredentialCreated>), ApiError> {
-    let prepared = validate(&caller, req)?
+    let prepared = validate(&caller, req, app.now_ms())?
         .prepare(app.settings.hash_cost)
         .await?;
     let mut m = app.db.begin_mutation().await?;

@@ -28,6 +28,8 @@ pub struct CredentialRow {
     pub created_unix_ms: i64,
     pub revoked_unix_ms: Option<i64>,
     pub rotated_unix_ms: Option<i64>,
+    /// When it stops working (the expiry task then revokes it); None: never.
+    pub expires_unix_ms: Option<i64>,
 }
 
 fn decode(r: &AnyRow) -> StoreResult<CredentialRow> {
@@ -48,6 +50,7 @@ fn decode(r: &AnyRow) -> StoreResult<CredentialRow> {
         created_unix_ms: r.try_get("created_unix_ms")?,
         revoked_unix_ms: r.try_get("revoked_unix_ms")?,
         rotated_unix_ms: r.try_get("rotated_unix_ms")?,
+        expires_unix_ms: r.try_get("expires_unix_ms")?,
     })
 }
 
@@ -56,7 +59,8 @@ pub async fn insert(conn: &mut AnyConnection, c: &CredentialRow) -> StoreResult<
     sqlx::query(
         "INSERT INTO credentials (id, tenant_id, kind, name, username, prefix, phc, role, scopes, \
          allowed_sender_domains, ip_allowlist, revoked, created_unix_ms, revoked_unix_ms, \
-         rotated_unix_ms) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15)",
+         rotated_unix_ms, expires_unix_ms) \
+         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16)",
     )
     .bind(c.id.clone())
     .bind(c.tenant_id.clone())
@@ -73,6 +77,7 @@ pub async fn insert(conn: &mut AnyConnection, c: &CredentialRow) -> StoreResult<
     .bind(c.created_unix_ms)
     .bind(c.revoked_unix_ms)
     .bind(c.rotated_unix_ms)
+    .bind(c.expires_unix_ms)
     .execute(conn)
     .await
     .map_err(conflict_on_unique)?;
@@ -187,6 +192,7 @@ pub struct ApiKeyRow {
     pub scopes: Vec<String>,
     pub ip_allowlist: Vec<String>,
     pub revoked: bool,
+    pub expires_unix_ms: Option<i64>,
     pub tenant_suspended: bool,
     pub tenant_is_operator: bool,
 }
@@ -199,7 +205,7 @@ pub async fn api_key_by_prefix(
 ) -> StoreResult<Option<ApiKeyRow>> {
     let row = sqlx::query(
         "SELECT c.id, c.tenant_id, c.phc, c.role, c.scopes, c.ip_allowlist, c.revoked, \
-         t.suspended, t.is_operator FROM credentials c JOIN tenants t ON t.id = c.tenant_id \
+         c.expires_unix_ms, t.suspended, t.is_operator FROM credentials c JOIN tenants t ON t.id = c.tenant_id \
          WHERE c.prefix = $1 AND c.kind = 'api'",
     )
     .bind(prefix.to_string())
@@ -214,7 +220,28 @@ pub async fn api_key_by_prefix(
         scopes: get_list(&r, "scopes")?,
         ip_allowlist: get_list(&r, "ip_allowlist")?,
         revoked: get_bool(&r, "revoked")?,
+        expires_unix_ms: r.try_get("expires_unix_ms")?,
         tenant_suspended: get_bool(&r, "suspended")?,
         tenant_is_operator: get_bool(&r, "is_operator")?,
     }))
+}
+
+/// Unrevoked credentials whose expiry is at or before `now_unix_ms`, oldest expiry first, at
+/// most `limit`.
+pub async fn expired(
+    conn: &mut AnyConnection,
+    now_unix_ms: i64,
+    limit: i64,
+) -> StoreResult<Vec<CredentialRow>> {
+    sqlx::query(
+        "SELECT * FROM credentials WHERE revoked = 0 AND expires_unix_ms IS NOT NULL \
+         AND expires_unix_ms <= $1 ORDER BY expires_unix_ms LIMIT $2",
+    )
+    .bind(now_unix_ms)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?
+    .iter()
+    .map(decode)
+    .collect()
 }

@@ -328,4 +328,12 @@ CREATE INDEX events_dmarc ON events (tenant_id, from_domain, timestamp_ms) WHERE
 CREATE INDEX events_rfc822_accepted ON events (rfc822_message_id) WHERE type = 'accepted';
 "#,
     ),
+    (
+        // Credentials may expire (issue 16); the expiry task revokes them at that moment.
+        10,
+        r#"
+ALTER TABLE credentials ADD COLUMN expires_unix_ms BIGINT;
+CREATE INDEX credentials_expiry ON credentials (expires_unix_ms) WHERE revoked = 0;
+"#,
+    ),
 ];
