@@ -306,6 +306,7 @@ fn app(db: Db) -> anyhow::Result<App> {
             return_path_domain: String::new(),
             public_url: String::new(),
             guardrails: Default::default(),
+            api_trusted_proxies: Vec::new(),
         },
         version_tx: tokio::sync::watch::channel(0).0,
         suppressions: petrel_control::suppressions::SuppressionWatch::new(0),

@@ -382,11 +382,17 @@ impl Caller {
     /// Authenticates the bearer key of a request (401, or 429 when the address failed too
     /// often). The permission check is [`Caller::require`], made by the route gate.
     pub(crate) async fn authenticate(parts: &Parts, app: &App) -> Result<Caller, ApiError> {
-        let remote = parts
+        let peer = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0.ip())
             .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        let forwarded_for = parts
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok());
+        let remote =
+            crate::client_addr::client_ip(peer, forwarded_for, &app.settings.api_trusted_proxies);
         let now_secs = u64::try_from(app.clock.now_unix_ms() / 1000).unwrap_or(0);
         app.throttle
             .check(remote, now_secs)

@@ -65,6 +65,10 @@ pub struct ServeArgs {
     /// Serve the admin API in plain HTTP on a non-loopback address (only behind a TLS proxy).
     #[arg(long)]
     pub api_allow_plaintext: bool,
+    /// A proxy in front of the admin API (CIDR, repeatable): its `X-Forwarded-For` names the
+    /// client for IP allowlists, throttles and the audit log.
+    #[arg(long = "api-trusted-proxy")]
+    pub api_trusted_proxies: Vec<ipnet::IpNet>,
     /// The domain tenants include in SPF.
     #[arg(long, default_value = crate::SPF_INCLUDE_DEFAULT)]
     pub spf_include: String,
@@ -180,6 +184,7 @@ pub async fn run(cmd: ControlCommand) -> anyhow::Result<()> {
                 api_tls_cert: a.api_tls_cert,
                 api_tls_key: a.api_tls_key,
                 api_allow_plaintext: a.api_allow_plaintext,
+                api_trusted_proxies: a.api_trusted_proxies,
                 spf_include: a.spf_include,
                 spf_addresses: a.spf_addresses,
                 domain_check_interval_secs: a.domain_check_interval_secs,

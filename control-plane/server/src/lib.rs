@@ -25,6 +25,7 @@ pub mod audit;
 pub mod auth;
 mod bootstrap;
 mod cli;
+pub mod client_addr;
 pub mod credential_expiry;
 pub mod dns;
 pub mod domain_auth;
@@ -88,6 +89,9 @@ pub struct ServeOptions {
     pub api_tls_key: Option<PathBuf>,
     /// Serve the admin API without TLS on a non-loopback address (a TLS proxy in front of it).
     pub api_allow_plaintext: bool,
+    /// The proxies in front of the admin API whose `X-Forwarded-For` names the client
+    /// (`client_addr.rs`); empty: the TCP peer is the client.
+    pub api_trusted_proxies: Vec<ipnet::IpNet>,
     pub spf_include: String,
     /// `Settings::spf_addresses`: the engines' outbound addresses an SPF record may list
     /// instead of the include.
@@ -132,6 +136,7 @@ impl Default for ServeOptions {
             api_tls_cert: None,
             api_tls_key: None,
             api_allow_plaintext: false,
+            api_trusted_proxies: Vec::new(),
             spf_include: SPF_INCLUDE_DEFAULT.to_string(),
             spf_addresses: Vec::new(),
             domain_check_interval_secs: domain_auth::DOMAIN_CHECK_INTERVAL_SECS_DEFAULT,
@@ -277,6 +282,7 @@ pub async fn serve_with(
                 .to_ascii_lowercase(),
             public_url: opts.public_url.trim_end_matches('/').to_string(),
             guardrails: opts.guardrails,
+            api_trusted_proxies: opts.api_trusted_proxies.clone(),
         },
         version_tx,
         webhooks,

@@ -694,3 +694,61 @@ async fn credentials_expire_and_are_revoked_with_an_audit_entry() {
         "{text}"
     );
 }
+
+/// `GET /v1/credentials` with `key`, as if through a proxy that says the client is `xff`.
+async fn via_proxy(h: &common::Harness, key: &str, xff: Option<&str>) -> u16 {
+    let mut req = petrel_testkit::http::Request::new("GET", "/v1/credentials").bearer(key);
+    if let Some(x) = xff {
+        req = req.header("X-Forwarded-For", x);
+    }
+    let tcp = tokio::net::TcpStream::connect(h.info.api_addr)
+        .await
+        .expect("connect");
+    req.send_over(tcp, &h.info.api_addr.to_string())
+        .await
+        .expect("answer")
+        .status
+}
+
+/// The IP allowlist sees the client behind a trusted proxy (issue 16): with loopback as the
+/// operator's proxy, `X-Forwarded-For` names the client; from a peer that is not a trusted
+/// proxy the header is ignored, so a client cannot choose its address.
+#[tokio::test]
+async fn the_allowlist_sees_the_client_behind_a_trusted_proxy_and_only_there() {
+    for trusted in [true, false] {
+        let h = common::start_custom(
+            None,
+            common::Tweaks {
+                api_trusted_proxies: if trusted {
+                    vec!["127.0.0.0/8".parse().unwrap()]
+                } else {
+                    Vec::new()
+                },
+                ..Default::default()
+            },
+        )
+        .await;
+        let (_t, admin) = new_tenant(&h, "proxied").await;
+        let r = h
+            .call(
+                "POST",
+                "/v1/credentials",
+                Some(&admin),
+                Some(json!({"kind": "api", "name": "office", "ip_allowlist": ["198.51.100.7"]})),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        let key = r.body["secret"].as_str().unwrap().to_string();
+        let office = via_proxy(&h, &key, Some("198.51.100.7")).await;
+        let spoofed_chain = via_proxy(&h, &key, Some("198.51.100.7, 203.0.113.9")).await;
+        let elsewhere = via_proxy(&h, &key, Some("198.51.100.8")).await;
+        let direct = via_proxy(&h, &key, None).await;
+        if trusted {
+            assert_eq!(office, 200);
+            assert_eq!(spoofed_chain, 403, "the rightmost untrusted hop counts");
+        } else {
+            assert_eq!(office, 403, "an untrusted peer's header is ignored");
+        }
+        assert_eq!((elsewhere, direct), (403, 403));
+    }
+}

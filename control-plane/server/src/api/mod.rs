@@ -71,6 +71,8 @@ pub struct Settings {
     pub public_url: String,
     /// Abuse guardrails: the new-tenant cap, thresholds, window, minimum volume.
     pub guardrails: crate::guardrails::GuardSettings,
+    /// Proxies whose `X-Forwarded-For` names the client (`crate::client_addr`).
+    pub api_trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// Shared state of all handlers.

@@ -90,10 +90,11 @@ pub struct Unsubscribed {
 pub async fn post(
     State(app): State<App>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request_headers: HeaderMap,
     Path(token): Path<String>,
     body: Bytes,
 ) -> Result<Json<Unsubscribed>, ApiError> {
-    let remote = peer.ip();
+    let remote = client(&app, peer, &request_headers);
     let data = checked_token(&app, remote, &token).await?;
     if body.len() > ONE_CLICK_BODY_BYTES_MAX {
         return Err(ApiError::new(
@@ -142,9 +143,10 @@ pub async fn post(
 pub async fn page(
     State(app): State<App>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request_headers: HeaderMap,
     Path(token): Path<String>,
 ) -> Result<Response, ApiError> {
-    checked_token(&app, peer.ip(), &token).await?;
+    checked_token(&app, client(&app, peer, &request_headers), &token).await?;
     let mut headers = HeaderMap::new();
     // The page must not be framed (clickjacking) nor cached by a shared cache.
     headers.insert(
@@ -254,6 +256,12 @@ fn event_of(data: &TokenData, now_ms: i64) -> Result<Event, ApiError> {
         .validate()
         .map_err(|e| ApiError::bad_request(format!("unsubscribe link: {e}")))?;
     Ok(event)
+}
+
+/// The client's address: the peer, or what a trusted proxy says (`crate::client_addr`).
+fn client(app: &App, peer: SocketAddr, headers: &HeaderMap) -> std::net::IpAddr {
+    let forwarded_for = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
+    crate::client_addr::client_ip(peer.ip(), forwarded_for, &app.settings.api_trusted_proxies)
 }
 
 #[cfg(test)]

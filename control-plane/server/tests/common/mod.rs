@@ -77,6 +77,8 @@ pub struct Tweaks {
     pub guardrails: Option<petrel_control::guardrails::GuardSettings>,
     /// The scheduled domain re-check's period (default: the server's, an hour).
     pub domain_check_interval_secs: Option<u64>,
+    /// Proxies whose `X-Forwarded-For` names the client.
+    pub api_trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// [`start_with`] with [`Tweaks`].
@@ -103,6 +105,7 @@ pub async fn start_custom(database_url: Option<String>, tweaks: Tweaks) -> Harne
     let opts = ServeOptions {
         clock: tweaks.clock,
         guardrails: tweaks.guardrails.unwrap_or_default(),
+        api_trusted_proxies: tweaks.api_trusted_proxies,
         domain_check_interval_secs: tweaks
             .domain_check_interval_secs
             .unwrap_or(defaults.domain_check_interval_secs),
