@@ -14,7 +14,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::control::{api, mailer, provision, provision_new};
+use common::control::{api, mailer, provision, provision_new, Provisioned};
 use common::*;
 use lettre::message::Mailbox;
 use lettre::{Message, Transport};
@@ -168,6 +168,29 @@ fn a_new_tenants_eleventh_message_in_a_day_is_refused_until_an_operator_lifts_th
     assert!(s.engine.stop());
 }
 
+/// A stack under `guard` whose sink refuses `perm*` recipients (`550 5.1.1`, a hard bounce,
+/// invalid_recipient) and accepts the rest; a tenant `name` sending from [`DOMAIN`] and its
+/// mailer, once the engine took its first message.
+fn bouncing_tenant(
+    guard: GuardSettings,
+    name: &str,
+) -> (SmtpServer, Stack, Provisioned, lettre::SmtpTransport) {
+    let sink = SmtpServer::start(Script::by_local_part());
+    let s = start(guard, sink.addr);
+    let mailer_name = format!("{name}-mailer");
+    let t = provision(
+        s.info.api_addr,
+        &s.owner,
+        &s.dns,
+        name,
+        DOMAIN,
+        &mailer_name,
+    );
+    let m = mailer(s.engine.smtp.port(), &mailer_name, &t.password);
+    first_send(&m, &mail("ok0@dest.test", "0"));
+    (sink, s, t, m)
+}
+
 /// Events of `kind` the tenant's key sees.
 fn events(s: &Stack, key: &str, kind: &str) -> Vec<Value> {
     let path = format!("/v1/events?type={kind}&limit=100");
@@ -178,25 +201,15 @@ fn events(s: &Stack, key: &str, kind: &str) -> Vec<Value> {
 
 #[test]
 fn a_domain_whose_mail_bounces_at_15_percent_is_disabled_until_an_operator_re_enables_it() {
-    // perm*: 550 5.1.1 (a hard bounce, invalid_recipient); others: 250.
-    let sink = SmtpServer::start(Script::by_local_part());
-    let guard = GuardSettings {
-        window_ms: 3_600_000,
-        min_volume: 20,
-        check_interval_ms: 1_000,
-        ..Default::default()
-    };
-    let s = start(guard, sink.addr);
-    let t = provision(
-        s.info.api_addr,
-        &s.owner,
-        &s.dns,
+    let (_sink, s, t, m) = bouncing_tenant(
+        GuardSettings {
+            window_ms: 3_600_000,
+            min_volume: 20,
+            check_interval_ms: 1_000,
+            ..Default::default()
+        },
         "bouncy",
-        DOMAIN,
-        "bouncy-mailer",
     );
-    let m = mailer(s.engine.smtp.port(), "bouncy-mailer", &t.password);
-    first_send(&m, &mail("ok0@dest.test", "0"));
     // 40 messages, every seventh to a recipient the sink refuses: 6 of 40 = 15 %. Once the
     // volume passes 20 the rate is over 10 %, so the domain may be disabled while we send.
     let mut refused = None;
@@ -278,26 +291,17 @@ fn a_domain_whose_mail_bounces_at_15_percent_is_disabled_until_an_operator_re_en
 
 #[test]
 fn a_domain_near_a_threshold_is_warned_in_the_250_reply_the_events_and_the_api() {
-    // perm*: 550 5.1.1 (a hard bounce); others: 250. A warning at half the 10 % threshold.
-    let sink = SmtpServer::start(Script::by_local_part());
-    let guard = GuardSettings {
-        window_ms: 3_600_000,
-        min_volume: 20,
-        warning_percent: 50,
-        check_interval_ms: 1_000,
-        ..Default::default()
-    };
-    let s = start(guard, sink.addr);
-    let t = provision(
-        s.info.api_addr,
-        &s.owner,
-        &s.dns,
+    // A warning at half the 10 % threshold.
+    let (_sink, s, t, m) = bouncing_tenant(
+        GuardSettings {
+            window_ms: 3_600_000,
+            min_volume: 20,
+            warning_percent: 50,
+            check_interval_ms: 1_000,
+            ..Default::default()
+        },
         "nearly",
-        DOMAIN,
-        "nearly-mailer",
     );
-    let m = mailer(s.engine.smtp.port(), "nearly-mailer", &t.password);
-    first_send(&m, &mail("ok0@dest.test", "0"));
     // 50 messages, 4 of them (8 %) to refused recipients from the 21st on: the rate passes 5 %
     // and never 10 %, so the domain is warned, not disabled.
     for i in 1..50 {

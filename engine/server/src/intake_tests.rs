@@ -37,6 +37,11 @@ fn no_owner(_: &str) -> Option<String> {
     None
 }
 
+/// What `raw` becomes when it comes to one of the mailboxes (no token in the envelope).
+fn to_mailbox(raw: &[u8], keys: &VerpKeys) -> Outcome {
+    report_events(&parse(raw), None, Some(keys), &no_owner, &stamp()).unwrap()
+}
+
 #[test]
 fn rcpt_takes_our_tokens_and_mailboxes_and_refuses_the_rest_with_the_reason() {
     let keys = keys();
@@ -146,7 +151,7 @@ fn a_delay_notice_is_no_bounce_and_a_tokenless_report_goes_up_by_its_message_id(
     // message by its Message-ID, so the event has no tenant yet.
     let raw = include_bytes!("../../reports/testdata/bounces/rfc3464_postfix_user_unknown.eml");
     let keys = keys();
-    let out = report_events(&parse(raw), None, Some(&keys), &no_owner, &stamp()).unwrap();
+    let out = to_mailbox(raw, &keys);
     assert_eq!(out.result, "bounce");
     let [e] = out.events.as_slice() else {
         panic!("one event: {:?}", out.events)
@@ -158,7 +163,7 @@ fn a_delay_notice_is_no_bounce_and_a_tokenless_report_goes_up_by_its_message_id(
     assert_eq!(e.recipient.as_deref(), Some("jane.doe@receiver.example"));
     assert!(e.details.as_ref().unwrap().get("rcpt_index").is_none());
     // The same report again is the same event.
-    let again = report_events(&parse(raw), None, Some(&keys), &no_owner, &stamp()).unwrap();
+    let again = to_mailbox(raw, &keys);
     assert_eq!(again.events[0].id, e.id);
 }
 
@@ -167,14 +172,7 @@ fn a_report_with_neither_token_nor_message_id_is_accepted_unattributed() {
     let keys = keys();
     let raw = arf("someone@elsewhere.test", "reader@example.org")
         .replace("Message-ID: <m1@shop.test>\r\n", "");
-    let out = report_events(
-        &parse(raw.as_bytes()),
-        None,
-        Some(&keys),
-        &no_owner,
-        &stamp(),
-    )
-    .unwrap();
+    let out = to_mailbox(raw.as_bytes(), &keys);
     assert!(out.events.is_empty());
     assert_eq!(out.result, "unattributed");
 }
@@ -191,14 +189,7 @@ fn an_index_tokens_event_carries_the_index_and_goes_up_without_a_redacted_recipi
     let raw = arf(&rp, "redacted")
         .replace("Original-Rcpt-To: <redacted>\r\n", "")
         .replace("To: redacted\r\n", "");
-    let out = report_events(
-        &parse(raw.as_bytes()),
-        None,
-        Some(&keys),
-        &no_owner,
-        &stamp(),
-    )
-    .unwrap();
+    let out = to_mailbox(raw.as_bytes(), &keys);
     assert_eq!(out.result, "complaint");
     let e = &out.events[0];
     e.validate().unwrap();
@@ -226,14 +217,7 @@ fn a_complaint_is_traced_by_the_originals_return_path_to_its_tenant_message_and_
     let keys = keys();
     let rp = keys.return_path(&token(5), DOMAIN).unwrap();
     let raw = arf(&rp, "Reader@Example.org");
-    let out = report_events(
-        &parse(raw.as_bytes()),
-        None,
-        Some(&keys),
-        &no_owner,
-        &stamp(),
-    )
-    .unwrap();
+    let out = to_mailbox(raw.as_bytes(), &keys);
     assert_eq!(out.result, "complaint");
     let e = &out.events[0];
     e.validate().unwrap();
@@ -251,14 +235,7 @@ fn a_complaint_is_traced_by_the_originals_return_path_to_its_tenant_message_and_
     let stranger = VerpKeys::new(VerpKey::new(1, &[3; 32]).unwrap(), vec![]).unwrap();
     let forged = stranger.return_path(&token(5), DOMAIN).unwrap();
     let raw = arf(&forged, "reader@example.org");
-    let out = report_events(
-        &parse(raw.as_bytes()),
-        None,
-        Some(&keys),
-        &no_owner,
-        &stamp(),
-    )
-    .unwrap();
+    let out = to_mailbox(raw.as_bytes(), &keys);
     // ... but the original's Message-ID still may: the event goes up without a tenant.
     assert_eq!(out.result, "complaint");
     assert_eq!(out.events[0].tenant_id, None);
