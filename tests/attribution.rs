@@ -114,8 +114,6 @@ fn messages_are_attributed_stripped_signed_and_recovered_with_their_attribution(
         .unwrap();
     let (info, _control) = start_control(&rt, &dir.path().join("control"), TOKEN, dns.addr);
     let owner = info.bootstrap_key.clone().expect("the owner key");
-    let ca = dir.path().join("push.pem");
-    std::fs::write(&ca, &info.push_cert_pem).unwrap();
     let sink = start_sink(SinkConfig {
         threads: 1,
         keep_messages_max: 100,
@@ -126,23 +124,19 @@ fn messages_are_attributed_stripped_signed_and_recovered_with_their_attribution(
         ..SinkConfig::default()
     })
     .unwrap();
-    let relay_to = sink.addr().to_string();
-    let push = info.push_addr.to_string();
-    let args = [
-        "--shards",
-        "2",
-        "--relay-to",
-        &relay_to,
-        // Loopback relays without AUTH and is signed for the test's domain (issue 14).
-        "--trust-network-domains",
-        "127.0.0.0/8=attr.test",
-        "--control",
-        &push,
-        "--control-token-file",
-        &token_file(&ca, TOKEN),
-        "--control-ca",
-        ca.to_str().unwrap(),
-    ];
+    let mut args = linked_engine_args(
+        dir.path(),
+        info.push_addr,
+        &info.push_cert_pem,
+        TOKEN,
+        2,
+        sink.addr(),
+    );
+    // Loopback relays without AUTH and is signed for the test's domain (issue 14).
+    args.extend([
+        "--trust-network-domains".into(),
+        "127.0.0.0/8=attr.test".into(),
+    ]);
     // Linked to a control plane, the engine writes JSON lines only when asked to.
     let config = "[delivery]\nretry_initial_ms = 300\nretry_max_ms = 600\n[events]\njsonl = true\n";
     let data = dir.path().join("engine");

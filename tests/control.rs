@@ -56,29 +56,20 @@ fn api_changes_reach_the_engine_sign_and_revoke() {
         .bootstrap_key
         .clone()
         .expect("first start prints the owner key");
-    let ca = dir.path().join("push.pem");
-    std::fs::write(&ca, &info.push_cert_pem).unwrap();
-
     let sink = start_sink(SinkConfig {
         threads: 1,
         keep_messages_max: 100,
         ..SinkConfig::default()
     })
     .unwrap();
-    let relay = sink.addr().to_string();
-    let push = info.push_addr.to_string();
-    let engine_args = [
-        "--shards",
-        "2",
-        "--relay-to",
-        &relay,
-        "--control",
-        &push,
-        "--control-token-file",
-        &token_file(&ca, TOKEN),
-        "--control-ca",
-        ca.to_str().unwrap(),
-    ];
+    let engine_args = linked_engine_args(
+        dir.path(),
+        info.push_addr,
+        &info.push_cert_pem,
+        TOKEN,
+        2,
+        sink.addr(),
+    );
     let data = dir.path().join("engine");
     let engine = Engine::start(&data, &engine_args);
 

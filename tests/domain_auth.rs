@@ -136,28 +136,20 @@ fn a_domain_without_dmarc_is_blocked_at_the_next_check_and_a_foreign_from_always
         .unwrap();
     let info = start_control(&rt, &dir.path().join("control"), dns.addr);
     let owner = info.bootstrap_key.clone().expect("the owner key");
-    let ca = dir.path().join("push.pem");
-    std::fs::write(&ca, &info.push_cert_pem).unwrap();
     let sink = start_sink(SinkConfig {
         threads: 1,
         keep_messages_max: 100,
         ..SinkConfig::default()
     })
     .unwrap();
-    let relay_to = sink.addr().to_string();
-    let push = info.push_addr.to_string();
-    let args = [
-        "--shards",
-        "1",
-        "--relay-to",
-        &relay_to,
-        "--control",
-        &push,
-        "--control-token-file",
-        &token_file(&ca, TOKEN),
-        "--control-ca",
-        ca.to_str().unwrap(),
-    ];
+    let args = linked_engine_args(
+        dir.path(),
+        info.push_addr,
+        &info.push_cert_pem,
+        TOKEN,
+        1,
+        sink.addr(),
+    );
     // Loopback is a trusted network mapped to DOMAIN only (no plain trusted_networks entry).
     let config = format!(
         "[[smtp.trusted_network_domains]]\ncidr = \"127.0.0.0/8\"\ndomains = [\"{DOMAIN}\"]\n"

@@ -93,25 +93,6 @@ fn find<'a>(events: &'a [Value], kind: &str, recipient: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {kind} event for {recipient}"))
 }
 
-/// The engine's arguments: relay everything to `sink`, link to the control plane at `push`.
-fn engine_args(sink: SocketAddr, push: SocketAddr, ca: &std::path::Path) -> Vec<String> {
-    [
-        "--shards",
-        "2",
-        "--relay-to",
-        &sink.to_string(),
-        "--control",
-        &push.to_string(),
-        "--control-token-file",
-        &token_file(ca, TOKEN),
-        "--control-ca",
-        ca.to_str().unwrap(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
-}
-
 #[test]
 fn every_outcome_reaches_the_control_plane_attributed_and_classified() {
     let dir = tempfile::tempdir().unwrap();
@@ -119,12 +100,16 @@ fn every_outcome_reaches_the_control_plane_attributed_and_classified() {
     let rt = runtime();
     let (info, _control) = start_control(&rt, &dir.path().join("control"), TOKEN, dns.addr);
     let owner = info.bootstrap_key.clone().expect("the owner key");
-    let ca = dir.path().join("push.pem");
-    std::fs::write(&ca, &info.push_cert_pem).unwrap();
     // temp*: 450 once, then 250; defer*: always 450; perm*: 550 5.1.1; others: 250.
     let sink = SmtpServer::start(Script::by_local_part());
-    let args = engine_args(sink.addr, info.push_addr, &ca);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let args = linked_engine_args(
+        dir.path(),
+        info.push_addr,
+        &info.push_cert_pem,
+        TOKEN,
+        2,
+        sink.addr,
+    );
     let config =
         "[delivery]\nretry_initial_ms = 300\nretry_max_ms = 600\nmessage_age_max_ms = 4000\n";
     let engine = Engine::start_with(&dir.path().join("engine"), &args, Some(config));
@@ -484,12 +469,11 @@ fn no_event_is_lost_when_the_engine_and_then_the_control_plane_are_killed() {
     let control = ControlProcess::start(&cp_dir, push, dns.addr);
     let owner = control.owner.clone().expect("the owner key at first start");
     let sink = SmtpServer::start(Script::by_local_part());
-    let mut args = engine_args(sink.addr, push, &cp_dir.join("push.pem"));
+    let mut args = linked_engine_args(dir.path(), push, &cert.cert.pem(), TOKEN, 2, sink.addr);
     args.extend([
         "--trust-network-domains".to_string(),
         format!("127.0.0.0/8={DOMAIN}"),
     ]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let config = "[delivery]\nretry_initial_ms = 300\nretry_max_ms = 600\n";
     let data = dir.path().join("engine");
     let engine = Engine::start_with(&data, &args, Some(config));
@@ -564,17 +548,21 @@ fn a_full_event_backlog_answers_452_and_the_engine_recovers_when_the_control_pla
     let cp_dir = dir.path().join("control");
     let (info, control) = start_control(&rt, &cp_dir, TOKEN, dns.addr);
     let owner = info.bootstrap_key.clone().expect("the owner key");
-    let ca = dir.path().join("push.pem");
-    std::fs::write(&ca, &info.push_cert_pem).unwrap();
     drop(control);
     rt.shutdown_background();
     let sink = SmtpServer::start(Script::default());
-    let mut args = engine_args(sink.addr, info.push_addr, &ca);
+    let mut args = linked_engine_args(
+        dir.path(),
+        info.push_addr,
+        &info.push_cert_pem,
+        TOKEN,
+        2,
+        sink.addr,
+    );
     args.extend([
         "--trust-network-domains".to_string(),
         format!("127.0.0.0/8={DOMAIN}"),
     ]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let config = "[events]\nbacklog_bytes_max = 65536\n";
     let engine = Engine::start_with(&dir.path().join("engine"), &args, Some(config));
 

@@ -80,20 +80,14 @@ fn start(guard: GuardSettings, sink: std::net::SocketAddr) -> Stack {
         .expect("the control plane is ready in time")
         .expect("the control plane reports its addresses");
     let owner = info.bootstrap_key.clone().expect("the owner key");
-    let ca = dir.path().join("push.pem");
-    std::fs::write(&ca, &info.push_cert_pem).unwrap();
-    let args = [
-        "--shards",
-        "2",
-        "--relay-to",
-        &sink.to_string(),
-        "--control",
-        &info.push_addr.to_string(),
-        "--control-token-file",
-        &token_file(&ca, TOKEN),
-        "--control-ca",
-        ca.to_str().unwrap(),
-    ];
+    let args = linked_engine_args(
+        dir.path(),
+        info.push_addr,
+        &info.push_cert_pem,
+        TOKEN,
+        2,
+        sink,
+    );
     let engine = Engine::start(&dir.path().join("engine"), &args);
     Stack {
         _rt: rt,

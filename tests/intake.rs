@@ -240,22 +240,15 @@ fn what_comes_back_to_the_intake_becomes_events_and_suppressions() {
         opts,
     );
     let owner = info.bootstrap_key.clone().expect("the owner key");
-    let ca = dir.path().join("push.pem");
-    std::fs::write(&ca, &info.push_cert_pem).unwrap();
     let sink = SmtpServer::start(Script::by_local_part());
-    let (sink_addr, push) = (sink.addr.to_string(), info.push_addr.to_string());
-    let args = [
-        "--shards",
-        "2",
-        "--relay-to",
-        &sink_addr,
-        "--control",
-        &push,
-        "--control-token-file",
-        &token_file(&ca, TOKEN),
-        "--control-ca",
-        ca.to_str().unwrap(),
-    ];
+    let args = linked_engine_args(
+        dir.path(),
+        info.push_addr,
+        &info.push_cert_pem,
+        TOKEN,
+        2,
+        sink.addr,
+    );
     let config =
         format!("[intake]\nlisten = \"127.0.0.1:0\"\nmailboxes = [\"{FBL}\", \"{RUA}\"]\n");
     let engine = Engine::start_with(&dir.path().join("engine"), &args, Some(&config));

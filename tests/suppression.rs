@@ -111,24 +111,15 @@ fn suppressed_recipients_are_refused_at_rcpt_within_the_bound() {
     let rt = runtime();
     let (info, _control) = start_control(&rt, &dir.path().join("control"), TOKEN, dns.addr);
     let owner = info.bootstrap_key.clone().expect("the owner key");
-    let ca = dir.path().join("push.pem");
-    std::fs::write(&ca, &info.push_cert_pem).unwrap();
     let sink = SmtpServer::start(Script::by_local_part());
-    let sink_addr = sink.addr.to_string();
-    let push = info.push_addr.to_string();
-    let ca_path = ca.to_str().unwrap().to_string();
-    let args = [
-        "--shards",
-        "2",
-        "--relay-to",
-        sink_addr.as_str(),
-        "--control",
-        push.as_str(),
-        "--control-token-file",
-        &token_file(&ca, TOKEN),
-        "--control-ca",
-        ca_path.as_str(),
-    ];
+    let args = linked_engine_args(
+        dir.path(),
+        info.push_addr,
+        &info.push_cert_pem,
+        TOKEN,
+        2,
+        sink.addr,
+    );
     let config = format!(
         "[[smtp.trusted_network_domains]]\ncidr = \"127.0.0.0/8\"\ndomains = [\"{DOMAIN}\"]\n"
     );

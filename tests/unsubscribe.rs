@@ -149,28 +149,20 @@ fn one_click_links_are_signed_and_a_post_unsubscribes_and_suppresses() {
     let api_listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let info = start_control(&rt, &dir.path().join("control"), dns.addr, api_listen);
     let owner = info.bootstrap_key.clone().expect("the owner key");
-    let ca = dir.path().join("push.pem");
-    std::fs::write(&ca, &info.push_cert_pem).unwrap();
     let sink = start_sink(SinkConfig {
         threads: 1,
         keep_messages_max: 100,
         ..SinkConfig::default()
     })
     .unwrap();
-    let relay_to = sink.addr().to_string();
-    let push = info.push_addr.to_string();
-    let args = [
-        "--shards",
-        "2",
-        "--relay-to",
-        &relay_to,
-        "--control",
-        &push,
-        "--control-token-file",
-        &token_file(&ca, TOKEN),
-        "--control-ca",
-        ca.to_str().unwrap(),
-    ];
+    let args = linked_engine_args(
+        dir.path(),
+        info.push_addr,
+        &info.push_cert_pem,
+        TOKEN,
+        2,
+        sink.addr(),
+    );
     // The return-path intake too: the mailto link's unsubscribes come back to it.
     let intake_config = "[intake]\nlisten = \"127.0.0.1:0\"\n";
     let engine = Engine::start_with(&dir.path().join("engine"), &args, Some(intake_config));

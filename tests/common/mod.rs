@@ -31,11 +31,15 @@ pub struct Engine {
 
 impl Engine {
     /// Starts `petrel engine` with loopback ports and the given extra arguments.
-    pub fn start(data_dir: &Path, extra: &[&str]) -> Engine {
+    pub fn start<S: AsRef<std::ffi::OsStr>>(data_dir: &Path, extra: &[S]) -> Engine {
         Self::start_with(data_dir, extra, None)
     }
 
-    pub fn start_with(data_dir: &Path, extra: &[&str], config: Option<&str>) -> Engine {
+    pub fn start_with<S: AsRef<std::ffi::OsStr>>(
+        data_dir: &Path,
+        extra: &[S],
+        config: Option<&str>,
+    ) -> Engine {
         let mut cmd = Command::new(petrel_bin());
         cmd.arg("engine")
             .arg("--data-dir")
@@ -300,4 +304,31 @@ pub fn token_file(beside: &Path, token: &str) -> String {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
         .expect("chmod the token file");
     path.to_str().expect("a UTF-8 path").to_string()
+}
+
+/// The flags of an engine with `shards` shards relaying to `relay_to` and linked to the control
+/// plane whose push listener is `push`: its certificate (`push_cert_pem`, written to
+/// `<dir>/push.pem`) and `token` (in a file there, [`token_file`]). Tests add their own flags.
+pub fn linked_engine_args(
+    dir: &Path,
+    push: SocketAddr,
+    push_cert_pem: &str,
+    token: &str,
+    shards: u32,
+    relay_to: SocketAddr,
+) -> Vec<String> {
+    let ca = dir.join("push.pem");
+    std::fs::write(&ca, push_cert_pem).expect("write the push certificate");
+    vec![
+        "--shards".into(),
+        shards.to_string(),
+        "--relay-to".into(),
+        relay_to.to_string(),
+        "--control".into(),
+        push.to_string(),
+        "--control-token-file".into(),
+        token_file(&ca, token),
+        "--control-ca".into(),
+        ca.to_str().expect("a UTF-8 path").to_string(),
+    ]
 }
