@@ -4,6 +4,9 @@
 # arguments alternated round by round. Loopback only; every process stopped by PID.
 #
 #   ROUNDS=5 benches/bench-ab-relay.sh /path/to/petrel-a /path/to/petrel-b
+#
+# EXTRA_A / EXTRA_B add engine flags to the first / second binary, so one binary can be compared
+# with itself: EXTRA_A=--no-encryption-at-rest benches/bench-ab-relay.sh target/release/petrel{,}
 set -u
 cd "$(dirname "$0")/.."
 N=${N:-100000}; ROUNDS=${ROUNDS:-3}; PORT=2735; SINK_PORT=2736
@@ -12,13 +15,16 @@ PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done; }
 trap cleanup EXIT
 cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+BINS=("$@")
 for round in $(seq 1 "$ROUNDS"); do
-  for BIN in "$@"; do
+  for i in "${!BINS[@]}"; do
+    BIN=${BINS[$i]}
+    if [ "$i" = 0 ]; then EXTRA=${EXTRA_A:-}; SIDE=A; else EXTRA=${EXTRA_B:-}; SIDE=B; fi
     DATA=$(mktemp -d /tmp/petrel-ab.XXXXXX)
     "$BIN" load sink --listen "127.0.0.1:$SINK_PORT" --duration 200s --stats-file "$DATA/stats.json" >/dev/null 2>&1 &
     SINK=$!; PIDS+=("$SINK")
     "$BIN" engine --data-dir "$DATA" --smtp-listen "127.0.0.1:$PORT" --metrics-listen 127.0.0.1:0 \
-      --admin-listen 127.0.0.1:0 --relay-to "127.0.0.1:$SINK_PORT" --trust-network 127.0.0.0/8 \
+      --admin-listen 127.0.0.1:0 --relay-to "127.0.0.1:$SINK_PORT" --trust-network 127.0.0.0/8 $EXTRA \
       > "$DATA/engine.out" 2> "$DATA/engine.err" &
     ENGINE=$!; PIDS+=("$ENGINE")
     for _ in $(seq 1 300); do grep -q "engine ready" "$DATA/engine.out" 2>/dev/null && break; sleep 0.1; done
@@ -32,7 +38,7 @@ for round in $(seq 1 "$ROUNDS"); do
     kill "$SINK" "$ENGINE"; wait "$SINK" "$ENGINE" 2>/dev/null
     rate=$(awk -v n="$got" -v a="$t0" -v b="$t2" 'BEGIN{printf "%.0f", n/(b-a)}')
     cpu=$(awk -v t="$((c1-c0))" -v k="$TCK" -v n="$got" 'BEGIN{ if(n>0) printf "%.3f", (t/k)/n*1000; else print "nan"}')
-    echo "round=$round bin=$BIN: $got/$N, $rate msg/s, engine $cpu CPU s/1000 msgs"
+    echo "round=$round side=$SIDE bin=$BIN extra='$EXTRA': $got/$N, $rate msg/s, engine $cpu CPU s/1000 msgs"
     rm -rf "$DATA"
   done
 done

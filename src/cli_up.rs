@@ -92,6 +92,11 @@ pub fn up(args: UpArgs) -> anyhow::Result<i32> {
     }
     banner.extend(dev.lines());
     banner.push("relay: loopback clients (127.0.0.0/8) are trusted in development".into());
+    banner.push(format!(
+        "at rest: spool and policy sealed (AES-256-GCM) under {}; production keeps the key \
+         elsewhere (--key-file, or the systemd credential petrel-kek)",
+        args.data_dir.join("keys").join("kek").display()
+    ));
 
     let engine_args = EngineArgs {
         data_dir: Some(args.data_dir.clone()),

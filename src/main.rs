@@ -3,6 +3,7 @@
 //! - `petrel up`: engine (and control plane) on embedded defaults, for a fresh machine.
 //! - `petrel engine --config FILE [flags]`: the data plane.
 //! - `petrel spool ls|count --data-dir DIR`: what is spooled (works with the engine stopped).
+//! - `petrel keys rotate|status --data-dir DIR`: the key-encryption key and the data keys.
 //! - `petrel queue ls|suspend|resume|retry|bounce`: a running engine's queues.
 //! - `petrel control ...`: the control plane.
 //! - `petrel load ...`: the load-test harness.
@@ -17,6 +18,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use mimalloc::MiMalloc;
 
+mod cli_keys;
 mod cli_queue;
 mod cli_up;
 
@@ -50,6 +52,11 @@ enum Command {
     },
     /// Operate a running engine's delivery queues.
     Queue(cli_queue::QueueArgs),
+    /// Keys that seal data at rest: rotate the key-encryption key, show the keyring.
+    Keys {
+        #[command(subcommand)]
+        command: cli_keys::KeysCommand,
+    },
     /// The control plane.
     Control {
         #[command(subcommand)]
@@ -119,6 +126,13 @@ pub struct EngineArgs {
     /// PEM certificate of the control plane's push listener.
     #[arg(long)]
     control_ca: Option<PathBuf>,
+    /// The key-encryption key file (mode 0600) sealing the spool and the policy file (default:
+    /// the systemd credential `petrel-kek`, else `<data-dir>/keys/kek`, made at first start).
+    #[arg(long)]
+    key_file: Option<PathBuf>,
+    /// Write the spool and the policy file in the clear (benchmarks' A/B only).
+    #[arg(long)]
+    no_encryption_at_rest: bool,
 }
 
 #[derive(Subcommand)]
@@ -127,6 +141,9 @@ enum SpoolCommand {
     Ls {
         #[arg(long, default_value = "./petrel-data")]
         data_dir: PathBuf,
+        /// The key-encryption key file, when not the engine's default.
+        #[arg(long)]
+        key_file: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -134,6 +151,8 @@ enum SpoolCommand {
     Count {
         #[arg(long, default_value = "./petrel-data")]
         data_dir: PathBuf,
+        #[arg(long)]
+        key_file: Option<PathBuf>,
     },
 }
 
@@ -168,6 +187,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Spool { command } => spool(command),
         Command::Queue(args) => cli_queue::run(args),
+        Command::Keys { command } => cli_keys::run(command),
         Command::Control { command } => {
             let rt = slow_runtime()?;
             rt.block_on(petrel_control::run(command))?;
@@ -215,6 +235,8 @@ pub fn engine_config(args: &EngineArgs) -> anyhow::Result<petrel_engine::EngineC
         development: args.development,
         no_fsync: args.no_fsync,
         no_pin: args.no_pin,
+        key_file: args.key_file.clone(),
+        no_encryption_at_rest: args.no_encryption_at_rest,
     })?;
     if let Some(addr) = args.control {
         cfg.control.push_addr = Some(addr);
@@ -248,8 +270,10 @@ pub fn run_engine(
         Some((rt, banner)) => (rt, banner),
         None => (slow_runtime()?, Vec::new()),
     };
-    let policy = Arc::new(petrel_policy::PolicyStore::load_or_empty(
+    let at_rest = petrel_engine::at_rest::open(&cfg)?;
+    let policy = Arc::new(petrel_policy::PolicyStore::open(
         &cfg.server.data_dir.join("policy"),
+        at_rest,
     ));
     let mut outbox = None;
     if let Some(addr) = cfg.control.push_addr {
@@ -326,10 +350,29 @@ pub fn run_engine(
     Ok(0)
 }
 
+/// Everything spooled under `data_dir`, opened with its keyring when it has one.
+fn inspect_spool(
+    data_dir: &std::path::Path,
+    key_file: Option<PathBuf>,
+) -> anyhow::Result<Vec<petrel_spool::SpooledMessage>> {
+    let mut cfg = petrel_engine::EngineConfig::default();
+    cfg.server.data_dir = data_dir.to_path_buf();
+    cfg.encryption.key_file = key_file;
+    let keys = petrel_engine::at_rest::open_existing(&cfg)?;
+    Ok(petrel_spool::inspect(
+        &data_dir.join("spool"),
+        keys.as_ref(),
+    )?)
+}
+
 fn spool(cmd: SpoolCommand) -> anyhow::Result<i32> {
     match cmd {
-        SpoolCommand::Ls { data_dir, json } => {
-            let msgs = petrel_spool::inspect(&data_dir.join("spool"))?;
+        SpoolCommand::Ls {
+            data_dir,
+            key_file,
+            json,
+        } => {
+            let msgs = inspect_spool(&data_dir, key_file)?;
             for m in &msgs {
                 let pending = m
                     .envelope
@@ -362,8 +405,8 @@ fn spool(cmd: SpoolCommand) -> anyhow::Result<i32> {
             }
             Ok(0)
         }
-        SpoolCommand::Count { data_dir } => {
-            let msgs = petrel_spool::inspect(&data_dir.join("spool"))?;
+        SpoolCommand::Count { data_dir, key_file } => {
+            let msgs = inspect_spool(&data_dir, key_file)?;
             let pending: usize = msgs
                 .iter()
                 .map(|m| {

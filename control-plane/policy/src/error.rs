@@ -33,6 +33,9 @@ pub enum PolicyError {
         #[source]
         source: std::io::Error,
     },
+    /// Sealing the snapshot file, or making the data keys it names, failed (issue 16).
+    #[error("sealing at rest: {0}")]
+    Seal(#[from] petrel_seal::SealError),
     /// A link frame broke the protocol (unknown kind, bad payload, too large). Drop the connection.
     #[error("link protocol error: {reason}")]
     Protocol { reason: String },
@@ -52,7 +55,10 @@ impl PolicyError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            PolicyError::Persist { .. } | PolicyError::Io(_) | PolicyError::Tls { .. }
+            PolicyError::Persist { .. }
+                | PolicyError::Io(_)
+                | PolicyError::Tls { .. }
+                | PolicyError::Seal(_)
         )
     }
 

@@ -51,7 +51,6 @@ pub mod link;
 pub mod new_tenant;
 pub mod outbox;
 pub mod rate;
-pub mod secret_file;
 pub mod snapshot;
 pub mod store;
 pub mod suppression;
@@ -63,12 +62,14 @@ pub use error::{AuthError, PolicyDenial, PolicyError};
 pub use event::{Bounce, BounceClass, Event, EventError, EventType, Remote, Reply};
 pub use link::{run_link, LinkConfig, LinkTrust};
 pub use outbox::{Outbox, OutboxError};
+/// Secrets read from owner-only files (moved to `petrel-seal`, which the spool shares).
+pub use petrel_seal::secret_file;
 pub use snapshot::{
     decode, encode, AuthFailure, Credential, CredentialKind, DefaultLimits, DestinationLimit,
     DkimAlgorithm, DkimKey, NewTenantCap, PolicySnapshot, ReturnPath, SendingDomain, Tenant,
     TokenKey,
 };
-pub use store::PolicyStore;
+pub use store::{AtRest, PolicyStore};
 pub use wire::{
     read_frame, write_frame, Frame, FrameDecoder, Hello, LoadEntry, LoadPage,
     SUPPRESSION_FRAME_ENTRIES_MAX,

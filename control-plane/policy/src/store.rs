@@ -5,6 +5,12 @@
 //! are serialized: validate, compile (DKIM keys load, CIDRs parse), write
 //! `<dir>/snapshot.rkyv` atomically (temp file, fsync, rename, fsync of the directory), then
 //! swap. Versions only move forward; re-applying the current version is a no-op.
+//!
+//! **Sealed at rest** (issue 16). With a keyring ([`AtRest`]) the file is sealed under the
+//! operator's data key (magic `PTRLSNS1`, then one `petrel_seal` frame), so its DKIM keys,
+//! tenant names and password hashes are never on disk in the clear; and before a snapshot is
+//! put in force, every tenant it names gets a data key (rotated past its period), so a shard
+//! never writes the keyring while storing that tenant's mail.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -17,10 +23,23 @@ use crate::compiled::{CompiledPolicy, Shared};
 use crate::error::PolicyError;
 use crate::snapshot::{self, PolicySnapshot};
 use crate::suppression::{SuppressionKeyer, SuppressionSet};
+use petrel_seal::Keyring;
 
 /// File name of the persisted snapshot inside the policy directory.
 pub const SNAPSHOT_FILE: &str = "snapshot.rkyv";
 const SNAPSHOT_TEMP_FILE: &str = "snapshot.rkyv.tmp";
+/// First bytes of a sealed snapshot file.
+const SEALED_SNAPSHOT_MAGIC: &[u8; 8] = b"PTRLSNS1";
+/// Associated data of the sealed snapshot frame.
+const SNAPSHOT_AAD: &[u8] = b"petrel-policy-snapshot";
+
+/// Sealing at rest: the keyring, and how old a data key may get before new data goes under a
+/// new one.
+#[derive(Debug, Clone)]
+pub struct AtRest {
+    pub keys: Arc<Keyring>,
+    pub data_key_rotate_after_ms: u64,
+}
 
 /// Send + Sync; share as `Arc<PolicyStore>` between shards and the link task.
 pub struct PolicyStore {
@@ -37,6 +56,8 @@ pub struct PolicyStore {
     suppressions: ArcSwap<SuppressionSet>,
     /// The secret that keys the set's hashes (random at the first start, then the saved set's).
     keyer: SuppressionKeyer,
+    /// Sealing at rest; `None` keeps the file in the clear (unit tests, benchmarks' A/B).
+    at_rest: Option<AtRest>,
 }
 
 impl std::fmt::Debug for PolicyStore {
@@ -53,9 +74,17 @@ impl PolicyStore {
     /// (version 0). A corrupt file is logged and left in place for inspection; the next
     /// successful `apply` replaces it.
     pub fn load_or_empty(dir: &Path) -> PolicyStore {
+        Self::open(dir, None)
+    }
+
+    /// [`PolicyStore::load_or_empty`], sealing the file with `at_rest` (and opening a sealed one).
+    pub fn open(dir: &Path, at_rest: Option<AtRest>) -> PolicyStore {
         let shared = Shared::new();
         let path = dir.join(SNAPSHOT_FILE);
-        let compiled = match std::fs::read(&path) {
+        let read = std::fs::read(&path).and_then(|bytes| {
+            unseal(&bytes, at_rest.as_ref()).map_err(|e| std::io::Error::other(e.to_string()))
+        });
+        let compiled = match read {
             Ok(bytes) => match snapshot::decode(&bytes)
                 .and_then(|s| CompiledPolicy::compile_with(s, shared.clone()))
             {
@@ -97,7 +126,42 @@ impl PolicyStore {
             shared,
             keyer: suppressions.keyer().clone(),
             suppressions: ArcSwap::from_pointee(suppressions),
+            at_rest,
         }
+    }
+
+    /// The keyring the spool seals with, when sealing at rest is on.
+    pub fn keys(&self) -> Option<&Arc<Keyring>> {
+        self.at_rest.as_ref().map(|a| &a.keys)
+    }
+
+    /// Gives the operator and every tenant of `s` a data key younger than the rotation period.
+    /// Returns how many keys were made. Blocking (a keyring write when any is due).
+    fn ensure_data_keys(&self, s: &PolicySnapshot) -> Result<usize, PolicyError> {
+        let Some(at_rest) = &self.at_rest else {
+            return Ok(0);
+        };
+        let owners: Vec<petrel_seal::Owner> = std::iter::once(None)
+            .chain(s.tenants.iter().map(|t| Some(t.id.clone())))
+            .collect();
+        let made =
+            at_rest
+                .keys
+                .ensure(&owners, wall_ms(), Some(at_rest.data_key_rotate_after_ms))?;
+        if !made.is_empty() {
+            tracing::info!(
+                keys = made.len(),
+                "data keys made for new or rotated owners"
+            );
+        }
+        Ok(made.len())
+    }
+
+    /// Rotates the data keys of the policy in force that are past their period (called on a
+    /// timer; a new snapshot does it too). Blocking.
+    pub fn rotate_data_keys(&self) -> Result<usize, PolicyError> {
+        let current = self.current();
+        self.ensure_data_keys(current.snapshot())
     }
 
     /// The suppression set for one RCPT check (an arc-swap guard: no reference count touched;
@@ -161,6 +225,11 @@ impl PolicyStore {
         }
         let bytes = snapshot::encode(&s)?;
         let compiled = CompiledPolicy::compile_with(s, self.shared.clone())?;
+        self.ensure_data_keys(compiled.snapshot())?;
+        let bytes = match &self.at_rest {
+            Some(a) => seal(&a.keys, &bytes)?,
+            None => bytes,
+        };
         self.persist(&bytes)?;
         let version = compiled.version();
         self.current.store(Arc::new(compiled));
@@ -194,6 +263,37 @@ impl PolicyStore {
             .map_err(err(&self.dir))?;
         Ok(())
     }
+}
+
+/// Seals snapshot bytes under the operator's data key.
+fn seal(keys: &Keyring, bytes: &[u8]) -> Result<Vec<u8>, PolicyError> {
+    let key = keys.current_or_create(None, wall_ms())?;
+    let mut out = Vec::with_capacity(bytes.len() + 64);
+    out.extend_from_slice(SEALED_SNAPSHOT_MAGIC);
+    key.seal_append(SNAPSHOT_AAD, &[bytes], &mut out);
+    Ok(out)
+}
+
+/// The snapshot bytes of a file, opened when sealed. A sealed file without a keyring, or whose
+/// key is gone, is an error (the engine then starts empty and the link brings the policy).
+fn unseal(bytes: &[u8], at_rest: Option<&AtRest>) -> Result<Vec<u8>, PolicyError> {
+    let Some(frame) = bytes.strip_prefix(SEALED_SNAPSHOT_MAGIC) else {
+        return Ok(bytes.to_vec());
+    };
+    let keys = &at_rest
+        .ok_or(PolicyError::Corrupt {
+            reason: "the snapshot file is sealed and no keyring was given".into(),
+        })?
+        .keys;
+    let id = petrel_seal::frame_key_id(frame)?;
+    let key = keys.get(id).ok_or(petrel_seal::SealError::UnknownKey(id))?;
+    Ok(key.open(SNAPSHOT_AAD, frame)?)
+}
+
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]
@@ -265,6 +365,37 @@ mod tests {
         let reloaded = PolicyStore::load_or_empty(&pdir);
         assert_eq!(reloaded.version(), 3);
         assert_eq!(reloaded.current().snapshot(), &snap(3));
+    }
+
+    #[test]
+    fn a_sealed_snapshot_file_holds_nothing_readable_and_reloads_with_its_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let kek = Arc::new(petrel_seal::KekFile::generate(&dir.path().join("kek")).unwrap());
+        let at_rest = |kek: &Arc<petrel_seal::KekFile>| AtRest {
+            keys: Arc::new(Keyring::open(&dir.path().join("keys"), kek.clone()).unwrap()),
+            data_key_rotate_after_ms: 1_000_000,
+        };
+        let pdir = dir.path().join("policy");
+        let store = PolicyStore::open(&pdir, Some(at_rest(&kek)));
+        let mut s = snap(4);
+        s.tenants[0].name = "MARKER-tenant-name".into();
+        store.apply(s.clone()).unwrap();
+        let keys = store.keys().unwrap();
+        // The operator and the tenant got data keys before the snapshot went in force.
+        assert!(keys.current(None).is_some() && keys.current(Some("t1")).is_some());
+        let raw = std::fs::read(pdir.join(SNAPSHOT_FILE)).unwrap();
+        assert!(raw.starts_with(SEALED_SNAPSHOT_MAGIC));
+        assert!(!raw.windows(6).any(|w| w == b"MARKER"));
+        let reloaded = PolicyStore::open(&pdir, Some(at_rest(&kek)));
+        assert_eq!(reloaded.current().snapshot(), &s);
+        // Without the keyring the sealed file is unusable: start empty, the link brings it.
+        assert_eq!(PolicyStore::load_or_empty(&pdir).version(), 0);
+        // A file written in the clear (before sealing was on) still loads.
+        PolicyStore::load_or_empty(&dir.path().join("clear"))
+            .apply(snap(2))
+            .unwrap();
+        let clear = PolicyStore::open(&dir.path().join("clear"), Some(at_rest(&kek)));
+        assert_eq!(clear.version(), 2);
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub struct EngineConfig {
     pub smtp: SmtpSection,
     pub limits: LimitsSection,
     pub spool: SpoolSection,
+    pub encryption: EncryptionSection,
     pub metrics: MetricsSection,
     pub admin: AdminSection,
     pub auth: AuthSection,
@@ -340,6 +341,34 @@ impl Default for SpoolSection {
     }
 }
 
+/// Sealing at rest (issue 16): the spool's records and the policy snapshot file, under
+/// per-tenant data keys wrapped by a key-encryption key (see `at_rest.rs`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EncryptionSection {
+    /// On by default; off only for a benchmark's A/B (`--no-encryption-at-rest`).
+    pub at_rest: bool,
+    /// The key-encryption key file (owner-only). Unset: the systemd credential `petrel-kek`,
+    /// else `<data_dir>/keys/kek`, made at the first start (a development default: production
+    /// keeps the key away from the data).
+    pub key_file: Option<PathBuf>,
+    /// A tenant's new data goes under a new data key once its current one is this old.
+    pub data_key_rotate_after_days: u32,
+}
+
+/// Most days between data key rotations.
+pub const DATA_KEY_ROTATE_AFTER_DAYS_MAX: u32 = 3_650;
+
+impl Default for EncryptionSection {
+    fn default() -> Self {
+        EncryptionSection {
+            at_rest: true,
+            key_file: None,
+            data_key_rotate_after_days: 30,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsSection {
@@ -505,6 +534,10 @@ pub struct Overrides {
     pub development: bool,
     pub no_fsync: bool,
     pub no_pin: bool,
+    /// `--key-file PATH`: the key-encryption key file.
+    pub key_file: Option<PathBuf>,
+    /// `--no-encryption-at-rest` (benchmarks' A/B only).
+    pub no_encryption_at_rest: bool,
 }
 
 impl EngineConfig {
@@ -584,6 +617,12 @@ impl EngineConfig {
         if o.no_pin {
             self.server.pin_shards = false;
         }
+        if o.key_file.is_some() {
+            self.encryption.key_file = o.key_file.clone();
+        }
+        if o.no_encryption_at_rest {
+            self.encryption.at_rest = false;
+        }
         self.validate()
     }
 
@@ -596,6 +635,13 @@ impl EngineConfig {
         };
         if self.server.hostname.is_empty() || self.server.hostname.contains(char::is_whitespace) {
             return bad("server.hostname", "must be a non-empty name without spaces");
+        }
+        let days = self.encryption.data_key_rotate_after_days;
+        if days == 0 || days > DATA_KEY_ROTATE_AFTER_DAYS_MAX {
+            return bad(
+                "encryption.data_key_rotate_after_days",
+                "must be 1 to DATA_KEY_ROTATE_AFTER_DAYS_MAX (3650)",
+            );
         }
         if self.server.shards > 256 {
             return bad(

@@ -83,6 +83,9 @@ pub fn run(
         );
     }
     metrics::gauge!(crate::metrics::POLICY_VERSION).set(policy.version() as f64);
+    if policy.keys().is_some() {
+        runtime.spawn(rotate_data_keys(Arc::clone(&policy)));
+    }
     let auth = Authenticator::new(&cfg.auth, Arc::clone(&policy));
     let shards = cfg.shard_count();
     let pressure = Pressure::new(cfg.limits.clone(), shards, events.clone());
@@ -286,6 +289,28 @@ fn reserve_port(addr: SocketAddr) -> Result<(SocketAddr, Option<socket2::Socket>
         .as_socket()
         .ok_or(EngineError::ReservedPortNoAddress { addr })?;
     Ok((local, Some(s)))
+}
+
+/// How often the data keys of the policy in force are checked against their rotation period
+/// (a new snapshot checks too).
+const DATA_KEY_ROTATION_CHECK_SECS: u64 = 3600;
+
+/// Gives each owner a new data key once its current one is past the rotation period.
+async fn rotate_data_keys(policy: Arc<petrel_policy::PolicyStore>) {
+    let mut tick =
+        tokio::time::interval(std::time::Duration::from_secs(DATA_KEY_ROTATION_CHECK_SECS));
+    loop {
+        tick.tick().await;
+        let p = Arc::clone(&policy);
+        match tokio::task::spawn_blocking(move || p.rotate_data_keys()).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(keys = n, "data keys rotated"),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "data key rotation failed; retrying in an hour")
+            }
+            Err(e) => tracing::error!(error = %e, "data key rotation task failed"),
+        }
+    }
 }
 
 fn spawn_signal_thread(stop: StopHandle) {

@@ -51,4 +51,8 @@ pub enum EngineError {
     /// source names the file and, for a bad rule, its section and index.
     #[error("delivery.bounce_rules_file: {0}")]
     BounceRules(#[source] petrel_bounce::RulesError),
+    /// The key-encryption key or the keyring could not be read (issue 16): the wrong key file,
+    /// one others may read, or a damaged keyring. The engine does not start without them.
+    #[error("encryption at rest: {0}")]
+    AtRest(#[from] petrel_seal::SealError),
 }

@@ -23,6 +23,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod admin;
+pub mod at_rest;
 pub mod auth;
 pub mod clock;
 pub mod config;

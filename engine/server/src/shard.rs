@@ -54,8 +54,16 @@ pub async fn run(setup: ShardSetup) -> Result<(), EngineError> {
         fsync: cfg.spool.fsync,
         body_cache_bytes_max: cfg.spool.body_cache_bytes_max,
         commit_window_us: cfg.spool.commit_window_us,
+        keys: setup.policy.keys().cloned(),
     })
     .await?;
+    if recovery.messages_shredded > 0 {
+        tracing::info!(
+            shard,
+            messages = recovery.messages_shredded,
+            "spool recovery dropped messages whose data key was destroyed (deleted tenants)"
+        );
+    }
     if recovery.records_skipped > 0 {
         tracing::warn!(
             shard,

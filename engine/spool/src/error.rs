@@ -71,6 +71,12 @@ pub enum SpoolError {
     #[error("bad spool configuration: {0}")]
     Config(&'static str),
     /// `store_attributed_as` got an id this spool did not hand out (`reserve_id`).
+    #[error("the spool holds sealed records and was opened without its keyring (the key file)")]
+    NoKeyring,
+
+    #[error("sealing failed: {0}")]
+    Seal(#[from] petrel_seal::SealError),
+
     #[error("message id {0:016x} was not reserved by this spool")]
     NotReserved(u64),
 }
@@ -80,7 +86,8 @@ impl SpoolError {
     /// 4xx. False for errors about the request itself (too large, unknown id): answer 5xx.
     pub fn is_transient(&self) -> bool {
         match self {
-            SpoolError::Io { .. } | SpoolError::Unhealthy(_) => true,
+            // A data key that could not be made or written (keyring on a full disk).
+            SpoolError::Io { .. } | SpoolError::Unhealthy(_) | SpoolError::Seal(_) => true,
             // A record that fails its checksum will fail it again.
             SpoolError::Corrupt { .. }
             | SpoolError::NotFound(_)
@@ -88,7 +95,8 @@ impl SpoolError {
             | SpoolError::RecipientIndex { .. }
             | SpoolError::Encode { .. }
             | SpoolError::Config(_)
-            | SpoolError::NotReserved(_) => false,
+            | SpoolError::NotReserved(_)
+            | SpoolError::NoKeyring => false,
         }
     }
 

@@ -46,6 +46,14 @@
 //! **Offline.** [`inspect`] reads the same files with std::fs only, for `petrel spool ls|count`
 //! while the engine is stopped (or running: it sees written, not necessarily synced, state).
 //!
+//! **Sealed at rest** (issue 16). With a keyring ([`SpoolConfig::keys`]) every store record is
+//! sealed with AES-256-GCM under its tenant's current data key (the operator's for a message
+//! without a tenant), and its journal updates under the same key ([`sealed`]); removals carry
+//! only an id. Recovery and [`inspect`] open them with the keyring; a record whose key was
+//! destroyed (its tenant deleted) is counted as shredded and dropped. A spool holding sealed
+//! records refuses to open without a keyring. Without one (benchmarks' A/B, unit tests) records
+//! are written in the clear, as before.
+//!
 //! Trade-offs: a single damaged header makes the scanner resynchronise on the next aligned valid
 //! header, which in theory could be found inside a message body; bodies are not scrambled.
 //! A failed fdatasync makes the spool refuse writes for good (the page cache can no longer be
@@ -60,6 +68,7 @@ mod error;
 mod file;
 pub mod record;
 mod recovery;
+pub mod sealed;
 mod segments;
 mod spool;
 mod state;

@@ -5,7 +5,8 @@
 //! ```text
 //! offset  size  field
 //!      0     4  magic  "PSPL" (0x4c505350 little endian)
-//!      4     1  kind   (1 segment header, 2 store, 3 update, 4 remove, 5 attributed store)
+//!      4     1  kind   (1 segment header, 2 store, 3 update, 4 remove, 5 attributed store,
+//!                       6 sealed store, 7 sealed update: see `sealed.rs`)
 //!      5     3  zero
 //!      8     4  payload_len_bytes
 //!     12     4  record_len_bytes   (header + payload + zero padding; a multiple of 8)
@@ -88,6 +89,10 @@ pub enum Kind {
     Remove = 4,
     /// A message with attribution: id, archived envelope, archived attribution, body.
     StoreAttributed = 5,
+    /// A message sealed under a data key: id, then one sealed frame (`sealed.rs`).
+    SealedStore = 6,
+    /// Journal: recipient updates sealed under the message's data key.
+    SealedUpdate = 7,
 }
 
 impl Kind {
@@ -98,13 +103,18 @@ impl Kind {
             3 => Some(Kind::Update),
             4 => Some(Kind::Remove),
             5 => Some(Kind::StoreAttributed),
+            6 => Some(Kind::SealedStore),
+            7 => Some(Kind::SealedUpdate),
             _ => None,
         }
     }
 
-    /// Store records of either version.
+    /// Store records of any version, sealed or not.
     pub fn is_store(self) -> bool {
-        matches!(self, Kind::Store | Kind::StoreAttributed)
+        matches!(
+            self,
+            Kind::Store | Kind::StoreAttributed | Kind::SealedStore
+        )
     }
 
     /// The kind a store record with this attribution is written as.
@@ -133,21 +143,33 @@ pub fn encode_record(out: &mut Vec<u8>, kind: Kind, payload: &[&[u8]], align: us
     );
     let start = out.len();
     out.reserve(record_len);
-    out.extend_from_slice(&RECORD_MAGIC.to_le_bytes());
-    out.extend_from_slice(&[kind as u8, 0, 0, 0]);
-    out.extend_from_slice(&(payload_len as u32).to_le_bytes());
-    out.extend_from_slice(&(record_len as u32).to_le_bytes());
     let mut crc = 0;
     for p in payload {
         crc = crc32c::crc32c_append(crc, p);
     }
-    out.extend_from_slice(&crc.to_le_bytes());
-    let header_crc = crc32c::crc32c(&out[start..start + 20]);
-    out.extend_from_slice(&header_crc.to_le_bytes());
+    out.extend_from_slice(&header(kind, payload_len, record_len, crc));
     for p in payload {
         out.extend_from_slice(p);
     }
     out.resize(start + record_len, 0);
+}
+
+/// A record header: magic, kind, lengths, the payload's checksum, the header's own.
+pub(crate) fn header(
+    kind: Kind,
+    payload_len: usize,
+    record_len: usize,
+    payload_crc: u32,
+) -> [u8; RECORD_HEADER_BYTES] {
+    let mut h = [0u8; RECORD_HEADER_BYTES];
+    h[..4].copy_from_slice(&RECORD_MAGIC.to_le_bytes());
+    h[4] = kind as u8;
+    h[8..12].copy_from_slice(&(payload_len as u32).to_le_bytes());
+    h[12..16].copy_from_slice(&(record_len as u32).to_le_bytes());
+    h[16..20].copy_from_slice(&payload_crc.to_le_bytes());
+    let header_crc = crc32c::crc32c(&h[..20]);
+    h[20..].copy_from_slice(&header_crc.to_le_bytes());
+    h
 }
 
 /// A record read back from a buffer.
@@ -336,11 +358,11 @@ impl SegmentHeader {
     }
 }
 
-fn u64_at(p: &[u8], i: usize) -> Option<u64> {
+pub(crate) fn u64_at(p: &[u8], i: usize) -> Option<u64> {
     Some(u64::from_le_bytes(p.get(i..i + 8)?.try_into().ok()?))
 }
 
-fn u32_at(p: &[u8], i: usize) -> Option<u32> {
+pub(crate) fn u32_at(p: &[u8], i: usize) -> Option<u32> {
     Some(u32::from_le_bytes(p.get(i..i + 4)?.try_into().ok()?))
 }
 
@@ -363,7 +385,7 @@ pub fn encode_updates(u: &[RecipientUpdate]) -> Result<AlignedVec, rancor::Error
 }
 
 /// Copies `bytes` into an aligned buffer, validates them (bytecheck), and deserialises.
-fn decode_archived<T>(bytes: &[u8]) -> Option<T>
+pub(crate) fn decode_archived<T>(bytes: &[u8]) -> Option<T>
 where
     T: rkyv::Archive,
     T::Archived: for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rancor::Error>>

@@ -13,7 +13,10 @@ use std::path::{Path, PathBuf};
 
 use crate::error::SpoolError;
 use crate::file::{FileMode, SegFile};
+use petrel_seal::Keyring;
+
 use crate::record::{self, Kind, SegmentHeader};
+use crate::sealed::{self, Unsealed};
 use crate::state::{IndexEntry, Segment, State};
 use crate::types::{Attribution, Envelope, MessageId, Recovery, SpooledMessage};
 
@@ -93,6 +96,8 @@ pub(crate) struct Found {
     pub(crate) offset: u64,
     /// Length of that record (padding included).
     pub(crate) record_len: u64,
+    /// The data key that sealed it; 0 in the clear.
+    pub(crate) key: u32,
 }
 
 /// One segment, rebuilt.
@@ -107,10 +112,20 @@ pub(crate) struct SegmentState {
     pub(crate) bytes_skipped: u64,
     /// End of the journal's last valid record: the journal is truncated here before appending.
     pub(crate) journal_valid_end: u64,
+    /// Messages whose data key is gone (crypto-shredded).
+    pub(crate) shredded: u64,
+    /// Sealed records were found and no keyring was given.
+    pub(crate) needs_keyring: bool,
 }
 
-/// Rebuilds one segment from its data and journal bytes. `name` is for the logs.
-pub(crate) fn rebuild(data: &[u8], journal: &[u8], name: &Path) -> SegmentState {
+/// Rebuilds one segment from its data and journal bytes, opening sealed records with `keys`.
+/// `name` is for the logs.
+pub(crate) fn rebuild(
+    data: &[u8],
+    journal: &[u8],
+    name: &Path,
+    keys: Option<&Keyring>,
+) -> SegmentState {
     let mut st = SegmentState::default();
     let scan = record::scan(data);
     note_skipped(&mut st, &scan.skipped, name, "data");
@@ -138,6 +153,7 @@ pub(crate) fn rebuild(data: &[u8], journal: &[u8], name: &Path) -> SegmentState 
                         body_len_bytes: s.body.len() as u64,
                         offset: rec.offset,
                         record_len: rec.record_len,
+                        key: 0,
                     };
                     st.live.insert(s.id, found);
                 }
@@ -149,6 +165,43 @@ pub(crate) fn rebuild(data: &[u8], journal: &[u8], name: &Path) -> SegmentState 
                     "envelope or attribution failed validation",
                 ),
             },
+            Kind::SealedStore => {
+                let Some(keys) = keys else {
+                    st.needs_keyring = true;
+                    continue;
+                };
+                match sealed::open_store(rec.payload, keys) {
+                    Ok(s) => {
+                        let seq = MessageId(s.id).sequence();
+                        st.max_id_seq = Some(st.max_id_seq.map_or(seq, |m| m.max(seq)));
+                        let found = Found {
+                            body_len_bytes: s.body().len() as u64,
+                            envelope: s.envelope,
+                            attribution: s.attribution,
+                            offset: rec.offset,
+                            record_len: rec.record_len,
+                            key: s.key_id,
+                        };
+                        st.live.insert(s.id, found);
+                    }
+                    Err(Unsealed::NoKey(key)) => {
+                        // Still counts for the id sequence: ids are never reused.
+                        if let Some((id, _)) = sealed::peek(rec.payload) {
+                            let seq = MessageId(id).sequence();
+                            st.max_id_seq = Some(st.max_id_seq.map_or(seq, |m| m.max(seq)));
+                        }
+                        tracing::info!(segment = %name.display(), offset = rec.offset, key, "spool record's data key was destroyed: message shredded");
+                        st.shredded += 1;
+                    }
+                    Err(Unsealed::Damaged) => skip_record(
+                        &mut st,
+                        name,
+                        rec.offset,
+                        rec.record_len,
+                        "sealed record failed authentication",
+                    ),
+                }
+            }
             _ => skip_record(
                 &mut st,
                 name,
@@ -162,27 +215,52 @@ pub(crate) fn rebuild(data: &[u8], journal: &[u8], name: &Path) -> SegmentState 
     note_skipped(&mut st, &jscan.skipped, name, "journal");
     st.journal_valid_end = jscan.valid_end;
     for rec in &jscan.records {
-        apply_journal_record(&mut st, rec, name);
+        apply_journal_record(&mut st, rec, name, keys);
     }
     st
 }
 
-fn apply_journal_record(st: &mut SegmentState, rec: &record::RawRecord<'_>, name: &Path) {
-    match rec.kind {
-        Kind::Update => match record::decode_update(rec.payload) {
-            Some((id, updates)) => {
-                // An update for an unknown id belongs to a removed or damaged message: ignore.
-                if let Some(found) = st.live.get_mut(&id) {
-                    for u in updates {
-                        if let Some(r) = found.envelope.recipients.get_mut(u.index as usize) {
-                            r.state = u.state;
-                            r.attempts = u.attempts;
-                            r.next_attempt_unix_ms = u.next_attempt_unix_ms;
-                            r.last_reply = u.last_reply;
-                        }
-                    }
-                }
+/// Applies one message's updates. An update for an unknown id belongs to a removed, damaged
+/// or shredded message: ignored.
+fn apply_updates(st: &mut SegmentState, id: u64, updates: Vec<crate::types::RecipientUpdate>) {
+    if let Some(found) = st.live.get_mut(&id) {
+        for u in updates {
+            if let Some(r) = found.envelope.recipients.get_mut(u.index as usize) {
+                r.state = u.state;
+                r.attempts = u.attempts;
+                r.next_attempt_unix_ms = u.next_attempt_unix_ms;
+                r.last_reply = u.last_reply;
             }
+        }
+    }
+}
+
+fn apply_journal_record(
+    st: &mut SegmentState,
+    rec: &record::RawRecord<'_>,
+    name: &Path,
+    keys: Option<&Keyring>,
+) {
+    match rec.kind {
+        Kind::SealedUpdate => {
+            let Some(keys) = keys else {
+                st.needs_keyring = true;
+                return;
+            };
+            match sealed::open_update(rec.payload, keys) {
+                Ok((id, updates)) => apply_updates(st, id, updates),
+                Err(Unsealed::NoKey(_)) => {}
+                Err(Unsealed::Damaged) => skip_record(
+                    st,
+                    name,
+                    rec.offset,
+                    rec.record_len,
+                    "sealed update failed authentication",
+                ),
+            }
+        }
+        Kind::Update => match record::decode_update(rec.payload) {
+            Some((id, updates)) => apply_updates(st, id, updates),
             None => skip_record(
                 st,
                 name,
@@ -236,8 +314,12 @@ pub(crate) fn spooled(st: &SegmentState) -> impl Iterator<Item = SpooledMessage>
 
 /// Offline view of everything spooled under `spool_root` (every `shard-<N>` directory), with
 /// std::fs only: the engine may be stopped. Reads each segment whole, one at a time. Damaged
-/// records are skipped (and logged) exactly as recovery would. Sorted by id.
-pub fn inspect(spool_root: &Path) -> Result<Vec<SpooledMessage>, SpoolError> {
+/// records are skipped (and logged) exactly as recovery would, shredded ones left out; sealed
+/// records need `keys` ([`SpoolError::NoKeyring`] without). Sorted by id.
+pub fn inspect(
+    spool_root: &Path,
+    keys: Option<&Keyring>,
+) -> Result<Vec<SpooledMessage>, SpoolError> {
     let mut out = Vec::new();
     let entries = match std::fs::read_dir(spool_root) {
         Ok(e) => e,
@@ -268,7 +350,11 @@ pub fn inspect(spool_root: &Path) -> Result<Vec<SpooledMessage>, SpoolError> {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
                 Err(e) => return Err(SpoolError::io("read", &jpath, e)),
             };
-            out.extend(spooled(&rebuild(&data, &journal, &dpath)));
+            let seg = rebuild(&data, &journal, &dpath, keys);
+            if seg.needs_keyring {
+                return Err(SpoolError::NoKeyring);
+            }
+            out.extend(spooled(&seg));
         }
     }
     out.sort_by_key(|m| m.id);
@@ -279,6 +365,7 @@ pub fn inspect(spool_root: &Path) -> Result<Vec<SpooledMessage>, SpoolError> {
 pub(crate) async fn recover(
     dir: &Path,
     shard: u8,
+    keys: Option<&Keyring>,
     state: &mut State,
 ) -> Result<Recovery, SpoolError> {
     let listing = list_segments(dir)?;
@@ -303,7 +390,11 @@ pub(crate) async fn recover(
         let data_bytes = data.read_exact_at(0, data.size().await? as usize).await?;
         let journal_size = journal.size().await?;
         let journal_bytes = journal.read_exact_at(0, journal_size as usize).await?;
-        let seg = rebuild(&data_bytes, &journal_bytes, &dpath);
+        let seg = rebuild(&data_bytes, &journal_bytes, &dpath, keys);
+        if seg.needs_keyring {
+            return Err(SpoolError::NoKeyring);
+        }
+        out.messages_shredded += seg.shredded;
         out.records_skipped += seg.records_skipped;
         out.bytes_skipped += seg.bytes_skipped;
         if let Some(max) = seg.max_id_seq {
@@ -349,6 +440,7 @@ pub(crate) async fn recover(
                 offset: found.offset,
                 record_len: found.record_len as u32,
                 recipients: found.envelope.recipients.len() as u32,
+                key: found.key,
             };
             state.index.insert(id, entry);
             state.live_bytes += found.record_len;

@@ -16,6 +16,7 @@ use crate::error::SpoolError;
 use crate::file::FileMode;
 use crate::record::{self, Kind};
 use crate::recovery::{self, SHARD_DIR_PREFIX};
+use crate::sealed;
 use crate::segments::{close_file, Inner};
 use crate::state::{Batch, IndexEntry, State};
 use crate::types::{
@@ -69,7 +70,7 @@ impl Spool {
             data_pending: Vec::new(),
             bodies: BodyCache::new(cfg.body_cache_bytes_max),
         };
-        let recovery = recovery::recover(&dir, cfg.shard, &mut state).await?;
+        let recovery = recovery::recover(&dir, cfg.shard, cfg.keys.as_deref(), &mut state).await?;
         let inner = Rc::new(Inner {
             cfg,
             mode,
@@ -158,7 +159,22 @@ impl Spool {
             attr.len(),
             record::ATTRIBUTION_SIZE_MAX_BYTES,
         )?;
-        let payload_len = record::STORE_PREFIX_BYTES + meta.len() + attr.len() + body.len();
+        // Sealed under the tenant's current data key (the operator's without a tenant); the
+        // key is made ahead when the policy names the tenant, so this rarely writes the keyring.
+        let key = match &inner.cfg.keys {
+            Some(keys) => {
+                let owner = attribution
+                    .tenant_id
+                    .as_deref()
+                    .or(envelope.tenant.as_deref());
+                Some(keys.current_or_create(owner, wall_ms())?)
+            }
+            None => None,
+        };
+        let payload_len = match &key {
+            Some(_) => sealed::store_payload_len(meta.len(), attr.len(), body.len()),
+            None => record::STORE_PREFIX_BYTES + meta.len() + attr.len() + body.len(),
+        };
         let (id, seg, offset, record_len, batch) = {
             let _permit = inner
                 .reserve
@@ -195,13 +211,20 @@ impl Spool {
                 .segments
                 .get_mut(&active)
                 .ok_or(SpoolError::Unhealthy("no active segment"))?;
-            let prefix = record::store_prefix(id.0, meta.len(), attr.len());
-            record::encode_record(
-                &mut seg.data_buf,
-                Kind::store_for(attribution),
-                &[&prefix, &meta, &attr, body],
-                align,
-            );
+            match &key {
+                Some(key) => {
+                    sealed::encode_store(&mut seg.data_buf, id.0, key, &meta, &attr, body, align);
+                }
+                None => {
+                    let prefix = record::store_prefix(id.0, meta.len(), attr.len());
+                    record::encode_record(
+                        &mut seg.data_buf,
+                        Kind::store_for(attribution),
+                        &[&prefix, &meta, &attr, body],
+                        align,
+                    );
+                }
+            }
             let batch = seg.data_batch.clone();
             let full = seg.data_buf.len() >= DATA_BATCH_BYTES_MAX;
             // Marked dirty once written (`flush_data`), not now: a sync that ran before the
@@ -234,6 +257,7 @@ impl Spool {
                 offset,
                 record_len: record_len as u32,
                 recipients: envelope.recipients.len() as u32,
+                key: key.as_ref().map_or(0, |k| k.id()),
             };
             st.index.insert(id.0, entry);
             st.bodies.insert(id.0, body);
@@ -268,6 +292,17 @@ impl Spool {
             reason,
         };
         let rec = record::decode_at(&buf, 0).map_err(|_| corrupt("bad frame or checksum"))?;
+        if rec.kind == Kind::SealedStore {
+            let keys = self.inner.cfg.keys.as_ref().ok_or(SpoolError::NoKeyring)?;
+            let opened = sealed::open_store(rec.payload, keys).map_err(|e| match e {
+                sealed::Unsealed::NoKey(_) => corrupt("its data key was destroyed"),
+                sealed::Unsealed::Damaged => corrupt("sealed record failed authentication"),
+            })?;
+            if opened.id != id.0 {
+                return Err(corrupt("record is not this message"));
+            }
+            return Ok(opened.into_body());
+        }
         let parts = record::split_store(rec.payload).ok_or(corrupt("bad store payload"))?;
         if !rec.kind.is_store() || parts.id != id.0 {
             return Err(corrupt("record is not this message"));
@@ -299,13 +334,25 @@ impl Spool {
         })?;
         check_len("update", archived.len(), record::UPDATE_SIZE_MAX_BYTES)?;
         let mut bytes = Vec::new();
-        let prefix = record::update_prefix(id.0);
-        record::encode_record(
-            &mut bytes,
-            Kind::Update,
-            &[&prefix, &archived],
-            record::RECORD_ALIGN_BYTES,
-        );
+        let key = match (entry.key, &inner.cfg.keys) {
+            (0, _) => None,
+            (k, Some(keys)) => Some(keys.get(k).ok_or(petrel_seal::SealError::UnknownKey(k))?),
+            (_, None) => return Err(SpoolError::NoKeyring),
+        };
+        match key {
+            Some(key) => {
+                sealed::encode_update(&mut bytes, id.0, &key, &archived);
+            }
+            None => {
+                let prefix = record::update_prefix(id.0);
+                record::encode_record(
+                    &mut bytes,
+                    Kind::Update,
+                    &[&prefix, &archived],
+                    record::RECORD_ALIGN_BYTES,
+                );
+            }
+        }
         inner.append_journal(entry.segment, bytes).await
     }
 
@@ -409,6 +456,13 @@ impl Drop for InflightGuard<'_> {
             .detach();
         }
     }
+}
+
+/// Wall-clock milliseconds, for a data key's creation time.
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn check_len(what: &'static str, len: usize, max: usize) -> Result<(), SpoolError> {

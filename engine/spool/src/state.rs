@@ -73,7 +73,7 @@ pub(crate) enum File {
     Journal,
 }
 
-/// Where a live message is. 24 bytes.
+/// Where a live message is. 32 bytes.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct IndexEntry {
     /// Sequence of its segment.
@@ -84,6 +84,8 @@ pub(crate) struct IndexEntry {
     pub(crate) record_len: u32,
     /// Number of recipients (updates must name an index below it).
     pub(crate) recipients: u32,
+    /// The data key that sealed it, which seals its updates too; 0: stored in the clear.
+    pub(crate) key: u32,
 }
 
 /// One segment: its data file and journal, their append offsets and unwritten buffers, and

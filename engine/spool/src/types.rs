@@ -164,6 +164,8 @@ pub struct SpoolConfig {
     /// commit waits this long before its fdatasync so later writers join it (default 300 µs;
     /// 0 never waits). A lone client never waits for it.
     pub commit_window_us: u64,
+    /// The keyring that seals records at rest (issue 16); `None` writes them in the clear.
+    pub keys: Option<std::sync::Arc<petrel_seal::Keyring>>,
 }
 
 /// Default of [`SpoolConfig::commit_window_us`].
@@ -185,6 +187,7 @@ impl SpoolConfig {
             fsync: true,
             body_cache_bytes_max: BODY_CACHE_BYTES_MAX_DEFAULT,
             commit_window_us: COMMIT_WINDOW_US_DEFAULT,
+            keys: None,
         }
     }
 }
@@ -209,4 +212,6 @@ pub struct Recovery {
     pub records_skipped: u64,
     /// Bytes skipped with them.
     pub bytes_skipped: u64,
+    /// Messages whose data key is gone (their tenant was deleted): unreadable, dropped.
+    pub messages_shredded: u64,
 }

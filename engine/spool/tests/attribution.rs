@@ -4,9 +4,9 @@
 
 mod common;
 
-use common::{body, config, envelope};
+use common::{body, config, envelope, inspect};
 use petrel_spool::record::ATTRIBUTION_SIZE_MAX_BYTES;
-use petrel_spool::{inspect, Attribution, Spool, SpoolError};
+use petrel_spool::{Attribution, Spool, SpoolError};
 use petrel_testkit::glommio::run;
 
 fn attribution(n: u64) -> Attribution {

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{body, config, envelope};
-use petrel_spool::{inspect, Spool};
+use common::{body, config, envelope, inspect};
+use petrel_spool::Spool;
 use petrel_testkit::glommio::run;
 use rand::Rng;
 

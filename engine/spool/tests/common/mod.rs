@@ -2,11 +2,34 @@
 #![allow(dead_code)]
 
 use std::path::Path;
+use std::sync::Arc;
 
-use petrel_spool::{Envelope, Recipient, RecipientState, SpoolConfig};
+use petrel_seal::{KekFile, Keyring};
+use petrel_spool::{Envelope, Recipient, RecipientState, SpoolConfig, SpooledMessage};
 
+/// A shard's configuration, sealed at rest as the engine runs it (key file and keyring under
+/// `root`, beside the shard directories).
 pub fn config(root: &Path, shard: u8) -> SpoolConfig {
+    let mut cfg = SpoolConfig::new(root, shard);
+    cfg.keys = Some(keys(root));
+    cfg
+}
+
+/// The same, in the clear (no keyring).
+pub fn clear_config(root: &Path, shard: u8) -> SpoolConfig {
     SpoolConfig::new(root, shard)
+}
+
+/// The keyring under `root` (made on first use).
+pub fn keys(root: &Path) -> Arc<Keyring> {
+    std::fs::create_dir_all(root).expect("root");
+    let (kek, _) = KekFile::load_or_generate(&root.join("kek")).expect("key file");
+    Arc::new(Keyring::open(&root.join("keys"), Arc::new(kek)).expect("keyring"))
+}
+
+/// `petrel_spool::inspect` with the keyring under `root`.
+pub fn inspect(root: &Path) -> Result<Vec<SpooledMessage>, petrel_spool::SpoolError> {
+    petrel_spool::inspect(root, Some(&keys(root)))
 }
 
 pub fn envelope(n: u64, recipients: usize) -> Envelope {
