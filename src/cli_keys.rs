@@ -6,6 +6,9 @@
 //!   `--keep-old`. Safe while the engine runs: both change the keyring under its lock, and the
 //!   engine re-reads the key file before it wraps a new data key. A systemd credential is
 //!   read-only: rotate the file it is loaded from, then restart the service.
+//!   The control plane's data keys (its `data_keys` table: `<data-dir>/control/petrel.db`, or
+//!   `--database-url`) are re-wrapped in the same run when the key file is theirs too (as
+//!   `petrel up` has it); a version still in use anywhere is kept.
 //! - `petrel keys status --data-dir DIR [--key-file FILE]`: the key file's versions and the
 //!   keyring's data keys per version.
 
@@ -40,6 +43,12 @@ pub struct KeysAt {
     /// The key-encryption key file (default: the engine's, see `petrel engine --key-file`).
     #[arg(long)]
     key_file: Option<PathBuf>,
+    /// The control plane's database, when not SQLite under `<data-dir>/control`.
+    #[arg(long)]
+    database_url: Option<String>,
+    /// File holding the database password (mode 0600).
+    #[arg(long)]
+    database_password_file: Option<PathBuf>,
 }
 
 impl KeysAt {
@@ -58,18 +67,46 @@ impl KeysAt {
         )?;
         Ok((kek, keys))
     }
+
+    /// The control plane's store, when there is one here, opened with the same key file.
+    fn control_db(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        kek: &KekFile,
+    ) -> anyhow::Result<Option<petrel_control::store::Db>> {
+        let dir = self.data_dir.join("control");
+        if self.database_url.is_none() && !dir.join("petrel.db").exists() {
+            return Ok(None);
+        }
+        let url = petrel_control::database_url_with_password(
+            self.database_url.clone(),
+            self.database_password_file.as_deref(),
+        )?;
+        let db = rt.block_on(petrel_control::store::Db::open_keyed(
+            &dir,
+            url.as_deref(),
+            Some(kek.path()),
+        ))?;
+        Ok(Some(db))
+    }
 }
 
 pub fn run(cmd: KeysCommand) -> anyhow::Result<i32> {
     match cmd {
         KeysCommand::Rotate { at, keep_old } => {
             let (kek, keys) = at.open()?;
+            let rt = crate::slow_runtime()?;
+            let control = at.control_db(&rt, &kek)?;
             let before = kek.versions();
             let version = kek.add_version()?;
-            let rewrapped = keys.rewrap()?;
+            let mut rewrapped = keys.rewrap()? as u64;
+            let mut in_use = keys.kek_versions_in_use()?;
+            if let Some(db) = &control {
+                rewrapped += rt.block_on(petrel_control::store::sealed::rewrap_all(db))?;
+                in_use.extend(rt.block_on(petrel_control::store::sealed::kek_versions_in_use(db))?);
+            }
             let mut retired = Vec::new();
             if !keep_old {
-                let in_use = keys.kek_versions_in_use()?;
                 let keep: Vec<u32> = kek
                     .versions()
                     .into_iter()
@@ -79,8 +116,9 @@ pub fn run(cmd: KeysCommand) -> anyhow::Result<i32> {
                 kek.retain_versions(&keep)?;
             }
             println!(
-                "key-encryption key: version {version} in {}; {rewrapped} data keys re-wrapped; retired versions {retired:?}",
-                kek.path().display()
+                "key-encryption key: version {version} in {}; {rewrapped} data keys re-wrapped{}; retired versions {retired:?}",
+                kek.path().display(),
+                if control.is_some() { " (engine keyring and control plane)" } else { "" },
             );
             Ok(0)
         }

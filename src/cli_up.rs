@@ -47,6 +47,17 @@ pub fn up(args: UpArgs) -> anyhow::Result<i32> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("create {}", args.data_dir.display()))?;
     let rt = slow_runtime()?;
+    // One development key-encryption key for the engine and the control plane.
+    let key_file = args.data_dir.join("keys").join("kek");
+    let (_, key_created) = petrel_seal::KekFile::load_or_generate(&key_file)
+        .with_context(|| format!("key file {}", key_file.display()))?;
+    if key_created {
+        eprintln!(
+            "petrel: generated the key-encryption key {} (mode 0600); production keeps it \
+             away from the data (--key-file, or the systemd credential petrel-kek)",
+            key_file.display()
+        );
+    }
     let token = dev_push_token(&args.data_dir)?;
     let token_path = args.data_dir.join(DEV_PUSH_TOKEN_FILE);
     let control = petrel_control::ControlConfig {
@@ -64,8 +75,12 @@ pub fn up(args: UpArgs) -> anyhow::Result<i32> {
         webhooks_ca_file: None,
     };
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let options = petrel_control::ServeOptions {
+        key_file: Some(key_file.clone()),
+        ..petrel_control::ServeOptions::default()
+    };
     rt.spawn(async move {
-        if let Err(e) = petrel_control::serve(control, Some(ready_tx)).await {
+        if let Err(e) = petrel_control::serve_with(control, options, Some(ready_tx)).await {
             eprintln!("petrel: control plane stopped: {e}");
         }
     });
@@ -93,9 +108,10 @@ pub fn up(args: UpArgs) -> anyhow::Result<i32> {
     banner.extend(dev.lines());
     banner.push("relay: loopback clients (127.0.0.0/8) are trusted in development".into());
     banner.push(format!(
-        "at rest: spool and policy sealed (AES-256-GCM) under {}; production keeps the key \
-         elsewhere (--key-file, or the systemd credential petrel-kek)",
-        args.data_dir.join("keys").join("kek").display()
+        "at rest: spool, policy file and the database's secret columns sealed (AES-256-GCM) \
+         under {}; production keeps the key elsewhere (--key-file, or the systemd credential \
+         petrel-kek)",
+        key_file.display()
     ));
 
     let engine_args = EngineArgs {
@@ -116,6 +132,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<i32> {
         control: Some(info.push_addr),
         control_token_file: Some(token_path),
         control_ca: Some(ca_path),
+        key_file: Some(key_file),
         ..EngineArgs::default()
     };
     let cfg = engine_config(&engine_args)?;

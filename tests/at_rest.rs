@@ -1,8 +1,10 @@
 //! Sealed at rest, end to end (issue 16): a marker written in messages (subject and body) and in
 //! the tenant's name, and the tenant's DKIM private key, appear in no file of the engine's data
 //! directory (spool segments and journals, the policy snapshot, the keyring, the event
-//! backlog), while `petrel spool ls` reads the spool with the key file, and an engine restarted
-//! after kill -9 delivers every message, intact and DKIM-signed.
+//! backlog) nor of the control plane's (its SQLite database and log, where the name, the key
+//! and the audit entries that name them are sealed), while the API still shows the name,
+//! `petrel spool ls` reads the spool with the key file, and an engine restarted after kill -9
+//! delivers every message, intact and DKIM-signed.
 
 mod common;
 
@@ -125,18 +127,37 @@ fn no_marker_or_dkim_key_in_engine_files_and_everything_is_delivered_after_kill_
     assert_eq!(spool_count(&data), MESSAGES as u64);
     engine.kill9();
 
+    // The API opens what the database seals.
+    let (code, t) = common::control::api(
+        info.api_addr,
+        "GET",
+        &format!("/v1/tenants/{}", p.tenant_id),
+        &owner,
+        None,
+    );
+    assert_eq!(
+        (code, t["name"].as_str()),
+        (200, Some(tenant.as_str())),
+        "{t}"
+    );
+
     let dkim = dkim_keys_of(&data);
     assert!(!dkim.is_empty(), "the snapshot holds the tenant's DKIM key");
-    assert!(files_containing(&data, MARKER.as_bytes()).is_empty());
-    for der in &dkim {
-        // The Ed25519 seed: the last 32 bytes of its PKCS#8 document.
-        let seed = &der[der.len() - 32..];
-        assert!(
-            files_containing(&data, seed).is_empty(),
-            "a DKIM key in the clear"
+    let control = dir.path().join("control");
+    for root in [&data, &control] {
+        assert_eq!(
+            files_containing(root, MARKER.as_bytes()),
+            Vec::<std::path::PathBuf>::new()
         );
+        for der in &dkim {
+            // The Ed25519 seed: the last 32 bytes of its PKCS#8 document.
+            let seed = &der[der.len() - 32..];
+            assert!(
+                files_containing(root, seed).is_empty(),
+                "a DKIM key in the clear"
+            );
+        }
     }
-    // The offline tool reads the sealed spool with the key file.
     let ls = std::process::Command::new(petrel_bin())
         .args(["spool", "ls", "--data-dir"])
         .arg(&data)
@@ -184,4 +205,54 @@ fn no_marker_or_dkim_key_in_engine_files_and_everything_is_delivered_after_kill_
     }
     assert!(engine.stop());
     control_task.abort();
+}
+
+fn petrel(args: &[&str], data: &Path) -> (bool, String) {
+    let out = std::process::Command::new(petrel_bin())
+        .args(args)
+        .arg("--data-dir")
+        .arg(data)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// `petrel keys rotate` while the engine runs: a new key-encryption key version, the data keys
+/// re-wrapped, the old version retired from the key file; the engine keeps sealing (it re-reads
+/// the key file before it wraps a new key) and, restarted, opens the mail spooled before.
+#[test]
+fn keys_rotate_while_running_keeps_every_message_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("engine");
+    let args = ["--no-delivery", "--trust-network", "127.0.0.0/8"];
+    let engine = Engine::start(&data, &args);
+    let body = message("a@one.test", "b@two.test", "before-rotation");
+    assert_eq!(
+        send_one(engine.smtp, "a@one.test", "b@two.test", &body).0,
+        250
+    );
+    let (ok, out) = petrel(&["keys", "rotate"], &data);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("version 2") && out.contains("retired versions [1]"),
+        "{out}"
+    );
+    let kek = std::fs::read_to_string(data.join("keys").join("kek")).unwrap();
+    assert!(kek.contains("\nv2 ") && !kek.contains("\nv1 "), "{kek}");
+    let body = message("a@one.test", "c@three.test", "after-rotation");
+    assert_eq!(
+        send_one(engine.smtp, "a@one.test", "c@three.test", &body).0,
+        250
+    );
+    assert!(engine.stop());
+    let (ok, out) = petrel(&["keys", "status"], &data);
+    assert!(ok && out.contains("versions [2]"), "{out}");
+    let engine = Engine::start(&data, &args);
+    assert_eq!(spool_count(&data), 2);
+    assert!(engine.stop());
 }

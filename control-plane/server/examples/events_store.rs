@@ -287,7 +287,7 @@ async fn operator_tenant(db: &Db) -> anyhow::Result<String> {
     })
 }
 
-fn app(db: Db) -> anyhow::Result<App> {
+fn app(db: Db, control_dir: &std::path::Path) -> anyhow::Result<App> {
     let nameserver = "127.0.0.1:9".parse()?;
     let dns = dns::DnsChecker::new(&[nameserver])?;
     Ok(App(Arc::new(AppState {
@@ -311,6 +311,15 @@ fn app(db: Db) -> anyhow::Result<App> {
         version_tx: tokio::sync::watch::channel(0).0,
         suppressions: petrel_control::suppressions::SuppressionWatch::new(0),
         guard: petrel_control::guardrails::Guard::new(),
+        engine_identities: tokio::sync::watch::channel(0).0,
+        anchor: {
+            use petrel_control::audit_anchor as anchor;
+            let (key, generate) = anchor::key_path(control_dir, None);
+            Arc::new(anchor::Anchor::new(
+                anchor::load_key(&key, generate)?,
+                control_dir.join(anchor::CHECKPOINT_FILE),
+            ))
+        },
     })))
 }
 
@@ -330,7 +339,7 @@ async fn ingest(c: Common) -> anyhow::Result<()> {
     let db = Db::open(&c.control_dir, c.database_url.as_deref()).await?;
     let operator = operator_tenant(&db).await?;
     let engine = format!("bench-ingest-{}", c.seed);
-    let app = app(db)?;
+    let app = app(db, &c.control_dir)?;
     let now = app.now_ms();
     petrel_control::store::engines::register(&mut *app.db.conn().await?, &engine, "bench", 0, now)
         .await?;

@@ -7,6 +7,11 @@
 //! The head (last seq and hash) is also kept in `petrel_meta`, so cutting rows off the end is
 //! caught too.
 //! Rows are appended only inside a [`crate::store::Mutation`], which holds the write lock.
+//!
+//! `before` and `after` are sealed under the row's tenant's data key (the operator's for a row
+//! without one; `store/sealed.rs`), and the chain hashes them as stored: destroying a deleted
+//! tenant's keys leaves its rows unreadable (their personal data redacted) while every link
+//! still verifies. Rows written before sealing keep their clear text, which their hashes cover.
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -14,6 +19,7 @@ use sqlx::AnyConnection;
 
 pub use crate::store::audit::AuditFilter;
 use crate::store::audit::AuditRecord;
+use crate::store::sealed::{aad, Sealer};
 use crate::store::{StoreError, StoreResult};
 
 /// The `prev_hash` of the first row.
@@ -104,12 +110,31 @@ fn chain_hash(prev_hash: &str, c: &Canonical<'_>) -> StoreResult<String> {
     Ok(hex::encode(h.finalize()))
 }
 
+/// What a reader sees of a payload whose tenant's keys were destroyed.
+pub const REDACTED: &str = "redacted: the tenant's data keys were destroyed";
+
+fn payload_aad(seq: i64, which: &str) -> String {
+    aad("audit_log", which, &seq.to_string())
+}
+
 /// Appends one row. The caller holds the mutation lock (see the module doc).
-pub async fn append(conn: &mut AnyConnection, e: &AuditEntry) -> StoreResult<()> {
+pub async fn append(conn: &mut AnyConnection, sealer: &Sealer, e: &AuditEntry) -> StoreResult<()> {
     let (seq, prev_hash) = match crate::store::audit::last(&mut *conn).await? {
         Some((seq, hash)) => (seq + 1, hash),
         None => (1, GENESIS_HASH.to_string()),
     };
+    let owner = e.tenant_id.as_deref();
+    let mut sealed = [None, None];
+    for (slot, (which, value)) in sealed
+        .iter_mut()
+        .zip([("before", &e.before), ("after", &e.after)])
+    {
+        if let Some(v) = value {
+            let aad = payload_aad(seq, which);
+            *slot = Some(sealer.seal_text(conn, owner, &aad, &v.to_string()).await?);
+        }
+    }
+    let [before_json, after_json] = sealed;
     let mut record = AuditRecord {
         seq,
         tenant_id: e.tenant_id.clone(),
@@ -118,8 +143,8 @@ pub async fn append(conn: &mut AnyConnection, e: &AuditEntry) -> StoreResult<()>
         action: e.action.clone(),
         target: e.target.clone(),
         at_unix_ms: e.at_unix_ms,
-        before_json: e.before.as_ref().map(|v| v.to_string()),
-        after_json: e.after.as_ref().map(|v| v.to_string()),
+        before_json,
+        after_json,
         prev_hash,
         hash: String::new(),
     };
@@ -130,12 +155,27 @@ pub async fn append(conn: &mut AnyConnection, e: &AuditEntry) -> StoreResult<()>
 /// Newest first; `limit` defaults to [`LIST_LIMIT_DEFAULT`], clamped to 1..=[`LIST_LIMIT_MAX`].
 pub async fn list(
     conn: &mut AnyConnection,
+    sealer: &Sealer,
     f: &AuditFilter,
     limit: Option<i64>,
 ) -> StoreResult<Vec<AuditRow>> {
     let limit = limit.unwrap_or(LIST_LIMIT_DEFAULT).clamp(1, LIST_LIMIT_MAX);
-    let rows = crate::store::audit::list(conn, f, limit).await?;
-    Ok(rows.into_iter().map(view).collect())
+    let rows = crate::store::audit::list(&mut *conn, f, limit).await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for mut r in rows {
+        for (which, text) in [("before", &mut r.before_json), ("after", &mut r.after_json)] {
+            if let Some(stored) = text.take() {
+                let aad = payload_aad(r.seq, which);
+                let opened = sealer.open_text(conn, &aad, &stored).await?;
+                *text = Some(
+                    opened
+                        .unwrap_or_else(|| serde_json::Value::String(REDACTED.into()).to_string()),
+                );
+            }
+        }
+        out.push(view(r));
+    }
+    Ok(out)
 }
 
 fn parse_json(text: Option<String>) -> Option<serde_json::Value> {
@@ -166,6 +206,9 @@ pub struct VerifyReport {
     /// The first row whose link does not hold.
     pub first_broken_seq: Option<i64>,
     pub reason: Option<String>,
+    /// The signed checkpoints (`audit_anchor.rs`), when they were checked too.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoints: Option<crate::audit_anchor::AnchorReport>,
 }
 
 /// The chain ended at `last_seq`/`last_hash`: it must be the head recorded in `petrel_meta`.
@@ -182,6 +225,7 @@ async fn verify_head(
             rows_checked: checked,
             first_broken_seq: None,
             reason: None,
+            checkpoints: None,
         });
     }
     Ok(VerifyReport {
@@ -192,6 +236,7 @@ async fn verify_head(
             "the chain ends at seq {last_seq} but the recorded head is seq {head_seq} \
              (rows were removed from the end, or the head was altered)"
         )),
+        checkpoints: None,
     })
 }
 
@@ -211,6 +256,7 @@ pub async fn verify(conn: &mut AnyConnection) -> StoreResult<VerifyReport> {
                 rows_checked: checked,
                 first_broken_seq: Some(r.seq),
                 reason: Some(reason.to_string()),
+                checkpoints: None,
             };
             if r.seq != expected_seq {
                 return Ok(broken("sequence gap (a row was deleted)"));

@@ -85,6 +85,8 @@ pub enum Permission {
     AuditVerify,
     /// Connected engines and their applied versions.
     EnginesRead,
+    /// Give an engine its own identity (token), or revoke it (operator owners).
+    EnginesManage,
     /// Delivery events and message timelines of one's tenant (owners: any tenant).
     EventsRead,
     /// Delivery counts and rates of one's tenant.
@@ -101,7 +103,7 @@ pub enum Permission {
 
 impl Permission {
     /// Every permission, in declaration order.
-    pub const ALL: [Permission; 18] = [
+    pub const ALL: [Permission; 19] = [
         Permission::TenantRead,
         Permission::TenantsManage,
         Permission::DomainsRead,
@@ -114,6 +116,7 @@ impl Permission {
         Permission::AuditRead,
         Permission::AuditVerify,
         Permission::EnginesRead,
+        Permission::EnginesManage,
         Permission::EventsRead,
         Permission::StatsRead,
         Permission::WebhooksRead,
@@ -137,6 +140,7 @@ impl Permission {
             Permission::AuditRead => "AuditRead",
             Permission::AuditVerify => "AuditVerify",
             Permission::EnginesRead => "EnginesRead",
+            Permission::EnginesManage => "EnginesManage",
             Permission::EventsRead => "EventsRead",
             Permission::StatsRead => "StatsRead",
             Permission::WebhooksRead => "WebhooksRead",
@@ -160,6 +164,7 @@ impl Permission {
                 | Permission::CredentialsWrite
                 | Permission::LimitsWrite
                 | Permission::GlobalLimitsWrite
+                | Permission::EnginesManage
                 | Permission::WebhooksWrite
                 | Permission::SuppressionsWrite
         )
@@ -199,6 +204,7 @@ pub const PERMISSIONS: &[(Role, &[Permission])] = &[
             P::GlobalLimitsWrite,
             P::AuditVerify,
             P::EnginesRead,
+            P::EnginesManage,
         ],
     ),
 ];
@@ -295,7 +301,8 @@ pub async fn hash_secret_async(secret: String, cost: HashCost) -> Result<String,
         .map_err(|e| ControlError::Config(format!("hash task: {e}")))?
 }
 
-fn verify_secret(secret: &str, phc: &str) -> bool {
+/// True when `secret` matches the argon2id PHC string (CPU-heavy: call from `spawn_blocking`).
+pub fn verify_secret(secret: &str, phc: &str) -> bool {
     match PasswordHash::new(phc) {
         Ok(h) => argon2::Argon2::default()
             .verify_password(secret.as_bytes(), &h)

@@ -59,8 +59,10 @@ pub async fn ensure_operator(
     let prepared = NewCredential::api_key(&tenant.id, "bootstrap owner key", Role::Owner)
         .prepare(cost)
         .await?;
+    // The tenant's data key, committed on its own before the mutation seals with it.
+    db.sealer().prepare(Some(&tenant.id)).await?;
     let mut m = db.begin_mutation().await?;
-    store::tenants::insert(m.conn(), &tenant).await?;
+    store::tenants::insert(m.conn(), db.sealer(), &tenant).await?;
     let created = insert_credential(m.conn(), prepared, clock.now_unix_ms()).await?;
     let after =
         serde_json::json!({"tenant": tenant, "owner_key_prefix": created.credential.prefix});
@@ -121,7 +123,9 @@ pub async fn bootstrap_dev(info: &ServeInfo) -> Result<DevBootstrap, ControlErro
     let app = &info.app;
     let db = &app.db;
     let mut conn = db.conn().await?;
-    if let Some(tenant) = store::tenants::get_by_name(&mut conn, DEV_TENANT_NAME).await? {
+    if let Some(tenant) =
+        store::tenants::get_by_name(&mut conn, db.sealer(), DEV_TENANT_NAME).await?
+    {
         let user =
             store::credentials::smtp_username_by_name(&mut conn, &tenant.id, DEV_SMTP_NAME).await?;
         if let Some(username) = user {
@@ -169,7 +173,9 @@ async fn create_dev(info: &ServeInfo) -> Result<DevBootstrap, ControlError> {
     let app = &info.app;
     let now = app.now_ms();
     let cost = app.settings.hash_cost;
-    let existing = store::tenants::get_by_name(&mut *app.db.conn().await?, DEV_TENANT_NAME).await?;
+    let existing =
+        store::tenants::get_by_name(&mut *app.db.conn().await?, app.db.sealer(), DEV_TENANT_NAME)
+            .await?;
     let (tenant, tenant_exists) = match existing {
         Some(t) => (t, true),
         None => (
@@ -198,9 +204,10 @@ async fn create_dev(info: &ServeInfo) -> Result<DevBootstrap, ControlError> {
         .await?;
     let key = domains::generate_key(petrel_policy::DkimAlgorithm::Ed25519).await?;
 
+    app.db.sealer().prepare(Some(&tenant.id)).await?;
     let mut m = app.db.begin_mutation().await?;
     if !tenant_exists {
-        store::tenants::insert(m.conn(), &tenant).await?;
+        store::tenants::insert(m.conn(), app.db.sealer(), &tenant).await?;
     }
     if !store::domains::exists_by_name(m.conn(), &tenant.id, DEV_DOMAIN).await? {
         let domain = store::domains::Domain {
@@ -217,7 +224,7 @@ async fn create_dev(info: &ServeInfo) -> Result<DevBootstrap, ControlError> {
         store::domains::insert(m.conn(), &domain).await?;
         let selector = domains::new_selector();
         let row = domains::key_row(&domain, &selector, key, now, Some(now));
-        store::domains::insert_key(m.conn(), &row).await?;
+        store::domains::insert_key(m.conn(), app.db.sealer(), &row).await?;
     }
     let smtp = insert_credential(m.conn(), smtp, now).await?;
     let api = insert_credential(m.conn(), api, now).await?;

@@ -21,6 +21,20 @@ pub enum ControlCommand {
         /// File holding the database password (mode 0600).
         #[arg(long)]
         database_password_file: Option<PathBuf>,
+        /// The key-encryption key file (see `serve --key-file`).
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+        /// The signed checkpoints (see `serve --audit-checkpoint-file`).
+        #[arg(long)]
+        audit_checkpoint_file: Option<PathBuf>,
+        /// The audit signing key, whose public half the checkpoints must verify under (see
+        /// `serve --audit-key-file`).
+        #[arg(long)]
+        audit_key_file: Option<PathBuf>,
+        /// The audit public key (hex), instead of the key file: verify where the private key
+        /// is not.
+        #[arg(long)]
+        audit_public_key: Option<String>,
     },
 }
 
@@ -30,6 +44,26 @@ pub struct ServeArgs {
     /// Petrel's data directory; the control plane uses `<data-dir>/control`.
     #[arg(long, default_value = "./petrel-data")]
     pub data_dir: PathBuf,
+    /// The key-encryption key file (mode 0600) sealing the database's secret columns; the same
+    /// on every node (default: the systemd credential `petrel-kek`, else
+    /// `<data-dir>/control/keys/kek`, made at first start).
+    #[arg(long)]
+    pub key_file: Option<PathBuf>,
+    /// The Ed25519 key (PKCS#8, mode 0600) that signs audit checkpoints (default: the systemd
+    /// credential `petrel-audit-key`, else `<data-dir>/control/keys/audit-ed25519.key`).
+    #[arg(long)]
+    pub audit_key_file: Option<PathBuf>,
+    /// Where signed audit checkpoints are appended (default:
+    /// `<data-dir>/control/audit-checkpoints.jsonl`); keep it on other storage than the database.
+    #[arg(long)]
+    pub audit_checkpoint_file: Option<PathBuf>,
+    /// Admit only engines with an identity of their own (`POST /v1/engines/{id}/identity`);
+    /// the shared push token then admits none.
+    #[arg(long)]
+    pub require_engine_identity: bool,
+    /// Seconds between scheduled audit checkpoints.
+    #[arg(long, default_value_t = crate::audit_anchor::CHECKPOINT_INTERVAL_SECS_DEFAULT)]
+    pub audit_checkpoint_interval_secs: u64,
     /// `postgres://...` for a shared database; default: SQLite under the data directory.
     #[arg(long, env = "PETREL_DATABASE_URL")]
     pub database_url: Option<String>,
@@ -191,6 +225,11 @@ pub async fn run(cmd: ControlCommand) -> anyhow::Result<()> {
                 return_path_domain: a.return_path_domain,
                 public_url: a.public_url,
                 guardrails: a.guard.settings(),
+                key_file: a.key_file,
+                audit_key_file: a.audit_key_file,
+                audit_checkpoint_file: a.audit_checkpoint_file,
+                audit_checkpoint_interval_secs: a.audit_checkpoint_interval_secs,
+                require_engine_identity: a.require_engine_identity,
                 ..ServeOptions::default()
             };
             crate::serve_with(cfg, opts, None).await?;
@@ -200,12 +239,36 @@ pub async fn run(cmd: ControlCommand) -> anyhow::Result<()> {
             data_dir,
             database_url,
             database_password_file,
+            key_file,
+            audit_checkpoint_file,
+            audit_key_file,
+            audit_public_key,
         } => {
             let database_url =
                 database_url_with_password(database_url, database_password_file.as_deref())?;
-            let db =
-                crate::store::Db::open(&data_dir.join("control"), database_url.as_deref()).await?;
-            let report = crate::audit::verify(&mut *db.conn().await?).await?;
+            let db = crate::store::Db::open_keyed(
+                &data_dir.join("control"),
+                database_url.as_deref(),
+                key_file.as_deref(),
+            )
+            .await?;
+            let control = data_dir.join("control");
+            let public_key = match audit_public_key {
+                Some(h) => hex::decode(h.trim())
+                    .map_err(|e| anyhow::anyhow!("--audit-public-key is not hex: {e}"))?,
+                None => {
+                    let (path, _) =
+                        crate::audit_anchor::key_path(&control, audit_key_file.as_deref());
+                    let key = crate::audit_anchor::load_key(&path, false)?;
+                    aws_lc_rs::signature::KeyPair::public_key(&key)
+                        .as_ref()
+                        .to_vec()
+                }
+            };
+            let file = audit_checkpoint_file
+                .unwrap_or_else(|| control.join(crate::audit_anchor::CHECKPOINT_FILE));
+            let report =
+                crate::audit_anchor::verify_all(&mut *db.conn().await?, &file, &public_key).await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             if report.ok {
                 Ok(())

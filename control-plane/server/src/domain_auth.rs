@@ -267,7 +267,8 @@ impl Actor {
 /// The newest active, unretired key of the domain (the one that signs).
 async fn active_key(app: &App, domain: &Domain) -> Result<Option<sd::DkimKeyRow>, ControlError> {
     let mut conn = app.db.conn().await?;
-    let keys = sd::listed_keys(&mut conn, &domain.tenant_id, &domain.id, 0).await?;
+    let keys =
+        sd::listed_keys(&mut conn, app.db.sealer(), &domain.tenant_id, &domain.id, 0).await?;
     Ok(keys
         .into_iter()
         .filter(|k| k.activated_unix_ms.is_some() && k.retired_unix_ms.is_none())

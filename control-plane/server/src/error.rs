@@ -43,6 +43,10 @@ pub enum ControlError {
     /// The policy crate refused our snapshot or key request.
     #[error("policy: {0}")]
     Policy(#[from] petrel_policy::PolicyError),
+    /// The key-encryption key could not be read (wrong file, one others may read), or a data
+    /// key did not unwrap under it (issue 16). The control plane does not start without it.
+    #[error("encryption at rest: {0}")]
+    Seal(#[from] petrel_seal::SealError),
     /// A request-level failure surfaced outside HTTP (bootstrap, CLI).
     #[error("{}: {}", .0.code, .0.message)]
     Api(ApiError),

@@ -22,6 +22,7 @@ mod accept;
 pub mod api;
 pub mod api_tls;
 pub mod audit;
+pub mod audit_anchor;
 pub mod auth;
 mod bootstrap;
 mod cli;
@@ -80,6 +81,19 @@ pub struct ControlConfig {
 /// Knobs with good defaults, kept out of [`ControlConfig`] so its literal stays short.
 #[derive(Clone)]
 pub struct ServeOptions {
+    /// Refuse engines without an identity of their own (the shared push token admits none).
+    pub require_engine_identity: bool,
+    /// The Ed25519 key signing audit checkpoints (`audit_anchor.rs`); None: the credential
+    /// `petrel-audit-key`, else `<data_dir>/keys/audit-ed25519.key`, made at first start.
+    pub audit_key_file: Option<PathBuf>,
+    /// Where signed checkpoints are appended; None: `<data_dir>/audit-checkpoints.jsonl`.
+    pub audit_checkpoint_file: Option<PathBuf>,
+    /// Seconds between scheduled checkpoints.
+    pub audit_checkpoint_interval_secs: u64,
+    /// The key-encryption key file sealing the secret columns (issue 16); None: the systemd
+    /// credential `petrel-kek`, else `<data_dir>/keys/kek`, made at first start. Every node
+    /// sharing a database must use the same key.
+    pub key_file: Option<PathBuf>,
     /// PEM files for the push listener; None: self-signed under `data_dir`.
     pub push_tls_cert: Option<PathBuf>,
     pub push_tls_key: Option<PathBuf>,
@@ -147,6 +161,11 @@ impl Default for ServeOptions {
             public_url: String::new(),
             clock: None,
             guardrails: guardrails::GuardSettings::default(),
+            key_file: None,
+            audit_key_file: None,
+            audit_checkpoint_file: None,
+            require_engine_identity: false,
+            audit_checkpoint_interval_secs: audit_anchor::CHECKPOINT_INTERVAL_SECS_DEFAULT,
         }
     }
 }
@@ -237,7 +256,12 @@ pub async fn serve_with(
             cfg.api_listen
         )));
     }
-    let db = store::Db::open(&cfg.data_dir, cfg.database_url.as_deref()).await?;
+    let db = store::Db::open_keyed(
+        &cfg.data_dir,
+        cfg.database_url.as_deref(),
+        opts.key_file.as_deref(),
+    )
+    .await?;
     let clock: Arc<dyn Clock> = opts.clock.clone().unwrap_or_else(|| Arc::new(SystemClock));
     let bootstrap_key = bootstrap::ensure_operator(&db, opts.hash_cost, clock.as_ref()).await?;
     if let (Some(key), None) = (&bootstrap_key, &ready) {
@@ -249,7 +273,7 @@ pub async fn serve_with(
     }
     {
         let mut tx = db.begin_write().await?;
-        store::token_keys::ensure(&mut tx, clock.now_unix_ms()).await?;
+        store::token_keys::ensure(&mut tx, db.sealer(), clock.now_unix_ms()).await?;
         tx.commit().await?;
     }
     let suppression_version = store::suppressions::current_version(&mut *db.conn().await?).await?;
@@ -261,6 +285,14 @@ pub async fn serve_with(
         cfg.webhooks_allow_loopback,
         cfg.webhooks_ca_file.as_deref(),
     )?;
+    let (audit_key, generate) =
+        audit_anchor::key_path(&cfg.data_dir, opts.audit_key_file.as_deref());
+    let anchor = Arc::new(audit_anchor::Anchor::new(
+        audit_anchor::load_key(&audit_key, generate)?,
+        opts.audit_checkpoint_file
+            .clone()
+            .unwrap_or_else(|| cfg.data_dir.join(audit_anchor::CHECKPOINT_FILE)),
+    ));
     let app = api::App(Arc::new(api::AppState {
         db,
         clock,
@@ -288,6 +320,8 @@ pub async fn serve_with(
         webhooks,
         suppressions: suppressions::SuppressionWatch::new(suppression_version),
         guard: guardrails::Guard::new(),
+        anchor: anchor.clone(),
+        engine_identities: tokio::sync::watch::channel(0).0,
     }));
     let api_listener = bind(cfg.api_listen).await?;
     let push_listener = bind(cfg.push_listen).await?;
@@ -334,7 +368,11 @@ pub async fn serve_with(
         })
     };
     let token: Arc<str> = Arc::from(cfg.push_token.as_str());
-    let pushing = push::serve_push(push_listener, tls.acceptor, app.clone(), token);
+    let auth = push::PushAuth {
+        shared_token: token,
+        require_identity: opts.require_engine_identity,
+    };
+    let pushing = push::serve_push(push_listener, tls.acceptor, app.clone(), auth);
     let listener = match (&cfg.database_url, app.db.dialect) {
         (Some(url), store::Dialect::Postgres) => {
             Some(tokio::spawn(push::listen_version(app.clone(), url.clone())))
@@ -347,6 +385,11 @@ pub async fn serve_with(
     let dispatcher = tokio::spawn(webhooks::dispatch::run(app.clone()));
     let guard = tokio::spawn(guardrails::run(app.clone()));
     let expiry = tokio::spawn(credential_expiry::task(app.clone()));
+    let anchoring = tokio::spawn(audit_anchor::task(
+        app.clone(),
+        anchor,
+        opts.audit_checkpoint_interval_secs,
+    ));
     let domain_checker = tokio::spawn(domain_auth::check_task(
         app.clone(),
         std::time::Duration::from_secs(opts.domain_check_interval_secs.max(1)),
@@ -360,6 +403,7 @@ pub async fn serve_with(
     dispatcher.abort();
     guard.abort();
     expiry.abort();
+    anchoring.abort();
     domain_checker.abort();
     if let Some(l) = listener {
         l.abort();

@@ -153,13 +153,87 @@ impl SnapshotCache {
     }
 }
 
+/// How often a session checks its engine's identity (revocations made on another node).
+pub const ENGINE_IDENTITY_CHECK_MS: u64 = 1_000;
+
+/// Who may open a push session.
+#[derive(Debug, Clone)]
+pub struct PushAuth {
+    /// The token engines without an identity of their own present.
+    pub shared_token: Arc<str>,
+    /// Refuse engines without an identity (`--require-engine-identity`).
+    pub require_identity: bool,
+}
+
+/// What a session was admitted with: the identity's stored hash, or the shared token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Admitted {
+    Identity(String),
+    Shared,
+}
+
+/// Checks the Hello's token for `engine_id`: its own identity's token when it has one (the
+/// shared token then no longer admits it), a revoked identity never, else the shared token
+/// unless identities are required.
+async fn admit(
+    app: &App,
+    auth: &PushAuth,
+    engine_id: &str,
+    token: &str,
+) -> Result<Admitted, &'static str> {
+    let stored = {
+        let mut conn = app.db.conn().await.map_err(|_| "store unavailable")?;
+        crate::store::engine_identities::get(&mut conn, engine_id)
+            .await
+            .map_err(|_| "store unavailable")?
+    };
+    match stored {
+        Some(s) if s.identity.revoked_unix_ms.is_some() => Err("engine identity revoked"),
+        Some(s) => {
+            let (given, phc) = (token.to_string(), s.token_phc.clone());
+            let ok = tokio::task::spawn_blocking(move || crate::auth::verify_secret(&given, &phc))
+                .await
+                .unwrap_or(false);
+            if ok {
+                Ok(Admitted::Identity(s.token_phc))
+            } else {
+                Err("bad token")
+            }
+        }
+        None if auth.require_identity => {
+            Err("this control plane requires an engine identity (POST /v1/engines/{id}/identity)")
+        }
+        None if token_matches(token, &auth.shared_token) => Ok(Admitted::Shared),
+        None => Err("bad token"),
+    }
+}
+
+/// Whether the session admitted as `admitted` may go on: the engine's identity is unchanged
+/// and not revoked (a session on the shared token ends once the engine is given one).
+async fn still_admitted(
+    app: &App,
+    engine_id: &str,
+    admitted: &Admitted,
+) -> Result<bool, ControlError> {
+    let mut conn = app.db.conn().await?;
+    let stored = crate::store::engine_identities::get(&mut conn, engine_id).await?;
+    Ok(match (stored, admitted) {
+        (None, Admitted::Shared) => true,
+        (Some(s), Admitted::Identity(phc)) => {
+            s.identity.revoked_unix_ms.is_none() && &s.token_phc == phc
+        }
+        _ => false,
+    })
+}
+
 /// Accepts engine connections (at most `ENGINE_CONNECTIONS_MAX` at once) until dropped.
 pub async fn serve_push(
     listener: TcpListener,
     tls: TlsAcceptor,
     app: App,
-    token: Arc<str>,
+    auth: PushAuth,
 ) -> Result<(), ControlError> {
+    let token = Arc::new(auth);
     let cache = Arc::new(SnapshotCache::default());
     // Sessions are tasks of the accept loop: dropping this future (shutdown) ends them all.
     crate::accept::accept_bounded(&listener, ENGINE_CONNECTIONS_MAX, "push", |tcp, peer| {
@@ -192,7 +266,7 @@ async fn engine_session(
     peer: SocketAddr,
     tls: TlsAcceptor,
     app: &App,
-    token: &str,
+    auth: &PushAuth,
     cache: &SnapshotCache,
 ) -> Result<(), ControlError> {
     let _ = tcp.set_nodelay(true);
@@ -216,23 +290,51 @@ async fn engine_session(
             return Err(ControlError::Config("engine did not say Hello".into()));
         }
     };
-    if !token_matches(&hello.token, token) {
-        let msg = "bad token".to_string();
-        let _ = write_frame(&mut stream, &Frame::Error { message: msg }).await;
-        return Err(ControlError::Config(format!("engine {peer}: bad token")));
-    }
     if hello.engine_id.is_empty() || hello.engine_id.len() > ENGINE_ID_MAX_BYTES {
         let msg = "bad engine id".to_string();
         let _ = write_frame(&mut stream, &Frame::Error { message: msg }).await;
         return Err(ControlError::Config(format!("engine {peer}: bad id")));
     }
+    let admitted = match admit(app, auth, &hello.engine_id, &hello.token).await {
+        Ok(a) => a,
+        Err(why) => {
+            let _ = write_frame(
+                &mut stream,
+                &Frame::Error {
+                    message: why.into(),
+                },
+            )
+            .await;
+            return Err(ControlError::Config(format!("engine {peer}: {why}")));
+        }
+    };
     let engine_id = hello.engine_id.clone();
     register(app, &engine_id, peer, hello.applied_version).await?;
-    let result = run_session(stream, app, &engine_id, cache).await;
+    let result = run_session(stream, app, &engine_id, &admitted, cache).await;
     if let Ok(mut conn) = app.db.conn().await {
         let _ = engines::disconnect(&mut conn, &engine_id).await;
     }
     result
+}
+
+/// Ends the session (an Error frame, then an error) once its admission no longer holds.
+async fn check_identity<W>(
+    app: &App,
+    engine_id: &str,
+    admitted: &Admitted,
+    writer: &mut W,
+) -> Result<(), ControlError>
+where
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    if still_admitted(app, engine_id, admitted).await? {
+        return Ok(());
+    }
+    let message = "engine identity revoked or replaced".to_string();
+    let _ = write_frame(writer, &Frame::Error { message }).await;
+    Err(ControlError::Config(format!(
+        "engine {engine_id}: identity revoked or replaced; session cut"
+    )))
 }
 
 async fn register(app: &App, id: &str, peer: SocketAddr, applied: u64) -> Result<(), ControlError> {
@@ -246,6 +348,7 @@ async fn run_session<S>(
     stream: S,
     app: &App,
     engine_id: &str,
+    admitted: &Admitted,
     cache: &SnapshotCache,
 ) -> Result<(), ControlError>
 where
@@ -264,6 +367,9 @@ where
     });
     let _abort = AbortOnDrop(reader_task);
     let mut versions = app.version_tx.subscribe();
+    let mut identities = app.engine_identities.subscribe();
+    let mut identity_check = tokio::time::interval(Duration::from_millis(ENGINE_IDENTITY_CHECK_MS));
+    identity_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut suppression_versions = app.suppressions.subscribe();
     let mut feed = Feed::Idle;
     let mut sent: Option<u64> = None;
@@ -313,6 +419,14 @@ where
                     if changed.is_err() {
                         return Ok(());
                     }
+                    continue;
+                }
+                _ = identities.changed() => {
+                    check_identity(app, engine_id, admitted, &mut writer).await?;
+                    continue;
+                }
+                _ = identity_check.tick() => {
+                    check_identity(app, engine_id, admitted, &mut writer).await?;
                     continue;
                 }
                 frame = frames_rx.recv() => match frame {

@@ -28,7 +28,7 @@ pub async fn build(
     let defaults = store::limits::defaults(&mut tx).await?;
 
     let guard = crate::guardrails::snapshot_notes(&mut tx).await?;
-    let mut tenants: Vec<Tenant> = store::tenants::list(&mut tx)
+    let mut tenants: Vec<Tenant> = store::tenants::list(&mut tx, db.sealer())
         .await?
         .into_iter()
         .map(|t| Tenant {
@@ -52,7 +52,7 @@ pub async fn build(
 
     let listed_after = now_ms.saturating_sub(dkim_grace_ms);
     let mut keys: std::collections::HashMap<String, Vec<DkimKey>> = Default::default();
-    for k in store::domains::listed_keys_all(&mut tx, listed_after).await? {
+    for k in store::domains::listed_keys_all(&mut tx, db.sealer(), listed_after).await? {
         keys.entry(k.domain_id).or_default().push(DkimKey {
             selector: k.selector,
             algorithm: k.algorithm,
@@ -124,7 +124,7 @@ pub async fn build(
             tls_required: d.tls_required,
         })
         .collect();
-    let token_keys = store::token_keys::active(&mut tx).await?;
+    let token_keys = store::token_keys::active(&mut tx, db.sealer()).await?;
     tx.commit().await.map_err(store::StoreError::from)?;
     let return_path = ReturnPath {
         bounce_domain: settings.return_path_domain.clone(),

@@ -89,7 +89,7 @@ async fn openapi_lists_every_route() {
     );
     let table = AccessTable::from_document(&r.body).expect("every route declares its access");
     let entries = table.entries();
-    assert_eq!(entries.len(), 51, "{entries:?}");
+    assert_eq!(entries.len(), 54, "{entries:?}");
     let public: Vec<_> = entries
         .iter()
         .filter(|(_, _, a)| *a == Access::Public)
@@ -283,8 +283,15 @@ async fn audit_chain_detects_removed_rows() {
         data_dir: h.dir.path().to_path_buf(),
         database_url: None,
         database_password_file: None,
+        key_file: Some(common::shared_key_file()),
+        audit_checkpoint_file: None,
+        audit_key_file: None,
+        audit_public_key: None,
     };
-    assert!(petrel_control::run(cmd).await.is_err());
+    let e = petrel_control::run(cmd)
+        .await
+        .expect_err("a broken chain fails");
+    assert!(e.to_string().contains("audit chain broken"), "{e}");
 }
 
 /// The admin API over HTTPS with the operator's certificate; plain HTTP off loopback refused.

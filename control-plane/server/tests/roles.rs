@@ -221,7 +221,28 @@ fn cases(b_tenant: &str, b_domain: &str, b_cred: &str, b_hook: &str) -> Vec<Case
         ),
         c("GET", "/v1/audit-log", P::AuditRead, Own, none),
         c("GET", "/v1/audit-log/verify", P::AuditVerify, Own, none),
+        c(
+            "POST",
+            "/v1/audit-log/checkpoint",
+            P::AuditVerify,
+            Own,
+            none,
+        ),
         c("GET", "/v1/engines", P::EnginesRead, Own, none),
+        c(
+            "POST",
+            "/v1/engines/{id}/identity",
+            P::EnginesManage,
+            Own,
+            none,
+        ),
+        c(
+            "POST",
+            "/v1/engines/{id}/revoke",
+            P::EnginesManage,
+            Own,
+            none,
+        ),
         c("GET", "/v1/events", P::EventsRead, Own, none),
         c(
             "GET",

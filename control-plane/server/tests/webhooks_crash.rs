@@ -47,6 +47,13 @@ async fn control_plane_process() {
         webhooks_allow_loopback: true,
         webhooks_ca_file: Some(dir.join("ca.pem")),
     };
+    // The same key file across the restarts (the shared test key is per process).
+    let key_file = dir.join("kek");
+    petrel_seal::KekFile::load_or_generate(&key_file).expect("key file");
+    let options = petrel_control::ServeOptions {
+        key_file: Some(key_file),
+        ..common::test_options()
+    };
     let (tx, rx) = tokio::sync::oneshot::channel();
     let report = async move {
         let info: petrel_control::ServeInfo = rx.await.expect("started");
@@ -60,7 +67,7 @@ async fn control_plane_process() {
         std::fs::write(&tmp, v.to_string()).expect("write info");
         std::fs::rename(&tmp, info_path(&dir)).expect("publish info");
     };
-    let serve = petrel_control::serve_with(cfg, common::test_options(), Some(tx));
+    let serve = petrel_control::serve_with(cfg, options, Some(tx));
     let (served, ()) = tokio::join!(serve, report);
     served.expect("the control plane runs");
 }

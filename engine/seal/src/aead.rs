@@ -110,6 +110,17 @@ impl DataKey {
         self.created_unix_ms
     }
 
+    /// HMAC-SHA256 under a subkey of this key for `label`: a blind index (equal inputs give
+    /// equal outputs, nothing else is learnt) that goes when the key goes.
+    pub fn mac(&self, label: &[u8], data: &[u8]) -> [u8; 32] {
+        use aws_lc_rs::hmac;
+        let sub = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, self.raw.as_ref()), label);
+        let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, sub.as_ref()), data);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(tag.as_ref());
+        out
+    }
+
     /// The key's bytes, to wrap it (the keyring only).
     pub(crate) fn raw(&self) -> &[u8; KEY_BYTES] {
         &self.raw

@@ -112,6 +112,34 @@ fn aad(id: u32, owner: Option<&str>) -> Vec<u8> {
     a
 }
 
+/// Wraps `key` under `source`'s current version, bound to its id and owner: (version,
+/// wrapped bytes). For a keyring kept elsewhere (the control plane keeps its own in its
+/// database, shared by every node).
+pub fn wrap_key(source: &dyn KeySource, key: &DataKey) -> Result<(u32, Vec<u8>), SealError> {
+    source.wrap(&aad(key.id(), key.owner()), key.raw())
+}
+
+/// Unwraps what [`wrap_key`] wrapped.
+pub fn unwrap_key(
+    source: &dyn KeySource,
+    id: u32,
+    owner: Owner,
+    created_unix_ms: u64,
+    kek_version: u32,
+    wrapped: &[u8],
+) -> Result<DataKey, SealError> {
+    let raw = source
+        .unwrap(kek_version, &aad(id, owner.as_deref()), wrapped)
+        .map_err(|err| match err {
+            SealError::Open => SealError::Unwrap {
+                id,
+                version: kek_version,
+            },
+            other => other,
+        })?;
+    DataKey::from_raw(id, owner, created_unix_ms, raw)
+}
+
 impl Keyring {
     /// Opens `<dir>/keyring.json` (creating the directory; no file means no keys yet) and
     /// unwraps every key. Fails when a key does not unwrap: the wrong key file.

@@ -6,6 +6,7 @@ use serde::Deserialize;
 
 use super::{ApiQuery, App};
 use crate::audit::{AuditFilter, AuditRow, VerifyReport};
+use crate::audit_anchor::Checkpoint;
 use crate::auth::{role_allows, Caller, Permission};
 use crate::ApiError;
 
@@ -51,7 +52,9 @@ pub async fn list(
         until_unix_ms: q.until,
     };
     let mut conn = app.db.conn().await?;
-    Ok(Json(crate::audit::list(&mut conn, &filter, q.limit).await?))
+    Ok(Json(
+        crate::audit::list(&mut conn, app.db.sealer(), &filter, q.limit).await?,
+    ))
 }
 
 #[utoipa::path(
@@ -63,11 +66,32 @@ pub async fn list(
     security(("bearer" = [])),
     extensions(("x-permission" = json!(Permission::AuditVerify.name())))
 )]
-/// Walks the whole chain; reports the first broken link.
+/// Walks the whole chain, then checks every signed checkpoint against it; reports the first
+/// broken link.
 pub async fn verify(
     State(app): State<App>,
     _caller: Caller,
 ) -> Result<Json<VerifyReport>, ApiError> {
     let mut conn = app.db.conn().await?;
-    Ok(Json(crate::audit::verify(&mut conn).await?))
+    let key = hex::decode(app.anchor.public_key_hex()).unwrap_or_default();
+    Ok(Json(
+        crate::audit_anchor::verify_all(&mut conn, app.anchor.file(), &key).await?,
+    ))
+}
+
+#[utoipa::path(
+    post,
+    operation_id = "audit_checkpoint",
+    path = "/v1/audit-log/checkpoint",
+    summary = "Sign the chain head now and append it to the checkpoint file outside the database",
+    responses((status = 200, body = Checkpoint)),
+    security(("bearer" = [])),
+    extensions(("x-permission" = json!(Permission::AuditVerify.name())))
+)]
+/// Signs the chain head now (or answers the checkpoint that already covers it).
+pub async fn checkpoint(
+    State(app): State<App>,
+    _caller: Caller,
+) -> Result<Json<Checkpoint>, ApiError> {
+    Ok(Json(app.anchor.checkpoint(&app.db, app.now_ms()).await?))
 }

@@ -89,7 +89,7 @@ async fn view(conn: &mut AnyConnection, app: &App, row: Domain) -> Result<Domain
     let grace = app.settings.dkim_rotation_grace_ms;
     let listed_after = app.now_ms().saturating_sub(grace);
     let keys: Vec<KeyView> =
-        store::domains::listed_keys(conn, &row.tenant_id, &row.id, listed_after)
+        store::domains::listed_keys(conn, app.db.sealer(), &row.tenant_id, &row.id, listed_after)
             .await?
             .iter()
             .map(|k| KeyView::of(k, grace))
@@ -243,7 +243,7 @@ pub async fn create(
     let mut m = app.db.begin_mutation().await?;
     store::domains::insert(m.conn(), &domain).await?;
     let key = key_row(&domain, &selector, key, now, Some(now));
-    store::domains::insert_key(m.conn(), &key).await?;
+    store::domains::insert_key(m.conn(), app.db.sealer(), &key).await?;
     let view = fetch_domain(m.conn(), &app, &caller.tenant_id, &id).await?;
     let entry = app.entry(
         &caller,
@@ -465,7 +465,12 @@ pub async fn rotate(
     if before.keys.iter().any(|k| k.selector == selector) {
         return Err(ApiError::conflict("selector already used for this domain"));
     }
-    store::domains::insert_key(m.conn(), &key_row(&row, &selector, key, now, None)).await?;
+    store::domains::insert_key(
+        m.conn(),
+        app.db.sealer(),
+        &key_row(&row, &selector, key, now, None),
+    )
+    .await?;
     let after = fetch_domain(m.conn(), &app, &caller.tenant_id, &id).await?;
     let entry = app.entry(
         &caller,

@@ -74,7 +74,7 @@ fn is_owner(caller: &Caller) -> bool {
 
 async fn view(app: &App, tenant_id: &str) -> Result<GuardrailsView, ApiError> {
     let mut conn = app.db.conn().await?;
-    let tenant = store::tenants::get(&mut conn, tenant_id)
+    let tenant = store::tenants::get(&mut conn, app.db.sealer(), tenant_id)
         .await?
         .ok_or(StoreError::NotFound("tenant"))?;
     let lifted = gstore::cap_lifts(&mut conn).await?.contains(tenant_id);
@@ -198,7 +198,7 @@ pub async fn enable(
     let th = app.settings.guardrails.thresholds();
     let ids = [id.clone()];
     let mut m = app.db.begin_mutation().await?;
-    store::tenants::get(m.conn(), &id)
+    store::tenants::get(m.conn(), app.db.sealer(), &id)
         .await?
         .ok_or(StoreError::NotFound("tenant"))?;
     let states = gstore::states(m.conn(), Some(&ids[..])).await?;

@@ -67,7 +67,7 @@ pub struct LimitsView {
 )]
 pub async fn show(State(app): State<App>, caller: Caller) -> Result<Json<LimitsView>, ApiError> {
     let mut conn = app.db.conn().await?;
-    let tenant = store::tenants::get(&mut conn, &caller.tenant_id)
+    let tenant = store::tenants::get(&mut conn, app.db.sealer(), &caller.tenant_id)
         .await?
         .ok_or(StoreError::NotFound("tenant"))?;
     let domains = store::domains::list(&mut conn, &caller.tenant_id)

@@ -93,6 +93,11 @@ pub struct AppState {
     pub suppressions: crate::suppressions::SuppressionWatch,
     /// Abuse guardrails: the tenants to evaluate, the `X-Petrel-Warning` notes.
     pub guard: crate::guardrails::Guard,
+    /// Signs audit chain checkpoints into a file outside the database (`audit_anchor.rs`).
+    pub anchor: Arc<crate::audit_anchor::Anchor>,
+    /// Bumped when an engine identity is revoked or replaced: this node's push sessions check
+    /// theirs at once (other nodes' within `push::ENGINE_IDENTITY_CHECK_MS`).
+    pub engine_identities: watch::Sender<u64>,
 }
 
 /// Cheap handle to [`AppState`].
@@ -172,7 +177,10 @@ pub fn routes() -> OpenApiRouter<App> {
         .routes(routes!(limits::set_destination, limits::delete_destination))
         .routes(routes!(audit::list))
         .routes(routes!(audit::verify))
+        .routes(routes!(audit::checkpoint))
         .routes(routes!(engines::list))
+        .routes(routes!(engines::create_identity))
+        .routes(routes!(engines::revoke_identity))
         .routes(routes!(events::list))
         .routes(routes!(events::message))
         .routes(routes!(stats::show))

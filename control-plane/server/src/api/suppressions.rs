@@ -87,7 +87,7 @@ pub async fn write_scope(
 ) -> Result<String, ApiError> {
     let scope = scope(caller, tenant)?;
     if scope != OPERATOR_SCOPE {
-        store::tenants::get(&mut *app.db.conn().await?, &scope)
+        store::tenants::get(&mut *app.db.conn().await?, app.db.sealer(), &scope)
             .await?
             .ok_or(StoreError::NotFound("tenant"))?;
     }

@@ -99,8 +99,10 @@ pub async fn create(
     };
     let new_key = NewCredential::api_key(&tenant.id, "initial admin key", Role::Admin);
     let prepared = new_key.prepare(app.settings.hash_cost).await?;
+    // The tenant's data key, committed on its own before the mutation seals with it.
+    app.db.sealer().prepare(Some(&tenant.id)).await?;
     let mut m = app.db.begin_mutation().await?;
-    store::tenants::insert(m.conn(), &tenant).await?;
+    store::tenants::insert(m.conn(), app.db.sealer(), &tenant).await?;
     let admin_key = insert_credential(m.conn(), prepared, app.now_ms()).await?;
     let entry = app.entry(
         &caller,
@@ -132,7 +134,7 @@ pub async fn list(
     _caller: Caller,
 ) -> Result<Json<Vec<TenantView>>, ApiError> {
     Ok(Json(
-        store::tenants::list(&mut *app.db.conn().await?).await?,
+        store::tenants::list(&mut *app.db.conn().await?, app.db.sealer()).await?,
     ))
 }
 
@@ -140,9 +142,9 @@ pub async fn list(
 async fn visible_tenant(app: &App, caller: &Caller, id: &str) -> Result<TenantView, ApiError> {
     let mut conn = app.db.conn().await?;
     if caller.is_operator && crate::auth::role_allows(caller.role, Permission::TenantsManage) {
-        store::tenants::get(&mut conn, id).await?
+        store::tenants::get(&mut conn, app.db.sealer(), id).await?
     } else {
-        store::tenants::get_scoped(&mut conn, &caller.tenant_id, id).await?
+        store::tenants::get_scoped(&mut conn, app.db.sealer(), &caller.tenant_id, id).await?
     }
     .ok_or_else(|| ApiError::not_found("tenant"))
 }
@@ -263,7 +265,7 @@ impl TenantChange {
     /// Begins the mutation and reads the tenant (404 when there is none).
     pub async fn begin(app: &App, id: &str) -> Result<TenantChange, ApiError> {
         let mut m = app.db.begin_mutation().await?;
-        let before = store::tenants::get(m.conn(), id)
+        let before = store::tenants::get(m.conn(), app.db.sealer(), id)
             .await?
             .ok_or(StoreError::NotFound("tenant"))?;
         Ok(TenantChange {

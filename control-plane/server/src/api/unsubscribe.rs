@@ -186,7 +186,7 @@ async fn checked_token(app: &App, remote: IpAddr, token: &str) -> Result<TokenDa
                 "too many invalid unsubscribe links from this address",
             )
         })?;
-    let keys = verp_keys(&mut *app.db.conn().await?).await?;
+    let keys = verp_keys(&mut *app.db.conn().await?, app.db.sealer()).await?;
     let data = keys
         .and_then(|k| petrel_reports::unsubscribe::from_one_click(&k, token).ok())
         .map(|r| r.data)
@@ -198,8 +198,11 @@ async fn checked_token(app: &App, remote: IpAddr, token: &str) -> Result<TokenDa
 }
 
 /// The deployment's token keys: the newest signs (not needed here), all of them verify.
-async fn verp_keys(conn: &mut sqlx::AnyConnection) -> Result<Option<VerpKeys>, ApiError> {
-    let rows = store::token_keys::active(conn).await?;
+async fn verp_keys(
+    conn: &mut sqlx::AnyConnection,
+    sealer: &store::sealed::Sealer,
+) -> Result<Option<VerpKeys>, ApiError> {
+    let rows = store::token_keys::active(conn, sealer).await?;
     let mut keys = rows
         .iter()
         .rev()

@@ -241,7 +241,7 @@ pub async fn create(
     let now = app.now_ms();
     let secret = sign::new_secret();
     let mut m = app.db.begin_mutation().await?;
-    store::tenants::get(m.conn(), &tenant)
+    store::tenants::get(m.conn(), app.db.sealer(), &tenant)
         .await?
         .ok_or(StoreError::NotFound("tenant"))?;
     if ws::count(m.conn(), &tenant).await? >= WEBHOOKS_PER_TENANT_MAX {
@@ -267,7 +267,7 @@ pub async fn create(
         next_attempt_unix_ms: now,
         created_unix_ms: now,
     };
-    ws::insert(m.conn(), &row).await?;
+    ws::insert(m.conn(), app.db.sealer(), &row).await?;
     let view = WebhookView::new(row, now);
     let entry = app.entry(
         &caller,
@@ -306,7 +306,7 @@ pub async fn list(
 ) -> Result<Json<Vec<WebhookView>>, ApiError> {
     let tenant = tenant_of(&caller, q.tenant.as_deref())?;
     let now = app.now_ms();
-    let rows = ws::list(&mut *app.db.conn().await?, &tenant).await?;
+    let rows = ws::list(&mut *app.db.conn().await?, app.db.sealer(), &tenant).await?;
     Ok(Json(
         rows.into_iter().map(|w| WebhookView::new(w, now)).collect(),
     ))
@@ -329,7 +329,7 @@ pub async fn show(
     ApiQuery(q): ApiQuery<TenantQuery>,
 ) -> Result<Json<WebhookView>, ApiError> {
     let tenant = tenant_of(&caller, q.tenant.as_deref())?;
-    let w = ws::get(&mut *app.db.conn().await?, &tenant, &id).await?;
+    let w = ws::get(&mut *app.db.conn().await?, app.db.sealer(), &tenant, &id).await?;
     Ok(Json(WebhookView::new(w, app.now_ms())))
 }
 
@@ -351,7 +351,10 @@ pub async fn delete(
 ) -> Result<StatusCode, ApiError> {
     let tenant = tenant_of(&caller, q.tenant.as_deref())?;
     let mut m = app.db.begin_mutation().await?;
-    let before = WebhookView::new(ws::get(m.conn(), &tenant, &id).await?, app.now_ms());
+    let before = WebhookView::new(
+        ws::get(m.conn(), app.db.sealer(), &tenant, &id).await?,
+        app.now_ms(),
+    );
     ws::delete(m.conn(), &tenant, &id).await?;
     let entry = app.entry(
         &caller,
@@ -387,9 +390,9 @@ pub async fn rotate_secret(
     let until = now.saturating_add(SECRET_OVERLAP_MS);
     let secret = sign::new_secret();
     let mut m = app.db.begin_mutation().await?;
-    let before = WebhookView::new(ws::get(m.conn(), &tenant, &id).await?, now);
-    ws::rotate_secret(m.conn(), &tenant, &id, &secret, until).await?;
-    let after = WebhookView::new(ws::get(m.conn(), &tenant, &id).await?, now);
+    let before = WebhookView::new(ws::get(m.conn(), app.db.sealer(), &tenant, &id).await?, now);
+    ws::rotate_secret(m.conn(), app.db.sealer(), &tenant, &id, &secret, until).await?;
+    let after = WebhookView::new(ws::get(m.conn(), app.db.sealer(), &tenant, &id).await?, now);
     let entry = app.entry(
         &caller,
         Some(&tenant),
@@ -426,9 +429,9 @@ pub async fn enable(
     let tenant = tenant_of(&caller, q.tenant.as_deref())?;
     let now = app.now_ms();
     let mut m = app.db.begin_mutation().await?;
-    let before = WebhookView::new(ws::get(m.conn(), &tenant, &id).await?, now);
+    let before = WebhookView::new(ws::get(m.conn(), app.db.sealer(), &tenant, &id).await?, now);
     ws::enable(m.conn(), &tenant, &id, now).await?;
-    let after = WebhookView::new(ws::get(m.conn(), &tenant, &id).await?, now);
+    let after = WebhookView::new(ws::get(m.conn(), app.db.sealer(), &tenant, &id).await?, now);
     let entry = app.entry(
         &caller,
         Some(&tenant),
@@ -460,7 +463,7 @@ pub async fn test(
     ApiQuery(q): ApiQuery<TenantQuery>,
 ) -> Result<Json<DeliveryView>, ApiError> {
     let tenant = tenant_of(&caller, q.tenant.as_deref())?;
-    let w = ws::get(&mut *app.db.conn().await?, &tenant, &id).await?;
+    let w = ws::get(&mut *app.db.conn().await?, app.db.sealer(), &tenant, &id).await?;
     let (d, attempt) = dispatch::send_test(&app, &w).await?;
     Ok(Json(delivery_view(d, vec![attempt])))
 }
@@ -490,7 +493,7 @@ pub async fn deliveries(
     }
     let before = q.cursor.as_deref().map(decode_cursor).transpose()?;
     let mut conn = app.db.conn().await?;
-    ws::get(&mut conn, &tenant, &id).await?;
+    ws::get(&mut conn, app.db.sealer(), &tenant, &id).await?;
     let mut rows = ws::deliveries(&mut conn, &id, before, limit + 1).await?;
     let page = usize::try_from(limit).unwrap_or(usize::MAX);
     let more = rows.len() > page;

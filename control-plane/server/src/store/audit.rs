@@ -137,3 +137,15 @@ pub async fn list(
     .map(decode)
     .collect()
 }
+
+/// The stored hash of row `seq`, if it exists.
+pub async fn hash_at(conn: &mut AnyConnection, seq: i64) -> StoreResult<Option<String>> {
+    let row = sqlx::query("SELECT hash FROM audit_log WHERE seq = $1")
+        .bind(seq)
+        .fetch_optional(conn)
+        .await?;
+    Ok(match row {
+        Some(r) => Some(r.try_get("hash")?),
+        None => None,
+    })
+}

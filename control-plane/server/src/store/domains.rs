@@ -5,6 +5,7 @@ use petrel_policy::DkimAlgorithm;
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
+use super::sealed::{aad, Sealer};
 use super::{clamp_i64, conflict_on_unique, get_bool, get_opt_u64, StoreError, StoreResult};
 
 /// The stored (and API) name of a DKIM algorithm.
@@ -213,47 +214,88 @@ pub async fn set_rate(
     Ok(())
 }
 
+fn private_key_aad(id: &str) -> String {
+    aad("dkim_keys", "private_key", id)
+}
+
+/// Opens the sealed private keys of `rows` in place (a key whose data key is gone cannot sign:
+/// it is dropped).
+async fn open_keys(
+    conn: &mut AnyConnection,
+    sealer: &Sealer,
+    rows: Vec<DkimKeyRow>,
+) -> StoreResult<Vec<DkimKeyRow>> {
+    let mut out = Vec::with_capacity(rows.len());
+    for mut k in rows {
+        let aad = private_key_aad(&k.id);
+        if let Some(der) = sealer
+            .open_bytes(conn, &aad, &k.private_key_pkcs8_der)
+            .await?
+        {
+            k.private_key_pkcs8_der = der;
+            out.push(k);
+        }
+    }
+    Ok(out)
+}
+
 /// The domain's keys still listed at `listed_after_unix_ms` (not retired, or retired after it),
 /// oldest first.
 pub async fn listed_keys(
     conn: &mut AnyConnection,
+    sealer: &Sealer,
     tenant_id: &str,
     domain_id: &str,
     listed_after_unix_ms: i64,
 ) -> StoreResult<Vec<DkimKeyRow>> {
-    sqlx::query(
+    let rows = sqlx::query(
         "SELECT * FROM dkim_keys WHERE domain_id = $1 AND tenant_id = $2 \
          AND (retired_unix_ms IS NULL OR retired_unix_ms > $3) ORDER BY created_unix_ms, id",
     )
     .bind(domain_id.to_string())
     .bind(tenant_id.to_string())
     .bind(listed_after_unix_ms)
-    .fetch_all(conn)
+    .fetch_all(&mut *conn)
     .await?
     .iter()
     .map(decode_key)
-    .collect()
+    .collect::<StoreResult<Vec<_>>>()?;
+    open_keys(conn, sealer, rows).await
 }
 
 /// Every tenant's listed keys, by domain then age (the snapshot).
 pub async fn listed_keys_all(
     conn: &mut AnyConnection,
+    sealer: &Sealer,
     listed_after_unix_ms: i64,
 ) -> StoreResult<Vec<DkimKeyRow>> {
-    sqlx::query(
+    let rows = sqlx::query(
         "SELECT * FROM dkim_keys WHERE retired_unix_ms IS NULL OR retired_unix_ms > $1 \
          ORDER BY domain_id, created_unix_ms, id",
     )
     .bind(listed_after_unix_ms)
-    .fetch_all(conn)
+    .fetch_all(&mut *conn)
     .await?
     .iter()
     .map(decode_key)
-    .collect()
+    .collect::<StoreResult<Vec<_>>>()?;
+    open_keys(conn, sealer, rows).await
 }
 
-/// Inserts a key row.
-pub async fn insert_key(conn: &mut AnyConnection, k: &DkimKeyRow) -> StoreResult<()> {
+/// Inserts a key row, its private key sealed under the tenant's data key.
+pub async fn insert_key(
+    conn: &mut AnyConnection,
+    sealer: &Sealer,
+    k: &DkimKeyRow,
+) -> StoreResult<()> {
+    let private_key = sealer
+        .seal_bytes(
+            conn,
+            Some(&k.tenant_id),
+            &private_key_aad(&k.id),
+            &k.private_key_pkcs8_der,
+        )
+        .await?;
     sqlx::query(
         "INSERT INTO dkim_keys (id, tenant_id, domain_id, selector, algorithm, private_key, \
          dns_txt, activated_unix_ms, created_unix_ms, retired_unix_ms) \
@@ -264,7 +306,7 @@ pub async fn insert_key(conn: &mut AnyConnection, k: &DkimKeyRow) -> StoreResult
     .bind(k.domain_id.clone())
     .bind(k.selector.clone())
     .bind(algorithm_name(k.algorithm))
-    .bind(k.private_key_pkcs8_der.clone())
+    .bind(private_key)
     .bind(k.dns_txt.clone())
     .bind(k.activated_unix_ms)
     .bind(k.created_unix_ms)
@@ -304,4 +346,30 @@ pub async fn activate_key(
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// Seals private keys stored before sealing. Returns how many.
+pub(super) async fn seal_existing(conn: &mut AnyConnection, sealer: &Sealer) -> StoreResult<u64> {
+    let rows = sqlx::query("SELECT id, tenant_id, private_key FROM dkim_keys")
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut n = 0;
+    for r in rows {
+        let id: String = r.try_get("id")?;
+        let tenant: String = r.try_get("tenant_id")?;
+        let stored: Vec<u8> = r.try_get("private_key")?;
+        if stored.starts_with(super::sealed::SEALED_BYTES_PREFIX) {
+            continue;
+        }
+        let sealed = sealer
+            .seal_bytes(conn, Some(&tenant), &private_key_aad(&id), &stored)
+            .await?;
+        sqlx::query("UPDATE dkim_keys SET private_key = $1 WHERE id = $2")
+            .bind(sealed)
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+        n += 1;
+    }
+    Ok(n)
 }

@@ -336,4 +336,35 @@ ALTER TABLE credentials ADD COLUMN expires_unix_ms BIGINT;
 CREATE INDEX credentials_expiry ON credentials (expires_unix_ms) WHERE revoked = 0;
 "#,
     ),
+    (
+        // Encryption at rest (issue 16, store/sealed.rs): the data keys, wrapped by the
+        // key-encryption key kept outside the database (owner '' is the operator's); tenant
+        // names are sealed, and stay unique through their blind index.
+        11,
+        r#"
+CREATE TABLE data_keys (
+    id BIGINT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    created_unix_ms BIGINT NOT NULL,
+    kek_version BIGINT NOT NULL,
+    wrapped {blob} NOT NULL
+);
+CREATE INDEX data_keys_owner ON data_keys (owner, created_unix_ms);
+ALTER TABLE tenants ADD COLUMN name_index TEXT;
+CREATE UNIQUE INDEX tenants_name_index ON tenants (name_index);
+"#,
+    ),
+    (
+        // One identity per engine (issue 16, store/engine_identities.rs).
+        12,
+        r#"
+CREATE TABLE engine_identities (
+    engine_id TEXT PRIMARY KEY,
+    prefix TEXT NOT NULL,
+    token_phc TEXT NOT NULL,
+    created_unix_ms BIGINT NOT NULL,
+    revoked_unix_ms BIGINT
+);
+"#,
+    ),
 ];

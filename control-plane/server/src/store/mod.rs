@@ -16,11 +16,13 @@ pub mod credentials;
 pub mod dmarc;
 pub mod domain_checks;
 pub mod domains;
+pub mod engine_identities;
 pub mod engines;
 pub mod events;
 pub mod guardrails;
 pub mod limits;
 mod migrations;
+pub mod sealed;
 pub mod suppressions;
 pub mod tenants;
 pub mod token_keys;
@@ -108,6 +110,35 @@ pub struct Db {
     /// writer of this process queues here first (first come, first served), so the database
     /// lock is free when its turn comes.
     write_turn: Option<Arc<tokio::sync::Mutex<()>>>,
+    /// Seals the secret columns (`sealed.rs`).
+    sealer: Arc<sealed::Sealer>,
+}
+
+/// The systemd credential holding the control plane's key-encryption key.
+pub const KEK_CREDENTIAL: &str = petrel_seal::KEK_CREDENTIAL;
+
+/// The key-encryption key: `key_file`, else the credential `petrel-kek`, else
+/// `<data_dir>/keys/kek`, made at the first start with a warning. Every node sharing a database
+/// must be given the same key.
+fn key_source(
+    data_dir: &Path,
+    key_file: Option<&Path>,
+) -> Result<Arc<dyn petrel_seal::KeySource>, ControlError> {
+    let configured = key_file
+        .map(Path::to_path_buf)
+        .or_else(|| petrel_seal::secret_file::credential(KEK_CREDENTIAL));
+    let kek = match configured {
+        Some(p) => petrel_seal::KekFile::load(&p)?,
+        None => {
+            let p = data_dir.join("keys").join("kek");
+            let (kek, created) = petrel_seal::KekFile::load_or_generate(&p)?;
+            if created {
+                tracing::warn!(path = %p.display(), "generated the control plane's key-encryption key in its data directory; production keeps it elsewhere (--key-file, or the systemd credential petrel-kek), the same on every node");
+            }
+            kek
+        }
+    };
+    Ok(Arc::new(kek))
 }
 
 /// The embedded default: `<control dir>/petrel.db`.
@@ -116,8 +147,19 @@ pub fn default_sqlite_url(data_dir: &Path) -> String {
 }
 
 impl Db {
-    /// Connects (creating the SQLite file and its directory when needed) and migrates.
+    /// Connects (creating the SQLite file and its directory when needed) and migrates, with
+    /// the default key-encryption key (see [`Db::open_keyed`]).
     pub async fn open(data_dir: &Path, database_url: Option<&str>) -> Result<Db, ControlError> {
+        Self::open_keyed(data_dir, database_url, None).await
+    }
+
+    /// [`Db::open`] with the key-encryption key in `key_file` (None: the credential
+    /// `petrel-kek`, else `<data_dir>/keys/kek`, made at first start).
+    pub async fn open_keyed(
+        data_dir: &Path,
+        database_url: Option<&str>,
+        key_file: Option<&Path>,
+    ) -> Result<Db, ControlError> {
         sqlx::any::install_default_drivers();
         let url = match database_url {
             Some(u) => u.to_string(),
@@ -175,12 +217,18 @@ impl Db {
                 .fetch_all(&pool)
                 .await?;
         }
+        let sealer = Arc::new(sealed::Sealer::new(
+            key_source(data_dir, key_file)?,
+            pool.clone(),
+        ));
         let db = Db {
             pool,
             dialect,
             write_turn: sqlite.then(|| Arc::new(tokio::sync::Mutex::new(()))),
+            sealer,
         };
         db.migrate().await?;
+        sealed::seal_existing(&db).await?;
         Ok(db)
     }
 
@@ -225,6 +273,11 @@ impl Db {
             tx.commit().await.map_err(mig)?;
         }
         Ok(())
+    }
+
+    /// Seals and opens the secret columns.
+    pub fn sealer(&self) -> &Arc<sealed::Sealer> {
+        &self.sealer
     }
 
     /// A pooled connection for reads outside a mutation.
@@ -287,6 +340,7 @@ impl Db {
             version,
             dialect: self.dialect,
             announce: true,
+            sealer: self.sealer.clone(),
             _turn: turn,
         })
     }
@@ -310,6 +364,7 @@ impl Db {
             version,
             dialect: self.dialect,
             announce: false,
+            sealer: self.sealer.clone(),
             _turn,
         })
     }
@@ -333,6 +388,7 @@ pub struct Mutation {
     dialect: Dialect,
     /// Whether commit announces the version on [`POLICY_CHANNEL`] (policy mutations only).
     announce: bool,
+    sealer: Arc<sealed::Sealer>,
     /// Held until the transaction is dropped (declared after it, so dropped after it).
     _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
@@ -376,9 +432,14 @@ impl Mutation {
         &mut self.tx
     }
 
+    /// The sealer, with the connection (for a store call that seals or opens).
+    pub fn sealed(&mut self) -> (&mut AnyConnection, &sealed::Sealer) {
+        (&mut self.tx, &self.sealer)
+    }
+
     /// Appends the audit row and commits. Returns the new policy version.
     pub async fn commit(mut self, entry: AuditEntry) -> StoreResult<u64> {
-        crate::audit::append(&mut self.tx, &entry).await?;
+        crate::audit::append(&mut self.tx, &self.sealer, &entry).await?;
         if self.dialect == Dialect::Postgres && self.announce {
             // Delivered to the listeners when (and only if) the transaction commits.
             sqlx::query("SELECT pg_notify($1, $2)")

@@ -1,11 +1,49 @@
 //! The `tenants` table. A tenant's scope is its own id, so the tenant-scoped reads below key on
 //! the caller's tenant id.
+//!
+//! The name is sealed under the tenant's data key (`sealed.rs`), and found and kept unique by
+//! its blind index `name_index`; the reads below open it.
 
 use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
+use super::sealed::{aad, Sealer};
 use super::{clamp_i64, conflict_on_unique, get_bool, get_opt_u64, StoreResult};
+
+/// What a tenant's name reads as once its data keys are destroyed.
+pub const NAME_REDACTED: &str = "(deleted)";
+
+fn name_aad(id: &str) -> String {
+    aad("tenants", "name", id)
+}
+
+/// Opens the sealed names of `tenants` in place.
+async fn open_names(
+    conn: &mut AnyConnection,
+    sealer: &Sealer,
+    tenants: &mut [Tenant],
+) -> StoreResult<()> {
+    for t in tenants {
+        t.name = sealer
+            .open_text(conn, &name_aad(&t.id), &t.name)
+            .await?
+            .unwrap_or_else(|| NAME_REDACTED.to_string());
+    }
+    Ok(())
+}
+
+async fn one(
+    conn: &mut AnyConnection,
+    sealer: &Sealer,
+    row: Option<AnyRow>,
+) -> StoreResult<Option<Tenant>> {
+    let Some(row) = row else { return Ok(None) };
+    let mut t = [decode(&row)?];
+    open_names(conn, sealer, &mut t).await?;
+    let [t] = t;
+    Ok(Some(t))
+}
 
 /// One `tenants` row (also the API's view of a tenant: nothing in it is secret).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
@@ -40,21 +78,30 @@ fn decode(r: &AnyRow) -> StoreResult<Tenant> {
 }
 
 /// Any tenant by id (operator-owner reads and mutations of tenant records).
-pub async fn get(conn: &mut AnyConnection, id: &str) -> StoreResult<Option<Tenant>> {
+pub async fn get(
+    conn: &mut AnyConnection,
+    sealer: &Sealer,
+    id: &str,
+) -> StoreResult<Option<Tenant>> {
     let row = sqlx::query("SELECT * FROM tenants WHERE id = $1")
         .bind(id.to_string())
-        .fetch_optional(conn)
+        .fetch_optional(&mut *conn)
         .await?;
-    row.as_ref().map(decode).transpose()
+    one(conn, sealer, row).await
 }
 
-/// A tenant by name.
-pub async fn get_by_name(conn: &mut AnyConnection, name: &str) -> StoreResult<Option<Tenant>> {
-    let row = sqlx::query("SELECT * FROM tenants WHERE name = $1")
-        .bind(name.to_string())
-        .fetch_optional(conn)
+/// A tenant by name (through its blind index).
+pub async fn get_by_name(
+    conn: &mut AnyConnection,
+    sealer: &Sealer,
+    name: &str,
+) -> StoreResult<Option<Tenant>> {
+    let index = sealer.name_index(conn, name).await?;
+    let row = sqlx::query("SELECT * FROM tenants WHERE name_index = $1")
+        .bind(index)
+        .fetch_optional(&mut *conn)
         .await?;
-    row.as_ref().map(decode).transpose()
+    one(conn, sealer, row).await
 }
 
 /// True once the operator tenant exists.
@@ -66,24 +113,31 @@ pub async fn operator_exists(conn: &mut AnyConnection) -> StoreResult<bool> {
 }
 
 /// Every tenant, oldest first.
-pub async fn list(conn: &mut AnyConnection) -> StoreResult<Vec<Tenant>> {
-    sqlx::query("SELECT * FROM tenants ORDER BY created_unix_ms, id")
-        .fetch_all(conn)
+pub async fn list(conn: &mut AnyConnection, sealer: &Sealer) -> StoreResult<Vec<Tenant>> {
+    let mut all = sqlx::query("SELECT * FROM tenants ORDER BY created_unix_ms, id")
+        .fetch_all(&mut *conn)
         .await?
         .iter()
         .map(decode)
-        .collect()
+        .collect::<StoreResult<Vec<_>>>()?;
+    open_names(conn, sealer, &mut all).await?;
+    Ok(all)
 }
 
-/// Inserts a tenant row.
-pub async fn insert(conn: &mut AnyConnection, t: &Tenant) -> StoreResult<()> {
+/// Inserts a tenant row, its name sealed under its own data key (make that key first with
+/// [`Sealer::prepare`], outside the transaction).
+pub async fn insert(conn: &mut AnyConnection, sealer: &Sealer, t: &Tenant) -> StoreResult<()> {
+    let index = sealer.name_index(conn, &t.name).await?;
+    let name = sealer
+        .seal_text(conn, Some(&t.id), &name_aad(&t.id), &t.name)
+        .await?;
     sqlx::query(
         "INSERT INTO tenants (id, name, is_operator, suspended, messages_per_second_max, \
-         messages_per_day_max, allow_unverified_domains, created_unix_ms, list_unsubscribe) \
-         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)",
+         messages_per_day_max, allow_unverified_domains, created_unix_ms, list_unsubscribe, \
+         name_index) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)",
     )
     .bind(t.id.clone())
-    .bind(t.name.clone())
+    .bind(name)
     .bind(i64::from(t.is_operator))
     .bind(i64::from(t.suspended))
     .bind(t.messages_per_second_max.map(clamp_i64))
@@ -91,6 +145,7 @@ pub async fn insert(conn: &mut AnyConnection, t: &Tenant) -> StoreResult<()> {
     .bind(i64::from(t.allow_unverified_domains))
     .bind(t.created_unix_ms)
     .bind(i64::from(t.list_unsubscribe))
+    .bind(index)
     .execute(conn)
     .await
     .map_err(conflict_on_unique)?;
@@ -139,10 +194,11 @@ pub async fn set_list_unsubscribe(conn: &mut AnyConnection, id: &str, on: bool) 
 /// the scope's own row and any other id is indistinguishable from a missing one.
 pub async fn get_scoped(
     conn: &mut AnyConnection,
+    sealer: &Sealer,
     scope: &str,
     id: &str,
 ) -> StoreResult<Option<Tenant>> {
-    let own = get(conn, scope).await?;
+    let own = get(conn, sealer, scope).await?;
     Ok(own.filter(|t| t.id == id))
 }
 
@@ -169,4 +225,32 @@ pub async fn set_events_retention_days(
         .execute(conn)
         .await?;
     Ok(())
+}
+
+/// Seals the names of rows written before sealing (or without a blind index). Returns how many.
+pub(super) async fn seal_existing(conn: &mut AnyConnection, sealer: &Sealer) -> StoreResult<u64> {
+    let rows = sqlx::query("SELECT id, name FROM tenants WHERE name_index IS NULL")
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut n = 0;
+    for r in rows {
+        let id: String = r.try_get("id")?;
+        let stored: String = r.try_get("name")?;
+        let Some(name) = sealer.open_text(conn, &name_aad(&id), &stored).await? else {
+            continue;
+        };
+        sealer.prepare(Some(&id)).await?;
+        let index = sealer.name_index(conn, &name).await?;
+        let sealed = sealer
+            .seal_text(conn, Some(&id), &name_aad(&id), &name)
+            .await?;
+        sqlx::query("UPDATE tenants SET name = $1, name_index = $2 WHERE id = $3")
+            .bind(sealed)
+            .bind(index)
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+        n += 1;
+    }
+    Ok(n)
 }

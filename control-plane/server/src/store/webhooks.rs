@@ -21,6 +21,7 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
 use super::events::StoredEvent;
+use super::sealed::{aad, Sealer};
 use super::{get_bool, get_list, list_json, StoreError, StoreResult};
 
 /// One webhook row.
@@ -108,7 +109,9 @@ pub async fn count(conn: &mut AnyConnection, tenant_id: &str) -> StoreResult<i64
     )
 }
 
-pub async fn insert(conn: &mut AnyConnection, w: &WebhookRow) -> StoreResult<()> {
+/// Inserts a webhook, its secret sealed under the tenant's data key.
+pub async fn insert(conn: &mut AnyConnection, sealer: &Sealer, w: &WebhookRow) -> StoreResult<()> {
+    let secret = seal_secret(conn, sealer, &w.tenant_id, &w.id, &w.secret).await?;
     sqlx::query(
         "INSERT INTO webhooks (id, tenant_id, url, event_types, secret, previous_secret, \
          previous_secret_until_unix_ms, cursor_seq, pending_delivery_id, disabled, \
@@ -119,7 +122,7 @@ pub async fn insert(conn: &mut AnyConnection, w: &WebhookRow) -> StoreResult<()>
     .bind(w.tenant_id.clone())
     .bind(w.url.clone())
     .bind(list_json(&w.event_types))
-    .bind(w.secret.clone())
+    .bind(secret)
     .bind(w.cursor_seq)
     .bind(w.next_attempt_unix_ms)
     .bind(w.created_unix_ms)
@@ -129,36 +132,96 @@ pub async fn insert(conn: &mut AnyConnection, w: &WebhookRow) -> StoreResult<()>
 }
 
 /// Webhook `id` of the tenant (404 for another tenant's).
-pub async fn get(conn: &mut AnyConnection, tenant_id: &str, id: &str) -> StoreResult<WebhookRow> {
+pub async fn get(
+    conn: &mut AnyConnection,
+    sealer: &Sealer,
+    tenant_id: &str,
+    id: &str,
+) -> StoreResult<WebhookRow> {
     let row = sqlx::query("SELECT * FROM webhooks WHERE id = $1 AND tenant_id = $2")
         .bind(id.to_string())
         .bind(tenant_id.to_string())
-        .fetch_optional(conn)
+        .fetch_optional(&mut *conn)
         .await?
         .ok_or(StoreError::NotFound("webhook"))?;
-    decode(&row)
+    let mut w = decode(&row)?;
+    open_secrets(conn, sealer, &mut w).await?;
+    Ok(w)
+}
+
+/// The associated data of a webhook's secrets (the previous one is the current one moved).
+fn secret_aad(id: &str) -> String {
+    aad("webhooks", "secret", id)
+}
+
+/// A secret sealed for webhook `id` of `tenant_id` (issue 16: never stored in the clear).
+pub async fn seal_secret(
+    conn: &mut AnyConnection,
+    sealer: &Sealer,
+    tenant_id: &str,
+    id: &str,
+    secret: &str,
+) -> StoreResult<String> {
+    sealer
+        .seal_text(conn, Some(tenant_id), &secret_aad(id), secret)
+        .await
+}
+
+/// Opens a row's sealed secrets in place.
+async fn open_secrets(
+    conn: &mut AnyConnection,
+    sealer: &Sealer,
+    w: &mut WebhookRow,
+) -> StoreResult<()> {
+    let gone = || StoreError::Corrupt {
+        column: "webhooks.secret",
+        reason: "its data key is gone".into(),
+    };
+    let aad = secret_aad(&w.id);
+    w.secret = sealer
+        .open_text(conn, &aad, &w.secret)
+        .await?
+        .ok_or_else(gone)?;
+    if let Some(p) = w.previous_secret.take() {
+        w.previous_secret = Some(sealer.open_text(conn, &aad, &p).await?.ok_or_else(gone)?);
+    }
+    Ok(())
 }
 
 /// Webhook `id` of any tenant (the dispatcher); None once deleted.
-pub async fn get_any(conn: &mut AnyConnection, id: &str) -> StoreResult<Option<WebhookRow>> {
-    sqlx::query("SELECT * FROM webhooks WHERE id = $1")
+pub async fn get_any(
+    conn: &mut AnyConnection,
+    sealer: &Sealer,
+    id: &str,
+) -> StoreResult<Option<WebhookRow>> {
+    let row = sqlx::query("SELECT * FROM webhooks WHERE id = $1")
         .bind(id.to_string())
-        .fetch_optional(conn)
-        .await?
-        .as_ref()
-        .map(decode)
-        .transpose()
+        .fetch_optional(&mut *conn)
+        .await?;
+    let Some(row) = row else { return Ok(None) };
+    let mut w = decode(&row)?;
+    open_secrets(conn, sealer, &mut w).await?;
+    Ok(Some(w))
 }
 
 /// The tenant's webhooks, oldest first.
-pub async fn list(conn: &mut AnyConnection, tenant_id: &str) -> StoreResult<Vec<WebhookRow>> {
-    sqlx::query("SELECT * FROM webhooks WHERE tenant_id = $1 ORDER BY created_unix_ms, id")
-        .bind(tenant_id.to_string())
-        .fetch_all(conn)
-        .await?
-        .iter()
-        .map(decode)
-        .collect()
+pub async fn list(
+    conn: &mut AnyConnection,
+    sealer: &Sealer,
+    tenant_id: &str,
+) -> StoreResult<Vec<WebhookRow>> {
+    let mut all =
+        sqlx::query("SELECT * FROM webhooks WHERE tenant_id = $1 ORDER BY created_unix_ms, id")
+            .bind(tenant_id.to_string())
+            .fetch_all(&mut *conn)
+            .await?
+            .iter()
+            .map(decode)
+            .collect::<StoreResult<Vec<_>>>()?;
+    for w in &mut all {
+        open_secrets(conn, sealer, w).await?;
+    }
+    Ok(all)
 }
 
 /// Deletes a webhook of the tenant with its history.
@@ -189,17 +252,19 @@ pub async fn delete(conn: &mut AnyConnection, tenant_id: &str, id: &str) -> Stor
 /// Installs a new secret; the current one stays valid until `previous_until_unix_ms`.
 pub async fn rotate_secret(
     conn: &mut AnyConnection,
+    sealer: &Sealer,
     tenant_id: &str,
     id: &str,
     secret: &str,
     previous_until_unix_ms: i64,
 ) -> StoreResult<()> {
+    let secret = seal_secret(conn, sealer, tenant_id, id, secret).await?;
     sqlx::query(
         "UPDATE webhooks SET previous_secret = secret, previous_secret_until_unix_ms = $1, \
          secret = $2 WHERE id = $3 AND tenant_id = $4",
     )
     .bind(previous_until_unix_ms)
-    .bind(secret.to_string())
+    .bind(secret)
     .bind(id.to_string())
     .bind(tenant_id.to_string())
     .execute(conn)
@@ -683,4 +748,39 @@ pub async fn attempts(conn: &mut AnyConnection, delivery_id: &str) -> StoreResul
             })
         })
         .collect()
+}
+
+/// Seals secrets stored before sealing. Returns how many rows changed.
+pub(super) async fn seal_existing(conn: &mut AnyConnection, sealer: &Sealer) -> StoreResult<u64> {
+    let rows = sqlx::query("SELECT id, tenant_id, secret, previous_secret FROM webhooks")
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut n = 0;
+    for r in rows {
+        let id: String = r.try_get("id")?;
+        let tenant: String = r.try_get("tenant_id")?;
+        let secret: String = r.try_get("secret")?;
+        let previous: Option<String> = r.try_get("previous_secret")?;
+        let clear = |v: &str| !v.starts_with(super::sealed::SEALED_TEXT_PREFIX);
+        if !clear(&secret) && !previous.as_deref().is_some_and(clear) {
+            continue;
+        }
+        let secret = if clear(&secret) {
+            seal_secret(conn, sealer, &tenant, &id, &secret).await?
+        } else {
+            secret
+        };
+        let previous = match previous {
+            Some(p) if clear(&p) => Some(seal_secret(conn, sealer, &tenant, &id, &p).await?),
+            other => other,
+        };
+        sqlx::query("UPDATE webhooks SET secret = $1, previous_secret = $2 WHERE id = $3")
+            .bind(secret)
+            .bind(previous)
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+        n += 1;
+    }
+    Ok(n)
 }

@@ -271,7 +271,7 @@ async fn open_window(
         tx.commit().await?;
         return Ok(None);
     }
-    let Some(w) = ws::get_any(&mut tx, id).await? else {
+    let Some(w) = ws::get_any(&mut tx, app.db.sealer(), id).await? else {
         tx.commit().await?;
         return Ok(None);
     };

@@ -43,8 +43,23 @@ impl Drop for Harness {
 }
 
 /// Cheap argon2 so tests spend their time on behaviour, not hashing (same code path).
+/// One key-encryption key for every control plane of this test process, so nodes sharing a
+/// database (and a second handle on it) open each other's sealed values, as production nodes
+/// given the same key file do.
+pub fn shared_key_file() -> std::path::PathBuf {
+    static KEY: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("tempdir").keep();
+        let path = dir.join("kek");
+        petrel_seal::KekFile::generate(&path).expect("key file");
+        path
+    })
+    .clone()
+}
+
 pub fn test_options() -> ServeOptions {
     ServeOptions {
+        key_file: Some(shared_key_file()),
         hash_cost: HashCost {
             memory_kib: 256,
             iterations: 1,

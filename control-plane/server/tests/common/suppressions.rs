@@ -13,7 +13,8 @@ const DAY_MS: i64 = 86_400_000;
 
 /// A second handle on the harness's database (migrated already).
 pub async fn db(h: &Harness, database_url: Option<&str>) -> Db {
-    Db::open(&h.dir.path().join("control"), database_url)
+    let key = super::shared_key_file();
+    Db::open_keyed(&h.dir.path().join("control"), database_url, Some(&key))
         .await
         .expect("open the store")
 }

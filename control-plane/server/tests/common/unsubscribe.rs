@@ -37,7 +37,7 @@ async fn post(h: &Harness, path: &str, body: &str) -> Response {
 
 /// The deployment's keys, as the engine builds them from the snapshot.
 async fn keys(db: &Db) -> VerpKeys {
-    let rows = token_keys::active(&mut db.conn().await.expect("conn"))
+    let rows = token_keys::active(&mut db.conn().await.expect("conn"), db.sealer())
         .await
         .expect("keys");
     let current = rows.last().expect("a key exists from the first start");
