@@ -1,4 +1,6 @@
-//! `petrel queue ...`: talks to a running engine's admin endpoint on loopback.
+//! `petrel queue ...`: talks to a running engine's admin endpoint on loopback, with its admin
+//! token (`--admin-token-file`, else the systemd credential `petrel-admin-token`, else
+//! `<data-dir>/admin.token`, which the engine makes at first start).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -21,6 +23,12 @@ pub struct QueueArgs {
     /// Print the raw JSON answer.
     #[arg(long, global = true)]
     json: bool,
+    /// The engine's data directory (its `admin.token`).
+    #[arg(long, global = true, default_value = "./petrel-data")]
+    data_dir: std::path::PathBuf,
+    /// The file holding the admin token (mode 0600).
+    #[arg(long, global = true)]
+    admin_token_file: Option<std::path::PathBuf>,
 }
 
 #[derive(clap::Subcommand)]
@@ -45,7 +53,16 @@ pub fn run(args: QueueArgs) -> anyhow::Result<i32> {
         QueueCommand::Retry { domain } => ("POST", format!("/v1/queue/{domain}/retry")),
         QueueCommand::Bounce { domain } => ("POST", format!("/v1/queue/{domain}/bounce")),
     };
-    let (status, body) = request(args.admin, method, &path)?;
+    let token_file = args
+        .admin_token_file
+        .clone()
+        .or_else(|| {
+            petrel_policy::secret_file::credential(petrel_engine::admin::ADMIN_TOKEN_CREDENTIAL)
+        })
+        .unwrap_or_else(|| args.data_dir.join(petrel_engine::admin::ADMIN_TOKEN_FILE));
+    let token = petrel_policy::secret_file::read(&token_file)
+        .with_context(|| format!("the admin token ({})", token_file.display()))?;
+    let (status, body) = request(args.admin, method, &path, &token)?;
     if args.json || status != 200 {
         println!("{body}");
     } else {
@@ -64,7 +81,12 @@ fn print_human(body: &str) -> anyhow::Result<()> {
 }
 
 /// A minimal HTTP/1.1 request over loopback (Connection: close).
-pub fn request(addr: SocketAddr, method: &str, path: &str) -> anyhow::Result<(u16, String)> {
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: &str,
+) -> anyhow::Result<(u16, String)> {
     if !addr.ip().is_loopback() {
         bail!("the admin endpoint is loopback only; {addr} is not");
     }
@@ -73,7 +95,8 @@ pub fn request(addr: SocketAddr, method: &str, path: &str) -> anyhow::Result<(u1
     s.set_read_timeout(Some(ADMIN_TIMEOUT))?;
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Length: 0\r\nConnection: close\r\n\r\n"
     )?;
     let mut raw = Vec::new();
     s.take(ADMIN_RESPONSE_MAX_BYTES).read_to_end(&mut raw)?;

@@ -291,7 +291,15 @@ fn require_tls_to_a_host_without_tls_is_deferred() {
         1,
         "require-TLS mail must not go out in plaintext"
     );
+    // The admin endpoint wants the engine's admin token (issue 16), and audits every call.
+    let refused = Request::get("/v1/queue")
+        .send(engine.admin)
+        .expect("admin endpoint answers");
+    assert_eq!(refused.status, 401, "{}", refused.text());
+    assert!(refused.text().contains("\"unauthorized\""));
+    let token = std::fs::read_to_string(dir.path().join("admin.token")).unwrap();
     let queued = Request::get("/v1/queue")
+        .header("Authorization", &format!("Bearer {}", token.trim()))
         .send(engine.admin)
         .expect("admin endpoint answers");
     let (code, body) = (queued.status, queued.text());
@@ -305,6 +313,8 @@ fn require_tls_to_a_host_without_tls_is_deferred() {
             .args(args)
             .arg("--admin")
             .arg(engine.admin.to_string())
+            .arg("--data-dir")
+            .arg(dir.path())
             .output()
             .unwrap();
         assert!(
@@ -322,6 +332,18 @@ fn require_tls_to_a_host_without_tls_is_deferred() {
         !dsns(got).is_empty()
     });
     assert!(dsns(&sink.received())[0].contains("x@t.test"));
+    let audit = std::fs::read_to_string(dir.path().join("admin-audit.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[0]["status"], 401, "{audit}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["path"] == "/v1/queue/t.test/bounce" && l["status"] == 200),
+        "{audit}"
+    );
     assert!(engine.stop());
     assert!(read_events(dir.path()).contains("\"deferred\""));
 }

@@ -5,6 +5,12 @@
 //!
 //! - `GET  /v1/queue` — depth, oldest age and state per domain, per shard
 //! - `POST /v1/queue/{domain}/suspend|resume|retry|bounce`
+//!
+//! Every request presents `Authorization: Bearer <token>` (issue 16): the token is read from
+//! `admin.token_file`, the systemd credential `petrel-admin-token`, or `<data>/admin.token`
+//! (made 0600 at first start, which `petrel queue --data-dir` reads). Anything else is a `401`.
+//! Every request, allowed or not, is audited: one synced JSON line in `<data>/admin-audit.jsonl`
+//! (time, peer, method, path, status), and a log line.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -32,11 +38,118 @@ const SHARD_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Clone)]
 struct Shards(Vec<async_channel::Sender<AdminRequest>>);
 
+/// The token file's name in the data directory, when made there.
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+/// The systemd credential holding the token.
+pub const ADMIN_TOKEN_CREDENTIAL: &str = "petrel-admin-token";
+/// The audit file's name in the data directory.
+pub const ADMIN_AUDIT_FILE: &str = "admin-audit.jsonl";
+
+/// Who may call the endpoint, and where calls are recorded.
+#[derive(Clone)]
+pub struct Guard {
+    token_digest: [u8; 32],
+    audit: std::path::PathBuf,
+}
+
+impl Guard {
+    /// The token from the configuration (see the module doc), made when it is the data
+    /// directory's and missing.
+    pub fn new(cfg: &crate::config::EngineConfig) -> Result<Guard, EngineError> {
+        let bad = |e: &dyn std::fmt::Display| EngineError::Config {
+            message: format!("admin token: {e}"),
+        };
+        let path = cfg
+            .admin
+            .token_file
+            .clone()
+            .or_else(|| petrel_seal::secret_file::credential(ADMIN_TOKEN_CREDENTIAL))
+            .unwrap_or_else(|| cfg.server.data_dir.join(ADMIN_TOKEN_FILE));
+        if cfg.admin.token_file.is_none() && !path.exists() {
+            let mut raw = [0u8; 32];
+            petrel_seal::aead::random_bytes(&mut raw).map_err(|e| bad(&e))?;
+            petrel_seal::kek::write_atomic(&path, hex::encode(raw).as_bytes())
+                .map_err(|e| bad(&e))?;
+        }
+        let token = petrel_seal::secret_file::read(&path).map_err(|e| bad(&e))?;
+        Ok(Guard {
+            token_digest: digest(&token),
+            audit: cfg.server.data_dir.join(ADMIN_AUDIT_FILE),
+        })
+    }
+}
+
+fn digest(s: &str) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(s.as_bytes()).into()
+}
+
+/// Checks the bearer token (digests compared in constant time), runs the request, and
+/// appends the outcome to the audit file.
+async fn guarded(
+    State(guard): State<Guard>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let given = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(digest);
+    let allowed = given.is_some_and(|d| {
+        d.iter()
+            .zip(guard.token_digest.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+    });
+    let (method, path) = (req.method().to_string(), req.uri().path().to_string());
+    let response = if allowed {
+        next.run(req).await
+    } else {
+        error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "the admin endpoint needs Authorization: Bearer <admin token>",
+        )
+    };
+    let status = response.status().as_u16();
+    tracing::info!(%peer, %method, %path, status, "admin request");
+    let line = json!({
+        "at_unix_ms": crate::clock::now_ms(),
+        "peer": peer.to_string(),
+        "method": method,
+        "path": path,
+        "status": status,
+    })
+    .to_string();
+    let file = guard.audit.clone();
+    let written = tokio::task::spawn_blocking(move || append_line(&file, &line)).await;
+    if !matches!(written, Ok(Ok(()))) {
+        tracing::error!(path = %guard.audit.display(), "cannot append to the admin audit file");
+    }
+    response
+}
+
+fn append_line(path: &std::path::Path, line: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(format!("{line}\n").as_bytes())?;
+    f.sync_data()
+}
+
 /// Binds and serves; returns the bound address. Refuses non-loopback addresses.
 pub fn start(
     rt: &tokio::runtime::Handle,
     addr: SocketAddr,
     shards: Vec<async_channel::Sender<AdminRequest>>,
+    guard: Guard,
 ) -> Result<SocketAddr, EngineError> {
     if !addr.ip().is_loopback() {
         return Err(EngineError::Config {
@@ -51,10 +164,12 @@ pub fn start(
         .route("/v1/queue", get(list))
         .route("/v1/queue/{domain}/{action}", post(act))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
-        .with_state(Shards(shards));
+        .with_state(Shards(shards))
+        .layer(axum::middleware::from_fn_with_state(guard, guarded));
     let _guard = rt.enter();
     let listener = tokio::net::TcpListener::from_std(std_listener)?;
     rt.spawn(async move {
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "admin endpoint stopped");
         }

@@ -388,12 +388,16 @@ impl Default for MetricsSection {
 pub struct AdminSection {
     /// The queue admin endpoint; loopback only.
     pub listen: Option<SocketAddr>,
+    /// The file holding the token its callers present (mode 0600). Unset: the systemd
+    /// credential `petrel-admin-token`, else `<data_dir>/admin.token`, made at first start.
+    pub token_file: Option<PathBuf>,
 }
 
 impl Default for AdminSection {
     fn default() -> Self {
         AdminSection {
             listen: Some("127.0.0.1:9465".parse().expect("static address")),
+            token_file: None,
         }
     }
 }

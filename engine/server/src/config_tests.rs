@@ -155,3 +155,18 @@ fn overrides_apply() {
     assert!(relay_only.domains.is_empty());
     assert!(!c.delivery.enabled);
 }
+
+/// The annotated example in `ops/` stays a configuration the engine accepts, with the
+/// encryption section as documented.
+#[test]
+fn the_example_configuration_parses() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../ops/petrel.example.toml");
+    let c = EngineConfig::from_file(&path).unwrap();
+    assert!(c.encryption.at_rest);
+    assert_eq!(c.encryption.data_key_rotate_after_days, 30);
+    assert!(c.admin.token_file.is_none());
+    let mut bad = EngineConfig::default();
+    bad.encryption.data_key_rotate_after_days = 0;
+    assert!(bad.validate().is_err());
+}

@@ -179,7 +179,12 @@ pub fn run(
     drop(intake_reserve);
     let smtp = bound.unwrap_or(listen);
     let admin = match cfg.admin.listen {
-        Some(addr) => Some(crate::admin::start(runtime, addr, admin_txs)?),
+        Some(addr) => Some(crate::admin::start(
+            runtime,
+            addr,
+            admin_txs,
+            crate::admin::Guard::new(&cfg)?,
+        )?),
         None => None,
     };
     let stop = StopHandle {
