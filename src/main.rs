@@ -286,10 +286,11 @@ pub fn run_engine(
         let engine_id = cfg.engine_id();
         if cfg.events_to_control_plane() {
             outbox = Some(std::sync::Arc::new(
-                petrel_policy::Outbox::open(
+                petrel_policy::Outbox::open_sealed(
                     &cfg.server.data_dir.join("events-backlog"),
                     cfg.events.backlog_bytes_max,
                     petrel_engine::clock::now_ms(),
+                    policy.keys().cloned(),
                 )
                 .context("event backlog")?,
             ));

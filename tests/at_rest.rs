@@ -141,6 +141,11 @@ fn no_marker_or_dkim_key_in_engine_files_and_everything_is_delivered_after_kill_
         "{t}"
     );
 
+    // The engine's event backlog is sealed too: no recipient address in its files.
+    assert_eq!(
+        files_containing(&data, b"reader@example.test"),
+        Vec::<std::path::PathBuf>::new()
+    );
     let dkim = dkim_keys_of(&data);
     assert!(!dkim.is_empty(), "the snapshot holds the tenant's DKIM key");
     let control = dir.path().join("control");

@@ -23,6 +23,12 @@
 //! Appends still succeed past it (the outcomes of mail already accepted must be kept), so the
 //! overshoot is bounded by what the spool already holds.
 //!
+//! **Sealed at rest** (issue 16). Opened with a keyring ([`Outbox::open_sealed`]), each batch's
+//! JSON is stored sealed under the operator's data key (`PSL1` then a `petrel_seal` frame, the
+//! batch seq as associated data): the events name recipients and senders. Bodies in memory and
+//! what the link sends are the JSON itself; a record written in the clear (before sealing)
+//! still reads.
+//!
 //! **Recovery** reads every record; a torn or corrupt tail of the newest segment (a crash
 //! mid-append) is cut off and counted, never sent. Nothing acknowledged by the 250 depends on
 //! it: a batch is only ever acknowledged to the engine's own callers after `sync`.
@@ -48,8 +54,13 @@ pub const OUTBOX_RECORD_HEADER_BYTES: usize = 20;
 pub const OUTBOX_RECORD_BODY_MAX_BYTES: usize = crate::event::EVENTS_BATCH_MAX_BYTES;
 /// The default of `events.backlog_bytes_max`.
 pub const OUTBOX_BYTES_MAX_DEFAULT: u64 = 1 << 30;
-/// Where refused batches are set aside, under the backlog directory.
+/// Where refused batches are set aside (sealed as stored), under the backlog directory.
 pub const OUTBOX_REFUSED_DIR: &str = "refused";
+/// First bytes of a sealed body.
+const SEALED_BODY_PREFIX: &[u8; 4] = b"PSL1";
+/// Largest stored body: the largest JSON, sealed.
+pub const OUTBOX_STORED_BODY_MAX_BYTES: usize =
+    OUTBOX_RECORD_BODY_MAX_BYTES + SEALED_BODY_PREFIX.len() + petrel_seal::SEALED_OVERHEAD_BYTES;
 
 /// What went wrong with the backlog.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +74,9 @@ pub enum OutboxError {
     },
     #[error("event batch of {len} bytes exceeds {max}")]
     TooLarge { len: usize, max: usize },
+    /// A sealed batch without the keyring, or one that does not open (issue 16).
+    #[error("event backlog batch {seq}: {reason}")]
+    Sealed { seq: u64, reason: String },
 }
 
 /// One stored batch.
@@ -115,6 +129,36 @@ pub struct Outbox {
     published: tokio::sync::Notify,
     /// Torn or corrupt records cut off at open.
     pub recovered_torn: u64,
+    /// Seals the bodies on disk; `None` stores them in the clear.
+    keys: Option<Arc<petrel_seal::Keyring>>,
+}
+
+fn body_aad(seq: u64) -> [u8; 21] {
+    let mut a = [0u8; 21];
+    a[..13].copy_from_slice(b"petrel-outbox");
+    a[13..].copy_from_slice(&seq.to_be_bytes());
+    a
+}
+
+/// A stored body's JSON: opened when sealed, as it is otherwise.
+fn open_body(
+    keys: Option<&petrel_seal::Keyring>,
+    seq: u64,
+    stored: &[u8],
+) -> Result<Arc<[u8]>, OutboxError> {
+    let Some(frame) = stored.strip_prefix(SEALED_BODY_PREFIX.as_slice()) else {
+        return Ok(Arc::from(stored));
+    };
+    let bad = |reason: String| OutboxError::Sealed { seq, reason };
+    let keys =
+        keys.ok_or_else(|| bad("sealed, and the backlog was opened without the keyring".into()))?;
+    let id = petrel_seal::frame_key_id(frame).map_err(|e| bad(e.to_string()))?;
+    let key = keys
+        .get(id)
+        .ok_or_else(|| bad(format!("data key {id} is not in the keyring")))?;
+    key.open(&body_aad(seq), frame)
+        .map(Arc::from)
+        .map_err(|e| bad(e.to_string()))
 }
 
 /// What a sender gets: a batch's seq, its JSON array and how many events it holds.
@@ -126,8 +170,19 @@ pub struct OutboxBatch {
 }
 
 impl Outbox {
-    /// Opens (or creates) the backlog in `dir`, reading back every batch still on disk.
+    /// Opens (or creates) the backlog in `dir`, reading back every batch still on disk; bodies
+    /// stored in the clear.
     pub fn open(dir: &Path, bytes_max: u64, now_ms: u64) -> Result<Outbox, OutboxError> {
+        Self::open_sealed(dir, bytes_max, now_ms, None)
+    }
+
+    /// [`Outbox::open`], sealing new bodies with `keys` (and opening sealed ones).
+    pub fn open_sealed(
+        dir: &Path,
+        bytes_max: u64,
+        now_ms: u64,
+        keys: Option<Arc<petrel_seal::Keyring>>,
+    ) -> Result<Outbox, OutboxError> {
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |source| OutboxError::Io { path, source }
@@ -168,10 +223,10 @@ impl Outbox {
             for mut b in batches {
                 if cache_bytes + b.len as usize <= OUTBOX_CACHE_BYTES_MAX {
                     let start = b.offset as usize;
-                    b.body = data
-                        .get(start..start + b.len as usize)
-                        .map(Arc::<[u8]>::from);
-                    cache_bytes += b.len as usize;
+                    if let Some(stored) = data.get(start..start + b.len as usize) {
+                        b.body = Some(open_body(keys.as_deref(), b.seq, stored)?);
+                        cache_bytes += b.len as usize;
+                    }
                 }
                 unacked.push_back(b);
             }
@@ -211,6 +266,7 @@ impl Outbox {
             full: AtomicBool::new(false),
             published: tokio::sync::Notify::new(),
             recovered_torn: torn,
+            keys,
         };
         outbox.update_full();
         Ok(outbox)
@@ -238,16 +294,21 @@ impl Outbox {
             self.roll(&mut st)?;
         }
         let seq = st.next_seq;
-        let len = u32::try_from(json.len()).unwrap_or(u32::MAX);
-        let mut rec = Vec::with_capacity(OUTBOX_RECORD_HEADER_BYTES + json.len());
+        let sealed = match &self.keys {
+            Some(keys) => Some(self.seal_body(keys, seq, json)?),
+            None => None,
+        };
+        let stored: &[u8] = sealed.as_deref().unwrap_or(json);
+        let len = u32::try_from(stored.len()).unwrap_or(u32::MAX);
+        let mut rec = Vec::with_capacity(OUTBOX_RECORD_HEADER_BYTES + stored.len());
         rec.extend_from_slice(&len.to_be_bytes());
         let mut tail = [0u8; 12];
         tail[..8].copy_from_slice(&seq.to_be_bytes());
         tail[8..].copy_from_slice(&events.to_be_bytes());
-        let crc = crc32c::crc32c_append(crc32c::crc32c(&tail), json);
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&tail), stored);
         rec.extend_from_slice(&crc.to_be_bytes());
         rec.extend_from_slice(&tail);
-        rec.extend_from_slice(json);
+        rec.extend_from_slice(stored);
         let (first, offset) = match st.segments.back() {
             Some(s) => (s.first_seq, s.bytes),
             None => (seq, 0),
@@ -263,9 +324,10 @@ impl Outbox {
             s.last_seq = Some(seq);
         }
         st.next_seq = seq + 1;
-        let cache = st.cache_bytes + json.len() <= OUTBOX_CACHE_BYTES_MAX;
+        // Counted by the stored length, as `ack` and `set_aside` uncount them.
+        let cache = st.cache_bytes + len as usize <= OUTBOX_CACHE_BYTES_MAX;
         if cache {
-            st.cache_bytes += json.len();
+            st.cache_bytes += len as usize;
         }
         st.pending.push_back(Batch {
             seq,
@@ -350,12 +412,39 @@ impl Outbox {
     }
 
     fn read_body(&self, b: &Batch) -> Result<Arc<[u8]>, OutboxError> {
+        let stored = self.read_stored(b)?;
+        open_body(self.keys.as_deref(), b.seq, &stored)
+    }
+
+    /// A body as it is on disk (sealed or not).
+    fn read_stored(&self, b: &Batch) -> Result<Vec<u8>, OutboxError> {
         let path = segment_path(&self.dir, b.segment);
         let mut buf = vec![0u8; b.len as usize];
         File::open(&path)
             .and_then(|f| f.read_exact_at(&mut buf, b.offset))
             .map_err(|source| OutboxError::Io { path, source })?;
-        Ok(buf.into())
+        Ok(buf)
+    }
+
+    /// Seals one body under the operator's data key.
+    fn seal_body(
+        &self,
+        keys: &petrel_seal::Keyring,
+        seq: u64,
+        json: &[u8],
+    ) -> Result<Vec<u8>, OutboxError> {
+        let bad = |e: petrel_seal::SealError| OutboxError::Sealed {
+            seq,
+            reason: e.to_string(),
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let key = keys.current_or_create(None, now).map_err(bad)?;
+        let mut out = Vec::with_capacity(json.len() + 64);
+        out.extend_from_slice(SEALED_BODY_PREFIX);
+        key.seal_append(&body_aad(seq), &[json], &mut out);
+        Ok(out)
     }
 
     /// The control plane stored every batch up to `seq`: forget them, delete wholly
@@ -410,10 +499,8 @@ impl Outbox {
         };
         let dir = self.dir.join(OUTBOX_REFUSED_DIR);
         for b in &batches {
-            let body = match &b.body {
-                Some(body) => Arc::clone(body),
-                None => self.read_body(b)?,
-            };
+            // As stored: sealed when the backlog is.
+            let body = self.read_stored(b)?;
             let path = dir.join(format!("batch-{}.json", b.seq));
             std::fs::create_dir_all(&dir)
                 .and_then(|()| std::fs::write(&path, &body))
@@ -496,7 +583,7 @@ fn scan(data: &[u8], segment: u64) -> (Vec<Batch>, usize) {
         let seq = u64::from_be_bytes(seq_bytes);
         let events = word(16);
         let start = at + OUTBOX_RECORD_HEADER_BYTES;
-        let Some(body) = (len <= OUTBOX_RECORD_BODY_MAX_BYTES)
+        let Some(body) = (len <= OUTBOX_STORED_BODY_MAX_BYTES)
             .then(|| data.get(start..start + len))
             .flatten()
         else {

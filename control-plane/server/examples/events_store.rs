@@ -312,6 +312,7 @@ fn app(db: Db, control_dir: &std::path::Path) -> anyhow::Result<App> {
         suppressions: petrel_control::suppressions::SuppressionWatch::new(0),
         guard: petrel_control::guardrails::Guard::new(),
         engine_identities: tokio::sync::watch::channel(0).0,
+        auth_failures: Default::default(),
         anchor: {
             use petrel_control::audit_anchor as anchor;
             let (key, generate) = anchor::key_path(control_dir, None);

@@ -161,6 +161,27 @@ pub async fn list(
 ) -> StoreResult<Vec<AuditRow>> {
     let limit = limit.unwrap_or(LIST_LIMIT_DEFAULT).clamp(1, LIST_LIMIT_MAX);
     let rows = crate::store::audit::list(&mut *conn, f, limit).await?;
+    opened(conn, sealer, rows).await
+}
+
+/// Matching rows after `after_seq`, oldest first, at most `rows_max`, opened (the export).
+pub async fn page(
+    conn: &mut AnyConnection,
+    sealer: &Sealer,
+    f: &AuditFilter,
+    after_seq: i64,
+    rows_max: i64,
+) -> StoreResult<Vec<AuditRow>> {
+    let rows = crate::store::audit::page_filtered(&mut *conn, f, after_seq, rows_max).await?;
+    opened(conn, sealer, rows).await
+}
+
+/// Rows as the API shows them: payloads opened, or [`REDACTED`].
+async fn opened(
+    conn: &mut AnyConnection,
+    sealer: &Sealer,
+    rows: Vec<AuditRecord>,
+) -> StoreResult<Vec<AuditRow>> {
     let mut out = Vec::with_capacity(rows.len());
     for mut r in rows {
         for (which, text) in [("before", &mut r.before_json), ("after", &mut r.after_json)] {

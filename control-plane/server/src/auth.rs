@@ -404,8 +404,9 @@ impl Caller {
         app.throttle
             .check(remote, now_secs)
             .map_err(ApiError::too_many)?;
-        let fail = |msg: &str| {
+        let fail = |msg: &'static str| {
             app.throttle.record_failure(remote, now_secs);
+            app.auth_failures.note(remote, app.now_ms(), msg);
             ApiError::unauthorized(msg)
         };
         let token = parts

@@ -24,6 +24,7 @@ pub mod api_tls;
 pub mod audit;
 pub mod audit_anchor;
 pub mod auth;
+pub mod auth_failures;
 mod bootstrap;
 mod cli;
 pub mod client_addr;
@@ -81,6 +82,9 @@ pub struct ControlConfig {
 /// Knobs with good defaults, kept out of [`ControlConfig`] so its literal stays short.
 #[derive(Clone)]
 pub struct ServeOptions {
+    /// Seconds per window of failed API authentications aggregated into one audit row per
+    /// address (`auth_failures.rs`).
+    pub auth_failure_audit_window_secs: u64,
     /// Refuse engines without an identity of their own (the shared push token admits none).
     pub require_engine_identity: bool,
     /// The Ed25519 key signing audit checkpoints (`audit_anchor.rs`); None: the credential
@@ -165,6 +169,7 @@ impl Default for ServeOptions {
             audit_key_file: None,
             audit_checkpoint_file: None,
             require_engine_identity: false,
+            auth_failure_audit_window_secs: auth_failures::AUTH_FAILURE_AUDIT_WINDOW_SECS_DEFAULT,
             audit_checkpoint_interval_secs: audit_anchor::CHECKPOINT_INTERVAL_SECS_DEFAULT,
         }
     }
@@ -322,6 +327,7 @@ pub async fn serve_with(
         guard: guardrails::Guard::new(),
         anchor: anchor.clone(),
         engine_identities: tokio::sync::watch::channel(0).0,
+        auth_failures: Default::default(),
     }));
     let api_listener = bind(cfg.api_listen).await?;
     let push_listener = bind(cfg.push_listen).await?;
@@ -385,6 +391,10 @@ pub async fn serve_with(
     let dispatcher = tokio::spawn(webhooks::dispatch::run(app.clone()));
     let guard = tokio::spawn(guardrails::run(app.clone()));
     let expiry = tokio::spawn(credential_expiry::task(app.clone()));
+    let auth_failure_log = tokio::spawn(auth_failures::task(
+        app.clone(),
+        opts.auth_failure_audit_window_secs,
+    ));
     let anchoring = tokio::spawn(audit_anchor::task(
         app.clone(),
         anchor,
@@ -404,6 +414,7 @@ pub async fn serve_with(
     guard.abort();
     expiry.abort();
     anchoring.abort();
+    auth_failure_log.abort();
     domain_checker.abort();
     if let Some(l) = listener {
         l.abort();

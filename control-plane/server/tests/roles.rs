@@ -228,6 +228,7 @@ fn cases(b_tenant: &str, b_domain: &str, b_cred: &str, b_hook: &str) -> Vec<Case
             Own,
             none,
         ),
+        c("GET", "/v1/audit-log/export", P::AuditRead, Own, none),
         c("GET", "/v1/engines", P::EnginesRead, Own, none),
         c(
             "POST",

@@ -79,12 +79,16 @@ impl KekFile {
         })
     }
 
-    /// Creates `path` (mode 0600) with one random key, version 1. Never overwrites a file.
+    /// Creates `path` (mode 0600, its directory too) with one random key, version 1. Never
+    /// overwrites a file.
     pub fn generate(path: &Path) -> Result<KekFile, SealError> {
         if path.exists() {
             return Err(SealError::KeyFileExists {
                 path: path.to_path_buf(),
             });
+        }
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| SealError::io("create", dir, e))?;
         }
         let mut raw = Zeroizing::new([0u8; KEY_BYTES]);
         random_bytes(raw.as_mut())?;
@@ -96,9 +100,6 @@ impl KekFile {
     pub fn load_or_generate(path: &Path) -> Result<(KekFile, bool), SealError> {
         if path.exists() {
             return Ok((KekFile::load(path)?, false));
-        }
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| SealError::io("create", dir, e))?;
         }
         Ok((KekFile::generate(path)?, true))
     }

@@ -172,3 +172,62 @@ fn bodies_beyond_the_cache_are_read_back_and_a_refused_batch_is_set_aside() {
     ));
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// Issue 16: with a keyring the bodies on disk are sealed (no recipient in the file), what the
+/// sender gets after a restart is the JSON itself (from the cache read at open, and from disk
+/// past it), a sealed backlog does not open without the keyring, and refused batches are set
+/// aside sealed.
+#[test]
+fn sealed_bodies_hide_the_events_and_read_back_after_a_restart() {
+    let d = dir("sealed");
+    let kek = Arc::new(petrel_seal::KekFile::generate(&d.join("kek")).expect("kek"));
+    let keys = Arc::new(petrel_seal::Keyring::open(&d.join("keys"), kek).expect("keyring"));
+    let backlog = d.join("backlog");
+    let marked = |i: u64| format!("[{{\"recipient\":\"marker-{i}@example.test\"}}]").into_bytes();
+    let o = Outbox::open_sealed(
+        &backlog,
+        OUTBOX_BYTES_MAX_DEFAULT,
+        1_000,
+        Some(keys.clone()),
+    )
+    .expect("open");
+    let a = o.append(&marked(1), 1).expect("append");
+    let b = o.append(&marked(2), 1).expect("append");
+    o.sync().expect("sync");
+    assert_eq!(
+        &*o.unsent_after(0, 10).expect("read")[0].json,
+        &marked(1)[..]
+    );
+    drop(o);
+    for f in std::fs::read_dir(&backlog).expect("dir") {
+        let bytes = std::fs::read(f.expect("entry").path()).expect("read");
+        assert!(!bytes.windows(7).any(|w| w == b"marker-"));
+    }
+    let o = Outbox::open_sealed(
+        &backlog,
+        OUTBOX_BYTES_MAX_DEFAULT,
+        1_000,
+        Some(keys.clone()),
+    )
+    .expect("reopen");
+    let got = o.unsent_after(0, 10).expect("read");
+    assert_eq!(got.iter().map(|g| g.seq).collect::<Vec<_>>(), vec![a, b]);
+    assert_eq!(&*got[1].json, &marked(2)[..]);
+    // Past the cache: read from disk and opened.
+    let stored = o.lock().unacked[0].clone();
+    assert_eq!(&*o.read_body(&stored).expect("from disk"), &marked(1)[..]);
+    o.set_aside(a, a).expect("set aside");
+    let aside = std::fs::read(
+        backlog
+            .join(OUTBOX_REFUSED_DIR)
+            .join(format!("batch-{a}.json")),
+    )
+    .expect("set aside file");
+    assert!(aside.starts_with(SEALED_BODY_PREFIX));
+    drop(o);
+    assert!(matches!(
+        Outbox::open(&backlog, OUTBOX_BYTES_MAX_DEFAULT, 1_000),
+        Err(OutboxError::Sealed { .. })
+    ));
+    let _ = std::fs::remove_dir_all(&d);
+}

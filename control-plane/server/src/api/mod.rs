@@ -20,6 +20,7 @@ pub mod guardrails;
 pub mod limits;
 pub mod openapi;
 pub mod stats;
+pub mod stream;
 pub mod suppressions;
 pub mod tenants;
 pub mod unsubscribe;
@@ -98,6 +99,8 @@ pub struct AppState {
     /// Bumped when an engine identity is revoked or replaced: this node's push sessions check
     /// theirs at once (other nodes' within `push::ENGINE_IDENTITY_CHECK_MS`).
     pub engine_identities: watch::Sender<u64>,
+    /// Failed authentications of the current window, per address (`auth_failures.rs`).
+    pub auth_failures: crate::auth_failures::AuthFailures,
 }
 
 /// Cheap handle to [`AppState`].
@@ -178,6 +181,7 @@ pub fn routes() -> OpenApiRouter<App> {
         .routes(routes!(audit::list))
         .routes(routes!(audit::verify))
         .routes(routes!(audit::checkpoint))
+        .routes(routes!(audit::export))
         .routes(routes!(engines::list))
         .routes(routes!(engines::create_identity))
         .routes(routes!(engines::revoke_identity))

@@ -149,3 +149,29 @@ pub async fn hash_at(conn: &mut AnyConnection, seq: i64) -> StoreResult<Option<S
         None => None,
     })
 }
+
+/// Matching rows after `after_seq`, oldest first, at most `rows_max` (the streamed export).
+pub async fn page_filtered(
+    conn: &mut AnyConnection,
+    f: &AuditFilter,
+    after_seq: i64,
+    rows_max: i64,
+) -> StoreResult<Vec<AuditRecord>> {
+    sqlx::query(
+        "SELECT * FROM audit_log WHERE seq > $1 AND ($2 = '' OR tenant_id = $2) \
+         AND ($3 = '' OR action = $3) AND ($4 = '' OR actor = $4) AND at_unix_ms >= $5 \
+         AND at_unix_ms <= $6 ORDER BY seq LIMIT $7",
+    )
+    .bind(after_seq)
+    .bind(f.tenant_id.clone().unwrap_or_default())
+    .bind(f.action.clone().unwrap_or_default())
+    .bind(f.actor.clone().unwrap_or_default())
+    .bind(f.since_unix_ms.unwrap_or(0))
+    .bind(f.until_unix_ms.unwrap_or(i64::MAX))
+    .bind(rows_max)
+    .fetch_all(conn)
+    .await?
+    .iter()
+    .map(decode)
+    .collect()
+}

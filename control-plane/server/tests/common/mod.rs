@@ -60,6 +60,7 @@ pub fn shared_key_file() -> std::path::PathBuf {
 pub fn test_options() -> ServeOptions {
     ServeOptions {
         key_file: Some(shared_key_file()),
+        auth_failure_audit_window_secs: 1,
         hash_cost: HashCost {
             memory_kib: 256,
             iterations: 1,

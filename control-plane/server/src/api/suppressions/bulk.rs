@@ -21,16 +21,12 @@
 //! may or may not be in it. A database failure midway cuts the response off (the chunked body
 //! ends without its last chunk), which HTTP clients report as an error.
 
-use std::pin::Pin;
-use std::task::{Context, Poll};
-
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use http_body_util::BodyExt;
-use hyper::body::Frame;
 use petrel_policy::suppression::{normalize_address, SuppressionReason};
 use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
@@ -54,7 +50,7 @@ pub const IMPORT_ERRORS_MAX: usize = 100;
 /// Entries per export page (one query each).
 pub const EXPORT_PAGE_ROWS: i64 = 1_000;
 /// Pages the export task may run ahead of the client.
-pub const EXPORT_CHANNEL_PAGES: usize = 4;
+pub const EXPORT_CHANNEL_PAGES: usize = crate::api::stream::STREAM_CHANNEL_PAGES;
 /// The CSV header the export writes.
 pub const CSV_HEADER: &str = "address,reason,expires_at,created_at,source_event_id";
 
@@ -511,21 +507,6 @@ fn export_line(format: Format, r: SuppressionRow, out: &mut Vec<u8>) {
     }
 }
 
-/// The response body: the pages the export task sends.
-struct ChannelBody(tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>);
-
-impl hyper::body::Body for ChannelBody {
-    type Data = Bytes;
-    type Error = std::io::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
-        self.0.poll_recv(cx).map(|o| o.map(|r| r.map(Frame::data)))
-    }
-}
-
 /// Pages through `scope`'s list into `tx` until the end, the client leaving, or an error.
 async fn export_pages(
     app: App,
@@ -608,13 +589,13 @@ pub async fn export(
         None => Format::Csv,
     };
     let scope = super::scope(&caller, q.tenant.as_deref())?;
-    let (tx, rx) = tokio::sync::mpsc::channel(EXPORT_CHANNEL_PAGES);
+    let (tx, body) = crate::api::stream::channel();
     tokio::spawn(export_pages(app, scope, format, tx));
     let (mime, name) = match format {
         Format::Csv => (CSV, "suppressions.csv"),
         Format::Ndjson => (NDJSON, "suppressions.ndjson"),
     };
-    let mut resp = Body::new(ChannelBody(rx)).into_response();
+    let mut resp = Body::new(body).into_response();
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(mime));
     if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{name}\"")) {

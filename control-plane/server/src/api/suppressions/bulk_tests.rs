@@ -1,5 +1,9 @@
 use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use hyper::body::Frame;
 
 use super::*;
 
