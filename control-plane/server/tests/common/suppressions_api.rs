@@ -305,6 +305,22 @@ pub async fn api(h: &Harness) {
     )
     .await;
     assert_eq!(r.header("content-type"), Some("application/x-ndjson"));
+    // The export is data access: audited (issue 16).
+    let audit = h
+        .call(
+            "GET",
+            "/v1/audit-log?action=suppressions.export",
+            Some(&b_key),
+            None,
+        )
+        .await;
+    assert_eq!(
+        audit.body.as_array().map(Vec::len),
+        Some(1),
+        "{:?}",
+        audit.body
+    );
+    assert_eq!(audit.body[0]["after"]["format"], "ndjson");
     let exported: Vec<Value> = r
         .text()
         .lines()

@@ -589,6 +589,20 @@ pub async fn export(
         None => Format::Csv,
     };
     let scope = super::scope(&caller, q.tenant.as_deref())?;
+    // Data access is audited (issue 16): the export's own row comes first.
+    let m = app.db.begin_data_mutation().await?;
+    let entry = app.entry(
+        &caller,
+        audit_tenant(&scope),
+        "suppressions.export",
+        &scope,
+        None,
+        Some(serde_json::json!({"format": match format {
+            Format::Csv => "csv",
+            Format::Ndjson => "ndjson",
+        }})),
+    );
+    m.commit(entry).await?;
     let (tx, body) = crate::api::stream::channel();
     tokio::spawn(export_pages(app, scope, format, tx));
     let (mime, name) = match format {
