@@ -437,10 +437,7 @@ impl Outbox {
             seq,
             reason: e.to_string(),
         };
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        let key = keys.current_or_create(None, now).map_err(bad)?;
+        let key = keys.current_or_create(None).map_err(bad)?;
         let mut out = Vec::with_capacity(json.len() + 64);
         out.extend_from_slice(SEALED_BODY_PREFIX);
         key.seal_append(&body_aad(seq), &[json], &mut out);

@@ -144,10 +144,11 @@ impl PolicyStore {
         let owners: Vec<petrel_seal::Owner> = std::iter::once(None)
             .chain(s.tenants.iter().map(|t| Some(t.id.clone())))
             .collect();
-        let made =
-            at_rest
-                .keys
-                .ensure(&owners, wall_ms(), Some(at_rest.data_key_rotate_after_ms))?;
+        let made = at_rest.keys.ensure(
+            &owners,
+            petrel_seal::unix_now_ms(),
+            Some(at_rest.data_key_rotate_after_ms),
+        )?;
         if !made.is_empty() {
             tracing::info!(
                 keys = made.len(),
@@ -267,7 +268,7 @@ impl PolicyStore {
 
 /// Seals snapshot bytes under the operator's data key.
 fn seal(keys: &Keyring, bytes: &[u8]) -> Result<Vec<u8>, PolicyError> {
-    let key = keys.current_or_create(None, wall_ms())?;
+    let key = keys.current_or_create(None)?;
     let mut out = Vec::with_capacity(bytes.len() + 64);
     out.extend_from_slice(SEALED_SNAPSHOT_MAGIC);
     key.seal_append(SNAPSHOT_AAD, &[bytes], &mut out);
@@ -288,12 +289,6 @@ fn unseal(bytes: &[u8], at_rest: Option<&AtRest>) -> Result<Vec<u8>, PolicyError
     let id = petrel_seal::frame_key_id(frame)?;
     let key = keys.get(id).ok_or(petrel_seal::SealError::UnknownKey(id))?;
     Ok(key.open(SNAPSHOT_AAD, frame)?)
-}
-
-fn wall_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]

@@ -128,16 +128,34 @@ pub fn unwrap_key(
     kek_version: u32,
     wrapped: &[u8],
 ) -> Result<DataKey, SealError> {
-    let raw = source
-        .unwrap(kek_version, &aad(id, owner.as_deref()), wrapped)
+    let raw = unwrap_raw(source, id, owner.as_deref(), kek_version, wrapped)?;
+    DataKey::from_raw(id, owner, created_unix_ms, raw)
+}
+
+/// A wrapped key's bytes; a failed open is reported as the entry that did not unwrap.
+fn unwrap_raw(
+    source: &dyn KeySource,
+    id: u32,
+    owner: Option<&str>,
+    kek_version: u32,
+    wrapped: &[u8],
+) -> Result<zeroize::Zeroizing<[u8; 32]>, SealError> {
+    source
+        .unwrap(kek_version, &aad(id, owner), wrapped)
         .map_err(|err| match err {
             SealError::Open => SealError::Unwrap {
                 id,
                 version: kek_version,
             },
             other => other,
-        })?;
-    DataKey::from_raw(id, owner, created_unix_ms, raw)
+        })
+}
+
+/// Wall-clock Unix milliseconds: a new key's creation time.
+pub fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Keyring {
@@ -238,16 +256,13 @@ impl Keyring {
         Ok(ids)
     }
 
-    /// The owner's current key, made now if it has none.
-    pub fn current_or_create(
-        &self,
-        owner: Option<&str>,
-        now_unix_ms: u64,
-    ) -> Result<Arc<DataKey>, SealError> {
+    /// The owner's current key, made now if it has none (the clock is read only then: this
+    /// runs for every message a shard stores).
+    pub fn current_or_create(&self, owner: Option<&str>) -> Result<Arc<DataKey>, SealError> {
         if let Some(k) = self.current(owner) {
             return Ok(k);
         }
-        let ids = self.ensure(&[owner.map(str::to_string)], now_unix_ms, None)?;
+        let ids = self.ensure(&[owner.map(str::to_string)], unix_now_ms(), None)?;
         self.current(owner)
             .ok_or(SealError::UnknownKey(ids.first().copied().unwrap_or(0)))
     }
@@ -314,15 +329,13 @@ impl Keyring {
             id: e.id,
             version: e.kek_version,
         })?;
-        self.source
-            .unwrap(e.kek_version, &aad(e.id, e.owner.as_deref()), &wrapped)
-            .map_err(|err| match err {
-                SealError::Open => SealError::Unwrap {
-                    id: e.id,
-                    version: e.kek_version,
-                },
-                other => other,
-            })
+        unwrap_raw(
+            self.source.as_ref(),
+            e.id,
+            e.owner.as_deref(),
+            e.kek_version,
+            &wrapped,
+        )
     }
 
     fn unwrap_entry(&self, e: &Entry) -> Result<DataKey, SealError> {
@@ -458,7 +471,8 @@ mod tests {
     fn a_key_past_its_period_is_followed_by_a_new_one_and_the_old_one_still_opens() {
         let (dir, kek) = setup();
         let ring = Keyring::open(dir.path(), kek).unwrap();
-        let first = ring.current_or_create(Some("t1"), 1_000).unwrap();
+        ring.ensure(&[Some("t1".into())], 1_000, None).unwrap();
+        let first = ring.current(Some("t1")).unwrap();
         let mut frame = Vec::new();
         first.seal_append(b"", &[b"old"], &mut frame);
         assert!(ring
@@ -500,7 +514,7 @@ mod tests {
     fn rotation_rewraps_without_changing_the_data_keys() {
         let (dir, kek) = setup();
         let ring = Keyring::open(&dir.path().join("keys"), kek.clone()).unwrap();
-        let k = ring.current_or_create(Some("t1"), 1).unwrap();
+        let k = ring.current_or_create(Some("t1")).unwrap();
         let mut frame = Vec::new();
         k.seal_append(b"", &[b"before"], &mut frame);
         let v2 = kek.add_version().unwrap();

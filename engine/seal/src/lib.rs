@@ -24,4 +24,4 @@ pub mod secret_file;
 pub use aead::{frame_key_id, DataKey, Owner, SEALED_OVERHEAD_BYTES};
 pub use error::SealError;
 pub use kek::{KekFile, KeySource, KEK_CREDENTIAL};
-pub use keyring::{unwrap_key, wrap_key, Keyring, DATA_KEY_ROTATE_AFTER_MS_DEFAULT};
+pub use keyring::{unix_now_ms, unwrap_key, wrap_key, Keyring, DATA_KEY_ROTATE_AFTER_MS_DEFAULT};

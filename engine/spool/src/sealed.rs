@@ -212,7 +212,7 @@ mod tests {
     fn sealed_store_and_update_round_trip_and_hide_their_contents() {
         let dir = tempfile::tempdir().unwrap();
         let keys = keyring(dir.path());
-        let key = keys.current_or_create(Some("t1"), 1).unwrap();
+        let key = keys.current_or_create(Some("t1")).unwrap();
         let env = Envelope {
             mail_from: "marker-sender@example.com".into(),
             recipients: vec![],

@@ -167,7 +167,7 @@ impl Spool {
                     .tenant_id
                     .as_deref()
                     .or(envelope.tenant.as_deref());
-                Some(keys.current_or_create(owner, wall_ms())?)
+                Some(keys.current_or_create(owner)?)
             }
             None => None,
         };
@@ -456,13 +456,6 @@ impl Drop for InflightGuard<'_> {
             .detach();
         }
     }
-}
-
-/// Wall-clock milliseconds, for a data key's creation time.
-fn wall_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn check_len(what: &'static str, len: usize, max: usize) -> Result<(), SpoolError> {

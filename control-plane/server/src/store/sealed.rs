@@ -66,12 +66,6 @@ fn seal_err(e: SealError) -> StoreError {
     }
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 impl Sealer {
     pub fn new(source: Arc<dyn KeySource>, pool: sqlx::AnyPool) -> Sealer {
         Sealer {
@@ -169,7 +163,7 @@ impl Sealer {
             if id == 0 {
                 continue;
             }
-            let created = now_ms();
+            let created = petrel_seal::unix_now_ms();
             let key =
                 DataKey::generate(id, owner.map(str::to_string), created).map_err(seal_err)?;
             let (version, wrapped) =
