@@ -4,7 +4,7 @@
 //! Byte format (what [`encode`] writes and [`decode`] accepts):
 //!
 //! ```text
-//! magic "PTRLSNP2" (8) | crc32c(payload) u32 LE | payload length u32 LE | payload (rkyv 0.8)
+//! magic "PTRLSNP3" (8) | crc32c(payload) u32 LE | payload length u32 LE | payload (rkyv 0.8)
 //! ```
 //!
 //! The checksum catches corruption that rkyv's structural validation (bytecheck) cannot see
@@ -16,7 +16,7 @@ use std::collections::HashSet;
 use crate::error::PolicyError;
 
 /// Magic prefix of an encoded snapshot; the trailing digit is the format version.
-pub const SNAPSHOT_MAGIC: &[u8; 8] = b"PTRLSNP2";
+pub const SNAPSHOT_MAGIC: &[u8; 8] = b"PTRLSNP3";
 /// Bytes before the rkyv payload: magic, checksum, payload length.
 pub const SNAPSHOT_HEADER_BYTES: usize = 16;
 /// Largest encoded snapshot accepted (fits in one link frame with room to spare).
@@ -32,6 +32,9 @@ pub const DKIM_KEYS_PER_DOMAIN_MAX: usize = 16;
 pub const IP_ALLOWLIST_ENTRIES_MAX: usize = 1_000;
 pub const ALLOWED_SENDER_DOMAINS_MAX: usize = 1_000;
 pub const SCOPES_MAX: usize = 64;
+/// Deleted tenants a snapshot lists (the control plane lists those of the last
+/// `DELETED_TENANTS_LISTED_DAYS` days, at most this many).
+pub const DELETED_TENANTS_MAX: usize = 100_000;
 /// Longest name, id, username or selector, in bytes.
 pub const NAME_LENGTH_MAX_BYTES: usize = 255;
 
@@ -61,6 +64,30 @@ pub struct PolicySnapshot {
     /// VERP return paths, unsubscribe addresses and one-click links (issue 14).
     #[serde(default)]
     pub return_path: ReturnPath,
+    /// Tenants deleted lately (issue 16): each engine drops or bounces their queued mail, then
+    /// destroys their data keys. None of them is in `tenants`.
+    #[serde(default)]
+    pub deleted_tenants: Vec<DeletedTenant>,
+}
+
+/// A deleted tenant, and what becomes of its queued mail.
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+)]
+pub struct DeletedTenant {
+    pub id: String,
+    /// True: queued mail is bounced to its senders (DSNs); false: dropped silently.
+    pub bounce_queued: bool,
+    /// When it was deleted (Unix ms).
+    pub deleted_unix_ms: u64,
 }
 
 /// A customer of the ESP.
@@ -411,6 +438,20 @@ impl PolicySnapshot {
             validate_credential(c, &tenant_ids, &mut usernames)?;
         }
         self.return_path.validate()?;
+        check_count(
+            "deleted tenants",
+            self.deleted_tenants.len(),
+            DELETED_TENANTS_MAX,
+        )?;
+        for d in &self.deleted_tenants {
+            check_name("deleted tenant id", &d.id)?;
+            if tenant_ids.contains(d.id.as_str()) {
+                return Err(PolicyError::invalid(format!(
+                    "tenant {} is listed and deleted",
+                    d.id
+                )));
+            }
+        }
         let mut destinations = HashSet::with_capacity(self.destination_limits.len());
         for l in &self.destination_limits {
             check_domain(&l.domain)?;
@@ -604,7 +645,20 @@ mod tests {
                     secret: vec![9; 32],
                 }],
             },
+            deleted_tenants: vec![DeletedTenant {
+                id: "ten_gone".into(),
+                bounce_queued: true,
+                deleted_unix_ms: 1,
+            }],
         }
+    }
+
+    #[test]
+    fn a_deleted_tenant_may_not_also_be_listed() {
+        let mut s = sample();
+        assert!(s.validate().is_ok());
+        s.deleted_tenants[0].id = s.tenants[0].id.clone();
+        assert!(s.validate().is_err());
     }
 
     #[test]

@@ -307,12 +307,14 @@ fn app(db: Db, control_dir: &std::path::Path) -> anyhow::Result<App> {
             public_url: String::new(),
             guardrails: Default::default(),
             api_trusted_proxies: Vec::new(),
+            retention: Default::default(),
         },
         version_tx: tokio::sync::watch::channel(0).0,
         suppressions: petrel_control::suppressions::SuppressionWatch::new(0),
         guard: petrel_control::guardrails::Guard::new(),
         engine_identities: tokio::sync::watch::channel(0).0,
         auth_failures: Default::default(),
+        erasure_wake: tokio::sync::Notify::new(),
         anchor: {
             use petrel_control::audit_anchor as anchor;
             let (key, generate) = anchor::key_path(control_dir, None);

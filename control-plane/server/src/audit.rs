@@ -8,8 +8,8 @@
 //! caught too.
 //! Rows are appended only inside a [`crate::store::Mutation`], which holds the write lock.
 //!
-//! `before` and `after` are sealed under the row's tenant's data key (the operator's for a row
-//! without one; `store/sealed.rs`), and the chain hashes them as stored: destroying a deleted
+//! `before`, `after`, `target` and `remote_addr` are sealed under the row's tenant's data key
+//! (the operator's for a row without one; `store/sealed.rs`), and the chain hashes them as stored: destroying a deleted
 //! tenant's keys leaves its rows unreadable (their personal data redacted) while every link
 //! still verifies. Rows written before sealing keep their clear text, which their hashes cover.
 
@@ -60,10 +60,8 @@ pub struct AuditRow {
     pub target: String,
     pub at_unix_ms: i64,
     /// The object before the change (any JSON value).
-    #[schema(value_type = Option<Object>)]
     pub before: Option<serde_json::Value>,
     /// The object after the change (any JSON value).
-    #[schema(value_type = Option<Object>)]
     pub after: Option<serde_json::Value>,
     pub prev_hash: String,
     pub hash: String,
@@ -112,6 +110,8 @@ fn chain_hash(prev_hash: &str, c: &Canonical<'_>) -> StoreResult<String> {
 
 /// What a reader sees of a payload whose tenant's keys were destroyed.
 pub const REDACTED: &str = "redacted: the tenant's data keys were destroyed";
+/// What a reader sees of such a row's target and address.
+pub const REDACTED_FIELD: &str = "(redacted)";
 
 fn payload_aad(seq: i64, which: &str) -> String {
     aad("audit_log", which, &seq.to_string())
@@ -135,18 +135,36 @@ pub async fn append(conn: &mut AnyConnection, sealer: &Sealer, e: &AuditEntry) -
         }
     }
     let [before_json, after_json] = sealed;
+    // The target (an address, a name) and the caller's address are personal data too; a
+    // pruning record's target (seq ranges) stays clear for the chain walk.
+    let target = if e.action == crate::retention::AUDIT_PRUNED_ACTION {
+        e.target.clone()
+    } else {
+        sealer
+            .seal_text(conn, owner, &payload_aad(seq, "target"), &e.target)
+            .await?
+    };
+    let remote_addr = sealer
+        .seal_text(
+            conn,
+            owner,
+            &payload_aad(seq, "remote_addr"),
+            &e.remote_addr,
+        )
+        .await?;
     let mut record = AuditRecord {
         seq,
         tenant_id: e.tenant_id.clone(),
         actor: e.actor.clone(),
-        remote_addr: e.remote_addr.clone(),
+        remote_addr,
         action: e.action.clone(),
-        target: e.target.clone(),
+        target,
         at_unix_ms: e.at_unix_ms,
         before_json,
         after_json,
         prev_hash,
         hash: String::new(),
+        pruned: false,
     };
     record.hash = chain_hash(&record.prev_hash, &Canonical::of(&record))?;
     crate::store::audit::insert(conn, &record).await
@@ -184,6 +202,16 @@ async fn opened(
 ) -> StoreResult<Vec<AuditRow>> {
     let mut out = Vec::with_capacity(rows.len());
     for mut r in rows {
+        for (which, text) in [
+            ("target", &mut r.target),
+            ("remote_addr", &mut r.remote_addr),
+        ] {
+            let aad = payload_aad(r.seq, which);
+            *text = sealer
+                .open_text(conn, &aad, text)
+                .await?
+                .unwrap_or_else(|| REDACTED_FIELD.to_string());
+        }
         for (which, text) in [("before", &mut r.before_json), ("after", &mut r.after_json)] {
             if let Some(stored) = text.take() {
                 let aad = payload_aad(r.seq, which);
@@ -261,8 +289,22 @@ async fn verify_head(
     })
 }
 
-/// Walks the whole chain in `seq` order, then checks it ends at the recorded head.
+/// Walks the whole chain in `seq` order, then checks it ends at the recorded head. A pruned
+/// row (past its retention, `crate::retention`) keeps its hashes: its link is checked, and it
+/// must be listed by a later pruning record (whose own content the chain covers), so blanking
+/// a row is caught like editing it.
 pub async fn verify(conn: &mut AnyConnection) -> StoreResult<VerifyReport> {
+    let mut pruned_by = Vec::new();
+    for (record_seq, target) in crate::store::audit::pruning_records(&mut *conn).await? {
+        for (a, b) in crate::retention::parse_ranges(&target) {
+            pruned_by.push((a, b, record_seq));
+        }
+    }
+    let covered = |seq: i64| {
+        pruned_by
+            .iter()
+            .any(|&(a, b, rec)| a <= seq && seq <= b && rec > seq)
+    };
     let mut prev_hash = GENESIS_HASH.to_string();
     let mut expected_seq = 1i64;
     let mut checked = 0u64;
@@ -285,7 +327,13 @@ pub async fn verify(conn: &mut AnyConnection) -> StoreResult<VerifyReport> {
             if r.prev_hash != prev_hash {
                 return Ok(broken("prev_hash does not match the previous row's hash"));
             }
-            if chain_hash(&prev_hash, &Canonical::of(r))? != r.hash {
+            if r.pruned {
+                if !covered(r.seq) {
+                    return Ok(broken(
+                        "row emptied without a pruning record (its content was removed)",
+                    ));
+                }
+            } else if chain_hash(&prev_hash, &Canonical::of(r))? != r.hash {
                 return Ok(broken("row content does not match its hash"));
             }
             prev_hash = r.hash.clone();

@@ -99,11 +99,13 @@ pub enum Permission {
     SuppressionsRead,
     /// Add, import and remove entries of one's tenant's suppression list.
     SuppressionsWrite,
+    /// Export one's whole tenant as one archive, and fetch it (owners: any tenant).
+    TenantExport,
 }
 
 impl Permission {
     /// Every permission, in declaration order.
-    pub const ALL: [Permission; 19] = [
+    pub const ALL: [Permission; 20] = [
         Permission::TenantRead,
         Permission::TenantsManage,
         Permission::DomainsRead,
@@ -123,6 +125,7 @@ impl Permission {
         Permission::WebhooksWrite,
         Permission::SuppressionsRead,
         Permission::SuppressionsWrite,
+        Permission::TenantExport,
     ];
 
     /// The variant's name, as routes declare it (`x-permission` in the OpenAPI document).
@@ -147,6 +150,7 @@ impl Permission {
             Permission::WebhooksWrite => "WebhooksWrite",
             Permission::SuppressionsRead => "SuppressionsRead",
             Permission::SuppressionsWrite => "SuppressionsWrite",
+            Permission::TenantExport => "TenantExport",
         }
     }
 
@@ -196,7 +200,10 @@ pub const PERMISSIONS: &[(Role, &[Permission])] = &[
             P::SuppressionsWrite,
         ],
     ),
-    (Role::Admin, &[P::LimitsWrite, P::AuditRead]),
+    (
+        Role::Admin,
+        &[P::LimitsWrite, P::AuditRead, P::TenantExport],
+    ),
     (
         Role::Owner,
         &[

@@ -127,6 +127,10 @@ pub struct ServeArgs {
     /// PEM file of extra CA certificates webhook receivers may use (a private CA).
     #[arg(long)]
     pub webhooks_ca_file: Option<PathBuf>,
+    /// The retention windows tenants may choose, days: `events=MIN..MAX,messages=MIN..MAX,
+    /// audit=MIN..MAX` (kinds not named keep 1..3650, 1..3650 and 30..3650).
+    #[arg(long, default_value = "")]
+    pub retention_bounds: crate::retention::RetentionBounds,
     /// Abuse guardrails (`--guard-*`).
     #[command(flatten)]
     pub guard: GuardArgs,
@@ -225,6 +229,7 @@ pub async fn run(cmd: ControlCommand) -> anyhow::Result<()> {
                 return_path_domain: a.return_path_domain,
                 public_url: a.public_url,
                 guardrails: a.guard.settings(),
+                retention: a.retention_bounds,
                 key_file: a.key_file,
                 audit_key_file: a.audit_key_file,
                 audit_checkpoint_file: a.audit_checkpoint_file,

@@ -79,6 +79,8 @@ pub struct ApiError {
     pub message: String,
     /// Seconds, for 429 answers.
     pub retry_after_secs: Option<u64>,
+    /// More about the refusal, answered as `error.details` (a 410's deletion record).
+    pub details: Option<serde_json::Value>,
 }
 
 impl ApiError {
@@ -88,6 +90,7 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after_secs: None,
+            details: None,
         }
     }
     pub fn unauthorized(message: impl Into<String>) -> ApiError {
@@ -159,7 +162,11 @@ impl From<ControlError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
+        let mut error = serde_json::json!({"code": self.code, "message": self.message});
+        if let Some(d) = self.details {
+            error["details"] = d;
+        }
+        let body = serde_json::json!({ "error": error });
         let mut resp = (self.status, axum::Json(body)).into_response();
         if let Some(secs) = self.retry_after_secs {
             resp.headers_mut()

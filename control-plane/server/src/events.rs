@@ -97,7 +97,19 @@ pub async fn ingest_checked(
     let now = app.now_ms();
     let events: Vec<&Event> = fresh.iter().flat_map(|(_, b)| b.iter()).collect();
     // Reports from the intakes get their tenant, message and recipient (`attribute.rs`).
-    let events = events::attribute::attribute(&mut tx, &events).await?;
+    let mut events = events::attribute::attribute(&mut tx, &events).await?;
+    // A deleted tenant's events (its queued mail dropped or bounced, reports that arrive late)
+    // are not kept: its data is gone (`crate::erasure`).
+    let mut tenants: Vec<&str> = events
+        .iter()
+        .filter_map(|e| e.tenant_id.as_deref())
+        .collect();
+    tenants.sort_unstable();
+    tenants.dedup();
+    let deleted = crate::store::deleted_tenants::which_deleted(&mut tx, &tenants).await?;
+    if !deleted.is_empty() {
+        events.retain(|e| e.tenant_id.as_deref().is_none_or(|t| !deleted.contains(t)));
+    }
     let inserted = events::insert_batch(&mut tx, engine_id, &events, now).await?;
     engines::set_events_acked_seq(&mut tx, engine_id, last, now).await?;
     if inserted > 0 {

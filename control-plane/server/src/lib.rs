@@ -31,10 +31,13 @@ pub mod client_addr;
 pub mod credential_expiry;
 pub mod dns;
 pub mod domain_auth;
+pub mod erasure;
 mod error;
 pub mod events;
+pub mod export;
 pub mod guardrails;
 pub mod push;
+pub mod retention;
 pub mod snapshot;
 pub mod store;
 pub mod suppressions;
@@ -129,6 +132,8 @@ pub struct ServeOptions {
     pub clock: Option<Arc<dyn Clock>>,
     /// Abuse guardrails: the new-tenant cap, thresholds, window, minimum volume.
     pub guardrails: guardrails::GuardSettings,
+    /// The retention windows tenants may choose (`--retention-bounds`).
+    pub retention: retention::RetentionBounds,
 }
 
 impl std::fmt::Debug for ServeOptions {
@@ -165,6 +170,7 @@ impl Default for ServeOptions {
             public_url: String::new(),
             clock: None,
             guardrails: guardrails::GuardSettings::default(),
+            retention: retention::RetentionBounds::default(),
             key_file: None,
             audit_key_file: None,
             audit_checkpoint_file: None,
@@ -276,6 +282,7 @@ pub async fn serve_with(
     if db.dialect == store::Dialect::Sqlite {
         store::webhooks::release_all(&mut *db.conn().await?).await?;
     }
+    export::recover(&db, clock.now_unix_ms()).await?;
     {
         let mut tx = db.begin_write().await?;
         store::token_keys::ensure(&mut tx, db.sealer(), clock.now_unix_ms()).await?;
@@ -319,6 +326,7 @@ pub async fn serve_with(
                 .to_ascii_lowercase(),
             public_url: opts.public_url.trim_end_matches('/').to_string(),
             guardrails: opts.guardrails,
+            retention: opts.retention,
             api_trusted_proxies: opts.api_trusted_proxies.clone(),
         },
         version_tx,
@@ -328,6 +336,7 @@ pub async fn serve_with(
         anchor: anchor.clone(),
         engine_identities: tokio::sync::watch::channel(0).0,
         auth_failures: Default::default(),
+        erasure_wake: tokio::sync::Notify::new(),
     }));
     let api_listener = bind(cfg.api_listen).await?;
     let push_listener = bind(cfg.push_listen).await?;
@@ -386,11 +395,14 @@ pub async fn serve_with(
         _ => None,
     };
     let purger = tokio::spawn(events::purge_task(app.clone()));
+    let export_purger = tokio::spawn(export::purge_task(app.clone()));
     let suppression_purger = tokio::spawn(suppressions::purge_task(app.clone()));
     let suppression_watch = tokio::spawn(suppressions::watch_task(app.clone()));
     let dispatcher = tokio::spawn(webhooks::dispatch::run(app.clone()));
     let guard = tokio::spawn(guardrails::run(app.clone()));
     let expiry = tokio::spawn(credential_expiry::task(app.clone()));
+    let eraser = tokio::spawn(erasure::task(app.clone()));
+    let retainer = tokio::spawn(retention::task(app.clone()));
     let auth_failure_log = tokio::spawn(auth_failures::task(
         app.clone(),
         opts.auth_failure_audit_window_secs,
@@ -408,11 +420,14 @@ pub async fn serve_with(
     let result = tokio::try_join!(http, pushing).map(|_| ());
     poller.abort();
     purger.abort();
+    export_purger.abort();
     suppression_purger.abort();
     suppression_watch.abort();
     dispatcher.abort();
     guard.abort();
     expiry.abort();
+    eraser.abort();
+    retainer.abort();
     anchoring.abort();
     auth_failure_log.abort();
     domain_checker.abort();

@@ -583,13 +583,42 @@ async fn listen_once(app: &App, database_url: &str) -> Result<(), crate::store::
 
 /// Polls the stored version so changes made by other control plane nodes (PostgreSQL) reach
 /// this node's engines too, also when the listener is down.
+/// A new version also evicts the cached data keys of tenants deleted on any node.
 pub async fn poll_version(app: App, interval_ms: u64) {
     let mut tick = tokio::time::interval(Duration::from_millis(interval_ms));
+    let mut seen = 0u64;
+    let mut deletions_since = app.now_ms();
     loop {
         tick.tick().await;
         match app.db.policy_version().await {
-            Ok(v) => app.notify(v),
+            Ok(v) => {
+                if v != seen {
+                    seen = v;
+                    match forget_deleted(&app, deletions_since).await {
+                        Ok(at) => deletions_since = at,
+                        Err(e) => tracing::warn!(error = %e, "reading deleted tenants failed"),
+                    }
+                }
+                app.notify(v)
+            }
             Err(e) => tracing::warn!(error = %e, "policy version poll failed"),
         }
     }
+}
+
+/// Evicts the keys of tenants deleted since `since_unix_ms` (a minute of overlap covers clock
+/// skew between nodes); returns the next `since`.
+async fn forget_deleted(app: &App, since_unix_ms: i64) -> Result<i64, crate::store::StoreError> {
+    const OVERLAP_MS: i64 = 60_000;
+    let now = app.now_ms();
+    let mut conn = app.db.conn().await?;
+    let gone = crate::store::deleted_tenants::since(
+        &mut conn,
+        since_unix_ms - OVERLAP_MS,
+        i64::try_from(petrel_policy::snapshot::DELETED_TENANTS_MAX).unwrap_or(i64::MAX),
+    )
+    .await?;
+    let ids: Vec<String> = gone.into_iter().map(|d| d.tenant_id).collect();
+    app.db.sealer().forget_owners(&ids);
+    Ok(now)
 }

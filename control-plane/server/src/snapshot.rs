@@ -1,8 +1,10 @@
 //! Builds a [`PolicySnapshot`] from the store: every tenant, every sending domain with its
 //! listed DKIM private keys, every credential (argon2 hashes only), destination limits and
-//! defaults, the return path (bounce domain, one-click URL base, token keys), read in one
+//! defaults, the return path (bounce domain, one-click URL base, token keys), the tenants
+//! deleted lately (whose queued mail the engines drop or bounce), read in one
 //! consistent transaction so the version matches the content.
 
+use petrel_policy::snapshot::DeletedTenant;
 use petrel_policy::{
     AuthFailure, Credential, CredentialKind, DestinationLimit, DkimKey, PolicySnapshot, ReturnPath,
     SendingDomain, Tenant, TokenKey,
@@ -125,6 +127,19 @@ pub async fn build(
         })
         .collect();
     let token_keys = store::token_keys::active(&mut tx, db.sealer()).await?;
+    let deleted_tenants = store::deleted_tenants::since(
+        &mut tx,
+        now_ms - store::deleted_tenants::DELETED_TENANTS_LISTED_DAYS * store::events::DAY_MS,
+        i64::try_from(petrel_policy::snapshot::DELETED_TENANTS_MAX).unwrap_or(i64::MAX),
+    )
+    .await?
+    .into_iter()
+    .map(|d| DeletedTenant {
+        id: d.tenant_id,
+        bounce_queued: d.bounce_queued,
+        deleted_unix_ms: u64::try_from(d.deleted_unix_ms).unwrap_or(0),
+    })
+    .collect();
     tx.commit().await.map_err(store::StoreError::from)?;
     let return_path = ReturnPath {
         bounce_domain: settings.return_path_domain.clone(),
@@ -148,5 +163,6 @@ pub async fn build(
         destination_limits,
         defaults,
         return_path,
+        deleted_tenants,
     })
 }

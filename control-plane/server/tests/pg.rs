@@ -356,6 +356,33 @@ async fn pg_suppression_push() {
     db.drop_db().await;
 }
 
+/// Retention windows on PostgreSQL (the SQLite twin is `retention.rs`).
+#[tokio::test]
+async fn pg_retention() {
+    let Some(base) = pg_url() else { return };
+    let db = TestDb::create(&base).await;
+    {
+        let (h, clock) = common::retention::harness(Some(db.url.clone())).await;
+        let raw = common::retention::raw(&h, Some(&db.url)).await;
+        common::retention::scenario(&h, &clock, &raw).await;
+    }
+    db.drop_db().await;
+}
+
+/// The tenant export on PostgreSQL (the SQLite twin is `export.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_export() {
+    let Some(base) = pg_url() else { return };
+    let db = TestDb::create(&base).await;
+    {
+        let h = common::start_with(Some(db.url.clone())).await;
+        let store = common::suppressions::db(&h, Some(&db.url)).await;
+        common::export::round_trip(&h, &store).await;
+        common::export::conflicts_failures_and_purge(&h, &store).await;
+    }
+    db.drop_db().await;
+}
+
 #[tokio::test]
 async fn pg_suppressions() {
     let Some(base) = pg_url() else { return };

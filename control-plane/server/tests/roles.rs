@@ -112,6 +112,21 @@ fn cases(b_tenant: &str, b_domain: &str, b_cred: &str, b_hook: &str) -> Vec<Case
             OtherTenant,
             none,
         ),
+        // The owner's start (202) comes before its fetch (202 running, or 200 ready).
+        c(
+            "POST",
+            "/v1/tenants/{id}/export",
+            P::TenantExport,
+            OtherTenant,
+            none,
+        ),
+        c(
+            "GET",
+            "/v1/tenants/{id}/export",
+            P::TenantExport,
+            OtherTenant,
+            none,
+        ),
         c(
             "PUT",
             "/v1/tenants/{id}/limits",
@@ -334,7 +349,25 @@ fn cases(b_tenant: &str, b_domain: &str, b_cred: &str, b_hook: &str) -> Vec<Case
             Own,
             none,
         ),
+        // Last, and on a tenant of its own (C): the owner's call deletes it.
+        Case {
+            path: format!("/v1/tenants/{}", deleted_tenant()),
+            ..c(
+                "DELETE",
+                "/v1/tenants/{id}",
+                P::TenantsManage,
+                OtherTenant,
+                |_| Some(json!({"confirm": deleted_tenant(), "queued": "drop"})),
+            )
+        },
     ]
+}
+
+/// Tenant C, which the owner's `DELETE /v1/tenants/{id}` removes.
+static DELETED_TENANT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+fn deleted_tenant() -> &'static str {
+    DELETED_TENANT.get().expect("tenant C made first")
 }
 
 /// An address on tenant B's suppression list.
@@ -438,6 +471,8 @@ async fn every_endpoint_every_role_and_tenant_isolation() {
         )
         .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
+    let (c, _) = new_tenant(&h, "tenant-c").await;
+    DELETED_TENANT.set(c).expect("set once");
     let table = cases(&b, &b_domain, &b_cred, &b_hook);
     // The table covers every documented route, with the permission the document declares.
     let doc = h.call("GET", "/v1/openapi.json", None, None).await.body;

@@ -74,7 +74,7 @@ pub use petrel_bounce::{BounceClass, BounceClassifier, Category, Classification}
 pub use return_path::{ReturnPathRequest, ReturnPathSource};
 pub use shard::{
     AdminCommand, AdminReply, DeliveryShard, DomainState, DomainStatus, QueuedMessage, QueuedRcpt,
-    RcptState, RcptUpdate, SpoolAccess,
+    RcptState, RcptUpdate, SpoolAccess, TenantPurge,
 };
 
 #[cfg(test)]

@@ -168,6 +168,29 @@ impl DomainQueue {
         all
     }
 
+    /// Removes and returns the entries of the messages in `ids` (a deleted tenant's).
+    pub fn extract(&mut self, ids: &std::collections::HashSet<u64>) -> Vec<Entry> {
+        let mut out = Vec::new();
+        self.ready.retain(|e| {
+            let take = ids.contains(&e.message_id);
+            if take {
+                out.push(*e);
+            }
+            !take
+        });
+        let before = self.schedule.len();
+        let mut kept = Vec::with_capacity(before);
+        for Reverse(e) in std::mem::take(&mut self.schedule).into_vec() {
+            if ids.contains(&e.message_id) {
+                out.push(e);
+            } else {
+                kept.push(Reverse(e));
+            }
+        }
+        self.schedule = BinaryHeap::from(kept);
+        out
+    }
+
     /// Queued entries, scheduled and ready.
     pub fn depth(&self) -> usize {
         self.schedule.len() + self.ready.len()
@@ -421,6 +444,25 @@ impl Queues {
         all
     }
 
+    /// Removes and returns every queued entry of the messages in `ids`, in every domain.
+    pub fn extract_messages(&mut self, ids: &std::collections::HashSet<u64>) -> Vec<Entry> {
+        let mut out = Vec::new();
+        for (i, slot) in self.slots.iter_mut().enumerate() {
+            let Some(slot) = slot else { continue };
+            let taken = slot.queue.extract(ids);
+            if taken.is_empty() {
+                continue;
+            }
+            if slot.queue.ready_len() == 0 {
+                self.ready_domains
+                    .remove(&DomainId(u32::try_from(i).unwrap_or(u32::MAX)));
+            }
+            out.extend(taken);
+        }
+        self.total = self.total.saturating_sub(out.len() as u64);
+        out
+    }
+
     /// Removes a domain whose queue is empty and not suspended (the caller knows no session
     /// uses it). Returns whether it was removed.
     pub fn remove_if_idle(&mut self, id: DomainId) -> bool {
@@ -495,6 +537,32 @@ mod tests {
         assert_eq!(q.pop_ready(), Some(entry(0, 1, 0)));
         assert_eq!(q.promote_due(10), 1);
         assert_eq!(q.next_due(), None);
+    }
+
+    #[test]
+    fn extract_takes_one_tenants_messages_from_every_domain_and_keeps_the_rest() {
+        let mut qs = Queues::new(10);
+        let a = qs.domain_id("a.test");
+        let b = qs.domain_id("b.test");
+        for (id, e) in [
+            (a, entry(0, 1, 0)),
+            (a, entry(0, 2, 0)),
+            (b, entry(50, 1, 1)),
+            (b, entry(60, 3, 0)),
+        ] {
+            qs.schedule(id, e);
+        }
+        qs.promote_due(10);
+        assert_eq!(qs.ready_len(a), 2);
+        let ids: std::collections::HashSet<u64> = [1].into_iter().collect();
+        let mut taken = qs.extract_messages(&ids);
+        taken.sort();
+        assert_eq!(taken, vec![entry(0, 1, 0), entry(50, 1, 1)]);
+        assert_eq!(qs.total(), 2);
+        assert_eq!(qs.ready_len(a), 1);
+        assert_eq!(qs.pop_batch(a, 10, 10), vec![entry(0, 2, 0)]);
+        qs.promote_due(100);
+        assert_eq!(qs.pop_batch(b, 10, 100), vec![entry(60, 3, 0)]);
     }
 
     #[test]

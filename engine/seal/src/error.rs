@@ -39,6 +39,8 @@ pub enum SealError {
     Random,
     #[error("the keyring holds {0} data keys, the most it takes")]
     KeyringFull(usize),
+    #[error("tenant {0} was deleted: its data keys are destroyed and no new one is made")]
+    OwnerDestroyed(String),
 }
 
 impl SealError {

@@ -37,6 +37,8 @@ pub const DATA_KEYS_MAX: usize = 1_000_000;
 pub const KEYRING_FILE_BYTES_MAX: u64 = 512 << 20;
 /// Default age after which an owner's next data goes under a new data key: 30 days.
 pub const DATA_KEY_ROTATE_AFTER_MS_DEFAULT: u64 = 30 * 24 * 3600 * 1000;
+/// Most deleted tenants remembered (their ids refuse new keys); the oldest are forgotten first.
+pub const DESTROYED_OWNERS_MAX: usize = 100_000;
 const FORMAT: u32 = 1;
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -44,6 +46,10 @@ struct KeyringFile {
     format: u32,
     next_id: u32,
     keys: Vec<Entry>,
+    /// Tenants whose keys were destroyed, oldest first: none is ever made for them again (a
+    /// message of a deleted tenant that arrives late is refused, not sealed under a new key).
+    #[serde(default)]
+    destroyed: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -61,6 +67,7 @@ struct Ring {
     by_id: HashMap<u32, Arc<DataKey>>,
     tenants: HashMap<String, Arc<DataKey>>,
     operator: Option<Arc<DataKey>>,
+    destroyed: std::collections::HashSet<String>,
 }
 
 impl Ring {
@@ -174,6 +181,7 @@ impl Keyring {
         for e in &file.keys {
             ring.insert(Arc::new(keyring.unwrap_entry(e)?));
         }
+        ring.destroyed = file.destroyed.iter().cloned().collect();
         *keyring.ring_mut() = ring;
         Ok(keyring)
     }
@@ -214,9 +222,14 @@ impl Keyring {
             Some(k) => rotate_after_ms
                 .is_some_and(|r| k.created_unix_ms().saturating_add(r) <= now_unix_ms),
         };
+        let alive = |ring: &Ring, o: &Owner| o.as_ref().is_none_or(|t| !ring.destroyed.contains(t));
         let mut needed: Vec<Owner> = {
             let ring = self.ring();
-            owners.iter().filter(|o| due(&ring, o)).cloned().collect()
+            owners
+                .iter()
+                .filter(|o| alive(&ring, o) && due(&ring, o))
+                .cloned()
+                .collect()
         };
         needed.sort();
         needed.dedup();
@@ -228,6 +241,8 @@ impl Keyring {
         needed.retain(|o| due(&self.ring(), o));
         let mut made = Vec::new();
         self.locked(|file| {
+            // Another process may have destroyed one of them meanwhile.
+            needed.retain(|o| o.as_ref().is_none_or(|t| !file.destroyed.contains(t)));
             if file.keys.len() + needed.len() > DATA_KEYS_MAX {
                 return Err(SealError::KeyringFull(file.keys.len()));
             }
@@ -262,13 +277,16 @@ impl Keyring {
         if let Some(k) = self.current(owner) {
             return Ok(k);
         }
+        if let Some(t) = owner.filter(|t| self.ring().destroyed.contains(*t)) {
+            return Err(SealError::OwnerDestroyed(t.to_string()));
+        }
         let ids = self.ensure(&[owner.map(str::to_string)], unix_now_ms(), None)?;
         self.current(owner)
             .ok_or(SealError::UnknownKey(ids.first().copied().unwrap_or(0)))
     }
 
     /// Destroys every key of tenant `owner`: what they sealed can no longer be read, here or
-    /// in any copy. Returns how many were destroyed.
+    /// in any copy, and no new key is made for it. Returns how many were destroyed.
     pub fn destroy_owner(&self, owner: &str) -> Result<usize, SealError> {
         let _w = self.write_lock();
         let mut destroyed = Vec::new();
@@ -280,14 +298,25 @@ impl Keyring {
                 }
                 !mine
             });
+            if !file.destroyed.iter().any(|t| t == owner) {
+                file.destroyed.push(owner.to_string());
+                let over = file.destroyed.len().saturating_sub(DESTROYED_OWNERS_MAX);
+                file.destroyed.drain(..over);
+            }
             Ok(Some(()))
         })?;
         let mut ring = self.ring_mut();
+        ring.destroyed.insert(owner.to_string());
         ring.tenants.remove(owner);
         for id in &destroyed {
             ring.by_id.remove(id);
         }
         Ok(destroyed.len())
+    }
+
+    /// True once `owner`'s keys were destroyed here.
+    pub fn is_destroyed(&self, owner: &str) -> bool {
+        self.ring().destroyed.contains(owner)
     }
 
     /// Tenants that have keys here.
@@ -408,6 +437,7 @@ fn read_file(path: &Path) -> Result<KeyringFile, SealError> {
                 format: FORMAT,
                 next_id: 1,
                 keys: Vec::new(),
+                destroyed: Vec::new(),
             })
         }
         Err(e) => return Err(SealError::io("read", path, e)),
@@ -508,6 +538,19 @@ mod tests {
             reopened.tenants().into_iter().collect::<Vec<_>>(),
             vec!["kept".to_string()]
         );
+        // No new key for a deleted tenant, in this process or the next.
+        for r in [&ring, &reopened] {
+            assert!(r.is_destroyed("gone"));
+            assert!(matches!(
+                r.current_or_create(Some("gone")),
+                Err(SealError::OwnerDestroyed(t)) if t == "gone"
+            ));
+            assert!(r
+                .ensure(&[Some("gone".into())], 2, None)
+                .unwrap()
+                .is_empty());
+        }
+        assert!(reopened.current_or_create(Some("kept")).is_ok());
     }
 
     #[test]

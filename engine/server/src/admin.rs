@@ -33,7 +33,7 @@ pub struct AdminRequest {
 }
 
 /// How long one shard may take to answer an admin request.
-const SHARD_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const SHARD_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Clone)]
 struct Shards(Vec<async_channel::Sender<AdminRequest>>);
@@ -229,6 +229,10 @@ fn reply_json(reply: Option<&AdminReply>) -> serde_json::Value {
             json!({"done": {"domain": domain, "recipients": recipients}})
         }
         Some(AdminReply::UnknownDomain(d)) => json!({"unknown_domain": d}),
+        Some(AdminReply::Purged {
+            recipients,
+            remaining,
+        }) => json!({"purged": {"recipients": recipients, "remaining": remaining}}),
     }
 }
 

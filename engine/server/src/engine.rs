@@ -159,6 +159,7 @@ pub fn run(
         handles.push(handle);
     }
     drop(ready_tx);
+    runtime.spawn(crate::erasure::run(Arc::clone(&policy), admin_txs.clone()));
     let mut bound = None;
     for _ in 0..shards {
         match ready_rx.recv_timeout(SHARD_READY_TIMEOUT) {

@@ -31,6 +31,7 @@ pub mod ctx;
 pub mod delivery_setup;
 pub mod domain_auth;
 pub mod engine;
+pub mod erasure;
 pub mod error;
 pub mod intake;
 pub mod intake_keys;

@@ -23,6 +23,8 @@ pub const SPOOL_RECOVERY_SKIPPED_TOTAL: &str = "petrel_spool_recovery_skipped_re
 pub const AUTH_TOTAL: &str = "petrel_smtp_auth_total";
 pub const DKIM_SIGNED_TOTAL: &str = "petrel_dkim_signed_total";
 pub const POLICY_VERSION: &str = "petrel_policy_version";
+/// Deleted tenants whose queued mail was purged and data keys destroyed here.
+pub const TENANTS_ERASED: &str = "petrel_tenants_erased_total";
 /// The suppression set: entries, change-log seq, heap bytes.
 pub const SUPPRESSION_ENTRIES: &str = "petrel_suppression_entries";
 pub const SUPPRESSION_VERSION: &str = "petrel_suppression_version";
@@ -98,6 +100,10 @@ pub fn install(
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_counter!(CONNECTIONS_TOTAL, "SMTP connections accepted or refused");
+    describe_counter!(
+        TENANTS_ERASED,
+        "Deleted tenants whose queued mail was purged and data keys destroyed"
+    );
     describe_gauge!(CONNECTIONS_OPEN, "SMTP connections open now");
     describe_counter!(SESSIONS_TOTAL, "SMTP sessions ended, by how they ended");
     describe_counter!(

@@ -86,6 +86,7 @@ fn base(version: u64) -> PolicySnapshot {
             ..Default::default()
         },
         return_path: Default::default(),
+        deleted_tenants: Vec::new(),
     }
 }
 

@@ -1,5 +1,6 @@
 //! `GET /v1/events` (filtered, paged), `GET /v1/messages/{id}` (one message's timeline) and
-//! `PUT /v1/tenants/{id}/retention` (how long a tenant's events are kept).
+//! `PUT /v1/tenants/{id}/retention` (how long a tenant's events, message metadata and audit
+//! rows are kept; `crate::retention`).
 //!
 //! Scope: a key reads its own tenant's events. Operator owners may name any tenant id with
 //! `tenant` (also one no tenant has: events keep the id the engine sent), or `*` for every
@@ -31,8 +32,6 @@ use crate::ApiError;
 pub const EVENTS_PAGE_DEFAULT: i64 = 100;
 /// Largest `limit`.
 pub const EVENTS_PAGE_MAX: i64 = 1_000;
-/// Longest retention a tenant may set, days.
-pub const EVENTS_RETENTION_DAYS_MAX: i64 = 3_650;
 /// `tenant` value with which operator owners read every tenant's events.
 pub const ALL_TENANTS: &str = "*";
 
@@ -309,26 +308,38 @@ pub async fn message(
     }))
 }
 
+/// `PUT /v1/tenants/{id}/retention`: the windows given change, the others stay. Each must be
+/// within the operator's bounds (`--retention-bounds`; by default events and message metadata
+/// 1 to 3650 days, audit rows 30 to 3650).
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Retention {
-    /// Days events are kept, 1 to 3650.
-    #[schema(minimum = 1, maximum = 3650)]
-    pub events_days: i64,
+    /// Days events are kept (default 30).
+    #[serde(default)]
+    pub events_days: Option<i64>,
+    /// Days message metadata (tags, `X-Petrel-Metadata`, Message-ID) stays on events
+    /// (default 30).
+    #[serde(default)]
+    pub messages_days: Option<i64>,
+    /// Days audit rows are kept (default 90).
+    #[serde(default)]
+    pub audit_days: Option<i64>,
 }
 
-/// A tenant's retention window.
+/// A tenant's retention windows.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct RetentionView {
     pub tenant_id: String,
     pub events_days: i64,
+    pub messages_days: i64,
+    pub audit_days: i64,
 }
 
 #[utoipa::path(
     put,
     operation_id = "tenants_set_retention",
     path = "/v1/tenants/{id}/retention",
-    summary = "Set how many days a tenant's events are kept (default 30)",
+    summary = "Set how many days a tenant's events, message metadata and audit rows are kept",
     params(("id" = String, Path, description = "The object's id")),
     request_body = Retention,
     responses((status = 200, body = RetentionView)),
@@ -341,21 +352,38 @@ pub async fn set_retention(
     Path(id): Path<String>,
     ApiJson(req): ApiJson<Retention>,
 ) -> Result<Json<RetentionView>, ApiError> {
-    if !(1..=EVENTS_RETENTION_DAYS_MAX).contains(&req.events_days) {
-        return Err(ApiError::invalid(format!(
-            "events_days must be 1 to {EVENTS_RETENTION_DAYS_MAX}"
-        )));
+    let b = app.settings.retention;
+    for (name, v, (min, max)) in [
+        ("events_days", req.events_days, b.events),
+        ("messages_days", req.messages_days, b.messages),
+        ("audit_days", req.audit_days, b.audit),
+    ] {
+        if v.is_some_and(|d| !(min..=max).contains(&d)) {
+            return Err(ApiError::invalid(format!("{name} must be {min} to {max}")));
+        }
+    }
+    if req.events_days.is_none() && req.messages_days.is_none() && req.audit_days.is_none() {
+        return Err(ApiError::invalid(
+            "give events_days, messages_days or audit_days",
+        ));
     }
     let mut m = app.db.begin_mutation().await?;
-    let before = store::tenants::events_retention_days(m.conn(), &id)
+    let before = store::tenants::retention(m.conn(), &id)
         .await?
         .ok_or(StoreError::NotFound("tenant"))?;
-    store::tenants::set_events_retention_days(m.conn(), &id, req.events_days).await?;
-    let view = |events_days| RetentionView {
-        tenant_id: id.clone(),
-        events_days,
+    let after = store::tenants::RetentionDays {
+        events: req.events_days.unwrap_or(before.events),
+        messages: req.messages_days.unwrap_or(before.messages),
+        audit: req.audit_days.unwrap_or(before.audit),
     };
-    let after = view(req.events_days);
+    store::tenants::set_retention(m.conn(), &id, after).await?;
+    let view = |d: store::tenants::RetentionDays| RetentionView {
+        tenant_id: id.clone(),
+        events_days: d.events,
+        messages_days: d.messages,
+        audit_days: d.audit,
+    };
+    let after = view(after);
     let entry = app.entry(
         &caller,
         Some(&id),

@@ -16,12 +16,14 @@ pub mod domain_auth;
 pub mod domains;
 pub mod engines;
 pub mod events;
+pub mod export;
 pub mod guardrails;
 pub mod limits;
 pub mod openapi;
 pub mod stats;
 pub mod stream;
 pub mod suppressions;
+pub mod tenant_delete;
 pub mod tenants;
 pub mod unsubscribe;
 pub mod webhooks;
@@ -74,6 +76,8 @@ pub struct Settings {
     pub guardrails: crate::guardrails::GuardSettings,
     /// Proxies whose `X-Forwarded-For` names the client (`crate::client_addr`).
     pub api_trusted_proxies: Vec<ipnet::IpNet>,
+    /// The retention windows tenants may choose (`crate::retention`).
+    pub retention: crate::retention::RetentionBounds,
 }
 
 /// Shared state of all handlers.
@@ -101,6 +105,8 @@ pub struct AppState {
     pub engine_identities: watch::Sender<u64>,
     /// Failed authentications of the current window, per address (`auth_failures.rs`).
     pub auth_failures: crate::auth_failures::AuthFailures,
+    /// Wakes the erasure of deleted tenants (`erasure.rs`).
+    pub erasure_wake: tokio::sync::Notify,
 }
 
 /// Cheap handle to [`AppState`].
@@ -160,9 +166,14 @@ pub fn routes() -> OpenApiRouter<App> {
     OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(openapi::document))
         .routes(routes!(tenants::create, tenants::list))
-        .routes(routes!(tenants::show, tenants::update))
+        .routes(routes!(
+            tenants::show,
+            tenants::update,
+            tenant_delete::delete
+        ))
         .routes(routes!(tenants::suspend))
         .routes(routes!(tenants::unsuspend))
+        .routes(routes!(export::start, export::fetch))
         .routes(routes!(limits::set_tenant))
         .routes(routes!(domains::create, domains::list))
         .routes(routes!(domains::show, domains::delete))

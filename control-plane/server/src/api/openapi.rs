@@ -44,6 +44,10 @@ pub struct ErrorDetail {
     pub code: String,
     /// For humans.
     pub message: String,
+    /// More about some refusals (a 410's deletion record).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub details: Option<serde_json::Value>,
 }
 
 /// Serves the document built with the router.
@@ -276,7 +280,7 @@ mod tests {
     fn the_built_document_declares_every_route() {
         let doc = build().expect("document");
         let t = AccessTable::from_document(&doc).expect("table");
-        assert_eq!(t.entries().len(), 55);
+        assert_eq!(t.entries().len(), 58);
         for (status, _) in ERRORS_WITH_KEY {
             assert!(doc["paths"]["/v1/engines"]["get"]["responses"][status].is_object());
         }

@@ -139,14 +139,26 @@ pub async fn list(
 }
 
 /// Owners see any tenant; everyone else only their own (others: 404).
-async fn visible_tenant(app: &App, caller: &Caller, id: &str) -> Result<TenantView, ApiError> {
+pub(crate) async fn visible_tenant(
+    app: &App,
+    caller: &Caller,
+    id: &str,
+) -> Result<TenantView, ApiError> {
     let mut conn = app.db.conn().await?;
-    if caller.is_operator && crate::auth::role_allows(caller.role, Permission::TenantsManage) {
+    let owner =
+        caller.is_operator && crate::auth::role_allows(caller.role, Permission::TenantsManage);
+    let found = if owner {
         store::tenants::get(&mut conn, app.db.sealer(), id).await?
     } else {
         store::tenants::get_scoped(&mut conn, app.db.sealer(), &caller.tenant_id, id).await?
+    };
+    drop(conn);
+    match found {
+        Some(t) => Ok(t),
+        // Owners learn of a deletion and how far its erasure went; anyone else: 404.
+        None if owner => Err(super::tenant_delete::gone(app, id).await?),
+        None => Err(ApiError::not_found("tenant")),
     }
-    .ok_or_else(|| ApiError::not_found("tenant"))
 }
 
 #[utoipa::path(
@@ -155,7 +167,10 @@ async fn visible_tenant(app: &App, caller: &Caller, id: &str) -> Result<TenantVi
     path = "/v1/tenants/{id}",
     summary = "Show a tenant (own tenant, or any for owners)",
     params(("id" = String, Path, description = "The object's id")),
-    responses((status = 200, body = TenantView)),
+    responses(
+        (status = 200, body = TenantView),
+        (status = 410, body = super::openapi::ErrorBody, description = "Deleted (owners): `error.details` is the deletion")
+    ),
     security(("bearer" = [])),
     extensions(("x-permission" = json!(Permission::TenantRead.name())))
 )]

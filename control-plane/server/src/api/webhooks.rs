@@ -49,7 +49,7 @@ pub struct WebhookView {
 }
 
 impl WebhookView {
-    fn new(w: WebhookRow, now: i64) -> WebhookView {
+    pub(crate) fn new(w: WebhookRow, now: i64) -> WebhookView {
         WebhookView {
             previous_secret_valid_until_unix_ms: w
                 .previous_secret_until_unix_ms

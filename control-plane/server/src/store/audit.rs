@@ -20,6 +20,8 @@ pub struct AuditRecord {
     pub after_json: Option<String>,
     pub prev_hash: String,
     pub hash: String,
+    /// Past its retention: its content is gone, its hashes stay (see `crate::retention`).
+    pub pruned: bool,
 }
 
 fn decode(r: &AnyRow) -> StoreResult<AuditRecord> {
@@ -35,6 +37,7 @@ fn decode(r: &AnyRow) -> StoreResult<AuditRecord> {
         after_json: r.try_get("after_json")?,
         prev_hash: r.try_get("prev_hash")?,
         hash: r.try_get("hash")?,
+        pruned: super::get_bool(r, "pruned")?,
     })
 }
 
@@ -122,7 +125,7 @@ pub async fn list(
     // Fixed SQL with "no filter" sentinels keeps the query prepared and injection-free.
     sqlx::query(
         "SELECT * FROM audit_log WHERE ($1 = '' OR tenant_id = $1) AND ($2 = '' OR action = $2) \
-         AND ($3 = '' OR actor = $3) AND at_unix_ms >= $4 AND at_unix_ms <= $5 \
+         AND ($3 = '' OR actor = $3) AND at_unix_ms >= $4 AND at_unix_ms <= $5 AND pruned = 0 \
          ORDER BY seq DESC LIMIT $6",
     )
     .bind(f.tenant_id.clone().unwrap_or_default())
@@ -160,7 +163,7 @@ pub async fn page_filtered(
     sqlx::query(
         "SELECT * FROM audit_log WHERE seq > $1 AND ($2 = '' OR tenant_id = $2) \
          AND ($3 = '' OR action = $3) AND ($4 = '' OR actor = $4) AND at_unix_ms >= $5 \
-         AND at_unix_ms <= $6 ORDER BY seq LIMIT $7",
+         AND at_unix_ms <= $6 AND pruned = 0 ORDER BY seq LIMIT $7",
     )
     .bind(after_seq)
     .bind(f.tenant_id.clone().unwrap_or_default())
@@ -174,4 +177,66 @@ pub async fn page_filtered(
     .iter()
     .map(decode)
     .collect()
+}
+
+/// Up to `rows_max` seqs of one owner's rows (None: rows without a tenant) older than
+/// `cutoff_ms` and not yet pruned, oldest first; never the pruning records themselves.
+pub async fn prunable(
+    conn: &mut AnyConnection,
+    tenant_id: Option<&str>,
+    cutoff_ms: i64,
+    rows_max: i64,
+) -> StoreResult<Vec<i64>> {
+    let sql = if tenant_id.is_some() {
+        "SELECT seq FROM audit_log WHERE tenant_id = $1 AND pruned = 0 AND at_unix_ms < $2 \
+         AND action <> $3 ORDER BY at_unix_ms LIMIT $4"
+    } else {
+        "SELECT seq FROM audit_log WHERE tenant_id IS NULL AND pruned = 0 AND at_unix_ms < $2 \
+         AND action <> $3 AND $1 = '' ORDER BY at_unix_ms LIMIT $4"
+    };
+    sqlx::query(sql)
+        .bind(tenant_id.unwrap_or_default().to_string())
+        .bind(cutoff_ms)
+        .bind(crate::retention::AUDIT_PRUNED_ACTION)
+        .bind(rows_max)
+        .fetch_all(conn)
+        .await?
+        .iter()
+        .map(|r| Ok(r.try_get::<i64, _>("seq")?))
+        .collect()
+}
+
+/// Empties the rows `seqs` of everything but their place in the chain (seq, owner, time,
+/// hashes) and marks them pruned.
+pub async fn prune(conn: &mut AnyConnection, seqs: &[i64]) -> StoreResult<()> {
+    for chunk in seqs.chunks(PRUNE_SEQS_PER_STATEMENT) {
+        let list = (1..=chunk.len())
+            .map(|i| format!("${i}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let sql = format!(
+            "UPDATE audit_log SET actor = '', remote_addr = '', action = '', target = '', \
+             before_json = NULL, after_json = NULL, pruned = 1 WHERE seq IN ({list})"
+        );
+        let mut q = sqlx::query(&sql);
+        for s in chunk {
+            q = q.bind(*s);
+        }
+        q.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// Seqs bound in one [`prune`] statement.
+const PRUNE_SEQS_PER_STATEMENT: usize = 500;
+
+/// The targets of every pruning record (their seq ranges), in seq order.
+pub async fn pruning_records(conn: &mut AnyConnection) -> StoreResult<Vec<(i64, String)>> {
+    sqlx::query("SELECT seq, target FROM audit_log WHERE action = $1 ORDER BY seq")
+        .bind(crate::retention::AUDIT_PRUNED_ACTION)
+        .fetch_all(conn)
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get("seq")?, r.try_get("target")?)))
+        .collect()
 }

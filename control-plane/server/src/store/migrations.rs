@@ -367,4 +367,53 @@ CREATE TABLE engine_identities (
 );
 "#,
     ),
+    (
+        // Tenant exports (issue 16, store/exports.rs): one job row per export, its archive in
+        // sealed chunks in the database (every node of a PostgreSQL control plane serves it).
+        // At most one running export per tenant.
+        13,
+        r#"
+CREATE TABLE exports (
+    id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    created_unix_ms BIGINT NOT NULL,
+    finished_unix_ms BIGINT,
+    bytes BIGINT,
+    rows_total BIGINT,
+    error TEXT,
+    expires_unix_ms BIGINT
+);
+CREATE INDEX exports_tenant ON exports (tenant_id, created_unix_ms);
+CREATE UNIQUE INDEX exports_running ON exports (tenant_id) WHERE status = 'running';
+CREATE INDEX exports_expiry ON exports (expires_unix_ms);
+CREATE TABLE export_chunks (
+    export_id TEXT NOT NULL,
+    n BIGINT NOT NULL,
+    data {blob} NOT NULL,
+    PRIMARY KEY (export_id, n)
+);
+"#,
+    ),
+    (
+        // Tenant deletion and retention (issue 16, store/deleted_tenants.rs, retention.rs):
+        // deleted tenants (listed to the engines, which drop or bounce their queued mail and
+        // destroy their keys; their leftover rows are erased in the background), and the
+        // message-metadata and audit windows beside the events' one.
+        14,
+        r#"
+CREATE TABLE deleted_tenants (
+    id TEXT PRIMARY KEY,
+    bounce_queued BIGINT NOT NULL,
+    deleted_unix_ms BIGINT NOT NULL,
+    erased_unix_ms BIGINT
+);
+CREATE INDEX deleted_tenants_time ON deleted_tenants (deleted_unix_ms);
+ALTER TABLE tenants ADD COLUMN messages_retention_days BIGINT NOT NULL DEFAULT 30;
+ALTER TABLE tenants ADD COLUMN audit_retention_days BIGINT NOT NULL DEFAULT 90;
+ALTER TABLE tenants ADD COLUMN messages_scrubbed_ms BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE audit_log ADD COLUMN pruned BIGINT NOT NULL DEFAULT 0;
+CREATE INDEX audit_log_unpruned ON audit_log (tenant_id, at_unix_ms) WHERE pruned = 0;
+"#,
+    ),
 ];

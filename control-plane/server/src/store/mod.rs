@@ -13,12 +13,14 @@
 
 pub mod audit;
 pub mod credentials;
+pub mod deleted_tenants;
 pub mod dmarc;
 pub mod domain_checks;
 pub mod domains;
 pub mod engine_identities;
 pub mod engines;
 pub mod events;
+pub mod exports;
 pub mod guardrails;
 pub mod limits;
 mod migrations;

@@ -154,6 +154,12 @@ impl Sealer {
         owner: Option<&str>,
     ) -> StoreResult<Arc<DataKey>> {
         let owner_col = owner.unwrap_or("");
+        // A deleted tenant's keys are destroyed for good: nothing is sealed for it again.
+        if let Some(t) = owner {
+            if super::deleted_tenants::get(conn, t).await?.is_some() {
+                return Err(StoreError::NotFound("tenant"));
+            }
+        }
         // `petrel keys rotate` may have added a version (and retired the old one) meanwhile.
         self.source.refresh().map_err(seal_err)?;
         for _ in 0..KEY_ID_ATTEMPTS {
@@ -316,6 +322,16 @@ impl Sealer {
     pub async fn name_index(&self, conn: &mut AnyConnection, name: &str) -> StoreResult<String> {
         let key = self.key(conn, Some(NAME_INDEX_OWNER)).await?;
         Ok(hex::encode(key.mac(b"tenants.name", name.as_bytes())))
+    }
+
+    /// Forgets the cached keys of `owners` (deleted on another node of a PostgreSQL control
+    /// plane: their rows are gone, and this node must not open their values either).
+    pub fn forget_owners(&self, owners: &[String]) {
+        let mut c = self.cache.write().unwrap_or_else(|e| e.into_inner());
+        for o in owners {
+            c.current.remove(&Some(o.clone()));
+            c.by_id.retain(|_, k| k.owner() != Some(o.as_str()));
+        }
     }
 
     /// Destroys every data key of tenant `owner`: its sealed values can no longer be read.

@@ -26,7 +26,7 @@
 //! transaction's first write to `suppression_seq`, which serialises writers until commit, so a
 //! higher seq is never visible before a lower one and a reader following the log never skips.
 
-mod changes;
+pub mod changes;
 
 pub use changes::{
     changes_since, current_version, expired_delete_sql, load_page, purge_changes, purge_expired,

@@ -202,28 +202,50 @@ pub async fn get_scoped(
     Ok(own.filter(|t| t.id == id))
 }
 
-/// A tenant's event retention window, days (None: no such tenant).
-pub async fn events_retention_days(conn: &mut AnyConnection, id: &str) -> StoreResult<Option<i64>> {
-    let row = sqlx::query("SELECT events_retention_days FROM tenants WHERE id = $1")
-        .bind(id.to_string())
-        .fetch_optional(conn)
-        .await?;
+/// A tenant's retention windows, days: events, message metadata, audit rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetentionDays {
+    pub events: i64,
+    pub messages: i64,
+    pub audit: i64,
+}
+
+/// A tenant's retention windows (None: no such tenant).
+pub async fn retention(conn: &mut AnyConnection, id: &str) -> StoreResult<Option<RetentionDays>> {
+    let row = sqlx::query(
+        "SELECT events_retention_days, messages_retention_days, audit_retention_days \
+         FROM tenants WHERE id = $1",
+    )
+    .bind(id.to_string())
+    .fetch_optional(conn)
+    .await?;
     Ok(row
-        .map(|r| r.try_get::<i64, _>("events_retention_days"))
+        .map(|r| -> Result<RetentionDays, sqlx::Error> {
+            Ok(RetentionDays {
+                events: r.try_get("events_retention_days")?,
+                messages: r.try_get("messages_retention_days")?,
+                audit: r.try_get("audit_retention_days")?,
+            })
+        })
         .transpose()?)
 }
 
-/// Sets a tenant's event retention window, days.
-pub async fn set_events_retention_days(
+/// Sets a tenant's retention windows.
+pub async fn set_retention(
     conn: &mut AnyConnection,
     id: &str,
-    days: i64,
+    days: RetentionDays,
 ) -> StoreResult<()> {
-    sqlx::query("UPDATE tenants SET events_retention_days = $1 WHERE id = $2")
-        .bind(days)
-        .bind(id.to_string())
-        .execute(conn)
-        .await?;
+    sqlx::query(
+        "UPDATE tenants SET events_retention_days = $1, messages_retention_days = $2, \
+         audit_retention_days = $3 WHERE id = $4",
+    )
+    .bind(days.events)
+    .bind(days.messages)
+    .bind(days.audit)
+    .bind(id.to_string())
+    .execute(conn)
+    .await?;
     Ok(())
 }
 

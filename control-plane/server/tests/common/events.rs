@@ -473,7 +473,10 @@ async fn retention(h: &Harness, a: &str, b: &str, a_key: &str, b_key: &str) {
         )
         .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
-    assert_eq!(r.body, json!({"tenant_id": a, "events_days": 1}));
+    assert_eq!(
+        r.body,
+        json!({"tenant_id": a, "events_days": 1, "messages_days": 30, "audit_days": 90})
+    );
     let r = h
         .owner(
             "PUT",

@@ -5,8 +5,10 @@
 pub mod attribution;
 pub mod domain_auth;
 pub mod events;
+pub mod export;
 pub mod guardrails;
 pub mod plans;
+pub mod retention;
 pub mod scenarios;
 pub mod suppression_push;
 pub mod suppressions;

@@ -116,6 +116,17 @@ pub enum AdminCommand {
     Retry(String),
     /// Bounce every queued recipient of the domain (with DSNs).
     Bounce(String),
+    /// Deleted tenants (issue 16): their queued recipients are bounced (with DSNs) or dropped
+    /// (without), per tenant; answered with [`AdminReply::Purged`].
+    PurgeTenants(Vec<TenantPurge>),
+}
+
+/// One deleted tenant's queued mail, and what becomes of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantPurge {
+    pub tenant_id: String,
+    /// True: bounce to the senders; false: drop silently.
+    pub bounce: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,6 +138,12 @@ pub enum AdminReply {
         recipients: u64,
     },
     UnknownDomain(String),
+    /// `PurgeTenants`: recipients taken from the queues now, and the tenants that still have
+    /// messages here (in flight, or taken and not yet finished): ask again until none.
+    Purged {
+        recipients: u64,
+        remaining: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -178,8 +195,11 @@ struct State {
     /// Sessions of this shard per next hop (a smart host, or one set of MX hosts), by
     /// [`session::hop_key`]; at most `cfg.next_hop_sessions_max` each.
     hop_sessions: HashMap<HopKey, usize>,
-    /// Recipients drained by `admin(Bounce)`, bounced by the run loop.
+    /// Recipients drained by `admin(Bounce)` or a bouncing `PurgeTenants`, bounced by the run
+    /// loop.
     admin_bounces: Vec<Entry>,
+    /// Recipients of deleted tenants to drop without a DSN, by the run loop.
+    admin_drops: Vec<Entry>,
     /// Pending recipients of all messages (queued or in flight).
     pending_total: u64,
     /// Last refresh of the queue gauges, unix ms.
@@ -239,6 +259,7 @@ impl<S: SpoolAccess + 'static> DeliveryShard<S> {
             offered: HashSet::new(),
             hop_sessions: HashMap::new(),
             admin_bounces: Vec::new(),
+            admin_drops: Vec::new(),
             pending_total: 0,
             gauges_unix_ms: 0,
         };
@@ -408,6 +429,44 @@ fn admin_apply(st: &mut State, cmd: AdminCommand, now: u64) -> AdminReply {
             st.admin_bounces.extend(drained);
             done(d, n)
         }
+        AdminCommand::PurgeTenants(purges) => purge_tenants(st, &purges),
+    }
+}
+
+/// Takes the queued recipients of deleted tenants' messages (see [`AdminCommand::PurgeTenants`]).
+/// In-flight recipients finish their attempt; a retry puts them back in a queue, where the
+/// next call takes them.
+fn purge_tenants(st: &mut State, purges: &[TenantPurge]) -> AdminReply {
+    let mode: HashMap<&str, bool> = purges
+        .iter()
+        .map(|p| (p.tenant_id.as_str(), p.bounce))
+        .collect();
+    let mut bounce_ids = HashSet::new();
+    let mut drop_ids = HashSet::new();
+    let mut remaining = HashSet::new();
+    for (id, m) in &st.messages {
+        let Some(t) = m.attribution.as_ref().and_then(|a| a.tenant_id.as_deref()) else {
+            continue;
+        };
+        if let Some(bounce) = mode.get(t) {
+            remaining.insert(t.to_string());
+            if *bounce {
+                bounce_ids.insert(*id);
+            } else {
+                drop_ids.insert(*id);
+            }
+        }
+    }
+    let bounced = st.queues.extract_messages(&bounce_ids);
+    let dropped = st.queues.extract_messages(&drop_ids);
+    let recipients = (bounced.len() + dropped.len()) as u64;
+    st.admin_bounces.extend(bounced);
+    st.admin_drops.extend(dropped);
+    let mut remaining: Vec<String> = remaining.into_iter().collect();
+    remaining.sort();
+    AdminReply::Purged {
+        recipients,
+        remaining,
     }
 }
 
@@ -658,19 +717,32 @@ impl<S: SpoolAccess + 'static> Inner<S> {
         metrics::gauge!("petrel_queue_oldest_age_seconds", "shard" => shard).set(age as f64);
     }
 
-    /// Bounces what `admin(Bounce)` drained.
+    /// Bounces what `admin(Bounce)` drained, and drops what `PurgeTenants` took to drop.
     async fn bounce_admin_drained(self: &Rc<Self>) {
-        let drained = std::mem::take(&mut self.state.borrow_mut().admin_bounces);
-        if drained.is_empty() {
-            return;
+        let (drained, dropped) = {
+            let mut st = self.state.borrow_mut();
+            (
+                std::mem::take(&mut st.admin_bounces),
+                std::mem::take(&mut st.admin_drops),
+            )
+        };
+        if !drained.is_empty() {
+            outcome::fail_entries(
+                self,
+                drained,
+                &outcome::Attempt::default(),
+                outcome::RcptResult::administrator(),
+            )
+            .await;
         }
-        outcome::fail_entries(
-            self,
-            drained,
-            &outcome::Attempt::default(),
-            outcome::RcptResult::administrator(),
-        )
-        .await;
+        if !dropped.is_empty() {
+            let quiet = outcome::Attempt {
+                no_dsn: true,
+                ..outcome::Attempt::default()
+            };
+            outcome::fail_entries(self, dropped, &quiet, outcome::RcptResult::tenant_deleted())
+                .await;
+        }
     }
 }
 

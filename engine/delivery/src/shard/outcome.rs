@@ -192,6 +192,15 @@ impl RcptResult {
         }
     }
 
+    /// A deleted tenant's recipient, dropped without a DSN.
+    pub fn tenant_deleted() -> RcptResult {
+        RcptResult::Permanent {
+            status: (5, 0, 0),
+            text: "dropped: the tenant was deleted".into(),
+            bounce: classify::ADMINISTRATOR_BOUNCE,
+        }
+    }
+
     /// The result for recipient `i` of a transaction.
     pub fn classify(
         outcome: &TransactionOutcome,
@@ -222,6 +231,8 @@ pub(super) struct Attempt {
     pub tls: Option<String>,
     /// The texts are remote replies (true) or our own reasons (false).
     pub remote: bool,
+    /// Failures send no DSN (a deleted tenant's mail, dropped as its owner asked).
+    pub no_dsn: bool,
 }
 
 /// Applies one result to every entry (grouped by message), e.g. a failed connection.
@@ -363,7 +374,7 @@ pub(super) async fn apply<S: SpoolAccess + 'static>(
         None
     };
     inner.record_events(events, op).await;
-    if !failed.is_empty() && dsn::should_send(&mail_from, is_dsn) {
+    if !failed.is_empty() && !attempt.no_dsn && dsn::should_send(&mail_from, is_dsn) {
         send_dsn(
             inner,
             message_id,

@@ -418,6 +418,7 @@ async fn deliver<S: SpoolAccess + 'static>(
             addr: Some(c.addr),
             tls: c.tls.clone(),
             remote: true,
+            no_dsn: false,
         };
         let message_id = p.batch[0].message_id;
         let id = p.domain;
@@ -702,6 +703,7 @@ async fn connect<S: SpoolAccess>(
                         addr: Some(*addr),
                         tls: None,
                         remote: false,
+                        no_dsn: false,
                     };
                     let result = RcptResult::client_error(&e, &inner.cfg.bounce_classifier);
                     last = (attempt, result);

@@ -180,6 +180,15 @@ pub async fn purge_expired(conn: &mut AnyConnection, now_unix_ms: i64) -> StoreR
         .iter()
         .map(|r| Ok((r.try_get("scope")?, r.try_get("address")?)))
         .collect::<Result<_, sqlx::Error>>()?;
+    remove_picked(conn, picked, now_unix_ms).await
+}
+
+/// Deletes the picked entries and logs each as a removal.
+async fn remove_picked(
+    conn: &mut AnyConnection,
+    picked: Vec<(String, String)>,
+    now_unix_ms: i64,
+) -> StoreResult<u64> {
     if picked.is_empty() {
         return Ok(0);
     }
@@ -204,6 +213,30 @@ pub async fn purge_expired(conn: &mut AnyConnection, now_unix_ms: i64) -> StoreR
         .collect();
     log_changes(conn, &changes, now_unix_ms).await?;
     Ok(u64::try_from(changes.len()).unwrap_or(0))
+}
+
+/// [`purge_scope`]'s pick: `$1` the scope, `$2` the limit.
+pub const SCOPE_PICK_SQL: &str = "SELECT scope, address FROM suppressions \
+     WHERE scope = $1 ORDER BY address LIMIT $2";
+
+/// Removes up to [`EXPIRED_PURGE_ROWS_MAX`] entries of one scope (a deleted tenant's list),
+/// logging each as a removal. Run in a write transaction; returns how many were removed (call
+/// again until it returns 0).
+pub async fn purge_scope(
+    conn: &mut AnyConnection,
+    scope: &str,
+    now_unix_ms: i64,
+) -> StoreResult<u64> {
+    reserve_seqs(conn, 0).await?;
+    let picked: Vec<(String, String)> = sqlx::query(SCOPE_PICK_SQL)
+        .bind(scope.to_string())
+        .bind(EXPIRED_PURGE_ROWS_MAX)
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get("scope")?, r.try_get("address")?)))
+        .collect::<Result<_, sqlx::Error>>()?;
+    remove_picked(conn, picked, now_unix_ms).await
 }
 
 /// Deletes change-log rows older than [`CHANGES_RETENTION_DAYS`] at `now_unix_ms`, at most
