@@ -48,6 +48,9 @@ pub enum PolicyError {
     /// The control plane refused us (an Error frame).
     #[error("control plane refused the link: {message}")]
     Refused { message: String },
+    /// An audit checkpoint was not kept (bad signature, older seq, malformed).
+    #[error(transparent)]
+    Checkpoint(#[from] crate::checkpoint::CheckpointError),
 }
 
 impl PolicyError {
@@ -156,6 +159,21 @@ pub enum PolicyDenial {
 }
 
 impl PolicyDenial {
+    /// Which block a refusal's reply text reports, if it is one of the sends the guardrails or
+    /// an operator stopped: `sending_disabled`, `new_tenant_cap` or `suspended` (for the audit
+    /// log's `send.blocked` rows). The inverse of [`PolicyDenial::reply`]'s texts.
+    pub fn blocked_kind(reply_text: &str) -> Option<&'static str> {
+        if reply_text.starts_with("sending disabled: ") {
+            Some("sending_disabled")
+        } else if reply_text.starts_with("new tenant ") && reply_text.contains(" may send ") {
+            Some("new_tenant_cap")
+        } else if reply_text.starts_with("tenant ") && reply_text.ends_with(" is suspended") {
+            Some("suspended")
+        } else {
+            None
+        }
+    }
+
     /// The SMTP reply: (code, enhanced status, text without CRLF).
     pub fn reply(&self) -> (u16, (u8, u16, u16), String) {
         match self {
@@ -175,5 +193,46 @@ impl PolicyDenial {
     /// True for `4xx` denials (the client should retry later).
     pub fn is_transient(&self) -> bool {
         self.reply().0 < 500
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocked_kinds_read_back_from_the_reply_texts() {
+        let cases = [
+            (
+                PolicyDenial::SendingDisabled {
+                    reason: "bounce rate 12% over 10%".into(),
+                },
+                Some("sending_disabled"),
+            ),
+            (
+                PolicyDenial::NewTenantCap {
+                    tenant: "t".into(),
+                    messages_max: 10,
+                    window_hours: 24,
+                    next_in_minutes: 5,
+                    cap_ends_in_hours: 100,
+                },
+                Some("new_tenant_cap"),
+            ),
+            (
+                PolicyDenial::TenantSuspended { tenant: "t".into() },
+                Some("suspended"),
+            ),
+            (PolicyDenial::CredentialRevoked, None),
+            (
+                PolicyDenial::RateLimited {
+                    scope: "tenant".into(),
+                },
+                None,
+            ),
+        ];
+        for (d, want) in cases {
+            assert_eq!(PolicyDenial::blocked_kind(&d.reply().2), want, "{d}");
+        }
     }
 }

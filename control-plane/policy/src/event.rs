@@ -153,6 +153,12 @@ pub fn is_token(s: &str, max: usize) -> bool {
         })
 }
 
+/// Event types an engine sends for the control plane's audit log, not its event table:
+/// failed SMTP AUTHs of one address in one window, and a queue admin call (`details` carries
+/// what happened).
+pub const SMTP_AUTH_FAILED: &str = "smtp_auth_failed";
+pub const QUEUE_ADMIN: &str = "queue_admin";
+
 /// `hard`: do not retry this address; `soft`: it may work later.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -26,6 +26,8 @@
 //! - **Link** ([`link`]): the engine's TLS client that registers, applies pushed snapshots,
 //!   acks them and reconnects with capped backoff. The only networking (and the only tokio
 //!   runtime use) in the crate.
+//! - **Audit checkpoints** ([`checkpoint`]): the control plane's signed audit chain heads,
+//!   pushed on the link; the engine verifies each and keeps the latest next to its policy.
 //!
 //! Trade-offs. The rules are pure and deterministic: time is passed in and nothing here
 //! depends on glommio, so shards call them inline. argon2id is the exception in cost (tens of
@@ -42,6 +44,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod auth;
+pub mod checkpoint;
 pub mod compiled;
 pub mod dkim;
 pub mod error;

@@ -3,7 +3,8 @@
 //! Connect over TLS, send `Hello` with the shared token and the applied version, then apply
 //! every pushed `Snapshot` (decode, validate, compile, persist, swap) and `Ack` it. The same
 //! session carries the engine's events out (`link/events.rs`) and the suppression list in, as
-//! a full load then deltas (`link/suppressions.rs`). When the
+//! a full load then deltas (`link/suppressions.rs`), and the control plane's signed audit
+//! checkpoints, verified and kept next to the policy ([`crate::checkpoint`]). When the
 //! connection drops, is refused, or goes silent, reconnect after an exponential, capped,
 //! jittered delay. Meanwhile the engine runs on its last snapshot (also persisted on disk).
 //! Nothing here panics on what the peer sends; every wait has a timeout.
@@ -26,11 +27,12 @@ use tokio::io::{AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+use crate::checkpoint::{AuditCheckpoint, Kept};
 use crate::error::PolicyError;
 use crate::outbox::Outbox;
 use crate::snapshot;
 use crate::store::PolicyStore;
-use crate::wire::{write_frame, Frame, FrameDecoder, Hello};
+use crate::wire::{write_frame, Frame, FrameDecoder, Hello, PROTOCOL_VERSION};
 
 /// Bytes asked of the socket per read.
 pub const READ_CHUNK_BYTES: usize = 64 << 10;
@@ -199,6 +201,7 @@ async fn session(
         token: cfg.token.clone(),
         applied_version: store.version(),
         shards: cfg.shards,
+        protocol: PROTOCOL_VERSION,
     });
     write_frame(&mut writer, &hello).await?;
     tracing::info!(endpoint = %cfg.endpoint, version = store.version(), "policy link up");
@@ -231,6 +234,7 @@ async fn session(
                 Frame::SuppressionChanges { changes } => {
                     suppressions.apply(store, changes, &mut writer).await?;
                 }
+                Frame::AuditCheckpoint(cp) => keep_checkpoint(store, cp).await?,
                 frame => handle(frame, store, applied, &mut writer, got_snapshot).await?,
             }
         }
@@ -308,6 +312,23 @@ async fn handle<W: AsyncWrite + Unpin>(
             "unexpected frame from the control plane: {other:?}"
         ))),
     }
+}
+
+/// Verifies and keeps a pushed audit checkpoint (a synced write: on the blocking pool). One
+/// refused (bad signature, older seq) or not written is logged, and the link goes on: the next
+/// checkpoint, minutes later, tries again.
+async fn keep_checkpoint(store: &Arc<PolicyStore>, cp: AuditCheckpoint) -> Result<(), PolicyError> {
+    let seq = cp.seq;
+    let store2 = store.clone();
+    let kept = tokio::task::spawn_blocking(move || store2.audit_checkpoint().keep(cp))
+        .await
+        .map_err(|e| PolicyError::Io(std::io::Error::other(e.to_string())))?;
+    match kept {
+        Ok(Kept::New) => tracing::info!(seq, "audit checkpoint kept"),
+        Ok(Kept::Unchanged) => {}
+        Err(e) => tracing::warn!(seq, error = %e, "audit checkpoint not kept"),
+    }
+    Ok(())
 }
 
 fn apply_bytes(store: &PolicyStore, version: u64, bytes: &[u8]) -> Result<(), PolicyError> {

@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
+use crate::checkpoint::CheckpointKeeper;
 use crate::compiled::{CompiledPolicy, Shared};
 use crate::error::PolicyError;
 use crate::snapshot::{self, PolicySnapshot};
@@ -58,6 +59,9 @@ pub struct PolicyStore {
     keyer: SuppressionKeyer,
     /// Sealing at rest; `None` keeps the file in the clear (unit tests, benchmarks' A/B).
     at_rest: Option<AtRest>,
+    /// The control plane's latest signed audit checkpoint, kept in
+    /// `<dir>/audit-checkpoint.json` (issue 16; the link feeds it).
+    audit_checkpoint: CheckpointKeeper,
 }
 
 impl std::fmt::Debug for PolicyStore {
@@ -127,7 +131,13 @@ impl PolicyStore {
             keyer: suppressions.keyer().clone(),
             suppressions: ArcSwap::from_pointee(suppressions),
             at_rest,
+            audit_checkpoint: CheckpointKeeper::open(dir),
         }
+    }
+
+    /// The control plane's latest signed audit checkpoint this engine keeps.
+    pub fn audit_checkpoint(&self) -> &CheckpointKeeper {
+        &self.audit_checkpoint
     }
 
     /// The keyring the spool seals with, when sealing at rest is on.

@@ -17,6 +17,7 @@
 //! | 0x84 | CP -> engine  | `EventsAck { batch_seq }`  | u64 BE                                    |
 //! | 0x85 | CP -> engine  | `SuppressionLoad(page)`    | binary, see [`suppressions`]              |
 //! | 0x86 | CP -> engine  | `SuppressionChanges { changes }` | binary, see [`suppressions`]        |
+//! | 0x87 | CP -> engine  | `AuditCheckpoint(checkpoint)` | JSON [`AuditCheckpoint`], at most [`crate::checkpoint::CHECKPOINT_JSON_MAX_BYTES`] |
 //!
 //! The session: the engine sends `Hello`; the control plane checks the token and answers with
 //! the current `Snapshot` (or `Error` and closes); it sends a new full `Snapshot` on each change.
@@ -46,11 +47,26 @@
 //! engine answers each applied frame with `SuppressionsApplied { version }`, which the control
 //! plane records (`GET /v1/engines`). An engine that never asks gets no suppression frames.
 //!
+//! The signed audit checkpoint (issue 16) follows too: the control plane sends its newest one
+//! after the first snapshot and each newer one as it is made; the engine verifies and keeps it
+//! ([`crate::checkpoint`]) and answers nothing.
+//!
+//! Versions. Frames carry no version of their own, and an unknown kind is a protocol error on
+//! both sides (the decoder refuses it and the session ends; an engine would reconnect only to
+//! fail again). So a frame added later is sent only to a peer that says it knows it: the
+//! engine names the protocol revision it speaks in `Hello.protocol` ([`PROTOCOL_VERSION`];
+//! absent, as from engines built before it, reads 0), and the control plane sends a frame only
+//! to engines at or past the revision that added it ([`PROTOCOL_AUDIT_CHECKPOINT`] for 0x87).
+//! The other way round is safe too: a control plane built before the field ignores it (serde
+//! skips unknown `Hello` fields) and never sends the frame. Revision 0 is every frame up to
+//! 0x86; revision 1 adds 0x87.
+//!
 //! [`Frame::encode`] and [`FrameDecoder`] are pure; [`read_frame`] / [`write_frame`] adapt
 //! them to tokio's `AsyncRead`/`AsyncWrite` for both sides.
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::checkpoint::AuditCheckpoint;
 use crate::error::PolicyError;
 use crate::event::{Event, EVENTS_BATCH_MAX_BYTES, EVENTS_PER_BATCH_MAX};
 use crate::suppression::SuppressionChange;
@@ -66,6 +82,10 @@ pub const FRAME_LENGTH_BYTES: usize = 4;
 pub const ERROR_MESSAGE_MAX_BYTES: usize = 4096;
 /// Largest `Hello` payload, in bytes (ids and token are short).
 pub const HELLO_SIZE_MAX_BYTES: usize = 4096;
+/// The protocol revision this build speaks (see the module doc's "Versions").
+pub const PROTOCOL_VERSION: u32 = 1;
+/// The revision that added `AuditCheckpoint` (0x87).
+pub const PROTOCOL_AUDIT_CHECKPOINT: u32 = 1;
 
 pub const KIND_HELLO: u8 = 0x01;
 pub const KIND_ACK: u8 = 0x02;
@@ -79,6 +99,7 @@ pub const KIND_ERROR: u8 = 0x83;
 pub const KIND_EVENTS_ACK: u8 = 0x84;
 pub const KIND_SUPPRESSION_LOAD: u8 = 0x85;
 pub const KIND_SUPPRESSION_CHANGES: u8 = 0x86;
+pub const KIND_AUDIT_CHECKPOINT: u8 = 0x87;
 
 /// The engine introduces itself.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -91,6 +112,10 @@ pub struct Hello {
     pub applied_version: u64,
     /// Number of shards (cores) the engine runs; informational.
     pub shards: u32,
+    /// The protocol revision the engine speaks ([`PROTOCOL_VERSION`]); 0 when absent (engines
+    /// built before the field): the control plane sends it no frame added since.
+    #[serde(default)]
+    pub protocol: u32,
 }
 
 /// One protocol frame.
@@ -137,6 +162,9 @@ pub enum Frame {
     SuppressionChanges {
         changes: Vec<SuppressionChange>,
     },
+    /// The control plane's newest signed audit checkpoint (revision 1; decoding checks its
+    /// shape, the engine's keeper its signature and seq).
+    AuditCheckpoint(AuditCheckpoint),
 }
 
 impl std::fmt::Debug for Frame {
@@ -145,8 +173,8 @@ impl std::fmt::Debug for Frame {
         match self {
             Frame::Hello(h) => write!(
                 f,
-                "Hello {{ engine_id: {:?}, applied_version: {}, shards: {} }}",
-                h.engine_id, h.applied_version, h.shards
+                "Hello {{ engine_id: {:?}, applied_version: {}, shards: {}, protocol: {} }}",
+                h.engine_id, h.applied_version, h.shards, h.protocol
             ),
             Frame::Ack { version } => write!(f, "Ack {{ version: {version} }}"),
             Frame::Ping => write!(f, "Ping"),
@@ -181,6 +209,7 @@ impl std::fmt::Debug for Frame {
             Frame::SuppressionChanges { changes } => {
                 write!(f, "SuppressionChanges {{ {} changes }}", changes.len())
             }
+            Frame::AuditCheckpoint(cp) => write!(f, "AuditCheckpoint {{ seq: {} }}", cp.seq),
         }
     }
 }
@@ -200,6 +229,7 @@ impl Frame {
             Frame::SuppressionsApplied { .. } => KIND_SUPPRESSIONS_APPLIED,
             Frame::SuppressionLoad(_) => KIND_SUPPRESSION_LOAD,
             Frame::SuppressionChanges { .. } => KIND_SUPPRESSION_CHANGES,
+            Frame::AuditCheckpoint(_) => KIND_AUDIT_CHECKPOINT,
         }
     }
 
@@ -235,6 +265,7 @@ impl Frame {
             }
             Frame::SuppressionLoad(page) => suppressions::encode_load(page)?,
             Frame::SuppressionChanges { changes } => suppressions::encode_changes(changes)?,
+            Frame::AuditCheckpoint(cp) => cp.to_json()?,
         };
         if matches!(self, Frame::Hello(_)) && payload.len() > HELLO_SIZE_MAX_BYTES {
             return Err(PolicyError::protocol("hello too large"));
@@ -304,6 +335,9 @@ impl Frame {
             KIND_SUPPRESSION_LOAD => suppressions::decode_load(payload).map(Frame::SuppressionLoad),
             KIND_SUPPRESSION_CHANGES => suppressions::decode_changes(payload)
                 .map(|changes| Frame::SuppressionChanges { changes }),
+            KIND_AUDIT_CHECKPOINT => AuditCheckpoint::from_json(payload)
+                .map(Frame::AuditCheckpoint)
+                .map_err(|e| PolicyError::protocol(e.to_string())),
             KIND_ERROR => {
                 let text = String::from_utf8_lossy(payload);
                 Ok(Frame::Error {
@@ -477,6 +511,7 @@ fn truncate_utf8(s: &str, max_bytes: usize) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::checkpoint::CHECKPOINT_JSON_MAX_BYTES;
     use crate::event::tests::sample;
     use crate::event::EventType;
 
@@ -487,6 +522,7 @@ mod tests {
                 token: "secret".into(),
                 applied_version: 3,
                 shards: 2,
+                protocol: PROTOCOL_VERSION,
             }),
             Frame::Ack { version: 9 },
             Frame::Ping,
@@ -531,6 +567,13 @@ mod tests {
                     op: crate::suppression::ChangeOp::Remove,
                 }],
             },
+            Frame::AuditCheckpoint(AuditCheckpoint {
+                seq: 41,
+                hash: "ab".repeat(32),
+                at_unix_ms: 1_800_000_000_000,
+                public_key: "01".repeat(32),
+                signature: "02".repeat(64),
+            }),
         ]
     }
 
@@ -569,6 +612,24 @@ mod tests {
             "short snapshot"
         );
         assert!(Frame::decode(KIND_HELLO, b"{").is_err(), "bad json");
+        assert!(
+            Frame::decode(KIND_AUDIT_CHECKPOINT, b"{\"seq\":1}").is_err(),
+            "checkpoint without fields"
+        );
+        let over = vec![b' '; CHECKPOINT_JSON_MAX_BYTES + 1];
+        assert!(
+            Frame::decode(KIND_AUDIT_CHECKPOINT, &over).is_err(),
+            "oversized checkpoint"
+        );
+    }
+
+    #[test]
+    fn hello_from_an_older_engine_reads_protocol_0() {
+        let old = br#"{"engine_id":"e","token":"t","applied_version":1,"shards":1}"#;
+        match Frame::decode(KIND_HELLO, old).expect("old hello") {
+            Frame::Hello(h) => assert_eq!(h.protocol, 0),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -315,6 +315,8 @@ fn app(db: Db, control_dir: &std::path::Path) -> anyhow::Result<App> {
         engine_identities: tokio::sync::watch::channel(0).0,
         auth_failures: Default::default(),
         erasure_wake: tokio::sync::Notify::new(),
+        checkpoints: tokio::sync::watch::channel(None).0,
+        aggregates: Default::default(),
         anchor: {
             use petrel_control::audit_anchor as anchor;
             let (key, generate) = anchor::key_path(control_dir, None);

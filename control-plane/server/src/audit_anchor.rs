@@ -12,13 +12,21 @@
 //! `petrel-audit-key`, else `<control dir>/keys/audit-ed25519.key`, made at first start. The
 //! checkpoints: `--audit-checkpoint-file`, else `<control dir>/audit-checkpoints.jsonl`; each
 //! node of a shared database writes its own.
+//!
+//! Engines keep a copy (issue 16): each checkpoint a node makes ([`checkpoint`]) is published
+//! on `AppState::checkpoints`, and the node's push sessions send the newest to their engines
+//! (`push/checkpoint.rs`), which verify it and keep the latest. A node starts from the last
+//! line of its checkpoint file, and at each timer tick also publishes that last line: so when
+//! nodes of a PostgreSQL control plane share one file, a checkpoint made on another node
+//! reaches this node's engines within an interval. With a file per node, each node's own timer
+//! covers the shared head within the same interval.
 
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair, UnparsedPublicKey, ED25519};
+use petrel_policy::checkpoint::AuditCheckpoint;
 use serde::{Deserialize, Serialize};
 use sqlx::AnyConnection;
 
@@ -38,6 +46,11 @@ pub const CHECKPOINT_INTERVAL_SECS_DEFAULT: u64 = 300;
 pub const CHECKPOINT_FILE_BYTES_MAX: u64 = 512 << 20;
 /// Largest key file read.
 const KEY_FILE_BYTES_MAX: u64 = 4096;
+/// Bytes read from the end of the checkpoint file for its last line (a line is about 350).
+pub const CHECKPOINT_TAIL_BYTES: u64 = 4096;
+const _: () = assert!(
+    petrel_policy::checkpoint::CHECKPOINT_JSON_MAX_BYTES as u64 * 2 <= CHECKPOINT_TAIL_BYTES
+);
 
 /// One signed checkpoint of the chain head.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
@@ -53,8 +66,26 @@ pub struct Checkpoint {
     pub signature: String,
 }
 
-fn signed_bytes(seq: i64, hash: &str, at_unix_ms: i64) -> Vec<u8> {
-    format!("petrel-audit-checkpoint/1\n{seq}\n{hash}\n{at_unix_ms}").into_bytes()
+impl Checkpoint {
+    /// As the push link carries it; None for a negative seq (which no checkpoint has).
+    pub fn to_wire(&self) -> Option<AuditCheckpoint> {
+        Some(AuditCheckpoint {
+            seq: u64::try_from(self.seq).ok()?,
+            hash: self.hash.clone(),
+            at_unix_ms: self.at_unix_ms,
+            public_key: self.public_key.clone(),
+            signature: self.signature.clone(),
+        })
+    }
+}
+
+/// The message a signature covers ([`petrel_policy::checkpoint::signed_bytes`], the format
+/// engines verify); None for a negative seq.
+fn signed_bytes(seq: i64, hash: &str, at_unix_ms: i64) -> Option<Vec<u8>> {
+    let seq = u64::try_from(seq).ok()?;
+    Some(petrel_policy::checkpoint::signed_bytes(
+        seq, hash, at_unix_ms,
+    ))
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> ControlError + '_ {
@@ -155,7 +186,9 @@ impl Anchor {
         if let Some(cp) = last.as_ref().filter(|cp| cp.seq == seq && cp.hash == hash) {
             return Ok(cp.clone());
         }
-        let signature = self.key.sign(&signed_bytes(seq, &hash, now_unix_ms));
+        let message = signed_bytes(seq, &hash, now_unix_ms)
+            .ok_or_else(|| ControlError::Config(format!("audit head seq {seq} is negative")))?;
+        let signature = self.key.sign(&message);
         let cp = Checkpoint {
             seq,
             hash,
@@ -211,6 +244,55 @@ pub fn read_checkpoints(path: &Path) -> Result<Vec<Checkpoint>, ControlError> {
         .collect()
 }
 
+/// The last checkpoint in `path` (None when it has none), reading at most
+/// [`CHECKPOINT_TAIL_BYTES`] from its end.
+pub fn latest_checkpoint(path: &Path) -> Result<Option<Checkpoint>, ControlError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io(path)(e)),
+    };
+    let len = f.metadata().map_err(io(path))?.len();
+    let start = len.saturating_sub(CHECKPOINT_TAIL_BYTES);
+    f.seek(SeekFrom::Start(start)).map_err(io(path))?;
+    let mut tail = Vec::new();
+    f.take(CHECKPOINT_TAIL_BYTES)
+        .read_to_end(&mut tail)
+        .map_err(io(path))?;
+    // The last complete, non-empty line (the first one of a cut tail may be partial).
+    let text = String::from_utf8_lossy(&tail);
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+    let Some(last) = lines.next_back() else {
+        return Ok(None);
+    };
+    serde_json::from_str(last)
+        .map(Some)
+        .map_err(|e| ControlError::Config(format!("{} last line: {e}", path.display())))
+}
+
+/// Hands `cp` to this node's push sessions when it is newer (a higher seq) than the one they
+/// have.
+pub fn publish(app: &App, cp: &Checkpoint) {
+    let Some(wire) = cp.to_wire() else { return };
+    app.checkpoints.send_if_modified(|latest| {
+        if latest.as_ref().is_none_or(|l| wire.seq > l.seq) {
+            *latest = Some(wire);
+            true
+        } else {
+            false
+        }
+    });
+}
+
+/// Signs the chain head ([`Anchor::checkpoint`]) and sends it to this node's engines: what the
+/// timer, the API and the retention pruning call.
+pub async fn checkpoint(app: &App, now_unix_ms: i64) -> Result<Checkpoint, ControlError> {
+    let cp = app.anchor.checkpoint(&app.db, now_unix_ms).await?;
+    publish(app, &cp);
+    Ok(cp)
+}
+
 /// What the checkpoint check found.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct AnchorReport {
@@ -239,10 +321,8 @@ pub async fn verify_checkpoints(
             reason: Some(reason.to_string()),
         };
         let signature = hex::decode(&cp.signature).unwrap_or_default();
-        if key
-            .verify(&signed_bytes(cp.seq, &cp.hash, cp.at_unix_ms), &signature)
-            .is_err()
-        {
+        let message = signed_bytes(cp.seq, &cp.hash, cp.at_unix_ms).unwrap_or_default();
+        if key.verify(&message, &signature).is_err() {
             return Ok(bad(
                 "the checkpoint's signature does not verify under the audit key",
             ));
@@ -293,13 +373,21 @@ pub async fn verify_all(
     Ok(report)
 }
 
-/// Checkpoints on a timer.
-pub async fn task(app: App, anchor: Arc<Anchor>, interval_secs: u64) {
+/// Checkpoints on a timer, each sent to this node's engines, then the file's last line too
+/// (another node's, when nodes share the file).
+pub async fn task(app: App, interval_secs: u64) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(interval_secs.max(1)));
     loop {
         tick.tick().await;
-        if let Err(e) = anchor.checkpoint(&app.db, app.now_ms()).await {
+        if let Err(e) = checkpoint(&app, app.now_ms()).await {
             tracing::error!(error = %e, "audit checkpoint failed; retrying at the next interval");
+        }
+        let path = app.anchor.file().to_path_buf();
+        match tokio::task::spawn_blocking(move || latest_checkpoint(&path)).await {
+            Ok(Ok(Some(cp))) => publish(&app, &cp),
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "reading the last audit checkpoint failed"),
+            Err(e) => tracing::warn!(error = %e, "checkpoint reader task failed"),
         }
     }
 }

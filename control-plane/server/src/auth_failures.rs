@@ -101,5 +101,8 @@ pub async fn task(app: App, window_secs: u64) {
         if let Err(e) = flush(&app, window_secs).await {
             tracing::error!(error = %e, "could not record failed API authentications");
         }
+        if let Err(e) = crate::audit_signals::flush(&app, window_secs).await {
+            tracing::error!(error = %e, "could not record bulk reads and blocked sends");
+        }
     }
 }

@@ -49,6 +49,15 @@ pub struct ServeArgs {
     /// `<data-dir>/control/keys/kek`, made at first start).
     #[arg(long)]
     pub key_file: Option<PathBuf>,
+    /// Days after which a tenant's (or the operator's) new secret values are sealed under a
+    /// new data key; older keys stay for reading (1 to 3650).
+    #[arg(
+        long,
+        default_value_t = crate::store::sealed::DATA_KEY_ROTATE_AFTER_DAYS_DEFAULT,
+        value_parser = clap::value_parser!(u32)
+            .range(1..=i64::from(crate::store::sealed::DATA_KEY_ROTATE_AFTER_DAYS_MAX))
+    )]
+    pub data_key_rotate_after_days: u32,
     /// The Ed25519 key (PKCS#8, mode 0600) that signs audit checkpoints (default: the systemd
     /// credential `petrel-audit-key`, else `<data-dir>/control/keys/audit-ed25519.key`).
     #[arg(long)]
@@ -231,6 +240,7 @@ pub async fn run(cmd: ControlCommand) -> anyhow::Result<()> {
                 guardrails: a.guard.settings(),
                 retention: a.retention_bounds,
                 key_file: a.key_file,
+                data_key_rotate_after_days: a.data_key_rotate_after_days,
                 audit_key_file: a.audit_key_file,
                 audit_checkpoint_file: a.audit_checkpoint_file,
                 audit_checkpoint_interval_secs: a.audit_checkpoint_interval_secs,
@@ -396,6 +406,21 @@ mod tests {
         assert!(a.webhooks_allow_loopback);
         assert_eq!(a.webhooks_ca_file, Some(PathBuf::from("/ca.pem")));
         assert!(Cli::try_parse_from(["petrel", "serve", "--push-tls-cert", "c.pem"]).is_err());
+        let cli = Cli::try_parse_from(["petrel", "serve", "--data-key-rotate-after-days", "7"])
+            .expect("parses");
+        let ControlCommand::Serve(a) = cli.command else {
+            panic!("serve expected")
+        };
+        assert_eq!(a.data_key_rotate_after_days, 7);
+        for out_of_bounds in ["0", "3651"] {
+            assert!(Cli::try_parse_from([
+                "petrel",
+                "serve",
+                "--data-key-rotate-after-days",
+                out_of_bounds
+            ])
+            .is_err());
+        }
         let cli =
             Cli::try_parse_from(["petrel", "audit-verify", "--data-dir", "/x"]).expect("parses");
         assert!(matches!(cli.command, ControlCommand::AuditVerify { .. }));

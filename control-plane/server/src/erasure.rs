@@ -71,19 +71,24 @@ pub async fn delete_policy_rows(conn: &mut AnyConnection, d: &Deletion) -> Store
 }
 
 /// Chunked deletes of one tenant's bulk rows, in order: each statement removes at most
-/// [`ERASE_CHUNK_ROWS`] rows and is repeated until it removes fewer.
+/// [`ERASE_CHUNK_ROWS`] rows and is repeated until it removes fewer. A child table's rows are
+/// picked by their own key through the parent (not as the children of some parents: past one
+/// chunk of parents, a pick of parents whose children are gone removes nothing, and the loop
+/// would stop with the other parents' children left).
 const ERASE_STATEMENTS: &[&str] = &[
     "DELETE FROM event_tags WHERE event_seq IN \
      (SELECT event_seq FROM event_tags WHERE tenant_id = $1 LIMIT $2)",
     "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE tenant_id = $1 LIMIT $2)",
     "DELETE FROM event_stats WHERE (tenant_id, from_domain, bucket_start_ms) IN \
      (SELECT tenant_id, from_domain, bucket_start_ms FROM event_stats WHERE tenant_id = $1 LIMIT $2)",
-    "DELETE FROM webhook_attempts WHERE delivery_id IN \
-     (SELECT id FROM webhook_deliveries WHERE tenant_id = $1 LIMIT $2)",
+    "DELETE FROM webhook_attempts WHERE (delivery_id, attempt) IN \
+     (SELECT a.delivery_id, a.attempt FROM webhook_attempts a \
+      JOIN webhook_deliveries d ON d.id = a.delivery_id WHERE d.tenant_id = $1 LIMIT $2)",
     "DELETE FROM webhook_deliveries WHERE id IN \
      (SELECT id FROM webhook_deliveries WHERE tenant_id = $1 LIMIT $2)",
-    "DELETE FROM export_chunks WHERE export_id IN \
-     (SELECT id FROM exports WHERE tenant_id = $1 LIMIT $2)",
+    "DELETE FROM export_chunks WHERE (export_id, n) IN \
+     (SELECT c.export_id, c.n FROM export_chunks c \
+      JOIN exports e ON e.id = c.export_id WHERE e.tenant_id = $1 LIMIT $2)",
     "DELETE FROM exports WHERE id IN (SELECT id FROM exports WHERE tenant_id = $1 LIMIT $2)",
 ];
 

@@ -84,6 +84,17 @@ pub async fn ingest_checked(
     engine_id: &str,
     batches: &[(u64, &[Event])],
 ) -> Result<Ingested, IngestError> {
+    // The engines' audit signals of the fresh batches go to the audit log first, each in a
+    // mutation of its own (a crash before the ack below repeats them: at least once).
+    let signals_acked = engines::events_acked_seq(&mut *app.db.conn().await?, engine_id).await?;
+    for (_, batch) in batches.iter().filter(|(s, _)| *s > signals_acked) {
+        for entry in batch
+            .iter()
+            .filter_map(|e| crate::audit_signals::signal_entry(engine_id, e))
+        {
+            app.db.begin_data_mutation().await?.commit(entry).await?;
+        }
+    }
     let mut tx = app.db.begin_write().await?;
     let acked = engines::events_acked_seq(&mut tx, engine_id).await?;
     let fresh: Vec<&(u64, &[Event])> = batches.iter().filter(|(s, _)| *s > acked).collect();
@@ -107,9 +118,10 @@ pub async fn ingest_checked(
     tenants.sort_unstable();
     tenants.dedup();
     let deleted = crate::store::deleted_tenants::which_deleted(&mut tx, &tenants).await?;
-    if !deleted.is_empty() {
-        events.retain(|e| e.tenant_id.as_deref().is_none_or(|t| !deleted.contains(t)));
-    }
+    events.retain(|e| {
+        e.tenant_id.as_deref().is_none_or(|t| !deleted.contains(t))
+            && !crate::audit_signals::is_signal(e)
+    });
     let inserted = events::insert_batch(&mut tx, engine_id, &events, now).await?;
     engines::set_events_acked_seq(&mut tx, engine_id, last, now).await?;
     if inserted > 0 {
@@ -124,6 +136,7 @@ pub async fn ingest_checked(
         app.suppressions.wake();
         // The guardrails re-evaluate these tenants' rates (a set insert per batch here).
         app.guard.note_ingest(events.iter().map(|e| e.as_ref()));
+        crate::audit_signals::note_blocked(app, engine_id, &events);
     }
     Ok(Ingested {
         ack_seq: last,

@@ -23,6 +23,7 @@ pub mod api;
 pub mod api_tls;
 pub mod audit;
 pub mod audit_anchor;
+pub mod audit_signals;
 pub mod auth;
 pub mod auth_failures;
 mod bootstrap;
@@ -101,6 +102,9 @@ pub struct ServeOptions {
     /// credential `petrel-kek`, else `<data_dir>/keys/kek`, made at first start. Every node
     /// sharing a database must use the same key.
     pub key_file: Option<PathBuf>,
+    /// Days after which an owner's new secret values go under a new data key
+    /// (1..=`DATA_KEY_ROTATE_AFTER_DAYS_MAX`; `store/sealed.rs`).
+    pub data_key_rotate_after_days: u32,
     /// PEM files for the push listener; None: self-signed under `data_dir`.
     pub push_tls_cert: Option<PathBuf>,
     pub push_tls_key: Option<PathBuf>,
@@ -172,6 +176,7 @@ impl Default for ServeOptions {
             guardrails: guardrails::GuardSettings::default(),
             retention: retention::RetentionBounds::default(),
             key_file: None,
+            data_key_rotate_after_days: store::sealed::DATA_KEY_ROTATE_AFTER_DAYS_DEFAULT,
             audit_key_file: None,
             audit_checkpoint_file: None,
             require_engine_identity: false,
@@ -267,13 +272,16 @@ pub async fn serve_with(
             cfg.api_listen
         )));
     }
-    let db = store::Db::open_keyed(
+    let clock: Arc<dyn Clock> = opts.clock.clone().unwrap_or_else(|| Arc::new(SystemClock));
+    let rotation =
+        store::sealed::Rotation::every_days(clock.clone(), opts.data_key_rotate_after_days)?;
+    let db = store::Db::open_rotating(
         &cfg.data_dir,
         cfg.database_url.as_deref(),
         opts.key_file.as_deref(),
+        rotation,
     )
     .await?;
-    let clock: Arc<dyn Clock> = opts.clock.clone().unwrap_or_else(|| Arc::new(SystemClock));
     let bootstrap_key = bootstrap::ensure_operator(&db, opts.hash_cost, clock.as_ref()).await?;
     if let (Some(key), None) = (&bootstrap_key, &ready) {
         // With a `ready` channel the caller receives the key and prints it (once).
@@ -305,6 +313,14 @@ pub async fn serve_with(
             .clone()
             .unwrap_or_else(|| cfg.data_dir.join(audit_anchor::CHECKPOINT_FILE)),
     ));
+    // Engines get the last checkpoint made before this start until the timer makes one.
+    let last_checkpoint = match audit_anchor::latest_checkpoint(anchor.file()) {
+        Ok(cp) => cp.and_then(|cp| cp.to_wire()),
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the last audit checkpoint failed");
+            None
+        }
+    };
     let app = api::App(Arc::new(api::AppState {
         db,
         clock,
@@ -333,10 +349,12 @@ pub async fn serve_with(
         webhooks,
         suppressions: suppressions::SuppressionWatch::new(suppression_version),
         guard: guardrails::Guard::new(),
-        anchor: anchor.clone(),
+        anchor,
+        checkpoints: tokio::sync::watch::channel(last_checkpoint).0,
         engine_identities: tokio::sync::watch::channel(0).0,
         auth_failures: Default::default(),
         erasure_wake: tokio::sync::Notify::new(),
+        aggregates: Default::default(),
     }));
     let api_listener = bind(cfg.api_listen).await?;
     let push_listener = bind(cfg.push_listen).await?;
@@ -409,7 +427,6 @@ pub async fn serve_with(
     ));
     let anchoring = tokio::spawn(audit_anchor::task(
         app.clone(),
-        anchor,
         opts.audit_checkpoint_interval_secs,
     ));
     let domain_checker = tokio::spawn(domain_auth::check_task(

@@ -9,7 +9,9 @@
 //! control plane node can answer `GET /v1/engines`. `Events` batches on the same session are
 //! stored by [`crate::events::ingest`] and answered `EventsAck` once committed. The suppression
 //! list follows the same session as a full load then deltas (`push/suppressions.rs`), a page
-//! per turn of the session's loop, woken by [`crate::suppressions::SuppressionWatch`].
+//! per turn of the session's loop, woken by [`crate::suppressions::SuppressionWatch`]. The
+//! newest signed audit checkpoint follows each first snapshot, and every newer one as it is
+//! made (`push/checkpoint.rs`), to engines that speak the revision that added it.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -29,7 +31,9 @@ use crate::store::engines::{self, Touch};
 use crate::store::Notice;
 use crate::ControlError;
 
+mod checkpoint;
 mod suppressions;
+use checkpoint::CheckpointFeed;
 use suppressions::Feed;
 
 /// Engine connections served at once; more wait in the accept backlog.
@@ -310,7 +314,8 @@ async fn engine_session(
     };
     let engine_id = hello.engine_id.clone();
     register(app, &engine_id, peer, hello.applied_version).await?;
-    let result = run_session(stream, app, &engine_id, &admitted, cache).await;
+    let checkpoints = CheckpointFeed::new(app, hello.protocol);
+    let result = run_session(stream, app, &engine_id, &admitted, cache, checkpoints).await;
     if let Ok(mut conn) = app.db.conn().await {
         let _ = engines::disconnect(&mut conn, &engine_id).await;
     }
@@ -350,6 +355,7 @@ async fn run_session<S>(
     engine_id: &str,
     admitted: &Admitted,
     cache: &SnapshotCache,
+    mut checkpoints: CheckpointFeed,
 ) -> Result<(), ControlError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -394,6 +400,7 @@ where
                 touch(app, engine_id, Touch::Sent(version_i64(version))).await?;
             }
         }
+        checkpoints.send_due(&mut writer).await?;
         let latest = *suppression_versions.borrow_and_update();
         if held.is_none() && feed.has_work(latest) {
             // The engine's frames first, then one suppression page per turn.
@@ -421,6 +428,7 @@ where
                     }
                     continue;
                 }
+                () = checkpoints.changed() => continue,
                 _ = identities.changed() => {
                     check_identity(app, engine_id, admitted, &mut writer).await?;
                     continue;

@@ -332,7 +332,7 @@ pub async fn enforce(app: &App, now: i64) -> Result<Enforced, StoreError> {
     }
     if done.audit_rows_pruned > 0 {
         // The head after pruning, signed: the chain is anchored again.
-        if let Err(e) = app.anchor.checkpoint(&app.db, now).await {
+        if let Err(e) = crate::audit_anchor::checkpoint(app, now).await {
             tracing::warn!(error = %e, "checkpoint after audit pruning failed");
         }
     }

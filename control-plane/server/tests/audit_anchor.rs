@@ -1,10 +1,18 @@
 //! The anchored audit chain (issue 16): someone who rewrites a row and recomputes the whole
 //! chain and its recorded head passes the chain walk, but not the signed checkpoints kept
-//! outside the database; nor does a checkpoint file re-signed with another key.
+//! outside the database; nor does a checkpoint file re-signed with another key. The engines
+//! get the newest checkpoint when their session starts and each new one, and keep it.
 
 mod common;
 
-use common::scenarios::new_tenant;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::events::{connect_hello, Conn};
+use common::scenarios::{eventually, new_tenant};
+use petrel_policy::checkpoint::AuditCheckpoint;
+use petrel_policy::wire::PROTOCOL_VERSION;
+use petrel_policy::{read_frame, write_frame, Frame, Hello, PolicyStore};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use sqlx::Row;
@@ -160,4 +168,98 @@ async fn a_rewritten_log_with_a_recomputed_chain_is_caught_by_the_signed_checkpo
         "{:?}",
         v.body
     );
+}
+
+/// The next frame, within a few seconds.
+async fn next_frame(conn: &mut Conn) -> Frame {
+    tokio::time::timeout(Duration::from_secs(10), read_frame(conn))
+        .await
+        .expect("a frame in time")
+        .expect("a frame")
+        .expect("not closed")
+}
+
+/// The next audit checkpoint, skipping snapshots (pushed whenever the policy changes).
+async fn next_checkpoint(conn: &mut Conn) -> AuditCheckpoint {
+    loop {
+        match next_frame(conn).await {
+            Frame::Snapshot { .. } => {}
+            Frame::AuditCheckpoint(cp) => return cp,
+            other => panic!("expected a checkpoint, got {other:?}"),
+        }
+    }
+}
+
+/// A checkpoint as the API answered it, as the link carries it.
+fn as_wire(body: &serde_json::Value) -> AuditCheckpoint {
+    serde_json::from_value(body.clone()).expect("checkpoint fields")
+}
+
+async fn engine(h: &common::Harness, engine_id: &str, protocol: u32) -> Conn {
+    let hello = Hello {
+        engine_id: engine_id.into(),
+        token: common::PUSH_TOKEN.into(),
+        applied_version: 0,
+        shards: 1,
+        protocol,
+    };
+    connect_hello(h, hello).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engines_get_the_newest_checkpoint_at_start_and_each_new_one() {
+    let h = common::start().await;
+    let r = h.owner("POST", "/v1/audit-log/checkpoint", None).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let first = as_wire(&r.body);
+    first.verify().expect("signed under the key it names");
+
+    // At start: the snapshot, then the newest checkpoint.
+    let mut conn = engine(&h, "engine-cp", PROTOCOL_VERSION).await;
+    assert!(matches!(
+        next_frame(&mut conn).await,
+        Frame::Snapshot { .. }
+    ));
+    match next_frame(&mut conn).await {
+        Frame::AuditCheckpoint(cp) => assert_eq!(cp, first),
+        other => panic!("expected the checkpoint after the snapshot, got {other:?}"),
+    }
+    // An engine of the revision before gets none (it would refuse the frame's kind).
+    let mut old = engine(&h, "engine-old", 0).await;
+    assert!(matches!(next_frame(&mut old).await, Frame::Snapshot { .. }));
+    write_frame(&mut old, &Frame::Ping).await.expect("ping");
+    assert!(matches!(next_frame(&mut old).await, Frame::Pong));
+
+    // The real link keeps what it gets, verified, next to its policy.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(PolicyStore::load_or_empty(dir.path()));
+    let mut cfg = petrel_policy::LinkConfig::new(
+        &h.info.push_addr.to_string(),
+        "localhost",
+        petrel_policy::LinkTrust::CaPem(h.info.push_cert_pem.as_bytes().to_vec()),
+        common::PUSH_TOKEN,
+        "engine-link",
+    );
+    cfg.reconnect_delay_ms_min = 50;
+    let link = tokio::spawn(petrel_policy::run_link(cfg, store.clone(), |_| {}));
+    eventually("the link keeps the first checkpoint", || async {
+        store.audit_checkpoint().seq() == Some(first.seq)
+    })
+    .await;
+
+    // A new checkpoint (the head moved) reaches the session at once.
+    new_tenant(&h, "checkpointed-co").await;
+    let r = h.owner("POST", "/v1/audit-log/checkpoint", None).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let second = as_wire(&r.body);
+    assert!(second.seq > first.seq, "{second:?}");
+    assert_eq!(next_checkpoint(&mut conn).await, second);
+    eventually("the link keeps the new checkpoint", || async {
+        store.audit_checkpoint().latest().as_ref() == Some(&second)
+    })
+    .await;
+    link.abort();
+    let kept = std::fs::read(dir.path().join(petrel_policy::checkpoint::CHECKPOINT_FILE))
+        .expect("kept file");
+    assert_eq!(AuditCheckpoint::from_json(&kept).expect("json"), second);
 }

@@ -369,6 +369,19 @@ async fn pg_retention() {
     db.drop_db().await;
 }
 
+/// Tenant deletion on PostgreSQL (the SQLite twin is `deletion.rs`).
+#[tokio::test]
+async fn pg_deletion() {
+    let Some(base) = pg_url() else { return };
+    let db = TestDb::create(&base).await;
+    {
+        let h = common::start_with(Some(db.url.clone())).await;
+        let raw = common::retention::raw(&h, Some(&db.url)).await;
+        common::deletion::scenario(&h, &raw).await;
+    }
+    db.drop_db().await;
+}
+
 /// The tenant export on PostgreSQL (the SQLite twin is `export.rs`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg_export() {

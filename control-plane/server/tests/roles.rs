@@ -212,6 +212,13 @@ fn cases(b_tenant: &str, b_domain: &str, b_cred: &str, b_hook: &str) -> Vec<Case
             OtherTenantsObject,
             none,
         ),
+        c(
+            "PATCH",
+            "/v1/credentials/{id}",
+            P::CredentialsWrite,
+            OtherTenantsObject,
+            |_| Some(json!({"scopes": ["send"]})),
+        ),
         c("GET", "/v1/limits", P::LimitsRead, Own, none),
         c(
             "PUT",

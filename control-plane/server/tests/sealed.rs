@@ -2,6 +2,8 @@
 //! webhook secrets, token keys and audit payloads are stored sealed and read back through the
 //! API; a row written in the clear before sealing is sealed at the next start; destroying a
 //! tenant's data keys redacts its names and audit payloads while the audit chain still verifies.
+//! A tenant's data key past the rotation period takes no new values: they go under a new one,
+//! and the old values still open.
 
 mod common;
 
@@ -154,4 +156,101 @@ async fn secret_columns_are_sealed_opened_resealed_and_shredded() {
         .await
         .expect("verify");
     assert!(report.ok, "{report:?}");
+}
+
+/// The data key id of a sealed text value.
+fn key_id(stored: &str) -> u32 {
+    use base64::Engine as _;
+    let b64 = stored.strip_prefix(SEALED_TEXT_PREFIX).expect("sealed");
+    let frame = base64::engine::general_purpose::STANDARD_NO_PAD
+        .decode(b64)
+        .expect("base64");
+    petrel_seal::frame_key_id(&frame).expect("frame")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_key_past_its_period_takes_no_new_values_and_old_ones_still_open() {
+    const DAY_MS: i64 = 86_400_000;
+    let (h, clock) = common::retention::harness(None).await;
+    let raw = common::retention::raw(&h, None).await;
+    let (tenant, _key) = new_tenant(&h, "Rotating Co").await;
+    let keys_of = |tenant: String| {
+        let raw = raw.clone();
+        async move {
+            sqlx::query("SELECT id FROM data_keys WHERE owner = $1")
+                .bind(tenant)
+                .fetch_all(&raw)
+                .await
+                .expect("data keys")
+                .len()
+        }
+    };
+    assert_eq!(keys_of(tenant.clone()).await, 1);
+    let after_of = |action: &'static str| {
+        let (raw, tenant) = (raw.clone(), tenant.clone());
+        async move {
+            let r = sqlx::query(
+                "SELECT after_json FROM audit_log WHERE tenant_id = $1 AND action = $2 \
+                 ORDER BY seq DESC LIMIT 1",
+            )
+            .bind(tenant)
+            .bind(action)
+            .fetch_one(&raw)
+            .await
+            .expect("audit row");
+            r.get::<String, _>("after_json")
+        }
+    };
+    let first = key_id(&after_of("tenant.create").await);
+
+    // Within the period: the same key.
+    clock.advance(29 * DAY_MS);
+    let path = format!("/v1/tenants/{tenant}");
+    let r = h
+        .owner("PATCH", &path, Some(json!({"list_unsubscribe": true})))
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(key_id(&after_of("tenant.update").await), first);
+    assert_eq!(keys_of(tenant.clone()).await, 1);
+
+    // Past it (the node's cached key too): a new key for the new value.
+    clock.advance(2 * DAY_MS);
+    let r = h
+        .owner("PATCH", &path, Some(json!({"list_unsubscribe": false})))
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let second = key_id(&after_of("tenant.update").await);
+    assert_ne!(second, first, "sealed under a new key");
+    assert_eq!(keys_of(tenant.clone()).await, 2);
+    // And the next value goes under the new key, not a third.
+    let r = h
+        .owner("PATCH", &path, Some(json!({"list_unsubscribe": true})))
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(key_id(&after_of("tenant.update").await), second);
+    assert_eq!(keys_of(tenant.clone()).await, 2);
+
+    // Both keys' values open through the API: the name (first key), every audit payload.
+    let r = h.owner("GET", &path, None).await;
+    assert_eq!(r.body["name"], "Rotating Co", "{:?}", r.body);
+    let r = h.owner("GET", "/v1/audit-log?limit=1000", None).await;
+    let rows: Vec<&serde_json::Value> = r
+        .body
+        .as_array()
+        .expect("rows")
+        .iter()
+        .filter(|row| row["tenant_id"] == tenant.as_str())
+        .collect();
+    let created = rows
+        .iter()
+        .find(|row| row["action"] == "tenant.create")
+        .expect("create row");
+    assert_eq!(created["after"]["name"], "Rotating Co", "{created:?}");
+    let updates: Vec<_> = rows
+        .iter()
+        .filter(|row| row["action"] == "tenant.update")
+        .map(|row| row["after"]["list_unsubscribe"].clone())
+        .collect();
+    assert_eq!(updates.len(), 3, "{rows:?}");
+    assert!(updates.iter().all(|v| v.is_boolean()), "{updates:?}");
 }

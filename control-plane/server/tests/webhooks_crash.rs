@@ -145,6 +145,7 @@ impl Node {
             token: TOKEN.into(),
             applied_version: 0,
             shards: 1,
+            protocol: 0,
         };
         write_frame(&mut conn, &Frame::Hello(hello))
             .await

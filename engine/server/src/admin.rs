@@ -50,12 +50,19 @@ pub const ADMIN_AUDIT_FILE: &str = "admin-audit.jsonl";
 pub struct Guard {
     token_digest: [u8; 32],
     audit: std::path::PathBuf,
+    /// The event backlog: changes and refusals also go to the control plane's audit log
+    /// (`audit_signals::QUEUE_ADMIN`).
+    outbox: Option<std::sync::Arc<petrel_policy::Outbox>>,
+    nonce: std::sync::Arc<str>,
 }
 
 impl Guard {
     /// The token from the configuration (see the module doc), made when it is the data
     /// directory's and missing.
-    pub fn new(cfg: &crate::config::EngineConfig) -> Result<Guard, EngineError> {
+    pub fn new(
+        cfg: &crate::config::EngineConfig,
+        outbox: Option<std::sync::Arc<petrel_policy::Outbox>>,
+    ) -> Result<Guard, EngineError> {
         let bad = |e: &dyn std::fmt::Display| EngineError::Config {
             message: format!("admin token: {e}"),
         };
@@ -75,6 +82,8 @@ impl Guard {
         Ok(Guard {
             token_digest: digest(&token),
             audit: cfg.server.data_dir.join(ADMIN_AUDIT_FILE),
+            outbox,
+            nonce: crate::audit_signals::process_nonce().into(),
         })
     }
 }
@@ -116,16 +125,40 @@ async fn guarded(
     };
     let status = response.status().as_u16();
     tracing::info!(%peer, %method, %path, status, "admin request");
-    let line = json!({
-        "at_unix_ms": crate::clock::now_ms(),
+    let now = crate::clock::now_ms();
+    let record = json!({
+        "at_unix_ms": now,
         "peer": peer.to_string(),
         "method": method,
         "path": path,
         "status": status,
-    })
-    .to_string();
+    });
+    let line = record.to_string();
     let file = guard.audit.clone();
-    let written = tokio::task::spawn_blocking(move || append_line(&file, &line)).await;
+    // A change, or a refusal, is the control plane's to know as well (reads are not).
+    let signal = (method != "GET" || status >= 400)
+        .then(|| guard.outbox.clone())
+        .flatten()
+        .map(|o| {
+            let at = i64::try_from(now).unwrap_or(i64::MAX);
+            let subject = format!("{}-{at}-{}", guard.nonce, rand::random::<u32>());
+            (
+                o,
+                crate::audit_signals::signal(
+                    crate::audit_signals::QUEUE_ADMIN,
+                    &subject,
+                    at,
+                    record,
+                ),
+            )
+        });
+    let written = tokio::task::spawn_blocking(move || {
+        if let Some((o, e)) = signal {
+            crate::audit_signals::record(&o, &[e]);
+        }
+        append_line(&file, &line)
+    })
+    .await;
     if !matches!(written, Ok(Ok(()))) {
         tracing::error!(path = %guard.audit.display(), "cannot append to the admin audit file");
     }

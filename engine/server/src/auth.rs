@@ -41,6 +41,8 @@ pub struct Authenticator {
     cache: Mutex<HashMap<[u8; 32], Identity>>,
     policy: Arc<petrel_policy::PolicyStore>,
     throttle: FailureThrottle,
+    /// Refusals of the current window, for the control plane's audit log.
+    pub failures: Arc<crate::audit_signals::AuthFailureLog>,
 }
 
 impl Authenticator {
@@ -60,6 +62,7 @@ impl Authenticator {
                 section.failures_per_address_max,
                 section.failure_window_secs,
             ),
+            failures: Arc::default(),
         })
     }
 
@@ -68,9 +71,17 @@ impl Authenticator {
         self.throttle.check(peer, now_secs)
     }
 
-    /// Counts a failed AUTH of `peer` towards its lockout.
-    pub fn record_failure(&self, peer: IpAddr, now_secs: u64) {
+    /// Counts a failed AUTH of `peer` towards its lockout, and for the audit log.
+    pub fn record_failure(&self, peer: IpAddr, now_secs: u64, username: &str) {
         self.throttle.record_failure(peer, now_secs);
+        let now_ms = i64::try_from(crate::clock::now_ms()).unwrap_or(i64::MAX);
+        self.failures.note(peer, username, false, now_ms);
+    }
+
+    /// Counts an AUTH the lockout refused (for the audit log only).
+    pub fn record_locked_out(&self, peer: IpAddr, username: &str) {
+        let now_ms = i64::try_from(crate::clock::now_ms()).unwrap_or(i64::MAX);
+        self.failures.note(peer, username, true, now_ms);
     }
 
     pub fn has_credentials(&self) -> bool {
@@ -228,9 +239,9 @@ mod tests {
         let a = Authenticator::new(&section, store);
         let ip: IpAddr = "192.0.2.7".parse().unwrap();
         assert!(a.locked_out(ip, 100).is_ok());
-        a.record_failure(ip, 100);
+        a.record_failure(ip, 100, "u");
         assert!(a.locked_out(ip, 100).is_ok());
-        a.record_failure(ip, 101);
+        a.record_failure(ip, 101, "u");
         assert_eq!(a.locked_out(ip, 110), Err(20));
         assert!(a.locked_out("192.0.2.8".parse().unwrap(), 110).is_ok());
         assert!(a.locked_out(ip, 130).is_ok());

@@ -111,6 +111,9 @@ pub struct EventsSection {
     /// Bytes of events the control plane has not acknowledged yet, at most; past it the engine
     /// refuses new mail with `452 4.3.1` rather than lose events (default 1 GiB).
     pub backlog_bytes_max: u64,
+    /// Days a JSON-lines file is kept after its last write (default 30, at least 1); they are
+    /// rotated daily, so none holds more than a day past the window.
+    pub jsonl_retention_days: u64,
 }
 
 /// The smallest `events.backlog_bytes_max` accepted.
@@ -123,6 +126,7 @@ impl Default for EventsSection {
             jsonl_accepted: false,
             to_control_plane: true,
             backlog_bytes_max: petrel_policy::outbox::OUTBOX_BYTES_MAX_DEFAULT,
+            jsonl_retention_days: 30,
         }
     }
 }
@@ -413,6 +417,9 @@ pub struct AuthSection {
     pub failures_per_address_max: u32,
     /// The lockout window, in seconds.
     pub failure_window_secs: u64,
+    /// Failed AUTHs go to the control plane's audit log aggregated per address over windows of
+    /// this many seconds (`audit_signals.rs`).
+    pub failure_audit_window_secs: u64,
 }
 
 impl Default for AuthSection {
@@ -421,6 +428,7 @@ impl Default for AuthSection {
             users: Vec::new(),
             failures_per_address_max: 10,
             failure_window_secs: 300,
+            failure_audit_window_secs: 60,
         }
     }
 }

@@ -87,6 +87,12 @@ pub fn run(
         runtime.spawn(rotate_data_keys(Arc::clone(&policy)));
     }
     let auth = Authenticator::new(&cfg.auth, Arc::clone(&policy));
+    let signals = events.clone();
+    runtime.spawn(crate::audit_signals::flush_task(
+        Arc::clone(&auth.failures),
+        signals.clone(),
+        cfg.auth.failure_audit_window_secs,
+    ));
     let shards = cfg.shard_count();
     let pressure = Pressure::new(cfg.limits.clone(), shards, events.clone());
     let intake_outbox = events.clone();
@@ -184,7 +190,7 @@ pub fn run(
             runtime,
             addr,
             admin_txs,
-            crate::admin::Guard::new(&cfg)?,
+            crate::admin::Guard::new(&cfg, signals)?,
         )?),
         None => None,
     };

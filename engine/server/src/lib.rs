@@ -24,6 +24,7 @@
 
 pub mod admin;
 pub mod at_rest;
+pub mod audit_signals;
 pub mod auth;
 pub mod clock;
 pub mod config;

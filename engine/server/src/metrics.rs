@@ -29,6 +29,8 @@ pub const TENANTS_ERASED: &str = "petrel_tenants_erased_total";
 pub const SUPPRESSION_ENTRIES: &str = "petrel_suppression_entries";
 pub const SUPPRESSION_VERSION: &str = "petrel_suppression_version";
 pub const SUPPRESSION_MEMORY_BYTES: &str = "petrel_suppression_memory_bytes";
+/// The seq of the control plane's signed audit checkpoint this engine keeps (issue 16).
+pub const AUDIT_CHECKPOINT_SEQ: &str = "petrel_audit_checkpoint_seq";
 /// How often the suppression gauges are refreshed, ms.
 pub const SUPPRESSION_GAUGES_INTERVAL_MS: u64 = 1_000;
 
@@ -144,6 +146,10 @@ fn describe() {
         "Heap bytes held by the suppression set"
     );
     describe_gauge!(
+        AUDIT_CHECKPOINT_SEQ,
+        "Audit chain seq of the control plane's signed checkpoint kept here (absent: none yet)"
+    );
+    describe_gauge!(
         "petrel_delivery_connections_open",
         "Outbound connections open now, by destination: the domain for destinations with limits of their own (configured or pushed), `other` for the rest"
     );
@@ -233,8 +239,8 @@ fn describe() {
     );
 }
 
-/// Refreshes the suppression gauges every [`SUPPRESSION_GAUGES_INTERVAL_MS`] (tokio; runs until
-/// dropped).
+/// Refreshes the gauges of what the control plane link feeds (the suppression set, the kept
+/// audit checkpoint's seq) every [`SUPPRESSION_GAUGES_INTERVAL_MS`] (tokio; runs until dropped).
 pub async fn publish_suppressions(policy: std::sync::Arc<petrel_policy::PolicyStore>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(
         SUPPRESSION_GAUGES_INTERVAL_MS,
@@ -245,5 +251,8 @@ pub async fn publish_suppressions(policy: std::sync::Arc<petrel_policy::PolicySt
         metrics::gauge!(SUPPRESSION_ENTRIES).set(set.len() as f64);
         metrics::gauge!(SUPPRESSION_VERSION).set(set.version() as f64);
         metrics::gauge!(SUPPRESSION_MEMORY_BYTES).set(set.memory_bytes() as f64);
+        if let Some(seq) = policy.audit_checkpoint().seq() {
+            metrics::gauge!(AUDIT_CHECKPOINT_SEQ).set(seq as f64);
+        }
     }
 }

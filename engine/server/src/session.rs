@@ -320,11 +320,13 @@ impl Driver {
         let now_secs = now_ms() / 1000;
         if let Err(retry_secs) = auth.locked_out(ip, now_secs) {
             tracing::info!(%ip, retry_secs, "AUTH refused: address locked out after failures");
+            auth.record_locked_out(ip, &username);
             metrics::counter!(m::AUTH_TOTAL, "result" => "locked_out").increment(1);
             self.session.auth_locked_out();
             self.identity = None;
             return;
         }
+        let tried = username.clone();
         let result = match auth.verify_cached(&username, &password, ip) {
             Some(hit) => Some(hit),
             None => {
@@ -335,7 +337,7 @@ impl Driver {
             }
         };
         if result.is_none() {
-            auth.record_failure(ip, now_secs);
+            auth.record_failure(ip, now_secs, &tried);
         }
         let label = if result.is_some() { "ok" } else { "failed" };
         metrics::counter!(m::AUTH_TOTAL, "result" => label).increment(1);

@@ -235,6 +235,52 @@ async fn bad_snapshots_are_not_acked_and_stale_ones_keep_ours() {
 }
 
 #[tokio::test]
+async fn keeps_the_newest_verified_audit_checkpoint() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let tls = test_tls();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _seen, task) =
+            start_link(cfg(addr, LinkTrust::CaPem(tls.ca_pem.clone())), dir.path());
+        let mut peer = Peer::accept(&listener, &tls.acceptor).await;
+        assert_eq!(
+            peer.hello().await.protocol,
+            crate::wire::PROTOCOL_AUDIT_CHECKPOINT
+        );
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let doc = aws_lc_rs::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+        let key = aws_lc_rs::signature::Ed25519KeyPair::from_pkcs8(doc.as_ref()).unwrap();
+        let mut forged = crate::checkpoint::tests::signed(&key, 30, 3);
+        forged.at_unix_ms += 1;
+        for cp in [
+            crate::checkpoint::tests::signed(&key, 12, 1),
+            forged,
+            crate::checkpoint::tests::signed(&key, 11, 2),
+        ] {
+            write_frame(&mut peer.stream, &Frame::AuditCheckpoint(cp))
+                .await
+                .unwrap();
+        }
+        // Frames are handled in order: once the snapshot is acked, the checkpoints were seen.
+        peer.push(1, snapshot_bytes(1)).await;
+        assert_eq!(peer.expect_ack().await, 1);
+        assert_eq!(
+            store.audit_checkpoint().seq(),
+            Some(12),
+            "the forged one and the older one are refused, the link carries on"
+        );
+        task.abort();
+        assert_eq!(
+            crate::checkpoint::CheckpointKeeper::open(dir.path()).seq(),
+            Some(12)
+        );
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
 async fn pinned_fingerprint_accepts_the_right_cert_only() {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let tls = test_tls();

@@ -81,12 +81,15 @@ pub async fn verify(
     security(("bearer" = [])),
     extensions(("x-permission" = json!(Permission::AuditVerify.name())))
 )]
-/// Signs the chain head now (or answers the checkpoint that already covers it).
+/// Signs the chain head now (or answers the checkpoint that already covers it); a new one is
+/// sent to this node's engines.
 pub async fn checkpoint(
     State(app): State<App>,
     _caller: Caller,
 ) -> Result<Json<Checkpoint>, ApiError> {
-    Ok(Json(app.anchor.checkpoint(&app.db, app.now_ms()).await?))
+    Ok(Json(
+        crate::audit_anchor::checkpoint(&app, app.now_ms()).await?,
+    ))
 }
 
 /// The rows `caller` may see: its tenant's, or every row for operator owners.

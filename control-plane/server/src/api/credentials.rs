@@ -363,7 +363,7 @@ pub async fn show(
 }
 
 /// A caller may only act on credentials whose role is not above its own.
-fn check_rank(caller: &Caller, c: &CredentialView) -> Result<(), ApiError> {
+pub(crate) fn check_rank(caller: &Caller, c: &CredentialView) -> Result<(), ApiError> {
     match c.role {
         Some(r) if r > caller.role => Err(ApiError::forbidden(
             "cannot change a credential with a role above your own",

@@ -233,10 +233,32 @@ pub async fn list(
     } else {
         None
     };
+    note_read(&app, &caller, &filter.scope, "events", rows.len());
     Ok(Json(EventsPage {
         events: rows.into_iter().map(|r| r.event.into()).collect(),
         next_cursor,
     }))
+}
+
+/// Counts a read of event data for the audit log (`events.read`, aggregated per caller,
+/// tenant and window: `crate::audit_signals`).
+fn note_read(app: &App, caller: &Caller, scope: &Scope, kind: &str, rows: usize) {
+    let tenant_id = match scope {
+        Scope::Tenant(t) => Some(t.clone()),
+        Scope::All => None,
+    };
+    app.aggregates.note(
+        crate::audit_signals::AggregateKey {
+            action: crate::audit_signals::EVENTS_READ_ACTION,
+            target: tenant_id.clone().unwrap_or_else(|| ALL_TENANTS.into()),
+            tenant_id,
+            actor: caller.actor(),
+            remote_addr: caller.remote.to_string(),
+        },
+        rows as u64,
+        kind,
+        app.now_ms(),
+    );
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -283,6 +305,7 @@ pub async fn message(
     let scope = scope(&caller, q.tenant.as_deref())?;
     let mut conn = app.db.conn().await?;
     let rows = store::events::message(&mut conn, &scope, &id).await?;
+    note_read(&app, &caller, &scope, "message", rows.len());
     let first = rows
         .first()
         .map(|r| r.event.clone())

@@ -10,6 +10,7 @@
 //! another tenant answers 404 exactly like an id that does not exist.
 
 pub mod audit;
+pub mod credential_update;
 pub mod credentials;
 pub mod dmarc;
 pub mod domain_auth;
@@ -100,6 +101,10 @@ pub struct AppState {
     pub guard: crate::guardrails::Guard,
     /// Signs audit chain checkpoints into a file outside the database (`audit_anchor.rs`).
     pub anchor: Arc<crate::audit_anchor::Anchor>,
+    /// The newest signed checkpoint this node knows (seq only moves up; None before the
+    /// first): push sessions send it to engines at start and on each change
+    /// (`audit_anchor::publish`).
+    pub checkpoints: watch::Sender<Option<petrel_policy::checkpoint::AuditCheckpoint>>,
     /// Bumped when an engine identity is revoked or replaced: this node's push sessions check
     /// theirs at once (other nodes' within `push::ENGINE_IDENTITY_CHECK_MS`).
     pub engine_identities: watch::Sender<u64>,
@@ -107,6 +112,8 @@ pub struct AppState {
     pub auth_failures: crate::auth_failures::AuthFailures,
     /// Wakes the erasure of deleted tenants (`erasure.rs`).
     pub erasure_wake: tokio::sync::Notify,
+    /// Bulk reads and blocked sends of the current window (`audit_signals.rs`).
+    pub aggregates: crate::audit_signals::Aggregates,
 }
 
 /// Cheap handle to [`AppState`].
@@ -183,7 +190,7 @@ pub fn routes() -> OpenApiRouter<App> {
         .routes(routes!(domain_auth::check))
         .routes(routes!(limits::set_domain))
         .routes(routes!(credentials::create, credentials::list))
-        .routes(routes!(credentials::show))
+        .routes(routes!(credentials::show, credential_update::update))
         .routes(routes!(credentials::revoke))
         .routes(routes!(credentials::rotate))
         .routes(routes!(limits::show))

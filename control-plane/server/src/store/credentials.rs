@@ -138,6 +138,24 @@ pub async fn revoke(
     Ok(())
 }
 
+/// Sets a credential's role and scopes.
+pub async fn set_role_and_scopes(
+    conn: &mut AnyConnection,
+    tenant_id: &str,
+    id: &str,
+    role: Option<crate::auth::Role>,
+    scopes: &[String],
+) -> StoreResult<()> {
+    sqlx::query("UPDATE credentials SET role = $1, scopes = $2 WHERE id = $3 AND tenant_id = $4")
+        .bind(role.map(|r| r.as_str().to_string()))
+        .bind(list_json(scopes))
+        .bind(id.to_string())
+        .bind(tenant_id.to_string())
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 /// Replaces a credential's secret (its prefix and hash).
 pub async fn set_secret(
     conn: &mut AnyConnection,

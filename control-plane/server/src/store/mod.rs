@@ -162,6 +162,23 @@ impl Db {
         database_url: Option<&str>,
         key_file: Option<&Path>,
     ) -> Result<Db, ControlError> {
+        Self::open_rotating(
+            data_dir,
+            database_url,
+            key_file,
+            sealed::Rotation::default(),
+        )
+        .await
+    }
+
+    /// [`Db::open_keyed`] whose data keys rotate by `rotation` (the server's clock and
+    /// `--data-key-rotate-after-days`).
+    pub async fn open_rotating(
+        data_dir: &Path,
+        database_url: Option<&str>,
+        key_file: Option<&Path>,
+        rotation: sealed::Rotation,
+    ) -> Result<Db, ControlError> {
         sqlx::any::install_default_drivers();
         let url = match database_url {
             Some(u) => u.to_string(),
@@ -222,6 +239,7 @@ impl Db {
         let sealer = Arc::new(sealed::Sealer::new(
             key_source(data_dir, key_file)?,
             pool.clone(),
+            rotation,
         ));
         let db = Db {
             pool,

@@ -15,6 +15,12 @@
 //!   crypto-shredding, also of audit payloads, whose chain hashes what is stored.
 //! - Tenant names stay unique through a blind index: `name_index` is an HMAC of the name under
 //!   a key kept for that purpose (owner `#name-index`).
+//! - Keys rotate by age, as the engines' do: once an owner's current key is older than the
+//!   period (`--data-key-rotate-after-days`, 30), its new values are sealed under a new key;
+//!   the old ones stay for reading what they sealed. The age is read on the app's clock at each
+//!   seal, so a long-running node drops its cached key when it passes the period. Two nodes
+//!   that rotate at once each add a key: both are valid, and every node then seals under the
+//!   newest. The name index's key never rotates (equal names must keep equal indexes).
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -33,16 +39,69 @@ pub const SEALED_BYTES_PREFIX: &[u8; 4] = b"PSL1";
 pub const NAME_INDEX_OWNER: &str = "#name-index";
 /// Attempts at a free random key id.
 const KEY_ID_ATTEMPTS: usize = 8;
+/// Default age, in days, past which an owner's new values go under a new data key (as the
+/// engines' `encryption.data_key_rotate_after_days`).
+pub const DATA_KEY_ROTATE_AFTER_DAYS_DEFAULT: u32 = 30;
+/// Largest rotation period accepted, in days (ten years, as the engines').
+pub const DATA_KEY_ROTATE_AFTER_DAYS_MAX: u32 = 3_650;
+const DAY_MS: u64 = 86_400_000;
+
+/// When keys rotate: the clock their age is read on, and the period.
+#[derive(Clone)]
+pub struct Rotation {
+    /// The app's clock (tests move it).
+    pub clock: Arc<dyn crate::Clock>,
+    /// Age, in ms, past which an owner's current key takes no new values; > 0.
+    pub rotate_after_ms: u64,
+}
+
+impl Rotation {
+    /// Every `days` (1..=[`DATA_KEY_ROTATE_AFTER_DAYS_MAX`]) on `clock`.
+    pub fn every_days(
+        clock: Arc<dyn crate::Clock>,
+        days: u32,
+    ) -> Result<Rotation, crate::ControlError> {
+        if days == 0 || days > DATA_KEY_ROTATE_AFTER_DAYS_MAX {
+            return Err(crate::ControlError::Config(format!(
+                "the data key rotation period is {days} days (1..={DATA_KEY_ROTATE_AFTER_DAYS_MAX})"
+            )));
+        }
+        Ok(Rotation {
+            clock,
+            rotate_after_ms: u64::from(days) * DAY_MS,
+        })
+    }
+}
+
+impl Default for Rotation {
+    /// The system clock, every [`DATA_KEY_ROTATE_AFTER_DAYS_DEFAULT`] days.
+    fn default() -> Rotation {
+        Rotation {
+            clock: Arc::new(crate::SystemClock),
+            rotate_after_ms: u64::from(DATA_KEY_ROTATE_AFTER_DAYS_DEFAULT) * DAY_MS,
+        }
+    }
+}
+
+impl std::fmt::Debug for Rotation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rotation")
+            .field("rotate_after_ms", &self.rotate_after_ms)
+            .finish_non_exhaustive()
+    }
+}
 
 /// Seals and opens column values; one per [`super::Db`], shared by its clones.
 ///
 /// Only keys known to be committed are remembered as an owner's current key: those made by
 /// [`Sealer::prepare`] in a statement of their own, or read outside a transaction. A key made
-/// inside a caller's transaction serves that transaction only (it may roll back).
+/// inside a caller's transaction serves that transaction only (it may roll back). A current
+/// key past the rotation period is forgotten as current (not for reading) when next asked for.
 pub struct Sealer {
     source: Arc<dyn KeySource>,
     pool: sqlx::AnyPool,
     cache: RwLock<Cache>,
+    rotation: Rotation,
 }
 
 impl std::fmt::Debug for Sealer {
@@ -67,12 +126,24 @@ fn seal_err(e: SealError) -> StoreError {
 }
 
 impl Sealer {
-    pub fn new(source: Arc<dyn KeySource>, pool: sqlx::AnyPool) -> Sealer {
+    pub fn new(source: Arc<dyn KeySource>, pool: sqlx::AnyPool, rotation: Rotation) -> Sealer {
         Sealer {
             source,
             pool,
             cache: RwLock::new(Cache::default()),
+            rotation,
         }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.rotation.clock.now_unix_ms()).unwrap_or(0)
+    }
+
+    /// Whether new values may still be sealed under `key`: younger than the rotation period.
+    /// The name index's key never rotates: equal names must keep equal indexes.
+    fn fresh(&self, key: &DataKey) -> bool {
+        key.owner() == Some(NAME_INDEX_OWNER)
+            || self.now_ms().saturating_sub(key.created_unix_ms()) < self.rotation.rotate_after_ms
     }
 
     /// Makes sure `owner` has a committed key, made in a statement of its own: call it before
@@ -83,7 +154,8 @@ impl Sealer {
             return Ok(k);
         }
         let mut conn = self.pool.acquire().await?;
-        let key = match self.load_current(&mut conn, owner).await? {
+        let current = self.load_current(&mut conn, owner).await?;
+        let key = match current.filter(|k| self.fresh(k)) {
             Some(k) => k,
             None => self.create(&mut conn, owner).await?,
         };
@@ -91,9 +163,22 @@ impl Sealer {
         Ok(key)
     }
 
+    /// The owner's cached current key while it is fresh; one past the period is forgotten as
+    /// current (it stays cached for reading).
     fn cached(&self, owner: Option<&str>) -> Option<Arc<DataKey>> {
-        let c = self.cache.read().unwrap_or_else(|e| e.into_inner());
-        c.current.get(&owner.map(str::to_string)).cloned()
+        let owner = owner.map(str::to_string);
+        let key = {
+            let c = self.cache.read().unwrap_or_else(|e| e.into_inner());
+            c.current.get(&owner).cloned()?
+        };
+        if self.fresh(&key) {
+            return Some(key);
+        }
+        let mut c = self.cache.write().unwrap_or_else(|e| e.into_inner());
+        if c.current.get(&owner).is_some_and(|k| k.id() == key.id()) {
+            c.current.remove(&owner);
+        }
+        None
     }
 
     fn remember(&self, key: Arc<DataKey>, current: bool) {
@@ -106,7 +191,7 @@ impl Sealer {
     }
 
     /// The key new values of `owner` are sealed under: its newest in `data_keys`, made now in
-    /// `conn`'s transaction when it has none.
+    /// `conn`'s transaction when it has none or the newest is past the rotation period.
     pub async fn key(
         &self,
         conn: &mut AnyConnection,
@@ -121,11 +206,16 @@ impl Sealer {
             let mut own = self.pool.acquire().await?;
             self.load_current(&mut own, owner).await?
         };
-        if let Some(k) = committed {
+        if let Some(k) = committed.filter(|k| self.fresh(k)) {
             self.remember(k.clone(), true);
             return Ok(k);
         }
-        match self.load_current(conn, owner).await? {
+        // None committed, or past its period: one this transaction made, else a new one.
+        match self
+            .load_current(conn, owner)
+            .await?
+            .filter(|k| self.fresh(k))
+        {
             Some(k) => Ok(k),
             None => self.create(conn, owner).await,
         }
@@ -169,7 +259,7 @@ impl Sealer {
             if id == 0 {
                 continue;
             }
-            let created = petrel_seal::unix_now_ms();
+            let created = self.now_ms();
             let key =
                 DataKey::generate(id, owner.map(str::to_string), created).map_err(seal_err)?;
             let (version, wrapped) =

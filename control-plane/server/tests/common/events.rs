@@ -28,8 +28,21 @@ pub async fn connect(h: &Harness, engine_id: &str) -> Conn {
     connect_as(h, PUSH_TOKEN, engine_id, 1).await
 }
 
-/// Connects over the real push link and says Hello as `engine_id` with `token` and `shards`.
+/// Connects over the real push link and says Hello as `engine_id` with `token` and `shards`,
+/// speaking protocol revision 0 (so no frame added since, such as audit checkpoints, arrives).
 pub async fn connect_as(h: &Harness, token: &str, engine_id: &str, shards: u32) -> Conn {
+    let hello = Hello {
+        engine_id: engine_id.into(),
+        token: token.into(),
+        applied_version: 0,
+        shards,
+        protocol: 0,
+    };
+    connect_hello(h, hello).await
+}
+
+/// Connects over the real push link and says `hello`.
+pub async fn connect_hello(h: &Harness, hello: Hello) -> Conn {
     let tls =
         connector(&LinkTrust::CaPem(h.info.push_cert_pem.as_bytes().to_vec())).expect("connector");
     let tcp = tokio::net::TcpStream::connect(h.info.push_addr)
@@ -37,12 +50,6 @@ pub async fn connect_as(h: &Harness, token: &str, engine_id: &str, shards: u32) 
         .expect("connect push");
     let name = ServerName::try_from("localhost").expect("name");
     let mut conn = tls.connect(name, tcp).await.expect("tls handshake");
-    let hello = Hello {
-        engine_id: engine_id.into(),
-        token: token.into(),
-        applied_version: 0,
-        shards,
-    };
     write_frame(&mut conn, &Frame::Hello(hello))
         .await
         .expect("hello");

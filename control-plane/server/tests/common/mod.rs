@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod attribution;
+pub mod deletion;
 pub mod domain_auth;
 pub mod events;
 pub mod export;

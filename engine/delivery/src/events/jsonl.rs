@@ -1,6 +1,8 @@
-//! The JSON-lines event files: `events-<n>.jsonl`, rotated by size, the oldest deleted beyond
-//! `files_max`. For operators who ship logs their own way; the control plane gets the same
-//! events through the durable backlog (`super::wire`).
+//! The JSON-lines event files: `events-<n>.jsonl`, rotated by size and daily, the oldest
+//! deleted beyond `files_max` and once past the retention window (`retention_ms`, from their
+//! last write). For operators who ship logs their own way (they are a log, in the clear, like
+//! Postfix's maillog; a linked engine does not write them unless told to); the control plane
+//! gets the same events, sealed, through the durable backlog (`super::wire`).
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
@@ -18,6 +20,14 @@ pub(super) struct RotatingFile {
     current: BufWriter<File>,
     /// Bytes in the current file.
     current_bytes: u64,
+    /// When the current file was opened (unix ms).
+    opened_unix_ms: u64,
+}
+
+fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl RotatingFile {
@@ -42,6 +52,7 @@ impl RotatingFile {
             numbers,
             current,
             current_bytes: 0,
+            opened_unix_ms: now_unix_ms(),
         };
         files.prune().map_err(err(&path))?;
         Ok(files)
@@ -49,7 +60,9 @@ impl RotatingFile {
 
     pub(super) fn write(&mut self, line: &[u8]) -> Result<(), DeliveryError> {
         let len = line.len() as u64;
-        if self.current_bytes > 0 && self.current_bytes + len > self.cfg.file_size_max_bytes {
+        let full = self.current_bytes + len > self.cfg.file_size_max_bytes;
+        let old = now_unix_ms().saturating_sub(self.opened_unix_ms) >= self.cfg.file_age_max_ms;
+        if self.current_bytes > 0 && (full || old) {
             self.rotate()?;
         }
         let path = self.current_path();
@@ -66,6 +79,7 @@ impl RotatingFile {
         let (file, path) = create(&self.cfg.dir, next)?;
         self.current = file;
         self.current_bytes = 0;
+        self.opened_unix_ms = now_unix_ms();
         self.numbers.push_back(next);
         self.prune()
             .map_err(|source| DeliveryError::Events { path, source })
@@ -75,6 +89,27 @@ impl RotatingFile {
         while self.numbers.len() > self.cfg.files_max.max(1) {
             if let Some(old) = self.numbers.pop_front() {
                 std::fs::remove_file(file_path(&self.cfg.dir, old))?;
+            }
+        }
+        // Closed files whose last write is past the retention window.
+        let cutoff = std::time::SystemTime::now()
+            .checked_sub(std::time::Duration::from_millis(self.cfg.retention_ms))
+            .unwrap_or(std::time::UNIX_EPOCH);
+        while self.numbers.len() > 1 {
+            let Some(&oldest) = self.numbers.front() else {
+                break;
+            };
+            let path = file_path(&self.cfg.dir, oldest);
+            let expired = std::fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .map_or(true, |t| t < cutoff);
+            if !expired {
+                break;
+            }
+            self.numbers.pop_front();
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
             }
         }
         Ok(())

@@ -118,6 +118,11 @@ pub struct Event {
     pub attribution: EventAttribution,
 }
 
+/// A JSON-lines file is rotated once this old (a day).
+pub const JSONL_FILE_AGE_MAX_MS: u64 = 86_400_000;
+/// Closed JSON-lines files older than this are deleted by default (30 days).
+pub const JSONL_RETENTION_MS_DEFAULT: u64 = 30 * 86_400_000;
+
 /// Where and how events are written.
 #[derive(Debug, Clone)]
 pub struct EventsConfig {
@@ -129,6 +134,11 @@ pub struct EventsConfig {
     pub file_size_max_bytes: u64,
     /// Files kept, the current one included (default 10).
     pub files_max: usize,
+    /// A file is also rotated once it is this old, and a closed file older than the retention
+    /// window is deleted (`events.jsonl_retention_days`, default 30 days): they hold recipient
+    /// addresses in the clear, for a log shipper, so they do not outlive the events' window.
+    pub file_age_max_ms: u64,
+    pub retention_ms: u64,
     /// Batches buffered between the shards and the writer (default 1,024).
     pub channel_capacity: usize,
     /// The durable backlog for the control plane; `None`: no control plane.
@@ -148,6 +158,8 @@ impl EventsConfig {
             jsonl: true,
             file_size_max_bytes: 64 << 20,
             files_max: 10,
+            file_age_max_ms: JSONL_FILE_AGE_MAX_MS,
+            retention_ms: JSONL_RETENTION_MS_DEFAULT,
             channel_capacity: 1_024,
             outbox: None,
             engine_id: String::new(),
@@ -446,6 +458,31 @@ pub(crate) mod tests {
         );
         let delivered = serde_json::to_value(event(8)).expect("json");
         assert!(delivered["bounce"].is_null());
+    }
+
+    #[test]
+    fn json_lines_files_past_the_retention_window_are_deleted() {
+        let dir = std::env::temp_dir().join(format!("petrel-events-age-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        // Two files of an earlier run: one written 40 days ago, one an hour ago.
+        let old = file_path(&dir, 1);
+        let recent = file_path(&dir, 2);
+        for (p, age_secs) in [(&old, 40 * 86_400), (&recent, 3_600)] {
+            std::fs::write(p, b"{}\n").expect("write");
+            let t = std::time::SystemTime::now() - std::time::Duration::from_secs(age_secs);
+            std::fs::File::options()
+                .write(true)
+                .open(p)
+                .and_then(|f| f.set_modified(t))
+                .expect("set mtime");
+        }
+        let cfg = EventsConfig::new(&dir);
+        let (_sink, writer) = EventSink::start(cfg).expect("start");
+        writer.shutdown().expect("shutdown");
+        assert!(!old.exists(), "past the 30-day window: deleted");
+        assert!(recent.exists(), "inside the window: kept");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
