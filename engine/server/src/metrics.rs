@@ -19,6 +19,8 @@ pub const SESSION_PANICS_TOTAL: &str = "petrel_smtp_session_panics_total";
 pub const SPOOL_COMMIT_SECONDS: &str = "petrel_spool_commit_duration_seconds";
 pub const SPOOL_MESSAGES: &str = "petrel_spool_messages";
 pub const SPOOL_BYTES: &str = "petrel_spool_bytes";
+/// 1 while the shard's spool takes messages, 0 while a failed write or sync stops it.
+pub const SPOOL_HEALTHY: &str = "petrel_spool_healthy";
 pub const SPOOL_RECOVERY_SKIPPED_TOTAL: &str = "petrel_spool_recovery_skipped_records_total";
 pub const AUTH_TOTAL: &str = "petrel_smtp_auth_total";
 pub const DKIM_SIGNED_TOTAL: &str = "petrel_dkim_signed_total";
@@ -129,6 +131,10 @@ fn describe() {
     );
     describe_gauge!(SPOOL_MESSAGES, "Messages in the spool");
     describe_gauge!(SPOOL_BYTES, Unit::Bytes, "Bytes in the spool");
+    describe_gauge!(
+        SPOOL_HEALTHY,
+        "1 while the shard's spool takes messages, 0 while a failed write or sync stops it"
+    );
     describe_counter!(
         SPOOL_RECOVERY_SKIPPED_TOTAL,
         "Spool records skipped at recovery (torn or corrupt)"

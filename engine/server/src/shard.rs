@@ -245,11 +245,27 @@ async fn refuse(mut stream: TcpStream, refusal: crate::pressure::Refusal) {
 
 /// Keeps the backpressure figures and gauges fresh even when nothing is being accepted.
 async fn publish_loop(ctx: Rc<ShardCtx>) {
+    let mut was_healthy = true;
     loop {
         ctx.publish_figures();
         let s = ctx.spool.stats();
         metrics::gauge!(m::SPOOL_MESSAGES, "shard" => ctx.shard.to_string()).set(s.messages as f64);
         metrics::gauge!(m::SPOOL_BYTES, "shard" => ctx.shard.to_string()).set(s.bytes as f64);
+        // Asking also arms the spool's probe, so an idle shard heals too.
+        let unhealthy = ctx.spool.unhealthy_reason();
+        if unhealthy.is_none() != was_healthy {
+            was_healthy = unhealthy.is_none();
+            match unhealthy {
+                Some(reason) => tracing::error!(
+                    shard = ctx.shard,
+                    reason,
+                    "spool unhealthy: refusing new mail with 452 4.3.1"
+                ),
+                None => tracing::warn!(shard = ctx.shard, "spool healthy again: taking new mail"),
+            }
+        }
+        metrics::gauge!(m::SPOOL_HEALTHY, "shard" => ctx.shard.to_string())
+            .set(f64::from(u8::from(was_healthy)));
         glommio::timer::sleep(Duration::from_millis(FIGURES_PUBLISH_MS)).await;
     }
 }

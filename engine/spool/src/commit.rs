@@ -50,6 +50,17 @@ pub(crate) enum CommitError<E> {
 
 impl GroupCommit {
     /// Syncs started so far (one per fdatasync round).
+    /// Forgets a failed sync: the spool healed into a new segment (`health.rs`).
+    pub(crate) fn clear_failure(&self) {
+        self.failed.set(false);
+    }
+
+    /// What a failed sync leaves, for tests.
+    #[cfg(test)]
+    pub(crate) fn fail_for_test(&self) {
+        self.failed.set(true);
+    }
+
     pub(crate) fn commits(&self) -> u64 {
         self.started.get()
     }

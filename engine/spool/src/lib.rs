@@ -56,8 +56,10 @@
 //!
 //! Trade-offs: a single damaged header makes the scanner resynchronise on the next aligned valid
 //! header, which in theory could be found inside a message body; bodies are not scrambled.
-//! A failed fdatasync makes the spool refuse writes for good (the page cache can no longer be
-//! trusted after one); a failed write only marks it unhealthy until a write succeeds.
+//! A failed fdatasync makes the spool refuse writes until a probe finds writing works again;
+//! it then continues in a new segment, never trusting the files that saw the failure again
+//! (the page cache may have dropped the failed pages). A failed write (a full disk) marks it
+//! unhealthy until the probe succeeds (`health.rs`).
 // No unwrap outside tests: propagate a typed error, or `expect` an invariant checked right there.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
@@ -66,6 +68,7 @@ mod cache;
 mod commit;
 mod error;
 mod file;
+pub mod health;
 pub mod record;
 mod recovery;
 pub mod sealed;

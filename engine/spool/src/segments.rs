@@ -30,10 +30,13 @@ pub(crate) struct Inner {
     pub(crate) commit: GroupCommit,
     /// Serialises reservations in the active segment (held across a rollover's file creation).
     pub(crate) reserve: Semaphore,
-    /// Sticky reason after a failed fdatasync.
+    /// Reason after a failed fdatasync, until the health probe starts a new segment.
     pub(crate) fatal: Cell<Option<&'static str>>,
-    /// The last data write failed (cleared by the next successful one): e.g. disk full.
+    /// The last data write failed (cleared by the next successful one, or by the health
+    /// probe once writing works again: `health.rs`): e.g. disk full.
     pub(crate) write_failed: Cell<bool>,
+    /// The health probe runs (`health.rs`).
+    pub(crate) probe_armed: Cell<bool>,
     /// A periodic journal sync is scheduled.
     pub(crate) sync_timer_armed: Cell<bool>,
     /// The task that writes the buffered journal records is scheduled or writing.

@@ -33,7 +33,7 @@ const ID_SEQUENCE_MAX: u64 = (1 << MESSAGE_ID_SEQUENCE_BITS) - 1;
 /// may run concurrently from many tasks of that executor.
 #[derive(Debug)]
 pub struct Spool {
-    inner: Rc<Inner>,
+    pub(crate) inner: Rc<Inner>,
 }
 
 impl Spool {
@@ -81,6 +81,7 @@ impl Spool {
             reserve: Semaphore::new(1),
             fatal: Cell::new(None),
             write_failed: Cell::new(false),
+            probe_armed: Cell::new(false),
             sync_timer_armed: Cell::new(false),
             journal_flush_armed: Cell::new(false),
             data_flush_armed: Cell::new(false),
@@ -402,12 +403,19 @@ impl Spool {
         self.inner.commit.commits()
     }
 
-    /// Why the spool should not take new messages right now, if it should not. Cheap.
+    /// Why the spool should not take new messages right now, if it should not. Cheap. While
+    /// it is unhealthy, asking arms the probe that heals it once writing works again
+    /// (`health.rs`).
     pub fn unhealthy_reason(&self) -> Option<&'static str> {
-        self.inner
-            .fatal
+        let reason = self.inner.fatal.get().or(self
+            .inner
+            .write_failed
             .get()
-            .or(self.inner.write_failed.get().then_some("disk write failed"))
+            .then_some("disk write failed"));
+        if reason.is_some() {
+            self.inner.arm_health_probe();
+        }
+        reason
     }
 
     /// Syncs everything written and closes the files.
