@@ -56,10 +56,11 @@ fn fill(path: &Path) -> u64 {
     total
 }
 
+/// About 216 KB: with 1 MiB segments, the disk fills at a segment boundary too.
 fn send(addr: std::net::SocketAddr, n: u32) -> (u16, String) {
     let body = format!(
         "From: <a@src.test>\r\nTo: <b@dst.test>\r\nSubject: disk {n}\r\n\r\n{}\r\n",
-        format!("{}\r\n", "x".repeat(70)).repeat(30)
+        format!("{}\r\n", "x".repeat(70)).repeat(3_000)
     );
     send_one(addr, "a@src.test", "b@dst.test", &body)
 }
@@ -76,7 +77,12 @@ fn a_full_disk_refuses_then_heals_without_a_restart_and_loses_nothing() {
         "--trust-network",
         "127.0.0.0/8",
     ];
-    let engine = Engine::start(&data, &args);
+    // Small segments: a store while the disk is full also needs a new segment file.
+    let engine = Engine::start_with(
+        &data,
+        &args,
+        Some("[spool]\nsegment_size_max_bytes = 1048576\n"),
+    );
     let mut acked = 0u64;
     for n in 0..5 {
         let (code, text) = send(engine.smtp, n);
@@ -96,6 +102,13 @@ fn a_full_disk_refuses_then_heals_without_a_restart_and_loses_nothing() {
         }
     }
     assert!(refused >= 4, "a full disk must refuse: {refused} refused");
+    assert!(
+        std::fs::read_dir(data.join("spool").join("shard-0"))
+            .unwrap()
+            .count()
+            >= 4,
+        "the test crossed a segment boundary"
+    );
     let (code, text) = send(engine.smtp, 10);
     assert_eq!(code, 452, "{text}");
     assert!(text.contains("4.3.1"), "{text}");
@@ -116,7 +129,8 @@ fn a_full_disk_refuses_then_heals_without_a_restart_and_loses_nothing() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    for n in 12..15 {
+    // Across further segment boundaries, all taken.
+    for n in 12..20 {
         let (code, text) = send(engine.smtp, n);
         assert_eq!(code, 250, "{text}");
         acked += 1;

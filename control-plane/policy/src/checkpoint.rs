@@ -3,16 +3,19 @@
 //! The control plane signs its audit chain head (seq, hash, time) with an Ed25519 key held
 //! outside its database and appends the checkpoint to a file outside it. It also pushes the
 //! newest one to every engine (`AuditCheckpoint` frames, see [`crate::wire`]), and each engine
-//! keeps the latest in `<policy dir>/audit-checkpoint.json`: a copy on other machines, so
-//! someone who rewrites the control plane's database *and* its checkpoint file still leaves a
-//! signed head behind that the rewritten log must match.
+//! keeps the latest in `<policy dir>/audit-checkpoint.json` and every one it took, newest
+//! [`CHECKPOINT_HISTORY_MAX`], in `<policy dir>/audit-checkpoints.jsonl`: copies on other
+//! machines, so someone who rewrites the control plane's database *and* its checkpoint file
+//! still leaves signed heads behind that the rewritten log must match (`petrel control
+//! audit-verify --audit-checkpoint-file <the engine's history> --audit-public-key HEX` checks
+//! each one against the database; the lines have the control plane's field names).
 //!
 //! The engine checks the signature under the public key the checkpoint carries (a checkpoint
-//! damaged in transit or on disk is refused), and refuses one whose seq is lower than the one
-//! it keeps: the kept head never moves back. Whether that key is the operator's is not the
-//! engine's call: the kept file is one JSON line with the control plane's field names, so
-//! `petrel control audit-verify --audit-checkpoint-file <it> --audit-public-key HEX` checks it
-//! against the trusted key and the database.
+//! damaged in transit or on disk is refused), pins that key at the first checkpoint (a
+//! checkpoint signed by another key is refused and logged: an operator who rotates the audit
+//! key removes the kept files), refuses one whose seq is lower than the one it keeps (the kept
+//! head never moves back), and refuses one for the kept seq with another hash (two signed heads
+//! for one seq: proof the log was rewritten, logged as such).
 //!
 //! [`CheckpointKeeper`] does blocking file I/O (a write and two fsyncs per new checkpoint,
 //! one every few minutes): call it off the reactor.
@@ -28,6 +31,11 @@ use crate::error::PolicyError;
 
 /// The kept checkpoint's file name inside the policy directory.
 pub const CHECKPOINT_FILE: &str = "audit-checkpoint.json";
+/// The history's file name inside the policy directory.
+pub const CHECKPOINT_HISTORY_FILE: &str = "audit-checkpoints.jsonl";
+/// Checkpoints the history keeps (about ten days at one per five minutes); past twice that
+/// the file is rewritten with the newest this many.
+pub const CHECKPOINT_HISTORY_MAX: usize = 3_000;
 const CHECKPOINT_TEMP_FILE: &str = "audit-checkpoint.json.tmp";
 /// What the signature's message starts with (its format's version).
 pub const SIGNED_CONTEXT: &str = "petrel-audit-checkpoint/1";
@@ -79,6 +87,20 @@ pub enum CheckpointError {
     /// The kept head never moves back.
     #[error("audit checkpoint at seq {offered} is older than the kept seq {kept}")]
     Stale { kept: u64, offered: u64 },
+    /// Signed by another key than the one pinned at the first checkpoint.
+    #[error("audit checkpoint at seq {seq} is signed by key {offered}, not the pinned {pinned}")]
+    KeyChanged {
+        seq: u64,
+        pinned: String,
+        offered: String,
+    },
+    /// Two signed heads for one seq: the audit log was rewritten.
+    #[error("audit checkpoint at seq {seq} has hash {offered}, the kept one {kept}: the audit log was rewritten")]
+    Conflict {
+        seq: u64,
+        kept: String,
+        offered: String,
+    },
 }
 
 fn malformed(reason: impl Into<String>) -> CheckpointError {
@@ -180,6 +202,8 @@ pub struct CheckpointKeeper {
     /// What the file holds (None: no file, or one that failed its checks at start). Also
     /// serializes writers.
     kept: Mutex<Option<AuditCheckpoint>>,
+    /// [`CHECKPOINT_HISTORY_MAX`] (smaller in tests).
+    history_max: usize,
 }
 
 impl CheckpointKeeper {
@@ -206,6 +230,15 @@ impl CheckpointKeeper {
         CheckpointKeeper {
             path,
             kept: Mutex::new(kept),
+            history_max: CHECKPOINT_HISTORY_MAX,
+        }
+    }
+
+    /// [`CheckpointKeeper::open`] with a history of at most `history_max` (tests).
+    pub fn open_with_history(dir: &Path, history_max: usize) -> CheckpointKeeper {
+        CheckpointKeeper {
+            history_max: history_max.max(1),
+            ..CheckpointKeeper::open(dir)
         }
     }
 
@@ -231,6 +264,14 @@ impl CheckpointKeeper {
         cp.verify()?;
         let mut kept = self.lock();
         match kept.as_ref() {
+            Some(k) if cp.public_key != k.public_key => {
+                return Err(CheckpointError::KeyChanged {
+                    seq: cp.seq,
+                    pinned: k.public_key.clone(),
+                    offered: cp.public_key,
+                }
+                .into())
+            }
             Some(k) if cp.seq < k.seq => {
                 return Err(CheckpointError::Stale {
                     kept: k.seq,
@@ -238,12 +279,63 @@ impl CheckpointKeeper {
                 }
                 .into())
             }
+            Some(k) if cp.seq == k.seq && cp.hash != k.hash => {
+                return Err(CheckpointError::Conflict {
+                    seq: cp.seq,
+                    kept: k.hash.clone(),
+                    offered: cp.hash,
+                }
+                .into())
+            }
             Some(k) if *k == cp => return Ok(Kept::Unchanged),
             _ => {}
         }
-        self.persist(&cp.to_json()?)?;
+        let json = cp.to_json()?;
+        self.append_history(&json)?;
+        self.persist(&json)?;
         *kept = Some(cp);
         Ok(Kept::New)
+    }
+
+    /// Appends one line to the history (synced), rewriting it with the newest
+    /// [`CHECKPOINT_HISTORY_MAX`] once it holds twice that.
+    fn append_history(&self, json: &[u8]) -> Result<(), PolicyError> {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let path = dir.join(CHECKPOINT_HISTORY_FILE);
+        let err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| PolicyError::Persist { path, source }
+        };
+        std::fs::create_dir_all(dir).map_err(err(dir))?;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(err(&path))?;
+        let mut line = json.to_vec();
+        line.push(b'\n');
+        file.write_all(&line).map_err(err(&path))?;
+        file.sync_all().map_err(err(&path))?;
+        drop(file);
+        let max = self.history_max;
+        let bound = (2 * max * (CHECKPOINT_JSON_MAX_BYTES + 1)) as u64;
+        let text = match std::fs::metadata(&path) {
+            Ok(m) if m.len() <= bound => std::fs::read_to_string(&path).map_err(err(&path))?,
+            // Far past the bound (damage): keep only what this checkpoint adds.
+            Ok(_) => String::from_utf8_lossy(&line).into_owned(),
+            Err(e) => return Err(err(&path)(e)),
+        };
+        let lines: Vec<&str> = text.lines().collect();
+        if lines.len() > 2 * max || text.len() as u64 > bound {
+            let keep = &lines[lines.len().saturating_sub(max)..];
+            let temp = dir.join(CHECKPOINT_TEMP_FILE);
+            let mut out = std::fs::File::create(&temp).map_err(err(&temp))?;
+            out.write_all((keep.join("\n") + "\n").as_bytes())
+                .map_err(err(&temp))?;
+            out.sync_all().map_err(err(&temp))?;
+            std::fs::rename(&temp, &path).map_err(err(&path))?;
+        }
+        Ok(())
     }
 
     fn persist(&self, json: &[u8]) -> Result<(), PolicyError> {

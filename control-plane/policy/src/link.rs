@@ -326,6 +326,13 @@ async fn keep_checkpoint(store: &Arc<PolicyStore>, cp: AuditCheckpoint) -> Resul
     match kept {
         Ok(Kept::New) => tracing::info!(seq, "audit checkpoint kept"),
         Ok(Kept::Unchanged) => {}
+        // Two signed heads for one seq, or another key: evidence, worth an operator's look.
+        Err(
+            e @ PolicyError::Checkpoint(
+                crate::checkpoint::CheckpointError::Conflict { .. }
+                | crate::checkpoint::CheckpointError::KeyChanged { .. },
+            ),
+        ) => tracing::error!(seq, error = %e, "audit checkpoint refused"),
         Err(e) => tracing::warn!(seq, error = %e, "audit checkpoint not kept"),
     }
     Ok(())

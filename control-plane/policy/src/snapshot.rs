@@ -32,8 +32,8 @@ pub const DKIM_KEYS_PER_DOMAIN_MAX: usize = 16;
 pub const IP_ALLOWLIST_ENTRIES_MAX: usize = 1_000;
 pub const ALLOWED_SENDER_DOMAINS_MAX: usize = 1_000;
 pub const SCOPES_MAX: usize = 64;
-/// Deleted tenants a snapshot lists (the control plane lists those of the last
-/// `DELETED_TENANTS_LISTED_DAYS` days, at most this many).
+/// Deleted tenants a snapshot lists: the newest this many (the control plane's store decides
+/// which, so one version has one content).
 pub const DELETED_TENANTS_MAX: usize = 100_000;
 /// Longest name, id, username or selector, in bytes.
 pub const NAME_LENGTH_MAX_BYTES: usize = 255;

@@ -294,16 +294,21 @@ async fn verify_head(
 /// must be listed by a later pruning record (whose own content the chain covers), so blanking
 /// a row is caught like editing it.
 pub async fn verify(conn: &mut AnyConnection) -> StoreResult<VerifyReport> {
+    // Every pruned range with the record that lists it, sorted by start: ranges never overlap
+    // (a row is pruned once), so the one that could hold a seq is found by binary search.
     let mut pruned_by = Vec::new();
     for (record_seq, target) in crate::store::audit::pruning_records(&mut *conn).await? {
         for (a, b) in crate::retention::parse_ranges(&target) {
             pruned_by.push((a, b, record_seq));
         }
     }
+    pruned_by.sort_unstable();
     let covered = |seq: i64| {
-        pruned_by
-            .iter()
-            .any(|&(a, b, rec)| a <= seq && seq <= b && rec > seq)
+        let i = pruned_by.partition_point(|&(a, _, _)| a <= seq);
+        i > 0 && {
+            let (_, b, rec) = pruned_by[i - 1];
+            seq <= b && rec > seq
+        }
     };
     let mut prev_hash = GENESIS_HASH.to_string();
     let mut expected_seq = 1i64;

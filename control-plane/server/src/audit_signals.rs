@@ -85,31 +85,56 @@ impl Aggregates {
     }
 }
 
-/// Appends one row per aggregate of the window that ended; returns how many.
+/// Appends one row per aggregate of the window that ended; returns how many were recorded. A
+/// row that fails is logged and the others still go in. A row about a tenant that does not
+/// exist (deleted, or an id an owner made up) is the operator's, the id as its target: no key
+/// is ever made for a tenant from a read.
 pub async fn flush(app: &App, window_secs: u64) -> Result<usize, StoreError> {
     let all = app.aggregates.take();
+    let mut recorded = 0;
     for (k, a) in &all {
-        let m = app.db.begin_data_mutation().await?;
-        m.commit(AuditEntry {
-            tenant_id: k.tenant_id.clone(),
-            actor: k.actor.clone(),
-            remote_addr: k.remote_addr.clone(),
-            action: k.action.into(),
-            target: k.target.clone(),
-            at_unix_ms: app.now_ms(),
-            before: None,
-            after: Some(serde_json::json!({
-                "requests": a.requests,
-                "items": a.items,
-                "kinds": a.kinds,
-                "first_unix_ms": a.first_unix_ms,
-                "last_unix_ms": a.last_unix_ms,
-                "window_secs": window_secs,
-            })),
-        })
-        .await?;
+        match record(app, k, a, window_secs).await {
+            Ok(()) => recorded += 1,
+            Err(e) => {
+                tracing::error!(error = %e, action = k.action, "an aggregated audit row was not recorded")
+            }
+        }
     }
-    Ok(all.len())
+    Ok(recorded)
+}
+
+async fn record(
+    app: &App,
+    k: &AggregateKey,
+    a: &Aggregate,
+    window_secs: u64,
+) -> Result<(), StoreError> {
+    let tenant_id = match &k.tenant_id {
+        Some(t) if crate::store::tenants::exists(&mut *app.db.conn().await?, t).await? => {
+            Some(t.clone())
+        }
+        _ => None,
+    };
+    let m = app.db.begin_data_mutation().await?;
+    m.commit(AuditEntry {
+        tenant_id,
+        actor: k.actor.clone(),
+        remote_addr: k.remote_addr.clone(),
+        action: k.action.into(),
+        target: k.target.clone(),
+        at_unix_ms: app.now_ms(),
+        before: None,
+        after: Some(serde_json::json!({
+            "requests": a.requests,
+            "items": a.items,
+            "kinds": a.kinds,
+            "first_unix_ms": a.first_unix_ms,
+            "last_unix_ms": a.last_unix_ms,
+            "window_secs": window_secs,
+        })),
+    })
+    .await?;
+    Ok(())
 }
 
 /// True for an engine's audit signal (stored as an audit row, not an event).

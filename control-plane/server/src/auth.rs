@@ -171,6 +171,8 @@ impl Permission {
                 | Permission::EnginesManage
                 | Permission::WebhooksWrite
                 | Permission::SuppressionsWrite
+                // An export takes the tenant's whole data set and replaces the last archive.
+                | Permission::TenantExport
         )
     }
 }

@@ -141,8 +141,13 @@ pub async fn erase_pending(app: &App) -> StoreResult<usize> {
         deleted_tenants::unerased(&mut conn, ERASURES_PER_ROUND_MAX).await?
     };
     for d in &pending {
-        let n = erase(app, &d.tenant_id).await?;
-        tracing::info!(tenant = %d.tenant_id, rows = n, "deleted tenant erased");
+        // One tenant's failure does not hold up the others' (it is retried next round).
+        match erase(app, &d.tenant_id).await {
+            Ok(n) => tracing::info!(tenant = %d.tenant_id, rows = n, "deleted tenant erased"),
+            Err(e) => {
+                tracing::warn!(tenant = %d.tenant_id, error = %e, "erasing a deleted tenant failed; retrying")
+            }
+        }
     }
     Ok(pending.len())
 }

@@ -85,14 +85,18 @@ pub async fn ingest_checked(
     batches: &[(u64, &[Event])],
 ) -> Result<Ingested, IngestError> {
     // The engines' audit signals of the fresh batches go to the audit log first, each in a
-    // mutation of its own (a crash before the ack below repeats them: at least once).
+    // mutation of its own that also claims its event id: a batch resent after a failure (or a
+    // crash before the ack below) records none of them twice.
     let signals_acked = engines::events_acked_seq(&mut *app.db.conn().await?, engine_id).await?;
     for (_, batch) in batches.iter().filter(|(s, _)| *s > signals_acked) {
-        for entry in batch
-            .iter()
-            .filter_map(|e| crate::audit_signals::signal_entry(engine_id, e))
-        {
-            app.db.begin_data_mutation().await?.commit(entry).await?;
+        for e in batch.iter() {
+            let Some(entry) = crate::audit_signals::signal_entry(engine_id, e) else {
+                continue;
+            };
+            let mut m = app.db.begin_data_mutation().await?;
+            if crate::store::audit::claim_signal(m.conn(), &e.id, entry.at_unix_ms).await? {
+                m.commit(entry).await?;
+            }
         }
     }
     let mut tx = app.db.begin_write().await?;
@@ -122,6 +126,20 @@ pub async fn ingest_checked(
         e.tenant_id.as_deref().is_none_or(|t| !deleted.contains(t))
             && !crate::audit_signals::is_signal(e)
     });
+    // An event older than the shortest message-metadata window (an engine's backlog draining
+    // after an outage) may land behind its tenant's scrub watermark: move the watermark back so
+    // the next retention round scrubs it too (`retention.rs`). Not reached in normal operation.
+    let late = now - app.settings.retention.messages.0 * crate::store::events::DAY_MS;
+    let mut oldest: std::collections::HashMap<&str, i64> = std::collections::HashMap::new();
+    for e in events.iter().filter(|e| e.timestamp_ms < late) {
+        if let Some(t) = e.tenant_id.as_deref() {
+            let o = oldest.entry(t).or_insert(e.timestamp_ms);
+            *o = (*o).min(e.timestamp_ms);
+        }
+    }
+    for (tenant, ts) in oldest {
+        crate::store::tenants::lower_scrub_watermark(&mut tx, tenant, ts).await?;
+    }
     let inserted = events::insert_batch(&mut tx, engine_id, &events, now).await?;
     engines::set_events_acked_seq(&mut tx, engine_id, last, now).await?;
     if inserted > 0 {

@@ -263,13 +263,28 @@ async fn scrub_messages(app: &App, w: &Windows, now: i64) -> StoreResult<u64> {
     }
 }
 
-/// Prunes one owner's audit rows older than `cutoff`; returns how many.
-async fn prune_audit(app: &App, owner: Option<&str>, cutoff: i64) -> StoreResult<u64> {
+/// Prunes the audit rows of every owner past its cutoff (`None`: rows without a tenant), under
+/// one pruning record per [`AUDIT_PRUNE_ROWS_MAX`] rows (so a round adds one record, not one
+/// per owner); returns how many.
+async fn prune_audit(app: &App, owners: &[(Option<String>, i64)]) -> StoreResult<u64> {
     let mut total = 0;
     loop {
         let mut m = app.db.begin_data_mutation().await?;
-        let mut seqs =
-            crate::store::audit::prunable(m.conn(), owner, cutoff, AUDIT_PRUNE_ROWS_MAX).await?;
+        let mut seqs = Vec::new();
+        let mut per_owner = serde_json::Map::new();
+        for (owner, cutoff) in owners {
+            let room = AUDIT_PRUNE_ROWS_MAX - seqs.len() as i64;
+            if room <= 0 {
+                break;
+            }
+            let found =
+                crate::store::audit::prunable(m.conn(), owner.as_deref(), *cutoff, room).await?;
+            if !found.is_empty() {
+                let key = owner.clone().unwrap_or_else(|| "*".into());
+                per_owner.insert(key, serde_json::json!(found.len()));
+                seqs.extend(found);
+            }
+        }
         if seqs.is_empty() {
             return Ok(total);
         }
@@ -284,11 +299,7 @@ async fn prune_audit(app: &App, owner: Option<&str>, cutoff: i64) -> StoreResult
             target: ranges(&seqs),
             at_unix_ms: app.now_ms(),
             before: None,
-            after: Some(serde_json::json!({
-                "tenant_id": owner,
-                "rows": n,
-                "older_than_unix_ms": cutoff,
-            })),
+            after: Some(serde_json::json!({ "rows": n, "owners": per_owner })),
         };
         m.commit(entry).await?;
         total += n;
@@ -297,6 +308,9 @@ async fn prune_audit(app: &App, owner: Option<&str>, cutoff: i64) -> StoreResult
         }
     }
 }
+
+/// Signal ids (`audit_signal_ids`) are kept this long.
+pub const AUDIT_SIGNAL_IDS_KEPT_DAYS: i64 = 30;
 
 /// What one round did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -310,32 +324,44 @@ pub struct Enforced {
 pub async fn enforce(app: &App, now: i64) -> Result<Enforced, StoreError> {
     let tenants = windows(&mut *app.db.conn().await?).await?;
     let mut done = Enforced::default();
+    let mut owners = Vec::with_capacity(tenants.len() + 1);
     let mut operator_audit_days = AUDIT_RETENTION_DAYS_DEFAULT;
     for w in &tenants {
-        done.events_scrubbed += scrub_messages(app, w, now).await?;
-        done.audit_rows_pruned +=
-            prune_audit(app, Some(&w.id), now - w.audit_days * DAY_MS).await?;
+        // One tenant's failure does not hold up the others'.
+        match scrub_messages(app, w, now).await {
+            Ok(n) => done.events_scrubbed += n,
+            Err(e) => {
+                tracing::warn!(tenant = %w.id, error = %e, "message metadata retention failed")
+            }
+        }
+        owners.push((Some(w.id.clone()), now - w.audit_days * DAY_MS));
         if w.is_operator {
             operator_audit_days = w.audit_days;
         }
     }
-    done.audit_rows_pruned += prune_audit(app, None, now - operator_audit_days * DAY_MS).await?;
+    owners.push((None, now - operator_audit_days * DAY_MS));
     let deleted =
         crate::store::deleted_tenants::since(&mut *app.db.conn().await?, 0, i64::MAX).await?;
     let window = AUDIT_RETENTION_DAYS_DEFAULT.clamp(
         app.settings.retention.audit.0,
         app.settings.retention.audit.1,
     );
-    for d in &deleted {
-        done.audit_rows_pruned +=
-            prune_audit(app, Some(&d.tenant_id), now - window * DAY_MS).await?;
-    }
+    owners.extend(
+        deleted
+            .into_iter()
+            .map(|d| (Some(d.tenant_id), now - window * DAY_MS)),
+    );
+    done.audit_rows_pruned = prune_audit(app, &owners).await?;
     if done.audit_rows_pruned > 0 {
         // The head after pruning, signed: the chain is anchored again.
         if let Err(e) = crate::audit_anchor::checkpoint(app, now).await {
             tracing::warn!(error = %e, "checkpoint after audit pruning failed");
         }
     }
+    let mut tx = app.db.begin_write().await?;
+    crate::store::audit::purge_signal_ids(&mut tx, now - AUDIT_SIGNAL_IDS_KEPT_DAYS * DAY_MS)
+        .await?;
+    tx.commit().await?;
     Ok(done)
 }
 

@@ -127,9 +127,11 @@ pub async fn build(
         })
         .collect();
     let token_keys = store::token_keys::active(&mut tx, db.sealer()).await?;
+    // The newest deletions, however old: what the snapshot holds depends on the store only,
+    // so one version always has one content.
     let deleted_tenants = store::deleted_tenants::since(
         &mut tx,
-        now_ms - store::deleted_tenants::DELETED_TENANTS_LISTED_DAYS * store::events::DAY_MS,
+        0,
         i64::try_from(petrel_policy::snapshot::DELETED_TENANTS_MAX).unwrap_or(i64::MAX),
     )
     .await?

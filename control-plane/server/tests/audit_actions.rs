@@ -154,6 +154,22 @@ async fn every_new_audit_action_appears() {
     assert_eq!(reads[0]["after"]["requests"], 2);
     assert_eq!(reads[0]["after"]["items"], 6);
     assert!(reads[0]["actor"].as_str().unwrap().starts_with("key:"));
+    // An owner's read naming a tenant that does not exist: the operator's row, the id its
+    // target (no key is made for a made-up tenant, and the window's other rows still land).
+    let r = h
+        .owner("GET", "/v1/events?tenant=ten_nobody&limit=5", None)
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let all = rows(&h, "events.read").await;
+        if let Some(r) = all.iter().find(|r| r["target"] == "ten_nobody") {
+            assert!(r["tenant_id"].is_null(), "{r}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{all:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // The engine's signals become audit rows, not events.
     let signals = vec![

@@ -288,6 +288,15 @@ impl Keyring {
     /// Destroys every key of tenant `owner`: what they sealed can no longer be read, here or
     /// in any copy, and no new key is made for it. Returns how many were destroyed.
     pub fn destroy_owner(&self, owner: &str) -> Result<usize, SealError> {
+        let done_here = {
+            let ring = self.ring();
+            ring.destroyed.contains(owner) && !ring.tenants.contains_key(owner)
+        };
+        if done_here {
+            // Nothing to change: no rewrite of the file (a restart handles every deleted tenant
+            // the policy lists again).
+            return Ok(0);
+        }
         let _w = self.write_lock();
         let mut destroyed = Vec::new();
         self.locked(|file| {
@@ -298,12 +307,13 @@ impl Keyring {
                 }
                 !mine
             });
-            if !file.destroyed.iter().any(|t| t == owner) {
+            let listed = file.destroyed.iter().any(|t| t == owner);
+            if !listed {
                 file.destroyed.push(owner.to_string());
                 let over = file.destroyed.len().saturating_sub(DESTROYED_OWNERS_MAX);
                 file.destroyed.drain(..over);
             }
-            Ok(Some(()))
+            Ok((!destroyed.is_empty() || !listed).then_some(()))
         })?;
         let mut ring = self.ring_mut();
         ring.destroyed.insert(owner.to_string());

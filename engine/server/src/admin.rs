@@ -44,6 +44,18 @@ pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 pub const ADMIN_TOKEN_CREDENTIAL: &str = "petrel-admin-token";
 /// The audit file's name in the data directory.
 pub const ADMIN_AUDIT_FILE: &str = "admin-audit.jsonl";
+/// Longest request path recorded (longer ones are cut): the record must fit an event's
+/// details for the control plane's audit log, whatever a caller sends.
+pub const ADMIN_AUDIT_PATH_MAX_BYTES: usize = 512;
+
+/// `s` cut to at most `max` bytes at a character boundary.
+fn cut(s: &str, max: usize) -> String {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
 
 /// Who may call the endpoint, and where calls are recorded.
 #[derive(Clone)]
@@ -113,7 +125,10 @@ async fn guarded(
             .fold(0u8, |acc, (a, b)| acc | (a ^ b))
             == 0
     });
-    let (method, path) = (req.method().to_string(), req.uri().path().to_string());
+    let (method, path) = (
+        req.method().to_string(),
+        cut(req.uri().path(), ADMIN_AUDIT_PATH_MAX_BYTES),
+    );
     let response = if allowed {
         next.run(req).await
     } else {

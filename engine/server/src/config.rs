@@ -111,8 +111,9 @@ pub struct EventsSection {
     /// Bytes of events the control plane has not acknowledged yet, at most; past it the engine
     /// refuses new mail with `452 4.3.1` rather than lose events (default 1 GiB).
     pub backlog_bytes_max: u64,
-    /// Days a JSON-lines file is kept after its last write (default 30, at least 1); they are
-    /// rotated daily, so none holds more than a day past the window.
+    /// Days a JSON-lines file is kept after its last write (default 30, 1 to 3650). Files are
+    /// rotated once a day old, and pruned at each rotation and at start (an idle engine prunes
+    /// at its next event or restart).
     pub jsonl_retention_days: u64,
 }
 
@@ -746,6 +747,9 @@ impl EngineConfig {
         }
         if self.spool.segment_size_max_bytes < (1 << 20) {
             return bad("spool.segment_size_max_bytes", "must be at least 1 MiB");
+        }
+        if !(1..=3_650).contains(&self.events.jsonl_retention_days) {
+            return bad("events.jsonl_retention_days", "must be 1 to 3650");
         }
         if self.delivery.retry_initial_ms == 0
             || self.delivery.retry_max_ms < self.delivery.retry_initial_ms

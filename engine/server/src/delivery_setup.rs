@@ -63,7 +63,7 @@ pub fn build(
         accepted: cfg.events.jsonl_accepted,
         outbox,
         engine_id: cfg.engine_id(),
-        retention_ms: cfg.events.jsonl_retention_days.max(1) * 86_400_000,
+        retention_ms: cfg.events.jsonl_retention_days.saturating_mul(86_400_000),
         ..EventsConfig::new(cfg.server.data_dir.join("events"))
     };
     let (events, writer) = EventSink::start(events).map_err(EngineError::Events)?;

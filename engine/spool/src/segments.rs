@@ -118,9 +118,21 @@ impl Inner {
                 st.next_id_seq,
             )
         };
+        // A step that fails (a full disk) removes what the earlier ones created, so the next
+        // attempt can create the same names again.
         let data = SegFile::create(&recovery::data_path(&self.dir, seq), self.mode).await?;
-        let journal =
-            SegFile::create(&recovery::journal_path(&self.dir, seq), FileMode::Buffered).await?;
+        let journal = match SegFile::create(
+            &recovery::journal_path(&self.dir, seq),
+            FileMode::Buffered,
+        )
+        .await
+        {
+            Ok(j) => j,
+            Err(e) => {
+                discard(data).await;
+                return Err(e);
+            }
+        };
         let header = SegmentHeader {
             shard: self.cfg.shard,
             segment_seq: seq,
@@ -134,7 +146,11 @@ impl Inner {
             data.align(),
         );
         let data_len = bytes.len() as u64;
-        data.write_all_at(bytes, 0).await?;
+        if let Err(e) = data.write_all_at(bytes, 0).await {
+            discard(data).await;
+            discard(journal).await;
+            return Err(e);
+        }
         let mut st = self.state.borrow_mut();
         st.segments
             .insert(seq, Segment::new(data, journal, data_len, 0, false));
@@ -159,6 +175,14 @@ impl Inner {
         close_file(seg.journal).await;
         Ok(())
     }
+}
+
+/// Removes and closes a file a failed step created.
+async fn discard(f: SegFile) {
+    if let Err(e) = f.remove().await {
+        tracing::warn!(error = %e, "could not remove a half-made segment file");
+    }
+    close_file(Rc::new(f)).await;
 }
 
 pub(crate) async fn close_file(f: Rc<SegFile>) {

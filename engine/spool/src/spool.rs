@@ -186,7 +186,11 @@ impl Spool {
             let record_len =
                 record::align_up(record::RECORD_HEADER_BYTES + payload_len, align) as u64;
             if inner.needs_rollover(record_len) {
-                inner.rollover().await?;
+                if let Err(e) = inner.rollover().await {
+                    // Not written: unhealthy until the probe finds writing works (`health.rs`).
+                    inner.write_failed.set(true);
+                    return Err(e);
+                }
             }
             let id = match reserved {
                 Some(id) => id,

@@ -93,10 +93,36 @@ fn the_keeper_checks_signatures_refuses_older_seqs_and_survives_a_restart() {
             offered: 5
         }))
     ));
-    // The same head signed again (another node, later): kept.
-    let again = signed(&key(), 9, 3_000);
+    // The same head signed again (another node, same key, later): kept.
+    let again = signed(&k, 9, 3_000);
     assert_eq!(keeper.keep(again.clone()).unwrap(), Kept::New);
     assert_eq!(keeper.latest(), Some(again.clone()));
+    // Another key: refused (the first one is pinned).
+    assert!(matches!(
+        keeper.keep(signed(&key(), 10, 3_500)),
+        Err(PolicyError::Checkpoint(CheckpointError::KeyChanged {
+            seq: 10,
+            ..
+        }))
+    ));
+    // Another hash for the kept seq, properly signed: proof of a rewrite, refused.
+    let mut rewritten = signed(&k, 9, 3_600);
+    rewritten.hash = format!("{:064x}", 99);
+    rewritten.signature = hex::encode(k.sign(&signed_bytes(9, &rewritten.hash, 3_600)).as_ref());
+    assert!(matches!(
+        keeper.keep(rewritten),
+        Err(PolicyError::Checkpoint(CheckpointError::Conflict {
+            seq: 9,
+            ..
+        }))
+    ));
+    // Every checkpoint taken is in the history, in order, as the control plane writes them.
+    let history = std::fs::read_to_string(policy_dir.join(CHECKPOINT_HISTORY_FILE)).unwrap();
+    let seqs: Vec<u64> = history
+        .lines()
+        .map(|l| serde_json::from_str::<AuditCheckpoint>(l).unwrap().seq)
+        .collect();
+    assert_eq!(seqs, vec![5, 9, 9]);
 
     // The file round-trips: a restart starts from it.
     let reopened = CheckpointKeeper::open(&policy_dir);
@@ -117,4 +143,23 @@ fn the_keeper_checks_signatures_refuses_older_seqs_and_survives_a_restart() {
     let reopened = CheckpointKeeper::open(&policy_dir);
     assert_eq!(reopened.seq(), None);
     assert_eq!(reopened.keep(signed(&k, 2, 4_000)).unwrap(), Kept::New);
+}
+
+#[test]
+fn the_history_keeps_the_newest_checkpoints_within_its_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = key();
+    const MAX: usize = 20;
+    let keeper = CheckpointKeeper::open_with_history(dir.path(), MAX);
+    let total = 2 * MAX + 1;
+    for seq in 1..=total as u64 {
+        keeper.keep(signed(&k, seq, seq as i64)).unwrap();
+    }
+    let history = std::fs::read_to_string(dir.path().join(CHECKPOINT_HISTORY_FILE)).unwrap();
+    let seqs: Vec<u64> = history
+        .lines()
+        .map(|l| serde_json::from_str::<AuditCheckpoint>(l).unwrap().seq)
+        .collect();
+    assert_eq!(seqs.len(), MAX);
+    assert_eq!(seqs.last(), Some(&(total as u64)));
 }

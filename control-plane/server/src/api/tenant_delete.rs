@@ -71,7 +71,9 @@ impl DeletionView {
         (`queued`), then destroy its data keys; the control plane destroys its own, so \
         anything sealed for the tenant, in any copy, is unreadable. Its events, suppressions \
         and webhook history are erased in the background (`erased_unix_ms` in \
-        `GET /v1/tenants/{id}`, which answers 410 from now on). The audit log keeps its \
+        `GET /v1/tenants/{id}`, which answers 410 from now on); the suppression change log \
+        keeps the removals of its addresses for its 7-day retention, so engines that were \
+        offline drop them too. The audit log keeps its \
         rows, their payloads redacted, and a `tenant.delete` row.",
     params(("id" = String, Path, description = "The object's id")),
     request_body = DeleteTenant,
@@ -113,10 +115,15 @@ pub async fn delete(
     let entry = app.entry(&caller, None, "tenant.delete", &id, None, audit_json(&view));
     let v = m.commit(entry).await?;
     app.notify(v);
-    app.db
-        .sealer()
-        .destroy_owner(&mut *app.db.conn().await?, &id)
-        .await?;
+    // Committed: a failure here is retried by the background erasure, which destroys the keys
+    // first; the caller still learns the deletion happened.
+    let destroyed = match app.db.conn().await {
+        Ok(mut conn) => app.db.sealer().destroy_owner(&mut conn, &id).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = destroyed {
+        tracing::error!(tenant = %id, error = %e, "destroying a deleted tenant's keys failed; the erasure retries");
+    }
     app.erasure_wake.notify_one();
     Ok((StatusCode::ACCEPTED, Json(view)))
 }

@@ -240,3 +240,34 @@ pub async fn pruning_records(conn: &mut AnyConnection) -> StoreResult<Vec<(i64, 
         .map(|r| Ok((r.try_get("seq")?, r.try_get("target")?)))
         .collect()
 }
+
+/// Claims an engine signal's event id for the audit log: true the first time, false when a
+/// resent batch brings it again (run in the mutation that appends its row).
+pub async fn claim_signal(
+    conn: &mut AnyConnection,
+    event_id: &str,
+    at_unix_ms: i64,
+) -> StoreResult<bool> {
+    Ok(sqlx::query(
+        "INSERT INTO audit_signal_ids (event_id, at_unix_ms) VALUES ($1, $2) \
+         ON CONFLICT (event_id) DO NOTHING",
+    )
+    .bind(event_id.to_string())
+    .bind(at_unix_ms)
+    .execute(conn)
+    .await?
+    .rows_affected()
+        == 1)
+}
+
+/// Forgets signal ids older than `before_unix_ms` (an engine resends a batch for minutes or
+/// days, not for a month). Returns how many.
+pub async fn purge_signal_ids(conn: &mut AnyConnection, before_unix_ms: i64) -> StoreResult<u64> {
+    Ok(
+        sqlx::query("DELETE FROM audit_signal_ids WHERE at_unix_ms < $1")
+            .bind(before_unix_ms)
+            .execute(conn)
+            .await?
+            .rows_affected(),
+    )
+}

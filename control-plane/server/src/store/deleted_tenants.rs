@@ -7,10 +7,6 @@ use sqlx::{AnyConnection, Row};
 
 use super::StoreResult;
 
-/// Deleted tenants listed in snapshots: those of this many days (an engine offline longer has
-/// expired their queued mail anyway), at most `petrel_policy::snapshot::DELETED_TENANTS_MAX`.
-pub const DELETED_TENANTS_LISTED_DAYS: i64 = 90;
-
 /// One deletion.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct Deletion {

@@ -416,4 +416,18 @@ ALTER TABLE audit_log ADD COLUMN pruned BIGINT NOT NULL DEFAULT 0;
 CREATE INDEX audit_log_unpruned ON audit_log (tenant_id, at_unix_ms) WHERE pruned = 0;
 "#,
     ),
+    (
+        // The engines' audit signals recorded once however often a batch is resent
+        // (`audit_signals.rs`), and the tenant's webhook history found by index when it is
+        // erased (`erasure.rs`).
+        15,
+        r#"
+CREATE TABLE audit_signal_ids (
+    event_id TEXT PRIMARY KEY,
+    at_unix_ms BIGINT NOT NULL
+);
+CREATE INDEX audit_signal_ids_time ON audit_signal_ids (at_unix_ms);
+CREATE INDEX webhook_deliveries_tenant ON webhook_deliveries (tenant_id);
+"#,
+    ),
 ];

@@ -104,6 +104,32 @@ pub async fn get_by_name(
     one(conn, sealer, row).await
 }
 
+/// Moves a tenant's message-metadata scrub watermark back to `ts_ms` - 1 if it is past it (a
+/// late event; `retention.rs`).
+pub async fn lower_scrub_watermark(
+    conn: &mut AnyConnection,
+    id: &str,
+    ts_ms: i64,
+) -> StoreResult<()> {
+    sqlx::query(
+        "UPDATE tenants SET messages_scrubbed_ms = $1 WHERE id = $2 AND messages_scrubbed_ms > $1",
+    )
+    .bind(ts_ms - 1)
+    .bind(id.to_string())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// True when a tenant with this id exists.
+pub async fn exists(conn: &mut AnyConnection, id: &str) -> StoreResult<bool> {
+    Ok(sqlx::query("SELECT id FROM tenants WHERE id = $1")
+        .bind(id.to_string())
+        .fetch_optional(conn)
+        .await?
+        .is_some())
+}
+
 /// True once the operator tenant exists.
 pub async fn operator_exists(conn: &mut AnyConnection) -> StoreResult<bool> {
     Ok(sqlx::query("SELECT id FROM tenants WHERE is_operator = 1")

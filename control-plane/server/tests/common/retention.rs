@@ -197,7 +197,7 @@ pub async fn scenario(h: &Harness, clock: &TestClock, raw: &sqlx::AnyPool) {
     assert!(
         records
             .iter()
-            .any(|r| r["after"]["tenant_id"] == tenant.as_str()),
+            .any(|r| r["after"]["owners"][tenant.as_str()].is_u64()),
         "{records:?}"
     );
 

@@ -1,6 +1,6 @@
-//! The JSON-lines event files: `events-<n>.jsonl`, rotated by size and daily, the oldest
-//! deleted beyond `files_max` and once past the retention window (`retention_ms`, from their
-//! last write). For operators who ship logs their own way (they are a log, in the clear, like
+//! The JSON-lines event files: `events-<n>.jsonl`, rotated by size and once a day old, the
+//! oldest deleted beyond `files_max` and once past the retention window (`retention_ms`, from
+//! their last write; checked at each rotation and at start). For operators who ship logs their own way (they are a log, in the clear, like
 //! Postfix's maillog; a linked engine does not write them unless told to); the control plane
 //! gets the same events, sealed, through the durable backlog (`super::wire`).
 
