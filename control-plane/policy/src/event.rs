@@ -315,6 +315,30 @@ pub enum EventError {
 pub const EVENT_ID_PREFIX_HEX_DIGITS: usize = 16;
 
 impl Event {
+    /// An event with its id, type and time, and nothing else: fill in the rest with struct
+    /// update syntax (`Event { tenant_id, ..Event::bare(id, kind, now) }`).
+    pub fn bare(id: String, kind: EventType, timestamp_ms: i64) -> Event {
+        Event {
+            id,
+            kind,
+            timestamp_ms,
+            tenant_id: None,
+            message_id: None,
+            rfc822_message_id: None,
+            sender: String::new(),
+            from_domain: None,
+            recipient: None,
+            tags: Vec::new(),
+            metadata: None,
+            attempt: 0,
+            remote: None,
+            reply: None,
+            bounce: None,
+            is_async: false,
+            details: None,
+        }
+    }
+
     /// The id the engine gives an event: `ev_`, then the subject when it is 16 hex digits (a
     /// spool message id or a session id) or else 16 hex digits of the hash, then 16 hex digits
     /// of SHA-256 over the length-prefixed parts. The same outcome always gets the same id (a

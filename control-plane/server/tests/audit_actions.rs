@@ -38,23 +38,12 @@ async fn rows(h: &common::Harness, action: &str) -> Vec<Value> {
 fn signal(kind: &str, subject: &str, details: Value) -> Event {
     let kind = EventType::Other(kind.into());
     Event {
-        id: Event::stable_id("audit", subject, 0, 0, &kind),
-        kind,
-        timestamp_ms: petrel_control::now_unix_ms(),
-        tenant_id: None,
-        message_id: None,
-        rfc822_message_id: None,
-        sender: String::new(),
-        from_domain: None,
-        recipient: None,
-        tags: Vec::new(),
-        metadata: None,
-        attempt: 0,
-        remote: None,
-        reply: None,
-        bounce: None,
-        is_async: false,
         details: details.as_object().cloned(),
+        ..Event::bare(
+            Event::stable_id("audit", subject, 0, 0, &kind),
+            kind,
+            petrel_control::now_unix_ms(),
+        )
     }
 }
 

@@ -111,23 +111,12 @@ impl AuthFailureLog {
 pub fn signal(kind: &str, subject: &str, now_unix_ms: i64, details: serde_json::Value) -> Event {
     let kind = EventType::Other(kind.to_string());
     Event {
-        id: Event::stable_id("audit", subject, 0, 0, &kind),
-        kind,
-        timestamp_ms: now_unix_ms,
-        tenant_id: None,
-        message_id: None,
-        rfc822_message_id: None,
-        sender: String::new(),
-        from_domain: None,
-        recipient: None,
-        tags: Vec::new(),
-        metadata: None,
-        attempt: 0,
-        remote: None,
-        reply: None,
-        bounce: None,
-        is_async: false,
         details: details.as_object().cloned(),
+        ..Event::bare(
+            Event::stable_id("audit", subject, 0, 0, &kind),
+            kind,
+            now_unix_ms,
+        )
     }
 }
 

@@ -395,22 +395,8 @@ fn dmarc_rows(
         let id = Event::stable_id(stamp.engine_id, &subject, index, 0, &kind);
         let disposition = serde_json::to_value(disposition).unwrap_or(Value::Null);
         events.push(Event {
-            id,
-            kind,
-            timestamp_ms: stamp.now_ms,
             tenant_id: Some(tenant_id.clone()),
-            message_id: None,
-            rfc822_message_id: None,
-            sender: String::new(),
             from_domain: Some(clip(&domain, petrel_policy::event::DOMAIN_MAX_BYTES).into()),
-            recipient: None,
-            tags: Vec::new(),
-            metadata: None,
-            attempt: 0,
-            remote: None,
-            reply: None,
-            bounce: None,
-            is_async: false,
             details: Some(object(json!({
                 "report_id": clip(&r.report_id, 256),
                 "org_name": clip(&r.org_name, 256),
@@ -423,6 +409,7 @@ fn dmarc_rows(
                 "spf": spf,
                 "dmarc": if pass { "pass" } else { "fail" },
             }))),
+            ..Event::bare(id, kind, stamp.now_ms)
         });
     }
     Ok(Outcome {
