@@ -87,7 +87,14 @@ pub async fn ingest_checked(
     // The engines' audit signals of the fresh batches go to the audit log first, each in a
     // mutation of its own that also claims its event id: a batch resent after a failure (or a
     // crash before the ack below) records none of them twice.
-    let signals_acked = engines::events_acked_seq(&mut *app.db.conn().await?, engine_id).await?;
+    let any_signal = batches
+        .iter()
+        .any(|(_, b)| b.iter().any(crate::audit_signals::is_signal));
+    let signals_acked = if any_signal {
+        engines::events_acked_seq(&mut *app.db.conn().await?, engine_id).await?
+    } else {
+        u64::MAX // no signal: nothing to record, no read on the ingest path
+    };
     for (_, batch) in batches.iter().filter(|(s, _)| *s > signals_acked) {
         for e in batch.iter() {
             let Some(entry) = crate::audit_signals::signal_entry(engine_id, e) else {

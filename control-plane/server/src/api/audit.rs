@@ -1,7 +1,7 @@
 //! `/v1/audit-log`: the audit rows a caller may see (listed, or all of them streamed as JSON
 //! lines or CSV), the chain walk and its signed checkpoints.
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
@@ -187,39 +187,27 @@ async fn export_pages(
     format: ExportFormat,
     tx: super::stream::PageSender,
 ) {
-    if format == ExportFormat::Csv
-        && tx
-            .send(Ok(Bytes::from(format!("{CSV_HEADER}\n"))))
-            .await
-            .is_err()
-    {
-        return;
-    }
-    let mut after = 0i64;
-    loop {
-        let page = async {
+    let header = (format == ExportFormat::Csv).then(|| format!("{CSV_HEADER}\n"));
+    let fetch = |after: i64| {
+        let (app, filter) = (app.clone(), filter.clone());
+        async move {
             let mut conn = app.db.conn().await?;
             crate::audit::page(&mut conn, app.db.sealer(), &filter, after, EXPORT_PAGE_ROWS).await
         }
-        .await;
-        let rows = match page {
-            Ok(rows) => rows,
-            Err(e) => {
-                tracing::warn!(error = %e, "audit export failed");
-                let _ = tx.send(Err(std::io::Error::other("export failed"))).await;
-                return;
-            }
-        };
-        let full = rows.len() == usize::try_from(EXPORT_PAGE_ROWS).unwrap_or(0);
-        after = rows.last().map_or(after, |r| r.seq);
-        let mut out = Vec::with_capacity(rows.len() * 256);
-        for r in &rows {
-            export_line(format, r, &mut out);
-        }
-        if tx.send(Ok(Bytes::from(out))).await.is_err() || !full {
-            return;
-        }
-    }
+    };
+    super::stream::send_pages(
+        tx,
+        header,
+        EXPORT_PAGE_ROWS,
+        "audit",
+        0i64,
+        fetch,
+        |r: AuditRow, out| {
+            export_line(format, &r, out);
+            r.seq
+        },
+    )
+    .await;
 }
 
 #[utoipa::path(

@@ -116,29 +116,46 @@ pub struct AuditFilter {
     pub until_unix_ms: Option<i64>,
 }
 
+/// The filter of [`list`] and [`page_filtered`], `$1`..`$5`: fixed SQL with "no filter"
+/// sentinels keeps the queries prepared and injection-free.
+macro_rules! filter_sql {
+    () => {
+        "($1 = '' OR tenant_id = $1) AND ($2 = '' OR action = $2) AND ($3 = '' OR actor = $3) \
+         AND at_unix_ms >= $4 AND at_unix_ms <= $5 AND pruned = 0"
+    };
+}
+
+/// `sql` with the filter's five arguments bound.
+fn filtered<'q>(
+    sql: &'q str,
+    f: &AuditFilter,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    sqlx::query(sql)
+        .bind(f.tenant_id.clone().unwrap_or_default())
+        .bind(f.action.clone().unwrap_or_default())
+        .bind(f.actor.clone().unwrap_or_default())
+        .bind(f.since_unix_ms.unwrap_or(0))
+        .bind(f.until_unix_ms.unwrap_or(i64::MAX))
+}
+
 /// Matching rows, newest first, at most `rows_max`.
 pub async fn list(
     conn: &mut AnyConnection,
     f: &AuditFilter,
     rows_max: i64,
 ) -> StoreResult<Vec<AuditRecord>> {
-    // Fixed SQL with "no filter" sentinels keeps the query prepared and injection-free.
-    sqlx::query(
-        "SELECT * FROM audit_log WHERE ($1 = '' OR tenant_id = $1) AND ($2 = '' OR action = $2) \
-         AND ($3 = '' OR actor = $3) AND at_unix_ms >= $4 AND at_unix_ms <= $5 AND pruned = 0 \
-         ORDER BY seq DESC LIMIT $6",
-    )
-    .bind(f.tenant_id.clone().unwrap_or_default())
-    .bind(f.action.clone().unwrap_or_default())
-    .bind(f.actor.clone().unwrap_or_default())
-    .bind(f.since_unix_ms.unwrap_or(0))
-    .bind(f.until_unix_ms.unwrap_or(i64::MAX))
-    .bind(rows_max)
-    .fetch_all(conn)
-    .await?
-    .iter()
-    .map(decode)
-    .collect()
+    const SQL: &str = concat!(
+        "SELECT * FROM audit_log WHERE ",
+        filter_sql!(),
+        " ORDER BY seq DESC LIMIT $6"
+    );
+    filtered(SQL, f)
+        .bind(rows_max)
+        .fetch_all(conn)
+        .await?
+        .iter()
+        .map(decode)
+        .collect()
 }
 
 /// The stored hash of row `seq`, if it exists.
@@ -160,23 +177,19 @@ pub async fn page_filtered(
     after_seq: i64,
     rows_max: i64,
 ) -> StoreResult<Vec<AuditRecord>> {
-    sqlx::query(
-        "SELECT * FROM audit_log WHERE seq > $1 AND ($2 = '' OR tenant_id = $2) \
-         AND ($3 = '' OR action = $3) AND ($4 = '' OR actor = $4) AND at_unix_ms >= $5 \
-         AND at_unix_ms <= $6 AND pruned = 0 ORDER BY seq LIMIT $7",
-    )
-    .bind(after_seq)
-    .bind(f.tenant_id.clone().unwrap_or_default())
-    .bind(f.action.clone().unwrap_or_default())
-    .bind(f.actor.clone().unwrap_or_default())
-    .bind(f.since_unix_ms.unwrap_or(0))
-    .bind(f.until_unix_ms.unwrap_or(i64::MAX))
-    .bind(rows_max)
-    .fetch_all(conn)
-    .await?
-    .iter()
-    .map(decode)
-    .collect()
+    const SQL: &str = concat!(
+        "SELECT * FROM audit_log WHERE ",
+        filter_sql!(),
+        " AND seq > $6 ORDER BY seq LIMIT $7"
+    );
+    filtered(SQL, f)
+        .bind(after_seq)
+        .bind(rows_max)
+        .fetch_all(conn)
+        .await?
+        .iter()
+        .map(decode)
+        .collect()
 }
 
 /// Up to `rows_max` seqs of one owner's rows (None: rows without a tenant) older than

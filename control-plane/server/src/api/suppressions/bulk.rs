@@ -514,17 +514,10 @@ async fn export_pages(
     format: Format,
     tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
 ) {
-    if format == Format::Csv
-        && tx
-            .send(Ok(Bytes::from(format!("{CSV_HEADER}\n"))))
-            .await
-            .is_err()
-    {
-        return;
-    }
-    let mut after: Option<String> = None;
-    loop {
-        let page = async {
+    let header = (format == Format::Csv).then(|| format!("{CSV_HEADER}\n"));
+    let fetch = |after: Option<String>| {
+        let (app, scope) = (app.clone(), scope.clone());
+        async move {
             let mut conn = app.db.conn().await?;
             let now = app.now_ms();
             ss::list(
@@ -537,25 +530,21 @@ async fn export_pages(
             )
             .await
         }
-        .await;
-        let rows = match page {
-            Ok(rows) => rows,
-            Err(e) => {
-                tracing::warn!(error = %e, "suppression export failed");
-                let _ = tx.send(Err(std::io::Error::other("export failed"))).await;
-                return;
-            }
-        };
-        let full = rows.len() == usize::try_from(EXPORT_PAGE_ROWS).unwrap_or(0);
-        after = rows.last().map(|r| r.address.clone());
-        let mut out = Vec::with_capacity(rows.len() * 96);
-        for r in rows {
-            export_line(format, r, &mut out);
-        }
-        if tx.send(Ok(Bytes::from(out))).await.is_err() || !full {
-            return;
-        }
-    }
+    };
+    super::super::stream::send_pages(
+        tx,
+        header,
+        EXPORT_PAGE_ROWS,
+        "suppression",
+        None,
+        fetch,
+        |r: SuppressionRow, out| {
+            let next = Some(r.address.clone());
+            export_line(format, r, out);
+            next
+        },
+    )
+    .await;
 }
 
 #[utoipa::path(
