@@ -135,11 +135,16 @@ fn a_full_disk_refuses_then_heals_without_a_restart_and_loses_nothing() {
         assert_eq!(code, 250, "{text}");
         acked += 1;
     }
-    let metrics = engine.scrape();
-    assert!(
-        metrics.contains("petrel_spool_healthy{shard=\"0\"} 1"),
-        "{metrics}"
-    );
+    // The gauge follows within its publishing period.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let metrics = engine.scrape();
+        if metrics.contains("petrel_spool_healthy{shard=\"0\"} 1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{metrics}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert!(engine.stop());
     assert_eq!(
         spool_count(&data),
