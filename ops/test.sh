@@ -97,4 +97,4 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 log "running the test suite"
 cargo nextest run --workspace --no-fail-fast "$@"
-du -sh target 2>/dev/null | sed 's/^/build footprint: /' >&2 || true
+du -sh "${CARGO_TARGET_DIR:-target}" 2>/dev/null | sed 's/^/build footprint: /' >&2 || true

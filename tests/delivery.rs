@@ -521,3 +521,104 @@ fn domains_sharing_an_mx_host_stay_within_the_next_hop_limit() {
     );
     assert!(engine.stop());
 }
+
+/// What a queued recipient may cost, by the engine's own accounting (issue 17): the delivery
+/// queue's message table, recipients, senders, attribution and domain queues plus the spool's
+/// index, divided by the recipients queued. Bodies are not held once a message waits for a
+/// retry.
+const QUEUED_RECIPIENT_BYTES_MAX: f64 = 320.0;
+
+/// The sum of a metric's samples over its labels.
+fn metric_sum(exposition: &str, name: &str) -> f64 {
+    exposition
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Scrapes until `pred` holds (gauges refresh every few seconds), bounded.
+fn scrape_until(engine: &Engine, what: &str, pred: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + ARRIVAL_TIMEOUT;
+    loop {
+        let text = engine.scrape();
+        if pred(&text) {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn a_queued_recipient_costs_a_bounded_number_of_bytes_live_and_after_a_restart() {
+    const MESSAGES: u64 = 12_000;
+    const DOMAINS: usize = 1_500;
+    let sink = sink(SinkConfig {
+        rcpt_tempfail: vec![DomainFault {
+            domain: "qm.test".into(),
+            probability: 1.0,
+        }],
+        ..SinkConfig::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[delivery]\nrelay_to = \"{}\"\nretry_initial_ms = 3600000\nretry_max_ms = 3600000\n",
+        sink.addr()
+    );
+    let engine = start_engine(dir.path(), &config);
+    let report = petrel_loadtest::inject(petrel_loadtest::InjectConfig {
+        target: engine.smtp,
+        connections: 16,
+        messages: MESSAGES,
+        sizes: vec![(600, 1.0)],
+        domains: (0..DOMAINS)
+            .map(|i| (format!("d{i}.qm.test"), 1.0))
+            .collect(),
+        threads: 1,
+        ..petrel_loadtest::InjectConfig::default()
+    })
+    .expect("inject");
+    assert_eq!(report.counts.messages_2xx, MESSAGES, "{}", report.human());
+    let check = |engine: &Engine, when: &str| {
+        let text = scrape_until(engine, "every recipient queued and counted", |t| {
+            metric_sum(t, "petrel_queue_depth") as u64 == MESSAGES
+                && metric_sum(t, "petrel_queue_memory_bytes") > 0.0
+                && metric_sum(t, "petrel_spool_index_memory_bytes") > 0.0
+        });
+        let queue = metric_sum(&text, "petrel_queue_memory_bytes");
+        let index = metric_sum(&text, "petrel_spool_index_memory_bytes");
+        let per = (queue + index) / MESSAGES as f64;
+        let parts: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("petrel_queue_memory_bytes{"))
+            .collect();
+        println!(
+            "{when}: queues {queue} B, spool index {index} B: {per:.0} B per recipient; {parts:#?}"
+        );
+        assert!(
+            per <= QUEUED_RECIPIENT_BYTES_MAX,
+            "{when}: {per:.0} bytes per queued recipient (queues {queue}, spool index {index})"
+        );
+    };
+    // Every first attempt deferred: nothing left in flight, no body held.
+    scrape_until(&engine, "every first attempt deferred", |t| {
+        metric_sum(t, "petrel_delivery_deferred_total") as u64 >= MESSAGES
+    });
+    check(&engine, "live");
+    let text = scrape_until(&engine, "the body cache's gauge", |t| {
+        t.contains("petrel_spool_body_cache_bytes")
+    });
+    let cached = metric_sum(&text, "petrel_spool_body_cache_bytes");
+    assert!(
+        cached < 64.0 * 1024.0,
+        "{cached} bytes of bodies held for deferred mail"
+    );
+    engine.kill9();
+    let engine = start_engine(dir.path(), &config);
+    check(&engine, "after a restart");
+    assert!(engine.stop());
+}

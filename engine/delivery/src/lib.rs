@@ -57,11 +57,12 @@ pub mod dsn;
 pub mod error;
 pub mod events;
 pub mod limits;
+pub mod memory;
 pub mod queue;
 pub mod return_path;
 pub mod shard;
 
-pub use attribution::Attribution;
+pub use attribution::{Attribution, AttributionKey, AttributionParts};
 pub use backoff::RetrySchedule;
 pub use config::{
     ClientTimeouts, DeliveryConfig, DomainLimits, LimitsSource, TlsPolicy,

@@ -16,6 +16,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
+use std::rc::Rc;
 
 /// One queued recipient: which message, which recipient, when it is due.
 ///
@@ -38,41 +39,57 @@ pub struct Entry {
 pub const ENTRY_SIZE_BYTES: usize = 24;
 const _: () = assert!(std::mem::size_of::<Entry>() == ENTRY_SIZE_BYTES);
 
+/// Wake-up capacity [`Queues::trim_memory`] never shrinks below.
+pub const WAKEUPS_CAPACITY_KEPT: usize = 256;
+
+/// Entries a full schedule grows by at least (see [`DomainQueue::schedule`]).
+pub const SCHEDULE_GROWTH_MIN: usize = 4;
+
 /// The queue of one destination domain.
 #[derive(Debug)]
 pub struct DomainQueue {
     /// Entries not yet due or not yet admitted to `ready` (min-heap by due time).
     schedule: BinaryHeap<Reverse<Entry>>,
-    /// Due entries waiting for a delivery session; `ready.len() <= ready_max`.
-    ready: VecDeque<Entry>,
+    /// Due entries waiting for a delivery session; at most `ready_max`. None while empty (a
+    /// domain waiting for its next retry keeps no ready set: 8 bytes, not 32 plus capacity).
+    #[allow(clippy::box_collection)] // on purpose: 8 bytes per waiting domain instead of 32
+    ready: Option<Box<VecDeque<Entry>>>,
     /// Bound of `ready`; at least 1.
-    ready_max: usize,
+    ready_max: u32,
     /// While true, nothing is promoted to or taken from `ready`.
     suspended: bool,
 }
+const _: () = assert!(std::mem::size_of::<DomainQueue>() <= 40);
 
 impl DomainQueue {
     /// An empty queue whose ready set holds at most `ready_max` (at least 1) entries.
     pub fn new(ready_max: usize) -> DomainQueue {
         DomainQueue {
             schedule: BinaryHeap::new(),
-            ready: VecDeque::new(),
-            ready_max: ready_max.max(1),
+            ready: None,
+            ready_max: u32::try_from(ready_max).unwrap_or(u32::MAX).max(1),
             suspended: false,
         }
     }
 
-    /// Adds an entry to the schedule.
+    /// Adds an entry to the schedule. A full schedule grows by a quarter (at least
+    /// [`SCHEDULE_GROWTH_MIN`]), not double: still amortised O(1), with at most a quarter of
+    /// it unused where a deferred backlog sits for hours.
     pub fn schedule(&mut self, entry: Entry) {
+        let len = self.schedule.len();
+        if len == self.schedule.capacity() {
+            self.schedule
+                .reserve_exact((len / 4).max(SCHEDULE_GROWTH_MIN));
+        }
         self.schedule.push(Reverse(entry));
     }
 
     /// Admits an entry to the ready set, or hands it back when the set is full.
     pub fn push_ready(&mut self, entry: Entry) -> Result<(), Entry> {
-        if self.ready.len() >= self.ready_max {
+        if self.ready_len() >= self.ready_max as usize {
             return Err(entry);
         }
-        self.ready.push_back(entry);
+        self.ready.get_or_insert_with(Box::default).push_back(entry);
         Ok(())
     }
 
@@ -96,6 +113,7 @@ impl DomainQueue {
                 Err(_) => break, // full: it stays scheduled
             }
         }
+        self.release_if_empty();
         moved
     }
 
@@ -104,7 +122,20 @@ impl DomainQueue {
         if self.suspended {
             return None;
         }
-        self.ready.pop_front()
+        let e = self.ready.as_mut().and_then(|r| r.pop_front());
+        self.release_if_empty();
+        e
+    }
+
+    /// An emptied ready set or schedule gives its memory back: a domain waiting for its next
+    /// retry holds its entries once, not a ready set's worth of capacity too (issue 17).
+    fn release_if_empty(&mut self) {
+        if self.ready.as_ref().is_some_and(|r| r.is_empty()) {
+            self.ready = None;
+        }
+        if self.schedule.is_empty() && self.schedule.capacity() > 0 {
+            self.schedule = BinaryHeap::new();
+        }
     }
 
     /// Takes up to `max` ready entries of the same message as the first one, into `out`.
@@ -114,22 +145,24 @@ impl DomainQueue {
         };
         out.push(first);
         while out.len() < max {
-            match self.ready.front() {
+            match self.ready.as_mut().and_then(|r| r.front().copied()) {
                 Some(e) if e.message_id == first.message_id => {
-                    out.push(*e);
-                    self.ready.pop_front();
+                    out.push(e);
+                    self.ready.as_mut().and_then(|r| r.pop_front());
                 }
                 _ => break,
             }
         }
+        self.release_if_empty();
     }
 
     /// Moves every ready entry back to the schedule, due at `due_unix_ms`.
     pub fn unready_all(&mut self, due_unix_ms: u64) {
-        while let Some(mut e) = self.ready.pop_front() {
+        while let Some(mut e) = self.ready.as_mut().and_then(|r| r.pop_front()) {
             e.due_unix_ms = due_unix_ms;
             self.schedule.push(Reverse(e));
         }
+        self.release_if_empty();
     }
 
     /// The earliest due time in the schedule.
@@ -163,7 +196,10 @@ impl DomainQueue {
 
     /// Removes and returns every entry, ready ones first.
     pub fn drain_all(&mut self) -> Vec<Entry> {
-        let mut all: Vec<Entry> = self.ready.drain(..).collect();
+        let mut all: Vec<Entry> = self
+            .ready
+            .take()
+            .map_or_else(Vec::new, |r| r.into_iter().collect());
         all.extend(std::mem::take(&mut self.schedule).into_iter().map(|r| r.0));
         all
     }
@@ -171,13 +207,15 @@ impl DomainQueue {
     /// Removes and returns the entries of the messages in `ids` (a deleted tenant's).
     pub fn extract(&mut self, ids: &std::collections::HashSet<u64>) -> Vec<Entry> {
         let mut out = Vec::new();
-        self.ready.retain(|e| {
-            let take = ids.contains(&e.message_id);
-            if take {
-                out.push(*e);
-            }
-            !take
-        });
+        if let Some(ready) = self.ready.as_mut() {
+            ready.retain(|e| {
+                let take = ids.contains(&e.message_id);
+                if take {
+                    out.push(*e);
+                }
+                !take
+            });
+        }
         let before = self.schedule.len();
         let mut kept = Vec::with_capacity(before);
         for Reverse(e) in std::mem::take(&mut self.schedule).into_vec() {
@@ -188,22 +226,37 @@ impl DomainQueue {
             }
         }
         self.schedule = BinaryHeap::from(kept);
+        self.release_if_empty();
         out
     }
 
     /// Queued entries, scheduled and ready.
     pub fn depth(&self) -> usize {
-        self.schedule.len() + self.ready.len()
+        self.schedule.len() + self.ready_len()
     }
 
     pub fn ready_len(&self) -> usize {
-        self.ready.len()
+        self.ready.as_ref().map_or(0, |r| r.len())
+    }
+
+    /// Heap bytes: the schedule's capacity, the ready set's box and capacity.
+    pub fn memory_bytes(&self) -> usize {
+        use crate::memory::alloc_bytes;
+        alloc_bytes(self.schedule.capacity() * ENTRY_SIZE_BYTES)
+            + self.ready.as_ref().map_or(0, |r| {
+                alloc_bytes(std::mem::size_of::<VecDeque<Entry>>())
+                    + alloc_bytes(r.capacity() * ENTRY_SIZE_BYTES)
+            })
     }
 
     /// The arrival time of the oldest queued message, unix seconds (O(n) scan: for statistics).
     pub fn oldest_received_unix_secs(&self) -> Option<u32> {
         let scheduled = self.schedule.iter().map(|r| r.0.received_unix_secs);
-        let ready = self.ready.iter().map(|e| e.received_unix_secs);
+        let ready = self
+            .ready
+            .iter()
+            .flat_map(|r| r.iter())
+            .map(|e| e.received_unix_secs);
         scheduled.chain(ready).min()
     }
 }
@@ -227,7 +280,12 @@ pub struct DomainStats {
 
 #[derive(Debug)]
 struct Slot {
-    name: String,
+    /// Shared with the `by_name` key.
+    name: Rc<str>,
+    /// Due time of the earliest wake-up pending for this domain (`u64::MAX`: none): one is
+    /// pushed only when it would fire earlier, so a deferred backlog holds one per domain,
+    /// not one per promotion.
+    armed: u64,
     queue: DomainQueue,
 }
 
@@ -237,7 +295,7 @@ pub struct Queues {
     /// Domain slots; `None` = free (listed in `free`).
     slots: Vec<Option<Slot>>,
     free: Vec<u32>,
-    by_name: HashMap<String, DomainId>,
+    by_name: HashMap<Rc<str>, DomainId>,
     /// Lazy wake-ups `(due unix ms, domain)`; may hold stale or duplicate items, never misses
     /// a domain's earliest due time.
     wakeups: BinaryHeap<Reverse<(u64, DomainId)>>,
@@ -276,8 +334,10 @@ impl Queues {
         if let Some(id) = self.by_name.get(domain) {
             return *id;
         }
+        let name: Rc<str> = Rc::from(domain);
         let slot = Slot {
-            name: domain.to_string(),
+            armed: u64::MAX,
+            name: Rc::clone(&name),
             queue: DomainQueue::new(self.ready_max),
         };
         let id = match self.free.pop() {
@@ -291,8 +351,53 @@ impl Queues {
                 DomainId(i)
             }
         };
-        self.by_name.insert(domain.to_string(), id);
+        self.by_name.insert(Rc::clone(&name), id);
         id
+    }
+
+    /// Heap bytes of every domain queue: the slots, their names (twice: slot and lookup
+    /// table), schedules and ready sets, the lookup table, the wake-ups and the ready set
+    /// (estimated from capacities; see `crate::memory`). O(domains): for gauges.
+    pub fn memory_bytes(&self) -> usize {
+        use crate::memory::alloc_bytes;
+        let table = |cap: usize, bucket: usize| {
+            let buckets = if cap < 7 {
+                cap + usize::from(cap > 0)
+            } else {
+                cap / 7 * 8
+            };
+            buckets * (bucket + 1)
+        };
+        let slots: usize = self
+            .slots
+            .iter()
+            .flatten()
+            .map(|s| alloc_bytes(16 + s.name.len()) + s.queue.memory_bytes())
+            .sum();
+        slots
+            + alloc_bytes(self.slots.capacity() * std::mem::size_of::<Option<Slot>>())
+            + alloc_bytes(self.free.capacity() * 4)
+            + table(
+                self.by_name.capacity(),
+                std::mem::size_of::<(Rc<str>, DomainId)>(),
+            )
+            + alloc_bytes(self.wakeups.capacity() * std::mem::size_of::<(u64, DomainId)>())
+            + self.ready_domains.len() * 2 * std::mem::size_of::<DomainId>()
+    }
+
+    /// Gives back capacity a burst left behind: the wake-up heap and the lookup table once at
+    /// most a quarter used. The shard calls it with its gauges (every few seconds).
+    pub fn trim_memory(&mut self) {
+        let (len, cap) = (self.wakeups.len(), self.wakeups.capacity());
+        if cap > WAKEUPS_CAPACITY_KEPT && len * 4 < cap {
+            self.wakeups.shrink_to((len * 2).max(WAKEUPS_CAPACITY_KEPT));
+        }
+        if self.by_name.len() * 4 < self.by_name.capacity() {
+            self.by_name.shrink_to(self.by_name.len() * 2);
+        }
+        if self.free.len() * 4 < self.free.capacity() {
+            self.free.shrink_to(self.free.len() * 2);
+        }
     }
 
     /// The id of an existing domain.
@@ -301,7 +406,7 @@ impl Queues {
     }
 
     pub fn name(&self, id: DomainId) -> Option<&str> {
-        self.slot(id).map(|s| s.name.as_str())
+        self.slot(id).map(|s| &*s.name)
     }
 
     fn slot(&self, id: DomainId) -> Option<&Slot> {
@@ -312,6 +417,16 @@ impl Queues {
         self.slots.get_mut(id.0 as usize).and_then(|s| s.as_mut())
     }
 
+    /// Makes sure a wake-up fires for `id` at `due` or earlier.
+    fn arm(&mut self, id: DomainId, due: u64) {
+        if let Some(slot) = self.slot_mut(id) {
+            if due < slot.armed {
+                slot.armed = due;
+                self.wakeups.push(Reverse((due, id)));
+            }
+        }
+    }
+
     /// Schedules an entry in a domain's queue. Returns false if the domain does not exist.
     pub fn schedule(&mut self, id: DomainId, entry: Entry) -> bool {
         let Some(slot) = self.slot_mut(id) else {
@@ -320,7 +435,7 @@ impl Queues {
         let earlier = slot.queue.next_due().is_none_or(|d| entry.due_unix_ms < d);
         slot.queue.schedule(entry);
         if earlier {
-            self.wakeups.push(Reverse((entry.due_unix_ms, id)));
+            self.arm(id, entry.due_unix_ms);
         }
         self.total += 1;
         true
@@ -333,6 +448,11 @@ impl Queues {
                 break;
             }
             self.wakeups.pop();
+            if let Some(slot) = self.slot_mut(id) {
+                if slot.armed <= due {
+                    slot.armed = u64::MAX; // this was the earliest: none is pending now
+                }
+            }
             self.promote_domain(id, now_unix_ms);
         }
     }
@@ -353,7 +473,7 @@ impl Queues {
         // Due entries left behind (ready set full or suspended) are re-promoted on the next
         // pop or on resume, so only a future due time needs a wake-up.
         if let Some(next) = next.filter(|n| *n > now_unix_ms) {
-            self.wakeups.push(Reverse((next, id)));
+            self.arm(id, next);
         }
     }
 
@@ -393,7 +513,7 @@ impl Queues {
         if let Some(slot) = self.slot_mut(id) {
             slot.queue.unready_all(due_unix_ms);
             self.ready_domains.remove(&id);
-            self.wakeups.push(Reverse((due_unix_ms, id)));
+            self.arm(id, due_unix_ms);
         }
     }
 
@@ -497,7 +617,7 @@ impl Queues {
             .iter()
             .flatten()
             .map(|s| DomainStats {
-                domain: s.name.clone(),
+                domain: s.name.to_string(),
                 depth: s.queue.depth() as u64,
                 ready: s.queue.ready_len() as u64,
                 oldest_age_secs: s
@@ -681,5 +801,58 @@ mod tests {
             }
         }
         assert_eq!(q.depth(), 0);
+    }
+}
+
+#[cfg(test)]
+mod memory_tests {
+    use super::*;
+
+    /// Ten recipients per domain over many domains, each attempted once and scheduled again
+    /// (the deferred backlog of issue 17's benchmark): what the queues hold per recipient.
+    #[test]
+    fn a_deferred_backlog_costs_little_beyond_its_entries() {
+        const DOMAINS: u32 = 2_000;
+        const PER_DOMAIN: u64 = 10;
+        let mut q = Queues::new(10_000);
+        let mut n = 0u64;
+        for d in 0..DOMAINS {
+            let id = q.domain_id(&format!("d{d}.example.test"));
+            for _ in 0..PER_DOMAIN {
+                n += 1;
+                q.schedule(
+                    id,
+                    Entry {
+                        due_unix_ms: 1,
+                        message_id: n,
+                        rcpt_index: 0,
+                        received_unix_secs: 1,
+                    },
+                );
+            }
+        }
+        q.promote_due(10);
+        let ready: Vec<DomainId> = q.ready_domains().collect();
+        for id in ready {
+            loop {
+                let batch = q.pop_batch(id, 1, 10);
+                if batch.is_empty() {
+                    break;
+                }
+                for e in batch {
+                    q.schedule(
+                        id,
+                        Entry {
+                            due_unix_ms: 3_600_000,
+                            ..e
+                        },
+                    );
+                }
+            }
+        }
+        assert_eq!(q.total(), n);
+        let per = q.memory_bytes() as f64 / n as f64;
+        println!("{per:.1} bytes per queued recipient in the domain queues");
+        assert!(per <= 52.0, "{per:.1} bytes per queued recipient");
     }
 }

@@ -55,9 +55,7 @@ pub fn envelopes(
     message_id: u64,
     rcpts: &[(u32, &str)],
 ) -> Envelopes {
-    let (Some(source), Some(tenant_id)) =
-        (source, attribution.and_then(|a| a.tenant_id.as_deref()))
-    else {
+    let (Some(source), Some(tenant_id)) = (source, attribution.and_then(|a| a.tenant_id())) else {
         return Envelopes::Shared;
     };
     if mail_from.is_empty() || tenant_id.is_empty() {
@@ -103,10 +101,10 @@ mod tests {
     }
 
     fn tenant(id: Option<&str>) -> Arc<Attribution> {
-        Arc::new(Attribution {
+        Arc::new(Attribution::from(crate::attribution::AttributionParts {
             tenant_id: id.map(String::from),
-            ..Attribution::default()
-        })
+            ..Default::default()
+        }))
     }
 
     #[test]

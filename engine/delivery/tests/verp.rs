@@ -55,10 +55,10 @@ fn a_tenants_recipients_each_get_their_own_signed_return_path() {
     let setup = ShardSetup::new(cfg, routes(dest.addr, other.addr));
     let rcpts = ["a@dest.example", "b@dest.example", "c@dest.example"];
     let ((tenant_id, plain_id, dsn_id, done), _spool) = run_shard(setup, |h| async move {
-        let tenant = Arc::new(Attribution {
+        let tenant = Arc::new(Attribution::from(petrel_delivery::AttributionParts {
             tenant_id: Some(TENANT.into()),
-            ..Attribution::default()
-        });
+            ..Default::default()
+        }));
         let mut msg = h
             .spool()
             .store("news@shop.test", &rcpts, b"Subject: t\r\n\r\nx\r\n");

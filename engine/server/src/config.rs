@@ -147,6 +147,10 @@ pub struct ServerSection {
     pub development: bool,
     /// How long sessions may take to finish after SIGTERM before they are cut.
     pub shutdown_grace_ms: u64,
+    /// Let the allocator use transparent huge pages. Off by default: with many small
+    /// long-lived objects (a deep queue) they keep whole 2 MiB pages resident (see
+    /// `engine::transparent_huge_pages`).
+    pub transparent_huge_pages: bool,
 }
 
 impl Default for ServerSection {
@@ -158,6 +162,7 @@ impl Default for ServerSection {
             pin_shards: true,
             development: false,
             shutdown_grace_ms: 10_000,
+            transparent_huge_pages: false,
         }
     }
 }
@@ -747,6 +752,9 @@ impl EngineConfig {
         }
         if self.spool.segment_size_max_bytes < (1 << 20) {
             return bad("spool.segment_size_max_bytes", "must be at least 1 MiB");
+        }
+        if self.spool.segment_size_max_bytes > petrel_spool::SEGMENT_SIZE_MAX_LIMIT_BYTES {
+            return bad("spool.segment_size_max_bytes", "must be at most 1 GiB");
         }
         if !(1..=3_650).contains(&self.events.jsonl_retention_days) {
             return bad("events.jsonl_retention_days", "must be 1 to 3650");

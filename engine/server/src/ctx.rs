@@ -4,12 +4,13 @@
 //! It has a file of its own so that the shard loop, the session driver and the sign-and-spool
 //! step can all depend on it without depending on each other.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::Arc;
 
-use petrel_delivery::{DeliveryShard, QueuedMessage, QueuedRcpt};
+use petrel_delivery::memory::SharedInterner;
+use petrel_delivery::{AttributionKey, DeliveryShard, QueuedMessage, QueuedRcpt};
 use petrel_smtp::ServerConfig;
 use petrel_spool::{Attribution, Envelope, RecipientState, Spool};
 
@@ -70,6 +71,8 @@ pub struct ShardCtx {
     trace_seq: Cell<u64>,
     /// Sessions running on this shard: +1 when one starts, -1 when it ends.
     sessions_open: Cell<usize>,
+    /// Tenants, credentials and From domains of queued messages' attributions, shared.
+    attribution_values: RefCell<SharedInterner>,
 }
 
 impl ShardCtx {
@@ -78,6 +81,7 @@ impl ShardCtx {
         setup: &ShardSetup,
         spool: Rc<Spool>,
         delivery: Option<Rc<DeliveryShard<SpoolAccessor>>>,
+        attribution_values: RefCell<SharedInterner>,
     ) -> Self {
         ShardCtx {
             shard: setup.shard,
@@ -98,6 +102,7 @@ impl ShardCtx {
             cut: async_channel::bounded(1),
             trace_seq: Cell::new(0),
             sessions_open: Cell::new(0),
+            attribution_values,
         }
     }
 
@@ -144,7 +149,11 @@ impl ShardCtx {
     /// Hands a spooled (fresh or recovered) message and its attribution to delivery.
     pub fn enqueue(&self, id: u64, env: &Envelope, attribution: Attribution) {
         if let Some(d) = &self.delivery {
-            d.enqueue(queued(id, env, attribution));
+            d.enqueue(queued(
+                id,
+                env,
+                for_delivery(attribution, &self.attribution_values),
+            ));
         }
     }
 
@@ -173,9 +182,13 @@ impl ShardCtx {
     }
 }
 
-fn queued(id: u64, env: &Envelope, attribution: Attribution) -> QueuedMessage {
+pub(crate) fn queued(
+    id: u64,
+    env: &Envelope,
+    attribution: Option<Arc<petrel_delivery::Attribution>>,
+) -> QueuedMessage {
     QueuedMessage {
-        attribution: for_delivery(attribution),
+        attribution,
         id,
         mail_from: env.mail_from.clone(),
         received_unix_ms: env.received_unix_ms,
@@ -195,19 +208,26 @@ fn queued(id: u64, env: &Envelope, attribution: Attribution) -> QueuedMessage {
     }
 }
 
-/// The spool's attribution as delivery shares it (moved, not copied); None when empty.
-fn for_delivery(a: Attribution) -> Option<Arc<petrel_delivery::Attribution>> {
+/// The spool's attribution as delivery keeps it: tenant, credential and From domain shared
+/// through the shard's interner, the rest packed in one allocation; None when empty.
+pub(crate) fn for_delivery(
+    a: Attribution,
+    shared: &RefCell<SharedInterner>,
+) -> Option<Arc<petrel_delivery::Attribution>> {
     if a.is_empty() {
         return None;
     }
-    Some(Arc::new(petrel_delivery::Attribution {
-        tenant_id: a.tenant_id,
-        credential_id: a.credential_id,
-        from_domain: a.from_domain,
-        rfc822_message_id: a.rfc822_message_id,
-        tags: a.tags,
-        metadata: a.metadata,
-    }))
+    let key = shared.borrow_mut().intern(AttributionKey {
+        tenant_id: a.tenant_id.map(String::into_boxed_str),
+        credential_id: a.credential_id.map(String::into_boxed_str),
+        from_domain: a.from_domain.map(String::into_boxed_str),
+    });
+    Some(Arc::new(petrel_delivery::Attribution::new(
+        key,
+        a.rfc822_message_id.as_deref(),
+        &a.tags,
+        a.metadata.as_deref(),
+    )))
 }
 
 fn server_config(cfg: &EngineConfig, auth_without_tls: bool) -> Arc<ServerConfig> {

@@ -58,6 +58,7 @@ pub fn run(
     on_ready: impl FnOnce(&ReadyInfo, StopHandle),
 ) -> Result<(), EngineError> {
     raise_limits();
+    transparent_huge_pages(cfg.server.transparent_huge_pages);
     let mut cfg = cfg;
     std::fs::create_dir_all(&cfg.server.data_dir)?;
     // Absolute from here on: io_uring opens paths relative to nothing useful.
@@ -284,6 +285,19 @@ fn raise_limits() {
     use rlimit::Resource;
     let _ = rlimit::setrlimit(Resource::MEMLOCK, rlimit::INFINITY, rlimit::INFINITY);
     let _ = rlimit::increase_nofile_limit(1 << 20);
+}
+
+/// Transparent huge pages off for this process unless the configuration asks for them. The
+/// allocator asks for huge pages on its segments; the queues are millions of small objects
+/// that live for hours, so a 2 MiB page stays resident for a few of them: measured (issue 17,
+/// BENCHMARKS.md), a million queued recipients held 643 MiB after a restart with them and
+/// 475 MiB without, 407 and 365 MiB live.
+fn transparent_huge_pages(on: bool) {
+    if !on {
+        if let Err(e) = nix::sys::prctl::set_thp_disable(true) {
+            tracing::warn!(error = %e, "could not turn transparent huge pages off");
+        }
+    }
 }
 
 /// Binds port 0 once (SO_REUSEPORT) so every shard can bind the same chosen port; the socket is

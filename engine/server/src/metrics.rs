@@ -19,6 +19,8 @@ pub const SESSION_PANICS_TOTAL: &str = "petrel_smtp_session_panics_total";
 pub const SPOOL_COMMIT_SECONDS: &str = "petrel_spool_commit_duration_seconds";
 pub const SPOOL_MESSAGES: &str = "petrel_spool_messages";
 pub const SPOOL_BYTES: &str = "petrel_spool_bytes";
+pub const SPOOL_INDEX_MEMORY_BYTES: &str = "petrel_spool_index_memory_bytes";
+pub const SPOOL_BODY_CACHE_BYTES: &str = "petrel_spool_body_cache_bytes";
 /// 1 while the shard's spool takes messages, 0 while a failed write or sync stops it.
 pub const SPOOL_HEALTHY: &str = "petrel_spool_healthy";
 pub const SPOOL_RECOVERY_SKIPPED_TOTAL: &str = "petrel_spool_recovery_skipped_records_total";
@@ -132,6 +134,16 @@ fn describe() {
     describe_gauge!(SPOOL_MESSAGES, "Messages in the spool");
     describe_gauge!(SPOOL_BYTES, Unit::Bytes, "Bytes in the spool");
     describe_gauge!(
+        SPOOL_INDEX_MEMORY_BYTES,
+        Unit::Bytes,
+        "Heap bytes of the spool's index of live messages, by shard"
+    );
+    describe_gauge!(
+        SPOOL_BODY_CACHE_BYTES,
+        Unit::Bytes,
+        "Bytes of message bodies the spool holds for first delivery attempts, by shard"
+    );
+    describe_gauge!(
         SPOOL_HEALTHY,
         "1 while the shard's spool takes messages, 0 while a failed write or sync stops it"
     );
@@ -196,6 +208,11 @@ fn describe() {
     describe_gauge!(
         "petrel_queue_depth",
         "Recipients queued for delivery, by shard"
+    );
+    describe_gauge!(
+        "petrel_queue_memory_bytes",
+        Unit::Bytes,
+        "Heap bytes of the queued mail, by shard and part: messages (the table), recipients, attribution, senders, domains (the queues)"
     );
     describe_gauge!(
         "petrel_queue_oldest_age_seconds",

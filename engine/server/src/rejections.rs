@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-use petrel_delivery::attribution::{Attribution, EventAttribution};
+use petrel_delivery::attribution::{Attribution, AttributionParts, EventAttribution};
 use petrel_delivery::events::{Event, Outcome};
 use petrel_delivery::EventSink;
 use petrel_smtp::Reply;
@@ -51,11 +51,11 @@ impl Rejections {
     pub fn identity(&mut self, identity: Option<&Identity>) {
         self.attribution = identity.and_then(|i| {
             i.policy.as_ref().map(|p| {
-                Arc::new(Attribution {
+                Arc::new(Attribution::from(AttributionParts {
                     tenant_id: Some(p.tenant_id.clone()),
                     credential_id: Some(p.credential_id.clone()),
-                    ..Attribution::default()
-                })
+                    ..AttributionParts::default()
+                }))
             })
         });
     }
@@ -113,10 +113,10 @@ impl Rejections {
     pub fn suppressed(&mut self, recipient: &str, reply: &Reply, tenant: Option<&str>) {
         let attribution = match (&self.attribution, tenant) {
             (Some(a), _) => Some(Arc::clone(a)),
-            (None, Some(t)) => Some(Arc::new(Attribution {
+            (None, Some(t)) => Some(Arc::new(Attribution::from(AttributionParts {
                 tenant_id: Some(t.to_string()),
-                ..Attribution::default()
-            })),
+                ..AttributionParts::default()
+            }))),
             (None, None) => None,
         };
         self.note(

@@ -4,6 +4,7 @@
 //! it. Engine-wide limits (connections, per-destination rates) are shared atomics, not messages
 //! between shards, so one huge destination is delivered by every core at once.
 
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,8 +12,9 @@ use std::time::{Duration, Instant};
 use futures_lite::FutureExt;
 use glommio::net::TcpStream;
 use glommio::{Latency, Shares};
+use petrel_delivery::memory::SharedInterner;
 use petrel_delivery::DeliveryShard;
-use petrel_spool::{Spool, SpoolConfig};
+use petrel_spool::{FileMode, Spool, SpoolConfig};
 
 use crate::admin::AdminRequest;
 use crate::ctx::{ShardCtx, ShardSetup};
@@ -47,15 +49,41 @@ const FIGURES_PUBLISH_MS: u64 = 100;
 pub async fn run(setup: ShardSetup) -> Result<(), EngineError> {
     let shard = setup.shard;
     let cfg = Arc::clone(&setup.cfg);
-    let (spool, recovery) = Spool::open(SpoolConfig {
-        root: cfg.server.data_dir.join("spool"),
-        shard: shard as u8,
-        segment_size_max_bytes: cfg.spool.segment_size_max_bytes,
-        fsync: cfg.spool.fsync,
-        body_cache_bytes_max: cfg.spool.body_cache_bytes_max,
-        commit_window_us: cfg.spool.commit_window_us,
-        keys: setup.policy.keys().cloned(),
-    })
+    // Delivery first, its spool given once open: recovery hands each message straight to its
+    // queues, a segment at a time (issue 17: the compact form, never every envelope at once).
+    let accessor = Rc::new(SpoolAccessor::unopened());
+    let delivery = setup.delivery.as_ref().map(|d| {
+        Rc::new(DeliveryShard::new(
+            shard as u8,
+            Arc::clone(&d.config),
+            d.resolver.clone(),
+            Arc::clone(&d.limits),
+            Rc::clone(&accessor),
+            d.events.clone(),
+        ))
+    });
+    let attribution_values = RefCell::new(SharedInterner::default());
+    let (spool, recovery) = Spool::open_streaming(
+        SpoolConfig {
+            root: cfg.server.data_dir.join("spool"),
+            shard: shard as u8,
+            segment_size_max_bytes: cfg.spool.segment_size_max_bytes,
+            fsync: cfg.spool.fsync,
+            body_cache_bytes_max: cfg.spool.body_cache_bytes_max,
+            commit_window_us: cfg.spool.commit_window_us,
+            keys: setup.policy.keys().cloned(),
+        },
+        FileMode::default(),
+        &mut |msg| {
+            if let Some(d) = &delivery {
+                d.enqueue(crate::ctx::queued(
+                    msg.id.0,
+                    &msg.envelope,
+                    crate::ctx::for_delivery(msg.attribution, &attribution_values),
+                ));
+            }
+        },
+    )
     .await?;
     if recovery.messages_shredded > 0 {
         tracing::info!(
@@ -74,21 +102,14 @@ pub async fn run(setup: ShardSetup) -> Result<(), EngineError> {
         metrics::counter!(m::SPOOL_RECOVERY_SKIPPED_TOTAL).increment(recovery.records_skipped);
     }
     let spool = Rc::new(spool);
-    let delivery = setup.delivery.as_ref().map(|d| {
-        Rc::new(DeliveryShard::new(
-            shard as u8,
-            Arc::clone(&d.config),
-            d.resolver.clone(),
-            Arc::clone(&d.limits),
-            Rc::new(SpoolAccessor::new(Rc::clone(&spool))),
-            d.events.clone(),
-        ))
-    });
-    let ctx = Rc::new(ShardCtx::new(&setup, Rc::clone(&spool), delivery.clone()));
-    let recovered = recovery.messages.len();
-    for msg in recovery.messages {
-        ctx.enqueue(msg.id.0, &msg.envelope, msg.attribution);
-    }
+    accessor.open(Rc::clone(&spool));
+    let ctx = Rc::new(ShardCtx::new(
+        &setup,
+        Rc::clone(&spool),
+        delivery.clone(),
+        attribution_values,
+    ));
+    let recovered = recovery.messages_recovered;
     ctx.publish_figures();
     tracing::info!(shard, recovered, "spool recovered");
 
@@ -251,6 +272,10 @@ async fn publish_loop(ctx: Rc<ShardCtx>) {
         let s = ctx.spool.stats();
         metrics::gauge!(m::SPOOL_MESSAGES, "shard" => ctx.shard.to_string()).set(s.messages as f64);
         metrics::gauge!(m::SPOOL_BYTES, "shard" => ctx.shard.to_string()).set(s.bytes as f64);
+        metrics::gauge!(m::SPOOL_INDEX_MEMORY_BYTES, "shard" => ctx.shard.to_string())
+            .set(s.index_memory_bytes as f64);
+        metrics::gauge!(m::SPOOL_BODY_CACHE_BYTES, "shard" => ctx.shard.to_string())
+            .set(s.body_cache_bytes as f64);
         // Asking also arms the spool's probe, so an idle shard heals too.
         let unhealthy = ctx.spool.unhealthy_reason();
         if unhealthy.is_none() != was_healthy {

@@ -1,5 +1,6 @@
 //! The delivery side's view of the shard's spool (`petrel_delivery::SpoolAccess`).
 
+use std::cell::OnceCell;
 use std::rc::Rc;
 
 use petrel_delivery::{RcptState, RcptUpdate, SpoolAccess, SpoolAccessError};
@@ -7,13 +8,35 @@ use petrel_spool::{
     Envelope, MessageId, Recipient, RecipientState, RecipientUpdate, Spool, SpoolError,
 };
 
+/// Set once the shard's spool is open: delivery is built first, so that recovery hands each
+/// message straight to its queues (no delivery runs before then).
 pub struct SpoolAccessor {
-    spool: Rc<Spool>,
+    spool: OnceCell<Rc<Spool>>,
 }
 
 impl SpoolAccessor {
     pub fn new(spool: Rc<Spool>) -> Self {
-        SpoolAccessor { spool }
+        let a = Self::unopened();
+        a.open(spool);
+        a
+    }
+
+    /// An accessor whose spool is given later ([`SpoolAccessor::open`]).
+    pub fn unopened() -> Self {
+        SpoolAccessor {
+            spool: OnceCell::new(),
+        }
+    }
+
+    /// Gives the accessor its spool (the first call wins).
+    pub fn open(&self, spool: Rc<Spool>) {
+        let _ = self.spool.set(spool);
+    }
+
+    fn spool(&self) -> Result<&Rc<Spool>, SpoolAccessError> {
+        self.spool.get().ok_or_else(|| {
+            SpoolAccessError::Spool(Box::new(SpoolError::Unhealthy("the spool is not open yet")))
+        })
     }
 }
 
@@ -46,7 +69,7 @@ fn access_error(e: SpoolError) -> SpoolAccessError {
 
 impl SpoolAccess for SpoolAccessor {
     async fn read_body(&self, id: u64) -> Result<Vec<u8>, SpoolAccessError> {
-        self.spool
+        self.spool()?
             .read_body(MessageId(id))
             .await
             .map_err(access_error)
@@ -63,14 +86,17 @@ impl SpoolAccess for SpoolAccessor {
                 last_reply: u.last_reply.clone(),
             })
             .collect();
-        self.spool
+        self.spool()?
             .update(MessageId(id), &updates)
             .await
             .map_err(access_error)
     }
 
     async fn remove(&self, id: u64, _last: &[RcptUpdate]) -> Result<(), SpoolAccessError> {
-        self.spool.remove(MessageId(id)).await.map_err(access_error)
+        self.spool()?
+            .remove(MessageId(id))
+            .await
+            .map_err(access_error)
     }
 
     async fn store_dsn(
@@ -98,7 +124,7 @@ impl SpoolAccess for SpoolAccessor {
             body_8bit: false,
             is_dsn: true,
         };
-        self.spool
+        self.spool()?
             .store(&env, body)
             .await
             .map(|id| id.0)

@@ -66,7 +66,6 @@ impl BodyCache {
     }
 
     /// Bytes of bodies held.
-    #[cfg(test)]
     pub fn bytes(&self) -> usize {
         self.bytes
     }

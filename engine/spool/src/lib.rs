@@ -81,5 +81,5 @@ pub use batch::JOURNAL_SYNC_DELAY_MS;
 pub use error::SpoolError;
 pub use file::{FileMode, READ_CHUNK_MAX_BYTES};
 pub use recovery::inspect;
-pub use spool::{Spool, SEGMENT_SIZE_MIN_BYTES};
+pub use spool::{Spool, SEGMENT_SIZE_MAX_LIMIT_BYTES, SEGMENT_SIZE_MIN_BYTES};
 pub use types::*;

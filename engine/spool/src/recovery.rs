@@ -303,11 +303,12 @@ fn skip_record(st: &mut SegmentState, name: &Path, offset: u64, len: u64, why: &
 }
 
 /// Turns a rebuilt segment's live messages into the public form.
-pub(crate) fn spooled(st: &SegmentState) -> impl Iterator<Item = SpooledMessage> + '_ {
-    st.live.iter().map(|(id, f)| SpooledMessage {
-        id: MessageId(*id),
-        envelope: f.envelope.clone(),
-        attribution: f.attribution.clone(),
+/// The segment's live messages, moved out (recovery builds nothing twice).
+pub(crate) fn spooled(st: SegmentState) -> impl Iterator<Item = SpooledMessage> {
+    st.live.into_iter().map(|(id, f)| SpooledMessage {
+        id: MessageId(id),
+        envelope: f.envelope,
+        attribution: f.attribution,
         body_len_bytes: f.body_len_bytes,
     })
 }
@@ -354,7 +355,7 @@ pub fn inspect(
             if seg.needs_keyring {
                 return Err(SpoolError::NoKeyring);
             }
-            out.extend(spooled(&seg));
+            out.extend(spooled(seg));
         }
     }
     out.sort_by_key(|m| m.id);
@@ -367,6 +368,7 @@ pub(crate) async fn recover(
     shard: u8,
     keys: Option<&Keyring>,
     state: &mut State,
+    on_message: &mut dyn FnMut(SpooledMessage),
 ) -> Result<Recovery, SpoolError> {
     let listing = list_segments(dir)?;
     for seq in &listing.orphan_journals {
@@ -376,7 +378,6 @@ pub(crate) async fn recover(
         state.dir_dirty = true;
     }
     let mut out = Recovery::default();
-    let mut messages: Vec<SpooledMessage> = Vec::new();
     let highest = listing.data.last().copied();
     for &seq in &listing.data {
         let dpath = data_path(dir, seq);
@@ -435,9 +436,17 @@ pub(crate) async fn recover(
             state.dirty.push(seq);
         }
         for (&id, found) in &seg.live {
+            let Ok(offset) = u32::try_from(found.offset) else {
+                // Beyond SEGMENT_SIZE_MAX_LIMIT_BYTES: no spool of this version wrote it.
+                return Err(SpoolError::Corrupt {
+                    path: dpath.clone(),
+                    offset: found.offset,
+                    reason: "record offset beyond the segment size limit",
+                });
+            };
             let entry = IndexEntry {
                 segment: seq,
-                offset: found.offset,
+                offset,
                 record_len: found.record_len as u32,
                 recipients: found.envelope.recipients.len() as u32,
                 key: found.key,
@@ -445,10 +454,15 @@ pub(crate) async fn recover(
             state.index.insert(id, entry);
             state.live_bytes += found.record_len;
         }
-        messages.extend(spooled(&seg));
         state.segments.insert(seq, segment);
+        // Handed over a segment at a time, in id order within it: what a caller builds from
+        // them never waits beside every envelope of the spool at once.
+        let mut messages: Vec<SpooledMessage> = spooled(seg).collect();
+        messages.sort_by_key(|m| m.id);
+        out.messages_recovered += messages.len() as u64;
+        for m in messages {
+            on_message(m);
+        }
     }
-    messages.sort_by_key(|m| m.id);
-    out.messages = messages;
     Ok(out)
 }

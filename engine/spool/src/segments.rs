@@ -71,7 +71,7 @@ impl Inner {
 
     pub(crate) fn locate(&self, id: MessageId) -> Result<(IndexEntry, Rc<SegFile>), SpoolError> {
         let st = self.state.borrow();
-        let entry = *st.index.get(&id.0).ok_or(SpoolError::NotFound(id))?;
+        let entry = *st.index.get(id.0).ok_or(SpoolError::NotFound(id))?;
         let seg = st
             .segments
             .get(&entry.segment)
@@ -81,7 +81,7 @@ impl Inner {
 
     pub(crate) fn forget(&self, id: MessageId) {
         let mut st = self.state.borrow_mut();
-        if let Some(entry) = st.index.remove(&id.0) {
+        if let Some(entry) = st.index.remove(id.0) {
             st.bodies.remove(id.0);
             st.live_bytes = st.live_bytes.saturating_sub(u64::from(entry.record_len));
             if let Some(seg) = st.segments.get_mut(&entry.segment) {

@@ -3,7 +3,7 @@
 //! write and sync batching in `batch.rs`, and loading the segments at open in `recovery.rs`.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use glommio::io::Directory;
@@ -21,11 +21,14 @@ use crate::segments::{close_file, Inner};
 use crate::state::{Batch, IndexEntry, State};
 use crate::types::{
     Attribution, Envelope, MessageId, RecipientUpdate, Recovery, SpoolConfig, SpoolStats,
-    MESSAGE_ID_SEQUENCE_BITS,
+    SpooledMessage, MESSAGE_ID_SEQUENCE_BITS,
 };
 
 /// Smallest accepted `segment_size_max_bytes` (a segment must hold its header and a record).
 pub const SEGMENT_SIZE_MIN_BYTES: u64 = 4096;
+/// Largest accepted `segment_size_max_bytes`: a record's offset (below this plus one record)
+/// then fits the index's 32 bits.
+pub const SEGMENT_SIZE_MAX_LIMIT_BYTES: u64 = 1 << 30;
 /// Largest message sequence; the shard takes the 8 bits above it.
 const ID_SEQUENCE_MAX: u64 = (1 << MESSAGE_ID_SEQUENCE_BITS) - 1;
 
@@ -48,9 +51,31 @@ impl Spool {
         cfg: SpoolConfig,
         mode: FileMode,
     ) -> Result<(Spool, Recovery), SpoolError> {
+        let mut messages = Vec::new();
+        let (spool, mut recovery) =
+            Self::open_streaming(cfg, mode, &mut |m| messages.push(m)).await?;
+        messages.sort_by_key(|m| m.id);
+        recovery.messages = messages;
+        Ok((spool, recovery))
+    }
+
+    /// [`Spool::open_with_mode`] handing each recovered message to `on_message` as its segment
+    /// is read (segments in order, ids in order within one), instead of collecting them all:
+    /// the engine builds its queues from them with one segment's envelopes in memory at a time.
+    /// The spool takes messages only once this returns.
+    pub async fn open_streaming(
+        cfg: SpoolConfig,
+        mode: FileMode,
+        on_message: &mut dyn FnMut(SpooledMessage),
+    ) -> Result<(Spool, Recovery), SpoolError> {
         if cfg.segment_size_max_bytes < SEGMENT_SIZE_MIN_BYTES {
             return Err(SpoolError::Config(
                 "segment_size_max_bytes is below SEGMENT_SIZE_MIN_BYTES",
+            ));
+        }
+        if cfg.segment_size_max_bytes > SEGMENT_SIZE_MAX_LIMIT_BYTES {
+            return Err(SpoolError::Config(
+                "segment_size_max_bytes is above SEGMENT_SIZE_MAX_LIMIT_BYTES",
             ));
         }
         let dir = cfg.root.join(format!("{SHARD_DIR_PREFIX}{}", cfg.shard));
@@ -60,7 +85,7 @@ impl Spool {
             .map_err(|e| SpoolError::io("open_dir", &dir, e))?;
         let mut state = State {
             next_id_seq: 0,
-            index: HashMap::new(),
+            index: petrel_idmap::IdMap::new(),
             segments: BTreeMap::new(),
             active: 0,
             live_bytes: 0,
@@ -70,7 +95,8 @@ impl Spool {
             data_pending: Vec::new(),
             bodies: BodyCache::new(cfg.body_cache_bytes_max),
         };
-        let recovery = recovery::recover(&dir, cfg.shard, cfg.keys.as_deref(), &mut state).await?;
+        let recovery =
+            recovery::recover(&dir, cfg.shard, cfg.keys.as_deref(), &mut state, on_message).await?;
         let inner = Rc::new(Inner {
             cfg,
             mode,
@@ -259,7 +285,7 @@ impl Spool {
             let mut st = inner.state.borrow_mut();
             let entry = IndexEntry {
                 segment: seg,
-                offset,
+                offset: offset as u32,
                 record_len: record_len as u32,
                 recipients: envelope.recipients.len() as u32,
                 key: key.as_ref().map_or(0, |k| k.id()),
@@ -289,11 +315,11 @@ impl Spool {
             return Ok(body);
         }
         let buf = data
-            .read_exact_at(entry.offset, entry.record_len as usize)
+            .read_exact_at(u64::from(entry.offset), entry.record_len as usize)
             .await?;
         let corrupt = |reason| SpoolError::Corrupt {
             path: data.path().to_path_buf(),
-            offset: entry.offset,
+            offset: u64::from(entry.offset),
             reason,
         };
         let rec = record::decode_at(&buf, 0).map_err(|_| corrupt("bad frame or checksum"))?;
@@ -326,6 +352,9 @@ impl Spool {
         let inner = &self.inner;
         inner.check_healthy()?;
         let (entry, _) = inner.locate(id)?;
+        // A message with an update stays queued past its first attempt: its body is read from
+        // the segment when next needed, not held (the cache is for first attempts).
+        inner.state.borrow_mut().bodies.remove(id.0);
         if let Some(u) = updates.iter().find(|u| u.index >= entry.recipients) {
             return Err(SpoolError::RecipientIndex {
                 id,
@@ -368,7 +397,7 @@ impl Spool {
         inner.check_healthy()?;
         let (segment, reclaim) = {
             let mut st = inner.state.borrow_mut();
-            let entry = st.index.remove(&id.0).ok_or(SpoolError::NotFound(id))?;
+            let entry = st.index.remove(id.0).ok_or(SpoolError::NotFound(id))?;
             st.bodies.remove(id.0);
             st.live_bytes = st.live_bytes.saturating_sub(u64::from(entry.record_len));
             let seg = st
@@ -399,6 +428,8 @@ impl Spool {
             messages: st.index.len() as u64,
             bytes: st.live_bytes,
             segments: st.segments.len() as u64,
+            index_memory_bytes: st.index.memory_bytes() as u64,
+            body_cache_bytes: st.bodies.bytes() as u64,
         }
     }
 

@@ -4,7 +4,9 @@
 //! act on it.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use petrel_idmap::IdMap;
 use std::rc::Rc;
 
 use crate::cache::BodyCache;
@@ -16,8 +18,8 @@ use crate::file::SegFile;
 pub(crate) struct State {
     /// Next message sequence to hand out; above every sequence ever seen on disk.
     pub(crate) next_id_seq: u64,
-    /// Live messages. 32 bytes of key + entry each, plus the hash table's own overhead.
-    pub(crate) index: HashMap<u64, IndexEntry>,
+    /// Live messages: 24 bytes each, plus a share of their 64-id chunk (see `petrel_idmap`).
+    pub(crate) index: IdMap<IndexEntry>,
     /// Segments on disk by sequence; the highest is the active one.
     pub(crate) segments: BTreeMap<u64, Segment>,
     /// Sequence of the segment new stores go to.
@@ -73,13 +75,14 @@ pub(crate) enum File {
     Journal,
 }
 
-/// Where a live message is. 32 bytes.
+/// Where a live message is. 24 bytes (checked below).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct IndexEntry {
     /// Sequence of its segment.
     pub(crate) segment: u64,
-    /// Offset of its store record in the segment's data file.
-    pub(crate) offset: u64,
+    /// Offset of its store record in the segment's data file (below
+    /// `SEGMENT_SIZE_MAX_LIMIT_BYTES` plus one record, so it fits).
+    pub(crate) offset: u32,
     /// Length of the record, padding included (<= RECORD_SIZE_MAX_BYTES).
     pub(crate) record_len: u32,
     /// Number of recipients (updates must name an index below it).
@@ -87,6 +90,7 @@ pub(crate) struct IndexEntry {
     /// The data key that sealed it, which seals its updates too; 0: stored in the clear.
     pub(crate) key: u32,
 }
+const _: () = assert!(std::mem::size_of::<IndexEntry>() == 24);
 
 /// One segment: its data file and journal, their append offsets and unwritten buffers, and
 /// what keeps it alive.

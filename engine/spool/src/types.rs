@@ -201,13 +201,20 @@ pub struct SpoolStats {
     pub bytes: u64,
     /// Segment files (data) currently on disk for this shard.
     pub segments: u64,
+    /// Heap bytes of the index of live messages (its table and entries).
+    pub index_memory_bytes: u64,
+    /// Bytes of bodies held in the body cache.
+    pub body_cache_bytes: u64,
 }
 
 /// What `open` found on disk.
 #[derive(Debug, Default)]
 pub struct Recovery {
-    /// Every live message with its latest state, in id order.
+    /// Every live message with its latest state, in id order ([`crate::Spool::open`]; empty
+    /// from [`crate::Spool::open_streaming`], which hands them over as it goes).
     pub messages: Vec<SpooledMessage>,
+    /// Live messages found.
+    pub messages_recovered: u64,
     /// Records skipped: torn tails, bad checksums, unreadable archives.
     pub records_skipped: u64,
     /// Bytes skipped with them.

@@ -431,12 +431,13 @@ pub(crate) mod tests {
             shard: 0,
             details: None,
             attribution: EventAttribution(Some(std::sync::Arc::new(
-                crate::attribution::Attribution {
+                crate::attribution::AttributionParts {
                     tenant_id: Some("tenant-a".into()),
                     tags: vec![format!("t{}", i % 3)],
                     metadata: Some(format!("{{\"i\":{i}}}")),
                     ..Default::default()
-                },
+                }
+                .into(),
             ))),
         }
     }

@@ -26,6 +26,7 @@ use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 
 use super::{Event, Outcome};
+use crate::attribution::Attribution;
 
 /// How long the writer waits before trying a failed backlog write or sync again, ms. It keeps
 /// trying: the outcomes waiting on it are not forgotten by the spool meanwhile.
@@ -295,19 +296,19 @@ impl Serialize for WireEvent<'_> {
             "timestamp_ms",
             &i64::try_from(e.timestamp_unix_ms).unwrap_or(i64::MAX),
         )?;
-        let tenant = a.and_then(|a| a.tenant_id.as_deref());
+        let tenant = a.and_then(Attribution::tenant_id);
         if let Some(t) = some_clipped(tenant, EVENT_ID_FIELD_MAX_BYTES) {
             m.serialize_entry("tenant_id", t)?;
         }
         if let Some(id) = some_clipped(e.message_id.as_deref(), EVENT_ID_FIELD_MAX_BYTES) {
             m.serialize_entry("message_id", id)?;
         }
-        let mid = a.and_then(|a| a.rfc822_message_id.as_deref());
+        let mid = a.and_then(Attribution::rfc822_message_id);
         if let Some(mid) = some_clipped(mid, RFC822_MESSAGE_ID_MAX_BYTES) {
             m.serialize_entry("rfc822_message_id", mid)?;
         }
         m.serialize_entry("sender", clip(&e.sender, ADDRESS_MAX_BYTES))?;
-        let from = a.and_then(|a| a.from_domain.as_deref());
+        let from = a.and_then(Attribution::from_domain);
         if let Some(d) = some_clipped(from, DOMAIN_MAX_BYTES) {
             m.serialize_entry("from_domain", d)?;
         }
@@ -316,8 +317,7 @@ impl Serialize for WireEvent<'_> {
         }
         let tags: Vec<&str> = a
             .map(|a| {
-                a.tags
-                    .iter()
+                a.tags()
                     .filter(|t| !t.is_empty())
                     .take(TAGS_MAX)
                     .map(|t| clip(t, TAG_MAX_BYTES))
@@ -326,7 +326,7 @@ impl Serialize for WireEvent<'_> {
             .unwrap_or_default();
         m.serialize_entry("tags", &tags)?;
         let metadata = a
-            .and_then(|a| a.metadata.as_deref())
+            .and_then(Attribution::metadata)
             .filter(|t| t.len() <= METADATA_MAX_BYTES && t.trim_start().starts_with('{'))
             .and_then(|t| serde_json::from_str::<&serde_json::value::RawValue>(t).ok());
         if let Some(raw) = metadata {

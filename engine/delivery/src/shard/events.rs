@@ -50,7 +50,7 @@ impl<S: SpoolAccess + 'static> Inner<S> {
         if !self.events.wants_accepted() || msg.is_dsn || msg.recipients.is_empty() {
             return;
         }
-        if self.state.borrow().messages.contains_key(&msg.id) {
+        if self.state.borrow().messages.contains_key(msg.id) {
             return;
         }
         let id = format!("{:016x}", msg.id);

@@ -33,9 +33,11 @@ use crate::config::DeliveryConfig;
 use crate::error::SpoolAccessError;
 use crate::events::{Event, EventSink};
 use crate::limits::GlobalLimits;
+use crate::memory::Interner;
 use crate::queue::{DomainId, Entry, Queues};
 pub use events::EVENTS_BATCH_MAX;
 use outcome::{MessageState, RcptSlot};
+use petrel_idmap::IdMap;
 use session::HopKey;
 
 /// What a shard's delivery needs from its spool (the engine implements it over petrel-spool).
@@ -187,7 +189,12 @@ struct SessionCount {
 struct State {
     queues: Queues,
     /// Messages with at least one pending recipient, by spool id.
-    messages: HashMap<u64, MessageState>,
+    messages: IdMap<MessageState>,
+    /// Envelope senders of queued messages, shared among their messages.
+    senders: Interner,
+    /// Heap bytes the entries of `messages` own, kept as they come and go
+    /// (`MessageState::heap_bytes`): recipients, then attribution.
+    messages_heap_bytes: (usize, usize),
     sessions: HashMap<DomainId, SessionCount>,
     /// Ready domains without a session that the last `spawn_sessions` left for idle sessions to
     /// take over (same smart host) before it starts new ones for them.
@@ -204,6 +211,21 @@ struct State {
     pending_total: u64,
     /// Last refresh of the queue gauges, unix ms.
     gauges_unix_ms: u64,
+}
+
+impl State {
+    /// Heap bytes of the queued mail by part (the `part` label of `petrel_queue_memory_bytes`;
+    /// see `crate::memory`): the message table, the recipients' slots and addresses, the
+    /// attributions, the interned senders, the domain queues.
+    fn memory_parts(&self) -> [(&'static str, usize); 5] {
+        [
+            ("messages", self.messages.memory_bytes()),
+            ("recipients", self.messages_heap_bytes.0),
+            ("attribution", self.messages_heap_bytes.1),
+            ("senders", self.senders.memory_bytes()),
+            ("domains", self.queues.memory_bytes()),
+        ]
+    }
 }
 
 struct Inner<S: SpoolAccess> {
@@ -254,7 +276,9 @@ impl<S: SpoolAccess + 'static> DeliveryShard<S> {
         let (wake_tx, wake_rx) = async_channel::bounded(1);
         let state = State {
             queues: Queues::new(cfg.ready_max),
-            messages: HashMap::new(),
+            messages: IdMap::new(),
+            senders: Interner::default(),
+            messages_heap_bytes: (0, 0),
             sessions: HashMap::new(),
             offered: HashSet::new(),
             hop_sessions: HashMap::new(),
@@ -444,16 +468,16 @@ fn purge_tenants(st: &mut State, purges: &[TenantPurge]) -> AdminReply {
     let mut bounce_ids = HashSet::new();
     let mut drop_ids = HashSet::new();
     let mut remaining = HashSet::new();
-    for (id, m) in &st.messages {
-        let Some(t) = m.attribution.as_ref().and_then(|a| a.tenant_id.as_deref()) else {
+    for (id, m) in st.messages.iter() {
+        let Some(t) = m.attribution.as_ref().and_then(|a| a.tenant_id()) else {
             continue;
         };
         if let Some(bounce) = mode.get(t) {
             remaining.insert(t.to_string());
             if *bounce {
-                bounce_ids.insert(*id);
+                bounce_ids.insert(id);
             } else {
-                drop_ids.insert(*id);
+                drop_ids.insert(id);
             }
         }
     }
@@ -477,7 +501,7 @@ impl<S: SpoolAccess + 'static> Inner<S> {
 
     fn enqueue(&self, msg: QueuedMessage) {
         let mut st = self.state.borrow_mut();
-        if st.messages.contains_key(&msg.id) || msg.recipients.is_empty() {
+        if st.messages.contains_key(msg.id) || msg.recipients.is_empty() {
             return;
         }
         let received_unix_secs = u32::try_from(msg.received_unix_ms / 1000).unwrap_or(u32::MAX);
@@ -496,15 +520,18 @@ impl<S: SpoolAccess + 'static> Inner<S> {
             );
             rcpts.push(RcptSlot::new(r.index, &r.address, r.attempts));
         }
-        rcpts.sort_by_key(|r| r.index);
         st.pending_total += rcpts.len() as u64;
+        let mail_from = st.senders.intern(&msg.mail_from);
         let state = MessageState::new(
-            msg.mail_from,
+            mail_from,
             msg.received_unix_ms,
             msg.is_dsn,
             rcpts,
             msg.attribution,
         );
+        let (r, a) = state.heap_bytes();
+        st.messages_heap_bytes.0 += r;
+        st.messages_heap_bytes.1 += a;
         st.messages.insert(msg.id, state);
         drop(st);
         self.wake();
@@ -714,7 +741,13 @@ impl<S: SpoolAccess + 'static> Inner<S> {
         let age = oldest_ms.map_or(0, |r| now.saturating_sub(r) / 1000);
         metrics::gauge!("petrel_queue_depth", "shard" => shard.clone())
             .set(st.pending_total as f64);
-        metrics::gauge!("petrel_queue_oldest_age_seconds", "shard" => shard).set(age as f64);
+        metrics::gauge!("petrel_queue_oldest_age_seconds", "shard" => shard.clone())
+            .set(age as f64);
+        st.queues.trim_memory();
+        for (part, bytes) in st.memory_parts() {
+            metrics::gauge!("petrel_queue_memory_bytes", "shard" => shard.clone(), "part" => part)
+                .set(bytes as f64);
+        }
     }
 
     /// Bounces what `admin(Bounce)` drained, and drops what `PurgeTenants` took to drop.

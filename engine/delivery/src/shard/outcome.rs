@@ -40,15 +40,65 @@ impl RcptSlot {
     }
 }
 
-/// A message with pending recipients. Invariant: at most 72 bytes plus the sender, the
-/// recipient slots and its share of the attribution (bounded, shared with its events);
-/// `pending` counts the slots still `Pending`.
+/// A message's recipient slots: the common single recipient inline, more on the heap. 32
+/// bytes either way (the one-slot variant's state field gives the enum its tag).
+#[derive(Debug)]
+pub(super) enum Rcpts {
+    One(RcptSlot),
+    /// Sorted by `index`.
+    Many(Box<[RcptSlot]>),
+}
+const _: () = assert!(std::mem::size_of::<Rcpts>() <= 32);
+
+impl Rcpts {
+    fn new(mut rcpts: Vec<RcptSlot>) -> Rcpts {
+        if rcpts.len() == 1 {
+            if let Some(one) = rcpts.pop() {
+                return Rcpts::One(one);
+            }
+        }
+        rcpts.sort_by_key(|r| r.index);
+        Rcpts::Many(rcpts.into())
+    }
+
+    pub fn as_slice(&self) -> &[RcptSlot] {
+        match self {
+            Rcpts::One(r) => std::slice::from_ref(r),
+            Rcpts::Many(rs) => rs,
+        }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [RcptSlot] {
+        match self {
+            Rcpts::One(r) => std::slice::from_mut(r),
+            Rcpts::Many(rs) => rs,
+        }
+    }
+
+    /// Heap bytes beyond the inline 32: the slot array of several, every address.
+    pub fn heap_bytes(&self) -> usize {
+        let slots = match self {
+            Rcpts::One(_) => 0,
+            Rcpts::Many(rs) => rs.len() * std::mem::size_of::<RcptSlot>(),
+        };
+        slots
+            + self
+                .as_slice()
+                .iter()
+                .map(|r| crate::memory::str_heap_bytes(&r.address))
+                .sum::<usize>()
+    }
+}
+
+/// A message with pending recipients. Invariant: at most 72 bytes plus its recipients'
+/// addresses (and their slots when more than one), its share of the interned sender and of the
+/// attribution (bounded, shared with its events); `pending` counts the slots still `Pending`.
 #[derive(Debug)]
 pub(super) struct MessageState {
-    pub mail_from: Box<str>,
+    /// Interned: the messages of one sender share it (`crate::memory::Interner`).
+    pub mail_from: Rc<str>,
     pub received_unix_ms: u64,
-    /// Sorted by `index`.
-    pub rcpts: Box<[RcptSlot]>,
+    pub rcpts: Rcpts,
     pub pending: u32,
     pub is_dsn: bool,
     /// Shared by every event of the message (see `crate::attribution`).
@@ -58,30 +108,43 @@ const _: () = assert!(std::mem::size_of::<MessageState>() <= 72);
 
 impl MessageState {
     pub fn new(
-        mail_from: String,
+        mail_from: Rc<str>,
         received_unix_ms: u64,
         is_dsn: bool,
         rcpts: Vec<RcptSlot>,
         attribution: Option<Arc<Attribution>>,
     ) -> Self {
         MessageState {
-            mail_from: mail_from.into(),
+            mail_from,
             received_unix_ms,
             pending: u32::try_from(rcpts.len()).unwrap_or(u32::MAX),
-            rcpts: rcpts.into(),
+            rcpts: Rcpts::new(rcpts),
             is_dsn,
             attribution,
         }
     }
 
+    /// Heap bytes this message owns beyond its table entry (the sender is the interner's):
+    /// its recipients', its attribution's.
+    pub fn heap_bytes(&self) -> (usize, usize) {
+        (
+            self.rcpts.heap_bytes(),
+            self.attribution
+                .as_deref()
+                .map_or(0, Attribution::own_heap_bytes),
+        )
+    }
+
     pub fn slot(&self, index: u32) -> Option<&RcptSlot> {
-        let i = self.rcpts.binary_search_by_key(&index, |r| r.index).ok()?;
-        self.rcpts.get(i)
+        let rcpts = self.rcpts.as_slice();
+        let i = rcpts.binary_search_by_key(&index, |r| r.index).ok()?;
+        rcpts.get(i)
     }
 
     fn slot_mut(&mut self, index: u32) -> Option<&mut RcptSlot> {
-        let i = self.rcpts.binary_search_by_key(&index, |r| r.index).ok()?;
-        self.rcpts.get_mut(i)
+        let rcpts = self.rcpts.as_mut_slice();
+        let i = rcpts.binary_search_by_key(&index, |r| r.index).ok()?;
+        rcpts.get_mut(i)
     }
 }
 
@@ -267,7 +330,7 @@ pub(super) async fn apply<S: SpoolAccess + 'static>(
     let (mail_from, received_unix_ms, is_dsn, finished) = {
         let mut guard = inner.state.borrow_mut();
         let st = &mut *guard;
-        let Some(msg) = st.messages.get_mut(&message_id) else {
+        let Some(msg) = st.messages.get_mut(message_id) else {
             return; // already final (bounced by the administrator meanwhile)
         };
         let received = msg.received_unix_ms;
@@ -353,7 +416,12 @@ pub(super) async fn apply<S: SpoolAccess + 'static>(
         let finished = msg.pending == 0;
         let info = (msg.mail_from.to_string(), received, msg.is_dsn, finished);
         if finished {
-            st.messages.remove(&message_id);
+            if let Some(done) = st.messages.remove(message_id) {
+                let (r, a) = done.heap_bytes();
+                let held = &mut st.messages_heap_bytes;
+                *held = (held.0.saturating_sub(r), held.1.saturating_sub(a));
+                st.senders.release(done.mail_from);
+            }
         }
         info
     };

@@ -88,7 +88,7 @@ type Envelope = (Vec<Entry>, String, Vec<String>, Option<Arc<Attribution>>);
 
 fn envelope<S: SpoolAccess>(inner: &Inner<S>, batch: Vec<Entry>) -> Option<Envelope> {
     let st = inner.state.borrow();
-    let msg = st.messages.get(&batch.first()?.message_id)?;
+    let msg = st.messages.get(batch.first()?.message_id)?;
     let mut live = Vec::with_capacity(batch.len());
     let mut rcpts = Vec::with_capacity(batch.len());
     for e in batch {

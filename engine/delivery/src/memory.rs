@@ -1,0 +1,167 @@
+//! What a shard's queued mail costs in memory: an interner for values many messages repeat,
+//! and the byte estimates behind the `petrel_queue_memory_bytes` gauge (issue 17).
+//!
+//! Estimates are of heap bytes, from lengths and capacities: an allocation of `n` bytes is
+//! counted as `n` rounded up to the allocator's 8-byte granule, which is what mimalloc's small
+//! size classes come to within a few percent. They are cheap enough to keep as running sums,
+//! so the gauge costs nothing per message.
+
+use std::collections::HashSet;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use crate::attribution::AttributionKey;
+
+/// Bytes an allocation of `len` bytes takes (see the module docs); 0 for none.
+pub fn alloc_bytes(len: usize) -> usize {
+    if len == 0 {
+        0
+    } else {
+        (len + 7) & !7
+    }
+}
+
+/// Heap bytes of a boxed or owned string.
+pub fn str_heap_bytes(s: &str) -> usize {
+    alloc_bytes(s.len())
+}
+
+/// Strings many queued messages share (envelope senders): one allocation each, counted by the
+/// messages holding it. A value leaves when its last message does ([`Interner::release`]).
+#[derive(Debug, Default)]
+pub struct Interner {
+    set: HashSet<Rc<str>>,
+    /// Sum of the interned strings' allocations (counters included).
+    bytes: usize,
+}
+
+impl Interner {
+    /// The shared copy of `s`, made on first use.
+    pub fn intern(&mut self, s: &str) -> Rc<str> {
+        if let Some(v) = self.set.get(s) {
+            return v.clone();
+        }
+        let v: Rc<str> = Rc::from(s);
+        self.bytes += alloc_bytes(16 + s.len());
+        self.set.insert(v.clone());
+        v
+    }
+
+    /// Gives back one message's reference; the value leaves once only the set holds it.
+    pub fn release(&mut self, v: Rc<str>) {
+        if Rc::strong_count(&v) == 2 && self.set.remove(&*v) {
+            self.bytes = self.bytes.saturating_sub(alloc_bytes(16 + v.len()));
+        }
+    }
+
+    /// Distinct values held.
+    pub fn len(&self) -> usize {
+        self.set.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty()
+    }
+
+    /// Heap bytes: the set's table and the values.
+    pub fn memory_bytes(&self) -> usize {
+        let cap = self.set.capacity();
+        let buckets = if cap < 7 {
+            cap + usize::from(cap > 0)
+        } else {
+            cap / 7 * 8
+        };
+        buckets * (std::mem::size_of::<Rc<str>>() + 1) + self.bytes
+    }
+}
+
+/// What many messages' attributions repeat (tenant, credential, From domain: an
+/// [`AttributionKey`]), shared across threads with their events. The engine keeps one per
+/// shard. Keys no message holds any more leave at the next sweep, which runs once the set has
+/// doubled since the last one.
+#[derive(Debug, Default)]
+pub struct SharedInterner {
+    set: HashSet<Arc<AttributionKey>>,
+    /// Size of the set after the last sweep.
+    swept_len: usize,
+}
+
+/// A sweep never runs below this many values.
+const SHARED_INTERNER_SWEEP_MIN: usize = 1024;
+
+impl SharedInterner {
+    /// The shared copy of `key`; None for an empty one.
+    pub fn intern(&mut self, key: AttributionKey) -> Option<Arc<AttributionKey>> {
+        if key.is_empty() {
+            return None;
+        }
+        if let Some(v) = self.set.get(&key) {
+            return Some(v.clone());
+        }
+        if self.set.len() >= SHARED_INTERNER_SWEEP_MIN.max(2 * self.swept_len) {
+            self.set.retain(|v| Arc::strong_count(v) > 1);
+            self.swept_len = self.set.len();
+        }
+        let v = Arc::new(key);
+        self.set.insert(v.clone());
+        Some(v)
+    }
+
+    /// Distinct values held (some may be unused until the next sweep).
+    pub fn len(&self) -> usize {
+        self.set.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_value_is_shared_and_leaves_with_its_last_holder() {
+        let mut i = Interner::default();
+        let a = i.intern("bounce@example.com");
+        let b = i.intern("bounce@example.com");
+        assert!(Rc::ptr_eq(&a, &b));
+        assert_eq!(i.len(), 1);
+        i.release(a);
+        assert_eq!(i.len(), 1, "b still holds it");
+        i.release(b);
+        assert!(i.is_empty());
+        assert_eq!(i.bytes, 0);
+    }
+
+    fn key(tenant: &str) -> AttributionKey {
+        AttributionKey {
+            tenant_id: Some(tenant.into()),
+            ..AttributionKey::default()
+        }
+    }
+
+    #[test]
+    fn shared_values_are_swept_once_unused() {
+        let mut i = SharedInterner::default();
+        let kept = i.intern(key("tenant-kept")).unwrap();
+        assert!(Arc::ptr_eq(&kept, &i.intern(key("tenant-kept")).unwrap()));
+        assert!(i.intern(AttributionKey::default()).is_none());
+        for n in 0..SHARED_INTERNER_SWEEP_MIN {
+            drop(i.intern(key(&format!("t{n}"))));
+        }
+        // The set reached the sweep size once: the unused values went, the held one stayed
+        // (with the value whose arrival swept).
+        assert_eq!(i.len(), 2, "only the held values remain");
+        assert!(Arc::ptr_eq(&kept, &i.intern(key("tenant-kept")).unwrap()));
+    }
+
+    #[test]
+    fn allocations_round_to_the_granule() {
+        assert_eq!(alloc_bytes(0), 0);
+        assert_eq!(alloc_bytes(1), 8);
+        assert_eq!(alloc_bytes(8), 8);
+        assert_eq!(alloc_bytes(25), 32);
+    }
+}
