@@ -239,6 +239,15 @@ impl DomainQueue {
         self.ready.as_ref().map_or(0, |r| r.len())
     }
 
+    /// Shrinks the schedule to its length (plus an eighth) when more than a quarter of it,
+    /// and [`SCHEDULE_GROWTH_MIN`] entries, are unused.
+    fn trim(&mut self) {
+        let (len, cap) = (self.schedule.len(), self.schedule.capacity());
+        if cap > len + len / 4 + SCHEDULE_GROWTH_MIN {
+            self.schedule.shrink_to(len + len / 8);
+        }
+    }
+
     /// Heap bytes: the schedule's capacity, the ready set's box and capacity.
     pub fn memory_bytes(&self) -> usize {
         use crate::memory::alloc_bytes;
@@ -385,9 +394,13 @@ impl Queues {
             + self.ready_domains.len() * 2 * std::mem::size_of::<DomainId>()
     }
 
-    /// Gives back capacity a burst left behind: the wake-up heap and the lookup table once at
-    /// most a quarter used. The shard calls it with its gauges (every few seconds).
+    /// Gives back capacity a burst left behind: each domain's schedule beyond a quarter over
+    /// its length, the wake-up heap and the lookup table once at most a quarter used. The
+    /// shard calls it with its gauges (every few seconds); O(domains).
     pub fn trim_memory(&mut self) {
+        for slot in self.slots.iter_mut().flatten() {
+            slot.queue.trim();
+        }
         let (len, cap) = (self.wakeups.len(), self.wakeups.capacity());
         if cap > WAKEUPS_CAPACITY_KEPT && len * 4 < cap {
             self.wakeups.shrink_to((len * 2).max(WAKEUPS_CAPACITY_KEPT));
