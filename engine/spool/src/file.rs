@@ -146,14 +146,6 @@ impl SegFile {
         Ok(out)
     }
 
-    pub(crate) async fn size(&self) -> Result<u64, SpoolError> {
-        match self {
-            SegFile::Buffered(f, _) => f.file_size().await,
-            SegFile::Direct(f, _, _) => f.file_size().await,
-        }
-        .map_err(|e| SpoolError::io("stat", self.path(), e))
-    }
-
     pub(crate) async fn truncate(&self, len: u64) -> Result<(), SpoolError> {
         match self {
             SegFile::Buffered(f, _) => f.truncate(len).await,

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Ack latency (issue 17): time from the end of DATA to the 250, under load, fsync on.
+#
+#   benches/bench-ack-latency.sh                   # CONNS=200 N=100000 SIZE=1024
+#   BIN=/tmp/petrel-old benches/bench-ack-latency.sh
+#   CONFIG=engine.toml RATES="20000" benches/bench-ack-latency.sh   # an engine configuration
+#
+# The engine relays to `petrel load sink` (delivery runs, as in production). First an unpaced
+# run finds the rate; then `petrel load inject --rate` at 10 %, 25 % and 50 % of it (RATES to
+# override, in msg/s) reports the DATA phase's p50, p99, p99.9 and max (the injector's own
+# histogram of end-of-data written to reply read). Loopback only; every process stopped by PID;
+# every run bounded in count and time.
+set -u
+cd "$(dirname "$0")/.."
+N=${N:-100000}; SIZE=${SIZE:-1024}; CONNS=${CONNS:-200}; DOMAINS=${DOMAINS:-1000}
+PORT=${PORT:-2755}; SINK_PORT=${SINK_PORT:-2756}; TIMEOUT=${TIMEOUT:-300}
+BIN=${BIN:-target/release/petrel}
+[ -x "$BIN" ] || cargo build --release --bin petrel >&2 || exit 1
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done; }
+trap cleanup EXIT
+field() { grep -o "\"$2\": *[0-9.]*" <<<"$1" | head -1 | grep -o '[0-9.]*$'; }
+data_latency() { # the "data" object of latency_us
+  python3 -c 'import json,sys; r=json.load(sys.stdin); d=r["latency_us"]["data"]; print("%.0f msg/s accepted %d/%d; data p50 %.2f ms, p99 %.2f ms, p99.9 %.2f ms, max %.2f ms" % (r["rate_2xx_per_s"], r["counts"]["messages_2xx"], r["counts"]["messages_attempted"], d["p50_us"]/1000, d["p99_us"]/1000, d["p999_us"]/1000, d["max_us"]/1000))'
+}
+run() { # rate (empty: unpaced) -> the injector's JSON
+  local DATA rate_arg=()
+  DATA=$(mktemp -d /tmp/petrel-acklat.XXXXXX)
+  [ -n "$1" ] && rate_arg=(--rate "$1")
+  "$BIN" load sink --listen "127.0.0.1:$SINK_PORT" --duration "${TIMEOUT}s" > /dev/null 2>&1 &
+  local SINK=$!; PIDS+=("$SINK")
+  local cfg=()
+  [ -n "${CONFIG:-}" ] && cfg=(--config "$CONFIG")
+  "$BIN" engine "${cfg[@]}" --data-dir "$DATA" --smtp-listen "127.0.0.1:$PORT" --metrics-listen 127.0.0.1:0 \
+    --admin-listen 127.0.0.1:0 --relay-to "127.0.0.1:$SINK_PORT" --trust-network 127.0.0.0/8 \
+    > "$DATA/engine.out" 2> "$DATA/engine.err" &
+  local ENGINE=$!; PIDS+=("$ENGINE")
+  for _ in $(seq 1 300); do grep -q "engine ready" "$DATA/engine.out" 2>/dev/null && break; sleep 0.1; done
+  timeout "$TIMEOUT" "$BIN" load inject --target "127.0.0.1:$PORT" --messages "$N" --connections "$CONNS" \
+    --size "$SIZE" --domains "$DOMAINS" --duration "${TIMEOUT}s" "${rate_arg[@]}" --json 2>/dev/null
+  kill "$SINK" "$ENGINE"; wait "$SINK" "$ENGINE" 2>/dev/null
+  rm -rf "$DATA"
+}
+
+echo "# $(date -u +%FT%TZ) $(nproc) cores; N=$N SIZE=$SIZE CONNS=$CONNS DOMAINS=$DOMAINS fsync=on bin=$BIN"
+out=$(run "")
+unpaced=$(field "$out" rate_2xx_per_s)
+echo "unpaced: $(data_latency <<<"$out")"
+RATES=${RATES:-$(awk -v u="$unpaced" 'BEGIN{printf "%d %d %d", u*0.1, u*0.25, u*0.5}')}
+for r in $RATES; do
+  # Enough messages for 20 s at the rate, at most N.
+  n=$(( r * 20 < N ? r * 20 : N ))
+  out=$(N=$n run "$r")
+  echo "rate $r msg/s ($n messages): $(data_latency <<<"$out")"
+done
