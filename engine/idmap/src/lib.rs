@@ -147,6 +147,13 @@ impl<V> IdMap<V> {
         Some(value)
     }
 
+    /// The entry with the smallest id: O(chunks), a 64th of the entries or fewer.
+    pub fn first(&self) -> Option<(u64, &V)> {
+        let (&base, c) = self.chunks.iter().min_by_key(|(base, _)| **base)?;
+        let bit = c.present.trailing_zeros();
+        Some((base * CHUNK_IDS + u64::from(bit), c.values.first()?))
+    }
+
     /// Every entry, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (u64, &V)> + '_ {
         self.chunks.iter().flat_map(|(&base, c)| {
@@ -256,6 +263,7 @@ mod tests {
                 prop_assert_eq!(m.get(*id), Some(v));
                 prop_assert!(m.contains_key(*id));
             }
+            prop_assert_eq!(m.first(), model.iter().next().map(|(k, v)| (*k, v)));
             let mut got: Vec<(u64, u32)> = m.iter().map(|(k, v)| (k, *v)).collect();
             got.sort_unstable();
             let want: Vec<(u64, u32)> = model.into_iter().collect();

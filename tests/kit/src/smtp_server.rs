@@ -286,8 +286,9 @@ fn serve(stream: TcpStream, script: &Script, log: &Mutex<Log>) {
         l.connections_open += 1;
         l.connections_peak = l.connections_peak.max(l.connections_open);
     }
-    if stream.set_read_timeout(Some(SESSION_READ_TIMEOUT)).is_ok() {
-        let _ = Session::new(stream, script, log).run();
+    let counted_closed = stream.set_read_timeout(Some(SESSION_READ_TIMEOUT)).is_ok()
+        && Session::new(stream, script, log).run();
+    if !counted_closed {
+        log.lock().expect("log").connections_open -= 1;
     }
-    log.lock().expect("log").connections_open -= 1;
 }

@@ -65,6 +65,8 @@ pub(crate) struct Session<'a> {
     txn: Option<Txn>,
     /// MAIL commands read since the server last waited for the client.
     burst: usize,
+    /// The connection was counted closed at QUIT (see [`Session::run`]).
+    counted_closed: bool,
 }
 
 impl<'a> Session<'a> {
@@ -77,7 +79,16 @@ impl<'a> Session<'a> {
             tls: false,
             txn: None,
             burst: 0,
+            counted_closed: false,
         }
+    }
+
+    /// Runs the dialogue; true when the connection was already counted closed, at QUIT:
+    /// before the 221, so a client that waits for it and connects again is never seen with
+    /// both connections open (the peak a connection-limit test reads).
+    pub(crate) fn run(mut self) -> bool {
+        let _ = self.dialogue();
+        self.counted_closed
     }
 
     fn log(&self) -> std::sync::MutexGuard<'a, Log> {
@@ -116,7 +127,7 @@ impl<'a> Session<'a> {
         }
     }
 
-    pub(crate) fn run(mut self) -> std::io::Result<()> {
+    fn dialogue(&mut self) -> std::io::Result<()> {
         if self.script.silent {
             let mut sink = [0u8; CLIENT_HELLO_PEEK_BYTES];
             while self.conn.read(&mut sink)? > 0 {}
@@ -172,6 +183,8 @@ impl<'a> Session<'a> {
                 self.reply("250 2.0.0 Ok")?;
             }
             "QUIT" => {
+                self.log().connections_open -= 1;
+                self.counted_closed = true;
                 self.reply("221 2.0.0 Bye")?;
                 return Ok(Next::Hangup);
             }
