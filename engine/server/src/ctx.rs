@@ -208,6 +208,33 @@ pub(crate) fn queued(
     }
 }
 
+/// [`queued`] of an envelope the caller owns (recovery): its strings move, none is copied.
+pub(crate) fn queued_owned(
+    id: u64,
+    env: Envelope,
+    attribution: Option<Arc<petrel_delivery::Attribution>>,
+) -> QueuedMessage {
+    QueuedMessage {
+        attribution,
+        id,
+        mail_from: env.mail_from,
+        received_unix_ms: env.received_unix_ms,
+        is_dsn: env.is_dsn,
+        recipients: env
+            .recipients
+            .into_iter()
+            .enumerate()
+            .filter(|(_, r)| r.state == RecipientState::Pending)
+            .map(|(i, r)| QueuedRcpt {
+                index: i as u32,
+                address: r.address,
+                attempts: r.attempts,
+                next_attempt_unix_ms: r.next_attempt_unix_ms,
+            })
+            .collect(),
+    }
+}
+
 /// The spool's attribution as delivery keeps it: tenant, credential and From domain shared
 /// through the shard's interner, the rest packed in one allocation; None when empty.
 pub(crate) fn for_delivery(

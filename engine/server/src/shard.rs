@@ -76,9 +76,9 @@ pub async fn run(setup: ShardSetup) -> Result<(), EngineError> {
         FileMode::default(),
         &mut |msg| {
             if let Some(d) = &delivery {
-                d.enqueue(crate::ctx::queued(
+                d.enqueue(crate::ctx::queued_owned(
                     msg.id.0,
-                    &msg.envelope,
+                    msg.envelope,
                     crate::ctx::for_delivery(msg.attribution, &attribution_values),
                 ));
             }

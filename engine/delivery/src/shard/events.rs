@@ -64,7 +64,7 @@ impl<S: SpoolAccess + 'static> Inner<S> {
                 rcpt_index: r.index,
                 sender: msg.mail_from.clone(),
                 recipient: r.address.clone(),
-                domain: domain_of(&r.address),
+                domain: domain_of(&r.address).into_owned(),
                 host: None,
                 address: None,
                 tls: None,

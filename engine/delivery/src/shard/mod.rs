@@ -506,9 +506,8 @@ impl<S: SpoolAccess + 'static> Inner<S> {
         }
         let received_unix_secs = u32::try_from(msg.received_unix_ms / 1000).unwrap_or(u32::MAX);
         let mut rcpts: Vec<RcptSlot> = Vec::with_capacity(msg.recipients.len());
-        for r in &msg.recipients {
-            let domain = domain_of(&r.address);
-            let id = st.queues.domain_id(&domain);
+        for r in msg.recipients {
+            let id = st.queues.domain_id(&domain_of(&r.address));
             st.queues.schedule(
                 id,
                 Entry {
@@ -518,7 +517,7 @@ impl<S: SpoolAccess + 'static> Inner<S> {
                     received_unix_secs,
                 },
             );
-            rcpts.push(RcptSlot::new(r.index, &r.address, r.attempts));
+            rcpts.push(RcptSlot::new(r.index, r.address, r.attempts));
         }
         st.pending_total += rcpts.len() as u64;
         let mail_from = st.senders.intern(&msg.mail_from);
@@ -782,11 +781,16 @@ impl<S: SpoolAccess + 'static> Inner<S> {
 }
 
 /// The domain of an address, lowercase ("" when there is no '@').
-fn domain_of(address: &str) -> String {
-    address
+/// The address's domain, lowercased (borrowed when it already is: most are).
+fn domain_of(address: &str) -> std::borrow::Cow<'_, str> {
+    let d = address
         .rsplit_once('@')
-        .map(|(_, d)| d.trim_end_matches('>').to_ascii_lowercase())
-        .unwrap_or_default()
+        .map_or("", |(_, d)| d.trim_end_matches('>'));
+    if d.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(d.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(d)
+    }
 }
 
 pub(crate) fn now_unix_ms() -> u64 {

@@ -30,11 +30,11 @@ pub(super) struct RcptSlot {
 const _: () = assert!(std::mem::size_of::<RcptSlot>() <= 32);
 
 impl RcptSlot {
-    pub fn new(index: u32, address: &str, attempts: u32) -> RcptSlot {
+    pub fn new(index: u32, address: String, attempts: u32) -> RcptSlot {
         RcptSlot {
             index,
             attempts,
-            address: address.into(),
+            address: address.into_boxed_str(),
             state: RcptState::Pending,
         }
     }
@@ -548,7 +548,7 @@ fn event(
         rcpt_index: slot.index,
         sender: sender.to_string(),
         recipient: slot.address.to_string(),
-        domain: domain_of(&slot.address),
+        domain: domain_of(&slot.address).into_owned(),
         host: attempt.host.clone(),
         address: attempt.addr.map(|a| a.to_string()),
         tls: attempt.tls.clone(),
