@@ -644,151 +644,6 @@ impl EngineConfig {
         self.validate()
     }
 
-    /// Checks values serde cannot: each message names the key.
-    pub fn validate(&self) -> Result<(), EngineError> {
-        let bad = |key: &str, why: &str| {
-            Err(EngineError::Config {
-                message: format!("{key}: {why}"),
-            })
-        };
-        if self.server.hostname.is_empty() || self.server.hostname.contains(char::is_whitespace) {
-            return bad("server.hostname", "must be a non-empty name without spaces");
-        }
-        let days = self.encryption.data_key_rotate_after_days;
-        if days == 0 || days > DATA_KEY_ROTATE_AFTER_DAYS_MAX {
-            return bad(
-                "encryption.data_key_rotate_after_days",
-                "must be 1 to DATA_KEY_ROTATE_AFTER_DAYS_MAX (3650)",
-            );
-        }
-        if self.server.shards > 256 {
-            return bad(
-                "server.shards",
-                "at most 256 shards (the shard id is 8 bits)",
-            );
-        }
-        if self.events.backlog_bytes_max < EVENTS_BACKLOG_BYTES_MIN {
-            return bad(
-                "events.backlog_bytes_max",
-                &format!("must be at least {EVENTS_BACKLOG_BYTES_MIN}"),
-            );
-        }
-        if self.intake.mailboxes.len() > INTAKE_MAILBOXES_MAX {
-            return bad(
-                "intake.mailboxes",
-                &format!("at most {INTAKE_MAILBOXES_MAX} mailboxes"),
-            );
-        }
-        for m in &self.intake.mailboxes {
-            let well_formed = m.len() <= INTAKE_MAILBOX_BYTES_MAX
-                && m.rsplit_once('@')
-                    .is_some_and(|(l, d)| !l.is_empty() && d.contains('.'))
-                && !m.contains(|c: char| c.is_whitespace() || c == '<' || c == '>');
-            if !well_formed {
-                return bad(
-                    "intake.mailboxes",
-                    &format!("{m:?} is not an address like dmarc@reports.example"),
-                );
-            }
-        }
-        if self.intake.listen == Some(self.smtp.listen) && self.smtp.listen.port() != 0 {
-            return bad("intake.listen", "must differ from smtp.listen");
-        }
-        if let Err(e) = self.content.checker() {
-            return bad("content", &e.to_string());
-        }
-        if self.smtp.command_line_max_bytes < 512 {
-            return bad("smtp.command_line_max_bytes", "RFC 5321 needs at least 512");
-        }
-        if self.smtp.text_line_max_bytes < 1000 {
-            return bad("smtp.text_line_max_bytes", "RFC 5321 needs at least 1000");
-        }
-        if self.smtp.message_size_max_bytes < 1024 {
-            return bad("smtp.message_size_max_bytes", "must be at least 1024");
-        }
-        if self.smtp.trusted_network_domains.len() > TRUSTED_NETWORK_DOMAINS_MAX {
-            return bad(
-                "smtp.trusted_network_domains",
-                &format!("at most {TRUSTED_NETWORK_DOMAINS_MAX} entries"),
-            );
-        }
-        if self
-            .smtp
-            .trusted_network_domains
-            .iter()
-            .any(|t| t.domains.len() > TRUSTED_NETWORK_DOMAINS_PER_ENTRY_MAX)
-        {
-            return bad(
-                "smtp.trusted_network_domains.domains",
-                &format!("at most {TRUSTED_NETWORK_DOMAINS_PER_ENTRY_MAX} per entry"),
-            );
-        }
-        if self.smtp.recipients_max == 0 {
-            return bad(
-                "smtp.recipients_max",
-                "RFC 5321 needs at least 100; 0 refuses all",
-            );
-        }
-        if self.smtp.tls_cert_path.is_some() != self.smtp.tls_key_path.is_some() {
-            return bad(
-                "smtp.tls_cert_path",
-                "tls_cert_path and tls_key_path go together",
-            );
-        }
-        if self.auth.failures_per_address_max == 0 {
-            return bad("auth.failures_per_address_max", "must be at least 1");
-        }
-        if self.auth.failure_window_secs == 0 {
-            return bad("auth.failure_window_secs", "must be at least 1");
-        }
-        if self.limits.connections_max == 0 {
-            return bad("limits.connections_max", "must be at least 1");
-        }
-        if self.spool.commit_window_us > 10_000 {
-            return bad(
-                "spool.commit_window_us",
-                "at most 10000 (every acknowledgement under load waits for it)",
-            );
-        }
-        if self.spool.segment_size_max_bytes < (1 << 20) {
-            return bad("spool.segment_size_max_bytes", "must be at least 1 MiB");
-        }
-        if self.spool.segment_size_max_bytes > petrel_spool::SEGMENT_SIZE_MAX_LIMIT_BYTES {
-            return bad("spool.segment_size_max_bytes", "must be at most 1 GiB");
-        }
-        if !(1..=3_650).contains(&self.events.jsonl_retention_days) {
-            return bad("events.jsonl_retention_days", "must be 1 to 3650");
-        }
-        if self.delivery.retry_initial_ms == 0
-            || self.delivery.retry_max_ms < self.delivery.retry_initial_ms
-        {
-            return bad(
-                "delivery.retry_max_ms",
-                "needs 0 < retry_initial_ms <= retry_max_ms",
-            );
-        }
-        if self.delivery.connections_per_domain_max == 0 {
-            return bad("delivery.connections_per_domain_max", "must be at least 1");
-        }
-        if self.delivery.next_hop_sessions_per_shard_max == 0 {
-            return bad(
-                "delivery.next_hop_sessions_per_shard_max",
-                "must be at least 1",
-            );
-        }
-        for d in &self.delivery.domains {
-            if let Some(t) = &d.tls {
-                if !matches!(t.as_str(), "opportunistic" | "require" | "disabled") {
-                    return bad(
-                        "delivery.domains.tls",
-                        "one of \"opportunistic\", \"require\", \"disabled\"",
-                    );
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// The number of shards to start: the configured count, or one per online CPU.
     pub fn shard_count(&self) -> usize {
         if self.server.shards > 0 {
@@ -801,6 +656,9 @@ impl EngineConfig {
         }
     }
 }
+
+#[path = "config_validate.rs"]
+mod validate;
 
 #[cfg(test)]
 #[path = "config_tests.rs"]

@@ -17,6 +17,7 @@ mod events;
 mod outcome;
 mod pipelining;
 mod prepare;
+mod purge;
 mod session;
 
 use std::cell::{Cell, RefCell};
@@ -453,44 +454,7 @@ fn admin_apply(st: &mut State, cmd: AdminCommand, now: u64) -> AdminReply {
             st.admin_bounces.extend(drained);
             done(d, n)
         }
-        AdminCommand::PurgeTenants(purges) => purge_tenants(st, &purges),
-    }
-}
-
-/// Takes the queued recipients of deleted tenants' messages (see [`AdminCommand::PurgeTenants`]).
-/// In-flight recipients finish their attempt; a retry puts them back in a queue, where the
-/// next call takes them.
-fn purge_tenants(st: &mut State, purges: &[TenantPurge]) -> AdminReply {
-    let mode: HashMap<&str, bool> = purges
-        .iter()
-        .map(|p| (p.tenant_id.as_str(), p.bounce))
-        .collect();
-    let mut bounce_ids = HashSet::new();
-    let mut drop_ids = HashSet::new();
-    let mut remaining = HashSet::new();
-    for (id, m) in st.messages.iter() {
-        let Some(t) = m.attribution.as_ref().and_then(|a| a.tenant_id()) else {
-            continue;
-        };
-        if let Some(bounce) = mode.get(t) {
-            remaining.insert(t.to_string());
-            if *bounce {
-                bounce_ids.insert(id);
-            } else {
-                drop_ids.insert(id);
-            }
-        }
-    }
-    let bounced = st.queues.extract_messages(&bounce_ids);
-    let dropped = st.queues.extract_messages(&drop_ids);
-    let recipients = (bounced.len() + dropped.len()) as u64;
-    st.admin_bounces.extend(bounced);
-    st.admin_drops.extend(dropped);
-    let mut remaining: Vec<String> = remaining.into_iter().collect();
-    remaining.sort();
-    AdminReply::Purged {
-        recipients,
-        remaining,
+        AdminCommand::PurgeTenants(purges) => purge::purge_tenants(st, &purges),
     }
 }
 
