@@ -453,24 +453,12 @@ fn base_event(
             None,
         ),
     };
+    let id = Event::stable_id(stamp.engine_id, &subject, index, 0, &kind);
     let mut e = Event {
-        id: Event::stable_id(stamp.engine_id, &subject, index, 0, &kind),
-        kind,
-        timestamp_ms: stamp.now_ms,
         tenant_id,
         message_id,
-        rfc822_message_id: None,
-        sender: String::new(),
-        from_domain: None,
         recipient: recipient.map(|r| clip(r, petrel_policy::event::ADDRESS_MAX_BYTES).to_string()),
-        tags: Vec::new(),
-        metadata: None,
-        attempt: 0,
-        remote: None,
-        reply: None,
-        bounce: None,
-        is_async: false,
-        details: None,
+        ..Event::bare(id, kind, stamp.now_ms)
     };
     if let Some(i) = rcpt_index {
         add_details(
