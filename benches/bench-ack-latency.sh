@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 N=${N:-100000}; SIZE=${SIZE:-1024}; CONNS=${CONNS:-200}; DOMAINS=${DOMAINS:-1000}
 PORT=${PORT:-2755}; SINK_PORT=${SINK_PORT:-2756}; TIMEOUT=${TIMEOUT:-300}
 BIN=${BIN:-target/release/petrel}
-[ -x "$BIN" ] || cargo build --release --bin petrel >&2 || exit 1
+[ -x "$BIN" ] || cargo build --locked --release --bin petrel >&2 || exit 1
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done; }
 trap cleanup EXIT

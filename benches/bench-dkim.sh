@@ -14,7 +14,7 @@ set -u
 cd "$(dirname "$0")/.."
 N=${N:-100000}; CONNS=${CONNS:-200}; RUNS=${RUNS:-3}; TIMEOUT=${TIMEOUT:-180}
 BIN=${BIN:-$(pwd)/target/release/petrel}
-[ -x "$BIN" ] || cargo build --release --bin petrel >&2 || exit 1
+[ -x "$BIN" ] || cargo build --locked --release --bin petrel >&2 || exit 1
 TCK=$(getconf CLK_TCK)
 # LOAD_SCHED=batch runs the injector and the sink as SCHED_BATCH: on a machine where they share
 # the cores with the engine, their wakeups then no longer preempt a shard in the middle of its work.
@@ -85,5 +85,5 @@ for from in $FROMS; do
   echo "MEDIAN from=$from: $(printf '%s\n' "${rates[@]}" | median) msg/s, $(printf '%s\n' "${cpus[@]}" | median) CPU s/1000 msgs"
 done
 echo "# raw signing ceiling, same machine, same run:"
-[ "${NO_CEILING:-0}" = 1 ] || cargo bench -q -p petrel-policy --bench dkim_sign -- --warm-up-time 1 --measurement-time 3 2>/dev/null \
+[ "${NO_CEILING:-0}" = 1 ] || cargo bench --locked -q -p petrel-policy --bench dkim_sign -- --warm-up-time 1 --measurement-time 3 2>/dev/null \
   | grep -iE "ed25519|rsa|per cpu|thrpt|signatures" | head -12

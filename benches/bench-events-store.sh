@@ -20,8 +20,8 @@
 #      median and p99 in ms, with the rows per page;
 #   4. ingest again, INGEST_EVENTS more, now into the full store.
 # Bounded: every step has a timeout (STEP_TIMEOUT_S); every process started here is stopped by
-# PID on exit. Build first: cargo build --release -p petrel && cargo build --release -p
-# petrel-control --example events_store (the script does it when the binaries are missing).
+# PID on exit. Build first: cargo build --locked --release -p petrel && cargo build --locked
+# --release -p petrel-control --example events_store (the script does it when they are missing).
 set -u
 cd "$(dirname "$0")/.."
 EVENTS=${EVENTS:-10000000}; INGEST_EVENTS=${INGEST_EVENTS:-200000}; QUERIES=${QUERIES:-200}
@@ -30,8 +30,8 @@ FILL_SECONDS_MAX=${FILL_SECONDS_MAX:-3600}
 TARGET=${CARGO_TARGET_DIR:-$(pwd)/target}
 BIN=${BIN:-$TARGET/release/petrel}
 DRIVER=${DRIVER:-$TARGET/release/examples/events_store}
-[ -x "$BIN" ] || cargo build --release -p petrel >&2 || exit 1
-[ -x "$DRIVER" ] || cargo build --release -p petrel-control --example events_store >&2 || exit 1
+[ -x "$BIN" ] || cargo build --locked --release -p petrel >&2 || exit 1
+[ -x "$DRIVER" ] || cargo build --locked --release -p petrel-control --example events_store >&2 || exit 1
 W=$(mktemp -d /tmp/petrel-evstore.XXXXXX)
 chmod 755 "$W"
 CP=""; PG_PID=""

@@ -23,7 +23,7 @@ N=${N:-100000}; CONNS=${CONNS:-200}; RUNS=${RUNS:-3}; SIZE=${SIZE:-1024}; TIMEOU
 PORT=${PORT:-2725}; SINK_PORT=${SINK_PORT:-2726}; API_PORT=${API_PORT:-2780}; PUSH_PORT=${PUSH_PORT:-2781}
 BIN=${BIN:-target/release/petrel}
 DATABASE_URL=${DATABASE_URL:-}
-[ -x "$BIN" ] || cargo build --release --bin petrel >&2 || exit 1
+[ -x "$BIN" ] || cargo build --locked --release --bin petrel >&2 || exit 1
 TCK=$(getconf CLK_TCK)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done; }

@@ -17,7 +17,7 @@ FAULTS=(--data-tempfail 0.3 --data-permfail 0.05 --drop-in-data 0.05)
 PORT=${PORT:-2755}; SINK_PORT=${SINK_PORT:-2756}; PF_PORT=${PF_PORT:-2757}; SEED=${SEED:-15}
 PF_BASE=${PF_BASE:-/var/tmp/petrel-faults-pf}
 BIN=${BIN:-target/release/petrel}
-[ -x "$BIN" ] || cargo build --release --bin petrel >&2 || exit 1
+[ -x "$BIN" ] || cargo build --locked --release --bin petrel >&2 || exit 1
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done

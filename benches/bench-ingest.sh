@@ -17,7 +17,7 @@ SRC_OPTS=""; PER_CONN=1; [ "$REUSE" = 1 ] && { SRC_OPTS="-d"; PER_CONN=0; }
 PORT=${PORT:-2625}; TIMEOUT=${TIMEOUT:-180}
 PEERS=${PEERS:-../shared/peers}
 BIN=target/release/petrel
-[ -x "$BIN" ] || cargo build --release --bin petrel >&2 || exit 1
+[ -x "$BIN" ] || cargo build --locked --release --bin petrel >&2 || exit 1
 command -v smtp-source >/dev/null || {
   echo "postfix postfix/main_mailer_type select Local only" | debconf-set-selections
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q postfix >/dev/null 2>&1; }

@@ -20,7 +20,7 @@ set -u
 cd "$(dirname "$0")/.."
 TENANTS=${TENANTS:-10000}; CHANGES=${CHANGES:-7}
 BIN=$(pwd)/target/release/petrel
-[ -x "$BIN" ] || cargo build --release --bin petrel >&2 || exit 1
+[ -x "$BIN" ] || cargo build --locked --release --bin petrel >&2 || exit 1
 W=$(mktemp -d /tmp/petrel-prop.XXXXXX)
 chmod 755 "$W"
 UP=""; PG_PID=""; DB_URL=""; STORE=SQLite; NODE2_PID=""; API_PORT=3080

@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 N=${N:-1000000}; DOMAINS=${DOMAINS:-100000}; SIZE=${SIZE:-512}; CONNS=${CONNS:-100}
 PORT=${PORT:-2745}; SINK_PORT=${SINK_PORT:-2746}; TIMEOUT=${TIMEOUT:-600}
 BIN=${BIN:-target/release/petrel}
-[ -x "$BIN" ] || cargo build --release --bin petrel >&2 || exit 1
+[ -x "$BIN" ] || cargo build --locked --release --bin petrel >&2 || exit 1
 SUFFIX=qm.test
 PIDS=()
 DATA=$(mktemp -d /var/tmp/petrel-qmem.XXXXXX)

@@ -15,7 +15,7 @@ N=${N:-20000}; SIZE=${SIZE:-1024}; SESS=${SESS:-20}; RUNS=${RUNS:-3}
 PORT=${PORT:-2725}; SINK_PORT=${SINK_PORT:-2726}; TIMEOUT=${TIMEOUT:-240}
 PEERS=${PEERS:-../shared/peers}
 BIN=target/release/petrel
-[ -x "$BIN" ] || cargo build --release --bin petrel >&2 || exit 1
+[ -x "$BIN" ] || cargo build --locked --release --bin petrel >&2 || exit 1
 TCK=$(getconf CLK_TCK)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done; }

@@ -26,7 +26,7 @@ ENTRIES=${ENTRIES:-10000000}; SAMPLES=${SAMPLES:-20}
 PORT=${PORT:-2725}; SINK_PORT=${SINK_PORT:-2726}; API_PORT=${API_PORT:-2780}; PUSH_PORT=${PUSH_PORT:-2781}
 METRICS_PORT=${METRICS_PORT:-2790}
 BIN=${BIN:-target/release/petrel}
-[ -x "$BIN" ] || cargo build --release --bin petrel >&2 || exit 1
+[ -x "$BIN" ] || cargo build --locked --release --bin petrel >&2 || exit 1
 TCK=$(getconf CLK_TCK)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done; }

@@ -35,7 +35,7 @@ trap 'exit 130' INT TERM
 
 if [ -z "${BIN:-}" ]; then
   export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/work/target-loadtest}
-  (cd "$HERE/.." && cargo build --release -q -p petrel-loadtest) || die "build failed"
+  (cd "$HERE/.." && cargo build --locked --release -q -p petrel-loadtest) || die "build failed"
   BIN=$CARGO_TARGET_DIR/release/petrel-load
 fi
 [ -x "$BIN" ] || die "no binary at $BIN"

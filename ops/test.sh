@@ -11,6 +11,8 @@ log() { printf '\n== %s\n' "$*" >&2; }
 need_apt=()
 command -v pg_ctlcluster >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 command -v swaks >/dev/null 2>&1 || need_apt+=(swaks)
+# Cluster-wide quotas (tests/fleet.rs, tests/cluster_quotas.rs) start a private redis-server.
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 # Runs the Node.js receiver example of docs/webhooks.md (control-plane/server/tests/webhooks.rs).
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -92,9 +94,11 @@ fi
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
 # --- the tests ------------------------------------------------------------------------------------
+log "dependencies: cargo deny check (licenses, bans, sources, advisories; ops/deny.sh)"
+ops/deny.sh
 log "style: cargo fmt --check and cargo clippy -D warnings"
 cargo fmt --all -- --check
-cargo clippy --workspace --all-targets -- -D warnings
+cargo clippy --locked --workspace --all-targets -- -D warnings
 log "running the test suite"
-cargo nextest run --workspace --no-fail-fast "$@"
+cargo nextest run --locked --workspace --no-fail-fast "$@"
 du -sh "${CARGO_TARGET_DIR:-target}" 2>/dev/null | sed 's/^/build footprint: /' >&2 || true
