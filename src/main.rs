@@ -6,6 +6,7 @@
 //! - `petrel keys rotate|status --data-dir DIR`: the key-encryption key and the data keys.
 //! - `petrel queue ls|suspend|resume|retry|bounce`: a running engine's queues.
 //! - `petrel control ...`: the control plane.
+//! - `petrel backup|restore`: the control plane's database and key material, sealed.
 //! - `petrel load ...`: the load-test harness.
 // No unwrap outside tests: propagate a typed error, or `expect` an invariant checked right there.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
@@ -62,6 +63,11 @@ enum Command {
         #[command(subcommand)]
         command: petrel_control::ControlCommand,
     },
+    /// Back up the control plane: its database and key material in one file sealed under a
+    /// backup key.
+    Backup(petrel_control::backup::BackupArgs),
+    /// Restore a control-plane backup into an empty database and put its keys back.
+    Restore(petrel_control::backup::RestoreArgs),
     /// The load-test harness.
     Load {
         #[command(subcommand)]
@@ -191,6 +197,14 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Control { command } => {
             let rt = slow_runtime()?;
             rt.block_on(petrel_control::run(command))?;
+            Ok(0)
+        }
+        Command::Backup(args) => {
+            slow_runtime()?.block_on(petrel_control::backup::cli::run_backup(args))?;
+            Ok(0)
+        }
+        Command::Restore(args) => {
+            slow_runtime()?.block_on(petrel_control::backup::cli::run_restore(args))?;
             Ok(0)
         }
         Command::Load { command } => petrel_loadtest::run(command),

@@ -26,6 +26,7 @@ pub mod audit_anchor;
 pub mod audit_signals;
 pub mod auth;
 pub mod auth_failures;
+pub mod backup;
 mod bootstrap;
 mod cli;
 pub mod client_addr;
