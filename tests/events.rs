@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::control::{api, mailer, provision, start_control, start_control_at};
+use common::control_process::{free_port, ControlProcess};
 use common::*;
 use lettre::address::Envelope;
 use lettre::Transport;
@@ -368,94 +369,6 @@ fn relay(addr: SocketAddr, rcpts: &[String], subject: &str) -> u16 {
     code
 }
 
-/// `petrel control serve` as a process of its own (SQLite under `data`), so it can be killed -9.
-struct ControlProcess {
-    child: std::process::Child,
-    api: SocketAddr,
-    /// The operator owner key, printed at the first start only.
-    owner: Option<String>,
-}
-
-/// How long a control plane process may take to answer its API.
-const CONTROL_START_MAX: Duration = Duration::from_secs(30);
-
-impl ControlProcess {
-    fn start(data: &std::path::Path, push: SocketAddr, dns: SocketAddr) -> ControlProcess {
-        use std::io::BufRead;
-        let api = free_port();
-        let child = std::process::Command::new(petrel_bin())
-            .args(["control", "serve", "--data-dir"])
-            .arg(data)
-            .args([
-                "--api-listen",
-                &api.to_string(),
-                "--push-listen",
-                &push.to_string(),
-            ])
-            .arg("--push-tls-cert")
-            .arg(data.join("push.pem"))
-            .arg("--push-tls-key")
-            .arg(data.join("push.key"))
-            .args([
-                "--dns-nameserver",
-                &dns.to_string(),
-                "--webhooks-allow-loopback",
-            ])
-            .arg("--push-token-file")
-            .arg(token_file(&data.join("push.pem"), TOKEN))
-            .env("PETREL_LOG", "warn")
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("spawn petrel control serve");
-        let mut me = ControlProcess {
-            child,
-            api,
-            owner: None,
-        };
-        let stdout = me.child.stdout.take().expect("piped stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if let Some(key) = line.split("keep it): ").nth(1) {
-                    let _ = tx.send(key.trim().to_string());
-                }
-            }
-        });
-        let deadline = Instant::now() + CONTROL_START_MAX;
-        while std::net::TcpStream::connect(api).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "the control plane never listened"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        me.owner = rx.recv_timeout(Duration::from_millis(500)).ok();
-        me
-    }
-
-    fn kill9(mut self) {
-        let _ = self.child.kill(); // SIGKILL
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for ControlProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A loopback address no one listens on right now.
-fn free_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-}
-
 #[test]
 fn no_event_is_lost_when_the_engine_and_then_the_control_plane_are_killed() {
     let dir = tempfile::tempdir().unwrap();
@@ -466,7 +379,7 @@ fn no_event_is_lost_when_the_engine_and_then_the_control_plane_are_killed() {
     std::fs::write(cp_dir.join("push.pem"), cert.cert.pem()).unwrap();
     std::fs::write(cp_dir.join("push.key"), cert.key_pair.serialize_pem()).unwrap();
     let push = free_port();
-    let control = ControlProcess::start(&cp_dir, push, dns.addr);
+    let control = ControlProcess::start(&cp_dir, push, dns.addr, TOKEN);
     let owner = control.owner.clone().expect("the owner key at first start");
     let sink = SmtpServer::start(Script::by_local_part());
     let mut args = linked_engine_args(dir.path(), push, &cert.cert.pem(), TOKEN, 2, sink.addr);
@@ -502,7 +415,7 @@ fn no_event_is_lost_when_the_engine_and_then_the_control_plane_are_killed() {
     }
     assert!(accepted.len() >= MESSAGES - 2, "accepted {accepted:?}");
     std::thread::sleep(Duration::from_millis(500));
-    let control = ControlProcess::start(&cp_dir, push, dns.addr);
+    let control = ControlProcess::start(&cp_dir, push, dns.addr, TOKEN);
     let want = |ev: &[Value]| {
         accepted.iter().all(|i| {
             rcpts(*i)

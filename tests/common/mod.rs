@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use petrel_testkit::http::Request;
 
 pub mod control;
+pub mod control_process;
 
 /// How long an engine may take to print its ready line.
 pub const ENGINE_READY_TIMEOUT: Duration = Duration::from_secs(60);

@@ -10,6 +10,7 @@ use crate::auth::{self, AuthCache, AUTH_CACHE_ENTRIES_MAX};
 use crate::dkim::DkimSigner;
 use crate::error::{AuthError, PolicyDenial, PolicyError};
 use crate::new_tenant::{Admission, NewTenantWindows};
+use crate::quota::{Admit, ClusterQuotas, Limit};
 use crate::rate::{RateKey, RateLimiter, RateLimits};
 use crate::snapshot::{
     parse_cidr, Credential, CredentialKind, PolicySnapshot, SendingDomain, Tenant, SEND_SCOPE,
@@ -37,6 +38,11 @@ pub(crate) struct Shared {
     pub(crate) rates: RateLimiter,
     pub(crate) new_tenants: NewTenantWindows,
     pub(crate) auth_cache: AuthCache,
+    /// The fleet's counters in Redis, when the engine has them (`[cluster] redis_url`); then
+    /// they replace `rates` and `new_tenants` for admissions.
+    pub(crate) cluster: std::sync::OnceLock<Arc<ClusterQuotas>>,
+    /// Live engines of the fleet as the control plane last reported (0: never reported).
+    pub(crate) engines_live: std::sync::atomic::AtomicU32,
 }
 
 impl Shared {
@@ -45,6 +51,8 @@ impl Shared {
             rates: RateLimiter::new(),
             new_tenants: NewTenantWindows::new(),
             auth_cache: AuthCache::new(AUTH_CACHE_ENTRIES_MAX),
+            cluster: std::sync::OnceLock::new(),
+            engines_live: std::sync::atomic::AtomicU32::new(0),
         })
     }
 }
@@ -151,6 +159,9 @@ impl CompiledPolicy {
             .map(|t| t.id.as_str())
             .collect();
         shared.new_tenants.retain(&capped);
+        if let Some(cluster) = shared.cluster.get() {
+            cluster.retain(&live_tenants, &live_domains);
+        }
         Ok(CompiledPolicy {
             tenants,
             domains,
@@ -349,12 +360,50 @@ impl CompiledPolicy {
         Ok(())
     }
 
+    /// [`CompiledPolicy::rate_check`] on the fleet's counters when the engine has them (else
+    /// the same local check): the verdict may be to wait for a batch of grants.
+    pub fn rate_admit(&self, tenant_id: &str, sender_domain: &str, now_unix_ms: u64) -> Admit {
+        let Some(cluster) = self.shared.cluster.get() else {
+            return match self.rate_check(tenant_id, sender_domain, now_unix_ms) {
+                Ok(()) => Admit::Yes,
+                Err(d) => Admit::No(d),
+            };
+        };
+        let mut checks = Vec::with_capacity(4);
+        let tenant_key = RateKey::Tenant(tenant_id.to_owned());
+        if let Some(cap) = self
+            .tenant(tenant_id)
+            .and_then(|t| t.new_tenant_cap)
+            .filter(|c| c.applies(now_unix_ms))
+        {
+            checks.push((tenant_key.clone(), Limit::NewTenant(cap)));
+        }
+        for (key, limits) in self.rate_limits(tenant_id, sender_domain) {
+            if let Some(r) = limits.messages_per_second_max {
+                checks.push((key.clone(), Limit::PerSecond(r)));
+            }
+            if let Some(d) = limits.messages_per_day_max {
+                checks.push((key, Limit::PerDay(d)));
+            }
+        }
+        if checks.is_empty() {
+            return Admit::Yes;
+        }
+        cluster.admit(&checks, now_unix_ms)
+    }
+
     fn rate_buckets(
         &self,
         tenant_id: &str,
         sender_domain: &str,
         now_unix_ms: u64,
     ) -> Result<(), PolicyDenial> {
+        let checks = self.rate_limits(tenant_id, sender_domain);
+        self.shared.rates.check_and_take(&checks, now_unix_ms)
+    }
+
+    /// The tenant's limits and its sending domain's (defaults applied).
+    fn rate_limits(&self, tenant_id: &str, sender_domain: &str) -> Vec<(RateKey, RateLimits)> {
         let defaults = &self.snapshot.defaults;
         let tenant = self.tenant(tenant_id);
         let mut checks = Vec::with_capacity(2);
@@ -383,7 +432,7 @@ impl CompiledPolicy {
                 },
             ));
         }
-        self.shared.rates.check_and_take(&checks, now_unix_ms)
+        checks
     }
 
     /// True when at least one sending domain has a usable key (else no message needs its From

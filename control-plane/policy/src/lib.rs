@@ -53,6 +53,7 @@ pub mod keys;
 pub mod link;
 pub mod new_tenant;
 pub mod outbox;
+pub mod quota;
 pub mod rate;
 pub mod snapshot;
 pub mod store;

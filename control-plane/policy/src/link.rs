@@ -235,6 +235,12 @@ async fn session(
                     suppressions.apply(store, changes, &mut writer).await?;
                 }
                 Frame::AuditCheckpoint(cp) => keep_checkpoint(store, cp).await?,
+                Frame::Fleet { engines_live } => {
+                    if store.engines_live() != engines_live {
+                        tracing::info!(engines_live, "fleet size reported by the control plane");
+                    }
+                    store.set_engines_live(engines_live);
+                }
                 frame => handle(frame, store, applied, &mut writer, got_snapshot).await?,
             }
         }

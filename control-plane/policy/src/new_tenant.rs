@@ -102,16 +102,7 @@ impl NewTenantWindows {
                 let next_ms = times
                     .front()
                     .map_or(now_unix_ms, |&t| t.saturating_add(cap.window_ms));
-                return Err(PolicyDenial::NewTenantCap {
-                    tenant: tenant.to_owned(),
-                    messages_max: cap.messages_max,
-                    window_hours: cap.window_ms.div_ceil(HOUR_MS),
-                    next_in_minutes: next_ms.saturating_sub(now_unix_ms).div_ceil(MINUTE_MS),
-                    cap_ends_in_hours: cap
-                        .until_unix_ms
-                        .saturating_sub(now_unix_ms)
-                        .div_ceil(HOUR_MS),
-                });
+                return Err(cap_denial(tenant, cap, next_ms, now_unix_ms));
             }
         }
         Ok(Admission {
@@ -140,6 +131,25 @@ impl NewTenantWindows {
         use std::hash::BuildHasher;
         let i = (self.hasher.hash_one(tenant) % NEW_TENANT_STRIPES as u64) as usize;
         lock(&self.stripes[i])
+    }
+}
+
+/// The refusal of a spent cap whose next slot opens at `next_ms` (also the cluster quotas').
+pub(crate) fn cap_denial(
+    tenant: &str,
+    cap: &NewTenantCap,
+    next_ms: u64,
+    now_unix_ms: u64,
+) -> PolicyDenial {
+    PolicyDenial::NewTenantCap {
+        tenant: tenant.to_owned(),
+        messages_max: cap.messages_max,
+        window_hours: cap.window_ms.div_ceil(HOUR_MS),
+        next_in_minutes: next_ms.saturating_sub(now_unix_ms).div_ceil(MINUTE_MS),
+        cap_ends_in_hours: cap
+            .until_unix_ms
+            .saturating_sub(now_unix_ms)
+            .div_ceil(HOUR_MS),
     }
 }
 

@@ -29,7 +29,8 @@ pub enum RateKey {
 }
 
 impl RateKey {
-    fn scope(&self) -> String {
+    /// How a refusal names the key: `tenant <id>` or `domain <name>`.
+    pub(crate) fn scope(&self) -> String {
         match self {
             RateKey::Tenant(t) => format!("tenant {t}"),
             RateKey::Domain(d) => format!("domain {d}"),

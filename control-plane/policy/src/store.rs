@@ -208,6 +208,37 @@ impl PolicyStore {
         self.current.load()
     }
 
+    /// Counts admissions on the fleet's counters from now on (the engine attaches them once,
+    /// at start-up, when `[cluster] redis_url` is set; a second call changes nothing).
+    pub fn attach_cluster_quotas(&self, quotas: std::sync::Arc<crate::quota::ClusterQuotas>) {
+        let n = self.engines_live();
+        if n > 0 {
+            quotas.set_engines_live(n);
+        }
+        let _ = self.shared.cluster.set(quotas);
+    }
+
+    pub fn cluster_quotas(&self) -> Option<&std::sync::Arc<crate::quota::ClusterQuotas>> {
+        self.shared.cluster.get()
+    }
+
+    /// The control plane reported `n` live engines (the link's `Fleet` frame).
+    pub fn set_engines_live(&self, n: u32) {
+        self.shared
+            .engines_live
+            .store(n, std::sync::atomic::Ordering::Relaxed);
+        if let Some(quotas) = self.shared.cluster.get() {
+            quotas.set_engines_live(n);
+        }
+    }
+
+    /// Live engines of the fleet as last reported; 0 before the first report.
+    pub fn engines_live(&self) -> u32 {
+        self.shared
+            .engines_live
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub fn version(&self) -> u64 {
         self.current.load().version()
     }

@@ -18,6 +18,7 @@
 //! | 0x85 | CP -> engine  | `SuppressionLoad(page)`    | binary, see [`suppressions`]              |
 //! | 0x86 | CP -> engine  | `SuppressionChanges { changes }` | binary, see [`suppressions`]        |
 //! | 0x87 | CP -> engine  | `AuditCheckpoint(checkpoint)` | JSON [`AuditCheckpoint`], at most [`crate::checkpoint::CHECKPOINT_JSON_MAX_BYTES`] |
+//! | 0x88 | CP -> engine  | `Fleet { engines_live }`   | u32 BE: engines connected to any node of the control plane |
 //!
 //! The session: the engine sends `Hello`; the control plane checks the token and answers with
 //! the current `Snapshot` (or `Error` and closes); it sends a new full `Snapshot` on each change.
@@ -59,7 +60,9 @@
 //! to engines at or past the revision that added it ([`PROTOCOL_AUDIT_CHECKPOINT`] for 0x87).
 //! The other way round is safe too: a control plane built before the field ignores it (serde
 //! skips unknown `Hello` fields) and never sends the frame. Revision 0 is every frame up to
-//! 0x86; revision 1 adds 0x87.
+//! 0x86; revision 1 adds 0x87; revision 2 adds 0x88 (sent at the session's start and after a
+//! `Ping` when the count changed; the engine's cluster quotas divide limits by it when Redis
+//! is down, see [`crate::quota`]).
 //!
 //! [`Frame::encode`] and [`FrameDecoder`] are pure; [`read_frame`] / [`write_frame`] adapt
 //! them to tokio's `AsyncRead`/`AsyncWrite` for both sides.
@@ -83,9 +86,11 @@ pub const ERROR_MESSAGE_MAX_BYTES: usize = 4096;
 /// Largest `Hello` payload, in bytes (ids and token are short).
 pub const HELLO_SIZE_MAX_BYTES: usize = 4096;
 /// The protocol revision this build speaks (see the module doc's "Versions").
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// The revision that added `AuditCheckpoint` (0x87).
 pub const PROTOCOL_AUDIT_CHECKPOINT: u32 = 1;
+/// The revision that added `Fleet` (0x88).
+pub const PROTOCOL_FLEET: u32 = 2;
 
 pub const KIND_HELLO: u8 = 0x01;
 pub const KIND_ACK: u8 = 0x02;
@@ -100,6 +105,7 @@ pub const KIND_EVENTS_ACK: u8 = 0x84;
 pub const KIND_SUPPRESSION_LOAD: u8 = 0x85;
 pub const KIND_SUPPRESSION_CHANGES: u8 = 0x86;
 pub const KIND_AUDIT_CHECKPOINT: u8 = 0x87;
+pub const KIND_FLEET: u8 = 0x88;
 
 /// The engine introduces itself.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -165,6 +171,10 @@ pub enum Frame {
     /// The control plane's newest signed audit checkpoint (revision 1; decoding checks its
     /// shape, the engine's keeper its signature and seq).
     AuditCheckpoint(AuditCheckpoint),
+    /// How many engines are live across the control plane's nodes (revision 2).
+    Fleet {
+        engines_live: u32,
+    },
 }
 
 impl std::fmt::Debug for Frame {
@@ -210,6 +220,7 @@ impl std::fmt::Debug for Frame {
                 write!(f, "SuppressionChanges {{ {} changes }}", changes.len())
             }
             Frame::AuditCheckpoint(cp) => write!(f, "AuditCheckpoint {{ seq: {} }}", cp.seq),
+            Frame::Fleet { engines_live } => write!(f, "Fleet {{ engines_live: {engines_live} }}"),
         }
     }
 }
@@ -230,6 +241,7 @@ impl Frame {
             Frame::SuppressionLoad(_) => KIND_SUPPRESSION_LOAD,
             Frame::SuppressionChanges { .. } => KIND_SUPPRESSION_CHANGES,
             Frame::AuditCheckpoint(_) => KIND_AUDIT_CHECKPOINT,
+            Frame::Fleet { .. } => KIND_FLEET,
         }
     }
 
@@ -266,6 +278,7 @@ impl Frame {
             Frame::SuppressionLoad(page) => suppressions::encode_load(page)?,
             Frame::SuppressionChanges { changes } => suppressions::encode_changes(changes)?,
             Frame::AuditCheckpoint(cp) => cp.to_json()?,
+            Frame::Fleet { engines_live } => engines_live.to_be_bytes().to_vec(),
         };
         if matches!(self, Frame::Hello(_)) && payload.len() > HELLO_SIZE_MAX_BYTES {
             return Err(PolicyError::protocol("hello too large"));
@@ -338,6 +351,14 @@ impl Frame {
             KIND_AUDIT_CHECKPOINT => AuditCheckpoint::from_json(payload)
                 .map(Frame::AuditCheckpoint)
                 .map_err(|e| PolicyError::protocol(e.to_string())),
+            KIND_FLEET => {
+                let bytes: [u8; 4] = payload
+                    .try_into()
+                    .map_err(|_| PolicyError::protocol("fleet payload is not 4 bytes"))?;
+                Ok(Frame::Fleet {
+                    engines_live: u32::from_be_bytes(bytes),
+                })
+            }
             KIND_ERROR => {
                 let text = String::from_utf8_lossy(payload);
                 Ok(Frame::Error {
@@ -531,6 +552,7 @@ mod tests {
                 bytes: vec![1, 2, 3],
             },
             Frame::Pong,
+            Frame::Fleet { engines_live: 3 },
             Frame::Error {
                 message: "bad token".into(),
             },

@@ -22,7 +22,7 @@
 //! covers the shared head within the same interval.
 
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair, UnparsedPublicKey, ED25519};
@@ -208,6 +208,15 @@ impl Anchor {
 }
 
 fn append(path: &Path, line: &[u8]) -> Result<(), ControlError> {
+    // A node on PostgreSQL with its keys given elsewhere may never have made its control
+    // directory: make the file's own directory (owner-only) before the first checkpoint.
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io(dir))?;
+    }
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)

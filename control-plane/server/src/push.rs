@@ -32,8 +32,10 @@ use crate::store::Notice;
 use crate::ControlError;
 
 mod checkpoint;
+mod fleet;
 mod suppressions;
 use checkpoint::CheckpointFeed;
+use fleet::FleetFeed;
 use suppressions::Feed;
 
 /// Engine connections served at once; more wait in the accept backlog.
@@ -315,7 +317,17 @@ async fn engine_session(
     let engine_id = hello.engine_id.clone();
     register(app, &engine_id, peer, hello.applied_version).await?;
     let checkpoints = CheckpointFeed::new(app, hello.protocol);
-    let result = run_session(stream, app, &engine_id, &admitted, cache, checkpoints).await;
+    let fleet = FleetFeed::new(hello.protocol);
+    let result = run_session(
+        stream,
+        app,
+        &engine_id,
+        &admitted,
+        cache,
+        checkpoints,
+        fleet,
+    )
+    .await;
     if let Ok(mut conn) = app.db.conn().await {
         let _ = engines::disconnect(&mut conn, &engine_id).await;
     }
@@ -356,6 +368,7 @@ async fn run_session<S>(
     admitted: &Admitted,
     cache: &SnapshotCache,
     mut checkpoints: CheckpointFeed,
+    mut fleet: FleetFeed,
 ) -> Result<(), ControlError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -401,6 +414,7 @@ where
             }
         }
         checkpoints.send_due(&mut writer).await?;
+        fleet.send_due(app, &mut writer).await?;
         let latest = *suppression_versions.borrow_and_update();
         if held.is_none() && feed.has_work(latest) {
             // The engine's frames first, then one suppression page per turn.
@@ -472,6 +486,7 @@ where
             Ok(Some(Frame::Ping)) => {
                 write_frame(&mut writer, &Frame::Pong).await?;
                 touch(app, engine_id, Touch::Contact).await?;
+                fleet.ping();
             }
             Ok(Some(other)) => {
                 let message = format!("unexpected frame kind {:#04x}", other.kind());

@@ -183,7 +183,7 @@ async fn next_frame(conn: &mut Conn) -> Frame {
 async fn next_checkpoint(conn: &mut Conn) -> AuditCheckpoint {
     loop {
         match next_frame(conn).await {
-            Frame::Snapshot { .. } => {}
+            Frame::Snapshot { .. } | Frame::Fleet { .. } => {}
             Frame::AuditCheckpoint(cp) => return cp,
             other => panic!("expected a checkpoint, got {other:?}"),
         }
@@ -223,6 +223,11 @@ async fn engines_get_the_newest_checkpoint_at_start_and_each_new_one() {
     match next_frame(&mut conn).await {
         Frame::AuditCheckpoint(cp) => assert_eq!(cp, first),
         other => panic!("expected the checkpoint after the snapshot, got {other:?}"),
+    }
+    // Then the fleet's size (protocol revision 2): this engine is the only one connected.
+    match next_frame(&mut conn).await {
+        Frame::Fleet { engines_live } => assert_eq!(engines_live, 1),
+        other => panic!("expected the fleet frame, got {other:?}"),
     }
     // An engine of the revision before gets none (it would refuse the frame's kind).
     let mut old = engine(&h, "engine-old", 0).await;

@@ -30,6 +30,46 @@ pub struct EngineConfig {
     pub events: EventsSection,
     pub intake: IntakeSection,
     pub content: ContentSection,
+    pub cluster: ClusterSection,
+}
+
+/// Cluster-wide quotas on Redis (issue 19): with `redis_url` set, tenant rates and daily
+/// quotas, sending-domain rates and the new-tenant cap count once for every engine sharing the
+/// Redis (`petrel_policy::quota`, driver in `quota_redis.rs`). Without it, each engine counts
+/// in its own memory, as a single engine should.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSection {
+    /// `redis://host:port/db` (or `rediss://` for TLS). A password never goes here: put it in
+    /// `redis_password_file` or the credential `petrel-redis-password`.
+    pub redis_url: Option<String>,
+    /// An owner-only file holding the Redis password (AUTH); the username, if any, is the
+    /// URL's.
+    pub redis_password_file: Option<PathBuf>,
+    /// Prefix of every key Petrel writes, so engines of different fleets can share one Redis.
+    pub key_prefix: String,
+    /// A batch of grants not answered within this switches the engine to its share of each
+    /// limit (fallback) until a probe finds Redis again; also how long a session waits for one.
+    pub request_timeout_ms: u64,
+    /// How often a fallback engine probes Redis.
+    pub probe_interval_ms: u64,
+}
+
+/// Bounds of `cluster.request_timeout_ms` and `cluster.probe_interval_ms`.
+pub const CLUSTER_TIMEOUT_MS_MAX: u64 = 10_000;
+/// The longest `cluster.key_prefix`.
+pub const CLUSTER_KEY_PREFIX_MAX_BYTES: usize = 64;
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        ClusterSection {
+            redis_url: None,
+            redis_password_file: None,
+            key_prefix: "petrel:".to_owned(),
+            request_timeout_ms: 250,
+            probe_interval_ms: 1_000,
+        }
+    }
 }
 
 /// Phishing-style content checks on a tenant's submissions (`petrel-content`): a message whose

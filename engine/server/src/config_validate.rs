@@ -20,6 +20,23 @@ impl EngineConfig {
                 "must be 1 to DATA_KEY_ROTATE_AFTER_DAYS_MAX (3650)",
             );
         }
+        let c = &self.cluster;
+        if !(1..=CLUSTER_TIMEOUT_MS_MAX).contains(&c.request_timeout_ms) {
+            return bad("cluster.request_timeout_ms", "must be 1 to 10000");
+        }
+        if !(1..=CLUSTER_TIMEOUT_MS_MAX).contains(&c.probe_interval_ms) {
+            return bad("cluster.probe_interval_ms", "must be 1 to 10000");
+        }
+        if c.key_prefix.len() > CLUSTER_KEY_PREFIX_MAX_BYTES
+            || c.key_prefix.contains(char::is_whitespace)
+        {
+            return bad("cluster.key_prefix", "at most 64 bytes, without spaces");
+        }
+        if let Some(url) = &c.redis_url {
+            if let Err(why) = crate::quota_redis::check_url(url) {
+                return bad("cluster.redis_url", &why);
+            }
+        }
         if self.server.shards > 256 {
             return bad(
                 "server.shards",

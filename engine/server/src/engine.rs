@@ -84,6 +84,7 @@ pub fn run(
         );
     }
     metrics::gauge!(crate::metrics::POLICY_VERSION).set(policy.version() as f64);
+    crate::quota_redis::start(runtime, &cfg.cluster, &policy)?;
     if policy.keys().is_some() {
         runtime.spawn(rotate_data_keys(Arc::clone(&policy)));
     }

@@ -40,6 +40,7 @@ pub mod intake_session;
 pub mod list_unsubscribe;
 pub mod metrics;
 pub mod pressure;
+pub mod quota_redis;
 pub mod rejections;
 pub mod session;
 pub mod shard;

@@ -231,7 +231,7 @@ impl Driver {
                 Ok(())
             }
             Event::Mail { from, params, .. } => {
-                let v = self.on_mail(&from, params.size);
+                let v = self.on_mail(&from, params.size).await;
                 match &v {
                     Verdict::Reject(r) => self.rejections.refused(Some(&from), "", r),
                     _ => self.rejections.mail_from(Some(&from)),
@@ -346,7 +346,7 @@ impl Driver {
         self.identity = result;
     }
 
-    fn on_mail(&mut self, from: &str, size: Option<u64>) -> Verdict {
+    async fn on_mail(&mut self, from: &str, size: Option<u64>) -> Verdict {
         if let Err(r) = self.ctx.pressure.admit_transaction() {
             return self.reject(r.reason(), r.reply());
         }
@@ -367,9 +367,10 @@ impl Driver {
         if let Some(pid) = self.identity.as_ref().and_then(|i| i.policy.as_ref()) {
             let policy = self.ctx.policy.current();
             let sender_domain = from.rsplit_once('@').map(|(_, d)| d).unwrap_or("");
-            let checked = policy
-                .check_sender(pid, from)
-                .and_then(|()| policy.rate_check(&pid.tenant_id, sender_domain, now_ms()));
+            let checked = match policy.check_sender(pid, from) {
+                Ok(()) => admit_rate(&policy, &pid.tenant_id, sender_domain).await,
+                Err(d) => Err(d),
+            };
             if let Err(denial) = checked {
                 let (code, enhanced, text) = denial.reply();
                 return self.reject("policy", Reply::new(code, enhanced, text));
@@ -480,3 +481,40 @@ impl Driver {
         }
     }
 }
+
+/// The tenant's rates and quotas for one MAIL: local, or the fleet's (cluster quotas) where a
+/// session may wait for its engine's next batch of grants, at most `QUOTA_WAIT_MAX_MS` (the
+/// driver answers or falls back well within it).
+async fn admit_rate(
+    policy: &petrel_policy::CompiledPolicy,
+    tenant_id: &str,
+    sender_domain: &str,
+) -> Result<(), petrel_policy::PolicyDenial> {
+    use petrel_policy::quota::Admit;
+    let deadline = std::time::Instant::now() + Duration::from_millis(QUOTA_WAIT_MAX_MS);
+    loop {
+        match policy.rate_admit(tenant_id, sender_domain, now_ms()) {
+            Admit::Yes => return Ok(()),
+            Admit::No(denial) => return Err(denial),
+            Admit::Wait(listener) => {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero()
+                    || glommio::timer::timeout(left, async {
+                        listener.await;
+                        Ok(())
+                    })
+                    .await
+                    .is_err()
+                {
+                    return Err(petrel_policy::PolicyDenial::RateLimited {
+                        scope: "the cluster quota service (no answer)".to_owned(),
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// The longest a MAIL waits for cluster quota grants (`cluster.request_timeout_ms` is at most
+/// 10 s; past it the engine is in fallback and answers at once).
+pub const QUOTA_WAIT_MAX_MS: u64 = 11_000;

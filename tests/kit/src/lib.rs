@@ -14,6 +14,7 @@
 //!   blocking std transport and an async tokio transport over TCP or TLS.
 //! - [`glommio`]: run a future on a fresh glommio executor thread, optionally pinned and bounded
 //!   in time, and await a condition with a bound.
+//! - [`redis`]: a private `redis-server` on loopback (no persistence), stopped by PID.
 //! - [`shard`]: a delivery-shard harness (an in-memory spool, static routes to kit SMTP servers,
 //!   `enqueue`, `await_removed`, `await_outcome`), so a shard test is a short scenario.
 //!
@@ -28,6 +29,7 @@ pub mod glommio;
 pub mod http;
 pub mod mem_spool;
 pub mod outbound;
+pub mod redis;
 pub mod shard;
 pub mod smtp_server;
 mod smtp_session;

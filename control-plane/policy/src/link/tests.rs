@@ -244,10 +244,7 @@ async fn keeps_the_newest_verified_audit_checkpoint() {
         let (store, _seen, task) =
             start_link(cfg(addr, LinkTrust::CaPem(tls.ca_pem.clone())), dir.path());
         let mut peer = Peer::accept(&listener, &tls.acceptor).await;
-        assert_eq!(
-            peer.hello().await.protocol,
-            crate::wire::PROTOCOL_AUDIT_CHECKPOINT
-        );
+        assert_eq!(peer.hello().await.protocol, crate::wire::PROTOCOL_VERSION);
         let rng = aws_lc_rs::rand::SystemRandom::new();
         let doc = aws_lc_rs::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
         let key = aws_lc_rs::signature::Ed25519KeyPair::from_pkcs8(doc.as_ref()).unwrap();

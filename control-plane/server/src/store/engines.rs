@@ -84,6 +84,17 @@ pub async fn disconnect(conn: &mut AnyConnection, id: &str) -> StoreResult<()> {
     Ok(())
 }
 
+/// Engines connected to some node and heard from since `since_unix_ms`.
+pub async fn live_count(conn: &mut AnyConnection, since_unix_ms: i64) -> StoreResult<u32> {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM engines WHERE connected = 1 AND last_contact_unix_ms >= $1",
+    )
+    .bind(since_unix_ms)
+    .fetch_one(conn)
+    .await?;
+    Ok(u32::try_from(n).unwrap_or(u32::MAX))
+}
+
 /// What to record about an engine besides the contact time.
 #[derive(Debug, Clone, Copy)]
 pub enum Touch {

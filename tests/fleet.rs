@@ -1,0 +1,269 @@
+//! Run it as a fleet (issue 19): two engines, each linked to its own node of a two-node control
+//! plane on one PostgreSQL database, and one Redis for the cluster-wide quotas; all real
+//! processes on loopback.
+//! - a change made on either node reaches both engines;
+//! - a tenant limited to 1,000 messages a day, injected through both engines, gets at most
+//!   1,000 + 1 % accepted in total, and the day's count survives an engine's restart;
+//! - one engine killed, the other keeps sending; Redis stopped, the engine falls back to its
+//!   share (a metric says so) and returns to Redis once it is back.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::control::{api, mailer, provision};
+use common::control_process::{free_port, pg_database, push_cert, ControlProcess};
+use common::*;
+use petrel_testkit::dns::DnsServer;
+use petrel_testkit::redis::RedisServer;
+use petrel_testkit::smtp_server::{Script, SmtpServer};
+use serde_json::json;
+
+const DOMAIN: &str = "fleet.test";
+const TOKEN: &str = "fleet-push-token-0123456789";
+const DAY_LIMIT: u64 = 1_000;
+/// Messages offered against the daily limit, half through each engine.
+const OFFERED: usize = 1_200;
+/// How long a pushed change may take to reach an engine.
+const PROPAGATION_MAX: Duration = Duration::from_secs(20);
+
+/// Submits over STARTTLS with AUTH PLAIN (a new connection per message, as lettre does).
+struct Sender {
+    mailer: lettre::SmtpTransport,
+}
+
+impl Sender {
+    /// One message to `rcpt`: 250, or the refusal's code and text.
+    fn send(&mut self, rcpt: &str, subject: &str) -> (u16, String) {
+        use lettre::Transport;
+        let m = lettre::Message::builder()
+            .from(format!("<news@{DOMAIN}>").parse().expect("a mailbox"))
+            .to(rcpt.parse().expect("a mailbox"))
+            .subject(subject)
+            .body(String::from("fleet\r\n"))
+            .expect("a message");
+        match self.mailer.send(&m) {
+            Ok(_) => (250, String::new()),
+            Err(e) => {
+                let code = e.status().map_or(0, |c| {
+                    let text = c.to_string();
+                    text.parse().unwrap_or(0)
+                });
+                (code, e.to_string())
+            }
+        }
+    }
+}
+
+/// Waits (bounded) until `user` can send through the engine on `port` (the engine has the
+/// snapshot that holds the credential); the probe goes to the sink like any message.
+fn sender_when_ready(port: u16, user: &str, password: &str) -> Sender {
+    let deadline = Instant::now() + PROPAGATION_MAX;
+    let mut sender = Sender {
+        mailer: mailer(port, user, password),
+    };
+    loop {
+        let (code, text) = sender.send("probe@example.test", "probe");
+        if code == 250 || text.contains("daily quota") {
+            return sender;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "credential {user} never worked at the engine on port {port}: {code} {text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn new_credential(api_addr: std::net::SocketAddr, admin: &str, user: &str) -> String {
+    let (code, cred) = api(
+        api_addr,
+        "POST",
+        "/v1/credentials",
+        admin,
+        Some(json!({
+            "kind": "smtp", "name": user, "username": user, "allowed_sender_domains": [DOMAIN]
+        })),
+    );
+    assert_eq!(code, 201, "{cred}");
+    cred["secret"].as_str().expect("the secret").to_string()
+}
+
+fn set_day_limit(api_addr: std::net::SocketAddr, owner: &str, tenant: &str, max: u64) {
+    let (code, body) = api(
+        api_addr,
+        "PUT",
+        &format!("/v1/tenants/{tenant}/limits"),
+        owner,
+        Some(json!({"messages_per_second_max": null, "messages_per_day_max": max})),
+    );
+    assert_eq!(code, 200, "{body}");
+}
+
+/// The value of an unlabelled gauge in an engine's scrape.
+fn gauge(engine: &Engine, name: &str) -> Option<f64> {
+    engine
+        .scrape()
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} "))?.trim().parse().ok())
+}
+
+fn start_engine(dir: &std::path::Path, name: &str, args: &[String], redis: &str) -> Engine {
+    let config = format!("[cluster]\nredis_url = \"{redis}\"\nrequest_timeout_ms = 500\n");
+    Engine::start_with(&dir.join(name), args, Some(&config))
+}
+
+#[test]
+fn two_engines_and_two_control_plane_nodes_share_one_daily_quota_on_redis() {
+    let Some(pg) = pg_database("fleet") else {
+        eprintln!("SKIPPED: PETREL_TEST_PG_URL not set (ops/test.sh starts PostgreSQL)");
+        return;
+    };
+    let Some(mut redis) = RedisServer::start() else {
+        eprintln!("SKIPPED: redis-server not installed (ops/test.sh installs it)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let dns = DnsServer::start(vec![]);
+    let sink = SmtpServer::start(Script::default());
+
+    // Two control plane nodes on one database, with one key-encryption key.
+    let (a_dir, b_dir) = (dir.path().join("cp-a"), dir.path().join("cp-b"));
+    let (pem_a, pem_b) = (push_cert(&a_dir), push_cert(&b_dir));
+    let (push_a, push_b) = (free_port(), free_port());
+    let db = vec!["--database-url".to_string(), pg];
+    let node_a = ControlProcess::start_with(&a_dir, push_a, dns.addr, TOKEN, &db);
+    let owner = node_a
+        .owner
+        .clone()
+        .expect("the owner key at the first start");
+    let mut b_args = db.clone();
+    b_args.extend([
+        "--key-file".to_string(),
+        a_dir.join("control/keys/kek").display().to_string(),
+        "--audit-key-file".to_string(),
+        a_dir
+            .join("control/keys/audit-ed25519.key")
+            .display()
+            .to_string(),
+    ]);
+    let node_b = ControlProcess::start_with(&b_dir, push_b, dns.addr, TOKEN, &b_args);
+
+    // Engine 1 on node A, engine 2 on node B, both on the one Redis.
+    for e in ["e1", "e2"] {
+        std::fs::create_dir_all(dir.path().join(e)).unwrap();
+    }
+    let args1 = linked_engine_args(&dir.path().join("e1"), push_a, &pem_a, TOKEN, 2, sink.addr);
+    let args2 = linked_engine_args(&dir.path().join("e2"), push_b, &pem_b, TOKEN, 2, sink.addr);
+    let engine1 = start_engine(dir.path(), "e1", &args1, &redis.url());
+    let engine2 = start_engine(dir.path(), "e2", &args2, &redis.url());
+
+    // Made on node A; the limit and a second credential on node B: both reach both engines.
+    let acme = provision(node_a.api, &owner, &dns, "acme", DOMAIN, "acme-a");
+    set_day_limit(node_b.api, &owner, &acme.tenant_id, DAY_LIMIT);
+    let password = new_credential(node_b.api, &acme.admin, "acme-b");
+    let mut s1 = sender_when_ready(engine1.smtp.port(), "acme-b", &password);
+    let mut s2 = sender_when_ready(engine2.smtp.port(), "acme-b", &password);
+    let _ = sender_when_ready(engine2.smtp.port(), "acme-a", &acme.password);
+
+    // 1,200 offered against 1,000 a day, alternating between the engines.
+    // The three probes above were accepted against the same quota.
+    let (mut accepted, mut refused) = (3usize, 0usize);
+    for i in 0..OFFERED {
+        let sender = if i % 2 == 0 { &mut s1 } else { &mut s2 };
+        let (code, text) = sender.send(&format!("r{i}@example.test"), "quota");
+        match code {
+            250 => accepted += 1,
+            451 => {
+                assert!(
+                    text.contains("4.7.1") && text.contains("daily quota"),
+                    "{text}"
+                );
+                refused += 1;
+            }
+            other => panic!("unexpected reply {other} {text}"),
+        }
+    }
+    let limit = DAY_LIMIT as usize;
+    assert!(
+        accepted <= limit + limit / 100,
+        "the fleet accepted {accepted} of a {limit} daily quota"
+    );
+    // Grants an engine reserved but did not use are the only loss: a batch or two per engine.
+    assert!(
+        accepted >= limit - 20,
+        "only {accepted} of {limit} accepted"
+    );
+    assert_eq!(accepted + refused, OFFERED + 3);
+    println!("fleet: {accepted} accepted, {refused} refused of {OFFERED}");
+    drop((s1, s2));
+
+    // The day's count lives in Redis: a restarted engine still refuses.
+    engine1.kill9();
+    let engine1 = start_engine(dir.path(), "e1", &args1, &redis.url());
+    let mut s1 = sender_when_ready(engine1.smtp.port(), "acme-b", &password);
+    for i in 0..20 {
+        let (code, text) = s1.send(&format!("after-restart{i}@example.test"), "restart");
+        assert_eq!(code, 451, "accepted after a restart: {text}");
+    }
+    drop(s1);
+
+    // Engine 2 killed; a raised limit made on node A; engine 1 keeps sending.
+    engine2.kill9();
+    set_day_limit(node_a.api, &owner, &acme.tenant_id, 1_000_000);
+    let password_c = new_credential(node_a.api, &acme.admin, "acme-c");
+    let mut s1 = sender_when_ready(engine1.smtp.port(), "acme-c", &password_c);
+    for i in 0..20 {
+        let (code, text) = s1.send(&format!("survivor{i}@example.test"), "survivor");
+        assert_eq!(code, 250, "{text}");
+    }
+
+    // Redis stopped: once its lease (at most `GRANT_BATCH_MAX` grants) is spent, the engine
+    // counts its share locally, and says so; nothing is refused.
+    redis.stop();
+    let mut sent = 0;
+    while gauge(&engine1, "petrel_cluster_quota_fallback") != Some(1.0) {
+        assert!(sent < 600, "never switched to the fallback");
+        let (code, text) = s1.send(&format!("fallback{sent}@example.test"), "fallback");
+        assert_eq!(code, 250, "while Redis is down: {text}");
+        sent += 1;
+    }
+    for i in 0..10 {
+        let (code, text) = s1.send(&format!("fallback{}@example.test", sent + i), "fallback");
+        assert_eq!(code, 250, "in fallback: {text}");
+    }
+    let sent = sent + 10;
+    // Back: within a few probes (1 s each) the fleet's counters are used again.
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while gauge(&engine1, "petrel_cluster_quota_fallback") != Some(0.0) {
+        assert!(Instant::now() < deadline, "never left the fallback");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (code, text) = s1.send("back@example.test", "back");
+    assert_eq!(code, 250, "{text}");
+    drop(s1);
+
+    // Everything engine 1 accepted after engine 2 died was delivered.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text: String = sink.received().iter().map(|t| t.text()).collect();
+        let got = (0..20)
+            .filter(|i| text.contains(&format!("survivor{i}@example.test")))
+            .count()
+            + (0..sent)
+                .filter(|i| text.contains(&format!("fallback{i}@example.test")))
+                .count();
+        if got == 20 + sent {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {got} of {} delivered",
+            20 + sent
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(engine1);
+    drop((node_a, node_b));
+}
