@@ -109,7 +109,10 @@ fn gauge(engine: &Engine, name: &str) -> Option<f64> {
 }
 
 fn start_engine(dir: &std::path::Path, name: &str, args: &[String], redis: &str) -> Engine {
-    let config = format!("[cluster]\nredis_url = \"{redis}\"\nrequest_timeout_ms = 500\n");
+    // Each engine its own id (the default, the host name, is the same for both here).
+    let config = format!(
+        "[control]\nengine_id = \"{name}\"\n[cluster]\nredis_url = \"{redis}\"\nrequest_timeout_ms = 500\n"
+    );
     Engine::start_with(&dir.join(name), args, Some(&config))
 }
 
@@ -266,4 +269,104 @@ fn two_engines_and_two_control_plane_nodes_share_one_daily_quota_on_redis() {
     }
     drop(engine1);
     drop((node_a, node_b));
+}
+
+/// Both engines' applied snapshot versions, as the control plane at `api_addr` records them.
+fn applied_versions(api_addr: std::net::SocketAddr, owner: &str) -> Vec<i64> {
+    let (code, body) = api(api_addr, "GET", "/v1/engines", owner, None);
+    assert_eq!(code, 200, "{body}");
+    let rows = body
+        .as_array()
+        .or_else(|| body["engines"].as_array())
+        .cloned()
+        .unwrap_or_default();
+    rows.iter()
+        .filter(|r| r["connected"].as_bool() == Some(true))
+        .map(|r| r["applied_version"].as_i64().unwrap_or(0))
+        .collect()
+}
+
+/// Waits (bounded) until two engines are connected and each applied a version above `after`.
+fn wait_applied(api_addr: std::net::SocketAddr, owner: &str, after: i64) -> i64 {
+    let deadline = Instant::now() + PROPAGATION_MAX;
+    loop {
+        let v = applied_versions(api_addr, owner);
+        if v.len() == 2 && v.iter().all(|&x| x > after) {
+            return v.into_iter().min().unwrap_or(0);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "engines never applied a version above {after}: {v:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_pushed_destination_connection_limit_holds_across_two_engines() {
+    let Some(redis) = RedisServer::start() else {
+        eprintln!("SKIPPED: redis-server not installed (ops/test.sh installs it)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let dns = DnsServer::start(vec![]);
+    let cp_dir = dir.path().join("cp");
+    let pem = push_cert(&cp_dir);
+    let push = free_port();
+    let control = ControlProcess::start(&cp_dir, push, dns.addr, TOKEN);
+    let owner = control.owner.clone().expect("the owner key at the first start");
+    let sink = SmtpServer::start(Script::default());
+    let mut engines = Vec::new();
+    for name in ["e1", "e2"] {
+        let config = format!(
+            "[control]\nengine_id = \"{name}\"\n[cluster]\nredis_url = \"{}\"\n\
+             [delivery]\nmessages_per_connection_max = 2\n",
+            redis.url()
+        );
+        let data = dir.path().join(name);
+        std::fs::create_dir_all(&data).unwrap();
+        let mut args = linked_engine_args(&data, push, &pem, TOKEN, 2, sink.addr);
+        args.extend(["--trust-network".to_string(), "127.0.0.0/8".to_string()]);
+        engines.push(Engine::start_with(&data, &args, Some(&config)));
+    }
+    let before = wait_applied(control.api, &owner, 0);
+    let (code, body) = api(
+        control.api,
+        "PUT",
+        "/v1/limits/destinations/busy.test",
+        &owner,
+        Some(json!({"connections_max": 2})),
+    );
+    assert_eq!(code, 200, "{body}");
+    wait_applied(control.api, &owner, before);
+
+    // 300 messages to one destination, half through each engine.
+    const N: usize = 300;
+    for i in 0..N {
+        let engine = &engines[i % 2];
+        let (code, text) = send_one(
+            engine.smtp,
+            "news@sender.test",
+            &format!("u{i}@busy.test"),
+            &message("news@sender.test", &format!("u{i}@busy.test"), "busy"),
+        );
+        assert_eq!(code, 250, "{text}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while sink.received().len() < N {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {N} delivered",
+            sink.received().len()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Two engines with a local limit of 2 each could open 4; the fleet's lease holds 2.
+    assert!(sink.peak() <= 2, "peak {} connections", sink.peak());
+    println!(
+        "fleet connections: peak {}, {} connections for {N} messages",
+        sink.peak(),
+        sink.connections()
+    );
+    drop(engines);
 }

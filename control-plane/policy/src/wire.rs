@@ -18,7 +18,7 @@
 //! | 0x85 | CP -> engine  | `SuppressionLoad(page)`    | binary, see [`suppressions`]              |
 //! | 0x86 | CP -> engine  | `SuppressionChanges { changes }` | binary, see [`suppressions`]        |
 //! | 0x87 | CP -> engine  | `AuditCheckpoint(checkpoint)` | JSON [`AuditCheckpoint`], at most [`crate::checkpoint::CHECKPOINT_JSON_MAX_BYTES`] |
-//! | 0x88 | CP -> engine  | `Fleet { engines_live }`   | u32 BE: engines connected to any node of the control plane |
+//! | 0x88 | CP -> engine  | `Fleet { engines_live }`   | u32 BE: engines live across the control plane's nodes |
 //!
 //! The session: the engine sends `Hello`; the control plane checks the token and answers with
 //! the current `Snapshot` (or `Error` and closes); it sends a new full `Snapshot` on each change.
@@ -60,9 +60,9 @@
 //! to engines at or past the revision that added it ([`PROTOCOL_AUDIT_CHECKPOINT`] for 0x87).
 //! The other way round is safe too: a control plane built before the field ignores it (serde
 //! skips unknown `Hello` fields) and never sends the frame. Revision 0 is every frame up to
-//! 0x86; revision 1 adds 0x87; revision 2 adds 0x88 (sent at the session's start and after a
-//! `Ping` when the count changed; the engine's cluster quotas divide limits by it when Redis
-//! is down, see [`crate::quota`]).
+//! 0x86; revision 1 adds 0x87; revision 2 adds 0x88 (sent at the session's start and whenever
+//! the count of live engines changes, checked every second; the engine's cluster quotas divide
+//! limits by it when Redis is down, see [`crate::quota`]).
 //!
 //! [`Frame::encode`] and [`FrameDecoder`] are pure; [`read_frame`] / [`write_frame`] adapt
 //! them to tokio's `AsyncRead`/`AsyncWrite` for both sides.

@@ -449,6 +449,7 @@ where
                 }
                 _ = identity_check.tick() => {
                     check_identity(app, engine_id, admitted, &mut writer).await?;
+                    fleet.recount();
                     continue;
                 }
                 frame = frames_rx.recv() => match frame {
@@ -486,7 +487,7 @@ where
             Ok(Some(Frame::Ping)) => {
                 write_frame(&mut writer, &Frame::Pong).await?;
                 touch(app, engine_id, Touch::Contact).await?;
-                fleet.ping();
+                fleet.recount();
             }
             Ok(Some(other)) => {
                 let message = format!("unexpected frame kind {:#04x}", other.kind());

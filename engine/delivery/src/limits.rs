@@ -23,12 +23,22 @@
 //! per message, which is noise next to an SMTP transaction. The registry map itself is behind an
 //! `RwLock`, read once per delivery session (a session keeps its `Arc` to the counters).
 //!
+//! # Fleet-wide connection limits
+//!
+//! A destination limit the control plane pushes holds for the whole fleet when the engine has
+//! Redis (`[cluster] redis_url`): the engine marks the destination ([`DestinationCounters::set_fleet_max`])
+//! and its fleet task leases connection slots for it in Redis (`fleet_connections.rs` in the
+//! engine), writing the slots this engine may use into `fleet_cap`. A permit then needs both
+//! the local limit and the lease; a refusal by the lease alone raises `wanted`, which the task
+//! answers by asking for more. A marked destination starts with no slots (strict until its
+//! first lease).
+//!
 //! Known trade-off: a shard that finds the connection limit reached waits a short fixed delay
 //! (`permit_retry_delay_ms`) instead of queueing fairly for a permit, so shards compete rather
 //! than take turns; with the limit held exactly this only affects fairness, not correctness.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
@@ -46,13 +56,35 @@ pub fn rate_burst(per_second: u32) -> u32 {
     (per_second.saturating_mul(RATE_BURST_MS) / 1000).max(1)
 }
 
+/// `fleet_cap` of a destination the fleet does not limit.
+pub const FLEET_CAP_NONE: u32 = u32::MAX;
+
 /// Counters of one destination.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct DestinationCounters {
     /// Open connections engine-wide; never above the `connections_max` passed to acquire.
     connections: AtomicU32,
     /// GCRA theoretical arrival time of the next message, in ns since the registry's epoch.
     tat_ns: AtomicU64,
+    /// The fleet-wide connection limit pushed for this destination; 0: none (local only).
+    fleet_max: AtomicU32,
+    /// Connections this engine may hold under the fleet's lease; `FLEET_CAP_NONE` when the
+    /// fleet does not limit the destination.
+    fleet_cap: AtomicU32,
+    /// A permit was refused by the lease alone since the fleet task last looked.
+    wanted: AtomicBool,
+}
+
+impl Default for DestinationCounters {
+    fn default() -> Self {
+        DestinationCounters {
+            connections: AtomicU32::new(0),
+            tat_ns: AtomicU64::new(0),
+            fleet_max: AtomicU32::new(0),
+            fleet_cap: AtomicU32::new(FLEET_CAP_NONE),
+            wanted: AtomicBool::new(false),
+        }
+    }
 }
 
 /// Engine-wide per-destination limits, shared by all shards.
@@ -120,6 +152,17 @@ impl GlobalLimits {
         self.destination(domain).connections.load(Ordering::Acquire)
     }
 
+    /// Destinations the fleet limits, with their counters (for the fleet task).
+    pub fn fleet_destinations(&self) -> Vec<(String, Arc<DestinationCounters>)> {
+        let Ok(map) = self.destinations.read() else {
+            return Vec::new();
+        };
+        map.iter()
+            .filter(|(_, c)| c.fleet_max() > 0)
+            .map(|(d, c)| (d.clone(), c.clone()))
+            .collect()
+    }
+
     /// Takes one message token for `counters` at rate `per_second` (burst `burst` messages,
     /// at least 1). `Ok` = send now; `Err(wait)` = no token, try again after `wait`.
     pub fn try_rate(
@@ -137,6 +180,40 @@ impl DestinationCounters {
     /// Open connections to this destination engine-wide.
     pub fn connections(&self) -> u32 {
         self.connections.load(Ordering::Acquire)
+    }
+
+    /// The fleet-wide limit pushed for the destination (`max` > 0), or none (0). A newly
+    /// limited destination holds no slots until the fleet task leases some.
+    pub fn set_fleet_max(&self, max: u32) {
+        let before = self.fleet_max.swap(max, Ordering::AcqRel);
+        if max == 0 {
+            self.fleet_cap.store(FLEET_CAP_NONE, Ordering::Release);
+        } else if before == 0 {
+            self.fleet_cap.store(0, Ordering::Release);
+            self.wanted.store(true, Ordering::Release);
+        }
+    }
+
+    /// The fleet-wide limit; 0: none.
+    pub fn fleet_max(&self) -> u32 {
+        self.fleet_max.load(Ordering::Acquire)
+    }
+
+    /// Slots leased to this engine (`FLEET_CAP_NONE`: not limited by the fleet).
+    pub fn fleet_cap(&self) -> u32 {
+        self.fleet_cap.load(Ordering::Acquire)
+    }
+
+    /// The fleet task's new lease for this engine.
+    pub fn set_fleet_cap(&self, cap: u32) {
+        if self.fleet_max() > 0 {
+            self.fleet_cap.store(cap, Ordering::Release);
+        }
+    }
+
+    /// True (and cleared) when a permit was refused by the lease alone since the last call.
+    pub fn take_wanted(&self) -> bool {
+        self.wanted.swap(false, Ordering::AcqRel)
     }
 
     /// GCRA at time `now_ns` (pure in time, for tests): allows `burst` messages at once, then
@@ -180,9 +257,15 @@ impl ConnectionPermit {
         counters: Arc<DestinationCounters>,
         connections_max: u32,
     ) -> Option<ConnectionPermit> {
+        let fleet_cap = counters.fleet_cap.load(Ordering::Acquire);
+        let max = connections_max.min(fleet_cap);
         let mut open = counters.connections.load(Ordering::Acquire);
         loop {
-            if open >= connections_max {
+            if open >= max {
+                if open < connections_max {
+                    // Only the fleet's lease stands in the way: ask for more.
+                    counters.wanted.store(true, Ordering::Release);
+                }
                 return None;
             }
             match counters.connections.compare_exchange_weak(
@@ -214,6 +297,33 @@ mod tests {
     use super::*;
     use std::sync::atomic::AtomicU32;
     use std::time::Duration;
+
+    #[test]
+    fn a_fleet_limited_destination_needs_a_lease_and_asks_for_one() {
+        let c = Arc::new(DestinationCounters::default());
+        // Not limited by the fleet: the local limit alone.
+        let p1 = ConnectionPermit::try_acquire(c.clone(), 2).expect("local slot");
+        assert!(!c.take_wanted());
+        drop(p1);
+        c.set_fleet_max(3);
+        assert!(c.take_wanted(), "a new fleet limit asks for a lease at once");
+        assert!(ConnectionPermit::try_acquire(c.clone(), 2).is_none(), "no lease yet");
+        assert!(c.take_wanted(), "refused by the lease alone");
+        c.set_fleet_cap(1);
+        let held = ConnectionPermit::try_acquire(c.clone(), 2).expect("leased slot");
+        assert!(ConnectionPermit::try_acquire(c.clone(), 2).is_none());
+        assert!(c.take_wanted());
+        c.set_fleet_cap(5);
+        let second = ConnectionPermit::try_acquire(c.clone(), 2).expect("second slot");
+        // The local limit (2) refuses now: not the lease's doing, so nothing is asked.
+        assert!(ConnectionPermit::try_acquire(c.clone(), 2).is_none());
+        assert!(!c.take_wanted());
+        drop((held, second));
+        c.set_fleet_max(0);
+        assert_eq!(c.fleet_cap(), FLEET_CAP_NONE);
+        c.set_fleet_cap(0);
+        assert_eq!(c.fleet_cap(), FLEET_CAP_NONE, "a cap needs a fleet limit");
+    }
 
     #[test]
     fn connections_never_exceed_max_across_threads() {

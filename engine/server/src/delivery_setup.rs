@@ -35,7 +35,14 @@ pub fn build(
     config.return_path = Some(Arc::new(crate::intake_keys::PolicyReturnPath {
         keys: Arc::new(crate::intake_keys::KeyCache::new(Arc::clone(&policy))),
     }));
-    config.dynamic_limits = Some(Arc::new(PolicyLimits { policy }));
+    let limits = Arc::new(GlobalLimits::new(DESTINATIONS_MAX));
+    // With Redis, pushed destination connection limits hold for the whole fleet.
+    let fleet = cfg
+        .cluster
+        .redis_url
+        .is_some()
+        .then(|| Arc::clone(&limits));
+    config.dynamic_limits = Some(Arc::new(PolicyLimits { policy, fleet }));
     let config = Arc::new(config);
     let mut static_routes: Vec<StaticRoute> = d
         .routes
@@ -70,7 +77,7 @@ pub fn build(
     Ok(DeliveryShared {
         config,
         resolver,
-        limits: Arc::new(GlobalLimits::new(DESTINATIONS_MAX)),
+        limits,
         events,
         writer: Arc::new(std::sync::Mutex::new(Some(writer))),
     })
@@ -81,12 +88,21 @@ pub fn build(
 #[derive(Debug)]
 pub struct PolicyLimits {
     pub policy: Arc<petrel_policy::PolicyStore>,
+    /// The engine's limits registry when the fleet's connection limits apply (Redis
+    /// configured): a pushed connection limit marks its destination for leases
+    /// (`fleet_connections.rs`).
+    pub fleet: Option<Arc<GlobalLimits>>,
 }
 
 impl petrel_delivery::LimitsSource for PolicyLimits {
     fn overlay(&self, domain: &str, configured: &DomainLimits) -> DomainLimits {
         let pushed = self.policy.current().destination_limit(domain);
         let mut out = configured.clone();
+        if let Some(fleet) = &self.fleet {
+            fleet
+                .destination(domain)
+                .set_fleet_max(pushed.connections_max.map_or(0, |c| c.max(1)));
+        }
         if let Some(c) = pushed.connections_max {
             out.connections_max = c.max(1);
         }
@@ -239,6 +255,7 @@ mod tests {
         .unwrap();
         let limits = PolicyLimits {
             policy: Arc::clone(&store),
+            fleet: None,
         };
         let configured = DomainLimits::default();
         assert_eq!(

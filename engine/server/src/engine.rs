@@ -107,6 +107,14 @@ pub fn run(
     } else {
         None
     };
+    if let (Some(d), Some(quotas)) = (&delivery, policy.cluster_quotas()) {
+        crate::fleet_connections::start(
+            runtime,
+            &cfg.cluster,
+            Arc::clone(&d.limits),
+            Arc::clone(quotas),
+        )?;
+    }
     let (intake, intake_reserve) = match cfg.intake.listen {
         Some(addr) => {
             let (addr, reserve) = reserve_port(addr)?;

@@ -34,6 +34,7 @@ pub mod domain_auth;
 pub mod engine;
 pub mod erasure;
 pub mod error;
+pub mod fleet_connections;
 pub mod intake;
 pub mod intake_keys;
 pub mod intake_session;

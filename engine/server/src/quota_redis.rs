@@ -133,26 +133,9 @@ pub fn start(
     cfg: &ClusterSection,
     policy: &Arc<PolicyStore>,
 ) -> Result<(), EngineError> {
-    use redis::IntoConnectionInfo;
-    let Some(url) = &cfg.redis_url else {
+    let Some(client) = client(cfg)? else {
         return Ok(());
     };
-    let bad = |message: String| EngineError::Config { message };
-    let mut info = url
-        .as_str()
-        .into_connection_info()
-        .map_err(|e| bad(format!("cluster.redis_url: {e}")))?;
-    let password_file = cfg
-        .redis_password_file
-        .clone()
-        .or_else(|| petrel_seal::secret_file::credential(REDIS_PASSWORD_CREDENTIAL));
-    if let Some(path) = password_file {
-        let password = petrel_seal::secret_file::read(&path)
-            .map_err(|e| bad(format!("cluster.redis_password_file: {e}")))?;
-        let settings = info.redis_settings().clone().set_password(password.trim());
-        info = info.set_redis_settings(settings);
-    }
-    let client = redis::Client::open(info).map_err(|e| bad(format!("cluster.redis_url: {e}")))?;
     let (quotas, requests) = ClusterQuotas::new();
     let quotas = Arc::new(quotas);
     policy.attach_cluster_quotas(Arc::clone(&quotas));
@@ -170,6 +153,33 @@ pub fn start(
     runtime.spawn(driver.run(requests));
     tracing::info!(prefix = %cfg.key_prefix, "cluster quotas on Redis");
     Ok(())
+}
+
+/// The Redis client of `cluster.redis_url` with the password from its file (or the
+/// credential `petrel-redis-password`); None without a URL.
+pub fn client(cfg: &ClusterSection) -> Result<Option<redis::Client>, EngineError> {
+    use redis::IntoConnectionInfo;
+    let Some(url) = &cfg.redis_url else {
+        return Ok(None);
+    };
+    let bad = |message: String| EngineError::Config { message };
+    let mut info = url
+        .as_str()
+        .into_connection_info()
+        .map_err(|e| bad(format!("cluster.redis_url: {e}")))?;
+    let password_file = cfg
+        .redis_password_file
+        .clone()
+        .or_else(|| petrel_seal::secret_file::credential(REDIS_PASSWORD_CREDENTIAL));
+    if let Some(path) = password_file {
+        let password = petrel_seal::secret_file::read(&path)
+            .map_err(|e| bad(format!("cluster.redis_password_file: {e}")))?;
+        let settings = info.redis_settings().clone().set_password(password.trim());
+        info = info.set_redis_settings(settings);
+    }
+    redis::Client::open(info)
+        .map(Some)
+        .map_err(|e| bad(format!("cluster.redis_url: {e}")))
 }
 
 struct Driver {

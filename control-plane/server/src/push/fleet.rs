@@ -1,6 +1,7 @@
 //! One engine connection's view of the fleet (the `Fleet` frame, protocol revision 2): how many
 //! engines are live across every node of the control plane, sent at the session's start and
-//! again after a `Ping` when the count changed. Engines divide their cluster-wide limits by it
+//! again when the count changed (counted every `ENGINE_IDENTITY_CHECK_MS`, 1 s, and after each
+//! `Ping`), so engines that connect together learn of each other within a second. Engines divide their cluster-wide limits by it
 //! while Redis is unreachable (`petrel_policy::quota`). Engines of an older revision get none.
 
 use std::time::Duration;
@@ -22,7 +23,7 @@ pub const FLEET_WRITE_TIMEOUT_MS: u64 = 10_000;
 pub(super) struct FleetFeed {
     /// False for an engine of an older revision.
     enabled: bool,
-    /// Count again at the next turn (start, and after each ping).
+    /// Count again at the next turn (start, every identity check, after each ping).
     due: bool,
     /// The count last sent on this session.
     sent: Option<u32>,
@@ -39,7 +40,7 @@ impl FleetFeed {
     }
 
     /// Count again at the next [`FleetFeed::send_due`].
-    pub(super) fn ping(&mut self) {
+    pub(super) fn recount(&mut self) {
         self.due = true;
     }
 
