@@ -306,8 +306,14 @@ mod tests {
         assert!(!c.take_wanted());
         drop(p1);
         c.set_fleet_max(3);
-        assert!(c.take_wanted(), "a new fleet limit asks for a lease at once");
-        assert!(ConnectionPermit::try_acquire(c.clone(), 2).is_none(), "no lease yet");
+        assert!(
+            c.take_wanted(),
+            "a new fleet limit asks for a lease at once"
+        );
+        assert!(
+            ConnectionPermit::try_acquire(c.clone(), 2).is_none(),
+            "no lease yet"
+        );
         assert!(c.take_wanted(), "refused by the lease alone");
         c.set_fleet_cap(1);
         let held = ConnectionPermit::try_acquire(c.clone(), 2).expect("leased slot");
