@@ -314,7 +314,10 @@ fn a_pushed_destination_connection_limit_holds_across_two_engines() {
     let pem = push_cert(&cp_dir);
     let push = free_port();
     let control = ControlProcess::start(&cp_dir, push, dns.addr, TOKEN);
-    let owner = control.owner.clone().expect("the owner key at the first start");
+    let owner = control
+        .owner
+        .clone()
+        .expect("the owner key at the first start");
     let sink = SmtpServer::start(Script::default());
     let mut engines = Vec::new();
     for name in ["e1", "e2"] {
@@ -368,5 +371,99 @@ fn a_pushed_destination_connection_limit_holds_across_two_engines() {
         sink.peak(),
         sink.connections()
     );
+    drop(engines);
+}
+
+#[test]
+fn the_new_tenant_cap_and_a_tenant_rate_hold_across_two_engines() {
+    let Some(redis) = RedisServer::start() else {
+        eprintln!("SKIPPED: redis-server not installed (ops/test.sh installs it)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let dns = DnsServer::start(vec![]);
+    let cp_dir = dir.path().join("cp");
+    let pem = push_cert(&cp_dir);
+    let push = free_port();
+    let control = ControlProcess::start(&cp_dir, push, dns.addr, TOKEN);
+    let owner = control
+        .owner
+        .clone()
+        .expect("the owner key at the first start");
+    let sink = SmtpServer::start(Script::default());
+    let mut engines = Vec::new();
+    for name in ["e1", "e2"] {
+        let data = dir.path().join(name);
+        std::fs::create_dir_all(&data).unwrap();
+        let args = linked_engine_args(&data, push, &pem, TOKEN, 2, sink.addr);
+        engines.push(start_engine(dir.path(), name, &args, &redis.url()));
+    }
+
+    // A new tenant keeps its cap (10 messages per 24 hours): 10 in total through both.
+    let fresh = common::control::provision_new(control.api, &owner, &dns, "fresh", DOMAIN, "fresh");
+    let mut senders: Vec<Sender> = engines
+        .iter()
+        .map(|e| sender_when_ready(e.smtp.port(), "fresh", &fresh.password))
+        .collect();
+    // The two probes were the first two messages under the cap.
+    let mut accepted = 2;
+    for i in 0..20 {
+        let (code, text) = senders[i % 2].send(&format!("n{i}@example.test"), "new");
+        if code == 250 {
+            accepted += 1;
+        } else {
+            assert!(
+                code == 451 && text.contains("may send 10 messages per 24 hours"),
+                "{code} {text}"
+            );
+        }
+    }
+    assert_eq!(accepted, 10, "the new-tenant cap across two engines");
+
+    // A tenant rate of 5 messages per second, offered as fast as two engines take them.
+    const RATE: u64 = 5;
+    let (code, body) = api(
+        control.api,
+        "POST",
+        &format!("/v1/tenants/{}/guardrails/lift-cap", fresh.tenant_id),
+        &owner,
+        None,
+    );
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = api(
+        control.api,
+        "PUT",
+        &format!("/v1/tenants/{}/limits", fresh.tenant_id),
+        &owner,
+        Some(json!({"messages_per_second_max": RATE, "messages_per_day_max": null})),
+    );
+    assert_eq!(code, 200, "{body}");
+    // Both engines have the lifted cap and the rate once a new credential works at both.
+    let password = new_credential(control.api, &fresh.admin, "fresh-rate");
+    let mut senders: Vec<Sender> = engines
+        .iter()
+        .map(|e| sender_when_ready(e.smtp.port(), "fresh-rate", &password))
+        .collect();
+    std::thread::sleep(Duration::from_millis(1_100)); // the probes' second is over
+    let started = Instant::now();
+    let (mut ok, mut limited) = (0u64, 0u64);
+    for i in 0..60 {
+        let (code, text) = senders[i % 2].send(&format!("r{i}@example.test"), "rate");
+        match code {
+            250 => ok += 1,
+            451 if text.contains("messages per second") => limited += 1,
+            other => panic!("unexpected {other} {text}"),
+        }
+    }
+    let elapsed_s = started.elapsed().as_secs_f64();
+    // A bucket of one second's burst plus the refill over the run, for the whole fleet (two
+    // local limiters would allow twice that).
+    let bound = RATE as f64 * (1.0 + elapsed_s) + 1.0;
+    assert!(
+        (ok as f64) <= bound,
+        "{ok} accepted in {elapsed_s:.2} s at {RATE}/s (bound {bound:.1})"
+    );
+    assert!(limited > 0, "the rate never refused");
+    println!("fleet rate: {ok} accepted, {limited} refused in {elapsed_s:.2} s");
     drop(engines);
 }

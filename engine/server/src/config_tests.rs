@@ -170,3 +170,39 @@ fn the_example_configuration_parses() {
     bad.encryption.data_key_rotate_after_days = 0;
     assert!(bad.validate().is_err());
 }
+
+#[test]
+fn the_cluster_section_is_off_by_default_and_keeps_passwords_out_of_the_url() {
+    let c = EngineConfig::from_toml("").unwrap();
+    assert!(c.cluster.redis_url.is_none());
+    let c = EngineConfig::from_toml("[cluster]\nredis_url = \"redis://127.0.0.1:6379/0\"\n")
+        .expect("a plain URL");
+    assert_eq!(c.cluster.key_prefix, "petrel:");
+    for (bad, key) in [
+        (
+            "[cluster]\nredis_url = \"redis://:hunter2@127.0.0.1:6379/0\"\n",
+            "cluster.redis_url",
+        ),
+        (
+            "[cluster]\nredis_url = \"rediss://127.0.0.1:6379/0\"\n",
+            "cluster.redis_url",
+        ),
+        (
+            "[cluster]\nredis_url = \"not a url\"\n",
+            "cluster.redis_url",
+        ),
+        (
+            "[cluster]\nrequest_timeout_ms = 0\n",
+            "cluster.request_timeout_ms",
+        ),
+        (
+            "[cluster]\nprobe_interval_ms = 10001\n",
+            "cluster.probe_interval_ms",
+        ),
+        ("[cluster]\nkey_prefix = \"a b\"\n", "cluster.key_prefix"),
+    ] {
+        let e = EngineConfig::from_toml(bad).unwrap_err().to_string();
+        assert!(e.contains(key), "{bad}: {e}");
+        assert!(!e.contains("hunter2"), "the password is not echoed: {e}");
+    }
+}
