@@ -37,11 +37,7 @@ pub fn build(
     }));
     let limits = Arc::new(GlobalLimits::new(DESTINATIONS_MAX));
     // With Redis, pushed destination connection limits hold for the whole fleet.
-    let fleet = cfg
-        .cluster
-        .redis_url
-        .is_some()
-        .then(|| Arc::clone(&limits));
+    let fleet = cfg.cluster.redis_url.is_some().then(|| Arc::clone(&limits));
     config.dynamic_limits = Some(Arc::new(PolicyLimits { policy, fleet }));
     let config = Arc::new(config);
     let mut static_routes: Vec<StaticRoute> = d

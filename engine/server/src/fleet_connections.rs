@@ -155,7 +155,11 @@ impl Leases {
     /// One script per destination, pipelined on the multiplexed connection.
     async fn renew(
         &mut self,
-        turn: &[(String, Arc<petrel_delivery::limits::DestinationCounters>, bool)],
+        turn: &[(
+            String,
+            Arc<petrel_delivery::limits::DestinationCounters>,
+            bool,
+        )],
     ) -> redis::RedisResult<()> {
         if self.conn.is_none() {
             self.conn = Some(self.client.get_multiplexed_async_connection().await?);
