@@ -126,6 +126,8 @@ impl LinkConfig {
 
 /// Run the link until the task is dropped: connect, hello, apply snapshots, ack, reconnect.
 /// `applied(version)` is called after each snapshot is in force (metrics, admin status).
+/// [`PolicyStore::link_up`] is true from the control plane's first frame that is not an `Error`
+/// until the session ends.
 /// Returns at once (after logging) only when the TLS configuration itself is unusable.
 pub async fn run_link(
     cfg: LinkConfig,
@@ -142,7 +144,9 @@ pub async fn run_link(
     let mut failures: u32 = 0;
     loop {
         let mut got_snapshot = false;
-        match session(&cfg, &connector, &store, &mut applied, &mut got_snapshot).await {
+        let ended = session(&cfg, &connector, &store, &mut applied, &mut got_snapshot).await;
+        store.set_link_up(false);
+        match ended {
             Ok(()) => {
                 tracing::info!(endpoint = %cfg.endpoint, "policy link closed by the control plane")
             }
@@ -219,6 +223,11 @@ async fn session(
     suppressions.start(store, &mut writer).await?;
     loop {
         while let Some(frame) = decoder.next_frame()? {
+            // The control plane answered the Hello with something other than a refusal: it
+            // admitted this engine, so the session is up.
+            if !matches!(frame, Frame::Error { .. }) {
+                store.set_link_up(true);
+            }
             match frame {
                 Frame::EventsAck { batch_seq } => {
                     events.acked(batch_seq)?;

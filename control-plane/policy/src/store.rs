@@ -62,6 +62,10 @@ pub struct PolicyStore {
     /// The control plane's latest signed audit checkpoint, kept in
     /// `<dir>/audit-checkpoint.json` (issue 16; the link feeds it).
     audit_checkpoint: CheckpointKeeper,
+    /// True while the link to the control plane has a session (set by `run_link` at the first
+    /// frame the control plane sends that is not an `Error`, cleared when the session ends);
+    /// read by the engine's `petrel_control_link_up` gauge.
+    link_up: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for PolicyStore {
@@ -132,6 +136,7 @@ impl PolicyStore {
             suppressions: ArcSwap::from_pointee(suppressions),
             at_rest,
             audit_checkpoint: CheckpointKeeper::open(dir),
+            link_up: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -230,6 +235,17 @@ impl PolicyStore {
         if let Some(quotas) = self.shared.cluster.get() {
             quotas.set_engines_live(n);
         }
+    }
+
+    /// Records whether the link to the control plane has a session (the link sets it).
+    pub fn set_link_up(&self, up: bool) {
+        self.link_up.store(up, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// True while the link to the control plane has a session; false before the first one,
+    /// between sessions, and when no control plane is configured.
+    pub fn link_up(&self) -> bool {
+        self.link_up.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Live engines of the fleet as last reported; 0 before the first report.

@@ -6,7 +6,7 @@ set -eu
 cd "$(dirname "$0")/../../.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/work/target-control}"
 if [ -n "${PETREL_TEST_PG_URL:-}" ]; then
-    exec cargo test -p petrel-control --test pg -- --nocapture
+    exec cargo test --locked -p petrel-control --test pg -- --nocapture
 fi
 PGBIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
 [ -n "$PGBIN" ] || { echo "postgresql not installed (apt-get install -y postgresql)" >&2; exit 1; }
@@ -29,4 +29,4 @@ cleanup() {
 trap cleanup EXIT INT TERM
 echo "postgres pid $PID on 127.0.0.1:$PORT"
 PETREL_TEST_PG_URL="postgres://postgres@127.0.0.1:$PORT/postgres" \
-    cargo test -p petrel-control --test pg -- --nocapture
+    cargo test --locked -p petrel-control --test pg -- --nocapture

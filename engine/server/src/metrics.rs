@@ -35,6 +35,11 @@ pub const SUPPRESSION_VERSION: &str = "petrel_suppression_version";
 pub const SUPPRESSION_MEMORY_BYTES: &str = "petrel_suppression_memory_bytes";
 /// The seq of the control plane's signed audit checkpoint this engine keeps (issue 16).
 pub const AUDIT_CHECKPOINT_SEQ: &str = "petrel_audit_checkpoint_seq";
+/// 1 while the push link to the control plane has a session, 0 otherwise; only with a control
+/// plane configured.
+pub const CONTROL_LINK_UP: &str = "petrel_control_link_up";
+/// Spool writes of delivery outcomes that failed, by `op` (`petrel-delivery` counts them).
+pub const DELIVERY_SPOOL_ERRORS_TOTAL: &str = "petrel_delivery_spool_errors_total";
 /// How often the suppression gauges are refreshed, ms.
 pub const SUPPRESSION_GAUGES_INTERVAL_MS: u64 = 1_000;
 
@@ -65,6 +70,7 @@ pub fn install(
         return Ok(None);
     }
     describe();
+    register_at_zero();
     let upkeep = handle.clone();
     rt.spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_millis(METRICS_UPKEEP_MS));
@@ -101,6 +107,20 @@ pub fn install(
         }
     });
     Ok(Some(local))
+}
+
+/// Counters of rare events exist from the start at 0, with every label value the alert rules
+/// and the dashboard read: otherwise a counter appears at its first event already at 1, and
+/// `increase(...) > 0` misses that first event.
+fn register_at_zero() {
+    use petrel_delivery::events::wire::{EVENTS_BACKLOG_ERRORS_TOTAL, EVENTS_DROPPED_TOTAL};
+    metrics::counter!(SESSION_PANICS_TOTAL).increment(0);
+    metrics::counter!(SPOOL_RECOVERY_SKIPPED_TOTAL).increment(0);
+    for op in ["update", "remove"] {
+        metrics::counter!(DELIVERY_SPOOL_ERRORS_TOTAL, "op" => op).increment(0);
+    }
+    metrics::counter!(EVENTS_DROPPED_TOTAL, "reason" => "backlog_full").increment(0);
+    metrics::counter!(EVENTS_BACKLOG_ERRORS_TOTAL).increment(0);
 }
 
 fn describe() {
@@ -168,6 +188,26 @@ fn describe() {
         "Audit chain seq of the control plane's signed checkpoint kept here (absent: none yet)"
     );
     describe_gauge!(
+        CONTROL_LINK_UP,
+        "1 while the push link to the control plane has a session, 0 while it connects or waits to reconnect (absent: no control plane configured)"
+    );
+    describe_gauge!(
+        crate::quota_redis::METRIC_FALLBACK,
+        "1 while Redis is unreachable and each cluster-wide limit is counted here at this engine's share (limit / live engines), 0 while Redis counts them (absent: no [cluster] redis_url)"
+    );
+    describe_counter!(
+        crate::quota_redis::METRIC_REQUESTS,
+        "Grant requests sent to Redis for the cluster-wide quotas, by result (ok; error: the turn failed or timed out)"
+    );
+    describe_gauge!(
+        crate::quota_redis::METRIC_ENGINES_LIVE,
+        "Live engines of the fleet as the control plane last reported them (0: not reported yet); the divisor of the fallback share"
+    );
+    describe_counter!(
+        crate::quota_redis::METRIC_WAITS,
+        "Admissions that waited for a grant from Redis (no lease left at this engine)"
+    );
+    describe_gauge!(
         "petrel_delivery_connections_open",
         "Outbound connections open now, by destination: the domain for destinations with limits of their own (configured or pushed), `other` for the rest"
     );
@@ -188,7 +228,7 @@ fn describe() {
         "Recipients that reached the maximum queue age"
     );
     describe_counter!(
-        "petrel_delivery_spool_errors_total",
+        DELIVERY_SPOOL_ERRORS_TOTAL,
         "Spool writes of delivery outcomes that failed, by operation (update, remove): the outcome holds in memory, a restart may deliver again"
     );
     describe_counter!(
@@ -225,7 +265,7 @@ fn describe() {
     );
     describe_counter!(
         "petrel_outbound_connect_failures_total",
-        "Outbound connection attempts that failed"
+        "Outbound connections whose SMTP handshake failed after TCP connected: a greeting other than 220, EHLO and HELO refused, STARTTLS failed (or required and not offered), or a timeout in any of these; refused or timed-out TCP connects are not counted (they show as deferrals)"
     );
     describe_counter!(
         "petrel_outbound_transactions_total",
@@ -262,14 +302,17 @@ fn describe() {
     );
 }
 
-/// Refreshes the gauges of what the control plane link feeds (the suppression set, the kept
-/// audit checkpoint's seq) every [`SUPPRESSION_GAUGES_INTERVAL_MS`] (tokio; runs until dropped).
+/// Refreshes the gauges of the control plane link and of what it feeds (the link's session,
+/// the suppression set, the kept audit checkpoint's seq) every
+/// [`SUPPRESSION_GAUGES_INTERVAL_MS`] (tokio; runs until dropped). Started only when a control
+/// plane is configured, so [`CONTROL_LINK_UP`] is absent without one.
 pub async fn publish_suppressions(policy: std::sync::Arc<petrel_policy::PolicyStore>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(
         SUPPRESSION_GAUGES_INTERVAL_MS,
     ));
     loop {
         tick.tick().await;
+        metrics::gauge!(CONTROL_LINK_UP).set(if policy.link_up() { 1.0 } else { 0.0 });
         let set = policy.suppressions();
         metrics::gauge!(SUPPRESSION_ENTRIES).set(set.len() as f64);
         metrics::gauge!(SUPPRESSION_VERSION).set(set.version() as f64);

@@ -150,6 +150,9 @@ pub fn start(
         seq: 0,
     };
     metrics::gauge!(METRIC_FALLBACK).set(0.0);
+    // Both results exist from the start, so an alert on the first error can fire.
+    metrics::counter!(METRIC_REQUESTS, "result" => "ok").increment(0);
+    metrics::counter!(METRIC_REQUESTS, "result" => "error").increment(0);
     runtime.spawn(driver.run(requests));
     tracing::info!(prefix = %cfg.key_prefix, "cluster quotas on Redis");
     Ok(())

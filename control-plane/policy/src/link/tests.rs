@@ -168,8 +168,13 @@ async fn pushes_two_snapshots_then_reconnects_after_restart() {
         assert_eq!(hello.engine_id, "engine-1");
         assert_eq!(hello.applied_version, 0);
         assert_eq!(hello.shards, 2);
+        assert!(
+            !store.link_up(),
+            "no session before the control plane answers"
+        );
         peer.push(1, snapshot_bytes(1)).await;
         assert_eq!(peer.expect_ack().await, 1);
+        assert!(store.link_up(), "a session once the control plane answered");
         peer.push(2, snapshot_bytes(2)).await;
         assert_eq!(peer.expect_ack().await, 2);
         assert_eq!(store.version(), 2);
@@ -185,12 +190,14 @@ async fn pushes_two_snapshots_then_reconnects_after_restart() {
             2,
             "the engine keeps its policy while the CP is away"
         );
+        assert!(!store.link_up(), "no session while the CP is away");
         let listener = TcpListener::bind(addr).await.unwrap();
         let mut peer = Peer::accept(&listener, &tls.acceptor).await;
         assert_eq!(peer.hello().await.applied_version, 2);
         // The CP re-sends what the engine has (no-op, acked), then something new.
         peer.push(2, snapshot_bytes(2)).await;
         assert_eq!(peer.expect_ack().await, 2);
+        assert!(store.link_up(), "a session again after the reconnect");
         peer.push(3, snapshot_bytes(3)).await;
         assert_eq!(peer.expect_ack().await, 3);
         assert_eq!(store.version(), 3);
@@ -333,6 +340,7 @@ async fn refused_token_retries_with_backoff() {
             .unwrap();
         }
         assert_eq!(store.version(), 0);
+        assert!(!store.link_up(), "a refused Hello is no session");
         task.abort();
     })
     .await
