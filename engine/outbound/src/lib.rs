@@ -36,6 +36,7 @@ pub mod resolver;
 pub use client::{
     ClientConfig, ClientError, OutgoingMessage, RcptOutcome, Reply, SmtpConnection, Stage, TlsInfo,
     TlsMode, TransactionOutcome, BDAT_INLINE_BYTES_MAX, PIPELINE_TRANSACTIONS_MAX,
+    TCP_CONNECT_FAILURES,
 };
 pub use resolver::{
     Clock, Dns, DnsError, IpAnswer, MxAnswer, MxRecord, ResolveError, Resolver, ResolverConfig,

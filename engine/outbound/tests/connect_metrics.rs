@@ -1,6 +1,7 @@
 //! What `petrel_outbound_connect_failures_total` counts (its description in the engine's
 //! `metrics.rs` says so): a failed SMTP handshake on a TCP connection that was made, not a
-//! refused TCP connect. One test in its own binary: it installs the process's global recorder.
+//! refused TCP connect, which `petrel_outbound_tcp_connect_failures_total{kind="refused"}`
+//! counts. One test in its own binary: it installs the process's global recorder.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -13,16 +14,22 @@ use petrel_testkit::smtp_server::{Script, SmtpServer};
 
 const CONNECT_FAILURES: &str = "petrel_outbound_connect_failures_total";
 
-/// Counts increments of [`CONNECT_FAILURES`]; every other series goes nowhere.
-struct ConnectFailures(Arc<AtomicU64>);
+/// Counts increments of [`CONNECT_FAILURES`] and of refused TCP connects; every other series
+/// goes nowhere.
+struct ConnectFailures(Arc<AtomicU64>, Arc<AtomicU64>);
 
 impl Recorder for ConnectFailures {
     fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
     fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
     fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
     fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+        let refused = key
+            .labels()
+            .any(|l| l.key() == "kind" && l.value() == "refused");
         if key.name() == CONNECT_FAILURES {
             Counter::from_arc(Arc::clone(&self.0))
+        } else if key.name() == petrel_outbound::TCP_CONNECT_FAILURES && refused {
+            Counter::from_arc(Arc::clone(&self.1))
         } else {
             Counter::noop()
         }
@@ -46,7 +53,8 @@ fn connect_error(addr: std::net::SocketAddr) -> Option<ClientError> {
 #[test]
 fn counts_failed_handshakes_not_refused_tcp_connects() {
     let failures = Arc::new(AtomicU64::new(0));
-    metrics::set_global_recorder(ConnectFailures(Arc::clone(&failures)))
+    let refused = Arc::new(AtomicU64::new(0));
+    metrics::set_global_recorder(ConnectFailures(Arc::clone(&failures), Arc::clone(&refused)))
         .expect("the only recorder of this test binary");
 
     // Nobody listens: the TCP connect is refused, and not counted.
@@ -57,6 +65,11 @@ fn counts_failed_handshakes_not_refused_tcp_connects() {
     let err = connect_error(nobody);
     assert!(matches!(err, Some(ClientError::Connect { .. })), "{err:?}");
     assert_eq!(failures.load(Ordering::Relaxed), 0);
+    assert_eq!(
+        refused.load(Ordering::Relaxed),
+        1,
+        "counted as a refused TCP connect"
+    );
 
     // TCP connects, the greeting is 554: counted.
     let refuser = SmtpServer::start(Script {
@@ -71,4 +84,5 @@ fn counts_failed_handshakes_not_refused_tcp_connects() {
     let server = SmtpServer::start(Script::default());
     assert!(connect_error(server.addr).is_none());
     assert_eq!(failures.load(Ordering::Relaxed), 1);
+    assert_eq!(refused.load(Ordering::Relaxed), 1);
 }

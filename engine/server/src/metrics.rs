@@ -268,6 +268,10 @@ fn describe() {
         "Outbound connections whose SMTP handshake failed after TCP connected: a greeting other than 220, EHLO and HELO refused, STARTTLS failed (or required and not offered), or a timeout in any of these; refused or timed-out TCP connects are not counted (they show as deferrals)"
     );
     describe_counter!(
+        petrel_outbound::TCP_CONNECT_FAILURES,
+        "Outbound TCP connects that failed, by kind: refused, timeout, unreachable, other"
+    );
+    describe_counter!(
         "petrel_outbound_transactions_total",
         "Outbound SMTP transactions sent"
     );

@@ -198,6 +198,26 @@ struct Timeouts {
     data_done_ms: u64,
 }
 
+/// TCP connects to a next hop that failed, by `kind`: `refused`, `timeout` (no answer within
+/// `connect_timeout_ms`), `unreachable` or `other` (the handshakes that fail after TCP
+/// connected are `petrel_outbound_connect_failures_total`).
+pub const TCP_CONNECT_FAILURES: &str = "petrel_outbound_tcp_connect_failures_total";
+
+/// The `kind` label of [`TCP_CONNECT_FAILURES`] for a failed connect.
+pub fn tcp_failure_kind(e: &ClientError) -> &'static str {
+    use std::io::ErrorKind;
+    match e {
+        ClientError::Timeout { .. } => "timeout",
+        ClientError::Connect { kind, .. } => match kind {
+            ErrorKind::ConnectionRefused => "refused",
+            ErrorKind::HostUnreachable | ErrorKind::NetworkUnreachable => "unreachable",
+            ErrorKind::TimedOut => "timeout",
+            _ => "other",
+        },
+        _ => "other",
+    }
+}
+
 impl SmtpConnection {
     /// Connects, reads the greeting, EHLO (HELO on 5xx), STARTTLS per `cfg.tls`.
     ///
@@ -209,7 +229,7 @@ impl SmtpConnection {
         mx_name: &str,
         cfg: &ClientConfig,
     ) -> Result<SmtpConnection, ClientError> {
-        let stream = with_timeout(cfg.connect_timeout_ms, Stage::Connect, async {
+        let connected = with_timeout(cfg.connect_timeout_ms, Stage::Connect, async {
             TcpStream::connect(addr).await.map_err(|e| {
                 let reason = e.to_string();
                 ClientError::Connect {
@@ -219,7 +239,15 @@ impl SmtpConnection {
                 }
             })
         })
-        .await?;
+        .await;
+        let stream = match connected {
+            Ok(s) => s,
+            Err(e) => {
+                metrics::counter!(TCP_CONNECT_FAILURES, "kind" => tcp_failure_kind(&e))
+                    .increment(1);
+                return Err(e);
+            }
+        };
         // Replies are small and the body's last block is followed by a wait for the reply:
         // without TCP_NODELAY, Nagle plus the peer's delayed ACK stalls each message ~40 ms.
         let _ = stream.set_nodelay(true);
