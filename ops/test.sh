@@ -15,6 +15,8 @@ command -v swaks >/dev/null 2>&1 || need_apt+=(swaks)
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 # Runs the Node.js receiver example of docs/webhooks.md (control-plane/server/tests/webhooks.rs).
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
+# tests/testssl.rs scans the engine's STARTTLS (Debian installs it as `testssl`).
+command -v testssl >/dev/null 2>&1 || command -v testssl.sh >/dev/null 2>&1 || need_apt+=(testssl.sh)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing Debian packages: ${need_apt[*]}"
   if [ "$(id -u)" = 0 ]; then

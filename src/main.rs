@@ -343,6 +343,9 @@ pub fn run_engine(
             info.shards,
             data_dir.display()
         );
+        for (profile, a) in &info.listeners {
+            println!("  listener: {} smtp={a}", profile.name());
+        }
         if let Some(m) = info.metrics {
             println!("  metrics: http://{m}/metrics");
         }

@@ -26,6 +26,8 @@ pub struct Engine {
     pub smtp: SocketAddr,
     pub metrics: SocketAddr,
     pub admin: SocketAddr,
+    /// `[[smtp.listeners]]` as bound: (profile, address), from the `listener:` ready lines.
+    pub listeners: Vec<(String, SocketAddr)>,
     pub data_dir: PathBuf,
     pub stdout_lines: mpsc::Receiver<String>,
 }
@@ -74,6 +76,7 @@ impl Engine {
         });
         let deadline = Instant::now() + ENGINE_READY_TIMEOUT;
         let (mut smtp, mut metrics, mut admin) = (None, None, None);
+        let mut listeners = Vec::new();
         while smtp.is_none() || metrics.is_none() || admin.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
             let Ok(line) = rx.recv_timeout(left) else {
@@ -90,6 +93,9 @@ impl Engine {
                 metrics = Some(addr(rest, "/metrics"));
             } else if let Some(rest) = line.trim_start().strip_prefix("admin:   http://") {
                 admin = Some(addr(rest, "/v1/queue"));
+            } else if let Some(rest) = line.trim_start().strip_prefix("listener: ") {
+                let (profile, rest) = rest.split_once(" smtp=").unwrap();
+                listeners.push((profile.to_string(), addr(rest, "")));
             }
         }
         let (smtp, metrics, admin) = (smtp.unwrap(), metrics.unwrap(), admin.unwrap());
@@ -98,6 +104,7 @@ impl Engine {
             smtp,
             metrics,
             admin,
+            listeners,
             data_dir: data_dir.to_path_buf(),
             stdout_lines: rx,
         }

@@ -24,6 +24,10 @@
 //! verify the certificate (as nearly every MTA does, since MX names are not authenticated
 //! without DANE or MTA-STS); `Required` demands a certificate valid for the MX name.
 //!
+//! **MTA-STS** ([`MtaSts`], RFC 8461) tells delivery which policy a recipient domain publishes:
+//! a pure parser and matcher ([`mta_sts::policy`]), an HTTPS fetcher and a cache kept on disk,
+//! served from a thread of its own like the resolver. It only answers; delivery applies.
+//!
 //! Every error here is temporary from the caller's point of view except the DNS answers that
 //! say a domain cannot receive mail (`ResolveError::is_permanent`); SMTP replies themselves
 //! are data ([`Reply`]), classified by the caller.
@@ -31,6 +35,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod client;
+pub mod mta_sts;
 pub mod resolver;
 
 pub use client::{
@@ -38,6 +43,7 @@ pub use client::{
     TlsMode, TransactionOutcome, BDAT_INLINE_BYTES_MAX, PIPELINE_TRANSACTIONS_MAX,
     TCP_CONNECT_FAILURES,
 };
+pub use mta_sts::{MtaSts, MtaStsConfig, MtaStsError};
 pub use resolver::{
     Clock, Dns, DnsError, IpAnswer, MxAnswer, MxRecord, ResolveError, Resolver, ResolverConfig,
     Route, RouteHost, RouteLogic, StaticRoute, SystemClock,
@@ -56,4 +62,7 @@ pub enum OutboundError {
     /// An SMTP client failure.
     #[error(transparent)]
     Client(#[from] ClientError),
+    /// The MTA-STS service could not start or save its cache.
+    #[error(transparent)]
+    MtaSts(#[from] MtaStsError),
 }

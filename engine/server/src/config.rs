@@ -290,6 +290,57 @@ pub struct SmtpSection {
     /// RFC 5321 §4.5.3.2.1 gives 5 minutes for the greeting on the client; the server bounds TLS
     /// handshakes the same way, shorter.
     pub tls_handshake_timeout_ms: u64,
+    /// `[[smtp.listeners]]`: more listeners, each with its profile (submission on 587,
+    /// submissions on 465), on every shard like `listen`. At most [`SMTP_LISTENERS_MAX`]; none
+    /// by default. MX on 25 is the return-path intake (`[intake] listen`), not a profile here.
+    pub listeners: Vec<ListenerConfig>,
+}
+
+/// Entries of `smtp.listeners`, at most (each is a socket per shard).
+pub const SMTP_LISTENERS_MAX: usize = 8;
+
+/// One `[[smtp.listeners]]` entry.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// `addr:port`; port 0 picks one (tests), the same for every shard.
+    pub listen: SocketAddr,
+    pub profile: ListenerProfile,
+}
+
+/// What a listener asks of its clients.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerProfile {
+    /// `smtp.listen`: relay with AUTH or from a trusted network; STARTTLS offered; AUTH after
+    /// it (before it on loopback in development mode). Not configurable in `smtp.listeners`.
+    #[serde(skip_deserializing)]
+    Relay,
+    /// RFC 6409 (587): STARTTLS before AUTH and MAIL, AUTH before MAIL, on every address.
+    Submission,
+    /// RFC 8314 (465): TLS from the connect (no STARTTLS), then as `Submission`.
+    Submissions,
+}
+
+impl ListenerProfile {
+    /// The name in the configuration and on the ready line.
+    pub fn name(self) -> &'static str {
+        match self {
+            ListenerProfile::Relay => "relay",
+            ListenerProfile::Submission => "submission",
+            ListenerProfile::Submissions => "submissions",
+        }
+    }
+
+    /// The TLS handshake comes first, before the greeting (RFC 8314 §3.3).
+    pub fn implicit_tls(self) -> bool {
+        self == ListenerProfile::Submissions
+    }
+
+    /// TLS and AUTH before MAIL, whatever the network or the mode.
+    pub fn is_submission(self) -> bool {
+        self != ListenerProfile::Relay
+    }
 }
 
 impl SmtpSection {
@@ -335,6 +386,7 @@ impl Default for SmtpSection {
             command_timeout_ms: 300_000,
             data_timeout_ms: 180_000,
             tls_handshake_timeout_ms: 30_000,
+            listeners: Vec::new(),
         }
     }
 }

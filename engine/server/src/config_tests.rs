@@ -206,3 +206,46 @@ fn the_cluster_section_is_off_by_default_and_keeps_passwords_out_of_the_url() {
         assert!(!e.contains("hunter2"), "the password is not echoed: {e}");
     }
 }
+
+#[test]
+fn listeners_take_a_profile_and_are_bounded() {
+    let c = EngineConfig::from_toml("").unwrap();
+    assert!(c.smtp.listeners.is_empty(), "no extra listener by default");
+    let c = EngineConfig::from_toml(
+        "[[smtp.listeners]]\nlisten = \"127.0.0.1:587\"\nprofile = \"submission\"\n\
+         [[smtp.listeners]]\nlisten = \"127.0.0.1:465\"\nprofile = \"submissions\"\n",
+    )
+    .unwrap();
+    let profiles: Vec<_> = c.smtp.listeners.iter().map(|l| l.profile).collect();
+    assert_eq!(
+        profiles,
+        [ListenerProfile::Submission, ListenerProfile::Submissions]
+    );
+    assert!(profiles[1].implicit_tls() && !profiles[0].implicit_tls());
+    for bad in ["relay", "mx", "Submission"] {
+        let text = format!("[[smtp.listeners]]\nlisten = \"127.0.0.1:587\"\nprofile = \"{bad}\"\n");
+        let e = EngineConfig::from_toml(&text).unwrap_err();
+        assert!(e.to_string().contains("profile"), "{bad}: {e}");
+    }
+    let e = EngineConfig::from_toml("[[smtp.listeners]]\nprofile = \"submission\"\n").unwrap_err();
+    assert!(e.to_string().contains("listen"), "{e}");
+    // The main listener's port, a wildcard over it, the intake's, or another entry's: refused.
+    for (extra, clash) in [
+        ("", "127.0.0.1:2525"),
+        ("", "0.0.0.0:2525"),
+        ("[intake]\nlisten = \"127.0.0.1:2526\"\n", "127.0.0.1:2526"),
+    ] {
+        let text =
+            format!("{extra}[[smtp.listeners]]\nlisten = \"{clash}\"\nprofile = \"submission\"\n");
+        let e = EngineConfig::from_toml(&text).unwrap_err();
+        assert!(e.to_string().contains("smtp.listeners"), "{clash}: {e}");
+    }
+    let twice = "[[smtp.listeners]]\nlisten = \"127.0.0.1:587\"\nprofile = \"submission\"\n";
+    let e = EngineConfig::from_toml(&twice.repeat(2)).unwrap_err();
+    assert!(e.to_string().contains("smtp.listeners"), "{e}");
+    // Port 0 (tests) picks a free port per entry: never a clash.
+    let zero = "[[smtp.listeners]]\nlisten = \"127.0.0.1:0\"\nprofile = \"submission\"\n";
+    assert!(EngineConfig::from_toml(&zero.repeat(2)).is_ok());
+    let e = EngineConfig::from_toml(&zero.repeat(SMTP_LISTENERS_MAX + 1)).unwrap_err();
+    assert!(e.to_string().contains("at most 8"), "{e}");
+}

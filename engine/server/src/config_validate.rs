@@ -70,6 +70,7 @@ impl EngineConfig {
         if self.intake.listen == Some(self.smtp.listen) && self.smtp.listen.port() != 0 {
             return bad("intake.listen", "must differ from smtp.listen");
         }
+        self.validate_listeners()?;
         if let Err(e) = self.content.checker() {
             return bad("content", &e.to_string());
         }
@@ -164,4 +165,37 @@ impl EngineConfig {
         }
         Ok(())
     }
+
+    /// `smtp.listeners`: bounded, and no two listeners (nor `smtp.listen`, nor the intake) on
+    /// one port: SO_REUSEPORT would let both bind and split the connections between profiles.
+    fn validate_listeners(&self) -> Result<(), EngineError> {
+        let bad = |why: String| {
+            Err(EngineError::Config {
+                message: format!("smtp.listeners: {why}"),
+            })
+        };
+        let listeners = &self.smtp.listeners;
+        if listeners.len() > SMTP_LISTENERS_MAX {
+            return bad(format!("at most {SMTP_LISTENERS_MAX} listeners"));
+        }
+        let mut taken: Vec<(&str, SocketAddr)> = vec![("smtp.listen", self.smtp.listen)];
+        if let Some(intake) = self.intake.listen {
+            taken.push(("intake.listen", intake));
+        }
+        for l in listeners {
+            if let Some((key, _)) = taken.iter().find(|(_, a)| same_port(*a, l.listen)) {
+                return bad(format!("{} ({}) is also {key}", l.listen, l.profile.name()));
+            }
+            taken.push(("another smtp.listeners entry", l.listen));
+        }
+        Ok(())
+    }
+}
+
+/// Both would take the same connections: one port (not 0, which picks a free one) on one
+/// address or the wildcard.
+fn same_port(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }

@@ -16,7 +16,7 @@ use petrel_spool::{Attribution, Envelope, RecipientState, Spool};
 
 use crate::admin::AdminRequest;
 use crate::auth::Authenticator;
-use crate::config::EngineConfig;
+use crate::config::{EngineConfig, ListenerProfile};
 use crate::delivery_setup::DeliveryShared;
 use crate::pressure::Pressure;
 use crate::spool_access::SpoolAccessor;
@@ -26,6 +26,8 @@ pub struct ShardSetup {
     pub shard: usize,
     pub cfg: Arc<EngineConfig>,
     pub listen: SocketAddr,
+    /// `[[smtp.listeners]]`, each port resolved once (port 0) so every shard binds the same.
+    pub listeners: Vec<(ListenerProfile, SocketAddr)>,
     pub tls: Arc<rustls::ServerConfig>,
     pub pressure: Arc<Pressure>,
     pub auth: Arc<Authenticator>,
@@ -56,6 +58,8 @@ pub struct ShardCtx {
     session_config: Arc<ServerConfig>,
     /// Development mode only: AUTH before STARTTLS for loopback clients.
     session_config_loopback_dev: Arc<ServerConfig>,
+    /// The submission profiles (587 and 465): TLS, then AUTH, before MAIL, for every client.
+    session_config_submission: Arc<ServerConfig>,
     pub tls: futures_rustls::TlsAcceptor,
     pub spool: Rc<Spool>,
     pub delivery: Option<Rc<DeliveryShard<SpoolAccessor>>>,
@@ -85,8 +89,9 @@ impl ShardCtx {
     ) -> Self {
         ShardCtx {
             shard: setup.shard,
-            session_config: server_config(&setup.cfg, false),
-            session_config_loopback_dev: server_config(&setup.cfg, true),
+            session_config: server_config(&setup.cfg, false, false),
+            session_config_loopback_dev: server_config(&setup.cfg, true, false),
+            session_config_submission: server_config(&setup.cfg, false, true),
             cfg: Arc::clone(&setup.cfg),
             tls: futures_rustls::TlsAcceptor::from(Arc::clone(&setup.tls)),
             spool,
@@ -106,8 +111,11 @@ impl ShardCtx {
         }
     }
 
-    pub fn session_config(&self, ip: IpAddr) -> Arc<ServerConfig> {
-        if self.cfg.server.development && ip.is_loopback() {
+    /// The protocol settings of a session from `ip` on a listener with `profile`.
+    pub fn session_config(&self, ip: IpAddr, profile: ListenerProfile) -> Arc<ServerConfig> {
+        if profile.is_submission() {
+            Arc::clone(&self.session_config_submission)
+        } else if self.cfg.server.development && ip.is_loopback() {
             Arc::clone(&self.session_config_loopback_dev)
         } else {
             Arc::clone(&self.session_config)
@@ -257,7 +265,12 @@ pub(crate) fn for_delivery(
     )))
 }
 
-fn server_config(cfg: &EngineConfig, auth_without_tls: bool) -> Arc<ServerConfig> {
+/// `submission`: TLS and AUTH required before MAIL (RFC 6409, RFC 8314).
+fn server_config(
+    cfg: &EngineConfig,
+    auth_without_tls: bool,
+    submission: bool,
+) -> Arc<ServerConfig> {
     let s = &cfg.smtp;
     Arc::new(ServerConfig {
         hostname: cfg.server.hostname.clone(),
@@ -273,5 +286,7 @@ fn server_config(cfg: &EngineConfig, auth_without_tls: bool) -> Arc<ServerConfig
         starttls_available: true,
         auth_without_tls,
         auth_enabled: true,
+        tls_required: submission,
+        auth_required: submission,
     })
 }

@@ -32,6 +32,8 @@ pub struct ReadyInfo {
     pub policy_version: u64,
     /// The return-path intake's bound address, when `[intake] listen` is set.
     pub intake: Option<SocketAddr>,
+    /// `[[smtp.listeners]]` as bound, in configuration order.
+    pub listeners: Vec<(crate::config::ListenerProfile, SocketAddr)>,
 }
 
 /// A way to stop a running engine from another thread (besides SIGTERM/SIGINT).
@@ -65,12 +67,14 @@ pub fn run(
     cfg.server.data_dir = std::fs::canonicalize(&cfg.server.data_dir)?;
     let cfg = Arc::new(cfg);
     let metrics_addr = crate::metrics::install(runtime, cfg.metrics.listen)?;
-    let (tls, cert_source) = crate::tls::server_config(
+    let server_tls = Arc::new(crate::tls::ServerTls::load(
         &cfg.server.data_dir,
         &cfg.server.hostname,
         cfg.smtp.tls_cert_path.as_deref(),
         cfg.smtp.tls_key_path.as_deref(),
-    )?;
+    )?);
+    let (tls, cert_source) = (server_tls.server_config(), server_tls.source().clone());
+    runtime.spawn(crate::tls::watch(Arc::clone(&server_tls)));
     if let crate::tls::CertSource::GeneratedSelfSigned(p) = &cert_source {
         tracing::warn!(path = %p.display(), "no TLS certificate configured: generated a self-signed one for STARTTLS");
     }
@@ -126,6 +130,13 @@ pub fn run(
 
     // Port 0 (tests): pick the port once so every shard binds the same one.
     let (listen, reserve) = reserve_port(cfg.smtp.listen)?;
+    let mut listeners = Vec::with_capacity(cfg.smtp.listeners.len());
+    let mut listener_reserves = Vec::with_capacity(cfg.smtp.listeners.len());
+    for l in &cfg.smtp.listeners {
+        let (addr, reserve) = reserve_port(l.listen)?;
+        listeners.push((l.profile, addr));
+        listener_reserves.push(reserve);
+    }
     let (shutdown_tx, shutdown_rx) = async_channel::bounded::<()>(1);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let mut admin_txs = Vec::with_capacity(shards);
@@ -140,6 +151,7 @@ pub fn run(
             shard,
             cfg: Arc::clone(&cfg),
             listen,
+            listeners: listeners.clone(),
             tls: Arc::clone(&tls),
             pressure: Arc::clone(&pressure),
             auth: Arc::clone(&auth),
@@ -194,6 +206,7 @@ pub fn run(
     }
     drop(reserve);
     drop(intake_reserve);
+    drop(listener_reserves);
     let smtp = bound.unwrap_or(listen);
     let admin = match cfg.admin.listen {
         Some(addr) => Some(crate::admin::start(
@@ -207,7 +220,7 @@ pub fn run(
     let stop = StopHandle {
         shutdown: shutdown_tx.clone(),
     };
-    spawn_signal_thread(stop.clone());
+    spawn_signal_thread(stop.clone(), server_tls);
     on_ready(
         &ReadyInfo {
             smtp,
@@ -217,6 +230,7 @@ pub fn run(
             tls: cert_source,
             policy_version: policy.version(),
             intake: intake.as_ref().map(|i| i.listen),
+            listeners,
         },
         stop,
     );
@@ -271,6 +285,8 @@ fn intake_shared(
         starttls_available: true,
         auth_without_tls: false,
         auth_enabled: false,
+        tls_required: false,
+        auth_required: false,
     });
     Ok(crate::intake_keys::IntakeShared {
         listen,
@@ -348,21 +364,28 @@ async fn rotate_data_keys(policy: Arc<petrel_policy::PolicyStore>) {
     }
 }
 
-fn spawn_signal_thread(stop: StopHandle) {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGTERM, SIGINT]) else {
+/// SIGTERM or SIGINT stops the engine (the first one; the thread ends with it); SIGHUP reloads
+/// the TLS certificate, as often as it comes.
+fn spawn_signal_thread(stop: StopHandle, tls: Arc<crate::tls::ServerTls>) {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]) else {
         tracing::warn!("cannot install signal handlers; stop with the StopHandle");
         return;
     };
     let _ = std::thread::Builder::new()
         .name("petrel-signals".into())
         .spawn(move || {
-            if let Some(sig) = signals.forever().next() {
+            for sig in signals.forever() {
+                if sig == SIGHUP {
+                    tls.check_logged(crate::tls::ReloadTrigger::Signal);
+                    continue;
+                }
                 tracing::info!(
                     signal = sig,
                     "shutting down: no new connections, draining sessions"
                 );
                 stop.stop();
+                break;
             }
         });
 }

@@ -1,15 +1,15 @@
 //! The engine's one error enum. Each variant carries what an operator needs to act.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum EngineError {
     #[error("configuration: {message}")]
     Config { message: String },
-    #[error("TLS material {path}: {message}")]
-    Tls { path: PathBuf, message: String },
+    /// The SMTP server's certificate or key could not be loaded or generated.
+    #[error("TLS material: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,

@@ -48,6 +48,7 @@ pub mod shard;
 pub mod sign_and_spool;
 pub mod spool_access;
 pub mod tls;
+pub mod tls_cert;
 
 pub use config::{EngineConfig, Overrides};
 pub use engine::{run, ReadyInfo, StopHandle};

@@ -192,6 +192,10 @@ fn describe() {
         "1 while the push link to the control plane has a session, 0 while it connects or waits to reconnect (absent: no control plane configured)"
     );
     describe_gauge!(
+        crate::tls::METRIC_CERT_EXPIRY,
+        "notAfter of the SMTP server's TLS certificate in use, Unix seconds (it follows reloads)"
+    );
+    describe_gauge!(
         crate::quota_redis::METRIC_FALLBACK,
         "1 while Redis is unreachable and each cluster-wide limit is counted here at this engine's share (limit / live engines), 0 while Redis counts them (absent: no [cluster] redis_url)"
     );

@@ -17,6 +17,7 @@ use petrel_smtp::{DataVerdict, Event, PeerInfo, Reply, Session, Transaction, Ver
 
 use crate::auth::Identity;
 use crate::clock::now_ms;
+use crate::config::ListenerProfile;
 use crate::ctx::ShardCtx;
 use crate::metrics as m;
 use crate::rejections::Rejections;
@@ -106,16 +107,19 @@ struct Driver {
     refusal_details: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
-/// Runs one connection to its end. Never panics on peer input; a panic in here is caught by the
-/// caller and counted, and the shard goes on.
-pub async fn run(ctx: Rc<ShardCtx>, stream: TcpStream, peer: SocketAddr) {
+/// Runs one connection to its end, with the rules of the listener's `profile`; on an implicit
+/// TLS listener (submissions, RFC 8314) the handshake comes first and the greeting goes under
+/// it. Never panics on peer input; a panic in here is caught by the caller and counted, and
+/// the shard goes on.
+pub async fn run(ctx: Rc<ShardCtx>, stream: TcpStream, peer: SocketAddr, profile: ListenerProfile) {
     let _ = stream.set_nodelay(true);
-    let config = ctx.session_config(peer.ip());
+    let config = ctx.session_config(peer.ip(), profile);
+    // The session starts under TLS when the listener's does: no STARTTLS offered, AUTH is.
     let session = Session::new(
         config,
         PeerInfo {
             addr: peer,
-            tls: false,
+            tls: profile.implicit_tls(),
         },
     );
     let rejections = Rejections::new(ctx.events.clone(), ctx.shard);
@@ -130,7 +134,15 @@ pub async fn run(ctx: Rc<ShardCtx>, stream: TcpStream, peer: SocketAddr) {
         mail_tenant: None,
         refusal_details: None,
     };
-    let end = d.drive().await;
+    let handshake = if profile.implicit_tls() {
+        d.handshake().await
+    } else {
+        Ok(())
+    };
+    let end = match handshake {
+        Ok(()) => d.drive().await,
+        Err(end) => end,
+    };
     d.io.close().await;
     metrics::counter!(m::SESSIONS_TOTAL, "end" => end.label()).increment(1);
 }
@@ -276,8 +288,18 @@ impl Driver {
         }
     }
 
+    /// STARTTLS: the 220 out, the handshake, then the session starts over under TLS.
     async fn start_tls(&mut self) -> Result<(), End> {
         self.flush().await?;
+        self.handshake().await?;
+        self.session.tls_established();
+        Ok(())
+    }
+
+    /// The server side of a TLS handshake on the plain socket (after STARTTLS, or at accept on
+    /// an implicit TLS listener), bounded by `smtp.tls_handshake_timeout_ms`; a failure or a
+    /// timeout is counted and ends the session.
+    async fn handshake(&mut self) -> Result<(), End> {
         let Io::Plain(stream) = std::mem::replace(&mut self.io, Io::Gone) else {
             return Err(End::TlsFailed);
         };
@@ -300,7 +322,6 @@ impl Driver {
                         .unwrap_or_default()
                 ));
                 self.io = Io::Tls(Box::new(tls));
-                self.session.tls_established();
                 Ok(())
             }
             Ok(None) => {

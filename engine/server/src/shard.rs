@@ -1,4 +1,5 @@
-//! One shard: a glommio executor that owns a listener (SO_REUSEPORT), a spool and its queues.
+//! One shard: a glommio executor that owns its listeners (SO_REUSEPORT: `smtp.listen`, each
+//! `[[smtp.listeners]]` entry with its profile, the intake), a spool and its queues.
 //!
 //! A message never crosses shards: the shard that accepted it spools it, queues it and delivers
 //! it. Engine-wide limits (connections, per-destination rates) are shared atomics, not messages
@@ -10,13 +11,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_lite::FutureExt;
-use glommio::net::TcpStream;
-use glommio::{Latency, Shares};
+use glommio::net::{TcpListener, TcpStream};
+use glommio::{Latency, Shares, TaskQueueHandle};
 use petrel_delivery::memory::SharedInterner;
 use petrel_delivery::DeliveryShard;
 use petrel_spool::{FileMode, Spool, SpoolConfig};
 
 use crate::admin::AdminRequest;
+use crate::config::ListenerProfile;
 use crate::ctx::{ShardCtx, ShardSetup};
 use crate::error::EngineError;
 use crate::metrics as m;
@@ -131,25 +133,27 @@ pub async fn run(setup: ShardSetup) -> Result<(), EngineError> {
     let admin = glommio::spawn_local(admin_loop(Rc::clone(&ctx), setup.admin.clone()));
 
     // A failure here reaches start-up through the shard thread's error report (engine.rs).
-    let listener =
-        glommio::net::TcpListener::bind(setup.listen).map_err(|e| EngineError::Listen {
-            addr: setup.listen,
-            source: e.into(),
-        })?;
+    let listener = bind(setup.listen)?;
     let local = listener.local_addr().unwrap_or(setup.listen);
+    // `[[smtp.listeners]]`: each on its own port, every shard (SO_REUSEPORT), its own profile.
+    let mut profiled = Vec::with_capacity(setup.listeners.len());
+    for &(profile, addr) in &setup.listeners {
+        let task = accept_loop(
+            Rc::clone(&ctx),
+            bind(addr)?,
+            profile,
+            setup.shutdown.clone(),
+            ingress_tq,
+        );
+        profiled.extend(glommio::spawn_local_into(task, ingress_tq).ok());
+    }
     // The return-path intake, when configured: its own port, the same shards (SO_REUSEPORT).
     let intake = match &setup.intake {
         Some(shared) => {
-            let l = glommio::net::TcpListener::bind(shared.listen).map_err(|e| {
-                EngineError::Listen {
-                    addr: shared.listen,
-                    source: e.into(),
-                }
-            })?;
             let task = crate::intake_session::listen(
                 Rc::clone(&ctx),
                 Arc::clone(shared),
-                l,
+                bind(shared.listen)?,
                 setup.shutdown.clone(),
             );
             glommio::spawn_local_into(task, ingress_tq).ok()
@@ -158,65 +162,22 @@ pub async fn run(setup: ShardSetup) -> Result<(), EngineError> {
     };
     let _ = setup.ready.send(Ok(local));
 
-    loop {
-        let accepted = async { Some(listener.accept().await) }
-            .or(async {
-                let _ = setup.shutdown.recv().await;
-                None
-            })
-            .await;
-        let Some(accepted) = accepted else { break };
-        let stream = match accepted {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(shard, error = %e, "accept failed");
-                glommio::timer::sleep(Duration::from_millis(ACCEPT_RETRY_MS)).await;
-                continue;
-            }
-        };
-        let Ok(peer) = stream.peer_addr() else {
-            continue;
-        };
-        match ctx.pressure.admit_connection(peer.ip()) {
-            Ok(permit) => {
-                metrics::counter!(m::CONNECTIONS_TOTAL, "result" => "accepted").increment(1);
-                let c = Rc::clone(&ctx);
-                let spawned = glommio::spawn_local_into(
-                    async move {
-                        c.session_started();
-                        metrics::gauge!(m::CONNECTIONS_OPEN).increment(1.0);
-                        let r = std::panic::AssertUnwindSafe(crate::session::run(
-                            Rc::clone(&c),
-                            stream,
-                            peer,
-                        ))
-                        .catch_unwind()
-                        .await;
-                        if r.is_err() {
-                            metrics::counter!(m::SESSION_PANICS_TOTAL).increment(1);
-                            tracing::error!(shard = c.shard, %peer, "session panicked; shard continues");
-                        }
-                        metrics::gauge!(m::CONNECTIONS_OPEN).decrement(1.0);
-                        c.session_ended();
-                        drop(permit);
-                    },
-                    ingress_tq,
-                );
-                if let Ok(t) = spawned {
-                    t.detach();
-                }
-            }
-            Err(refusal) => {
-                metrics::counter!(m::CONNECTIONS_TOTAL, "result" => refusal.reason()).increment(1);
-                glommio::spawn_local(refuse(stream, refusal)).detach();
-            }
-        }
-    }
+    accept_loop(
+        Rc::clone(&ctx),
+        listener,
+        ListenerProfile::Relay,
+        setup.shutdown.clone(),
+        ingress_tq,
+    )
+    .await;
 
     // Drain: stop accepting, let sessions finish within the grace period, flush the spool.
-    drop(listener);
+    // The other listeners' loops end at once: they watch the same shutdown channel.
     if let Some(t) = intake {
-        t.await; // ends at once: it watches the same shutdown channel
+        t.await;
+    }
+    for t in profiled {
+        t.await;
     }
     let grace = Instant::now() + Duration::from_millis(cfg.server.shutdown_grace_ms);
     while ctx.sessions_open() > 0 && Instant::now() < grace {
@@ -254,6 +215,82 @@ pub async fn run(setup: ShardSetup) -> Result<(), EngineError> {
     }
     tracing::info!(shard, "shard stopped");
     Ok(())
+}
+
+/// Binds one of the shard's listening sockets (glommio sets SO_REUSEPORT: every shard binds
+/// the same address and the kernel spreads the connections).
+fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, EngineError> {
+    TcpListener::bind(addr).map_err(|e| EngineError::Listen {
+        addr,
+        source: e.into(),
+    })
+}
+
+/// Accepts on `listener` until shutdown; each admitted connection gets a session with
+/// `profile` on the ingress queue, a refused one its `421` and a close.
+async fn accept_loop(
+    ctx: Rc<ShardCtx>,
+    listener: TcpListener,
+    profile: ListenerProfile,
+    shutdown: async_channel::Receiver<()>,
+    ingress_tq: TaskQueueHandle,
+) {
+    let shard = ctx.shard;
+    loop {
+        let accepted = async { Some(listener.accept().await) }
+            .or(async {
+                let _ = shutdown.recv().await;
+                None
+            })
+            .await;
+        let Some(accepted) = accepted else { break };
+        let stream = match accepted {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(shard, error = %e, "accept failed");
+                glommio::timer::sleep(Duration::from_millis(ACCEPT_RETRY_MS)).await;
+                continue;
+            }
+        };
+        let Ok(peer) = stream.peer_addr() else {
+            continue;
+        };
+        match ctx.pressure.admit_connection(peer.ip()) {
+            Ok(permit) => {
+                metrics::counter!(m::CONNECTIONS_TOTAL, "result" => "accepted").increment(1);
+                let c = Rc::clone(&ctx);
+                let spawned = glommio::spawn_local_into(
+                    async move {
+                        c.session_started();
+                        metrics::gauge!(m::CONNECTIONS_OPEN).increment(1.0);
+                        let r = std::panic::AssertUnwindSafe(crate::session::run(
+                            Rc::clone(&c),
+                            stream,
+                            peer,
+                            profile,
+                        ))
+                        .catch_unwind()
+                        .await;
+                        if r.is_err() {
+                            metrics::counter!(m::SESSION_PANICS_TOTAL).increment(1);
+                            tracing::error!(shard = c.shard, %peer, "session panicked; shard continues");
+                        }
+                        metrics::gauge!(m::CONNECTIONS_OPEN).decrement(1.0);
+                        c.session_ended();
+                        drop(permit);
+                    },
+                    ingress_tq,
+                );
+                if let Ok(t) = spawned {
+                    t.detach();
+                }
+            }
+            Err(refusal) => {
+                metrics::counter!(m::CONNECTIONS_TOTAL, "result" => refusal.reason()).increment(1);
+                glommio::spawn_local(refuse(stream, refusal)).detach();
+            }
+        }
+    }
 }
 
 async fn refuse(mut stream: TcpStream, refusal: crate::pressure::Refusal) {

@@ -28,6 +28,8 @@ fn transaction(c: &mut Criterion) {
         starttls_available: true,
         auth_without_tls: false,
         auth_enabled: false,
+        tls_required: false,
+        auth_required: false,
     });
     let peer = PeerInfo {
         addr: ([127, 0, 0, 1], 40_000).into(),

@@ -20,6 +20,8 @@ pub fn drive_session(data: &[u8]) -> Result<(), String> {
         starttls_available: flags & 1 == 0,
         auth_without_tls: flags & 2 == 0,
         auth_enabled: flags & 4 == 0,
+        tls_required: flags & 16 != 0,
+        auth_required: flags & 32 != 0,
         ..small_config()
     };
     let written = run(
@@ -52,6 +54,8 @@ fn small_config() -> ServerConfig {
         starttls_available: true,
         auth_without_tls: true,
         auth_enabled: true,
+        tls_required: false,
+        auth_required: false,
     }
 }
 

@@ -12,7 +12,8 @@
 //! use petrel_smtp::{Event, Limits, PeerInfo, ServerConfig, Session, Verdict, DataVerdict};
 //! use std::sync::Arc;
 //! let config = Arc::new(ServerConfig { hostname: "mx.example".into(), limits: Limits::default(),
-//!     starttls_available: false, auth_without_tls: false, auth_enabled: false });
+//!     starttls_available: false, auth_without_tls: false, auth_enabled: false,
+//!     tls_required: false, auth_required: false });
 //! let peer = PeerInfo { addr: "127.0.0.1:40000".parse().unwrap(), tls: false };
 //! let mut session = Session::new(config, peer);
 //! session.feed(b"EHLO client\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.net>\r\n\

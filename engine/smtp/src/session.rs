@@ -26,6 +26,7 @@ const PIPELINE_INPUT_HARD_FACTOR: usize = 2;
 const OK: &str = "250 2.0.0 Ok\r\n";
 const NEED_HELO: &str = "503 5.5.1 Error: send HELO/EHLO first\r\n";
 const NEED_MAIL: &str = "503 5.5.1 Error: need MAIL command\r\n";
+const NEED_STARTTLS: &str = "530 5.7.0 Must issue a STARTTLS command first\r\n";
 const NO_RECIPIENTS: &str = "554 5.5.1 Error: no valid recipients\r\n";
 const HELP: &str =
     "214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT HELP VRFY STARTTLS AUTH\r\n";
@@ -495,7 +496,12 @@ impl Session {
     }
 
     fn auth_offered(&self) -> bool {
-        self.config.auth_enabled && (self.peer.tls || self.config.auth_without_tls)
+        self.config.auth_enabled && self.tls_satisfied_for_auth()
+    }
+
+    /// TLS is up, or this listener lets AUTH go first (never when TLS is required).
+    fn tls_satisfied_for_auth(&self) -> bool {
+        self.peer.tls || (self.config.auth_without_tls && !self.config.tls_required)
     }
 
     fn on_mail(&mut self, path: &[u8], params: &[u8]) {
@@ -504,6 +510,12 @@ impl Session {
         }
         if self.txn.is_some() {
             return self.error("503 5.5.1 Error: nested MAIL command\r\n");
+        }
+        if self.config.tls_required && !self.peer.tls {
+            return self.error(NEED_STARTTLS);
+        }
+        if self.config.auth_required && self.authenticated_as.is_none() {
+            return self.error("530 5.7.0 Authentication required\r\n");
         }
         let params = match command::parse_mail_params(params) {
             Ok(params) => params,

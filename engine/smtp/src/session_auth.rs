@@ -1,7 +1,7 @@
 //! AUTH (RFC 4954) for the session: the command's preconditions and the PLAIN / LOGIN exchanges.
 //! Credentials go to the driver in [`Event::Auth`]; failures count towards `auth_attempts_max`.
 
-use super::{Awaiting, Mode, Session, NEED_HELO};
+use super::{Awaiting, Mode, Session, NEED_HELO, NEED_STARTTLS};
 use crate::auth::{self, Mechanism, SaslError};
 use crate::types::Event;
 
@@ -13,8 +13,8 @@ impl Session {
         if self.helo.is_none() {
             return self.error(NEED_HELO);
         }
-        if !self.peer.tls && !self.config.auth_without_tls {
-            return self.error("530 5.7.0 Must issue a STARTTLS command first\r\n");
+        if !self.tls_satisfied_for_auth() {
+            return self.error(NEED_STARTTLS);
         }
         if self.authenticated_as.is_some() {
             return self.error("503 5.5.1 Error: already authenticated\r\n");

@@ -11,6 +11,8 @@ fn config() -> ServerConfig {
         starttls_available: true,
         auth_without_tls: false,
         auth_enabled: true,
+        tls_required: false,
+        auth_required: false,
     }
 }
 
@@ -789,3 +791,6 @@ fn byte_by_byte_feeding_gives_the_same_replies() {
     );
     assert!(whole.session.is_closed() && bytewise.session.is_closed());
 }
+
+#[path = "session_submission_tests.rs"]
+mod submission;

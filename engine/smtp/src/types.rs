@@ -52,10 +52,18 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// A TLS acceptor is configured (always true in the engine): STARTTLS is advertised.
     pub starttls_available: bool,
-    /// AUTH is offered before STARTTLS (loopback in development mode only).
+    /// AUTH is offered before STARTTLS (loopback in development mode only). Ignored when
+    /// `tls_required` is set.
     pub auth_without_tls: bool,
     /// Any credentials exist: AUTH is advertised and accepted.
     pub auth_enabled: bool,
+    /// Submission (RFC 6409, RFC 8314): AUTH and MAIL need TLS first (STARTTLS, or implicit
+    /// TLS from the connect); before it they get `530 5.7.0 Must issue a STARTTLS command
+    /// first` and AUTH is not advertised, whatever `auth_without_tls` says.
+    pub tls_required: bool,
+    /// Submission: MAIL needs a successful AUTH first (`530 5.7.0 Authentication required`,
+    /// RFC 4954 §6). The core knows no trusted networks, so none bypasses it.
+    pub auth_required: bool,
 }
 
 /// What we know of the peer when the connection is accepted.

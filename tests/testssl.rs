@@ -1,0 +1,106 @@
+//! testssl.sh (Debian's `testssl.sh`, installed as `testssl`) against the engine's STARTTLS:
+//! no finding above LOW, except the trust findings a self-signed certificate gets.
+
+mod common;
+
+use std::process::{Command, Stdio};
+
+use common::*;
+
+/// testssl.sh takes a minute or two against loopback; nextest kills a test at 5 minutes.
+const TESTSSL_TIMEOUT_SECS: u64 = 240;
+
+/// Severities that fail the test (testssl.sh's scale: OK, INFO, LOW, MEDIUM, HIGH, CRITICAL;
+/// FATAL when the scan itself could not run).
+const FAILING_SEVERITIES: &[&str] = &["MEDIUM", "HIGH", "CRITICAL", "FATAL"];
+
+/// The findings a self-signed certificate gets whatever the server does: it chains to no
+/// trusted root, it names the engine's hostname, not the address testssl.sh dialled, and no CA
+/// publishes a revocation list or OCSP responder for it (`cert_revocation`: "neither CRL nor
+/// OCSP URI provided", HIGH in testssl.sh 3.0).
+const SELF_SIGNED_TRUST_IDS: &[&str] = &[
+    "cert_chain_of_trust",
+    "chain_of_trust",
+    "cert_trust",
+    "cert_caIssuers",
+    "cert_revocation",
+];
+
+fn testssl_bin() -> Option<&'static str> {
+    ["testssl", "testssl.sh"].into_iter().find(|bin| {
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {bin}"))
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+}
+
+/// Whether a finding is one of the self-signed certificate's trust findings (testssl.sh adds a
+/// suffix per certificate when a server has several, e.g. `cert_trust <cert#1>`).
+fn is_trust_finding(id: &str) -> bool {
+    let base = id.split_whitespace().next().unwrap_or(id);
+    SELF_SIGNED_TRUST_IDS.contains(&base)
+}
+
+#[test]
+fn testssl_finds_nothing_above_low_but_self_signed_trust() {
+    let Some(bin) = testssl_bin() else {
+        println!("SKIPPED: testssl.sh is not installed (Debian package testssl.sh)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::start(
+        &dir.path().join("engine"),
+        &["--no-delivery", "--shards", "1"],
+    );
+    let json = dir.path().join("testssl.json");
+    let out = Command::new("timeout")
+        .arg(TESTSSL_TIMEOUT_SECS.to_string())
+        .arg(bin)
+        .args(["--starttls", "smtp", "--quiet", "--color", "0"])
+        // Loopback only: no DNS lookups for the target.
+        .args(["--nodns", "none", "--warnings", "off"])
+        .arg("--jsonfile")
+        .arg(&json)
+        .arg(format!("127.0.0.1:{}", engine.smtp.port()))
+        .stdin(Stdio::null())
+        .output()
+        .expect("run testssl.sh");
+    assert_ne!(
+        out.status.code(),
+        Some(124),
+        "testssl.sh did not finish in {TESTSSL_TIMEOUT_SECS} s"
+    );
+    let text = std::fs::read_to_string(&json).unwrap_or_else(|e| {
+        panic!(
+            "no JSON from testssl.sh ({e}): {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let findings: Vec<serde_json::Value> = serde_json::from_str(&text).expect("testssl.sh JSON");
+    assert!(
+        findings.len() > 20,
+        "testssl.sh found too little to mean anything: {text}"
+    );
+    let failing: Vec<String> = findings
+        .iter()
+        .filter(|f| FAILING_SEVERITIES.contains(&f["severity"].as_str().unwrap_or("")))
+        .filter(|f| !is_trust_finding(f["id"].as_str().unwrap_or("")))
+        .map(|f| format!("{} {}: {}", f["severity"], f["id"], f["finding"]))
+        .collect();
+    assert!(
+        failing.is_empty(),
+        "testssl.sh findings above LOW:\n{}",
+        failing.join("\n")
+    );
+    // The issue that started this: the server picks the cipher order.
+    let order = findings
+        .iter()
+        .find(|f| f["id"] == "cipher_order")
+        .expect("a cipher_order finding");
+    assert_eq!(order["severity"], "OK", "{order}");
+    assert!(engine.stop());
+}
