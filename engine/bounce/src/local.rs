@@ -17,6 +17,7 @@
 //! | `ClientError::TlsRequired`                       | `TlsRequired`              | `tls_required`, soft       |
 //! | `ClientError::Tls` (opportunistic handshake)     | `TlsHandshake`             | `protocol_error`, soft     |
 //! | `ClientError::Protocol { stage }`                | `Protocol`                 | `protocol_error`, soft     |
+//! | no MX host matches the domain's MTA-STS policy   | `MtaStsNoMatchingMx`       | `tls_required`, soft       |
 //! | `ClientError::Rejected { reply, .. }`            | the reply, through the rules ([`crate::BounceClassifier::classify_local`]) | |
 //!
 //! The classes follow what the engine does with each failure today: only a domain that does not
@@ -54,6 +55,9 @@ pub enum LocalFailure {
     TlsRequired,
     /// An opportunistic TLS handshake failed; the attempt is retried.
     TlsHandshake,
+    /// The domain's MTA-STS policy (RFC 8461) is enforced and none of its MX hosts matches
+    /// it: nothing may be tried, the recipients wait (never bounced for it).
+    MtaStsNoMatchingMx,
     /// The server's replies broke the protocol (unparseable, out of sequence).
     Protocol,
     /// Another I/O error.
@@ -76,7 +80,9 @@ impl LocalFailure {
             | LocalFailure::Timeout
             | LocalFailure::ConnectionDropped
             | LocalFailure::Io => (Category::Transient, BounceClass::Soft),
-            LocalFailure::TlsRequired => (Category::TlsRequired, BounceClass::Soft),
+            LocalFailure::TlsRequired | LocalFailure::MtaStsNoMatchingMx => {
+                (Category::TlsRequired, BounceClass::Soft)
+            }
             LocalFailure::TlsHandshake | LocalFailure::Protocol => {
                 (Category::ProtocolError, BounceClass::Soft)
             }
@@ -137,6 +143,10 @@ mod tests {
         assert_eq!(pair(LocalFailure::ConnectionDropped), (C::Transient, Soft));
         assert_eq!(pair(LocalFailure::Io), (C::Transient, Soft));
         assert_eq!(pair(LocalFailure::TlsRequired), (C::TlsRequired, Soft));
+        assert_eq!(
+            pair(LocalFailure::MtaStsNoMatchingMx),
+            (C::TlsRequired, Soft)
+        );
         assert_eq!(pair(LocalFailure::TlsHandshake), (C::ProtocolError, Soft));
         assert_eq!(pair(LocalFailure::Protocol), (C::ProtocolError, Soft));
     }

@@ -39,7 +39,8 @@
 //! let limits = Arc::new(GlobalLimits::default());                 // one per engine
 //! let (events, writer) = EventSink::start(EventsConfig::new(data.join("events")))?;
 //! // on each shard's executor:
-//! let delivery = Rc::new(DeliveryShard::new(shard, cfg.clone(), resolver.clone(),
+//! let mta_sts = MtaSts::start(MtaStsConfig::default().with_resolver(&resolver_cfg)).ok(); // optional
+//! let delivery = Rc::new(DeliveryShard::new(shard, cfg.clone(), resolver.clone(), mta_sts.clone(),
 //!                                           limits.clone(), spool_adapter, events.clone()));
 //! glommio::spawn_local({ let d = delivery.clone(); async move { d.run().await } }).detach();
 //! delivery.enqueue(queued_message);    // after each accepted message, and for each recovered one

@@ -1,11 +1,11 @@
 //! MTA-STS discovery against real parts on loopback: the kit's DNS server publishes
-//! `_mta-sts.<domain>` TXT and `mta-sts.<domain>` A 127.0.0.1, and an HTTPS policy server
-//! (tokio-rustls, certificates from the kit's throw-away CA) serves the policy on a port the
+//! `_mta-sts.<domain>` TXT and `mta-sts.<domain>` A 127.0.0.1, and the kit's HTTPS policy server
+//! (certificates from the kit's throw-away CA) serves the policy on a port the
 //! service is configured with (`https_port`). Time is a manual clock, so expiry and refresh
 //! are exact.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use futures::executor::block_on;
 use petrel_outbound::mta_sts::{
@@ -13,16 +13,14 @@ use petrel_outbound::mta_sts::{
 };
 use petrel_outbound::{MtaSts, MtaStsConfig};
 use petrel_testkit::dns::{a, txt, DnsServer};
+use petrel_testkit::policy_server::{PolicyServer, Reply};
 use petrel_testkit::tls::{test_pki, TestPki};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const DOMAIN: &str = "a.test";
 const POLICY_HOST: &str = "mta-sts.a.test";
 const ENFORCE: &str =
     "version: STSv1\r\nmode: enforce\r\nmx: mx1.a.test\r\nmx: *.mx.a.test\r\nmax_age: 3600\r\n";
 const TESTING: &str = "version: STSv1\nmode: testing\nmx: mx9.a.test\nmax_age: 3600\n";
-/// Largest request head the policy server reads.
-const REQUEST_HEAD_BYTES_MAX: usize = 8192;
 /// The manual clock's starting point (any fixed instant).
 const T0: u64 = 1_800_000_000;
 
@@ -38,103 +36,6 @@ impl ManualClock {
 impl WallClock for ManualClock {
     fn now_unix_secs(&self) -> u64 {
         self.0.load(Ordering::SeqCst)
-    }
-}
-
-/// What the policy server answers: a whole raw HTTP response.
-#[derive(Clone)]
-struct Reply(Vec<u8>);
-
-impl Reply {
-    fn with(status: &str, content_type: &str, body: &[u8], length: bool) -> Reply {
-        let mut head =
-            format!("HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nConnection: close\r\n");
-        if length {
-            head.push_str(&format!("Content-Length: {}\r\n", body.len()));
-        }
-        head.push_str("\r\n");
-        let mut raw = head.into_bytes();
-        raw.extend_from_slice(body);
-        Reply(raw)
-    }
-
-    fn policy(text: &str) -> Reply {
-        Reply::with("200 OK", "text/plain; charset=utf-8", text.as_bytes(), true)
-    }
-}
-
-/// An HTTPS server on 127.0.0.1 answering every request with the current [`Reply`]; dropping
-/// it stops it.
-struct PolicyServer {
-    port: u16,
-    reply: Arc<Mutex<Reply>>,
-    /// Requests read (TLS handshakes that failed are not counted).
-    hits: Arc<AtomicUsize>,
-    runtime: Option<tokio::runtime::Runtime>,
-}
-
-impl PolicyServer {
-    fn start(pki: &TestPki, reply: Reply) -> PolicyServer {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let acceptor = tokio_rustls::TlsAcceptor::from(pki.server_config.clone());
-        let reply = Arc::new(Mutex::new(reply));
-        let hits = Arc::new(AtomicUsize::new(0));
-        let (r, h) = (reply.clone(), hits.clone());
-        runtime.spawn(async move {
-            while let Ok((tcp, _)) = listener.accept().await {
-                let (acceptor, r, h) = (acceptor.clone(), r.clone(), h.clone());
-                tokio::spawn(async move {
-                    let Ok(mut tls) = acceptor.accept(tcp).await else {
-                        return;
-                    };
-                    let mut head = Vec::new();
-                    let mut buf = [0u8; 1024];
-                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match tls.read(&mut buf).await {
-                            Ok(n) if n > 0 && head.len() < REQUEST_HEAD_BYTES_MAX => {
-                                head.extend_from_slice(&buf[..n])
-                            }
-                            _ => return,
-                        }
-                    }
-                    assert!(head.starts_with(b"GET /.well-known/mta-sts.txt HTTP/1.1\r\n"));
-                    h.fetch_add(1, Ordering::SeqCst);
-                    let raw = r.lock().unwrap().0.clone();
-                    let _ = tls.write_all(&raw).await;
-                    let _ = tls.shutdown().await;
-                });
-            }
-        });
-        PolicyServer {
-            port,
-            reply,
-            hits,
-            runtime: Some(runtime),
-        }
-    }
-
-    fn set(&self, reply: Reply) {
-        *self.reply.lock().unwrap() = reply;
-    }
-
-    fn hits(&self) -> usize {
-        self.hits.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for PolicyServer {
-    fn drop(&mut self) {
-        if let Some(rt) = self.runtime.take() {
-            rt.shutdown_background();
-        }
     }
 }
 

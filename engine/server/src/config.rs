@@ -566,6 +566,11 @@ pub struct DeliverySection {
     pub next_hop_sessions_per_shard_max: usize,
     /// Certificates trusted for `require` TLS besides the web PKI roots (tests).
     pub extra_root_certs: Vec<PathBuf>,
+    /// Apply recipient domains' MTA-STS policies (RFC 8461) to MX delivery: with `enforce`,
+    /// only the MX hosts the policy names, over TLS with a certificate valid for the host, or
+    /// the mail waits. Policies are cached in `<data>/mta-sts-policies.json`. Static routes
+    /// (`relay_to`, `routes`) are not affected (with `relay_to` the service is not started).
+    pub mta_sts: bool,
     /// The operator's bounce classification rules (the schema of the shipped
     /// `engine/bounce/rules/bounce-rules.toml`), consulted before the shipped ones. A file that
     /// cannot be read or has a bad rule stops the start.
@@ -590,6 +595,7 @@ impl Default for DeliverySection {
             recipients_per_transaction_max: 100,
             next_hop_sessions_per_shard_max: petrel_delivery::NEXT_HOP_SESSIONS_MAX_DEFAULT,
             extra_root_certs: Vec::new(),
+            mta_sts: true,
             bounce_rules_file: None,
             domains: Vec::new(),
         }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use petrel_delivery::{
     DeliveryConfig, DomainLimits, EventSink, EventsConfig, GlobalLimits, TlsPolicy,
 };
-use petrel_outbound::{Resolver, ResolverConfig, StaticRoute};
+use petrel_outbound::{MtaSts, MtaStsConfig, Resolver, ResolverConfig, StaticRoute};
 
 use crate::config::{DeliverySection, EngineConfig};
 use crate::error::EngineError;
@@ -19,6 +19,8 @@ const DESTINATIONS_MAX: usize = 1_000_000;
 pub struct DeliveryShared {
     pub config: Arc<DeliveryConfig>,
     pub resolver: Resolver,
+    /// MTA-STS policies for MX delivery (`delivery.mta_sts`); its cache is flushed at shutdown.
+    pub mta_sts: Option<MtaSts>,
     pub limits: Arc<GlobalLimits>,
     pub events: EventSink,
     /// The events writer thread, flushed and joined once the shards have stopped.
@@ -54,13 +56,25 @@ pub fn build(
             target: all,
         });
     }
-    let resolver = Resolver::start(ResolverConfig {
+    let resolver_config = ResolverConfig {
         nameservers: d.nameservers.clone(),
         static_routes,
         smtp_port: d.smtp_port,
         ..ResolverConfig::default()
-    })
-    .map_err(EngineError::Resolver)?;
+    };
+    // With `relay_to` every domain has a static route, which MTA-STS leaves alone.
+    let mta_sts = if d.mta_sts && d.relay_to.is_none() {
+        let sts = MtaSts::start(MtaStsConfig {
+            data_dir: Some(cfg.server.data_dir.clone()),
+            extra_root_certs_pem: config.extra_root_certs_pem.clone(),
+            ..MtaStsConfig::default().with_resolver(&resolver_config)
+        })
+        .map_err(EngineError::MtaSts)?;
+        Some(sts)
+    } else {
+        None
+    };
+    let resolver = Resolver::start(resolver_config).map_err(EngineError::Resolver)?;
     let events = EventsConfig {
         jsonl: cfg.events_jsonl(),
         accepted: cfg.events.jsonl_accepted,
@@ -73,6 +87,7 @@ pub fn build(
     Ok(DeliveryShared {
         config,
         resolver,
+        mta_sts,
         limits,
         events,
         writer: Arc::new(std::sync::Mutex::new(Some(writer))),

@@ -240,6 +240,12 @@ pub fn run(
         }
     }
     if let Some(d) = delivery {
+        if let Some(sts) = &d.mta_sts {
+            // The shards are gone: save the policies fetched since the last periodic write.
+            if let Err(e) = futures_lite::future::block_on(sts.flush()) {
+                tracing::warn!(error = %e, "MTA-STS policy cache not saved at shutdown");
+            }
+        }
         let writer = d.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
         drop(d);
         if let Some(w) = writer {

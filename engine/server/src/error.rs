@@ -40,6 +40,9 @@ pub enum EngineError {
     /// The DNS resolver for delivery could not be started.
     #[error("resolver: {0}")]
     Resolver(#[source] petrel_outbound::OutboundError),
+    /// The MTA-STS service for delivery (`delivery.mta_sts`) could not be started.
+    #[error("MTA-STS: {0}")]
+    MtaSts(#[source] petrel_outbound::MtaStsError),
     /// The delivery events writer could not be started.
     #[error("events: {0}")]
     Events(#[source] petrel_delivery::DeliveryError),

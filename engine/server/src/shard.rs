@@ -59,6 +59,7 @@ pub async fn run(setup: ShardSetup) -> Result<(), EngineError> {
             shard as u8,
             Arc::clone(&d.config),
             d.resolver.clone(),
+            d.mta_sts.clone(),
             Arc::clone(&d.limits),
             Rc::clone(&accessor),
             d.events.clone(),

@@ -8,6 +8,8 @@
 //!   [`smtp_server::Log`] records commands, transactions and connection counts.
 //! - [`tls`]: a throw-away CA and a server certificate signed by it (rustls + rcgen).
 //! - [`outbound`]: the SMTP client settings tests use against those servers.
+//! - [`policy_server`]: an HTTPS server on loopback answering MTA-STS policy requests with a
+//!   scripted response (certificates from [`tls`]).
 //! - [`dns`]: a real DNS server on loopback (hickory-server, UDP and TCP) serving A, AAAA, MX,
 //!   TXT and TLSA records of zone `test.`, changeable while it runs.
 //! - [`http`]: one small HTTP/1.1 client (Content-Length and chunked bodies, JSON helpers) with a
@@ -29,6 +31,7 @@ pub mod glommio;
 pub mod http;
 pub mod mem_spool;
 pub mod outbound;
+pub mod policy_server;
 pub mod redis;
 pub mod shard;
 pub mod smtp_server;

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use petrel_delivery::{DeliveryConfig, DeliveryShard, EventSink, GlobalLimits};
-use petrel_outbound::{Resolver, ResolverConfig, StaticRoute};
+use petrel_outbound::{MtaSts, Resolver, ResolverConfig, StaticRoute};
 
 use crate::glommio::{wait_until, Runner};
 pub use crate::mem_spool::{MemSpool, Outcome};
@@ -67,6 +67,8 @@ pub struct ShardSetup {
     pub shard: u8,
     pub config: DeliveryConfig,
     pub resolver: Resolver,
+    /// MTA-STS policies applied to the shard's sessions; `None` (the default): not applied.
+    pub mta_sts: Option<MtaSts>,
     /// Engine-wide limits; share one `Arc` between setups to test limits across shards.
     pub limits: Arc<GlobalLimits>,
     pub events: EventSink,
@@ -79,6 +81,7 @@ impl ShardSetup {
             shard: 0,
             config,
             resolver,
+            mta_sts: None,
             limits: Arc::new(GlobalLimits::default()),
             events: EventSink::disabled(),
         }
@@ -146,6 +149,7 @@ where
             setup.shard,
             Arc::new(setup.config),
             setup.resolver,
+            setup.mta_sts,
             setup.limits,
             spool.clone(),
             setup.events,

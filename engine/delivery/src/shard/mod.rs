@@ -14,6 +14,7 @@
 //! memory between attempts.
 
 mod events;
+mod mta_sts;
 mod outcome;
 mod pipelining;
 mod prepare;
@@ -233,6 +234,8 @@ struct Inner<S: SpoolAccess> {
     shard: u8,
     cfg: Arc<DeliveryConfig>,
     resolver: petrel_outbound::Resolver,
+    /// MTA-STS policies of destination domains (`None`: not applied; see `mta_sts.rs`).
+    mta_sts: Option<petrel_outbound::MtaSts>,
     limits: Arc<GlobalLimits>,
     spool: Rc<S>,
     events: EventSink,
@@ -266,10 +269,13 @@ struct Inner<S: SpoolAccess> {
 }
 
 impl<S: SpoolAccess + 'static> DeliveryShard<S> {
+    /// A shard's delivery; with `mta_sts`, the MTA-STS policies of destination domains are
+    /// applied to their sessions (RFC 8461; static routes excepted).
     pub fn new(
         shard: u8,
         cfg: Arc<DeliveryConfig>,
         resolver: petrel_outbound::Resolver,
+        mta_sts: Option<petrel_outbound::MtaSts>,
         limits: Arc<GlobalLimits>,
         spool: Rc<S>,
         events: EventSink,
@@ -294,6 +300,7 @@ impl<S: SpoolAccess + 'static> DeliveryShard<S> {
                 shard,
                 cfg,
                 resolver,
+                mta_sts,
                 limits,
                 spool,
                 events,

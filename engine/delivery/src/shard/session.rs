@@ -1,7 +1,7 @@
-//! One delivery session: resolve a destination domain, hold a connection permit, connect
-//! (falling back over MX hosts and addresses), send batches of the domain's ready entries over
-//! the connection (reusing it across messages, reconnecting after `messages_per_connection_max`),
-//! and QUIT once nothing has come for `idle_timeout_ms`.
+//! One delivery session: resolve a destination domain, apply its MTA-STS policy (`mta_sts.rs`),
+//! hold a connection permit, connect (falling back over MX hosts and addresses), send batches of
+//! the domain's ready entries over the connection (reusing it across messages, reconnecting
+//! after `messages_per_connection_max`), and QUIT once nothing has come for `idle_timeout_ms`.
 //!
 //! A connection is shared across domains that go to the same place: when its domain has no
 //! ready work left, the session looks (at most [`ADOPT_CANDIDATES_MAX`] at a time) for a ready
@@ -18,6 +18,7 @@ use petrel_outbound::{
     ClientConfig, ClientError, OutgoingMessage, Route, SmtpConnection, PIPELINE_TRANSACTIONS_MAX,
 };
 
+use super::mta_sts;
 use super::outcome::{apply, fail_entries, Attempt, RcptResult};
 use super::prepare::prepare;
 use super::{now_unix_ms, Inner, SpoolAccess};
@@ -78,6 +79,8 @@ struct Serving {
     domain: String,
     limits: DomainLimits,
     permit: ConnectionPermit,
+    /// The domain's MTA-STS policy is enforced: the connection carries no other domain.
+    sts_enforced: bool,
 }
 
 /// An open connection and where it goes.
@@ -164,6 +167,17 @@ async fn session<S: SpoolAccess + 'static>(
         }
         *hop = Some(key);
     }
+    // MTA-STS (RFC 8461): an enforced policy narrows the route to the MX hosts it names and
+    // requires verified TLS; with none of them left, the domain's ready mail waits.
+    let sts = match mta_sts::route_under_policy(inner, &domain, &route, limits.tls).await {
+        Ok(applied) => applied,
+        Err(refusal) => {
+            let entries = take_ready(inner, id, usize::MAX);
+            fail_entries(inner, entries, &Attempt::default(), refusal.result()).await;
+            return id;
+        }
+    };
+    let route = sts.route;
     let counters = inner.limits.destination(&domain);
     let Some(permit) = ConnectionPermit::try_acquire(counters, limits.connections_max) else {
         // The limit is held by other shards or sibling sessions. With a sibling open on this
@@ -176,12 +190,13 @@ async fn session<S: SpoolAccess + 'static>(
         }
         return id;
     };
-    let client = client_config(&inner.cfg, limits.tls);
+    let client = client_config(&inner.cfg, sts.tls);
     let mut cur = Serving {
         id,
         domain,
         limits,
         permit,
+        sts_enforced: sts.enforced,
     };
     let mut conn: Option<Connected> = None;
     let mut offers_seen = inner.offer_round.get();
@@ -286,6 +301,7 @@ fn adopt<S: SpoolAccess + 'static>(
                 domain,
                 limits,
                 permit,
+                sts_enforced: false, // `carriable` takes no domain with an enforced policy
             });
         }
     }
@@ -308,10 +324,10 @@ fn ready_without_session<S: SpoolAccess>(
 }
 
 /// `domain`'s limits and a connection permit of its own, when the connection of `cur` may carry
-/// it: the same TLS policy (a connection made under one policy never serves another), limits
-/// that `accept` takes, and the same next hops by a route known without a lookup (static, or
-/// fresh in the DNS cache; a domain not resolved yet gets a session of its own, which resolves
-/// it).
+/// it: the same TLS policy (a connection made under one policy never serves another), no
+/// enforced MTA-STS policy on either side (`mta_sts::may_share`), limits that `accept` takes,
+/// and the same next hops by a route known without a lookup (static, or fresh in the DNS cache;
+/// a domain not resolved yet gets a session of its own, which resolves it).
 fn carriable<S: SpoolAccess>(
     inner: &Inner<S>,
     cur: &Serving,
@@ -319,6 +335,9 @@ fn carriable<S: SpoolAccess>(
     domain: &str,
     accept: impl Fn(&DomainLimits) -> bool,
 ) -> Option<(DomainLimits, ConnectionPermit)> {
+    if !mta_sts::may_share(inner, cur.sts_enforced, domain) {
+        return None;
+    }
     let limits = inner.cfg.effective_limits(domain);
     if limits.tls != cur.limits.tls || !accept(&limits) {
         return None;
