@@ -272,6 +272,22 @@ fn describe() {
         "Outbound connections whose SMTP handshake failed after TCP connected: a greeting other than 220, EHLO and HELO refused, STARTTLS failed (or required and not offered), or a timeout in any of these; refused or timed-out TCP connects are not counted (they show as deferrals)"
     );
     describe_counter!(
+        "petrel_mta_sts_lookups_total",
+        "MTA-STS policy lookups by outcome: cached, fetched, stale (a cached policy kept after a failed refresh) or none"
+    );
+    describe_counter!(
+        "petrel_mta_sts_fetches_total",
+        "HTTPS fetches of MTA-STS policy files, by result"
+    );
+    describe_counter!(
+        "petrel_mta_sts_refresh_failures_total",
+        "Background refreshes of cached MTA-STS policies that failed (the cached policy stays in use until it expires)"
+    );
+    describe_counter!(
+        "petrel_delivery_mta_sts_sessions_total",
+        "Delivery sessions looked up under MTA-STS, by mode (enforce, testing, none) and outcome (all_mx_match, some_mx_outside, no_mx_match)"
+    );
+    describe_counter!(
         petrel_outbound::TCP_CONNECT_FAILURES,
         "Outbound TCP connects that failed, by kind: refused, timeout, unreachable, other"
     );
