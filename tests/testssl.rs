@@ -1,5 +1,6 @@
-//! testssl.sh (Debian's `testssl.sh`, installed as `testssl`) against the engine's STARTTLS:
-//! no finding above LOW, except the trust findings a self-signed certificate gets.
+//! testssl.sh (Debian's `testssl.sh`, installed as `testssl`) against the engine's listeners
+//! (the relay's and submission's STARTTLS, submissions' implicit TLS): no finding above LOW,
+//! except the trust findings a self-signed certificate gets.
 
 mod common;
 
@@ -44,27 +45,21 @@ fn is_trust_finding(id: &str) -> bool {
     SELF_SIGNED_TRUST_IDS.contains(&base)
 }
 
-#[test]
-fn testssl_finds_nothing_above_low_but_self_signed_trust() {
-    let Some(bin) = testssl_bin() else {
-        println!("SKIPPED: testssl.sh is not installed (Debian package testssl.sh)");
-        return;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let engine = Engine::start(
-        &dir.path().join("engine"),
-        &["--no-delivery", "--shards", "1"],
-    );
-    let json = dir.path().join("testssl.json");
-    let out = Command::new("timeout")
-        .arg(TESTSSL_TIMEOUT_SECS.to_string())
-        .arg(bin)
-        .args(["--starttls", "smtp", "--quiet", "--color", "0"])
+/// One scan of `target` (`host:port`), over STARTTLS or implicit TLS; its JSON findings.
+fn scan(bin: &str, dir: &std::path::Path, target: &str, starttls: bool) -> Vec<serde_json::Value> {
+    let json = dir.join(format!("testssl-{}.json", target.replace([':', '.'], "-")));
+    let mut cmd = Command::new("timeout");
+    cmd.arg(TESTSSL_TIMEOUT_SECS.to_string()).arg(bin);
+    if starttls {
+        cmd.args(["--starttls", "smtp"]);
+    }
+    let out = cmd
+        .args(["--quiet", "--color", "0"])
         // Loopback only: no DNS lookups for the target.
         .args(["--nodns", "none", "--warnings", "off"])
         .arg("--jsonfile")
         .arg(&json)
-        .arg(format!("127.0.0.1:{}", engine.smtp.port()))
+        .arg(target)
         .stdin(Stdio::null())
         .output()
         .expect("run testssl.sh");
@@ -85,6 +80,12 @@ fn testssl_finds_nothing_above_low_but_self_signed_trust() {
         findings.len() > 20,
         "testssl.sh found too little to mean anything: {text}"
     );
+    findings
+}
+
+/// No finding above LOW but the self-signed trust ones, and the server picks the cipher order
+/// (the issue that started this).
+fn assert_clean(what: &str, findings: &[serde_json::Value]) {
     let failing: Vec<String> = findings
         .iter()
         .filter(|f| FAILING_SEVERITIES.contains(&f["severity"].as_str().unwrap_or("")))
@@ -93,14 +94,74 @@ fn testssl_finds_nothing_above_low_but_self_signed_trust() {
         .collect();
     assert!(
         failing.is_empty(),
-        "testssl.sh findings above LOW:\n{}",
+        "testssl.sh findings above LOW on {what}:\n{}",
         failing.join("\n")
     );
-    // The issue that started this: the server picks the cipher order.
     let order = findings
         .iter()
         .find(|f| f["id"] == "cipher_order")
         .expect("a cipher_order finding");
-    assert_eq!(order["severity"], "OK", "{order}");
+    assert_eq!(order["severity"], "OK", "{what}: {order}");
+}
+
+#[test]
+fn testssl_finds_nothing_above_low_but_self_signed_trust() {
+    let Some(bin) = testssl_bin() else {
+        println!("SKIPPED: testssl.sh is not installed (Debian package testssl.sh)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::start(
+        &dir.path().join("engine"),
+        &["--no-delivery", "--shards", "1"],
+    );
+    let target = format!("127.0.0.1:{}", engine.smtp.port());
+    assert_clean("the relay listener", &scan(bin, dir.path(), &target, true));
+    assert!(engine.stop());
+}
+
+/// An engine with the submission listeners (issue 18's 587 and 465 profiles) on free ports;
+/// the address of the one with `profile`.
+fn listener(dir: &std::path::Path, profile: &str) -> (Engine, String) {
+    let config = "[[smtp.listeners]]\nlisten = \"127.0.0.1:0\"\nprofile = \"submission\"\n\
+                  [[smtp.listeners]]\nlisten = \"127.0.0.1:0\"\nprofile = \"submissions\"\n";
+    let engine = Engine::start_with(
+        &dir.join("engine"),
+        &["--no-delivery", "--shards", "1"],
+        Some(config),
+    );
+    let addr = engine
+        .listeners
+        .iter()
+        .find(|(p, _)| p == profile)
+        .map(|(_, a)| a.to_string())
+        .unwrap_or_else(|| panic!("no {profile} listener in {:?}", engine.listeners));
+    (engine, addr)
+}
+
+#[test]
+fn testssl_on_the_submission_listener_finds_nothing_above_low() {
+    let Some(bin) = testssl_bin() else {
+        println!("SKIPPED: testssl.sh is not installed (Debian package testssl.sh)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, addr) = listener(dir.path(), "submission");
+    assert_clean("submission (STARTTLS)", &scan(bin, dir.path(), &addr, true));
+    assert!(engine.stop());
+}
+
+#[test]
+fn testssl_on_the_submissions_listener_finds_nothing_above_low() {
+    let Some(bin) = testssl_bin() else {
+        println!("SKIPPED: testssl.sh is not installed (Debian package testssl.sh)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, addr) = listener(dir.path(), "submissions");
+    assert_clean(
+        "submissions (implicit TLS)",
+        &scan(bin, dir.path(), &addr, false),
+    );
     assert!(engine.stop());
 }
