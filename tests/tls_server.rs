@@ -9,20 +9,19 @@ mod common;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::{mpsc, Arc};
+use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
 use petrel_engine::tls::TLS_RELOAD_CHECK_MS;
 use petrel_engine::tls_cert::certificate_validity;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::aws_lc_rs::cipher_suite as suite;
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::ServerName;
 use rustls::{
-    CipherSuite, ClientConfig, ClientConnection, DigitallySignedStruct, ProtocolVersion,
-    SignatureScheme, StreamOwned, SupportedCipherSuite, SupportedProtocolVersion,
+    CipherSuite, ClientConfig, ClientConnection, ProtocolVersion, StreamOwned,
+    SupportedCipherSuite, SupportedProtocolVersion,
 };
 
 const DAY_SECS: u64 = 86_400;
@@ -32,55 +31,6 @@ const SWAP_VISIBLE_TIMEOUT: Duration = Duration::from_millis(3 * TLS_RELOAD_CHEC
 const POLL_INTERVAL: Duration = Duration::from_millis(200);
 /// Tries at a new pair whose PEM files are as long as the old ones.
 const SAME_SIZE_TRIES_MAX: usize = 2_000;
-
-/// Accepts any certificate (the tests compare the leaf themselves), with real signature checks.
-#[derive(Debug)]
-struct AnyCertificate(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
 
 /// A client offering `suites` in this order, over `versions`, with no session resumption (each
 /// connection sees the certificate).
@@ -96,7 +46,7 @@ fn client(
         .with_protocol_versions(versions)
         .expect("protocol versions")
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+        .with_custom_certificate_verifier(Arc::new(petrel_loadtest::AcceptAny(provider)))
         .with_no_client_auth();
     config.resumption = rustls::client::Resumption::disabled();
     Arc::new(config)
@@ -284,70 +234,19 @@ fn same_size_pair(old: &(String, String)) -> (String, String) {
     panic!("no pair of the same size in {SAME_SIZE_TRIES_MAX} tries");
 }
 
-/// `petrel engine` with its log (at info) in `<dir>/engine.log`, which [`Engine::start_with`]
-/// does not keep.
+/// A single-shard engine without delivery, loopback trusted, logging into `<dir>/engine.log`.
 fn start_logged(data_dir: &Path, config: &str) -> (Engine, PathBuf) {
-    std::fs::create_dir_all(data_dir).unwrap();
-    let config_path = data_dir.join("petrel-test.toml");
-    std::fs::write(&config_path, config).unwrap();
-    let log = data_dir.join("engine.log");
-    let mut child = Command::new(petrel_bin())
-        .arg("engine")
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(["--smtp-listen", "127.0.0.1:0"])
-        .args(["--metrics-listen", "127.0.0.1:0"])
-        .args(["--admin-listen", "127.0.0.1:0"])
-        .args(["--no-pin", "--no-delivery", "--shards", "1"])
-        .args(["--trust-network", "127.0.0.0/8"])
-        .arg("--config")
-        .arg(&config_path)
-        .env("PETREL_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("spawn petrel engine");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let deadline = Instant::now() + ENGINE_READY_TIMEOUT;
-    let (mut smtp, mut metrics, mut admin) = (None, None, None);
-    while smtp.is_none() || metrics.is_none() || admin.is_none() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let Ok(line) = rx.recv_timeout(left) else {
-            let _ = child.kill();
-            panic!("engine did not become ready");
-        };
-        let first = |rest: &str, suffix: &str| -> SocketAddr {
-            let rest = rest.split_whitespace().next().unwrap();
-            rest.strip_suffix(suffix).unwrap_or(rest).parse().unwrap()
-        };
-        if let Some(rest) = line.strip_prefix("petrel engine ready: smtp=") {
-            smtp = Some(first(rest, ""));
-        } else if let Some(rest) = line.trim_start().strip_prefix("metrics: http://") {
-            metrics = Some(first(rest, "/metrics"));
-        } else if let Some(rest) = line.trim_start().strip_prefix("admin:   http://") {
-            admin = Some(first(rest, "/v1/queue"));
-        }
-    }
-    let engine = Engine {
-        child,
-        smtp: smtp.unwrap(),
-        metrics: metrics.unwrap(),
-        admin: admin.unwrap(),
-        listeners: Vec::new(),
-        data_dir: data_dir.to_path_buf(),
-        stdout_lines: rx,
-    };
-    (engine, log)
+    Engine::start_logged(
+        data_dir,
+        &[
+            "--no-delivery",
+            "--shards",
+            "1",
+            "--trust-network",
+            "127.0.0.0/8",
+        ],
+        Some(config),
+    )
 }
 
 /// An engine serving the pair it is given from files in `dir`.

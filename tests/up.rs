@@ -23,37 +23,10 @@ fn up_prints_working_development_credentials() {
 /// without it.
 #[test]
 fn up_runs_on_postgresql_with_a_database_url() {
-    let Some(base) = std::env::var("PETREL_TEST_PG_URL")
-        .ok()
-        .filter(|u| !u.is_empty())
-    else {
+    let Some(url) = common::control_process::pg_database("up") else {
         use std::io::Write;
         let _ = writeln!(std::io::stderr(), "SKIPPED: PETREL_TEST_PG_URL not set");
         return;
-    };
-    let db = format!(
-        "up_{}_{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos())
-    );
-    let url = {
-        let created = Command::new("psql")
-            .args([base.as_str(), "-q", "-c", &format!("CREATE DATABASE {db}")])
-            .status()
-            .expect("psql runs");
-        assert!(created.success(), "CREATE DATABASE {db}");
-        let (root, query) = match base.split_once('?') {
-            Some((m, q)) => (m, format!("?{q}")),
-            None => (base.as_str(), String::new()),
-        };
-        let authority = root.find("://").map_or(0, |i| i + 3);
-        let server = match root[authority..].find('/') {
-            Some(i) => &root[..authority + i],
-            None => root,
-        };
-        format!("{server}/{db}{query}")
     };
     up_and_send(&["--database-url".to_string(), url.clone()]);
     // The control plane's tables are in that database, not in a SQLite file.

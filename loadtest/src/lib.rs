@@ -36,6 +36,7 @@ mod sink;
 mod sink_session;
 mod stream;
 mod tls;
+pub use tls::AcceptAny;
 
 pub use cli::{parse_duration, InjectArgs, RunArgs, SinkArgs};
 pub use error::{check_loopback, LoadError};

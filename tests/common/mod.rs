@@ -43,6 +43,32 @@ impl Engine {
         extra: &[S],
         config: Option<&str>,
     ) -> Engine {
+        Self::start_logging(data_dir, extra, config, "warn", Stdio::inherit())
+    }
+
+    /// [`Engine::start_with`] logging at `info` into `<data_dir>/engine.log` (returned), for
+    /// tests that read what the engine logs.
+    pub fn start_logged<S: AsRef<std::ffi::OsStr>>(
+        data_dir: &Path,
+        extra: &[S],
+        config: Option<&str>,
+    ) -> (Engine, PathBuf) {
+        std::fs::create_dir_all(data_dir).unwrap();
+        let log = data_dir.join("engine.log");
+        let file = std::fs::File::create(&log).expect("create the engine log");
+        (
+            Self::start_logging(data_dir, extra, config, "info", Stdio::from(file)),
+            log,
+        )
+    }
+
+    fn start_logging<S: AsRef<std::ffi::OsStr>>(
+        data_dir: &Path,
+        extra: &[S],
+        config: Option<&str>,
+        level: &str,
+        stderr: Stdio,
+    ) -> Engine {
         let mut cmd = Command::new(petrel_bin());
         cmd.arg("engine")
             .arg("--data-dir")
@@ -59,10 +85,10 @@ impl Engine {
             std::fs::write(&path, text).unwrap();
             cmd.arg("--config").arg(path);
         }
-        cmd.env("PETREL_LOG", "warn")
+        cmd.env("PETREL_LOG", level)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(stderr);
         let mut child = cmd.spawn().expect("spawn petrel engine");
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, rx) = mpsc::channel();

@@ -8,11 +8,8 @@
 //! use of a policy and is cached by nothing else.
 
 use std::net::IpAddr;
-use std::time::Duration;
 
-use hickory_resolver::config::{
-    LookupIpStrategy, NameServerConfig, ResolverConfig as HickoryConfig, ResolverOpts,
-};
+use hickory_resolver::config::{LookupIpStrategy, ResolverOpts};
 use hickory_resolver::net::{DnsError as HickoryDnsError, NetError};
 use hickory_resolver::proto::rr::RData;
 use hickory_resolver::TokioResolver;
@@ -21,8 +18,6 @@ use super::fetch::MTA_STS_ADDRS_TRIED_MAX;
 use super::policy::{PolicyError, StsRecord};
 use super::{MtaStsConfig, MtaStsError};
 
-/// Tries per query (the first plus retries), each bounded by `query_timeout_ms`.
-const QUERY_ATTEMPTS: usize = 2;
 /// TXT records considered at `_mta-sts.<domain>`; more are ignored (a domain has one or two).
 const TXT_RECORDS_MAX: usize = 16;
 
@@ -46,28 +41,11 @@ impl StsDns {
     /// Must be called inside the runtime that will run the lookups.
     pub(super) fn new(cfg: &MtaStsConfig) -> Result<StsDns, MtaStsError> {
         let setup = |e: String| MtaStsError::Setup { reason: e };
-        let provider = hickory_resolver::net::runtime::TokioRuntimeProvider::default();
-        let mut builder = if cfg.nameservers.is_empty() {
-            TokioResolver::builder(provider).map_err(|e| setup(format!("system DNS: {e}")))?
-        } else {
-            let servers = cfg
-                .nameservers
-                .iter()
-                .map(|addr| {
-                    let mut ns = NameServerConfig::udp_and_tcp(addr.ip());
-                    for c in &mut ns.connections {
-                        c.port = addr.port();
-                    }
-                    ns
-                })
-                .collect();
-            TokioResolver::builder_with_config(HickoryConfig::from_name_servers(servers), provider)
-        };
+        let mut builder =
+            crate::resolver::hickory::resolver_builder(&cfg.nameservers, cfg.query_timeout_ms)
+                .map_err(setup)?;
         let opts: &mut ResolverOpts = builder.options_mut();
-        opts.timeout = Duration::from_millis(cfg.query_timeout_ms.max(1));
-        opts.attempts = QUERY_ATTEMPTS;
         opts.cache_size = cfg.dns_cache_entries as u64;
-        opts.ndots = 0;
         opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
         let resolver = builder
             .build()

@@ -1,6 +1,6 @@
 //! The production [`Dns`]: hickory's resolver on the DNS thread's tokio runtime.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use hickory_resolver::config::{NameServerConfig, ResolverConfig as HickoryConfig, ResolverOpts};
@@ -9,7 +9,7 @@ use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError as HickoryDnsError, NetError};
 use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::rr::RData;
-use hickory_resolver::TokioResolver;
+use hickory_resolver::{ResolverBuilder, TokioResolver};
 
 use super::route::{Dns, DnsError, IpAnswer, MxAnswer, MxRecord};
 use super::ResolverConfig;
@@ -17,6 +17,36 @@ use crate::OutboundError;
 
 /// Tries per query (the first plus retries), each bounded by `query_timeout_ms`.
 const QUERY_ATTEMPTS: usize = 2;
+
+/// A resolver builder on `nameservers` (UDP and TCP, each on its own port; the system's when
+/// empty), `query_timeout_ms` per try, `QUERY_ATTEMPTS` tries, names taken as absolute (also
+/// the MTA-STS lookups', `crate::mta_sts::dns`).
+pub(crate) fn resolver_builder(
+    nameservers: &[SocketAddr],
+    query_timeout_ms: u64,
+) -> Result<ResolverBuilder<TokioRuntimeProvider>, String> {
+    let provider = TokioRuntimeProvider::default();
+    let mut builder = if nameservers.is_empty() {
+        TokioResolver::builder(provider).map_err(|e| format!("system DNS config: {e}"))?
+    } else {
+        let servers = nameservers
+            .iter()
+            .map(|addr| {
+                let mut ns = NameServerConfig::udp_and_tcp(addr.ip());
+                for c in &mut ns.connections {
+                    c.port = addr.port();
+                }
+                ns
+            })
+            .collect();
+        TokioResolver::builder_with_config(HickoryConfig::from_name_servers(servers), provider)
+    };
+    let opts: &mut ResolverOpts = builder.options_mut();
+    opts.timeout = Duration::from_millis(query_timeout_ms.max(1));
+    opts.attempts = QUERY_ATTEMPTS;
+    opts.ndots = 0;
+    Ok(builder)
+}
 
 /// hickory-backed DNS. hickory's own cache is off: [`super::RouteLogic`] caches whole routes and
 /// two caches in a row would keep answers up to twice their TTL.
@@ -27,29 +57,9 @@ pub(super) struct HickoryDns {
 impl HickoryDns {
     /// Must be called inside the tokio runtime that will run the lookups.
     pub(super) fn new(cfg: &ResolverConfig) -> Result<HickoryDns, OutboundError> {
-        let provider = TokioRuntimeProvider::default();
-        let mut builder = if cfg.nameservers.is_empty() {
-            TokioResolver::builder(provider)
-                .map_err(|e| OutboundError::ResolverSetup(format!("system DNS config: {e}")))?
-        } else {
-            let servers = cfg
-                .nameservers
-                .iter()
-                .map(|addr| {
-                    let mut ns = NameServerConfig::udp_and_tcp(addr.ip());
-                    for c in &mut ns.connections {
-                        c.port = addr.port();
-                    }
-                    ns
-                })
-                .collect();
-            TokioResolver::builder_with_config(HickoryConfig::from_name_servers(servers), provider)
-        };
-        let opts: &mut ResolverOpts = builder.options_mut();
-        opts.timeout = Duration::from_millis(cfg.query_timeout_ms.max(1));
-        opts.attempts = QUERY_ATTEMPTS;
-        opts.cache_size = 0;
-        opts.ndots = 0;
+        let mut builder = resolver_builder(&cfg.nameservers, cfg.query_timeout_ms)
+            .map_err(OutboundError::ResolverSetup)?;
+        builder.options_mut().cache_size = 0;
         let resolver = builder
             .build()
             .map_err(|e| OutboundError::ResolverSetup(format!("hickory resolver: {e}")))?;

@@ -6,7 +6,7 @@
 //! request channel closes and the DNS thread exits.
 
 mod cache;
-mod hickory;
+pub(crate) mod hickory;
 mod route;
 
 use std::collections::HashMap;
