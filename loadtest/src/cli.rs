@@ -56,6 +56,9 @@ pub struct InjectArgs {
     /// Require STARTTLS (any certificate accepted).
     #[arg(long)]
     pub starttls: bool,
+    /// Offer no TLS session from an earlier connection: every STARTTLS is a full handshake.
+    #[arg(long)]
+    pub no_tls_resumption: bool,
     /// AUTH PLAIN credentials as USER:PASSWORD.
     #[arg(long)]
     pub auth: Option<String>,
@@ -100,6 +103,7 @@ impl InjectArgs {
             rcpts_per_message: self.rcpts,
             domains: make_domains(self.domains, &self.domain_suffix, &self.domain_weights)?,
             starttls: self.starttls,
+            tls_resumption: !self.no_tls_resumption,
             auth,
             threads: self.threads,
             io_timeout_ms: self.io_timeout_ms,
@@ -150,6 +154,9 @@ pub struct SinkArgs {
     /// Do not offer STARTTLS.
     #[arg(long)]
     pub no_starttls: bool,
+    /// Issue no TLS tickets and keep no TLS sessions: every handshake is a full one.
+    #[arg(long)]
+    pub no_tls_resumption: bool,
     /// Do not offer PIPELINING.
     #[arg(long)]
     pub no_pipelining: bool,
@@ -205,6 +212,7 @@ impl SinkArgs {
             reply_delay_ms: self.reply_delay_ms,
             data_reply_delay_ms: self.data_reply_delay_ms,
             starttls: !self.no_starttls,
+            tls_resumption: !self.no_tls_resumption,
             pipelining: !self.no_pipelining,
             chunking: !self.no_chunking,
             auth_users,

@@ -55,6 +55,9 @@ pub struct InjectConfig {
     pub domains: Vec<(String, f64)>,
     /// Require STARTTLS before MAIL (a server that does not offer it fails the message).
     pub starttls: bool,
+    /// Offer TLS sessions from earlier connections (rustls's default). Off: every STARTTLS is
+    /// a full handshake.
+    pub tls_resumption: bool,
     /// AUTH PLAIN credentials (user, password), sent after STARTTLS if any.
     pub auth: Option<(String, String)>,
     /// Core threads; 0 means one per available core.
@@ -89,6 +92,7 @@ impl Default for InjectConfig {
             rcpts_per_message: 1,
             domains: vec![("example.test".to_string(), 1.0)],
             starttls: false,
+            tls_resumption: true,
             auth: None,
             threads: 0,
             io_timeout_ms: 30_000,
@@ -123,6 +127,8 @@ pub struct InjectCounts {
     /// EHLO replies that advertised PIPELINING.
     pub pipelining_offered: u64,
     pub tls_sessions: u64,
+    /// TLS sessions that resumed an earlier one (the rest were full handshakes).
+    pub tls_resumed: u64,
     /// STARTTLS was required but not offered (the message counts as an error).
     pub starttls_missing: u64,
     pub auth_failures: u64,
@@ -150,6 +156,7 @@ impl InjectCounts {
             starttls_offered,
             pipelining_offered,
             tls_sessions,
+            tls_resumed,
             starttls_missing,
             auth_failures,
             io_errors,
@@ -215,9 +222,9 @@ impl InjectReport {
             c.rcpts_5xx
         );
         s += &format!(
-            "  connections={} connect_errors={} greetings_rejected={} io_errors={} timeouts={} tls={}\n",
+            "  connections={} connect_errors={} greetings_rejected={} io_errors={} timeouts={} tls={} (resumed {})\n",
             c.connections_opened, c.connect_errors, c.greetings_rejected, c.io_errors, c.timeouts,
-            c.tls_sessions
+            c.tls_sessions, c.tls_resumed
         );
         s += &self.latency_us.connect.human("connect");
         s.push('\n');
@@ -379,7 +386,9 @@ impl Shared {
             filler.extend_from_slice(b"\r\n");
         }
         let tls = if cfg.starttls {
-            Some(tokio_rustls::TlsConnector::from(tls::insecure_client()?))
+            Some(tokio_rustls::TlsConnector::from(tls::insecure_client(
+                cfg.tls_resumption,
+            )?))
         } else {
             None
         };

@@ -20,6 +20,7 @@ use crate::inject::{Shared, ThreadStats, FILLER_LINE_BYTES};
 use crate::msgid::{write_header, LoadId};
 use crate::report::unix_now_us;
 use crate::stream::{next_line_end, Stream};
+use crate::tls;
 
 type ClientStream = Stream<tokio_rustls::client::TlsStream<TcpStream>>;
 
@@ -198,8 +199,13 @@ impl Client {
                 .await
                 .map_err(|_| Fail::Timeout)?
                 .map_err(|_| Fail::Io)?;
+            let resumed = tls::resumed(tls.get_ref().1);
             stream = Stream::Tls(Box::new(tls));
-            self.stats.borrow_mut().counts.tls_sessions += 1;
+            {
+                let counts = &mut self.stats.borrow_mut().counts;
+                counts.tls_sessions += 1;
+                counts.tls_resumed += u64::from(resumed);
+            }
             caps = match self.ehlo(&mut stream).await? {
                 Ok(c) => c,
                 Err(o) => return Ok((stream, Err(o))),

@@ -66,6 +66,9 @@ pub struct SinkConfig {
     pub data_reply_delay_ms: u64,
     /// Offer STARTTLS (self-signed certificate made with rcgen at start).
     pub starttls: bool,
+    /// Issue TLS 1.3 tickets and keep TLS 1.2 sessions (rustls's default). Off: every
+    /// handshake with the sink is a full one.
+    pub tls_resumption: bool,
     /// Offer PIPELINING.
     pub pipelining: bool,
     /// Offer CHUNKING (RFC 3030 BDAT), as Postfix, Gmail and Exchange do.
@@ -109,6 +112,7 @@ impl Default for SinkConfig {
             reply_delay_ms: 0,
             data_reply_delay_ms: 0,
             starttls: true,
+            tls_resumption: true,
             pipelining: true,
             chunking: true,
             auth_users: Vec::new(),
@@ -156,6 +160,7 @@ pub(crate) struct Counters {
     pub connections_max_seen: AtomicU64,
     pub connections_refused: AtomicU64,
     pub tls_sessions: AtomicU64,
+    pub tls_resumed: AtomicU64,
     pub drops_in_data: AtomicU64,
     pub bytes_received: AtomicU64,
     pub auth_ok: AtomicU64,
@@ -186,6 +191,8 @@ pub struct SinkStats {
     /// Connections answered 421 over `connections_max`.
     pub connections_refused: u64,
     pub tls_sessions: u64,
+    /// TLS sessions that resumed an earlier one (the rest were full handshakes).
+    pub tls_resumed: u64,
     pub drops_in_data: u64,
     pub bytes_received: u64,
     pub auth_ok: u64,
@@ -218,11 +225,12 @@ impl SinkStats {
             self.rcpts_permfailed
         );
         s += &format!(
-            "  connections={} max_concurrent={} refused={} tls={} bytes={}\n",
+            "  connections={} max_concurrent={} refused={} tls={} (resumed {}) bytes={}\n",
             self.connections_total,
             self.connections_max_seen,
             self.connections_refused,
             self.tls_sessions,
+            self.tls_resumed,
             self.bytes_received
         );
         s += &self.arrival_latency_us.human("arrival");
@@ -333,6 +341,7 @@ impl SinkShared {
             connections_max_seen: g(&c.connections_max_seen),
             connections_refused: g(&c.connections_refused),
             tls_sessions: g(&c.tls_sessions),
+            tls_resumed: g(&c.tls_resumed),
             drops_in_data: g(&c.drops_in_data),
             bytes_received: g(&c.bytes_received),
             auth_ok: g(&c.auth_ok),
@@ -457,7 +466,9 @@ pub fn start_sink(cfg: SinkConfig) -> Result<SinkHandle, LoadError> {
         std::fs::create_dir_all(dir).map_err(LoadError::io("creating the store directory"))?;
     }
     let tls = if cfg.starttls {
-        Some(tokio_rustls::TlsAcceptor::from(tls::self_signed_server()?))
+        Some(tokio_rustls::TlsAcceptor::from(tls::self_signed_server(
+            cfg.tls_resumption,
+        )?))
     } else {
         None
     };

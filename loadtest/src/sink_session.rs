@@ -23,6 +23,7 @@ use crate::sink::{
     arrival_latency_us, now_us, DomainFault, OverLimit, ReceivedMessage, SinkShared,
 };
 use crate::stream::{next_line_end, Stream};
+use crate::tls;
 
 type ServerStream = Stream<tokio_rustls::server::TlsStream<TcpStream>>;
 
@@ -157,6 +158,9 @@ async fn serve(
                 match tokio::time::timeout(idle, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
                         sh.counters.tls_sessions.fetch_add(1, Ordering::Relaxed);
+                        if tls::resumed(tls.get_ref().1) {
+                            sh.counters.tls_resumed.fetch_add(1, Ordering::Relaxed);
+                        }
                         stream = Stream::Tls(Box::new(tls));
                         s.tls = true;
                     }
