@@ -17,6 +17,11 @@ command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
 # tests/testssl.rs scans the engine's STARTTLS (Debian installs it as `testssl`).
 command -v testssl >/dev/null 2>&1 || command -v testssl.sh >/dev/null 2>&1 || need_apt+=(testssl.sh)
+# DANE tests (engine/delivery/tests/dane.rs) serve a zone signed at test time from a private named.
+command -v named >/dev/null 2>&1 || [ -x /usr/sbin/named ] || need_apt+=(bind9)
+command -v dnssec-signzone >/dev/null 2>&1 || need_apt+=(bind9-utils)
+# ACME tests (tests/acme.rs) order the engine's certificate from a private pebble.
+command -v pebble >/dev/null 2>&1 || need_apt+=(pebble)
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "installing Debian packages: ${need_apt[*]}"
   if [ "$(id -u)" = 0 ]; then
@@ -27,9 +32,9 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     echo "WARNING: not root; cannot install ${need_apt[*]}" >&2
   fi
 fi
-if ! python3 -c 'import dkim, nacl' >/dev/null 2>&1; then
-  log "installing dkimpy and PyNaCl (independent DKIM verifier)"
-  python3 -m pip install -q dkimpy pynacl >/dev/null 2>&1 \
+if ! python3 -c 'import dkim, nacl, authres' >/dev/null 2>&1; then
+  log "installing dkimpy, PyNaCl and authres (independent DKIM and ARC verifier)"
+  python3 -m pip install -q dkimpy pynacl authres >/dev/null 2>&1 \
     || echo "WARNING: could not install dkimpy; DKIM verification tests say SKIPPED" >&2
 fi
 # The control plane's OpenAPI test (control-plane/server/tests/openapi.rs) runs both; it fails
@@ -39,6 +44,12 @@ if ! python3 -c 'import openapi_spec_validator' >/dev/null 2>&1 \
   log "installing openapi-spec-validator and schemathesis (OpenAPI document checks)"
   python3 -m pip install -q openapi-spec-validator==0.9.0 schemathesis==4.32.5 >/dev/null 2>&1 \
     || echo "WARNING: could not install schemathesis; the control plane's OpenAPI test fails" >&2
+fi
+# The TLS-RPT test (tests/tls_rpt.rs) validates reports against tests/tlsrpt-schema.json with it.
+if ! python3 -c 'import jsonschema' >/dev/null 2>&1; then
+  log "installing jsonschema (TLS-RPT report schema checks)"
+  python3 -m pip install -q jsonschema >/dev/null 2>&1 \
+    || echo "WARNING: could not install jsonschema; the TLS-RPT test fails" >&2
 fi
 command -v cargo-nextest >/dev/null 2>&1 || cargo install --locked cargo-nextest
 # promtool checks the metrics exposition and ops/monitoring/petrel-alerts.yml. Debian ships it in

@@ -186,8 +186,12 @@ fn init_tracing() {
 
 fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
-        Command::Up(args) => cli_up::up(args),
+        Command::Up(args) => {
+            petrel_engine::engine::catch_sighup_early();
+            cli_up::up(args)
+        }
         Command::Engine(args) => {
+            petrel_engine::engine::catch_sighup_early();
             let cfg = engine_config(&args)?;
             run_engine(cfg, &args, None)
         }
@@ -354,6 +358,9 @@ pub fn run_engine(
         }
         if let Some(a) = info.intake {
             println!("  intake:  smtp={a}");
+        }
+        if let Some(a) = info.acme_http01 {
+            println!("  acme:    http-01={a}");
         }
         println!("  tls:     {:?}", info.tls);
         println!("  policy:  version {}", info.policy_version);

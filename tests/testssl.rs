@@ -1,6 +1,6 @@
 //! testssl.sh (Debian's `testssl.sh`, installed as `testssl`) against the engine's listeners
-//! (the relay's and submission's STARTTLS, submissions' implicit TLS): no finding above LOW,
-//! except the trust findings a self-signed certificate gets.
+//! (the relay's, submission's and the MX intake's STARTTLS, submissions' implicit TLS): no
+//! finding above LOW, except the trust findings a self-signed certificate gets.
 
 mod common;
 
@@ -162,6 +162,67 @@ fn testssl_on_the_submissions_listener_finds_nothing_above_low() {
     assert_clean(
         "submissions (implicit TLS)",
         &scan(bin, dir.path(), &addr, false),
+    );
+    assert!(engine.stop());
+}
+
+/// The MX listener (the return-path intake, port 25 in production: no AUTH, STARTTLS
+/// offered), which needs a control plane to send its events to.
+#[test]
+fn testssl_on_the_mx_intake_listener_finds_nothing_above_low() {
+    let Some(bin) = testssl_bin() else {
+        println!("SKIPPED: testssl.sh is not installed (Debian package testssl.sh)");
+        return;
+    };
+    const TOKEN: &str = "testssl-push-token-0123456789";
+    let dir = tempfile::tempdir().unwrap();
+    let dns = petrel_testkit::dns::DnsServer::start(vec![]);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let any = "127.0.0.1:0".parse().unwrap();
+    let (info, _control) = control::start_control_with(
+        &rt,
+        &dir.path().join("control"),
+        TOKEN,
+        dns.addr,
+        (any, any),
+        petrel_control::ServeOptions {
+            return_path_domain: "bounce.testssl.test".into(),
+            ..petrel_control::ServeOptions::default()
+        },
+    );
+    // Nothing is delivered: the relay target is never dialled.
+    let nowhere = "127.0.0.1:9".parse().unwrap();
+    let args = linked_engine_args(
+        dir.path(),
+        info.push_addr,
+        &info.push_cert_pem,
+        TOKEN,
+        1,
+        nowhere,
+    );
+    let engine = Engine::start_with(
+        &dir.path().join("engine"),
+        &args,
+        Some("[intake]\nlisten = \"127.0.0.1:0\"\n"),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let intake = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = engine
+            .stdout_lines
+            .recv_timeout(left)
+            .expect("the intake's address within a minute");
+        if let Some(a) = line.trim_start().strip_prefix("intake:  smtp=") {
+            break a.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    assert_clean(
+        "the MX intake (STARTTLS)",
+        &scan(bin, dir.path(), &intake, true),
     );
     assert!(engine.stop());
 }

@@ -472,3 +472,93 @@ fn a_generated_certificate_lasts_a_year_and_one_near_its_end_is_replaced_at_star
     );
     assert!(engine.stop());
 }
+
+/// Whether process `pid` catches SIGHUP (bit 0 of `SigCgt` in `/proc/<pid>/status`).
+fn catches_sighup(pid: u32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|mask| mask & 1 != 0)
+}
+
+/// A child process killed by PID on drop.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A SIGHUP while the engine starts (`systemctl reload` right after `start`, a certificate
+/// hook) does not end it: the engine catches SIGHUP before it does anything else, and reloads
+/// the certificate once it is up.
+#[test]
+fn sighup_during_start_up_does_not_end_the_engine() {
+    const CAUGHT_TIMEOUT: Duration = Duration::from_secs(10);
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("engine.log");
+    let mut child = KillOnDrop(
+        Command::new(petrel_bin())
+            .arg("engine")
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args([
+                "--smtp-listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ])
+            .args(["--admin-listen", "127.0.0.1:0", "--no-pin", "--no-delivery"])
+            .env("PETREL_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn petrel engine"),
+    );
+    let pid = child.0.id();
+    // At the first instant it catches SIGHUP (before that the kernel's default would end it:
+    // no engine could help that), send one.
+    let deadline = Instant::now() + CAUGHT_TIMEOUT;
+    while !catches_sighup(pid) {
+        assert!(child.0.try_wait().unwrap().is_none(), "the engine ended");
+        assert!(
+            Instant::now() < deadline,
+            "SIGHUP not caught in {CAUGHT_TIMEOUT:?}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).expect("SIGHUP sent");
+    let stdout = BufReader::new(child.0.stdout.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let ready = stdout
+            .lines()
+            .map_while(Result::ok)
+            .any(|l| l.starts_with("petrel engine ready"));
+        let _ = tx.send(ready);
+    });
+    let ready = rx.recv_timeout(ENGINE_READY_TIMEOUT).unwrap_or(false);
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(ready, "the engine did not come up after SIGHUP:\n{text}");
+    assert!(
+        child.0.try_wait().unwrap().is_none(),
+        "the engine ended:\n{text}"
+    );
+    // The signal thread answers it right after start-up (it may log after the ready line).
+    let deadline = Instant::now() + CAUGHT_TIMEOUT;
+    let mut text = text;
+    while !(text.contains("SIGHUP during start-up") && text.contains("TLS certificate reloaded")) {
+        assert!(
+            Instant::now() < deadline,
+            "the SIGHUP came during start-up and was answered after it:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+    }
+}

@@ -205,6 +205,31 @@ pub fn provision_new(
     domain: &str,
     username: &str,
 ) -> Provisioned {
+    provision_keyed(api_addr, owner, dns, (tenant, domain, username), "ed25519")
+}
+
+/// [`provision`] with a DKIM key of `algorithm` (`ed25519` or `rsa2048`; ARC seals with RSA
+/// only), the cap lifted.
+pub fn provision_rsa(
+    api_addr: SocketAddr,
+    owner: &str,
+    dns: &petrel_testkit::dns::DnsServer,
+    (tenant, domain, username): (&str, &str, &str),
+) -> Provisioned {
+    let p = provision_keyed(api_addr, owner, dns, (tenant, domain, username), "rsa2048");
+    let path = format!("/v1/tenants/{}/guardrails/lift-cap", p.tenant_id);
+    let (code, lifted) = api(api_addr, "POST", &path, owner, None);
+    assert_eq!(code, 200, "{lifted}");
+    p
+}
+
+fn provision_keyed(
+    api_addr: SocketAddr,
+    owner: &str,
+    dns: &petrel_testkit::dns::DnsServer,
+    (tenant, domain, username): (&str, &str, &str),
+    algorithm: &str,
+) -> Provisioned {
     let (code, t) = api(
         api_addr,
         "POST",
@@ -223,7 +248,7 @@ pub fn provision_new(
         "POST",
         "/v1/domains",
         &admin,
-        Some(serde_json::json!({"name": domain, "algorithm": "ed25519"})),
+        Some(serde_json::json!({"name": domain, "algorithm": algorithm})),
     );
     assert_eq!(code, 201, "{d}");
     let domain_id = d["id"].as_str().expect("domain id").to_string();

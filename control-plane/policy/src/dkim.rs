@@ -129,6 +129,21 @@ impl DkimSigner {
         Ok(header)
     }
 
+    /// The newest RSA key active at `now_unix_ms` and its selector, for an ARC set: RFC 8617
+    /// §4.1.3 allows only `rsa-sha256` in ARC (dkimpy refuses `ed25519-sha256` there), so a
+    /// domain that signs DKIM with Ed25519 needs an RSA key beside it to seal. The key is one
+    /// of the domain's DKIM keys, so its published record covers both.
+    pub fn arc_signing_key(
+        &self,
+        now_unix_ms: u64,
+    ) -> Option<(&str, &mail_auth::common::crypto::DkimKey)> {
+        self.keys
+            .iter()
+            .filter(|k| k.algorithm == DkimAlgorithm::Rsa2048)
+            .find(|k| k.active_from_unix_ms <= now_unix_ms)
+            .map(|k| (k.selector.as_str(), &k.signer.key))
+    }
+
     fn pick(&self, now_unix_ms: u64) -> Option<&LoadedKey> {
         self.keys
             .iter()

@@ -158,6 +158,25 @@ pub fn is_token(s: &str, max: usize) -> bool {
 /// what happened).
 pub const SMTP_AUTH_FAILED: &str = "smtp_auth_failed";
 pub const QUEUE_ADMIN: &str = "queue_admin";
+/// The event type an engine sends its TLS-RPT session counts under (RFC 8460; `details.rows`,
+/// see `petrel_delivery::tls_rpt`): the control plane sums them into its TLS-RPT table, not
+/// its event table.
+pub const TLS_RPT_COUNTS: &str = "tls_rpt";
+/// The failure types of RFC 8460 §4.3, as a TLS-RPT row names them (the engine's
+/// `petrel_delivery::tls_rpt::FailureType`; the control plane refuses other names).
+pub const TLS_RPT_FAILURE_TYPES: [&str; 11] = [
+    "starttls-not-supported",
+    "certificate-host-mismatch",
+    "certificate-expired",
+    "certificate-not-trusted",
+    "validation-failure",
+    "tlsa-invalid",
+    "dnssec-invalid",
+    "dane-required",
+    "sts-policy-fetch-error",
+    "sts-policy-invalid",
+    "sts-webpki-invalid",
+];
 
 /// `hard`: do not retry this address; `soft`: it may work later.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -4,8 +4,11 @@
 //! Byte format (what [`encode`] writes and [`decode`] accepts):
 //!
 //! ```text
-//! magic "PTRLSNP3" (8) | crc32c(payload) u32 LE | payload length u32 LE | payload (rkyv 0.8)
+//! magic "PTRLSNP4" (8) | crc32c(payload) u32 LE | payload length u32 LE | payload (rkyv 0.8)
 //! ```
+//!
+//! A format-3 snapshot (`PTRLSNP3`, before `Tenant::arc_seal`) still decodes (`v3.rs`), so an
+//! engine upgraded in place starts on the snapshot it kept.
 //!
 //! The checksum catches corruption that rkyv's structural validation (bytecheck) cannot see
 //! (a flipped bit inside a string); bytecheck catches malformed archives; [`PolicySnapshot::validate`]
@@ -16,7 +19,7 @@ use std::collections::HashSet;
 use crate::error::PolicyError;
 
 /// Magic prefix of an encoded snapshot; the trailing digit is the format version.
-pub const SNAPSHOT_MAGIC: &[u8; 8] = b"PTRLSNP3";
+pub const SNAPSHOT_MAGIC: &[u8; 8] = b"PTRLSNP4";
 /// Bytes before the rkyv payload: magic, checksum, payload length.
 pub const SNAPSHOT_HEADER_BYTES: usize = 16;
 /// Largest encoded snapshot accepted (fits in one link frame with room to spare).
@@ -130,6 +133,11 @@ pub struct Tenant {
     /// asks: a transactional sender does not want an unsubscribe link on a password reset.
     #[serde(default)]
     pub list_unsubscribe: bool,
+    /// The tenant forwards mail it received elsewhere: the engine verifies the DKIM signatures
+    /// and ARC chain a message arrived with and adds an ARC set (RFC 8617) signed with the
+    /// sending domain's DKIM key (issue 18). Added in format 4.
+    #[serde(default)]
+    pub arc_seal: bool,
 }
 
 /// A domain a tenant sends from (the MAIL FROM / From: domain), with its DKIM keys.
@@ -358,7 +366,8 @@ pub fn decode(bytes: &[u8]) -> Result<PolicySnapshot, PolicyError> {
     let (header, payload) = bytes
         .split_at_checked(SNAPSHOT_HEADER_BYTES)
         .ok_or_else(|| PolicyError::corrupt("shorter than the header"))?;
-    if &header[0..8] != SNAPSHOT_MAGIC {
+    let legacy = &header[0..8] == v3::MAGIC;
+    if &header[0..8] != SNAPSHOT_MAGIC && !legacy {
         return Err(PolicyError::corrupt("bad magic"));
     }
     let crc = u32::from_le_bytes([header[8], header[9], header[10], header[11]]);
@@ -375,8 +384,12 @@ pub fn decode(bytes: &[u8]) -> Result<PolicySnapshot, PolicyError> {
     // rkyv needs the archive aligned; the payload sits at an arbitrary address, so copy it.
     let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(payload.len());
     aligned.extend_from_slice(payload);
-    let snapshot = rkyv::from_bytes::<PolicySnapshot, rkyv::rancor::Error>(&aligned)
-        .map_err(|e| PolicyError::corrupt(format!("archive validation: {e}")))?;
+    let snapshot = if legacy {
+        v3::from_bytes(&aligned)?
+    } else {
+        rkyv::from_bytes::<PolicySnapshot, rkyv::rancor::Error>(&aligned)
+            .map_err(|e| PolicyError::corrupt(format!("archive validation: {e}")))?
+    };
     snapshot.validate()?;
     Ok(snapshot)
 }
@@ -518,6 +531,9 @@ pub fn parse_cidr(s: &str) -> Result<ipnet::IpNet, PolicyError> {
         .map_err(|_| PolicyError::invalid(format!("bad CIDR or address {s:?}")))
 }
 
+#[path = "snapshot/v3.rs"]
+mod v3;
+
 #[path = "snapshot/guard.rs"]
 mod guard;
 pub use guard::{
@@ -600,6 +616,7 @@ mod tests {
                 sending_disabled: None,
                 reputation_warning: Some("bounce rate 8.5% nears 10%".into()),
                 list_unsubscribe: false,
+                arc_seal: true,
             }],
             domains: vec![SendingDomain {
                 tenant_id: "t1".into(),

@@ -368,6 +368,7 @@ mod tests {
                 sending_disabled: None,
                 reputation_warning: None,
                 list_unsubscribe: false,
+                arc_seal: false,
             }],
             domains: vec![SendingDomain {
                 tenant_id: "t1".into(),

@@ -55,6 +55,7 @@ pub async fn ensure_operator(
         allow_unverified_domains: false,
         created_unix_ms: clock.now_unix_ms(),
         list_unsubscribe: false,
+        arc_seal: false,
     };
     let prepared = NewCredential::api_key(&tenant.id, "bootstrap owner key", Role::Owner)
         .prepare(cost)
@@ -189,6 +190,7 @@ async fn create_dev(info: &ServeInfo) -> Result<DevBootstrap, ControlError> {
                 allow_unverified_domains: true,
                 created_unix_ms: now,
                 list_unsubscribe: false,
+                arc_seal: false,
             },
             false,
         ),

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use crate::{ControlConfig, ServeOptions};
+use crate::{ControlConfig, ControlError, ServeOptions};
 
 /// `petrel control <command>`.
 #[derive(Debug, clap::Subcommand)]
@@ -143,6 +143,43 @@ pub struct ServeArgs {
     /// Abuse guardrails (`--guard-*`).
     #[command(flatten)]
     pub guard: GuardArgs,
+    /// Inbound MTA-STS (`--intake-mx`, `--mta-sts-*`).
+    #[command(flatten)]
+    pub mta_sts: MtaStsArgs,
+    /// Outbound TLS-RPT reports (`--tls-rpt-*`).
+    #[command(flatten)]
+    pub tls_rpt: crate::tls_rpt::args::TlsRptArgs,
+}
+
+/// Inbound MTA-STS (RFC 8461) for the domains the engines' intake receives (`crate::mta_sts`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct MtaStsArgs {
+    /// The host names of the engines' intake (MX on 25), repeated; a `*.` wildcard may start
+    /// one. Given: `GET /.well-known/mta-sts.txt` serves a policy naming them, for the bounce
+    /// domain and every verified domain whose MX records all name them. Default: none (off).
+    #[arg(long = "intake-mx")]
+    pub intake_mx: Vec<String>,
+    /// The policy's mode: enforce, or testing (senders report but deliver anyway).
+    #[arg(long, value_enum, default_value_t = crate::mta_sts::Mode::Enforce)]
+    pub mta_sts_mode: crate::mta_sts::Mode,
+    /// How long senders may cache the policy, seconds (86400..=31557600).
+    #[arg(long, default_value_t = crate::mta_sts::MAX_AGE_SECS_DEFAULT)]
+    pub mta_sts_max_age_secs: u64,
+    /// The TLS-RPT address (mailto: or https:) shown in each domain's `_smtp._tls` record.
+    #[arg(long)]
+    pub tls_rpt_rua: Option<String>,
+}
+
+impl MtaStsArgs {
+    pub fn settings(&self) -> Result<Option<crate::mta_sts::InboundMtaSts>, ControlError> {
+        crate::mta_sts::InboundMtaSts::new(
+            &self.intake_mx,
+            self.mta_sts_mode,
+            self.mta_sts_max_age_secs,
+            self.tls_rpt_rua.as_deref(),
+        )
+        .map_err(|e| ControlError::Config(e.to_string()))
+    }
 }
 
 /// The abuse guardrails' flags (defaults: the issue's).
@@ -239,6 +276,8 @@ pub async fn run(cmd: ControlCommand) -> anyhow::Result<()> {
                 public_url: a.public_url,
                 guardrails: a.guard.settings(),
                 retention: a.retention_bounds,
+                mta_sts: a.mta_sts.settings()?,
+                tls_rpt: a.tls_rpt.settings()?,
                 key_file: a.key_file,
                 data_key_rotate_after_days: a.data_key_rotate_after_days,
                 audit_key_file: a.audit_key_file,

@@ -22,6 +22,8 @@ use crate::ControlError;
 pub const DNS_QUERY_TIMEOUT_MS: u64 = 3_000;
 /// TXT strings read per name (a name with more is not one we published).
 pub const TXT_RECORDS_PER_NAME_MAX: usize = 64;
+/// MX records read per name.
+pub const MX_RECORDS_PER_NAME_MAX: usize = 32;
 
 /// A record the tenant should publish.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
@@ -175,6 +177,29 @@ impl DnsChecker {
         let fqdn = format!("{}.", name.trim_end_matches('.'));
         match self.resolver.lookup_ip(fqdn.as_str()).await {
             Ok(lookup) => Ok(lookup.iter().collect()),
+            Err(e) if e.is_no_records_found() || e.is_nx_domain() => Ok(Vec::new()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// The MX exchange names of `name` (lowercase, no trailing dot). Ok(empty): none.
+    pub async fn mx(&self, name: &str) -> Result<Vec<String>, String> {
+        let fqdn = format!("{}.", name.trim_end_matches('.'));
+        match self.resolver.mx_lookup(fqdn.as_str()).await {
+            Ok(lookup) => Ok(lookup
+                .answers()
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::MX(mx) => Some(
+                        mx.exchange
+                            .to_ascii()
+                            .trim_end_matches('.')
+                            .to_ascii_lowercase(),
+                    ),
+                    _ => None,
+                })
+                .take(MX_RECORDS_PER_NAME_MAX)
+                .collect()),
             Err(e) if e.is_no_records_found() || e.is_nx_domain() => Ok(Vec::new()),
             Err(e) => Err(e.to_string()),
         }

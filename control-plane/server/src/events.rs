@@ -118,6 +118,12 @@ pub async fn ingest_checked(
     };
     let now = app.now_ms();
     let events: Vec<&Event> = fresh.iter().flat_map(|(_, b)| b.iter()).collect();
+    // TLS-RPT counts are summed into their own table, each taken once (`crate::tls_rpt`).
+    crate::tls_rpt::ingest(&mut tx, &events, now).await?;
+    let events: Vec<&Event> = events
+        .into_iter()
+        .filter(|e| !crate::tls_rpt::is_counts(e))
+        .collect();
     // Reports from the intakes get their tenant, message and recipient (`attribute.rs`).
     let mut events = events::attribute::attribute(&mut tx, &events).await?;
     // A deleted tenant's events (its queued mail dropped or bounced, reports that arrive late)

@@ -38,11 +38,13 @@ mod error;
 pub mod events;
 pub mod export;
 pub mod guardrails;
+pub mod mta_sts;
 pub mod push;
 pub mod retention;
 pub mod snapshot;
 pub mod store;
 pub mod suppressions;
+pub mod tls_rpt;
 pub mod webhooks;
 
 use std::net::SocketAddr;
@@ -139,6 +141,10 @@ pub struct ServeOptions {
     pub guardrails: guardrails::GuardSettings,
     /// The retention windows tenants may choose (`--retention-bounds`).
     pub retention: retention::RetentionBounds,
+    /// Inbound MTA-STS (`--intake-mx`, `--mta-sts-*`); None: off.
+    pub mta_sts: Option<mta_sts::InboundMtaSts>,
+    /// Outbound TLS-RPT reports (`--tls-rpt-*`); None: not sent.
+    pub tls_rpt: Option<tls_rpt::TlsRptSettings>,
 }
 
 impl std::fmt::Debug for ServeOptions {
@@ -176,6 +182,8 @@ impl Default for ServeOptions {
             clock: None,
             guardrails: guardrails::GuardSettings::default(),
             retention: retention::RetentionBounds::default(),
+            mta_sts: None,
+            tls_rpt: None,
             key_file: None,
             data_key_rotate_after_days: store::sealed::DATA_KEY_ROTATE_AFTER_DAYS_DEFAULT,
             audit_key_file: None,
@@ -345,7 +353,10 @@ pub async fn serve_with(
             guardrails: opts.guardrails,
             retention: opts.retention,
             api_trusted_proxies: opts.api_trusted_proxies.clone(),
+            mta_sts: opts.mta_sts.clone().map(Arc::new),
+            tls_rpt: opts.tls_rpt.clone().map(Arc::new),
         },
+        mx_verdicts: Default::default(),
         version_tx,
         webhooks,
         suppressions: suppressions::SuppressionWatch::new(suppression_version),
@@ -434,6 +445,7 @@ pub async fn serve_with(
         app.clone(),
         std::time::Duration::from_secs(opts.domain_check_interval_secs.max(1)),
     ));
+    let tls_reports = tokio::spawn(tls_rpt::task(app.clone()));
     let poller = tokio::spawn(push::poll_version(app, opts.version_poll_ms));
     let result = tokio::try_join!(http, pushing).map(|_| ());
     poller.abort();
@@ -449,6 +461,7 @@ pub async fn serve_with(
     anchoring.abort();
     auth_failure_log.abort();
     domain_checker.abort();
+    tls_reports.abort();
     if let Some(l) = listener {
         l.abort();
     }

@@ -48,6 +48,7 @@ pub async fn build(
             messages_per_day_max: t.messages_per_day_max,
             allow_unverified_domains: t.allow_unverified_domains,
             list_unsubscribe: t.list_unsubscribe,
+            arc_seal: t.arc_seal,
         })
         .collect();
     tenants.sort_by(|a, b| a.id.cmp(&b.id));

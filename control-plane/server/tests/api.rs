@@ -89,7 +89,7 @@ async fn openapi_lists_every_route() {
     );
     let table = AccessTable::from_document(&r.body).expect("every route declares its access");
     let entries = table.entries();
-    assert_eq!(entries.len(), 59, "{entries:?}");
+    assert_eq!(entries.len(), 61, "{entries:?}");
     let public: Vec<_> = entries
         .iter()
         .filter(|(_, _, a)| *a == Access::Public)
@@ -97,7 +97,12 @@ async fn openapi_lists_every_route() {
         .collect();
     assert_eq!(
         public,
-        ["GET /u/{token}", "POST /u/{token}", "GET /v1/openapi.json"]
+        [
+            "GET /.well-known/mta-sts.txt",
+            "GET /u/{token}",
+            "POST /u/{token}",
+            "GET /v1/openapi.json"
+        ]
     );
     let schemas = &r.body["components"]["schemas"];
     for (method, path, access) in &entries {
@@ -159,6 +164,8 @@ async fn openapi_lists_every_route() {
                     content["application/json"]["schema"].is_object()
                         // The one-click confirmation page.
                         || content["text/html"]["schema"].is_object()
+                        // The MTA-STS policy file (RFC 8461 §3.2).
+                        || content["text/plain"]["schema"].is_object()
                         // Streamed exports: JSON lines (and CSV for some).
                         || content.get("application/x-ndjson").is_some(),
                     "{method} {path} {status}: no schema"

@@ -18,6 +18,7 @@
 //! | `ClientError::Tls` (opportunistic handshake)     | `TlsHandshake`             | `protocol_error`, soft     |
 //! | `ClientError::Protocol { stage }`                | `Protocol`                 | `protocol_error`, soft     |
 //! | no MX host matches the domain's MTA-STS policy   | `MtaStsNoMatchingMx`       | `tls_required`, soft       |
+//! | DANE: TLSA mismatch, bogus TLSA, no STARTTLS     | `DaneFailed`               | `tls_required`, soft       |
 //! | `ClientError::Rejected { reply, .. }`            | the reply, through the rules ([`crate::BounceClassifier::classify_local`]) | |
 //!
 //! The classes follow what the engine does with each failure today: only a domain that does not
@@ -58,6 +59,10 @@ pub enum LocalFailure {
     /// The domain's MTA-STS policy (RFC 8461) is enforced and none of its MX hosts matches
     /// it: nothing may be tried, the recipients wait (never bounced for it).
     MtaStsNoMatchingMx,
+    /// DANE (RFC 7672) kept the mail from every MX host tried: validated TLSA records the
+    /// certificate did not match, a TLSA answer that failed DNSSEC validation, or no TLS. The
+    /// recipients wait (never bounced for it, never sent in plain text).
+    DaneFailed,
     /// The server's replies broke the protocol (unparseable, out of sequence).
     Protocol,
     /// Another I/O error.
@@ -80,9 +85,9 @@ impl LocalFailure {
             | LocalFailure::Timeout
             | LocalFailure::ConnectionDropped
             | LocalFailure::Io => (Category::Transient, BounceClass::Soft),
-            LocalFailure::TlsRequired | LocalFailure::MtaStsNoMatchingMx => {
-                (Category::TlsRequired, BounceClass::Soft)
-            }
+            LocalFailure::TlsRequired
+            | LocalFailure::MtaStsNoMatchingMx
+            | LocalFailure::DaneFailed => (Category::TlsRequired, BounceClass::Soft),
             LocalFailure::TlsHandshake | LocalFailure::Protocol => {
                 (Category::ProtocolError, BounceClass::Soft)
             }
@@ -147,6 +152,7 @@ mod tests {
             pair(LocalFailure::MtaStsNoMatchingMx),
             (C::TlsRequired, Soft)
         );
+        assert_eq!(pair(LocalFailure::DaneFailed), (C::TlsRequired, Soft));
         assert_eq!(pair(LocalFailure::TlsHandshake), (C::ProtocolError, Soft));
         assert_eq!(pair(LocalFailure::Protocol), (C::ProtocolError, Soft));
     }

@@ -1,21 +1,50 @@
 //! RFC 3464 delivery status notifications (bounces), built from values passed in.
 //!
 //! A DSN is a `multipart/report; report-type=delivery-status` (RFC 6522) with three parts: a
-//! human-readable explanation, the `message/delivery-status` fields (per message, then per
-//! recipient: Final-Recipient, Action, Status, Remote-MTA, Diagnostic-Code, Last-Attempt-Date)
-//! and the original header section as `text/rfc822-headers`. Only failures are reported
-//! (Action: failed), for recipients that bounced or expired.
+//! human-readable explanation, the `message/delivery-status` fields (per message: Reporting-MTA,
+//! Original-Envelope-Id when the sender gave ENVID, Arrival-Date; per recipient:
+//! Original-Recipient when it gave ORCPT, Final-Recipient, Action, Status, Remote-MTA,
+//! Diagnostic-Code, Last-Attempt-Date) and the original header section as
+//! `text/rfc822-headers`, or with RET=FULL and a failure the whole message as `message/rfc822`
+//! (up to [`RETURNED_MESSAGE_MAX_BYTES`], else the headers). Failures (Action: failed: bounced or
+//! expired) are reported unless the recipient's NOTIFY leaves FAILURE out; the first deferral
+//! (Action: delayed) and a relay to a next hop that does not offer DSN (Action: relayed, RFC 3461
+//! §5.2.2) only when its NOTIFY asks for DELAY or SUCCESS (`crate::dsn_params`).
 //!
 //! Loop prevention lives in [`should_send`]: never a DSN for the null reverse-path or for a DSN;
 //! the DSN itself is sent with the null reverse-path (the driver stores it with `mail_from` "").
 
 use std::fmt::Write as _;
 
-/// One failed recipient in a DSN.
+/// What a DSN says happened to one recipient (RFC 3464 §2.3.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Bounced or expired: given up.
+    Failed,
+    /// Deferred, still being tried.
+    Delayed,
+    /// Accepted by a next hop that does not offer DSN: no delivery report will come from it.
+    Relayed,
+}
+
+impl Action {
+    fn field(self) -> &'static str {
+        match self {
+            Action::Failed => "failed",
+            Action::Delayed => "delayed",
+            Action::Relayed => "relayed",
+        }
+    }
+}
+
+/// One recipient in a DSN.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FailedRecipient {
+pub struct DsnRecipient {
     /// The recipient address as given in RCPT TO.
     pub address: String,
+    pub action: Action,
+    /// The sender's ORCPT (`addr-type;address`, decoded), for `Original-Recipient`.
+    pub original_recipient: Option<String>,
     /// Enhanced status code (RFC 3463), e.g. (5, 1, 1).
     pub status: (u8, u16, u16),
     /// The MX host that answered, if any.
@@ -33,20 +62,28 @@ pub struct DsnInput<'a> {
     pub reporting_mta: &'a str,
     /// The original sender: the DSN's recipient.
     pub original_sender: &'a str,
-    /// Our queue id of the original message (X-Petrel-Queue-ID and Original-Envelope-Id).
+    /// Our queue id of the original message (X-Petrel-Queue-ID).
     pub queue_id: &'a str,
+    /// The sender's ENVID (decoded), for `Original-Envelope-Id`.
+    pub envid: Option<&'a str>,
+    /// RET=FULL: a DSN reporting a failure returns the whole message (bounded).
+    pub return_full: bool,
     /// When the original message arrived, unix seconds.
     pub arrival_unix_secs: i64,
     /// Now, unix seconds (Date, Last-Attempt-Date).
     pub now_unix_secs: i64,
-    /// The failed recipients; at least one.
-    pub recipients: &'a [FailedRecipient],
-    /// The original message (only its header section is included).
+    /// The recipients reported; at least one.
+    pub recipients: &'a [DsnRecipient],
+    /// The original message (its header section, or all of it with `return_full`).
     pub original_message: &'a [u8],
 }
 
 /// Bytes of the original header section copied into a DSN at most.
 pub const ORIGINAL_HEADERS_MAX_BYTES: usize = 64 * 1024;
+/// Largest original message a RET=FULL failure DSN returns whole; a larger one gets its
+/// header section only (Postfix's `bounce_size_limit` is 50 kB; a DSN is spooled and sent
+/// like any message, so this bounds what one failure costs).
+pub const RETURNED_MESSAGE_MAX_BYTES: usize = 1 << 20;
 
 /// Whether a failure of this message may produce a DSN: never for the null sender (`""`,
 /// RFC 5321 §4.5.5) and never for a DSN we generated.
@@ -56,15 +93,29 @@ pub fn should_send(mail_from: &str, is_dsn: bool) -> bool {
 
 /// Builds the DSN message (CRLF line ends), ready to be spooled with the null sender.
 pub fn build(input: &DsnInput<'_>) -> Vec<u8> {
-    let headers = header_section(input.original_message);
-    let boundary = boundary_for(input, headers);
+    let failed = input.recipients.iter().any(|r| r.action == Action::Failed);
+    let whole =
+        input.return_full && failed && input.original_message.len() <= RETURNED_MESSAGE_MAX_BYTES;
+    let returned = if whole {
+        input.original_message
+    } else {
+        header_section(input.original_message)
+    };
+    let boundary = boundary_for(input, returned);
+    let subject = if failed {
+        "Undelivered Mail Returned to Sender"
+    } else if input.recipients.iter().any(|r| r.action == Action::Delayed) {
+        "Delayed Mail (still being retried)"
+    } else {
+        "Successful Mail Relay Report"
+    };
     let date = rfc5322_date(input.now_unix_secs);
-    let mut m = String::with_capacity(2048 + headers.len());
+    let mut m = String::with_capacity(2048 + returned.len());
     let _ = write!(
         m,
         "From: Mail Delivery System <MAILER-DAEMON@{mta}>\r\n\
          To: <{to}>\r\n\
-         Subject: Undelivered Mail Returned to Sender\r\n\
+         Subject: {subject}\r\n\
          Date: {date}\r\n\
          Message-ID: <dsn.{id}.{now}@{mta}>\r\n\
          Auto-Submitted: auto-replied\r\n\
@@ -82,14 +133,19 @@ pub fn build(input: &DsnInput<'_>) -> Vec<u8> {
     );
     human_part(&mut m, input, &boundary);
     status_part(&mut m, input, &boundary);
+    let (description, content_type) = if whole {
+        ("Undelivered Message", "message/rfc822")
+    } else {
+        ("Message Headers", "text/rfc822-headers")
+    };
     let _ = write!(
         m,
-        "--{boundary}\r\nContent-Description: Undelivered Message Headers\r\n\
-         Content-Type: text/rfc822-headers\r\n\r\n"
+        "--{boundary}\r\nContent-Description: {description}\r\n\
+         Content-Type: {content_type}\r\n\r\n"
     );
     let mut out = m.into_bytes();
-    out.extend_from_slice(headers);
-    if !headers.ends_with(b"\r\n") {
+    out.extend_from_slice(returned);
+    if !returned.ends_with(b"\r\n") {
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
@@ -97,20 +153,30 @@ pub fn build(input: &DsnInput<'_>) -> Vec<u8> {
 }
 
 fn human_part(m: &mut String, input: &DsnInput<'_>, boundary: &str) {
+    let has = |a: Action| input.recipients.iter().any(|r| r.action == a);
+    let what = if has(Action::Failed) {
+        "I'm sorry to have to inform you that your message could not\r\n\
+         be delivered to one or more recipients."
+    } else if has(Action::Delayed) {
+        "Your message could not be delivered yet to one or more recipients.\r\n\
+         It will be tried again; you do not need to send it again."
+    } else {
+        "Your message was handed to the recipients' mail servers, which do\r\n\
+         not send delivery notifications: this is the last report you will get."
+    };
     let _ = write!(
         m,
         "--{boundary}\r\nContent-Description: Notification\r\n\
          Content-Type: text/plain; charset=us-ascii\r\n\r\n\
-         This is the mail system at host {mta}.\r\n\r\n\
-         I'm sorry to have to inform you that your message could not\r\n\
-         be delivered to one or more recipients.\r\n\r\n",
+         This is the mail system at host {mta}.\r\n\r\n{what}\r\n\r\n",
         mta = input.reporting_mta
     );
     for r in input.recipients {
-        let why = if r.expired {
-            "delivery time expired"
-        } else {
-            "refused"
+        let why = match r.action {
+            Action::Failed if r.expired => "delivery time expired",
+            Action::Failed => "refused",
+            Action::Delayed => "delayed",
+            Action::Relayed => "relayed",
         };
         let _ = write!(
             m,
@@ -129,20 +195,36 @@ fn status_part(m: &mut String, input: &DsnInput<'_>, boundary: &str) {
         "--{boundary}\r\nContent-Description: Delivery report\r\n\
          Content-Type: message/delivery-status\r\n\r\n\
          Reporting-MTA: dns; {mta}\r\n\
-         X-Petrel-Queue-ID: {id}\r\n\
-         Arrival-Date: {arrival}\r\n",
+         X-Petrel-Queue-ID: {id}\r\n",
         mta = input.reporting_mta,
         id = input.queue_id,
-        arrival = rfc5322_date(input.arrival_unix_secs),
+    );
+    if let Some(envid) = input.envid {
+        let _ = write!(m, "Original-Envelope-Id: {}\r\n", one_line(envid));
+    }
+    let _ = write!(
+        m,
+        "Arrival-Date: {}\r\n",
+        rfc5322_date(input.arrival_unix_secs)
     );
     let last = rfc5322_date(input.now_unix_secs);
     for r in input.recipients {
         let (a, b, c) = r.status;
+        m.push_str("\r\n");
+        if let Some(orcpt) = &r.original_recipient {
+            let (kind, address) = orcpt.split_once(';').unwrap_or(("rfc822", orcpt));
+            let _ = write!(
+                m,
+                "Original-Recipient: {}; {}\r\n",
+                one_line(kind),
+                one_line(address)
+            );
+        }
         let _ = write!(
             m,
-            "\r\nFinal-Recipient: rfc822; {addr}\r\nOriginal-Recipient: rfc822; {addr}\r\n\
-             Action: failed\r\nStatus: {a}.{b}.{c}\r\n",
-            addr = r.address
+            "Final-Recipient: rfc822; {addr}\r\nAction: {action}\r\nStatus: {a}.{b}.{c}\r\n",
+            addr = r.address,
+            action = r.action.field(),
         );
         if let Some(mta) = &r.remote_mta {
             let _ = write!(m, "Remote-MTA: dns; {mta}\r\n");
@@ -171,7 +253,7 @@ fn memfind(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-/// A boundary that does not occur in the copied headers.
+/// A boundary that does not occur in what is returned.
 fn boundary_for(input: &DsnInput<'_>, headers: &[u8]) -> String {
     let mut b = format!("=_petrel_{}_{}", input.queue_id, input.now_unix_secs);
     while memfind(headers, b.as_bytes()).is_some() {
@@ -224,11 +306,13 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
 mod tests {
     use super::*;
 
-    fn sample(recipients: &[FailedRecipient]) -> Vec<u8> {
+    fn sample(recipients: &[DsnRecipient]) -> Vec<u8> {
         build(&DsnInput {
             reporting_mta: "mx.petrel.test",
             original_sender: "alice@sender.example",
             queue_id: "0100000000000001",
+            envid: None,
+            return_full: false,
             arrival_unix_secs: 1_700_000_000,
             now_unix_secs: 1_700_000_360,
             recipients,
@@ -236,9 +320,11 @@ mod tests {
         })
     }
 
-    fn failed(addr: &str, expired: bool) -> FailedRecipient {
-        FailedRecipient {
+    fn failed(addr: &str, expired: bool) -> DsnRecipient {
+        DsnRecipient {
             address: addr.into(),
+            action: Action::Failed,
+            original_recipient: None,
             status: if expired { (4, 4, 7) } else { (5, 1, 1) },
             remote_mta: Some("mx.dest.example".into()),
             diagnostic: "550 5.1.1 no such user\r\nInjected: header".into(),
@@ -329,6 +415,88 @@ mod tests {
         assert!(groups[1].contains("Diagnostic-Code: smtp; 550 5.1.1 no such user"));
         assert!(groups[2].contains("Final-Recipient: rfc822; carol@dest.example"));
         assert!(groups[2].contains("Status: 4.4.7"));
+    }
+
+    fn with(
+        recipients: &[DsnRecipient],
+        envid: Option<&str>,
+        return_full: bool,
+        original: &[u8],
+    ) -> String {
+        let msg = build(&DsnInput {
+            reporting_mta: "mx.petrel.test",
+            original_sender: "alice@sender.example",
+            queue_id: "0100000000000001",
+            envid,
+            return_full,
+            arrival_unix_secs: 1_700_000_000,
+            now_unix_secs: 1_700_000_360,
+            recipients,
+            original_message: original,
+        });
+        String::from_utf8(msg).expect("ascii")
+    }
+
+    const ORIGINAL: &[u8] = b"From: alice@sender.example\r\nSubject: hi\r\n\r\nbody line\r\n";
+
+    #[test]
+    fn envid_and_orcpt_are_reported() {
+        let mut r = failed("bob@dest.example", false);
+        r.original_recipient = Some("rfc822;Bob+Orig@dest.example".into());
+        let text = with(
+            &[r, failed("carol@dest.example", false)],
+            Some("QQ+314"),
+            false,
+            ORIGINAL,
+        );
+        let (_, parts) = parse(&text);
+        let groups: Vec<&str> = parts[1].1.trim_end().split("\r\n\r\n").collect();
+        assert!(groups[0].contains("\r\nOriginal-Envelope-Id: QQ+314\r\n"));
+        assert!(groups[1].starts_with(
+            "Original-Recipient: rfc822; Bob+Orig@dest.example\r\nFinal-Recipient: rfc822; bob@dest.example"
+        ));
+        assert!(
+            !groups[2].contains("Original-Recipient"),
+            "no ORCPT, no field"
+        );
+        assert!(!sample(&[failed("b@d.example", false)])
+            .windows(20)
+            .any(|w| w == b"Original-Envelope-Id"));
+    }
+
+    #[test]
+    fn ret_full_returns_the_message_on_failure_and_headers_otherwise() {
+        let text = with(&[failed("bob@dest.example", false)], None, true, ORIGINAL);
+        let (_, parts) = parse(&text);
+        assert!(parts[2].0.contains("Content-Type: message/rfc822"));
+        assert!(parts[2].1.contains("body line"), "the whole message");
+        // Past the bound, or for a report without a failure, the headers only.
+        let mut big = b"Subject: big\r\n\r\n".to_vec();
+        big.resize(RETURNED_MESSAGE_MAX_BYTES + 1, b'a');
+        let text = with(&[failed("bob@dest.example", false)], None, true, &big);
+        let (_, parts) = parse(&text);
+        assert!(parts[2].0.contains("text/rfc822-headers"));
+        assert_eq!(parts[2].1.trim_end(), "Subject: big");
+        let mut relayed = failed("bob@dest.example", false);
+        relayed.action = Action::Relayed;
+        let text = with(&[relayed], None, true, ORIGINAL);
+        let (top, parts) = parse(&text);
+        assert!(parts[2].0.contains("text/rfc822-headers"));
+        assert!(!parts[2].1.contains("body line"));
+        assert!(top.contains("Subject: Successful Mail Relay Report"));
+        assert!(parts[1].1.contains("Action: relayed"));
+    }
+
+    #[test]
+    fn delayed_reports_say_so() {
+        let mut d = failed("bob@dest.example", false);
+        d.action = Action::Delayed;
+        d.status = (4, 2, 0);
+        let text = with(&[d], None, false, ORIGINAL);
+        let (top, parts) = parse(&text);
+        assert!(top.contains("Subject: Delayed Mail (still being retried)"));
+        assert!(parts[0].1.contains("<bob@dest.example>: delayed: "));
+        assert!(parts[1].1.contains("Action: delayed\r\nStatus: 4.2.0"));
     }
 
     #[test]

@@ -55,6 +55,7 @@ pub mod backoff;
 pub mod classify;
 pub mod config;
 pub mod dsn;
+pub mod dsn_params;
 pub mod error;
 pub mod events;
 pub mod limits;
@@ -62,6 +63,7 @@ pub mod memory;
 pub mod queue;
 pub mod return_path;
 pub mod shard;
+pub mod tls_rpt;
 
 pub use attribution::{Attribution, AttributionKey, AttributionParts};
 pub use backoff::RetrySchedule;
@@ -69,6 +71,7 @@ pub use config::{
     ClientTimeouts, DeliveryConfig, DomainLimits, LimitsSource, TlsPolicy,
     NEXT_HOP_SESSIONS_MAX_DEFAULT,
 };
+pub use dsn_params::MessageDsn;
 pub use error::{DeliveryError, SpoolAccessError};
 pub use events::{EventSink, EventWriter, EventsConfig, Outcome};
 pub use limits::{ConnectionPermit, GlobalLimits};

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use petrel_delivery::tls_rpt::{FailureType, PolicyType, Row, TlsRptRecorder};
 use petrel_delivery::{
     DeliveryConfig, DomainLimits, EventSink, EventsConfig, RcptState, RetrySchedule, TlsPolicy,
 };
@@ -121,6 +122,8 @@ impl Destination {
 struct Seen {
     state: RcptState,
     events: Vec<(String, serde_json::Value)>,
+    /// The TLS-RPT rows the shard counted (`petrel_delivery::tls_rpt`).
+    tls_rpt: Vec<Row>,
 }
 
 /// Sends one message to [`RCPT`] through a shard with MTA-STS on (over `static_routes`, if
@@ -131,9 +134,11 @@ fn deliver_one(dest: &Destination, static_routes: Vec<StaticRoute>) -> Seen {
     let resolver = Resolver::start(resolver_config).expect("resolver");
     let events_dir = tempfile_dir();
     let (events, writer) = EventSink::start(EventsConfig::new(&events_dir)).expect("events");
+    let recorder = TlsRptRecorder::default();
     let setup = ShardSetup {
         events,
         mta_sts: Some(sts),
+        tls_rpt: Some(recorder.clone()),
         ..ShardSetup::new(dest.config(), resolver)
     };
     let (outcome, _spool) = run_shard(setup, |h| async move {
@@ -155,7 +160,27 @@ fn deliver_one(dest: &Destination, static_routes: Vec<StaticRoute>) -> Seen {
         }
     }
     let _ = std::fs::remove_dir_all(&events_dir);
-    Seen { state, events }
+    let (tls_rpt, overflow) = recorder.take().into_rows();
+    assert_eq!(overflow, 0);
+    Seen {
+        state,
+        events,
+        tls_rpt,
+    }
+}
+
+/// The one TLS-RPT row of a scenario: its policy type, MX host, successes and failures.
+fn tls_rpt_row(seen: &Seen) -> (PolicyType, String, u64, Vec<(FailureType, u64)>) {
+    assert_eq!(seen.tls_rpt.len(), 1, "one row: {:?}", seen.tls_rpt);
+    let r = &seen.tls_rpt[0];
+    assert_eq!(r.policy.domain, DOMAIN);
+    let failures = r.failures().collect();
+    (
+        r.policy.policy_type,
+        r.mx_host.clone(),
+        r.successes,
+        failures,
+    )
 }
 
 /// A fresh directory for one scenario's events.
@@ -191,6 +216,13 @@ fn enforce_with_a_matching_mx_and_a_valid_certificate_delivers_over_tls() {
     let received = dest.mx.received();
     assert_eq!(received.len(), 1);
     assert!(received[0].tls, "delivered inside STARTTLS");
+    let (kind, mx_host, successes, failures) = tls_rpt_row(&seen);
+    assert_eq!((kind, mx_host.as_str()), (PolicyType::Sts, MX_NAME));
+    assert_eq!((successes, failures), (1, Vec::new()), "a TLS-RPT success");
+    assert!(seen.tls_rpt[0]
+        .policy
+        .strings
+        .contains(&"mode: enforce".to_string()));
 }
 
 #[test]
@@ -202,6 +234,14 @@ fn enforce_with_a_certificate_for_another_name_defers_and_never_sends_in_plain_t
     assert_eq!(bounce, tls_required());
     assert!(dest.mx.received().is_empty(), "nothing sent");
     assert!(dest.mx.connections() >= 1, "the MX host was tried");
+    let (kind, _, successes, failures) = tls_rpt_row(&seen);
+    assert_eq!(kind, PolicyType::Sts);
+    assert_eq!(successes, 0);
+    assert_eq!(
+        failures,
+        [(FailureType::CertificateHostMismatch, 1)],
+        "a TLS-RPT failure recorded"
+    );
 }
 
 #[test]
@@ -218,6 +258,12 @@ fn enforce_with_no_mx_in_the_policy_defers_without_connecting() {
         0,
         "no host outside the policy is tried"
     );
+    let (kind, mx_host, _, failures) = tls_rpt_row(&seen);
+    assert_eq!(
+        (kind, mx_host.as_str()),
+        (PolicyType::Sts, "mx.elsewhere.test")
+    );
+    assert_eq!(failures, [(FailureType::ValidationFailure, 1)]);
 }
 
 #[test]
@@ -242,6 +288,10 @@ fn a_static_route_is_not_subject_to_the_policy() {
     let seen = deliver_one(&dest, vec![route]);
     assert_eq!(seen.state, RcptState::Delivered, "{:?}", seen.events);
     assert_eq!(dest.mx.received().len(), 1);
+    assert!(
+        seen.tls_rpt.is_empty(),
+        "not the domain's MX: no TLS-RPT row"
+    );
 }
 
 /// Connections are shared between domains of one MX set (`session::adopt`), but never across

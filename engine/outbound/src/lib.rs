@@ -28,6 +28,11 @@
 //! a pure parser and matcher ([`mta_sts::policy`]), an HTTPS fetcher and a cache kept on disk,
 //! served from a thread of its own like the resolver. It only answers; delivery applies.
 //!
+//! **DANE** ([`dane`], RFC 7672): with [`ResolverConfig::dane`] set, the DNS thread also runs a
+//! DNSSEC-validating resolver that answers [`Resolver::tlsa`] for an MX host; [`dane::decide`]
+//! turns the answer into a per-host decision and [`SmtpConnection::connect_dane`] requires a
+//! certificate that matches the records. Delivery applies it, per host, above MTA-STS.
+//!
 //! Every error here is temporary from the caller's point of view except the DNS answers that
 //! say a domain cannot receive mail (`ResolveError::is_permanent`); SMTP replies themselves
 //! are data ([`Reply`]), classified by the caller.
@@ -35,12 +40,13 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod client;
+pub mod dane;
 pub mod mta_sts;
 pub mod resolver;
 
 pub use client::{
-    ClientConfig, ClientError, OutgoingMessage, RcptOutcome, Reply, SmtpConnection, Stage, TlsInfo,
-    TlsMode, TransactionOutcome, BDAT_INLINE_BYTES_MAX, PIPELINE_TRANSACTIONS_MAX,
+    ClientConfig, ClientError, OutgoingDsn, OutgoingMessage, RcptOutcome, Reply, SmtpConnection,
+    Stage, TlsInfo, TlsMode, TransactionOutcome, BDAT_INLINE_BYTES_MAX, PIPELINE_TRANSACTIONS_MAX,
     TCP_CONNECT_FAILURES,
 };
 pub use mta_sts::{MtaSts, MtaStsConfig, MtaStsError};

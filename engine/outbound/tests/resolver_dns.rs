@@ -35,6 +35,7 @@ fn resolver(dns: &DnsServer, static_routes: Vec<StaticRoute>) -> Resolver {
         query_timeout_ms: 2000,
         cache_entries_max: 100,
         negative_ttl_secs_max: 300,
+        dane: None,
     })
     .unwrap()
 }

@@ -585,7 +585,12 @@ fn send_many_pipelines_whole_transactions_and_stops_cleanly_at_a_421() {
             .await
             .expect("connect");
         assert!(conn.can_send_many());
-        let msg = |from, rcpts, body| petrel_outbound::OutgoingMessage { from, rcpts, body };
+        let msg = |from, rcpts, body| petrel_outbound::OutgoingMessage {
+            from,
+            rcpts,
+            body,
+            dsn: None,
+        };
         let first = conn
             .send_many(&[
                 msg("a@src.test", &["b@dst.test"], b"one\r\n"),

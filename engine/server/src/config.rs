@@ -31,6 +31,7 @@ pub struct EngineConfig {
     pub intake: IntakeSection,
     pub content: ContentSection,
     pub cluster: ClusterSection,
+    pub acme: AcmeSection,
 }
 
 /// Cluster-wide quotas on Redis (issue 19): with `redis_url` set, tenant rates and daily
@@ -571,6 +572,14 @@ pub struct DeliverySection {
     /// the mail waits. Policies are cached in `<data>/mta-sts-policies.json`. Static routes
     /// (`relay_to`, `routes`) are not affected (with `relay_to` the service is not started).
     pub mta_sts: bool,
+    /// DANE (RFC 7672) for MX delivery: TLSA records of `_25._tcp.<mx host>`, validated with
+    /// DNSSEC, pin the certificate each MX host must present (they win over MTA-STS); a
+    /// mismatch or a bogus answer defers that host's mail (`4.7.5`). Off by default: it needs
+    /// name servers that pass DNSSEC records through. Static routes are not affected.
+    pub dane: bool,
+    /// DNSKEY records (zone-file syntax) trusted as DNSSEC anchors for `dane`; unset: the IANA
+    /// root keys.
+    pub dnssec_trust_anchor_file: Option<PathBuf>,
     /// The operator's bounce classification rules (the schema of the shipped
     /// `engine/bounce/rules/bounce-rules.toml`), consulted before the shipped ones. A file that
     /// cannot be read or has a bad rule stops the start.
@@ -596,6 +605,8 @@ impl Default for DeliverySection {
             next_hop_sessions_per_shard_max: petrel_delivery::NEXT_HOP_SESSIONS_MAX_DEFAULT,
             extra_root_certs: Vec::new(),
             mta_sts: true,
+            dane: false,
+            dnssec_trust_anchor_file: None,
             bounce_rules_file: None,
             domains: Vec::new(),
         }
@@ -757,6 +768,10 @@ impl EngineConfig {
 
 #[path = "config_validate.rs"]
 mod validate;
+
+#[path = "config_acme.rs"]
+mod acme;
+pub use acme::*;
 
 #[cfg(test)]
 #[path = "config_tests.rs"]

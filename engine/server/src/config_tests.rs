@@ -249,3 +249,68 @@ fn listeners_take_a_profile_and_are_bounded() {
     let e = EngineConfig::from_toml(&zero.repeat(SMTP_LISTENERS_MAX + 1)).unwrap_err();
     assert!(e.to_string().contains("at most 8"), "{e}");
 }
+
+#[test]
+fn acme_is_off_by_default_and_validated() {
+    let c = EngineConfig::from_toml("").unwrap();
+    assert!(!c.acme.enabled());
+    let on = EngineConfig::from_toml(
+        "[server]\nhostname = \"mx.example.com\"\n[acme]\n\
+         directory_url = \"https://acme.example/dir\"\ncontact = \"mailto:ops@example.com\"\n",
+    )
+    .unwrap();
+    assert!(on.acme.enabled());
+    assert_eq!(on.acme.names("mx.example.com"), ["mx.example.com"]);
+    assert_eq!(on.acme.renew_before_days, 30);
+    assert_eq!(
+        on.acme.state_dir(Path::new("/d")),
+        PathBuf::from("/d/acme"),
+        "state under the data directory by default"
+    );
+    let listed = EngineConfig::from_toml(
+        "[acme]\ndirectory_url = \"https://a.example/dir\"\ndomains = [\"MX.Example.com.\", \"b.example.com\"]\n",
+    )
+    .unwrap();
+    assert_eq!(
+        listed.acme.names("ignored.example"),
+        ["mx.example.com", "b.example.com"]
+    );
+    let url = "[acme]\ndirectory_url = \"https://acme.example/dir\"\n";
+    for (extra, key) in [
+        (
+            "[acme]\ndirectory_url = \"http://acme.example/dir\"\n",
+            "acme.directory_url",
+        ),
+        (
+            "[smtp]\ntls_cert_path = \"/c.pem\"\ntls_key_path = \"/k.pem\"\n",
+            "exclusive",
+        ),
+        ("contact = \"ops@example.com\"\n", "acme.contact"),
+        (
+            "contact = \"mailto:a@example.com,mailto:b@example.com\"\n",
+            "acme.contact",
+        ),
+        ("domains = [\"*.example.com\"]\n", "acme.domains"),
+        ("domains = [\"192.0.2.1\"]\n", "acme.domains"),
+        ("domains = [\"localhost\"]\n", "acme.domains"),
+        ("renew_before_days = 0\n", "acme.renew_before_days"),
+        ("renew_before_days = 366\n", "acme.renew_before_days"),
+    ] {
+        // The [smtp] case goes before the [acme] table; the rest are keys inside it.
+        let text = if extra.starts_with('[') && !extra.starts_with("[acme]") {
+            format!("{extra}{url}")
+        } else if extra.starts_with("[acme]") {
+            extra.to_string()
+        } else {
+            format!("{url}{extra}")
+        };
+        let e = EngineConfig::from_toml(&text).unwrap_err().to_string();
+        assert!(e.contains(key), "{text}: {e}");
+    }
+    let many: Vec<String> = (0..=ACME_DOMAINS_MAX)
+        .map(|i| format!("\"h{i}.example.com\""))
+        .collect();
+    let text = format!("{url}domains = [{}]\n", many.join(","));
+    let e = EngineConfig::from_toml(&text).unwrap_err().to_string();
+    assert!(e.contains("at most 100"), "{e}");
+}

@@ -71,6 +71,12 @@ impl EngineConfig {
             return bad("intake.listen", "must differ from smtp.listen");
         }
         self.validate_listeners()?;
+        if let Err((key, why)) = self
+            .acme
+            .check(&self.server.hostname, self.smtp.tls_cert_path.is_some())
+        {
+            return bad(key, &why);
+        }
         if let Err(e) = self.content.checker() {
             return bad("content", &e.to_string());
         }

@@ -10,7 +10,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use petrel_delivery::memory::SharedInterner;
-use petrel_delivery::{AttributionKey, DeliveryShard, QueuedMessage, QueuedRcpt};
+use petrel_delivery::{AttributionKey, DeliveryShard, MessageDsn, QueuedMessage, QueuedRcpt};
 use petrel_smtp::ServerConfig;
 use petrel_spool::{Attribution, Envelope, RecipientState, Spool};
 
@@ -35,6 +35,8 @@ pub struct ShardSetup {
     pub delivery: Option<DeliveryShared>,
     /// The return-path intake's shared setup, when `[intake] listen` is set.
     pub intake: Option<Arc<crate::intake_keys::IntakeShared>>,
+    /// The ARC thread that seals forwarding tenants' messages (None if it could not start).
+    pub arc: Option<crate::arc_service::ArcService>,
     pub shutdown: async_channel::Receiver<()>,
     pub admin: async_channel::Receiver<AdminRequest>,
     /// Told once the shard listens (its bound address); a shard that fails reports through it too.
@@ -70,6 +72,8 @@ pub struct ShardCtx {
     pub events: petrel_delivery::EventSink,
     /// The phishing-content checker of `[content]` (None when `phishing_check` is off).
     pub content: Option<petrel_content::Checker>,
+    /// The ARC thread (`sign_and_spool::seal_forwarded`).
+    pub arc: Option<crate::arc_service::ArcService>,
     /// Closed when the shutdown grace period ends: every session still open is cut.
     cut: (async_channel::Sender<()>, async_channel::Receiver<()>),
     trace_seq: Cell<u64>,
@@ -104,6 +108,7 @@ impl ShardCtx {
                 .as_ref()
                 .map_or_else(petrel_delivery::EventSink::disabled, |d| d.events.clone()),
             content: content_checker(&setup.cfg),
+            arc: setup.arc.clone(),
             cut: async_channel::bounded(1),
             trace_seq: Cell::new(0),
             sessions_open: Cell::new(0),
@@ -154,14 +159,18 @@ impl ShardCtx {
         format!("{:02x}{:012x}", self.shard, n)
     }
 
-    /// Hands a spooled (fresh or recovered) message and its attribution to delivery.
-    pub fn enqueue(&self, id: u64, env: &Envelope, attribution: Attribution) {
+    /// Hands a spooled (fresh or recovered) message, its attribution and its DSN parameters
+    /// (`crate::dsn_params`) to delivery.
+    pub fn enqueue(
+        &self,
+        id: u64,
+        env: &Envelope,
+        attribution: Attribution,
+        dsn: Option<Box<MessageDsn>>,
+    ) {
         if let Some(d) = &self.delivery {
-            d.enqueue(queued(
-                id,
-                env,
-                for_delivery(attribution, &self.attribution_values),
-            ));
+            let attribution = for_delivery(attribution, &self.attribution_values);
+            d.enqueue(queued(id, env, attribution, dsn));
         }
     }
 
@@ -194,9 +203,11 @@ pub(crate) fn queued(
     id: u64,
     env: &Envelope,
     attribution: Option<Arc<petrel_delivery::Attribution>>,
+    dsn: Option<Box<MessageDsn>>,
 ) -> QueuedMessage {
     QueuedMessage {
         attribution,
+        dsn,
         id,
         mail_from: env.mail_from.clone(),
         received_unix_ms: env.received_unix_ms,
@@ -221,9 +232,11 @@ pub(crate) fn queued_owned(
     id: u64,
     env: Envelope,
     attribution: Option<Arc<petrel_delivery::Attribution>>,
+    dsn: Option<Box<MessageDsn>>,
 ) -> QueuedMessage {
     QueuedMessage {
         attribution,
+        dsn,
         id,
         mail_from: env.mail_from,
         received_unix_ms: env.received_unix_ms,

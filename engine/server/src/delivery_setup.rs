@@ -3,9 +3,11 @@
 
 use std::sync::Arc;
 
+use petrel_delivery::tls_rpt::{TlsRptFlusher, TlsRptRecorder, TLS_RPT_FLUSH_INTERVAL_MS};
 use petrel_delivery::{
     DeliveryConfig, DomainLimits, EventSink, EventsConfig, GlobalLimits, TlsPolicy,
 };
+use petrel_outbound::dane::DaneConfig;
 use petrel_outbound::{MtaSts, MtaStsConfig, Resolver, ResolverConfig, StaticRoute};
 
 use crate::config::{DeliverySection, EngineConfig};
@@ -25,6 +27,11 @@ pub struct DeliveryShared {
     pub events: EventSink,
     /// The events writer thread, flushed and joined once the shards have stopped.
     pub writer: Arc<std::sync::Mutex<Option<petrel_delivery::EventWriter>>>,
+    /// One TLS-RPT recorder per shard, by shard number (`petrel_delivery::tls_rpt`).
+    pub tls_rpt: Vec<TlsRptRecorder>,
+    /// Moves the recorders' counts to the event backlog; stopped (with a last flush) once the
+    /// shards have stopped.
+    pub tls_rpt_flusher: Arc<std::sync::Mutex<Option<TlsRptFlusher>>>,
 }
 
 pub fn build(
@@ -60,6 +67,10 @@ pub fn build(
         nameservers: d.nameservers.clone(),
         static_routes,
         smtp_port: d.smtp_port,
+        dane: d.dane.then(|| DaneConfig {
+            trust_anchor_file: d.dnssec_trust_anchor_file.clone(),
+            ..DaneConfig::default()
+        }),
         ..ResolverConfig::default()
     };
     // With `relay_to` every domain has a static route, which MTA-STS leaves alone.
@@ -75,6 +86,12 @@ pub fn build(
         None
     };
     let resolver = Resolver::start(resolver_config).map_err(EngineError::Resolver)?;
+    let tls_rpt: Vec<TlsRptRecorder> = (0..cfg.shard_count())
+        .map(|_| TlsRptRecorder::default())
+        .collect();
+    let tls_rpt_flusher =
+        TlsRptFlusher::start(tls_rpt.clone(), outbox.clone(), TLS_RPT_FLUSH_INTERVAL_MS)
+            .map_err(EngineError::Io)?;
     let events = EventsConfig {
         jsonl: cfg.events_jsonl(),
         accepted: cfg.events.jsonl_accepted,
@@ -91,6 +108,8 @@ pub fn build(
         limits,
         events,
         writer: Arc::new(std::sync::Mutex::new(Some(writer))),
+        tls_rpt,
+        tls_rpt_flusher: Arc::new(std::sync::Mutex::new(Some(tls_rpt_flusher))),
     })
 }
 

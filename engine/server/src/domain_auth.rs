@@ -109,6 +109,7 @@ mod tests {
             sending_disabled: None,
             reputation_warning: None,
             list_unsubscribe: false,
+            arc_seal: false,
         }
     }
 

@@ -2,7 +2,8 @@
 //! and one glommio executor per shard.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use glommio::{LocalExecutorBuilder, Placement};
@@ -34,6 +35,8 @@ pub struct ReadyInfo {
     pub intake: Option<SocketAddr>,
     /// `[[smtp.listeners]]` as bound, in configuration order.
     pub listeners: Vec<(crate::config::ListenerProfile, SocketAddr)>,
+    /// The ACME HTTP-01 responder's address, when `[acme]` is on.
+    pub acme_http01: Option<SocketAddr>,
 }
 
 /// A way to stop a running engine from another thread (besides SIGTERM/SIGINT).
@@ -59,6 +62,7 @@ pub fn run(
     events: Option<Arc<petrel_policy::Outbox>>,
     on_ready: impl FnOnce(&ReadyInfo, StopHandle),
 ) -> Result<(), EngineError> {
+    catch_sighup_early();
     raise_limits();
     transparent_huge_pages(cfg.server.transparent_huge_pages);
     let mut cfg = cfg;
@@ -67,12 +71,22 @@ pub fn run(
     cfg.server.data_dir = std::fs::canonicalize(&cfg.server.data_dir)?;
     let cfg = Arc::new(cfg);
     let metrics_addr = crate::metrics::install(runtime, cfg.metrics.listen)?;
-    let server_tls = Arc::new(crate::tls::ServerTls::load(
-        &cfg.server.data_dir,
-        &cfg.server.hostname,
-        cfg.smtp.tls_cert_path.as_deref(),
-        cfg.smtp.tls_key_path.as_deref(),
-    )?);
+    let server_tls = Arc::new(if cfg.acme.enabled() {
+        let dir = cfg.acme.state_dir(&cfg.server.data_dir);
+        crate::tls::ServerTls::load_acme(
+            &cfg.server.data_dir,
+            &cfg.server.hostname,
+            &dir.join(crate::acme::ACME_CERT_FILE),
+            &dir.join(crate::acme::ACME_KEY_FILE),
+        )?
+    } else {
+        crate::tls::ServerTls::load(
+            &cfg.server.data_dir,
+            &cfg.server.hostname,
+            cfg.smtp.tls_cert_path.as_deref(),
+            cfg.smtp.tls_key_path.as_deref(),
+        )?
+    });
     let (tls, cert_source) = (server_tls.server_config(), server_tls.source().clone());
     runtime.spawn(crate::tls::watch(Arc::clone(&server_tls)));
     if let crate::tls::CertSource::GeneratedSelfSigned(p) = &cert_source {
@@ -137,7 +151,19 @@ pub fn run(
         listeners.push((l.profile, addr));
         listener_reserves.push(reserve);
     }
+    let arc = start_arc(&cfg);
     let (shutdown_tx, shutdown_rx) = async_channel::bounded::<()>(1);
+    let acme_http01 = match cfg
+        .acme
+        .settings(&cfg.server.hostname, &cfg.server.data_dir)
+    {
+        Some(s) => Some(crate::acme::start(
+            s,
+            Arc::clone(&server_tls),
+            shutdown_rx.clone(),
+        )?),
+        None => None,
+    };
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let mut admin_txs = Vec::with_capacity(shards);
     let mut handles = Vec::with_capacity(shards);
@@ -158,6 +184,7 @@ pub fn run(
             policy: Arc::clone(&policy),
             delivery: delivery.clone(),
             intake: intake.clone(),
+            arc: arc.clone(),
             shutdown: shutdown_rx.clone(),
             admin: admin_rx,
             ready: ready_tx.clone(),
@@ -231,6 +258,7 @@ pub fn run(
             policy_version: policy.version(),
             intake: intake.as_ref().map(|i| i.listen),
             listeners,
+            acme_http01,
         },
         stop,
     );
@@ -245,6 +273,15 @@ pub fn run(
             if let Err(e) = futures_lite::future::block_on(sts.flush()) {
                 tracing::warn!(error = %e, "MTA-STS policy cache not saved at shutdown");
             }
+        }
+        // The shards are gone: their last TLS-RPT counts go to the backlog.
+        let flusher = d
+            .tls_rpt_flusher
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(mut f) = flusher {
+            f.stop();
         }
         let writer = d.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
         drop(d);
@@ -312,6 +349,14 @@ fn intake_shared(
 }
 
 /// glommio needs locked memory for io_uring; many connections need file descriptors.
+/// The ARC thread (`arc_service.rs`), asking delivery's DNS servers. The engine runs without it
+/// when it cannot start: forwarding tenants' messages then go out unsealed, counted.
+fn start_arc(cfg: &EngineConfig) -> Option<crate::arc_service::ArcService> {
+    crate::arc_service::ArcService::start(&cfg.server.hostname, &cfg.delivery.nameservers)
+        .inspect_err(|e| tracing::error!(error = %e, "ARC sealing unavailable"))
+        .ok()
+}
+
 fn raise_limits() {
     use rlimit::Resource;
     let _ = rlimit::setrlimit(Resource::MEMLOCK, rlimit::INFINITY, rlimit::INFINITY);
@@ -370,6 +415,36 @@ async fn rotate_data_keys(policy: Arc<petrel_policy::PolicyStore>) {
     }
 }
 
+/// Set by SIGHUPs that arrive before the signal thread runs; `None` when the handler could not
+/// be installed.
+static EARLY_SIGHUP: OnceLock<Option<Arc<AtomicBool>>> = OnceLock::new();
+
+/// Catches SIGHUP from now on. Its default action ends the process, and `systemctl reload` (or
+/// a certificate deployment hook) may send it while the engine is still starting, before
+/// [`spawn_signal_thread`] takes over: call this first thing (`petrel engine` and `petrel up`
+/// do, and [`run`] again). One that arrived meanwhile reloads the certificate once the engine
+/// is up. Idempotent.
+pub fn catch_sighup_early() {
+    EARLY_SIGHUP.get_or_init(|| {
+        let flag = Arc::new(AtomicBool::new(false));
+        match signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&flag)) {
+            Ok(_) => Some(flag),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot catch SIGHUP during start-up");
+                None
+            }
+        }
+    });
+}
+
+/// Whether a SIGHUP came before the signal thread ran (and forgets it).
+fn take_early_sighup() -> bool {
+    EARLY_SIGHUP
+        .get()
+        .and_then(|f| f.as_ref())
+        .is_some_and(|f| f.swap(false, Ordering::SeqCst))
+}
+
 /// SIGTERM or SIGINT stops the engine (the first one; the thread ends with it); SIGHUP reloads
 /// the TLS certificate, as often as it comes.
 fn spawn_signal_thread(stop: StopHandle, tls: Arc<crate::tls::ServerTls>) {
@@ -381,6 +456,11 @@ fn spawn_signal_thread(stop: StopHandle, tls: Arc<crate::tls::ServerTls>) {
     let _ = std::thread::Builder::new()
         .name("petrel-signals".into())
         .spawn(move || {
+            // After `Signals::new`: a SIGHUP from now on reaches the loop as well.
+            if take_early_sighup() {
+                tracing::info!("SIGHUP during start-up: reloading the TLS certificate now");
+                tls.check_logged(crate::tls::ReloadTrigger::Signal);
+            }
             for sig in signals.forever() {
                 if sig == SIGHUP {
                     tls.check_logged(crate::tls::ReloadTrigger::Signal);

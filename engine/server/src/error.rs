@@ -58,4 +58,8 @@ pub enum EngineError {
     /// one others may read, or a damaged keyring. The engine does not start without them.
     #[error("encryption at rest: {0}")]
     AtRest(#[from] petrel_seal::SealError),
+    /// ACME could not be started (`[acme]`): its responder's port, its state directory or
+    /// `acme.ca_file`.
+    #[error("acme: {0}")]
+    Acme(#[from] crate::acme::AcmeError),
 }

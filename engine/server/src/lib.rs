@@ -22,7 +22,10 @@
 // No unwrap outside tests: propagate a typed error, or `expect` an invariant checked right there.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod acme;
 pub mod admin;
+pub mod arc;
+pub mod arc_service;
 pub mod at_rest;
 pub mod audit_signals;
 pub mod auth;
@@ -31,6 +34,7 @@ pub mod config;
 pub mod ctx;
 pub mod delivery_setup;
 pub mod domain_auth;
+pub mod dsn_params;
 pub mod engine;
 pub mod erasure;
 pub mod error;

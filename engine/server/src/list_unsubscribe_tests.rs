@@ -20,6 +20,7 @@ fn tenant(id: &str, on: bool) -> Tenant {
         sending_disabled: None,
         reputation_warning: None,
         list_unsubscribe: on,
+        arc_seal: false,
     }
 }
 

@@ -26,6 +26,10 @@ pub const SPOOL_HEALTHY: &str = "petrel_spool_healthy";
 pub const SPOOL_RECOVERY_SKIPPED_TOTAL: &str = "petrel_spool_recovery_skipped_records_total";
 pub const AUTH_TOTAL: &str = "petrel_smtp_auth_total";
 pub const DKIM_SIGNED_TOTAL: &str = "petrel_dkim_signed_total";
+/// ARC sets added to forwarding tenants' messages, by the seal's `cv` (`none`, `pass`, `fail`).
+pub const ARC_SEALS_TOTAL: &str = "petrel_arc_seals_total";
+/// Forwarding tenants' messages sent without an ARC set, by reason (`arc.rs`).
+pub const ARC_SEAL_SKIPPED_TOTAL: &str = "petrel_arc_seal_skipped_total";
 pub const POLICY_VERSION: &str = "petrel_policy_version";
 /// Deleted tenants whose queued mail was purged and data keys destroyed here.
 pub const TENANTS_ERASED: &str = "petrel_tenants_erased_total";
@@ -121,6 +125,34 @@ fn register_at_zero() {
     }
     metrics::counter!(EVENTS_DROPPED_TOTAL, "reason" => "backlog_full").increment(0);
     metrics::counter!(EVENTS_BACKLOG_ERRORS_TOTAL).increment(0);
+    for result in ["issued", "failed"] {
+        metrics::counter!(crate::acme::METRIC_ORDERS, "result" => result).increment(0);
+    }
+    {
+        use petrel_delivery::tls_rpt::{
+            PolicyType, TLS_RPT_OVERFLOW_TOTAL, TLS_RPT_SESSIONS_TOTAL,
+        };
+        for t in [PolicyType::Sts, PolicyType::Tlsa, PolicyType::NoPolicyFound] {
+            metrics::counter!(TLS_RPT_SESSIONS_TOTAL, "policy_type" => t.as_str(), "result" => "success")
+                .increment(0);
+        }
+        metrics::counter!(TLS_RPT_OVERFLOW_TOTAL).increment(0);
+    }
+    for cv in crate::arc::CV_LABELS {
+        metrics::counter!(ARC_SEALS_TOTAL, "cv" => cv).increment(0);
+    }
+    for reason in crate::arc::SKIP_REASONS {
+        metrics::counter!(ARC_SEAL_SKIPPED_TOTAL, "reason" => reason).increment(0);
+    }
+    {
+        use petrel_outbound::dane::{DANE_LOOKUPS_TOTAL, DANE_VERIFICATIONS_TOTAL};
+        for result in ["secure", "insecure", "bogus", "none", "failed"] {
+            metrics::counter!(DANE_LOOKUPS_TOTAL, "result" => result).increment(0);
+        }
+        for result in ["success", "tlsa-invalid", "dnssec-invalid", "dane-required"] {
+            metrics::counter!(DANE_VERIFICATIONS_TOTAL, "result" => result).increment(0);
+        }
+    }
 }
 
 fn describe() {
@@ -173,6 +205,14 @@ fn describe() {
     );
     describe_counter!(AUTH_TOTAL, "SMTP AUTH attempts by result");
     describe_counter!(DKIM_SIGNED_TOTAL, "Messages DKIM-signed before spooling");
+    describe_counter!(
+        ARC_SEALS_TOTAL,
+        "ARC sets added to forwarding tenants' messages, by the seal's chain validation (cv)"
+    );
+    describe_counter!(
+        ARC_SEAL_SKIPPED_TOTAL,
+        "Forwarding tenants' messages sent without an ARC set, by reason"
+    );
     describe_gauge!(POLICY_VERSION, "Applied control-plane policy version");
     describe_gauge!(SUPPRESSION_ENTRIES, "Entries in the suppression set");
     describe_gauge!(
@@ -194,6 +234,10 @@ fn describe() {
     describe_gauge!(
         crate::tls::METRIC_CERT_EXPIRY,
         "notAfter of the SMTP server's TLS certificate in use, Unix seconds (it follows reloads)"
+    );
+    describe_counter!(
+        crate::acme::METRIC_ORDERS,
+        "ACME certificate orders ([acme]), by result: issued, failed (retried with a doubling wait)"
     );
     describe_gauge!(
         crate::quota_redis::METRIC_FALLBACK,
@@ -288,6 +332,14 @@ fn describe() {
         "Delivery sessions looked up under MTA-STS, by mode (enforce, testing, none) and outcome (all_mx_match, some_mx_outside, no_mx_match)"
     );
     describe_counter!(
+        petrel_outbound::dane::DANE_LOOKUPS_TOTAL,
+        "DNSSEC-validated TLSA lookups of MX hosts (DANE), by result: secure, insecure, bogus, none (validated absence) or failed"
+    );
+    describe_counter!(
+        petrel_outbound::dane::DANE_VERIFICATIONS_TOTAL,
+        "MX hosts checked under DANE, by result: success, or the TLS-RPT failure type (tlsa-invalid, dnssec-invalid, dane-required)"
+    );
+    describe_counter!(
         petrel_outbound::TCP_CONNECT_FAILURES,
         "Outbound TCP connects that failed, by kind: refused, timeout, unreachable, other"
     );
@@ -323,6 +375,14 @@ fn describe() {
     describe_counter!(
         petrel_delivery::events::wire::EVENTS_BACKLOG_ERRORS_TOTAL,
         "Failed writes or syncs of the event backlog (each retried; outcomes wait meanwhile)"
+    );
+    describe_counter!(
+        petrel_delivery::tls_rpt::TLS_RPT_SESSIONS_TOTAL,
+        "Outbound connection attempts counted for TLS-RPT (RFC 8460), by policy type and result (success or the failure type)"
+    );
+    describe_counter!(
+        petrel_delivery::tls_rpt::TLS_RPT_OVERFLOW_TOTAL,
+        "TLS-RPT sessions past the per-shard key bound between two flushes (in no report)"
     );
 }
 

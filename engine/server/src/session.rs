@@ -463,7 +463,12 @@ impl Driver {
             self.identity.as_ref(),
             &trace_id,
         );
-        let (body, attribution, reserved_id) = match prepared {
+        let crate::sign_and_spool::PreparedMessage {
+            body,
+            attribution,
+            reserved_id,
+            arc,
+        } = match prepared {
             Ok(p) => p,
             Err(refusal) => {
                 metrics::counter!(m::REJECTIONS_TOTAL, "reason" => refusal.reason).increment(1);
@@ -471,6 +476,7 @@ impl Driver {
                 return DataVerdict::Reject(refusal.reply);
             }
         };
+        let body = crate::sign_and_spool::seal_forwarded(&self.ctx, arc, body).await;
         let warning = crate::sign_and_spool::reputation_warning(&self.ctx, &attribution);
         match crate::sign_and_spool::spool_and_queue(
             &self.ctx,

@@ -55,7 +55,7 @@ pub async fn run(setup: ShardSetup) -> Result<(), EngineError> {
     // queues, a segment at a time (issue 17: the compact form, never every envelope at once).
     let accessor = Rc::new(SpoolAccessor::unopened());
     let delivery = setup.delivery.as_ref().map(|d| {
-        Rc::new(DeliveryShard::new(
+        let delivery = DeliveryShard::new(
             shard as u8,
             Arc::clone(&d.config),
             d.resolver.clone(),
@@ -63,7 +63,11 @@ pub async fn run(setup: ShardSetup) -> Result<(), EngineError> {
             Arc::clone(&d.limits),
             Rc::clone(&accessor),
             d.events.clone(),
-        ))
+        );
+        if let Some(r) = d.tls_rpt.get(shard) {
+            delivery.set_tls_rpt(r.clone());
+        }
+        Rc::new(delivery)
     });
     let attribution_values = RefCell::new(SharedInterner::default());
     let (spool, recovery) = Spool::open_streaming(
@@ -83,6 +87,7 @@ pub async fn run(setup: ShardSetup) -> Result<(), EngineError> {
                     msg.id.0,
                     msg.envelope,
                     crate::ctx::for_delivery(msg.attribution, &attribution_values),
+                    crate::dsn_params::for_delivery(msg.dsn),
                 ));
             }
         },

@@ -8,12 +8,17 @@
 //! exactly once however many times it is attempted. The List-Unsubscribe headers
 //! (`list_unsubscribe`) are added just before signing, under a message id reserved from the
 //! spool for the store that follows.
+//!
+//! A forwarding tenant's message (`arc_seal`) gets an ARC set over the message as it leaves,
+//! after DKIM signing ([`seal_forwarded`], `arc.rs`).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use petrel_smtp::{Prepared, Reply, TraceInfo, Transaction, HEADER_SECTION_MAX_BYTES_DEFAULT};
 use petrel_spool::{Attribution, Envelope, MessageId, Recipient, RecipientState};
 
+use crate::arc_service::{Outcome, SealJob};
 use crate::auth::Identity;
 use crate::clock::now_ms;
 use crate::ctx::ShardCtx;
@@ -49,13 +54,25 @@ impl Refusal {
     }
 }
 
+/// A message ready to spool.
+#[derive(Debug)]
+pub struct PreparedMessage {
+    pub body: Vec<u8>,
+    pub attribution: Attribution,
+    /// The message id reserved for it when one was written into it.
+    pub reserved_id: Option<MessageId>,
+    /// The ARC set it still needs, for a forwarding tenant ([`seal_forwarded`]).
+    pub arc: Option<SealJob>,
+}
+
 /// Runs the message checks, adds Received (and Message-ID/Date for submissions), removes the
 /// X-Petrel headers, checks the From domain ([`crate::domain_auth`]) and a tenant's submission
 /// (sending not disabled, no phishing-style content), adds List-Unsubscribe when the tenant
-/// asked for it, signs. Returns the message to spool, its attribution, and the message id
-/// reserved for it when one was written into it; a malformed X-Petrel header (`550 5.6.0
-/// <reason>`), a From domain that fails authentication (`550 5.7.26`), disabled sending and
-/// phishing-style content (`550 5.7.1`) are refused here, before anything is stored.
+/// asked for it, signs, and says which ARC set a forwarding tenant's message needs. A malformed
+/// X-Petrel header (`550 5.6.0 <reason>`), a From domain that fails authentication
+/// (`550 5.7.26`), disabled sending and phishing-style content (`550 5.7.1`) are refused here,
+/// before anything is stored. A forwarding tenant may relay a From domain that is not its own
+/// when its envelope sender's domain is (`arc::waives_from_check`).
 pub fn prepare(
     ctx: &ShardCtx,
     tx: &Transaction,
@@ -63,7 +80,7 @@ pub fn prepare(
     tls: Option<&str>,
     identity: Option<&Identity>,
     trace_id: &str,
-) -> Result<(Vec<u8>, Attribution, Option<MessageId>), Refusal> {
+) -> Result<PreparedMessage, Refusal> {
     let now_ms = now_ms();
     let trace = TraceInfo {
         hostname: &ctx.cfg.server.hostname,
@@ -101,13 +118,22 @@ pub fn prepare(
     } = prepared;
     let identity_tenant = identity.map(|i| i.tenant.as_deref());
     let tenant = tenant_of(identity_tenant, trusted, domain_tenant);
-    crate::domain_auth::check_from(&policy, identity_tenant, from_domain.as_deref()).map_err(
-        |r| Refusal {
-            reply: r.reply,
-            reason: "domain_auth",
-            details: Some(r.details),
-        },
-    )?;
+    let mail_from_domain = crate::arc::address_domain(&tx.mail_from);
+    let forwarded = crate::arc::waives_from_check(
+        &policy,
+        identity_tenant,
+        from_domain.as_deref(),
+        mail_from_domain,
+    );
+    if !forwarded {
+        crate::domain_auth::check_from(&policy, identity_tenant, from_domain.as_deref()).map_err(
+            |r| Refusal {
+                reply: r.reply,
+                reason: "domain_auth",
+                details: Some(r.details),
+            },
+        )?;
+    }
     // Guardrails (issue 14): a tenant or From domain whose sending the control plane disabled
     // is refused before signing and storing (`550 5.7.1 sending disabled: <reason>`).
     if let Err(denial) = policy.check_message(tenant, from_domain.as_deref()) {
@@ -122,6 +148,7 @@ pub fn prepare(
         check_content(ctx, &policy, &tx.data, from_domain.as_deref(), tenant)?;
     }
     let (message, reserved_id) = add_list_unsubscribe(ctx, &policy, tenant, tx, message);
+    let unsigned_len = message.len();
     let message = match from_domain.as_deref() {
         Some(domain) if policy.has_signers() => {
             let allowed = may_sign(identity_tenant, trusted, domain_tenant);
@@ -129,6 +156,19 @@ pub fn prepare(
         }
         _ => message,
     };
+    let arc = crate::arc::forwarding_tenant(&policy, tenant).map(|t| {
+        let domain =
+            crate::arc::seal_domain(&policy, t, from_domain.as_deref(), mail_from_domain, now_ms);
+        SealJob {
+            policy: ctx.policy.current(),
+            domain: domain.unwrap_or_default().to_string(),
+            // Signing only prepends.
+            unsigned_from: message.len() - unsigned_len,
+            mail_from_domain: mail_from_domain.unwrap_or_default().to_string(),
+            peer: peer.ip(),
+            now_unix_ms: now_ms,
+        }
+    });
     let attribution = Attribution {
         tenant_id: tenant.map(str::to_string),
         credential_id: identity
@@ -139,7 +179,51 @@ pub fn prepare(
         tags,
         metadata,
     };
-    Ok((message, attribution, reserved_id))
+    Ok(PreparedMessage {
+        body: message,
+        attribution,
+        reserved_id,
+        arc,
+    })
+}
+
+/// Adds the ARC set a forwarding tenant's message needs (`job`), on the ARC thread; the message
+/// goes out unsealed when it cannot be sealed (counted by reason, never refused for it).
+pub async fn seal_forwarded(ctx: &ShardCtx, job: Option<SealJob>, body: Vec<u8>) -> Vec<u8> {
+    let Some(job) = job else {
+        return body;
+    };
+    let outcome = match (&ctx.arc, job.domain.is_empty()) {
+        (_, true) => Outcome::Skipped(crate::arc::Skip::NoKey),
+        (None, false) => Outcome::Skipped(crate::arc::Skip::Unavailable),
+        (Some(service), false) => {
+            let shared = Arc::new(body);
+            let outcome = service.seal(job, Arc::clone(&shared)).await;
+            let body = Arc::try_unwrap(shared).unwrap_or_else(|m| (*m).clone());
+            return finish(outcome, body);
+        }
+    };
+    finish(outcome, body)
+}
+
+fn finish(outcome: Outcome, body: Vec<u8>) -> Vec<u8> {
+    match outcome {
+        Outcome::Sealed { headers, cv } => {
+            metrics::counter!(m::ARC_SEALS_TOTAL, "cv" => cv.label()).increment(1);
+            let mut out = Vec::with_capacity(headers.len() + body.len());
+            out.extend_from_slice(&headers);
+            out.extend_from_slice(&body);
+            out
+        }
+        Outcome::Skipped(skip) => {
+            metrics::counter!(m::ARC_SEAL_SKIPPED_TOTAL, "reason" => skip.reason()).increment(1);
+            tracing::debug!(
+                reason = skip.reason(),
+                "forwarded message sent without an ARC set"
+            );
+            body
+        }
+    }
 }
 
 /// The List-Unsubscribe headers, when the message's tenant turned them on and the message has
@@ -317,9 +401,10 @@ pub async fn spool_and_queue(
         body_8bit: !matches!(tx.params.body, petrel_smtp::Body::SevenBit),
         is_dsn: false,
     };
+    let dsn = crate::dsn_params::for_spool(tx);
     let id = match ctx
         .spool
-        .store_attributed_as(reserved_id, &envelope, &attribution, &body)
+        .store_message(reserved_id, &envelope, &attribution, &dsn, &body)
         .await
     {
         Ok(id) => id,
@@ -332,7 +417,12 @@ pub async fn spool_and_queue(
             ));
         }
     };
-    ctx.enqueue(id.0, &envelope, attribution);
+    ctx.enqueue(
+        id.0,
+        &envelope,
+        attribution,
+        crate::dsn_params::for_delivery(dsn),
+    );
     ctx.publish_figures();
     Ok(id.to_string())
 }

@@ -16,6 +16,10 @@
 //! With no certificate configured, a self-signed pair is generated in `<data_dir>/tls/` and
 //! reused; it is valid for a year and made again, through the same swap, once fewer than 30 days
 //! remain (at start and at each check; `tls_cert.rs`).
+//!
+//! With `[acme]`, the watched files are ACME's ([`ServerTls::load_acme`]); the self-signed pair
+//! is served only until its first certificate, which `acme.rs` puts in use with
+//! [`ServerTls::install`] (written and swapped under the same lock as the checks).
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -60,6 +64,11 @@ pub enum CertSource {
     /// Generated now: none existed, or the one there was near its end (or unreadable).
     GeneratedSelfSigned(PathBuf),
     ExistingSelfSigned(PathBuf),
+    /// ACME's pair (`[acme]`), from its state directory.
+    Acme(PathBuf),
+    /// ACME has no usable pair yet: the generated self-signed one (this path) is served until
+    /// its first order succeeds.
+    AcmePending(PathBuf),
 }
 
 /// What made a check run.
@@ -211,6 +220,52 @@ impl ServerTls {
                 (files, source, pair, seen)
             }
         };
+        Self::assemble(provider, files, source, pair, seen)
+    }
+
+    /// Loads ACME's pair from `cert_path` and `key_path`, or, while it has none that loads, the
+    /// generated self-signed pair (made now if missing or near its end). Either way the ACME
+    /// files are the ones watched: [`Self::install`] writes them, and the file check and SIGHUP
+    /// reload them.
+    pub fn load_acme(
+        data_dir: &Path,
+        hostname: &str,
+        cert_path: &Path,
+        key_path: &Path,
+    ) -> Result<ServerTls, TlsError> {
+        let provider = Arc::new(provider());
+        let files = CertFiles {
+            cert: cert_path.to_path_buf(),
+            key: key_path.to_path_buf(),
+            generate_for: None,
+        };
+        let seen = (stamp(cert_path), stamp(key_path));
+        let (source, pair) = match crate::tls_cert::load_pair(cert_path, key_path, &provider) {
+            Ok(pair) => (CertSource::Acme(cert_path.to_path_buf()), pair),
+            Err(e) => {
+                if seen != (None, None) {
+                    tracing::warn!(error = %e, "the ACME certificate does not load: ordering a new one");
+                }
+                let dir = data_dir.join("tls");
+                let placeholder = CertFiles {
+                    cert: dir.join(crate::tls_cert::SELF_SIGNED_CERT_FILE),
+                    key: dir.join(crate::tls_cert::SELF_SIGNED_KEY_FILE),
+                    generate_for: Some(hostname.to_string()),
+                };
+                let (_, pair) = self_signed_at_start(&placeholder, &provider)?;
+                (CertSource::AcmePending(placeholder.cert), pair)
+            }
+        };
+        Self::assemble(provider, files, source, pair, seen)
+    }
+
+    fn assemble(
+        provider: Arc<CryptoProvider>,
+        files: CertFiles,
+        source: CertSource,
+        pair: LoadedPair,
+        seen: PairStamp,
+    ) -> Result<ServerTls, TlsError> {
         let resolver = Arc::new(CertResolver::new(pair.key));
         let mut config = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -291,6 +346,23 @@ impl ServerTls {
         state.validity = validity;
         set_expiry_gauge(&validity);
         Ok(Some(validity))
+    }
+
+    /// Puts a new pair in use (ACME's): checked in memory first (a refused pair writes
+    /// nothing), then written over the watched files (key, then chain; each atomically, owner-only
+    /// for the key) and swapped in, all under the lock the file check and SIGHUP take, so
+    /// neither sees half a pair.
+    pub fn install(&self, cert_pem: &[u8], key_pem: &[u8]) -> Result<Validity, TlsError> {
+        let mut state = self.lock();
+        let (cert, key) = (&self.files.cert, &self.files.key);
+        let pair = crate::tls_cert::parse_pair(cert_pem, cert, key_pem, key, &self.provider)?;
+        crate::tls_cert::write_atomic(key, key_pem, 0o600)?;
+        crate::tls_cert::write_atomic(cert, cert_pem, 0o644)?;
+        state.seen = (stamp(cert), stamp(key));
+        self.resolver.swap(pair.key);
+        state.validity = pair.validity;
+        set_expiry_gauge(&pair.validity);
+        Ok(pair.validity)
     }
 
     /// [`Self::check`] with its outcome logged: a line for each reload, an error for a refused

@@ -112,8 +112,21 @@ pub fn load_pair(
     key_path: &Path,
     provider: &CryptoProvider,
 ) -> Result<LoadedPair, TlsError> {
-    let certs = load_certs(cert_path)?;
-    let key = load_key(key_path)?;
+    let cert_pem = read_bounded(cert_path)?;
+    let key_pem = read_bounded(key_path)?;
+    parse_pair(&cert_pem, cert_path, &key_pem, key_path, provider)
+}
+
+/// [`load_pair`] of PEM already in memory; the paths name the files in errors.
+pub fn parse_pair(
+    cert_pem: &[u8],
+    cert_path: &Path,
+    key_pem: &[u8],
+    key_path: &Path,
+    provider: &CryptoProvider,
+) -> Result<LoadedPair, TlsError> {
+    let certs = parse_certs(cert_pem, cert_path)?;
+    let key = parse_key(key_pem, key_path)?;
     let validity = certificate_validity(&certs[0]).map_err(|source| TlsError::Validity {
         path: cert_path.to_path_buf(),
         source,
@@ -148,9 +161,8 @@ fn read_bounded(path: &Path) -> Result<Vec<u8>, TlsError> {
     Ok(bytes)
 }
 
-fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let pem = read_bounded(path)?;
-    let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut pem.as_slice()).collect();
+fn parse_certs(pem: &[u8], path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut &pem[..]).collect();
     let certs = certs.map_err(|source| TlsError::Pem {
         path: path.to_path_buf(),
         source,
@@ -163,9 +175,8 @@ fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     Ok(certs)
 }
 
-fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let pem = read_bounded(path)?;
-    rustls_pemfile::private_key(&mut pem.as_slice())
+fn parse_key(pem: &[u8], path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    rustls_pemfile::private_key(&mut &pem[..])
         .map_err(|source| TlsError::Pem {
             path: path.to_path_buf(),
             source,
@@ -257,7 +268,7 @@ pub fn generate_self_signed(dir: &Path, hostname: &str, now_unix: i64) -> Result
 
 /// Writes `bytes` to `path` through a temporary file in the same directory (created with
 /// `mode`, synced, renamed over `path`).
-fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), TlsError> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), TlsError> {
     use std::os::unix::fs::OpenOptionsExt;
     let write_err = |source| TlsError::Write {
         path: path.to_path_buf(),

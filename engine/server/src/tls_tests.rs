@@ -230,3 +230,44 @@ fn the_server_picks_by_its_own_order_from_its_suites() {
         "TLS 1.3 first"
     );
 }
+
+#[test]
+fn acme_serves_the_generated_pair_until_install_puts_its_own_in_use() {
+    let data = tempfile::tempdir().unwrap();
+    let acme = data.path().join("acme");
+    std::fs::create_dir_all(&acme).unwrap();
+    let (cert_path, key_path) = (acme.join("cert.pem"), acme.join("key.pem"));
+    let tls = ServerTls::load_acme(data.path(), "mx.test", &cert_path, &key_path).unwrap();
+    assert!(matches!(tls.source(), CertSource::AcmePending(_)));
+    let placeholder = tls.current_leaf().unwrap();
+    // No ACME files yet: the periodic check has nothing to reload.
+    assert!(tls
+        .check(ReloadTrigger::Timer, now_unix())
+        .unwrap()
+        .is_none());
+
+    // A pair whose key is not the certificate's is refused before anything is written.
+    let now = now_unix();
+    let (cert, key) = pair_pem("mx.test", now - 60, now + 30 * DAY_SECS);
+    let (_, other_key) = pair_pem("mx.test", now - 60, now + 30 * DAY_SECS);
+    assert!(tls.install(cert.as_bytes(), other_key.as_bytes()).is_err());
+    assert!(!cert_path.exists() && !key_path.exists());
+    assert_eq!(tls.current_leaf().unwrap(), placeholder);
+
+    let v = tls.install(cert.as_bytes(), key.as_bytes()).unwrap();
+    assert_eq!(v.not_after_unix, now + 30 * DAY_SECS);
+    assert_eq!(tls.current_leaf().unwrap(), leaf_of(&cert));
+    assert_eq!(std::fs::read_to_string(&cert_path).unwrap(), cert);
+    let key_mode = std::fs::metadata(&key_path).unwrap().permissions().mode();
+    assert_eq!(key_mode & 0o777, 0o600);
+    // What install wrote is what the check has seen: no second reload.
+    assert!(tls
+        .check(ReloadTrigger::Timer, now_unix())
+        .unwrap()
+        .is_none());
+
+    // The next start serves ACME's pair from its files.
+    let again = ServerTls::load_acme(data.path(), "mx.test", &cert_path, &key_path).unwrap();
+    assert!(matches!(again.source(), CertSource::Acme(_)));
+    assert_eq!(again.current_leaf().unwrap(), leaf_of(&cert));
+}

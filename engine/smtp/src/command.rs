@@ -2,6 +2,7 @@
 //!
 //! Everything here borrows from the input line; nothing allocates until an address is accepted.
 
+use crate::dsn_params::{self, DsnParam, DsnParamError, RcptDsn};
 use crate::types::{Body, MailParams};
 
 /// RFC 5321 §4.5.3.1.1: longest local part.
@@ -374,9 +375,18 @@ pub(crate) enum ParamError {
     Unsupported,
     /// 501 5.5.4.
     Syntax,
+    /// 501 5.5.4 with the DSN parameter's own reason (RFC 3461).
+    Dsn(DsnParamError),
 }
 
-/// MAIL FROM parameters: SIZE, BODY, SMTPUTF8, AUTH (RFC 4954 §5, accepted and ignored).
+impl From<DsnParamError> for ParamError {
+    fn from(e: DsnParamError) -> ParamError {
+        ParamError::Dsn(e)
+    }
+}
+
+/// MAIL FROM parameters: SIZE, BODY, SMTPUTF8, AUTH (RFC 4954 §5, accepted and ignored), and
+/// the DSN extension's RET and ENVID (RFC 3461 §4.3, §4.4).
 pub(crate) fn parse_mail_params(params: &[u8]) -> Result<MailParams, ParamError> {
     let mut out = MailParams::default();
     let (mut seen_size, mut seen_body) = (false, false);
@@ -399,11 +409,47 @@ pub(crate) fn parse_mail_params(params: &[u8]) -> Result<MailParams, ParamError>
         } else if key.eq_ignore_ascii_case(b"SMTPUTF8") && value.is_none() && !out.smtputf8 {
             out.smtputf8 = true;
         } else if key.eq_ignore_ascii_case(b"AUTH") && value.is_some_and(|v| !v.is_empty()) {
+        } else if key.eq_ignore_ascii_case(b"RET") {
+            if out.ret.is_some() {
+                return Err(DsnParamError::Repeated(DsnParam::Ret).into());
+            }
+            out.ret = Some(dsn_params::parse_ret(value.unwrap_or_default())?);
+        } else if key.eq_ignore_ascii_case(b"ENVID") {
+            if out.envid.is_some() {
+                return Err(DsnParamError::Repeated(DsnParam::Envid).into());
+            }
+            out.envid = Some(dsn_params::parse_envid(value.unwrap_or_default())?);
         } else if [&b"SIZE"[..], b"BODY", b"SMTPUTF8", b"AUTH"]
             .iter()
             .any(|known| key.eq_ignore_ascii_case(known))
         {
             return Err(ParamError::Syntax);
+        } else {
+            return Err(ParamError::Unsupported);
+        }
+    }
+    Ok(out)
+}
+
+/// RCPT TO parameters: the DSN extension's NOTIFY and ORCPT (RFC 3461 §4.1, §4.2); any other
+/// is unsupported.
+pub(crate) fn parse_rcpt_params(params: &[u8]) -> Result<RcptDsn, ParamError> {
+    let mut out = RcptDsn::default();
+    for param in params.split(|&b| b == b' ').filter(|p| !p.is_empty()) {
+        let (key, value) = match memchr::memchr(b'=', param) {
+            Some(i) => (&param[..i], &param[i + 1..]),
+            None => (param, &b""[..]),
+        };
+        if key.eq_ignore_ascii_case(b"NOTIFY") {
+            if out.notify.is_some() {
+                return Err(DsnParamError::Repeated(DsnParam::Notify).into());
+            }
+            out.notify = Some(dsn_params::parse_notify(value)?);
+        } else if key.eq_ignore_ascii_case(b"ORCPT") {
+            if out.orcpt.is_some() {
+                return Err(DsnParamError::Repeated(DsnParam::Orcpt).into());
+            }
+            out.orcpt = Some(dsn_params::parse_orcpt(value)?);
         } else {
             return Err(ParamError::Unsupported);
         }
@@ -504,12 +550,57 @@ mod tests {
             MailParams {
                 size: Some(10),
                 body: Body::BinaryMime,
-                smtputf8: true
+                smtputf8: true,
+                ..MailParams::default()
             }
         );
         assert_eq!(parse_mail_params(b"SIZE=1 SIZE=2"), Err(ParamError::Syntax));
         assert_eq!(parse_mail_params(b"SMTPUTF8=yes"), Err(ParamError::Syntax));
-        assert_eq!(parse_mail_params(b"RET=FULL"), Err(ParamError::Unsupported));
+        assert_eq!(
+            parse_mail_params(b"MT-PRIORITY=1"),
+            Err(ParamError::Unsupported)
+        );
         assert_eq!(parse_mail_params(b"AUTH=<>"), Ok(MailParams::default()));
+    }
+
+    #[test]
+    fn dsn_mail_params() {
+        let p = parse_mail_params(b"RET=hdrs ENVID=QQ+2B314 SIZE=5").expect("valid");
+        assert_eq!(p.ret, Some(crate::Ret::Hdrs));
+        assert_eq!(p.envid.as_deref(), Some("QQ+314"));
+        assert_eq!(
+            parse_mail_params(b"RET=FULL RET=HDRS"),
+            Err(ParamError::Dsn(DsnParamError::Repeated(DsnParam::Ret)))
+        );
+        assert_eq!(
+            parse_mail_params(b"ENVID=a ENVID=b"),
+            Err(ParamError::Dsn(DsnParamError::Repeated(DsnParam::Envid)))
+        );
+        assert_eq!(
+            parse_mail_params(b"RET"),
+            Err(ParamError::Dsn(DsnParamError::Ret))
+        );
+        assert_eq!(
+            parse_mail_params(b"ENVID=a+0Db"),
+            Err(ParamError::Dsn(DsnParamError::Envid))
+        );
+    }
+
+    #[test]
+    fn dsn_rcpt_params() {
+        let r = parse_rcpt_params(b"NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;a+2Bb@c.d").expect("valid");
+        let n = r.notify.expect("notify");
+        assert!(n.success && n.failure && !n.delay);
+        assert_eq!(r.orcpt.expect("orcpt").address, "a+b@c.d");
+        assert_eq!(parse_rcpt_params(b""), Ok(RcptDsn::default()));
+        assert_eq!(
+            parse_rcpt_params(b"NOTIFY=NEVER NOTIFY=NEVER"),
+            Err(ParamError::Dsn(DsnParamError::Repeated(DsnParam::Notify)))
+        );
+        assert_eq!(
+            parse_rcpt_params(b"NOTIFY=NEVER,DELAY"),
+            Err(ParamError::Dsn(DsnParamError::Notify))
+        );
+        assert_eq!(parse_rcpt_params(b"XFOO=1"), Err(ParamError::Unsupported));
     }
 }

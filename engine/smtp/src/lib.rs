@@ -3,7 +3,7 @@
 //! # What this crate owns
 //!
 //! [`Session`] is the server side of one SMTP connection (RFC 5321 with SIZE, PIPELINING,
-//! 8BITMIME, SMTPUTF8, ENHANCEDSTATUSCODES, CHUNKING, STARTTLS and AUTH PLAIN/LOGIN). Like
+//! 8BITMIME, SMTPUTF8, ENHANCEDSTATUSCODES, CHUNKING, DSN, STARTTLS and AUTH PLAIN/LOGIN). Like
 //! rustls, it never touches a socket: the driver (the engine's glommio task, a test, a fuzzer)
 //! feeds it bytes, writes out what [`Session::output`] holds, and answers the [`Event`]s that need
 //! a decision (MAIL, RCPT, AUTH, a complete message, STARTTLS):
@@ -58,6 +58,7 @@
 
 mod auth;
 mod command;
+pub mod dsn_params;
 mod fuzz_driver;
 mod message;
 pub mod petrel_headers;
@@ -65,6 +66,7 @@ mod receive;
 mod session;
 mod types;
 
+pub use dsn_params::{Notify, Orcpt, RcptDsn, Ret};
 #[doc(hidden)]
 pub use fuzz_driver::{check_replies, drive_session};
 pub use message::{

@@ -7,6 +7,7 @@
 //! incomplete trailing line.
 
 use crate::command::{self, Command, ParamError, PathError};
+use crate::dsn_params::RcptDsn;
 use crate::receive::BodyReceiver;
 use crate::types::{
     push_u64, Body, DataVerdict, Event, MailParams, PeerInfo, ServerConfig, Transaction, Verdict,
@@ -77,6 +78,8 @@ struct Txn {
     params: MailParams,
     /// Accepted recipients; `len() <= recipients_max`.
     recipients: Vec<String>,
+    /// Their DSN parameters: empty until a recipient gives one, then one per recipient.
+    rcpt_dsn: Vec<RcptDsn>,
     /// A BDAT has been received: DATA and RCPT are out of sequence now.
     chunking: bool,
 }
@@ -107,7 +110,7 @@ pub struct Session {
     txn: Option<Txn>,
     /// The MAIL (or RCPT) offered to the driver, kept until its verdict.
     pending_mail: Option<(String, MailParams)>,
-    pending_rcpt: Option<String>,
+    pending_rcpt: Option<(String, RcptDsn)>,
     body: BodyReceiver,
 }
 
@@ -184,6 +187,7 @@ impl Session {
                     from,
                     params,
                     recipients,
+                    rcpt_dsn: Vec::new(),
                     chunking: false,
                 });
                 self.reply("250 2.1.0 Ok\r\n");
@@ -201,7 +205,13 @@ impl Session {
         }
         let pending = self.pending_rcpt.take();
         match (v, pending, self.txn.as_mut()) {
-            (Verdict::Accept, Some(to), Some(txn)) => {
+            (Verdict::Accept, Some((to, dsn)), Some(txn)) => {
+                // Kept index for index once any recipient gave a parameter; until then, empty.
+                if !dsn.is_empty() || !txn.rcpt_dsn.is_empty() {
+                    txn.rcpt_dsn
+                        .resize(txn.recipients.len(), RcptDsn::default());
+                    txn.rcpt_dsn.push(dsn);
+                }
                 txn.recipients.push(to);
                 self.reply("250 2.1.5 Ok\r\n");
             }
@@ -483,7 +493,7 @@ impl Session {
             self.config.limits.message_size_max_bytes as u64,
         );
         self.output.extend_from_slice(
-            b"\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250-CHUNKING\r\n",
+            b"\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250-CHUNKING\r\n250-DSN\r\n",
         );
         if self.config.starttls_available && !self.peer.tls {
             self.output.extend_from_slice(b"250-STARTTLS\r\n");
@@ -525,6 +535,7 @@ impl Session {
             Err(ParamError::Syntax) => {
                 return self.error("501 5.5.4 Error: bad MAIL parameter syntax\r\n")
             }
+            Err(ParamError::Dsn(e)) => return self.error(e.reply()),
         };
         let limit = self.config.limits.message_size_max_bytes as u64;
         if params.size.is_some_and(|size| size > limit) {
@@ -557,9 +568,13 @@ impl Session {
         if txn.recipients.len() >= self.config.limits.recipients_max {
             return self.reply("452 4.5.3 Error: too many recipients\r\n");
         }
-        if !params.is_empty() {
-            return self.error("555 5.5.4 Error: unsupported RCPT parameter\r\n");
-        }
+        let dsn = match command::parse_rcpt_params(params) {
+            Ok(dsn) => dsn,
+            Err(ParamError::Dsn(e)) => return self.error(e.reply()),
+            Err(ParamError::Syntax | ParamError::Unsupported) => {
+                return self.error("555 5.5.4 Error: unsupported RCPT parameter\r\n")
+            }
+        };
         let to = match command::parse_path(path, txn.params.smtputf8, false, true) {
             Ok(to) => to,
             Err(PathError::Syntax) => {
@@ -567,7 +582,7 @@ impl Session {
             }
             Err(PathError::NonAscii) => return self.error(NON_ASCII),
         };
-        self.pending_rcpt = Some(to.clone());
+        self.pending_rcpt = Some((to.clone(), dsn));
         self.emit(Event::Rcpt { to }, Awaiting::Rcpt);
     }
 
@@ -668,6 +683,7 @@ impl Session {
             mail_from: txn.from,
             params: txn.params,
             recipients: txn.recipients,
+            rcpt_dsn: txn.rcpt_dsn,
             data: self.body.take(),
             authenticated_as: self.authenticated_as.clone(),
             tls: self.peer.tls,

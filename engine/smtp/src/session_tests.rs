@@ -160,7 +160,7 @@ fn ehlo_lists_extensions_and_auth_only_under_tls() {
             h.transcript
         );
     }
-    for keyword in ["250-SMTPUTF8", "250-CHUNKING", "250-STARTTLS"] {
+    for keyword in ["250-SMTPUTF8", "250-CHUNKING", "250-DSN", "250-STARTTLS"] {
         assert!(
             h.transcript.contains(keyword),
             "{keyword} in {}",
@@ -284,7 +284,7 @@ fn address_syntax() {
         ("RCPT TO:<b@-bad.example>", "501 5.1.3"),
         ("RCPT TO:<>", "501 5.1.3"),
         ("RCPT TO:<j\u{f6}rg@example.net>", "553 5.6.7"),
-        ("RCPT TO:<b@example.net> NOTIFY=NEVER", "555 5.5.4"),
+        ("RCPT TO:<b@example.net> XNOTIFY=NEVER", "555 5.5.4"),
     ]);
     assert_eq!(
         h.events[..3],
@@ -328,7 +328,8 @@ fn mail_parameters() {
         &MailParams {
             size: None,
             body: Body::EightBitMime,
-            smtputf8: true
+            smtputf8: true,
+            ..MailParams::default()
         }
     );
 }
@@ -794,3 +795,6 @@ fn byte_by_byte_feeding_gives_the_same_replies() {
 
 #[path = "session_submission_tests.rs"]
 mod submission;
+
+#[path = "session_dsn_tests.rs"]
+mod dsn;

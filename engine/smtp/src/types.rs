@@ -1,6 +1,8 @@
 //! The public vocabulary of the crate: configuration, replies, verdicts, transactions, events.
 
 use std::fmt;
+
+use crate::dsn_params::{RcptDsn, Ret};
 use std::net::SocketAddr;
 
 /// Every bound the session enforces. All sizes are in bytes and include the CRLF where a line is
@@ -186,6 +188,10 @@ pub struct MailParams {
     pub body: Body,
     /// SMTPUTF8 was given (RFC 6531): addresses may be UTF-8.
     pub smtputf8: bool,
+    /// RET= (RFC 3461 §4.3): what a failure DSN returns; `None` when not given.
+    pub ret: Option<Ret>,
+    /// ENVID= (RFC 3461 §4.4), xtext-decoded: printable ASCII, at most `ENVID_MAX_BYTES`.
+    pub envid: Option<String>,
 }
 
 /// A complete mail transaction, handed to the driver in [`Event::Message`].
@@ -199,6 +205,9 @@ pub struct Transaction {
     pub params: MailParams,
     /// Accepted recipients, in order, as "local@domain"; never empty, at most `recipients_max`.
     pub recipients: Vec<String>,
+    /// The recipients' DSN parameters (NOTIFY, ORCPT), index for index with `recipients`; empty
+    /// (no allocation) when no recipient gave any, which is nearly always.
+    pub rcpt_dsn: Vec<RcptDsn>,
     /// The message as received (unstuffed), CRLF line ends, at most `message_size_max_bytes`.
     pub data: Vec<u8>,
     /// The identity from a successful AUTH.

@@ -6,7 +6,8 @@
 //! offset  size  field
 //!      0     4  magic  "PSPL" (0x4c505350 little endian)
 //!      4     1  kind   (1 segment header, 2 store, 3 update, 4 remove, 5 attributed store,
-//!                       6 sealed store, 7 sealed update: see `sealed.rs`)
+//!                       6 sealed store, 7 sealed update: see `sealed.rs`, 8 store with DSN
+//!                       parameters, 9 sealed store with DSN parameters)
 //!      5     3  zero
 //!      8     4  payload_len_bytes
 //!     12     4  record_len_bytes   (header + payload + zero padding; a multiple of 8)
@@ -37,11 +38,17 @@
 //! record instead of delivering the attribution bytes as the start of the body. The attribution
 //! is its own archive (not a new envelope field) so that the envelope's archived layout, and
 //! with it every old record's validation, stays exactly as it was.
+//!
+//! **DSN parameters** (RFC 3461, issue 18) follow the same rule. A message whose client gave
+//! RET, ENVID, NOTIFY or ORCPT is written as kind 8 (clear) or 9 (sealed), whose attribution
+//! part is `attribution_len u32 | archived attribution | archived DsnParams`; every other
+//! message is written exactly as before, so the common case costs nothing and every record
+//! already on disk reads as it did (with empty [`DsnParams`]).
 
 use rkyv::rancor;
 use rkyv::util::AlignedVec;
 
-use crate::types::{Attribution, Envelope, RecipientUpdate};
+use crate::types::{Attribution, DsnParams, Envelope, RecipientUpdate};
 
 /// "PSPL" read as a little-endian u32.
 pub const RECORD_MAGIC: u32 = u32::from_le_bytes(*b"PSPL");
@@ -57,6 +64,11 @@ pub const ENVELOPE_SIZE_MAX_BYTES: usize = 4 << 20;
 /// metadata 1 KiB, Message-ID 998 bytes, a domain 255 bytes) and the tenant and credential ids
 /// come from the policy; 4 KiB leaves room for all of them and rkyv's framing.
 pub const ATTRIBUTION_SIZE_MAX_BYTES: usize = 4 << 10;
+/// Largest archived DSN parameters: ENVID (100 bytes) and, per recipient, ORCPT (500 bytes)
+/// and NOTIFY, for 1,000 recipients with rkyv's framing.
+pub const DSN_SIZE_MAX_BYTES: usize = 1 << 20;
+/// The attribution length in front of a kind 8 or 9 record's attribution part.
+pub const DSN_PART_PREFIX_BYTES: usize = 4;
 /// Largest journal record (an update of every recipient of a large message).
 pub const UPDATE_SIZE_MAX_BYTES: usize = 4 << 20;
 /// Largest record of any kind: a frame around the largest envelope and body, plus padding to a
@@ -65,6 +77,8 @@ pub const RECORD_SIZE_MAX_BYTES: usize = RECORD_HEADER_BYTES
     + STORE_PREFIX_BYTES
     + ENVELOPE_SIZE_MAX_BYTES
     + ATTRIBUTION_SIZE_MAX_BYTES
+    + DSN_PART_PREFIX_BYTES
+    + DSN_SIZE_MAX_BYTES
     + BODY_SIZE_MAX_BYTES
     + 4096;
 /// Size of the fixed part of a store record's payload: id (8), envelope length (4),
@@ -93,6 +107,10 @@ pub enum Kind {
     SealedStore = 6,
     /// Journal: recipient updates sealed under the message's data key.
     SealedUpdate = 7,
+    /// A message with DSN parameters: as kind 5, its attribution part carrying them too.
+    StoreDsn = 8,
+    /// A sealed message with DSN parameters: as kind 6, its attribution part as in kind 8.
+    SealedStoreDsn = 9,
 }
 
 impl Kind {
@@ -105,6 +123,8 @@ impl Kind {
             5 => Some(Kind::StoreAttributed),
             6 => Some(Kind::SealedStore),
             7 => Some(Kind::SealedUpdate),
+            8 => Some(Kind::StoreDsn),
+            9 => Some(Kind::SealedStoreDsn),
             _ => None,
         }
     }
@@ -113,16 +133,40 @@ impl Kind {
     pub fn is_store(self) -> bool {
         matches!(
             self,
-            Kind::Store | Kind::StoreAttributed | Kind::SealedStore
+            Kind::Store
+                | Kind::StoreAttributed
+                | Kind::SealedStore
+                | Kind::StoreDsn
+                | Kind::SealedStoreDsn
         )
     }
 
-    /// The kind a store record with this attribution is written as.
+    /// Sealed store records of any version.
+    pub fn is_sealed_store(self) -> bool {
+        matches!(self, Kind::SealedStore | Kind::SealedStoreDsn)
+    }
+
+    /// Store records whose attribution part carries DSN parameters.
+    pub fn has_dsn(self) -> bool {
+        matches!(self, Kind::StoreDsn | Kind::SealedStoreDsn)
+    }
+
+    /// The kind a clear store record with this attribution is written as.
     pub fn store_for(attribution: &Attribution) -> Kind {
         if attribution.is_empty() {
             Kind::Store
         } else {
             Kind::StoreAttributed
+        }
+    }
+
+    /// The kind a store record is written as: sealed or not, with DSN parameters or not.
+    pub fn store_kind(attribution: &Attribution, sealed: bool, dsn: bool) -> Kind {
+        match (sealed, dsn) {
+            (true, true) => Kind::SealedStoreDsn,
+            (true, false) => Kind::SealedStore,
+            (false, true) => Kind::StoreDsn,
+            (false, false) => Kind::store_for(attribution),
         }
     }
 }
@@ -379,6 +423,49 @@ pub fn encode_attribution(a: &Attribution) -> Result<AlignedVec, rancor::Error> 
     rkyv::to_bytes::<rancor::Error>(a)
 }
 
+/// Archives DSN parameters (rkyv); none are stored as nothing at all.
+pub fn encode_dsn(d: &DsnParams) -> Result<AlignedVec, rancor::Error> {
+    if d.is_empty() {
+        return Ok(AlignedVec::new());
+    }
+    rkyv::to_bytes::<rancor::Error>(d)
+}
+
+/// The attribution part of a kind 8 or 9 record: the attribution's length, the archived
+/// attribution, the archived DSN parameters.
+pub fn dsn_part(attribution: &[u8], dsn: &[u8]) -> Vec<u8> {
+    let mut part = Vec::with_capacity(DSN_PART_PREFIX_BYTES + attribution.len() + dsn.len());
+    part.extend_from_slice(&(attribution.len() as u32).to_le_bytes());
+    part.extend_from_slice(attribution);
+    part.extend_from_slice(dsn);
+    part
+}
+
+/// Decodes the attribution part of a store record of `kind` (validating the archives): the
+/// attribution, and the DSN parameters (empty unless `kind.has_dsn()`).
+pub fn decode_attribution_part(kind: Kind, part: &[u8]) -> Option<(Attribution, DsnParams)> {
+    let (attribution, dsn) = if kind.has_dsn() {
+        let len = u32_at(part, 0)? as usize;
+        let end = DSN_PART_PREFIX_BYTES.checked_add(len)?;
+        let dsn = part.get(end..)?;
+        if dsn.is_empty() {
+            return None;
+        }
+        (
+            part.get(DSN_PART_PREFIX_BYTES..end)?,
+            Some(decode_archived::<DsnParams>(dsn)?),
+        )
+    } else {
+        (part, None)
+    };
+    let attribution = if attribution.is_empty() {
+        Attribution::default()
+    } else {
+        decode_archived::<Attribution>(attribution)?
+    };
+    Some((attribution, dsn.unwrap_or_default()))
+}
+
 /// Archives recipient updates (rkyv).
 pub fn encode_updates(u: &[RecipientUpdate]) -> Result<AlignedVec, rancor::Error> {
     rkyv::to_bytes::<rancor::Error>(&u.to_vec())
@@ -405,6 +492,8 @@ pub struct StoreRecord<'a> {
     pub envelope: Envelope,
     /// Its attribution (empty for a [`Kind::Store`] record).
     pub attribution: Attribution,
+    /// Its DSN parameters (empty but in kind 8).
+    pub dsn: DsnParams,
     /// Its body.
     pub body: &'a [u8],
 }
@@ -450,18 +539,15 @@ pub fn split_store(p: &[u8]) -> Option<StoreParts<'_>> {
     })
 }
 
-/// Decodes a store payload of either kind, validating the archives.
-pub fn decode_store(p: &[u8]) -> Option<StoreRecord<'_>> {
+/// Decodes a clear store payload of `kind` (2, 5 or 8), validating the archives.
+pub fn decode_store(kind: Kind, p: &[u8]) -> Option<StoreRecord<'_>> {
     let parts = split_store(p)?;
-    let attribution = if parts.attribution.is_empty() {
-        Attribution::default()
-    } else {
-        decode_archived::<Attribution>(parts.attribution)?
-    };
+    let (attribution, dsn) = decode_attribution_part(kind, parts.attribution)?;
     Some(StoreRecord {
         id: parts.id,
         envelope: decode_archived::<Envelope>(parts.envelope)?,
         attribution,
+        dsn,
         body: parts.body,
     })
 }
@@ -582,7 +668,7 @@ mod tests {
         let v = frame_parts(Kind::Store, &[&prefix, &meta, b"body"]);
         let r = decode_at(&v, 0).unwrap();
         assert_eq!(r.kind, Kind::Store);
-        let s = decode_store(r.payload).unwrap();
+        let s = decode_store(r.kind, r.payload).unwrap();
         assert_eq!((s.id, &s.envelope, s.body), (42, &env, &b"body"[..]));
         assert!(s.attribution.is_empty());
         // The current encoder writes exactly those bytes for a message without attribution.
@@ -613,7 +699,7 @@ mod tests {
         let v = frame_parts(kind, &[&p, &meta, &attr, b"hello"]);
         let r = decode_at(&v, 0).unwrap();
         assert!(r.kind.is_store());
-        let s = decode_store(r.payload).unwrap();
+        let s = decode_store(r.kind, r.payload).unwrap();
         assert_eq!((s.id, s.envelope, s.attribution), (7, env, a));
         assert_eq!(split_store(r.payload).unwrap().body, b"hello");
         // A damaged attribution archive (checksums fixed up) is refused, not misread.
@@ -621,7 +707,7 @@ mod tests {
         let n = bad.len();
         bad[n - 4..].copy_from_slice(&u32::MAX.to_le_bytes());
         let v = frame_parts(kind, &[&p, &meta, &bad, b"hello"]);
-        assert!(decode_store(decode_at(&v, 0).unwrap().payload).is_none());
+        assert!(decode_store(kind, decode_at(&v, 0).unwrap().payload).is_none());
         // Lengths that run past the payload are refused.
         let p = store_prefix(7, meta.len(), usize::MAX >> 33);
         let v = frame_parts(kind, &[&p, &meta, &attr, b"hello"]);
@@ -652,10 +738,10 @@ mod tests {
             let s = scan(&buf);
             assert!(s.records.is_empty());
             for r in s.records {
-                let _ = decode_store(r.payload);
+                let _ = decode_store(r.kind, r.payload);
             }
             let _ = decode_update(&buf);
-            let _ = decode_store(&buf);
+            let _ = decode_store(Kind::StoreDsn, &buf);
         }
     }
 }

@@ -18,7 +18,7 @@ use petrel_seal::Keyring;
 use crate::record::{self, Kind, SegmentHeader};
 use crate::sealed::{self, Unsealed};
 use crate::state::{IndexEntry, Segment, State};
-use crate::types::{Attribution, Envelope, MessageId, Recovery, SpooledMessage};
+use crate::types::{Attribution, DsnParams, Envelope, MessageId, Recovery, SpooledMessage};
 
 /// Prefix and suffixes of segment file names.
 const SEGMENT_PREFIX: &str = "seg-";
@@ -91,6 +91,7 @@ fn parse_seq(hex: &str) -> Option<u64> {
 pub(crate) struct Found {
     pub(crate) envelope: Envelope,
     pub(crate) attribution: Attribution,
+    pub(crate) dsn: DsnParams,
     pub(crate) body_len_bytes: u64,
     /// Offset of its store record in the data file.
     pub(crate) offset: u64,
@@ -143,34 +144,37 @@ pub(crate) fn rebuild(
                     );
                 }
             }
-            Kind::Store | Kind::StoreAttributed => match record::decode_store(rec.payload) {
-                Some(s) => {
-                    let seq = MessageId(s.id).sequence();
-                    st.max_id_seq = Some(st.max_id_seq.map_or(seq, |m| m.max(seq)));
-                    let found = Found {
-                        envelope: s.envelope,
-                        attribution: s.attribution,
-                        body_len_bytes: s.body.len() as u64,
-                        offset: rec.offset,
-                        record_len: rec.record_len,
-                        key: 0,
-                    };
-                    st.live.insert(s.id, found);
+            Kind::Store | Kind::StoreAttributed | Kind::StoreDsn => {
+                match record::decode_store(rec.kind, rec.payload) {
+                    Some(s) => {
+                        let seq = MessageId(s.id).sequence();
+                        st.max_id_seq = Some(st.max_id_seq.map_or(seq, |m| m.max(seq)));
+                        let found = Found {
+                            envelope: s.envelope,
+                            attribution: s.attribution,
+                            dsn: s.dsn,
+                            body_len_bytes: s.body.len() as u64,
+                            offset: rec.offset,
+                            record_len: rec.record_len,
+                            key: 0,
+                        };
+                        st.live.insert(s.id, found);
+                    }
+                    None => skip_record(
+                        &mut st,
+                        name,
+                        rec.offset,
+                        rec.record_len,
+                        "envelope or attribution failed validation",
+                    ),
                 }
-                None => skip_record(
-                    &mut st,
-                    name,
-                    rec.offset,
-                    rec.record_len,
-                    "envelope or attribution failed validation",
-                ),
-            },
-            Kind::SealedStore => {
+            }
+            Kind::SealedStore | Kind::SealedStoreDsn => {
                 let Some(keys) = keys else {
                     st.needs_keyring = true;
                     continue;
                 };
-                match sealed::open_store(rec.payload, keys) {
+                match sealed::open_store(rec.kind, rec.payload, keys) {
                     Ok(s) => {
                         let seq = MessageId(s.id).sequence();
                         st.max_id_seq = Some(st.max_id_seq.map_or(seq, |m| m.max(seq)));
@@ -178,6 +182,7 @@ pub(crate) fn rebuild(
                             body_len_bytes: s.body().len() as u64,
                             envelope: s.envelope,
                             attribution: s.attribution,
+                            dsn: s.dsn,
                             offset: rec.offset,
                             record_len: rec.record_len,
                             key: s.key_id,
@@ -309,6 +314,7 @@ pub(crate) fn spooled(st: SegmentState) -> impl Iterator<Item = SpooledMessage> 
         id: MessageId(id),
         envelope: f.envelope,
         attribution: f.attribution,
+        dsn: f.dsn,
         body_len_bytes: f.body_len_bytes,
     })
 }

@@ -6,6 +6,7 @@
 //!                                                  | archived envelope | archived attribution
 //!                                                  | body )
 //! sealed update (kind 7) payload:  id u64 | frame( archived updates )
+//! kind 9: as kind 6, its attribution part as `record` describes for kind 8 (DSN parameters)
 //! frame: data key id u32 | nonce 12 | ciphertext | tag 16     (petrel_seal::aead)
 //! associated data: "petrel-spool" | kind u8 | id u64 LE
 //! ```
@@ -22,7 +23,7 @@
 use petrel_seal::{frame_key_id, DataKey, Keyring, SEALED_OVERHEAD_BYTES};
 
 use crate::record::{self, align_up, Kind, RECORD_ALIGN_BYTES, RECORD_HEADER_BYTES};
-use crate::types::{Attribution, Envelope, RecipientUpdate};
+use crate::types::{Attribution, DsnParams, Envelope, RecipientUpdate};
 
 /// Bytes of the clear id in front of the frame.
 pub const SEALED_ID_BYTES: usize = 8;
@@ -56,9 +57,12 @@ pub fn store_payload_len(envelope: usize, attribution: usize, body: usize) -> us
         + body
 }
 
-/// Appends a sealed store record to `out`, padded to `align`; returns its length.
+/// Appends a sealed store record of `kind` (6, or 9 when `attribution` is a DSN part) to
+/// `out`, padded to `align`; returns its length.
+#[allow(clippy::too_many_arguments)]
 pub fn encode_store(
     out: &mut Vec<u8>,
+    kind: Kind,
     id: u64,
     key: &DataKey,
     envelope: &[u8],
@@ -71,7 +75,7 @@ pub fn encode_store(
     lengths[4..].copy_from_slice(&(attribution.len() as u32).to_le_bytes());
     encode(
         out,
-        Kind::SealedStore,
+        kind,
         id,
         key,
         &[&lengths, envelope, attribution, body],
@@ -143,6 +147,7 @@ pub struct OpenedStore {
     pub key_id: u32,
     pub envelope: Envelope,
     pub attribution: Attribution,
+    pub dsn: DsnParams,
     /// The plaintext; the body is `plain[body_offset..]`.
     plain: Vec<u8>,
     body_offset: usize,
@@ -159,9 +164,9 @@ impl OpenedStore {
     }
 }
 
-/// Opens and decodes a sealed store payload.
-pub fn open_store(payload: &[u8], keys: &Keyring) -> Result<OpenedStore, Unsealed> {
-    let (id, key_id, plain) = open(Kind::SealedStore, payload, keys)?;
+/// Opens and decodes a sealed store payload of `kind` (6 or 9).
+pub fn open_store(kind: Kind, payload: &[u8], keys: &Keyring) -> Result<OpenedStore, Unsealed> {
+    let (id, key_id, plain) = open(kind, payload, keys)?;
     let env_len = record::u32_at(&plain, 0).ok_or(Unsealed::Damaged)? as usize;
     let attr_len = record::u32_at(&plain, 4).ok_or(Unsealed::Damaged)? as usize;
     let env_end = SEALED_STORE_LENGTHS_BYTES
@@ -172,15 +177,15 @@ pub fn open_store(payload: &[u8], keys: &Keyring) -> Result<OpenedStore, Unseale
         .get(SEALED_STORE_LENGTHS_BYTES..env_end)
         .and_then(record::decode_archived::<Envelope>)
         .ok_or(Unsealed::Damaged)?;
-    let attribution = match plain.get(env_end..attr_end).ok_or(Unsealed::Damaged)? {
-        [] => Attribution::default(),
-        a => record::decode_archived::<Attribution>(a).ok_or(Unsealed::Damaged)?,
-    };
+    let part = plain.get(env_end..attr_end).ok_or(Unsealed::Damaged)?;
+    let (attribution, dsn) =
+        record::decode_attribution_part(kind, part).ok_or(Unsealed::Damaged)?;
     Ok(OpenedStore {
         id,
         key_id,
         envelope,
         attribution,
+        dsn,
         plain,
         body_offset: attr_end,
     })
@@ -232,7 +237,16 @@ mod tests {
         let meta = record::encode_envelope(&env).unwrap();
         let a = record::encode_attribution(&attr).unwrap();
         let mut out = Vec::new();
-        let len = encode_store(&mut out, 9, &key, &meta, &a, b"MARKER body", 512);
+        let len = encode_store(
+            &mut out,
+            Kind::SealedStore,
+            9,
+            &key,
+            &meta,
+            &a,
+            b"MARKER body",
+            512,
+        );
         assert_eq!((len, out.len()), (512, 512));
         let raw = String::from_utf8_lossy(&out);
         assert!(!raw.contains("MARKER") && !raw.contains("marker-sender"));
@@ -242,7 +256,7 @@ mod tests {
             rec.payload.len(),
             store_payload_len(meta.len(), a.len(), 11)
         );
-        let s = open_store(rec.payload, &keys).unwrap();
+        let s = open_store(rec.kind, rec.payload, &keys).unwrap();
         assert_eq!((s.id, s.key_id), (9, key.id()));
         assert_eq!((&s.envelope, &s.attribution), (&env, &attr));
         assert_eq!(s.body(), b"MARKER body");
@@ -262,12 +276,15 @@ mod tests {
         // A frame moved under another id does not open.
         let mut moved = record::decode_at(&out, 0).unwrap().payload.to_vec();
         moved[..8].copy_from_slice(&10u64.to_le_bytes());
-        assert_eq!(open_store(&moved, &keys).unwrap_err(), Unsealed::Damaged);
+        assert_eq!(
+            open_store(Kind::SealedStore, &moved, &keys).unwrap_err(),
+            Unsealed::Damaged
+        );
         // Once the tenant's keys are destroyed, its records are shredded.
         keys.destroy_owner("t1").unwrap();
         let rec = record::decode_at(&out, 0).unwrap();
         assert_eq!(
-            open_store(rec.payload, &keys).unwrap_err(),
+            open_store(rec.kind, rec.payload, &keys).unwrap_err(),
             Unsealed::NoKey(key.id())
         );
     }

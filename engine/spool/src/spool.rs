@@ -20,8 +20,8 @@ use crate::sealed;
 use crate::segments::{close_file, Inner};
 use crate::state::{Batch, IndexEntry, State};
 use crate::types::{
-    Attribution, Envelope, MessageId, RecipientUpdate, Recovery, SpoolConfig, SpoolStats,
-    SpooledMessage, MESSAGE_ID_SEQUENCE_BITS,
+    Attribution, DsnParams, Envelope, MessageId, RecipientUpdate, Recovery, SpoolConfig,
+    SpoolStats, SpooledMessage, MESSAGE_ID_SEQUENCE_BITS,
 };
 
 /// Smallest accepted `segment_size_max_bytes` (a segment must hold its header and a record).
@@ -161,6 +161,20 @@ impl Spool {
         attribution: &Attribution,
         body: &[u8],
     ) -> Result<MessageId, SpoolError> {
+        self.store_message(reserved, envelope, attribution, &DsnParams::default(), body)
+            .await
+    }
+
+    /// [`Spool::store_attributed_as`] with the client's DSN parameters (RFC 3461), stored in
+    /// the same record and handed back by recovery; empty ones cost nothing (`record`).
+    pub async fn store_message(
+        &self,
+        reserved: Option<MessageId>,
+        envelope: &Envelope,
+        attribution: &Attribution,
+        dsn: &DsnParams,
+        body: &[u8],
+    ) -> Result<MessageId, SpoolError> {
         let inner = &self.inner;
         if let Some(id) = reserved {
             let issued =
@@ -186,6 +200,24 @@ impl Spool {
             attr.len(),
             record::ATTRIBUTION_SIZE_MAX_BYTES,
         )?;
+        let dsn_bytes = record::encode_dsn(dsn).map_err(|e| SpoolError::Encode {
+            what: "DSN parameters",
+            reason: e.to_string(),
+        })?;
+        check_len(
+            "DSN parameters",
+            dsn_bytes.len(),
+            record::DSN_SIZE_MAX_BYTES,
+        )?;
+        // The common case (no DSN parameter) writes the attribution as it always did.
+        let with_dsn = !dsn_bytes.is_empty();
+        let dsn_part;
+        let attr: &[u8] = if with_dsn {
+            dsn_part = record::dsn_part(&attr, &dsn_bytes);
+            &dsn_part
+        } else {
+            &attr
+        };
         // Sealed under the tenant's current data key (the operator's without a tenant); the
         // key is made ahead when the policy names the tenant, so this rarely writes the keyring.
         let key = match &inner.cfg.keys {
@@ -198,6 +230,7 @@ impl Spool {
             }
             None => None,
         };
+        let kind = Kind::store_kind(attribution, key.is_some(), with_dsn);
         let payload_len = match &key {
             Some(_) => sealed::store_payload_len(meta.len(), attr.len(), body.len()),
             None => record::STORE_PREFIX_BYTES + meta.len() + attr.len() + body.len(),
@@ -244,14 +277,23 @@ impl Spool {
                 .ok_or(SpoolError::Unhealthy("no active segment"))?;
             match &key {
                 Some(key) => {
-                    sealed::encode_store(&mut seg.data_buf, id.0, key, &meta, &attr, body, align);
+                    sealed::encode_store(
+                        &mut seg.data_buf,
+                        kind,
+                        id.0,
+                        key,
+                        &meta,
+                        attr,
+                        body,
+                        align,
+                    );
                 }
                 None => {
                     let prefix = record::store_prefix(id.0, meta.len(), attr.len());
                     record::encode_record(
                         &mut seg.data_buf,
-                        Kind::store_for(attribution),
-                        &[&prefix, &meta, &attr, body],
+                        kind,
+                        &[&prefix, &meta, attr, body],
                         align,
                     );
                 }
@@ -323,9 +365,9 @@ impl Spool {
             reason,
         };
         let rec = record::decode_at(&buf, 0).map_err(|_| corrupt("bad frame or checksum"))?;
-        if rec.kind == Kind::SealedStore {
+        if rec.kind.is_sealed_store() {
             let keys = self.inner.cfg.keys.as_ref().ok_or(SpoolError::NoKeyring)?;
-            let opened = sealed::open_store(rec.payload, keys).map_err(|e| match e {
+            let opened = sealed::open_store(rec.kind, rec.payload, keys).map_err(|e| match e {
                 sealed::Unsealed::NoKey(_) => corrupt("its data key was destroyed"),
                 sealed::Unsealed::Damaged => corrupt("sealed record failed authentication"),
             })?;

@@ -117,6 +117,51 @@ impl Attribution {
     }
 }
 
+/// `RET=` of a message (RFC 3461 §4.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub enum DsnRet {
+    /// Return the whole message.
+    Full,
+    /// Return its header section only.
+    Hdrs,
+}
+
+/// The DSN parameters a client gave (RFC 3461): RET and ENVID for the message, NOTIFY and
+/// ORCPT per recipient. Stored in the message's record next to its attribution (see `record`),
+/// only when something was given: a message without them costs nothing, and never changes
+/// after the message is accepted.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct DsnParams {
+    pub ret: Option<DsnRet>,
+    /// ENVID, decoded (printable ASCII, at most 100 bytes).
+    pub envid: Option<String>,
+    /// Index for index with `Envelope::recipients`; empty when no recipient gave any.
+    pub recipients: Vec<RecipientDsn>,
+}
+
+impl DsnParams {
+    /// Nothing was given: the message is stored as if the extension did not exist.
+    pub fn is_empty(&self) -> bool {
+        self.ret.is_none() && self.envid.is_none() && self.recipients.is_empty()
+    }
+}
+
+/// NOTIFY's conditions as bits of [`RecipientDsn::notify`] (`Some(0)` is `NEVER`).
+pub const NOTIFY_SUCCESS: u8 = 1;
+/// See [`NOTIFY_SUCCESS`].
+pub const NOTIFY_FAILURE: u8 = 2;
+/// See [`NOTIFY_SUCCESS`].
+pub const NOTIFY_DELAY: u8 = 4;
+
+/// One recipient's DSN parameters.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Archive, Serialize, Deserialize)]
+pub struct RecipientDsn {
+    /// NOTIFY as `NOTIFY_*` bits; `None` when not given, `Some(0)` for `NEVER`.
+    pub notify: Option<u8>,
+    /// ORCPT as `addr-type;address`, the address decoded (printable ASCII).
+    pub orcpt: Option<String>,
+}
+
 /// A message found in the spool (by recovery or `inspect`), with its latest recipient states.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpooledMessage {
@@ -126,6 +171,8 @@ pub struct SpooledMessage {
     pub envelope: Envelope,
     /// Its attribution (empty for messages stored without one, or by the first format).
     pub attribution: Attribution,
+    /// Its DSN parameters (empty for messages stored without any, or by an older format).
+    pub dsn: DsnParams,
     /// Length of the body in bytes.
     pub body_len_bytes: u64,
 }

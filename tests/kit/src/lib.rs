@@ -17,6 +17,8 @@
 //! - [`glommio`]: run a future on a fresh glommio executor thread, optionally pinned and bounded
 //!   in time, and await a condition with a bound.
 //! - [`redis`]: a private `redis-server` on loopback (no persistence), stopped by PID.
+//! - [`named`]: a private BIND `named` on loopback serving a zone DNSSEC-signed at start (its key
+//!   is the trust anchor), optionally with a forged RRset (bogus), stopped by PID.
 //! - [`shard`]: a delivery-shard harness (an in-memory spool, static routes to kit SMTP servers,
 //!   `enqueue`, `await_removed`, `await_outcome`), so a shard test is a short scenario.
 //!
@@ -29,7 +31,9 @@
 pub mod dns;
 pub mod glommio;
 pub mod http;
+pub mod https_receiver;
 pub mod mem_spool;
+pub mod named;
 pub mod outbound;
 pub mod policy_server;
 pub mod redis;

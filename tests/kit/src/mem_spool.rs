@@ -31,6 +31,8 @@ pub struct MemSpool {
     finals: RefCell<HashMap<(u64, u32), Outcome>>,
     /// Ids of the DSNs stored, in order.
     dsns: RefCell<Vec<u64>>,
+    /// The DSNs' bodies, in the same order (kept after they are delivered).
+    dsn_bodies: RefCell<Vec<Vec<u8>>>,
     /// The last id handed out (ids start at 1).
     last_id: RefCell<u64>,
 }
@@ -67,6 +69,7 @@ impl MemSpool {
                 })
                 .collect(),
             attribution: None,
+            dsn: None,
         }
     }
 
@@ -83,6 +86,15 @@ impl MemSpool {
     /// Ids of the DSNs stored, in order.
     pub fn dsns(&self) -> Vec<u64> {
         self.dsns.borrow().clone()
+    }
+
+    /// The DSNs' bodies as text (lossy UTF-8), in the order they were stored.
+    pub fn dsn_texts(&self) -> Vec<String> {
+        self.dsn_bodies
+            .borrow()
+            .iter()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .collect()
     }
 
     /// Final recipient states of removed messages: (id, index) -> (state, attempts).
@@ -152,6 +164,7 @@ impl SpoolAccess for MemSpool {
         assert_eq!(mail_from, "", "DSNs use the null sender");
         let q = self.store(mail_from, &[rcpt], body);
         self.dsns.borrow_mut().push(q.id);
+        self.dsn_bodies.borrow_mut().push(body.to_vec());
         Ok(q.id)
     }
 }

@@ -72,6 +72,8 @@ pub struct ShardSetup {
     /// Engine-wide limits; share one `Arc` between setups to test limits across shards.
     pub limits: Arc<GlobalLimits>,
     pub events: EventSink,
+    /// Where the shard counts its TLS negotiations (TLS-RPT); `None` (the default): nowhere.
+    pub tls_rpt: Option<petrel_delivery::tls_rpt::TlsRptRecorder>,
 }
 
 impl ShardSetup {
@@ -84,6 +86,7 @@ impl ShardSetup {
             mta_sts: None,
             limits: Arc::new(GlobalLimits::default()),
             events: EventSink::disabled(),
+            tls_rpt: None,
         }
     }
 }
@@ -154,6 +157,9 @@ where
             spool.clone(),
             setup.events,
         ));
+        if let Some(r) = setup.tls_rpt {
+            shard.set_tls_rpt(r);
+        }
         let runner = {
             let shard = shard.clone();
             ::glommio::spawn_local(async move { shard.run().await })

@@ -35,6 +35,9 @@ pub struct Script {
     pub chunking: bool,
     /// Offer SIZE with this limit.
     pub size: Option<u64>,
+    /// Offer DSN (RFC 3461); the parameters the client sends are recorded either way
+    /// ([`Txn::mail_params`], [`Txn::rcpt_params`]).
+    pub dsn: bool,
     /// Greeting line instead of "220 ..." (e.g. "554 5.7.1 no service").
     pub greeting: Option<String>,
     /// Accept connections but never send a byte.
@@ -156,6 +159,8 @@ pub struct Txn {
     pub mail_params: String,
     /// The accepted recipients, in order.
     pub rcpts: Vec<String>,
+    /// Their RCPT parameters after the path (e.g. "NOTIFY=SUCCESS"), index for index.
+    pub rcpt_params: Vec<String>,
     /// The message after removing dot-stuffing (or the BDAT chunks joined), with its final CRLF.
     pub data: Vec<u8>,
     /// Received inside STARTTLS.

@@ -206,6 +206,9 @@ impl<'a> Session<'a> {
             lines.push(format!("SIZE {size}"));
         }
         lines.push("8BITMIME".into());
+        if script.dsn {
+            lines.push("DSN".into());
+        }
         let offers_tls = script.tls.is_some() || script.broken_tls || script.starttls_injection;
         if offers_tls && !self.tls {
             lines.push("STARTTLS".into());
@@ -268,7 +271,7 @@ impl<'a> Session<'a> {
     }
 
     fn rcpt(&mut self, line: &str) -> R {
-        let (addr, _) = path_and_params(line);
+        let (addr, params) = path_and_params(line);
         if self.txn.is_none() {
             self.reply("503 5.5.1 Error: need MAIL command")?;
             return Ok(Next::Continue);
@@ -302,6 +305,7 @@ impl<'a> Session<'a> {
         }
         if let Some(txn) = self.txn.as_mut() {
             txn.rcpts.push(addr);
+            txn.rcpt_params.push(params);
         }
         self.reply("250 2.1.5 Ok")?;
         Ok(Next::Continue)

@@ -11,6 +11,8 @@ pub struct TestPki {
     pub ca_pem: String,
     /// The CA certificate, DER.
     pub ca_der: rustls_pki_types::CertificateDer<'static>,
+    /// The leaf certificate, DER (what a DANE-EE TLSA record pins).
+    pub leaf_der: rustls_pki_types::CertificateDer<'static>,
     /// Serves the leaf (and the CA) certificate with the leaf's key.
     pub server_config: Arc<rustls::ServerConfig>,
 }
@@ -39,6 +41,7 @@ pub fn test_pki(name: &str) -> TestPki {
     TestPki {
         ca_pem: ca.pem(),
         ca_der: ca.der().clone(),
+        leaf_der: leaf.der().clone(),
         server_config: Arc::new(config),
     }
 }

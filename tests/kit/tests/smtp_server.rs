@@ -68,6 +68,7 @@ fn pipelined_transactions_count_as_one_burst() {
             from: "a@src.test",
             rcpts,
             body: b"m\r\n",
+            dsn: None,
         };
         let out = conn
             .send_many(&[msg(&["x@d.test"]), msg(&["y@d.test"]), msg(&["z@d.test"])])

@@ -29,6 +29,7 @@ fn tenant(id: &str) -> Tenant {
         sending_disabled: None,
         reputation_warning: None,
         list_unsubscribe: false,
+        arc_seal: false,
     }
 }
 

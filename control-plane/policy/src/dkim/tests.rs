@@ -186,6 +186,30 @@ fn newest_active_non_retired_key_signs() {
 }
 
 #[test]
+fn arc_seals_with_the_newest_active_rsa_key_only() {
+    let ed = keys::generate(DkimAlgorithm::Ed25519).unwrap();
+    let rsa = keys::generate(DkimAlgorithm::Rsa2048).unwrap();
+    let keys = [
+        key("rsa-old", &rsa, 1_000, false),
+        key("ed", &ed, 3_000, false),
+        key("rsa-new", &rsa, 2_000, false),
+        key("rsa-retired", &rsa, 2_500, true),
+    ];
+    let signer = DkimSigner::from_keys("acme.example", &keys)
+        .unwrap()
+        .unwrap();
+    assert!(signer.arc_signing_key(500).is_none());
+    assert_eq!(signer.arc_signing_key(1_500).unwrap().0, "rsa-old");
+    // DKIM signs with the newest key (Ed25519); ARC takes the newest RSA one.
+    assert_eq!(signer.active_key(6_000).unwrap().0, "ed");
+    assert_eq!(signer.arc_signing_key(6_000).unwrap().0, "rsa-new");
+    let ed_only = DkimSigner::from_keys("acme.example", &[key("ed", &ed, 0, false)])
+        .unwrap()
+        .unwrap();
+    assert!(ed_only.arc_signing_key(6_000).is_none());
+}
+
+#[test]
 fn refuses_bad_keys_and_messages_without_from() {
     let a = keys::generate(DkimAlgorithm::Ed25519).unwrap();
     let mut bad = key("s1", &a, 0, false);

@@ -71,6 +71,7 @@ fn snapshot_bytes(version: u64) -> Vec<u8> {
             sending_disabled: None,
             reputation_warning: None,
             list_unsubscribe: false,
+            arc_seal: false,
         }],
         ..Default::default()
     };

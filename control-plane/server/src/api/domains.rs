@@ -57,6 +57,11 @@ pub struct DomainView {
     pub last_check: Option<Vec<RecordCheck>>,
     /// The last DNS authentication check (scheduled or `POST .../check`); None: never checked.
     pub auth: Option<crate::domain_auth::DomainAuthView>,
+    /// What to publish for Petrel to receive this domain's mail under MTA-STS: MX, the
+    /// `_mta-sts` TXT, the `mta-sts.` policy host and `_smtp._tls` (empty when the operator
+    /// has not turned inbound MTA-STS on). The policy is served once the MX records name the
+    /// intake.
+    pub inbound_records: Vec<DnsRecord>,
 }
 
 impl KeyView {
@@ -109,8 +114,15 @@ async fn view(conn: &mut AnyConnection, app: &App, row: Domain) -> Result<Domain
         .await?
         .as_ref()
         .map(crate::domain_auth::DomainAuthView::of);
+    let inbound_records = app
+        .settings
+        .mta_sts
+        .as_ref()
+        .map(|m| m.records_for(&row.name, public_host(&app.settings.public_url)))
+        .unwrap_or_default();
     Ok(DomainView {
         auth,
+        inbound_records,
         id: row.id,
         tenant_id: row.tenant_id,
         name: row.name,
@@ -125,6 +137,14 @@ async fn view(conn: &mut AnyConnection, app: &App, row: Domain) -> Result<Domain
             .last_check_json
             .and_then(|t| serde_json::from_str(&t).ok()),
     })
+}
+
+/// The host of the control plane's public origin (`https://host[:port]`), where the
+/// `mta-sts.` policy hosts point; None when no origin is set.
+fn public_host(public_url: &str) -> Option<&str> {
+    let rest = public_url.split_once("://").map_or(public_url, |(_, r)| r);
+    let host = rest.split(['/', ':']).next().unwrap_or("");
+    (!host.is_empty()).then_some(host)
 }
 
 /// A fresh key, generated off the runtime threads (RSA takes a while).

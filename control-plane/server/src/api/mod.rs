@@ -20,12 +20,14 @@ pub mod events;
 pub mod export;
 pub mod guardrails;
 pub mod limits;
+pub mod mta_sts;
 pub mod openapi;
 pub mod stats;
 pub mod stream;
 pub mod suppressions;
 pub mod tenant_delete;
 pub mod tenants;
+pub mod tls_rpt;
 pub mod unsubscribe;
 pub mod webhooks;
 
@@ -79,6 +81,10 @@ pub struct Settings {
     pub api_trusted_proxies: Vec<ipnet::IpNet>,
     /// The retention windows tenants may choose (`crate::retention`).
     pub retention: crate::retention::RetentionBounds,
+    /// Inbound MTA-STS for the domains the intake receives (`crate::mta_sts`); None: off.
+    pub mta_sts: Option<Arc<crate::mta_sts::InboundMtaSts>>,
+    /// Outbound TLS-RPT reports (`crate::tls_rpt`); None: not sent.
+    pub tls_rpt: Option<Arc<crate::tls_rpt::TlsRptSettings>>,
 }
 
 /// Shared state of all handlers.
@@ -114,6 +120,8 @@ pub struct AppState {
     pub erasure_wake: tokio::sync::Notify,
     /// Bulk reads and blocked sends of the current window (`audit_signals.rs`).
     pub aggregates: crate::audit_signals::Aggregates,
+    /// Inbound MTA-STS: whether a domain's MX names the intake, per domain (`api::mta_sts`).
+    pub mx_verdicts: crate::mta_sts::MxVerdicts,
 }
 
 /// Cheap handle to [`AppState`].
@@ -221,6 +229,8 @@ pub fn routes() -> OpenApiRouter<App> {
         .routes(routes!(guardrails::lift_cap))
         .routes(routes!(guardrails::enable))
         .routes(routes!(unsubscribe::page, unsubscribe::post))
+        .routes(routes!(mta_sts::policy))
+        .routes(routes!(tls_rpt::send))
 }
 
 /// What the route gate needs: the app (to authenticate) and the access table.

@@ -34,6 +34,10 @@ pub struct CreateTenant {
     /// one-recipient messages (default off).
     #[serde(default)]
     pub list_unsubscribe: bool,
+    /// The tenant forwards mail it received elsewhere: the engine adds an ARC set (RFC 8617)
+    /// to its messages (default off).
+    #[serde(default)]
+    pub arc_seal: bool,
 }
 
 /// `PATCH /v1/tenants/{id}`: the settings given change, the others stay.
@@ -46,6 +50,15 @@ pub struct UpdateTenant {
     /// List-Unsubscribe keeps it.
     #[serde(default)]
     pub list_unsubscribe: Option<bool>,
+    /// The tenant relays mail it received elsewhere (a forwarding service): the engine checks
+    /// the DKIM signatures and ARC chain the message arrived with and adds an ARC set
+    /// (`ARC-Authentication-Results`, `ARC-Message-Signature`, `ARC-Seal`, RFC 8617) signed
+    /// with the sending domain's RSA DKIM key (ARC allows only `rsa-sha256`; a domain with
+    /// Ed25519 keys alone sends unsealed). With it on, a message whose From domain is not the
+    /// tenant's is accepted when its envelope sender's domain is (the forwarder's rewritten
+    /// return path), and sealed with that domain's key.
+    #[serde(default)]
+    pub arc_seal: Option<bool>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -96,6 +109,7 @@ pub async fn create(
         allow_unverified_domains: req.allow_unverified_domains,
         created_unix_ms: app.now_ms(),
         list_unsubscribe: req.list_unsubscribe,
+        arc_seal: req.arc_seal,
     };
     let new_key = NewCredential::api_key(&tenant.id, "initial admin key", Role::Admin);
     let prepared = new_key.prepare(app.settings.hash_cost).await?;
@@ -186,7 +200,7 @@ pub async fn show(
     patch,
     operation_id = "tenants_update",
     path = "/v1/tenants/{id}",
-    summary = "Change a tenant's settings (list_unsubscribe)",
+    summary = "Change a tenant's settings (list_unsubscribe, arc_seal)",
     params(("id" = String, Path, description = "The object's id")),
     request_body = UpdateTenant,
     responses((status = 200, body = TenantView)),
@@ -204,6 +218,10 @@ pub async fn update(
     if let Some(on) = req.list_unsubscribe {
         store::tenants::set_list_unsubscribe(change.conn(), &id, on).await?;
         after.list_unsubscribe = on;
+    }
+    if let Some(on) = req.arc_seal {
+        store::tenants::set_arc_seal(change.conn(), &id, on).await?;
+        after.arc_seal = on;
     }
     change.commit(&app, &caller, "tenant.update", after).await
 }

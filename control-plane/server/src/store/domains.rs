@@ -123,6 +123,21 @@ pub async fn list_all(conn: &mut AnyConnection) -> StoreResult<Vec<Domain>> {
         .collect()
 }
 
+/// True when some tenant has a verified domain of that name (inbound MTA-STS serves a policy
+/// only for those; `crate::mta_sts`).
+pub async fn verified_by_name(conn: &mut AnyConnection, name: &str) -> StoreResult<bool> {
+    let rows = sqlx::query("SELECT * FROM domains WHERE name = $1")
+        .bind(name.to_string())
+        .fetch_all(conn)
+        .await?;
+    for r in &rows {
+        if decode_domain(r)?.verified {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// True when the tenant has a domain of that name.
 pub async fn exists_by_name(
     conn: &mut AnyConnection,

@@ -430,4 +430,50 @@ CREATE INDEX audit_signal_ids_time ON audit_signal_ids (at_unix_ms);
 CREATE INDEX webhook_deliveries_tenant ON webhook_deliveries (tenant_id);
 "#,
     ),
+    (
+        // TLS-RPT (RFC 8460, issue 18, `tls_rpt/`): the engines' session counts summed per UTC
+        // day (days since the epoch), policy and receiving MX; each counts event taken once
+        // however often its batch is resent; each day's report per policy domain and how far
+        // its delivery got (the URIs done), so a day is sent once.
+        16,
+        r#"
+CREATE TABLE tls_rpt_event_ids (
+    event_id TEXT PRIMARY KEY,
+    at_unix_ms BIGINT NOT NULL
+);
+CREATE INDEX tls_rpt_event_ids_time ON tls_rpt_event_ids (at_unix_ms);
+CREATE TABLE tls_rpt_counts (
+    day BIGINT NOT NULL,
+    policy_domain TEXT NOT NULL,
+    policy_type TEXT NOT NULL,
+    policy_hash TEXT NOT NULL,
+    policy_json TEXT NOT NULL,
+    mx_host TEXT NOT NULL,
+    receiving_ip TEXT NOT NULL,
+    result TEXT NOT NULL,
+    sessions BIGINT NOT NULL,
+    PRIMARY KEY (day, policy_domain, policy_type, policy_hash, mx_host, receiving_ip, result)
+);
+CREATE TABLE tls_rpt_reports (
+    day BIGINT NOT NULL,
+    policy_domain TEXT NOT NULL,
+    report_id TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts BIGINT NOT NULL,
+    done_uris TEXT NOT NULL,
+    last_error TEXT,
+    next_attempt_unix_ms BIGINT NOT NULL,
+    updated_unix_ms BIGINT NOT NULL,
+    PRIMARY KEY (day, policy_domain)
+);
+"#,
+    ),
+    (
+        // ARC sealing for forwarding tenants (issue 18, the engine's `arc.rs`): the tenant
+        // relays mail it received elsewhere, and the engine adds an ARC set to it.
+        17,
+        r#"
+ALTER TABLE tenants ADD COLUMN arc_seal BIGINT NOT NULL DEFAULT 0;
+"#,
+    ),
 ];

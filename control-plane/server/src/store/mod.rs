@@ -27,6 +27,7 @@ mod migrations;
 pub mod sealed;
 pub mod suppressions;
 pub mod tenants;
+pub mod tls_rpt;
 pub mod token_keys;
 pub mod webhooks;
 

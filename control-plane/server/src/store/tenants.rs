@@ -61,6 +61,11 @@ pub struct Tenant {
     /// one-recipient messages (migration 8; off by default).
     #[serde(default)]
     pub list_unsubscribe: bool,
+    /// The tenant forwards mail it received elsewhere: the engine verifies the authentication
+    /// the message arrived with and adds an ARC set (RFC 8617) signed with the tenant's
+    /// sending domain's DKIM key (migration 17; off by default).
+    #[serde(default)]
+    pub arc_seal: bool,
 }
 
 fn decode(r: &AnyRow) -> StoreResult<Tenant> {
@@ -74,6 +79,7 @@ fn decode(r: &AnyRow) -> StoreResult<Tenant> {
         allow_unverified_domains: get_bool(r, "allow_unverified_domains")?,
         created_unix_ms: r.try_get("created_unix_ms")?,
         list_unsubscribe: get_bool(r, "list_unsubscribe")?,
+        arc_seal: get_bool(r, "arc_seal")?,
     })
 }
 
@@ -160,7 +166,7 @@ pub async fn insert(conn: &mut AnyConnection, sealer: &Sealer, t: &Tenant) -> St
     sqlx::query(
         "INSERT INTO tenants (id, name, is_operator, suspended, messages_per_second_max, \
          messages_per_day_max, allow_unverified_domains, created_unix_ms, list_unsubscribe, \
-         name_index) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)",
+         name_index, arc_seal) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11)",
     )
     .bind(t.id.clone())
     .bind(name)
@@ -172,6 +178,7 @@ pub async fn insert(conn: &mut AnyConnection, sealer: &Sealer, t: &Tenant) -> St
     .bind(t.created_unix_ms)
     .bind(i64::from(t.list_unsubscribe))
     .bind(index)
+    .bind(i64::from(t.arc_seal))
     .execute(conn)
     .await
     .map_err(conflict_on_unique)?;
@@ -209,6 +216,16 @@ pub async fn set_limits(
 /// Turns the engine's List-Unsubscribe headers on or off for a tenant.
 pub async fn set_list_unsubscribe(conn: &mut AnyConnection, id: &str, on: bool) -> StoreResult<()> {
     sqlx::query("UPDATE tenants SET list_unsubscribe = $1 WHERE id = $2")
+        .bind(i64::from(on))
+        .bind(id.to_string())
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Turns ARC sealing of the tenant's forwarded mail on or off.
+pub async fn set_arc_seal(conn: &mut AnyConnection, id: &str, on: bool) -> StoreResult<()> {
+    sqlx::query("UPDATE tenants SET arc_seal = $1 WHERE id = $2")
         .bind(i64::from(on))
         .bind(id.to_string())
         .execute(conn)

@@ -121,7 +121,8 @@ impl Client {
         &self.dns
     }
 
-    /// POSTs `body` (JSON) with `headers` to `url`.
+    /// POSTs `body` with `headers` to `url` (as `application/json` unless `headers` has a
+    /// `content-type`).
     pub async fn post(&self, url: &str, headers: &[(&str, String)], body: Vec<u8>) -> Outcome {
         let started = Instant::now();
         let result = tokio::time::timeout(
@@ -177,9 +178,15 @@ impl Client {
         };
         let mut req = hyper::Request::post(t.path.as_str())
             .header(hyper::header::HOST, host_header)
-            .header(hyper::header::CONTENT_TYPE, "application/json")
             .header(hyper::header::USER_AGENT, USER_AGENT)
             .header(hyper::header::CONNECTION, "close");
+        // JSON unless the caller names another type (TLS-RPT posts gzip).
+        if !headers
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case("content-type"))
+        {
+            req = req.header(hyper::header::CONTENT_TYPE, "application/json");
+        }
         for (name, value) in headers {
             req = req.header(*name, value.as_str());
         }

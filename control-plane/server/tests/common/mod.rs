@@ -70,6 +70,16 @@ pub fn test_options() -> ServeOptions {
         },
         spf_include: "spf.petrel.test".into(),
         version_poll_ms: 200,
+        // `POST /v1/tls-rpt/send` answers (the daily task stays off; no mail is submitted).
+        tls_rpt: Some(petrel_control::tls_rpt::TlsRptSettings {
+            enabled: false,
+            organization: "Petrel Test".into(),
+            contact: "tls-reports@petrel.test".into(),
+            submitter: "petrel.test".into(),
+            from: "tls-reports@petrel.test".into(),
+            submit_to: None,
+            send_hour_utc: petrel_control::tls_rpt::SEND_HOUR_UTC_DEFAULT,
+        }),
         ..ServeOptions::default()
     }
 }
@@ -98,6 +108,10 @@ pub struct Tweaks {
     pub domain_check_interval_secs: Option<u64>,
     /// Proxies whose `X-Forwarded-For` names the client.
     pub api_trusted_proxies: Vec<ipnet::IpNet>,
+    /// Inbound MTA-STS settings (default: off).
+    pub mta_sts: Option<petrel_control::mta_sts::InboundMtaSts>,
+    /// The VERP bounce domain (default: none).
+    pub return_path_domain: Option<String>,
 }
 
 /// [`start_with`] with [`Tweaks`].
@@ -125,6 +139,8 @@ pub async fn start_custom(database_url: Option<String>, tweaks: Tweaks) -> Harne
         clock: tweaks.clock,
         guardrails: tweaks.guardrails.unwrap_or_default(),
         api_trusted_proxies: tweaks.api_trusted_proxies,
+        mta_sts: tweaks.mta_sts,
+        return_path_domain: tweaks.return_path_domain.unwrap_or_default(),
         domain_check_interval_secs: tweaks
             .domain_check_interval_secs
             .unwrap_or(defaults.domain_check_interval_secs),

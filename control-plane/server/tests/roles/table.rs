@@ -258,6 +258,9 @@ pub fn cases(b_tenant: &str, b_domain: &str, b_cred: &str, b_hook: &str) -> Vec<
             Own,
             none,
         ),
+        c("POST", "/v1/tls-rpt/send", P::EnginesManage, Own, |_| {
+            Some(json!({"day": "2026-12-05"}))
+        }),
         c("GET", "/v1/events", P::EventsRead, Own, none),
         c(
             "GET",

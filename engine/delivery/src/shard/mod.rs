@@ -13,6 +13,7 @@
 //! `MessageState` of at most 72 bytes plus its sender. The body never stays in
 //! memory between attempts.
 
+mod dane;
 mod events;
 mod mta_sts;
 mod outcome;
@@ -20,6 +21,7 @@ mod pipelining;
 mod prepare;
 mod purge;
 mod session;
+mod tls_rpt;
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
@@ -32,6 +34,7 @@ use rand::SeedableRng;
 
 use crate::attribution::Attribution;
 use crate::config::DeliveryConfig;
+use crate::dsn_params::MessageDsn;
 use crate::error::SpoolAccessError;
 use crate::events::{Event, EventSink};
 use crate::limits::GlobalLimits;
@@ -97,6 +100,8 @@ pub struct QueuedMessage {
     /// Who it belongs to, shared by its recipients and events; None when nothing is known
     /// (and for the DSNs Petrel generates: see `crate::attribution`).
     pub attribution: Option<Arc<Attribution>>,
+    /// The sender's DSN parameters (RFC 3461); None when it gave none (`crate::dsn_params`).
+    pub dsn: Option<Box<MessageDsn>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -209,6 +214,9 @@ struct State {
     admin_bounces: Vec<Entry>,
     /// Recipients of deleted tenants to drop without a DSN, by the run loop.
     admin_drops: Vec<Entry>,
+    /// The DSN parameters of the queued messages that have any, by spool id (a side table:
+    /// `MessageState` stays small for the others); dropped with the message.
+    dsn: HashMap<u64, Rc<MessageDsn>>,
     /// Pending recipients of all messages (queued or in flight).
     pending_total: u64,
     /// Last refresh of the queue gauges, unix ms.
@@ -266,6 +274,8 @@ struct Inner<S: SpoolAccess> {
     slots_wanted: Cell<usize>,
     /// Hosts that dropped a connection mid-transaction lately: one transaction per write.
     drops: RefCell<pipelining::DropMemory>,
+    /// This shard's TLS-RPT counts (`crate::tls_rpt`); unset: nothing recorded.
+    tls_rpt: std::cell::OnceCell<crate::tls_rpt::TlsRptRecorder>,
 }
 
 impl<S: SpoolAccess + 'static> DeliveryShard<S> {
@@ -291,6 +301,7 @@ impl<S: SpoolAccess + 'static> DeliveryShard<S> {
             hop_sessions: HashMap::new(),
             admin_bounces: Vec::new(),
             admin_drops: Vec::new(),
+            dsn: HashMap::new(),
             pending_total: 0,
             gauges_unix_ms: 0,
         };
@@ -319,8 +330,15 @@ impl<S: SpoolAccess + 'static> DeliveryShard<S> {
                 events_flush_armed: Cell::new(false),
                 slots_wanted: Cell::new(0),
                 drops: RefCell::new(pipelining::DropMemory::default()),
+                tls_rpt: std::cell::OnceCell::new(),
             }),
         }
+    }
+
+    /// Records the outcome of this shard's TLS negotiations in `recorder` (RFC 8460 TLS-RPT;
+    /// see `crate::tls_rpt`). Set once, before `run`; a second call is ignored.
+    pub fn set_tls_rpt(&self, recorder: crate::tls_rpt::TlsRptRecorder) {
+        let _ = self.inner.tls_rpt.set(recorder);
     }
 
     /// Routes the message's pending recipients to their domain queues. Never blocks; a message
@@ -503,6 +521,9 @@ impl<S: SpoolAccess + 'static> Inner<S> {
         st.messages_heap_bytes.0 += r;
         st.messages_heap_bytes.1 += a;
         st.messages.insert(msg.id, state);
+        if let Some(dsn) = msg.dsn.filter(|d| !d.is_empty()) {
+            st.dsn.insert(msg.id, Rc::from(dsn));
+        }
         drop(st);
         self.wake();
     }

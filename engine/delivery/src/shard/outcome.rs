@@ -13,7 +13,8 @@ use super::{
 use crate::attribution::{Attribution, EventAttribution};
 use crate::backoff::RetryDecision;
 use crate::classify::{self, LocalFailure};
-use crate::dsn::{self, DsnInput, FailedRecipient};
+use crate::dsn::{self, Action, DsnInput, DsnRecipient};
+use crate::dsn_params::{self, Condition, MessageDsn};
 use crate::events::{Event, Outcome};
 use crate::queue::Entry;
 
@@ -296,6 +297,9 @@ pub(super) struct Attempt {
     pub remote: bool,
     /// Failures send no DSN (a deleted tenant's mail, dropped as its owner asked).
     pub no_dsn: bool,
+    /// The next hop offered DSN and was given the sender's parameters: it reports success
+    /// from now on, not us (RFC 3461 §5.2.1).
+    pub next_hop_dsn: bool,
 }
 
 /// Applies one result to every entry (grouped by message), e.g. a failed connection.
@@ -325,9 +329,9 @@ pub(super) async fn apply<S: SpoolAccess + 'static>(
 ) {
     let now = now_unix_ms();
     let mut updates = Vec::with_capacity(entries.len());
-    let mut failed = Vec::new();
+    let mut reports = Vec::new();
     let mut events = Vec::with_capacity(entries.len());
-    let (mail_from, received_unix_ms, is_dsn, finished) = {
+    let (mail_from, received_unix_ms, is_dsn, finished, dsn) = {
         let mut guard = inner.state.borrow_mut();
         let st = &mut *guard;
         let Some(msg) = st.messages.get_mut(message_id) else {
@@ -336,6 +340,12 @@ pub(super) async fn apply<S: SpoolAccess + 'static>(
         let received = msg.received_unix_ms;
         // One reference for the loop (the slots borrow `msg` mutably); each event adds one.
         let attribution = msg.attribution.clone();
+        let dsn = if st.dsn.is_empty() {
+            None
+        } else {
+            st.dsn.get(&message_id).cloned()
+        };
+        let wants = |index, condition| dsn_params::wants(dsn.as_deref(), index, condition);
         let sender: String = if inner.events.is_enabled() {
             msg.mail_from.to_string()
         } else {
@@ -350,8 +360,24 @@ pub(super) async fn apply<S: SpoolAccess + 'static>(
                 continue;
             }
             slot.attempts = slot.attempts.saturating_add(1);
+            let report = |action, status, text: &str, expired| DsnRecipient {
+                address: slot.address.to_string(),
+                action,
+                original_recipient: dsn
+                    .as_ref()
+                    .and_then(|d| d.original_recipient(e.rcpt_index)),
+                status,
+                remote_mta: attempt.host.clone(),
+                diagnostic: text.to_string(),
+                expired,
+            };
             let (state, next, outcome) = match r {
-                RcptResult::Delivered { .. } => (RcptState::Delivered, 0, Outcome::Delivered),
+                RcptResult::Delivered { text } => {
+                    if !attempt.next_hop_dsn && wants(e.rcpt_index, Condition::Success) {
+                        reports.push(report(Action::Relayed, (2, 0, 0), text.as_str(), false));
+                    }
+                    (RcptState::Delivered, 0, Outcome::Delivered)
+                }
                 RcptResult::Transient { status, text, .. } => {
                     let decision = {
                         let mut rng = inner.rng.borrow_mut();
@@ -370,22 +396,29 @@ pub(super) async fn apply<S: SpoolAccess + 'static>(
                                     ..*e
                                 },
                             );
+                            // Once, at the first deferral (the attempts are journaled, so a
+                            // restart does not send it again).
+                            if slot.attempts == DELAY_DSN_AT_ATTEMPT
+                                && wants(e.rcpt_index, Condition::Delay)
+                            {
+                                let status = status.unwrap_or((4, 0, 0));
+                                reports.push(report(Action::Delayed, status, text.as_str(), false));
+                            }
                             (RcptState::Pending, t, Outcome::Deferred)
                         }
                         RetryDecision::Expire => {
-                            failed.push(failed_rcpt(
-                                slot,
-                                status.unwrap_or((4, 4, 7)),
-                                attempt,
-                                text,
-                                true,
-                            ));
+                            if wants(e.rcpt_index, Condition::Failure) {
+                                let status = status.unwrap_or((4, 4, 7));
+                                reports.push(report(Action::Failed, status, text.as_str(), true));
+                            }
                             (RcptState::Expired, 0, Outcome::Expired)
                         }
                     }
                 }
                 RcptResult::Permanent { status, text, .. } => {
-                    failed.push(failed_rcpt(slot, *status, attempt, text, false));
+                    if wants(e.rcpt_index, Condition::Failure) {
+                        reports.push(report(Action::Failed, *status, text.as_str(), false));
+                    }
                     (RcptState::Bounced, 0, Outcome::Bounced)
                 }
             };
@@ -414,8 +447,17 @@ pub(super) async fn apply<S: SpoolAccess + 'static>(
         msg.pending = msg.pending.saturating_sub(newly_final);
         st.pending_total = st.pending_total.saturating_sub(u64::from(newly_final));
         let finished = msg.pending == 0;
-        let info = (msg.mail_from.to_string(), received, msg.is_dsn, finished);
+        let info = (
+            msg.mail_from.to_string(),
+            received,
+            msg.is_dsn,
+            finished,
+            dsn,
+        );
         if finished {
+            if info.4.is_some() {
+                st.dsn.remove(&message_id);
+            }
             if let Some(done) = st.messages.remove(message_id) {
                 let (r, a) = done.heap_bytes();
                 let held = &mut st.messages_heap_bytes;
@@ -442,16 +484,14 @@ pub(super) async fn apply<S: SpoolAccess + 'static>(
         None
     };
     inner.record_events(events, op).await;
-    if !failed.is_empty() && !attempt.no_dsn && dsn::should_send(&mail_from, is_dsn) {
-        send_dsn(
-            inner,
+    if !reports.is_empty() && !attempt.no_dsn && dsn::should_send(&mail_from, is_dsn) {
+        let original = Original {
             message_id,
-            &mail_from,
+            mail_from: &mail_from,
             received_unix_ms,
-            &failed,
-            body,
-        )
-        .await;
+            dsn: dsn.as_deref(),
+        };
+        send_dsn(inner, &original, &reports, body).await;
     }
 }
 
@@ -499,20 +539,18 @@ impl SpoolOp {
     }
 }
 
-fn failed_rcpt(
-    slot: &RcptSlot,
-    status: (u8, u16, u16),
-    attempt: &Attempt,
-    text: &str,
-    expired: bool,
-) -> FailedRecipient {
-    FailedRecipient {
-        address: slot.address.to_string(),
-        status,
-        remote_mta: attempt.host.clone(),
-        diagnostic: text.to_string(),
-        expired,
-    }
+/// The delivery attempt whose deferral sends the delay DSN a recipient's NOTIFY=DELAY asks
+/// for: the first. A threshold of queue time would need a "warned" mark in the spool; the
+/// attempt count is journaled already, and a sender who asked to hear of delays hears at once.
+pub(super) const DELAY_DSN_AT_ATTEMPT: u32 = 1;
+
+/// The message a DSN reports on.
+#[derive(Clone, Copy)]
+struct Original<'a> {
+    message_id: u64,
+    mail_from: &'a str,
+    received_unix_ms: u64,
+    dsn: Option<&'a MessageDsn>,
 }
 
 fn count(outcome: Outcome) {
@@ -563,17 +601,21 @@ fn event(
     }
 }
 
-/// Builds, stores and enqueues the DSN for `failed` recipients, sent with the null sender.
+/// Builds, stores and enqueues the DSN reporting `reports`, sent with the null sender.
 async fn send_dsn<S: SpoolAccess + 'static>(
     inner: &Rc<Inner<S>>,
-    message_id: u64,
-    mail_from: &str,
-    received_unix_ms: u64,
-    failed: &[FailedRecipient],
+    original: &Original<'_>,
+    reports: &[DsnRecipient],
     body: Option<&[u8]>,
 ) {
+    let Original {
+        message_id,
+        mail_from,
+        received_unix_ms,
+        dsn,
+    } = *original;
     let read;
-    let original: &[u8] = match body {
+    let original_body: &[u8] = match body {
         Some(b) => b,
         None => {
             read = inner.spool.read_body(message_id).await.unwrap_or_default();
@@ -586,10 +628,12 @@ async fn send_dsn<S: SpoolAccess + 'static>(
         reporting_mta: &inner.cfg.helo_name,
         original_sender: mail_from,
         queue_id: &queue_id,
+        envid: dsn.and_then(|d| d.envid.as_deref()),
+        return_full: dsn.is_some_and(|d| d.ret == Some(dsn_params::Ret::Full)),
         arrival_unix_secs: i64::try_from(received_unix_ms / 1000).unwrap_or(0),
         now_unix_secs: i64::try_from(now / 1000).unwrap_or(0),
-        recipients: failed,
-        original_message: original,
+        recipients: reports,
+        original_message: original_body,
     });
     match inner.spool.store_dsn("", mail_from, &report).await {
         Ok(id) => inner.enqueue(QueuedMessage {
@@ -604,6 +648,7 @@ async fn send_dsn<S: SpoolAccess + 'static>(
                 next_attempt_unix_ms: 0,
             }],
             attribution: None,
+            dsn: None,
         }),
         Err(e) => tracing::warn!(message_id = %queue_id, error = %e, "storing the DSN failed"),
     }

@@ -1,7 +1,8 @@
 //! A delivery write's transactions, before they go out: each batch's live recipients, sender
 //! and body read from the spool, and its envelope senders (the client's, or one VERP return
 //! path per recipient, which splits the batch into one transaction per recipient: see
-//! `crate::return_path`).
+//! `crate::return_path`), and the DSN parameters to relay when the sender gave any
+//! (`crate::dsn_params`).
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use super::outcome::{fail_entries, Attempt, RcptResult};
 use super::{Inner, RcptState, SpoolAccess};
 use crate::attribution::Attribution;
 use crate::classify::LocalFailure;
+use crate::dsn_params::MessageDsn;
 use crate::queue::{DomainId, Entry};
 use crate::return_path::{envelopes, Envelopes};
 
@@ -21,6 +23,35 @@ pub(super) struct Prepared {
     pub rcpts: Vec<String>,
     /// Shared by the per-recipient transactions of a VERP'd message.
     pub body: Rc<Vec<u8>>,
+    /// The DSN parameters in wire form; None when the sender gave none.
+    pub dsn: Option<WireDsn>,
+}
+
+/// A transaction's DSN parameters as they go on the wire (to a next hop that offers DSN).
+pub(super) struct WireDsn {
+    /// After MAIL FROM's path; may be "".
+    pub mail: String,
+    /// After each RCPT TO's path, index for index with `Prepared::rcpts`; "" for none.
+    pub rcpts: Vec<String>,
+}
+
+impl WireDsn {
+    fn new(dsn: &MessageDsn, batch: &[Entry]) -> WireDsn {
+        WireDsn {
+            mail: dsn.mail_params(),
+            rcpts: batch
+                .iter()
+                .map(|e| dsn.rcpt_params(e.rcpt_index))
+                .collect(),
+        }
+    }
+
+    pub fn outgoing(&self) -> petrel_outbound::OutgoingDsn<'_> {
+        petrel_outbound::OutgoingDsn {
+            mail: &self.mail,
+            rcpts: &self.rcpts,
+        }
+    }
 }
 
 /// The envelope and body of each batch (a batch is the recipients of one message); a batch
@@ -35,6 +66,14 @@ pub(super) async fn prepare<S: SpoolAccess + 'static>(
             continue; // every recipient went final meanwhile (administrator bounce)
         };
         let message_id = batch[0].message_id;
+        let dsn = {
+            let st = inner.state.borrow();
+            if st.dsn.is_empty() {
+                None
+            } else {
+                st.dsn.get(&message_id).cloned()
+            }
+        };
         let verp = {
             let pairs: Vec<(u32, &str)> = batch
                 .iter()
@@ -53,6 +92,7 @@ pub(super) async fn prepare<S: SpoolAccess + 'static>(
             Ok(body) => match verp {
                 Envelopes::Shared => out.push(Prepared {
                     domain,
+                    dsn: dsn.as_ref().map(|d| WireDsn::new(d, &batch)),
                     batch,
                     from,
                     rcpts,
@@ -62,9 +102,11 @@ pub(super) async fn prepare<S: SpoolAccess + 'static>(
                     // One transaction per recipient: each VERP return path names one.
                     let body = Rc::new(body);
                     for ((entry, rcpt), from) in batch.into_iter().zip(rcpts).zip(froms) {
+                        let batch = vec![entry];
                         out.push(Prepared {
                             domain,
-                            batch: vec![entry],
+                            dsn: dsn.as_ref().map(|d| WireDsn::new(d, &batch)),
+                            batch,
                             from,
                             rcpts: vec![rcpt],
                             body: Rc::clone(&body),

@@ -1,4 +1,5 @@
-//! One delivery session: resolve a destination domain, apply its MTA-STS policy (`mta_sts.rs`),
+//! One delivery session: resolve a destination domain, apply its MTA-STS policy (`mta_sts.rs`)
+//! and, per MX host, DANE (`dane.rs`),
 //! hold a connection permit, connect (falling back over MX hosts and addresses), send batches of
 //! the domain's ready entries over the connection (reusing it across messages, reconnecting
 //! after `messages_per_connection_max`), and QUIT once nothing has come for `idle_timeout_ms`.
@@ -18,9 +19,11 @@ use petrel_outbound::{
     ClientConfig, ClientError, OutgoingMessage, Route, SmtpConnection, PIPELINE_TRANSACTIONS_MAX,
 };
 
+use super::dane;
 use super::mta_sts;
 use super::outcome::{apply, fail_entries, Attempt, RcptResult};
 use super::prepare::prepare;
+use super::tls_rpt;
 use super::{now_unix_ms, Inner, SpoolAccess};
 use crate::classify::LocalFailure;
 use crate::config::{DeliveryConfig, DomainLimits, TlsPolicy};
@@ -172,6 +175,9 @@ async fn session<S: SpoolAccess + 'static>(
     let sts = match mta_sts::route_under_policy(inner, &domain, &route, limits.tls).await {
         Ok(applied) => applied,
         Err(refusal) => {
+            let first_mx = route.hosts.first().map_or("", |h| h.name.as_str());
+            let report = tls_rpt::session_policy(inner, &domain);
+            tls_rpt::record_refusal(inner, report.as_ref(), first_mx);
             let entries = take_ready(inner, id, usize::MAX);
             fail_entries(inner, entries, &Attempt::default(), refusal.result()).await;
             return id;
@@ -407,6 +413,7 @@ async fn deliver<S: SpoolAccess + 'static>(
             from: &p.from,
             rcpts: r,
             body: &p.body,
+            dsn: p.dsn.as_ref().map(|d| d.outgoing()),
         })
         .collect();
     let reused = c.sent > 0;
@@ -438,6 +445,7 @@ async fn deliver<S: SpoolAccess + 'static>(
             tls: c.tls.clone(),
             remote: true,
             no_dsn: false,
+            next_hop_dsn: c.conn.offers_dsn(),
         };
         let message_id = p.batch[0].message_id;
         let id = p.domain;
@@ -693,18 +701,48 @@ async fn connect<S: SpoolAccess>(
     label: &str,
 ) -> Result<Connected, (Attempt, RcptResult)> {
     let mut tried = 0;
+    let report = tls_rpt::session_policy(inner, domain);
     let text = format!("{domain}: no address to connect to");
     let mut last = (
         Attempt::default(),
         RcptResult::local(text, LocalFailure::ConnectFailed),
     );
     for host in &route.hosts {
+        // DANE (RFC 7672, `dane.rs`): per host, validated TLSA records pin its certificate.
+        let plan = match dane::for_host(inner, domain, &host.name, client.tls).await {
+            dane::HostTls::Session => None,
+            dane::HostTls::Dane(tlsa) => Some(tlsa),
+            dane::HostTls::Refuse { failure, reason } => {
+                tls_rpt::record_dane_refusal(inner, report.as_ref(), domain, &host.name, failure);
+                let attempt = Attempt {
+                    host: Some(host.name.clone()),
+                    ..Attempt::default()
+                };
+                last = (
+                    attempt,
+                    dane::deferral(domain, &host.name, failure, &reason),
+                );
+                continue;
+            }
+        };
         for addr in &host.addrs {
             if tried >= inner.cfg.connect_addresses_max {
                 return Err(last);
             }
             tried += 1;
-            match SmtpConnection::connect(*addr, &host.name, client).await {
+            let result = dane::connect(*addr, &host.name, client, domain, plan.as_ref()).await;
+            let seen = result.as_ref();
+            tls_rpt::record_connect(
+                inner,
+                report.as_ref(),
+                plan.as_ref(),
+                client.tls,
+                domain,
+                &host.name,
+                *addr,
+                seen,
+            );
+            match result {
                 Ok(conn) => {
                     let tls = conn.tls().map(|t| format!("{} {}", t.version, t.cipher));
                     return Ok(Connected {
@@ -723,8 +761,11 @@ async fn connect<S: SpoolAccess>(
                         tls: None,
                         remote: false,
                         no_dsn: false,
+                        next_hop_dsn: false,
                     };
-                    let result = RcptResult::client_error(&e, &inner.cfg.bounce_classifier);
+                    let classifier = &inner.cfg.bounce_classifier;
+                    let result =
+                        dane::connect_failed(domain, &host.name, plan.as_ref(), &e, classifier);
                     last = (attempt, result);
                 }
             }

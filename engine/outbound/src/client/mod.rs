@@ -15,8 +15,9 @@ use io::{with_timeout, Io, Transport};
 pub use reply::Reply;
 pub use stage::Stage;
 pub use transaction::{
-    dot_stuff, OutgoingMessage, ADDRESS_MAX_BYTES, BDAT_INLINE_BYTES_MAX, DATA_BLOCK_BYTES,
-    PIPELINE_RCPTS_MAX, PIPELINE_TRANSACTIONS_MAX, RCPTS_PER_TRANSACTION_MAX,
+    dot_stuff, OutgoingDsn, OutgoingMessage, ADDRESS_MAX_BYTES, BDAT_INLINE_BYTES_MAX,
+    DATA_BLOCK_BYTES, DSN_PARAMS_MAX_BYTES, PIPELINE_RCPTS_MAX, PIPELINE_TRANSACTIONS_MAX,
+    RCPTS_PER_TRANSACTION_MAX,
 };
 
 /// Longest QUIT wait, in milliseconds, whatever `command_timeout_ms` says: the mail is delivered.
@@ -149,6 +150,8 @@ struct Capabilities {
     chunking: bool,
     starttls: bool,
     eightbitmime: bool,
+    /// DSN (RFC 3461): NOTIFY, ORCPT, RET and ENVID may be sent.
+    dsn: bool,
     /// SIZE parameter in bytes; `None` when not offered or 0 (no limit).
     size_bytes_max: Option<u64>,
 }
@@ -165,6 +168,7 @@ impl Capabilities {
                 "CHUNKING" => caps.chunking = true,
                 "STARTTLS" => caps.starttls = true,
                 "8BITMIME" => caps.eightbitmime = true,
+                "DSN" => caps.dsn = true,
                 "SIZE" => {
                     caps.size_bytes_max = words
                         .next()
@@ -229,6 +233,41 @@ impl SmtpConnection {
         mx_name: &str,
         cfg: &ClientConfig,
     ) -> Result<SmtpConnection, ClientError> {
+        SmtpConnection::connect_with(addr, mx_name, cfg, None).await
+    }
+
+    /// As [`SmtpConnection::connect`], under DANE (RFC 7672): STARTTLS is required whatever
+    /// `cfg.tls` says, and the certificate must match one of `tlsa` (usable records, see
+    /// [`crate::dane::DaneVerifier`]; none: TLS without authentication). A missing STARTTLS
+    /// is [`ClientError::TlsRequired`], a certificate matching no record [`ClientError::TlsRequired`]
+    /// too (the handshake's `InvalidData`).
+    pub async fn connect_dane(
+        addr: SocketAddr,
+        mx_name: &str,
+        cfg: &ClientConfig,
+        tlsa: std::sync::Arc<[crate::dane::Tlsa]>,
+    ) -> Result<SmtpConnection, ClientError> {
+        SmtpConnection::connect_with(addr, mx_name, cfg, Some(tlsa)).await
+    }
+
+    async fn connect_with(
+        addr: SocketAddr,
+        mx_name: &str,
+        cfg: &ClientConfig,
+        dane: Option<std::sync::Arc<[crate::dane::Tlsa]>>,
+    ) -> Result<SmtpConnection, ClientError> {
+        // Under DANE, TLS is required; the DANE verifier replaces the web PKI one.
+        let dane_cfg;
+        let cfg = match dane {
+            Some(_) => {
+                dane_cfg = ClientConfig {
+                    tls: TlsMode::Required,
+                    ..cfg.clone()
+                };
+                &dane_cfg
+            }
+            None => cfg,
+        };
         let connected = with_timeout(cfg.connect_timeout_ms, Stage::Connect, async {
             TcpStream::connect(addr).await.map_err(|e| {
                 let reason = e.to_string();
@@ -263,7 +302,7 @@ impl SmtpConnection {
             transactions: 0,
             broken: false,
         };
-        match conn.handshake(addr, mx_name, cfg).await {
+        match conn.handshake(addr, mx_name, cfg, dane).await {
             Ok(()) => {
                 let tls = if conn.tls.is_some() { "yes" } else { "no" };
                 metrics::counter!("petrel_outbound_connections_total", "tls" => tls).increment(1);
@@ -290,6 +329,12 @@ impl SmtpConnection {
     /// Whether the peer offered PIPELINING (after STARTTLS, if any).
     pub fn pipelining(&self) -> bool {
         self.caps.pipelining
+    }
+
+    /// Whether the peer offered DSN (RFC 3461; after STARTTLS, if any): the DSN parameters
+    /// of what it accepts went with it, and it reports from there on.
+    pub fn offers_dsn(&self) -> bool {
+        self.caps.dsn
     }
 
     /// Whether the peer offered CHUNKING (after STARTTLS, if any).
@@ -321,6 +366,7 @@ impl SmtpConnection {
         addr: SocketAddr,
         mx_name: &str,
         cfg: &ClientConfig,
+        dane: Option<std::sync::Arc<[crate::dane::Tlsa]>>,
     ) -> Result<(), ClientError> {
         let greeting = self
             .reply_within(cfg.greeting_timeout_ms, Stage::Greeting)
@@ -334,7 +380,7 @@ impl SmtpConnection {
         self.hello(&cfg.helo_name).await?;
         let want_tls = cfg.tls != TlsMode::Disabled;
         if want_tls && self.caps.starttls {
-            self.starttls(addr, mx_name, cfg).await?;
+            self.starttls(addr, mx_name, cfg, dane).await?;
             self.hello(&cfg.helo_name).await?;
         } else if cfg.tls == TlsMode::Required {
             return Err(ClientError::TlsRequired {
@@ -377,6 +423,7 @@ impl SmtpConnection {
         addr: SocketAddr,
         mx_name: &str,
         cfg: &ClientConfig,
+        dane: Option<std::sync::Arc<[crate::dane::Tlsa]>>,
     ) -> Result<(), ClientError> {
         let reply = self.command("STARTTLS\r\n", Stage::StartTls).await?;
         if reply.code != 220 {
@@ -396,9 +443,10 @@ impl SmtpConnection {
                 reason: "data pipelined after the STARTTLS reply".into(),
             });
         }
-        let config = match cfg.tls {
-            TlsMode::Required => tls::required_config(&cfg.extra_root_certs_pem)?,
-            _ => tls::opportunistic_config()?,
+        let config = match (dane, cfg.tls) {
+            (Some(tlsa), _) => tls::dane_config(tlsa)?,
+            (None, TlsMode::Required) => tls::required_config(&cfg.extra_root_certs_pem)?,
+            (None, _) => tls::opportunistic_config()?,
         };
         let Transport::Plain(stream) = std::mem::replace(&mut self.io.transport, Transport::Gone)
         else {

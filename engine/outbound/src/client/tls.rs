@@ -1,5 +1,6 @@
 //! TLS client configurations: opportunistic (no certificate check, handshake signatures still
-//! verified) and required (webpki roots plus configured extra roots, name checked).
+//! verified), required (webpki roots plus configured extra roots, name checked) and DANE (the
+//! MX host's TLSA records, `crate::dane::DaneVerifier`).
 
 use std::cell::RefCell;
 use std::sync::{Arc, OnceLock};
@@ -16,7 +17,7 @@ use super::{ClientError, TlsInfo};
 pub const EXTRA_ROOTS_MAX: usize = 64;
 
 /// The process default provider if the engine installed one, else aws-lc-rs.
-fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     CryptoProvider::get_default()
         .cloned()
         .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
@@ -84,6 +85,22 @@ pub(super) fn required_config(
     let config = Arc::new(config);
     REQUIRED.with(|c| *c.borrow_mut() = Some((extra_roots_pem.to_vec(), config.clone())));
     Ok(config)
+}
+
+/// A config that accepts only a chain matching `tlsa` (built per connection: the records are
+/// the host's, and building it parses no root store).
+pub(super) fn dane_config(
+    tlsa: Arc<[crate::dane::Tlsa]>,
+) -> Result<Arc<rustls::ClientConfig>, ClientError> {
+    let provider = provider();
+    let verifier = crate::dane::DaneVerifier::new(tlsa, provider.clone());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(tls_err)?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 /// The name to present (SNI) and, in required mode, to verify.

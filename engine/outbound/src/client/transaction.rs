@@ -3,6 +3,8 @@
 //! With PIPELINING and CHUNKING (RFC 3030) and a body up to `BDAT_INLINE_BYTES_MAX`, the whole
 //! transaction (RSET, MAIL, RCPT..., `BDAT n LAST` and the body) is one write and its replies
 //! one read: a single round trip per message instead of two.
+//! When the peer offers DSN (RFC 3461), a message's DSN parameters go on its MAIL and RCPT
+//! lines; otherwise they are left off (the caller then reports as RFC 3461 §5.2.2 says).
 
 use std::io::Write as _;
 
@@ -26,12 +28,29 @@ pub const BDAT_INLINE_BYTES_MAX: usize = 256 * 1024;
 /// Most transactions `send_many` puts in one write.
 pub const PIPELINE_TRANSACTIONS_MAX: usize = 16;
 
+/// Longest DSN parameter text put on one MAIL or RCPT line: ENVID (100) and RET, or ORCPT
+/// (500) and NOTIFY, with their keywords; a longer one (never made by Petrel) is left off.
+pub const DSN_PARAMS_MAX_BYTES: usize = 640;
+
 /// One message for [`SmtpConnection::send_many`].
 #[derive(Debug, Clone, Copy)]
 pub struct OutgoingMessage<'a> {
     pub from: &'a str,
     pub rcpts: &'a [&'a str],
     pub body: &'a [u8],
+    /// The sender's DSN parameters, sent only when the server offers DSN.
+    pub dsn: Option<OutgoingDsn<'a>>,
+}
+
+/// A message's DSN parameters in wire form (`RET=HDRS ENVID=x+2By`, `NOTIFY=NEVER
+/// ORCPT=rfc822;a@b`): xtext-encoded by the caller. Text that is not printable ASCII, or is
+/// over [`DSN_PARAMS_MAX_BYTES`], is left off the line rather than sent.
+#[derive(Debug, Clone, Copy)]
+pub struct OutgoingDsn<'a> {
+    /// After MAIL FROM's path; "" for none.
+    pub mail: &'a str,
+    /// After each RCPT TO's path, index for index with the recipients; "" (or missing) for none.
+    pub rcpts: &'a [String],
 }
 
 /// Per recipient, the outcome so far; `send` lists the recipients still to put on the wire.
@@ -101,6 +120,21 @@ impl SmtpConnection {
         rcpts: &[&str],
         body: &[u8],
     ) -> Result<TransactionOutcome, ClientError> {
+        let m = OutgoingMessage {
+            from,
+            rcpts,
+            body,
+            dsn: None,
+        };
+        self.send_message(&m).await
+    }
+
+    /// [`SmtpConnection::send`] of one [`OutgoingMessage`] (with its DSN parameters).
+    pub async fn send_message(
+        &mut self,
+        m: &OutgoingMessage<'_>,
+    ) -> Result<TransactionOutcome, ClientError> {
+        let (from, rcpts, body) = (m.from, m.rcpts, m.body);
         if self.broken {
             return Err(ClientError::Dropped {
                 stage: Stage::Reuse,
@@ -126,11 +160,11 @@ impl SmtpConnection {
             && body.len() <= BDAT_INLINE_BYTES_MAX
             && plan.send.len() <= PIPELINE_RCPTS_MAX;
         let result = if chunked {
-            self.chunked(reuse, from, rcpts, plan, body).await
+            self.chunked(reuse, m, plan).await
         } else if self.caps.pipelining {
-            self.pipelined(reuse, from, rcpts, plan, body).await
+            self.pipelined(reuse, m, plan).await
         } else {
-            self.stepwise(reuse, from, rcpts, plan, body).await
+            self.stepwise(reuse, m, plan).await
         };
         match &result {
             Err(_) => self.broken = true,
@@ -164,7 +198,9 @@ impl SmtpConnection {
         })
     }
 
-    fn push_mail(&mut self, from: &str, body: &[u8]) {
+    fn push_mail(&mut self, m: &OutgoingMessage<'_>) {
+        let (from, body) = (m.from, m.body);
+        let dsn = self.caps.dsn;
         let w = &mut self.io.wbuf;
         w.extend_from_slice(b"MAIL FROM:<");
         w.extend_from_slice(from.as_bytes());
@@ -175,14 +211,23 @@ impl SmtpConnection {
         if self.caps.eightbitmime && body.iter().any(|b| *b >= 0x80) {
             w.extend_from_slice(b" BODY=8BITMIME");
         }
+        if let Some(d) = m.dsn.filter(|_| dsn) {
+            push_dsn(w, d.mail);
+        }
         w.extend_from_slice(b"\r\n");
     }
 
-    fn push_rcpt(&mut self, rcpt: &str) {
+    /// RCPT TO for recipient `i` of `m`.
+    fn push_rcpt(&mut self, m: &OutgoingMessage<'_>, i: usize) {
+        let dsn = self.caps.dsn;
         let w = &mut self.io.wbuf;
         w.extend_from_slice(b"RCPT TO:<");
-        w.extend_from_slice(rcpt.as_bytes());
-        w.extend_from_slice(b">\r\n");
+        w.extend_from_slice(m.rcpts.get(i).copied().unwrap_or("").as_bytes());
+        w.push(b'>');
+        if let Some(d) = m.dsn.filter(|_| dsn) {
+            push_dsn(w, d.rcpts.get(i).map_or("", String::as_str));
+        }
+        w.extend_from_slice(b"\r\n");
     }
 
     async fn read(&mut self, stage: Stage) -> Result<Reply, ClientError> {
@@ -211,10 +256,8 @@ impl SmtpConnection {
     async fn pipelined(
         &mut self,
         reuse: bool,
-        from: &str,
-        rcpts: &[&str],
+        m: &OutgoingMessage<'_>,
         mut plan: Plan,
-        body: &[u8],
     ) -> Result<TransactionOutcome, ClientError> {
         let to_send = std::mem::take(&mut plan.send);
         let batches = to_send.len().div_ceil(PIPELINE_RCPTS_MAX);
@@ -225,10 +268,10 @@ impl SmtpConnection {
                 if reuse {
                     self.io.wbuf.extend_from_slice(b"RSET\r\n");
                 }
-                self.push_mail(from, body);
+                self.push_mail(m);
             }
             for &i in batch {
-                self.push_rcpt(rcpts.get(i).copied().unwrap_or(""));
+                self.push_rcpt(m, i);
             }
             if n + 1 == batches {
                 self.io.wbuf.extend_from_slice(b"DATA\r\n");
@@ -273,7 +316,7 @@ impl SmtpConnection {
             return Ok(failed_before_data(mail, outcomes, &to_send));
         }
         let data = if data.code == 354 {
-            self.body(body).await?
+            self.body(m.body).await?
         } else {
             data
         };
@@ -291,14 +334,12 @@ impl SmtpConnection {
     async fn chunked(
         &mut self,
         reuse: bool,
-        from: &str,
-        rcpts: &[&str],
+        m: &OutgoingMessage<'_>,
         mut plan: Plan,
-        body: &[u8],
     ) -> Result<TransactionOutcome, ClientError> {
         let to_send = std::mem::take(&mut plan.send);
         self.io.wbuf.clear();
-        self.push_chunked(reuse, from, rcpts, &to_send, body);
+        self.push_chunked(reuse, m, &to_send);
         let stage = if reuse { Stage::Rset } else { Stage::Mail };
         let io = &mut self.io;
         with_timeout(self.cfg.data_block_ms, stage, io.flush_wbuf(stage)).await?;
@@ -306,22 +347,16 @@ impl SmtpConnection {
     }
 
     /// Appends one whole CHUNKING transaction to the write buffer.
-    fn push_chunked(
-        &mut self,
-        rset: bool,
-        from: &str,
-        rcpts: &[&str],
-        to_send: &[usize],
-        body: &[u8],
-    ) {
+    fn push_chunked(&mut self, rset: bool, m: &OutgoingMessage<'_>, to_send: &[usize]) {
+        let body = m.body;
         let crlf = !body.is_empty() && !body.ends_with(b"\r\n");
         let chunk_len = body.len() + if crlf { 2 } else { 0 };
         if rset {
             self.io.wbuf.extend_from_slice(b"RSET\r\n");
         }
-        self.push_mail(from, body);
+        self.push_mail(m);
         for &i in to_send {
-            self.push_rcpt(rcpts.get(i).copied().unwrap_or(""));
+            self.push_rcpt(m, i);
         }
         let w = &mut self.io.wbuf;
         // Writing into a Vec cannot fail.
@@ -413,7 +448,7 @@ impl SmtpConnection {
         if !batchable {
             let mut results = Vec::with_capacity(messages.len());
             for m in messages {
-                results.push(self.send(m.from, m.rcpts, m.body).await);
+                results.push(self.send_message(m).await);
             }
             return results;
         }
@@ -442,7 +477,7 @@ impl SmtpConnection {
             let rset = self.transactions > 0;
             self.transactions += 1;
             metrics::counter!("petrel_outbound_transactions_total").increment(1);
-            self.push_chunked(rset, m.from, m.rcpts, &to_send, m.body);
+            self.push_chunked(rset, m, &to_send);
             results.push(None);
             planned.push(Some((plan, to_send, rset)));
         }
@@ -487,10 +522,8 @@ impl SmtpConnection {
     async fn stepwise(
         &mut self,
         reuse: bool,
-        from: &str,
-        rcpts: &[&str],
+        m: &OutgoingMessage<'_>,
         mut plan: Plan,
-        body: &[u8],
     ) -> Result<TransactionOutcome, ClientError> {
         if reuse {
             self.io.wbuf.clear();
@@ -499,7 +532,7 @@ impl SmtpConnection {
             self.rset_reply().await?;
         }
         self.io.wbuf.clear();
-        self.push_mail(from, body);
+        self.push_mail(m);
         self.flush(Stage::Mail).await?;
         let mail = self.read(Stage::Mail).await?;
         let to_send = std::mem::take(&mut plan.send);
@@ -508,7 +541,7 @@ impl SmtpConnection {
         }
         for &i in &to_send {
             self.io.wbuf.clear();
-            self.push_rcpt(rcpts.get(i).copied().unwrap_or(""));
+            self.push_rcpt(m, i);
             self.flush(Stage::Rcpt).await?;
             let reply = self.read(Stage::Rcpt).await?;
             if reply.code == 421 {
@@ -526,7 +559,7 @@ impl SmtpConnection {
         self.flush(Stage::Data).await?;
         let data = self.read(Stage::Data).await?;
         let data = if data.code == 354 {
-            self.body(body).await?
+            self.body(m.body).await?
         } else {
             data
         };
@@ -589,6 +622,17 @@ pub fn dot_stuff(input: &[u8], mut at_line_start: bool, out: &mut Vec<u8>) -> bo
         }
     }
     at_line_start
+}
+
+/// Appends " <params>" when they are safe on a command line (printable ASCII, bounded).
+fn push_dsn(w: &mut Vec<u8>, params: &str) {
+    let safe = !params.is_empty()
+        && params.len() <= DSN_PARAMS_MAX_BYTES
+        && params.bytes().all(|b| (b' '..=b'~').contains(&b));
+    if safe {
+        w.push(b' ');
+        w.extend_from_slice(params.as_bytes());
+    }
 }
 
 /// Safe to put between angle brackets on a command line.

@@ -21,7 +21,7 @@ const QUERY_ATTEMPTS: usize = 2;
 /// A resolver builder on `nameservers` (UDP and TCP, each on its own port; the system's when
 /// empty), `query_timeout_ms` per try, `QUERY_ATTEMPTS` tries, names taken as absolute (also
 /// the MTA-STS lookups', `crate::mta_sts::dns`).
-pub(crate) fn resolver_builder(
+pub fn resolver_builder(
     nameservers: &[SocketAddr],
     query_timeout_ms: u64,
 ) -> Result<ResolverBuilder<TokioRuntimeProvider>, String> {

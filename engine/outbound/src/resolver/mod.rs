@@ -7,6 +7,7 @@
 
 mod cache;
 pub(crate) mod hickory;
+pub use hickory::resolver_builder;
 mod route;
 
 use std::collections::HashMap;
@@ -43,6 +44,9 @@ pub struct ResolverConfig {
     /// Upper bound on how long a negative answer (NXDOMAIN, no address) is cached, in seconds
     /// (default 300).
     pub negative_ttl_secs_max: u64,
+    /// DANE (RFC 7672): with `Some`, [`Resolver::tlsa`] looks up validated TLSA records on the
+    /// DNS thread (`crate::dane`); `None` (the default): no DNSSEC, no DANE.
+    pub dane: Option<crate::dane::DaneConfig>,
 }
 
 impl Default for ResolverConfig {
@@ -54,6 +58,7 @@ impl Default for ResolverConfig {
             query_timeout_ms: 5000,
             cache_entries_max: 100_000,
             negative_ttl_secs_max: 300,
+            dane: None,
         }
     }
 }
@@ -157,6 +162,8 @@ pub struct Resolver {
     logic: Arc<RouteLogic<hickory::HickoryDns, SystemClock>>,
     /// Port for domain literals (`[192.0.2.1]`), as for DNS answers.
     smtp_port: u16,
+    /// TLSA lookups on the DNS thread; `None` when DANE is off.
+    tlsa_requests: Option<async_channel::Sender<crate::dane::TlsaRequest>>,
 }
 
 impl std::fmt::Debug for Resolver {
@@ -183,18 +190,39 @@ impl Resolver {
             let _inside = runtime.enter();
             hickory::HickoryDns::new(&cfg)?
         };
+        let dane = match &cfg.dane {
+            Some(dane) => {
+                let _inside = runtime.enter();
+                let dns = crate::dane::DaneDns::new(dane, &cfg.nameservers, cfg.query_timeout_ms)?;
+                let (tx, rx) = async_channel::bounded(crate::dane::DANE_REQUEST_QUEUE_MAX);
+                Some((Arc::new(dns), tx, rx))
+            }
+            None => None,
+        };
         let logic = Arc::new(RouteLogic::new(dns, SystemClock::new(), &cfg));
         let (tx, rx) = async_channel::bounded(REQUEST_QUEUE_MAX);
         let served = Arc::clone(&logic);
+        let (tlsa_requests, tlsa_served) = match dane {
+            Some((dns, tx, rx)) => (Some(tx), Some((dns, rx))),
+            None => (None, None),
+        };
         std::thread::Builder::new()
             .name("petrel-dns".into())
-            .spawn(move || runtime.block_on(serve(served, rx)))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    if let Some((dns, rx)) = tlsa_served {
+                        tokio::spawn(crate::dane::serve_lookups(dns, rx));
+                    }
+                    serve(served, rx).await
+                })
+            })
             .map_err(|e| OutboundError::ResolverSetup(format!("spawn DNS thread: {e}")))?;
         Ok(Resolver {
             requests: tx,
             statics,
             logic,
             smtp_port: cfg.smtp_port,
+            tlsa_requests,
         })
     }
 
@@ -215,6 +243,34 @@ impl Resolver {
             return answer.ok();
         }
         self.logic.peek(&domain)
+    }
+
+    /// Whether DANE is on ([`ResolverConfig::dane`]).
+    pub fn dane_enabled(&self) -> bool {
+        self.tlsa_requests.is_some()
+    }
+
+    /// The DNSSEC-validated TLSA answer for MX host `host` (`_25._tcp.<host>`, RFC 7672 §2.2),
+    /// or [`TlsaLookup::Insecure`](crate::dane::TlsaLookup::Insecure) when DANE is off or
+    /// `host` is no host name. Runtime-agnostic: works inside glommio.
+    pub async fn tlsa(&self, host: &str) -> crate::dane::TlsaLookup {
+        use crate::dane::TlsaLookup;
+        let host = normalise(host);
+        let Some(requests) = &self.tlsa_requests else {
+            return TlsaLookup::Insecure;
+        };
+        if host.is_empty() || host.len() > DOMAIN_MAX_BYTES || host.parse::<IpAddr>().is_ok() {
+            return TlsaLookup::Insecure;
+        }
+        let (reply, answer) = futures::channel::oneshot::channel();
+        let stopped = || TlsaLookup::Failed {
+            reason: "resolver thread stopped".into(),
+        };
+        let request = crate::dane::TlsaRequest { host, reply };
+        if requests.send(request).await.is_err() {
+            return stopped();
+        }
+        answer.await.unwrap_or_else(|_| stopped())
     }
 
     /// Where to deliver mail for `domain` (case-insensitive, trailing dot optional; a domain
