@@ -126,6 +126,7 @@ impl DkimSigner {
         let signature = sign_at(&key.signer, message, now_unix_ms / 1000)?;
         let mut header = Vec::with_capacity(512);
         signature.write(&mut header, true);
+        join_dangling_semicolon(&mut header);
         Ok(header)
     }
 
@@ -148,6 +149,19 @@ impl DkimSigner {
         self.keys
             .iter()
             .find(|k| k.active_from_unix_ms <= now_unix_ms)
+    }
+}
+
+/// The fold mail-auth writes when `b=`'s value ends exactly at its 76th column: `b=...\r\n\t;`.
+/// RFC 6376 §3.7 drops the whitespace around `b=`'s value when verifying, and mail-auth signs
+/// so; dkimpy and others strip only folds followed by base64 and hash `b= ;`, so such a
+/// signature fails for them now and then (it depends on the header's length). Nothing else
+/// covers a DKIM-Signature we add, so joining the `;` back onto its line is safe.
+pub(crate) fn join_dangling_semicolon(header: &mut Vec<u8>) {
+    const DANGLING: &[u8] = b"\r\n\t;\r\n";
+    if header.ends_with(DANGLING) {
+        header.truncate(header.len() - DANGLING.len());
+        header.extend_from_slice(b";\r\n");
     }
 }
 

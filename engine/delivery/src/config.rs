@@ -118,6 +118,9 @@ pub struct DeliveryConfig {
     pub client: ClientTimeouts,
     /// PEM certificates trusted for TLS Required besides the webpki roots (tests, private CAs).
     pub extra_root_certs_pem: Vec<Vec<u8>>,
+    /// Recipient domains' MTA-STS policies apply to static routes (smart hosts) too: under
+    /// `enforce`, verified TLS to the smart host's name (`shard/mta_sts.rs`).
+    pub smart_host_mta_sts: bool,
     /// The longest wait of the driver's loop between two looks at the schedule.
     pub tick_ms_max: u64,
     /// Limits that change at run time (the control plane's pushed destination limits), laid
@@ -159,6 +162,7 @@ impl Default for DeliveryConfig {
             connect_addresses_max: 5,
             client: ClientTimeouts::default(),
             extra_root_certs_pem: Vec::new(),
+            smart_host_mta_sts: false,
             tick_ms_max: 1_000,
             dynamic_limits: None,
             bounce_classifier: Arc::new(BounceClassifier::shipped()),

@@ -69,10 +69,12 @@ fn deferred_bounced_and_expired_events_carry_the_classification() {
             StaticRoute {
                 domain: Some("dest.example".into()),
                 target: dest.addr,
+                tls_name: None,
             },
             StaticRoute {
                 domain: Some("closed.example".into()),
                 target: closed_port(),
+                tls_name: None,
             },
         ],
         query_timeout_ms: 2_000,

@@ -129,6 +129,15 @@ struct Seen {
 /// Sends one message to [`RCPT`] through a shard with MTA-STS on (over `static_routes`, if
 /// any) and reports what happened after its first attempt.
 fn deliver_one(dest: &Destination, static_routes: Vec<StaticRoute>) -> Seen {
+    deliver_one_with(dest, static_routes, dest.config())
+}
+
+/// [`deliver_one`] with a delivery configuration of the test's own.
+fn deliver_one_with(
+    dest: &Destination,
+    static_routes: Vec<StaticRoute>,
+    config: DeliveryConfig,
+) -> Seen {
     let resolver_config = dest.resolver_config(static_routes);
     let sts = dest.mta_sts(&resolver_config);
     let resolver = Resolver::start(resolver_config).expect("resolver");
@@ -139,7 +148,7 @@ fn deliver_one(dest: &Destination, static_routes: Vec<StaticRoute>) -> Seen {
         events,
         mta_sts: Some(sts),
         tls_rpt: Some(recorder.clone()),
-        ..ShardSetup::new(dest.config(), resolver)
+        ..ShardSetup::new(config, resolver)
     };
     let (outcome, _spool) = run_shard(setup, |h| async move {
         let id = h.enqueue("alice@src.test", &[RCPT]);
@@ -284,6 +293,7 @@ fn a_static_route_is_not_subject_to_the_policy() {
     let route = StaticRoute {
         domain: Some(DOMAIN.into()),
         target: dest.mx.addr,
+        tls_name: None,
     };
     let seen = deliver_one(&dest, vec![route]);
     assert_eq!(seen.state, RcptState::Delivered, "{:?}", seen.events);
@@ -292,6 +302,58 @@ fn a_static_route_is_not_subject_to_the_policy() {
         seen.tls_rpt.is_empty(),
         "not the domain's MX: no TLS-RPT row"
     );
+}
+
+/// With `smart_host_mta_sts`, an enforced policy follows the mail to the smart host: the hop
+/// must be TLS with a certificate valid for the smart host's `tls_name` (the policy's MX names
+/// are not matched: the smart host is the operator's choice), or the mail waits.
+#[test]
+fn a_smart_host_carries_the_enforced_policy_when_asked() {
+    const SMART_HOST: &str = "relay.provider.test";
+    let smart = |dest: &Destination| {
+        vec![StaticRoute {
+            domain: Some(DOMAIN.into()),
+            target: dest.mx.addr,
+            tls_name: Some(SMART_HOST.into()),
+        }]
+    };
+    let config = |dest: &Destination| DeliveryConfig {
+        smart_host_mta_sts: true,
+        ..dest.config()
+    };
+    // A certificate for the smart host's name: delivered over TLS.
+    let dest = destination(ENFORCE, "mx.elsewhere.test", SMART_HOST);
+    let seen = deliver_one_with(&dest, smart(&dest), config(&dest));
+    assert_eq!(seen.state, RcptState::Delivered, "{:?}", seen.events);
+    assert_eq!(dest.mx.received().len(), 1);
+    let delivered = &seen
+        .events
+        .iter()
+        .find(|(o, _)| o == "delivered")
+        .expect("delivered")
+        .1;
+    assert!(
+        delivered["tls"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("TLS")),
+        "{delivered}"
+    );
+
+    // A certificate for another name: not sent, deferred, never in plain text.
+    let dest = destination(ENFORCE, "mx.elsewhere.test", "impostor.test");
+    let seen = deliver_one_with(&dest, smart(&dest), config(&dest));
+    assert_eq!(seen.state, RcptState::Pending, "deferred, not bounced");
+    assert!(dest.mx.received().is_empty(), "nothing crossed the hop");
+
+    // The same impostor without `smart_host_mta_sts`: the policy stays at the MX, as before.
+    let dest = destination(ENFORCE, "mx.elsewhere.test", "impostor.test");
+    let seen = deliver_one(&dest, smart(&dest));
+    assert_eq!(seen.state, RcptState::Delivered, "{:?}", seen.events);
+
+    // A testing policy through the smart host: opportunistic TLS, delivered.
+    let dest = destination(TESTING, "mx.elsewhere.test", "impostor.test");
+    let seen = deliver_one_with(&dest, smart(&dest), config(&dest));
+    assert_eq!(seen.state, RcptState::Delivered, "{:?}", seen.events);
 }
 
 /// Connections are shared between domains of one MX set (`session::adopt`), but never across

@@ -179,10 +179,12 @@ fn static_routes_bypass_dns() {
             StaticRoute {
                 domain: None,
                 target: smart,
+                tls_name: None,
             },
             StaticRoute {
                 domain: Some("Special.Test".into()),
                 target: one,
+                tls_name: None,
             },
         ],
     );
@@ -194,6 +196,7 @@ fn static_routes_bypass_dns() {
         vec![StaticRoute {
             domain: Some("special.test".into()),
             target: one,
+            tls_name: None,
         }],
     );
     assert_eq!(route(&r, "special.test").unwrap().hosts[0].addrs, [one]);
@@ -285,6 +288,7 @@ fn known_route_answers_only_from_static_routes_literals_and_the_cache() {
         vec![StaticRoute {
             domain: Some("special.test".into()),
             target: one,
+            tls_name: None,
         }],
     );
     assert_eq!(r.known_route("Special.Test").unwrap().hosts[0].addrs, [one]);

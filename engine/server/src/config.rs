@@ -570,8 +570,17 @@ pub struct DeliverySection {
     /// Apply recipient domains' MTA-STS policies (RFC 8461) to MX delivery: with `enforce`,
     /// only the MX hosts the policy names, over TLS with a certificate valid for the host, or
     /// the mail waits. Policies are cached in `<data>/mta-sts-policies.json`. Static routes
-    /// (`relay_to`, `routes`) are not affected (with `relay_to` the service is not started).
+    /// (`relay_to`, `routes`) are not affected unless `smart_host_mta_sts` is set.
     pub mta_sts: bool,
+    /// Apply recipient domains' MTA-STS policies to mail sent through a smart host
+    /// (`relay_to`, `routes`) too: under an `enforce` policy the hop to the smart host must be
+    /// TLS with a certificate valid for its `tls_name` (`relay_tls_name` for `relay_to`), or
+    /// the mail waits (4.7.5); the MX names the policy lists are not checked, the smart host
+    /// being the operator's chosen next hop. Off by default.
+    pub smart_host_mta_sts: bool,
+    /// The name `relay_to`'s certificate carries (see `smart_host_mta_sts`); default: its
+    /// address.
+    pub relay_tls_name: Option<String>,
     /// DANE (RFC 7672) for MX delivery: TLSA records of `_25._tcp.<mx host>`, validated with
     /// DNSSEC, pin the certificate each MX host must present (they win over MTA-STS); a
     /// mismatch or a bogus answer defers that host's mail (`4.7.5`). Off by default: it needs
@@ -605,6 +614,8 @@ impl Default for DeliverySection {
             next_hop_sessions_per_shard_max: petrel_delivery::NEXT_HOP_SESSIONS_MAX_DEFAULT,
             extra_root_certs: Vec::new(),
             mta_sts: true,
+            smart_host_mta_sts: false,
+            relay_tls_name: None,
             dane: false,
             dnssec_trust_anchor_file: None,
             bounce_rules_file: None,
@@ -618,6 +629,10 @@ impl Default for DeliverySection {
 pub struct RouteEntry {
     pub domain: String,
     pub host: SocketAddr,
+    /// The name the smart host's certificate carries, checked when TLS to it is verified
+    /// (`smart_host_mta_sts`, or `tls = "require"`); default: its address.
+    #[serde(default)]
+    pub tls_name: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -314,3 +314,33 @@ fn acme_is_off_by_default_and_validated() {
     let e = EngineConfig::from_toml(&text).unwrap_err().to_string();
     assert!(e.contains("at most 100"), "{e}");
 }
+
+#[test]
+fn smart_hosts_may_carry_mta_sts_with_their_certificate_names() {
+    let c = EngineConfig::from_toml(
+        "[delivery]\nsmart_host_mta_sts = true\nrelay_to = \"127.0.0.1:2526\"\n\
+         relay_tls_name = \"relay.example.net\"\n\
+         [[delivery.routes]]\ndomain = \"a.test\"\nhost = \"127.0.0.1:2527\"\ntls_name = \"mx.a.test\"\n\
+         [[delivery.routes]]\ndomain = \"b.test\"\nhost = \"127.0.0.1:2528\"\n",
+    )
+    .unwrap();
+    assert!(c.delivery.smart_host_mta_sts);
+    assert_eq!(
+        c.delivery.relay_tls_name.as_deref(),
+        Some("relay.example.net")
+    );
+    let names: Vec<_> = c
+        .delivery
+        .routes
+        .iter()
+        .map(|r| r.tls_name.as_deref())
+        .collect();
+    assert_eq!(names, [Some("mx.a.test"), None]);
+    assert!(
+        !EngineConfig::from_toml("")
+            .unwrap()
+            .delivery
+            .smart_host_mta_sts,
+        "off by default"
+    );
+}

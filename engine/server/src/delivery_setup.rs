@@ -55,12 +55,14 @@ pub fn build(
         .map(|r| StaticRoute {
             domain: Some(r.domain.to_ascii_lowercase()),
             target: r.host,
+            tls_name: r.tls_name.clone(),
         })
         .collect();
     if let Some(all) = d.relay_to {
         static_routes.push(StaticRoute {
             domain: None,
             target: all,
+            tls_name: d.relay_tls_name.clone(),
         });
     }
     let resolver_config = ResolverConfig {
@@ -73,8 +75,9 @@ pub fn build(
         }),
         ..ResolverConfig::default()
     };
-    // With `relay_to` every domain has a static route, which MTA-STS leaves alone.
-    let mta_sts = if d.mta_sts && d.relay_to.is_none() {
+    // With `relay_to` every domain has a static route: the service runs only when policies
+    // apply to smart hosts too.
+    let mta_sts = if d.mta_sts && (d.relay_to.is_none() || d.smart_host_mta_sts) {
         let sts = MtaSts::start(MtaStsConfig {
             data_dir: Some(cfg.server.data_dir.clone()),
             extra_root_certs_pem: config.extra_root_certs_pem.clone(),
@@ -174,6 +177,7 @@ pub fn delivery_config(cfg: &EngineConfig) -> Result<DeliveryConfig, EngineError
         default_limits: defaults.clone(),
         queued_recipients_max: cfg.limits.queued_recipients_max,
         next_hop_sessions_max: d.next_hop_sessions_per_shard_max,
+        smart_host_mta_sts: d.smart_host_mta_sts,
         ..DeliveryConfig::default()
     };
     out.retry.first_retry_delay_ms = d.retry_initial_ms;

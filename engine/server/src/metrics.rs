@@ -329,7 +329,7 @@ fn describe() {
     );
     describe_counter!(
         "petrel_delivery_mta_sts_sessions_total",
-        "Delivery sessions looked up under MTA-STS, by mode (enforce, testing, none) and outcome (all_mx_match, some_mx_outside, no_mx_match)"
+        "Delivery sessions looked up under MTA-STS, by mode (enforce, testing, none) and outcome (all_mx_match, some_mx_outside, no_mx_match, smart_host)"
     );
     describe_counter!(
         petrel_outbound::dane::DANE_LOOKUPS_TOTAL,

@@ -48,10 +48,12 @@ pub fn routes(dest: SocketAddr, other: SocketAddr) -> Resolver {
             StaticRoute {
                 domain: Some(DEST_DOMAIN.into()),
                 target: dest,
+                tls_name: None,
             },
             StaticRoute {
                 domain: None,
                 target: other,
+                tls_name: None,
             },
         ],
         query_timeout_ms: QUERY_TIMEOUT_MS,

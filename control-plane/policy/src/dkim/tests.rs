@@ -279,3 +279,13 @@ ok = dkim.verify(msg, dnsfunc=dnsfunc)
 print("pass" if ok else "fail")
 sys.exit(0 if ok else 1)
 "#;
+
+#[test]
+fn a_semicolon_folded_after_b_is_joined_back() {
+    let mut folded = b"DKIM-Signature: v=1; a=rsa-sha256; b=abc\r\n\t;\r\n".to_vec();
+    join_dangling_semicolon(&mut folded);
+    assert_eq!(folded, b"DKIM-Signature: v=1; a=rsa-sha256; b=abc;\r\n");
+    let mut plain = b"DKIM-Signature: v=1; b=\r\n\tabc;\r\n".to_vec();
+    join_dangling_semicolon(&mut plain);
+    assert_eq!(plain, b"DKIM-Signature: v=1; b=\r\n\tabc;\r\n", "unchanged");
+}

@@ -13,6 +13,7 @@
 //! `MessageState` of at most 72 bytes plus its sender. The body never stays in
 //! memory between attempts.
 
+mod connect;
 mod dane;
 mod events;
 mod mta_sts;

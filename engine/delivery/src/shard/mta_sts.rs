@@ -122,21 +122,49 @@ pub(super) fn apply(
     }
 }
 
+/// A smart host under the destination's policy (`smart_host_mta_sts`). The operator chose
+/// that hop, so the policy's MX names are not matched against it; but under `enforce` the hop
+/// is TLS verified for the smart host's name (its `tls_name`, else its address) and carries
+/// this domain only, so mail the recipient domain wants protected never crosses it in plain
+/// text or to an impostor.
+pub(super) fn via_smart_host(
+    route: &Arc<Route>,
+    policy: Option<&Policy>,
+    tls: TlsPolicy,
+) -> Applied {
+    let mode = policy.map(|p| p.mode);
+    let enforced = mode == Some(Mode::Enforce);
+    Applied {
+        route: route.clone(),
+        tls: if enforced { TlsPolicy::Required } else { tls },
+        enforced,
+        mismatched: 0,
+        mode,
+    }
+}
+
 /// [`apply`] with the policy the shard's MTA-STS service gives for `domain` (none when the
-/// service is off or the route is static), logged and counted.
+/// service is off, or the route is static and `smart_host_mta_sts` is off; [`via_smart_host`]
+/// when it is on), logged and counted.
 pub(super) async fn route_under_policy<S: SpoolAccess>(
     inner: &Inner<S>,
     domain: &str,
     route: &Arc<Route>,
     tls: TlsPolicy,
 ) -> Result<Applied, StsRefusal> {
+    let smart_host = inner.resolver.static_route(domain).is_some();
     let policy = match &inner.mta_sts {
-        Some(sts) if inner.resolver.static_route(domain).is_none() => sts.policy_for(domain).await,
+        Some(sts) if !smart_host || inner.cfg.smart_host_mta_sts => sts.policy_for(domain).await,
         _ => None,
     };
-    let applied = apply(domain, route, policy.as_deref(), tls);
+    let applied = if smart_host {
+        Ok(via_smart_host(route, policy.as_deref(), tls))
+    } else {
+        apply(domain, route, policy.as_deref(), tls)
+    };
     let (mode, outcome) = match &applied {
         Ok(Applied { mode: None, .. }) => return applied,
+        Ok(a) if smart_host => (a.mode, "smart_host"),
         Ok(a) if a.mismatched == 0 => (a.mode, "all_mx_match"),
         Ok(a) => {
             tracing::info!(
@@ -256,6 +284,21 @@ mod tests {
                 assert_eq!(bounce.class, petrel_bounce::BounceClass::Soft);
             }
             other => panic!("a deferral, never a bounce: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_smart_host_under_enforce_needs_verified_tls_and_no_mx_match() {
+        let r = route(&["192.0.2.7"]);
+        let a = via_smart_host(&r, Some(&policy("enforce")), TlsPolicy::Opportunistic);
+        assert!(Arc::ptr_eq(&a.route, &r), "the smart host stays the hop");
+        assert_eq!(a.tls, TlsPolicy::Required);
+        assert!(a.enforced, "its connection carries this domain only");
+        assert_eq!((a.mismatched, a.mode), (0, Some(Mode::Enforce)));
+        for p in [Some(policy("testing")), Some(policy("none")), None] {
+            let a = via_smart_host(&r, p.as_ref(), TlsPolicy::Opportunistic);
+            assert_eq!(a.tls, TlsPolicy::Opportunistic);
+            assert!(!a.enforced);
         }
     }
 

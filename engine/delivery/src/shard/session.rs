@@ -15,18 +15,15 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use petrel_outbound::{
-    ClientConfig, ClientError, OutgoingMessage, Route, SmtpConnection, PIPELINE_TRANSACTIONS_MAX,
-};
+use petrel_outbound::{ClientError, OutgoingMessage, Route, PIPELINE_TRANSACTIONS_MAX};
 
-use super::dane;
+use super::connect::{client_config, connect, Connected, OpenGauge};
 use super::mta_sts;
 use super::outcome::{apply, fail_entries, Attempt, RcptResult};
 use super::prepare::prepare;
 use super::tls_rpt;
 use super::{now_unix_ms, Inner, SpoolAccess};
-use crate::classify::LocalFailure;
-use crate::config::{DeliveryConfig, DomainLimits, TlsPolicy};
+use crate::config::{DeliveryConfig, DomainLimits};
 use crate::limits::{rate_burst, ConnectionPermit, DestinationCounters};
 use crate::queue::{DomainId, Entry};
 
@@ -86,21 +83,6 @@ struct Serving {
     sts_enforced: bool,
 }
 
-/// An open connection and where it goes.
-struct Connected {
-    conn: SmtpConnection,
-    host: String,
-    addr: SocketAddr,
-    /// "TLSv1.3 TLS13_AES_128_GCM_SHA256" when TLS is in use.
-    tls: Option<String>,
-    /// Transactions sent on this connection.
-    sent: u32,
-    _gauge: OpenGauge,
-}
-
-/// Keeps `petrel_delivery_connections_open{domain}` right on every path.
-struct OpenGauge(metrics::Gauge);
-
 /// The `domain` label of a destination's gauges: its name when the operator configured limits
 /// for it (in the file or pushed), else `other`, so the number of series stays bounded by the
 /// configuration however many domains mail goes to.
@@ -125,20 +107,6 @@ pub(super) fn has_own_limits(cfg: &DeliveryConfig, domain: &str, limits: &Domain
 
 /// The `domain` label shared by destinations without limits of their own.
 const OTHER_DOMAINS_LABEL: &str = "other";
-
-impl OpenGauge {
-    fn new(label: &str) -> OpenGauge {
-        let g = metrics::gauge!("petrel_delivery_connections_open", "domain" => label.to_string());
-        g.increment(1.0);
-        OpenGauge(g)
-    }
-}
-
-impl Drop for OpenGauge {
-    fn drop(&mut self) {
-        self.0.decrement(1.0);
-    }
-}
 
 /// Serves domain `id` (and maybe others of the same next hop); returns the last one served.
 /// `hop` is the next hop this session is counted under; set here once the route is resolved
@@ -688,102 +656,6 @@ async fn wait_for_rate<S: SpoolAccess>(
                     .await;
             }
         }
-    }
-}
-
-/// Connects to the first address that answers, in route order, trying at most
-/// `connect_addresses_max` addresses. On failure: where it last tried and why.
-async fn connect<S: SpoolAccess>(
-    inner: &Inner<S>,
-    route: &Route,
-    client: &ClientConfig,
-    domain: &str,
-    label: &str,
-) -> Result<Connected, (Attempt, RcptResult)> {
-    let mut tried = 0;
-    let report = tls_rpt::session_policy(inner, domain);
-    let text = format!("{domain}: no address to connect to");
-    let mut last = (
-        Attempt::default(),
-        RcptResult::local(text, LocalFailure::ConnectFailed),
-    );
-    for host in &route.hosts {
-        // DANE (RFC 7672, `dane.rs`): per host, validated TLSA records pin its certificate.
-        let plan = match dane::for_host(inner, domain, &host.name, client.tls).await {
-            dane::HostTls::Session => None,
-            dane::HostTls::Dane(tlsa) => Some(tlsa),
-            dane::HostTls::Refuse { failure, reason } => {
-                tls_rpt::record_dane_refusal(inner, report.as_ref(), domain, &host.name, failure);
-                let attempt = Attempt {
-                    host: Some(host.name.clone()),
-                    ..Attempt::default()
-                };
-                last = (
-                    attempt,
-                    dane::deferral(domain, &host.name, failure, &reason),
-                );
-                continue;
-            }
-        };
-        for addr in &host.addrs {
-            if tried >= inner.cfg.connect_addresses_max {
-                return Err(last);
-            }
-            tried += 1;
-            let result = dane::connect(*addr, &host.name, client, domain, plan.as_ref()).await;
-            let seen = result.as_ref();
-            tls_rpt::record_connect(
-                inner,
-                report.as_ref(),
-                plan.as_ref(),
-                client.tls,
-                domain,
-                &host.name,
-                *addr,
-                seen,
-            );
-            match result {
-                Ok(conn) => {
-                    let tls = conn.tls().map(|t| format!("{} {}", t.version, t.cipher));
-                    return Ok(Connected {
-                        conn,
-                        host: host.name.clone(),
-                        addr: *addr,
-                        tls,
-                        sent: 0,
-                        _gauge: OpenGauge::new(label),
-                    });
-                }
-                Err(e) => {
-                    let attempt = Attempt {
-                        host: Some(host.name.clone()),
-                        addr: Some(*addr),
-                        tls: None,
-                        remote: false,
-                        no_dsn: false,
-                        next_hop_dsn: false,
-                    };
-                    let classifier = &inner.cfg.bounce_classifier;
-                    let result =
-                        dane::connect_failed(domain, &host.name, plan.as_ref(), &e, classifier);
-                    last = (attempt, result);
-                }
-            }
-        }
-    }
-    Err(last)
-}
-
-fn client_config(cfg: &DeliveryConfig, tls: TlsPolicy) -> ClientConfig {
-    ClientConfig {
-        helo_name: cfg.helo_name.clone(),
-        tls: tls.mode(),
-        extra_root_certs_pem: cfg.extra_root_certs_pem.clone(),
-        connect_timeout_ms: cfg.client.connect_timeout_ms,
-        greeting_timeout_ms: cfg.client.greeting_timeout_ms,
-        command_timeout_ms: cfg.client.command_timeout_ms,
-        data_block_timeout_ms: cfg.client.data_block_timeout_ms,
-        data_done_timeout_ms: cfg.client.data_done_timeout_ms,
     }
 }
 

@@ -70,6 +70,9 @@ pub struct StaticRoute {
     pub domain: Option<String>,
     /// Where to deliver.
     pub target: SocketAddr,
+    /// The name the smart host's certificate must carry when TLS is verified (an enforced
+    /// MTA-STS policy applied to it, `require`); `None`: its address.
+    pub tls_name: Option<String>,
 }
 
 /// Where to deliver mail for one domain.
@@ -83,7 +86,7 @@ pub struct Route {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct RouteHost {
     /// The MX name (lowercase, no trailing dot), used for TLS verification; for static routes,
-    /// the target address as text.
+    /// their `tls_name`, else the target address as text.
     pub name: String,
     /// Its addresses with the SMTP port applied; never empty.
     pub addrs: Vec<SocketAddr>,
@@ -405,7 +408,10 @@ impl StaticRoutes {
         for r in routes {
             let route = Arc::new(Route {
                 hosts: vec![RouteHost {
-                    name: r.target.ip().to_string(),
+                    name: r
+                        .tls_name
+                        .as_deref()
+                        .map_or_else(|| r.target.ip().to_string(), normalise),
                     addrs: vec![r.target],
                 }],
             });
