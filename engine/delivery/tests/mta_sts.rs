@@ -304,6 +304,47 @@ fn a_static_route_is_not_subject_to_the_policy() {
     );
 }
 
+/// A policy that cannot be had (here: not a valid policy file) leaves the session without one,
+/// delivered with opportunistic TLS, and TLS-RPT counts the failure under an `sts` policy
+/// (`sts-policy-invalid`) besides the connection under none found.
+#[test]
+fn an_invalid_policy_file_delivers_and_is_reported_as_sts_policy_invalid() {
+    let dest = destination("version: STSv9\nmode: enforce\n", MX_NAME, MX_NAME);
+    let seen = deliver_one(&dest, Vec::new());
+    assert_eq!(seen.state, RcptState::Delivered, "{:?}", seen.events);
+    let mut rows: Vec<_> = seen
+        .tls_rpt
+        .iter()
+        .map(|r| {
+            (
+                r.policy.policy_type,
+                r.mx_host.clone(),
+                r.successes,
+                r.failures().collect::<Vec<_>>(),
+            )
+        })
+        .collect();
+    rows.sort_by_key(|r| r.0 == PolicyType::NoPolicyFound);
+    assert_eq!(
+        rows,
+        vec![
+            (
+                PolicyType::Sts,
+                MX_NAME.to_string(),
+                0,
+                vec![(FailureType::StsPolicyInvalid, 1)]
+            ),
+            (
+                PolicyType::NoPolicyFound,
+                MX_NAME.to_string(),
+                1,
+                Vec::new()
+            ),
+        ]
+    );
+    assert!(seen.tls_rpt[0].policy.strings.is_empty() || seen.tls_rpt[1].policy.strings.is_empty());
+}
+
 /// With `smart_host_mta_sts`, an enforced policy follows the mail to the smart host: the hop
 /// must be TLS with a certificate valid for the smart host's `tls_name` (the policy's MX names
 /// are not matched: the smart host is the operator's choice), or the mail waits.

@@ -164,6 +164,11 @@ async fn session<S: SpoolAccess + 'static>(
         }
         return id;
     };
+    if sts.mode.is_none() {
+        // A session with a permit, about to connect: the one place a missing policy is counted.
+        let first_mx = route.hosts.first().map_or("", |h| h.name.as_str());
+        tls_rpt::record_policy_fetch_failure(inner, &domain, first_mx);
+    }
     let client = client_config(&inner.cfg, sts.tls);
     let mut cur = Serving {
         id,

@@ -12,7 +12,9 @@ use petrel_outbound::dane::{DaneFailure, Tlsa};
 use petrel_outbound::{ClientError, SmtpConnection, TlsMode};
 
 use super::{now_unix_ms, Inner, SpoolAccess};
-use crate::tls_rpt::{classify, plaintext_result, FailureType, SessionPolicy, SessionResult};
+use crate::tls_rpt::{
+    classify, plaintext_result, FailureType, PolicyType, SessionPolicy, SessionResult,
+};
 
 /// The policy `domain`'s connections report under: its cached MTA-STS policy (fetched by
 /// this session's `mta_sts::route_under_policy` just before), else none found; `None` when
@@ -30,6 +32,37 @@ pub(super) fn session_policy<S: SpoolAccess>(
         Some(c) => SessionPolicy::sts(domain, &c.policy),
         None => SessionPolicy::none_found(domain),
     })
+}
+
+/// Counts a session made without the domain's MTA-STS policy because fetching it failed lately
+/// (`sts-policy-fetch-error`, `sts-policy-invalid`, `sts-webpki-invalid`; RFC 8460 §4.3.2.3):
+/// one failure under an `sts` policy with no policy string, at the first MX host's name. The
+/// session's connections are counted as usual, under no policy found.
+pub(super) fn record_policy_fetch_failure<S: SpoolAccess>(
+    inner: &Inner<S>,
+    domain: &str,
+    first_mx: &str,
+) {
+    let (Some(r), Some(sts)) = (inner.tls_rpt.get(), inner.mta_sts.as_ref()) else {
+        return;
+    };
+    if inner.resolver.static_route(domain).is_some() || sts.cached_policy(domain).is_some() {
+        return;
+    }
+    let Some(kind) = sts
+        .fetch_failure(domain)
+        .and_then(|k| FailureType::parse(k.result_type()))
+    else {
+        return;
+    };
+    let p = SessionPolicy::new(domain, PolicyType::Sts, Vec::new(), Vec::new());
+    r.record(
+        now_unix_ms(),
+        &p,
+        first_mx,
+        None,
+        SessionResult::Failure(kind),
+    );
 }
 
 /// Counts a session refused before any connection because no MX host matches the domain's

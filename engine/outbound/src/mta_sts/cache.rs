@@ -14,6 +14,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use super::fetch::StsFetchFailure;
 use super::policy::{Policy, MTA_STS_MAX_AGE_SECS_MAX};
 
 /// Default and upper bound of the cached domains (`MtaStsConfig::cache_entries_max`).
@@ -66,6 +67,8 @@ impl CachedPolicy {
 struct Failure {
     id: String,
     retry_at: u64,
+    /// Why, for TLS-RPT (`None` for failures that say nothing of the policy host).
+    kind: Option<StsFetchFailure>,
 }
 
 /// Domain -> policy, at most `entries_max` entries (and as many remembered failures).
@@ -136,7 +139,13 @@ impl PolicyCache {
 
     /// Records a failed fetch of `id`: no new attempt for [`MTA_STS_FETCH_RETRY_SECS`], and a
     /// cached policy's next refresh is pushed back as long.
-    pub fn note_failure(&mut self, domain: &str, id: &str, now: u64) {
+    pub fn note_failure(
+        &mut self,
+        domain: &str,
+        id: &str,
+        now: u64,
+        kind: Option<StsFetchFailure>,
+    ) {
         let retry_at = now + MTA_STS_FETCH_RETRY_SECS;
         if let Some(entry) = self.map.get_mut(domain) {
             entry.refresh_at = entry.refresh_at.max(retry_at);
@@ -150,6 +159,7 @@ impl PolicyCache {
         let failure = Failure {
             id: id.to_string(),
             retry_at,
+            kind,
         };
         self.failures.insert(domain.to_string(), failure);
     }
@@ -162,6 +172,15 @@ impl PolicyCache {
     }
 
     /// Whether fetching `id` for `domain` failed less than [`MTA_STS_FETCH_RETRY_SECS`] ago.
+    /// Why the last fetch for `domain` failed, while that failure is recent (until its retry;
+    /// TLS-RPT reports sessions made meanwhile without the policy under it).
+    pub fn recent_failure(&self, domain: &str, now: u64) -> Option<StsFetchFailure> {
+        self.failures
+            .get(domain)
+            .filter(|f| now < f.retry_at)
+            .and_then(|f| f.kind)
+    }
+
     pub fn fetch_recently_failed(&self, domain: &str, id: &str, now: u64) -> bool {
         self.failures
             .get(domain)
@@ -261,7 +280,15 @@ mod tests {
     fn failures_rate_limit_per_id_and_postpone_refresh() {
         let mut c = PolicyCache::new(10);
         c.insert("a.test", "id1", policy(3600), 0);
-        c.note_failure("a.test", "id2", 2000);
+        c.note_failure("a.test", "id2", 2000, Some(StsFetchFailure::Invalid));
+        assert_eq!(
+            c.recent_failure("a.test", 2000),
+            Some(StsFetchFailure::Invalid)
+        );
+        assert_eq!(
+            c.recent_failure("a.test", 2000 + MTA_STS_FETCH_RETRY_SECS),
+            None
+        );
         assert!(c.fetch_recently_failed("a.test", "id2", 2000 + MTA_STS_FETCH_RETRY_SECS - 1));
         assert!(!c.fetch_recently_failed("a.test", "id2", 2000 + MTA_STS_FETCH_RETRY_SECS));
         assert!(

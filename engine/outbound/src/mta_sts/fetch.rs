@@ -75,7 +75,42 @@ pub enum FetchError {
     Policy(#[from] PolicyError),
 }
 
+/// Why a policy could not be had, as TLS-RPT names it (RFC 8460 §4.3.2.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StsFetchFailure {
+    /// The policy host could not be reached or did not answer a policy (`sts-policy-fetch-error`).
+    FetchError,
+    /// The body was not a valid policy (`sts-policy-invalid`).
+    Invalid,
+    /// The policy host's certificate did not validate (`sts-webpki-invalid`).
+    WebPkiInvalid,
+}
+
+impl StsFetchFailure {
+    /// The RFC's `result-type`.
+    pub fn result_type(self) -> &'static str {
+        match self {
+            StsFetchFailure::FetchError => "sts-policy-fetch-error",
+            StsFetchFailure::Invalid => "sts-policy-invalid",
+            StsFetchFailure::WebPkiInvalid => "sts-webpki-invalid",
+        }
+    }
+}
+
 impl FetchError {
+    /// What TLS-RPT reports for this failure; `None` for our own TLS setup, which says
+    /// nothing of the policy host.
+    pub fn report_failure(&self) -> Option<StsFetchFailure> {
+        Some(match self {
+            FetchError::Setup { .. } => return None,
+            FetchError::Tls { .. } => StsFetchFailure::WebPkiInvalid,
+            FetchError::Policy(_) | FetchError::ContentType { .. } | FetchError::TooLarge => {
+                StsFetchFailure::Invalid
+            }
+            _ => StsFetchFailure::FetchError,
+        })
+    }
+
     /// A short label for metrics and logs.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -36,8 +36,9 @@ pub use cache::{
 };
 pub use dns::RecordError;
 pub use fetch::{
-    policy_host, FetchError, Fetcher, MTA_STS_ADDRS_TRIED_MAX, MTA_STS_CONNECT_TIMEOUT_MS,
-    MTA_STS_EXTRA_ROOTS_MAX, MTA_STS_FETCH_TIMEOUT_MS, MTA_STS_USER_AGENT, MTA_STS_WELL_KNOWN_PATH,
+    policy_host, FetchError, Fetcher, StsFetchFailure, MTA_STS_ADDRS_TRIED_MAX,
+    MTA_STS_CONNECT_TIMEOUT_MS, MTA_STS_EXTRA_ROOTS_MAX, MTA_STS_FETCH_TIMEOUT_MS,
+    MTA_STS_USER_AGENT, MTA_STS_WELL_KNOWN_PATH,
 };
 pub use policy::{
     Mode, MxPattern, Policy, PolicyError, StsRecord, MTA_STS_MAX_AGE_SECS_MAX,
@@ -233,6 +234,13 @@ impl MtaSts {
     pub fn cached_policy(&self, domain: &str) -> Option<CachedPolicy> {
         let domain = normalise(domain)?;
         lock(&self.cache).get(&domain, self.clock.now_unix_secs())
+    }
+
+    /// Why `domain`'s policy could not be fetched lately (until the fetch is retried), for
+    /// TLS-RPT; `None` when no recent fetch failed.
+    pub fn fetch_failure(&self, domain: &str) -> Option<StsFetchFailure> {
+        let domain = normalise(domain)?;
+        lock(&self.cache).recent_failure(&domain, self.clock.now_unix_secs())
     }
 
     /// How many domains have a cached policy (expired ones included until noticed).

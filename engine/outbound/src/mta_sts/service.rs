@@ -184,7 +184,7 @@ impl Service {
             Err(e) => {
                 tracing::warn!(domain, id = %record.id, error = %e, retry_secs = MTA_STS_FETCH_RETRY_SECS,
                     "MTA-STS policy fetch failed");
-                lock(&self.cache).note_failure(domain, &record.id, now);
+                lock(&self.cache).note_failure(domain, &record.id, now, e.report_failure());
                 count_lookup(if cached.is_some() { "stale" } else { "none" });
                 cached.map(|c| c.policy)
             }
@@ -239,7 +239,7 @@ impl Service {
             }
             Err(e) => {
                 alert(e.to_string());
-                lock(&self.cache).note_failure(domain, &record.id, now);
+                lock(&self.cache).note_failure(domain, &record.id, now, e.report_failure());
                 false
             }
         }
