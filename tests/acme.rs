@@ -42,7 +42,9 @@ fn pebble_bin() -> Option<&'static str> {
         .status()
         .is_ok();
     if !found {
-        println!("SKIPPED: pebble not found (Debian's pebble package; ops/test.sh installs it)");
+        petrel_testkit::peer_missing(
+            "pebble not found (Debian's pebble package; ops/test.sh installs it)",
+        );
     }
     found.then_some("pebble")
 }

@@ -365,9 +365,9 @@ fn a_forwarding_tenant_seals_what_it_relays_and_dkimpy_accepts_the_chain() {
                 third.reason
             );
         }
-        None => eprintln!(
-            "SKIPPED dkimpy ARC check: python3 dkimpy/pynacl/authres not installed \
-             (ops/test.sh installs them)"
+        None => petrel_testkit::peer_missing(
+            "dkimpy ARC check: python3 dkimpy/pynacl/authres not installed \
+             (ops/test.sh installs them)",
         ),
     }
 

@@ -107,7 +107,7 @@ fn assert_clean(what: &str, findings: &[serde_json::Value]) {
 #[test]
 fn testssl_finds_nothing_above_low_but_self_signed_trust() {
     let Some(bin) = testssl_bin() else {
-        println!("SKIPPED: testssl.sh is not installed (Debian package testssl.sh)");
+        petrel_testkit::peer_missing("testssl.sh is not installed (Debian package testssl.sh)");
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -142,7 +142,7 @@ fn listener(dir: &std::path::Path, profile: &str) -> (Engine, String) {
 #[test]
 fn testssl_on_the_submission_listener_finds_nothing_above_low() {
     let Some(bin) = testssl_bin() else {
-        println!("SKIPPED: testssl.sh is not installed (Debian package testssl.sh)");
+        petrel_testkit::peer_missing("testssl.sh is not installed (Debian package testssl.sh)");
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -154,7 +154,7 @@ fn testssl_on_the_submission_listener_finds_nothing_above_low() {
 #[test]
 fn testssl_on_the_submissions_listener_finds_nothing_above_low() {
     let Some(bin) = testssl_bin() else {
-        println!("SKIPPED: testssl.sh is not installed (Debian package testssl.sh)");
+        petrel_testkit::peer_missing("testssl.sh is not installed (Debian package testssl.sh)");
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -171,7 +171,7 @@ fn testssl_on_the_submissions_listener_finds_nothing_above_low() {
 #[test]
 fn testssl_on_the_mx_intake_listener_finds_nothing_above_low() {
     let Some(bin) = testssl_bin() else {
-        println!("SKIPPED: testssl.sh is not installed (Debian package testssl.sh)");
+        petrel_testkit::peer_missing("testssl.sh is not installed (Debian package testssl.sh)");
         return;
     };
     const TOKEN: &str = "testssl-push-token-0123456789";

@@ -91,11 +91,28 @@ pub fn should_send(mail_from: &str, is_dsn: bool) -> bool {
     !is_dsn && !mail_from.is_empty()
 }
 
+/// Whether a message may be returned whole inside a `message/rfc822` part: text, 7- or 8-bit
+/// (no NUL, every CR and LF paired as CRLF). A BINARYMIME original gets its headers only, as
+/// no DSN transport could carry it.
+fn is_text(message: &[u8]) -> bool {
+    let mut prev = 0u8;
+    for (i, &b) in message.iter().enumerate() {
+        let next = message.get(i + 1).copied().unwrap_or(0);
+        if b == 0 || (b == b'\r' && next != b'\n') || (b == b'\n' && prev != b'\r') {
+            return false;
+        }
+        prev = b;
+    }
+    true
+}
+
 /// Builds the DSN message (CRLF line ends), ready to be spooled with the null sender.
 pub fn build(input: &DsnInput<'_>) -> Vec<u8> {
     let failed = input.recipients.iter().any(|r| r.action == Action::Failed);
-    let whole =
-        input.return_full && failed && input.original_message.len() <= RETURNED_MESSAGE_MAX_BYTES;
+    let whole = input.return_full
+        && failed
+        && input.original_message.len() <= RETURNED_MESSAGE_MAX_BYTES
+        && is_text(input.original_message);
     let returned = if whole {
         input.original_message
     } else {
@@ -526,5 +543,30 @@ mod tests {
         let h = header_section(&big);
         assert!(h.len() <= ORIGINAL_HEADERS_MAX_BYTES);
         assert!(h.ends_with(b"\r\n"));
+    }
+
+    #[test]
+    fn a_binary_original_is_returned_as_headers_only() {
+        let rcpts = [failed("bob@dest.example", false)];
+        let build_with = |original: &[u8]| {
+            String::from_utf8_lossy(&build(&DsnInput {
+                reporting_mta: "mx.petrel.test",
+                original_sender: "alice@sender.example",
+                queue_id: "0100000000000001",
+                envid: None,
+                return_full: true,
+                arrival_unix_secs: 1_700_000_000,
+                now_unix_secs: 1_700_000_360,
+                recipients: &rcpts,
+                original_message: original,
+            }))
+            .into_owned()
+        };
+        let text = build_with(b"Subject: t\r\n\r\nline caf\xc3\xa9\r\n");
+        assert!(text.contains("line caf"), "8-bit text is returned whole");
+        let binary = build_with(b"Subject: t\r\n\r\nbare\nLF and \0 NUL\r\n");
+        assert!(!binary.contains("NUL"), "binary: headers only");
+        assert!(binary.contains("Subject: t"));
+        assert!(is_text(b"a\r\nb\r\n") && !is_text(b"a\rb") && !is_text(b"a\nb"));
     }
 }

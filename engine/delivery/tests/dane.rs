@@ -195,7 +195,7 @@ fn assert_dane_deferral(deferred: Option<serde_json::Value>, result_type: &str) 
 #[test]
 fn a_matching_dane_ee_record_delivers_over_tls() {
     let Some(dest) = destination(Tlsa::Matching) else {
-        eprintln!("SKIPPED: named or dnssec-signzone missing");
+        petrel_testkit::peer_missing("named or dnssec-signzone missing");
         return;
     };
     let (state, deferred) = deliver_one(&dest);
@@ -208,7 +208,7 @@ fn a_matching_dane_ee_record_delivers_over_tls() {
 #[test]
 fn a_mismatching_record_defers_with_4_7_5_and_sends_nothing() {
     let Some(dest) = destination(Tlsa::Mismatching) else {
-        eprintln!("SKIPPED: named or dnssec-signzone missing");
+        petrel_testkit::peer_missing("named or dnssec-signzone missing");
         return;
     };
     let (state, deferred) = deliver_one(&dest);
@@ -225,7 +225,7 @@ fn a_mismatching_record_defers_with_4_7_5_and_sends_nothing() {
 #[test]
 fn a_bogus_signature_defers_without_connecting() {
     let Some(dest) = destination(Tlsa::ForgedMatching) else {
-        eprintln!("SKIPPED: named or dnssec-signzone missing");
+        petrel_testkit::peer_missing("named or dnssec-signzone missing");
         return;
     };
     let (state, deferred) = deliver_one(&dest);
@@ -241,7 +241,7 @@ fn a_bogus_signature_defers_without_connecting() {
 #[test]
 fn an_unsigned_zone_falls_back_to_opportunistic_tls() {
     let Some(dest) = destination(Tlsa::UnsignedMismatching) else {
-        eprintln!("SKIPPED: named or dnssec-signzone missing");
+        petrel_testkit::peer_missing("named or dnssec-signzone missing");
         return;
     };
     let (state, deferred) = deliver_one(&dest);

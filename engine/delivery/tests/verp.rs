@@ -128,3 +128,77 @@ fn a_tenants_recipients_each_get_their_own_signed_return_path() {
     assert_eq!(null.len(), 1, "a null sender is never VERP'd");
     assert_eq!(null[0].rcpts.len(), 2);
 }
+
+/// A VERP'd message sent with DSN parameters to a next hop that offers DSN: the parameters are
+/// not relayed (that hop's reports would go to the VERP address, and NOTIFY=NEVER would
+/// silence the failures the return path is for), so Petrel answers NOTIFY=SUCCESS itself with
+/// a `relayed` DSN to the sender.
+#[test]
+fn verp_transactions_carry_no_dsn_parameters_and_petrel_answers_notify() {
+    use petrel_delivery::dsn_params::{MessageDsn, Notify, RcptDsn};
+    let dest = SmtpServer::start(Script {
+        dsn: true,
+        ..Script::by_local_part()
+    });
+    let other = SmtpServer::start(Script::by_local_part());
+    let mut cfg = DeliveryConfig {
+        default_limits: DomainLimits {
+            tls: TlsPolicy::Disabled,
+            ..DomainLimits::default()
+        },
+        idle_timeout_ms: 200,
+        tick_ms_max: 50,
+        ..DeliveryConfig::default()
+    };
+    cfg.return_path = Some(Arc::new(Signer(keys())));
+    let setup = ShardSetup::new(cfg, routes(dest.addr, other.addr));
+    let (done, spool) = run_shard(setup, |h| async move {
+        let mut msg = h.spool().store(
+            "news@shop.test",
+            &["a@dest.example", "b@dest.example"],
+            b"From: news@shop.test\r\nSubject: t\r\n\r\nx\r\n",
+        );
+        msg.attribution = Some(Arc::new(Attribution::from(
+            petrel_delivery::AttributionParts {
+                tenant_id: Some(TENANT.into()),
+                ..Default::default()
+            },
+        )));
+        let success = Some(Notify {
+            success: true,
+            failure: true,
+            delay: false,
+        });
+        msg.dsn = Some(Box::new(MessageDsn {
+            ret: None,
+            envid: None,
+            recipients: vec![
+                RcptDsn {
+                    notify: success,
+                    orcpt: None,
+                },
+                RcptDsn {
+                    notify: Some(Notify::NEVER),
+                    orcpt: None,
+                },
+            ]
+            .into(),
+        }));
+        let id = msg.id;
+        h.shard().enqueue(msg);
+        h.await_spool(TEST_DEADLINE, |s| s.removed().contains(&id))
+            .await
+    });
+    assert!(done, "delivered in time");
+    let txns = dest.received();
+    assert_eq!(txns.len(), 2, "one transaction per recipient: {txns:?}");
+    for t in &txns {
+        assert!(t.mail_from.starts_with("b-"), "VERP'd: {t:?}");
+        assert_eq!(t.mail_params, "", "no DSN parameters under VERP: {t:?}");
+        assert_eq!(t.rcpt_params, [""], "{t:?}");
+    }
+    let dsns = spool.dsn_texts();
+    assert_eq!(dsns.len(), 1, "one relayed DSN, for a@ only: {dsns:?}");
+    assert!(dsns[0].contains("Action: relayed"), "{}", dsns[0]);
+    assert!(dsns[0].contains("a@dest.example"), "{}", dsns[0]);
+}

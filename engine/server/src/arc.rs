@@ -232,6 +232,9 @@ pub fn seal_domain<'p>(
 /// Whether the From-domain check (`domain_auth::check_from`) is waived: a forwarding tenant
 /// relays other people's mail, so its From domain is foreign; what speaks for the tenant is its
 /// envelope sender, a domain of its own (MAIL already checked it against the credential).
+/// Never for a From domain some tenant of this platform sends for: forwarding is no way to
+/// write another tenant's From (receivers' DMARC protects the world's domains; our own
+/// tenants' domains are ours to protect, and a trusted network would even sign for them).
 pub fn waives_from_check(
     policy: &CompiledPolicy,
     identity_tenant: Option<Option<&str>>,
@@ -246,7 +249,8 @@ pub fn waives_from_check(
             .find_domain(&d.to_ascii_lowercase())
             .is_some_and(|s| s.tenant_id == tenant)
     };
-    from_domain.is_some_and(|d| !owned(d)) && mail_from_domain.is_some_and(owned)
+    let foreign = |d: &str| policy.find_domain(&d.to_ascii_lowercase()).is_none();
+    from_domain.is_some_and(foreign) && mail_from_domain.is_some_and(owned)
 }
 
 /// A header ending on a fold before its closing `;` (`b=...\r\n\t;`).

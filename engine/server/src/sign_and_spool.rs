@@ -316,14 +316,19 @@ fn tenant_of<'a>(
     }
 }
 
-/// Whether the client may have the From domain signed: a trusted network, or an identity of
-/// the tenant that owns the domain.
+/// Whether the client may have the From domain signed: a trusted network (without a tenant's
+/// credential), or a credential of the tenant that owns the domain.
 fn may_sign(
     identity_tenant: Option<Option<&str>>,
     trusted: bool,
     domain_tenant: Option<&str>,
 ) -> bool {
-    trusted || (domain_tenant.is_some() && identity_tenant.flatten() == domain_tenant)
+    match identity_tenant {
+        // A tenant's credential signs its own domains only, from wherever it connects.
+        Some(Some(t)) => domain_tenant == Some(t),
+        // A config-file user, or no AUTH: the network decides.
+        Some(None) | None => trusted,
+    }
 }
 
 /// DKIM-signs with the From domain's current key when the policy has one and the client may
@@ -451,5 +456,10 @@ mod tests {
         assert!(!may_sign(Some(Some("t1")), false, Some("t2")));
         assert!(!may_sign(Some(None), false, None));
         assert!(!may_sign(Some(Some("t1")), false, None));
+        // A tenant's credential from a trusted network still signs only its own domains.
+        assert!(!may_sign(Some(Some("t1")), true, Some("t2")));
+        assert!(!may_sign(Some(Some("t1")), true, None));
+        assert!(may_sign(Some(Some("t1")), true, Some("t1")));
+        assert!(may_sign(Some(None), true, None));
     }
 }

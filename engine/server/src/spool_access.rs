@@ -121,7 +121,9 @@ impl SpoolAccess for SpoolAccessor {
             helo: String::new(),
             authenticated_as: None,
             smtputf8: false,
-            body_8bit: false,
+            // A returned message (RET=FULL) may carry 8-bit text: say so, so delivery sends
+            // BODY=8BITMIME (and a peer without it gets the attempt refused, not mangled mail).
+            body_8bit: body.iter().any(|b| *b >= 0x80),
             is_dsn: true,
         };
         self.spool()?

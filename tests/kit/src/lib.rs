@@ -41,3 +41,18 @@ pub mod shard;
 pub mod smtp_server;
 mod smtp_session;
 pub mod tls;
+
+/// The environment variable that turns a missing peer program into a test failure.
+/// `ops/test.sh` sets it: it installs every peer, so in CI a missing one is a broken set-up,
+/// never a reason for a test to pass without testing.
+pub const REQUIRE_PEERS_ENV: &str = "PETREL_REQUIRE_PEERS";
+
+/// A test's peer program (`named`, `pebble`, `testssl.sh`, dkimpy...) is missing: fails when
+/// [`REQUIRE_PEERS_ENV`] is set, else says SKIPPED (a developer's machine without it).
+pub fn peer_missing(what: &str) {
+    assert!(
+        std::env::var_os(REQUIRE_PEERS_ENV).is_none(),
+        "{what}; {REQUIRE_PEERS_ENV} is set (ops/test.sh installs every peer)"
+    );
+    println!("SKIPPED: {what}");
+}

@@ -110,6 +110,16 @@ impl ReportState {
     }
 }
 
+/// The largest session count one row of one flush may carry: a minute of one shard's
+/// connections is far below it, and sums of such rows stay far from `i64::MAX` in SQL.
+pub const ROW_COUNT_MAX: u64 = 1_000_000_000;
+
+/// An ASCII host name (letters, digits, `-`, `.`): domains go into report headers.
+fn is_host_name(s: &str) -> bool {
+    s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
 /// One row of a counts event (see `petrel_delivery::tls_rpt::flush`), checked.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct CountRow {
@@ -138,7 +148,11 @@ impl CountRow {
         };
         !self.domain.is_empty()
             && self.domain.len() <= DOMAIN_MAX_BYTES
+            && is_host_name(&self.domain)
             && self.mx_host.len() <= DOMAIN_MAX_BYTES
+            && is_host_name(&self.mx_host)
+            && self.success <= ROW_COUNT_MAX
+            && self.failures.values().all(|n| *n <= ROW_COUNT_MAX)
             && matches!(
                 self.policy_type.as_str(),
                 "sts" | "tlsa" | "no-policy-found"
@@ -331,6 +345,12 @@ mod tests {
             {"day": 20792, "domain": "c.test", "policy_type": "sts", "ip": "nope"},
             {"day": 20792, "domain": "d.test", "policy_type": "sts",
              "failures": {"made-up": 1}},
+            {"day": 20792, "domain": "e.test", "policy_type": "sts",
+             "success": ROW_COUNT_MAX + 1},
+            {"day": 20792, "domain": "f.test", "policy_type": "sts",
+             "failures": {"certificate-expired": u64::MAX}},
+            {"day": 20792, "domain": "g\r\nBcc: x.test", "policy_type": "sts", "success": 1},
+            {"day": 20792, "domain": "caf\u{e9}.test", "policy_type": "sts", "success": 1},
             "not a row"
         ]));
         assert!(is_counts(&e));

@@ -99,13 +99,16 @@ pub(super) async fn prepare<S: SpoolAccess + 'static>(
                     body: Rc::new(body),
                 }),
                 Envelopes::PerRecipient(froms) => {
-                    // One transaction per recipient: each VERP return path names one.
+                    // One transaction per recipient: each VERP return path names one. No DSN
+                    // parameters go with it: the next hop's DSNs would go to the VERP address,
+                    // where a success or delay report reaches nobody and NOTIFY=NEVER would
+                    // silence the failures the return path is for; Petrel answers NOTIFY itself.
                     let body = Rc::new(body);
                     for ((entry, rcpt), from) in batch.into_iter().zip(rcpts).zip(froms) {
                         let batch = vec![entry];
                         out.push(Prepared {
                             domain,
-                            dsn: dsn.as_ref().map(|d| WireDsn::new(d, &batch)),
+                            dsn: None,
                             batch,
                             from,
                             rcpts: vec![rcpt],

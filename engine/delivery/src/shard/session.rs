@@ -418,7 +418,8 @@ async fn deliver<S: SpoolAccess + 'static>(
             tls: c.tls.clone(),
             remote: true,
             no_dsn: false,
-            next_hop_dsn: c.conn.offers_dsn(),
+            // The next hop took DSN duty over only when it was given the parameters.
+            next_hop_dsn: c.conn.offers_dsn() && p.dsn.is_some(),
         };
         let message_id = p.batch[0].message_id;
         let id = p.domain;

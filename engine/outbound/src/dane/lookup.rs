@@ -97,7 +97,14 @@ impl DaneDns {
             Judged::Records(Proof::Bogus, _) | Judged::Bogus => TlsaLookup::Bogus {
                 reason: format!("{owner} TLSA failed DNSSEC validation"),
             },
-            Judged::Records(_, _) | Judged::Empty(Proof::Insecure) => TlsaLookup::Insecure,
+            Judged::Records(Proof::Insecure, _) | Judged::Empty(Proof::Insecure) => {
+                TlsaLookup::Insecure
+            }
+            // Records neither proven secure nor insecure, under addresses proven secure: DANE
+            // may be skipped only for a provably insecure answer (RFC 7672 §2.2).
+            Judged::Records(_, _) => TlsaLookup::Failed {
+                reason: format!("{owner} TLSA records neither proven secure nor insecure"),
+            },
             Judged::Empty(Proof::Secure) => TlsaLookup::NoRecords,
             Judged::Empty(Proof::Bogus) => TlsaLookup::Bogus {
                 reason: format!("{owner}: denial of existence failed DNSSEC validation"),

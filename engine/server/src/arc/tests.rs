@@ -179,6 +179,13 @@ fn a_forwarding_tenant_relays_a_foreign_from_only_under_its_own_envelope_domain(
         Some("plain.test")
     ));
     assert!(!waives_from_check(&p, fwd, Some("origin.test"), None));
+    // Another tenant's From domain is never waived: forwarding cannot write it.
+    assert!(!waives_from_check(
+        &p,
+        fwd,
+        Some("plain.test"),
+        Some("fwd.test")
+    ));
     // A tenant that does not forward, a config-file user, a trusted network.
     let plain = Some(Some("plain"));
     assert!(!waives_from_check(
