@@ -207,6 +207,15 @@ async fn verify_and_seal(
     as_received
         .dkim_headers
         .truncate(arc::DKIM_SIGNATURES_VERIFIED_MAX);
+    // A chain at its bound gets no new set: say so before verifying up to 49 seals.
+    let sets_seen = as_received
+        .ams_headers
+        .len()
+        .max(as_received.as_headers.len())
+        .max(as_received.aar_headers.len());
+    if sets_seen >= arc::ARC_INSTANCES_MAX {
+        return Outcome::Skipped(Skip::ChainTooLong);
+    }
     let dkim = authenticator.verify_dkim(&as_received).await;
     let chain = authenticator.verify_arc(&as_received).await;
     let (instance, cv) = match arc::plan(arc::chain_state(&as_received, &chain)) {
