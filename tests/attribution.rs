@@ -179,7 +179,7 @@ fn messages_are_attributed_stripped_signed_and_recovered_with_their_attribution(
     assert!(text.starts_with("DKIM-Signature:"), "{text}");
     match dkimpy_verifies(delivered, DOMAIN, selector, &acme.dkim_txt) {
         Some(ok) => assert!(ok, "dkimpy rejected the signature:\n{text}"),
-        None => println!("SKIPPED dkimpy check: python3 dkimpy/pynacl not installed"),
+        None => petrel_testkit::peer_missing("dkimpy check: python3 dkimpy/pynacl not installed"),
     }
     let e = wait_event(&data, 0, "reader@example.test", "delivered");
     assert_eq!(e["tenant_id"], tenant_id.as_str(), "{e}");

@@ -107,8 +107,8 @@ fn api_changes_reach_the_engine_sign_and_revoke() {
     );
     match dkimpy_verifies(data0, DOMAIN, selector, &acme.dkim_txt) {
         Some(ok) => assert!(ok, "dkimpy rejected the signature:\n{text}"),
-        None => println!(
-            "SKIPPED dkimpy check: python3 dkimpy/pynacl not installed (ops/test.sh installs them)"
+        None => petrel_testkit::peer_missing(
+            "dkimpy check: python3 dkimpy/pynacl not installed (ops/test.sh installs them)",
         ),
     }
     let (code, engines) = api(info.api_addr, "GET", "/v1/engines", &owner, None);

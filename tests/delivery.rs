@@ -216,7 +216,9 @@ fn delivered_deferred_bounced_null_mx_and_implicit_mx() {
                 panic!("promtool check metrics: {problems}");
             }
         }
-        None => println!("SKIPPED promtool check: promtool not found (ops/test.sh fetches it)"),
+        None => petrel_testkit::peer_missing(
+            "promtool check: promtool not found (ops/test.sh fetches it)",
+        ),
     }
     assert!(engine.stop());
     let log = read_events(dir.path());
@@ -478,7 +480,7 @@ fn kill9_during_delivery_loses_nothing() {
 #[test]
 fn the_shipped_alert_rules_pass_promtool() {
     let Some(promtool) = common::promtool() else {
-        println!("SKIPPED: promtool not found (ops/test.sh fetches it)");
+        petrel_testkit::peer_missing("promtool not found (ops/test.sh fetches it)");
         return;
     };
     let rules =

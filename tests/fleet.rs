@@ -185,11 +185,11 @@ impl OneNodeFleet {
 #[test]
 fn two_engines_and_two_control_plane_nodes_share_one_daily_quota_on_redis() {
     let Some(pg) = pg_database("fleet") else {
-        eprintln!("SKIPPED: PETREL_TEST_PG_URL not set (ops/test.sh starts PostgreSQL)");
+        petrel_testkit::peer_missing("PETREL_TEST_PG_URL not set (ops/test.sh starts PostgreSQL)");
         return;
     };
     let Some(mut redis) = RedisServer::start() else {
-        eprintln!("SKIPPED: redis-server not installed (ops/test.sh installs it)");
+        petrel_testkit::peer_missing("redis-server not installed (ops/test.sh installs it)");
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -389,7 +389,7 @@ fn a_pushed_destination_connection_limit_holds_across_two_engines() {
         &["--trust-network", "127.0.0.0/8"],
         "[delivery]\nmessages_per_connection_max = 2\n",
     ) else {
-        eprintln!("SKIPPED: redis-server not installed (ops/test.sh installs it)");
+        petrel_testkit::peer_missing("redis-server not installed (ops/test.sh installs it)");
         return;
     };
     let OneNodeFleet {
@@ -446,7 +446,7 @@ fn a_pushed_destination_connection_limit_holds_across_two_engines() {
 #[test]
 fn the_new_tenant_cap_and_a_tenant_rate_hold_across_two_engines() {
     let Some(fleet) = OneNodeFleet::start(&[], "") else {
-        eprintln!("SKIPPED: redis-server not installed (ops/test.sh installs it)");
+        petrel_testkit::peer_missing("redis-server not installed (ops/test.sh installs it)");
         return;
     };
     let OneNodeFleet {

@@ -249,7 +249,7 @@ fn pipelining_smuggling_and_backpressure() {
 #[test]
 fn swaks_pipelined_starttls_auth() {
     if Command::new("swaks").arg("--version").output().is_err() {
-        println!("SKIPPED: swaks is not installed (ops/test.sh installs it)");
+        petrel_testkit::peer_missing("swaks is not installed (ops/test.sh installs it)");
         return;
     }
     let dir = tempfile::tempdir().unwrap();

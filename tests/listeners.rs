@@ -22,7 +22,7 @@ const TLS_HANDSHAKE_TIMEOUT_MS: u64 = 1_000;
 
 fn swaks_missing() -> bool {
     if Command::new("swaks").arg("--version").output().is_err() {
-        println!("SKIPPED: swaks is not installed (ops/test.sh installs it)");
+        petrel_testkit::peer_missing("swaks is not installed (ops/test.sh installs it)");
         return true;
     }
     false

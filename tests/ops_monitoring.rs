@@ -295,7 +295,7 @@ fn run_promtool(promtool: &Path, args: &[&str], file: &Path) -> Result<String, S
 #[test]
 fn every_expression_and_the_scrape_config_pass_promtool() {
     let Some(promtool) = promtool() else {
-        println!("SKIPPED: promtool not found (ops/test.sh fetches it)");
+        petrel_testkit::peer_missing("promtool not found (ops/test.sh fetches it)");
         return;
     };
     let exprs: Vec<String> = all_expressions()
@@ -331,7 +331,7 @@ fn the_alert_rules_pass_their_unit_tests_for_every_backpressure_reason() {
         "refusal reasons with no PetrelBackpressure case that fires: {untested:?}"
     );
     let Some(promtool) = promtool() else {
-        println!("SKIPPED: promtool not found (ops/test.sh fetches it)");
+        petrel_testkit::peer_missing("promtool not found (ops/test.sh fetches it)");
         return;
     };
     let report = run_promtool(&promtool, &["test", "rules"], &tests)
@@ -399,7 +399,7 @@ fn every_series_the_expressions_read_is_exported() {
     let must_be_scraped: BTreeSet<String> = match &redis {
         Some(_) => wanted.clone(),
         None => {
-            println!("SKIPPED: redis-server not installed: the {CLUSTER_PREFIX}* series are not checked (ops/test.sh installs it)");
+            petrel_testkit::peer_missing(&format!("redis-server not installed: the {CLUSTER_PREFIX}* series are not checked (ops/test.sh installs it)"));
             wanted
                 .iter()
                 .filter(|n| !n.starts_with(CLUSTER_PREFIX))

@@ -238,7 +238,7 @@ fn one_click_links_are_signed_and_a_post_unsubscribes_and_suppresses() {
             let forged_post = delivered.replacen("=One-Click", "=Two-Clicks", 1);
             assert_eq!(dkim_ok(&forged_post, &acme), Some(false));
         }
-        None => println!("SKIPPED dkimpy check: python3 dkimpy/pynacl not installed"),
+        None => petrel_testkit::peer_missing("dkimpy check: python3 dkimpy/pynacl not installed"),
     }
 
     // 2. The tenant's own header is kept; two recipients get none.

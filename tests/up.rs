@@ -24,8 +24,7 @@ fn up_prints_working_development_credentials() {
 #[test]
 fn up_runs_on_postgresql_with_a_database_url() {
     let Some(url) = common::control_process::pg_database("up") else {
-        use std::io::Write;
-        let _ = writeln!(std::io::stderr(), "SKIPPED: PETREL_TEST_PG_URL not set");
+        petrel_testkit::peer_missing("PETREL_TEST_PG_URL not set");
         return;
     };
     up_and_send(&["--database-url".to_string(), url.clone()]);

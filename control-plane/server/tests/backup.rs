@@ -60,8 +60,7 @@ fn pg_url() -> Option<String> {
     match std::env::var("PETREL_TEST_PG_URL") {
         Ok(u) if !u.is_empty() => Some(u),
         _ => {
-            use std::io::Write;
-            let _ = writeln!(std::io::stderr(), "SKIPPED: PETREL_TEST_PG_URL not set");
+            petrel_testkit::peer_missing("PETREL_TEST_PG_URL not set");
             None
         }
     }

@@ -17,8 +17,7 @@ fn pg_url() -> Option<String> {
         _ => {
             // Straight to the stderr handle: the test harness captures `println!`/`eprintln!`
             // output of passing tests, and this line must show.
-            use std::io::Write;
-            let _ = writeln!(std::io::stderr(), "SKIPPED: PETREL_TEST_PG_URL not set");
+            petrel_testkit::peer_missing("PETREL_TEST_PG_URL not set");
             None
         }
     }

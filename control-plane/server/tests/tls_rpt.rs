@@ -121,8 +121,7 @@ async fn counts_are_summed_once_and_reports_get_their_states_on_postgres() {
         .ok()
         .filter(|u| !u.is_empty())
     else {
-        use std::io::Write;
-        let _ = writeln!(std::io::stderr(), "SKIPPED: PETREL_TEST_PG_URL not set");
+        petrel_testkit::peer_missing("PETREL_TEST_PG_URL not set");
         return;
     };
     sqlx::any::install_default_drivers();

@@ -321,11 +321,7 @@ console.log("ok");
             assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            use std::io::Write;
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIPPED (Node.js part): node not installed"
-            );
+            petrel_testkit::peer_missing("the Node.js part: node not installed");
         }
         Err(e) => panic!("node: {e}"),
     }
