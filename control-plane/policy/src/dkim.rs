@@ -152,15 +152,18 @@ impl DkimSigner {
     }
 }
 
+/// A header ending on a fold before its closing `;` (`b=...\r\n\t;`; see
+/// [`join_dangling_semicolon`]). ARC's message signature checks for it too.
+pub const DANGLING_FOLD: &[u8] = b"\r\n\t;\r\n";
+
 /// The fold mail-auth writes when `b=`'s value ends exactly at its 76th column: `b=...\r\n\t;`.
 /// RFC 6376 §3.7 drops the whitespace around `b=`'s value when verifying, and mail-auth signs
 /// so; dkimpy and others strip only folds followed by base64 and hash `b= ;`, so such a
 /// signature fails for them now and then (it depends on the header's length). Nothing else
 /// covers a DKIM-Signature we add, so joining the `;` back onto its line is safe.
-pub(crate) fn join_dangling_semicolon(header: &mut Vec<u8>) {
-    const DANGLING: &[u8] = b"\r\n\t;\r\n";
-    if header.ends_with(DANGLING) {
-        header.truncate(header.len() - DANGLING.len());
+pub fn join_dangling_semicolon(header: &mut Vec<u8>) {
+    if header.ends_with(DANGLING_FOLD) {
+        header.truncate(header.len() - DANGLING_FOLD.len());
         header.extend_from_slice(b";\r\n");
     }
 }

@@ -31,6 +31,7 @@
 
 use mail_auth::arc::ChainValidation;
 use mail_auth::DkimResult;
+use petrel_policy::dkim::{join_dangling_semicolon, DANGLING_FOLD};
 use petrel_policy::CompiledPolicy;
 
 /// ARC instances a chain may hold (RFC 8617 §4.2.1): a message carrying this many is sent on
@@ -39,25 +40,19 @@ pub const ARC_INSTANCES_MAX: usize = 50;
 /// DKIM signatures of one message that are verified (the rest are ignored): each costs a DNS
 /// lookup and a public-key operation, and a message may carry any number.
 pub const DKIM_SIGNATURES_VERIFIED_MAX: usize = 8;
-/// Headers the ARC-Message-Signature covers (present ones, plus the absent ones so none can be
-/// added later): the DKIM signing list and the DKIM-Signature headers the message carries.
-pub const AMS_SIGNED_HEADERS: &[&str] = &[
-    "From",
-    "To",
-    "Cc",
-    "Subject",
-    "Date",
-    "Message-ID",
-    "Reply-To",
-    "In-Reply-To",
-    "References",
-    "MIME-Version",
-    "Content-Type",
-    "Content-Transfer-Encoding",
-    "List-Unsubscribe",
-    "List-Unsubscribe-Post",
-    "DKIM-Signature",
-];
+/// Headers the ARC-Message-Signature covers besides DKIM's signing list
+/// (`petrel_policy::dkim::SIGNED_HEADERS`, present ones plus the absent ones so none can be
+/// added later): the DKIM-Signature headers the message carries.
+pub const AMS_ALSO_SIGNED: &[&str] = &["DKIM-Signature"];
+
+/// Every header the ARC-Message-Signature covers, `extra` last.
+pub fn ams_signed_headers<'a>(extra: &'a [&'a str]) -> impl Iterator<Item = &'a str> + 'a {
+    petrel_policy::dkim::SIGNED_HEADERS
+        .iter()
+        .chain(AMS_ALSO_SIGNED)
+        .chain(extra)
+        .copied()
+}
 
 /// The `cv` label values of `petrel_arc_seals_total`.
 pub const CV_LABELS: [&str; 3] = ["none", "pass", "fail"];
@@ -253,9 +248,6 @@ pub fn waives_from_check(
     from_domain.is_some_and(foreign) && mail_from_domain.is_some_and(owned)
 }
 
-/// A header ending on a fold before its closing `;` (`b=...\r\n\t;`).
-const DANGLING: &[u8] = b"\r\n\t;\r\n";
-
 /// The ARC set as it goes out, or None when it must be made again.
 ///
 /// mail-auth folds a tag list every 76 columns, also right after the last byte of `b=`, giving
@@ -271,17 +263,12 @@ pub fn tidy_set(headers: &[u8]) -> Option<Vec<u8>> {
     let ams_at = find(headers, AMS)? + 2;
     let (seal, rest) = headers.split_at(ams_at);
     let aar_at = find(rest, b"\r\nARC-Authentication-Results:")? + 2;
-    if find(&rest[..aar_at], DANGLING).is_some() {
+    if find(&rest[..aar_at], DANGLING_FOLD).is_some() {
         return None;
     }
     let mut out = Vec::with_capacity(headers.len());
-    match seal.strip_suffix(DANGLING) {
-        Some(body) => {
-            out.extend_from_slice(body);
-            out.extend_from_slice(b";\r\n");
-        }
-        None => out.extend_from_slice(seal),
-    }
+    out.extend_from_slice(seal);
+    join_dangling_semicolon(&mut out);
     out.extend_from_slice(rest);
     Some(out)
 }

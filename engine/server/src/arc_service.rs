@@ -247,7 +247,7 @@ async fn verify_and_seal(
         let sealed = ArcSealer::from_key(KeyRef(key))
             .domain(signer.domain())
             .selector(selector)
-            .headers(arc::AMS_SIGNED_HEADERS.iter().chain(extra).copied())
+            .headers(arc::ams_signed_headers(extra))
             .header_canonicalization(Canonicalization::Relaxed)
             .body_canonicalization(Canonicalization::Relaxed)
             .seal(&outgoing, &results, &chain);
