@@ -11,6 +11,14 @@ use common::*;
 /// testssl.sh takes a minute or two against loopback; nextest kills a test at 5 minutes.
 const TESTSSL_TIMEOUT_SECS: u64 = 240;
 
+/// testssl.sh's bound on each `openssl s_client` it runs (`--openssl-timeout`). Without it,
+/// one probe can block for good: its client-initiated renegotiation check retries in the
+/// foreground, unbounded, when the first try ended inside five seconds, and whether it does
+/// depends on whether the greeting arrived before the `R` (a race: CI once sat there until the
+/// test's 240 s ran out). A bounded try that is killed is reported as a DEBUG finding;
+/// `client_initiated_renegotiation_is_refused` below checks that behaviour exactly.
+const OPENSSL_TIMEOUT_SECS: u64 = 20;
+
 /// Severities that fail the test (testssl.sh's scale: OK, INFO, LOW, MEDIUM, HIGH, CRITICAL;
 /// FATAL when the scan itself could not run).
 const FAILING_SEVERITIES: &[&str] = &["MEDIUM", "HIGH", "CRITICAL", "FATAL"];
@@ -57,6 +65,7 @@ fn scan(bin: &str, dir: &std::path::Path, target: &str, starttls: bool) -> Vec<s
         .args(["--quiet", "--color", "0"])
         // Loopback only: no DNS lookups for the target.
         .args(["--nodns", "none", "--warnings", "off"])
+        .args(["--openssl-timeout", &OPENSSL_TIMEOUT_SECS.to_string()])
         .arg("--jsonfile")
         .arg(&json)
         .arg(target)
@@ -224,5 +233,78 @@ fn testssl_on_the_mx_intake_listener_finds_nothing_above_low() {
         "the MX intake (STARTTLS)",
         &scan(bin, dir.path(), &intake, true),
     );
+    assert!(engine.stop());
+}
+
+/// A client that asks to renegotiate after the greeting (OpenSSL's `R`) never gets a second
+/// ServerHello (rustls answers with a `no_renegotiation` warning, which s_client leaves unsaid): TLS 1.2 renegotiation, the
+/// CPU-for-free lever a client could pull, is not on offer. Checked from the wire trace of a
+/// real `openssl s_client -msg`, with the `R` sent only once the greeting has arrived so the
+/// run is the same every time.
+#[test]
+fn client_initiated_renegotiation_is_refused() {
+    use std::io::{BufRead, Write};
+    if Command::new("openssl").arg("version").output().is_err() {
+        petrel_testkit::peer_missing("openssl is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, addr) = listener(dir.path(), "submissions");
+    let mut client = Command::new("openssl")
+        .args(["s_client", "-msg", "-tls1_2", "-connect", &addr])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run openssl s_client");
+    let stdout = client.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut trace = Vec::new();
+    let wait = |trace: &mut Vec<String>, until: &dyn Fn(&str) -> bool, secs: u64| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    let done = until(&line);
+                    trace.push(line);
+                    if done {
+                        return true;
+                    }
+                }
+                Err(_) => return false,
+            }
+        }
+    };
+    assert!(
+        wait(&mut trace, &|l| l.starts_with("220 "), 30),
+        "no greeting over TLS:\n{}",
+        trace.join("\n")
+    );
+    client.stdin.as_mut().unwrap().write_all(b"R\n").unwrap();
+    // The refusal is a warning alert; a renegotiating server would answer with a ServerHello
+    // within milliseconds on loopback. Three seconds see either.
+    wait(&mut trace, &|_| false, 3);
+    let _ = client.kill();
+    let _ = client.wait();
+    let text = trace.join("\n");
+    let sent_hellos = trace
+        .iter()
+        .filter(|l| l.starts_with(">>> ") && l.ends_with(", ClientHello"))
+        .count();
+    let server_hellos = trace
+        .iter()
+        .filter(|l| l.starts_with("<<< ") && l.ends_with(", ServerHello"))
+        .count();
+    assert_eq!(sent_hellos, 2, "the client asked to renegotiate:\n{text}");
+    assert_eq!(server_hellos, 1, "no second handshake:\n{text}");
     assert!(engine.stop());
 }
