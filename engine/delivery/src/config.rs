@@ -9,7 +9,7 @@ pub use crate::backoff::RetrySchedule;
 use crate::error::DeliveryError;
 
 /// TLS policy towards a destination.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum TlsPolicy {
     /// Plain text only (tests and private relays).
     Disabled,

@@ -314,17 +314,9 @@ pub struct Queues {
     total: u64,
     /// Bound of each domain's ready set.
     ready_max: usize,
-    /// Entries entered a ready set since the last [`Queues::take_ready_grew`].
-    ready_grew: bool,
 }
 
 impl Queues {
-    /// True when entries entered a ready set since the last call (then idle sessions need a
-    /// nudge); resets the mark.
-    pub fn take_ready_grew(&mut self) -> bool {
-        std::mem::take(&mut self.ready_grew)
-    }
-
     pub fn new(ready_max: usize) -> Queues {
         Queues {
             slots: Vec::new(),
@@ -332,7 +324,6 @@ impl Queues {
             by_name: HashMap::new(),
             wakeups: BinaryHeap::new(),
             ready_domains: BTreeSet::new(),
-            ready_grew: false,
             total: 0,
             ready_max,
         }
@@ -470,16 +461,15 @@ impl Queues {
         }
     }
 
-    /// Promotes one domain's due entries (marking `ready_grew` when any moved) and re-arms
+    /// Promotes one domain's due entries and re-arms
     /// its wake-up.
     fn promote_domain(&mut self, id: DomainId, now_unix_ms: u64) {
         let Some(slot) = self.slot_mut(id) else {
             return;
         };
-        let moved = slot.queue.promote_due(now_unix_ms);
+        slot.queue.promote_due(now_unix_ms);
         let has_ready = slot.queue.ready_len() > 0 && !slot.queue.is_suspended();
         let next = slot.queue.next_due();
-        self.ready_grew |= moved > 0;
         if has_ready {
             self.ready_domains.insert(id);
         }
@@ -498,6 +488,11 @@ impl Queues {
     /// Domains with ready entries (and not suspended).
     pub fn ready_domains(&self) -> impl Iterator<Item = DomainId> + '_ {
         self.ready_domains.iter().copied()
+    }
+
+    /// The domain has ready entries and is not suspended.
+    pub fn is_ready(&self, id: DomainId) -> bool {
+        self.ready_domains.contains(&id)
     }
 
     pub fn ready_len(&self, id: DomainId) -> usize {

@@ -2,11 +2,12 @@
 //!
 //! `enqueue` routes each pending recipient into its destination domain's queue. `run` is the
 //! loop: it sleeps on a glommio timer until the earliest due time (or until woken by `enqueue`,
-//! `admin` or a session ending), promotes due entries into the ready sets and spawns one
-//! delivery session task per domain with ready work (`session`), more (up to the domain's
-//! `connections_max`) when a domain's ready set outgrows its sessions, all bounded by the
-//! shard's `shard_connections_max`. Sessions apply each outcome (`outcome`) to the in-memory
-//! state and the spool, emit events, generate DSNs and remove finished messages.
+//! `admin` or a connection ending), promotes due entries into the ready sets, routes ready
+//! domains to their sites and starts connections for sites with more ready work than
+//! connections (`site`), all bounded by the shard's `shard_connections_max`. Connections
+//! (`connection`) pull their writes from their site's rotation and apply each outcome
+//! (`outcome`) to the in-memory state and the spool, emit events, generate DSNs and remove
+//! finished messages.
 //!
 //! Memory per queued recipient: the 24-byte [`crate::queue::Entry`] in its domain queue plus a
 //! 32-byte `RcptSlot` (and its address) in the message record; per message an
@@ -15,6 +16,7 @@
 
 mod admin;
 mod connect;
+mod connection;
 mod dane;
 mod events;
 mod mta_sts;
@@ -22,11 +24,11 @@ mod outcome;
 mod pipelining;
 mod prepare;
 mod purge;
-mod session;
+mod site;
 mod tls_rpt;
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,11 +43,10 @@ use crate::error::SpoolAccessError;
 use crate::events::{Event, EventSink};
 use crate::limits::GlobalLimits;
 use crate::memory::Interner;
-use crate::queue::{DomainId, Entry, Queues};
+use crate::queue::{Entry, Queues};
 pub use events::EVENTS_BATCH_MAX;
 use outcome::{MessageState, RcptSlot};
 use petrel_idmap::IdMap;
-use session::HopKey;
 
 /// What a shard's delivery needs from its spool (the engine implements it over petrel-spool).
 // The futures are !Send on purpose: everything here runs on one glommio executor.
@@ -175,24 +176,12 @@ pub enum DomainState {
 
 /// Bound of the per-shard list of recipients waiting to be bounced by the run loop.
 pub const ADMIN_BOUNCES_MAX: usize = 1_000_000;
-/// Sessions to a smart host that an extra session of an already served domain may not take:
-/// they stay free for domains that have no session yet.
-pub const NEXT_HOP_SESSIONS_KEPT_FOR_NEW_DOMAINS: usize = 1;
 /// How often the queue gauges (depth, oldest age) are refreshed, ms.
 pub const GAUGE_INTERVAL_MS: u64 = 5_000;
 
 /// One shard's delivery. `!Send`: create and run it on the shard's glommio executor.
 pub struct DeliveryShard<S: SpoolAccess> {
     inner: Rc<Inner<S>>,
-}
-
-/// Sessions of one domain on this shard.
-#[derive(Debug, Default, Clone, Copy)]
-struct SessionCount {
-    /// Sessions running; at most the domain's `connections_max`.
-    open: u32,
-    /// Of those, waiting for work (they take new ready entries first).
-    idle: u32,
 }
 
 struct State {
@@ -204,13 +193,8 @@ struct State {
     /// Heap bytes the entries of `messages` own, kept as they come and go
     /// (`MessageState::heap_bytes`): recipients, then attribution.
     messages_heap_bytes: (usize, usize),
-    sessions: HashMap<DomainId, SessionCount>,
-    /// Ready domains without a session that the last `spawn_sessions` left for idle sessions to
-    /// take over (same smart host) before it starts new ones for them.
-    offered: HashSet<DomainId>,
-    /// Sessions of this shard per next hop (a smart host, or one set of MX hosts), by
-    /// [`session::hop_key`]; at most `cfg.next_hop_sessions_max` each.
-    hop_sessions: HashMap<HopKey, usize>,
+    /// The sites of this shard and where each domain goes (`site.rs`).
+    sites: site::Sites,
     /// Recipients drained by `admin(Bounce)` or a bouncing `PurgeTenants`, bounced by the run
     /// loop.
     admin_bounces: Vec<Entry>,
@@ -251,18 +235,11 @@ struct Inner<S: SpoolAccess> {
     events: EventSink,
     state: RefCell<State>,
     rng: RefCell<StdRng>,
-    /// Sessions running on this shard; at most `cfg.shard_connections_max`.
+    /// Connections running on this shard; at most `cfg.shard_connections_max`.
     sessions_open: Cell<usize>,
-    /// Of those, waiting for work.
-    sessions_idle: Cell<usize>,
-    /// Incremented each time `spawn_sessions` offers domains to idle sessions; a session looks
-    /// once per offer.
-    offer_round: Cell<u64>,
     shutdown: Cell<bool>,
     wake_tx: async_channel::Sender<()>,
     wake_rx: async_channel::Receiver<()>,
-    /// Notified whenever due entries became ready, so idle sessions pick them up at once.
-    work: event_listener::Event,
     /// Events of this scheduler round, handed to the writer as one batch.
     events_buf: RefCell<Vec<Event>>,
     /// Spool updates and removals of this round's outcomes, applied once their events are
@@ -271,8 +248,9 @@ struct Inner<S: SpoolAccess> {
     /// Rounds whose spool operations wait for their events' sync.
     spool_ops_waiting: Cell<usize>,
     events_flush_armed: Cell<bool>,
-    /// Ready domains the last `spawn_sessions` left without a session because the shard's
-    /// sessions were all taken: that many idle sessions close and give up their slots.
+    /// Sites with ready work the last driver round left without a connection because the
+    /// shard's connections were all taken: that many idle connections close and give up
+    /// their slots.
     slots_wanted: Cell<usize>,
     /// Hosts that dropped a connection mid-transaction lately: one transaction per write.
     drops: RefCell<pipelining::DropMemory>,
@@ -298,9 +276,7 @@ impl<S: SpoolAccess + 'static> DeliveryShard<S> {
             messages: IdMap::new(),
             senders: Interner::default(),
             messages_heap_bytes: (0, 0),
-            sessions: HashMap::new(),
-            offered: HashSet::new(),
-            hop_sessions: HashMap::new(),
+            sites: site::Sites::default(),
             admin_bounces: Vec::new(),
             admin_drops: Vec::new(),
             dsn: HashMap::new(),
@@ -320,12 +296,9 @@ impl<S: SpoolAccess + 'static> DeliveryShard<S> {
                 state: RefCell::new(state),
                 rng: RefCell::new(StdRng::seed_from_u64(seed)),
                 sessions_open: Cell::new(0),
-                sessions_idle: Cell::new(0),
-                offer_round: Cell::new(0),
                 shutdown: Cell::new(false),
                 wake_tx,
                 wake_rx,
-                work: event_listener::Event::new(),
                 events_buf: RefCell::new(Vec::new()),
                 spool_ops_buf: RefCell::new(Vec::new()),
                 spool_ops_waiting: Cell::new(0),
@@ -360,22 +333,12 @@ impl<S: SpoolAccess + 'static> DeliveryShard<S> {
             let wait_ms = {
                 let mut st = inner.state.borrow_mut();
                 st.queues.promote_due(now);
-                // Idle sessions look again only when some ready set grew (not on every tick:
-                // with hundreds of idle sessions that would be a thundering herd).
-                if st.queues.take_ready_grew() {
-                    inner.work.notify(usize::MAX);
-                }
                 inner.refresh_gauges(&mut st, now);
                 let next = st.queues.next_wakeup().unwrap_or(u64::MAX);
                 next.saturating_sub(now)
                     .clamp(1, inner.cfg.tick_ms_max.max(1))
             };
-            if inner.spawn_sessions() {
-                // Idle sessions were offered new domains: let them run first, then start
-                // sessions for what they did not take.
-                futures_lite::future::yield_now().await;
-                continue;
-            }
+            inner.schedule();
             let sleep = glommio::timer::sleep(Duration::from_millis(wait_ms));
             let woken = async {
                 let _ = inner.wake_rx.recv().await;
@@ -456,200 +419,6 @@ impl<S: SpoolAccess + 'static> Inner<S> {
             st.dsn.insert(msg.id, Rc::from(dsn));
         }
         drop(st);
-        self.wake();
-    }
-
-    /// Spawns sessions for domains with ready work, within the per-domain and per-shard bounds.
-    /// A ready domain without a session that goes to a smart host is first offered to the idle
-    /// sessions for one round (one of them may carry it over its open connection); returns true
-    /// when it offered any.
-    fn spawn_sessions(self: &Rc<Self>) -> bool {
-        let mut st = self.state.borrow_mut();
-        let ready: Vec<DomainId> = st.queues.ready_domains().collect();
-        let was_offered = std::mem::take(&mut st.offered);
-        let mut spawn = Vec::new();
-        let mut wanted_slots = 0usize;
-        let mut hop_full = false;
-        for id in ready {
-            if self.sessions_open.get() >= self.cfg.shard_connections_max {
-                // Out of session slots: only a domain with no session at all needs one.
-                if st.sessions.get(&id).is_none_or(|c| c.open == 0) {
-                    wanted_slots += 1;
-                }
-                continue;
-            }
-            let Some(name) = st.queues.name(id) else {
-                continue;
-            };
-            let ready_len = st.queues.ready_len(id) as u32;
-            let (open, idle) = st.sessions.get(&id).map_or((0, 0), |c| (c.open, c.idle));
-            if open > 0 && (idle > 0 || ready_len <= open) {
-                continue; // served: its sessions take the ready entries
-            }
-            let limits = self.cfg.effective_limits(name);
-            let connections_max = limits.connections_max;
-            // Known without a lookup (static, or fresh in the DNS cache); a domain not resolved
-            // yet is counted by its session once it has resolved (`Inner::hop_enter`).
-            let hop = if session::has_own_limits(&self.cfg, name, &limits) {
-                None
-            } else {
-                self.resolver
-                    .known_route(name)
-                    .map(|r| session::hop_key(&r))
-            };
-            if open == 0
-                && self.sessions_idle.get() > 0
-                && !was_offered.contains(&id)
-                && hop.is_some()
-            {
-                st.offered.insert(id);
-                continue;
-            }
-            if let Some(h) = hop {
-                if Self::hop_sessions(&st, h) >= self.hop_cap(open > 0) {
-                    // The smart host has all the sessions it may have from this shard: one of
-                    // them takes this domain into its next write, or adopts it when idle.
-                    hop_full |= open == 0;
-                    continue;
-                }
-            }
-            // An extra session also needs room under the engine-wide limit (sessions of other
-            // shards count): without it, it could only fail to get its permit. Asked only then,
-            // since it takes the shared registry's lock.
-            // (A domain with sessions gets here only when none is idle and it has more ready
-            // than sessions.)
-            let wanted = open == 0 || self.limits.connections(name) < connections_max;
-            if !wanted || open >= connections_max {
-                continue;
-            }
-            st.sessions.entry(id).or_default().open += 1;
-            self.sessions_open.set(self.sessions_open.get() + 1);
-            if let Some(h) = hop {
-                *st.hop_sessions.entry(h).or_default() += 1;
-            }
-            spawn.push((id, hop));
-        }
-        self.slots_wanted.set(wanted_slots);
-        if wanted_slots > 0 {
-            self.work.notify(usize::MAX); // idle sessions give up or lend their slots
-        }
-        let offered = !st.offered.is_empty();
-        drop(st); // sessions borrow the state as soon as they run
-        for (id, hop) in spawn {
-            glommio::spawn_local(session::run_session(self.clone(), id, hop)).detach();
-        }
-        if offered || hop_full {
-            // Idle sessions look at the ready domains they could carry.
-            self.offer_round.set(self.offer_round.get() + 1);
-            self.work.notify(usize::MAX);
-        }
-        offered
-    }
-
-    /// Moves a running session from domain `from` to domain `to` (same next hop), if `to` is
-    /// still ready and without a session. The shard's session count does not change.
-    fn adopt_session(&self, from: DomainId, to: DomainId) -> bool {
-        if !self.borrow_domain(to) {
-            return false;
-        }
-        Self::release_session(&mut self.state.borrow_mut(), from);
-        true
-    }
-
-    /// One session of `id` fewer; the domain is forgotten once it has none and nothing queued.
-    fn release_session(st: &mut State, id: DomainId) {
-        let gone = match st.sessions.get_mut(&id) {
-            Some(c) => {
-                c.open = c.open.saturating_sub(1);
-                c.open == 0
-            }
-            None => true,
-        };
-        if gone {
-            st.sessions.remove(&id);
-            st.queues.remove_if_idle(id);
-        }
-    }
-
-    /// Marks ready domain `id` as served by a session that carries it in its next write
-    /// (same next hop), so no session is started for it meanwhile; false when it already has a
-    /// session or nothing ready. Undo with [`Inner::return_borrowed`].
-    fn borrow_domain(&self, id: DomainId) -> bool {
-        let mut st = self.state.borrow_mut();
-        if st.sessions.get(&id).is_some_and(|c| c.open > 0) || st.queues.ready_len(id) == 0 {
-            return false;
-        }
-        st.sessions.entry(id).or_default().open += 1;
-        st.offered.remove(&id);
-        true
-    }
-
-    /// Ends the borrowing of [`Inner::borrow_domain`]; wakes the driver when the domain still
-    /// has ready work (a session of its own may be started, or it is borrowed again).
-    fn return_borrowed(&self, id: DomainId) {
-        let mut st = self.state.borrow_mut();
-        Self::release_session(&mut st, id);
-        if st.queues.ready_len(id) > 0 {
-            drop(st);
-            self.wake();
-        }
-    }
-
-    /// Counts a session that has just resolved its domain's route to `hop` (it was started
-    /// before the route was known). False when the hop has all the sessions it may have from
-    /// this shard (`extra`: the domain already has another session, so the slots kept for new
-    /// domains are not its to take); the session then ends without connecting, leaves its
-    /// domain ready, and the idle sessions of the hop are told to look.
-    fn hop_enter(&self, hop: HopKey, extra: bool) -> bool {
-        let mut st = self.state.borrow_mut();
-        if Self::hop_sessions(&st, hop) < self.hop_cap(extra) {
-            *st.hop_sessions.entry(hop).or_default() += 1;
-            return true;
-        }
-        drop(st);
-        self.offer_round.set(self.offer_round.get() + 1);
-        self.work.notify(usize::MAX);
-        false
-    }
-
-    /// The next hop has all the sessions it may have from this shard.
-    fn hop_is_full(&self, hop: HopKey) -> bool {
-        Self::hop_sessions(&self.state.borrow(), hop) >= self.hop_cap(false)
-    }
-
-    /// Sessions of this shard counted under next hop `hop`.
-    fn hop_sessions(st: &State, hop: HopKey) -> usize {
-        st.hop_sessions.get(&hop).copied().unwrap_or(0)
-    }
-
-    /// How many sessions a next hop may have from this shard when one more is wanted. An extra
-    /// session of a domain that already has one (`extra`) may not take the last
-    /// `NEXT_HOP_SESSIONS_KEPT_FOR_NEW_DOMAINS`: they stay for domains without a session, so one
-    /// busy domain (a rate-limited one, say) never holds every connection to the next hop.
-    fn hop_cap(&self, extra: bool) -> usize {
-        let max = self.cfg.next_hop_sessions_max;
-        if extra {
-            max.saturating_sub(NEXT_HOP_SESSIONS_KEPT_FOR_NEW_DOMAINS)
-        } else {
-            max
-        }
-    }
-
-    /// Called by a session when it ends; `hop` is its counted next hop, if any.
-    fn session_ended(&self, id: DomainId, hop: Option<HopKey>) {
-        let mut st = self.state.borrow_mut();
-        Self::release_session(&mut st, id);
-        if let Some(h) = hop {
-            if let Some(n) = st.hop_sessions.get_mut(&h) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    st.hop_sessions.remove(&h);
-                }
-            }
-        }
-        drop(st);
-        self.sessions_open
-            .set(self.sessions_open.get().saturating_sub(1));
         self.wake();
     }
 

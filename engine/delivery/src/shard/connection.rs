@@ -1,0 +1,532 @@
+//! One connection of a site (`site.rs`): takes its writes from the site's rotation, connects
+//! (falling back over the route's hosts and addresses, DANE per host: `connect.rs`), sends,
+//! applies each outcome, reconnects after `messages_per_connection_max` transactions, and
+//! QUITs once the site has had no work for `idle_timeout_ms` (or a site without a connection
+//! wants its shard slot).
+//!
+//! A write is one transaction per domain per rotation turn, as many as the server takes at
+//! once (PIPELINING and CHUNKING: up to `PIPELINE_TRANSACTIONS_MAX`, less for a host that
+//! dropped a connection lately: `pipelining.rs`). The connection holds the connection permit
+//! of the domain it carries first (engine-wide, `crate::limits`), and one permit for each other
+//! domain of a write while the write lasts; a domain whose limit is reached elsewhere waits
+//! its next turn. A rate-limited domain (an own site) sends one transaction per token.
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use petrel_outbound::{ClientError, OutgoingMessage, PIPELINE_TRANSACTIONS_MAX};
+
+use super::connect::{client_config, connect, Connected};
+use super::outcome::{apply, fail_entries, Attempt, RcptResult};
+use super::prepare::prepare;
+use super::site::{take_ready, SiteId, ROTATION_LOOKS_MAX};
+use super::tls_rpt;
+use super::{now_unix_ms, Inner, SpoolAccess, State};
+use crate::config::DomainLimits;
+use crate::limits::{rate_burst, ConnectionPermit, DestinationCounters};
+use crate::queue::{DomainId, Entry};
+
+/// How often an idle connection looks for work without a notification (bounds a missed one).
+const IDLE_POLL_MS_MAX: u64 = 200;
+
+/// Runs a connection of `site` (already counted in the site's and the shard's connections),
+/// then tells the shard it ended.
+pub(super) async fn run_connection<S: SpoolAccess + 'static>(inner: Rc<Inner<S>>, site: SiteId) {
+    connection(&inner, site).await;
+    inner.connection_ended(site);
+}
+
+/// The domain a connection carries first, with its connection permit.
+struct Held {
+    id: DomainId,
+    permit: ConnectionPermit,
+}
+
+/// One write's transactions, and the permits of its other domains.
+#[derive(Default)]
+struct Write {
+    batches: Vec<(DomainId, Vec<Entry>)>,
+    extra: Vec<(DomainId, ConnectionPermit)>,
+    /// The first domain is rate-limited: nothing else goes in this write.
+    rate_limited: Option<DomainLimits>,
+}
+
+/// What the rotation gave.
+enum Take {
+    /// Nothing ready at the site.
+    Nothing,
+    /// Ready domains, none of which this connection may carry now (their connection limits
+    /// are reached elsewhere).
+    Blocked(Vec<DomainId>),
+    /// A write with at least one transaction.
+    Write,
+}
+
+fn take(empty: bool, blocked: Vec<DomainId>) -> Take {
+    if !empty {
+        Take::Write
+    } else if blocked.is_empty() {
+        Take::Nothing
+    } else {
+        Take::Blocked(blocked)
+    }
+}
+
+async fn connection<S: SpoolAccess + 'static>(inner: &Rc<Inner<S>>, site_id: SiteId) {
+    let Some((route, tls, limits, label)) =
+        inner.state.borrow().sites.sites.get(&site_id).map(|s| {
+            (
+                s.route.clone(),
+                s.tls,
+                s.limits.clone(),
+                s.label.to_string(),
+            )
+        })
+    else {
+        return;
+    };
+    let client = client_config(&inner.cfg, tls);
+    let mut conn: Option<Connected> = None;
+    let mut held: Option<Held> = None;
+    let mut blocked_since: Option<Instant> = None;
+    while !inner.shutdown.get() {
+        let room = match conn.as_ref() {
+            Some(c) => write_room(inner, c, &limits),
+            None => 1, // the server's extensions are not known yet
+        };
+        let mut write = Write::default();
+        let blocked = fill(inner, site_id, &mut held, room, &mut write);
+        match take(write.batches.is_empty(), blocked) {
+            Take::Write => {}
+            Take::Nothing => {
+                if conn.is_none() || !wait_for_work(inner, site_id).await {
+                    break;
+                }
+                continue;
+            }
+            Take::Blocked(domains) => {
+                if conn.is_none() {
+                    park(inner, site_id, &domains);
+                    break;
+                }
+                let since = *blocked_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= Duration::from_millis(inner.cfg.idle_timeout_ms) {
+                    break;
+                }
+                let nap = inner.cfg.permit_retry_delay_ms.clamp(1, IDLE_POLL_MS_MAX);
+                glommio::timer::sleep(Duration::from_millis(nap)).await;
+                continue;
+            }
+        };
+        blocked_since = None;
+        if let (Some(l), Some(h)) = (&write.rate_limited, &held) {
+            if !wait_for_rate(inner, h.permit.counters(), l).await {
+                // Shutting down: the batch stays queued in memory for the next run.
+                put_back(inner, write);
+                break;
+            }
+        }
+        if conn
+            .as_ref()
+            .is_some_and(|c| c.sent >= limits.messages_per_connection_max)
+        {
+            if let Some(c) = conn.take() {
+                c.conn.quit().await;
+            }
+        }
+        if conn.is_none() {
+            let domain = first_domain(inner, &write);
+            let first_mx = route.hosts.first().map_or("", |h| h.name.as_str());
+            tls_rpt::record_policy_fetch_failure(inner, &domain, first_mx);
+            match connect(inner, &route, &client, &domain, &label).await {
+                Ok(c) => conn = Some(c),
+                Err((attempt, result)) => {
+                    // The site is unreachable: this write and the site's ready work wait.
+                    site_unreachable(inner, site_id, write, &attempt, result).await;
+                    break;
+                }
+            }
+            if let Some(c) = conn.as_ref() {
+                // Now that the server's extensions are known, fill the write.
+                let room = write_room(inner, c, &limits);
+                fill(inner, site_id, &mut held, room, &mut write);
+            }
+        }
+        let Some(c) = conn.as_mut() else {
+            put_back(inner, write);
+            break;
+        };
+        let domains: Vec<DomainId> = write.batches.iter().map(|(d, _)| *d).collect();
+        let usable = deliver(inner, c, write.batches).await;
+        drop(write.extra); // the other domains' permits
+        for d in domains {
+            inner.batch_done(d);
+        }
+        if !usable {
+            conn = None; // broken: dropped without QUIT
+        }
+    }
+    if let Some(c) = conn.take() {
+        c.conn.quit().await;
+    }
+}
+
+/// Transactions the next write to `c` may hold.
+fn write_room<S: SpoolAccess>(inner: &Inner<S>, c: &Connected, limits: &DomainLimits) -> usize {
+    if !c.conn.can_send_many() || !inner.drops.borrow().may_pipeline(c.addr, Instant::now()) {
+        return 1;
+    }
+    let room = limits.messages_per_connection_max.saturating_sub(c.sent) as usize;
+    PIPELINE_TRANSACTIONS_MAX.min(room.max(1))
+}
+
+/// Fills `write` up to `room` transactions from the site's rotation, one batch per domain per
+/// turn; the domains skipped for want of a connection permit. The write's first domain becomes
+/// the connection's held one.
+fn fill<S: SpoolAccess + 'static>(
+    inner: &Inner<S>,
+    site_id: SiteId,
+    held: &mut Option<Held>,
+    room: usize,
+    write: &mut Write,
+) -> Vec<DomainId> {
+    let mut guard = inner.state.borrow_mut();
+    let st: &mut State = &mut guard;
+    let now = now_unix_ms();
+    let mut blocked = Vec::new();
+    let mut looks = 0;
+    while write.batches.len() < room
+        && write.rate_limited.is_none()
+        && looks < room + ROTATION_LOOKS_MAX
+    {
+        looks += 1;
+        let Some(id) = st.sites.next_turn(site_id) else {
+            break;
+        };
+        let Some(info) = st.sites.domains.get(&id) else {
+            continue;
+        };
+        if !st.queues.is_ready(id) {
+            // Emptied or suspended since it joined the rotation.
+            if let Some(info) = st.sites.domains.get_mut(&id) {
+                info.in_rotation = false;
+            }
+            Inner::<S>::forget_domain_if_idle(st, id);
+            continue;
+        }
+        let limits = info.limits.clone();
+        let first = write.batches.is_empty();
+        let rate_limited = limits.messages_per_second_max.is_some();
+        if rate_limited && !first {
+            st.sites.requeue_turn(site_id, id);
+            break; // it goes first in a write of its own
+        }
+        if !holds_permit(held, write, id) {
+            let Some(name) = st.queues.name(id) else {
+                continue;
+            };
+            let counters = inner.limits.destination(name);
+            let Some(permit) = ConnectionPermit::try_acquire(counters, limits.connections_max)
+            else {
+                blocked.push(id);
+                st.sites.requeue_turn(site_id, id);
+                if blocked.len() > ROTATION_LOOKS_MAX {
+                    break;
+                }
+                continue;
+            };
+            if first {
+                // The connection carries this domain now; the one it held stays held for
+                // this write if it is in it.
+                if let Some(old) = held.replace(Held { id, permit }) {
+                    write.extra.push((old.id, old.permit));
+                }
+            } else {
+                write.extra.push((id, permit));
+            }
+        }
+        let batch = st
+            .queues
+            .pop_batch(id, limits.recipients_per_transaction_max as usize, now);
+        if batch.is_empty() {
+            if let Some(info) = st.sites.domains.get_mut(&id) {
+                info.in_rotation = false;
+            }
+            continue;
+        }
+        if let Some(info) = st.sites.domains.get_mut(&id) {
+            info.inflight += 1;
+            if st.queues.is_ready(id) {
+                st.sites.requeue_turn(site_id, id);
+            } else {
+                info.in_rotation = false;
+            }
+        }
+        write.batches.push((id, batch));
+        if rate_limited {
+            write.rate_limited = Some(limits);
+        }
+    }
+    blocked
+}
+
+/// Whether the connection already holds a permit for `id` (held, or taken for this write).
+fn holds_permit(held: &Option<Held>, write: &Write, id: DomainId) -> bool {
+    held.as_ref().is_some_and(|h| h.id == id) || write.extra.iter().any(|(d, _)| *d == id)
+}
+
+/// A new connection found nothing it may carry: when it is the site's only connection on this
+/// shard, the blocked domains' ready work waits `permit_retry_delay_ms` in the schedule,
+/// without an attempt counted (left ready, the driver would start a connection for it again
+/// at once: a busy loop). With another connection open, that one takes the work.
+fn park<S: SpoolAccess>(inner: &Inner<S>, site_id: SiteId, domains: &[DomainId]) {
+    let mut guard = inner.state.borrow_mut();
+    let st: &mut State = &mut guard;
+    if st
+        .sites
+        .sites
+        .get(&site_id)
+        .is_none_or(|s| s.connections > 1)
+    {
+        return;
+    }
+    let due = now_unix_ms().saturating_add(inner.cfg.permit_retry_delay_ms);
+    for id in domains {
+        st.queues.unready(*id, due);
+        st.sites.leave_rotation(*id, site_id);
+    }
+}
+
+/// The name of the write's first domain.
+fn first_domain<S: SpoolAccess>(inner: &Inner<S>, write: &Write) -> String {
+    let st = inner.state.borrow();
+    write
+        .batches
+        .first()
+        .and_then(|(id, _)| st.queues.name(*id))
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Connecting failed: the write and every ready recipient of the site's rotation get the
+/// failure (the next hop is the same for all of them).
+async fn site_unreachable<S: SpoolAccess + 'static>(
+    inner: &Rc<Inner<S>>,
+    site_id: SiteId,
+    write: Write,
+    attempt: &Attempt,
+    result: RcptResult,
+) {
+    let mut entries = Vec::new();
+    let mut domains: Vec<DomainId> = Vec::new();
+    for (id, batch) in write.batches {
+        entries.extend(batch);
+        domains.push(id);
+    }
+    {
+        let mut guard = inner.state.borrow_mut();
+        let st: &mut State = &mut guard;
+        while let Some(id) = st.sites.next_turn(site_id) {
+            if let Some(info) = st.sites.domains.get_mut(&id) {
+                info.in_rotation = false;
+                info.inflight += 1;
+            }
+            entries.extend(take_ready(st, id));
+            domains.push(id);
+        }
+    }
+    fail_entries(inner, entries, attempt, result).await;
+    for d in domains {
+        inner.batch_done(d);
+    }
+}
+
+/// Puts a write's batches back into their domains' schedules, due now.
+fn put_back<S: SpoolAccess + 'static>(inner: &Inner<S>, write: Write) {
+    for (id, batch) in write.batches {
+        requeue(inner, id, batch);
+        inner.batch_done(id);
+    }
+}
+
+/// Sends the batches over the connection (several transactions in one write when the peer
+/// offers PIPELINING and CHUNKING) and applies each outcome. Returns false when the connection
+/// is no longer usable.
+async fn deliver<S: SpoolAccess + 'static>(
+    inner: &Rc<Inner<S>>,
+    c: &mut Connected,
+    batches: Vec<(DomainId, Vec<Entry>)>,
+) -> bool {
+    let prepared = prepare(inner, batches).await;
+    if prepared.is_empty() {
+        return true;
+    }
+    let rcpt_refs: Vec<Vec<&str>> = prepared
+        .iter()
+        .map(|p| p.rcpts.iter().map(String::as_str).collect())
+        .collect();
+    let messages: Vec<OutgoingMessage<'_>> = prepared
+        .iter()
+        .zip(&rcpt_refs)
+        .map(|(p, r)| OutgoingMessage {
+            from: &p.from,
+            rcpts: r,
+            body: &p.body,
+            dsn: p.dsn.as_ref().map(|d| d.outgoing()),
+        })
+        .collect();
+    let reused = c.sent > 0;
+    let started = Instant::now();
+    let results = c.conn.send_many(&messages).await;
+    let per_message = started.elapsed().as_secs_f64() / prepared.len() as f64;
+    let attempt_seconds = metrics::histogram!("petrel_delivery_attempt_duration_seconds");
+    c.sent = c
+        .sent
+        .saturating_add(u32::try_from(prepared.len()).unwrap_or(u32::MAX));
+    let mut usable = true;
+    // A connection lost in the middle of a transaction may have taken the replies of the
+    // write's earlier transactions with it: no more multi-transaction writes to this host for
+    // a while (`pipelining.rs`).
+    if results.iter().any(|r| {
+        matches!(
+            r,
+            Err(ClientError::Dropped { .. } | ClientError::Io(_) | ClientError::Timeout { .. })
+        )
+    }) {
+        inner.drops.borrow_mut().note_drop(c.addr, Instant::now());
+        metrics::counter!("petrel_delivery_pipeline_pauses_total").increment(1);
+    }
+    for (n, (p, sent)) in prepared.into_iter().zip(results).enumerate() {
+        attempt_seconds.record(per_message);
+        let mut attempt = Attempt {
+            host: Some(c.host.clone()),
+            addr: Some(c.addr),
+            tls: c.tls.clone(),
+            remote: true,
+            no_dsn: false,
+            // The next hop took DSN duty over only when it was given the parameters.
+            next_hop_dsn: c.conn.offers_dsn() && p.dsn.is_some(),
+        };
+        let message_id = p.batch[0].message_id;
+        let results: Vec<RcptResult> = match sent {
+            Ok(outcome) => (0..p.batch.len())
+                .map(|i| RcptResult::classify(&outcome, i, &inner.cfg.bounce_classifier))
+                .collect(),
+            Err(ClientError::Dropped { stage })
+                if (reused || n > 0) && stage.is_before_transaction() =>
+            {
+                // The server closed the connection before this transaction began (idle, or an
+                // earlier one in the same write failed): not an attempt. The batch goes back,
+                // due now, for a fresh connection.
+                requeue(inner, p.domain, p.batch);
+                usable = false;
+                continue;
+            }
+            Err(e) => {
+                attempt.remote = false;
+                usable = false;
+                let result = RcptResult::client_error(&e, &inner.cfg.bounce_classifier);
+                vec![result; p.batch.len()]
+            }
+        };
+        apply(
+            inner,
+            message_id,
+            &p.batch,
+            &results,
+            &attempt,
+            Some(p.body.as_slice()),
+        )
+        .await;
+    }
+    usable
+}
+
+/// Puts entries back into the domain's schedule, due now (the domain is held by the batch).
+fn requeue<S: SpoolAccess>(inner: &Inner<S>, id: DomainId, entries: Vec<Entry>) {
+    let mut st = inner.state.borrow_mut();
+    let now = now_unix_ms();
+    for e in entries {
+        st.queues.schedule(
+            id,
+            Entry {
+                due_unix_ms: now,
+                ..e
+            },
+        );
+    }
+}
+
+/// Waits (as an idle connection) up to `idle_timeout_ms` for work at the site; false when
+/// none came, the shard is shutting down, or a site without a connection wants the slot.
+async fn wait_for_work<S: SpoolAccess>(inner: &Inner<S>, site_id: SiteId) -> bool {
+    let Some(work) = set_idle(inner, site_id, true) else {
+        return false;
+    };
+    let deadline = Instant::now() + Duration::from_millis(inner.cfg.idle_timeout_ms);
+    let mut found = false;
+    while Instant::now() < deadline && !inner.shutdown.get() {
+        // Listen before looking, so a notification between the look and the wait is not lost.
+        let listener = work.listen();
+        let has_work = inner
+            .state
+            .borrow()
+            .sites
+            .sites
+            .get(&site_id)
+            .is_some_and(|s| !s.rotation.is_empty());
+        if has_work {
+            found = true;
+            break;
+        }
+        let wanted = inner.slots_wanted.get();
+        if wanted > 0 {
+            inner.slots_wanted.set(wanted - 1);
+            break; // another site waits for a slot of this shard
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let nap = left.min(Duration::from_millis(IDLE_POLL_MS_MAX));
+        futures_lite::future::or(listener, glommio::timer::sleep(nap)).await;
+    }
+    set_idle(inner, site_id, false);
+    found
+}
+
+/// Counts the connection in (or out of) its site's idle ones; the site's work event.
+fn set_idle<S: SpoolAccess>(
+    inner: &Inner<S>,
+    site_id: SiteId,
+    idle: bool,
+) -> Option<Rc<event_listener::Event>> {
+    let mut st = inner.state.borrow_mut();
+    let site = st.sites.sites.get_mut(&site_id)?;
+    site.idle = if idle {
+        site.idle + 1
+    } else {
+        site.idle.saturating_sub(1)
+    };
+    Some(site.work.clone())
+}
+
+/// Waits for a rate token of the destination; false if shutting down meanwhile.
+async fn wait_for_rate<S: SpoolAccess>(
+    inner: &Inner<S>,
+    counters: &DestinationCounters,
+    limits: &DomainLimits,
+) -> bool {
+    let Some(rate) = limits.messages_per_second_max else {
+        return true;
+    };
+    loop {
+        match inner.limits.try_rate(counters, rate, rate_burst(rate)) {
+            Ok(()) => return true,
+            Err(wait) => {
+                if inner.shutdown.get() {
+                    return false;
+                }
+                glommio::timer::sleep(wait.clamp(Duration::from_millis(1), Duration::from_secs(1)))
+                    .await;
+            }
+        }
+    }
+}

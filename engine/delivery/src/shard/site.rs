@@ -1,0 +1,530 @@
+//! Sites: where a shard's connections go, and the one place that decides who talks to whom.
+//!
+//! A **site** is a next-hop set (a smart host, or a resolved MX set, compared by [`hop_key`])
+//! with a TLS policy (issue 15's model, as KumoMTA's sites and Postfix's per-next-hop queues
+//! have it). Recipients wait in their destination domain's queue (`crate::queue`) until due;
+//! a due domain is routed once (resolve, then its MTA-STS policy: [`route_domain`]) and
+//! joins its site's **rotation**, the site's ready queue of domains. The site's connections
+//! (`connection.rs`) pull their writes from the rotation, one batch per domain per turn, so
+//! the domains of a site take turns and one domain's backlog never holds up the others; a
+//! write to a server that takes several transactions at once is filled from several domains.
+//!
+//! **A domain with limits of its own is a site of its own** (configured or pushed limits that
+//! differ from the defaults, or an enforced MTA-STS policy): its limits are the site's, exactly
+//! as the operator set them, and its connections never carry another domain. Sub-limits inside
+//! a shared site would need a second scheduler inside the first; a separate site costs only
+//! the connections its limits already allow.
+//!
+//! Bounds: a shared site has at most `next_hop_sessions_max` connections per shard, an own
+//! site at most its domain's `connections_max`; every connection holds the connection permit
+//! of the domain it carries (engine-wide, `crate::limits`), a write's other domains one each
+//! for the write; the shard has at most `shard_connections_max` connections, and an idle one
+//! gives its slot up when a site without a connection wants one.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use petrel_outbound::Route;
+
+use super::connection::run_connection;
+use super::mta_sts;
+use super::outcome::{fail_entries, Attempt, RcptResult};
+use super::tls_rpt;
+use super::{now_unix_ms, Inner, SpoolAccess, State};
+use crate::config::{DeliveryConfig, DomainLimits, TlsPolicy};
+use crate::queue::{DomainId, Entry};
+
+/// Route lookups (DNS, then MTA-STS) a shard runs at once; more ready domains wait a round.
+pub const ROUTING_TASKS_MAX: usize = 256;
+/// A routed domain is routed again this long after its last routing (its limits, DNS answer
+/// and MTA-STS policy may have changed), at its next entry into a rotation.
+pub const ROUTE_RECHECK_MS: u64 = 60_000;
+/// Rotation turns one write may look at beyond the transactions it takes (domains skipped
+/// because their connection limit is reached elsewhere).
+pub const ROTATION_LOOKS_MAX: usize = 32;
+
+/// Identifies a next hop: the same host names with the same addresses, in any order (equal MX
+/// preferences are shuffled per lookup). A hash, not the list: two hops that collide only
+/// share one site, a stricter bound.
+pub(super) type HopKey = u64;
+
+/// The [`HopKey`] of a route. Order-independent without sorting (no allocation): per host, the
+/// hash of its name and of the sum of its addresses' hashes; then the sum over hosts.
+pub(super) fn hop_key(route: &Route) -> HopKey {
+    fn hash_one(v: impl std::hash::Hash) -> u64 {
+        use std::hash::Hasher;
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        v.hash(&mut hasher);
+        hasher.finish()
+    }
+    route.hosts.iter().fold(0u64, |sum, h| {
+        let addrs = h
+            .addrs
+            .iter()
+            .fold(0u64, |acc, a| acc.wrapping_add(hash_one(a)));
+        sum.wrapping_add(hash_one((&h.name, addrs)))
+    })
+}
+
+/// The operator gave this destination limits of its own (in the file or pushed): it is a
+/// site of its own.
+pub(super) fn has_own_limits(cfg: &DeliveryConfig, domain: &str, limits: &DomainLimits) -> bool {
+    cfg.domain_limits.contains_key(domain) || *limits != cfg.default_limits
+}
+
+/// The `domain` label shared by destinations without limits of their own, so the number of
+/// series stays bounded by the configuration however many domains mail goes to.
+const OTHER_DOMAINS_LABEL: &str = "other";
+
+/// What makes two domains one site.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(super) struct SiteKey {
+    hop: HopKey,
+    tls: TlsPolicy,
+    /// The domain, for a domain that is a site of its own.
+    own: Option<Rc<str>>,
+}
+
+pub(super) type SiteId = u64;
+
+/// One site of this shard.
+pub(super) struct Site {
+    key: SiteKey,
+    /// Where its connections go (under an enforced MTA-STS policy, the hosts it allows).
+    pub route: Arc<Route>,
+    pub tls: TlsPolicy,
+    /// Its limits: the domain's for an own site, the defaults for a shared one.
+    pub limits: DomainLimits,
+    /// The `domain` label of its connection gauge.
+    pub label: Rc<str>,
+    /// Its ready domains, in turn order; each at most once.
+    pub rotation: VecDeque<DomainId>,
+    /// Connections of this shard to the site, and how many of them wait for work.
+    pub connections: usize,
+    pub idle: usize,
+    /// Domains routed here (a site with none and no connection is forgotten).
+    mapped: usize,
+    /// Notified when the rotation gets work, or a shard slot is wanted.
+    pub work: Rc<event_listener::Event>,
+}
+
+impl Site {
+    /// Connections this shard may have to the site.
+    fn cap(&self, cfg: &DeliveryConfig) -> usize {
+        if self.key.own.is_some() {
+            self.limits.connections_max as usize
+        } else {
+            cfg.next_hop_sessions_max
+        }
+    }
+}
+
+/// Where a domain stands with routing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Routing {
+    Unrouted,
+    /// A route lookup is running.
+    Pending,
+    Routed {
+        site: SiteId,
+        /// The hop of its resolved route before MTA-STS narrowed it (to see a DNS change).
+        raw_hop: HopKey,
+        at_unix_ms: u64,
+    },
+}
+
+/// A domain's part in the sites.
+#[derive(Debug)]
+pub(super) struct DomainInfo {
+    pub routing: Routing,
+    pub in_rotation: bool,
+    /// Batches of it taken by connections and not yet finished.
+    pub inflight: u32,
+    /// Its limits as of its last entry into a rotation.
+    pub limits: DomainLimits,
+}
+
+/// Every site of a shard, and where each domain goes.
+#[derive(Default)]
+pub(super) struct Sites {
+    by_key: HashMap<SiteKey, SiteId>,
+    pub sites: HashMap<SiteId, Site>,
+    next_id: SiteId,
+    /// Sites with a non-empty rotation.
+    active: BTreeSet<SiteId>,
+    pub domains: HashMap<DomainId, DomainInfo>,
+    routing_tasks: usize,
+}
+
+impl Sites {
+    /// The site of `key`, made when needed; an own site takes the domain's current limits.
+    fn site_for(&mut self, key: SiteKey, route: Arc<Route>, limits: DomainLimits) -> SiteId {
+        if let Some(id) = self.by_key.get(&key) {
+            let site = self.sites.get_mut(id).expect("indexed site");
+            if key.own.is_some() {
+                site.limits = limits;
+            }
+            site.route = route; // the same hop: equal up to order
+            site.mapped += 1;
+            return *id;
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let label: Rc<str> = key
+            .own
+            .clone()
+            .unwrap_or_else(|| OTHER_DOMAINS_LABEL.into());
+        self.sites.insert(
+            id,
+            Site {
+                key: key.clone(),
+                route,
+                tls: key.tls,
+                limits,
+                label,
+                rotation: VecDeque::new(),
+                connections: 0,
+                idle: 0,
+                mapped: 1,
+                work: Rc::new(event_listener::Event::new()),
+            },
+        );
+        self.by_key.insert(key, id);
+        id
+    }
+
+    /// A domain no longer routed to `site`.
+    fn unmap(&mut self, site: SiteId) {
+        if let Some(s) = self.sites.get_mut(&site) {
+            s.mapped = s.mapped.saturating_sub(1);
+        }
+        self.forget_if_unused(site);
+    }
+
+    /// Forgets a site nothing is routed to and no connection uses.
+    pub fn forget_if_unused(&mut self, site: SiteId) {
+        let unused = self
+            .sites
+            .get(&site)
+            .is_some_and(|s| s.mapped == 0 && s.connections == 0 && s.rotation.is_empty());
+        if unused {
+            if let Some(s) = self.sites.remove(&site) {
+                self.by_key.remove(&s.key);
+            }
+            self.active.remove(&site);
+        }
+    }
+
+    /// Puts ready domain `id` at the end of its site's rotation, waking the site's idle
+    /// connections when the rotation was empty.
+    fn enter_rotation(&mut self, id: DomainId, site: SiteId) {
+        let Some(s) = self.sites.get_mut(&site) else {
+            return;
+        };
+        if let Some(info) = self.domains.get_mut(&id) {
+            info.in_rotation = true;
+        }
+        s.rotation.push_back(id);
+        if s.rotation.len() == 1 {
+            self.active.insert(site);
+            s.work.notify(usize::MAX);
+        }
+    }
+
+    /// Takes `id` out of its site's rotation (its ready work was put back in the schedule).
+    pub fn leave_rotation(&mut self, id: DomainId, site: SiteId) {
+        if let Some(info) = self.domains.get_mut(&id) {
+            info.in_rotation = false;
+        }
+        if let Some(s) = self.sites.get_mut(&site) {
+            s.rotation.retain(|d| *d != id);
+            if s.rotation.is_empty() {
+                self.active.remove(&site);
+            }
+        }
+    }
+
+    /// The next domain of `site`'s rotation, taken off it (the caller puts it back with
+    /// [`Sites::requeue_turn`] when it keeps ready work).
+    pub fn next_turn(&mut self, site: SiteId) -> Option<DomainId> {
+        let s = self.sites.get_mut(&site)?;
+        let id = s.rotation.pop_front();
+        if s.rotation.is_empty() {
+            self.active.remove(&site);
+        }
+        id
+    }
+
+    /// `id`, which keeps ready work, goes to the end of `site`'s rotation.
+    pub fn requeue_turn(&mut self, site: SiteId, id: DomainId) {
+        if let Some(s) = self.sites.get_mut(&site) {
+            s.rotation.push_back(id);
+            self.active.insert(site);
+        }
+    }
+}
+
+impl<S: SpoolAccess + 'static> Inner<S> {
+    /// One driver round: routes the ready domains that are not in a rotation, puts the routed
+    /// ones into their site's rotation, and starts connections for sites whose ready work
+    /// outgrows their connections.
+    pub(super) fn schedule(self: &Rc<Self>) {
+        let now = now_unix_ms();
+        let mut guard = self.state.borrow_mut();
+        let st: &mut State = &mut guard;
+        let mut to_route: Vec<(DomainId, String)> = Vec::new();
+        let ready: Vec<DomainId> = st.queues.ready_domains().collect();
+        for id in ready {
+            let Some(name) = st.queues.name(id) else {
+                continue;
+            };
+            let info = st.sites.domains.entry(id).or_insert_with(|| DomainInfo {
+                routing: Routing::Unrouted,
+                in_rotation: false,
+                inflight: 0,
+                limits: self.cfg.default_limits.clone(),
+            });
+            if info.in_rotation || info.routing == Routing::Pending {
+                continue;
+            }
+            let limits = self.cfg.effective_limits(name);
+            let routed = match info.routing {
+                Routing::Routed {
+                    site,
+                    raw_hop,
+                    at_unix_ms,
+                } if now.saturating_sub(at_unix_ms) < ROUTE_RECHECK_MS => st
+                    .sites
+                    .sites
+                    .get(&site)
+                    .filter(|s| self.still_fits(s, name, &limits, raw_hop))
+                    .map(|_| site),
+                _ => None,
+            };
+            if let Some(site) = routed {
+                info.limits = limits;
+                st.sites.enter_rotation(id, site);
+                continue;
+            }
+            if st.sites.routing_tasks >= ROUTING_TASKS_MAX {
+                continue;
+            }
+            let old = std::mem::replace(&mut info.routing, Routing::Pending);
+            if let Routing::Routed { site, .. } = old {
+                st.sites.unmap(site);
+            }
+            st.sites.routing_tasks += 1;
+            to_route.push((id, name.to_string()));
+        }
+        let (spawn, wanted) = self.connections_wanted(st);
+        self.slots_wanted.set(wanted);
+        if wanted > 0 {
+            // Idle connections of other sites give their slots up.
+            for s in st.sites.sites.values().filter(|s| s.idle > 0) {
+                s.work.notify(usize::MAX);
+            }
+        }
+        drop(guard); // the tasks borrow the state as soon as they run
+        for (id, name) in to_route {
+            glommio::spawn_local(route_domain(self.clone(), id, name)).detach();
+        }
+        for site in spawn {
+            glommio::spawn_local(run_connection(self.clone(), site)).detach();
+        }
+    }
+
+    /// Whether a routed domain still belongs to `site`: the same own-or-shared standing and
+    /// limits, no newly enforced MTA-STS policy, and the same resolved hop (known without a
+    /// lookup; an expired DNS answer routes it again).
+    fn still_fits(&self, site: &Site, name: &str, limits: &DomainLimits, raw_hop: HopKey) -> bool {
+        let own = has_own_limits(&self.cfg, name, limits);
+        let enforced = !mta_sts::may_share(self, false, name);
+        match &site.key.own {
+            Some(_) if !own && !enforced => return false,
+            Some(_) if own && site.limits != *limits => return false,
+            None if own || enforced => return false,
+            _ => {}
+        }
+        if site.tls != limits.tls && !enforced {
+            return false;
+        }
+        self.resolver
+            .known_route(name)
+            .is_some_and(|r| hop_key(&r) == raw_hop)
+    }
+
+    /// The connections to start this round (one site id per connection), counted in already,
+    /// and how many sites with work and no connection found the shard full.
+    fn connections_wanted(&self, st: &mut State) -> (Vec<SiteId>, usize) {
+        let mut spawn = Vec::new();
+        let mut wanted = 0;
+        let active: Vec<SiteId> = st.sites.active.iter().copied().collect();
+        for site_id in active {
+            let Some(site) = st.sites.sites.get(&site_id) else {
+                continue;
+            };
+            let cap = site.cap(&self.cfg);
+            let (mut connections, idle) = (site.connections, site.idle);
+            while idle == 0 && connections < cap && self.backlog(st, site, connections) {
+                if self.sessions_open.get() >= self.cfg.shard_connections_max {
+                    wanted += usize::from(connections == 0);
+                    break;
+                }
+                // An extra connection also needs room under the front domain's engine-wide
+                // limit (other shards count); without it, it could only fail to get a permit.
+                if connections > 0 && !self.permit_room(st, site) {
+                    break;
+                }
+                connections += 1;
+                self.sessions_open.set(self.sessions_open.get() + 1);
+                spawn.push(site_id);
+            }
+            if let Some(site) = st.sites.sites.get_mut(&site_id) {
+                site.connections = connections;
+            }
+        }
+        (spawn, wanted)
+    }
+
+    /// The site's rotation holds more ready recipients than `connections`.
+    fn backlog(&self, st: &State, site: &Site, connections: usize) -> bool {
+        let mut sum = 0usize;
+        for id in &site.rotation {
+            sum += st.queues.ready_len(*id);
+            if sum > connections {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// The domain at the front of the site's rotation has room under its connection limit.
+    fn permit_room(&self, st: &State, site: &Site) -> bool {
+        let Some(id) = site.rotation.front() else {
+            return false;
+        };
+        let (Some(name), Some(info)) = (st.queues.name(*id), st.sites.domains.get(id)) else {
+            return false;
+        };
+        self.limits.connections(name) < info.limits.connections_max
+    }
+
+    /// A connection of `site` ended.
+    pub(super) fn connection_ended(&self, site: SiteId) {
+        let mut st = self.state.borrow_mut();
+        if let Some(s) = st.sites.sites.get_mut(&site) {
+            s.connections = s.connections.saturating_sub(1);
+        }
+        st.sites.forget_if_unused(site);
+        drop(st);
+        self.sessions_open
+            .set(self.sessions_open.get().saturating_sub(1));
+        self.wake();
+    }
+
+    /// A batch of `id` taken by a connection is finished (delivered, deferred or put back);
+    /// the domain is forgotten once nothing of it is queued, taken or being routed.
+    pub(super) fn batch_done(&self, id: DomainId) {
+        let mut st = self.state.borrow_mut();
+        if let Some(info) = st.sites.domains.get_mut(&id) {
+            info.inflight = info.inflight.saturating_sub(1);
+        }
+        Self::forget_domain_if_idle(&mut st, id);
+    }
+
+    /// Forgets a domain with nothing queued that no rotation, connection or routing holds.
+    pub(super) fn forget_domain_if_idle(st: &mut State, id: DomainId) {
+        let held = st
+            .sites
+            .domains
+            .get(&id)
+            .is_some_and(|i| i.in_rotation || i.inflight > 0 || i.routing == Routing::Pending);
+        if held || !st.queues.remove_if_idle(id) {
+            return;
+        }
+        if let Some(DomainInfo {
+            routing: Routing::Routed { site, .. },
+            ..
+        }) = st.sites.domains.remove(&id)
+        {
+            st.sites.unmap(site);
+        }
+    }
+}
+
+/// Routes domain `id` (`name`): resolves it, applies its MTA-STS policy, and assigns its site;
+/// on failure its ready recipients are deferred or bounced with the reason.
+async fn route_domain<S: SpoolAccess + 'static>(inner: Rc<Inner<S>>, id: DomainId, name: String) {
+    let limits = inner.cfg.effective_limits(&name);
+    let routed = match inner.resolver.route(&name).await {
+        Err(e) => Err(RcptResult::resolve_error(&e)),
+        Ok(route) => match mta_sts::route_under_policy(&inner, &name, &route, limits.tls).await {
+            Ok(applied) => Ok((hop_key(&route), applied)),
+            Err(refusal) => {
+                let first_mx = route.hosts.first().map_or("", |h| h.name.as_str());
+                let report = tls_rpt::session_policy(&inner, &name);
+                tls_rpt::record_refusal(&inner, report.as_ref(), first_mx);
+                Err(refusal.result())
+            }
+        },
+    };
+    let failed: Option<(Vec<Entry>, RcptResult)> = {
+        let mut guard = inner.state.borrow_mut();
+        let st: &mut State = &mut guard;
+        st.sites.routing_tasks = st.sites.routing_tasks.saturating_sub(1);
+        match routed {
+            Ok((raw_hop, applied)) => {
+                let own = has_own_limits(&inner.cfg, &name, &limits) || applied.enforced;
+                let key = SiteKey {
+                    hop: hop_key(&applied.route),
+                    tls: applied.tls,
+                    own: own.then(|| Rc::from(name.as_str())),
+                };
+                let site_limits = if own {
+                    limits.clone()
+                } else {
+                    inner.cfg.default_limits.clone()
+                };
+                let site = st.sites.site_for(key, applied.route, site_limits);
+                if let Some(info) = st.sites.domains.get_mut(&id) {
+                    info.routing = Routing::Routed {
+                        site,
+                        raw_hop,
+                        at_unix_ms: now_unix_ms(),
+                    };
+                    info.inflight += 1; // until the driver has seen it routed
+                } else {
+                    st.sites.unmap(site);
+                }
+                None
+            }
+            Err(result) => {
+                if let Some(info) = st.sites.domains.get_mut(&id) {
+                    info.routing = Routing::Unrouted;
+                    info.inflight += 1;
+                }
+                let entries = take_ready(st, id);
+                Some((entries, result))
+            }
+        }
+    };
+    if let Some((entries, result)) = failed {
+        fail_entries(&inner, entries, &Attempt::default(), result).await;
+    }
+    inner.batch_done(id);
+    inner.wake();
+}
+
+/// Every ready entry of domain `id` (refilled from its due entries).
+pub(super) fn take_ready(st: &mut State, id: DomainId) -> Vec<Entry> {
+    let now = now_unix_ms();
+    let mut all = Vec::new();
+    loop {
+        let batch = st.queues.pop_batch(id, usize::MAX, now);
+        if batch.is_empty() {
+            return all;
+        }
+        all.extend(batch);
+    }
+}
