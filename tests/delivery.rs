@@ -500,9 +500,9 @@ fn the_shipped_alert_rules_pass_promtool() {
     assert!(text.contains("SUCCESS"), "{text}");
 }
 
-/// Twelve domains with one MX host become ready at once: each one's first session resolves it,
-/// and past `next_hop_sessions_per_shard_max` (1 here) the sessions hand their domains to the
-/// one connected to that host instead of connecting, so the host sees one connection per shard.
+/// Twelve domains with one MX host become ready at once: they are one site, which has at most
+/// `next_hop_sessions_per_shard_max` (1 here) connections per shard, so the host sees one
+/// connection per shard.
 #[test]
 fn domains_sharing_an_mx_host_stay_within_the_next_hop_limit() {
     let dns = dns();

@@ -9,10 +9,16 @@
 //! waiting work is the 24-byte entry, whatever the backlog. Heap operations are O(log n), so a
 //! million queued entries cost 24 MB and a few hundred nanoseconds per push or pop.
 //!
-//! [`Queues`] holds every domain of a shard by [`DomainId`] (a reusable slot) and a lazy
-//! min-heap of wake-ups `(due, domain)`, so the driver finds the due domains without scanning
-//! them all: a wake-up is pushed when a domain's earliest due time moves earlier, and stale ones
+//! [`Queues`] holds every queue of a shard by [`DomainId`] (a reusable slot) and a lazy
+//! min-heap of wake-ups `(due, queue)`, so the driver finds the due queues without scanning
+//! them all: a wake-up is pushed when a queue's earliest due time moves earlier, and stale ones
 //! are skipped when popped.
+//!
+//! A destination domain has one queue per **lane**: a tenant and an egress source (issue 15).
+//! Each lane is routed and takes turns in its site's rotation on its own, so one tenant's
+//! backlog to a domain never stands in front of another tenant's mail to it, and each lane's
+//! connections leave from its source. Admin commands (suspend, resume, retry, drain, stats)
+//! act on a domain: all its lanes, and a suspended domain's new lanes start suspended.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
@@ -270,7 +276,7 @@ impl DomainQueue {
     }
 }
 
-/// Index of a domain's slot in [`Queues`]; valid until the domain is removed.
+/// Index of a queue's slot in [`Queues`] (one domain, one lane); valid until it is removed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct DomainId(pub u32);
 
@@ -289,8 +295,10 @@ pub struct DomainStats {
 
 #[derive(Debug)]
 struct Slot {
-    /// Shared with the `by_name` key.
+    /// The destination domain; shared with the `by_name` key.
     name: Rc<str>,
+    /// The lane: the tenant's index in `Queues::tenants` (0: none) and the egress source.
+    lane: Lane,
     /// Due time of the earliest wake-up pending for this domain (`u64::MAX`: none): one is
     /// pushed only when it would fire earlier, so a deferred backlog holds one per domain,
     /// not one per promotion.
@@ -298,13 +306,20 @@ struct Slot {
     queue: DomainQueue,
 }
 
+#[path = "queue_lanes.rs"]
+mod lanes;
+use lanes::{DomainLanes, Lane};
+
 /// All domain queues of one shard.
 #[derive(Debug)]
 pub struct Queues {
-    /// Domain slots; `None` = free (listed in `free`).
+    /// Queue slots; `None` = free (listed in `free`).
     slots: Vec<Option<Slot>>,
     free: Vec<u32>,
-    by_name: HashMap<Rc<str>, DomainId>,
+    by_name: HashMap<Rc<str>, DomainLanes>,
+    /// Tenant ids by index (0 is "", no tenant); tenants are few and never forgotten.
+    tenants: Vec<Rc<str>>,
+    tenant_index: HashMap<Rc<str>, u32>,
     /// Lazy wake-ups `(due unix ms, domain)`; may hold stale or duplicate items, never misses
     /// a domain's earliest due time.
     wakeups: BinaryHeap<Reverse<(u64, DomainId)>>,
@@ -322,6 +337,8 @@ impl Queues {
             slots: Vec::new(),
             free: Vec::new(),
             by_name: HashMap::new(),
+            tenants: vec![Rc::from("")],
+            tenant_index: HashMap::from([(Rc::from(""), 0)]),
             wakeups: BinaryHeap::new(),
             ready_domains: BTreeSet::new(),
             total: 0,
@@ -329,16 +346,35 @@ impl Queues {
         }
     }
 
-    /// The id of `domain` (lowercase), creating its queue when needed.
+    /// The id of `domain`'s (lowercase) queue without a tenant, from the default source.
     pub fn domain_id(&mut self, domain: &str) -> DomainId {
-        if let Some(id) = self.by_name.get(domain) {
+        self.queue_id(domain, "", 0)
+    }
+
+    /// The id of `domain`'s (lowercase) queue for `tenant` ("" for none) and egress `source`,
+    /// creating it when needed.
+    pub fn queue_id(&mut self, domain: &str, tenant: &str, source: u16) -> DomainId {
+        let t = self.tenant_idx(tenant);
+        if let Some(id) = self
+            .by_name
+            .get(domain)
+            .and_then(|d| d.lanes.get(&(t, source)))
+        {
             return *id;
         }
-        let name: Rc<str> = Rc::from(domain);
+        let (name, suspended) = match self.by_name.get_key_value(domain) {
+            Some((k, d)) => (Rc::clone(k), d.suspended),
+            None => (Rc::from(domain), false),
+        };
+        let mut queue = DomainQueue::new(self.ready_max);
+        if suspended {
+            queue.suspend();
+        }
         let slot = Slot {
             armed: u64::MAX,
             name: Rc::clone(&name),
-            queue: DomainQueue::new(self.ready_max),
+            lane: (t, source),
+            queue,
         };
         let id = match self.free.pop() {
             Some(i) => {
@@ -351,8 +387,31 @@ impl Queues {
                 DomainId(i)
             }
         };
-        self.by_name.insert(Rc::clone(&name), id);
+        self.by_name
+            .entry(name)
+            .or_default()
+            .lanes
+            .insert((t, source), id);
         id
+    }
+
+    fn tenant_idx(&mut self, tenant: &str) -> u32 {
+        if let Some(i) = self.tenant_index.get(tenant) {
+            return *i;
+        }
+        let i = u32::try_from(self.tenants.len()).unwrap_or(u32::MAX);
+        let t: Rc<str> = Rc::from(tenant);
+        self.tenants.push(Rc::clone(&t));
+        self.tenant_index.insert(t, i);
+        i
+    }
+
+    /// The queues of `domain`, one per lane.
+    fn lanes(&self, domain: &str) -> Vec<DomainId> {
+        self.by_name
+            .get(domain)
+            .map(|d| d.lanes.values())
+            .unwrap_or_default()
     }
 
     /// Heap bytes of every domain queue: the slots, their names (twice: slot and lookup
@@ -379,8 +438,16 @@ impl Queues {
             + alloc_bytes(self.free.capacity() * 4)
             + table(
                 self.by_name.capacity(),
-                std::mem::size_of::<(Rc<str>, DomainId)>(),
+                std::mem::size_of::<(Rc<str>, DomainLanes)>(),
             )
+            + self
+                .by_name
+                .values()
+                .map(|d| match d.lanes.capacity() {
+                    0 => 0,
+                    cap => table(cap, std::mem::size_of::<(Lane, DomainId)>()),
+                })
+                .sum::<usize>()
             + alloc_bytes(self.wakeups.capacity() * std::mem::size_of::<(u64, DomainId)>())
             + self.ready_domains.len() * 2 * std::mem::size_of::<DomainId>()
     }
@@ -404,13 +471,27 @@ impl Queues {
         }
     }
 
-    /// The id of an existing domain.
+    /// One queue of `domain`, when the domain has any.
     pub fn lookup(&self, domain: &str) -> Option<DomainId> {
-        self.by_name.get(domain).copied()
+        self.by_name
+            .get(domain)
+            .and_then(|d| d.lanes.values().first().copied())
     }
 
+    /// The destination domain of a queue.
     pub fn name(&self, id: DomainId) -> Option<&str> {
         self.slot(id).map(|s| &*s.name)
+    }
+
+    /// The tenant of a queue ("" for none).
+    pub fn tenant(&self, id: DomainId) -> Option<&str> {
+        let slot = self.slot(id)?;
+        self.tenants.get(slot.lane.0 as usize).map(|t| &**t)
+    }
+
+    /// The egress source of a queue.
+    pub fn source(&self, id: DomainId) -> Option<u16> {
+        self.slot(id).map(|s| s.lane.1)
     }
 
     fn slot(&self, id: DomainId) -> Option<&Slot> {
@@ -527,47 +608,79 @@ impl Queues {
 
     /// Suspends a domain: nothing of it is handed out until [`Queues::resume`].
     pub fn suspend(&mut self, domain: &str) -> bool {
-        let id = self.domain_id(domain);
-        if let Some(slot) = self.slot_mut(id) {
-            slot.queue.suspend();
+        if !self.by_name.contains_key(domain) {
+            self.domain_id(domain);
         }
-        self.ready_domains.remove(&id);
+        if let Some(d) = self.by_name.get_mut(domain) {
+            d.suspended = true;
+        }
+        for id in self.lanes(domain) {
+            if let Some(slot) = self.slot_mut(id) {
+                slot.queue.suspend();
+            }
+            self.ready_domains.remove(&id);
+        }
         true
     }
 
     pub fn resume(&mut self, domain: &str, now_unix_ms: u64) -> bool {
-        let Some(id) = self.lookup(domain) else {
+        let Some(d) = self.by_name.get_mut(domain) else {
             return false;
         };
-        if let Some(slot) = self.slot_mut(id) {
-            slot.queue.resume();
+        d.suspended = false;
+        for id in self.lanes(domain) {
+            if let Some(slot) = self.slot_mut(id) {
+                slot.queue.resume();
+            }
+            self.promote_domain(id, now_unix_ms);
         }
-        self.promote_domain(id, now_unix_ms);
         true
     }
 
     /// Makes every queued entry of a domain due now.
     pub fn retry_now(&mut self, domain: &str, now_unix_ms: u64) -> bool {
-        let Some(id) = self.lookup(domain) else {
+        if !self.by_name.contains_key(domain) {
             return false;
-        };
-        if let Some(slot) = self.slot_mut(id) {
-            slot.queue.retry_now(now_unix_ms);
         }
-        self.promote_domain(id, now_unix_ms);
+        for id in self.lanes(domain) {
+            if let Some(slot) = self.slot_mut(id) {
+                slot.queue.retry_now(now_unix_ms);
+            }
+            self.promote_domain(id, now_unix_ms);
+        }
         true
     }
 
     /// Removes and returns every entry of a domain (to bounce them).
     pub fn drain(&mut self, domain: &str) -> Vec<Entry> {
-        let Some(id) = self.lookup(domain) else {
-            return Vec::new();
-        };
-        let all = self
-            .slot_mut(id)
-            .map(|s| s.queue.drain_all())
-            .unwrap_or_default();
-        self.ready_domains.remove(&id);
+        self.drain_up_to(domain, usize::MAX)
+    }
+
+    /// Removes and returns up to `max` entries of a domain, whole lanes first (the rest stay).
+    pub fn drain_up_to(&mut self, domain: &str, max: usize) -> Vec<Entry> {
+        let mut all = Vec::new();
+        for id in self.lanes(domain) {
+            let room = max.saturating_sub(all.len());
+            if room == 0 {
+                break;
+            }
+            let Some(slot) = self.slot_mut(id) else {
+                continue;
+            };
+            let mut taken = slot.queue.drain_all();
+            if taken.len() > room {
+                for e in taken.split_off(room) {
+                    slot.queue.schedule(e);
+                }
+                let next = slot.queue.next_due();
+                if let Some(due) = next {
+                    self.arm(id, due);
+                }
+            } else {
+                self.ready_domains.remove(&id);
+            }
+            all.extend(taken);
+        }
         self.total = self.total.saturating_sub(all.len() as u64);
         all
     }
@@ -599,7 +712,12 @@ impl Queues {
             .is_some_and(|s| s.queue.depth() == 0 && !s.queue.is_suspended());
         if removable {
             if let Some(slot) = self.slots[id.0 as usize].take() {
-                self.by_name.remove(&slot.name);
+                if let Some(d) = self.by_name.get_mut(&slot.name) {
+                    d.lanes.remove(&slot.lane);
+                    if d.lanes.is_empty() && !d.suspended {
+                        self.by_name.remove(&slot.name);
+                    }
+                }
             }
             self.free.push(id.0);
             self.ready_domains.remove(&id);
@@ -617,22 +735,26 @@ impl Queues {
         self.by_name.len()
     }
 
-    /// Statistics of every domain, sorted by name (O(entries): for admin and metrics).
+    /// Statistics of every domain (its lanes together), sorted by name (O(entries): for admin
+    /// and metrics).
     pub fn stats(&self, now_unix_ms: u64) -> Vec<DomainStats> {
         let now_secs = now_unix_ms / 1000;
         let mut out: Vec<DomainStats> = self
-            .slots
+            .by_name
             .iter()
-            .flatten()
-            .map(|s| DomainStats {
-                domain: s.name.to_string(),
-                depth: s.queue.depth() as u64,
-                ready: s.queue.ready_len() as u64,
-                oldest_age_secs: s
-                    .queue
-                    .oldest_received_unix_secs()
-                    .map_or(0, |r| now_secs.saturating_sub(u64::from(r))),
-                suspended: s.queue.is_suspended(),
+            .map(|(name, d)| {
+                let ids = d.lanes.values();
+                let lanes = || ids.iter().filter_map(|id| self.slot(*id));
+                let oldest = lanes()
+                    .filter_map(|s| s.queue.oldest_received_unix_secs())
+                    .min();
+                DomainStats {
+                    domain: name.to_string(),
+                    depth: lanes().map(|s| s.queue.depth() as u64).sum(),
+                    ready: lanes().map(|s| s.queue.ready_len() as u64).sum(),
+                    oldest_age_secs: oldest.map_or(0, |r| now_secs.saturating_sub(u64::from(r))),
+                    suspended: d.suspended,
+                }
             })
             .collect();
         out.sort_by(|a, b| a.domain.cmp(&b.domain));

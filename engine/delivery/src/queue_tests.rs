@@ -220,3 +220,48 @@ mod memory_tests {
         assert!(per <= 52.0, "{per:.1} bytes per queued recipient");
     }
 }
+
+#[test]
+fn a_domains_lanes_are_separate_queues_that_admin_commands_treat_as_one() {
+    let mut qs = Queues::new(10);
+    let a = qs.queue_id("example.com", "tenant-a", 0);
+    let b = qs.queue_id("example.com", "tenant-b", 0);
+    let b2 = qs.queue_id("example.com", "tenant-b", 2);
+    assert_ne!(a, b);
+    assert_ne!(b, b2);
+    assert_eq!(qs.queue_id("example.com", "tenant-a", 0), a, "found again");
+    assert_eq!(qs.name(b2), Some("example.com"));
+    assert_eq!(qs.tenant(b2), Some("tenant-b"));
+    assert_eq!(qs.source(b2), Some(2));
+    qs.schedule(a, entry(0, 1, 0));
+    qs.schedule(b, entry(0, 2, 0));
+    qs.schedule(b2, entry(9_000, 3, 0));
+    qs.promote_due(10);
+    let mut ready: Vec<DomainId> = qs.ready_domains().collect();
+    ready.sort();
+    assert_eq!(ready, [a, b], "each lane is ready on its own");
+    let s = qs.stats(10_000);
+    assert_eq!((s.len(), s[0].depth, s[0].ready), (1, 3, 2), "{s:?}");
+    qs.suspend("example.com");
+    assert_eq!(qs.ready_domains().count(), 0, "every lane suspended");
+    let c = qs.queue_id("example.com", "tenant-c", 0);
+    qs.schedule(c, entry(0, 4, 0));
+    qs.promote_due(20);
+    assert_eq!(qs.ready_domains().count(), 0, "a new lane starts suspended");
+    assert!(qs.resume("example.com", 20));
+    assert_eq!(qs.ready_domains().count(), 3);
+    assert!(qs.retry_now("example.com", 30));
+    assert_eq!(qs.ready_len(b2), 1, "retry-now reaches every lane");
+    let some = qs.drain_up_to("example.com", 2);
+    assert_eq!(some.len(), 2);
+    assert_eq!(qs.total(), 2, "the rest stays queued");
+    assert_eq!(qs.drain("example.com").len(), 2);
+    for id in [a, b, b2, c] {
+        assert!(qs.remove_if_idle(id));
+    }
+    assert_eq!(
+        qs.lookup("example.com"),
+        None,
+        "the domain goes with its last lane"
+    );
+}

@@ -119,6 +119,25 @@ impl ShardHarness {
         id
     }
 
+    /// [`ShardHarness::enqueue`] for a message of `tenant`.
+    pub fn enqueue_for(&self, tenant: &str, mail_from: &str, rcpts: &[&str]) -> u64 {
+        let mut msg = self.spool.store(mail_from, rcpts, BODY);
+        let key = petrel_delivery::AttributionKey {
+            tenant_id: Some(tenant.into()),
+            ..Default::default()
+        };
+        let none: &[&str] = &[];
+        msg.attribution = Some(std::sync::Arc::new(petrel_delivery::Attribution::new(
+            Some(std::sync::Arc::new(key)),
+            None,
+            none,
+            None,
+        )));
+        let id = msg.id;
+        self.shard.enqueue(msg);
+        id
+    }
+
     /// Waits until at least `n` messages are removed (every recipient final: delivered,
     /// bounced or expired), at most `within`; returns how many are.
     pub async fn await_removed(&self, n: usize, within: Duration) -> usize {

@@ -55,16 +55,9 @@ pub(super) fn apply(st: &mut State, cmd: AdminCommand, now: u64) -> AdminReply {
             if st.queues.lookup(&d).is_none() {
                 return AdminReply::UnknownDomain(d);
             }
+            // Over the bound, the rest stays queued for a later Bounce.
             let room = ADMIN_BOUNCES_MAX.saturating_sub(st.admin_bounces.len());
-            let mut drained = st.queues.drain(&d);
-            if drained.len() > room {
-                // Over the bound: the rest goes back to the queue for a later Bounce.
-                if let Some(id) = st.queues.lookup(&d) {
-                    for e in drained.split_off(room) {
-                        st.queues.schedule(id, e);
-                    }
-                }
-            }
+            let drained = st.queues.drain_up_to(&d, room);
             let n = drained.len() as u64;
             st.admin_bounces.extend(drained);
             done(d, n)

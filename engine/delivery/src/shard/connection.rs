@@ -36,9 +36,10 @@ pub(super) async fn run_connection<S: SpoolAccess + 'static>(inner: Rc<Inner<S>>
     inner.connection_ended(site);
 }
 
-/// The domain a connection carries first, with its connection permit.
+/// The domain a connection carries first, with its connection permit (by name: a domain's
+/// lanes share its limits).
 struct Held {
-    id: DomainId,
+    domain: String,
     permit: ConnectionPermit,
 }
 
@@ -46,7 +47,7 @@ struct Held {
 #[derive(Default)]
 struct Write {
     batches: Vec<(DomainId, Vec<Entry>)>,
-    extra: Vec<(DomainId, ConnectionPermit)>,
+    extra: Vec<(String, ConnectionPermit)>,
     /// The first domain is rate-limited: nothing else goes in this write.
     rate_limited: Option<DomainLimits>,
 }
@@ -221,10 +222,10 @@ fn fill<S: SpoolAccess + 'static>(
             st.sites.requeue_turn(site_id, id);
             break; // it goes first in a write of its own
         }
-        if !holds_permit(held, write, id) {
-            let Some(name) = st.queues.name(id) else {
-                continue;
-            };
+        let Some(name) = st.queues.name(id) else {
+            continue;
+        };
+        if !holds_permit(held, write, name) {
             let counters = inner.limits.destination(name);
             let Some(permit) = ConnectionPermit::try_acquire(counters, limits.connections_max)
             else {
@@ -238,11 +239,12 @@ fn fill<S: SpoolAccess + 'static>(
             if first {
                 // The connection carries this domain now; the one it held stays held for
                 // this write if it is in it.
-                if let Some(old) = held.replace(Held { id, permit }) {
-                    write.extra.push((old.id, old.permit));
+                let domain = name.to_string();
+                if let Some(old) = held.replace(Held { domain, permit }) {
+                    write.extra.push((old.domain, old.permit));
                 }
             } else {
-                write.extra.push((id, permit));
+                write.extra.push((name.to_string(), permit));
             }
         }
         let batch = st
@@ -270,9 +272,10 @@ fn fill<S: SpoolAccess + 'static>(
     blocked
 }
 
-/// Whether the connection already holds a permit for `id` (held, or taken for this write).
-fn holds_permit(held: &Option<Held>, write: &Write, id: DomainId) -> bool {
-    held.as_ref().is_some_and(|h| h.id == id) || write.extra.iter().any(|(d, _)| *d == id)
+/// Whether the connection already holds a permit for `domain` (held, or taken for this write).
+fn holds_permit(held: &Option<Held>, write: &Write, domain: &str) -> bool {
+    held.as_ref().is_some_and(|h| h.domain == domain)
+        || write.extra.iter().any(|(d, _)| d == domain)
 }
 
 /// A new connection found nothing it may carry: when it is the site's only connection on this

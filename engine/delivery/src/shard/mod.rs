@@ -382,6 +382,12 @@ impl<S: SpoolAccess + 'static> Inner<S> {
         let _ = self.wake_tx.try_send(()); // full: a wake-up is already pending
     }
 
+    /// The egress source a message of `tenant` leaves from: the default one until pools are
+    /// configured.
+    fn choose_source(&self, _tenant: Option<&str>) -> u16 {
+        0
+    }
+
     fn enqueue(&self, msg: QueuedMessage) {
         let mut st = self.state.borrow_mut();
         if st.messages.contains_key(msg.id) || msg.recipients.is_empty() {
@@ -389,8 +395,11 @@ impl<S: SpoolAccess + 'static> Inner<S> {
         }
         let received_unix_secs = u32::try_from(msg.received_unix_ms / 1000).unwrap_or(u32::MAX);
         let mut rcpts: Vec<RcptSlot> = Vec::with_capacity(msg.recipients.len());
+        let tenant = msg.attribution.as_deref().and_then(|a| a.tenant_id());
+        let source = self.choose_source(tenant);
         for r in msg.recipients {
-            let id = st.queues.domain_id(&domain_of(&r.address));
+            let domain = domain_of(&r.address);
+            let id = st.queues.queue_id(&domain, tenant.unwrap_or(""), source);
             st.queues.schedule(
                 id,
                 Entry {
@@ -410,6 +419,7 @@ impl<S: SpoolAccess + 'static> Inner<S> {
             msg.is_dsn,
             rcpts,
             msg.attribution,
+            source,
         );
         let (r, a) = state.heap_bytes();
         st.messages_heap_bytes.0 += r;

@@ -102,6 +102,8 @@ pub(super) struct MessageState {
     pub rcpts: Rcpts,
     pub pending: u32,
     pub is_dsn: bool,
+    /// The egress source it leaves from (its queues' lane; `crate::queue`).
+    pub source: u16,
     /// Shared by every event of the message (see `crate::attribution`).
     pub attribution: Option<Arc<Attribution>>,
 }
@@ -114,8 +116,10 @@ impl MessageState {
         is_dsn: bool,
         rcpts: Vec<RcptSlot>,
         attribution: Option<Arc<Attribution>>,
+        source: u16,
     ) -> Self {
         MessageState {
+            source,
             mail_from,
             received_unix_ms,
             pending: u32::try_from(rcpts.len()).unwrap_or(u32::MAX),
@@ -338,6 +342,7 @@ pub(super) async fn apply<S: SpoolAccess + 'static>(
             return; // already final (bounced by the administrator meanwhile)
         };
         let received = msg.received_unix_ms;
+        let source = msg.source;
         // One reference for the loop (the slots borrow `msg` mutably); each event adds one.
         let attribution = msg.attribution.clone();
         let dsn = if st.dsn.is_empty() {
@@ -388,7 +393,12 @@ pub(super) async fn apply<S: SpoolAccess + 'static>(
                     };
                     match decision {
                         RetryDecision::RetryAt(t) => {
-                            let d = st.queues.domain_id(&domain_of(&slot.address));
+                            let tenant = attribution.as_deref().and_then(|a| a.tenant_id());
+                            let d = st.queues.queue_id(
+                                &domain_of(&slot.address),
+                                tenant.unwrap_or(""),
+                                source,
+                            );
                             st.queues.schedule(
                                 d,
                                 Entry {

@@ -1,13 +1,14 @@
 //! Sites: where a shard's connections go, and the one place that decides who talks to whom.
 //!
-//! A **site** is a next-hop set (a smart host, or a resolved MX set, compared by [`hop_key`])
-//! with a TLS policy (issue 15's model, as KumoMTA's sites and Postfix's per-next-hop queues
-//! have it). Recipients wait in their destination domain's queue (`crate::queue`) until due;
-//! a due domain is routed once (resolve, then its MTA-STS policy: [`route_domain`]) and
-//! joins its site's **rotation**, the site's ready queue of domains. The site's connections
-//! (`connection.rs`) pull their writes from the rotation, one batch per domain per turn, so
-//! the domains of a site take turns and one domain's backlog never holds up the others; a
-//! write to a server that takes several transactions at once is filled from several domains.
+//! A **site** is an egress source and a next-hop set (a smart host, or a resolved MX set,
+//! compared by [`hop_key`]) with a TLS policy (issue 15's model, as KumoMTA's sites and
+//! Postfix's per-next-hop queues have it). Recipients wait in their queue (`crate::queue`: one
+//! per destination domain, tenant and source, a *lane*) until due; a due queue is routed once
+//! (resolve, then its MTA-STS policy: [`route_domain`]) and joins its site's **rotation**, the
+//! site's ready queue. The site's connections (`connection.rs`) pull their writes from the
+//! rotation, one batch per queue per turn, so the domains and the tenants of a site take turns
+//! and one backlog never holds up the others; a write to a server that takes several
+//! transactions at once is filled from several queues.
 //!
 //! **A domain with limits of its own is a site of its own** (configured or pushed limits that
 //! differ from the defaults, or an enforced MTA-STS policy): its limits are the site's, exactly
@@ -82,6 +83,8 @@ const OTHER_DOMAINS_LABEL: &str = "other";
 pub(super) struct SiteKey {
     hop: HopKey,
     tls: TlsPolicy,
+    /// The egress source its connections leave from (`crate::egress`).
+    pub source: u16,
     /// The domain, for a domain that is a site of its own.
     own: Option<Rc<str>>,
 }
@@ -479,6 +482,7 @@ async fn route_domain<S: SpoolAccess + 'static>(inner: Rc<Inner<S>>, id: DomainI
                 let key = SiteKey {
                     hop: hop_key(&applied.route),
                     tls: applied.tls,
+                    source: st.queues.source(id).unwrap_or(0),
                     own: own.then(|| Rc::from(name.as_str())),
                 };
                 let site_limits = if own {
