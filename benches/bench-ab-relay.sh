@@ -4,12 +4,13 @@
 # arguments alternated round by round. Loopback only; every process stopped by PID.
 #
 #   ROUNDS=5 benches/bench-ab-relay.sh /path/to/petrel-a /path/to/petrel-b
+#   DOMAINS=1 benches/bench-ab-relay.sh ...     # the 1-domain relay (default 1,000)
 #
 # EXTRA_A / EXTRA_B add engine flags to the first / second binary, so one binary can be compared
 # with itself: EXTRA_A=--no-encryption-at-rest benches/bench-ab-relay.sh target/release/petrel{,}
 set -u
 cd "$(dirname "$0")/.."
-N=${N:-100000}; ROUNDS=${ROUNDS:-3}; PORT=2735; SINK_PORT=2736
+N=${N:-100000}; ROUNDS=${ROUNDS:-3}; DOMAINS=${DOMAINS:-1000}; PORT=2735; SINK_PORT=2736
 TCK=$(getconf CLK_TCK)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done; }
@@ -31,7 +32,7 @@ for round in $(seq 1 "$ROUNDS"); do
     accepted() { local v; v=$(grep -o '"messages_accepted": *[0-9]*' "$DATA/stats.json" 2>/dev/null | grep -o '[0-9]*$'); echo "${v:-0}"; }
     c0=$(cpu_ticks "$ENGINE"); t0=$(date +%s.%N)
     timeout 200 "$BIN" load inject --target "127.0.0.1:$PORT" --messages "$N" --connections 200 \
-      --size 1024 --domains 1000 --domain-weights zipf --json > /dev/null 2>&1
+      --size 1024 --domains "$DOMAINS" --domain-weights zipf --json > /dev/null 2>&1
     deadline=$(( $(date +%s) + 200 ))
     while [ "$(accepted)" -lt "$N" ] && [ "$(date +%s)" -lt "$deadline" ]; do sleep 0.02; done
     t2=$(date +%s.%N); c1=$(cpu_ticks "$ENGINE"); got=$(accepted)

@@ -4,11 +4,13 @@
 //! Byte format (what [`encode`] writes and [`decode`] accepts):
 //!
 //! ```text
-//! magic "PTRLSNP4" (8) | crc32c(payload) u32 LE | payload length u32 LE | payload (rkyv 0.8)
+//! magic "PTRLSNP5" (8) | crc32c(payload) u32 LE | payload length u32 LE | payload (rkyv 0.8)
 //! ```
 //!
-//! A format-3 snapshot (`PTRLSNP3`, before `Tenant::arc_seal`) still decodes (`v3.rs`), so an
-//! engine upgraded in place starts on the snapshot it kept.
+//! Older formats still decode, so an engine upgraded in place starts on the snapshot it kept
+//! and follows a control plane not yet upgraded: format 4 (`PTRLSNP4`, before
+//! `Tenant::egress_pool` and `Tenant::delivery_weight`; `v4.rs`) and format 3 (`PTRLSNP3`,
+//! before `Tenant::arc_seal` too; `v3.rs`).
 //!
 //! The checksum catches corruption that rkyv's structural validation (bytecheck) cannot see
 //! (a flipped bit inside a string); bytecheck catches malformed archives; [`PolicySnapshot::validate`]
@@ -19,7 +21,7 @@ use std::collections::HashSet;
 use crate::error::PolicyError;
 
 /// Magic prefix of an encoded snapshot; the trailing digit is the format version.
-pub const SNAPSHOT_MAGIC: &[u8; 8] = b"PTRLSNP4";
+pub const SNAPSHOT_MAGIC: &[u8; 8] = b"PTRLSNP5";
 /// Bytes before the rkyv payload: magic, checksum, payload length.
 pub const SNAPSHOT_HEADER_BYTES: usize = 16;
 /// Largest encoded snapshot accepted (fits in one link frame with room to spare).
@@ -138,6 +140,17 @@ pub struct Tenant {
     /// sending domain's DKIM key (issue 18). Added in format 4.
     #[serde(default)]
     pub arc_seal: bool,
+    /// The egress pool (a named set of source addresses, the engine's `[[delivery.pools]]`)
+    /// the tenant's mail leaves from; None: the engine's default. A name of
+    /// [`is_egress_pool_name`]; an engine that has no such pool uses its default. Added in
+    /// format 5 (issue 15).
+    #[serde(default)]
+    pub egress_pool: Option<String>,
+    /// The tenant's share of a site's deliveries when tenants contend for it, relative to the
+    /// others' (`DELIVERY_WEIGHT_MIN..=DELIVERY_WEIGHT_MAX`, `DELIVERY_WEIGHT_DEFAULT` 1: all
+    /// alike). Added in format 5 (issue 15).
+    #[serde(default = "tenant_delivery::default_delivery_weight")]
+    pub delivery_weight: u32,
 }
 
 /// A domain a tenant sends from (the MAIL FROM / From: domain), with its DKIM keys.
@@ -366,8 +379,8 @@ pub fn decode(bytes: &[u8]) -> Result<PolicySnapshot, PolicyError> {
     let (header, payload) = bytes
         .split_at_checked(SNAPSHOT_HEADER_BYTES)
         .ok_or_else(|| PolicyError::corrupt("shorter than the header"))?;
-    let legacy = &header[0..8] == v3::MAGIC;
-    if &header[0..8] != SNAPSHOT_MAGIC && !legacy {
+    let magic = &header[0..8];
+    if magic != SNAPSHOT_MAGIC && magic != v4::MAGIC && magic != v3::MAGIC {
         return Err(PolicyError::corrupt("bad magic"));
     }
     let crc = u32::from_le_bytes([header[8], header[9], header[10], header[11]]);
@@ -384,8 +397,10 @@ pub fn decode(bytes: &[u8]) -> Result<PolicySnapshot, PolicyError> {
     // rkyv needs the archive aligned; the payload sits at an arbitrary address, so copy it.
     let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(payload.len());
     aligned.extend_from_slice(payload);
-    let snapshot = if legacy {
+    let snapshot = if magic == v3::MAGIC {
         v3::from_bytes(&aligned)?
+    } else if magic == v4::MAGIC {
+        v4::from_bytes(&aligned)?
     } else {
         rkyv::from_bytes::<PolicySnapshot, rkyv::rancor::Error>(&aligned)
             .map_err(|e| PolicyError::corrupt(format!("archive validation: {e}")))?
@@ -414,6 +429,7 @@ impl PolicySnapshot {
             }
             guard::check_note("disable reason", &t.id, t.sending_disabled.as_deref())?;
             guard::check_note("warning", &t.id, t.reputation_warning.as_deref())?;
+            tenant_delivery::check(&t.id, t.egress_pool.as_deref(), t.delivery_weight)?;
             if !tenant_ids.insert(t.id.as_str()) {
                 return Err(PolicyError::invalid(format!("duplicate tenant {}", t.id)));
             }
@@ -533,6 +549,15 @@ pub fn parse_cidr(s: &str) -> Result<ipnet::IpNet, PolicyError> {
 
 #[path = "snapshot/v3.rs"]
 mod v3;
+#[path = "snapshot/v4.rs"]
+mod v4;
+
+#[path = "snapshot/tenant_delivery.rs"]
+mod tenant_delivery;
+pub use tenant_delivery::{
+    is_egress_pool_name, DELIVERY_WEIGHT_DEFAULT, DELIVERY_WEIGHT_MAX, DELIVERY_WEIGHT_MIN,
+    EGRESS_POOL_NAME_MAX_BYTES,
+};
 
 #[path = "snapshot/guard.rs"]
 mod guard;
@@ -594,204 +619,5 @@ fn check_selector(s: &str) -> Result<(), PolicyError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    pub(crate) fn sample() -> PolicySnapshot {
-        PolicySnapshot {
-            version: 7,
-            generated_unix_ms: 1_700_000_000_000,
-            tenants: vec![Tenant {
-                id: "t1".into(),
-                name: "Acme".into(),
-                suspended: false,
-                messages_per_second_max: Some(10),
-                messages_per_day_max: None,
-                allow_unverified_domains: false,
-                new_tenant_cap: Some(NewTenantCap {
-                    messages_max: 10,
-                    window_ms: 86_400_000,
-                    until_unix_ms: 1_700_600_000_000,
-                }),
-                sending_disabled: None,
-                reputation_warning: Some("bounce rate 8.5% nears 10%".into()),
-                list_unsubscribe: false,
-                arc_seal: true,
-            }],
-            domains: vec![SendingDomain {
-                tenant_id: "t1".into(),
-                name: "acme.example".into(),
-                verified: true,
-                messages_per_second_max: None,
-                dkim_keys: vec![DkimKey {
-                    selector: "s1".into(),
-                    algorithm: DkimAlgorithm::Ed25519,
-                    private_key_pkcs8_der: vec![1, 2, 3],
-                    active_from_unix_ms: 0,
-                    retired: false,
-                }],
-                sending_disabled: Some("bounce rate 12.0% over 10%".into()),
-                reputation_warning: None,
-                auth_failure: None,
-            }],
-            credentials: vec![Credential {
-                id: "c1".into(),
-                tenant_id: "t1".into(),
-                kind: CredentialKind::Smtp,
-                username: "acme".into(),
-                prefix: "abcdefgh".into(),
-                argon2_phc: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
-                scopes: vec!["send".into()],
-                allowed_sender_domains: vec![],
-                ip_allowlist: vec!["10.0.0.0/8".into(), "::1".into()],
-                revoked: false,
-            }],
-            destination_limits: vec![DestinationLimit {
-                domain: "gmail.com".into(),
-                connections_max: Some(20),
-                messages_per_second_max: None,
-                tls_required: true,
-            }],
-            defaults: DefaultLimits::default(),
-            return_path: ReturnPath {
-                bounce_domain: "bounces.petrel.test".into(),
-                one_click_url_base: "https://cp.petrel.test".into(),
-                current_key_id: 1,
-                keys: vec![TokenKey {
-                    id: 1,
-                    secret: vec![9; 32],
-                }],
-            },
-            deleted_tenants: vec![DeletedTenant {
-                id: "ten_gone".into(),
-                bounce_queued: true,
-                deleted_unix_ms: 1,
-            }],
-        }
-    }
-
-    #[test]
-    fn a_deleted_tenant_may_not_also_be_listed() {
-        let mut s = sample();
-        assert!(s.validate().is_ok());
-        s.deleted_tenants[0].id = s.tenants[0].id.clone();
-        assert!(s.validate().is_err());
-    }
-
-    #[test]
-    fn round_trip() {
-        let s = sample();
-        let bytes = encode(&s).unwrap();
-        assert_eq!(&bytes[..8], SNAPSHOT_MAGIC);
-        assert_eq!(decode(&bytes).unwrap(), s);
-        let json = serde_json::to_string(&s).unwrap();
-        assert_eq!(serde_json::from_str::<PolicySnapshot>(&json).unwrap(), s);
-    }
-
-    #[test]
-    fn every_single_byte_corruption_is_rejected() {
-        let bytes = encode(&sample()).unwrap();
-        for i in 0..bytes.len() {
-            let mut bad = bytes.clone();
-            bad[i] ^= 0x20;
-            assert!(decode(&bad).is_err(), "flip at {i} accepted");
-        }
-        for n in 0..bytes.len() {
-            assert!(decode(&bytes[..n]).is_err(), "truncation to {n} accepted");
-        }
-    }
-
-    #[test]
-    fn garbage_with_valid_checksum_fails_archive_validation() {
-        let payload = vec![0xffu8; 64];
-        let mut bytes = Vec::new();
-        bytes.extend_from_slice(SNAPSHOT_MAGIC);
-        bytes.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
-        bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        bytes.extend_from_slice(&payload);
-        let err = decode(&bytes).unwrap_err();
-        assert!(matches!(err, PolicyError::Corrupt { .. }), "{err}");
-    }
-
-    #[test]
-    fn random_payloads_with_valid_checksums_never_panic() {
-        use rand::{Rng, SeedableRng};
-        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-        let good = encode(&sample()).unwrap();
-        for round in 0..2000 {
-            // Half pure noise, half the real payload with a few random bytes changed.
-            let mut payload = if round % 2 == 0 {
-                (0..rng.gen_range(0..512))
-                    .map(|_| rng.gen())
-                    .collect::<Vec<u8>>()
-            } else {
-                good[SNAPSHOT_HEADER_BYTES..].to_vec()
-            };
-            for _ in 0..rng.gen_range(1..4) {
-                if !payload.is_empty() {
-                    let i = rng.gen_range(0..payload.len());
-                    payload[i] = rng.gen();
-                }
-            }
-            let mut bytes = Vec::new();
-            bytes.extend_from_slice(SNAPSHOT_MAGIC);
-            bytes.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
-            bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-            bytes.extend_from_slice(&payload);
-            if let Ok(s) = decode(&bytes) {
-                s.validate().unwrap(); // whatever decodes is valid
-            }
-        }
-    }
-
-    #[test]
-    fn semantic_rules() {
-        let mut s = sample();
-        s.domains[0].tenant_id = "nobody".into();
-        assert!(matches!(encode(&s), Err(PolicyError::Invalid { .. })));
-
-        let mut s = sample();
-        s.credentials.push(s.credentials[0].clone());
-        assert!(encode(&s).is_err(), "duplicate username");
-
-        let mut s = sample();
-        s.credentials[0].ip_allowlist = vec!["10.0.0.300/8".into()];
-        assert!(encode(&s).is_err(), "bad CIDR");
-
-        let mut s = sample();
-        s.domains[0].name = "Acme.Example".into();
-        assert!(encode(&s).is_err(), "upper case domain");
-
-        let mut s = sample();
-        s.domains[0].dkim_keys[0].selector = "bad selector".into();
-        assert!(encode(&s).is_err(), "bad selector");
-
-        let mut s = sample();
-        s.tenants[0].sending_disabled = Some("a\r\n250 forged".into());
-        assert!(encode(&s).is_err(), "control characters in a reason");
-
-        let mut s = sample();
-        s.domains[0].reputation_warning = Some("x".repeat(GUARD_NOTE_MAX_BYTES + 1));
-        assert!(encode(&s).is_err(), "overlong warning");
-
-        let mut s = sample();
-        s.tenants[0].new_tenant_cap = Some(NewTenantCap {
-            messages_max: NEW_TENANT_CAP_MESSAGES_MAX + 1,
-            window_ms: 1,
-            until_unix_ms: 0,
-        });
-        assert!(encode(&s).is_err(), "cap above its bound");
-    }
-
-    #[test]
-    fn cidr_forms() {
-        assert!(parse_cidr("192.0.2.7")
-            .unwrap()
-            .contains(&"192.0.2.7".parse::<std::net::IpAddr>().unwrap()));
-        assert!(parse_cidr("192.0.2.7/24")
-            .unwrap()
-            .contains(&"192.0.2.200".parse::<std::net::IpAddr>().unwrap()));
-        assert!(parse_cidr("2001:db8::/32").is_ok());
-        assert!(parse_cidr("nope").is_err());
-    }
-}
+#[path = "snapshot/tests.rs"]
+pub(crate) mod tests;

@@ -369,6 +369,8 @@ mod tests {
                 reputation_warning: None,
                 list_unsubscribe: false,
                 arc_seal: false,
+                egress_pool: None,
+                delivery_weight: 1,
             }],
             domains: vec![SendingDomain {
                 tenant_id: "t1".into(),

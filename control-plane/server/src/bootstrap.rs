@@ -56,6 +56,8 @@ pub async fn ensure_operator(
         created_unix_ms: clock.now_unix_ms(),
         list_unsubscribe: false,
         arc_seal: false,
+        egress_pool: None,
+        delivery_weight: petrel_policy::snapshot::DELIVERY_WEIGHT_DEFAULT,
     };
     let prepared = NewCredential::api_key(&tenant.id, "bootstrap owner key", Role::Owner)
         .prepare(cost)
@@ -191,6 +193,8 @@ async fn create_dev(info: &ServeInfo) -> Result<DevBootstrap, ControlError> {
                 created_unix_ms: now,
                 list_unsubscribe: false,
                 arc_seal: false,
+                egress_pool: None,
+                delivery_weight: petrel_policy::snapshot::DELIVERY_WEIGHT_DEFAULT,
             },
             false,
         ),

@@ -1,5 +1,5 @@
-//! The tenant export job (issue 16): one archive of a tenant's domains, DKIM keys, credentials,
-//! suppression list, events, webhooks and audit rows, as JSON lines, written into the database
+//! The tenant export job (issue 16): one archive of a tenant's settings, domains, DKIM keys,
+//! credentials, suppression list, events, webhooks and audit rows, as JSON lines, written into the database
 //! in sealed chunks (`store/exports.rs`) and served by `GET /v1/tenants/{id}/export`
 //! (`api/export.rs`).
 //!
@@ -7,13 +7,14 @@
 //!
 //! ```text
 //! {"kind":"header","format":1,"tenant_id":"ten_..","export_id":"exp_..","created_unix_ms":..}
-//! {"kind":"domain","data":{..}}            one line per record, kinds in this order:
-//! ...                                      domain, dkim_key, credential, suppression, event,
-//! {"kind":"end","counts":{..},"sha256":".."}   webhook, audit
+//! {"kind":"tenant","data":{..}}            one line per record, kinds in this order:
+//! ...                                      tenant, domain, dkim_key, credential, suppression,
+//! {"kind":"end","counts":{..},"sha256":".."}   event, webhook, audit
 //! ```
 //!
-//! Each record's `data` is the API's view of the object, so nothing secret is in it: domains
-//! as `GET /v1/domains/{id}` shows them, DKIM keys without their private half (the column is
+//! Each record's `data` is the API's view of the object, so nothing secret is in it: the tenant
+//! (one record: its settings, such as its egress pool and delivery weight) as
+//! `GET /v1/tenants/{id}` shows it, domains as `GET /v1/domains/{id}` shows them, DKIM keys without their private half (the column is
 //! never read), credentials without secret or hash, webhooks without their secret, events as
 //! `GET /v1/events`, audit rows opened as `GET /v1/audit-log` shows them. `end` counts the
 //! records of each kind, and `sha256` is the hex digest of every byte before the `end` line.
@@ -76,6 +77,7 @@ const _: () = assert!(EXPORT_CHUNK_BYTES > 0 && EXPORT_PAGE_ROWS > 0);
 /// The kinds of record, in archive order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RecordKind {
+    Tenant,
     Domain,
     DkimKey,
     Credential,
@@ -87,7 +89,8 @@ pub enum RecordKind {
 
 impl RecordKind {
     /// Every kind, in archive order.
-    pub const ALL: [RecordKind; 7] = [
+    pub const ALL: [RecordKind; 8] = [
+        RecordKind::Tenant,
         RecordKind::Domain,
         RecordKind::DkimKey,
         RecordKind::Credential,
@@ -100,6 +103,7 @@ impl RecordKind {
     /// The record's `kind` in the archive.
     pub fn as_str(self) -> &'static str {
         match self {
+            RecordKind::Tenant => "tenant",
             RecordKind::Domain => "domain",
             RecordKind::DkimKey => "dkim_key",
             RecordKind::Credential => "credential",
@@ -206,6 +210,7 @@ async fn write(app: &App, row: &ExportRow) -> Result<(), ExportError> {
         "export_id": row.id,
         "created_unix_ms": row.created_unix_ms,
     }))?;
+    a.tenant().await?;
     a.domains().await?;
     a.dkim_keys().await?;
     a.credentials().await?;
@@ -309,6 +314,19 @@ impl<'a> Archive<'a> {
             return Err(ExportError::NotRunning);
         }
         tx.commit().await?;
+        Ok(())
+    }
+
+    /// The tenant's own row as the API shows it (none once the tenant is deleted: its export
+    /// goes with it).
+    async fn tenant(&mut self) -> Result<(), ExportError> {
+        let view = {
+            let mut conn = self.app.db.conn().await?;
+            store::tenants::get(&mut conn, self.app.db.sealer(), &self.row.tenant_id).await?
+        };
+        if let Some(view) = view {
+            self.record(RecordKind::Tenant, &view).await?;
+        }
         Ok(())
     }
 
@@ -605,6 +623,7 @@ mod tests {
         assert_eq!(
             names,
             [
+                "tenant",
                 "domain",
                 "dkim_key",
                 "credential",

@@ -49,6 +49,8 @@ pub async fn build(
             allow_unverified_domains: t.allow_unverified_domains,
             list_unsubscribe: t.list_unsubscribe,
             arc_seal: t.arc_seal,
+            egress_pool: t.egress_pool,
+            delivery_weight: t.delivery_weight,
         })
         .collect();
     tenants.sort_by(|a, b| a.id.cmp(&b.id));

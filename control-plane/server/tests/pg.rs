@@ -573,6 +573,18 @@ async fn pg_unsubscribe_and_dmarc() {
     db.drop_db().await;
 }
 
+/// A tenant's delivery settings on PostgreSQL (the SQLite twin is `tenant_delivery.rs`).
+#[tokio::test]
+async fn pg_tenant_delivery() {
+    let Some(base) = pg_url() else { return };
+    let db = TestDb::create(&base).await;
+    {
+        let h = common::start_with(Some(db.url.clone())).await;
+        common::tenant_delivery::settings(&h).await;
+    }
+    db.drop_db().await;
+}
+
 #[tokio::test]
 async fn pg_domain_auth() {
     let Some(base) = pg_url() else { return };

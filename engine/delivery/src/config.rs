@@ -100,12 +100,12 @@ pub struct DeliveryConfig {
     pub queued_recipients_max: u64,
     /// Simultaneous outbound connections (delivery sessions) of one shard, all domains together.
     pub shard_connections_max: usize,
-    /// Sessions of one shard to one next hop (a smart host, or one set of MX hosts), all the
-    /// domains routed there together. Past it, a new domain waits for a session of that hop to
-    /// carry it (they take ready domains of the same hop into their writes), as Postfix's
-    /// `default_destination_concurrency_limit` holds per relayhost and KumoMTA's
-    /// `connection_limit` per site. The per-domain `connections_max` still applies, and a
-    /// domain with limits of its own (configured or pushed) is not counted under the cap.
+    /// Connections of one shard to one shared site (a smart host, or one set of MX hosts, with
+    /// one TLS policy and one egress source), all the domains routed there together: they take
+    /// turns on those connections, as Postfix's `default_destination_concurrency_limit` holds
+    /// per relayhost and KumoMTA's `connection_limit` per site. The per-domain
+    /// `connections_max` still applies, a provider's shaping limits may lower it, and a domain
+    /// with limits of its own (configured or pushed) is a site of its own, not counted here.
     pub next_hop_sessions_max: usize,
     /// An open connection with nothing to send is closed (QUIT) after this long.
     pub idle_timeout_ms: u64,
@@ -134,6 +134,17 @@ pub struct DeliveryConfig {
     /// domain and token keys here); `None`: every attempt uses the client's envelope sender.
     /// See [`crate::return_path`].
     pub return_path: Option<Arc<dyn crate::return_path::ReturnPathSource>>,
+    /// Each tenant's egress pool and delivery weight (the engine wires the pushed policy
+    /// here); `None`: every tenant uses the default pool with the same weight.
+    pub tenant_delivery: Option<Arc<dyn crate::egress::TenantDeliverySource>>,
+    /// The sources and pools mail leaves from, the pools' choosers and the daily counts their
+    /// warm-up caps are checked against; one per engine, shared by every shard
+    /// ([`crate::egress`]). The default is one source that binds nothing: no pools configured.
+    pub egress: Arc<crate::egress::Egress>,
+    /// Per-site limits by provider and the throttle rules (`crate::shaping`): the shipped
+    /// `shaping.toml` with the operator's `delivery.shaping_file` laid over it, loaded once at
+    /// engine start (a bad file stops the start) and shared by all shards.
+    pub shaping: Arc<crate::shaping::Shaping>,
 }
 
 /// Default of [`DeliveryConfig::next_hop_sessions_max`]: 16 per shard, so 32 connections to a
@@ -167,6 +178,9 @@ impl Default for DeliveryConfig {
             dynamic_limits: None,
             bounce_classifier: Arc::new(BounceClassifier::shipped()),
             return_path: None,
+            tenant_delivery: None,
+            egress: Arc::new(crate::egress::Egress::default()),
+            shaping: Arc::new(crate::shaping::Shaping::shipped()),
         }
     }
 }

@@ -19,8 +19,13 @@
 //! * [`events`]: JSON-lines delivery records, written by a thread off the shards.
 //! * [`classify`]: the bounce classification (`petrel-bounce`) of replies and of the outbound
 //!   client's and resolver's errors, carried by `deferred`, `bounced` and `expired` events.
+//! * [`egress`]: the sources mail leaves from (local address, EHLO name, warm-up), the weighted
+//!   pools tenants are mapped to, and the daily counts warm-up caps are checked against.
 //! * [`return_path`]: the envelope sender of an attempt: the client's, or one VERP return path
 //!   per recipient of a tenant's message (then one transaction per recipient).
+//! * [`shaping`]: per-site limits by provider (MX patterns) and the throttle rules that answer
+//!   a provider's "slow down" replies, from the shipped `shaping.toml` and the operator's file;
+//!   each site's throttle state and its engine-wide per-minute and per-hour rates.
 //! * [`shard`]: [`DeliveryShard`], the glommio driver that ties them to the spool
 //!   ([`SpoolAccess`]), the resolver and the SMTP client of `petrel-outbound`.
 //!
@@ -56,12 +61,14 @@ pub mod classify;
 pub mod config;
 pub mod dsn;
 pub mod dsn_params;
+pub mod egress;
 pub mod error;
 pub mod events;
 pub mod limits;
 pub mod memory;
 pub mod queue;
 pub mod return_path;
+pub mod shaping;
 pub mod shard;
 pub mod tls_rpt;
 

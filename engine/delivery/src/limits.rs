@@ -97,6 +97,8 @@ pub struct GlobalLimits {
     destinations_max: usize,
     /// Origin of the rate limiter's clock.
     epoch: Instant,
+    /// Shaped sites' messages per minute and per hour (`crate::shaping`).
+    site_rates: crate::shaping::rate::SiteRates,
 }
 
 impl Default for GlobalLimits {
@@ -113,7 +115,13 @@ impl GlobalLimits {
             overflow: Arc::new(DestinationCounters::default()),
             destinations_max: destinations_max.max(1),
             epoch: Instant::now(),
+            site_rates: crate::shaping::rate::SiteRates::default(),
         }
+    }
+
+    /// The shaped sites' per-minute and per-hour rates, engine-wide.
+    pub fn site_rates(&self) -> &crate::shaping::rate::SiteRates {
+        &self.site_rates
     }
 
     /// The counters of `domain` (lowercase), created when needed.

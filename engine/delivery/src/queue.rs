@@ -308,7 +308,7 @@ struct Slot {
 
 #[path = "queue_lanes.rs"]
 mod lanes;
-use lanes::{DomainLanes, Lane};
+use lanes::{Lane, LaneMap};
 
 /// All domain queues of one shard.
 #[derive(Debug)]
@@ -316,7 +316,9 @@ pub struct Queues {
     /// Queue slots; `None` = free (listed in `free`).
     slots: Vec<Option<Slot>>,
     free: Vec<u32>,
-    by_name: HashMap<Rc<str>, DomainLanes>,
+    /// A domain is suspended when its lanes are: they are suspended and resumed together, and
+    /// a suspended lane is never removed, so a suspended domain keeps at least one.
+    by_name: HashMap<Rc<str>, LaneMap>,
     /// Tenant ids by index (0 is "", no tenant); tenants are few and never forgotten.
     tenants: Vec<Rc<str>>,
     tenant_index: HashMap<Rc<str>, u32>,
@@ -355,15 +357,11 @@ impl Queues {
     /// creating it when needed.
     pub fn queue_id(&mut self, domain: &str, tenant: &str, source: u16) -> DomainId {
         let t = self.tenant_idx(tenant);
-        if let Some(id) = self
-            .by_name
-            .get(domain)
-            .and_then(|d| d.lanes.get(&(t, source)))
-        {
+        if let Some(id) = self.by_name.get(domain).and_then(|d| d.get(&(t, source))) {
             return *id;
         }
         let (name, suspended) = match self.by_name.get_key_value(domain) {
-            Some((k, d)) => (Rc::clone(k), d.suspended),
+            Some((k, d)) => (Rc::clone(k), self.lanes_suspended(d)),
             None => (Rc::from(domain), false),
         };
         let mut queue = DomainQueue::new(self.ready_max);
@@ -390,9 +388,17 @@ impl Queues {
         self.by_name
             .entry(name)
             .or_default()
-            .lanes
             .insert((t, source), id);
         id
+    }
+
+    /// The domain of these lanes is suspended (its lanes are, together).
+    fn lanes_suspended(&self, lanes: &LaneMap) -> bool {
+        lanes
+            .values()
+            .first()
+            .and_then(|id| self.slot(*id))
+            .is_some_and(|s| s.queue.is_suspended())
     }
 
     fn tenant_idx(&mut self, tenant: &str) -> u32 {
@@ -410,7 +416,7 @@ impl Queues {
     fn lanes(&self, domain: &str) -> Vec<DomainId> {
         self.by_name
             .get(domain)
-            .map(|d| d.lanes.values())
+            .map(LaneMap::values)
             .unwrap_or_default()
     }
 
@@ -438,12 +444,12 @@ impl Queues {
             + alloc_bytes(self.free.capacity() * 4)
             + table(
                 self.by_name.capacity(),
-                std::mem::size_of::<(Rc<str>, DomainLanes)>(),
+                std::mem::size_of::<(Rc<str>, LaneMap)>(),
             )
             + self
                 .by_name
                 .values()
-                .map(|d| match d.lanes.capacity() {
+                .map(|d| match d.capacity() {
                     0 => 0,
                     cap => table(cap, std::mem::size_of::<(Lane, DomainId)>()),
                 })
@@ -475,7 +481,7 @@ impl Queues {
     pub fn lookup(&self, domain: &str) -> Option<DomainId> {
         self.by_name
             .get(domain)
-            .and_then(|d| d.lanes.values().first().copied())
+            .and_then(|d| d.values().first().copied())
     }
 
     /// The destination domain of a queue.
@@ -611,9 +617,6 @@ impl Queues {
         if !self.by_name.contains_key(domain) {
             self.domain_id(domain);
         }
-        if let Some(d) = self.by_name.get_mut(domain) {
-            d.suspended = true;
-        }
         for id in self.lanes(domain) {
             if let Some(slot) = self.slot_mut(id) {
                 slot.queue.suspend();
@@ -624,10 +627,9 @@ impl Queues {
     }
 
     pub fn resume(&mut self, domain: &str, now_unix_ms: u64) -> bool {
-        let Some(d) = self.by_name.get_mut(domain) else {
+        if !self.by_name.contains_key(domain) {
             return false;
-        };
-        d.suspended = false;
+        }
         for id in self.lanes(domain) {
             if let Some(slot) = self.slot_mut(id) {
                 slot.queue.resume();
@@ -713,8 +715,8 @@ impl Queues {
         if removable {
             if let Some(slot) = self.slots[id.0 as usize].take() {
                 if let Some(d) = self.by_name.get_mut(&slot.name) {
-                    d.lanes.remove(&slot.lane);
-                    if d.lanes.is_empty() && !d.suspended {
+                    d.remove(&slot.lane);
+                    if d.is_empty() {
                         self.by_name.remove(&slot.name);
                     }
                 }
@@ -743,7 +745,7 @@ impl Queues {
             .by_name
             .iter()
             .map(|(name, d)| {
-                let ids = d.lanes.values();
+                let ids = d.values();
                 let lanes = || ids.iter().filter_map(|id| self.slot(*id));
                 let oldest = lanes()
                     .filter_map(|s| s.queue.oldest_received_unix_secs())
@@ -753,7 +755,7 @@ impl Queues {
                     depth: lanes().map(|s| s.queue.depth() as u64).sum(),
                     ready: lanes().map(|s| s.queue.ready_len() as u64).sum(),
                     oldest_age_secs: oldest.map_or(0, |r| now_secs.saturating_sub(u64::from(r))),
-                    suspended: d.suspended,
+                    suspended: self.lanes_suspended(d),
                 }
             })
             .collect();

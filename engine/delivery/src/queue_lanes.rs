@@ -7,14 +7,6 @@ use super::DomainId;
 /// A queue's lane within its domain: tenant index and egress source.
 pub(super) type Lane = (u32, u16);
 
-/// The lanes of one domain.
-#[derive(Debug, Default)]
-pub(super) struct DomainLanes {
-    pub lanes: LaneMap,
-    /// Suspended by the operator: every lane, including ones made later.
-    pub suspended: bool,
-}
-
 /// A domain's queues by lane. Most domains have one lane (one tenant, one source), so that
 /// one is held inline: a table per domain would cost more than the domain's queued entries.
 #[derive(Debug, Default)]

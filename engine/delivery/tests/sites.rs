@@ -2,13 +2,19 @@
 //! client, real SMTP sinks on loopback, a real DNS server on loopback for MX sets, and the test
 //! kit's in-memory spool. Each scenario says what it sets up and what the sink must see.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use petrel_delivery::{DeliveryConfig, DomainLimits, RetrySchedule, TlsPolicy};
+use petrel_delivery::egress::{
+    Day, Egress, EgressSpec, MemberSpec, PoolSpec, SourceSpec, TenantDelivery,
+    TenantDeliverySource, WarmupSpec,
+};
+use petrel_delivery::shaping::Shaping;
+use petrel_delivery::{DeliveryConfig, DomainLimits, RcptState, RetrySchedule, TlsPolicy};
 use petrel_outbound::{Resolver, ResolverConfig};
 use petrel_testkit::dns::{a, mx, DnsServer};
 use petrel_testkit::shard::{routes, run_shard, ShardSetup};
-use petrel_testkit::smtp_server::{Script, SmtpServer};
+use petrel_testkit::smtp_server::{AddrMatch, RcptAction, RcptRule, Script, SmtpServer};
 
 /// The bound on every wait of a scenario.
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -137,4 +143,275 @@ fn two_tenants_at_one_slow_site_share_it() {
         last_b < 20,
         "tenant B's last message came after {last_b} deliveries: {order:?}"
     );
+}
+
+/// A reply that says "slow down" (an operator's throttle rule: `421` and its text) suspends
+/// the site for the rule's time: the mail queued meanwhile waits, no attempt counted, and
+/// goes out once the time is up, the deferred message with it.
+#[test]
+fn a_slow_down_reply_suspends_the_site_and_it_recovers() {
+    const SUSPEND_SECS: u64 = 3;
+    let dest = SmtpServer::start(Script {
+        rcpt_rules: vec![RcptRule {
+            address: AddrMatch::Exact("first@dest.example".into()),
+            action: RcptAction::Reply("421 4.7.0 Slow down: too many messages from you".into()),
+            first_only: true,
+        }],
+        ..Script::default()
+    });
+    let other = SmtpServer::start(Script::by_local_part());
+    let mut cfg = config();
+    let rules = format!(
+        "[[throttle]]\nname = \"test-slow-down\"\ncode = 421\nregex = \"slow down\"\n\
+         action = \"suspend\"\nduration_secs = {SUSPEND_SECS}\n"
+    );
+    cfg.shaping = Arc::new(Shaping::parse_operator("test-shaping.toml", &rules).expect("rules"));
+    let ((deferred, waited, removed), spool) = run_shard(
+        ShardSetup::new(cfg, routes(dest.addr, other.addr)),
+        |h| async move {
+            let first = h.enqueue("alice@src.example", &["first@dest.example"]);
+            // Its first attempt is recorded once the reply has been seen (and the rule applied).
+            let deferred = h.await_outcome(first, 0, DEADLINE).await;
+            let at = Instant::now();
+            for i in 0..5 {
+                let to = format!("r{i}@dest.example");
+                h.enqueue("alice@src.example", &[to.as_str()]);
+            }
+            let removed = h.await_removed(6, DEADLINE).await;
+            (deferred, at.elapsed(), removed)
+        },
+    );
+    assert_eq!(
+        deferred,
+        Some((RcptState::Pending, 1)),
+        "the 421 deferred it"
+    );
+    assert_eq!(removed, 6, "the site recovered: all delivered");
+    assert!(
+        waited >= Duration::from_millis(SUSPEND_SECS * 1_000 / 2),
+        "delivered {waited:?} after the suspension began"
+    );
+    assert_eq!(dest.received().len(), 6);
+    // The five queued during the suspension went out on their first attempt.
+    let attempts: Vec<u32> = (2..=6).map(|id| spool.finals()[&(id, 0)].1).collect();
+    assert_eq!(attempts, [1; 5], "no attempt spent on a suspended site");
+}
+
+/// A site whose MX hosts belong to a provider of the shaping rules takes the provider's
+/// limits: here at most one connection engine-wide (the shard alone would open four) and two
+/// transactions per connection, so fifty domains on its MX set go out over a line of short
+/// connections, one at a time.
+#[test]
+fn a_providers_limits_hold_at_its_site() {
+    const DOMAINS: usize = 50;
+    let sink = SmtpServer::start(Script::by_local_part_chunking());
+    let (_dns, resolver) = one_mx_set(DOMAINS, sink.addr.port());
+    let mut cfg = config();
+    cfg.next_hop_sessions_max = 4;
+    let rules = "[provider.testmail]\nmx = [\"*.site.test\"]\nconnections_max = 1\n\
+                 messages_per_connection_max = 2\n";
+    cfg.shaping = Arc::new(Shaping::parse_operator("test-shaping.toml", rules).expect("rules"));
+    let (removed, _) = run_shard(ShardSetup::new(cfg, resolver), |h| async move {
+        for d in 0..DOMAINS {
+            let to = format!("r@d{d}.test");
+            h.enqueue("alice@src.example", &[to.as_str()]);
+        }
+        h.await_removed(DOMAINS, DEADLINE).await
+    });
+    assert_eq!(removed, DOMAINS, "all delivered");
+    assert_eq!(sink.peak(), 1, "the provider's connection limit");
+    assert!(
+        sink.connections() >= DOMAINS / 2,
+        "{} connections for {DOMAINS} messages at two per connection",
+        sink.connections()
+    );
+}
+
+/// The tenants' settings as the control plane pushes them, fixed for a scenario.
+#[derive(Debug)]
+struct Weights(Vec<(&'static str, u32)>);
+
+impl TenantDeliverySource for Weights {
+    fn tenant_delivery(&self, tenant_id: &str) -> Option<TenantDelivery> {
+        let (_, w) = self.0.iter().find(|(t, _)| *t == tenant_id)?;
+        Some(TenantDelivery {
+            egress_pool: None,
+            delivery_weight: *w,
+        })
+    }
+}
+
+/// Two tenants with backlogs at one slow site, weighted 3 and 1: while both have mail, the
+/// site's one connection carries three of the first tenant's messages for each of the other's.
+#[test]
+fn tenant_weights_share_a_site_by_weight() {
+    let dest = SmtpServer::start(Script::by_local_part());
+    let other = SmtpServer::start(Script::by_local_part());
+    let mut cfg = config();
+    let mut slow = cfg.default_limits.clone();
+    slow.connections_max = 1;
+    cfg.domain_limits.insert("dest.example".into(), slow);
+    cfg.tenant_delivery = Some(Arc::new(Weights(vec![("heavy", 3), ("light", 1)])));
+    let (removed, _) = run_shard(
+        ShardSetup::new(cfg, routes(dest.addr, other.addr)),
+        |h| async move {
+            for i in 0..40 {
+                let to = format!("l{i}@dest.example");
+                h.enqueue_for("light", "a@light.example", &[to.as_str()]);
+                let to = format!("h{i}@dest.example");
+                h.enqueue_for("heavy", "a@heavy.example", &[to.as_str()]);
+            }
+            h.await_removed(80, DEADLINE).await
+        },
+    );
+    assert_eq!(removed, 80, "all delivered");
+    let heavy_of_first_40 = dest.received()[..40]
+        .iter()
+        .filter(|t| t.rcpts.iter().any(|r| r.starts_with('h')))
+        .count();
+    assert!(
+        (27..=33).contains(&heavy_of_first_40),
+        "{heavy_of_first_40} of the first 40 were the heavy tenant's (3:1 is 30)"
+    );
+}
+
+/// Two sources, 127.0.0.2 and 127.0.0.3 with their own EHLO names, in one pool weighted 3:1,
+/// and one source warming up on 127.0.0.4 in a pool of its own.
+fn egress() -> Egress {
+    let source = |name: &str, addr: &str, warmup: Option<WarmupSpec>| SourceSpec {
+        name: name.into(),
+        local_addr: Some(addr.parse().expect("address")),
+        ehlo_name: Some(format!("{name}.petrel.test")),
+        warmup,
+    };
+    let member = |source: &str, weight: u32| MemberSpec {
+        source: source.into(),
+        weight,
+    };
+    let today = Day::from_unix_ms(now_unix_ms());
+    let spec = EgressSpec {
+        sources: vec![
+            source("s2", "127.0.0.2", None),
+            source("s3", "127.0.0.3", None),
+            source(
+                "fresh",
+                "127.0.0.4",
+                Some(WarmupSpec {
+                    start_date: today.to_string(),
+                    days: 30,
+                    first_day_max: WARMUP_FIRST_DAY,
+                    full_day_max: Some(100_000),
+                }),
+            ),
+        ],
+        pools: vec![
+            PoolSpec {
+                name: "shared".into(),
+                sources: vec![member("s2", 3), member("s3", 1)],
+            },
+            PoolSpec {
+                name: "new-ip".into(),
+                sources: vec![member("fresh", 1)],
+            },
+        ],
+        default_pool: Some("shared".into()),
+    };
+    Egress::build(&spec).expect("egress")
+}
+
+/// The warming-up source's first day: this many messages.
+const WARMUP_FIRST_DAY: u64 = 5;
+
+fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A tenant's pool decides where its mail leaves from: the pool's sources by weight, each
+/// bound to its own address and giving its own EHLO name, as the sink sees them.
+#[test]
+fn a_pools_sources_are_used_by_weight_and_show_up_at_the_sink() {
+    let dest = SmtpServer::start(Script::by_local_part());
+    let other = SmtpServer::start(Script::by_local_part());
+    let mut cfg = config();
+    cfg.egress = Arc::new(egress());
+    let (removed, _) = run_shard(
+        ShardSetup::new(cfg, routes(dest.addr, other.addr)),
+        |h| async move {
+            for i in 0..40 {
+                let to = format!("r{i}@dest.example");
+                h.enqueue_for("tenant-a", "a@a.example", &[to.as_str()]);
+            }
+            h.await_removed(40, DEADLINE).await
+        },
+    );
+    assert_eq!(removed, 40, "all delivered");
+    let by_peer = dest.transactions_by_peer();
+    let at = |ip: &str| by_peer.get(&ip.parse().unwrap()).copied().unwrap_or(0);
+    assert_eq!((at("127.0.0.2"), at("127.0.0.3")), (30, 10), "{by_peer:?}");
+    for t in dest.received() {
+        let peer = t.peer.expect("peer recorded").ip().to_string();
+        let expected = match peer.as_str() {
+            "127.0.0.2" => "s2.petrel.test",
+            "127.0.0.3" => "s3.petrel.test",
+            other => panic!("mail from {other}"),
+        };
+        assert_eq!(t.helo, expected);
+    }
+}
+
+/// A source warming up sends its day's cap and no more: the rest of its tenant's mail waits
+/// for tomorrow in the queue, without an attempt.
+#[test]
+fn a_warm_up_cap_holds() {
+    let dest = SmtpServer::start(Script::by_local_part());
+    let other = SmtpServer::start(Script::by_local_part());
+    let mut cfg = config();
+    cfg.egress = Arc::new(egress());
+    cfg.tenant_delivery = Some(Arc::new(Pools(vec![("newcomer", "new-ip")])));
+    let (removed, spool) = run_shard(
+        ShardSetup::new(cfg, routes(dest.addr, other.addr)),
+        |h| async move {
+            for i in 0..12 {
+                let to = format!("r{i}@dest.example");
+                h.enqueue_for("newcomer", "a@new.example", &[to.as_str()]);
+            }
+            h.await_removed(WARMUP_FIRST_DAY as usize, DEADLINE).await;
+            // Time for more to go out, were the cap not holding.
+            glommio::timer::sleep(Duration::from_millis(1_500)).await;
+            h.spool().removed_count()
+        },
+    );
+    assert_eq!(
+        removed, WARMUP_FIRST_DAY as usize,
+        "the cap's worth delivered"
+    );
+    assert_eq!(dest.received().len(), WARMUP_FIRST_DAY as usize);
+    assert!(dest
+        .received()
+        .iter()
+        .all(|t| t.peer.is_some_and(|p| p.ip().to_string() == "127.0.0.4")));
+    let waiting = (1..=12u64)
+        .filter(|id| spool.outcome(*id, 0).is_none())
+        .count();
+    assert_eq!(
+        waiting,
+        12 - WARMUP_FIRST_DAY as usize,
+        "the rest wait unattempted"
+    );
+}
+
+/// Tenants mapped to pools, as the control plane pushes them.
+#[derive(Debug)]
+struct Pools(Vec<(&'static str, &'static str)>);
+
+impl TenantDeliverySource for Pools {
+    fn tenant_delivery(&self, tenant_id: &str) -> Option<TenantDelivery> {
+        let (_, pool) = self.0.iter().find(|(t, _)| *t == tenant_id)?;
+        Some(TenantDelivery {
+            egress_pool: Some(pool.to_string()),
+            delivery_weight: 1,
+        })
+    }
 }

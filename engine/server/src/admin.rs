@@ -5,6 +5,9 @@
 //!
 //! - `GET  /v1/queue` — depth, oldest age and state per domain, per shard
 //! - `POST /v1/queue/{domain}/suspend|resume|retry|bounce`
+//! - `GET  /v1/tenants/{id}/delivery` — the tenant's delivery settings in the policy in force
+//!   (egress pool, delivery weight) and that policy's version: what delivery reads
+//!   (`tenant_delivery.rs`)
 //!
 //! Every request presents `Authorization: Bearer <token>` (issue 16): the token is read from
 //! `admin.token_file`, the systemd credential `petrel-admin-token`, or `<data>/admin.token`
@@ -197,6 +200,7 @@ pub fn start(
     rt: &tokio::runtime::Handle,
     addr: SocketAddr,
     shards: Vec<async_channel::Sender<AdminRequest>>,
+    tenants: std::sync::Arc<crate::tenant_delivery::PolicyTenantDelivery>,
     guard: Guard,
 ) -> Result<SocketAddr, EngineError> {
     if !addr.ip().is_loopback() {
@@ -211,6 +215,10 @@ pub fn start(
     let app = Router::new()
         .route("/v1/queue", get(list))
         .route("/v1/queue/{domain}/{action}", post(act))
+        .route(
+            "/v1/tenants/{id}/delivery",
+            get(move |Path(id): Path<String>| async move { tenant_delivery(&tenants, &id) }),
+        )
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .with_state(Shards(shards))
         .layer(axum::middleware::from_fn_with_state(guard, guarded));
@@ -315,4 +323,29 @@ async fn act(
         }
     };
     ask_all(&shards, || make(domain.clone())).await
+}
+
+/// `GET /v1/tenants/{id}/delivery`: the settings delivery reads for the tenant, or 404 when the
+/// policy in force has no such tenant.
+fn tenant_delivery(tenants: &crate::tenant_delivery::PolicyTenantDelivery, id: &str) -> Response {
+    let ok = !id.is_empty()
+        && id.len() <= petrel_policy::snapshot::NAME_LENGTH_MAX_BYTES
+        && !id.chars().any(char::is_control);
+    if !ok {
+        return error(StatusCode::BAD_REQUEST, "bad_tenant", "not a tenant id");
+    }
+    match tenants.with_version(id) {
+        (version, Some(d)) => Json(json!({
+            "tenant_id": id,
+            "policy_version": version,
+            "egress_pool": d.egress_pool,
+            "delivery_weight": d.delivery_weight,
+        }))
+        .into_response(),
+        (_, None) => error(
+            StatusCode::NOT_FOUND,
+            "unknown_tenant",
+            "the policy in force has no such tenant",
+        ),
+    }
 }

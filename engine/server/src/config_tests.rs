@@ -344,3 +344,63 @@ fn smart_hosts_may_carry_mta_sts_with_their_certificate_names() {
         "off by default"
     );
 }
+
+/// `[[delivery.sources]]`, `[[delivery.pools]]` and `delivery.default_pool` (docs/egress.md).
+const EGRESS_TOML: &str = r#"
+[delivery]
+default_pool = "shared"
+
+[[delivery.sources]]
+name = "ip1"
+local_addr = "127.0.0.2"
+ehlo_name = "mta1.example.com"
+
+[[delivery.sources]]
+name = "ip2"
+local_addr = "127.0.0.3"
+warmup = { start_date = "2026-12-01", days = 30, first_day_max = 500, full_day_max = 200000 }
+
+[[delivery.pools]]
+name = "shared"
+sources = [{ source = "ip1", weight = 3 }, { source = "ip2" }]
+"#;
+
+#[test]
+fn egress_pools_parse_and_a_bad_pool_stops_the_start() {
+    let c = EngineConfig::from_toml(EGRESS_TOML).expect("a valid egress");
+    let egress = petrel_delivery::egress::Egress::build(&c.delivery.egress_spec()).unwrap();
+    assert_eq!(egress.sources().len(), 2);
+    let shared = egress.pool(egress.default_pool());
+    assert_eq!(shared.name, "shared");
+    assert_eq!(
+        shared.members.iter().map(|m| m.1).collect::<Vec<_>>(),
+        [3, 1],
+        "weight defaults to 1"
+    );
+    assert_eq!(egress.sources()[1].ehlo("fallback"), "fallback");
+    for (bad, needle) in [
+        (
+            EGRESS_TOML.replace("{ source = \"ip2\" }", "{ source = \"ip9\" }"),
+            "delivery.pools \"shared\": unknown source \"ip9\"",
+        ),
+        (
+            EGRESS_TOML.replace("weight = 3", "weight = 0"),
+            "has weight 0",
+        ),
+        (
+            EGRESS_TOML.replace("default_pool = \"shared\"", ""),
+            "delivery.default_pool: required",
+        ),
+        (
+            EGRESS_TOML.replace("days = 30", "days = 0"),
+            "delivery.sources \"ip2\": warmup: days must be 1 to 365",
+        ),
+        (
+            EGRESS_TOML.replace("ehlo_name =", "helo ="),
+            "unknown field `helo`",
+        ),
+    ] {
+        let e = EngineConfig::from_toml(&bad).unwrap_err().to_string();
+        assert!(e.contains(needle), "{e:?} lacks {needle:?}");
+    }
+}

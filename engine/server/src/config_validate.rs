@@ -159,6 +159,12 @@ impl EngineConfig {
                 "must be at least 1",
             );
         }
+        // Sources, pools and warm-ups: a bad pool stops the start (the message names the key).
+        if let Err(e) = petrel_delivery::egress::Egress::build(&self.delivery.egress_spec()) {
+            return Err(EngineError::Config {
+                message: e.to_string(),
+            });
+        }
         for d in &self.delivery.domains {
             if let Some(t) = &d.tls {
                 if !matches!(t.as_str(), "opportunistic" | "require" | "disabled") {
@@ -195,6 +201,18 @@ impl EngineConfig {
             taken.push(("another smtp.listeners entry", l.listen));
         }
         Ok(())
+    }
+}
+
+impl DeliverySection {
+    /// The egress part of the section (`[[delivery.sources]]`, `[[delivery.pools]]`,
+    /// `delivery.default_pool`), as `petrel_delivery::egress::Egress::build` takes it.
+    pub fn egress_spec(&self) -> petrel_delivery::egress::EgressSpec {
+        petrel_delivery::egress::EgressSpec {
+            sources: self.sources.clone(),
+            pools: self.pools.clone(),
+            default_pool: self.default_pool.clone(),
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use petrel_delivery::egress::{CountsSaver, Day, Egress, EGRESS_COUNTS_SAVE_INTERVAL_MS};
 use petrel_delivery::tls_rpt::{TlsRptFlusher, TlsRptRecorder, TLS_RPT_FLUSH_INTERVAL_MS};
 use petrel_delivery::{
     DeliveryConfig, DomainLimits, EventSink, EventsConfig, GlobalLimits, TlsPolicy,
@@ -32,6 +33,9 @@ pub struct DeliveryShared {
     /// Moves the recorders' counts to the event backlog; stopped (with a last flush) once the
     /// shards have stopped.
     pub tls_rpt_flusher: Arc<std::sync::Mutex<Option<TlsRptFlusher>>>,
+    /// Saves the egress sources' daily counts (`<data>/egress-counts.json`); stopped, with a
+    /// last save, once the shards have stopped.
+    pub egress_saver: Arc<std::sync::Mutex<Option<CountsSaver>>>,
 }
 
 pub fn build(
@@ -43,6 +47,9 @@ pub fn build(
     let mut config = delivery_config(cfg)?;
     config.return_path = Some(Arc::new(crate::intake_keys::PolicyReturnPath {
         keys: Arc::new(crate::intake_keys::KeyCache::new(Arc::clone(&policy))),
+    }));
+    config.tenant_delivery = Some(Arc::new(crate::tenant_delivery::PolicyTenantDelivery {
+        policy: Arc::clone(&policy),
     }));
     let limits = Arc::new(GlobalLimits::new(DESTINATIONS_MAX));
     // With Redis, pushed destination connection limits hold for the whole fleet.
@@ -95,6 +102,7 @@ pub fn build(
     let tls_rpt_flusher =
         TlsRptFlusher::start(tls_rpt.clone(), outbox.clone(), TLS_RPT_FLUSH_INTERVAL_MS)
             .map_err(EngineError::Io)?;
+    let egress_saver = start_egress(&config.egress, cfg)?;
     let events = EventsConfig {
         jsonl: cfg.events_jsonl(),
         accepted: cfg.events.jsonl_accepted,
@@ -113,7 +121,29 @@ pub fn build(
         writer: Arc::new(std::sync::Mutex::new(Some(writer))),
         tls_rpt,
         tls_rpt_flusher: Arc::new(std::sync::Mutex::new(Some(tls_rpt_flusher))),
+        egress_saver: Arc::new(std::sync::Mutex::new(Some(egress_saver))),
     })
+}
+
+/// Restores today's counts from before a restart (a warm-up cap holds across it) and starts
+/// the thread that saves them. A file that cannot be read is logged, not fatal: the counts
+/// start from 0 and the file is written anew.
+fn start_egress(egress: &Arc<Egress>, cfg: &EngineConfig) -> Result<CountsSaver, EngineError> {
+    let data = &cfg.server.data_dir;
+    match petrel_delivery::egress::counters::load(egress, data) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(sources = n, "egress daily counts restored"),
+        Err(e) => {
+            tracing::warn!(error = %e, "egress daily counts not restored; warm-up caps count from 0")
+        }
+    }
+    egress.publish_caps(Day::today());
+    CountsSaver::start(
+        Arc::clone(egress),
+        data.clone(),
+        EGRESS_COUNTS_SAVE_INTERVAL_MS,
+    )
+    .map_err(EngineError::Io)
 }
 
 /// The control plane's pushed destination limits, read from the current snapshot at every new
@@ -180,6 +210,11 @@ pub fn delivery_config(cfg: &EngineConfig) -> Result<DeliveryConfig, EngineError
         smart_host_mta_sts: d.smart_host_mta_sts,
         ..DeliveryConfig::default()
     };
+    out.egress = Arc::new(
+        Egress::build(&d.egress_spec()).map_err(|e| EngineError::Config {
+            message: e.to_string(),
+        })?,
+    );
     out.retry.first_retry_delay_ms = d.retry_initial_ms;
     out.retry.retry_delay_ms_max = d.retry_max_ms;
     out.retry.age_max_ms = d.message_age_max_ms;
@@ -209,6 +244,17 @@ pub fn delivery_config(cfg: &EngineConfig) -> Result<DeliveryConfig, EngineError
         let classifier = petrel_delivery::BounceClassifier::with_operator_rules(path)
             .map_err(EngineError::BounceRules)?;
         out.bounce_classifier = Arc::new(classifier);
+    }
+    if let Some(path) = &d.shaping_file {
+        let shaping =
+            petrel_delivery::shaping::Shaping::load(Some(path)).map_err(EngineError::Shaping)?;
+        tracing::info!(
+            file = %path.display(),
+            providers = shaping.providers().count(),
+            throttle_rules = shaping.rule_count(),
+            "delivery.shaping_file laid over the shipped shaping"
+        );
+        out.shaping = Arc::new(shaping);
     }
     out.validate().map_err(|e| EngineError::Config {
         message: format!("delivery: {e}"),
@@ -271,6 +317,74 @@ mod tests {
             ),
             "{e}"
         );
+        assert!(e.to_string().contains("missing.toml"), "{e}");
+    }
+
+    #[test]
+    fn egress_counts_are_restored_at_start_and_saved_at_stop() {
+        use petrel_delivery::egress::DailyCounts;
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = EngineConfig::from_toml(
+            "[delivery]\ndefault_pool = \"p\"\n[[delivery.sources]]\nname = \"ip2\"\n\
+             local_addr = \"127.0.0.2\"\n[[delivery.pools]]\nname = \"p\"\n\
+             sources = [{ source = \"ip2\" }]\n",
+        )
+        .unwrap();
+        cfg.server.data_dir = dir.path().to_path_buf();
+        let today = Day::today();
+        let first = delivery_config(&cfg).unwrap().egress;
+        let ip2 = first.source_id("ip2").unwrap();
+        let mut saver = start_egress(&first, &cfg).unwrap();
+        first.record_sent(ip2, today);
+        first.record_sent(ip2, today);
+        saver.stop();
+        let again = delivery_config(&cfg).unwrap().egress;
+        assert_eq!(again.counters().sent_today(ip2, today), 0);
+        let mut saver = start_egress(&again, &cfg).unwrap();
+        assert_eq!(again.counters().sent_today(ip2, today), 2, "restored");
+        saver.stop();
+        // A bad file is not fatal: the counts start from 0.
+        std::fs::write(dir.path().join("egress-counts.json"), "not json").unwrap();
+        let third = delivery_config(&cfg).unwrap().egress;
+        start_egress(&third, &cfg).unwrap().stop();
+        assert_eq!(third.counters().sent_today(ip2, today), 0);
+    }
+
+    #[test]
+    fn operator_shaping_file_loads_and_a_bad_one_stops_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let gmail = ["gmail-smtp-in.l.google.com"];
+        let shipped = delivery_config(&EngineConfig::default()).unwrap().shaping;
+        assert_eq!(
+            shipped.limits(shipped.provider_for(&gmail)).connections_max,
+            5
+        );
+
+        let good = dir.path().join("shaping.toml");
+        std::fs::write(&good, "[provider.google]\nconnections_max = 12\n").unwrap();
+        let mut cfg = EngineConfig::from_toml(&format!(
+            "[delivery]\nshaping_file = {:?}\n",
+            good.display().to_string()
+        ))
+        .unwrap();
+        let s = delivery_config(&cfg).unwrap().shaping;
+        assert_eq!(s.limits(s.provider_for(&gmail)).connections_max, 12);
+
+        let bad = dir.path().join("bad-shaping.toml");
+        std::fs::write(&bad, "[provider.google]\n\nconnections_max = 0\n").unwrap();
+        cfg.delivery.shaping_file = Some(bad);
+        let e = delivery_config(&cfg).unwrap_err();
+        assert!(matches!(&e, EngineError::Shaping(_)), "{e}");
+        let text = e.to_string();
+        assert!(text.contains("delivery.shaping_file"), "{text}");
+        assert!(
+            text.contains("bad-shaping.toml") && text.contains("line 1"),
+            "{text}"
+        );
+        assert!(text.contains("provider.google.connections_max"), "{text}");
+
+        cfg.delivery.shaping_file = Some(dir.path().join("missing.toml"));
+        let e = delivery_config(&cfg).unwrap_err();
         assert!(e.to_string().contains("missing.toml"), "{e}");
     }
 

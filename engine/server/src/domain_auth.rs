@@ -110,6 +110,8 @@ mod tests {
             reputation_warning: None,
             list_unsubscribe: false,
             arc_seal: false,
+            egress_pool: None,
+            delivery_weight: 1,
         }
     }
 

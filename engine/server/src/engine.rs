@@ -240,6 +240,9 @@ pub fn run(
             runtime,
             addr,
             admin_txs,
+            Arc::new(crate::tenant_delivery::PolicyTenantDelivery {
+                policy: Arc::clone(&policy),
+            }),
             crate::admin::Guard::new(&cfg, signals)?,
         )?),
         None => None,
@@ -282,6 +285,15 @@ pub fn run(
             .take();
         if let Some(mut f) = flusher {
             f.stop();
+        }
+        // The shards are gone: the egress counts' last save.
+        let saver = d
+            .egress_saver
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(mut s) = saver {
+            s.stop();
         }
         let writer = d.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
         drop(d);

@@ -54,6 +54,10 @@ pub enum EngineError {
     /// source names the file and, for a bad rule, its section and index.
     #[error("delivery.bounce_rules_file: {0}")]
     BounceRules(#[source] petrel_bounce::RulesError),
+    /// The operator's shaping file (`delivery.shaping_file`) could not be loaded; the source
+    /// names the file and, for a bad value, its line and key.
+    #[error("delivery.shaping_file: {0}")]
+    Shaping(#[source] petrel_delivery::shaping::ShapingError),
     /// The key-encryption key or the keyring could not be read (issue 16): the wrong key file,
     /// one others may read, or a damaged keyring. The engine does not start without them.
     #[error("encryption at rest: {0}")]

@@ -51,6 +51,7 @@ pub mod session;
 pub mod shard;
 pub mod sign_and_spool;
 pub mod spool_access;
+pub mod tenant_delivery;
 pub mod tls;
 pub mod tls_cert;
 

@@ -21,6 +21,8 @@ fn tenant(id: &str, on: bool) -> Tenant {
         reputation_warning: None,
         list_unsubscribe: on,
         arc_seal: false,
+        egress_pool: None,
+        delivery_weight: 1,
     }
 }
 

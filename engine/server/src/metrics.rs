@@ -125,6 +125,8 @@ fn register_at_zero() {
     }
     metrics::counter!(EVENTS_DROPPED_TOTAL, "reason" => "backlog_full").increment(0);
     metrics::counter!(EVENTS_BACKLOG_ERRORS_TOTAL).increment(0);
+    // Each source's petrel_egress_messages_total exists from its Egress::build on.
+    metrics::counter!(petrel_delivery::egress::EGRESS_UNKNOWN_POOL_TOTAL).increment(0);
     for result in ["issued", "failed"] {
         metrics::counter!(crate::acme::METRIC_ORDERS, "result" => result).increment(0);
     }
@@ -280,6 +282,10 @@ fn describe() {
         "Spool writes of delivery outcomes that failed, by operation (update, remove): the outcome holds in memory, a restart may deliver again"
     );
     describe_counter!(
+        "petrel_delivery_site_throttles_total",
+        "Replies that matched a throttle rule of the shaping, by provider and action (suspend, narrow): the site, or one tenant there, waits or gets fewer connections for the rule's time"
+    );
+    describe_counter!(
         "petrel_delivery_pipeline_pauses_total",
         "Connections lost mid-transaction: their host gets one transaction per write for a while (lost replies make duplicates)"
     );
@@ -379,6 +385,18 @@ fn describe() {
     describe_counter!(
         petrel_delivery::tls_rpt::TLS_RPT_SESSIONS_TOTAL,
         "Outbound connection attempts counted for TLS-RPT (RFC 8460), by policy type and result (success or the failure type)"
+    );
+    describe_counter!(
+        petrel_delivery::egress::EGRESS_MESSAGES_TOTAL,
+        "Messages sent, by egress source (docs/egress.md)"
+    );
+    describe_gauge!(
+        petrel_delivery::egress::EGRESS_WARMUP_CAP,
+        "Messages a warming-up egress source may send today (UTC), by source; +Inf once its ramp ends without a full_day_max"
+    );
+    describe_counter!(
+        petrel_delivery::egress::EGRESS_UNKNOWN_POOL_TOTAL,
+        "Lookups of a tenant's egress pool that named a pool this engine does not configure (its mail leaves from the default pool instead)"
     );
     describe_counter!(
         petrel_delivery::tls_rpt::TLS_RPT_OVERFLOW_TOTAL,

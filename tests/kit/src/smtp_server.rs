@@ -7,7 +7,8 @@
 //! local-part prefix and can fire on the first time only, which is how a sink plays "greylisted
 //! once, then accepted" ([`Script::by_local_part`]).
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -165,6 +166,10 @@ pub struct Txn {
     pub data: Vec<u8>,
     /// Received inside STARTTLS.
     pub tls: bool,
+    /// The client's address as this server saw it (its bound source address, for egress tests).
+    pub peer: Option<SocketAddr>,
+    /// The name the client gave in its last EHLO or HELO on the connection ("" if none).
+    pub helo: String,
 }
 
 impl Txn {
@@ -203,6 +208,20 @@ impl Log {
             .iter()
             .filter(|t| t.rcpts.iter().any(|r| r == rcpt))
             .count()
+    }
+
+    /// Accepted messages per client address (egress sources: which address sent how many).
+    pub fn transactions_by_peer(&self) -> BTreeMap<IpAddr, usize> {
+        let mut out = BTreeMap::new();
+        for ip in self
+            .transactions
+            .iter()
+            .filter_map(|t| t.peer)
+            .map(|p| p.ip())
+        {
+            *out.entry(ip).or_insert(0) += 1;
+        }
+        out
     }
 }
 
@@ -270,6 +289,11 @@ impl SmtpServer {
     /// Accepted messages that name `rcpt` among their recipients.
     pub fn deliveries_to(&self, rcpt: &str) -> usize {
         self.log().deliveries_to(rcpt)
+    }
+
+    /// Accepted messages per client address.
+    pub fn transactions_by_peer(&self) -> BTreeMap<IpAddr, usize> {
+        self.log().transactions_by_peer()
     }
 }
 

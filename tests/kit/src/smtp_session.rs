@@ -1,7 +1,7 @@
 //! The scripted server's side of one SMTP connection (blocking std I/O, optional rustls).
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::Mutex;
 
 use crate::smtp_server::{Log, RcptAction, Script, Txn};
@@ -67,11 +67,17 @@ pub(crate) struct Session<'a> {
     burst: usize,
     /// The connection was counted closed at QUIT (see [`Session::run`]).
     counted_closed: bool,
+    /// The client's address, recorded in each transaction.
+    peer: Option<SocketAddr>,
+    /// The name of the client's last EHLO or HELO, recorded in each transaction.
+    helo: String,
 }
 
 impl<'a> Session<'a> {
     pub(crate) fn new(stream: TcpStream, script: &'a Script, log: &'a Mutex<Log>) -> Session<'a> {
         Session {
+            peer: stream.peer_addr().ok(),
+            helo: String::new(),
             conn: Conn::Plain(stream),
             buf: Vec::new(),
             script,
@@ -156,6 +162,9 @@ impl<'a> Session<'a> {
         let upper = line.to_ascii_uppercase();
         let verb = upper.split(' ').next().unwrap_or("");
         let script = self.script;
+        if verb == "EHLO" || verb == "HELO" {
+            self.helo = line.get(5..).unwrap_or("").trim().to_string();
+        }
         match verb {
             "EHLO" if script.reject_ehlo => self.reply("502 5.5.2 EHLO not supported")?,
             "EHLO" => self.ehlo()?,
@@ -265,6 +274,8 @@ impl<'a> Session<'a> {
             mail_from,
             mail_params,
             tls: self.tls,
+            peer: self.peer,
+            helo: self.helo.clone(),
             ..Txn::default()
         });
         self.reply("250 2.1.0 Ok")

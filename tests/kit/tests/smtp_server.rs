@@ -108,3 +108,69 @@ fn a_stopped_server_refuses_connections() {
     let refused = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1));
     assert!(refused.is_err(), "nobody listens after drop");
 }
+
+/// One message over a new connection from `source` (the client's default EHLO name unless
+/// `helo` is given).
+fn send_from(server: &SmtpServer, source: &str, helo: Option<&'static str>) {
+    let addr = server.addr;
+    let source: std::net::IpAddr = source.parse().expect("an address");
+    run(move || async move {
+        let mut cfg = cfg();
+        if let Some(name) = helo {
+            cfg.helo_name = name.into();
+        }
+        let mut conn =
+            SmtpConnection::connect_from(addr, "mx.test.local", &cfg, Some(source), None)
+                .await
+                .expect("connect");
+        let out = conn.send("a@src.test", &["r@d.test"], b"m\r\n").await;
+        assert!(out.is_ok(), "{out:?}");
+        conn.quit().await;
+    });
+}
+
+#[test]
+fn each_transaction_records_the_peer_address_and_the_hello_name() {
+    let server = SmtpServer::start(Script::default());
+    send_from(&server, "127.0.0.2", Some("ip2.mta.test"));
+    send_from(&server, "127.0.0.3", None);
+    send_from(&server, "127.0.0.3", Some("ip3.mta.test"));
+    let got: Vec<(String, String)> = server
+        .received()
+        .iter()
+        .map(|t| (t.peer.expect("a peer").ip().to_string(), t.helo.clone()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("127.0.0.2".into(), "ip2.mta.test".into()),
+            (
+                "127.0.0.3".into(),
+                petrel_testkit::outbound::CLIENT_HELO_NAME.into()
+            ),
+            ("127.0.0.3".into(), "ip3.mta.test".into()),
+        ]
+    );
+    let by_peer = server.transactions_by_peer();
+    assert_eq!(by_peer.get(&"127.0.0.2".parse().unwrap()), Some(&1));
+    assert_eq!(by_peer.get(&"127.0.0.3".parse().unwrap()), Some(&2));
+    assert_eq!(by_peer.len(), 2);
+
+    // A server that refuses EHLO records the HELO the client falls back to.
+    let helo_only = SmtpServer::start(Script {
+        reject_ehlo: true,
+        ..Script::default()
+    });
+    send_from(&helo_only, "127.0.0.4", Some("old.mta.test"));
+    let t = &helo_only.received()[0];
+    assert_eq!(t.helo, "old.mta.test");
+    assert_eq!(
+        t.peer.map(|p| p.ip().to_string()).as_deref(),
+        Some("127.0.0.4")
+    );
+    assert!(helo_only
+        .log()
+        .commands
+        .iter()
+        .any(|c| c == "HELO old.mta.test"));
+}

@@ -30,6 +30,8 @@ fn tenant(id: &str) -> Tenant {
         reputation_warning: None,
         list_unsubscribe: false,
         arc_seal: false,
+        egress_pool: None,
+        delivery_weight: 1,
     }
 }
 

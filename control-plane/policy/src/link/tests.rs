@@ -72,6 +72,8 @@ fn snapshot_bytes(version: u64) -> Vec<u8> {
             reputation_warning: None,
             list_unsubscribe: false,
             arc_seal: false,
+            egress_pool: None,
+            delivery_weight: 1,
         }],
         ..Default::default()
     };

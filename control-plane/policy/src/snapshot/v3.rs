@@ -1,6 +1,6 @@
-//! Format 3 of the snapshot (`PTRLSNP3`): the tenants before `Tenant::arc_seal`. rkyv's archive
-//! has no optional fields, so an older layout is read through a copy of its types and
-//! converted; every other type is unchanged and shared.
+//! Format 3 of the snapshot (`PTRLSNP3`): the tenants before `Tenant::arc_seal` (and format 5's
+//! delivery settings). rkyv's archive has no optional fields, so an older layout is read
+//! through a copy of its types and converted; every other type is unchanged and shared.
 
 use super::{
     DefaultLimits, DeletedTenant, DestinationLimit, NewTenantCap, PolicySnapshot, ReturnPath,
@@ -40,7 +40,7 @@ pub(super) struct TenantV3 {
 }
 
 /// Validates and deserializes a format-3 payload (aligned), as the current format with
-/// `arc_seal` off for every tenant.
+/// `arc_seal` off and the default delivery settings for every tenant.
 pub(super) fn from_bytes(aligned: &[u8]) -> Result<PolicySnapshot, PolicyError> {
     let old = rkyv::from_bytes::<PolicySnapshotV3, rkyv::rancor::Error>(aligned)
         .map_err(|e| PolicyError::corrupt(format!("archive validation (format 3): {e}")))?;
@@ -71,6 +71,8 @@ impl From<TenantV3> for Tenant {
             reputation_warning: t.reputation_warning,
             list_unsubscribe: t.list_unsubscribe,
             arc_seal: false,
+            egress_pool: None,
+            delivery_weight: super::DELIVERY_WEIGHT_DEFAULT,
         }
     }
 }
@@ -124,6 +126,8 @@ mod tests {
         assert!(decoded.tenants.iter().all(|t| !t.arc_seal));
         for t in &mut s.tenants {
             t.arc_seal = false;
+            t.egress_pool = None;
+            t.delivery_weight = crate::snapshot::DELIVERY_WEIGHT_DEFAULT;
         }
         assert_eq!(decoded, s);
     }

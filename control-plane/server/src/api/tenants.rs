@@ -38,6 +38,14 @@ pub struct CreateTenant {
     /// to its messages (default off).
     #[serde(default)]
     pub arc_seal: bool,
+    /// The egress pool the tenant's mail leaves from (default: the engines' default pool).
+    #[serde(default)]
+    #[schema(pattern = r"^[a-z0-9_-]{1,64}$")]
+    pub egress_pool: Option<String>,
+    /// The tenant's share when tenants contend for a site, 1 to 100 (default 1).
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 100)]
+    pub delivery_weight: Option<u64>,
 }
 
 /// `PATCH /v1/tenants/{id}`: the settings given change, the others stay.
@@ -59,6 +67,52 @@ pub struct UpdateTenant {
     /// return path), and sealed with that domain's key.
     #[serde(default)]
     pub arc_seal: Option<bool>,
+    /// The egress pool (a named set of source addresses the engines configure in
+    /// `[[delivery.pools]]`) the tenant's mail leaves from: 1 to 64 of `[a-z0-9_-]`; `null`
+    /// returns the tenant to the engines' default pool. An engine without a pool of that name
+    /// uses its default.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, pattern = r"^[a-z0-9_-]{1,64}$")]
+    pub egress_pool: Option<Option<String>>,
+    /// The tenant's share of a site's deliveries when tenants contend for it, relative to the
+    /// others' weights: 1 (the default, all alike) to 100.
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 100)]
+    pub delivery_weight: Option<u64>,
+}
+
+/// A field given, even as `null` (`Some(None)`), against one left out (`None`, by
+/// `#[serde(default)]`).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
+fn check_egress_pool(pool: Option<&str>) -> Result<(), ApiError> {
+    use petrel_policy::snapshot::{is_egress_pool_name, EGRESS_POOL_NAME_MAX_BYTES};
+    match pool {
+        Some(p) if !is_egress_pool_name(p) => Err(ApiError::invalid(format!(
+            "egress_pool must be 1..={EGRESS_POOL_NAME_MAX_BYTES} characters of [a-z0-9_-]"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// The weight given, checked; the default when none is.
+fn check_delivery_weight(weight: Option<u64>) -> Result<u32, ApiError> {
+    use petrel_policy::snapshot::{
+        DELIVERY_WEIGHT_DEFAULT, DELIVERY_WEIGHT_MAX, DELIVERY_WEIGHT_MIN,
+    };
+    let Some(w) = weight else {
+        return Ok(DELIVERY_WEIGHT_DEFAULT);
+    };
+    u32::try_from(w)
+        .ok()
+        .filter(|w| (DELIVERY_WEIGHT_MIN..=DELIVERY_WEIGHT_MAX).contains(w))
+        .ok_or_else(|| {
+            ApiError::invalid(format!(
+                "delivery_weight must be {DELIVERY_WEIGHT_MIN}..={DELIVERY_WEIGHT_MAX}"
+            ))
+        })
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -99,6 +153,8 @@ pub async fn create(
     ApiJson(req): ApiJson<CreateTenant>,
 ) -> Result<(StatusCode, Json<TenantCreated>), ApiError> {
     check_tenant_name(&req.name)?;
+    check_egress_pool(req.egress_pool.as_deref())?;
+    let delivery_weight = check_delivery_weight(req.delivery_weight)?;
     let tenant = TenantView {
         id: new_id("ten"),
         name: req.name,
@@ -110,6 +166,8 @@ pub async fn create(
         created_unix_ms: app.now_ms(),
         list_unsubscribe: req.list_unsubscribe,
         arc_seal: req.arc_seal,
+        egress_pool: req.egress_pool,
+        delivery_weight,
     };
     let new_key = NewCredential::api_key(&tenant.id, "initial admin key", Role::Admin);
     let prepared = new_key.prepare(app.settings.hash_cost).await?;
@@ -200,7 +258,7 @@ pub async fn show(
     patch,
     operation_id = "tenants_update",
     path = "/v1/tenants/{id}",
-    summary = "Change a tenant's settings (list_unsubscribe, arc_seal)",
+    summary = "Change a tenant's settings (list_unsubscribe, arc_seal, egress_pool, delivery_weight)",
     params(("id" = String, Path, description = "The object's id")),
     request_body = UpdateTenant,
     responses((status = 200, body = TenantView)),
@@ -213,6 +271,14 @@ pub async fn update(
     Path(id): Path<String>,
     ApiJson(req): ApiJson<UpdateTenant>,
 ) -> Result<Json<TenantView>, ApiError> {
+    // Checked before the mutation begins: a refused change holds no write lock.
+    if let Some(pool) = &req.egress_pool {
+        check_egress_pool(pool.as_deref())?;
+    }
+    let weight = match req.delivery_weight {
+        Some(w) => Some(check_delivery_weight(Some(w))?),
+        None => None,
+    };
     let mut change = TenantChange::begin(&app, &id).await?;
     let mut after = change.before.clone();
     if let Some(on) = req.list_unsubscribe {
@@ -222,6 +288,14 @@ pub async fn update(
     if let Some(on) = req.arc_seal {
         store::tenants::set_arc_seal(change.conn(), &id, on).await?;
         after.arc_seal = on;
+    }
+    if let Some(pool) = req.egress_pool {
+        store::tenants::set_egress_pool(change.conn(), &id, pool.as_deref()).await?;
+        after.egress_pool = pool;
+    }
+    if let Some(w) = weight {
+        store::tenants::set_delivery_weight(change.conn(), &id, w).await?;
+        after.delivery_weight = w;
     }
     change.commit(&app, &caller, "tenant.update", after).await
 }

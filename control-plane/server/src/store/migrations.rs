@@ -476,4 +476,13 @@ CREATE TABLE tls_rpt_reports (
 ALTER TABLE tenants ADD COLUMN arc_seal BIGINT NOT NULL DEFAULT 0;
 "#,
     ),
+    (
+        // Delivery by site (issue 15): the egress pool a tenant's mail leaves from (NULL: the
+        // engine's default) and its weight when tenants share a site (1..=100).
+        18,
+        r#"
+ALTER TABLE tenants ADD COLUMN egress_pool TEXT;
+ALTER TABLE tenants ADD COLUMN delivery_weight BIGINT NOT NULL DEFAULT 1;
+"#,
+    ),
 ];

@@ -9,7 +9,7 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 
 use super::sealed::{aad, Sealer};
-use super::{clamp_i64, conflict_on_unique, get_bool, get_opt_u64, StoreResult};
+use super::{clamp_i64, conflict_on_unique, get_bool, get_opt_u64, StoreError, StoreResult};
 
 /// What a tenant's name reads as once its data keys are destroyed.
 pub const NAME_REDACTED: &str = "(deleted)";
@@ -66,6 +66,32 @@ pub struct Tenant {
     /// sending domain's DKIM key (migration 17; off by default).
     #[serde(default)]
     pub arc_seal: bool,
+    /// The egress pool (a named set of source addresses in the engines' `[[delivery.pools]]`)
+    /// the tenant's mail leaves from; None: the engines' default (migration 18).
+    #[serde(default)]
+    #[schema(pattern = r"^[a-z0-9_-]{1,64}$")]
+    pub egress_pool: Option<String>,
+    /// The tenant's share of a site's deliveries when tenants contend for it, relative to the
+    /// others' (migration 18; 1 by default: all alike).
+    #[serde(default = "default_delivery_weight")]
+    #[schema(minimum = 1, maximum = 100)]
+    pub delivery_weight: u32,
+}
+
+fn default_delivery_weight() -> u32 {
+    petrel_policy::snapshot::DELIVERY_WEIGHT_DEFAULT
+}
+
+fn get_delivery_weight(r: &AnyRow) -> StoreResult<u32> {
+    use petrel_policy::snapshot::{DELIVERY_WEIGHT_MAX, DELIVERY_WEIGHT_MIN};
+    let v: i64 = r.try_get("delivery_weight")?;
+    u32::try_from(v)
+        .ok()
+        .filter(|w| (DELIVERY_WEIGHT_MIN..=DELIVERY_WEIGHT_MAX).contains(w))
+        .ok_or_else(|| StoreError::Corrupt {
+            column: "delivery_weight",
+            reason: format!("{v} is outside {DELIVERY_WEIGHT_MIN}..={DELIVERY_WEIGHT_MAX}"),
+        })
 }
 
 fn decode(r: &AnyRow) -> StoreResult<Tenant> {
@@ -80,6 +106,8 @@ fn decode(r: &AnyRow) -> StoreResult<Tenant> {
         created_unix_ms: r.try_get("created_unix_ms")?,
         list_unsubscribe: get_bool(r, "list_unsubscribe")?,
         arc_seal: get_bool(r, "arc_seal")?,
+        egress_pool: r.try_get("egress_pool")?,
+        delivery_weight: get_delivery_weight(r)?,
     })
 }
 
@@ -166,7 +194,8 @@ pub async fn insert(conn: &mut AnyConnection, sealer: &Sealer, t: &Tenant) -> St
     sqlx::query(
         "INSERT INTO tenants (id, name, is_operator, suspended, messages_per_second_max, \
          messages_per_day_max, allow_unverified_domains, created_unix_ms, list_unsubscribe, \
-         name_index, arc_seal) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11)",
+         name_index, arc_seal, egress_pool, delivery_weight) \
+         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13)",
     )
     .bind(t.id.clone())
     .bind(name)
@@ -179,6 +208,8 @@ pub async fn insert(conn: &mut AnyConnection, sealer: &Sealer, t: &Tenant) -> St
     .bind(i64::from(t.list_unsubscribe))
     .bind(index)
     .bind(i64::from(t.arc_seal))
+    .bind(t.egress_pool.clone())
+    .bind(i64::from(t.delivery_weight))
     .execute(conn)
     .await
     .map_err(conflict_on_unique)?;
@@ -227,6 +258,35 @@ pub async fn set_list_unsubscribe(conn: &mut AnyConnection, id: &str, on: bool) 
 pub async fn set_arc_seal(conn: &mut AnyConnection, id: &str, on: bool) -> StoreResult<()> {
     sqlx::query("UPDATE tenants SET arc_seal = $1 WHERE id = $2")
         .bind(i64::from(on))
+        .bind(id.to_string())
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Sets the egress pool the tenant's mail leaves from (None: the engines' default). The caller
+/// has checked the name (`petrel_policy::snapshot::is_egress_pool_name`).
+pub async fn set_egress_pool(
+    conn: &mut AnyConnection,
+    id: &str,
+    pool: Option<&str>,
+) -> StoreResult<()> {
+    sqlx::query("UPDATE tenants SET egress_pool = $1 WHERE id = $2")
+        .bind(pool.map(str::to_string))
+        .bind(id.to_string())
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Sets the tenant's delivery weight (the caller has checked its range).
+pub async fn set_delivery_weight(
+    conn: &mut AnyConnection,
+    id: &str,
+    weight: u32,
+) -> StoreResult<()> {
+    sqlx::query("UPDATE tenants SET delivery_weight = $1 WHERE id = $2")
+        .bind(i64::from(weight))
         .bind(id.to_string())
         .execute(conn)
         .await?;

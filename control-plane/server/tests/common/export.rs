@@ -170,10 +170,19 @@ async fn post(h: &Harness, key: &str, path: &str, body: Value, status: u16) -> V
     r.body
 }
 
-/// Domains (one rotated: three keys), credentials, suppressions, webhooks, events, and the
+/// The exported tenant's delivery settings (issue 15).
+const EXPORT_POOL: &str = "export-pool";
+const EXPORT_WEIGHT: u32 = 9;
+
+/// Delivery settings, domains (one rotated: three keys), credentials, suppressions, webhooks, events, and the
 /// audit rows all of it wrote.
 async fn populate(h: &Harness, tenant: &str, key: &str) -> Secrets {
     let mut texts = vec![key.to_string()];
+    let settings = json!({"egress_pool": EXPORT_POOL, "delivery_weight": EXPORT_WEIGHT});
+    let r = h
+        .owner("PATCH", &format!("/v1/tenants/{tenant}"), Some(settings))
+        .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
     for name in ["a.export.test", "b.export.test"] {
         post(h, key, "/v1/domains", json!({ "name": name }), 201).await;
     }
@@ -291,6 +300,7 @@ fn check_framing(archive: &[u8], tenant: &str, export_id: &str) -> Vec<Value> {
         *counted.entry(kind).or_default() += 1;
     }
     let kinds = [
+        "tenant",
         "domain",
         "dkim_key",
         "credential",
@@ -312,6 +322,16 @@ fn check_framing(archive: &[u8], tenant: &str, export_id: &str) -> Vec<Value> {
 
 /// Every row of the tenant in the database is in the archive, and nothing else.
 async fn check_every_row(db: &Db, tenant: &str, records: &[Value]) {
+    // The tenant itself, first, with the delivery settings `populate` gave it.
+    assert_eq!(records[0]["kind"], "tenant");
+    let own = of_kind(records, "tenant");
+    assert_eq!(own.len(), 1);
+    assert_eq!(own[0]["id"], tenant);
+    assert_eq!(own[0]["name"], MARKER_NAME);
+    assert_eq!(
+        (&own[0]["egress_pool"], &own[0]["delivery_weight"]),
+        (&json!(EXPORT_POOL), &json!(EXPORT_WEIGHT))
+    );
     let domains = of_kind(records, "domain");
     let want = strings(db, "SELECT id FROM domains WHERE tenant_id = $1", tenant).await;
     assert_eq!((field_set(&domains, "id"), want.len()), (want, 2));

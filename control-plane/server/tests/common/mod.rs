@@ -14,6 +14,7 @@ pub mod scenarios;
 pub mod suppression_push;
 pub mod suppressions;
 pub mod suppressions_api;
+pub mod tenant_delivery;
 pub mod unsubscribe;
 pub mod webhooks;
 

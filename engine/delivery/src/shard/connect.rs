@@ -42,15 +42,23 @@ impl Drop for OpenGauge {
     }
 }
 
+/// Why connecting failed: where it last tried and the recipients' result, and the server's
+/// refusal when there was one (a `421` at the greeting, for the throttle rules).
+pub(super) struct ConnectFailure {
+    pub attempt: Attempt,
+    pub result: RcptResult,
+    pub refusal: Option<petrel_outbound::Reply>,
+}
+
 /// Connects to the first address that answers, in route order, trying at most
-/// `connect_addresses_max` addresses. On failure: where it last tried and why.
+/// `connect_addresses_max` addresses.
 pub(super) async fn connect<S: SpoolAccess>(
     inner: &Inner<S>,
     route: &Route,
     client: &ClientConfig,
     domain: &str,
     label: &str,
-) -> Result<Connected, (Attempt, RcptResult)> {
+) -> Result<Connected, ConnectFailure> {
     let mut tried = 0;
     let report = tls_rpt::session_policy(inner, domain);
     let text = format!("{domain}: no address to connect to");
@@ -58,6 +66,7 @@ pub(super) async fn connect<S: SpoolAccess>(
         Attempt::default(),
         RcptResult::local(text, LocalFailure::ConnectFailed),
     );
+    let mut refusal = None;
     for host in &route.hosts {
         // DANE (RFC 7672, `dane.rs`): per host, validated TLSA records pin its certificate.
         let plan = match dane::for_host(inner, domain, &host.name, client.tls).await {
@@ -77,8 +86,18 @@ pub(super) async fn connect<S: SpoolAccess>(
             }
         };
         for addr in &host.addrs {
+            if client
+                .source_addr
+                .is_some_and(|s| s.is_ipv4() != addr.is_ipv4())
+            {
+                continue; // a bound source reaches only its own address family
+            }
             if tried >= inner.cfg.connect_addresses_max {
-                return Err(last);
+                return Err(ConnectFailure {
+                    attempt: last.0,
+                    result: last.1,
+                    refusal,
+                });
             }
             tried += 1;
             let result = dane::connect(*addr, &host.name, client, domain, plan.as_ref()).await;
@@ -106,6 +125,9 @@ pub(super) async fn connect<S: SpoolAccess>(
                     });
                 }
                 Err(e) => {
+                    if let petrel_outbound::ClientError::Rejected { reply, .. } = &e {
+                        refusal = Some(reply.clone());
+                    }
                     let attempt = Attempt {
                         host: Some(host.name.clone()),
                         addr: Some(*addr),
@@ -122,12 +144,25 @@ pub(super) async fn connect<S: SpoolAccess>(
             }
         }
     }
-    Err(last)
+    Err(ConnectFailure {
+        attempt: last.0,
+        result: last.1,
+        refusal,
+    })
 }
 
-pub(super) fn client_config(cfg: &DeliveryConfig, tls: TlsPolicy) -> ClientConfig {
+/// The client configuration of a site's connections: its TLS policy, and its egress source's
+/// address and EHLO name (`crate::egress`).
+pub(super) fn client_config(
+    cfg: &DeliveryConfig,
+    tls: TlsPolicy,
+    source: Option<&crate::egress::Source>,
+) -> ClientConfig {
     ClientConfig {
-        helo_name: cfg.helo_name.clone(),
+        helo_name: source
+            .map_or(cfg.helo_name.as_str(), |s| s.ehlo(&cfg.helo_name))
+            .to_string(),
+        source_addr: source.and_then(|s| s.local_addr),
         tls: tls.mode(),
         extra_root_certs_pem: cfg.extra_root_certs_pem.clone(),
         connect_timeout_ms: cfg.client.connect_timeout_ms,

@@ -16,15 +16,17 @@ use std::time::{Duration, Instant};
 
 use petrel_outbound::{ClientError, OutgoingMessage, PIPELINE_TRANSACTIONS_MAX};
 
-use super::connect::{client_config, connect, Connected};
+use super::connect::{client_config, connect, ConnectFailure, Connected};
 use super::outcome::{apply, fail_entries, Attempt, RcptResult};
 use super::prepare::prepare;
 use super::site::{take_ready, SiteId, ROTATION_LOOKS_MAX};
 use super::tls_rpt;
-use super::{now_unix_ms, Inner, SpoolAccess, State};
+use super::{now_unix_ms, Inner, SpoolAccess, State, DAY_MS};
 use crate::config::DomainLimits;
+use crate::egress::{DailyCounts, Day, SourceId};
 use crate::limits::{rate_burst, ConnectionPermit, DestinationCounters};
 use crate::queue::{DomainId, Entry};
+use crate::shaping::SiteLimits;
 
 /// How often an idle connection looks for work without a notification (bounds a missed one).
 const IDLE_POLL_MS_MAX: u64 = 200;
@@ -74,24 +76,54 @@ fn take(empty: bool, blocked: Vec<DomainId>) -> Take {
 }
 
 async fn connection<S: SpoolAccess + 'static>(inner: &Rc<Inner<S>>, site_id: SiteId) {
-    let Some((route, tls, limits, label)) =
+    let Some((route, tls, limits, label, shaped, counter_key)) =
         inner.state.borrow().sites.sites.get(&site_id).map(|s| {
             (
                 s.route.clone(),
                 s.tls,
                 s.limits.clone(),
                 s.label.to_string(),
+                s.shaped,
+                s.counter_key.to_string(),
             )
         })
     else {
         return;
     };
-    let client = client_config(&inner.cfg, tls);
+    // A shaped site's connections count engine-wide against its provider's limit.
+    let _site_permit = match &shaped {
+        Some(s) => {
+            let counters = inner.limits.destination(&counter_key);
+            let Some(permit) = ConnectionPermit::try_acquire(counters, s.connections_max) else {
+                let lanes = rotation(inner, site_id);
+                park(inner, site_id, &lanes);
+                return;
+            };
+            Some(permit)
+        }
+        None => None,
+    };
+    let site_rated = shaped
+        .as_ref()
+        .is_some_and(|s| s.messages_per_minute_max.is_some() || s.messages_per_hour_max.is_some());
+    let source = inner
+        .state
+        .borrow()
+        .sites
+        .sites
+        .get(&site_id)
+        .map(|s| s.source());
+    let client = client_config(
+        &inner.cfg,
+        tls,
+        source.and_then(|i| inner.cfg.egress.sources().get(usize::from(i))),
+    );
     let mut conn: Option<Connected> = None;
     let mut held: Option<Held> = None;
     let mut blocked_since: Option<Instant> = None;
     while !inner.shutdown.get() {
         let room = match conn.as_ref() {
+            Some(_) if site_rated => 1, // one transaction per token
             Some(c) => write_room(inner, c, &limits),
             None => 1, // the server's extensions are not known yet
         };
@@ -127,6 +159,12 @@ async fn connection<S: SpoolAccess + 'static>(inner: &Rc<Inner<S>>, site_id: Sit
                 break;
             }
         }
+        if let Some(s) = shaped.as_ref().filter(|_| site_rated) {
+            if !wait_for_site_rate(inner, &counter_key, s).await {
+                put_back(inner, write);
+                break;
+            }
+        }
         if conn
             .as_ref()
             .is_some_and(|c| c.sent >= limits.messages_per_connection_max)
@@ -141,13 +179,21 @@ async fn connection<S: SpoolAccess + 'static>(inner: &Rc<Inner<S>>, site_id: Sit
             tls_rpt::record_policy_fetch_failure(inner, &domain, first_mx);
             match connect(inner, &route, &client, &domain, &label).await {
                 Ok(c) => conn = Some(c),
-                Err((attempt, result)) => {
+                Err(ConnectFailure {
+                    attempt,
+                    result,
+                    refusal,
+                }) => {
+                    if let Some(reply) = &refusal {
+                        let tenant = first_tenant(inner, &write);
+                        inner.observe_reply(site_id, tenant.as_deref(), reply);
+                    }
                     // The site is unreachable: this write and the site's ready work wait.
                     site_unreachable(inner, site_id, write, &attempt, result).await;
                     break;
                 }
             }
-            if let Some(c) = conn.as_ref() {
+            if let Some(c) = conn.as_ref().filter(|_| !site_rated) {
                 // Now that the server's extensions are known, fill the write.
                 let room = write_room(inner, c, &limits);
                 fill(inner, site_id, &mut held, room, &mut write);
@@ -158,13 +204,16 @@ async fn connection<S: SpoolAccess + 'static>(inner: &Rc<Inner<S>>, site_id: Sit
             break;
         };
         let domains: Vec<DomainId> = write.batches.iter().map(|(d, _)| *d).collect();
-        let usable = deliver(inner, c, write.batches).await;
+        let usable = deliver(inner, site_id, c, write.batches).await;
         drop(write.extra); // the other domains' permits
         for d in domains {
             inner.batch_done(d);
         }
         if !usable {
             conn = None; // broken: dropped without QUIT
+        }
+        if over_cap(inner, site_id) {
+            break; // suspended, or narrowed below the connections it has
         }
     }
     if let Some(c) = conn.take() {
@@ -216,6 +265,16 @@ fn fill<S: SpoolAccess + 'static>(
             continue;
         }
         let limits = info.limits.clone();
+        let wait = suspended_until(st, site_id, id, now).or_else(|| warmed_up(inner, st, id, now));
+        if let Some(until) = wait {
+            // The site, or this lane's tenant there, was told to wait: its ready mail goes
+            // back to the schedule until then, without an attempt.
+            st.queues.unready(id, until);
+            if let Some(info) = st.sites.domains.get_mut(&id) {
+                info.in_rotation = false;
+            }
+            continue;
+        }
         let first = write.batches.is_empty();
         let rate_limited = limits.messages_per_second_max.is_some();
         if rate_limited && !first {
@@ -258,11 +317,28 @@ fn fill<S: SpoolAccess + 'static>(
         }
         if let Some(info) = st.sites.domains.get_mut(&id) {
             info.inflight += 1;
-            if st.queues.is_ready(id) {
-                st.sites.requeue_turn(site_id, id);
-            } else {
+            // A weighted tenant's lane takes `weight` batches per turn, then goes to the back.
+            info.turn_left = match info.turn_left {
+                0 => info.weight.saturating_sub(1),
+                n => n - 1,
+            };
+            let more = info.turn_left > 0;
+            if !st.queues.is_ready(id) {
                 info.in_rotation = false;
+                info.turn_left = 0;
+            } else if more {
+                st.sites.continue_turn(site_id, id);
+            } else {
+                st.sites.requeue_turn(site_id, id);
             }
+        }
+        if let Some(source) = st.queues.source(id) {
+            // Counted when taken, so a warm-up cap holds exactly (an attempt counts).
+            let day = Day::from_unix_ms(now);
+            inner
+                .cfg
+                .egress
+                .record_sent(SourceId::from_index(source), day);
         }
         write.batches.push((id, batch));
         if rate_limited {
@@ -270,6 +346,56 @@ fn fill<S: SpoolAccess + 'static>(
         }
     }
     blocked
+}
+
+/// Until when lane `id` waits at `site_id` under a throttle rule, if it does now.
+fn suspended_until(st: &State, site_id: SiteId, id: DomainId, now: u64) -> Option<u64> {
+    let site = st.sites.sites.get(&site_id)?;
+    let tenant = st.queues.tenant(id).filter(|t| !t.is_empty());
+    site.throttle.suspended_until(tenant, now)
+}
+
+/// When lane `id`'s egress source has sent its warm-up cap for today: the start of tomorrow
+/// (UTC), when its lane may go on.
+fn warmed_up<S: SpoolAccess>(inner: &Inner<S>, st: &State, id: DomainId, now: u64) -> Option<u64> {
+    let source = SourceId::from_index(st.queues.source(id)?);
+    let egress = &inner.cfg.egress;
+    let today = Day::from_unix_ms(now);
+    let cap = egress.daily_cap(source, today)?;
+    if egress.counters().sent_today(source, today) < cap {
+        return None;
+    }
+    metrics::counter!("petrel_egress_warmup_waits_total").increment(1);
+    Some(u64::from(today.next().0) * DAY_MS)
+}
+
+/// The site is suspended, or has more connections than it may have now: this one ends.
+fn over_cap<S: SpoolAccess>(inner: &Inner<S>, site_id: SiteId) -> bool {
+    let now = now_unix_ms();
+    let st = inner.state.borrow();
+    st.sites.sites.get(&site_id).is_some_and(|s| {
+        s.throttle.site_suspended_until(now).is_some() || s.connections > s.cap(&inner.cfg, now)
+    })
+}
+
+/// The lanes in the site's rotation now.
+fn rotation<S: SpoolAccess>(inner: &Inner<S>, site_id: SiteId) -> Vec<DomainId> {
+    let st = inner.state.borrow();
+    st.sites
+        .sites
+        .get(&site_id)
+        .map(|s| s.rotation.iter().copied().collect())
+        .unwrap_or_default()
+}
+
+/// The tenant of the write's first transaction (`None`: no tenant).
+fn first_tenant<S: SpoolAccess>(inner: &Inner<S>, write: &Write) -> Option<String> {
+    let st = inner.state.borrow();
+    let (id, _) = write.batches.first()?;
+    st.queues
+        .tenant(*id)
+        .filter(|t| !t.is_empty())
+        .map(str::to_string)
 }
 
 /// Whether the connection already holds a permit for `domain` (held, or taken for this write).
@@ -357,6 +483,7 @@ fn put_back<S: SpoolAccess + 'static>(inner: &Inner<S>, write: Write) {
 /// is no longer usable.
 async fn deliver<S: SpoolAccess + 'static>(
     inner: &Rc<Inner<S>>,
+    site_id: SiteId,
     c: &mut Connected,
     batches: Vec<(DomainId, Vec<Entry>)>,
 ) -> bool {
@@ -411,6 +538,21 @@ async fn deliver<S: SpoolAccess + 'static>(
             next_hop_dsn: c.conn.offers_dsn() && p.dsn.is_some(),
         };
         let message_id = p.batch[0].message_id;
+        let refusal = match &sent {
+            Ok(outcome) => negative_reply(outcome),
+            Err(ClientError::Rejected { reply, .. }) => Some(reply),
+            Err(_) => None,
+        };
+        if let Some(reply) = refusal {
+            let tenant = inner
+                .state
+                .borrow()
+                .queues
+                .tenant(p.domain)
+                .filter(|t| !t.is_empty())
+                .map(str::to_string);
+            inner.observe_reply(site_id, tenant.as_deref(), reply);
+        }
         let results: Vec<RcptResult> = match sent {
             Ok(outcome) => (0..p.batch.len())
                 .map(|i| RcptResult::classify(&outcome, i, &inner.cfg.bounce_classifier))
@@ -443,6 +585,21 @@ async fn deliver<S: SpoolAccess + 'static>(
         .await;
     }
     usable
+}
+
+/// The transaction's first refusal: MAIL's, the message's, else a recipient's.
+fn negative_reply(
+    outcome: &petrel_outbound::TransactionOutcome,
+) -> Option<&petrel_outbound::Reply> {
+    let rcpt = outcome.rcpts.iter().find_map(|r| match r {
+        petrel_outbound::RcptOutcome::Rejected(reply) => Some(reply),
+        _ => None,
+    });
+    outcome
+        .mail_rejected
+        .as_ref()
+        .or(outcome.data.as_ref().filter(|r| !r.is_positive()))
+        .or(rcpt)
 }
 
 /// Puts entries back into the domain's schedule, due now (the domain is held by the batch).
@@ -509,6 +666,29 @@ fn set_idle<S: SpoolAccess>(
         site.idle.saturating_sub(1)
     };
     Some(site.work.clone())
+}
+
+/// Waits for a token of the shaped site's per-minute and per-hour rates; false if shutting
+/// down meanwhile.
+async fn wait_for_site_rate<S: SpoolAccess>(inner: &Inner<S>, key: &str, s: &SiteLimits) -> bool {
+    loop {
+        let now = Instant::now();
+        match inner.limits.site_rates().try_take(
+            key,
+            s.messages_per_minute_max,
+            s.messages_per_hour_max,
+            now,
+        ) {
+            Ok(()) => return true,
+            Err(wait) => {
+                if inner.shutdown.get() {
+                    return false;
+                }
+                glommio::timer::sleep(wait.clamp(Duration::from_millis(1), Duration::from_secs(1)))
+                    .await;
+            }
+        }
+    }
 }
 
 /// Waits for a rate token of the destination; false if shutting down meanwhile.

@@ -39,6 +39,7 @@ use rand::SeedableRng;
 use crate::attribution::Attribution;
 use crate::config::DeliveryConfig;
 use crate::dsn_params::MessageDsn;
+use crate::egress::{Day, SourceId};
 use crate::error::SpoolAccessError;
 use crate::events::{Event, EventSink};
 use crate::limits::GlobalLimits;
@@ -176,6 +177,8 @@ pub enum DomainState {
 
 /// Bound of the per-shard list of recipients waiting to be bounced by the run loop.
 pub const ADMIN_BOUNCES_MAX: usize = 1_000_000;
+/// Milliseconds in a UTC day (`egress::Day` counts them from the Unix epoch).
+pub(crate) const DAY_MS: u64 = 86_400_000;
 /// How often the queue gauges (depth, oldest age) are refreshed, ms.
 pub const GAUGE_INTERVAL_MS: u64 = 5_000;
 
@@ -382,10 +385,30 @@ impl<S: SpoolAccess + 'static> Inner<S> {
         let _ = self.wake_tx.try_send(()); // full: a wake-up is already pending
     }
 
-    /// The egress source a message of `tenant` leaves from: the default one until pools are
-    /// configured.
-    fn choose_source(&self, _tenant: Option<&str>) -> u16 {
-        0
+    /// The egress source a message of `tenant` leaves from (the next of its pool by weight,
+    /// `crate::egress`), and the time it may not go before: the start of tomorrow (UTC) when
+    /// every source of the pool has sent its warm-up cap for today, else 0.
+    fn choose_source(&self, tenant: Option<&str>, now: u64) -> (u16, u64) {
+        let egress = &self.cfg.egress;
+        let pool_name = tenant
+            .and_then(|t| self.cfg.tenant_delivery.as_ref()?.tenant_delivery(t))
+            .and_then(|d| d.egress_pool);
+        let pool = egress.pool_for(pool_name.as_deref());
+        let today = Day::from_unix_ms(now);
+        let members = &egress.pool(pool).members;
+        let index = |s: SourceId| u16::try_from(s.index()).unwrap_or(0);
+        if let [(only, _)] = members.as_slice() {
+            if egress.daily_cap(*only, today).is_none() {
+                return (index(*only), 0); // one source, no cap: no choosing (the usual case)
+            }
+        }
+        match egress.choose(pool, egress.counters(), today) {
+            Some(source) => (index(source), 0),
+            None => {
+                let first = members.first().map_or(0, |(s, _)| index(*s));
+                (first, u64::from(today.next().0) * DAY_MS)
+            }
+        }
     }
 
     fn enqueue(&self, msg: QueuedMessage) {
@@ -396,14 +419,14 @@ impl<S: SpoolAccess + 'static> Inner<S> {
         let received_unix_secs = u32::try_from(msg.received_unix_ms / 1000).unwrap_or(u32::MAX);
         let mut rcpts: Vec<RcptSlot> = Vec::with_capacity(msg.recipients.len());
         let tenant = msg.attribution.as_deref().and_then(|a| a.tenant_id());
-        let source = self.choose_source(tenant);
+        let (source, not_before) = self.choose_source(tenant, now_unix_ms());
         for r in msg.recipients {
             let domain = domain_of(&r.address);
             let id = st.queues.queue_id(&domain, tenant.unwrap_or(""), source);
             st.queues.schedule(
                 id,
                 Entry {
-                    due_unix_ms: r.next_attempt_unix_ms,
+                    due_unix_ms: r.next_attempt_unix_ms.max(not_before),
                     message_id: msg.id,
                     rcpt_index: r.index,
                     received_unix_secs,

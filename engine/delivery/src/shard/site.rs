@@ -35,12 +35,16 @@ use super::tls_rpt;
 use super::{now_unix_ms, Inner, SpoolAccess, State};
 use crate::config::{DeliveryConfig, DomainLimits, TlsPolicy};
 use crate::queue::{DomainId, Entry};
+use crate::shaping::throttle::SiteThrottle;
+use crate::shaping::{ProviderId, SiteLimits, ThrottleKind};
 
 /// Route lookups (DNS, then MTA-STS) a shard runs at once; more ready domains wait a round.
 pub const ROUTING_TASKS_MAX: usize = 256;
 /// A routed domain is routed again this long after its last routing (its limits, DNS answer
 /// and MTA-STS policy may have changed), at its next entry into a rotation.
 pub const ROUTE_RECHECK_MS: u64 = 60_000;
+/// The largest delivery weight a tenant's lane gets (batches per rotation turn).
+pub const TENANT_WEIGHT_MAX: u32 = 100;
 /// Rotation turns one write may look at beyond the transactions it takes (domains skipped
 /// because their connection limit is reached elsewhere).
 pub const ROTATION_LOOKS_MAX: usize = 32;
@@ -97,8 +101,17 @@ pub(super) struct Site {
     /// Where its connections go (under an enforced MTA-STS policy, the hosts it allows).
     pub route: Arc<Route>,
     pub tls: TlsPolicy,
-    /// Its limits: the domain's for an own site, the defaults for a shared one.
+    /// Its limits: the domain's for an own site, the defaults for a shared one (a shaped
+    /// site's messages per connection and recipients per transaction taken from `shaped`).
     pub limits: DomainLimits,
+    /// The mailbox provider its MX hosts belong to (`crate::shaping`); shared sites only.
+    pub provider: Option<ProviderId>,
+    /// The provider's limits: connections and rates engine-wide, under `counter_key`.
+    pub shaped: Option<SiteLimits>,
+    /// The site's key in the engine-wide registries (connection permits, rates).
+    pub counter_key: Rc<str>,
+    /// The automatic response to its "slow down" replies in force (this shard's).
+    pub throttle: SiteThrottle,
     /// The `domain` label of its connection gauge.
     pub label: Rc<str>,
     /// Its ready domains, in turn order; each at most once.
@@ -113,14 +126,34 @@ pub(super) struct Site {
 }
 
 impl Site {
-    /// Connections this shard may have to the site.
-    fn cap(&self, cfg: &DeliveryConfig) -> usize {
-        if self.key.own.is_some() {
+    /// The egress source its connections leave from (an index of `Egress::sources`).
+    pub fn source(&self) -> u16 {
+        self.key.source
+    }
+
+    /// Connections this shard may have to the site now.
+    pub fn cap(&self, cfg: &DeliveryConfig, now_unix_ms: u64) -> usize {
+        let mut cap = if self.key.own.is_some() {
             self.limits.connections_max as usize
         } else {
             cfg.next_hop_sessions_max
+        };
+        if let Some(shaped) = &self.shaped {
+            cap = cap.min(shaped.connections_max as usize);
         }
+        if let Some(narrowed) = self.throttle.connections_cap(now_unix_ms) {
+            cap = cap.min(narrowed as usize);
+        }
+        cap.max(1)
     }
+}
+
+/// What a new site is made of, besides its key.
+struct SiteSpec {
+    route: Arc<Route>,
+    limits: DomainLimits,
+    provider: Option<ProviderId>,
+    shaped: Option<SiteLimits>,
 }
 
 /// Where a domain stands with routing.
@@ -146,6 +179,10 @@ pub(super) struct DomainInfo {
     pub inflight: u32,
     /// Its limits as of its last entry into a rotation.
     pub limits: DomainLimits,
+    /// Its tenant's delivery weight (1..=100, pushed): batches it takes per rotation turn.
+    pub weight: u32,
+    /// Batches left of its current turn.
+    pub turn_left: u32,
 }
 
 /// Every site of a shard, and where each domain goes.
@@ -162,15 +199,16 @@ pub(super) struct Sites {
 
 impl Sites {
     /// The site of `key`, made when needed; an own site takes the domain's current limits.
-    fn site_for(&mut self, key: SiteKey, route: Arc<Route>, limits: DomainLimits) -> SiteId {
+    fn site_for(&mut self, key: SiteKey, spec: SiteSpec) -> SiteId {
         if let Some(id) = self.by_key.get(&key) {
-            let site = self.sites.get_mut(id).expect("indexed site");
-            if key.own.is_some() {
-                site.limits = limits;
+            if let Some(site) = self.sites.get_mut(id) {
+                if key.own.is_some() {
+                    site.limits = spec.limits;
+                }
+                site.route = spec.route; // the same hop: equal up to order
+                site.mapped += 1;
+                return *id;
             }
-            site.route = route; // the same hop: equal up to order
-            site.mapped += 1;
-            return *id;
         }
         let id = self.next_id;
         self.next_id += 1;
@@ -178,13 +216,25 @@ impl Sites {
             .own
             .clone()
             .unwrap_or_else(|| OTHER_DOMAINS_LABEL.into());
+        let counter_key: Rc<str> = format!(
+            "site/{}/{:016x}/{:?}/{}",
+            key.own.as_deref().unwrap_or(""),
+            key.hop,
+            key.tls,
+            key.source
+        )
+        .into();
         self.sites.insert(
             id,
             Site {
                 key: key.clone(),
-                route,
+                route: spec.route,
                 tls: key.tls,
-                limits,
+                limits: spec.limits,
+                provider: spec.provider,
+                shaped: spec.shaped,
+                counter_key,
+                throttle: SiteThrottle::default(),
                 label,
                 rotation: VecDeque::new(),
                 connections: 0,
@@ -266,6 +316,14 @@ impl Sites {
             self.active.insert(site);
         }
     }
+
+    /// `id` has batches left of its turn: it stays at the front of `site`'s rotation.
+    pub fn continue_turn(&mut self, site: SiteId, id: DomainId) {
+        if let Some(s) = self.sites.get_mut(&site) {
+            s.rotation.push_front(id);
+            self.active.insert(site);
+        }
+    }
 }
 
 impl<S: SpoolAccess + 'static> Inner<S> {
@@ -287,6 +345,8 @@ impl<S: SpoolAccess + 'static> Inner<S> {
                 in_rotation: false,
                 inflight: 0,
                 limits: self.cfg.default_limits.clone(),
+                weight: 1,
+                turn_left: 0,
             });
             if info.in_rotation || info.routing == Routing::Pending {
                 continue;
@@ -307,6 +367,7 @@ impl<S: SpoolAccess + 'static> Inner<S> {
             };
             if let Some(site) = routed {
                 info.limits = limits;
+                info.weight = self.tenant_weight(st.queues.tenant(id));
                 st.sites.enter_rotation(id, site);
                 continue;
             }
@@ -337,6 +398,17 @@ impl<S: SpoolAccess + 'static> Inner<S> {
         }
     }
 
+    /// The delivery weight of a lane's tenant (1 without a tenant or a setting).
+    fn tenant_weight(&self, tenant: Option<&str>) -> u32 {
+        let (Some(t), Some(source)) = (tenant.filter(|t| !t.is_empty()), &self.cfg.tenant_delivery)
+        else {
+            return 1;
+        };
+        source
+            .tenant_delivery(t)
+            .map_or(1, |d| d.delivery_weight.clamp(1, TENANT_WEIGHT_MAX))
+    }
+
     /// Whether a routed domain still belongs to `site`: the same own-or-shared standing and
     /// limits, no newly enforced MTA-STS policy, and the same resolved hop (known without a
     /// lookup; an expired DNS answer routes it again).
@@ -362,12 +434,16 @@ impl<S: SpoolAccess + 'static> Inner<S> {
     fn connections_wanted(&self, st: &mut State) -> (Vec<SiteId>, usize) {
         let mut spawn = Vec::new();
         let mut wanted = 0;
+        let now = now_unix_ms();
         let active: Vec<SiteId> = st.sites.active.iter().copied().collect();
         for site_id in active {
             let Some(site) = st.sites.sites.get(&site_id) else {
                 continue;
             };
-            let cap = site.cap(&self.cfg);
+            if site.throttle.site_suspended_until(now).is_some() {
+                continue; // its connections start again once the suspension ends
+            }
+            let cap = site.cap(&self.cfg, now);
             let (mut connections, idle) = (site.connections, site.idle);
             while idle == 0 && connections < cap && self.backlog(st, site, connections) {
                 if self.sessions_open.get() >= self.cfg.shard_connections_max {
@@ -485,12 +561,8 @@ async fn route_domain<S: SpoolAccess + 'static>(inner: Rc<Inner<S>>, id: DomainI
                     source: st.queues.source(id).unwrap_or(0),
                     own: own.then(|| Rc::from(name.as_str())),
                 };
-                let site_limits = if own {
-                    limits.clone()
-                } else {
-                    inner.cfg.default_limits.clone()
-                };
-                let site = st.sites.site_for(key, applied.route, site_limits);
+                let spec = site_spec(&inner, &name, own, &limits, applied.route);
+                let site = st.sites.site_for(key, spec);
                 if let Some(info) = st.sites.domains.get_mut(&id) {
                     info.routing = Routing::Routed {
                         site,
@@ -518,6 +590,95 @@ async fn route_domain<S: SpoolAccess + 'static>(inner: Rc<Inner<S>>, id: DomainI
     }
     inner.batch_done(id);
     inner.wake();
+}
+
+/// A new site's route and limits. A shared site whose MX hosts all belong to one mailbox
+/// provider of the shaping rules (`crate::shaping`; never a smart host) is shaped: its
+/// connections and rates are the provider's, engine-wide, and so are its messages per
+/// connection and (at most) its recipients per transaction.
+fn site_spec<S: SpoolAccess>(
+    inner: &Inner<S>,
+    name: &str,
+    own: bool,
+    limits: &DomainLimits,
+    route: Arc<Route>,
+) -> SiteSpec {
+    if own {
+        return SiteSpec {
+            route,
+            limits: limits.clone(),
+            provider: None,
+            shaped: None,
+        };
+    }
+    let mut limits = inner.cfg.default_limits.clone();
+    let provider = if inner.resolver.static_route(name).is_some() {
+        None
+    } else {
+        let hosts: Vec<&str> = route.hosts.iter().map(|h| h.name.as_str()).collect();
+        inner.cfg.shaping.provider_for(&hosts)
+    };
+    let shaped = provider.map(|p| inner.cfg.shaping.limits(Some(p)));
+    if let Some(s) = &shaped {
+        limits.messages_per_connection_max = s.messages_per_connection_max;
+        limits.recipients_per_transaction_max = limits
+            .recipients_per_transaction_max
+            .min(s.recipients_per_transaction_max);
+    }
+    SiteSpec {
+        route,
+        limits,
+        provider,
+        shaped,
+    }
+}
+
+impl<S: SpoolAccess + 'static> Inner<S> {
+    /// A negative reply at `site` to `tenant`'s mail (`None`: no tenant): when a throttle rule
+    /// of the shaping matches it, the site (or the tenant there) is suspended, or its
+    /// connections narrowed, for the rule's time; logged and counted.
+    pub(super) fn observe_reply(
+        &self,
+        site: SiteId,
+        tenant: Option<&str>,
+        reply: &petrel_outbound::Reply,
+    ) {
+        if reply.is_positive() {
+            return;
+        }
+        let mut st = self.state.borrow_mut();
+        let Some(s) = st.sites.sites.get_mut(&site) else {
+            return;
+        };
+        let parsed = petrel_bounce::Reply::new(reply.code, reply.enhanced, &reply.text);
+        let Some(action) = self.cfg.shaping.throttle_reply(s.provider, &parsed) else {
+            return;
+        };
+        s.throttle.apply(&action, tenant, now_unix_ms());
+        let kind = match action.kind {
+            ThrottleKind::Suspend => "suspend",
+            ThrottleKind::Narrow { .. } => "narrow",
+        };
+        let provider = self.cfg.shaping.name(s.provider).to_string();
+        let rule = self.cfg.shaping.rule_name(action.rule).to_string();
+        tracing::warn!(
+            site = %s.counter_key,
+            provider,
+            rule,
+            action = kind,
+            scope = ?action.scope,
+            tenant,
+            duration_ms = action.duration_ms,
+            reply = %reply,
+            "site throttled"
+        );
+        metrics::counter!(
+            "petrel_delivery_site_throttles_total",
+            "provider" => provider,
+            "action" => kind
+        )
+        .increment(1);
+    }
 }
 
 /// Every ready entry of domain `id` (refilled from its due entries).

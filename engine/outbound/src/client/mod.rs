@@ -1,15 +1,14 @@
 //! The outbound ESMTP client (RFC 5321) with STARTTLS (RFC 3207), PIPELINING (RFC 2920) and
 //! SIZE (RFC 1870), over glommio sockets.
 
+mod bind;
 mod io;
 pub mod reply;
 mod stage;
 mod tls;
 mod transaction;
 
-use std::net::SocketAddr;
-
-use glommio::net::TcpStream;
+use std::net::{IpAddr, SocketAddr};
 
 use io::{with_timeout, Io, Transport};
 pub use reply::Reply;
@@ -43,6 +42,9 @@ pub enum TlsMode {
 pub struct ClientConfig {
     /// Our name in EHLO/HELO.
     pub helo_name: String,
+    /// The egress source address connections bind to before connecting; `None`: the kernel's
+    /// choice. See [`SmtpConnection::connect_from`].
+    pub source_addr: Option<IpAddr>,
     pub tls: TlsMode,
     /// PEM certificates trusted in `Required` mode besides the webpki roots (tests, private CAs).
     pub extra_root_certs_pem: Vec<Vec<u8>>,
@@ -63,6 +65,7 @@ impl Default for ClientConfig {
     fn default() -> Self {
         ClientConfig {
             helo_name: "localhost".into(),
+            source_addr: None,
             tls: TlsMode::Opportunistic,
             extra_root_certs_pem: Vec::new(),
             connect_timeout_ms: 30_000,
@@ -233,7 +236,7 @@ impl SmtpConnection {
         mx_name: &str,
         cfg: &ClientConfig,
     ) -> Result<SmtpConnection, ClientError> {
-        SmtpConnection::connect_with(addr, mx_name, cfg, None).await
+        SmtpConnection::connect_from(addr, mx_name, cfg, cfg.source_addr, None).await
     }
 
     /// As [`SmtpConnection::connect`], under DANE (RFC 7672): STARTTLS is required whatever
@@ -247,13 +250,19 @@ impl SmtpConnection {
         cfg: &ClientConfig,
         tlsa: std::sync::Arc<[crate::dane::Tlsa]>,
     ) -> Result<SmtpConnection, ClientError> {
-        SmtpConnection::connect_with(addr, mx_name, cfg, Some(tlsa)).await
+        SmtpConnection::connect_from(addr, mx_name, cfg, cfg.source_addr, Some(tlsa)).await
     }
 
-    async fn connect_with(
+    /// The general connect: [`SmtpConnection::connect`], or with `tlsa`
+    /// [`SmtpConnection::connect_dane`], from the egress source address `source` when given
+    /// (the socket is bound to it before connecting; see `bind.rs`). A source of the other
+    /// address family than `addr` fails at once with [`ClientError::Connect`]
+    /// (`InvalidInput`): an IPv4 source cannot reach an IPv6 MX.
+    pub async fn connect_from(
         addr: SocketAddr,
         mx_name: &str,
         cfg: &ClientConfig,
+        source: Option<IpAddr>,
         dane: Option<std::sync::Arc<[crate::dane::Tlsa]>>,
     ) -> Result<SmtpConnection, ClientError> {
         // Under DANE, TLS is required; the DANE verifier replaces the web PKI one.
@@ -269,14 +278,13 @@ impl SmtpConnection {
             None => cfg,
         };
         let connected = with_timeout(cfg.connect_timeout_ms, Stage::Connect, async {
-            TcpStream::connect(addr).await.map_err(|e| {
-                let reason = e.to_string();
-                ClientError::Connect {
+            bind::connect_tcp(addr, source)
+                .await
+                .map_err(|e| ClientError::Connect {
                     addr,
-                    kind: std::io::Error::from(e).kind(),
-                    reason,
-                }
-            })
+                    kind: e.kind(),
+                    reason: e.to_string(),
+                })
         })
         .await;
         let stream = match connected {

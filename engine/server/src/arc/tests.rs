@@ -14,6 +14,8 @@ fn tenant(id: &str, arc_seal: bool) -> Tenant {
         reputation_warning: None,
         list_unsubscribe: false,
         arc_seal,
+        egress_pool: None,
+        delivery_weight: 1,
     }
 }
 
