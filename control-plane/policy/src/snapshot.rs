@@ -73,6 +73,11 @@ pub struct PolicySnapshot {
     /// destroys their data keys. None of them is in `tenants`.
     #[serde(default)]
     pub deleted_tenants: Vec<DeletedTenant>,
+    /// Provider shaping limits the operator pushed (`PUT /v1/shaping/providers/{name}`), laid
+    /// over each engine's shaping files; by provider name, each named once, at most
+    /// [`SHAPING_PROVIDERS_MAX`]. Empty: the files alone. Added in format 5 (issue 15).
+    #[serde(default)]
+    pub shaping: Vec<ShapingLimits>,
 }
 
 /// A deleted tenant, and what becomes of its queued mail.
@@ -481,6 +486,7 @@ impl PolicySnapshot {
                 )));
             }
         }
+        shaping::check(&self.shaping)?;
         let mut destinations = HashSet::with_capacity(self.destination_limits.len());
         for l in &self.destination_limits {
             check_domain(&l.domain)?;
@@ -557,6 +563,15 @@ mod tenant_delivery;
 pub use tenant_delivery::{
     is_egress_pool_name, DELIVERY_WEIGHT_DEFAULT, DELIVERY_WEIGHT_MAX, DELIVERY_WEIGHT_MIN,
     EGRESS_POOL_NAME_MAX_BYTES,
+};
+
+#[path = "snapshot/shaping.rs"]
+mod shaping;
+pub use shaping::{
+    is_shaping_provider_name, ShapingLimits, SHAPING_CONNECTIONS_MAX,
+    SHAPING_MESSAGES_PER_CONNECTION_MAX, SHAPING_MESSAGES_PER_HOUR_MAX,
+    SHAPING_MESSAGES_PER_MINUTE_MAX, SHAPING_PROVIDERS_MAX, SHAPING_PROVIDER_NAME_MAX_BYTES,
+    SHAPING_RECIPIENTS_PER_TRANSACTION_MAX,
 };
 
 #[path = "snapshot/guard.rs"]

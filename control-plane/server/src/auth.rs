@@ -77,8 +77,11 @@ pub enum Permission {
     LimitsRead,
     /// Per sending domain limits of one's tenant.
     LimitsWrite,
-    /// Destination limits and defaults (shared by all tenants).
+    /// Destination limits and defaults (shared by all tenants), and the shaping overlay.
     GlobalLimitsWrite,
+    /// Operator-wide settings only the operator sees: the provider shaping limits pushed to
+    /// every engine (`GET /v1/shaping/providers`).
+    GlobalLimitsRead,
     /// One's tenant's audit rows (owners: all rows).
     AuditRead,
     /// Walk the whole audit chain.
@@ -105,7 +108,7 @@ pub enum Permission {
 
 impl Permission {
     /// Every permission, in declaration order.
-    pub const ALL: [Permission; 20] = [
+    pub const ALL: [Permission; 21] = [
         Permission::TenantRead,
         Permission::TenantsManage,
         Permission::DomainsRead,
@@ -115,6 +118,7 @@ impl Permission {
         Permission::LimitsRead,
         Permission::LimitsWrite,
         Permission::GlobalLimitsWrite,
+        Permission::GlobalLimitsRead,
         Permission::AuditRead,
         Permission::AuditVerify,
         Permission::EnginesRead,
@@ -140,6 +144,7 @@ impl Permission {
             Permission::LimitsRead => "LimitsRead",
             Permission::LimitsWrite => "LimitsWrite",
             Permission::GlobalLimitsWrite => "GlobalLimitsWrite",
+            Permission::GlobalLimitsRead => "GlobalLimitsRead",
             Permission::AuditRead => "AuditRead",
             Permission::AuditVerify => "AuditVerify",
             Permission::EnginesRead => "EnginesRead",
@@ -211,6 +216,7 @@ pub const PERMISSIONS: &[(Role, &[Permission])] = &[
         &[
             P::TenantsManage,
             P::GlobalLimitsWrite,
+            P::GlobalLimitsRead,
             P::AuditVerify,
             P::EnginesRead,
             P::EnginesManage,

@@ -1,7 +1,8 @@
 //! Builds a [`PolicySnapshot`] from the store: every tenant, every sending domain with its
 //! listed DKIM private keys, every credential (argon2 hashes only), destination limits and
 //! defaults, the return path (bounce domain, one-click URL base, token keys), the tenants
-//! deleted lately (whose queued mail the engines drop or bounce), read in one
+//! deleted lately (whose queued mail the engines drop or bounce), the provider shaping limits
+//! laid over the engines' shaping files, read in one
 //! consistent transaction so the version matches the content.
 
 use petrel_policy::snapshot::DeletedTenant;
@@ -145,6 +146,11 @@ pub async fn build(
         deleted_unix_ms: u64::try_from(d.deleted_unix_ms).unwrap_or(0),
     })
     .collect();
+    let shaping = store::shaping::list(&mut tx)
+        .await?
+        .into_iter()
+        .map(|r| r.limits)
+        .collect();
     tx.commit().await.map_err(store::StoreError::from)?;
     let return_path = ReturnPath {
         bounce_domain: settings.return_path_domain.clone(),
@@ -169,5 +175,6 @@ pub async fn build(
         defaults,
         return_path,
         deleted_tenants,
+        shaping,
     })
 }

@@ -89,7 +89,7 @@ async fn openapi_lists_every_route() {
     );
     let table = AccessTable::from_document(&r.body).expect("every route declares its access");
     let entries = table.entries();
-    assert_eq!(entries.len(), 61, "{entries:?}");
+    assert_eq!(entries.len(), 64, "{entries:?}");
     let public: Vec<_> = entries
         .iter()
         .filter(|(_, _, a)| *a == Access::Public)
@@ -176,7 +176,8 @@ async fn openapi_lists_every_route() {
         let concrete = path
             .replace("{id}", "none")
             .replace("{domain}", "none.test")
-            .replace("{address}", "none@none.test");
+            .replace("{address}", "none@none.test")
+            .replace("{name}", "none");
         let resp = h.owner(method.as_str(), &concrete, Some(json!({}))).await;
         assert!(
             !(resp.status == 404 && resp.body["error"]["message"] == "route not found"),

@@ -585,6 +585,18 @@ async fn pg_tenant_delivery() {
     db.drop_db().await;
 }
 
+/// The provider shaping overlay on PostgreSQL (the SQLite twin is `shaping.rs`).
+#[tokio::test]
+async fn pg_shaping_overlay() {
+    let Some(base) = pg_url() else { return };
+    let db = TestDb::create(&base).await;
+    {
+        let h = common::start_with(Some(db.url.clone())).await;
+        common::shaping::overlay(&h).await;
+    }
+    db.drop_db().await;
+}
+
 #[tokio::test]
 async fn pg_domain_auth() {
     let Some(base) = pg_url() else { return };

@@ -143,8 +143,12 @@ pub struct DeliveryConfig {
     pub egress: Arc<crate::egress::Egress>,
     /// Per-site limits by provider and the throttle rules (`crate::shaping`): the shipped
     /// `shaping.toml` with the operator's `delivery.shaping_file` laid over it, loaded once at
-    /// engine start (a bad file stops the start) and shared by all shards.
+    /// engine start (a bad file stops the start) and shared by all shards. Delivery reads it
+    /// through [`DeliveryConfig::current_shaping`], never directly.
     pub shaping: Arc<crate::shaping::Shaping>,
+    /// The control plane's pushed provider limits, laid over `shaping` at run time (the engine
+    /// wires the policy snapshot here); `None`: `shaping` alone.
+    pub shaping_source: Option<Arc<dyn crate::shaping::ShapingSource>>,
 }
 
 /// Default of [`DeliveryConfig::next_hop_sessions_max`]: 16 per shard, so 32 connections to a
@@ -181,6 +185,7 @@ impl Default for DeliveryConfig {
             tenant_delivery: None,
             egress: Arc::new(crate::egress::Egress::default()),
             shaping: Arc::new(crate::shaping::Shaping::shipped()),
+            shaping_source: None,
         }
     }
 }
@@ -199,6 +204,16 @@ impl DeliveryConfig {
         match &self.dynamic_limits {
             Some(source) => source.overlay(domain, configured),
             None => configured.clone(),
+        }
+    }
+
+    /// The shaping in force: the files' with the pushed overlay over it. A site takes its
+    /// limits from it when it is made (a site in use is made again when its domains are
+    /// re-routed, at most `ROUTE_RECHECK_MS` later), a reply its throttle rule when it comes.
+    pub fn current_shaping(&self) -> Arc<crate::shaping::Shaping> {
+        match &self.shaping_source {
+            Some(source) => source.current(&self.shaping),
+            None => Arc::clone(&self.shaping),
         }
     }
 

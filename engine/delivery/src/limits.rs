@@ -99,6 +99,8 @@ pub struct GlobalLimits {
     epoch: Instant,
     /// Shaped sites' messages per minute and per hour (`crate::shaping`).
     site_rates: crate::shaping::rate::SiteRates,
+    /// Every site's throttle state in force (`crate::shaping::throttles`).
+    throttles: crate::shaping::throttles::Throttles,
 }
 
 impl Default for GlobalLimits {
@@ -116,7 +118,13 @@ impl GlobalLimits {
             destinations_max: destinations_max.max(1),
             epoch: Instant::now(),
             site_rates: crate::shaping::rate::SiteRates::default(),
+            throttles: crate::shaping::throttles::Throttles::default(),
         }
+    }
+
+    /// Every site's throttle state in force, engine-wide.
+    pub fn throttles(&self) -> &crate::shaping::throttles::Throttles {
+        &self.throttles
     }
 
     /// The shaped sites' per-minute and per-hour rates, engine-wide.
@@ -158,6 +166,13 @@ impl GlobalLimits {
     /// Connections open to `domain` engine-wide.
     pub fn connections(&self, domain: &str) -> u32 {
         self.destination(domain).connections.load(Ordering::Acquire)
+    }
+
+    /// Whether a permit for `key` under `connections_max` could be had now: its open
+    /// connections are below that and below the fleet's lease for this engine.
+    pub fn has_room(&self, key: &str, connections_max: u32) -> bool {
+        let c = self.destination(key);
+        c.connections.load(Ordering::Acquire) < connections_max.min(c.fleet_cap())
     }
 
     /// Destinations the fleet limits, with their counters (for the fleet task).

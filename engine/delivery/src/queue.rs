@@ -495,6 +495,11 @@ impl Queues {
         self.tenants.get(slot.lane.0 as usize).map(|t| &**t)
     }
 
+    /// The index of a queue's tenant among the shard's tenants (0: none).
+    pub fn tenant_index(&self, id: DomainId) -> Option<u32> {
+        self.slot(id).map(|s| s.lane.0)
+    }
+
     /// The egress source of a queue.
     pub fn source(&self, id: DomainId) -> Option<u16> {
         self.slot(id).map(|s| s.lane.1)

@@ -278,6 +278,10 @@ fn tenant_weights_share_a_site_by_weight() {
 /// Two sources, 127.0.0.2 and 127.0.0.3 with their own EHLO names, in one pool weighted 3:1,
 /// and one source warming up on 127.0.0.4 in a pool of its own.
 fn egress() -> Egress {
+    Egress::build(&egress_spec()).expect("egress")
+}
+
+fn egress_spec() -> EgressSpec {
     let source = |name: &str, addr: &str, warmup: Option<WarmupSpec>| SourceSpec {
         name: name.into(),
         local_addr: Some(addr.parse().expect("address")),
@@ -289,7 +293,7 @@ fn egress() -> Egress {
         weight,
     };
     let today = Day::from_unix_ms(now_unix_ms());
-    let spec = EgressSpec {
+    EgressSpec {
         sources: vec![
             source("s2", "127.0.0.2", None),
             source("s3", "127.0.0.3", None),
@@ -315,8 +319,7 @@ fn egress() -> Egress {
             },
         ],
         default_pool: Some("shared".into()),
-    };
-    Egress::build(&spec).expect("egress")
+    }
 }
 
 /// The warming-up source's first day: this many messages.
@@ -414,4 +417,80 @@ impl TenantDeliverySource for Pools {
             delivery_weight: 1,
         })
     }
+}
+
+/// A pool of a source warming up and an established one: once the new source has sent its
+/// day's cap, the rest of the tenant's mail goes out from the established source instead of
+/// waiting for tomorrow.
+#[test]
+fn a_capped_sources_mail_moves_to_another_source_of_the_pool() {
+    let dest = SmtpServer::start(Script::by_local_part());
+    let other = SmtpServer::start(Script::by_local_part());
+    let mut cfg = config();
+    let mut spec = egress_spec();
+    spec.pools.push(PoolSpec {
+        name: "mixed".into(),
+        sources: vec![
+            MemberSpec {
+                source: "fresh".into(),
+                weight: 1,
+            },
+            MemberSpec {
+                source: "s3".into(),
+                weight: 1,
+            },
+        ],
+    });
+    cfg.egress = Arc::new(Egress::build(&spec).expect("egress"));
+    cfg.tenant_delivery = Some(Arc::new(Pools(vec![("mixer", "mixed")])));
+    let (removed, _) = run_shard(
+        ShardSetup::new(cfg, routes(dest.addr, other.addr)),
+        |h| async move {
+            for i in 0..30 {
+                let to = format!("r{i}@dest.example");
+                h.enqueue_for("mixer", "a@mix.example", &[to.as_str()]);
+            }
+            h.await_removed(30, DEADLINE).await
+        },
+    );
+    assert_eq!(removed, 30, "all delivered today");
+    let by_peer = dest.transactions_by_peer();
+    let at = |ip: &str| by_peer.get(&ip.parse().unwrap()).copied().unwrap_or(0);
+    assert_eq!(at("127.0.0.4") as u64, WARMUP_FIRST_DAY, "{by_peer:?}");
+    assert_eq!(at("127.0.0.3") as u64, 30 - WARMUP_FIRST_DAY, "{by_peer:?}");
+}
+
+/// Turns at a site go by tenant: a tenant whose backlog spans sixty domains behind one smart
+/// host does not get sixty turns for each one of a tenant sending to a single domain there.
+#[test]
+fn a_tenant_with_many_domains_gets_a_tenants_share_not_a_share_per_domain() {
+    let dest = SmtpServer::start(Script::by_local_part());
+    let relay = SmtpServer::start(Script::by_local_part());
+    let mut cfg = config();
+    cfg.next_hop_sessions_max = 1;
+    let (removed, _) = run_shard(
+        ShardSetup::new(cfg, routes(dest.addr, relay.addr)),
+        |h| async move {
+            for d in 0..60 {
+                let to = format!("a@wide{d}.example");
+                h.enqueue_for("wide", "news@wide.example", &[to.as_str()]);
+            }
+            for i in 0..10 {
+                let to = format!("b{i}@narrow.example");
+                h.enqueue_for("narrow", "news@narrow.example", &[to.as_str()]);
+            }
+            h.await_removed(70, DEADLINE).await
+        },
+    );
+    assert_eq!(removed, 70, "all delivered");
+    assert_eq!(relay.peak(), 1, "one connection to the smart host");
+    let last_narrow = relay
+        .received()
+        .iter()
+        .rposition(|t| t.rcpts.iter().any(|r| r.ends_with("@narrow.example")))
+        .expect("the narrow tenant's mail arrived");
+    assert!(
+        last_narrow < 30,
+        "the narrow tenant's last message was delivery {last_narrow} of 70"
+    );
 }

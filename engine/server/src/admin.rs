@@ -8,6 +8,9 @@
 //! - `GET  /v1/tenants/{id}/delivery` — the tenant's delivery settings in the policy in force
 //!   (egress pool, delivery weight) and that policy's version: what delivery reads
 //!   (`tenant_delivery.rs`)
+//! - `GET  /v1/shaping` — the effective shaping limits per provider and of the default
+//!   section (the files' with the control plane's pushed overlay), the overlay's provider
+//!   names and the policy version: what a site made now takes (`shaping_overlay.rs`)
 //!
 //! Every request presents `Authorization: Bearer <token>` (issue 16): the token is read from
 //! `admin.token_file`, the systemd credential `petrel-admin-token`, or `<data>/admin.token`
@@ -201,6 +204,7 @@ pub fn start(
     addr: SocketAddr,
     shards: Vec<async_channel::Sender<AdminRequest>>,
     tenants: std::sync::Arc<crate::tenant_delivery::PolicyTenantDelivery>,
+    shaping: Option<crate::shaping_overlay::ShapingView>,
     guard: Guard,
 ) -> Result<SocketAddr, EngineError> {
     if !addr.ip().is_loopback() {
@@ -218,6 +222,19 @@ pub fn start(
         .route(
             "/v1/tenants/{id}/delivery",
             get(move |Path(id): Path<String>| async move { tenant_delivery(&tenants, &id) }),
+        )
+        .route(
+            "/v1/shaping",
+            get(move || async move {
+                match &shaping {
+                    Some(view) => Json(view.json()).into_response(),
+                    None => error(
+                        StatusCode::NOT_FOUND,
+                        "delivery_off",
+                        "delivery is off on this engine",
+                    ),
+                }
+            }),
         )
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .with_state(Shards(shards))

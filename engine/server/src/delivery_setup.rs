@@ -36,6 +36,9 @@ pub struct DeliveryShared {
     /// Saves the egress sources' daily counts (`<data>/egress-counts.json`); stopped, with a
     /// last save, once the shards have stopped.
     pub egress_saver: Arc<std::sync::Mutex<Option<CountsSaver>>>,
+    /// The shaping delivery reads (the files' with the pushed overlay), for the admin
+    /// endpoint's `GET /v1/shaping`.
+    pub shaping: crate::shaping_overlay::ShapingView,
 }
 
 pub fn build(
@@ -51,11 +54,19 @@ pub fn build(
     config.tenant_delivery = Some(Arc::new(crate::tenant_delivery::PolicyTenantDelivery {
         policy: Arc::clone(&policy),
     }));
+    let shaping_source = Arc::new(crate::shaping_overlay::PolicyShaping::new(Arc::clone(
+        &policy,
+    )));
+    config.shaping_source = Some(shaping_source.clone());
     let limits = Arc::new(GlobalLimits::new(DESTINATIONS_MAX));
     // With Redis, pushed destination connection limits hold for the whole fleet.
     let fleet = cfg.cluster.redis_url.is_some().then(|| Arc::clone(&limits));
     config.dynamic_limits = Some(Arc::new(PolicyLimits { policy, fleet }));
     let config = Arc::new(config);
+    let shaping = crate::shaping_overlay::ShapingView {
+        source: shaping_source,
+        file: Arc::clone(&config.shaping),
+    };
     let mut static_routes: Vec<StaticRoute> = d
         .routes
         .iter()
@@ -122,6 +133,7 @@ pub fn build(
         tls_rpt,
         tls_rpt_flusher: Arc::new(std::sync::Mutex::new(Some(tls_rpt_flusher))),
         egress_saver: Arc::new(std::sync::Mutex::new(Some(egress_saver))),
+        shaping,
     })
 }
 

@@ -243,6 +243,7 @@ pub fn run(
             Arc::new(crate::tenant_delivery::PolicyTenantDelivery {
                 policy: Arc::clone(&policy),
             }),
+            delivery.as_ref().map(|d| d.shaping.clone()),
             crate::admin::Guard::new(&cfg, signals)?,
         )?),
         None => None,

@@ -48,6 +48,7 @@ pub mod pressure;
 pub mod quota_redis;
 pub mod rejections;
 pub mod session;
+pub mod shaping_overlay;
 pub mod shard;
 pub mod sign_and_spool;
 pub mod spool_access;

@@ -282,6 +282,14 @@ fn describe() {
         "Spool writes of delivery outcomes that failed, by operation (update, remove): the outcome holds in memory, a restart may deliver again"
     );
     describe_counter!(
+        "petrel_egress_warmup_waits_total",
+        "Lane turns held back because their egress source sent its warm-up cap for the day"
+    );
+    describe_counter!(
+        "petrel_egress_source_moves_total",
+        "Lanes whose ready mail moved to another source of the pool because theirs reached its warm-up cap"
+    );
+    describe_counter!(
         "petrel_delivery_site_throttles_total",
         "Replies that matched a throttle rule of the shaping, by provider and action (suspend, narrow): the site, or one tenant there, waits or gets fewer connections for the rule's time"
     );

@@ -90,6 +90,7 @@ fn base(version: u64) -> PolicySnapshot {
         },
         return_path: Default::default(),
         deleted_tenants: Vec::new(),
+        shaping: Vec::new(),
     }
 }
 

@@ -74,7 +74,53 @@ pub(crate) fn sample() -> PolicySnapshot {
             bounce_queued: true,
             deleted_unix_ms: 1,
         }],
+        shaping: vec![
+            ShapingLimits {
+                provider: "default".into(),
+                connections_max: None,
+                messages_per_connection_max: None,
+                messages_per_minute_max: None,
+                messages_per_hour_max: Some(20_000),
+                recipients_per_transaction_max: None,
+            },
+            ShapingLimits {
+                provider: "google".into(),
+                connections_max: Some(12),
+                messages_per_connection_max: Some(40),
+                messages_per_minute_max: Some(0),
+                messages_per_hour_max: None,
+                recipients_per_transaction_max: Some(50),
+            },
+        ],
     }
+}
+
+#[test]
+fn the_shaping_overlay_round_trips_and_a_bad_one_is_refused() {
+    let s = sample();
+    let decoded = decode(&encode(&s).unwrap()).unwrap();
+    assert_eq!(decoded.shaping, s.shaping);
+    assert_eq!(
+        decoded.shaping[1].messages_per_minute_max,
+        Some(0),
+        "0 kept: unlimited"
+    );
+    // An empty overlay is the default, in JSON too (a snapshot written before the field).
+    let mut json = serde_json::to_value(&s).unwrap();
+    json.as_object_mut().unwrap().remove("shaping");
+    let old: PolicySnapshot = serde_json::from_value(json).unwrap();
+    assert!(old.shaping.is_empty());
+    // Neither side accepts a bad overlay: encode refuses to push it, decode to apply it.
+    let mut bad = s.clone();
+    bad.shaping[1].connections_max = Some(0);
+    let e = encode(&bad).unwrap_err();
+    assert!(e.to_string().contains("connections_max"), "{e}");
+    let mut twice = s.clone();
+    twice.shaping[0].provider = "google".into();
+    assert!(encode(&twice).is_err());
+    let mut named = s;
+    named.shaping[1].provider = "Google".into();
+    assert!(encode(&named).is_err());
 }
 
 #[test]

@@ -54,6 +54,7 @@ pub(super) fn from_bytes(aligned: &[u8]) -> Result<PolicySnapshot, PolicyError> 
         defaults: old.defaults,
         return_path: old.return_path,
         deleted_tenants: old.deleted_tenants,
+        shaping: Vec::new(),
     })
 }
 
@@ -129,6 +130,11 @@ mod tests {
             t.egress_pool = None;
             t.delivery_weight = crate::snapshot::DELIVERY_WEIGHT_DEFAULT;
         }
+        assert!(
+            !s.shaping.is_empty() && decoded.shaping.is_empty(),
+            "no overlay"
+        );
+        s.shaping.clear();
         assert_eq!(decoded, s);
     }
 }

@@ -22,6 +22,7 @@ pub mod guardrails;
 pub mod limits;
 pub mod mta_sts;
 pub mod openapi;
+pub mod shaping;
 pub mod stats;
 pub mod stream;
 pub mod suppressions;
@@ -204,6 +205,8 @@ pub fn routes() -> OpenApiRouter<App> {
         .routes(routes!(limits::show))
         .routes(routes!(limits::set_defaults))
         .routes(routes!(limits::set_destination, limits::delete_destination))
+        .routes(routes!(shaping::list))
+        .routes(routes!(shaping::set, shaping::delete))
         .routes(routes!(audit::list))
         .routes(routes!(audit::verify))
         .routes(routes!(audit::checkpoint))

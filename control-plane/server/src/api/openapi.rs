@@ -280,7 +280,7 @@ mod tests {
     fn the_built_document_declares_every_route() {
         let doc = build().expect("document");
         let t = AccessTable::from_document(&doc).expect("table");
-        assert_eq!(t.entries().len(), 61);
+        assert_eq!(t.entries().len(), 64);
         for (status, _) in ERRORS_WITH_KEY {
             assert!(doc["paths"]["/v1/engines"]["get"]["responses"][status].is_object());
         }

@@ -485,4 +485,21 @@ ALTER TABLE tenants ADD COLUMN egress_pool TEXT;
 ALTER TABLE tenants ADD COLUMN delivery_weight BIGINT NOT NULL DEFAULT 1;
 "#,
     ),
+    (
+        // Traffic shaping pushed from the control plane (issue 15, `store/shaping.rs`): per
+        // provider of the engines' shaping files (or `default`), the limits laid over the files;
+        // NULL leaves the files' value, a rate of 0 lifts the files' rate.
+        19,
+        r#"
+CREATE TABLE shaping_providers (
+    name TEXT PRIMARY KEY,
+    connections_max BIGINT,
+    messages_per_connection_max BIGINT,
+    messages_per_minute_max BIGINT,
+    messages_per_hour_max BIGINT,
+    recipients_per_transaction_max BIGINT,
+    updated_unix_ms BIGINT NOT NULL
+);
+"#,
+    ),
 ];

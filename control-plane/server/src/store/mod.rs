@@ -25,6 +25,7 @@ pub mod guardrails;
 pub mod limits;
 mod migrations;
 pub mod sealed;
+pub mod shaping;
 pub mod suppressions;
 pub mod tenants;
 pub mod tls_rpt;

@@ -11,6 +11,7 @@ pub mod guardrails;
 pub mod plans;
 pub mod retention;
 pub mod scenarios;
+pub mod shaping;
 pub mod suppression_push;
 pub mod suppressions;
 pub mod suppressions_api;

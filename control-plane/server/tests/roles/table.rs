@@ -50,6 +50,7 @@ pub fn cases(b_tenant: &str, b_domain: &str, b_cred: &str, b_hook: &str) -> Vec<
                     },
                 )
                 .replace("{domain}", "roles.test")
+                .replace("{name}", "roles-provider")
                 .replace("{address}", B_SUPPRESSED),
             permission,
             target,
@@ -229,6 +230,28 @@ pub fn cases(b_tenant: &str, b_domain: &str, b_cred: &str, b_hook: &str) -> Vec<
         c(
             "DELETE",
             "/v1/limits/destinations/{domain}",
+            P::GlobalLimitsWrite,
+            Own,
+            none,
+        ),
+        c(
+            "GET",
+            "/v1/shaping/providers",
+            P::GlobalLimitsRead,
+            Own,
+            none,
+        ),
+        // The owner's set comes before its delete (204), so the entry exists by then.
+        c(
+            "PUT",
+            "/v1/shaping/providers/{name}",
+            P::GlobalLimitsWrite,
+            Own,
+            |_| Some(json!({"connections_max": 3})),
+        ),
+        c(
+            "DELETE",
+            "/v1/shaping/providers/{name}",
             P::GlobalLimitsWrite,
             Own,
             none,

@@ -67,13 +67,19 @@ impl DailyCounters {
     /// Counts one message of `source` on `today`; returns the day's count with it. A count
     /// saturates at `u32::MAX` a day.
     pub fn increment(&self, source: SourceId, today: Day) -> u64 {
+        self.add(source, today, 1)
+    }
+
+    /// Counts `n` messages of `source` on `today` (one write's worth: a few contended
+    /// atomics per write, not per message); returns the day's count with them.
+    pub fn add(&self, source: SourceId, today: Day, n: u64) -> u64 {
         let Some(slot) = self.slots.get(source.index()) else {
             return 0;
         };
         let mut current = slot.load(Ordering::Relaxed);
         loop {
             let (day, count) = unpack(current);
-            let next = if day == today { count + 1 } else { 1 };
+            let next = if day == today { count + n } else { n };
             match slot.compare_exchange_weak(
                 current,
                 pack(today, next),

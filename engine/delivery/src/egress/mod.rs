@@ -301,9 +301,17 @@ impl Egress {
     /// One message sent from `source` on `today`: the daily count and
     /// `petrel_egress_messages_total{source}`.
     pub fn record_sent(&self, source: SourceId, today: Day) {
-        self.counters.increment(source, today);
+        self.record_sent_n(source, today, 1);
+    }
+
+    /// `n` messages sent from `source` on `today` (one write's transactions).
+    pub fn record_sent_n(&self, source: SourceId, today: Day, n: u64) {
+        if n == 0 {
+            return;
+        }
+        self.counters.add(source, today, n);
         if let Some(m) = self.metrics.get(source.index()) {
-            m.messages.increment(1);
+            m.messages.increment(n);
         }
     }
 

@@ -43,6 +43,7 @@ mod overlay;
 mod pattern;
 pub mod rate;
 pub mod throttle;
+pub mod throttles;
 
 #[cfg(test)]
 mod replies_tests;
@@ -60,7 +61,7 @@ pub use file::{
     REGEX_LEN_BYTES_MAX, REGEX_SIZE_BYTES_MAX, SHAPING_FILE_BYTES_MAX, THROTTLE_DURATION_SECS_MAX,
     THROTTLE_RULES_MAX,
 };
-pub use overlay::ShapingOverlay;
+pub use overlay::{ShapingCache, ShapingOverlay, ShapingSource};
 pub use pattern::HOST_PATTERN_BYTES_MAX;
 pub use rate::{SiteRates, RATE_BURST_PERMILLE, RATE_SITES_MAX};
 pub use throttle::{SiteThrottle, THROTTLE_NARROWS_MAX, THROTTLE_TENANTS_MAX};

@@ -312,6 +312,62 @@ fn an_overlay_reads_as_json_by_provider_name() {
     );
 }
 
+#[test]
+fn a_snapshots_overlay_is_laid_over_once_per_policy_version() {
+    use petrel_policy::snapshot::ShapingLimits;
+    use std::sync::Arc;
+    let entry = |provider: &str, connections_max| ShapingLimits {
+        provider: provider.into(),
+        connections_max,
+        messages_per_connection_max: None,
+        messages_per_minute_max: Some(0),
+        messages_per_hour_max: None,
+        recipients_per_transaction_max: None,
+    };
+    let pushed = [entry("google", Some(3)), entry("no-such-provider", Some(1))];
+    let o = ShapingOverlay::from_snapshot(&pushed);
+    assert_eq!(o.providers.len(), 2);
+    assert_eq!(o.providers["google"].connections_max, Some(3));
+
+    let file = Arc::new(Shaping::shipped());
+    let g = google(&file);
+    let cache = ShapingCache::default();
+    assert_eq!(cache.version(), None);
+    let mut builds = 0;
+    let mut get = |version, list: &[ShapingLimits]| {
+        cache.get(version, &file, || {
+            builds += 1;
+            ShapingOverlay::from_snapshot(list)
+        })
+    };
+    // Nothing pushed: the file's own `Shaping`, not a copy.
+    let none = get(1, &[]);
+    assert!(Arc::ptr_eq(&none, &file));
+    let v2 = get(2, &pushed);
+    assert_eq!(v2.limits(g).connections_max, 3, "the pushed limit");
+    assert_eq!(
+        v2.providers().count(),
+        file.providers().count(),
+        "no provider added"
+    );
+    let again = get(2, &pushed);
+    assert!(Arc::ptr_eq(&v2, &again), "the same version is not rebuilt");
+    let v3 = get(3, &[entry("google", Some(8))]);
+    assert_eq!(
+        v3.limits(g).connections_max,
+        8,
+        "a new version replaces it whole"
+    );
+    assert_eq!(builds, 3);
+    assert_eq!(cache.version(), Some(3));
+    // A rate of 0 lifts the files' rate; an unset limit keeps the files' value.
+    assert_eq!(v3.limits(g).messages_per_minute_max, None);
+    assert_eq!(
+        v3.limits(g).messages_per_connection_max,
+        file.limits(g).messages_per_connection_max
+    );
+}
+
 fn err(text: &str) -> String {
     operator(text).expect_err("refused").to_string()
 }

@@ -14,13 +14,13 @@
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use petrel_outbound::{ClientError, OutgoingMessage, PIPELINE_TRANSACTIONS_MAX};
+use petrel_outbound::PIPELINE_TRANSACTIONS_MAX;
 
 use super::connect::{client_config, connect, ConnectFailure, Connected};
-use super::outcome::{apply, fail_entries, Attempt, RcptResult};
-use super::prepare::prepare;
+use super::outcome::{fail_entries, Attempt, RcptResult};
 use super::site::{take_ready, SiteId, ROTATION_LOOKS_MAX};
 use super::tls_rpt;
+use super::write::{deliver, requeue};
 use super::{now_unix_ms, Inner, SpoolAccess, State, DAY_MS};
 use crate::config::DomainLimits;
 use crate::egress::{DailyCounts, Day, SourceId};
@@ -184,12 +184,27 @@ async fn connection<S: SpoolAccess + 'static>(inner: &Rc<Inner<S>>, site_id: Sit
                     result,
                     refusal,
                 }) => {
-                    if let Some(reply) = &refusal {
+                    let throttled = refusal.as_ref().is_some_and(|reply| {
                         let tenant = first_tenant(inner, &write);
-                        inner.observe_reply(site_id, tenant.as_deref(), reply);
+                        inner.observe_reply(site_id, tenant.as_deref(), reply)
+                    });
+                    if throttled {
+                        // "Too many connections" and the like: the site is narrowed or
+                        // suspended; the write goes back unattempted.
+                        put_back(inner, write);
+                    } else if site_connections(inner, site_id) > 1 {
+                        // The site's other connections are up: only this write failed.
+                        let domains: Vec<DomainId> =
+                            write.batches.iter().map(|(d, _)| *d).collect();
+                        let entries = write.batches.into_iter().flat_map(|(_, b)| b).collect();
+                        fail_entries(inner, entries, &attempt, result).await;
+                        for d in domains {
+                            inner.batch_done(d);
+                        }
+                    } else {
+                        // The site is unreachable: this write and its ready work wait.
+                        site_unreachable(inner, site_id, write, &attempt, result).await;
                     }
-                    // The site is unreachable: this write and the site's ready work wait.
-                    site_unreachable(inner, site_id, write, &attempt, result).await;
                     break;
                 }
             }
@@ -245,6 +260,13 @@ fn fill<S: SpoolAccess + 'static>(
     let now = now_unix_ms();
     let mut blocked = Vec::new();
     let mut looks = 0;
+    let mut taken = 0u64;
+    // A shaped site may allow fewer recipients per transaction than its domains.
+    let site_rcpts = st
+        .sites
+        .sites
+        .get(&site_id)
+        .map_or(u32::MAX, |s| s.limits.recipients_per_transaction_max);
     while write.batches.len() < room
         && write.rate_limited.is_none()
         && looks < room + ROTATION_LOOKS_MAX
@@ -265,7 +287,16 @@ fn fill<S: SpoolAccess + 'static>(
             continue;
         }
         let limits = info.limits.clone();
-        let wait = suspended_until(st, site_id, id, now).or_else(|| warmed_up(inner, st, id, now));
+        let capped = warmed_up(inner, st, id, now, taken);
+        if capped.is_some() && to_another_source(inner, st, id, now) {
+            // Its source sent its warm-up cap for today: its ready mail moved to another
+            // source of the pool, whose lane joins that source's site.
+            if let Some(info) = st.sites.domains.get_mut(&id) {
+                info.in_rotation = false;
+            }
+            continue;
+        }
+        let wait = suspended_until(inner, st, site_id, id, now).or(capped);
         if let Some(until) = wait {
             // The site, or this lane's tenant there, was told to wait: its ready mail goes
             // back to the schedule until then, without an attempt.
@@ -306,9 +337,11 @@ fn fill<S: SpoolAccess + 'static>(
                 write.extra.push((name.to_string(), permit));
             }
         }
-        let batch = st
-            .queues
-            .pop_batch(id, limits.recipients_per_transaction_max as usize, now);
+        let batch = st.queues.pop_batch(
+            id,
+            limits.recipients_per_transaction_max.min(site_rcpts) as usize,
+            now,
+        );
         if batch.is_empty() {
             if let Some(info) = st.sites.domains.get_mut(&id) {
                 info.in_rotation = false;
@@ -332,41 +365,100 @@ fn fill<S: SpoolAccess + 'static>(
                 st.sites.requeue_turn(site_id, id);
             }
         }
-        if let Some(source) = st.queues.source(id) {
-            // Counted when taken, so a warm-up cap holds exactly (an attempt counts).
-            let day = Day::from_unix_ms(now);
-            inner
-                .cfg
-                .egress
-                .record_sent(SourceId::from_index(source), day);
-        }
+        // Counted when taken, so a warm-up cap holds exactly (an attempt counts); recorded
+        // once per fill, below.
+        taken += 1;
         write.batches.push((id, batch));
         if rate_limited {
             write.rate_limited = Some(limits);
         }
     }
+    if let Some(source) = st.sites.sites.get(&site_id).map(|s| s.source()) {
+        let day = Day::from_unix_ms(now);
+        let source = SourceId::from_index(source);
+        inner.cfg.egress.record_sent_n(source, day, taken);
+    }
     blocked
 }
 
 /// Until when lane `id` waits at `site_id` under a throttle rule, if it does now.
-fn suspended_until(st: &State, site_id: SiteId, id: DomainId, now: u64) -> Option<u64> {
+fn suspended_until<S: SpoolAccess>(
+    inner: &Inner<S>,
+    st: &State,
+    site_id: SiteId,
+    id: DomainId,
+    now: u64,
+) -> Option<u64> {
     let site = st.sites.sites.get(&site_id)?;
     let tenant = st.queues.tenant(id).filter(|t| !t.is_empty());
-    site.throttle.suspended_until(tenant, now)
+    inner
+        .limits
+        .throttles()
+        .suspended_until(&site.counter_key, tenant, now)
 }
 
 /// When lane `id`'s egress source has sent its warm-up cap for today: the start of tomorrow
 /// (UTC), when its lane may go on.
-fn warmed_up<S: SpoolAccess>(inner: &Inner<S>, st: &State, id: DomainId, now: u64) -> Option<u64> {
+/// `taken`: batches this write has taken already, not yet counted.
+fn warmed_up<S: SpoolAccess>(
+    inner: &Inner<S>,
+    st: &State,
+    id: DomainId,
+    now: u64,
+    taken: u64,
+) -> Option<u64> {
     let source = SourceId::from_index(st.queues.source(id)?);
     let egress = &inner.cfg.egress;
     let today = Day::from_unix_ms(now);
     let cap = egress.daily_cap(source, today)?;
-    if egress.counters().sent_today(source, today) < cap {
+    if egress.counters().sent_today(source, today) + taken < cap {
         return None;
     }
     metrics::counter!("petrel_egress_warmup_waits_total").increment(1);
     Some(u64::from(today.next().0) * DAY_MS)
+}
+
+/// Moves lane `id`'s ready entries to another source of its tenant's pool that is below its
+/// warm-up cap today (the messages go on from there, retries too); false when the pool has
+/// none.
+fn to_another_source<S: SpoolAccess + 'static>(
+    inner: &Inner<S>,
+    st: &mut State,
+    id: DomainId,
+    now: u64,
+) -> bool {
+    let (Some(domain), Some(tenant), Some(old)) = (
+        st.queues.name(id).map(str::to_string),
+        st.queues.tenant(id).map(str::to_string),
+        st.queues.source(id),
+    ) else {
+        return false;
+    };
+    let egress = &inner.cfg.egress;
+    let pool = inner.pool_of(Some(tenant.as_str()).filter(|t| !t.is_empty()));
+    let Some(new) = egress.choose(pool, egress.counters(), Day::from_unix_ms(now)) else {
+        return false;
+    };
+    let new = u16::try_from(new.index()).unwrap_or(0);
+    if new == old {
+        return false;
+    }
+    let entries = take_ready(st, id);
+    let lane = st.queues.queue_id(&domain, &tenant, new);
+    for e in entries {
+        if let Some(m) = st.messages.get_mut(e.message_id) {
+            m.source = new;
+        }
+        st.queues.schedule(
+            lane,
+            Entry {
+                due_unix_ms: now,
+                ..e
+            },
+        );
+    }
+    metrics::counter!("petrel_egress_source_moves_total").increment(1);
+    true
 }
 
 /// The site is suspended, or has more connections than it may have now: this one ends.
@@ -374,8 +466,23 @@ fn over_cap<S: SpoolAccess>(inner: &Inner<S>, site_id: SiteId) -> bool {
     let now = now_unix_ms();
     let st = inner.state.borrow();
     st.sites.sites.get(&site_id).is_some_and(|s| {
-        s.throttle.site_suspended_until(now).is_some() || s.connections > s.cap(&inner.cfg, now)
+        let throttles = inner.limits.throttles();
+        throttles
+            .site_suspended_until(&s.counter_key, now)
+            .is_some()
+            || s.connections > s.cap(&inner.cfg, &inner.limits, now)
     })
+}
+
+/// Connections of the site on this shard (this one included).
+fn site_connections<S: SpoolAccess>(inner: &Inner<S>, site_id: SiteId) -> usize {
+    inner
+        .state
+        .borrow()
+        .sites
+        .sites
+        .get(&site_id)
+        .map_or(0, |s| s.connections)
 }
 
 /// The lanes in the site's rotation now.
@@ -384,7 +491,7 @@ fn rotation<S: SpoolAccess>(inner: &Inner<S>, site_id: SiteId) -> Vec<DomainId> 
     st.sites
         .sites
         .get(&site_id)
-        .map(|s| s.rotation.iter().copied().collect())
+        .map(|s| s.rotation.iter().collect())
         .unwrap_or_default()
 }
 
@@ -475,145 +582,6 @@ fn put_back<S: SpoolAccess + 'static>(inner: &Inner<S>, write: Write) {
     for (id, batch) in write.batches {
         requeue(inner, id, batch);
         inner.batch_done(id);
-    }
-}
-
-/// Sends the batches over the connection (several transactions in one write when the peer
-/// offers PIPELINING and CHUNKING) and applies each outcome. Returns false when the connection
-/// is no longer usable.
-async fn deliver<S: SpoolAccess + 'static>(
-    inner: &Rc<Inner<S>>,
-    site_id: SiteId,
-    c: &mut Connected,
-    batches: Vec<(DomainId, Vec<Entry>)>,
-) -> bool {
-    let prepared = prepare(inner, batches).await;
-    if prepared.is_empty() {
-        return true;
-    }
-    let rcpt_refs: Vec<Vec<&str>> = prepared
-        .iter()
-        .map(|p| p.rcpts.iter().map(String::as_str).collect())
-        .collect();
-    let messages: Vec<OutgoingMessage<'_>> = prepared
-        .iter()
-        .zip(&rcpt_refs)
-        .map(|(p, r)| OutgoingMessage {
-            from: &p.from,
-            rcpts: r,
-            body: &p.body,
-            dsn: p.dsn.as_ref().map(|d| d.outgoing()),
-        })
-        .collect();
-    let reused = c.sent > 0;
-    let started = Instant::now();
-    let results = c.conn.send_many(&messages).await;
-    let per_message = started.elapsed().as_secs_f64() / prepared.len() as f64;
-    let attempt_seconds = metrics::histogram!("petrel_delivery_attempt_duration_seconds");
-    c.sent = c
-        .sent
-        .saturating_add(u32::try_from(prepared.len()).unwrap_or(u32::MAX));
-    let mut usable = true;
-    // A connection lost in the middle of a transaction may have taken the replies of the
-    // write's earlier transactions with it: no more multi-transaction writes to this host for
-    // a while (`pipelining.rs`).
-    if results.iter().any(|r| {
-        matches!(
-            r,
-            Err(ClientError::Dropped { .. } | ClientError::Io(_) | ClientError::Timeout { .. })
-        )
-    }) {
-        inner.drops.borrow_mut().note_drop(c.addr, Instant::now());
-        metrics::counter!("petrel_delivery_pipeline_pauses_total").increment(1);
-    }
-    for (n, (p, sent)) in prepared.into_iter().zip(results).enumerate() {
-        attempt_seconds.record(per_message);
-        let mut attempt = Attempt {
-            host: Some(c.host.clone()),
-            addr: Some(c.addr),
-            tls: c.tls.clone(),
-            remote: true,
-            no_dsn: false,
-            // The next hop took DSN duty over only when it was given the parameters.
-            next_hop_dsn: c.conn.offers_dsn() && p.dsn.is_some(),
-        };
-        let message_id = p.batch[0].message_id;
-        let refusal = match &sent {
-            Ok(outcome) => negative_reply(outcome),
-            Err(ClientError::Rejected { reply, .. }) => Some(reply),
-            Err(_) => None,
-        };
-        if let Some(reply) = refusal {
-            let tenant = inner
-                .state
-                .borrow()
-                .queues
-                .tenant(p.domain)
-                .filter(|t| !t.is_empty())
-                .map(str::to_string);
-            inner.observe_reply(site_id, tenant.as_deref(), reply);
-        }
-        let results: Vec<RcptResult> = match sent {
-            Ok(outcome) => (0..p.batch.len())
-                .map(|i| RcptResult::classify(&outcome, i, &inner.cfg.bounce_classifier))
-                .collect(),
-            Err(ClientError::Dropped { stage })
-                if (reused || n > 0) && stage.is_before_transaction() =>
-            {
-                // The server closed the connection before this transaction began (idle, or an
-                // earlier one in the same write failed): not an attempt. The batch goes back,
-                // due now, for a fresh connection.
-                requeue(inner, p.domain, p.batch);
-                usable = false;
-                continue;
-            }
-            Err(e) => {
-                attempt.remote = false;
-                usable = false;
-                let result = RcptResult::client_error(&e, &inner.cfg.bounce_classifier);
-                vec![result; p.batch.len()]
-            }
-        };
-        apply(
-            inner,
-            message_id,
-            &p.batch,
-            &results,
-            &attempt,
-            Some(p.body.as_slice()),
-        )
-        .await;
-    }
-    usable
-}
-
-/// The transaction's first refusal: MAIL's, the message's, else a recipient's.
-fn negative_reply(
-    outcome: &petrel_outbound::TransactionOutcome,
-) -> Option<&petrel_outbound::Reply> {
-    let rcpt = outcome.rcpts.iter().find_map(|r| match r {
-        petrel_outbound::RcptOutcome::Rejected(reply) => Some(reply),
-        _ => None,
-    });
-    outcome
-        .mail_rejected
-        .as_ref()
-        .or(outcome.data.as_ref().filter(|r| !r.is_positive()))
-        .or(rcpt)
-}
-
-/// Puts entries back into the domain's schedule, due now (the domain is held by the batch).
-fn requeue<S: SpoolAccess>(inner: &Inner<S>, id: DomainId, entries: Vec<Entry>) {
-    let mut st = inner.state.borrow_mut();
-    let now = now_unix_ms();
-    for e in entries {
-        st.queues.schedule(
-            id,
-            Entry {
-                due_unix_ms: now,
-                ..e
-            },
-        );
     }
 }
 

@@ -24,8 +24,10 @@ mod outcome;
 mod pipelining;
 mod prepare;
 mod purge;
+mod rotation;
 mod site;
 mod tls_rpt;
+mod write;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -348,7 +350,9 @@ impl<S: SpoolAccess + 'static> DeliveryShard<S> {
             };
             futures_lite::future::or(sleep, woken).await;
         }
-        while inner.sessions_open.get() > 0 {
+        // Connections finish their writes; route lookups finish too (a failed one applies
+        // its outcome, whose events are flushed below).
+        while inner.sessions_open.get() > 0 || inner.state.borrow().sites.routing_tasks() > 0 {
             glommio::timer::sleep(Duration::from_millis(10)).await;
         }
         inner.flush_events().await;
@@ -385,15 +389,20 @@ impl<S: SpoolAccess + 'static> Inner<S> {
         let _ = self.wake_tx.try_send(()); // full: a wake-up is already pending
     }
 
+    /// The egress pool of `tenant`'s mail (the pushed setting; the default pool without one).
+    fn pool_of(&self, tenant: Option<&str>) -> crate::egress::PoolId {
+        let pool_name = tenant
+            .and_then(|t| self.cfg.tenant_delivery.as_ref()?.tenant_delivery(t))
+            .and_then(|d| d.egress_pool);
+        self.cfg.egress.pool_for(pool_name.as_deref())
+    }
+
     /// The egress source a message of `tenant` leaves from (the next of its pool by weight,
     /// `crate::egress`), and the time it may not go before: the start of tomorrow (UTC) when
     /// every source of the pool has sent its warm-up cap for today, else 0.
     fn choose_source(&self, tenant: Option<&str>, now: u64) -> (u16, u64) {
         let egress = &self.cfg.egress;
-        let pool_name = tenant
-            .and_then(|t| self.cfg.tenant_delivery.as_ref()?.tenant_delivery(t))
-            .and_then(|d| d.egress_pool);
-        let pool = egress.pool_for(pool_name.as_deref());
+        let pool = self.pool_of(tenant);
         let today = Day::from_unix_ms(now);
         let members = &egress.pool(pool).members;
         let index = |s: SourceId| u16::try_from(s.index()).unwrap_or(0);

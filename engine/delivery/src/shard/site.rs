@@ -22,7 +22,7 @@
 //! for the write; the shard has at most `shard_connections_max` connections, and an idle one
 //! gives its slot up when a site without a connection wants one.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap};
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -31,11 +31,12 @@ use petrel_outbound::Route;
 use super::connection::run_connection;
 use super::mta_sts;
 use super::outcome::{fail_entries, Attempt, RcptResult};
+use super::rotation::Rotation;
 use super::tls_rpt;
 use super::{now_unix_ms, Inner, SpoolAccess, State};
 use crate::config::{DeliveryConfig, DomainLimits, TlsPolicy};
+use crate::limits::GlobalLimits;
 use crate::queue::{DomainId, Entry};
-use crate::shaping::throttle::SiteThrottle;
 use crate::shaping::{ProviderId, SiteLimits, ThrottleKind};
 
 /// Route lookups (DNS, then MTA-STS) a shard runs at once; more ready domains wait a round.
@@ -110,12 +111,10 @@ pub(super) struct Site {
     pub shaped: Option<SiteLimits>,
     /// The site's key in the engine-wide registries (connection permits, rates).
     pub counter_key: Rc<str>,
-    /// The automatic response to its "slow down" replies in force (this shard's).
-    pub throttle: SiteThrottle,
     /// The `domain` label of its connection gauge.
     pub label: Rc<str>,
     /// Its ready domains, in turn order; each at most once.
-    pub rotation: VecDeque<DomainId>,
+    pub rotation: Rotation,
     /// Connections of this shard to the site, and how many of them wait for work.
     pub connections: usize,
     pub idle: usize,
@@ -131,8 +130,9 @@ impl Site {
         self.key.source
     }
 
-    /// Connections this shard may have to the site now.
-    pub fn cap(&self, cfg: &DeliveryConfig, now_unix_ms: u64) -> usize {
+    /// Connections this shard may have to the site now (a throttle rule may have narrowed
+    /// them: `limits.throttles()`, engine-wide under the site's key).
+    pub fn cap(&self, cfg: &DeliveryConfig, limits: &GlobalLimits, now_unix_ms: u64) -> usize {
         let mut cap = if self.key.own.is_some() {
             self.limits.connections_max as usize
         } else {
@@ -141,7 +141,10 @@ impl Site {
         if let Some(shaped) = &self.shaped {
             cap = cap.min(shaped.connections_max as usize);
         }
-        if let Some(narrowed) = self.throttle.connections_cap(now_unix_ms) {
+        if let Some(narrowed) = limits
+            .throttles()
+            .connections_cap(&self.counter_key, now_unix_ms)
+        {
             cap = cap.min(narrowed as usize);
         }
         cap.max(1)
@@ -154,6 +157,8 @@ struct SiteSpec {
     limits: DomainLimits,
     provider: Option<ProviderId>,
     shaped: Option<SiteLimits>,
+    /// A shaped site's key in the engine-wide registries: its provider and source.
+    provider_key: Option<String>,
 }
 
 /// Where a domain stands with routing.
@@ -175,6 +180,8 @@ pub(super) enum Routing {
 pub(super) struct DomainInfo {
     pub routing: Routing,
     pub in_rotation: bool,
+    /// Its tenant, by index (`Queues::tenant_index`): a rotation's turns go by tenant.
+    pub tenant: u32,
     /// Batches of it taken by connections and not yet finished.
     pub inflight: u32,
     /// Its limits as of its last entry into a rotation.
@@ -198,6 +205,13 @@ pub(super) struct Sites {
 }
 
 impl Sites {
+    /// Route lookups running (`run` waits for them at shutdown).
+    pub fn routing_tasks(&self) -> usize {
+        self.routing_tasks
+    }
+}
+
+impl Sites {
     /// The site of `key`, made when needed; an own site takes the domain's current limits.
     fn site_for(&mut self, key: SiteKey, spec: SiteSpec) -> SiteId {
         if let Some(id) = self.by_key.get(&key) {
@@ -216,14 +230,19 @@ impl Sites {
             .own
             .clone()
             .unwrap_or_else(|| OTHER_DOMAINS_LABEL.into());
-        let counter_key: Rc<str> = format!(
-            "site/{}/{:016x}/{:?}/{}",
-            key.own.as_deref().unwrap_or(""),
-            key.hop,
-            key.tls,
-            key.source
-        )
-        .into();
+        // A shaped site counts against its provider's limits, whatever its MX set: the
+        // provider's sites (gmail.com's, Workspace's, each Office 365 tenant's) share them.
+        let counter_key: Rc<str> = match &spec.provider_key {
+            Some(k) => k.as_str().into(),
+            None => format!(
+                "site/{}/{:016x}/{:?}/{}",
+                key.own.as_deref().unwrap_or(""),
+                key.hop,
+                key.tls,
+                key.source
+            )
+            .into(),
+        };
         self.sites.insert(
             id,
             Site {
@@ -234,9 +253,8 @@ impl Sites {
                 provider: spec.provider,
                 shaped: spec.shaped,
                 counter_key,
-                throttle: SiteThrottle::default(),
                 label,
-                rotation: VecDeque::new(),
+                rotation: Rotation::default(),
                 connections: 0,
                 idle: 0,
                 mapped: 1,
@@ -275,11 +293,13 @@ impl Sites {
         let Some(s) = self.sites.get_mut(&site) else {
             return;
         };
-        if let Some(info) = self.domains.get_mut(&id) {
-            info.in_rotation = true;
-        }
-        s.rotation.push_back(id);
-        if s.rotation.len() == 1 {
+        let Some(info) = self.domains.get_mut(&id) else {
+            return;
+        };
+        info.in_rotation = true;
+        let was_empty = s.rotation.is_empty();
+        s.rotation.push_back(info.tenant, id);
+        if was_empty {
             self.active.insert(site);
             s.work.notify(usize::MAX);
         }
@@ -287,11 +307,12 @@ impl Sites {
 
     /// Takes `id` out of its site's rotation (its ready work was put back in the schedule).
     pub fn leave_rotation(&mut self, id: DomainId, site: SiteId) {
-        if let Some(info) = self.domains.get_mut(&id) {
-            info.in_rotation = false;
-        }
+        let Some(info) = self.domains.get_mut(&id) else {
+            return;
+        };
+        info.in_rotation = false;
         if let Some(s) = self.sites.get_mut(&site) {
-            s.rotation.retain(|d| *d != id);
+            s.rotation.remove(info.tenant, id);
             if s.rotation.is_empty() {
                 self.active.remove(&site);
             }
@@ -302,7 +323,7 @@ impl Sites {
     /// [`Sites::requeue_turn`] when it keeps ready work).
     pub fn next_turn(&mut self, site: SiteId) -> Option<DomainId> {
         let s = self.sites.get_mut(&site)?;
-        let id = s.rotation.pop_front();
+        let id = s.rotation.pop_front().map(|(_, id)| id);
         if s.rotation.is_empty() {
             self.active.remove(&site);
         }
@@ -311,16 +332,18 @@ impl Sites {
 
     /// `id`, which keeps ready work, goes to the end of `site`'s rotation.
     pub fn requeue_turn(&mut self, site: SiteId, id: DomainId) {
+        let tenant = self.domains.get(&id).map_or(0, |i| i.tenant);
         if let Some(s) = self.sites.get_mut(&site) {
-            s.rotation.push_back(id);
+            s.rotation.push_back(tenant, id);
             self.active.insert(site);
         }
     }
 
     /// `id` has batches left of its turn: it stays at the front of `site`'s rotation.
     pub fn continue_turn(&mut self, site: SiteId, id: DomainId) {
+        let tenant = self.domains.get(&id).map_or(0, |i| i.tenant);
         if let Some(s) = self.sites.get_mut(&site) {
-            s.rotation.push_front(id);
+            s.rotation.push_front(tenant, id);
             self.active.insert(site);
         }
     }
@@ -340,9 +363,11 @@ impl<S: SpoolAccess + 'static> Inner<S> {
             let Some(name) = st.queues.name(id) else {
                 continue;
             };
+            let tenant = st.queues.tenant_index(id).unwrap_or(0);
             let info = st.sites.domains.entry(id).or_insert_with(|| DomainInfo {
                 routing: Routing::Unrouted,
                 in_rotation: false,
+                tenant,
                 inflight: 0,
                 limits: self.cfg.default_limits.clone(),
                 weight: 1,
@@ -440,19 +465,25 @@ impl<S: SpoolAccess + 'static> Inner<S> {
             let Some(site) = st.sites.sites.get(&site_id) else {
                 continue;
             };
-            if site.throttle.site_suspended_until(now).is_some() {
+            let throttles = self.limits.throttles();
+            if throttles
+                .site_suspended_until(&site.counter_key, now)
+                .is_some()
+            {
                 continue; // its connections start again once the suspension ends
             }
-            let cap = site.cap(&self.cfg, now);
+            let cap = site.cap(&self.cfg, &self.limits, now);
             let (mut connections, idle) = (site.connections, site.idle);
             while idle == 0 && connections < cap && self.backlog(st, site, connections) {
                 if self.sessions_open.get() >= self.cfg.shard_connections_max {
                     wanted += usize::from(connections == 0);
                     break;
                 }
-                // An extra connection also needs room under the front domain's engine-wide
-                // limit (other shards count); without it, it could only fail to get a permit.
-                if connections > 0 && !self.permit_room(st, site) {
+                // A connection also needs room under the site's engine-wide limit (a shaped
+                // site), and an extra one under the front domain's (other shards count, and
+                // the fleet's lease): without it, it could only fail to get a permit, end,
+                // and be started again.
+                if !self.permit_room(st, site, connections > 0) {
                     break;
                 }
                 connections += 1;
@@ -469,8 +500,8 @@ impl<S: SpoolAccess + 'static> Inner<S> {
     /// The site's rotation holds more ready recipients than `connections`.
     fn backlog(&self, st: &State, site: &Site, connections: usize) -> bool {
         let mut sum = 0usize;
-        for id in &site.rotation {
-            sum += st.queues.ready_len(*id);
+        for id in site.rotation.iter() {
+            sum += st.queues.ready_len(id);
             if sum > connections {
                 return true;
             }
@@ -478,15 +509,27 @@ impl<S: SpoolAccess + 'static> Inner<S> {
         false
     }
 
-    /// The domain at the front of the site's rotation has room under its connection limit.
-    fn permit_room(&self, st: &State, site: &Site) -> bool {
+    /// The site has room under its engine-wide limit (a shaped site), and, for an `extra`
+    /// connection, the domain at the front of its rotation under its own.
+    fn permit_room(&self, st: &State, site: &Site, extra: bool) -> bool {
+        if let Some(shaped) = &site.shaped {
+            if !self
+                .limits
+                .has_room(&site.counter_key, shaped.connections_max)
+            {
+                return false;
+            }
+        }
+        if !extra {
+            return true;
+        }
         let Some(id) = site.rotation.front() else {
             return false;
         };
-        let (Some(name), Some(info)) = (st.queues.name(*id), st.sites.domains.get(id)) else {
+        let (Some(name), Some(info)) = (st.queues.name(id), st.sites.domains.get(&id)) else {
             return false;
         };
-        self.limits.connections(name) < info.limits.connections_max
+        self.limits.has_room(name, info.limits.connections_max)
     }
 
     /// A connection of `site` ended.
@@ -561,7 +604,7 @@ async fn route_domain<S: SpoolAccess + 'static>(inner: Rc<Inner<S>>, id: DomainI
                     source: st.queues.source(id).unwrap_or(0),
                     own: own.then(|| Rc::from(name.as_str())),
                 };
-                let spec = site_spec(&inner, &name, own, &limits, applied.route);
+                let spec = site_spec(&inner, &name, own, &limits, applied.route, key.source);
                 let site = st.sites.site_for(key, spec);
                 if let Some(info) = st.sites.domains.get_mut(&id) {
                     info.routing = Routing::Routed {
@@ -602,6 +645,7 @@ fn site_spec<S: SpoolAccess>(
     own: bool,
     limits: &DomainLimits,
     route: Arc<Route>,
+    source: u16,
 ) -> SiteSpec {
     if own {
         return SiteSpec {
@@ -609,58 +653,65 @@ fn site_spec<S: SpoolAccess>(
             limits: limits.clone(),
             provider: None,
             shaped: None,
+            provider_key: None,
         };
     }
     let mut limits = inner.cfg.default_limits.clone();
+    let shaping = inner.cfg.current_shaping();
     let provider = if inner.resolver.static_route(name).is_some() {
         None
     } else {
         let hosts: Vec<&str> = route.hosts.iter().map(|h| h.name.as_str()).collect();
-        inner.cfg.shaping.provider_for(&hosts)
+        shaping.provider_for(&hosts)
     };
-    let shaped = provider.map(|p| inner.cfg.shaping.limits(Some(p)));
+    let shaped = provider.map(|p| shaping.limits(Some(p)));
     if let Some(s) = &shaped {
         limits.messages_per_connection_max = s.messages_per_connection_max;
         limits.recipients_per_transaction_max = limits
             .recipients_per_transaction_max
             .min(s.recipients_per_transaction_max);
     }
+    let provider_key = provider.map(|p| format!("provider/{}/{source}", shaping.name(Some(p))));
     SiteSpec {
         route,
         limits,
         provider,
         shaped,
+        provider_key,
     }
 }
 
 impl<S: SpoolAccess + 'static> Inner<S> {
     /// A negative reply at `site` to `tenant`'s mail (`None`: no tenant): when a throttle rule
     /// of the shaping matches it, the site (or the tenant there) is suspended, or its
-    /// connections narrowed, for the rule's time; logged and counted.
+    /// connections narrowed, for the rule's time; logged and counted. True when a rule matched.
     pub(super) fn observe_reply(
         &self,
         site: SiteId,
         tenant: Option<&str>,
         reply: &petrel_outbound::Reply,
-    ) {
+    ) -> bool {
         if reply.is_positive() {
-            return;
+            return false;
         }
         let mut st = self.state.borrow_mut();
         let Some(s) = st.sites.sites.get_mut(&site) else {
-            return;
+            return false;
         };
         let parsed = petrel_bounce::Reply::new(reply.code, reply.enhanced, &reply.text);
-        let Some(action) = self.cfg.shaping.throttle_reply(s.provider, &parsed) else {
-            return;
+        let shaping = self.cfg.current_shaping();
+        let Some(action) = shaping.throttle_reply(s.provider, &parsed) else {
+            return false;
         };
-        s.throttle.apply(&action, tenant, now_unix_ms());
+        self.limits
+            .throttles()
+            .apply(&s.counter_key, &action, tenant, now_unix_ms());
         let kind = match action.kind {
             ThrottleKind::Suspend => "suspend",
             ThrottleKind::Narrow { .. } => "narrow",
         };
-        let provider = self.cfg.shaping.name(s.provider).to_string();
-        let rule = self.cfg.shaping.rule_name(action.rule).to_string();
+        let provider = shaping.name(s.provider).to_string();
+        let rule = shaping.rule_name(action.rule).to_string();
         tracing::warn!(
             site = %s.counter_key,
             provider,
@@ -678,6 +729,7 @@ impl<S: SpoolAccess + 'static> Inner<S> {
             "action" => kind
         )
         .increment(1);
+        true
     }
 }
 
