@@ -171,8 +171,7 @@ impl GlobalLimits {
     /// Whether a permit for `key` under `connections_max` could be had now: its open
     /// connections are below that and below the fleet's lease for this engine.
     pub fn has_room(&self, key: &str, connections_max: u32) -> bool {
-        let c = self.destination(key);
-        c.connections.load(Ordering::Acquire) < connections_max.min(c.fleet_cap())
+        self.destination(key).has_room(connections_max)
     }
 
     /// Destinations the fleet limits, with their counters (for the fleet task).
@@ -223,6 +222,11 @@ impl DestinationCounters {
     }
 
     /// Slots leased to this engine (`FLEET_CAP_NONE`: not limited by the fleet).
+    /// Whether a permit under `connections_max` could be had now (the fleet's lease too).
+    pub fn has_room(&self, connections_max: u32) -> bool {
+        self.connections.load(Ordering::Acquire) < connections_max.min(self.fleet_cap())
+    }
+
     pub fn fleet_cap(&self) -> u32 {
         self.fleet_cap.load(Ordering::Acquire)
     }

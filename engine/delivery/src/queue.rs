@@ -402,6 +402,9 @@ impl Queues {
     }
 
     fn tenant_idx(&mut self, tenant: &str) -> u32 {
+        if tenant.is_empty() {
+            return 0;
+        }
         if let Some(i) = self.tenant_index.get(tenant) {
             return *i;
         }

@@ -316,7 +316,10 @@ fn fill<S: SpoolAccess + 'static>(
             continue;
         };
         if !holds_permit(held, write, name) {
-            let counters = inner.limits.destination(name);
+            let counters = match st.sites.domains.get(&id).and_then(|i| i.counters.clone()) {
+                Some(c) => c,
+                None => inner.limits.destination(name),
+            };
             let Some(permit) = ConnectionPermit::try_acquire(counters, limits.connections_max)
             else {
                 blocked.push(id);

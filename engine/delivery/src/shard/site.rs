@@ -35,7 +35,7 @@ use super::rotation::Rotation;
 use super::tls_rpt;
 use super::{now_unix_ms, Inner, SpoolAccess, State};
 use crate::config::{DeliveryConfig, DomainLimits, TlsPolicy};
-use crate::limits::GlobalLimits;
+use crate::limits::{DestinationCounters, GlobalLimits};
 use crate::queue::{DomainId, Entry};
 use crate::shaping::{ProviderId, SiteLimits, ThrottleKind};
 
@@ -44,6 +44,10 @@ pub const ROUTING_TASKS_MAX: usize = 256;
 /// A routed domain is routed again this long after its last routing (its limits, DNS answer
 /// and MTA-STS policy may have changed), at its next entry into a rotation.
 pub const ROUTE_RECHECK_MS: u64 = 60_000;
+/// A routed lane that comes back to a rotation within this long of its last check goes
+/// straight in; later, its limits, weight, MTA-STS standing and route are checked again (a
+/// pushed change takes effect within this long).
+pub const FIT_RECHECK_MS: u64 = 1_000;
 /// The largest delivery weight a tenant's lane gets (batches per rotation turn).
 pub const TENANT_WEIGHT_MAX: u32 = 100;
 /// Rotation turns one write may look at beyond the transactions it takes (domains skipped
@@ -190,6 +194,11 @@ pub(super) struct DomainInfo {
     pub weight: u32,
     /// Batches left of its current turn.
     pub turn_left: u32,
+    /// When its limits, weight and route were last checked against its site (unix ms).
+    pub fit_checked_unix_ms: u64,
+    /// Its domain's engine-wide counters (held here, the registry keeps them), set at that
+    /// check: the driver and the connections look at them without the registry's lock.
+    pub counters: Option<Arc<DestinationCounters>>,
 }
 
 /// Every site of a shard, and where each domain goes.
@@ -372,9 +381,21 @@ impl<S: SpoolAccess + 'static> Inner<S> {
                 limits: self.cfg.default_limits.clone(),
                 weight: 1,
                 turn_left: 0,
+                fit_checked_unix_ms: 0,
+                counters: None,
             });
             if info.in_rotation || info.routing == Routing::Pending {
                 continue;
+            }
+            if let Routing::Routed { site, .. } = info.routing {
+                // Back within `FIT_RECHECK_MS` of its last check (a busy lane drains and
+                // refills all the time): it goes straight back to its site's rotation.
+                if now.saturating_sub(info.fit_checked_unix_ms) < FIT_RECHECK_MS
+                    && st.sites.sites.contains_key(&site)
+                {
+                    st.sites.enter_rotation(id, site);
+                    continue;
+                }
             }
             let limits = self.cfg.effective_limits(name);
             let routed = match info.routing {
@@ -393,6 +414,8 @@ impl<S: SpoolAccess + 'static> Inner<S> {
             if let Some(site) = routed {
                 info.limits = limits;
                 info.weight = self.tenant_weight(st.queues.tenant(id));
+                info.fit_checked_unix_ms = now;
+                info.counters = Some(self.limits.destination(name));
                 st.sites.enter_rotation(id, site);
                 continue;
             }
@@ -529,7 +552,10 @@ impl<S: SpoolAccess + 'static> Inner<S> {
         let (Some(name), Some(info)) = (st.queues.name(id), st.sites.domains.get(&id)) else {
             return false;
         };
-        self.limits.has_room(name, info.limits.connections_max)
+        match &info.counters {
+            Some(c) => c.has_room(info.limits.connections_max),
+            None => self.limits.has_room(name, info.limits.connections_max),
+        }
     }
 
     /// A connection of `site` ended.
