@@ -123,6 +123,10 @@ pub struct DeliveryConfig {
     pub smart_host_mta_sts: bool,
     /// The longest wait of the driver's loop between two looks at the schedule.
     pub tick_ms_max: u64,
+    /// How long a routed lane keeps its route (DNS, MTA-STS) and its limits before they are
+    /// checked again, even a lane that never drains (`shard/site.rs`; default
+    /// `ROUTE_RECHECK_MS_DEFAULT`).
+    pub route_recheck_ms: u64,
     /// Limits that change at run time (the control plane's pushed destination limits), laid
     /// over `default_limits`/`domain_limits` at every new delivery session.
     pub dynamic_limits: Option<Arc<dyn LimitsSource>>,
@@ -150,6 +154,9 @@ pub struct DeliveryConfig {
     /// wires the policy snapshot here); `None`: `shaping` alone.
     pub shaping_source: Option<Arc<dyn crate::shaping::ShapingSource>>,
 }
+
+/// Default of [`DeliveryConfig::route_recheck_ms`]: a minute.
+pub const ROUTE_RECHECK_MS_DEFAULT: u64 = 60_000;
 
 /// Default of [`DeliveryConfig::next_hop_sessions_max`]: 16 per shard, so 32 connections to a
 /// smart host on two cores (KumoMTA's default `connection_limit` per site is 32).
@@ -179,6 +186,7 @@ impl Default for DeliveryConfig {
             extra_root_certs_pem: Vec::new(),
             smart_host_mta_sts: false,
             tick_ms_max: 1_000,
+            route_recheck_ms: ROUTE_RECHECK_MS_DEFAULT,
             dynamic_limits: None,
             bounce_classifier: Arc::new(BounceClassifier::shipped()),
             return_path: None,
@@ -209,7 +217,7 @@ impl DeliveryConfig {
 
     /// The shaping in force: the files' with the pushed overlay over it. A site takes its
     /// limits from it when it is made (a site in use is made again when its domains are
-    /// re-routed, at most `ROUTE_RECHECK_MS` later), a reply its throttle rule when it comes.
+    /// re-routed, at most `DeliveryConfig::route_recheck_ms` (60 s) later), a reply its throttle rule when it comes.
     pub fn current_shaping(&self) -> Arc<crate::shaping::Shaping> {
         match &self.shaping_source {
             Some(source) => source.current(&self.shaping),

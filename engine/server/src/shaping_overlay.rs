@@ -6,7 +6,7 @@
 //! is built once per policy version (`ShapingCache`); a lookup borrows the policy in force
 //! through an arc-swap guard (no reference count touched, nothing held across an await), then
 //! compares the version and clones an `Arc`. A new snapshot applies to the next site made: a
-//! site in use is made again when its domains are re-routed (`ROUTE_RECHECK_MS`). It has no
+//! site in use is made again when its domains are re-routed (`DeliveryConfig::route_recheck_ms` (60 s)). It has no
 //! `crate::` imports, so the delivery wiring and the admin endpoint can both use it.
 
 use std::sync::Arc;

@@ -261,6 +261,7 @@ fn fill<S: SpoolAccess + 'static>(
     let mut blocked = Vec::new();
     let mut looks = 0;
     let mut taken = 0u64;
+    let mut recheck = false;
     // A shaped site may allow fewer recipients per transaction than its domains.
     let site_rcpts = st
         .sites
@@ -286,6 +287,17 @@ fn fill<S: SpoolAccess + 'static>(
             Inner::<S>::forget_domain_if_idle(st, id);
             continue;
         }
+        if now.saturating_sub(info.fit_checked_unix_ms) >= inner.cfg.route_recheck_ms {
+            // A lane that never drains is checked again like one that comes back (limits,
+            // weight, MTA-STS standing, route): it leaves the rotation and the driver, woken
+            // below, routes it again in its next round.
+            if let Some(info) = st.sites.domains.get_mut(&id) {
+                info.in_rotation = false;
+                info.turn_left = 0;
+            }
+            recheck = true;
+            continue;
+        }
         let limits = info.limits.clone();
         let capped = warmed_up(inner, st, id, now, taken);
         if capped.is_some() && to_another_source(inner, st, id, now) {
@@ -303,6 +315,7 @@ fn fill<S: SpoolAccess + 'static>(
             st.queues.unready(id, until);
             if let Some(info) = st.sites.domains.get_mut(&id) {
                 info.in_rotation = false;
+                info.turn_left = 0;
             }
             continue;
         }
@@ -380,6 +393,10 @@ fn fill<S: SpoolAccess + 'static>(
         let day = Day::from_unix_ms(now);
         let source = SourceId::from_index(source);
         inner.cfg.egress.record_sent_n(source, day, taken);
+    }
+    drop(guard);
+    if recheck {
+        inner.wake();
     }
     blocked
 }

@@ -41,9 +41,6 @@ use crate::shaping::{ProviderId, SiteLimits, ThrottleKind};
 
 /// Route lookups (DNS, then MTA-STS) a shard runs at once; more ready domains wait a round.
 pub const ROUTING_TASKS_MAX: usize = 256;
-/// A routed domain is routed again this long after its last routing (its limits, DNS answer
-/// and MTA-STS policy may have changed), at its next entry into a rotation.
-pub const ROUTE_RECHECK_MS: u64 = 60_000;
 /// A routed lane that comes back to a rotation within this long of its last check goes
 /// straight in; later, its limits, weight, MTA-STS standing and route are checked again (a
 /// pushed change takes effect within this long).
@@ -403,7 +400,7 @@ impl<S: SpoolAccess + 'static> Inner<S> {
                     site,
                     raw_hop,
                     at_unix_ms,
-                } if now.saturating_sub(at_unix_ms) < ROUTE_RECHECK_MS => st
+                } if now.saturating_sub(at_unix_ms) < self.cfg.route_recheck_ms => st
                     .sites
                     .sites
                     .get(&site)
