@@ -66,6 +66,7 @@ pub mod error;
 pub mod events;
 pub mod limits;
 pub mod memory;
+pub mod periodic;
 pub mod queue;
 pub mod return_path;
 pub mod shaping;

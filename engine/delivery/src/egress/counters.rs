@@ -15,13 +15,12 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
-use std::thread::JoinHandle;
-use std::time::Duration;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use super::{Day, Egress, EgressError, SourceId};
+use crate::periodic::Periodic;
 
 /// The counts file, under the data directory.
 pub const EGRESS_COUNTS_FILE: &str = "egress-counts.json";
@@ -229,10 +228,7 @@ pub fn save(egress: &Egress, data_dir: &Path) -> Result<(), EgressError> {
 
 /// The thread that saves the counts (see the module docs) and refreshes the warm-up gauges.
 #[derive(Debug)]
-pub struct CountsSaver {
-    stop: Option<mpsc::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
-}
+pub struct CountsSaver(Periodic);
 
 impl CountsSaver {
     /// Starts the thread. `interval_ms` is [`EGRESS_COUNTS_SAVE_INTERVAL_MS`] in the engine.
@@ -241,47 +237,23 @@ impl CountsSaver {
         data_dir: PathBuf,
         interval_ms: u64,
     ) -> std::io::Result<CountsSaver> {
-        let (stop, stopped) = mpsc::channel::<()>();
         // What is counted now is what was loaded: on disk already.
         let mut saved = egress.counters().generation();
-        let thread = std::thread::Builder::new()
-            .name("petrel-egress".into())
-            .spawn(move || loop {
-                let last = !matches!(
-                    stopped.recv_timeout(Duration::from_millis(interval_ms.max(1))),
-                    Err(mpsc::RecvTimeoutError::Timeout)
-                );
-                egress.publish_caps(Day::today());
-                let now = egress.counters().generation();
-                if now != saved {
-                    match save(&egress, &data_dir) {
-                        Ok(()) => saved = now,
-                        Err(e) => tracing::error!(error = %e, "egress counts not saved"),
-                    }
+        Periodic::start("petrel-egress", interval_ms, move || {
+            egress.publish_caps(Day::today());
+            let now = egress.counters().generation();
+            if now != saved {
+                match save(&egress, &data_dir) {
+                    Ok(()) => saved = now,
+                    Err(e) => tracing::error!(error = %e, "egress counts not saved"),
                 }
-                if last {
-                    return;
-                }
-            })?;
-        Ok(CountsSaver {
-            stop: Some(stop),
-            thread: Some(thread),
+            }
         })
+        .map(CountsSaver)
     }
 
     /// Saves once more (if anything changed) and joins the thread.
     pub fn stop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for CountsSaver {
-    fn drop(&mut self) {
-        self.stop();
+        self.0.stop();
     }
 }

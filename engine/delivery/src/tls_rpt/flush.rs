@@ -10,16 +10,14 @@
 //! `{"day": <days since the epoch>, "domain", "policy_type", "policy_strings": [..],
 //! "mx_patterns": [..], "mx_host", "ip" (or null), "success": n, "failures": {"<type>": n}}`.
 
-use std::sync::mpsc;
 use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::Duration;
 
 use petrel_policy::event::{DETAILS_MAX_BYTES, EVENTS_BATCH_MAX_BYTES, EVENTS_PER_BATCH_MAX};
 use petrel_policy::{Event, EventType, Outbox};
 use serde_json::{json, Map, Value};
 
 use super::{Row, TlsRptRecorder};
+use crate::periodic::Periodic;
 
 /// The event type of TLS-RPT counts (`petrel_policy::event::TLS_RPT_COUNTS`).
 pub const TLS_RPT_EVENT: &str = petrel_policy::event::TLS_RPT_COUNTS;
@@ -109,10 +107,7 @@ pub fn rows_to_events(
 
 /// The thread that moves the shards' counts to the backlog.
 #[derive(Debug)]
-pub struct TlsRptFlusher {
-    stop: Option<mpsc::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
-}
+pub struct TlsRptFlusher(Periodic);
 
 impl TlsRptFlusher {
     /// Starts the thread over the shards' recorders. Without a backlog (no control plane) the
@@ -122,44 +117,18 @@ impl TlsRptFlusher {
         outbox: Option<Arc<Outbox>>,
         interval_ms: u64,
     ) -> std::io::Result<TlsRptFlusher> {
-        let (stop, stopped) = mpsc::channel();
         let nonce = format!("{:016x}", rand::random::<u64>());
-        let thread = std::thread::Builder::new()
-            .name("petrel-tls-rpt".into())
-            .spawn(move || {
-                let mut seq = 0u64;
-                loop {
-                    let last = !matches!(
-                        stopped.recv_timeout(Duration::from_millis(interval_ms.max(1))),
-                        Err(mpsc::RecvTimeoutError::Timeout)
-                    );
-                    seq += 1;
-                    flush(&recorders, outbox.as_deref(), &nonce, seq);
-                    if last {
-                        return;
-                    }
-                }
-            })?;
-        Ok(TlsRptFlusher {
-            stop: Some(stop),
-            thread: Some(thread),
+        let mut seq = 0u64;
+        Periodic::start("petrel-tls-rpt", interval_ms, move || {
+            seq += 1;
+            flush(&recorders, outbox.as_deref(), &nonce, seq);
         })
+        .map(TlsRptFlusher)
     }
 
     /// Flushes once more and joins the thread.
     pub fn stop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for TlsRptFlusher {
-    fn drop(&mut self) {
-        self.stop();
+        self.0.stop();
     }
 }
 
