@@ -2,6 +2,8 @@
 # End-to-end relay benchmark: smtp-source -> Petrel -> sink, fsync on, no DKIM, 1 KiB messages.
 #
 #   benches/bench-relay.sh            # N=20000 SIZE=1024 SESS=20 RUNS=3
+#   REUSE=1 SKIP_INJECTOR=1 SKIP_1000=1 benches/bench-relay.sh   # smtp-source -d, both MTAs
+#   BIN=/tmp/petrel-old benches/bench-relay.sh
 #
 # Petrel relays everything to `petrel load sink --expect N` (--relay-to); the clock runs from the
 # first injected message to the sink's N-th arrival. The same smtp-source settings then drive
@@ -14,7 +16,9 @@ cd "$(dirname "$0")/.."
 N=${N:-20000}; SIZE=${SIZE:-1024}; SESS=${SESS:-20}; RUNS=${RUNS:-3}
 PORT=${PORT:-2725}; SINK_PORT=${SINK_PORT:-2726}; TIMEOUT=${TIMEOUT:-240}
 PEERS=${PEERS:-../shared/peers}
-BIN=target/release/petrel
+BIN=${BIN:-target/release/petrel}
+# REUSE=1: smtp-source -d (each session reuses its connection), for Petrel and Postfix alike.
+SRC_OPTS=(); [ "${REUSE:-0}" = 1 ] && SRC_OPTS=(-d)
 [ -x "$BIN" ] || cargo build --locked --release --bin petrel >&2 || exit 1
 TCK=$(getconf CLK_TCK)
 PIDS=()
@@ -23,7 +27,7 @@ trap cleanup EXIT
 cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 median() { sort -g | awk '{a[NR]=$1} END{ if(NR==0){print "nan"} else if(NR%2){print a[(NR+1)/2]} else {print (a[NR/2]+a[NR/2+1])/2} }'; }
 
-echo "# $(date -u +%FT%TZ) $(nproc) cores; N=$N SIZE=$SIZE SESS=$SESS RUNS=$RUNS fsync=on dkim=off"
+echo "# $(date -u +%FT%TZ) $(nproc) cores; N=$N SIZE=$SIZE SESS=$SESS REUSE=${REUSE:-0} RUNS=$RUNS fsync=on dkim=off bin=$BIN"
 rates=(); cpus=()
 for run in $(seq 1 "$RUNS"); do
   DATA=$(mktemp -d /tmp/petrel-relay.XXXXXX)
@@ -37,7 +41,7 @@ for run in $(seq 1 "$RUNS"); do
   ENGINE=$!; PIDS+=("$ENGINE")
   for _ in $(seq 1 300); do grep -q "engine ready" "$DATA/engine.out" 2>/dev/null && break; sleep 0.1; done
   c0=$(cpu_ticks "$ENGINE"); t0=$(date +%s.%N)
-  timeout "$TIMEOUT" smtp-source -l "$SIZE" -m "$N" -s "$SESS" -f from@bench.test -t to@remote.test \
+  timeout "$TIMEOUT" smtp-source "${SRC_OPTS[@]}" -l "$SIZE" -m "$N" -s "$SESS" -f from@bench.test -t to@remote.test \
     "127.0.0.1:$PORT" > "$DATA/client.out" 2>&1
   t1=$(date +%s.%N)
   accepted() { local v; v=$(grep -o '"messages_accepted": *[0-9]*' "$DATA/stats.json" 2>/dev/null | grep -o '[0-9]*$'); echo "${v:-0}"; }
@@ -56,7 +60,7 @@ pm=$(printf '%s\n' "${rates[@]}" | median); pc=$(printf '%s\n' "${cpus[@]}" | me
 prates=()
 if [ -x "$PEERS/postfix-bench.sh" ] && [ "${NO_POSTFIX:-0}" != 1 ]; then
   for run in $(seq 1 "$RUNS"); do
-    out=$(N=$N SIZE=$SIZE SESS=$SESS TIMEOUT=$TIMEOUT "$PEERS/postfix-bench.sh" 2>&1)
+    out=$(N=$N SIZE=$SIZE SESS=$SESS REUSE=${REUSE:-0} TIMEOUT=$TIMEOUT "$PEERS/postfix-bench.sh" 2>&1)
     r=$(echo "$out" | awk '/^B2/{for(i=1;i<=NF;i++) if($i=="msg/s,"||$i=="msg/s") print $(i-1)}' | head -1)
     echo "postfix run=$run: ${r:-?} msg/s end to end (postfix-bench.sh phase B2)"
     [ -n "$r" ] && prates+=("$r")

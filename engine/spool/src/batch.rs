@@ -109,8 +109,15 @@ impl Inner {
             match data.write_all_at(buf, offset).await {
                 Ok(()) => {
                     // Before the stores take their commit tickets: the next sync covers it.
-                    self.state.borrow_mut().mark_dirty(seq, File::Data);
+                    let reserved_end = {
+                        let mut st = self.state.borrow_mut();
+                        st.mark_dirty(seq, File::Data);
+                        st.segments.get(&seq).map(|s| s.data_len)
+                    };
                     batch.finish(true);
+                    if let Some(end) = reserved_end {
+                        data.prefill_ahead(end, Some(self.cfg.segment_size_max_bytes));
+                    }
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "spool write failed");
@@ -169,7 +176,16 @@ impl Inner {
         for (seq, journal, offset, buf) in writes {
             match journal.write_all_at(buf, offset).await {
                 // A sync that ran while this write was in flight did not cover it.
-                Ok(()) => self.state.borrow_mut().mark_dirty(seq, File::Journal),
+                Ok(()) => {
+                    let reserved_end = {
+                        let mut st = self.state.borrow_mut();
+                        st.mark_dirty(seq, File::Journal);
+                        st.segments.get(&seq).map(|s| s.journal_len)
+                    };
+                    if let Some(end) = reserved_end {
+                        journal.prefill_ahead(end, None);
+                    }
+                }
                 Err(e) => result = Err(e),
             }
         }

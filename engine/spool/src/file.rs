@@ -7,11 +7,14 @@
 //! chose the default.
 
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use glommio::io::{BufferedFile, DmaFile, OpenOptions};
 
 use crate::error::SpoolError;
+use crate::prefill::{Prefill, PREFILL_DATA_CHUNK_BYTES, PREFILL_JOURNAL_CHUNK_BYTES};
 use crate::record::RECORD_ALIGN_BYTES;
+use crate::recovery::{DATA_SUFFIX, JOURNAL_SUFFIX};
 
 /// Which glommio file type backs the data segments (journals are always buffered: their records
 /// are tiny and padding them to a device block would multiply their size).
@@ -30,7 +33,9 @@ pub const READ_CHUNK_MAX_BYTES: usize = 4 << 20;
 /// One open file of a segment.
 #[derive(Debug)]
 pub(crate) enum SegFile {
-    Buffered(BufferedFile, PathBuf),
+    /// Reads and syncs through the `BufferedFile`; writes through a `std` handle of the same
+    /// file, in the calling thread (see `write_all_at`).
+    Buffered(BufferedFile, std::fs::File, Rc<Prefill>, PathBuf),
     /// Writes go through the `DmaFile`; reads through a buffered handle of the same file
     /// (glommio's direct reads fail with EOPNOTSUPP on some virtual disks, and the kernel keeps
     /// the two coherent: a direct write invalidates the cached pages it covers).
@@ -60,12 +65,27 @@ impl SegFile {
     ) -> Result<SegFile, SpoolError> {
         let p = path.to_path_buf();
         Ok(match mode {
-            FileMode::Buffered => SegFile::Buffered(
-                opts.buffered_open(path)
+            FileMode::Buffered => {
+                let file = opts
+                    .buffered_open(path)
                     .await
-                    .map_err(|e| SpoolError::io(op, path, e))?,
-                p,
-            ),
+                    .map_err(|e| SpoolError::io(op, path, e))?;
+                let writer = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .map_err(|e| SpoolError::io("open", path, e))?;
+                // Data files and journals get zeroes written ahead of their end (`prefill`);
+                // other files (the health probe's) do not.
+                let name = path.to_string_lossy();
+                let chunk = if name.ends_with(DATA_SUFFIX) {
+                    PREFILL_DATA_CHUNK_BYTES
+                } else if name.ends_with(JOURNAL_SUFFIX) {
+                    PREFILL_JOURNAL_CHUNK_BYTES
+                } else {
+                    0
+                };
+                SegFile::Buffered(file, writer, Rc::new(Prefill::new(chunk)), p)
+            }
             FileMode::Direct => {
                 let dma = opts
                     .dma_open(path)
@@ -83,7 +103,7 @@ impl SegFile {
 
     pub(crate) fn path(&self) -> &Path {
         match self {
-            SegFile::Buffered(_, p) | SegFile::Direct(_, _, p) => p,
+            SegFile::Buffered(_, _, _, p) | SegFile::Direct(_, _, p) => p,
         }
     }
 
@@ -100,11 +120,20 @@ impl SegFile {
     pub(crate) async fn write_all_at(&self, bytes: Vec<u8>, pos: u64) -> Result<(), SpoolError> {
         let len = bytes.len();
         let n = match self {
-            SegFile::Buffered(f, _) => f.write_at(bytes, pos).await,
+            // A `pwrite` into the page cache, here: io_uring would hand a buffered write to an
+            // io-wq worker (ext4 cannot do it without blocking), a thread hop and two context
+            // switches for a copy of a few KiB. `write_all_at` never writes short.
+            SegFile::Buffered(_, w, prefill, _) => {
+                use std::os::unix::fs::FileExt;
+                if let Some(fill) = prefill.overlapping(pos, len as u64) {
+                    fill.written().await;
+                }
+                w.write_all_at(&bytes, pos).map(|()| len)
+            }
             SegFile::Direct(f, _, _) => {
                 let mut dma = f.alloc_dma_buffer(len);
                 dma.as_bytes_mut().copy_from_slice(&bytes);
-                f.write_at(dma, pos).await
+                f.write_at(dma, pos).await.map_err(std::io::Error::from)
             }
         }
         .map_err(|e| SpoolError::io("write", self.path(), e))?;
@@ -121,6 +150,16 @@ impl SegFile {
         Ok(())
     }
 
+    /// The file's reserved end moved to `reserved_end`: writes zeroes ahead of it, never past
+    /// `limit`, if it is time (`prefill`).
+    pub(crate) fn prefill_ahead(&self, reserved_end: u64, limit: Option<u64>) {
+        if let SegFile::Buffered(_, _, prefill, path) = self {
+            if let Some((start, end)) = prefill.next_fill(reserved_end, limit) {
+                prefill.start(path.clone(), start, end);
+            }
+        }
+    }
+
     /// Reads exactly `len` bytes at `pos`.
     pub(crate) async fn read_exact_at(&self, pos: u64, len: usize) -> Result<Vec<u8>, SpoolError> {
         let mut out = Vec::with_capacity(len);
@@ -128,7 +167,7 @@ impl SegFile {
             let at = pos + out.len() as u64;
             let want = (len - out.len()).min(READ_CHUNK_MAX_BYTES);
             let r = match self {
-                SegFile::Buffered(f, _) | SegFile::Direct(_, f, _) => f.read_at(at, want).await,
+                SegFile::Buffered(f, ..) | SegFile::Direct(_, f, _) => f.read_at(at, want).await,
             }
             .map_err(|e| SpoolError::io("read", self.path(), e))?;
             if r.is_empty() {
@@ -148,7 +187,10 @@ impl SegFile {
 
     pub(crate) async fn truncate(&self, len: u64) -> Result<(), SpoolError> {
         match self {
-            SegFile::Buffered(f, _) => f.truncate(len).await,
+            SegFile::Buffered(f, _, prefill, _) => {
+                prefill.truncated(len);
+                f.truncate(len).await
+            }
             SegFile::Direct(f, _, _) => f.truncate(len).await,
         }
         .map_err(|e| SpoolError::io("truncate", self.path(), e))
@@ -156,7 +198,7 @@ impl SegFile {
 
     pub(crate) async fn fdatasync(&self) -> Result<(), SpoolError> {
         match self {
-            SegFile::Buffered(f, _) => f.fdatasync().await,
+            SegFile::Buffered(f, ..) => f.fdatasync().await,
             SegFile::Direct(f, _, _) => f.fdatasync().await,
         }
         .map_err(|e| SpoolError::io("fdatasync", self.path(), e))
@@ -165,7 +207,7 @@ impl SegFile {
     /// Unlinks the file (it stays usable until closed).
     pub(crate) async fn remove(&self) -> Result<(), SpoolError> {
         match self {
-            SegFile::Buffered(f, _) => f.remove().await,
+            SegFile::Buffered(f, ..) => f.remove().await,
             SegFile::Direct(f, _, _) => f.remove().await,
         }
         .map_err(|e| SpoolError::io("remove", self.path(), e))
@@ -175,7 +217,7 @@ impl SegFile {
     /// or deleted.
     pub(crate) async fn close(self) {
         let r = match self {
-            SegFile::Buffered(f, _) => f.close().await,
+            SegFile::Buffered(f, ..) => f.close().await,
             SegFile::Direct(f, reader, _) => {
                 if let Err(e) = reader.close().await {
                     tracing::warn!(error = %e, "closing a spool file failed");

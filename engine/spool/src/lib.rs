@@ -18,7 +18,10 @@
 //! Whoever finds no sync running leads one; the stores that arrive meanwhile queue behind it
 //! and share the next one. The fsync rate thus follows the disk's latency, not the message
 //! rate: 64 concurrent storers on one core need a small fraction of the syncs of 64 sequential
-//! ones (see `benches/spool_append.rs` and `Spool::commits`). Updates and removes do not wait
+//! ones (see `benches/spool_append.rs` and `Spool::commits`). Buffered writes are `pwrite`s in
+//! the shard's thread (a copy into the page cache; io_uring would hand each to an io-wq worker),
+//! into space zeroed ahead of the file's end ([`prefill`]), so the fdatasync that follows writes
+//! the data and flushes without also writing the inode for a new size. Updates and removes do not wait
 //! for a sync (at-least-once delivery tolerates a redelivery after a crash); they ride on the
 //! next group commit, or a sync within [`JOURNAL_SYNC_DELAY_MS`].
 //!
@@ -69,6 +72,7 @@ mod commit;
 mod error;
 mod file;
 pub mod health;
+mod prefill;
 pub mod record;
 mod recovery;
 pub mod sealed;
@@ -80,6 +84,7 @@ mod types;
 pub use batch::JOURNAL_SYNC_DELAY_MS;
 pub use error::SpoolError;
 pub use file::{FileMode, READ_CHUNK_MAX_BYTES};
+pub use prefill::{PREFILL_ALIGN_BYTES, PREFILL_DATA_CHUNK_BYTES, PREFILL_JOURNAL_CHUNK_BYTES};
 pub use recovery::inspect;
 pub use spool::{Spool, SEGMENT_SIZE_MAX_LIMIT_BYTES, SEGMENT_SIZE_MIN_BYTES};
 pub use types::*;

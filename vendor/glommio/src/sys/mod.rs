@@ -306,6 +306,10 @@ impl SleepNotifier {
     }
 
     pub(crate) fn notify(&self, force: bool) {
+        // PETREL-PATCH: pairs with the fence a sleeping executor issues after setting
+        // `should_notify` (in place of a membarrier): the caller's write to the shared queue is
+        // ordered before this read of `should_notify`, so one of the two sides sees the other.
+        std::sync::atomic::fence(Ordering::SeqCst);
         if self
             .should_notify
             .compare_exchange(true, false, Ordering::Relaxed, Ordering::Relaxed)

@@ -1871,9 +1871,11 @@ impl Reactor {
             // that opened up room. If it did we bail on sleep and go process it.
             self.notifier.prepare_to_sleep();
             // See https://www.scylladb.com/2018/02/15/memory-barriers-seastar-linux/ for
-            // details. This translates to `sys_membarrier()` /
-            // `MEMBARRIER_CMD_PRIVATE_EXPEDITED`
-            membarrier::heavy();
+            // details. PETREL-PATCH: a full fence here, paired with the one in
+            // `SleepNotifier::notify`, instead of `sys_membarrier()` /
+            // `MEMBARRIER_CMD_PRIVATE_EXPEDITED`, which sends an IPI to every CPU running a
+            // thread of the process each time a shard goes to sleep (vendor/glommio/PETREL-PATCH.md).
+            std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
             let events = process_remote_channels() + self.flush_syscall_thread();
             if events == 0 {
                 if self.eventfd_src.is_installed().unwrap() {
