@@ -92,8 +92,8 @@ fn a_full_disk_refuses_then_heals_without_a_restart_and_loses_nothing() {
     let filler = data.join("filler");
     assert!(fill(&filler) > 0);
     // Full: refused once the space the spool zeroed ahead of its segment's end is used up (at
-    // most the rest of that segment, `PREFILL_DATA_CHUNK_BYTES`: four of these messages), and
-    // never a 250 for something that was not stored, nor after a refusal.
+    // most `PREFILL_DATA_CHUNK_BYTES` and a half past the records), and never a 250 for
+    // something that was not stored, nor after a refusal.
     let mut refused = 0;
     for n in 5..15 {
         let (code, text) = send(engine.smtp, n);

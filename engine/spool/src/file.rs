@@ -123,11 +123,8 @@ impl SegFile {
             // A `pwrite` into the page cache, here: io_uring would hand a buffered write to an
             // io-wq worker (ext4 cannot do it without blocking), a thread hop and two context
             // switches for a copy of a few KiB. `write_all_at` never writes short.
-            SegFile::Buffered(_, w, prefill, _) => {
+            SegFile::Buffered(_, w, _, _) => {
                 use std::os::unix::fs::FileExt;
-                if let Some(fill) = prefill.overlapping(pos, len as u64) {
-                    fill.written().await;
-                }
                 w.write_all_at(&bytes, pos).map(|()| len)
             }
             SegFile::Direct(f, _, _) => {
@@ -153,9 +150,12 @@ impl SegFile {
     /// The file's reserved end moved to `reserved_end`: writes zeroes ahead of it, never past
     /// `limit`, if it is time (`prefill`).
     pub(crate) fn prefill_ahead(&self, reserved_end: u64, limit: Option<u64>) {
-        if let SegFile::Buffered(_, _, prefill, path) = self {
+        if let SegFile::Buffered(_, w, prefill, path) = self {
             if let Some((start, end)) = prefill.next_fill(reserved_end, limit) {
-                prefill.start(path.clone(), start, end);
+                if let Err(e) = prefill.fill(w, start, end) {
+                    tracing::debug!(path = %path.display(), error = %e,
+                        "spool prefill failed; this file is appended to without it");
+                }
             }
         }
     }
