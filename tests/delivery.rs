@@ -526,9 +526,9 @@ fn domains_sharing_an_mx_host_stay_within_the_next_hop_limit() {
 
 /// What a queued recipient may cost, by the engine's own accounting (issue 17): the delivery
 /// queue's message table, recipients, senders, attribution and domain queues plus the spool's
-/// index, divided by the recipients queued. Bodies are not held once a message waits for a
-/// retry.
-const QUEUED_RECIPIENT_BYTES_MAX: f64 = 320.0;
+/// index, divided by the recipients queued. Neither bodies nor attributions are held once a
+/// message waits for a retry (they are read back from the spool), live or after a restart.
+const QUEUED_RECIPIENT_BYTES_MAX: f64 = 200.0;
 
 /// The sum of a metric's samples over its labels.
 fn metric_sum(exposition: &str, name: &str) -> f64 {

@@ -86,8 +86,8 @@ pub use limits::{ConnectionPermit, GlobalLimits};
 pub use petrel_bounce::{BounceClass, BounceClassifier, Category, Classification};
 pub use return_path::{ReturnPathRequest, ReturnPathSource};
 pub use shard::{
-    AdminCommand, AdminReply, DeliveryShard, DomainState, DomainStatus, QueuedMessage, QueuedRcpt,
-    RcptState, RcptUpdate, SpoolAccess, TenantPurge,
+    AdminCommand, AdminReply, DeliveryShard, DomainState, DomainStatus, QueuedAttribution,
+    QueuedMessage, QueuedRcpt, RcptState, RcptUpdate, SpoolAccess, TenantPurge,
 };
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 //! size classes come to within a few percent. They are cheap enough to keep as running sums,
 //! so the gauge costs nothing per message.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -26,53 +26,105 @@ pub fn str_heap_bytes(s: &str) -> usize {
     alloc_bytes(s.len())
 }
 
-/// Strings many queued messages share (envelope senders): one allocation each, counted by the
-/// messages holding it. A value leaves when its last message does ([`Interner::release`]).
+/// Strings many queued messages share (envelope senders): one allocation each, named by a
+/// 4-byte id that the messages hold (a pointer would take 16), counted per holder. A value
+/// leaves when its last holder does ([`Interner::release`]), and its id is used again.
 #[derive(Debug, Default)]
 pub struct Interner {
-    set: HashSet<Rc<str>>,
+    ids: HashMap<Rc<str>, u32>,
+    /// By id: the value and how many hold it; `None` = free (listed in `free`).
+    values: Vec<Option<(Rc<str>, u32)>>,
+    free: Vec<u32>,
     /// Sum of the interned strings' allocations (counters included).
     bytes: usize,
 }
 
 impl Interner {
-    /// The shared copy of `s`, made on first use.
-    pub fn intern(&mut self, s: &str) -> Rc<str> {
-        if let Some(v) = self.set.get(s) {
-            return v.clone();
+    /// The id of `s`, made on first use; the caller holds it until [`Interner::release`].
+    pub fn intern(&mut self, s: &str) -> u32 {
+        if let Some(&id) = self.ids.get(s) {
+            if let Some(Some((_, holders))) = self.values.get_mut(id as usize) {
+                *holders += 1;
+            }
+            return id;
         }
         let v: Rc<str> = Rc::from(s);
         self.bytes += alloc_bytes(16 + s.len());
-        self.set.insert(v.clone());
-        v
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.values[id as usize] = Some((Rc::clone(&v), 1));
+                id
+            }
+            None => {
+                self.values.push(Some((Rc::clone(&v), 1)));
+                u32::try_from(self.values.len() - 1).unwrap_or(u32::MAX)
+            }
+        };
+        self.ids.insert(v, id);
+        id
     }
 
-    /// Gives back one message's reference; the value leaves once only the set holds it.
-    pub fn release(&mut self, v: Rc<str>) {
-        if Rc::strong_count(&v) == 2 && self.set.remove(&*v) {
+    /// The value of `id` ("" for an id not held).
+    pub fn get(&self, id: u32) -> &str {
+        match self.values.get(id as usize) {
+            Some(Some((v, _))) => v,
+            _ => "",
+        }
+    }
+
+    /// Gives back one holder's id; the value leaves with its last holder.
+    pub fn release(&mut self, id: u32) {
+        let Some(entry) = self.values.get_mut(id as usize) else {
+            return;
+        };
+        let last = match entry {
+            Some((_, holders)) => {
+                *holders = holders.saturating_sub(1);
+                *holders == 0
+            }
+            None => false,
+        };
+        if !last {
+            return;
+        }
+        if let Some((v, _)) = entry.take() {
+            self.ids.remove(&*v);
             self.bytes = self.bytes.saturating_sub(alloc_bytes(16 + v.len()));
+            self.free.push(id);
         }
     }
 
     /// Distinct values held.
     pub fn len(&self) -> usize {
-        self.set.len()
+        self.ids.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.set.is_empty()
+        self.ids.is_empty()
     }
 
-    /// Heap bytes: the set's table and the values.
+    /// Heap bytes: the lookup table, the values by id and the values.
     pub fn memory_bytes(&self) -> usize {
-        let cap = self.set.capacity();
-        let buckets = if cap < 7 {
-            cap + usize::from(cap > 0)
-        } else {
-            cap / 7 * 8
-        };
-        buckets * (std::mem::size_of::<Rc<str>>() + 1) + self.bytes
+        table_bytes(self.ids.capacity(), std::mem::size_of::<(Rc<str>, u32)>())
+            + alloc_bytes(self.values.capacity() * std::mem::size_of::<Option<(Rc<str>, u32)>>())
+            + alloc_bytes(self.free.capacity() * 4)
+            + self.bytes
     }
+}
+
+/// Heap bytes of a std `HashMap`/`HashSet` of `capacity` whose entries take `entry` bytes:
+/// hashbrown's buckets (a power of two, 7/8 of them usable) and a control byte each.
+pub fn table_bytes(capacity: usize, entry: usize) -> usize {
+    let buckets = if capacity == 0 {
+        0
+    } else if capacity < 4 {
+        4
+    } else if capacity < 8 {
+        8
+    } else {
+        (capacity * 8 / 7).next_power_of_two()
+    };
+    buckets * (entry + 1)
 }
 
 /// What many messages' attributions repeat (tenant, credential, From domain: an
@@ -126,13 +178,19 @@ mod tests {
         let mut i = Interner::default();
         let a = i.intern("bounce@example.com");
         let b = i.intern("bounce@example.com");
-        assert!(Rc::ptr_eq(&a, &b));
+        assert_eq!(a, b);
+        assert_eq!(i.get(a), "bounce@example.com");
         assert_eq!(i.len(), 1);
         i.release(a);
         assert_eq!(i.len(), 1, "b still holds it");
         i.release(b);
         assert!(i.is_empty());
         assert_eq!(i.bytes, 0);
+        assert_eq!(i.get(a), "");
+        // The id is used again, for another value.
+        let c = i.intern("other@example.com");
+        assert_eq!(c, a);
+        assert_eq!(i.get(c), "other@example.com");
     }
 
     fn key(tenant: &str) -> AttributionKey {

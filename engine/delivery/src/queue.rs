@@ -21,8 +21,11 @@
 //! act on a domain: all its lanes, and a suspended domain's new lanes start suspended.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeSet, BinaryHeap, HashMap};
+use std::hash::{BuildHasher, RandomState};
 use std::rc::Rc;
+
+use hashbrown::HashTable;
 
 /// One queued recipient: which message, which recipient, when it is due.
 ///
@@ -48,233 +51,15 @@ const _: () = assert!(std::mem::size_of::<Entry>() == ENTRY_SIZE_BYTES);
 /// Wake-up capacity [`Queues::trim_memory`] never shrinks below.
 pub const WAKEUPS_CAPACITY_KEPT: usize = 256;
 
+/// Slots the table of queues grows by at least (it grows by a quarter).
+pub const SLOTS_GROWTH_MIN: usize = 64;
+
 /// Entries a full schedule grows by at least (see [`DomainQueue::schedule`]).
 pub const SCHEDULE_GROWTH_MIN: usize = 4;
 
-/// The queue of one destination domain.
-#[derive(Debug)]
-pub struct DomainQueue {
-    /// Entries not yet due or not yet admitted to `ready` (min-heap by due time).
-    schedule: BinaryHeap<Reverse<Entry>>,
-    /// Due entries waiting for a delivery session; at most `ready_max`. None while empty (a
-    /// domain waiting for its next retry keeps no ready set: 8 bytes, not 32 plus capacity).
-    #[allow(clippy::box_collection)] // on purpose: 8 bytes per waiting domain instead of 32
-    ready: Option<Box<VecDeque<Entry>>>,
-    /// Bound of `ready`; at least 1.
-    ready_max: u32,
-    /// While true, nothing is promoted to or taken from `ready`.
-    suspended: bool,
-}
-const _: () = assert!(std::mem::size_of::<DomainQueue>() <= 40);
-
-impl DomainQueue {
-    /// An empty queue whose ready set holds at most `ready_max` (at least 1) entries.
-    pub fn new(ready_max: usize) -> DomainQueue {
-        DomainQueue {
-            schedule: BinaryHeap::new(),
-            ready: None,
-            ready_max: u32::try_from(ready_max).unwrap_or(u32::MAX).max(1),
-            suspended: false,
-        }
-    }
-
-    /// Adds an entry to the schedule. A full schedule grows by a quarter (at least
-    /// [`SCHEDULE_GROWTH_MIN`]), not double: still amortised O(1), with at most a quarter of
-    /// it unused where a deferred backlog sits for hours.
-    pub fn schedule(&mut self, entry: Entry) {
-        let len = self.schedule.len();
-        if len == self.schedule.capacity() {
-            self.schedule
-                .reserve_exact((len / 4).max(SCHEDULE_GROWTH_MIN));
-        }
-        self.schedule.push(Reverse(entry));
-    }
-
-    /// Admits an entry to the ready set, or hands it back when the set is full.
-    pub fn push_ready(&mut self, entry: Entry) -> Result<(), Entry> {
-        if self.ready_len() >= self.ready_max as usize {
-            return Err(entry);
-        }
-        self.ready.get_or_insert_with(Box::default).push_back(entry);
-        Ok(())
-    }
-
-    /// Moves due entries (due <= `now_unix_ms`) from the schedule to the ready set while there
-    /// is room. Returns how many moved; none while suspended.
-    pub fn promote_due(&mut self, now_unix_ms: u64) -> usize {
-        if self.suspended {
-            return 0;
-        }
-        let mut moved = 0;
-        while let Some(Reverse(top)) = self.schedule.peek() {
-            if top.due_unix_ms > now_unix_ms {
-                break;
-            }
-            let entry = *top;
-            match self.push_ready(entry) {
-                Ok(()) => {
-                    self.schedule.pop();
-                    moved += 1;
-                }
-                Err(_) => break, // full: it stays scheduled
-            }
-        }
-        self.release_if_empty();
-        moved
-    }
-
-    /// Takes the next ready entry; none while suspended.
-    pub fn pop_ready(&mut self) -> Option<Entry> {
-        if self.suspended {
-            return None;
-        }
-        let e = self.ready.as_mut().and_then(|r| r.pop_front());
-        self.release_if_empty();
-        e
-    }
-
-    /// An emptied ready set or schedule gives its memory back: a domain waiting for its next
-    /// retry holds its entries once, not a ready set's worth of capacity too (issue 17).
-    fn release_if_empty(&mut self) {
-        if self.ready.as_ref().is_some_and(|r| r.is_empty()) {
-            self.ready = None;
-        }
-        if self.schedule.is_empty() && self.schedule.capacity() > 0 {
-            self.schedule = BinaryHeap::new();
-        }
-    }
-
-    /// Takes up to `max` ready entries of the same message as the first one, into `out`.
-    pub fn pop_batch(&mut self, max: usize, out: &mut Vec<Entry>) {
-        let Some(first) = self.pop_ready() else {
-            return;
-        };
-        out.push(first);
-        while out.len() < max {
-            match self.ready.as_mut().and_then(|r| r.front().copied()) {
-                Some(e) if e.message_id == first.message_id => {
-                    out.push(e);
-                    self.ready.as_mut().and_then(|r| r.pop_front());
-                }
-                _ => break,
-            }
-        }
-        self.release_if_empty();
-    }
-
-    /// Moves every ready entry back to the schedule, due at `due_unix_ms`.
-    pub fn unready_all(&mut self, due_unix_ms: u64) {
-        while let Some(mut e) = self.ready.as_mut().and_then(|r| r.pop_front()) {
-            e.due_unix_ms = due_unix_ms;
-            self.schedule.push(Reverse(e));
-        }
-        self.release_if_empty();
-    }
-
-    /// The earliest due time in the schedule.
-    pub fn next_due(&self) -> Option<u64> {
-        self.schedule.peek().map(|Reverse(e)| e.due_unix_ms)
-    }
-
-    pub fn suspend(&mut self) {
-        self.suspended = true;
-    }
-
-    pub fn resume(&mut self) {
-        self.suspended = false;
-    }
-
-    pub fn is_suspended(&self) -> bool {
-        self.suspended
-    }
-
-    /// Makes every scheduled entry due at `now_unix_ms` (O(n)).
-    pub fn retry_now(&mut self, now_unix_ms: u64) {
-        let entries = std::mem::take(&mut self.schedule).into_vec();
-        self.schedule = entries
-            .into_iter()
-            .map(|Reverse(mut e)| {
-                e.due_unix_ms = e.due_unix_ms.min(now_unix_ms);
-                Reverse(e)
-            })
-            .collect();
-    }
-
-    /// Removes and returns every entry, ready ones first.
-    pub fn drain_all(&mut self) -> Vec<Entry> {
-        let mut all: Vec<Entry> = self
-            .ready
-            .take()
-            .map_or_else(Vec::new, |r| r.into_iter().collect());
-        all.extend(std::mem::take(&mut self.schedule).into_iter().map(|r| r.0));
-        all
-    }
-
-    /// Removes and returns the entries of the messages in `ids` (a deleted tenant's).
-    pub fn extract(&mut self, ids: &std::collections::HashSet<u64>) -> Vec<Entry> {
-        let mut out = Vec::new();
-        if let Some(ready) = self.ready.as_mut() {
-            ready.retain(|e| {
-                let take = ids.contains(&e.message_id);
-                if take {
-                    out.push(*e);
-                }
-                !take
-            });
-        }
-        let before = self.schedule.len();
-        let mut kept = Vec::with_capacity(before);
-        for Reverse(e) in std::mem::take(&mut self.schedule).into_vec() {
-            if ids.contains(&e.message_id) {
-                out.push(e);
-            } else {
-                kept.push(Reverse(e));
-            }
-        }
-        self.schedule = BinaryHeap::from(kept);
-        self.release_if_empty();
-        out
-    }
-
-    /// Queued entries, scheduled and ready.
-    pub fn depth(&self) -> usize {
-        self.schedule.len() + self.ready_len()
-    }
-
-    pub fn ready_len(&self) -> usize {
-        self.ready.as_ref().map_or(0, |r| r.len())
-    }
-
-    /// Shrinks the schedule to its length (plus an eighth) when more than a quarter of it,
-    /// and [`SCHEDULE_GROWTH_MIN`] entries, are unused.
-    fn trim(&mut self) {
-        let (len, cap) = (self.schedule.len(), self.schedule.capacity());
-        if cap > len + len / 4 + SCHEDULE_GROWTH_MIN {
-            self.schedule.shrink_to(len + len / 8);
-        }
-    }
-
-    /// Heap bytes: the schedule's capacity, the ready set's box and capacity.
-    pub fn memory_bytes(&self) -> usize {
-        use crate::memory::alloc_bytes;
-        alloc_bytes(self.schedule.capacity() * ENTRY_SIZE_BYTES)
-            + self.ready.as_ref().map_or(0, |r| {
-                alloc_bytes(std::mem::size_of::<VecDeque<Entry>>())
-                    + alloc_bytes(r.capacity() * ENTRY_SIZE_BYTES)
-            })
-    }
-
-    /// The arrival time of the oldest queued message, unix seconds (O(n) scan: for statistics).
-    pub fn oldest_received_unix_secs(&self) -> Option<u32> {
-        let scheduled = self.schedule.iter().map(|r| r.0.received_unix_secs);
-        let ready = self
-            .ready
-            .iter()
-            .flat_map(|r| r.iter())
-            .map(|e| e.received_unix_secs);
-        scheduled.chain(ready).min()
-    }
-}
+#[path = "queue_domain.rs"]
+mod domain;
+pub use domain::DomainQueue;
 
 /// Index of a queue's slot in [`Queues`] (one domain, one lane); valid until it is removed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -295,7 +80,7 @@ pub struct DomainStats {
 
 #[derive(Debug)]
 struct Slot {
-    /// The destination domain; shared with the `by_name` key.
+    /// The destination domain; shared by the domain's lanes.
     name: Rc<str>,
     /// The lane: the tenant's index in `Queues::tenants` (0: none) and the egress source.
     lane: Lane,
@@ -316,9 +101,12 @@ pub struct Queues {
     /// Queue slots; `None` = free (listed in `free`).
     slots: Vec<Option<Slot>>,
     free: Vec<u32>,
-    /// A domain is suspended when its lanes are: they are suspended and resumed together, and
-    /// a suspended lane is never removed, so a suspended domain keeps at least one.
-    by_name: HashMap<Rc<str>, LaneMap>,
+    /// Each domain's lanes, found by the domain's name (hashed with `names`; the name is the
+    /// lanes' slots'): 16 bytes an entry, where a map keyed by the name took twice that. Never
+    /// empty. A domain is suspended when its lanes are: they are suspended and resumed
+    /// together, and a suspended lane is never removed, so a suspended domain keeps at least one.
+    by_name: HashTable<LaneMap>,
+    names: RandomState,
     /// Tenant ids by index (0 is "", no tenant); tenants are few and never forgotten.
     tenants: Vec<Rc<str>>,
     tenant_index: HashMap<Rc<str>, u32>,
@@ -338,7 +126,8 @@ impl Queues {
         Queues {
             slots: Vec::new(),
             free: Vec::new(),
-            by_name: HashMap::new(),
+            by_name: HashTable::new(),
+            names: RandomState::new(),
             tenants: vec![Rc::from("")],
             tenant_index: HashMap::from([(Rc::from(""), 0)]),
             wakeups: BinaryHeap::new(),
@@ -356,12 +145,23 @@ impl Queues {
     /// The id of `domain`'s (lowercase) queue for `tenant` ("" for none) and egress `source`,
     /// creating it when needed.
     pub fn queue_id(&mut self, domain: &str, tenant: &str, source: u16) -> DomainId {
-        let t = self.tenant_idx(tenant);
-        if let Some(id) = self.by_name.get(domain).and_then(|d| d.get(&(t, source))) {
+        let t = self.tenant_index_of(tenant);
+        self.queue_id_at(domain, t, source)
+    }
+
+    /// [`Queues::queue_id`] with the tenant's index ([`Queues::tenant_index_of`]).
+    pub fn queue_id_at(&mut self, domain: &str, t: u32, source: u16) -> DomainId {
+        let lanes = self.lanes_of(domain);
+        if let Some(id) = lanes.and_then(|d| d.get(&(t, source))) {
             return *id;
         }
-        let (name, suspended) = match self.by_name.get_key_value(domain) {
-            Some((k, d)) => (Rc::clone(k), self.lanes_suspended(d)),
+        let (name, suspended) = match lanes {
+            Some(d) => (
+                d.first()
+                    .and_then(|id| self.slot(id))
+                    .map_or_else(|| Rc::from(domain), |s| Rc::clone(&s.name)),
+                self.lanes_suspended(d),
+            ),
             None => (Rc::from(domain), false),
         };
         let mut queue = DomainQueue::new(self.ready_max);
@@ -370,7 +170,7 @@ impl Queues {
         }
         let slot = Slot {
             armed: u64::MAX,
-            name: Rc::clone(&name),
+            name,
             lane: (t, source),
             queue,
         };
@@ -380,28 +180,53 @@ impl Queues {
                 DomainId(i)
             }
             None => {
-                let i = u32::try_from(self.slots.len()).unwrap_or(u32::MAX);
+                // By a quarter, not double: a slot is 72 bytes and a shard may hold a hundred
+                // thousand domains (issue 17).
+                let len = self.slots.len();
+                if len == self.slots.capacity() {
+                    self.slots.reserve_exact((len / 4).max(SLOTS_GROWTH_MIN));
+                }
+                let i = u32::try_from(len).unwrap_or(u32::MAX);
                 self.slots.push(Some(slot));
                 DomainId(i)
             }
         };
-        self.by_name
-            .entry(name)
-            .or_default()
-            .insert((t, source), id);
+        let hash = self.names.hash_one(domain);
+        let (slots, names) = (&self.slots, &self.names);
+        match self
+            .by_name
+            .find_mut(hash, |d| lanes_name(slots, d) == Some(domain))
+        {
+            Some(d) => d.insert((t, source), id),
+            None => {
+                let mut lanes = LaneMap::default();
+                lanes.insert((t, source), id);
+                self.by_name.insert_unique(hash, lanes, |d| {
+                    names.hash_one(lanes_name(slots, d).unwrap_or_default())
+                });
+            }
+        }
         id
+    }
+
+    /// The lanes of `domain`, when it has any.
+    fn lanes_of(&self, domain: &str) -> Option<&LaneMap> {
+        let hash = self.names.hash_one(domain);
+        self.by_name
+            .find(hash, |d| lanes_name(&self.slots, d) == Some(domain))
     }
 
     /// The domain of these lanes is suspended (its lanes are, together).
     fn lanes_suspended(&self, lanes: &LaneMap) -> bool {
         lanes
-            .values()
             .first()
-            .and_then(|id| self.slot(*id))
+            .and_then(|id| self.slot(id))
             .is_some_and(|s| s.queue.is_suspended())
     }
 
-    fn tenant_idx(&mut self, tenant: &str) -> u32 {
+    /// The index of `tenant` ("" for none: 0) among the shard's tenants, given on first use;
+    /// messages keep it instead of the name (tenants are few and never forgotten).
+    pub fn tenant_index_of(&mut self, tenant: &str) -> u32 {
         if tenant.is_empty() {
             return 0;
         }
@@ -417,63 +242,97 @@ impl Queues {
 
     /// The queues of `domain`, one per lane.
     fn lanes(&self, domain: &str) -> Vec<DomainId> {
-        self.by_name
-            .get(domain)
+        self.lanes_of(domain)
             .map(LaneMap::values)
             .unwrap_or_default()
     }
 
-    /// Heap bytes of every domain queue: the slots, their names (twice: slot and lookup
-    /// table), schedules and ready sets, the lookup table, the wake-ups and the ready set
+    /// Heap bytes of every domain queue: the slots, their names (once per domain: its lanes
+    /// share it), schedules and ready sets, the lookup table, the wake-ups and the ready set
     /// (estimated from capacities; see `crate::memory`). O(domains): for gauges.
     pub fn memory_bytes(&self) -> usize {
-        use crate::memory::alloc_bytes;
-        let table = |cap: usize, bucket: usize| {
-            let buckets = if cap < 7 {
-                cap + usize::from(cap > 0)
-            } else {
-                cap / 7 * 8
-            };
-            buckets * (bucket + 1)
-        };
+        use crate::memory::{alloc_bytes, table_bytes};
         let slots: usize = self
             .slots
             .iter()
             .flatten()
-            .map(|s| alloc_bytes(16 + s.name.len()) + s.queue.memory_bytes())
+            .map(|s| {
+                // A name shared by several lanes is counted by one of them.
+                let name = if Rc::strong_count(&s.name) == 1 || self.owns_name(s) {
+                    alloc_bytes(16 + s.name.len())
+                } else {
+                    0
+                };
+                name + s.queue.memory_bytes()
+            })
             .sum();
         slots
             + alloc_bytes(self.slots.capacity() * std::mem::size_of::<Option<Slot>>())
             + alloc_bytes(self.free.capacity() * 4)
-            + table(
-                self.by_name.capacity(),
-                std::mem::size_of::<(Rc<str>, LaneMap)>(),
-            )
+            + table_bytes(self.by_name.capacity(), std::mem::size_of::<LaneMap>())
             + self
                 .by_name
-                .values()
+                .iter()
                 .map(|d| match d.capacity() {
                     0 => 0,
-                    cap => table(cap, std::mem::size_of::<(Lane, DomainId)>()),
+                    cap => table_bytes(cap, std::mem::size_of::<(Lane, DomainId)>()),
                 })
                 .sum::<usize>()
             + alloc_bytes(self.wakeups.capacity() * std::mem::size_of::<(u64, DomainId)>())
             + self.ready_domains.len() * 2 * std::mem::size_of::<DomainId>()
     }
 
+    /// One wake-up per queue with a schedule, at its earliest due time (what each queue's
+    /// `armed` then says); `scheduled` of them.
+    fn rebuild_wakeups(&mut self, scheduled: usize) {
+        let mut wakeups = Vec::with_capacity(scheduled);
+        for (i, slot) in self.slots.iter_mut().enumerate() {
+            let Some(slot) = slot else { continue };
+            slot.armed = u64::MAX;
+            if let Some(due) = slot.queue.next_due() {
+                slot.armed = due;
+                wakeups.push(Reverse((
+                    due,
+                    DomainId(u32::try_from(i).unwrap_or(u32::MAX)),
+                )));
+            }
+        }
+        self.wakeups = BinaryHeap::from(wakeups);
+    }
+
+    /// Whether `slot` is its domain's first lane (the one that counts the shared name).
+    fn owns_name(&self, slot: &Slot) -> bool {
+        self.lanes_of(&slot.name)
+            .and_then(LaneMap::first)
+            .and_then(|id| self.slot(id))
+            .is_some_and(|first| std::ptr::eq(first, slot))
+    }
+
     /// Gives back capacity a burst left behind: each domain's schedule beyond a quarter over
-    /// its length, the wake-up heap and the lookup table once at most a quarter used. The
-    /// shard calls it with its gauges (every few seconds); O(domains).
+    /// its length (a waiting one's to its length), the wake-up heap and the lookup table once
+    /// at most a quarter used; and rebuilds the wake-ups with one per queue when stale ones
+    /// pile up. The shard calls it with its gauges (every few seconds); O(domains).
     pub fn trim_memory(&mut self) {
+        let mut scheduled = 0usize;
         for slot in self.slots.iter_mut().flatten() {
             slot.queue.trim();
+            scheduled += usize::from(slot.queue.next_due().is_some());
+        }
+        // A queue's earliest wake-up fires, and its next due time is armed again while the
+        // one pushed for it earlier still waits in the heap: a deferred backlog filled over
+        // time holds one per arrival (five per domain in issue 17's benchmark), not one.
+        if self.wakeups.len() > scheduled + scheduled / 4 + WAKEUPS_CAPACITY_KEPT {
+            self.rebuild_wakeups(scheduled);
         }
         let (len, cap) = (self.wakeups.len(), self.wakeups.capacity());
         if cap > WAKEUPS_CAPACITY_KEPT && len * 4 < cap {
             self.wakeups.shrink_to((len * 2).max(WAKEUPS_CAPACITY_KEPT));
         }
         if self.by_name.len() * 4 < self.by_name.capacity() {
-            self.by_name.shrink_to(self.by_name.len() * 2);
+            let (slots, names) = (&self.slots, &self.names);
+            self.by_name.shrink_to(self.by_name.len() * 2, |d| {
+                names.hash_one(lanes_name(slots, d).unwrap_or_default())
+            });
         }
         if self.free.len() * 4 < self.free.capacity() {
             self.free.shrink_to(self.free.len() * 2);
@@ -482,9 +341,7 @@ impl Queues {
 
     /// One queue of `domain`, when the domain has any.
     pub fn lookup(&self, domain: &str) -> Option<DomainId> {
-        self.by_name
-            .get(domain)
-            .and_then(|d| d.values().first().copied())
+        self.lanes_of(domain).and_then(LaneMap::first)
     }
 
     /// The destination domain of a queue.
@@ -496,6 +353,11 @@ impl Queues {
     pub fn tenant(&self, id: DomainId) -> Option<&str> {
         let slot = self.slot(id)?;
         self.tenants.get(slot.lane.0 as usize).map(|t| &**t)
+    }
+
+    /// The tenant of index `t` ("" for none).
+    pub fn tenant_name(&self, t: u32) -> &str {
+        self.tenants.get(t as usize).map_or("", |t| &**t)
     }
 
     /// The index of a queue's tenant among the shard's tenants (0: none).
@@ -594,6 +456,11 @@ impl Queues {
         self.slot(id).map_or(0, |s| s.queue.ready_len())
     }
 
+    /// The earliest due time in a queue's schedule.
+    pub fn next_due(&self, id: DomainId) -> Option<u64> {
+        self.slot(id).and_then(|s| s.queue.next_due())
+    }
+
     /// Takes a batch (same message, at most `max`) from a domain's ready set, then refills the
     /// ready set from the domain's due entries.
     pub fn pop_batch(&mut self, id: DomainId, max: usize, now_unix_ms: u64) -> Vec<Entry> {
@@ -622,7 +489,7 @@ impl Queues {
 
     /// Suspends a domain: nothing of it is handed out until [`Queues::resume`].
     pub fn suspend(&mut self, domain: &str) -> bool {
-        if !self.by_name.contains_key(domain) {
+        if self.lanes_of(domain).is_none() {
             self.domain_id(domain);
         }
         for id in self.lanes(domain) {
@@ -635,7 +502,7 @@ impl Queues {
     }
 
     pub fn resume(&mut self, domain: &str, now_unix_ms: u64) -> bool {
-        if !self.by_name.contains_key(domain) {
+        if self.lanes_of(domain).is_none() {
             return false;
         }
         for id in self.lanes(domain) {
@@ -649,7 +516,7 @@ impl Queues {
 
     /// Makes every queued entry of a domain due now.
     pub fn retry_now(&mut self, domain: &str, now_unix_ms: u64) -> bool {
-        if !self.by_name.contains_key(domain) {
+        if self.lanes_of(domain).is_none() {
             return false;
         }
         for id in self.lanes(domain) {
@@ -721,14 +588,22 @@ impl Queues {
             .slot(id)
             .is_some_and(|s| s.queue.depth() == 0 && !s.queue.is_suspended());
         if removable {
-            if let Some(slot) = self.slots[id.0 as usize].take() {
-                if let Some(d) = self.by_name.get_mut(&slot.name) {
-                    d.remove(&slot.lane);
-                    if d.is_empty() {
-                        self.by_name.remove(&slot.name);
+            // Out of its domain's lanes first: the table finds a domain by its lanes' names.
+            if let Some(slot) = self.slot(id) {
+                let (name, lane) = (Rc::clone(&slot.name), slot.lane);
+                let hash = self.names.hash_one(&*name);
+                let slots = &self.slots;
+                if let Ok(mut d) = self
+                    .by_name
+                    .find_entry(hash, |d| lanes_name(slots, d) == Some(&*name))
+                {
+                    d.get_mut().remove(&lane);
+                    if d.get().is_empty() {
+                        d.remove();
                     }
                 }
             }
+            self.slots[id.0 as usize] = None;
             self.free.push(id.0);
             self.ready_domains.remove(&id);
         }
@@ -752,14 +627,14 @@ impl Queues {
         let mut out: Vec<DomainStats> = self
             .by_name
             .iter()
-            .map(|(name, d)| {
+            .map(|d| {
                 let ids = d.values();
                 let lanes = || ids.iter().filter_map(|id| self.slot(*id));
                 let oldest = lanes()
                     .filter_map(|s| s.queue.oldest_received_unix_secs())
                     .min();
                 DomainStats {
-                    domain: name.to_string(),
+                    domain: lanes_name(&self.slots, d).unwrap_or_default().to_string(),
                     depth: lanes().map(|s| s.queue.depth() as u64).sum(),
                     ready: lanes().map(|s| s.queue.ready_len() as u64).sum(),
                     oldest_age_secs: oldest.map_or(0, |r| now_secs.saturating_sub(u64::from(r))),
@@ -770,6 +645,12 @@ impl Queues {
         out.sort_by(|a, b| a.domain.cmp(&b.domain));
         out
     }
+}
+
+/// The domain name of `lanes` (any lane's slot's: they share it).
+fn lanes_name<'a>(slots: &'a [Option<Slot>], lanes: &LaneMap) -> Option<&'a str> {
+    let id = lanes.first()?;
+    slots.get(id.0 as usize)?.as_ref().map(|s| &*s.name)
 }
 
 #[cfg(test)]

@@ -58,6 +58,15 @@ impl LaneMap {
         matches!(self, LaneMap::Empty)
     }
 
+    /// One lane's queue (any: they share the domain).
+    pub fn first(&self) -> Option<DomainId> {
+        match self {
+            LaneMap::Empty => None,
+            LaneMap::One(_, id) => Some(*id),
+            LaneMap::Many(m) => m.values().next().copied(),
+        }
+    }
+
     pub fn values(&self) -> Vec<DomainId> {
         match self {
             LaneMap::Empty => Vec::new(),

@@ -218,7 +218,19 @@ mod memory_tests {
         let per = q.memory_bytes() as f64 / n as f64;
         println!("{per:.1} bytes per queued recipient in the domain queues");
         assert!(per <= 52.0, "{per:.1} bytes per queued recipient");
+        // The gauges' trim fits a waiting domain's schedule to its entries.
+        q.trim_memory();
+        let trimmed = q.memory_bytes() as f64 / n as f64;
+        println!("{trimmed:.1} bytes per queued recipient once trimmed");
+        assert!(
+            trimmed <= TRIMMED_BYTES_MAX,
+            "{trimmed:.1} bytes per queued recipient"
+        );
     }
+
+    /// The bound of the trimmed backlog above: 24 bytes of entry and the domain's fixed costs
+    /// (slot, name, lookup entry, wake-up) shared by its ten recipients.
+    const TRIMMED_BYTES_MAX: f64 = 46.0;
 }
 
 #[test]
@@ -264,4 +276,50 @@ fn a_domains_lanes_are_separate_queues_that_admin_commands_treat_as_one() {
         None,
         "the domain goes with its last lane"
     );
+}
+
+/// Entries that arrive one at a time, are attempted and wait an hour leave a stale wake-up per
+/// arrival; the gauges' trim keeps one per queue, and every entry still comes due on time.
+#[test]
+fn the_trim_keeps_one_wake_up_per_queue_and_loses_none() {
+    const DOMAINS: u32 = 400;
+    const ARRIVALS: u64 = 5;
+    const HOUR_MS: u64 = 3_600_000;
+    let mut q = Queues::new(100);
+    let mut n = 0u64;
+    for round in 0..ARRIVALS {
+        let now = 1_000 + round;
+        for d in 0..DOMAINS {
+            let id = q.domain_id(&format!("d{d}.test"));
+            n += 1;
+            q.schedule(id, entry(now, n, 0));
+        }
+        q.promote_due(now);
+        let ready: Vec<DomainId> = q.ready_domains().collect();
+        for id in ready {
+            for e in q.pop_batch(id, 10, now) {
+                q.schedule(
+                    id,
+                    Entry {
+                        due_unix_ms: HOUR_MS + e.message_id,
+                        ..e
+                    },
+                );
+            }
+        }
+    }
+    assert!(
+        q.wakeups.len() > DOMAINS as usize,
+        "stale wake-ups piled up"
+    );
+    q.trim_memory();
+    assert_eq!(q.wakeups.len(), DOMAINS as usize);
+    q.promote_due(HOUR_MS + n);
+    let ready: u64 = q
+        .ready_domains()
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|id| q.ready_len(id) as u64)
+        .sum();
+    assert_eq!(ready, n, "every entry due in the hour is ready");
 }

@@ -12,10 +12,6 @@
 //! PIPELINING and CHUNKING, one write. The null sender (`<>`, DSNs) is never rewritten: a
 //! bounce of a bounce must not exist (RFC 5321 §4.5.5).
 
-use std::sync::Arc;
-
-use crate::attribution::Attribution;
-
 /// What a [`ReturnPathSource`] is asked about: one recipient of one tenant's message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReturnPathRequest<'a> {
@@ -44,18 +40,19 @@ pub enum Envelopes {
     PerRecipient(Vec<String>),
 }
 
-/// Decides the envelope senders of one message's batch (pure). `rcpts` are the batch's
-/// `(index, address)` pairs. VERP applies only with a source, a tenant and a non-null sender,
-/// and only when the source gives an address for every recipient of the batch (a batch is
-/// never half rewritten: its recipients would otherwise bounce to two different places).
+/// Decides the envelope senders of one message's batch (pure). `tenant_id` is the message's
+/// (`Attribution::tenant_id`), `rcpts` are the batch's `(index, address)` pairs. VERP applies
+/// only with a source, a tenant and a non-null sender, and only when the source gives an
+/// address for every recipient of the batch (a batch is never half rewritten: its recipients
+/// would otherwise bounce to two different places).
 pub fn envelopes(
     source: Option<&dyn ReturnPathSource>,
     mail_from: &str,
-    attribution: Option<&Arc<Attribution>>,
+    tenant_id: Option<&str>,
     message_id: u64,
     rcpts: &[(u32, &str)],
 ) -> Envelopes {
-    let (Some(source), Some(tenant_id)) = (source, attribution.and_then(|a| a.tenant_id())) else {
+    let (Some(source), Some(tenant_id)) = (source, tenant_id) else {
         return Envelopes::Shared;
     };
     if mail_from.is_empty() || tenant_id.is_empty() {
@@ -80,6 +77,8 @@ pub fn envelopes(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::attribution::Attribution;
+    use std::sync::Arc;
 
     /// A source that writes what it was asked (a real one signs a token; the engine's is tested
     /// with the real keys in `petrel-engine`).
@@ -113,7 +112,7 @@ mod tests {
         let a = tenant(Some("ten_1"));
         let rcpts = [(0, "x@d.test"), (3, "y@d.test")];
         assert_eq!(
-            envelopes(Some(&echo), "s@t.test", Some(&a), 0x2a, &rcpts),
+            envelopes(Some(&echo), "s@t.test", a.tenant_id(), 0x2a, &rcpts),
             Envelopes::PerRecipient(vec![
                 "b-ten_1-2a-0@bounce.test".into(),
                 "b-ten_1-2a-3@bounce.test".into()
@@ -127,7 +126,7 @@ mod tests {
         let a = tenant(Some("ten_1"));
         let rcpts = [(0, "x@d.test")];
         assert_eq!(
-            envelopes(Some(&echo), "", Some(&a), 1, &rcpts),
+            envelopes(Some(&echo), "", a.tenant_id(), 1, &rcpts),
             Envelopes::Shared,
             "a DSN is never VERP'd"
         );
@@ -136,11 +135,11 @@ mod tests {
             Envelopes::Shared
         );
         assert_eq!(
-            envelopes(Some(&echo), "s@t.test", Some(&tenant(None)), 1, &rcpts),
+            envelopes(Some(&echo), "s@t.test", tenant(None).tenant_id(), 1, &rcpts),
             Envelopes::Shared
         );
         assert_eq!(
-            envelopes(None, "s@t.test", Some(&a), 1, &rcpts),
+            envelopes(None, "s@t.test", a.tenant_id(), 1, &rcpts),
             Envelopes::Shared
         );
     }
@@ -153,7 +152,7 @@ mod tests {
         let a = tenant(Some("ten_1"));
         let rcpts = [(0, "x@d.test"), (1, "y@d.test")];
         assert_eq!(
-            envelopes(Some(&echo), "s@t.test", Some(&a), 1, &rcpts),
+            envelopes(Some(&echo), "s@t.test", a.tenant_id(), 1, &rcpts),
             Envelopes::Shared
         );
     }

@@ -59,17 +59,21 @@ fn a_tenants_recipients_each_get_their_own_signed_return_path() {
             tenant_id: Some(TENANT.into()),
             ..Default::default()
         }));
-        let mut msg = h
-            .spool()
-            .store("news@shop.test", &rcpts, b"Subject: t\r\n\r\nx\r\n");
-        msg.attribution = Some(Arc::clone(&tenant));
+        let msg = h.spool().store_attributed(
+            "news@shop.test",
+            &rcpts,
+            b"Subject: t\r\n\r\nx\r\n",
+            Some(Arc::clone(&tenant)),
+        );
         let tenant_id = msg.id;
         h.shard().enqueue(msg);
         let plain_id = h.enqueue("plain@shop.test", &["d@dest.example", "e@dest.example"]);
-        let mut dsn = h
-            .spool()
-            .store("", &["f@dest.example", "g@dest.example"], b"\r\nx\r\n");
-        dsn.attribution = Some(tenant);
+        let dsn = h.spool().store_attributed(
+            "",
+            &["f@dest.example", "g@dest.example"],
+            b"\r\nx\r\n",
+            Some(tenant),
+        );
         let dsn_id = dsn.id;
         h.shard().enqueue(dsn);
         let done = h
@@ -153,17 +157,17 @@ fn verp_transactions_carry_no_dsn_parameters_and_petrel_answers_notify() {
     cfg.return_path = Some(Arc::new(Signer(keys())));
     let setup = ShardSetup::new(cfg, routes(dest.addr, other.addr));
     let (done, spool) = run_shard(setup, |h| async move {
-        let mut msg = h.spool().store(
+        let mut msg = h.spool().store_attributed(
             "news@shop.test",
             &["a@dest.example", "b@dest.example"],
             b"From: news@shop.test\r\nSubject: t\r\n\r\nx\r\n",
+            Some(Arc::new(Attribution::from(
+                petrel_delivery::AttributionParts {
+                    tenant_id: Some(TENANT.into()),
+                    ..Default::default()
+                },
+            ))),
         );
-        msg.attribution = Some(Arc::new(Attribution::from(
-            petrel_delivery::AttributionParts {
-                tenant_id: Some(TENANT.into()),
-                ..Default::default()
-            },
-        )));
         let success = Some(Notify {
             success: true,
             failure: true,

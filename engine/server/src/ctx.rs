@@ -10,7 +10,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use petrel_delivery::memory::SharedInterner;
-use petrel_delivery::{AttributionKey, DeliveryShard, MessageDsn, QueuedMessage, QueuedRcpt};
+use petrel_delivery::{DeliveryShard, MessageDsn, QueuedAttribution, QueuedMessage, QueuedRcpt};
 use petrel_smtp::ServerConfig;
 use petrel_spool::{Attribution, Envelope, RecipientState, Spool};
 
@@ -19,6 +19,7 @@ use crate::auth::Authenticator;
 use crate::config::{EngineConfig, ListenerProfile};
 use crate::delivery_setup::DeliveryShared;
 use crate::pressure::Pressure;
+use crate::spool_access::for_delivery;
 use crate::spool_access::SpoolAccessor;
 
 /// Everything a shard thread needs, built on the main thread (all `Send`).
@@ -152,6 +153,12 @@ impl ShardCtx {
         self.sessions_open.get()
     }
 
+    /// The shard's attribution interner, for the messages the spool's backlog requeues after
+    /// the context is made (`shard::requeue_backlog`).
+    pub fn attribution_values(&self) -> &RefCell<SharedInterner> {
+        &self.attribution_values
+    }
+
     /// A short id for the Received header, unique per engine run.
     pub fn next_trace_id(&self) -> String {
         let n = self.trace_seq.get().wrapping_add(1);
@@ -169,7 +176,8 @@ impl ShardCtx {
         dsn: Option<Box<MessageDsn>>,
     ) {
         if let Some(d) = &self.delivery {
-            let attribution = for_delivery(attribution, &self.attribution_values);
+            let attribution = for_delivery(attribution, &self.attribution_values)
+                .map_or(QueuedAttribution::None, QueuedAttribution::Held);
             d.enqueue(queued(id, env, attribution, dsn));
         }
     }
@@ -202,7 +210,7 @@ impl ShardCtx {
 pub(crate) fn queued(
     id: u64,
     env: &Envelope,
-    attribution: Option<Arc<petrel_delivery::Attribution>>,
+    attribution: QueuedAttribution,
     dsn: Option<Box<MessageDsn>>,
 ) -> QueuedMessage {
     QueuedMessage {
@@ -231,7 +239,7 @@ pub(crate) fn queued(
 pub(crate) fn queued_owned(
     id: u64,
     env: Envelope,
-    attribution: Option<Arc<petrel_delivery::Attribution>>,
+    attribution: QueuedAttribution,
     dsn: Option<Box<MessageDsn>>,
 ) -> QueuedMessage {
     QueuedMessage {
@@ -256,26 +264,27 @@ pub(crate) fn queued_owned(
     }
 }
 
-/// The spool's attribution as delivery keeps it: tenant, credential and From domain shared
-/// through the shard's interner, the rest packed in one allocation; None when empty.
-pub(crate) fn for_delivery(
+/// The attribution of a message recovery found, as delivery keeps it: only the tenant, the rest
+/// left in the spool record (issue 17); the whole of it only for the `accepted` events sent
+/// again when `accepted` is true.
+pub(crate) fn spooled_attribution(
     a: Attribution,
+    accepted: bool,
     shared: &RefCell<SharedInterner>,
-) -> Option<Arc<petrel_delivery::Attribution>> {
+) -> QueuedAttribution {
     if a.is_empty() {
-        return None;
+        return QueuedAttribution::None;
     }
-    let key = shared.borrow_mut().intern(AttributionKey {
-        tenant_id: a.tenant_id.map(String::into_boxed_str),
-        credential_id: a.credential_id.map(String::into_boxed_str),
-        from_domain: a.from_domain.map(String::into_boxed_str),
-    });
-    Some(Arc::new(petrel_delivery::Attribution::new(
-        key,
-        a.rfc822_message_id.as_deref(),
-        &a.tags,
-        a.metadata.as_deref(),
-    )))
+    let tenant_id = a.tenant_id.clone();
+    let for_accepted = if accepted {
+        for_delivery(a, shared)
+    } else {
+        None
+    };
+    QueuedAttribution::Spooled {
+        tenant_id,
+        for_accepted,
+    }
 }
 
 /// `submission`: TLS and AUTH required before MAIL (RFC 6409, RFC 8314).

@@ -24,6 +24,8 @@ pub const SPOOL_BODY_CACHE_BYTES: &str = "petrel_spool_body_cache_bytes";
 /// 1 while the shard's spool takes messages, 0 while a failed write or sync stops it.
 pub const SPOOL_HEALTHY: &str = "petrel_spool_healthy";
 pub const SPOOL_RECOVERY_SKIPPED_TOTAL: &str = "petrel_spool_recovery_skipped_records_total";
+/// 1 while the shard requeues what its spool held at start (it takes mail meanwhile), then 0.
+pub const SPOOL_RECOVERING: &str = "petrel_spool_recovering";
 pub const AUTH_TOTAL: &str = "petrel_smtp_auth_total";
 pub const DKIM_SIGNED_TOTAL: &str = "petrel_dkim_signed_total";
 /// ARC sets added to forwarding tenants' messages, by the seal's `cv` (`none`, `pass`, `fail`).
@@ -205,6 +207,10 @@ fn describe() {
         SPOOL_RECOVERY_SKIPPED_TOTAL,
         "Spool records skipped at recovery (torn or corrupt)"
     );
+    describe_gauge!(
+        SPOOL_RECOVERING,
+        "1 while the shard requeues what its spool held at start (taking mail meanwhile), by shard"
+    );
     describe_counter!(AUTH_TOTAL, "SMTP AUTH attempts by result");
     describe_counter!(DKIM_SIGNED_TOTAL, "Messages DKIM-signed before spooling");
     describe_counter!(
@@ -314,7 +320,7 @@ fn describe() {
     describe_gauge!(
         "petrel_queue_memory_bytes",
         Unit::Bytes,
-        "Heap bytes of the queued mail, by shard and part: messages (the table), recipients, attribution, senders, domains (the queues)"
+        "Heap bytes of the queued mail, by shard and part: messages (the table), recipients, attribution (held ones), senders, domains (the queues), routes (the lanes' routing state and the sites)"
     );
     describe_gauge!(
         "petrel_queue_oldest_age_seconds",

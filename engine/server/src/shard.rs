@@ -15,7 +15,8 @@ use glommio::net::{TcpListener, TcpStream};
 use glommio::{Latency, Shares, TaskQueueHandle};
 use petrel_delivery::memory::SharedInterner;
 use petrel_delivery::DeliveryShard;
-use petrel_spool::{FileMode, Spool, SpoolConfig};
+use petrel_delivery::{AdminCommand, AdminReply};
+use petrel_spool::{Backlog, FileMode, Spool, SpoolConfig};
 
 use crate::admin::AdminRequest;
 use crate::config::ListenerProfile;
@@ -43,11 +44,14 @@ const DRAIN_POLL_MS: u64 = 20;
 const CUT_BOUND_MS: u64 = 2_000;
 /// How often the drain checks for sessions still open after the cut.
 const CUT_POLL_MS: u64 = 10;
+/// CPU shares of the task queue that requeues the spool's backlog after a start: delivery's,
+/// so under load it gets a third of the shard beside ingress and delivery, and all of it idle.
+const RECOVERY_SHARES: usize = DELIVERY_SHARES;
 /// How often the backpressure figures and spool gauges are refreshed when nothing else does:
 /// fresh enough for admission decisions, cheap enough to ignore.
 const FIGURES_PUBLISH_MS: u64 = 100;
 
-/// The shard's life: recover, listen, serve, drain.
+/// The shard's life: open the spool, listen and serve while its backlog is requeued, drain.
 pub async fn run(setup: ShardSetup) -> Result<(), EngineError> {
     let shard = setup.shard;
     let cfg = Arc::clone(&setup.cfg);
@@ -70,7 +74,10 @@ pub async fn run(setup: ShardSetup) -> Result<(), EngineError> {
         Rc::new(delivery)
     });
     let attribution_values = RefCell::new(SharedInterner::default());
-    let (spool, recovery) = Spool::open_streaming(
+    // Issue 17: the shard listens once the spool knows its next id and has a fresh segment;
+    // the messages already spooled are requeued meanwhile (`requeue_backlog`).
+    let opened = Instant::now();
+    let (spool, backlog) = Spool::open_early(
         SpoolConfig {
             root: cfg.server.data_dir.join("spool"),
             shard: shard as u8,
@@ -81,34 +88,8 @@ pub async fn run(setup: ShardSetup) -> Result<(), EngineError> {
             keys: setup.policy.keys().cloned(),
         },
         FileMode::default(),
-        &mut |msg| {
-            if let Some(d) = &delivery {
-                d.enqueue(crate::ctx::queued_owned(
-                    msg.id.0,
-                    msg.envelope,
-                    crate::ctx::for_delivery(msg.attribution, &attribution_values),
-                    crate::dsn_params::for_delivery(msg.dsn),
-                ));
-            }
-        },
     )
     .await?;
-    if recovery.messages_shredded > 0 {
-        tracing::info!(
-            shard,
-            messages = recovery.messages_shredded,
-            "spool recovery dropped messages whose data key was destroyed (deleted tenants)"
-        );
-    }
-    if recovery.records_skipped > 0 {
-        tracing::warn!(
-            shard,
-            records = recovery.records_skipped,
-            bytes = recovery.bytes_skipped,
-            "spool recovery skipped torn or corrupt records"
-        );
-        metrics::counter!(m::SPOOL_RECOVERY_SKIPPED_TOTAL).increment(recovery.records_skipped);
-    }
     let spool = Rc::new(spool);
     accessor.open(Rc::clone(&spool));
     let ctx = Rc::new(ShardCtx::new(
@@ -117,9 +98,12 @@ pub async fn run(setup: ShardSetup) -> Result<(), EngineError> {
         delivery.clone(),
         attribution_values,
     ));
-    let recovered = recovery.messages_recovered;
     ctx.publish_figures();
-    tracing::info!(shard, recovered, "spool recovered");
+    tracing::info!(
+        shard,
+        segments = backlog.segments(),
+        "spool open; requeueing what it holds"
+    );
 
     let ingress_tq = glommio::executor().create_task_queue(
         Shares::Static(INGRESS_SHARES),
@@ -131,12 +115,28 @@ pub async fn run(setup: ShardSetup) -> Result<(), EngineError> {
         Latency::NotImportant,
         "delivery",
     );
+    let recovery_tq = glommio::executor().create_task_queue(
+        Shares::Static(RECOVERY_SHARES),
+        Latency::NotImportant,
+        "recovery",
+    );
     let delivery_task = delivery.clone().map(|d| {
         glommio::spawn_local_into(async move { d.run().await }, delivery_tq).map(|t| t.detach())
     });
+    // Closed when the backlog is requeued (or its task ends otherwise): see `admin_loop`.
+    let (requeued_tx, requeued_rx) = async_channel::bounded::<()>(1);
+    let requeue = glommio::spawn_local_into(
+        requeue_backlog(Rc::clone(&ctx), backlog, requeued_tx, opened),
+        recovery_tq,
+    )
+    .map_err(|e| EngineError::Io(e.into()))?;
     // Not detached: dropping these tasks at shutdown cancels them.
     let figures = glommio::spawn_local(publish_loop(Rc::clone(&ctx)));
-    let admin = glommio::spawn_local(admin_loop(Rc::clone(&ctx), setup.admin.clone()));
+    let admin = glommio::spawn_local(admin_loop(
+        Rc::clone(&ctx),
+        setup.admin.clone(),
+        requeued_rx,
+    ));
 
     // A failure here reaches start-up through the shard thread's error report (engine.rs).
     let listener = bind(setup.listen)?;
@@ -178,7 +178,9 @@ pub async fn run(setup: ShardSetup) -> Result<(), EngineError> {
     .await;
 
     // Drain: stop accepting, let sessions finish within the grace period, flush the spool.
-    // The other listeners' loops end at once: they watch the same shutdown channel.
+    // The other listeners' loops end at once: they watch the same shutdown channel. A backlog
+    // still being requeued stops here; the next start reads it again.
+    requeue.cancel().await;
     if let Some(t) = intake {
         t.await;
     }
@@ -338,9 +340,158 @@ async fn publish_loop(ctx: Rc<ShardCtx>) {
     }
 }
 
-async fn admin_loop(ctx: Rc<ShardCtx>, rx: async_channel::Receiver<AdminRequest>) {
+/// Answers the admin endpoint's and the erasure's commands. While the backlog is requeued the
+/// queues hold only part of the shard's mail, so a listing answers at once (what is queued so
+/// far), a tenant purge answers that every tenant still has mail here (the erasure asks again
+/// a second later, and destroys no key before the backlog is in the queues), and a command
+/// that acts on a domain's queued mail waits until every message is queued.
+async fn admin_loop(
+    ctx: Rc<ShardCtx>,
+    rx: async_channel::Receiver<AdminRequest>,
+    requeued: async_channel::Receiver<()>,
+) {
     while let Ok(req) = rx.recv().await {
-        let reply = ctx.delivery.as_ref().map(|d| d.admin(req.command));
+        let during = (!requeued.is_closed()).then(|| while_requeueing(&req.command));
+        let reply = match (during, req.command) {
+            (Some(Requeueing::Refuse), AdminCommand::PurgeTenants(purges)) => {
+                ctx.delivery.as_ref().map(|_| AdminReply::Purged {
+                    recipients: 0,
+                    remaining: purges.into_iter().map(|p| p.tenant_id).collect(),
+                })
+            }
+            (Some(Requeueing::Wait), command) => {
+                // Returns once the channel is closed: the backlog's task has ended.
+                let _ = requeued.recv().await;
+                ctx.delivery.as_ref().map(|d| d.admin(command))
+            }
+            (_, command) => ctx.delivery.as_ref().map(|d| d.admin(command)),
+        };
         let _ = req.reply.send(reply).await;
+    }
+}
+
+/// What an admin command gets while the backlog is requeued (see [`admin_loop`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Requeueing {
+    /// Answered now, from what is queued so far.
+    Answer,
+    /// A tenant purge: every tenant still has mail here, ask again.
+    Refuse,
+    /// Applied once every message is queued.
+    Wait,
+}
+
+fn while_requeueing(command: &AdminCommand) -> Requeueing {
+    match command {
+        AdminCommand::Ls => Requeueing::Answer,
+        AdminCommand::PurgeTenants(_) => Requeueing::Refuse,
+        AdminCommand::Suspend(_)
+        | AdminCommand::Resume(_)
+        | AdminCommand::Retry(_)
+        | AdminCommand::Bounce(_) => Requeueing::Wait,
+    }
+}
+
+/// Requeues the spool's backlog (the segments [`Spool::open_early`] left unread), a segment at
+/// a time, then reports the recovery. On the recovery task queue; cancelled by the drain.
+async fn requeue_backlog(
+    ctx: Rc<ShardCtx>,
+    backlog: Backlog,
+    requeued: async_channel::Sender<()>,
+    opened: Instant,
+) {
+    let shard = ctx.shard;
+    let gauge = metrics::gauge!(m::SPOOL_RECOVERING, "shard" => shard.to_string());
+    gauge.set(1.0);
+    let delivery = ctx.delivery.clone();
+    let attribution_values = ctx.attribution_values();
+    // The callback's body is the one recovery ran before the shard listened, when the
+    // interner was a local; here it is the context's, a reference already.
+    #[allow(clippy::needless_borrow)]
+    let result = backlog
+        .run(&mut |msg| {
+            if let Some(d) = &delivery {
+                // The attribution stays in the spool record: delivery keeps the tenant alone,
+                // as it does for a live message once it waits for a retry (issue 17).
+                let attribution = crate::ctx::spooled_attribution(
+                    msg.attribution,
+                    d.wants_accepted_events(),
+                    &attribution_values,
+                );
+                d.enqueue(crate::ctx::queued_owned(
+                    msg.id.0,
+                    msg.envelope,
+                    attribution,
+                    crate::dsn_params::for_delivery(msg.dsn),
+                ));
+            }
+        })
+        .await;
+    gauge.set(0.0);
+    drop(requeued);
+    ctx.publish_figures();
+    if let Some(d) = &ctx.delivery {
+        // Delivery refreshes its gauges every few seconds, and first did so with part of the
+        // backlog queued: the depth is made current the moment all of it is.
+        metrics::gauge!("petrel_queue_depth", "shard" => shard.to_string())
+            .set(d.queued_recipients() as f64);
+    }
+    let recovery = match result {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(
+                shard,
+                error = %e,
+                "spool recovery failed: refusing new mail until a restart reads the spool again"
+            );
+            return;
+        }
+    };
+    if recovery.messages_shredded > 0 {
+        tracing::info!(
+            shard,
+            messages = recovery.messages_shredded,
+            "spool recovery dropped messages whose data key was destroyed (deleted tenants)"
+        );
+    }
+    if recovery.records_skipped > 0 {
+        tracing::warn!(
+            shard,
+            records = recovery.records_skipped,
+            bytes = recovery.bytes_skipped,
+            "spool recovery skipped torn or corrupt records"
+        );
+        metrics::counter!(m::SPOOL_RECOVERY_SKIPPED_TOTAL).increment(recovery.records_skipped);
+    }
+    tracing::info!(
+        shard,
+        recovered = recovery.messages_recovered,
+        elapsed_ms = opened.elapsed().as_millis() as u64,
+        "spool recovered"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use petrel_delivery::TenantPurge;
+
+    #[test]
+    fn while_the_backlog_is_requeued_only_listings_answer_at_once() {
+        let d = || "a.test".to_string();
+        assert_eq!(while_requeueing(&AdminCommand::Ls), Requeueing::Answer);
+        let purge = AdminCommand::PurgeTenants(vec![TenantPurge {
+            tenant_id: "t".into(),
+            bounce: true,
+        }]);
+        assert_eq!(while_requeueing(&purge), Requeueing::Refuse);
+        for c in [
+            AdminCommand::Suspend(d()),
+            AdminCommand::Resume(d()),
+            AdminCommand::Retry(d()),
+            AdminCommand::Bounce(d()),
+        ] {
+            assert_eq!(while_requeueing(&c), Requeueing::Wait, "{c:?}");
+        }
     }
 }

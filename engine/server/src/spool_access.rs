@@ -1,17 +1,21 @@
 //! The delivery side's view of the shard's spool (`petrel_delivery::SpoolAccess`).
 
-use std::cell::OnceCell;
+use std::cell::{OnceCell, RefCell};
 use std::rc::Rc;
+use std::sync::Arc;
 
-use petrel_delivery::{RcptState, RcptUpdate, SpoolAccess, SpoolAccessError};
+use petrel_delivery::memory::SharedInterner;
+use petrel_delivery::{AttributionKey, RcptState, RcptUpdate, SpoolAccess, SpoolAccessError};
 use petrel_spool::{
-    Envelope, MessageId, Recipient, RecipientState, RecipientUpdate, Spool, SpoolError,
+    Attribution, Envelope, MessageId, Recipient, RecipientState, RecipientUpdate, Spool, SpoolError,
 };
 
 /// Set once the shard's spool is open: delivery is built first, so that recovery hands each
 /// message straight to its queues (no delivery runs before then).
 pub struct SpoolAccessor {
     spool: OnceCell<Rc<Spool>>,
+    /// Tenants, credentials and From domains of the attributions read back, shared.
+    attribution_values: RefCell<SharedInterner>,
 }
 
 impl SpoolAccessor {
@@ -25,6 +29,7 @@ impl SpoolAccessor {
     pub fn unopened() -> Self {
         SpoolAccessor {
             spool: OnceCell::new(),
+            attribution_values: RefCell::default(),
         }
     }
 
@@ -67,12 +72,53 @@ fn access_error(e: SpoolError) -> SpoolAccessError {
     }
 }
 
+/// The spool's attribution as delivery keeps it: tenant, credential and From domain shared
+/// through the shard's interner, the rest packed in one allocation; None when empty.
+pub(crate) fn for_delivery(
+    a: Attribution,
+    shared: &RefCell<SharedInterner>,
+) -> Option<Arc<petrel_delivery::Attribution>> {
+    if a.is_empty() {
+        return None;
+    }
+    let key = shared.borrow_mut().intern(AttributionKey {
+        tenant_id: a.tenant_id.map(String::into_boxed_str),
+        credential_id: a.credential_id.map(String::into_boxed_str),
+        from_domain: a.from_domain.map(String::into_boxed_str),
+    });
+    Some(Arc::new(petrel_delivery::Attribution::new(
+        key,
+        a.rfc822_message_id.as_deref(),
+        &a.tags,
+        a.metadata.as_deref(),
+    )))
+}
+
 impl SpoolAccess for SpoolAccessor {
     async fn read_body(&self, id: u64) -> Result<Vec<u8>, SpoolAccessError> {
         self.spool()?
             .read_body(MessageId(id))
             .await
             .map_err(access_error)
+    }
+
+    async fn read_attribution(
+        &self,
+        id: u64,
+    ) -> Result<Option<Arc<petrel_delivery::Attribution>>, SpoolAccessError> {
+        Ok(self.read_body_attributed(id).await?.1)
+    }
+
+    async fn read_body_attributed(
+        &self,
+        id: u64,
+    ) -> Result<(Vec<u8>, Option<Arc<petrel_delivery::Attribution>>), SpoolAccessError> {
+        let (body, a) = self
+            .spool()?
+            .read_attributed(MessageId(id))
+            .await
+            .map_err(access_error)?;
+        Ok((body, for_delivery(a, &self.attribution_values)))
     }
 
     async fn update(&self, id: u64, updates: &[RcptUpdate]) -> Result<(), SpoolAccessError> {

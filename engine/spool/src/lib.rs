@@ -36,7 +36,9 @@
 //! (about 12 stores per fdatasync). Buffered is the default.
 //!
 //! **Recovery.** [`Spool::open`] scans every segment, replays its journal over its data and
-//! returns the live messages with their latest recipient states. A torn tail or a record with a
+//! returns the live messages with their latest recipient states. [`Spool::open_early`] takes
+//! new messages after reading only the newest segment's frames (the next id), and hands the
+//! rest to a [`Backlog`] that the shard runs while it serves (`backlog.rs`). A torn tail or a record with a
 //! bad checksum is skipped, counted in [`Recovery`] and logged, never fatal; appending resumes
 //! in a fresh segment, never after a torn tail (journals are cut back to their last good
 //! record). Message ids are `shard << 56 | sequence`; the sequence restarts above every one seen,
@@ -66,6 +68,7 @@
 // No unwrap outside tests: propagate a typed error, or `expect` an invariant checked right there.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+mod backlog;
 mod batch;
 mod cache;
 mod commit;
@@ -81,6 +84,7 @@ mod spool;
 mod state;
 mod types;
 
+pub use backlog::{Backlog, BACKLOG_RECORD_BYTES_ASSUMED, BACKLOG_YIELD_RECORDS};
 pub use batch::JOURNAL_SYNC_DELAY_MS;
 pub use error::SpoolError;
 pub use file::{FileMode, READ_CHUNK_MAX_BYTES};

@@ -1,6 +1,6 @@
-//! Recovery: rebuilding a segment's state from its bytes (pure), loading every segment into a
-//! shard's in-memory state at open (`recover`, glommio files), and the offline `inspect`
-//! (std::fs only).
+//! Recovery's pure half: rebuilding a segment's state from its bytes, peeking at the newest
+//! segments for the next message id, and the offline `inspect` (std::fs only). Loading the
+//! segments into a running shard's state is `backlog.rs`.
 //!
 //! A segment is a data file (`seg-<16hex>.data`: a header record, then store records) and its
 //! journal (`seg-<16hex>.journal`: update and remove records for messages of that data file
@@ -12,13 +12,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::error::SpoolError;
-use crate::file::{FileMode, SegFile};
 use petrel_seal::Keyring;
 
 use crate::record::{self, Kind, SegmentHeader};
 use crate::sealed::{self, Unsealed};
-use crate::state::{IndexEntry, Segment, State};
-use crate::types::{Attribution, DsnParams, Envelope, MessageId, Recovery, SpooledMessage};
+use crate::types::{Attribution, DsnParams, Envelope, MessageId, SpooledMessage};
 
 /// Prefix and suffixes of segment file names.
 const SEGMENT_PREFIX: &str = "seg-";
@@ -120,7 +118,7 @@ pub(crate) struct SegmentState {
 }
 
 /// Rebuilds one segment from its data and journal bytes, opening sealed records with `keys`.
-/// `name` is for the logs.
+/// `name` is for the logs. (`backlog.rs` does the same in steps, yielding between them.)
 pub(crate) fn rebuild(
     data: &[u8],
     journal: &[u8],
@@ -131,12 +129,74 @@ pub(crate) fn rebuild(
     let scan = record::scan(data);
     note_skipped(&mut st, &scan.skipped, name, "data");
     for rec in &scan.records {
+        st.data_record(rec, name, keys);
+    }
+    let jscan = record::scan(journal);
+    st.journal_scanned(&jscan, name);
+    for rec in &jscan.records {
+        st.journal_record(rec, name, keys);
+    }
+    st
+}
+
+/// What a segment's data file tells without opening a record: enough for the next message id.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Peek {
+    /// The header record, when it is whole.
+    pub(crate) header: Option<SegmentHeader>,
+    /// Highest message sequence of its store records (whole frames, opened or not: a sequence
+    /// counted for a record that would not open only leaves a gap).
+    pub(crate) max_id_seq: Option<u64>,
+    /// Store records, and their bytes (padding included): the mean record length.
+    pub(crate) store_records: u64,
+    pub(crate) store_bytes: u64,
+    /// It holds sealed records (they need a keyring).
+    pub(crate) sealed: bool,
+}
+
+/// Reads the frames of a data file (checksums verified) and the ids of its store records,
+/// without decoding an envelope or opening a sealed record.
+pub(crate) fn peek(data: &[u8]) -> Peek {
+    let mut p = Peek::default();
+    for rec in &record::scan(data).records {
+        let id = match rec.kind {
+            Kind::SegmentHeader if rec.offset == 0 => {
+                p.header = SegmentHeader::from_bytes(rec.payload);
+                continue;
+            }
+            Kind::Store | Kind::StoreAttributed | Kind::StoreDsn => {
+                record::split_store(rec.payload).map(|s| s.id)
+            }
+            Kind::SealedStore | Kind::SealedStoreDsn => {
+                p.sealed = true;
+                sealed::peek(rec.payload).map(|(id, _)| id)
+            }
+            _ => continue,
+        };
+        p.store_records += 1;
+        p.store_bytes += rec.record_len;
+        if let Some(id) = id {
+            let seq = MessageId(id).sequence();
+            p.max_id_seq = Some(p.max_id_seq.map_or(seq, |m| m.max(seq)));
+        }
+    }
+    p
+}
+
+impl SegmentState {
+    /// Takes one record of the data file, in file order.
+    pub(crate) fn data_record(
+        &mut self,
+        rec: &record::RawRecord<'_>,
+        name: &Path,
+        keys: Option<&Keyring>,
+    ) {
         match rec.kind {
             Kind::SegmentHeader if rec.offset == 0 => {
-                st.header = SegmentHeader::from_bytes(rec.payload);
-                if st.header.is_none() {
+                self.header = SegmentHeader::from_bytes(rec.payload);
+                if self.header.is_none() {
                     skip_record(
-                        &mut st,
+                        self,
                         name,
                         rec.offset,
                         rec.record_len,
@@ -148,7 +208,7 @@ pub(crate) fn rebuild(
                 match record::decode_store(rec.kind, rec.payload) {
                     Some(s) => {
                         let seq = MessageId(s.id).sequence();
-                        st.max_id_seq = Some(st.max_id_seq.map_or(seq, |m| m.max(seq)));
+                        self.max_id_seq = Some(self.max_id_seq.map_or(seq, |m| m.max(seq)));
                         let found = Found {
                             envelope: s.envelope,
                             attribution: s.attribution,
@@ -158,10 +218,10 @@ pub(crate) fn rebuild(
                             record_len: rec.record_len,
                             key: 0,
                         };
-                        st.live.insert(s.id, found);
+                        self.live.insert(s.id, found);
                     }
                     None => skip_record(
-                        &mut st,
+                        self,
                         name,
                         rec.offset,
                         rec.record_len,
@@ -171,13 +231,13 @@ pub(crate) fn rebuild(
             }
             Kind::SealedStore | Kind::SealedStoreDsn => {
                 let Some(keys) = keys else {
-                    st.needs_keyring = true;
-                    continue;
+                    self.needs_keyring = true;
+                    return;
                 };
                 match sealed::open_store(rec.kind, rec.payload, keys) {
                     Ok(s) => {
                         let seq = MessageId(s.id).sequence();
-                        st.max_id_seq = Some(st.max_id_seq.map_or(seq, |m| m.max(seq)));
+                        self.max_id_seq = Some(self.max_id_seq.map_or(seq, |m| m.max(seq)));
                         let found = Found {
                             body_len_bytes: s.body().len() as u64,
                             envelope: s.envelope,
@@ -187,19 +247,19 @@ pub(crate) fn rebuild(
                             record_len: rec.record_len,
                             key: s.key_id,
                         };
-                        st.live.insert(s.id, found);
+                        self.live.insert(s.id, found);
                     }
                     Err(Unsealed::NoKey(key)) => {
                         // Still counts for the id sequence: ids are never reused.
                         if let Some((id, _)) = sealed::peek(rec.payload) {
                             let seq = MessageId(id).sequence();
-                            st.max_id_seq = Some(st.max_id_seq.map_or(seq, |m| m.max(seq)));
+                            self.max_id_seq = Some(self.max_id_seq.map_or(seq, |m| m.max(seq)));
                         }
                         tracing::info!(segment = %name.display(), offset = rec.offset, key, "spool record's data key was destroyed: message shredded");
-                        st.shredded += 1;
+                        self.shredded += 1;
                     }
                     Err(Unsealed::Damaged) => skip_record(
-                        &mut st,
+                        self,
                         name,
                         rec.offset,
                         rec.record_len,
@@ -208,7 +268,7 @@ pub(crate) fn rebuild(
                 }
             }
             _ => skip_record(
-                &mut st,
+                self,
                 name,
                 rec.offset,
                 rec.record_len,
@@ -216,13 +276,22 @@ pub(crate) fn rebuild(
             ),
         }
     }
-    let jscan = record::scan(journal);
-    note_skipped(&mut st, &jscan.skipped, name, "journal");
-    st.journal_valid_end = jscan.valid_end;
-    for rec in &jscan.records {
-        apply_journal_record(&mut st, rec, name, keys);
+
+    /// Notes the journal's damage and where its valid records end (before its records).
+    pub(crate) fn journal_scanned(&mut self, jscan: &record::Scan<'_>, name: &Path) {
+        note_skipped(self, &jscan.skipped, name, "journal");
+        self.journal_valid_end = jscan.valid_end;
     }
-    st
+
+    /// Takes one record of the journal, in file order, after every data record.
+    pub(crate) fn journal_record(
+        &mut self,
+        rec: &record::RawRecord<'_>,
+        name: &Path,
+        keys: Option<&Keyring>,
+    ) {
+        apply_journal_record(self, rec, name, keys);
+    }
 }
 
 /// Applies one message's updates. An update for an unknown id belongs to a removed, damaged
@@ -290,7 +359,12 @@ fn apply_journal_record(
     }
 }
 
-fn note_skipped(st: &mut SegmentState, skipped: &[record::Skipped], name: &Path, which: &str) {
+pub(crate) fn note_skipped(
+    st: &mut SegmentState,
+    skipped: &[record::Skipped],
+    name: &Path,
+    which: &str,
+) {
     for s in skipped {
         tracing::warn!(
             segment = %name.display(), file = which, offset = s.offset, len_bytes = s.len_bytes,
@@ -365,111 +439,5 @@ pub fn inspect(
         }
     }
     out.sort_by_key(|m| m.id);
-    Ok(out)
-}
-
-/// Scans every segment of `dir` into `state`; returns what the engine must requeue.
-pub(crate) async fn recover(
-    dir: &Path,
-    shard: u8,
-    keys: Option<&Keyring>,
-    state: &mut State,
-    on_message: &mut dyn FnMut(SpooledMessage),
-) -> Result<Recovery, SpoolError> {
-    let listing = list_segments(dir)?;
-    for seq in &listing.orphan_journals {
-        let path = journal_path(dir, *seq);
-        tracing::info!(path = %path.display(), "spool recovery deleting an orphan journal");
-        std::fs::remove_file(&path).map_err(|e| SpoolError::io("remove", &path, e))?;
-        state.dir_dirty = true;
-    }
-    let mut out = Recovery::default();
-    let highest = listing.data.last().copied();
-    for &seq in &listing.data {
-        let dpath = data_path(dir, seq);
-        let jpath = journal_path(dir, seq);
-        let data = SegFile::open(&dpath, FileMode::Buffered).await?;
-        let journal = match SegFile::open(&jpath, FileMode::Buffered).await {
-            Ok(j) => j,
-            Err(_) if !jpath.exists() => SegFile::create(&jpath, FileMode::Buffered).await?,
-            Err(e) => return Err(e),
-        };
-        // Read whole with std::fs: one copy into the buffer (glommio's read lands in its own
-        // buffer first, a second copy of every segment); recovery runs before the shard takes
-        // any connection, so blocking its thread here delays nothing else.
-        let data_bytes = std::fs::read(&dpath).map_err(|e| SpoolError::io("read", &dpath, e))?;
-        let journal_bytes = std::fs::read(&jpath).map_err(|e| SpoolError::io("read", &jpath, e))?;
-        let journal_size = journal_bytes.len() as u64;
-        let seg = rebuild(&data_bytes, &journal_bytes, &dpath, keys);
-        if seg.needs_keyring {
-            return Err(SpoolError::NoKeyring);
-        }
-        out.messages_shredded += seg.shredded;
-        out.records_skipped += seg.records_skipped;
-        out.bytes_skipped += seg.bytes_skipped;
-        if let Some(max) = seg.max_id_seq {
-            state.next_id_seq = state.next_id_seq.max(max + 1);
-        }
-        if let Some(h) = seg.header {
-            if h.shard != shard {
-                tracing::warn!(segment = %dpath.display(), header_shard = h.shard, shard, "segment header names another shard");
-            }
-            state.next_id_seq = state.next_id_seq.max(h.next_id_seq);
-        }
-        // An empty segment is deleted, except the newest: its header carries the next id.
-        if seg.live.is_empty() && Some(seq) != highest {
-            data.remove().await?;
-            journal.remove().await?;
-            data.close().await;
-            journal.close().await;
-            state.dir_dirty = true;
-            continue;
-        }
-        let truncated = journal_size > seg.journal_valid_end;
-        if truncated {
-            // Never append after a torn tail: cut it (its bytes are already counted as skipped).
-            journal.truncate(seg.journal_valid_end).await?;
-        }
-        let mut segment = Segment::new(
-            data,
-            journal,
-            data_bytes.len() as u64,
-            seg.journal_valid_end,
-            true,
-        );
-        segment.live = seg.live.len() as u64;
-        if truncated {
-            // Make the cut durable with the first commit.
-            segment.dirty = true;
-            segment.journal_unsynced = true;
-            state.dirty.push(seq);
-        }
-        for (&id, found) in &seg.live {
-            let Ok(offset) = u32::try_from(found.offset) else {
-                // Beyond SEGMENT_SIZE_MAX_LIMIT_BYTES: no spool of this version wrote it.
-                return Err(SpoolError::Corrupt {
-                    path: dpath.clone(),
-                    offset: found.offset,
-                    reason: "record offset beyond the segment size limit",
-                });
-            };
-            let entry = IndexEntry {
-                segment: seq,
-                offset,
-                record_len: found.record_len as u32,
-                recipients: found.envelope.recipients.len() as u32,
-                key: found.key,
-            };
-            state.index.insert(id, entry);
-            state.live_bytes += found.record_len;
-        }
-        state.segments.insert(seq, segment);
-        // Handed over a segment at a time, in id order (the map's), so what a caller builds
-        // from them never waits beside every envelope of the spool at once.
-        for m in spooled(seg) {
-            out.messages_recovered += 1;
-            on_message(m);
-        }
-    }
     Ok(out)
 }

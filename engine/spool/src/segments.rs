@@ -43,6 +43,9 @@ pub(crate) struct Inner {
     pub(crate) journal_flush_armed: Cell<bool>,
     /// The task that writes the batched store records is scheduled or writing.
     pub(crate) data_flush_armed: Cell<bool>,
+    /// Reading the backlog failed (`backlog.rs`): the spool takes no new message until a
+    /// restart reads it again (delivery of what was read goes on; the probe does not heal it).
+    pub(crate) recovery_failed: Cell<bool>,
 }
 
 impl Inner {
@@ -109,14 +112,13 @@ impl Inner {
         Ok(())
     }
 
-    /// Creates segment `max + 1` with its header record and makes it the active one.
+    /// Creates the next segment (above every one on disk, read or not) with its header record
+    /// and makes it the active one.
     pub(crate) async fn new_active_segment(&self) -> Result<(), SpoolError> {
         let (seq, next_id_seq) = {
             let st = self.state.borrow();
-            (
-                st.segments.keys().next_back().map_or(0, |s| s + 1),
-                st.next_id_seq,
-            )
+            let above_read = st.segments.keys().next_back().map_or(0, |s| s + 1);
+            (above_read.max(st.next_segment_seq), st.next_id_seq)
         };
         // A step that fails (a full disk) removes what the earlier ones created, so the next
         // attempt can create the same names again.
@@ -154,6 +156,7 @@ impl Inner {
         let mut st = self.state.borrow_mut();
         st.segments
             .insert(seq, Segment::new(data, journal, data_len, 0, false));
+        st.next_segment_seq = seq + 1;
         st.active = seq;
         st.mark_dirty(seq, File::Data);
         st.dir_dirty = true;

@@ -1,21 +1,21 @@
 //! The glommio adapter's public face: one shard's [`Spool`] (open, store, read, update, remove,
 //! close). The model it keeps is in `state.rs`, the segment lifecycle in `segments.rs`, the
-//! write and sync batching in `batch.rs`, and loading the segments at open in `recovery.rs`.
+//! write and sync batching in `batch.rs`, and loading the segments at open in `backlog.rs`
+//! (over the pure `recovery.rs`).
 
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use glommio::io::Directory;
 use glommio::sync::Semaphore;
 
+use crate::backlog::{self, Backlog};
 use crate::batch::DATA_BATCH_BYTES_MAX;
-use crate::cache::BodyCache;
 use crate::commit::GroupCommit;
 use crate::error::SpoolError;
 use crate::file::FileMode;
 use crate::record::{self, Kind};
-use crate::recovery::{self, SHARD_DIR_PREFIX};
+use crate::recovery::SHARD_DIR_PREFIX;
 use crate::sealed;
 use crate::segments::{close_file, Inner};
 use crate::state::{Batch, IndexEntry, State};
@@ -29,6 +29,8 @@ pub const SEGMENT_SIZE_MIN_BYTES: u64 = 4096;
 /// Largest accepted `segment_size_max_bytes`: a record's offset (below this plus one record)
 /// then fits the index's 32 bits.
 pub const SEGMENT_SIZE_MAX_LIMIT_BYTES: u64 = 1 << 30;
+/// Why a spool whose backlog could not be read takes no new message (until a restart).
+const RECOVERY_FAILED: &str = "spool recovery failed";
 /// Largest message sequence; the shard takes the 8 bits above it.
 const ID_SEQUENCE_MAX: u64 = (1 << MESSAGE_ID_SEQUENCE_BITS) - 1;
 
@@ -61,13 +63,28 @@ impl Spool {
 
     /// [`Spool::open_with_mode`] handing each recovered message to `on_message` as its segment
     /// is read (segments in order, ids in order within one), instead of collecting them all:
-    /// the engine builds its queues from them with one segment's envelopes in memory at a time.
-    /// The spool takes messages only once this returns.
+    /// a caller builds what it needs from them with one segment's envelopes in memory at a
+    /// time. The spool takes messages only once this returns ([`Spool::open_early`] and
+    /// [`Backlog::run`] in one step).
     pub async fn open_streaming(
         cfg: SpoolConfig,
         mode: FileMode,
         on_message: &mut dyn FnMut(SpooledMessage),
     ) -> Result<(Spool, Recovery), SpoolError> {
+        let (spool, backlog) = Self::open_early(cfg, mode).await?;
+        let recovery = backlog.run(on_message).await?;
+        Ok((spool, recovery))
+    }
+
+    /// Opens (creating if needed) `<root>/shard-<shard>/` ready to take new messages after
+    /// reading only the frames of its newest segment or two, and starts a fresh active
+    /// segment. The messages already spooled are read by the returned [`Backlog`], which the
+    /// caller runs meanwhile on the same executor (see `backlog.rs`); until it ends, the
+    /// spool's figures count the unread segments at an estimate.
+    pub async fn open_early(
+        cfg: SpoolConfig,
+        mode: FileMode,
+    ) -> Result<(Spool, Backlog), SpoolError> {
         if cfg.segment_size_max_bytes < SEGMENT_SIZE_MIN_BYTES {
             return Err(SpoolError::Config(
                 "segment_size_max_bytes is below SEGMENT_SIZE_MIN_BYTES",
@@ -83,20 +100,8 @@ impl Spool {
         let dir_handle = Directory::open(&dir)
             .await
             .map_err(|e| SpoolError::io("open_dir", &dir, e))?;
-        let mut state = State {
-            next_id_seq: 0,
-            index: petrel_idmap::IdMap::new(),
-            segments: BTreeMap::new(),
-            active: 0,
-            live_bytes: 0,
-            dirty: Vec::new(),
-            dir_dirty: false,
-            journal_pending: Vec::new(),
-            data_pending: Vec::new(),
-            bodies: BodyCache::new(cfg.body_cache_bytes_max),
-        };
-        let recovery =
-            recovery::recover(&dir, cfg.shard, cfg.keys.as_deref(), &mut state, on_message).await?;
+        let mut state = State::new(cfg.body_cache_bytes_max);
+        let pending = backlog::open_early(&dir, cfg.keys.as_deref(), &mut state)?;
         let inner = Rc::new(Inner {
             cfg,
             mode,
@@ -111,11 +116,14 @@ impl Spool {
             sync_timer_armed: Cell::new(false),
             journal_flush_armed: Cell::new(false),
             data_flush_armed: Cell::new(false),
+            recovery_failed: Cell::new(false),
         });
         inner.new_active_segment().await?;
-        // Make the new segment (and any truncation or deletion done by recovery) durable now.
+        // The new segment (its header carries the next sequence) and the orphan journals'
+        // deletion, durable before anything is acknowledged in it.
         inner.sync_dirty().await?;
-        Ok((Spool { inner }, recovery))
+        let backlog = backlog::backlog(&inner, pending);
+        Ok((Spool { inner }, backlog))
     }
 
     /// Stores a message; durable before it returns (with `fsync`): one fdatasync covers every
@@ -184,6 +192,9 @@ impl Spool {
             }
         }
         inner.check_healthy()?;
+        if inner.recovery_failed.get() {
+            return Err(SpoolError::Unhealthy(RECOVERY_FAILED));
+        }
         check_len("body", body.len(), record::BODY_SIZE_MAX_BYTES)?;
         check_len("recipients", envelope.recipients.len(), u32::MAX as usize)?;
         let meta = record::encode_envelope(envelope).map_err(|e| SpoolError::Encode {
@@ -383,6 +394,49 @@ impl Spool {
         Ok(parts.body.to_vec())
     }
 
+    /// Reads a live message's body and attribution back, from one read of its record
+    /// (checksum verified, opened when sealed): delivery does not hold the attribution of a
+    /// message that waits for a later attempt (issue 17), and takes it back with the body
+    /// when the attempt comes. The body cache is not consulted: the record is read anyway.
+    pub async fn read_attributed(
+        &self,
+        id: MessageId,
+    ) -> Result<(Vec<u8>, Attribution), SpoolError> {
+        let (entry, data) = self.inner.locate(id)?;
+        let buf = data
+            .read_exact_at(u64::from(entry.offset), entry.record_len as usize)
+            .await?;
+        let corrupt = |reason| SpoolError::Corrupt {
+            path: data.path().to_path_buf(),
+            offset: u64::from(entry.offset),
+            reason,
+        };
+        let rec = record::decode_at(&buf, 0).map_err(|_| corrupt("bad frame or checksum"))?;
+        if rec.kind.is_sealed_store() {
+            let keys = self.inner.cfg.keys.as_ref().ok_or(SpoolError::NoKeyring)?;
+            let mut opened =
+                sealed::open_store(rec.kind, rec.payload, keys).map_err(|e| match e {
+                    sealed::Unsealed::NoKey(_) => corrupt("its data key was destroyed"),
+                    sealed::Unsealed::Damaged => corrupt("sealed record failed authentication"),
+                })?;
+            if opened.id != id.0 {
+                return Err(corrupt("record is not this message"));
+            }
+            let attribution = std::mem::take(&mut opened.attribution);
+            return Ok((opened.into_body(), attribution));
+        }
+        if !rec.kind.is_store() {
+            return Err(corrupt("record is not this message"));
+        }
+        let parts = record::split_store(rec.payload).ok_or(corrupt("bad store payload"))?;
+        if parts.id != id.0 {
+            return Err(corrupt("record is not this message"));
+        }
+        let (attribution, _) = record::decode_attribution_part(rec.kind, parts.attribution)
+            .ok_or(corrupt("bad attribution"))?;
+        Ok((parts.body.to_vec(), attribution))
+    }
+
     /// Journals recipient state changes. Returns once buffered (not written or synced): the
     /// next group commit or the periodic journal sync (within `JOURNAL_SYNC_DELAY_MS`) writes
     /// and syncs it. A crash before then means the recipients are tried again.
@@ -463,13 +517,16 @@ impl Spool {
         inner.append_journal(segment, bytes).await
     }
 
-    /// Live counts.
+    /// Live counts. While a [`Backlog`] runs, its unread segments count at their data files'
+    /// sizes and an estimate of their messages (see `backlog.rs`), so what admission compares
+    /// with its limits is the whole spool from the start.
     pub fn stats(&self) -> SpoolStats {
         let st = self.inner.state.borrow();
+        let (unread_messages, unread_bytes) = st.unscanned_totals();
         SpoolStats {
-            messages: st.index.len() as u64,
-            bytes: st.live_bytes,
-            segments: st.segments.len() as u64,
+            messages: st.index.len() as u64 + unread_messages,
+            bytes: st.live_bytes + unread_bytes,
+            segments: (st.segments.len() + st.unscanned.len()) as u64,
             index_memory_bytes: st.index.memory_bytes() as u64,
             body_cache_bytes: st.bodies.bytes() as u64,
         }
@@ -484,6 +541,9 @@ impl Spool {
     /// it is unhealthy, asking arms the probe that heals it once writing works again
     /// (`health.rs`).
     pub fn unhealthy_reason(&self) -> Option<&'static str> {
+        if self.inner.recovery_failed.get() {
+            return Some(RECOVERY_FAILED);
+        }
         let reason = self.inner.fatal.get().or(self
             .inner
             .write_failed

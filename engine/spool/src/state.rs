@@ -20,8 +20,13 @@ pub(crate) struct State {
     pub(crate) next_id_seq: u64,
     /// Live messages: 24 bytes each, plus a share of their 64-id chunk (see `petrel_idmap`).
     pub(crate) index: IdMap<IndexEntry>,
-    /// Segments on disk by sequence; the highest is the active one.
+    /// Segments on disk by sequence, once read (see `unscanned`); the highest is the active one.
     pub(crate) segments: BTreeMap<u64, Segment>,
+    /// Sequence the next new segment takes: above every segment on disk, read or not.
+    pub(crate) next_segment_seq: u64,
+    /// Segments of an earlier run not read yet (`backlog.rs`): nothing refers to them, so
+    /// nothing appends to or reclaims them until their messages are in `index`.
+    pub(crate) unscanned: BTreeMap<u64, Unscanned>,
     /// Sequence of the segment new stores go to.
     pub(crate) active: u64,
     /// Record bytes of live messages.
@@ -36,6 +41,43 @@ pub(crate) struct State {
     pub(crate) data_pending: Vec<u64>,
     /// Recently stored bodies (see `cache.rs`).
     pub(crate) bodies: BodyCache,
+}
+
+/// A segment of an earlier run not read yet, counted in the spool's figures so admission sees
+/// the whole spool while recovery runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Unscanned {
+    /// Size of its data file: at least the record bytes of its live messages.
+    pub(crate) bytes: u64,
+    /// Its messages, estimated from `bytes` and the mean record length of the newest segments.
+    pub(crate) messages_estimate: u64,
+}
+
+impl State {
+    /// An empty spool's state (`recovery` and `backlog.rs` fill it).
+    pub(crate) fn new(body_cache_bytes_max: usize) -> State {
+        State {
+            next_id_seq: 0,
+            index: IdMap::new(),
+            segments: BTreeMap::new(),
+            next_segment_seq: 0,
+            unscanned: BTreeMap::new(),
+            active: 0,
+            live_bytes: 0,
+            dirty: Vec::new(),
+            dir_dirty: false,
+            journal_pending: Vec::new(),
+            data_pending: Vec::new(),
+            bodies: BodyCache::new(body_cache_bytes_max),
+        }
+    }
+
+    /// Messages and record bytes of the segments not read yet (see [`Unscanned`]).
+    pub(crate) fn unscanned_totals(&self) -> (u64, u64) {
+        self.unscanned
+            .values()
+            .fold((0, 0), |(m, b), u| (m + u.messages_estimate, b + u.bytes))
+    }
 }
 
 /// One write of several store records, and the stores waiting for it.

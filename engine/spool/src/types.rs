@@ -254,11 +254,12 @@ pub struct SpoolStats {
     pub body_cache_bytes: u64,
 }
 
-/// What `open` found on disk.
+/// What `open` found on disk (or a [`crate::Backlog`], once read).
 #[derive(Debug, Default)]
 pub struct Recovery {
     /// Every live message with its latest state, in id order ([`crate::Spool::open`]; empty
-    /// from [`crate::Spool::open_streaming`], which hands them over as it goes).
+    /// from [`crate::Spool::open_streaming`] and [`crate::Backlog::run`], which hand them over
+    /// as they go).
     pub messages: Vec<SpooledMessage>,
     /// Live messages found.
     pub messages_recovered: u64,

@@ -4,9 +4,9 @@
 
 mod common;
 
-use common::{body, config, envelope, inspect};
+use common::{body, clear_config, config, envelope, inspect};
 use petrel_spool::record::ATTRIBUTION_SIZE_MAX_BYTES;
-use petrel_spool::{Attribution, Spool, SpoolError};
+use petrel_spool::{Attribution, DsnParams, DsnRet, Spool, SpoolError};
 use petrel_testkit::glommio::run;
 
 fn attribution(n: u64) -> Attribution {
@@ -88,4 +88,70 @@ fn an_oversized_attribution_is_refused() {
         assert_eq!(spool.stats().messages, 0);
         spool.close().await.unwrap();
     });
+}
+
+/// `read_attributed` (delivery's read-back of a waiting message's attribution) gives the body
+/// and the attribution from one read of the record: sealed or clear, with DSN parameters in the
+/// record or not, before and after a restart; a message without one gives an empty one.
+#[test]
+fn read_attributed_gives_the_body_and_the_attribution() {
+    for sealed in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        run(move || async move {
+            let cfg = || {
+                if sealed {
+                    config(&root, 0)
+                } else {
+                    clear_config(&root, 0)
+                }
+            };
+            let (spool, _) = Spool::open(cfg()).await.unwrap();
+            let a = spool
+                .store_attributed(&envelope(1, 1), &attribution(1), &body(1, 3000))
+                .await
+                .unwrap();
+            let dsn = DsnParams {
+                ret: Some(DsnRet::Hdrs),
+                envid: Some("env-2".into()),
+                recipients: Vec::new(),
+            };
+            let b = spool
+                .store_message(None, &envelope(2, 2), &attribution(2), &dsn, &body(2, 10))
+                .await
+                .unwrap();
+            let c = spool.store(&envelope(3, 1), &body(3, 10)).await.unwrap();
+            for _ in 0..2 {
+                let (got, attr) = spool.read_attributed(a).await.unwrap();
+                assert_eq!(
+                    (got, attr),
+                    (body(1, 3000), attribution(1)),
+                    "sealed {sealed}"
+                );
+                let (got, attr) = spool.read_attributed(b).await.unwrap();
+                assert_eq!(
+                    (got, attr),
+                    (body(2, 10), attribution(2)),
+                    "sealed {sealed}"
+                );
+                let (got, attr) = spool.read_attributed(c).await.unwrap();
+                assert_eq!(got, body(3, 10));
+                assert!(attr.is_empty());
+            }
+            spool.close().await.unwrap();
+            let (spool, _) = Spool::open(cfg()).await.unwrap();
+            let (got, attr) = spool.read_attributed(b).await.unwrap();
+            assert_eq!(
+                (got, attr),
+                (body(2, 10), attribution(2)),
+                "sealed {sealed}"
+            );
+            spool.remove(b).await.unwrap();
+            assert!(matches!(
+                spool.read_attributed(b).await,
+                Err(SpoolError::NotFound(_))
+            ));
+            spool.close().await.unwrap();
+        });
+    }
 }

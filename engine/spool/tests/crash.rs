@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{body, config, envelope, inspect};
-use petrel_spool::Spool;
+use petrel_spool::{FileMode, Spool};
 use petrel_testkit::glommio::run;
 use rand::Rng;
 
@@ -44,7 +44,17 @@ fn crash_child() {
         let mut cfg = config(&root, 7);
         // Small segments: rollover and reclamation happen while the child is being killed.
         cfg.segment_size_max_bytes = SEGMENT_BYTES;
-        let (spool, _) = Spool::open(cfg).await.expect("child opens the spool");
+        // Opened early, as a shard does: the earlier rounds' messages are read while this
+        // round stores, so a kill may land in the middle of reading them too.
+        let (spool, backlog) = Spool::open_early(cfg, FileMode::default())
+            .await
+            .expect("child opens the spool");
+        let backlog = glommio::spawn_local(async move {
+            backlog
+                .run(&mut |_| {})
+                .await
+                .expect("child reads the backlog")
+        });
         let spool = std::rc::Rc::new(spool);
         let started = Instant::now();
         // A few concurrent storers so that group commits cover several messages.
@@ -77,6 +87,7 @@ fn crash_child() {
         for t in tasks {
             t.await;
         }
+        backlog.await;
     });
 }
 

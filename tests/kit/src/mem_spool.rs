@@ -3,11 +3,13 @@
 //! It checks the contract as it goes (a message is removed only with every recipient final;
 //! DSNs use the null sender) and remembers what happened, so a test can compare final states.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use petrel_delivery::{
-    QueuedMessage, QueuedRcpt, RcptState, RcptUpdate, SpoolAccess, SpoolAccessError,
+    Attribution, QueuedAttribution, QueuedMessage, QueuedRcpt, RcptState, RcptUpdate, SpoolAccess,
+    SpoolAccessError,
 };
 
 /// A recipient's recorded state: (state, attempts so far).
@@ -17,6 +19,8 @@ pub type Outcome = (RcptState, u32);
 struct Stored {
     rcpts: Vec<String>,
     body: Vec<u8>,
+    /// Its attribution, as the record would hold it.
+    attribution: Option<Arc<Attribution>>,
     /// Recorded states by recipient index.
     states: HashMap<u32, Outcome>,
 }
@@ -35,11 +39,26 @@ pub struct MemSpool {
     dsn_bodies: RefCell<Vec<Vec<u8>>>,
     /// The last id handed out (ids start at 1).
     last_id: RefCell<u64>,
+    /// Attributions read back (`read_attribution`, `read_body_attributed`).
+    attribution_reads: Cell<u64>,
 }
 
 impl MemSpool {
     /// Stores a message and returns what the engine would enqueue for it.
     pub fn store(&self, mail_from: &str, rcpts: &[&str], body: &[u8]) -> QueuedMessage {
+        self.store_attributed(mail_from, rcpts, body, None)
+    }
+
+    /// [`MemSpool::store`] of a message with an attribution, held by the returned message as
+    /// live intake holds it (`QueuedAttribution::Held`) and kept with the stored message to
+    /// be read back.
+    pub fn store_attributed(
+        &self,
+        mail_from: &str,
+        rcpts: &[&str],
+        body: &[u8],
+        attribution: Option<Arc<Attribution>>,
+    ) -> QueuedMessage {
         let id = {
             let mut n = self.last_id.borrow_mut();
             *n += 1;
@@ -50,6 +69,7 @@ impl MemSpool {
             Stored {
                 rcpts: rcpts.iter().map(|r| r.to_string()).collect(),
                 body: body.to_vec(),
+                attribution: attribution.clone(),
                 states: HashMap::new(),
             },
         );
@@ -68,9 +88,56 @@ impl MemSpool {
                     next_attempt_unix_ms: 0,
                 })
                 .collect(),
-            attribution: None,
+            attribution: attribution.map_or(QueuedAttribution::None, QueuedAttribution::Held),
             dsn: None,
         }
+    }
+
+    /// What recovery would enqueue for stored message `id` as it stands: its pending
+    /// recipients with their attempts, the attribution left in the record
+    /// (`QueuedAttribution::Spooled`, the tenant alone); None when it is not stored.
+    pub fn recovered(&self, id: u64, mail_from: &str) -> Option<QueuedMessage> {
+        let m = self.messages.borrow();
+        let s = m.get(&id)?;
+        let recipients = s
+            .rcpts
+            .iter()
+            .enumerate()
+            .filter_map(|(i, a)| {
+                let (state, attempts) = s
+                    .states
+                    .get(&(i as u32))
+                    .copied()
+                    .unwrap_or((RcptState::Pending, 0));
+                (state == RcptState::Pending).then(|| QueuedRcpt {
+                    index: i as u32,
+                    address: a.clone(),
+                    attempts,
+                    next_attempt_unix_ms: 0,
+                })
+            })
+            .collect();
+        let attribution = match &s.attribution {
+            Some(a) => QueuedAttribution::Spooled {
+                tenant_id: a.tenant_id().map(String::from),
+                for_accepted: None,
+            },
+            None => QueuedAttribution::None,
+        };
+        Some(QueuedMessage {
+            id,
+            mail_from: mail_from.into(),
+            received_unix_ms: now_unix_ms(),
+            is_dsn: false,
+            recipients,
+            attribution,
+            dsn: None,
+        })
+    }
+
+    /// How many times an attribution was read back.
+    pub fn attribution_reads(&self) -> u64 {
+        self.attribution_reads.get()
     }
 
     /// Removed message ids, in removal order.
@@ -118,6 +185,17 @@ impl SpoolAccess for MemSpool {
         let m = self.messages.borrow();
         m.get(&id)
             .map(|s| s.body.clone())
+            .ok_or(SpoolAccessError::NotFound { id })
+    }
+
+    async fn read_attribution(
+        &self,
+        id: u64,
+    ) -> Result<Option<Arc<Attribution>>, SpoolAccessError> {
+        self.attribution_reads.set(self.attribution_reads.get() + 1);
+        let m = self.messages.borrow();
+        m.get(&id)
+            .map(|s| s.attribution.clone())
             .ok_or(SpoolAccessError::NotFound { id })
     }
 

@@ -121,18 +121,20 @@ impl ShardHarness {
 
     /// [`ShardHarness::enqueue`] for a message of `tenant`.
     pub fn enqueue_for(&self, tenant: &str, mail_from: &str, rcpts: &[&str]) -> u64 {
-        let mut msg = self.spool.store(mail_from, rcpts, BODY);
         let key = petrel_delivery::AttributionKey {
             tenant_id: Some(tenant.into()),
             ..Default::default()
         };
         let none: &[&str] = &[];
-        msg.attribution = Some(std::sync::Arc::new(petrel_delivery::Attribution::new(
+        let attribution = std::sync::Arc::new(petrel_delivery::Attribution::new(
             Some(std::sync::Arc::new(key)),
             None,
             none,
             None,
-        )));
+        ));
+        let msg = self
+            .spool
+            .store_attributed(mail_from, rcpts, BODY, Some(attribution));
         let id = msg.id;
         self.shard.enqueue(msg);
         id

@@ -75,7 +75,9 @@ impl<S: SpoolAccess + 'static> Inner<S> {
                 attempt: 0,
                 shard: self.shard,
                 details: None,
-                attribution: crate::attribution::EventAttribution(msg.attribution.clone()),
+                attribution: crate::attribution::EventAttribution(
+                    msg.attribution.for_events().cloned(),
+                ),
             });
         }
         drop(buf);

@@ -10,15 +10,17 @@
 //! finished messages.
 //!
 //! Memory per queued recipient: the 24-byte [`crate::queue::Entry`] in its domain queue plus a
-//! 32-byte `RcptSlot` (and its address) in the message record; per message an
-//! `MessageState` of at most 72 bytes plus its sender. The body never stays in
-//! memory between attempts.
+//! 24-byte `RcptSlot` (and its address) in the message record; per message a 48-byte
+//! `MessageState` (`message.rs`). Neither the body nor the attribution stays in memory while a
+//! message waits for a later attempt: both are read back from the spool record, in one read,
+//! when the attempt comes.
 
 mod admin;
 mod connect;
 mod connection;
 mod dane;
 mod events;
+mod message;
 mod mta_sts;
 mod outcome;
 mod pipelining;
@@ -48,7 +50,7 @@ use crate::limits::GlobalLimits;
 use crate::memory::Interner;
 use crate::queue::{Entry, Queues};
 pub use events::EVENTS_BATCH_MAX;
-use outcome::{MessageState, RcptSlot};
+use message::{AttributionAt, HeldAttributions, MessageState, RcptSlot};
 use petrel_idmap::IdMap;
 
 /// What a shard's delivery needs from its spool (the engine implements it over petrel-spool).
@@ -56,6 +58,19 @@ use petrel_idmap::IdMap;
 #[allow(async_fn_in_trait)]
 pub trait SpoolAccess {
     async fn read_body(&self, id: u64) -> Result<Vec<u8>, SpoolAccessError>;
+    /// The message's attribution, read back from its record (a message waiting for a retry
+    /// does not hold it: see `message.rs`); None when it has none.
+    async fn read_attribution(&self, id: u64)
+        -> Result<Option<Arc<Attribution>>, SpoolAccessError>;
+    /// The body and the attribution, for the attempt of a message that let go of its
+    /// attribution. A spool that can should read its record once; by default, both reads.
+    async fn read_body_attributed(
+        &self,
+        id: u64,
+    ) -> Result<(Vec<u8>, Option<Arc<Attribution>>), SpoolAccessError> {
+        let body = self.read_body(id).await?;
+        Ok((body, self.read_attribution(id).await?))
+    }
     async fn update(&self, id: u64, updates: &[RcptUpdate]) -> Result<(), SpoolAccessError>;
     /// The message is final for every recipient: remove it. `last` are the updates of the
     /// attempt that finished it; a durable removal implies them, so a spool need not journal
@@ -103,11 +118,50 @@ pub struct QueuedMessage {
     pub is_dsn: bool,
     /// The pending recipients only.
     pub recipients: Vec<QueuedRcpt>,
-    /// Who it belongs to, shared by its recipients and events; None when nothing is known
-    /// (and for the DSNs Petrel generates: see `crate::attribution`).
-    pub attribution: Option<Arc<Attribution>>,
+    /// Who it belongs to (see [`QueuedAttribution`]).
+    pub attribution: QueuedAttribution,
     /// The sender's DSN parameters (RFC 3461); None when it gave none (`crate::dsn_params`).
     pub dsn: Option<Box<MessageDsn>>,
+}
+
+/// A queued message's attribution as the engine hands it over.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum QueuedAttribution {
+    /// Nothing is known (and the DSNs Petrel generates: see `crate::attribution`).
+    #[default]
+    None,
+    /// Held, shared by its recipients and events, until its first attempt (fresh mail: the
+    /// attempt comes soon); a deferral lets go of it.
+    Held(Arc<Attribution>),
+    /// Left in the spool record (recovery): delivery keeps only the tenant, which scheduling
+    /// needs, and reads the rest back when an attempt or an event needs it
+    /// ([`SpoolAccess::read_attribution`]).
+    Spooled {
+        tenant_id: Option<String>,
+        /// The whole attribution for the `accepted` events recovery sends again, only when
+        /// they are wanted ([`DeliveryShard::wants_accepted_events`]); not kept.
+        for_accepted: Option<Arc<Attribution>>,
+    },
+}
+
+impl QueuedAttribution {
+    /// What the message's `accepted` events carry.
+    pub fn for_events(&self) -> Option<&Arc<Attribution>> {
+        match self {
+            QueuedAttribution::None => None,
+            QueuedAttribution::Held(a) => Some(a),
+            QueuedAttribution::Spooled { for_accepted, .. } => for_accepted.as_ref(),
+        }
+    }
+
+    /// The tenant, if known.
+    pub fn tenant_id(&self) -> Option<&str> {
+        match self {
+            QueuedAttribution::None => None,
+            QueuedAttribution::Held(a) => a.tenant_id(),
+            QueuedAttribution::Spooled { tenant_id, .. } => tenant_id.as_deref(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -196,8 +250,10 @@ struct State {
     /// Envelope senders of queued messages, shared among their messages.
     senders: Interner,
     /// Heap bytes the entries of `messages` own, kept as they come and go
-    /// (`MessageState::heap_bytes`): recipients, then attribution.
-    messages_heap_bytes: (usize, usize),
+    /// (`MessageState::heap_bytes`: their recipients).
+    rcpts_heap_bytes: usize,
+    /// The attributions of the messages that hold theirs (`message.rs`).
+    attributions: HeldAttributions,
     /// The sites of this shard and where each domain goes (`site.rs`).
     sites: site::Sites,
     /// Recipients drained by `admin(Bounce)` or a bouncing `PurgeTenants`, bounced by the run
@@ -217,15 +273,45 @@ struct State {
 impl State {
     /// Heap bytes of the queued mail by part (the `part` label of `petrel_queue_memory_bytes`;
     /// see `crate::memory`): the message table, the recipients' slots and addresses, the
-    /// attributions, the interned senders, the domain queues.
-    fn memory_parts(&self) -> [(&'static str, usize); 5] {
+    /// attributions held, the interned senders, the domain queues, the lanes' routing state.
+    fn memory_parts(&self) -> [(&'static str, usize); 6] {
         [
             ("messages", self.messages.memory_bytes()),
-            ("recipients", self.messages_heap_bytes.0),
-            ("attribution", self.messages_heap_bytes.1),
+            ("recipients", self.rcpts_heap_bytes),
+            ("attribution", self.attributions.memory_bytes()),
             ("senders", self.senders.memory_bytes()),
             ("domains", self.queues.memory_bytes()),
+            ("routes", self.sites.memory_bytes()),
         ]
+    }
+
+    /// Drops a message whose recipients are all final, with what it held.
+    fn forget(&mut self, id: u64) {
+        if let Some(done) = self.messages.remove(id) {
+            self.rcpts_heap_bytes = self.rcpts_heap_bytes.saturating_sub(done.heap_bytes());
+            self.senders.release(done.sender);
+            if done.attribution == AttributionAt::Held {
+                self.attributions.remove(id);
+            }
+        }
+    }
+
+    /// An attribution read back from the spool for message `id` (None: it has none), held
+    /// until the message waits again.
+    fn hold_attribution(&mut self, id: u64, a: Option<Arc<Attribution>>) {
+        let Some(msg) = self.messages.get_mut(id) else {
+            return;
+        };
+        if msg.attribution != AttributionAt::Spool {
+            return; // read back meanwhile
+        }
+        match a {
+            Some(a) => {
+                msg.attribution = AttributionAt::Held;
+                self.attributions.insert(id, a);
+            }
+            None => msg.attribution = AttributionAt::Nowhere,
+        }
     }
 }
 
@@ -280,7 +366,8 @@ impl<S: SpoolAccess + 'static> DeliveryShard<S> {
             queues: Queues::new(cfg.ready_max),
             messages: IdMap::new(),
             senders: Interner::default(),
-            messages_heap_bytes: (0, 0),
+            rcpts_heap_bytes: 0,
+            attributions: HeldAttributions::default(),
             sites: site::Sites::default(),
             admin_bounces: Vec::new(),
             admin_drops: Vec::new(),
@@ -368,6 +455,12 @@ impl<S: SpoolAccess + 'static> DeliveryShard<S> {
         self.inner.wake();
     }
 
+    /// Whether the events of this shard include `accepted` ones: recovery then hands over each
+    /// message's whole attribution for them ([`QueuedAttribution::Spooled`]).
+    pub fn wants_accepted_events(&self) -> bool {
+        self.inner.events.wants_accepted()
+    }
+
     /// Pending recipients on this shard (queued or being delivered), for ingress backpressure.
     pub fn queued_recipients(&self) -> u64 {
         self.inner.state.borrow().pending_total
@@ -427,11 +520,13 @@ impl<S: SpoolAccess + 'static> Inner<S> {
         }
         let received_unix_secs = u32::try_from(msg.received_unix_ms / 1000).unwrap_or(u32::MAX);
         let mut rcpts: Vec<RcptSlot> = Vec::with_capacity(msg.recipients.len());
-        let tenant = msg.attribution.as_deref().and_then(|a| a.tenant_id());
-        let (source, not_before) = self.choose_source(tenant, now_unix_ms());
+        let tenant_id = msg.attribution.tenant_id();
+        let tenant = st.queues.tenant_index_of(tenant_id.unwrap_or(""));
+        let (source, not_before) = self.choose_source(tenant_id, now_unix_ms());
         for r in msg.recipients {
-            let domain = domain_of(&r.address);
-            let id = st.queues.queue_id(&domain, tenant.unwrap_or(""), source);
+            let id = st
+                .queues
+                .queue_id_at(&domain_of(&r.address), tenant, source);
             st.queues.schedule(
                 id,
                 Entry {
@@ -444,18 +539,23 @@ impl<S: SpoolAccess + 'static> Inner<S> {
             rcpts.push(RcptSlot::new(r.index, r.address, r.attempts));
         }
         st.pending_total += rcpts.len() as u64;
-        let mail_from = st.senders.intern(&msg.mail_from);
+        let sender = st.senders.intern(&msg.mail_from);
+        let at = match msg.attribution {
+            QueuedAttribution::None => AttributionAt::Nowhere,
+            QueuedAttribution::Held(a) => {
+                st.attributions.insert(msg.id, a);
+                AttributionAt::Held
+            }
+            QueuedAttribution::Spooled { .. } => AttributionAt::Spool,
+        };
         let state = MessageState::new(
-            mail_from,
+            (sender, tenant, source),
             msg.received_unix_ms,
             msg.is_dsn,
             rcpts,
-            msg.attribution,
-            source,
+            at,
         );
-        let (r, a) = state.heap_bytes();
-        st.messages_heap_bytes.0 += r;
-        st.messages_heap_bytes.1 += a;
+        st.rcpts_heap_bytes += state.heap_bytes();
         st.messages.insert(msg.id, state);
         if let Some(dsn) = msg.dsn.filter(|d| !d.is_empty()) {
             st.dsn.insert(msg.id, Rc::from(dsn));
@@ -479,6 +579,7 @@ impl<S: SpoolAccess + 'static> Inner<S> {
         metrics::gauge!("petrel_queue_oldest_age_seconds", "shard" => shard.clone())
             .set(age as f64);
         st.queues.trim_memory();
+        st.sites.trim_memory();
         for (part, bytes) in st.memory_parts() {
             metrics::gauge!("petrel_queue_memory_bytes", "shard" => shard.clone(), "part" => part)
                 .set(bytes as f64);

@@ -7,8 +7,10 @@ use std::sync::Arc;
 use petrel_bounce::{BounceClassifier, Classification};
 use petrel_outbound::{ClientError, RcptOutcome, Reply, ResolveError, TransactionOutcome};
 
+use super::message::{AttributionAt, RcptSlot};
 use super::{
-    domain_of, now_unix_ms, Inner, QueuedMessage, QueuedRcpt, RcptState, RcptUpdate, SpoolAccess,
+    domain_of, now_unix_ms, Inner, QueuedAttribution, QueuedMessage, QueuedRcpt, RcptState,
+    RcptUpdate, SpoolAccess,
 };
 use crate::attribution::{Attribution, EventAttribution};
 use crate::backoff::RetryDecision;
@@ -17,141 +19,6 @@ use crate::dsn::{self, Action, DsnInput, DsnRecipient};
 use crate::dsn_params::{self, Condition, MessageDsn};
 use crate::events::{Event, Outcome};
 use crate::queue::Entry;
-
-/// One recipient of a queued message. Invariant: at most 32 bytes (the address is on the heap).
-#[derive(Debug)]
-pub(super) struct RcptSlot {
-    /// Index in the envelope.
-    pub index: u32,
-    /// Attempts made so far.
-    pub attempts: u32,
-    pub address: Box<str>,
-    pub state: RcptState,
-}
-const _: () = assert!(std::mem::size_of::<RcptSlot>() <= 32);
-
-impl RcptSlot {
-    pub fn new(index: u32, address: String, attempts: u32) -> RcptSlot {
-        RcptSlot {
-            index,
-            attempts,
-            address: address.into_boxed_str(),
-            state: RcptState::Pending,
-        }
-    }
-}
-
-/// A message's recipient slots: the common single recipient inline, more on the heap. 32
-/// bytes either way (the one-slot variant's state field gives the enum its tag).
-#[derive(Debug)]
-pub(super) enum Rcpts {
-    One(RcptSlot),
-    /// Sorted by `index`.
-    Many(Box<[RcptSlot]>),
-}
-const _: () = assert!(std::mem::size_of::<Rcpts>() <= 32);
-
-impl Rcpts {
-    fn new(mut rcpts: Vec<RcptSlot>) -> Rcpts {
-        if rcpts.len() == 1 {
-            if let Some(one) = rcpts.pop() {
-                return Rcpts::One(one);
-            }
-        }
-        rcpts.sort_by_key(|r| r.index);
-        Rcpts::Many(rcpts.into())
-    }
-
-    pub fn as_slice(&self) -> &[RcptSlot] {
-        match self {
-            Rcpts::One(r) => std::slice::from_ref(r),
-            Rcpts::Many(rs) => rs,
-        }
-    }
-
-    fn as_mut_slice(&mut self) -> &mut [RcptSlot] {
-        match self {
-            Rcpts::One(r) => std::slice::from_mut(r),
-            Rcpts::Many(rs) => rs,
-        }
-    }
-
-    /// Heap bytes beyond the inline 32: the slot array of several, every address.
-    pub fn heap_bytes(&self) -> usize {
-        let slots = match self {
-            Rcpts::One(_) => 0,
-            Rcpts::Many(rs) => rs.len() * std::mem::size_of::<RcptSlot>(),
-        };
-        slots
-            + self
-                .as_slice()
-                .iter()
-                .map(|r| crate::memory::str_heap_bytes(&r.address))
-                .sum::<usize>()
-    }
-}
-
-/// A message with pending recipients. Invariant: at most 72 bytes plus its recipients'
-/// addresses (and their slots when more than one), its share of the interned sender and of the
-/// attribution (bounded, shared with its events); `pending` counts the slots still `Pending`.
-#[derive(Debug)]
-pub(super) struct MessageState {
-    /// Interned: the messages of one sender share it (`crate::memory::Interner`).
-    pub mail_from: Rc<str>,
-    pub received_unix_ms: u64,
-    pub rcpts: Rcpts,
-    pub pending: u32,
-    pub is_dsn: bool,
-    /// The egress source it leaves from (its queues' lane; `crate::queue`).
-    pub source: u16,
-    /// Shared by every event of the message (see `crate::attribution`).
-    pub attribution: Option<Arc<Attribution>>,
-}
-const _: () = assert!(std::mem::size_of::<MessageState>() <= 72);
-
-impl MessageState {
-    pub fn new(
-        mail_from: Rc<str>,
-        received_unix_ms: u64,
-        is_dsn: bool,
-        rcpts: Vec<RcptSlot>,
-        attribution: Option<Arc<Attribution>>,
-        source: u16,
-    ) -> Self {
-        MessageState {
-            source,
-            mail_from,
-            received_unix_ms,
-            pending: u32::try_from(rcpts.len()).unwrap_or(u32::MAX),
-            rcpts: Rcpts::new(rcpts),
-            is_dsn,
-            attribution,
-        }
-    }
-
-    /// Heap bytes this message owns beyond its table entry (the sender is the interner's):
-    /// its recipients', its attribution's.
-    pub fn heap_bytes(&self) -> (usize, usize) {
-        (
-            self.rcpts.heap_bytes(),
-            self.attribution
-                .as_deref()
-                .map_or(0, Attribution::own_heap_bytes),
-        )
-    }
-
-    pub fn slot(&self, index: u32) -> Option<&RcptSlot> {
-        let rcpts = self.rcpts.as_slice();
-        let i = rcpts.binary_search_by_key(&index, |r| r.index).ok()?;
-        rcpts.get(i)
-    }
-
-    fn slot_mut(&mut self, index: u32) -> Option<&mut RcptSlot> {
-        let rcpts = self.rcpts.as_mut_slice();
-        let i = rcpts.binary_search_by_key(&index, |r| r.index).ok()?;
-        rcpts.get_mut(i)
-    }
-}
 
 /// The result of an attempt for one recipient.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -331,6 +198,11 @@ pub(super) async fn apply<S: SpoolAccess + 'static>(
     attempt: &Attempt,
     body: Option<&[u8]>,
 ) {
+    // The events need the attribution: a message waiting for a retry let go of it (unless
+    // this attempt's `prepare` read it back with the body).
+    if inner.events.is_enabled() {
+        load_attribution(inner, message_id).await;
+    }
     let now = now_unix_ms();
     let mut updates = Vec::with_capacity(entries.len());
     let mut reports = Vec::new();
@@ -342,9 +214,9 @@ pub(super) async fn apply<S: SpoolAccess + 'static>(
             return; // already final (bounced by the administrator meanwhile)
         };
         let received = msg.received_unix_ms;
-        let source = msg.source;
+        let (source, tenant) = (msg.source, msg.tenant);
         // One reference for the loop (the slots borrow `msg` mutably); each event adds one.
-        let attribution = msg.attribution.clone();
+        let attribution = st.attributions.get(message_id).cloned();
         let dsn = if st.dsn.is_empty() {
             None
         } else {
@@ -352,11 +224,12 @@ pub(super) async fn apply<S: SpoolAccess + 'static>(
         };
         let wants = |index, condition| dsn_params::wants(dsn.as_deref(), index, condition);
         let sender: String = if inner.events.is_enabled() {
-            msg.mail_from.to_string()
+            st.senders.get(msg.sender).to_string()
         } else {
             String::new()
         };
         let mut newly_final = 0u32;
+        let mut deferred = false;
         for (e, r) in entries.iter().zip(results) {
             let Some(slot) = msg.slot_mut(e.rcpt_index) else {
                 continue;
@@ -364,7 +237,7 @@ pub(super) async fn apply<S: SpoolAccess + 'static>(
             if slot.state != RcptState::Pending {
                 continue;
             }
-            slot.attempts = slot.attempts.saturating_add(1);
+            let attempts = slot.attempted();
             let report = |action, status, text: &str, expired| DsnRecipient {
                 address: slot.address.to_string(),
                 action,
@@ -386,19 +259,14 @@ pub(super) async fn apply<S: SpoolAccess + 'static>(
                 RcptResult::Transient { status, text, .. } => {
                     let decision = {
                         let mut rng = inner.rng.borrow_mut();
-                        inner
-                            .cfg
-                            .retry
-                            .decide(received, now, slot.attempts, &mut *rng)
+                        inner.cfg.retry.decide(received, now, attempts, &mut *rng)
                     };
                     match decision {
                         RetryDecision::RetryAt(t) => {
-                            let tenant = attribution.as_deref().and_then(|a| a.tenant_id());
-                            let d = st.queues.queue_id(
-                                &domain_of(&slot.address),
-                                tenant.unwrap_or(""),
-                                source,
-                            );
+                            deferred = true;
+                            let d =
+                                st.queues
+                                    .queue_id_at(&domain_of(&slot.address), tenant, source);
                             st.queues.schedule(
                                 d,
                                 Entry {
@@ -408,7 +276,7 @@ pub(super) async fn apply<S: SpoolAccess + 'static>(
                             );
                             // Once, at the first deferral (the attempts are journaled, so a
                             // restart does not send it again).
-                            if slot.attempts == DELAY_DSN_AT_ATTEMPT
+                            if attempts == DELAY_DSN_AT_ATTEMPT
                                 && wants(e.rcpt_index, Condition::Delay)
                             {
                                 let status = status.unwrap_or((4, 0, 0));
@@ -440,7 +308,7 @@ pub(super) async fn apply<S: SpoolAccess + 'static>(
             updates.push(RcptUpdate {
                 index: e.rcpt_index,
                 state,
-                attempts: slot.attempts,
+                attempts,
                 next_attempt_unix_ms: next,
                 last_reply: Some(r.text().to_string()),
             });
@@ -454,11 +322,16 @@ pub(super) async fn apply<S: SpoolAccess + 'static>(
                 outcome,
             ));
         }
-        msg.pending = msg.pending.saturating_sub(newly_final);
+        msg.settle(newly_final);
         st.pending_total = st.pending_total.saturating_sub(u64::from(newly_final));
-        let finished = msg.pending == 0;
+        let finished = msg.pending() == 0;
+        // Waiting for a later attempt now: the attribution goes back to the spool record.
+        if deferred && !finished && msg.attribution == AttributionAt::Held {
+            msg.attribution = AttributionAt::Spool;
+            st.attributions.remove(message_id);
+        }
         let info = (
-            msg.mail_from.to_string(),
+            st.senders.get(msg.sender).to_string(),
             received,
             msg.is_dsn,
             finished,
@@ -468,12 +341,7 @@ pub(super) async fn apply<S: SpoolAccess + 'static>(
             if info.4.is_some() {
                 st.dsn.remove(&message_id);
             }
-            if let Some(done) = st.messages.remove(message_id) {
-                let (r, a) = done.heap_bytes();
-                let held = &mut st.messages_heap_bytes;
-                *held = (held.0.saturating_sub(r), held.1.saturating_sub(a));
-                st.senders.release(done.mail_from);
-            }
+            st.forget(message_id);
         }
         info
     };
@@ -502,6 +370,24 @@ pub(super) async fn apply<S: SpoolAccess + 'static>(
             dsn: dsn.as_deref(),
         };
         send_dsn(inner, &original, &reports, body).await;
+    }
+}
+
+/// Reads a message's attribution back from its spool record into the held ones when it let go
+/// of it (see `super::message`). A failed read leaves it where it is: the events go without
+/// it, and the next one tries again.
+pub(super) async fn load_attribution<S: SpoolAccess + 'static>(inner: &Rc<Inner<S>>, id: u64) {
+    let at = inner.state.borrow().messages.get(id).map(|m| m.attribution);
+    if at != Some(AttributionAt::Spool) {
+        return;
+    }
+    match inner.spool.read_attribution(id).await {
+        Ok(a) => inner.state.borrow_mut().hold_attribution(id, a),
+        Err(e) => {
+            tracing::warn!(message_id = %format!("{id:016x}"), error = %e, "reading the attribution back failed");
+            metrics::counter!("petrel_delivery_spool_errors_total", "op" => "read_attribution")
+                .increment(1);
+        }
     }
 }
 
@@ -604,7 +490,7 @@ fn event(
         outcome,
         reason,
         bounce: r.bounce(),
-        attempt: slot.attempts,
+        attempt: u32::from(slot.attempts),
         shard,
         details: None,
         attribution: EventAttribution(attribution.clone()),
@@ -657,7 +543,7 @@ async fn send_dsn<S: SpoolAccess + 'static>(
                 attempts: 0,
                 next_attempt_unix_ms: 0,
             }],
-            attribution: None,
+            attribution: QueuedAttribution::None,
             dsn: None,
         }),
         Err(e) => tracing::warn!(message_id = %queue_id, error = %e, "storing the DSN failed"),

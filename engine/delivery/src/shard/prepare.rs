@@ -5,11 +5,10 @@
 //! (`crate::dsn_params`).
 
 use std::rc::Rc;
-use std::sync::Arc;
 
+use super::message::AttributionAt;
 use super::outcome::{fail_entries, Attempt, RcptResult};
 use super::{Inner, RcptState, SpoolAccess};
-use crate::attribution::Attribution;
 use crate::classify::LocalFailure;
 use crate::dsn_params::MessageDsn;
 use crate::queue::{DomainId, Entry};
@@ -62,7 +61,14 @@ pub(super) async fn prepare<S: SpoolAccess + 'static>(
 ) -> Vec<Prepared> {
     let mut out = Vec::with_capacity(batches.len());
     for (domain, batch) in batches {
-        let Some((batch, from, rcpts, attribution)) = envelope(inner, batch) else {
+        let Some(Envelope {
+            batch,
+            from,
+            rcpts,
+            tenant,
+            read_back,
+        }) = envelope(inner, batch)
+        else {
             continue; // every recipient went final meanwhile (administrator bounce)
         };
         let message_id = batch[0].message_id;
@@ -83,12 +89,28 @@ pub(super) async fn prepare<S: SpoolAccess + 'static>(
             envelopes(
                 inner.cfg.return_path.as_deref(),
                 &from,
-                attribution.as_ref(),
+                tenant.as_deref(),
                 message_id,
                 &pairs,
             )
         };
-        match inner.spool.read_body(message_id).await {
+        // A message that let go of its attribution while it waited gets it back with its body,
+        // in the same read: this attempt's events carry it.
+        let read = if read_back {
+            match inner.spool.read_body_attributed(message_id).await {
+                Ok((body, attribution)) => {
+                    inner
+                        .state
+                        .borrow_mut()
+                        .hold_attribution(message_id, attribution);
+                    Ok(body)
+                }
+                Err(e) => Err(e),
+            }
+        } else {
+            inner.spool.read_body(message_id).await
+        };
+        match read {
             Ok(body) => match verp {
                 Envelopes::Shared => out.push(Prepared {
                     domain,
@@ -127,10 +149,17 @@ pub(super) async fn prepare<S: SpoolAccess + 'static>(
     out
 }
 
-/// The batch entries whose recipients are still pending, with the sender, their addresses and
-/// the message's attribution; `None` when none is left.
-type Envelope = (Vec<Entry>, String, Vec<String>, Option<Arc<Attribution>>);
+/// The batch entries whose recipients are still pending, with the sender, their addresses, the
+/// message's tenant, and whether its attribution is to be read back with the body.
+struct Envelope {
+    batch: Vec<Entry>,
+    from: String,
+    rcpts: Vec<String>,
+    tenant: Option<String>,
+    read_back: bool,
+}
 
+/// The [`Envelope`] of a batch; `None` when no recipient of it is pending.
 fn envelope<S: SpoolAccess>(inner: &Inner<S>, batch: Vec<Entry>) -> Option<Envelope> {
     let st = inner.state.borrow();
     let msg = st.messages.get(batch.first()?.message_id)?;
@@ -148,10 +177,12 @@ fn envelope<S: SpoolAccess>(inner: &Inner<S>, batch: Vec<Entry>) -> Option<Envel
     if live.is_empty() {
         return None;
     }
-    Some((
-        live,
-        msg.mail_from.to_string(),
+    let tenant = st.queues.tenant_name(msg.tenant);
+    Some(Envelope {
+        batch: live,
+        from: st.senders.get(msg.sender).to_string(),
         rcpts,
-        msg.attribution.clone(),
-    ))
+        tenant: (!tenant.is_empty()).then(|| tenant.to_string()),
+        read_back: msg.attribution == AttributionAt::Spool && inner.events.is_enabled(),
+    })
 }

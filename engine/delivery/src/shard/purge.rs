@@ -16,9 +16,10 @@ pub(super) fn purge_tenants(st: &mut State, purges: &[TenantPurge]) -> AdminRepl
     let mut drop_ids = HashSet::new();
     let mut remaining = HashSet::new();
     for (id, m) in st.messages.iter() {
-        let Some(t) = m.attribution.as_ref().and_then(|a| a.tenant_id()) else {
+        let t = st.queues.tenant_name(m.tenant);
+        if t.is_empty() {
             continue;
-        };
+        }
         if let Some(bounce) = mode.get(t) {
             remaining.insert(t.to_string());
             if *bounce {

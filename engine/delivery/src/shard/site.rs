@@ -576,6 +576,7 @@ impl<S: SpoolAccess + 'static> Inner<S> {
             info.inflight = info.inflight.saturating_sub(1);
         }
         Self::forget_domain_if_idle(&mut st, id);
+        self.forget_routing_if_waiting(&mut st, id, now_unix_ms());
     }
 
     /// Forgets a domain with nothing queued that no rotation, connection or routing holds.
@@ -768,3 +769,6 @@ pub(super) fn take_ready(st: &mut State, id: DomainId) -> Vec<Entry> {
         all.extend(batch);
     }
 }
+
+#[path = "site_memory.rs"]
+mod memory;
