@@ -7,7 +7,6 @@
 //! chose the default.
 
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
 
 use glommio::io::{BufferedFile, DmaFile, OpenOptions};
 
@@ -35,7 +34,7 @@ pub const READ_CHUNK_MAX_BYTES: usize = 4 << 20;
 pub(crate) enum SegFile {
     /// Reads and syncs through the `BufferedFile`; writes through a `std` handle of the same
     /// file, in the calling thread (see `write_all_at`).
-    Buffered(BufferedFile, std::fs::File, Rc<Prefill>, PathBuf),
+    Buffered(BufferedFile, std::fs::File, Prefill, PathBuf),
     /// Writes go through the `DmaFile`; reads through a buffered handle of the same file
     /// (glommio's direct reads fail with EOPNOTSUPP on some virtual disks, and the kernel keeps
     /// the two coherent: a direct write invalidates the cached pages it covers).
@@ -84,7 +83,7 @@ impl SegFile {
                 } else {
                     0
                 };
-                SegFile::Buffered(file, writer, Rc::new(Prefill::new(chunk)), p)
+                SegFile::Buffered(file, writer, Prefill::new(chunk), p)
             }
             FileMode::Direct => {
                 let dma = opts

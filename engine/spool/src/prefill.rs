@@ -31,6 +31,10 @@ pub const PREFILL_JOURNAL_CHUNK_BYTES: u64 = 64 << 10;
 /// Fills start and end on this boundary (a page).
 pub const PREFILL_ALIGN_BYTES: u64 = 4096;
 
+/// The zeroes every fill copies from (in the zero-initialised data segment: no allocation, and
+/// no page of it is touched until read).
+static ZEROES: [u8; PREFILL_DATA_CHUNK_BYTES as usize] = [0; PREFILL_DATA_CHUNK_BYTES as usize];
+
 /// One file's fill state.
 #[derive(Debug)]
 pub(crate) struct Prefill {
@@ -68,17 +72,17 @@ impl Prefill {
 
     /// Writes zeroes over `[start, end)` of `file` (a `next_fill` range), in this thread.
     pub(crate) fn fill(&self, file: &std::fs::File, start: u64, end: u64) -> std::io::Result<()> {
-        let zeroes = vec![0u8; (end - start) as usize];
-        match file.write_all_at(&zeroes, start) {
-            Ok(()) => {
-                self.filled_end.set(end);
-                Ok(())
-            }
-            Err(e) => {
+        let mut at = start;
+        while at < end {
+            let n = (end - at).min(ZEROES.len() as u64);
+            if let Err(e) = file.write_all_at(&ZEROES[..n as usize], at) {
                 self.off.set(true);
-                Err(e)
+                return Err(e);
             }
+            at += n;
         }
+        self.filled_end.set(end);
+        Ok(())
     }
 
     /// The file was cut to `len` (recovery cuts a journal back to its last good record).

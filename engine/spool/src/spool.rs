@@ -363,35 +363,10 @@ impl Spool {
 
     /// Reads a live message's body back (checksum verified).
     pub async fn read_body(&self, id: MessageId) -> Result<Vec<u8>, SpoolError> {
-        let (entry, data) = self.inner.locate(id)?;
         if let Some(body) = self.inner.state.borrow().bodies.get(id.0) {
             return Ok(body);
         }
-        let buf = data
-            .read_exact_at(u64::from(entry.offset), entry.record_len as usize)
-            .await?;
-        let corrupt = |reason| SpoolError::Corrupt {
-            path: data.path().to_path_buf(),
-            offset: u64::from(entry.offset),
-            reason,
-        };
-        let rec = record::decode_at(&buf, 0).map_err(|_| corrupt("bad frame or checksum"))?;
-        if rec.kind.is_sealed_store() {
-            let keys = self.inner.cfg.keys.as_ref().ok_or(SpoolError::NoKeyring)?;
-            let opened = sealed::open_store(rec.kind, rec.payload, keys).map_err(|e| match e {
-                sealed::Unsealed::NoKey(_) => corrupt("its data key was destroyed"),
-                sealed::Unsealed::Damaged => corrupt("sealed record failed authentication"),
-            })?;
-            if opened.id != id.0 {
-                return Err(corrupt("record is not this message"));
-            }
-            return Ok(opened.into_body());
-        }
-        let parts = record::split_store(rec.payload).ok_or(corrupt("bad store payload"))?;
-        if !rec.kind.is_store() || parts.id != id.0 {
-            return Err(corrupt("record is not this message"));
-        }
-        Ok(parts.body.to_vec())
+        Ok(self.read_stored(id, false).await?.0)
     }
 
     /// Reads a live message's body and attribution back, from one read of its record
@@ -402,6 +377,17 @@ impl Spool {
         &self,
         id: MessageId,
     ) -> Result<(Vec<u8>, Attribution), SpoolError> {
+        let (body, attribution) = self.read_stored(id, true).await?;
+        Ok((body, attribution.unwrap_or_default()))
+    }
+
+    /// Reads message `id`'s store record from its segment: its body, and its attribution when
+    /// `attribution` is asked (a sealed record gives it anyway: it is opened whole).
+    async fn read_stored(
+        &self,
+        id: MessageId,
+        attribution: bool,
+    ) -> Result<(Vec<u8>, Option<Attribution>), SpoolError> {
         let (entry, data) = self.inner.locate(id)?;
         let buf = data
             .read_exact_at(u64::from(entry.offset), entry.record_len as usize)
@@ -423,7 +409,7 @@ impl Spool {
                 return Err(corrupt("record is not this message"));
             }
             let attribution = std::mem::take(&mut opened.attribution);
-            return Ok((opened.into_body(), attribution));
+            return Ok((opened.into_body(), Some(attribution)));
         }
         if !rec.kind.is_store() {
             return Err(corrupt("record is not this message"));
@@ -432,8 +418,13 @@ impl Spool {
         if parts.id != id.0 {
             return Err(corrupt("record is not this message"));
         }
-        let (attribution, _) = record::decode_attribution_part(rec.kind, parts.attribution)
-            .ok_or(corrupt("bad attribution"))?;
+        let attribution = if attribution {
+            let (a, _) = record::decode_attribution_part(rec.kind, parts.attribution)
+                .ok_or(corrupt("bad attribution"))?;
+            Some(a)
+        } else {
+            None
+        };
         Ok((parts.body.to_vec(), attribution))
     }
 

@@ -7,10 +7,9 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{body, clear_config, envelope};
+use common::{body, clear_config, delivered, envelope};
 use petrel_spool::{
-    RecipientState, RecipientUpdate, Spool, SpoolConfig, PREFILL_ALIGN_BYTES,
-    PREFILL_DATA_CHUNK_BYTES,
+    RecipientState, Spool, SpoolConfig, PREFILL_ALIGN_BYTES, PREFILL_DATA_CHUNK_BYTES,
 };
 use petrel_testkit::glommio::run;
 
@@ -30,16 +29,6 @@ fn files(root: &Path, suffix: &str) -> Vec<PathBuf> {
 
 fn cfg(root: &Path) -> SpoolConfig {
     clear_config(root, 0)
-}
-
-fn delivered(index: u32) -> RecipientUpdate {
-    RecipientUpdate {
-        index,
-        state: RecipientState::Delivered,
-        attempts: 1,
-        next_attempt_unix_ms: 0,
-        last_reply: Some("250 ok".into()),
-    }
 }
 
 /// Stores `MESSAGES`, marks the first recipient of every third delivered and removes every

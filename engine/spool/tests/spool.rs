@@ -5,19 +5,9 @@ mod common;
 
 use std::rc::Rc;
 
-use common::{body, clear_config, config, data_files, envelope, inspect, journal_files};
-use petrel_spool::{FileMode, MessageId, RecipientState, RecipientUpdate, Spool, SpoolError};
+use common::{body, clear_config, config, data_files, delivered, envelope, inspect, journal_files};
+use petrel_spool::{FileMode, MessageId, RecipientState, Spool, SpoolError};
 use petrel_testkit::glommio::run;
-
-fn delivered(index: u32) -> RecipientUpdate {
-    RecipientUpdate {
-        index,
-        state: RecipientState::Delivered,
-        attempts: 1,
-        next_attempt_unix_ms: 0,
-        last_reply: Some("250 2.0.0 ok".into()),
-    }
-}
 
 #[test]
 fn store_read_update_remove_round_trip() {

@@ -5,7 +5,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use petrel_seal::{KekFile, Keyring};
-use petrel_spool::{Envelope, Recipient, RecipientState, SpoolConfig, SpooledMessage};
+use petrel_spool::{
+    Envelope, Recipient, RecipientState, RecipientUpdate, SpoolConfig, SpooledMessage,
+};
 
 /// A shard's configuration, sealed at rest as the engine runs it (key file and keyring under
 /// `root`, beside the shard directories).
@@ -81,4 +83,15 @@ fn files_with(root: &Path, shard: u8, suffix: &str) -> Vec<std::path::PathBuf> {
         .collect();
     v.sort();
     v
+}
+
+/// Recipient `index` marked delivered at its first attempt.
+pub fn delivered(index: u32) -> RecipientUpdate {
+    RecipientUpdate {
+        index,
+        state: RecipientState::Delivered,
+        attempts: 1,
+        next_attempt_unix_ms: 0,
+        last_reply: Some("250 2.0.0 ok".into()),
+    }
 }
