@@ -1325,7 +1325,11 @@ impl LocalExecutor {
         loop {
             self.reactor.sys.install_eventfd();
             if self.need_preempt() {
-                break;
+                // PETREL-PATCH: a preemption before any queue ran (a timer kept armed across
+                // loops fired just now, vendor/glommio/PETREL-PATCH.md) must not look like an
+                // idle executor: with queues still active the caller would park and leave
+                // their tasks asleep until the next event.
+                return ran || !self.queues.borrow().active_executors.is_empty();
             }
             if !self.run_one_task_queue() {
                 return false;

@@ -1225,14 +1225,33 @@ impl UringCommon for SleepableRing {
     }
 }
 
+/// PETREL-PATCH: the throughput timer if it is still pending in the kernel; one that has fired
+/// (its completion consumed) is dropped, which costs nothing.
+fn take_unfired(slot: &Cell<Option<Source>>) -> Option<Source> {
+    slot.take().filter(|src| src.result().is_none())
+}
+
+/// PETREL-PATCH: a latency-ring timeout and the instant it fires, if it is still pending.
+type ArmedTimeout = (Source, std::time::Instant);
+
+/// PETREL-PATCH: [`take_unfired`] for a slot of [`ArmedTimeout`].
+fn take_unfired_timeout(slot: &Cell<Option<ArmedTimeout>>) -> Option<ArmedTimeout> {
+    slot.take().filter(|(src, _)| src.result().is_none())
+}
+
 pub(crate) struct Reactor {
     // FIXME: it is starting to feel we should clean this up to a Inner pattern
     main_ring: RefCell<SleepableRing>,
     latency_ring: RefCell<SleepableRing>,
     poll_ring: RefCell<PollRing>,
 
-    latency_preemption_timeout_src: Cell<Option<Source>>,
+    // PETREL-PATCH: with the instant it fires (see `ArmedTimeout`).
+    latency_preemption_timeout_src: Cell<Option<ArmedTimeout>>,
     throughput_preemption_timeout_src: Cell<Option<Source>>,
+    // PETREL-PATCH: the timeout that wakes a sleeping executor for its next user timer, with
+    // the instant it fires. Kept armed across wake-ups while it fires no later than the next
+    // user timer (vendor/glommio/PETREL-PATCH.md, "Timers kept armed").
+    user_timeout_src: Cell<Option<ArmedTimeout>>,
 
     link_fd: RawFd,
 
@@ -1364,6 +1383,7 @@ impl Reactor {
             poll_ring: RefCell::new(poll_ring),
             latency_preemption_timeout_src: Cell::new(None),
             throughput_preemption_timeout_src: Cell::new(None),
+            user_timeout_src: Cell::new(None),
             blocking_thread,
             link_fd,
             notifier,
@@ -1824,22 +1844,26 @@ impl Reactor {
         // consume all events from the rings
         consume_rings!(into &mut woke; lat_ring, poll_ring, main_ring);
 
-        // Cancel the old timer regardless of whether we can sleep:
-        // if we won't sleep, we will register the new timer with its new
-        // value.
-        //
-        // But if we will sleep, there might be a timer registered that needs
-        // to be removed otherwise we'll wake up when it expires.
-        drop(self.latency_preemption_timeout_src.take());
-
-        // Schedule the throughput-based timeout immediately: it won't matter if we end
-        // up sleeping.
-        self.throughput_preemption_timeout_src.replace(Some(
-            main_ring.prepare_throughput_preemption_timer(
-                self.ring_depth() as u32,
-                self.eventfd_src.raw(),
-            ),
-        ));
+        // PETREL-PATCH: upstream cancels the preemption timer here and arms a new one below,
+        // and replaces the throughput timer (a timeout and a linked eventfd write, cancelled
+        // each time), on every call: five SQEs per loop of the executor. A timer that has not
+        // fired yet is kept instead: the preemption timer fires at most one preempt period
+        // after it was armed (a task queue may get a shorter slice, never a longer one), and
+        // the throughput timer counts main-ring completions since it was armed. A sleep still
+        // cancels the preemption timer (see below), so an idle executor is not woken by it.
+        let preempt_armed = take_unfired_timeout(&self.latency_preemption_timeout_src);
+        self.latency_preemption_timeout_src.set(preempt_armed);
+        match take_unfired(&self.throughput_preemption_timeout_src) {
+            Some(src) => self.throughput_preemption_timeout_src.set(Some(src)),
+            // Schedule the throughput-based timeout immediately: it won't matter if we end
+            // up sleeping.
+            None => self.throughput_preemption_timeout_src.set(Some(
+                main_ring.prepare_throughput_preemption_timer(
+                    self.ring_depth() as u32,
+                    self.eventfd_src.raw(),
+                ),
+            )),
+        }
 
         // This will only dispatch if we run out of sqes. Which means until
         // flush_rings! nothing is really send to the kernel...
@@ -1858,12 +1882,47 @@ impl Reactor {
             && lat_ring.can_sleep();
 
         if should_sleep {
+            // PETREL-PATCH: a pending preemption timer would wake us for nothing: cancel it.
+            // The user timer's timeout is kept while it fires no later than the next user
+            // timer (an early one only wakes us to arm the right one), so a shard that sleeps
+            // and wakes thousands of times a second does not cancel and re-arm it each time.
+            let preempt_was_armed = self.latency_preemption_timeout_src.take().is_some();
+            let now = std::time::Instant::now();
+            let (kept, user_was_armed) =
+                match (take_unfired_timeout(&self.user_timeout_src), user_timer) {
+                    (Some((src, fires_at)), Some(dur)) if fires_at <= now + dur => {
+                        self.user_timeout_src.set(Some((src, fires_at)));
+                        (true, false)
+                    }
+                    // A pending timeout that fires too late (or is not needed) is cancelled.
+                    (old, _) => (false, old.is_some()),
+                };
             // We are about to go to sleep. It's ok to sleep, but if there
             // is a timer set, we need to make sure we wake up to handle it.
-            if let Some(dur) = user_timer {
-                self.latency_preemption_timeout_src
-                    .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
-                assert!(flush_rings!(lat_ring)? > 0);
+            let arm = if kept { None } else { user_timer };
+            if let Some(dur) = arm {
+                self.user_timeout_src.set(Some((
+                    lat_ring.prepare_latency_preemption_timer(dur),
+                    now + dur,
+                )));
+            }
+            // Completions that arrive from here on (the cancellations', or real ones) are
+            // counted: a task they woke must run before we sleep.
+            let mut late = 0;
+            if preempt_was_armed || user_was_armed || arm.is_some() {
+                flush_cancellations!(into &mut late; lat_ring, poll_ring, main_ring);
+                let submitted = flush_rings!(lat_ring, poll_ring, main_ring)?;
+                assert!(arm.is_none() || submitted > 0);
+                consume_rings!(into &mut late; lat_ring, poll_ring, main_ring);
+                // A kept timeout whose completion was just consumed here will not wake us: it
+                // counts as an event (the timer it stood for is due), so we do not sleep.
+                if let Some((src, fires_at)) = self.user_timeout_src.take() {
+                    if src.result().is_some() {
+                        late += 1;
+                    } else {
+                        self.user_timeout_src.set(Some((src, fires_at)));
+                    }
+                }
             }
             // From this moment on the remote executors are aware that we are sleeping
             // We have to sweep the remote channels function once more because since
@@ -1876,7 +1935,7 @@ impl Reactor {
             // `MEMBARRIER_CMD_PRIVATE_EXPEDITED`, which sends an IPI to every CPU running a
             // thread of the process each time a shard goes to sleep (vendor/glommio/PETREL-PATCH.md).
             std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
-            let events = process_remote_channels() + self.flush_syscall_thread();
+            let events = late + process_remote_channels() + self.flush_syscall_thread();
             if events == 0 {
                 if self.eventfd_src.is_installed().unwrap() {
                     self.link_rings_and_sleep(&mut main_ring)
@@ -1892,8 +1951,16 @@ impl Reactor {
         }
 
         if let Some(preempt) = preempt_timer() {
-            self.latency_preemption_timeout_src
-                .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
+            // PETREL-PATCH: the pending one is kept while it fires no later than this preempt
+            // period asks (a task queue that needs 1 ms must not wait for a timer armed for
+            // 100 ms when only background queues were active); otherwise it is replaced.
+            let now = std::time::Instant::now();
+            let timer = match self.latency_preemption_timeout_src.take() {
+                Some((src, fires_at)) if fires_at <= now + preempt => (src, fires_at),
+                _ => (lat_ring.prepare_latency_preemption_timer(preempt), now + preempt),
+            };
+            self.latency_preemption_timeout_src.set(Some(timer));
+            flush_cancellations!(into &mut 0; lat_ring, poll_ring, main_ring);
             flush_rings!(lat_ring, main_ring)?;
         }
 
