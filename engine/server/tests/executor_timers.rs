@@ -7,21 +7,8 @@ use std::cell::Cell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use glommio::{Latency, LocalExecutorBuilder, Placement, Shares};
-
-/// Runs `f` on a fresh executor and returns its result.
-fn on_executor<T, F, Fut>(f: F) -> T
-where
-    T: Send + 'static,
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = T> + 'static,
-{
-    LocalExecutorBuilder::new(Placement::Unbound)
-        .spawn(f)
-        .expect("executor")
-        .join()
-        .expect("join")
-}
+use glommio::{Latency, Shares};
+use petrel_testkit::glommio::run;
 
 /// Voluntary context switches of the calling thread so far.
 fn voluntary_switches() -> u64 {
@@ -39,7 +26,7 @@ fn timers_fire_while_socket_reads_wake_the_executor() {
     // sleep again and again with a timeout still armed: the kept one (it fires no later than the
     // next timer) or a new one (a nearer timer was added). Either way every sleep must end on
     // time; a lost wake-up would wait for the 60 s timer.
-    let (slept, elapsed, reads) = on_executor(|| async {
+    let (slept, elapsed, reads) = run(|| async {
         use futures_lite::AsyncReadExt;
         let listener = glommio::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = listener.local_addr().expect("addr");
@@ -93,7 +80,7 @@ fn timers_fire_while_socket_reads_wake_the_executor() {
 fn a_busy_task_queue_is_still_preempted() {
     // The other queue wakes every 5 ms for 50 ms, all within the busy queue's 300 ms: each
     // wake-up is noticed only when the busy queue is preempted.
-    let runs_while_busy = on_executor(|| async {
+    let runs_while_busy = run(|| async {
         let ex = glommio::executor();
         let busy_tq = ex.create_task_queue(
             Shares::Static(1000),
@@ -144,7 +131,7 @@ fn a_busy_task_queue_is_still_preempted() {
 fn an_idle_executor_sleeps() {
     // A latency-sensitive queue sets a 1 ms preemption timer; an executor going idle must cancel
     // it, or it would wake about once a millisecond for nothing.
-    let switches = on_executor(|| async {
+    let switches = run(|| async {
         let tq = glommio::executor().create_task_queue(
             Shares::Static(1000),
             Latency::Matters(Duration::from_millis(1)),
