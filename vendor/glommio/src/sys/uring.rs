@@ -1849,10 +1849,9 @@ impl Reactor {
         // each time), on every call: five SQEs per loop of the executor. A timer that has not
         // fired yet is kept instead: the preemption timer fires at most one preempt period
         // after it was armed (a task queue may get a shorter slice, never a longer one), and
-        // the throughput timer counts main-ring completions since it was armed. A sleep still
-        // cancels the preemption timer (see below), so an idle executor is not woken by it.
-        let preempt_armed = take_unfired_timeout(&self.latency_preemption_timeout_src);
-        self.latency_preemption_timeout_src.set(preempt_armed);
+        // the throughput timer counts main-ring completions since it was armed. The preemption
+        // timer is looked at below: a sleep cancels it, so an idle executor is not woken by it,
+        // and the end of this call keeps or replaces it.
         match take_unfired(&self.throughput_preemption_timeout_src) {
             Some(src) => self.throughput_preemption_timeout_src.set(Some(src)),
             // Schedule the throughput-based timeout immediately: it won't matter if we end
@@ -1886,7 +1885,8 @@ impl Reactor {
             // The user timer's timeout is kept while it fires no later than the next user
             // timer (an early one only wakes us to arm the right one), so a shard that sleeps
             // and wakes thousands of times a second does not cancel and re-arm it each time.
-            let preempt_was_armed = self.latency_preemption_timeout_src.take().is_some();
+            let preempt_was_armed =
+                take_unfired_timeout(&self.latency_preemption_timeout_src).is_some();
             let now = std::time::Instant::now();
             let (kept, user_was_armed) =
                 match (take_unfired_timeout(&self.user_timeout_src), user_timer) {
@@ -1954,13 +1954,20 @@ impl Reactor {
             // PETREL-PATCH: the pending one is kept while it fires no later than this preempt
             // period asks (a task queue that needs 1 ms must not wait for a timer armed for
             // 100 ms when only background queues were active); otherwise it is replaced.
+            // One that fired (even during this call) is gone: a new one is armed.
             let now = std::time::Instant::now();
-            let timer = match self.latency_preemption_timeout_src.take() {
-                Some((src, fires_at)) if fires_at <= now + preempt => (src, fires_at),
-                _ => (lat_ring.prepare_latency_preemption_timer(preempt), now + preempt),
-            };
+            let (timer, replaced) =
+                match take_unfired_timeout(&self.latency_preemption_timeout_src) {
+                    Some((src, fires_at)) if fires_at <= now + preempt => ((src, fires_at), false),
+                    old => {
+                        let src = lat_ring.prepare_latency_preemption_timer(preempt);
+                        ((src, now + preempt), old.is_some())
+                    }
+                };
             self.latency_preemption_timeout_src.set(Some(timer));
-            flush_cancellations!(into &mut 0; lat_ring, poll_ring, main_ring);
+            if replaced {
+                flush_cancellations!(into &mut 0; lat_ring, poll_ring, main_ring);
+            }
             flush_rings!(lat_ring, main_ring)?;
         }
 
