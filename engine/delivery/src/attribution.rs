@@ -38,7 +38,7 @@ impl AttributionKey {
     /// Heap bytes: the struct behind its `Arc` and its strings.
     pub fn heap_bytes(&self) -> usize {
         let opt = |s: &Option<Box<str>>| s.as_deref().map_or(0, crate::memory::str_heap_bytes);
-        crate::memory::alloc_bytes(16 + std::mem::size_of::<AttributionKey>())
+        crate::memory::rc_alloc_bytes(std::mem::size_of::<AttributionKey>())
             + opt(&self.tenant_id)
             + opt(&self.credential_id)
             + opt(&self.from_domain)
@@ -216,7 +216,7 @@ impl Attribution {
     /// Heap bytes this message's attribution owns: the `Arc`'s allocation and its packed
     /// parts (the key is shared, counted once by whoever interns it).
     pub fn own_heap_bytes(&self) -> usize {
-        crate::memory::alloc_bytes(16 + std::mem::size_of::<Attribution>())
+        crate::memory::rc_alloc_bytes(std::mem::size_of::<Attribution>())
             + crate::memory::alloc_bytes(self.own.len())
     }
 }

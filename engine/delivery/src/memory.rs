@@ -21,6 +21,14 @@ pub fn alloc_bytes(len: usize) -> usize {
     }
 }
 
+/// Bytes of an `Rc`'s or `Arc`'s header ahead of its value: the strong and weak counts.
+pub const RC_HEADER_BYTES: usize = 16;
+
+/// Bytes an `Rc` or `Arc` allocation holding `payload` bytes takes.
+pub fn rc_alloc_bytes(payload: usize) -> usize {
+    alloc_bytes(RC_HEADER_BYTES + payload)
+}
+
 /// Heap bytes of a boxed or owned string.
 pub fn str_heap_bytes(s: &str) -> usize {
     alloc_bytes(s.len())
@@ -49,7 +57,7 @@ impl Interner {
             return id;
         }
         let v: Rc<str> = Rc::from(s);
-        self.bytes += alloc_bytes(16 + s.len());
+        self.bytes += rc_alloc_bytes(s.len());
         let id = match self.free.pop() {
             Some(id) => {
                 self.values[id as usize] = Some((Rc::clone(&v), 1));
@@ -89,7 +97,7 @@ impl Interner {
         }
         if let Some((v, _)) = entry.take() {
             self.ids.remove(&*v);
-            self.bytes = self.bytes.saturating_sub(alloc_bytes(16 + v.len()));
+            self.bytes = self.bytes.saturating_sub(rc_alloc_bytes(v.len()));
             self.free.push(id);
         }
     }
@@ -107,7 +115,7 @@ impl Interner {
     pub fn memory_bytes(&self) -> usize {
         table_bytes(self.ids.capacity(), std::mem::size_of::<(Rc<str>, u32)>())
             + alloc_bytes(self.values.capacity() * std::mem::size_of::<Option<(Rc<str>, u32)>>())
-            + alloc_bytes(self.free.capacity() * 4)
+            + alloc_bytes(self.free.capacity() * std::mem::size_of::<u32>())
             + self.bytes
     }
 }

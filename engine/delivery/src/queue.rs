@@ -251,7 +251,7 @@ impl Queues {
     /// share it), schedules and ready sets, the lookup table, the wake-ups and the ready set
     /// (estimated from capacities; see `crate::memory`). O(domains): for gauges.
     pub fn memory_bytes(&self) -> usize {
-        use crate::memory::{alloc_bytes, table_bytes};
+        use crate::memory::{alloc_bytes, rc_alloc_bytes, table_bytes};
         let slots: usize = self
             .slots
             .iter()
@@ -259,7 +259,7 @@ impl Queues {
             .map(|s| {
                 // A name shared by several lanes is counted by one of them.
                 let name = if Rc::strong_count(&s.name) == 1 || self.owns_name(s) {
-                    alloc_bytes(16 + s.name.len())
+                    rc_alloc_bytes(s.name.len())
                 } else {
                     0
                 };
@@ -268,7 +268,7 @@ impl Queues {
             .sum();
         slots
             + alloc_bytes(self.slots.capacity() * std::mem::size_of::<Option<Slot>>())
-            + alloc_bytes(self.free.capacity() * 4)
+            + alloc_bytes(self.free.capacity() * std::mem::size_of::<u32>())
             + table_bytes(self.by_name.capacity(), std::mem::size_of::<LaneMap>())
             + self
                 .by_name
