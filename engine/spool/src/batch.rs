@@ -192,7 +192,8 @@ impl Inner {
         result
     }
 
-    /// Schedules one sync of whatever is dirty within `JOURNAL_SYNC_DELAY_MS`.
+    /// Schedules one sync of the journals within `JOURNAL_SYNC_DELAY_MS`, beside the group
+    /// commit rather than in it: stores being acknowledged meanwhile do not wait for it.
     pub(crate) fn arm_sync_timer(self: &Rc<Self>) {
         if !self.cfg.fsync || self.sync_timer_armed.replace(true) {
             return;
@@ -202,24 +203,40 @@ impl Inner {
             glommio::timer::sleep(Duration::from_millis(JOURNAL_SYNC_DELAY_MS)).await;
             if let Some(inner) = weak.upgrade() {
                 inner.sync_timer_armed.set(false);
-                let idle = {
-                    let st = inner.state.borrow();
-                    st.dirty.is_empty() && !st.dir_dirty
-                };
-                if idle {
-                    // A group commit already covered the journal writes.
+                if let Err(e) = inner.sync_journals().await {
+                    tracing::error!(error = %e, "spool journal sync failed");
                     return;
                 }
-                if let Err(e) = inner.commit_now().await {
-                    tracing::error!(error = %e, "spool journal sync failed");
+                // What no store's commit is coming for (a directory change after the last
+                // store, say) goes through the group commit as before.
+                let rest = {
+                    let st = inner.state.borrow();
+                    !st.dirty.is_empty() || st.dir_dirty
+                };
+                if rest {
+                    if let Err(e) = inner.commit_stores().await {
+                        tracing::error!(error = %e, "spool sync failed");
+                    }
                 }
             }
         })
         .detach();
     }
 
-    /// Waits until everything written so far is durable (joining or leading a group commit).
+    /// Waits until everything written so far is durable, journals included (joining or leading
+    /// a group commit).
     pub(crate) async fn commit_now(&self) -> Result<(), SpoolError> {
+        // Before the ticket: the sync that covers the ticket starts after this and sees it.
+        self.journals_wanted.set(true);
+        self.commit_stores().await
+    }
+
+    /// Waits until every store written so far is durable (data files and the directory), and
+    /// the journals only if another waiter of the same sync asked for them: an acknowledgement
+    /// needs its message on disk, not the delivery updates of others, which the periodic sync
+    /// covers within `JOURNAL_SYNC_DELAY_MS`. With deliveries running, that halves the
+    /// fdatasyncs (each an io-wq hop and a device flush) behind each group of acknowledgements.
+    pub(crate) async fn commit_stores(&self) -> Result<(), SpoolError> {
         let ticket = self.commit.ticket();
         let pause = std::time::Duration::from_micros(self.cfg.commit_window_us);
         let window = |last_group: u64| {
@@ -235,34 +252,71 @@ impl Inner {
         }
     }
 
-    /// fdatasyncs every dirty file (and the directory when files came or went).
-    pub(crate) async fn sync_dirty(&self) -> Result<(), SpoolError> {
-        // Buffered journal records ride along with this commit.
+    /// Writes the buffered journal records and fdatasyncs every journal written since its last
+    /// sync, outside the group commit. A failure makes the spool unhealthy, as a failed commit
+    /// does (`health.rs`).
+    pub(crate) async fn sync_journals(&self) -> Result<(), SpoolError> {
+        self.journal_syncs.set(self.journal_syncs.get() + 1);
         if let Err(e) = self.flush_journals().await {
             tracing::error!(error = %e, "spool journal write failed");
         }
-        let (files, dir_dirty) = {
-            let mut st = self.state.borrow_mut();
-            let dirty = std::mem::take(&mut st.dirty);
-            let mut files = Vec::with_capacity(dirty.len() * 2);
-            for seq in dirty {
-                if let Some(seg) = st.segments.get_mut(&seq) {
-                    seg.dirty = false;
-                    // Only the files written since the last sync: while only messages arrive,
-                    // the journals stay clean and cost no fdatasync.
-                    if std::mem::take(&mut seg.data_unsynced) {
-                        files.push(seg.data.clone());
-                    }
-                    if std::mem::take(&mut seg.journal_unsynced) {
-                        files.push(seg.journal.clone());
-                    }
+        let files = self.take_unsynced(false, true);
+        self.fdatasync_all(files).await
+    }
+
+    /// fdatasyncs every dirty data file (and the directory when files came or went), and the
+    /// dirty journals when a waiter asked for them (`commit_now`).
+    pub(crate) async fn sync_dirty(&self) -> Result<(), SpoolError> {
+        let journals = self.journals_wanted.replace(false);
+        if journals {
+            self.journal_syncs.set(self.journal_syncs.get() + 1);
+            // Buffered journal records ride along with this commit.
+            if let Err(e) = self.flush_journals().await {
+                tracing::error!(error = %e, "spool journal write failed");
+            }
+        }
+        let files = self.take_unsynced(true, journals);
+        let dir_dirty = std::mem::take(&mut self.state.borrow_mut().dir_dirty);
+        self.fdatasync_all(files).await?;
+        if dir_dirty {
+            if let Err(e) = self.dir_handle.sync().await {
+                self.fatal.set(Some("directory sync failed"));
+                return Err(SpoolError::io("fsync_dir", &self.dir, e));
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes the unsynced marks a sync covers, data files and/or journals; a segment stays
+    /// listed in `State::dirty` while the other file is left unsynced.
+    fn take_unsynced(&self, data: bool, journals: bool) -> Vec<Rc<SegFile>> {
+        let mut st = self.state.borrow_mut();
+        let dirty = std::mem::take(&mut st.dirty);
+        let mut files = Vec::with_capacity(dirty.len() * 2);
+        let mut still_dirty = Vec::new();
+        for seq in dirty {
+            if let Some(seg) = st.segments.get_mut(&seq) {
+                // Only the files written since the last sync: while only messages arrive, the
+                // journals stay clean and cost no fdatasync.
+                if data && std::mem::take(&mut seg.data_unsynced) {
+                    files.push(seg.data.clone());
+                }
+                if journals && std::mem::take(&mut seg.journal_unsynced) {
+                    files.push(seg.journal.clone());
+                }
+                seg.dirty = seg.data_unsynced || seg.journal_unsynced;
+                if seg.dirty {
+                    still_dirty.push(seq);
                 }
             }
-            (files, std::mem::take(&mut st.dir_dirty))
-        };
-        // All at once: io_uring hands each fdatasync to an io-wq worker, and on one filesystem
-        // they share the journal commit, so a commit covering a segment's data and its journal
-        // waits about one sync, not two in a row.
+        }
+        st.dirty = still_dirty;
+        files
+    }
+
+    /// fdatasyncs the files all at once: io_uring hands each to an io-wq worker. The first
+    /// failure makes the spool unhealthy.
+    async fn fdatasync_all(&self, files: Vec<Rc<SegFile>>) -> Result<(), SpoolError> {
         let syncs: Vec<_> = files
             .into_iter()
             .map(|f| glommio::spawn_local(async move { f.fdatasync().await }))
@@ -272,12 +326,6 @@ impl Inner {
                 self.fatal.set(Some("fdatasync failed"));
                 tracing::error!(error = %e, "spool fdatasync failed; refusing new messages");
                 return Err(e);
-            }
-        }
-        if dir_dirty {
-            if let Err(e) = self.dir_handle.sync().await {
-                self.fatal.set(Some("directory sync failed"));
-                return Err(SpoolError::io("fsync_dir", &self.dir, e));
             }
         }
         Ok(())

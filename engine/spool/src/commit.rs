@@ -10,15 +10,21 @@
 //! `commit_delay`): only when the previous group had at least [`COMMIT_WINDOW_GROUP_MIN`]
 //! writers, so a lone client never waits for it. Writers arriving during the window take this
 //! sync's ticket, and fewer, larger groups cost less CPU per message (an fdatasync is a worker
-//! thread hop and a device flush).
+//! thread hop and a device flush). The window ends early once the group is as large as the
+//! previous one: with a steady set of clients that wait for each reply, that is everyone, and
+//! waiting longer would not grow it.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
+use std::pin::pin;
 use std::task::{Poll, Waker};
 
 /// The previous group must have had this many writers for the next sync to wait for its
-/// window: below it the spool is not busy enough for a wait to gather more.
-pub const COMMIT_WINDOW_GROUP_MIN: u64 = 16;
+/// window: below it the spool is not busy enough for a wait to gather more. Three, not more:
+/// twenty sessions that each wait for their reply (`smtp-source -d`) make groups of three to
+/// five per shard without a window, and an fdatasync per three messages costs more CPU than
+/// the messages' own SMTP.
+pub const COMMIT_WINDOW_GROUP_MIN: u64 = 3;
 
 /// Shared by every writer of one spool (single-threaded: lives on one executor).
 #[derive(Debug, Default)]
@@ -37,6 +43,9 @@ pub(crate) struct GroupCommit {
     pending_tickets: Cell<u64>,
     /// Tickets the last started sync covered (its group's size).
     last_group: Cell<u64>,
+    /// The leader waiting in its window: woken by each new ticket to see whether the group has
+    /// grown to the previous one's size.
+    window_waker: RefCell<Option<Waker>>,
 }
 
 /// Why a wait for durability failed.
@@ -68,6 +77,9 @@ impl GroupCommit {
     /// The ticket for a write that has just completed: the next sync to start covers it.
     pub(crate) fn ticket(&self) -> u64 {
         self.pending_tickets.set(self.pending_tickets.get() + 1);
+        if let Some(leader) = self.window_waker.borrow_mut().take() {
+            leader.wake();
+        }
         self.started.get() + 1
     }
 
@@ -97,8 +109,21 @@ impl GroupCommit {
                 let guard = LeaderGuard { gc: self };
                 // Under load, hold the sync open a little: writers of the window take this
                 // sync's ticket and it covers them too (fewer, larger groups).
-                if let Some(pause) = window(self.last_group.get()) {
-                    pause.await;
+                let target = self.last_group.get();
+                if let Some(pause) = window(target) {
+                    // Until the window ends or the group is as large as the last one.
+                    let mut pause = pin!(pause);
+                    std::future::poll_fn(|cx| {
+                        if self.pending_tickets.get() >= target
+                            || pause.as_mut().poll(cx).is_ready()
+                        {
+                            return Poll::Ready(());
+                        }
+                        *self.window_waker.borrow_mut() = Some(cx.waker().clone());
+                        Poll::Pending
+                    })
+                    .await;
+                    self.window_waker.borrow_mut().take();
                 }
                 let n = self.started.get() + 1;
                 self.started.set(n);
@@ -185,6 +210,45 @@ mod tests {
             assert_eq!(syncs.get(), 1, "one sync covered both");
             assert_eq!(gc.last_group.get(), 2);
             assert_eq!(gc.commits(), 1);
+        });
+    }
+
+    #[test]
+    fn the_window_ends_once_the_group_is_as_large_as_the_last_one() {
+        run(|| async {
+            let gc = Rc::new(GroupCommit::default());
+            gc.last_group.set(COMMIT_WINDOW_GROUP_MIN + 1);
+            let syncs = Rc::new(Cell::new(0u32));
+            let wait = |gc: Rc<GroupCommit>, syncs: Rc<Cell<u32>>| async move {
+                let t = gc.ticket();
+                let sync = || {
+                    syncs.set(syncs.get() + 1);
+                    async { Ok::<(), ()>(()) }
+                };
+                // A window that never ends by itself: only the group's size can end it.
+                let window = |last: u64| window_applies(last).then(std::future::pending::<()>);
+                gc.wait(t, sync, window).await.expect("synced");
+            };
+            let mut writers = Vec::new();
+            for _ in 0..COMMIT_WINDOW_GROUP_MIN {
+                writers.push(glommio::spawn_local(wait(gc.clone(), syncs.clone())));
+                glommio::timer::sleep(Duration::from_millis(2)).await;
+            }
+            assert_eq!(syncs.get(), 0, "the group is one short: the window holds");
+            writers.push(glommio::spawn_local(wait(gc.clone(), syncs.clone())));
+            let all = async {
+                for w in writers {
+                    w.await;
+                }
+            };
+            glommio::timer::timeout(Duration::from_secs(30), async {
+                all.await;
+                Ok(())
+            })
+            .await
+            .expect("the last writer ended the window");
+            assert_eq!(syncs.get(), 1, "one sync covered them all");
+            assert_eq!(gc.last_group.get(), COMMIT_WINDOW_GROUP_MIN + 1);
         });
     }
 

@@ -39,6 +39,10 @@ pub(crate) struct Inner {
     pub(crate) probe_armed: Cell<bool>,
     /// A periodic journal sync is scheduled.
     pub(crate) sync_timer_armed: Cell<bool>,
+    /// A waiter of the next sync wants the journals synced too (`Inner::commit_now`).
+    pub(crate) journals_wanted: Cell<bool>,
+    /// Sync rounds that covered the journals (`Spool::journal_syncs`).
+    pub(crate) journal_syncs: Cell<u64>,
     /// The task that writes the buffered journal records is scheduled or writing.
     pub(crate) journal_flush_armed: Cell<bool>,
     /// The task that writes the batched store records is scheduled or writing.

@@ -114,6 +114,8 @@ impl Spool {
             write_failed: Cell::new(false),
             probe_armed: Cell::new(false),
             sync_timer_armed: Cell::new(false),
+            journals_wanted: Cell::new(false),
+            journal_syncs: Cell::new(0),
             journal_flush_armed: Cell::new(false),
             data_flush_armed: Cell::new(false),
             recovery_failed: Cell::new(false),
@@ -352,7 +354,7 @@ impl Spool {
         }
         drop(guard);
         if inner.cfg.fsync {
-            if let Err(e) = inner.commit_now().await {
+            if let Err(e) = inner.commit_stores().await {
                 // Not known durable: forget it here (recovery will find it if it was).
                 inner.forget(id);
                 return Err(e);
@@ -526,6 +528,12 @@ impl Spool {
     /// Number of fdatasync rounds (group commits) so far; compare with the number of stores.
     pub fn commits(&self) -> u64 {
         self.inner.commit.commits()
+    }
+
+    /// Number of those rounds that also synced the journals: the periodic sync, a close, and
+    /// any round another of them joined. A store's own commit leaves the journals alone.
+    pub fn journal_syncs(&self) -> u64 {
+        self.inner.journal_syncs.get()
     }
 
     /// Why the spool should not take new messages right now, if it should not. Cheap. While

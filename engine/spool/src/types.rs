@@ -208,8 +208,9 @@ pub struct SpoolConfig {
     /// does not read them back from disk (default 32 MiB per shard; 0 turns the cache off).
     pub body_cache_bytes_max: usize,
     /// Under load (the previous group had at least `COMMIT_WINDOW_GROUP_MIN` writers) a group
-    /// commit waits this long before its fdatasync so later writers join it (default 300 µs;
-    /// 0 never waits). A lone client never waits for it.
+    /// commit waits up to this long before its fdatasync so later writers join it, ending
+    /// early once the group is as large as the previous one (default 300 µs; 0 never waits).
+    /// A lone client never waits for it.
     pub commit_window_us: u64,
     /// The keyring that seals records at rest (issue 16); `None` writes them in the clear.
     pub keys: Option<std::sync::Arc<petrel_seal::Keyring>>,
