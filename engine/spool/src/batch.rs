@@ -60,11 +60,11 @@ impl Inner {
         Ok(())
     }
 
-    /// Writes the batched store records: behind the tasks ready now, or (`now`) in a task of
-    /// its own at once because a batch is full. One writer at a time: records stored while its
-    /// write is in flight wait for it and go out together in its next write, so under load a
-    /// write (an io-wq hop for buffered files) covers every store of its write's duration, not
-    /// only those of one scheduler round.
+    /// Writes the batched store records of O_DIRECT files (buffered ones are written by their
+    /// store at once) in a task, which glommio polls at once; `now` when a batch is full. One
+    /// writer at a time: records stored while its write is in flight wait for it and go out
+    /// together in its next write, so under load a write covers every store of its write's
+    /// duration.
     pub(crate) fn flush_data_soon(self: &Rc<Self>, now: bool) {
         if !now && self.data_flush_armed.replace(true) {
             return;

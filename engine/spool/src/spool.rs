@@ -268,55 +268,64 @@ impl Spool {
                 Some(id) => id,
                 None => self.reserve_id()?,
             };
-            let mut st = inner.state.borrow_mut();
-            let active = st.active;
-            let seg = st
-                .segments
-                .get_mut(&active)
-                .ok_or(SpoolError::Unhealthy("no active segment"))?;
-            let offset = seg.data_len;
-            seg.data_len += record_len;
-            seg.inflight += 1;
-            // The record joins this round's batch for the segment: the stores of one scheduler
-            // round share one write, done by a task queued behind them (`flush_data`).
-            let first = seg.data_buf.is_empty();
-            if first {
-                seg.data_batch = Rc::new(Batch::default());
-                st.data_pending.push(active);
-            }
-            let seg = st
-                .segments
-                .get_mut(&active)
-                .ok_or(SpoolError::Unhealthy("no active segment"))?;
-            match &key {
-                Some(key) => {
-                    sealed::encode_store(
-                        &mut seg.data_buf,
-                        kind,
-                        id.0,
-                        key,
-                        &meta,
-                        attr,
-                        body,
-                        align,
-                    );
+            let (active, offset, batch, first, full) = {
+                let mut st = inner.state.borrow_mut();
+                let active = st.active;
+                let seg = st
+                    .segments
+                    .get_mut(&active)
+                    .ok_or(SpoolError::Unhealthy("no active segment"))?;
+                let offset = seg.data_len;
+                seg.data_len += record_len;
+                seg.inflight += 1;
+                // The record joins the segment's batch. A buffered file's batch is written at once,
+                // below; with O_DIRECT one write is in flight at a time and the records stored
+                // meanwhile share the next (`flush_data_soon`).
+                let first = seg.data_buf.is_empty();
+                if first {
+                    seg.data_batch = Rc::new(Batch::default());
+                    st.data_pending.push(active);
                 }
-                None => {
-                    let prefix = record::store_prefix(id.0, meta.len(), attr.len());
-                    record::encode_record(
-                        &mut seg.data_buf,
-                        kind,
-                        &[&prefix, &meta, attr, body],
-                        align,
-                    );
+                let seg = st
+                    .segments
+                    .get_mut(&active)
+                    .ok_or(SpoolError::Unhealthy("no active segment"))?;
+                match &key {
+                    Some(key) => {
+                        sealed::encode_store(
+                            &mut seg.data_buf,
+                            kind,
+                            id.0,
+                            key,
+                            &meta,
+                            attr,
+                            body,
+                            align,
+                        );
+                    }
+                    None => {
+                        let prefix = record::store_prefix(id.0, meta.len(), attr.len());
+                        record::encode_record(
+                            &mut seg.data_buf,
+                            kind,
+                            &[&prefix, &meta, attr, body],
+                            align,
+                        );
+                    }
                 }
-            }
-            let batch = seg.data_batch.clone();
-            let full = seg.data_buf.len() >= DATA_BATCH_BYTES_MAX;
-            // Marked dirty once written (`flush_data`), not now: a sync that ran before the
-            // write finished must not consume the mark and leave this record unsynced.
-            drop(st);
-            if full {
+                let batch = seg.data_batch.clone();
+                let full = seg.data_buf.len() >= DATA_BATCH_BYTES_MAX;
+                // Marked dirty once written (`flush_data`), not now: a sync that ran before the
+                // write finished must not consume the mark and leave this record unsynced.
+                (active, offset, batch, first, full)
+            };
+            if inner.mode == FileMode::Buffered {
+                // A `pwrite` into the page cache from this thread: it cannot interleave with
+                // another write, so the one-writer order holds. This is what a flush task did
+                // too (glommio's `spawn_local` polls a new task at once, so it wrote each
+                // record before the store went on), without the task.
+                inner.flush_data().await;
+            } else if full {
                 inner.flush_data_soon(true);
             } else if first {
                 inner.flush_data_soon(false);
