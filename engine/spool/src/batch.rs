@@ -1,6 +1,7 @@
-//! Write and sync batching (group commit): store records of one scheduler round go out in one
-//! write per segment, journal records are buffered and written together, and one fdatasync
-//! round covers every write that finished before it started.
+//! Write and sync batching: store records are written as they come (O_DIRECT files: those of
+//! one write's duration go out together), journal records are buffered and written together,
+//! one fdatasync round (group commit) covers every store written before it started, and the
+//! journals have a periodic sync of their own.
 
 use std::rc::{Rc, Weak};
 use std::time::Duration;
@@ -11,8 +12,8 @@ use crate::file::SegFile;
 use crate::segments::Inner;
 use crate::state::{Batch, File};
 
-/// Journal updates and removes are synced at most this long after they were written, unless a
-/// group commit covers them first.
+/// Journal updates and removes are synced at most this long after they were written (by a sync
+/// of their own, or sooner by a commit that asks for everything: `Inner::commit_now`).
 pub const JOURNAL_SYNC_DELAY_MS: u64 = 100;
 /// A segment's buffered journal records are written by their appender once they reach this.
 pub const JOURNAL_BUFFER_BYTES_MAX: usize = 256 * 1024;
@@ -24,12 +25,11 @@ pub const DATA_BATCH_BYTES_MAX: usize = 1 << 20;
 type BatchWriteJob = (u64, Rc<SegFile>, u64, Vec<u8>, Rc<Batch>);
 
 impl Inner {
-    /// Appends a journal record to its segment's buffer. Records appended while the shard is
-    /// busy are written together by one write (a task scheduled behind the current ones), or
-    /// at once by the appender when the buffer passes `JOURNAL_BUFFER_BYTES_MAX`. Either way
-    /// the periodic sync or the next group commit makes them durable, as before: a crash can
-    /// lose a recent update or removal, which means a recipient tried again (at-least-once),
-    /// never a message lost.
+    /// Appends a journal record to its segment's buffer. Records appended while a journal
+    /// write is in flight are written together by the next one, or at once by the appender when
+    /// the buffer passes `JOURNAL_BUFFER_BYTES_MAX`. Either way the periodic journal sync makes
+    /// them durable within `JOURNAL_SYNC_DELAY_MS`: a crash can lose a recent update or removal,
+    /// which means a recipient tried again (at-least-once), never a message lost.
     pub(crate) async fn append_journal(
         self: &Rc<Self>,
         segment: u64,

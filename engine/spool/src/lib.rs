@@ -22,8 +22,9 @@
 //! the shard's thread (a copy into the page cache; io_uring would hand each to an io-wq worker),
 //! into space zeroed ahead of the file's end ([`prefill`]), so the fdatasync that follows writes
 //! the data and flushes without also writing the inode for a new size. Updates and removes do not wait
-//! for a sync (at-least-once delivery tolerates a redelivery after a crash); they ride on the
-//! next group commit, or a sync within [`JOURNAL_SYNC_DELAY_MS`].
+//! for a sync (at-least-once delivery tolerates a redelivery after a crash); a journal sync of
+//! their own, beside the group commit, covers them within [`JOURNAL_SYNC_DELAY_MS`], so an
+//! acknowledgement never waits for them.
 //!
 //! **File type.** Data segments can be written through the page cache (`BufferedFile`, the
 //! default) or with `O_DIRECT` (`DmaFile`), see [`FileMode`]. Direct writes must cover whole

@@ -440,8 +440,8 @@ impl Spool {
     }
 
     /// Journals recipient state changes. Returns once buffered (not written or synced): the
-    /// next group commit or the periodic journal sync (within `JOURNAL_SYNC_DELAY_MS`) writes
-    /// and syncs it. A crash before then means the recipients are tried again.
+    /// periodic journal sync (within `JOURNAL_SYNC_DELAY_MS`) writes and syncs it. A crash
+    /// before then means the recipients are tried again.
     pub async fn update(
         &self,
         id: MessageId,
