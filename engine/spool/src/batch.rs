@@ -207,13 +207,12 @@ impl Inner {
                     tracing::error!(error = %e, "spool journal sync failed");
                     return;
                 }
-                // What no store's commit is coming for (a directory change after the last
-                // store, say) goes through the group commit as before.
-                let rest = {
-                    let st = inner.state.borrow();
-                    !st.dirty.is_empty() || st.dir_dirty
-                };
-                if rest {
+                // Every data write is followed by its store's commit; a directory change (a
+                // segment reclaimed after the last store, say) may have none coming, so it goes
+                // through the group commit here. Journals written meanwhile wait for the next
+                // journal sync, not for an empty commit round.
+                let dir_dirty = inner.state.borrow().dir_dirty;
+                if dir_dirty {
                     if let Err(e) = inner.commit_stores().await {
                         tracing::error!(error = %e, "spool sync failed");
                     }

@@ -185,22 +185,32 @@ mod tests {
             .expect("join");
     }
 
+    /// One writer: takes a ticket and waits until a sync (counted in `syncs`) covers it; as a
+    /// leader whose window applies, it first awaits `pause()`.
+    async fn write_and_wait<P, PFut>(gc: Rc<GroupCommit>, syncs: Rc<Cell<u32>>, pause: P)
+    where
+        P: Fn() -> PFut,
+        PFut: Future<Output = ()>,
+    {
+        let t = gc.ticket();
+        let sync = || {
+            syncs.set(syncs.get() + 1);
+            async { Ok::<(), ()>(()) }
+        };
+        let window = |last: u64| window_applies(last).then(&pause);
+        gc.wait(t, sync, window).await.expect("synced");
+    }
+
     #[test]
     fn under_load_writers_arriving_in_the_window_join_the_sync_about_to_start() {
         run(|| async {
             let gc = Rc::new(GroupCommit::default());
             gc.last_group.set(COMMIT_WINDOW_GROUP_MIN);
             let syncs = Rc::new(Cell::new(0u32));
-            let wait = |gc: Rc<GroupCommit>, syncs: Rc<Cell<u32>>| async move {
-                let t = gc.ticket();
-                let sync = || {
-                    syncs.set(syncs.get() + 1);
-                    async { Ok::<(), ()>(()) }
-                };
-                let window = |last: u64| {
-                    window_applies(last).then(|| glommio::timer::sleep(Duration::from_millis(30)))
-                };
-                gc.wait(t, sync, window).await.expect("synced");
+            let wait = |gc, syncs| {
+                write_and_wait(gc, syncs, || {
+                    glommio::timer::sleep(Duration::from_millis(30))
+                })
             };
             let leader = glommio::spawn_local(wait(gc.clone(), syncs.clone()));
             glommio::timer::sleep(Duration::from_millis(5)).await;
@@ -219,16 +229,8 @@ mod tests {
             let gc = Rc::new(GroupCommit::default());
             gc.last_group.set(COMMIT_WINDOW_GROUP_MIN + 1);
             let syncs = Rc::new(Cell::new(0u32));
-            let wait = |gc: Rc<GroupCommit>, syncs: Rc<Cell<u32>>| async move {
-                let t = gc.ticket();
-                let sync = || {
-                    syncs.set(syncs.get() + 1);
-                    async { Ok::<(), ()>(()) }
-                };
-                // A window that never ends by itself: only the group's size can end it.
-                let window = |last: u64| window_applies(last).then(std::future::pending::<()>);
-                gc.wait(t, sync, window).await.expect("synced");
-            };
+            // A window that never ends by itself: only the group's size can end it.
+            let wait = |gc, syncs| write_and_wait(gc, syncs, std::future::pending::<()>);
             let mut writers = Vec::new();
             for _ in 0..COMMIT_WINDOW_GROUP_MIN {
                 writers.push(glommio::spawn_local(wait(gc.clone(), syncs.clone())));
@@ -236,13 +238,10 @@ mod tests {
             }
             assert_eq!(syncs.get(), 0, "the group is one short: the window holds");
             writers.push(glommio::spawn_local(wait(gc.clone(), syncs.clone())));
-            let all = async {
+            glommio::timer::timeout(Duration::from_secs(30), async {
                 for w in writers {
                     w.await;
                 }
-            };
-            glommio::timer::timeout(Duration::from_secs(30), async {
-                all.await;
                 Ok(())
             })
             .await

@@ -539,8 +539,9 @@ impl Spool {
         self.inner.commit.commits()
     }
 
-    /// Number of those rounds that also synced the journals: the periodic sync, a close, and
-    /// any round another of them joined. A store's own commit leaves the journals alone.
+    /// Journal sync rounds so far: the periodic journal sync's (when a journal was left
+    /// unsynced), and the group commits asked for everything (a close, a heal, the end of the
+    /// backlog read). A store's own commit leaves the journals alone.
     pub fn journal_syncs(&self) -> u64 {
         self.inner.journal_syncs.get()
     }
