@@ -3,6 +3,7 @@
 #
 #   benches/bench-ack-latency.sh                   # CONNS=200 N=100000 SIZE=1024
 #   BIN=/tmp/petrel-old benches/bench-ack-latency.sh
+#   INJECTOR=/tmp/petrel-other benches/bench-ack-latency.sh   # another build's injector (default: BIN)
 #   CONFIG=engine.toml RATES="20000" benches/bench-ack-latency.sh   # an engine configuration
 #
 # The engine relays to `petrel load sink` (delivery runs, as in production). First an unpaced
@@ -16,6 +17,7 @@ N=${N:-100000}; SIZE=${SIZE:-1024}; CONNS=${CONNS:-200}; DOMAINS=${DOMAINS:-1000
 PORT=${PORT:-2755}; SINK_PORT=${SINK_PORT:-2756}; TIMEOUT=${TIMEOUT:-300}
 BIN=${BIN:-target/release/petrel}
 [ -x "$BIN" ] || cargo build --locked --release --bin petrel >&2 || exit 1
+INJECTOR=${INJECTOR:-$BIN}
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done; }
 trap cleanup EXIT
@@ -36,13 +38,13 @@ run() { # rate (empty: unpaced) -> the injector's JSON
     > "$DATA/engine.out" 2> "$DATA/engine.err" &
   local ENGINE=$!; PIDS+=("$ENGINE")
   for _ in $(seq 1 300); do grep -q "engine ready" "$DATA/engine.out" 2>/dev/null && break; sleep 0.1; done
-  timeout "$TIMEOUT" "$BIN" load inject --target "127.0.0.1:$PORT" --messages "$N" --connections "$CONNS" \
+  timeout "$TIMEOUT" "$INJECTOR" load inject --target "127.0.0.1:$PORT" --messages "$N" --connections "$CONNS" \
     --size "$SIZE" --domains "$DOMAINS" --duration "${TIMEOUT}s" "${rate_arg[@]}" --json 2>/dev/null
   kill "$SINK" "$ENGINE"; wait "$SINK" "$ENGINE" 2>/dev/null
   rm -rf "$DATA"
 }
 
-echo "# $(date -u +%FT%TZ) $(nproc) cores; N=$N SIZE=$SIZE CONNS=$CONNS DOMAINS=$DOMAINS fsync=on bin=$BIN"
+echo "# $(date -u +%FT%TZ) $(nproc) cores; N=$N SIZE=$SIZE CONNS=$CONNS DOMAINS=$DOMAINS fsync=on bin=$BIN injector=$INJECTOR"
 out=$(run "")
 unpaced=$(field "$out" rate_2xx_per_s)
 echo "unpaced: $(data_latency <<<"$out")"
