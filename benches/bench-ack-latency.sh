@@ -5,15 +5,18 @@
 #   BIN=/tmp/petrel-old benches/bench-ack-latency.sh
 #   INJECTOR=/tmp/petrel-other benches/bench-ack-latency.sh   # another build's injector (default: BIN)
 #   CONFIG=engine.toml RATES="20000" benches/bench-ack-latency.sh   # an engine configuration
+#   RUNS=5 benches/bench-ack-latency.sh            # runs per rate (default 3)
 #
 # The engine relays to `petrel load sink` (delivery runs, as in production). First an unpaced
 # run finds the rate; then `petrel load inject --rate` at 10 %, 25 % and 50 % of it (RATES to
 # override, in msg/s) reports the DATA phase's p50, p99, p99.9 and max (the injector's own
-# histogram of end-of-data written to reply read). Loopback only; every process stopped by PID;
-# every run bounded in count and time.
+# histogram of end-of-data written to reply read). Each rate runs RUNS times, with a fresh
+# engine and sink each time, and a "median" line gives the median of each figure over the runs
+# (the unpaced rate that sets the others is the median of its runs). Loopback only; every
+# process stopped by PID; every run bounded in count and time.
 set -u
 cd "$(dirname "$0")/.."
-N=${N:-100000}; SIZE=${SIZE:-1024}; CONNS=${CONNS:-200}; DOMAINS=${DOMAINS:-1000}
+N=${N:-100000}; SIZE=${SIZE:-1024}; CONNS=${CONNS:-200}; DOMAINS=${DOMAINS:-1000}; RUNS=${RUNS:-3}
 PORT=${PORT:-2755}; SINK_PORT=${SINK_PORT:-2756}; TIMEOUT=${TIMEOUT:-300}
 BIN=${BIN:-target/release/petrel}
 [ -x "$BIN" ] || cargo build --locked --release --bin petrel >&2 || exit 1
@@ -44,14 +47,30 @@ run() { # rate (empty: unpaced) -> the injector's JSON
   rm -rf "$DATA"
 }
 
-echo "# $(date -u +%FT%TZ) $(nproc) cores; N=$N SIZE=$SIZE CONNS=$CONNS DOMAINS=$DOMAINS fsync=on bin=$BIN injector=$INJECTOR"
-out=$(run "")
-unpaced=$(field "$out" rate_2xx_per_s)
-echo "unpaced: $(data_latency <<<"$out")"
+echo "# $(date -u +%FT%TZ) $(nproc) cores; N=$N SIZE=$SIZE CONNS=$CONNS DOMAINS=$DOMAINS RUNS=$RUNS fsync=on bin=$BIN injector=$INJECTOR"
+median_of() { # "label" then one JSON report per line on stdin -> the median of each figure
+  python3 -c 'import json,sys,statistics as st
+rs=[json.loads(l) for l in sys.stdin if l.strip()]
+m=lambda f: st.median(f(r) for r in rs)
+d=lambda k: m(lambda r: r["latency_us"]["data"][k])/1000
+print("%s median of %d: %.0f msg/s; data p50 %.2f ms, p99 %.2f ms, p99.9 %.2f ms, max %.2f ms" % (sys.argv[1], len(rs), m(lambda r: r["rate_2xx_per_s"]), d("p50_us"), d("p99_us"), d("p999_us"), d("max_us")))' "$1"
+}
+runs() { # rate (empty: unpaced), label -> each run's line, then the median line; JSON lines kept in $ALL
+  ALL=""
+  for i in $(seq 1 "$RUNS"); do
+    local out
+    out=$(run "$1" | tr -d '\n')
+    [ -n "$out" ] || { echo "$2 run $i: no report"; continue; }
+    ALL+="$out"$'\n'
+    echo "$2 run $i: $(data_latency <<<"$out")"
+  done
+  [ -n "$ALL" ] && median_of "$2" <<<"$ALL"
+}
+runs "" unpaced
+unpaced=$(python3 -c 'import json,sys,statistics as st; print(st.median(json.loads(l)["rate_2xx_per_s"] for l in sys.stdin if l.strip()))' <<<"$ALL")
 RATES=${RATES:-$(awk -v u="$unpaced" 'BEGIN{printf "%d %d %d", u*0.1, u*0.25, u*0.5}')}
 for r in $RATES; do
   # Enough messages for 20 s at the rate, at most N.
   n=$(( r * 20 < N ? r * 20 : N ))
-  out=$(N=$n run "$r")
-  echo "rate $r msg/s ($n messages): $(data_latency <<<"$out")"
+  N=$n runs "$r" "rate $r msg/s ($n messages)"
 done
