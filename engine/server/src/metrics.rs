@@ -17,6 +17,12 @@ pub const ACCEPTED_BYTES_TOTAL: &str = "petrel_smtp_accepted_bytes_total";
 pub const REJECTIONS_TOTAL: &str = "petrel_smtp_rejections_total";
 pub const SESSION_PANICS_TOTAL: &str = "petrel_smtp_session_panics_total";
 pub const SPOOL_COMMIT_SECONDS: &str = "petrel_spool_commit_duration_seconds";
+/// One group-commit round's fdatasyncs, by shard: the disk's share of `SPOOL_COMMIT_SECONDS`.
+pub const SPOOL_SYNC_SECONDS: &str = "petrel_spool_sync_duration_seconds";
+/// Writers (mostly messages) one group-commit round covered, by shard.
+pub const SPOOL_COMMIT_GROUP_SIZE: &str = "petrel_spool_commit_group_size";
+/// Group-commit rounds not measured because the shard did not drain them in time, by shard.
+pub const SPOOL_SYNC_SAMPLES_DROPPED_TOTAL: &str = "petrel_spool_sync_samples_dropped_total";
 pub const SPOOL_MESSAGES: &str = "petrel_spool_messages";
 pub const SPOOL_BYTES: &str = "petrel_spool_bytes";
 pub const SPOOL_INDEX_MEMORY_BYTES: &str = "petrel_spool_index_memory_bytes";
@@ -49,6 +55,9 @@ pub const DELIVERY_SPOOL_ERRORS_TOTAL: &str = "petrel_delivery_spool_errors_tota
 /// How often the suppression gauges are refreshed, ms.
 pub const SUPPRESSION_GAUGES_INTERVAL_MS: u64 = 1_000;
 
+/// Buckets of `SPOOL_COMMIT_GROUP_SIZE`, in writers.
+const GROUP_SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0];
+
 /// Latency buckets in seconds, 50 µs to 10 s.
 const LATENCY_BUCKETS_SECONDS: &[f64] = &[
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -69,6 +78,11 @@ pub fn install(
     let _guard = rt.enter();
     let recorder = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS_SECONDS)
+        .map_err(EngineError::MetricsBuckets)?
+        .set_buckets_for_metric(
+            Matcher::Full(SPOOL_COMMIT_GROUP_SIZE.into()),
+            GROUP_SIZE_BUCKETS,
+        )
         .map_err(EngineError::MetricsBuckets)?
         .build_recorder();
     let handle = recorder.handle();
@@ -186,6 +200,19 @@ fn describe() {
         SPOOL_COMMIT_SECONDS,
         Unit::Seconds,
         "Time from end of data to durable spool commit"
+    );
+    describe_histogram!(
+        SPOOL_SYNC_SECONDS,
+        Unit::Seconds,
+        "Time of one group-commit round's fdatasyncs (the data files it wrote and the directory), by shard"
+    );
+    describe_histogram!(
+        SPOOL_COMMIT_GROUP_SIZE,
+        "Writers (mostly messages) one group-commit round made durable, by shard"
+    );
+    describe_counter!(
+        SPOOL_SYNC_SAMPLES_DROPPED_TOTAL,
+        "Group-commit rounds left out of the sync metrics because the shard did not drain them in time"
     );
     describe_gauge!(SPOOL_MESSAGES, "Messages in the spool");
     describe_gauge!(SPOOL_BYTES, Unit::Bytes, "Bytes in the spool");

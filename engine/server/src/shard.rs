@@ -309,6 +309,19 @@ async fn refuse(mut stream: TcpStream, refusal: crate::pressure::Refusal) {
     let _ = stream.close().await;
 }
 
+/// Feeds the spool's group-commit rounds since the last call to their histograms.
+fn publish_sync_rounds(ctx: &ShardCtx) {
+    let shard = ctx.shard.to_string();
+    let seconds = metrics::histogram!(m::SPOOL_SYNC_SECONDS, "shard" => shard.clone());
+    let writers = metrics::histogram!(m::SPOOL_COMMIT_GROUP_SIZE, "shard" => shard.clone());
+    let dropped = ctx.spool.drain_sync_samples(|round| {
+        seconds.record(round.duration.as_secs_f64());
+        writers.record(round.writers as f64);
+    });
+    // Incremented by 0 too, so the series exists from the shard's start.
+    metrics::counter!(m::SPOOL_SYNC_SAMPLES_DROPPED_TOTAL, "shard" => shard).increment(dropped);
+}
+
 /// Keeps the backpressure figures and gauges fresh even when nothing is being accepted.
 async fn publish_loop(ctx: Rc<ShardCtx>) {
     let mut was_healthy = true;
@@ -321,6 +334,7 @@ async fn publish_loop(ctx: Rc<ShardCtx>) {
             .set(s.index_memory_bytes as f64);
         metrics::gauge!(m::SPOOL_BODY_CACHE_BYTES, "shard" => ctx.shard.to_string())
             .set(s.body_cache_bytes as f64);
+        publish_sync_rounds(&ctx);
         // Asking also arms the spool's probe, so an idle shard heals too.
         let unhealthy = ctx.spool.unhealthy_reason();
         if unhealthy.is_none() != was_healthy {

@@ -18,6 +18,9 @@ use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::pin;
 use std::task::{Poll, Waker};
+use std::time::Instant;
+
+use crate::types::SyncSample;
 
 /// The previous group must have had this many writers for the next sync to wait for its
 /// window: below it the spool is not busy enough for a wait to gather more. Three, not more:
@@ -25,6 +28,10 @@ use std::task::{Poll, Waker};
 /// five per shard without a window, and an fdatasync per three messages costs more CPU than
 /// the messages' own SMTP.
 pub const COMMIT_WINDOW_GROUP_MIN: u64 = 3;
+
+/// Rounds held for the shard's metrics until it drains them (every 100 ms): a shard would need
+/// 40,000 rounds a second to fill it. Past it, rounds are counted but not kept.
+pub const SYNC_SAMPLES_MAX: usize = 4_096;
 
 /// Shared by every writer of one spool (single-threaded: lives on one executor).
 #[derive(Debug, Default)]
@@ -46,6 +53,10 @@ pub(crate) struct GroupCommit {
     /// The leader waiting in its window: woken by each new ticket to see whether the group has
     /// grown to the previous one's size.
     window_waker: RefCell<Option<Waker>>,
+    /// Rounds not yet drained for metrics, at most [`SYNC_SAMPLES_MAX`].
+    samples: RefCell<Vec<SyncSample>>,
+    /// Rounds not kept because `samples` was full.
+    samples_dropped: Cell<u64>,
 }
 
 /// Why a wait for durability failed.
@@ -72,6 +83,26 @@ impl GroupCommit {
 
     pub(crate) fn commits(&self) -> u64 {
         self.started.get()
+    }
+
+    /// Keeps one round for the metrics, while there is room.
+    fn note_round(&self, duration: std::time::Duration, writers: u64) {
+        let mut samples = self.samples.borrow_mut();
+        if samples.len() < SYNC_SAMPLES_MAX {
+            samples.push(SyncSample { duration, writers });
+        } else {
+            self.samples_dropped.set(self.samples_dropped.get() + 1);
+        }
+    }
+
+    /// Hands every kept round to `f` and forgets it; returns the rounds dropped since the last
+    /// drain because none drained them in time.
+    pub(crate) fn drain_samples(&self, mut f: impl FnMut(SyncSample)) -> u64 {
+        let samples = std::mem::take(&mut *self.samples.borrow_mut());
+        for s in samples {
+            f(s);
+        }
+        self.samples_dropped.replace(0)
     }
 
     /// The ticket for a write that has just completed: the next sync to start covers it.
@@ -127,8 +158,11 @@ impl GroupCommit {
                 }
                 let n = self.started.get() + 1;
                 self.started.set(n);
-                self.last_group.set(self.pending_tickets.replace(0));
+                let writers = self.pending_tickets.replace(0);
+                self.last_group.set(writers);
+                let began = Instant::now();
                 let result = sync().await;
+                self.note_round(began.elapsed(), writers);
                 if result.is_err() {
                     self.failed.set(true);
                 }
@@ -249,6 +283,20 @@ mod tests {
             assert_eq!(syncs.get(), 1, "one sync covered them all");
             assert_eq!(gc.last_group.get(), COMMIT_WINDOW_GROUP_MIN + 1);
         });
+    }
+
+    #[test]
+    fn rounds_are_kept_for_metrics_up_to_the_bound() {
+        let gc = GroupCommit::default();
+        for i in 0..SYNC_SAMPLES_MAX as u64 + 5 {
+            gc.note_round(Duration::from_micros(i), i);
+        }
+        let mut seen = Vec::new();
+        let dropped = gc.drain_samples(|s| seen.push(s));
+        assert_eq!(seen.len(), SYNC_SAMPLES_MAX);
+        assert_eq!(dropped, 5);
+        assert_eq!(seen[3].writers, 3);
+        assert_eq!(gc.drain_samples(|_| panic!("drained already")), 0);
     }
 
     #[test]

@@ -87,6 +87,7 @@ mod types;
 
 pub use backlog::{Backlog, BACKLOG_RECORD_BYTES_ASSUMED, BACKLOG_YIELD_RECORDS};
 pub use batch::JOURNAL_SYNC_DELAY_MS;
+pub use commit::SYNC_SAMPLES_MAX;
 pub use error::SpoolError;
 pub use file::{FileMode, READ_CHUNK_MAX_BYTES};
 pub use prefill::{PREFILL_ALIGN_BYTES, PREFILL_DATA_CHUNK_BYTES, PREFILL_JOURNAL_CHUNK_BYTES};

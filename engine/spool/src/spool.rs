@@ -21,7 +21,7 @@ use crate::segments::{close_file, Inner};
 use crate::state::{Batch, IndexEntry, State};
 use crate::types::{
     Attribution, DsnParams, Envelope, MessageId, RecipientUpdate, Recovery, SpoolConfig,
-    SpoolStats, SpooledMessage, MESSAGE_ID_SEQUENCE_BITS,
+    SpoolStats, SpooledMessage, SyncSample, MESSAGE_ID_SEQUENCE_BITS,
 };
 
 /// Smallest accepted `segment_size_max_bytes` (a segment must hold its header and a record).
@@ -537,6 +537,14 @@ impl Spool {
     /// Number of fdatasync rounds (group commits) so far; compare with the number of stores.
     pub fn commits(&self) -> u64 {
         self.inner.commit.commits()
+    }
+
+    /// Hands each group-commit round since the last call to `f` (its fdatasync time and the
+    /// writers it covered) and returns how many rounds were not kept because nobody drained
+    /// them in time (more than [`crate::SYNC_SAMPLES_MAX`]). The shard feeds them to its
+    /// metrics.
+    pub fn drain_sync_samples(&self, f: impl FnMut(SyncSample)) -> u64 {
+        self.inner.commit.drain_samples(f)
     }
 
     /// Journal sync rounds so far: the periodic journal sync's (when a journal was left

@@ -240,6 +240,15 @@ impl SpoolConfig {
     }
 }
 
+/// One group-commit round, for metrics ([`crate::Spool::drain_sync_samples`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncSample {
+    /// From the leader's call to sync until every file of the round was synced.
+    pub duration: std::time::Duration,
+    /// Writers the round covered (stores, mostly; also closes, heals and timer rounds).
+    pub writers: u64,
+}
+
 /// Live counts, cheap to read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SpoolStats {

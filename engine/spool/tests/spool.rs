@@ -101,6 +101,7 @@ fn concurrent_stores_share_fsyncs() {
         let (spool, _) = Spool::open(config(&root, 1)).await.unwrap();
         let spool = Rc::new(spool);
         let base = spool.commits();
+        spool.drain_sync_samples(|_| {});
         let stores = 64u64;
         let tasks: Vec<_> = (0..stores)
             .map(|n| {
@@ -120,6 +121,14 @@ fn concurrent_stores_share_fsyncs() {
             commits * 4 <= stores,
             "{commits} commits for {stores} concurrent stores"
         );
+        // The rounds kept for the metrics: one per commit, each store in exactly one.
+        let (mut rounds, mut writers) = (0u64, 0u64);
+        let dropped = spool.drain_sync_samples(|r| {
+            rounds += 1;
+            writers += r.writers;
+            assert!(!r.duration.is_zero());
+        });
+        assert_eq!((rounds, writers, dropped), (commits, stores, 0));
         ids.sort();
         ids.dedup();
         assert_eq!(ids.len() as u64, stores);
