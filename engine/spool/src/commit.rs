@@ -1,8 +1,9 @@
 //! Group commit: one fdatasync covers every write that finished while the previous one ran.
 //!
-//! Pure async bookkeeping (no glommio): a writer takes a ticket after its write has completed;
-//! ticket `n` means "covered once sync number `n` has finished", and `n` is always the first sync
-//! that has not started yet. Whoever finds no sync running leads the next one; everyone else
+//! Pure async bookkeeping (no glommio): a writer takes a ticket once its write has completed,
+//! or once its record waits in a batch that every sync writes before it syncs (`sync_dirty`);
+//! ticket `n` means "covered once sync number `n` has finished", and `n` is always the first
+//! sync that has not started yet. Whoever finds no sync running leads the next one; everyone else
 //! waits for it. While a sync runs, new writers pile up behind it and the next leader covers
 //! them all with one call, so the number of syncs tracks the disk's latency, not the store rate.
 //!
@@ -105,7 +106,8 @@ impl GroupCommit {
         self.samples_dropped.replace(0)
     }
 
-    /// The ticket for a write that has just completed: the next sync to start covers it.
+    /// The ticket for a write that has just completed (or a record the next sync writes first):
+    /// the next sync to start covers it.
     pub(crate) fn ticket(&self) -> u64 {
         self.pending_tickets.set(self.pending_tickets.get() + 1);
         if let Some(leader) = self.window_waker.borrow_mut().take() {

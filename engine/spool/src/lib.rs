@@ -13,10 +13,12 @@
 //! removed, both files are deleted and the space is back. Every record is framed with a magic,
 //! its length and crc32c checksums of header and payload ([`record`]).
 //!
-//! **Durability and group commit.** A store reserves its offset, writes its record with
-//! glommio's io_uring file API, then waits for an fdatasync that started after its write ended.
-//! Whoever finds no sync running leads one; the stores that arrive meanwhile queue behind it
-//! and share the next one. The fsync rate thus follows the disk's latency, not the message
+//! **Durability and group commit.** A store reserves its offset and encodes its record into
+//! the segment's batch, then waits for an fdatasync that covers it. Whoever finds no sync
+//! running leads one; the stores that arrive meanwhile queue behind it and share the next one.
+//! With buffered files and fsync on, the records wait in the batch and each sync first writes
+//! every batch with one `pwrite`, so a group costs one write, not one per message; otherwise
+//! the store writes first and waits for a sync that started after its write ended. The fsync rate thus follows the disk's latency, not the message
 //! rate: 64 concurrent storers on one core need a small fraction of the syncs of 64 sequential
 //! ones (see `benches/spool_append.rs` and `Spool::commits`). Buffered writes are `pwrite`s in
 //! the shard's thread (a copy into the page cache; io_uring would hand each to an io-wq worker),

@@ -43,6 +43,8 @@ pub(crate) struct Inner {
     pub(crate) journals_wanted: Cell<bool>,
     /// Sync rounds that covered the journals (`Spool::journal_syncs`).
     pub(crate) journal_syncs: Cell<u64>,
+    /// Positional writes of store batches (`Spool::data_writes`).
+    pub(crate) data_writes: Cell<u64>,
     /// The task that writes the buffered journal records is scheduled or writing.
     pub(crate) journal_flush_armed: Cell<bool>,
     /// The task that writes the batched store records is scheduled or writing.

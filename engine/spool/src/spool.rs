@@ -116,6 +116,7 @@ impl Spool {
             sync_timer_armed: Cell::new(false),
             journals_wanted: Cell::new(false),
             journal_syncs: Cell::new(0),
+            data_writes: Cell::new(0),
             journal_flush_armed: Cell::new(false),
             data_flush_armed: Cell::new(false),
             recovery_failed: Cell::new(false),
@@ -248,7 +249,7 @@ impl Spool {
             Some(_) => sealed::store_payload_len(meta.len(), attr.len(), body.len()),
             None => record::STORE_PREFIX_BYTES + meta.len() + attr.len() + body.len(),
         };
-        let (id, seg, offset, record_len, batch) = {
+        let (id, seg, offset, record_len, batch, deferred) = {
             let _permit = inner
                 .reserve
                 .acquire_permit(1)
@@ -268,7 +269,7 @@ impl Spool {
                 Some(id) => id,
                 None => self.reserve_id()?,
             };
-            let (active, offset, batch, first, full) = {
+            let (active, offset, batch, first, full, deferred) = {
                 let mut st = inner.state.borrow_mut();
                 let active = st.active;
                 let seg = st
@@ -278,9 +279,10 @@ impl Spool {
                 let offset = seg.data_len;
                 seg.data_len += record_len;
                 seg.inflight += 1;
-                // The record joins the segment's batch. A buffered file's batch is written at once,
-                // below; with O_DIRECT one write is in flight at a time and the records stored
-                // meanwhile share the next (`flush_data_soon`).
+                // The record joins the segment's batch. With buffered files the sync covering
+                // the store writes it (fsync on), or the store at once, below; with O_DIRECT one
+                // write is in flight at a time and the records stored meanwhile share the next
+                // (`flush_data_soon`).
                 let first = seg.data_buf.is_empty();
                 if first {
                     seg.data_batch = Rc::new(Batch::default());
@@ -315,27 +317,35 @@ impl Spool {
                 }
                 let batch = seg.data_batch.clone();
                 let full = seg.data_buf.len() >= DATA_BATCH_BYTES_MAX;
+                // With fsync on, a buffered record waits in the segment's batch for the sync
+                // that covers it: that sync writes the whole group with one `pwrite` first.
+                let deferred = inner.mode == FileMode::Buffered && inner.cfg.fsync && !full;
                 // Marked dirty once written (`flush_data`), not now: a sync that ran before the
                 // write finished must not consume the mark and leave this record unsynced.
-                (active, offset, batch, first, full)
+                (active, offset, batch, first, full, deferred)
             };
-            if inner.mode == FileMode::Buffered {
+            if deferred {
+                // Written by the sync that covers it (`sync_dirty`), with the rest of its group.
+            } else if inner.mode == FileMode::Buffered {
                 // A `pwrite` into the page cache from this thread: it cannot interleave with
-                // another write, so the one-writer order holds. This is what a flush task did
-                // too (glommio's `spawn_local` polls a new task at once, so it wrote each
-                // record before the store went on), without the task.
+                // another write, so the one-writer order holds.
                 inner.flush_data().await;
             } else if full {
                 inner.flush_data_soon(true);
             } else if first {
                 inner.flush_data_soon(false);
             }
-            (id, active, offset, record_len, batch)
+            (id, active, offset, record_len, batch, deferred)
         };
         let guard = InflightGuard {
             inner,
             segment: seg,
         };
+        if deferred {
+            // The ticket is taken after the record joined the batch, so the sync that covers
+            // it writes the batch before its fdatasync. Nothing is indexed yet on failure.
+            inner.commit_stores().await?;
+        }
         let written = batch.written().await;
         inner.write_failed.set(!written);
         if !written {
@@ -362,7 +372,7 @@ impl Spool {
             }
         }
         drop(guard);
-        if inner.cfg.fsync {
+        if inner.cfg.fsync && !deferred {
             if let Err(e) = inner.commit_stores().await {
                 // Not known durable: forget it here (recovery will find it if it was).
                 inner.forget(id);
@@ -545,6 +555,12 @@ impl Spool {
     /// metrics.
     pub fn drain_sync_samples(&self, f: impl FnMut(SyncSample)) -> u64 {
         self.inner.commit.drain_samples(f)
+    }
+
+    /// Positional writes of store batches so far: with fsync on and buffered files, about one
+    /// per group commit; compare with the number of stores.
+    pub fn data_writes(&self) -> u64 {
+        self.inner.data_writes.get()
     }
 
     /// Journal sync rounds so far: the periodic journal sync's (when a journal was left

@@ -101,6 +101,7 @@ fn concurrent_stores_share_fsyncs() {
         let (spool, _) = Spool::open(config(&root, 1)).await.unwrap();
         let spool = Rc::new(spool);
         let base = spool.commits();
+        let base_writes = spool.data_writes();
         spool.drain_sync_samples(|_| {});
         let stores = 64u64;
         let tasks: Vec<_> = (0..stores)
@@ -129,6 +130,12 @@ fn concurrent_stores_share_fsyncs() {
             assert!(!r.duration.is_zero());
         });
         assert_eq!((rounds, writers, dropped), (commits, stores, 0));
+        // Each round wrote its group's records with one `pwrite` before its fdatasync.
+        let writes = spool.data_writes() - base_writes;
+        assert!(
+            writes <= commits,
+            "{writes} data writes for {commits} commits of {stores} stores"
+        );
         ids.sort();
         ids.dedup();
         assert_eq!(ids.len() as u64, stores);
