@@ -1,7 +1,8 @@
-//! Write and sync batching: store records are written as they come (O_DIRECT files: those of
-//! one write's duration go out together), journal records are buffered and written together,
-//! one fdatasync round (group commit) covers every store written before it started, and the
-//! journals have a periodic sync of their own.
+//! Write and sync batching: store records wait in their segment's batch (buffered files with
+//! fsync on: the sync round that covers them writes them first; without fsync the store writes
+//! at once; O_DIRECT files: those of one write's duration go out together), journal records are
+//! buffered and written together, one fdatasync round (group commit) covers every store whose
+//! ticket it carries, and the journals have a periodic sync of their own.
 
 use std::rc::{Rc, Weak};
 use std::time::Duration;
@@ -60,8 +61,9 @@ impl Inner {
         Ok(())
     }
 
-    /// Writes the batched store records of O_DIRECT files (buffered ones are written by their
-    /// store at once) in a task, which glommio polls at once; `now` when a batch is full. One
+    /// Writes the batched store records of O_DIRECT files (buffered ones are written by the
+    /// sync round that covers them, or by their store) in a task, which glommio polls at once;
+    /// `now` when a batch is full. One
     /// writer at a time: records stored while its write is in flight wait for it and go out
     /// together in its next write, so under load a write covers every store of its write's
     /// duration.
@@ -109,7 +111,8 @@ impl Inner {
             self.data_writes.set(self.data_writes.get() + 1);
             match data.write_all_at(buf, offset).await {
                 Ok(()) => {
-                    // Before the stores take their commit tickets: the next sync covers it.
+                    // Before any later sync takes the marks: the sync writing this batch (its
+                    // stores' own) or the next one covers it.
                     let reserved_end = {
                         let mut st = self.state.borrow_mut();
                         st.mark_dirty(seq, File::Data);

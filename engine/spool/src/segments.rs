@@ -104,10 +104,7 @@ impl Inner {
         let old = {
             let mut st = self.state.borrow_mut();
             let active = st.active;
-            let seg = st
-                .segments
-                .get_mut(&active)
-                .ok_or(SpoolError::Unhealthy("no active segment"))?;
+            let seg = st.active_mut()?;
             seg.sealed = true;
             seg.reclaimable().then_some(active)
         };

@@ -272,10 +272,7 @@ impl Spool {
             let (active, offset, batch, first, full, deferred) = {
                 let mut st = inner.state.borrow_mut();
                 let active = st.active;
-                let seg = st
-                    .segments
-                    .get_mut(&active)
-                    .ok_or(SpoolError::Unhealthy("no active segment"))?;
+                let seg = st.active_mut()?;
                 let offset = seg.data_len;
                 seg.data_len += record_len;
                 seg.inflight += 1;
@@ -286,12 +283,7 @@ impl Spool {
                 let first = seg.data_buf.is_empty();
                 if first {
                     seg.data_batch = Rc::new(Batch::default());
-                    st.data_pending.push(active);
                 }
-                let seg = st
-                    .segments
-                    .get_mut(&active)
-                    .ok_or(SpoolError::Unhealthy("no active segment"))?;
                 match &key {
                     Some(key) => {
                         sealed::encode_store(
@@ -317,6 +309,9 @@ impl Spool {
                 }
                 let batch = seg.data_batch.clone();
                 let full = seg.data_buf.len() >= DATA_BATCH_BYTES_MAX;
+                if first {
+                    st.data_pending.push(active);
+                }
                 // With fsync on, a buffered record waits in the segment's batch for the sync
                 // that covers it: that sync writes the whole group with one `pwrite` first.
                 let deferred = inner.mode == FileMode::Buffered && inner.cfg.fsync && !full;

@@ -10,6 +10,7 @@ use petrel_idmap::IdMap;
 use std::rc::Rc;
 
 use crate::cache::BodyCache;
+use crate::error::SpoolError;
 use crate::file::SegFile;
 
 /// Everything the spool knows about its files, behind `Inner::state` (one borrow at a time,
@@ -167,6 +168,13 @@ pub(crate) struct Segment {
 }
 
 impl State {
+    /// The segment stores go to; `Unhealthy` when there is none (a rollover that failed).
+    pub(crate) fn active_mut(&mut self) -> Result<&mut Segment, SpoolError> {
+        self.segments
+            .get_mut(&self.active)
+            .ok_or(SpoolError::Unhealthy("no active segment"))
+    }
+
     pub(crate) fn mark_dirty(&mut self, seq: u64, file: File) {
         if let Some(seg) = self.segments.get_mut(&seq) {
             match file {
