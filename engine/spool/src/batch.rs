@@ -262,13 +262,16 @@ impl Inner {
         if let Err(e) = self.flush_journals().await {
             tracing::error!(error = %e, "spool journal write failed");
         }
-        let files = self.take_unsynced(false, true);
+        let (marks, files) = self.take_unsynced(false, true);
         if files.is_empty() {
             // A commit that asked for everything covered them already.
             return Ok(());
         }
         self.journal_syncs.set(self.journal_syncs.get() + 1);
-        self.fdatasync_all(files).await
+        let give_back = GiveBack::new(self, marks, false, false);
+        let synced = self.fdatasync_all(files).await;
+        give_back.done();
+        synced
     }
 
     /// fdatasyncs every dirty data file (and the directory when files came or went), and the
@@ -286,23 +289,29 @@ impl Inner {
                 tracing::error!(error = %e, "spool journal write failed");
             }
         }
-        let files = self.take_unsynced(true, journals);
+        let (marks, files) = self.take_unsynced(true, journals);
         let dir_dirty = std::mem::take(&mut self.state.borrow_mut().dir_dirty);
-        self.fdatasync_all(files).await?;
-        if dir_dirty {
+        // Until the syncs below end, the marks are held here: if this future is dropped midway
+        // (its leader's task cancelled), they go back for the next sync to cover, which the
+        // writers of this one then wait for.
+        let give_back = GiveBack::new(self, marks, dir_dirty, journals);
+        let mut synced = self.fdatasync_all(files).await;
+        if synced.is_ok() && dir_dirty {
             if let Err(e) = self.dir_handle.sync().await {
                 self.fatal.set(Some("directory sync failed"));
-                return Err(SpoolError::io("fsync_dir", &self.dir, e));
+                synced = Err(SpoolError::io("fsync_dir", &self.dir, e));
             }
         }
-        Ok(())
+        give_back.done();
+        synced
     }
 
-    /// Takes the unsynced marks a sync covers, data files and/or journals; a segment stays
-    /// listed in `State::dirty` while the other file is left unsynced.
-    fn take_unsynced(&self, data: bool, journals: bool) -> Vec<Rc<SegFile>> {
+    /// Takes the unsynced marks a sync covers, data files and/or journals, with the files to
+    /// sync; a segment stays listed in `State::dirty` while the other file is left unsynced.
+    fn take_unsynced(&self, data: bool, journals: bool) -> (Vec<(u64, File)>, Vec<Rc<SegFile>>) {
         let mut st = self.state.borrow_mut();
         let dirty = std::mem::take(&mut st.dirty);
+        let mut marks = Vec::with_capacity(dirty.len() * 2);
         let mut files = Vec::with_capacity(dirty.len() * 2);
         let mut still_dirty = Vec::new();
         for seq in dirty {
@@ -310,9 +319,11 @@ impl Inner {
                 // Only the files written since the last sync: while only messages arrive, the
                 // journals stay clean and cost no fdatasync.
                 if data && std::mem::take(&mut seg.data_unsynced) {
+                    marks.push((seq, File::Data));
                     files.push(seg.data.clone());
                 }
                 if journals && std::mem::take(&mut seg.journal_unsynced) {
+                    marks.push((seq, File::Journal));
                     files.push(seg.journal.clone());
                 }
                 seg.dirty = seg.data_unsynced || seg.journal_unsynced;
@@ -322,7 +333,7 @@ impl Inner {
             }
         }
         st.dirty = still_dirty;
-        files
+        (marks, files)
     }
 
     /// fdatasyncs the files all at once: io_uring hands each to an io-wq worker. The first
@@ -340,5 +351,124 @@ impl Inner {
             }
         }
         Ok(())
+    }
+}
+
+/// The unsynced marks a sync took, given back if it is dropped before its fdatasyncs end: the
+/// files are marked again, and the next sync (which the dropped one's writers then wait for)
+/// covers them. Without this, that next sync would find nothing to do and release writers whose
+/// records were never synced.
+struct GiveBack<'a> {
+    inner: &'a Inner,
+    marks: Vec<(u64, File)>,
+    dir_dirty: bool,
+    journals_wanted: bool,
+    done: bool,
+}
+
+impl<'a> GiveBack<'a> {
+    fn new(
+        inner: &'a Inner,
+        marks: Vec<(u64, File)>,
+        dir_dirty: bool,
+        journals_wanted: bool,
+    ) -> GiveBack<'a> {
+        GiveBack {
+            inner,
+            marks,
+            dir_dirty,
+            journals_wanted,
+            done: false,
+        }
+    }
+
+    /// The syncs ended (well or not: a failure fails the spool, `fdatasync_all`).
+    fn done(mut self) {
+        self.done = true;
+    }
+}
+
+impl Drop for GiveBack<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        if self.journals_wanted {
+            self.inner.journals_wanted.set(true);
+        }
+        match self.inner.state.try_borrow_mut() {
+            Ok(mut st) => {
+                for &(seq, file) in &self.marks {
+                    st.mark_dirty(seq, file);
+                }
+                st.dir_dirty |= self.dir_dirty;
+            }
+            // Dropped while the state is borrowed (never seen: a cancelled task's borrows end
+            // before its future is dropped). Nothing written can be promised durable then.
+            Err(_) => {
+                self.inner.fatal.set(Some("a sync was abandoned"));
+                self.inner.commit.fail();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::pin;
+
+    use crate::state::File;
+    use crate::{Spool, SpoolConfig};
+
+    /// A sync whose future is dropped while its fdatasyncs run gives its files back, so the
+    /// next sync covers them (and the writers it carried, who wait for that one).
+    #[test]
+    fn a_sync_dropped_midway_leaves_its_files_to_the_next() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().to_path_buf();
+        glommio::LocalExecutorBuilder::default()
+            .spawn(move || async move {
+                let (spool, _) = Spool::open(SpoolConfig::new(&root, 0)).await.expect("open");
+                let inner = spool.inner.clone();
+                let seq = inner.state.borrow().active;
+                // What writes leave: both files of the active segment and the directory
+                // unsynced, and a waiter that wants the journals.
+                {
+                    let mut st = inner.state.borrow_mut();
+                    st.mark_dirty(seq, File::Data);
+                    st.mark_dirty(seq, File::Journal);
+                    st.dir_dirty = true;
+                }
+                inner.journals_wanted.set(true);
+                let unsynced = |inner: &crate::segments::Inner| {
+                    let st = inner.state.borrow();
+                    let seg = &st.segments[&seq];
+                    (
+                        seg.data_unsynced,
+                        seg.journal_unsynced,
+                        st.dirty.contains(&seq),
+                        st.dir_dirty,
+                        inner.journals_wanted.get(),
+                    )
+                };
+                {
+                    let mut sync = pin!(inner.sync_dirty());
+                    // One poll takes the marks and leaves the sync waiting for its fdatasyncs.
+                    let polled = futures_lite::future::poll_once(&mut sync).await;
+                    assert!(polled.is_none(), "the fdatasyncs are in flight");
+                    assert_eq!(unsynced(&inner), (false, false, false, false, false));
+                }
+                // Dropped midway: every mark is back.
+                assert_eq!(unsynced(&inner), (true, true, true, true, true));
+                // A sync that ends takes them for good.
+                inner.sync_dirty().await.expect("sync");
+                assert_eq!(unsynced(&inner), (false, false, false, false, false));
+                assert_eq!(spool.unhealthy_reason(), None);
+                drop(inner);
+                spool.close().await.expect("close");
+            })
+            .expect("executor")
+            .join()
+            .expect("join");
     }
 }

@@ -76,6 +76,12 @@ impl GroupCommit {
         self.failed.set(false);
     }
 
+    /// Fails every wait from now on, as a failed sync does (a sync abandoned in a state that
+    /// cannot be put back: `batch.rs`).
+    pub(crate) fn fail(&self) {
+        self.failed.set(true);
+    }
+
     /// What a failed sync leaves, for tests.
     #[cfg(test)]
     pub(crate) fn fail_for_test(&self) {
@@ -186,7 +192,9 @@ impl GroupCommit {
     }
 }
 
-/// Ends the leader's turn even if its future is dropped mid-sync, so followers never hang.
+/// Ends the leader's turn even if its future is dropped mid-sync, so followers never hang: one
+/// of them leads the next sync, which covers the files the dropped one took (`batch.rs`,
+/// `GiveBack`), and only then are they released.
 struct LeaderGuard<'a> {
     gc: &'a GroupCommit,
 }

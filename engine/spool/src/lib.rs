@@ -13,20 +13,22 @@
 //! removed, both files are deleted and the space is back. Every record is framed with a magic,
 //! its length and crc32c checksums of header and payload ([`record`]).
 //!
-//! **Durability and group commit.** A store reserves its offset and encodes its record into
-//! the segment's batch, then waits for an fdatasync that covers it. Whoever finds no sync
-//! running leads one; the stores that arrive meanwhile queue behind it and share the next one.
-//! With buffered files and fsync on, the records wait in the batch and each sync first writes
-//! every batch with one `pwrite`, so a group costs one write, not one per message; otherwise
-//! the store writes first and waits for a sync that started after its write ended. The fsync rate thus follows the disk's latency, not the message
-//! rate: 64 concurrent storers on one core need a small fraction of the syncs of 64 sequential
-//! ones (see `benches/spool_append.rs` and `Spool::commits`). Buffered writes are `pwrite`s in
-//! the shard's thread (a copy into the page cache; io_uring would hand each to an io-wq worker),
-//! into space zeroed ahead of the file's end ([`prefill`]), so the fdatasync that follows writes
-//! the data and flushes without also writing the inode for a new size. Updates and removes do not wait
-//! for a sync (at-least-once delivery tolerates a redelivery after a crash); a journal sync of
-//! their own, beside the group commit, covers them within [`JOURNAL_SYNC_DELAY_MS`], so an
-//! acknowledgement never waits for them.
+//! **Durability and group commit.** A store reserves its offset and encodes its record into the
+//! segment's batch, then waits for an fdatasync that covers it. Whoever finds no sync running leads
+//! one; the stores that arrive meanwhile queue behind it and share the next one. With buffered
+//! files and fsync on, the records wait in the batch and each sync first writes every batch with
+//! one `pwrite`, so a group costs one write, not one per message; otherwise the store writes first
+//! and waits for a sync that started after its write ended. The fsync rate thus follows the disk's
+//! latency, not the message rate: 64 concurrent storers on one core need a small fraction of the
+//! syncs of 64 sequential ones (see `benches/spool_append.rs` and `Spool::commits`). Buffered
+//! writes are `pwrite`s in the shard's thread (a copy into the page cache; io_uring would hand each
+//! to an io-wq worker), into space zeroed ahead of the file's end (`prefill.rs`,
+//! [`PREFILL_DATA_CHUNK_BYTES`]), so the fdatasync that follows writes the data and flushes without
+//! also writing the inode for a new size. Updates and removes do not wait for a sync (at-least-once
+//! delivery tolerates a redelivery after a crash); a journal sync of their own, beside the group
+//! commit, covers them within [`JOURNAL_SYNC_DELAY_MS`], so an acknowledgement never waits for
+//! them. A sync whose leader is dropped midway (its task cancelled) gives the files it took back,
+//! and its writers wait for the next sync, which covers them.
 //!
 //! **File type.** Data segments can be written through the page cache (`BufferedFile`, the
 //! default) or with `O_DIRECT` (`DmaFile`), see [`FileMode`]. Direct writes must cover whole
