@@ -12,12 +12,16 @@
 # override, in msg/s) reports the DATA phase's p50, p99, p99.9 and max (the injector's own
 # histogram of end-of-data written to reply read). Each rate runs RUNS times, with a fresh
 # engine and sink each time, and a "median" line gives the median of each figure over the runs
-# (the unpaced rate that sets the others is the median of its runs). Loopback only; every
-# process stopped by PID; every run bounded in count and time.
+# (the unpaced rate that sets the others is the median of its runs). Each run also prints the
+# engine's own view: the share of its commits (end of data to durable, from
+# `petrel_spool_commit_duration_seconds` on /metrics at METRICS_PORT) within 1 ms and 5 ms, the
+# targets' bounds, and its CPU per message; a slow answer that the engine committed in time
+# waited for a core or for the injector. Loopback only; every process stopped by PID; every run
+# bounded in count and time.
 set -u
 cd "$(dirname "$0")/.."
 N=${N:-100000}; SIZE=${SIZE:-1024}; CONNS=${CONNS:-200}; DOMAINS=${DOMAINS:-1000}; RUNS=${RUNS:-3}
-PORT=${PORT:-2755}; SINK_PORT=${SINK_PORT:-2756}; TIMEOUT=${TIMEOUT:-300}
+PORT=${PORT:-2755}; SINK_PORT=${SINK_PORT:-2756}; METRICS_PORT=${METRICS_PORT:-2757}; TIMEOUT=${TIMEOUT:-300}
 BIN=${BIN:-target/release/petrel}
 [ -x "$BIN" ] || cargo build --locked --release --bin petrel >&2 || exit 1
 INJECTOR=${INJECTOR:-$BIN}
@@ -28,21 +32,38 @@ field() { grep -o "\"$2\": *[0-9.]*" <<<"$1" | head -1 | grep -o '[0-9.]*$'; }
 data_latency() { # the "data" object of latency_us
   python3 -c 'import json,sys; r=json.load(sys.stdin); d=r["latency_us"]["data"]; print("%.0f msg/s accepted %d/%d; data p50 %.2f ms, p99 %.2f ms, p99.9 %.2f ms, max %.2f ms" % (r["rate_2xx_per_s"], r["counts"]["messages_2xx"], r["counts"]["messages_attempted"], d["p50_us"]/1000, d["p99_us"]/1000, d["p999_us"]/1000, d["max_us"]/1000))'
 }
-run() { # rate (empty: unpaced) -> the injector's JSON
-  local DATA rate_arg=()
+ENGINE_VIEW=$(mktemp /tmp/petrel-acklat-view.XXXXXX)
+trap 'cleanup; rm -f "$ENGINE_VIEW"' EXIT
+engine_view() { # messages, engine CPU ticks -> "engine: commits <= 1 ms x %, <= 5 ms y %; z ms CPU/msg"
+  python3 -c 'import re,sys,urllib.request
+n,ticks,hz=int(sys.argv[2]),int(sys.argv[3]),int(sys.argv[4])
+b={}
+for l in urllib.request.urlopen("http://127.0.0.1:%s/metrics" % sys.argv[1], timeout=10).read().decode().splitlines():
+    m=re.match(r"petrel_spool_commit_duration_seconds_bucket\{le=\"([^\"]+)\"\} (\d+)", l)
+    if m: b[m.group(1)]=int(m.group(2))
+total=b.get("+Inf",0)
+if total == 0: print("engine: no commits scraped"); sys.exit()
+print("engine: commits <= 1 ms %.1f %%, <= 5 ms %.2f %%; %.4f ms CPU/msg" % (100*b["0.001"]/total, 100*b["0.005"]/total, 1000*ticks/hz/max(n,1)))' "$METRICS_PORT" "$1" "$2" "$(getconf CLK_TCK)" 2>/dev/null || echo "engine: no scrape"
+}
+cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+run() { # rate (empty: unpaced) -> the injector's JSON; the engine's view in $ENGINE_VIEW
+  local DATA rate_arg=() out t0
   DATA=$(mktemp -d /tmp/petrel-acklat.XXXXXX)
   [ -n "$1" ] && rate_arg=(--rate "$1")
   "$BIN" load sink --listen "127.0.0.1:$SINK_PORT" --duration "${TIMEOUT}s" > /dev/null 2>&1 &
   local SINK=$!; PIDS+=("$SINK")
   local cfg=()
   [ -n "${CONFIG:-}" ] && cfg=(--config "$CONFIG")
-  "$BIN" engine "${cfg[@]}" --data-dir "$DATA" --smtp-listen "127.0.0.1:$PORT" --metrics-listen 127.0.0.1:0 \
+  "$BIN" engine "${cfg[@]}" --data-dir "$DATA" --smtp-listen "127.0.0.1:$PORT" --metrics-listen "127.0.0.1:$METRICS_PORT" \
     --admin-listen 127.0.0.1:0 --relay-to "127.0.0.1:$SINK_PORT" --trust-network 127.0.0.0/8 \
     > "$DATA/engine.out" 2> "$DATA/engine.err" &
   local ENGINE=$!; PIDS+=("$ENGINE")
   for _ in $(seq 1 300); do grep -q "engine ready" "$DATA/engine.out" 2>/dev/null && break; sleep 0.1; done
-  timeout "$TIMEOUT" "$INJECTOR" load inject --target "127.0.0.1:$PORT" --messages "$N" --connections "$CONNS" \
-    --size "$SIZE" --domains "$DOMAINS" --duration "${TIMEOUT}s" "${rate_arg[@]}" --json 2>/dev/null
+  t0=$(cpu_ticks "$ENGINE")
+  out=$(timeout "$TIMEOUT" "$INJECTOR" load inject --target "127.0.0.1:$PORT" --messages "$N" --connections "$CONNS" \
+    --size "$SIZE" --domains "$DOMAINS" --duration "${TIMEOUT}s" "${rate_arg[@]}" --json 2>/dev/null)
+  engine_view "$N" $(( $(cpu_ticks "$ENGINE") - t0 )) > "$ENGINE_VIEW"
+  echo "$out"
   kill "$SINK" "$ENGINE"; wait "$SINK" "$ENGINE" 2>/dev/null
   rm -rf "$DATA"
 }
@@ -62,7 +83,7 @@ runs() { # rate (empty: unpaced), label -> each run's line, then the median line
     out=$(run "$1" | tr -d '\n')
     [ -n "$out" ] || { echo "$2 run $i: no report"; continue; }
     ALL+="$out"$'\n'
-    echo "$2 run $i: $(data_latency <<<"$out")"
+    echo "$2 run $i: $(data_latency <<<"$out"); $(cat "$ENGINE_VIEW")"
   done
   [ -n "$ALL" ] && median_of "$2" <<<"$ALL"
 }
