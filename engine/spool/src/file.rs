@@ -100,6 +100,15 @@ impl SegFile {
         })
     }
 
+    /// A plain handle of a buffered file (a `dup` of the writer's), for work on glommio's
+    /// blocking thread; `None` for `O_DIRECT` files.
+    pub(crate) fn plain_handle(&self) -> Option<std::io::Result<std::fs::File>> {
+        match self {
+            SegFile::Buffered(_, w, ..) => Some(w.try_clone()),
+            SegFile::Direct(..) => None,
+        }
+    }
+
     pub(crate) fn path(&self) -> &Path {
         match self {
             SegFile::Buffered(_, _, _, p) | SegFile::Direct(_, _, p) => p,

@@ -6,11 +6,12 @@
 //! [`Spool::store`] returns `Ok`, the message survives a crash (kill -9 or power loss).
 //!
 //! **Layout.** The shard directory holds segments. Segment `seg-<16hex>.data` is append-only: a
-//! header record, then one store record per message (id, rkyv-archived [`Envelope`], body; the
-//! body is stored once whatever the number of recipients). Its sidecar `seg-<16hex>.journal`
-//! holds the update and remove records of the messages stored in that data file, and nothing
-//! else: no record points across segments, so once every message of a sealed segment is
-//! removed, both files are deleted and the space is back. Every record is framed with a magic,
+//! header record, then one store record per message (id, rkyv-archived [`Envelope`], body; the body
+//! is stored once whatever the number of recipients). Its sidecar `seg-<16hex>.journal` holds the
+//! update and remove records of the messages stored in that data file, and nothing else: no record
+//! points across segments, so once every message of a sealed segment is removed, both files are
+//! deleted and the space is back (the data file's a step at a time, [`RELEASE_STEP_BYTES`], so a
+//! file system mounted `discard` does not stall the syncs). Every record is framed with a magic,
 //! its length and crc32c checksums of header and payload ([`record`]).
 //!
 //! **Durability and group commit.** A store reserves its offset and encodes its record into the
@@ -83,6 +84,7 @@ pub mod health;
 mod prefill;
 pub mod record;
 mod recovery;
+mod release;
 pub mod sealed;
 mod segments;
 mod spool;
@@ -96,5 +98,6 @@ pub use error::SpoolError;
 pub use file::{FileMode, READ_CHUNK_MAX_BYTES};
 pub use prefill::{PREFILL_ALIGN_BYTES, PREFILL_DATA_CHUNK_BYTES, PREFILL_JOURNAL_CHUNK_BYTES};
 pub use recovery::inspect;
+pub use release::{RELEASE_PAUSE_MS, RELEASE_STEP_BYTES};
 pub use spool::{Spool, SEGMENT_SIZE_MAX_LIMIT_BYTES, SEGMENT_SIZE_MIN_BYTES};
 pub use types::*;

@@ -45,6 +45,8 @@ pub(crate) struct Inner {
     pub(crate) journal_syncs: Cell<u64>,
     /// Positional writes of store batches (`Spool::data_writes`).
     pub(crate) data_writes: Cell<u64>,
+    /// Steps that gave back part of a reclaimed data file (`Spool::release_steps`).
+    pub(crate) release_steps: Cell<u64>,
     /// The task that writes the buffered journal records is scheduled or writing.
     pub(crate) journal_flush_armed: Cell<bool>,
     /// The task that writes the batched store records is scheduled or writing.
@@ -167,8 +169,9 @@ impl Inner {
     }
 
     /// Deletes a segment whose messages are all removed: data file first (that is what removes
-    /// the messages), then the journal (an orphan journal is deleted at the next open).
-    pub(crate) async fn reclaim(&self, seq: u64) -> Result<(), SpoolError> {
+    /// the messages), then the journal (an orphan journal is deleted at the next open). The data
+    /// file's space is then given back a step at a time (`release.rs`).
+    pub(crate) async fn reclaim(self: &Rc<Self>, seq: u64) -> Result<(), SpoolError> {
         let seg = {
             let mut st = self.state.borrow_mut();
             st.dir_dirty = true;
@@ -177,8 +180,8 @@ impl Inner {
         let Some(seg) = seg else { return Ok(()) };
         seg.data.remove().await?;
         seg.journal.remove().await?;
-        close_file(seg.data).await;
         close_file(seg.journal).await;
+        crate::release::release_gradually(self, seg.data);
         Ok(())
     }
 }

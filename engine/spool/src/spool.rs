@@ -117,6 +117,7 @@ impl Spool {
             journals_wanted: Cell::new(false),
             journal_syncs: Cell::new(0),
             data_writes: Cell::new(0),
+            release_steps: Cell::new(0),
             journal_flush_armed: Cell::new(false),
             data_flush_armed: Cell::new(false),
             recovery_failed: Cell::new(false),
@@ -556,6 +557,12 @@ impl Spool {
     /// per group commit; compare with the number of stores.
     pub fn data_writes(&self) -> u64 {
         self.inner.data_writes.get()
+    }
+
+    /// Steps so far that gave back part of a reclaimed segment's data file: one per
+    /// [`crate::RELEASE_STEP_BYTES`] (`release.rs`).
+    pub fn release_steps(&self) -> u64 {
+        self.inner.release_steps.get()
     }
 
     /// Journal sync rounds so far: the periodic journal sync's (when a journal was left
