@@ -186,11 +186,12 @@ async fn read_segment(
     out.bytes_skipped += seg.bytes_skipped;
     note_ids(inner, seq, &seg, &dpath);
     if seg.live.is_empty() {
-        // The fresh segment's header carries the next sequence: every empty one can go.
+        // The fresh segment's header carries the next sequence: every empty one can go (its
+        // space a step at a time, as a reclaimed segment's: the shard is serving meanwhile).
         data.remove().await?;
         journal.remove().await?;
-        data.close().await;
         journal.close().await;
+        crate::release::release_gradually(inner, Rc::new(data));
         let mut st = inner.state.borrow_mut();
         st.unscanned.remove(&seq);
         st.dir_dirty = true;

@@ -4,8 +4,9 @@
 //! once when the file system is mounted `discard`. Measured on this project's VM: about 65 MiB
 //! discarded in 15 ms, and the commits' fdatasyncs that ran meanwhile took 10 ms at the median
 //! instead of 0.2 ms, so every acknowledgement of those milliseconds waited (BENCHMARKS.md, issue
-//! 17). So a reclaimed segment's files are unlinked at once (recovery never sees them again), and
-//! the open data file is then shrunk by [`RELEASE_STEP_BYTES`] every [`RELEASE_PAUSE_MS`] on
+//! 17). So a reclaimed segment's files (and an empty segment's that the backlog finds at open,
+//! while the shard serves) are unlinked at once (recovery never sees them again), and the open
+//! data file is then shrunk by [`RELEASE_STEP_BYTES`] every [`RELEASE_PAUSE_MS`] on
 //! glommio's blocking thread, down to nothing, before it is closed: each step's discard takes
 //! about half a millisecond. RocksDB's delete scheduler truncates its files the same way.
 //!

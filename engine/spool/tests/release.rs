@@ -72,3 +72,41 @@ fn a_reclaimed_segment_is_unlinked_at_once_and_given_back_a_step_at_a_time() {
         spool.close().await.unwrap();
     });
 }
+
+#[test]
+fn an_empty_segment_found_at_open_is_given_back_a_step_at_a_time_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_path_buf();
+    let (old, len) = run({
+        let root = root.clone();
+        move || async move {
+            // Every message removed while its segment is still the active one: nothing to
+            // reclaim until the next open starts a new segment.
+            let (spool, _) = Spool::open(clear_config(&root, 0)).await.unwrap();
+            for n in 0..6 {
+                let id = spool
+                    .store(&envelope(n, 1), &body(n, 1 << 20))
+                    .await
+                    .unwrap();
+                spool.remove(id).await.unwrap();
+            }
+            spool.close().await.unwrap();
+            let old = data_files(&root, 0).pop().unwrap();
+            let len = std::fs::metadata(&old).unwrap().len();
+            (old, len)
+        }
+    });
+    assert!(len > 2 * RELEASE_STEP_BYTES, "{len} bytes");
+    run(move || async move {
+        let (spool, _) = Spool::open(clear_config(&root, 0)).await.unwrap();
+        assert!(!old.exists(), "the empty segment is deleted at open");
+        let want = len.div_ceil(RELEASE_STEP_BYTES);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while (spool.release_steps() < want || still_open(&old)) && Instant::now() < deadline {
+            glommio::timer::sleep(Duration::from_millis(RELEASE_PAUSE_MS)).await;
+        }
+        assert_eq!(spool.release_steps(), want, "{len} bytes");
+        assert!(!still_open(&old), "closed once empty");
+        spool.close().await.unwrap();
+    });
+}
