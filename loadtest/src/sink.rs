@@ -200,6 +200,11 @@ pub struct SinkStats {
     pub store_errors: u64,
     /// Unique messages per second between the first and the last arrival.
     pub arrival_rate_per_s: f64,
+    /// Wall-clock time of the first and the last accepted message, µs since the epoch (0: none
+    /// yet). A script that waits for the stats file (written every `STATS_FILE_PERIOD_MS`) times
+    /// a run's end by `last_arrival_unix_us`, not by when it saw the file.
+    pub first_arrival_unix_us: u64,
+    pub last_arrival_unix_us: u64,
     /// Injection (timestamp in the id header) to arrival, microseconds.
     pub arrival_latency_us: LatencySummary,
     /// CPU seconds of the whole process since the sink started.
@@ -352,6 +357,8 @@ impl SinkShared {
             } else {
                 0.0
             },
+            first_arrival_unix_us: g(&c.first_arrival_unix_us),
+            last_arrival_unix_us: g(&c.last_arrival_unix_us),
             arrival_latency_us: LatencySummary::from_histogram(&h),
             cpu_s,
             cpu_s_per_1000_msgs: if accepted > 0 {

@@ -100,6 +100,11 @@ fn bdat_chunks_split_across_reads_and_refusals_consume_the_chunk() {
     assert_eq!(got[1].data, b"abc");
     assert_eq!(got[2].data, b".x\r\n");
     assert_eq!(sh.counters.messages_accepted.load(Ordering::Relaxed), 3);
+    // The stats carry the first and the last arrival's wall-clock time.
+    let stats = sh.snapshot();
+    assert!(stats.first_arrival_unix_us > 0, "{stats:?}");
+    assert!(stats.last_arrival_unix_us >= stats.first_arrival_unix_us);
+    assert!(stats.last_arrival_unix_us <= crate::report::unix_now_us());
 }
 
 #[test]
