@@ -262,14 +262,14 @@ impl Inner {
         if let Err(e) = self.flush_journals().await {
             tracing::error!(error = %e, "spool journal write failed");
         }
-        let (marks, files) = self.take_unsynced(false, true);
-        if files.is_empty() {
+        let taken = self.take_unsynced(false, true);
+        if taken.is_empty() {
             // A commit that asked for everything covered them already.
             return Ok(());
         }
         self.journal_syncs.set(self.journal_syncs.get() + 1);
-        let give_back = GiveBack::new(self, marks, false, false);
-        let synced = self.fdatasync_all(files).await;
+        let give_back = GiveBack::new(self, taken, false, false);
+        let synced = self.fdatasync_all(&give_back.taken).await;
         give_back.done();
         synced
     }
@@ -289,13 +289,13 @@ impl Inner {
                 tracing::error!(error = %e, "spool journal write failed");
             }
         }
-        let (marks, files) = self.take_unsynced(true, journals);
+        let taken = self.take_unsynced(true, journals);
         let dir_dirty = std::mem::take(&mut self.state.borrow_mut().dir_dirty);
         // Until the syncs below end, the marks are held here: if this future is dropped midway
         // (its leader's task cancelled), they go back for the next sync to cover, which the
         // writers of this one then wait for.
-        let give_back = GiveBack::new(self, marks, dir_dirty, journals);
-        let mut synced = self.fdatasync_all(files).await;
+        let give_back = GiveBack::new(self, taken, dir_dirty, journals);
+        let mut synced = self.fdatasync_all(&give_back.taken).await;
         if synced.is_ok() && dir_dirty {
             if let Err(e) = self.dir_handle.sync().await {
                 self.fatal.set(Some("directory sync failed"));
@@ -306,25 +306,22 @@ impl Inner {
         synced
     }
 
-    /// Takes the unsynced marks a sync covers, data files and/or journals, with the files to
-    /// sync; a segment stays listed in `State::dirty` while the other file is left unsynced.
-    fn take_unsynced(&self, data: bool, journals: bool) -> (Vec<(u64, File)>, Vec<Rc<SegFile>>) {
+    /// Takes the unsynced marks a sync covers, data files and/or journals, each with its file;
+    /// a segment stays listed in `State::dirty` while the other file is left unsynced.
+    fn take_unsynced(&self, data: bool, journals: bool) -> Vec<Taken> {
         let mut st = self.state.borrow_mut();
         let dirty = std::mem::take(&mut st.dirty);
-        let mut marks = Vec::with_capacity(dirty.len() * 2);
-        let mut files = Vec::with_capacity(dirty.len() * 2);
+        let mut taken = Vec::with_capacity(dirty.len() * 2);
         let mut still_dirty = Vec::new();
         for seq in dirty {
             if let Some(seg) = st.segments.get_mut(&seq) {
                 // Only the files written since the last sync: while only messages arrive, the
                 // journals stay clean and cost no fdatasync.
                 if data && std::mem::take(&mut seg.data_unsynced) {
-                    marks.push((seq, File::Data));
-                    files.push(seg.data.clone());
+                    taken.push((seq, File::Data, seg.data.clone()));
                 }
                 if journals && std::mem::take(&mut seg.journal_unsynced) {
-                    marks.push((seq, File::Journal));
-                    files.push(seg.journal.clone());
+                    taken.push((seq, File::Journal, seg.journal.clone()));
                 }
                 seg.dirty = seg.data_unsynced || seg.journal_unsynced;
                 if seg.dirty {
@@ -333,15 +330,18 @@ impl Inner {
             }
         }
         st.dirty = still_dirty;
-        (marks, files)
+        taken
     }
 
     /// fdatasyncs the files all at once: io_uring hands each to an io-wq worker. The first
     /// failure makes the spool unhealthy.
-    async fn fdatasync_all(&self, files: Vec<Rc<SegFile>>) -> Result<(), SpoolError> {
-        let syncs: Vec<_> = files
-            .into_iter()
-            .map(|f| glommio::spawn_local(async move { f.fdatasync().await }))
+    async fn fdatasync_all(&self, taken: &[Taken]) -> Result<(), SpoolError> {
+        let syncs: Vec<_> = taken
+            .iter()
+            .map(|(_, _, f)| {
+                let f = f.clone();
+                glommio::spawn_local(async move { f.fdatasync().await })
+            })
             .collect();
         for sync in syncs {
             if let Err(e) = sync.await {
@@ -354,13 +354,16 @@ impl Inner {
     }
 }
 
+/// An unsynced mark a sync took: the segment, which of its files, and that file.
+type Taken = (u64, File, Rc<SegFile>);
+
 /// The unsynced marks a sync took, given back if it is dropped before its fdatasyncs end: the
 /// files are marked again, and the next sync (which the dropped one's writers then wait for)
 /// covers them. Without this, that next sync would find nothing to do and release writers whose
 /// records were never synced.
 struct GiveBack<'a> {
     inner: &'a Inner,
-    marks: Vec<(u64, File)>,
+    taken: Vec<Taken>,
     dir_dirty: bool,
     journals_wanted: bool,
     done: bool,
@@ -369,13 +372,13 @@ struct GiveBack<'a> {
 impl<'a> GiveBack<'a> {
     fn new(
         inner: &'a Inner,
-        marks: Vec<(u64, File)>,
+        taken: Vec<Taken>,
         dir_dirty: bool,
         journals_wanted: bool,
     ) -> GiveBack<'a> {
         GiveBack {
             inner,
-            marks,
+            taken,
             dir_dirty,
             journals_wanted,
             done: false,
@@ -398,7 +401,7 @@ impl Drop for GiveBack<'_> {
         }
         match self.inner.state.try_borrow_mut() {
             Ok(mut st) => {
-                for &(seq, file) in &self.marks {
+                for &(seq, file, _) in &self.taken {
                     st.mark_dirty(seq, file);
                 }
                 st.dir_dirty |= self.dir_dirty;
