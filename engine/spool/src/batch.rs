@@ -420,6 +420,8 @@ impl Drop for GiveBack<'_> {
 mod tests {
     use std::pin::pin;
 
+    use petrel_testkit::glommio::run;
+
     use crate::state::File;
     use crate::{Spool, SpoolConfig};
 
@@ -429,49 +431,45 @@ mod tests {
     fn a_sync_dropped_midway_leaves_its_files_to_the_next() {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path().to_path_buf();
-        glommio::LocalExecutorBuilder::default()
-            .spawn(move || async move {
-                let (spool, _) = Spool::open(SpoolConfig::new(&root, 0)).await.expect("open");
-                let inner = spool.inner.clone();
-                let seq = inner.state.borrow().active;
-                // What writes leave: both files of the active segment and the directory
-                // unsynced, and a waiter that wants the journals.
-                {
-                    let mut st = inner.state.borrow_mut();
-                    st.mark_dirty(seq, File::Data);
-                    st.mark_dirty(seq, File::Journal);
-                    st.dir_dirty = true;
-                }
-                inner.journals_wanted.set(true);
-                let unsynced = |inner: &crate::segments::Inner| {
-                    let st = inner.state.borrow();
-                    let seg = &st.segments[&seq];
-                    (
-                        seg.data_unsynced,
-                        seg.journal_unsynced,
-                        st.dirty.contains(&seq),
-                        st.dir_dirty,
-                        inner.journals_wanted.get(),
-                    )
-                };
-                {
-                    let mut sync = pin!(inner.sync_dirty());
-                    // One poll takes the marks and leaves the sync waiting for its fdatasyncs.
-                    let polled = futures_lite::future::poll_once(&mut sync).await;
-                    assert!(polled.is_none(), "the fdatasyncs are in flight");
-                    assert_eq!(unsynced(&inner), (false, false, false, false, false));
-                }
-                // Dropped midway: every mark is back.
-                assert_eq!(unsynced(&inner), (true, true, true, true, true));
-                // A sync that ends takes them for good.
-                inner.sync_dirty().await.expect("sync");
+        run(move || async move {
+            let (spool, _) = Spool::open(SpoolConfig::new(&root, 0)).await.expect("open");
+            let inner = spool.inner.clone();
+            let seq = inner.state.borrow().active;
+            // What writes leave: both files of the active segment and the directory
+            // unsynced, and a waiter that wants the journals.
+            {
+                let mut st = inner.state.borrow_mut();
+                st.mark_dirty(seq, File::Data);
+                st.mark_dirty(seq, File::Journal);
+                st.dir_dirty = true;
+            }
+            inner.journals_wanted.set(true);
+            let unsynced = |inner: &crate::segments::Inner| {
+                let st = inner.state.borrow();
+                let seg = &st.segments[&seq];
+                (
+                    seg.data_unsynced,
+                    seg.journal_unsynced,
+                    st.dirty.contains(&seq),
+                    st.dir_dirty,
+                    inner.journals_wanted.get(),
+                )
+            };
+            {
+                let mut sync = pin!(inner.sync_dirty());
+                // One poll takes the marks and leaves the sync waiting for its fdatasyncs.
+                let polled = futures_lite::future::poll_once(&mut sync).await;
+                assert!(polled.is_none(), "the fdatasyncs are in flight");
                 assert_eq!(unsynced(&inner), (false, false, false, false, false));
-                assert_eq!(spool.unhealthy_reason(), None);
-                drop(inner);
-                spool.close().await.expect("close");
-            })
-            .expect("executor")
-            .join()
-            .expect("join");
+            }
+            // Dropped midway: every mark is back.
+            assert_eq!(unsynced(&inner), (true, true, true, true, true));
+            // A sync that ends takes them for good.
+            inner.sync_dirty().await.expect("sync");
+            assert_eq!(unsynced(&inner), (false, false, false, false, false));
+            assert_eq!(spool.unhealthy_reason(), None);
+            drop(inner);
+            spool.close().await.expect("close");
+        });
     }
 }
