@@ -13,7 +13,8 @@
 //! A crash meanwhile leaves what an unlinked open file always leaves (a journalled ext4 frees it
 //! at mount, `fsck` without a journal), as a crash between the unlink and the close did before.
 //! A step that fails ends the stepping: the close frees the rest at once. Data files written with
-//! `O_DIRECT` have no plain handle here and are closed at once.
+//! `O_DIRECT` have no plain handle here, and a file whose handle cannot be duplicated has none
+//! either: those are closed at once.
 
 use std::rc::{Rc, Weak};
 use std::time::Duration;
