@@ -126,6 +126,12 @@ pub struct InjectCounts {
     pub starttls_offered: u64,
     /// EHLO replies that advertised PIPELINING.
     pub pipelining_offered: u64,
+    /// Envelopes written in the same write as the previous message's end of data (PIPELINING,
+    /// and the next message already due): that message took one round trip to the server
+    /// instead of two. A paced run that keeps its schedule merges none; an unpaced one merges
+    /// all but each connection's first.
+    #[serde(default)]
+    pub envelopes_merged: u64,
     pub tls_sessions: u64,
     /// TLS sessions that resumed an earlier one (the rest were full handshakes).
     pub tls_resumed: u64,
@@ -155,6 +161,7 @@ impl InjectCounts {
             greetings_rejected,
             starttls_offered,
             pipelining_offered,
+            envelopes_merged,
             tls_sessions,
             tls_resumed,
             starttls_missing,

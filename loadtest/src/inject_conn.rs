@@ -304,6 +304,7 @@ impl Client {
                     Some(n) if self.sh.due(n).is_none_or(|d| d <= Instant::now()) => {
                         self.push_envelope(n);
                         merged = true;
+                        self.stats.borrow_mut().counts.envelopes_merged += 1;
                     }
                     Some(_) => {}
                     None => {

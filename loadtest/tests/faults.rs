@@ -34,6 +34,12 @@ fn clean_run_every_message_arrives_once() {
     );
     assert_eq!(st.arrival_latency_us.count, 300);
     assert_eq!(r.counts.pipelining_offered, r.counts.connections_opened);
+    // Unpaced: every message but each connection's first went out with the end of data before it.
+    assert_eq!(
+        r.counts.envelopes_merged,
+        r.counts.messages_attempted - r.counts.connections_opened,
+        "{r:?}"
+    );
 }
 
 #[test]
@@ -191,6 +197,7 @@ fn pipelining_withheld_falls_back_to_lockstep() {
     assert_eq!(r.counts.messages_2xx, 60, "{:?}", r.counts);
     assert_eq!(r.counts.rcpts_2xx, 180);
     assert_eq!(r.counts.pipelining_offered, 0);
+    assert_eq!(r.counts.envelopes_merged, 0);
 }
 
 #[test]
