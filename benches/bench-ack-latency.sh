@@ -32,7 +32,7 @@ PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done; }
 trap cleanup EXIT
 field() { grep -o "\"$2\": *[0-9.]*" <<<"$1" | head -1 | grep -o '[0-9.]*$'; }
-data_latency() { # the "data" object of latency_us
+data_latency() { # the "data" object of latency_us; round trips per message with PIPELINING (the engine offers it)
   python3 -c 'import json,sys; r=json.load(sys.stdin); d=r["latency_us"]["data"]; c=r["counts"]; rt=2-c.get("envelopes_merged",0)/max(c["messages_attempted"],1)
 print("%.0f msg/s accepted %d/%d; data p50 %.2f ms, p99 %.2f ms, p99.9 %.2f ms, max %.2f ms; %.2f round trips/msg" % (r["rate_2xx_per_s"], c["messages_2xx"], c["messages_attempted"], d["p50_us"]/1000, d["p99_us"]/1000, d["p999_us"]/1000, d["max_us"]/1000, rt))'
 }
